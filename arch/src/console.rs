@@ -1,0 +1,102 @@
+//! The serial console on COM1, shared by all CPUs.
+//!
+//! Every line starts with `[cpuN]` and is written while holding the console lock, so lines from
+//! different CPUs never mix. The lock records its owner: a CPU that faults or panics while it
+//! already holds the lock (or finds it held for a very long time) takes it over instead of
+//! deadlocking, so the panic report always gets out.
+use crate::percpu;
+use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicU32, Ordering};
+use spin::Once;
+use uart_16550::SerialPort;
+
+const COM1: u16 = 0x3f8;
+const NOBODY: u32 = u32::MAX;
+
+struct Console {
+    owner: AtomicU32,
+}
+
+static CONSOLE: Console = Console { owner: AtomicU32::new(NOBODY) };
+static PORT_READY: Once<()> = Once::new();
+
+/// Writes bytes to COM1. Only used by the lock holder.
+struct Port;
+
+impl Write for Port {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        // SAFETY: COM1 is the standard 16550 at 0x3f8; the console lock serialises all users of
+        // this port, and `init` has programmed it.
+        let mut p = unsafe { SerialPort::new(COM1) };
+        for b in s.bytes() {
+            if b == b'\n' {
+                p.send(b'\r');
+            }
+            p.send(b);
+        }
+        Ok(())
+    }
+}
+
+/// Programs COM1 (115200 8N1). Idempotent.
+pub fn init() {
+    PORT_READY.call_once(|| {
+        // SAFETY: see `Port::write_str`; this runs once, before any output.
+        let mut p = unsafe { SerialPort::new(COM1) };
+        p.init();
+    });
+}
+
+/// Holds the console for one whole line (or one multi-line report).
+pub struct Guard {
+    took_over: bool,
+}
+
+/// Takes the console. `steal` is for fault and panic paths: after a bounded wait (or at once if
+/// this CPU already holds it) the console is taken over instead of waited for.
+pub fn lock(steal: bool) -> Guard {
+    let me = percpu::cpu_index();
+    if CONSOLE.owner.load(Ordering::Relaxed) == me {
+        return Guard { took_over: true };
+    }
+    let mut spins: u64 = 0;
+    loop {
+        if CONSOLE.owner.compare_exchange_weak(NOBODY, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            return Guard { took_over: false };
+        }
+        core::hint::spin_loop();
+        spins += 1;
+        if steal && spins > 50_000_000 {
+            CONSOLE.owner.store(me, Ordering::Release);
+            return Guard { took_over: true };
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if !self.took_over {
+            CONSOLE.owner.store(NOBODY, Ordering::Release);
+        }
+    }
+}
+
+impl Write for Guard {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        Port.write_str(s)
+    }
+}
+
+/// Writes one `[cpuN] ...` line.
+pub fn print_line(args: fmt::Arguments<'_>) {
+    let mut g = lock(false);
+    let _ = write!(g, "[cpu{}] ", percpu::cpu_index());
+    let _ = g.write_fmt(args);
+    let _ = g.write_str("\n");
+}
+
+/// Prints one line on the serial console, prefixed with the current CPU.
+#[macro_export]
+macro_rules! println {
+    ($($arg:tt)*) => { $crate::console::print_line(format_args!($($arg)*)) };
+}

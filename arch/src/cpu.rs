@@ -1,0 +1,211 @@
+//! CPU features, control of the current CPU, and the few legacy chips the kernel touches.
+use core::arch::x86_64::{__cpuid, __cpuid_count, _rdtsc};
+use x86_64::instructions::port::Port;
+use x86_64::registers::model_specific::Msr;
+
+/// What CPUID says this CPU can do (only what rl4 uses).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Features {
+    pub max_leaf: u32,
+    pub max_ext_leaf: u32,
+    pub x2apic: bool,
+    pub tsc_deadline: bool,
+    pub pcid: bool,
+    pub invpcid: bool,
+    pub smep: bool,
+    pub smap: bool,
+    pub nx: bool,
+    pub page1g: bool,
+    pub invariant_tsc: bool,
+    pub hypervisor: bool,
+    /// Initial APIC id (CPUID.1:EBX[31:24]); the x2APIC id (leaf 0xB) where that leaf exists.
+    pub apic_id: u32,
+}
+
+impl Features {
+    pub fn read() -> Features {
+        let l0 = __cpuid(0);
+        let l1 = __cpuid(1);
+        let mut f = Features { max_leaf: l0.eax, ..Default::default() };
+        f.x2apic = l1.ecx & (1 << 21) != 0;
+        f.tsc_deadline = l1.ecx & (1 << 24) != 0;
+        f.pcid = l1.ecx & (1 << 17) != 0;
+        f.hypervisor = l1.ecx & (1 << 31) != 0;
+        f.apic_id = l1.ebx >> 24;
+        if f.max_leaf >= 7 {
+            let l7 = __cpuid_count(7, 0);
+            f.smep = l7.ebx & (1 << 7) != 0;
+            f.invpcid = l7.ebx & (1 << 10) != 0;
+            f.smap = l7.ebx & (1 << 20) != 0;
+        }
+        if f.max_leaf >= 0xb {
+            let lb = __cpuid_count(0xb, 0);
+            if lb.ebx != 0 {
+                f.apic_id = lb.edx;
+            }
+        }
+        f.max_ext_leaf = __cpuid(0x8000_0000).eax;
+        if f.max_ext_leaf >= 0x8000_0001 {
+            let e1 = __cpuid(0x8000_0001);
+            f.nx = e1.edx & (1 << 20) != 0;
+            f.page1g = e1.edx & (1 << 26) != 0;
+        }
+        if f.max_ext_leaf >= 0x8000_0007 {
+            f.invariant_tsc = __cpuid(0x8000_0007).edx & (1 << 8) != 0;
+        }
+        f
+    }
+
+    /// The CPU's brand string (leaves 0x8000_0002..4), trimmed.
+    pub fn brand(buf: &mut [u8; 48]) -> &str {
+        if __cpuid(0x8000_0000).eax < 0x8000_0004 {
+            return "unknown CPU";
+        }
+        for (i, leaf) in (0x8000_0002u32..=0x8000_0004).enumerate() {
+            let r = __cpuid(leaf);
+            for (j, w) in [r.eax, r.ebx, r.ecx, r.edx].iter().enumerate() {
+                buf[i * 16 + j * 4..i * 16 + j * 4 + 4].copy_from_slice(&w.to_le_bytes());
+            }
+        }
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(48);
+        core::str::from_utf8(&buf[..end]).unwrap_or("unknown CPU").trim()
+    }
+}
+
+/// CPUID leaf `leaf`, sub-leaf 0, if the CPU has it: (eax, ebx, ecx, edx).
+pub fn cpuid(leaf: u32) -> Option<(u32, u32, u32, u32)> {
+    let max = if leaf >= 0x8000_0000 {
+        __cpuid(0x8000_0000).eax
+    } else if leaf >= 0x4000_0000 {
+        __cpuid(0x4000_0000).eax
+    } else {
+        __cpuid(0).eax
+    };
+    if leaf > max {
+        return None;
+    }
+    let r = __cpuid_count(leaf, 0);
+    Some((r.eax, r.ebx, r.ecx, r.edx))
+}
+
+/// Reads the time-stamp counter.
+#[inline]
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC is unprivileged here (CR4.TSD is never set) and has no side effects.
+    unsafe { _rdtsc() }
+}
+
+/// Arms the local APIC TSC-deadline timer (IA32_TSC_DEADLINE).
+pub fn set_tsc_deadline(tsc: u64) {
+    // SAFETY: writing IA32_TSC_DEADLINE only arms or disarms this CPU's local timer; callers
+    // use it only when CPUID reports the TSC-deadline feature.
+    unsafe { Msr::new(0x6e0).write(tsc) };
+}
+
+/// `pause`, for spin loops.
+#[inline]
+pub fn relax() {
+    core::hint::spin_loop();
+}
+
+/// Enables interrupts and halts until the next one, atomically (`sti; hlt`), then disables them
+/// again: the kernel runs with interrupts off everywhere else.
+pub fn idle_wait() {
+    x86_64::instructions::interrupts::enable_and_hlt();
+    x86_64::instructions::interrupts::disable();
+}
+
+/// Stops this CPU for good.
+pub fn halt_forever() -> ! {
+    loop {
+        x86_64::instructions::interrupts::disable();
+        x86_64::instructions::hlt();
+    }
+}
+
+/// Reads CR2 (the faulting address of the last page fault).
+pub fn cr2() -> u64 {
+    x86_64::registers::control::Cr2::read_raw()
+}
+
+/// The frame-pointer register of the caller's frame.
+#[inline(always)]
+pub fn frame_pointer() -> u64 {
+    let rbp: u64;
+    // SAFETY: reads a register.
+    unsafe { core::arch::asm!("mov {}, rbp", out(reg) rbp, options(nomem, nostack, preserves_flags)) };
+    rbp
+}
+
+/// Remaps the two legacy 8259 PICs to vectors 0x20..0x2f and masks every line, so that a
+/// spurious legacy interrupt can never arrive on an exception vector. rl4 uses the APICs.
+pub fn disable_legacy_pic() {
+    let mut cmd1: Port<u8> = Port::new(0x20);
+    let mut dat1: Port<u8> = Port::new(0x21);
+    let mut cmd2: Port<u8> = Port::new(0xa0);
+    let mut dat2: Port<u8> = Port::new(0xa1);
+    // SAFETY: the standard ICW1..ICW4 sequence on the PIC ports, then OCW1 = mask all; nothing
+    // else in rl4 uses these ports.
+    unsafe {
+        cmd1.write(0x11);
+        cmd2.write(0x11);
+        dat1.write(0x20);
+        dat2.write(0x28);
+        dat1.write(4);
+        dat2.write(2);
+        dat1.write(1);
+        dat2.write(1);
+        dat1.write(0xff);
+        dat2.write(0xff);
+    }
+}
+
+/// Exit codes for QEMU's `isa-debug-exit` device (iobase 0xf4): QEMU exits with `(code << 1) | 1`.
+#[derive(Clone, Copy, Debug)]
+#[repr(u32)]
+pub enum QemuExit {
+    /// QEMU exit status 33.
+    Success = 0x10,
+    /// QEMU exit status 35.
+    Failure = 0x11,
+}
+
+/// Ends the machine: tells QEMU's `isa-debug-exit` device, then (on machines without it)
+/// halts this CPU.
+pub fn exit(code: QemuExit) -> ! {
+    let mut p: Port<u32> = Port::new(0xf4);
+    // SAFETY: port 0xf4 is QEMU's debug-exit device when present; on other machines nothing
+    // decodes it (writes to unclaimed ports are dropped).
+    unsafe { p.write(code as u32) };
+    halt_forever()
+}
+
+/// Switches to the stack whose top is `top` and calls `f(arg)` there; the current stack is
+/// abandoned. Used to move the BSP from its boot stack onto a guarded per-CPU stack.
+pub fn run_on_stack(top: u64, f: extern "C" fn(u64) -> !, arg: u64) -> ! {
+    // SAFETY: `top` is the 16-byte aligned top of a mapped, otherwise unused stack (the caller's
+    // contract, checked below for alignment); `f` never returns, so nothing runs on the old stack.
+    assert!(top % 16 == 0);
+    unsafe {
+        core::arch::asm!(
+            "mov rsp, {top}",
+            "xor ebp, ebp",
+            "call {f}",
+            "ud2",
+            top = in(reg) top,
+            f = in(reg) f,
+            in("rdi") arg,
+            options(noreturn)
+        )
+    }
+}
+
+/// Reads a `u64` at kernel address `va` with a volatile load. Used by the fault self-test to
+/// touch an address that is deliberately unmapped (the resulting page fault is reported and
+/// stops the machine; nothing is read).
+pub fn read_volatile_u64(va: u64) -> u64 {
+    // SAFETY: a load from a kernel address: if it is mapped, it is RAM or a device register of
+    // the kernel's own; if not, the page-fault handler reports it and panics, so no value from
+    // an unmapped page is ever used.
+    unsafe { core::ptr::read_volatile(va as *const u64) }
+}

@@ -1,0 +1,83 @@
+//! Per-CPU GDT and TSS.
+//!
+//! Layout (fixed, because `syscall`/`sysret` derive selectors from STAR):
+//! 1 = kernel code (0x08), 2 = kernel data (0x10), 3 = user data (0x1b), 4 = user code (0x23),
+//! 5..6 = the TSS. The TSS carries this CPU's IST stacks: [`IST_DOUBLE_FAULT`], [`IST_NMI`],
+//! [`IST_MACHINE_CHECK`], so those three exceptions always run on a known-good stack.
+use x86_64::VirtAddr;
+use x86_64::instructions::segmentation::{CS, DS, ES, FS, SS, Segment};
+use x86_64::instructions::tables::load_tss;
+use x86_64::registers::segmentation::SegmentSelector;
+use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable};
+use x86_64::structures::tss::TaskStateSegment;
+
+/// IST slots (0-based, as the `x86_64` crate counts them; the CPU calls them IST1..IST3).
+pub const IST_DOUBLE_FAULT: u16 = 0;
+pub const IST_NMI: u16 = 1;
+pub const IST_MACHINE_CHECK: u16 = 2;
+
+/// One CPU's descriptor tables. Must live forever once loaded.
+pub struct CpuTables {
+    pub gdt: GlobalDescriptorTable<8>,
+    pub tss: TaskStateSegment,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Selectors {
+    pub kernel_code: SegmentSelector,
+    pub kernel_data: SegmentSelector,
+    pub user_data: SegmentSelector,
+    pub user_code: SegmentSelector,
+    pub tss: SegmentSelector,
+}
+
+impl CpuTables {
+    /// Empty tables; fill the stacks with [`CpuTables::set_ist`] before [`CpuTables::load`].
+    pub fn new() -> Self {
+        CpuTables { gdt: GlobalDescriptorTable::new(), tss: TaskStateSegment::new() }
+    }
+
+    pub fn set_ist(&mut self, slot: u16, stack_top: u64) {
+        self.tss.interrupt_stack_table[slot as usize] = VirtAddr::new(stack_top);
+    }
+
+    /// The stack the CPU switches to on an interrupt from user mode.
+    pub fn set_kernel_stack(&mut self, stack_top: u64) {
+        self.tss.privilege_stack_table[0] = VirtAddr::new(stack_top);
+    }
+
+    /// Builds the GDT around this CPU's TSS and loads both, then reloads the segment registers.
+    pub fn load(&'static mut self) -> Selectors {
+        // The GDT refers to the TSS by address; both live in `self`, which is 'static.
+        let tss: &'static TaskStateSegment = {
+            let p: *const TaskStateSegment = &self.tss;
+            // SAFETY: `self` is 'static and the TSS is never moved or mutated after this point
+            // (the CPU only reads it and updates its busy bit in the GDT, not in the TSS).
+            unsafe { &*p }
+        };
+        let kernel_code = self.gdt.append(Descriptor::kernel_code_segment());
+        let kernel_data = self.gdt.append(Descriptor::kernel_data_segment());
+        let user_data = self.gdt.append(Descriptor::user_data_segment());
+        let user_code = self.gdt.append(Descriptor::user_code_segment());
+        let tss_sel = self.gdt.append(Descriptor::tss_segment(tss));
+        let gdt: &'static GlobalDescriptorTable<8> = &self.gdt;
+        gdt.load();
+        // SAFETY: the selectors index the GDT just loaded, with the right descriptor kinds; the
+        // TSS descriptor is fresh (not busy).
+        unsafe {
+            CS::set_reg(kernel_code);
+            SS::set_reg(kernel_data);
+            DS::set_reg(kernel_data);
+            ES::set_reg(kernel_data);
+            FS::set_reg(kernel_data);
+            load_tss(tss_sel);
+        }
+        Selectors { kernel_code, kernel_data, user_data, user_code, tss: tss_sel }
+    }
+}
+
+impl Default for CpuTables {
+    fn default() -> Self {
+        Self::new()
+    }
+}

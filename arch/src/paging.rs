@@ -1,0 +1,311 @@
+//! Kernel page tables, built with the `x86_64` crate's mapper over the direct map.
+//!
+//! [`build_kernel_space`] makes the final kernel address space (see [`crate::layout`]): the
+//! direct map of every range the memory map mentions (1 GiB pages where the CPU has them and the
+//! range allows, 2 MiB otherwise), and the kernel image with 4 KiB pages and per-section rights
+//! (text read+execute, rodata read-only, data and bss read+write, no execute). Every PML4 slot of
+//! the kernel half that the kernel will ever use has its PDPT from the start, so later address
+//! spaces can share the kernel half by copying PML4 entries. [`map_mmio`] and [`map_stack`] add
+//! mappings at run time.
+use crate::layout::{DIRECT_MAP, KERNEL_BASE, MMIO_BASE, MMIO_SIZE, STACKS_BASE, STACKS_SIZE, phys_to_virt};
+use core::sync::atomic::{AtomicU64, Ordering};
+use rl4_core::memmap::{Range, RangeSet};
+use rl4_core::{PAGE_SIZE, align_down, align_up};
+use x86_64::registers::control::{Cr3, Cr3Flags, Cr4, Cr4Flags, Efer, EferFlags};
+use x86_64::structures::paging::mapper::{MapToError, MapperFlush};
+use x86_64::structures::paging::{
+    FrameAllocator, Mapper, OffsetPageTable, Page, PageSize, PageTable, PageTableFlags as F, PhysFrame, Size1GiB,
+    Size2MiB, Size4KiB,
+};
+use x86_64::{PhysAddr, VirtAddr};
+
+/// Hands out zeroed 4 KiB frames for page tables and stacks.
+pub trait FrameSource {
+    /// A frame reachable through the direct map *now* (below 4 GiB until the final tables run).
+    fn alloc_frame(&mut self) -> Option<u64>;
+}
+
+struct Adapter<'a, S: FrameSource>(&'a mut S);
+
+// SAFETY: `FrameSource::alloc_frame` returns frames that are unused and owned by the caller;
+// they are zeroed here before the mapper links them into a table.
+unsafe impl<S: FrameSource> FrameAllocator<Size4KiB> for Adapter<'_, S> {
+    fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
+        let pa = self.0.alloc_frame()?;
+        zero_frame(pa);
+        Some(PhysFrame::containing_address(PhysAddr::new(pa)))
+    }
+}
+
+fn zero_frame(pa: u64) {
+    // SAFETY: `pa` is a frame the caller just allocated (nobody else uses it) and it is mapped
+    // writable in the direct map.
+    unsafe { core::ptr::write_bytes(phys_to_virt(pa) as *mut u8, 0, PAGE_SIZE as usize) };
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum MapError {
+    OutOfMemory,
+    /// The virtual window (MMIO or stacks) is used up.
+    WindowFull,
+    /// The mapping overlaps one that exists.
+    Overlap(u64),
+}
+
+impl<S: PageSize> From<MapToError<S>> for MapError {
+    fn from(e: MapToError<S>) -> Self {
+        match e {
+            MapToError::FrameAllocationFailed => MapError::OutOfMemory,
+            MapToError::ParentEntryHugePage | MapToError::PageAlreadyMapped(_) => MapError::Overlap(0),
+        }
+    }
+}
+
+/// The kernel's PML4 (physical), once built.
+static KERNEL_PML4: AtomicU64 = AtomicU64::new(0);
+static NX: AtomicU64 = AtomicU64::new(0);
+
+fn nx() -> F {
+    if NX.load(Ordering::Relaxed) != 0 { F::NO_EXECUTE } else { F::empty() }
+}
+
+/// # Safety
+/// `pml4` must be the physical address of a valid PML4 that no other code mutates concurrently
+/// (the caller holds the kernel page-table lock or is alone on the machine).
+unsafe fn mapper(pml4: u64) -> OffsetPageTable<'static> {
+    // SAFETY: per the contract, `pml4` is a live table reachable through the direct map, and
+    // this mapper is its only user while it exists.
+    unsafe { OffsetPageTable::new(&mut *(phys_to_virt(pml4) as *mut PageTable), VirtAddr::new(DIRECT_MAP)) }
+}
+
+/// Builds the kernel address space and returns its PML4's physical address (not yet loaded).
+///
+/// `direct` lists the physical ranges to map at [`DIRECT_MAP`]; `image` lists the kernel image's
+/// (virtual start, virtual end, rights) sections.
+pub fn build_kernel_space(
+    src: &mut impl FrameSource,
+    direct: &[Range],
+    image: &[(u64, u64, Rights)],
+    page1g: bool,
+    nx_on: bool,
+) -> Result<u64, MapError> {
+    NX.store(nx_on as u64, Ordering::Relaxed);
+    let pml4 = src.alloc_frame().ok_or(MapError::OutOfMemory)?;
+    zero_frame(pml4);
+    // SAFETY: the frame was just allocated and zeroed; nobody else knows it.
+    let mut m = unsafe { mapper(pml4) };
+    let mut a = Adapter(src);
+
+    // Kernel-half slots that must exist from the start (shared by every address space later).
+    let mut slots: RangeSet<8> = RangeSet::new();
+    let top = direct.iter().map(|r| r.end).max().unwrap_or(0);
+    let ds = (DIRECT_MAP >> 39) & 511;
+    let _ = slots.insert(Range::new(ds, ds + align_up(top.max(1), 1 << 39) / (1 << 39)));
+    for base in [MMIO_BASE, STACKS_BASE, KERNEL_BASE] {
+        let s = (base >> 39) & 511;
+        let _ = slots.insert(Range::new(s, s + 1));
+    }
+    {
+        let table = m.level_4_table_mut();
+        for r in slots.iter() {
+            for s in r.start..r.end {
+                let f = a.allocate_frame().ok_or(MapError::OutOfMemory)?;
+                table[s as usize].set_frame(f, F::PRESENT | F::WRITABLE);
+            }
+        }
+    }
+
+    // Direct map, in whole 2 MiB units.
+    let mut merged: RangeSet<128> = RangeSet::new();
+    for r in direct {
+        let _ = merged.insert(Range::new(align_down(r.start, 1 << 21), align_up(r.end, 1 << 21)));
+    }
+    let flags = F::PRESENT | F::WRITABLE | F::GLOBAL | nx();
+    for r in merged.iter() {
+        let mut pa = r.start;
+        while pa < r.end {
+            let va = VirtAddr::new(phys_to_virt(pa));
+            if page1g && pa % Size1GiB::SIZE == 0 && pa + Size1GiB::SIZE <= r.end {
+                let page = Page::<Size1GiB>::containing_address(va);
+                let frame = PhysFrame::<Size1GiB>::containing_address(PhysAddr::new(pa));
+                // SAFETY: maps physical memory at its direct-map address, which nothing else uses.
+                unsafe { m.map_to(page, frame, flags, &mut a) }?.ignore();
+                pa += Size1GiB::SIZE;
+            } else {
+                let page = Page::<Size2MiB>::containing_address(va);
+                let frame = PhysFrame::<Size2MiB>::containing_address(PhysAddr::new(pa));
+                // SAFETY: as above.
+                unsafe { m.map_to(page, frame, flags, &mut a) }?.ignore();
+                pa += Size2MiB::SIZE;
+            }
+        }
+    }
+
+    // The kernel image, page by page with its rights.
+    for &(start, end, rights) in image {
+        let mut va = align_down(start, PAGE_SIZE);
+        while va < end {
+            let page = Page::<Size4KiB>::containing_address(VirtAddr::new(va));
+            let frame = PhysFrame::containing_address(PhysAddr::new(va - KERNEL_BASE));
+            // SAFETY: maps the kernel image at the addresses it was linked for.
+            unsafe { m.map_to(page, frame, rights.flags() | F::GLOBAL, &mut a) }?.ignore();
+            va += PAGE_SIZE;
+        }
+    }
+    Ok(pml4)
+}
+
+/// Access rights of a kernel mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rights {
+    ReadExecute,
+    Read,
+    ReadWrite,
+}
+
+impl Rights {
+    fn flags(self) -> F {
+        match self {
+            Rights::ReadExecute => F::PRESENT,
+            Rights::Read => F::PRESENT | nx(),
+            Rights::ReadWrite => F::PRESENT | F::WRITABLE | nx(),
+        }
+    }
+}
+
+/// Turns on the paging features rl4 relies on (NX, global pages, write protection in ring 0)
+/// and loads `pml4`. Called on every CPU.
+pub fn activate(pml4: u64, nx_on: bool) {
+    KERNEL_PML4.store(pml4, Ordering::Release);
+    BOOT_MAP_ONLY.store(false, Ordering::Relaxed);
+    // SAFETY: `pml4` maps the kernel image (this code), its stacks and the direct map, built by
+    // `build_kernel_space`; NXE is set before a table with NX bits is loaded; PGE only changes
+    // TLB retention.
+    unsafe {
+        if nx_on {
+            Efer::update(|e| e.insert(EferFlags::NO_EXECUTE_ENABLE));
+        }
+        Cr4::update(|c| c.insert(Cr4Flags::PAGE_GLOBAL));
+        Cr3::write(PhysFrame::containing_address(PhysAddr::new(pml4)), Cr3Flags::empty());
+    }
+}
+
+/// Physical address of the kernel PML4 (0 before `activate`).
+pub fn kernel_pml4() -> u64 {
+    KERNEL_PML4.load(Ordering::Acquire)
+}
+
+static PT_LOCK: spin::Mutex<()> = spin::Mutex::new(());
+static MMIO_NEXT: AtomicU64 = AtomicU64::new(MMIO_BASE);
+static STACK_NEXT: AtomicU64 = AtomicU64::new(STACKS_BASE);
+
+/// Maps `len` bytes of device registers at physical `pa`, uncached, and returns the virtual
+/// address of `pa`.
+pub fn map_mmio(src: &mut impl FrameSource, pa: u64, len: u64) -> Result<u64, MapError> {
+    let start = align_down(pa, PAGE_SIZE);
+    let size = align_up(pa + len, PAGE_SIZE) - start;
+    let _g = PT_LOCK.lock();
+    let va = MMIO_NEXT.fetch_add(size, Ordering::Relaxed);
+    if va + size > MMIO_BASE + MMIO_SIZE {
+        return Err(MapError::WindowFull);
+    }
+    // SAFETY: the kernel PML4 is live; `PT_LOCK` serialises all run-time edits.
+    let mut m = unsafe { mapper(kernel_pml4()) };
+    let mut a = Adapter(src);
+    let flags = F::PRESENT | F::WRITABLE | F::NO_CACHE | F::WRITE_THROUGH | F::GLOBAL | nx();
+    for off in (0..size).step_by(PAGE_SIZE as usize) {
+        let page = Page::<Size4KiB>::containing_address(VirtAddr::new(va + off));
+        let frame = PhysFrame::containing_address(PhysAddr::new(start + off));
+        // SAFETY: fresh virtual addresses in the MMIO window; the frame is device memory.
+        let f: MapperFlush<Size4KiB> = unsafe { m.map_to(page, frame, flags, &mut a) }?;
+        f.flush();
+    }
+    Ok(va + (pa - start))
+}
+
+/// Allocates and maps a kernel stack of `pages` pages below an unmapped guard page, and returns
+/// its top (16-byte aligned).
+pub fn map_stack(src: &mut impl FrameSource, pages: u64) -> Result<u64, MapError> {
+    let size = (pages + 1) * PAGE_SIZE;
+    let _g = PT_LOCK.lock();
+    let base = STACK_NEXT.fetch_add(size, Ordering::Relaxed);
+    if base + size > STACKS_BASE + STACKS_SIZE {
+        return Err(MapError::WindowFull);
+    }
+    // SAFETY: the kernel PML4 is live; `PT_LOCK` serialises all run-time edits.
+    let mut m = unsafe { mapper(kernel_pml4()) };
+    let flags = F::PRESENT | F::WRITABLE | F::GLOBAL | nx();
+    // The first page stays unmapped: the guard.
+    for i in 1..=pages {
+        let pa = src.alloc_frame().ok_or(MapError::OutOfMemory)?;
+        zero_frame(pa);
+        let page = Page::<Size4KiB>::containing_address(VirtAddr::new(base + i * PAGE_SIZE));
+        let mut a = Adapter(&mut *src);
+        // SAFETY: fresh virtual addresses in the stack window, backed by a fresh frame.
+        unsafe { m.map_to(page, PhysFrame::containing_address(PhysAddr::new(pa)), flags, &mut a) }?.flush();
+    }
+    Ok(base + size)
+}
+
+/// Whether `va` is mapped in the current address space (for the backtrace walker).
+pub fn is_mapped(va: u64) -> bool {
+    use x86_64::structures::paging::Translate;
+    let pml4 = Cr3::read().0.start_address().as_u64();
+    if va < 0xffff_8000_0000_0000 || pml4 == 0 {
+        return false;
+    }
+    // SAFETY: read-only translation through the live tables; a concurrent edit can only add
+    // mappings, which at worst makes this answer stale.
+    let m = unsafe { mapper(pml4) };
+    m.translate_addr(VirtAddr::new(va)).is_some()
+}
+
+static BOOT_MAP_ONLY: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(true);
+
+/// Reads physical memory through the direct map; before [`activate`] only the first 4 GiB
+/// (what the boot page tables map) are readable.
+pub struct DirectMapMem;
+
+impl crate::bootinfo::PhysMem for DirectMapMem {
+    fn read(&self, pa: u64, buf: &mut [u8]) -> Option<()> {
+        let end = pa.checked_add(buf.len() as u64)?;
+        let limit = if BOOT_MAP_ONLY.load(Ordering::Relaxed) {
+            crate::layout::BOOT_MAPPED_LIMIT
+        } else {
+            crate::layout::DIRECT_MAP_SIZE
+        };
+        if end > limit || !(pa..end).step_by(PAGE_SIZE as usize).all(|a| BOOT_MAP_ONLY.load(Ordering::Relaxed) || is_mapped(phys_to_virt(a))) {
+            return None;
+        }
+        // SAFETY: every page of the range is mapped in the direct map (checked above); reading
+        // RAM or firmware tables has no side effects.
+        unsafe { core::ptr::copy_nonoverlapping(phys_to_virt(pa) as *const u8, buf.as_mut_ptr(), buf.len()) };
+        Some(())
+    }
+}
+
+/// Whether only the boot page tables (first 4 GiB) are usable yet.
+pub fn boot_map_only() -> bool {
+    BOOT_MAP_ONLY.load(Ordering::Relaxed)
+}
+
+/// Calls `f` with each return address of the frame-pointer chain that starts at `fp`, up to
+/// `max` frames. Every frame pointer is checked to be mapped, aligned and growing first.
+pub fn backtrace(mut fp: u64, max: usize, mut f: impl FnMut(usize, u64)) {
+    for i in 0..max {
+        if fp % 8 != 0 || !is_mapped(fp) || !is_mapped(fp + 8) {
+            return;
+        }
+        // SAFETY: `fp` and `fp + 8` are mapped, aligned kernel addresses (checked above), so
+        // the reads cannot fault; the values are only printed, never trusted.
+        let (next, ret) = unsafe { (*(fp as *const u64), *((fp + 8) as *const u64)) };
+        if ret == 0 {
+            return;
+        }
+        f(i, ret);
+        if next <= fp {
+            return;
+        }
+        fp = next;
+    }
+}

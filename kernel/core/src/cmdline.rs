@@ -1,0 +1,191 @@
+//! The kernel command line: `key=value` words separated by white space.
+//!
+//! Both boot paths hand the kernel a string (PVH's `cmdline_paddr`, Multiboot2's command-line
+//! tag). [`parse`] turns it into [`Options`]; every word it cannot use is reported through the
+//! `report` callback and otherwise ignored, so a typo never stops the boot.
+//!
+//! Options (all optional):
+//!
+//! | option | meaning | default |
+//! |---|---|---|
+//! | `run=boot\|idle\|panic\|fault` | what the kernel does once every CPU is up | `boot` |
+//! | `maxcpus=N` | start at most N CPUs (the BSP included), N ≥ 1 | all enabled in the MADT |
+//! | `ap_timeout_ms=N` | how long the BSP waits for each AP to come online | 2000 |
+//! | `hz=N` | local APIC timer frequency on every CPU, 1 ≤ N ≤ 10000 | 100 |
+//! | `poll_us=N` | how long an idle CPU polls before it halts (0 = never poll) | 0 |
+
+use core::fmt;
+
+/// What the kernel does once every CPU is up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Run {
+    /// Check that every CPU runs and takes timer interrupts, then shut down cleanly.
+    Boot,
+    /// Stay up with every CPU idle (stop QEMU with Ctrl-A X).
+    Idle,
+    /// Panic on purpose on the last AP (tests the panic path: report, stop all CPUs, fail exit).
+    Panic,
+    /// Take a page fault on purpose on the last AP (tests the exception report).
+    Fault,
+}
+
+impl Run {
+    const ALL: [(&'static str, Run); 4] =
+        [("boot", Run::Boot), ("idle", Run::Idle), ("panic", Run::Panic), ("fault", Run::Fault)];
+
+    fn from_str(s: &str) -> Option<Run> {
+        Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, r)| *r)
+    }
+
+    /// The option's spelling on the command line.
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(_, r)| *r == self).map(|(n, _)| *n).unwrap_or("?")
+    }
+}
+
+/// The parsed command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    pub run: Run,
+    pub maxcpus: Option<u32>,
+    pub ap_timeout_ms: u32,
+    pub hz: u32,
+    pub poll_us: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { run: Run::Boot, maxcpus: None, ap_timeout_ms: 2000, hz: 100, poll_us: 0 }
+    }
+}
+
+/// A word of the command line that [`parse`] could not use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Problem<'a> {
+    /// An option rl4 does not know (the whole word).
+    Unknown(&'a str),
+    /// A known option without `=value`.
+    MissingValue(&'a str),
+    /// A known option whose value is out of range or malformed; `expected` says what fits.
+    BadValue { key: &'a str, value: &'a str, expected: &'static str },
+}
+
+impl fmt::Display for Problem<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Unknown(w) => write!(f, "unknown option '{w}' ignored"),
+            Problem::MissingValue(k) => write!(f, "option '{k}' needs a value ({k}=...), ignored"),
+            Problem::BadValue { key, value, expected } => {
+                write!(f, "bad value '{value}' for '{key}' (expected {expected}), default kept")
+            }
+        }
+    }
+}
+
+fn number(v: &str, min: u32, max: u32) -> Option<u32> {
+    let n: u32 = v.parse().ok()?;
+    (min..=max).contains(&n).then_some(n)
+}
+
+/// Parses `line`, calling `report` once for every word it ignores.
+pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Problem<'a>)) -> Options {
+    let mut o = Options::default();
+    for word in line.split_ascii_whitespace() {
+        let (key, value) = match word.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (word, None),
+        };
+        let known = matches!(key, "run" | "maxcpus" | "ap_timeout_ms" | "hz" | "poll_us");
+        if !known {
+            report(Problem::Unknown(word));
+            continue;
+        }
+        let Some(value) = value else {
+            report(Problem::MissingValue(key));
+            continue;
+        };
+        let bad = |expected| Problem::BadValue { key, value, expected };
+        match key {
+            "run" => match Run::from_str(value) {
+                Some(r) => o.run = r,
+                None => report(bad("boot, idle, panic or fault")),
+            },
+            "maxcpus" => match number(value, 1, u32::MAX) {
+                Some(n) => o.maxcpus = Some(n),
+                None => report(bad("a whole number >= 1")),
+            },
+            "ap_timeout_ms" => match number(value, 1, 600_000) {
+                Some(n) => o.ap_timeout_ms = n,
+                None => report(bad("1..=600000")),
+            },
+            "hz" => match number(value, 1, 10_000) {
+                Some(n) => o.hz = n,
+                None => report(bad("1..=10000")),
+            },
+            "poll_us" => match number(value, 0, 1_000_000) {
+                Some(n) => o.poll_us = n,
+                None => report(bad("0..=1000000")),
+            },
+            _ => unreachable!("key list above"),
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(s: &str) -> (Options, Vec<String>) {
+        let mut problems = Vec::new();
+        let o = parse(s, |p| problems.push(p.to_string()));
+        (o, problems)
+    }
+
+    #[test]
+    fn empty_line_gives_defaults() {
+        assert_eq!(parse_all(""), (Options::default(), vec![]));
+        assert_eq!(parse_all("   \t "), (Options::default(), vec![]));
+    }
+
+    #[test]
+    fn known_options() {
+        let (o, p) = parse_all("run=idle maxcpus=3  ap_timeout_ms=500 hz=250 poll_us=50");
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(o, Options { run: Run::Idle, maxcpus: Some(3), ap_timeout_ms: 500, hz: 250, poll_us: 50 });
+    }
+
+    #[test]
+    fn later_word_wins() {
+        let (o, _) = parse_all("hz=10 hz=20");
+        assert_eq!(o.hz, 20);
+    }
+
+    #[test]
+    fn unknown_and_bad_words_are_reported_not_fatal() {
+        let (o, p) = parse_all("bogus=1 run=fly maxcpus=0 hz=abc hz=99999 lonely maxcpus run=panic");
+        assert_eq!(o.run, Run::Panic);
+        assert_eq!(o.maxcpus, None);
+        assert_eq!(o.hz, 100);
+        assert_eq!(
+            p,
+            vec![
+                "unknown option 'bogus=1' ignored",
+                "bad value 'fly' for 'run' (expected boot, idle, panic or fault), default kept",
+                "bad value '0' for 'maxcpus' (expected a whole number >= 1), default kept",
+                "bad value 'abc' for 'hz' (expected 1..=10000), default kept",
+                "bad value '99999' for 'hz' (expected 1..=10000), default kept",
+                "unknown option 'lonely' ignored",
+                "option 'maxcpus' needs a value (maxcpus=...), ignored",
+            ]
+        );
+    }
+
+    #[test]
+    fn run_names_round_trip() {
+        for (n, r) in Run::ALL {
+            assert_eq!(Run::from_str(n), Some(r));
+            assert_eq!(r.name(), n);
+        }
+    }
+}

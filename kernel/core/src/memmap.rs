@@ -1,0 +1,260 @@
+//! Sets of physical address ranges, used to turn the boot memory map into the list of frames
+//! the kernel may hand out.
+//!
+//! The boot path inserts every usable range of the firmware's map (shrunk inwards to whole
+//! pages), then removes every range that must never be handed out (grown outwards to whole
+//! pages): the first megabyte with the AP trampoline, the kernel image, the boot modules, the
+//! boot information and the ACPI tables. What remains feeds the [frame
+//! allocator](crate::frames). A [`RangeSet`] has a fixed capacity because it is used before the
+//! kernel has a heap.
+
+use crate::{PAGE_SIZE, align_down, align_up};
+
+/// A half-open physical address range `[start, end)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Range {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl Range {
+    pub const fn new(start: u64, end: u64) -> Self {
+        Range { start, end }
+    }
+    pub const fn len(&self) -> u64 {
+        self.end.saturating_sub(self.start)
+    }
+    pub const fn is_empty(&self) -> bool {
+        self.end <= self.start
+    }
+}
+
+/// What the firmware says a range of the memory map is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemKind {
+    Usable,
+    Reserved,
+    AcpiReclaimable,
+    AcpiNvs,
+    Defective,
+    /// Any other type number the firmware used.
+    Other(u32),
+}
+
+impl MemKind {
+    /// The E820 / Multiboot2 / PVH type numbers (they agree for 1..=5).
+    pub fn from_e820(t: u32) -> MemKind {
+        match t {
+            1 => MemKind::Usable,
+            2 => MemKind::Reserved,
+            3 => MemKind::AcpiReclaimable,
+            4 => MemKind::AcpiNvs,
+            5 => MemKind::Defective,
+            n => MemKind::Other(n),
+        }
+    }
+}
+
+/// The set is full: the input had more disjoint ranges than the set can hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Full;
+
+/// A sorted set of disjoint, non-adjacent ranges with room for `N` of them.
+#[derive(Clone, Debug)]
+pub struct RangeSet<const N: usize> {
+    ranges: [Range; N],
+    len: usize,
+}
+
+impl<const N: usize> Default for RangeSet<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> RangeSet<N> {
+    pub const fn new() -> Self {
+        RangeSet { ranges: [Range::new(0, 0); N], len: 0 }
+    }
+
+    pub fn as_slice(&self) -> &[Range] {
+        &self.ranges[..self.len]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Range> + '_ {
+        self.as_slice().iter().copied()
+    }
+
+    /// Total bytes in the set.
+    pub fn total(&self) -> u64 {
+        self.iter().map(|r| r.len()).sum()
+    }
+
+    /// Adds `r`, merging it with the ranges it overlaps or touches.
+    pub fn insert(&mut self, r: Range) -> Result<(), Full> {
+        if r.is_empty() {
+            return Ok(());
+        }
+        let (mut start, mut end) = (r.start, r.end);
+        // First range that ends at or after `start` (could merge), and one past the last that
+        // begins at or before `end`.
+        let first = self.as_slice().iter().position(|x| x.end >= start).unwrap_or(self.len);
+        let mut last = first;
+        while last < self.len && self.ranges[last].start <= end {
+            start = start.min(self.ranges[last].start);
+            end = end.max(self.ranges[last].end);
+            last += 1;
+        }
+        let merged = last - first;
+        if merged == 0 {
+            if self.len == N {
+                return Err(Full);
+            }
+            self.ranges.copy_within(first..self.len, first + 1);
+            self.len += 1;
+        } else {
+            self.ranges.copy_within(last..self.len, first + 1);
+            self.len -= merged - 1;
+        }
+        self.ranges[first] = Range::new(start, end);
+        Ok(())
+    }
+
+    /// Removes `r` from the set, splitting a range in two where `r` falls inside it.
+    pub fn remove(&mut self, r: Range) -> Result<(), Full> {
+        if r.is_empty() {
+            return Ok(());
+        }
+        let mut i = 0;
+        while i < self.len {
+            let x = self.ranges[i];
+            if x.end <= r.start || x.start >= r.end {
+                i += 1;
+                continue;
+            }
+            let left = Range::new(x.start, r.start.max(x.start));
+            let right = Range::new(r.end.min(x.end), x.end);
+            match (left.is_empty(), right.is_empty()) {
+                (true, true) => {
+                    self.ranges.copy_within(i + 1..self.len, i);
+                    self.len -= 1;
+                }
+                (false, true) => {
+                    self.ranges[i] = left;
+                    i += 1;
+                }
+                (true, false) => {
+                    self.ranges[i] = right;
+                    i += 1;
+                }
+                (false, false) => {
+                    if self.len == N {
+                        return Err(Full);
+                    }
+                    self.ranges.copy_within(i + 1..self.len, i + 2);
+                    self.ranges[i] = left;
+                    self.ranges[i + 1] = right;
+                    self.len += 1;
+                    i += 2;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `r` shrunk inwards to whole pages (for usable memory).
+    pub fn insert_pages_within(&mut self, r: Range) -> Result<(), Full> {
+        self.insert(Range::new(align_up(r.start, PAGE_SIZE), align_down(r.end, PAGE_SIZE)))
+    }
+
+    /// Removes `r` grown outwards to whole pages (for memory that must stay untouched).
+    pub fn remove_pages_covering(&mut self, r: Range) -> Result<(), Full> {
+        self.remove(Range::new(align_down(r.start, PAGE_SIZE), align_up(r.end, PAGE_SIZE)))
+    }
+
+    /// Takes `size` bytes aligned to `align` (a power of two) out of the lowest range that has
+    /// room below `limit`, and returns the start address.
+    pub fn take(&mut self, size: u64, align: u64, limit: u64) -> Option<u64> {
+        let at = self.iter().find_map(|x| {
+            let s = align_up(x.start, align);
+            let e = s.checked_add(size)?;
+            (e <= x.end && e <= limit).then_some(s)
+        })?;
+        // Taking from the inside of one range can split it; with a full set that fails and
+        // the allocation is refused rather than lost.
+        self.remove(Range::new(at, at + size)).ok()?;
+        Some(at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(rs: &[(u64, u64)]) -> RangeSet<8> {
+        let mut s = RangeSet::new();
+        for &(a, b) in rs {
+            s.insert(Range::new(a, b)).unwrap();
+        }
+        s
+    }
+    fn v(s: &RangeSet<8>) -> Vec<(u64, u64)> {
+        s.iter().map(|r| (r.start, r.end)).collect()
+    }
+
+    #[test]
+    fn insert_sorts_and_merges() {
+        let s = set(&[(50, 60), (10, 20), (30, 40), (20, 25), (58, 70), (0, 0)]);
+        assert_eq!(v(&s), vec![(10, 25), (30, 40), (50, 70)]);
+        let s = set(&[(10, 20), (30, 40), (50, 60), (15, 55)]);
+        assert_eq!(v(&s), vec![(10, 60)]);
+        assert_eq!(s.total(), 50);
+    }
+
+    #[test]
+    fn insert_reports_full() {
+        let mut s: RangeSet<2> = RangeSet::new();
+        s.insert(Range::new(0, 1)).unwrap();
+        s.insert(Range::new(5, 6)).unwrap();
+        assert_eq!(s.insert(Range::new(10, 11)), Err(Full));
+        assert_eq!(s.insert(Range::new(1, 5)), Ok(()));
+        assert_eq!(s.as_slice(), &[Range::new(0, 6)]);
+    }
+
+    #[test]
+    fn remove_splits_trims_and_drops() {
+        let mut s = set(&[(0, 100), (200, 300)]);
+        s.remove(Range::new(40, 60)).unwrap();
+        assert_eq!(v(&s), vec![(0, 40), (60, 100), (200, 300)]);
+        s.remove(Range::new(90, 250)).unwrap();
+        assert_eq!(v(&s), vec![(0, 40), (60, 90), (250, 300)]);
+        s.remove(Range::new(0, 1000)).unwrap();
+        assert_eq!(v(&s), vec![]);
+    }
+
+    #[test]
+    fn page_rounding() {
+        let mut s: RangeSet<8> = RangeSet::new();
+        s.insert_pages_within(Range::new(0x1001, 0x5fff)).unwrap();
+        assert_eq!(s.as_slice(), &[Range::new(0x2000, 0x5000)]);
+        s.remove_pages_covering(Range::new(0x2fff, 0x3001)).unwrap();
+        assert_eq!(s.as_slice(), &[Range::new(0x4000, 0x5000)]);
+    }
+
+    #[test]
+    fn take_respects_alignment_and_limit() {
+        let mut s = set(&[(0x1000, 0x3000), (0x10000, 0x40000)]);
+        assert_eq!(s.take(0x1000, 0x1000, u64::MAX), Some(0x1000));
+        assert_eq!(s.take(0x8000, 0x10000, u64::MAX), Some(0x10000));
+        assert_eq!(s.take(0x100000, 0x1000, u64::MAX), None);
+        assert_eq!(s.take(0x1000, 0x1000, 0x2000), None);
+        assert_eq!(v(&s), vec![(0x2000, 0x3000), (0x18000, 0x40000)]);
+    }
+
+    #[test]
+    fn e820_kinds() {
+        assert_eq!(MemKind::from_e820(1), MemKind::Usable);
+        assert_eq!(MemKind::from_e820(3), MemKind::AcpiReclaimable);
+        assert_eq!(MemKind::from_e820(12), MemKind::Other(12));
+    }
+}

@@ -1,0 +1,198 @@
+//! rl4: an SMP L4-family microkernel for x86_64.
+//!
+//! This crate is the kernel image: the boot sequence that wires the `arch` and `smp` layers
+//! together (see `docs/boot.md`). The BSP arrives in [`rl4_kernel_entry`] from either boot
+//! entry; every AP arrives in [`ap_main`] from the trampoline.
+#![no_std]
+#![no_main]
+#![deny(unsafe_code)]
+
+extern crate alloc;
+
+mod mem;
+mod panic;
+mod run;
+
+use rl4_arch::bootinfo::{self, BootInfo, Protocol};
+use rl4_arch::{console, cpu, percpu, println, time};
+use rl4_core::cmdline::{self, Options};
+use rl4_smp::cpus::{self, Cpu};
+use rl4_smp::madt::{self};
+use rl4_smp::{boot as apboot, lapic};
+use spin::Once;
+
+static BOOT_INFO: Once<BootInfo> = Once::new();
+static OPTIONS: Once<Options> = Once::new();
+static TRAMPOLINE: Once<u64> = Once::new();
+
+fn options() -> &'static Options {
+    OPTIONS.get().expect("options parsed at boot")
+}
+
+/// Called by the boot trampoline on the BSP: 64-bit mode, boot page tables, boot stack.
+// The one symbol the boot assembly calls by name; `no_mangle` is the only unsafe thing here.
+#[allow(unsafe_code)]
+#[unsafe(no_mangle)]
+pub extern "C" fn rl4_kernel_entry(protocol: u32, magic: u32, info: u64) -> ! {
+    percpu::install_early();
+    console::init();
+    println!("rl4 {} booting", env!("CARGO_PKG_VERSION"));
+
+    let parsed = match protocol {
+        rl4_arch::ENTRY_PVH => bootinfo::parse_pvh(&rl4_arch::paging::DirectMapMem, info),
+        rl4_arch::ENTRY_MULTIBOOT2 => bootinfo::parse_multiboot2(&rl4_arch::paging::DirectMapMem, magic, info),
+        _ => unreachable!("the boot trampoline passes one of the two protocols"),
+    };
+    let bi = match parsed {
+        Ok(bi) => BOOT_INFO.call_once(|| bi),
+        Err(e) => panic!("cannot read the boot information ({e:?}); protocol {protocol}, info at {info:#x}"),
+    };
+    println!(
+        "boot protocol: {}, command line: \"{}\"{}",
+        match bi.protocol {
+            Protocol::Pvh => "PVH",
+            Protocol::Multiboot2 => "Multiboot2",
+        },
+        bi.cmdline(),
+        if bi.cmdline_truncated { " (truncated)" } else { "" }
+    );
+    let opts = OPTIONS.call_once(|| cmdline::parse(bi.cmdline(), |p| println!("cmdline: {p}")));
+    println!(
+        "options: run={} maxcpus={} ap_timeout_ms={} hz={}",
+        opts.run.name(),
+        run::OrAll(opts.maxcpus),
+        opts.ap_timeout_ms,
+        opts.hz
+    );
+    for e in bi.memory_map() {
+        println!("memory map: {:#014x}..{:#014x} {:?}", e.range.start, e.range.end, e.kind);
+    }
+    if bi.memmap_dropped > 0 || bi.modules_dropped > 0 {
+        println!("boot info: {} memory ranges and {} modules beyond rl4's limits ignored", bi.memmap_dropped, bi.modules_dropped);
+    }
+
+    let m = mem::init(bi);
+    TRAMPOLINE.call_once(|| m.trampoline);
+    println!(
+        "memory: {} MiB usable, {} MiB free in the frame allocator, heap {} KiB at {:#x}, AP trampoline at {:#x}",
+        m.usable >> 20,
+        (m.free_frames * 4096) >> 20,
+        m.heap.len() >> 10,
+        m.heap.start,
+        m.trampoline
+    );
+
+    // The BSP's own per-CPU block and a guarded stack; the boot stack is left behind.
+    let f = cpu::Features::read();
+    let bsp = cpus::create(0, f.apic_id, &mut mem::Frames).expect("BSP per-CPU block");
+    cpu::run_on_stack(bsp.stack_top, bsp_main, bsp as *const Cpu as u64)
+}
+
+extern "C" fn bsp_main(_bsp: u64) -> ! {
+    let bsp = cpus::get(0).expect("BSP block created");
+    if let Err(e) = cpus::init_this_cpu(bsp, &mut mem::Frames) {
+        panic!("BSP descriptor tables: {e:?}");
+    }
+    cpu::disable_legacy_pic();
+    let f = cpu::Features::read();
+    let mut brand = [0u8; 48];
+    println!(
+        "cpu: {}; x2apic={} tsc-deadline={} pcid={} smep={} smap={} nx={} 1g-pages={} invariant-tsc={} hypervisor={}",
+        cpu::Features::brand(&mut brand),
+        f.x2apic,
+        f.tsc_deadline,
+        f.pcid,
+        f.smep,
+        f.smap,
+        f.nx,
+        f.page1g,
+        f.invariant_tsc,
+        f.hypervisor
+    );
+    let (hz, src) = time::init_tsc(&f);
+    println!("tsc: {}.{:03} MHz ({})", hz / 1_000_000, (hz / 1000) % 1000, src.describe());
+
+    let bi = BOOT_INFO.get().expect("boot info");
+    let Some(rsdp) = bi.rsdp else { panic!("the boot loader passed no ACPI RSDP; rl4 needs the MADT") };
+    let platform = match rl4_smp::acpi_handler::discover(rsdp) {
+        Ok(p) => p,
+        Err(e) => panic!("ACPI: cannot read the MADT: {e:?}"),
+    };
+    run::log_platform(&platform, rsdp);
+
+    let xapic_base = if f.x2apic {
+        0
+    } else {
+        rl4_arch::paging::map_mmio(&mut mem::Frames, platform.lapic_address, 4096)
+            .unwrap_or_else(|e| panic!("mapping the local APIC: {e:?}"))
+    };
+    let timer_rate = lapic::configure(lapic::Config {
+        x2apic: f.x2apic,
+        tsc_deadline: f.tsc_deadline,
+        xapic_base,
+        hz: options().hz,
+    });
+    cpus::enable_lapic_this_cpu(bsp);
+    println!(
+        "local APIC: {} mode, timer {} at {} Hz ({} Hz input)",
+        if f.x2apic { "x2APIC" } else { "xAPIC" },
+        if f.tsc_deadline { "TSC-deadline" } else { "periodic" },
+        options().hz,
+        timer_rate
+    );
+    println!("cpu 0 online (apic id {}, bootstrap processor)", bsp.apic_id);
+
+    let plan = madt::plan(&platform.cpus, f.apic_id, f.x2apic, options().maxcpus, rl4_smp::MAX_CPUS);
+    if plan.bsp_missing {
+        println!("madt: the bootstrap CPU (apic id {}) is not listed; added it anyway", f.apic_id);
+    }
+    for (e, why) in &plan.skipped {
+        println!("madt: processor uid {} apic id {} not started: {}", e.uid, e.apic_id, why.describe());
+    }
+    start_aps(&plan);
+    run::after_boot(&plan)
+}
+
+fn start_aps(plan: &madt::Plan) {
+    let page = *TRAMPOLINE.get().expect("trampoline chosen");
+    apboot::install_trampoline(page);
+    let timeout_us = options().ap_timeout_ms as u64 * 1000;
+    for (i, e) in plan.cpus.iter().enumerate().skip(1) {
+        let cpu = match cpus::create(i, e.apic_id, &mut mem::Frames) {
+            Ok(c) => c,
+            Err(err) => {
+                println!("cpu {i} (apic id {}) not started: no memory for its stacks ({err:?})", e.apic_id);
+                continue;
+            }
+        };
+        let t0 = cpu::rdtsc();
+        match apboot::start_ap(cpu, page, ap_main, timeout_us) {
+            apboot::Started::Online => run::record_start(i, cpu::rdtsc() - t0),
+            apboot::Started::NoResponse => println!(
+                "cpu {i} (apic id {}) did NOT come up: no response to INIT-SIPI-SIPI within {} ms",
+                e.apic_id,
+                options().ap_timeout_ms
+            ),
+            apboot::Started::Stuck => println!(
+                "cpu {i} (apic id {}) did NOT come up: reached 64-bit mode but not its set-up within {} ms",
+                e.apic_id,
+                options().ap_timeout_ms
+            ),
+        }
+    }
+}
+
+/// Every AP starts here, on its own stack, with the kernel's page tables.
+extern "C" fn ap_main(cpu: &'static Cpu) -> ! {
+    if let Err(e) = cpus::init_this_cpu(cpu, &mut mem::Frames) {
+        panic!("cpu {}: descriptor tables: {e:?}", cpu.index);
+    }
+    cpus::enable_lapic_this_cpu(cpu);
+    println!(
+        "cpu {} online (apic id {}, {})",
+        cpu.index,
+        cpu.apic_id,
+        if lapic::is_x2apic() { "x2APIC" } else { "xAPIC" }
+    );
+    run::ap_idle(cpu)
+}

@@ -1,0 +1,39 @@
+//! The panic path, on any CPU: report, backtrace, stop every other CPU, fail.
+//!
+//! The report holds the console (taking it over if this CPU already held it when it panicked),
+//! so it is never mixed with other output. The backtrace follows the frame-pointer chain (the
+//! kernel is built with `-C force-frame-pointers=yes`); every frame pointer is checked to be
+//! mapped, aligned and growing before it is followed. `scripts/symbolize` turns the addresses
+//! into function names. A second CPU that panics meanwhile only prints its message and halts.
+use core::fmt::Write;
+use core::panic::PanicInfo;
+use core::sync::atomic::{AtomicBool, Ordering};
+use rl4_arch::{console, cpu, paging, percpu};
+
+static PANICKING: AtomicBool = AtomicBool::new(false);
+
+const MAX_FRAMES: usize = 32;
+
+#[panic_handler]
+fn panic(info: &PanicInfo<'_>) -> ! {
+    let me = percpu::cpu_index();
+    let first = !PANICKING.swap(true, Ordering::AcqRel);
+    {
+        let mut g = console::lock(true);
+        let _ = write!(g, "[cpu{me}] PANIC on cpu {me}: {}", info.message());
+        if let Some(l) = info.location() {
+            let _ = write!(g, " at {}:{}", l.file(), l.line());
+        }
+        let _ = writeln!(g);
+        let _ = writeln!(g, "[cpu{me}] backtrace:");
+        paging::backtrace(cpu::frame_pointer(), MAX_FRAMES, |i, ret| {
+            let _ = writeln!(g, "[cpu{me}]   #{i:<2} {ret:#018x}");
+        });
+    }
+    if !first {
+        cpu::halt_forever();
+    }
+    rl4_smp::cpus::stop_others();
+    rl4_arch::println!("panic: all other CPUs stopped; exiting with failure");
+    cpu::exit(cpu::QemuExit::Failure)
+}

@@ -1,0 +1,197 @@
+//! What the kernel does once its CPUs are up (`run=` on the command line), and the idle loop.
+//!
+//! * `run=boot` (default): check that every online CPU takes timer interrupts and answers a
+//!   reschedule IPI, report the result, and shut down (QEMU exit 33 on success, 35 on failure).
+//! * `run=idle`: stay up, every CPU idle.
+//! * `run=panic` / `run=fault`: make the last CPU panic / take a page fault on purpose, to
+//!   exercise the panic path (report, backtrace, stop every CPU, failure exit).
+use core::fmt;
+use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use rl4_arch::{cpu, println, time};
+use rl4_core::cmdline::Run;
+use rl4_smp::acpi::Platform;
+use rl4_smp::cpus::{self, Cpu};
+use rl4_smp::{MAX_CPUS, madt};
+
+/// Shows `None` as "all".
+pub struct OrAll(pub Option<u32>);
+
+impl fmt::Display for OrAll {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(n) => write!(f, "{n}"),
+            None => f.write_str("all"),
+        }
+    }
+}
+
+pub fn log_platform(p: &Platform, rsdp: u64) {
+    let mut sigs = [0u8; 5 * 32];
+    let mut n = 0;
+    for (s, _) in p.tables.iter().take(32) {
+        sigs[n..n + 4].copy_from_slice(s);
+        sigs[n + 4] = b' ';
+        n += 5;
+    }
+    println!(
+        "acpi: RSDP at {rsdp:#x} (revision {}), tables: {}",
+        p.rsdp_revision,
+        core::str::from_utf8(&sigs[..n]).unwrap_or("?").trim_end()
+    );
+    println!(
+        "madt: local APIC at {:#x}, {} processor entries, {} IOAPIC(s), {} override(s), 8259 PICs {}",
+        p.lapic_address,
+        p.cpus.len(),
+        p.ioapics.len(),
+        p.overrides.len(),
+        if p.has_8259 { "present (masked)" } else { "absent" }
+    );
+    for c in &p.cpus {
+        let state = if c.flags & madt::FLAG_ENABLED != 0 {
+            "enabled"
+        } else if c.flags & madt::FLAG_ONLINE_CAPABLE != 0 {
+            "online-capable"
+        } else {
+            "disabled"
+        };
+        println!(
+            "madt: processor uid {} apic id {} {} ({} entry)",
+            c.uid,
+            c.apic_id,
+            state,
+            if c.x2 { "x2APIC" } else { "local APIC" }
+        );
+    }
+    for io in &p.ioapics {
+        println!("madt: IOAPIC id {} at {:#x}, GSI base {}", io.id, io.address, io.gsi_base);
+    }
+    for o in &p.overrides {
+        println!(
+            "madt: interrupt override: bus {} IRQ {} -> GSI {} ({}, {})",
+            o.bus,
+            o.irq,
+            o.gsi,
+            o.polarity(),
+            o.trigger()
+        );
+    }
+}
+
+static START_TICKS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+/// Remembers how long CPU `i` took from INIT to online (TSC ticks).
+pub fn record_start(i: usize, ticks: u64) {
+    START_TICKS[i].store(ticks, Ordering::Relaxed);
+}
+
+/// A request from the BSP to one AP, picked up in its idle loop.
+static REQUEST_CPU: AtomicUsize = AtomicUsize::new(usize::MAX);
+static REQUEST: AtomicU8 = AtomicU8::new(0);
+const REQ_PANIC: u8 = 1;
+const REQ_FAULT: u8 = 2;
+
+/// An address in the MMIO window that is never mapped: reading it faults.
+const UNMAPPED: u64 = rl4_arch::layout::MMIO_BASE + rl4_arch::layout::MMIO_SIZE - 0x1000;
+
+fn act_on(req: u8) {
+    match req {
+        REQ_PANIC => panic!("deliberate panic (run=panic)"),
+        REQ_FAULT => {
+            println!("touching unmapped address {UNMAPPED:#x} on purpose (run=fault)");
+            rl4_arch::cpu::read_volatile_u64(UNMAPPED);
+        }
+        _ => {}
+    }
+}
+
+/// The idle loop of an AP: sleep until an interrupt, then look for a request.
+pub fn ap_idle(cpu: &'static Cpu) -> ! {
+    loop {
+        cpu::idle_wait();
+        if REQUEST_CPU.load(Ordering::Acquire) == cpu.index as usize {
+            act_on(REQUEST.load(Ordering::Acquire));
+        }
+    }
+}
+
+/// Waits (idling, so the BSP's own timer ticks) until `cond` holds or `us` pass.
+fn idle_until(us: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let end = cpu::rdtsc() + time::us_to_ticks(us);
+    while !cond() {
+        if cpu::rdtsc() >= end {
+            return cond();
+        }
+        cpu::idle_wait();
+    }
+    true
+}
+
+pub fn after_boot(plan: &madt::Plan) -> ! {
+    let online: usize = (0..cpus::count()).filter(|&i| cpus::get(i).is_some_and(|c| c.online.load(Ordering::Acquire))).count();
+    println!("{online} of {} CPUs online", plan.cpus.len());
+    for i in 1..cpus::count() {
+        let t = START_TICKS[i].load(Ordering::Relaxed);
+        if t != 0 {
+            println!("cpu {i}: INIT to online in {} us", time::ticks_to_us(t));
+        }
+    }
+    let opts = crate::options();
+    match opts.run {
+        Run::Boot => check_and_shutdown(online, plan.cpus.len()),
+        Run::Idle => {
+            println!("run=idle: all CPUs idle; stop QEMU with Ctrl-A X");
+            loop {
+                cpu::idle_wait();
+            }
+        }
+        Run::Panic | Run::Fault => {
+            let req = if opts.run == Run::Panic { REQ_PANIC } else { REQ_FAULT };
+            let target = (0..cpus::count()).rev().find(|&i| cpus::get(i).is_some_and(|c| c.online.load(Ordering::Acquire)));
+            match target {
+                Some(0) | None => act_on(req),
+                Some(t) => {
+                    println!("asking cpu {t} to {}", if req == REQ_PANIC { "panic" } else { "fault" });
+                    REQUEST.store(req, Ordering::Release);
+                    REQUEST_CPU.store(t, Ordering::Release);
+                    cpus::send_resched(t);
+                }
+            }
+            // The target stops the machine; if it does not within 10 s, that is a failure too.
+            idle_until(10_000_000, || false);
+            println!("run={}: cpu did not stop the machine within 10 s", opts.run.name());
+            cpu::exit(cpu::QemuExit::Failure)
+        }
+    }
+}
+
+fn check_and_shutdown(online: usize, planned: usize) -> ! {
+    let mut ok = online == planned;
+    // Every online CPU takes timer interrupts and answers an IPI.
+    for i in 0..cpus::count() {
+        let Some(c) = cpus::get(i).filter(|c| c.online.load(Ordering::Acquire)) else { continue };
+        let t0 = c.ticks.load(Ordering::Relaxed);
+        let ticking = idle_until(2_000_000, || c.ticks.load(Ordering::Relaxed) >= t0 + 3);
+        let ipis0 = c.ipis.load(Ordering::Relaxed);
+        if i != 0 {
+            cpus::send_resched(i);
+        } else {
+            // The BSP checks its own IPI path with a self-IPI through the same vector.
+            cpus::send_resched(0);
+        }
+        let ipi = idle_until(2_000_000, || c.ipis.load(Ordering::Relaxed) > ipis0);
+        println!(
+            "cpu {i}: timer {} ({} ticks), IPI {}",
+            if ticking { "ok" } else { "NOT TICKING" },
+            c.ticks.load(Ordering::Relaxed),
+            if ipi { "ok" } else { "NOT RECEIVED" }
+        );
+        ok &= ticking && ipi;
+    }
+    if ok {
+        println!("boot ok: all {online} CPUs online, timers and IPIs working; shutting down");
+        cpu::exit(cpu::QemuExit::Success)
+    } else {
+        println!("boot FAILED: {online} of {planned} CPUs online or a timer/IPI check failed");
+        cpu::exit(cpu::QemuExit::Failure)
+    }
+}

@@ -1,0 +1,367 @@
+//! ACPI: from the RSDP to the MADT.
+//!
+//! [`table_ranges`] walks RSDP → RSDT/XSDT → every table header (plus the FACS and DSDT that the
+//! FADT points to) with nothing but a physical-memory reader, so it can run before the kernel has
+//! a heap: its ranges are taken out of the frame allocator. [`discover`] then reads the MADT
+//! through the `acpi` crate and returns the processors, IOAPICs and interrupt source overrides.
+//! Both are generic over how physical memory is reached, so they are tested on the host against
+//! hand-built tables.
+use ::acpi::sdt::madt::{Madt, MadtEntry};
+use ::acpi::{AcpiError, AcpiTables, Handler};
+use alloc::vec::Vec;
+use rl4_arch::bootinfo::PhysMem;
+use rl4_core::memmap::Range;
+
+use crate::madt::CpuEntry;
+
+pub use ::acpi::Handler as AcpiHandler;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoApic {
+    pub id: u8,
+    pub address: u32,
+    pub gsi_base: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IrqOverride {
+    pub bus: u8,
+    pub irq: u8,
+    pub gsi: u32,
+    /// MPS INTI flags: polarity in bits 0..1, trigger mode in bits 2..3.
+    pub flags: u16,
+}
+
+impl IrqOverride {
+    pub fn polarity(&self) -> &'static str {
+        match self.flags & 3 {
+            0 => "bus default",
+            1 => "active high",
+            3 => "active low",
+            _ => "reserved",
+        }
+    }
+    pub fn trigger(&self) -> &'static str {
+        match (self.flags >> 2) & 3 {
+            0 => "bus default",
+            1 => "edge",
+            3 => "level",
+            _ => "reserved",
+        }
+    }
+}
+
+/// What the MADT says about the machine's interrupt controllers and processors.
+#[derive(Clone, Debug, Default)]
+pub struct Platform {
+    pub rsdp_revision: u8,
+    /// Physical address of the local APICs' registers (after any 64-bit override).
+    pub lapic_address: u64,
+    /// MADT flag PCAT_COMPAT: the machine also has 8259 PICs.
+    pub has_8259: bool,
+    /// Processor entries in table order.
+    pub cpus: Vec<CpuEntry>,
+    pub ioapics: Vec<IoApic>,
+    pub overrides: Vec<IrqOverride>,
+    /// Every table found: signature and physical address.
+    pub tables: Vec<([u8; 4], u64)>,
+}
+
+/// Reads the MADT. `rsdp` is the physical address of the RSDP (or of a copy of it).
+///
+/// # Safety
+/// `handler` must map physical memory faithfully, and `rsdp` must be the address the boot
+/// loader gave (the `acpi` crate checks the signatures and lengths it reads from there).
+pub unsafe fn discover<H: Handler>(handler: H, rsdp: u64) -> Result<Platform, AcpiError> {
+    // SAFETY: forwarded from this function's contract.
+    let tables = unsafe { AcpiTables::from_rsdp(handler, rsdp as usize) }?;
+    let mut p = Platform { rsdp_revision: tables.rsdp_revision, ..Default::default() };
+    for (addr, h) in tables.table_headers() {
+        let mut sig = [0u8; 4];
+        sig.copy_from_slice(&h.signature.as_str().as_bytes()[..4]);
+        p.tables.push((sig, addr as u64));
+    }
+    let madt = tables.find_table::<Madt>().ok_or(AcpiError::TableNotFound(::acpi::sdt::Signature::MADT))?;
+    let m = madt.get();
+    p.lapic_address = { m.local_apic_address } as u64;
+    p.has_8259 = { m.flags } & 1 != 0;
+    for e in madt.get().entries() {
+        match e {
+            MadtEntry::LocalApic(l) => {
+                p.cpus.push(CpuEntry { apic_id: l.apic_id as u32, uid: l.processor_id as u32, flags: l.flags, x2: false })
+            }
+            MadtEntry::LocalX2Apic(l) => p.cpus.push(CpuEntry {
+                apic_id: { l.x2apic_id },
+                uid: { l.processor_uid },
+                flags: { l.flags },
+                x2: true,
+            }),
+            MadtEntry::IoApic(i) => p.ioapics.push(IoApic {
+                id: i.io_apic_id,
+                address: { i.io_apic_address },
+                gsi_base: { i.global_system_interrupt_base },
+            }),
+            MadtEntry::InterruptSourceOverride(o) => {
+                p.overrides.push(IrqOverride { bus: o.bus, irq: o.irq, gsi: { o.global_system_interrupt }, flags: { o.flags } })
+            }
+            MadtEntry::LocalApicAddressOverride(o) => p.lapic_address = o.local_apic_address,
+            _ => {}
+        }
+    }
+    Ok(p)
+}
+
+/// Most ranges [`table_ranges`] reports.
+pub const MAX_TABLE_RANGES: usize = 64;
+
+/// The physical ranges of the RSDP, the RSDT/XSDT and every table they list (plus FACS and
+/// DSDT), as far as `mem` can read them. Tables it cannot read are skipped; the count of skipped
+/// ones is returned too.
+pub fn table_ranges(mem: &impl PhysMem, rsdp: u64, out: &mut [Range; MAX_TABLE_RANGES]) -> (usize, usize) {
+    let mut n = 0;
+    let mut skipped = 0;
+    fn push(out: &mut [Range; MAX_TABLE_RANGES], r: Range, n: &mut usize) {
+        if *n < MAX_TABLE_RANGES {
+            out[*n] = r;
+            *n += 1;
+        }
+    }
+    let mut sig = [0u8; 8];
+    if mem.read(rsdp, &mut sig).is_none() || &sig != b"RSD PTR " {
+        return (0, 1);
+    }
+    let revision = {
+        let mut b = [0u8];
+        mem.read(rsdp + 15, &mut b).map_or(0, |_| b[0])
+    };
+    push(out, Range::new(rsdp, rsdp + if revision >= 2 { 36 } else { 20 }), &mut n);
+    let (root, entry) = match (revision >= 2, mem.u64(rsdp + 24)) {
+        (true, Some(x)) if x != 0 => (x, 8u64),
+        _ => match mem.u32(rsdp + 16) {
+            Some(r) => (r as u64, 4u64),
+            None => return (n, skipped + 1),
+        },
+    };
+    let header_len = |a: u64| mem.u32(a + 4).filter(|&l| (36..=1 << 24).contains(&l)).map(|l| l as u64);
+    let Some(root_len) = header_len(root) else { return (n, skipped + 1) };
+    push(out, Range::new(root, root + root_len), &mut n);
+    let add_table = |out: &mut [Range; MAX_TABLE_RANGES], a: u64, n: &mut usize, skipped: &mut usize| -> Option<u64> {
+        match header_len(a) {
+            Some(l) => {
+                push(out, Range::new(a, a + l), n);
+                Some(l)
+            }
+            None => {
+                *skipped += 1;
+                None
+            }
+        }
+    };
+    for i in 0..(root_len - 36) / entry {
+        let slot = root + 36 + i * entry;
+        let t = if entry == 8 { mem.u64(slot) } else { mem.u32(slot).map(u64::from) };
+        let Some(t) = t.filter(|&t| t != 0) else { continue };
+        if add_table(out, t, &mut n, &mut skipped).is_none() {
+            continue;
+        }
+        let mut s = [0u8; 4];
+        if mem.read(t, &mut s).is_some() && &s == b"FACP" {
+            // FACS (FIRMWARE_CTRL / X_FIRMWARE_CTRL) and DSDT (DSDT / X_DSDT).
+            let len = header_len(t).unwrap_or(0);
+            let x = |off: u64| if len >= off + 8 { mem.u64(t + off).filter(|&v| v != 0) } else { None };
+            let facs = x(132).or_else(|| mem.u32(t + 36).map(u64::from).filter(|&v| v != 0));
+            let dsdt = x(140).or_else(|| mem.u32(t + 40).map(u64::from).filter(|&v| v != 0));
+            if let Some(f) = facs {
+                match mem.u32(f + 4) {
+                    Some(l) if l >= 64 => push(out, Range::new(f, f + l as u64), &mut n),
+                    _ => skipped += 1,
+                }
+            }
+            if let Some(d) = dsdt {
+                add_table(out, d, &mut n, &mut skipped);
+            }
+        }
+    }
+    (n, skipped)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use core::ptr::NonNull;
+    use std::sync::Arc;
+
+    /// A fake physical memory of 64 KiB at physical address 0xe0000, with hand-built tables.
+    #[derive(Clone)]
+    pub struct FakeMem(pub Arc<Vec<u8>>);
+    pub const BASE: u64 = 0xe0000;
+
+    impl PhysMem for FakeMem {
+        fn read(&self, pa: u64, buf: &mut [u8]) -> Option<()> {
+            let off = pa.checked_sub(BASE)? as usize;
+            buf.copy_from_slice(self.0.get(off..off + buf.len())?);
+            Some(())
+        }
+    }
+
+    fn checksum(b: &mut [u8], at: usize) {
+        b[at] = 0;
+        let s: u8 = b.iter().fold(0u8, |a, x| a.wrapping_add(*x));
+        b[at] = 0u8.wrapping_sub(s);
+    }
+
+    fn sdt(sig: &[u8; 4], body: &[u8]) -> Vec<u8> {
+        let mut t = Vec::new();
+        t.extend_from_slice(sig);
+        t.extend_from_slice(&((36 + body.len()) as u32).to_le_bytes());
+        t.push(1);
+        t.push(0);
+        t.extend_from_slice(b"RL4TST");
+        t.extend_from_slice(b"RL4TABLE");
+        t.extend_from_slice(&1u32.to_le_bytes());
+        t.extend_from_slice(b"RL4 ");
+        t.extend_from_slice(&1u32.to_le_bytes());
+        t.extend_from_slice(body);
+        checksum(&mut t, 9);
+        t
+    }
+
+    /// RSDP v2 at 0xe0000, XSDT at 0xe1000, MADT at 0xe2000 (4 CPUs, one disabled, one
+    /// x2APIC-only, one IOAPIC, one override), FADT at 0xe3000 with a DSDT at 0xe4000.
+    pub fn machine() -> FakeMem {
+        let mut mem = vec![0u8; 0x10000];
+        let mut put = |pa: u64, b: &[u8]| {
+            let o = (pa - BASE) as usize;
+            mem[o..o + b.len()].copy_from_slice(b)
+        };
+        let mut madt = Vec::new();
+        madt.extend_from_slice(&0xfee0_0000u32.to_le_bytes());
+        madt.extend_from_slice(&1u32.to_le_bytes()); // PCAT_COMPAT
+        for (uid, id, flags) in [(0u8, 0u8, 1u32), (1, 1, 1), (2, 2, 0)] {
+            madt.extend_from_slice(&[0, 8, uid, id]);
+            madt.extend_from_slice(&flags.to_le_bytes());
+        }
+        madt.extend_from_slice(&[9, 16, 0, 0]);
+        madt.extend_from_slice(&300u32.to_le_bytes());
+        madt.extend_from_slice(&1u32.to_le_bytes());
+        madt.extend_from_slice(&3u32.to_le_bytes());
+        madt.extend_from_slice(&[1, 12, 7, 0]);
+        madt.extend_from_slice(&0xfec0_0000u32.to_le_bytes());
+        madt.extend_from_slice(&0u32.to_le_bytes());
+        madt.extend_from_slice(&[2, 10, 0, 0]);
+        madt.extend_from_slice(&2u32.to_le_bytes());
+        madt.extend_from_slice(&0u16.to_le_bytes());
+        put(0xe2000, &sdt(b"APIC", &madt));
+        let mut fadt = vec![0u8; 244 - 36];
+        fadt[40 - 36..44 - 36].copy_from_slice(&0xe4000u32.to_le_bytes());
+        put(0xe3000, &sdt(b"FACP", &fadt));
+        put(0xe4000, &sdt(b"DSDT", &[0u8; 10]));
+        let mut xsdt = Vec::new();
+        xsdt.extend_from_slice(&0xe2000u64.to_le_bytes());
+        xsdt.extend_from_slice(&0xe3000u64.to_le_bytes());
+        put(0xe1000, &sdt(b"XSDT", &xsdt));
+        let mut rsdp = Vec::new();
+        rsdp.extend_from_slice(b"RSD PTR ");
+        rsdp.push(0);
+        rsdp.extend_from_slice(b"RL4TST");
+        rsdp.push(2);
+        rsdp.extend_from_slice(&0u32.to_le_bytes());
+        rsdp.extend_from_slice(&36u32.to_le_bytes());
+        rsdp.extend_from_slice(&0xe1000u64.to_le_bytes());
+        rsdp.extend_from_slice(&[0, 0, 0, 0]);
+        checksum(&mut rsdp[..20], 8);
+        checksum(&mut rsdp, 32);
+        put(0xe0000, &rsdp);
+        FakeMem(Arc::new(mem))
+    }
+
+    impl Handler for FakeMem {
+        unsafe fn map_physical_region<T>(&self, pa: usize, size: usize) -> ::acpi::PhysicalMapping<Self, T> {
+            let off = pa - BASE as usize;
+            assert!(off + size <= self.0.len(), "read past fake memory");
+            let p = self.0.as_ptr().wrapping_add(off) as *mut T;
+            ::acpi::PhysicalMapping {
+                physical_start: pa,
+                virtual_start: NonNull::new(p).unwrap(),
+                region_length: size,
+                mapped_length: size,
+                handler: self.clone(),
+            }
+        }
+        fn unmap_physical_region<T>(_: &::acpi::PhysicalMapping<Self, T>) {}
+        fn read_u8(&self, _: usize) -> u8 { unreachable!("no AML in these tests") }
+        fn read_u16(&self, _: usize) -> u16 { unreachable!() }
+        fn read_u32(&self, _: usize) -> u32 { unreachable!() }
+        fn read_u64(&self, _: usize) -> u64 { unreachable!() }
+        fn write_u8(&self, _: usize, _: u8) { unreachable!() }
+        fn write_u16(&self, _: usize, _: u16) { unreachable!() }
+        fn write_u32(&self, _: usize, _: u32) { unreachable!() }
+        fn write_u64(&self, _: usize, _: u64) { unreachable!() }
+        fn read_io_u8(&self, _: u16) -> u8 { unreachable!() }
+        fn read_io_u16(&self, _: u16) -> u16 { unreachable!() }
+        fn read_io_u32(&self, _: u16) -> u32 { unreachable!() }
+        fn write_io_u8(&self, _: u16, _: u8) { unreachable!() }
+        fn write_io_u16(&self, _: u16, _: u16) { unreachable!() }
+        fn write_io_u32(&self, _: u16, _: u32) { unreachable!() }
+        fn read_pci_u8(&self, _: ::acpi::PciAddress, _: u16) -> u8 { unreachable!() }
+        fn read_pci_u16(&self, _: ::acpi::PciAddress, _: u16) -> u16 { unreachable!() }
+        fn read_pci_u32(&self, _: ::acpi::PciAddress, _: u16) -> u32 { unreachable!() }
+        fn write_pci_u8(&self, _: ::acpi::PciAddress, _: u16, _: u8) { unreachable!() }
+        fn write_pci_u16(&self, _: ::acpi::PciAddress, _: u16, _: u16) { unreachable!() }
+        fn write_pci_u32(&self, _: ::acpi::PciAddress, _: u16, _: u32) { unreachable!() }
+        fn nanos_since_boot(&self) -> u64 { 0 }
+        fn stall(&self, _: u64) {}
+        fn sleep(&self, _: u64) {}
+        fn create_mutex(&self) -> ::acpi::Handle { unreachable!() }
+        fn acquire(&self, _: ::acpi::Handle, _: u16) -> Result<(), ::acpi::aml::AmlError> { unreachable!() }
+        fn release(&self, _: ::acpi::Handle) { unreachable!() }
+    }
+
+    #[test]
+    fn discover_reads_the_madt() {
+        // SAFETY: the fake handler maps only inside its own buffer.
+        let p = unsafe { discover(machine(), BASE) }.unwrap();
+        assert_eq!(p.rsdp_revision, 2);
+        assert_eq!(p.lapic_address, 0xfee0_0000);
+        assert!(p.has_8259);
+        let ids: Vec<_> = p.cpus.iter().map(|c| (c.apic_id, c.flags, c.x2)).collect();
+        assert_eq!(ids, vec![(0, 1, false), (1, 1, false), (2, 0, false), (300, 1, true)]);
+        assert_eq!(p.ioapics, vec![IoApic { id: 7, address: 0xfec0_0000, gsi_base: 0 }]);
+        assert_eq!(p.overrides.len(), 1);
+        assert_eq!((p.overrides[0].irq, p.overrides[0].gsi), (0, 2));
+        assert_eq!(p.overrides[0].trigger(), "bus default");
+        let sigs: Vec<_> = p.tables.iter().map(|(s, _)| *s).collect();
+        assert_eq!(sigs, vec![*b"APIC", *b"FACP"]);
+    }
+
+    #[test]
+    fn madt_to_plan_end_to_end() {
+        // SAFETY: as above.
+        let p = unsafe { discover(machine(), BASE) }.unwrap();
+        let plan = crate::madt::plan(&p.cpus, 1, false, None, 256);
+        let ids: Vec<_> = plan.cpus.iter().map(|c| c.apic_id).collect();
+        assert_eq!(ids, vec![1, 0]);
+        assert_eq!(plan.skipped.len(), 2);
+        let plan = crate::madt::plan(&p.cpus, 0, true, None, 256);
+        assert_eq!(plan.cpus.iter().map(|c| c.apic_id).collect::<Vec<_>>(), vec![0, 1, 300]);
+    }
+
+    #[test]
+    fn bad_rsdp_is_an_error() {
+        // SAFETY: as above.
+        assert!(unsafe { discover(machine(), BASE + 0x1000) }.is_err());
+    }
+
+    #[test]
+    fn table_ranges_cover_every_table() {
+        let mut out = [Range::default(); MAX_TABLE_RANGES];
+        let (n, skipped) = table_ranges(&machine(), BASE, &mut out);
+        assert_eq!(skipped, 0);
+        let starts: Vec<_> = out[..n].iter().map(|r| r.start).collect();
+        assert_eq!(starts, vec![0xe0000, 0xe1000, 0xe2000, 0xe3000, 0xe4000]);
+        assert_eq!(out[1].len(), 36 + 16);
+        assert_eq!(out[4].len(), 46);
+        let (n, skipped) = table_ranges(&machine(), BASE + 8, &mut out);
+        assert_eq!((n, skipped), (0, 1));
+    }
+}

@@ -1,0 +1,159 @@
+//! The kernel's handler for the `acpi` crate: physical memory through the direct map, port I/O and
+//! PCI configuration space through the legacy 0xcf8/0xcfc mechanism.
+//!
+//! rl4 reads static tables only; it never starts the AML interpreter, so the AML mutex hooks
+//! are never called and say so if they ever are.
+use acpi::{Handle, PciAddress, PhysicalMapping};
+use core::ptr::NonNull;
+use rl4_arch::layout::phys_to_virt;
+use rl4_arch::{cpu, time};
+use x86_64::instructions::port::Port;
+
+#[derive(Clone, Copy)]
+pub struct KernelAcpi;
+
+fn mem<T>(pa: usize) -> *mut T {
+    phys_to_virt(pa as u64) as *mut T
+}
+
+fn pci_address(a: PciAddress, offset: u16) -> u32 {
+    0x8000_0000 | (a.bus() as u32) << 16 | (a.device() as u32) << 11 | (a.function() as u32) << 8 | (offset as u32 & 0xfc)
+}
+
+fn pci_read(a: PciAddress, offset: u16) -> u32 {
+    let mut addr: Port<u32> = Port::new(0xcf8);
+    let mut data: Port<u32> = Port::new(0xcfc);
+    // SAFETY: the legacy PCI configuration mechanism; rl4 has no other user of these ports.
+    unsafe {
+        addr.write(pci_address(a, offset));
+        data.read()
+    }
+}
+
+fn pci_write(a: PciAddress, offset: u16, v: u32) {
+    let mut addr: Port<u32> = Port::new(0xcf8);
+    let mut data: Port<u32> = Port::new(0xcfc);
+    // SAFETY: as in `pci_read`.
+    unsafe {
+        addr.write(pci_address(a, offset));
+        data.write(v)
+    }
+}
+
+impl acpi::Handler for KernelAcpi {
+    unsafe fn map_physical_region<T>(&self, pa: usize, size: usize) -> PhysicalMapping<Self, T> {
+        PhysicalMapping {
+            physical_start: pa,
+            virtual_start: NonNull::new(mem::<T>(pa)).expect("direct map address is never null"),
+            region_length: size,
+            mapped_length: size,
+            handler: *self,
+        }
+    }
+    fn unmap_physical_region<T>(_: &PhysicalMapping<Self, T>) {}
+
+    fn read_u8(&self, a: usize) -> u8 {
+        // SAFETY: the AML-facing accessors read physical memory through the direct map.
+        unsafe { mem::<u8>(a).read_volatile() }
+    }
+    fn read_u16(&self, a: usize) -> u16 {
+        // SAFETY: as above.
+        unsafe { mem::<u16>(a).read_volatile() }
+    }
+    fn read_u32(&self, a: usize) -> u32 {
+        // SAFETY: as above.
+        unsafe { mem::<u32>(a).read_volatile() }
+    }
+    fn read_u64(&self, a: usize) -> u64 {
+        // SAFETY: as above.
+        unsafe { mem::<u64>(a).read_volatile() }
+    }
+    fn write_u8(&self, a: usize, v: u8) {
+        // SAFETY: as above.
+        unsafe { mem::<u8>(a).write_volatile(v) }
+    }
+    fn write_u16(&self, a: usize, v: u16) {
+        // SAFETY: as above.
+        unsafe { mem::<u16>(a).write_volatile(v) }
+    }
+    fn write_u32(&self, a: usize, v: u32) {
+        // SAFETY: as above.
+        unsafe { mem::<u32>(a).write_volatile(v) }
+    }
+    fn write_u64(&self, a: usize, v: u64) {
+        // SAFETY: as above.
+        unsafe { mem::<u64>(a).write_volatile(v) }
+    }
+    fn read_io_u8(&self, p: u16) -> u8 {
+        // SAFETY: port I/O requested by firmware tables.
+        unsafe { Port::new(p).read() }
+    }
+    fn read_io_u16(&self, p: u16) -> u16 {
+        // SAFETY: as above.
+        unsafe { Port::new(p).read() }
+    }
+    fn read_io_u32(&self, p: u16) -> u32 {
+        // SAFETY: as above.
+        unsafe { Port::new(p).read() }
+    }
+    fn write_io_u8(&self, p: u16, v: u8) {
+        // SAFETY: as above.
+        unsafe { Port::new(p).write(v) }
+    }
+    fn write_io_u16(&self, p: u16, v: u16) {
+        // SAFETY: as above.
+        unsafe { Port::new(p).write(v) }
+    }
+    fn write_io_u32(&self, p: u16, v: u32) {
+        // SAFETY: as above.
+        unsafe { Port::new(p).write(v) }
+    }
+    fn read_pci_u8(&self, a: PciAddress, o: u16) -> u8 {
+        (pci_read(a, o) >> ((o & 3) * 8)) as u8
+    }
+    fn read_pci_u16(&self, a: PciAddress, o: u16) -> u16 {
+        (pci_read(a, o) >> ((o & 2) * 8)) as u16
+    }
+    fn read_pci_u32(&self, a: PciAddress, o: u16) -> u32 {
+        pci_read(a, o)
+    }
+    fn write_pci_u8(&self, a: PciAddress, o: u16, v: u8) {
+        let shift = (o & 3) * 8;
+        let old = pci_read(a, o) & !(0xff << shift);
+        pci_write(a, o, old | (v as u32) << shift)
+    }
+    fn write_pci_u16(&self, a: PciAddress, o: u16, v: u16) {
+        let shift = (o & 2) * 8;
+        let old = pci_read(a, o) & !(0xffff << shift);
+        pci_write(a, o, old | (v as u32) << shift)
+    }
+    fn write_pci_u32(&self, a: PciAddress, o: u16, v: u32) {
+        pci_write(a, o, v)
+    }
+    fn nanos_since_boot(&self) -> u64 {
+        time::ticks_to_us(cpu::rdtsc()) * 1000
+    }
+    fn stall(&self, us: u64) {
+        time::delay_us(us)
+    }
+    fn sleep(&self, ms: u64) {
+        time::delay_us(ms * 1000)
+    }
+    fn create_mutex(&self) -> Handle {
+        panic!("rl4 does not run ACPI AML (create_mutex called)")
+    }
+    fn acquire(&self, _: Handle, _: u16) -> Result<(), acpi::aml::AmlError> {
+        panic!("rl4 does not run ACPI AML (acquire called)")
+    }
+    fn release(&self, _: Handle) {
+        panic!("rl4 does not run ACPI AML (release called)")
+    }
+}
+
+/// Reads the MADT through the direct map (see [`crate::acpi::discover`]).
+pub fn discover(rsdp: u64) -> Result<crate::acpi::Platform, acpi::AcpiError> {
+    // SAFETY: `KernelAcpi` maps through the direct map, which covers every range of the memory
+    // map (ACPI tables included); the RSDP address comes from the boot loader, and the acpi
+    // crate checks signatures and lengths of what it reads from there.
+    unsafe { crate::acpi::discover(KernelAcpi, rsdp) }
+}

@@ -1,0 +1,189 @@
+//! Starting the application processors: the real-mode trampoline and INIT-SIPI-SIPI.
+//!
+//! The trampoline is a page of code copied below 1 MiB (the STARTUP IPI's vector is the page
+//! number). An AP starts there in real mode at `page:0`, loads the trampoline's own GDT,
+//! enters protected mode, turns on PAE, loads the *boot* page tables (below 4 GiB, identity map
+//! of the first 4 GiB plus the kernel image), sets EFER.LME/NXE, enables paging, far-returns to
+//! 64-bit code, reports that it runs, and jumps to `ap_high` in the kernel image, which loads
+//! the kernel's own page tables and stack and calls the entry point with its per-CPU block.
+//!
+//! Parameters sit at offset [`PARAMS`] of the page (see [`Params`]); the BSP starts one AP at a
+//! time, so one page serves them all.
+use core::sync::atomic::{AtomicU32, Ordering};
+use rl4_arch::layout::phys_to_virt;
+use rl4_arch::{boot_pml4_phys, paging, time};
+use x86_64::registers::model_specific::Efer;
+
+use crate::cpus::{self, Cpu};
+use crate::lapic;
+
+/// Offset of [`Params`] in the trampoline page.
+pub const PARAMS: u64 = 0x800;
+
+/// What the BSP hands one AP (layout shared with the assembly below).
+#[repr(C)]
+struct Params {
+    _pad: u16,
+    gdt_limit: u16,   // 0x02
+    gdt_base: u32,    // 0x04
+    pm32: u32,        // 0x08: far pointer offset (linear address of pm32)
+    pm32_sel: u16,    // 0x0c
+    _pad2: u16,
+    boot_cr3: u32,    // 0x10
+    efer_or: u32,     // 0x14
+    entry: u64,       // 0x18: extern "C" fn(&'static Cpu) -> !
+    stack_top: u64,   // 0x20
+    arg: u64,         // 0x28
+    kernel_cr3: u64,  // 0x30
+    alive: AtomicU32, // 0x38: set by the AP in 64-bit mode
+}
+
+core::arch::global_asm!(
+    r#"
+    .set P, {params}
+    .section .text.ap_trampoline, "ax"
+    .code16
+    .global ap_tramp_start
+ap_tramp_start:
+    cli
+    cld
+    mov %cs, %ax
+    mov %ax, %ds
+    xor %ebx, %ebx
+    mov %ax, %bx
+    shl $4, %ebx                    /* ebx = linear address of the page */
+    lgdtl P + 2
+    mov %cr0, %eax
+    or $1, %eax
+    mov %eax, %cr0
+    ljmpl *(P + 8)
+
+    .code32
+    .global ap_tramp_pm32
+ap_tramp_pm32:
+    mov $0x10, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %ss
+    mov %ax, %fs
+    mov %ax, %gs
+    lea 0x1000(%ebx), %esp          /* a small stack at the top of the page, for the far return */
+    mov %cr4, %eax
+    or $0x20, %eax                  /* PAE */
+    mov %eax, %cr4
+    mov P + 0x10(%ebx), %eax
+    mov %eax, %cr3
+    mov $0xC0000080, %ecx
+    rdmsr
+    or P + 0x14(%ebx), %eax          /* LME (+ NXE) */
+    wrmsr
+    mov %cr0, %eax
+    or $0x80010000, %eax            /* PG | WP */
+    mov %eax, %cr0
+    lea (ap_tramp_lm64 - ap_tramp_start)(%ebx), %eax
+    push $0x18
+    push %eax
+    lret
+
+    .code64
+ap_tramp_lm64:
+    movl $1, P + 0x38(%rbx)
+    mov P + 0x20(%rbx), %rsp
+    mov P + 0x28(%rbx), %rdi
+    mov P + 0x18(%rbx), %rax
+    mov P + 0x30(%rbx), %rcx
+    movabs $ap_high, %rdx
+    jmp *%rdx
+
+    .balign 8
+    .global ap_tramp_gdt
+ap_tramp_gdt:
+    .quad 0
+    .quad 0x00cf9a000000ffff        /* 0x08: 32-bit code */
+    .quad 0x00cf92000000ffff        /* 0x10: data */
+    .quad 0x00af9a000000ffff        /* 0x18: 64-bit code */
+    .global ap_tramp_end
+ap_tramp_end:
+
+    /* In the kernel image: switch to the kernel's page tables and stack, call the entry. */
+    .text
+ap_high:
+    mov %rcx, %cr3
+    xor %ebp, %ebp
+    call *%rax
+    ud2
+    "#,
+    params = const PARAMS,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    static ap_tramp_start: u8;
+    static ap_tramp_pm32: u8;
+    static ap_tramp_gdt: u8;
+    static ap_tramp_end: u8;
+}
+
+/// The AP entry point the kernel supplies: runs on the AP's own stack with its block.
+pub type ApEntry = extern "C" fn(&'static Cpu) -> !;
+
+/// Copies the trampoline to physical page `page` (below 1 MiB, reserved from the allocator).
+pub fn install_trampoline(page: u64) {
+    assert!(page % 4096 == 0 && page < 0x10_0000);
+    let start = (&raw const ap_tramp_start) as u64;
+    let len = (&raw const ap_tramp_end) as u64 - start;
+    assert!(len <= PARAMS, "trampoline code overlaps its parameters");
+    // SAFETY: `page` is reserved for the trampoline (never handed out by the frame allocator)
+    // and mapped in the direct map; the source is the trampoline's bytes in the kernel image.
+    unsafe {
+        core::ptr::copy_nonoverlapping(start as *const u8, phys_to_virt(page) as *mut u8, len as usize);
+    }
+}
+
+/// Outcome of starting one AP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Started {
+    Online,
+    /// The AP never reached 64-bit mode.
+    NoResponse,
+    /// It reached 64-bit mode but did not finish its set-up in time.
+    Stuck,
+}
+
+/// Starts `cpu` through the trampoline at `page` and waits up to `timeout_us` for it to come
+/// online.
+pub fn start_ap(cpu: &'static Cpu, page: u64, entry: ApEntry, timeout_us: u64) -> Started {
+    let start = (&raw const ap_tramp_start) as u64;
+    let p = phys_to_virt(page + PARAMS) as *mut Params;
+    let efer_or = 0x100 | (Efer::read_raw() & 0x800) as u32;
+    // SAFETY: the parameter block lies in the reserved trampoline page, beyond the code; no AP
+    // runs the trampoline now (the previous one reported `alive` or was given up on and will
+    // never read the page again: a CPU that did not answer two SIPIs stays in wait-for-SIPI).
+    unsafe {
+        p.write(Params {
+            _pad: 0,
+            gdt_limit: 4 * 8 - 1,
+            gdt_base: (page + ((&raw const ap_tramp_gdt) as u64 - start)) as u32,
+            pm32: (page + ((&raw const ap_tramp_pm32) as u64 - start)) as u32,
+            pm32_sel: 0x08,
+            _pad2: 0,
+            boot_cr3: boot_pml4_phys() as u32,
+            efer_or,
+            entry: entry as usize as u64,
+            stack_top: cpu.stack_top,
+            arg: cpu as *const Cpu as u64,
+            kernel_cr3: paging::kernel_pml4(),
+            alive: AtomicU32::new(0),
+        });
+    }
+    // SAFETY: `p` stays valid (reserved page); `alive` is only written atomically by the AP.
+    let alive = unsafe { &(*p).alive };
+    cpus::with_lapic(|l| {
+        let l = l.expect("BSP local APIC is up before APs are started");
+        lapic::init_sipi_sipi(l, cpu.apic_id, page, || alive.load(Ordering::Acquire) != 0);
+    });
+    if !time::wait_until(timeout_us, || alive.load(Ordering::Acquire) != 0) {
+        return Started::NoResponse;
+    }
+    if time::wait_until(timeout_us, || cpu.online.load(Ordering::Acquire)) { Started::Online } else { Started::Stuck }
+}

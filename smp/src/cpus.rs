@@ -1,0 +1,191 @@
+//! Per-CPU blocks: one [`Cpu`] per running CPU, reached through `GS` on that CPU and through
+//! [`get`] from the others.
+//!
+//! A `Cpu` starts with the architecture's [`CpuHeader`] (what `GS` points at), then holds the
+//! CPU's local APIC handle, its counters and state flags. Other per-CPU data of higher layers
+//! lives in arrays indexed by the CPU index. Blocks are created by the BSP
+//! before the CPU starts, and live forever.
+use alloc::boxed::Box;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use crossbeam_utils::CachePadded;
+use rl4_arch::gdt::{CpuTables, IST_DOUBLE_FAULT, IST_MACHINE_CHECK, IST_NMI};
+use rl4_arch::paging::{self, FrameSource, MapError};
+use rl4_arch::percpu::{self, CpuHeader};
+use x2apic::lapic::LocalApic;
+use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame};
+
+use crate::MAX_CPUS;
+use crate::lapic;
+
+/// Pages of each IST stack (double fault, NMI, machine check).
+pub const IST_PAGES: u64 = 4;
+/// Pages of each CPU's kernel stack.
+pub const STACK_PAGES: u64 = 16;
+
+#[repr(C, align(64))]
+pub struct Cpu {
+    /// Must stay first: `GS` points here.
+    pub header: CpuHeader,
+    pub index: u32,
+    pub apic_id: u32,
+    /// Top of this CPU's kernel stack (guard page below).
+    pub stack_top: u64,
+    /// Only touched by the CPU itself, with interrupts off.
+    lapic: UnsafeCell<Option<LocalApic>>,
+    /// Set by the CPU once its descriptor tables, GS and local APIC are up.
+    pub online: AtomicBool,
+    pub ticks: CachePadded<AtomicU64>,
+    pub ipis: AtomicU64,
+}
+
+// SAFETY: the only non-thread-safe field, `lapic`, is accessed solely by the CPU the block
+// belongs to (through `this()`, with interrupts off); everything else is atomic or immutable.
+unsafe impl Sync for Cpu {}
+
+static CPUS: [AtomicPtr<Cpu>; MAX_CPUS] = [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
+static COUNT: AtomicUsize = AtomicUsize::new(0);
+
+/// Creates the block for CPU `index` with its kernel stack and registers it.
+pub fn create(index: usize, apic_id: u32, frames: &mut impl FrameSource) -> Result<&'static Cpu, MapError> {
+    assert!(index < MAX_CPUS && CPUS[index].load(Ordering::Acquire).is_null());
+    let stack_top = paging::map_stack(frames, STACK_PAGES)?;
+    let cpu = Box::leak(Box::new(Cpu {
+        header: CpuHeader::new(index as u32, apic_id),
+        index: index as u32,
+        apic_id,
+        stack_top,
+        lapic: UnsafeCell::new(None),
+        online: AtomicBool::new(false),
+        ticks: CachePadded::new(AtomicU64::new(0)),
+        ipis: AtomicU64::new(0),
+    }));
+    cpu.header.kernel_stack_top.store(stack_top, Ordering::Relaxed);
+    CPUS[index].store(cpu, Ordering::Release);
+    COUNT.fetch_max(index + 1, Ordering::AcqRel);
+    Ok(cpu)
+}
+
+/// CPU `index`'s block, if it was created.
+pub fn get(index: usize) -> Option<&'static Cpu> {
+    let p = CPUS.get(index)?.load(Ordering::Acquire);
+    // SAFETY: non-null entries point at leaked (so 'static) blocks made by `create`.
+    (!p.is_null()).then(|| unsafe { &*p })
+}
+
+/// One more than the highest CPU index created.
+pub fn count() -> usize {
+    COUNT.load(Ordering::Acquire)
+}
+
+/// The calling CPU's block. Panics if `init_this_cpu` has not run here.
+pub fn this() -> &'static Cpu {
+    let i = percpu::cpu_index() as usize;
+    let c = get(i).expect("per-CPU block not created");
+    assert!(core::ptr::eq(percpu::current(), &c.header), "GS does not point at this CPU's block yet");
+    c
+}
+
+/// Runs `f` with the calling CPU's local APIC (`None` before it is enabled here).
+pub fn with_lapic<R>(f: impl FnOnce(Option<&mut LocalApic>) -> R) -> R {
+    let i = percpu::cpu_index() as usize;
+    match get(i).filter(|c| core::ptr::eq(percpu::current(), &c.header)) {
+        // SAFETY: the block belongs to the calling CPU, and the kernel runs with interrupts
+        // off, so nothing else on this CPU holds a reference into `lapic` (interrupt handlers
+        // reach it only from the idle loop, where no reference is held).
+        Some(c) => f(unsafe { &mut *c.lapic.get() }.as_mut()),
+        None => f(None),
+    }
+}
+
+/// Makes `cpu` the calling CPU: its GDT and TSS (with IST stacks), IDT and `GS`.
+pub fn init_this_cpu(cpu: &'static Cpu, frames: &mut impl FrameSource) -> Result<(), MapError> {
+    let tables = Box::leak(Box::new(CpuTables::new()));
+    tables.set_ist(IST_DOUBLE_FAULT, paging::map_stack(frames, IST_PAGES)?);
+    tables.set_ist(IST_NMI, paging::map_stack(frames, IST_PAGES)?);
+    tables.set_ist(IST_MACHINE_CHECK, paging::map_stack(frames, IST_PAGES)?);
+    tables.set_kernel_stack(cpu.stack_top);
+    tables.load();
+
+    let idt = Box::leak(Box::new(InterruptDescriptorTable::new()));
+    rl4_arch::idt::build(
+        idt,
+        &[
+            (lapic::VEC_TIMER, timer_interrupt),
+            (lapic::VEC_RESCHED, resched_interrupt),
+            (lapic::VEC_ERROR, error_interrupt),
+            (lapic::VEC_SPURIOUS, spurious_interrupt),
+        ],
+    );
+    idt.load();
+    percpu::install(&cpu.header);
+    Ok(())
+}
+
+/// Enables the calling CPU's local APIC and timer (after [`lapic::configure`] ran on the BSP)
+/// and marks the CPU online.
+pub fn enable_lapic_this_cpu(cpu: &'static Cpu) {
+    assert!(core::ptr::eq(percpu::current(), &cpu.header), "enable_lapic_this_cpu on a foreign CPU");
+    let l = lapic::enable_this_cpu();
+    // SAFETY: the block belongs to this CPU (checked above) and interrupts are off.
+    unsafe { *cpu.lapic.get() = Some(l) };
+    cpu.online.store(true, Ordering::Release);
+}
+
+fn eoi() {
+    with_lapic(|l| {
+        if let Some(l) = l {
+            // SAFETY: acknowledges the interrupt being handled on this CPU's APIC.
+            unsafe { l.end_of_interrupt() }
+        }
+    });
+}
+
+extern "x86-interrupt" fn timer_interrupt(_f: InterruptStackFrame) {
+    if let Some(c) = get(percpu::cpu_index() as usize) {
+        c.ticks.fetch_add(1, Ordering::Relaxed);
+    }
+    lapic::timer_rearm();
+    eoi();
+}
+
+extern "x86-interrupt" fn resched_interrupt(_f: InterruptStackFrame) {
+    if let Some(c) = get(percpu::cpu_index() as usize) {
+        c.ipis.fetch_add(1, Ordering::Relaxed);
+    }
+    eoi();
+}
+
+extern "x86-interrupt" fn error_interrupt(_f: InterruptStackFrame) {
+    let flags = with_lapic(|l| l.map(|l| {
+        // SAFETY: reads this CPU's error status register.
+        unsafe { l.error_flags() }.bits()
+    }));
+    rl4_arch::println!("local APIC error, ESR={:#x}", flags.unwrap_or(0));
+    eoi();
+}
+
+extern "x86-interrupt" fn spurious_interrupt(_f: InterruptStackFrame) {
+    // A spurious interrupt is not acknowledged (Intel SDM vol. 3A §11.9).
+}
+
+/// Sends the reschedule IPI to CPU `index`.
+pub fn send_resched(index: usize) {
+    if let Some(target) = get(index) {
+        with_lapic(|l| {
+            if let Some(l) = l {
+                lapic::send_ipi(l, lapic::VEC_RESCHED, target.apic_id)
+            }
+        });
+    }
+}
+
+/// Stops every other CPU: they halt in their NMI handler. Used by the panic path.
+pub fn stop_others() {
+    rl4_arch::idt::HALT_ON_NMI.store(true, Ordering::Release);
+    with_lapic(|l| {
+        if let Some(l) = l {
+            lapic::send_nmi_others(l)
+        }
+    });
+}

@@ -1,0 +1,158 @@
+//! The local APIC of each CPU, through the `x2apic` crate.
+//!
+//! x2APIC (MSR) mode where CPUID offers it, xAPIC (MMIO, mapped uncached by the BSP) otherwise;
+//! the crate picks the mode from CPUID and every CPU of one machine agrees. One quirk is
+//! handled here: in xAPIC mode the destination APIC id sits in bits 24..31 of the ICR's high
+//! half, while the crate writes the destination it is given into the high half as is.
+//!
+//! The timer runs in TSC-deadline mode where CPUID has it (re-armed on every tick) and in
+//! periodic mode otherwise (its rate calibrated against the TSC on the BSP).
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use rl4_arch::{cpu, time};
+use x2apic::lapic::{IpiAllShorthand, LocalApic, LocalApicBuilder, TimerDivide, TimerMode};
+
+pub const VEC_TIMER: u8 = 0x30;
+pub const VEC_RESCHED: u8 = 0x31;
+pub const VEC_ERROR: u8 = 0xfe;
+pub const VEC_SPURIOUS: u8 = 0xff;
+
+static X2APIC: AtomicBool = AtomicBool::new(false);
+static XAPIC_BASE: AtomicU64 = AtomicU64::new(0);
+static DEADLINE: AtomicBool = AtomicBool::new(false);
+/// TSC ticks between two timer interrupts (TSC-deadline mode).
+static PERIOD_TSC: AtomicU64 = AtomicU64::new(0);
+/// Initial count for one period (periodic mode, divide by 16).
+static PERIOD_COUNT: AtomicU64 = AtomicU64::new(0);
+
+/// Machine-wide local APIC set-up, decided once on the BSP.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    pub x2apic: bool,
+    pub tsc_deadline: bool,
+    /// Virtual address of the xAPIC registers (0 in x2APIC mode).
+    pub xapic_base: u64,
+    pub hz: u32,
+}
+
+pub fn is_x2apic() -> bool {
+    X2APIC.load(Ordering::Relaxed)
+}
+
+pub fn uses_tsc_deadline() -> bool {
+    DEADLINE.load(Ordering::Relaxed)
+}
+
+fn builder(mode: TimerMode, initial: u32) -> LocalApic {
+    let mut b = LocalApicBuilder::new();
+    b.timer_vector(VEC_TIMER as usize)
+        .error_vector(VEC_ERROR as usize)
+        .spurious_vector(VEC_SPURIOUS as usize)
+        .timer_mode(mode)
+        .timer_divide(TimerDivide::Div16)
+        .timer_initial(initial);
+    let base = XAPIC_BASE.load(Ordering::Relaxed);
+    if base != 0 {
+        b.set_xapic_base(base);
+    }
+    match b.build() {
+        Ok(l) => l,
+        Err(e) => panic!("local APIC: {e}"),
+    }
+}
+
+/// Records the machine-wide configuration and, for periodic mode, calibrates the timer on the
+/// calling CPU (the BSP) against the TSC. Returns the timer's input rate in Hz (after divide)
+/// for periodic mode, or the TSC rate for deadline mode.
+pub fn configure(c: Config) -> u64 {
+    X2APIC.store(c.x2apic, Ordering::Relaxed);
+    XAPIC_BASE.store(c.xapic_base, Ordering::Relaxed);
+    DEADLINE.store(c.tsc_deadline, Ordering::Relaxed);
+    let hz = c.hz.max(1) as u64;
+    if c.tsc_deadline {
+        PERIOD_TSC.store(time::tsc_hz() / hz, Ordering::Relaxed);
+        return time::tsc_hz();
+    }
+    // One-shot from the maximum count for 10 ms of TSC time.
+    let mut l = builder(TimerMode::OneShot, u32::MAX);
+    // SAFETY: programs this CPU's own local APIC; interrupts are off, so the one-shot expiry
+    // (if any) is only latched, and the timer is stopped again right after.
+    let rate = unsafe {
+        l.enable();
+        l.set_timer_initial(u32::MAX);
+        time::delay_us(10_000);
+        let left = l.timer_current();
+        l.disable_timer();
+        l.set_timer_initial(0);
+        (u32::MAX - left) as u64 * 100
+    };
+    PERIOD_COUNT.store((rate / hz).clamp(1, u32::MAX as u64), Ordering::Relaxed);
+    rate
+}
+
+/// Brings up the calling CPU's local APIC with the machine-wide configuration and starts its
+/// timer.
+pub fn enable_this_cpu() -> LocalApic {
+    let deadline = uses_tsc_deadline();
+    let mode = if deadline { TimerMode::TscDeadline } else { TimerMode::Periodic };
+    let mut l = builder(mode, PERIOD_COUNT.load(Ordering::Relaxed) as u32);
+    // SAFETY: programs this CPU's own local APIC (software enable, LVT vectors, timer); the
+    // vectors have handlers in this CPU's IDT.
+    unsafe { l.enable() };
+    if deadline {
+        cpu::set_tsc_deadline(cpu::rdtsc() + PERIOD_TSC.load(Ordering::Relaxed));
+    }
+    l
+}
+
+/// Called from the timer interrupt: re-arms a TSC-deadline timer.
+pub fn timer_rearm() {
+    if uses_tsc_deadline() {
+        cpu::set_tsc_deadline(cpu::rdtsc() + PERIOD_TSC.load(Ordering::Relaxed));
+    }
+}
+
+fn dest(apic_id: u32) -> u32 {
+    if is_x2apic() { apic_id } else { apic_id << 24 }
+}
+
+fn wait_idle(l: &LocalApic) {
+    if !is_x2apic() {
+        // SAFETY: reads the ICR delivery-status bit of this CPU's APIC.
+        time::wait_until(100_000, || unsafe { !l.get_ipi_delivery_status() });
+    }
+}
+
+/// Sends a fixed IPI with `vector` to the CPU with `apic_id`.
+pub fn send_ipi(l: &mut LocalApic, vector: u8, apic_id: u32) {
+    // SAFETY: a fixed-delivery IPI to a vector every CPU's IDT handles.
+    unsafe { l.send_ipi(vector, dest(apic_id)) };
+    wait_idle(l);
+}
+
+/// Sends an NMI to every other CPU.
+pub fn send_nmi_others(l: &mut LocalApic) {
+    // SAFETY: an NMI to the other CPUs; their NMI handler runs on its own IST stack.
+    unsafe { l.send_nmi_all(IpiAllShorthand::AllExcludingSelf) };
+    wait_idle(l);
+}
+
+/// INIT, then two STARTUPs (Intel SDM vol. 3A §9.4.4.1, "INIT-SIPI-SIPI"); the second STARTUP
+/// is skipped once `started` reports that the AP runs. `page` is the trampoline's physical
+/// address (4 KiB aligned, below 1 MiB).
+pub fn init_sipi_sipi(l: &mut LocalApic, apic_id: u32, page: u64, started: impl Fn() -> bool) {
+    let vector = (page >> 12) as u8;
+    // SAFETY: INIT and STARTUP IPIs to a CPU that is not running (it is in wait-for-SIPI after
+    // firmware hand-off, or was never started); the trampoline page holds valid real-mode code.
+    unsafe { l.send_init_ipi(dest(apic_id)) };
+    wait_idle(l);
+    time::delay_us(10_000);
+    for _ in 0..2 {
+        if started() {
+            break;
+        }
+        // SAFETY: as above.
+        unsafe { l.send_sipi(vector, dest(apic_id)) };
+        wait_idle(l);
+        time::wait_until(200, &started);
+    }
+}

@@ -1,0 +1,30 @@
+//! The multiprocessor layer of rl4.
+//!
+//! * [`acpi`] finds the ACPI tables from the RSDP and reads the MADT (through the `acpi` crate):
+//!   processors, IOAPICs, interrupt source overrides. It also lists every table's physical range
+//!   early, so the frame allocator can keep its hands off them.
+//! * [`madt`] decides which CPUs to start, in which order, and why the others are skipped (pure
+//!   logic, unit-tested on the host).
+//! * On the bare-metal target: [`lapic`] (the local APIC through the `x2apic` crate, in x2APIC
+//!   mode where CPUID offers it and xAPIC MMIO mode otherwise), [`cpus`] (per-CPU blocks reached
+//!   through `GS`, their descriptor tables and stacks), and [`boot`] (the real-mode trampoline and
+//!   INIT-SIPI-SIPI).
+#![cfg_attr(not(test), no_std)]
+#![cfg_attr(target_os = "none", feature(abi_x86_interrupt))]
+
+extern crate alloc;
+
+pub mod acpi;
+pub mod madt;
+
+#[cfg(target_os = "none")]
+pub mod acpi_handler;
+#[cfg(target_os = "none")]
+pub mod boot;
+#[cfg(target_os = "none")]
+pub mod cpus;
+#[cfg(target_os = "none")]
+pub mod lapic;
+
+/// Most CPUs rl4 runs on.
+pub const MAX_CPUS: usize = 256;
