@@ -145,7 +145,7 @@ extern "x86-interrupt" fn timer_interrupt(_f: InterruptStackFrame) {
     if let Some(c) = get(percpu::cpu_index() as usize) {
         c.ticks.fetch_add(1, Ordering::Relaxed);
     }
-    lapic::timer_rearm();
+    lapic::timer_tick();
     eoi();
 }
 

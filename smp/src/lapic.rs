@@ -60,9 +60,17 @@ fn builder(mode: TimerMode, initial: u32) -> LocalApic {
     }
 }
 
+/// Timer interrupts seen by `timer_tick` (all CPUs), for the calibration below.
+static FIRED: AtomicU64 = AtomicU64::new(0);
+
 /// Records the machine-wide configuration and, for periodic mode, calibrates the timer on the
 /// calling CPU (the BSP) against the TSC. Returns the timer's input rate in Hz (after divide)
 /// for periodic mode, or the TSC rate for deadline mode.
+///
+/// The calibration never reads the timer's current count: it arms a one-shot count, sleeps
+/// until the interrupt arrives and times that with the TSC. (Reading the count through the
+/// x2APIC MSR aborts QEMU in icount mode, "Bad icount read".) The timer vector must already
+/// have its handler in this CPU's IDT, and that handler must call [`timer_tick`].
 pub fn configure(c: Config) -> u64 {
     X2APIC.store(c.x2apic, Ordering::Relaxed);
     XAPIC_BASE.store(c.xapic_base, Ordering::Relaxed);
@@ -72,21 +80,52 @@ pub fn configure(c: Config) -> u64 {
         PERIOD_TSC.store(time::tsc_hz() / hz, Ordering::Relaxed);
         return time::tsc_hz();
     }
-    // One-shot from the maximum count for 10 ms of TSC time.
-    let mut l = builder(TimerMode::OneShot, u32::MAX);
-    // SAFETY: programs this CPU's own local APIC; interrupts are off, so the one-shot expiry
-    // (if any) is only latched, and the timer is stopped again right after.
-    let rate = unsafe {
-        l.enable();
-        l.set_timer_initial(u32::MAX);
-        time::delay_us(10_000);
-        let left = l.timer_current();
-        l.disable_timer();
-        l.set_timer_initial(0);
-        (u32::MAX - left) as u64 * 100
-    };
+    let mut l = builder(TimerMode::OneShot, 0);
+    // SAFETY: programs this CPU's own local APIC with the timer stopped (initial count 0).
+    unsafe { l.enable() };
+    let tsc_hz = time::tsc_hz();
+    let mut rate = 0;
+    for shift in [16u32, 20, 24, 28, 31] {
+        let count = 1u64 << shift;
+        let before = FIRED.load(Ordering::Acquire);
+        let t0 = cpu::rdtsc();
+        // SAFETY: arms this CPU's one-shot timer; its vector has a handler.
+        unsafe { l.set_timer_initial(count as u32) };
+        let mut timed_out = false;
+        while FIRED.load(Ordering::Acquire) == before {
+            if cpu::rdtsc() - t0 > 2 * tsc_hz {
+                timed_out = true;
+                break;
+            }
+            cpu::idle_wait();
+        }
+        let dt = cpu::rdtsc() - t0;
+        // SAFETY: stops the timer and acknowledges its interrupt (the handler cannot, as this
+        // CPU's APIC handle is not installed yet).
+        unsafe {
+            l.set_timer_initial(0);
+            if !timed_out {
+                l.end_of_interrupt();
+            }
+        }
+        if timed_out {
+            panic!("local APIC timer calibration: no interrupt within 2 s (count {count})");
+        }
+        if dt >= tsc_hz / 100 {
+            rate = (count as u128 * tsc_hz as u128 / dt as u128) as u64;
+            break;
+        }
+    }
     PERIOD_COUNT.store((rate / hz).clamp(1, u32::MAX as u64), Ordering::Relaxed);
     rate
+}
+
+/// Called from the timer interrupt on every CPU: counts it and re-arms a TSC-deadline timer.
+pub fn timer_tick() {
+    FIRED.fetch_add(1, Ordering::Release);
+    if uses_tsc_deadline() {
+        cpu::set_tsc_deadline(cpu::rdtsc() + PERIOD_TSC.load(Ordering::Relaxed));
+    }
 }
 
 /// Brings up the calling CPU's local APIC with the machine-wide configuration and starts its
@@ -102,13 +141,6 @@ pub fn enable_this_cpu() -> LocalApic {
         cpu::set_tsc_deadline(cpu::rdtsc() + PERIOD_TSC.load(Ordering::Relaxed));
     }
     l
-}
-
-/// Called from the timer interrupt: re-arms a TSC-deadline timer.
-pub fn timer_rearm() {
-    if uses_tsc_deadline() {
-        cpu::set_tsc_deadline(cpu::rdtsc() + PERIOD_TSC.load(Ordering::Relaxed));
-    }
 }
 
 fn dest(apic_id: u32) -> u32 {
