@@ -1,15 +1,20 @@
-//! Pure kernel logic that needs no hardware: the kernel command line, the physical memory map
-//! and the physical frame allocator.
+//! Pure kernel logic that needs no hardware: the kernel command line, the physical memory map,
+//! the physical frame allocator, capability tables, run queues and PCID bookkeeping.
 //!
 //! Everything here compiles for the host as well as for `x86_64-unknown-none` and is unit-tested
 //! with a plain `cargo test` (run by `scripts/test`). Nothing in this crate touches hardware,
-//! allocates from a heap or contains `unsafe` code; the kernel hands it plain numbers and slices.
+//! contains `unsafe` code; the kernel hands it plain numbers and slices.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
+extern crate alloc;
+
+pub mod captable;
 pub mod cmdline;
 pub mod frames;
 pub mod memmap;
+pub mod pcid;
+pub mod runqueue;
 
 /// The size of a page and of a physical frame.
 pub const PAGE_SIZE: u64 = 4096;

@@ -1,0 +1,322 @@
+//! The rl4 system-call ABI, the one definition the kernel and userland share.
+//!
+//! ## Calling convention
+//!
+//! `syscall` with the number ([`Sys`]) in `rax` and up to six arguments in `rdi`, `rsi`, `rdx`,
+//! `r10`, `r8`, `r9` (`rcx` and `r11` are clobbered by the instruction). On return `rax` holds
+//! 0 or an [`Error`] code, and `rdi`, `rsi`, `rdx` hold up to three result words. Every other
+//! register is preserved. Capabilities are named by slot index in the caller's capability table.
+//!
+//! See `docs/syscalls.md` for each call's arguments, required rights and errors.
+#![no_std]
+#![forbid(unsafe_code)]
+
+use core::fmt;
+
+macro_rules! numbered {
+    ($(#[$m:meta])* pub enum $name:ident : $t:ty { $($(#[$vm:meta])* $v:ident = $n:expr,)* }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr($t)]
+        pub enum $name { $($(#[$vm])* $v = $n,)* }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$v,)*];
+            pub const fn name(self) -> &'static str {
+                match self { $($name::$v => stringify!($v),)* }
+            }
+        }
+        impl TryFrom<$t> for $name {
+            type Error = $t;
+            fn try_from(n: $t) -> Result<Self, $t> {
+                match n { $($n => Ok($name::$v),)* other => Err(other) }
+            }
+        }
+    };
+}
+
+numbered! {
+    /// System-call numbers (`rax`).
+    pub enum Sys: u64 {
+        /// Does nothing; measures the entry and exit path.
+        Null = 0,
+        /// `(machine_slot, buf, len)`: write bytes to the kernel console.
+        ConsoleWrite = 1,
+        /// Give up the rest of the time slice.
+        Yield = 2,
+        /// `(src_slot, dst_task_slot, dst_slot, rights_mask)`: copy a capability, keeping only
+        /// the rights in `rights_mask` (a copy never gains rights). `dst_task_slot` may name the
+        /// caller's own task.
+        CapCopy = 3,
+        /// `(slot)`: delete a capability; the object dies with its last capability.
+        CapDelete = 4,
+        /// `(slot)` → `(type, rights, badge)`.
+        CapIdentify = 5,
+        /// `(memory_slot, dst_slot)`: a new task with an empty capability table and a new,
+        /// empty address space; returns nothing, the task capability lands in `dst_slot`.
+        TaskCreate = 6,
+        /// `(task_slot, dst_slot)`: a capability to the task's address space.
+        TaskAddressSpace = 7,
+        /// `(memory_slot, dst_slot)`: allocate one zeroed 4 KiB frame.
+        FrameAlloc = 8,
+        /// `(space_slot, frame_slot, vaddr, rights)`: map a frame (rights ⊆ the frame cap's
+        /// read/write/execute rights; the space cap needs `WRITE`).
+        Map = 9,
+        /// `(space_slot, vaddr)`: remove a mapping.
+        Unmap = 10,
+        /// `(memory_slot, task_slot, entry, stack, prio_cpu, dst_slot)`: a new thread of the task,
+        /// suspended. `prio_cpu` = priority (bits 0..7) | CPU index << 8.
+        ThreadCreate = 11,
+        /// `(thread_slot)`: make a new or suspended thread runnable.
+        ThreadResume = 12,
+        /// `(thread_slot)`: stop a thread until it is resumed.
+        ThreadSuspend = 13,
+        /// `(thread_slot, priority)`.
+        ThreadSetPriority = 14,
+        /// `(thread_slot, cpu)`: move the thread to another CPU.
+        ThreadSetAffinity = 15,
+        /// `(thread_slot, arg)`: set the first argument register (`rdi`) a new thread starts with.
+        ThreadSetArg = 16,
+        /// `(thread_slot)` → `(state, cpu, priority)`; state per [`ThreadState`].
+        ThreadInfo = 17,
+        /// End the calling thread.
+        ThreadExit = 18,
+        /// End the calling task: all its threads stop, its capabilities are deleted.
+        TaskExit = 19,
+        /// → `(cpu index, number of CPUs online)`.
+        CpuInfo = 20,
+        /// `(machine_slot, code)`: stop the machine (code 0 = success). Needs `SHUTDOWN`.
+        Shutdown = 21,
+        /// `(memory_slot)` → `(bytes left, bytes in all)`.
+        MemoryInfo = 22,
+        /// `(machine_slot, which)` → `(value)`: kernel counters for tests and benchmarks.
+        Stat = 23,
+    }
+}
+
+numbered! {
+    /// Error codes (`rax` after a failed call; 0 is success).
+    pub enum Error: u64 {
+        /// The system-call number is not one of [`Sys`].
+        InvalidSyscall = 1,
+        /// The slot index is beyond the capability table.
+        SlotOutOfRange = 2,
+        /// The slot holds no capability.
+        EmptySlot = 3,
+        /// The capability names an object of another type.
+        WrongType = 4,
+        /// The capability lacks a right the call needs.
+        MissingRight = 5,
+        /// A user address is in the kernel half, non-canonical or otherwise not allowed.
+        InvalidAddress = 6,
+        /// An address or size is not aligned as required.
+        Misaligned = 7,
+        /// The virtual page is already mapped.
+        AlreadyMapped = 8,
+        /// The virtual page is not mapped.
+        NotMapped = 9,
+        /// No such CPU (or it is not online).
+        InvalidCpu = 10,
+        /// Priority out of range.
+        InvalidPriority = 11,
+        /// The memory capability's budget or the kernel's memory is exhausted.
+        OutOfMemory = 12,
+        /// Any other argument out of range (length, rights bits, flags).
+        InvalidArgument = 13,
+        /// The destination slot is not empty.
+        SlotOccupied = 14,
+        /// The object is not in a state that allows the operation.
+        InvalidState = 15,
+        /// A user buffer could not be read or written (unmapped or not accessible).
+        Fault = 16,
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+numbered! {
+    /// Kernel object types.
+    pub enum ObjType: u64 {
+        Task = 1,
+        AddressSpace = 2,
+        Thread = 3,
+        Frame = 4,
+        Memory = 5,
+        Machine = 6,
+    }
+}
+
+numbered! {
+    /// Thread states reported by [`Sys::ThreadInfo`].
+    pub enum ThreadState: u64 {
+        /// Created, never resumed.
+        Inactive = 0,
+        Runnable = 1,
+        Running = 2,
+        Suspended = 3,
+        /// Stopped by a fault it took.
+        Faulted = 4,
+        Dead = 5,
+    }
+}
+
+/// Capability rights (a bit set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Rights(pub u64);
+
+impl Rights {
+    pub const NONE: Rights = Rights(0);
+    /// Frames: map readable. Address spaces, tasks, threads: inspect.
+    pub const READ: Rights = Rights(1 << 0);
+    /// Frames: map writable. Address spaces: map/unmap. Tasks, threads: control.
+    pub const WRITE: Rights = Rights(1 << 1);
+    /// Frames: map executable.
+    pub const EXECUTE: Rights = Rights(1 << 2);
+    /// May be copied to another task.
+    pub const GRANT: Rights = Rights(1 << 3);
+    /// Machine: write to the console.
+    pub const CONSOLE: Rights = Rights(1 << 4);
+    /// Machine: stop the machine.
+    pub const SHUTDOWN: Rights = Rights(1 << 5);
+    /// Memory: allocate frames and objects from it.
+    pub const ALLOCATE: Rights = Rights(1 << 6);
+    pub const ALL: Rights = Rights((1 << 7) - 1);
+
+    pub const fn contains(self, other: Rights) -> bool {
+        self.0 & other.0 == other.0
+    }
+    pub const fn intersect(self, other: Rights) -> Rights {
+        Rights(self.0 & other.0)
+    }
+    pub const fn union(self, other: Rights) -> Rights {
+        Rights(self.0 | other.0)
+    }
+    pub const fn is_valid(bits: u64) -> bool {
+        bits & !Rights::ALL.0 == 0
+    }
+}
+
+/// Highest thread priority (lowest is 0).
+pub const MAX_PRIORITY: u64 = 255;
+/// Size of every capability table.
+pub const CAP_SLOTS: u64 = 256;
+/// Most bytes one `ConsoleWrite` takes.
+pub const CONSOLE_WRITE_MAX: u64 = 4096;
+/// First address above user space (user addresses are `0 .. USER_END`).
+pub const USER_END: u64 = 0x0000_8000_0000_0000;
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Slots of the root task's initial capabilities.
+pub mod root_slots {
+    pub const TASK: u64 = 0;
+    pub const SPACE: u64 = 1;
+    pub const THREAD: u64 = 2;
+    /// All free physical memory, as an allocation budget.
+    pub const MEMORY: u64 = 3;
+    /// Console and shutdown.
+    pub const MACHINE: u64 = 4;
+    /// First slot the root task may use freely.
+    pub const FIRST_FREE: u64 = 8;
+}
+
+/// Counters for [`Sys::Stat`].
+pub mod stat {
+    /// Context switches on the calling CPU.
+    pub const SWITCHES: u64 = 0;
+    /// Timer ticks on the calling CPU.
+    pub const TICKS: u64 = 1;
+    /// Frames free in the kernel's allocator.
+    pub const FREE_FRAMES: u64 = 2;
+    /// Live threads in the kernel.
+    pub const THREADS: u64 = 3;
+}
+
+/// Where the kernel maps the root task's [`BootInfo`] page (read-only).
+pub const BOOT_INFO_ADDR: u64 = 0x0000_7fff_ff00_0000;
+/// Where the kernel maps the embedded user programs (read-only), one after another.
+pub const PROGRAMS_ADDR: u64 = 0x0000_7ff0_0000_0000;
+/// The root task's stack top (its stack grows down from here).
+pub const ROOT_STACK_TOP: u64 = 0x0000_7fff_fe00_0000;
+/// Pages of the root task's stack.
+pub const ROOT_STACK_PAGES: u64 = 16;
+
+/// A user program the kernel carries for the root task.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct Program {
+    pub name: [u8; 16],
+    /// Where the ELF image is mapped in the root task.
+    pub addr: u64,
+    pub len: u64,
+}
+
+impl Program {
+    pub fn name(&self) -> &str {
+        let end = self.name.iter().position(|&b| b == 0).unwrap_or(16);
+        core::str::from_utf8(&self.name[..end]).unwrap_or("?")
+    }
+}
+
+pub const MAX_PROGRAMS: usize = 16;
+pub const BOOT_CMDLINE_MAX: usize = 1024;
+
+/// What the root task finds at [`BOOT_INFO_ADDR`].
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct BootInfo {
+    pub magic: u64,
+    pub cpus: u64,
+    pub tsc_hz: u64,
+    pub memory_bytes: u64,
+    pub cmdline_len: u64,
+    pub cmdline: [u8; BOOT_CMDLINE_MAX],
+    pub nprograms: u64,
+    pub programs: [Program; MAX_PROGRAMS],
+}
+
+impl BootInfo {
+    pub const MAGIC: u64 = 0x726c_345f_626f_6f74; // "rl4_boot"
+    pub fn cmdline(&self) -> &str {
+        let n = (self.cmdline_len as usize).min(BOOT_CMDLINE_MAX);
+        core::str::from_utf8(&self.cmdline[..n]).unwrap_or("")
+    }
+    pub fn programs(&self) -> &[Program] {
+        &self.programs[..(self.nprograms as usize).min(MAX_PROGRAMS)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+
+    #[test]
+    fn numbers_round_trip_and_are_unique() {
+        for s in Sys::ALL {
+            assert_eq!(Sys::try_from(*s as u64), Ok(*s));
+        }
+        for e in Error::ALL {
+            assert_eq!(Error::try_from(*e as u64), Ok(*e));
+            assert_ne!(*e as u64, 0, "0 means success");
+        }
+        assert_eq!(Sys::try_from(9999), Err(9999));
+    }
+
+    #[test]
+    fn rights_algebra() {
+        let rw = Rights::READ.union(Rights::WRITE);
+        assert!(rw.contains(Rights::READ));
+        assert!(!rw.contains(Rights::EXECUTE));
+        assert_eq!(rw.intersect(Rights::WRITE.union(Rights::GRANT)), Rights::WRITE);
+        assert!(Rights::is_valid(Rights::ALL.0));
+        assert!(!Rights::is_valid(1 << 40));
+    }
+
+    #[test]
+    fn boot_info_fits_a_page() {
+        assert!(core::mem::size_of::<BootInfo>() <= PAGE_SIZE as usize);
+    }
+}
