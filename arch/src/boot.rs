@@ -228,6 +228,7 @@ boot_stack:
     .skip 64 * 1024
     .global boot_stack_top
 boot_stack_top:
+    .text
     "#,
     pvh = const ENTRY_PVH,
     mb2 = const ENTRY_MULTIBOOT2,

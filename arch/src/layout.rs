@@ -8,6 +8,9 @@
 //! | `0xffff_fe80_0000_0000 ..` ([`STACKS_BASE`]) | kernel and IST stacks, each below an unmapped guard page |
 //! | `0xffff_ffff_8000_0000 ..` ([`KERNEL_BASE`]) | the kernel image, at `phys + KERNEL_BASE` (code model `kernel`) |
 
+/// First address above user space.
+pub const USER_END: u64 = 0x0000_8000_0000_0000;
+
 /// Where all physical memory is mapped (PML4 slots 256 and up).
 pub const DIRECT_MAP: u64 = 0xffff_8000_0000_0000;
 /// Most physical memory the direct map covers (64 TiB: PML4 slots 256..384).

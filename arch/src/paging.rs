@@ -309,3 +309,142 @@ pub fn backtrace(mut fp: u64, max: usize, mut f: impl FnMut(usize, u64)) {
         fp = next;
     }
 }
+
+/// Turns on, for this CPU, the protections the CPU offers: SMEP (no kernel execution of user
+/// pages), SMAP (no kernel access to user pages outside the user-copy routine) and PCIDs.
+pub fn enable_protection(smep: bool, smap: bool, pcid: bool) {
+    // SAFETY: SMEP and SMAP only restrict the kernel (which never runs user code and touches
+    // user memory only through `entry::copy_*_user`, which opens access with `stac`); PCIDE is
+    // set while CR3's PCID field is 0 (the kernel tables), as the architecture requires.
+    unsafe {
+        Cr4::update(|c| {
+            c.set(Cr4Flags::SUPERVISOR_MODE_EXECUTION_PROTECTION, smep);
+            c.set(Cr4Flags::SUPERVISOR_MODE_ACCESS_PREVENTION, smap);
+            c.set(Cr4Flags::PCID, pcid);
+        });
+    }
+    crate::entry::set_smap(smap);
+}
+
+/// A new user address space: a zeroed PML4 whose kernel half (entries 256..511) is the kernel's.
+/// Returns the PML4's physical address.
+pub fn new_user_space(src: &mut impl FrameSource) -> Result<u64, MapError> {
+    let pml4 = src.alloc_frame().ok_or(MapError::OutOfMemory)?;
+    zero_frame(pml4);
+    let k = kernel_pml4();
+    // SAFETY: both are live page-table frames in the direct map; the new one is ours alone, and
+    // the kernel's upper entries never change after boot (every slot was created then).
+    unsafe {
+        let dst = &mut *(phys_to_virt(pml4) as *mut PageTable);
+        let kt = &*(phys_to_virt(k) as *const PageTable);
+        for i in 256..512 {
+            dst[i] = kt[i].clone();
+        }
+    }
+    Ok(pml4)
+}
+
+/// Maps the 4 KiB frame `pa` at user address `va` of the space `pml4`, readable, and writable /
+/// executable as asked. The caller holds the space's lock.
+pub fn map_user(src: &mut impl FrameSource, pml4: u64, va: u64, pa: u64, write: bool, exec: bool) -> Result<(), MapError> {
+    debug_assert!(va < crate::layout::USER_END && va % PAGE_SIZE == 0 && pa % PAGE_SIZE == 0);
+    // SAFETY: `pml4` is a live user space whose lock the caller holds.
+    let mut m = unsafe { mapper(pml4) };
+    let mut flags = F::PRESENT | F::USER_ACCESSIBLE;
+    if write {
+        flags |= F::WRITABLE;
+    }
+    if !exec {
+        flags |= nx();
+    }
+    let parent = F::PRESENT | F::WRITABLE | F::USER_ACCESSIBLE;
+    let page = Page::<Size4KiB>::containing_address(VirtAddr::new(va));
+    let frame = PhysFrame::containing_address(PhysAddr::new(pa));
+    let mut a = Adapter(src);
+    // SAFETY: a user page of this space mapped to a frame the caller owns a reference to; the
+    // kernel half is never touched (va < USER_END).
+    match unsafe { m.map_to_with_table_flags(page, frame, flags, parent, &mut a) } {
+        Ok(f) => {
+            f.ignore();
+            Ok(())
+        }
+        Err(MapToError::PageAlreadyMapped(_)) | Err(MapToError::ParentEntryHugePage) => Err(MapError::Overlap(va)),
+        Err(MapToError::FrameAllocationFailed) => Err(MapError::OutOfMemory),
+    }
+}
+
+/// Removes the mapping at user address `va`; returns the frame it mapped. The caller flushes
+/// the TLBs that may hold it.
+pub fn unmap_user(pml4: u64, va: u64) -> Option<u64> {
+    // SAFETY: as in `map_user`.
+    let mut m = unsafe { mapper(pml4) };
+    let page = Page::<Size4KiB>::containing_address(VirtAddr::new(va));
+    m.unmap(page).ok().map(|(f, flush)| {
+        flush.ignore();
+        f.start_address().as_u64()
+    })
+}
+
+/// Frees the page-table frames of a user space's lower half and its PML4 (not the frames it
+/// maps: those belong to their frame objects). The space must not be loaded on any CPU.
+pub fn free_user_space(pml4: u64, mut free: impl FnMut(u64)) {
+    let table = |pa: u64| {
+        // SAFETY: `pa` is a page-table frame of this space, which nobody else uses any more.
+        unsafe { &*(phys_to_virt(pa) as *const PageTable) }
+    };
+    for l4 in table(pml4).iter().take(256) {
+        if !l4.flags().contains(F::PRESENT) {
+            continue;
+        }
+        let pdpt = l4.addr().as_u64();
+        for l3 in table(pdpt).iter() {
+            if !l3.flags().contains(F::PRESENT) || l3.flags().contains(F::HUGE_PAGE) {
+                continue;
+            }
+            let pd = l3.addr().as_u64();
+            for l2 in table(pd).iter() {
+                if l2.flags().contains(F::PRESENT) && !l2.flags().contains(F::HUGE_PAGE) {
+                    free(l2.addr().as_u64());
+                }
+            }
+            free(pd);
+        }
+        free(pdpt);
+    }
+    free(pml4);
+}
+
+/// Loads an address space: `pml4` with PCID `pcid` (0 without PCIDs); `keep_tlb` sets CR3's
+/// no-flush bit (only meaningful with PCIDs).
+#[inline]
+pub fn load_cr3(pml4: u64, pcid: u16, keep_tlb: bool) {
+    let v = pml4 | pcid as u64 | if keep_tlb { 1 << 63 } else { 0 };
+    // SAFETY: `pml4` is a user space built by `new_user_space`, which maps the whole kernel
+    // half exactly as the kernel tables do, so the running kernel code, stack and data stay
+    // mapped.
+    unsafe { core::arch::asm!("mov cr3, {}", in(reg) v, options(nostack, preserves_flags)) };
+}
+
+/// The PML4 currently loaded on this CPU (PCID bits stripped).
+#[inline]
+pub fn current_pml4() -> u64 {
+    Cr3::read_raw().0.start_address().as_u64()
+}
+
+/// Drops every non-global TLB entry of this CPU (all PCIDs).
+pub fn flush_tlb_all_user() {
+    // Toggling CR4.PGE flushes everything, all PCIDs included; reloading CR3 is enough without
+    // PCIDs.
+    // SAFETY: only flushes TLB entries.
+    unsafe {
+        let c = Cr4::read();
+        if c.contains(Cr4Flags::PCID) {
+            Cr4::write(c - Cr4Flags::PAGE_GLOBAL);
+            Cr4::write(c);
+        } else {
+            let v: u64;
+            core::arch::asm!("mov {0}, cr3", "mov cr3, {0}", out(reg) v, options(nostack, preserves_flags));
+            let _ = v;
+        }
+    }
+}

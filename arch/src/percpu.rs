@@ -22,6 +22,11 @@ pub struct CpuHeader {
     pub kernel_stack_top: AtomicU64,
     /// Scratch slot for the user stack pointer at syscall entry (gs:24).
     pub user_rsp: AtomicU64,
+    /// One past the end of the running thread's saved registers (gs:32): the syscall and
+    /// trap entries store the user registers just below it.
+    pub regs_end: AtomicU64,
+    /// Non-zero: return to user mode with `iretq` instead of `sysretq` (gs:40).
+    pub resume_iret: AtomicU64,
 }
 
 impl CpuHeader {
@@ -32,6 +37,8 @@ impl CpuHeader {
             apic_id: AtomicU32::new(apic_id),
             kernel_stack_top: AtomicU64::new(0),
             user_rsp: AtomicU64::new(0),
+            regs_end: AtomicU64::new(0),
+            resume_iret: AtomicU64::new(0),
         }
     }
     pub fn index(&self) -> u32 {

@@ -10,8 +10,13 @@
 extern crate alloc;
 
 mod mem;
+mod obj;
 mod panic;
+mod root;
 mod run;
+mod sched;
+mod syscall;
+mod trap;
 
 use rl4_arch::bootinfo::{self, BootInfo, Protocol};
 use rl4_arch::{console, cpu, percpu, println, time};
@@ -56,7 +61,8 @@ pub extern "C" fn rl4_kernel_entry(protocol: u32, magic: u32, info: u64) -> ! {
         bi.cmdline(),
         if bi.cmdline_truncated { " (truncated)" } else { "" }
     );
-    let opts = OPTIONS.call_once(|| cmdline::parse(bi.cmdline(), |p| println!("cmdline: {p}")));
+    let (kernel_args, _root_args) = cmdline::split(bi.cmdline());
+    let opts = OPTIONS.call_once(|| cmdline::parse(kernel_args, |p| println!("cmdline: {p}")));
     println!(
         "options: run={} maxcpus={} ap_timeout_ms={} hz={}",
         opts.run.name(),
@@ -95,6 +101,8 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
     }
     cpu::disable_legacy_pic();
     let f = cpu::Features::read();
+    rl4_arch::paging::enable_protection(f.smep, f.smap, f.pcid);
+    sched::init_cpu(f.pcid);
     let mut brand = [0u8; 48];
     println!(
         "cpu: {}; x2apic={} tsc-deadline={} pcid={} smep={} smap={} nx={} 1g-pages={} invariant-tsc={} hypervisor={}",
@@ -187,6 +195,9 @@ extern "C" fn ap_main(cpu: &'static Cpu) -> ! {
     if let Err(e) = cpus::init_this_cpu(cpu, &mut mem::Frames) {
         panic!("cpu {}: descriptor tables: {e:?}", cpu.index);
     }
+    let f = cpu::Features::read();
+    rl4_arch::paging::enable_protection(f.smep, f.smap, f.pcid);
+    sched::init_cpu(f.pcid);
     cpus::enable_lapic_this_cpu(cpu);
     println!(
         "cpu {} online (apic id {}, {})",
@@ -194,5 +205,11 @@ extern "C" fn ap_main(cpu: &'static Cpu) -> ! {
         cpu.apic_id,
         if lapic::is_x2apic() { "x2APIC" } else { "xAPIC" }
     );
-    run::ap_idle(cpu)
+    let _ = cpu;
+    sched::idle()
+}
+
+/// The root task's part of the command line (after `--`).
+pub fn root_args() -> &'static str {
+    cmdline::split(BOOT_INFO.get().map_or("", |b| b.cmdline())).1
 }

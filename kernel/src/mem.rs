@@ -136,3 +136,36 @@ pub fn init(bi: &BootInfo) -> MemInfo {
         heap: Range::new(heap_at, heap_at + heap_pages * PAGE_SIZE),
     }
 }
+
+/// One frame from the allocator (any address; the direct map covers all of RAM).
+pub fn alloc_frame() -> Option<u64> {
+    Frames.alloc_frame()
+}
+
+/// Returns a frame to the allocator. A frame that is not the allocator's is a kernel bug.
+pub fn free_frame(pa: u64) {
+    if let Some(a) = FRAMES.lock().as_mut() {
+        if let Err(e) = a.free(pa) {
+            panic!("freeing frame {pa:#x}: {e:?}");
+        }
+    }
+}
+
+/// Free frames in the allocator.
+pub fn free_frames() -> u64 {
+    FRAMES.lock().as_ref().map_or(0, |a| a.free_frames())
+}
+
+/// Fills the frame at `pa` with zeros.
+pub fn zero_frame(pa: u64) {
+    // SAFETY: `pa` is a frame the caller owns (just allocated), mapped writable in the direct map.
+    unsafe { core::ptr::write_bytes(phys_to_virt(pa) as *mut u8, 0, PAGE_SIZE as usize) };
+}
+
+/// Copies `bytes` into the frame at `pa`, at `offset`.
+pub fn write_frame(pa: u64, offset: usize, bytes: &[u8]) {
+    assert!(offset + bytes.len() <= PAGE_SIZE as usize);
+    // SAFETY: `pa` is a frame the caller owns, mapped writable in the direct map; the range
+    // stays inside it (asserted).
+    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), (phys_to_virt(pa) as *mut u8).add(offset), bytes.len()) };
+}

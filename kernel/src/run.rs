@@ -1,6 +1,8 @@
 //! What the kernel does once its CPUs are up (`run=` on the command line), and the idle loop.
 //!
-//! * `run=boot` (default): check that every online CPU takes timer interrupts and answers a
+//! * `run=root` (default): the checks below, then start the root task, which decides what runs
+//!   and when the machine stops.
+//! * `run=boot`: check that every online CPU takes timer interrupts and answers a
 //!   reschedule IPI, report the result, and shut down (QEMU exit 33 on success, 35 on failure).
 //! * `run=idle`: stay up, every CPU idle.
 //! * `run=panic` / `run=fault`: make the last CPU panic / take a page fault on purpose, to
@@ -10,7 +12,7 @@ use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use rl4_arch::{cpu, println, time};
 use rl4_core::cmdline::Run;
 use rl4_smp::acpi::Platform;
-use rl4_smp::cpus::{self, Cpu};
+use rl4_smp::cpus;
 use rl4_smp::{MAX_CPUS, madt};
 
 /// Shows `None` as "all".
@@ -104,13 +106,12 @@ fn act_on(req: u8) {
     }
 }
 
-/// The idle loop of an AP: sleep until an interrupt, then look for a request.
-pub fn ap_idle(cpu: &'static Cpu) -> ! {
-    loop {
-        cpu::idle_wait();
-        if REQUEST_CPU.load(Ordering::Acquire) == cpu.index as usize {
-            act_on(REQUEST.load(Ordering::Acquire));
-        }
+/// Called by each CPU's idle loop after every wake-up: acts on a request the BSP addressed to
+/// this CPU (`run=panic`, `run=fault`).
+pub fn idle_hook() {
+    if REQUEST_CPU.load(Ordering::Acquire) == rl4_arch::percpu::cpu_index() as usize {
+        REQUEST_CPU.store(usize::MAX, Ordering::Release);
+        act_on(REQUEST.load(Ordering::Acquire));
     }
 }
 
@@ -137,7 +138,21 @@ pub fn after_boot(plan: &madt::Plan) -> ! {
     }
     let opts = crate::options();
     match opts.run {
-        Run::Boot => check_and_shutdown(online, plan.cpus.len()),
+        Run::Boot => {
+            let ok = check_cpus(online, plan.cpus.len());
+            shutdown(ok, online, plan.cpus.len())
+        }
+        Run::Root => {
+            if !check_cpus(online, plan.cpus.len()) {
+                shutdown(false, online, plan.cpus.len());
+            }
+            let args = crate::root_args();
+            println!("starting the root task (arguments: \"{args}\")");
+            if let Err(e) = crate::root::start(args, time::tsc_hz()) {
+                panic!("cannot start the root task: {e}");
+            }
+            crate::sched::idle()
+        }
         Run::Idle => {
             println!("run=idle: all CPUs idle; stop QEMU with Ctrl-A X");
             loop {
@@ -164,7 +179,8 @@ pub fn after_boot(plan: &madt::Plan) -> ! {
     }
 }
 
-fn check_and_shutdown(online: usize, planned: usize) -> ! {
+/// Checks that every online CPU takes timer interrupts and receives an IPI.
+fn check_cpus(online: usize, planned: usize) -> bool {
     let mut ok = online == planned;
     // Every online CPU takes timer interrupts and answers an IPI.
     for i in 0..cpus::count() {
@@ -187,6 +203,10 @@ fn check_and_shutdown(online: usize, planned: usize) -> ! {
         );
         ok &= ticking && ipi;
     }
+    ok
+}
+
+fn shutdown(ok: bool, online: usize, planned: usize) -> ! {
     if ok {
         println!("boot ok: all {online} CPUs online, timers and IPIs working; shutting down");
         cpu::exit(cpu::QemuExit::Success)

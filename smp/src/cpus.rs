@@ -13,7 +13,7 @@ use rl4_arch::gdt::{CpuTables, IST_DOUBLE_FAULT, IST_MACHINE_CHECK, IST_NMI};
 use rl4_arch::paging::{self, FrameSource, MapError};
 use rl4_arch::percpu::{self, CpuHeader};
 use x2apic::lapic::LocalApic;
-use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame};
+use x86_64::structures::idt::InterruptDescriptorTable;
 
 use crate::MAX_CPUS;
 use crate::lapic;
@@ -108,17 +108,10 @@ pub fn init_this_cpu(cpu: &'static Cpu, frames: &mut impl FrameSource) -> Result
     tables.load();
 
     let idt = Box::leak(Box::new(InterruptDescriptorTable::new()));
-    rl4_arch::idt::build(
-        idt,
-        &[
-            (lapic::VEC_TIMER, timer_interrupt),
-            (lapic::VEC_RESCHED, resched_interrupt),
-            (lapic::VEC_ERROR, error_interrupt),
-            (lapic::VEC_SPURIOUS, spurious_interrupt),
-        ],
-    );
+    rl4_arch::idt::build(idt);
     idt.load();
     percpu::install(&cpu.header);
+    rl4_arch::entry::init_syscall();
     Ok(())
 }
 
@@ -132,7 +125,8 @@ pub fn enable_lapic_this_cpu(cpu: &'static Cpu) {
     cpu.online.store(true, Ordering::Release);
 }
 
-fn eoi() {
+/// Acknowledges the interrupt being handled on this CPU.
+pub fn eoi() {
     with_lapic(|l| {
         if let Some(l) = l {
             // SAFETY: acknowledges the interrupt being handled on this CPU's APIC.
@@ -141,7 +135,8 @@ fn eoi() {
     });
 }
 
-extern "x86-interrupt" fn timer_interrupt(_f: InterruptStackFrame) {
+/// The timer interrupt's CPU-level work: count the tick, re-arm, acknowledge.
+pub fn timer_interrupt() {
     if let Some(c) = get(percpu::cpu_index() as usize) {
         c.ticks.fetch_add(1, Ordering::Relaxed);
     }
@@ -149,24 +144,35 @@ extern "x86-interrupt" fn timer_interrupt(_f: InterruptStackFrame) {
     eoi();
 }
 
-extern "x86-interrupt" fn resched_interrupt(_f: InterruptStackFrame) {
+/// The reschedule IPI's CPU-level work: count it, acknowledge.
+pub fn resched_interrupt() {
     if let Some(c) = get(percpu::cpu_index() as usize) {
         c.ipis.fetch_add(1, Ordering::Relaxed);
     }
     eoi();
 }
 
-extern "x86-interrupt" fn error_interrupt(_f: InterruptStackFrame) {
-    let flags = with_lapic(|l| l.map(|l| {
-        // SAFETY: reads this CPU's error status register.
-        unsafe { l.error_flags() }.bits()
-    }));
+/// The local APIC error interrupt: report the error status, acknowledge.
+pub fn error_interrupt() {
+    let flags = with_lapic(|l| {
+        l.map(|l| {
+            // SAFETY: reads this CPU's error status register.
+            unsafe { l.error_flags() }.bits()
+        })
+    });
     rl4_arch::println!("local APIC error, ESR={:#x}", flags.unwrap_or(0));
     eoi();
 }
 
-extern "x86-interrupt" fn spurious_interrupt(_f: InterruptStackFrame) {
-    // A spurious interrupt is not acknowledged (Intel SDM vol. 3A §11.9).
+/// Sends `vector` to CPU `index`.
+pub fn send_ipi(index: usize, vector: u8) {
+    if let Some(target) = get(index) {
+        with_lapic(|l| {
+            if let Some(l) = l {
+                lapic::send_ipi(l, vector, target.apic_id)
+            }
+        });
+    }
 }
 
 /// Sends the reschedule IPI to CPU `index`.

@@ -10,7 +10,6 @@
 //!   through `GS`, their descriptor tables and stacks), and [`boot`] (the real-mode trampoline and
 //!   INIT-SIPI-SIPI).
 #![cfg_attr(not(test), no_std)]
-#![cfg_attr(target_os = "none", feature(abi_x86_interrupt))]
 
 extern crate alloc;
 

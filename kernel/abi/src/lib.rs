@@ -74,7 +74,8 @@ numbered! {
         ThreadSetPriority = 14,
         /// `(thread_slot, cpu)`: move the thread to another CPU.
         ThreadSetAffinity = 15,
-        /// `(thread_slot, arg)`: set the first argument register (`rdi`) a new thread starts with.
+        /// `(thread_slot, arg0, arg1)`: set the argument registers (`rdi`, `rsi`) a new thread
+        /// starts with.
         ThreadSetArg = 16,
         /// `(thread_slot)` → `(state, cpu, priority)`; state per [`ThreadState`].
         ThreadInfo = 17,

@@ -4,11 +4,14 @@
 //! tag). [`parse`] turns it into [`Options`]; every word it cannot use is reported through the
 //! `report` callback and otherwise ignored, so a typo never stops the boot.
 //!
+//! Everything after a lone `--` is the root task's command line ([`split`]); the kernel does
+//! not look at it.
+//!
 //! Options (all optional):
 //!
 //! | option | meaning | default |
 //! |---|---|---|
-//! | `run=boot\|idle\|panic\|fault` | what the kernel does once every CPU is up | `boot` |
+//! | `run=root\|boot\|idle\|panic\|fault` | what the kernel does once every CPU is up | `root` |
 //! | `maxcpus=N` | start at most N CPUs (the BSP included), N ≥ 1 | all enabled in the MADT |
 //! | `ap_timeout_ms=N` | how long the BSP waits for each AP to come online | 2000 |
 //! | `hz=N` | local APIC timer frequency on every CPU, 1 ≤ N ≤ 10000 | 100 |
@@ -18,6 +21,8 @@ use core::fmt;
 /// What the kernel does once every CPU is up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Run {
+    /// Check every CPU, then start the root task (which decides when the machine stops).
+    Root,
     /// Check that every CPU runs and takes timer interrupts, then shut down cleanly.
     Boot,
     /// Stay up with every CPU idle (stop QEMU with Ctrl-A X).
@@ -29,8 +34,8 @@ pub enum Run {
 }
 
 impl Run {
-    const ALL: [(&'static str, Run); 4] =
-        [("boot", Run::Boot), ("idle", Run::Idle), ("panic", Run::Panic), ("fault", Run::Fault)];
+    const ALL: [(&'static str, Run); 5] =
+        [("root", Run::Root), ("boot", Run::Boot), ("idle", Run::Idle), ("panic", Run::Panic), ("fault", Run::Fault)];
 
     fn from_str(s: &str) -> Option<Run> {
         Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, r)| *r)
@@ -53,7 +58,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { run: Run::Boot, maxcpus: None, ap_timeout_ms: 2000, hz: 100 }
+        Options { run: Run::Root, maxcpus: None, ap_timeout_ms: 2000, hz: 100 }
     }
 }
 
@@ -85,6 +90,20 @@ fn number(v: &str, min: u32, max: u32) -> Option<u32> {
     (min..=max).contains(&n).then_some(n)
 }
 
+/// Splits the boot command line at the first lone `--`: (kernel part, root task part).
+pub fn split(line: &str) -> (&str, &str) {
+    let mut at = 0;
+    for w in line.split_ascii_whitespace() {
+        // `w` is a subslice of `line`: its offset is where it starts.
+        let off = w.as_ptr() as usize - line.as_ptr() as usize;
+        if w == "--" {
+            return (&line[..off], line[off + 2..].trim());
+        }
+        at = off + w.len();
+    }
+    (&line[..at], "")
+}
+
 /// Parses `line`, calling `report` once for every word it ignores.
 pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Problem<'a>)) -> Options {
     let mut o = Options::default();
@@ -106,7 +125,7 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Problem<'a>)) -> Options 
         match key {
             "run" => match Run::from_str(value) {
                 Some(r) => o.run = r,
-                None => report(bad("boot, idle, panic or fault")),
+                None => report(bad("root, boot, idle, panic or fault")),
             },
             "maxcpus" => match number(value, 1, u32::MAX) {
                 Some(n) => o.maxcpus = Some(n),
@@ -165,7 +184,7 @@ mod tests {
             p,
             vec![
                 "unknown option 'bogus=1' ignored",
-                "bad value 'fly' for 'run' (expected boot, idle, panic or fault), default kept",
+                "bad value 'fly' for 'run' (expected root, boot, idle, panic or fault), default kept",
                 "bad value '0' for 'maxcpus' (expected a whole number >= 1), default kept",
                 "bad value 'abc' for 'hz' (expected 1..=10000), default kept",
                 "bad value '99999' for 'hz' (expected 1..=10000), default kept",
@@ -173,6 +192,15 @@ mod tests {
                 "option 'maxcpus' needs a value (maxcpus=...), ignored",
             ]
         );
+    }
+
+    #[test]
+    fn split_at_double_dash() {
+        assert_eq!(split("hz=5 -- test=all x"), ("hz=5 ", "test=all x"));
+        assert_eq!(split("hz=5"), ("hz=5", ""));
+        assert_eq!(split("-- a -- b"), ("", "a -- b"));
+        assert_eq!(split(""), ("", ""));
+        assert_eq!(split("a--b"), ("a--b", ""));
     }
 
     #[test]

@@ -1,0 +1,479 @@
+//! Entering and leaving the kernel: `syscall`, interrupts and exceptions, and the way back to
+//! user mode.
+//!
+//! rl4 is event-based (design.md §3): one kernel stack per CPU, interrupts off in the kernel.
+//! Every entry from user mode stores the user registers straight into the running thread's
+//! [`UserRegs`] (its end address is `gs:32`), resets the stack to the top of the CPU's kernel
+//! stack (`gs:16`) and calls into the kernel:
+//!
+//! * `syscall` → `rl4_syscall()`;
+//! * an interrupt or exception from user mode → `rl4_user_trap(vector, error_code)`;
+//! * an interrupt in kernel mode (only the idle loop runs with interrupts on) →
+//!   `rl4_kernel_interrupt(vector)`, then back where it was; an exception in kernel mode is a
+//!   kernel bug and panics, except a page fault inside the user-copy routine, which makes it
+//!   return an error instead.
+//!
+//! All three kernel functions are defined by the kernel crate. They return to
+//! [`return_to_user`], which loads the (possibly different) current thread's registers and uses
+//! `sysretq` when the thread entered by `syscall` (`gs:40` = 0) or `iretq` otherwise: after an
+//! interrupt every register, `rcx` and `r11` included, must come back exactly.
+//!
+//! NMI, double fault and machine check keep their IST handlers in [`crate::idt`].
+use core::sync::atomic::{AtomicBool, Ordering};
+use x86_64::VirtAddr;
+use x86_64::registers::model_specific::{Efer, EferFlags, LStar, SFMask, Star};
+use x86_64::registers::rflags::RFlags;
+use x86_64::structures::idt::InterruptDescriptorTable;
+
+/// The user registers of a thread, as the entry code stores them. The last five words are an
+/// `iretq` frame.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct UserRegs {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<UserRegs>() == 160);
+
+/// User segment selectors (GDT entries 4 and 3, RPL 3).
+pub const USER_CS: u64 = 0x23;
+pub const USER_SS: u64 = 0x1b;
+/// RFLAGS bits a user thread may hold (CF PF AF ZF SF TF DF OF, and IF always set).
+pub const USER_RFLAGS_MASK: u64 = 0b1101_1101_0101;
+pub const RFLAGS_IF: u64 = 1 << 9;
+
+impl UserRegs {
+    /// Registers for a new thread: entry point, stack, first argument.
+    pub fn new_thread(entry: u64, stack: u64, arg: u64) -> Self {
+        UserRegs { rip: entry, rsp: stack, rdi: arg, cs: USER_CS, ss: USER_SS, rflags: RFLAGS_IF, ..Default::default() }
+    }
+}
+
+/// The registers saved by a trap in kernel mode (on the kernel stack).
+#[derive(Debug)]
+#[repr(C)]
+pub struct KernelFrame {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub vector: u64,
+    pub error: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+static SMAP: AtomicBool = AtomicBool::new(false);
+
+macro_rules! trap_stubs {
+    ($($v:literal $kind:ident),* $(,)?) => {
+        core::arch::global_asm!(
+            "    .text\n",
+            $(concat!(
+                "rl4_trap_", stringify!($v), ":\n",
+                trap_stubs!(@push $kind),
+                "    push ", stringify!($v), "\n",
+                "    jmp rl4_trap_common\n"
+            ),)*
+            ".pushsection .rodata\n",
+            ".balign 8\n",
+            "rl4_trap_table:\n",
+            $(concat!("    .quad ", stringify!($v), ", rl4_trap_", stringify!($v), "\n"),)*
+            "rl4_trap_table_end:\n",
+            ".popsection\n",
+        );
+    };
+    (@push noerr) => { "    push 0\n" };
+    (@push err) => { "" };
+}
+
+trap_stubs!(
+    0 noerr, 1 noerr, 3 noerr, 4 noerr, 5 noerr, 6 noerr, 7 noerr, 10 err, 11 err, 12 err, 13 err,
+    14 err, 16 noerr, 17 err, 19 noerr, 20 noerr, 21 err, 30 err,
+    48 noerr, 49 noerr, 50 noerr, 254 noerr, 255 noerr,
+);
+
+core::arch::global_asm!(
+    r#"
+    .text
+    .global rl4_syscall_entry
+rl4_syscall_entry:
+    swapgs
+    mov gs:[24], rsp
+    mov rsp, gs:[32]
+    push 0x1b
+    push qword ptr gs:[24]
+    push r11
+    push 0x23
+    push rcx
+    push r15
+    push r14
+    push r13
+    push r12
+    push r11
+    push r10
+    push r9
+    push r8
+    push rbp
+    push rdi
+    push rsi
+    push rdx
+    push rcx
+    push rbx
+    push rax
+    mov qword ptr gs:[40], 0
+    mov rsp, gs:[16]
+    xor ebp, ebp
+    call rl4_syscall
+    jmp rl4_return_to_user
+
+    .global rl4_return_to_user
+rl4_return_to_user:
+    mov rsp, gs:[32]
+    sub rsp, 160
+    cmp qword ptr gs:[40], 0
+    pop rax
+    pop rbx
+    pop rcx
+    pop rdx
+    pop rsi
+    pop rdi
+    pop rbp
+    pop r8
+    pop r9
+    pop r10
+    pop r11
+    pop r12
+    pop r13
+    pop r14
+    pop r15
+    jne 2f
+    mov rcx, [rsp]
+    mov r11, [rsp + 16]
+    mov rsp, [rsp + 24]
+    swapgs
+    sysretq
+2:  swapgs
+    iretq
+
+rl4_trap_common:
+    test qword ptr [rsp + 24], 3
+    jz 3f
+    swapgs
+    push rax
+    mov rax, gs:[32]
+    sub rax, 160
+    mov [rax + 8], rbx
+    mov [rax + 16], rcx
+    mov [rax + 24], rdx
+    mov [rax + 32], rsi
+    mov [rax + 40], rdi
+    mov [rax + 48], rbp
+    mov [rax + 56], r8
+    mov [rax + 64], r9
+    mov [rax + 72], r10
+    mov [rax + 80], r11
+    mov [rax + 88], r12
+    mov [rax + 96], r13
+    mov [rax + 104], r14
+    mov [rax + 112], r15
+    pop rbx
+    mov [rax], rbx
+    mov rbx, [rsp + 16]
+    mov [rax + 120], rbx
+    mov rbx, [rsp + 24]
+    mov [rax + 128], rbx
+    mov rbx, [rsp + 32]
+    mov [rax + 136], rbx
+    mov rbx, [rsp + 40]
+    mov [rax + 144], rbx
+    mov rbx, [rsp + 48]
+    mov [rax + 152], rbx
+    mov rdi, [rsp]
+    mov rsi, [rsp + 8]
+    mov qword ptr gs:[40], 1
+    mov rsp, gs:[16]
+    xor ebp, ebp
+    call rl4_user_trap
+    jmp rl4_return_to_user
+
+3:  push r15
+    push r14
+    push r13
+    push r12
+    push r11
+    push r10
+    push r9
+    push r8
+    push rbp
+    push rdi
+    push rsi
+    push rdx
+    push rcx
+    push rbx
+    push rax
+    mov rdi, rsp
+    call rl4_kernel_trap
+    pop rax
+    pop rbx
+    pop rcx
+    pop rdx
+    pop rsi
+    pop rdi
+    pop rbp
+    pop r8
+    pop r9
+    pop r10
+    pop r11
+    pop r12
+    pop r13
+    pop r14
+    pop r15
+    add rsp, 16
+    iretq
+
+    /* rax = 0 on success, 1 if a page fault stopped the copy. rdi = dst, rsi = src, rdx = len. */
+    .global rl4_copy_user
+rl4_copy_user:
+    cmp byte ptr [rip + {smap}], 0
+    je 4f
+    stac
+4:  mov rcx, rdx
+    .global rl4_copy_user_insn
+rl4_copy_user_insn:
+    rep movsb
+    xor eax, eax
+    jmp 5f
+    .global rl4_copy_user_fixup
+rl4_copy_user_fixup:
+    mov eax, 1
+5:  cmp byte ptr [rip + {smap}], 0
+    je 6f
+    clac
+6:  ret
+    "#,
+    smap = sym SMAP,
+);
+
+unsafe extern "C" {
+    fn rl4_syscall_entry();
+    fn rl4_return_to_user() -> !;
+    fn rl4_copy_user(dst: *mut u8, src: *const u8, len: usize) -> u64;
+    static rl4_copy_user_insn: u8;
+    static rl4_copy_user_fixup: u8;
+    static rl4_trap_table: [u64; 2];
+    static rl4_trap_table_end: u8;
+}
+
+/// (vector, stub address) for every vector with an entry stub.
+fn stubs() -> &'static [[u64; 2]] {
+    let start = (&raw const rl4_trap_table) as *const [u64; 2];
+    let n = ((&raw const rl4_trap_table_end) as usize - start as usize) / 16;
+    // SAFETY: the table is emitted by `trap_stubs!` as `n` pairs of quads in .rodata.
+    unsafe { core::slice::from_raw_parts(start, n) }
+}
+
+/// Points this CPU's `syscall` at the entry above: STAR (kernel CS 0x08, user base 0x10 so that
+/// `sysret` loads CS 0x23 and SS 0x1b), LSTAR, and SFMASK (IF, TF, DF, AC and NT cleared on
+/// entry), then sets EFER.SCE.
+pub fn init_syscall() {
+    // SAFETY: the selectors match this CPU's GDT layout (gdt.rs); the entry point is the stub
+    // above; masking IF keeps interrupts off in the kernel.
+    unsafe {
+        Star::write_raw(0x13, 0x08);
+        LStar::write(VirtAddr::new(rl4_syscall_entry as *const () as u64));
+        SFMask::write(
+            RFlags::INTERRUPT_FLAG
+                | RFlags::TRAP_FLAG
+                | RFlags::DIRECTION_FLAG
+                | RFlags::ALIGNMENT_CHECK
+                | RFlags::NESTED_TASK,
+        );
+        Efer::update(|e| e.insert(EferFlags::SYSTEM_CALL_EXTENSIONS));
+    }
+}
+
+/// Records whether SMAP is on (the user-copy routine then opens user access with `stac`).
+pub fn set_smap(on: bool) {
+    SMAP.store(on, Ordering::Relaxed);
+}
+
+/// Installs the entry stubs in `idt` (exceptions, except NMI/#DF/#MC which keep IST handlers,
+/// and the interrupt vectors listed in `trap_stubs!`).
+pub fn install_stubs(idt: &mut InterruptDescriptorTable) {
+    for &[v, addr] in stubs() {
+        let a = VirtAddr::new(addr);
+        // SAFETY: each address is a stub that saves state and ends in `iretq` or `sysretq`
+        // (directly, or through a kernel function that returns to user mode); all run on the
+        // CPU's kernel stack (TSS.RSP0). Exception vectors are typed fields of the IDT.
+        unsafe {
+            match v {
+                0 => idt.divide_error.set_handler_addr(a),
+                1 => idt.debug.set_handler_addr(a),
+                3 => idt.breakpoint.set_handler_addr(a),
+                4 => idt.overflow.set_handler_addr(a),
+                5 => idt.bound_range_exceeded.set_handler_addr(a),
+                6 => idt.invalid_opcode.set_handler_addr(a),
+                7 => idt.device_not_available.set_handler_addr(a),
+                10 => idt.invalid_tss.set_handler_addr(a),
+                11 => idt.segment_not_present.set_handler_addr(a),
+                12 => idt.stack_segment_fault.set_handler_addr(a),
+                13 => idt.general_protection_fault.set_handler_addr(a),
+                14 => idt.page_fault.set_handler_addr(a),
+                16 => idt.x87_floating_point.set_handler_addr(a),
+                17 => idt.alignment_check.set_handler_addr(a),
+                19 => idt.simd_floating_point.set_handler_addr(a),
+                20 => idt.virtualization.set_handler_addr(a),
+                21 => idt.cp_protection_exception.set_handler_addr(a),
+                30 => idt.security_exception.set_handler_addr(a),
+                v => idt[v as u8].set_handler_addr(a),
+            };
+        }
+    }
+}
+
+/// Switches to the current thread (whose registers end at `gs:32`) in user mode.
+pub fn return_to_user() -> ! {
+    // SAFETY: the kernel set `gs:32` to a live thread's register block and `gs:40` to how it
+    // entered; the stub restores them and leaves the kernel.
+    unsafe { rl4_return_to_user() }
+}
+
+/// Copies `dst.len()` bytes from user address `src` of the current address space. Fails if the
+/// range is not wholly user space or touches a page that cannot be read.
+pub fn copy_from_user(dst: &mut [u8], src: u64) -> Result<(), ()> {
+    let end = src.checked_add(dst.len() as u64).ok_or(())?;
+    if end > crate::layout::USER_END {
+        return Err(());
+    }
+    // SAFETY: `src..end` is user space (checked); a fault inside the copy is caught by
+    // `fixup_user_copy` and reported as an error; `dst` is a valid kernel buffer.
+    match unsafe { rl4_copy_user(dst.as_mut_ptr(), src as *const u8, dst.len()) } {
+        0 => Ok(()),
+        _ => Err(()),
+    }
+}
+
+/// Copies `src` to user address `dst` of the current address space (see [`copy_from_user`]).
+pub fn copy_to_user(dst: u64, src: &[u8]) -> Result<(), ()> {
+    let end = dst.checked_add(src.len() as u64).ok_or(())?;
+    if end > crate::layout::USER_END {
+        return Err(());
+    }
+    // SAFETY: as in `copy_from_user`; a write to a read-only or unmapped user page faults and
+    // is caught.
+    match unsafe { rl4_copy_user(dst as *mut u8, src.as_ptr(), src.len()) } {
+        0 => Ok(()),
+        _ => Err(()),
+    }
+}
+
+/// Called for every trap taken in kernel mode.
+#[unsafe(no_mangle)]
+extern "C" fn rl4_kernel_trap(f: &mut KernelFrame) {
+    let v = f.vector as u8;
+    if v >= 32 {
+        unsafe extern "Rust" {
+            fn rl4_kernel_interrupt(vector: u8);
+        }
+        // SAFETY: defined by the kernel crate with this signature.
+        unsafe { rl4_kernel_interrupt(v) };
+        return;
+    }
+    if v == 14 && f.rip == (&raw const rl4_copy_user_insn) as u64 {
+        f.rip = (&raw const rl4_copy_user_fixup) as u64;
+        return;
+    }
+    crate::idt::kernel_exception(f);
+}
+
+/// A thread's saved user registers.
+///
+/// Access protocol (what makes the `Sync` below sound): the entry code and the CPU that is
+/// running the thread are the only writers while it runs; while it does not run, only code that
+/// holds the thread's scheduling lock touches it. The kernel never runs one thread on two CPUs,
+/// so at most one party accesses the registers at a time. Accessors copy in and out and never
+/// hand out references that outlive the call.
+pub struct RegsCell(core::cell::UnsafeCell<UserRegs>);
+
+// SAFETY: see the access protocol above.
+unsafe impl Sync for RegsCell {}
+
+impl RegsCell {
+    pub fn new(r: UserRegs) -> Self {
+        RegsCell(core::cell::UnsafeCell::new(r))
+    }
+
+    /// One past the end of the block: what `gs:32` holds while this thread runs.
+    pub fn end_addr(&self) -> u64 {
+        self.0.get() as u64 + core::mem::size_of::<UserRegs>() as u64
+    }
+
+    /// A copy of the registers.
+    pub fn get(&self) -> UserRegs {
+        // SAFETY: per the access protocol no one else writes them now.
+        unsafe { *self.0.get() }
+    }
+
+    /// Runs `f` on the registers.
+    pub fn with<R>(&self, f: impl FnOnce(&mut UserRegs) -> R) -> R {
+        // SAFETY: per the access protocol this is the only access now; the reference does not
+        // escape `f`.
+        f(unsafe { &mut *self.0.get() })
+    }
+}
+
+/// Makes `regs` the running thread's registers on this CPU; `iret` says whether it must resume
+/// with `iretq` (it was interrupted, or is new) rather than `sysretq`.
+#[inline]
+pub fn set_current(regs: &RegsCell, iret: bool) {
+    let h = crate::percpu::current();
+    h.regs_end.store(regs.end_addr(), Ordering::Relaxed);
+    h.resume_iret.store(iret as u64, Ordering::Relaxed);
+}
+
+/// Whether the running thread last entered the kernel by a trap (and so must leave by `iretq`).
+#[inline]
+pub fn current_resumes_with_iret() -> bool {
+    crate::percpu::current().resume_iret.load(Ordering::Relaxed) != 0
+}
+
+/// Forces the running thread to resume with `iretq` (after the kernel rewrote registers that
+/// `sysretq` would not restore, e.g. `rcx`/`r11`).
+#[inline]
+pub fn force_iret() {
+    crate::percpu::current().resume_iret.store(1, Ordering::Relaxed);
+}

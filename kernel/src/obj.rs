@@ -1,0 +1,247 @@
+//! Kernel objects and what capabilities point at.
+//!
+//! | object | holds | dies when |
+//! |---|---|---|
+//! | [`Memory`] | an allocation budget in bytes, charged by every object and frame made from it | its last reference goes |
+//! | [`Frame`] | one 4 KiB physical frame | no capability and no mapping refers to it; the frame returns to the allocator and the budget |
+//! | [`Space`] | a page-table root sharing the kernel half, its PCID, the frames it maps | no capability and no thread refers to it; its page tables are freed |
+//! | [`Task`] | a capability table, its threads | it exits (all threads stop, all capabilities are deleted) and nothing refers to it |
+//! | [`Thread`] | user registers, scheduling state, its task and space | it exits or its task does, and nothing refers to it |
+//! | `Machine` | console and shutdown rights | never (no state) |
+//!
+//! Objects are reference-counted (`Arc`); a capability, a mapping, a run queue entry or a
+//! thread's link to its task each hold one reference. Cycles (a task holding a capability to
+//! itself or to its threads) are broken when the task exits: its table is emptied.
+use alloc::collections::BTreeMap;
+use alloc::sync::{Arc, Weak};
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use rl4_abi::{Error, ObjType, ThreadState};
+use rl4_arch::entry::{RegsCell, UserRegs};
+use rl4_core::captable::{self, CapTable};
+use spin::Mutex;
+
+use crate::mem;
+
+/// A capability's object.
+#[derive(Clone)]
+pub enum KObj {
+    Task(Arc<Task>),
+    Space(Arc<Space>),
+    Thread(Arc<Thread>),
+    Frame(Arc<Frame>),
+    Memory(Arc<Memory>),
+    Machine,
+}
+
+impl captable::Object for KObj {
+    fn obj_type(&self) -> ObjType {
+        match self {
+            KObj::Task(_) => ObjType::Task,
+            KObj::Space(_) => ObjType::AddressSpace,
+            KObj::Thread(_) => ObjType::Thread,
+            KObj::Frame(_) => ObjType::Frame,
+            KObj::Memory(_) => ObjType::Memory,
+            KObj::Machine => ObjType::Machine,
+        }
+    }
+}
+
+pub type Cap = captable::Cap<KObj>;
+
+/// What each object costs its memory budget.
+pub const THREAD_COST: u64 = 4096;
+pub const TASK_COST: u64 = 3 * 4096;
+pub const SPACE_COST: u64 = 4096;
+pub const FRAME_COST: u64 = 4096;
+
+/// An allocation budget.
+pub struct Memory {
+    pub total: u64,
+    used: AtomicU64,
+}
+
+impl Memory {
+    pub fn new(total: u64) -> Arc<Memory> {
+        Arc::new(Memory { total, used: AtomicU64::new(0) })
+    }
+    pub fn left(&self) -> u64 {
+        self.total - self.used.load(Ordering::Relaxed)
+    }
+    /// Takes `bytes` from the budget.
+    pub fn charge(&self, bytes: u64) -> Result<(), Error> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |u| u.checked_add(bytes).filter(|&n| n <= self.total))
+            .map(|_| ())
+            .map_err(|_| Error::OutOfMemory)
+    }
+    pub fn uncharge(&self, bytes: u64) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// A charge that is given back when dropped (so an object that fails half-way refunds).
+pub struct Charge {
+    mem: Arc<Memory>,
+    bytes: u64,
+}
+
+impl Charge {
+    pub fn new(mem: &Arc<Memory>, bytes: u64) -> Result<Charge, Error> {
+        mem.charge(bytes)?;
+        Ok(Charge { mem: mem.clone(), bytes })
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.mem.uncharge(self.bytes);
+    }
+}
+
+/// One physical frame.
+pub struct Frame {
+    pub pa: u64,
+    _charge: Charge,
+}
+
+impl Frame {
+    /// A zeroed frame charged to `mem`.
+    pub fn new(mem: &Arc<Memory>) -> Result<Arc<Frame>, Error> {
+        let charge = Charge::new(mem, FRAME_COST)?;
+        let pa = mem::alloc_frame().ok_or(Error::OutOfMemory)?;
+        mem::zero_frame(pa);
+        Ok(Arc::new(Frame { pa, _charge: charge }))
+    }
+}
+
+impl Drop for Frame {
+    fn drop(&mut self) {
+        mem::free_frame(self.pa);
+    }
+}
+
+/// A user address space.
+pub struct Space {
+    pub pml4: u64,
+    pub pcid: u16,
+    /// TLB generation (see `rl4_core::pcid`); bumped when a mapping is removed.
+    pub generation: AtomicU64,
+    /// Mapped frames by virtual page, with whether they are writable / executable.
+    pub maps: Mutex<BTreeMap<u64, (Arc<Frame>, bool, bool)>>,
+    _charge: Charge,
+}
+
+impl Space {
+    pub fn new(mem: &Arc<Memory>) -> Result<Arc<Space>, Error> {
+        let charge = Charge::new(mem, SPACE_COST)?;
+        let pml4 = rl4_arch::paging::new_user_space(&mut mem::Frames).map_err(|_| Error::OutOfMemory)?;
+        let (pcid, generation) = crate::sched::pcid_alloc();
+        Ok(Arc::new(Space {
+            pml4,
+            pcid,
+            generation: AtomicU64::new(generation),
+            maps: Mutex::new(BTreeMap::new()),
+            _charge: charge,
+        }))
+    }
+}
+
+impl Drop for Space {
+    fn drop(&mut self) {
+        crate::sched::forget_space(self.pml4);
+        self.maps.lock().clear();
+        rl4_arch::paging::free_user_space(self.pml4, mem::free_frame);
+        crate::sched::pcid_free(self.pcid);
+    }
+}
+
+/// A task: a capability table and the threads that use it.
+pub struct Task {
+    pub id: u64,
+    pub caps: Mutex<CapTable<KObj>>,
+    pub threads: Mutex<Vec<Weak<Thread>>>,
+    pub space: Arc<Space>,
+    pub dead: AtomicBool,
+    _charge: Charge,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+pub fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Task {
+    pub fn new(mem: &Arc<Memory>, space: Arc<Space>) -> Result<Arc<Task>, Error> {
+        let charge = Charge::new(mem, TASK_COST)?;
+        Ok(Arc::new(Task {
+            id: next_id(),
+            caps: Mutex::new(CapTable::new(rl4_abi::CAP_SLOTS as usize)),
+            threads: Mutex::new(Vec::new()),
+            space,
+            dead: AtomicBool::new(false),
+            _charge: charge,
+        }))
+    }
+}
+
+/// Scheduling state of a thread, under its lock.
+pub struct Sched {
+    pub state: ThreadState,
+    pub prio: u8,
+    /// The CPU the thread runs on (its affinity).
+    pub cpu: u32,
+    /// It is some CPU's current thread.
+    pub on_cpu: bool,
+    /// It sits in some CPU's inbox or run queue.
+    pub queued: bool,
+    /// It must resume with `iretq` (new, or interrupted).
+    pub resume_iret: bool,
+}
+
+pub struct Thread {
+    pub regs: RegsCell,
+    pub id: u64,
+    pub task: Arc<Task>,
+    pub space: Arc<Space>,
+    pub sched: Mutex<Sched>,
+    _charge: Charge,
+}
+
+pub static LIVE_THREADS: AtomicU64 = AtomicU64::new(0);
+
+impl Thread {
+    pub fn new(mem: &Arc<Memory>, task: Arc<Task>, entry: u64, stack: u64, prio: u8, cpu: u32) -> Result<Arc<Thread>, Error> {
+        let charge = Charge::new(mem, THREAD_COST)?;
+        let space = task.space.clone();
+        let t = Arc::new(Thread {
+            regs: RegsCell::new(UserRegs::new_thread(entry, stack, 0)),
+            id: next_id(),
+            task: task.clone(),
+            space,
+            sched: Mutex::new(Sched {
+                state: ThreadState::Inactive,
+                prio,
+                cpu,
+                on_cpu: false,
+                queued: false,
+                resume_iret: true,
+            }),
+            _charge: charge,
+        });
+        {
+            let mut list = task.threads.lock();
+            list.retain(|w| w.strong_count() > 0);
+            list.push(Arc::downgrade(&t));
+        }
+        LIVE_THREADS.fetch_add(1, Ordering::Relaxed);
+        Ok(t)
+    }
+}
+
+impl Drop for Thread {
+    fn drop(&mut self) {
+        LIVE_THREADS.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,128 @@
+//! Starting the root task: the one user program the kernel loads itself.
+//!
+//! The kernel builds the root task's address space from its ELF image (embedded in the kernel,
+//! so both boot entries carry it), gives it a stack, a read-only `BootInfo` page with the
+//! command line and the CPU count, read-only copies of the other embedded user programs (which
+//! the root task loads itself, through system calls), and the capabilities listed in
+//! `rl4_abi::root_slots`: its task, address space and thread, all free memory as a budget, and
+//! the machine (console and shutdown). Then it starts the root thread on CPU 0.
+use alloc::sync::Arc;
+use rl4_abi::{BootInfo, PAGE_SIZE, Program, Rights, root_slots};
+use rl4_elf::{Elf, PF_W, PF_X};
+
+use crate::obj::{Cap, Frame, KObj, Memory, Space, Task, Thread};
+use crate::syscall::map_frame;
+use crate::{mem, sched};
+
+include!(concat!(env!("OUT_DIR"), "/programs.rs"));
+
+/// Priority of the root thread.
+pub const ROOT_PRIORITY: u8 = 100;
+
+/// Frames kept out of the root task's budget for the kernel's own needs (page tables of user
+/// spaces, per-CPU structures).
+const KERNEL_RESERVE_FRAMES: u64 = 1024;
+
+fn load_bytes(space: &Space, mem: &Arc<Memory>, va: u64, bytes: &[u8], pages: u64, write: bool, exec: bool) -> Result<(), &'static str> {
+    for i in 0..pages {
+        let f = Frame::new(mem).map_err(|_| "out of memory")?;
+        let off = (i * PAGE_SIZE) as usize;
+        if off < bytes.len() {
+            let end = (off + PAGE_SIZE as usize).min(bytes.len());
+            mem::write_frame(f.pa, 0, &bytes[off..end]);
+        }
+        map_frame(space, va + i * PAGE_SIZE, f, write, exec).map_err(|_| "mapping failed")?;
+    }
+    Ok(())
+}
+
+pub fn start(cmdline: &str, tsc_hz: u64) -> Result<(), &'static str> {
+    let (_, root_image) = PROGRAMS.iter().find(|(n, _)| *n == "root").ok_or("no root program embedded")?;
+    let budget = mem::free_frames().saturating_sub(KERNEL_RESERVE_FRAMES) * PAGE_SIZE;
+    let memory = Memory::new(budget);
+    let space = Space::new(&memory).map_err(|_| "out of memory")?;
+    let task = Task::new(&memory, space.clone()).map_err(|_| "out of memory")?;
+
+    let elf = Elf::parse(root_image, PAGE_SIZE, rl4_abi::PROGRAMS_ADDR).map_err(|_| "root ELF rejected")?;
+    for seg in elf.segments() {
+        let seg = seg.map_err(|_| "root ELF rejected")?;
+        let (p0, p1) = seg.pages();
+        // The segment's bytes as they must appear from its first page on.
+        let lead = (seg.vaddr - p0) as usize;
+        let file = elf.file_bytes(&seg);
+        let mut image = alloc::vec![0u8; (p1 - p0) as usize];
+        image[lead..lead + file.len()].copy_from_slice(file);
+        load_bytes(&space, &memory, p0, &image, (p1 - p0) / PAGE_SIZE, seg.flags & PF_W != 0, seg.flags & PF_X != 0)?;
+    }
+    // Stack.
+    let stack_base = rl4_abi::ROOT_STACK_TOP - rl4_abi::ROOT_STACK_PAGES * PAGE_SIZE;
+    load_bytes(&space, &memory, stack_base, &[], rl4_abi::ROOT_STACK_PAGES, true, false)?;
+    // The other programs, read-only.
+    let mut bi = BootInfo {
+        magic: BootInfo::MAGIC,
+        cpus: sched::online_count(),
+        tsc_hz,
+        memory_bytes: budget,
+        cmdline_len: 0,
+        cmdline: [0; rl4_abi::BOOT_CMDLINE_MAX],
+        nprograms: 0,
+        programs: [Program::default(); rl4_abi::MAX_PROGRAMS],
+    };
+    let n = cmdline.len().min(rl4_abi::BOOT_CMDLINE_MAX);
+    bi.cmdline[..n].copy_from_slice(&cmdline.as_bytes()[..n]);
+    bi.cmdline_len = n as u64;
+    let mut at = rl4_abi::PROGRAMS_ADDR;
+    for (i, (name, bytes)) in PROGRAMS.iter().enumerate().take(rl4_abi::MAX_PROGRAMS) {
+        let pages = (bytes.len() as u64).div_ceil(PAGE_SIZE);
+        load_bytes(&space, &memory, at, bytes, pages, false, false)?;
+        let mut p = Program { name: [0; 16], addr: at, len: bytes.len() as u64 };
+        let nb = name.as_bytes();
+        p.name[..nb.len().min(15)].copy_from_slice(&nb[..nb.len().min(15)]);
+        bi.programs[i] = p;
+        bi.nprograms += 1;
+        at += (pages + 1) * PAGE_SIZE;
+    }
+    // BootInfo page.
+    let f = Frame::new(&memory).map_err(|_| "out of memory")?;
+    let bytes = bootinfo_bytes(&bi);
+    mem::write_frame(f.pa, 0, &bytes[..]);
+    map_frame(&space, rl4_abi::BOOT_INFO_ADDR, f, false, false).map_err(|_| "mapping failed")?;
+
+    let thread = Thread::new(&memory, task.clone(), elf.entry, rl4_abi::ROOT_STACK_TOP, ROOT_PRIORITY, 0)
+        .map_err(|_| "out of memory")?;
+    thread.regs.with(|r| r.rdi = rl4_abi::BOOT_INFO_ADDR);
+    {
+        let mut caps = task.caps.lock();
+        let all = Rights::ALL;
+        let ins = |caps: &mut rl4_core::captable::CapTable<KObj>, slot, obj| caps.insert(slot, Cap { obj, rights: all, badge: 0 });
+        ins(&mut caps, root_slots::TASK, KObj::Task(task.clone())).map_err(|_| "cap")?;
+        ins(&mut caps, root_slots::SPACE, KObj::Space(space.clone())).map_err(|_| "cap")?;
+        ins(&mut caps, root_slots::THREAD, KObj::Thread(thread.clone())).map_err(|_| "cap")?;
+        ins(&mut caps, root_slots::MEMORY, KObj::Memory(memory.clone())).map_err(|_| "cap")?;
+        ins(&mut caps, root_slots::MACHINE, KObj::Machine).map_err(|_| "cap")?;
+    }
+    let mut s = thread.sched.lock();
+    s.state = rl4_abi::ThreadState::Runnable;
+    sched::enqueue_locked(&thread, &mut s);
+    Ok(())
+}
+
+/// The bytes of a `BootInfo` (a plain `#[repr(C)]` struct of integers and byte arrays).
+fn bootinfo_bytes(bi: &BootInfo) -> alloc::vec::Vec<u8> {
+    let mut v = alloc::vec::Vec::with_capacity(core::mem::size_of::<BootInfo>());
+    let w = |v: &mut alloc::vec::Vec<u8>, x: u64| v.extend_from_slice(&x.to_le_bytes());
+    w(&mut v, bi.magic);
+    w(&mut v, bi.cpus);
+    w(&mut v, bi.tsc_hz);
+    w(&mut v, bi.memory_bytes);
+    w(&mut v, bi.cmdline_len);
+    v.extend_from_slice(&bi.cmdline);
+    w(&mut v, bi.nprograms);
+    for p in &bi.programs {
+        v.extend_from_slice(&p.name);
+        w(&mut v, p.addr);
+        w(&mut v, p.len);
+    }
+    assert_eq!(v.len(), core::mem::size_of::<BootInfo>(), "BootInfo layout");
+    v
+}

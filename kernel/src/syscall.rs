@@ -1,0 +1,340 @@
+//! System calls: argument checks, capability look-ups, and the operations on kernel objects.
+//!
+//! Every argument a user passes is checked before anything changes; a failed check returns an
+//! `rl4_abi::Error` code in `rax`, never a panic. See `docs/syscalls.md`.
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use rl4_abi::{CONSOLE_WRITE_MAX, Error, MAX_PRIORITY, ObjType, PAGE_SIZE, Rights, Sys, ThreadState, USER_END, stat};
+use rl4_arch::entry::UserRegs;
+use rl4_arch::{cpu, percpu, println};
+use rl4_smp::cpus;
+
+use crate::obj::{Cap, Frame, KObj, LIVE_THREADS, Memory, Space, Task, Thread};
+use crate::{mem, sched};
+
+type Ret = Result<[u64; 3], Error>;
+
+/// Handles the current thread's system call and writes the results into its registers.
+pub fn handle() {
+    let Some(t) = sched::current() else { return };
+    let r = t.regs.get();
+    let res = dispatch(&t, &r);
+    t.regs.with(|regs| match res {
+        Ok([a, b, c]) => {
+            regs.rax = 0;
+            regs.rdi = a;
+            regs.rsi = b;
+            regs.rdx = c;
+        }
+        Err(e) => regs.rax = e as u64,
+    });
+}
+
+fn lookup(task: &Task, slot: u64, ty: ObjType, rights: Rights) -> Result<KObj, Error> {
+    Ok(task.caps.lock().lookup(slot, ty, rights)?.obj.clone())
+}
+
+fn memory(task: &Task, slot: u64) -> Result<Arc<Memory>, Error> {
+    match lookup(task, slot, ObjType::Memory, Rights::ALLOCATE)? {
+        KObj::Memory(m) => Ok(m),
+        _ => unreachable!("type checked"),
+    }
+}
+
+fn task_obj(task: &Task, slot: u64, rights: Rights) -> Result<Arc<Task>, Error> {
+    match lookup(task, slot, ObjType::Task, rights)? {
+        KObj::Task(t) => Ok(t),
+        _ => unreachable!("type checked"),
+    }
+}
+
+fn thread_obj(task: &Task, slot: u64, rights: Rights) -> Result<Arc<Thread>, Error> {
+    match lookup(task, slot, ObjType::Thread, rights)? {
+        KObj::Thread(t) => Ok(t),
+        _ => unreachable!("type checked"),
+    }
+}
+
+fn space_obj(task: &Task, slot: u64, rights: Rights) -> Result<Arc<Space>, Error> {
+    match lookup(task, slot, ObjType::AddressSpace, rights)? {
+        KObj::Space(s) => Ok(s),
+        _ => unreachable!("type checked"),
+    }
+}
+
+fn put(task: &Task, slot: u64, obj: KObj, rights: Rights) -> Result<(), Error> {
+    task.caps.lock().insert(slot, Cap { obj, rights, badge: 0 })
+}
+
+fn check_cpu(cpu: u64) -> Result<u32, Error> {
+    if sched::cpu_online(cpu) { Ok(cpu as u32) } else { Err(Error::InvalidCpu) }
+}
+
+/// Highest user address a mapping may cover: the last page of the lower half stays unmapped,
+/// so a `syscall` can never return to a non-canonical address.
+const MAP_LIMIT: u64 = USER_END - PAGE_SIZE;
+
+/// Maps `frame` at `va` in `space` (checked by the caller).
+pub fn map_frame(space: &Space, va: u64, frame: Arc<Frame>, write: bool, exec: bool) -> Result<(), Error> {
+    let mut maps = space.maps.lock();
+    if maps.contains_key(&va) {
+        return Err(Error::AlreadyMapped);
+    }
+    rl4_arch::paging::map_user(&mut mem::Frames, space.pml4, va, frame.pa, write, exec).map_err(|e| match e {
+        rl4_arch::paging::MapError::Overlap(_) => Error::AlreadyMapped,
+        _ => Error::OutOfMemory,
+    })?;
+    maps.insert(va, (frame, write, exec));
+    Ok(())
+}
+
+fn check_page(va: u64) -> Result<(), Error> {
+    if va >= MAP_LIMIT {
+        return Err(Error::InvalidAddress);
+    }
+    if va % PAGE_SIZE != 0 {
+        return Err(Error::Misaligned);
+    }
+    Ok(())
+}
+
+fn dispatch(t: &Arc<Thread>, r: &UserRegs) -> Ret {
+    let sys = Sys::try_from(r.rax).map_err(|_| Error::InvalidSyscall)?;
+    let (a0, a1, a2, a3, a4, a5) = (r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9);
+    let task = &*t.task;
+    match sys {
+        Sys::Null => Ok([0; 3]),
+        Sys::ConsoleWrite => {
+            lookup(task, a0, ObjType::Machine, Rights::CONSOLE)?;
+            if a2 > CONSOLE_WRITE_MAX {
+                return Err(Error::InvalidArgument);
+            }
+            let mut buf = [0u8; CONSOLE_WRITE_MAX as usize];
+            let buf = &mut buf[..a2 as usize];
+            rl4_arch::entry::copy_from_user(buf, a1).map_err(|_| Error::Fault)?;
+            let text = match core::str::from_utf8(buf) {
+                Ok(s) => s,
+                Err(e) => core::str::from_utf8(&buf[..e.valid_up_to()]).unwrap_or(""),
+            };
+            for line in text.trim_end_matches('\n').split('\n') {
+                println!("{line}");
+            }
+            Ok([a2, 0, 0])
+        }
+        Sys::Yield => {
+            sched::yield_current();
+            Ok([0; 3])
+        }
+        Sys::CapCopy => {
+            let dst = task_obj(task, a1, Rights::WRITE)?;
+            let (cap, orig) = {
+                let caps = task.caps.lock();
+                (caps.derive(a0, a3)?, caps.get(a0)?.rights)
+            };
+            if !core::ptr::eq(&*dst, task) && !orig.contains(Rights::GRANT) {
+                return Err(Error::MissingRight);
+            }
+            if dst.dead.load(core::sync::atomic::Ordering::Acquire) {
+                return Err(Error::InvalidState);
+            }
+            dst.caps.lock().insert(a2, cap)?;
+            Ok([0; 3])
+        }
+        Sys::CapDelete => {
+            let c = task.caps.lock().remove(a0)?;
+            drop(c);
+            Ok([0; 3])
+        }
+        Sys::CapIdentify => {
+            let caps = task.caps.lock();
+            let c = caps.get(a0)?;
+            use rl4_core::captable::Object;
+            Ok([c.obj.obj_type() as u64, c.rights.0, c.badge])
+        }
+        Sys::TaskCreate => {
+            let m = memory(task, a0)?;
+            task.caps.lock().check_free(a1)?;
+            let space = Space::new(&m)?;
+            let nt = Task::new(&m, space)?;
+            put(task, a1, KObj::Task(nt), Rights::ALL)?;
+            Ok([0; 3])
+        }
+        Sys::TaskAddressSpace => {
+            let other = task_obj(task, a0, Rights::READ)?;
+            let rights = task.caps.lock().get(a0)?.rights;
+            put(task, a1, KObj::Space(other.space.clone()), rights)?;
+            Ok([0; 3])
+        }
+        Sys::FrameAlloc => {
+            let m = memory(task, a0)?;
+            task.caps.lock().check_free(a1)?;
+            let f = Frame::new(&m)?;
+            put(task, a1, KObj::Frame(f), Rights::READ.union(Rights::WRITE).union(Rights::EXECUTE).union(Rights::GRANT))?;
+            Ok([0; 3])
+        }
+        Sys::Map => {
+            let space = space_obj(task, a0, Rights::WRITE)?;
+            let (frame, frights) = match task.caps.lock().lookup(a1, ObjType::Frame, Rights::NONE)? {
+                Cap { obj: KObj::Frame(f), rights, .. } => (f.clone(), *rights),
+                _ => unreachable!("type checked"),
+            };
+            let rwx = Rights::READ.union(Rights::WRITE).union(Rights::EXECUTE);
+            if !Rights::is_valid(a3) || Rights(a3).intersect(rwx) != Rights(a3) || !Rights(a3).contains(Rights::READ) {
+                return Err(Error::InvalidArgument);
+            }
+            if !frights.contains(Rights(a3)) {
+                return Err(Error::MissingRight);
+            }
+            check_page(a2)?;
+            map_frame(&space, a2, frame, Rights(a3).contains(Rights::WRITE), Rights(a3).contains(Rights::EXECUTE))?;
+            Ok([0; 3])
+        }
+        Sys::Unmap => {
+            let space = space_obj(task, a0, Rights::WRITE)?;
+            check_page(a1)?;
+            let old = space.maps.lock().remove(&a1).ok_or(Error::NotMapped)?;
+            rl4_arch::paging::unmap_user(space.pml4, a1);
+            sched::flush_space(&space);
+            drop(old);
+            Ok([0; 3])
+        }
+        Sys::ThreadCreate => {
+            let m = memory(task, a0)?;
+            let target = task_obj(task, a1, Rights::WRITE)?;
+            let prio = a4 & 0xffff_ffff;
+            if prio > MAX_PRIORITY {
+                return Err(Error::InvalidPriority);
+            }
+            let cpu = check_cpu(a4 >> 32)?;
+            if a2 >= MAP_LIMIT || a3 > MAP_LIMIT {
+                return Err(Error::InvalidAddress);
+            }
+            task.caps.lock().check_free(a5)?;
+            if target.dead.load(core::sync::atomic::Ordering::Acquire) {
+                return Err(Error::InvalidState);
+            }
+            let th = Thread::new(&m, target, a2, a3, prio as u8, cpu)?;
+            put(task, a5, KObj::Thread(th), Rights::READ.union(Rights::WRITE).union(Rights::GRANT))?;
+            Ok([0; 3])
+        }
+        Sys::ThreadResume => {
+            let th = thread_obj(task, a0, Rights::WRITE)?;
+            let mut s = th.sched.lock();
+            match s.state {
+                ThreadState::Inactive | ThreadState::Suspended => {
+                    s.state = ThreadState::Runnable;
+                    sched::enqueue_locked(&th, &mut s);
+                    Ok([0; 3])
+                }
+                ThreadState::Runnable | ThreadState::Running => Ok([0; 3]),
+                ThreadState::Faulted | ThreadState::Dead => Err(Error::InvalidState),
+            }
+        }
+        Sys::ThreadSuspend => {
+            let th = thread_obj(task, a0, Rights::WRITE)?;
+            let mut s = th.sched.lock();
+            match s.state {
+                ThreadState::Runnable | ThreadState::Running => {
+                    s.state = ThreadState::Suspended;
+                    if s.on_cpu {
+                        sched::kick(s.cpu);
+                    }
+                    Ok([0; 3])
+                }
+                ThreadState::Inactive | ThreadState::Suspended => Ok([0; 3]),
+                ThreadState::Faulted | ThreadState::Dead => Err(Error::InvalidState),
+            }
+        }
+        Sys::ThreadSetPriority => {
+            let th = thread_obj(task, a0, Rights::WRITE)?;
+            if a1 > MAX_PRIORITY {
+                return Err(Error::InvalidPriority);
+            }
+            let mut s = th.sched.lock();
+            s.prio = a1 as u8;
+            if s.on_cpu {
+                sched::kick(s.cpu);
+            }
+            Ok([0; 3])
+        }
+        Sys::ThreadSetAffinity => {
+            let th = thread_obj(task, a0, Rights::WRITE)?;
+            let cpu = check_cpu(a1)?;
+            let mut s = th.sched.lock();
+            let old = s.cpu;
+            s.cpu = cpu;
+            if old != cpu {
+                sched::kick(old);
+            }
+            Ok([0; 3])
+        }
+        Sys::ThreadSetArg => {
+            let th = thread_obj(task, a0, Rights::WRITE)?;
+            let s = th.sched.lock();
+            if s.state != ThreadState::Inactive {
+                return Err(Error::InvalidState);
+            }
+            th.regs.with(|r| {
+                r.rdi = a1;
+                r.rsi = a2;
+            });
+            Ok([0; 3])
+        }
+        Sys::ThreadInfo => {
+            let th = thread_obj(task, a0, Rights::READ)?;
+            let s = th.sched.lock();
+            Ok([s.state as u64, s.cpu as u64, s.prio as u64])
+        }
+        Sys::ThreadExit => {
+            t.sched.lock().state = ThreadState::Dead;
+            Ok([0; 3])
+        }
+        Sys::TaskExit => {
+            kill_task(&t.task);
+            Ok([0; 3])
+        }
+        Sys::CpuInfo => Ok([percpu::cpu_index() as u64, sched::online_count(), 0]),
+        Sys::Shutdown => {
+            lookup(task, a0, ObjType::Machine, Rights::SHUTDOWN)?;
+            println!("shutdown requested by task {} with code {a1}", task.id);
+            cpus::stop_others();
+            cpu::exit(if a1 == 0 { cpu::QemuExit::Success } else { cpu::QemuExit::Failure })
+        }
+        Sys::MemoryInfo => {
+            let m = match lookup(task, a0, ObjType::Memory, Rights::NONE)? {
+                KObj::Memory(m) => m,
+                _ => unreachable!("type checked"),
+            };
+            Ok([m.left(), m.total, 0])
+        }
+        Sys::Stat => {
+            lookup(task, a0, ObjType::Machine, Rights::NONE)?;
+            let v = match a1 {
+                stat::SWITCHES => sched::switches(),
+                stat::TICKS => cpus::this().ticks.load(core::sync::atomic::Ordering::Relaxed),
+                stat::FREE_FRAMES => mem::free_frames(),
+                stat::THREADS => LIVE_THREADS.load(core::sync::atomic::Ordering::Relaxed),
+                _ => return Err(Error::InvalidArgument),
+            };
+            Ok([v, 0, 0])
+        }
+    }
+}
+
+/// Ends a task: every thread stops (those running elsewhere are kicked off their CPU), and
+/// every capability in its table is deleted, which frees what nothing else refers to.
+pub fn kill_task(task: &Arc<Task>) {
+    task.dead.store(true, core::sync::atomic::Ordering::Release);
+    let threads: Vec<_> = task.threads.lock().drain(..).filter_map(|w| w.upgrade()).collect();
+    for th in &threads {
+        let mut s = th.sched.lock();
+        s.state = ThreadState::Dead;
+        if s.on_cpu {
+            sched::kick(s.cpu);
+        }
+    }
+    let mut caps = Vec::new();
+    task.caps.lock().drain(|c| caps.push(c));
+    drop(caps);
+    drop(threads);
+}

@@ -1,0 +1,46 @@
+//! The kernel's side of every entry from user mode and of interrupts in the idle loop.
+//!
+//! `arch::entry` saves the user registers and calls these; each user-mode entry ends in
+//! `sched::decide`, which picks the thread the return path resumes.
+#![allow(unsafe_code)] // `no_mangle` only: the entry assembly calls these by name.
+
+use rl4_smp::{cpus, lapic};
+
+use crate::sched;
+
+fn interrupt(vector: u8) {
+    match vector {
+        lapic::VEC_TIMER => {
+            cpus::timer_interrupt();
+            sched::tick();
+        }
+        lapic::VEC_RESCHED => cpus::resched_interrupt(),
+        lapic::VEC_TLB => sched::tlb_interrupt(),
+        lapic::VEC_ERROR => cpus::error_interrupt(),
+        _ => {} // spurious: no acknowledgement
+    }
+}
+
+/// An interrupt or exception taken in user mode.
+#[unsafe(no_mangle)]
+extern "C" fn rl4_user_trap(vector: u64, error: u64) {
+    if vector < 32 {
+        sched::fault_current(vector, error);
+    } else {
+        interrupt(vector as u8);
+    }
+    sched::decide();
+}
+
+/// An interrupt taken in kernel mode (the idle loop).
+#[unsafe(no_mangle)]
+fn rl4_kernel_interrupt(vector: u8) {
+    interrupt(vector);
+}
+
+/// `syscall`.
+#[unsafe(no_mangle)]
+extern "C" fn rl4_syscall() {
+    crate::syscall::handle();
+    sched::decide();
+}

@@ -1,0 +1,150 @@
+//! Typed wrappers for every system call of `rl4_abi::Sys`.
+use rl4_abi::{Error, Rights, Sys};
+
+/// Result words of a successful call.
+pub type Ret = Result<[u64; 3], Error>;
+
+/// The raw system call: number and six arguments in, status and three results out.
+#[inline(always)]
+pub fn raw(n: Sys, a: [u64; 6]) -> (u64, [u64; 3]) {
+    let (rax, rdi, rsi, rdx): (u64, u64, u64, u64);
+    // SAFETY: `syscall` enters the kernel, which checks every argument; it clobbers only rcx
+    // and r11 and returns results in rax, rdi, rsi, rdx, as the ABI says.
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            inlateout("rax") n as u64 => rax,
+            inlateout("rdi") a[0] => rdi,
+            inlateout("rsi") a[1] => rsi,
+            inlateout("rdx") a[2] => rdx,
+            in("r10") a[3],
+            in("r8") a[4],
+            in("r9") a[5],
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack)
+        );
+    }
+    (rax, [rdi, rsi, rdx])
+}
+
+/// A system call by number that need not be one of [`Sys`] (for tests of the kernel's checks).
+pub fn raw_number(n: u64, a: [u64; 6]) -> u64 {
+    let rax: u64;
+    // SAFETY: as in `raw`.
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            inlateout("rax") n => rax,
+            inlateout("rdi") a[0] => _,
+            inlateout("rsi") a[1] => _,
+            inlateout("rdx") a[2] => _,
+            in("r10") a[3],
+            in("r8") a[4],
+            in("r9") a[5],
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack)
+        );
+    }
+    rax
+}
+
+fn call(n: Sys, a: [u64; 6]) -> Ret {
+    match raw(n, a) {
+        (0, r) => Ok(r),
+        (e, _) => Err(Error::try_from(e).unwrap_or(Error::InvalidArgument)),
+    }
+}
+
+fn unit(n: Sys, a: [u64; 6]) -> Result<(), Error> {
+    call(n, a).map(|_| ())
+}
+
+pub fn null() -> Result<(), Error> {
+    unit(Sys::Null, [0; 6])
+}
+pub fn console_write(machine: u64, bytes: &[u8]) -> Result<u64, Error> {
+    call(Sys::ConsoleWrite, [machine, bytes.as_ptr() as u64, bytes.len() as u64, 0, 0, 0]).map(|r| r[0])
+}
+pub fn console_write_raw(machine: u64, ptr: u64, len: u64) -> Result<u64, Error> {
+    call(Sys::ConsoleWrite, [machine, ptr, len, 0, 0, 0]).map(|r| r[0])
+}
+pub fn yield_now() {
+    let _ = call(Sys::Yield, [0; 6]);
+}
+pub fn cap_copy(src: u64, dst_task: u64, dst: u64, rights: Rights) -> Result<(), Error> {
+    unit(Sys::CapCopy, [src, dst_task, dst, rights.0, 0, 0])
+}
+pub fn cap_copy_raw(src: u64, dst_task: u64, dst: u64, rights: u64) -> Result<(), Error> {
+    unit(Sys::CapCopy, [src, dst_task, dst, rights, 0, 0])
+}
+pub fn cap_delete(slot: u64) -> Result<(), Error> {
+    unit(Sys::CapDelete, [slot, 0, 0, 0, 0, 0])
+}
+/// → (type, rights, badge)
+pub fn cap_identify(slot: u64) -> Ret {
+    call(Sys::CapIdentify, [slot, 0, 0, 0, 0, 0])
+}
+pub fn task_create(memory: u64, dst: u64) -> Result<(), Error> {
+    unit(Sys::TaskCreate, [memory, dst, 0, 0, 0, 0])
+}
+pub fn task_space(task: u64, dst: u64) -> Result<(), Error> {
+    unit(Sys::TaskAddressSpace, [task, dst, 0, 0, 0, 0])
+}
+pub fn frame_alloc(memory: u64, dst: u64) -> Result<(), Error> {
+    unit(Sys::FrameAlloc, [memory, dst, 0, 0, 0, 0])
+}
+pub fn map(space: u64, frame: u64, vaddr: u64, rights: Rights) -> Result<(), Error> {
+    unit(Sys::Map, [space, frame, vaddr, rights.0, 0, 0])
+}
+pub fn map_raw(space: u64, frame: u64, vaddr: u64, rights: u64) -> Result<(), Error> {
+    unit(Sys::Map, [space, frame, vaddr, rights, 0, 0])
+}
+pub fn unmap(space: u64, vaddr: u64) -> Result<(), Error> {
+    unit(Sys::Unmap, [space, vaddr, 0, 0, 0, 0])
+}
+pub fn thread_create(memory: u64, task: u64, entry: u64, stack: u64, prio: u64, cpu: u64, dst: u64) -> Result<(), Error> {
+    unit(Sys::ThreadCreate, [memory, task, entry, stack, prio | cpu << 32, dst])
+}
+pub fn thread_resume(t: u64) -> Result<(), Error> {
+    unit(Sys::ThreadResume, [t, 0, 0, 0, 0, 0])
+}
+pub fn thread_suspend(t: u64) -> Result<(), Error> {
+    unit(Sys::ThreadSuspend, [t, 0, 0, 0, 0, 0])
+}
+pub fn thread_set_priority(t: u64, prio: u64) -> Result<(), Error> {
+    unit(Sys::ThreadSetPriority, [t, prio, 0, 0, 0, 0])
+}
+pub fn thread_set_affinity(t: u64, cpu: u64) -> Result<(), Error> {
+    unit(Sys::ThreadSetAffinity, [t, cpu, 0, 0, 0, 0])
+}
+pub fn thread_set_args(t: u64, a0: u64, a1: u64) -> Result<(), Error> {
+    unit(Sys::ThreadSetArg, [t, a0, a1, 0, 0, 0])
+}
+/// → (state, cpu, priority)
+pub fn thread_info(t: u64) -> Ret {
+    call(Sys::ThreadInfo, [t, 0, 0, 0, 0, 0])
+}
+pub fn thread_exit() -> ! {
+    let _ = call(Sys::ThreadExit, [0; 6]);
+    unreachable!("ThreadExit returned")
+}
+pub fn task_exit() -> ! {
+    let _ = call(Sys::TaskExit, [0; 6]);
+    unreachable!("TaskExit returned")
+}
+/// → (this CPU's index, CPUs online)
+pub fn cpu_info() -> (u64, u64) {
+    call(Sys::CpuInfo, [0; 6]).map(|r| (r[0], r[1])).unwrap_or((0, 1))
+}
+pub fn shutdown(machine: u64, code: u64) -> Result<(), Error> {
+    unit(Sys::Shutdown, [machine, code, 0, 0, 0, 0])
+}
+/// → (bytes left, bytes in all)
+pub fn memory_info(memory: u64) -> Result<(u64, u64), Error> {
+    call(Sys::MemoryInfo, [memory, 0, 0, 0, 0, 0]).map(|r| (r[0], r[1]))
+}
+pub fn stat(machine: u64, which: u64) -> Result<u64, Error> {
+    call(Sys::Stat, [machine, which, 0, 0, 0, 0]).map(|r| r[0])
+}

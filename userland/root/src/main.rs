@@ -1,0 +1,53 @@
+//! rl4's root task.
+//!
+//! The kernel starts it with the capabilities of `rl4_abi::root_slots` and a `BootInfo` page.
+//! Its command line (what follows `--` on the kernel's) picks the scenario:
+//!
+//! * (nothing): the demo: a thread on every CPU says hello, a worker task runs, then shutdown;
+//! * `test=all` (or `test=NAME`): the scheduler, isolation and system-call tests, one line each,
+//!   `root: N passed, N failed`, then shutdown with success only if all passed;
+//! * `bench`: null system call and same-CPU thread switch costs.
+#![no_std]
+#![no_main]
+
+mod space;
+mod tests;
+
+use rl4_abi::{BootInfo, root_slots};
+use rl4_user::{println, sys};
+
+pub use space::*;
+
+#[unsafe(no_mangle)]
+fn rl4_main(boot_info: u64, _: u64) {
+    // SAFETY: the kernel maps a `BootInfo` at this address, read-only, for the root task's life.
+    let bi: &'static BootInfo = unsafe { &*(boot_info as *const BootInfo) };
+    if bi.magic != BootInfo::MAGIC {
+        println!("root: bad BootInfo magic {:#x}", bi.magic);
+        let _ = sys::shutdown(root_slots::MACHINE, 1);
+        return;
+    }
+    space::init(bi);
+    let args = bi.cmdline();
+    println!("root: started on {} CPU(s), {} MiB of memory, arguments \"{args}\"", bi.cpus, bi.memory_bytes >> 20);
+    let mut test = None;
+    let mut bench = false;
+    for w in args.split_ascii_whitespace() {
+        if let Some(t) = w.strip_prefix("test=") {
+            test = Some(t);
+        } else if w == "bench" {
+            bench = true;
+        } else {
+            println!("root: unknown argument '{w}' ignored");
+        }
+    }
+    let ok = if let Some(t) = test {
+        tests::run(bi, t)
+    } else if bench {
+        tests::bench(bi);
+        true
+    } else {
+        tests::demo(bi)
+    };
+    let _ = sys::shutdown(root_slots::MACHINE, if ok { 0 } else { 1 });
+}

@@ -1,0 +1,174 @@
+//! The root task's own bookkeeping: free capability slots, stacks for its threads, loading a
+//! program into a new task, and waiting with a timeout.
+use core::sync::atomic::{AtomicU64, Ordering};
+use rl4_abi::{BootInfo, Error, PAGE_SIZE, Rights, root_slots};
+use rl4_elf::{Elf, PF_W, PF_X};
+use rl4_user::sys;
+
+pub const TASK: u64 = root_slots::TASK;
+pub const SPACE: u64 = root_slots::SPACE;
+pub const THREAD: u64 = root_slots::THREAD;
+pub const MEMORY: u64 = root_slots::MEMORY;
+pub const MACHINE: u64 = root_slots::MACHINE;
+
+/// Priority the root thread normally runs at (the kernel's choice).
+pub const ROOT_PRIO: u64 = 100;
+
+static TSC_HZ: AtomicU64 = AtomicU64::new(1);
+static CPUS: AtomicU64 = AtomicU64::new(1);
+
+pub fn init(bi: &BootInfo) {
+    TSC_HZ.store(bi.tsc_hz.max(1), Ordering::Relaxed);
+    CPUS.store(bi.cpus.max(1), Ordering::Relaxed);
+}
+
+pub fn cpus() -> u64 {
+    CPUS.load(Ordering::Relaxed)
+}
+
+/// Free slots of the root task's capability table (bit set = used).
+static SLOTS: [AtomicU64; 4] = [AtomicU64::new(0xff), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+
+/// A free slot of the root task's table.
+pub fn slot() -> u64 {
+    for (w, word) in SLOTS.iter().enumerate() {
+        loop {
+            let v = word.load(Ordering::Relaxed);
+            if v == u64::MAX {
+                break;
+            }
+            let b = (!v).trailing_zeros() as u64;
+            if word.compare_exchange(v, v | 1 << b, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                return w as u64 * 64 + b;
+            }
+        }
+    }
+    panic!("root: out of capability slots")
+}
+
+/// Deletes the capability in `s` (if any) and frees the slot.
+pub fn release(s: u64) {
+    let _ = sys::cap_delete(s);
+    SLOTS[(s / 64) as usize].fetch_and(!(1 << (s % 64)), Ordering::AcqRel);
+}
+
+/// Virtual memory of the root task handed out for stacks and scratch mappings.
+static NEXT_VA: AtomicU64 = AtomicU64::new(0x0000_5000_0000_0000);
+
+/// Maps `pages` fresh zeroed frames into `space` at `va` with `rights`. The frame capabilities
+/// are deleted afterwards: the mappings keep the frames alive.
+pub fn map_fresh(space: u64, va: u64, pages: u64, rights: Rights) -> Result<(), Error> {
+    for i in 0..pages {
+        let f = slot();
+        let r = sys::frame_alloc(MEMORY, f).and_then(|_| sys::map(space, f, va + i * PAGE_SIZE, rights));
+        release(f);
+        r?;
+    }
+    Ok(())
+}
+
+/// A new stack of `pages` pages in the root task (below a guard page); returns its top.
+pub fn stack(pages: u64) -> u64 {
+    let base = NEXT_VA.fetch_add((pages + 1) * PAGE_SIZE, Ordering::Relaxed) + PAGE_SIZE;
+    map_fresh(SPACE, base, pages, Rights::READ.union(Rights::WRITE)).expect("root: stack");
+    base + pages * PAGE_SIZE
+}
+
+/// Starts `f(arg)` as a new thread of the root task on `cpu` at `prio`; returns its slot.
+pub fn spawn(f: fn(u64), arg: u64, prio: u64, cpu: u64) -> u64 {
+    let t = slot();
+    let top = stack(4);
+    sys::thread_create(MEMORY, TASK, rl4_user::thread_entry(), top, prio, cpu, t).expect("root: thread_create");
+    sys::thread_set_args(t, f as *const () as u64, arg).expect("root: thread_set_args");
+    sys::thread_resume(t).expect("root: thread_resume");
+    t
+}
+
+/// Waits up to `ms` milliseconds for `cond`, yielding the CPU meanwhile.
+pub fn wait_ms(ms: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let end = rl4_user::rdtsc() + TSC_HZ.load(Ordering::Relaxed) / 1000 * ms;
+    loop {
+        if cond() {
+            return true;
+        }
+        if rl4_user::rdtsc() > end {
+            return cond();
+        }
+        sys::yield_now();
+    }
+}
+
+/// A task made from one of the embedded programs.
+pub struct Child {
+    pub task: u64,
+    pub space: u64,
+    pub entry: u64,
+}
+
+impl Child {
+    /// Loads the program `name` into a new task, gives it a console capability (console right
+    /// only) in its `MACHINE` slot. Frames are copied through a scratch page of the root task.
+    pub fn load(bi: &BootInfo, name: &str) -> Result<Child, Error> {
+        let p = bi.programs().iter().find(|p| p.name() == name).ok_or(Error::InvalidArgument)?;
+        // SAFETY: the kernel maps each program image read-only at `addr` for `len` bytes.
+        let image = unsafe { core::slice::from_raw_parts(p.addr as *const u8, p.len as usize) };
+        let elf = Elf::parse(image, PAGE_SIZE, rl4_abi::PROGRAMS_ADDR).map_err(|_| Error::InvalidArgument)?;
+        let task = slot();
+        let space = slot();
+        sys::task_create(MEMORY, task)?;
+        sys::task_space(task, space)?;
+        let scratch = NEXT_VA.fetch_add(2 * PAGE_SIZE, Ordering::Relaxed);
+        for seg in elf.segments() {
+            let seg = seg.map_err(|_| Error::InvalidArgument)?;
+            let (p0, p1) = seg.pages();
+            let file = elf.file_bytes(&seg);
+            let mut va = p0;
+            while va < p1 {
+                let f = slot();
+                sys::frame_alloc(MEMORY, f)?;
+                sys::map(SPACE, f, scratch, Rights::READ.union(Rights::WRITE))?;
+                // Copy the part of the segment's file bytes that falls into this page.
+                let page_lo = va.max(seg.vaddr);
+                let page_hi = (va + PAGE_SIZE).min(seg.vaddr + seg.filesz);
+                if page_lo < page_hi {
+                    let src = &file[(page_lo - seg.vaddr) as usize..(page_hi - seg.vaddr) as usize];
+                    let dst = (scratch + (page_lo - va)) as *mut u8;
+                    // SAFETY: `scratch..scratch+4096` is mapped writable just above, and the
+                    // range stays inside that page.
+                    unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+                }
+                sys::unmap(SPACE, scratch)?;
+                let mut r = Rights::READ;
+                if seg.flags & PF_W != 0 {
+                    r = r.union(Rights::WRITE);
+                }
+                if seg.flags & PF_X != 0 {
+                    r = r.union(Rights::EXECUTE);
+                }
+                sys::map(space, f, va, r)?;
+                release(f);
+                va += PAGE_SIZE;
+            }
+        }
+        sys::cap_copy(MACHINE, task, MACHINE, Rights::CONSOLE)?;
+        Ok(Child { task, space, entry: elf.entry })
+    }
+
+    /// Starts a thread of the child at its entry point with arguments `(a0, a1)`, with a fresh
+    /// stack at `stack_top`; returns the thread's slot in the root task.
+    pub fn thread(&self, stack_top: u64, a0: u64, a1: u64, prio: u64, cpu: u64) -> Result<u64, Error> {
+        map_fresh(self.space, stack_top - 4 * PAGE_SIZE, 4, Rights::READ.union(Rights::WRITE))?;
+        let t = slot();
+        sys::thread_create(MEMORY, self.task, self.entry, stack_top, prio, cpu, t)?;
+        sys::thread_set_args(t, a0, a1)?;
+        sys::thread_resume(t)?;
+        Ok(t)
+    }
+
+    /// Deletes the root task's capabilities to the child (the child dies with the last one,
+    /// once its threads are gone).
+    pub fn release(self) {
+        release(self.space);
+        release(self.task);
+    }
+}

@@ -1,0 +1,463 @@
+//! The root task's scenarios: the demo, the test suite and the micro-benchmarks.
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use rl4_abi::{BootInfo, Error, PAGE_SIZE, Rights, Sys, ThreadState, stat};
+use rl4_user::{println, sys};
+
+use crate::space::*;
+
+const W_READ: u64 = 1;
+const W_WRITE: u64 = 2;
+const W_SPIN: u64 = 3;
+const W_HELLO: u64 = 4;
+const W_EXIT_TASK: u64 = 5;
+
+/// Where children get their stacks, and where shared test pages go.
+const CHILD_STACK_TOP: u64 = 0x0000_7000_0000_0000;
+const SHARED_VA: u64 = 0x0000_6000_0000_0000;
+const SECRET_VA: u64 = 0x0000_6100_0000_0000;
+const RO_VA: u64 = 0x0000_6200_0000_0000;
+
+static PASSED: AtomicU64 = AtomicU64::new(0);
+static FAILED: AtomicU64 = AtomicU64::new(0);
+
+fn report(name: &str, ok: bool, detail: core::fmt::Arguments<'_>) {
+    if ok {
+        PASSED.fetch_add(1, SeqCst);
+        println!("test {name} ... ok ({detail})");
+    } else {
+        FAILED.fetch_add(1, SeqCst);
+        println!("test {name} ... FAILED: {detail}");
+    }
+}
+
+fn skip(name: &str, why: &str) {
+    println!("test {name} ... skipped ({why})");
+}
+
+fn state(t: u64) -> Option<ThreadState> {
+    sys::thread_info(t).ok().and_then(|r| ThreadState::try_from(r[0]).ok())
+}
+
+/// Waits for threads to finish (dead or faulted).
+fn join(ts: &[u64], ms: u64) -> bool {
+    wait_ms(ms, || ts.iter().all(|&t| matches!(state(t), Some(ThreadState::Dead) | Some(ThreadState::Faulted))))
+}
+
+/// The last CPU (workers go there so that the root task on CPU 0 keeps its own).
+fn far_cpu() -> u64 {
+    cpus() - 1
+}
+
+// ---- demo -----------------------------------------------------------------------------------
+
+static HELLOS: AtomicU64 = AtomicU64::new(0);
+
+fn hello(i: u64) {
+    let (cpu, n) = sys::cpu_info();
+    println!("hello from a thread of the root task on cpu {cpu} of {n} (asked for cpu {i})");
+    HELLOS.fetch_add(1, SeqCst);
+}
+
+pub fn demo(bi: &BootInfo) -> bool {
+    let n = cpus();
+    let ts: [u64; 64] = core::array::from_fn(|i| if (i as u64) < n.min(64) { spawn(hello, i as u64, ROOT_PRIO, i as u64) } else { 0 });
+    let ok = wait_ms(5000, || HELLOS.load(SeqCst) == n.min(64));
+    for &t in ts.iter().take(n.min(64) as usize) {
+        release(t);
+    }
+    if let Ok(c) = Child::load(bi, "worker") {
+        if let Ok(t) = c.thread(CHILD_STACK_TOP, W_HELLO, 0, ROOT_PRIO, far_cpu()) {
+            join(&[t], 5000);
+            release(t);
+        }
+        c.release();
+    }
+    println!("root: demo {}", if ok { "done" } else { "FAILED: not every CPU said hello" });
+    ok
+}
+
+// ---- scheduler tests ------------------------------------------------------------------------
+
+static SEEN: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
+static ARRIVED: AtomicU64 = AtomicU64::new(0);
+static TOGETHER: AtomicU64 = AtomicU64::new(0);
+
+fn on_cpu(i: u64) {
+    SEEN[i as usize].store(sys::cpu_info().0 + 1, SeqCst);
+    ARRIVED.fetch_add(1, SeqCst);
+    // Stay until every thread has arrived: they all ran at the same time.
+    if wait_ms(5000, || ARRIVED.load(SeqCst) >= cpus().min(64)) {
+        TOGETHER.fetch_add(1, SeqCst);
+    }
+}
+
+fn test_cpus_all() {
+    let n = cpus().min(64);
+    let ts: [u64; 64] = core::array::from_fn(|i| if (i as u64) < n { spawn(on_cpu, i as u64, ROOT_PRIO, i as u64) } else { 0 });
+    let done = join(&ts[..n as usize], 10_000);
+    let right = (0..n).all(|i| SEEN[i as usize].load(SeqCst) == i + 1);
+    for &t in &ts[..n as usize] {
+        release(t);
+    }
+    report(
+        "cpus-all",
+        done && right && TOGETHER.load(SeqCst) == n,
+        format_args!("{n} threads, one per CPU, each ran on its own CPU at the same time"),
+    );
+}
+
+static MIG_CPU: AtomicU64 = AtomicU64::new(u64::MAX);
+static MIG_STOP: AtomicBool = AtomicBool::new(false);
+
+fn migrant(_: u64) {
+    while !MIG_STOP.load(SeqCst) {
+        MIG_CPU.store(sys::cpu_info().0, SeqCst);
+        sys::yield_now();
+    }
+}
+
+fn test_migrate() {
+    if cpus() < 2 {
+        return skip("migrate", "one CPU");
+    }
+    let to = far_cpu();
+    let t = spawn(migrant, 0, ROOT_PRIO, 0);
+    let before = wait_ms(2000, || MIG_CPU.load(SeqCst) == 0);
+    let set = sys::thread_set_affinity(t, to);
+    let after = wait_ms(2000, || MIG_CPU.load(SeqCst) == to);
+    let info = sys::thread_info(t).map(|r| r[1]).unwrap_or(u64::MAX);
+    MIG_STOP.store(true, SeqCst);
+    join(&[t], 2000);
+    release(t);
+    report(
+        "migrate",
+        before && set.is_ok() && after && info == to,
+        format_args!("thread ran on cpu 0, then on cpu {to} after set_affinity (ThreadInfo says cpu {info})"),
+    );
+}
+
+static COUNT_A: AtomicU64 = AtomicU64::new(0);
+static COUNT_B: AtomicU64 = AtomicU64::new(0);
+static SPIN_STOP: AtomicBool = AtomicBool::new(false);
+
+fn busy(which: u64) {
+    let c = if which == 0 { &COUNT_A } else { &COUNT_B };
+    while !SPIN_STOP.load(SeqCst) {
+        c.fetch_add(1, SeqCst);
+    }
+}
+
+fn test_preempt() {
+    // Two threads that never yield, same priority, same CPU: only the timer can share the CPU.
+    let cpu = far_cpu();
+    let prio = 50;
+    if cpu == 0 {
+        // One CPU: the root thread joins them at their priority so it gets turns too.
+        let _ = sys::thread_set_priority(THREAD, prio);
+    }
+    let a = spawn(busy, 0, prio, cpu);
+    let b = spawn(busy, 1, prio, cpu);
+    let started = wait_ms(3000, || COUNT_A.load(SeqCst) > 0 && COUNT_B.load(SeqCst) > 0);
+    let (a0, b0) = (COUNT_A.load(SeqCst), COUNT_B.load(SeqCst));
+    let progressed = wait_ms(3000, || COUNT_A.load(SeqCst) > a0 && COUNT_B.load(SeqCst) > b0);
+    SPIN_STOP.store(true, SeqCst);
+    join(&[a, b], 3000);
+    let _ = sys::thread_set_priority(THREAD, ROOT_PRIO);
+    release(a);
+    release(b);
+    report(
+        "preempt-equal-priority",
+        started && progressed,
+        format_args!("two busy threads on cpu {cpu}: {} and {} iterations", COUNT_A.load(SeqCst), COUNT_B.load(SeqCst)),
+    );
+}
+
+static ORDER: AtomicU64 = AtomicU64::new(0);
+static ORDER_H: AtomicU64 = AtomicU64::new(0);
+static ORDER_L: AtomicU64 = AtomicU64::new(0);
+static GATE: AtomicBool = AtomicBool::new(false);
+
+fn blocker(_: u64) {
+    while !GATE.load(SeqCst) {
+        core::hint::spin_loop();
+    }
+}
+
+fn ordered(high: u64) {
+    let n = ORDER.fetch_add(1, SeqCst) + 1;
+    if high == 1 { ORDER_H.store(n, SeqCst) } else { ORDER_L.store(n, SeqCst) }
+    // Keep the CPU for a moment: a lower-priority thread must not slip in meanwhile.
+    let t = rl4_user::rdtsc();
+    while rl4_user::rdtsc() - t < 1_000_000 {
+        core::hint::spin_loop();
+    }
+}
+
+fn test_priority() {
+    let cpu = far_cpu();
+    // Occupy the CPU at priority 90, make a priority-60 and a priority-80 thread runnable
+    // behind it (the low one first), then let the blocker finish.
+    let _ = sys::thread_set_priority(THREAD, 95);
+    let b = spawn(blocker, 0, 90, cpu);
+    if cpu == 0 {
+        // The blocker must get the CPU before the others are resumed.
+        let _ = sys::thread_set_priority(THREAD, 85);
+        sys::yield_now();
+        let _ = sys::thread_set_priority(THREAD, 95);
+    } else {
+        wait_ms(100, || false);
+    }
+    let l = spawn(ordered, 0, 60, cpu);
+    let h = spawn(ordered, 1, 80, cpu);
+    let _ = sys::thread_set_priority(THREAD, 10);
+    GATE.store(true, SeqCst);
+    let done = join(&[b, l, h], 5000);
+    let _ = sys::thread_set_priority(THREAD, ROOT_PRIO);
+    let (oh, ol) = (ORDER_H.load(SeqCst), ORDER_L.load(SeqCst));
+    for t in [b, l, h] {
+        release(t);
+    }
+    report(
+        "priority-order",
+        done && oh == 1 && ol == 2,
+        format_args!("resumed low (60) then high (80) behind a busy 90: ran high #{oh}, low #{ol}"),
+    );
+}
+
+// ---- isolation and faults -------------------------------------------------------------------
+
+fn read_word(va: u64) -> u64 {
+    // SAFETY: callers pass pages mapped readable in the root task.
+    unsafe { core::ptr::read_volatile(va as *const u64) }
+}
+
+fn write_word(va: u64, v: u64) {
+    // SAFETY: callers pass pages mapped writable in the root task.
+    unsafe { core::ptr::write_volatile(va as *mut u64, v) }
+}
+
+fn child_fault(bi: &BootInfo, name: &str, cmd: u64, addr: u64, what: &str) {
+    let Ok(c) = Child::load(bi, "worker") else { return report(name, false, format_args!("cannot load worker")) };
+    let t = c.thread(CHILD_STACK_TOP, cmd, addr, ROOT_PRIO, far_cpu());
+    let faulted = match t {
+        Ok(t) => {
+            let r = wait_ms(3000, || state(t) == Some(ThreadState::Faulted));
+            release(t);
+            r
+        }
+        Err(_) => false,
+    };
+    c.release();
+    report(name, faulted, format_args!("{what}: the thread was stopped with a fault"));
+}
+
+fn test_isolation(bi: &BootInfo) {
+    // A secret in the root task's memory, at an address the child does not have.
+    let _ = map_fresh(SPACE, SECRET_VA, 1, Rights::READ.union(Rights::WRITE));
+    write_word(SECRET_VA, 0x5ec2e7);
+    child_fault(bi, "isolation-read-other-task", W_READ, SECRET_VA, "a task read another task's page");
+    child_fault(bi, "isolation-write-other-task", W_WRITE, SECRET_VA, "a task wrote another task's page");
+    report(
+        "isolation-memory-intact",
+        read_word(SECRET_VA) == 0x5ec2e7,
+        format_args!("the root task's page still holds its value"),
+    );
+    child_fault(bi, "isolation-read-kernel", W_READ, 0xffff_8000_0010_0000, "a task read kernel memory");
+    child_fault(bi, "isolation-write-kernel", W_WRITE, 0xffff_ffff_8010_0000, "a task wrote the kernel image");
+}
+
+fn test_readonly(bi: &BootInfo) {
+    // A page mapped read-only in the child, and a counter page it may write, spun on by a
+    // second thread: the write fault must stop only the faulting thread.
+    let name = "map-read-only-enforced";
+    let Ok(c) = Child::load(bi, "worker") else { return report(name, false, format_args!("cannot load worker")) };
+    let ro = slot();
+    let counter = slot();
+    let ok = (|| -> Result<bool, Error> {
+        sys::frame_alloc(MEMORY, ro)?;
+        sys::frame_alloc(MEMORY, counter)?;
+        sys::map(SPACE, ro, RO_VA, Rights::READ.union(Rights::WRITE))?;
+        write_word(RO_VA, 0x0123_4567);
+        sys::map(c.space, ro, RO_VA, Rights::READ)?;
+        sys::map(SPACE, counter, SHARED_VA, Rights::READ.union(Rights::WRITE))?;
+        sys::map(c.space, counter, SHARED_VA, Rights::READ.union(Rights::WRITE))?;
+        let spinner = c.thread(CHILD_STACK_TOP, W_SPIN, SHARED_VA, 50, far_cpu())?;
+        let spinning = wait_ms(3000, || read_word(SHARED_VA) > 0);
+        let writer = c.thread(CHILD_STACK_TOP - 0x10_0000, W_WRITE, RO_VA, ROOT_PRIO, far_cpu())?;
+        let stopped = wait_ms(3000, || state(writer) == Some(ThreadState::Faulted));
+        let v0 = read_word(SHARED_VA);
+        let still = wait_ms(3000, || read_word(SHARED_VA) > v0);
+        let intact = read_word(RO_VA) == 0x0123_4567;
+        let _ = sys::thread_suspend(spinner);
+        release(spinner);
+        release(writer);
+        sys::unmap(SPACE, RO_VA)?;
+        sys::unmap(SPACE, SHARED_VA)?;
+        Ok(spinning && stopped && still && intact)
+    })();
+    release(ro);
+    release(counter);
+    c.release();
+    report(
+        name,
+        ok == Ok(true),
+        format_args!("a write to a read-only page stopped that thread ({ok:?}); its sibling kept running; the page is unchanged"),
+    );
+}
+
+fn test_task_cleanup(bi: &BootInfo) {
+    let name = "task-exit-returns-memory";
+    let Ok((left0, _)) = sys::memory_info(MEMORY) else { return report(name, false, format_args!("memory_info")) };
+    let frames0 = sys::stat(MACHINE, stat::FREE_FRAMES).unwrap_or(0);
+    let threads0 = sys::stat(MACHINE, stat::THREADS).unwrap_or(0);
+    let Ok(c) = Child::load(bi, "worker") else { return report(name, false, format_args!("cannot load worker")) };
+    let _ = map_fresh(c.space, 0x10_0000_0000, 16, Rights::READ.union(Rights::WRITE));
+    let used = left0 - sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
+    if let Ok(t) = c.thread(CHILD_STACK_TOP, W_EXIT_TASK, 0, ROOT_PRIO, far_cpu()) {
+        wait_ms(3000, || state(t) == Some(ThreadState::Dead));
+        release(t);
+    }
+    c.release();
+    let back = wait_ms(3000, || {
+        sys::memory_info(MEMORY).map(|m| m.0) == Ok(left0)
+            && sys::stat(MACHINE, stat::FREE_FRAMES) == Ok(frames0)
+            && sys::stat(MACHINE, stat::THREADS) == Ok(threads0)
+    });
+    report(
+        name,
+        back && used > 16 * PAGE_SIZE,
+        format_args!(
+            "a task using {} KiB exited; budget {} KiB -> {} KiB, free frames {} -> {}",
+            used / 1024,
+            left0 / 1024,
+            sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0) / 1024,
+            frames0,
+            sys::stat(MACHINE, stat::FREE_FRAMES).unwrap_or(0)
+        ),
+    );
+}
+
+// ---- bad system-call arguments ---------------------------------------------------------------
+
+fn expect(name: &str, got: Result<(), Error>, want: Error) {
+    report(name, got == Err(want), format_args!("expected {want}, got {got:?}"));
+}
+
+fn test_bad_args() {
+    let frame = slot();
+    let ro_frame = slot();
+    let thread = slot();
+    let _ = sys::frame_alloc(MEMORY, frame);
+    let _ = sys::cap_copy(frame, TASK, ro_frame, Rights::READ);
+    let rw = Rights::READ.union(Rights::WRITE);
+    let va = 0x0000_6300_0000_0000;
+    let free = slot();
+
+    let e = sys::raw_number(9999, [0; 6]);
+    report("bad-syscall-number", e == Error::InvalidSyscall as u64, format_args!("expected InvalidSyscall, got {e}"));
+    expect("bad-slot-empty", sys::map(SPACE, free, va, rw), Error::EmptySlot);
+    expect("bad-slot-out-of-range", sys::map(SPACE, 256, va, rw), Error::SlotOutOfRange);
+    expect("bad-slot-huge", sys::cap_delete(u64::MAX), Error::SlotOutOfRange);
+    expect("bad-wrong-type", sys::map(THREAD, frame, va, rw), Error::WrongType);
+    expect("bad-wrong-type-memory", sys::frame_alloc(MACHINE, free), Error::WrongType);
+    expect("bad-missing-right-map-write", sys::map(SPACE, ro_frame, va, rw), Error::MissingRight);
+    let weak_machine = slot();
+    let _ = sys::cap_copy(MACHINE, TASK, weak_machine, Rights::NONE);
+    expect("bad-missing-right-console", sys::console_write(weak_machine, b"x").map(|_| ()), Error::MissingRight);
+    expect("bad-missing-right-shutdown", sys::shutdown(weak_machine, 0), Error::MissingRight);
+    expect("bad-address-kernel", sys::map(SPACE, frame, 0xffff_8000_0000_0000, rw), Error::InvalidAddress);
+    expect("bad-address-noncanonical", sys::map(SPACE, frame, 0x0000_8000_0000_1000, rw), Error::InvalidAddress);
+    expect("bad-address-top-page", sys::map(SPACE, frame, 0x0000_7fff_ffff_f000, rw), Error::InvalidAddress);
+    expect("bad-map-misaligned", sys::map(SPACE, frame, va + 1, rw), Error::Misaligned);
+    let _ = sys::map(SPACE, frame, va, rw);
+    expect("bad-map-overlap", sys::map(SPACE, ro_frame, va, Rights::READ), Error::AlreadyMapped);
+    let _ = sys::unmap(SPACE, va);
+    expect("bad-unmap-not-mapped", sys::unmap(SPACE, va), Error::NotMapped);
+    expect("bad-map-rights-bits", sys::map_raw(SPACE, frame, va, 1 << 40), Error::InvalidArgument);
+    expect("bad-map-write-only", sys::map(SPACE, frame, va, Rights::WRITE), Error::InvalidArgument);
+    expect("bad-console-kernel-pointer", sys::console_write_raw(MACHINE, 0xffff_ffff_8010_0000, 8).map(|_| ()), Error::Fault);
+    expect("bad-console-unmapped-pointer", sys::console_write_raw(MACHINE, 0x1000, 8).map(|_| ()), Error::Fault);
+    expect("bad-console-noncanonical", sys::console_write_raw(MACHINE, 0x0000_8000_0000_0000, 8).map(|_| ()), Error::Fault);
+    expect("bad-console-too-long", sys::console_write_raw(MACHINE, va, 1 << 20).map(|_| ()), Error::InvalidArgument);
+    let entry = rl4_user::thread_entry();
+    expect("bad-cpu-create", sys::thread_create(MEMORY, TASK, entry, 0x10_0000, 10, 999, thread), Error::InvalidCpu);
+    expect("bad-cpu-affinity", sys::thread_set_affinity(THREAD, cpus()), Error::InvalidCpu);
+    expect("bad-priority", sys::thread_create(MEMORY, TASK, entry, 0x10_0000, 256, 0, thread), Error::InvalidPriority);
+    expect("bad-priority-set", sys::thread_set_priority(THREAD, 1000), Error::InvalidPriority);
+    expect("bad-thread-entry-kernel", sys::thread_create(MEMORY, TASK, 0xffff_ffff_8010_0000, 0x10_0000, 10, 0, thread), Error::InvalidAddress);
+    expect("bad-slot-occupied", sys::cap_copy(frame, TASK, ro_frame, Rights::READ), Error::SlotOccupied);
+    expect("bad-copy-rights-bits", sys::cap_copy_raw(frame, TASK, free, 1 << 63), Error::InvalidArgument);
+    expect("bad-set-args-running", sys::thread_set_args(THREAD, 0, 0), Error::InvalidState);
+    expect("bad-stat-selector", sys::stat(MACHINE, 77).map(|_| ()), Error::InvalidArgument);
+    let (cpu, _) = sys::cpu_info();
+    report("kernel-alive-after-bad-calls", sys::null().is_ok(), format_args!("null syscall still answers on cpu {cpu}"));
+    for s in [frame, ro_frame, thread, free, weak_machine] {
+        release(s);
+    }
+}
+
+/// Runs the tests whose name starts with `which` (`all` runs every one).
+pub fn run(bi: &BootInfo, which: &str) -> bool {
+    let want = |g: &str| which == "all" || which == g;
+    if want("sched") {
+        test_cpus_all();
+        test_migrate();
+        test_preempt();
+        test_priority();
+    }
+    if want("isolation") {
+        test_isolation(bi);
+        test_readonly(bi);
+        test_task_cleanup(bi);
+    }
+    if want("syscalls") {
+        test_bad_args();
+    }
+    let (p, f) = (PASSED.load(SeqCst), FAILED.load(SeqCst));
+    println!("root: {p} passed, {f} failed");
+    f == 0 && p > 0
+}
+
+// ---- micro-benchmarks ------------------------------------------------------------------------
+
+static PING: AtomicU64 = AtomicU64::new(0);
+
+fn ponger(rounds: u64) {
+    for _ in 0..rounds {
+        sys::yield_now();
+    }
+}
+
+pub fn bench(_bi: &BootInfo) {
+    // Null system call: the whole entry and exit path, user loop included.
+    let n = 10_000;
+    let mut best = u64::MAX;
+    for _ in 0..5 {
+        let t0 = rl4_user::rdtsc();
+        for _ in 0..n {
+            let _ = sys::raw(Sys::Null, [0; 6]);
+        }
+        best = best.min((rl4_user::rdtsc() - t0) / n);
+    }
+    println!("bench null-syscall cycles={best} (per call, best of 5 x {n})");
+    // Same-CPU thread switch: two threads of equal priority yield to each other.
+    let rounds = 5_000;
+    let _ = sys::thread_set_priority(THREAD, 60);
+    let t = spawn(ponger, rounds + 100, 60, sys::cpu_info().0);
+    sys::yield_now();
+    let s0 = sys::stat(MACHINE, stat::SWITCHES).unwrap_or(0);
+    let t0 = rl4_user::rdtsc();
+    for _ in 0..rounds {
+        sys::yield_now();
+    }
+    let dt = rl4_user::rdtsc() - t0;
+    let switches = sys::stat(MACHINE, stat::SWITCHES).unwrap_or(0) - s0;
+    PING.store(dt, SeqCst);
+    let _ = join(&[t], 5000);
+    let _ = sys::thread_set_priority(THREAD, ROOT_PRIO);
+    release(t);
+    println!(
+        "bench thread-switch cycles={} (yield to a thread of the same task on the same CPU; {switches} switches in {rounds} rounds)",
+        dt / switches.max(1)
+    );
+}
