@@ -195,32 +195,31 @@ fn ordered(high: u64) {
 
 fn test_priority() {
     let cpu = far_cpu();
-    // Occupy the CPU at priority 90, make a priority-60 and a priority-80 thread runnable
-    // behind it (the low one first), then let the blocker finish.
+    // Keep the CPU busy at a priority above both test threads, make a priority-60 and a
+    // priority-80 thread runnable (the low one first), then free the CPU. On one CPU the root
+    // thread itself is what keeps it busy; elsewhere a blocker thread spins at priority 90.
     let _ = sys::thread_set_priority(THREAD, 95);
-    let b = spawn(blocker, 0, 90, cpu);
-    if cpu == 0 {
-        // The blocker must get the CPU before the others are resumed.
-        let _ = sys::thread_set_priority(THREAD, 85);
-        sys::yield_now();
-        let _ = sys::thread_set_priority(THREAD, 95);
-    } else {
+    let b = if cpu != 0 {
+        let b = spawn(blocker, 0, 90, cpu);
         wait_ms(100, || false);
-    }
+        Some(b)
+    } else {
+        None
+    };
     let l = spawn(ordered, 0, 60, cpu);
     let h = spawn(ordered, 1, 80, cpu);
     let _ = sys::thread_set_priority(THREAD, 10);
     GATE.store(true, SeqCst);
-    let done = join(&[b, l, h], 5000);
+    let done = join(&[l, h], 5000) && b.is_none_or(|b| join(&[b], 5000));
     let _ = sys::thread_set_priority(THREAD, ROOT_PRIO);
     let (oh, ol) = (ORDER_H.load(SeqCst), ORDER_L.load(SeqCst));
-    for t in [b, l, h] {
+    for t in [Some(l), Some(h), b].into_iter().flatten() {
         release(t);
     }
     report(
         "priority-order",
         done && oh == 1 && ol == 2,
-        format_args!("resumed low (60) then high (80) behind a busy 90: ran high #{oh}, low #{ol}"),
+        format_args!("resumed low (60) then high (80) while cpu {cpu} was busy at a higher priority: ran high #{oh}, low #{ol}"),
     );
 }
 
@@ -281,7 +280,7 @@ fn test_readonly(bi: &BootInfo) {
         sys::map(c.space, ro, RO_VA, Rights::READ)?;
         sys::map(SPACE, counter, SHARED_VA, Rights::READ.union(Rights::WRITE))?;
         sys::map(c.space, counter, SHARED_VA, Rights::READ.union(Rights::WRITE))?;
-        let spinner = c.thread(CHILD_STACK_TOP, W_SPIN, SHARED_VA, 50, far_cpu())?;
+        let spinner = c.thread(CHILD_STACK_TOP, W_SPIN, SHARED_VA, ROOT_PRIO, far_cpu())?;
         let spinning = wait_ms(3000, || read_word(SHARED_VA) > 0);
         let writer = c.thread(CHILD_STACK_TOP - 0x10_0000, W_WRITE, RO_VA, ROOT_PRIO, far_cpu())?;
         let stopped = wait_ms(3000, || state(writer) == Some(ThreadState::Faulted));
@@ -307,6 +306,9 @@ fn test_readonly(bi: &BootInfo) {
 
 fn test_task_cleanup(bi: &BootInfo) {
     let name = "task-exit-returns-memory";
+    // Start from a quiet system: the threads of earlier tests are gone (only the root thread
+    // lives), so nothing else returns memory while this test measures.
+    wait_ms(3000, || sys::stat(MACHINE, stat::THREADS) == Ok(1));
     let Ok((left0, _)) = sys::memory_info(MEMORY) else { return report(name, false, format_args!("memory_info")) };
     let frames0 = sys::stat(MACHINE, stat::FREE_FRAMES).unwrap_or(0);
     let threads0 = sys::stat(MACHINE, stat::THREADS).unwrap_or(0);
