@@ -10,6 +10,9 @@ const W_WRITE: u64 = 2;
 const W_SPIN: u64 = 3;
 const W_HELLO: u64 = 4;
 const W_EXIT_TASK: u64 = 5;
+const W_PRIVILEGED: u64 = 6;
+const W_INVALID_OPCODE: u64 = 7;
+const W_DIVIDE_ZERO: u64 = 8;
 
 /// Where children get their stacks, and where shared test pages go.
 const CHILD_STACK_TOP: u64 = 0x0000_7000_0000_0000;
@@ -263,6 +266,9 @@ fn test_isolation(bi: &BootInfo) {
     );
     child_fault(bi, "isolation-read-kernel", W_READ, 0xffff_8000_0010_0000, "a task read kernel memory");
     child_fault(bi, "isolation-write-kernel", W_WRITE, 0xffff_ffff_8010_0000, "a task wrote the kernel image");
+    child_fault(bi, "fault-general-protection", W_PRIVILEGED, 0, "a task executed hlt (#GP)");
+    child_fault(bi, "fault-invalid-opcode", W_INVALID_OPCODE, 0, "a task executed ud2 (#UD)");
+    child_fault(bi, "fault-divide-error", W_DIVIDE_ZERO, 7, "a task divided by zero (#DE)");
 }
 
 fn test_readonly(bi: &BootInfo) {

@@ -5,7 +5,8 @@
 //! * [`WRITE`]: write a word to `a1` (faults if `a1` is not writable here);
 //! * [`SPIN`]: add one to the word at `a1` forever;
 //! * [`HELLO`]: print a line and end the thread;
-//! * [`EXIT_TASK`]: end the whole task.
+//! * [`EXIT_TASK`]: end the whole task;
+//! * [`PRIVILEGED`], [`INVALID_OPCODE`], [`DIVIDE_ZERO`]: take that fault.
 #![no_std]
 #![no_main]
 
@@ -16,6 +17,9 @@ pub const WRITE: u64 = 2;
 pub const SPIN: u64 = 3;
 pub const HELLO: u64 = 4;
 pub const EXIT_TASK: u64 = 5;
+pub const PRIVILEGED: u64 = 6;
+pub const INVALID_OPCODE: u64 = 7;
+pub const DIVIDE_ZERO: u64 = 8;
 
 #[unsafe(no_mangle)]
 fn rl4_main(cmd: u64, addr: u64) {
@@ -41,6 +45,12 @@ fn rl4_main(cmd: u64, addr: u64) {
             println!("worker: hello from cpu {cpu} of {n}");
         }
         EXIT_TASK => sys::task_exit(),
+        // SAFETY (all three): deliberate faults; the kernel must stop this thread.
+        PRIVILEGED => unsafe { core::arch::asm!("hlt") },
+        INVALID_OPCODE => unsafe { core::arch::asm!("ud2") },
+        DIVIDE_ZERO => unsafe {
+            core::arch::asm!("xor edx, edx", "xor ecx, ecx", "div rcx", inout("rax") addr => _, out("rdx") _, out("rcx") _)
+        },
         _ => println!("worker: unknown command {cmd}"),
     }
 }
