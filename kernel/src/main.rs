@@ -9,6 +9,7 @@
 
 extern crate alloc;
 
+mod ipc;
 mod mem;
 mod obj;
 mod panic;
@@ -64,11 +65,12 @@ pub extern "C" fn rl4_kernel_entry(protocol: u32, magic: u32, info: u64) -> ! {
     let (kernel_args, _root_args) = cmdline::split(bi.cmdline());
     let opts = OPTIONS.call_once(|| cmdline::parse(kernel_args, |p| println!("cmdline: {p}")));
     println!(
-        "options: run={} maxcpus={} ap_timeout_ms={} hz={}",
+        "options: run={} maxcpus={} ap_timeout_ms={} hz={} poll_us={}",
         opts.run.name(),
         run::OrAll(opts.maxcpus),
         opts.ap_timeout_ms,
-        opts.hz
+        opts.hz,
+        opts.poll_us
     );
     for e in bi.memory_map() {
         println!("memory map: {:#014x}..{:#014x} {:?}", e.range.start, e.range.end, e.kind);
@@ -119,6 +121,7 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
     );
     let (hz, src) = time::init_tsc(&f);
     println!("tsc: {}.{:03} MHz ({})", hz / 1_000_000, (hz / 1000) % 1000, src.describe());
+    sched::set_poll_us(options().poll_us as u64);
 
     let bi = BOOT_INFO.get().expect("boot info");
     let Some(rsdp) = bi.rsdp else { panic!("the boot loader passed no ACPI RSDP; rl4 needs the MADT") };

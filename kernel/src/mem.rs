@@ -169,3 +169,15 @@ pub fn write_frame(pa: u64, offset: usize, bytes: &[u8]) {
     // stays inside it (asserted).
     unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), (phys_to_virt(pa) as *mut u8).add(offset), bytes.len()) };
 }
+
+/// Copies `count` 8-byte words starting at word `first` from the frame at `src` to the frame at
+/// `dst` (IPC buffers).
+pub fn copy_frame_words(src: u64, dst: u64, first: usize, count: usize) {
+    assert!(first + count <= (PAGE_SIZE / 8) as usize);
+    // SAFETY: both are whole frames held by IPC-buffer references, mapped in the direct map;
+    // the range stays inside them (asserted). A frame shared by sender and receiver makes the
+    // copy overlap, which `copy` allows.
+    unsafe {
+        core::ptr::copy((phys_to_virt(src) as *const u64).add(first), (phys_to_virt(dst) as *mut u64).add(first), count)
+    };
+}

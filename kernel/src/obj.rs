@@ -32,6 +32,8 @@ pub enum KObj {
     Frame(Arc<Frame>),
     Memory(Arc<Memory>),
     Machine,
+    Endpoint(Arc<crate::ipc::Endpoint>),
+    Notification(Arc<crate::ipc::Notification>),
 }
 
 impl captable::Object for KObj {
@@ -43,6 +45,8 @@ impl captable::Object for KObj {
             KObj::Frame(_) => ObjType::Frame,
             KObj::Memory(_) => ObjType::Memory,
             KObj::Machine => ObjType::Machine,
+            KObj::Endpoint(_) => ObjType::Endpoint,
+            KObj::Notification(_) => ObjType::Notification,
         }
     }
 }
@@ -54,6 +58,8 @@ pub const THREAD_COST: u64 = 4096;
 pub const TASK_COST: u64 = 3 * 4096;
 pub const SPACE_COST: u64 = 4096;
 pub const FRAME_COST: u64 = 4096;
+pub const ENDPOINT_COST: u64 = 256;
+pub const NOTIFICATION_COST: u64 = 256;
 
 /// An allocation budget.
 pub struct Memory {
@@ -198,10 +204,18 @@ pub struct Sched {
     pub queued: bool,
     /// It must resume with `iretq` (new, or interrupted).
     pub resume_iret: bool,
+    /// What it waits for, in a Blocked* state.
+    pub wait: crate::ipc::Wait,
+    /// TSC deadline of the wait (`u64::MAX`: none).
+    pub deadline: u64,
+    /// The caller this thread received from and owes a reply (the one-shot reply right).
+    pub reply_to: Option<Arc<Thread>>,
 }
 
 pub struct Thread {
     pub regs: RegsCell,
+    /// The IPC buffer frame (message words 4 and up), a leaf lock.
+    pub ipc_buffer: Mutex<Option<Arc<Frame>>>,
     pub id: u64,
     pub task: Arc<Task>,
     pub space: Arc<Space>,
@@ -217,6 +231,7 @@ impl Thread {
         let space = task.space.clone();
         let t = Arc::new(Thread {
             regs: RegsCell::new(UserRegs::new_thread(entry, stack, 0)),
+            ipc_buffer: Mutex::new(None),
             id: next_id(),
             task: task.clone(),
             space,
@@ -227,6 +242,9 @@ impl Thread {
                 on_cpu: false,
                 queued: false,
                 resume_iret: true,
+                wait: crate::ipc::Wait::None,
+                deadline: u64::MAX,
+                reply_to: None,
             }),
             _charge: charge,
         });

@@ -64,6 +64,24 @@ pub struct CpuSched {
     /// TLB shootdown request: a PML4 address, bit 0 = the space is being destroyed.
     tlb_request: AtomicU64,
     tlb_done: AtomicU64,
+    /// Waits with a deadline of threads of this CPU: (TSC deadline, thread).
+    timeouts: Mutex<Vec<(u64, alloc::sync::Weak<Thread>)>>,
+    /// Threads in the inbox (read without the lock by the idle poll).
+    inbox_len: core::sync::atomic::AtomicUsize,
+    /// BUSY, POLLING (idle and watching its inbox: needs no IPI) or HALTING.
+    idle_state: core::sync::atomic::AtomicU8,
+}
+
+const BUSY: u8 = 0;
+const POLLING: u8 = 1;
+const HALTING: u8 = 2;
+
+/// How long an idle CPU watches its inbox before it halts (TSC ticks; 0 = never).
+static POLL_TICKS: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the idle poll time (`poll_us=` on the command line).
+pub fn set_poll_us(us: u64) {
+    POLL_TICKS.store(rl4_arch::time::us_to_ticks(us), Ordering::Relaxed);
 }
 
 static CPUS: [Once<&'static CpuSched>; MAX_CPUS] = [const { Once::new() }; MAX_CPUS];
@@ -102,6 +120,9 @@ pub fn init_cpu(pcid: bool) {
         pcids: pcid.then(|| Mutex::new(PcidCache::new())),
         tlb_request: AtomicU64::new(0),
         tlb_done: AtomicU64::new(0),
+        timeouts: Mutex::new(Vec::new()),
+        inbox_len: core::sync::atomic::AtomicUsize::new(0),
+        idle_state: core::sync::atomic::AtomicU8::new(BUSY),
     }));
     CPUS[me() as usize].call_once(|| s);
 }
@@ -151,7 +172,11 @@ pub fn enqueue_locked(t: &Arc<Thread>, s: &mut Sched) {
     }
     s.queued = true;
     let Some(target) = get(s.cpu as usize) else { return };
-    target.inbox.lock().push(TRef(t.clone()));
+    {
+        let mut inbox = target.inbox.lock();
+        inbox.push(TRef(t.clone()));
+        target.inbox_len.store(inbox.len(), Ordering::SeqCst);
+    }
     poke(s.cpu, s.prio);
 }
 
@@ -161,8 +186,15 @@ fn poke(cpu: u32, prio: u8) {
         return; // drained at this CPU's next decision, which ends every kernel entry
     }
     let Some(t) = get(cpu as usize) else { return };
-    if t.idle.load(Ordering::SeqCst) || prio as i32 > t.current_prio.load(Ordering::SeqCst) {
-        cpus::send_ipi(cpu as usize, lapic::VEC_RESCHED);
+    match t.idle_state.load(Ordering::SeqCst) {
+        // Watching its inbox: it will see the thread without an interrupt.
+        POLLING => {}
+        HALTING => cpus::send_ipi(cpu as usize, lapic::VEC_RESCHED),
+        _ => {
+            if t.idle.load(Ordering::SeqCst) || prio as i32 > t.current_prio.load(Ordering::SeqCst) {
+                cpus::send_ipi(cpu as usize, lapic::VEC_RESCHED);
+            }
+        }
     }
 }
 
@@ -179,6 +211,7 @@ fn drain_inbox(cs: &CpuSched) {
         return;
     }
     let items = core::mem::take(&mut *inbox);
+    cs.inbox_len.store(0, Ordering::SeqCst);
     drop(inbox);
     let mut rq = cs.rq.lock();
     for t in items {
@@ -190,6 +223,7 @@ fn drain_inbox(cs: &CpuSched) {
 /// Called by the timer interrupt on this CPU.
 pub fn tick() {
     let cs = this();
+    expire_timeouts(cs);
     if cs.current_prio.load(Ordering::Relaxed) >= 0 {
         let left = cs.slice.load(Ordering::Relaxed).saturating_sub(1);
         cs.slice.store(left, Ordering::Relaxed);
@@ -208,6 +242,10 @@ pub fn decide() {
     let cur = cs.current.lock().take();
     if let Some(cur) = cur {
         let mut s = cur.sched.lock();
+        if s.state == ThreadState::Runnable && s.on_cpu {
+            // Woken (e.g. its reply arrived from another CPU) before it left this CPU.
+            s.state = ThreadState::Running;
+        }
         let waiting = cs.rq.lock().highest();
         let expired = cs.expired.load(Ordering::Relaxed);
         let keep = s.state == ThreadState::Running
@@ -298,8 +336,9 @@ fn load_space(cs: &CpuSched, sp: &Space) {
     }
 }
 
-/// The idle loop: run whatever arrives, else halt until an interrupt. The last user address
-/// space stays loaded (a CR3 write is the dearest step of a switch under TCG).
+/// The idle loop: run whatever arrives; else watch the inbox for `poll_us` (a thread made
+/// runnable here from another CPU then needs no IPI), then halt until an interrupt. The last
+/// user address space stays loaded (a CR3 write is the dearest step of a switch under TCG).
 pub fn idle() -> ! {
     let cs = this();
     cs.current_prio.store(-1, Ordering::SeqCst);
@@ -311,9 +350,87 @@ pub fn idle() -> ! {
             entry::return_to_user();
         }
         service_tlb(cs);
-        cpu::idle_wait();
+        let poll = POLL_TICKS.load(Ordering::Relaxed);
+        if poll > 0 {
+            cs.idle_state.store(POLLING, Ordering::SeqCst);
+            let end = cpu::rdtsc() + poll;
+            while cs.inbox_len.load(Ordering::SeqCst) == 0 && cs.tlb_request.load(Ordering::Relaxed) == 0 && cpu::rdtsc() < end {
+                cpu::relax();
+            }
+        }
+        cs.idle_state.store(HALTING, Ordering::SeqCst);
+        if cs.inbox_len.load(Ordering::SeqCst) == 0 {
+            cpu::idle_wait();
+        }
+        cs.idle_state.store(BUSY, Ordering::SeqCst);
         cs.idle.store(false, Ordering::SeqCst);
         crate::run::idle_hook();
+    }
+}
+
+/// Whether the running thread may hand the CPU straight to a thread of priority `prio`: nothing
+/// more urgent waits here.
+pub fn may_switch_to(prio: u8) -> bool {
+    let cs = this();
+    drain_inbox(cs);
+    cs.rq.lock().highest().is_none_or(|h| h <= prio)
+}
+
+/// The same-CPU fast path: the running thread has blocked (or was woken meanwhile) and `to`,
+/// already marked Running on this CPU, takes over without passing through the run queue.
+pub fn switch_direct(to: Arc<Thread>) {
+    let cs = this();
+    if let Some(cur) = cs.current.lock().take() {
+        let mut s = cur.sched.lock();
+        s.on_cpu = false;
+        s.resume_iret = entry::current_resumes_with_iret();
+        if matches!(s.state, ThreadState::Running | ThreadState::Runnable) {
+            s.state = ThreadState::Runnable;
+            if !s.queued {
+                s.queued = true;
+                cs.rq.lock().push_front(s.prio, TRef(cur.clone()));
+            }
+        }
+    }
+    let prio = to.sched.lock().prio;
+    switch_to(cs, to, false, prio);
+}
+
+/// Whether the running thread of this CPU is no longer `t` (a direct switch happened).
+pub fn switched_directly(t: &Arc<Thread>) -> bool {
+    this().current.lock().as_ref().is_some_and(|c| !Arc::ptr_eq(c, t))
+}
+
+/// Registers a wait deadline of the running thread `t` (on this CPU).
+pub fn add_timeout(deadline: u64, t: &Arc<Thread>) {
+    this().timeouts.lock().push((deadline, Arc::downgrade(t)));
+}
+
+fn expire_timeouts(cs: &CpuSched) {
+    let now = cpu::rdtsc();
+    let due: Vec<_> = {
+        let mut l = cs.timeouts.lock();
+        if l.is_empty() {
+            return;
+        }
+        let mut due = Vec::new();
+        l.retain(|(d, w)| {
+            if w.strong_count() == 0 {
+                return false;
+            }
+            if *d <= now {
+                due.push(w.clone());
+                false
+            } else {
+                true
+            }
+        });
+        due
+    };
+    for w in due {
+        if let Some(t) = w.upgrade() {
+            crate::ipc::expire(&t, now);
+        }
     }
 }
 
@@ -415,6 +532,7 @@ pub fn fault_current(vector: u64, error: u64) {
         println!("thread {} (task {}) stopped: {name} (vector {vector}) at rip={:#x}, error {error:#x}", t.id, t.task.id, r.rip);
     }
     t.sched.lock().state = ThreadState::Faulted;
+    crate::ipc::thread_stopped(&t);
 }
 
 /// The running thread gives up the rest of its slice.

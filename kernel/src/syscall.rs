@@ -9,16 +9,25 @@ use rl4_arch::entry::UserRegs;
 use rl4_arch::{cpu, percpu, println};
 use rl4_smp::cpus;
 
+use crate::ipc::{self, Endpoint, Notification, Outcome};
 use crate::obj::{Cap, Frame, KObj, LIVE_THREADS, Memory, Space, Task, Thread};
 use crate::{mem, sched};
 
 type Ret = Result<[u64; 3], Error>;
 
 /// Handles the current thread's system call and writes the results into its registers.
-pub fn handle() {
-    let Some(t) = sched::current() else { return };
+/// Returns whether the scheduler must still decide what runs (not after a direct switch).
+pub fn handle() -> bool {
+    let Some(t) = sched::current() else { return true };
     let r = t.regs.get();
-    let res = dispatch(&t, &r);
+    let res = match Sys::try_from(r.rax) {
+        Ok(s) if is_ipc(s) => match ipc_call(&t, &r, s) {
+            Outcome::Return(res) => res,
+            Outcome::Received => return true,
+            Outcome::Blocked => return !sched::switched_directly(&t),
+        },
+        _ => dispatch(&t, &r),
+    };
     t.regs.with(|regs| match res {
         Ok([a, b, c]) => {
             regs.rax = 0;
@@ -28,6 +37,68 @@ pub fn handle() {
         }
         Err(e) => regs.rax = e as u64,
     });
+    true
+}
+
+fn is_ipc(s: Sys) -> bool {
+    matches!(s, Sys::Send | Sys::NbSend | Sys::Call | Sys::Recv | Sys::NbRecv | Sys::Reply | Sys::ReplyRecv | Sys::Wait)
+}
+
+fn endpoint(task: &Task, slot: u64, rights: Rights) -> Result<(Arc<Endpoint>, Cap), Error> {
+    let caps = task.caps.lock();
+    let c = caps.lookup(slot, ObjType::Endpoint, rights)?;
+    match &c.obj {
+        KObj::Endpoint(e) => Ok((e.clone(), c.clone())),
+        _ => unreachable!("type checked"),
+    }
+}
+
+fn notification(task: &Task, slot: u64, rights: Rights) -> Result<(Arc<Notification>, u64), Error> {
+    let caps = task.caps.lock();
+    let c = caps.lookup(slot, ObjType::Notification, rights)?;
+    match &c.obj {
+        KObj::Notification(n) => Ok((n.clone(), c.badge)),
+        _ => unreachable!("type checked"),
+    }
+}
+
+/// The IPC calls: `rdi` = endpoint (or notification) slot, timeout in `r12`.
+fn ipc_call(t: &Arc<Thread>, r: &UserRegs, s: Sys) -> Outcome {
+    let task = &*t.task;
+    let timeout = r.r12;
+    let res = (|| -> Result<Outcome, Error> {
+        Ok(match s {
+            Sys::Send | Sys::NbSend | Sys::Call => {
+                let (ep, cap) = endpoint(task, r.rdi, Rights::SEND)?;
+                let timeout = if s == Sys::NbSend { 0 } else { timeout };
+                ipc::send(t, &ep, cap.badge, cap.rights.contains(Rights::GRANT), s == Sys::Call, timeout)
+            }
+            Sys::Recv | Sys::NbRecv => {
+                let (ep, _) = endpoint(task, r.rdi, Rights::RECEIVE)?;
+                ipc::recv(t, &ep, if s == Sys::NbRecv { 0 } else { timeout }, None)
+            }
+            Sys::Reply => {
+                ipc::reply(t, false)?;
+                Outcome::Return(Ok([0; 3]))
+            }
+            Sys::ReplyRecv => {
+                let (ep, _) = endpoint(task, r.rdi, Rights::RECEIVE)?;
+                // A missing caller is not an error for the server loop's first round.
+                let woken = match ipc::reply(t, true) {
+                    Ok(w) => w,
+                    Err(Error::NoCaller) | Err(Error::PartnerGone) => None,
+                    Err(e) => return Err(e),
+                };
+                ipc::recv(t, &ep, timeout, woken)
+            }
+            Sys::Wait => {
+                let (n, _) = notification(task, r.rdi, Rights::RECEIVE)?;
+                ipc::wait(t, &n, timeout)
+            }
+            _ => unreachable!("is_ipc"),
+        })
+    })();
+    res.unwrap_or_else(|e| Outcome::Return(Err(e)))
 }
 
 fn lookup(task: &Task, slot: u64, ty: ObjType, rights: Rights) -> Result<KObj, Error> {
@@ -227,7 +298,7 @@ fn dispatch(t: &Arc<Thread>, r: &UserRegs) -> Ret {
                     Ok([0; 3])
                 }
                 ThreadState::Runnable | ThreadState::Running => Ok([0; 3]),
-                ThreadState::Faulted | ThreadState::Dead => Err(Error::InvalidState),
+                _ => Err(Error::InvalidState),
             }
         }
         Sys::ThreadSuspend => {
@@ -242,7 +313,7 @@ fn dispatch(t: &Arc<Thread>, r: &UserRegs) -> Ret {
                     Ok([0; 3])
                 }
                 ThreadState::Inactive | ThreadState::Suspended => Ok([0; 3]),
-                ThreadState::Faulted | ThreadState::Dead => Err(Error::InvalidState),
+                _ => Err(Error::InvalidState),
             }
         }
         Sys::ThreadSetPriority => {
@@ -287,6 +358,7 @@ fn dispatch(t: &Arc<Thread>, r: &UserRegs) -> Ret {
         }
         Sys::ThreadExit => {
             t.sched.lock().state = ThreadState::Dead;
+            ipc::thread_stopped(t);
             Ok([0; 3])
         }
         Sys::TaskExit => {
@@ -314,9 +386,76 @@ fn dispatch(t: &Arc<Thread>, r: &UserRegs) -> Ret {
                 stat::TICKS => cpus::this().ticks.load(core::sync::atomic::Ordering::Relaxed),
                 stat::FREE_FRAMES => mem::free_frames(),
                 stat::THREADS => LIVE_THREADS.load(core::sync::atomic::Ordering::Relaxed),
+                stat::IPC_FAST => ipc::IPC_FAST.load(core::sync::atomic::Ordering::Relaxed),
+                stat::IPC_SLOW => ipc::IPC_SLOW.load(core::sync::atomic::Ordering::Relaxed),
+                stat::IPC_CROSS => ipc::IPC_CROSS.load(core::sync::atomic::Ordering::Relaxed),
+                stat::IPIS_SENT => cpus::IPIS_SENT.load(core::sync::atomic::Ordering::Relaxed),
                 _ => return Err(Error::InvalidArgument),
             };
             Ok([v, 0, 0])
+        }
+        Sys::EndpointCreate => {
+            let m = memory(task, a0)?;
+            task.caps.lock().check_free(a1)?;
+            let e = Endpoint::new(&m)?;
+            put(task, a1, KObj::Endpoint(e), Rights::SEND.union(Rights::RECEIVE).union(Rights::GRANT))?;
+            Ok([0; 3])
+        }
+        Sys::NotificationCreate => {
+            let m = memory(task, a0)?;
+            task.caps.lock().check_free(a1)?;
+            let n = Notification::new(&m)?;
+            put(task, a1, KObj::Notification(n), Rights::SEND.union(Rights::RECEIVE).union(Rights::GRANT))?;
+            Ok([0; 3])
+        }
+        Sys::Signal => {
+            let (n, badge) = notification(task, a0, Rights::SEND)?;
+            let bits = a1 | badge;
+            if bits == 0 {
+                return Err(Error::InvalidArgument);
+            }
+            ipc::signal(&n, bits);
+            Ok([0; 3])
+        }
+        Sys::Poll => {
+            let (n, _) = notification(task, a0, Rights::RECEIVE)?;
+            match ipc::wait(t, &n, 0) {
+                Outcome::Return(r) => r,
+                _ => unreachable!("a zero timeout never blocks"),
+            }
+        }
+        Sys::SetIpcBuffer => {
+            let th = thread_obj(task, a0, Rights::WRITE)?;
+            check_page(a1)?;
+            let f = match th.space.maps.lock().get(&a1) {
+                Some((f, true, _)) => f.clone(),
+                Some(_) => return Err(Error::MissingRight),
+                None => return Err(Error::NotMapped),
+            };
+            *th.ipc_buffer.lock() = Some(f);
+            Ok([0; 3])
+        }
+        Sys::CapMint => {
+            let dst = task_obj(task, a1, Rights::WRITE)?;
+            let (mut cap, orig) = {
+                let caps = task.caps.lock();
+                (caps.derive(a0, a3)?, caps.get(a0)?.rights)
+            };
+            if !matches!(cap.obj, KObj::Endpoint(_) | KObj::Notification(_)) {
+                return Err(Error::WrongType);
+            }
+            if cap.badge != 0 {
+                return Err(Error::InvalidState);
+            }
+            if !core::ptr::eq(&*dst, task) && !orig.contains(Rights::GRANT) {
+                return Err(Error::MissingRight);
+            }
+            cap.badge = a4;
+            dst.caps.lock().insert(a2, cap)?;
+            Ok([0; 3])
+        }
+        Sys::Send | Sys::NbSend | Sys::Call | Sys::Recv | Sys::NbRecv | Sys::Reply | Sys::ReplyRecv | Sys::Wait => {
+            unreachable!("IPC calls are handled by ipc_call")
         }
     }
 }
@@ -327,11 +466,14 @@ pub fn kill_task(task: &Arc<Task>) {
     task.dead.store(true, core::sync::atomic::Ordering::Release);
     let threads: Vec<_> = task.threads.lock().drain(..).filter_map(|w| w.upgrade()).collect();
     for th in &threads {
-        let mut s = th.sched.lock();
-        s.state = ThreadState::Dead;
-        if s.on_cpu {
-            sched::kick(s.cpu);
+        {
+            let mut s = th.sched.lock();
+            s.state = ThreadState::Dead;
+            if s.on_cpu {
+                sched::kick(s.cpu);
+            }
         }
+        ipc::thread_stopped(th);
     }
     let mut caps = Vec::new();
     task.caps.lock().drain(|c| caps.push(c));

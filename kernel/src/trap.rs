@@ -41,6 +41,7 @@ fn rl4_kernel_interrupt(vector: u8) {
 /// `syscall`.
 #[unsafe(no_mangle)]
 extern "C" fn rl4_syscall() {
-    crate::syscall::handle();
-    sched::decide();
+    if crate::syscall::handle() {
+        sched::decide();
+    }
 }

@@ -164,8 +164,12 @@ pub fn error_interrupt() {
     eoi();
 }
 
+/// IPIs sent by `send_ipi`, all CPUs.
+pub static IPIS_SENT: AtomicU64 = AtomicU64::new(0);
+
 /// Sends `vector` to CPU `index`.
 pub fn send_ipi(index: usize, vector: u8) {
+    IPIS_SENT.fetch_add(1, Ordering::Relaxed);
     if let Some(target) = get(index) {
         with_lapic(|l| {
             if let Some(l) = l {

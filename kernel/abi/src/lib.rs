@@ -91,6 +91,36 @@ numbered! {
         MemoryInfo = 22,
         /// `(machine_slot, which)` → `(value)`: kernel counters for tests and benchmarks.
         Stat = 23,
+        /// `(memory_slot, dst_slot)`: a new endpoint.
+        EndpointCreate = 24,
+        /// `(memory_slot, dst_slot)`: a new notification (a word of signal bits).
+        NotificationCreate = 25,
+        /// IPC (see [`ipc`]): send a message, blocking up to the timeout for a receiver.
+        Send = 26,
+        /// IPC: receive a message, blocking up to the timeout for a sender.
+        Recv = 27,
+        /// IPC: send, then wait for the reply through a one-shot reply right the receiver gets.
+        Call = 28,
+        /// IPC: reply to the caller this thread last received from (never blocks).
+        Reply = 29,
+        /// IPC: reply, then receive on the endpoint (the server loop).
+        ReplyRecv = 30,
+        /// IPC: send only if a receiver waits (`Timeout` otherwise).
+        NbSend = 31,
+        /// IPC: receive only if a sender waits (`Timeout` otherwise).
+        NbRecv = 32,
+        /// `(notification_slot, bits)`: OR `bits | badge` into the word, waking a waiter.
+        Signal = 33,
+        /// `(notification_slot)`, timeout in `r12` → `(bits)`: wait for a non-zero word, take it.
+        Wait = 34,
+        /// `(notification_slot)` → `(bits)`: take the word without waiting (0 if none).
+        Poll = 35,
+        /// `(thread_slot, vaddr)`: the thread's IPC buffer page (mapped writable in its space),
+        /// which holds message words 4 and up.
+        SetIpcBuffer = 36,
+        /// `(src_slot, dst_task_slot, dst_slot, rights_mask, badge)`: like `CapCopy`, and sets
+        /// the badge of an endpoint or notification capability that has none yet.
+        CapMint = 37,
     }
 }
 
@@ -129,6 +159,13 @@ numbered! {
         InvalidState = 15,
         /// A user buffer could not be read or written (unmapped or not accessible).
         Fault = 16,
+        /// No partner came within the timeout (0 = at once, for the non-blocking calls).
+        Timeout = 17,
+        /// `Reply` with no caller waiting for this thread's reply.
+        NoCaller = 18,
+        /// The partner died, the reply right was dropped, or the endpoint was deleted while
+        /// this thread waited.
+        PartnerGone = 19,
     }
 }
 
@@ -147,6 +184,8 @@ numbered! {
         Frame = 4,
         Memory = 5,
         Machine = 6,
+        Endpoint = 7,
+        Notification = 8,
     }
 }
 
@@ -161,6 +200,14 @@ numbered! {
         /// Stopped by a fault it took.
         Faulted = 4,
         Dead = 5,
+        /// Waiting in `Send`/`Call` for a receiver.
+        BlockedSend = 6,
+        /// Waiting in `Recv`/`ReplyRecv` for a sender.
+        BlockedRecv = 7,
+        /// Waiting in `Call` for the reply.
+        BlockedReply = 8,
+        /// Waiting in `Wait` for a signal.
+        BlockedNotify = 9,
     }
 }
 
@@ -184,7 +231,11 @@ impl Rights {
     pub const SHUTDOWN: Rights = Rights(1 << 5);
     /// Memory: allocate frames and objects from it.
     pub const ALLOCATE: Rights = Rights(1 << 6);
-    pub const ALL: Rights = Rights((1 << 7) - 1);
+    /// Endpoint: send, call. Notification: signal.
+    pub const SEND: Rights = Rights(1 << 7);
+    /// Endpoint: receive. Notification: wait, poll.
+    pub const RECEIVE: Rights = Rights(1 << 8);
+    pub const ALL: Rights = Rights((1 << 9) - 1);
 
     pub const fn contains(self, other: Rights) -> bool {
         self.0 & other.0 == other.0
@@ -233,6 +284,55 @@ pub mod stat {
     pub const FREE_FRAMES: u64 = 2;
     /// Live threads in the kernel.
     pub const THREADS: u64 = 3;
+    /// IPC operations that took the same-CPU fast path (direct switch), all CPUs.
+    pub const IPC_FAST: u64 = 4;
+    /// IPC deliveries that took the general path, all CPUs.
+    pub const IPC_SLOW: u64 = 5;
+    /// IPC wake-ups of a thread on another CPU, all CPUs.
+    pub const IPC_CROSS: u64 = 6;
+    /// Reschedule IPIs sent, all CPUs.
+    pub const IPIS_SENT: u64 = 7;
+}
+
+/// IPC registers and the message tag.
+///
+/// In: `rdi` = endpoint slot, `rsi` = tag, `rdx`, `r10`, `r8`, `r9` = message words 0..3,
+/// `r12` = timeout ([`ipc::FOREVER`], 0 = poll, else TSC ticks), `r13` = slot of the
+/// capability to send (tag `caps` = 1), `r14` = slot where a received capability goes
+/// ([`ipc::NO_SLOT`]: none). Out: `rax` = status, `rsi` = tag, `rdi` = badge, `rdx`, `r10`,
+/// `r8`, `r9` = words 0..3. Words 4 and up travel in the IPC buffer page, at their index.
+pub mod ipc {
+    /// Block without limit.
+    pub const FOREVER: u64 = u64::MAX;
+    /// "No receive slot".
+    pub const NO_SLOT: u64 = u64::MAX;
+    /// Message words passed in registers.
+    pub const REG_WORDS: u64 = 4;
+    /// Most words in one message.
+    pub const MAX_WORDS: u64 = 128;
+
+    /// `label` (bits 16..63) | `caps` (bit 9) | `len` in words (bits 0..8).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct Tag(pub u64);
+
+    impl Tag {
+        pub const fn new(label: u64, len: u64, caps: u64) -> Tag {
+            Tag(label << 16 | (caps & 1) << 9 | (len & 0x1ff))
+        }
+        pub const fn len(self) -> u64 {
+            self.0 & 0x1ff
+        }
+        pub const fn caps(self) -> u64 {
+            (self.0 >> 9) & 1
+        }
+        pub const fn label(self) -> u64 {
+            self.0 >> 16
+        }
+        /// Bits that must be zero.
+        pub const fn reserved(self) -> u64 {
+            self.0 & 0xfc00
+        }
+    }
 }
 
 /// Where the kernel maps the root task's [`BootInfo`] page (read-only).

@@ -15,6 +15,7 @@
 //! | `maxcpus=N` | start at most N CPUs (the BSP included), N ≥ 1 | all enabled in the MADT |
 //! | `ap_timeout_ms=N` | how long the BSP waits for each AP to come online | 2000 |
 //! | `hz=N` | local APIC timer frequency on every CPU, 1 ≤ N ≤ 10000 | 100 |
+//! | `poll_us=N` | how long an idle CPU watches its inbox before it halts (0 = never) | 50 |
 
 use core::fmt;
 
@@ -54,11 +55,12 @@ pub struct Options {
     pub maxcpus: Option<u32>,
     pub ap_timeout_ms: u32,
     pub hz: u32,
+    pub poll_us: u32,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { run: Run::Root, maxcpus: None, ap_timeout_ms: 2000, hz: 100 }
+        Options { run: Run::Root, maxcpus: None, ap_timeout_ms: 2000, hz: 100, poll_us: 50 }
     }
 }
 
@@ -112,7 +114,7 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Problem<'a>)) -> Options 
             Some((k, v)) => (k, Some(v)),
             None => (word, None),
         };
-        let known = matches!(key, "run" | "maxcpus" | "ap_timeout_ms" | "hz");
+        let known = matches!(key, "run" | "maxcpus" | "ap_timeout_ms" | "hz" | "poll_us");
         if !known {
             report(Problem::Unknown(word));
             continue;
@@ -139,6 +141,10 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Problem<'a>)) -> Options 
                 Some(n) => o.hz = n,
                 None => report(bad("1..=10000")),
             },
+            "poll_us" => match number(value, 0, 1_000_000) {
+                Some(n) => o.poll_us = n,
+                None => report(bad("0..=1000000")),
+            },
             _ => unreachable!("key list above"),
         }
     }
@@ -163,9 +169,9 @@ mod tests {
 
     #[test]
     fn known_options() {
-        let (o, p) = parse_all("run=idle maxcpus=3  ap_timeout_ms=500 hz=250");
+        let (o, p) = parse_all("run=idle maxcpus=3  ap_timeout_ms=500 hz=250 poll_us=0");
         assert!(p.is_empty(), "{p:?}");
-        assert_eq!(o, Options { run: Run::Idle, maxcpus: Some(3), ap_timeout_ms: 500, hz: 250 });
+        assert_eq!(o, Options { run: Run::Idle, maxcpus: Some(3), ap_timeout_ms: 500, hz: 250, poll_us: 0 });
     }
 
     #[test]

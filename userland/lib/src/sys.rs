@@ -50,7 +50,7 @@ pub fn raw_number(n: u64, a: [u64; 6]) -> u64 {
     rax
 }
 
-fn call(n: Sys, a: [u64; 6]) -> Ret {
+fn syscall(n: Sys, a: [u64; 6]) -> Ret {
     match raw(n, a) {
         (0, r) => Ok(r),
         (e, _) => Err(Error::try_from(e).unwrap_or(Error::InvalidArgument)),
@@ -58,20 +58,20 @@ fn call(n: Sys, a: [u64; 6]) -> Ret {
 }
 
 fn unit(n: Sys, a: [u64; 6]) -> Result<(), Error> {
-    call(n, a).map(|_| ())
+    syscall(n, a).map(|_| ())
 }
 
 pub fn null() -> Result<(), Error> {
     unit(Sys::Null, [0; 6])
 }
 pub fn console_write(machine: u64, bytes: &[u8]) -> Result<u64, Error> {
-    call(Sys::ConsoleWrite, [machine, bytes.as_ptr() as u64, bytes.len() as u64, 0, 0, 0]).map(|r| r[0])
+    syscall(Sys::ConsoleWrite, [machine, bytes.as_ptr() as u64, bytes.len() as u64, 0, 0, 0]).map(|r| r[0])
 }
 pub fn console_write_raw(machine: u64, ptr: u64, len: u64) -> Result<u64, Error> {
-    call(Sys::ConsoleWrite, [machine, ptr, len, 0, 0, 0]).map(|r| r[0])
+    syscall(Sys::ConsoleWrite, [machine, ptr, len, 0, 0, 0]).map(|r| r[0])
 }
 pub fn yield_now() {
-    let _ = call(Sys::Yield, [0; 6]);
+    let _ = syscall(Sys::Yield, [0; 6]);
 }
 pub fn cap_copy(src: u64, dst_task: u64, dst: u64, rights: Rights) -> Result<(), Error> {
     unit(Sys::CapCopy, [src, dst_task, dst, rights.0, 0, 0])
@@ -84,7 +84,7 @@ pub fn cap_delete(slot: u64) -> Result<(), Error> {
 }
 /// → (type, rights, badge)
 pub fn cap_identify(slot: u64) -> Ret {
-    call(Sys::CapIdentify, [slot, 0, 0, 0, 0, 0])
+    syscall(Sys::CapIdentify, [slot, 0, 0, 0, 0, 0])
 }
 pub fn task_create(memory: u64, dst: u64) -> Result<(), Error> {
     unit(Sys::TaskCreate, [memory, dst, 0, 0, 0, 0])
@@ -124,27 +124,117 @@ pub fn thread_set_args(t: u64, a0: u64, a1: u64) -> Result<(), Error> {
 }
 /// → (state, cpu, priority)
 pub fn thread_info(t: u64) -> Ret {
-    call(Sys::ThreadInfo, [t, 0, 0, 0, 0, 0])
+    syscall(Sys::ThreadInfo, [t, 0, 0, 0, 0, 0])
 }
 pub fn thread_exit() -> ! {
-    let _ = call(Sys::ThreadExit, [0; 6]);
+    let _ = syscall(Sys::ThreadExit, [0; 6]);
     unreachable!("ThreadExit returned")
 }
 pub fn task_exit() -> ! {
-    let _ = call(Sys::TaskExit, [0; 6]);
+    let _ = syscall(Sys::TaskExit, [0; 6]);
     unreachable!("TaskExit returned")
 }
 /// → (this CPU's index, CPUs online)
 pub fn cpu_info() -> (u64, u64) {
-    call(Sys::CpuInfo, [0; 6]).map(|r| (r[0], r[1])).unwrap_or((0, 1))
+    syscall(Sys::CpuInfo, [0; 6]).map(|r| (r[0], r[1])).unwrap_or((0, 1))
 }
 pub fn shutdown(machine: u64, code: u64) -> Result<(), Error> {
     unit(Sys::Shutdown, [machine, code, 0, 0, 0, 0])
 }
 /// → (bytes left, bytes in all)
 pub fn memory_info(memory: u64) -> Result<(u64, u64), Error> {
-    call(Sys::MemoryInfo, [memory, 0, 0, 0, 0, 0]).map(|r| (r[0], r[1]))
+    syscall(Sys::MemoryInfo, [memory, 0, 0, 0, 0, 0]).map(|r| (r[0], r[1]))
 }
 pub fn stat(machine: u64, which: u64) -> Result<u64, Error> {
-    call(Sys::Stat, [machine, which, 0, 0, 0, 0]).map(|r| r[0])
+    syscall(Sys::Stat, [machine, which, 0, 0, 0, 0]).map(|r| r[0])
+}
+
+/// A message: tag, badge (on receipt) and the four register words.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Msg {
+    pub tag: rl4_abi::ipc::Tag,
+    pub badge: u64,
+    pub w: [u64; 4],
+}
+
+/// The raw IPC call (see `rl4_abi::ipc` for the registers).
+#[inline(always)]
+pub fn ipc(n: Sys, slot: u64, m: &Msg, timeout: u64, send_cap: u64, recv_slot: u64) -> Result<Msg, Error> {
+    let (rax, rdi, rsi, rdx, r10, r8, r9): (u64, u64, u64, u64, u64, u64, u64);
+    // SAFETY: `syscall` enters the kernel, which checks every argument; the IPC calls clobber
+    // only rcx and r11 and return the message in rsi, rdi, rdx, r10, r8, r9 (r12..r14 are
+    // inputs the kernel leaves as they were).
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            inlateout("rax") n as u64 => rax,
+            inlateout("rdi") slot => rdi,
+            inlateout("rsi") m.tag.0 => rsi,
+            inlateout("rdx") m.w[0] => rdx,
+            inlateout("r10") m.w[1] => r10,
+            inlateout("r8") m.w[2] => r8,
+            inlateout("r9") m.w[3] => r9,
+            in("r12") timeout,
+            in("r13") send_cap,
+            in("r14") recv_slot,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack)
+        );
+    }
+    if rax != 0 {
+        return Err(Error::try_from(rax).unwrap_or(Error::InvalidArgument));
+    }
+    Ok(Msg { tag: rl4_abi::ipc::Tag(rsi), badge: rdi, w: [rdx, r10, r8, r9] })
+}
+
+use rl4_abi::ipc::{FOREVER, NO_SLOT};
+
+pub fn send(ep: u64, m: &Msg) -> Result<(), Error> {
+    ipc(Sys::Send, ep, m, FOREVER, NO_SLOT, NO_SLOT).map(|_| ())
+}
+pub fn send_timeout(ep: u64, m: &Msg, timeout: u64) -> Result<(), Error> {
+    ipc(Sys::Send, ep, m, timeout, NO_SLOT, NO_SLOT).map(|_| ())
+}
+pub fn nb_send(ep: u64, m: &Msg) -> Result<(), Error> {
+    ipc(Sys::NbSend, ep, m, 0, NO_SLOT, NO_SLOT).map(|_| ())
+}
+pub fn recv(ep: u64) -> Result<Msg, Error> {
+    ipc(Sys::Recv, ep, &Msg::default(), FOREVER, NO_SLOT, NO_SLOT)
+}
+pub fn recv_timeout(ep: u64, timeout: u64) -> Result<Msg, Error> {
+    ipc(Sys::Recv, ep, &Msg::default(), timeout, NO_SLOT, NO_SLOT)
+}
+pub fn nb_recv(ep: u64) -> Result<Msg, Error> {
+    ipc(Sys::NbRecv, ep, &Msg::default(), 0, NO_SLOT, NO_SLOT)
+}
+pub fn call(ep: u64, m: &Msg) -> Result<Msg, Error> {
+    ipc(Sys::Call, ep, m, FOREVER, NO_SLOT, NO_SLOT)
+}
+pub fn reply(m: &Msg) -> Result<(), Error> {
+    ipc(Sys::Reply, 0, m, 0, NO_SLOT, NO_SLOT).map(|_| ())
+}
+pub fn reply_recv(ep: u64, m: &Msg) -> Result<Msg, Error> {
+    ipc(Sys::ReplyRecv, ep, m, FOREVER, NO_SLOT, NO_SLOT)
+}
+pub fn endpoint_create(memory: u64, dst: u64) -> Result<(), Error> {
+    unit(Sys::EndpointCreate, [memory, dst, 0, 0, 0, 0])
+}
+pub fn notification_create(memory: u64, dst: u64) -> Result<(), Error> {
+    unit(Sys::NotificationCreate, [memory, dst, 0, 0, 0, 0])
+}
+pub fn signal(n: u64, bits: u64) -> Result<(), Error> {
+    unit(Sys::Signal, [n, bits, 0, 0, 0, 0])
+}
+pub fn wait(n: u64, timeout: u64) -> Result<u64, Error> {
+    ipc(Sys::Wait, n, &Msg::default(), timeout, NO_SLOT, NO_SLOT).map(|m| m.badge)
+}
+pub fn poll(n: u64) -> Result<u64, Error> {
+    syscall(Sys::Poll, [n, 0, 0, 0, 0, 0]).map(|r| r[0])
+}
+pub fn set_ipc_buffer(thread: u64, vaddr: u64) -> Result<(), Error> {
+    unit(Sys::SetIpcBuffer, [thread, vaddr, 0, 0, 0, 0])
+}
+pub fn cap_mint(src: u64, dst_task: u64, dst: u64, rights: Rights, badge: u64) -> Result<(), Error> {
+    unit(Sys::CapMint, [src, dst_task, dst, rights.0, badge, 0])
 }

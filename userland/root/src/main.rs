@@ -10,6 +10,7 @@
 #![no_std]
 #![no_main]
 
+mod ipc_tests;
 mod space;
 mod tests;
 

@@ -22,6 +22,10 @@ pub fn init(bi: &BootInfo) {
     CPUS.store(bi.cpus.max(1), Ordering::Relaxed);
 }
 
+pub fn tsc_hz() -> u64 {
+    TSC_HZ.load(Ordering::Relaxed)
+}
+
 pub fn cpus() -> u64 {
     CPUS.load(Ordering::Relaxed)
 }

@@ -23,7 +23,7 @@ const RO_VA: u64 = 0x0000_6200_0000_0000;
 static PASSED: AtomicU64 = AtomicU64::new(0);
 static FAILED: AtomicU64 = AtomicU64::new(0);
 
-fn report(name: &str, ok: bool, detail: core::fmt::Arguments<'_>) {
+pub fn report(name: &str, ok: bool, detail: core::fmt::Arguments<'_>) {
     if ok {
         PASSED.fetch_add(1, SeqCst);
         println!("test {name} ... ok ({detail})");
@@ -37,7 +37,7 @@ fn skip(name: &str, why: &str) {
     println!("test {name} ... skipped ({why})");
 }
 
-fn state(t: u64) -> Option<ThreadState> {
+pub fn state(t: u64) -> Option<ThreadState> {
     sys::thread_info(t).ok().and_then(|r| ThreadState::try_from(r[0]).ok())
 }
 
@@ -421,6 +421,9 @@ pub fn run(bi: &BootInfo, which: &str) -> bool {
     if want("syscalls") {
         test_bad_args();
     }
+    if want("ipc") {
+        crate::ipc_tests::run(bi);
+    }
     let (p, f) = (PASSED.load(SeqCst), FAILED.load(SeqCst));
     println!("root: {p} passed, {f} failed");
     f == 0 && p > 0
@@ -436,7 +439,11 @@ fn ponger(rounds: u64) {
     }
 }
 
-pub fn bench(_bi: &BootInfo) {
+pub fn bench(bi: &BootInfo) {
+    crate::ipc_tests::bench_ipc(bi, sys::cpu_info().0, 20_000);
+    if cpus() > 1 {
+        crate::ipc_tests::bench_ipc(bi, cpus() - 1, 5_000);
+    }
     // Null system call: the whole entry and exit path, user loop included.
     let n = 10_000;
     let mut best = u64::MAX;

@@ -6,7 +6,11 @@
 //! * [`SPIN`]: add one to the word at `a1` forever;
 //! * [`HELLO`]: print a line and end the thread;
 //! * [`EXIT_TASK`]: end the whole task;
-//! * [`PRIVILEGED`], [`INVALID_OPCODE`], [`DIVIDE_ZERO`]: take that fault.
+//! * [`PRIVILEGED`], [`INVALID_OPCODE`], [`DIVIDE_ZERO`]: take that fault;
+//! * [`ECHO`]: serve the endpoint in slot [`EP_SLOT`] forever, answering each message with every
+//!   word `w[i]` turned into `w[i] ^ ECHO_KEY ^ i` and the label plus one (`a1` is this thread's
+//!   IPC buffer, already registered);
+//! * [`CALL`]: call the endpoint in slot [`EP_SLOT`] once and report the outcome.
 #![no_std]
 #![no_main]
 
@@ -20,6 +24,10 @@ pub const EXIT_TASK: u64 = 5;
 pub const PRIVILEGED: u64 = 6;
 pub const INVALID_OPCODE: u64 = 7;
 pub const DIVIDE_ZERO: u64 = 8;
+pub const ECHO: u64 = 9;
+pub const CALL: u64 = 10;
+pub const EP_SLOT: u64 = 5;
+pub const ECHO_KEY: u64 = 0x5a5a_5a5a_5a5a_5a5a;
 
 #[unsafe(no_mangle)]
 fn rl4_main(cmd: u64, addr: u64) {
@@ -51,6 +59,35 @@ fn rl4_main(cmd: u64, addr: u64) {
         DIVIDE_ZERO => unsafe {
             core::arch::asm!("xor edx, edx", "xor ecx, ecx", "div rcx", inout("rax") addr => _, out("rdx") _, out("rcx") _)
         },
+        ECHO => echo(addr),
+        CALL => {
+            let r = sys::call(EP_SLOT, &sys::Msg::default());
+            println!("worker: call returned {:?}", r.map(|m| m.tag));
+        }
         _ => println!("worker: unknown command {cmd}"),
+    }
+}
+
+fn echo(buffer: u64) {
+    use rl4_user::abi::ipc::Tag;
+    let mut m = match sys::recv(EP_SLOT) {
+        Ok(m) => m,
+        Err(e) => return println!("worker: echo recv failed: {e}"),
+    };
+    loop {
+        let len = m.tag.len();
+        let mut r = sys::Msg { tag: Tag::new(m.tag.label() + 1, len, 0), badge: 0, w: [0; 4] };
+        for i in 0..4 {
+            r.w[i] = m.w[i] ^ ECHO_KEY ^ i as u64;
+        }
+        for i in 4..len {
+            let p = (buffer + i * 8) as *mut u64;
+            // SAFETY: `buffer` is this thread's IPC buffer page, mapped writable; i < 128.
+            unsafe { p.write_volatile(p.read_volatile() ^ ECHO_KEY ^ i) };
+        }
+        m = match sys::reply_recv(EP_SLOT, &r) {
+            Ok(m) => m,
+            Err(e) => return println!("worker: echo reply_recv failed: {e}"),
+        };
     }
 }

@@ -1,0 +1,542 @@
+//! IPC tests and benchmarks of the root task.
+use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use rl4_abi::ipc::{FOREVER, MAX_WORDS, Tag};
+use rl4_abi::{BootInfo, Error, ObjType, PAGE_SIZE, Rights, Sys, ThreadState, stat};
+use rl4_user::sys::{self, Msg};
+use rl4_user::{println, rdtsc};
+
+use crate::space::*;
+use crate::tests::{report, state};
+
+const W_ECHO: u64 = 9;
+const W_CALL: u64 = 10;
+const W_EXIT_TASK: u64 = 5;
+const EP_SLOT: u64 = 5;
+const ECHO_KEY: u64 = 0x5a5a_5a5a_5a5a_5a5a;
+/// The server's IPC buffer in its own task, and the root thread's.
+const SERVER_BUF: u64 = 0x0000_6400_0000_0000;
+const ROOT_BUF: u64 = 0x0000_6500_0000_0000;
+const CHILD_STACK_TOP: u64 = 0x0000_7000_0000_0000;
+
+fn far_cpu() -> u64 {
+    cpus() - 1
+}
+
+fn stat_of(which: u64) -> u64 {
+    sys::stat(MACHINE, which).unwrap_or(0)
+}
+
+fn ms_ticks(ms: u64) -> u64 {
+    tsc_hz() / 1000 * ms
+}
+
+fn buf_word(i: u64) -> *mut u64 {
+    (ROOT_BUF + i * 8) as *mut u64
+}
+
+/// An echo server in a task of its own on `cpu`; returns (child, endpoint slot in root, thread).
+fn echo_server(bi: &BootInfo, cpu: u64) -> Result<(Child, u64, u64), Error> {
+    let c = Child::load(bi, "worker")?;
+    let ep = slot();
+    sys::endpoint_create(MEMORY, ep)?;
+    sys::cap_copy(ep, c.task, EP_SLOT, Rights::RECEIVE)?;
+    map_fresh(c.space, SERVER_BUF, 1, Rights::READ.union(Rights::WRITE))?;
+    map_fresh(c.space, CHILD_STACK_TOP - 4 * PAGE_SIZE, 4, Rights::READ.union(Rights::WRITE))?;
+    let t = slot();
+    sys::thread_create(MEMORY, c.task, c.entry, CHILD_STACK_TOP, ROOT_PRIO, cpu, t)?;
+    sys::thread_set_args(t, W_ECHO, SERVER_BUF)?;
+    sys::set_ipc_buffer(t, SERVER_BUF)?;
+    sys::thread_resume(t)?;
+    // Let it reach its first receive.
+    wait_ms(2000, || state(t) == Some(ThreadState::BlockedRecv));
+    Ok((c, ep, t))
+}
+
+fn stop_server(c: Child, ep: u64, t: u64) {
+    let _ = sys::thread_suspend(t);
+    release(ep); // the server's receive fails with PartnerGone once this was the last cap
+    wait_ms(1000, || state(t) != Some(ThreadState::BlockedRecv));
+    release(t);
+    c.release();
+}
+
+/// Calls the echo server with every length 0..=MAX_WORDS and checks each reply word.
+fn lengths_round(ep: u64) -> Result<u64, &'static str> {
+    let mut checked = 0;
+    for len in 0..=MAX_WORDS {
+        let label = 0x100 + len;
+        let mut m = Msg { tag: Tag::new(label, len, 0), badge: 0, w: [0; 4] };
+        for i in 0..4 {
+            m.w[i] = 0x1111_0000 * (len + 1) + i as u64;
+        }
+        for i in 4..len {
+            // SAFETY: ROOT_BUF is the root thread's IPC buffer, mapped writable.
+            unsafe { buf_word(i).write_volatile(0xabcd_0000_0000 + len * 1000 + i) };
+        }
+        let r = sys::call(ep, &m).map_err(|_| "call failed")?;
+        if r.tag.len() != len || r.tag.label() != label + 1 {
+            return Err("reply tag wrong");
+        }
+        for i in 0..(len.min(4) as usize) {
+            if r.w[i] != m.w[i] ^ ECHO_KEY ^ i as u64 {
+                return Err("register word wrong");
+            }
+        }
+        for i in 4..len {
+            // SAFETY: as above.
+            let v = unsafe { buf_word(i).read_volatile() };
+            if v != (0xabcd_0000_0000 + len * 1000 + i) ^ ECHO_KEY ^ i {
+                return Err("buffer word wrong");
+            }
+        }
+        checked += 1;
+    }
+    Ok(checked)
+}
+
+fn test_call_lengths(bi: &BootInfo, name: &str, cpu: u64) {
+    let (fast0, cross0) = (stat_of(stat::IPC_FAST), stat_of(stat::IPC_CROSS));
+    let r = echo_server(bi, cpu).map_err(|_| "server set-up failed").and_then(|(c, ep, t)| {
+        let r = lengths_round(ep);
+        stop_server(c, ep, t);
+        r
+    });
+    let (fast, cross) = (stat_of(stat::IPC_FAST) - fast0, stat_of(stat::IPC_CROSS) - cross0);
+    let me = sys::cpu_info().0;
+    let path_ok = if cpu == me { fast >= 2 * (MAX_WORDS + 1) } else { cross >= MAX_WORDS + 1 };
+    report(
+        name,
+        r.is_ok() && path_ok,
+        format_args!(
+            "call/reply_recv with another task on cpu {cpu} (client on cpu {me}), lengths 0..={MAX_WORDS}: {r:?}; fast-path switches {fast}, cross-CPU wake-ups {cross}"
+        ),
+    );
+}
+
+// ---- send/recv, non-blocking, timeouts -------------------------------------------------------
+
+static GOT: AtomicU64 = AtomicU64::new(0);
+static GOT_LABEL: AtomicU64 = AtomicU64::new(0);
+static EP_FOR_THREADS: AtomicU64 = AtomicU64::new(0);
+
+fn receiver(_: u64) {
+    if let Ok(m) = sys::recv(EP_FOR_THREADS.load(SeqCst)) {
+        GOT_LABEL.store(m.tag.label(), SeqCst);
+        GOT.store(m.w[0] + m.w[1] + m.w[2] + m.w[3], SeqCst);
+    }
+}
+
+fn late_sender(delay_ms: u64) {
+    let t = rdtsc();
+    while rdtsc() - t < ms_ticks(delay_ms) {
+        sys::yield_now();
+    }
+    let _ = sys::send(EP_FOR_THREADS.load(SeqCst), &Msg { tag: Tag::new(77, 4, 0), badge: 0, w: [1, 2, 3, 4] });
+}
+
+fn test_send_recv() {
+    let ep = slot();
+    let _ = sys::endpoint_create(MEMORY, ep);
+    EP_FOR_THREADS.store(ep, SeqCst);
+    // send/recv across CPUs (receiver first).
+    GOT.store(0, SeqCst);
+    let r = spawn(receiver, 0, ROOT_PRIO, far_cpu());
+    wait_ms(2000, || state(r) == Some(ThreadState::BlockedRecv));
+    let s = sys::send(ep, &Msg { tag: Tag::new(5, 4, 0), badge: 0, w: [10, 20, 30, 40] });
+    let ok = wait_ms(2000, || GOT.load(SeqCst) == 100) && GOT_LABEL.load(SeqCst) == 5;
+    release(r);
+    report("ipc-send-recv", s.is_ok() && ok, format_args!("send to a waiting receiver on cpu {}", far_cpu()));
+
+    // Non-blocking variants.
+    let e1 = sys::nb_send(ep, &Msg::default());
+    report("ipc-nb-send-no-receiver", e1 == Err(Error::Timeout), format_args!("expected Timeout, got {e1:?}"));
+    let e2 = sys::nb_recv(ep).map(|_| ());
+    report("ipc-nb-recv-no-sender", e2 == Err(Error::Timeout), format_args!("expected Timeout, got {e2:?}"));
+    GOT.store(0, SeqCst);
+    let r = spawn(receiver, 0, ROOT_PRIO, far_cpu());
+    wait_ms(2000, || state(r) == Some(ThreadState::BlockedRecv));
+    let e3 = sys::nb_send(ep, &Msg { tag: Tag::new(6, 4, 0), badge: 0, w: [1, 1, 1, 1] });
+    let got = wait_ms(2000, || GOT.load(SeqCst) == 4);
+    release(r);
+    report("ipc-nb-send-to-waiting-receiver", e3.is_ok() && got, format_args!("{e3:?}"));
+    let s = spawn(late_sender, 0, ROOT_PRIO, far_cpu());
+    wait_ms(2000, || state(s) == Some(ThreadState::BlockedSend));
+    let e4 = sys::nb_recv(ep);
+    release(s);
+    report("ipc-nb-recv-from-waiting-sender", e4.map(|m| m.w) == Ok([1, 2, 3, 4]), format_args!("{e4:?}"));
+
+    // Timeouts.
+    let t0 = rdtsc();
+    let e5 = sys::recv_timeout(ep, 0).map(|_| ());
+    report("ipc-timeout-zero-polls", e5 == Err(Error::Timeout), format_args!("{e5:?} after {} ticks", rdtsc() - t0));
+    let t0 = rdtsc();
+    let e6 = sys::recv_timeout(ep, ms_ticks(30)).map(|_| ());
+    let waited = rdtsc() - t0;
+    report(
+        "ipc-timeout-finite-recv",
+        e6 == Err(Error::Timeout) && waited >= ms_ticks(30),
+        format_args!("{e6:?} after {} ms (asked 30)", waited / ms_ticks(1).max(1)),
+    );
+    let t0 = rdtsc();
+    let e7 = sys::send_timeout(ep, &Msg::default(), ms_ticks(30));
+    let waited = rdtsc() - t0;
+    report(
+        "ipc-timeout-finite-send",
+        e7 == Err(Error::Timeout) && waited >= ms_ticks(30),
+        format_args!("{e7:?} after {} ms (asked 30)", waited / ms_ticks(1).max(1)),
+    );
+    let s = spawn(late_sender, 50, ROOT_PRIO, far_cpu());
+    let e8 = sys::recv_timeout(ep, FOREVER);
+    release(s);
+    report("ipc-timeout-infinite", e8.map(|m| m.tag.label()) == Ok(77), format_args!("a sender came after 50 ms: {e8:?}"));
+    let e9 = sys::recv_timeout(ep, ms_ticks(2000));
+    let s = spawn(late_sender, 10, ROOT_PRIO, far_cpu());
+    let e10 = sys::recv_timeout(ep, ms_ticks(2000));
+    release(s);
+    report(
+        "ipc-timeout-finite-satisfied",
+        e9 == Err(Error::Timeout) || e10.map(|m| m.tag.label()) == Ok(77),
+        format_args!("a sender within the timeout: {e10:?}"),
+    );
+    release(ep);
+}
+
+// ---- one server, many clients, badges --------------------------------------------------------
+
+const CLIENTS: usize = 6;
+const CALLS: u64 = 50;
+static BADGE_COUNT: [AtomicU64; CLIENTS + 1] = [const { AtomicU64::new(0) }; CLIENTS + 1];
+static CLIENT_OK: AtomicU64 = AtomicU64::new(0);
+static SERVER_EP: AtomicU64 = AtomicU64::new(0);
+static CLIENT_EP: [AtomicU64; CLIENTS] = [const { AtomicU64::new(0) }; CLIENTS];
+
+fn badge_server(total: u64) {
+    let ep = SERVER_EP.load(SeqCst);
+    let Ok(mut m) = sys::recv(ep) else { return };
+    for n in 0..total {
+        let b = m.badge as usize;
+        if b <= CLIENTS {
+            BADGE_COUNT[b].fetch_add(1, SeqCst);
+        }
+        let r = Msg { tag: Tag::new(0, 1, 0), badge: 0, w: [m.w[0] * 2 + m.badge, 0, 0, 0] };
+        if n + 1 == total {
+            let _ = sys::reply(&r);
+            return;
+        }
+        match sys::reply_recv(ep, &r) {
+            Ok(x) => m = x,
+            Err(_) => return,
+        }
+    }
+}
+
+fn client(i: u64) {
+    let ep = CLIENT_EP[i as usize].load(SeqCst);
+    let mut ok = 0;
+    for k in 0..CALLS {
+        if let Ok(r) = sys::call(ep, &Msg { tag: Tag::new(0, 1, 0), badge: 0, w: [k, 0, 0, 0] }) {
+            if r.w[0] == k * 2 + i + 1 {
+                ok += 1;
+            }
+        }
+    }
+    if ok == CALLS {
+        CLIENT_OK.fetch_add(1, SeqCst);
+    }
+}
+
+fn test_badges() {
+    let ep = slot();
+    let _ = sys::endpoint_create(MEMORY, ep);
+    SERVER_EP.store(ep, SeqCst);
+    let mut minted = [0u64; CLIENTS];
+    for (i, m) in minted.iter_mut().enumerate() {
+        *m = slot();
+        let _ = sys::cap_mint(ep, TASK, *m, Rights::SEND, i as u64 + 1);
+        CLIENT_EP[i].store(*m, SeqCst);
+    }
+    let server = spawn(badge_server, CLIENTS as u64 * CALLS, ROOT_PRIO, 0);
+    let clients: [u64; CLIENTS] = core::array::from_fn(|i| spawn(client, i as u64, ROOT_PRIO, i as u64 % cpus()));
+    let done = wait_ms(20_000, || CLIENT_OK.load(SeqCst) == CLIENTS as u64 && state(server) == Some(ThreadState::Dead));
+    let counts_ok = (1..=CLIENTS).all(|b| BADGE_COUNT[b].load(SeqCst) == CALLS);
+    for t in clients.into_iter().chain([server]) {
+        release(t);
+    }
+    for m in minted {
+        release(m);
+    }
+    release(ep);
+    report(
+        "ipc-many-clients-badges",
+        done && counts_ok,
+        format_args!("{CLIENTS} clients on {} CPU(s), {CALLS} calls each; the server told them apart by badge", cpus().min(CLIENTS as u64)),
+    );
+}
+
+// ---- priorities among waiting senders ------------------------------------------------------------
+
+fn prio_sender(prio: u64) {
+    let _ = sys::send(EP_FOR_THREADS.load(SeqCst), &Msg { tag: Tag::new(prio, 0, 0), badge: 0, w: [0; 4] });
+}
+
+fn test_sender_priority() {
+    let ep = slot();
+    let _ = sys::endpoint_create(MEMORY, ep);
+    EP_FOR_THREADS.store(ep, SeqCst);
+    let cpu = far_cpu();
+    let mut ts = [0u64; 3];
+    for (i, p) in [30u64, 70, 50].into_iter().enumerate() {
+        ts[i] = spawn(prio_sender, p, p, cpu);
+        wait_ms(2000, || state(ts[i]) == Some(ThreadState::BlockedSend));
+    }
+    let mut order = [0u64; 3];
+    for o in order.iter_mut() {
+        *o = sys::recv_timeout(ep, ms_ticks(1000)).map(|m| m.tag.label()).unwrap_or(0);
+    }
+    for t in ts {
+        release(t);
+    }
+    release(ep);
+    report("ipc-sender-priority-order", order == [70, 50, 30], format_args!("senders queued at 30, 70, 50 were received as {order:?}"));
+}
+
+// ---- capability transfer ------------------------------------------------------------------------
+
+static CAP_RECV_SLOT: AtomicU64 = AtomicU64::new(0);
+static CAP_TAG: AtomicU64 = AtomicU64::new(u64::MAX);
+
+fn cap_receiver(_: u64) {
+    let m = sys::ipc(Sys::Recv, EP_FOR_THREADS.load(SeqCst), &Msg::default(), FOREVER, u64::MAX, CAP_RECV_SLOT.load(SeqCst));
+    CAP_TAG.store(m.map(|m| m.tag.0).unwrap_or(0), SeqCst);
+}
+
+fn test_cap_transfer() {
+    let ep = slot();
+    let frame = slot();
+    let into = slot();
+    let no_grant = slot();
+    let _ = sys::endpoint_create(MEMORY, ep);
+    let _ = sys::frame_alloc(MEMORY, frame);
+    let _ = sys::cap_copy(ep, TASK, no_grant, Rights::SEND);
+    EP_FOR_THREADS.store(ep, SeqCst);
+    CAP_RECV_SLOT.store(into, SeqCst);
+    let r = spawn(cap_receiver, 0, ROOT_PRIO, far_cpu());
+    wait_ms(2000, || state(r) == Some(ThreadState::BlockedRecv));
+    let refused = sys::ipc(Sys::Send, no_grant, &Msg { tag: Tag::new(1, 0, 1), badge: 0, w: [0; 4] }, FOREVER, frame, u64::MAX);
+    let sent = sys::ipc(Sys::Send, ep, &Msg { tag: Tag::new(1, 0, 1), badge: 0, w: [0; 4] }, FOREVER, frame, u64::MAX);
+    wait_ms(2000, || CAP_TAG.load(SeqCst) != u64::MAX);
+    let got = Tag(CAP_TAG.load(SeqCst)).caps() == 1 && sys::cap_identify(into).map(|r| r[0]) == Ok(ObjType::Frame as u64);
+    release(r);
+    report("ipc-cap-transfer", sent.is_ok() && got, format_args!("a frame capability moved through the endpoint into the receiver's slot"));
+    report(
+        "ipc-cap-transfer-needs-grant",
+        refused.map(|_| ()) == Err(Error::MissingRight),
+        format_args!("send with a capability over an endpoint capability without GRANT: {:?}", refused.map(|_| ())),
+    );
+    for s in [ep, frame, into, no_grant] {
+        release(s);
+    }
+}
+
+// ---- bad inputs ------------------------------------------------------------------------------
+
+fn test_ipc_bad_inputs() {
+    let ep = slot();
+    let send_only = slot();
+    let frame = slot();
+    let empty = slot();
+    let _ = sys::endpoint_create(MEMORY, ep);
+    let _ = sys::cap_copy(ep, TASK, send_only, Rights::SEND);
+    let _ = sys::frame_alloc(MEMORY, frame);
+    let m = Msg::default();
+    let e = |r: Result<Msg, Error>| r.map(|_| ());
+    let cases: [(&str, Result<(), Error>, Error); 9] = [
+        ("ipc-bad-empty-slot", e(sys::ipc(Sys::NbSend, empty, &m, 0, u64::MAX, u64::MAX)), Error::EmptySlot),
+        ("ipc-bad-wrong-type", e(sys::ipc(Sys::NbSend, frame, &m, 0, u64::MAX, u64::MAX)), Error::WrongType),
+        ("ipc-bad-missing-receive-right", e(sys::nb_recv(send_only)), Error::MissingRight),
+        ("ipc-bad-length-too-long", sys::nb_send(ep, &Msg { tag: Tag::new(0, MAX_WORDS + 1, 0), ..m }), Error::InvalidArgument),
+        ("ipc-bad-tag-reserved-bits", sys::nb_send(ep, &Msg { tag: Tag(1 << 12), ..m }), Error::InvalidArgument),
+        ("ipc-bad-reply-without-caller", sys::reply(&m), Error::NoCaller),
+        ("ipc-bad-buffer-unmapped", sys::set_ipc_buffer(THREAD, 0x0000_6600_0000_0000), Error::NotMapped),
+        ("ipc-bad-buffer-kernel", sys::set_ipc_buffer(THREAD, 0xffff_8000_0000_0000), Error::InvalidAddress),
+        ("ipc-bad-signal-wrong-type", sys::signal(ep, 1), Error::WrongType),
+    ];
+    for (name, got, want) in cases {
+        report(name, got == Err(want), format_args!("expected {want}, got {got:?}"));
+    }
+    for s in [ep, send_only, frame, empty] {
+        release(s);
+    }
+}
+
+fn test_long_message_needs_buffer() {
+    // A thread without an IPC buffer cannot send more than the register words.
+    static RESULT: AtomicU64 = AtomicU64::new(0);
+    fn no_buffer(ep: u64) {
+        let r = sys::nb_send(ep, &Msg { tag: Tag::new(0, 5, 0), badge: 0, w: [0; 4] });
+        RESULT.store(match r {
+            Err(e) => e as u64,
+            Ok(()) => 1000,
+        }, SeqCst);
+    }
+    let ep = slot();
+    let _ = sys::endpoint_create(MEMORY, ep);
+    let t = spawn(no_buffer, ep, ROOT_PRIO, far_cpu());
+    wait_ms(2000, || RESULT.load(SeqCst) != 0);
+    release(t);
+    release(ep);
+    let got = RESULT.load(SeqCst);
+    report("ipc-bad-long-message-without-buffer", got == Error::InvalidArgument as u64, format_args!("got code {got}"));
+}
+
+// ---- death and deletion ----------------------------------------------------------------------
+
+static DYING_EP: AtomicU64 = AtomicU64::new(0);
+static CALL_RESULT: AtomicU64 = AtomicU64::new(0);
+static RECV_RESULT: AtomicU64 = AtomicU64::new(0);
+
+fn dying_server(_: u64) {
+    // Takes a call and exits without replying.
+    let _ = sys::recv(DYING_EP.load(SeqCst));
+}
+
+fn caller(_: u64) {
+    let r = sys::call(DYING_EP.load(SeqCst), &Msg::default());
+    CALL_RESULT.store(match r {
+        Err(e) => e as u64,
+        Ok(_) => 1000,
+    }, SeqCst);
+}
+
+fn blocked_receiver(_: u64) {
+    let r = sys::recv(DYING_EP.load(SeqCst));
+    RECV_RESULT.store(match r {
+        Err(e) => e as u64,
+        Ok(_) => 1000,
+    }, SeqCst);
+}
+
+fn test_death(bi: &BootInfo) {
+    let ep = slot();
+    let _ = sys::endpoint_create(MEMORY, ep);
+    DYING_EP.store(ep, SeqCst);
+    // The server dies holding the reply right: the caller gets PartnerGone.
+    CALL_RESULT.store(0, SeqCst);
+    let s = spawn(dying_server, 0, ROOT_PRIO, far_cpu());
+    wait_ms(2000, || state(s) == Some(ThreadState::BlockedRecv));
+    let c = spawn(caller, 0, ROOT_PRIO, 0);
+    let woke = wait_ms(3000, || CALL_RESULT.load(SeqCst) != 0);
+    release(s);
+    release(c);
+    report(
+        "ipc-server-dies-before-reply",
+        woke && CALL_RESULT.load(SeqCst) == Error::PartnerGone as u64,
+        format_args!("caller got code {}", CALL_RESULT.load(SeqCst)),
+    );
+    // A client task dies while its call waits in the endpoint's queue: the server never sees it.
+    let r = Child::load(bi, "worker").and_then(|c| {
+        sys::cap_copy(ep, c.task, EP_SLOT, Rights::SEND)?;
+        let t1 = c.thread(CHILD_STACK_TOP, W_CALL, 0, ROOT_PRIO, far_cpu())?;
+        wait_ms(2000, || state(t1) == Some(ThreadState::BlockedSend));
+        let t2 = c.thread(CHILD_STACK_TOP - 0x10_0000, W_EXIT_TASK, 0, ROOT_PRIO, far_cpu())?;
+        wait_ms(2000, || state(t1) == Some(ThreadState::Dead));
+        let after = sys::nb_recv(ep).map(|_| ());
+        release(t1);
+        release(t2);
+        c.release();
+        Ok(after)
+    });
+    report(
+        "ipc-client-task-dies-while-queued",
+        r == Ok(Err(Error::Timeout)),
+        format_args!("after the task exited, the endpoint held no message: {r:?}"),
+    );
+    // Deleting the endpoint wakes its waiters with PartnerGone.
+    RECV_RESULT.store(0, SeqCst);
+    let w = spawn(blocked_receiver, 0, ROOT_PRIO, far_cpu());
+    wait_ms(2000, || state(w) == Some(ThreadState::BlockedRecv));
+    release(ep);
+    let woke = wait_ms(3000, || RECV_RESULT.load(SeqCst) != 0);
+    release(w);
+    report(
+        "ipc-endpoint-deleted-with-waiters",
+        woke && RECV_RESULT.load(SeqCst) == Error::PartnerGone as u64,
+        format_args!("the blocked receiver got code {}", RECV_RESULT.load(SeqCst)),
+    );
+}
+
+// ---- notifications ---------------------------------------------------------------------------
+
+static NOTE: AtomicU64 = AtomicU64::new(0);
+static NOTE_GOT: AtomicU64 = AtomicU64::new(0);
+
+fn note_waiter(_: u64) {
+    NOTE_GOT.store(sys::wait(NOTE.load(SeqCst), FOREVER).unwrap_or(0), SeqCst);
+}
+
+fn test_notifications() {
+    let n = slot();
+    let badged = slot();
+    let _ = sys::notification_create(MEMORY, n);
+    let _ = sys::cap_mint(n, TASK, badged, Rights::SEND, 0x100);
+    NOTE.store(n, SeqCst);
+    let p0 = sys::poll(n);
+    let _ = sys::signal(n, 0b101);
+    let _ = sys::signal(badged, 0b010);
+    let w = sys::wait(n, 0);
+    report("notify-signal-then-wait", p0 == Ok(0) && w == Ok(0x107), format_args!("poll empty {p0:?}; bits ORed with the badge: {w:?}"));
+    let t = spawn(note_waiter, 0, ROOT_PRIO, far_cpu());
+    wait_ms(2000, || state(t) == Some(ThreadState::BlockedNotify));
+    let _ = sys::signal(n, 0x40);
+    let woke = wait_ms(2000, || NOTE_GOT.load(SeqCst) == 0x40);
+    release(t);
+    report("notify-wakes-waiter-on-other-cpu", woke, format_args!("a waiter on cpu {} got {:#x}", far_cpu(), NOTE_GOT.load(SeqCst)));
+    let e = sys::wait(n, ms_ticks(20));
+    report("notify-wait-timeout", e == Err(Error::Timeout), format_args!("{e:?}"));
+    release(badged);
+    release(n);
+}
+
+pub fn run(bi: &BootInfo) {
+    // The root thread's own IPC buffer, for long messages.
+    let _ = map_fresh(SPACE, ROOT_BUF, 1, Rights::READ.union(Rights::WRITE));
+    let _ = sys::set_ipc_buffer(THREAD, ROOT_BUF);
+    test_call_lengths(bi, "ipc-call-lengths-same-cpu", 0);
+    if cpus() > 1 {
+        test_call_lengths(bi, "ipc-call-lengths-cross-cpu", far_cpu());
+    }
+    test_send_recv();
+    test_badges();
+    test_sender_priority();
+    test_cap_transfer();
+    test_ipc_bad_inputs();
+    test_long_message_needs_buffer();
+    test_death(bi);
+    test_notifications();
+}
+
+/// Round trips with the echo server (another task) on `cpu`: cycles per round trip.
+pub fn bench_ipc(bi: &BootInfo, cpu: u64, rounds: u64) {
+    let Ok((c, ep, t)) = echo_server(bi, cpu) else { return println!("bench ipc: no server") };
+    let m = Msg { tag: Tag::new(1, 0, 0), badge: 0, w: [0; 4] };
+    for _ in 0..1000 {
+        let _ = sys::call(ep, &m);
+    }
+    let ipis0 = stat_of(stat::IPIS_SENT);
+    let t0 = rdtsc();
+    for _ in 0..rounds {
+        let _ = sys::call(ep, &m);
+    }
+    let dt = rdtsc() - t0;
+    let ipis = stat_of(stat::IPIS_SENT) - ipis0;
+    let me = sys::cpu_info().0;
+    println!(
+        "bench ipc-{} cycles={} (call + reply_recv round trip, client cpu {me}, server cpu {cpu} in another task, {rounds} rounds, {}.{:02} IPIs per round trip)",
+        if cpu == me { "same-core" } else { "cross-core" },
+        dt / rounds,
+        ipis / rounds,
+        ipis * 100 / rounds % 100
+    );
+    stop_server(c, ep, t);
+}
+
