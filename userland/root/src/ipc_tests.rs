@@ -10,6 +10,7 @@ use crate::tests::{report, state};
 
 const W_ECHO: u64 = 9;
 const W_CALL: u64 = 10;
+const W_STAMP: u64 = 11;
 const W_EXIT_TASK: u64 = 5;
 const EP_SLOT: u64 = 5;
 const ECHO_KEY: u64 = 0x5a5a_5a5a_5a5a_5a5a;
@@ -36,6 +37,10 @@ fn buf_word(i: u64) -> *mut u64 {
 
 /// An echo server in a task of its own on `cpu`; returns (child, endpoint slot in root, thread).
 fn echo_server(bi: &BootInfo, cpu: u64) -> Result<(Child, u64, u64), Error> {
+    server(bi, cpu, W_ECHO)
+}
+
+fn server(bi: &BootInfo, cpu: u64, cmd: u64) -> Result<(Child, u64, u64), Error> {
     let c = Child::load(bi, "worker")?;
     let ep = slot();
     sys::endpoint_create(MEMORY, ep)?;
@@ -44,7 +49,7 @@ fn echo_server(bi: &BootInfo, cpu: u64) -> Result<(Child, u64, u64), Error> {
     map_fresh(c.space, CHILD_STACK_TOP - 4 * PAGE_SIZE, 4, Rights::READ.union(Rights::WRITE))?;
     let t = slot();
     sys::thread_create(MEMORY, c.task, c.entry, CHILD_STACK_TOP, ROOT_PRIO, cpu, t)?;
-    sys::thread_set_args(t, W_ECHO, SERVER_BUF)?;
+    sys::thread_set_args(t, cmd, SERVER_BUF)?;
     sys::set_ipc_buffer(t, SERVER_BUF)?;
     sys::thread_resume(t)?;
     // Let it reach its first receive.
@@ -540,3 +545,45 @@ pub fn bench_ipc(bi: &BootInfo, cpu: u64, rounds: u64) {
     stop_server(c, ep, t);
 }
 
+
+fn median(v: &mut [u64]) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// One-way latencies the way sel4bench takes them: a time stamp right before the system call
+/// on one side, right after it returns on the other (the server is in another task).
+pub fn bench_one_way(bi: &BootInfo, cpu: u64) {
+    const N: usize = 2000;
+    let Ok((c, ep, t)) = server(bi, cpu, W_STAMP) else { return println!("bench one-way: no server") };
+    let m = Msg { tag: Tag::new(1, 0, 0), badge: 0, w: [0; 4] };
+    // The cost of the time stamps themselves.
+    let mut overhead = [0u64; 64];
+    for o in overhead.iter_mut() {
+        let a = rdtsc();
+        *o = rdtsc() - a;
+    }
+    let overhead = median(&mut overhead);
+    let mut call = [0u64; N];
+    let mut reply = [0u64; N];
+    for _ in 0..200 {
+        let _ = sys::call(ep, &m);
+    }
+    for i in 0..N {
+        let before = rdtsc();
+        let r = sys::call(ep, &m);
+        let after = rdtsc();
+        if let Ok(r) = r {
+            call[i] = r.w[0].wrapping_sub(before).saturating_sub(overhead);
+            reply[i] = after.wrapping_sub(r.w[1]).saturating_sub(overhead);
+        }
+    }
+    let me = sys::cpu_info().0;
+    println!(
+        "bench ipc-one-way-{} call={} reply={} (median of {N}, cycles, client cpu {me}, server cpu {cpu}, time-stamp overhead {overhead} subtracted)",
+        if cpu == me { "same-core" } else { "cross-core" },
+        median(&mut call),
+        median(&mut reply)
+    );
+    stop_server(c, ep, t);
+}

@@ -441,8 +441,10 @@ fn ponger(rounds: u64) {
 
 pub fn bench(bi: &BootInfo) {
     crate::ipc_tests::bench_ipc(bi, sys::cpu_info().0, 20_000);
+    crate::ipc_tests::bench_one_way(bi, sys::cpu_info().0);
     if cpus() > 1 {
         crate::ipc_tests::bench_ipc(bi, cpus() - 1, 5_000);
+        crate::ipc_tests::bench_one_way(bi, cpus() - 1);
     }
     // Null system call: the whole entry and exit path, user loop included.
     let n = 10_000;

@@ -10,7 +10,9 @@
 //! * [`ECHO`]: serve the endpoint in slot [`EP_SLOT`] forever, answering each message with every
 //!   word `w[i]` turned into `w[i] ^ ECHO_KEY ^ i` and the label plus one (`a1` is this thread's
 //!   IPC buffer, already registered);
-//! * [`CALL`]: call the endpoint in slot [`EP_SLOT`] once and report the outcome.
+//! * [`CALL`]: call the endpoint in slot [`EP_SLOT`] once and report the outcome;
+//! * [`STAMP`]: serve the endpoint in slot [`EP_SLOT`], replying with two time stamps: the TSC
+//!   right after the message arrived and right before the reply leaves (one-way latencies).
 #![no_std]
 #![no_main]
 
@@ -26,6 +28,7 @@ pub const INVALID_OPCODE: u64 = 7;
 pub const DIVIDE_ZERO: u64 = 8;
 pub const ECHO: u64 = 9;
 pub const CALL: u64 = 10;
+pub const STAMP: u64 = 11;
 pub const EP_SLOT: u64 = 5;
 pub const ECHO_KEY: u64 = 0x5a5a_5a5a_5a5a_5a5a;
 
@@ -60,6 +63,7 @@ fn rl4_main(cmd: u64, addr: u64) {
             core::arch::asm!("xor edx, edx", "xor ecx, ecx", "div rcx", inout("rax") addr => _, out("rdx") _, out("rcx") _)
         },
         ECHO => echo(addr),
+        STAMP => stamp(),
         CALL => {
             let r = sys::call(EP_SLOT, &sys::Msg::default());
             println!("worker: call returned {:?}", r.map(|m| m.tag));
@@ -89,5 +93,20 @@ fn echo(buffer: u64) {
             Ok(m) => m,
             Err(e) => return println!("worker: echo reply_recv failed: {e}"),
         };
+    }
+}
+
+fn stamp() {
+    use rl4_user::abi::ipc::Tag;
+    if sys::recv(EP_SLOT).is_err() {
+        return;
+    }
+    let mut arrived = rl4_user::rdtsc();
+    loop {
+        let r = sys::Msg { tag: Tag::new(0, 2, 0), badge: 0, w: [arrived, rl4_user::rdtsc(), 0, 0] };
+        if sys::reply_recv(EP_SLOT, &r).is_err() {
+            return;
+        }
+        arrived = rl4_user::rdtsc();
     }
 }
