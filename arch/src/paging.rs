@@ -7,7 +7,7 @@
 //! the kernel half that the kernel will ever use has its PDPT from the start, so later address
 //! spaces can share the kernel half by copying PML4 entries. [`map_mmio`] and [`map_stack`] add
 //! mappings at run time.
-use crate::layout::{DIRECT_MAP, KERNEL_BASE, MMIO_BASE, MMIO_SIZE, STACKS_BASE, STACKS_SIZE, phys_to_virt};
+use crate::layout::{DIRECT_MAP, HEAP_BASE, HEAP_SIZE, KERNEL_BASE, MMIO_BASE, MMIO_SIZE, STACKS_BASE, STACKS_SIZE, phys_to_virt};
 use core::sync::atomic::{AtomicU64, Ordering};
 use rl4_core::memmap::{Range, RangeSet};
 use rl4_core::{PAGE_SIZE, align_down, align_up};
@@ -101,7 +101,7 @@ pub fn build_kernel_space(
     let top = direct.iter().map(|r| r.end).max().unwrap_or(0);
     let ds = (DIRECT_MAP >> 39) & 511;
     let _ = slots.insert(Range::new(ds, ds + align_up(top.max(1), 1 << 39) / (1 << 39)));
-    for base in [MMIO_BASE, STACKS_BASE, KERNEL_BASE] {
+    for base in [HEAP_BASE, MMIO_BASE, STACKS_BASE, KERNEL_BASE] {
         let s = (base >> 39) & 511;
         let _ = slots.insert(Range::new(s, s + 1));
     }
@@ -245,6 +245,26 @@ pub fn map_stack(src: &mut impl FrameSource, pages: u64) -> Result<u64, MapError
         unsafe { m.map_to(page, PhysFrame::containing_address(PhysAddr::new(pa)), flags, &mut a) }?.flush();
     }
     Ok(base + size)
+}
+
+/// Maps `pages` fresh zeroed frames at `va` in the heap window (the caller owns that range).
+pub fn map_heap(src: &mut impl FrameSource, va: u64, pages: u64) -> Result<(), MapError> {
+    if va < HEAP_BASE || va + pages * PAGE_SIZE > HEAP_BASE + HEAP_SIZE {
+        return Err(MapError::WindowFull);
+    }
+    let _g = PT_LOCK.lock();
+    // SAFETY: the kernel PML4 is live; `PT_LOCK` serialises all run-time edits.
+    let mut m = unsafe { mapper(kernel_pml4()) };
+    let flags = F::PRESENT | F::WRITABLE | F::GLOBAL | nx();
+    for i in 0..pages {
+        let pa = src.alloc_frame().ok_or(MapError::OutOfMemory)?;
+        zero_frame(pa);
+        let page = Page::<Size4KiB>::containing_address(VirtAddr::new(va + i * PAGE_SIZE));
+        let mut a = Adapter(&mut *src);
+        // SAFETY: fresh virtual addresses of the heap window, backed by a fresh frame.
+        unsafe { m.map_to(page, PhysFrame::containing_address(PhysAddr::new(pa)), flags, &mut a) }?.flush();
+    }
+    Ok(())
 }
 
 /// Whether `va` is mapped in the current address space (for the backtrace walker).

@@ -103,6 +103,7 @@ impl Drop for Notification {
 fn wake_with(t: &Arc<Thread>, s: &mut Sched, r: Result<(), Error>) {
     s.wait = Wait::None;
     s.deadline = u64::MAX;
+    t.wait_deadline.store(u64::MAX, Ordering::Relaxed);
     t.regs.with(|regs| regs.rax = match r {
         Ok(()) => 0,
         Err(e) => e as u64,
@@ -192,6 +193,7 @@ fn block_current(cur: &Arc<Thread>, state: ThreadState, wait: Wait, timeout: u64
     s.state = state;
     s.wait = wait;
     s.deadline = deadline(timeout);
+    cur.wait_deadline.store(s.deadline, Ordering::Relaxed);
     if s.deadline != u64::MAX {
         sched::add_timeout(s.deadline, cur);
     }

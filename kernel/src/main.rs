@@ -82,7 +82,7 @@ pub extern "C" fn rl4_kernel_entry(protocol: u32, magic: u32, info: u64) -> ! {
     let m = mem::init(bi);
     TRAMPOLINE.call_once(|| m.trampoline);
     println!(
-        "memory: {} MiB usable, {} MiB free in the frame allocator, heap {} KiB at {:#x}, AP trampoline at {:#x}",
+        "memory: {} MiB usable, {} MiB free in the frame allocator, heap {} KiB at {:#x} (grows on demand), AP trampoline at {:#x}",
         m.usable >> 20,
         (m.free_frames * 4096) >> 20,
         m.heap.len() >> 10,

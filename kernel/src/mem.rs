@@ -3,13 +3,15 @@
 //! Boot order: [`init`] turns the boot memory map into the frame allocator (usable RAM minus the
 //! first megabyte, the kernel image, boot structures and modules, and every ACPI table), picks the
 //! AP trampoline page below 1 MiB, builds the final kernel page tables and switches to them, and
-//! carves the kernel heap out of the allocator.
+//! starts the kernel heap, which grows page by page from the allocator.
 //!
 //! This is the kernel crate's one module with `unsafe`: handing the allocator its bitmap and the
 //! heap its memory, both carved out of physical memory that nothing else can reach.
 #![allow(unsafe_code)]
 
-use linked_list_allocator::LockedHeap;
+use core::alloc::{GlobalAlloc, Layout};
+use core::sync::atomic::{AtomicU64, Ordering};
+use linked_list_allocator::Heap;
 use rl4_arch::bootinfo::BootInfo;
 use rl4_arch::layout::{BOOT_MAPPED_LIMIT, phys_to_virt};
 use rl4_arch::paging::{self, DirectMapMem, FrameSource, Rights};
@@ -19,8 +21,51 @@ use rl4_core::frames::FrameAllocator;
 use rl4_core::memmap::{MemKind, Range, RangeSet};
 use spin::Mutex;
 
+/// The kernel heap: `linked_list_allocator` over a virtual window that grows by mapping fresh
+/// frames at its end whenever an allocation does not fit. Every object a user task can make
+/// is charged to its memory budget at least as much as it takes from this heap, and the budget
+/// never exceeds the frames the allocator has, so growth cannot fail because of a user.
+struct GrowingHeap {
+    heap: Mutex<Heap>,
+    top: AtomicU64,
+}
+
+/// Smallest growth step (pages).
+const HEAP_GROW_PAGES: u64 = 64;
+
+// SAFETY: allocation and deallocation go through the inner `Heap` under its lock; growth maps
+// fresh frames right after the heap's current end before handing them to `Heap::extend`.
+unsafe impl GlobalAlloc for GrowingHeap {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let mut h = self.heap.lock();
+        if let Ok(p) = h.allocate_first_fit(layout) {
+            return p.as_ptr();
+        }
+        let need = (layout.size() + layout.align()) as u64;
+        let pages = need.div_ceil(PAGE_SIZE).max(HEAP_GROW_PAGES);
+        let top = self.top.load(Ordering::Relaxed);
+        if paging::map_heap(&mut Frames, top, pages).is_err() {
+            return core::ptr::null_mut();
+        }
+        self.top.store(top + pages * PAGE_SIZE, Ordering::Relaxed);
+        // SAFETY: the pages just mapped start exactly at the heap's end (`top`).
+        unsafe { h.extend((pages * PAGE_SIZE) as usize) };
+        h.allocate_first_fit(layout).map_or(core::ptr::null_mut(), |p| p.as_ptr())
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `alloc` with this layout (the `GlobalAlloc` contract).
+        unsafe { self.heap.lock().deallocate(core::ptr::NonNull::new_unchecked(ptr), layout) }
+    }
+}
+
 #[global_allocator]
-static HEAP: LockedHeap = LockedHeap::empty();
+static HEAP: GrowingHeap = GrowingHeap { heap: Mutex::new(Heap::empty()), top: AtomicU64::new(0) };
+
+/// Bytes the heap spans now.
+pub fn heap_size() -> u64 {
+    HEAP.top.load(Ordering::Relaxed).saturating_sub(rl4_arch::layout::HEAP_BASE)
+}
 
 static FRAMES: Mutex<Option<FrameAllocator<'static>>> = Mutex::new(None);
 
@@ -117,23 +162,22 @@ pub fn init(bi: &BootInfo) -> MemInfo {
         .unwrap_or_else(|e| panic!("building the kernel page tables failed: {e:?}"));
     paging::activate(pml4, f.nx);
 
-    // Kernel heap: 1/16 of free memory, between 1 and 64 MiB, physically contiguous.
-    let free_frames = FRAMES.lock().as_ref().map_or(0, |a| a.free_frames());
-    let heap_pages = (free_frames / 16).clamp(256, 16384);
-    let heap_at = FRAMES
-        .lock()
-        .as_mut()
-        .and_then(|a| a.alloc_contiguous(heap_pages, PAGE_SIZE))
-        .expect("no contiguous memory for the kernel heap");
-    // SAFETY: the frames were just allocated for the heap alone, are mapped writable in the
-    // direct map, and are never freed.
-    unsafe { HEAP.lock().init(phys_to_virt(heap_at) as *mut u8, (heap_pages * PAGE_SIZE) as usize) };
+    // Kernel heap: starts with 1 MiB in its window and grows on demand.
+    let base = rl4_arch::layout::HEAP_BASE;
+    let heap_pages = 256;
+    if let Err(e) = paging::map_heap(&mut Frames, base, heap_pages) {
+        panic!("mapping the kernel heap: {e:?}");
+    }
+    HEAP.top.store(base + heap_pages * PAGE_SIZE, Ordering::Relaxed);
+    // SAFETY: the window's first pages were just mapped writable for the heap alone, and are
+    // never unmapped.
+    unsafe { HEAP.heap.lock().init(base as *mut u8, (heap_pages * PAGE_SIZE) as usize) };
 
     MemInfo {
         trampoline,
         usable,
         free_frames: FRAMES.lock().as_ref().map_or(0, |a| a.free_frames()),
-        heap: Range::new(heap_at, heap_at + heap_pages * PAGE_SIZE),
+        heap: Range::new(base, base + heap_pages * PAGE_SIZE),
     }
 }
 

@@ -56,7 +56,10 @@ pub type Cap = captable::Cap<KObj>;
 /// What each object costs its memory budget.
 pub const THREAD_COST: u64 = 4096;
 pub const TASK_COST: u64 = 3 * 4096;
-pub const SPACE_COST: u64 = 4096;
+/// The PML4 frame and the space's own record.
+pub const SPACE_COST: u64 = 2 * 4096;
+/// Bookkeeping of one mapping (page tables are charged as they are made).
+pub const MAP_COST: u64 = 64;
 pub const FRAME_COST: u64 = 4096;
 pub const ENDPOINT_COST: u64 = 256;
 pub const NOTIFICATION_COST: u64 = 256;
@@ -135,6 +138,10 @@ pub struct Space {
     pub generation: AtomicU64,
     /// Mapped frames by virtual page, with whether they are writable / executable.
     pub maps: Mutex<BTreeMap<u64, (Arc<Frame>, bool, bool)>>,
+    /// The budget it was made from: page tables and mappings are charged to it.
+    pub memory: Arc<Memory>,
+    /// Page-table frames made for it (charged, refunded when it dies).
+    pub table_pages: AtomicU64,
     _charge: Charge,
 }
 
@@ -148,6 +155,8 @@ impl Space {
             pcid,
             generation: AtomicU64::new(generation),
             maps: Mutex::new(BTreeMap::new()),
+            memory: mem.clone(),
+            table_pages: AtomicU64::new(0),
             _charge: charge,
         }))
     }
@@ -156,9 +165,16 @@ impl Space {
 impl Drop for Space {
     fn drop(&mut self) {
         crate::sched::forget_space(self.pml4);
-        self.maps.lock().clear();
+        let mappings = {
+            let mut m = self.maps.lock();
+            let n = m.len() as u64;
+            m.clear();
+            n
+        };
         rl4_arch::paging::free_user_space(self.pml4, mem::free_frame);
         crate::sched::pcid_free(self.pcid);
+        let tables = self.table_pages.load(Ordering::Relaxed);
+        self.memory.uncharge(tables * 4096 + mappings * MAP_COST);
     }
 }
 
@@ -214,6 +230,8 @@ pub struct Sched {
 
 pub struct Thread {
     pub regs: RegsCell,
+    /// The deadline of its current wait, readable without its lock (to prune timeout lists).
+    pub wait_deadline: AtomicU64,
     /// The IPC buffer frame (message words 4 and up), a leaf lock.
     pub ipc_buffer: Mutex<Option<Arc<Frame>>>,
     pub id: u64,
@@ -231,6 +249,7 @@ impl Thread {
         let space = task.space.clone();
         let t = Arc::new(Thread {
             regs: RegsCell::new(UserRegs::new_thread(entry, stack, 0)),
+            wait_deadline: AtomicU64::new(u64::MAX),
             ipc_buffer: Mutex::new(None),
             id: next_id(),
             task: task.clone(),

@@ -408,25 +408,41 @@ pub fn add_timeout(deadline: u64, t: &Arc<Thread>) {
 
 fn expire_timeouts(cs: &CpuSched) {
     let now = cpu::rdtsc();
+    let mut held = Vec::new();
     let due: Vec<_> = {
         let mut l = cs.timeouts.lock();
         if l.is_empty() {
             return;
         }
         let mut due = Vec::new();
+        // Waits that ended before their deadline leave stale entries: drop those too, so the
+        // list stays about as long as the live waits. (References taken to look are dropped
+        // after the lock is released.)
+        let prune = l.len() >= 64;
         l.retain(|(d, w)| {
             if w.strong_count() == 0 {
                 return false;
             }
             if *d <= now {
                 due.push(w.clone());
-                false
+                return false;
+            }
+            if prune {
+                match w.upgrade() {
+                    Some(t) => {
+                        let live = t.wait_deadline.load(Ordering::Relaxed) == *d;
+                        held.push(t);
+                        live
+                    }
+                    None => false,
+                }
             } else {
                 true
             }
         });
         due
     };
+    drop(held);
     for w in due {
         if let Some(t) = w.upgrade() {
             crate::ipc::expire(&t, now);

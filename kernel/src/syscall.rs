@@ -145,16 +145,43 @@ fn check_cpu(cpu: u64) -> Result<u32, Error> {
 /// so a `syscall` can never return to a non-canonical address.
 const MAP_LIMIT: u64 = USER_END - PAGE_SIZE;
 
-/// Maps `frame` at `va` in `space` (checked by the caller).
+/// Page-table frames for a space, charged to the space's budget.
+struct ChargedTables<'a> {
+    space: &'a Space,
+}
+
+impl rl4_arch::paging::FrameSource for ChargedTables<'_> {
+    fn alloc_frame(&mut self) -> Option<u64> {
+        self.space.memory.charge(PAGE_SIZE).ok()?;
+        match mem::alloc_frame() {
+            Some(f) => {
+                self.space.table_pages.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+                Some(f)
+            }
+            None => {
+                self.space.memory.uncharge(PAGE_SIZE);
+                None
+            }
+        }
+    }
+}
+
+/// Maps `frame` at `va` in `space` (checked by the caller). The mapping's bookkeeping and any
+/// page tables it needs are charged to the space's budget.
 pub fn map_frame(space: &Space, va: u64, frame: Arc<Frame>, write: bool, exec: bool) -> Result<(), Error> {
     let mut maps = space.maps.lock();
     if maps.contains_key(&va) {
         return Err(Error::AlreadyMapped);
     }
-    rl4_arch::paging::map_user(&mut mem::Frames, space.pml4, va, frame.pa, write, exec).map_err(|e| match e {
-        rl4_arch::paging::MapError::Overlap(_) => Error::AlreadyMapped,
-        _ => Error::OutOfMemory,
-    })?;
+    space.memory.charge(crate::obj::MAP_COST)?;
+    let r = rl4_arch::paging::map_user(&mut ChargedTables { space }, space.pml4, va, frame.pa, write, exec);
+    if let Err(e) = r {
+        space.memory.uncharge(crate::obj::MAP_COST);
+        return Err(match e {
+            rl4_arch::paging::MapError::Overlap(_) => Error::AlreadyMapped,
+            _ => Error::OutOfMemory,
+        });
+    }
     maps.insert(va, (frame, write, exec));
     Ok(())
 }
@@ -264,6 +291,7 @@ fn dispatch(t: &Arc<Thread>, r: &UserRegs) -> Ret {
             let space = space_obj(task, a0, Rights::WRITE)?;
             check_page(a1)?;
             let old = space.maps.lock().remove(&a1).ok_or(Error::NotMapped)?;
+            space.memory.uncharge(crate::obj::MAP_COST);
             rl4_arch::paging::unmap_user(space.pml4, a1);
             sched::flush_space(&space);
             drop(old);
@@ -390,6 +418,7 @@ fn dispatch(t: &Arc<Thread>, r: &UserRegs) -> Ret {
                 stat::IPC_SLOW => ipc::IPC_SLOW.load(core::sync::atomic::Ordering::Relaxed),
                 stat::IPC_CROSS => ipc::IPC_CROSS.load(core::sync::atomic::Ordering::Relaxed),
                 stat::IPIS_SENT => cpus::IPIS_SENT.load(core::sync::atomic::Ordering::Relaxed),
+                stat::HEAP_BYTES => mem::heap_size(),
                 _ => return Err(Error::InvalidArgument),
             };
             Ok([v, 0, 0])

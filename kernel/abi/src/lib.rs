@@ -292,6 +292,8 @@ pub mod stat {
     pub const IPC_CROSS: u64 = 6;
     /// Reschedule IPIs sent, all CPUs.
     pub const IPIS_SENT: u64 = 7;
+    /// Bytes the kernel heap spans (it grows on demand, never shrinks).
+    pub const HEAP_BYTES: u64 = 8;
 }
 
 /// IPC registers and the message tag.
