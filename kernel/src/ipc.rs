@@ -138,6 +138,11 @@ fn buffer_of(t: &Thread) -> Option<Arc<Frame>> {
     t.ipc_buffer.lock().clone()
 }
 
+/// The sender's IPC buffer, only if the message needs it.
+fn long_buffer(t: &Thread, tag: Tag) -> Option<Arc<Frame>> {
+    if tag.len() > REG_WORDS { buffer_of(t) } else { None }
+}
+
 /// Checks a tag the caller wants to send.
 fn check_tag(t: &Thread, tag: Tag) -> Result<(), Error> {
     if tag.reserved() != 0 || tag.len() > MAX_WORDS {
@@ -154,8 +159,8 @@ fn check_tag(t: &Thread, tag: Tag) -> Result<(), Error> {
 fn deliver(to: &Thread, to_regs: &mut UserRegs, m: Outgoing<'_>) {
     let tag = Tag(m.regs.rsi);
     let mut len = tag.len();
-    let dst = buffer_of(to);
     if len > REG_WORDS {
+        let dst = buffer_of(to);
         match (&m.buffer, &dst) {
             (Some(src), Some(dst)) => mem::copy_frame_words(src.pa, dst.pa, REG_WORDS as usize, (len - REG_WORDS) as usize),
             _ => len = REG_WORDS,
@@ -240,8 +245,7 @@ fn pop_waiter<'a>(q: &mut VecDeque<Arc<Thread>>, ep: &Endpoint, state: ThreadSta
 
 /// `Send`, `NbSend` and `Call` by the running thread `cur` on `ep` (whose capability carries
 /// `badge`; `grant`: it has the grant right).
-pub fn send(cur: &Arc<Thread>, ep: &Arc<Endpoint>, badge: u64, grant: bool, call: bool, timeout: u64) -> Outcome {
-    let regs = cur.regs.get();
+pub fn send(cur: &Arc<Thread>, regs: &UserRegs, ep: &Arc<Endpoint>, badge: u64, grant: bool, call: bool, timeout: u64) -> Outcome {
     let tag = Tag(regs.rsi);
     if let Err(e) = check_tag(cur, tag) {
         return Outcome::Return(Err(e));
@@ -268,16 +272,17 @@ pub fn send(cur: &Arc<Thread>, ep: &Arc<Endpoint>, badge: u64, grant: bool, call
         Some(r) => {
             drop(q);
             let mut s = r.sched.lock();
-            let m = Outgoing { regs: &regs, badge, buffer: buffer_of(cur), cap };
+            let m = Outgoing { regs, badge, buffer: long_buffer(cur, tag), cap };
             r.regs.with(|rr| deliver(&r, rr, m));
             let old = if call { s.reply_to.replace(cur.clone()) } else { None };
             let direct = hand_over(&r, &mut s, call);
+            let prio_of_direct = s.prio;
             drop(s);
             if let Some(old) = old {
                 fail_caller(&old);
             }
             if direct {
-                sched::switch_direct(r);
+                sched::switch_direct(r, prio_of_direct);
                 return Outcome::Blocked;
             }
             if call { Outcome::Blocked } else { Outcome::Return(Ok([0; 3])) }
@@ -313,7 +318,7 @@ pub fn recv(cur: &Arc<Thread>, ep: &Arc<Endpoint>, timeout: u64, direct_to: Opti
                 _ => unreachable!("checked by pop_waiter"),
             };
             let sregs = snd.regs.get();
-            let m = Outgoing { regs: &sregs, badge, buffer: buffer_of(&snd), cap };
+            let m = Outgoing { regs: &sregs, badge, buffer: long_buffer(&snd, Tag(sregs.rsi)), cap };
             cur.regs.with(|rr| deliver(cur, rr, m));
             IPC_SLOW.fetch_add(1, Ordering::Relaxed);
             if call {
@@ -346,13 +351,13 @@ pub fn recv(cur: &Arc<Thread>, ep: &Arc<Endpoint>, timeout: u64, direct_to: Opti
             drop(q);
             if let Some(t) = direct_to {
                 // The server blocks: run the caller it just answered, right here.
-                let direct = {
+                let (direct, prio) = {
                     let s = t.sched.lock();
-                    s.state == ThreadState::Running && s.on_cpu && sched::may_switch_to(s.prio)
+                    (s.state == ThreadState::Running && s.on_cpu && sched::may_switch_to(s.prio), s.prio)
                 };
                 if direct {
                     IPC_FAST.fetch_add(1, Ordering::Relaxed);
-                    sched::switch_direct(t);
+                    sched::switch_direct(t, prio);
                 } else {
                     requeue(&t);
                 }
@@ -378,8 +383,7 @@ fn requeue(t: &Arc<Thread>) {
 
 /// `Reply` by the running thread `cur`. With `then_recv` the woken caller is reserved for a
 /// direct switch (returned) instead of queued, if it is on this CPU.
-pub fn reply(cur: &Arc<Thread>, then_recv: bool) -> Result<Option<Arc<Thread>>, Error> {
-    let regs = cur.regs.get();
+pub fn reply(cur: &Arc<Thread>, regs: &UserRegs, then_recv: bool) -> Result<Option<Arc<Thread>>, Error> {
     let tag = Tag(regs.rsi);
     check_tag(cur, tag)?;
     let caller = cur.sched.lock().reply_to.take().ok_or(Error::NoCaller)?;
@@ -387,7 +391,7 @@ pub fn reply(cur: &Arc<Thread>, then_recv: bool) -> Result<Option<Arc<Thread>>, 
     if s.state != ThreadState::BlockedReply {
         return Err(Error::PartnerGone);
     }
-    let m = Outgoing { regs: &regs, badge: 0, buffer: buffer_of(cur), cap: None };
+    let m = Outgoing { regs, badge: 0, buffer: long_buffer(cur, tag), cap: None };
     caller.regs.with(|rr| deliver(&caller, rr, m));
     s.wait = Wait::None;
     s.deadline = u64::MAX;

@@ -206,6 +206,9 @@ pub fn kick(cpu: u32) {
 }
 
 fn drain_inbox(cs: &CpuSched) {
+    if cs.inbox_len.load(Ordering::SeqCst) == 0 {
+        return;
+    }
     let mut inbox = cs.inbox.lock();
     if inbox.is_empty() {
         return;
@@ -372,13 +375,15 @@ pub fn idle() -> ! {
 /// more urgent waits here.
 pub fn may_switch_to(prio: u8) -> bool {
     let cs = this();
-    drain_inbox(cs);
+    if cs.inbox_len.load(Ordering::SeqCst) != 0 {
+        drain_inbox(cs);
+    }
     cs.rq.lock().highest().is_none_or(|h| h <= prio)
 }
 
 /// The same-CPU fast path: the running thread has blocked (or was woken meanwhile) and `to`,
 /// already marked Running on this CPU, takes over without passing through the run queue.
-pub fn switch_direct(to: Arc<Thread>) {
+pub fn switch_direct(to: Arc<Thread>, prio: u8) {
     let cs = this();
     if let Some(cur) = cs.current.lock().take() {
         let mut s = cur.sched.lock();
@@ -392,7 +397,6 @@ pub fn switch_direct(to: Arc<Thread>) {
             }
         }
     }
-    let prio = to.sched.lock().prio;
     switch_to(cs, to, false, prio);
 }
 

@@ -44,11 +44,12 @@ fn is_ipc(s: Sys) -> bool {
     matches!(s, Sys::Send | Sys::NbSend | Sys::Call | Sys::Recv | Sys::NbRecv | Sys::Reply | Sys::ReplyRecv | Sys::Wait)
 }
 
-fn endpoint(task: &Task, slot: u64, rights: Rights) -> Result<(Arc<Endpoint>, Cap), Error> {
+/// The endpoint in `slot`, with the capability's badge and rights.
+fn endpoint(task: &Task, slot: u64, rights: Rights) -> Result<(Arc<Endpoint>, u64, Rights), Error> {
     let caps = task.caps.lock();
     let c = caps.lookup(slot, ObjType::Endpoint, rights)?;
     match &c.obj {
-        KObj::Endpoint(e) => Ok((e.clone(), c.clone())),
+        KObj::Endpoint(e) => Ok((e.clone(), c.badge, c.rights)),
         _ => unreachable!("type checked"),
     }
 }
@@ -69,22 +70,22 @@ fn ipc_call(t: &Arc<Thread>, r: &UserRegs, s: Sys) -> Outcome {
     let res = (|| -> Result<Outcome, Error> {
         Ok(match s {
             Sys::Send | Sys::NbSend | Sys::Call => {
-                let (ep, cap) = endpoint(task, r.rdi, Rights::SEND)?;
+                let (ep, badge, rights) = endpoint(task, r.rdi, Rights::SEND)?;
                 let timeout = if s == Sys::NbSend { 0 } else { timeout };
-                ipc::send(t, &ep, cap.badge, cap.rights.contains(Rights::GRANT), s == Sys::Call, timeout)
+                ipc::send(t, r, &ep, badge, rights.contains(Rights::GRANT), s == Sys::Call, timeout)
             }
             Sys::Recv | Sys::NbRecv => {
-                let (ep, _) = endpoint(task, r.rdi, Rights::RECEIVE)?;
+                let (ep, _, _) = endpoint(task, r.rdi, Rights::RECEIVE)?;
                 ipc::recv(t, &ep, if s == Sys::NbRecv { 0 } else { timeout }, None)
             }
             Sys::Reply => {
-                ipc::reply(t, false)?;
+                ipc::reply(t, r, false)?;
                 Outcome::Return(Ok([0; 3]))
             }
             Sys::ReplyRecv => {
-                let (ep, _) = endpoint(task, r.rdi, Rights::RECEIVE)?;
+                let (ep, _, _) = endpoint(task, r.rdi, Rights::RECEIVE)?;
                 // A missing caller is not an error for the server loop's first round.
-                let woken = match ipc::reply(t, true) {
+                let woken = match ipc::reply(t, r, true) {
                     Ok(w) => w,
                     Err(Error::NoCaller) | Err(Error::PartnerGone) => None,
                     Err(e) => return Err(e),
