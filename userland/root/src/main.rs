@@ -6,12 +6,15 @@
 //! * (nothing): the demo: a thread on every CPU says hello, a worker task runs, then shutdown;
 //! * `test=all` (or `test=NAME`): the scheduler, isolation and system-call tests, one line each,
 //!   `root: N passed, N failed`, then shutdown with success only if all passed;
-//! * `bench`: null system call and same-CPU thread switch costs.
+//! * `bench`: IPC round trips and one-way latencies, null system call, thread switch;
+//! * `stress [pairs=N] [messages=M] [seconds=S]`: many IPC pairs on all CPUs, every message
+//!   checked (defaults 64, 1000, 30).
 #![no_std]
 #![no_main]
 
 mod ipc_tests;
 mod space;
+mod stress;
 mod tests;
 
 use rl4_abi::{BootInfo, root_slots};
@@ -33,17 +36,30 @@ fn rl4_main(boot_info: u64, _: u64) {
     println!("root: started on {} CPU(s), {} MiB of memory, arguments \"{args}\"", bi.cpus, bi.memory_bytes >> 20);
     let mut test = None;
     let mut bench = false;
+    let mut stress = false;
+    let (mut pairs, mut messages, mut seconds) = (64usize, 1000u64, 30u64);
     for w in args.split_ascii_whitespace() {
+        let num = |v: &str| v.parse::<u64>().ok();
         if let Some(t) = w.strip_prefix("test=") {
             test = Some(t);
         } else if w == "bench" {
             bench = true;
+        } else if w == "stress" {
+            stress = true;
+        } else if let Some(n) = w.strip_prefix("pairs=").and_then(num) {
+            pairs = n as usize;
+        } else if let Some(n) = w.strip_prefix("messages=").and_then(num) {
+            messages = n;
+        } else if let Some(n) = w.strip_prefix("seconds=").and_then(num) {
+            seconds = n;
         } else {
             println!("root: unknown argument '{w}' ignored");
         }
     }
     let ok = if let Some(t) = test {
         tests::run(bi, t)
+    } else if stress {
+        stress::run(pairs, messages, seconds)
     } else if bench {
         tests::bench(bi);
         true

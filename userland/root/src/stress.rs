@@ -1,0 +1,160 @@
+//! The IPC stress run: many call/reply pairs on every CPU at once, every message checked.
+//!
+//! Pair `i` has its own endpoint, a server thread and a client thread; servers and clients are
+//! spread so that some pairs share a CPU and others cross CPUs, in both directions. Each call
+//! carries a sequence number, the pair's id and a checksum; the server checks that it sees every
+//! sequence number exactly once and in order, the client checks the reply. A busy thread per
+//! CPU at the same priority keeps preemption in play. The run ends when every pair has sent its
+//! messages or the time is up; any lost, duplicated, reordered or corrupted message, or a pair
+//! that made no progress, fails it.
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use rl4_abi::ipc::Tag;
+use rl4_abi::ThreadState;
+use rl4_user::sys::{self, Msg};
+use rl4_user::{println, rdtsc};
+
+use crate::space::*;
+
+const MAX_PAIRS: usize = 64;
+const PRIO: u64 = 50;
+
+static EPS: [AtomicU64; MAX_PAIRS] = [const { AtomicU64::new(0) }; MAX_PAIRS];
+static SENT: [AtomicU64; MAX_PAIRS] = [const { AtomicU64::new(0) }; MAX_PAIRS];
+static ERRORS: AtomicU64 = AtomicU64::new(0);
+static STOP: AtomicBool = AtomicBool::new(false);
+static TARGET: AtomicU64 = AtomicU64::new(0);
+
+fn check(seq: u64, pair: u64) -> u64 {
+    (seq ^ 0x9e37_79b9_7f4a_7c15).wrapping_mul(pair | 1).rotate_left(17) ^ pair
+}
+
+fn server(pair: u64) {
+    let ep = EPS[pair as usize].load(SeqCst);
+    let Ok(mut m) = sys::recv(ep) else { return };
+    let mut expect = 0;
+    loop {
+        if m.w[0] != expect || m.w[1] != pair || m.w[2] != check(m.w[0], pair) || m.tag.label() != pair {
+            ERRORS.fetch_add(1, SeqCst);
+            println!("stress: pair {pair}: got seq {} (expected {expect}), pair {}, checksum {}", m.w[0], m.w[1], m.w[2] == check(m.w[0], pair));
+        }
+        expect = m.w[0] + 1;
+        let r = Msg { tag: Tag::new(pair, 2, 0), badge: 0, w: [m.w[0], !check(m.w[0], pair), 0, 0] };
+        match sys::reply_recv(ep, &r) {
+            Ok(x) => m = x,
+            Err(_) => return, // the endpoint is gone: the run is over
+        }
+    }
+}
+
+fn client(pair: u64) {
+    let ep = EPS[pair as usize].load(SeqCst);
+    let target = TARGET.load(SeqCst);
+    for seq in 0..target {
+        if STOP.load(SeqCst) {
+            return;
+        }
+        let m = Msg { tag: Tag::new(pair, 4, 0), badge: 0, w: [seq, pair, check(seq, pair), rdtsc()] };
+        match sys::call(ep, &m) {
+            Ok(r) if r.w[0] == seq && r.w[1] == !check(seq, pair) && r.tag.label() == pair => {
+                SENT[pair as usize].store(seq + 1, SeqCst);
+            }
+            other => {
+                ERRORS.fetch_add(1, SeqCst);
+                println!("stress: pair {pair}: bad reply to seq {seq}: {other:?}");
+                return;
+            }
+        }
+    }
+}
+
+fn busy(_: u64) {
+    while !STOP.load(SeqCst) {
+        core::hint::spin_loop();
+    }
+}
+
+/// Runs the stress test; returns whether it passed.
+pub fn run(pairs: usize, messages: u64, seconds: u64) -> bool {
+    let pairs = pairs.clamp(1, MAX_PAIRS);
+    let n = cpus();
+    TARGET.store(messages, SeqCst);
+    let mut slots = [[0u64; 3]; MAX_PAIRS];
+    let mut same = 0;
+    for i in 0..pairs {
+        let ep = slot();
+        if sys::endpoint_create(MEMORY, ep).is_err() {
+            println!("stress: cannot create endpoint {i}");
+            return false;
+        }
+        EPS[i].store(ep, SeqCst);
+        let scpu = i as u64 % n;
+        // Every other pair shares its server's CPU; the rest cross to another CPU, half of them
+        // "upwards" and half "downwards".
+        let ccpu = if i % 2 == 0 { scpu } else if i % 4 == 1 { (scpu + 1) % n } else { (scpu + n - 1) % n };
+        if ccpu == scpu {
+            same += 1;
+        }
+        let s = spawn(server, i as u64, PRIO, scpu);
+        slots[i] = [ep, s, 0];
+    }
+    let spinners: [u64; 8] = core::array::from_fn(|c| if (c as u64) < n.min(8) { spawn(busy, 0, PRIO, c as u64) } else { 0 });
+    for (i, s) in slots.iter_mut().enumerate().take(pairs) {
+        let ccpu = {
+            let scpu = i as u64 % n;
+            if i % 2 == 0 { scpu } else if i % 4 == 1 { (scpu + 1) % n } else { (scpu + n - 1) % n }
+        };
+        s[2] = spawn(client, i as u64, PRIO, ccpu);
+    }
+    println!(
+        "stress: {pairs} pairs ({same} same-core, {} cross-core) on {n} CPU(s), {messages} messages each, at most {seconds} s, one busy thread per CPU",
+        pairs - same
+    );
+    let start = rdtsc();
+    let limit = tsc_hz() * seconds;
+    let done = |i: usize| SENT[i].load(SeqCst) >= messages;
+    // The root thread outranks the pairs: it sleeps between looks.
+    while !(0..pairs).all(done) && rdtsc() - start < limit && ERRORS.load(SeqCst) == 0 {
+        sleep_ms(100);
+    }
+    let elapsed_ms = (rdtsc() - start) / (tsc_hz() / 1000).max(1);
+    STOP.store(true, SeqCst);
+    let total: u64 = (0..pairs).map(|i| SENT[i].load(SeqCst)).sum();
+    let (slow, slowest) = (0..pairs).map(|i| (i, SENT[i].load(SeqCst))).min_by_key(|x| x.1).unwrap_or((0, 0));
+    let most = (0..pairs).map(|i| SENT[i].load(SeqCst)).max().unwrap_or(0);
+    let errors = ERRORS.load(SeqCst);
+    // Wind down: clients stop at their next message; deleting the endpoints ends the servers.
+    for s in slots.iter().take(pairs) {
+        wait_ms(2000, || matches!(crate::tests::state(s[2]), Some(ThreadState::Dead)));
+        release(s[0]);
+    }
+    for s in slots.iter().take(pairs) {
+        wait_ms(2000, || matches!(crate::tests::state(s[1]), Some(ThreadState::Dead)));
+        release(s[1]);
+        release(s[2]);
+    }
+    for &t in spinners.iter().take(n.min(8) as usize) {
+        release(t);
+    }
+    let all_done = (0..pairs).all(done);
+    let ok = errors == 0 && slowest > 0 && (all_done || elapsed_ms >= seconds * 1000);
+    println!(
+        "stress: {} in {elapsed_ms} ms: {total} round trips, {errors} errors, per pair {slowest}..{most} (slowest: pair {slow}), {} round trips/s",
+        if ok { "passed" } else { "FAILED" },
+        total * 1000 / elapsed_ms.max(1)
+    );
+    ok
+}
+
+static SLEEP_NOTE: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Blocks the calling thread for about `ms` milliseconds (a wait on a private notification that
+/// nobody signals).
+pub fn sleep_ms(ms: u64) {
+    let mut n = SLEEP_NOTE.load(SeqCst);
+    if n == u64::MAX {
+        n = slot();
+        let _ = sys::notification_create(MEMORY, n);
+        SLEEP_NOTE.store(n, SeqCst);
+    }
+    let _ = sys::wait(n, tsc_hz() / 1000 * ms);
+}
