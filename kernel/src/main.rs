@@ -10,6 +10,7 @@
 extern crate alloc;
 
 mod ipc;
+mod measure;
 mod mem;
 mod obj;
 mod panic;

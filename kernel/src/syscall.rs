@@ -484,6 +484,21 @@ fn dispatch(t: &Arc<Thread>, r: &UserRegs) -> Ret {
             dst.caps.lock().insert(a2, cap)?;
             Ok([0; 3])
         }
+        Sys::Measure => {
+            lookup(task, a0, ObjType::Machine, Rights::NONE)?;
+            match a1 {
+                rl4_abi::measure::CR3_FLOOR if (1..=1_000_000).contains(&a2) => Ok(crate::measure::cr3_floor(a2)),
+                rl4_abi::measure::IPI_FLOOR => {
+                    let (target, iters) = (a2 & 0xffff, a2 >> 16);
+                    check_cpu(target)?;
+                    if target == percpu::cpu_index() as u64 || !(1..=100_000).contains(&iters) {
+                        return Err(Error::InvalidArgument);
+                    }
+                    Ok(crate::measure::ipi_floor(target as usize, iters))
+                }
+                _ => Err(Error::InvalidArgument),
+            }
+        }
         Sys::Send | Sys::NbSend | Sys::Call | Sys::Recv | Sys::NbRecv | Sys::Reply | Sys::ReplyRecv | Sys::Wait => {
             unreachable!("IPC calls are handled by ipc_call")
         }

@@ -16,6 +16,8 @@ fn interrupt(vector: u8) {
         }
         lapic::VEC_RESCHED => cpus::resched_interrupt(),
         lapic::VEC_TLB => sched::tlb_interrupt(),
+        lapic::VEC_PING => crate::measure::ping_interrupt(),
+        lapic::VEC_PONG => crate::measure::pong_interrupt(),
         lapic::VEC_ERROR => cpus::error_interrupt(),
         _ => {} // spurious: no acknowledgement
     }

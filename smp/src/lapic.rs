@@ -14,6 +14,8 @@ use x2apic::lapic::{IpiAllShorthand, LocalApic, LocalApicBuilder, TimerDivide, T
 pub const VEC_TIMER: u8 = 0x30;
 pub const VEC_RESCHED: u8 = 0x31;
 pub const VEC_TLB: u8 = 0x32;
+pub const VEC_PING: u8 = 0x33;
+pub const VEC_PONG: u8 = 0x34;
 pub const VEC_ERROR: u8 = 0xfe;
 pub const VEC_SPURIOUS: u8 = 0xff;
 

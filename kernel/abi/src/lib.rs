@@ -121,6 +121,9 @@ numbered! {
         /// `(src_slot, dst_task_slot, dst_slot, rights_mask, badge)`: like `CapCopy`, and sets
         /// the badge of an endpoint or notification capability that has none yet.
         CapMint = 37,
+        /// `(machine_slot, which, arg)` → `(mean, min, max)` cycles: a hardware floor measured
+        /// in the kernel ([`measure`]).
+        Measure = 38,
     }
 }
 
@@ -294,6 +297,15 @@ pub mod stat {
     pub const IPIS_SENT: u64 = 7;
     /// Bytes the kernel heap spans (it grows on demand, never shrinks).
     pub const HEAP_BYTES: u64 = 8;
+}
+
+/// Selectors of [`Sys::Measure`].
+pub mod measure {
+    /// A CR3 write to another address space and back; `arg` = iterations.
+    pub const CR3_FLOOR: u64 = 0;
+    /// An IPI to CPU `arg & 0xffff` and its answer, both CPUs otherwise idle (halted);
+    /// `arg >> 16` = iterations.
+    pub const IPI_FLOOR: u64 = 1;
 }
 
 /// IPC registers and the message tag.

@@ -238,3 +238,8 @@ pub fn set_ipc_buffer(thread: u64, vaddr: u64) -> Result<(), Error> {
 pub fn cap_mint(src: u64, dst_task: u64, dst: u64, rights: Rights, badge: u64) -> Result<(), Error> {
     unit(Sys::CapMint, [src, dst_task, dst, rights.0, badge, 0])
 }
+
+/// `Measure`: a hardware floor measured in the kernel → (mean, min, max) cycles.
+pub fn measure(machine: u64, which: u64, arg: u64) -> Result<[u64; 3], Error> {
+    syscall(Sys::Measure, [machine, which, arg, 0, 0, 0])
+}
