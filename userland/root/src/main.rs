@@ -8,10 +8,12 @@
 //!   `root: N passed, N failed`, then shutdown with success only if all passed;
 //! * `bench`: IPC round trips and one-way latencies, null system call, thread switch;
 //! * `stress [pairs=N] [messages=M] [seconds=S]`: many IPC pairs on all CPUs, every message
-//!   checked (defaults 64, 1000, 30).
+//!   checked (defaults 64, 1000, 30);
+//! * `bench=NAME [iters=N] [len=W] [accel=A]`: one benchmark configuration (see `bench.rs`).
 #![no_std]
 #![no_main]
 
+mod bench;
 mod ipc_tests;
 mod space;
 mod stress;
@@ -38,6 +40,7 @@ fn rl4_main(boot_info: u64, _: u64) {
     let mut bench = false;
     let mut stress = false;
     let (mut pairs, mut messages, mut seconds) = (64usize, 1000u64, 30u64);
+    let (mut bench_name, mut iters, mut len, mut accel) = (None, 1_000_000usize, 0u64, "tcg");
     for w in args.split_ascii_whitespace() {
         let num = |v: &str| v.parse::<u64>().ok();
         if let Some(t) = w.strip_prefix("test=") {
@@ -52,11 +55,21 @@ fn rl4_main(boot_info: u64, _: u64) {
             messages = n;
         } else if let Some(n) = w.strip_prefix("seconds=").and_then(num) {
             seconds = n;
+        } else if let Some(b) = w.strip_prefix("bench=") {
+            bench_name = Some(b);
+        } else if let Some(n) = w.strip_prefix("iters=").and_then(num) {
+            iters = n as usize;
+        } else if let Some(n) = w.strip_prefix("len=").and_then(num) {
+            len = n;
+        } else if let Some(a) = w.strip_prefix("accel=") {
+            accel = a;
         } else {
             println!("root: unknown argument '{w}' ignored");
         }
     }
-    let ok = if let Some(t) = test {
+    let ok = if let Some(b) = bench_name {
+        bench::run(bi, b, accel, iters, len)
+    } else if let Some(t) = test {
         tests::run(bi, t)
     } else if stress {
         stress::run(pairs, messages, seconds)

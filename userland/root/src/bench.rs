@@ -1,0 +1,438 @@
+//! The benchmark engine: one configuration per boot, one `BENCH {json}` line per result.
+//!
+//! `bench=NAME [iters=N] [len=W] [accel=tcg|icount|kvm]`. Latency configurations record every
+//! iteration's TSC delta (minus the measured cost of the time-stamp pair) and report min,
+//! median, mean, p99, p99.9 and max, the total divided by the iterations, the distribution
+//! (percentiles for the plot) and the IPIs sent per iteration. `scripts/bench` runs them and
+//! writes `docs/benchmarks.md`.
+//!
+//! | name | what one iteration is |
+//! |---|---|
+//! | `same-core` | `Call` + `ReplyRecv` round trip with an echo server in another task, same CPU |
+//! | `same-core-intra` | the same with a server thread of the same task |
+//! | `cross-core-A-B` | client on CPU A, server (another task) on CPU B |
+//! | `oneway-same-core`, `oneway-cross-core-A-B` | one-way `Call` and reply, sel4bench's way |
+//! | `null-syscall` | `Null` |
+//! | `thread-switch` | one `Yield` from a thread to another of the same task, same CPU |
+//! | `cr3-floor` | two CR3 writes (away and back), measured in the kernel |
+//! | `shm-floor-A-B` | a cache-line ping-pong between user threads on CPUs A and B |
+//! | `ipi-floor-A-B` | an IPI from A to idle B and B's answer, measured in the kernel |
+//! | `pairs-K` | K same-core pairs, one per CPU 0..K-1, in parallel: round trips per second |
+use core::fmt::Write;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use rl4_abi::ipc::Tag;
+use rl4_abi::{BootInfo, Rights, ThreadState, measure, stat};
+use rl4_user::sys::{self, Msg};
+use rl4_user::{Line, println, rdtsc};
+
+use crate::space::*;
+
+const MAX_SAMPLES: usize = 1 << 20;
+/// Where the two sample buffers (per-iteration TSC deltas) are mapped, one after the other.
+const SAMPLES_VA: u64 = 0x0000_6800_0000_0000;
+const SAMPLES_BYTES: u64 = (MAX_SAMPLES * 4) as u64;
+static MAPPED: AtomicBool = AtomicBool::new(false);
+
+fn buffer(n: u64) -> &'static mut [u32] {
+    if !MAPPED.swap(true, SeqCst) {
+        map_fresh(SPACE, SAMPLES_VA, 2 * SAMPLES_BYTES / 4096, Rights::READ.union(Rights::WRITE)).expect("bench: sample buffers");
+    }
+    // SAFETY: the range is mapped writable just above (and never unmapped); only the root
+    // thread running the benchmark uses it, one configuration and one buffer use at a time.
+    unsafe { core::slice::from_raw_parts_mut((SAMPLES_VA + n * SAMPLES_BYTES) as *mut u32, MAX_SAMPLES) }
+}
+
+fn samples() -> &'static mut [u32] {
+    buffer(0)
+}
+
+fn samples2() -> &'static mut [u32] {
+    buffer(1)
+}
+
+const SERVER_BUF: u64 = 0x0000_6400_0000_0000;
+const CHILD_STACK_TOP: u64 = 0x0000_7000_0000_0000;
+const W_ECHO: u64 = 9;
+const W_STAMP: u64 = 11;
+const EP_SLOT: u64 = 5;
+
+fn ipis() -> u64 {
+    sys::stat(MACHINE, stat::IPIS_SENT).unwrap_or(0)
+}
+
+/// Moves the calling (root) thread to `cpu`.
+fn go_to(cpu: u64) {
+    let _ = sys::thread_set_affinity(THREAD, cpu);
+    while sys::cpu_info().0 != cpu {
+        sys::yield_now();
+    }
+}
+
+fn overhead() -> u64 {
+    let mut v = [0u64; 101];
+    for x in v.iter_mut() {
+        let a = rdtsc();
+        *x = rdtsc() - a;
+    }
+    v.sort_unstable();
+    v[50]
+}
+
+struct Summary {
+    min: u64,
+    median: u64,
+    mean: u64,
+    p99: u64,
+    p999: u64,
+    max: u64,
+    cdf: [u64; 11],
+}
+
+fn summarize(s: &mut [u32]) -> Summary {
+    s.sort_unstable();
+    let n = s.len().max(1);
+    let at = |q: u64| s[((n as u64 - 1) * q / 1000) as usize] as u64;
+    let mean = s.iter().map(|&x| x as u64).sum::<u64>() / n as u64;
+    Summary {
+        min: s[0] as u64,
+        median: at(500),
+        mean,
+        p99: at(990),
+        p999: at(999),
+        max: s[n - 1] as u64,
+        cdf: [at(10), at(50), at(100), at(250), at(500), at(750), at(900), at(950), at(990), at(999), at(1000)],
+    }
+}
+
+struct Json(Line);
+
+impl Json {
+    fn new(name: &str, accel: &str, iters: u64, hz: u64) -> Json {
+        let mut l = Line::new();
+        let _ = write!(l, "BENCH {{\"name\":\"{name}\",\"accel\":\"{accel}\",\"iterations\":{iters},\"tsc_hz\":{hz}");
+        Json(l)
+    }
+    fn num(&mut self, k: &str, v: u64) -> &mut Self {
+        let _ = write!(self.0, ",\"{k}\":{v}");
+        self
+    }
+    fn frac(&mut self, k: &str, num: u64, den: u64) -> &mut Self {
+        let den = den.max(1);
+        let _ = write!(self.0, ",\"{k}\":{}.{:04}", num / den, num % den * 10000 / den);
+        self
+    }
+    fn summary(&mut self, prefix: &str, s: &Summary) -> &mut Self {
+        let _ = write!(
+            self.0,
+            ",\"{prefix}min_cycles\":{},\"{prefix}median_cycles\":{},\"{prefix}mean_cycles\":{},\"{prefix}p99_cycles\":{},\"{prefix}p999_cycles\":{},\"{prefix}max_cycles\":{},\"{prefix}cdf\":[",
+            s.min, s.median, s.mean, s.p99, s.p999, s.max
+        );
+        for (i, v) in s.cdf.iter().enumerate() {
+            let _ = write!(self.0, "{}{v}", if i == 0 { "" } else { "," });
+        }
+        let _ = write!(self.0, "]");
+        self
+    }
+    fn text(&mut self, k: &str, v: &str) -> &mut Self {
+        let _ = write!(self.0, ",\"{k}\":\"{v}\"");
+        self
+    }
+    fn emit(&mut self) {
+        let _ = write!(self.0, "}}");
+        self.0.flush();
+    }
+}
+
+/// An echo or stamp server in another task on `cpu`.
+fn remote_server(bi: &BootInfo, cpu: u64, cmd: u64) -> Option<(Child, u64, u64)> {
+    let c = Child::load(bi, "worker").ok()?;
+    let ep = slot();
+    sys::endpoint_create(MEMORY, ep).ok()?;
+    sys::cap_copy(ep, c.task, EP_SLOT, Rights::RECEIVE).ok()?;
+    map_fresh(c.space, SERVER_BUF, 1, Rights::READ.union(Rights::WRITE)).ok()?;
+    map_fresh(c.space, CHILD_STACK_TOP - 4 * 4096, 4, Rights::READ.union(Rights::WRITE)).ok()?;
+    let t = slot();
+    sys::thread_create(MEMORY, c.task, c.entry, CHILD_STACK_TOP, ROOT_PRIO, cpu, t).ok()?;
+    sys::thread_set_args(t, cmd, SERVER_BUF).ok()?;
+    sys::set_ipc_buffer(t, SERVER_BUF).ok()?;
+    sys::thread_resume(t).ok()?;
+    wait_ms(5000, || crate::tests::state(t) == Some(ThreadState::BlockedRecv));
+    Some((c, ep, t))
+}
+
+static INTRA_EP: AtomicU64 = AtomicU64::new(0);
+
+fn intra_server(_: u64) {
+    let ep = INTRA_EP.load(SeqCst);
+    let Ok(mut m) = sys::recv(ep) else { return };
+    loop {
+        let r = Msg { tag: Tag::new(m.tag.label(), m.tag.len().min(4), 0), badge: 0, w: m.w };
+        match sys::reply_recv(ep, &r) {
+            Ok(x) => m = x,
+            Err(_) => return,
+        }
+    }
+}
+
+/// Round trips on `ep`; fills the samples, returns the total cycles.
+fn round_trips(ep: u64, len: u64, iters: usize, ov: u64) -> u64 {
+    let m = Msg { tag: Tag::new(1, len.min(4), 0), badge: 0, w: [1, 2, 3, 4] };
+    let s = samples();
+    let start = rdtsc();
+    for x in s.iter_mut().take(iters) {
+        let t = rdtsc();
+        let _ = sys::call(ep, &m);
+        *x = (rdtsc() - t).saturating_sub(ov) as u32;
+    }
+    rdtsc() - start
+}
+
+fn ipc_config(bi: &BootInfo, name: &str, accel: &str, client: u64, server: Option<u64>, len: u64, iters: usize) {
+    let ov = overhead();
+    go_to(client);
+    let (ep, cleanup) = match server {
+        Some(cpu) => match remote_server(bi, cpu, W_ECHO) {
+            Some((c, ep, t)) => (ep, Some((c, t))),
+            None => return println!("bench: cannot start the server"),
+        },
+        None => {
+            let ep = slot();
+            let _ = sys::endpoint_create(MEMORY, ep);
+            INTRA_EP.store(ep, SeqCst);
+            spawn(intra_server, 0, ROOT_PRIO, client);
+            (ep, None)
+        }
+    };
+    let warm = Msg { tag: Tag::new(1, len.min(4), 0), badge: 0, w: [1, 2, 3, 4] };
+    for _ in 0..1000.min(iters) {
+        let _ = sys::call(ep, &warm);
+    }
+    let i0 = ipis();
+    let (f0, c0) = (sys::stat(MACHINE, stat::IPC_FAST).unwrap_or(0), sys::stat(MACHINE, stat::IPC_CROSS).unwrap_or(0));
+    let total = round_trips(ep, len, iters, ov);
+    let sent = ipis() - i0;
+    let fast = sys::stat(MACHINE, stat::IPC_FAST).unwrap_or(0) - f0;
+    let cross = sys::stat(MACHINE, stat::IPC_CROSS).unwrap_or(0) - c0;
+    let s = summarize(&mut samples()[..iters]);
+    Json::new(name, accel, iters as u64, tsc_hz())
+        .summary("", &s)
+        .num("cycles_per_iteration", total / iters as u64)
+        .frac("ipis_per_round_trip", sent, iters as u64)
+        .frac("fast_path_per_round_trip", fast, iters as u64)
+        .frac("cross_cpu_wakeups_per_round_trip", cross, iters as u64)
+        .num("message_words", len.min(4))
+        .num("client_cpu", client)
+        .num("server_cpu", server.unwrap_or(client))
+        .num("overhead_cycles", ov)
+        .num("total_cycles", total)
+        .emit();
+    if let Some((c, t)) = cleanup {
+        let _ = sys::thread_suspend(t);
+        release(t);
+        c.release();
+    }
+    release(ep);
+}
+
+fn oneway_config(bi: &BootInfo, name: &str, accel: &str, client: u64, server: u64, iters: usize) {
+    let ov = overhead();
+    go_to(client);
+    let Some((c, ep, t)) = remote_server(bi, server, W_STAMP) else { return println!("bench: cannot start the server") };
+    let m = Msg { tag: Tag::new(1, 0, 0), badge: 0, w: [0; 4] };
+    for _ in 0..1000.min(iters) {
+        let _ = sys::call(ep, &m);
+    }
+    let (a, b) = (samples(), samples2());
+    for i in 0..iters {
+        let before = rdtsc();
+        let r = sys::call(ep, &m);
+        let after = rdtsc();
+        if let Ok(r) = r {
+            a[i] = r.w[0].wrapping_sub(before).saturating_sub(ov) as u32;
+            b[i] = after.wrapping_sub(r.w[1]).saturating_sub(ov) as u32;
+        }
+    }
+    let sc = summarize(&mut a[..iters]);
+    let sr = summarize(&mut b[..iters]);
+    Json::new(name, accel, iters as u64, tsc_hz())
+        .summary("", &sc)
+        .summary("reply_", &sr)
+        .text("what", "min/median/... = one-way call (client before syscall -> server after); reply_* = one-way reply")
+        .num("client_cpu", client)
+        .num("server_cpu", server)
+        .num("overhead_cycles", ov)
+        .emit();
+    let _ = sys::thread_suspend(t);
+    release(t);
+    c.release();
+    release(ep);
+}
+
+fn simple_config(name: &str, accel: &str, iters: usize, mut op: impl FnMut(), ov: u64) {
+    let s = samples();
+    let start = rdtsc();
+    for x in s.iter_mut().take(iters) {
+        let t = rdtsc();
+        op();
+        *x = (rdtsc() - t).saturating_sub(ov) as u32;
+    }
+    let total = rdtsc() - start;
+    let sm = summarize(&mut s[..iters]);
+    Json::new(name, accel, iters as u64, tsc_hz()).summary("", &sm).num("cycles_per_iteration", total / iters as u64).num("overhead_cycles", ov).emit();
+}
+
+static YIELD_STOP: AtomicBool = AtomicBool::new(false);
+
+fn yielder(_: u64) {
+    while !YIELD_STOP.load(SeqCst) {
+        sys::yield_now();
+    }
+}
+
+static SHM: AtomicU64 = AtomicU64::new(0);
+static SHM_STOP: AtomicBool = AtomicBool::new(false);
+
+fn shm_echo(_: u64) {
+    let mut last = 0;
+    while !SHM_STOP.load(SeqCst) {
+        let v = SHM.load(SeqCst);
+        if v != last && v % 2 == 1 {
+            last = v + 1;
+            SHM.store(v + 1, SeqCst);
+        }
+        core::hint::spin_loop();
+    }
+}
+
+static PAIR_EPS: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
+static PAIR_ITERS: AtomicU64 = AtomicU64::new(0);
+static PAIRS_DONE: AtomicU64 = AtomicU64::new(0);
+static PAIRS_GO: AtomicBool = AtomicBool::new(false);
+
+fn pair_client(i: u64) {
+    let ep = PAIR_EPS[i as usize].load(SeqCst);
+    let m = Msg { tag: Tag::new(1, 0, 0), badge: 0, w: [0; 4] };
+    while !PAIRS_GO.load(SeqCst) {
+        sys::yield_now();
+    }
+    for _ in 0..PAIR_ITERS.load(SeqCst) {
+        let _ = sys::call(ep, &m);
+    }
+    PAIRS_DONE.fetch_add(1, SeqCst);
+}
+
+fn pairs_config(bi: &BootInfo, name: &str, accel: &str, k: u64, iters: u64) {
+    let k = k.min(cpus()).min(64);
+    let mut servers = [(0u64, 0u64); 64];
+    let mut children: [Option<Child>; 64] = [const { None }; 64];
+    for i in 0..k {
+        let Some((c, ep, t)) = remote_server(bi, i, W_ECHO) else { return println!("bench: cannot start server {i}") };
+        PAIR_EPS[i as usize].store(ep, SeqCst);
+        servers[i as usize] = (ep, t);
+        children[i as usize] = Some(c);
+    }
+    PAIR_ITERS.store(iters, SeqCst);
+    let clients: [u64; 64] = core::array::from_fn(|i| if (i as u64) < k { spawn(pair_client, i as u64, ROOT_PRIO - 1, i as u64) } else { 0 });
+    // The root thread waits on the last CPU... of the ones not measured, if any; it sleeps.
+    let i0 = ipis();
+    let start = rdtsc();
+    PAIRS_GO.store(true, SeqCst);
+    while PAIRS_DONE.load(SeqCst) < k {
+        crate::stress::sleep_ms(20);
+    }
+    let dt = rdtsc() - start;
+    let sent = ipis() - i0;
+    let total = k * iters;
+    Json::new(name, accel, total, tsc_hz())
+        .num("pairs", k)
+        .num("round_trips_per_second", (total as u128 * tsc_hz() as u128 / dt.max(1) as u128) as u64)
+        .num("cycles_per_iteration", dt / iters.max(1))
+        .frac("ipis_per_round_trip", sent, total)
+        .num("total_cycles", dt)
+        .emit();
+    for &t in clients.iter().take(k as usize) {
+        release(t);
+    }
+    for i in 0..k as usize {
+        let _ = sys::thread_suspend(servers[i].1);
+        release(servers[i].1);
+        release(servers[i].0);
+        if let Some(c) = children[i].take() {
+            c.release();
+        }
+    }
+}
+
+fn two_cpus(rest: &str) -> Option<(u64, u64)> {
+    let (a, b) = rest.split_once('-')?;
+    let (a, b) = (a.parse().ok()?, b.parse().ok()?);
+    (a < cpus() && b < cpus() && a != b).then_some((a, b))
+}
+
+/// Runs configuration `name`; returns whether it was known and ran.
+pub fn run(bi: &BootInfo, name: &str, accel: &str, iters: usize, len: u64) -> bool {
+    let iters = iters.clamp(1, MAX_SAMPLES);
+    let ov = overhead();
+    match name {
+        "same-core" => ipc_config(bi, name, accel, 0, Some(0), len, iters),
+        "same-core-intra" => ipc_config(bi, name, accel, 0, None, len, iters),
+        "oneway-same-core" => oneway_config(bi, name, accel, 0, 0, iters),
+        "null-syscall" => simple_config(name, accel, iters, || { let _ = sys::raw(rl4_abi::Sys::Null, [0; 6]); }, ov),
+        "thread-switch" => {
+            YIELD_STOP.store(false, SeqCst);
+            let _ = sys::thread_set_priority(THREAD, 60);
+            let t = spawn(yielder, 0, 60, sys::cpu_info().0);
+            sys::yield_now();
+            // One sample = a yield away and back: two switches.
+            simple_config(name, accel, iters, sys::yield_now, ov);
+            YIELD_STOP.store(true, SeqCst);
+            sys::yield_now();
+            let _ = sys::thread_set_priority(THREAD, ROOT_PRIO);
+            release(t);
+            println!("bench: thread-switch samples are a round trip (two switches)");
+        }
+        "cr3-floor" => {
+            simple_config(name, accel, iters, || { let _ = sys::measure(MACHINE, measure::CR3_FLOOR, 1); }, ov);
+            let k = sys::measure(MACHINE, measure::CR3_FLOOR, 10_000).unwrap_or([0; 3]);
+            println!("bench: cr3-floor measured in the kernel alone: mean {} min {} max {} cycles per pair of writes", k[0], k[1], k[2]);
+            Json::new("cr3-floor-kernel", accel, 10_000, tsc_hz()).num("mean_cycles", k[0]).num("min_cycles", k[1]).num("max_cycles", k[2]).num("median_cycles", k[0]).num("p99_cycles", k[2]).emit();
+        }
+        _ => {
+            if let Some((a, b)) = name.strip_prefix("cross-core-").and_then(two_cpus) {
+                ipc_config(bi, name, accel, a, Some(b), len, iters);
+            } else if let Some((a, b)) = name.strip_prefix("oneway-cross-core-").and_then(two_cpus) {
+                oneway_config(bi, name, accel, a, b, iters);
+            } else if let Some((a, b)) = name.strip_prefix("shm-floor-").and_then(two_cpus) {
+                go_to(a);
+                SHM.store(0, SeqCst);
+                SHM_STOP.store(false, SeqCst);
+                let t = spawn(shm_echo, 0, ROOT_PRIO, b);
+                let mut v = 0u64;
+                let mut one = || {
+                    v += 2;
+                    SHM.store(v - 1, SeqCst);
+                    while SHM.load(SeqCst) != v {
+                        core::hint::spin_loop();
+                    }
+                };
+                for _ in 0..1000 {
+                    one();
+                }
+                simple_config(name, accel, iters, one, ov);
+                SHM_STOP.store(true, SeqCst);
+                release(t);
+            } else if let Some((a, b)) = name.strip_prefix("ipi-floor-").and_then(two_cpus) {
+                go_to(a);
+                let i0 = ipis();
+                simple_config(name, accel, iters, || { let _ = sys::measure(MACHINE, measure::IPI_FLOOR, b | 1 << 16); }, ov);
+                println!("bench: ipi-floor sent {} IPIs", ipis() - i0);
+            } else if let Some(k) = name.strip_prefix("pairs-").and_then(|k| k.strip_suffix("cpu")).and_then(|k| k.parse().ok()) {
+                pairs_config(bi, name, accel, k, iters as u64);
+            } else {
+                println!("bench: unknown configuration '{name}'");
+                return false;
+            }
+        }
+    }
+    true
+}
