@@ -477,3 +477,14 @@ pub fn current_resumes_with_iret() -> bool {
 pub fn force_iret() {
     crate::percpu::current().resume_iret.store(1, Ordering::Relaxed);
 }
+
+/// The `rax` a thread saved at its last entry, given the end of its register block (`gs:32`):
+/// the system-call number, for tracing before the kernel has looked the thread up.
+pub fn saved_rax(regs_end: u64) -> u64 {
+    if regs_end == 0 {
+        return u64::MAX;
+    }
+    // SAFETY: `regs_end` is `gs:32`, one past a live `UserRegs` of the running thread, which only
+    // this CPU writes; `rax` is its first field.
+    unsafe { core::ptr::read((regs_end - core::mem::size_of::<UserRegs>() as u64) as *const u64) }
+}

@@ -271,6 +271,7 @@ pub fn send(cur: &Arc<Thread>, regs: &UserRegs, ep: &Arc<Endpoint>, badge: u64, 
     match pop_waiter(&mut q.receivers, ep, ThreadState::BlockedRecv) {
         Some(r) => {
             drop(q);
+            crate::trace::stamp(crate::trace::PARTNER);
             let mut s = r.sched.lock();
             let m = Outgoing { regs, badge, buffer: long_buffer(cur, tag), cap };
             r.regs.with(|rr| deliver(&r, rr, m));
@@ -281,8 +282,10 @@ pub fn send(cur: &Arc<Thread>, regs: &UserRegs, ep: &Arc<Endpoint>, badge: u64, 
             if let Some(old) = old {
                 fail_caller(&old);
             }
+            crate::trace::stamp(crate::trace::DELIVERED);
             if direct {
                 sched::switch_direct(r, prio_of_direct);
+                crate::trace::stamp(crate::trace::SWITCHED);
                 return Outcome::Blocked;
             }
             if call { Outcome::Blocked } else { Outcome::Return(Ok([0; 3])) }
@@ -358,6 +361,7 @@ pub fn recv(cur: &Arc<Thread>, ep: &Arc<Endpoint>, timeout: u64, direct_to: Opti
                 if direct {
                     IPC_FAST.fetch_add(1, Ordering::Relaxed);
                     sched::switch_direct(t, prio);
+                    crate::trace::stamp(crate::trace::SWITCHED);
                 } else {
                     requeue(&t);
                 }
@@ -391,8 +395,10 @@ pub fn reply(cur: &Arc<Thread>, regs: &UserRegs, then_recv: bool) -> Result<Opti
     if s.state != ThreadState::BlockedReply {
         return Err(Error::PartnerGone);
     }
+    crate::trace::stamp(crate::trace::PARTNER);
     let m = Outgoing { regs, badge: 0, buffer: long_buffer(cur, tag), cap: None };
     caller.regs.with(|rr| deliver(&caller, rr, m));
+    crate::trace::stamp(crate::trace::DELIVERED);
     s.wait = Wait::None;
     s.deadline = u64::MAX;
     if then_recv && s.cpu == rl4_arch::percpu::cpu_index() {

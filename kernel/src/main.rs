@@ -18,6 +18,7 @@ mod root;
 mod run;
 mod sched;
 mod syscall;
+mod trace;
 mod trap;
 
 use rl4_arch::bootinfo::{self, BootInfo, Protocol};

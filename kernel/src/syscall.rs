@@ -11,7 +11,7 @@ use rl4_smp::cpus;
 
 use crate::ipc::{self, Endpoint, Notification, Outcome};
 use crate::obj::{Cap, Frame, KObj, LIVE_THREADS, Memory, Space, Task, Thread};
-use crate::{mem, sched};
+use crate::{mem, sched, trace};
 
 type Ret = Result<[u64; 3], Error>;
 
@@ -70,7 +70,9 @@ fn ipc_call(t: &Arc<Thread>, r: &UserRegs, s: Sys) -> Outcome {
     let res = (|| -> Result<Outcome, Error> {
         Ok(match s {
             Sys::Send | Sys::NbSend | Sys::Call => {
+                trace::stamp(trace::SETUP);
                 let (ep, badge, rights) = endpoint(task, r.rdi, Rights::SEND)?;
+                trace::stamp(trace::LOOKUP);
                 let timeout = if s == Sys::NbSend { 0 } else { timeout };
                 ipc::send(t, r, &ep, badge, rights.contains(Rights::GRANT), s == Sys::Call, timeout)
             }
@@ -83,7 +85,9 @@ fn ipc_call(t: &Arc<Thread>, r: &UserRegs, s: Sys) -> Outcome {
                 Outcome::Return(Ok([0; 3]))
             }
             Sys::ReplyRecv => {
+                trace::stamp(trace::SETUP);
                 let (ep, _, _) = endpoint(task, r.rdi, Rights::RECEIVE)?;
+                trace::stamp(trace::LOOKUP);
                 // A missing caller is not an error for the server loop's first round.
                 let woken = match ipc::reply(t, r, true) {
                     Ok(w) => w,
@@ -488,6 +492,14 @@ fn dispatch(t: &Arc<Thread>, r: &UserRegs) -> Ret {
             lookup(task, a0, ObjType::Machine, Rights::NONE)?;
             match a1 {
                 rl4_abi::measure::CR3_FLOOR if (1..=1_000_000).contains(&a2) => Ok(crate::measure::cr3_floor(a2)),
+                rl4_abi::measure::IPC_TRACE => {
+                    trace::set(a2 != 0);
+                    Ok([0; 3])
+                }
+                rl4_abi::measure::IPC_TRACE_READ => {
+                    let (sum, count) = trace::read((a2 >> 8) as usize, (a2 & 0xff) as usize);
+                    Ok([sum, count, 0])
+                }
                 rl4_abi::measure::IPI_FLOOR => {
                     let (target, iters) = (a2 & 0xffff, a2 >> 16);
                     check_cpu(target)?;

@@ -43,7 +43,9 @@ fn rl4_kernel_interrupt(vector: u8) {
 /// `syscall`.
 #[unsafe(no_mangle)]
 extern "C" fn rl4_syscall() {
+    crate::trace::enter();
     if crate::syscall::handle() {
         sched::decide();
     }
+    crate::trace::stamp(crate::trace::DONE);
 }

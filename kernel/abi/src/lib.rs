@@ -306,6 +306,10 @@ pub mod measure {
     /// An IPI to CPU `arg & 0xffff` and its answer, both CPUs otherwise idle (halted);
     /// `arg >> 16` = iterations.
     pub const IPI_FLOOR: u64 = 1;
+    /// Per-step IPC tracing on (`arg` = 1, clearing the sums) or off (0).
+    pub const IPC_TRACE: u64 = 2;
+    /// `arg` = kind << 8 | step (kind 0 `Call`, 1 `ReplyRecv`) → (cycles summed, calls traced).
+    pub const IPC_TRACE_READ: u64 = 3;
 }
 
 /// IPC registers and the message tag.

@@ -17,13 +17,13 @@ pub const MACHINE: u64 = root_slots::MACHINE;
 
 /// Formats into a fixed buffer and writes it with one `ConsoleWrite`.
 pub struct Line {
-    buf: [u8; 512],
+    buf: [u8; 2048],
     len: usize,
 }
 
 impl Line {
     pub const fn new() -> Self {
-        Line { buf: [0; 512], len: 0 }
+        Line { buf: [0; 2048], len: 0 }
     }
     pub fn flush(&mut self) {
         if self.len > 0 {

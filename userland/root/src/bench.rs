@@ -106,10 +106,36 @@ fn summarize(s: &mut [u32]) -> Summary {
 
 struct Json(Line);
 
+/// Appended to every configuration name of this boot (e.g. `-nopoll`).
+static SUFFIX: spin_free::Str = spin_free::Str::new();
+
+mod spin_free {
+    use core::sync::atomic::{AtomicUsize, Ordering};
+    /// A `&'static str` set once per boot.
+    pub struct Str(AtomicUsize, AtomicUsize);
+    impl Str {
+        pub const fn new() -> Self {
+            Str(AtomicUsize::new(0), AtomicUsize::new(0))
+        }
+        pub fn set(&self, s: &'static str) {
+            self.0.store(s.as_ptr() as usize, Ordering::Relaxed);
+            self.1.store(s.len(), Ordering::Relaxed);
+        }
+        pub fn get(&self) -> &'static str {
+            let (p, n) = (self.0.load(Ordering::Relaxed), self.1.load(Ordering::Relaxed));
+            if n == 0 {
+                return "";
+            }
+            // SAFETY: `p`/`n` were taken from a `&'static str` in `set`.
+            unsafe { core::str::from_utf8_unchecked(core::slice::from_raw_parts(p as *const u8, n)) }
+        }
+    }
+}
+
 impl Json {
     fn new(name: &str, accel: &str, iters: u64, hz: u64) -> Json {
         let mut l = Line::new();
-        let _ = write!(l, "BENCH {{\"name\":\"{name}\",\"accel\":\"{accel}\",\"iterations\":{iters},\"tsc_hz\":{hz}");
+        let _ = write!(l, "BENCH {{\"name\":\"{name}{}\",\"accel\":\"{accel}\",\"iterations\":{iters},\"tsc_hz\":{hz}", SUFFIX.get());
         Json(l)
     }
     fn num(&mut self, k: &str, v: u64) -> &mut Self {
@@ -370,12 +396,14 @@ fn two_cpus(rest: &str) -> Option<(u64, u64)> {
 }
 
 /// Runs configuration `name`; returns whether it was known and ran.
-pub fn run(bi: &BootInfo, name: &str, accel: &str, iters: usize, len: u64) -> bool {
+pub fn run(bi: &BootInfo, name: &str, accel: &str, iters: usize, len: u64, suffix: &'static str) -> bool {
+    SUFFIX.set(suffix);
     let iters = iters.clamp(1, MAX_SAMPLES);
     let ov = overhead();
     match name {
         "same-core" => ipc_config(bi, name, accel, 0, Some(0), len, iters),
         "same-core-intra" => ipc_config(bi, name, accel, 0, None, len, iters),
+        "trace-same-core" => trace_config(bi, name, accel, iters),
         "oneway-same-core" => oneway_config(bi, name, accel, 0, 0, iters),
         "null-syscall" => simple_config(name, accel, iters, || { let _ = sys::raw(rl4_abi::Sys::Null, [0; 6]); }, ov),
         "thread-switch" => {
@@ -435,4 +463,41 @@ pub fn run(bi: &BootInfo, name: &str, accel: &str, iters: usize, len: u64) -> bo
         }
     }
     true
+}
+
+/// The same-core round trip with the kernel's per-step stamps on: where the instructions go.
+fn trace_config(bi: &BootInfo, name: &str, accel: &str, iters: usize) {
+    go_to(0);
+    let Some((c, ep, t)) = remote_server(bi, 0, W_ECHO) else { return println!("bench: cannot start the server") };
+    let m = Msg { tag: Tag::new(1, 0, 0), badge: 0, w: [0; 4] };
+    for _ in 0..1000 {
+        let _ = sys::call(ep, &m);
+    }
+    let _ = sys::measure(MACHINE, measure::IPC_TRACE, 1);
+    let start = rdtsc();
+    for _ in 0..iters {
+        let _ = sys::call(ep, &m);
+    }
+    let total = rdtsc() - start;
+    let _ = sys::measure(MACHINE, measure::IPC_TRACE, 0);
+    let mut j = Json::new(name, accel, iters as u64, tsc_hz());
+    j.num("cycles_per_iteration", total / iters as u64);
+    let mut traced = 0;
+    for (k, call) in ["call", "replyrecv"].iter().enumerate() {
+        let _ = write!(j.0, ",\"{call}\":[");
+        for step in 1..7u64 {
+            let r = sys::measure(MACHINE, measure::IPC_TRACE_READ, (k as u64) << 8 | step).unwrap_or([0; 3]);
+            let per = r[0] / r[1].max(1);
+            traced += per;
+            let _ = write!(j.0, "{}{per}", if step == 1 { "" } else { "," });
+        }
+        let _ = write!(j.0, "]");
+    }
+    j.num("traced_per_round_trip", traced);
+    j.text("steps", "set-up,capability look-up,partner,delivery,switch,return (per system call; entry/exit assembly and the user loop are the rest)");
+    j.emit();
+    let _ = sys::thread_suspend(t);
+    release(t);
+    c.release();
+    release(ep);
 }

@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""Turns the BENCH lines collected by scripts/bench into docs/benchmarks.{md,json,svg}.
+
+Usage: bench-report.py OUT_DIR DOCS_DIR ITERATIONS
+"""
+import datetime
+import json
+import math
+import os
+import subprocess
+import sys
+
+out, docs, iters = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rows = [json.loads(l) for l in open(os.path.join(out, "results.jsonl")) if l.strip()]
+def read(name, default="unknown"):
+    p = os.path.join(out, name)
+    return open(p).read().strip() if os.path.exists(p) else default
+cpu = read("cpu.txt")
+tsc = "; ".join(f"{a}: {read('tsc-' + a + '.txt')}" for a in ["icount", "tcg", "kvm"] if os.path.exists(os.path.join(out, f"tsc-{a}.txt")))
+walls = {}
+for l in read("wall.txt", "").splitlines():
+    _, name, secs = l.split()
+    walls[name] = float(secs)
+try:
+    qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+except Exception:
+    qemu = "unknown"
+
+def find(name, accel):
+    for r in rows:
+        if r["name"] == name and r["accel"] == accel:
+            return r
+    return None
+
+def fmt(v):
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:,.2f}"
+    return f"{v:,}"
+
+def ns(r, v):
+    if r["accel"] == "icount" or v is None:
+        return "—"
+    return f"{v * 1e9 / r['tsc_hz']:,.0f}"
+
+json.dump({"generated": datetime.datetime.now(datetime.timezone.utc).isoformat(), "cpu": cpu, "tsc": tsc, "qemu": qemu,
+           "iterations": iters, "results": rows}, open(os.path.join(docs, "benchmarks.json"), "w"), indent=1)
+
+L = []
+L.append("# Benchmark results\n")
+L.append(f"Written by `scripts/bench` on {datetime.date.today().isoformat()} — {qemu}; guest CPU model: {cpu}; "
+         f"TSC as the kernel found it: {tsc}. {iters:,} iterations per configuration (after 1,000 warm-up rounds), "
+         "each group of configurations in a fresh QEMU (`-smp 4`; `-smp 1` under icount). Every figure is per "
+         "iteration, the user loop included, the cost of the time-stamp pair subtracted.\n")
+L.append("- **icount** (`-accel tcg,thread=single -icount shift=0,sleep=off`): the guest TSC counts guest instructions, "
+         "so these are exact, repeatable instruction counts (user and kernel).")
+L.append("- **tcg** (`-accel tcg -cpu max`, one host thread per vCPU): host TSC cycles of the emulator — comparable "
+         "between configurations of one run, not with hardware papers; `-smp 4` on two host cores makes them noisy.\n")
+L.append("The raw figures (with the distributions) are in [benchmarks.json](benchmarks.json); the plot is "
+         "[benchmarks.svg](benchmarks.svg).\n")
+L.append("## Latency\n")
+L.append("| configuration | accel | min | median | mean | p99 | p99.9 | max | total/iterations | median ns | IPIs per iteration |")
+L.append("|---|---|---|---|---|---|---|---|---|---|---|")
+for r in rows:
+    if "median_cycles" not in r or r["name"].startswith("pairs"):
+        continue
+    L.append(f"| {r['name']} | {r['accel']} | {fmt(r.get('min_cycles'))} | {fmt(r.get('median_cycles'))} | {fmt(r.get('mean_cycles'))} | "
+             f"{fmt(r.get('p99_cycles'))} | {fmt(r.get('p999_cycles'))} | {fmt(r.get('max_cycles'))} | {fmt(r.get('cycles_per_iteration'))} | "
+             f"{ns(r, r.get('median_cycles'))} | {fmt(r.get('ipis_per_round_trip'))} |")
+L.append("")
+L.append("`same-core`, `cross-core-A-B`: `Call` + `ReplyRecv` round trip with an echo server in another task (another "
+         "address space); `same-core-intra`: with a server thread of the same task; `-set`, `-nopoll`: measured in the "
+         "same boot as the floors they are compared with (`-nopoll`: `poll_us=0`, idle CPUs halt at once). "
+         "`oneway-*`: one-way `Call` (median etc.) and one-way reply (`reply_*` in the JSON), the way sel4bench takes "
+         "them: a time stamp right before the system call in one thread, right after it returns in the other. "
+         "`thread-switch`: a `Yield` away and back (two switches). `cr3-floor`: the system call that makes the kernel "
+         "write CR3 away and back (`cr3-floor-kernel`: the kernel's own loop, without the system call). `shm-floor`: "
+         "a cache-line ping-pong between two user threads; `ipi-floor`: an IPI to an idle (halted) CPU and its answer, "
+         "measured in the kernel.\n")
+ones = [r for r in rows if r["name"].startswith("oneway")]
+if ones:
+    L.append("## One-way latency\n")
+    L.append("| configuration | accel | call median | call p99 | reply median | reply p99 |")
+    L.append("|---|---|---|---|---|---|")
+    for r in ones:
+        L.append(f"| {r['name']} | {r['accel']} | {fmt(r.get('median_cycles'))} | {fmt(r.get('p99_cycles'))} | "
+                 f"{fmt(r.get('reply_median_cycles'))} | {fmt(r.get('reply_p99_cycles'))} |")
+    L.append("")
+pairs = [r for r in rows if r["name"].startswith("pairs")]
+if pairs:
+    L.append("## Many pairs (throughput)\n")
+    L.append("One same-core pair (client in the root task, echo server in another task) per CPU, all at once.\n")
+    L.append("| configuration | accel | pairs | round trips per second | IPIs per round trip |")
+    L.append("|---|---|---|---|---|")
+    for r in pairs:
+        L.append(f"| {r['name']} | {r['accel']} | {r['pairs']} | {fmt(r['round_trips_per_second'])} | {fmt(r.get('ipis_per_round_trip'))} |")
+    L.append("")
+
+# ---- targets ----
+L.append("## Targets\n")
+def target(desc, ok, detail):
+    mark = "met" if ok else ("**missed**" if ok is not None else "not measured")
+    L.append(f"| {desc} | {detail} | {mark} |")
+L.append("| target | measured | |")
+L.append("|---|---|---|")
+sc_i = find("same-core", "icount")
+target("same-core round trip ≤ 400 guest instructions (icount)", None if not sc_i else sc_i["median_cycles"] <= 400,
+       f"{fmt(sc_i['median_cycles'])} instructions (median)" if sc_i else "—")
+intra = find("same-core-intra", "tcg")
+if intra:
+    secs = intra["total_cycles"] / intra["tsc_hz"] * (1_000_000 / intra["iterations"])
+    extra = "" if intra["iterations"] == 1_000_000 else f" (extrapolated from {intra['iterations']:,})"
+    target("1,000,000 `same-core-intra` round trips under TCG in < 2 s", secs < 2, f"{secs:.2f} s{extra}")
+else:
+    target("1,000,000 `same-core-intra` round trips under TCG in < 2 s", None, "—")
+sc = find("same-core", "tcg")
+cr3 = find("cr3-floor-kernel", "tcg")
+if sc and intra and cr3:
+    bound = (intra["median_cycles"] + 2 * cr3["mean_cycles"]) * 1.1
+    target("`same-core` ≤ `same-core-intra` + 2 × `cr3-floor` + 10% (TCG, same boot)", sc["median_cycles"] <= bound,
+           f"{fmt(sc['median_cycles'])} vs ({fmt(intra['median_cycles'])} + 2 × {fmt(cr3['mean_cycles'])}) × 1.1 = {fmt(int(bound))}")
+cc = find(f"cross-core-{ '-'.join(map(str, [0,1])) }-set", "tcg") or next((r for r in rows if r["name"].startswith("cross-core") and r["name"].endswith("-set") and r["accel"] == "tcg"), None)
+sc_set = next((r for r in rows if r["name"] == "same-core-set" and r["accel"] == "tcg"), None)
+shm = next((r for r in rows if r["name"].startswith("shm-floor") and r["accel"] == "tcg"), None)
+if cc:
+    target("cross-core, receiver idle: ≤ 0.01 IPIs per round trip", cc["ipis_per_round_trip"] <= 0.01, f"{cc['ipis_per_round_trip']:.4f}")
+if cc and sc_set and shm:
+    bound = 2 * sc_set["median_cycles"] + 2 * shm["median_cycles"]
+    target("cross-core ≤ 2 × same-core + 2 × `shm-floor` (TCG, same boot)", cc["median_cycles"] <= bound,
+           f"{fmt(cc['median_cycles'])} vs 2 × {fmt(sc_set['median_cycles'])} + 2 × {fmt(shm['median_cycles'])} = {fmt(bound)}")
+nop = next((r for r in rows if r["name"].startswith("cross-core") and r["name"].endswith("-nopoll") and r["accel"] == "tcg"), None)
+ipi = next((r for r in rows if r["name"].startswith("ipi-floor") and r["accel"] == "tcg"), None)
+if nop and ipi:
+    target("cross-core without polling within 1.2 × `ipi-floor` (TCG, same boot)", nop["median_cycles"] <= 1.2 * ipi["median_cycles"],
+           f"{fmt(nop['median_cycles'])} vs 1.2 × {fmt(ipi['median_cycles'])} = {fmt(int(1.2 * ipi['median_cycles']))}")
+p1 = find("pairs-1cpu", "tcg"); p2 = find("pairs-2cpu", "tcg"); p4 = find("pairs-4cpu", "tcg")
+if p1 and p2:
+    ratio = p2["round_trips_per_second"] / max(1, p1["round_trips_per_second"])
+    extra = f"; 4 CPUs: {p4['round_trips_per_second'] / max(1, p1['round_trips_per_second']):.2f}×" if p4 else ""
+    target("many-pair throughput on 2 CPUs ≥ 1.9 × on 1 CPU (TCG)", ratio >= 1.9, f"{ratio:.2f}×{extra}")
+L.append("")
+L.append("## For comparison (published or measured elsewhere, not by this harness)\n")
+L.append("| system | same-core round trip |")
+L.append("|---|---|")
+L.append("| seL4 (fast path, release, PCID off), sel4bench `ipc` Call + ReplyRecv, two address spaces, under the same QEMU | 415 guest instructions (194 + 221; 591 on its SMP build); ~30,600 TCG cycles |")
+L.append("| the kernel rl4 grew from (the seed), under QEMU | 161,200 cycles per round trip; 62 s for 1,000,000 round trips |")
+L.append("| Linux 6.1 futex wake/wait between two threads, same CPU | 10,125 guest instructions; 42,328 TCG cycles |")
+L.append("")
+if intra:
+    secs = intra["total_cycles"] / intra["tsc_hz"] * (1_000_000 / intra["iterations"])
+    L.append(f"Wall time of 1,000,000 same-core round trips under TCG (`same-core-intra`, from the guest TSC): **{secs:.2f} s** "
+             f"(the seed: 62 s).\n")
+L.append("## Where the instructions go\n")
+tr = find("trace-same-core", "icount")
+if tr:
+    names = ["set-up (thread, registers, number)", "capability look-up", "partner found", "message delivered", "direct switch", "back to the exit path"]
+    L.append("Per-step instruction counts of the same-core round trip, from the kernel's own time stamps under icount "
+             f"(`trace-same-core`; {tr['iterations']:,} round trips; each stamp itself costs a few instructions):\n")
+    L.append("| step | `Call` | `ReplyRecv` |")
+    L.append("|---|---|---|")
+    for i, n in enumerate(names):
+        L.append(f"| {n} | {tr['call'][i]:,} | {tr['replyrecv'][i]:,} |")
+    rest = tr["cycles_per_iteration"] - tr["traced_per_round_trip"]
+    L.append(f"| entry and exit assembly, the user loop, the stamps' own cost | {rest:,} (both calls) | |")
+    L.append(f"| **round trip** | {tr['cycles_per_iteration']:,} | |\n")
+L.append("The same-core round trip switches directly from client to server and back (no run-queue operation, no "
+         "scheduling decision, `fast_path_per_round_trip` = 2 in the JSON), but it still runs the general IPC code: per "
+         "one-way trip a capability look-up under the task's table lock, the endpoint's queue lock, the partner's and the "
+         "caller's scheduling locks, reference-count updates on the thread and endpoint objects, and a 160-byte register "
+         "copy, on top of the `syscall` entry and exit (about 60 instructions). A register-only fast path that checks its "
+         "guards before taking any lock (seL4's shape) is the way to the 400-instruction target. Between address spaces "
+         "under TCG every switch writes CR3 (no PCIDs there), which flushes QEMU's software TLB: the `cr3-floor` rows show "
+         "what that costs by itself.\n")
+open(os.path.join(docs, "benchmarks.md"), "w").write("\n".join(L))
+
+# ---- plot: distribution (CDF) of every latency configuration ----
+PCT = [1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9, 100]
+series = [r for r in rows if "cdf" in r and not r["name"].startswith("pairs")]
+W, H, ML, MR, MT, MB = 980, 520, 70, 330, 30, 50
+allv = [v for r in series for v in r["cdf"] if v > 0]
+lo, hi = (max(1, min(allv)), max(allv)) if allv else (1, 10)
+lx0, lx1 = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+def X(v):
+    return ML + (math.log10(max(v, 1)) - lx0) / max(1e-9, lx1 - lx0) * (W - ML - MR)
+def Y(p):
+    return MT + (1 - p / 100) * (H - MT - MB)
+colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+          "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1", "#636363"]
+S = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">',
+     f'<rect width="{W}" height="{H}" fill="white"/>',
+     f'<text x="{ML}" y="18" font-size="13">Latency distribution per configuration (cumulative; x: cycles, log scale; icount: instructions)</text>']
+for e in range(lx0, lx1 + 1):
+    x = X(10 ** e)
+    S.append(f'<line x1="{x:.1f}" y1="{MT}" x2="{x:.1f}" y2="{H-MB}" stroke="#ddd"/>')
+    S.append(f'<text x="{x:.1f}" y="{H-MB+15}" text-anchor="middle">1e{e}</text>')
+for p in [0, 25, 50, 75, 90, 99, 100]:
+    y = Y(p)
+    S.append(f'<line x1="{ML}" y1="{y:.1f}" x2="{W-MR}" y2="{y:.1f}" stroke="#eee"/>')
+    S.append(f'<text x="{ML-6}" y="{y+4:.1f}" text-anchor="end">{p}%</text>')
+for i, r in enumerate(series):
+    c = colors[i % len(colors)]
+    pts = " ".join(f"{X(v):.1f},{Y(p):.1f}" for v, p in zip(r["cdf"], PCT))
+    S.append(f'<polyline fill="none" stroke="{c}" stroke-width="1.6" points="{pts}"/>')
+    ly = MT + 12 + i * 14
+    S.append(f'<line x1="{W-MR+10}" y1="{ly-4}" x2="{W-MR+28}" y2="{ly-4}" stroke="{c}" stroke-width="2"/>')
+    S.append(f'<text x="{W-MR+32}" y="{ly}">{r["name"]} ({r["accel"]}): median {r["median_cycles"]:,}</text>')
+S.append(f'<text x="{(ML+W-MR)/2:.0f}" y="{H-12}" text-anchor="middle">cycles per iteration</text>')
+S.append("</svg>")
+open(os.path.join(docs, "benchmarks.svg"), "w").write("\n".join(S))
