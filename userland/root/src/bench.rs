@@ -106,36 +106,10 @@ fn summarize(s: &mut [u32]) -> Summary {
 
 struct Json(Line);
 
-/// Appended to every configuration name of this boot (e.g. `-nopoll`).
-static SUFFIX: spin_free::Str = spin_free::Str::new();
-
-mod spin_free {
-    use core::sync::atomic::{AtomicUsize, Ordering};
-    /// A `&'static str` set once per boot.
-    pub struct Str(AtomicUsize, AtomicUsize);
-    impl Str {
-        pub const fn new() -> Self {
-            Str(AtomicUsize::new(0), AtomicUsize::new(0))
-        }
-        pub fn set(&self, s: &'static str) {
-            self.0.store(s.as_ptr() as usize, Ordering::Relaxed);
-            self.1.store(s.len(), Ordering::Relaxed);
-        }
-        pub fn get(&self) -> &'static str {
-            let (p, n) = (self.0.load(Ordering::Relaxed), self.1.load(Ordering::Relaxed));
-            if n == 0 {
-                return "";
-            }
-            // SAFETY: `p`/`n` were taken from a `&'static str` in `set`.
-            unsafe { core::str::from_utf8_unchecked(core::slice::from_raw_parts(p as *const u8, n)) }
-        }
-    }
-}
-
 impl Json {
     fn new(name: &str, accel: &str, iters: u64, hz: u64) -> Json {
         let mut l = Line::new();
-        let _ = write!(l, "BENCH {{\"name\":\"{name}{}\",\"accel\":\"{accel}\",\"iterations\":{iters},\"tsc_hz\":{hz}", SUFFIX.get());
+        let _ = write!(l, "BENCH {{\"name\":\"{name}\",\"accel\":\"{accel}\",\"iterations\":{iters},\"tsc_hz\":{hz}");
         Json(l)
     }
     fn num(&mut self, k: &str, v: u64) -> &mut Self {
@@ -192,7 +166,7 @@ fn intra_server(_: u64) {
     let ep = INTRA_EP.load(SeqCst);
     let Ok(mut m) = sys::recv(ep) else { return };
     loop {
-        let r = Msg { tag: Tag::new(m.tag.label(), m.tag.len().min(4), 0), badge: 0, w: m.w };
+        let r = Msg { tag: Tag::new(m.tag.label(), m.tag.len(), 0), badge: 0, w: m.w };
         match sys::reply_recv(ep, &r) {
             Ok(x) => m = x,
             Err(_) => return,
@@ -202,7 +176,7 @@ fn intra_server(_: u64) {
 
 /// Round trips on `ep`; fills the samples, returns the total cycles.
 fn round_trips(ep: u64, len: u64, iters: usize, ov: u64) -> u64 {
-    let m = Msg { tag: Tag::new(1, len.min(4), 0), badge: 0, w: [1, 2, 3, 4] };
+    let m = Msg { tag: Tag::new(1, len, 0), badge: 0, w: [1, 2, 3, 4] };
     let s = samples();
     let start = rdtsc();
     for x in s.iter_mut().take(iters) {
@@ -213,9 +187,21 @@ fn round_trips(ep: u64, len: u64, iters: usize, ov: u64) -> u64 {
     rdtsc() - start
 }
 
+const CLIENT_BUF: u64 = 0x0000_6500_0000_0000;
+const INTRA_BUF: u64 = 0x0000_6600_0000_0000;
+static BUFFERS: AtomicBool = AtomicBool::new(false);
+
 fn ipc_config(bi: &BootInfo, name: &str, accel: &str, client: u64, server: Option<u64>, len: u64, iters: usize) {
     let ov = overhead();
     go_to(client);
+    let len = len.min(rl4_abi::ipc::MAX_WORDS);
+    if len > 4 && !BUFFERS.swap(true, SeqCst) {
+        // Words 4 and up travel in IPC buffers.
+        let rw = Rights::READ.union(Rights::WRITE);
+        let _ = map_fresh(SPACE, CLIENT_BUF, 1, rw);
+        let _ = map_fresh(SPACE, INTRA_BUF, 1, rw);
+        let _ = sys::set_ipc_buffer(THREAD, CLIENT_BUF);
+    }
     let (ep, cleanup) = match server {
         Some(cpu) => match remote_server(bi, cpu, W_ECHO) {
             Some((c, ep, t)) => (ep, Some((c, t))),
@@ -225,11 +211,14 @@ fn ipc_config(bi: &BootInfo, name: &str, accel: &str, client: u64, server: Optio
             let ep = slot();
             let _ = sys::endpoint_create(MEMORY, ep);
             INTRA_EP.store(ep, SeqCst);
-            spawn(intra_server, 0, ROOT_PRIO, client);
+            let t = spawn(intra_server, 0, ROOT_PRIO, client);
+            if len > 4 {
+                let _ = sys::set_ipc_buffer(t, INTRA_BUF);
+            }
             (ep, None)
         }
     };
-    let warm = Msg { tag: Tag::new(1, len.min(4), 0), badge: 0, w: [1, 2, 3, 4] };
+    let warm = Msg { tag: Tag::new(1, len, 0), badge: 0, w: [1, 2, 3, 4] };
     for _ in 0..1000.min(iters) {
         let _ = sys::call(ep, &warm);
     }
@@ -246,7 +235,7 @@ fn ipc_config(bi: &BootInfo, name: &str, accel: &str, client: u64, server: Optio
         .frac("ipis_per_round_trip", sent, iters as u64)
         .frac("fast_path_per_round_trip", fast, iters as u64)
         .frac("cross_cpu_wakeups_per_round_trip", cross, iters as u64)
-        .num("message_words", len.min(4))
+        .num("message_words", len)
         .num("client_cpu", client)
         .num("server_cpu", server.unwrap_or(client))
         .num("overhead_cycles", ov)
@@ -296,6 +285,7 @@ fn oneway_config(bi: &BootInfo, name: &str, accel: &str, client: u64, server: u6
 
 fn simple_config(name: &str, accel: &str, iters: usize, mut op: impl FnMut(), ov: u64) {
     let s = samples();
+    let i0 = ipis();
     let start = rdtsc();
     for x in s.iter_mut().take(iters) {
         let t = rdtsc();
@@ -303,8 +293,14 @@ fn simple_config(name: &str, accel: &str, iters: usize, mut op: impl FnMut(), ov
         *x = (rdtsc() - t).saturating_sub(ov) as u32;
     }
     let total = rdtsc() - start;
+    let sent = ipis() - i0;
     let sm = summarize(&mut s[..iters]);
-    Json::new(name, accel, iters as u64, tsc_hz()).summary("", &sm).num("cycles_per_iteration", total / iters as u64).num("overhead_cycles", ov).emit();
+    Json::new(name, accel, iters as u64, tsc_hz())
+        .summary("", &sm)
+        .num("cycles_per_iteration", total / iters as u64)
+        .frac("ipis_per_round_trip", sent, iters as u64)
+        .num("overhead_cycles", ov)
+        .emit();
 }
 
 static YIELD_STOP: AtomicBool = AtomicBool::new(false);
@@ -396,12 +392,12 @@ fn two_cpus(rest: &str) -> Option<(u64, u64)> {
 }
 
 /// Runs configuration `name`; returns whether it was known and ran.
-pub fn run(bi: &BootInfo, name: &str, accel: &str, iters: usize, len: u64, suffix: &'static str) -> bool {
-    SUFFIX.set(suffix);
+pub fn run(bi: &BootInfo, name: &str, accel: &str, iters: usize, len: u64) -> bool {
     let iters = iters.clamp(1, MAX_SAMPLES);
     let ov = overhead();
     match name {
-        "same-core" => ipc_config(bi, name, accel, 0, Some(0), len, iters),
+        // `-ref`: the same measurement again, in the boot of the configurations it is compared with.
+        "same-core" | "same-core-ref" => ipc_config(bi, name, accel, 0, Some(0), len, iters),
         "same-core-intra" => ipc_config(bi, name, accel, 0, None, len, iters),
         "trace-same-core" => trace_config(bi, name, accel, iters),
         "oneway-same-core" => oneway_config(bi, name, accel, 0, 0, iters),
@@ -426,7 +422,8 @@ pub fn run(bi: &BootInfo, name: &str, accel: &str, iters: usize, len: u64, suffi
             Json::new("cr3-floor-kernel", accel, 10_000, tsc_hz()).num("mean_cycles", k[0]).num("min_cycles", k[1]).num("max_cycles", k[2]).num("median_cycles", k[0]).num("p99_cycles", k[2]).emit();
         }
         _ => {
-            if let Some((a, b)) = name.strip_prefix("cross-core-").and_then(two_cpus) {
+            let pair = name.strip_prefix("cross-core-").map(|r| r.strip_suffix("-nopoll").unwrap_or(r));
+            if let Some((a, b)) = pair.and_then(two_cpus) {
                 ipc_config(bi, name, accel, a, Some(b), len, iters);
             } else if let Some((a, b)) = name.strip_prefix("oneway-cross-core-").and_then(two_cpus) {
                 oneway_config(bi, name, accel, a, b, iters);

@@ -40,7 +40,7 @@ fn rl4_main(boot_info: u64, _: u64) {
     let mut bench = false;
     let mut stress = false;
     let (mut pairs, mut messages, mut seconds) = (64usize, 1000u64, 30u64);
-    let (mut bench_name, mut iters, mut len, mut accel, mut suffix) = (None, 1_000_000usize, 0u64, "tcg", "");
+    let (mut bench_name, mut iters, mut len, mut accel) = (None, 1_000_000usize, 0u64, "tcg");
     for w in args.split_ascii_whitespace() {
         let num = |v: &str| v.parse::<u64>().ok();
         if let Some(t) = w.strip_prefix("test=") {
@@ -63,15 +63,14 @@ fn rl4_main(boot_info: u64, _: u64) {
             len = n;
         } else if let Some(a) = w.strip_prefix("accel=") {
             accel = a;
-        } else if let Some(x) = w.strip_prefix("suffix=") {
-            suffix = x;
+
         } else {
             println!("root: unknown argument '{w}' ignored");
         }
     }
     let ok = if let Some(list) = bench_name {
         // Several configurations in one boot, so that they can be compared with each other.
-        list.split(',').all(|b| bench::run(bi, b, accel, iters, len, suffix))
+        list.split(',').all(|b| bench::run(bi, b, accel, iters, len))
     } else if let Some(t) = test {
         tests::run(bi, t)
     } else if stress {

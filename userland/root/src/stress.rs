@@ -112,9 +112,28 @@ pub fn run(pairs: usize, messages: u64, seconds: u64) -> bool {
     let start = rdtsc();
     let limit = tsc_hz() * seconds;
     let done = |i: usize| SENT[i].load(SeqCst) >= messages;
-    // The root thread outranks the pairs: it sleeps between looks.
-    while !(0..pairs).all(done) && rdtsc() - start < limit && ERRORS.load(SeqCst) == 0 {
+    // The root thread outranks the pairs: it sleeps between looks. A pair that is not done and
+    // has not moved for 10 s while the run goes on has stalled.
+    let mut last = [0u64; MAX_PAIRS];
+    let mut still = [0u32; MAX_PAIRS];
+    let mut stalled = None;
+    while !(0..pairs).all(done) && rdtsc() - start < limit && ERRORS.load(SeqCst) == 0 && stalled.is_none() {
         sleep_ms(100);
+        for i in 0..pairs {
+            let v = SENT[i].load(SeqCst);
+            if v == last[i] && !done(i) {
+                still[i] += 1;
+                if still[i] >= 100 {
+                    stalled = Some(i);
+                }
+            } else {
+                still[i] = 0;
+            }
+            last[i] = v;
+        }
+    }
+    if let Some(i) = stalled {
+        println!("stress: pair {i} made no progress for 10 s (at message {})", SENT[i].load(SeqCst));
     }
     let elapsed_ms = (rdtsc() - start) / (tsc_hz() / 1000).max(1);
     STOP.store(true, SeqCst);
@@ -136,7 +155,7 @@ pub fn run(pairs: usize, messages: u64, seconds: u64) -> bool {
         release(t);
     }
     let all_done = (0..pairs).all(done);
-    let ok = errors == 0 && slowest > 0 && (all_done || elapsed_ms >= seconds * 1000);
+    let ok = errors == 0 && stalled.is_none() && slowest > 0 && (all_done || elapsed_ms >= seconds * 1000);
     println!(
         "stress: {} in {elapsed_ms} ms: {total} round trips, {errors} errors, per pair {slowest}..{most} (slowest: pair {slow}), {} round trips/s",
         if ok { "passed" } else { "FAILED" },
