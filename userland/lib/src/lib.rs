@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod sys;
+pub mod worker;
 
 use core::fmt::{self, Write};
 pub use rl4_abi as abi;

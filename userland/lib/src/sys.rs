@@ -7,13 +7,23 @@ pub type Ret = Result<[u64; 3], Error>;
 /// The raw system call: number and six arguments in, status and three results out.
 #[inline(always)]
 pub fn raw(n: Sys, a: [u64; 6]) -> (u64, [u64; 3]) {
+    raw_any(n as u64, a)
+}
+
+/// A system call by number that need not be one of [`Sys`] (for tests of the kernel's checks).
+pub fn raw_number(n: u64, a: [u64; 6]) -> u64 {
+    raw_any(n, a).0
+}
+
+#[inline(always)]
+fn raw_any(n: u64, a: [u64; 6]) -> (u64, [u64; 3]) {
     let (rax, rdi, rsi, rdx): (u64, u64, u64, u64);
     // SAFETY: `syscall` enters the kernel, which checks every argument; it clobbers only rcx
     // and r11 and returns results in rax, rdi, rsi, rdx, as the ABI says.
     unsafe {
         core::arch::asm!(
             "syscall",
-            inlateout("rax") n as u64 => rax,
+            inlateout("rax") n => rax,
             inlateout("rdi") a[0] => rdi,
             inlateout("rsi") a[1] => rsi,
             inlateout("rdx") a[2] => rdx,
@@ -26,28 +36,6 @@ pub fn raw(n: Sys, a: [u64; 6]) -> (u64, [u64; 3]) {
         );
     }
     (rax, [rdi, rsi, rdx])
-}
-
-/// A system call by number that need not be one of [`Sys`] (for tests of the kernel's checks).
-pub fn raw_number(n: u64, a: [u64; 6]) -> u64 {
-    let rax: u64;
-    // SAFETY: as in `raw`.
-    unsafe {
-        core::arch::asm!(
-            "syscall",
-            inlateout("rax") n => rax,
-            inlateout("rdi") a[0] => _,
-            inlateout("rsi") a[1] => _,
-            inlateout("rdx") a[2] => _,
-            in("r10") a[3],
-            in("r8") a[4],
-            in("r9") a[5],
-            lateout("rcx") _,
-            lateout("r11") _,
-            options(nostack)
-        );
-    }
-    rax
 }
 
 fn syscall(n: Sys, a: [u64; 6]) -> Ret {

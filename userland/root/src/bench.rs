@@ -21,7 +21,7 @@
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use rl4_abi::ipc::Tag;
-use rl4_abi::{BootInfo, Rights, ThreadState, measure, stat};
+use rl4_abi::{BootInfo, Rights, measure, stat};
 use rl4_user::sys::{self, Msg};
 use rl4_user::{Line, println, rdtsc};
 
@@ -50,11 +50,7 @@ fn samples2() -> &'static mut [u32] {
     buffer(1)
 }
 
-const SERVER_BUF: u64 = 0x0000_6400_0000_0000;
-const CHILD_STACK_TOP: u64 = 0x0000_7000_0000_0000;
-const W_ECHO: u64 = 9;
-const W_STAMP: u64 = 11;
-const EP_SLOT: u64 = 5;
+use rl4_user::worker::{ECHO as W_ECHO, STAMP as W_STAMP};
 
 fn ipis() -> u64 {
     sys::stat(MACHINE, stat::IPIS_SENT).unwrap_or(0)
@@ -144,20 +140,8 @@ impl Json {
 }
 
 /// An echo or stamp server in another task on `cpu`.
-fn remote_server(bi: &BootInfo, cpu: u64, cmd: u64) -> Option<(Child, u64, u64)> {
-    let c = Child::load(bi, "worker").ok()?;
-    let ep = slot();
-    sys::endpoint_create(MEMORY, ep).ok()?;
-    sys::cap_copy(ep, c.task, EP_SLOT, Rights::RECEIVE).ok()?;
-    map_fresh(c.space, SERVER_BUF, 1, Rights::READ.union(Rights::WRITE)).ok()?;
-    map_fresh(c.space, CHILD_STACK_TOP - 4 * 4096, 4, Rights::READ.union(Rights::WRITE)).ok()?;
-    let t = slot();
-    sys::thread_create(MEMORY, c.task, c.entry, CHILD_STACK_TOP, ROOT_PRIO, cpu, t).ok()?;
-    sys::thread_set_args(t, cmd, SERVER_BUF).ok()?;
-    sys::set_ipc_buffer(t, SERVER_BUF).ok()?;
-    sys::thread_resume(t).ok()?;
-    wait_ms(5000, || crate::tests::state(t) == Some(ThreadState::BlockedRecv));
-    Some((c, ep, t))
+fn remote_server(bi: &BootInfo, cpu: u64, cmd: u64) -> Option<Server> {
+    Server::start(bi, cpu, cmd).ok()
 }
 
 static INTRA_EP: AtomicU64 = AtomicU64::new(0);
@@ -204,7 +188,7 @@ fn ipc_config(bi: &BootInfo, name: &str, accel: &str, client: u64, server: Optio
     }
     let (ep, cleanup) = match server {
         Some(cpu) => match remote_server(bi, cpu, W_ECHO) {
-            Some((c, ep, t)) => (ep, Some((c, t))),
+            Some(srv) => (srv.ep, Some(srv)),
             None => return println!("bench: cannot start the server"),
         },
         None => {
@@ -241,18 +225,17 @@ fn ipc_config(bi: &BootInfo, name: &str, accel: &str, client: u64, server: Optio
         .num("overhead_cycles", ov)
         .num("total_cycles", total)
         .emit();
-    if let Some((c, t)) = cleanup {
-        let _ = sys::thread_suspend(t);
-        release(t);
-        c.release();
+    match cleanup {
+        Some(srv) => srv.stop(),
+        None => release(ep),
     }
-    release(ep);
 }
 
 fn oneway_config(bi: &BootInfo, name: &str, accel: &str, client: u64, server: u64, iters: usize) {
     let ov = overhead();
     go_to(client);
-    let Some((c, ep, t)) = remote_server(bi, server, W_STAMP) else { return println!("bench: cannot start the server") };
+    let Some(srv) = remote_server(bi, server, W_STAMP) else { return println!("bench: cannot start the server") };
+    let ep = srv.ep;
     let m = Msg { tag: Tag::new(1, 0, 0), badge: 0, w: [0; 4] };
     for _ in 0..1000.min(iters) {
         let _ = sys::call(ep, &m);
@@ -277,10 +260,7 @@ fn oneway_config(bi: &BootInfo, name: &str, accel: &str, client: u64, server: u6
         .num("server_cpu", server)
         .num("overhead_cycles", ov)
         .emit();
-    let _ = sys::thread_suspend(t);
-    release(t);
-    c.release();
-    release(ep);
+    srv.stop();
 }
 
 fn simple_config(name: &str, accel: &str, iters: usize, mut op: impl FnMut(), ov: u64) {
@@ -345,13 +325,11 @@ fn pair_client(i: u64) {
 
 fn pairs_config(bi: &BootInfo, name: &str, accel: &str, k: u64, iters: u64) {
     let k = k.min(cpus()).min(64);
-    let mut servers = [(0u64, 0u64); 64];
-    let mut children: [Option<Child>; 64] = [const { None }; 64];
+    let mut servers: [Option<Server>; 64] = [const { None }; 64];
     for i in 0..k {
-        let Some((c, ep, t)) = remote_server(bi, i, W_ECHO) else { return println!("bench: cannot start server {i}") };
-        PAIR_EPS[i as usize].store(ep, SeqCst);
-        servers[i as usize] = (ep, t);
-        children[i as usize] = Some(c);
+        let Some(srv) = remote_server(bi, i, W_ECHO) else { return println!("bench: cannot start server {i}") };
+        PAIR_EPS[i as usize].store(srv.ep, SeqCst);
+        servers[i as usize] = Some(srv);
     }
     PAIR_ITERS.store(iters, SeqCst);
     let clients: [u64; 64] = core::array::from_fn(|i| if (i as u64) < k { spawn(pair_client, i as u64, ROOT_PRIO - 1, i as u64) } else { 0 });
@@ -375,12 +353,9 @@ fn pairs_config(bi: &BootInfo, name: &str, accel: &str, k: u64, iters: u64) {
     for &t in clients.iter().take(k as usize) {
         release(t);
     }
-    for i in 0..k as usize {
-        let _ = sys::thread_suspend(servers[i].1);
-        release(servers[i].1);
-        release(servers[i].0);
-        if let Some(c) = children[i].take() {
-            c.release();
+    for srv in servers.iter_mut().take(k as usize) {
+        if let Some(srv) = srv.take() {
+            srv.stop();
         }
     }
 }
@@ -465,7 +440,8 @@ pub fn run(bi: &BootInfo, name: &str, accel: &str, iters: usize, len: u64) -> bo
 /// The same-core round trip with the kernel's per-step stamps on: where the instructions go.
 fn trace_config(bi: &BootInfo, name: &str, accel: &str, iters: usize) {
     go_to(0);
-    let Some((c, ep, t)) = remote_server(bi, 0, W_ECHO) else { return println!("bench: cannot start the server") };
+    let Some(srv) = remote_server(bi, 0, W_ECHO) else { return println!("bench: cannot start the server") };
+    let ep = srv.ep;
     let m = Msg { tag: Tag::new(1, 0, 0), badge: 0, w: [0; 4] };
     for _ in 0..1000 {
         let _ = sys::call(ep, &m);
@@ -493,8 +469,5 @@ fn trace_config(bi: &BootInfo, name: &str, accel: &str, iters: usize) {
     j.num("traced_per_round_trip", traced);
     j.text("steps", "set-up,capability look-up,partner,delivery,switch,return (per system call; entry/exit assembly and the user loop are the rest)");
     j.emit();
-    let _ = sys::thread_suspend(t);
-    release(t);
-    c.release();
-    release(ep);
+    srv.stop();
 }

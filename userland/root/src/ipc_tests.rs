@@ -1,23 +1,17 @@
 //! IPC tests and benchmarks of the root task.
 use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use rl4_abi::ipc::{FOREVER, MAX_WORDS, Tag};
-use rl4_abi::{BootInfo, Error, ObjType, PAGE_SIZE, Rights, Sys, ThreadState, stat};
+use rl4_abi::{BootInfo, Error, ObjType, Rights, Sys, ThreadState, stat};
 use rl4_user::sys::{self, Msg};
-use rl4_user::{println, rdtsc};
+use rl4_user::rdtsc;
 
 use crate::space::*;
 use crate::tests::{report, state};
 
-const W_ECHO: u64 = 9;
-const W_CALL: u64 = 10;
-const W_STAMP: u64 = 11;
-const W_EXIT_TASK: u64 = 5;
-const EP_SLOT: u64 = 5;
-const ECHO_KEY: u64 = 0x5a5a_5a5a_5a5a_5a5a;
-/// The server's IPC buffer in its own task, and the root thread's.
-const SERVER_BUF: u64 = 0x0000_6400_0000_0000;
+use rl4_user::worker::{CALL as W_CALL, ECHO as W_ECHO, ECHO_KEY, EP_SLOT, EXIT_TASK as W_EXIT_TASK};
+
+/// The root thread's IPC buffer.
 const ROOT_BUF: u64 = 0x0000_6500_0000_0000;
-const CHILD_STACK_TOP: u64 = 0x0000_7000_0000_0000;
 
 fn far_cpu() -> u64 {
     cpus() - 1
@@ -33,36 +27,6 @@ fn ms_ticks(ms: u64) -> u64 {
 
 fn buf_word(i: u64) -> *mut u64 {
     (ROOT_BUF + i * 8) as *mut u64
-}
-
-/// An echo server in a task of its own on `cpu`; returns (child, endpoint slot in root, thread).
-fn echo_server(bi: &BootInfo, cpu: u64) -> Result<(Child, u64, u64), Error> {
-    server(bi, cpu, W_ECHO)
-}
-
-fn server(bi: &BootInfo, cpu: u64, cmd: u64) -> Result<(Child, u64, u64), Error> {
-    let c = Child::load(bi, "worker")?;
-    let ep = slot();
-    sys::endpoint_create(MEMORY, ep)?;
-    sys::cap_copy(ep, c.task, EP_SLOT, Rights::RECEIVE)?;
-    map_fresh(c.space, SERVER_BUF, 1, Rights::READ.union(Rights::WRITE))?;
-    map_fresh(c.space, CHILD_STACK_TOP - 4 * PAGE_SIZE, 4, Rights::READ.union(Rights::WRITE))?;
-    let t = slot();
-    sys::thread_create(MEMORY, c.task, c.entry, CHILD_STACK_TOP, ROOT_PRIO, cpu, t)?;
-    sys::thread_set_args(t, cmd, SERVER_BUF)?;
-    sys::set_ipc_buffer(t, SERVER_BUF)?;
-    sys::thread_resume(t)?;
-    // Let it reach its first receive.
-    wait_ms(2000, || state(t) == Some(ThreadState::BlockedRecv));
-    Ok((c, ep, t))
-}
-
-fn stop_server(c: Child, ep: u64, t: u64) {
-    let _ = sys::thread_suspend(t);
-    release(ep); // the server's receive fails with PartnerGone once this was the last cap
-    wait_ms(1000, || state(t) != Some(ThreadState::BlockedRecv));
-    release(t);
-    c.release();
 }
 
 /// Calls the echo server with every length 0..=MAX_WORDS and checks each reply word.
@@ -101,9 +65,9 @@ fn lengths_round(ep: u64) -> Result<u64, &'static str> {
 
 fn test_call_lengths(bi: &BootInfo, name: &str, cpu: u64) {
     let (fast0, cross0) = (stat_of(stat::IPC_FAST), stat_of(stat::IPC_CROSS));
-    let r = echo_server(bi, cpu).map_err(|_| "server set-up failed").and_then(|(c, ep, t)| {
-        let r = lengths_round(ep);
-        stop_server(c, ep, t);
+    let r = Server::start(bi, cpu, W_ECHO).map_err(|_| "server set-up failed").and_then(|srv| {
+        let r = lengths_round(srv.ep);
+        srv.stop();
         r
     });
     let (fast, cross) = (stat_of(stat::IPC_FAST) - fast0, stat_of(stat::IPC_CROSS) - cross0);
@@ -518,72 +482,4 @@ pub fn run(bi: &BootInfo) {
     test_long_message_needs_buffer();
     test_death(bi);
     test_notifications();
-}
-
-/// Round trips with the echo server (another task) on `cpu`: cycles per round trip.
-pub fn bench_ipc(bi: &BootInfo, cpu: u64, rounds: u64) {
-    let Ok((c, ep, t)) = echo_server(bi, cpu) else { return println!("bench ipc: no server") };
-    let m = Msg { tag: Tag::new(1, 0, 0), badge: 0, w: [0; 4] };
-    for _ in 0..1000 {
-        let _ = sys::call(ep, &m);
-    }
-    let ipis0 = stat_of(stat::IPIS_SENT);
-    let t0 = rdtsc();
-    for _ in 0..rounds {
-        let _ = sys::call(ep, &m);
-    }
-    let dt = rdtsc() - t0;
-    let ipis = stat_of(stat::IPIS_SENT) - ipis0;
-    let me = sys::cpu_info().0;
-    println!(
-        "bench ipc-{} cycles={} (call + reply_recv round trip, client cpu {me}, server cpu {cpu} in another task, {rounds} rounds, {}.{:02} IPIs per round trip)",
-        if cpu == me { "same-core" } else { "cross-core" },
-        dt / rounds,
-        ipis / rounds,
-        ipis * 100 / rounds % 100
-    );
-    stop_server(c, ep, t);
-}
-
-
-fn median(v: &mut [u64]) -> u64 {
-    v.sort_unstable();
-    v[v.len() / 2]
-}
-
-/// One-way latencies the way sel4bench takes them: a time stamp right before the system call
-/// on one side, right after it returns on the other (the server is in another task).
-pub fn bench_one_way(bi: &BootInfo, cpu: u64) {
-    const N: usize = 2000;
-    let Ok((c, ep, t)) = server(bi, cpu, W_STAMP) else { return println!("bench one-way: no server") };
-    let m = Msg { tag: Tag::new(1, 0, 0), badge: 0, w: [0; 4] };
-    // The cost of the time stamps themselves.
-    let mut overhead = [0u64; 64];
-    for o in overhead.iter_mut() {
-        let a = rdtsc();
-        *o = rdtsc() - a;
-    }
-    let overhead = median(&mut overhead);
-    let mut call = [0u64; N];
-    let mut reply = [0u64; N];
-    for _ in 0..200 {
-        let _ = sys::call(ep, &m);
-    }
-    for i in 0..N {
-        let before = rdtsc();
-        let r = sys::call(ep, &m);
-        let after = rdtsc();
-        if let Ok(r) = r {
-            call[i] = r.w[0].wrapping_sub(before).saturating_sub(overhead);
-            reply[i] = after.wrapping_sub(r.w[1]).saturating_sub(overhead);
-        }
-    }
-    let me = sys::cpu_info().0;
-    println!(
-        "bench ipc-one-way-{} call={} reply={} (median of {N}, cycles, client cpu {me}, server cpu {cpu}, time-stamp overhead {overhead} subtracted)",
-        if cpu == me { "same-core" } else { "cross-core" },
-        median(&mut call),
-        median(&mut reply)
-    );
-    stop_server(c, ep, t);
 }

@@ -176,3 +176,45 @@ impl Child {
         release(self.task);
     }
 }
+
+/// Where a child's IPC buffer and its first thread's stack go.
+pub const CHILD_BUF: u64 = 0x0000_6400_0000_0000;
+pub const CHILD_STACK_TOP: u64 = 0x0000_7000_0000_0000;
+
+/// A server thread running the `worker` program in a task of its own, on an endpoint of the
+/// root task's.
+pub struct Server {
+    pub child: Child,
+    /// The endpoint, in the root task's table (the worker holds a receive-only copy).
+    pub ep: u64,
+    pub thread: u64,
+}
+
+impl Server {
+    /// Starts `worker` command `cmd` (`ECHO` or `STAMP`) on `cpu` and waits until it receives.
+    pub fn start(bi: &BootInfo, cpu: u64, cmd: u64) -> Result<Server, Error> {
+        use rl4_user::worker::EP_SLOT;
+        let child = Child::load(bi, "worker")?;
+        let ep = slot();
+        sys::endpoint_create(MEMORY, ep)?;
+        sys::cap_copy(ep, child.task, EP_SLOT, Rights::RECEIVE)?;
+        map_fresh(child.space, CHILD_BUF, 1, Rights::READ.union(Rights::WRITE))?;
+        map_fresh(child.space, CHILD_STACK_TOP - 4 * PAGE_SIZE, 4, Rights::READ.union(Rights::WRITE))?;
+        let thread = slot();
+        sys::thread_create(MEMORY, child.task, child.entry, CHILD_STACK_TOP, ROOT_PRIO, cpu, thread)?;
+        sys::thread_set_args(thread, cmd, CHILD_BUF)?;
+        sys::set_ipc_buffer(thread, CHILD_BUF)?;
+        sys::thread_resume(thread)?;
+        let blocked = |t| sys::thread_info(t).map(|r| r[0]) == Ok(rl4_abi::ThreadState::BlockedRecv as u64);
+        wait_ms(5000, || blocked(thread));
+        Ok(Server { child, ep, thread })
+    }
+
+    /// Stops the server: deleting the endpoint wakes its receive with `PartnerGone`.
+    pub fn stop(self) {
+        let _ = sys::thread_suspend(self.thread);
+        release(self.ep);
+        release(self.thread);
+        self.child.release();
+    }
+}

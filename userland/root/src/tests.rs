@@ -1,21 +1,16 @@
 //! The root task's scenarios: the demo, the test suite and the micro-benchmarks.
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
-use rl4_abi::{BootInfo, Error, PAGE_SIZE, Rights, Sys, ThreadState, stat};
+use rl4_abi::{BootInfo, Error, PAGE_SIZE, Rights, ThreadState, stat};
 use rl4_user::{println, sys};
 
 use crate::space::*;
 
-const W_READ: u64 = 1;
-const W_WRITE: u64 = 2;
-const W_SPIN: u64 = 3;
-const W_HELLO: u64 = 4;
-const W_EXIT_TASK: u64 = 5;
-const W_PRIVILEGED: u64 = 6;
-const W_INVALID_OPCODE: u64 = 7;
-const W_DIVIDE_ZERO: u64 = 8;
+use rl4_user::worker::{
+    DIVIDE_ZERO as W_DIVIDE_ZERO, EXIT_TASK as W_EXIT_TASK, HELLO as W_HELLO, INVALID_OPCODE as W_INVALID_OPCODE,
+    PRIVILEGED as W_PRIVILEGED, READ as W_READ, SPIN as W_SPIN, WRITE as W_WRITE,
+};
 
-/// Where children get their stacks, and where shared test pages go.
-const CHILD_STACK_TOP: u64 = 0x0000_7000_0000_0000;
+/// Where shared test pages go.
 const SHARED_VA: u64 = 0x0000_6000_0000_0000;
 const SECRET_VA: u64 = 0x0000_6100_0000_0000;
 const RO_VA: u64 = 0x0000_6200_0000_0000;
@@ -427,54 +422,4 @@ pub fn run(bi: &BootInfo, which: &str) -> bool {
     let (p, f) = (PASSED.load(SeqCst), FAILED.load(SeqCst));
     println!("root: {p} passed, {f} failed");
     f == 0 && p > 0
-}
-
-// ---- micro-benchmarks ------------------------------------------------------------------------
-
-static PING: AtomicU64 = AtomicU64::new(0);
-
-fn ponger(rounds: u64) {
-    for _ in 0..rounds {
-        sys::yield_now();
-    }
-}
-
-pub fn bench(bi: &BootInfo) {
-    crate::ipc_tests::bench_ipc(bi, sys::cpu_info().0, 20_000);
-    crate::ipc_tests::bench_one_way(bi, sys::cpu_info().0);
-    if cpus() > 1 {
-        crate::ipc_tests::bench_ipc(bi, cpus() - 1, 5_000);
-        crate::ipc_tests::bench_one_way(bi, cpus() - 1);
-    }
-    // Null system call: the whole entry and exit path, user loop included.
-    let n = 10_000;
-    let mut best = u64::MAX;
-    for _ in 0..5 {
-        let t0 = rl4_user::rdtsc();
-        for _ in 0..n {
-            let _ = sys::raw(Sys::Null, [0; 6]);
-        }
-        best = best.min((rl4_user::rdtsc() - t0) / n);
-    }
-    println!("bench null-syscall cycles={best} (per call, best of 5 x {n})");
-    // Same-CPU thread switch: two threads of equal priority yield to each other.
-    let rounds = 5_000;
-    let _ = sys::thread_set_priority(THREAD, 60);
-    let t = spawn(ponger, rounds + 100, 60, sys::cpu_info().0);
-    sys::yield_now();
-    let s0 = sys::stat(MACHINE, stat::SWITCHES).unwrap_or(0);
-    let t0 = rl4_user::rdtsc();
-    for _ in 0..rounds {
-        sys::yield_now();
-    }
-    let dt = rl4_user::rdtsc() - t0;
-    let switches = sys::stat(MACHINE, stat::SWITCHES).unwrap_or(0) - s0;
-    PING.store(dt, SeqCst);
-    let _ = join(&[t], 5000);
-    let _ = sys::thread_set_priority(THREAD, ROOT_PRIO);
-    release(t);
-    println!(
-        "bench thread-switch cycles={} (yield to a thread of the same task on the same CPU; {switches} switches in {rounds} rounds)",
-        dt / switches.max(1)
-    );
 }

@@ -1,6 +1,6 @@
 //! A program the root task runs in a task of its own, to test isolation and faults.
 //!
-//! `a0` says what to do, `a1` is its operand:
+//! `a0` says what to do (`rl4_user::worker`), `a1` is its operand:
 //! * [`READ`]: read the word at `a1` and report it (faults if `a1` is not readable here);
 //! * [`WRITE`]: write a word to `a1` (faults if `a1` is not writable here);
 //! * [`SPIN`]: add one to the word at `a1` forever;
@@ -16,21 +16,9 @@
 #![no_std]
 #![no_main]
 
+use rl4_user::worker::*;
 use rl4_user::{println, sys};
 
-pub const READ: u64 = 1;
-pub const WRITE: u64 = 2;
-pub const SPIN: u64 = 3;
-pub const HELLO: u64 = 4;
-pub const EXIT_TASK: u64 = 5;
-pub const PRIVILEGED: u64 = 6;
-pub const INVALID_OPCODE: u64 = 7;
-pub const DIVIDE_ZERO: u64 = 8;
-pub const ECHO: u64 = 9;
-pub const CALL: u64 = 10;
-pub const STAMP: u64 = 11;
-pub const EP_SLOT: u64 = 5;
-pub const ECHO_KEY: u64 = 0x5a5a_5a5a_5a5a_5a5a;
 
 #[unsafe(no_mangle)]
 fn rl4_main(cmd: u64, addr: u64) {

@@ -1,8 +1,0 @@
-fn main() {
-    let dir = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
-    let script = dir.join("../user.ld");
-    println!("cargo:rerun-if-changed={}", script.display());
-    println!("cargo:rustc-link-arg-bins=-T{}", script.display());
-    println!("cargo:rustc-link-arg-bins=--no-pie");
-    println!("cargo:rustc-link-arg-bins=-zmax-page-size=0x1000");
-}
