@@ -197,7 +197,7 @@ for e in range(lx0, lx1 + 1):
     x = X(10 ** e)
     S.append(f'<line x1="{x:.1f}" y1="{MT}" x2="{x:.1f}" y2="{H-MB}" stroke="#ddd"/>')
     S.append(f'<text x="{x:.1f}" y="{H-MB+15}" text-anchor="middle">1e{e}</text>')
-for p in [0, 25, 50, 75, 90, 99, 100]:
+for p in [0, 25, 50, 75, 90, 100]:
     y = Y(p)
     S.append(f'<line x1="{ML}" y1="{y:.1f}" x2="{W-MR}" y2="{y:.1f}" stroke="#eee"/>')
     S.append(f'<text x="{ML-6}" y="{y+4:.1f}" text-anchor="end">{p}%</text>')
