@@ -22,31 +22,42 @@ pub fn cr3_floor(iters: u64) -> [u64; 3] {
     [sum / iters.max(1), min, max]
 }
 
-static PING_FROM: AtomicU32 = AtomicU32::new(0);
-static PONGS: AtomicU64 = AtomicU64::new(0);
+/// Per CPU: who pinged it last (answered by its ping handler), and the pongs it received.
+static PING_FROM: [AtomicU32; rl4_smp::MAX_CPUS] = [const { AtomicU32::new(0) }; rl4_smp::MAX_CPUS];
+static PONGS: [AtomicU64; rl4_smp::MAX_CPUS] = [const { AtomicU64::new(0) }; rl4_smp::MAX_CPUS];
+/// One measurement at a time (two could ping the same CPU).
+static BUSY: spin::Mutex<()> = spin::Mutex::new(());
 
 /// The ping IPI: answer the CPU that sent it.
 pub fn ping_interrupt() {
     cpus::eoi();
-    cpus::send_ipi(PING_FROM.load(Ordering::Acquire) as usize, lapic::VEC_PONG);
+    let me = percpu::cpu_index() as usize;
+    cpus::send_ipi(PING_FROM[me].load(Ordering::Acquire) as usize, lapic::VEC_PONG);
 }
 
 /// The answer to a ping.
 pub fn pong_interrupt() {
-    PONGS.fetch_add(1, Ordering::AcqRel);
+    PONGS[percpu::cpu_index() as usize].fetch_add(1, Ordering::AcqRel);
     cpus::eoi();
 }
 
 /// `iters` round trips of an IPI to `target` and its answer, this CPU halted while it waits.
 /// Returns (mean, min, max) cycles.
 pub fn ipi_floor(target: usize, iters: u64) -> [u64; 3] {
-    PING_FROM.store(percpu::cpu_index(), Ordering::Release);
+    let Some(_one) = BUSY.try_lock() else { return [0; 3] };
+    let me = percpu::cpu_index();
+    PING_FROM[target].store(me, Ordering::Release);
     let (mut min, mut max, mut sum) = (u64::MAX, 0, 0);
     for _ in 0..iters.max(1) {
-        let before = PONGS.load(Ordering::Acquire);
+        let before = PONGS[me as usize].load(Ordering::Acquire);
         let t = cpu::rdtsc();
         cpus::send_ipi(target, lapic::VEC_PING);
-        while PONGS.load(Ordering::Acquire) == before {
+        // Never wait for good: a lost answer ends the measurement after 100 ms.
+        let give_up = t + rl4_arch::time::us_to_ticks(100_000);
+        while PONGS[me as usize].load(Ordering::Acquire) == before {
+            if cpu::rdtsc() > give_up {
+                return [0; 3];
+            }
             cpu::idle_wait();
         }
         let d = cpu::rdtsc() - t;

@@ -212,6 +212,9 @@ impl Task {
 pub struct Sched {
     pub state: ThreadState,
     pub prio: u8,
+    /// Maximum controlled priority: the highest priority this thread may give itself or any
+    /// thread it creates or controls (its creation priority; the root thread's is 255).
+    pub mcp: u8,
     /// The CPU the thread runs on (its affinity).
     pub cpu: u32,
     /// It is some CPU's current thread.
@@ -257,6 +260,7 @@ impl Thread {
             sched: Mutex::new(Sched {
                 state: ThreadState::Inactive,
                 prio,
+                mcp: prio,
                 cpu,
                 on_cpu: false,
                 queued: false,

@@ -91,6 +91,7 @@ pub fn start(cmdline: &str, tsc_hz: u64) -> Result<(), &'static str> {
     let thread = Thread::new(&memory, task.clone(), elf.entry, rl4_abi::ROOT_STACK_TOP, ROOT_PRIORITY, 0)
         .map_err(|_| "out of memory")?;
     thread.regs.with(|r| r.rdi = rl4_abi::BOOT_INFO_ADDR);
+    thread.sched.lock().mcp = rl4_abi::MAX_PRIORITY as u8;
     {
         let mut caps = task.caps.lock();
         let all = Rights::ALL;

@@ -303,17 +303,19 @@ fn pick(cs: &CpuSched) -> bool {
         s.on_cpu = true;
         let (iret, prio) = (s.resume_iret, s.prio);
         drop(s);
-        switch_to(cs, t, iret, prio);
+        switch_to(cs, t, iret, prio, true);
         return true;
     }
 }
 
-fn switch_to(cs: &CpuSched, t: Arc<Thread>, iret: bool, prio: u8) {
+fn switch_to(cs: &CpuSched, t: Arc<Thread>, iret: bool, prio: u8, new_slice: bool) {
     entry::set_current(&t.regs, iret);
     load_space(cs, &t.space);
     cs.current_prio.store(prio as i32, Ordering::SeqCst);
-    cs.slice.store(TIME_SLICE_TICKS, Ordering::Relaxed);
-    cs.expired.store(false, Ordering::Relaxed);
+    if new_slice {
+        cs.slice.store(TIME_SLICE_TICKS, Ordering::Relaxed);
+        cs.expired.store(false, Ordering::Relaxed);
+    }
     cs.switches.fetch_add(1, Ordering::Relaxed);
     *cs.current.lock() = Some(t);
 }
@@ -397,7 +399,9 @@ pub fn switch_direct(to: Arc<Thread>, prio: u8) {
             }
         }
     }
-    switch_to(cs, to, false, prio);
+    // The woken thread runs on what is left of the slice: a pair that keeps handing the CPU
+    // back and forth must not get a fresh slice at every message and starve its neighbours.
+    switch_to(cs, to, false, prio, false);
 }
 
 /// Whether the running thread of this CPU is no longer `t` (a direct switch happened).

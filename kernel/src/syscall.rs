@@ -306,7 +306,7 @@ fn dispatch(t: &Arc<Thread>, r: &UserRegs) -> Ret {
             let m = memory(task, a0)?;
             let target = task_obj(task, a1, Rights::WRITE)?;
             let prio = a4 & 0xffff_ffff;
-            if prio > MAX_PRIORITY {
+            if prio > MAX_PRIORITY || prio > t.sched.lock().mcp as u64 {
                 return Err(Error::InvalidPriority);
             }
             let cpu = check_cpu(a4 >> 32)?;
@@ -351,7 +351,8 @@ fn dispatch(t: &Arc<Thread>, r: &UserRegs) -> Ret {
         }
         Sys::ThreadSetPriority => {
             let th = thread_obj(task, a0, Rights::WRITE)?;
-            if a1 > MAX_PRIORITY {
+            // Nobody raises a thread above its own maximum controlled priority.
+            if a1 > MAX_PRIORITY || a1 > t.sched.lock().mcp as u64 {
                 return Err(Error::InvalidPriority);
             }
             let mut s = th.sched.lock();
@@ -396,6 +397,11 @@ fn dispatch(t: &Arc<Thread>, r: &UserRegs) -> Ret {
         }
         Sys::TaskExit => {
             kill_task(&t.task);
+            Ok([0; 3])
+        }
+        Sys::TaskKill => {
+            let target = task_obj(task, a0, Rights::WRITE)?;
+            kill_task(&target);
             Ok([0; 3])
         }
         Sys::CpuInfo => Ok([percpu::cpu_index() as u64, sched::online_count(), 0]),
@@ -489,9 +495,11 @@ fn dispatch(t: &Arc<Thread>, r: &UserRegs) -> Ret {
             Ok([0; 3])
         }
         Sys::Measure => {
-            lookup(task, a0, ObjType::Machine, Rights::NONE)?;
+            // The kernel spins while it measures: only holders of the shutdown right (the root
+            // task's machine capability) may, and only briefly.
+            lookup(task, a0, ObjType::Machine, Rights::SHUTDOWN)?;
             match a1 {
-                rl4_abi::measure::CR3_FLOOR if (1..=1_000_000).contains(&a2) => Ok(crate::measure::cr3_floor(a2)),
+                rl4_abi::measure::CR3_FLOOR if (1..=10_000).contains(&a2) => Ok(crate::measure::cr3_floor(a2)),
                 rl4_abi::measure::IPC_TRACE => {
                     trace::set(a2 != 0);
                     Ok([0; 3])
@@ -503,7 +511,7 @@ fn dispatch(t: &Arc<Thread>, r: &UserRegs) -> Ret {
                 rl4_abi::measure::IPI_FLOOR => {
                     let (target, iters) = (a2 & 0xffff, a2 >> 16);
                     check_cpu(target)?;
-                    if target == percpu::cpu_index() as u64 || !(1..=100_000).contains(&iters) {
+                    if target == percpu::cpu_index() as u64 || !(1..=1_000).contains(&iters) {
                         return Err(Error::InvalidArgument);
                     }
                     Ok(crate::measure::ipi_floor(target as usize, iters))

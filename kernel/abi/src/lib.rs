@@ -122,8 +122,13 @@ numbered! {
         /// the badge of an endpoint or notification capability that has none yet.
         CapMint = 37,
         /// `(machine_slot, which, arg)` → `(mean, min, max)` cycles: a hardware floor measured
-        /// in the kernel ([`measure`]).
+        /// in the kernel ([`measure`]). Needs `SHUTDOWN`; at most 10,000 CR3 pairs or 1,000 IPI
+        /// round trips per call.
         Measure = 38,
+        /// `(task_slot)`: end a task as `TaskExit` would (needs `WRITE`): its threads stop and
+        /// its capability table is emptied, which breaks the reference cycles a table holding
+        /// capabilities to its own task or threads makes.
+        TaskKill = 39,
     }
 }
 

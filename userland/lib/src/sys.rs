@@ -118,6 +118,9 @@ pub fn thread_exit() -> ! {
     let _ = syscall(Sys::ThreadExit, [0; 6]);
     unreachable!("ThreadExit returned")
 }
+pub fn task_kill(task: u64) -> Result<(), Error> {
+    unit(Sys::TaskKill, [task, 0, 0, 0, 0, 0])
+}
 pub fn task_exit() -> ! {
     let _ = syscall(Sys::TaskExit, [0; 6]);
     unreachable!("TaskExit returned")

@@ -29,3 +29,7 @@ pub const STAMP: u64 = 11;
 /// The worker's slot for the endpoint it serves or calls.
 pub const EP_SLOT: u64 = 5;
 pub const ECHO_KEY: u64 = 0x5a5a_5a5a_5a5a_5a5a;
+/// Issue random system calls forever (operand: the seed). Counters in the page at [`FUZZ_PAGE`]:
+/// word 0 = calls made, word 1 + e = calls that returned error code `e` (e < 32).
+pub const FUZZ: u64 = 12;
+pub const FUZZ_PAGE: u64 = 0x0000_6900_0000_0000;

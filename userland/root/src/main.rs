@@ -9,11 +9,14 @@
 //! * `bench`: IPC round trips and one-way latencies, null system call, thread switch;
 //! * `stress [pairs=N] [messages=M] [seconds=S]`: many IPC pairs on all CPUs, every message
 //!   checked (defaults 64, 1000, 30);
-//! * `bench=NAME [iters=N] [len=W] [accel=A]`: one benchmark configuration (see `bench.rs`).
+//! * `bench=NAME [iters=N] [len=W] [accel=A]`: one benchmark configuration (see `bench.rs`);
+//! * `fuzz [seconds=S] [seed=X] [fuzzers=K]`: random system calls from K tasks next to checked
+//!   IPC pairs (see `fuzz.rs`).
 #![no_std]
 #![no_main]
 
 mod bench;
+mod fuzz;
 mod ipc_tests;
 mod space;
 mod stress;
@@ -39,6 +42,7 @@ fn rl4_main(boot_info: u64, _: u64) {
     let mut test = None;
     let mut bench = false;
     let mut stress = false;
+    let (mut fuzz, mut seed, mut fuzzers) = (false, 1u64, 8usize);
     let (mut pairs, mut messages, mut seconds) = (64usize, 1000u64, 30u64);
     let (mut bench_name, mut iters, mut len, mut accel) = (None, 1_000_000usize, 0u64, "tcg");
     for w in args.split_ascii_whitespace() {
@@ -49,6 +53,12 @@ fn rl4_main(boot_info: u64, _: u64) {
             bench = true;
         } else if w == "stress" {
             stress = true;
+        } else if w == "fuzz" {
+            fuzz = true;
+        } else if let Some(n) = w.strip_prefix("seed=").and_then(num) {
+            seed = n;
+        } else if let Some(n) = w.strip_prefix("fuzzers=").and_then(num) {
+            fuzzers = n as usize;
         } else if let Some(n) = w.strip_prefix("pairs=").and_then(num) {
             pairs = n as usize;
         } else if let Some(n) = w.strip_prefix("messages=").and_then(num) {
@@ -73,8 +83,15 @@ fn rl4_main(boot_info: u64, _: u64) {
         list.split(',').all(|b| bench::run(bi, b, accel, iters, len))
     } else if let Some(t) = test {
         tests::run(bi, t)
+    } else if fuzz {
+        fuzz::run(bi, seconds, seed, fuzzers)
     } else if stress {
-        stress::run(pairs, messages, seconds)
+        let t0 = sys::stat(root_slots::MACHINE, rl4_abi::stat::THREADS).unwrap_or(0);
+        let ok = stress::run(pairs, messages, seconds);
+        space::wait_ms(3000, || sys::stat(root_slots::MACHINE, rl4_abi::stat::THREADS) == Ok(t0));
+        let t1 = sys::stat(root_slots::MACHINE, rl4_abi::stat::THREADS).unwrap_or(0);
+        println!("stress: threads before {t0}, after {t1}");
+        ok && t1 == t0
     } else if bench {
         // The quick look at the main costs; `scripts/bench` runs the full set.
         ["null-syscall", "thread-switch", "same-core", "oneway-same-core"].iter().all(|b| bench::run(bi, b, "guest", 20_000, 0))

@@ -88,9 +88,12 @@ pub fn spawn(f: fn(u64), arg: u64, prio: u64, cpu: u64) -> u64 {
     t
 }
 
-/// Waits up to `ms` milliseconds for `cond`, yielding the CPU meanwhile.
+/// Waits up to `ms` milliseconds for `cond`. It first yields (cheap, and enough when the
+/// awaited threads run elsewhere or at this priority); after a few rounds it sleeps between looks,
+/// so that threads of lower priority on this CPU get to run too.
 pub fn wait_ms(ms: u64, mut cond: impl FnMut() -> bool) -> bool {
     let end = rl4_user::rdtsc() + TSC_HZ.load(Ordering::Relaxed) / 1000 * ms;
+    let mut rounds = 0u32;
     loop {
         if cond() {
             return true;
@@ -98,7 +101,12 @@ pub fn wait_ms(ms: u64, mut cond: impl FnMut() -> bool) -> bool {
         if rl4_user::rdtsc() > end {
             return cond();
         }
-        sys::yield_now();
+        rounds += 1;
+        if rounds < 64 {
+            sys::yield_now();
+        } else {
+            crate::stress::sleep_ms(1);
+        }
     }
 }
 
@@ -113,6 +121,11 @@ impl Child {
     /// Loads the program `name` into a new task, gives it a console capability (console right
     /// only) in its `MACHINE` slot. Frames are copied through a scratch page of the root task.
     pub fn load(bi: &BootInfo, name: &str) -> Result<Child, Error> {
+        Self::load_with(bi, name, Rights::CONSOLE)
+    }
+
+    /// Like [`Child::load`], with `console` the rights of the child's machine capability.
+    pub fn load_with(bi: &BootInfo, name: &str, console: Rights) -> Result<Child, Error> {
         let p = bi.programs().iter().find(|p| p.name() == name).ok_or(Error::InvalidArgument)?;
         // SAFETY: the kernel maps each program image read-only at `addr` for `len` bytes.
         let image = unsafe { core::slice::from_raw_parts(p.addr as *const u8, p.len as usize) };
@@ -154,7 +167,7 @@ impl Child {
                 va += PAGE_SIZE;
             }
         }
-        sys::cap_copy(MACHINE, task, MACHINE, Rights::CONSOLE)?;
+        sys::cap_copy(MACHINE, task, MACHINE, console)?;
         Ok(Child { task, space, entry: elf.entry })
     }
 
@@ -169,9 +182,10 @@ impl Child {
         Ok(t)
     }
 
-    /// Deletes the root task's capabilities to the child (the child dies with the last one,
-    /// once its threads are gone).
+    /// Ends the child (its threads stop, its table is emptied) and deletes the root task's
+    /// capabilities to it: everything it had goes back to the budget.
     pub fn release(self) {
+        let _ = sys::task_kill(self.task);
         release(self.space);
         release(self.task);
     }

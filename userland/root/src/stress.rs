@@ -75,6 +75,11 @@ fn busy(_: u64) {
 
 /// Runs the stress test; returns whether it passed.
 pub fn run(pairs: usize, messages: u64, seconds: u64) -> bool {
+    run_with(pairs, messages, seconds, &mut || {})
+}
+
+/// The stress test, calling `tick` between the monitor's looks (every 100 ms).
+pub fn run_with(pairs: usize, messages: u64, seconds: u64, tick: &mut dyn FnMut()) -> bool {
     let pairs = pairs.clamp(1, MAX_PAIRS);
     let n = cpus();
     TARGET.store(messages, SeqCst);
@@ -119,6 +124,7 @@ pub fn run(pairs: usize, messages: u64, seconds: u64) -> bool {
     let mut stalled = None;
     while !(0..pairs).all(done) && rdtsc() - start < limit && ERRORS.load(SeqCst) == 0 && stalled.is_none() {
         sleep_ms(100);
+        tick();
         for i in 0..pairs {
             let v = SENT[i].load(SeqCst);
             if v == last[i] && !done(i) {
@@ -134,6 +140,11 @@ pub fn run(pairs: usize, messages: u64, seconds: u64) -> bool {
     }
     if let Some(i) = stalled {
         println!("stress: pair {i} made no progress for 10 s (at message {})", SENT[i].load(SeqCst));
+    }
+    if ERRORS.load(SeqCst) != 0 || stalled.is_some() || (0..pairs).any(|i| SENT[i].load(SeqCst) == 0) {
+        for i in 0..pairs {
+            println!("stress: pair {i}: {} round trips", SENT[i].load(SeqCst));
+        }
     }
     let elapsed_ms = (rdtsc() - start) / (tsc_hz() / 1000).max(1);
     STOP.store(true, SeqCst);
@@ -152,10 +163,11 @@ pub fn run(pairs: usize, messages: u64, seconds: u64) -> bool {
         release(s[2]);
     }
     for &t in spinners.iter().take(n.min(8) as usize) {
+        wait_ms(2000, || matches!(crate::tests::state(t), Some(ThreadState::Dead)));
         release(t);
     }
     let all_done = (0..pairs).all(done);
-    let ok = errors == 0 && stalled.is_none() && slowest > 0 && (all_done || elapsed_ms >= seconds * 1000);
+    let ok = errors == 0 && stalled.is_none() && slowest > 0 && (all_done || elapsed_ms >= seconds * 1000 || messages == u64::MAX);
     println!(
         "stress: {} in {elapsed_ms} ms: {total} round trips, {errors} errors, per pair {slowest}..{most} (slowest: pair {slow}), {} round trips/s",
         if ok { "passed" } else { "FAILED" },

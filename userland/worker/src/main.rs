@@ -16,6 +16,7 @@
 #![no_std]
 #![no_main]
 
+use rl4_user::abi::Sys;
 use rl4_user::worker::*;
 use rl4_user::{println, sys};
 
@@ -52,6 +53,7 @@ fn rl4_main(cmd: u64, addr: u64) {
         },
         ECHO => echo(addr),
         STAMP => stamp(),
+        FUZZ => fuzz(addr),
         CALL => {
             let r = sys::call(EP_SLOT, &sys::Msg::default());
             println!("worker: call returned {:?}", r.map(|m| m.tag));
@@ -96,5 +98,83 @@ fn stamp() {
             return;
         }
         arrived = rl4_user::rdtsc();
+    }
+}
+
+/// Random system calls: numbers mostly valid, slots mostly small, pointers of every kind (this
+/// thread's stack, unmapped, kernel, non-canonical), lengths around every limit, random tags,
+/// rights and timeouts. Only the counters page is written by this code; everything else the
+/// calls may do (unmap this program, delete its capabilities, end the task) is fair game.
+fn fuzz(seed: u64) {
+    let mut x = seed | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut scratch = [0u64; 64];
+    let counters = FUZZ_PAGE as *mut u64;
+    loop {
+        let r = next();
+        let mut n = match r % 16 {
+            0 => next(),
+            1..=2 => next() % 64,
+            _ => next() % 40,
+        };
+        // Ending itself is allowed, but rarely, so that each fuzzer lives long enough to matter.
+        let ends = [Sys::ThreadExit as u64, Sys::TaskExit as u64, Sys::TaskKill as u64, Sys::ThreadSuspend as u64];
+        if ends.contains(&n) && next() % 64 != 0 {
+            n = Sys::Null as u64;
+        }
+        // Never the console: it would fill the log (the machine capability here has no rights).
+        let mut arg = |i: u64| -> u64 {
+            let k = next();
+            match (k >> 60) % 8 {
+                0 => k % 16,
+                1 => k % 300,
+                2 => scratch.as_mut_ptr() as u64 + (k % 64) * 8 * (i & 1),
+                3 => [0, 0x1000, 0xffff_8000_0000_0000, 0x0000_8000_0000_0000, 0x7fff_ffff_f000, u64::MAX][(k % 6) as usize],
+                4 => [0, 1, 4, 5, 128, 129, 4096, 4097, 1 << 20][(k % 9) as usize],
+                5 => k,
+                6 => (k % 300) << 32 | (k >> 8) % 300,
+                _ => k % 8,
+            }
+        };
+        let a = [arg(0), arg(1), arg(2), arg(3), arg(4), arg(5)];
+        // Bounded waits (a few ms at most), so that a fuzzer never sleeps for good.
+        let timeout = match next() % 3 {
+            0 => 0,
+            1 => next() % 10_000_000,
+            _ => next() % 100_000,
+        };
+        let (rax, _, _, _): (u64, u64, u64, u64);
+        // SAFETY: a system call with arbitrary arguments: the kernel checks them all. The
+        // registers that are not arguments (`rbx`, `rbp`, `r15`) are not touched by the kernel.
+        unsafe {
+            core::arch::asm!(
+                "syscall",
+                inlateout("rax") n => rax,
+                inlateout("rdi") a[0] => _,
+                inlateout("rsi") a[1] => _,
+                inlateout("rdx") a[2] => _,
+                inlateout("r10") a[3] => _,
+                inlateout("r8") a[4] => _,
+                inlateout("r9") a[5] => _,
+                inlateout("r12") timeout => _,
+                inlateout("r13") next() % 300 => _,
+                inlateout("r14") next() % 300 => _,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack)
+            );
+        }
+        // SAFETY: the root task maps the counters page here before starting this thread; if a
+        // call above unmapped it, this write faults and the kernel stops the thread.
+        unsafe {
+            counters.write_volatile(counters.read_volatile() + 1);
+            let slot = counters.add(1 + (rax.min(31)) as usize);
+            slot.write_volatile(slot.read_volatile() + 1);
+        }
     }
 }
