@@ -110,10 +110,11 @@ pub fn run_with(pairs: usize, messages: u64, seconds: u64, tick: &mut dyn FnMut(
         };
         s[2] = spawn(client, i as u64, PRIO, ccpu);
     }
-    println!(
-        "stress: {pairs} pairs ({same} same-core, {} cross-core) on {n} CPU(s), {messages} messages each, at most {seconds} s, one busy thread per CPU",
-        pairs - same
-    );
+    if messages == u64::MAX {
+        println!("stress: {pairs} pairs ({same} same-core, {} cross-core) on {n} CPU(s), messages until the time is up, {seconds} s, one busy thread per CPU", pairs - same);
+    } else {
+        println!("stress: {pairs} pairs ({same} same-core, {} cross-core) on {n} CPU(s), {messages} messages each, at most {seconds} s, one busy thread per CPU", pairs - same);
+    }
     let start = rdtsc();
     let limit = tsc_hz() * seconds;
     let done = |i: usize| SENT[i].load(SeqCst) >= messages;
