@@ -37,14 +37,14 @@ pub enum Wait {
 }
 
 #[derive(Default)]
-struct EpQueues {
+pub(crate) struct EpQueues {
     /// Highest priority first, FIFO within a priority.
-    senders: VecDeque<Arc<Thread>>,
-    receivers: VecDeque<Arc<Thread>>,
+    pub(crate) senders: VecDeque<Arc<Thread>>,
+    pub(crate) receivers: VecDeque<Arc<Thread>>,
 }
 
 pub struct Endpoint {
-    q: Mutex<EpQueues>,
+    pub(crate) q: Mutex<EpQueues>,
     _charge: crate::obj::Charge,
 }
 

@@ -9,6 +9,7 @@
 
 extern crate alloc;
 
+mod fastpath;
 mod ipc;
 mod measure;
 mod mem;

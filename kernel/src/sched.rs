@@ -49,7 +49,7 @@ impl PartialEq for TRef {
 
 pub struct CpuSched {
     rq: Mutex<RunQueue<TRef>>,
-    current: Mutex<Option<Arc<Thread>>>,
+    pub(crate) current: Mutex<Option<Arc<Thread>>>,
     inbox: Mutex<Vec<TRef>>,
     /// Priority of the running thread, -1 when idle (read by other CPUs to decide on an IPI).
     current_prio: AtomicI32,
@@ -91,6 +91,18 @@ static SHOOTDOWN: Mutex<()> = Mutex::new(());
 
 fn get(i: usize) -> Option<&'static CpuSched> {
     CPUS.get(i)?.get().copied()
+}
+
+/// The calling CPU's scheduler.
+pub(crate) fn this_cpu() -> &'static CpuSched {
+    this()
+}
+
+/// Whether a thread of priority `prio` may take this CPU straight away: nothing waits in the
+/// inbox and nothing of higher priority in the run queue (the fast path's guard; it does not
+/// drain the inbox).
+pub(crate) fn nothing_more_urgent(cs: &CpuSched, prio: u8) -> bool {
+    cs.inbox_len.load(Ordering::SeqCst) == 0 && cs.rq.lock().highest().is_none_or(|h| h <= prio)
 }
 
 fn this() -> &'static CpuSched {

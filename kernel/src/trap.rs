@@ -44,6 +44,10 @@ fn rl4_kernel_interrupt(vector: u8) {
 #[unsafe(no_mangle)]
 extern "C" fn rl4_syscall() {
     crate::trace::enter();
+    if crate::fastpath::try_fast() {
+        crate::trace::stamp(crate::trace::DONE);
+        return;
+    }
     if crate::syscall::handle() {
         sched::decide();
     }

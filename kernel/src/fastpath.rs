@@ -1,0 +1,139 @@
+//! The IPC fast path: `Call` and `ReplyRecv` between two threads of one CPU, with a message that
+//! fits in registers.
+//!
+//! A straight list of guards, each falling back to the general path (`syscall::handle`, which
+//! gives the same results) before anything has changed; then the point of no return, where the
+//! message is copied register to register, the partner is marked running here, the caller
+//! blocks, and the CPU switches to the partner without a scheduling decision. Lock order as in
+//! `ipc`: endpoint queue, then one thread at a time.
+use alloc::sync::Arc;
+use core::sync::atomic::Ordering;
+use rl4_abi::ipc::{FOREVER, REG_WORDS, Tag};
+use rl4_abi::{ObjType, Rights, Sys, ThreadState};
+
+use crate::ipc::{self, Endpoint, Wait};
+use crate::obj::{KObj, Thread};
+use crate::{sched, trace};
+
+/// Tries the fast path for the system call the running thread just made; returns whether it
+/// handled it (the CPU now runs the partner).
+pub fn try_fast() -> bool {
+    let cs = sched::this_cpu();
+    let Some(cur) = cs.current.lock().clone() else { return false };
+    let (n, slot, tag, timeout) = cur.regs.with(|r| (r.rax, r.rdi, Tag(r.rsi), r.r12));
+    if tag.len() > REG_WORDS || tag.caps() != 0 || tag.reserved() != 0 || timeout != FOREVER {
+        return false;
+    }
+    if n == Sys::Call as u64 {
+        call(cs, &cur, slot, tag)
+    } else if n == Sys::ReplyRecv as u64 {
+        reply_recv(cs, &cur, slot, tag)
+    } else {
+        false
+    }
+}
+
+fn endpoint(cur: &Thread, slot: u64, rights: Rights) -> Option<(Arc<Endpoint>, u64)> {
+    let caps = cur.task.caps.lock();
+    let c = caps.lookup(slot, ObjType::Endpoint, rights).ok()?;
+    match &c.obj {
+        KObj::Endpoint(e) => Some((e.clone(), c.badge)),
+        _ => None,
+    }
+}
+
+/// Copies the message words and tag of the running thread `from` into `to`'s saved registers.
+fn copy_message(from: &Thread, to: &Thread, tag: Tag, badge: u64) {
+    let (w0, w1, w2, w3) = from.regs.with(|r| (r.rdx, r.r10, r.r8, r.r9));
+    to.regs.with(|r| {
+        r.rax = 0;
+        r.rsi = Tag::new(tag.label(), tag.len(), 0).0;
+        r.rdi = badge;
+        r.rdx = w0;
+        r.r10 = w1;
+        r.r8 = w2;
+        r.r9 = w3;
+    });
+}
+
+fn call(cs: &sched::CpuSched, cur: &Arc<Thread>, slot: u64, tag: Tag) -> bool {
+    trace::stamp(trace::SETUP);
+    let Some((ep, badge)) = endpoint(cur, slot, Rights::SEND) else { return false };
+    trace::stamp(trace::LOOKUP);
+    let me = rl4_arch::percpu::cpu_index();
+    let mut q = ep.q.lock();
+    let Some(r) = q.receivers.front().cloned() else { return false };
+    let mut rs = r.sched.lock();
+    let waits_here = matches!(&rs.wait, Wait::Recv { ep: w } if core::ptr::eq(w.as_ptr(), Arc::as_ptr(&ep)));
+    if rs.state != ThreadState::BlockedRecv || !waits_here || rs.cpu != me || !sched::nothing_more_urgent(cs, rs.prio) {
+        return false;
+    }
+    // Point of no return.
+    q.receivers.pop_front();
+    drop(q);
+    trace::stamp(trace::PARTNER);
+    copy_message(cur, &r, tag, badge);
+    rs.wait = Wait::None;
+    rs.deadline = u64::MAX;
+    r.wait_deadline.store(u64::MAX, Ordering::Relaxed);
+    let old = rs.reply_to.replace(cur.clone());
+    rs.state = ThreadState::Running;
+    rs.on_cpu = true;
+    rs.resume_iret = false;
+    let prio = rs.prio;
+    drop(rs);
+    {
+        let mut s = cur.sched.lock();
+        s.state = ThreadState::BlockedReply;
+        s.wait = Wait::Reply;
+    }
+    if let Some(old) = old {
+        ipc::fail_caller(&old);
+    }
+    ipc::IPC_FAST.fetch_add(1, Ordering::Relaxed);
+    trace::stamp(trace::DELIVERED);
+    sched::switch_direct(r, prio);
+    trace::stamp(trace::SWITCHED);
+    true
+}
+
+fn reply_recv(cs: &sched::CpuSched, cur: &Arc<Thread>, slot: u64, tag: Tag) -> bool {
+    trace::stamp(trace::SETUP);
+    let Some((ep, _)) = endpoint(cur, slot, Rights::RECEIVE) else { return false };
+    trace::stamp(trace::LOOKUP);
+    let Some(caller) = cur.sched.lock().reply_to.clone() else { return false };
+    let me = rl4_arch::percpu::cpu_index();
+    let mut q = ep.q.lock();
+    if !q.senders.is_empty() {
+        return false; // the server takes the next message: the general path
+    }
+    let mut cl = caller.sched.lock();
+    if cl.state != ThreadState::BlockedReply || cl.cpu != me || !sched::nothing_more_urgent(cs, cl.prio) {
+        return false;
+    }
+    // Point of no return.
+    trace::stamp(trace::PARTNER);
+    copy_message(cur, &caller, tag, 0);
+    cl.wait = Wait::None;
+    cl.deadline = u64::MAX;
+    cl.state = ThreadState::Running;
+    cl.on_cpu = true;
+    cl.resume_iret = false;
+    let prio = cl.prio;
+    drop(cl);
+    trace::stamp(trace::DELIVERED);
+    {
+        let mut s = cur.sched.lock();
+        s.reply_to = None;
+        s.state = ThreadState::BlockedRecv;
+        s.wait = Wait::Recv { ep: Arc::downgrade(&ep) };
+        s.deadline = u64::MAX;
+    }
+    cur.wait_deadline.store(u64::MAX, Ordering::Relaxed);
+    q.receivers.push_back(cur.clone());
+    drop(q);
+    ipc::IPC_FAST.fetch_add(1, Ordering::Relaxed);
+    sched::switch_direct(caller, prio);
+    trace::stamp(trace::SWITCHED);
+    true
+}
