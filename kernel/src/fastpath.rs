@@ -62,14 +62,15 @@ fn call(cs: &sched::CpuSched, cur: &Arc<Thread>, slot: u64, tag: Tag) -> bool {
     trace::stamp(trace::LOOKUP);
     let me = rl4_arch::percpu::cpu_index();
     let mut q = ep.q.lock();
-    let Some(r) = q.receivers.front().cloned() else { return false };
+    let Some(r) = q.receivers.pop_front() else { return false };
     let mut rs = r.sched.lock();
     let waits_here = matches!(&rs.wait, Wait::Recv { ep: w } if core::ptr::eq(w.as_ptr(), Arc::as_ptr(&ep)));
     if rs.state != ThreadState::BlockedRecv || !waits_here || rs.cpu != me || !sched::nothing_more_urgent(cs, rs.prio) {
+        drop(rs);
+        q.receivers.push_front(r);
         return false;
     }
     // Point of no return.
-    q.receivers.pop_front();
     drop(q);
     trace::stamp(trace::PARTNER);
     copy_message(cur, &r, tag, badge);
@@ -86,13 +87,15 @@ fn call(cs: &sched::CpuSched, cur: &Arc<Thread>, slot: u64, tag: Tag) -> bool {
         let mut s = cur.sched.lock();
         s.state = ThreadState::BlockedReply;
         s.wait = Wait::Reply;
+        s.on_cpu = false;
+        s.resume_iret = false;
     }
     if let Some(old) = old {
         ipc::fail_caller(&old);
     }
     ipc::IPC_FAST.fetch_add(1, Ordering::Relaxed);
     trace::stamp(trace::DELIVERED);
-    sched::switch_direct(r, prio);
+    sched::switch_direct_blocked(cs, r, prio);
     trace::stamp(trace::SWITCHED);
     true
 }
@@ -128,12 +131,14 @@ fn reply_recv(cs: &sched::CpuSched, cur: &Arc<Thread>, slot: u64, tag: Tag) -> b
         s.state = ThreadState::BlockedRecv;
         s.wait = Wait::Recv { ep: Arc::downgrade(&ep) };
         s.deadline = u64::MAX;
+        s.on_cpu = false;
+        s.resume_iret = false;
     }
     cur.wait_deadline.store(u64::MAX, Ordering::Relaxed);
     q.receivers.push_back(cur.clone());
     drop(q);
     ipc::IPC_FAST.fetch_add(1, Ordering::Relaxed);
-    sched::switch_direct(caller, prio);
+    sched::switch_direct_blocked(cs, caller, prio);
     trace::stamp(trace::SWITCHED);
     true
 }

@@ -416,6 +416,18 @@ pub fn switch_direct(to: Arc<Thread>, prio: u8) {
     switch_to(cs, to, false, prio, false);
 }
 
+/// The fast path's switch: the running thread has already been marked blocked and off the CPU
+/// (under its own lock, by the caller, so nobody can have queued it), and `to` is marked
+/// Running here. One lock of the CPU's current slot does the hand-over.
+pub(crate) fn switch_direct_blocked(cs: &CpuSched, to: Arc<Thread>, prio: u8) {
+    entry::set_current(&to.regs, false);
+    load_space(cs, &to.space);
+    cs.current_prio.store(prio as i32, Ordering::SeqCst);
+    cs.switches.fetch_add(1, Ordering::Relaxed);
+    let old = cs.current.lock().replace(to);
+    drop(old);
+}
+
 /// Whether the running thread of this CPU is no longer `t` (a direct switch happened).
 pub fn switched_directly(t: &Arc<Thread>) -> bool {
     this().current.lock().as_ref().is_some_and(|c| !Arc::ptr_eq(c, t))
