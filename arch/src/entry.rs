@@ -6,7 +6,7 @@
 //! [`UserRegs`] (its end address is `gs:32`), resets the stack to the top of the CPU's kernel
 //! stack (`gs:16`) and calls into the kernel:
 //!
-//! * `syscall` → `rl4_syscall()`;
+//! * `syscall` → `rl4_syscall(number)`;
 //! * an interrupt or exception from user mode → `rl4_user_trap(vector, error_code)`;
 //! * an interrupt in kernel mode (only the idle loop runs with interrupts on) →
 //!   `rl4_kernel_interrupt(vector)`, then back where it was; an exception in kernel mode is a
@@ -157,6 +157,7 @@ rl4_syscall_entry:
     mov qword ptr gs:[40], 0
     mov rsp, gs:[16]
     xor ebp, ebp
+    mov rdi, rax
     call rl4_syscall
     jmp rl4_return_to_user
 
@@ -476,15 +477,4 @@ pub fn current_resumes_with_iret() -> bool {
 #[inline]
 pub fn force_iret() {
     crate::percpu::current().resume_iret.store(1, Ordering::Relaxed);
-}
-
-/// The `rax` a thread saved at its last entry, given the end of its register block (`gs:32`):
-/// the system-call number, for tracing before the kernel has looked the thread up.
-pub fn saved_rax(regs_end: u64) -> u64 {
-    if regs_end == 0 {
-        return u64::MAX;
-    }
-    // SAFETY: `regs_end` is `gs:32`, one past a live `UserRegs` of the running thread, which only
-    // this CPU writes; `rax` is its first field.
-    unsafe { core::ptr::read((regs_end - core::mem::size_of::<UserRegs>() as u64) as *const u64) }
 }

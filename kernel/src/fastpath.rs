@@ -15,12 +15,19 @@ use crate::ipc::{self, Endpoint, Wait};
 use crate::obj::{KObj, Thread};
 use crate::{sched, trace};
 
-/// Tries the fast path for the system call the running thread just made; returns whether it
-/// handled it (the CPU now runs the partner).
-pub fn try_fast() -> bool {
+/// Whether system call `n` may take the fast path at all (a load and two compares, for every
+/// system call).
+#[inline(always)]
+pub fn candidate(n: u64) -> bool {
+    n == Sys::Call as u64 || n == Sys::ReplyRecv as u64
+}
+
+/// Tries the fast path for system call `n` (a [`candidate`]) the running thread just made;
+/// returns whether it handled it (the CPU now runs the partner).
+pub fn try_fast(n: u64) -> bool {
     let cs = sched::this_cpu();
     let Some(cur) = cs.current.lock().clone() else { return false };
-    let (n, slot, tag, timeout) = cur.regs.with(|r| (r.rax, r.rdi, Tag(r.rsi), r.r12));
+    let (slot, tag, timeout) = cur.regs.with(|r| (r.rdi, Tag(r.rsi), r.r12));
     if tag.len() > REG_WORDS || tag.caps() != 0 || tag.reserved() != 0 || timeout != FOREVER {
         return false;
     }

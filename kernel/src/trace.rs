@@ -31,13 +31,11 @@ fn cpu() -> usize {
     rl4_arch::percpu::cpu_index() as usize
 }
 
-/// At the Rust entry of every system call: starts a trace if this is a `Call` or `ReplyRecv`
-/// (the number is still in the saved `rax`: the running thread's registers end at `gs:32`).
+/// At the Rust entry of every system call `n`: starts a trace if this is a `Call` or
+/// `ReplyRecv`.
 #[inline(always)]
-pub fn enter() {
+pub fn enter(n: u64) {
     if ON.load(Ordering::Relaxed) {
-        let regs_end = rl4_arch::percpu::current().regs_end.load(Ordering::Relaxed);
-        let n = rl4_arch::entry::saved_rax(regs_end);
         if n == rl4_abi::Sys::Call as u64 {
             begin(0);
         } else if n == rl4_abi::Sys::ReplyRecv as u64 {

@@ -42,9 +42,9 @@ fn rl4_kernel_interrupt(vector: u8) {
 
 /// `syscall`.
 #[unsafe(no_mangle)]
-extern "C" fn rl4_syscall() {
-    crate::trace::enter();
-    if crate::fastpath::try_fast() {
+extern "C" fn rl4_syscall(n: u64) {
+    crate::trace::enter(n);
+    if crate::fastpath::candidate(n) && crate::fastpath::try_fast(n) {
         crate::trace::stamp(crate::trace::DONE);
         return;
     }
