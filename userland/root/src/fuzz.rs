@@ -5,7 +5,7 @@
 //! task, address space and thread, the memory budget, a machine capability without rights, and
 //! an endpoint and a notification shared by all fuzzers. A fuzzer that ends itself (by a fault, or
 //! by deleting or unmapping what it runs on) is counted and replaced by a new one with the next
-//! seed. Alongside, the stress pairs check every message. At the end the fuzzers are removed and
+//! seed (a fuzzer that suspended itself counts as ended too: nothing would resume it). Alongside, the stress pairs check every message. At the end the fuzzers are removed and
 //! the kernel must be back where it started: no thread left over, the whole memory budget back.
 //!
 //! Each fuzzer's sequence of calls follows from its seed (`seed`, then `seed + 1`, ...); how
@@ -103,11 +103,34 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
             }
         }
     };
+    let mut last = [0u64; MAX_FUZZERS];
+    let mut still = [0u32; MAX_FUZZERS];
+    let mut stuck = 0u64;
     let mut monitor = || {
         for i in 0..n {
+            // A fuzzer that has made no call for 2 s is blocked on something no one will do
+            // (fuzzers can wait on each other's replies): it is ended and replaced too.
+            // SAFETY: as in `harvest`.
+            let made = unsafe { counters(i).read_volatile() };
+            if made == last[i] {
+                still[i] += 1;
+            } else {
+                still[i] = 0;
+                last[i] = made;
+            }
+            if still[i] >= 20 {
+                if let Some(f) = fz[i].as_ref() {
+                    let _ = sys::thread_suspend(f.thread);
+                    stuck += 1;
+                }
+                still[i] = 0;
+            }
             let st = fz[i].as_ref().map(|f| sys::thread_info(f.thread).map(|r| r[0]));
+            // Dead, stopped by a fault, or suspended by its own hand (it would never run again).
             let dead = match st {
-                Some(Ok(s)) => s == ThreadState::Dead as u64 || s == ThreadState::Faulted as u64,
+                Some(Ok(s)) => {
+                    s == ThreadState::Dead as u64 || s == ThreadState::Faulted as u64 || s == ThreadState::Suspended as u64
+                }
                 Some(Err(_)) => true,
                 None => true,
             };
@@ -146,7 +169,10 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
         }
     }
     l.flush();
-    println!("fuzz: {ended} fuzzer threads ended ({faulted} by a fault) and were replaced; next seed {}", NEXT_SEED.load(SeqCst));
+    println!(
+        "fuzz: {ended} fuzzer threads ended ({faulted} by a fault, {stuck} stuck waiting) and were replaced; next seed {}",
+        NEXT_SEED.load(SeqCst)
+    );
     let left = sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
     println!(
         "fuzz: after the run: live threads {} (before {threads0}): {}; memory budget {left} (before {left0}; the root task keeps \
