@@ -33,3 +33,19 @@ pub const ECHO_KEY: u64 = 0x5a5a_5a5a_5a5a_5a5a;
 /// word 0 = calls made, word 1 + e = calls that returned error code `e` (e < 32).
 pub const FUZZ: u64 = 12;
 pub const FUZZ_PAGE: u64 = 0x0000_6900_0000_0000;
+/// Jump into the (non-executable) data page at the operand address.
+pub const EXEC_DATA: u64 = 13;
+/// Recurse until the stack runs into the unmapped page below it.
+pub const STACK_OVERFLOW: u64 = 14;
+/// Execute `cli`.
+pub const CLI: u64 = 15;
+/// Write CR3.
+pub const WRITE_CR3: u64 = 16;
+/// Write an MSR (`wrmsr`).
+pub const WRMSR: u64 = 17;
+/// Execute `int3`.
+pub const INT3: u64 = 18;
+/// Execute `int 0x80`.
+pub const INT80: u64 = 19;
+/// Execute `sysret` in user mode.
+pub const SYSRET: u64 = 20;

@@ -264,6 +264,88 @@ fn test_isolation(bi: &BootInfo) {
     child_fault(bi, "fault-general-protection", W_PRIVILEGED, 0, "a task executed hlt (#GP)");
     child_fault(bi, "fault-invalid-opcode", W_INVALID_OPCODE, 0, "a task executed ud2 (#UD)");
     child_fault(bi, "fault-divide-error", W_DIVIDE_ZERO, 7, "a task divided by zero (#DE)");
+    use rl4_user::worker as w;
+    child_fault(bi, "fault-execute-unmapped", w::EXEC_DATA, SECRET_VA, "a task jumped to an unmapped address");
+    test_exec_data(bi);
+    child_fault(bi, "fault-stack-overflow-guard-page", w::STACK_OVERFLOW, 0, "a task ran its stack into the unmapped page below it");
+    child_fault(bi, "fault-cli", w::CLI, 0, "a task executed cli");
+    child_fault(bi, "fault-write-cr3", w::WRITE_CR3, 0, "a task wrote CR3");
+    child_fault(bi, "fault-wrmsr", w::WRMSR, 0, "a task wrote an MSR");
+    child_fault(bi, "fault-int3", w::INT3, 0, "a task executed int3");
+    child_fault(bi, "fault-int-0x80", w::INT80, 0, "a task executed int 0x80");
+    child_fault(bi, "fault-sysret-in-user-mode", w::SYSRET, 0, "a task executed sysretq");
+    report(
+        "kernel-alive-after-faults",
+        sys::null().is_ok() && sys::stat(MACHINE, stat::THREADS).is_ok(),
+        format_args!("the root task still runs and the kernel answers"),
+    );
+}
+
+/// A page mapped readable and writable but not executable: jumping into it faults (NX).
+fn test_exec_data(bi: &BootInfo) {
+    let name = "fault-execute-data-page";
+    let Ok(c) = Child::load(bi, "worker") else { return report(name, false, format_args!("cannot load worker")) };
+    let page = slot();
+    let r = sys::frame_alloc(MEMORY, page).and_then(|_| sys::map(c.space, page, RO_VA, Rights::READ.union(Rights::WRITE)));
+    let faulted = r.is_ok()
+        && match c.thread(CHILD_STACK_TOP, rl4_user::worker::EXEC_DATA, RO_VA, ROOT_PRIO, far_cpu()) {
+            Ok(t) => {
+                let f = wait_ms(3000, || state(t) == Some(ThreadState::Faulted));
+                release(t);
+                f
+            }
+            Err(_) => false,
+        };
+    release(page);
+    c.release();
+    report(name, faulted, format_args!("a task jumped into a page mapped read/write, not execute: stopped with a fault"));
+}
+
+/// A task maps fresh frames until the memory budget runs out: it gets `OutOfMemory`, the kernel
+/// keeps working, and ending the task gives all of it back.
+fn test_exhaustion(bi: &BootInfo) {
+    let name = "resource-exhaustion";
+    wait_ms(3000, || sys::stat(MACHINE, stat::THREADS) == Ok(1));
+    let Ok((left0, _)) = sys::memory_info(MEMORY) else { return report(name, false, format_args!("memory_info")) };
+    let Ok(c) = Child::load(bi, "worker") else { return report(name, false, format_args!("cannot load worker")) };
+    let f = slot();
+    let mut mapped = 0u64;
+    let err = loop {
+        let r = sys::frame_alloc(MEMORY, f).and_then(|_| sys::map(c.space, f, 0x1000_0000_0000 + mapped * PAGE_SIZE, Rights::READ));
+        let _ = sys::cap_delete(f);
+        match r {
+            Ok(()) => mapped += 1,
+            Err(e) => break e,
+        }
+    };
+    // Then small objects, kept in the task's own table, until they do not fit either.
+    let mut small = 0u64;
+    let refused = loop {
+        if small >= 240 {
+            break Ok(());
+        }
+        let r = sys::endpoint_create(MEMORY, f).and_then(|_| sys::cap_copy(f, c.task, 8 + small, Rights::ALL));
+        let _ = sys::cap_delete(f);
+        match r {
+            Ok(()) => small += 1,
+            Err(e) => break Err(e),
+        }
+    };
+    release(f);
+    let left_full = sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(u64::MAX);
+    let alive = sys::null().is_ok();
+    c.release();
+    let back = wait_ms(5000, || sys::memory_info(MEMORY).map(|m| m.0) == Ok(left0));
+    report(
+        name,
+        err == Error::OutOfMemory && refused == Err(Error::OutOfMemory) && alive && back && mapped > 1000,
+        format_args!(
+            "{mapped} frames ({} MiB) mapped before {err}, then {small} endpoints before {refused:?}; {} bytes left; budget back to {} KiB after the task ended",
+            mapped * PAGE_SIZE >> 20,
+            left_full,
+            sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0) / 1024
+        ),
+    );
 }
 
 fn test_readonly(bi: &BootInfo) {
@@ -422,6 +504,7 @@ pub fn run(bi: &BootInfo, which: &str) -> bool {
         test_isolation(bi);
         test_readonly(bi);
         test_task_cleanup(bi);
+        test_exhaustion(bi);
     }
     if want("syscalls") {
         test_bad_args();

@@ -54,6 +54,21 @@ fn rl4_main(cmd: u64, addr: u64) {
         ECHO => echo(addr),
         STAMP => stamp(),
         FUZZ => fuzz(addr),
+        EXEC_DATA => {
+            // SAFETY (this and the ones below): deliberate faults; the kernel must stop this
+            // thread and nothing else.
+            let f: extern "C" fn() = unsafe { core::mem::transmute::<usize, extern "C" fn()>(addr as usize) };
+            f();
+        }
+        STACK_OVERFLOW => {
+            println!("worker: recursing until the stack ends ({} levels)", recurse(0));
+        }
+        CLI => unsafe { core::arch::asm!("cli") },
+        WRITE_CR3 => unsafe { core::arch::asm!("mov cr3, {}", in(reg) 0u64) },
+        WRMSR => unsafe { core::arch::asm!("wrmsr", in("ecx") 0xc000_0080u32, in("eax") 0u32, in("edx") 0u32) },
+        INT3 => unsafe { core::arch::asm!("int3") },
+        INT80 => unsafe { core::arch::asm!("int 0x80") },
+        SYSRET => unsafe { core::arch::asm!("sysretq") },
         CALL => {
             let r = sys::call(EP_SLOT, &sys::Msg::default());
             println!("worker: call returned {:?}", r.map(|m| m.tag));
@@ -177,4 +192,17 @@ fn fuzz(seed: u64) {
             slot.write_volatile(slot.read_volatile() + 1);
         }
     }
+}
+
+/// Uses a page of stack per level, forever (until the guard page below the stack stops it).
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64) -> u64 {
+    let mut page = [0u8; 4096];
+    // SAFETY: volatile accesses keep the frame (and its page of stack) alive across the call,
+    // so the recursion cannot become a loop.
+    unsafe { core::ptr::write_volatile(&mut page[0], depth as u8) };
+    let below = recurse(depth + 1);
+    // SAFETY: as above.
+    below + unsafe { core::ptr::read_volatile(&page[0]) } as u64
 }
