@@ -9,10 +9,10 @@
 use alloc::sync::Arc;
 use core::sync::atomic::Ordering;
 use rl4_abi::ipc::{FOREVER, REG_WORDS, Tag};
-use rl4_abi::{ObjType, Rights, Sys, ThreadState};
+use rl4_abi::{Rights, Sys, ThreadState};
 
 use crate::ipc::{self, Endpoint, Wait};
-use crate::obj::{KObj, Thread};
+use crate::obj::Thread;
 use crate::{sched, trace};
 
 /// Whether system call `n` may take the fast path at all (a load and two compares, for every
@@ -40,13 +40,9 @@ pub fn try_fast(n: u64) -> bool {
     }
 }
 
+/// The endpoint in `slot` of the running thread's task, with its badge (errors: general path).
 fn endpoint(cur: &Thread, slot: u64, rights: Rights) -> Option<(Arc<Endpoint>, u64)> {
-    let caps = cur.task.caps.lock();
-    let c = caps.lookup(slot, ObjType::Endpoint, rights).ok()?;
-    match &c.obj {
-        KObj::Endpoint(e) => Some((e.clone(), c.badge)),
-        _ => None,
-    }
+    crate::syscall::endpoint(&cur.task, slot, rights).ok().map(|(e, badge, _)| (e, badge))
 }
 
 /// Copies the message words and tag of the running thread `from` into `to`'s saved registers.

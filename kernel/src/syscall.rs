@@ -45,7 +45,7 @@ fn is_ipc(s: Sys) -> bool {
 }
 
 /// The endpoint in `slot`, with the capability's badge and rights.
-fn endpoint(task: &Task, slot: u64, rights: Rights) -> Result<(Arc<Endpoint>, u64, Rights), Error> {
+pub(crate) fn endpoint(task: &Task, slot: u64, rights: Rights) -> Result<(Arc<Endpoint>, u64, Rights), Error> {
     let caps = task.caps.lock();
     let c = caps.lookup(slot, ObjType::Endpoint, rights)?;
     match &c.obj {
