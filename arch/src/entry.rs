@@ -123,7 +123,7 @@ macro_rules! trap_stubs {
 trap_stubs!(
     0 noerr, 1 noerr, 3 noerr, 4 noerr, 5 noerr, 6 noerr, 7 noerr, 10 err, 11 err, 12 err, 13 err,
     14 err, 16 noerr, 17 err, 19 noerr, 20 noerr, 21 err, 30 err,
-    48 noerr, 49 noerr, 50 noerr, 51 noerr, 52 noerr, 254 noerr, 255 noerr,
+    48 noerr, 49 noerr, 50 noerr, 51 noerr, 52 noerr, 53 noerr, 254 noerr, 255 noerr,
 );
 
 core::arch::global_asm!(

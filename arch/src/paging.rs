@@ -434,6 +434,84 @@ pub fn free_user_space(pml4: u64, mut free: impl FnMut(u64)) {
     free(pml4);
 }
 
+/// What [`walk`] meets.
+#[derive(Clone, Copy, Debug)]
+pub enum Visit {
+    /// A page-table frame below the PML4 (`level` 3 = PDPT, 2 = PD, 1 = PT).
+    Table { pa: u64, level: u8 },
+    /// A present mapping of `size` bytes at `va`.
+    Leaf { va: u64, pa: u64, size: u64, write: bool, exec: bool, user: bool },
+}
+
+/// Visits every page table below PML4 slots `slots` of the PML4 at `pml4` (`0..256`: the user
+/// half, `256..512`: the kernel's) and every present mapping there, for the kernel's
+/// consistency check.
+///
+/// # Safety
+/// No CPU may change these tables during the walk (the caller has stopped the others and
+/// changes none itself).
+pub unsafe fn walk(pml4: u64, slots: core::ops::Range<usize>, mut f: impl FnMut(Visit)) {
+    let table = |pa: u64| {
+        // SAFETY: `pa` is a live page-table frame of this tree, in the direct map, and nobody
+        // writes it during the walk (the caller's contract).
+        unsafe { &*(phys_to_virt(pa) as *const PageTable) }
+    };
+    let sign = |va: u64| if va & (1 << 47) != 0 { va | 0xffff_0000_0000_0000 } else { va };
+    let leaf = |va: u64, e: &x86_64::structures::paging::page_table::PageTableEntry, size: u64| Visit::Leaf {
+        va: sign(va),
+        pa: e.addr().as_u64(),
+        size,
+        write: e.flags().contains(F::WRITABLE),
+        exec: !e.flags().contains(F::NO_EXECUTE),
+        user: e.flags().contains(F::USER_ACCESSIBLE),
+    };
+    let l4t = table(pml4);
+    for i4 in slots.start.min(512)..slots.end.min(512) {
+        let e4 = &l4t[i4];
+        if !e4.flags().contains(F::PRESENT) {
+            continue;
+        }
+        let pdpt = e4.addr().as_u64();
+        f(Visit::Table { pa: pdpt, level: 3 });
+        for (i3, e3) in table(pdpt).iter().enumerate() {
+            if !e3.flags().contains(F::PRESENT) {
+                continue;
+            }
+            let va3 = (i4 as u64) << 39 | (i3 as u64) << 30;
+            if e3.flags().contains(F::HUGE_PAGE) {
+                f(leaf(va3, e3, 1 << 30));
+                continue;
+            }
+            let pd = e3.addr().as_u64();
+            f(Visit::Table { pa: pd, level: 2 });
+            for (i2, e2) in table(pd).iter().enumerate() {
+                if !e2.flags().contains(F::PRESENT) {
+                    continue;
+                }
+                let va2 = va3 | (i2 as u64) << 21;
+                if e2.flags().contains(F::HUGE_PAGE) {
+                    f(leaf(va2, e2, 1 << 21));
+                    continue;
+                }
+                let pt = e2.addr().as_u64();
+                f(Visit::Table { pa: pt, level: 1 });
+                for (i1, e1) in table(pt).iter().enumerate() {
+                    if e1.flags().contains(F::PRESENT) {
+                        f(leaf(va2 | (i1 as u64) << 12, e1, 4096));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether the kernel half of the user space `pml4` is the kernel's (slots 256..512 equal).
+pub fn shares_kernel_half(pml4: u64) -> bool {
+    // SAFETY: both are live PML4 frames in the direct map; only their entries are read.
+    let (u, k) = unsafe { (&*(phys_to_virt(pml4) as *const PageTable), &*(phys_to_virt(kernel_pml4()) as *const PageTable)) };
+    (256..512).all(|i| u[i].addr() == k[i].addr() && u[i].flags() == k[i].flags())
+}
+
 /// Loads an address space: `pml4` with PCID `pcid` (0 without PCIDs); `keep_tlb` sets CR3's
 /// no-flush bit (only meaningful with PCIDs).
 #[inline]

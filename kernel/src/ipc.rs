@@ -51,7 +51,12 @@ pub struct Endpoint {
 impl Endpoint {
     pub fn new(mem: &Arc<crate::obj::Memory>) -> Result<Arc<Endpoint>, Error> {
         let charge = crate::obj::Charge::new(mem, crate::obj::ENDPOINT_COST)?;
-        Ok(Arc::new(Endpoint { q: Mutex::new(EpQueues::default()), _charge: charge }))
+        let e = Arc::new(Endpoint { q: Mutex::new(EpQueues::default()), _charge: charge });
+        crate::obj::ENDPOINTS.add(&e);
+        Ok(e)
+    }
+    pub fn charge(&self) -> &crate::obj::Charge {
+        &self._charge
     }
 }
 
@@ -69,21 +74,27 @@ impl Drop for Endpoint {
 }
 
 #[derive(Default)]
-struct NState {
+pub(crate) struct NState {
     word: u64,
-    waiters: VecDeque<Arc<Thread>>,
+    pub(crate) waiters: VecDeque<Arc<Thread>>,
 }
 
 pub struct Notification {
-    q: Mutex<NState>,
+    pub(crate) q: Mutex<NState>,
     _charge: crate::obj::Charge,
 }
 
 impl Notification {
     pub fn new(mem: &Arc<crate::obj::Memory>) -> Result<Arc<Notification>, Error> {
         let charge = crate::obj::Charge::new(mem, crate::obj::NOTIFICATION_COST)?;
-        Ok(Arc::new(Notification { q: Mutex::new(NState::default()), _charge: charge }))
+        let n = Arc::new(Notification { q: Mutex::new(NState::default()), _charge: charge });
+        crate::obj::NOTIFICATIONS.add(&n);
+        Ok(n)
     }
+    pub fn charge(&self) -> &crate::obj::Charge {
+        &self._charge
+    }
+
 }
 
 impl Drop for Notification {
@@ -169,7 +180,7 @@ fn deliver(to: &Thread, to_regs: &mut UserRegs, m: Outgoing<'_>) {
     let mut caps = 0;
     if let Some(cap) = m.cap {
         let slot = to_regs.r14;
-        if slot != NO_SLOT && to.task.caps.lock().insert(slot, cap).is_ok() {
+        if slot != NO_SLOT && to.task.insert_cap(slot, cap).is_ok() {
             caps = 1;
         }
     }

@@ -9,6 +9,7 @@
 
 extern crate alloc;
 
+mod check;
 mod fastpath;
 mod ipc;
 mod measure;
@@ -68,12 +69,13 @@ pub extern "C" fn rl4_kernel_entry(protocol: u32, magic: u32, info: u64) -> ! {
     let (kernel_args, _root_args) = cmdline::split(bi.cmdline());
     let opts = OPTIONS.call_once(|| cmdline::parse(kernel_args, |p| println!("cmdline: {p}")));
     println!(
-        "options: run={} maxcpus={} ap_timeout_ms={} hz={} poll_us={}",
+        "options: run={} maxcpus={} ap_timeout_ms={} hz={} poll_us={}{}",
         opts.run.name(),
         run::OrAll(opts.maxcpus),
         opts.ap_timeout_ms,
         opts.hz,
-        opts.poll_us
+        opts.poll_us,
+        if opts.inject != 0 { " inject (damaging kernel state on purpose, for a test)" } else { "" }
     );
     for e in bi.memory_map() {
         println!("memory map: {:#014x}..{:#014x} {:?}", e.range.start, e.range.end, e.kind);
@@ -216,6 +218,11 @@ extern "C" fn ap_main(cpu: &'static Cpu) -> ! {
 }
 
 /// The root task's part of the command line (after `--`).
+/// The `inject=` faults (`rl4_core::cmdline::inject`).
+pub fn inject() -> u8 {
+    OPTIONS.get().map_or(0, |o| o.inject)
+}
+
 pub fn root_args() -> &'static str {
     cmdline::split(BOOT_INFO.get().map_or("", |b| b.cmdline())).1
 }

@@ -195,6 +195,13 @@ pub fn free_frame(pa: u64) {
     }
 }
 
+/// Runs `f` on the frame allocator, unless its lock is held (the consistency check, which
+/// must not wait for a lock another CPU may hold).
+pub fn with_allocator<R>(f: impl FnOnce(&FrameAllocator<'static>) -> R) -> Option<R> {
+    let g = FRAMES.try_lock()?;
+    g.as_ref().map(f)
+}
+
 /// Free frames in the allocator.
 pub fn free_frames() -> u64 {
     FRAMES.lock().as_ref().map_or(0, |a| a.free_frames())

@@ -53,6 +53,41 @@ impl captable::Object for KObj {
 
 pub type Cap = captable::Cap<KObj>;
 
+/// Every live object of one kind, as weak references, for the kernel's consistency check
+/// (`check.rs`). Dead entries are pruned whenever the list has doubled since the last pruning,
+/// so it stays within twice the live objects and adding is amortised O(1).
+pub struct Registry<T> {
+    list: Mutex<(Vec<Weak<T>>, usize)>,
+}
+
+impl<T> Registry<T> {
+    pub const fn new() -> Self {
+        Registry { list: Mutex::new((Vec::new(), 0)) }
+    }
+
+    pub fn add(&self, a: &Arc<T>) {
+        let mut l = self.list.lock();
+        if l.0.len() >= 2 * l.1.max(32) {
+            l.0.retain(|w| w.strong_count() > 0);
+            l.1 = l.0.len();
+        }
+        l.0.push(Arc::downgrade(a));
+    }
+
+    /// A reference to every live object.
+    pub fn live(&self) -> Vec<Arc<T>> {
+        self.list.lock().0.iter().filter_map(Weak::upgrade).collect()
+    }
+}
+
+pub static TASKS: Registry<Task> = Registry::new();
+pub static SPACES: Registry<Space> = Registry::new();
+pub static THREADS: Registry<Thread> = Registry::new();
+pub static FRAMES: Registry<Frame> = Registry::new();
+pub static MEMORIES: Registry<Memory> = Registry::new();
+pub static ENDPOINTS: Registry<crate::ipc::Endpoint> = Registry::new();
+pub static NOTIFICATIONS: Registry<crate::ipc::Notification> = Registry::new();
+
 /// What each object costs its memory budget.
 pub const THREAD_COST: u64 = 4096;
 pub const TASK_COST: u64 = 3 * 4096;
@@ -72,7 +107,13 @@ pub struct Memory {
 
 impl Memory {
     pub fn new(total: u64) -> Arc<Memory> {
-        Arc::new(Memory { total, used: AtomicU64::new(0) })
+        let m = Arc::new(Memory { total, used: AtomicU64::new(0) });
+        MEMORIES.add(&m);
+        m
+    }
+    /// Bytes charged.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
     }
     pub fn left(&self) -> u64 {
         self.total - self.used.load(Ordering::Relaxed)
@@ -100,6 +141,10 @@ impl Charge {
         mem.charge(bytes)?;
         Ok(Charge { mem: mem.clone(), bytes })
     }
+    /// The budget charged and how much.
+    pub fn of(&self) -> (&Arc<Memory>, u64) {
+        (&self.mem, self.bytes)
+    }
 }
 
 impl Drop for Charge {
@@ -120,7 +165,12 @@ impl Frame {
         let charge = Charge::new(mem, FRAME_COST)?;
         let pa = mem::alloc_frame().ok_or(Error::OutOfMemory)?;
         mem::zero_frame(pa);
-        Ok(Arc::new(Frame { pa, _charge: charge }))
+        let f = Arc::new(Frame { pa, _charge: charge });
+        FRAMES.add(&f);
+        Ok(f)
+    }
+    pub fn charge(&self) -> &Charge {
+        &self._charge
     }
 }
 
@@ -150,7 +200,7 @@ impl Space {
         let charge = Charge::new(mem, SPACE_COST)?;
         let pml4 = rl4_arch::paging::new_user_space(&mut mem::Frames).map_err(|_| Error::OutOfMemory)?;
         let (pcid, generation) = crate::sched::pcid_alloc();
-        Ok(Arc::new(Space {
+        let s = Arc::new(Space {
             pml4,
             pcid,
             generation: AtomicU64::new(generation),
@@ -158,7 +208,12 @@ impl Space {
             memory: mem.clone(),
             table_pages: AtomicU64::new(0),
             _charge: charge,
-        }))
+        });
+        SPACES.add(&s);
+        Ok(s)
+    }
+    pub fn charge(&self) -> &Charge {
+        &self._charge
     }
 }
 
@@ -197,14 +252,30 @@ pub fn next_id() -> u64 {
 impl Task {
     pub fn new(mem: &Arc<Memory>, space: Arc<Space>) -> Result<Arc<Task>, Error> {
         let charge = Charge::new(mem, TASK_COST)?;
-        Ok(Arc::new(Task {
+        let t = Arc::new(Task {
             id: next_id(),
             caps: Mutex::new(CapTable::new(rl4_abi::CAP_SLOTS as usize)),
             threads: Mutex::new(Vec::new()),
             space,
             dead: AtomicBool::new(false),
             _charge: charge,
-        }))
+        });
+        TASKS.add(&t);
+        Ok(t)
+    }
+    pub fn charge(&self) -> &Charge {
+        &self._charge
+    }
+
+    /// Puts `cap` into `slot` of this task's table, unless the task has ended: `kill_task`
+    /// marks it dead before it empties the table, and this checks under the table's lock, so
+    /// no capability can slip into a table after it was emptied (it would never be freed).
+    pub fn insert_cap(&self, slot: u64, cap: Cap) -> Result<(), Error> {
+        let mut caps = self.caps.lock();
+        if self.dead.load(Ordering::Acquire) {
+            return Err(Error::InvalidState);
+        }
+        caps.insert(slot, cap)
     }
 }
 
@@ -271,13 +342,22 @@ impl Thread {
             }),
             _charge: charge,
         });
+        LIVE_THREADS.fetch_add(1, Ordering::Relaxed);
         {
+            // Checked under the list's lock, which `kill_task` takes after marking the task
+            // dead: a thread is either in the list it drains or never made.
             let mut list = task.threads.lock();
+            if task.dead.load(Ordering::Acquire) {
+                return Err(Error::InvalidState);
+            }
             list.retain(|w| w.strong_count() > 0);
             list.push(Arc::downgrade(&t));
         }
-        LIVE_THREADS.fetch_add(1, Ordering::Relaxed);
+        THREADS.add(&t);
         Ok(t)
+    }
+    pub fn charge(&self) -> &Charge {
+        &self._charge
     }
 }
 

@@ -7,6 +7,7 @@
 //! `rl4_abi::root_slots`: its task, address space and thread, all free memory as a budget, and
 //! the machine (console and shutdown). Then it starts the root thread on CPU 0.
 use alloc::sync::Arc;
+use rl4_arch::println;
 use rl4_abi::{BootInfo, PAGE_SIZE, Program, Rights, root_slots};
 use rl4_elf::{Elf, PF_W, PF_X};
 
@@ -102,10 +103,35 @@ pub fn start(cmdline: &str, tsc_hz: u64) -> Result<(), &'static str> {
         ins(&mut caps, root_slots::MEMORY, KObj::Memory(memory.clone())).map_err(|_| "cap")?;
         ins(&mut caps, root_slots::MACHINE, KObj::Machine).map_err(|_| "cap")?;
     }
+    inject(crate::inject(), &memory, &task);
     let mut s = thread.sched.lock();
     s.state = rl4_abi::ThreadState::Runnable;
     sched::enqueue_locked(&thread, &mut s);
     Ok(())
+}
+
+/// Damages kernel state on purpose (`inject=` on the kernel command line), so that a test can
+/// see the consistency check (`check.rs`) find each kind of damage. Never used otherwise.
+fn inject(what: u8, memory: &Arc<Memory>, task: &Arc<Task>) {
+    use rl4_core::cmdline::inject::*;
+    if what & REFCOUNT != 0 {
+        println!("inject: one reference too many on the root task (id {})", task.id);
+        core::mem::forget(task.clone());
+    }
+    if what & FRAME != 0 {
+        println!("inject: a frame owned by nothing at {:#x}", mem::alloc_frame().unwrap_or(0));
+    }
+    if what & BUDGET != 0 {
+        println!("inject: 4096 bytes charged to the root budget for nothing");
+        let _ = memory.charge(4096);
+    }
+    if what & STATE != 0 {
+        if let Ok(t) = Thread::new(memory, task.clone(), 0, 0, 1, 0) {
+            println!("inject: thread {} marked Runnable but put in no queue (held in root slot {})", t.id, rl4_abi::CAP_SLOTS - 1);
+            t.sched.lock().state = rl4_abi::ThreadState::Runnable;
+            let _ = task.insert_cap(rl4_abi::CAP_SLOTS - 1, Cap { obj: KObj::Thread(t), rights: Rights::NONE, badge: 0 });
+        }
+    }
 }
 
 /// The bytes of a `BootInfo` (a plain `#[repr(C)]` struct of integers and byte arrays).

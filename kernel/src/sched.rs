@@ -482,6 +482,60 @@ fn expire_timeouts(cs: &CpuSched) {
     }
 }
 
+/// Where a CPU's scheduler holds a thread (for the consistency check).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Held {
+    Current,
+    RunQueue,
+    Inbox,
+}
+
+/// For the consistency check, with every other CPU stopped: calls `f` for each thread
+/// reference a CPU's scheduler holds, `t` for each entry of its timeout list, and `bad` for each
+/// structural fault (a lock held, a run queue whose bitmaps disagree with its queues, an inbox
+/// whose published length is wrong).
+pub(crate) fn visit_cpus(
+    mut f: impl FnMut(usize, Held, &Arc<Thread>),
+    mut t: impl FnMut(usize, u64, &alloc::sync::Weak<Thread>),
+    mut bad: impl FnMut(usize, &'static str),
+) {
+    for i in 0..MAX_CPUS {
+        let Some(cs) = get(i) else { continue };
+        match cs.current.try_lock() {
+            Some(c) => c.iter().for_each(|th| f(i, Held::Current, th)),
+            None => bad(i, "its current-thread lock is held"),
+        }
+        match cs.rq.try_lock() {
+            Some(rq) => {
+                if !rq.is_consistent() {
+                    bad(i, "its run queue's bitmaps disagree with its queues");
+                }
+                rq.iter().for_each(|(_, th)| f(i, Held::RunQueue, &th.0));
+            }
+            None => bad(i, "its run-queue lock is held"),
+        }
+        match cs.inbox.try_lock() {
+            Some(inbox) => {
+                if inbox.len() != cs.inbox_len.load(Ordering::SeqCst) {
+                    bad(i, "its inbox length is out of date");
+                }
+                inbox.iter().for_each(|th| f(i, Held::Inbox, &th.0));
+            }
+            None => bad(i, "its inbox lock is held"),
+        }
+        match cs.timeouts.try_lock() {
+            Some(l) => l.iter().for_each(|(d, w)| t(i, *d, w)),
+            None => bad(i, "its timeout-list lock is held"),
+        }
+    }
+}
+
+/// Runs this CPU's pending TLB request (a CPU that spins with interrupts off must keep doing
+/// this, or a shootdown waiting for it never ends).
+pub(crate) fn service_tlb_here() {
+    service_tlb(this());
+}
+
 /// Runs a TLB request addressed to this CPU, if any.
 fn service_tlb(cs: &CpuSched) {
     let req = cs.tlb_request.swap(0, Ordering::AcqRel);
@@ -579,7 +633,13 @@ pub fn fault_current(vector: u64, error: u64) {
     } else {
         println!("thread {} (task {}) stopped: {name} (vector {vector}) at rip={:#x}, error {error:#x}", t.id, t.task.id, r.rip);
     }
-    t.sched.lock().state = ThreadState::Faulted;
+    {
+        // A thread killed while it ran (its CPU not yet told) stays dead.
+        let mut s = t.sched.lock();
+        if s.state != ThreadState::Dead {
+            s.state = ThreadState::Faulted;
+        }
+    }
     crate::ipc::thread_stopped(&t);
 }
 

@@ -139,7 +139,7 @@ fn space_obj(task: &Task, slot: u64, rights: Rights) -> Result<Arc<Space>, Error
 }
 
 fn put(task: &Task, slot: u64, obj: KObj, rights: Rights) -> Result<(), Error> {
-    task.caps.lock().insert(slot, Cap { obj, rights, badge: 0 })
+    task.insert_cap(slot, Cap { obj, rights, badge: 0 })
 }
 
 fn check_cpu(cpu: u64) -> Result<u32, Error> {
@@ -240,7 +240,7 @@ fn dispatch(t: &Arc<Thread>, r: &UserRegs) -> Ret {
             if dst.dead.load(core::sync::atomic::Ordering::Acquire) {
                 return Err(Error::InvalidState);
             }
-            dst.caps.lock().insert(a2, cap)?;
+            dst.insert_cap(a2, cap)?;
             Ok([0; 3])
         }
         Sys::CapDelete => {
@@ -491,7 +491,7 @@ fn dispatch(t: &Arc<Thread>, r: &UserRegs) -> Ret {
                 return Err(Error::MissingRight);
             }
             cap.badge = a4;
-            dst.caps.lock().insert(a2, cap)?;
+            dst.insert_cap(a2, cap)?;
             Ok([0; 3])
         }
         Sys::Measure => {
@@ -518,6 +518,11 @@ fn dispatch(t: &Arc<Thread>, r: &UserRegs) -> Ret {
                 }
                 _ => Err(Error::InvalidArgument),
             }
+        }
+        Sys::KernelCheck => {
+            // It stops every CPU for as long as it takes: only for holders of the shutdown right.
+            lookup(task, a0, ObjType::Machine, Rights::SHUTDOWN)?;
+            crate::check::run(t)
         }
         Sys::Send | Sys::NbSend | Sys::Call | Sys::Recv | Sys::NbRecv | Sys::Reply | Sys::ReplyRecv | Sys::Wait => {
             unreachable!("IPC calls are handled by ipc_call")

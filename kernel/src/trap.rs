@@ -18,6 +18,7 @@ fn interrupt(vector: u8) {
         lapic::VEC_TLB => sched::tlb_interrupt(),
         lapic::VEC_PING => crate::measure::ping_interrupt(),
         lapic::VEC_PONG => crate::measure::pong_interrupt(),
+        lapic::VEC_FREEZE => crate::check::freeze_interrupt(),
         lapic::VEC_ERROR => cpus::error_interrupt(),
         _ => {} // spurious: no acknowledgement
     }

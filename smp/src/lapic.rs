@@ -16,6 +16,8 @@ pub const VEC_RESCHED: u8 = 0x31;
 pub const VEC_TLB: u8 = 0x32;
 pub const VEC_PING: u8 = 0x33;
 pub const VEC_PONG: u8 = 0x34;
+/// Stop and wait: the kernel's consistency check holds every other CPU still.
+pub const VEC_FREEZE: u8 = 0x35;
 pub const VEC_ERROR: u8 = 0xfe;
 pub const VEC_SPURIOUS: u8 = 0xff;
 

@@ -129,6 +129,14 @@ numbered! {
         /// its capability table is emptied, which breaks the reference cycles a table holding
         /// capabilities to its own task or threads makes.
         TaskKill = 39,
+        /// `(machine_slot)` → `(violations, objects checked, frames checked)`: the kernel's
+        /// consistency check. It stops every other CPU, then checks every object's reference
+        /// count against the references found, every thread's state against the queues it is
+        /// in, every budget against what is charged to it, every address space's page tables
+        /// against its mappings, and that every physical frame is either free or owned exactly
+        /// once; each violation is printed. Needs `SHUTDOWN`; `InvalidState` while another
+        /// check runs.
+        KernelCheck = 40,
     }
 }
 

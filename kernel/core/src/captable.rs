@@ -99,6 +99,11 @@ impl<O: Object> CapTable<O> {
         }
     }
 
+    /// Every capability with its slot.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &Cap<O>)> {
+        self.slots.iter().enumerate().filter_map(|(i, s)| s.as_ref().map(|c| (i as u64, c)))
+    }
+
     /// Slots in use.
     pub fn used(&self) -> usize {
         self.slots.iter().filter(|s| s.is_some()).count()

@@ -16,6 +16,7 @@
 //! | `ap_timeout_ms=N` | how long the BSP waits for each AP to come online | 2000 |
 //! | `hz=N` | local APIC timer frequency on every CPU, 1 ≤ N ≤ 10000 | 100 |
 //! | `poll_us=N` | how long an idle CPU watches its inbox before it halts (0 = never) | 50 |
+//! | `inject=A,B,..` | damage kernel state on purpose when the root task starts, so that tests can see the consistency check find it: `refcount`, `frame`, `budget`, `state` | none |
 
 use core::fmt;
 
@@ -56,11 +57,26 @@ pub struct Options {
     pub ap_timeout_ms: u32,
     pub hz: u32,
     pub poll_us: u32,
+    /// Faults to inject ([`inject`] bits).
+    pub inject: u8,
+}
+
+/// What `inject=` can damage (see the kernel's `root::inject`).
+pub mod inject {
+    /// One reference too many on the root task.
+    pub const REFCOUNT: u8 = 1;
+    /// A frame allocated and owned by nothing.
+    pub const FRAME: u8 = 2;
+    /// A budget charged for nothing.
+    pub const BUDGET: u8 = 4;
+    /// A thread marked runnable but put in no queue.
+    pub const STATE: u8 = 8;
+    pub const NAMES: [(&str, u8); 4] = [("refcount", REFCOUNT), ("frame", FRAME), ("budget", BUDGET), ("state", STATE)];
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { run: Run::Root, maxcpus: None, ap_timeout_ms: 2000, hz: 100, poll_us: 50 }
+        Options { run: Run::Root, maxcpus: None, ap_timeout_ms: 2000, hz: 100, poll_us: 50, inject: 0 }
     }
 }
 
@@ -114,7 +130,7 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Problem<'a>)) -> Options 
             Some((k, v)) => (k, Some(v)),
             None => (word, None),
         };
-        let known = matches!(key, "run" | "maxcpus" | "ap_timeout_ms" | "hz" | "poll_us");
+        let known = matches!(key, "run" | "maxcpus" | "ap_timeout_ms" | "hz" | "poll_us" | "inject");
         if !known {
             report(Problem::Unknown(word));
             continue;
@@ -145,6 +161,13 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Problem<'a>)) -> Options 
                 Some(n) => o.poll_us = n,
                 None => report(bad("0..=1000000")),
             },
+            "inject" => {
+                let bits = value.split(',').map(|w| inject::NAMES.iter().find(|(n, _)| *n == w).map(|(_, b)| *b));
+                match bits.clone().all(|b| b.is_some()) {
+                    true => o.inject = bits.flatten().fold(0, |a, b| a | b),
+                    false => report(bad("a comma-separated list of refcount, frame, budget, state")),
+                }
+            }
             _ => unreachable!("key list above"),
         }
     }
@@ -171,7 +194,17 @@ mod tests {
     fn known_options() {
         let (o, p) = parse_all("run=idle maxcpus=3  ap_timeout_ms=500 hz=250 poll_us=0");
         assert!(p.is_empty(), "{p:?}");
-        assert_eq!(o, Options { run: Run::Idle, maxcpus: Some(3), ap_timeout_ms: 500, hz: 250, poll_us: 0 });
+        assert_eq!(o, Options { run: Run::Idle, maxcpus: Some(3), ap_timeout_ms: 500, hz: 250, poll_us: 0, inject: 0 });
+    }
+
+    #[test]
+    fn inject_lists() {
+        let (o, p) = parse_all("inject=frame,state");
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(o.inject, inject::FRAME | inject::STATE);
+        let (o, p) = parse_all("inject=frame,bogus");
+        assert_eq!(o.inject, 0);
+        assert_eq!(p.len(), 1);
     }
 
     #[test]

@@ -212,6 +212,31 @@ impl<'a> FrameAllocator<'a> {
         self.locate(addr).is_ok_and(|(_, w, mask)| self.bitmap[w] & mask != 0)
     }
 
+    /// A dense index of the managed frame at `addr` (below [`index_limit`](Self::index_limit)),
+    /// for tables that say something about every frame (the kernel's consistency check).
+    pub fn index(&self, addr: u64) -> Option<usize> {
+        self.locate(addr).ok().map(|(zi, _, _)| {
+            let z = &self.zones[zi];
+            z.word * 64 + (addr / PAGE_SIZE - z.base) as usize
+        })
+    }
+
+    /// One past the largest [`index`](Self::index).
+    pub fn index_limit(&self) -> usize {
+        self.zones().last().map_or(0, |z| (z.word + z.words()) * 64)
+    }
+
+    /// Calls `f(address, index, free)` for every managed frame.
+    pub fn for_each_frame(&self, mut f: impl FnMut(u64, usize, bool)) {
+        for z in self.zones() {
+            for off in 0..z.frames {
+                let w = z.word + (off / 64) as usize;
+                let free = self.bitmap[w] & (1u64 << (off % 64)) != 0;
+                f((z.base + off) * PAGE_SIZE, z.word * 64 + off as usize, free);
+            }
+        }
+    }
+
     /// Takes every free frame that overlaps `r` out of circulation (for memory discovered to be
     /// in use after the allocator was built). Returns how many frames were taken, or
     /// [`FrameError::InUse`] if one of them had already been handed out (the rest are still
@@ -313,6 +338,26 @@ mod tests {
         assert_eq!(a.reserve(Range::new(f, f + 2 * K)), Err(FrameError::InUse));
         assert_eq!(a.free_frames(), 10 - 2 - 1 - 1);
         assert_eq!(a.reserve(Range::new(100 * K, 200 * K)), Ok(0));
+    }
+
+    #[test]
+    fn dense_indices_name_each_managed_frame_once() {
+        let (mut bm, rs) = alloc(&[Range::new(0x1000, 0x1000 + 70 * K), Range::new(0x100000, 0x100000 + 3 * K)]);
+        let mut a = FrameAllocator::new(&rs, &mut bm);
+        let f = a.alloc().unwrap();
+        let mut seen = vec![false; a.index_limit()];
+        let (mut n, mut free) = (0, 0);
+        a.for_each_frame(|pa, i, is_free| {
+            assert_eq!(a.index(pa), Some(i));
+            assert!(!seen[i]);
+            seen[i] = true;
+            n += 1;
+            free += is_free as u64;
+            assert_eq!(is_free, pa != f);
+        });
+        assert_eq!((n, free), (73, 72));
+        assert_eq!(a.index(0x0), None);
+        assert_eq!(a.index(0x1000 + 70 * K), None);
     }
 
     #[test]

@@ -52,6 +52,27 @@ impl<T: PartialEq> RunQueue<T> {
         }
     }
 
+    /// Every queued entry with its priority, highest priority first.
+    pub fn iter(&self) -> impl Iterator<Item = (u8, &T)> {
+        (0..PRIORITIES).rev().flat_map(move |p| self.queues[p].iter().map(move |t| (p as u8, t)))
+    }
+
+    /// Whether the bitmaps and the length agree with the queues (the kernel's consistency
+    /// check asks).
+    pub fn is_consistent(&self) -> bool {
+        let mut len = 0;
+        for p in 0..PRIORITIES {
+            let (w, b) = (p / 64, p % 64);
+            let marked = self.bits[w] & (1 << b) != 0;
+            if marked == self.queues[p].is_empty() {
+                return false;
+            }
+            len += self.queues[p].len();
+        }
+        let top = (0..PRIORITIES / 64).filter(|&w| self.bits[w] != 0).fold(0u64, |t, w| t | 1 << w);
+        top == self.top && len == self.len
+    }
+
     /// Adds `t` at the tail of priority `p` (a thread that used up its slice, or a new one).
     pub fn push_back(&mut self, p: u8, t: T) {
         self.queues[p as usize].push_back(t);
@@ -158,5 +179,22 @@ mod tests {
         for p in (0..=255u8).rev() {
             assert_eq!(q.pop(), Some((p, p as u32)));
         }
+    }
+
+    #[test]
+    fn iteration_and_self_check() {
+        let mut q = RunQueue::new();
+        assert!(q.is_consistent());
+        q.push_back(3, 'a');
+        q.push_back(200, 'b');
+        q.push_front(3, 'c');
+        assert!(q.is_consistent());
+        assert_eq!(q.iter().collect::<Vec<_>>(), [(200, &'b'), (3, &'c'), (3, &'a')]);
+        q.pop();
+        q.remove(3, &'a');
+        assert!(q.is_consistent());
+        assert_eq!(q.iter().collect::<Vec<_>>(), [(3, &'c')]);
+        q.len += 1;
+        assert!(!q.is_consistent());
     }
 }

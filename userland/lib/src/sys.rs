@@ -234,3 +234,7 @@ pub fn cap_mint(src: u64, dst_task: u64, dst: u64, rights: Rights, badge: u64) -
 pub fn measure(machine: u64, which: u64, arg: u64) -> Result<[u64; 3], Error> {
     syscall(Sys::Measure, [machine, which, arg, 0, 0, 0])
 }
+/// The kernel's consistency check → (violations, objects checked, frames checked).
+pub fn kernel_check(machine: u64) -> Result<[u64; 3], Error> {
+    syscall(Sys::KernelCheck, [machine, 0, 0, 0, 0, 0])
+}

@@ -49,3 +49,65 @@ pub const INT3: u64 = 18;
 pub const INT80: u64 = 19;
 /// Execute `sysret` in user mode.
 pub const SYSRET: u64 = 20;
+
+/// Try, from a task of its own, to reach what it was given no capability for (see
+/// [`ISOLATION_CASES`]); the operand is the number of CPUs online. Results go into the page at
+/// [`FUZZ_PAGE`]: word 1 + i is case i's outcome (0 = success, else the error code), word 0 the
+/// number of cases done, written last.
+pub const ISOLATION: u64 = 21;
+
+/// The capabilities the root task gives the [`ISOLATION`] worker, by slot.
+pub mod iso {
+    /// Its own task (all rights), address space (all rights) and thread (all rights).
+    pub const TASK: u64 = 0;
+    pub const SPACE: u64 = 1;
+    pub const THREAD: u64 = 2;
+    /// The memory budget.
+    pub const MEMORY: u64 = 3;
+    /// The machine, with the console right only.
+    pub const MACHINE: u64 = 4;
+    /// An endpoint, send right only (a server of the root task's listens on it).
+    pub const EP: u64 = super::EP_SLOT;
+    /// A frame, read right only (no write, no grant).
+    pub const FRAME_RO: u64 = 6;
+    /// Another task, write right only (no read, no grant).
+    pub const VICTIM: u64 = 7;
+    /// The thread's priority, which is also its maximum controlled priority.
+    pub const PRIO: u64 = 40;
+    /// Where it may map the frame.
+    pub const SCRATCH_VA: u64 = 0x0000_6b00_0000_0000;
+    /// What a widened copy must not gain: outcome code when it did.
+    pub const RIGHTS_GREW: u64 = 99;
+}
+
+/// The [`ISOLATION`] cases in the order they run: name, and the error each must return
+/// (`None`: it must succeed, and change nothing it should not).
+pub const ISOLATION_CASES: &[(&str, Option<crate::abi::Error>)] = {
+    use crate::abi::Error::*;
+    &[
+        ("use-empty-slot", Some(EmptySlot)),
+        ("use-slot-past-table", Some(SlotOutOfRange)),
+        ("forge-slot-number", Some(SlotOutOfRange)),
+        ("use-frame-as-task", Some(WrongType)),
+        ("shutdown-without-right", Some(MissingRight)),
+        ("kernel-check-without-right", Some(MissingRight)),
+        ("measure-without-right", Some(MissingRight)),
+        ("copy-to-other-task-without-grant", Some(MissingRight)),
+        ("read-other-task-space-without-right", Some(MissingRight)),
+        ("widen-rights-by-copy", None),
+        ("map-widened-copy-writable", Some(MissingRight)),
+        ("map-into-kernel-half", Some(InvalidAddress)),
+        ("receive-on-send-only-endpoint", Some(MissingRight)),
+        ("reply-to-another-threads-caller", Some(NoCaller)),
+        ("reply-recv-on-send-only-endpoint", Some(MissingRight)),
+        ("delete-endpoint-cap", None),
+        ("send-through-deleted-endpoint-cap", Some(EmptySlot)),
+        ("thread-on-cpu-that-does-not-exist", Some(InvalidCpu)),
+        ("thread-on-cpu-just-past-the-last", Some(InvalidCpu)),
+        ("move-to-cpu-that-does-not-exist", Some(InvalidCpu)),
+        ("raise-own-priority-past-limit", Some(InvalidPriority)),
+        ("create-thread-above-limit", Some(InvalidPriority)),
+        ("raise-own-priority-to-255", Some(InvalidPriority)),
+        ("kill-task-without-cap", Some(EmptySlot)),
+    ]
+};

@@ -106,7 +106,21 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
     let mut last = [0u64; MAX_FUZZERS];
     let mut still = [0u32; MAX_FUZZERS];
     let mut stuck = 0u64;
+    // The kernel's consistency check, every 3 s while the fuzzers run (it stops every CPU
+    // wherever the fuzzers and pairs are), and once more at the end.
+    let (mut checks, mut violations, mut ticks) = (0u64, 0u64, 0u64);
+    let check = |checks: &mut u64, violations: &mut u64| match sys::kernel_check(MACHINE) {
+        Ok([v, _, _]) => {
+            *checks += 1;
+            *violations += v;
+        }
+        Err(e) => println!("fuzz: the consistency check did not run: {e}"),
+    };
     let mut monitor = || {
+        ticks += 1;
+        if ticks % 30 == 0 {
+            check(&mut checks, &mut violations);
+        }
         for i in 0..n {
             // A fuzzer that has made no call for 2 s is blocked on something no one will do
             // (fuzzers can wait on each other's replies): it is ended and replaced too.
@@ -147,7 +161,7 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
             }
         }
     };
-    let stress_ok = crate::stress::run_with(8, u64::MAX, seconds, &mut monitor);
+    let stress_ok = crate::stress::run_with(8, u64::MAX, seconds, false, &mut monitor);
     for (i, f) in fz.iter_mut().enumerate().take(n) {
         if let Some(f) = f.take() {
             let _ = sys::thread_suspend(f.thread);
@@ -173,6 +187,8 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
         "fuzz: {ended} fuzzer threads ended ({faulted} by a fault, {stuck} stuck waiting) and were replaced; next seed {}",
         NEXT_SEED.load(SeqCst)
     );
+    check(&mut checks, &mut violations);
+    println!("fuzz: kernel consistency checks: {checks} run (during the run and at its end), {violations} violations");
     let left = sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
     println!(
         "fuzz: after the run: live threads {} (before {threads0}): {}; memory budget {left} (before {left0}; the root task keeps \
@@ -181,7 +197,7 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
         if back { "back" } else { "NOT BACK" },
         left0.saturating_sub(left) / 1024
     );
-    let ok = stress_ok && back && calls > 0;
+    let ok = stress_ok && back && calls > 0 && checks > 0 && violations == 0;
     println!("fuzz: {}", if ok { "passed" } else { "FAILED" });
     ok
 }

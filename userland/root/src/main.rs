@@ -42,7 +42,7 @@ fn rl4_main(boot_info: u64, _: u64) {
     let mut test = None;
     let mut bench = false;
     let mut stress = false;
-    let (mut fuzz, mut seed, mut fuzzers) = (false, 1u64, 8usize);
+    let (mut fuzz, mut seed, mut fuzzers) = (false, 1u64, 16usize);
     let (mut pairs, mut messages, mut seconds) = (64usize, 1000u64, 30u64);
     let (mut bench_name, mut iters, mut len, mut accel) = (None, 1_000_000usize, 0u64, "tcg");
     for w in args.split_ascii_whitespace() {

@@ -75,11 +75,14 @@ fn busy(_: u64) {
 
 /// Runs the stress test; returns whether it passed.
 pub fn run(pairs: usize, messages: u64, seconds: u64) -> bool {
-    run_with(pairs, messages, seconds, &mut || {})
+    run_with(pairs, messages, seconds, true, &mut || {})
 }
 
 /// The stress test, calling `tick` between the monitor's looks (every 100 ms).
-pub fn run_with(pairs: usize, messages: u64, seconds: u64, tick: &mut dyn FnMut()) -> bool {
+/// `busy`: one spinning thread per CPU too, so that the pairs are preempted (the fuzzer runs
+/// without: its own threads load every CPU, and a spinner would take a whole time slice from
+/// every fuzzer that yields or waits).
+pub fn run_with(pairs: usize, messages: u64, seconds: u64, busy: bool, tick: &mut dyn FnMut()) -> bool {
     let pairs = pairs.clamp(1, MAX_PAIRS);
     let n = cpus();
     TARGET.store(messages, SeqCst);
@@ -102,7 +105,8 @@ pub fn run_with(pairs: usize, messages: u64, seconds: u64, tick: &mut dyn FnMut(
         let s = spawn(server, i as u64, PRIO, scpu);
         slots[i] = [ep, s, 0];
     }
-    let spinners: [u64; 8] = core::array::from_fn(|c| if (c as u64) < n.min(8) { spawn(busy, 0, PRIO, c as u64) } else { 0 });
+    let spinning = if busy { n.min(8) } else { 0 };
+    let spinners: [u64; 8] = core::array::from_fn(|c| if (c as u64) < spinning { spawn(self::busy, 0, PRIO, c as u64) } else { 0 });
     for (i, s) in slots.iter_mut().enumerate().take(pairs) {
         let ccpu = {
             let scpu = i as u64 % n;
@@ -111,9 +115,9 @@ pub fn run_with(pairs: usize, messages: u64, seconds: u64, tick: &mut dyn FnMut(
         s[2] = spawn(client, i as u64, PRIO, ccpu);
     }
     if messages == u64::MAX {
-        println!("stress: {pairs} pairs ({same} same-core, {} cross-core) on {n} CPU(s), messages until the time is up, {seconds} s, one busy thread per CPU", pairs - same);
+        println!("stress: {pairs} pairs ({same} same-core, {} cross-core) on {n} CPU(s), messages until the time is up, {seconds} s, {spinning} busy threads", pairs - same);
     } else {
-        println!("stress: {pairs} pairs ({same} same-core, {} cross-core) on {n} CPU(s), {messages} messages each, at most {seconds} s, one busy thread per CPU", pairs - same);
+        println!("stress: {pairs} pairs ({same} same-core, {} cross-core) on {n} CPU(s), {messages} messages each, at most {seconds} s, {spinning} busy threads", pairs - same);
     }
     let start = rdtsc();
     let limit = tsc_hz() * seconds;
@@ -163,7 +167,7 @@ pub fn run_with(pairs: usize, messages: u64, seconds: u64, tick: &mut dyn FnMut(
         release(s[1]);
         release(s[2]);
     }
-    for &t in spinners.iter().take(n.min(8) as usize) {
+    for &t in spinners.iter().take(spinning as usize) {
         wait_ms(2000, || matches!(crate::tests::state(t), Some(ThreadState::Dead)));
         release(t);
     }

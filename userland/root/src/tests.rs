@@ -281,6 +281,149 @@ fn test_isolation(bi: &BootInfo) {
     );
 }
 
+/// Where the root task sees the isolation worker's results page.
+const ISO_RESULTS_VA: u64 = 0x0000_6c00_0000_0000;
+/// The server and client of the reply-right case: endpoint, notification, what the client got.
+static ISO: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+const ISO_LABEL: u64 = 0x5e;
+
+/// Receives one call, waits for the notification, then replies with [`ISO_LABEL`].
+fn iso_server(_: u64) {
+    if sys::recv(ISO[0].load(SeqCst)).is_ok() {
+        let _ = sys::wait(ISO[1].load(SeqCst), rl4_abi::ipc::FOREVER);
+        let _ = sys::reply(&sys::Msg { tag: rl4_abi::ipc::Tag::new(ISO_LABEL, 0, 0), badge: 0, w: [0; 4] });
+    }
+}
+
+fn iso_client(_: u64) {
+    let got = match sys::call(ISO[0].load(SeqCst), &sys::Msg::default()) {
+        Ok(m) => m.tag.label(),
+        Err(e) => 1000 + e as u64,
+    };
+    ISO[2].store(got, SeqCst);
+}
+
+/// A test name built at run time.
+struct Name {
+    buf: [u8; 96],
+    len: usize,
+}
+
+impl core::fmt::Write for Name {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+impl Name {
+    fn of(prefix: &str, case: &str) -> Name {
+        use core::fmt::Write;
+        let mut n = Name { buf: [0; 96], len: 0 };
+        let _ = write!(n, "{prefix}{case}");
+        n
+    }
+    fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("?")
+    }
+}
+
+/// The isolation suite from the other side: a task of its own, holding only what
+/// `rl4_user::worker::iso` lists, tries to use, copy and forge capabilities, widen rights, answer
+/// another thread's caller, use a deleted endpoint capability, reach CPUs that do not exist and
+/// raise its priority (`worker::ISOLATION_CASES`). Each attempt must fail with its documented
+/// error; afterwards nothing may have changed: the caller still waits for its real server, the
+/// root task's capabilities are as they were, and ending the task gives back every byte.
+fn test_child_isolation(bi: &BootInfo) {
+    use rl4_user::worker::{FUZZ_PAGE, ISOLATION, ISOLATION_CASES, iso};
+    let rw = Rights::READ.union(Rights::WRITE);
+    let (ep, note, results) = (slot(), slot(), slot());
+    let set_up = sys::endpoint_create(MEMORY, ep)
+        .and_then(|_| sys::notification_create(MEMORY, note))
+        .and_then(|_| sys::frame_alloc(MEMORY, results))
+        .and_then(|_| sys::map(SPACE, results, ISO_RESULTS_VA, rw));
+    if let Err(e) = set_up {
+        return report("isolation-child-set-up", false, format_args!("{e}"));
+    }
+    ISO[0].store(ep, SeqCst);
+    ISO[1].store(note, SeqCst);
+    ISO[2].store(0, SeqCst);
+    let server = spawn(iso_server, 0, ROOT_PRIO, 0);
+    wait_ms(3000, || state(server) == Some(ThreadState::BlockedRecv));
+    let client = spawn(iso_client, 0, ROOT_PRIO, 0);
+    let owed = wait_ms(3000, || {
+        state(client) == Some(ThreadState::BlockedReply) && state(server) == Some(ThreadState::BlockedNotify)
+    });
+    let caps_before = [TASK, SPACE, THREAD, MEMORY, MACHINE, ep].map(sys::cap_identify);
+    wait_ms(3000, || sys::stat(MACHINE, stat::THREADS) == Ok(3));
+    // `wait_ms` makes the root task's sleep notification the first time it sleeps: not inside
+    // the window measured below.
+    crate::stress::sleep_ms(0);
+    let Ok((left0, _)) = sys::memory_info(MEMORY) else { return report("isolation-child-set-up", false, format_args!("memory_info")) };
+
+    let Ok(child) = Child::load(bi, "worker") else { return report("isolation-child-set-up", false, format_args!("cannot load worker")) };
+    let (victim, frame, t) = (slot(), slot(), slot());
+    let given = (|| -> Result<(), Error> {
+        sys::task_create(MEMORY, victim)?;
+        sys::frame_alloc(MEMORY, frame)?;
+        sys::cap_copy(child.task, child.task, iso::TASK, Rights::ALL)?;
+        sys::cap_copy(child.space, child.task, iso::SPACE, Rights::ALL)?;
+        sys::cap_copy(MEMORY, child.task, iso::MEMORY, Rights::ALL)?;
+        sys::cap_copy(ep, child.task, iso::EP, Rights::SEND)?;
+        sys::cap_copy(frame, child.task, iso::FRAME_RO, Rights::READ)?;
+        sys::cap_copy(victim, child.task, iso::VICTIM, Rights::WRITE)?;
+        sys::map(child.space, results, FUZZ_PAGE, rw)?;
+        map_fresh(child.space, CHILD_STACK_TOP - 4 * PAGE_SIZE, 4, rw)?;
+        sys::thread_create(MEMORY, child.task, child.entry, CHILD_STACK_TOP, iso::PRIO, far_cpu(), t)?;
+        sys::thread_set_args(t, ISOLATION, cpus())?;
+        sys::cap_copy(t, child.task, iso::THREAD, Rights::ALL)?;
+        sys::thread_resume(t)
+    })();
+    let n = ISOLATION_CASES.len() as u64;
+    let done = given.is_ok() && wait_ms(5000, || read_word(ISO_RESULTS_VA) == n);
+    report(
+        "isolation-child-ran",
+        done && owed,
+        format_args!("a task with only its own capabilities made {} of {n} attempts ({given:?})", read_word(ISO_RESULTS_VA)),
+    );
+    for (i, (case, expected)) in ISOLATION_CASES.iter().enumerate() {
+        let got = read_word(ISO_RESULTS_VA + 8 * (1 + i as u64));
+        let want = expected.map_or(0, |e| e as u64);
+        let show = |c: u64| if c == 0 { "success" } else { Error::try_from(c).map(|e| e.name()).unwrap_or("rights grew") };
+        report(Name::of("isolation-child-", case).as_str(), done && got == want, format_args!("expected {}, got {}", show(want), show(got)));
+    }
+    // Nothing else changed.
+    let still_owed = state(client) == Some(ThreadState::BlockedReply);
+    let _ = sys::signal(note, 1);
+    let answered = wait_ms(3000, || ISO[2].load(SeqCst) != 0);
+    report(
+        "isolation-reply-right-stays-with-its-receiver",
+        still_owed && answered && ISO[2].load(SeqCst) == ISO_LABEL,
+        format_args!("the caller still waited, then got its own server's reply (label {:#x})", ISO[2].load(SeqCst)),
+    );
+    let caps_after = [TASK, SPACE, THREAD, MEMORY, MACHINE, ep].map(sys::cap_identify);
+    report("isolation-root-caps-unchanged", caps_before == caps_after, format_args!("type, rights and badge of the root task's capabilities"));
+    for s in [t, frame, victim] {
+        release(s);
+    }
+    child.release();
+    wait_ms(3000, || state(server) == Some(ThreadState::Dead) && state(client) == Some(ThreadState::Dead));
+    let back = wait_ms(3000, || sys::memory_info(MEMORY).map(|m| m.0) == Ok(left0));
+    report(
+        "isolation-child-left-nothing-behind",
+        back,
+        format_args!("memory budget back to {left0} bytes once the task ended (now {:?})", sys::memory_info(MEMORY).map(|m| m.0)),
+    );
+    release(server);
+    release(client);
+    let _ = sys::unmap(SPACE, ISO_RESULTS_VA);
+    for s in [results, ep, note] {
+        release(s);
+    }
+}
+
 /// A page mapped readable and writable but not executable: jumping into it faults (NX).
 fn test_exec_data(bi: &BootInfo) {
     let name = "fault-execute-data-page";
@@ -484,11 +627,28 @@ fn test_bad_args() {
     expect("bad-copy-rights-bits", sys::cap_copy_raw(frame, TASK, free, 1 << 63), Error::InvalidArgument);
     expect("bad-set-args-running", sys::thread_set_args(THREAD, 0, 0), Error::InvalidState);
     expect("bad-stat-selector", sys::stat(MACHINE, 77).map(|_| ()), Error::InvalidArgument);
+    expect("bad-check-without-shutdown-right", sys::kernel_check(weak_machine).map(|_| ()), Error::MissingRight);
     let (cpu, _) = sys::cpu_info();
     report("kernel-alive-after-bad-calls", sys::null().is_ok(), format_args!("null syscall still answers on cpu {cpu}"));
     for s in [frame, ro_frame, thread, free, weak_machine] {
         release(s);
     }
+}
+
+/// The kernel's own consistency check (`Sys::KernelCheck`): every object's reference count,
+/// every thread's state and queues, every budget, every page table, every frame.
+pub fn consistency(after: &str) -> bool {
+    let r = sys::kernel_check(MACHINE);
+    let ok = matches!(r, Ok([0, _, _]));
+    match r {
+        Ok([v, objects, frames]) => report(
+            "kernel-consistency",
+            ok,
+            format_args!("after {after}: {objects} objects and {frames} frames checked, {v} violations"),
+        ),
+        Err(e) => report("kernel-consistency", false, format_args!("after {after}: the check failed to run: {e}")),
+    }
+    ok
 }
 
 /// Runs the tests whose name starts with `which` (`all` runs every one).
@@ -502,6 +662,7 @@ pub fn run(bi: &BootInfo, which: &str) -> bool {
     }
     if want("isolation") {
         test_isolation(bi);
+        test_child_isolation(bi);
         test_readonly(bi);
         test_task_cleanup(bi);
         test_exhaustion(bi);
@@ -512,6 +673,9 @@ pub fn run(bi: &BootInfo, which: &str) -> bool {
     if want("ipc") {
         crate::ipc_tests::run(bi);
     }
+    // `check` alone: only the consistency check (with `inject=` on the kernel's command line,
+    // it must fail).
+    consistency(which);
     let (p, f) = (PASSED.load(SeqCst), FAILED.load(SeqCst));
     println!("root: {p} passed, {f} failed");
     f == 0 && p > 0

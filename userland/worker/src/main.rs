@@ -54,6 +54,7 @@ fn rl4_main(cmd: u64, addr: u64) {
         ECHO => echo(addr),
         STAMP => stamp(),
         FUZZ => fuzz(addr),
+        ISOLATION => isolation(addr),
         EXEC_DATA => {
             // SAFETY (this and the ones below): deliberate faults; the kernel must stop this
             // thread and nothing else.
@@ -135,7 +136,7 @@ fn fuzz(seed: u64) {
         let mut n = match r % 16 {
             0 => next(),
             1..=2 => next() % 64,
-            _ => next() % 40,
+            _ => next() % Sys::ALL.len() as u64,
         };
         // Ending itself is allowed, but rarely, so that each fuzzer lives long enough to matter.
         let ends = [Sys::ThreadExit as u64, Sys::TaskExit as u64, Sys::TaskKill as u64, Sys::ThreadSuspend as u64];
@@ -192,6 +193,62 @@ fn fuzz(seed: u64) {
             slot.write_volatile(slot.read_volatile() + 1);
         }
     }
+}
+
+/// The isolation cases ([`ISOLATION_CASES`]), run in their order from this task, which holds
+/// only the capabilities of [`iso`]. `cpus`: CPUs online.
+fn isolation(cpus: u64) {
+    use rl4_user::abi::{CAP_SLOTS, Rights, measure};
+    let out = FUZZ_PAGE as *mut u64;
+    let code = |r: Result<(), rl4_user::abi::Error>| match r {
+        Ok(()) => 0,
+        Err(e) => e as u64,
+    };
+    let entry = rl4_user::thread_entry();
+    let stack = iso::SCRATCH_VA + 0x10_0000;
+    let msg = sys::Msg::default();
+    let free = 20; // an empty slot of this task
+    let results: [u64; ISOLATION_CASES.len()] = [
+        code(sys::cap_identify(100).map(|_| ())),
+        code(sys::cap_identify(CAP_SLOTS).map(|_| ())),
+        code(sys::cap_identify(u64::MAX).map(|_| ())),
+        code(sys::thread_create(iso::MEMORY, iso::FRAME_RO, entry, stack, 10, 0, free)),
+        code(sys::shutdown(iso::MACHINE, 0)),
+        code(sys::kernel_check(iso::MACHINE).map(|_| ())),
+        code(sys::measure(iso::MACHINE, measure::CR3_FLOOR, 1).map(|_| ())),
+        code(sys::cap_copy(iso::FRAME_RO, iso::VICTIM, 10, Rights::READ)),
+        code(sys::task_space(iso::VICTIM, free)),
+        // A copy into its own table with every right asked for: allowed, but it keeps only
+        // what the original had.
+        match sys::cap_copy(iso::FRAME_RO, iso::TASK, free + 1, Rights::ALL) {
+            Ok(()) => match sys::cap_identify(free + 1) {
+                Ok([_, rights, _]) if rights == Rights::READ.0 => 0,
+                Ok(_) => iso::RIGHTS_GREW,
+                Err(e) => e as u64,
+            },
+            Err(e) => e as u64,
+        },
+        code(sys::map(iso::SPACE, free + 1, iso::SCRATCH_VA, Rights::READ.union(Rights::WRITE))),
+        code(sys::map(iso::SPACE, free + 1, 0xffff_8000_0000_0000, Rights::READ)),
+        code(sys::recv(iso::EP).map(|_| ())),
+        code(sys::reply(&msg)),
+        code(sys::reply_recv(iso::EP, &msg).map(|_| ())),
+        code(sys::cap_delete(iso::EP)),
+        code(sys::nb_send(iso::EP, &msg)),
+        code(sys::thread_create(iso::MEMORY, iso::TASK, entry, stack, 10, 999, free + 2)),
+        code(sys::thread_create(iso::MEMORY, iso::TASK, entry, stack, 10, cpus, free + 2)),
+        code(sys::thread_set_affinity(iso::THREAD, 4096)),
+        code(sys::thread_set_priority(iso::THREAD, iso::PRIO + 1)),
+        code(sys::thread_create(iso::MEMORY, iso::TASK, entry, stack, iso::PRIO + 1, 0, free + 2)),
+        code(sys::thread_set_priority(iso::THREAD, 255)),
+        code(sys::task_kill(free + 3)),
+    ];
+    for (i, r) in results.iter().enumerate() {
+        // SAFETY: the root task maps the results page here before starting this thread.
+        unsafe { out.add(1 + i).write_volatile(*r) };
+    }
+    // SAFETY: as above.
+    unsafe { out.write_volatile(results.len() as u64) };
 }
 
 /// Uses a page of stack per level, forever (until the guard page below the stack stops it).

@@ -1,0 +1,553 @@
+//! The kernel's own consistency check (`Sys::KernelCheck`): it stops every other CPU, then
+//! compares what the kernel's structures say with what they should say.
+//!
+//! * **Reference counts.** Every live object (found through the registries in `obj`) must
+//!   have exactly as many strong references as there are holders the kernel knows of:
+//!   capabilities (also one in flight with a blocked sender), a thread's task and space, an
+//!   address space's mappings, IPC buffers, reply rights, every object's budget charge, run
+//!   queues, inboxes, current threads, endpoint and notification queues. One more is a leak,
+//!   one fewer would be a use-after-free waiting to happen.
+//! * **Threads.** Each is in exactly one state and that state matches where it is: running ⇔
+//!   some CPU's current thread; queued ⇔ in exactly one run queue or inbox (never also
+//!   running); blocked on an endpoint or notification ⇔ in exactly that queue and no other;
+//!   waiting for a reply ⇔ exactly one thread holds its reply right; runnable ⇒ running or
+//!   queued (else it would never run: a lost wake-up); a wait with a deadline ⇒ an entry in a
+//!   CPU's timeout list; a thread of an ended task is dead.
+//! * **Budgets.** Each memory budget's charged bytes equal the sum of what its objects, page
+//!   tables and mappings cost.
+//! * **Address spaces.** Each shares the kernel half; its page tables map exactly its recorded
+//!   mappings (frame, writable, executable); its table count matches what it was charged.
+//! * **Frames.** Every physical frame the allocator manages is either free and owned by
+//!   nothing, or allocated and owned exactly once: by a frame object, a page table (kernel or
+//!   user), the kernel heap or a kernel stack.
+//!
+//! Stopping the world: the checking CPU sends every other CPU the freeze IPI and waits until
+//! all of them spin in `hold`. The kernel runs with interrupts off except in the idle loop's
+//! halt, so a CPU takes the IPI only in user mode or idle, where it holds no lock and no
+//! temporary reference. A CPU waiting for a TLB shootdown is released because frozen CPUs (and
+//! the checker while it waits) keep answering TLB requests.
+//!
+//! `unsafe` here: only the page-table walks, sound because every other CPU is stopped.
+#![allow(unsafe_code)]
+
+use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use rl4_abi::{Error, PAGE_SIZE, ThreadState};
+use rl4_arch::layout::{HEAP_BASE, HEAP_SIZE, STACKS_BASE, STACKS_SIZE};
+use rl4_arch::paging::{self, Visit};
+use rl4_arch::{cpu, percpu, println};
+use rl4_smp::{MAX_CPUS, cpus, lapic};
+use spin::Mutex;
+
+use crate::ipc::Wait;
+use crate::obj::{self, KObj, MAP_COST, Thread};
+use crate::{mem, sched};
+
+/// Held by the CPU that runs a check.
+static WORLD: Mutex<()> = Mutex::new(());
+/// Other CPUs must stay in `hold`.
+static FROZEN: AtomicBool = AtomicBool::new(false);
+/// CPUs spinning in `hold`.
+static HELD: AtomicUsize = AtomicUsize::new(0);
+
+/// How long the checker waits for the other CPUs to stop (µs). vCPUs of an overcommitted
+/// host can be off their physical CPU for a long time.
+const STOP_WAIT_US: u64 = 5_000_000;
+
+/// Violations printed in full (the rest are only counted).
+const PRINTED: u64 = 40;
+
+/// The freeze IPI.
+pub fn freeze_interrupt() {
+    cpus::eoi();
+    hold();
+}
+
+fn hold() {
+    if !FROZEN.load(SeqCst) {
+        return;
+    }
+    HELD.fetch_add(1, SeqCst);
+    while FROZEN.load(SeqCst) {
+        sched::service_tlb_here();
+        cpu::relax();
+    }
+    HELD.fetch_sub(1, SeqCst);
+}
+
+/// Spins until `done`, answering TLB requests; false after `us` microseconds.
+fn wait_until(us: u64, done: impl Fn() -> bool) -> bool {
+    let end = cpu::rdtsc().saturating_add(rl4_arch::time::us_to_ticks(us));
+    while !done() {
+        if cpu::rdtsc() > end {
+            return false;
+        }
+        sched::service_tlb_here();
+        cpu::relax();
+    }
+    true
+}
+
+/// Runs the check for the system call of `caller` (whose handler holds one reference to it).
+/// Returns (violations, objects checked, frames checked).
+pub fn run(caller: &Arc<Thread>) -> Result<[u64; 3], Error> {
+    let Some(world) = WORLD.try_lock() else { return Err(Error::InvalidState) };
+    // A CPU still leaving the previous check's `hold` would be counted as stopped.
+    if !wait_until(STOP_WAIT_US, || HELD.load(SeqCst) == 0) {
+        return Err(Error::Timeout);
+    }
+    let me = percpu::cpu_index() as usize;
+    let others = (0..MAX_CPUS).filter(|&i| i != me && sched::cpu_online(i as u64)).collect::<Vec<_>>();
+    FROZEN.store(true, SeqCst);
+    for &i in &others {
+        cpus::send_ipi(i, lapic::VEC_FREEZE);
+    }
+    let stopped = wait_until(STOP_WAIT_US, || HELD.load(SeqCst) == others.len());
+    let result = if stopped {
+        let r = check_all(caller);
+        println!("check: {} objects, {} frames: {} violations", r[1], r[2], r[0]);
+        Ok(r)
+    } else {
+        println!("check: not every CPU stopped within {} ms; nothing checked", STOP_WAIT_US / 1000);
+        Err(Error::Timeout)
+    };
+    FROZEN.store(false, SeqCst);
+    drop(world);
+    result
+}
+
+#[derive(Default)]
+struct Report {
+    violations: u64,
+}
+
+impl Report {
+    fn fail(&mut self, args: fmt::Arguments<'_>) {
+        self.violations += 1;
+        if self.violations <= PRINTED {
+            println!("check: VIOLATION: {args}");
+        }
+    }
+}
+
+macro_rules! fail {
+    ($r:expr, $($t:tt)*) => { $r.fail(format_args!($($t)*)) };
+}
+
+fn key<T>(a: &Arc<T>) -> usize {
+    Arc::as_ptr(a) as usize
+}
+
+/// References found, by object address.
+#[derive(Default)]
+struct Refs(BTreeMap<usize, u64>);
+
+impl Refs {
+    fn add<T>(&mut self, a: &Arc<T>) {
+        *self.0.entry(key(a)).or_insert(0) += 1;
+    }
+    fn kobj(&mut self, o: &KObj) {
+        match o {
+            KObj::Task(a) => self.add(a),
+            KObj::Space(a) => self.add(a),
+            KObj::Thread(a) => self.add(a),
+            KObj::Frame(a) => self.add(a),
+            KObj::Memory(a) => self.add(a),
+            KObj::Endpoint(a) => self.add(a),
+            KObj::Notification(a) => self.add(a),
+            KObj::Machine => {}
+        }
+    }
+    /// Compares with the strong count, less the snapshot's own reference.
+    fn compare<T>(&self, r: &mut Report, a: &Arc<T>, what: fmt::Arguments<'_>) {
+        let found = self.0.get(&key(a)).copied().unwrap_or(0);
+        let counted = Arc::strong_count(a) as u64 - 1;
+        if found != counted {
+            fail!(r, "{what}: {counted} references, but {found} holders found");
+        }
+    }
+}
+
+/// Where a thread was found.
+#[derive(Default)]
+struct Seen {
+    current: u32,
+    queued: u32,
+    senders: Vec<usize>,
+    receivers: Vec<usize>,
+    waiters: Vec<usize>,
+    reply_holders: u32,
+    deadlines: Vec<u64>,
+}
+
+fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
+    let mut r = Report::default();
+    let tasks = obj::TASKS.live();
+    let spaces = obj::SPACES.live();
+    let threads = obj::THREADS.live();
+    let frames = obj::FRAMES.live();
+    let memories = obj::MEMORIES.live();
+    let endpoints = obj::ENDPOINTS.live();
+    let notifications = obj::NOTIFICATIONS.live();
+    let objects = [tasks.len(), spaces.len(), threads.len(), frames.len(), memories.len(), endpoints.len(), notifications.len()]
+        .iter()
+        .sum::<usize>() as u64;
+
+    // Every lock must be free: the other CPUs stopped where they hold none.
+    macro_rules! locked {
+        ($m:expr, $what:expr) => {
+            match $m.try_lock() {
+                Some(g) => g,
+                None => {
+                    fail!(r, "{} is locked while every CPU is stopped", $what);
+                    return [r.violations, objects, 0];
+                }
+            }
+        };
+    }
+    let mut task_caps = Vec::with_capacity(tasks.len());
+    for t in &tasks {
+        task_caps.push(locked!(t.caps, format_args!("task {}'s capability table", t.id)));
+    }
+    let (mut thread_sched, mut thread_buf) = (Vec::with_capacity(threads.len()), Vec::with_capacity(threads.len()));
+    for t in &threads {
+        thread_sched.push(locked!(t.sched, format_args!("thread {}'s state", t.id)));
+        thread_buf.push(locked!(t.ipc_buffer, format_args!("thread {}'s IPC buffer", t.id)));
+    }
+    let mut space_maps = Vec::with_capacity(spaces.len());
+    for s in &spaces {
+        space_maps.push(locked!(s.maps, format_args!("the mappings of space {:#x}", s.pml4)));
+    }
+    let mut ep_q = Vec::with_capacity(endpoints.len());
+    for e in &endpoints {
+        ep_q.push(locked!(e.q, "an endpoint's queues"));
+    }
+    let mut n_q = Vec::with_capacity(notifications.len());
+    for n in &notifications {
+        n_q.push(locked!(n.q, "a notification's queue"));
+    }
+
+    // 1. Reference counts.
+    let mut refs = Refs::default();
+    let mut seen: BTreeMap<usize, Seen> = threads.iter().map(|t| (key(t), Seen::default())).collect();
+    for (t, caps) in tasks.iter().zip(&task_caps) {
+        caps.iter().for_each(|(_, c)| refs.kobj(&c.obj));
+        refs.add(&t.space);
+        refs.add(t.charge().of().0);
+        if t.dead.load(SeqCst) && !caps.is_empty() {
+            fail!(r, "task {} has ended but its table still holds {} capabilities", t.id, caps.used());
+        }
+    }
+    for ((t, s), b) in threads.iter().zip(&thread_sched).zip(&thread_buf) {
+        refs.add(&t.task);
+        refs.add(&t.space);
+        refs.add(t.charge().of().0);
+        if let Some(f) = b.as_ref() {
+            refs.add(f);
+        }
+        if let Some(c) = &s.reply_to {
+            refs.add(c);
+            match seen.get_mut(&key(c)) {
+                Some(x) => x.reply_holders += 1,
+                None => fail!(r, "thread {} holds the reply right of thread {}, which is not registered", t.id, c.id),
+            }
+        }
+        if let Wait::Send { cap: Some(c), .. } = &s.wait {
+            refs.kobj(&c.obj);
+        }
+    }
+    for (sp, maps) in spaces.iter().zip(&space_maps) {
+        maps.values().for_each(|(f, _, _)| refs.add(f));
+        refs.add(&sp.memory);
+        refs.add(sp.charge().of().0);
+    }
+    frames.iter().for_each(|f| refs.add(f.charge().of().0));
+    let mut unregistered = 0u64;
+    let mut note = |seen: &mut BTreeMap<usize, Seen>, t: &Arc<Thread>, f: &mut dyn FnMut(&mut Seen)| match seen.get_mut(&key(t)) {
+        Some(x) => f(x),
+        None => unregistered += 1,
+    };
+    for (e, q) in endpoints.iter().zip(&ep_q) {
+        refs.add(e.charge().of().0);
+        for t in &q.senders {
+            refs.add(t);
+            note(&mut seen, t, &mut |x| x.senders.push(key(e)));
+        }
+        for t in &q.receivers {
+            refs.add(t);
+            note(&mut seen, t, &mut |x| x.receivers.push(key(e)));
+        }
+    }
+    for (n, q) in notifications.iter().zip(&n_q) {
+        refs.add(n.charge().of().0);
+        for t in &q.waiters {
+            refs.add(t);
+            note(&mut seen, t, &mut |x| x.waiters.push(key(n)));
+        }
+    }
+    let mut cpu_faults: Vec<(usize, &'static str)> = Vec::new();
+    let mut timeouts: Vec<(usize, u64)> = Vec::new();
+    sched::visit_cpus(
+        |_, held, t| {
+            refs.add(t);
+            note(&mut seen, t, &mut |x| match held {
+                sched::Held::Current => x.current += 1,
+                sched::Held::RunQueue | sched::Held::Inbox => x.queued += 1,
+            });
+        },
+        |_, deadline, w| timeouts.push((w.as_ptr() as usize, deadline)),
+        |cpu, what| cpu_faults.push((cpu, what)),
+    );
+    for (cpu, what) in cpu_faults {
+        fail!(r, "cpu {cpu}: {what}");
+    }
+    if unregistered > 0 {
+        fail!(r, "{unregistered} queue entries name threads that are not registered");
+    }
+    for (t, d) in timeouts {
+        if let Some(x) = seen.get_mut(&t) {
+            x.deadlines.push(d);
+        }
+    }
+    // The system call being handled holds the caller (`syscall::handle`).
+    refs.add(caller);
+
+    for t in &tasks {
+        refs.compare(&mut r, t, format_args!("task {}", t.id));
+    }
+    for t in &threads {
+        refs.compare(&mut r, t, format_args!("thread {}", t.id));
+    }
+    for s in &spaces {
+        refs.compare(&mut r, s, format_args!("address space {:#x}", s.pml4));
+    }
+    for f in &frames {
+        refs.compare(&mut r, f, format_args!("frame {:#x}", f.pa));
+    }
+    for m in &memories {
+        refs.compare(&mut r, m, format_args!("memory budget of {} bytes", m.total));
+    }
+    for e in &endpoints {
+        refs.compare(&mut r, e, format_args!("endpoint {:#x}", key(e)));
+    }
+    for n in &notifications {
+        refs.compare(&mut r, n, format_args!("notification {:#x}", key(n)));
+    }
+
+    // 2. Thread states.
+    for (t, s) in threads.iter().zip(&thread_sched) {
+        let x = &seen[&key(t)];
+        let id = t.id;
+        let st = s.state;
+        if x.current != s.on_cpu as u32 {
+            fail!(r, "thread {id} ({st:?}): on_cpu is {} but it is the current thread of {} CPUs", s.on_cpu, x.current);
+        }
+        if x.queued != s.queued as u32 {
+            fail!(r, "thread {id} ({st:?}): queued is {} but it sits in {} run queues or inboxes", s.queued, x.queued);
+        }
+        if s.on_cpu && s.queued {
+            fail!(r, "thread {id} ({st:?}) is both running and queued");
+        }
+        let blocked = matches!(
+            st,
+            ThreadState::BlockedSend | ThreadState::BlockedRecv | ThreadState::BlockedReply | ThreadState::BlockedNotify
+        );
+        let wait_fits = match (&s.wait, st) {
+            (Wait::Send { ep, .. }, ThreadState::BlockedSend) => ep.strong_count() > 0 && x.senders == [ep.as_ptr() as usize],
+            (Wait::Recv { ep }, ThreadState::BlockedRecv) => ep.strong_count() > 0 && x.receivers == [ep.as_ptr() as usize],
+            (Wait::Notify { n }, ThreadState::BlockedNotify) => n.strong_count() > 0 && x.waiters == [n.as_ptr() as usize],
+            (Wait::Reply, ThreadState::BlockedReply) => true,
+            (Wait::None, _) => !blocked,
+            _ => false,
+        };
+        let queues = x.senders.len() + x.receivers.len() + x.waiters.len();
+        let expected_queues = matches!(st, ThreadState::BlockedSend | ThreadState::BlockedRecv | ThreadState::BlockedNotify) as usize;
+        if !wait_fits || queues != expected_queues {
+            fail!(
+                r,
+                "thread {id} ({st:?}): its wait does not match its queues (in {} send, {} receive, {} notification queues)",
+                x.senders.len(),
+                x.receivers.len(),
+                x.waiters.len()
+            );
+        }
+        if blocked && (s.on_cpu || s.queued) {
+            fail!(r, "thread {id} is {st:?} but also running or queued");
+        }
+        if st == ThreadState::Running && !s.on_cpu {
+            fail!(r, "thread {id} is Running on no CPU");
+        }
+        if st == ThreadState::Runnable && !s.on_cpu && !s.queued {
+            fail!(r, "thread {id} is Runnable but in no queue and on no CPU (a lost wake-up)");
+        }
+        if x.reply_holders > 1 || (st == ThreadState::BlockedReply && x.reply_holders != 1) {
+            fail!(r, "thread {id} ({st:?}): {} threads hold its reply right", x.reply_holders);
+        }
+        if blocked && s.deadline != u64::MAX && !x.deadlines.contains(&s.deadline) {
+            fail!(r, "thread {id} ({st:?}) waits with a deadline that no CPU's timeout list holds");
+        }
+        if t.task.dead.load(SeqCst) && st != ThreadState::Dead {
+            fail!(r, "thread {id} of ended task {} is {st:?}, not Dead", t.task.id);
+        }
+        if !Arc::ptr_eq(&t.space, &t.task.space) {
+            fail!(r, "thread {id} runs in another space than its task's");
+        }
+    }
+
+    // 3. Budgets.
+    let mut charged: BTreeMap<usize, u64> = BTreeMap::new();
+    let mut charge = |c: &obj::Charge| {
+        let (m, b) = c.of();
+        *charged.entry(key(m)).or_insert(0) += b;
+    };
+    tasks.iter().for_each(|t| charge(t.charge()));
+    threads.iter().for_each(|t| charge(t.charge()));
+    spaces.iter().for_each(|s| charge(s.charge()));
+    frames.iter().for_each(|f| charge(f.charge()));
+    endpoints.iter().for_each(|e| charge(e.charge()));
+    notifications.iter().for_each(|n| charge(n.charge()));
+    for (sp, maps) in spaces.iter().zip(&space_maps) {
+        let tables = sp.table_pages.load(SeqCst);
+        *charged.entry(key(&sp.memory)).or_insert(0) += tables * PAGE_SIZE + maps.len() as u64 * MAP_COST;
+    }
+    for m in &memories {
+        let c = charged.get(&key(m)).copied().unwrap_or(0);
+        if m.used() != c || m.used() > m.total {
+            fail!(r, "memory budget of {} bytes: {} charged, but its objects account for {c}", m.total, m.used());
+        }
+    }
+
+    // 4. Address spaces: page tables against mappings.
+    for (sp, maps) in spaces.iter().zip(&space_maps) {
+        if !paging::shares_kernel_half(sp.pml4) {
+            fail!(r, "address space {:#x}: its kernel half differs from the kernel's", sp.pml4);
+        }
+        let (mut tables, mut leaves, mut wrong, mut first_wrong) = (0u64, 0u64, 0u64, 0u64);
+        // SAFETY: every other CPU is stopped and this one changes no page table during the walk.
+        unsafe {
+            paging::walk(sp.pml4, 0..256, |v| match v {
+                Visit::Table { .. } => tables += 1,
+                Visit::Leaf { va, pa, size, write, exec, user } => {
+                    leaves += 1;
+                    let ok = size == PAGE_SIZE
+                        && user
+                        && maps.get(&va).is_some_and(|(f, w, x)| f.pa == pa && *w == write && *x == exec);
+                    if !ok {
+                        wrong += 1;
+                        if first_wrong == 0 {
+                            first_wrong = va | 1;
+                        }
+                    }
+                }
+            })
+        };
+        if wrong > 0 || leaves != maps.len() as u64 {
+            fail!(
+                r,
+                "address space {:#x}: {leaves} pages mapped in its tables, {} recorded, {wrong} disagree (first at {:#x})",
+                sp.pml4,
+                maps.len(),
+                first_wrong & !1
+            );
+        }
+        if tables != sp.table_pages.load(SeqCst) {
+            fail!(r, "address space {:#x}: {tables} page tables, {} charged", sp.pml4, sp.table_pages.load(SeqCst));
+        }
+    }
+
+    // 5. Frames: free, or owned exactly once. Nothing below allocates while the allocator is
+    // locked (the heap grows from it).
+    let Some(limit) = mem::with_allocator(|a| a.index_limit()) else {
+        fail!(r, "the frame allocator is locked while every CPU is stopped");
+        return [r.violations, objects, 0];
+    };
+    let mut owned = vec![0u64; limit.div_ceil(64)];
+    let mut twice = vec![0u64; limit.div_ceil(64)];
+    let mut users_pa: Vec<u64> = Vec::with_capacity(frames.len() + spaces.len() * 8);
+    users_pa.extend(frames.iter().map(|f| f.pa));
+    for sp in &spaces {
+        users_pa.push(sp.pml4);
+        // SAFETY: as above.
+        unsafe {
+            paging::walk(sp.pml4, 0..256, |v| {
+                if let Visit::Table { pa, .. } = v {
+                    users_pa.push(pa)
+                }
+            })
+        };
+    }
+    let checked = mem::with_allocator(|a| {
+        let (mut dup, mut first_dup, mut unmanaged, mut frames_checked) = (0u64, 0u64, 0u64, 0u64);
+        let mut own = |pa: u64, user: bool| match a.index(pa) {
+            Some(i) => {
+                let (w, b) = (i / 64, 1u64 << (i % 64));
+                if owned[w] & b != 0 {
+                    twice[w] |= b;
+                    dup += 1;
+                    if first_dup == 0 {
+                        first_dup = pa | 1;
+                    }
+                }
+                owned[w] |= b;
+            }
+            None if user => unmanaged += 1,
+            None => {}
+        };
+        let k = paging::kernel_pml4();
+        own(k, false);
+        // SAFETY: as above; the kernel half changes only under the page-table lock, which no
+        // stopped CPU holds, and this CPU maps nothing during the walk.
+        unsafe {
+            paging::walk(k, 256..512, |v| match v {
+                Visit::Table { pa, .. } => own(pa, false),
+                Visit::Leaf { va, pa, .. } => {
+                    let heap = (HEAP_BASE..HEAP_BASE + HEAP_SIZE).contains(&va);
+                    let stack = (STACKS_BASE..STACKS_BASE + STACKS_SIZE).contains(&va);
+                    if heap || stack {
+                        own(pa, false)
+                    }
+                }
+            })
+        };
+        users_pa.iter().for_each(|&pa| own(pa, true));
+        let (mut free_owned, mut leaked, mut first_free_owned, mut first_leak) = (0u64, 0u64, 0u64, 0u64);
+        a.for_each_frame(|pa, i, free| {
+            frames_checked += 1;
+            let o = owned[i / 64] & (1 << (i % 64)) != 0;
+            if free && o {
+                free_owned += 1;
+                if first_free_owned == 0 {
+                    first_free_owned = pa | 1;
+                }
+            }
+            if !free && !o {
+                leaked += 1;
+                if first_leak == 0 {
+                    first_leak = pa | 1;
+                }
+            }
+        });
+        (dup, first_dup, unmanaged, free_owned, first_free_owned, leaked, first_leak, frames_checked)
+    });
+    let Some((dup, first_dup, unmanaged, free_owned, first_free_owned, leaked, first_leak, frames_checked)) = checked else {
+        fail!(r, "the frame allocator is locked while every CPU is stopped");
+        return [r.violations, objects, 0];
+    };
+    if dup > 0 {
+        fail!(r, "{dup} frames are owned more than once (first {:#x})", first_dup & !1);
+    }
+    if unmanaged > 0 {
+        fail!(r, "{unmanaged} frames of user objects or page tables are not the allocator's");
+    }
+    if free_owned > 0 {
+        fail!(r, "{free_owned} frames are free but still owned (first {:#x})", first_free_owned & !1);
+    }
+    if leaked > 0 {
+        fail!(r, "{leaked} frames are allocated but owned by nothing (first {:#x})", first_leak & !1);
+    }
+    [r.violations, objects, frames_checked]
+}
