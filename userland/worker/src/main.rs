@@ -158,6 +158,11 @@ fn fuzz(seed: u64) {
             }
         };
         let a = [arg(0), arg(1), arg(2), arg(3), arg(4), arg(5)];
+        // Now and then a fault instead of a call, at any point of the other fuzzers' work (the
+        // thread is stopped and replaced; what it held must be cleaned up).
+        if next() % 8192 == 0 {
+            take_fault(next(), a[0]);
+        }
         // Bounded waits (a few ms at most), so that a fuzzer never sleeps for good.
         let timeout = match next() % 3 {
             0 => 0,
@@ -249,6 +254,29 @@ fn isolation(cpus: u64) {
     }
     // SAFETY: as above.
     unsafe { out.write_volatile(results.len() as u64) };
+}
+
+/// Takes one kind of fault (`kind` picks it) with `addr` as the address where one is needed
+/// (which may be mapped after all: then nothing happens).
+fn take_fault(kind: u64, addr: u64) {
+    // SAFETY (all): deliberate faults from a fuzzer thread; the kernel must stop only it.
+    unsafe {
+        match (kind >> 40) % 8 {
+            0 => {
+                core::ptr::read_volatile(addr as *const u64);
+            }
+            1 => core::ptr::write_volatile(addr as *mut u64, 0),
+            2 => core::arch::asm!("ud2"),
+            3 => core::arch::asm!("hlt"),
+            4 => core::arch::asm!("int3"),
+            5 => core::arch::asm!("xor edx, edx", "xor ecx, ecx", "div rcx", inout("rax") addr => _, out("rdx") _, out("rcx") _),
+            6 => core::arch::asm!("mov cr3, {}", in(reg) addr),
+            _ => {
+                let f: extern "C" fn() = core::mem::transmute::<usize, extern "C" fn()>(addr as usize);
+                f();
+            }
+        }
+    }
 }
 
 /// Uses a page of stack per level, forever (until the guard page below the stack stops it).
