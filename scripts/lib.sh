@@ -108,6 +108,16 @@ build_kernel() {
     cp "$KERNEL_ELF" "$BUILD/rl4.elf"
 }
 
+# build_trace_kernel: the same kernel with the per-step IPC stamps (feature `trace`), as
+# build/rl4-trace.elf, for scripts/bench's breakdown (its own target directory, so that the
+# two builds do not undo each other).
+build_trace_kernel() {
+    say "building the kernel with IPC stamps (--features trace) for the per-step breakdown"
+    (cd "$ROOT" && RL4_USER_DIR="$ROOT/target/$TARGET/release" cargo build -q -p rl4-kernel --features trace \
+        --target "$TARGET" --release --target-dir "$ROOT/target/trace") || die "trace kernel build failed"
+    cp "$ROOT/target/trace/$TARGET/release/rl4" "$BUILD/rl4-trace.elf"
+}
+
 # build_iso "kernel args": a GRUB (BIOS) ISO that boots rl4 through Multiboot2.
 build_iso() {
     local args="$1" dir="$BUILD/iso"

@@ -26,18 +26,22 @@ pub fn candidate(n: u64) -> bool {
 /// returns whether it handled it (the CPU now runs the partner).
 pub fn try_fast(n: u64) -> bool {
     let cs = sched::this_cpu();
-    let Some(cur) = cs.current.lock().clone() else { return false };
+    // The running thread's reference is taken out of the CPU's slot rather than cloned (no
+    // reference-count traffic); the switch puts the partner's in, a fallback puts it back.
+    // Nothing on this CPU looks at the slot meanwhile, and no other CPU does.
+    let Some(cur) = cs.current.lock().take() else { return false };
     let (slot, tag, timeout) = cur.regs.with(|r| (r.rdi, Tag(r.rsi), r.r12));
-    if tag.len() > REG_WORDS || tag.caps() != 0 || tag.reserved() != 0 || timeout != FOREVER {
-        return false;
+    let fits = tag.len() <= REG_WORDS && tag.caps() == 0 && tag.reserved() == 0 && timeout == FOREVER;
+    let done = fits
+        && if n == Sys::Call as u64 {
+            call(cs, &cur, slot, tag)
+        } else {
+            n == Sys::ReplyRecv as u64 && reply_recv(cs, &cur, slot, tag)
+        };
+    if !done {
+        *cs.current.lock() = Some(cur);
     }
-    if n == Sys::Call as u64 {
-        call(cs, &cur, slot, tag)
-    } else if n == Sys::ReplyRecv as u64 {
-        reply_recv(cs, &cur, slot, tag)
-    } else {
-        false
-    }
+    done
 }
 
 /// The endpoint in `slot` of the running thread's task, with its badge (errors: general path).
@@ -77,7 +81,7 @@ fn call(cs: &sched::CpuSched, cur: &Arc<Thread>, slot: u64, tag: Tag) -> bool {
     drop(q);
     trace::stamp(trace::PARTNER);
     copy_message(cur, &r, tag, badge);
-    rs.wait = Wait::None;
+    rs.wait.set(Wait::None);
     rs.deadline = u64::MAX;
     r.wait_deadline.store(u64::MAX, Ordering::Relaxed);
     let old = rs.reply_to.replace(cur.clone());
@@ -89,14 +93,14 @@ fn call(cs: &sched::CpuSched, cur: &Arc<Thread>, slot: u64, tag: Tag) -> bool {
     {
         let mut s = cur.sched.lock();
         s.state = ThreadState::BlockedReply;
-        s.wait = Wait::Reply;
+        s.wait.set(Wait::Reply);
         s.on_cpu = false;
         s.resume_iret = false;
     }
     if let Some(old) = old {
         ipc::fail_caller(&old);
     }
-    ipc::IPC_FAST.fetch_add(1, Ordering::Relaxed);
+    cs.bump(sched::Count::IpcFast);
     trace::stamp(trace::DELIVERED);
     sched::switch_direct_blocked(cs, r, prio);
     trace::stamp(trace::SWITCHED);
@@ -120,7 +124,7 @@ fn reply_recv(cs: &sched::CpuSched, cur: &Arc<Thread>, slot: u64, tag: Tag) -> b
     // Point of no return.
     trace::stamp(trace::PARTNER);
     copy_message(cur, &caller, tag, 0);
-    cl.wait = Wait::None;
+    cl.wait.set(Wait::None);
     cl.deadline = u64::MAX;
     cl.state = ThreadState::Running;
     cl.on_cpu = true;
@@ -132,7 +136,7 @@ fn reply_recv(cs: &sched::CpuSched, cur: &Arc<Thread>, slot: u64, tag: Tag) -> b
         let mut s = cur.sched.lock();
         s.reply_to = None;
         s.state = ThreadState::BlockedRecv;
-        s.wait = Wait::Recv { ep: Arc::downgrade(&ep) };
+        s.wait.set(Wait::Recv { ep: ep.weak() });
         s.deadline = u64::MAX;
         s.on_cpu = false;
         s.resume_iret = false;
@@ -140,7 +144,7 @@ fn reply_recv(cs: &sched::CpuSched, cur: &Arc<Thread>, slot: u64, tag: Tag) -> b
     cur.wait_deadline.store(u64::MAX, Ordering::Relaxed);
     q.receivers.push_back(cur.clone());
     drop(q);
-    ipc::IPC_FAST.fetch_add(1, Ordering::Relaxed);
+    cs.bump(sched::Count::IpcFast);
     sched::switch_direct_blocked(cs, caller, prio);
     trace::stamp(trace::SWITCHED);
     true

@@ -8,7 +8,7 @@
 //! only under its `sched` lock.
 use alloc::collections::VecDeque;
 use alloc::sync::{Arc, Weak};
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
 use rl4_abi::ipc::{MAX_WORDS, NO_SLOT, REG_WORDS, Tag};
 use rl4_abi::{Error, ThreadState};
 use rl4_arch::entry::UserRegs;
@@ -17,9 +17,6 @@ use spin::Mutex;
 use crate::obj::{Cap, Frame, Sched, Thread};
 use crate::{mem, sched};
 
-pub static IPC_FAST: AtomicU64 = AtomicU64::new(0);
-pub static IPC_SLOW: AtomicU64 = AtomicU64::new(0);
-pub static IPC_CROSS: AtomicU64 = AtomicU64::new(0);
 
 /// What a blocked thread waits for.
 #[derive(Default)]
@@ -36,6 +33,22 @@ pub enum Wait {
     Notify { n: Weak<Notification> },
 }
 
+impl Wait {
+    /// Replaces the wait with `new`. Unlike an assignment it drops the old wait inline, and not
+    /// at all when it holds nothing (the out-of-line drop glue of the whole enum costs the fast
+    /// path a call and a dozen instructions each time).
+    #[inline(always)]
+    pub fn set(&mut self, new: Wait) {
+        let old = core::mem::replace(self, new);
+        match old {
+            Wait::None | Wait::Reply => core::mem::forget(old),
+            Wait::Recv { ep } => drop(ep),
+            Wait::Notify { n } => drop(n),
+            send @ Wait::Send { .. } => drop(send),
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct EpQueues {
     /// Highest priority first, FIFO within a priority.
@@ -45,15 +58,24 @@ pub(crate) struct EpQueues {
 
 pub struct Endpoint {
     pub(crate) q: Mutex<EpQueues>,
+    /// A weak reference to itself: a waiter's `Wait` gets a clone (one atomic add) instead of
+    /// `Arc::downgrade` (a compare-and-swap loop, out of line) at every wait.
+    me: Weak<Endpoint>,
     _charge: crate::obj::Charge,
 }
 
 impl Endpoint {
     pub fn new(mem: &Arc<crate::obj::Memory>) -> Result<Arc<Endpoint>, Error> {
         let charge = crate::obj::Charge::new(mem, crate::obj::ENDPOINT_COST)?;
-        let e = Arc::new(Endpoint { q: Mutex::new(EpQueues::default()), _charge: charge });
+        let e = Arc::new_cyclic(|me| Endpoint { q: Mutex::new(EpQueues::default()), me: me.clone(), _charge: charge });
         crate::obj::ENDPOINTS.add(&e);
         Ok(e)
+    }
+
+    /// A weak reference to this endpoint.
+    #[inline(always)]
+    pub fn weak(&self) -> Weak<Endpoint> {
+        self.me.clone()
     }
     pub fn charge(&self) -> &crate::obj::Charge {
         &self._charge
@@ -112,7 +134,7 @@ impl Drop for Notification {
 /// Ends `t`'s wait: result registers, Runnable, queued on its CPU. Caller holds `t`'s lock and
 /// `t` is blocked (not running), so its registers are ours to write.
 fn wake_with(t: &Arc<Thread>, s: &mut Sched, r: Result<(), Error>) {
-    s.wait = Wait::None;
+    s.wait.set(Wait::None);
     s.deadline = u64::MAX;
     t.wait_deadline.store(u64::MAX, Ordering::Relaxed);
     t.regs.with(|regs| regs.rax = match r {
@@ -121,7 +143,7 @@ fn wake_with(t: &Arc<Thread>, s: &mut Sched, r: Result<(), Error>) {
     });
     s.state = ThreadState::Runnable;
     if s.cpu != rl4_arch::percpu::cpu_index() {
-        IPC_CROSS.fetch_add(1, Ordering::Relaxed);
+        sched::count(sched::Count::IpcCross);
     }
     sched::enqueue_locked(t, s);
 }
@@ -207,7 +229,7 @@ fn push_by_priority(q: &mut VecDeque<Arc<Thread>>, t: Arc<Thread>, prio: u8) {
 fn block_current(cur: &Arc<Thread>, state: ThreadState, wait: Wait, timeout: u64) {
     let mut s = cur.sched.lock();
     s.state = state;
-    s.wait = wait;
+    s.wait.set(wait);
     s.deadline = deadline(timeout);
     cur.wait_deadline.store(s.deadline, Ordering::Relaxed);
     if s.deadline != u64::MAX {
@@ -218,19 +240,19 @@ fn block_current(cur: &Arc<Thread>, state: ThreadState, wait: Wait, timeout: u64
 /// Hands the woken `to` (locked in `s`) to the CPU: directly, if it is for this CPU and the
 /// caller is about to block (the same-CPU fast path), else through its CPU's queue.
 fn hand_over(to: &Arc<Thread>, s: &mut Sched, direct: bool) -> bool {
-    s.wait = Wait::None;
+    s.wait.set(Wait::None);
     s.deadline = u64::MAX;
     if direct && s.cpu == rl4_arch::percpu::cpu_index() && sched::may_switch_to(s.prio) {
         s.state = ThreadState::Running;
         s.on_cpu = true;
         s.resume_iret = false;
-        IPC_FAST.fetch_add(1, Ordering::Relaxed);
+        sched::count(sched::Count::IpcFast);
         return true;
     }
     s.state = ThreadState::Runnable;
-    IPC_SLOW.fetch_add(1, Ordering::Relaxed);
+    sched::count(sched::Count::IpcSlow);
     if s.cpu != rl4_arch::percpu::cpu_index() {
-        IPC_CROSS.fetch_add(1, Ordering::Relaxed);
+        sched::count(sched::Count::IpcCross);
     }
     sched::enqueue_locked(to, s);
     false
@@ -276,7 +298,7 @@ pub fn send(cur: &Arc<Thread>, regs: &UserRegs, ep: &Arc<Endpoint>, badge: u64, 
         // Before anyone can see the message: the reply may come from another CPU at once.
         let mut s = cur.sched.lock();
         s.state = ThreadState::BlockedReply;
-        s.wait = Wait::Reply;
+        s.wait.set(Wait::Reply);
     }
     let mut q = ep.q.lock();
     match pop_waiter(&mut q.receivers, ep, ThreadState::BlockedRecv) {
@@ -306,13 +328,13 @@ pub fn send(cur: &Arc<Thread>, regs: &UserRegs, ep: &Arc<Endpoint>, badge: u64, 
             if call {
                 let mut s = cur.sched.lock();
                 s.state = ThreadState::Running;
-                s.wait = Wait::None;
+                s.wait.set(Wait::None);
             }
             Outcome::Return(Err(Error::Timeout))
         }
         None => {
             let prio = cur.sched.lock().prio;
-            block_current(cur, ThreadState::BlockedSend, Wait::Send { ep: Arc::downgrade(ep), call, badge, cap }, timeout);
+            block_current(cur, ThreadState::BlockedSend, Wait::Send { ep: ep.weak(), call, badge, cap }, timeout);
             push_by_priority(&mut q.senders, cur.clone(), prio);
             Outcome::Blocked
         }
@@ -334,10 +356,10 @@ pub fn recv(cur: &Arc<Thread>, ep: &Arc<Endpoint>, timeout: u64, direct_to: Opti
             let sregs = snd.regs.get();
             let m = Outgoing { regs: &sregs, badge, buffer: long_buffer(&snd, Tag(sregs.rsi)), cap };
             cur.regs.with(|rr| deliver(cur, rr, m));
-            IPC_SLOW.fetch_add(1, Ordering::Relaxed);
+            sched::count(sched::Count::IpcSlow);
             if call {
                 s.state = ThreadState::BlockedReply;
-                s.wait = Wait::Reply;
+                s.wait.set(Wait::Reply);
                 s.deadline = u64::MAX;
                 drop(s);
                 let old = cur.sched.lock().reply_to.replace(snd.clone());
@@ -360,7 +382,7 @@ pub fn recv(cur: &Arc<Thread>, ep: &Arc<Endpoint>, timeout: u64, direct_to: Opti
             Outcome::Return(Err(Error::Timeout))
         }
         None => {
-            block_current(cur, ThreadState::BlockedRecv, Wait::Recv { ep: Arc::downgrade(ep) }, timeout);
+            block_current(cur, ThreadState::BlockedRecv, Wait::Recv { ep: ep.weak() }, timeout);
             q.receivers.push_back(cur.clone());
             drop(q);
             if let Some(t) = direct_to {
@@ -370,7 +392,7 @@ pub fn recv(cur: &Arc<Thread>, ep: &Arc<Endpoint>, timeout: u64, direct_to: Opti
                     (s.state == ThreadState::Running && s.on_cpu && sched::may_switch_to(s.prio), s.prio)
                 };
                 if direct {
-                    IPC_FAST.fetch_add(1, Ordering::Relaxed);
+                    sched::count(sched::Count::IpcFast);
                     sched::switch_direct(t, prio);
                     crate::trace::stamp(crate::trace::SWITCHED);
                 } else {
@@ -391,7 +413,7 @@ fn requeue(t: &Arc<Thread>) {
     s.on_cpu = false;
     if s.state == ThreadState::Running {
         s.state = ThreadState::Runnable;
-        IPC_SLOW.fetch_add(1, Ordering::Relaxed);
+        sched::count(sched::Count::IpcSlow);
         sched::enqueue_locked(t, &mut s);
     }
 }
@@ -410,7 +432,7 @@ pub fn reply(cur: &Arc<Thread>, regs: &UserRegs, then_recv: bool) -> Result<Opti
     let m = Outgoing { regs, badge: 0, buffer: long_buffer(cur, tag), cap: None };
     caller.regs.with(|rr| deliver(&caller, rr, m));
     crate::trace::stamp(crate::trace::DELIVERED);
-    s.wait = Wait::None;
+    s.wait.set(Wait::None);
     s.deadline = u64::MAX;
     if then_recv && s.cpu == rl4_arch::percpu::cpu_index() {
         // Reserved: `recv` switches to it if the server blocks, or queues it.
@@ -422,9 +444,9 @@ pub fn reply(cur: &Arc<Thread>, regs: &UserRegs, then_recv: bool) -> Result<Opti
     }
     s.state = ThreadState::Runnable;
     if s.cpu != rl4_arch::percpu::cpu_index() {
-        IPC_CROSS.fetch_add(1, Ordering::Relaxed);
+        sched::count(sched::Count::IpcCross);
     }
-    IPC_SLOW.fetch_add(1, Ordering::Relaxed);
+    sched::count(sched::Count::IpcSlow);
     sched::enqueue_locked(&caller, &mut s);
     Ok(None)
 }

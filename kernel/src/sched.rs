@@ -47,7 +47,24 @@ impl PartialEq for TRef {
     }
 }
 
+/// What a CPU counts ([`count`], [`total`]).
+#[derive(Clone, Copy)]
+pub enum Count {
+    /// IPC hand-overs that switched straight to the partner.
+    IpcFast = 0,
+    /// IPC hand-overs through a run queue or inbox.
+    IpcSlow = 1,
+    /// Wake-ups of a thread of another CPU.
+    IpcCross = 2,
+    /// Context switches.
+    Switches = 3,
+}
+
+/// Aligned so that no two CPUs' schedulers share a cache line.
+#[repr(align(128))]
 pub struct CpuSched {
+    /// Counters written only by this CPU (on a cache line no other CPU writes).
+    counts: [AtomicU64; 4],
     rq: Mutex<RunQueue<TRef>>,
     pub(crate) current: Mutex<Option<Arc<Thread>>>,
     inbox: Mutex<Vec<TRef>>,
@@ -57,7 +74,6 @@ pub struct CpuSched {
     slice: AtomicU32,
     /// The time slice ran out: rotate at the next decision.
     expired: AtomicBool,
-    pub switches: AtomicU64,
     /// The PML4 this CPU's CR3 holds (the kernel's, or a user space kept loaded while idle).
     loaded_pml4: AtomicU64,
     pcids: Option<Mutex<PcidCache>>,
@@ -101,6 +117,7 @@ pub(crate) fn this_cpu() -> &'static CpuSched {
 /// Whether a thread of priority `prio` may take this CPU straight away: nothing waits in the
 /// inbox and nothing of higher priority in the run queue (the fast path's guard; it does not
 /// drain the inbox).
+#[inline(always)]
 pub(crate) fn nothing_more_urgent(cs: &CpuSched, prio: u8) -> bool {
     cs.inbox_len.load(Ordering::SeqCst) == 0 && cs.rq.lock().highest().is_none_or(|h| h <= prio)
 }
@@ -120,6 +137,7 @@ pub fn init_cpu(pcid: bool) {
         PCIDS.lock().get_or_insert_with(PcidAllocator::new);
     }
     let s = Box::leak(Box::new(CpuSched {
+        counts: [const { AtomicU64::new(0) }; 4],
         rq: Mutex::new(RunQueue::new()),
         current: Mutex::new(None),
         inbox: Mutex::new(Vec::new()),
@@ -127,7 +145,6 @@ pub fn init_cpu(pcid: bool) {
         idle: AtomicBool::new(false),
         slice: AtomicU32::new(TIME_SLICE_TICKS),
         expired: AtomicBool::new(false),
-        switches: AtomicU64::new(0),
         loaded_pml4: AtomicU64::new(paging::kernel_pml4()),
         pcids: pcid.then(|| Mutex::new(PcidCache::new())),
         tlb_request: AtomicU64::new(0),
@@ -150,7 +167,26 @@ pub fn online_count() -> u64 {
 
 /// Context switches on the calling CPU.
 pub fn switches() -> u64 {
-    this().switches.load(Ordering::Relaxed)
+    this().counts[Count::Switches as usize].load(Ordering::Relaxed)
+}
+
+impl CpuSched {
+    /// Adds one to this CPU's counter `c`; only this CPU may call it.
+    #[inline(always)]
+    pub(crate) fn bump(&self, c: Count) {
+        self.counts[c as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Adds one to the calling CPU's counter `c`.
+#[inline]
+pub fn count(c: Count) {
+    this().bump(c);
+}
+
+/// Counter `c` summed over every CPU.
+pub fn total(c: Count) -> u64 {
+    (0..MAX_CPUS).filter_map(get).map(|cs| cs.counts[c as usize].load(Ordering::Relaxed)).sum()
 }
 
 /// A PCID and generation for a new space (PCID 0 and generation 0 without PCIDs).
@@ -328,10 +364,11 @@ fn switch_to(cs: &CpuSched, t: Arc<Thread>, iret: bool, prio: u8, new_slice: boo
         cs.slice.store(TIME_SLICE_TICKS, Ordering::Relaxed);
         cs.expired.store(false, Ordering::Relaxed);
     }
-    cs.switches.fetch_add(1, Ordering::Relaxed);
+    cs.bump(Count::Switches);
     *cs.current.lock() = Some(t);
 }
 
+#[inline(always)]
 fn load_space(cs: &CpuSched, sp: &Space) {
     match &cs.pcids {
         None => {
@@ -417,15 +454,15 @@ pub fn switch_direct(to: Arc<Thread>, prio: u8) {
 }
 
 /// The fast path's switch: the running thread has already been marked blocked and off the CPU
-/// (under its own lock, by the caller, so nobody can have queued it), and `to` is marked
-/// Running here. One lock of the CPU's current slot does the hand-over.
+/// (under its own lock, by the caller, so nobody can have queued it) and taken out of the CPU's
+/// current slot, and `to` is marked Running here. One lock of the slot does the hand-over.
+#[inline(always)]
 pub(crate) fn switch_direct_blocked(cs: &CpuSched, to: Arc<Thread>, prio: u8) {
     entry::set_current(&to.regs, false);
     load_space(cs, &to.space);
     cs.current_prio.store(prio as i32, Ordering::SeqCst);
-    cs.switches.fetch_add(1, Ordering::Relaxed);
-    let old = cs.current.lock().replace(to);
-    drop(old);
+    cs.bump(Count::Switches);
+    *cs.current.lock() = Some(to);
 }
 
 /// Whether the running thread of this CPU is no longer `t` (a direct switch happened).

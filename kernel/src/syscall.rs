@@ -19,14 +19,19 @@ type Ret = Result<[u64; 3], Error>;
 /// Returns whether the scheduler must still decide what runs (not after a direct switch).
 pub fn handle() -> bool {
     let Some(t) = sched::current() else { return true };
-    let r = t.regs.get();
-    let res = match Sys::try_from(r.rax) {
-        Ok(s) if is_ipc(s) => match ipc_call(&t, &r, s) {
+    // Only the IPC calls need the whole register block (a copy: delivering a message may
+    // rewrite the caller's own registers); the others read their number and six arguments.
+    let n = t.regs.with(|r| r.rax);
+    let res = match Sys::try_from(n) {
+        Ok(s) if is_ipc(s) => match ipc_call(&t, &t.regs.get(), s) {
             Outcome::Return(res) => res,
             Outcome::Received => return true,
             Outcome::Blocked => return !sched::switched_directly(&t),
         },
-        _ => dispatch(&t, &r),
+        _ => {
+            let a = t.regs.with(|r| [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9]);
+            dispatch(&t, n, a)
+        }
     };
     t.regs.with(|regs| match res {
         Ok([a, b, c]) => {
@@ -201,28 +206,36 @@ fn check_page(va: u64) -> Result<(), Error> {
     Ok(())
 }
 
-fn dispatch(t: &Arc<Thread>, r: &UserRegs) -> Ret {
-    let sys = Sys::try_from(r.rax).map_err(|_| Error::InvalidSyscall)?;
-    let (a0, a1, a2, a3, a4, a5) = (r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9);
+/// `ConsoleWrite`, out of line: its buffer would otherwise make every system call's stack
+/// frame a page larger.
+#[inline(never)]
+fn console_write(buf_addr: u64, len: u64) -> Ret {
+    if len > CONSOLE_WRITE_MAX {
+        return Err(Error::InvalidArgument);
+    }
+    let mut buf = [0u8; CONSOLE_WRITE_MAX as usize];
+    let buf = &mut buf[..len as usize];
+    rl4_arch::entry::copy_from_user(buf, buf_addr).map_err(|_| Error::Fault)?;
+    let text = match core::str::from_utf8(buf) {
+        Ok(s) => s,
+        Err(e) => core::str::from_utf8(&buf[..e.valid_up_to()]).unwrap_or(""),
+    };
+    for line in text.trim_end_matches('\n').split('\n') {
+        println!("{line}");
+    }
+    Ok([len, 0, 0])
+}
+
+/// Every system call but IPC: number `n`, arguments `a` (`rdi`, `rsi`, `rdx`, `r10`, `r8`, `r9`).
+fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
+    let sys = Sys::try_from(n).map_err(|_| Error::InvalidSyscall)?;
+    let [a0, a1, a2, a3, a4, a5] = a;
     let task = &*t.task;
     match sys {
         Sys::Null => Ok([0; 3]),
         Sys::ConsoleWrite => {
             lookup(task, a0, ObjType::Machine, Rights::CONSOLE)?;
-            if a2 > CONSOLE_WRITE_MAX {
-                return Err(Error::InvalidArgument);
-            }
-            let mut buf = [0u8; CONSOLE_WRITE_MAX as usize];
-            let buf = &mut buf[..a2 as usize];
-            rl4_arch::entry::copy_from_user(buf, a1).map_err(|_| Error::Fault)?;
-            let text = match core::str::from_utf8(buf) {
-                Ok(s) => s,
-                Err(e) => core::str::from_utf8(&buf[..e.valid_up_to()]).unwrap_or(""),
-            };
-            for line in text.trim_end_matches('\n').split('\n') {
-                println!("{line}");
-            }
-            Ok([a2, 0, 0])
+            console_write(a1, a2)
         }
         Sys::Yield => {
             sched::yield_current();
@@ -425,9 +438,9 @@ fn dispatch(t: &Arc<Thread>, r: &UserRegs) -> Ret {
                 stat::TICKS => cpus::this().ticks.load(core::sync::atomic::Ordering::Relaxed),
                 stat::FREE_FRAMES => mem::free_frames(),
                 stat::THREADS => LIVE_THREADS.load(core::sync::atomic::Ordering::Relaxed),
-                stat::IPC_FAST => ipc::IPC_FAST.load(core::sync::atomic::Ordering::Relaxed),
-                stat::IPC_SLOW => ipc::IPC_SLOW.load(core::sync::atomic::Ordering::Relaxed),
-                stat::IPC_CROSS => ipc::IPC_CROSS.load(core::sync::atomic::Ordering::Relaxed),
+                stat::IPC_FAST => sched::total(sched::Count::IpcFast),
+                stat::IPC_SLOW => sched::total(sched::Count::IpcSlow),
+                stat::IPC_CROSS => sched::total(sched::Count::IpcCross),
                 stat::IPIS_SENT => cpus::IPIS_SENT.load(core::sync::atomic::Ordering::Relaxed),
                 stat::HEAP_BYTES => mem::heap_size(),
                 _ => return Err(Error::InvalidArgument),
@@ -500,6 +513,7 @@ fn dispatch(t: &Arc<Thread>, r: &UserRegs) -> Ret {
             lookup(task, a0, ObjType::Machine, Rights::SHUTDOWN)?;
             match a1 {
                 rl4_abi::measure::CR3_FLOOR if (1..=10_000).contains(&a2) => Ok(crate::measure::cr3_floor(a2)),
+                rl4_abi::measure::IPC_TRACE | rl4_abi::measure::IPC_TRACE_READ if !trace::BUILT => Err(Error::InvalidArgument),
                 rl4_abi::measure::IPC_TRACE => {
                     trace::set(a2 != 0);
                     Ok([0; 3])

@@ -3,12 +3,23 @@
 //! With tracing on (`Measure(IPC_TRACE, 1)`), every `Call` and `ReplyRecv` records the TSC at a
 //! few fixed points of its kernel path; the differences between consecutive points are summed per
 //! step, per system call. Under QEMU's icount mode the TSC counts instructions, so the sums say how
-//! many instructions each step takes (a stamp itself costs a few; see [`STAMP_COST`]). Off, a
-//! stamp is one load and a branch.
+//! many instructions each step takes (a stamp itself costs a few; see [`STAMP_COST`]).
+//!
+//! Only a kernel built with the `trace` feature has them (`scripts/bench` builds one for its
+//! breakdown); otherwise every stamp compiles to nothing: even a load and a branch per stamp
+//! cost the round trip about 50 instructions.
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use rl4_arch::cpu::rdtsc;
 
 pub static ON: AtomicBool = AtomicBool::new(false);
+
+/// Whether this kernel has the stamps at all.
+pub const BUILT: bool = cfg!(feature = "trace");
+
+#[inline(always)]
+fn on() -> bool {
+    BUILT && ON.load(Ordering::Relaxed)
+}
 
 /// Steps (the point that ends each one); the trace starts at the Rust entry of the call.
 pub const SETUP: usize = 1; // current thread found, registers copied, number decoded
@@ -35,7 +46,7 @@ fn cpu() -> usize {
 /// `ReplyRecv`.
 #[inline(always)]
 pub fn enter(n: u64) {
-    if ON.load(Ordering::Relaxed) {
+    if on() {
         if n == rl4_abi::Sys::Call as u64 {
             begin(0);
         } else if n == rl4_abi::Sys::ReplyRecv as u64 {
@@ -47,7 +58,7 @@ pub fn enter(n: u64) {
 /// Starts tracing a system call of `kind` (0 `Call`, 1 `ReplyRecv`) on this CPU.
 #[inline(always)]
 pub fn begin(kind: usize) {
-    if ON.load(Ordering::Relaxed) {
+    if on() {
         let c = cpu();
         KIND[c].store(kind as u64, Ordering::Relaxed);
         LAST[c].store(rdtsc(), Ordering::Relaxed);
@@ -57,7 +68,7 @@ pub fn begin(kind: usize) {
 /// Ends step `step` of the traced system call on this CPU.
 #[inline(always)]
 pub fn stamp(step: usize) {
-    if ON.load(Ordering::Relaxed) {
+    if on() {
         let c = cpu();
         let k = KIND[c].load(Ordering::Relaxed) as usize;
         if k < 2 {

@@ -446,7 +446,10 @@ fn trace_config(bi: &BootInfo, name: &str, accel: &str, iters: usize) {
     for _ in 0..1000 {
         let _ = sys::call(ep, &m);
     }
-    let _ = sys::measure(MACHINE, measure::IPC_TRACE, 1);
+    if sys::measure(MACHINE, measure::IPC_TRACE, 1).is_err() {
+        srv.stop();
+        return println!("bench: {name}: this kernel has no IPC stamps (build it with the `trace` feature, as scripts/bench does)");
+    }
     let start = rdtsc();
     for _ in 0..iters {
         let _ = sys::call(ep, &m);
