@@ -8,7 +8,7 @@
 //! `ipc`: endpoint queue, then one thread at a time.
 use alloc::sync::Arc;
 use core::sync::atomic::Ordering;
-use rl4_abi::ipc::{FOREVER, REG_WORDS, Tag};
+use rl4_abi::ipc::{FOREVER, Tag};
 use rl4_abi::{Rights, Sys, ThreadState};
 
 use crate::ipc::{self, Endpoint, Wait};
@@ -31,7 +31,7 @@ pub fn try_fast(n: u64) -> bool {
     // Nothing on this CPU looks at the slot meanwhile, and no other CPU does.
     let Some(cur) = cs.current.lock().take() else { return false };
     let (slot, tag, timeout) = cur.regs.with(|r| (r.rdi, Tag(r.rsi), r.r12));
-    let fits = tag.len() <= REG_WORDS && tag.caps() == 0 && tag.reserved() == 0 && timeout == FOREVER;
+    let fits = tag.fits_registers() && timeout == FOREVER;
     let done = fits
         && if n == Sys::Call as u64 {
             call(cs, &cur, slot, tag)

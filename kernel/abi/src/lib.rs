@@ -363,6 +363,11 @@ pub mod ipc {
         pub const fn reserved(self) -> u64 {
             self.0 & 0xfc00
         }
+        /// A message of register words only: no capability, no reserved bit, at most
+        /// [`REG_WORDS`] words (one compare: each of those bits lies above the length's).
+        pub const fn fits_registers(self) -> bool {
+            self.0 & 0xffff <= REG_WORDS
+        }
     }
 }
 
@@ -422,6 +427,18 @@ impl BootInfo {
 
 #[cfg(test)]
 mod tests {
+    use super::ipc::{REG_WORDS, Tag};
+
+    #[test]
+    fn fits_registers_is_the_long_check() {
+        for low in 0..0x1_0000u64 {
+            for label in [0, 1, 0xffff_ffff_ffff] {
+                let t = Tag(label << 16 | low);
+                let long = t.len() <= REG_WORDS && t.caps() == 0 && t.reserved() == 0;
+                assert_eq!(t.fits_registers(), long, "{low:#x}");
+            }
+        }
+    }
     extern crate std;
     use super::*;
 
