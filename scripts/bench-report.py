@@ -157,7 +157,8 @@ tr = find("trace-same-core", "icount")
 if tr:
     names = ["set-up (thread, registers, number)", "capability look-up", "partner found", "message delivered", "direct switch", "back to the exit path"]
     L.append("Per-step instruction counts of the same-core round trip, from the kernel's own time stamps under icount "
-             f"(`trace-same-core`; {tr['iterations']:,} round trips; each stamp itself costs a few instructions):\n")
+             f"(`trace-same-core`, a kernel built with the `trace` feature; {tr['iterations']:,} round trips; each stamp "
+             "itself costs a few instructions):\n")
     L.append("| step | `Call` | `ReplyRecv` |")
     L.append("|---|---|---|")
     for i, n in enumerate(names):
@@ -167,15 +168,21 @@ if tr:
     L.append(f"| **round trip** | {tr['cycles_per_iteration']:,} | |\n")
 L.append("The same-core round trip takes the fast path both ways (`kernel/src/fastpath.rs`, "
          "`fast_path_per_round_trip` = 2 in the JSON): a straight list of guards, then a register-to-register copy and a "
-         "direct switch, with no run-queue operation and no scheduling decision. What it still pays for, per one-way trip: "
-         "the `syscall` entry and exit (about 60 instructions: all 15 registers saved and restored, because the thread "
-         "switches), finding the running thread and its capability under the task's table lock, the endpoint's queue lock "
-         "and one lock per thread involved, reference-count updates, and the bookkeeping every switch does (address space, "
-         "priority for remote wake-ups, statistics). seL4 reaches about 200 instructions per one-way trip with a single "
-         "kernel lock and no reference counts; rl4 keeps per-object locks so that no lock is shared by all CPUs, and the "
-         "next steps toward 400 per round trip are a lock-free capability read, a per-CPU current-thread pointer without a "
-         "lock, and saving only the registers a switch needs. Between address spaces under TCG every switch writes CR3 "
-         "(no PCIDs there), which flushes QEMU's software TLB: the `cr3-floor` rows show what that costs by itself.\n")
+         "direct switch, with no run-queue operation and no scheduling decision. What it still pays for, per one-way trip "
+         "(from a trace of every executed block under icount, `qemu -d in_asm,exec`): the `syscall` entry and exit assembly "
+         "(53 instructions: all 15 registers pushed and popped, because the thread switches), the Rust entry's prologue and "
+         "epilogue (16), finding this CPU's scheduler and taking the running thread out of its slot (about 20), the "
+         "capability look-up under the task's table lock (about 25), the endpoint's queue (a lock and a `VecDeque` pop or "
+         "push, 25 to 45), one lock per thread involved, reference counts for the reply right and the queue entry, and the "
+         "switch's bookkeeping (address space, priority for remote wake-ups, statistics: about 45); the rest of the round "
+         "trip is the user side (the benchmark loop and the echo server, about 110). The stamps of the table above exist "
+         "only in a kernel built with the `trace` feature (`scripts/bench` builds one for this group); they cost a few "
+         "instructions each, so that kernel's round trip is longer than the plain one measured in `same-core`. seL4 reaches "
+         "about 200 instructions per one-way trip with a single kernel lock and no reference counts; rl4 keeps per-object "
+         "locks so that no lock is shared by all CPUs. The next steps: an intrusive endpoint queue (no `VecDeque` "
+         "arithmetic, no allocation), a lock-free capability read, and the scheduler's pointer in the per-CPU block. "
+         "Between address spaces under TCG every switch writes CR3 (no PCIDs there), which flushes QEMU's software TLB: "
+         "the `cr3-floor` rows show what that costs by itself.\n")
 open(os.path.join(docs, "benchmarks.md"), "w").write("\n".join(L))
 if intra:
     print(f"wall time of 1,000,000 same-core round trips under TCG: {intra['total_cycles'] / intra['tsc_hz'] * (1_000_000 / intra['iterations']):.2f} s")
