@@ -421,8 +421,12 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
         }
     }
 
-    // 4. Address spaces: page tables against mappings.
+    // 4. Address spaces: page tables against mappings. The frames of user page tables and
+    // frame objects are gathered here for step 5 (which must not allocate).
+    let mut users_pa: Vec<u64> = Vec::with_capacity(frames.len() + spaces.len() * 8);
+    users_pa.extend(frames.iter().map(|f| f.pa));
     for (sp, maps) in spaces.iter().zip(&space_maps) {
+        users_pa.push(sp.pml4);
         if !paging::shares_kernel_half(sp.pml4) {
             fail!(r, "address space {:#x}: its kernel half differs from the kernel's", sp.pml4);
         }
@@ -430,7 +434,10 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
         // SAFETY: every other CPU is stopped and this one changes no page table during the walk.
         unsafe {
             paging::walk(sp.pml4, 0..256, |v| match v {
-                Visit::Table { .. } => tables += 1,
+                Visit::Table { pa, .. } => {
+                    tables += 1;
+                    users_pa.push(pa);
+                }
                 Visit::Leaf { va, pa, size, write, exec, user } => {
                     leaves += 1;
                     let ok = size == PAGE_SIZE
@@ -466,27 +473,12 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
         return [r.violations, objects, 0];
     };
     let mut owned = vec![0u64; limit.div_ceil(64)];
-    let mut twice = vec![0u64; limit.div_ceil(64)];
-    let mut users_pa: Vec<u64> = Vec::with_capacity(frames.len() + spaces.len() * 8);
-    users_pa.extend(frames.iter().map(|f| f.pa));
-    for sp in &spaces {
-        users_pa.push(sp.pml4);
-        // SAFETY: as above.
-        unsafe {
-            paging::walk(sp.pml4, 0..256, |v| {
-                if let Visit::Table { pa, .. } = v {
-                    users_pa.push(pa)
-                }
-            })
-        };
-    }
     let checked = mem::with_allocator(|a| {
         let (mut dup, mut first_dup, mut unmanaged, mut frames_checked) = (0u64, 0u64, 0u64, 0u64);
         let mut own = |pa: u64, user: bool| match a.index(pa) {
             Some(i) => {
                 let (w, b) = (i / 64, 1u64 << (i % 64));
                 if owned[w] & b != 0 {
-                    twice[w] |= b;
                     dup += 1;
                     if first_dup == 0 {
                         first_dup = pa | 1;
