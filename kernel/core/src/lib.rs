@@ -12,6 +12,7 @@ extern crate alloc;
 pub mod captable;
 pub mod cmdline;
 pub mod frames;
+pub mod life;
 pub mod memmap;
 pub mod pcid;
 pub mod runqueue;

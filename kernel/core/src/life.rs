@@ -1,0 +1,623 @@
+//! A thread's life: one state that names what the thread waits on, one place that says where
+//! the schedulers hold it, and the named transitions that change them.
+//!
+//! Every change of a thread's state in the kernel goes through a method of [`Life`]: the same
+//! methods serve the IPC fast path, the general path, kill, suspend, resume, faults and
+//! timeouts. Each method accepts only the starting states it expects and otherwise returns
+//! [`Refused`] (carrying the state it found) without changing anything, so a decision taken on a
+//! stale view — another CPU killed, suspended or woke the thread since — can never overwrite a
+//! newer state. The kernel holds a thread's `Life` under that thread's lock; the methods here
+//! are plain code, tested on the host (unit tests below, a model-based property test and `loom`
+//! models in `kernel/core/tests/`).
+//!
+//! ## States ([`State`])
+//! ```text
+//!  Inactive ──resume──▶ Ready ◀──────────── wake / take_sender(send) / expire / cancel ─┐
+//!                        │  ▲                                                          │
+//!              run_here/ │  │ leave_cpu (preempted)                                    │
+//!              dequeue   ▼  │                                                          │
+//!                       Running ──block──▶ Blocked { Send | Recv | Reply | Notify } ───┘
+//!                        │                   │ take_sender(call): Send ▶ Reply
+//!                  fault │                   │
+//!                        ▼                   │ suspend (wait cancelled)
+//!                     Faulted     Suspended ◀┴── suspend (Ready/Running) ; resume ▶ Ready
+//!  any state but Dead ──kill──▶ Dead (final)
+//! ```
+//! ## Places ([`Place`])
+//! `Off` (no CPU holds it), `Current(c)` (CPU `c` runs it, or is about to leave it), or
+//! `Queued(c)` (it sits in CPU `c`'s inbox or run queue, exactly once). A `Queued` entry is
+//! consumed by [`Life::dequeue`]; a thread is never `Current` and `Queued` at once, and a
+//! `Blocked` thread is never `Queued`. A thread made `Ready` while `Off` is in the hands of
+//! whoever woke it, which must place it ([`Life::enqueue`] or [`Life::run_here`]) before it
+//! lets go: until then no other CPU can run it, and a kill or suspend in between simply makes
+//! the placing refuse.
+//!
+//! ## Reply rights
+//! A thread that receives a `Call` holds a one-shot reply right: the caller and a *ticket*
+//! that names that one call. The caller waits in `Blocked { Reply { ticket } }`; a reply, a
+//! failure or a timeout must present the same ticket, so a right that outlived its call (the
+//! caller timed out, was suspended, or called again) can never end a later wait.
+use rl4_abi::ThreadState;
+
+/// The kernel's names for what a thread's state refers to.
+pub trait Kinds {
+    /// An endpoint a thread waits on (the kernel: a weak reference).
+    type Ep: Ident;
+    /// A notification a thread waits on.
+    type Ntf: Ident;
+    /// A capability carried by a waiting sender.
+    type Cap;
+    /// A caller named by a reply right (the kernel: a strong reference).
+    type Caller;
+}
+
+/// Identity of an object a thread waits on (compared, never dereferenced).
+pub trait Ident {
+    fn ident(&self) -> usize;
+}
+
+/// What a blocked thread waits for.
+pub enum Wait<K: Kinds> {
+    /// In `ep`'s send queue with its message (in its registers), as `Send` or `Call`.
+    Send { ep: K::Ep, badge: u64, call: bool, cap: Option<K::Cap> },
+    /// In `ep`'s receive queue.
+    Recv { ep: K::Ep },
+    /// For the reply to the call named by `ticket`.
+    Reply { ticket: u64 },
+    /// In `n`'s wait queue.
+    Notify { n: K::Ntf },
+}
+
+impl<K: Kinds> Wait<K> {
+    /// The ABI's name of a thread blocked in this wait.
+    pub fn view(&self) -> ThreadState {
+        match self {
+            Wait::Send { .. } => ThreadState::BlockedSend,
+            Wait::Recv { .. } => ThreadState::BlockedRecv,
+            Wait::Reply { .. } => ThreadState::BlockedReply,
+            Wait::Notify { .. } => ThreadState::BlockedNotify,
+        }
+    }
+
+    /// Whether this is the wait `w` names.
+    pub fn is(&self, w: WaitOn) -> bool {
+        match (self, w) {
+            (Wait::Send { ep, .. }, WaitOn::Send(id)) | (Wait::Recv { ep }, WaitOn::Recv(id)) => ep.ident() == id,
+            (Wait::Reply { ticket }, WaitOn::Reply(t)) => *ticket == t,
+            (Wait::Notify { n }, WaitOn::Notify(id)) => n.ident() == id,
+            (_, WaitOn::Any) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Names a wait without owning anything (what a waker expects to find).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitOn {
+    Send(usize),
+    Recv(usize),
+    Reply(u64),
+    Notify(usize),
+    /// Any wait at all (timeouts, cancellation of everything).
+    Any,
+}
+
+/// A thread's state.
+pub enum State<K: Kinds> {
+    /// Made, never started.
+    Inactive,
+    /// May run; placed in a queue, current on a CPU, or in the hands of its waker.
+    Ready,
+    /// Runs (or is about to) on the CPU that holds it as current.
+    Running,
+    /// Waits; `deadline` is a TSC value (`u64::MAX`: none).
+    Blocked { wait: Wait<K>, deadline: u64 },
+    /// Stopped by `ThreadSuspend` until `ThreadResume`.
+    Suspended,
+    /// Stopped by a fault it took.
+    Faulted,
+    /// Ended; final.
+    Dead,
+}
+
+/// Where the schedulers hold a thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    Off,
+    /// The current thread of this CPU.
+    Current(u32),
+    /// In this CPU's inbox or run queue.
+    Queued(u32),
+}
+
+/// A transition was asked of a thread whose state it does not start from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refused(pub ThreadState);
+
+/// What a kill or a fault leaves for the caller to clean up, after it has let go of the
+/// thread's lock: the queue to leave, the caller whose reply right dies with it, the CPU to
+/// tell.
+pub struct Stopped<K: Kinds> {
+    /// The wait it was in (its queue entry is now stale; its capability, if any, is dropped).
+    pub wait: Option<Wait<K>>,
+    /// The reply right it held: that caller gets `PartnerGone`.
+    pub reply: Option<(K::Caller, u64)>,
+    /// The CPU running it, which must be told to let it go.
+    pub kick: Option<u32>,
+}
+
+/// What a suspension leaves for the caller to do.
+pub struct Suspension<K: Kinds> {
+    /// The wait it was in, now cancelled (its result is `Interrupted`).
+    pub cancelled: Option<Wait<K>>,
+    /// The CPU running it, which must be told to let it go.
+    pub kick: Option<u32>,
+}
+
+/// A sender taken from an endpoint's queue by a receiver.
+pub struct Taken<K: Kinds> {
+    pub badge: u64,
+    pub call: bool,
+    pub cap: Option<K::Cap>,
+    /// For a `Call`: it now waits for the reply with this deadline; otherwise it is `Ready`
+    /// and the receiver must place it.
+    pub deadline: u64,
+}
+
+/// What the queue owner does with an entry it took from its inbox or run queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pick {
+    /// It is now `Running` and current here.
+    Run,
+    /// It is `Ready` for another CPU and was queued there (push it into that CPU's inbox).
+    Forward(u32),
+    /// It may not run (suspended, dead, blocked again...): forget the entry.
+    Drop,
+}
+
+/// What a CPU does with the thread it stops running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Leave {
+    /// Still `Ready`: it was queued on this CPU (push it into the own run queue).
+    Requeue(u32),
+    /// Still `Ready` for another CPU: push it into that CPU's inbox.
+    Forward(u32),
+    /// Not runnable: nobody holds it now.
+    Gone,
+}
+
+/// A thread's state, place, scheduling parameters and the reply right it holds.
+pub struct Life<K: Kinds> {
+    state: State<K>,
+    place: Place,
+    /// Priority.
+    pub prio: u8,
+    /// Maximum controlled priority: the highest priority it may give itself or any thread it
+    /// creates or controls.
+    pub mcp: u8,
+    /// The CPU it runs on (its affinity).
+    pub cpu: u32,
+    /// The reply right it holds: the caller it received a `Call` from, and that call's ticket.
+    reply: Option<(K::Caller, u64)>,
+}
+
+impl<K: Kinds> Life<K> {
+    /// A new thread: `Inactive`, nowhere.
+    pub const fn new(prio: u8, cpu: u32) -> Self {
+        Life { state: State::Inactive, place: Place::Off, prio, mcp: prio, cpu, reply: None }
+    }
+
+    pub fn state(&self) -> &State<K> {
+        &self.state
+    }
+    pub fn place(&self) -> Place {
+        self.place
+    }
+    pub fn reply_right(&self) -> Option<&(K::Caller, u64)> {
+        self.reply.as_ref()
+    }
+
+    /// The ABI's view (`ThreadInfo`).
+    pub fn view(&self) -> ThreadState {
+        match &self.state {
+            State::Inactive => ThreadState::Inactive,
+            State::Ready => ThreadState::Runnable,
+            State::Running => ThreadState::Running,
+            State::Blocked { wait, .. } => wait.view(),
+            State::Suspended => ThreadState::Suspended,
+            State::Faulted => ThreadState::Faulted,
+            State::Dead => ThreadState::Dead,
+        }
+    }
+
+    fn refuse<T>(&self) -> Result<T, Refused> {
+        Err(Refused(self.view()))
+    }
+
+    /// The deadline of its wait, if it is blocked with one.
+    pub fn deadline(&self) -> Option<u64> {
+        match self.state {
+            State::Blocked { deadline, .. } if deadline != u64::MAX => Some(deadline),
+            _ => None,
+        }
+    }
+
+    pub fn is_dead(&self) -> bool {
+        matches!(self.state, State::Dead)
+    }
+
+    /// Whether state and place agree: never `Blocked` (or `Inactive`) while queued.
+    pub fn consistent(&self) -> bool {
+        !matches!((&self.state, self.place), (State::Blocked { .. } | State::Inactive, Place::Queued(_)))
+    }
+
+    // ---- the thread's own transitions (it is running) ------------------------------------
+
+    /// `Running` → `Blocked { wait }`. Refused (the wait handed back) if the thread was killed
+    /// or suspended meanwhile: it must not block then.
+    pub fn block(&mut self, wait: Wait<K>, deadline: u64) -> Result<(), (Refused, Wait<K>)> {
+        match self.state {
+            State::Running => {
+                self.state = State::Blocked { wait, deadline };
+                Ok(())
+            }
+            _ => Err((Refused(self.view()), wait)),
+        }
+    }
+
+    /// `Running` (or `Ready`, `Suspended`: it was executing) → `Faulted`. Returns what to clean
+    /// up. Refused for a thread already stopped (a kill wins over the fault).
+    pub fn fault(&mut self) -> Result<Stopped<K>, Refused> {
+        match self.state {
+            State::Running | State::Ready | State::Suspended => {
+                self.state = State::Faulted;
+                Ok(Stopped { wait: None, reply: self.reply.take(), kick: None })
+            }
+            _ => self.refuse(),
+        }
+    }
+
+    // ---- transitions by others -----------------------------------------------------------
+
+    /// Any state but `Dead` → `Dead`.
+    pub fn kill(&mut self) -> Result<Stopped<K>, Refused> {
+        let old = match core::mem::replace(&mut self.state, State::Dead) {
+            State::Dead => return self.refuse(),
+            old => old,
+        };
+        let wait = match old {
+            State::Blocked { wait, .. } => Some(wait),
+            _ => None,
+        };
+        let kick = match self.place {
+            Place::Current(c) => Some(c),
+            _ => None,
+        };
+        Ok(Stopped { wait, reply: self.reply.take(), kick })
+    }
+
+    /// `Ready`/`Running` → `Suspended`; `Blocked` → `Suspended` with its wait cancelled;
+    /// `Inactive`/`Suspended`: nothing to do. Refused for `Faulted` and `Dead`.
+    pub fn suspend(&mut self) -> Result<Suspension<K>, Refused> {
+        let kick = match self.place {
+            Place::Current(c) => Some(c),
+            _ => None,
+        };
+        match self.state {
+            State::Inactive | State::Suspended => Ok(Suspension { cancelled: None, kick: None }),
+            State::Ready | State::Running => {
+                self.state = State::Suspended;
+                Ok(Suspension { cancelled: None, kick })
+            }
+            State::Blocked { .. } => {
+                let State::Blocked { wait, .. } = core::mem::replace(&mut self.state, State::Suspended) else {
+                    unreachable!()
+                };
+                Ok(Suspension { cancelled: Some(wait), kick })
+            }
+            State::Faulted | State::Dead => self.refuse(),
+        }
+    }
+
+    /// `Inactive`/`Suspended` → `Ready`; returns whether the caller must now place it (it is
+    /// held nowhere). `Ready`/`Running`: nothing to do. Refused otherwise.
+    pub fn resume(&mut self) -> Result<bool, Refused> {
+        match self.state {
+            State::Inactive | State::Suspended => {
+                self.state = State::Ready;
+                Ok(self.place == Place::Off)
+            }
+            State::Ready | State::Running => Ok(false),
+            _ => self.refuse(),
+        }
+    }
+
+    /// Ends the wait `on` (`Blocked` in exactly that wait → `Ready`): a message, a reply, a
+    /// signal, a timeout, the partner gone. Returns the wait it was in; the caller places the
+    /// thread.
+    pub fn wake(&mut self, on: WaitOn) -> Result<Wait<K>, Refused> {
+        match &self.state {
+            State::Blocked { wait, .. } if wait.is(on) => {}
+            _ => return self.refuse(),
+        }
+        let State::Blocked { wait, .. } = core::mem::replace(&mut self.state, State::Ready) else { unreachable!() };
+        Ok(wait)
+    }
+
+    /// A timeout: `Blocked` with a deadline at or before `now` → `Ready`.
+    pub fn expire(&mut self, now: u64) -> Result<Wait<K>, Refused> {
+        match self.state {
+            State::Blocked { deadline, .. } if deadline <= now => self.wake(WaitOn::Any),
+            _ => self.refuse(),
+        }
+    }
+
+    /// A receiver takes this sender from endpoint `ep`'s queue: `Blocked { Send }` on `ep` →
+    /// `Blocked { Reply { ticket } }` for a call (same deadline: a call's timeout covers both
+    /// waits), `Ready` otherwise.
+    pub fn take_sender(&mut self, ep: usize, ticket: u64) -> Result<Taken<K>, Refused> {
+        let deadline = match &self.state {
+            State::Blocked { wait: Wait::Send { ep: e, .. }, deadline } if e.ident() == ep => *deadline,
+            _ => return self.refuse(),
+        };
+        let State::Blocked { wait: Wait::Send { badge, call, cap, .. }, .. } =
+            core::mem::replace(&mut self.state, State::Ready)
+        else {
+            unreachable!()
+        };
+        if call {
+            self.state = State::Blocked { wait: Wait::Reply { ticket }, deadline };
+        }
+        Ok(Taken { badge, call, cap, deadline })
+    }
+
+    // ---- reply rights --------------------------------------------------------------------
+
+    /// Gives this thread the reply right for `caller`'s call `ticket`; returns the right it
+    /// held before (that caller gets `PartnerGone`).
+    pub fn grant_reply(&mut self, caller: K::Caller, ticket: u64) -> Option<(K::Caller, u64)> {
+        self.reply.replace((caller, ticket))
+    }
+
+    /// Takes the reply right (to reply, or because it lapses).
+    pub fn take_reply(&mut self) -> Option<(K::Caller, u64)> {
+        self.reply.take()
+    }
+
+    // ---- places --------------------------------------------------------------------------
+
+    /// A `Ready` thread held nowhere is queued for its CPU: returns that CPU (push it into its
+    /// inbox). `None`: it needs no entry (not ready, current somewhere, or already queued).
+    pub fn enqueue(&mut self) -> Option<u32> {
+        match (&self.state, self.place) {
+            (State::Ready, Place::Off) => {
+                self.place = Place::Queued(self.cpu);
+                Some(self.cpu)
+            }
+            _ => None,
+        }
+    }
+
+    /// CPU `me` consumed this thread's queue entry.
+    pub fn dequeue(&mut self, me: u32) -> Pick {
+        if self.place != Place::Queued(me) {
+            return Pick::Drop; // a stale entry: the thread is held elsewhere now
+        }
+        self.place = Place::Off;
+        match self.state {
+            State::Ready if self.cpu == me => {
+                self.state = State::Running;
+                self.place = Place::Current(me);
+                Pick::Run
+            }
+            State::Ready => {
+                self.place = Place::Queued(self.cpu);
+                Pick::Forward(self.cpu)
+            }
+            _ => Pick::Drop,
+        }
+    }
+
+    /// CPU `me` runs a `Ready` thread that nobody holds (its waker switches to it directly).
+    pub fn run_here(&mut self, me: u32) -> Result<(), Refused> {
+        match (&self.state, self.place) {
+            (State::Ready, Place::Off) if self.cpu == me => {
+                self.state = State::Running;
+                self.place = Place::Current(me);
+                Ok(())
+            }
+            _ => self.refuse(),
+        }
+    }
+
+    /// Whether CPU `me` may keep running its current thread: it is `Running`, or was woken
+    /// (`Ready`) before it left, and belongs to this CPU. Makes a woken one `Running`.
+    pub fn keep(&mut self, me: u32) -> bool {
+        if self.place != Place::Current(me) || self.cpu != me {
+            return false;
+        }
+        match self.state {
+            State::Running => true,
+            State::Ready => {
+                self.state = State::Running;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// CPU `me` stops running this thread. A thread still runnable is queued again (here or on
+    /// its own CPU); any other is held by nobody.
+    pub fn leave_cpu(&mut self, me: u32) -> Leave {
+        if self.place != Place::Current(me) {
+            return Leave::Gone;
+        }
+        self.place = Place::Off;
+        if let State::Running = self.state {
+            self.state = State::Ready;
+        }
+        match self.state {
+            State::Ready => {
+                self.place = Place::Queued(self.cpu);
+                if self.cpu == me { Leave::Requeue(me) } else { Leave::Forward(self.cpu) }
+            }
+            _ => Leave::Gone,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub struct K;
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    pub struct Id(usize);
+    impl Ident for Id {
+        fn ident(&self) -> usize {
+            self.0
+        }
+    }
+    impl Kinds for K {
+        type Ep = Id;
+        type Ntf = Id;
+        type Cap = u32;
+        type Caller = u32;
+    }
+    type L = Life<K>;
+
+    fn running() -> L {
+        let mut l = L::new(10, 0);
+        assert_eq!(l.resume(), Ok(true));
+        assert_eq!(l.enqueue(), Some(0));
+        assert_eq!(l.dequeue(0), Pick::Run);
+        l
+    }
+
+    #[test]
+    fn start_and_run() {
+        let l = running();
+        assert_eq!(l.view(), ThreadState::Running);
+        assert_eq!(l.place(), Place::Current(0));
+    }
+
+    #[test]
+    fn block_refused_after_kill() {
+        let mut l = running();
+        let s = l.kill().ok().unwrap();
+        assert_eq!(s.kick, Some(0));
+        let r = l.block(Wait::Recv { ep: Id(1) }, u64::MAX);
+        assert!(matches!(r, Err((Refused(ThreadState::Dead), Wait::Recv { .. }))));
+        assert!(l.is_dead());
+        assert_eq!(l.leave_cpu(0), Leave::Gone);
+        assert!(l.kill().is_err());
+        assert!(l.resume().is_err());
+    }
+
+    #[test]
+    fn block_refused_after_suspend() {
+        let mut l = running();
+        assert!(l.suspend().is_ok());
+        assert!(l.block(Wait::Reply { ticket: 1 }, 5).is_err());
+        assert_eq!(l.view(), ThreadState::Suspended);
+        assert_eq!(l.leave_cpu(0), Leave::Gone);
+        assert_eq!(l.resume(), Ok(true));
+        assert_eq!(l.enqueue(), Some(0));
+    }
+
+    #[test]
+    fn wake_checks_the_wait() {
+        let mut l = running();
+        l.block(Wait::Recv { ep: Id(7) }, u64::MAX).ok().unwrap();
+        assert!(l.wake(WaitOn::Recv(8)).is_err());
+        assert!(l.wake(WaitOn::Send(7)).is_err());
+        assert!(matches!(l.wake(WaitOn::Recv(7)), Ok(Wait::Recv { ep: Id(7) })));
+        assert_eq!(l.view(), ThreadState::Runnable);
+        // Still current on CPU 0 (woken before it left): it keeps running.
+        assert!(l.keep(0));
+        assert_eq!(l.view(), ThreadState::Running);
+    }
+
+    #[test]
+    fn take_sender_call_keeps_deadline_and_ticket() {
+        let mut l = running();
+        l.block(Wait::Send { ep: Id(3), badge: 9, call: true, cap: Some(77) }, 1000).ok().unwrap();
+        assert_eq!(l.leave_cpu(0), Leave::Gone);
+        assert!(l.take_sender(4, 1).is_err());
+        let t = l.take_sender(3, 42).ok().unwrap();
+        assert_eq!((t.badge, t.call, t.cap, t.deadline), (9, true, Some(77), 1000));
+        assert_eq!(l.deadline(), Some(1000));
+        assert!(l.wake(WaitOn::Reply(41)).is_err(), "a stale ticket ends nothing");
+        assert!(l.expire(999).is_err());
+        assert!(l.expire(1000).is_ok());
+        assert!(l.wake(WaitOn::Reply(42)).is_err(), "the wait already ended");
+        assert_eq!(l.enqueue(), Some(0));
+    }
+
+    #[test]
+    fn suspend_cancels_a_wait() {
+        let mut l = running();
+        l.block(Wait::Notify { n: Id(5) }, u64::MAX).ok().unwrap();
+        assert_eq!(l.leave_cpu(0), Leave::Gone);
+        let s = l.suspend().ok().unwrap();
+        assert!(matches!(s.cancelled, Some(Wait::Notify { .. })));
+        assert_eq!(s.kick, None);
+        assert!(l.wake(WaitOn::Notify(5)).is_err());
+        assert_eq!(l.resume(), Ok(true));
+    }
+
+    #[test]
+    fn queue_entries_are_single_and_stale_ones_dropped() {
+        let mut l = L::new(1, 2);
+        l.resume().unwrap();
+        assert_eq!(l.enqueue(), Some(2));
+        assert_eq!(l.enqueue(), None, "queued once");
+        l.suspend().ok().unwrap();
+        assert_eq!(l.resume(), Ok(false), "still queued: no second entry");
+        l.cpu = 1;
+        assert_eq!(l.dequeue(2), Pick::Forward(1));
+        assert_eq!(l.dequeue(2), Pick::Drop, "the old entry is stale now");
+        assert_eq!(l.dequeue(1), Pick::Run);
+        l.kill().ok().unwrap();
+        assert_eq!(l.leave_cpu(1), Leave::Gone);
+        assert_eq!(l.enqueue(), None);
+    }
+
+    #[test]
+    fn leave_requeues_or_forwards() {
+        let mut l = running();
+        assert_eq!(l.leave_cpu(0), Leave::Requeue(0));
+        assert_eq!(l.place(), Place::Queued(0));
+        assert_eq!(l.dequeue(0), Pick::Run);
+        l.cpu = 3;
+        assert!(!l.keep(0));
+        assert_eq!(l.leave_cpu(0), Leave::Forward(3));
+        assert_eq!(l.place(), Place::Queued(3));
+    }
+
+    #[test]
+    fn run_here_only_for_an_unheld_ready_thread() {
+        let mut l = running();
+        l.block(Wait::Recv { ep: Id(1) }, u64::MAX).ok().unwrap();
+        assert_eq!(l.leave_cpu(0), Leave::Gone);
+        assert!(l.run_here(0).is_err());
+        l.wake(WaitOn::Recv(1)).ok().unwrap();
+        assert!(l.run_here(1).is_err(), "not its CPU");
+        assert!(l.run_here(0).is_ok());
+        assert_eq!(l.place(), Place::Current(0));
+    }
+
+    #[test]
+    fn fault_and_reply_rights() {
+        let mut l = running();
+        assert!(l.grant_reply(5, 1).is_none());
+        assert_eq!(l.grant_reply(6, 2), Some((5, 1)));
+        let s = l.fault().ok().unwrap();
+        assert_eq!(s.reply, Some((6, 2)));
+        assert_eq!(l.view(), ThreadState::Faulted);
+        assert!(l.fault().is_err());
+        assert!(l.resume().is_err());
+        assert!(l.kill().is_ok());
+        assert!(l.fault().is_err());
+    }
+}
