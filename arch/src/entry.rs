@@ -421,55 +421,61 @@ extern "C" fn rl4_kernel_trap(f: &mut KernelFrame) {
     crate::idt::kernel_exception(f);
 }
 
-/// A thread's saved user registers.
+/// A thread's saved user registers, and how they must be resumed.
 ///
 /// Access protocol (what makes the `Sync` below sound): the entry code and the CPU that is
 /// running the thread are the only writers while it runs; while it does not run, only code that
 /// holds the thread's scheduling lock touches it. The kernel never runs one thread on two CPUs,
 /// so at most one party accesses the registers at a time. Accessors copy in and out and never
 /// hand out references that outlive the call.
-pub struct RegsCell(core::cell::UnsafeCell<UserRegs>);
+pub struct RegsCell {
+    regs: core::cell::UnsafeCell<UserRegs>,
+    /// The registers must be restored with `iretq` (a new thread, or one that entered by a
+    /// trap or had registers rewritten that `sysretq` does not restore).
+    iret: AtomicBool,
+}
 
 // SAFETY: see the access protocol above.
 unsafe impl Sync for RegsCell {}
 
 impl RegsCell {
+    /// Registers of a new thread (first resumed with `iretq`).
     pub fn new(r: UserRegs) -> Self {
-        RegsCell(core::cell::UnsafeCell::new(r))
+        RegsCell { regs: core::cell::UnsafeCell::new(r), iret: AtomicBool::new(true) }
     }
 
     /// One past the end of the block: what `gs:32` holds while this thread runs.
     pub fn end_addr(&self) -> u64 {
-        self.0.get() as u64 + core::mem::size_of::<UserRegs>() as u64
+        self.regs.get() as u64 + core::mem::size_of::<UserRegs>() as u64
     }
 
     /// A copy of the registers.
     pub fn get(&self) -> UserRegs {
         // SAFETY: per the access protocol no one else writes them now.
-        unsafe { *self.0.get() }
+        unsafe { *self.regs.get() }
     }
 
     /// Runs `f` on the registers.
     pub fn with<R>(&self, f: impl FnOnce(&mut UserRegs) -> R) -> R {
         // SAFETY: per the access protocol this is the only access now; the reference does not
         // escape `f`.
-        f(unsafe { &mut *self.0.get() })
+        f(unsafe { &mut *self.regs.get() })
     }
 }
 
-/// Makes `regs` the running thread's registers on this CPU; `iret` says whether it must resume
-/// with `iretq` (it was interrupted, or is new) rather than `sysretq`.
+/// Makes `regs` the running thread's registers on this CPU, resumed as they were saved.
 #[inline]
-pub fn set_current(regs: &RegsCell, iret: bool) {
+pub fn set_current(regs: &RegsCell) {
     let h = crate::percpu::current();
     h.regs_end.store(regs.end_addr(), Ordering::Relaxed);
-    h.resume_iret.store(iret as u64, Ordering::Relaxed);
+    h.resume_iret.store(regs.iret.load(Ordering::Relaxed) as u64, Ordering::Relaxed);
 }
 
-/// Whether the running thread last entered the kernel by a trap (and so must leave by `iretq`).
+/// The running thread, whose registers are `regs`, leaves this CPU: remember how it must be
+/// resumed (by `iretq` if it last entered by a trap).
 #[inline]
-pub fn current_resumes_with_iret() -> bool {
-    crate::percpu::current().resume_iret.load(Ordering::Relaxed) != 0
+pub fn save_resume_mode(regs: &RegsCell) {
+    regs.iret.store(crate::percpu::current().resume_iret.load(Ordering::Relaxed) != 0, Ordering::Relaxed);
 }
 
 /// Forces the running thread to resume with `iretq` (after the kernel rewrote registers that

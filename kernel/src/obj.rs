@@ -16,9 +16,10 @@ use alloc::collections::BTreeMap;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use rl4_abi::{Error, ObjType, ThreadState};
+use rl4_abi::{Error, ObjType};
 use rl4_arch::entry::{RegsCell, UserRegs};
 use rl4_core::captable::{self, CapTable};
+use rl4_core::life::{Ident, Kinds};
 use spin::Mutex;
 
 use crate::mem;
@@ -279,39 +280,47 @@ impl Task {
     }
 }
 
-/// Scheduling state of a thread, under its lock.
-pub struct Sched {
-    pub state: ThreadState,
-    pub prio: u8,
-    /// Maximum controlled priority: the highest priority this thread may give itself or any
-    /// thread it creates or controls (its creation priority; the root thread's is 255).
-    pub mcp: u8,
-    /// The CPU the thread runs on (its affinity).
-    pub cpu: u32,
-    /// It is some CPU's current thread.
-    pub on_cpu: bool,
-    /// It sits in some CPU's inbox or run queue.
-    pub queued: bool,
-    /// It must resume with `iretq` (new, or interrupted).
-    pub resume_iret: bool,
-    /// What it waits for, in a Blocked* state.
-    pub wait: crate::ipc::Wait,
-    /// TSC deadline of the wait (`u64::MAX`: none).
-    pub deadline: u64,
-    /// The caller this thread received from and owes a reply (the one-shot reply right).
-    pub reply_to: Option<Arc<Thread>>,
+/// What a thread's [`Life`] names: the kernel's references to endpoints, notifications,
+/// capabilities in flight and callers.
+pub struct KernelKinds;
+
+/// A blocked thread's endpoint (weak: a waiter does not keep its endpoint alive).
+pub struct EpRef(pub Weak<crate::ipc::Endpoint>);
+/// A blocked thread's notification.
+pub struct NtfRef(pub Weak<crate::ipc::Notification>);
+
+impl Ident for EpRef {
+    fn ident(&self) -> usize {
+        self.0.as_ptr() as usize
+    }
 }
+impl Ident for NtfRef {
+    fn ident(&self) -> usize {
+        self.0.as_ptr() as usize
+    }
+}
+
+impl Kinds for KernelKinds {
+    type Ep = EpRef;
+    type Ntf = NtfRef;
+    type Cap = Cap;
+    type Caller = Arc<Thread>;
+}
+
+/// A thread's life as the kernel keeps it (see `rl4_core::life`).
+pub type Life = rl4_core::life::Life<KernelKinds>;
+pub type Wait = rl4_core::life::Wait<KernelKinds>;
 
 pub struct Thread {
     pub regs: RegsCell,
-    /// The deadline of its current wait, readable without its lock (to prune timeout lists).
-    pub wait_deadline: AtomicU64,
     /// The IPC buffer frame (message words 4 and up), a leaf lock.
     pub ipc_buffer: Mutex<Option<Arc<Frame>>>,
     pub id: u64,
     pub task: Arc<Task>,
     pub space: Arc<Space>,
-    pub sched: Mutex<Sched>,
+    /// Its state, place, scheduling parameters and reply right: every change is a transition
+    /// of [`Life`], made under this lock.
+    pub life: Mutex<Life>,
     _charge: Charge,
 }
 
@@ -323,23 +332,11 @@ impl Thread {
         let space = task.space.clone();
         let t = Arc::new(Thread {
             regs: RegsCell::new(UserRegs::new_thread(entry, stack, 0)),
-            wait_deadline: AtomicU64::new(u64::MAX),
             ipc_buffer: Mutex::new(None),
             id: next_id(),
             task: task.clone(),
             space,
-            sched: Mutex::new(Sched {
-                state: ThreadState::Inactive,
-                prio,
-                mcp: prio,
-                cpu,
-                on_cpu: false,
-                queued: false,
-                resume_iret: true,
-                wait: crate::ipc::Wait::None,
-                deadline: u64::MAX,
-                reply_to: None,
-            }),
+            life: Mutex::new(Life::new(prio, cpu)),
             _charge: charge,
         });
         LIVE_THREADS.fetch_add(1, Ordering::Relaxed);

@@ -344,6 +344,24 @@ impl<K: Kinds> Life<K> {
         Ok(wait)
     }
 
+    /// The same-CPU fast path's wake-up: `Blocked` in exactly the wait `on`, held nowhere and
+    /// belonging to CPU `me` → `Running` and current on `me` (the waker switches to it at once).
+    /// Refused, changing nothing, in any other case.
+    pub fn wake_here(&mut self, on: WaitOn, me: u32) -> Result<Wait<K>, Refused> {
+        if self.place != Place::Off || self.cpu != me {
+            return self.refuse();
+        }
+        let w = self.wake(on)?;
+        self.state = State::Running;
+        self.place = Place::Current(me);
+        Ok(w)
+    }
+
+    /// Whether it waits in exactly the wait `on`.
+    pub fn waits(&self, on: WaitOn) -> bool {
+        matches!(&self.state, State::Blocked { wait, .. } if wait.is(on))
+    }
+
     /// A timeout: `Blocked` with a deadline at or before `now` → `Ready`.
     pub fn expire(&mut self, now: u64) -> Result<Wait<K>, Refused> {
         match self.state {
@@ -605,6 +623,20 @@ mod tests {
         assert!(l.run_here(1).is_err(), "not its CPU");
         assert!(l.run_here(0).is_ok());
         assert_eq!(l.place(), Place::Current(0));
+    }
+
+    #[test]
+    fn wake_here_all_or_nothing() {
+        let mut l = running();
+        l.block(Wait::Recv { ep: Id(2) }, u64::MAX).ok().unwrap();
+        assert!(l.wake_here(WaitOn::Recv(2), 0).is_err(), "still current: refused");
+        assert_eq!(l.view(), ThreadState::BlockedRecv);
+        assert_eq!(l.leave_cpu(0), Leave::Gone);
+        assert!(l.wake_here(WaitOn::Recv(2), 1).is_err(), "another CPU's thread");
+        assert!(l.wake_here(WaitOn::Recv(3), 0).is_err());
+        assert!(l.waits(WaitOn::Recv(2)));
+        assert!(l.wake_here(WaitOn::Recv(2), 0).is_ok());
+        assert_eq!((l.view(), l.place()), (ThreadState::Running, Place::Current(0)));
     }
 
     #[test]
