@@ -62,6 +62,12 @@ pub const USER_RFLAGS_MASK: u64 = 0b1101_1101_0101;
 pub const RFLAGS_IF: u64 = 1 << 9;
 
 impl UserRegs {
+    /// Sets the result word a system call returns (0 or an error code).
+    #[inline(always)]
+    pub fn set_result(&mut self, v: u64) {
+        self.rax = v;
+    }
+
     /// Registers for a new thread: entry point, stack, first argument.
     pub fn new_thread(entry: u64, stack: u64, arg: u64) -> Self {
         UserRegs { rip: entry, rsp: stack, rdi: arg, cs: USER_CS, ss: USER_SS, rflags: RFLAGS_IF, ..Default::default() }

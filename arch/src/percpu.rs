@@ -27,6 +27,9 @@ pub struct CpuHeader {
     pub regs_end: AtomicU64,
     /// Non-zero: return to user mode with `iretq` instead of `sysretq` (gs:40).
     pub resume_iret: AtomicU64,
+    /// The kernel's lock levels this CPU holds, one bit each (gs:48; see the kernel's
+    /// `lock.rs`). Only this CPU touches it, with interrupts off.
+    pub locks_held: AtomicU64,
 }
 
 impl CpuHeader {
@@ -39,6 +42,7 @@ impl CpuHeader {
             user_rsp: AtomicU64::new(0),
             regs_end: AtomicU64::new(0),
             resume_iret: AtomicU64::new(0),
+            locks_held: AtomicU64::new(0),
         }
     }
     pub fn index(&self) -> u32 {

@@ -43,8 +43,9 @@ use rl4_arch::{cpu, percpu, println};
 use rl4_smp::{MAX_CPUS, cpus, lapic};
 use spin::Mutex;
 
-use crate::ipc::Wait;
-use crate::obj::{self, KObj, MAP_COST, Thread};
+use rl4_core::life::{Place, State};
+
+use crate::obj::{self, KObj, MAP_COST, Thread, Wait};
 use crate::{mem, sched};
 
 /// Held by the CPU that runs a check.
@@ -73,7 +74,7 @@ fn hold() {
     }
     HELD.fetch_add(1, SeqCst);
     while FROZEN.load(SeqCst) {
-        sched::service_tlb_here();
+        crate::tlb::service_tlb_here();
         cpu::relax();
     }
     HELD.fetch_sub(1, SeqCst);
@@ -86,7 +87,7 @@ fn wait_until(us: u64, done: impl Fn() -> bool) -> bool {
         if cpu::rdtsc() > end {
             return false;
         }
-        sched::service_tlb_here();
+        crate::tlb::service_tlb_here();
         cpu::relax();
     }
     true
@@ -180,7 +181,8 @@ struct Seen {
     senders: Vec<usize>,
     receivers: Vec<usize>,
     waiters: Vec<usize>,
-    reply_holders: u32,
+    /// Tickets of the reply rights other threads hold for it.
+    reply_holders: Vec<u64>,
     deadlines: Vec<u64>,
 }
 
@@ -200,7 +202,7 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     // Every lock must be free: the other CPUs stopped where they hold none.
     macro_rules! locked {
         ($m:expr, $what:expr) => {
-            match $m.try_lock() {
+            match $m.peek() {
                 Some(g) => g,
                 None => {
                     fail!(r, "{} is locked while every CPU is stopped", $what);
@@ -215,7 +217,7 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     }
     let (mut thread_sched, mut thread_buf) = (Vec::with_capacity(threads.len()), Vec::with_capacity(threads.len()));
     for t in &threads {
-        thread_sched.push(locked!(t.sched, format_args!("thread {}'s state", t.id)));
+        thread_sched.push(locked!(t.life, format_args!("thread {}'s state", t.id)));
         thread_buf.push(locked!(t.ipc_buffer, format_args!("thread {}'s IPC buffer", t.id)));
     }
     let mut space_maps = Vec::with_capacity(spaces.len());
@@ -249,14 +251,14 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
         if let Some(f) = b.as_ref() {
             refs.add(f);
         }
-        if let Some(c) = &s.reply_to {
+        if let Some((c, ticket)) = s.reply_right() {
             refs.add(c);
             match seen.get_mut(&key(c)) {
-                Some(x) => x.reply_holders += 1,
+                Some(x) => x.reply_holders.push(*ticket),
                 None => fail!(r, "thread {} holds the reply right of thread {}, which is not registered", t.id, c.id),
             }
         }
-        if let Wait::Send { cap: Some(c), .. } = &s.wait {
+        if let State::Blocked { wait: Wait::Send { cap: Some(c), .. }, .. } = s.state() {
             refs.kobj(&c.obj);
         }
     }
@@ -273,7 +275,7 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     };
     for (e, q) in endpoints.iter().zip(&ep_q) {
         refs.add(e.charge().of().0);
-        for t in &q.senders {
+        for (_, t) in &q.senders {
             refs.add(t);
             note(&mut seen, t, &mut |x| x.senders.push(key(e)));
         }
@@ -338,35 +340,35 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
         refs.compare(&mut r, n, format_args!("notification {:#x}", key(n)));
     }
 
-    // 2. Thread states.
+    // 2. Thread states: each thread's `Life` against where it was found.
     for (t, s) in threads.iter().zip(&thread_sched) {
         let x = &seen[&key(t)];
         let id = t.id;
-        let st = s.state;
-        if x.current != s.on_cpu as u32 {
-            fail!(r, "thread {id} ({st:?}): on_cpu is {} but it is the current thread of {} CPUs", s.on_cpu, x.current);
+        let st = s.view();
+        let place = s.place();
+        let in_queues = x.senders.len() + x.receivers.len() + x.waiters.len();
+        match place {
+            Place::Current(_) if x.current != 1 || x.queued != 0 => {
+                fail!(r, "thread {id} ({st:?}) is current on a CPU but found current on {} CPUs and in {} queues", x.current, x.queued)
+            }
+            Place::Queued(_) if x.queued != 1 || x.current != 0 => {
+                fail!(r, "thread {id} ({st:?}) is queued but found in {} run queues or inboxes and current on {} CPUs", x.queued, x.current)
+            }
+            Place::Off if x.queued != 0 || x.current != 0 => {
+                fail!(r, "thread {id} ({st:?}) is held nowhere but found in {} run queues or inboxes and current on {} CPUs", x.queued, x.current)
+            }
+            _ => {}
         }
-        if x.queued != s.queued as u32 {
-            fail!(r, "thread {id} ({st:?}): queued is {} but it sits in {} run queues or inboxes", s.queued, x.queued);
+        if !s.consistent() {
+            fail!(r, "thread {id} is {st:?} but queued to run");
         }
-        if s.on_cpu && s.queued {
-            fail!(r, "thread {id} ({st:?}) is both running and queued");
-        }
-        let blocked = matches!(
-            st,
-            ThreadState::BlockedSend | ThreadState::BlockedRecv | ThreadState::BlockedReply | ThreadState::BlockedNotify
-        );
-        let wait_fits = match (&s.wait, st) {
-            (Wait::Send { ep, .. }, ThreadState::BlockedSend) => ep.strong_count() > 0 && x.senders == [ep.as_ptr() as usize],
-            (Wait::Recv { ep }, ThreadState::BlockedRecv) => ep.strong_count() > 0 && x.receivers == [ep.as_ptr() as usize],
-            (Wait::Notify { n }, ThreadState::BlockedNotify) => n.strong_count() > 0 && x.waiters == [n.as_ptr() as usize],
-            (Wait::Reply, ThreadState::BlockedReply) => true,
-            (Wait::None, _) => !blocked,
-            _ => false,
+        let wait_fits = match s.state() {
+            State::Blocked { wait: Wait::Send { ep, .. }, .. } => ep.0.strong_count() > 0 && x.senders == [ep.0.as_ptr() as usize] && in_queues == 1,
+            State::Blocked { wait: Wait::Recv { ep }, .. } => ep.0.strong_count() > 0 && x.receivers == [ep.0.as_ptr() as usize] && in_queues == 1,
+            State::Blocked { wait: Wait::Notify { n }, .. } => n.0.strong_count() > 0 && x.waiters == [n.0.as_ptr() as usize] && in_queues == 1,
+            _ => in_queues == 0,
         };
-        let queues = x.senders.len() + x.receivers.len() + x.waiters.len();
-        let expected_queues = matches!(st, ThreadState::BlockedSend | ThreadState::BlockedRecv | ThreadState::BlockedNotify) as usize;
-        if !wait_fits || queues != expected_queues {
+        if !wait_fits {
             fail!(
                 r,
                 "thread {id} ({st:?}): its wait does not match its queues (in {} send, {} receive, {} notification queues)",
@@ -375,20 +377,21 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
                 x.waiters.len()
             );
         }
-        if blocked && (s.on_cpu || s.queued) {
-            fail!(r, "thread {id} is {st:?} but also running or queued");
+        match s.state() {
+            State::Running if !matches!(place, Place::Current(_)) => fail!(r, "thread {id} is Running on no CPU"),
+            State::Ready if place == Place::Off => fail!(r, "thread {id} is Runnable but in no queue and on no CPU (a lost wake-up)"),
+            State::Blocked { wait: Wait::Reply { ticket }, .. } => {
+                let n = x.reply_holders.iter().filter(|&&h| h == *ticket).count();
+                if n != 1 {
+                    fail!(r, "thread {id} waits for a reply, but {n} threads hold the right to answer it");
+                }
+            }
+            _ => {}
         }
-        if st == ThreadState::Running && !s.on_cpu {
-            fail!(r, "thread {id} is Running on no CPU");
-        }
-        if st == ThreadState::Runnable && !s.on_cpu && !s.queued {
-            fail!(r, "thread {id} is Runnable but in no queue and on no CPU (a lost wake-up)");
-        }
-        if x.reply_holders > 1 || (st == ThreadState::BlockedReply && x.reply_holders != 1) {
-            fail!(r, "thread {id} ({st:?}): {} threads hold its reply right", x.reply_holders);
-        }
-        if blocked && s.deadline != u64::MAX && !x.deadlines.contains(&s.deadline) {
-            fail!(r, "thread {id} ({st:?}) waits with a deadline that no CPU's timeout list holds");
+        if let Some(d) = s.deadline() {
+            if !x.deadlines.contains(&d) {
+                fail!(r, "thread {id} ({st:?}) waits with a deadline that no CPU's timeout list holds");
+            }
         }
         if t.task.dead.load(SeqCst) && st != ThreadState::Dead {
             fail!(r, "thread {id} of ended task {} is {st:?}, not Dead", t.task.id);
@@ -396,6 +399,18 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
         if !Arc::ptr_eq(&t.space, &t.task.space) {
             fail!(r, "thread {id} runs in another space than its task's");
         }
+    }
+    // Locks and reclamation, as counted by every CPU since boot.
+    let (order, drops, last) = crate::lock::violations();
+    if order > 0 {
+        fail!(r, "{order} lock acquisitions broke the lock order (last: level {} taken holding levels {:#b})", last & 0xff, last >> 8);
+    }
+    let pending = crate::reclaim::pending();
+    if pending > 0 {
+        fail!(r, "{pending} objects wait to be destroyed while every CPU is stopped");
+    }
+    if drops > 0 {
+        fail!(r, "{drops} kernel objects were destroyed while their CPU held a lock");
     }
 
     // 3. Budgets.

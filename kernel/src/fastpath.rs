@@ -7,13 +7,14 @@
 //! blocks, and the CPU switches to the partner without a scheduling decision. Lock order as in
 //! `ipc`: endpoint queue, then one thread at a time.
 use alloc::sync::Arc;
-use core::sync::atomic::Ordering;
 use rl4_abi::ipc::{FOREVER, Tag};
-use rl4_abi::{Rights, Sys, ThreadState};
+use rl4_abi::{Rights, Sys};
 
-use crate::ipc::{self, Endpoint, Wait};
-use crate::obj::Thread;
-use crate::{sched, trace};
+use rl4_core::life::WaitOn;
+
+use crate::ipc::Endpoint;
+use crate::obj::{EpRef, Thread, Wait};
+use crate::{reclaim, sched, thread, trace};
 
 /// Whether system call `n` may take the fast path at all (a load and two compares, for every
 /// system call).
@@ -53,7 +54,7 @@ fn endpoint(cur: &Thread, slot: u64, rights: Rights) -> Option<(Arc<Endpoint>, u
 fn copy_message(from: &Thread, to: &Thread, tag: Tag, badge: u64) {
     let (w0, w1, w2, w3) = from.regs.with(|r| (r.rdx, r.r10, r.r8, r.r9));
     to.regs.with(|r| {
-        r.rax = 0;
+        r.set_result(0);
         r.rsi = Tag::new(tag.label(), tag.len(), 0).0;
         r.rdi = badge;
         r.rdx = w0;
@@ -70,35 +71,36 @@ fn call(cs: &sched::CpuSched, cur: &Arc<Thread>, slot: u64, tag: Tag) -> bool {
     let me = rl4_arch::percpu::cpu_index();
     let mut q = ep.q.lock();
     let Some(r) = q.receivers.pop_front() else { return false };
-    let mut rs = r.sched.lock();
-    let waits_here = matches!(&rs.wait, Wait::Recv { ep: w } if core::ptr::eq(w.as_ptr(), Arc::as_ptr(&ep)));
-    if rs.state != ThreadState::BlockedRecv || !waits_here || rs.cpu != me || !sched::nothing_more_urgent(cs, rs.prio) {
-        drop(rs);
+    let mut rl = r.life.lock();
+    // The last guard is the transition itself: it changes nothing unless the receiver waits on
+    // this endpoint, belongs to this CPU and no CPU holds it.
+    let woken = if sched::nothing_more_urgent(cs, rl.prio) { rl.wake_here(WaitOn::Recv(ep.id()), me).ok() } else { None };
+    let Some(wait) = woken else {
+        drop(rl);
         q.receivers.push_front(r);
         return false;
-    }
-    // Point of no return.
+    };
+    // Point of no return: the receiver is Running here.
     drop(q);
     trace::stamp(trace::PARTNER);
     copy_message(cur, &r, tag, badge);
-    rs.wait.set(Wait::None);
-    rs.deadline = u64::MAX;
-    r.wait_deadline.store(u64::MAX, Ordering::Relaxed);
-    let old = rs.reply_to.replace(cur.clone());
-    rs.state = ThreadState::Running;
-    rs.on_cpu = true;
-    rs.resume_iret = false;
-    let prio = rs.prio;
-    drop(rs);
+    let ticket = cs.next_ticket();
+    let old = rl.grant_reply(cur.clone(), ticket);
+    let prio = rl.prio;
+    drop(rl);
     {
-        let mut s = cur.sched.lock();
-        s.state = ThreadState::BlockedReply;
-        s.wait.set(Wait::Reply);
-        s.on_cpu = false;
-        s.resume_iret = false;
+        let mut l = cur.life.lock();
+        if let Err((_, w)) = l.block(Wait::Reply { ticket }, u64::MAX) {
+            // Killed or suspended meanwhile: it does not wait (the receiver's reply will find
+            // it gone); a suspended caller's call returns `Interrupted` when it is resumed.
+            thread::set_result(cur, Err(rl4_abi::Error::Interrupted));
+            reclaim::later_wait(Some(w));
+        }
+        sched::leave_fast(cs, cur, &mut l);
     }
-    if let Some(old) = old {
-        ipc::fail_caller(&old);
+    drop(wait);
+    if let Some((c, t)) = old {
+        thread::fail_caller(c, t);
     }
     cs.bump(sched::Count::IpcFast);
     trace::stamp(trace::DELIVERED);
@@ -111,39 +113,43 @@ fn reply_recv(cs: &sched::CpuSched, cur: &Arc<Thread>, slot: u64, tag: Tag) -> b
     trace::stamp(trace::SETUP);
     let Some((ep, _)) = endpoint(cur, slot, Rights::RECEIVE) else { return false };
     trace::stamp(trace::LOOKUP);
-    let Some(caller) = cur.sched.lock().reply_to.clone() else { return false };
+    let Some((caller, ticket)) = cur.life.lock().take_reply() else { return false };
     let me = rl4_arch::percpu::cpu_index();
     let mut q = ep.q.lock();
-    if !q.senders.is_empty() {
-        return false; // the server takes the next message: the general path
-    }
-    let mut cl = caller.sched.lock();
-    if cl.state != ThreadState::BlockedReply || cl.cpu != me || !sched::nothing_more_urgent(cs, cl.prio) {
+    // The server takes the next message if one waits: the general path.
+    let woken = if q.senders.is_empty() {
+        let mut cl = caller.life.lock();
+        if sched::nothing_more_urgent(cs, cl.prio) {
+            cl.wake_here(WaitOn::Reply(ticket), me).ok().map(|w| (w, cl.prio))
+        } else {
+            None
+        }
+    } else {
+        None
+    };
+    let Some((wait, prio)) = woken else {
+        drop(q);
+        // Nothing changed: the reply right goes back.
+        cur.life.lock().grant_reply(caller, ticket);
         return false;
-    }
-    // Point of no return.
+    };
+    // Point of no return: the caller is Running here.
     trace::stamp(trace::PARTNER);
     copy_message(cur, &caller, tag, 0);
-    cl.wait.set(Wait::None);
-    cl.deadline = u64::MAX;
-    cl.state = ThreadState::Running;
-    cl.on_cpu = true;
-    cl.resume_iret = false;
-    let prio = cl.prio;
-    drop(cl);
     trace::stamp(trace::DELIVERED);
     {
-        let mut s = cur.sched.lock();
-        s.reply_to = None;
-        s.state = ThreadState::BlockedRecv;
-        s.wait.set(Wait::Recv { ep: ep.weak() });
-        s.deadline = u64::MAX;
-        s.on_cpu = false;
-        s.resume_iret = false;
+        let mut l = cur.life.lock();
+        match l.block(Wait::Recv { ep: EpRef(ep.weak()) }, u64::MAX) {
+            Ok(()) => q.receivers.push_back(cur.clone()),
+            Err((_, w)) => {
+                thread::set_result(cur, Err(rl4_abi::Error::Interrupted));
+                reclaim::later_wait(Some(w));
+            }
+        }
+        sched::leave_fast(cs, cur, &mut l);
     }
-    cur.wait_deadline.store(u64::MAX, Ordering::Relaxed);
-    q.receivers.push_back(cur.clone());
     drop(q);
+    drop(wait);
     cs.bump(sched::Count::IpcFast);
     sched::switch_direct_blocked(cs, caller, prio);
     trace::stamp(trace::SWITCHED);

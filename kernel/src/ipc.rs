@@ -1,59 +1,40 @@
-//! Synchronous IPC through endpoints, notifications, and the thread states they use.
+//! Synchronous IPC through endpoints, and notifications.
 //!
-//! See `docs/ipc.md` for the state machine, the lock order and the paths step by step.
+//! See `docs/ipc.md` for the state machine, the lock order and the paths step by step. Every
+//! change of a thread's state here is a transition of `rl4_core::life` (through `thread.rs`);
+//! the protocol is always the same: **claim the partner** (take it out of the queue and end
+//! its wait, under the queue's and its own lock: from then on nobody else can run it), **then
+//! block yourself** (a transition refused if you were killed or suspended meanwhile), **then
+//! place the partner** (switch to it directly, or queue it on its CPU). A partner is never
+//! placed before the thread it answers has blocked, so a reply can never arrive before its
+//! caller waits for it.
 //!
-//! Lock order: an endpoint's or notification's queue lock → a thread's `sched` lock → a CPU's
-//! inbox lock; a task's capability table and a thread's IPC-buffer lock are leaves. The running
-//! thread's registers are touched without a lock (only its own CPU does); a blocked thread's
-//! only under its `sched` lock.
+//! Lock order (`lock.rs`): an endpoint's or notification's queue lock → one thread's `life`
+//! lock → a CPU's inbox; capability tables and IPC-buffer slots are leaves below them.
 use alloc::collections::VecDeque;
 use alloc::sync::{Arc, Weak};
-use core::sync::atomic::Ordering;
+use rl4_abi::Error;
 use rl4_abi::ipc::{MAX_WORDS, NO_SLOT, REG_WORDS, Tag};
-use rl4_abi::{Error, ThreadState};
 use rl4_arch::entry::UserRegs;
-use spin::Mutex;
+use rl4_core::life::WaitOn;
 
-use crate::obj::{Cap, Frame, Sched, Thread};
-use crate::{mem, sched};
-
-
-/// What a blocked thread waits for.
-#[derive(Default)]
-pub enum Wait {
-    #[default]
-    None,
-    /// In an endpoint's send queue; its message is in its registers (and IPC buffer).
-    Send { ep: Weak<Endpoint>, call: bool, badge: u64, cap: Option<Cap> },
-    /// In an endpoint's receive queue.
-    Recv { ep: Weak<Endpoint> },
-    /// Waiting for the reply to its call.
-    Reply,
-    /// In a notification's wait queue.
-    Notify { n: Weak<Notification> },
-}
-
-impl Wait {
-    /// Replaces the wait with `new`. Unlike an assignment it drops the old wait inline, and not
-    /// at all when it holds nothing (the out-of-line drop glue of the whole enum costs the fast
-    /// path a call and a dozen instructions each time).
-    #[inline(always)]
-    pub fn set(&mut self, new: Wait) {
-        let old = core::mem::replace(self, new);
-        match old {
-            Wait::None | Wait::Reply => core::mem::forget(old),
-            Wait::Recv { ep } => drop(ep),
-            Wait::Notify { n } => drop(n),
-            send @ Wait::Send { .. } => drop(send),
-        }
-    }
-}
+use crate::lock::{Level, Mutex};
+use crate::obj::{Cap, EpRef, Frame, NtfRef, Thread, Wait};
+use crate::{mem, reclaim, sched, thread, timeout};
 
 #[derive(Default)]
 pub(crate) struct EpQueues {
-    /// Highest priority first, FIFO within a priority.
-    pub(crate) senders: VecDeque<Arc<Thread>>,
+    /// Highest priority first, FIFO within a priority (with the priority each was queued at).
+    pub(crate) senders: VecDeque<(u8, Arc<Thread>)>,
     pub(crate) receivers: VecDeque<Arc<Thread>>,
+}
+
+impl EpQueues {
+    /// Removes `t`'s entries (it no longer waits here). The references go after the locks.
+    pub(crate) fn remove(&mut self, t: &Arc<Thread>) {
+        self.senders.retain(|(_, o)| !Arc::ptr_eq(o, t));
+        self.receivers.retain(|o| !Arc::ptr_eq(o, t));
+    }
 }
 
 pub struct Endpoint {
@@ -67,7 +48,7 @@ pub struct Endpoint {
 impl Endpoint {
     pub fn new(mem: &Arc<crate::obj::Memory>) -> Result<Arc<Endpoint>, Error> {
         let charge = crate::obj::Charge::new(mem, crate::obj::ENDPOINT_COST)?;
-        let e = Arc::new_cyclic(|me| Endpoint { q: Mutex::new(EpQueues::default()), me: me.clone(), _charge: charge });
+        let e = Arc::new_cyclic(|me| Endpoint { q: Mutex::new(Level::Queue, EpQueues::default()), me: me.clone(), _charge: charge });
         crate::obj::ENDPOINTS.add(&e);
         Ok(e)
     }
@@ -77,6 +58,10 @@ impl Endpoint {
     pub fn weak(&self) -> Weak<Endpoint> {
         self.me.clone()
     }
+    #[inline(always)]
+    pub fn id(&self) -> usize {
+        self as *const Endpoint as usize
+    }
     pub fn charge(&self) -> &crate::obj::Charge {
         &self._charge
     }
@@ -85,67 +70,57 @@ impl Endpoint {
 impl Drop for Endpoint {
     /// The last capability is gone: every waiter gets `PartnerGone`.
     fn drop(&mut self) {
+        reclaim::dropping();
+        let id = self.id();
         let q = core::mem::take(&mut *self.q.lock());
-        for t in q.senders.into_iter().chain(q.receivers) {
-            let mut s = t.sched.lock();
-            if matches!(s.state, ThreadState::BlockedSend | ThreadState::BlockedRecv) {
-                wake_with(&t, &mut s, Err(Error::PartnerGone));
-            }
+        for (_, t) in q.senders {
+            let w = thread::wake_locked(&t, &mut t.life.lock(), WaitOn::Send(id), Err(Error::PartnerGone));
+            drop(w);
+        }
+        for t in q.receivers {
+            let w = thread::wake_locked(&t, &mut t.life.lock(), WaitOn::Recv(id), Err(Error::PartnerGone));
+            drop(w);
         }
     }
 }
 
 #[derive(Default)]
 pub(crate) struct NState {
-    word: u64,
+    pub(crate) word: u64,
     pub(crate) waiters: VecDeque<Arc<Thread>>,
 }
 
 pub struct Notification {
     pub(crate) q: Mutex<NState>,
+    me: Weak<Notification>,
     _charge: crate::obj::Charge,
 }
 
 impl Notification {
     pub fn new(mem: &Arc<crate::obj::Memory>) -> Result<Arc<Notification>, Error> {
         let charge = crate::obj::Charge::new(mem, crate::obj::NOTIFICATION_COST)?;
-        let n = Arc::new(Notification { q: Mutex::new(NState::default()), _charge: charge });
+        let n = Arc::new_cyclic(|me| Notification { q: Mutex::new(Level::Queue, NState::default()), me: me.clone(), _charge: charge });
         crate::obj::NOTIFICATIONS.add(&n);
         Ok(n)
     }
     pub fn charge(&self) -> &crate::obj::Charge {
         &self._charge
     }
-
+    fn id(&self) -> usize {
+        self as *const Notification as usize
+    }
 }
 
 impl Drop for Notification {
     fn drop(&mut self) {
+        reclaim::dropping();
+        let id = self.id();
         let q = core::mem::take(&mut *self.q.lock());
         for t in q.waiters {
-            let mut s = t.sched.lock();
-            if s.state == ThreadState::BlockedNotify {
-                wake_with(&t, &mut s, Err(Error::PartnerGone));
-            }
+            let w = thread::wake_locked(&t, &mut t.life.lock(), WaitOn::Notify(id), Err(Error::PartnerGone));
+            drop(w);
         }
     }
-}
-
-/// Ends `t`'s wait: result registers, Runnable, queued on its CPU. Caller holds `t`'s lock and
-/// `t` is blocked (not running), so its registers are ours to write.
-fn wake_with(t: &Arc<Thread>, s: &mut Sched, r: Result<(), Error>) {
-    s.wait.set(Wait::None);
-    s.deadline = u64::MAX;
-    t.wait_deadline.store(u64::MAX, Ordering::Relaxed);
-    t.regs.with(|regs| regs.rax = match r {
-        Ok(()) => 0,
-        Err(e) => e as u64,
-    });
-    s.state = ThreadState::Runnable;
-    if s.cpu != rl4_arch::percpu::cpu_index() {
-        sched::count(sched::Count::IpcCross);
-    }
-    sched::enqueue_locked(t, s);
 }
 
 /// The outcome of an IPC system call for the calling thread.
@@ -187,9 +162,10 @@ fn check_tag(t: &Thread, tag: Tag) -> Result<(), Error> {
     Ok(())
 }
 
-/// Copies a message into `to` (blocked and locked, or the running thread): tag, badge, words,
-/// the buffer part, and the capability into its receive slot.
-fn deliver(to: &Thread, to_regs: &mut UserRegs, m: Outgoing<'_>) {
+/// Copies a message into `to` (claimed and locked, or the running thread): tag, badge, words,
+/// the buffer part, and the capability into its receive slot. Returns a capability that found
+/// no place (the caller releases it after its locks).
+fn deliver(to: &Thread, to_regs: &mut UserRegs, m: Outgoing<'_>) -> Option<Cap> {
     let tag = Tag(m.regs.rsi);
     let mut len = tag.len();
     if len > REG_WORDS {
@@ -200,10 +176,16 @@ fn deliver(to: &Thread, to_regs: &mut UserRegs, m: Outgoing<'_>) {
         }
     }
     let mut caps = 0;
+    let mut left = None;
     if let Some(cap) = m.cap {
         let slot = to_regs.r14;
-        if slot != NO_SLOT && to.task.insert_cap(slot, cap).is_ok() {
-            caps = 1;
+        if slot == NO_SLOT {
+            left = Some(cap);
+        } else {
+            match to.task.insert_cap_or_return(slot, cap) {
+                Ok(()) => caps = 1,
+                Err((_, c)) => left = Some(c),
+            }
         }
     }
     to_regs.rsi = Tag::new(tag.label(), len, caps).0;
@@ -212,72 +194,61 @@ fn deliver(to: &Thread, to_regs: &mut UserRegs, m: Outgoing<'_>) {
     to_regs.r10 = m.regs.r10;
     to_regs.r8 = m.regs.r8;
     to_regs.r9 = m.regs.r9;
-    to_regs.rax = 0;
+    to_regs.set_result(0);
+    left
 }
 
-fn deadline(timeout: u64) -> u64 {
+
+pub(crate) fn deadline(timeout: u64) -> u64 {
     if timeout == rl4_abi::ipc::FOREVER { u64::MAX } else { rl4_arch::cpu::rdtsc().saturating_add(timeout) }
 }
 
 /// Inserts `t` into a sender queue after every thread of equal or higher priority.
-fn push_by_priority(q: &mut VecDeque<Arc<Thread>>, t: Arc<Thread>, prio: u8) {
-    let at = q.iter().position(|o| o.sched.lock().prio < prio).unwrap_or(q.len());
-    q.insert(at, t);
+fn push_by_priority(q: &mut VecDeque<(u8, Arc<Thread>)>, t: Arc<Thread>, prio: u8) {
+    let at = q.iter().position(|(p, _)| *p < prio).unwrap_or(q.len());
+    q.insert(at, (prio, t));
 }
 
-/// Marks the running thread blocked in `state` with `wait`.
-fn block_current(cur: &Arc<Thread>, state: ThreadState, wait: Wait, timeout: u64) {
-    let mut s = cur.sched.lock();
-    s.state = state;
-    s.wait.set(wait);
-    s.deadline = deadline(timeout);
-    cur.wait_deadline.store(s.deadline, Ordering::Relaxed);
-    if s.deadline != u64::MAX {
-        sched::add_timeout(s.deadline, cur);
+/// The running thread `cur` blocks in `wait` (under the lock of the queue it joins, if any).
+/// Refused if it was killed or suspended meanwhile: then its call returns `Interrupted` (a
+/// suspended thread sees that when it is resumed) and the wait's contents are released.
+fn block_current(cur: &Arc<Thread>, wait: Wait, deadline: u64) -> Result<(), ()> {
+    let r = cur.life.lock().block(wait, deadline);
+    match r {
+        Ok(()) => Ok(()),
+        Err((_, w)) => {
+            reclaim::later_wait(Some(w));
+            Err(())
+        }
     }
 }
 
-/// Hands the woken `to` (locked in `s`) to the CPU: directly, if it is for this CPU and the
-/// caller is about to block (the same-CPU fast path), else through its CPU's queue.
-fn hand_over(to: &Arc<Thread>, s: &mut Sched, direct: bool) -> bool {
-    s.wait.set(Wait::None);
-    s.deadline = u64::MAX;
-    if direct && s.cpu == rl4_arch::percpu::cpu_index() && sched::may_switch_to(s.prio) {
-        s.state = ThreadState::Running;
-        s.on_cpu = true;
-        s.resume_iret = false;
+/// Places a thread claimed by this CPU (woken, held nowhere): switches to it directly if
+/// `direct` and it may run here now (the caller has blocked), else queues it on its CPU.
+/// Returns whether the CPU switched.
+fn place_claimed(t: Arc<Thread>, direct: bool) -> bool {
+    let me = rl4_arch::percpu::cpu_index();
+    let mut l = t.life.lock();
+    if direct && l.cpu == me && sched::may_switch_to(l.prio) && l.run_here(me).is_ok() {
+        let prio = l.prio;
+        drop(l);
         sched::count(sched::Count::IpcFast);
+        sched::switch_direct(t, prio);
         return true;
     }
-    s.state = ThreadState::Runnable;
     sched::count(sched::Count::IpcSlow);
-    if s.cpu != rl4_arch::percpu::cpu_index() {
+    if l.cpu != me {
         sched::count(sched::Count::IpcCross);
     }
-    sched::enqueue_locked(to, s);
+    thread::place(&t, &mut l);
+    drop(l);
+    reclaim::later_thread(t);
     false
 }
 
-/// Pops the first thread of `q` that still waits on `ep` in `state`; returns it locked.
-fn pop_waiter<'a>(q: &mut VecDeque<Arc<Thread>>, ep: &Endpoint, state: ThreadState) -> Option<Arc<Thread>> {
-    while let Some(t) = q.pop_front() {
-        let ok = {
-            let s = t.sched.lock();
-            s.state == state
-                && match &s.wait {
-                    Wait::Send { ep: w, .. } | Wait::Recv { ep: w } => core::ptr::eq(w.as_ptr(), ep),
-                    _ => false,
-                }
-        };
-        if ok {
-            return Some(t);
-        }
-    }
-    None
-}
-
 /// `Send`, `NbSend` and `Call` by the running thread `cur` on `ep` (whose capability carries
-/// `badge`; `grant`: it has the grant right).
+/// `badge`; `grant`: it has the grant right). A call's `timeout` covers both the send and the
+/// reply wait.
 pub fn send(cur: &Arc<Thread>, regs: &UserRegs, ep: &Arc<Endpoint>, badge: u64, grant: bool, call: bool, timeout: u64) -> Outcome {
     let tag = Tag(regs.rsi);
     if let Err(e) = check_tag(cur, tag) {
@@ -294,257 +265,199 @@ pub fn send(cur: &Arc<Thread>, regs: &UserRegs, ep: &Arc<Endpoint>, badge: u64, 
     } else {
         None
     };
-    if call {
-        // Before anyone can see the message: the reply may come from another CPU at once.
-        let mut s = cur.sched.lock();
-        s.state = ThreadState::BlockedReply;
-        s.wait.set(Wait::Reply);
-    }
+    let deadline = deadline(timeout);
     let mut q = ep.q.lock();
-    match pop_waiter(&mut q.receivers, ep, ThreadState::BlockedRecv) {
-        Some(r) => {
-            drop(q);
-            crate::trace::stamp(crate::trace::PARTNER);
-            let mut s = r.sched.lock();
-            let m = Outgoing { regs, badge, buffer: long_buffer(cur, tag), cap };
-            r.regs.with(|rr| deliver(&r, rr, m));
-            let old = if call { s.reply_to.replace(cur.clone()) } else { None };
-            let direct = hand_over(&r, &mut s, call);
-            let prio_of_direct = s.prio;
-            drop(s);
-            if let Some(old) = old {
-                fail_caller(&old);
-            }
-            crate::trace::stamp(crate::trace::DELIVERED);
-            if direct {
-                sched::switch_direct(r, prio_of_direct);
-                crate::trace::stamp(crate::trace::SWITCHED);
-                return Outcome::Blocked;
-            }
-            if call { Outcome::Blocked } else { Outcome::Return(Ok([0; 3])) }
+    // Claim a waiting receiver.
+    while let Some(r) = q.receivers.pop_front() {
+        let mut rl = r.life.lock();
+        let Ok(w) = rl.wake(WaitOn::Recv(ep.id())) else {
+            drop(rl);
+            reclaim::later_thread(r);
+            continue;
+        };
+        crate::trace::stamp(crate::trace::PARTNER);
+        let left = r.regs.with(|rr| deliver(&r, rr, Outgoing { regs, badge, buffer: long_buffer(cur, tag), cap }));
+        let ticket = if call { sched::next_ticket() } else { 0 };
+        let old = if call { rl.grant_reply(cur.clone(), ticket) } else { None };
+        drop(rl);
+        drop(q);
+        drop(w);
+        reclaim::later_cap(left);
+        if let Some((c, t)) = old {
+            thread::fail_caller(c, t);
         }
-        None if timeout == 0 => {
-            drop(q);
-            if call {
-                let mut s = cur.sched.lock();
-                s.state = ThreadState::Running;
-                s.wait.set(Wait::None);
+        crate::trace::stamp(crate::trace::DELIVERED);
+        // Then block (a call), then place the receiver.
+        if call {
+            match block_current(cur, Wait::Reply { ticket }, deadline) {
+                Ok(()) => timeout::add(deadline, cur),
+                Err(()) => {
+                    place_claimed(r, false);
+                    return Outcome::Return(Err(Error::Interrupted));
+                }
             }
-            Outcome::Return(Err(Error::Timeout))
         }
-        None => {
-            let prio = cur.sched.lock().prio;
-            block_current(cur, ThreadState::BlockedSend, Wait::Send { ep: ep.weak(), call, badge, cap }, timeout);
+        let direct = place_claimed(r, call);
+        if direct {
+            crate::trace::stamp(crate::trace::SWITCHED);
+        }
+        return if call { Outcome::Blocked } else { Outcome::Return(Ok([0; 3])) };
+    }
+    if timeout == 0 {
+        drop(q);
+        reclaim::later_cap(cap);
+        return Outcome::Return(Err(Error::Timeout));
+    }
+    let prio = cur.life.lock().prio;
+    match block_current(cur, Wait::Send { ep: EpRef(ep.weak()), badge, call, cap }, deadline) {
+        Ok(()) => {
             push_by_priority(&mut q.senders, cur.clone(), prio);
+            drop(q);
+            timeout::add(deadline, cur);
             Outcome::Blocked
         }
+        Err(()) => Outcome::Return(Err(Error::Interrupted)),
     }
 }
 
 /// `Recv`, `NbRecv` and the receive half of `ReplyRecv` by the running thread `cur`.
-/// `direct_to`: a thread just woken by this call's reply, to switch to if `cur` blocks.
+/// `direct_to`: a caller just claimed by this call's reply, to switch to if `cur` blocks.
 pub fn recv(cur: &Arc<Thread>, ep: &Arc<Endpoint>, timeout: u64, direct_to: Option<Arc<Thread>>) -> Outcome {
     let mut q = ep.q.lock();
-    match pop_waiter(&mut q.senders, ep, ThreadState::BlockedSend) {
-        Some(snd) => {
+    while let Some((_, snd)) = q.senders.pop_front() {
+        let mut sl = snd.life.lock();
+        let ticket = sched::next_ticket();
+        let Ok(taken) = sl.take_sender(ep.id(), ticket) else {
+            drop(sl);
+            reclaim::later_thread(snd);
+            continue;
+        };
+        let sregs = snd.regs.get();
+        let m = Outgoing { regs: &sregs, badge: taken.badge, buffer: long_buffer(&snd, Tag(sregs.rsi)), cap: taken.cap };
+        let left = cur.regs.with(|rr| deliver(cur, rr, m));
+        sched::count(sched::Count::IpcSlow);
+        if taken.call {
+            drop(sl);
             drop(q);
-            let mut s = snd.sched.lock();
-            let (call, badge, cap) = match core::mem::take(&mut s.wait) {
-                Wait::Send { call, badge, cap, .. } => (call, badge, cap),
-                _ => unreachable!("checked by pop_waiter"),
-            };
-            let sregs = snd.regs.get();
-            let m = Outgoing { regs: &sregs, badge, buffer: long_buffer(&snd, Tag(sregs.rsi)), cap };
-            cur.regs.with(|rr| deliver(cur, rr, m));
-            sched::count(sched::Count::IpcSlow);
-            if call {
-                s.state = ThreadState::BlockedReply;
-                s.wait.set(Wait::Reply);
-                s.deadline = u64::MAX;
-                drop(s);
-                let old = cur.sched.lock().reply_to.replace(snd.clone());
-                if let Some(old) = old {
-                    fail_caller(&old);
-                }
-            } else {
-                wake_with(&snd, &mut s, Ok(()));
+            let old = cur.life.lock().grant_reply(snd, ticket);
+            if let Some((c, t)) = old {
+                thread::fail_caller(c, t);
             }
-            if let Some(t) = direct_to {
-                requeue(&t);
-            }
-            Outcome::Received
-        }
-        None if timeout == 0 => {
+        } else {
+            thread::set_result(&snd, Ok(()));
+            thread::place(&snd, &mut sl);
+            drop(sl);
             drop(q);
-            if let Some(t) = direct_to {
-                requeue(&t);
-            }
-            Outcome::Return(Err(Error::Timeout))
+            reclaim::later_thread(snd);
         }
-        None => {
-            block_current(cur, ThreadState::BlockedRecv, Wait::Recv { ep: ep.weak() }, timeout);
+        reclaim::later_cap(left);
+        if let Some(t) = direct_to {
+            place_claimed(t, false);
+        }
+        return Outcome::Received;
+    }
+    if timeout == 0 {
+        drop(q);
+        if let Some(t) = direct_to {
+            place_claimed(t, false);
+        }
+        return Outcome::Return(Err(Error::Timeout));
+    }
+    let deadline = deadline(timeout);
+    match block_current(cur, Wait::Recv { ep: EpRef(ep.weak()) }, deadline) {
+        Ok(()) => {
             q.receivers.push_back(cur.clone());
             drop(q);
+            timeout::add(deadline, cur);
             if let Some(t) = direct_to {
                 // The server blocks: run the caller it just answered, right here.
-                let (direct, prio) = {
-                    let s = t.sched.lock();
-                    (s.state == ThreadState::Running && s.on_cpu && sched::may_switch_to(s.prio), s.prio)
-                };
-                if direct {
-                    sched::count(sched::Count::IpcFast);
-                    sched::switch_direct(t, prio);
+                if place_claimed(t, true) {
                     crate::trace::stamp(crate::trace::SWITCHED);
-                } else {
-                    requeue(&t);
                 }
             }
             Outcome::Blocked
         }
+        Err(()) => {
+            drop(q);
+            if let Some(t) = direct_to {
+                place_claimed(t, false);
+            }
+            Outcome::Return(Err(Error::Interrupted))
+        }
     }
 }
 
-/// A thread `reply` reserved for a direct switch that will not happen: queue it normally.
-fn requeue(t: &Arc<Thread>) {
-    let mut s = t.sched.lock();
-    if !s.on_cpu {
-        return;
-    }
-    s.on_cpu = false;
-    if s.state == ThreadState::Running {
-        s.state = ThreadState::Runnable;
-        sched::count(sched::Count::IpcSlow);
-        sched::enqueue_locked(t, &mut s);
-    }
-}
-
-/// `Reply` by the running thread `cur`. With `then_recv` the woken caller is reserved for a
-/// direct switch (returned) instead of queued, if it is on this CPU.
+/// `Reply` by the running thread `cur`. With `then_recv` a woken caller of this CPU is returned
+/// claimed (woken, held nowhere) for `recv` to place; otherwise it is queued.
 pub fn reply(cur: &Arc<Thread>, regs: &UserRegs, then_recv: bool) -> Result<Option<Arc<Thread>>, Error> {
     let tag = Tag(regs.rsi);
     check_tag(cur, tag)?;
-    let caller = cur.sched.lock().reply_to.take().ok_or(Error::NoCaller)?;
-    let mut s = caller.sched.lock();
-    if s.state != ThreadState::BlockedReply {
+    let (caller, ticket) = cur.life.lock().take_reply().ok_or(Error::NoCaller)?;
+    let mut cl = caller.life.lock();
+    let Ok(w) = cl.wake(WaitOn::Reply(ticket)) else {
+        drop(cl);
+        reclaim::later_thread(caller);
         return Err(Error::PartnerGone);
-    }
+    };
     crate::trace::stamp(crate::trace::PARTNER);
     let m = Outgoing { regs, badge: 0, buffer: long_buffer(cur, tag), cap: None };
-    caller.regs.with(|rr| deliver(&caller, rr, m));
+    let left = caller.regs.with(|rr| deliver(&caller, rr, m));
     crate::trace::stamp(crate::trace::DELIVERED);
-    s.wait.set(Wait::None);
-    s.deadline = u64::MAX;
-    if then_recv && s.cpu == rl4_arch::percpu::cpu_index() {
-        // Reserved: `recv` switches to it if the server blocks, or queues it.
-        s.state = ThreadState::Running;
-        s.on_cpu = true;
-        s.resume_iret = false;
-        drop(s);
+    let here = cl.cpu == rl4_arch::percpu::cpu_index();
+    drop(cl);
+    drop(w);
+    reclaim::later_cap(left);
+    if then_recv && here {
         return Ok(Some(caller));
     }
-    s.state = ThreadState::Runnable;
-    if s.cpu != rl4_arch::percpu::cpu_index() {
-        sched::count(sched::Count::IpcCross);
-    }
-    sched::count(sched::Count::IpcSlow);
-    sched::enqueue_locked(&caller, &mut s);
+    place_claimed(caller, false);
     Ok(None)
-}
-
-/// A caller whose reply right was dropped or whose server died: wake it with `PartnerGone`.
-pub fn fail_caller(c: &Arc<Thread>) {
-    let mut s = c.sched.lock();
-    if s.state == ThreadState::BlockedReply {
-        wake_with(c, &mut s, Err(Error::PartnerGone));
-    }
-}
-
-/// A thread stopped for good (exit, fault, task exit): the caller it owes a reply gets
-/// `PartnerGone`; if it waited in a queue, it leaves it.
-pub fn thread_stopped(t: &Arc<Thread>) {
-    let (owed, wait) = {
-        let mut s = t.sched.lock();
-        (s.reply_to.take(), core::mem::take(&mut s.wait))
-    };
-    if let Some(c) = owed {
-        fail_caller(&c);
-    }
-    match wait {
-        Wait::Send { ep, .. } | Wait::Recv { ep } => {
-            if let Some(ep) = ep.upgrade() {
-                let mut q = ep.q.lock();
-                q.senders.retain(|o| !Arc::ptr_eq(o, t));
-                q.receivers.retain(|o| !Arc::ptr_eq(o, t));
-            }
-        }
-        Wait::Notify { n } => {
-            if let Some(n) = n.upgrade() {
-                n.q.lock().waiters.retain(|o| !Arc::ptr_eq(o, t));
-            }
-        }
-        _ => {}
-    }
-}
-
-/// A wait's deadline passed (called from the timer tick on the thread's CPU).
-pub fn expire(t: &Arc<Thread>, now: u64) {
-    let wait_obj = {
-        let s = t.sched.lock();
-        if s.deadline > now {
-            return;
-        }
-        match &s.wait {
-            Wait::Send { ep, .. } | Wait::Recv { ep } => (ep.upgrade(), None),
-            Wait::Notify { n } => (None, n.upgrade()),
-            Wait::Reply => (None, None),
-            Wait::None => return,
-        }
-    };
-    // Take the queue lock first (lock order), then check the wait is still the same one.
-    let remove = |s: &mut Sched| {
-        if s.deadline <= now && !matches!(s.wait, Wait::None) {
-            wake_with(t, s, Err(Error::Timeout));
-        }
-    };
-    match wait_obj {
-        (Some(ep), _) => {
-            let mut q = ep.q.lock();
-            q.senders.retain(|o| !Arc::ptr_eq(o, t));
-            q.receivers.retain(|o| !Arc::ptr_eq(o, t));
-            remove(&mut t.sched.lock());
-        }
-        (_, Some(n)) => {
-            let mut q = n.q.lock();
-            q.waiters.retain(|o| !Arc::ptr_eq(o, t));
-            remove(&mut t.sched.lock());
-        }
-        _ => remove(&mut t.sched.lock()),
-    }
 }
 
 /// `Signal`: OR `bits` into the word, or hand them to a waiter.
 pub fn signal(n: &Arc<Notification>, bits: u64) {
     let mut q = n.q.lock();
     while let Some(w) = q.waiters.pop_front() {
-        let mut s = w.sched.lock();
-        if s.state == ThreadState::BlockedNotify {
+        let mut wl = w.life.lock();
+        if wl.waits(WaitOn::Notify(n.id())) {
             let word = core::mem::take(&mut q.word) | bits;
             w.regs.with(|r| r.rdi = word);
-            wake_with(&w, &mut s, Ok(()));
+            let old = thread::wake_locked(&w, &mut wl, WaitOn::Notify(n.id()), Ok(()));
+            drop(wl);
+            drop(q);
+            reclaim::later_wait(old);
+            reclaim::later_thread(w);
             return;
         }
+        drop(wl);
+        reclaim::later_thread(w);
     }
     q.word |= bits;
 }
 
-/// `Wait` (`timeout` 0: `Poll`).
+/// `Wait`: the bits, or block until a signal (`timeout` 0 and no bits: `Timeout`).
 pub fn wait(cur: &Arc<Thread>, n: &Arc<Notification>, timeout: u64) -> Outcome {
     let mut q = n.q.lock();
-    if q.word != 0 || timeout == 0 {
+    if q.word != 0 {
         let w = core::mem::take(&mut q.word);
         return Outcome::Return(Ok([w, 0, 0]));
     }
-    block_current(cur, ThreadState::BlockedNotify, Wait::Notify { n: Arc::downgrade(n) }, timeout);
-    q.waiters.push_back(cur.clone());
-    Outcome::Blocked
+    if timeout == 0 {
+        return Outcome::Return(Err(Error::Timeout));
+    }
+    let deadline = deadline(timeout);
+    match block_current(cur, Wait::Notify { n: NtfRef(n.me.clone()) }, deadline) {
+        Ok(()) => {
+            q.waiters.push_back(cur.clone());
+            drop(q);
+            timeout::add(deadline, cur);
+            Outcome::Blocked
+        }
+        Err(()) => Outcome::Return(Err(Error::Interrupted)),
+    }
+}
+
+/// `Poll`: takes the bits (possibly none) without waiting.
+pub fn poll(n: &Arc<Notification>) -> u64 {
+    core::mem::take(&mut n.q.lock().word)
 }

@@ -10,6 +10,12 @@
 extern crate alloc;
 
 mod check;
+mod fault;
+mod lock;
+mod reclaim;
+mod thread;
+mod timeout;
+mod tlb;
 mod fastpath;
 mod ipc;
 mod measure;

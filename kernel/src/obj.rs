@@ -20,7 +20,7 @@ use rl4_abi::{Error, ObjType};
 use rl4_arch::entry::{RegsCell, UserRegs};
 use rl4_core::captable::{self, CapTable};
 use rl4_core::life::{Ident, Kinds};
-use spin::Mutex;
+use crate::lock::{Level, Mutex};
 
 use crate::mem;
 
@@ -63,7 +63,7 @@ pub struct Registry<T> {
 
 impl<T> Registry<T> {
     pub const fn new() -> Self {
-        Registry { list: Mutex::new((Vec::new(), 0)) }
+        Registry { list: Mutex::new(Level::Object, (Vec::new(), 0)) }
     }
 
     pub fn add(&self, a: &Arc<T>) {
@@ -177,6 +177,7 @@ impl Frame {
 
 impl Drop for Frame {
     fn drop(&mut self) {
+        crate::reclaim::dropping();
         mem::free_frame(self.pa);
     }
 }
@@ -200,12 +201,12 @@ impl Space {
     pub fn new(mem: &Arc<Memory>) -> Result<Arc<Space>, Error> {
         let charge = Charge::new(mem, SPACE_COST)?;
         let pml4 = rl4_arch::paging::new_user_space(&mut mem::Frames).map_err(|_| Error::OutOfMemory)?;
-        let (pcid, generation) = crate::sched::pcid_alloc();
+        let (pcid, generation) = crate::tlb::pcid_alloc();
         let s = Arc::new(Space {
             pml4,
             pcid,
             generation: AtomicU64::new(generation),
-            maps: Mutex::new(BTreeMap::new()),
+            maps: Mutex::new(Level::Object, BTreeMap::new()),
             memory: mem.clone(),
             table_pages: AtomicU64::new(0),
             _charge: charge,
@@ -220,15 +221,14 @@ impl Space {
 
 impl Drop for Space {
     fn drop(&mut self) {
-        crate::sched::forget_space(self.pml4);
-        let mappings = {
-            let mut m = self.maps.lock();
-            let n = m.len() as u64;
-            m.clear();
-            n
-        };
+        crate::reclaim::dropping();
+        crate::tlb::forget_space(self.pml4);
+        // The frames are released after the mappings' lock.
+        let maps = core::mem::take(&mut *self.maps.lock());
+        let mappings = maps.len() as u64;
+        drop(maps);
         rl4_arch::paging::free_user_space(self.pml4, mem::free_frame);
-        crate::sched::pcid_free(self.pcid);
+        crate::tlb::pcid_free(self.pcid);
         let tables = self.table_pages.load(Ordering::Relaxed);
         self.memory.uncharge(tables * 4096 + mappings * MAP_COST);
     }
@@ -255,8 +255,8 @@ impl Task {
         let charge = Charge::new(mem, TASK_COST)?;
         let t = Arc::new(Task {
             id: next_id(),
-            caps: Mutex::new(CapTable::new(rl4_abi::CAP_SLOTS as usize)),
-            threads: Mutex::new(Vec::new()),
+            caps: Mutex::new(Level::Object, CapTable::new(rl4_abi::CAP_SLOTS as usize)),
+            threads: Mutex::new(Level::TaskThreads, Vec::new()),
             space,
             dead: AtomicBool::new(false),
             _charge: charge,
@@ -272,11 +272,21 @@ impl Task {
     /// marks it dead before it empties the table, and this checks under the table's lock, so
     /// no capability can slip into a table after it was emptied (it would never be freed).
     pub fn insert_cap(&self, slot: u64, cap: Cap) -> Result<(), Error> {
+        // A refused capability is dropped here, after the table's lock.
+        self.insert_cap_or_return(slot, cap).map_err(|(e, _cap)| e)
+    }
+
+    /// [`Task::insert_cap`], handing a refused capability back (to drop after the caller's
+    /// locks).
+    pub fn insert_cap_or_return(&self, slot: u64, cap: Cap) -> Result<(), (Error, Cap)> {
         let mut caps = self.caps.lock();
         if self.dead.load(Ordering::Acquire) {
-            return Err(Error::InvalidState);
+            return Err((Error::InvalidState, cap));
         }
-        caps.insert(slot, cap)
+        if let Err(e) = caps.check_free(slot) {
+            return Err((e, cap));
+        }
+        caps.insert(slot, cap).map_err(|_| unreachable!("checked free"))
     }
 }
 
@@ -332,11 +342,11 @@ impl Thread {
         let space = task.space.clone();
         let t = Arc::new(Thread {
             regs: RegsCell::new(UserRegs::new_thread(entry, stack, 0)),
-            ipc_buffer: Mutex::new(None),
+            ipc_buffer: Mutex::new(Level::Object, None),
             id: next_id(),
             task: task.clone(),
             space,
-            life: Mutex::new(Life::new(prio, cpu)),
+            life: Mutex::new(Level::Thread, Life::new(prio, cpu)),
             _charge: charge,
         });
         LIVE_THREADS.fetch_add(1, Ordering::Relaxed);
@@ -360,6 +370,13 @@ impl Thread {
 
 impl Drop for Thread {
     fn drop(&mut self) {
+        crate::reclaim::dropping();
         LIVE_THREADS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        crate::reclaim::dropping();
     }
 }

@@ -92,7 +92,7 @@ pub fn start(cmdline: &str, tsc_hz: u64) -> Result<(), &'static str> {
     let thread = Thread::new(&memory, task.clone(), elf.entry, rl4_abi::ROOT_STACK_TOP, ROOT_PRIORITY, 0)
         .map_err(|_| "out of memory")?;
     thread.regs.with(|r| r.rdi = rl4_abi::BOOT_INFO_ADDR);
-    thread.sched.lock().mcp = rl4_abi::MAX_PRIORITY as u8;
+    thread.life.lock().mcp = rl4_abi::MAX_PRIORITY as u8;
     {
         let mut caps = task.caps.lock();
         let all = Rights::ALL;
@@ -104,9 +104,7 @@ pub fn start(cmdline: &str, tsc_hz: u64) -> Result<(), &'static str> {
         ins(&mut caps, root_slots::MACHINE, KObj::Machine).map_err(|_| "cap")?;
     }
     inject(crate::inject(), &memory, &task);
-    let mut s = thread.sched.lock();
-    s.state = rl4_abi::ThreadState::Runnable;
-    sched::enqueue_locked(&thread, &mut s);
+    crate::thread::resume(&thread).map_err(|_| "the root thread could not start")?;
     Ok(())
 }
 
@@ -128,7 +126,8 @@ fn inject(what: u8, memory: &Arc<Memory>, task: &Arc<Task>) {
     if what & STATE != 0 {
         if let Ok(t) = Thread::new(memory, task.clone(), 0, 0, 1, 0) {
             println!("inject: thread {} marked Runnable but put in no queue (held in root slot {})", t.id, rl4_abi::CAP_SLOTS - 1);
-            t.sched.lock().state = rl4_abi::ThreadState::Runnable;
+            // `resume` without the placing that must follow it.
+            let _ = t.life.lock().resume();
             let _ = task.insert_cap(rl4_abi::CAP_SLOTS - 1, Cap { obj: KObj::Thread(t), rights: Rights::NONE, badge: 0 });
         }
     }

@@ -11,7 +11,7 @@ use rl4_smp::cpus;
 
 use crate::ipc::{self, Endpoint, Notification, Outcome};
 use crate::obj::{Cap, Frame, KObj, LIVE_THREADS, Memory, Space, Task, Thread};
-use crate::{mem, sched, trace};
+use crate::{mem, sched, thread, trace};
 
 type Ret = Result<[u64; 3], Error>;
 
@@ -311,7 +311,7 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             let old = space.maps.lock().remove(&a1).ok_or(Error::NotMapped)?;
             space.memory.uncharge(crate::obj::MAP_COST);
             rl4_arch::paging::unmap_user(space.pml4, a1);
-            sched::flush_space(&space);
+            crate::tlb::flush_space(&space);
             drop(old);
             Ok([0; 3])
         }
@@ -319,7 +319,7 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             let m = memory(task, a0)?;
             let target = task_obj(task, a1, Rights::WRITE)?;
             let prio = a4 & 0xffff_ffff;
-            if prio > MAX_PRIORITY || prio > t.sched.lock().mcp as u64 {
+            if prio > MAX_PRIORITY || prio > t.life.lock().mcp as u64 {
                 return Err(Error::InvalidPriority);
             }
             let cpu = check_cpu(a4 >> 32)?;
@@ -336,60 +336,33 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
         }
         Sys::ThreadResume => {
             let th = thread_obj(task, a0, Rights::WRITE)?;
-            let mut s = th.sched.lock();
-            match s.state {
-                ThreadState::Inactive | ThreadState::Suspended => {
-                    s.state = ThreadState::Runnable;
-                    sched::enqueue_locked(&th, &mut s);
-                    Ok([0; 3])
-                }
-                ThreadState::Runnable | ThreadState::Running => Ok([0; 3]),
-                _ => Err(Error::InvalidState),
-            }
+            thread::resume(&th).map_err(|_| Error::InvalidState)?;
+            Ok([0; 3])
         }
         Sys::ThreadSuspend => {
             let th = thread_obj(task, a0, Rights::WRITE)?;
-            let mut s = th.sched.lock();
-            match s.state {
-                ThreadState::Runnable | ThreadState::Running => {
-                    s.state = ThreadState::Suspended;
-                    if s.on_cpu {
-                        sched::kick(s.cpu);
-                    }
-                    Ok([0; 3])
-                }
-                ThreadState::Inactive | ThreadState::Suspended => Ok([0; 3]),
-                _ => Err(Error::InvalidState),
-            }
+            thread::suspend(&th).map_err(|_| Error::InvalidState)?;
+            Ok([0; 3])
         }
         Sys::ThreadSetPriority => {
             let th = thread_obj(task, a0, Rights::WRITE)?;
             // Nobody raises a thread above its own maximum controlled priority.
-            if a1 > MAX_PRIORITY || a1 > t.sched.lock().mcp as u64 {
+            if a1 > MAX_PRIORITY || a1 > t.life.lock().mcp as u64 {
                 return Err(Error::InvalidPriority);
             }
-            let mut s = th.sched.lock();
-            s.prio = a1 as u8;
-            if s.on_cpu {
-                sched::kick(s.cpu);
-            }
+            thread::set_priority(&th, a1 as u8);
             Ok([0; 3])
         }
         Sys::ThreadSetAffinity => {
             let th = thread_obj(task, a0, Rights::WRITE)?;
             let cpu = check_cpu(a1)?;
-            let mut s = th.sched.lock();
-            let old = s.cpu;
-            s.cpu = cpu;
-            if old != cpu {
-                sched::kick(old);
-            }
+            thread::set_affinity(&th, cpu);
             Ok([0; 3])
         }
         Sys::ThreadSetArg => {
             let th = thread_obj(task, a0, Rights::WRITE)?;
-            let s = th.sched.lock();
-            if s.state != ThreadState::Inactive {
+            let l = th.life.lock();
+            if l.view() != ThreadState::Inactive {
                 return Err(Error::InvalidState);
             }
             th.regs.with(|r| {
@@ -400,12 +373,11 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
         }
         Sys::ThreadInfo => {
             let th = thread_obj(task, a0, Rights::READ)?;
-            let s = th.sched.lock();
-            Ok([s.state as u64, s.cpu as u64, s.prio as u64])
+            let l = th.life.lock();
+            Ok([l.view() as u64, l.cpu as u64, l.prio as u64])
         }
         Sys::ThreadExit => {
-            t.sched.lock().state = ThreadState::Dead;
-            ipc::thread_stopped(t);
+            thread::kill(t);
             Ok([0; 3])
         }
         Sys::TaskExit => {
@@ -472,10 +444,7 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
         }
         Sys::Poll => {
             let (n, _) = notification(task, a0, Rights::RECEIVE)?;
-            match ipc::wait(t, &n, 0) {
-                Outcome::Return(r) => r,
-                _ => unreachable!("a zero timeout never blocks"),
-            }
+            Ok([ipc::poll(&n), 0, 0])
         }
         Sys::SetIpcBuffer => {
             let th = thread_obj(task, a0, Rights::WRITE)?;
@@ -544,20 +513,14 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
     }
 }
 
-/// Ends a task: every thread stops (those running elsewhere are kicked off their CPU), and
-/// every capability in its table is deleted, which frees what nothing else refers to.
+/// Ends a task: every thread stops (those running elsewhere are told to let go), and every
+/// capability in its table is deleted, which frees what nothing else refers to (after the
+/// table's lock).
 pub fn kill_task(task: &Arc<Task>) {
     task.dead.store(true, core::sync::atomic::Ordering::Release);
     let threads: Vec<_> = task.threads.lock().drain(..).filter_map(|w| w.upgrade()).collect();
     for th in &threads {
-        {
-            let mut s = th.sched.lock();
-            s.state = ThreadState::Dead;
-            if s.on_cpu {
-                sched::kick(s.cpu);
-            }
-        }
-        ipc::thread_stopped(th);
+        thread::kill(th);
     }
     let mut caps = Vec::new();
     task.caps.lock().drain(|c| caps.push(c));

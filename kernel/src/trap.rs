@@ -15,7 +15,7 @@ fn interrupt(vector: u8) {
             sched::tick();
         }
         lapic::VEC_RESCHED => cpus::resched_interrupt(),
-        lapic::VEC_TLB => sched::tlb_interrupt(),
+        lapic::VEC_TLB => crate::tlb::tlb_interrupt(),
         lapic::VEC_PING => crate::measure::ping_interrupt(),
         lapic::VEC_PONG => crate::measure::pong_interrupt(),
         lapic::VEC_FREEZE => crate::check::freeze_interrupt(),
@@ -28,7 +28,7 @@ fn interrupt(vector: u8) {
 #[unsafe(no_mangle)]
 extern "C" fn rl4_user_trap(vector: u64, error: u64) {
     if vector < 32 {
-        sched::fault_current(vector, error);
+        crate::fault::fault_current(vector, error);
     } else {
         interrupt(vector as u8);
     }
@@ -52,5 +52,6 @@ extern "C" fn rl4_syscall(n: u64) {
     if crate::syscall::handle() {
         sched::decide();
     }
+    crate::reclaim::drain();
     crate::trace::stamp(crate::trace::DONE);
 }

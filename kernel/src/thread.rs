@@ -1,0 +1,211 @@
+//! The kernel's side of a thread's life: each transition of [`rl4_core::life`] together with
+//! what must follow it — leaving the queue it waited in, the result its system call returns,
+//! placing it on a CPU, failing the caller whose reply right dies with it, telling the CPU that
+//! runs it.
+//!
+//! A thread's `Life` changes only under its lock, and only through a named transition that
+//! refuses a starting state it does not expect. A transition that ends a wait in an endpoint's
+//! or notification's queue is made while that queue's lock is held too
+//! ([`with_queue_locked`]), so that no queue ever holds an entry for a thread that no longer
+//! waits there. What a transition gives back (a capability in flight, a reply right, a queue
+//! object) is dropped after every lock is released.
+use alloc::sync::Arc;
+use rl4_abi::Error;
+use rl4_core::life::{Ident, Refused, Stopped, Suspension, WaitOn};
+
+use crate::ipc::{Endpoint, Notification};
+use crate::obj::{Life, Thread, Wait};
+use crate::sched;
+
+/// Writes the result of the system call a thread waited in (it is blocked or stopped and not
+/// running, so its registers are ours under its lock).
+pub fn set_result(t: &Thread, r: Result<(), Error>) {
+    t.regs.with(|regs| regs.set_result(r.map_or_else(|e| e as u64, |()| 0)));
+}
+
+/// Puts a `Ready` thread that no CPU holds into its CPU's inbox (does nothing for a thread that
+/// is held somewhere or may not run). The caller holds `t`'s lock (`l`).
+pub fn place(t: &Arc<Thread>, l: &mut Life) {
+    if let Some(cpu) = l.enqueue() {
+        sched::push(cpu, t, l.prio);
+    }
+}
+
+/// The queue object a thread's wait is in, if it still exists.
+pub(crate) enum QueueRef {
+    Ep(Arc<Endpoint>),
+    Ntf(Arc<Notification>),
+}
+
+fn queue_of(l: &Life) -> Option<QueueRef> {
+    match l.state() {
+        rl4_core::life::State::Blocked { wait: Wait::Send { ep, .. } | Wait::Recv { ep }, .. } => ep.0.upgrade().map(QueueRef::Ep),
+        rl4_core::life::State::Blocked { wait: Wait::Notify { n }, .. } => n.0.upgrade().map(QueueRef::Ntf),
+        _ => None,
+    }
+}
+
+fn same_queue(l: &Life, q: &Option<QueueRef>) -> bool {
+    let id = match q {
+        None => return queue_of(l).is_none(),
+        Some(QueueRef::Ep(e)) => Arc::as_ptr(e) as usize,
+        Some(QueueRef::Ntf(n)) => Arc::as_ptr(n) as usize,
+    };
+    match l.state() {
+        rl4_core::life::State::Blocked { wait: Wait::Send { ep, .. } | Wait::Recv { ep }, .. } => ep.ident() == id,
+        rl4_core::life::State::Blocked { wait: Wait::Notify { n }, .. } => n.ident() == id,
+        _ => false,
+    }
+}
+
+/// Runs transition `f` on `t` with the lock of the queue `t` waits in (if any) held around it
+/// (lock order: queue, then thread), and removes `t` from that queue if `f` ended the wait.
+/// The queue object and whatever `f` returns are dropped by the caller after the locks.
+pub fn with_queue_locked<R>(t: &Arc<Thread>, mut f: impl FnMut(&mut Life) -> R) -> R {
+    loop {
+        let q = queue_of(&t.life.lock());
+        let r = match &q {
+            None => {
+                let mut l = t.life.lock();
+                if !same_queue(&l, &q) {
+                    continue; // it started waiting meanwhile: look again
+                }
+                f(&mut l)
+            }
+            Some(QueueRef::Ep(e)) => {
+                let mut eq = e.q.lock();
+                let mut l = t.life.lock();
+                if !same_queue(&l, &q) {
+                    continue;
+                }
+                let r = f(&mut l);
+                if !same_queue(&l, &q) {
+                    eq.remove(t);
+                }
+                r
+            }
+            Some(QueueRef::Ntf(n)) => {
+                let mut nq = n.q.lock();
+                let mut l = t.life.lock();
+                if !same_queue(&l, &q) {
+                    continue;
+                }
+                let r = f(&mut l);
+                if !same_queue(&l, &q) {
+                    nq.waiters.retain(|o| !Arc::ptr_eq(o, t));
+                }
+                r
+            }
+        };
+        crate::reclaim::later_queue(q);
+        return r;
+    }
+}
+
+/// Ends `t`'s wait `on` with result `r` and queues it on its CPU. The caller holds the lock of
+/// the queue the wait was in (or the wait has none: a reply). Returns the ended wait (drop it
+/// after the locks), or `None` if `t` no longer waited so.
+pub fn wake_locked(t: &Arc<Thread>, l: &mut Life, on: WaitOn, r: Result<(), Error>) -> Option<Wait> {
+    let w = l.wake(on).ok()?;
+    set_result(t, r);
+    place(t, l);
+    Some(w)
+}
+
+/// A caller whose reply right (`ticket`) lapsed: it gets `PartnerGone`, if it still waits for
+/// that reply.
+pub fn fail_caller(c: Arc<Thread>, ticket: u64) {
+    let w = wake_locked(&c, &mut c.life.lock(), WaitOn::Reply(ticket), Err(Error::PartnerGone));
+    drop(w);
+    crate::reclaim::later_thread(c);
+}
+
+/// What is left after a thread stopped for good: the caller it owed a reply fails, its CPU is
+/// told, its wait (and any capability it carried) is released.
+fn stopped(s: Stopped<crate::obj::KernelKinds>) {
+    if let Some((c, ticket)) = s.reply {
+        fail_caller(c, ticket);
+    }
+    if let Some(cpu) = s.kick {
+        sched::kick(cpu);
+    }
+    crate::reclaim::later_wait(s.wait);
+}
+
+/// Ends `t` (`TaskKill`, `TaskExit`, `ThreadExit`): `Dead` from any state. Returns whether it was
+/// alive.
+pub fn kill(t: &Arc<Thread>) -> bool {
+    match with_queue_locked(t, |l| l.kill()) {
+        Ok(s) => {
+            stopped(s);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// The running thread `t` took a fault it cannot go on from: `Faulted` (unless a kill came
+/// first).
+pub fn fault(t: &Arc<Thread>) {
+    let r = t.life.lock().fault();
+    if let Ok(s) = r {
+        stopped(s);
+    }
+}
+
+/// `ThreadSuspend`: a runnable thread stops; a waiting one stops and its call returns
+/// `Interrupted` when it is resumed.
+pub fn suspend(t: &Arc<Thread>) -> Result<(), Refused> {
+    let s: Suspension<_> = with_queue_locked(t, |l| {
+        let s = l.suspend()?;
+        if s.cancelled.is_some() {
+            set_result(t, Err(Error::Interrupted));
+        }
+        Ok(s)
+    })?;
+    if let Some(cpu) = s.kick {
+        sched::kick(cpu);
+    }
+    crate::reclaim::later_wait(s.cancelled);
+    Ok(())
+}
+
+/// `ThreadResume` (and the first start): a suspended or new thread becomes runnable.
+pub fn resume(t: &Arc<Thread>) -> Result<(), Refused> {
+    let mut l = t.life.lock();
+    if l.resume()? {
+        place(t, &mut l);
+    }
+    Ok(())
+}
+
+/// `ThreadSetAffinity`: the thread moves to `cpu`; the CPU that runs it now lets it go at once.
+pub fn set_affinity(t: &Arc<Thread>, cpu: u32) {
+    let mut l = t.life.lock();
+    l.cpu = cpu;
+    if let rl4_core::life::Place::Current(c) = l.place() {
+        if c != cpu {
+            sched::kick(c);
+        }
+    }
+}
+
+/// `ThreadSetPriority`.
+pub fn set_priority(t: &Arc<Thread>, prio: u8) {
+    let mut l = t.life.lock();
+    l.prio = prio;
+    if let rl4_core::life::Place::Current(c) = l.place() {
+        sched::kick(c);
+    }
+}
+
+/// A wait's deadline passed (the timer tick of the CPU whose list holds it).
+pub fn expire(t: &Arc<Thread>, now: u64) {
+    let w = with_queue_locked(t, |l| {
+        let w = l.expire(now).ok()?;
+        set_result(t, Err(Error::Timeout));
+        place(t, l);
+        Some(w)
+    });
+    crate::reclaim::later_wait(w);
+}
