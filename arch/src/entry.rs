@@ -472,16 +472,14 @@ impl RegsCell {
 /// Makes `regs` the running thread's registers on this CPU, resumed as they were saved.
 #[inline]
 pub fn set_current(regs: &RegsCell) {
-    let h = crate::percpu::current();
-    h.regs_end.store(regs.end_addr(), Ordering::Relaxed);
-    h.resume_iret.store(regs.iret.load(Ordering::Relaxed) as u64, Ordering::Relaxed);
+    crate::percpu::set_resume(regs.end_addr(), regs.iret.load(Ordering::Relaxed) as u64);
 }
 
 /// The running thread, whose registers are `regs`, leaves this CPU: remember how it must be
 /// resumed (by `iretq` if it last entered by a trap).
 #[inline]
 pub fn save_resume_mode(regs: &RegsCell) {
-    regs.iret.store(crate::percpu::current().resume_iret.load(Ordering::Relaxed) != 0, Ordering::Relaxed);
+    regs.iret.store(crate::percpu::resume_iret() != 0, Ordering::Relaxed);
 }
 
 /// Forces the running thread to resume with `iretq` (after the kernel rewrote registers that

@@ -89,3 +89,54 @@ pub fn cpu_index() -> u32 {
     unsafe { core::arch::asm!("mov {:e}, gs:[8]", out(reg) v, options(nostack, readonly, preserves_flags)) };
     v
 }
+
+/// The lock levels this CPU holds (`gs:48`, see `CpuHeader::locks_held`).
+#[inline(always)]
+pub fn locks_held() -> u64 {
+    let v: u64;
+    // SAFETY: gs:48 is the `locks_held` field of this CPU's live header (`install_early` runs
+    // first); a plain load.
+    unsafe { core::arch::asm!("mov {}, gs:[48]", out(reg) v, options(nostack, readonly, preserves_flags)) };
+    v
+}
+
+/// Sets the lock levels this CPU holds.
+#[inline(always)]
+pub fn set_locks_held(v: u64) {
+    // SAFETY: as in `locks_held`; only this CPU touches its field, with interrupts off.
+    unsafe { core::arch::asm!("mov gs:[48], {}", in(reg) v, options(nostack, preserves_flags)) };
+}
+
+/// Adds `v` (wrapping) to the lock count (one instruction: `add gs:[48], v`).
+#[inline(always)]
+pub fn add_locks_held(v: u64) {
+    // SAFETY: as in `set_locks_held`.
+    unsafe { core::arch::asm!("add gs:[48], {}", in(reg) v, options(nostack)) };
+}
+
+/// Clears the lock levels not in `mask` (one instruction: `and gs:[48], mask`).
+#[inline(always)]
+pub fn clear_locks_held(mask: u64) {
+    // SAFETY: as in `set_locks_held`.
+    unsafe { core::arch::asm!("and gs:[48], {}", in(reg) mask, options(nostack)) };
+}
+
+const _: () = assert!(core::mem::offset_of!(CpuHeader, locks_held) == 48);
+const _: () = assert!(core::mem::offset_of!(CpuHeader, resume_iret) == 40);
+const _: () = assert!(core::mem::offset_of!(CpuHeader, regs_end) == 32);
+
+/// Sets `gs:32` (the running thread's register block end) and `gs:40` (resume with `iretq`).
+#[inline(always)]
+pub fn set_resume(regs_end: u64, iret: u64) {
+    // SAFETY: gs:32 and gs:40 are fields of this CPU's live header; only this CPU writes them.
+    unsafe { core::arch::asm!("mov gs:[32], {}", "mov gs:[40], {}", in(reg) regs_end, in(reg) iret, options(nostack, preserves_flags)) };
+}
+
+/// `gs:40`: whether the running thread resumes with `iretq`.
+#[inline(always)]
+pub fn resume_iret() -> u64 {
+    let v: u64;
+    // SAFETY: a plain load of this CPU's header field.
+    unsafe { core::arch::asm!("mov {}, gs:[40]", out(reg) v, options(nostack, readonly, preserves_flags)) };
+    v
+}

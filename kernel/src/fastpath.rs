@@ -98,7 +98,7 @@ fn call(cs: &sched::CpuSched, cur: &Arc<Thread>, slot: u64, tag: Tag) -> bool {
         }
         sched::leave_fast(cs, cur, &mut l);
     }
-    drop(wait);
+    crate::obj::dispose(wait);
     if let Some((c, t)) = old {
         thread::fail_caller(c, t);
     }
@@ -149,7 +149,7 @@ fn reply_recv(cs: &sched::CpuSched, cur: &Arc<Thread>, slot: u64, tag: Tag) -> b
         sched::leave_fast(cs, cur, &mut l);
     }
     drop(q);
-    drop(wait);
+    crate::obj::dispose(wait);
     cs.bump(sched::Count::IpcFast);
     sched::switch_direct_blocked(cs, caller, prio);
     trace::stamp(trace::SWITCHED);

@@ -38,7 +38,7 @@ impl EpQueues {
 }
 
 pub struct Endpoint {
-    pub(crate) q: Mutex<EpQueues>,
+    pub(crate) q: Mutex<EpQueues, { Level::QUEUE }>,
     /// A weak reference to itself: a waiter's `Wait` gets a clone (one atomic add) instead of
     /// `Arc::downgrade` (a compare-and-swap loop, out of line) at every wait.
     me: Weak<Endpoint>,
@@ -48,7 +48,7 @@ pub struct Endpoint {
 impl Endpoint {
     pub fn new(mem: &Arc<crate::obj::Memory>) -> Result<Arc<Endpoint>, Error> {
         let charge = crate::obj::Charge::new(mem, crate::obj::ENDPOINT_COST)?;
-        let e = Arc::new_cyclic(|me| Endpoint { q: Mutex::new(Level::Queue, EpQueues::default()), me: me.clone(), _charge: charge });
+        let e = Arc::new_cyclic(|me| Endpoint { q: Mutex::new(EpQueues::default()), me: me.clone(), _charge: charge });
         crate::obj::ENDPOINTS.add(&e);
         Ok(e)
     }
@@ -91,7 +91,7 @@ pub(crate) struct NState {
 }
 
 pub struct Notification {
-    pub(crate) q: Mutex<NState>,
+    pub(crate) q: Mutex<NState, { Level::QUEUE }>,
     me: Weak<Notification>,
     _charge: crate::obj::Charge,
 }
@@ -99,7 +99,7 @@ pub struct Notification {
 impl Notification {
     pub fn new(mem: &Arc<crate::obj::Memory>) -> Result<Arc<Notification>, Error> {
         let charge = crate::obj::Charge::new(mem, crate::obj::NOTIFICATION_COST)?;
-        let n = Arc::new_cyclic(|me| Notification { q: Mutex::new(Level::Queue, NState::default()), me: me.clone(), _charge: charge });
+        let n = Arc::new_cyclic(|me| Notification { q: Mutex::new(NState::default()), me: me.clone(), _charge: charge });
         crate::obj::NOTIFICATIONS.add(&n);
         Ok(n)
     }

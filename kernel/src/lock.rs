@@ -7,32 +7,36 @@
 //!
 //! | level | locks |
 //! |---|---|
-//! | [`Level::Shootdown`] | the TLB shoot-down lock (taken holding nothing) |
-//! | [`Level::TaskThreads`] | a task's thread list |
-//! | [`Level::Queue`] | an endpoint's queues, a notification's word and waiters |
-//! | [`Level::Thread`] | one thread's `Life` |
-//! | [`Level::Cpu`] | a CPU's inbox, run queue, current slot or timeout list (one at a time) |
-//! | [`Level::Object`] | a capability table, an IPC-buffer slot, a space's mappings, the PCID tables, a registry |
-//! | [`Level::Reclaim`] | a CPU's list of objects to destroy later |
+//! | `SHOOTDOWN` | the TLB shoot-down lock (taken holding nothing) |
+//! | `TASK_THREADS` | a task's thread list |
+//! | `QUEUE` | an endpoint's queues, a notification's word and waiters |
+//! | `THREAD` | one thread's `Life` |
+//! | `CPU` | a CPU's inbox, run queue, current slot or timeout list (one at a time) |
+//! | `OBJECT` | a capability table, an IPC-buffer slot, a space's mappings, the PCID tables, a registry |
+//! | `RECLAIM` | a CPU's list of objects to destroy later |
 //!
-//! Each CPU keeps the levels it holds as a bit set in its per-CPU header (`gs:48`). Taking a
-//! lock whose level is not above every held one is counted as a lock-order violation, and a
-//! kernel object destroyed while this CPU holds any lock is counted as a destructor under a
-//! spinlock ([`crate::reclaim`]); the consistency check (`KernelCheck`) reports both.
+//! Each CPU counts the locks it holds in its per-CPU header (`gs:48`, one instruction per
+//! acquisition and release), and a kernel object destroyed while that count is not zero is
+//! counted as a destructor under a spinlock ([`crate::reclaim`]). A kernel built with the
+//! `lockcheck` feature keeps the set of levels held there instead and counts every acquisition
+//! of a level not above all held ones as a lock-order violation (a few more instructions per
+//! lock; `scripts/test` boots such a kernel for the user-mode suites and the storms). The
+//! consistency check (`KernelCheck`) reports both counts.
 use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicU64, Ordering};
 use rl4_smp::MAX_CPUS;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Level {
-    Shootdown = 0,
-    TaskThreads = 1,
-    Queue = 2,
-    Thread = 3,
-    Cpu = 4,
-    Object = 5,
-    Reclaim = 6,
+/// The lock levels (a lock's level is part of its type: `Mutex<T, { Level::THREAD }>`).
+pub struct Level;
+
+impl Level {
+    pub const SHOOTDOWN: u8 = 0;
+    pub const TASK_THREADS: u8 = 1;
+    pub const QUEUE: u8 = 2;
+    pub const THREAD: u8 = 3;
+    pub const CPU: u8 = 4;
+    pub const OBJECT: u8 = 5;
+    pub const RECLAIM: u8 = 6;
 }
 
 /// Violations counted per CPU: [lock order, destructor under a lock]; and the level last
@@ -51,33 +55,42 @@ fn mine() -> &'static Violations {
     &VIOLATIONS[rl4_arch::percpu::cpu_index() as usize % MAX_CPUS]
 }
 
-/// The lock levels this CPU holds.
+/// Non-zero while this CPU holds a lock: the number of locks held, or (in a `lockcheck`
+/// build) the set of levels held.
 #[inline(always)]
 pub fn held() -> u64 {
-    rl4_arch::percpu::current().locks_held.load(Ordering::Relaxed)
+    rl4_arch::percpu::locks_held()
 }
 
+/// Takes note of an acquisition: one instruction (`inc gs:[48]`); a `lockcheck` build also
+/// checks the level against those held.
 #[inline(always)]
-fn acquire(level: Level) {
-    let h = &rl4_arch::percpu::current().locks_held;
-    let held = h.load(Ordering::Relaxed);
-    if held >> level as u8 != 0 {
-        order_violation(held, level);
+fn acquire(level: u8) {
+    if cfg!(feature = "lockcheck") {
+        let held = rl4_arch::percpu::locks_held();
+        if held >> level != 0 {
+            order_violation(held, level);
+        }
+        rl4_arch::percpu::set_locks_held(held | 1 << level);
+    } else {
+        rl4_arch::percpu::add_locks_held(1);
     }
-    h.store(held | 1 << level as u8, Ordering::Relaxed);
 }
 
 #[cold]
-fn order_violation(held: u64, level: Level) {
+fn order_violation(held: u64, level: u8) {
     let v = mine();
     v.order.fetch_add(1, Ordering::Relaxed);
     v.last.store(held << 8 | level as u64, Ordering::Relaxed);
 }
 
 #[inline(always)]
-fn release(level: Level) {
-    let h = &rl4_arch::percpu::current().locks_held;
-    h.store(h.load(Ordering::Relaxed) & !(1 << level as u8), Ordering::Relaxed);
+fn release(level: u8) {
+    if cfg!(feature = "lockcheck") {
+        rl4_arch::percpu::clear_locks_held(!(1 << level));
+    } else {
+        rl4_arch::percpu::add_locks_held(u64::MAX);
+    }
 }
 
 /// Counts a kernel object destroyed while this CPU holds a lock.
@@ -95,28 +108,27 @@ pub fn violations() -> (u64, u64, u64) {
     })
 }
 
-/// A spinlock with a level.
-pub struct Mutex<T> {
+/// A spinlock with a level `L` (see [`Level`]).
+pub struct Mutex<T, const L: u8> {
     inner: spin::Mutex<T>,
-    level: Level,
 }
 
-impl<T> Mutex<T> {
-    pub const fn new(level: Level, v: T) -> Self {
-        Mutex { inner: spin::Mutex::new(v), level }
+impl<T, const L: u8> Mutex<T, L> {
+    pub const fn new(v: T) -> Self {
+        Mutex { inner: spin::Mutex::new(v) }
     }
 
     #[inline(always)]
-    pub fn lock(&self) -> Guard<'_, T> {
-        acquire(self.level);
-        Guard { g: self.inner.lock(), level: self.level }
+    pub fn lock(&self) -> Guard<'_, T, L> {
+        acquire(L);
+        Guard { g: self.inner.lock() }
     }
 
-    /// The lock if it is free (the consistency check, which must not wait).
-    pub fn try_lock(&self) -> Option<Guard<'_, T>> {
+    /// The lock if it is free.
+    pub fn try_lock(&self) -> Option<Guard<'_, T, L>> {
         let g = self.inner.try_lock()?;
-        acquire(self.level);
-        Some(Guard { g, level: self.level })
+        acquire(L);
+        Some(Guard { g })
     }
 
     /// The lock if it is free, outside the level discipline: only for the consistency check,
@@ -126,19 +138,18 @@ impl<T> Mutex<T> {
     }
 }
 
-pub struct Guard<'a, T> {
+pub struct Guard<'a, T, const L: u8> {
     g: spin::MutexGuard<'a, T>,
-    level: Level,
 }
 
-impl<T> Drop for Guard<'_, T> {
+impl<T, const L: u8> Drop for Guard<'_, T, L> {
     #[inline(always)]
     fn drop(&mut self) {
-        release(self.level);
+        release(L);
     }
 }
 
-impl<T> Deref for Guard<'_, T> {
+impl<T, const L: u8> Deref for Guard<'_, T, L> {
     type Target = T;
     #[inline(always)]
     fn deref(&self) -> &T {
@@ -146,7 +157,7 @@ impl<T> Deref for Guard<'_, T> {
     }
 }
 
-impl<T> DerefMut for Guard<'_, T> {
+impl<T, const L: u8> DerefMut for Guard<'_, T, L> {
     #[inline(always)]
     fn deref_mut(&mut self) -> &mut T {
         &mut self.g

@@ -58,12 +58,12 @@ pub type Cap = captable::Cap<KObj>;
 /// (`check.rs`). Dead entries are pruned whenever the list has doubled since the last pruning,
 /// so it stays within twice the live objects and adding is amortised O(1).
 pub struct Registry<T> {
-    list: Mutex<(Vec<Weak<T>>, usize)>,
+    list: Mutex<(Vec<Weak<T>>, usize), { Level::OBJECT }>,
 }
 
 impl<T> Registry<T> {
     pub const fn new() -> Self {
-        Registry { list: Mutex::new(Level::Object, (Vec::new(), 0)) }
+        Registry { list: Mutex::new((Vec::new(), 0)) }
     }
 
     pub fn add(&self, a: &Arc<T>) {
@@ -189,7 +189,7 @@ pub struct Space {
     /// TLB generation (see `rl4_core::pcid`); bumped when a mapping is removed.
     pub generation: AtomicU64,
     /// Mapped frames by virtual page, with whether they are writable / executable.
-    pub maps: Mutex<BTreeMap<u64, (Arc<Frame>, bool, bool)>>,
+    pub maps: Mutex<BTreeMap<u64, (Arc<Frame>, bool, bool)>, { Level::OBJECT }>,
     /// The budget it was made from: page tables and mappings are charged to it.
     pub memory: Arc<Memory>,
     /// Page-table frames made for it (charged, refunded when it dies).
@@ -206,7 +206,7 @@ impl Space {
             pml4,
             pcid,
             generation: AtomicU64::new(generation),
-            maps: Mutex::new(Level::Object, BTreeMap::new()),
+            maps: Mutex::new(BTreeMap::new()),
             memory: mem.clone(),
             table_pages: AtomicU64::new(0),
             _charge: charge,
@@ -237,8 +237,8 @@ impl Drop for Space {
 /// A task: a capability table and the threads that use it.
 pub struct Task {
     pub id: u64,
-    pub caps: Mutex<CapTable<KObj>>,
-    pub threads: Mutex<Vec<Weak<Thread>>>,
+    pub caps: Mutex<CapTable<KObj>, { Level::OBJECT }>,
+    pub threads: Mutex<Vec<Weak<Thread>>, { Level::TASK_THREADS }>,
     pub space: Arc<Space>,
     pub dead: AtomicBool,
     _charge: Charge,
@@ -255,8 +255,8 @@ impl Task {
         let charge = Charge::new(mem, TASK_COST)?;
         let t = Arc::new(Task {
             id: next_id(),
-            caps: Mutex::new(Level::Object, CapTable::new(rl4_abi::CAP_SLOTS as usize)),
-            threads: Mutex::new(Level::TaskThreads, Vec::new()),
+            caps: Mutex::new(CapTable::new(rl4_abi::CAP_SLOTS as usize)),
+            threads: Mutex::new(Vec::new()),
             space,
             dead: AtomicBool::new(false),
             _charge: charge,
@@ -321,16 +321,29 @@ impl Kinds for KernelKinds {
 pub type Life = rl4_core::life::Life<KernelKinds>;
 pub type Wait = rl4_core::life::Wait<KernelKinds>;
 
+/// Drops a wait that ended, inline (the enum's out-of-line drop glue costs the fast path a call
+/// and a dozen instructions; a reply wait owns nothing). No lock may be held: a capability in
+/// flight can be the last reference to an object.
+#[inline(always)]
+pub fn dispose(w: Wait) {
+    match w {
+        rl4_core::life::Wait::Reply { .. } => {}
+        rl4_core::life::Wait::Recv { ep } => drop(ep),
+        rl4_core::life::Wait::Notify { n } => drop(n),
+        send => crate::reclaim::later_wait(Some(send)),
+    }
+}
+
 pub struct Thread {
     pub regs: RegsCell,
     /// The IPC buffer frame (message words 4 and up), a leaf lock.
-    pub ipc_buffer: Mutex<Option<Arc<Frame>>>,
+    pub ipc_buffer: Mutex<Option<Arc<Frame>>, { Level::OBJECT }>,
     pub id: u64,
     pub task: Arc<Task>,
     pub space: Arc<Space>,
     /// Its state, place, scheduling parameters and reply right: every change is a transition
     /// of [`Life`], made under this lock.
-    pub life: Mutex<Life>,
+    pub life: Mutex<Life, { Level::THREAD }>,
     _charge: Charge,
 }
 
@@ -342,11 +355,11 @@ impl Thread {
         let space = task.space.clone();
         let t = Arc::new(Thread {
             regs: RegsCell::new(UserRegs::new_thread(entry, stack, 0)),
-            ipc_buffer: Mutex::new(Level::Object, None),
+            ipc_buffer: Mutex::new(None),
             id: next_id(),
             task: task.clone(),
             space,
-            life: Mutex::new(Level::Thread, Life::new(prio, cpu)),
+            life: Mutex::new(Life::new(prio, cpu)),
             _charge: charge,
         });
         LIVE_THREADS.fetch_add(1, Ordering::Relaxed);

@@ -29,12 +29,12 @@ pub enum Garbage {
 }
 
 struct Grave {
-    list: Mutex<Vec<Garbage>>,
+    list: Mutex<Vec<Garbage>, { Level::RECLAIM }>,
     full: AtomicBool,
 }
 
 static GRAVES: [crossbeam_utils::CachePadded<Grave>; MAX_CPUS] =
-    [const { crossbeam_utils::CachePadded::new(Grave { list: Mutex::new(Level::Reclaim, Vec::new()), full: AtomicBool::new(false) }) }; MAX_CPUS];
+    [const { crossbeam_utils::CachePadded::new(Grave { list: Mutex::new(Vec::new()), full: AtomicBool::new(false) }) }; MAX_CPUS];
 
 fn mine() -> &'static Grave {
     &GRAVES[rl4_arch::percpu::cpu_index() as usize % MAX_CPUS]

@@ -61,10 +61,10 @@ pub struct CpuSched {
     counts: [AtomicU64; 4],
     /// Reply tickets handed out by this CPU (CPU index in the top bits: unique machine-wide).
     tickets: AtomicU64,
-    rq: Mutex<RunQueue<TRef>>,
-    pub(crate) current: Mutex<Option<Arc<Thread>>>,
+    rq: Mutex<RunQueue<TRef>, { Level::CPU }>,
+    pub(crate) current: Mutex<Option<Arc<Thread>>, { Level::CPU }>,
     /// Threads pushed by any CPU, with the priority each was pushed at.
-    inbox: Mutex<Vec<(u8, TRef)>>,
+    inbox: Mutex<Vec<(u8, TRef)>, { Level::CPU }>,
     /// Priority of the running thread, -1 when idle (read by other CPUs to decide on an IPI).
     current_prio: AtomicI32,
     idle: AtomicBool,
@@ -73,7 +73,7 @@ pub struct CpuSched {
     expired: AtomicBool,
     pub(crate) tlb: CpuTlb,
     /// Waits with a deadline of threads of this CPU (`timeout.rs`).
-    pub(crate) timeouts: Mutex<Vec<(u64, alloc::sync::Weak<Thread>)>>,
+    pub(crate) timeouts: Mutex<Vec<(u64, alloc::sync::Weak<Thread>)>, { Level::CPU }>,
     /// Threads in the inbox (read without the lock by the idle poll).
     inbox_len: AtomicUsize,
     /// BUSY, POLLING (idle and watching its inbox: needs no IPI) or HALTING.
@@ -124,15 +124,15 @@ pub fn init_cpu(pcid: bool) {
     let s = Box::leak(Box::new(CpuSched {
         counts: [const { AtomicU64::new(0) }; 4],
         tickets: AtomicU64::new((me() as u64) << 48),
-        rq: Mutex::new(Level::Cpu, RunQueue::new()),
-        current: Mutex::new(Level::Cpu, None),
-        inbox: Mutex::new(Level::Cpu, Vec::new()),
+        rq: Mutex::new(RunQueue::new()),
+        current: Mutex::new(None),
+        inbox: Mutex::new(Vec::new()),
         current_prio: AtomicI32::new(-1),
         idle: AtomicBool::new(false),
         slice: AtomicU32::new(TIME_SLICE_TICKS),
         expired: AtomicBool::new(false),
         tlb: CpuTlb::new(pcid),
-        timeouts: Mutex::new(Level::Cpu, Vec::new()),
+        timeouts: Mutex::new(Vec::new()),
         inbox_len: AtomicUsize::new(0),
         idle_state: AtomicU8::new(BUSY),
     }));
@@ -259,7 +259,13 @@ pub fn tick() {
 /// run, else held by nobody. `front`: it keeps its turn at its priority (preempted).
 fn leave(cs: &CpuSched, cur: &Arc<Thread>, l: &mut Life, front: bool) {
     entry::save_resume_mode(&cur.regs);
-    match l.leave_cpu(me()) {
+    let left = l.leave_cpu(me());
+    requeue(cs, cur, l, left, front);
+}
+
+/// Queues a thread that left this CPU still runnable, as `leave_cpu` said.
+fn requeue(cs: &CpuSched, cur: &Arc<Thread>, l: &Life, left: Leave, front: bool) {
+    match left {
         Leave::Requeue(_) => {
             let mut rq = cs.rq.lock();
             if front { rq.push_front(l.prio, TRef(cur.clone())) } else { rq.push_back(l.prio, TRef(cur.clone())) }
@@ -411,7 +417,11 @@ pub(crate) fn switch_direct_blocked(cs: &CpuSched, to: Arc<Thread>, prio: u8) {
 /// The fast path's bookkeeping for the thread leaving: `cur` (locked in `l`) stops running here.
 #[inline(always)]
 pub(crate) fn leave_fast(cs: &CpuSched, cur: &Arc<Thread>, l: &mut Life) {
-    leave(cs, cur, l, true);
+    entry::save_resume_mode(&cur.regs);
+    match l.leave_cpu(me()) {
+        Leave::Gone => {}
+        left => requeue(cs, cur, l, left, true),
+    }
 }
 
 /// Whether the running thread of this CPU is no longer `t` (a direct switch happened).

@@ -20,7 +20,7 @@ use crate::sched::{self, CpuSched};
 pub struct CpuTlb {
     /// The PML4 this CPU's CR3 holds (the kernel's, or a user space kept loaded while idle).
     pub(crate) loaded_pml4: AtomicU64,
-    pcids: Option<Mutex<PcidCache>>,
+    pcids: Option<Mutex<PcidCache, { Level::OBJECT }>>,
     /// TLB shootdown request: a PML4 address, bit 0 = the space is being destroyed.
     pub(crate) tlb_request: AtomicU64,
     tlb_done: AtomicU64,
@@ -34,7 +34,7 @@ impl CpuTlb {
         }
         CpuTlb {
             loaded_pml4: AtomicU64::new(paging::kernel_pml4()),
-            pcids: pcid.then(|| Mutex::new(Level::Object, PcidCache::new())),
+            pcids: pcid.then(|| Mutex::new(PcidCache::new())),
             tlb_request: AtomicU64::new(0),
             tlb_done: AtomicU64::new(0),
         }
@@ -42,8 +42,8 @@ impl CpuTlb {
 }
 
 static PCID_ON: AtomicBool = AtomicBool::new(false);
-static PCIDS: Mutex<Option<PcidAllocator>> = Mutex::new(Level::Object, None);
-static SHOOTDOWN: Mutex<()> = Mutex::new(Level::Shootdown, ());
+static PCIDS: Mutex<Option<PcidAllocator>, { Level::OBJECT }> = Mutex::new(None);
+static SHOOTDOWN: Mutex<(), { Level::SHOOTDOWN }> = Mutex::new(());
 
 fn me() -> u32 {
     rl4_arch::percpu::cpu_index()
