@@ -108,6 +108,15 @@ build_kernel() {
     cp "$KERNEL_ELF" "$BUILD/rl4.elf"
 }
 
+# build_lockcheck_kernel: the same kernel checking the lock order at every acquisition (feature
+# `lockcheck`), as build/rl4-lockcheck.elf (its own target directory).
+build_lockcheck_kernel() {
+    say "building the kernel with lock-order checks (--features lockcheck)"
+    (cd "$ROOT" && RL4_USER_DIR="$ROOT/target/$TARGET/release" cargo build -q -p rl4-kernel --features lockcheck \
+        --target "$TARGET" --release --target-dir "$ROOT/target/lockcheck") || die "lockcheck kernel build failed"
+    cp "$ROOT/target/lockcheck/$TARGET/release/rl4" "$BUILD/rl4-lockcheck.elf"
+}
+
 # build_trace_kernel: the same kernel with the per-step IPC stamps (feature `trace`), as
 # build/rl4-trace.elf, for scripts/bench's breakdown (its own target directory, so that the
 # two builds do not undo each other).
