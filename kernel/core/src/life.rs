@@ -391,9 +391,14 @@ impl<K: Kinds> Life<K> {
 
     // ---- reply rights --------------------------------------------------------------------
 
-    /// Gives this thread the reply right for `caller`'s call `ticket`; returns the right it
-    /// held before (that caller gets `PartnerGone`).
+    /// Gives this thread the reply right for `caller`'s call `ticket`; returns the right that
+    /// dies now (that caller gets `PartnerGone`): the one it held before, or the new one itself
+    /// if this thread can never reply (`Dead` or `Faulted`: killed during its `Recv`, after
+    /// `kill` or `fault` took the rights it held, so nobody else would ever fail this caller).
     pub fn grant_reply(&mut self, caller: K::Caller, ticket: u64) -> Option<(K::Caller, u64)> {
+        if matches!(self.state, State::Dead | State::Faulted) {
+            return Some((caller, ticket));
+        }
         self.reply.replace((caller, ticket))
     }
 
@@ -651,5 +656,30 @@ mod tests {
         assert!(l.resume().is_err());
         assert!(l.kill().is_ok());
         assert!(l.fault().is_err());
+    }
+
+    /// Regression (found by `tests/life_model.rs`): a receiver killed during its `Recv` takes a
+    /// caller from the endpoint after `kill` took its reply rights; the right it is granted
+    /// then must die at once, or the caller waits forever for a reply nobody can give.
+    #[test]
+    fn grant_to_a_dead_or_faulted_thread_fails_the_caller() {
+        let mut l = running();
+        assert!(l.grant_reply(5, 1).is_none());
+        let s = l.kill().ok().unwrap();
+        assert_eq!(s.reply, Some((5, 1)));
+        assert_eq!(l.grant_reply(6, 2), Some((6, 2)), "the new right dies with the dead thread");
+        assert!(l.reply_right().is_none());
+        assert!(l.take_reply().is_none());
+
+        let mut l = running();
+        l.fault().ok().unwrap();
+        assert_eq!(l.grant_reply(7, 3), Some((7, 3)));
+        assert!(l.reply_right().is_none());
+
+        // A suspended receiver keeps the right: it may be resumed and reply.
+        let mut l = running();
+        l.suspend().ok().unwrap();
+        assert!(l.grant_reply(8, 4).is_none());
+        assert_eq!(l.reply_right(), Some(&(8, 4)));
     }
 }
