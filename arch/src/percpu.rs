@@ -107,11 +107,18 @@ pub fn set_locks_held(v: u64) {
     unsafe { core::arch::asm!("mov gs:[48], {}", in(reg) v, options(nostack, preserves_flags)) };
 }
 
-/// Adds `v` (wrapping) to the lock count (one instruction: `add gs:[48], v`).
+/// Counts one more lock held (one instruction: `inc qword ptr gs:[48]`).
 #[inline(always)]
-pub fn add_locks_held(v: u64) {
+pub fn inc_locks_held() {
     // SAFETY: as in `set_locks_held`.
-    unsafe { core::arch::asm!("add gs:[48], {}", in(reg) v, options(nostack)) };
+    unsafe { core::arch::asm!("inc qword ptr gs:[48]", options(nostack)) };
+}
+
+/// Counts one lock less (`dec qword ptr gs:[48]`).
+#[inline(always)]
+pub fn dec_locks_held() {
+    // SAFETY: as in `set_locks_held`.
+    unsafe { core::arch::asm!("dec qword ptr gs:[48]", options(nostack)) };
 }
 
 /// Clears the lock levels not in `mask` (one instruction: `and gs:[48], mask`).

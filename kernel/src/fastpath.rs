@@ -32,17 +32,20 @@ pub fn try_fast(n: u64) -> bool {
     // Nothing on this CPU looks at the slot meanwhile, and no other CPU does.
     let Some(cur) = cs.current.lock().take() else { return false };
     let (slot, tag, timeout) = cur.regs.with(|r| (r.rdi, Tag(r.rsi), r.r12));
-    let fits = tag.fits_registers() && timeout == FOREVER;
-    let done = fits
-        && if n == Sys::Call as u64 {
-            call(cs, &cur, slot, tag)
-        } else {
-            n == Sys::ReplyRecv as u64 && reply_recv(cs, &cur, slot, tag)
-        };
-    if !done {
+    if !(tag.fits_registers() && timeout == FOREVER) {
         *cs.current.lock() = Some(cur);
+        return false;
     }
-    done
+    // Each path consumes the reference on success (it becomes the reply right or the queue
+    // entry) and hands it back otherwise.
+    let back = if n == Sys::Call as u64 { call(cs, cur, slot, tag) } else { reply_recv(cs, cur, slot, tag) };
+    match back {
+        Ok(()) => true,
+        Err(cur) => {
+            *cs.current.lock() = Some(cur);
+            false
+        }
+    }
 }
 
 /// The endpoint in `slot` of the running thread's task, with its badge (errors: general path).
@@ -64,13 +67,13 @@ fn copy_message(from: &Thread, to: &Thread, tag: Tag, badge: u64) {
     });
 }
 
-fn call(cs: &sched::CpuSched, cur: &Arc<Thread>, slot: u64, tag: Tag) -> bool {
+fn call(cs: &sched::CpuSched, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<(), Arc<Thread>> {
     trace::stamp(trace::SETUP);
-    let Some((ep, badge)) = endpoint(cur, slot, Rights::SEND) else { return false };
+    let Some((ep, badge)) = endpoint(&cur, slot, Rights::SEND) else { return Err(cur) };
     trace::stamp(trace::LOOKUP);
     let me = rl4_arch::percpu::cpu_index();
     let mut q = ep.q.lock();
-    let Some(r) = q.receivers.pop_front() else { return false };
+    let Some(r) = q.receivers.pop_front() else { return Err(cur) };
     let mut rl = r.life.lock();
     // The last guard is the transition itself: it changes nothing unless the receiver waits on
     // this endpoint, belongs to this CPU and no CPU holds it.
@@ -78,27 +81,29 @@ fn call(cs: &sched::CpuSched, cur: &Arc<Thread>, slot: u64, tag: Tag) -> bool {
     let Some(wait) = woken else {
         drop(rl);
         q.receivers.push_front(r);
-        return false;
+        return Err(cur);
     };
     // Point of no return: the receiver is Running here.
     drop(q);
     trace::stamp(trace::PARTNER);
-    copy_message(cur, &r, tag, badge);
+    copy_message(&cur, &r, tag, badge);
     let ticket = cs.next_ticket();
     let old = rl.grant_reply(cur.clone(), ticket);
     let prio = rl.prio;
+    // One thread's lock at a time: the receiver's goes before the caller's is taken.
     drop(rl);
     {
         let mut l = cur.life.lock();
         if let Err((_, w)) = l.block(Wait::Reply { ticket }, u64::MAX) {
             // Killed or suspended meanwhile: it does not wait (the receiver's reply will find
             // it gone); a suspended caller's call returns `Interrupted` when it is resumed.
-            thread::set_result(cur, Err(rl4_abi::Error::Interrupted));
+            thread::set_result(&cur, Err(rl4_abi::Error::Interrupted));
             reclaim::later_wait(Some(w));
         }
-        sched::leave_fast(cs, cur, &mut l);
+        sched::leave_fast(cs, &cur, &mut l);
     }
     crate::obj::dispose(wait);
+    drop(cur);
     if let Some((c, t)) = old {
         thread::fail_caller(c, t);
     }
@@ -106,14 +111,14 @@ fn call(cs: &sched::CpuSched, cur: &Arc<Thread>, slot: u64, tag: Tag) -> bool {
     trace::stamp(trace::DELIVERED);
     sched::switch_direct_blocked(cs, r, prio);
     trace::stamp(trace::SWITCHED);
-    true
+    Ok(())
 }
 
-fn reply_recv(cs: &sched::CpuSched, cur: &Arc<Thread>, slot: u64, tag: Tag) -> bool {
+fn reply_recv(cs: &sched::CpuSched, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<(), Arc<Thread>> {
     trace::stamp(trace::SETUP);
-    let Some((ep, _)) = endpoint(cur, slot, Rights::RECEIVE) else { return false };
+    let Some((ep, _)) = endpoint(&cur, slot, Rights::RECEIVE) else { return Err(cur) };
     trace::stamp(trace::LOOKUP);
-    let Some((caller, ticket)) = cur.life.lock().take_reply() else { return false };
+    let Some((caller, ticket)) = cur.life.lock().take_reply() else { return Err(cur) };
     let me = rl4_arch::percpu::cpu_index();
     let mut q = ep.q.lock();
     // The server takes the next message if one waits: the general path.
@@ -130,28 +135,37 @@ fn reply_recv(cs: &sched::CpuSched, cur: &Arc<Thread>, slot: u64, tag: Tag) -> b
     let Some((wait, prio)) = woken else {
         drop(q);
         // Nothing changed: the reply right goes back.
-        cur.life.lock().grant_reply(caller, ticket);
-        return false;
+        let old = cur.life.lock().grant_reply(caller, ticket);
+        debug_assert!(old.is_none());
+        return Err(cur);
     };
     // Point of no return: the caller is Running here.
     trace::stamp(trace::PARTNER);
-    copy_message(cur, &caller, tag, 0);
+    copy_message(&cur, &caller, tag, 0);
     trace::stamp(trace::DELIVERED);
-    {
+    let blocked = {
         let mut l = cur.life.lock();
-        match l.block(Wait::Recv { ep: EpRef(ep.weak()) }, u64::MAX) {
-            Ok(()) => q.receivers.push_back(cur.clone()),
+        let blocked = match l.block(Wait::Recv { ep: EpRef(ep.weak()) }, u64::MAX) {
+            Ok(()) => true,
             Err((_, w)) => {
-                thread::set_result(cur, Err(rl4_abi::Error::Interrupted));
+                thread::set_result(&cur, Err(rl4_abi::Error::Interrupted));
                 reclaim::later_wait(Some(w));
+                false
             }
-        }
-        sched::leave_fast(cs, cur, &mut l);
+        };
+        sched::leave_fast(cs, &cur, &mut l);
+        blocked
+    };
+    // The server's reference becomes its receive-queue entry.
+    if blocked {
+        q.receivers.push_back(cur);
+    } else {
+        reclaim::later_thread(cur);
     }
     drop(q);
     crate::obj::dispose(wait);
     cs.bump(sched::Count::IpcFast);
     sched::switch_direct_blocked(cs, caller, prio);
     trace::stamp(trace::SWITCHED);
-    true
+    Ok(())
 }

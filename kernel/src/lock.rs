@@ -62,7 +62,7 @@ pub fn held() -> u64 {
     rl4_arch::percpu::locks_held()
 }
 
-/// Takes note of an acquisition: one instruction (`inc gs:[48]`); a `lockcheck` build also
+/// Takes note of an acquisition: one instruction (`inc qword ptr gs:[48]`); a `lockcheck` build also
 /// checks the level against those held.
 #[inline(always)]
 fn acquire(level: u8) {
@@ -73,7 +73,7 @@ fn acquire(level: u8) {
         }
         rl4_arch::percpu::set_locks_held(held | 1 << level);
     } else {
-        rl4_arch::percpu::add_locks_held(1);
+        rl4_arch::percpu::inc_locks_held();
     }
 }
 
@@ -89,7 +89,7 @@ fn release(level: u8) {
     if cfg!(feature = "lockcheck") {
         rl4_arch::percpu::clear_locks_held(!(1 << level));
     } else {
-        rl4_arch::percpu::add_locks_held(u64::MAX);
+        rl4_arch::percpu::dec_locks_held();
     }
 }
 

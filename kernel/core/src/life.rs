@@ -348,13 +348,12 @@ impl<K: Kinds> Life<K> {
     /// belonging to CPU `me` → `Running` and current on `me` (the waker switches to it at once).
     /// Refused, changing nothing, in any other case.
     pub fn wake_here(&mut self, on: WaitOn, me: u32) -> Result<Wait<K>, Refused> {
-        if self.place != Place::Off || self.cpu != me {
+        if self.place != Place::Off || self.cpu != me || !self.waits(on) {
             return self.refuse();
         }
-        let w = self.wake(on)?;
-        self.state = State::Running;
+        let State::Blocked { wait, .. } = core::mem::replace(&mut self.state, State::Running) else { unreachable!() };
         self.place = Place::Current(me);
-        Ok(w)
+        Ok(wait)
     }
 
     /// Whether it waits in exactly the wait `on`.
