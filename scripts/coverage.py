@@ -180,9 +180,9 @@ def group_of(f):
     if f is None:
         return '(no line information)'
     if f.startswith('rust/'):
-        return 'Rust standard library (inlined: core, alloc)'
+        return 'Rust library code (core, alloc)'
     if f.startswith('crates/'):
-        return 'dependency crates (spin, x86_64, x2apic, acpi, ...)'
+        return 'dependency crates'
     if f.startswith(REPO_MARKERS):
         return None  # a repository file: reported on its own
     return 'other files'
@@ -389,6 +389,7 @@ def report(args):
     # Per file: blocks and lines.
     fblocks = {}
     flines = {}
+    groups = {}
     for b, cov in zip(blocks, covered):
         files = set()
         for i in b:
@@ -401,17 +402,15 @@ def report(args):
             t = fblocks.setdefault(f, [0, 0])
             t[0] += 1
             t[1] += cov
+        for g in set(group_of(f) for f in files) - {None}:
+            t = groups.setdefault(g, [0, 0, set()])
+            t[0] += 1
+            t[1] += cov
+        for f in files:
+            if group_of(f) is not None:
+                groups[group_of(f)][2].add(f)
     total, hit = len(blocks), sum(covered)
-
     repo_files = sorted(f for f in fblocks if f is not None and group_of(f) is None)
-    groups = {}
-    for f, (n, c) in fblocks.items():
-        g = group_of(f)
-        if g is not None:
-            t = groups.setdefault(g, [0, 0, 0])
-            t[0] += n
-            t[1] += c
-            t[2] += 1
 
     sources = {}
     def source(f):
@@ -451,7 +450,10 @@ def report(args):
             first_code = next((src_lines[l - 1].strip() for l in body if src_lines[l - 1].strip()), '')
             by_design = first_code.startswith('unreachable!') or re.search(r'=>\s*unreachable!', src_lines[a - 1]) is not None
             arms_json.append({'function': fname, 'arm': arm, 'first': a, 'last': z, 'lines': len(fl),
-                              'covered': sum(fl.values()), 'entered': any(fl.values()),
+                              'covered': sum(fl.values()),
+                              # an arm without code of its own (its instructions were merged
+                              # with another arm's) cannot be told entered or not
+                              'entered': any(fl.values()) if fl else None,
                               'unreachable_by_design': by_design,
                               'uncovered': ranges(l for l, v in fl.items() if not v)})
 
@@ -462,11 +464,11 @@ def report(args):
         'blocks': {'total': total, 'covered': hit, 'percent': round(pct(hit, total), 1)},
         'instructions': {'total': len(insns), 'executed': len(seen)},
         'files': files_json,
-        'groups': [{'group': g, 'files': v[2], 'blocks': v[0], 'covered': v[1], 'percent': round(pct(v[1], v[0]), 1)}
+        'groups': [{'group': g, 'files': len(v[2]), 'blocks': v[0], 'covered': v[1], 'percent': round(pct(v[1], v[0]), 1)}
                    for g, v in sorted(groups.items())],
         'syscall_arms': arms_json,
         'unreached_syscall_arms': [f"{a['function']}: {a['arm']} (lines {a['first']}-{a['last']})"
-                                   for a in arms_json if not a['entered'] and not a['unreachable_by_design']],
+                                   for a in arms_json if a['entered'] is False and not a['unreachable_by_design']],
     }
 
     # Text.
@@ -486,12 +488,15 @@ def report(args):
     if arms_json:
         src_lines = source(sysrs).split('\n')
         w(f'{sysrs}: system-call arms never entered:')
-        never = [a for a in arms_json if not a['entered']]
+        never = [a for a in arms_json if a['entered'] is False]
         for a in never:
             note = ' (unreachable by design)' if a['unreachable_by_design'] else ''
             w(f"  {a['function']}: {a['arm']}  lines {a['first']}-{a['last']}{note}")
         if not never:
             w('  (none)')
+        for a in arms_json:
+            if a['entered'] is None:
+                w(f"  ({a['function']}: {a['arm']}, line {a['first']}: no code of its own: merged with other code or compiled away)")
         w(f'{sysrs}: arms entered, with the lines they never reached:')
         for a in arms_json:
             if a['entered'] and a['uncovered']:
