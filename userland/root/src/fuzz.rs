@@ -281,6 +281,23 @@ fn parse(args: &str) -> (u64, bool) {
     (threads, cross)
 }
 
+/// How many threads wait on the shared endpoint `ep`: the senders taken by `NbRecv` and the
+/// receivers served by `NbSend` in a row, until none is left (at most 256 each). The last
+/// caller taken gets an empty reply (the ones before it get `PartnerGone` as the next is taken).
+fn probe(ep: u64) -> (u64, u64) {
+    let (mut senders, mut receivers) = (0, 0);
+    while senders < 256 && sys::nb_recv(ep).is_ok() {
+        senders += 1;
+    }
+    if senders > 0 {
+        let _ = sys::reply(&sys::Msg::default());
+    }
+    while receivers < 256 && sys::nb_send(ep, &sys::Msg::default()).is_ok() {
+        receivers += 1;
+    }
+    (senders, receivers)
+}
+
 fn sys_name(n: usize) -> &'static str {
     Sys::try_from(n as u64).map(|s| s.name()).unwrap_or("InvalidNumbers")
 }
@@ -330,6 +347,7 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
     let mut tot = Totals([0; word::WORDS]);
     let (mut ended, mut faulted, mut stuck, mut failed_starts) = (0u64, 0u64, 0u64, 0u64);
     let (mut stuck_in, mut stuck_forever, mut stuck_suspended) = ([0u64; 64], 0u64, 0u64);
+    let (mut most_senders, mut most_receivers) = (0u64, 0u64);
     let (mut checks, mut violations, mut check_cycles) = (0u64, 0u64, 0u64);
     let check = |checks: &mut u64, violations: &mut u64, cycles: &mut u64| {
         let t = rdtsc();
@@ -392,6 +410,11 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
         if now - last_check >= 3 * hz {
             last_check = now;
             check(&mut checks, &mut violations, &mut check_cycles);
+            for k in fs::SHARED_EPS {
+                let (s, r) = probe(cfg.shared[fs::SHARED.iter().position(|&x| x == k).unwrap_or(0)]);
+                most_senders = most_senders.max(s);
+                most_receivers = most_receivers.max(r);
+            }
         }
         let now = rdtsc();
         for i in 0..n {
@@ -544,6 +567,9 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
         let _ = write!(l, " none");
     }
     l.flush();
+    println!(
+        "fuzz: most threads found waiting on one shared endpoint (every 3 s): {most_senders} senders, {most_receivers} receivers"
+    );
     println!(
         "fuzz: fuzzing threads started besides the first {}, helper threads started {}, calls with timeout FOREVER {}, long messages sent {} and received {}, capabilities received through IPC {}, faults taken on purpose {}",
         w[word::THREADS_STARTED],

@@ -463,12 +463,15 @@ impl Fz {
         if self.one_in(16) { self.hostile(1) % 300 } else { self.rnd() % self.cpus }
     }
 
-    /// A priority for a helper: any it may give, sometimes one above its own limit.
+    /// A priority for a helper: mostly the fuzzers' own (the IPC pairs, at that priority too,
+    /// keep every CPU busy: a thread below it does not run), else any it may give, sometimes one
+    /// above its own limit.
     fn prio(&mut self) -> u64 {
         match self.rnd() % 16 {
             0 => PRIO + 1 + self.rnd() % 250,
             1 => self.rnd(),
-            _ => self.rnd() % (PRIO + 1),
+            2..=5 => self.rnd() % (PRIO + 1),
+            _ => PRIO,
         }
     }
 
@@ -822,8 +825,8 @@ impl Fz {
 
     fn scenario(&mut self) {
         use Sys::*;
-        match self.rnd() % 6 {
-            0 => {
+        match self.rnd() % 7 {
+            0 | 6 => {
                 // A helper thread, started: a loop of blocking calls on a shared object.
                 let (task, peer) = self.create_target();
                 let k = self.rnd();
@@ -835,7 +838,15 @@ impl Fz {
                 if self.exec(c) != 0 {
                     return;
                 }
-                let obj = if on_note { self.pick_of(slot::SHARED_NOTES) } else { self.pick_of(slot::SHARED_EPS) };
+                // Receiving helpers gather mostly on the first shared endpoint, sending ones on
+                // the second, so that long queues of waiters build up there (the fuzzing threads
+                // take them one at a time); the third gets both.
+                let obj = match k % 5 {
+                    _ if on_note => self.pick_of(slot::SHARED_NOTES),
+                    _ if self.one_in(4) => slot::SHARED_EPS[2],
+                    0 | 3 => slot::SHARED_EPS[0],
+                    _ => slot::SHARED_EPS[1],
+                };
                 let timeout = self.helper_timeout();
                 self.exec(Req::new(ThreadSetArg, [d, obj, timeout, 0, 0, 0]));
                 if self.exec(Req::new(ThreadResume, [d, 0, 0, 0, 0, 0])) == 0 {
