@@ -58,6 +58,10 @@ pub mod word {
     /// as it notices them).
     pub const PEER_TASKS: usize = 452;
     pub const PEER_THREADS: usize = 453;
+    /// Set by the root task before it ends a fuzzer without `FLAG_CROSS`: every fuzzing thread
+    /// parks (sets `ACTIVE + t` to 2 and suspends itself) and every helper ends, so that the
+    /// task is ended with none of its threads in the middle of a call.
+    pub const STOP: usize = 454;
     /// `CYCLES + n` (n < 41): TSC cycles fuzzing threads spent in calls of number `n`, waits
     /// included.
     pub const CYCLES: usize = 456;
@@ -65,7 +69,11 @@ pub mod word {
     pub const WORDS: usize = 512;
 }
 
-/// Flag: the fuzzer holds capabilities to other fuzzers' tasks and threads and uses them.
+/// Flag: the fuzzer holds capabilities to other fuzzers' tasks and threads and uses them, ends
+/// its own task now and then, and is ended by the root task whatever its threads are doing.
+/// Without it (`cross=0`) no task is ended while one of its threads may be in a call: the
+/// kernel's races between ending a task and a call of one of its threads (issue 15) stay out
+/// of the run.
 pub const FLAG_CROSS: u64 = 1;
 
 /// Most fuzzing threads in one fuzzer task.

@@ -28,6 +28,7 @@ use rl4_user::worker::FUZZ;
 use rl4_user::{Line, println, rdtsc, sys};
 
 use crate::space::*;
+use crate::stress::sleep_ms;
 
 const MAX_FUZZERS: usize = 16;
 /// Where the root task sees fuzzer `i`'s counters page.
@@ -251,6 +252,38 @@ fn give(from: &Fuzzer, to: &mut Fuzzer) {
     }
 }
 
+/// Without `cross`: asks the fuzzers `fz` to stop (`word::STOP`) and waits until each fuzzing
+/// thread has parked, or has sat in a blocking call since the request (at most 300 ms), and the
+/// helpers have seen it, so that no thread of theirs is in the middle of a call when their
+/// tasks are ended.
+fn quiesce(fz: &[(usize, u64)], threads: u64) {
+    let stop = |i: usize| {
+        // SAFETY: fuzzer `i`'s counters page is mapped at its index while it lives.
+        unsafe { &*(counters(i).add(word::STOP) as *const AtomicU64) }
+    };
+    let mut seen = [[0u64; MAX_THREADS]; MAX_FUZZERS];
+    for &(i, _) in fz {
+        stop(i).store(1, SeqCst);
+        for t in 0..threads as usize {
+            seen[i][t] = read(i, word::PROGRESS + t);
+        }
+    }
+    sleep_ms(20);
+    let blocking = [Sys::Send, Sys::Call, Sys::Recv, Sys::ReplyRecv, Sys::Wait];
+    wait_ms(300, || {
+        fz.iter().all(|&(i, _)| {
+            (0..threads as usize).all(|t| {
+                let cur = read(i, word::CURRENT + t) & 0xff;
+                match read(i, word::ACTIVE + t) {
+                    1 => read(i, word::PROGRESS + t) == seen[i][t] && blocking.iter().any(|&b| b as u64 == cur),
+                    _ => true,
+                }
+            })
+        })
+    });
+    sleep_ms(10);
+}
+
 fn stop(f: Fuzzer) {
     let _ = sys::task_kill(f.task);
     release(f.thread);
@@ -368,6 +401,17 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
     let (mut after_threads, mut after_left) = (0u64, 0u64);
     let mut baseline_back = false;
     let end_fuzzers = |fz: &mut [Option<Fuzzer>; MAX_FUZZERS], tot: &mut Totals| {
+        if !cross {
+            let mut live = [(0usize, 0u64); MAX_FUZZERS];
+            let mut k = 0;
+            for (i, f) in fz.iter().enumerate() {
+                if let Some(f) = f {
+                    live[k] = (i, f.thread);
+                    k += 1;
+                }
+            }
+            quiesce(&live[..k], threads);
+        }
         for (i, f) in fz.iter_mut().enumerate() {
             if let Some(f) = f.take() {
                 stop(f);
@@ -456,6 +500,9 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
             if end {
                 ended += 1;
                 if let Some(f) = fz[i].take() {
+                    if !cross {
+                        quiesce(&[(i, f.thread)], threads);
+                    }
                     stop(f);
                     tot.harvest(i);
                 }

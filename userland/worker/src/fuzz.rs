@@ -169,7 +169,8 @@ fn raw(n: u64, a: &[u64; 6], timeout: u64, r13: u64, r14: u64) -> (u64, u64, u64
 // `rsi`, in the task they were created in (every fuzzer task holds the shared endpoints and
 // notifications in the same slots, and runs this program at the same addresses). They use no
 // stack and count their calls in the counters page of their task. A result other than success,
-// `Timeout`, `NoCaller` or `PartnerGone` ends the thread (its object is gone or of another type).
+// `Timeout`, `NoCaller` or `PartnerGone` ends the thread (its object is gone or of another type),
+// and so does the root task's `STOP` word.
 core::arch::global_asm!(
     ".pushsection .text.fz_helpers, \"ax\"",
     ".global fz_helper_server",
@@ -195,7 +196,10 @@ core::arch::global_asm!(
     "    mov r15, rsi",
     "    mov r13, -1",
     "    mov r14, -1",
-    "3:  mov rdi, rbx",
+    "3:  mov rcx, {page}",
+    "    cmp qword ptr [rcx + {stop}], 0",
+    "    jne 4f",
+    "    mov rdi, rbx",
     "    mov esi, 2",
     "    mov r12, r15",
     "    mov eax, ebp",
@@ -210,7 +214,7 @@ core::arch::global_asm!(
     "    je 3b",
     "    cmp rax, {partner_gone}",
     "    je 3b",
-    "    mov eax, {exit}",
+    "4:  mov eax, {exit}",
     "    syscall",
     "    ud2",
     ".popsection",
@@ -222,6 +226,7 @@ core::arch::global_asm!(
     exit = const Sys::ThreadExit as u64,
     page = const PAGE,
     helper_calls = const word::HELPER_CALLS * 8,
+    stop = const word::STOP * 8,
     timeout = const Error::Timeout as u64,
     no_caller = const Error::NoCaller as u64,
     partner_gone = const Error::PartnerGone as u64,
@@ -505,6 +510,17 @@ impl Fz {
     /// Issues `c`, counts it, and brings the shadow up to date with what it did.
     fn exec(&mut self, c: Req) -> u64 {
         let n = c.n;
+        // Without `cross`, no call that ends this task while its other threads run, and no
+        // deletion of a thread capability: a thread destroyed that way (suspended or inactive,
+        // its last capability gone) leaves the caller it owed a reply waiting for good on
+        // today's kernel.
+        if !cross()
+            && (n == Sys::TaskExit as u64
+                || (n == Sys::TaskKill as u64 && kind(c.a[0]) != SUB_TASK)
+                || (n == Sys::CapDelete as u64 && matches!(kind(c.a[0]), OWN_THREAD | PEER_THREAD | UNKNOWN)))
+        {
+            return u64::MAX;
+        }
         let ends_self = n == Sys::ThreadExit as u64 || n == Sys::TaskExit as u64;
         if ends_self {
             counter(word::ACTIVE + self.t).store(0, Relaxed);
@@ -786,7 +802,7 @@ impl Fz {
                 Some(s) => (s, true),
                 None => (slot::TASK, false),
             },
-            1 => (self.slot_of(&[SUB_TASK]), false),
+            1 if cross() => (self.slot_of(&[SUB_TASK]), false),
             _ => (self.find(&[OWN_TASK], 0, 128).unwrap_or(slot::TASK), false),
         }
     }
@@ -936,7 +952,9 @@ impl Fz {
                 let th = self.free();
                 let mut c = Req::new(ThreadCreate, [self.memory(), d, 0x40_0000, 0, self.prio() | self.cpu() << 32, th]);
                 c.effect = Effect::Set(th, OWN_THREAD);
-                if self.exec(c) == 0 && self.one_in(2) {
+                // (Started only with `cross`: killing a task while its thread faults is one of
+                // the races `cross=0` keeps out.)
+                if self.exec(c) == 0 && cross() && self.one_in(2) {
                     self.exec(Req::new(ThreadResume, [th, 0, 0, 0, 0, 0]));
                 }
                 if self.one_in(2) {
@@ -963,10 +981,22 @@ impl Fz {
         }
     }
 
+    /// Stops for good at the root task's request (see `word::STOP`).
+    fn park(&mut self) -> ! {
+        counter(word::ACTIVE + self.t).store(2, Relaxed);
+        loop {
+            raw(Sys::ThreadSuspend as u64, &[self.me, 0, 0, 0, 0, 0], 0, NO_SLOT, NO_SLOT);
+            raw(Sys::Yield as u64, &[0; 6], 0, NO_SLOT, NO_SLOT);
+        }
+    }
+
     fn run(&mut self) -> ! {
         counter(word::ACTIVE + self.t).store(1, Relaxed);
         let mut since_look = 0u32;
         loop {
+            if counter(word::STOP).load(Relaxed) != 0 {
+                self.park();
+            }
             let r = self.rnd();
             // Now and then a fault instead of a call, at any point of the other fuzzers' work
             // (the thread stops; what it held must be cleaned up).
