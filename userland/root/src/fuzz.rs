@@ -7,15 +7,17 @@
 //! fuzzers (slots in `rl4_user::fuzz::slot`). Its first thread starts more fuzzing threads
 //! (`threads=N`, default 3). With `cross=1` (the default) the root task also gives every
 //! fuzzer capabilities (`READ | WRITE`) to the other fuzzers' tasks and first threads, so that
-//! fuzzers suspend, resume, move, re-prioritise and kill each other across CPUs.
+//! fuzzers suspend, resume, move, re-prioritise and kill each other across CPUs. With
+//! `cross=0` there is none of that, and no fuzzer task is ended while one of its threads may be
+//! in a call (`quiesce`): today's kernel races there (issue 15).
 //!
 //! A fuzzer whose first thread dies or faults is counted and replaced by a new one with the
-//! next seed; so is one with a fuzzing thread that made no call for 2 s (blocked for good, or
-//! suspended: the watchdog ends its task). The kernel's consistency check runs every 3 s.
-//! When the time is up the fuzzers are ended while the IPC pairs still run, and the kernel must
-//! be back where it was before the first fuzzer started: the same live threads, the whole
-//! memory budget back to the byte. Then the pairs stop, and the consistency check runs once
-//! more.
+//! next seed; so is one with a fuzzing thread that made no call for 2 s (blocked for good,
+//! suspended or starved: the watchdog ends its task). The kernel's consistency check runs every
+//! 3 s. When the time is up the fuzzers are ended while the IPC pairs still run (and what is
+//! back 2 s later is reported); then the pairs stop, and the live threads must be back to the
+//! count before the run and the memory budget back to the byte, less what the pairs keep; the
+//! consistency check runs once more.
 //!
 //! Each fuzzer's sequence of calls follows from its seed (`seed`, then `seed + 1`, ...); how
 //! the calls of different fuzzers and threads interleave depends on timing.
