@@ -29,8 +29,10 @@ pub const STAMP: u64 = 11;
 /// The worker's slot for the endpoint it serves or calls.
 pub const EP_SLOT: u64 = 5;
 pub const ECHO_KEY: u64 = 0x5a5a_5a5a_5a5a_5a5a;
-/// Issue random system calls forever (operand: the seed). Counters in the page at [`FUZZ_PAGE`]:
-/// word 0 = calls made, word 1 + e = calls that returned error code `e` (e < 32).
+/// Fuzz (operand: the seed): the fuzzer's first thread (`userland/worker/src/fuzz.rs`). Its
+/// configuration and counters are in the page at [`FUZZ_PAGE`], laid out as
+/// [`crate::fuzz::word`] says (word 0 = calls made, word 1 + e = calls that returned error code
+/// `e`, e < 32).
 pub const FUZZ: u64 = 12;
 pub const FUZZ_PAGE: u64 = 0x0000_6900_0000_0000;
 /// Jump into the (non-executable) data page at the operand address.

@@ -57,6 +57,8 @@ fn rl4_main(boot_info: u64, _: u64) {
             fuzz = true;
         } else if let Some(n) = w.strip_prefix("seed=").and_then(num) {
             seed = n;
+        } else if fuzz::owns(w) {
+            // threads=, cross=: options the fuzzer reads itself
         } else if let Some(n) = w.strip_prefix("fuzzers=").and_then(num) {
             fuzzers = n as usize;
         } else if let Some(n) = w.strip_prefix("pairs=").and_then(num) {

@@ -16,9 +16,10 @@
 #![no_std]
 #![no_main]
 
-use rl4_user::abi::Sys;
 use rl4_user::worker::*;
 use rl4_user::{println, sys};
+
+mod fuzz;
 
 
 #[unsafe(no_mangle)]
@@ -53,7 +54,7 @@ fn rl4_main(cmd: u64, addr: u64) {
         },
         ECHO => echo(addr),
         STAMP => stamp(),
-        FUZZ => fuzz(addr),
+        FUZZ => fuzz::main_thread(addr),
         ISOLATION => isolation(addr),
         EXEC_DATA => {
             // SAFETY (this and the ones below): deliberate faults; the kernel must stop this
@@ -117,94 +118,6 @@ fn stamp() {
     }
 }
 
-/// Random system calls: numbers mostly valid, slots mostly small, pointers of every kind (this
-/// thread's stack, unmapped, kernel, non-canonical), lengths around every limit, random tags,
-/// rights and timeouts. Only the counters page is written by this code; everything else the
-/// calls may do (unmap this program, delete its capabilities, end the task) is fair game.
-fn fuzz(seed: u64) {
-    let mut x = seed | 1;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    let mut scratch = [0u64; 64];
-    let counters = FUZZ_PAGE as *mut u64;
-    loop {
-        let r = next();
-        let mut n = match r % 16 {
-            0 => next(),
-            1..=2 => next() % 64,
-            _ => next() % Sys::ALL.len() as u64,
-        };
-        // Ending itself is allowed, but rarely, so that each fuzzer lives long enough to matter.
-        let ends = [Sys::ThreadExit as u64, Sys::TaskExit as u64, Sys::TaskKill as u64, Sys::ThreadSuspend as u64];
-        if ends.contains(&n) && next() % 64 != 0 {
-            n = Sys::Null as u64;
-        }
-        // Never the console: it would fill the log (the machine capability here has no rights).
-        let mut arg = |i: u64| -> u64 {
-            let k = next();
-            // The first argument is nearly always a capability slot: half the time one of the
-            // first 16, where this task's capabilities and most objects it made are.
-            if i == 0 && k >> 63 == 0 {
-                return k % 16;
-            }
-            match (k >> 60) % 8 {
-                0 => k % 16,
-                1 => k % 300,
-                2 => scratch.as_mut_ptr() as u64 + (k % 64) * 8 * (i & 1),
-                3 => [0, 0x1000, 0xffff_8000_0000_0000, 0x0000_8000_0000_0000, 0x7fff_ffff_f000, u64::MAX][(k % 6) as usize],
-                4 => [0, 1, 4, 5, 128, 129, 4096, 4097, 1 << 20][(k % 9) as usize],
-                5 => k,
-                6 => (k % 300) << 32 | (k >> 8) % 300,
-                _ => k % 32,
-            }
-        };
-        let a = [arg(0), arg(1), arg(2), arg(3), arg(4), arg(5)];
-        // Now and then a fault instead of a call, at any point of the other fuzzers' work (the
-        // thread is stopped and replaced; what it held must be cleaned up).
-        if next() % 8192 == 0 {
-            take_fault(next(), a[0]);
-        }
-        // Bounded waits (a few ms at most), so that a fuzzer never sleeps for good.
-        let timeout = match next() % 3 {
-            0 => 0,
-            1 => next() % 10_000_000,
-            _ => next() % 100_000,
-        };
-        let (rax, _, _, _): (u64, u64, u64, u64);
-        // SAFETY: a system call with arbitrary arguments: the kernel checks them all. The
-        // registers that are not arguments (`rbx`, `rbp`, `r15`) are not touched by the kernel.
-        unsafe {
-            core::arch::asm!(
-                "syscall",
-                inlateout("rax") n => rax,
-                inlateout("rdi") a[0] => _,
-                inlateout("rsi") a[1] => _,
-                inlateout("rdx") a[2] => _,
-                inlateout("r10") a[3] => _,
-                inlateout("r8") a[4] => _,
-                inlateout("r9") a[5] => _,
-                inlateout("r12") timeout => _,
-                inlateout("r13") next() % 300 => _,
-                inlateout("r14") next() % 300 => _,
-                lateout("rcx") _,
-                lateout("r11") _,
-                options(nostack)
-            );
-        }
-        // SAFETY: the root task maps the counters page here before starting this thread; if a
-        // call above unmapped it, this write faults and the kernel stops the thread.
-        unsafe {
-            counters.write_volatile(counters.read_volatile() + 1);
-            let slot = counters.add(1 + (rax.min(31)) as usize);
-            slot.write_volatile(slot.read_volatile() + 1);
-        }
-    }
-}
-
 /// The isolation cases ([`ISOLATION_CASES`]), run in their order from this task, which holds
 /// only the capabilities of [`iso`]. `cpus`: CPUs online.
 fn isolation(cpus: u64) {
@@ -259,29 +172,6 @@ fn isolation(cpus: u64) {
     }
     // SAFETY: as above.
     unsafe { out.write_volatile(results.len() as u64) };
-}
-
-/// Takes one kind of fault (`kind` picks it) with `addr` as the address where one is needed
-/// (which may be mapped after all: then nothing happens).
-fn take_fault(kind: u64, addr: u64) {
-    // SAFETY (all): deliberate faults from a fuzzer thread; the kernel must stop only it.
-    unsafe {
-        match (kind >> 40) % 8 {
-            0 => {
-                core::ptr::read_volatile(addr as *const u64);
-            }
-            1 => core::ptr::write_volatile(addr as *mut u64, 0),
-            2 => core::arch::asm!("ud2"),
-            3 => core::arch::asm!("hlt"),
-            4 => core::arch::asm!("int3"),
-            5 => core::arch::asm!("xor edx, edx", "xor ecx, ecx", "div rcx", inout("rax") addr => _, out("rdx") _, out("rcx") _),
-            6 => core::arch::asm!("mov cr3, {}", in(reg) addr),
-            _ => {
-                let f: extern "C" fn() = core::mem::transmute::<usize, extern "C" fn()>(addr as usize);
-                f();
-            }
-        }
-    }
 }
 
 /// Uses a page of stack per level, forever (until the guard page below the stack stops it).

@@ -1,0 +1,117 @@
+//! What the fuzzer (the `worker` program's `FUZZ` command, `userland/worker/src/fuzz.rs`) and
+//! the root task that runs it (`userland/root/src/fuzz.rs`) agree on: the counters page, the
+//! slots a fuzzer task starts with, and where a fuzzer maps its memory.
+
+/// The counters page, mapped writable in the fuzzer task (and in the root task, which reads it).
+pub const PAGE: u64 = crate::worker::FUZZ_PAGE;
+
+/// Words of the counters page. Every fuzzing thread of the task adds to them atomically.
+pub mod word {
+    /// System calls made by the fuzzing threads.
+    pub const CALLS: usize = 0;
+    /// `RESULTS + e`: calls that returned error code `e` (0: success; 31: any code above 30).
+    pub const RESULTS: usize = 1;
+    /// System calls made by helper threads (the short loops of `ThreadCreate`d helpers).
+    pub const HELPER_CALLS: usize = 40;
+    /// Helper threads started (`ThreadResume` of a helper this task made, in any task).
+    pub const HELPERS_STARTED: usize = 41;
+    /// IPC calls made with the timeout `FOREVER`.
+    pub const FOREVER_CALLS: usize = 42;
+    /// Messages longer than the registers (words in the IPC buffer) sent with success.
+    pub const LONG_SENT: usize = 43;
+    /// Messages longer than the registers received.
+    pub const LONG_RECEIVED: usize = 44;
+    /// Capabilities received through IPC.
+    pub const CAPS_RECEIVED: usize = 45;
+    /// Fuzzing threads started besides the first.
+    pub const THREADS_STARTED: usize = 46;
+    /// Faults taken on purpose.
+    pub const FAULTS_TAKEN: usize = 47;
+    /// `PROGRESS + t`: calls made by fuzzing thread `t` (written by that thread only).
+    pub const PROGRESS: usize = 64;
+    /// `ACTIVE + t`: 1 while fuzzing thread `t` runs (it clears it before ending on purpose).
+    pub const ACTIVE: usize = 80;
+    /// `CURRENT + t`: the call fuzzing thread `t` is in or made last (its number, plus 256 if
+    /// with the timeout `FOREVER`), for the watchdog's report.
+    pub const CURRENT: usize = 96;
+    /// `PER_CALL + n`: calls of system-call number `n` (63: any number above 62).
+    pub const PER_CALL: usize = 128;
+    /// `PER_CALL_OK + n`: those that succeeded.
+    pub const PER_CALL_OK: usize = 192;
+    /// `CROSS_CALLS + n`: calls of number `n` aimed at another fuzzer's task or thread.
+    pub const CROSS_CALLS: usize = 256;
+    /// `CROSS_OK + n`: those that succeeded.
+    pub const CROSS_OK: usize = 320;
+    /// `FIRST_CHECK + n`: calls of number `n` that stopped at the first slot check
+    /// (`SlotOutOfRange` or `EmptySlot`).
+    pub const FIRST_CHECK: usize = 384;
+    /// Configuration, written by the root task before the fuzzer starts: flags (`FLAG_*`).
+    pub const CFG_FLAGS: usize = 448;
+    /// Fuzzing threads per task (1..=`MAX_THREADS`).
+    pub const CFG_THREADS: usize = 449;
+    /// CPUs online.
+    pub const CFG_CPUS: usize = 450;
+    /// The fuzzer's index (0..16).
+    pub const CFG_INDEX: usize = 451;
+    /// Bit `s - slot::PEERS` set: the root task put a capability to another fuzzer's task
+    /// (`PEER_TASKS`) or first thread (`PEER_THREADS`) into slot `s` (the fuzzer takes the bits
+    /// as it notices them).
+    pub const PEER_TASKS: usize = 452;
+    pub const PEER_THREADS: usize = 453;
+    /// Set by the root task before it ends a fuzzer without `FLAG_CROSS`: every fuzzing thread
+    /// parks (sets `ACTIVE + t` to 2 and suspends itself) and every helper ends, so that the
+    /// task is ended with none of its threads in the middle of a call.
+    pub const STOP: usize = 454;
+    /// `CYCLES + n` (n < 41): TSC cycles fuzzing threads spent in calls of number `n`, waits
+    /// included.
+    pub const CYCLES: usize = 456;
+    /// Words in the page.
+    pub const WORDS: usize = 512;
+}
+
+/// Flag: the fuzzer holds capabilities to other fuzzers' tasks and threads and uses them, ends
+/// its own task now and then, and is ended by the root task whatever its threads are doing.
+/// Without it (`cross=0`) no task is ended while one of its threads may be in a call: the
+/// kernel's races between ending a task and a call of one of its threads (issue 15) stay out
+/// of the run.
+pub const FLAG_CROSS: u64 = 1;
+
+/// Most fuzzing threads in one fuzzer task.
+pub const MAX_THREADS: usize = 7;
+
+/// The slots a fuzzer task starts with.
+pub mod slot {
+    /// Its own task, address space and first thread (all rights).
+    pub const TASK: u64 = 0;
+    pub const SPACE: u64 = 1;
+    pub const THREAD: u64 = 2;
+    /// The memory budget (`ALLOCATE`).
+    pub const MEMORY: u64 = 3;
+    /// A machine capability without rights.
+    pub const MACHINE: u64 = 4;
+    /// Endpoints and notifications shared by every fuzzer (all rights).
+    pub const SHARED: [u64; 5] = [5, 6, 7, 8, 9];
+    pub const SHARED_EPS: [u64; 3] = [5, 7, 9];
+    pub const SHARED_NOTES: [u64; 2] = [6, 8];
+    /// Fuzzing thread `t` (≥ 1) lives in slot `THREADS + t - 1`.
+    pub const THREADS: u64 = 10;
+    /// The objects a fuzzer makes go to slots `OWN .. PEERS`.
+    pub const OWN: u64 = 16;
+    /// The root task puts capabilities to other fuzzers' tasks and first threads (rights
+    /// `READ | WRITE`, no `GRANT`) into free slots of `PEERS .. PEERS_END`.
+    pub const PEERS: u64 = 64;
+    pub const PEERS_END: u64 = 128;
+}
+
+/// Where a fuzzer maps its memory.
+pub mod va {
+    /// The first thread's stack top (4 pages below it, mapped by the root task).
+    pub const STACK_TOP: u64 = 0x0000_7000_0000_0000;
+    /// Fuzzing thread `t`'s stack: 4 pages below `STACKS + (t + 1) * 0x10000`.
+    pub const STACKS: u64 = 0x0000_6b00_0000_0000;
+    /// Fuzzing thread `t`'s IPC buffer: `IPC_BUFFERS + t * 4096`.
+    pub const IPC_BUFFERS: u64 = 0x0000_6c00_0000_0000;
+    /// Pages the fuzzer maps and unmaps at random: `WINDOW .. WINDOW + WINDOW_PAGES * 4096`.
+    pub const WINDOW: u64 = 0x0000_6d00_0000_0000;
+    pub const WINDOW_PAGES: u64 = 64;
+}
