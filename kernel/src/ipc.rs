@@ -70,7 +70,7 @@ impl Endpoint {
 impl Drop for Endpoint {
     /// The last capability is gone: every waiter gets `PartnerGone`.
     fn drop(&mut self) {
-        reclaim::dropping();
+        reclaim::dropping("Endpoint");
         let id = self.id();
         let q = core::mem::take(&mut *self.q.lock());
         for (_, t) in q.senders {
@@ -113,7 +113,7 @@ impl Notification {
 
 impl Drop for Notification {
     fn drop(&mut self) {
-        reclaim::dropping();
+        reclaim::dropping("Notification");
         let id = self.id();
         let q = core::mem::take(&mut *self.q.lock());
         for t in q.waiters {

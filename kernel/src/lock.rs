@@ -95,8 +95,12 @@ fn release(level: u8) {
 
 /// Counts a kernel object destroyed while this CPU holds a lock.
 #[cold]
-pub fn drop_violation() {
-    mine().drops.fetch_add(1, Ordering::Relaxed);
+pub fn drop_violation(what: &'static str) {
+    let v = mine();
+    if v.drops.fetch_add(1, Ordering::Relaxed) < 3 {
+        rl4_arch::println!("lock: a {what} was destroyed while this CPU held a lock");
+        crate::panic::backtrace_here();
+    }
 }
 
 /// Every CPU's counts: (lock-order violations, destructors under a lock, last bad acquisition
@@ -129,6 +133,11 @@ impl<T, const L: u8> Mutex<T, L> {
         let g = self.inner.try_lock()?;
         acquire(L);
         Some(Guard { g })
+    }
+
+    /// The value, through exclusive access (no other reference can exist: no locking needed).
+    pub fn get_mut(&mut self) -> &mut T {
+        self.inner.get_mut()
     }
 
     /// The lock if it is free, outside the level discipline: only for the consistency check,

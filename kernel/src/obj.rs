@@ -177,7 +177,7 @@ impl Frame {
 
 impl Drop for Frame {
     fn drop(&mut self) {
-        crate::reclaim::dropping();
+        crate::reclaim::dropping("Frame");
         mem::free_frame(self.pa);
     }
 }
@@ -221,7 +221,7 @@ impl Space {
 
 impl Drop for Space {
     fn drop(&mut self) {
-        crate::reclaim::dropping();
+        crate::reclaim::dropping("Space");
         crate::tlb::forget_space(self.pml4);
         // The frames are released after the mappings' lock.
         let maps = core::mem::take(&mut *self.maps.lock());
@@ -383,13 +383,19 @@ impl Thread {
 
 impl Drop for Thread {
     fn drop(&mut self) {
-        crate::reclaim::dropping();
+        crate::reclaim::dropping("Thread");
+        // A thread destroyed while it still holds a reply right (suspended after it received a
+        // call, then its last capability deleted): that caller gets `PartnerGone`, never a wait
+        // that nobody can end.
+        if let Some((caller, ticket)) = self.life.get_mut().take_reply() {
+            crate::thread::fail_caller(caller, ticket);
+        }
         LIVE_THREADS.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl Drop for Task {
     fn drop(&mut self) {
-        crate::reclaim::dropping();
+        crate::reclaim::dropping("Task");
     }
 }

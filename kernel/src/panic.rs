@@ -37,3 +37,12 @@ fn panic(info: &PanicInfo<'_>) -> ! {
     rl4_arch::println!("panic: all other CPUs stopped; exiting with failure");
     cpu::exit(cpu::QemuExit::Failure)
 }
+
+/// Prints the calling CPU's return addresses (for reports of broken rules, not only panics).
+pub fn backtrace_here() {
+    let me = percpu::cpu_index();
+    let mut g = console::lock(false);
+    paging::backtrace(cpu::frame_pointer(), 12, |i, ret| {
+        let _ = writeln!(g, "[cpu{me}]   #{i:<2} {ret:#018x}");
+    });
+}

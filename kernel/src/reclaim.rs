@@ -109,9 +109,9 @@ fn drain_slow(grave: &Grave) {
 
 /// Called by every kernel object's destructor: counts a destructor run under a lock.
 #[inline(always)]
-pub fn dropping() {
+pub fn dropping(what: &'static str) {
     if lock::held() != 0 {
-        lock::drop_violation();
+        lock::drop_violation(what);
     }
 }
 

@@ -454,7 +454,9 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
                 Some(_) => return Err(Error::MissingRight),
                 None => return Err(Error::NotMapped),
             };
-            *th.ipc_buffer.lock() = Some(f);
+            // The frame it replaces is released after the lock.
+            let old = th.ipc_buffer.lock().replace(f);
+            drop(old);
             Ok([0; 3])
         }
         Sys::CapMint => {
