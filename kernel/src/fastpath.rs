@@ -87,11 +87,12 @@ fn call(cs: &sched::CpuSched, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<(
     drop(q);
     trace::stamp(trace::PARTNER);
     copy_message(&cur, &r, tag, badge);
-    let ticket = cs.next_ticket();
-    let old = rl.grant_reply(cur.clone(), ticket);
     let prio = rl.prio;
     // One thread's lock at a time: the receiver's goes before the caller's is taken.
     drop(rl);
+    // Block the caller before the receiver gets the reply right: a kill of the receiver from
+    // another CPU fails the caller through that right, which only works once it waits.
+    let ticket = cs.next_ticket();
     {
         let mut l = cur.life.lock();
         if let Err((_, w)) = l.block(Wait::Reply { ticket }, u64::MAX) {
@@ -102,8 +103,10 @@ fn call(cs: &sched::CpuSched, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<(
         }
         sched::leave_fast(cs, &cur, &mut l);
     }
+    // The caller's reference becomes the receiver's reply right (handed straight back if the
+    // receiver was killed meanwhile).
+    let old = r.life.lock().grant_reply(cur, ticket);
     crate::obj::dispose(wait);
-    drop(cur);
     if let Some((c, t)) = old {
         thread::fail_caller(c, t);
     }
@@ -136,7 +139,10 @@ fn reply_recv(cs: &sched::CpuSched, cur: Arc<Thread>, slot: u64, tag: Tag) -> Re
         drop(q);
         // Nothing changed: the reply right goes back.
         let old = cur.life.lock().grant_reply(caller, ticket);
-        debug_assert!(old.is_none());
+        // Killed meanwhile: the right came back, and its caller must not wait for it.
+        if let Some((c, t)) = old {
+            thread::fail_caller(c, t);
+        }
         return Err(cur);
     };
     // Point of no return: the caller is Running here.

@@ -266,7 +266,15 @@ pub fn send(cur: &Arc<Thread>, regs: &UserRegs, ep: &Arc<Endpoint>, badge: u64, 
         None
     };
     let deadline = deadline(timeout);
+    let ticket = if call { sched::next_ticket() } else { 0 };
     let mut q = ep.q.lock();
+    // A call waits for its reply before any receiver can see it: the receiver may answer at
+    // once from its own CPU, or die and fail the caller through the reply right.
+    if call && block_current(cur, Wait::Reply { ticket }, deadline).is_err() {
+        drop(q);
+        reclaim::later_cap(cap);
+        return Outcome::Return(Err(Error::Interrupted));
+    }
     // Claim a waiting receiver.
     while let Some(r) = q.receivers.pop_front() {
         let mut rl = r.life.lock();
@@ -277,7 +285,6 @@ pub fn send(cur: &Arc<Thread>, regs: &UserRegs, ep: &Arc<Endpoint>, badge: u64, 
         };
         crate::trace::stamp(crate::trace::PARTNER);
         let left = r.regs.with(|rr| deliver(&r, rr, Outgoing { regs, badge, buffer: long_buffer(cur, tag), cap }));
-        let ticket = if call { sched::next_ticket() } else { 0 };
         let old = if call { rl.grant_reply(cur.clone(), ticket) } else { None };
         drop(rl);
         drop(q);
@@ -287,21 +294,19 @@ pub fn send(cur: &Arc<Thread>, regs: &UserRegs, ep: &Arc<Endpoint>, badge: u64, 
             thread::fail_caller(c, t);
         }
         crate::trace::stamp(crate::trace::DELIVERED);
-        // Then block (a call), then place the receiver.
         if call {
-            match block_current(cur, Wait::Reply { ticket }, deadline) {
-                Ok(()) => timeout::add(deadline, cur),
-                Err(()) => {
-                    place_claimed(r, false);
-                    return Outcome::Return(Err(Error::Interrupted));
-                }
-            }
+            timeout::add(deadline, cur);
         }
-        let direct = place_claimed(r, call);
-        if direct {
+        if place_claimed(r, call) {
             crate::trace::stamp(crate::trace::SWITCHED);
         }
         return if call { Outcome::Blocked } else { Outcome::Return(Ok([0; 3])) };
+    }
+    // No receiver: a call takes back its reply wait (nobody saw it) and waits as a sender.
+    if call && cur.life.lock().unwait(ticket).is_err() {
+        drop(q);
+        reclaim::later_cap(cap);
+        return Outcome::Return(Err(Error::Interrupted));
     }
     if timeout == 0 {
         drop(q);

@@ -371,6 +371,19 @@ impl<K: Kinds> Life<K> {
         matches!(&self.state, State::Blocked { wait, .. } if wait.is(on))
     }
 
+    /// The running thread takes back a reply wait it entered before anybody could answer it
+    /// (a `Call` blocks for its reply before it looks for a receiver, and found none):
+    /// `Blocked { Reply { ticket } }` while still current on a CPU → `Running`. Refused if the
+    /// wait already ended (killed, suspended).
+    pub fn unwait(&mut self, ticket: u64) -> Result<(), Refused> {
+        if !matches!(self.place, Place::Current(_)) || !self.waits(WaitOn::Reply(ticket)) {
+            return self.refuse();
+        }
+        let State::Blocked { wait, .. } = core::mem::replace(&mut self.state, State::Running) else { unreachable!() };
+        core::mem::forget(wait); // a reply wait owns nothing
+        Ok(())
+    }
+
     /// A timeout: `Blocked` with a deadline at or before `now` → `Ready`.
     pub fn expire(&mut self, now: u64) -> Result<Wait<K>, Refused> {
         match self.state {
@@ -651,6 +664,22 @@ mod tests {
         assert!(l.waits(WaitOn::Recv(2)));
         assert!(l.wake_here(WaitOn::Recv(2), 0).is_ok());
         assert_eq!((l.view(), l.place()), (ThreadState::Running, Place::Current(0)));
+    }
+
+    #[test]
+    fn unwait_only_the_own_unanswered_reply_wait() {
+        let mut l = running();
+        l.block(Wait::Reply { ticket: 4 }, 100).ok().unwrap();
+        assert!(l.unwait(5).is_err(), "another call's ticket");
+        assert!(l.unwait(4).is_ok());
+        assert_eq!(l.view(), ThreadState::Running);
+        l.block(Wait::Reply { ticket: 6 }, 100).ok().unwrap();
+        l.kill().ok().unwrap();
+        assert!(l.unwait(6).is_err(), "killed meanwhile");
+        let mut l = running();
+        l.block(Wait::Reply { ticket: 7 }, 100).ok().unwrap();
+        assert_eq!(l.leave_cpu(0), Leave::Gone);
+        assert!(l.unwait(7).is_err(), "off its CPU: not the running thread");
     }
 
     #[test]
