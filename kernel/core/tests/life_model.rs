@@ -25,19 +25,24 @@
 //! [`Sim::check`]. Messages carry ids (the sender's badge): none is delivered twice, and none
 //! of a sender killed while it waited.
 //!
-//! The protocol simulated is the one of `kernel/src/ipc.rs` and `sched.rs`, with three orders
-//! that this test found must be so (each `regression_*` test at the end replays a sequence
-//! that fails with the other order, which `RL4_LIFE_LITERAL=call,suspend,expire` selects for
-//! the random runs as well):
+//! The protocol simulated is the kernel's (`docs/ipc.md`: claim, block, place), with the
+//! same-CPU fast path (`wake_here`), except in the orders that this test found must be
+//! otherwise. Each `regression_*` test at the end replays a sequence that fails with the other
+//! order (`RL4_LIFE_LITERAL=call,suspend,expire,giveback` selects them for the random runs):
 //!
-//! - a `Call` that finds receivers blocks the caller in `Reply { ticket }` *before* waking a
-//!   receiver (if every receiver entry turns out stale it wakes itself, `keep`s and blocks as
-//!   a sender); blocking it after the receiver got the message and the right loses the reply
-//!   of a receiver that its CPU had not let go of yet;
-//! - a suspension locks the queue of the wait it cancels before the thread (as expiry does)
-//!   and removes the entry in the same step, instead of removing "the thread's entries" later;
-//! - expiry checks under both locks that the thread still waits in the wait whose queue it
-//!   locked before calling `expire` (which ends any wait past its deadline).
+//! - a `Call` that finds receivers blocks the caller in `Reply { ticket }` *before* it claims a
+//!   receiver (if every receiver entry turns out stale, it wakes itself, `keep`s and waits as a
+//!   sender). Claiming first (wake or `wake_here`, deliver, grant, let go, then block) loses the
+//!   caller when, before it blocks, the receiver replies (a receiver still current on its CPU
+//!   runs as soon as it is woken: its CPU `keep`s it) or is killed (the kill fails the caller,
+//!   refused: it is still `Running`) — it then waits forever (`call`);
+//! - a suspension locks the queue of the wait it cancels before the thread and removes the
+//!   entry in the same step, instead of removing "the thread's entries" later (`suspend`);
+//! - expiry checks under both locks that the thread still `waits` in the wait whose queue it
+//!   locked before calling `expire` (which ends any wait past its deadline) (`expire`);
+//! - the fast `ReplyRecv`, which takes the reply right and gives it back when it cannot switch
+//!   to the caller, fails the caller of a right that `grant_reply` hands back (the server was
+//!   killed meanwhile) instead of ignoring it (`giveback`).
 //!
 //! Kills stay split (the thread, then its queue and caller): entries they leave are stale for
 //! good, refused by every later `wake` and `take_sender`.
@@ -58,7 +63,7 @@ use rl4_abi::ThreadState;
 use rl4_core::life::{Ident, Kinds, Leave, Life, Pick, Place, State, Wait, WaitOn};
 
 const NCPU: usize = 3;
-const NTHR: usize = 5;
+const NTHR: usize = 6;
 const NEP: usize = 2;
 /// The notification's identity.
 const NTF: usize = 7;
@@ -170,9 +175,17 @@ enum Cont {
     /// The timer found `t` past its deadline in wait `on` (the model's state `was`): lock the
     /// queue of that wait, then the thread, and end the wait if it is still that one.
     Expire { t: usize, on: WaitOn, was: M },
+    /// The same-CPU fast path: `t` was made `Running` and current here (`wake_here`); hand
+    /// the CPU over to it (the thread that called lets go).
+    Switch { t: usize },
+    /// The fast path of `ReplyRecv` took server `r`'s reply right (for `caller`, `ticket`; the
+    /// model's call `call`): lock E and the caller, switch to it if it may run here now, else
+    /// give the right back and take the general path.
+    FastReplyRecv { r: usize, ep: usize, caller: usize, ticket: u64, call: u64 },
     /// Literal order (`RL4_LIFE_LITERAL=call`): the caller blocks for the reply only after the
-    /// receiver got the message and the reply right; then the receiver is placed.
-    LitBlock { s: usize, ticket: u64, deadline: u64, r: usize, direct: bool, call: u64 },
+    /// receiver got the message and the reply right; then the receiver is placed (or, `fast`,
+    /// switched to: it is current here already).
+    LitBlock { s: usize, ticket: u64, deadline: u64, r: usize, direct: bool, call: u64, fast: bool },
     /// Literal order (`RL4_LIFE_LITERAL=suspend`): a suspension removes the thread's entries
     /// from the queue of its cancelled wait after letting go of the thread.
     LitUnqueue { t: usize, wait: WaitOn },
@@ -210,14 +223,20 @@ enum Ev {
     BlockRefused,
     /// A system call of a thread killed or suspended during it (its CPU has not let go yet).
     StoppedSyscall,
+    /// The fast path's `wake_here` of a receiver or a caller.
+    FastPath,
+    /// The fast path fell back to the general path (`wake_here` refused, senders waiting...).
+    FastFallback,
+    /// The fast `ReplyRecv` gave the reply right back to a server killed meanwhile.
+    GiveBackToDead,
 }
-const NEV: usize = Ev::StoppedSyscall as usize + 1;
+const NEV: usize = Ev::GiveBackToDead as usize + 1;
 const EVS: [Ev; NEV] = {
     use Ev::*;
     [
         StaleEntry, CallFallback, DirectSwitch, PlaceHeld, KillBlocked, KillCurrent, CallerFailed, GrantToDead,
         OldRightDies, SuspendBlocked, ResumePlaces, Expired, ExpireRefused, ReplyToGone, Forward, Drop, KeepWoken,
-        BlockRefused, StoppedSyscall,
+        BlockRefused, StoppedSyscall, FastPath, FastFallback, GiveBackToDead,
     ]
 };
 
@@ -226,12 +245,19 @@ struct Literal {
     call: bool,
     suspend: bool,
     expire: bool,
+    /// The fast `ReplyRecv` gives the reply right back and ignores a right that comes back.
+    giveback: bool,
 }
 
 impl Literal {
     fn from_env() -> Self {
         let v = std::env::var("RL4_LIFE_LITERAL").unwrap_or_default();
-        Literal { call: v.contains("call"), suspend: v.contains("suspend"), expire: v.contains("expire") }
+        Literal {
+            call: v.contains("call"),
+            suspend: v.contains("suspend"),
+            expire: v.contains("expire"),
+            giveback: v.contains("giveback"),
+        }
     }
 }
 
@@ -242,6 +268,11 @@ fn wait_on(w: &Wait<K>) -> WaitOn {
         Wait::Reply { ticket } => WaitOn::Reply(*ticket),
         Wait::Notify { n } => WaitOn::Notify(n.0),
     }
+}
+
+/// A thread's first CPU.
+fn home(t: usize) -> u32 {
+    (t % NCPU) as u32
 }
 
 struct Sim {
@@ -275,11 +306,11 @@ struct Sim {
 }
 
 impl Sim {
-    /// Threads 0..NTHR-1 with affinity `t % NCPU`, all but the last one started (queued).
+    /// Threads 0..NTHR-1 with affinity `home(t)`, all but the last one started (queued).
     fn new(lit: Literal) -> Self {
         let mut s = Sim {
             lit,
-            life: (0..NTHR).map(|t| Life::new(10, (t % NCPU) as u32)).collect(),
+            life: (0..NTHR).map(|t| Life::new(10, home(t))).collect(),
             exec: vec![false; NTHR],
             died: vec![false; NTHR],
             cur: [None; NCPU],
@@ -295,7 +326,7 @@ impl Sim {
             delivered: HashSet::new(),
             killed_msgs: HashSet::new(),
             m: (0..NTHR)
-                .map(|t| MThread { st: M::Inactive, deadline: NONE, aff: (t % NCPU) as u32, right: None })
+                .map(|t| MThread { st: M::Inactive, deadline: NONE, aff: home(t), right: None })
                 .collect(),
             msend: Default::default(),
             mrecv: Default::default(),
@@ -325,7 +356,25 @@ impl Sim {
 
     /// Held by a scheduler: some CPU's current thread, or in a CPU's queue.
     fn held(&self, t: usize) -> bool {
-        self.cur.contains(&Some(t)) || self.runq.iter().any(|q| q.contains(&t))
+        self.cur.contains(&Some(t))
+            || self.runq.iter().any(|q| q.contains(&t))
+            || (0..NCPU).any(|c| self.switching(c, t))
+    }
+
+    /// CPU `c` is in the middle of a switch to `t`, which is current there already.
+    fn switching(&self, c: usize, t: usize) -> bool {
+        self.conts[c].iter().any(|k| match k {
+            Cont::Switch { t: x } | Cont::LitBlock { r: x, fast: true, .. } => *x == t,
+            _ => false,
+        })
+    }
+
+    /// The CPU `t` is current on (the CPU to kick): its current slot, or a switch to it that
+    /// CPU is in the middle of.
+    fn current_on(&self, t: usize) -> Option<u32> {
+        (0..NCPU)
+            .find(|&c| self.cur[c] == Some(t) || self.switching(c, t))
+            .map(|c| c as u32)
     }
 
     fn deliver(&mut self, msg: u64) {
@@ -384,6 +433,16 @@ impl Sim {
             Op::Send { ep, to } => self.send(c, s, ep, to),
             Op::Recv { ep, to } => self.recv(c, s, ep, to),
             Op::ReplyRecv { ep, to, direct } => {
+                if direct && to == Timeout::Forever {
+                    // The fast path (it takes no timeout): take the reply right first.
+                    let right = self.life[s].take_reply();
+                    let mright = self.m[s].right.take();
+                    assert_eq!(right.map(|x| x.0), mright.map(|x| x.0), "the reply right of {s}");
+                    if let (Some((caller, ticket)), Some((_, call))) = (right, mright) {
+                        self.conts[c].push_back(Cont::FastReplyRecv { r: s, ep, caller, ticket, call });
+                        return;
+                    }
+                }
                 self.reply(c, s, direct);
                 self.recv(c, s, ep, to);
             }
@@ -490,27 +549,74 @@ impl Sim {
         self.msgs += 1;
         self.mcalls += 1;
         let (ticket, msg, call) = (self.tickets, self.msgs, self.mcalls);
+        if self.recv[ep].is_empty() {
+            return self.send_block(s, ep, zero, deadline, msg, true);
+        }
+        // The same-CPU fast path's guards: no timeout, nothing more urgent here.
+        let fast = direct && to == Timeout::Forever && self.runq[c].is_empty();
         if self.lit.call {
             // Literal order: lock E, wake a receiver, deliver, grant; then block S.
+            if fast {
+                if let Some(r) = self.claim_here(c, ep) {
+                    self.deliver(msg);
+                    self.grant(r, s, ticket, call);
+                    self.conts[c].push_back(Cont::LitBlock { s, ticket, deadline, r, direct, call, fast: true });
+                    return;
+                }
+            }
             match self.take_receiver(ep) {
                 Some(r) => {
                     self.deliver(msg);
                     self.grant(r, s, ticket, call);
-                    self.conts[c].push_back(Cont::LitBlock { s, ticket, deadline, r, direct, call });
+                    self.conts[c].push_back(Cont::LitBlock { s, ticket, deadline, r, direct, call, fast: false });
                 }
                 None => self.send_block(s, ep, zero, deadline, msg, true),
             }
             return;
         }
-        if self.recv[ep].is_empty() {
-            return self.send_block(s, ep, zero, deadline, msg, true);
-        }
         // Receivers wait: the caller waits for the reply before any receiver can see the call
-        // (a receiver still current on its CPU runs, and may reply, as soon as it is woken).
-        if self.block(s, Wait::Reply { ticket }, deadline, M::Reply { call }) {
-            self.conts[c].push_back(Cont::Deliver { s, ep, ticket, deadline, msg, zero, direct, call });
+        // (a receiver still current on its CPU runs, and may reply, as soon as it is woken; a
+        // receiver killed before the caller waits could not fail it).
+        if !self.block(s, Wait::Reply { ticket }, deadline, M::Reply { call }) {
+            return; // killed or suspended during the call: no message goes out
         }
-        // Refused: killed or suspended during the call; no message goes out.
+        if fast {
+            if let Some(r) = self.claim_here(c, ep) {
+                self.deliver(msg);
+                self.grant(r, s, ticket, call);
+                self.conts[c].push_back(Cont::Switch { t: r });
+                return;
+            }
+        }
+        self.conts[c].push_back(Cont::Deliver { s, ep, ticket, deadline, msg, zero, direct, call });
+    }
+
+    /// The fast path claims the first receiver of `ep` for CPU `c` (`wake_here`: it waits
+    /// there, is held nowhere and belongs to `c`), or leaves it in place.
+    fn claim_here(&mut self, c: usize, ep: usize) -> Option<usize> {
+        let r = self.recv[ep].pop_front()?;
+        let want = self.mrecv[ep].front() == Some(&r) && !self.held(r) && self.m[r].aff == c as u32;
+        let ok = self.life[r].wake_here(WaitOn::Recv(ep), c as u32).is_ok();
+        assert_eq!(ok, want, "cpu {c} claims receiver {r} on the fast path");
+        if !ok {
+            self.hit(Ev::FastFallback);
+            self.recv[ep].push_front(r);
+            return None;
+        }
+        self.hit(Ev::FastPath);
+        self.mrecv[ep].pop_front();
+        self.m[r].st = M::Running;
+        Some(r)
+    }
+
+    /// CPU `c` hands itself over to `t`, `Running` and current here already.
+    fn switch_to(&mut self, c: usize, t: usize) {
+        assert_eq!(self.life[t].place(), Place::Current(c as u32));
+        if let Some(x) = self.cur[c] {
+            self.leave(c, x);
+        }
+        self.cur[c] = Some(t);
+        self.exec[t] = true;
     }
 
     fn send(&mut self, c: usize, s: usize, ep: usize, to: Timeout) {
@@ -631,7 +737,7 @@ impl Sim {
     }
 
     fn kill(&mut self, c: usize, t: usize) {
-        let kick = self.cur.iter().position(|&x| x == Some(t)).map(|c| c as u32);
+        let kick = self.current_on(t);
         let r = self.life[t].kill();
         assert_eq!(r.is_ok(), self.m[t].st != M::Dead, "kill of {t}");
         let Ok(stopped) = r else { return };
@@ -668,7 +774,7 @@ impl Sim {
     /// Suspension, done as the kernel must: lock the queue of the thread's wait (learnt under
     /// its lock), then the thread; the cancelled wait leaves its queue in the same step.
     fn suspend(&mut self, c: usize, t: usize) {
-        let kick = self.cur.iter().position(|&x| x == Some(t)).map(|c| c as u32);
+        let kick = self.current_on(t);
         let r = self.life[t].suspend();
         let mst = self.m[t].st;
         assert_eq!(r.is_ok(), !matches!(mst, M::Faulted | M::Dead), "suspend of {t}");
@@ -823,10 +929,16 @@ impl Sim {
             }
             Cont::Expire { t, on, was } => {
                 let now = self.now;
-                let still = matches!(self.life[t].state(), State::Blocked { wait, .. } if wait.is(on));
+                let still = self.life[t].waits(on);
                 let ok = (still || self.lit.expire) && self.life[t].expire(now).is_ok();
                 let mst = self.m[t].st;
-                let want = (mst == was || self.lit.expire) && mst.blocked() && self.m[t].deadline <= now;
+                // Still in the wait it was found in: the same queue (a sender's `call` may differ:
+                // it may have been suspended, resumed and sent again), or the same call.
+                let same = match (mst, was) {
+                    (M::Send { ep: a, .. }, M::Send { ep: b, .. }) => a == b,
+                    _ => mst == was,
+                };
+                let want = (same || self.lit.expire) && mst.blocked() && self.m[t].deadline <= now;
                 assert_eq!(ok, want, "expiry of {t}");
                 self.hit(if ok { Ev::Expired } else { Ev::ExpireRefused });
                 if ok {
@@ -840,9 +952,51 @@ impl Sim {
                     self.enqueue(t);
                 }
             }
-            Cont::LitBlock { s, ticket, deadline, r, direct, call } => {
+            Cont::LitBlock { s, ticket, deadline, r, direct, call, fast } => {
                 self.block(s, Wait::Reply { ticket }, deadline, M::Reply { call });
-                self.place(c, r, direct);
+                if fast {
+                    self.switch_to(c, r);
+                } else {
+                    self.place(c, r, direct);
+                }
+            }
+            Cont::Switch { t } => self.switch_to(c, t),
+            Cont::FastReplyRecv { r, ep, caller, ticket, call } => {
+                // Lock E: with no sender waiting and nothing more urgent here, lock the caller
+                // and make it current here if it may run here now.
+                let mut ok = false;
+                if self.send[ep].is_empty() && self.runq[c].is_empty() {
+                    let want =
+                        self.m[caller].st == M::Reply { call } && !self.held(caller) && self.m[caller].aff == c as u32;
+                    ok = self.life[caller].wake_here(WaitOn::Reply(ticket), c as u32).is_ok();
+                    assert_eq!(ok, want, "cpu {c} switches to caller {caller} on the fast path");
+                }
+                if ok {
+                    // The reply is copied; the server waits on E (still under E's lock).
+                    self.hit(Ev::FastPath);
+                    self.m[caller].st = M::Running;
+                    if self.block(r, Wait::Recv { ep: Id(ep) }, NONE, M::Recv { ep }) {
+                        self.recv[ep].push_back(r);
+                        self.mrecv[ep].push_back(r);
+                    }
+                    self.conts[c].push_front(Cont::Switch { t: caller });
+                    return;
+                }
+                // Nothing happened: the reply right goes back, and the general path runs.
+                self.hit(Ev::FastFallback);
+                if matches!(self.m[r].st, M::Dead | M::Faulted) {
+                    self.hit(Ev::GiveBackToDead);
+                }
+                if self.lit.giveback {
+                    let _ = self.life[r].grant_reply(caller, ticket);
+                    if !matches!(self.m[r].st, M::Dead | M::Faulted) {
+                        self.m[r].right = Some((caller, call));
+                    }
+                } else {
+                    self.grant(r, caller, ticket, call);
+                }
+                self.reply(c, r, true);
+                self.recv(c, r, ep, Timeout::Forever);
             }
             Cont::LitUnqueue { t, wait } => {
                 if let Some(q) = self.queue(wait) {
@@ -903,6 +1057,10 @@ impl Sim {
             // Held at most once: current on at most one CPU, in at most one CPU queue, once.
             let curs: Vec<u32> = (0..NCPU).filter(|&c| self.cur[c] == Some(t)).map(|c| c as u32).collect();
             match l.place() {
+                Place::Current(c) if curs.is_empty() => assert!(
+                    self.switching(c as usize, t),
+                    "{at}: {t} is current on {c}, which does not hold it"
+                ),
                 Place::Current(c) => assert_eq!(curs, [c], "{at}: {t} current on"),
                 _ => assert!(curs.is_empty(), "{at}: {t} current on {curs:?} but at {:?}", l.place()),
             }
@@ -954,6 +1112,7 @@ impl Sim {
                     .filter(|k| match k {
                         Cont::Cleanup { reply, .. } => *reply == right,
                         Cont::Deliver { s, ticket: tk, .. } => (*s, *tk) == (t, *ticket),
+                        Cont::FastReplyRecv { caller, ticket: tk, .. } => (*caller, *tk) == (t, *ticket),
                         _ => false,
                     })
                     .count();
@@ -1101,14 +1260,18 @@ fn the_sequences_reach_every_path() {
         println!("{e:?}: {}", hits[i]);
     }
     for (i, e) in EVS.iter().enumerate() {
-        assert!(hits[i] > 0, "no sequence reached {e:?}");
+        // A server killed during a fast ReplyRecv that falls back is rare at random: the
+        // regression test of the give-back reaches it.
+        if !matches!(e, Ev::GiveBackToDead) {
+            assert!(hits[i] > 0, "no sequence reached {e:?}");
+        }
     }
 }
 
 // ---- regressions: sequences this test found, written out -----------------------------------
 //
-// At the start, threads 0..3 are queued on CPUs 0, 1, 2, 0 (affinity `t % 3`); thread 4 is
-// `Inactive` (affinity 1).
+// At the start, threads 0..4 are queued on CPUs 0, 1, 2, 0, 1 (affinity `t % 3`); thread 5 is
+// `Inactive` (affinity 2).
 
 const SCHED: Op = Op::Schedule { preempt: false };
 use ThreadState::{BlockedReply, BlockedSend, Dead, Runnable};
@@ -1156,6 +1319,29 @@ fn regression_the_caller_blocks_before_the_receiver_can_reply() {
     assert_eq!(&views[..2], [BlockedReply, Runnable]);
 }
 
+/// The same order on the fast path (`fastpath.rs`, `call`: `wake_here` and grant, then the
+/// caller blocks): the receiver, current on this CPU but not yet switched to, is killed from
+/// another CPU before the caller waits. The kill takes the reply right and fails the caller —
+/// refused, it is still `Running` — and the caller then blocks forever.
+#[test]
+fn regression_the_caller_blocks_before_the_receiver_can_die() {
+    let views = literal_fails(
+        &[
+            (0, SCHED),                                                     // cpu 0 runs 0
+            (0, Op::Schedule { preempt: true }),                            // cpu 0 runs 3 (0 queued)
+            (0, Op::Recv { ep: 0, to: Timeout::Forever }),                  // 3 BlockedRecv on 0
+            (0, SCHED),                                                     // cpu 0 lets go of 3, runs 0
+            (0, Op::Call { ep: 0, to: Timeout::Forever, direct: true }),    // fast path: 3 current here
+            (1, Op::Kill { t: 3 }),                                         // cpu 1 kills 3,
+            (1, SCHED),                                                     //   fails its caller 0
+            (0, SCHED),                                                     // cpu 0 goes on with the call
+        ],
+        Literal { call: true, ..Literal::default() },
+        "0 waits forever for a reply nobody can give",
+    );
+    assert_eq!((views[0], views[3]), (Runnable, Dead));
+}
+
 /// Protocol order: a suspension must remove the cancelled wait's queue entry under that queue's
 /// lock, taken *before* the thread's (as expiry does). Removing "the thread's entries" after
 /// letting go of the thread removes the entry of a new wait if the thread was resumed and
@@ -1164,43 +1350,94 @@ fn regression_the_caller_blocks_before_the_receiver_can_reply() {
 fn regression_a_suspension_removes_only_the_cancelled_entry() {
     let views = literal_fails(
         &[
-            (1, SCHED),                                                     // cpu 1 runs 1
-            (1, Op::Send { ep: 0, to: Timeout::Forever }),                  // 1 BlockedSend on 0
-            (1, SCHED),                                                     // cpu 1 lets go of it
-            (2, Op::Suspend { t: 1 }),                                      // cpu 2 suspends 1
-            (0, Op::Resume { t: 1 }),                                       // cpu 0 resumes it
-            (1, SCHED),                                                     // cpu 1 runs 1
-            (1, Op::Send { ep: 0, to: Timeout::Forever }),                  // 1 BlockedSend on 0 again
-            (2, SCHED),                                                     // cpu 2 goes on with the suspension
+            (2, SCHED),                                                     // cpu 2 runs 2
+            (2, Op::Send { ep: 0, to: Timeout::Forever }),                  // 2 BlockedSend on 0
+            (2, SCHED),                                                     // cpu 2 lets go of it
+            (0, Op::Suspend { t: 2 }),                                      // cpu 0 suspends 2
+            (1, Op::Resume { t: 2 }),                                       // cpu 1 resumes it
+            (2, SCHED),                                                     // cpu 2 runs 2
+            (2, Op::Send { ep: 0, to: Timeout::Forever }),                  // 2 BlockedSend on 0 again
+            (0, SCHED),                                                     // cpu 0 goes on with the suspension
         ],
         Literal { suspend: true, ..Literal::default() },
-        "1 waits in Send(0) but is not in its queue",
+        "2 waits in Send(0) but is not in its queue",
     );
-    assert_eq!(views[1], BlockedSend);
+    assert_eq!(views[2], BlockedSend);
 }
 
 /// Protocol order: the timer learns the wait's queue under the thread's lock, lets go, then
-/// locks that queue and the thread: it must check that the thread still waits *there* before
-/// `expire` (which takes any wait past its deadline). Otherwise it ends a newer wait on another
-/// queue and leaves that queue's entry behind.
+/// locks that queue and the thread: it must check that the thread still waits *there* (`waits`)
+/// before `expire` (which takes any wait past its deadline). Otherwise it ends a newer wait on
+/// another queue and leaves that queue's entry behind.
 #[test]
 fn regression_expiry_ends_only_the_wait_it_found() {
     let views = literal_fails(
         &[
-            (1, SCHED),                                                     // cpu 1 runs 1
-            (1, Op::Recv { ep: 0, to: Timeout::Ticks(1) }),                 // 1 BlockedRecv on 0 until 1
-            (1, SCHED),                                                     // cpu 1 lets go of it
+            (2, SCHED),                                                     // cpu 2 runs 2
+            (2, Op::Recv { ep: 0, to: Timeout::Ticks(1) }),                 // 2 BlockedRecv on 0 until 1
+            (2, SCHED),                                                     // cpu 2 lets go of it
             (0, Op::Tick { d: 1 }),                                         // now 1
-            (2, Op::Expire { pick: 0 }),                                    // cpu 2's timer finds 1 due
-            (0, Op::Suspend { t: 1 }),                                      // suspended,
-            (0, Op::Resume { t: 1 }),                                       // resumed,
-            (1, SCHED),                                                     // runs again,
-            (1, Op::Send { ep: 1, to: Timeout::Ticks(1) }),                 // BlockedSend on 1 until 2
+            (1, Op::Expire { pick: 0 }),                                    // cpu 1's timer finds 2 due
+            (0, Op::Suspend { t: 2 }),                                      // suspended,
+            (0, Op::Resume { t: 2 }),                                       // resumed,
+            (2, SCHED),                                                     // runs again,
+            (2, Op::Send { ep: 1, to: Timeout::Ticks(1) }),                 // BlockedSend on 1 until 2
             (0, Op::Tick { d: 1 }),                                         // now 2
-            (2, SCHED),                                                     // cpu 2 goes on with the expiry
+            (1, SCHED),                                                     // cpu 1 goes on with the expiry
         ],
         Literal { expire: true, ..Literal::default() },
-        "1 stale entries of 1 in Send(1), nobody removes them",
+        "1 stale entries of 2 in Send(1), nobody removes them",
     );
-    assert_eq!(views[1], BlockedSend);
+    assert_eq!(views[2], BlockedSend);
+}
+
+/// The expiry that finds its thread in a newer wait on the same queue, past its own deadline,
+/// ends that wait: the kernel's check is by queue (`waits`), and a sender's `call` flag may
+/// differ (a model bug this sequence once showed).
+#[test]
+fn regression_expiry_ends_a_newer_wait_on_the_same_queue() {
+    let views = replay(
+        &[
+            (2, SCHED),                                                     // cpu 2 runs 2
+            (2, Op::Call { ep: 0, to: Timeout::Ticks(1), direct: false }),  // 2 BlockedSend (call) until 1
+            (2, SCHED),                                                     // cpu 2 lets go of it
+            (0, Op::Tick { d: 1 }),                                         // now 1
+            (1, Op::Expire { pick: 0 }),                                    // cpu 1's timer finds 2 due
+            (0, Op::Suspend { t: 2 }),                                      // suspended,
+            (0, Op::Resume { t: 2 }),                                       // resumed,
+            (2, SCHED),                                                     // runs again,
+            (2, Op::Send { ep: 0, to: Timeout::Ticks(1) }),                 // BlockedSend (send) until 2
+            (0, Op::Tick { d: 1 }),                                         // now 2
+            (1, SCHED),                                                     // cpu 1 goes on: it expires
+        ],
+        Literal::default(),
+    );
+    assert_eq!(views[2], Runnable);
+}
+
+/// Kernel fast path (`fastpath.rs`, `reply_recv`): it takes the server's reply right, and when
+/// it cannot switch to the caller it gives the right back with `grant_reply` — which hands it
+/// back again if the server was killed meanwhile (`kill` found no right to fail). Ignoring
+/// that returned right leaves the caller waiting forever (a fast-path call has no timeout); it
+/// must be failed (`PartnerGone`) like any dying right.
+#[test]
+fn regression_the_fast_reply_recv_fails_a_right_that_comes_back() {
+    let views = literal_fails(
+        &[
+            (0, SCHED),                                                     // cpu 0 runs 0
+            (0, Op::Recv { ep: 0, to: Timeout::Forever }),                  // 0 BlockedRecv on 0
+            (0, SCHED),                                                     // cpu 0 lets go of it, runs 3
+            (1, SCHED),                                                     // cpu 1 runs 1
+            (1, Op::Call { ep: 0, to: Timeout::Forever, direct: false }),   // 1 calls 0:
+            (1, SCHED),                                                     //   0 takes it,
+            (1, SCHED),                                                     //   0 queued on cpu 0
+            (0, Op::Schedule { preempt: true }),                            // cpu 0 runs 0 (3 queued)
+            (0, Op::ReplyRecv { ep: 0, to: Timeout::Forever, direct: true }), // fast path: takes the right
+            (2, Op::Kill { t: 0 }),                                         // cpu 2 kills 0 (no right to fail)
+            (0, SCHED),                                                     // cpu 0 goes on: 3 waits, gives back
+        ],
+        Literal { giveback: true, ..Literal::default() },
+        "1 waits forever for a reply nobody can give",
+    );
+    assert_eq!(&views[..2], [Dead, Runnable]);
 }
