@@ -15,8 +15,18 @@
 //! - [`handoff_against_kill`], [`handoff_against_suspend_resume`] (e): a CPU wakes a thread
 //!   into another CPU's inbox while that CPU schedules and a third kills it, or suspends and
 //!   resumes it.
+//! - [`kill_against_receive_by_the_receiver`]: the receiver is killed during its `Recv`, which
+//!   takes a caller (the `grant_reply` regression).
+//! - [`kill_receiver_against_call_general_path`], [`kill_receiver_against_call_fast_path`]:
+//!   a call claims a receiver that another CPU kills.
+//! - [`literal_call_order_loses_the_reply`], [`literal_fast_call_loses_the_caller_to_a_kill`]:
+//!   the claim-then-block order of a call, which the kernel uses today, loses the caller;
+//!   these assert that some interleaving does.
 //!
-//! Each model runs in about a second or less in a debug build.
+//! The calls here use the order that the model test (`life_model.rs`) found must be used: the
+//! caller blocks for the reply before it claims a receiver. Small models are explored
+//! exhaustively, the larger ones (three CPUs with several steps each) with at most
+//! [`BOUND`] preemptions; each takes at most a few seconds in a debug build.
 use std::collections::VecDeque;
 
 use loom::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -193,38 +203,50 @@ impl World {
         Some(woken)
     }
 
-    /// A call by running `s` on E with `ticket`, in the order the kernel must use: with
-    /// receivers waiting, the caller blocks for the reply *before* a receiver is woken; then
-    /// the receiver gets the message and the right and is placed. No receiver: `s` waits as a
-    /// sender. Returns the receiver, or `None` (no receiver, or `s` was stopped first).
-    fn call(&self, s: usize, ticket: u64) -> Option<usize> {
+    /// A call by `s`, running on CPU `me`, on E with `ticket`, in the order the kernel must
+    /// use: with receivers waiting, the caller blocks for the reply *before* a receiver is
+    /// claimed; then the receiver gets the message and the right and is placed (`fast`: made
+    /// current here with `wake_here`, for the caller's CPU to switch to). If every receiver
+    /// entry is stale, or there is none, `s` waits as a sender. Returns the receiver, or `None`
+    /// (no receiver, or `s` was stopped first).
+    fn call(&self, s: usize, me: u32, ticket: u64, fast: bool) -> Option<usize> {
         let mut q = self.ep.lock().unwrap();
-        if q.recv.is_empty() {
-            let wait = Wait::Send { ep: Id(E), badge: 0, call: true, cap: None };
-            if self.t[s].lock().unwrap().block(wait, FOREVER).is_ok() {
-                q.send.push_back(s);
+        if !q.recv.is_empty() {
+            if self.t[s].lock().unwrap().block(Wait::Reply { ticket }, FOREVER).is_err() {
+                return None; // killed or suspended: no message goes out
             }
-            return None;
-        }
-        if self.t[s].lock().unwrap().block(Wait::Reply { ticket }, FOREVER).is_err() {
-            return None; // killed or suspended: no message goes out
-        }
-        let mut got = None;
-        while let Some(r) = q.recv.pop_front() {
-            let mut l = self.t[r].lock().unwrap();
-            if l.wake(WaitOn::Recv(E)).is_ok() {
-                self.delivered.fetch_add(1, SeqCst);
-                assert!(l.grant_reply(s, ticket).is_none());
-                got = Some(r);
-                break;
+            while let Some(r) = q.recv.pop_front() {
+                let mut l = self.t[r].lock().unwrap();
+                let claimed = if fast { l.wake_here(WaitOn::Recv(E), me).is_ok() } else { l.wake(WaitOn::Recv(E)).is_ok() };
+                if claimed {
+                    self.delivered.fetch_add(1, SeqCst);
+                    let dies = l.grant_reply(s, ticket);
+                    drop(l);
+                    drop(q);
+                    if let Some((c, tk)) = dies {
+                        // The receiver was killed after the claim: its caller fails.
+                        assert_eq!((c, tk), (s, ticket));
+                        if self.t[c].lock().unwrap().wake(WaitOn::Reply(tk)).is_ok() {
+                            self.enqueue(c);
+                        }
+                    }
+                    if !fast {
+                        self.enqueue(r);
+                    }
+                    return Some(r);
+                }
+            }
+            // Every entry was stale: stop waiting for the reply, wait as a sender.
+            let mut l = self.t[s].lock().unwrap();
+            if l.wake(WaitOn::Reply(ticket)).is_err() || !l.keep(me) {
+                return None; // stopped or moved meanwhile
             }
         }
-        drop(q);
-        match got {
-            Some(r) => self.enqueue(r),
-            None => unreachable!("the models keep their receivers alive"),
+        let wait = Wait::Send { ep: Id(E), badge: 0, call: true, cap: None };
+        if self.t[s].lock().unwrap().block(wait, FOREVER).is_ok() {
+            q.send.push_back(s);
         }
-        got
+        None
     }
 
     /// The end of a system call on `cpu` whose current thread is `t`: keep it if it may run
@@ -234,11 +256,20 @@ impl World {
         if l.keep(cpu) {
             return true;
         }
+        self.leave_locked(cpu, t, &mut l);
+        false
+    }
+
+    /// `cpu` lets go of its current thread `t`.
+    fn leave(&self, cpu: u32, t: usize) {
+        self.leave_locked(cpu, t, &mut self.t[t].lock().unwrap());
+    }
+
+    fn leave_locked(&self, cpu: u32, t: usize, l: &mut L) {
         match l.leave_cpu(cpu) {
             Leave::Requeue(c) | Leave::Forward(c) => self.inbox[c as usize].lock().unwrap().push_back(t),
             Leave::Gone => {}
         }
-        false
     }
 
     /// `cpu` takes the next entry of its inbox; returns the thread it runs, if any.
@@ -387,7 +418,7 @@ fn kill_against_block(how: Blocks) {
             thread::spawn(move || {
                 let r = match how {
                     Blocks::Recv => w.recv(0, 7),
-                    Blocks::CallSend | Blocks::CallReply => w.call(0, 7),
+                    Blocks::CallSend | Blocks::CallReply => w.call(0, 0, 7, false),
                 };
                 (r, w.decide(0, 0))
             })
@@ -439,6 +470,69 @@ fn kill_against_call() {
     kill_against_block(Blocks::CallReply);
 }
 
+/// Caller 0 (CPU 0) calls receiver 1, which waits on E (CPU 1, let go of), on the general
+/// path (`fast`: on the fast path, receiver 1 of CPU 0, then CPU 0 switches to it); CPU 1
+/// kills the receiver. The caller never waits for a reply nobody can give: it was failed
+/// (`PartnerGone`, runnable) or, the receiver dead before the claim, waits as a sender.
+fn kill_receiver_against_call(fast: bool) {
+    model(None, move || {
+        let rcpu = if fast { 0 } else { 1 };
+        let w = World::new(vec![running(0), blocked(rcpu, Wait::Recv { ep: Id(E) }, FOREVER)]);
+        w.ep.lock().unwrap().recv.push_back(1);
+        let cpu0 = {
+            let w = w.clone();
+            thread::spawn(move || {
+                let r = w.call(0, 0, 7, fast);
+                let cur = match r {
+                    Some(r) if fast => {
+                        // The switch: the caller lets go of the CPU, the receiver has it.
+                        w.leave(0, 0);
+                        r
+                    }
+                    _ => 0,
+                };
+                (r, w.decide(0, cur).then_some(cur))
+            })
+        };
+        let killer = {
+            let w = w.clone();
+            thread::spawn(move || w.kill(1))
+        };
+        let (r, current) = cpu0.join().unwrap();
+        killer.join().unwrap();
+
+        assert_eq!(w.view(1), ThreadState::Dead);
+        let v = w.view(0);
+        assert!(v != ThreadState::BlockedReply, "the caller waits for a dead receiver");
+        match r {
+            Some(_) => {
+                // Claimed, then failed by the kill (or by the grant to the dead receiver).
+                if current == Some(0) {
+                    assert_eq!(v, ThreadState::Running);
+                } else {
+                    assert_eq!(v, ThreadState::Runnable);
+                    assert_eq!(w.drain(0), [0]);
+                }
+            }
+            None => {
+                assert_eq!(v, ThreadState::BlockedSend);
+                assert_eq!(w.ep.lock().unwrap().send, [0]);
+            }
+        }
+        assert_eq!(w.ep.lock().unwrap().count(1), 0);
+    });
+}
+
+#[test]
+fn kill_receiver_against_call_general_path() {
+    kill_receiver_against_call(false);
+}
+
+#[test]
+fn kill_receiver_against_call_fast_path() {
+    kill_receiver_against_call(true);
+}
+
 // ---- (c) suspend against call ----------------------------------------------------------------
 
 /// Client 0 (CPU 0) calls server 1, which waits on E (CPU 1); CPU 1 takes the server from its
@@ -451,7 +545,7 @@ fn suspend_against_call() {
         let cpu0 = {
             let w = w.clone();
             thread::spawn(move || {
-                let r = w.call(0, 7);
+                let r = w.call(0, 0, 7, false);
                 (r, w.decide(0, 0))
             })
         };
@@ -569,7 +663,7 @@ fn expiry_against_send() {
                 let expired = {
                     let mut q = w.ep.lock().unwrap();
                     let mut l = w.t[0].lock().unwrap();
-                    let still = matches!(l.state(), rl4_core::life::State::Blocked { wait, .. } if wait.is(on));
+                    let still = l.waits(on);
                     let expired = still && l.expire(10).is_ok();
                     if expired {
                         let i = q.recv.iter().rposition(|&x| x == 0).expect("queued");
@@ -744,11 +838,11 @@ fn handoff_against_suspend_resume() {
 
 // ---- the literal call order, for the record --------------------------------------------------
 
-/// The call order "wake the receiver, deliver, grant; let go; then block the caller" loses
-/// the reply when the receiver was woken while still current on its CPU: its CPU keeps it, it
-/// replies before the caller blocks (refused: `PartnerGone`), and the caller then waits for a
-/// reply nobody can give. This model asserts that some interleaving does so (the order in
-/// [`World::call`] is the fix; `suspend_against_call` and `kill_against_call` use it).
+/// The call order "claim the receiver (wake), deliver, grant; let go; then block the caller"
+/// (`kernel/src/ipc.rs`, `send`) loses the reply when the receiver was woken while still
+/// current on its CPU: its CPU keeps it, it replies before the caller blocks (refused:
+/// `PartnerGone`), and the caller then waits for a reply nobody can give. This model asserts
+/// that some interleaving does so (the order in [`World::call`] is the fix).
 #[test]
 fn literal_call_order_loses_the_reply() {
     static LOST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -786,4 +880,46 @@ fn literal_call_order_loses_the_reply() {
         }
     });
     assert!(LOST.load(std::sync::atomic::Ordering::Relaxed), "no interleaving lost the reply");
+}
+
+/// The same order on the fast path (`kernel/src/fastpath.rs`, `call`: `wake_here` and grant,
+/// let go, then block the caller): CPU 1 kills the receiver before the caller blocks; the kill
+/// takes the reply right and fails the caller — refused, it is still `Running` — and the
+/// caller then waits forever. This model asserts that some interleaving does so
+/// (`kill_receiver_against_call_fast_path` runs the fixed order).
+#[test]
+fn literal_fast_call_loses_the_caller_to_a_kill() {
+    static LOST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    model(None, || {
+        let w = World::new(vec![running(0), blocked(0, Wait::Recv { ep: Id(E) }, FOREVER)]);
+        w.ep.lock().unwrap().recv.push_back(1);
+        let cpu0 = {
+            let w = w.clone();
+            thread::spawn(move || {
+                let mut q = w.ep.lock().unwrap();
+                let Some(r) = q.recv.pop_front() else { return false };
+                {
+                    let mut l = w.t[r].lock().unwrap();
+                    if l.wake_here(WaitOn::Recv(E), 0).is_err() {
+                        return false; // killed first
+                    }
+                    assert!(l.grant_reply(0, 7).is_none());
+                }
+                drop(q);
+                w.t[0].lock().unwrap().block(Wait::Reply { ticket: 7 }, FOREVER).is_ok()
+            })
+        };
+        let killer = {
+            let w = w.clone();
+            thread::spawn(move || w.kill(1))
+        };
+        let blocked = cpu0.join().unwrap();
+        killer.join().unwrap();
+        if blocked && w.view(0) == ThreadState::BlockedReply {
+            assert_eq!(w.view(1), ThreadState::Dead);
+            assert!(w.t[1].lock().unwrap().reply_right().is_none());
+            LOST.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    assert!(LOST.load(std::sync::atomic::Ordering::Relaxed), "no interleaving lost the caller");
 }
