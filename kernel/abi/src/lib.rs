@@ -182,6 +182,8 @@ numbered! {
         /// The partner died, the reply right was dropped, or the endpoint was deleted while
         /// this thread waited.
         PartnerGone = 19,
+        /// The thread was suspended while it waited; the call did not complete.
+        Interrupted = 20,
     }
 }
 
