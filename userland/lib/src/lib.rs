@@ -6,6 +6,7 @@
 //! the kernel defines: they all come from `rl4_abi`.
 #![no_std]
 
+pub mod storm;
 pub mod sys;
 pub mod worker;
 
