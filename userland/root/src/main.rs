@@ -24,6 +24,7 @@
 mod bench;
 mod fuzz;
 mod ipc_tests;
+mod noreply;
 mod space;
 mod storm;
 mod stress;
@@ -54,6 +55,7 @@ fn rl4_main(boot_info: u64, _: u64) {
     let (mut bench_name, mut iters, mut len, mut accel) = (None, 1_000_000usize, 0u64, "tcg");
     let mut storms = None;
     let mut so = storm::Opts { rounds: 200, tasks: 3, threads: 8, check_every: 20, seed: 1, keep_going: false, suspend_running_only: false };
+    let mut calls = 20u64;
     for w in args.split_ascii_whitespace() {
         let num = |v: &str| v.parse::<u64>().ok();
         if let Some(t) = w.strip_prefix("test=") {
@@ -81,7 +83,8 @@ fn rl4_main(boot_info: u64, _: u64) {
             so.keep_going = true;
         } else if w == "suspend-running-only" {
             so.suspend_running_only = true;
-
+        } else if let Some(n) = w.strip_prefix("calls=").and_then(num) {
+            calls = n;
         } else if let Some(n) = w.strip_prefix("fuzzers=").and_then(num) {
             fuzzers = n as usize;
         } else if let Some(n) = w.strip_prefix("pairs=").and_then(num) {
@@ -112,6 +115,7 @@ fn rl4_main(boot_info: u64, _: u64) {
                 "kill" => storm::run(bi, storm::Kind::Kill, so),
                 "suspend" => storm::run(bi, storm::Kind::Suspend, so),
                 "affinity" => storm::run(bi, storm::Kind::Affinity, so),
+                "noreply" => noreply::run(calls),
                 other => {
                     tests::report("storm-arguments", false, format_args!("unknown storm '{other}'"));
                     false
