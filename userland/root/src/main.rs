@@ -13,7 +13,7 @@
 //! * `fuzz [seconds=S] [seed=X] [fuzzers=K]`: random system calls from K tasks next to checked
 //!   IPC pairs (see `fuzz.rs`);
 //! * `storm=kill,suspend,affinity,noreply [rounds=N] [tasks=T] [threads=H] [check-every=C]
-//!   [seed=X] [keep-going] [suspend-running-only] [calls=K]`: the storms (`storm.rs`: victim tasks killed, suspended
+//!   [seed=X] [kinds=call,send,recv,reply-recv,wait] [keep-going] [suspend-running-only] [calls=K]`: the storms (`storm.rs`: victim tasks killed, suspended
 //!   and moved from CPU 0 while their threads block on every kind of call; defaults 200 rounds
 //!   of 3 tasks x 8 threads, `KernelCheck` every 20 rounds) and the server that never replies
 //!   (`noreply.rs`, K calls per case, default 20), one test line each, then
@@ -54,7 +54,7 @@ fn rl4_main(boot_info: u64, _: u64) {
     let (mut pairs, mut messages, mut seconds) = (64usize, 1000u64, 30u64);
     let (mut bench_name, mut iters, mut len, mut accel) = (None, 1_000_000usize, 0u64, "tcg");
     let mut storms = None;
-    let mut so = storm::Opts { rounds: 200, tasks: 3, threads: 8, check_every: 20, seed: 1, keep_going: false, suspend_running_only: false };
+    let mut so = storm::Opts { rounds: 200, tasks: 3, threads: 8, check_every: 20, seed: 1, keep_going: false, suspend_running_only: false, kinds: 0x1f };
     let mut calls = 20u64;
     for w in args.split_ascii_whitespace() {
         let num = |v: &str| v.parse::<u64>().ok();
@@ -81,6 +81,12 @@ fn rl4_main(boot_info: u64, _: u64) {
             so.check_every = n;
         } else if w == "keep-going" {
             so.keep_going = true;
+        } else if let Some(list) = w.strip_prefix("kinds=") {
+            so.kinds = list
+                .split(',')
+                .filter_map(|k| rl4_user::storm::KIND_NAMES.iter().position(|n| *n == k))
+                .filter(|&k| k != rl4_user::storm::K_SPIN as usize)
+                .fold(0, |m, k| m | 1 << k);
         } else if w == "suspend-running-only" {
             so.suspend_running_only = true;
         } else if let Some(n) = w.strip_prefix("calls=").and_then(num) {

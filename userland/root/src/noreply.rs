@@ -64,6 +64,10 @@ fn client(timeout: u64) {
     );
 }
 
+fn name(t: u64) -> &'static str {
+    state(t).map_or("?", |s| s.name())
+}
+
 /// TSC ticks shown in milliseconds with one decimal.
 struct Ms(u64);
 
@@ -117,7 +121,7 @@ fn once(same_cpu: bool, server_first: bool, timeout: u64, limit: u64, max_ticks:
         if server_first {
             let _ = sys::signal(note, 1);
             if !spin_only(1000, || state(srv) == Some(ThreadState::BlockedRecv)) {
-                let _ = write!(out, "the server did not reach Recv (it is {:?})", state(srv));
+                let _ = write!(out, "the server did not reach Recv (it is {})", name(srv));
                 return Err(());
             }
         }
@@ -126,7 +130,7 @@ fn once(same_cpu: bool, server_first: bool, timeout: u64, limit: u64, max_ticks:
         if !server_first {
             // The client waits in the send phase; 1 ms later the server comes.
             if !spin_only(1000, || state(cl) == Some(ThreadState::BlockedSend) || RESULT.load(SeqCst) != 0) {
-                let _ = write!(out, "the client did not block in Call (it is {:?})", state(cl));
+                let _ = write!(out, "the client did not block in Call (it is {})", name(cl));
                 return Err(());
             }
             let t = rdtsc();
@@ -143,9 +147,9 @@ fn once(same_cpu: bool, server_first: bool, timeout: u64, limit: u64, max_ticks:
         if !back {
             let _ = write!(
                 out,
-                "the client's Call with a {} ms timeout had not returned 500 ms after its timeout (it is {:?}; the server {} the call)",
+                "the client's Call with a {} ms timeout had not returned 500 ms after its timeout (it is {}; the server {} the call)",
                 ms_of(timeout),
-                state(cl),
+                name(cl),
                 if got { "received" } else { "had not received" }
             );
             return Err(());

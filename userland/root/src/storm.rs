@@ -79,6 +79,9 @@ pub struct Opts {
     pub check_every: u64,
     pub seed: u64,
     pub keep_going: bool,
+    /// The kinds of victims besides the counting one (bit `1 << rl4_user::storm::K_*`;
+    /// `kinds=call,send,recv,reply-recv,wait`, default all).
+    pub kinds: u64,
     /// Suspend storm: leave blocked victims alone (`suspend-running-only`; for a kernel that
     /// refuses to suspend blocked threads, to look for the other defects).
     pub suspend_running_only: bool,
@@ -433,7 +436,16 @@ impl Storm<'_> {
         let mut r = Round { tasks: [(0, 0); MAX_TASKS], ntasks: 0, v: [Victim::default(); MAX_V], n: 0 };
         // Kinds and timeouts: every pair once per round where the round is big enough, from a
         // random starting point; victim 0 counts (it is the one whose counter is watched).
-        let pairs = (p::KINDS - 1) * 3;
+        let mut kinds = [0u64; p::KINDS as usize];
+        let mut nk = 0;
+        for k in 0..p::K_SPIN {
+            if self.o.kinds & 1 << k != 0 {
+                kinds[nk] = k;
+                nk += 1;
+            }
+        }
+        let nk = nk.max(1) as u64;
+        let pairs = nk * 3;
         let offset = self.rng.below(pairs);
         let rw = Rights::READ.union(Rights::WRITE);
         for t in 0..self.o.tasks {
@@ -461,8 +473,7 @@ impl Storm<'_> {
                     (p::K_SPIN, p::TMO_FOREVER, SPIN_PRIO)
                 } else {
                     let pair = (i as u64 - 1 + offset) % pairs;
-                    let k = pair % (p::KINDS - 1);
-                    (if k >= p::K_SPIN { k + 1 } else { k }, pair / (p::KINDS - 1), VICTIM_PRIO_LO + self.rng.below(VICTIM_PRIO_HI - VICTIM_PRIO_LO + 1))
+                    (kinds[(pair % nk) as usize], pair / nk, VICTIM_PRIO_LO + self.rng.below(VICTIM_PRIO_HI - VICTIM_PRIO_LO + 1))
                 };
                 let cpu = 1 + self.rng.below(self.cpus - 1);
                 let th = slot();
@@ -973,7 +984,7 @@ pub fn run(bi: &BootInfo, kind: Kind, o: Opts) -> bool {
     // Every kind of victim made calls that went through, over the storm (the storm reaches
     // what it is meant to).
     if failure.is_none() {
-        if let Some(k) = (0..p::KINDS as usize).find(|&k| s.tot.ok_by_kind[k] == 0) {
+        if let Some(k) = (0..p::KINDS as usize).find(|&k| (k == p::K_SPIN as usize || o.kinds & 1 << k != 0) && s.tot.ok_by_kind[k] == 0) {
             let mut t = Text::new();
             let _ = write!(t, "no {} victim completed a call in {} rounds", p::KIND_NAMES[k], s.tot.rounds);
             failure = Some((round, t));
