@@ -400,6 +400,8 @@ struct Totals {
     counting_checks: u64,
     moves: u64,
     cpu_checks: u64,
+    /// TSC ticks spent in rounds that passed.
+    passed_ticks: u64,
 }
 
 fn describe(t: &mut Text, v: &Victim, i: usize) {
@@ -952,8 +954,12 @@ pub fn run(bi: &BootInfo, kind: Kind, o: Opts) -> bool {
     }
     let mut round = 0;
     while round < o.rounds && (failure.is_none() || o.keep_going) {
+        let t = rdtsc();
         let r = s.round(round);
         s.tot.rounds += 1;
+        if r.is_ok() {
+            s.tot.passed_ticks += rdtsc() - t;
+        }
         if let Err(e) = r {
             println!("storm {}: round {round} FAILED: {}", kind.name(), e.as_str());
             s.tot.failed_rounds += 1;
@@ -1002,10 +1008,11 @@ pub fn run(bi: &BootInfo, kind: Kind, o: Opts) -> bool {
     let mut l = rl4_user::Line::new();
     let _ = write!(
         l,
-        "storm {}: {} rounds ({} failed) in {ms} ms: {} victim tasks killed, {} victim threads; victim calls ok {}, Timeout {}, PartnerGone {}, Interrupted {}, other {}; root task's threads served {}, fed {}; KernelCheck {} runs, {} violations",
+        "storm {}: {} rounds ({} failed) in {ms} ms ({} ms per passed round): {} victim tasks killed, {} victim threads; victim calls ok {}, Timeout {}, PartnerGone {}, Interrupted {}, other {}; root task's threads served {}, fed {}; KernelCheck {} runs, {} violations",
         kind.name(),
         t.rounds,
         t.failed_rounds,
+        t.passed_ticks / (t.rounds - t.failed_rounds).max(1) / (tsc_hz() / 1000).max(1),
         t.tasks,
         t.victims,
         t.outcomes[0],
