@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod fuzz;
+pub mod storm;
 pub mod sys;
 pub mod worker;
 

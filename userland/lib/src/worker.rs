@@ -58,6 +58,11 @@ pub const SYSRET: u64 = 20;
 /// number of cases done, written last.
 pub const ISOLATION: u64 = 21;
 
+/// A victim thread of the storm tests: loop on one kind of system call forever, counting each
+/// outcome in the shared page (see [`crate::storm`]; the operand says which record, kind and
+/// timeout).
+pub const STORM: u64 = 22;
+
 /// The capabilities the root task gives the [`ISOLATION`] worker, by slot.
 pub mod iso {
     /// Its own task (all rights), address space (all rights) and thread (all rights).

@@ -11,14 +11,22 @@
 //!   checked (defaults 64, 1000, 30);
 //! * `bench=NAME [iters=N] [len=W] [accel=A]`: one benchmark configuration (see `bench.rs`);
 //! * `fuzz [seconds=S] [seed=X] [fuzzers=K]`: random system calls from K tasks next to checked
-//!   IPC pairs (see `fuzz.rs`).
+//!   IPC pairs (see `fuzz.rs`);
+//! * `storm=kill,suspend,affinity,noreply [rounds=N] [tasks=T] [threads=H] [check-every=C]
+//!   [seed=X] [kinds=call,send,recv,reply-recv,wait] [keep-going] [suspend-running-only] [calls=K]`: the storms (`storm.rs`: victim tasks killed, suspended
+//!   and moved from CPU 0 while their threads block on every kind of call; defaults 200 rounds
+//!   of 3 tasks x 8 threads, `KernelCheck` every 20 rounds) and the server that never replies
+//!   (`noreply.rs`, K calls per case, default 20), one test line each, then
+//!   `root: N passed, N failed`.
 #![no_std]
 #![no_main]
 
 mod bench;
 mod fuzz;
 mod ipc_tests;
+mod noreply;
 mod space;
+mod storm;
 mod stress;
 mod tests;
 
@@ -45,6 +53,9 @@ fn rl4_main(boot_info: u64, _: u64) {
     let (mut fuzz, mut seed, mut fuzzers) = (false, 1u64, 16usize);
     let (mut pairs, mut messages, mut seconds) = (64usize, 1000u64, 30u64);
     let (mut bench_name, mut iters, mut len, mut accel) = (None, 1_000_000usize, 0u64, "tcg");
+    let mut storms = None;
+    let mut so = storm::Opts { rounds: 200, tasks: 3, threads: 8, check_every: 20, seed: 1, keep_going: false, suspend_running_only: false, kinds: 0x1f };
+    let mut calls = 20u64;
     for w in args.split_ascii_whitespace() {
         let num = |v: &str| v.parse::<u64>().ok();
         if let Some(t) = w.strip_prefix("test=") {
@@ -57,6 +68,30 @@ fn rl4_main(boot_info: u64, _: u64) {
             fuzz = true;
         } else if let Some(n) = w.strip_prefix("seed=").and_then(num) {
             seed = n;
+            so.seed = n;
+        } else if let Some(s) = w.strip_prefix("storm=") {
+            storms = Some(s);
+        } else if let Some(n) = w.strip_prefix("rounds=").and_then(num) {
+            so.rounds = n;
+        } else if let Some(n) = w.strip_prefix("tasks=").and_then(num) {
+            so.tasks = n as usize;
+        } else if let Some(n) = w.strip_prefix("threads=").and_then(num) {
+            // read by the storms here and by the fuzzer itself (`fuzz::owns`)
+            so.threads = n as usize;
+        } else if let Some(n) = w.strip_prefix("check-every=").and_then(num) {
+            so.check_every = n;
+        } else if w == "keep-going" {
+            so.keep_going = true;
+        } else if let Some(list) = w.strip_prefix("kinds=") {
+            so.kinds = list
+                .split(',')
+                .filter_map(|k| rl4_user::storm::KIND_NAMES.iter().position(|n| *n == k))
+                .filter(|&k| k != rl4_user::storm::K_SPIN as usize)
+                .fold(0, |m, k| m | 1 << k);
+        } else if w == "suspend-running-only" {
+            so.suspend_running_only = true;
+        } else if let Some(n) = w.strip_prefix("calls=").and_then(num) {
+            calls = n;
         } else if fuzz::owns(w) {
             // threads=, cross=: options the fuzzer reads itself
         } else if let Some(n) = w.strip_prefix("fuzzers=").and_then(num) {
@@ -83,6 +118,20 @@ fn rl4_main(boot_info: u64, _: u64) {
     let ok = if let Some(list) = bench_name {
         // Several configurations in one boot, so that they can be compared with each other.
         list.split(',').all(|b| bench::run(bi, b, accel, iters, len))
+    } else if let Some(list) = storms {
+        for w in list.split(',') {
+            match w {
+                "kill" => storm::run(bi, storm::Kind::Kill, so),
+                "suspend" => storm::run(bi, storm::Kind::Suspend, so),
+                "affinity" => storm::run(bi, storm::Kind::Affinity, so),
+                "noreply" => noreply::run(calls),
+                other => {
+                    tests::report("storm-arguments", false, format_args!("unknown storm '{other}'"));
+                    false
+                }
+            };
+        }
+        tests::summary()
     } else if let Some(t) = test {
         tests::run(bi, t)
     } else if fuzz {

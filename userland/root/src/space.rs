@@ -110,6 +110,86 @@ pub fn wait_ms(ms: u64, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// The ELF image of the embedded program `name`, parsed.
+pub fn program(bi: &BootInfo, name: &str) -> Result<Elf<'static>, Error> {
+    let p = bi.programs().iter().find(|p| p.name() == name).ok_or(Error::InvalidArgument)?;
+    // SAFETY: the kernel maps each program image read-only at `addr` for `len` bytes, for the
+    // root task's life.
+    let image: &'static [u8] = unsafe { core::slice::from_raw_parts(p.addr as *const u8, p.len as usize) };
+    Elf::parse(image, PAGE_SIZE, rl4_abi::PROGRAMS_ADDR).map_err(|_| Error::InvalidArgument)
+}
+
+/// Copies each page of a program into a fresh frame, through the root task's page at `scratch`
+/// (mapped and unmapped for each page), and hands it to `place(frame slot, address, rights)`,
+/// which maps it where it belongs and says whether it keeps the frame's slot (else the slot is
+/// released: the mapping keeps the frame). Returns the entry point.
+pub fn load_pages(
+    elf: &Elf<'_>,
+    scratch: u64,
+    mut place: impl FnMut(u64, u64, Rights) -> Result<bool, Error>,
+) -> Result<u64, Error> {
+    for seg in elf.segments() {
+        let seg = seg.map_err(|_| Error::InvalidArgument)?;
+        let (p0, p1) = seg.pages();
+        let file = elf.file_bytes(&seg);
+        let mut va = p0;
+        while va < p1 {
+            let f = slot();
+            sys::frame_alloc(MEMORY, f)?;
+            sys::map(SPACE, f, scratch, Rights::READ.union(Rights::WRITE))?;
+            // Copy the part of the segment's file bytes that falls into this page.
+            let page_lo = va.max(seg.vaddr);
+            let page_hi = (va + PAGE_SIZE).min(seg.vaddr + seg.filesz);
+            if page_lo < page_hi {
+                let src = &file[(page_lo - seg.vaddr) as usize..(page_hi - seg.vaddr) as usize];
+                let dst = (scratch + (page_lo - va)) as *mut u8;
+                // SAFETY: `scratch..scratch+4096` is mapped writable just above, and the
+                // range stays inside that page.
+                unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+            }
+            sys::unmap(SPACE, scratch)?;
+            let mut r = Rights::READ;
+            if seg.flags & PF_W != 0 {
+                r = r.union(Rights::WRITE);
+            }
+            if seg.flags & PF_X != 0 {
+                r = r.union(Rights::EXECUTE);
+            }
+            let keep = place(f, va, r);
+            if keep != Ok(true) {
+                release(f);
+            }
+            keep?;
+            va += PAGE_SIZE;
+        }
+    }
+    Ok(elf.entry)
+}
+
+/// Waits up to `ms` milliseconds for `cond`, spinning for the first 2 ms: unlike [`wait_ms`],
+/// which sleeps a timer tick once it has yielded a while, this notices at once what happens
+/// soon, and sleeps (leaving the host's cores to the other emulated CPUs) only for what takes
+/// longer. Only for a thread that has its CPU to itself (the root thread on CPU 0 while the
+/// threads it waits for run elsewhere).
+pub fn spin_ms(ms: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let start = rl4_user::rdtsc();
+    let (spin_end, end) = (start + tsc_hz() / 500, start + tsc_hz() / 1000 * ms);
+    loop {
+        if cond() {
+            return true;
+        }
+        let now = rl4_user::rdtsc();
+        if now > end {
+            return cond();
+        }
+        if now > spin_end {
+            crate::stress::sleep_ms(1);
+        } else {
+            core::hint::spin_loop();
+        }
+    }
+}
+
 /// A task made from one of the embedded programs.
 pub struct Child {
     pub task: u64,
@@ -126,49 +206,15 @@ impl Child {
 
     /// Like [`Child::load`], with `console` the rights of the child's machine capability.
     pub fn load_with(bi: &BootInfo, name: &str, console: Rights) -> Result<Child, Error> {
-        let p = bi.programs().iter().find(|p| p.name() == name).ok_or(Error::InvalidArgument)?;
-        // SAFETY: the kernel maps each program image read-only at `addr` for `len` bytes.
-        let image = unsafe { core::slice::from_raw_parts(p.addr as *const u8, p.len as usize) };
-        let elf = Elf::parse(image, PAGE_SIZE, rl4_abi::PROGRAMS_ADDR).map_err(|_| Error::InvalidArgument)?;
+        let image = program(bi, name)?;
         let task = slot();
         let space = slot();
         sys::task_create(MEMORY, task)?;
         sys::task_space(task, space)?;
         let scratch = NEXT_VA.fetch_add(2 * PAGE_SIZE, Ordering::Relaxed);
-        for seg in elf.segments() {
-            let seg = seg.map_err(|_| Error::InvalidArgument)?;
-            let (p0, p1) = seg.pages();
-            let file = elf.file_bytes(&seg);
-            let mut va = p0;
-            while va < p1 {
-                let f = slot();
-                sys::frame_alloc(MEMORY, f)?;
-                sys::map(SPACE, f, scratch, Rights::READ.union(Rights::WRITE))?;
-                // Copy the part of the segment's file bytes that falls into this page.
-                let page_lo = va.max(seg.vaddr);
-                let page_hi = (va + PAGE_SIZE).min(seg.vaddr + seg.filesz);
-                if page_lo < page_hi {
-                    let src = &file[(page_lo - seg.vaddr) as usize..(page_hi - seg.vaddr) as usize];
-                    let dst = (scratch + (page_lo - va)) as *mut u8;
-                    // SAFETY: `scratch..scratch+4096` is mapped writable just above, and the
-                    // range stays inside that page.
-                    unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
-                }
-                sys::unmap(SPACE, scratch)?;
-                let mut r = Rights::READ;
-                if seg.flags & PF_W != 0 {
-                    r = r.union(Rights::WRITE);
-                }
-                if seg.flags & PF_X != 0 {
-                    r = r.union(Rights::EXECUTE);
-                }
-                sys::map(space, f, va, r)?;
-                release(f);
-                va += PAGE_SIZE;
-            }
-        }
+        let entry = load_pages(&image, scratch, |f, va, r| sys::map(space, f, va, r).map(|_| false))?;
         sys::cap_copy(MACHINE, task, MACHINE, console)?;
-        Ok(Child { task, space, entry: elf.entry })
+        Ok(Child { task, space, entry })
     }
 
     /// Starts a thread of the child at its entry point with arguments `(a0, a1)`, with a fresh

@@ -676,6 +676,11 @@ pub fn run(bi: &BootInfo, which: &str) -> bool {
     // `check` alone: only the consistency check (with `inject=` on the kernel's command line,
     // it must fail).
     consistency(which);
+    summary()
+}
+
+/// Prints `root: N passed, N failed` for the tests reported so far; true if all passed.
+pub fn summary() -> bool {
     let (p, f) = (PASSED.load(SeqCst), FAILED.load(SeqCst));
     println!("root: {p} passed, {f} failed");
     f == 0 && p > 0

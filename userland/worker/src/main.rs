@@ -56,6 +56,7 @@ fn rl4_main(cmd: u64, addr: u64) {
         STAMP => stamp(),
         FUZZ => fuzz::main_thread(addr),
         ISOLATION => isolation(addr),
+        STORM => storm(addr),
         EXEC_DATA => {
             // SAFETY (this and the ones below): deliberate faults; the kernel must stop this
             // thread and nothing else.
@@ -116,6 +117,101 @@ fn stamp() {
         }
         arrived = rl4_user::rdtsc();
     }
+}
+
+/// A storm victim (see `rl4_user::storm`): loops on one kind of system call until its task is
+/// killed, counting every outcome in its record of the shared page and writing down its CPU.
+/// `op` = record index | kind << 8 | timeout class << 16.
+fn storm(op: u64) {
+    use core::sync::atomic::Ordering::Relaxed;
+    use rl4_user::abi::Error;
+    use rl4_user::abi::ipc::{FOREVER, NO_SLOT};
+    use rl4_user::storm::*;
+    let index = (op & 0xff) as usize;
+    let (kind, class) = ((op >> 8) & 0xff, (op >> 16) & 0xff);
+    if index >= MAX_VICTIMS {
+        return;
+    }
+    // SAFETY (all uses of `word` and `record` here): the root task maps the shared page at
+    // `PAGE` in this task, writable, before it starts any victim, and it stays mapped for the
+    // task's life; `index` < MAX_VICTIMS was checked above.
+    let field = |w: usize| unsafe { record(PAGE, index, w) };
+    let bad = unsafe { word(PAGE, header::BAD) };
+    let timeout = match class {
+        TMO_ZERO => 0,
+        TMO_FINITE => unsafe { word(PAGE, header::FINITE_TICKS) }.load(Relaxed),
+        _ => FOREVER,
+    };
+    let who = index as u64;
+    let checked = |ok: bool| {
+        if !ok {
+            bad.fetch_add(1, Relaxed);
+        }
+    };
+    // ReplyRecv: the message to answer (a Send needs no answer: the reply finds no caller).
+    let mut last: Option<sys::Msg> = None;
+    let mut seq = 0u64;
+    loop {
+        seq += 1;
+        let r: Result<(), Error> = match kind {
+            K_CALL => sys::ipc(Sys::Call, EP_CALL, &msg(L_VICTIM_CALL, seq, who), timeout, NO_SLOT, NO_SLOT)
+                .map(|a| checked(answer_ok(&a, seq, who))),
+            K_SEND => {
+                let n = if timeout == 0 && seq % 2 == 0 { Sys::NbSend } else { Sys::Send };
+                sys::ipc(n, EP_CALL, &msg(L_VICTIM_SEND, seq, who), timeout, NO_SLOT, NO_SLOT).map(|_| ())
+            }
+            K_RECV => {
+                let n = if timeout == 0 && seq % 2 == 0 { Sys::NbRecv } else { Sys::Recv };
+                sys::ipc(n, EP_RECV, &sys::Msg::default(), timeout, NO_SLOT, NO_SLOT).map(|m| checked(msg_ok(&m)))
+            }
+            K_REPLY_RECV => {
+                let reply = last.take().map(|m| answer(&m)).unwrap_or_default();
+                sys::ipc(Sys::ReplyRecv, EP_RECV, &reply, timeout, NO_SLOT, NO_SLOT).map(|m| {
+                    checked(msg_ok(&m));
+                    last = Some(m);
+                })
+            }
+            K_WAIT => {
+                if seq % 2 == 0 {
+                    let _ = sys::signal(NOTE, 1 << (index % 64));
+                }
+                sys::wait(NOTE, timeout).map(|_| ())
+            }
+            _ => {
+                // K_SPIN: count, and look at the CPU now and then. One count per call of a
+                // function that is not inlined: an emulated CPU finishes at most one count
+                // between being told to stop (an interrupt) and stopping.
+                for _ in 0..64 {
+                    bump(field(rec::ITERATIONS));
+                }
+                let cpu = sys::cpu_info().0;
+                field(rec::CPU).store(cpu + 1, Relaxed);
+                field(rec::ON_CPU + cpu.min(7) as usize).fetch_add(1, Relaxed);
+                continue;
+            }
+        };
+        let w = match r {
+            Ok(()) => rec::OK,
+            Err(Error::Timeout) => rec::TIMEOUT,
+            Err(Error::PartnerGone) => rec::PARTNER_GONE,
+            Err(Error::Interrupted) => rec::INTERRUPTED,
+            Err(e) => {
+                field(rec::LAST_OTHER).store(e as u64, Relaxed);
+                rec::OTHER
+            }
+        };
+        field(w).fetch_add(1, Relaxed);
+        let cpu = sys::cpu_info().0;
+        field(rec::CPU).store(cpu + 1, Relaxed);
+        field(rec::ON_CPU + cpu.min(7) as usize).fetch_add(1, Relaxed);
+        field(rec::ITERATIONS).fetch_add(1, Relaxed);
+    }
+}
+
+/// Adds one to a storm victim's counter (see [`storm`]).
+#[inline(never)]
+fn bump(c: &core::sync::atomic::AtomicU64) {
+    c.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
 }
 
 /// The isolation cases ([`ISOLATION_CASES`]), run in their order from this task, which holds
