@@ -16,6 +16,7 @@
 #![no_std]
 #![no_main]
 
+use rl4_user::abi::Sys;
 use rl4_user::worker::*;
 use rl4_user::{println, sys};
 
