@@ -203,7 +203,7 @@ fn levels() -> [u64; 3] {
 /// the image every round, and its moving scratch page would leave page tables behind in the root
 /// task, which would move the memory baseline.
 struct Template {
-    pages: [(u64, u64, Rights); 16],
+    pages: [(u64, u64, Rights); 64],
     n: usize,
     entry: u64,
 }
@@ -211,7 +211,7 @@ struct Template {
 impl Template {
     fn load(bi: &BootInfo) -> Result<Template, Error> {
         let elf = program(bi, "worker")?;
-        let (mut pages, mut n) = ([(0, 0, Rights::NONE); 16], 0);
+        let (mut pages, mut n) = ([(0, 0, Rights::NONE); 64], 0);
         let entry = load_pages(&elf, SCRATCH_VA, |f, va, r| {
             if n == pages.len() {
                 return Err(Error::OutOfMemory);
