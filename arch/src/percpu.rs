@@ -30,6 +30,8 @@ pub struct CpuHeader {
     /// The kernel's lock levels this CPU holds, one bit each (gs:48; see the kernel's
     /// `lock.rs`). Only this CPU touches it, with interrupts off.
     pub locks_held: AtomicU64,
+    /// The kernel's per-CPU scheduler block, as an address (gs:56; 0 until it is made).
+    kernel_block: AtomicU64,
 }
 
 impl CpuHeader {
@@ -43,6 +45,7 @@ impl CpuHeader {
             regs_end: AtomicU64::new(0),
             resume_iret: AtomicU64::new(0),
             locks_held: AtomicU64::new(0),
+            kernel_block: AtomicU64::new(0),
         }
     }
     pub fn index(&self) -> u32 {
@@ -129,6 +132,22 @@ pub fn clear_locks_held(mask: u64) {
 }
 
 const _: () = assert!(core::mem::offset_of!(CpuHeader, locks_held) == 48);
+const _: () = assert!(core::mem::offset_of!(CpuHeader, kernel_block) == 56);
+
+/// Records the address of this CPU's kernel block (`gs:56`); the kernel stores it once, from a
+/// reference that lives for the rest of the kernel's life.
+pub fn set_kernel_block(addr: u64) {
+    current().kernel_block.store(addr, Ordering::Relaxed);
+}
+
+/// The address recorded by [`set_kernel_block`] on this CPU (0 if none): one `gs:` load.
+#[inline(always)]
+pub fn kernel_block() -> u64 {
+    let v: u64;
+    // SAFETY: a plain load of this CPU's header field (gs:56).
+    unsafe { core::arch::asm!("mov {}, gs:[56]", out(reg) v, options(nostack, readonly, preserves_flags)) };
+    v
+}
 const _: () = assert!(core::mem::offset_of!(CpuHeader, resume_iret) == 40);
 const _: () = assert!(core::mem::offset_of!(CpuHeader, regs_end) == 32);
 
@@ -146,4 +165,70 @@ pub fn resume_iret() -> u64 {
     // SAFETY: a plain load of this CPU's header field.
     unsafe { core::arch::asm!("mov {}, gs:[40]", out(reg) v, options(nostack, readonly, preserves_flags)) };
     v
+}
+
+/// A value that only one CPU ever touches, in the kernel with interrupts off (a scheduler's
+/// current-thread slot): no lock, no locked instruction. The API moves values in and out and
+/// never lends a reference, so no two accesses can overlap even on the owning CPU; a call from
+/// another CPU panics (a kernel bug). The consistency check reads it through [`CpuOwned::peek`]
+/// while the owner is stopped.
+pub struct CpuOwned<T> {
+    owner: u32,
+    cell: core::cell::UnsafeCell<T>,
+}
+
+// SAFETY: only the owning CPU reaches the value (checked at every access), one access at a time
+// (the API lends no reference, and the owner runs the kernel with interrupts off); `peek` is
+// `unsafe` and documents its own condition. `T: Send` because the value is made on one CPU and
+// may be dropped on another.
+unsafe impl<T: Send> Sync for CpuOwned<T> {}
+
+impl<T> CpuOwned<T> {
+    /// A value owned by CPU `owner`.
+    pub const fn new(owner: u32, v: T) -> Self {
+        CpuOwned { owner, cell: core::cell::UnsafeCell::new(v) }
+    }
+
+    #[inline(always)]
+    fn check(&self) {
+        assert!(cpu_index() == self.owner, "a CPU-owned value used by another CPU");
+    }
+
+    /// Puts `v` in and returns what was there.
+    #[inline(always)]
+    pub fn replace(&self, v: T) -> T {
+        self.check();
+        // SAFETY: the owner, one access at a time (see the `Sync` impl); the reference lives
+        // for this statement only.
+        unsafe { core::mem::replace(&mut *self.cell.get(), v) }
+    }
+
+    /// Takes the value out, leaving the default.
+    #[inline(always)]
+    pub fn take(&self) -> T
+    where
+        T: Default,
+    {
+        self.replace(T::default())
+    }
+
+    /// Applies `f` to a shared view of the value. `f` must not reach this value again (it may
+    /// only look: the kernel passes plain comparisons and clones of reference-counted pointers).
+    #[inline(always)]
+    pub fn inspect<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        self.check();
+        // SAFETY: the owner; nothing can change the value while `f` looks at it, since every
+        // mutation goes through `replace` on this CPU, which `f` does not call.
+        f(unsafe { &*self.cell.get() })
+    }
+
+    /// The value, from any CPU.
+    ///
+    /// # Safety
+    /// The owning CPU must be stopped outside any access to it (the consistency check's freeze)
+    /// for as long as the reference lives.
+    pub unsafe fn peek(&self) -> &T {
+        // SAFETY: per the caller's guarantee nobody writes it meanwhile.
+        unsafe { &*self.cell.get() }
+    }
 }

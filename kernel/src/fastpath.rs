@@ -30,10 +30,10 @@ pub fn try_fast(n: u64) -> bool {
     // The running thread's reference is taken out of the CPU's slot rather than cloned (no
     // reference-count traffic); the switch puts the partner's in, a fallback puts it back.
     // Nothing on this CPU looks at the slot meanwhile, and no other CPU does.
-    let Some(cur) = cs.current.lock().take() else { return false };
+    let Some(cur) = cs.current.take() else { return false };
     let (slot, tag, timeout) = cur.regs.with(|r| (r.rdi, Tag(r.rsi), r.r12));
     if !(tag.fits_registers() && timeout == FOREVER) {
-        *cs.current.lock() = Some(cur);
+        cs.current.replace(Some(cur));
         return false;
     }
     // Each path consumes the reference on success (it becomes the reply right or the queue
@@ -42,7 +42,7 @@ pub fn try_fast(n: u64) -> bool {
     match back {
         Ok(()) => true,
         Err(cur) => {
-            *cs.current.lock() = Some(cur);
+            cs.current.replace(Some(cur));
             false
         }
     }

@@ -326,8 +326,11 @@ pub type Wait = rl4_core::life::Wait<KernelKinds>;
 /// flight can be the last reference to an object.
 #[inline(always)]
 pub fn dispose(w: Wait) {
+    if let rl4_core::life::Wait::Reply { .. } = &w {
+        core::mem::forget(w);
+        return;
+    }
     match w {
-        rl4_core::life::Wait::Reply { .. } => {}
         rl4_core::life::Wait::Recv { ep } => drop(ep),
         rl4_core::life::Wait::Notify { n } => drop(n),
         send => crate::reclaim::later_wait(Some(send)),

@@ -62,7 +62,11 @@ pub struct CpuSched {
     /// Reply tickets handed out by this CPU (CPU index in the top bits: unique machine-wide).
     tickets: AtomicU64,
     rq: Mutex<RunQueue<TRef>, { Level::CPU }>,
-    pub(crate) current: Mutex<Option<Arc<Thread>>, { Level::CPU }>,
+    /// The highest priority in the run queue, -1 if empty: a copy kept by every change of the
+    /// queue ([`with_rq`]), so that the IPC paths' "nothing more urgent" guard reads one word.
+    rq_top: AtomicI32,
+    /// The running thread: only this CPU touches it (no lock).
+    pub(crate) current: percpu::CpuOwned<Option<Arc<Thread>>>,
     /// Threads pushed by any CPU, with the priority each was pushed at.
     inbox: Mutex<Vec<(u8, TRef)>, { Level::CPU }>,
     /// Priority of the running thread, -1 when idle (read by other CPUs to decide on an IPI).
@@ -108,11 +112,29 @@ pub(crate) fn this_cpu() -> &'static CpuSched {
 /// drain the inbox).
 #[inline(always)]
 pub(crate) fn nothing_more_urgent(cs: &CpuSched, prio: u8) -> bool {
-    cs.inbox_len.load(Ordering::SeqCst) == 0 && cs.rq.lock().highest().is_none_or(|h| h <= prio)
+    cs.inbox_len.load(Ordering::SeqCst) == 0 && cs.rq_top.load(Ordering::Relaxed) <= prio as i32
 }
 
+/// Changes this CPU's run queue and keeps its top-priority copy up to date.
+#[inline(always)]
+fn with_rq<R>(cs: &CpuSched, f: impl FnOnce(&mut RunQueue<TRef>) -> R) -> R {
+    let mut rq = cs.rq.lock();
+    let r = f(&mut rq);
+    cs.rq_top.store(rq.highest().map_or(-1, |p| p as i32), Ordering::Relaxed);
+    r
+}
+
+/// This CPU's scheduler, through the address `init_cpu` put in the per-CPU header (one `gs:`
+/// load instead of an array look-up behind a `Once`).
+#[inline(always)]
+#[allow(unsafe_code)]
 fn this() -> &'static CpuSched {
-    get(percpu::cpu_index() as usize).expect("scheduler initialised on this CPU")
+    let p = percpu::kernel_block() as *const CpuSched;
+    assert!(!p.is_null(), "scheduler initialised on this CPU");
+    // SAFETY: the only value ever stored at gs:56 is the address of this CPU's `CpuSched`,
+    // leaked by `init_cpu` (it lives for the rest of the kernel's life and is never moved); the
+    // CPU's header is its own, so the address is this CPU's scheduler.
+    unsafe { &*p }
 }
 
 fn me() -> u32 {
@@ -125,7 +147,8 @@ pub fn init_cpu(pcid: bool) {
         counts: [const { AtomicU64::new(0) }; 4],
         tickets: AtomicU64::new((me() as u64) << 48),
         rq: Mutex::new(RunQueue::new()),
-        current: Mutex::new(None),
+        rq_top: AtomicI32::new(-1),
+        current: percpu::CpuOwned::new(me(), None),
         inbox: Mutex::new(Vec::new()),
         current_prio: AtomicI32::new(-1),
         idle: AtomicBool::new(false),
@@ -137,6 +160,7 @@ pub fn init_cpu(pcid: bool) {
         idle_state: AtomicU8::new(BUSY),
     }));
     CPUS[me() as usize].call_once(|| s);
+    percpu::set_kernel_block(s as *const CpuSched as u64);
 }
 
 /// Whether CPU `i` runs a scheduler (is online).
@@ -189,7 +213,7 @@ pub fn total(c: Count) -> u64 {
 
 /// The running thread of this CPU.
 pub fn current() -> Option<Arc<Thread>> {
-    this().current.lock().clone()
+    this().current.inspect(Clone::clone)
 }
 
 /// Pushes `t`, just queued for CPU `cpu` by [`Life::enqueue`] (or `dequeue`/`leave_cpu`), into
@@ -238,10 +262,11 @@ fn drain_inbox(cs: &CpuSched) {
         cs.inbox_len.store(0, Ordering::SeqCst);
         core::mem::take(&mut *inbox)
     };
-    let mut rq = cs.rq.lock();
-    for (p, t) in items {
-        rq.push_back(p, t);
-    }
+    with_rq(cs, |rq| {
+        for (p, t) in items {
+            rq.push_back(p, t);
+        }
+    });
 }
 
 /// Called by the timer interrupt on this CPU.
@@ -269,8 +294,7 @@ fn leave(cs: &CpuSched, cur: &Arc<Thread>, l: &mut Life, front: bool) {
 fn requeue(cs: &CpuSched, cur: &Arc<Thread>, l: &Life, left: Leave, front: bool) {
     match left {
         Leave::Requeue(_) => {
-            let mut rq = cs.rq.lock();
-            if front { rq.push_front(l.prio, TRef(cur.clone())) } else { rq.push_back(l.prio, TRef(cur.clone())) }
+            with_rq(cs, |rq| if front { rq.push_front(l.prio, TRef(cur.clone())) } else { rq.push_back(l.prio, TRef(cur.clone())) });
         }
         Leave::Forward(c) => push(c, cur, l.prio),
         Leave::Gone => {}
@@ -284,10 +308,10 @@ pub fn decide() {
     crate::reclaim::drain();
     let cs = this();
     drain_inbox(cs);
-    let cur = cs.current.lock().take();
+    let cur = cs.current.take();
     if let Some(cur) = cur {
         let mut l = cur.life.lock();
-        let waiting = cs.rq.lock().highest();
+        let waiting = Some(cs.rq_top.load(Ordering::Relaxed)).filter(|&p| p >= 0).map(|p| p as u8);
         let expired = cs.expired.load(Ordering::Relaxed);
         let ahead = match waiting {
             None => false,
@@ -299,7 +323,7 @@ pub fn decide() {
                 cs.expired.store(false, Ordering::Relaxed);
             }
             drop(l);
-            *cs.current.lock() = Some(cur);
+            cs.current.replace(Some(cur));
             return;
         }
         // A thread that used its slice goes to the back; a preempted one keeps its turn.
@@ -315,7 +339,7 @@ pub fn decide() {
 /// Switches to the best runnable thread of this CPU's queue, if there is one.
 fn pick(cs: &CpuSched) -> bool {
     loop {
-        let next = cs.rq.lock().pop();
+        let next = with_rq(cs, |rq| rq.pop());
         let Some((_, TRef(t))) = next else { return false };
         let mut l = t.life.lock();
         match l.dequeue(me()) {
@@ -342,7 +366,8 @@ fn switch_to(cs: &CpuSched, t: Arc<Thread>, prio: u8, new_slice: bool) {
         cs.expired.store(false, Ordering::Relaxed);
     }
     cs.bump(Count::Switches);
-    *cs.current.lock() = Some(t);
+    let none = cs.current.replace(Some(t));
+    debug_assert!(none.is_none());
 }
 
 /// The idle loop: run whatever arrives; else watch the inbox for `poll_us` (a thread made
@@ -385,14 +410,14 @@ pub fn may_switch_to(prio: u8) -> bool {
     if cs.inbox_len.load(Ordering::SeqCst) != 0 {
         drain_inbox(cs);
     }
-    cs.rq.lock().highest().is_none_or(|h| h <= prio)
+    cs.rq_top.load(Ordering::Relaxed) <= prio as i32
 }
 
 /// A direct switch: `to` was made `Running` and current here ([`Life::run_here`]); the running
 /// thread (blocked, or still runnable) leaves this CPU without a scheduling decision.
 pub fn switch_direct(to: Arc<Thread>, prio: u8) {
     let cs = this();
-    let cur = cs.current.lock().take();
+    let cur = cs.current.take();
     if let Some(cur) = cur {
         let mut l = cur.life.lock();
         leave(cs, &cur, &mut l, true);
@@ -413,7 +438,8 @@ pub(crate) fn switch_direct_blocked(cs: &CpuSched, to: Arc<Thread>, prio: u8) {
     tlb::load_space(cs, &to.space);
     cs.current_prio.store(prio as i32, Ordering::SeqCst);
     cs.bump(Count::Switches);
-    *cs.current.lock() = Some(to);
+    let none = cs.current.replace(Some(to));
+    debug_assert!(none.is_none());
 }
 
 /// The fast path's bookkeeping for the thread leaving: `cur` (locked in `l`) stops running here.
@@ -428,7 +454,7 @@ pub(crate) fn leave_fast(cs: &CpuSched, cur: &Arc<Thread>, l: &mut Life) {
 
 /// Whether the running thread of this CPU is no longer `t` (a direct switch happened).
 pub fn switched_directly(t: &Arc<Thread>) -> bool {
-    this().current.lock().as_ref().is_some_and(|c| !Arc::ptr_eq(c, t))
+    this().current.inspect(|c| c.as_ref().is_some_and(|c| !Arc::ptr_eq(c, t)))
 }
 
 /// The running thread gives up the rest of its slice.
@@ -439,7 +465,6 @@ pub fn yield_current() {
 /// Where a CPU's scheduler holds a thread (for the consistency check).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Held {
-    Current,
     RunQueue,
     Inbox,
 }
@@ -455,10 +480,8 @@ pub(crate) fn visit_cpus(
 ) {
     for i in 0..MAX_CPUS {
         let Some(cs) = get(i) else { continue };
-        match cs.current.peek() {
-            Some(c) => c.iter().for_each(|th| f(i, Held::Current, th)),
-            None => bad(i, "its current-thread lock is held"),
-        }
+        // The current slot is read by the check itself (`check.rs`), which may look at another
+        // CPU's private slot while that CPU is stopped.
         match cs.rq.peek() {
             Some(rq) => {
                 if !rq.is_consistent() {

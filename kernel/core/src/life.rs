@@ -70,6 +70,7 @@ pub enum Wait<K: Kinds> {
 
 impl<K: Kinds> Wait<K> {
     /// The ABI's name of a thread blocked in this wait.
+    #[inline(always)]
     pub fn view(&self) -> ThreadState {
         match self {
             Wait::Send { .. } => ThreadState::BlockedSend,
@@ -80,6 +81,7 @@ impl<K: Kinds> Wait<K> {
     }
 
     /// Whether this is the wait `w` names.
+    #[inline(always)]
     pub fn is(&self, w: WaitOn) -> bool {
         match (self, w) {
             (Wait::Send { ep, .. }, WaitOn::Send(id)) | (Wait::Recv { ep }, WaitOn::Recv(id)) => ep.ident() == id,
@@ -265,6 +267,7 @@ impl<K: Kinds> Life<K> {
 
     /// `Running` → `Blocked { wait }`. Refused (the wait handed back) if the thread was killed
     /// or suspended meanwhile: it must not block then.
+    #[inline(always)]
     pub fn block(&mut self, wait: Wait<K>, deadline: u64) -> Result<(), (Refused, Wait<K>)> {
         match self.state {
             State::Running => {
@@ -345,6 +348,7 @@ impl<K: Kinds> Life<K> {
     /// Ends the wait `on` (`Blocked` in exactly that wait → `Ready`): a message, a reply, a
     /// signal, a timeout, the partner gone. Returns the wait it was in; the caller places the
     /// thread.
+    #[inline(always)]
     pub fn wake(&mut self, on: WaitOn) -> Result<Wait<K>, Refused> {
         match &self.state {
             State::Blocked { wait, .. } if wait.is(on) => {}
@@ -357,6 +361,7 @@ impl<K: Kinds> Life<K> {
     /// The same-CPU fast path's wake-up: `Blocked` in exactly the wait `on`, held nowhere and
     /// belonging to CPU `me` → `Running` and current on `me` (the waker switches to it at once).
     /// Refused, changing nothing, in any other case.
+    #[inline(always)]
     pub fn wake_here(&mut self, on: WaitOn, me: u32) -> Result<Wait<K>, Refused> {
         if self.place != Place::Off || self.cpu != me || !self.waits(on) {
             return self.refuse();
@@ -367,6 +372,7 @@ impl<K: Kinds> Life<K> {
     }
 
     /// Whether it waits in exactly the wait `on`.
+    #[inline(always)]
     pub fn waits(&self, on: WaitOn) -> bool {
         matches!(&self.state, State::Blocked { wait, .. } if wait.is(on))
     }
@@ -417,6 +423,7 @@ impl<K: Kinds> Life<K> {
     /// dies now (that caller gets `PartnerGone`): the one it held before, or the new one itself
     /// if this thread can never reply (`Dead` or `Faulted`: killed during its `Recv`, after
     /// `kill` or `fault` took the rights it held, so nobody else would ever fail this caller).
+    #[inline(always)]
     pub fn grant_reply(&mut self, caller: K::Caller, ticket: u64) -> Option<(K::Caller, u64)> {
         if matches!(self.state, State::Dead | State::Faulted) {
             return Some((caller, ticket));
@@ -425,6 +432,7 @@ impl<K: Kinds> Life<K> {
     }
 
     /// Takes the reply right (to reply, or because it lapses).
+    #[inline(always)]
     pub fn take_reply(&mut self) -> Option<(K::Caller, u64)> {
         self.reply.take()
     }
@@ -433,6 +441,7 @@ impl<K: Kinds> Life<K> {
 
     /// A `Ready` thread held nowhere is queued for its CPU: returns that CPU (push it into its
     /// inbox). `None`: it needs no entry (not ready, current somewhere, or already queued).
+    #[inline(always)]
     pub fn enqueue(&mut self) -> Option<u32> {
         match (&self.state, self.place) {
             (State::Ready, Place::Off) => {
@@ -493,6 +502,7 @@ impl<K: Kinds> Life<K> {
 
     /// CPU `me` stops running this thread. A thread still runnable is queued again (here or on
     /// its own CPU); any other is held by nobody.
+    #[inline(always)]
     pub fn leave_cpu(&mut self, me: u32) -> Leave {
         if self.place != Place::Current(me) {
             return Leave::Gone;
