@@ -1,13 +1,12 @@
 //! Synchronous IPC through endpoints, and notifications.
 //!
 //! See `docs/ipc.md` for the state machine, the lock order and the paths step by step. Every
-//! change of a thread's state here is a transition of `rl4_core::life` (through `thread.rs`);
-//! the protocol is always the same: **claim the partner** (take it out of the queue and end
-//! its wait, under the queue's and its own lock: from then on nobody else can run it), **then
-//! block yourself** (a transition refused if you were killed or suspended meanwhile), **then
-//! place the partner** (switch to it directly, or queue it on its CPU). A partner is never
-//! placed before the thread it answers has blocked, so a reply can never arrive before its
-//! caller waits for it.
+//! change of a thread's state here is a transition of `rl4_core::life` (through `thread.rs`),
+//! under one rule: **nobody can answer or fail a thread before it waits.** A `Call` enters its
+//! reply wait before any receiver can see it, and takes it back (`unwait`) if none waits; a
+//! partner is claimed (taken out of its queue, its wait ended, under the queue's and its own
+//! lock), given the reply right in the same step, and placed last (switched to directly, or
+//! queued on its CPU).
 //!
 //! Lock order (`lock.rs`): an endpoint's or notification's queue lock → one thread's `life`
 //! lock → a CPU's inbox; capability tables and IPC-buffer slots are leaves below them.
