@@ -14,7 +14,7 @@ use rl4_core::life::WaitOn;
 
 use crate::ipc::Endpoint;
 use crate::obj::{EpRef, Thread, Wait};
-use crate::{reclaim, sched, thread, trace};
+use crate::{sched, thread, trace};
 
 /// Whether system call `n` may take the fast path at all (a load and two compares, for every
 /// system call).
@@ -99,7 +99,7 @@ fn call(cs: &sched::CpuSched, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<(
             // Killed or suspended meanwhile: it does not wait (the receiver's reply will find
             // it gone); a suspended caller's call returns `Interrupted` when it is resumed.
             thread::set_result(&cur, Err(rl4_abi::Error::Interrupted));
-            reclaim::later_wait(Some(w));
+            crate::obj::dispose(w);
         }
         sched::leave_fast(cs, &cur, &mut l);
     }
@@ -107,13 +107,20 @@ fn call(cs: &sched::CpuSched, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<(
     // receiver was killed meanwhile).
     let old = r.life.lock().grant_reply(cur, ticket);
     crate::obj::dispose(wait);
+    let mut receiver_gone = false;
     if let Some((c, t)) = old {
+        // Our own right handed back: the receiver was killed (or faulted) meanwhile.
+        receiver_gone = t == ticket;
         thread::fail_caller(c, t);
     }
     cs.bump(sched::Count::IpcFast);
     trace::stamp(trace::DELIVERED);
     sched::switch_direct_blocked(cs, r, prio);
     trace::stamp(trace::SWITCHED);
+    if receiver_gone {
+        // Do not return into a dead thread's user code: let the scheduler drop it now.
+        sched::decide();
+    }
     Ok(())
 }
 
@@ -155,7 +162,7 @@ fn reply_recv(cs: &sched::CpuSched, cur: Arc<Thread>, slot: u64, tag: Tag) -> Re
             Ok(()) => true,
             Err((_, w)) => {
                 thread::set_result(&cur, Err(rl4_abi::Error::Interrupted));
-                reclaim::later_wait(Some(w));
+                crate::obj::dispose(w);
                 false
             }
         };
@@ -165,10 +172,11 @@ fn reply_recv(cs: &sched::CpuSched, cur: Arc<Thread>, slot: u64, tag: Tag) -> Re
     // The server's reference becomes its receive-queue entry.
     if blocked {
         q.receivers.push_back(cur);
+        drop(q);
     } else {
-        reclaim::later_thread(cur);
+        drop(q);
+        drop(cur);
     }
-    drop(q);
     crate::obj::dispose(wait);
     cs.bump(sched::Count::IpcFast);
     sched::switch_direct_blocked(cs, caller, prio);

@@ -173,7 +173,11 @@ fn deliver(to: &Thread, to_regs: &mut UserRegs, m: Outgoing<'_>) -> Option<Cap> 
             (Some(src), Some(dst)) => mem::copy_frame_words(src.pa, dst.pa, REG_WORDS as usize, (len - REG_WORDS) as usize),
             _ => len = REG_WORDS,
         }
+        // These references can be the last ones (the buffer replaced meanwhile by another
+        // CPU), and the caller holds locks: the frames go after them.
+        reclaim::later_frame(dst);
     }
+    reclaim::later_frame(m.buffer);
     let mut caps = 0;
     let mut left = None;
     if let Some(cap) = m.cap {
@@ -302,10 +306,12 @@ pub fn send(cur: &Arc<Thread>, regs: &UserRegs, ep: &Arc<Endpoint>, badge: u64, 
         return if call { Outcome::Blocked } else { Outcome::Return(Ok([0; 3])) };
     }
     // No receiver: a call takes back its reply wait (nobody saw it) and waits as a sender.
+    // Refused: the wait was ended meanwhile (killed, suspended, or a stale timeout entry
+    // expired it), and whoever ended it wrote the call's result.
     if call && cur.life.lock().unwait(ticket).is_err() {
         drop(q);
         reclaim::later_cap(cap);
-        return Outcome::Return(Err(Error::Interrupted));
+        return Outcome::Blocked;
     }
     if timeout == 0 {
         drop(q);

@@ -26,6 +26,10 @@ pub enum Garbage {
     Wait(Wait),
     Ep(Arc<crate::ipc::Endpoint>),
     Ntf(Arc<crate::ipc::Notification>),
+    /// A frame or thread whose last reference this CPU let go of (kept by value: its
+    /// destructor has not run yet).
+    FrameBody(crate::obj::Frame),
+    ThreadBody(Thread),
 }
 
 struct Grave {
@@ -51,11 +55,23 @@ pub fn later(g: Garbage) {
     grave.full.store(true, Ordering::Relaxed);
 }
 
+/// Lets go of a thread reference. Under a lock only the last reference needs putting aside
+/// (`Arc::into_inner` tells, atomically): the common case allocates nothing.
 pub fn later_thread(t: Arc<Thread>) {
     if lock::held() == 0 {
         drop(t);
-    } else {
-        later(Garbage::Thread(t));
+    } else if let Some(body) = Arc::into_inner(t) {
+        later(Garbage::ThreadBody(body));
+    }
+}
+
+/// Lets go of a frame reference (as [`later_thread`]).
+pub fn later_frame(f: Option<Arc<crate::obj::Frame>>) {
+    let Some(f) = f else { return };
+    if lock::held() == 0 {
+        drop(f);
+    } else if let Some(body) = Arc::into_inner(f) {
+        later(Garbage::FrameBody(body));
     }
 }
 

@@ -69,6 +69,8 @@ pub struct CpuSched {
     pub(crate) current: percpu::CpuOwned<Option<Arc<Thread>>>,
     /// Threads pushed by any CPU, with the priority each was pushed at.
     inbox: Mutex<Vec<(u8, TRef)>, { Level::CPU }>,
+    /// The vector the inbox had before its last drain (empty, with its capacity).
+    spare: percpu::CpuOwned<Vec<(u8, TRef)>>,
     /// Priority of the running thread, -1 when idle (read by other CPUs to decide on an IPI).
     current_prio: AtomicI32,
     idle: AtomicBool,
@@ -150,6 +152,7 @@ pub fn init_cpu(pcid: bool) {
         rq_top: AtomicI32::new(-1),
         current: percpu::CpuOwned::new(me(), None),
         inbox: Mutex::new(Vec::new()),
+        spare: percpu::CpuOwned::new(me(), Vec::new()),
         current_prio: AtomicI32::new(-1),
         idle: AtomicBool::new(false),
         slice: AtomicU32::new(TIME_SLICE_TICKS),
@@ -257,16 +260,21 @@ fn drain_inbox(cs: &CpuSched) {
     if cs.inbox_len.load(Ordering::SeqCst) == 0 {
         return;
     }
-    let items = {
+    // The inbox and a spare vector trade places, so that neither is ever freed or grown again
+    // once it has held the largest burst: pushing into an inbox does not allocate (and take
+    // the heap's lock) in the steady state.
+    let mut items = cs.spare.take();
+    {
         let mut inbox = cs.inbox.lock();
         cs.inbox_len.store(0, Ordering::SeqCst);
-        core::mem::take(&mut *inbox)
-    };
+        core::mem::swap(&mut *inbox, &mut items);
+    }
     with_rq(cs, |rq| {
-        for (p, t) in items {
+        for (p, t) in items.drain(..) {
             rq.push_back(p, t);
         }
     });
+    cs.spare.replace(items);
 }
 
 /// Called by the timer interrupt on this CPU.
@@ -436,7 +444,9 @@ pub fn switch_direct(to: Arc<Thread>, prio: u8) {
 pub(crate) fn switch_direct_blocked(cs: &CpuSched, to: Arc<Thread>, prio: u8) {
     entry::set_current(&to.regs);
     tlb::load_space(cs, &to.space);
-    cs.current_prio.store(prio as i32, Ordering::SeqCst);
+    // Read by other CPUs only to decide on an IPI; nothing here reads anything after it that
+    // would need the store ordered first (the inbox was looked at before): no `xchg`.
+    cs.current_prio.store(prio as i32, Ordering::Relaxed);
     cs.bump(Count::Switches);
     let none = cs.current.replace(Some(to));
     debug_assert!(none.is_none());

@@ -45,16 +45,21 @@ fn queue_of(l: &Life) -> Option<QueueRef> {
     }
 }
 
+/// Whether the wait `l` is in still belongs to the queue object `q` the caller locked (`None`: a
+/// wait in no queue, or in one whose object is already dying). Compares identities only: it
+/// never makes a strong reference, whose drop could run a destructor under the thread's lock.
 fn same_queue(l: &Life, q: &Option<QueueRef>) -> bool {
-    let id = match q {
-        None => return queue_of(l).is_none(),
-        Some(QueueRef::Ep(e)) => Arc::as_ptr(e) as usize,
-        Some(QueueRef::Ntf(n)) => Arc::as_ptr(n) as usize,
+    let waits_on = match l.state() {
+        rl4_core::life::State::Blocked { wait: Wait::Send { ep, .. } | Wait::Recv { ep }, .. } => Some((ep.ident(), ep.0.strong_count())),
+        rl4_core::life::State::Blocked { wait: Wait::Notify { n }, .. } => Some((n.ident(), n.0.strong_count())),
+        _ => None,
     };
-    match l.state() {
-        rl4_core::life::State::Blocked { wait: Wait::Send { ep, .. } | Wait::Recv { ep }, .. } => ep.ident() == id,
-        rl4_core::life::State::Blocked { wait: Wait::Notify { n }, .. } => n.ident() == id,
-        _ => false,
+    match (q, waits_on) {
+        (None, None) => true,
+        (None, Some((_, strong))) => strong == 0,
+        (Some(QueueRef::Ep(e)), Some((id, _))) => Arc::as_ptr(e) as usize == id,
+        (Some(QueueRef::Ntf(n)), Some((id, _))) => Arc::as_ptr(n) as usize == id,
+        (Some(_), None) => false,
     }
 }
 

@@ -45,6 +45,8 @@ fn rl4_kernel_interrupt(vector: u8) {
 #[unsafe(no_mangle)]
 extern "C" fn rl4_syscall(n: u64) {
     crate::trace::enter(n);
+    // The fast path lets go of nothing while it holds a lock (it puts nothing aside for
+    // `reclaim::drain`).
     if crate::fastpath::candidate(n) && crate::fastpath::try_fast(n) {
         crate::trace::stamp(crate::trace::DONE);
         return;
