@@ -123,6 +123,21 @@ fn inject(what: u8, memory: &Arc<Memory>, task: &Arc<Task>) {
         println!("inject: 4096 bytes charged to the root budget for nothing");
         let _ = memory.charge(4096);
     }
+    if what & LOCKS != 0 {
+        // Against the lock order (never two threads' locks at once: counted by a `lockcheck`
+        // kernel) and against reclamation (a kernel object destroyed under a lock: counted
+        // always).
+        if let (Ok(a), Ok(b), Ok(f)) =
+            (Thread::new(memory, task.clone(), 0, 0, 1, 0), Thread::new(memory, task.clone(), 0, 0, 1, 0), Frame::new(memory))
+        {
+            println!("inject: threads {} and {} locked together, and a frame destroyed under their locks", a.id, b.id);
+            let la = a.life.lock();
+            let lb = b.life.lock();
+            drop(f);
+            drop(lb);
+            drop(la);
+        }
+    }
     if what & STATE != 0 {
         if let Ok(t) = Thread::new(memory, task.clone(), 0, 0, 1, 0) {
             println!("inject: thread {} marked Runnable but put in no queue (held in root slot {})", t.id, rl4_abi::CAP_SLOTS - 1);

@@ -16,7 +16,7 @@
 //! | `ap_timeout_ms=N` | how long the BSP waits for each AP to come online | 2000 |
 //! | `hz=N` | local APIC timer frequency on every CPU, 1 ≤ N ≤ 10000 | 100 |
 //! | `poll_us=N` | how long an idle CPU watches its inbox before it halts (0 = never) | 50 |
-//! | `inject=A,B,..` | damage kernel state on purpose when the root task starts, so that tests can see the consistency check find it: `refcount`, `frame`, `budget`, `state` | none |
+//! | `inject=A,B,..` | damage kernel state on purpose when the root task starts, so that tests can see the consistency check find it: `refcount`, `frame`, `budget`, `state`, `locks` | none |
 
 use core::fmt;
 
@@ -71,7 +71,10 @@ pub mod inject {
     pub const BUDGET: u8 = 4;
     /// A thread marked runnable but put in no queue.
     pub const STATE: u8 = 8;
-    pub const NAMES: [(&str, u8); 4] = [("refcount", REFCOUNT), ("frame", FRAME), ("budget", BUDGET), ("state", STATE)];
+    /// Two threads' locks held at once, and a frame destroyed while they are held.
+    pub const LOCKS: u8 = 16;
+    pub const NAMES: [(&str, u8); 5] =
+        [("refcount", REFCOUNT), ("frame", FRAME), ("budget", BUDGET), ("state", STATE), ("locks", LOCKS)];
 }
 
 impl Default for Options {
