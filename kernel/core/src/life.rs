@@ -132,6 +132,43 @@ pub enum Place {
     Queued(u32),
 }
 
+/// One row of the transition table: a named transition, the states (as the ABI names them) it
+/// accepts, and the state it leads to.
+pub struct Transition {
+    pub name: &'static str,
+    pub from: &'static [ThreadState],
+    pub to: ThreadState,
+    /// States it accepts and leaves as they are (nothing to do).
+    pub same: &'static [ThreadState],
+}
+
+use ThreadState::{
+    BlockedNotify as BN, BlockedRecv as BR, BlockedReply as BP, BlockedSend as BS, Dead as D, Faulted as F,
+    Inactive as I, Runnable as R, Running as X, Suspended as S,
+};
+
+/// Every state-changing transition of [`Life`] with the states it accepts. A unit test drives
+/// each method from every state and requires exactly this table; `scripts/state-diagram` draws
+/// `docs/states.svg` from it. (The place transitions — `enqueue`, `dequeue`, `keep`,
+/// `leave_cpu` — move a thread between `Ready` and `Running` as CPUs take it on and off.)
+pub const TRANSITIONS: &[Transition] = &[
+    Transition { name: "resume", from: &[I, S], to: R, same: &[R, X] },
+    Transition { name: "run_here", from: &[R], to: X, same: &[] },
+    Transition { name: "block(Send)", from: &[X], to: BS, same: &[] },
+    Transition { name: "block(Recv)", from: &[X], to: BR, same: &[] },
+    Transition { name: "block(Reply)", from: &[X], to: BP, same: &[] },
+    Transition { name: "block(Notify)", from: &[X], to: BN, same: &[] },
+    Transition { name: "take_sender(Send)", from: &[BS], to: R, same: &[] },
+    Transition { name: "take_sender(Call)", from: &[BS], to: BP, same: &[] },
+    Transition { name: "wake", from: &[BS, BR, BP, BN], to: R, same: &[] },
+    Transition { name: "wake_here", from: &[BS, BR, BP, BN], to: X, same: &[] },
+    Transition { name: "expire", from: &[BS, BR, BP, BN], to: R, same: &[] },
+    Transition { name: "unwait", from: &[BP], to: X, same: &[] },
+    Transition { name: "suspend", from: &[R, X, BS, BR, BP, BN], to: S, same: &[I, S] },
+    Transition { name: "fault", from: &[R, X, S], to: F, same: &[] },
+    Transition { name: "kill", from: &[I, R, X, BS, BR, BP, BN, S, F], to: D, same: &[] },
+];
+
 /// A transition was asked of a thread whose state it does not start from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Refused(pub ThreadState);
@@ -729,5 +766,97 @@ mod tests {
         l.suspend().ok().unwrap();
         assert!(l.grant_reply(8, 4).is_none());
         assert_eq!(l.reply_right(), Some(&(8, 4)));
+    }
+
+    /// A thread in state `s` (placed as a thread in that state usually is: running and blocked
+    /// ones still current on CPU 0 when `current`, every other one held by nobody).
+    fn in_state(s: ThreadState, current: bool) -> L {
+        let mut l = L::new(10, 0);
+        let wait = |s| match s {
+            ThreadState::BlockedSend => Wait::Send { ep: Id(1), badge: 0, call: true, cap: None },
+            ThreadState::BlockedRecv => Wait::Recv { ep: Id(1) },
+            ThreadState::BlockedReply => Wait::Reply { ticket: 1 },
+            _ => Wait::Notify { n: Id(1) },
+        };
+        match s {
+            ThreadState::Inactive => {}
+            ThreadState::Runnable => {
+                l.resume().unwrap();
+            }
+            _ => {
+                l = running();
+                match s {
+                    ThreadState::Running => {}
+                    ThreadState::Suspended => drop(l.suspend().ok().unwrap()),
+                    ThreadState::Faulted => drop(l.fault().ok().unwrap()),
+                    ThreadState::Dead => drop(l.kill().ok().unwrap()),
+                    b => l.block(wait(b), 5).ok().unwrap(),
+                }
+                let blocked = matches!(s, BS | BR | BP | BN);
+                if s != ThreadState::Running && !(blocked && current) {
+                    l.leave_cpu(0);
+                }
+            }
+        }
+        assert_eq!(l.view(), s);
+        l
+    }
+
+    /// Applies the transition `name` of the table to a thread in state `s`: `Some(view after)`
+    /// if it was accepted, `None` if refused (then nothing may have changed).
+    fn apply(name: &str, s: ThreadState) -> Option<ThreadState> {
+        let on = |s| match s {
+            ThreadState::BlockedSend => WaitOn::Send(1),
+            ThreadState::BlockedRecv => WaitOn::Recv(1),
+            ThreadState::BlockedReply => WaitOn::Reply(1),
+            _ => WaitOn::Notify(1),
+        };
+        let current = matches!(name, "unwait") || name.starts_with("block");
+        let mut l = in_state(s, current);
+        let ok = match name {
+            "resume" => l.resume().is_ok(),
+            "run_here" => l.run_here(0).is_ok(),
+            "block(Send)" => l.block(Wait::Send { ep: Id(1), badge: 0, call: false, cap: None }, 5).is_ok(),
+            "block(Recv)" => l.block(Wait::Recv { ep: Id(1) }, 5).is_ok(),
+            "block(Reply)" => l.block(Wait::Reply { ticket: 1 }, 5).is_ok(),
+            "block(Notify)" => l.block(Wait::Notify { n: Id(1) }, 5).is_ok(),
+            "take_sender(Send)" | "take_sender(Call)" => {
+                if s == ThreadState::BlockedSend && name == "take_sender(Send)" {
+                    // A plain sender: rebuild it as one.
+                    l = running();
+                    l.block(Wait::Send { ep: Id(1), badge: 0, call: false, cap: None }, 5).ok().unwrap();
+                    l.leave_cpu(0);
+                }
+                l.take_sender(1, 9).is_ok()
+            }
+            "wake" => l.wake(on(s)).is_ok(),
+            "wake_here" => l.wake_here(on(s), 0).is_ok(),
+            "expire" => l.expire(5).is_ok(),
+            "unwait" => l.unwait(1).is_ok(),
+            "suspend" => l.suspend().is_ok(),
+            "fault" => l.fault().is_ok(),
+            "kill" => l.kill().is_ok(),
+            other => panic!("transition {other} has no test"),
+        };
+        if !ok {
+            assert_eq!(l.view(), s, "{name} refused from {s:?} but changed the state");
+        }
+        ok.then(|| l.view())
+    }
+
+    #[test]
+    fn transition_table_matches_the_methods() {
+        const ALL: [ThreadState; 10] = [I, R, X, S, F, D, BS, BR, BP, BN];
+        for t in TRANSITIONS {
+            for s in ALL {
+                let got = apply(t.name, s);
+                let want = if t.from.contains(&s) {
+                    Some(t.to)
+                } else {
+                    t.same.contains(&s).then_some(s)
+                };
+                assert_eq!(got, want, "{} from {s:?}", t.name);
+            }
+        }
     }
 }
