@@ -7,12 +7,15 @@
 //!   address space's mappings, IPC buffers, reply rights, every object's budget charge, run
 //!   queues, inboxes, current threads, endpoint and notification queues. One more is a leak,
 //!   one fewer would be a use-after-free waiting to happen.
-//! * **Threads.** Each is in exactly one state and that state matches where it is: running ⇔
-//!   some CPU's current thread; queued ⇔ in exactly one run queue or inbox (never also
-//!   running); blocked on an endpoint or notification ⇔ in exactly that queue and no other;
-//!   waiting for a reply ⇔ exactly one thread holds its reply right; runnable ⇒ running or
-//!   queued (else it would never run: a lost wake-up); a wait with a deadline ⇒ an entry in a
-//!   CPU's timeout list; a thread of an ended task is dead.
+//! * **Threads.** Each thread's `Life` matches where it is found: current on a CPU ⇔ that
+//!   CPU's current slot holds it; queued ⇔ in exactly one run queue or inbox; held nowhere ⇔
+//!   in none; blocked on an endpoint or notification ⇔ in exactly that queue and no other;
+//!   waiting for a reply ⇔ exactly one thread holds the right with its ticket; running ⇒
+//!   current; runnable ⇒ current or queued (else it would never run: a lost wake-up); a wait
+//!   with a deadline ⇒ an entry in a CPU's timeout list; a thread of an ended task is dead.
+//! * **Locks and reclamation.** No CPU has destroyed a kernel object while holding a lock, no
+//!   object waits to be destroyed while every CPU is stopped, and (in a `lockcheck` kernel) no
+//!   lock was ever taken out of order (`lock.rs`, `reclaim.rs`).
 //! * **Budgets.** Each memory budget's charged bytes equal the sum of what its objects, page
 //!   tables and mappings cost.
 //! * **Address spaces.** Each shares the kernel half; its page tables map exactly its recorded
@@ -27,7 +30,8 @@
 //! temporary reference. A CPU waiting for a TLB shootdown is released because frozen CPUs (and
 //! the checker while it waits) keep answering TLB requests.
 //!
-//! `unsafe` here: only the page-table walks, sound because every other CPU is stopped.
+//! `unsafe` here: only the page-table walks and the reads of CPUs' current-thread slots, sound
+//! because every other CPU is stopped.
 #![allow(unsafe_code)]
 
 use alloc::collections::BTreeMap;
