@@ -118,7 +118,9 @@ fn call(cs: &sched::CpuSched, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<(
     sched::switch_direct_blocked(cs, r, prio);
     trace::stamp(trace::SWITCHED);
     if receiver_gone {
-        // Do not return into a dead thread's user code: let the scheduler drop it now.
+        // Do not return into a dead thread's user code: let the scheduler drop it now. The
+        // decision may idle and never come back here, so nothing may stay alive on this frame.
+        drop(ep);
         sched::decide();
     }
     Ok(())
