@@ -107,18 +107,19 @@ fn call(cs: &sched::CpuSched, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<(
     // receiver was killed meanwhile).
     let old = r.life.lock().grant_reply(cur, ticket);
     crate::obj::dispose(wait);
-    let mut receiver_gone = false;
+    // A right that died: our own handed back (the receiver was killed or faulted meanwhile), or
+    // an older one the receiver held (that caller is woken into this CPU's inbox). Either way
+    // the CPU must decide again rather than return into the receiver.
+    let decide_again = old.is_some();
     if let Some((c, t)) = old {
-        // Our own right handed back: the receiver was killed (or faulted) meanwhile.
-        receiver_gone = t == ticket;
         thread::fail_caller(c, t);
     }
     cs.bump(sched::Count::IpcFast);
     trace::stamp(trace::DELIVERED);
     sched::switch_direct_blocked(cs, r, prio);
     trace::stamp(trace::SWITCHED);
-    if receiver_gone {
-        // Do not return into a dead thread's user code: let the scheduler drop it now. The
+    if decide_again {
+        // Not straight into a dead receiver, nor ahead of a woken caller that outranks it. The
         // decision may idle and never come back here, so nothing may stay alive on this frame.
         drop(ep);
         sched::decide();

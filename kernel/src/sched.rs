@@ -444,8 +444,11 @@ pub fn switch_direct(to: Arc<Thread>, prio: u8) {
 pub(crate) fn switch_direct_blocked(cs: &CpuSched, to: Arc<Thread>, prio: u8) {
     entry::set_current(&to.regs);
     tlb::load_space(cs, &to.space);
-    // Read by other CPUs only to decide on an IPI; nothing here reads anything after it that
-    // would need the store ordered first (the inbox was looked at before): no `xchg`.
+    // Read by other CPUs only to decide on an IPI. A CPU that pushes into this inbox after the
+    // fast path's guard looked at it, and reads the old priority, sends none: its thread waits
+    // for this CPU's next kernel entry (at most a tick), a bounded priority inversion that a
+    // sequentially consistent store would not prevent either (it would need a second look at
+    // the inbox after it). Hence no `xchg`.
     cs.current_prio.store(prio as i32, Ordering::Relaxed);
     cs.bump(Count::Switches);
     let none = cs.current.replace(Some(to));
