@@ -192,14 +192,22 @@ pub(crate) mod tests {
     use std::sync::Arc;
 
     /// A fake physical memory of 64 KiB at physical address 0xe0000, with hand-built tables.
+    /// Its bytes start at offset `.1` of the vector, chosen so that physical address 0xe0000
+    /// sits at 4 modulo 8 in host memory: the XSDT's 64-bit entries (36 bytes into the table,
+    /// which the `acpi` crate reads as aligned `u64`s) then are 8-aligned in every run, instead
+    /// of depending on where the allocator put the vector (a misaligned read aborted the test
+    /// binary now and then, and the tests after it went unreported).
     #[derive(Clone)]
-    pub struct FakeMem(pub Arc<Vec<u8>>);
+    pub struct FakeMem(pub Arc<Vec<u8>>, pub usize);
     pub const BASE: u64 = 0xe0000;
 
     impl PhysMem for FakeMem {
         fn read(&self, pa: u64, buf: &mut [u8]) -> Option<()> {
             let off = pa.checked_sub(BASE)? as usize;
-            buf.copy_from_slice(self.0.get(off..off + buf.len())?);
+            if off.checked_add(buf.len())? > 0x10000 {
+                return None;
+            }
+            buf.copy_from_slice(self.0.get(self.1 + off..self.1 + off + buf.len())?);
             Some(())
         }
     }
@@ -272,14 +280,17 @@ pub(crate) mod tests {
         checksum(&mut rsdp[..20], 8);
         checksum(&mut rsdp, 32);
         put(0xe0000, &rsdp);
-        FakeMem(Arc::new(mem))
+        let mut v = vec![0u8; 0x10000 + 8];
+        let pad = (v.as_ptr() as usize).wrapping_neg().wrapping_add(4) % 8;
+        v[pad..pad + 0x10000].copy_from_slice(&mem);
+        FakeMem(Arc::new(v), pad)
     }
 
     impl Handler for FakeMem {
         unsafe fn map_physical_region<T>(&self, pa: usize, size: usize) -> ::acpi::PhysicalMapping<Self, T> {
             let off = pa - BASE as usize;
-            assert!(off + size <= self.0.len(), "read past fake memory");
-            let p = self.0.as_ptr().wrapping_add(off) as *mut T;
+            assert!(off + size <= 0x10000, "read past fake memory");
+            let p = self.0.as_ptr().wrapping_add(self.1 + off) as *mut T;
             ::acpi::PhysicalMapping {
                 physical_start: pa,
                 virtual_start: NonNull::new(p).unwrap(),
