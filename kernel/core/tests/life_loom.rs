@@ -33,22 +33,10 @@ use loom::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use loom::sync::{Arc, Mutex};
 use loom::thread;
 use rl4_abi::ThreadState;
-use rl4_core::life::{Ident, Kinds, Leave, Life, Pick, Place, Wait, WaitOn};
+use rl4_core::life::{Leave, Life, Pick, Place, Wait, WaitOn};
 
-struct K;
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Id(usize);
-impl Ident for Id {
-    fn ident(&self) -> usize {
-        self.0
-    }
-}
-impl Kinds for K {
-    type Ep = Id;
-    type Ntf = Id;
-    type Cap = u32;
-    type Caller = usize;
-}
+mod common;
+use common::{Id, K};
 type L = Life<K>;
 
 /// The endpoint's and the notification's identities.

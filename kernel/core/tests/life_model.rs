@@ -60,7 +60,7 @@ use std::collections::{HashSet, VecDeque};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use rl4_abi::ThreadState;
-use rl4_core::life::{Ident, Kinds, Leave, Life, Pick, Place, State, Wait, WaitOn};
+use rl4_core::life::{Leave, Life, Pick, Place, State, Wait, WaitOn};
 
 const NCPU: usize = 3;
 const NTHR: usize = 6;
@@ -69,20 +69,8 @@ const NEP: usize = 2;
 const NTF: usize = 7;
 const NONE: u64 = u64::MAX;
 
-struct K;
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Id(usize);
-impl Ident for Id {
-    fn ident(&self) -> usize {
-        self.0
-    }
-}
-impl Kinds for K {
-    type Ep = Id;
-    type Ntf = Id;
-    type Cap = u32;
-    type Caller = usize;
-}
+mod common;
+use common::{Id, K};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Timeout {
