@@ -75,12 +75,13 @@ pub extern "C" fn rl4_kernel_entry(protocol: u32, magic: u32, info: u64) -> ! {
     let (kernel_args, _root_args) = cmdline::split(bi.cmdline());
     let opts = OPTIONS.call_once(|| cmdline::parse(kernel_args, |p| println!("cmdline: {p}")));
     println!(
-        "options: run={} maxcpus={} ap_timeout_ms={} hz={} poll_us={}{}",
+        "options: run={} maxcpus={} ap_timeout_ms={} hz={} poll_us={} fastpath={}{}",
         opts.run.name(),
         run::OrAll(opts.maxcpus),
         opts.ap_timeout_ms,
         opts.hz,
         opts.poll_us,
+        if opts.fastpath { "on" } else { "off" },
         if opts.inject != 0 { " inject (damaging kernel state on purpose, for a test)" } else { "" }
     );
     for e in bi.memory_map() {
@@ -133,6 +134,7 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
     let (hz, src) = time::init_tsc(&f);
     println!("tsc: {}.{:03} MHz ({})", hz / 1_000_000, (hz / 1000) % 1000, src.describe());
     sched::set_poll_us(options().poll_us as u64);
+    fastpath::enable(options().fastpath);
 
     let bi = BOOT_INFO.get().expect("boot info");
     let Some(rsdp) = bi.rsdp else { panic!("the boot loader passed no ACPI RSDP; rl4 needs the MADT") };

@@ -16,6 +16,7 @@
 //! | `ap_timeout_ms=N` | how long the BSP waits for each AP to come online | 2000 |
 //! | `hz=N` | local APIC timer frequency on every CPU, 1 ≤ N ≤ 10000 | 100 |
 //! | `poll_us=N` | how long an idle CPU watches its inbox before it halts (0 = never) | 50 |
+//! | `fastpath=on\|off` | whether `Call`/`ReplyRecv` may take the IPC fast paths (off: every system call takes the general path, the reference the fast paths must agree with) | `on` |
 //! | `inject=A,B,..` | damage kernel state on purpose when the root task starts, so that tests can see the consistency check find it: `refcount`, `frame`, `budget`, `state`, `locks` | none |
 
 use core::fmt;
@@ -57,6 +58,8 @@ pub struct Options {
     pub ap_timeout_ms: u32,
     pub hz: u32,
     pub poll_us: u32,
+    /// The IPC fast paths are enabled.
+    pub fastpath: bool,
     /// Faults to inject ([`inject`] bits).
     pub inject: u8,
 }
@@ -79,7 +82,7 @@ pub mod inject {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { run: Run::Root, maxcpus: None, ap_timeout_ms: 2000, hz: 100, poll_us: 50, inject: 0 }
+        Options { run: Run::Root, maxcpus: None, ap_timeout_ms: 2000, hz: 100, poll_us: 50, fastpath: true, inject: 0 }
     }
 }
 
@@ -133,7 +136,7 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Problem<'a>)) -> Options 
             Some((k, v)) => (k, Some(v)),
             None => (word, None),
         };
-        let known = matches!(key, "run" | "maxcpus" | "ap_timeout_ms" | "hz" | "poll_us" | "inject");
+        let known = matches!(key, "run" | "maxcpus" | "ap_timeout_ms" | "hz" | "poll_us" | "fastpath" | "inject");
         if !known {
             report(Problem::Unknown(word));
             continue;
@@ -164,6 +167,11 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Problem<'a>)) -> Options 
                 Some(n) => o.poll_us = n,
                 None => report(bad("0..=1000000")),
             },
+            "fastpath" => match value {
+                "on" => o.fastpath = true,
+                "off" => o.fastpath = false,
+                _ => report(bad("on or off")),
+            },
             "inject" => {
                 let bits = value.split(',').map(|w| inject::NAMES.iter().find(|(n, _)| *n == w).map(|(_, b)| *b));
                 match bits.clone().all(|b| b.is_some()) {
@@ -188,6 +196,16 @@ mod tests {
     }
 
     #[test]
+    fn fastpath_switch() {
+        assert!(parse_all("").0.fastpath);
+        assert!(!parse_all("fastpath=off").0.fastpath);
+        assert!(parse_all("fastpath=off fastpath=on").0.fastpath);
+        let (o, p) = parse_all("fastpath=maybe");
+        assert!(o.fastpath);
+        assert_eq!(p.len(), 1);
+    }
+
+    #[test]
     fn empty_line_gives_defaults() {
         assert_eq!(parse_all(""), (Options::default(), vec![]));
         assert_eq!(parse_all("   \t "), (Options::default(), vec![]));
@@ -197,7 +215,7 @@ mod tests {
     fn known_options() {
         let (o, p) = parse_all("run=idle maxcpus=3  ap_timeout_ms=500 hz=250 poll_us=0");
         assert!(p.is_empty(), "{p:?}");
-        assert_eq!(o, Options { run: Run::Idle, maxcpus: Some(3), ap_timeout_ms: 500, hz: 250, poll_us: 0, inject: 0 });
+        assert_eq!(o, Options { run: Run::Idle, maxcpus: Some(3), ap_timeout_ms: 500, hz: 250, poll_us: 0, fastpath: true, inject: 0 });
     }
 
     #[test]
