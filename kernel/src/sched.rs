@@ -219,6 +219,22 @@ pub fn current() -> Option<Arc<Thread>> {
     this().current.inspect(Clone::clone)
 }
 
+/// Runs `f` on the running thread of this CPU without taking a reference (`None` if it runs
+/// none). `f` must not change this CPU's current slot (no scheduling decision, no switch).
+#[inline(always)]
+pub fn with_current<R>(f: impl FnOnce(&Arc<Thread>) -> R) -> Option<R> {
+    this().current.inspect(|c| c.as_ref().map(f))
+}
+
+/// Whether this CPU must make a scheduling decision before it returns to its running thread
+/// although that thread's own call did not ask for one: a thread waits in its inbox (a wake-up
+/// from this or another CPU), or the running thread's time slice ran out.
+#[inline(always)]
+pub fn resched_pending() -> bool {
+    let cs = this();
+    cs.inbox_len.load(Ordering::Relaxed) != 0 || cs.expired.load(Ordering::Relaxed)
+}
+
 /// Pushes `t`, just queued for CPU `cpu` by [`Life::enqueue`] (or `dequeue`/`leave_cpu`), into
 /// that CPU's inbox and tells it if that can change what it runs. The caller holds `t`'s lock.
 pub fn push(cpu: u32, t: &Arc<Thread>, prio: u8) {
@@ -335,19 +351,44 @@ pub fn decide() {
             return;
         }
         // A thread that used its slice goes to the back; a preempted one keeps its turn.
-        leave(cs, &cur, &mut l, !expired);
-        drop(l);
-        crate::reclaim::later_thread(cur);
+        let front = !expired;
+        entry::save_resume_mode(&cur.regs);
+        match l.leave_cpu(me()) {
+            Leave::Requeue(_) => {
+                // Back into this CPU's queue, in the same critical section of the queue that
+                // picks the next thread, after the thread's lock (it is queued here already as
+                // far as its `Life` says; nothing looks for it in the queue before this CPU's
+                // next decision, and interrupts are off).
+                let prio = l.prio;
+                drop(l);
+                if !pick(cs, Some((prio, cur, front))) {
+                    idle();
+                }
+                return;
+            }
+            left => {
+                requeue(cs, &cur, &l, left, front);
+                drop(l);
+                crate::reclaim::later_thread(cur);
+            }
+        }
     }
-    if !pick(cs) {
+    if !pick(cs, None) {
         idle();
     }
 }
 
-/// Switches to the best runnable thread of this CPU's queue, if there is one.
-fn pick(cs: &CpuSched) -> bool {
+/// Switches to the best runnable thread of this CPU's queue, if there is one. `carry`: a thread
+/// that just left this CPU (priority, reference, keeps its turn) goes into the queue first, in
+/// the same critical section.
+fn pick(cs: &CpuSched, mut carry: Option<(u8, Arc<Thread>, bool)>) -> bool {
     loop {
-        let next = with_rq(cs, |rq| rq.pop());
+        let next = with_rq(cs, |rq| {
+            if let Some((p, t, front)) = carry.take() {
+                if front { rq.push_front(p, TRef(t)) } else { rq.push_back(p, TRef(t)) }
+            }
+            rq.pop()
+        });
         let Some((_, TRef(t))) = next else { return false };
         let mut l = t.life.lock();
         match l.dequeue(me()) {
@@ -365,10 +406,22 @@ fn pick(cs: &CpuSched) -> bool {
     }
 }
 
+/// Publishes the running thread's priority (-1: idle), read by other CPUs only to decide on
+/// an IPI; written only when it changes. A CPU that pushes into this inbox and reads the old
+/// priority sends no IPI: its thread waits for this CPU's next kernel entry (at most a tick), a
+/// bounded priority inversion that a sequentially consistent store would not prevent either (it
+/// would need a second look at the inbox after it). Hence a plain store.
+#[inline(always)]
+fn set_current_prio(cs: &CpuSched, prio: i32) {
+    if cs.current_prio.load(Ordering::Relaxed) != prio {
+        cs.current_prio.store(prio, Ordering::Relaxed);
+    }
+}
+
 fn switch_to(cs: &CpuSched, t: Arc<Thread>, prio: u8, new_slice: bool) {
     entry::set_current(&t.regs);
     tlb::load_space(cs, &t.space);
-    cs.current_prio.store(prio as i32, Ordering::SeqCst);
+    set_current_prio(cs, prio as i32);
     if new_slice {
         cs.slice.store(TIME_SLICE_TICKS, Ordering::Relaxed);
         cs.expired.store(false, Ordering::Relaxed);
@@ -388,7 +441,7 @@ pub fn idle() -> ! {
         crate::reclaim::drain();
         cs.idle.store(true, Ordering::SeqCst);
         drain_inbox(cs);
-        if pick(cs) {
+        if pick(cs, None) {
             cs.idle.store(false, Ordering::SeqCst);
             entry::return_to_user();
         }
@@ -444,12 +497,7 @@ pub fn switch_direct(to: Arc<Thread>, prio: u8) {
 pub(crate) fn switch_direct_blocked(cs: &CpuSched, to: Arc<Thread>, prio: u8) {
     entry::set_current(&to.regs);
     tlb::load_space(cs, &to.space);
-    // Read by other CPUs only to decide on an IPI. A CPU that pushes into this inbox after the
-    // fast path's guard looked at it, and reads the old priority, sends none: its thread waits
-    // for this CPU's next kernel entry (at most a tick), a bounded priority inversion that a
-    // sequentially consistent store would not prevent either (it would need a second look at
-    // the inbox after it). Hence no `xchg`.
-    cs.current_prio.store(prio as i32, Ordering::Relaxed);
+    set_current_prio(cs, prio as i32);
     cs.bump(Count::Switches);
     let none = cs.current.replace(Some(to));
     debug_assert!(none.is_none());

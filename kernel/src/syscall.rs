@@ -15,24 +15,52 @@ use crate::{mem, sched, thread, trace};
 
 type Ret = Result<[u64; 3], Error>;
 
-/// Handles the current thread's system call and writes the results into its registers.
-/// Returns whether the scheduler must still decide what runs (not after a direct switch).
-pub fn handle() -> bool {
-    let Some(t) = sched::current() else { return true };
-    // Only the IPC calls need the whole register block (a copy: delivering a message may
-    // rewrite the caller's own registers); the others read their number and six arguments.
-    let n = t.regs.with(|r| r.rax);
-    let res = match Sys::try_from(n) {
-        Ok(s) if is_ipc(s) => match ipc_call(&t, &t.regs.get(), s) {
-            Outcome::Return(res) => res,
-            Outcome::Received => return true,
-            Outcome::Blocked => return !sched::switched_directly(&t),
-        },
-        _ => {
-            let a = t.regs.with(|r| [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9]);
-            dispatch(&t, n, a)
+/// What follows a system call handled by [`handle`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// The scheduler decides what runs: after an IPC call that did not switch directly, after
+    /// a call that can change what this CPU should run ([`may_reschedule`]), or when something
+    /// is pending for this CPU ([`sched::resched_pending`]).
+    Decide,
+    /// The CPU switched to another thread directly.
+    Switched,
+    /// The caller goes on, with only its result registers written (`Null`, `CapIdentify`...).
+    Same,
+}
+
+/// Handles the current thread's system call `n` and writes the results into its registers.
+pub fn handle(n: u64) -> Next {
+    match Sys::try_from(n) {
+        Ok(s) if is_ipc(s) => {
+            let Some(t) = sched::current() else { return Next::Decide };
+            // The IPC calls need the whole register block (a copy: delivering a message may
+            // rewrite the caller's own registers).
+            let res = match ipc_call(&t, &t.regs.get(), s) {
+                Outcome::Return(res) => res,
+                Outcome::Received => return Next::Decide,
+                Outcome::Blocked if sched::switched_directly(&t) => return Next::Switched,
+                Outcome::Blocked => return Next::Decide,
+            };
+            set_results(&t, res);
+            Next::Decide
         }
-    };
+        s => {
+            // The others read their number and six arguments. No reference is taken on the
+            // running thread: these calls never change this CPU's current slot (only a
+            // scheduling decision or an IPC switch does, and neither happens in `dispatch`).
+            let more = sched::with_current(|t| {
+                let a = t.regs.with(|r| [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9]);
+                set_results(t, dispatch(t, n, a));
+            });
+            crate::reclaim::drain();
+            if more.is_none() || s.is_ok_and(may_reschedule) || sched::resched_pending() { Next::Decide } else { Next::Same }
+        }
+    }
+}
+
+/// Writes a system call's results into the calling thread's registers.
+#[inline(always)]
+fn set_results(t: &Thread, res: Ret) {
     t.regs.with(|regs| match res {
         Ok([a, b, c]) => {
             regs.rax = 0;
@@ -42,7 +70,22 @@ pub fn handle() -> bool {
         }
         Err(e) => regs.rax = e as u64,
     });
-    true
+}
+
+/// The calls that can change what the calling CPU should run other than by making a thread
+/// runnable (which [`sched::resched_pending`] sees): the caller yields, ends, stops, or changes
+/// its own priority or CPU.
+fn may_reschedule(s: Sys) -> bool {
+    matches!(
+        s,
+        Sys::Yield
+            | Sys::ThreadSuspend
+            | Sys::ThreadSetPriority
+            | Sys::ThreadSetAffinity
+            | Sys::ThreadExit
+            | Sys::TaskExit
+            | Sys::TaskKill
+    )
 }
 
 fn is_ipc(s: Sys) -> bool {
@@ -227,6 +270,7 @@ fn console_write(buf_addr: u64, len: u64) -> Ret {
 }
 
 /// Every system call but IPC: number `n`, arguments `a` (`rdi`, `rsi`, `rdx`, `r10`, `r8`, `r9`).
+#[inline(never)]
 fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
     let sys = Sys::try_from(n).map_err(|_| Error::InvalidSyscall)?;
     let [a0, a1, a2, a3, a4, a5] = a;
