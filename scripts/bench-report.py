@@ -74,6 +74,7 @@ def ns(r, v):
 now = datetime.datetime.now(datetime.timezone.utc).isoformat()
 have_linux = any(r.get("system") == "linux" for r in rows)
 json.dump({"generated": now, "cpu": cpu, "tsc": tsc, "qemu": qemu, "iterations": iters, "smp": smp_all,
+           "host_load": [float(x) for x in read("load.txt", "").split()],
            "peers": {"generated": linux_from or now, "linux": infos} if have_linux else {},
            "results": rows}, open(os.path.join(docs, "benchmarks.json"), "w"), indent=1)
 
@@ -93,6 +94,10 @@ L.append("- **icount** (`-accel tcg,thread=single -icount shift=0,sleep=off`): t
 L.append("- **tcg** (`-accel tcg -cpu max`, one host thread per vCPU): host TSC cycles of the emulator — comparable "
          f"between configurations of one run, not with hardware papers; `-smp {smp_all}` on two host cores (shared with other "
          "work) makes them noisy.\n")
+loads = [float(x) for x in read("load.txt", "").split()]
+if loads:
+    L.append(f"The host's load average (1 minute), sampled during the run (before each boot), ranged from {min(loads):.2f} to {max(loads):.2f}, on "
+             f"{ctx.get('host_cpus', '?')} host cores: the TCG figures grow with it (icount's do not).\n")
 L.append("The raw figures (with the distributions) are in [benchmarks.json](benchmarks.json); the plot is "
          "[benchmarks.svg](benchmarks.svg).\n")
 if have_linux:
@@ -201,7 +206,7 @@ L.append("| seL4 (fast path, release, PCID off), sel4bench `ipc` Call + ReplyRec
          "was written: seL4 commit d40bad3a, sel4bench's `ipc` benchmark (one-way Call and ReplyRecv medians, added), "
          "QEMU 7.2 TCG `-cpu max` (icount unchanged under QEMU 10; TCG there ~25,000 cycles) |")
 L.append("| the kernel rl4 grew from (the seed), under QEMU | 161,200 cycles per round trip; 62 s for 1,000,000 round trips | "
-         "the seed's own ping-pong benchmark under QEMU TCG, as given in the design brief rl4 was written to |")
+         "the seed's ping-pong under QEMU TCG, measured before rl4 was written (recorded here since this report's first version, commit f603dd1) |")
 L.append("")
 L.append("Linux is no longer in this table: `scripts/bench --peers` measures it in the same run (above).\n")
 if intra:
