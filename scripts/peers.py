@@ -215,7 +215,7 @@ def section(rows, infos, ctx):
              "each way.\n")
     L.append("Under icount with two CPUs (the cross-core rows) QEMU runs the vCPUs one after another on one clock, so a "
              "round trip counts the instructions of both CPUs, including what the waiting side executes (rl4's idle CPU "
-             "polls its inbox; an idle Linux CPU halts, and QEMU switches vCPU at each `pause` or `hlt`). Under TCG the "
+             "polls its inbox; an idle Linux CPU halts). Under TCG the "
              "figures are host cycles of the emulator on a 2-core host shared with other work: compare within one run.\n")
     # the guest
     if infos:
