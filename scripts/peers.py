@@ -216,7 +216,10 @@ def section(rows, infos, ctx):
     L.append("Under icount with two CPUs (the cross-core rows) QEMU runs the vCPUs one after another on one clock, so a "
              "round trip counts the instructions of both CPUs, including what the waiting side executes (rl4's idle CPU "
              "polls its inbox; an idle Linux CPU halts). Under TCG the "
-             "figures are host cycles of the emulator on a 2-core host shared with other work: compare within one run.\n")
+             "figures are host cycles of the emulator on a 2-core host shared with other work: compare within one run. "
+             "Under icount Linux's same-CPU round trips have two modes: the first one or two thousand timed ones are "
+             "shorter than the rest (the distribution's first percentiles in the JSON), so a run of a few thousand round "
+             "trips or fewer reports the lower mode as its median.\n")
     # the guest
     if infos:
         i0 = infos[0]
