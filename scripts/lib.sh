@@ -161,3 +161,77 @@ qemu_args() {
     printf '%s\n' -smp "$smp" -m "${RL4_MEM:-256M}" -display none -no-reboot \
         -device isa-debug-exit,iobase=0xf4,iosize=0x04
 }
+
+# ---- the Linux peer (scripts/bench --peers) -----------------------------------------------------
+PEERS="$BUILD/peers"
+MUSL_TARGET=x86_64-unknown-linux-musl
+PINGPONG="$ROOT/target/$MUSL_TARGET/release/pingpong"
+
+# The ping-pong program is built statically for musl: its Rust target, added to the pinned nightly.
+ensure_musl_target() {
+    local channel
+    channel=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$ROOT/rust-toolchain.toml")
+    if ! rustup +"$channel" target list --installed 2>/dev/null | grep -qx "$MUSL_TARGET"; then
+        say "adding the Rust target $MUSL_TARGET to $channel (rustup target add), for the Linux ping-pong program"
+        rustup +"$channel" target add "$MUSL_TARGET" >&2 || die "rustup could not add $MUSL_TARGET"
+    fi
+}
+
+# build_pingpong: peers/pingpong as a static musl binary (no debug information), at $PINGPONG.
+build_pingpong() {
+    ensure_musl_target
+    say "building the Linux ping-pong program (peers/pingpong, static, target $MUSL_TARGET)"
+    (cd "$ROOT" && CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=symbols \
+        cargo build -q -p rl4-peer-pingpong --target "$MUSL_TARGET" --release) || die "ping-pong build failed"
+}
+
+# fetch_linux_kernel: Debian's amd64 kernel (the package linux-image-amd64 depends on, downloaded
+# once with `apt-get download` into build/peers/debs and unpacked there with dpkg-deb; nothing is
+# installed). Sets LINUX_VMLINUZ and LINUX_PACKAGE.
+fetch_linux_kernel() {
+    command -v dpkg-deb >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
+        || die "the Linux peer needs Debian's apt-get and dpkg-deb (to fetch linux-image-amd64)"
+    local pkg
+    pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[^ <>]*\)$/\1/p' | head -n1)
+    if [ -z "$pkg" ]; then
+        apt_update_once
+        pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[^ <>]*\)$/\1/p' | head -n1)
+    fi
+    [ -n "$pkg" ] || die "apt-cache finds no kernel package behind linux-image-amd64"
+    local dir="$PEERS/debs" deb
+    mkdir -p "$dir"
+    deb=$(ls "$dir/${pkg}_"*_amd64.deb 2>/dev/null | head -n1 || true)
+    if [ -z "$deb" ]; then
+        local ver
+        ver=$(apt-cache policy "$pkg" | sed -n 's/^ *Candidate: //p')
+        say "downloading Debian's kernel package $pkg $ver (apt-get download, about 70 MB, into build/peers/debs; not installed)"
+        (cd "$dir" && apt-get download -q "$pkg" >&2 2>"$dir/download.log") || die "apt-get download $pkg failed (see $dir/download.log)"
+        deb=$(ls "$dir/${pkg}_"*_amd64.deb | head -n1)
+    fi
+    LINUX_PACKAGE=$(basename "$deb" .deb)
+    local kdir="$PEERS/kernel/$LINUX_PACKAGE"
+    if [ ! -s "$kdir/vmlinuz" ]; then
+        say "unpacking the kernel image from $LINUX_PACKAGE.deb (dpkg-deb)"
+        rm -rf "$kdir" && mkdir -p "$kdir/x"
+        dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$kdir/x" --wildcards './boot/vmlinuz-*' './boot/config-*' \
+            || die "unpacking $deb failed"
+        mv "$kdir"/x/boot/vmlinuz-* "$kdir/vmlinuz" && mv "$kdir"/x/boot/config-* "$kdir/config" && rm -rf "$kdir/x"
+    fi
+    # The guest prints on the serial console and starts from an initramfs: both must be built in.
+    local opt
+    for opt in CONFIG_SERIAL_8250=y CONFIG_SERIAL_8250_CONSOLE=y CONFIG_BLK_DEV_INITRD=y CONFIG_RD_GZIP=y CONFIG_DEVTMPFS=y; do
+        grep -qx "$opt" "$kdir/config" || die "$LINUX_PACKAGE lacks $opt (needed by the peers run)"
+    done
+    LINUX_VMLINUZ="$kdir/vmlinuz"
+}
+
+# build_initramfs: a gzipped cpio (newc) archive holding the ping-pong program as /init and an
+# empty /dev (init mounts /proc, /sys and devtmpfs itself), at $PEERS/initramfs.gz.
+build_initramfs() {
+    command -v cpio >/dev/null 2>&1 || apt_install cpio
+    local dir="$PEERS/initramfs"
+    rm -rf "$dir" && mkdir -p "$dir/dev" "$dir/proc" "$dir/sys"
+    cp "$PINGPONG" "$dir/init"
+    (cd "$dir" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | gzip -9 >"$PEERS/initramfs.gz") \
+        || die "building the initramfs failed"
+}
