@@ -51,7 +51,7 @@
 //! `tests/mailbox_model.rs` runs random sequences against a plain queue.
 //!
 //! `unsafe` is confined to the conversion back from the raw pointer a list holds to an `Arc`
-//! ([`from_list`]), the reads of an item through a list pointer ([`link_of`], [`Mailbox::peek`])
+//! ([`from_list`]), the reads of an item through a list pointer ([`link_of`]), [`Mailbox::peek`]
 //! and the `unsafe trait` [`Linked`].
 #![allow(unexpected_cfgs)] // `cfg(loom)`: set by RUSTFLAGS for the loom models only.
 
@@ -393,22 +393,25 @@ impl<T: Linked> Mailbox<T> {
         }
     }
 
-    /// Calls `f` on each item in the mailbox with its payload, newest first, leaving them in it
-    /// (for the kernel's consistency check).
+    /// Calls `f` on each item in the mailbox (as the `Arc` the mailbox holds) with its payload,
+    /// newest first, leaving them in it: for the kernel's consistency check, which counts the
+    /// holders of each object.
     ///
     /// # Safety
     /// No drain of this mailbox may run until `peek` returns (it would release the items
     /// being visited). Pushes may run: they only add newer items, which `peek` does not see.
-    pub unsafe fn peek(&self, mut f: impl FnMut(&T, u64)) {
+    pub unsafe fn peek(&self, mut f: impl FnMut(&Arc<T>, u64)) {
         // Acquire: as in `drain`, sees the links and payloads of the pushes it finds.
         let mut p = head(self.word.load(Acquire));
         while !p.is_null() {
-            // SAFETY: `p` is in the list (reached from the head through links written before
-            // their pushes' Release), whose references only a drain gives back, and the caller
-            // guarantees that none runs: the item is alive until `peek` returns.
-            let item = unsafe { &*p };
+            // SAFETY: `p` came from `into_list` and is in the list (reached from the head
+            // through links written before their pushes' Release), whose references only a
+            // drain gives back, and the caller guarantees that none runs: the reference is
+            // the list's until `peek` returns. It is only lent to `f` here, never dropped
+            // (`ManuallyDrop`), so the list keeps it.
+            let item = core::mem::ManuallyDrop::new(unsafe { from_list(p) });
             let link = item.link();
-            f(item, link.payload.load(Relaxed));
+            f(&item, link.payload.load(Relaxed));
             p = link.next.load(Relaxed);
         }
     }
@@ -556,8 +559,14 @@ mod tests {
         }
         let mut seen = Vec::new();
         // SAFETY: no drain runs meanwhile (one thread).
-        unsafe { m.peek(|i, p| seen.push((i.id, p))) };
+        unsafe {
+            m.peek(|i, p| {
+                assert_eq!(Arc::strong_count(i), 2, "the test's and the mailbox's");
+                seen.push((i.id, p))
+            })
+        };
         assert_eq!(seen, [(3, 6), (2, 4), (1, 2), (0, 0)]);
+        assert!(v.iter().all(|i| Arc::strong_count(i) == 2 && i.link.is_queued()));
         seen.reverse();
         assert_eq!(ids(&m), seen);
     }
