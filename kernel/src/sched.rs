@@ -17,9 +17,10 @@
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use rl4_arch::{cpu, entry, percpu};
 use rl4_core::life::{Leave, Pick};
+use rl4_core::mailbox::{Idle, Mailbox};
 use rl4_core::runqueue::RunQueue;
 use rl4_smp::{MAX_CPUS, cpus, lapic};
 use spin::Once;
@@ -67,28 +68,20 @@ pub struct CpuSched {
     rq_top: AtomicI32,
     /// The running thread: only this CPU touches it (no lock).
     pub(crate) current: percpu::CpuOwned<Option<Arc<Thread>>>,
-    /// Threads pushed by any CPU, with the priority each was pushed at.
-    inbox: Mutex<Vec<(u8, TRef)>, { Level::CPU }>,
-    /// The vector the inbox had before its last drain (empty, with its capacity).
-    spare: percpu::CpuOwned<Vec<(u8, TRef)>>,
+    /// The inbox: threads pushed by any CPU, with the priority each was pushed at, and this
+    /// CPU's idle state (busy, polling, halting), in one word on a cache line of its own
+    /// (`rl4_core::mailbox`): a push is one compare-and-swap on the thread's link and one on
+    /// this word, allocates nothing and takes no lock.
+    mail: Mailbox<Thread>,
     /// Priority of the running thread, -1 when idle (read by other CPUs to decide on an IPI).
     current_prio: AtomicI32,
-    idle: AtomicBool,
     slice: AtomicU32,
     /// The time slice ran out: rotate at the next decision.
     expired: AtomicBool,
     pub(crate) tlb: CpuTlb,
     /// Waits with a deadline of threads of this CPU (`timeout.rs`).
     pub(crate) timeouts: Mutex<Vec<(u64, alloc::sync::Weak<Thread>)>, { Level::CPU }>,
-    /// Threads in the inbox (read without the lock by the idle poll).
-    inbox_len: AtomicUsize,
-    /// BUSY, POLLING (idle and watching its inbox: needs no IPI) or HALTING.
-    idle_state: AtomicU8,
 }
-
-const BUSY: u8 = 0;
-const POLLING: u8 = 1;
-const HALTING: u8 = 2;
 
 /// How long an idle CPU watches its inbox before it halts (TSC ticks; 0 = never).
 static POLL_TICKS: AtomicU64 = AtomicU64::new(0);
@@ -114,7 +107,7 @@ pub(crate) fn this_cpu() -> &'static CpuSched {
 /// drain the inbox).
 #[inline(always)]
 pub(crate) fn nothing_more_urgent(cs: &CpuSched, prio: u8) -> bool {
-    cs.inbox_len.load(Ordering::SeqCst) == 0 && cs.rq_top.load(Ordering::Relaxed) <= prio as i32
+    cs.mail.is_empty() && cs.rq_top.load(Ordering::Relaxed) <= prio as i32
 }
 
 /// Changes this CPU's run queue and keeps its top-priority copy up to date.
@@ -151,16 +144,12 @@ pub fn init_cpu(pcid: bool) {
         rq: Mutex::new(RunQueue::new()),
         rq_top: AtomicI32::new(-1),
         current: percpu::CpuOwned::new(me(), None),
-        inbox: Mutex::new(Vec::new()),
-        spare: percpu::CpuOwned::new(me(), Vec::new()),
+        mail: Mailbox::new(),
         current_prio: AtomicI32::new(-1),
-        idle: AtomicBool::new(false),
         slice: AtomicU32::new(TIME_SLICE_TICKS),
         expired: AtomicBool::new(false),
         tlb: CpuTlb::new(pcid),
         timeouts: Mutex::new(Vec::new()),
-        inbox_len: AtomicUsize::new(0),
-        idle_state: AtomicU8::new(BUSY),
     }));
     CPUS[me() as usize].call_once(|| s);
     percpu::set_kernel_block(s as *const CpuSched as u64);
@@ -232,33 +221,34 @@ pub fn with_current<R>(f: impl FnOnce(&Arc<Thread>) -> R) -> Option<R> {
 #[inline(always)]
 pub fn resched_pending() -> bool {
     let cs = this();
-    cs.inbox_len.load(Ordering::Relaxed) != 0 || cs.expired.load(Ordering::Relaxed)
+    !cs.mail.is_empty() || cs.expired.load(Ordering::Relaxed)
 }
 
 /// Pushes `t`, just queued for CPU `cpu` by [`Life::enqueue`] (or `dequeue`/`leave_cpu`), into
 /// that CPU's inbox and tells it if that can change what it runs. The caller holds `t`'s lock.
 pub fn push(cpu: u32, t: &Arc<Thread>, prio: u8) {
     let Some(target) = get(cpu as usize) else { return };
-    {
-        let mut inbox = target.inbox.lock();
-        inbox.push((prio, TRef(t.clone())));
-        target.inbox_len.store(inbox.len(), Ordering::SeqCst);
-    }
-    poke(cpu, prio);
-}
-
-/// Tells CPU `cpu` that a thread of priority `prio` waits in its inbox.
-fn poke(cpu: u32, prio: u8) {
+    let pushed = match target.mail.push(t.clone(), prio as u64) {
+        Ok(p) => p,
+        Err(t) => {
+            // `Place::Queued` names one CPU at a time: a thread already in a mailbox is a
+            // kernel bug, refused by the mailbox (no list is damaged); the extra reference goes.
+            debug_assert!(false, "thread {} pushed into a second mailbox", t.id);
+            crate::reclaim::later_thread(t);
+            return;
+        }
+    };
     if cpu == me() {
         return; // drained at this CPU's next decision, which ends every kernel entry
     }
-    let Some(t) = get(cpu as usize) else { return };
-    match t.idle_state.load(Ordering::SeqCst) {
-        // Watching its inbox: it will see the thread without an interrupt.
-        POLLING => {}
-        HALTING => cpus::send_ipi(cpu as usize, lapic::VEC_RESCHED),
-        _ => {
-            if t.idle.load(Ordering::SeqCst) || prio as i32 > t.current_prio.load(Ordering::SeqCst) {
+    match pushed.found {
+        // Halted (or about to): the one IPI that wakes it (a later push finds it waking).
+        Idle::Halting => cpus::send_ipi(cpu as usize, lapic::VEC_RESCHED),
+        // Watching its inbox, or already being woken: it will see the thread.
+        Idle::Polling | Idle::Waking => {}
+        // Running something: interrupt it only if the thread outranks it (-1 while idle).
+        Idle::Busy => {
+            if prio as i32 > target.current_prio.load(Ordering::SeqCst) {
                 cpus::send_ipi(cpu as usize, lapic::VEC_RESCHED);
             }
         }
@@ -273,24 +263,12 @@ pub fn kick(cpu: u32) {
 }
 
 fn drain_inbox(cs: &CpuSched) {
-    if cs.inbox_len.load(Ordering::SeqCst) == 0 {
+    if cs.mail.is_empty() {
         return;
     }
-    // The inbox and a spare vector trade places, so that neither is ever freed or grown again
-    // once it has held the largest burst: pushing into an inbox does not allocate (and take
-    // the heap's lock) in the steady state.
-    let mut items = cs.spare.take();
-    {
-        let mut inbox = cs.inbox.lock();
-        cs.inbox_len.store(0, Ordering::SeqCst);
-        core::mem::swap(&mut *inbox, &mut items);
-    }
     with_rq(cs, |rq| {
-        for (p, t) in items.drain(..) {
-            rq.push_back(p, t);
-        }
+        cs.mail.drain(|t, p| rq.push_back(p as u8, TRef(t)));
     });
-    cs.spare.replace(items);
 }
 
 /// Called by the timer interrupt on this CPU.
@@ -439,27 +417,31 @@ pub fn idle() -> ! {
     cs.current_prio.store(-1, Ordering::SeqCst);
     loop {
         crate::reclaim::drain();
-        cs.idle.store(true, Ordering::SeqCst);
         drain_inbox(cs);
         if pick(cs, None) {
-            cs.idle.store(false, Ordering::SeqCst);
             entry::return_to_user();
         }
         tlb::service_tlb(cs);
         let poll = POLL_TICKS.load(Ordering::Relaxed);
         if poll > 0 {
-            cs.idle_state.store(POLLING, Ordering::SeqCst);
+            cs.mail.set_polling();
             let end = cpu::rdtsc() + poll;
-            while cs.inbox_len.load(Ordering::SeqCst) == 0 && cs.tlb.tlb_request.load(Ordering::Relaxed) == 0 && cpu::rdtsc() < end {
+            // One cache line watched; the TSC read only every 64 rounds.
+            let mut n = 0u32;
+            while cs.mail.is_empty() && cs.tlb.tlb_request.load(Ordering::Relaxed) == 0 {
+                n = n.wrapping_add(1);
+                if n % 64 == 0 && cpu::rdtsc() >= end {
+                    break;
+                }
                 cpu::relax();
             }
         }
-        cs.idle_state.store(HALTING, Ordering::SeqCst);
-        if cs.inbox_len.load(Ordering::SeqCst) == 0 {
+        // Halting is published only if the inbox is empty, in the same word: a push after it
+        // finds the CPU halting and sends the IPI, which stays pending across `sti; hlt`.
+        if cs.mail.try_halt() {
             cpu::idle_wait();
         }
-        cs.idle_state.store(BUSY, Ordering::SeqCst);
-        cs.idle.store(false, Ordering::SeqCst);
+        cs.mail.set_busy();
         crate::run::idle_hook();
     }
 }
@@ -468,9 +450,7 @@ pub fn idle() -> ! {
 /// more urgent waits here.
 pub fn may_switch_to(prio: u8) -> bool {
     let cs = this();
-    if cs.inbox_len.load(Ordering::SeqCst) != 0 {
-        drain_inbox(cs);
-    }
+    drain_inbox(cs);
     cs.rq_top.load(Ordering::Relaxed) <= prio as i32
 }
 
@@ -552,15 +532,12 @@ pub(crate) fn visit_cpus(
             }
             None => bad(i, "its run-queue lock is held"),
         }
-        match cs.inbox.peek() {
-            Some(inbox) => {
-                if inbox.len() != cs.inbox_len.load(Ordering::SeqCst) {
-                    bad(i, "its inbox length is out of date");
-                }
-                inbox.iter().for_each(|(_, th)| f(i, Held::Inbox, &th.0));
-            }
-            None => bad(i, "its inbox lock is held"),
-        }
+        // SAFETY: every other CPU is stopped outside the kernel (the check's freeze), and only
+        // the owner drains its mailbox; this CPU is the one checking, not draining.
+        #[allow(unsafe_code)]
+        unsafe {
+            cs.mail.peek(|th, _| f(i, Held::Inbox, th))
+        };
         match cs.timeouts.peek() {
             Some(l) => l.iter().for_each(|(d, w)| t(i, *d, w)),
             None => bad(i, "its timeout-list lock is held"),
