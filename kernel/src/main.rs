@@ -1,8 +1,8 @@
 //! rl4: an SMP L4-family microkernel for x86_64.
 //!
 //! This crate is the kernel image: the boot sequence that wires the `arch` and `smp` layers
-//! together (see `docs/boot.md`). The BSP arrives in [`rl4_kernel_entry`] from either boot
-//! entry; every AP arrives in [`ap_main`] from the trampoline.
+//! together (see `docs/boot.md`). The BSP arrives in [`rl4_kernel_entry`] from any of the three
+//! boot entries (PVH, Multiboot2, Limine); every AP arrives in [`ap_main`] from the trampoline.
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
@@ -29,7 +29,7 @@ mod syscall;
 mod trace;
 mod trap;
 
-use rl4_arch::bootinfo::{self, BootInfo, Protocol};
+use rl4_arch::bootinfo::{self, BootInfo};
 use rl4_arch::{console, cpu, percpu, println, time};
 use rl4_core::cmdline::{self, Options};
 use rl4_smp::cpus::{self, Cpu};
@@ -57,7 +57,8 @@ pub extern "C" fn rl4_kernel_entry(protocol: u32, magic: u32, info: u64) -> ! {
     let parsed = match protocol {
         rl4_arch::ENTRY_PVH => bootinfo::parse_pvh(&rl4_arch::paging::DirectMapMem, info),
         rl4_arch::ENTRY_MULTIBOOT2 => bootinfo::parse_multiboot2(&rl4_arch::paging::DirectMapMem, magic, info),
-        _ => unreachable!("the boot trampoline passes one of the two protocols"),
+        rl4_arch::ENTRY_LIMINE => rl4_arch::limine::boot_info(&rl4_arch::paging::DirectMapMem),
+        _ => unreachable!("the boot entries pass one of the three protocols"),
     };
     let bi = match parsed {
         Ok(bi) => BOOT_INFO.call_once(|| bi),
@@ -65,13 +66,21 @@ pub extern "C" fn rl4_kernel_entry(protocol: u32, magic: u32, info: u64) -> ! {
     };
     println!(
         "boot protocol: {}, command line: \"{}\"{}",
-        match bi.protocol {
-            Protocol::Pvh => "PVH",
-            Protocol::Multiboot2 => "Multiboot2",
-        },
+        bi.protocol.name(),
         bi.cmdline(),
         if bi.cmdline_truncated { " (truncated)" } else { "" }
     );
+    println!(
+        "boot loader: {}, firmware: {}",
+        if bi.loader().is_empty() { "not named" } else { bi.loader() },
+        bi.firmware.describe()
+    );
+    if let Some(l) = bi.limine {
+        println!(
+            "limine: base revision {}, HHDM at {:#x}, kernel image at physical {:#x} (virtual {:#x})",
+            l.base_revision, l.hhdm, l.kernel_phys, l.kernel_virt
+        );
+    }
     let (kernel_args, _root_args) = cmdline::split(bi.cmdline());
     let opts = OPTIONS.call_once(|| cmdline::parse(kernel_args, |p| println!("cmdline: {p}")));
     println!(
@@ -85,6 +94,10 @@ pub extern "C" fn rl4_kernel_entry(protocol: u32, magic: u32, info: u64) -> ! {
     );
     for e in bi.memory_map() {
         println!("memory map: {:#014x}..{:#014x} {:?}", e.range.start, e.range.end, e.kind);
+    }
+    // Modules are read (and kept out of the frame allocator) but not used yet.
+    for (i, m) in bi.modules().iter().enumerate() {
+        println!("boot module {i}: {:#x}..{:#x} ({} bytes)", m.range.start, m.range.end, m.range.len());
     }
     if bi.memmap_dropped > 0 || bi.modules_dropped > 0 {
         println!("boot info: {} memory ranges and {} modules beyond rl4's limits ignored", bi.memmap_dropped, bi.modules_dropped);
