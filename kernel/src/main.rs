@@ -29,9 +29,12 @@ mod syscall;
 mod trace;
 mod trap;
 
-use rl4_arch::bootinfo::{self, BootInfo};
+use alloc::vec::Vec;
+use rl4_arch::bootinfo::{self, BootInfo, Firmware};
+use rl4_arch::time::RefClock;
 use rl4_arch::{console, cpu, percpu, println, time};
 use rl4_core::cmdline::{self, Options};
+use rl4_smp::acpi::Platform;
 use rl4_smp::cpus::{self, Cpu};
 use rl4_smp::madt::{self};
 use rl4_smp::{boot as apboot, lapic};
@@ -125,7 +128,6 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
     if let Err(e) = cpus::init_this_cpu(bsp, &mut mem::Frames) {
         panic!("BSP descriptor tables: {e:?}");
     }
-    cpu::disable_legacy_pic();
     let f = cpu::Features::read();
     rl4_arch::paging::enable_protection(f.smep, f.smap, f.pcid);
     sched::init_cpu(f.pcid);
@@ -143,16 +145,21 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
         f.invariant_tsc,
         f.hypervisor
     );
-    let (hz, src) = time::init_tsc(&f);
-    println!("tsc: {}.{:03} MHz ({})", hz / 1_000_000, (hz / 1000) % 1000, src.describe());
-    sched::set_poll_us(options().poll_us as u64);
 
+    // What the machine has comes from ACPI, not from assuming a PC/AT: the 8259 PICs only
+    // when the MADT says so, the timers to measure the TSC against from the FADT and HPET table.
     let bi = BOOT_INFO.get().expect("boot info");
     let Some(rsdp) = bi.rsdp else { panic!("the boot loader passed no ACPI RSDP; rl4 needs the MADT") };
     let platform = match rl4_smp::acpi_handler::discover(rsdp) {
         Ok(p) => p,
         Err(e) => panic!("ACPI: cannot read the MADT: {e:?}"),
     };
+    if platform.has_8259 {
+        cpu::disable_legacy_pic();
+    }
+    let (hz, src) = time::init_tsc(&f, &reference_clocks(bi.firmware, &platform), &mut mem::Frames);
+    println!("tsc: {}.{:03} MHz ({})", hz / 1_000_000, (hz / 1000) % 1000, src.describe());
+    sched::set_poll_us(options().poll_us as u64);
     run::log_platform(&platform, rsdp);
 
     let xapic_base = if f.x2apic {
@@ -186,6 +193,31 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
     }
     start_aps(&plan);
     run::after_boot(&plan)
+}
+
+/// The clocks to measure the TSC against when CPUID does not give its frequency, best first.
+/// A PC BIOS (and PVH, which says nothing and runs on a PC) promises the PIT, as it always did
+/// here; UEFI promises no legacy device, so there the timers ACPI describes come first and the
+/// PIT last; a hardware-reduced ACPI machine has no PIT at all.
+fn reference_clocks(firmware: Firmware, p: &Platform) -> Vec<RefClock> {
+    let mut acpi = Vec::new();
+    if let Some(phys) = p.hpet {
+        acpi.push(RefClock::Hpet { phys });
+    }
+    if let Some(t) = p.pm_timer {
+        acpi.push(RefClock::PmTimer { port: t.port, bits32: t.bits32 });
+    }
+    match (firmware, p.hw_reduced) {
+        (_, true) => acpi,
+        (Firmware::Uefi, false) => {
+            acpi.push(RefClock::Pit);
+            acpi
+        }
+        _ => {
+            acpi.insert(0, RefClock::Pit);
+            acpi
+        }
+    }
 }
 
 fn start_aps(plan: &madt::Plan) {
