@@ -216,7 +216,15 @@ build_limine_iso() {
     shift 2
     rm -rf "$dir"
     mkdir -p "$dir/boot/limine" "$dir/EFI/BOOT"
-    cp "$KERNEL_ELF" "$dir/boot/rl4.elf"
+    # Without its debug information (symbolize with target/.../rl4): a third of the bytes for
+    # the firmware to read, two seconds less to boot from the BIOS under TCG.
+    local objcopy
+    objcopy="$(cd "$ROOT" && rustc --print sysroot)/lib/rustlib/$(cd "$ROOT" && rustc -vV | sed -n 's/^host: //p')/bin/llvm-objcopy"
+    if [ -x "$objcopy" ]; then
+        "$objcopy" --strip-debug "$KERNEL_ELF" "$dir/boot/rl4.elf" || die "llvm-objcopy --strip-debug failed"
+    else
+        cp "$KERNEL_ELF" "$dir/boot/rl4.elf"
+    fi
     cp "$LIMINE_DIR/limine-bios.sys" "$LIMINE_DIR/limine-bios-cd.bin" "$LIMINE_DIR/limine-uefi-cd.bin" "$dir/boot/limine/"
     cp "$LIMINE_DIR/BOOTX64.EFI" "$dir/EFI/BOOT/"
     {
