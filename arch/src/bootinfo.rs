@@ -378,9 +378,9 @@ pub fn parse_multiboot2(mem: &impl PhysMem, magic: u32, pa: u64) -> Result<BootI
     Ok(bi)
 }
 
-/// The base revision of the Limine protocol rl4 asks for: 2, the highest Limine 8.x knows
-/// (revision 3 came with Limine 9; a Limine that does not know the revision asked for leaves
-/// the tag alone, and rl4 refuses to go on). Pointers in responses are HHDM addresses; the RSDP
+/// The base revision of the Limine protocol rl4 asks for: 2, the highest Limine 8.2.0 accepts
+/// (a Limine that does not accept the revision asked for leaves the tag alone, and rl4 refuses
+/// to go on). Pointers in responses are HHDM addresses; the RSDP
 /// address is one too up to revision 2 and physical from 3 on, so both are accepted.
 pub const LIMINE_BASE_REVISION: u64 = 2;
 
