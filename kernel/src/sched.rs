@@ -12,8 +12,9 @@
 //! CPU, exactly once): a queue entry is pushed only when [`Life::enqueue`] says so and consumed
 //! through [`Life::dequeue`], which also tells a stale or misdirected entry apart.
 //!
-//! Locks (`lock.rs`): a thread's lock may be held while pushing into an inbox; the run queue,
-//! current slot, inbox and timeout list of a CPU are never held together.
+//! Locks (`lock.rs`): a thread's lock may be held while pushing into an inbox (a lock-free
+//! mailbox, `rl4_core::mailbox`); the run queue and timeout list of a CPU are never held
+//! together; the current slot takes no lock (only its CPU touches it).
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
