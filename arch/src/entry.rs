@@ -175,17 +175,20 @@ rl4_syscall_entry:
     mov [rsp - 16], rcx
     mov qword ptr gs:[40], 0
     mov rsp, gs:[16]
+    xor ebp, ebp
     mov rdi, rax
     call rl4_syscall
     /* rax = 1: the same thread goes on, and the kernel changed none of its registers but
        the result and argument ones (rax, rdi, rsi, rdx, r8..r10): the callee-saved ones are
-       still its own (Rust preserved them), so only those come back. */
+       still its own (Rust preserved them), so only those come back, and rbp (zeroed above so
+       that a kernel backtrace ends here instead of following a user value). */
     test eax, eax
     jz rl4_return_to_user
     cmp qword ptr gs:[40], 0
     jne rl4_return_to_user
     mov rsp, gs:[32]
     mov rax, [rsp - 160]
+    mov rbp, [rsp - 112]
     mov rdx, [rsp - 136]
     mov rsi, [rsp - 128]
     mov rdi, [rsp - 120]

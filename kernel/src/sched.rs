@@ -79,6 +79,9 @@ pub struct CpuSched {
     slice: AtomicU32,
     /// The time slice ran out: rotate at the next decision.
     expired: AtomicBool,
+    /// This CPU's running thread was stopped, moved or re-prioritised by this CPU itself (a
+    /// local [`kick`]): decide before returning to it.
+    kicked: AtomicBool,
     pub(crate) tlb: CpuTlb,
     /// Waits with a deadline of threads of this CPU (`timeout.rs`).
     pub(crate) timeouts: Mutex<Vec<(u64, alloc::sync::Weak<Thread>)>, { Level::CPU }>,
@@ -149,6 +152,7 @@ pub fn init_cpu(pcid: bool) {
         current_prio: AtomicI32::new(-1),
         slice: AtomicU32::new(TIME_SLICE_TICKS),
         expired: AtomicBool::new(false),
+        kicked: AtomicBool::new(false),
         tlb: CpuTlb::new(pcid),
         timeouts: Mutex::new(Vec::new()),
     }));
@@ -222,7 +226,7 @@ pub fn with_current<R>(f: impl FnOnce(&Arc<Thread>) -> R) -> Option<R> {
 #[inline(always)]
 pub fn resched_pending() -> bool {
     let cs = this();
-    !cs.mail.is_empty() || cs.expired.load(Ordering::Relaxed)
+    !cs.mail.is_empty() || cs.expired.load(Ordering::Relaxed) || cs.kicked.load(Ordering::Relaxed)
 }
 
 /// Pushes `t`, just queued for CPU `cpu` by [`Life::enqueue`] (or `dequeue`/`leave_cpu`), into
@@ -234,13 +238,14 @@ pub fn push(cpu: u32, t: &Arc<Thread>, prio: u8) {
         Err(t) => {
             // `Place::Queued` names one CPU at a time: a thread already in a mailbox is a
             // kernel bug, refused by the mailbox (no list is damaged); the extra reference goes.
-            debug_assert!(false, "thread {} pushed into a second mailbox", t.id);
+            // Said on the console, and `KernelCheck` reports the thread's place as wrong.
+            rl4_arch::println!("sched: thread {} pushed into a second inbox (a kernel bug)", t.id);
             crate::reclaim::later_thread(t);
             return;
         }
     };
     if cpu == me() {
-        return; // drained at this CPU's next decision, which ends every kernel entry
+        return; // drained at this CPU's next decision (`resched_pending` sees it first)
     }
     match pushed.found {
         // Halted (or about to): the one IPI that wakes it (a later push finds it waking).
@@ -260,6 +265,9 @@ pub fn push(cpu: u32, t: &Arc<Thread>, prio: u8) {
 pub fn kick(cpu: u32) {
     if cpu != me() {
         cpus::send_ipi(cpu as usize, lapic::VEC_RESCHED);
+    } else {
+        // Seen by `resched_pending` before this CPU returns to its thread.
+        this().kicked.store(true, Ordering::Relaxed);
     }
 }
 
@@ -304,12 +312,13 @@ fn requeue(cs: &CpuSched, cur: &Arc<Thread>, l: &Life, left: Leave, front: bool)
     }
 }
 
-/// Ends every kernel entry from user mode: decides which thread runs next on this CPU and
-/// points the return path at it. Returns when that thread is set up; never returns if the CPU
-/// must idle.
+/// Ends every interrupt and exception from user mode and every system call that needs it
+/// (`syscall::Next::Decide`): decides which thread runs next on this CPU and points the return
+/// path at it. Returns when that thread is set up; never returns if the CPU must idle.
 pub fn decide() {
     crate::reclaim::drain();
     let cs = this();
+    cs.kicked.store(false, Ordering::Relaxed);
     drain_inbox(cs);
     let cur = cs.current.take();
     if let Some(cur) = cur {
@@ -321,6 +330,8 @@ pub fn decide() {
             Some(p) => p > l.prio || (p == l.prio && expired),
         };
         if !ahead && l.keep(me()) {
+            // Its own `ThreadSetPriority` comes here: other CPUs read the priority for IPIs.
+            set_current_prio(cs, l.prio as i32);
             if expired {
                 cs.slice.store(TIME_SLICE_TICKS, Ordering::Relaxed);
                 cs.expired.store(false, Ordering::Relaxed);
@@ -513,8 +524,7 @@ pub(crate) enum Held {
 
 /// For the consistency check, with every other CPU stopped: calls `f` for each thread
 /// reference a CPU's scheduler holds, `t` for each entry of its timeout list, and `bad` for each
-/// structural fault (a lock held, a run queue whose bitmaps disagree with its queues, an inbox
-/// whose published length is wrong).
+/// structural fault (a lock held, a run queue whose bitmaps disagree with its queues).
 pub(crate) fn visit_cpus(
     mut f: impl FnMut(usize, Held, &Arc<Thread>),
     mut t: impl FnMut(usize, u64, &alloc::sync::Weak<Thread>),

@@ -54,9 +54,15 @@ extern "C" fn rl4_syscall(n: u64) -> u64 {
         return 0;
     }
     let next = crate::syscall::handle(n);
-    if next == crate::syscall::Next::Decide {
-        sched::decide();
-        crate::reclaim::drain();
+    match next {
+        crate::syscall::Next::Decide => {
+            sched::decide();
+            crate::reclaim::drain();
+        }
+        // What the general path put aside under its locks goes before the partner runs.
+        crate::syscall::Next::Switched => crate::reclaim::drain(),
+        // `handle` drained already.
+        crate::syscall::Next::Same => {}
     }
     crate::trace::stamp(crate::trace::DONE);
     (next == crate::syscall::Next::Same) as u64
