@@ -127,6 +127,16 @@ build_trace_kernel() {
     cp "$ROOT/target/trace/$TARGET/release/rl4" "$BUILD/rl4-trace.elf"
 }
 
+# build_timeline_kernel: the same kernel recording the event timeline (feature `timeline`), as
+# build/rl4-timeline.elf, for scripts/trace (its own target directory).
+build_timeline_kernel() {
+    say "building the kernel with the event timeline (--features timeline)"
+    (cd "$ROOT" && RL4_USER_DIR="$ROOT/target/$TARGET/release" cargo build -q -p rl4-kernel --features timeline \
+        --target "$TARGET" --release --target-dir "$ROOT/target/timeline") || die "timeline kernel build failed"
+    mkdir -p "$BUILD"
+    cp "$ROOT/target/timeline/$TARGET/release/rl4" "$BUILD/rl4-timeline.elf"
+}
+
 # build_iso "kernel args" [MODULE...]: a GRUB (BIOS) ISO that boots rl4 through Multiboot2, with
 # the given files as boot modules.
 build_iso() {

@@ -180,6 +180,17 @@ pub fn exit(code: QemuExit) -> ! {
     halt_forever()
 }
 
+/// Writes `bytes` to QEMU's debug console (`isa-debugcon`, port 0xe9), one `out` per byte
+/// (the kernel's event timeline dump; see the kernel's `timeline.rs`).
+pub fn debugcon_write(bytes: &[u8]) {
+    let mut p: Port<u8> = Port::new(0xe9);
+    for &b in bytes {
+        // SAFETY: port 0xe9 is QEMU's debug console when present (`-debugcon`); elsewhere
+        // nothing decodes it and the write is dropped.
+        unsafe { p.write(b) };
+    }
+}
+
 /// Switches to the stack whose top is `top` and calls `f(arg)` there; the current stack is
 /// abandoned. Used to move the BSP from its boot stack onto a guarded per-CPU stack.
 pub fn run_on_stack(top: u64, f: extern "C" fn(u64) -> !, arg: u64) -> ! {

@@ -97,6 +97,7 @@ fn call(cs: &sched::CpuSched, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<(
     };
     // Point of no return: the receiver is Running here.
     drop(q);
+    crate::timeline::event(crate::timeline::Kind::Send, crate::timeline::ep(ep.id()) << 32 | r.id, badge);
     trace::stamp(trace::PARTNER);
     copy_message(&cur, &r, tag, badge);
     let prio = rl.prio;
@@ -169,6 +170,7 @@ fn reply_recv(cs: &sched::CpuSched, cur: Arc<Thread>, slot: u64, tag: Tag) -> Re
     };
     // Point of no return: the caller is Running here.
     trace::stamp(trace::PARTNER);
+    crate::timeline::event(crate::timeline::Kind::Reply, caller.id, ticket);
     copy_message(&cur, &caller, tag, 0);
     trace::stamp(trace::DELIVERED);
     let blocked = {

@@ -6,6 +6,7 @@ use crate::{sched, thread};
 
 /// Reports a fault of the running thread and stops it.
 pub fn fault_current(vector: u64, error: u64) {
+    crate::timeline::event(crate::timeline::Kind::Fault, vector, error);
     let Some(t) = sched::current() else { return };
     let r = t.regs.get();
     let name = rl4_arch::idt::exception_name(vector);

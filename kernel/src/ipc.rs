@@ -287,6 +287,7 @@ pub fn send(cur: &Arc<Thread>, regs: &UserRegs, ep: &Arc<Endpoint>, badge: u64, 
             continue;
         };
         crate::trace::stamp(crate::trace::PARTNER);
+        crate::timeline::event(crate::timeline::Kind::Send, crate::timeline::ep(ep.id()) << 32 | r.id, badge);
         let left = r.regs.with(|rr| deliver(&r, rr, Outgoing { regs, badge, buffer: long_buffer(cur, tag), cap }));
         let old = if call { rl.grant_reply(cur.clone(), ticket) } else { None };
         drop(rl);
@@ -321,6 +322,7 @@ pub fn send(cur: &Arc<Thread>, regs: &UserRegs, ep: &Arc<Endpoint>, badge: u64, 
     let prio = cur.life.lock().prio;
     match block_current(cur, Wait::Send { ep: EpRef(ep.weak()), badge, call, cap }, deadline) {
         Ok(()) => {
+            crate::timeline::event(crate::timeline::Kind::Send, crate::timeline::ep(ep.id()) << 32, badge);
             push_by_priority(&mut q.senders, cur.clone(), prio);
             drop(q);
             timeout::add(deadline, cur);
@@ -342,6 +344,7 @@ pub fn recv(cur: &Arc<Thread>, ep: &Arc<Endpoint>, timeout: u64, direct_to: Opti
             reclaim::later_thread(snd);
             continue;
         };
+        crate::timeline::event(crate::timeline::Kind::Recv, crate::timeline::ep(ep.id()) << 32 | snd.id, taken.badge);
         let sregs = snd.regs.get();
         let m = Outgoing { regs: &sregs, badge: taken.badge, buffer: long_buffer(&snd, Tag(sregs.rsi)), cap: taken.cap };
         let left = cur.regs.with(|rr| deliver(cur, rr, m));
@@ -410,6 +413,7 @@ pub fn reply(cur: &Arc<Thread>, regs: &UserRegs, then_recv: bool) -> Result<Opti
         return Err(Error::PartnerGone);
     };
     crate::trace::stamp(crate::trace::PARTNER);
+    crate::timeline::event(crate::timeline::Kind::Reply, caller.id, ticket);
     let m = Outgoing { regs, badge: 0, buffer: long_buffer(cur, tag), cap: None };
     let left = caller.regs.with(|rr| deliver(&caller, rr, m));
     crate::trace::stamp(crate::trace::DELIVERED);

@@ -26,6 +26,7 @@ mod root;
 mod run;
 mod sched;
 mod syscall;
+mod timeline;
 mod trace;
 mod trap;
 

@@ -157,6 +157,7 @@ pub fn init_cpu(pcid: bool) {
         timeouts: Mutex::new(Vec::new()),
     }));
     CPUS[me() as usize].call_once(|| s);
+    crate::timeline::init_cpu();
     percpu::set_kernel_block(s as *const CpuSched as u64);
 }
 
@@ -244,18 +245,19 @@ pub fn push(cpu: u32, t: &Arc<Thread>, prio: u8) {
             return;
         }
     };
+    crate::timeline::event(crate::timeline::Kind::Push, t.id, cpu as u64 | (pushed.found as u64) << 8);
     if cpu == me() {
         return; // drained at this CPU's next decision (`resched_pending` sees it first)
     }
     match pushed.found {
         // Halted (or about to): the one IPI that wakes it (a later push finds it waking).
-        Idle::Halting => cpus::send_ipi(cpu as usize, lapic::VEC_RESCHED),
+        Idle::Halting => send_resched(cpu),
         // Watching its inbox, or already being woken: it will see the thread.
         Idle::Polling | Idle::Waking => {}
         // Running something: interrupt it only if the thread outranks it (-1 while idle).
         Idle::Busy => {
             if prio as i32 > target.current_prio.load(Ordering::SeqCst) {
-                cpus::send_ipi(cpu as usize, lapic::VEC_RESCHED);
+                send_resched(cpu);
             }
         }
     }
@@ -264,11 +266,18 @@ pub fn push(cpu: u32, t: &Arc<Thread>, prio: u8) {
 /// Asks CPU `cpu` to look at its current thread again (it was suspended, killed or moved).
 pub fn kick(cpu: u32) {
     if cpu != me() {
-        cpus::send_ipi(cpu as usize, lapic::VEC_RESCHED);
+        send_resched(cpu);
     } else {
         // Seen by `resched_pending` before this CPU returns to its thread.
         this().kicked.store(true, Ordering::Relaxed);
     }
+}
+
+/// Sends CPU `cpu` the reschedule IPI.
+#[inline(always)]
+fn send_resched(cpu: u32) {
+    crate::timeline::event(crate::timeline::Kind::IpiSend, cpu as u64, lapic::VEC_RESCHED as u64);
+    cpus::send_ipi(cpu as usize, lapic::VEC_RESCHED)
 }
 
 fn drain_inbox(cs: &CpuSched) {
@@ -276,7 +285,10 @@ fn drain_inbox(cs: &CpuSched) {
         return;
     }
     with_rq(cs, |rq| {
-        cs.mail.drain(|t, p| rq.push_back(p as u8, TRef(t)));
+        cs.mail.drain(|t, p| {
+            crate::timeline::event(crate::timeline::Kind::Drain, t.id, p);
+            rq.push_back(p as u8, TRef(t))
+        });
     });
 }
 
@@ -342,6 +354,7 @@ pub fn decide() {
         }
         // A thread that used its slice goes to the back; a preempted one keeps its turn.
         let front = !expired;
+        crate::timeline::event(crate::timeline::Kind::Leave, cur.id, ahead as u64 | (expired as u64) << 1);
         entry::save_resume_mode(&cur.regs);
         match l.leave_cpu(me()) {
             Leave::Requeue(_) => {
@@ -409,6 +422,7 @@ fn set_current_prio(cs: &CpuSched, prio: i32) {
 }
 
 fn switch_to(cs: &CpuSched, t: Arc<Thread>, prio: u8, new_slice: bool) {
+    crate::timeline::event(crate::timeline::Kind::Switch, t.id, (prio as u64) << 8);
     entry::set_current(&t.regs);
     tlb::load_space(cs, &t.space);
     set_current_prio(cs, prio as i32);
@@ -428,6 +442,7 @@ pub fn idle() -> ! {
     let cs = this();
     cs.current_prio.store(-1, Ordering::SeqCst);
     loop {
+        crate::timeline::event(crate::timeline::Kind::Idle, 0, 0);
         crate::reclaim::drain();
         drain_inbox(cs);
         if pick(cs, None) {
@@ -436,6 +451,7 @@ pub fn idle() -> ! {
         tlb::service_tlb(cs);
         let poll = POLL_TICKS.load(Ordering::Relaxed);
         if poll > 0 {
+            crate::timeline::event(crate::timeline::Kind::PollStart, 0, 0);
             cs.mail.set_polling();
             let end = cpu::rdtsc() + poll;
             // One cache line watched; the TSC read only every 64 rounds.
@@ -451,7 +467,9 @@ pub fn idle() -> ! {
         // Halting is published only if the inbox is empty, in the same word: a push after it
         // finds the CPU halting and sends the IPI, which stays pending across `sti; hlt`.
         if cs.mail.try_halt() {
+            crate::timeline::event(crate::timeline::Kind::Halt, 0, 0);
             cpu::idle_wait();
+            crate::timeline::event(crate::timeline::Kind::Wake, 0, 0);
         }
         cs.mail.set_busy();
         crate::run::idle_hook();
@@ -487,6 +505,7 @@ pub fn switch_direct(to: Arc<Thread>, prio: u8) {
 /// the slot does the hand-over.
 #[inline(always)]
 pub(crate) fn switch_direct_blocked(cs: &CpuSched, to: Arc<Thread>, prio: u8) {
+    crate::timeline::event(crate::timeline::Kind::Switch, to.id, (prio as u64) << 8 | 1);
     entry::set_current(&to.regs);
     tlb::load_space(cs, &to.space);
     set_current_prio(cs, prio as i32);

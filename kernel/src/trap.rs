@@ -9,6 +9,7 @@ use rl4_smp::{cpus, lapic};
 use crate::sched;
 
 fn interrupt(vector: u8) {
+    crate::timeline::event(crate::timeline::Kind::Irq, vector as u64, 0);
     match vector {
         lapic::VEC_TIMER => {
             cpus::timer_interrupt();
@@ -47,10 +48,12 @@ fn rl4_kernel_interrupt(vector: u8) {
 #[unsafe(no_mangle)]
 extern "C" fn rl4_syscall(n: u64) -> u64 {
     crate::trace::enter(n);
+    crate::timeline::event(crate::timeline::Kind::SysEnter, n, 0);
     // The fast path lets go of nothing while it holds a lock (it puts nothing aside for
     // `reclaim::drain`).
     if crate::fastpath::candidate(n) && crate::fastpath::try_fast(n) {
         crate::trace::stamp(crate::trace::DONE);
+        crate::timeline::event(crate::timeline::Kind::SysExit, n, 1);
         return 0;
     }
     let next = crate::syscall::handle(n);
@@ -65,5 +68,6 @@ extern "C" fn rl4_syscall(n: u64) -> u64 {
         crate::syscall::Next::Same => {}
     }
     crate::trace::stamp(crate::trace::DONE);
+    crate::timeline::event(crate::timeline::Kind::SysExit, n, 0);
     (next == crate::syscall::Next::Same) as u64
 }
