@@ -365,8 +365,9 @@ class Timeline:
         rts = []
         replies = [m for m in self.messages if m["kind"] == "reply" and m["cross"]]
         rep_i = [m["ev"].i for m in replies]
+        queued = 0
         for m in self.messages:
-            if m["kind"] != "send" or not m["cross"] or m["recv"] is None or m["queued"]:
+            if m["kind"] != "send" or not m["cross"] or m["recv"] is None:
                 continue
             r = m["recv"]
             j = bisect.bisect_left(rep_i, r.i)
@@ -375,7 +376,14 @@ class Timeline:
                 if x["ev"].tid == m["to"] and x["to"] == m["from"]:
                     rep = x
                     break
-            if rep is None or rep["recv"] is None or None in (m["push"], m["drain"], rep["push"], rep["drain"]):
+            if rep is None or rep["recv"] is None:
+                continue
+            if m["queued"]:
+                # The call found no receiver and queued; the server's receive took it: a round
+                # trip without the inbox steps on the way there.
+                queued += 1
+                continue
+            if None in (m["push"], m["drain"], rep["push"], rep["drain"]):
                 continue
             rts.append({
                 "send_to_push": m["push"].tsc - m["ev"].tsc,
@@ -392,10 +400,10 @@ class Timeline:
             })
         self._rts = rts
         if not rts:
-            return {"count": 0}
+            return {"count": 0, "queued": queued}
         keys = ["send_to_push", "push_to_drain", "drain_to_switch", "server", "reply_to_push",
                 "reply_push_to_drain", "reply_drain_to_switch", "total"]
-        out = {"count": len(rts), "median_cycles": {k: median([x[k] for x in rts]) for k in keys}}
+        out = {"count": len(rts), "queued": queued, "median_cycles": {k: median([x[k] for x in rts]) for k in keys}}
         polled = [x for x in rts if x["target_state"] in ("polling", "busy") and x["reply_target_state"] in ("polling", "busy")]
         out["both_ways_polled"] = {"count": len(polled),
                                    "median_cycles": {k: median([x[k] for x in polled]) for k in keys} if polled else None}
@@ -619,7 +627,8 @@ class Timeline:
                 return ("send->push {send_to_push}, push->drain {push_to_drain}, drain->switch {drain_to_switch}, "
                         "server {server}, reply->push {reply_to_push}, push->drain {reply_push_to_drain}, "
                         "drain->switch {reply_drain_to_switch}; total {total}").format(**d)
-            lines.append(f"  cross-core round trips: {rt['count']} ({rt['with_a_halt']} with a halted CPU on the way)")
+            lines.append(f"  cross-core round trips: {rt['count']} through both inboxes ({rt['with_a_halt']} with a halted CPU "
+                         f"on the way), {rt['queued']} whose call waited in the endpoint's queue")
             lines.append("    all, median cycles: " + fmt(rt["median_cycles"]))
             if rt["both_ways_polled"]["count"]:
                 lines.append(f"    both ways polled ({rt['both_ways_polled']['count']}), median cycles: "
