@@ -4,7 +4,8 @@
 //! the IPC path) and written only by that CPU, with plain stores (no lock, no read-modify-write
 //! instruction): 32 bytes per event, the TSC, the kind, the CPU, the thread running there, and
 //! two words whose meaning depends on the kind ([`Kind`]). A full ring stops recording and
-//! counts what it could not record, so a dump is a prefix of what happened, never a sample.
+//! counts what it could not record, so a dump is a prefix of what happened, never a sample (or,
+//! built with `RL4_TIMELINE_KEEP=last`, keeps the latest events and counts those it overwrote).
 //! At shutdown (`Shutdown`, after every other CPU stopped) the rings are written to QEMU's
 //! debug console (port 0xe9, `-debugcon file:...`) in the binary format [`dump`] describes;
 //! `scripts/trace` turns them into a Chrome/Perfetto trace (`scripts/trace.py`).
@@ -64,13 +65,56 @@ pub enum Kind {
     Fault = 16,
 }
 
-/// Events per CPU (32 bytes each: 2 MiB per CPU).
+/// Events per CPU (32 bytes each): 65,536 (2 MiB per CPU) unless the build sets
+/// `RL4_TIMELINE_EVENTS` (`scripts/trace --events N`).
 #[cfg(feature = "timeline")]
-pub const RING_EVENTS: usize = 64 * 1024;
+pub const RING_EVENTS: usize = match option_env!("RL4_TIMELINE_EVENTS") {
+    Some(s) => parse_count(s),
+    None => 64 * 1024,
+};
+
+/// Whether a full ring keeps the latest events, overwriting the oldest (`RL4_TIMELINE_KEEP=last`
+/// at build time, `scripts/trace --keep-last`: the end of a long run), instead of keeping the
+/// first ones and counting the rest (the default: the start of a run, every event in order).
+#[cfg(feature = "timeline")]
+pub const KEEP_LAST: bool = match option_env!("RL4_TIMELINE_KEEP") {
+    Some(s) => same(s, "last"),
+    None => false,
+};
+
+#[cfg(feature = "timeline")]
+const fn parse_count(s: &str) -> usize {
+    let b = s.as_bytes();
+    let mut i = 0;
+    let mut n = 0usize;
+    while i < b.len() {
+        assert!(b[i].is_ascii_digit(), "RL4_TIMELINE_EVENTS must be a number");
+        n = n * 10 + (b[i] - b'0') as usize;
+        i += 1;
+    }
+    assert!(n > 0, "RL4_TIMELINE_EVENTS must be at least 1");
+    n
+}
+
+#[cfg(feature = "timeline")]
+const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
 
 #[cfg(feature = "timeline")]
 mod imp {
-    use super::{Kind, RING_EVENTS};
+    use super::{KEEP_LAST, Kind, RING_EVENTS};
     use alloc::boxed::Box;
     use core::sync::atomic::{AtomicU64, Ordering};
     use rl4_arch::{cpu, percpu};
@@ -106,7 +150,8 @@ mod imp {
             _ => {}
         }
         let i = r.written.load(Ordering::Relaxed);
-        let Some(e) = r.ev.get(i as usize) else {
+        let slot = if KEEP_LAST { i as usize % RING_EVENTS } else { i as usize };
+        let Some(e) = r.ev.get(slot) else {
             r.lost.store(r.lost.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
             return;
         };
@@ -125,16 +170,26 @@ mod imp {
         rl4_arch::println!("timeline: writing the event rings to the debug console (port 0xe9)");
         cpu::debugcon_write(b"RL4TL001");
         put(rl4_arch::time::tsc_hz());
+        put(KEEP_LAST as u64);
         for (c, o) in RINGS.iter().enumerate() {
             let Some(r) = o.get() else { continue };
-            let n = r.written.load(Ordering::Acquire);
-            let lost = r.lost.load(Ordering::Relaxed);
-            rl4_arch::println!("timeline: cpu {c}: {n} events recorded, {lost} not recorded (ring full)");
+            let written = r.written.load(Ordering::Acquire);
+            // Keeping the latest: the oldest kept event is at `written % RING_EVENTS`.
+            let (n, lost, first) = if KEEP_LAST {
+                let n = written.min(RING_EVENTS as u64);
+                let first = if written > n { (written % RING_EVENTS as u64) as usize } else { 0 };
+                (n, written - n, first)
+            } else {
+                (written, r.lost.load(Ordering::Relaxed), 0)
+            };
+            let what = if KEEP_LAST { "overwritten (the oldest)" } else { "not recorded (ring full)" };
+            rl4_arch::println!("timeline: cpu {c}: {n} events recorded, {lost} {what}");
             cpu::debugcon_write(b"CPU_RING");
             put(c as u64);
             put(n);
             put(lost);
-            for e in &r.ev[..n as usize] {
+            let (old, new) = r.ev[..n as usize].split_at(first);
+            for e in new.iter().chain(old) {
                 for w in e {
                     put(w.load(Ordering::Relaxed));
                 }
@@ -162,8 +217,9 @@ pub fn event(kind: Kind, a: u64, b: u64) {
 }
 
 /// Writes every CPU's ring to the debug console, the other CPUs stopped: `RL4TL001`, the TSC
-/// rate (u64); per CPU `CPU_RING`, its index, events written, events not recorded, then the
-/// events (four little-endian u64 each: TSC, kind | cpu << 8 | thread id << 16, a, b); then
+/// rate (u64), 1 if the rings kept the latest events ([`KEEP_LAST`]) else 0; per CPU
+/// `CPU_RING`, its index, events in the dump, events not in it (not recorded, or overwritten),
+/// then the events, oldest first (four little-endian u64 each: TSC, kind | cpu << 8 | thread id << 16, a, b); then
 /// `TL_END\0\0`. Nothing without the feature.
 #[inline(always)]
 pub fn dump() {
