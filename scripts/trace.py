@@ -174,6 +174,10 @@ class Timeline:
                         m["push"] = push
                         m["drain"] = self._next((K["drain"], to), push,
                                                 lambda d: d.cpu == (push.b & 0xff))
+                        # A drain after the receive is a later push's (this one's fell outside
+                        # a ring that overwrote its oldest events, or the thread moved).
+                        if m["drain"] is not None and m["recv"] is not None and m["drain"].i > m["recv"].i:
+                            m["drain"] = None
                 m["cross"] = (m["recv"] is not None and m["recv"].cpu != e.cpu) or \
                     (m["push"] is not None and (m["push"].b & 0xff) != e.cpu)
                 out.append(m)
@@ -702,6 +706,24 @@ def check(doc, require_flows=False):
             ends[(e["cat"], e["id"])].append(e)
         if len(bad) > 20:
             break
+    # Slices of one track must nest (Perfetto drops those that overlap partially).
+    tracks = defaultdict(list)
+    for e in evs:
+        if e.get("ph") == "X" and isinstance(e.get("ts"), (int, float)) and isinstance(e.get("dur"), (int, float)):
+            tracks[(e.get("pid"), e.get("tid"))].append((e["ts"], -e["dur"]))
+    overlaps = 0
+    for key, sl in tracks.items():
+        sl.sort()
+        stack = []
+        for ts, nd in sl:
+            end = ts - nd
+            while stack and stack[-1] <= ts + 1e-6:
+                stack.pop()
+            if stack and end > stack[-1] + 1e-6:
+                overlaps += 1
+            stack.append(end)
+    if overlaps:
+        bad.append(f"{overlaps} slices overlap another slice of their track without nesting in it")
     rl4 = doc.get("otherData", {}).get("rl4", {})
     ncpu = rl4.get("cpus")
     cpu_tracks = sorted(n for n in procs.values() if re.fullmatch(r"CPU \d+", n))
@@ -789,6 +811,10 @@ def selftest():
     assert any("flow" in p for p in check(broken)), check(broken)
     broken = dict(doc, traceEvents=[e for e in doc["traceEvents"] if not (e["ph"] == "M" and e["pid"] == 2)])
     assert any("CPU tracks" in p for p in check(broken)), check(broken)
+    overlap = dict(doc, traceEvents=doc["traceEvents"] + [
+        {"ph": "X", "name": "a", "pid": 1, "tid": 9, "ts": 0.0, "dur": 2.0},
+        {"ph": "X", "name": "b", "pid": 1, "tid": 9, "ts": 1.0, "dur": 2.0}])
+    assert any("overlap" in p for p in check(overlap)), check(overlap)
     # A cut dump is refused.
     try:
         parse_dump(data[:-40])
