@@ -253,6 +253,9 @@ fn place_claimed(t: Arc<Thread>, direct: bool) -> bool {
 /// `badge`; `grant`: it has the grant right). `xfer`: if the tag carries a capability, the
 /// snapshot of its slot that the caller read with the endpoint's (or the error reading it
 /// gave). A call's `timeout` covers both the send and the reply wait.
+///
+/// Giving a capability away needs `GRANT` twice, as `CapCopy` does: on the endpoint and on the
+/// capability itself (`MissingRight` otherwise, and nothing is sent).
 #[allow(clippy::too_many_arguments)]
 pub fn send(
     cur: &Arc<Thread>,
@@ -273,6 +276,7 @@ pub fn send(
         None => None,
         Some(_) if !grant => return Outcome::Return(Err(Error::MissingRight)),
         Some(Err(e)) => return Outcome::Return(Err(e)),
+        Some(Ok(c)) if !c.rights.contains(rl4_abi::Rights::GRANT) => return Outcome::Return(Err(Error::MissingRight)),
         Some(Ok(c)) => Some(c),
     };
     let deadline = deadline(timeout);

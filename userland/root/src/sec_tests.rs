@@ -2,8 +2,9 @@
 //! once, giving a capability away through IPC needs `GRANT` on it, and a task's console lines
 //! carry its task's prefix.
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
-use rl4_abi::{BootInfo, Error, ObjType, Rights, ThreadState};
-use rl4_user::sys;
+use rl4_abi::ipc::{FOREVER, Tag};
+use rl4_abi::{BootInfo, Error, ObjType, Rights, Sys, ThreadState};
+use rl4_user::sys::{self, Msg};
 
 use crate::space::*;
 use crate::tests::{report, state};
@@ -123,6 +124,68 @@ fn test_task_space_race() {
     );
 }
 
+// ---- GRANT on the transferred capability -------------------------------------------------------
+
+static GRANT_EP: AtomicU64 = AtomicU64::new(0);
+static GRANT_INTO: AtomicU64 = AtomicU64::new(0);
+static GRANT_TAG: AtomicU64 = AtomicU64::new(u64::MAX);
+
+fn grant_receiver(_: u64) {
+    let m = sys::ipc(Sys::Recv, GRANT_EP.load(SeqCst), &Msg::default(), FOREVER, u64::MAX, GRANT_INTO.load(SeqCst));
+    GRANT_TAG.store(m.map(|m| m.tag.0).unwrap_or(0), SeqCst);
+}
+
+/// Issue 17: IPC transfer checked only the endpoint's `GRANT`. Through an endpoint capability
+/// with `GRANT`, a frame capability without it is refused (`MissingRight`, nothing arrives, the
+/// receiver still waits); the same frame with `GRANT` goes through.
+fn test_transfer_needs_grant_on_cap() {
+    let (ep, frame, weak, into) = (slot(), slot(), slot(), slot());
+    let _ = sys::endpoint_create(MEMORY, ep);
+    let _ = sys::frame_alloc(MEMORY, frame);
+    let _ = sys::cap_copy(frame, TASK, weak, Rights::READ.union(Rights::WRITE));
+    GRANT_EP.store(ep, SeqCst);
+    GRANT_INTO.store(into, SeqCst);
+    GRANT_TAG.store(u64::MAX, SeqCst);
+    let r = spawn(grant_receiver, 0, ROOT_PRIO, far_cpu());
+    let waiting = wait_ms(2000, || state(r) == Some(ThreadState::BlockedRecv));
+    let msg = Msg { tag: Tag::new(1, 0, 1), badge: 0, w: [0; 4] };
+    // Finite timeouts: a kernel that lets the first one through must not hang the suite.
+    let t100ms = tsc_hz() / 10;
+    let refused = sys::ipc(Sys::Send, ep, &msg, t100ms, weak, u64::MAX).map(|_| ());
+    let refused_nb = sys::ipc(Sys::NbSend, ep, &msg, 0, weak, u64::MAX).map(|_| ());
+    let refused_call = sys::ipc(Sys::Call, ep, &msg, t100ms, weak, u64::MAX).map(|_| ());
+    // Nothing arrived: the receiver still waits and its slot is empty.
+    let still = state(r) == Some(ThreadState::BlockedRecv) && GRANT_TAG.load(SeqCst) == u64::MAX;
+    let empty = sys::cap_identify(into).map(|_| ()) == Err(Error::EmptySlot);
+    report(
+        "ipc-cap-transfer-needs-grant-on-cap",
+        waiting && refused == Err(Error::MissingRight) && refused_nb == Err(Error::MissingRight)
+            && refused_call == Err(Error::MissingRight) && still && empty,
+        format_args!(
+            "send/nbsend/call of a frame capability without GRANT through an endpoint capability with GRANT: \
+             {refused:?}/{refused_nb:?}/{refused_call:?}; receiver still waiting: {still}, its slot empty: {empty}"
+        ),
+    );
+    let sent = sys::ipc(Sys::Send, ep, &msg, t100ms * 20, frame, u64::MAX).map(|_| ());
+    wait_ms(2000, || GRANT_TAG.load(SeqCst) != u64::MAX);
+    let got = Tag(GRANT_TAG.load(SeqCst)).caps() == 1 && sys::cap_identify(into).map(|r| r[0]) == Ok(ObjType::Frame as u64);
+    report(
+        "ipc-cap-transfer-with-grant-on-cap",
+        sent.is_ok() && got,
+        format_args!("the same frame with GRANT: send {sent:?}, arrived in the receiver's slot: {got}"),
+    );
+    join_dead(r);
+    for s in [ep, frame, weak, into] {
+        release(s);
+    }
+}
+
+fn join_dead(t: u64) {
+    wait_ms(2000, || matches!(state(t), Some(ThreadState::Dead) | Some(ThreadState::Faulted)));
+    release(t);
+}
+
 pub fn run(_bi: &BootInfo) {
     test_task_space_race();
+    test_transfer_needs_grant_on_cap();
 }
