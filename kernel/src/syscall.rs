@@ -303,10 +303,11 @@ fn check_page(va: u64) -> Result<(), Error> {
     Ok(())
 }
 
-/// `ConsoleWrite`, out of line: its buffer would otherwise make every system call's stack
-/// frame a page larger.
+/// `ConsoleWrite` by task `task`, out of line: its buffer would otherwise make every system
+/// call's stack frame a page larger. Every line is printed as `[cpuN task T] text`: a task
+/// cannot print a line the kernel (`[cpuN] `) or another task would have printed.
 #[inline(never)]
-fn console_write(buf_addr: u64, len: u64) -> Ret {
+fn console_write(task: u64, buf_addr: u64, len: u64) -> Ret {
     if len > CONSOLE_WRITE_MAX {
         return Err(Error::InvalidArgument);
     }
@@ -318,7 +319,7 @@ fn console_write(buf_addr: u64, len: u64) -> Ret {
         Err(e) => core::str::from_utf8(&buf[..e.valid_up_to()]).unwrap_or(""),
     };
     for line in text.trim_end_matches('\n').split('\n') {
-        println!("{line}");
+        rl4_arch::console::print_user_line(task, line);
     }
     Ok([len, 0, 0])
 }
@@ -340,7 +341,7 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
         Sys::Null => Ok([0; 3]),
         Sys::ConsoleWrite => {
             lookup(task, a0, ObjType::Machine, Rights::CONSOLE)?;
-            console_write(a1, a2)
+            console_write(task.id, a1, a2)
         }
         Sys::Yield => {
             sched::yield_current();

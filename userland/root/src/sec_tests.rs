@@ -5,6 +5,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use rl4_abi::ipc::{FOREVER, Tag};
 use rl4_abi::{BootInfo, Error, ObjType, Rights, Sys, ThreadState};
 use rl4_user::sys::{self, Msg};
+use rl4_user::worker::FORGE as W_FORGE;
 
 use crate::space::*;
 use crate::tests::{report, state};
@@ -185,7 +186,31 @@ fn join_dead(t: u64) {
     release(t);
 }
 
-pub fn run(_bi: &BootInfo) {
+// ---- console lines carry their task -----------------------------------------------------------
+
+/// Issue 17: a task's console output was printed as is, so it could imitate the kernel's lines
+/// and the root task's test lines. A worker prints such lines (`rl4_user::worker::FORGED`);
+/// here only that it ran to its end. scripts/test's `SUITE:console-forgery-rejected` then
+/// checks the log: each of them carries the worker's `[cpuN task T]` prefix, T is not the root
+/// task's id, and none was counted as a test or a summary.
+fn test_forged_console_lines(bi: &BootInfo) {
+    const NAME: &str = "console-worker-lines-printed";
+    let Ok(c) = Child::load(bi, "worker") else { return report(NAME, false, format_args!("cannot load worker")) };
+    let t = c.thread(CHILD_STACK_TOP, W_FORGE, 0, ROOT_PRIO, far_cpu());
+    let done = match t {
+        Ok(t) => {
+            let d = wait_ms(5000, || state(t) == Some(ThreadState::Dead));
+            release(t);
+            d
+        }
+        Err(_) => false,
+    };
+    c.release();
+    report(NAME, done, format_args!("a worker task printed lines that imitate the kernel's and the root task's"));
+}
+
+pub fn run(bi: &BootInfo) {
     test_task_space_race();
     test_transfer_needs_grant_on_cap();
+    test_forged_console_lines(bi);
 }
