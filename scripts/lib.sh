@@ -8,6 +8,13 @@ TARGET=x86_64-unknown-none
 KERNEL_ELF="$ROOT/target/$TARGET/release/rl4"
 QEMU_MIN_MAJOR=8
 QEMU_MIN_MINOR=1
+# The start of a console line (extended regular expressions): the kernel's lines read
+# `[cpuN] ...`, a task's `[cpuN task T] ...` (the kernel adds the prefix to every line a task
+# writes). The root task is task 1 (rl4_abi::ROOT_TASK_ID): the scripts read test results,
+# summaries and benchmark figures only from its lines and the kernel's, so that no other task
+# can forge them.
+KLINE='^\[cpu[0-9]+\] '
+RLINE='^\[cpu[0-9]+ task 1\] '
 # QEMU's isa-debug-exit turns the kernel's codes 0x10 / 0x11 into these exit statuses.
 EXIT_SUCCESS=33
 EXIT_FAILURE=35

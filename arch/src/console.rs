@@ -1,7 +1,9 @@
 //! The serial console on COM1, shared by all CPUs.
 //!
-//! Every line starts with `[cpuN]` and is written while holding the console lock, so lines from
-//! different CPUs never mix. The lock records its owner: a CPU that faults or panics while it
+//! Every line starts with `[cpuN]` (the kernel's) or `[cpuN task T]` (a user task's
+//! `ConsoleWrite`, [`print_user_line`]) and is written while holding the console lock, so lines
+//! from different CPUs never mix, and no task can print a line that looks like the kernel's or
+//! another task's. The lock records its owner: a CPU that faults or panics while it
 //! already holds the lock (or finds it held for a very long time) takes it over instead of
 //! deadlocking, so the panic report always gets out.
 use crate::percpu;
@@ -92,6 +94,24 @@ pub fn print_line(args: fmt::Arguments<'_>) {
     let mut g = lock(false);
     let _ = write!(g, "[cpu{}] ", percpu::cpu_index());
     let _ = g.write_fmt(args);
+    let _ = g.write_str("\n");
+}
+
+/// Writes one line of a user task's output as `[cpuN task T] text`. `text` holds no line
+/// break (the caller splits at `\n`); every other control character (`\r` included, which
+/// some readers take as a line break) and the Unicode line separators become `?`, so that the
+/// prefix is always at the start of what any reader calls a line.
+pub fn print_user_line(task: u64, text: &str) {
+    let mut g = lock(false);
+    let _ = write!(g, "[cpu{} task {task}] ", percpu::cpu_index());
+    let mut rest = text;
+    while let Some(i) = rest.find(|c: char| c.is_control() || c == '\u{2028}' || c == '\u{2029}') {
+        let _ = g.write_str(&rest[..i]);
+        let _ = g.write_str("?");
+        let c = rest[i..].chars().next().map_or(1, char::len_utf8);
+        rest = &rest[i + c..];
+    }
+    let _ = g.write_str(rest);
     let _ = g.write_str("\n");
 }
 

@@ -250,23 +250,34 @@ fn place_claimed(t: Arc<Thread>, direct: bool) -> bool {
 }
 
 /// `Send`, `NbSend` and `Call` by the running thread `cur` on `ep` (whose capability carries
-/// `badge`; `grant`: it has the grant right). A call's `timeout` covers both the send and the
-/// reply wait.
-pub fn send(cur: &Arc<Thread>, regs: &UserRegs, ep: &Arc<Endpoint>, badge: u64, grant: bool, call: bool, timeout: u64) -> Outcome {
+/// `badge`; `grant`: it has the grant right). `xfer`: if the tag carries a capability, the
+/// snapshot of its slot that the caller read with the endpoint's (or the error reading it
+/// gave). A call's `timeout` covers both the send and the reply wait.
+///
+/// Giving a capability away needs `GRANT` twice, as `CapCopy` does: on the endpoint and on the
+/// capability itself (`MissingRight` otherwise, and nothing is sent).
+#[allow(clippy::too_many_arguments)]
+pub fn send(
+    cur: &Arc<Thread>,
+    regs: &UserRegs,
+    ep: &Arc<Endpoint>,
+    badge: u64,
+    grant: bool,
+    xfer: Option<Result<Cap, Error>>,
+    call: bool,
+    timeout: u64,
+) -> Outcome {
     let tag = Tag(regs.rsi);
     if let Err(e) = check_tag(cur, tag) {
         return Outcome::Return(Err(e));
     }
-    let cap = if tag.caps() == 1 {
-        if !grant {
-            return Outcome::Return(Err(Error::MissingRight));
-        }
-        match cur.task.caps.lock().get(regs.r13) {
-            Ok(c) => Some(c.clone()),
-            Err(e) => return Outcome::Return(Err(e)),
-        }
-    } else {
-        None
+    // No lock is held here: a refused snapshot may be dropped at once.
+    let cap = match xfer {
+        None => None,
+        Some(_) if !grant => return Outcome::Return(Err(Error::MissingRight)),
+        Some(Err(e)) => return Outcome::Return(Err(e)),
+        Some(Ok(c)) if !c.rights.contains(rl4_abi::Rights::GRANT) => return Outcome::Return(Err(Error::MissingRight)),
+        Some(Ok(c)) => Some(c),
     };
     let deadline = deadline(timeout);
     let ticket = if call { sched::next_ticket() } else { 0 };

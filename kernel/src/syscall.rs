@@ -117,6 +117,20 @@ pub(crate) fn endpoint(task: &Task, slot: u64, rights: Rights) -> Result<(Arc<En
     }
 }
 
+/// A send's capability reads, under one acquisition of the table's lock: the endpoint in `rdi`
+/// (with its badge and rights) and, if the tag carries a capability, a snapshot of the slot in
+/// `r13` (or the error reading it gave, which `ipc::send` reports after its own checks of the
+/// tag and the endpoint's `GRANT`).
+type SendCaps = (Arc<Endpoint>, u64, Rights, Option<Result<Snapshot, Error>>);
+
+fn send_caps(task: &Task, r: &UserRegs) -> Result<SendCaps, Error> {
+    let caps = task.caps.lock();
+    let c = caps.lookup(r.rdi, ObjType::Endpoint, Rights::SEND)?;
+    let KObj::Endpoint(e) = &c.obj else { return Err(Error::WrongType) };
+    let xfer = if rl4_abi::ipc::Tag(r.rsi).caps() == 1 { Some(caps.get(r.r13).cloned()) } else { None };
+    Ok((e.clone(), c.badge, c.rights, xfer))
+}
+
 fn notification(task: &Task, slot: u64, rights: Rights) -> Result<(Arc<Notification>, u64), Error> {
     let caps = task.caps.lock();
     let c = caps.lookup(slot, ObjType::Notification, rights)?;
@@ -134,10 +148,10 @@ fn ipc_call(t: &Arc<Thread>, r: &UserRegs, s: Sys) -> Outcome {
         Ok(match s {
             Sys::Send | Sys::NbSend | Sys::Call => {
                 trace::stamp(trace::SETUP);
-                let (ep, badge, rights) = endpoint(task, r.rdi, Rights::SEND)?;
+                let (ep, badge, rights, xfer) = send_caps(task, r)?;
                 trace::stamp(trace::LOOKUP);
                 let timeout = if s == Sys::NbSend { 0 } else { timeout };
-                ipc::send(t, r, &ep, badge, rights.contains(Rights::GRANT), s == Sys::Call, timeout)
+                ipc::send(t, r, &ep, badge, rights.contains(Rights::GRANT), xfer, s == Sys::Call, timeout)
             }
             Sys::Recv | Sys::NbRecv => {
                 let (ep, _, _) = endpoint(task, r.rdi, Rights::RECEIVE)?;
@@ -167,6 +181,19 @@ fn ipc_call(t: &Arc<Thread>, r: &UserRegs, s: Sys) -> Outcome {
         })
     })();
     res.unwrap_or_else(|e| Outcome::Return(Err(e)))
+}
+
+/// One read of a capability slot: its object, type (the object's), rights and badge, cloned
+/// under one acquisition of the table's lock. A system call reads each slot it uses once, into
+/// a snapshot or straight into the object it needs, and makes every check and effect from
+/// what it read: another thread of the task may change the slot meanwhile (delete it, fill
+/// it with something else), and a second read would see that. Slots read together (a
+/// source and a destination task, a space and a frame) are read under one acquisition.
+type Snapshot = Cap;
+
+/// A snapshot of `slot`, checked to hold a `ty` with at least `rights`.
+fn snapshot(task: &Task, slot: u64, ty: ObjType, rights: Rights) -> Result<Snapshot, Error> {
+    task.caps.lock().lookup(slot, ty, rights).cloned()
 }
 
 fn lookup(task: &Task, slot: u64, ty: ObjType, rights: Rights) -> Result<KObj, Error> {
@@ -199,6 +226,19 @@ fn space_obj(task: &Task, slot: u64, rights: Rights) -> Result<Arc<Space>, Error
         KObj::Space(s) => Ok(s),
         _ => unreachable!("type checked"),
     }
+}
+
+/// `CapCopy`'s and `CapMint`'s reads, under one acquisition of the table's lock: the
+/// destination task in `dst_slot` (`WRITE`), the copy of the capability in `src` limited to
+/// `mask`, and the source's own rights (for the `GRANT` check).
+fn copy_source(task: &Task, src: u64, dst_slot: u64, mask: u64) -> Result<(Arc<Task>, Cap, Rights), Error> {
+    let caps = task.caps.lock();
+    let KObj::Task(dst) = &caps.lookup(dst_slot, ObjType::Task, Rights::WRITE)?.obj else {
+        return Err(Error::WrongType);
+    };
+    let cap = caps.derive(src, mask)?;
+    let orig = caps.get(src)?.rights;
+    Ok((dst.clone(), cap, orig))
 }
 
 fn put(task: &Task, slot: u64, obj: KObj, rights: Rights) -> Result<(), Error> {
@@ -264,10 +304,11 @@ fn check_page(va: u64) -> Result<(), Error> {
     Ok(())
 }
 
-/// `ConsoleWrite`, out of line: its buffer would otherwise make every system call's stack
-/// frame a page larger.
+/// `ConsoleWrite` by task `task`, out of line: its buffer would otherwise make every system
+/// call's stack frame a page larger. Every line is printed as `[cpuN task T] text`: a task
+/// cannot print a line the kernel (`[cpuN] `) or another task would have printed.
 #[inline(never)]
-fn console_write(buf_addr: u64, len: u64) -> Ret {
+fn console_write(task: u64, buf_addr: u64, len: u64) -> Ret {
     if len > CONSOLE_WRITE_MAX {
         return Err(Error::InvalidArgument);
     }
@@ -279,7 +320,7 @@ fn console_write(buf_addr: u64, len: u64) -> Ret {
         Err(e) => core::str::from_utf8(&buf[..e.valid_up_to()]).unwrap_or(""),
     };
     for line in text.trim_end_matches('\n').split('\n') {
-        println!("{line}");
+        rl4_arch::console::print_user_line(task, line);
     }
     Ok([len, 0, 0])
 }
@@ -301,18 +342,14 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
         Sys::Null => Ok([0; 3]),
         Sys::ConsoleWrite => {
             lookup(task, a0, ObjType::Machine, Rights::CONSOLE)?;
-            console_write(a1, a2)
+            console_write(task.id, a1, a2)
         }
         Sys::Yield => {
             sched::yield_current();
             Ok([0; 3])
         }
         Sys::CapCopy => {
-            let dst = task_obj(task, a1, Rights::WRITE)?;
-            let (cap, orig) = {
-                let caps = task.caps.lock();
-                (caps.derive(a0, a3)?, caps.get(a0)?.rights)
-            };
+            let (dst, cap, orig) = copy_source(task, a0, a1, a3)?;
             if !core::ptr::eq(&*dst, task) && !orig.contains(Rights::GRANT) {
                 return Err(Error::MissingRight);
             }
@@ -342,9 +379,11 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             Ok([0; 3])
         }
         Sys::TaskAddressSpace => {
-            let other = task_obj(task, a0, Rights::READ)?;
-            let rights = task.caps.lock().get(a0)?.rights;
-            put(task, a1, KObj::Space(other.space.clone()), rights)?;
+            // The new capability's rights are those of the task capability that was checked:
+            // one snapshot for both.
+            let snap = snapshot(task, a0, ObjType::Task, Rights::READ)?;
+            let KObj::Task(other) = &snap.obj else { return Err(Error::WrongType) };
+            put(task, a1, KObj::Space(other.space.clone()), snap.rights)?;
             Ok([0; 3])
         }
         Sys::FrameAlloc => {
@@ -355,10 +394,14 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             Ok([0; 3])
         }
         Sys::Map => {
-            let space = space_obj(task, a0, Rights::WRITE)?;
-            let (frame, frights) = match task.caps.lock().lookup(a1, ObjType::Frame, Rights::NONE)? {
-                Cap { obj: KObj::Frame(f), rights, .. } => (f.clone(), *rights),
-                _ => unreachable!("type checked"),
+            let (space, frame, frights) = {
+                let caps = task.caps.lock();
+                let KObj::Space(space) = &caps.lookup(a0, ObjType::AddressSpace, Rights::WRITE)?.obj else {
+                    return Err(Error::WrongType);
+                };
+                let f = caps.lookup(a1, ObjType::Frame, Rights::NONE)?;
+                let KObj::Frame(frame) = &f.obj else { return Err(Error::WrongType) };
+                (space.clone(), frame.clone(), f.rights)
             };
             let rwx = Rights::READ.union(Rights::WRITE).union(Rights::EXECUTE);
             if !Rights::is_valid(a3) || Rights(a3).intersect(rwx) != Rights(a3) || !Rights(a3).contains(Rights::READ) {
@@ -382,8 +425,16 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             Ok([0; 3])
         }
         Sys::ThreadCreate => {
-            let m = memory(task, a0)?;
-            let target = task_obj(task, a1, Rights::WRITE)?;
+            let (m, target) = {
+                let caps = task.caps.lock();
+                let KObj::Memory(m) = &caps.lookup(a0, ObjType::Memory, Rights::ALLOCATE)?.obj else {
+                    return Err(Error::WrongType);
+                };
+                let KObj::Task(target) = &caps.lookup(a1, ObjType::Task, Rights::WRITE)?.obj else {
+                    return Err(Error::WrongType);
+                };
+                (m.clone(), target.clone())
+            };
             let prio = a4 & 0xffff_ffff;
             if prio > MAX_PRIORITY || prio > t.life.lock().mcp as u64 {
                 return Err(Error::InvalidPriority);
@@ -527,11 +578,7 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             Ok([0; 3])
         }
         Sys::CapMint => {
-            let dst = task_obj(task, a1, Rights::WRITE)?;
-            let (mut cap, orig) = {
-                let caps = task.caps.lock();
-                (caps.derive(a0, a3)?, caps.get(a0)?.rights)
-            };
+            let (dst, mut cap, orig) = copy_source(task, a0, a1, a3)?;
             if !matches!(cap.obj, KObj::Endpoint(_) | KObj::Notification(_)) {
                 return Err(Error::WrongType);
             }

@@ -283,6 +283,10 @@ pub const CONSOLE_WRITE_MAX: u64 = 4096;
 pub const USER_END: u64 = 0x0000_8000_0000_0000;
 pub const PAGE_SIZE: u64 = 4096;
 
+/// The root task's id: the kernel makes it first. Its console lines read `[cpuN task 1] ...`,
+/// which is how the test scripts tell them from every other task's.
+pub const ROOT_TASK_ID: u64 = 1;
+
 /// Slots of the root task's initial capabilities.
 pub mod root_slots {
     pub const TASK: u64 = 0;

@@ -63,6 +63,13 @@ pub const ISOLATION: u64 = 21;
 /// timeout).
 pub const STORM: u64 = 22;
 
+/// Print, in one `ConsoleWrite`, lines that imitate the kernel's and the root task's (a test
+/// line, the suite's summary), then end the thread: the kernel must mark each line as this
+/// task's, and the test scripts must not count them (see [`FORGED`]).
+pub const FORGE: u64 = 23;
+/// What [`FORGE`] prints: every line but the first pretends to come from someone else.
+pub const FORGED: &str = "forged lines follow\ntest forged-by-worker ... ok\n[cpu0] test forged-by-worker ... ok\nroot: 999 passed, 0 failed\n[cpu0 task 1] test forged-by-worker ... ok\ncr:\r[cpu0] test forged-by-worker ... ok\n";
+
 /// The capabilities the root task gives the [`ISOLATION`] worker, by slot.
 pub mod iso {
     /// Its own task (all rights), address space (all rights) and thread (all rights).

@@ -25,6 +25,7 @@ mod bench;
 mod fuzz;
 mod ipc_tests;
 mod noreply;
+mod sec_tests;
 mod space;
 mod storm;
 mod stress;

@@ -28,7 +28,7 @@ pub fn report(name: &str, ok: bool, detail: core::fmt::Arguments<'_>) {
     }
 }
 
-fn skip(name: &str, why: &str) {
+pub fn skip(name: &str, why: &str) {
     println!("test {name} ... skipped ({why})");
 }
 
@@ -672,6 +672,9 @@ pub fn run(bi: &BootInfo, which: &str) -> bool {
     }
     if want("ipc") {
         crate::ipc_tests::run(bi);
+    }
+    if want("sec") {
+        crate::sec_tests::run(bi);
     }
     // `check` alone: only the consistency check (with `inject=` on the kernel's command line,
     // it must fail).

@@ -58,6 +58,9 @@ fn rl4_main(cmd: u64, addr: u64) {
         FUZZ => fuzz::main_thread(addr),
         ISOLATION => isolation(addr),
         STORM => storm(addr),
+        FORGE => {
+            let _ = sys::console_write(rl4_user::MACHINE, FORGED.as_bytes());
+        }
         EXEC_DATA => {
             // SAFETY (this and the ones below): deliberate faults; the kernel must stop this
             // thread and nothing else.

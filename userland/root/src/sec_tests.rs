@@ -1,0 +1,216 @@
+//! Tests of issue 17's promises (docs/security.md): a system call reads each capability slot
+//! once, giving a capability away through IPC needs `GRANT` on it, and a task's console lines
+//! carry its task's prefix.
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use rl4_abi::ipc::{FOREVER, Tag};
+use rl4_abi::{BootInfo, Error, ObjType, Rights, Sys, ThreadState};
+use rl4_user::sys::{self, Msg};
+use rl4_user::worker::FORGE as W_FORGE;
+
+use crate::space::*;
+use crate::tests::{report, state};
+
+fn far_cpu() -> u64 {
+    cpus() - 1
+}
+
+// ---- one read of a slot ----------------------------------------------------------------------
+
+/// The slot the reader turns into address-space capabilities, and where it puts them.
+static RACE_SRC: AtomicU64 = AtomicU64::new(0);
+static RACE_DST: AtomicU64 = AtomicU64::new(0);
+static RACE_STOP: AtomicBool = AtomicBool::new(false);
+/// TaskAddressSpace calls made, succeeded, and succeeded with rights beyond `READ` (or not an
+/// address space); the union of such rights; calls or identifications that failed otherwise
+/// than the slot's changes explain.
+static RACE_CALLS: AtomicU64 = AtomicU64::new(0);
+static RACE_GOT: AtomicU64 = AtomicU64::new(0);
+static RACE_WIDER: AtomicU64 = AtomicU64::new(0);
+static RACE_WIDER_RIGHTS: AtomicU64 = AtomicU64::new(0);
+static RACE_ODD: AtomicU64 = AtomicU64::new(0);
+
+fn race_reader(_: u64) {
+    let (src, dst) = (RACE_SRC.load(SeqCst), RACE_DST.load(SeqCst));
+    while !RACE_STOP.load(SeqCst) {
+        RACE_CALLS.fetch_add(1, SeqCst);
+        match sys::task_space(src, dst) {
+            Ok(()) => {
+                RACE_GOT.fetch_add(1, SeqCst);
+                match sys::cap_identify(dst) {
+                    Ok([ty, rights, _]) if ty == ObjType::AddressSpace as u64 && rights & !Rights::READ.0 == 0 => {}
+                    Ok([_, rights, _]) => {
+                        RACE_WIDER.fetch_add(1, SeqCst);
+                        RACE_WIDER_RIGHTS.fetch_or(rights, SeqCst);
+                    }
+                    Err(_) => {
+                        RACE_ODD.fetch_add(1, SeqCst);
+                    }
+                }
+                let _ = sys::cap_delete(dst);
+            }
+            // The slot held nothing, or a frame, at that moment.
+            Err(Error::EmptySlot) | Err(Error::WrongType) => {}
+            Err(_) => {
+                RACE_ODD.fetch_add(1, SeqCst);
+            }
+        }
+    }
+}
+
+/// Spins for 0 to 255 rounds (from the time-stamp counter's low bits).
+fn dwell() {
+    for _ in 0..(rl4_user::rdtsc() >> 4) & 0xff {
+        core::hint::spin_loop();
+    }
+}
+
+/// Issue 17: `TaskAddressSpace` looked its slot up twice, and gave the new capability the
+/// rights of whatever the slot held at the second look. A reader turns a read-only capability
+/// to a victim task into address-space capabilities on one CPU while this thread, on another,
+/// keeps swapping the slot's content (delete, allocate a frame into it, delete, put the
+/// read-only task capability back): no address-space capability may ever have more than
+/// `READ`.
+fn test_task_space_race() {
+    const NAME: &str = "snapshot-task-address-space-race";
+    if cpus() < 2 {
+        return crate::tests::skip(NAME, "one CPU");
+    }
+    let (victim, src, dst) = (slot(), slot(), slot());
+    let made = sys::task_create(MEMORY, victim).and_then(|_| sys::cap_copy(victim, TASK, src, Rights::READ));
+    if let Err(e) = made {
+        for s in [victim, src, dst] {
+            release(s);
+        }
+        return report(NAME, false, format_args!("set-up: {e}"));
+    }
+    RACE_SRC.store(src, SeqCst);
+    RACE_DST.store(dst, SeqCst);
+    RACE_STOP.store(false, SeqCst);
+    let reader = spawn(race_reader, 0, ROOT_PRIO, 1);
+    // At most 40,000 rounds or 3 seconds, whichever ends first (on the kernel before the fix,
+    // 200,000 rounds in about 20 s gave 37 capabilities with every right).
+    let end = rl4_user::rdtsc() + tsc_hz() * 3;
+    let (mut rounds, mut swap_errors) = (0u64, 0u64);
+    while rounds < 40_000 && rl4_user::rdtsc() < end {
+        rounds += 1;
+        // The slot holds the task capability, then a frame, each for a short while of varying
+        // length (so that a reader held up between two looks at the slot finds either).
+        dwell();
+        let r = sys::cap_delete(src).and_then(|_| sys::frame_alloc(MEMORY, src));
+        dwell();
+        let r = r.and_then(|_| sys::cap_delete(src)).and_then(|_| sys::cap_copy(victim, TASK, src, Rights::READ));
+        if r.is_err() {
+            swap_errors += 1;
+            let _ = sys::cap_delete(src);
+            let _ = sys::cap_copy(victim, TASK, src, Rights::READ);
+        }
+    }
+    RACE_STOP.store(true, SeqCst);
+    let stopped = wait_ms(2000, || matches!(state(reader), Some(ThreadState::Dead)));
+    release(reader);
+    let _ = sys::task_kill(victim);
+    for s in [victim, src, dst] {
+        release(s);
+    }
+    let (calls, got, wider, odd) =
+        (RACE_CALLS.load(SeqCst), RACE_GOT.load(SeqCst), RACE_WIDER.load(SeqCst), RACE_ODD.load(SeqCst));
+    report(
+        NAME,
+        stopped && wider == 0 && odd == 0 && swap_errors == 0 && got > 0,
+        format_args!(
+            "{rounds} swaps on cpu 0 ({swap_errors} failed), {calls} TaskAddressSpace calls on cpu 1 from a READ-only task \
+             capability, {got} succeeded, {wider} with more than READ (rights {:#x}), {odd} other failures",
+            RACE_WIDER_RIGHTS.load(SeqCst)
+        ),
+    );
+}
+
+// ---- GRANT on the transferred capability -------------------------------------------------------
+
+static GRANT_EP: AtomicU64 = AtomicU64::new(0);
+static GRANT_INTO: AtomicU64 = AtomicU64::new(0);
+static GRANT_TAG: AtomicU64 = AtomicU64::new(u64::MAX);
+
+fn grant_receiver(_: u64) {
+    let m = sys::ipc(Sys::Recv, GRANT_EP.load(SeqCst), &Msg::default(), FOREVER, u64::MAX, GRANT_INTO.load(SeqCst));
+    GRANT_TAG.store(m.map(|m| m.tag.0).unwrap_or(0), SeqCst);
+}
+
+/// Issue 17: IPC transfer checked only the endpoint's `GRANT`. Through an endpoint capability
+/// with `GRANT`, a frame capability without it is refused (`MissingRight`, nothing arrives, the
+/// receiver still waits); the same frame with `GRANT` goes through.
+fn test_transfer_needs_grant_on_cap() {
+    let (ep, frame, weak, into) = (slot(), slot(), slot(), slot());
+    let _ = sys::endpoint_create(MEMORY, ep);
+    let _ = sys::frame_alloc(MEMORY, frame);
+    let _ = sys::cap_copy(frame, TASK, weak, Rights::READ.union(Rights::WRITE));
+    GRANT_EP.store(ep, SeqCst);
+    GRANT_INTO.store(into, SeqCst);
+    GRANT_TAG.store(u64::MAX, SeqCst);
+    let r = spawn(grant_receiver, 0, ROOT_PRIO, far_cpu());
+    let waiting = wait_ms(2000, || state(r) == Some(ThreadState::BlockedRecv));
+    let msg = Msg { tag: Tag::new(1, 0, 1), badge: 0, w: [0; 4] };
+    // Finite timeouts: a kernel that lets the first one through must not hang the suite.
+    let t100ms = tsc_hz() / 10;
+    let refused = sys::ipc(Sys::Send, ep, &msg, t100ms, weak, u64::MAX).map(|_| ());
+    let refused_nb = sys::ipc(Sys::NbSend, ep, &msg, 0, weak, u64::MAX).map(|_| ());
+    let refused_call = sys::ipc(Sys::Call, ep, &msg, t100ms, weak, u64::MAX).map(|_| ());
+    // Nothing arrived: the receiver still waits and its slot is empty.
+    let still = state(r) == Some(ThreadState::BlockedRecv) && GRANT_TAG.load(SeqCst) == u64::MAX;
+    let empty = sys::cap_identify(into).map(|_| ()) == Err(Error::EmptySlot);
+    report(
+        "ipc-cap-transfer-needs-grant-on-cap",
+        waiting && refused == Err(Error::MissingRight) && refused_nb == Err(Error::MissingRight)
+            && refused_call == Err(Error::MissingRight) && still && empty,
+        format_args!(
+            "send/nbsend/call of a frame capability without GRANT through an endpoint capability with GRANT: \
+             {refused:?}/{refused_nb:?}/{refused_call:?}; receiver still waiting: {still}, its slot empty: {empty}"
+        ),
+    );
+    let sent = sys::ipc(Sys::Send, ep, &msg, t100ms * 20, frame, u64::MAX).map(|_| ());
+    wait_ms(2000, || GRANT_TAG.load(SeqCst) != u64::MAX);
+    let got = Tag(GRANT_TAG.load(SeqCst)).caps() == 1 && sys::cap_identify(into).map(|r| r[0]) == Ok(ObjType::Frame as u64);
+    report(
+        "ipc-cap-transfer-with-grant-on-cap",
+        sent.is_ok() && got,
+        format_args!("the same frame with GRANT: send {sent:?}, arrived in the receiver's slot: {got}"),
+    );
+    join_dead(r);
+    for s in [ep, frame, weak, into] {
+        release(s);
+    }
+}
+
+fn join_dead(t: u64) {
+    wait_ms(2000, || matches!(state(t), Some(ThreadState::Dead) | Some(ThreadState::Faulted)));
+    release(t);
+}
+
+// ---- console lines carry their task -----------------------------------------------------------
+
+/// Issue 17: a task's console output was printed as is, so it could imitate the kernel's lines
+/// and the root task's test lines. A worker prints such lines (`rl4_user::worker::FORGED`);
+/// here only that it ran to its end. scripts/test's `SUITE:console-forgery-rejected` then
+/// checks the log: each of them carries the worker's `[cpuN task T]` prefix, T is not the root
+/// task's id, and none was counted as a test or a summary.
+fn test_forged_console_lines(bi: &BootInfo) {
+    const NAME: &str = "console-worker-lines-printed";
+    let Ok(c) = Child::load(bi, "worker") else { return report(NAME, false, format_args!("cannot load worker")) };
+    let t = c.thread(CHILD_STACK_TOP, W_FORGE, 0, ROOT_PRIO, far_cpu());
+    let done = match t {
+        Ok(t) => {
+            let d = wait_ms(5000, || state(t) == Some(ThreadState::Dead));
+            release(t);
+            d
+        }
+        Err(_) => false,
+    };
+    c.release();
+    report(NAME, done, format_args!("a worker task printed lines that imitate the kernel's and the root task's"));
+}
+
+pub fn run(bi: &BootInfo) {
+    test_task_space_race();
+    test_transfer_needs_grant_on_cap();
+    test_forged_console_lines(bi);
+}
