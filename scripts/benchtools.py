@@ -107,7 +107,7 @@ def profile_section(profs, rows):
         L.append(f"| {label} | " + " | ".join(n(s[key]) for s in sums) + " |")
     L.append("| **round trip** | " + " | ".join(f"**{n(p['round_trip'])}**" for p, _ in cols) + " |")
     L.append("| locked instructions | " + " | ".join(n(p["locked_per_round_trip"]) for p, _ in cols) + " |")
-    L.append("| (outside the timed window, not counted above) | " + " | ".join(n(p["outside_window"], 1) for p, _ in cols) + " |")
+    L.append("| (outside the timed window: the loop's own instructions, timer interrupts; not counted above) | " + " | ".join(n(p["outside_window"], 1) for p, _ in cols) + " |")
     L.append("")
 
     if on and on["fast_path_steps"]:
@@ -160,6 +160,39 @@ def profile_section(profs, rows):
             sites = ", ".join(f"{s} ×{v:g}" if v != 1 else s for s, v in sorted(e["sites"].items()))
             parts.append(f"{n(e['count'])} {k} ({sites})")
         L.append(f"Locked instructions per round trip, {lbl}: " + "; ".join(parts) + ".\n")
+    return L
+
+
+def cross_profile_section(profs):
+    p = profs.get("cross-core-0-1-smp2")
+    if not p:
+        return []
+    L = ["### The cross-core round trip, instruction by instruction\n"]
+    cpus = p.get("per_cpu", {})
+    split = "; ".join(f"CPU {c}: {n(e['user'] + e['kernel'])} ({n(e['user'])} user)" for c, e in cpus.items())
+    fs = [s for s in p["steps"] if s["what"].startswith("fast path")]
+    fast = (sum(s["instructions"] for s in fs), sum(s["locked"] for s in fs))
+    L.append(f"`cross-core-0-1` under icount at `-smp 2` (client on CPU 0, server on CPU 1; QEMU runs the two vCPUs in "
+             "turn on one instruction counter, so a round trip counts both CPUs' instructions, the idle CPU's polling "
+             f"included): **{n(p['round_trip'])}** instructions per round trip, **{n(p['locked_per_round_trip'])}** of them "
+             f"locked (per CPU, with the loop's own: {split}). The general path does the work on both sides; "
+             + (f"the fast path (for one CPU) is tried first and falls back, which costs {n(fast[0])} instructions "
+                f"({n(fast[1])} locked) per round trip. " if fast[0] >= 0.5 else "")
+             + "By function:\n")
+    L.append("| function (with what it inlines) | instructions | locked |")
+    L.append("|---|---|---|")
+    rows = [s for s in p["steps"] if not s.get("outside")]
+    for s in rows[:22]:
+        L.append(f"| {s['what']} | {n(s['instructions'])} | {n(s['locked'])} |")
+    if len(rows) > 22:
+        L.append(f"| {len(rows) - 22} more | {n(sum(s['instructions'] for s in rows[22:]))} | "
+                 f"{n(sum(s['locked'] for s in rows[22:]))} |")
+    L.append(f"| **round trip** | **{n(p['round_trip'])}** | **{n(p['locked_per_round_trip'])}** |")
+    L.append("")
+    kinds = p.get("locked_by_kind", {})
+    if kinds:
+        L.append("Its locked instructions: " + "; ".join(
+            f"{n(e['count'])} {k}" for k, e in sorted(kinds.items(), key=lambda kv: -kv[1]["count"])) + ".\n")
     return L
 
 
@@ -262,8 +295,15 @@ def countglobal_section(out, rows):
         if "heap_allocs_per_round_trip" not in r:
             L.append(f"| {r['config']} | {r['iterations']:,} | not counted (kernel without `countglobal`) | | |")
             continue
-        L.append(f"| {r['config']} | {r['iterations']:,} | {r['heap_allocs_per_round_trip']:.4f} | "
-                 f"{r['global_locks_per_round_trip']:.4f} | {r.get('heap_allocs', 0):,} / "
+        it = r["iterations"]
+
+        def per(k, frac):
+            x = r.get(k)
+            if x is None:
+                return f"{r[frac]:.4f}"
+            return "0" if x == 0 else f"{x / it:.5f} ({x:,} in {it:,})"
+        L.append(f"| {r['config']} | {it:,} | {per('heap_allocs', 'heap_allocs_per_round_trip')} | "
+                 f"{per('global_locks', 'global_locks_per_round_trip')} | {r.get('heap_allocs', 0):,} / "
                  f"{r.get('heap_frees', 0):,} / {r.get('global_locks', 0):,} |")
     L.append("")
     for accel, rec in recs.items():
@@ -289,6 +329,7 @@ def sections(out, docs, rows):
     profs = load_profiles(out)
     L = []
     L += profile_section(profs, rows)
+    L += cross_profile_section(profs)
     L += smp_section(rows)
     L += fastpath_section(rows)
     cg, recs = countglobal_section(out, rows)

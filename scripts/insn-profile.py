@@ -65,7 +65,7 @@ def count(stream):
     guest PC); the `IN:` block printed when it was translated gives its bytes and disassembly.
     Blocks are told apart by host address, so two programs' code at one guest address (user
     programs share their link address) stays apart. Returns ({(pc, bytes): count}, {(pc, bytes):
-    asm}, lines)."""
+    asm}, lines, {(pc, bytes): {cpu: count}})."""
     cnt = collections.Counter()
     host_of = {}  # host address -> (pc, bytes, asm)
     pending = {}  # pc -> (bytes, asm): translated, not yet seen running
@@ -97,6 +97,7 @@ def count(stream):
         variants[pc].add((code, a))
     out = collections.Counter()
     asm = {}
+    by_cpu = collections.defaultdict(collections.Counter)
     for line, c in cnt.items():
         lines += c
         parts = line.split()
@@ -107,15 +108,16 @@ def count(stream):
             t = (pc,) + next(iter(variants[pc]))
         key = (pc, t[1] if t else "")
         out[key] += c
+        by_cpu[key][int(parts[1].rstrip(b":"))] += c
         if t:
             asm[key] = t[2]
-    return out, asm, lines
+    return out, asm, lines, by_cpu
 
 
 def cmd_count(args):
-    out, asm, lines = count(sys.stdin.buffer)
-    json.dump({"executed": lines, "insns": [[pc, b, asm.get((pc, b), ""), c] for (pc, b), c in sorted(out.items())]},
-              open(args.out, "w"))
+    out, asm, lines, by_cpu = count(sys.stdin.buffer)
+    json.dump({"executed": lines, "insns": [[pc, b, asm.get((pc, b), ""), c, {str(k): v for k, v in by_cpu[(pc, b)].items()}]
+                                            for (pc, b), c in sorted(out.items())]}, open(args.out, "w"))
     print(f"insn-profile: {lines:,} instructions traced, {len(out):,} distinct", file=sys.stderr)
 
 
@@ -278,6 +280,8 @@ def locked_kind(chain, asm=""):
         return "spinlock acquisitions"
     if any(f == "alloc: sync.rs" for f in files) or re.match(r"\s*lock\s+(inc|dec|xadd|add|sub)", asm):
         return "reference counts (`Arc`, `Weak`)"
+    if re.match(r"\s*xchg", asm):
+        return "`xchg` with memory (a `SeqCst` store or a swap)"
     return "other atomic read-modify-writes"
 
 
@@ -325,18 +329,32 @@ def fast_step(chain, stamps, file="kernel/src/fastpath.rs"):
 # profile: the difference of two counts
 
 def load_counts(path):
+    """({(pc, bytes): executions}, {(pc, bytes): disassembly}, {(pc, bytes, cpu): executions})."""
     d = json.load(open(path))
-    cnt, asm = collections.Counter(), {}
-    for pc, b, a, c in d["insns"]:
+    cnt, asm, cpus = collections.Counter(), {}, collections.Counter()
+    for e in d["insns"]:
+        pc, b, a, c = e[:4]
         cnt[(pc, b)] += c
+        for cpu, x in (e[4] if len(e) > 4 else {"0": c}).items():
+            cpus[(pc, b, int(cpu))] += x
         if a:
             asm[(pc, b)] = a
-    return cnt, asm
+    return cnt, asm, cpus
+
+
+def per_cpu(small, large, rounds):
+    """{cpu: {"user": .., "kernel": ..}} instructions per round trip on each CPU."""
+    out = {}
+    for k in set(small[2]) | set(large[2]):
+        d = (large[2].get(k, 0) - small[2].get(k, 0)) / rounds
+        e = out.setdefault(k[2], {"user": 0.0, "kernel": 0.0})
+        e["user" if k[0] < USER_END else "kernel"] += d
+    return {c: {x: round(v, 3) for x, v in e.items()} for c, e in sorted(out.items())}
 
 
 def per_round(small, large, rounds):
-    a, asm_a = small
-    b, asm_b = large
+    a, asm_a = small[:2]
+    b, asm_b = large[:2]
     asm = dict(asm_a)
     asm.update(asm_b)
     per = {}
@@ -423,23 +441,26 @@ def analyse(per, asm, rounds, median=None, kernel=None, users=(), root=None, nam
             return (5, k)
         return (4, -kv[1]["instructions"])
 
+    # Kernel functions that run less than once every two round trips are not part of the round
+    # trip: timer interrupts, console output (counted outside the timed window with --median).
     small = [k for k, v in steps.items() if abs(v["instructions"]) < 0.5 and k.startswith("kernel: ")]
-    if small:
-        rest = {"instructions": 0.0, "locked": 0.0}
-        for k in small:
-            rest["instructions"] += steps[k]["instructions"]
-            rest["locked"] += steps[k]["locked"]
-            del steps[k]
+    rest = {"instructions": 0.0, "locked": 0.0}
+    for k in small:
+        rest["instructions"] += steps[k]["instructions"]
+        rest["locked"] += steps[k]["locked"]
+        del steps[k]
+    if small and outside is None:
         steps["kernel: other (under 0.5 each: timer interrupts, console output)"] = rest
     groups = table(steps, step_order)
     if outside is not None:
-        # The benchmark loop's own instructions outside the timed window: client user code.
+        # The rest of the instructions outside the timed window are the benchmark loop's own
+        # (time stamps, storing the sample, the summary's sort): the client's user code.
         for g in groups:
             if g["what"] == "user: root":
-                g["instructions"] = round(g["instructions"] - outside, 3)
+                g["instructions"] = round(g["instructions"] - (outside - rest["instructions"]), 3)
                 g["what"] = "user: root (client, between the time stamps)"
-        groups.append({"what": "benchmark loop outside the timed window (client)", "instructions": round(outside, 3),
-                       "locked": 0.0, "outside": True})
+        groups.append({"what": "outside the timed window (the benchmark loop's own instructions; timer interrupts)",
+                       "instructions": round(outside, 3), "locked": round(rest["locked"], 3), "outside": True})
     fast_steps = []
     for s in FAST_NAMES:
         row = {"step": s}
@@ -503,6 +524,9 @@ def render(p, verbose=False):
         L.append(f"  median of the benchmark: {p['median_cycles']}; outside the timed window: {p['outside_window']:.1f}")
     L.append(f"  round trip: {p['round_trip']:.1f} instructions, {p['locked_per_round_trip']:.1f} locked"
              f" (non-integer remainder {p['non_integer_remainder']:.2f})")
+    if len(p.get("per_cpu", {})) > 1:
+        L.append("  per CPU: " + "; ".join(f"cpu {c}: {e['user']:.1f} user + {e['kernel']:.1f} kernel"
+                                          for c, e in p["per_cpu"].items()))
     L.append("  where they go:")
     for g in p["steps"]:
         L.append(f"    {g['instructions']:8.1f} {g['locked']:5.1f}L  {g['what'][:110]}")
@@ -527,9 +551,11 @@ def render(p, verbose=False):
 
 
 def cmd_profile(args):
-    per, asm = per_round(load_counts(args.small), load_counts(args.large), args.rounds)
+    small, large = load_counts(args.small), load_counts(args.large)
+    per, asm = per_round(small, large, args.rounds)
     users = [tuple(u.split("=", 1)) for u in args.user]
     p = analyse(per, asm, args.rounds, args.median, args.kernel, users, args.root, args.name, args.args)
+    p["per_cpu"] = per_cpu(small, large, args.rounds)
     if args.out:
         json.dump(p, open(args.out, "w"), indent=1)
     print(render(p, args.verbose))
