@@ -1,17 +1,44 @@
 #!/usr/bin/env python3
-"""Turns the BENCH lines collected by scripts/bench into docs/benchmarks.{md,json,svg}.
+"""Turns the BENCH lines collected by scripts/bench into docs/benchmarks.{md,json,svg}, and with
+the Linux peer's results (scripts/bench --peers, rows with "system": "linux") docs/peers.svg.
 
 Usage: bench-report.py OUT_DIR DOCS_DIR ITERATIONS
+
+docs/benchmarks.md is written anew, except for blocks between `<!-- kept -->` and `<!-- /kept -->`
+lines in the old file (hand-written notes), which are carried over after the comparison with
+Linux. A run without --peers keeps the Linux figures of the last peers run from the old
+docs/benchmarks.json (and says so).
 """
 import datetime
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peers  # noqa: E402  (scripts/peers.py)
+
 out, docs, iters = sys.argv[1], sys.argv[2], int(sys.argv[3])
 rows = [json.loads(l) for l in open(os.path.join(out, "results.jsonl")) if l.strip()]
+ctx = json.load(open(os.path.join(out, "ctx.json"))) if os.path.exists(os.path.join(out, "ctx.json")) else {}
+ctx["pair"] = tuple(ctx.get("pair", (0, 1)))
+ctx["seconds"] = ctx.get("peers_seconds", "?")
+smp_all = ctx.get("smp", 4)
+infos = [json.loads(l) for l in open(os.path.join(out, "linux-info.jsonl")) if l.strip()] \
+    if os.path.exists(os.path.join(out, "linux-info.jsonl")) else []
+old_md = open(os.path.join(docs, "benchmarks.md")).read() if os.path.exists(os.path.join(docs, "benchmarks.md")) else ""
+kept = re.findall(r"^<!-- kept -->\n.*?^<!-- /kept -->\n", old_md, flags=re.S | re.M)
+linux_from = None  # the date of carried-over Linux figures
+if not any(r.get("system") == "linux" for r in rows) and os.path.exists(os.path.join(docs, "benchmarks.json")):
+    old = json.load(open(os.path.join(docs, "benchmarks.json")))
+    old_linux = [r for r in old.get("results", []) if r.get("system") == "linux"]
+    if old_linux:
+        rows += old_linux
+        infos = old.get("peers", {}).get("linux", [])
+        linux_from = old.get("peers", {}).get("generated", old.get("generated", "?"))[:10]
+rl4_rows = [r for r in rows if r.get("system") != "linux"]
 def read(name, default="unknown"):
     p = os.path.join(out, name)
     return open(p).read().strip() if os.path.exists(p) else default
@@ -44,25 +71,54 @@ def ns(r, v):
         return "—"
     return f"{v * 1e9 / r['tsc_hz']:,.0f}"
 
-json.dump({"generated": datetime.datetime.now(datetime.timezone.utc).isoformat(), "cpu": cpu, "tsc": tsc, "qemu": qemu,
-           "iterations": iters, "results": rows}, open(os.path.join(docs, "benchmarks.json"), "w"), indent=1)
+now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+have_linux = any(r.get("system") == "linux" for r in rows)
+json.dump({"generated": now, "cpu": cpu, "tsc": tsc, "qemu": qemu, "iterations": iters, "smp": smp_all,
+           "host_load": [float(x) for x in read("load.txt", "").split()],
+           "peers": {"generated": linux_from or now, "linux": infos} if have_linux else {},
+           "results": rows}, open(os.path.join(docs, "benchmarks.json"), "w"), indent=1)
 
 L = []
 L.append("# Benchmark results\n")
+if have_linux:
+    open(os.path.join(docs, "peers.svg"), "w").write(peers.chart(rows, ctx) + "\n")
+    L.append("![One round trip, rl4 beside Linux: same core, cross core and the null system call, under icount "
+             "(instructions) and TCG (cycles)](peers.svg)\n")
 L.append(f"Written by `scripts/bench` on {datetime.date.today().isoformat()} — {qemu}; guest CPU model: {cpu}; "
          f"TSC as the kernel found it: {tsc}. {iters:,} iterations per configuration (after 1,000 warm-up rounds), "
-         "each group of configurations in a fresh QEMU (`-smp 4`; `-smp 1` under icount). Every figure is per "
+         f"each group of configurations in a fresh QEMU (`-smp {smp_all}`; under icount `-smp 1`, and "
+         f"`-smp {max(ctx['pair']) + 1}` for the cross-core group). Every figure is per "
          "iteration, the user loop included, the cost of the time-stamp pair subtracted.\n")
 L.append("- **icount** (`-accel tcg,thread=single -icount shift=0,sleep=off`): the guest TSC counts guest instructions, "
          "so these are exact, repeatable instruction counts (user and kernel).")
 L.append("- **tcg** (`-accel tcg -cpu max`, one host thread per vCPU): host TSC cycles of the emulator — comparable "
-         "between configurations of one run, not with hardware papers; `-smp 4` on two host cores makes them noisy.\n")
+         f"between configurations of one run, not with hardware papers; `-smp {smp_all}` on two host cores (shared with other "
+         "work) makes them noisy.\n")
+loads = [float(x) for x in read("load.txt", "").split()]
+if loads:
+    L.append(f"The host's load average (1 minute), sampled during the run (before each boot), ranged from {min(loads):.2f} to {max(loads):.2f}, on "
+             f"{ctx.get('host_cpus', '?')} host cores: the TCG figures grow with it (icount's do not).\n")
 L.append("The raw figures (with the distributions) are in [benchmarks.json](benchmarks.json); the plot is "
          "[benchmarks.svg](benchmarks.svg).\n")
+if have_linux:
+    L.append("## rl4 beside Linux\n")
+    if linux_from:
+        L.append(f"The Linux figures below come from the `scripts/bench --peers` run of {linux_from}, not from this run; "
+                 "the rl4 figures and the ratios are this run's.\n")
+    else:
+        L.append("Measured in the same `scripts/bench --peers` run as the rl4 tables: Debian's own kernel (package "
+                 "`linux-image-amd64`, unmodified) booted with an initramfs whose `/init` is the static ping-pong program "
+                 "`peers/pingpong` (Rust, `x86_64-unknown-linux-musl`), under the same QEMU, accelerator, CPU model, memory "
+                 "and `-smp` as rl4's groups; it prints `PEER` lines on the serial console and powers off.\n")
+    L += peers.section(rows, infos, ctx)
+else:
+    L.append("`scripts/bench --peers` adds the same round trips on Linux, with the ratios and a chart.\n")
+for k in kept:
+    L.append(k)
 L.append("## Latency\n")
 L.append("| configuration | accel | TSC GHz | min | median | mean | p99 | p99.9 | max | total/iterations | median ns | IPIs per iteration |")
 L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
-for r in rows:
+for r in rl4_rows:
     if "median_cycles" not in r or r["name"].startswith("pairs"):
         continue
     L.append(f"| {r['name']} | {r['accel']} | {r['tsc_hz'] / 1e9:.3f} | {fmt(r.get('min_cycles'))} | {fmt(r.get('median_cycles'))} | {fmt(r.get('mean_cycles'))} | "
@@ -71,7 +127,8 @@ for r in rows:
 L.append("")
 L.append("`same-core`, `cross-core-A-B`: `Call` + `ReplyRecv` round trip with an echo server in another task (another "
          "address space); `same-core-intra`: with a server thread of the same task; "
-         "`same-core-ref`: `same-core` again, in the boot of the cross-core configurations it is compared with; "
+         "`same-core-ref`: `same-core` again, in the boot of the cross-core configurations it is compared with "
+         "(under icount `cross-core-A-B` counts the instructions of both CPUs, which QEMU runs in turn); "
          "`-nopoll`: with `poll_us=0` (idle CPUs halt at once), in the boot of `ipi-floor`. "
          "`oneway-*`: one-way `Call` (median etc.) and one-way reply (`reply_*` in the JSON), the way sel4bench takes "
          "them: a time stamp right before the system call in one thread, right after it returns in the other. "
@@ -79,7 +136,7 @@ L.append("`same-core`, `cross-core-A-B`: `Call` + `ReplyRecv` round trip with an
          "write CR3 away and back (`cr3-floor-kernel`: the kernel's own loop, without the system call). `shm-floor`: "
          "a cache-line ping-pong between two user threads; `ipi-floor`: an IPI to an idle (halted) CPU and its answer, "
          "measured in the kernel.\n")
-ones = [r for r in rows if r["name"].startswith("oneway")]
+ones = [r for r in rl4_rows if r["name"].startswith("oneway")]
 if ones:
     L.append("## One-way latency\n")
     L.append("| configuration | accel | call median | call p99 | reply median | reply p99 |")
@@ -88,7 +145,7 @@ if ones:
         L.append(f"| {r['name']} | {r['accel']} | {fmt(r.get('median_cycles'))} | {fmt(r.get('p99_cycles'))} | "
                  f"{fmt(r.get('reply_median_cycles'))} | {fmt(r.get('reply_p99_cycles'))} |")
     L.append("")
-pairs = [r for r in rows if r["name"].startswith("pairs")]
+pairs = [r for r in rl4_rows if r["name"].startswith("pairs")]
 if pairs:
     L.append("## Many pairs (throughput)\n")
     L.append("One same-core pair (client in the root task, echo server in another task) per CPU, all at once.\n")
@@ -142,12 +199,16 @@ if p1 and p2:
     target("many-pair throughput on 2 CPUs ≥ 1.9 × on 1 CPU (TCG)", ratio >= 1.9, f"{ratio:.2f}×{extra}")
 L.append("")
 L.append("## For comparison (published or measured elsewhere, not by this harness)\n")
-L.append("| system | same-core round trip |")
-L.append("|---|---|")
-L.append("| seL4 (fast path, release, PCID off), sel4bench `ipc` Call + ReplyRecv, two address spaces, under the same QEMU | 415 guest instructions (194 + 221; 591 on its SMP build); ~30,600 TCG cycles |")
-L.append("| the kernel rl4 grew from (the seed), under QEMU | 161,200 cycles per round trip; 62 s for 1,000,000 round trips |")
-L.append("| Linux 6.1 futex wake/wait between two threads, same CPU | 10,125 guest instructions; 42,328 TCG cycles |")
+L.append("| system | same-core round trip | where it comes from |")
+L.append("|---|---|---|")
+L.append("| seL4 (fast path, release, PCID off), sel4bench `ipc` Call + ReplyRecv, two address spaces, under the same QEMU | "
+         "415 guest instructions (194 + 221; 591 on its SMP build); ~30,600 TCG cycles | measured by the project before rl4 "
+         "was written: seL4 commit d40bad3a, sel4bench's `ipc` benchmark (one-way Call and ReplyRecv medians, added), "
+         "QEMU 7.2 TCG `-cpu max` (icount unchanged under QEMU 10; TCG there ~25,000 cycles) |")
+L.append("| the kernel rl4 grew from (the seed), under QEMU | 161,200 cycles per round trip; 62 s for 1,000,000 round trips | "
+         "the seed's ping-pong under QEMU TCG, measured before rl4 was written (recorded here since this report's first version, commit f603dd1) |")
 L.append("")
+L.append("Linux is no longer in this table: `scripts/bench --peers` measures it in the same run (above).\n")
 if intra:
     secs = intra["total_cycles"] / intra["tsc_hz"] * (1_000_000 / intra["iterations"])
     L.append(f"Wall time of 1,000,000 same-core round trips under TCG (`same-core-intra`, from the guest TSC): **{secs:.2f} s** "
@@ -185,7 +246,8 @@ L.append("The same-core round trip takes the fast path both ways (`kernel/src/fa
          "instructions each, so that kernel's round trip is longer than the plain one measured in `same-core`. seL4 reaches "
          "about 200 instructions per one-way trip with a single kernel lock and no reference counts; rl4 keeps per-object "
          "locks so that no lock is shared by all CPUs. The next steps: an intrusive endpoint queue (no `VecDeque` "
-         "arithmetic, no allocation), a lock-free capability read, and the scheduler's pointer in the per-CPU block. "
+         "arithmetic, no allocation) and a lock-free capability read (the scheduler's pointer is in the per-CPU block "
+         "since the thread-state rewrite, `gs:56`). This paragraph describes the kernel of the 2026-11-25 run. "
          "Between address spaces under TCG every switch writes CR3 (no PCIDs there), which flushes QEMU's software TLB: "
          "the `cr3-floor` rows show what that costs by itself.\n")
 open(os.path.join(docs, "benchmarks.md"), "w").write("\n".join(L))
@@ -194,7 +256,7 @@ if intra:
 
 # ---- plot: distribution (CDF) of every latency configuration ----
 PCT = [1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9, 100]
-series = [r for r in rows if "cdf" in r and not r["name"].startswith("pairs")]
+series = [r for r in rl4_rows if "cdf" in r and not r["name"].startswith("pairs")]
 W, H, ML, MR, MT, MB = 980, 520, 70, 330, 30, 50
 allv = [v for r in series for v in r["cdf"] if v > 0]
 lo, hi = (max(1, min(allv)), max(allv)) if allv else (1, 10)

@@ -1,5 +1,5 @@
 # Shared helpers for scripts/run, scripts/test and friends: installing what is missing, building
-# the kernel image (and the GRUB ISO), and starting QEMU. Sourced, not run.
+# the kernel image (and the GRUB and Limine ISOs), and starting QEMU. Sourced, not run.
 # shellcheck shell=bash
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -137,12 +137,18 @@ build_countglobal_kernel() {
     cp "$ROOT/target/countglobal/$TARGET/release/rl4" "$BUILD/rl4-countglobal.elf"
 }
 
-# build_iso "kernel args": a GRUB (BIOS) ISO that boots rl4 through Multiboot2.
+# build_iso "kernel args" [MODULE...]: a GRUB (BIOS) ISO that boots rl4 through Multiboot2, with
+# the given files as boot modules.
 build_iso() {
-    local args="$1" dir="$BUILD/iso"
+    local args="$1" dir="$BUILD/iso" m mods=""
+    shift
     rm -rf "$dir"
     mkdir -p "$dir/boot/grub"
     cp "$KERNEL_ELF" "$dir/boot/rl4.elf"
+    for m in "$@"; do
+        cp "$m" "$dir/boot/"
+        mods+="    module2 /boot/$(basename "$m")"$'\n'
+    done
     cat >"$dir/boot/grub/grub.cfg" <<CFG
 set timeout=0
 set default=0
@@ -151,11 +157,136 @@ terminal_input serial
 terminal_output serial
 menuentry "rl4" {
     multiboot2 /boot/rl4.elf $args
-    boot
+$mods    boot
 }
 CFG
     say "building the GRUB ISO (Multiboot2 entry)"
     grub-mkrescue -o "$BUILD/rl4.iso" "$dir" >/dev/null 2>&1 || die "grub-mkrescue failed"
+}
+
+# ---- Limine and UEFI -----------------------------------------------------------------------------
+
+# find_limine: the directory of a Limine 8.x binary release (limine-bios.sys, limine-bios-cd.bin,
+# limine-uefi-cd.bin, BOOTX64.EFI): $LIMINE_DIR, a distribution's /usr/share/limine, or
+# ../shared/limine next to this repository (where CI's clean clone finds it). Sets LIMINE_DIR.
+LIMINE_FILES="limine-bios.sys limine-bios-cd.bin limine-uefi-cd.bin BOOTX64.EFI"
+limine_dir_ok() {
+    local f
+    for f in $LIMINE_FILES; do [ -f "$1/$f" ] || return 1; done
+}
+find_limine() {
+    if [ -n "${LIMINE_DIR:-}" ]; then
+        limine_dir_ok "$LIMINE_DIR" || die "LIMINE_DIR=$LIMINE_DIR lacks one of: $LIMINE_FILES"
+        LIMINE_DIR=$(cd "$LIMINE_DIR" && pwd)
+        return 0
+    fi
+    local d
+    for d in /usr/share/limine "$ROOT/../shared/limine"; do
+        if limine_dir_ok "$d"; then
+            LIMINE_DIR=$(cd "$d" && pwd)
+            return 0
+        fi
+    done
+    return 1
+}
+
+# ensure_limine: Limine's files, its host tool (for `limine bios-install`) and xorriso. Sets
+# LIMINE_DIR and LIMINE_TOOL. The tool is the release's own `limine`, else built from its
+# limine.c into build/ (with cc), else a `limine` on the PATH (a distribution's package).
+ensure_limine() {
+    command -v xorriso >/dev/null 2>&1 || apt_install xorriso
+    if ! find_limine; then
+        die "Limine 8.x not found. Either set LIMINE_DIR to a directory holding $LIMINE_FILES
+       (the binary release: git clone --branch=v8.x-binary --depth=1 https://github.com/limine-bootloader/limine),
+       install a distribution's limine package (files in /usr/share/limine),
+       or put the release in $(cd "$ROOT/.." && pwd)/shared/limine next to this repository."
+    fi
+    if [ -x "$LIMINE_DIR/limine" ]; then
+        LIMINE_TOOL="$LIMINE_DIR/limine"
+    elif [ -f "$LIMINE_DIR/limine.c" ]; then
+        LIMINE_TOOL="$BUILD/limine-tool/limine"
+        if [ ! -x "$LIMINE_TOOL" ] || [ "$LIMINE_DIR/limine.c" -nt "$LIMINE_TOOL" ]; then
+            command -v cc >/dev/null 2>&1 || apt_install gcc libc6-dev
+            say "building Limine's host tool from $LIMINE_DIR/limine.c"
+            mkdir -p "$BUILD/limine-tool"
+            cc -O2 -pipe -std=c99 "$LIMINE_DIR/limine.c" -o "$LIMINE_TOOL" || die "building the limine tool failed"
+        fi
+    elif command -v limine >/dev/null 2>&1; then
+        LIMINE_TOOL=$(command -v limine)
+    else
+        die "no Limine host tool: $LIMINE_DIR has neither limine nor limine.c, and there is no limine on the PATH"
+    fi
+}
+
+# build_limine_iso NAME "kernel args" [MODULE...]: build/NAME.iso, bootable from BIOS (CD) and
+# UEFI (its EFI system partition), that boots rl4 through the Limine protocol, with the given
+# files as boot modules.
+build_limine_iso() {
+    local name="$1" args="$2" dir="$BUILD/$1.d" m
+    shift 2
+    rm -rf "$dir"
+    mkdir -p "$dir/boot/limine" "$dir/EFI/BOOT"
+    # Without its debug information (symbolize with target/.../rl4): a third of the bytes for
+    # the firmware to read, two seconds less to boot from the BIOS under TCG.
+    local objcopy
+    objcopy="$(cd "$ROOT" && rustc --print sysroot)/lib/rustlib/$(cd "$ROOT" && rustc -vV | sed -n 's/^host: //p')/bin/llvm-objcopy"
+    if [ -x "$objcopy" ]; then
+        "$objcopy" --strip-debug "$KERNEL_ELF" "$dir/boot/rl4.elf" || die "llvm-objcopy --strip-debug failed"
+    else
+        cp "$KERNEL_ELF" "$dir/boot/rl4.elf"
+    fi
+    cp "$LIMINE_DIR/limine-bios.sys" "$LIMINE_DIR/limine-bios-cd.bin" "$LIMINE_DIR/limine-uefi-cd.bin" "$dir/boot/limine/"
+    cp "$LIMINE_DIR/BOOTX64.EFI" "$dir/EFI/BOOT/"
+    {
+        echo "timeout: 0"
+        echo
+        echo "/rl4"
+        echo "    protocol: limine"
+        echo "# Limine 8 reads kernel_path and kernel_cmdline; later versions call them path and cmdline."
+        echo "    kernel_path: boot():/boot/rl4.elf"
+        echo "    path: boot():/boot/rl4.elf"
+        echo "    kernel_cmdline: $args"
+        echo "    cmdline: $args"
+        for m in "$@"; do
+            cp "$m" "$dir/boot/"
+            echo "    module_path: boot():/boot/$(basename "$m")"
+        done
+    } >"$dir/boot/limine/limine.conf"
+    say "building the Limine ISO build/$name.iso (BIOS and UEFI)"
+    xorriso -as mkisofs -R -r -J -b boot/limine/limine-bios-cd.bin -no-emul-boot -boot-load-size 4 \
+        -boot-info-table -hfsplus -apm-block-size 2048 --efi-boot boot/limine/limine-uefi-cd.bin \
+        -efi-boot-part --efi-boot-image --protective-msdos-label "$dir" -o "$BUILD/$name.iso" >"$BUILD/$name.xorriso.log" 2>&1 \
+        || die "xorriso failed (see build/$name.xorriso.log)"
+    "$LIMINE_TOOL" bios-install "$BUILD/$name.iso" >>"$BUILD/$name.xorriso.log" 2>&1 \
+        || die "limine bios-install failed (see build/$name.xorriso.log)"
+}
+
+# ensure_ovmf: UEFI firmware for QEMU from Debian's ovmf package (a code image and a variable
+# store of the same size). Sets OVMF_CODE and OVMF_VARS_TEMPLATE.
+find_ovmf() {
+    local pair
+    for pair in /usr/share/OVMF/OVMF_CODE_4M.fd:/usr/share/OVMF/OVMF_VARS_4M.fd \
+        /usr/share/OVMF/OVMF_CODE.fd:/usr/share/OVMF/OVMF_VARS.fd; do
+        if [ -f "${pair%%:*}" ] && [ -f "${pair##*:}" ]; then
+            OVMF_CODE="${pair%%:*}" OVMF_VARS_TEMPLATE="${pair##*:}"
+            return 0
+        fi
+    done
+    return 1
+}
+ensure_ovmf() {
+    find_ovmf && return 0
+    say "UEFI firmware for QEMU (OVMF) is not installed"
+    apt_install ovmf
+    find_ovmf || die "the ovmf package installed no OVMF_CODE/OVMF_VARS pair under /usr/share/OVMF"
+}
+
+# uefi_args: the QEMU arguments that boot through OVMF, one per line (a fresh copy of the
+# variable store each time, in build/).
+uefi_args() {
+    cp "$OVMF_VARS_TEMPLATE" "$BUILD/ovmf-vars.fd"
+    printf '%s\n' -drive "if=pflash,format=raw,unit=0,readonly=on,file=$OVMF_CODE" \
+        -drive "if=pflash,format=raw,unit=1,file=$BUILD/ovmf-vars.fd"
 }
 
 # qemu_args ACCEL SMP [CPU]: prints the common QEMU arguments, one per line.
@@ -170,4 +301,78 @@ qemu_args() {
     esac
     printf '%s\n' -smp "$smp" -m "${RL4_MEM:-256M}" -display none -no-reboot \
         -device isa-debug-exit,iobase=0xf4,iosize=0x04
+}
+
+# ---- the Linux peer (scripts/bench --peers) -----------------------------------------------------
+PEERS="$BUILD/peers"
+MUSL_TARGET=x86_64-unknown-linux-musl
+PINGPONG="$ROOT/target/$MUSL_TARGET/release/pingpong"
+
+# The ping-pong program is built statically for musl: its Rust target, added to the pinned nightly.
+ensure_musl_target() {
+    local channel
+    channel=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$ROOT/rust-toolchain.toml")
+    if ! rustup +"$channel" target list --installed 2>/dev/null | grep -qx "$MUSL_TARGET"; then
+        say "adding the Rust target $MUSL_TARGET to $channel (rustup target add), for the Linux ping-pong program"
+        rustup +"$channel" target add "$MUSL_TARGET" >&2 || die "rustup could not add $MUSL_TARGET"
+    fi
+}
+
+# build_pingpong: peers/pingpong as a static musl binary (no debug information), at $PINGPONG.
+build_pingpong() {
+    ensure_musl_target
+    say "building the Linux ping-pong program (peers/pingpong, static, target $MUSL_TARGET)"
+    (cd "$ROOT" && CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=symbols \
+        cargo build -q -p rl4-peer-pingpong --target "$MUSL_TARGET" --release) || die "ping-pong build failed"
+}
+
+# fetch_linux_kernel: Debian's amd64 kernel (the package linux-image-amd64 depends on, downloaded
+# once with `apt-get download` into build/peers/debs and unpacked there with dpkg-deb; nothing is
+# installed). Sets LINUX_VMLINUZ and LINUX_PACKAGE.
+fetch_linux_kernel() {
+    command -v dpkg-deb >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
+        || die "the Linux peer needs Debian's apt-get and dpkg-deb (to fetch linux-image-amd64)"
+    local pkg
+    pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[^ <>]*\)$/\1/p' | head -n1)
+    if [ -z "$pkg" ]; then
+        apt_update_once
+        pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[^ <>]*\)$/\1/p' | head -n1)
+    fi
+    [ -n "$pkg" ] || die "apt-cache finds no kernel package behind linux-image-amd64"
+    local dir="$PEERS/debs" deb
+    mkdir -p "$dir"
+    deb=$(ls "$dir/${pkg}_"*_amd64.deb 2>/dev/null | head -n1 || true)
+    if [ -z "$deb" ]; then
+        local ver
+        ver=$(apt-cache policy "$pkg" | sed -n 's/^ *Candidate: //p')
+        say "downloading Debian's kernel package $pkg $ver (apt-get download, about 70 MB, into build/peers/debs; not installed)"
+        (cd "$dir" && apt-get download -q "$pkg" >&2 2>"$dir/download.log") || die "apt-get download $pkg failed (see $dir/download.log)"
+        deb=$(ls "$dir/${pkg}_"*_amd64.deb | head -n1)
+    fi
+    LINUX_PACKAGE=$(basename "$deb" .deb)
+    local kdir="$PEERS/kernel/$LINUX_PACKAGE"
+    if [ ! -s "$kdir/vmlinuz" ]; then
+        say "unpacking the kernel image from $LINUX_PACKAGE.deb (dpkg-deb)"
+        rm -rf "$kdir" && mkdir -p "$kdir/x"
+        dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$kdir/x" --wildcards './boot/vmlinuz-*' './boot/config-*' \
+            || die "unpacking $deb failed"
+        mv "$kdir"/x/boot/vmlinuz-* "$kdir/vmlinuz" && mv "$kdir"/x/boot/config-* "$kdir/config" && rm -rf "$kdir/x"
+    fi
+    # The guest prints on the serial console and starts from an initramfs: both must be built in.
+    local opt
+    for opt in CONFIG_SERIAL_8250=y CONFIG_SERIAL_8250_CONSOLE=y CONFIG_BLK_DEV_INITRD=y CONFIG_RD_GZIP=y CONFIG_DEVTMPFS=y; do
+        grep -qx "$opt" "$kdir/config" || die "$LINUX_PACKAGE lacks $opt (needed by the peers run)"
+    done
+    LINUX_VMLINUZ="$kdir/vmlinuz"
+}
+
+# build_initramfs: a gzipped cpio (newc) archive holding the ping-pong program as /init and an
+# empty /dev (init mounts /proc, /sys and devtmpfs itself), at $PEERS/initramfs.gz.
+build_initramfs() {
+    command -v cpio >/dev/null 2>&1 || apt_install cpio
+    local dir="$PEERS/initramfs"
+    rm -rf "$dir" && mkdir -p "$dir/dev" "$dir/proc" "$dir/sys"
+    cp "$PINGPONG" "$dir/init"
+    (cd "$dir" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | gzip -9 >"$PEERS/initramfs.gz") \
+        || die "building the initramfs failed"
 }

@@ -1,4 +1,5 @@
-//! The two boot entries and the 32→64-bit trampoline they share.
+//! The two 32-bit boot entries and the 32→64-bit trampoline they share (the third entry, Limine's,
+//! starts in 64-bit mode: see [`crate::limine`]).
 //!
 //! Both loaders enter in 32-bit protected mode with paging off, at a physical address:
 //! * PVH (`pvh_entry`, named by the `Xen` ELF note of type 18): `ebx` = `hvm_start_info`.
@@ -12,9 +13,12 @@
 //!
 //! [`KERNEL_BASE`]: crate::layout::KERNEL_BASE
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
 /// Protocol numbers passed to `rl4_kernel_entry` in `edi`.
 pub const ENTRY_PVH: u32 = 1;
 pub const ENTRY_MULTIBOOT2: u32 = 2;
+pub const ENTRY_LIMINE: u32 = 3;
 
 core::arch::global_asm!(
     r#"
@@ -41,7 +45,7 @@ mb2_header_end:
     .long 18
     .asciz "Xen"
     .balign 4
-    .quad pvh_entry
+    .quad pvh_entry - KERNEL_BASE
 
     .section .text.boot, "ax"
     .code32
@@ -65,8 +69,8 @@ mb2_entry:
 boot32:
     /* edi = protocol, esi = info address, edx = loader magic. Keep them in ebp/esi/edi. */
     mov %edx, %ebp
-    lgdt boot_gdtr
-    ljmp $0x08, $1f
+    lgdt (boot_gdtr - KERNEL_BASE)
+    ljmp $0x08, $(1f - KERNEL_BASE)
 1:  mov $0x10, %eax
     mov %eax, %ds
     mov %eax, %es
@@ -86,18 +90,18 @@ boot32:
     /* Remember NX support (edx bit 20) in bit 0 of boot_nx. */
     shr $20, %edx
     and $1, %edx
-    mov %edx, boot_nx
+    mov %edx, (boot_nx - KERNEL_BASE)
 
     /* Zero the boot page tables (7 pages: PML4, PDPT low, PDPT high, 4 PDs). */
     push %edi
-    mov $boot_pml4, %edi
+    mov $(boot_pml4 - KERNEL_BASE), %edi
     mov $(7 * 1024), %ecx
     xor %eax, %eax
     rep stosl
     pop %edi
 
     /* 4 PDs of 2 MiB pages: 0..4 GiB. */
-    mov $boot_pd, %ebx
+    mov $(boot_pd - KERNEL_BASE), %ebx
     xor %ecx, %ecx
 2:  mov %ecx, %eax
     shl $21, %eax
@@ -111,11 +115,11 @@ boot32:
     jne 2b
 
     /* PDPT low: 4 entries -> the 4 PDs. */
-    mov $boot_pdpt_lo, %ebx
+    mov $(boot_pdpt_lo - KERNEL_BASE), %ebx
     xor %ecx, %ecx
 3:  mov %ecx, %eax
     shl $12, %eax
-    add $boot_pd, %eax
+    add $(boot_pd - KERNEL_BASE), %eax
     or $0x03, %eax
     mov %eax, (%ebx, %ecx, 8)
     inc %ecx
@@ -123,37 +127,37 @@ boot32:
     jne 3b
 
     /* PDPT high: slot 510 (0xffffffff80000000) -> first PD (0..1 GiB). */
-    mov $(boot_pd + 0x03), %eax
-    mov %eax, boot_pdpt_hi + 510 * 8
+    mov $(boot_pd - KERNEL_BASE + 0x03), %eax
+    mov %eax, (boot_pdpt_hi - KERNEL_BASE + 510 * 8)
 
     /* PML4: 0 (identity), 256 (direct map), 511 (kernel image). */
-    mov $(boot_pdpt_lo + 0x03), %eax
-    mov %eax, boot_pml4
-    mov %eax, boot_pml4 + 256 * 8
-    mov $(boot_pdpt_hi + 0x03), %eax
-    mov %eax, boot_pml4 + 511 * 8
+    mov $(boot_pdpt_lo - KERNEL_BASE + 0x03), %eax
+    mov %eax, (boot_pml4 - KERNEL_BASE)
+    mov %eax, (boot_pml4 - KERNEL_BASE + 256 * 8)
+    mov $(boot_pdpt_hi - KERNEL_BASE + 0x03), %eax
+    mov %eax, (boot_pml4 - KERNEL_BASE + 511 * 8)
 
     /* PAE, then CR3, then EFER.LME (+NXE), then paging. */
     mov %cr4, %eax
     or $0x20, %eax
     mov %eax, %cr4
-    mov $boot_pml4, %eax
+    mov $(boot_pml4 - KERNEL_BASE), %eax
     mov %eax, %cr3
     mov $0xC0000080, %ecx
     rdmsr
     or $0x100, %eax
-    testl $1, boot_nx
+    testl $1, (boot_nx - KERNEL_BASE)
     jz 4f
     or $0x800, %eax
 4:  wrmsr
     mov %cr0, %eax
     or $0x80010001, %eax        /* PG | WP | PE */
     mov %eax, %cr0
-    ljmp $0x18, $boot64
+    ljmp $0x18, $(boot64 - KERNEL_BASE)
 
 no_long_mode:
     /* Say so on COM1 and stop: this CPU cannot run rl4. */
-    mov $no_lm_msg, %esi
+    mov $(no_lm_msg - KERNEL_BASE), %esi
 5:  lodsb
     test %al, %al
     jz 7f
@@ -208,7 +212,7 @@ boot_gdt:
     .quad 0x00af9a000000ffff    /* 0x18: 64-bit code */
 boot_gdtr:
     .short 4 * 8 - 1
-    .long boot_gdt
+    .long boot_gdt - KERNEL_BASE
 no_lm_msg:
     .asciz "rl4: this CPU has no long mode (x86_64); stopping.\r\n"
 
@@ -236,8 +240,10 @@ boot_stack_top:
 );
 
 unsafe extern "C" {
-    /// The first page of the boot page tables (physical address; below 4 GiB).
+    /// The first page of the boot page tables (in the boot segment, below 4 GiB physically).
     static boot_pml4: u8;
+    static __kernel_virt_start: u8;
+    static __kernel_virt_end: u8;
     static __kernel_phys_start: u8;
     static __kernel_phys_end: u8;
     static __text_start: u8;
@@ -248,13 +254,43 @@ unsafe extern "C" {
     static __bss_end: u8;
 }
 
-/// Physical address of the boot PML4 (used by the AP trampoline, which starts with paging off).
-pub fn boot_pml4_phys() -> u64 {
-    (&raw const boot_pml4) as u64
+/// Where the image is when Limine loaded it: virtual − physical (0: not loaded by Limine, the
+/// image is at its link address minus `KERNEL_BASE`).
+static LIMINE_SHIFT: AtomicU64 = AtomicU64::new(0);
+/// Physical address of the Limine path's boot PML4.
+static LIMINE_PML4: AtomicU64 = AtomicU64::new(0);
+
+/// Records where Limine put the image and the boot PML4 built for it.
+pub(crate) fn set_limine_image(shift: u64, pml4: u64) {
+    LIMINE_SHIFT.store(shift, Ordering::Relaxed);
+    LIMINE_PML4.store(pml4, Ordering::Relaxed);
 }
 
-/// Physical extent of the whole kernel image (boot section, text, data, bss).
+/// The physical address of the kernel image's byte at virtual address `va`.
+pub fn image_phys(va: u64) -> u64 {
+    match LIMINE_SHIFT.load(Ordering::Relaxed) {
+        0 => va - crate::layout::KERNEL_BASE,
+        shift => va.wrapping_sub(shift),
+    }
+}
+
+/// Physical address of the boot PML4 (used by the AP trampoline, which starts with paging off):
+/// the low boot segment's, or the Limine path's.
+pub fn boot_pml4_phys() -> u64 {
+    match LIMINE_PML4.load(Ordering::Relaxed) {
+        0 => image_phys((&raw const boot_pml4) as u64),
+        pml4 => pml4,
+    }
+}
+
+/// Physical extent of the whole kernel image (boot segment, text, data, bss), wherever the boot
+/// loader put it.
 pub fn kernel_phys_range() -> rl4_core::memmap::Range {
+    if LIMINE_SHIFT.load(Ordering::Relaxed) != 0 {
+        let s = image_phys((&raw const __kernel_virt_start) as u64);
+        let e = image_phys((&raw const __kernel_virt_end) as u64);
+        return rl4_core::memmap::Range::new(s, e);
+    }
     let s = (&raw const __kernel_phys_start) as u64;
     let e = (&raw const __kernel_phys_end) as u64;
     rl4_core::memmap::Range::new(s, e)

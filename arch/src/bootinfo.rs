@@ -7,6 +7,13 @@
 //!   tags: command line (1), loader name (2), modules (3), memory map (6), and a *copy* of the
 //!   RSDP (14 = ACPI 1.0, 15 = ACPI 2.0+); the copy's own address is used as the RSDP address.
 //!
+//! * **Limine** (a Limine ISO, BIOS or UEFI): the kernel's requests in its `.requests` section
+//!   are answered before it runs; the 64-bit entry (`arch/src/limine.rs`) notes where the
+//!   responses are ([`LimineHandoff`]) while the boot loader's page tables still map them, and
+//!   [`parse_limine`] reads them: memory map, modules, command line (kernel file), RSDP, firmware
+//!   type, boot loader name. Limine's pointers are higher-half direct map (HHDM) addresses; each
+//!   is turned back into a physical address and checked.
+//!
 //! Parsing reads physical memory only through [`PhysMem`], copies everything it needs into a
 //! fixed-size [`BootInfo`] (the kernel has no heap yet), and checks every length and address it
 //! is given, so a truncated or malformed structure is an error, not a wild read. The physical
@@ -37,11 +44,56 @@ pub const MAX_MEMMAP: usize = 128;
 pub const MAX_MODULES: usize = 16;
 pub const MAX_CMDLINE: usize = 1024;
 pub const MAX_INFO_RANGES: usize = 4 + MAX_MODULES;
+pub const MAX_LOADER_NAME: usize = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
     Pvh,
     Multiboot2,
+    Limine,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Pvh => "PVH",
+            Protocol::Multiboot2 => "Multiboot2",
+            Protocol::Limine => "Limine",
+        }
+    }
+}
+
+/// The firmware under the boot loader, as far as the protocol says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Firmware {
+    /// A PC BIOS: a PC/AT platform (8259 PICs, 8254 PIT) may be assumed.
+    Bios,
+    /// UEFI: no legacy devices are promised; ACPI says what the machine has.
+    Uefi,
+    /// The protocol does not say (PVH).
+    Unstated,
+}
+
+impl Firmware {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Firmware::Bios => "BIOS",
+            Firmware::Uefi => "UEFI",
+            Firmware::Unstated => "not stated (a PC/AT is assumed)",
+        }
+    }
+}
+
+/// What the Limine path adds to [`BootInfo`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimineDetails {
+    /// The base revision Limine loaded the kernel with.
+    pub base_revision: u64,
+    /// Limine's higher-half direct map offset.
+    pub hhdm: u64,
+    /// Where Limine put the kernel image: physical and virtual base.
+    pub kernel_phys: u64,
+    pub kernel_virt: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,12 +117,24 @@ pub enum BootError {
     BadLength(u64),
     /// No memory map was passed.
     NoMemoryMap,
+    /// A Limine pointer that is not an address in its higher-half direct map.
+    BadPointer(u64),
+    /// Limine did not accept the base revision rl4 asks for (it reports the one it loaded with,
+    /// 0 when it does not say).
+    UnsupportedRevision(u64),
+    /// Limine did not answer a request rl4 cannot boot without.
+    Missing(&'static str),
 }
 
 /// Everything the kernel learns from its boot loader.
 #[derive(Clone, Debug)]
 pub struct BootInfo {
     pub protocol: Protocol,
+    pub firmware: Firmware,
+    loader: [u8; MAX_LOADER_NAME],
+    loader_len: usize,
+    /// Limine only: revision, HHDM and where the kernel was loaded.
+    pub limine: Option<LimineDetails>,
     memmap: [MemEntry; MAX_MEMMAP],
     memmap_len: usize,
     /// Entries past `MAX_MEMMAP` that were dropped.
@@ -92,6 +156,10 @@ impl BootInfo {
     fn new(protocol: Protocol) -> Self {
         BootInfo {
             protocol,
+            firmware: Firmware::Unstated,
+            loader: [0; MAX_LOADER_NAME],
+            loader_len: 0,
+            limine: None,
             memmap: [MemEntry { range: Range::new(0, 0), kind: MemKind::Reserved }; MAX_MEMMAP],
             memmap_len: 0,
             memmap_dropped: 0,
@@ -118,14 +186,29 @@ impl BootInfo {
     }
     /// The command line; bytes that are not UTF-8 end it early.
     pub fn cmdline(&self) -> &str {
-        let b = &self.cmdline[..self.cmdline_len];
-        match core::str::from_utf8(b) {
-            Ok(s) => s,
-            Err(e) => core::str::from_utf8(&b[..e.valid_up_to()]).unwrap_or(""),
-        }
+        utf8_prefix(&self.cmdline[..self.cmdline_len])
+    }
+    /// The boot loader's name (and version), when the protocol passes one ("" otherwise).
+    pub fn loader(&self) -> &str {
+        utf8_prefix(&self.loader[..self.loader_len])
     }
 
-    fn push_mem(&mut self, start: u64, len: u64, kind: u32) {
+    /// Appends the NUL-terminated string at `pa` to the loader name (at most `max` bytes of
+    /// it), as far as there is room.
+    fn append_loader(&mut self, mem: &impl PhysMem, pa: u64, max: u64) -> Result<(), BootError> {
+        let mut byte = [0u8];
+        for i in 0..max {
+            mem.read(pa + i, &mut byte).ok_or(BootError::Unreadable(pa + i))?;
+            if byte[0] == 0 || self.loader_len == MAX_LOADER_NAME {
+                break;
+            }
+            self.loader[self.loader_len] = byte[0];
+            self.loader_len += 1;
+        }
+        Ok(())
+    }
+
+    fn push_mem(&mut self, start: u64, len: u64, kind: MemKind) {
         let Some(end) = start.checked_add(len) else { return };
         if len == 0 {
             return;
@@ -134,7 +217,7 @@ impl BootInfo {
             self.memmap_dropped += 1;
             return;
         }
-        self.memmap[self.memmap_len] = MemEntry { range: Range::new(start, end), kind: MemKind::from_e820(kind) };
+        self.memmap[self.memmap_len] = MemEntry { range: Range::new(start, end), kind };
         self.memmap_len += 1;
     }
 
@@ -173,6 +256,13 @@ impl BootInfo {
         }
         self.cmdline_len = n;
         Ok(())
+    }
+}
+
+fn utf8_prefix(b: &[u8]) -> &str {
+    match core::str::from_utf8(b) {
+        Ok(s) => s,
+        Err(e) => core::str::from_utf8(&b[..e.valid_up_to()]).unwrap_or(""),
     }
 }
 
@@ -224,7 +314,7 @@ pub fn parse_pvh(mem: &impl PhysMem, pa: u64) -> Result<BootInfo, BootError> {
     bi.push_info(memmap, entries * 24);
     for i in 0..entries {
         let e = memmap + i * 24;
-        bi.push_mem(rd64(e)?, rd64(e + 8)?, rd32(e + 16)?);
+        bi.push_mem(rd64(e)?, rd64(e + 8)?, MemKind::from_e820(rd32(e + 16)?));
     }
     Ok(bi)
 }
@@ -241,6 +331,7 @@ pub fn parse_multiboot2(mem: &impl PhysMem, magic: u32, pa: u64) -> Result<BootI
         return Err(BootError::BadLength(total));
     }
     let mut bi = BootInfo::new(Protocol::Multiboot2);
+    bi.firmware = Firmware::Bios;
     bi.push_info(pa, total);
     let end = pa + total;
     let mut tag = pa + 8;
@@ -255,6 +346,9 @@ pub fn parse_multiboot2(mem: &impl PhysMem, magic: u32, pa: u64) -> Result<BootI
         match ty {
             0 => break,
             1 => bi.read_cmdline(mem, tag + 8, (size - 8) as usize)?,
+            2 => bi.append_loader(mem, tag + 8, size - 8)?,
+            // The EFI system table pointer (32- or 64-bit): GRUB ran on UEFI.
+            11 | 12 => bi.firmware = Firmware::Uefi,
             3 if size >= 16 => {
                 let (s, e) = (rd32(tag + 8)? as u64, rd32(tag + 12)? as u64);
                 bi.push_module(s, e.max(s));
@@ -267,7 +361,7 @@ pub fn parse_multiboot2(mem: &impl PhysMem, magic: u32, pa: u64) -> Result<BootI
                 have_mmap = true;
                 let mut e = tag + 16;
                 while e + esize <= tag + size {
-                    bi.push_mem(rd64(e)?, rd64(e + 8)?, rd32(e + 16)?);
+                    bi.push_mem(rd64(e)?, rd64(e + 8)?, MemKind::from_e820(rd32(e + 16)?));
                     e += esize;
                 }
             }
@@ -280,6 +374,153 @@ pub fn parse_multiboot2(mem: &impl PhysMem, magic: u32, pa: u64) -> Result<BootI
     bi.rsdp = rsdp_v2.or(rsdp_v1);
     if !have_mmap {
         return Err(BootError::NoMemoryMap);
+    }
+    Ok(bi)
+}
+
+/// The base revision of the Limine protocol rl4 asks for: 2, the highest Limine 8.2.0 accepts
+/// (a Limine that does not accept the revision asked for leaves the tag alone, and rl4 refuses
+/// to go on). Pointers in responses are HHDM addresses; the RSDP
+/// address is one too up to revision 2 and physical from 3 on, so both are accepted.
+pub const LIMINE_BASE_REVISION: u64 = 2;
+
+/// What the Limine entry noted while Limine's page tables were still loaded: the answers it
+/// needs at once (HHDM offset, kernel address) and where the other responses are (their HHDM
+/// addresses, 0 when Limine gave none). [`parse_limine`] reads the rest through [`PhysMem`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LimineHandoff {
+    /// Limine accepted [`LIMINE_BASE_REVISION`].
+    pub revision_supported: bool,
+    /// The base revision Limine says it loaded the kernel with, if it says.
+    pub loaded_revision: Option<u64>,
+    pub hhdm: Option<u64>,
+    /// Kernel address response: (physical base, virtual base).
+    pub kernel_address: Option<(u64, u64)>,
+    pub memmap: u64,
+    pub modules: u64,
+    pub rsdp: u64,
+    /// Executable (kernel) file response: its `cmdline` is the kernel command line in Limine 8.
+    pub kernel_file: u64,
+    /// Executable command line response (newer Limines), preferred when present.
+    pub cmdline: u64,
+    pub firmware: u64,
+    pub bootloader: u64,
+}
+
+/// Limine's memory map types.
+pub fn limine_mem_kind(t: u64) -> MemKind {
+    match t {
+        0 => MemKind::Usable,
+        1 => MemKind::Reserved,
+        2 => MemKind::AcpiReclaimable,
+        3 => MemKind::AcpiNvs,
+        4 => MemKind::Defective,
+        5 => MemKind::BootloaderReclaimable,
+        6 => MemKind::KernelAndModules,
+        7 => MemKind::Framebuffer,
+        n => MemKind::Other(u32::try_from(n).unwrap_or(u32::MAX)),
+    }
+}
+
+/// Highest physical address rl4 believes (52 bits, the architectural limit).
+const MAX_PHYS: u64 = 1 << 52;
+
+/// Parses Limine's responses (see [`LimineHandoff`]).
+pub fn parse_limine(mem: &impl PhysMem, h: &LimineHandoff) -> Result<BootInfo, BootError> {
+    if !h.revision_supported {
+        return Err(BootError::UnsupportedRevision(h.loaded_revision.unwrap_or(0)));
+    }
+    let hhdm = h.hhdm.ok_or(BootError::Missing("higher-half direct map"))?;
+    // An HHDM address back to physical; anything outside the direct map is refused.
+    let phys = |va: u64| va.checked_sub(hhdm).filter(|&pa| pa < MAX_PHYS).ok_or(BootError::BadPointer(va));
+    let rd64 = |a: u64| mem.u64(a).ok_or(BootError::Unreadable(a));
+    let mut bi = BootInfo::new(Protocol::Limine);
+    let (kernel_phys, kernel_virt) = h.kernel_address.ok_or(BootError::Missing("kernel address"))?;
+    bi.limine = Some(LimineDetails {
+        base_revision: h.loaded_revision.unwrap_or(LIMINE_BASE_REVISION),
+        hhdm,
+        kernel_phys,
+        kernel_virt,
+    });
+
+    // Memory map: revision, entry_count, entries (array of pointers to base, length, type).
+    if h.memmap == 0 {
+        return Err(BootError::NoMemoryMap);
+    }
+    let resp = phys(h.memmap)?;
+    bi.push_info(resp, 24);
+    let count = rd64(resp + 8)?;
+    if count == 0 {
+        return Err(BootError::NoMemoryMap);
+    }
+    if count > 65536 {
+        return Err(BootError::BadLength(count));
+    }
+    let array = phys(rd64(resp + 16)?)?;
+    bi.push_info(array, count * 8);
+    for i in 0..count {
+        let e = phys(rd64(array + i * 8)?)?;
+        bi.push_mem(rd64(e)?, rd64(e + 8)?, limine_mem_kind(rd64(e + 16)?));
+    }
+
+    // Modules: revision, module_count, modules (array of pointers to `limine_file`).
+    if h.modules != 0 {
+        let resp = phys(h.modules)?;
+        let count = rd64(resp + 8)?;
+        if count > 4096 {
+            return Err(BootError::BadLength(count));
+        }
+        if count > 0 {
+            let array = phys(rd64(resp + 16)?)?;
+            for i in 0..count {
+                let file = phys(rd64(array + i * 8)?)?;
+                let (start, size) = (phys(rd64(file + 8)?)?, rd64(file + 16)?);
+                let end = start.checked_add(size).filter(|&e| e <= MAX_PHYS).ok_or(BootError::BadLength(size))?;
+                bi.push_module(start, end);
+            }
+        }
+    }
+
+    // Command line: the executable command line response, else the kernel file's `cmdline`.
+    let cmdline = if h.cmdline != 0 {
+        rd64(phys(h.cmdline)? + 8)?
+    } else if h.kernel_file != 0 {
+        let file = phys(rd64(phys(h.kernel_file)? + 8)?)?;
+        rd64(file + 32)?
+    } else {
+        0
+    };
+    if cmdline != 0 {
+        bi.read_cmdline(mem, phys(cmdline)?, usize::MAX)?;
+    }
+
+    // RSDP: an HHDM address up to base revision 2, physical from 3 on.
+    if h.rsdp != 0 {
+        let a = rd64(phys(h.rsdp)? + 8)?;
+        bi.rsdp = match a {
+            0 => None,
+            a if a >= hhdm => Some(phys(a)?),
+            a if a < MAX_PHYS => Some(a),
+            a => return Err(BootError::BadPointer(a)),
+        };
+    }
+
+    if h.firmware != 0 {
+        bi.firmware = match rd64(phys(h.firmware)? + 8)? {
+            0 => Firmware::Bios,
+            1 | 2 => Firmware::Uefi,
+            _ => Firmware::Unstated,
+        };
+    }
+    if h.bootloader != 0 {
+        let resp = phys(h.bootloader)?;
+        let (name, version) = (phys(rd64(resp + 8)?)?, phys(rd64(resp + 16)?)?);
+        bi.append_loader(mem, name, 32)?;
+        if bi.loader_len < MAX_LOADER_NAME {
+            bi.loader[bi.loader_len] = b' ';
+            bi.loader_len += 1;
+        }
+        bi.append_loader(mem, version, 32)?;
     }
     Ok(bi)
 }
@@ -434,5 +675,141 @@ mod tests {
         assert_eq!(parse_multiboot2(&m, 0x2bad_b002, 0x10000).unwrap_err(), BootError::BadMagic(0x2bad_b002));
         m.put32(0x1000c, 0x10_0000); // first tag's size runs past the end
         assert!(matches!(parse_multiboot2(&m, MULTIBOOT2_MAGIC, 0x10000), Err(BootError::BadLength(_))));
+    }
+
+    const HHDM: u64 = 0xffff_8000_0000_0000;
+
+    /// Limine's responses as Limine 8.2.0 lays them out, at physical 0x1000.., pointers as HHDM
+    /// addresses.
+    fn limine_image() -> (Mem, LimineHandoff) {
+        let mut m = Mem { base: 0x1000, bytes: vec![] };
+        // memory map response and its three entries
+        m.put64(0x1000, 0);
+        m.put64(0x1008, 3);
+        m.put64(0x1010, HHDM + 0x1100);
+        for (i, (base, len, ty)) in [(0x1000u64, 0x9e000u64, 0u64), (0x10_0000, 0x20_0000, 5), (0x30_0000, 0x40_0000, 6)].iter().enumerate() {
+            let e = 0x1200 + i as u64 * 24;
+            m.put64(0x1100 + i as u64 * 8, HHDM + e);
+            m.put64(e, *base);
+            m.put64(e + 8, *len);
+            m.put64(e + 16, *ty);
+        }
+        // modules response: one module
+        m.put64(0x1300, 1);
+        m.put64(0x1308, 1);
+        m.put64(0x1310, HHDM + 0x1340);
+        m.put64(0x1340, HHDM + 0x1400);
+        m.put64(0x1408, HHDM + 0x20_0000);
+        m.put64(0x1410, 0x3000);
+        // kernel file response: its cmdline
+        m.put64(0x1508, HHDM + 0x1600);
+        m.put64(0x1620, HHDM + 0x1700);
+        m.put(0x1700, b"run=boot maxcpus=2\0");
+        // RSDP (an HHDM address up to base revision 2), firmware type (UEFI 64), boot loader name
+        m.put64(0x1808, HHDM + 0xf_5250);
+        m.put64(0x1908, 2);
+        m.put64(0x1a08, HHDM + 0x1b00);
+        m.put64(0x1a10, HHDM + 0x1b20);
+        m.put(0x1b00, b"Limine\0");
+        m.put(0x1b20, b"8.2.0\0");
+        m.put64(0x1c00, 0);
+        let h = LimineHandoff {
+            revision_supported: true,
+            loaded_revision: Some(2),
+            hhdm: Some(HHDM),
+            kernel_address: Some((0x7e0_0000, 0xffff_ffff_8010_9000)),
+            memmap: HHDM + 0x1000,
+            modules: HHDM + 0x1300,
+            rsdp: HHDM + 0x1800,
+            kernel_file: HHDM + 0x1500,
+            cmdline: 0,
+            firmware: HHDM + 0x1900,
+            bootloader: HHDM + 0x1a00,
+        };
+        (m, h)
+    }
+
+    #[test]
+    fn limine_parses_every_response() {
+        let (m, h) = limine_image();
+        let bi = parse_limine(&m, &h).unwrap();
+        assert_eq!(bi.protocol, Protocol::Limine);
+        assert_eq!(bi.firmware, Firmware::Uefi);
+        assert_eq!(bi.loader(), "Limine 8.2.0");
+        assert_eq!(bi.cmdline(), "run=boot maxcpus=2");
+        assert_eq!(bi.rsdp, Some(0xf_5250));
+        assert_eq!(bi.modules(), &[Module { range: Range::new(0x20_0000, 0x20_3000) }]);
+        let kinds: Vec<_> = bi.memory_map().iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, [MemKind::Usable, MemKind::BootloaderReclaimable, MemKind::KernelAndModules]);
+        assert_eq!(bi.memory_map()[0].range, Range::new(0x1000, 0x9f000));
+        assert_eq!(
+            bi.limine,
+            Some(LimineDetails { base_revision: 2, hhdm: HHDM, kernel_phys: 0x7e0_0000, kernel_virt: 0xffff_ffff_8010_9000 })
+        );
+        // The module counts as boot information: the frame allocator must never hand it out.
+        assert!(bi.info_ranges().iter().any(|r| r.start <= 0x20_0000 && 0x20_2fff < r.end));
+    }
+
+    #[test]
+    fn limine_prefers_the_cmdline_response_and_takes_a_physical_rsdp() {
+        let (mut m, mut h) = limine_image();
+        m.put64(0x1c08, HHDM + 0x1d00);
+        m.put(0x1d00, b"hz=250\0");
+        h.cmdline = HHDM + 0x1c00;
+        m.put64(0x1808, 0xf_5250); // base revision 3 and later: physical
+        let bi = parse_limine(&m, &h).unwrap();
+        assert_eq!(bi.cmdline(), "hz=250");
+        assert_eq!(bi.rsdp, Some(0xf_5250));
+        // Without firmware, boot loader, modules, RSDP or command line responses: still a boot.
+        let h = LimineHandoff { modules: 0, rsdp: 0, kernel_file: 0, cmdline: 0, firmware: 0, bootloader: 0, ..h };
+        let bi = parse_limine(&m, &h).unwrap();
+        assert_eq!((bi.firmware, bi.loader(), bi.cmdline(), bi.rsdp, bi.modules().len()), (Firmware::Unstated, "", "", None, 0));
+    }
+
+    #[test]
+    fn limine_rejects_what_it_cannot_trust() {
+        let (mut m, h) = limine_image();
+        let no = |h: LimineHandoff, m: &Mem| parse_limine(m, &h).unwrap_err();
+        assert_eq!(no(LimineHandoff { revision_supported: false, loaded_revision: Some(2), ..h }, &m), BootError::UnsupportedRevision(2));
+        assert_eq!(no(LimineHandoff { hhdm: None, ..h }, &m), BootError::Missing("higher-half direct map"));
+        assert_eq!(no(LimineHandoff { kernel_address: None, ..h }, &m), BootError::Missing("kernel address"));
+        assert_eq!(no(LimineHandoff { memmap: 0, ..h }, &m), BootError::NoMemoryMap);
+        // A pointer that is not in the direct map, or an RSDP past the 52-bit limit.
+        assert_eq!(no(LimineHandoff { memmap: 0x1000, ..h }, &m), BootError::BadPointer(0x1000));
+        assert_eq!(no(LimineHandoff { rsdp: 0x1800, ..h }, &m), BootError::BadPointer(0x1800));
+        let mut bad_rsdp = limine_image().0;
+        bad_rsdp.put64(0x1808, 1 << 60); // neither in the HHDM nor a physical address
+        assert_eq!(no(h, &bad_rsdp), BootError::BadPointer(1 << 60));
+        // An entry pointer into memory that is not there.
+        m.put64(0x1108, HHDM + 0xdead_0000);
+        assert_eq!(no(h, &m), BootError::Unreadable(0xdead_0000));
+        let (mut m, h) = limine_image();
+        m.put64(0x1008, 1 << 20);
+        assert_eq!(no(h, &m), BootError::BadLength(1 << 20));
+        // A module whose size runs past the physical address space.
+        let (mut m, h) = limine_image();
+        m.put64(0x1410, u64::MAX - 0x1000);
+        assert_eq!(no(h, &m), BootError::BadLength(u64::MAX - 0x1000));
+    }
+
+    #[test]
+    fn multiboot2_tells_uefi_from_bios_and_names_the_loader() {
+        let m = mb2_image();
+        let bi = parse_multiboot2(&m, MULTIBOOT2_MAGIC, 0x10000).unwrap();
+        assert_eq!((bi.firmware, bi.loader()), (Firmware::Bios, ""));
+        // Append a loader name tag and an EFI 64-bit system table tag before the end tag.
+        let mut m = mb2_image();
+        let end = 0x10000 + m.bytes.len() as u64 - 8;
+        m.put32(end, 2);
+        m.put32(end + 4, 8 + 10);
+        m.put(end + 8, b"GRUB 2.06\0");
+        m.put32(end + 24, 12);
+        m.put32(end + 28, 16);
+        m.put64(end + 32, 0x7f00_0000);
+        m.put32(end + 40, 0);
+        m.put32(end + 44, 8);
+        m.put32(0x10000, (end + 48 - 0x10000) as u32);
+        let bi = parse_multiboot2(&m, MULTIBOOT2_MAGIC, 0x10000).unwrap();
+        assert_eq!((bi.firmware, bi.loader()), (Firmware::Uefi, "GRUB 2.06"));
     }
 }

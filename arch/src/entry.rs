@@ -6,7 +6,8 @@
 //! [`UserRegs`] (its end address is `gs:32`), resets the stack to the top of the CPU's kernel
 //! stack (`gs:16`) and calls into the kernel:
 //!
-//! * `syscall` → `rl4_syscall(number)`;
+//! * `syscall` → `rl4_syscall(number)`, which returns 1 when the same thread goes on with
+//!   only its result and argument registers changed (a short way back), 0 otherwise;
 //! * an interrupt or exception from user mode → `rl4_user_trap(vector, error_code)`;
 //! * an interrupt in kernel mode (only the idle loop runs with interrupts on) →
 //!   `rl4_kernel_interrupt(vector)`, then back where it was; an exception in kernel mode is a
@@ -53,6 +54,17 @@ pub struct UserRegs {
 }
 
 const _: () = assert!(core::mem::size_of::<UserRegs>() == 160);
+// The entry code addresses the block by these offsets from its end (-160 + offset).
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(UserRegs, rax) == 0 && offset_of!(UserRegs, rbx) == 8 && offset_of!(UserRegs, rcx) == 16);
+    assert!(offset_of!(UserRegs, rdx) == 24 && offset_of!(UserRegs, rsi) == 32 && offset_of!(UserRegs, rdi) == 40);
+    assert!(offset_of!(UserRegs, rbp) == 48 && offset_of!(UserRegs, r8) == 56 && offset_of!(UserRegs, r9) == 64);
+    assert!(offset_of!(UserRegs, r10) == 72 && offset_of!(UserRegs, r11) == 80 && offset_of!(UserRegs, r12) == 88);
+    assert!(offset_of!(UserRegs, r13) == 96 && offset_of!(UserRegs, r14) == 104 && offset_of!(UserRegs, r15) == 112);
+    assert!(offset_of!(UserRegs, rip) == 120 && offset_of!(UserRegs, cs) == 128 && offset_of!(UserRegs, rflags) == 136);
+    assert!(offset_of!(UserRegs, rsp) == 144 && offset_of!(UserRegs, ss) == 152);
+};
 
 /// User segment selectors (GDT entries 4 and 3, RPL 3).
 pub const USER_CS: u64 = 0x23;
@@ -140,38 +152,79 @@ rl4_syscall_entry:
     swapgs
     mov gs:[24], rsp
     mov rsp, gs:[32]
-    push 0x1b
-    push qword ptr gs:[24]
-    push r11
-    push 0x23
-    push rcx
-    push r15
-    push r14
-    push r13
-    push r12
-    push r11
-    push r10
-    push r9
-    push r8
-    push rbp
-    push rdi
-    push rsi
-    push rdx
-    push rcx
-    push rbx
-    push rax
+    /* Straight into the thread's register block (rsp = its end). `rcx` and `r11` are not
+       stored in their own slots: `syscall` put the user's rip and rflags there, which go to
+       the iret-frame slots, and the ABI lets a system call clobber both. The constant CS and
+       SS slots were written when the thread was made. */
+    mov [rsp - 160], rax
+    mov [rsp - 152], rbx
+    mov [rsp - 136], rdx
+    mov [rsp - 128], rsi
+    mov [rsp - 120], rdi
+    mov [rsp - 112], rbp
+    mov [rsp - 104], r8
+    mov [rsp - 96], r9
+    mov [rsp - 88], r10
+    mov [rsp - 72], r12
+    mov [rsp - 64], r13
+    mov [rsp - 56], r14
+    mov [rsp - 48], r15
+    mov [rsp - 40], rcx
+    mov [rsp - 24], r11
+    mov rcx, gs:[24]
+    mov [rsp - 16], rcx
     mov qword ptr gs:[40], 0
     mov rsp, gs:[16]
     xor ebp, ebp
     mov rdi, rax
     call rl4_syscall
-    jmp rl4_return_to_user
+    /* rax = 1: the same thread goes on, and the kernel changed none of its registers but
+       the result and argument ones (rax, rdi, rsi, rdx, r8..r10): the callee-saved ones are
+       still its own (Rust preserved them), so only those come back, and rbp (zeroed above so
+       that a kernel backtrace ends here instead of following a user value). */
+    test eax, eax
+    jz rl4_return_to_user
+    cmp qword ptr gs:[40], 0
+    jne rl4_return_to_user
+    mov rsp, gs:[32]
+    mov rax, [rsp - 160]
+    mov rbp, [rsp - 112]
+    mov rdx, [rsp - 136]
+    mov rsi, [rsp - 128]
+    mov rdi, [rsp - 120]
+    mov r8, [rsp - 104]
+    mov r9, [rsp - 96]
+    mov r10, [rsp - 88]
+    mov rcx, [rsp - 40]
+    mov r11, [rsp - 24]
+    mov rsp, [rsp - 16]
+    swapgs
+    sysretq
 
     .global rl4_return_to_user
 rl4_return_to_user:
     mov rsp, gs:[32]
-    sub rsp, 160
     cmp qword ptr gs:[40], 0
+    jne 2f
+    mov rax, [rsp - 160]
+    mov rbx, [rsp - 152]
+    mov rdx, [rsp - 136]
+    mov rsi, [rsp - 128]
+    mov rdi, [rsp - 120]
+    mov rbp, [rsp - 112]
+    mov r8, [rsp - 104]
+    mov r9, [rsp - 96]
+    mov r10, [rsp - 88]
+    mov r12, [rsp - 72]
+    mov r13, [rsp - 64]
+    mov r14, [rsp - 56]
+    mov r15, [rsp - 48]
+    mov rcx, [rsp - 40]
+    mov r11, [rsp - 24]
+    mov rsp, [rsp - 16]
+    swapgs
+    sysretq
+2:  sub rsp, 160
     pop rax
     pop rbx
     pop rcx
@@ -187,13 +240,7 @@ rl4_return_to_user:
     pop r13
     pop r14
     pop r15
-    jne 2f
-    mov rcx, [rsp]
-    mov r11, [rsp + 16]
-    mov rsp, [rsp + 24]
     swapgs
-    sysretq
-2:  swapgs
     iretq
 
 rl4_trap_common:

@@ -1,7 +1,7 @@
 //! The x86_64 layer of rl4.
 //!
-//! Everything that knows the CPU lives here: the two boot entries (PVH and Multiboot2) and the
-//! 32→64-bit trampoline they share, descriptor tables, exception reporting, paging, the serial
+//! Everything that knows the CPU lives here: the three boot entries (PVH and Multiboot2, with the
+//! 32→64-bit trampoline they share, and Limine's 64-bit one), descriptor tables, exception reporting, paging, the serial
 //! console, MSRs, CPUID, the TSC and the legacy timer chips. Nothing here knows about IPC or
 //! scheduling; `rl4-smp` builds on it and the kernel wires it together.
 //!
@@ -17,7 +17,7 @@ pub mod layout;
 #[cfg(target_os = "none")]
 mod boot;
 #[cfg(target_os = "none")]
-pub use boot::{ENTRY_MULTIBOOT2, ENTRY_PVH, boot_pml4_phys, kernel_phys_range, kernel_sections};
+pub use boot::{ENTRY_LIMINE, ENTRY_MULTIBOOT2, ENTRY_PVH, boot_pml4_phys, image_phys, kernel_phys_range, kernel_sections};
 #[cfg(target_os = "none")]
 pub mod console;
 #[cfg(target_os = "none")]
@@ -28,6 +28,8 @@ pub mod entry;
 pub mod gdt;
 #[cfg(target_os = "none")]
 pub mod idt;
+#[cfg(target_os = "none")]
+pub mod limine;
 #[cfg(target_os = "none")]
 pub mod paging;
 #[cfg(target_os = "none")]

@@ -146,7 +146,7 @@ pub fn build_kernel_space(
         let mut va = align_down(start, PAGE_SIZE);
         while va < end {
             let page = Page::<Size4KiB>::containing_address(VirtAddr::new(va));
-            let frame = PhysFrame::containing_address(PhysAddr::new(va - KERNEL_BASE));
+            let frame = PhysFrame::containing_address(PhysAddr::new(crate::boot::image_phys(va)));
             // SAFETY: maps the kernel image at the addresses it was linked for.
             unsafe { m.map_to(page, frame, rights.flags() | F::GLOBAL, &mut a) }?.ignore();
             va += PAGE_SIZE;

@@ -131,6 +131,9 @@ pub fn clear_locks_held(mask: u64) {
     unsafe { core::arch::asm!("and gs:[48], {}", in(reg) mask, options(nostack)) };
 }
 
+const _: () = assert!(core::mem::offset_of!(CpuHeader, index) == 8);
+const _: () = assert!(core::mem::offset_of!(CpuHeader, kernel_stack_top) == 16);
+const _: () = assert!(core::mem::offset_of!(CpuHeader, user_rsp) == 24);
 const _: () = assert!(core::mem::offset_of!(CpuHeader, locks_held) == 48);
 const _: () = assert!(core::mem::offset_of!(CpuHeader, kernel_block) == 56);
 
@@ -212,8 +215,10 @@ impl<T> CpuOwned<T> {
         self.replace(T::default())
     }
 
-    /// Applies `f` to a shared view of the value. `f` must not reach this value again (it may
-    /// only look: the kernel passes plain comparisons and clones of reference-counted pointers).
+    /// Applies `f` to a shared view of the value. `f` may look at the value again (a nested
+    /// `inspect` or `peek`) but must not change it (`replace`/`take` on this value inside `f`
+    /// would alias the view): the kernel passes comparisons, clones of reference-counted
+    /// pointers, and system calls that never switch threads.
     #[inline(always)]
     pub fn inspect<R>(&self, f: impl FnOnce(&T) -> R) -> R {
         self.check();

@@ -1,10 +1,16 @@
 //! The TSC as the kernel's clock, and where its frequency comes from.
 //!
 //! Sources, in order of trust: CPUID leaf 0x15 (crystal × ratio), the hypervisor leaf
-//! 0x4000_0010 (TSC kHz), CPUID leaf 0x16 (base MHz), else a measurement against PIT channel 2
-//! (the median of three 10 ms windows). Under QEMU's icount mode the TSC counts guest
-//! instructions, and the PIT runs on the same virtual clock, so the calibration still holds.
+//! 0x4000_0010 (TSC kHz), CPUID leaf 0x16 (base MHz), else a measurement against one of the
+//! reference clocks the kernel lists, first that answers: PIT channel 2, the HPET's main counter
+//! or the ACPI PM timer (the median of three 10 ms windows each). A PC BIOS promises the PIT;
+//! UEFI does not (its PIT may be absent or not counting), so there the kernel lists the timers
+//! ACPI describes first. A reference that does not advance within about 2^32 TSC ticks, or
+//! gives an implausible frequency, is skipped. Under QEMU's icount mode the TSC counts guest
+//! instructions, and every reference clock runs on the same virtual clock, so the calibration
+//! still holds.
 use crate::cpu::{self, rdtsc};
+use crate::paging::{self, FrameSource, MapError};
 use core::sync::atomic::{AtomicU64, Ordering};
 use x86_64::instructions::port::Port;
 
@@ -14,6 +20,8 @@ pub enum TscSource {
     Hypervisor,
     Cpuid16,
     Pit,
+    Hpet,
+    PmTimer,
 }
 
 impl TscSource {
@@ -23,15 +31,34 @@ impl TscSource {
             TscSource::Hypervisor => "hypervisor leaf 0x40000010",
             TscSource::Cpuid16 => "CPUID leaf 0x16 (base frequency)",
             TscSource::Pit => "calibrated against the PIT",
+            TscSource::Hpet => "calibrated against the HPET",
+            TscSource::PmTimer => "calibrated against the ACPI PM timer",
         }
     }
 }
 
+/// A clock to measure the TSC against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefClock {
+    /// PIT channel 2 (ports 0x42, 0x43, 0x61): a PC/AT's.
+    Pit,
+    /// The HPET whose registers are at this physical address (ACPI HPET table); mapped
+    /// uncached when it is tried.
+    Hpet { phys: u64 },
+    /// The ACPI PM timer (3.579545 MHz) at this I/O port, 24 or 32 bits wide (FADT).
+    PmTimer { port: u16, bits32: bool },
+}
+
 static TSC_HZ: AtomicU64 = AtomicU64::new(0);
 
-/// Determines the TSC frequency once (on the BSP) and returns it with its source.
-pub fn init_tsc(features: &cpu::Features) -> (u64, TscSource) {
-    let (hz, src) = from_cpuid(features).unwrap_or_else(|| (pit_calibrate(), TscSource::Pit));
+/// Determines the TSC frequency once (on the BSP) and returns it with its source. `refs` are
+/// the reference clocks to measure against, best first, when CPUID does not say; `frames`
+/// supplies page tables for mapping the HPET.
+pub fn init_tsc(features: &cpu::Features, refs: &[RefClock], frames: &mut impl FrameSource) -> (u64, TscSource) {
+    let found = from_cpuid(features).or_else(|| refs.iter().find_map(|r| calibrate(*r, frames)));
+    let Some((hz, src)) = found else {
+        panic!("tsc: CPUID does not give the TSC frequency and no reference clock answered (tried {refs:?})")
+    };
     TSC_HZ.store(hz.max(1), Ordering::Relaxed);
     (hz, src)
 }
@@ -58,16 +85,42 @@ fn from_cpuid(f: &cpu::Features) -> Option<(u64, TscSource)> {
     None
 }
 
+/// Length of one calibration window.
+const WINDOW_MS: u64 = 10;
+/// TSC ticks after which a reference clock that has not counted a window is given up on
+/// (over a second at any real TSC frequency).
+const GIVE_UP_TICKS: u64 = 1 << 32;
+
+/// The TSC frequency measured against `r` (median of three windows), if `r` answers sensibly.
+fn calibrate(r: RefClock, frames: &mut impl FrameSource) -> Option<(u64, TscSource)> {
+    let (hz, src) = match r {
+        RefClock::Pit => (median(|| pit_window(WINDOW_MS))?, TscSource::Pit),
+        RefClock::Hpet { phys } => (Hpet::map(frames, phys).ok()?.calibrate()?, TscSource::Hpet),
+        RefClock::PmTimer { port, bits32 } => (median(|| pm_timer_window(port, bits32))?, TscSource::PmTimer),
+    };
+    // A TSC below 10 MHz or above 100 GHz means the reference did not count what it should.
+    (10_000_000..=100_000_000_000).contains(&hz).then_some((hz, src))
+}
+
+/// The median of three measurements (TSC frequencies in Hz), if all three worked.
+fn median(mut window: impl FnMut() -> Option<u64>) -> Option<u64> {
+    let mut s = [window()?, window()?, window()?];
+    s.sort_unstable();
+    Some(s[1])
+}
+
 /// PIT input clock.
 const PIT_HZ: u64 = 1_193_182;
 
-fn pit_window(ms: u64) -> u64 {
+/// One PIT channel 2 window of `ms` ms: the TSC frequency it implies.
+fn pit_window(ms: u64) -> Option<u64> {
     let mut gate: Port<u8> = Port::new(0x61);
     let mut mode: Port<u8> = Port::new(0x43);
     let mut ch2: Port<u8> = Port::new(0x42);
     let count = (PIT_HZ * ms / 1000) as u16;
     // SAFETY: ports 0x61/0x43/0x42 are the PC speaker gate and PIT channel 2, used only here
-    // (speaker output bit 1 kept off). Mode 0 counts down once and raises OUT2 at zero.
+    // (speaker output bit 1 kept off). Mode 0 counts down once and raises OUT2 at zero. On a
+    // machine without a PIT the reads return junk and the loop gives up.
     unsafe {
         let g = gate.read();
         gate.write((g & !0x02) & !0x01);
@@ -76,20 +129,103 @@ fn pit_window(ms: u64) -> u64 {
         ch2.write((count >> 8) as u8);
         let start = rdtsc();
         gate.write((g & !0x02) | 0x01);
-        while gate.read() & 0x20 == 0 {
+        let mut done = false;
+        while !done && rdtsc() - start < GIVE_UP_TICKS {
+            done = gate.read() & 0x20 != 0;
             cpu::relax();
         }
         let t = rdtsc() - start;
         gate.write(g & !0x03);
-        t
+        done.then(|| t * 1000 / ms)
     }
 }
 
-fn pit_calibrate() -> u64 {
-    let ms = 10;
-    let mut s = [pit_window(ms), pit_window(ms), pit_window(ms)];
-    s.sort_unstable();
-    s[1] * 1000 / ms
+/// ACPI PM timer frequency.
+const PM_TIMER_HZ: u64 = 3_579_545;
+
+/// One ACPI PM timer window of [`WINDOW_MS`]: the TSC frequency it implies.
+fn pm_timer_window(port: u16, bits32: bool) -> Option<u64> {
+    let mask: u32 = if bits32 { u32::MAX } else { 0x00ff_ffff };
+    let mut p: Port<u32> = Port::new(port);
+    let want = PM_TIMER_HZ * WINDOW_MS / 1000;
+    // SAFETY: `port` is the PM timer block the FADT names; reading the PM timer has no side
+    // effects.
+    let mut read = || unsafe { p.read() } & mask;
+    let (c0, t0) = (read(), rdtsc());
+    loop {
+        let (c, t) = (read(), rdtsc());
+        let ticks = c.wrapping_sub(c0) & mask;
+        if ticks as u64 >= want {
+            return Some(((t - t0) as u128 * PM_TIMER_HZ as u128 / ticks as u128) as u64);
+        }
+        if t - t0 > GIVE_UP_TICKS {
+            return None;
+        }
+        cpu::relax();
+    }
+}
+
+/// An HPET's registers, mapped uncached.
+struct Hpet {
+    regs: u64,
+}
+
+impl Hpet {
+    const CAPABILITIES: u64 = 0x000;
+    const CONFIG: u64 = 0x010;
+    const COUNTER: u64 = 0x0f0;
+
+    fn map(frames: &mut impl FrameSource, phys: u64) -> Result<Hpet, MapError> {
+        Ok(Hpet { regs: paging::map_mmio(frames, phys, 1024)? })
+    }
+
+    fn read(&self, reg: u64) -> u64 {
+        // SAFETY: `regs` maps the HPET's 1 KiB register block uncached (`map`); the registers
+        // read here (capabilities, configuration, main counter) have no read side effects.
+        unsafe { ((self.regs + reg) as *const u64).read_volatile() }
+    }
+
+    fn write(&self, reg: u64, v: u64) {
+        // SAFETY: as in `read`; only the configuration register's ENABLE bit is changed.
+        unsafe { ((self.regs + reg) as *mut u64).write_volatile(v) }
+    }
+
+    /// The median of three windows; the counter is started for them if it was stopped, and
+    /// left as it was found.
+    fn calibrate(&self) -> Option<u64> {
+        let cap = self.read(Self::CAPABILITIES);
+        let period_fs = cap >> 32;
+        // The specification allows periods up to 100 ns; 0 or more is not an HPET.
+        if period_fs == 0 || period_fs > 100_000_000 {
+            return None;
+        }
+        let wide = cap & (1 << 13) != 0;
+        let mask = if wide { u64::MAX } else { u32::MAX as u64 };
+        let config = self.read(Self::CONFIG);
+        if config & 1 == 0 {
+            self.write(Self::CONFIG, config | 1);
+        }
+        let want = WINDOW_MS * 1_000_000_000_000 / period_fs;
+        let window = || {
+            let (c0, t0) = (self.read(Self::COUNTER) & mask, rdtsc());
+            loop {
+                let (c, t) = (self.read(Self::COUNTER) & mask, rdtsc());
+                let ticks = c.wrapping_sub(c0) & mask;
+                if ticks >= want {
+                    return Some(((t - t0) as u128 * 1_000_000_000_000_000 / (ticks as u128 * period_fs as u128)) as u64);
+                }
+                if t - t0 > GIVE_UP_TICKS {
+                    return None;
+                }
+                cpu::relax();
+            }
+        };
+        let hz = median(window);
+        if config & 1 == 0 {
+            self.write(Self::CONFIG, config);
+        }
+        hz
+    }
 }
 
 /// TSC ticks per second (1 until `init_tsc` ran).

@@ -7,7 +7,7 @@
 //! blocks, and the CPU switches to the partner without a scheduling decision. Lock order as in
 //! `ipc`: endpoint queue, then one thread at a time.
 use alloc::sync::Arc;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 use rl4_abi::ipc::{FOREVER, Tag};
 use rl4_abi::{Rights, Sys};
 
@@ -17,20 +17,22 @@ use crate::ipc::Endpoint;
 use crate::obj::{EpRef, Thread, Wait};
 use crate::{sched, thread, trace};
 
-/// The fast paths are on (`fastpath=off` on the command line turns them off: every system call
-/// then takes the general path, the reference the fast paths must agree with).
-static ENABLED: AtomicBool = AtomicBool::new(true);
+/// The system calls that may take a fast path, one bit per number (`fastpath=off` on the
+/// command line clears them: every system call then takes the general path, the reference the
+/// fast paths must agree with).
+static FAST: AtomicU64 = AtomicU64::new(1 << Sys::Call as u64 | 1 << Sys::ReplyRecv as u64);
+const _: () = assert!((Sys::Call as u64) < 64 && (Sys::ReplyRecv as u64) < 64);
 
 /// Turns the fast paths on or off (at boot, before any user thread runs).
 pub fn enable(on: bool) {
-    ENABLED.store(on, Ordering::Relaxed);
+    FAST.store(if on { 1 << Sys::Call as u64 | 1 << Sys::ReplyRecv as u64 } else { 0 }, Ordering::Relaxed);
 }
 
-/// Whether system call `n` may take the fast path at all (a load and two compares, for every
+/// Whether system call `n` may take the fast path at all (a load and a bit test, for every
 /// system call).
 #[inline(always)]
 pub fn candidate(n: u64) -> bool {
-    (n == Sys::Call as u64 || n == Sys::ReplyRecv as u64) && ENABLED.load(Ordering::Relaxed)
+    n < 64 && FAST.load(Ordering::Relaxed) >> n & 1 != 0
 }
 
 /// Tries the fast path for system call `n` (a [`candidate`]) the running thread just made;

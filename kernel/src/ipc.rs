@@ -9,7 +9,7 @@
 //! queued on its CPU).
 //!
 //! Lock order (`lock.rs`): an endpoint's or notification's queue lock → one thread's `life`
-//! lock → a CPU's inbox; capability tables and IPC-buffer slots are leaves below them.
+//! lock → a CPU's run queue (a CPU's inbox takes no lock); capability tables and IPC-buffer slots are leaves below them.
 use alloc::collections::VecDeque;
 use alloc::sync::{Arc, Weak};
 use rl4_abi::Error;

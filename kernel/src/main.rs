@@ -1,8 +1,8 @@
 //! rl4: an SMP L4-family microkernel for x86_64.
 //!
 //! This crate is the kernel image: the boot sequence that wires the `arch` and `smp` layers
-//! together (see `docs/boot.md`). The BSP arrives in [`rl4_kernel_entry`] from either boot
-//! entry; every AP arrives in [`ap_main`] from the trampoline.
+//! together (see `docs/boot.md`). The BSP arrives in [`rl4_kernel_entry`] from any of the three
+//! boot entries (PVH, Multiboot2, Limine); every AP arrives in [`ap_main`] from the trampoline.
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
@@ -30,9 +30,12 @@ mod syscall;
 mod trace;
 mod trap;
 
-use rl4_arch::bootinfo::{self, BootInfo, Protocol};
+use alloc::vec::Vec;
+use rl4_arch::bootinfo::{self, BootInfo, Firmware};
+use rl4_arch::time::RefClock;
 use rl4_arch::{console, cpu, percpu, println, time};
 use rl4_core::cmdline::{self, Options};
+use rl4_smp::acpi::Platform;
 use rl4_smp::cpus::{self, Cpu};
 use rl4_smp::madt::{self};
 use rl4_smp::{boot as apboot, lapic};
@@ -58,7 +61,8 @@ pub extern "C" fn rl4_kernel_entry(protocol: u32, magic: u32, info: u64) -> ! {
     let parsed = match protocol {
         rl4_arch::ENTRY_PVH => bootinfo::parse_pvh(&rl4_arch::paging::DirectMapMem, info),
         rl4_arch::ENTRY_MULTIBOOT2 => bootinfo::parse_multiboot2(&rl4_arch::paging::DirectMapMem, magic, info),
-        _ => unreachable!("the boot trampoline passes one of the two protocols"),
+        rl4_arch::ENTRY_LIMINE => rl4_arch::limine::boot_info(&rl4_arch::paging::DirectMapMem),
+        _ => unreachable!("the boot entries pass one of the three protocols"),
     };
     let bi = match parsed {
         Ok(bi) => BOOT_INFO.call_once(|| bi),
@@ -66,13 +70,21 @@ pub extern "C" fn rl4_kernel_entry(protocol: u32, magic: u32, info: u64) -> ! {
     };
     println!(
         "boot protocol: {}, command line: \"{}\"{}",
-        match bi.protocol {
-            Protocol::Pvh => "PVH",
-            Protocol::Multiboot2 => "Multiboot2",
-        },
+        bi.protocol.name(),
         bi.cmdline(),
         if bi.cmdline_truncated { " (truncated)" } else { "" }
     );
+    println!(
+        "boot loader: {}, firmware: {}",
+        if bi.loader().is_empty() { "not named" } else { bi.loader() },
+        bi.firmware.describe()
+    );
+    if let Some(l) = bi.limine {
+        println!(
+            "limine: base revision {}, HHDM at {:#x}, kernel image at physical {:#x} (virtual {:#x})",
+            l.base_revision, l.hhdm, l.kernel_phys, l.kernel_virt
+        );
+    }
     let (kernel_args, _root_args) = cmdline::split(bi.cmdline());
     let opts = OPTIONS.call_once(|| cmdline::parse(kernel_args, |p| println!("cmdline: {p}")));
     println!(
@@ -87,6 +99,10 @@ pub extern "C" fn rl4_kernel_entry(protocol: u32, magic: u32, info: u64) -> ! {
     );
     for e in bi.memory_map() {
         println!("memory map: {:#014x}..{:#014x} {:?}", e.range.start, e.range.end, e.kind);
+    }
+    // Modules are read (and kept out of the frame allocator) but not used yet.
+    for (i, m) in bi.modules().iter().enumerate() {
+        println!("boot module {i}: {:#x}..{:#x} ({} bytes)", m.range.start, m.range.end, m.range.len());
     }
     if bi.memmap_dropped > 0 || bi.modules_dropped > 0 {
         println!("boot info: {} memory ranges and {} modules beyond rl4's limits ignored", bi.memmap_dropped, bi.modules_dropped);
@@ -114,7 +130,6 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
     if let Err(e) = cpus::init_this_cpu(bsp, &mut mem::Frames) {
         panic!("BSP descriptor tables: {e:?}");
     }
-    cpu::disable_legacy_pic();
     let f = cpu::Features::read();
     rl4_arch::paging::enable_protection(f.smep, f.smap, f.pcid);
     sched::init_cpu(f.pcid);
@@ -132,17 +147,22 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
         f.invariant_tsc,
         f.hypervisor
     );
-    let (hz, src) = time::init_tsc(&f);
-    println!("tsc: {}.{:03} MHz ({})", hz / 1_000_000, (hz / 1000) % 1000, src.describe());
-    sched::set_poll_us(options().poll_us as u64);
-    fastpath::enable(options().fastpath);
 
+    // What the machine has comes from ACPI, not from assuming a PC/AT: the 8259 PICs only
+    // when the MADT says so, the timers to measure the TSC against from the FADT and HPET table.
     let bi = BOOT_INFO.get().expect("boot info");
     let Some(rsdp) = bi.rsdp else { panic!("the boot loader passed no ACPI RSDP; rl4 needs the MADT") };
     let platform = match rl4_smp::acpi_handler::discover(rsdp) {
         Ok(p) => p,
         Err(e) => panic!("ACPI: cannot read the MADT: {e:?}"),
     };
+    if platform.has_8259 {
+        cpu::disable_legacy_pic();
+    }
+    let (hz, src) = time::init_tsc(&f, &reference_clocks(bi.firmware, &platform), &mut mem::Frames);
+    println!("tsc: {}.{:03} MHz ({})", hz / 1_000_000, (hz / 1000) % 1000, src.describe());
+    sched::set_poll_us(options().poll_us as u64);
+    fastpath::enable(options().fastpath);
     run::log_platform(&platform, rsdp);
 
     let xapic_base = if f.x2apic {
@@ -176,6 +196,31 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
     }
     start_aps(&plan);
     run::after_boot(&plan)
+}
+
+/// The clocks to measure the TSC against when CPUID does not give its frequency, best first.
+/// A PC BIOS (and PVH, which says nothing and runs on a PC) promises the PIT, as it always did
+/// here; UEFI promises no legacy device, so there the timers ACPI describes come first and the
+/// PIT last; a hardware-reduced ACPI machine has no PIT at all.
+fn reference_clocks(firmware: Firmware, p: &Platform) -> Vec<RefClock> {
+    let mut acpi = Vec::new();
+    if let Some(phys) = p.hpet {
+        acpi.push(RefClock::Hpet { phys });
+    }
+    if let Some(t) = p.pm_timer {
+        acpi.push(RefClock::PmTimer { port: t.port, bits32: t.bits32 });
+    }
+    match (firmware, p.hw_reduced) {
+        (_, true) => acpi,
+        (Firmware::Uefi, false) => {
+            acpi.push(RefClock::Pit);
+            acpi
+        }
+        _ => {
+            acpi.insert(0, RefClock::Pit);
+            acpi
+        }
+    }
 }
 
 fn start_aps(plan: &madt::Plan) {

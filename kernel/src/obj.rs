@@ -347,7 +347,19 @@ pub struct Thread {
     /// Its state, place, scheduling parameters and reply right: every change is a transition
     /// of [`Life`], made under this lock.
     pub life: Mutex<Life, { Level::THREAD }>,
+    /// Its link in a CPU's inbox (`rl4_core::mailbox`), used while its `Life` says
+    /// `Place::Queued` and it was pushed there.
+    pub mail: rl4_core::mailbox::Link<Thread>,
     _charge: Charge,
+}
+
+// SAFETY: `link` returns the thread's own `mail` field, the same one at every call, which lives
+// as long as the thread.
+#[allow(unsafe_code)]
+unsafe impl rl4_core::mailbox::Linked for Thread {
+    fn link(&self) -> &rl4_core::mailbox::Link<Thread> {
+        &self.mail
+    }
 }
 
 pub static LIVE_THREADS: AtomicU64 = AtomicU64::new(0);
@@ -363,6 +375,7 @@ impl Thread {
             task: task.clone(),
             space,
             life: Mutex::new(Life::new(prio, cpu)),
+            mail: rl4_core::mailbox::Link::new(),
             _charge: charge,
         });
         LIVE_THREADS.fetch_add(1, Ordering::Relaxed);

@@ -48,6 +48,12 @@ pub fn log_platform(p: &Platform, rsdp: u64) {
         p.overrides.len(),
         if p.has_8259 { "present (masked)" } else { "absent" }
     );
+    println!(
+        "acpi: timers: HPET {}, PM timer {}{}",
+        p.hpet.map_or(alloc::format!("absent"), |a| alloc::format!("at {a:#x}")),
+        p.pm_timer.map_or(alloc::format!("absent"), |t| alloc::format!("at port {:#x} ({} bits)", t.port, if t.bits32 { 32 } else { 24 })),
+        if p.hw_reduced { ", hardware-reduced ACPI (no legacy devices)" } else { "" }
+    );
     for c in &p.cpus {
         let state = if c.flags & madt::FLAG_ENABLED != 0 {
             "enabled"

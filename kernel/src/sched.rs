@@ -12,14 +12,16 @@
 //! CPU, exactly once): a queue entry is pushed only when [`Life::enqueue`] says so and consumed
 //! through [`Life::dequeue`], which also tells a stale or misdirected entry apart.
 //!
-//! Locks (`lock.rs`): a thread's lock may be held while pushing into an inbox; the run queue,
-//! current slot, inbox and timeout list of a CPU are never held together.
+//! Locks (`lock.rs`): a thread's lock may be held while pushing into an inbox (a lock-free
+//! mailbox, `rl4_core::mailbox`); the run queue and timeout list of a CPU are never held
+//! together; the current slot takes no lock (only its CPU touches it).
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use rl4_arch::{cpu, entry, percpu};
 use rl4_core::life::{Leave, Pick};
+use rl4_core::mailbox::{Idle, Mailbox};
 use rl4_core::runqueue::RunQueue;
 use rl4_smp::{MAX_CPUS, cpus, lapic};
 use spin::Once;
@@ -67,28 +69,23 @@ pub struct CpuSched {
     rq_top: AtomicI32,
     /// The running thread: only this CPU touches it (no lock).
     pub(crate) current: percpu::CpuOwned<Option<Arc<Thread>>>,
-    /// Threads pushed by any CPU, with the priority each was pushed at.
-    inbox: Mutex<Vec<(u8, TRef)>, { Level::CPU }>,
-    /// The vector the inbox had before its last drain (empty, with its capacity).
-    spare: percpu::CpuOwned<Vec<(u8, TRef)>>,
+    /// The inbox: threads pushed by any CPU, with the priority each was pushed at, and this
+    /// CPU's idle state (busy, polling, halting), in one word on a cache line of its own
+    /// (`rl4_core::mailbox`): a push is one compare-and-swap on the thread's link and one on
+    /// this word, allocates nothing and takes no lock.
+    mail: Mailbox<Thread>,
     /// Priority of the running thread, -1 when idle (read by other CPUs to decide on an IPI).
     current_prio: AtomicI32,
-    idle: AtomicBool,
     slice: AtomicU32,
     /// The time slice ran out: rotate at the next decision.
     expired: AtomicBool,
+    /// This CPU's running thread was stopped, moved or re-prioritised by this CPU itself (a
+    /// local [`kick`]): decide before returning to it.
+    kicked: AtomicBool,
     pub(crate) tlb: CpuTlb,
     /// Waits with a deadline of threads of this CPU (`timeout.rs`).
     pub(crate) timeouts: Mutex<Vec<(u64, alloc::sync::Weak<Thread>)>, { Level::CPU }>,
-    /// Threads in the inbox (read without the lock by the idle poll).
-    inbox_len: AtomicUsize,
-    /// BUSY, POLLING (idle and watching its inbox: needs no IPI) or HALTING.
-    idle_state: AtomicU8,
 }
-
-const BUSY: u8 = 0;
-const POLLING: u8 = 1;
-const HALTING: u8 = 2;
 
 /// How long an idle CPU watches its inbox before it halts (TSC ticks; 0 = never).
 static POLL_TICKS: AtomicU64 = AtomicU64::new(0);
@@ -114,7 +111,7 @@ pub(crate) fn this_cpu() -> &'static CpuSched {
 /// drain the inbox).
 #[inline(always)]
 pub(crate) fn nothing_more_urgent(cs: &CpuSched, prio: u8) -> bool {
-    cs.inbox_len.load(Ordering::SeqCst) == 0 && cs.rq_top.load(Ordering::Relaxed) <= prio as i32
+    cs.mail.is_empty() && cs.rq_top.load(Ordering::Relaxed) <= prio as i32
 }
 
 /// Changes this CPU's run queue and keeps its top-priority copy up to date.
@@ -151,16 +148,13 @@ pub fn init_cpu(pcid: bool) {
         rq: Mutex::new(RunQueue::new()),
         rq_top: AtomicI32::new(-1),
         current: percpu::CpuOwned::new(me(), None),
-        inbox: Mutex::new(Vec::new()),
-        spare: percpu::CpuOwned::new(me(), Vec::new()),
+        mail: Mailbox::new(),
         current_prio: AtomicI32::new(-1),
-        idle: AtomicBool::new(false),
         slice: AtomicU32::new(TIME_SLICE_TICKS),
         expired: AtomicBool::new(false),
+        kicked: AtomicBool::new(false),
         tlb: CpuTlb::new(pcid),
         timeouts: Mutex::new(Vec::new()),
-        inbox_len: AtomicUsize::new(0),
-        idle_state: AtomicU8::new(BUSY),
     }));
     CPUS[me() as usize].call_once(|| s);
     percpu::set_kernel_block(s as *const CpuSched as u64);
@@ -219,30 +213,48 @@ pub fn current() -> Option<Arc<Thread>> {
     this().current.inspect(Clone::clone)
 }
 
+/// Runs `f` on the running thread of this CPU without taking a reference (`None` if it runs
+/// none). `f` must not change this CPU's current slot (no scheduling decision, no switch).
+#[inline(always)]
+pub fn with_current<R>(f: impl FnOnce(&Arc<Thread>) -> R) -> Option<R> {
+    this().current.inspect(|c| c.as_ref().map(f))
+}
+
+/// Whether this CPU must make a scheduling decision before it returns to its running thread
+/// although that thread's own call did not ask for one: a thread waits in its inbox (a wake-up
+/// from this or another CPU), or the running thread's time slice ran out.
+#[inline(always)]
+pub fn resched_pending() -> bool {
+    let cs = this();
+    !cs.mail.is_empty() || cs.expired.load(Ordering::Relaxed) || cs.kicked.load(Ordering::Relaxed)
+}
+
 /// Pushes `t`, just queued for CPU `cpu` by [`Life::enqueue`] (or `dequeue`/`leave_cpu`), into
 /// that CPU's inbox and tells it if that can change what it runs. The caller holds `t`'s lock.
 pub fn push(cpu: u32, t: &Arc<Thread>, prio: u8) {
     let Some(target) = get(cpu as usize) else { return };
-    {
-        let mut inbox = target.inbox.lock();
-        inbox.push((prio, TRef(t.clone())));
-        target.inbox_len.store(inbox.len(), Ordering::SeqCst);
-    }
-    poke(cpu, prio);
-}
-
-/// Tells CPU `cpu` that a thread of priority `prio` waits in its inbox.
-fn poke(cpu: u32, prio: u8) {
+    let pushed = match target.mail.push(t.clone(), prio as u64) {
+        Ok(p) => p,
+        Err(t) => {
+            // `Place::Queued` names one CPU at a time: a thread already in a mailbox is a
+            // kernel bug, refused by the mailbox (no list is damaged); the extra reference goes.
+            // Said on the console, and `KernelCheck` reports the thread's place as wrong.
+            rl4_arch::println!("sched: thread {} pushed into a second inbox (a kernel bug)", t.id);
+            crate::reclaim::later_thread(t);
+            return;
+        }
+    };
     if cpu == me() {
-        return; // drained at this CPU's next decision, which ends every kernel entry
+        return; // drained at this CPU's next decision (`resched_pending` sees it first)
     }
-    let Some(t) = get(cpu as usize) else { return };
-    match t.idle_state.load(Ordering::SeqCst) {
-        // Watching its inbox: it will see the thread without an interrupt.
-        POLLING => {}
-        HALTING => cpus::send_ipi(cpu as usize, lapic::VEC_RESCHED),
-        _ => {
-            if t.idle.load(Ordering::SeqCst) || prio as i32 > t.current_prio.load(Ordering::SeqCst) {
+    match pushed.found {
+        // Halted (or about to): the one IPI that wakes it (a later push finds it waking).
+        Idle::Halting => cpus::send_ipi(cpu as usize, lapic::VEC_RESCHED),
+        // Watching its inbox, or already being woken: it will see the thread.
+        Idle::Polling | Idle::Waking => {}
+        // Running something: interrupt it only if the thread outranks it (-1 while idle).
+        Idle::Busy => {
+            if prio as i32 > target.current_prio.load(Ordering::SeqCst) {
                 cpus::send_ipi(cpu as usize, lapic::VEC_RESCHED);
             }
         }
@@ -253,28 +265,19 @@ fn poke(cpu: u32, prio: u8) {
 pub fn kick(cpu: u32) {
     if cpu != me() {
         cpus::send_ipi(cpu as usize, lapic::VEC_RESCHED);
+    } else {
+        // Seen by `resched_pending` before this CPU returns to its thread.
+        this().kicked.store(true, Ordering::Relaxed);
     }
 }
 
 fn drain_inbox(cs: &CpuSched) {
-    if cs.inbox_len.load(Ordering::SeqCst) == 0 {
+    if cs.mail.is_empty() {
         return;
     }
-    // The inbox and a spare vector trade places, so that neither is ever freed or grown again
-    // once it has held the largest burst: pushing into an inbox does not allocate (and take
-    // the heap's lock) in the steady state.
-    let mut items = cs.spare.take();
-    {
-        let mut inbox = cs.inbox.lock();
-        cs.inbox_len.store(0, Ordering::SeqCst);
-        core::mem::swap(&mut *inbox, &mut items);
-    }
     with_rq(cs, |rq| {
-        for (p, t) in items.drain(..) {
-            rq.push_back(p, t);
-        }
+        cs.mail.drain(|t, p| rq.push_back(p as u8, TRef(t)));
     });
-    cs.spare.replace(items);
 }
 
 /// Called by the timer interrupt on this CPU.
@@ -309,12 +312,13 @@ fn requeue(cs: &CpuSched, cur: &Arc<Thread>, l: &Life, left: Leave, front: bool)
     }
 }
 
-/// Ends every kernel entry from user mode: decides which thread runs next on this CPU and
-/// points the return path at it. Returns when that thread is set up; never returns if the CPU
-/// must idle.
+/// Ends every interrupt and exception from user mode and every system call that needs it
+/// (`syscall::Next::Decide`): decides which thread runs next on this CPU and points the return
+/// path at it. Returns when that thread is set up; never returns if the CPU must idle.
 pub fn decide() {
     crate::reclaim::drain();
     let cs = this();
+    cs.kicked.store(false, Ordering::Relaxed);
     drain_inbox(cs);
     let cur = cs.current.take();
     if let Some(cur) = cur {
@@ -326,6 +330,8 @@ pub fn decide() {
             Some(p) => p > l.prio || (p == l.prio && expired),
         };
         if !ahead && l.keep(me()) {
+            // Its own `ThreadSetPriority` comes here: other CPUs read the priority for IPIs.
+            set_current_prio(cs, l.prio as i32);
             if expired {
                 cs.slice.store(TIME_SLICE_TICKS, Ordering::Relaxed);
                 cs.expired.store(false, Ordering::Relaxed);
@@ -335,19 +341,44 @@ pub fn decide() {
             return;
         }
         // A thread that used its slice goes to the back; a preempted one keeps its turn.
-        leave(cs, &cur, &mut l, !expired);
-        drop(l);
-        crate::reclaim::later_thread(cur);
+        let front = !expired;
+        entry::save_resume_mode(&cur.regs);
+        match l.leave_cpu(me()) {
+            Leave::Requeue(_) => {
+                // Back into this CPU's queue, in the same critical section of the queue that
+                // picks the next thread, after the thread's lock (it is queued here already as
+                // far as its `Life` says; nothing looks for it in the queue before this CPU's
+                // next decision, and interrupts are off).
+                let prio = l.prio;
+                drop(l);
+                if !pick(cs, Some((prio, cur, front))) {
+                    idle();
+                }
+                return;
+            }
+            left => {
+                requeue(cs, &cur, &l, left, front);
+                drop(l);
+                crate::reclaim::later_thread(cur);
+            }
+        }
     }
-    if !pick(cs) {
+    if !pick(cs, None) {
         idle();
     }
 }
 
-/// Switches to the best runnable thread of this CPU's queue, if there is one.
-fn pick(cs: &CpuSched) -> bool {
+/// Switches to the best runnable thread of this CPU's queue, if there is one. `carry`: a thread
+/// that just left this CPU (priority, reference, keeps its turn) goes into the queue first, in
+/// the same critical section.
+fn pick(cs: &CpuSched, mut carry: Option<(u8, Arc<Thread>, bool)>) -> bool {
     loop {
-        let next = with_rq(cs, |rq| rq.pop());
+        let next = with_rq(cs, |rq| {
+            if let Some((p, t, front)) = carry.take() {
+                if front { rq.push_front(p, TRef(t)) } else { rq.push_back(p, TRef(t)) }
+            }
+            rq.pop()
+        });
         let Some((_, TRef(t))) = next else { return false };
         let mut l = t.life.lock();
         match l.dequeue(me()) {
@@ -365,10 +396,22 @@ fn pick(cs: &CpuSched) -> bool {
     }
 }
 
+/// Publishes the running thread's priority (-1: idle), read by other CPUs only to decide on
+/// an IPI; written only when it changes. A CPU that pushes into this inbox and reads the old
+/// priority sends no IPI: its thread waits for this CPU's next kernel entry (at most a tick), a
+/// bounded priority inversion that a sequentially consistent store would not prevent either (it
+/// would need a second look at the inbox after it). Hence a plain store.
+#[inline(always)]
+fn set_current_prio(cs: &CpuSched, prio: i32) {
+    if cs.current_prio.load(Ordering::Relaxed) != prio {
+        cs.current_prio.store(prio, Ordering::Relaxed);
+    }
+}
+
 fn switch_to(cs: &CpuSched, t: Arc<Thread>, prio: u8, new_slice: bool) {
     entry::set_current(&t.regs);
     tlb::load_space(cs, &t.space);
-    cs.current_prio.store(prio as i32, Ordering::SeqCst);
+    set_current_prio(cs, prio as i32);
     if new_slice {
         cs.slice.store(TIME_SLICE_TICKS, Ordering::Relaxed);
         cs.expired.store(false, Ordering::Relaxed);
@@ -386,27 +429,31 @@ pub fn idle() -> ! {
     cs.current_prio.store(-1, Ordering::SeqCst);
     loop {
         crate::reclaim::drain();
-        cs.idle.store(true, Ordering::SeqCst);
         drain_inbox(cs);
-        if pick(cs) {
-            cs.idle.store(false, Ordering::SeqCst);
+        if pick(cs, None) {
             entry::return_to_user();
         }
         tlb::service_tlb(cs);
         let poll = POLL_TICKS.load(Ordering::Relaxed);
         if poll > 0 {
-            cs.idle_state.store(POLLING, Ordering::SeqCst);
+            cs.mail.set_polling();
             let end = cpu::rdtsc() + poll;
-            while cs.inbox_len.load(Ordering::SeqCst) == 0 && cs.tlb.tlb_request.load(Ordering::Relaxed) == 0 && cpu::rdtsc() < end {
+            // One cache line watched; the TSC read only every 64 rounds.
+            let mut n = 0u32;
+            while cs.mail.is_empty() && cs.tlb.tlb_request.load(Ordering::Relaxed) == 0 {
+                n = n.wrapping_add(1);
+                if n % 64 == 0 && cpu::rdtsc() >= end {
+                    break;
+                }
                 cpu::relax();
             }
         }
-        cs.idle_state.store(HALTING, Ordering::SeqCst);
-        if cs.inbox_len.load(Ordering::SeqCst) == 0 {
+        // Halting is published only if the inbox is empty, in the same word: a push after it
+        // finds the CPU halting and sends the IPI, which stays pending across `sti; hlt`.
+        if cs.mail.try_halt() {
             cpu::idle_wait();
         }
-        cs.idle_state.store(BUSY, Ordering::SeqCst);
-        cs.idle.store(false, Ordering::SeqCst);
+        cs.mail.set_busy();
         crate::run::idle_hook();
     }
 }
@@ -415,9 +462,7 @@ pub fn idle() -> ! {
 /// more urgent waits here.
 pub fn may_switch_to(prio: u8) -> bool {
     let cs = this();
-    if cs.inbox_len.load(Ordering::SeqCst) != 0 {
-        drain_inbox(cs);
-    }
+    drain_inbox(cs);
     cs.rq_top.load(Ordering::Relaxed) <= prio as i32
 }
 
@@ -444,12 +489,7 @@ pub fn switch_direct(to: Arc<Thread>, prio: u8) {
 pub(crate) fn switch_direct_blocked(cs: &CpuSched, to: Arc<Thread>, prio: u8) {
     entry::set_current(&to.regs);
     tlb::load_space(cs, &to.space);
-    // Read by other CPUs only to decide on an IPI. A CPU that pushes into this inbox after the
-    // fast path's guard looked at it, and reads the old priority, sends none: its thread waits
-    // for this CPU's next kernel entry (at most a tick), a bounded priority inversion that a
-    // sequentially consistent store would not prevent either (it would need a second look at
-    // the inbox after it). Hence no `xchg`.
-    cs.current_prio.store(prio as i32, Ordering::Relaxed);
+    set_current_prio(cs, prio as i32);
     cs.bump(Count::Switches);
     let none = cs.current.replace(Some(to));
     debug_assert!(none.is_none());
@@ -484,8 +524,7 @@ pub(crate) enum Held {
 
 /// For the consistency check, with every other CPU stopped: calls `f` for each thread
 /// reference a CPU's scheduler holds, `t` for each entry of its timeout list, and `bad` for each
-/// structural fault (a lock held, a run queue whose bitmaps disagree with its queues, an inbox
-/// whose published length is wrong).
+/// structural fault (a lock held, a run queue whose bitmaps disagree with its queues).
 pub(crate) fn visit_cpus(
     mut f: impl FnMut(usize, Held, &Arc<Thread>),
     mut t: impl FnMut(usize, u64, &alloc::sync::Weak<Thread>),
@@ -504,15 +543,12 @@ pub(crate) fn visit_cpus(
             }
             None => bad(i, "its run-queue lock is held"),
         }
-        match cs.inbox.peek() {
-            Some(inbox) => {
-                if inbox.len() != cs.inbox_len.load(Ordering::SeqCst) {
-                    bad(i, "its inbox length is out of date");
-                }
-                inbox.iter().for_each(|(_, th)| f(i, Held::Inbox, &th.0));
-            }
-            None => bad(i, "its inbox lock is held"),
-        }
+        // SAFETY: every other CPU is stopped outside the kernel (the check's freeze), and only
+        // the owner drains its mailbox; this CPU is the one checking, not draining.
+        #[allow(unsafe_code)]
+        unsafe {
+            cs.mail.peek(|th, _| f(i, Held::Inbox, th))
+        };
         match cs.timeouts.peek() {
             Some(l) => l.iter().for_each(|(d, w)| t(i, *d, w)),
             None => bad(i, "its timeout-list lock is held"),

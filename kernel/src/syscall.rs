@@ -15,24 +15,67 @@ use crate::{mem, sched, thread, trace};
 
 type Ret = Result<[u64; 3], Error>;
 
-/// Handles the current thread's system call and writes the results into its registers.
-/// Returns whether the scheduler must still decide what runs (not after a direct switch).
-pub fn handle() -> bool {
-    let Some(t) = sched::current() else { return true };
-    // Only the IPC calls need the whole register block (a copy: delivering a message may
-    // rewrite the caller's own registers); the others read their number and six arguments.
-    let n = t.regs.with(|r| r.rax);
-    let res = match Sys::try_from(n) {
-        Ok(s) if is_ipc(s) => match ipc_call(&t, &t.regs.get(), s) {
-            Outcome::Return(res) => res,
-            Outcome::Received => return true,
-            Outcome::Blocked => return !sched::switched_directly(&t),
-        },
-        _ => {
-            let a = t.regs.with(|r| [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9]);
-            dispatch(&t, n, a)
-        }
+/// What follows a system call handled by [`handle`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// The scheduler decides what runs: after an IPC call that did not switch directly, after
+    /// a call that can change what this CPU should run ([`may_reschedule`]), or when something
+    /// is pending for this CPU ([`sched::resched_pending`]).
+    Decide,
+    /// The CPU switched to another thread directly.
+    Switched,
+    /// The caller goes on, with only its result registers written (`Null`, `CapIdentify`...).
+    Same,
+}
+
+/// Handles the current thread's system call `n` and writes the results into its registers.
+#[inline(always)]
+pub fn handle(n: u64) -> Next {
+    // The IPC calls are numbered together but for `Signal` (checked below): two compares.
+    if n.wrapping_sub(IPC_FIRST) <= IPC_LAST - IPC_FIRST && n != Sys::Signal as u64 {
+        return handle_ipc(n);
+    }
+    // The others read their number and six arguments. No reference is taken on the running
+    // thread: these calls never change this CPU's current slot (only a scheduling decision or
+    // an IPC switch does, and neither happens in `dispatch`).
+    let more = sched::with_current(|t| dispatch_into(t, n));
+    crate::reclaim::drain();
+    if more.is_none() || may_reschedule(n) || sched::resched_pending() { Next::Decide } else { Next::Same }
+}
+
+const IPC_FIRST: u64 = Sys::Send as u64;
+const IPC_LAST: u64 = Sys::Wait as u64;
+const _: () = {
+    let mut i = 0;
+    while i < Sys::ALL.len() {
+        let n = Sys::ALL[i] as u64;
+        let ipc = n >= IPC_FIRST && n <= IPC_LAST && n != Sys::Signal as u64;
+        assert!(ipc == is_ipc(Sys::ALL[i]));
+        i += 1;
+    }
+};
+
+/// The IPC calls (out of line: the entry's own function stays small for the other calls and
+/// the fast path).
+#[inline(never)]
+fn handle_ipc(n: u64) -> Next {
+    let Ok(s) = Sys::try_from(n) else { return Next::Decide };
+    let Some(t) = sched::current() else { return Next::Decide };
+    // The IPC calls need the whole register block (a copy: delivering a message may rewrite the
+    // caller's own registers).
+    let res = match ipc_call(&t, &t.regs.get(), s) {
+        Outcome::Return(res) => res,
+        Outcome::Received => return Next::Decide,
+        Outcome::Blocked if sched::switched_directly(&t) => return Next::Switched,
+        Outcome::Blocked => return Next::Decide,
     };
+    set_results(&t, res);
+    Next::Decide
+}
+
+/// Writes a system call's results into the calling thread's registers.
+#[inline(always)]
+fn set_results(t: &Thread, res: Ret) {
     t.regs.with(|regs| match res {
         Ok([a, b, c]) => {
             regs.rax = 0;
@@ -42,10 +85,25 @@ pub fn handle() -> bool {
         }
         Err(e) => regs.rax = e as u64,
     });
-    true
 }
 
-fn is_ipc(s: Sys) -> bool {
+/// The calls that can change what the calling CPU should run other than by making a thread
+/// runnable (which [`sched::resched_pending`] sees): the caller yields, ends, stops, or changes
+/// its own priority or CPU. One bit per call number.
+const MAY_RESCHEDULE: u64 = 1 << Sys::Yield as u64
+    | 1 << Sys::ThreadSuspend as u64
+    | 1 << Sys::ThreadSetPriority as u64
+    | 1 << Sys::ThreadSetAffinity as u64
+    | 1 << Sys::ThreadExit as u64
+    | 1 << Sys::TaskExit as u64
+    | 1 << Sys::TaskKill as u64;
+
+#[inline(always)]
+fn may_reschedule(n: u64) -> bool {
+    n < 64 && MAY_RESCHEDULE >> n & 1 != 0
+}
+
+const fn is_ipc(s: Sys) -> bool {
     matches!(s, Sys::Send | Sys::NbSend | Sys::Call | Sys::Recv | Sys::NbRecv | Sys::Reply | Sys::ReplyRecv | Sys::Wait)
 }
 
@@ -226,7 +284,15 @@ fn console_write(buf_addr: u64, len: u64) -> Ret {
     Ok([len, 0, 0])
 }
 
+/// Every system call but IPC, from and into the caller's registers.
+#[inline(never)]
+fn dispatch_into(t: &Arc<Thread>, n: u64) {
+    let a = t.regs.with(|r| [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9]);
+    set_results(t, dispatch(t, n, a));
+}
+
 /// Every system call but IPC: number `n`, arguments `a` (`rdi`, `rsi`, `rdx`, `r10`, `r8`, `r9`).
+#[inline(always)]
 fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
     let sys = Sys::try_from(n).map_err(|_| Error::InvalidSyscall)?;
     let [a0, a1, a2, a3, a4, a5] = a;

@@ -41,19 +41,29 @@ fn rl4_kernel_interrupt(vector: u8) {
     interrupt(vector);
 }
 
-/// `syscall`.
+/// `syscall`. Returns 1 when the caller goes on with only its result registers written (the
+/// entry code then takes a shorter way back), 0 when the return path must load the whole
+/// register block of whichever thread runs now.
 #[unsafe(no_mangle)]
-extern "C" fn rl4_syscall(n: u64) {
+extern "C" fn rl4_syscall(n: u64) -> u64 {
     crate::trace::enter(n);
     // The fast path lets go of nothing while it holds a lock (it puts nothing aside for
     // `reclaim::drain`).
     if crate::fastpath::candidate(n) && crate::fastpath::try_fast(n) {
         crate::trace::stamp(crate::trace::DONE);
-        return;
+        return 0;
     }
-    if crate::syscall::handle() {
-        sched::decide();
+    let next = crate::syscall::handle(n);
+    match next {
+        crate::syscall::Next::Decide => {
+            sched::decide();
+            crate::reclaim::drain();
+        }
+        // What the general path put aside under its locks goes before the partner runs.
+        crate::syscall::Next::Switched => crate::reclaim::drain(),
+        // `handle` drained already.
+        crate::syscall::Next::Same => {}
     }
-    crate::reclaim::drain();
     crate::trace::stamp(crate::trace::DONE);
+    (next == crate::syscall::Next::Same) as u64
 }

@@ -3,11 +3,15 @@
 //! [`table_ranges`] walks RSDP → RSDT/XSDT → every table header (plus the FACS and DSDT that the
 //! FADT points to) with nothing but a physical-memory reader, so it can run before the kernel has
 //! a heap: its ranges are taken out of the frame allocator. [`discover`] then reads the MADT
-//! through the `acpi` crate and returns the processors, IOAPICs and interrupt source overrides.
+//! through the `acpi` crate and returns the processors, IOAPICs and interrupt source overrides,
+//! and from the FADT and the HPET table the timers the firmware describes (to measure the TSC
+//! against where no PC/AT PIT is promised, as under UEFI).
 //! Both are generic over how physical memory is reached, so they are tested on the host against
 //! hand-built tables.
+use ::acpi::address::AddressSpace;
+use ::acpi::sdt::fadt::Fadt;
 use ::acpi::sdt::madt::{Madt, MadtEntry};
-use ::acpi::{AcpiError, AcpiTables, Handler};
+use ::acpi::{AcpiError, AcpiTables, Handler, HpetInfo};
 use alloc::vec::Vec;
 use rl4_arch::bootinfo::PhysMem;
 use rl4_core::memmap::Range;
@@ -51,7 +55,17 @@ impl IrqOverride {
     }
 }
 
-/// What the MADT says about the machine's interrupt controllers and processors.
+/// The ACPI power-management timer (3.579545 MHz), from the FADT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PmTimer {
+    /// Its I/O port (a PM timer in memory space is not used).
+    pub port: u16,
+    /// 32 bits wide (FADT flag TMR_VAL_EXT), else 24.
+    pub bits32: bool,
+}
+
+/// What the MADT says about the machine's interrupt controllers and processors, and what the
+/// FADT and HPET table say about its timers.
 #[derive(Clone, Debug, Default)]
 pub struct Platform {
     pub rsdp_revision: u8,
@@ -65,6 +79,11 @@ pub struct Platform {
     pub overrides: Vec<IrqOverride>,
     /// Every table found: signature and physical address.
     pub tables: Vec<([u8; 4], u64)>,
+    /// Physical address of the HPET's registers (HPET table), when in memory space.
+    pub hpet: Option<u64>,
+    pub pm_timer: Option<PmTimer>,
+    /// FADT flag HW_REDUCED_ACPI: no fixed hardware (no PM timer, no legacy devices promised).
+    pub hw_reduced: bool,
 }
 
 /// Reads the MADT. `rsdp` is the physical address of the RSDP (or of a copy of it).
@@ -80,6 +99,20 @@ pub unsafe fn discover<H: Handler>(handler: H, rsdp: u64) -> Result<Platform, Ac
         let mut sig = [0u8; 4];
         sig.copy_from_slice(&h.signature.as_str().as_bytes()[..4]);
         p.tables.push((sig, addr as u64));
+    }
+    if let Some(fadt) = tables.find_table::<Fadt>() {
+        let flags = { fadt.get().flags };
+        p.hw_reduced = flags.system_is_hw_reduced_acpi();
+        if let Ok(Some(g)) = fadt.get().pm_timer_block() {
+            if g.address_space == AddressSpace::SystemIo && g.address != 0 {
+                if let Ok(port) = u16::try_from(g.address) {
+                    p.pm_timer = Some(PmTimer { port, bits32: flags.pm_timer_is_32_bit() });
+                }
+            }
+        }
+    }
+    if let Ok(h) = HpetInfo::new(&tables) {
+        p.hpet = (h.base_address != 0).then_some(h.base_address as u64);
     }
     let madt = tables.find_table::<Madt>().ok_or(AcpiError::TableNotFound(::acpi::sdt::Signature::MADT))?;
     let m = madt.get();
@@ -235,7 +268,8 @@ pub(crate) mod tests {
     }
 
     /// RSDP v2 at 0xe0000, XSDT at 0xe1000, MADT at 0xe2000 (4 CPUs, one disabled, one
-    /// x2APIC-only, one IOAPIC, one override), FADT at 0xe3000 with a DSDT at 0xe4000.
+    /// x2APIC-only, one IOAPIC, one override), FADT at 0xe3000 (a 24-bit PM timer at port
+    /// 0xb008) with a DSDT at 0xe4000, HPET table at 0xe5000 (registers at 0xfed00000).
     pub fn machine() -> FakeMem {
         let mut mem = vec![0u8; 0x10000];
         let mut put = |pa: u64, b: &[u8]| {
@@ -262,11 +296,20 @@ pub(crate) mod tests {
         put(0xe2000, &sdt(b"APIC", &madt));
         let mut fadt = vec![0u8; 244 - 36];
         fadt[40 - 36..44 - 36].copy_from_slice(&0xe4000u32.to_le_bytes());
+        fadt[76 - 36..80 - 36].copy_from_slice(&0xb008u32.to_le_bytes()); // PM_TMR_BLK
+        fadt[91 - 36] = 4; // PM_TMR_LEN
         put(0xe3000, &sdt(b"FACP", &fadt));
         put(0xe4000, &sdt(b"DSDT", &[0u8; 10]));
+        let mut hpet = Vec::new();
+        hpet.extend_from_slice(&0x8086_a201u32.to_le_bytes()); // 64-bit counter, 3 comparators
+        hpet.extend_from_slice(&[0, 64, 0, 0]); // memory space
+        hpet.extend_from_slice(&0xfed0_0000u64.to_le_bytes());
+        hpet.extend_from_slice(&[0, 0x80, 0, 0]);
+        put(0xe5000, &sdt(b"HPET", &hpet));
         let mut xsdt = Vec::new();
         xsdt.extend_from_slice(&0xe2000u64.to_le_bytes());
         xsdt.extend_from_slice(&0xe3000u64.to_le_bytes());
+        xsdt.extend_from_slice(&0xe5000u64.to_le_bytes());
         put(0xe1000, &sdt(b"XSDT", &xsdt));
         let mut rsdp = Vec::new();
         rsdp.extend_from_slice(b"RSD PTR ");
@@ -342,7 +385,16 @@ pub(crate) mod tests {
         assert_eq!((p.overrides[0].irq, p.overrides[0].gsi), (0, 2));
         assert_eq!(p.overrides[0].trigger(), "bus default");
         let sigs: Vec<_> = p.tables.iter().map(|(s, _)| *s).collect();
-        assert_eq!(sigs, vec![*b"APIC", *b"FACP"]);
+        assert_eq!(sigs, vec![*b"APIC", *b"FACP", *b"HPET"]);
+    }
+
+    #[test]
+    fn discover_finds_the_timers_the_firmware_describes() {
+        // SAFETY: as above.
+        let p = unsafe { discover(machine(), BASE) }.unwrap();
+        assert_eq!(p.hpet, Some(0xfed0_0000));
+        assert_eq!(p.pm_timer, Some(PmTimer { port: 0xb008, bits32: false }));
+        assert!(!p.hw_reduced);
     }
 
     #[test]
@@ -369,8 +421,8 @@ pub(crate) mod tests {
         let (n, skipped) = table_ranges(&machine(), BASE, &mut out);
         assert_eq!(skipped, 0);
         let starts: Vec<_> = out[..n].iter().map(|r| r.start).collect();
-        assert_eq!(starts, vec![0xe0000, 0xe1000, 0xe2000, 0xe3000, 0xe4000]);
-        assert_eq!(out[1].len(), 36 + 16);
+        assert_eq!(starts, vec![0xe0000, 0xe1000, 0xe2000, 0xe3000, 0xe4000, 0xe5000]);
+        assert_eq!(out[1].len(), 36 + 24);
         assert_eq!(out[4].len(), 46);
         let (n, skipped) = table_ranges(&machine(), BASE + 8, &mut out);
         assert_eq!((n, skipped), (0, 1));

@@ -24,6 +24,10 @@ macro_rules! numbered {
             pub const fn name(self) -> &'static str {
                 match self { $($name::$v => stringify!($v),)* }
             }
+            /// The value numbered `n`, if any (usable in constants).
+            pub const fn from_number(n: $t) -> Option<Self> {
+                match n { $($n => Some($name::$v),)* _ => None }
+            }
         }
         impl TryFrom<$t> for $name {
             type Error = $t;

@@ -37,6 +37,13 @@ pub enum MemKind {
     AcpiReclaimable,
     AcpiNvs,
     Defective,
+    /// Limine: the boot loader's own structures (page tables, responses, its stack); reusable
+    /// once nothing reads them any more. rl4 leaves them alone.
+    BootloaderReclaimable,
+    /// Limine: the kernel image and the boot modules.
+    KernelAndModules,
+    /// Limine: the framebuffer.
+    Framebuffer,
     /// Any other type number the firmware used.
     Other(u32),
 }

@@ -181,30 +181,39 @@ pub fn ipc(n: Sys, slot: u64, m: &Msg, timeout: u64, send_cap: u64, recv_slot: u
 
 use rl4_abi::ipc::{FOREVER, NO_SLOT};
 
+#[inline(always)]
 pub fn send(ep: u64, m: &Msg) -> Result<(), Error> {
     ipc(Sys::Send, ep, m, FOREVER, NO_SLOT, NO_SLOT).map(|_| ())
 }
+#[inline(always)]
 pub fn send_timeout(ep: u64, m: &Msg, timeout: u64) -> Result<(), Error> {
     ipc(Sys::Send, ep, m, timeout, NO_SLOT, NO_SLOT).map(|_| ())
 }
+#[inline(always)]
 pub fn nb_send(ep: u64, m: &Msg) -> Result<(), Error> {
     ipc(Sys::NbSend, ep, m, 0, NO_SLOT, NO_SLOT).map(|_| ())
 }
+#[inline(always)]
 pub fn recv(ep: u64) -> Result<Msg, Error> {
     ipc(Sys::Recv, ep, &Msg::default(), FOREVER, NO_SLOT, NO_SLOT)
 }
+#[inline(always)]
 pub fn recv_timeout(ep: u64, timeout: u64) -> Result<Msg, Error> {
     ipc(Sys::Recv, ep, &Msg::default(), timeout, NO_SLOT, NO_SLOT)
 }
+#[inline(always)]
 pub fn nb_recv(ep: u64) -> Result<Msg, Error> {
     ipc(Sys::NbRecv, ep, &Msg::default(), 0, NO_SLOT, NO_SLOT)
 }
+#[inline(always)]
 pub fn call(ep: u64, m: &Msg) -> Result<Msg, Error> {
     ipc(Sys::Call, ep, m, FOREVER, NO_SLOT, NO_SLOT)
 }
+#[inline(always)]
 pub fn reply(m: &Msg) -> Result<(), Error> {
     ipc(Sys::Reply, 0, m, 0, NO_SLOT, NO_SLOT).map(|_| ())
 }
+#[inline(always)]
 pub fn reply_recv(ep: u64, m: &Msg) -> Result<Msg, Error> {
     ipc(Sys::ReplyRecv, ep, m, FOREVER, NO_SLOT, NO_SLOT)
 }
