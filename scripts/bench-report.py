@@ -213,6 +213,11 @@ if intra:
     secs = intra["total_cycles"] / intra["tsc_hz"] * (1_000_000 / intra["iterations"])
     L.append(f"Wall time of 1,000,000 same-core round trips under TCG (`same-core-intra`, from the guest TSC): **{secs:.2f} s** "
              f"(the seed: 62 s).\n")
+# ---- benchtools (scripts/benchtools.py): instruction profile, -smp 2, fastpath=off, counting kernel ----
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchtools  # noqa: E402
+L += benchtools.sections(out, docs, rows)
+# ---- end of benchtools ----
 L.append("## Where the instructions go\n")
 tr = find("trace-same-core", "icount")
 if tr:

@@ -144,6 +144,16 @@ build_timeline_kernel() {
     cp "$ROOT/target/timeline/$TARGET/release/rl4" "$BUILD/rl4-timeline.elf"
 }
 
+# build_countglobal_kernel: the same kernel counting heap allocations and global-lock
+# acquisitions per CPU (feature `countglobal`), as build/rl4-countglobal.elf (its own target
+# directory), for scripts/bench's cross-core figures.
+build_countglobal_kernel() {
+    say "building the kernel that counts heap allocations and global locks (--features countglobal)"
+    (cd "$ROOT" && RL4_USER_DIR="$ROOT/target/$TARGET/release" cargo build -q -p rl4-kernel --features countglobal \
+        --target "$TARGET" --release --target-dir "$ROOT/target/countglobal") || die "countglobal kernel build failed"
+    cp "$ROOT/target/countglobal/$TARGET/release/rl4" "$BUILD/rl4-countglobal.elf"
+}
+
 # build_iso "kernel args" [MODULE...]: a GRUB (BIOS) ISO that boots rl4 through Multiboot2, with
 # the given files as boot modules.
 build_iso() {

@@ -45,7 +45,6 @@ use rl4_arch::layout::{HEAP_BASE, HEAP_SIZE, STACKS_BASE, STACKS_SIZE};
 use rl4_arch::paging::{self, Visit};
 use rl4_arch::{cpu, percpu, println};
 use rl4_smp::{MAX_CPUS, cpus, lapic};
-use spin::Mutex;
 
 use rl4_core::life::{Place, State};
 
@@ -53,7 +52,7 @@ use crate::obj::{self, KObj, MAP_COST, Thread, Wait};
 use crate::{mem, sched};
 
 /// Held by the CPU that runs a check.
-static WORLD: Mutex<()> = Mutex::new(());
+static WORLD: crate::count::GlobalSpin<()> = crate::count::GlobalSpin::new(crate::count::Global::Check, ());
 /// Other CPUs must stay in `hold`.
 static FROZEN: AtomicBool = AtomicBool::new(false);
 /// CPUs spinning in `hold`.

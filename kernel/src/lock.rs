@@ -147,6 +147,32 @@ impl<T, const L: u8> Mutex<T, L> {
     }
 }
 
+/// A [`Mutex`] that every CPU may take (a registry, the PCID allocator, the shoot-down lock):
+/// a kernel built with the `countglobal` feature counts its acquisitions (`count.rs`); other
+/// kernels compile it to the plain `Mutex`.
+pub struct GlobalMutex<T, const L: u8> {
+    m: Mutex<T, L>,
+    which: crate::count::Global,
+}
+
+impl<T, const L: u8> GlobalMutex<T, L> {
+    pub const fn new(which: crate::count::Global, v: T) -> Self {
+        GlobalMutex { m: Mutex::new(v), which }
+    }
+
+    #[inline(always)]
+    pub fn lock(&self) -> Guard<'_, T, L> {
+        crate::count::global_lock(self.which);
+        self.m.lock()
+    }
+
+    pub fn try_lock(&self) -> Option<Guard<'_, T, L>> {
+        let g = self.m.try_lock()?;
+        crate::count::global_lock(self.which);
+        Some(g)
+    }
+}
+
 pub struct Guard<'a, T, const L: u8> {
     g: spin::MutexGuard<'a, T>,
 }

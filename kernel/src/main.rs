@@ -10,6 +10,7 @@
 extern crate alloc;
 
 mod check;
+mod count;
 mod fault;
 mod lock;
 mod reclaim;

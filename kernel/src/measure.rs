@@ -26,7 +26,7 @@ pub fn cr3_floor(iters: u64) -> [u64; 3] {
 static PING_FROM: [AtomicU32; rl4_smp::MAX_CPUS] = [const { AtomicU32::new(0) }; rl4_smp::MAX_CPUS];
 static PONGS: [AtomicU64; rl4_smp::MAX_CPUS] = [const { AtomicU64::new(0) }; rl4_smp::MAX_CPUS];
 /// One measurement at a time (two could ping the same CPU).
-static BUSY: spin::Mutex<()> = spin::Mutex::new(());
+static BUSY: crate::count::GlobalSpin<()> = crate::count::GlobalSpin::new(crate::count::Global::Measure, ());
 
 /// The ping IPI: answer the CPU that sent it.
 pub fn ping_interrupt() {

@@ -19,14 +19,14 @@ use rl4_arch::{cpu, println};
 use rl4_core::PAGE_SIZE;
 use rl4_core::frames::FrameAllocator;
 use rl4_core::memmap::{MemKind, Range, RangeSet};
-use spin::Mutex;
+use crate::count::{self, Global, GlobalSpin};
 
 /// The kernel heap: `linked_list_allocator` over a virtual window that grows by mapping fresh
 /// frames at its end whenever an allocation does not fit. Every object a user task can make
 /// is charged to its memory budget at least as much as it takes from this heap, and the budget
 /// never exceeds the frames the allocator has, so growth cannot fail because of a user.
 struct GrowingHeap {
-    heap: Mutex<Heap>,
+    heap: GlobalSpin<Heap>,
     top: AtomicU64,
 }
 
@@ -37,6 +37,7 @@ const HEAP_GROW_PAGES: u64 = 64;
 // fresh frames right after the heap's current end before handing them to `Heap::extend`.
 unsafe impl GlobalAlloc for GrowingHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count::alloc(layout.size());
         let mut h = self.heap.lock();
         if let Ok(p) = h.allocate_first_fit(layout) {
             return p.as_ptr();
@@ -54,20 +55,21 @@ unsafe impl GlobalAlloc for GrowingHeap {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        count::free(layout.size());
         // SAFETY: `ptr` came from `alloc` with this layout (the `GlobalAlloc` contract).
         unsafe { self.heap.lock().deallocate(core::ptr::NonNull::new_unchecked(ptr), layout) }
     }
 }
 
 #[global_allocator]
-static HEAP: GrowingHeap = GrowingHeap { heap: Mutex::new(Heap::empty()), top: AtomicU64::new(0) };
+static HEAP: GrowingHeap = GrowingHeap { heap: GlobalSpin::new(Global::Heap, Heap::empty()), top: AtomicU64::new(0) };
 
 /// Bytes the heap spans now.
 pub fn heap_size() -> u64 {
     HEAP.top.load(Ordering::Relaxed).saturating_sub(rl4_arch::layout::HEAP_BASE)
 }
 
-static FRAMES: Mutex<Option<FrameAllocator<'static>>> = Mutex::new(None);
+static FRAMES: GlobalSpin<Option<FrameAllocator<'static>>> = GlobalSpin::new(Global::Frames, None);
 
 /// The kernel's frame source: the global allocator, limited to the first 4 GiB while the boot
 /// page tables are the only ones.

@@ -20,7 +20,7 @@ use rl4_abi::{Error, ObjType};
 use rl4_arch::entry::{RegsCell, UserRegs};
 use rl4_core::captable::{self, CapTable};
 use rl4_core::life::{Ident, Kinds};
-use crate::lock::{Level, Mutex};
+use crate::lock::{GlobalMutex, Level, Mutex};
 
 use crate::mem;
 
@@ -58,12 +58,12 @@ pub type Cap = captable::Cap<KObj>;
 /// (`check.rs`). Dead entries are pruned whenever the list has doubled since the last pruning,
 /// so it stays within twice the live objects and adding is amortised O(1).
 pub struct Registry<T> {
-    list: Mutex<(Vec<Weak<T>>, usize), { Level::OBJECT }>,
+    list: GlobalMutex<(Vec<Weak<T>>, usize), { Level::OBJECT }>,
 }
 
 impl<T> Registry<T> {
     pub const fn new() -> Self {
-        Registry { list: Mutex::new((Vec::new(), 0)) }
+        Registry { list: GlobalMutex::new(crate::count::Global::Registry, (Vec::new(), 0)) }
     }
 
     pub fn add(&self, a: &Arc<T>) {

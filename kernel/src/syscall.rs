@@ -533,6 +533,9 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
                 stat::IPC_CROSS => sched::total(sched::Count::IpcCross),
                 stat::IPIS_SENT => cpus::IPIS_SENT.load(core::sync::atomic::Ordering::Relaxed),
                 stat::HEAP_BYTES => mem::heap_size(),
+                stat::HEAP_ALLOCS if crate::count::BUILT => crate::count::allocs(),
+                stat::HEAP_FREES if crate::count::BUILT => crate::count::frees(),
+                stat::GLOBAL_LOCKS if crate::count::BUILT => crate::count::global_locks(),
                 _ => return Err(Error::InvalidArgument),
             };
             Ok([v, 0, 0])
@@ -599,6 +602,10 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             match a1 {
                 rl4_abi::measure::CR3_FLOOR if (1..=10_000).contains(&a2) => Ok(crate::measure::cr3_floor(a2)),
                 rl4_abi::measure::IPC_TRACE | rl4_abi::measure::IPC_TRACE_READ if !trace::BUILT => Err(Error::InvalidArgument),
+                rl4_abi::measure::COUNT_EVENTS if crate::count::BUILT => {
+                    crate::count::arm(a2 != 0);
+                    Ok([0; 3])
+                }
                 rl4_abi::measure::IPC_TRACE => {
                     trace::set(a2 != 0);
                     Ok([0; 3])

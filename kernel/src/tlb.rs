@@ -12,7 +12,8 @@ use rl4_arch::{cpu, paging};
 use rl4_core::pcid::{PcidAllocator, PcidCache};
 use rl4_smp::{MAX_CPUS, cpus, lapic};
 
-use crate::lock::{Level, Mutex};
+use crate::count::Global;
+use crate::lock::{GlobalMutex, Level, Mutex};
 use crate::obj::Space;
 use crate::sched::{self, CpuSched};
 
@@ -42,8 +43,8 @@ impl CpuTlb {
 }
 
 static PCID_ON: AtomicBool = AtomicBool::new(false);
-static PCIDS: Mutex<Option<PcidAllocator>, { Level::OBJECT }> = Mutex::new(None);
-static SHOOTDOWN: Mutex<(), { Level::SHOOTDOWN }> = Mutex::new(());
+static PCIDS: GlobalMutex<Option<PcidAllocator>, { Level::OBJECT }> = GlobalMutex::new(Global::Pcids, None);
+static SHOOTDOWN: GlobalMutex<(), { Level::SHOOTDOWN }> = GlobalMutex::new(Global::Shootdown, ());
 
 fn me() -> u32 {
     rl4_arch::percpu::cpu_index()

@@ -320,6 +320,14 @@ pub mod stat {
     pub const IPIS_SENT: u64 = 7;
     /// Bytes the kernel heap spans (it grows on demand, never shrinks).
     pub const HEAP_BYTES: u64 = 8;
+    /// Kernel heap allocations so far, all CPUs. Only a kernel built with the `countglobal`
+    /// feature counts them (and the two below); others answer `InvalidArgument`.
+    pub const HEAP_ALLOCS: u64 = 9;
+    /// Kernel heap frees so far, all CPUs (`countglobal` kernels only).
+    pub const HEAP_FREES: u64 = 10;
+    /// Acquisitions of locks that every CPU may take (heap, frame allocator, object
+    /// registries, PCIDs, shoot-down...) so far, all CPUs (`countglobal` kernels only).
+    pub const GLOBAL_LOCKS: u64 = 11;
 }
 
 /// Selectors of [`Sys::Measure`].
@@ -333,6 +341,10 @@ pub mod measure {
     pub const IPC_TRACE: u64 = 2;
     /// `arg` = kind << 8 | step (kind 0 `Call`, 1 `ReplyRecv`) → (cycles summed, calls traced).
     pub const IPC_TRACE_READ: u64 = 3;
+    /// `countglobal` kernels: record each CPU's first counted events (allocations, frees,
+    /// global locks) with their call chains (`arg` = 1, clearing earlier records), or stop and
+    /// print them on the console (`arg` = 0). Others answer `InvalidArgument`.
+    pub const COUNT_EVENTS: u64 = 4;
 }
 
 /// IPC registers and the message tag.

@@ -56,6 +56,48 @@ fn ipis() -> u64 {
     sys::stat(MACHINE, stat::IPIS_SENT).unwrap_or(0)
 }
 
+/// Heap allocations, frees and global-lock acquisitions during a measured loop, all CPUs: only
+/// a kernel built with the `countglobal` feature counts them (others answer `InvalidArgument`,
+/// and the figures are left out). While counting, the kernel also records each CPU's first
+/// events with their call chains and prints them when counting stops (`countglobal:` lines).
+struct GlobalCounts(Option<[u64; 3]>);
+
+impl GlobalCounts {
+    fn read() -> Option<[u64; 3]> {
+        let s = |w| sys::stat(MACHINE, w).ok();
+        Some([s(stat::HEAP_ALLOCS)?, s(stat::HEAP_FREES)?, s(stat::GLOBAL_LOCKS)?])
+    }
+
+    fn start() -> GlobalCounts {
+        // The sample buffers are mapped on first use (making thousands of frames): not counted.
+        let _ = samples();
+        let r = Self::read();
+        if r.is_some() {
+            let _ = sys::measure(MACHINE, measure::COUNT_EVENTS, 1);
+        }
+        GlobalCounts(r)
+    }
+
+    /// The counts since `start` (and the kernel prints its records).
+    fn stop(self) -> Option<[u64; 3]> {
+        let a = self.0?;
+        let b = Self::read()?;
+        let _ = sys::measure(MACHINE, measure::COUNT_EVENTS, 0);
+        Some([b[0] - a[0], b[1] - a[1], b[2] - a[2]])
+    }
+}
+
+fn global_counts(j: &mut Json, c: Option<[u64; 3]>, iters: u64) {
+    if let Some([allocs, frees, locks]) = c {
+        j.frac("heap_allocs_per_round_trip", allocs, iters)
+            .frac("heap_frees_per_round_trip", frees, iters)
+            .frac("global_locks_per_round_trip", locks, iters)
+            .num("heap_allocs", allocs)
+            .num("heap_frees", frees)
+            .num("global_locks", locks);
+    }
+}
+
 /// Moves the calling (root) thread to `cpu`.
 fn go_to(cpu: u64) {
     let _ = sys::thread_set_affinity(THREAD, cpu);
@@ -208,13 +250,15 @@ fn ipc_config(bi: &BootInfo, name: &str, accel: &str, client: u64, server: Optio
     }
     let i0 = ipis();
     let (f0, c0) = (sys::stat(MACHINE, stat::IPC_FAST).unwrap_or(0), sys::stat(MACHINE, stat::IPC_CROSS).unwrap_or(0));
+    let counting = GlobalCounts::start();
     let total = round_trips(ep, len, iters, ov);
+    let counted = counting.stop();
     let sent = ipis() - i0;
     let fast = sys::stat(MACHINE, stat::IPC_FAST).unwrap_or(0) - f0;
     let cross = sys::stat(MACHINE, stat::IPC_CROSS).unwrap_or(0) - c0;
     let s = summarize(&mut samples()[..iters]);
-    Json::new(name, accel, iters as u64, tsc_hz())
-        .summary("", &s)
+    let mut j = Json::new(name, accel, iters as u64, tsc_hz());
+    j.summary("", &s)
         .num("cycles_per_iteration", total / iters as u64)
         .frac("ipis_per_round_trip", sent, iters as u64)
         .frac("fast_path_per_round_trip", fast, iters as u64)
@@ -223,8 +267,9 @@ fn ipc_config(bi: &BootInfo, name: &str, accel: &str, client: u64, server: Optio
         .num("client_cpu", client)
         .num("server_cpu", server.unwrap_or(client))
         .num("overhead_cycles", ov)
-        .num("total_cycles", total)
-        .emit();
+        .num("total_cycles", total);
+    global_counts(&mut j, counted, iters as u64);
+    j.emit();
     match cleanup {
         Some(srv) => srv.stop(),
         None => release(ep),
@@ -241,6 +286,7 @@ fn oneway_config(bi: &BootInfo, name: &str, accel: &str, client: u64, server: u6
         let _ = sys::call(ep, &m);
     }
     let (a, b) = (samples(), samples2());
+    let counting = GlobalCounts::start();
     for i in 0..iters {
         let before = rdtsc();
         let r = sys::call(ep, &m);
@@ -250,16 +296,18 @@ fn oneway_config(bi: &BootInfo, name: &str, accel: &str, client: u64, server: u6
             b[i] = after.wrapping_sub(r.w[1]).saturating_sub(ov) as u32;
         }
     }
+    let counted = counting.stop();
     let sc = summarize(&mut a[..iters]);
     let sr = summarize(&mut b[..iters]);
-    Json::new(name, accel, iters as u64, tsc_hz())
-        .summary("", &sc)
+    let mut j = Json::new(name, accel, iters as u64, tsc_hz());
+    j.summary("", &sc)
         .summary("reply_", &sr)
         .text("what", "min/median/... = one-way call (client before syscall -> server after); reply_* = one-way reply")
         .num("client_cpu", client)
         .num("server_cpu", server)
-        .num("overhead_cycles", ov)
-        .emit();
+        .num("overhead_cycles", ov);
+    global_counts(&mut j, counted, iters as u64);
+    j.emit();
     srv.stop();
 }
 

@@ -1,0 +1,345 @@
+"""The report sections of scripts/bench's additions (imported by scripts/bench-report.py):
+
+* the same-core round trip instruction by instruction (scripts/insn-profile under icount, fast
+  paths on and off): total, locked instructions, where they go, beside seL4 and Linux;
+* the cross-core configurations in a -smp 2 boot beside the -smp 4 one;
+* fast path against general path (`fastpath=off`);
+* heap allocations and global-lock acquisitions per cross-core round trip (the `countglobal`
+  kernel), with the call sites of the events it recorded.
+
+`sections(out, docs, rows)` returns the Markdown lines and adds the figures to
+docs/benchmarks.json (keys `instruction_profiles` and `countglobal`).
+"""
+import json
+import os
+
+# Figures measured elsewhere (/work/shared/floor.md: seL4 and Linux 6.1 under the same QEMU).
+SEL4 = "415 (194 + 221); SMP build 591"
+LINUX_FUTEX_SAME = 10_511
+LINUX_GETPPID = 346
+
+
+def n(v, digits=0):
+    """A count for a table: a whole number when it is one (per round trip figures of the
+    profile are exact), else rounded."""
+    if v is None:
+        return "—"
+    if abs(v - round(v)) < 0.05:
+        return f"{round(v):,}"
+    return f"{v:,.{max(digits, 1)}f}"
+
+
+def load_profiles(out):
+    d = os.path.join(out, "profiles")
+    profs = {}
+    if os.path.isdir(d):
+        for f in sorted(os.listdir(d)):
+            if f.endswith(".json"):
+                profs[f[:-5]] = json.load(open(os.path.join(d, f)))
+    return profs
+
+
+def summary(p):
+    """The coarse split of a profile: user code, entry/exit assembly, Rust entry, fast path,
+    other kernel functions."""
+    g = {"client": 0.0, "server": 0.0, "asm": 0.0, "entry": 0.0, "fast": 0.0, "kernel": 0.0, "outside": 0.0}
+    for s in p["steps"]:
+        w, v = s["what"], s["instructions"]
+        if s.get("outside"):
+            g["outside"] += v
+        elif w.startswith("user: root"):
+            g["client"] += v
+        elif w.startswith("user:"):
+            g["server"] += v
+        elif w.startswith(("entry assembly", "exit assembly")):
+            g["asm"] += v
+        elif w == "kernel: rl4_syscall":
+            g["entry"] += v
+        elif w.startswith("fast path"):
+            g["fast"] += v
+        else:
+            g["kernel"] += v
+    return g
+
+
+def profile_section(profs, rows):
+    on, off = profs.get("same-core"), profs.get("same-core-fastpath-off")
+    if not on and not off:
+        return []
+    L = ["## The same-core round trip, instruction by instruction\n"]
+    any_p = on or off
+    L.append("From `scripts/insn-profile` (run by `scripts/bench --icount`): the kernel boots twice under "
+             "`-accel tcg,thread=single,one-insn-per-tb=on -icount shift=0,sleep=off -cpu max -smp 1` with QEMU's "
+             "`-d exec,nochain,in_asm` log streamed into a counter (never stored), once with "
+             f"{any_p['rounds']:g} round trips fewer than the other; the difference of the two counts, instruction by "
+             "instruction, divided by that number, is how often each instruction runs per round trip, whatever boot and "
+             "set-up cost. The benchmark loop's own instructions outside the timed window (time stamps, storing the "
+             "sample, the summary's sort) are split off, so the figures add up to the benchmark's median. Locked: "
+             "instructions with a `lock` prefix, and `xchg` with a memory operand. Kernel code is grouped by symbol, "
+             "and the fast path (inlined into `rl4_syscall`) by the step of `kernel/src/fastpath.rs` whose lines the "
+             "instruction was inlined at (steps end at its `trace::stamp` points); user code of the two tasks (both "
+             "linked at one address) is told apart by its bytes.\n")
+    null = next((r for r in rows if r.get("name") == "null-syscall" and r.get("accel") == "icount"), None)
+    L.append("| same-core round trip (Call + ReplyRecv, two address spaces) | rl4, fast path | rl4, `fastpath=off` | "
+             "seL4 (fast path) | Linux 6.1 |")
+    L.append("|---|---|---|---|---|")
+    L.append(f"| instructions | **{n(on['round_trip']) if on else '—'}** | {n(off['round_trip']) if off else '—'} | "
+             f"{SEL4} | futex wake/wait between two threads, same CPU: {LINUX_FUTEX_SAME:,} |")
+    L.append(f"| locked instructions | **{n(on['locked_per_round_trip']) if on else '—'}** | "
+             f"{n(off['locked_per_round_trip']) if off else '—'} | — | — |")
+    L.append(f"| null system call (for scale) | {n(null['median_cycles']) if null else '—'} | | — | `getppid`: {LINUX_GETPPID} |")
+    L.append("")
+    L.append("seL4 and Linux were measured under the same QEMU, outside this harness (seL4: sel4bench `ipc`, one-way Call "
+             "and ReplyRecv medians added, release build, PCID off; Linux 6.1 under QEMU 10 icount). seL4's fast path "
+             "takes one kernel lock in its SMP build and no reference counts.\n")
+
+    cols = [(p, lbl) for p, lbl in ((on, "fast path"), (off, "`fastpath=off`")) if p]
+    sums = [summary(p) for p, _ in cols]
+    L.append("Where they go:\n")
+    L.append("| where | " + " | ".join(lbl for _, lbl in cols) + " |")
+    L.append("|---" * (len(cols) + 1) + "|")
+    for key, label in (("client", "user code of the client (root task), between the time stamps"),
+                       ("server", "user code of the echo server (worker task)"),
+                       ("asm", "`syscall` entry and exit assembly (`rl4_syscall_entry`, `rl4_return_to_user`)"),
+                       ("entry", "the Rust entry `rl4_syscall` (outside the fast path)"),
+                       ("fast", "the fast path (`kernel/src/fastpath.rs` and what it inlines)"),
+                       ("kernel", "other kernel functions (out of line)")):
+        L.append(f"| {label} | " + " | ".join(n(s[key]) for s in sums) + " |")
+    L.append("| **round trip** | " + " | ".join(f"**{n(p['round_trip'])}**" for p, _ in cols) + " |")
+    L.append("| locked instructions | " + " | ".join(n(p["locked_per_round_trip"]) for p, _ in cols) + " |")
+    L.append("| (outside the timed window: the loop's own instructions, timer interrupts; not counted above) | " + " | ".join(n(p["outside_window"], 1) for p, _ in cols) + " |")
+    L.append("")
+
+    if on and on["fast_path_steps"]:
+        L.append("The fast path by step (instructions inlined at the lines of each step of `call` and `reply_recv`; "
+                 "out-of-line helpers they call are listed after):\n")
+        L.append("| step | `Call` | `ReplyRecv` | either (shared code) | locked |")
+        L.append("|---|---|---|---|---|")
+        for s in on["fast_path_steps"]:
+            lk = s["call_locked"] + s["reply_recv_locked"] + s.get("either_locked", 0)
+            L.append(f"| {s['step']} | {n(s['call'])} | {n(s['reply_recv'])} | {n(s.get('either'))} | {n(lk)} |")
+        for st in on["steps"]:
+            if st["what"].startswith("kernel: ") and st["what"] != "kernel: rl4_syscall" and abs(st["instructions"]) >= 0.5:
+                L.append(f"| out of line: `{st['what'][8:]}` | | | {n(st['instructions'])} | {n(st['locked'])} |")
+        L.append("")
+    if off:
+        L.append("The general path (`fastpath=off`) by kernel function (each with what it inlines):\n")
+        L.append("| function | instructions | locked |")
+        L.append("|---|---|---|")
+        funcs = [s for s in off["by_symbol"] if not s["what"].startswith("user:")]
+        for s in funcs[:15]:
+            L.append(f"| `{s['what']}` | {n(s['instructions'])} | {n(s['locked'])} |")
+        if len(funcs) > 15:
+            L.append(f"| {len(funcs) - 15} other functions | {n(sum(s['instructions'] for s in funcs[15:]))} | "
+                     f"{n(sum(s['locked'] for s in funcs[15:]))} |")
+        L.append("")
+
+    files = {}
+    for i, (p, _) in enumerate(cols):
+        for f in p["by_file"]:
+            files.setdefault(f["what"], [0.0] * len(cols))[i] += f["instructions"]
+    top = sorted(files.items(), key=lambda kv: -max(kv[1]))
+    L.append("Kernel instructions by the source file of the innermost inlined frame (where the code was written: "
+             "`core: sync/atomic.rs` is every atomic operation, the spinlocks' compare-and-swap included):\n")
+    L.append("| source file | " + " | ".join(lbl for _, lbl in cols) + " |")
+    L.append("|---" * (len(cols) + 1) + "|")
+    rest = [0.0] * len(cols)
+    for f, v in top:
+        if max(abs(x) for x in v) >= 4:
+            L.append(f"| `{f}` | " + " | ".join(n(x) for x in v) + " |")
+        else:
+            rest = [a + b for a, b in zip(rest, v)]
+    L.append("| everything else | " + " | ".join(n(x) for x in rest) + " |")
+    L.append("")
+    for p, lbl in cols:
+        kinds = p.get("locked_by_kind", {})
+        if not kinds:
+            continue
+        parts = []
+        for k, e in sorted(kinds.items(), key=lambda kv: -kv[1]["count"]):
+            sites = ", ".join(f"{s} ×{v:g}" if v != 1 else s for s, v in sorted(e["sites"].items()))
+            parts.append(f"{n(e['count'])} {k} ({sites})")
+        L.append(f"Locked instructions per round trip, {lbl}: " + "; ".join(parts) + ".\n")
+    return L
+
+
+def cross_profile_section(profs):
+    p = profs.get("cross-core-0-1-smp2")
+    if not p:
+        return []
+    L = ["### The cross-core round trip, instruction by instruction\n"]
+    cpus = p.get("per_cpu", {})
+    split = "; ".join(f"CPU {c}: {n(e['user'] + e['kernel'])} ({n(e['user'])} user)" for c, e in cpus.items())
+    fs = [s for s in p["steps"] if s["what"].startswith("fast path")]
+    fast = (sum(s["instructions"] for s in fs), sum(s["locked"] for s in fs))
+    L.append(f"`cross-core-0-1` under icount at `-smp 2` (client on CPU 0, server on CPU 1; QEMU runs the two vCPUs in "
+             "turn on one instruction counter, so a round trip counts both CPUs' instructions, the idle CPU's polling "
+             f"included): **{n(p['round_trip'])}** instructions per round trip, **{n(p['locked_per_round_trip'])}** of them "
+             f"locked (per CPU, with the loop's own: {split}). The general path does the work on both sides; "
+             + (f"the fast path (for one CPU) is tried first and falls back, which costs {n(fast[0])} instructions "
+                f"({n(fast[1])} locked) per round trip. " if fast[0] >= 0.5 else "")
+             + "By function:\n")
+    L.append("| function (with what it inlines) | instructions | locked |")
+    L.append("|---|---|---|")
+    rows = [s for s in p["steps"] if not s.get("outside")]
+    for s in rows[:22]:
+        L.append(f"| {s['what']} | {n(s['instructions'])} | {n(s['locked'])} |")
+    if len(rows) > 22:
+        L.append(f"| {len(rows) - 22} more | {n(sum(s['instructions'] for s in rows[22:]))} | "
+                 f"{n(sum(s['locked'] for s in rows[22:]))} |")
+    L.append(f"| **round trip** | **{n(p['round_trip'])}** | **{n(p['locked_per_round_trip'])}** |")
+    L.append("")
+    kinds = p.get("locked_by_kind", {})
+    if kinds:
+        L.append("Its locked instructions: " + "; ".join(
+            f"{n(e['count'])} {k}" for k, e in sorted(kinds.items(), key=lambda kv: -kv[1]["count"])) + ".\n")
+    return L
+
+
+def find(rows, config, accel, smp=None, variant=None):
+    for r in rows:
+        if r.get("config", r["name"]) != config or r["accel"] != accel:
+            continue
+        if (r.get("variant") or None) != variant:
+            continue
+        if smp is not None and r.get("smp", 4) != smp:
+            continue
+        return r
+    return None
+
+
+def med(r):
+    return f"{r['median_cycles']:,}" if r and "median_cycles" in r else "—"
+
+
+def p99(r):
+    return f"{r['p99_cycles']:,}" if r and "p99_cycles" in r else "—"
+
+
+def smp_section(rows):
+    v = sorted({r["variant"] for r in rows if r.get("variant", "").startswith("smp")})
+    if not v:
+        return []
+    L = []
+    for var in v:
+        other = int(var[3:])
+        out = []
+        for r in rows:
+            if r.get("variant") != var:
+                continue
+            base = next((b for b in rows if b["name"] == r["config"] and b["accel"] == r["accel"] and not b.get("variant")), None)
+            out.append((r, base))
+        if not out:
+            continue
+        base_smp = next((b.get("smp") for _, b in out if b), "?")
+        L.append(f"## Cross-core at -smp {other} and -smp {base_smp}\n")
+        L.append(f"The cross-core groups again in a `-smp {other}` boot (rows `NAME/{var}`), beside the main boot's "
+                 f"`-smp {base_smp}`. The host has two cores shared with other work: at `-smp 2` each vCPU can have one; "
+                 "at `-smp 4` the idle vCPUs' threads compete with the two that work.\n")
+        L.append(f"| configuration | accel | median, -smp {base_smp} | p99, -smp {base_smp} | median, -smp {other} | p99, -smp {other} | "
+                 f"IPIs per iteration, -smp {base_smp} / {other} |")
+        L.append("|---|---|---|---|---|---|---|")
+        for r, b in out:
+            ipi = f"{b.get('ipis_per_round_trip', 0):.2f} / {r.get('ipis_per_round_trip', 0):.2f}" if b and "ipis_per_round_trip" in r else "—"
+            L.append(f"| {r['config']} | {r['accel']} | {med(b)} | {p99(b)} | {med(r)} | {p99(r)} | {ipi} |")
+        L.append("")
+    return L
+
+
+def fastpath_section(rows):
+    offs = [r for r in rows if r.get("variant") == "fastpath-off"]
+    if not offs:
+        return []
+    L = ["## Fast path and general path\n"]
+    L.append("The same configurations with the kernel option `fastpath=off`, which sends every system call down the "
+             "general path (the reference the fast paths must agree with), in a boot of the same size as the one "
+             "it is compared with.\n")
+    L.append("| configuration | accel | -smp | fast path: median | fast path: p99 | `fastpath=off`: median | "
+             "`fastpath=off`: p99 | off / on (medians) |")
+    L.append("|---|---|---|---|---|---|---|---|")
+    for r in offs:
+        smp = r.get("smp")
+        on = next((b for b in rows if b.get("config", b["name"]) in (r["config"], r["config"] + "-ref")
+                   and b["accel"] == r["accel"] and b.get("smp") == smp and b.get("variant") in (None, "", f"smp{smp}")), None)
+        ratio = f"{r['median_cycles'] / on['median_cycles']:.2f}" if on and on.get("median_cycles") else "—"
+        L.append(f"| {r['config']}{' (vs `' + on['name'] + '`)' if on and on['name'] != r['config'] else ''} | {r['accel']} | "
+                 f"{smp} | {med(on)} | {p99(on)} | {med(r)} | {p99(r)} | {ratio} |")
+    L.append("")
+    return L
+
+
+def countglobal_section(out, rows):
+    cg = [r for r in rows if r.get("variant") == "countglobal"]
+    if not cg:
+        return [], {}
+    recs = {}
+    for f in sorted(os.listdir(out)):
+        if f.startswith("countglobal-") and f.endswith(".json"):
+            try:
+                recs[f[len("countglobal-"):-5]] = json.load(open(os.path.join(out, f)))
+            except ValueError:
+                pass
+    L = ["## Heap allocations and global locks (counting kernel)\n"]
+    L.append("A kernel built with the `countglobal` feature (`kernel/src/count.rs`) counts, per CPU, every heap "
+             "allocation and free and every acquisition of a lock that every CPU may take: the heap's, the frame "
+             "allocator's, the object registries', the PCID allocator's, the TLB shoot-down lock, and the measurement "
+             "and consistency-check locks. The benchmark reads the sums (`Stat`) before and after its measured loop; "
+             "meanwhile each CPU records its first events with their call chains (`Measure(COUNT_EVENTS)`), printed "
+             "when the loop ends and symbolized here. The IPC path's other locks (endpoint queues, threads, the "
+             "receiver's inbox and run queue) belong to the objects and CPUs involved. Under TCG at `-smp 2`; the "
+             "counting costs a few instructions per event, so these boots' latencies are not compared.\n")
+    L.append("| configuration | round trips | heap allocations per round trip | global-lock acquisitions per round trip | "
+             "allocations / frees / global locks in all |")
+    L.append("|---|---|---|---|---|")
+    for r in cg:
+        if "heap_allocs_per_round_trip" not in r:
+            L.append(f"| {r['config']} | {r['iterations']:,} | not counted (kernel without `countglobal`) | | |")
+            continue
+        it = r["iterations"]
+
+        def per(k, frac):
+            x = r.get(k)
+            if x is None:
+                return f"{r[frac]:.4f}"
+            return "0" if x == 0 else f"{x / it:.5f} ({x:,} in {it:,})"
+        L.append(f"| {r['config']} | {it:,} | {per('heap_allocs', 'heap_allocs_per_round_trip')} | "
+                 f"{per('global_locks', 'global_locks_per_round_trip')} | {r.get('heap_allocs', 0):,} / "
+                 f"{r.get('heap_frees', 0):,} / {r.get('global_locks', 0):,} |")
+    L.append("")
+    for accel, rec in recs.items():
+        events = [(s.get("config", "?"), d) for s in rec.get("sessions", []) for d in s.get("distinct", [])]
+        if not events:
+            L.append(f"The counting kernel recorded no event during the measured loops ({accel}).\n")
+            continue
+        L.append(f"What the counting kernel recorded during the measured loops ({accel}; the first events of each CPU, "
+                 "identical call chains merged):\n")
+        L.append("| configuration | event | times | CPU | where (first frame outside the allocator and lock code) | through |")
+        L.append("|---|---|---|---|---|---|")
+        for cfg, d in events:
+            what = f"allocation of {d['size']} bytes" if d["kind"] == "alloc" else \
+                f"free of {d['size']} bytes" if d["kind"] == "free" else f"`{d['kind']}` lock"
+            via = d["via"].replace("alloc::collections::vec_deque::", "").replace("alloc::sync::", "").replace("rl4::obj::", "")
+            L.append(f"| {cfg} | {what} | {d['count']} | {','.join(map(str, d['cpus']))} | `{d['site']}` | `{via[:120]}` |")
+        L.append("")
+    return L, recs
+
+
+def sections(out, docs, rows):
+    rows = [r for r in rows if r.get("system") != "linux"]
+    profs = load_profiles(out)
+    L = []
+    L += profile_section(profs, rows)
+    L += cross_profile_section(profs)
+    L += smp_section(rows)
+    L += fastpath_section(rows)
+    cg, recs = countglobal_section(out, rows)
+    L += cg
+    path = os.path.join(docs, "benchmarks.json")
+    if os.path.exists(path) and (profs or recs):
+        d = json.load(open(path))
+        if profs:
+            d["instruction_profiles"] = {k: {x: v for x, v in p.items() if x != "instructions"} for k, p in profs.items()}
+        if recs:
+            d["countglobal"] = recs
+        json.dump(d, open(path, "w"), indent=1)
+    return L
