@@ -185,7 +185,8 @@ CFG
 
 # find_limine: the directory of a Limine 8.x binary release (limine-bios.sys, limine-bios-cd.bin,
 # limine-uefi-cd.bin, BOOTX64.EFI): $LIMINE_DIR, a distribution's /usr/share/limine, or
-# ../shared/limine next to this repository (where CI's clean clone finds it). Sets LIMINE_DIR.
+# shared/limine next to this repository or beside one of its ancestor directories (where a
+# clean clone elsewhere finds it). Sets LIMINE_DIR.
 LIMINE_FILES="limine-bios.sys limine-bios-cd.bin limine-uefi-cd.bin BOOTX64.EFI"
 limine_dir_ok() {
     local f
@@ -201,6 +202,15 @@ find_limine() {
     for d in /usr/share/limine "$ROOT/../shared/limine"; do
         if limine_dir_ok "$d"; then
             LIMINE_DIR=$(cd "$d" && pwd)
+            return 0
+        fi
+    done
+    # A clone placed deeper (a CI work directory): shared/limine beside any ancestor.
+    d=$(cd "$ROOT/.." && pwd)
+    while [ "$d" != / ]; do
+        d=$(dirname "$d")
+        if limine_dir_ok "$d/shared/limine"; then
+            LIMINE_DIR=$(cd "$d/shared/limine" && pwd)
             return 0
         fi
     done
