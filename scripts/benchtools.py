@@ -192,7 +192,8 @@ def cross_profile_section(profs):
     kinds = p.get("locked_by_kind", {})
     if kinds:
         L.append("Its locked instructions: " + "; ".join(
-            f"{n(e['count'])} {k}" for k, e in sorted(kinds.items(), key=lambda kv: -kv[1]["count"])) + ".\n")
+            f"{n(e['count'])} {k} (" + ", ".join(f"{st} ×{v:g}" if v != 1 else st for st, v in sorted(e["sites"].items())) + ")"
+            for k, e in sorted(kinds.items(), key=lambda kv: -kv[1]["count"])) + ".\n")
     return L
 
 
