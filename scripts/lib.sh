@@ -185,8 +185,8 @@ CFG
 
 # find_limine: the directory of a Limine 8.x binary release (limine-bios.sys, limine-bios-cd.bin,
 # limine-uefi-cd.bin, BOOTX64.EFI): $LIMINE_DIR, a distribution's /usr/share/limine, or
-# shared/limine next to this repository or beside one of its ancestor directories (where a
-# clean clone elsewhere finds it). Sets LIMINE_DIR.
+# shared/limine next to this repository or beside one of its ancestor directories, else the
+# copy vendored in third_party/limine. Sets LIMINE_DIR.
 LIMINE_FILES="limine-bios.sys limine-bios-cd.bin limine-uefi-cd.bin BOOTX64.EFI"
 limine_dir_ok() {
     local f
@@ -214,6 +214,11 @@ find_limine() {
             return 0
         fi
     done
+    # Last, the copy in this repository (third_party/limine, the same 8.2.0 release).
+    if limine_dir_ok "$ROOT/third_party/limine"; then
+        LIMINE_DIR="$ROOT/third_party/limine"
+        return 0
+    fi
     return 1
 }
 
