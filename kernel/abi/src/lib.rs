@@ -141,6 +141,12 @@ numbered! {
         /// once; each violation is printed. Needs `SHUTDOWN`; `InvalidState` while another
         /// check runs.
         KernelCheck = 40,
+        /// `(slot)` → `(count)`: delete every capability derived from the one in `slot` — copied,
+        /// minted or received through IPC from it, transitively — in every task, and return how
+        /// many were deleted; the capability in `slot` stays. A capability in flight (carried by
+        /// a blocked sender) that was read from a deleted or revoked one is not delivered.
+        /// Needs no right: what a task derived from its own capability is its to take back.
+        CapRevoke = 41,
     }
 }
 

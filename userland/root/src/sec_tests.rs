@@ -209,7 +209,131 @@ fn test_forged_console_lines(bi: &BootInfo) {
     report(NAME, done, format_args!("a worker task printed lines that imitate the kernel's and the root task's"));
 }
 
+// ---- revocation -------------------------------------------------------------------------------
+
+fn present(s: u64) -> bool {
+    sys::cap_identify(s).is_ok()
+}
+
+/// Issue 17: `CapRevoke` deletes every capability derived from a slot, in every task, and
+/// only those. Tree: `a` (an endpoint) → `b` (copy) → `c` (minted, badge 7) → `d` (copy), and
+/// `a` → `e`; `b` copied into another task's slot 20 and `d` into its slot 21. Revoking `b`
+/// deletes c, d and both slots of the other task (they are free again afterwards); `a`, `b`,
+/// `e` stay. Revoking `a` then deletes `b`, `e` and the other task's new copies. A deleted
+/// intermediate hands its children up: `a` → `f` → `g`, `f` deleted, revoking `a` deletes `g`.
+fn test_revoke_tree() {
+    const NAME: &str = "revoke-derivation-tree";
+    let (a, b, c, d, e, f, g, other) = (slot(), slot(), slot(), slot(), slot(), slot(), slot(), slot());
+    let all = Rights::ALL;
+    let made = sys::endpoint_create(MEMORY, a)
+        .and_then(|_| sys::cap_copy(a, TASK, b, all))
+        .and_then(|_| sys::cap_mint(b, TASK, c, all, 7))
+        .and_then(|_| sys::cap_copy(c, TASK, d, all))
+        .and_then(|_| sys::cap_copy(a, TASK, e, all))
+        .and_then(|_| sys::task_create(MEMORY, other))
+        .and_then(|_| sys::cap_copy(b, other, 20, all))
+        .and_then(|_| sys::cap_copy(d, other, 21, all));
+    let first = sys::cap_revoke(b);
+    let after_first = (present(a), present(b), present(c), present(d), present(e));
+    // The other task's slots are free again: copies into them succeed.
+    let freed = sys::cap_copy(e, other, 20, all).is_ok() && sys::cap_copy(b, other, 21, all).is_ok();
+    let second = sys::cap_revoke(a);
+    let after_second = (present(a), present(b), present(e));
+    let freed2 = sys::cap_copy(a, other, 20, all).is_ok() && sys::cap_copy(a, other, 21, all).is_ok();
+    let none_left = sys::cap_revoke(a);
+    let _ = sys::cap_revoke(a);
+    let handed_up = sys::cap_copy(a, TASK, f, all)
+        .and_then(|_| sys::cap_copy(f, TASK, g, all))
+        .and_then(|_| sys::cap_delete(f))
+        .and_then(|_| sys::cap_revoke(a).map(|_| ()));
+    let g_gone = !present(g);
+    let empty = sys::cap_revoke(f);
+    let out_of_range = sys::cap_revoke(1 << 40);
+    let ok = made.is_ok()
+        && first == Ok(4)
+        && after_first == (true, true, false, false, true)
+        && freed
+        && second == Ok(4)
+        && after_second == (true, false, false)
+        && freed2
+        && none_left == Ok(2)
+        && handed_up.is_ok()
+        && g_gone
+        && empty == Err(Error::EmptySlot)
+        && out_of_range == Err(Error::SlotOutOfRange);
+    report(
+        NAME,
+        ok,
+        format_args!(
+            "made {made:?}; revoke b: {first:?} (want 4), a/b/c/d/e present {after_first:?}, other task's slots free {freed}; \
+             revoke a: {second:?} (want 4), a/b/e present {after_second:?}, free again {freed2}; revoke a with 2 new copies: \
+             {none_left:?}; deleted intermediate: {handed_up:?}, its child gone {g_gone}; empty slot {empty:?}, \
+             out of range {out_of_range:?}"
+        ),
+    );
+    let _ = sys::task_kill(other);
+    for s in [a, b, c, d, e, f, g, other] {
+        release(s);
+    }
+}
+
+static FLIGHT_EP: AtomicU64 = AtomicU64::new(0);
+static FLIGHT_CAP: AtomicU64 = AtomicU64::new(0);
+static FLIGHT_RESULT: AtomicU64 = AtomicU64::new(u64::MAX);
+
+fn flight_sender(_: u64) {
+    let msg = Msg { tag: Tag::new(3, 0, 1), badge: 0, w: [0; 4] };
+    let r = sys::ipc(Sys::Send, FLIGHT_EP.load(SeqCst), &msg, FOREVER, FLIGHT_CAP.load(SeqCst), u64::MAX);
+    FLIGHT_RESULT.store(match r { Ok(_) => 0, Err(e) => e as u64 }, SeqCst);
+}
+
+/// Issue 17: a capability in flight is revoked too. A thread on another CPU blocks in `Send`
+/// carrying a copy of a frame capability; revoking the original deletes the copy in its slot,
+/// and the message then arrives without the capability (tag `caps` 0, the receive slot
+/// empty). The control: the same with no revocation delivers it.
+fn test_revoke_in_flight() {
+    const NAME: &str = "revoke-in-flight-capability";
+    let (ep, frame, copy, into) = (slot(), slot(), slot(), slot());
+    let made = sys::endpoint_create(MEMORY, ep)
+        .and_then(|_| sys::frame_alloc(MEMORY, frame))
+        .and_then(|_| sys::cap_copy(frame, TASK, copy, Rights::ALL));
+    FLIGHT_EP.store(ep, SeqCst);
+    FLIGHT_CAP.store(copy, SeqCst);
+    let mut outcome = [(false, 0u64, false, u64::MAX); 2];
+    for (i, revoke) in [false, true].into_iter().enumerate() {
+        if i == 1 {
+            let _ = sys::cap_copy(frame, TASK, copy, Rights::ALL);
+        }
+        FLIGHT_RESULT.store(u64::MAX, SeqCst);
+        let t = spawn(flight_sender, 0, ROOT_PRIO, far_cpu());
+        let blocked = wait_ms(2000, || state(t) == Some(ThreadState::BlockedSend));
+        let revoked = if revoke { sys::cap_revoke(frame) == Ok(1) && !present(copy) } else { present(copy) };
+        let m = sys::ipc(Sys::Recv, ep, &Msg::default(), tsc_hz() * 2, u64::MAX, into);
+        let caps = m.map(|m| m.tag.caps()).unwrap_or(99);
+        let arrived = present(into);
+        wait_ms(2000, || FLIGHT_RESULT.load(SeqCst) != u64::MAX);
+        outcome[i] = (blocked && revoked, caps, arrived, FLIGHT_RESULT.load(SeqCst));
+        join_dead(t);
+        let _ = sys::cap_delete(into);
+    }
+    let ok = made.is_ok() && outcome[0] == (true, 1, true, 0) && outcome[1] == (true, 0, false, 0);
+    report(
+        NAME,
+        ok,
+        format_args!(
+            "made {made:?}; (sender blocked and copy as expected, tag caps, capability in the receive slot, send result): \
+             without revocation {:?} (want (true, 1, true, 0)), revoked while in flight {:?} (want (true, 0, false, 0))",
+            outcome[0], outcome[1]
+        ),
+    );
+    for s in [ep, frame, copy, into] {
+        release(s);
+    }
+}
+
 pub fn run(bi: &BootInfo) {
+    test_revoke_tree();
+    test_revoke_in_flight();
     test_task_space_race();
     test_transfer_needs_grant_on_cap();
     test_forged_console_lines(bi);
