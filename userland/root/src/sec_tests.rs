@@ -331,9 +331,117 @@ fn test_revoke_in_flight() {
     }
 }
 
+static RACE_ROOT: AtomicU64 = AtomicU64::new(0);
+static RACE_OTHER: AtomicU64 = AtomicU64::new(0);
+static RACE_COPIES: AtomicU64 = AtomicU64::new(0);
+static RACE_ODD_COPY: AtomicU64 = AtomicU64::new(0);
+static RACE_PAIR: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+/// On another CPU: copies of copies of the root capability, into this task and another, as
+/// fast as it can, deleting some on the way.
+fn revoke_racer(_: u64) {
+    while RACE_ROOT.load(SeqCst) == 0 {
+        core::hint::spin_loop();
+    }
+    let (root, other) = (RACE_ROOT.load(SeqCst), RACE_OTHER.load(SeqCst));
+    let (x, y) = (RACE_PAIR[0].load(SeqCst), RACE_PAIR[1].load(SeqCst));
+    let mut i = 0u64;
+    while !RACE_STOP.load(SeqCst) {
+        i += 1;
+        // Each copy either lands or finds its source gone (revoked) or its slot taken.
+        let r1 = sys::cap_copy(root, TASK, x, Rights::ALL);
+        let r2 = sys::cap_copy(x, TASK, y, Rights::ALL);
+        let r3 = sys::cap_copy(y, other, 8 + i % 64, Rights::ALL);
+        for r in [r1, r2, r3] {
+            match r {
+                Ok(()) => {
+                    RACE_COPIES.fetch_add(1, SeqCst);
+                }
+                Err(Error::EmptySlot) | Err(Error::SlotOccupied) => {}
+                Err(_) => {
+                    RACE_ODD_COPY.fetch_add(1, SeqCst);
+                }
+            }
+        }
+        if i % 3 == 0 {
+            let _ = sys::cap_delete(x);
+        }
+    }
+    // Stay (so that the budget can be compared without this thread's charge) until let go.
+    RACE_PARKED.store(true, SeqCst);
+    while RACE_ROOT.load(SeqCst) != 0 {
+        core::hint::spin_loop();
+    }
+}
+
+static RACE_PARKED: AtomicBool = AtomicBool::new(false);
+
+/// Issue 17: revocation against derivation on another CPU. A thread on CPU 1 keeps copying the
+/// root capability, copies of the copies, and copies into another task, while this thread
+/// revokes the root over and over; then, with the copier stopped, one last revocation must
+/// leave no copy anywhere (the other task's 64 slots are all free again), and the memory budget
+/// and the kernel's consistency check are back.
+fn test_revoke_race() {
+    const NAME: &str = "revoke-against-copies-on-another-cpu";
+    if cpus() < 2 {
+        return crate::tests::skip(NAME, "one CPU");
+    }
+    RACE_ROOT.store(0, SeqCst);
+    RACE_PARKED.store(false, SeqCst);
+    RACE_STOP.store(false, SeqCst);
+    RACE_COPIES.store(0, SeqCst);
+    RACE_ODD_COPY.store(0, SeqCst);
+    // The copier first (its stack stays mapped; it waits, parked, until the budget is compared):
+    // the budget is compared from here.
+    let t = spawn(revoke_racer, 0, ROOT_PRIO, 1);
+    let Ok((left0, _)) = sys::memory_info(MEMORY) else { return report(NAME, false, format_args!("memory_info")) };
+    let (root, other, x, y) = (slot(), slot(), slot(), slot());
+    let made = sys::endpoint_create(MEMORY, root).and_then(|_| sys::task_create(MEMORY, other));
+    RACE_OTHER.store(other, SeqCst);
+    RACE_PAIR[0].store(x, SeqCst);
+    RACE_PAIR[1].store(y, SeqCst);
+    RACE_ROOT.store(root, SeqCst);
+    let end = rl4_user::rdtsc() + tsc_hz();
+    let (mut revokes, mut revoked, mut odd) = (0u64, 0u64, 0u64);
+    while rl4_user::rdtsc() < end {
+        match sys::cap_revoke(root) {
+            Ok(n) => {
+                revokes += 1;
+                revoked += n;
+            }
+            Err(_) => odd += 1,
+        }
+        dwell();
+    }
+    RACE_STOP.store(true, SeqCst);
+    let parked = wait_ms(2000, || RACE_PARKED.load(SeqCst));
+    let last = sys::cap_revoke(root);
+    let mine_gone = !present(x) && !present(y);
+    let theirs_free = (8..72).all(|s| sys::cap_copy(root, other, s, Rights::ALL).is_ok());
+    let _ = sys::task_kill(other);
+    for s in [root, other, x, y] {
+        release(s);
+    }
+    let back = wait_ms(3000, || sys::memory_info(MEMORY).map(|m| m.0) == Ok(left0));
+    RACE_ROOT.store(0, SeqCst);
+    join_dead(t);
+    let copies = RACE_COPIES.load(SeqCst);
+    let odd_copy = RACE_ODD_COPY.load(SeqCst);
+    report(
+        NAME,
+        made.is_ok() && parked && last.is_ok() && mine_gone && theirs_free && back && odd == 0 && odd_copy == 0 && copies > 0 && revoked > 0,
+        format_args!(
+            "{copies} copies made on cpu 1 while cpu 0 revoked {revokes} times ({revoked} deleted, {odd} failed); \
+             then: {last:?}, this task's copies gone {mine_gone}, the other task's 64 slots free {theirs_free}, \
+             budget back {back}, {odd_copy} copies failed otherwise than EmptySlot/SlotOccupied"
+        ),
+    );
+}
+
 pub fn run(bi: &BootInfo) {
     test_revoke_tree();
     test_revoke_in_flight();
+    test_revoke_race();
     test_task_space_race();
     test_transfer_needs_grant_on_cap();
     test_forged_console_lines(bi);
