@@ -132,7 +132,8 @@ fn send_caps(task: &Arc<Task>, r: &UserRegs) -> Result<SendCaps, Error> {
     drop(caps);
     // The capability sent becomes a child of the one in the slot when it is delivered
     // (an original gets its derivation tree now, the first time something comes from it).
-    let xfer = xfer.map(|x| x.and_then(|cap| crate::obj::tracked(task, r.r13, cap)));
+    // (Not one without `GRANT`, which `send` refuses.)
+    let xfer = xfer.map(|x| x.and_then(|cap| if cap.rights.contains(Rights::GRANT) { crate::obj::tracked(task, r.r13, cap) } else { Ok(cap) }));
     Ok((read.0, read.1, read.2, xfer))
 }
 
@@ -388,9 +389,12 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
         Sys::TaskAddressSpace => {
             // The new capability's rights are those of the task capability that was checked:
             // one snapshot for both.
+            // It is derived from the task capability: revoking that takes it back too.
             let snap = snapshot(task, a0, ObjType::Task, Rights::READ)?;
             let KObj::Task(other) = &snap.obj else { return Err(Error::WrongType) };
-            put(task, a1, KObj::Space(other.space.clone()), snap.rights)?;
+            let space = other.space.clone();
+            let parent = crate::obj::tracked(task, a0, snap)?;
+            task.insert_cap(a1, Cap { obj: KObj::Space(space), rights: parent.rights, badge: 0, link: parent.link.clone() })?;
             Ok([0; 3])
         }
         Sys::FrameAlloc => {

@@ -21,11 +21,13 @@ const NONE: u32 = u32::MAX;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NodeId {
     index: u32,
-    generation: u32,
+    /// 64 bits: a node is reused at most once per system call, so this never wraps (a 32-bit
+    /// one would, after 2^32 copies and deletions, and a stale identifier would come back).
+    generation: u64,
 }
 
 struct Node<H> {
-    generation: u32,
+    generation: u64,
     parent: u32,
     first_child: u32,
     prev: u32,
@@ -145,7 +147,7 @@ impl<H> DerivTree<H> {
     fn release(&mut self, i: u32) -> H {
         let n = &mut self.nodes[i as usize];
         debug_assert_eq!(n.first_child, NONE);
-        n.generation = n.generation.wrapping_add(1);
+        n.generation += 1;
         n.parent = NONE;
         n.prev = NONE;
         n.next = self.free;

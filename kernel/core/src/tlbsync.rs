@@ -21,6 +21,13 @@
 //! TLB fills (which can only begin after its CR3 write) read the changed PTEs and its second
 //! read of the generation sees the new one and flushes the PCID's older entries.
 //!
+//! Publishing the new root first opens the opposite window: `loaded` already names the new root
+//! while CR3 still holds the old one, and a shooter destroying the old space would free page
+//! tables a CR3 still points at. So the switch also publishes the root it is *leaving* (before
+//! the new one, cleared after the CR3 write), and a shooter asks a CPU that has the root loaded
+//! or is leaving it; the CPU answers only after its switch (it runs the request with
+//! interrupts on, or from a spin loop, never inside a switch).
+//!
 //! The kernel used to write CR3 first and publish `loaded` after it, with the generation read
 //! only before the write: a shooter reading `loaded` between the two skipped the CPU, which
 //! then ran on with a translation (kept through the PCID no-flush bit, or filled speculatively
@@ -28,7 +35,8 @@
 //! `tests/tlb_loom.rs` find that execution for the old order and none for this one.
 //!
 //! The loader's fence costs nothing extra: the CR3 write it needs anyway is serialising, so the
-//! switch path has no locked instruction. When the space is already loaded and (with PCIDs) its
+//! protocol adds no locked instruction to the switch (two plain stores for `leaving`; with
+//! PCIDs the kernel still locks its per-CPU PCID record). When the space is already loaded and (with PCIDs) its
 //! generation unchanged, nothing is written: `loaded` has held `root` since an earlier switch,
 //! so every shooter sees it.
 #![allow(unexpected_cfgs)] // `cfg(loom)`: set by RUSTFLAGS for the loom models only.
@@ -55,6 +63,10 @@ pub trait Mmu {
 pub struct CpuTlbShared {
     /// The root this CPU has loaded (the kernel's, or a user space kept loaded while idle).
     loaded: AtomicU64,
+    /// During a switch, from before `loaded` names the new root until the CR3 write is done:
+    /// the root being left, which CR3 still holds (0 otherwise). A space being destroyed must
+    /// not be freed while a CPU is leaving it either.
+    leaving: AtomicU64,
     /// A shoot-down request: a root, bit 0 = the space is being destroyed (load the kernel's).
     request: AtomicU64,
     /// Requests answered so far.
@@ -63,7 +75,12 @@ pub struct CpuTlbShared {
 
 impl CpuTlbShared {
     pub fn new(root: u64) -> Self {
-        CpuTlbShared { loaded: AtomicU64::new(root), request: AtomicU64::new(0), done: AtomicU64::new(0) }
+        CpuTlbShared {
+            loaded: AtomicU64::new(root),
+            leaving: AtomicU64::new(0),
+            request: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+        }
     }
 
     /// The root this CPU has loaded.
@@ -90,6 +107,7 @@ impl CpuTlbShared {
             if was != root {
                 self.publish(root, was);
                 mmu.write_root(root, 0, false);
+                self.left();
             }
             return;
         };
@@ -100,6 +118,9 @@ impl CpuTlbShared {
         }
         self.publish(root, was);
         mmu.write_root(root, pcid, !flush);
+        if was != root {
+            self.left();
+        }
         // After the serialising write: a generation changed since the first read belongs to a
         // shooter that may have skipped this CPU; drop the entries kept from before it.
         loop {
@@ -115,11 +136,19 @@ impl CpuTlbShared {
 
     /// `loaded := root`, before the CR3 write (see the module's comment), which is the fence
     /// that orders this store before the reads after it ([`Mmu::write_root`]).
+    /// `leaving := was` first: a shooter that sees the new root (Acquire) sees that too.
     #[inline(always)]
     fn publish(&self, root: u64, was: u64) {
         if was != root {
-            self.loaded.store(root, Ordering::Relaxed);
+            self.leaving.store(was, Ordering::Relaxed);
+            self.loaded.store(root, Ordering::Release);
         }
+    }
+
+    /// After the CR3 write: the old root is no longer in CR3.
+    #[inline(always)]
+    fn left(&self) {
+        self.leaving.store(0, Ordering::Release);
     }
 
     /// Answers a request addressed to this CPU, if any (from the shoot-down interrupt, and
@@ -147,8 +176,10 @@ impl CpuTlbShared {
     /// the answer count to wait past is returned; the caller then interrupts the CPU (or, for
     /// itself, services the request at once) and waits with [`Self::answered`]. One shooter
     /// at a time (the kernel's shoot-down lock).
+    /// A CPU in the middle of a switch away from `root` (its CR3 may still hold it) is asked
+    /// too; it answers after the switch, when CR3 no longer does.
     pub fn post(&self, root: u64, destroy: bool) -> Option<u64> {
-        if self.loaded.load(Ordering::Acquire) != root {
+        if self.loaded.load(Ordering::Acquire) != root && self.leaving.load(Ordering::Acquire) != root {
             return None;
         }
         let done = self.done.load(Ordering::Acquire);

@@ -39,6 +39,9 @@ struct World {
     /// S's generation (PCID mode).
     generation: AtomicU64,
     a: CpuTlbShared,
+    /// A's CR3, as the hardware has it (ground truth for the models' checks, not part of the
+    /// protocol).
+    cr3: AtomicU64,
 }
 
 /// CPU A's MMU: the root it translates with and its TLB entry for S's page.
@@ -62,6 +65,7 @@ impl Model<'_> {
 impl Mmu for Model<'_> {
     fn write_root(&mut self, root: u64, pcid: u16, keep: bool) {
         fence(Ordering::SeqCst); // a CR3 write is serialising
+        self.w.cr3.store(root, Ordering::SeqCst);
         // Without PCIDs every entry goes; with them, those of `pcid` unless kept (S's entries
         // are tagged P; the kernel's root runs with PCID 0).
         if !self.pcid || (pcid == P && !keep) {
@@ -81,6 +85,7 @@ fn world() -> Arc<World> {
         pte: AtomicU64::new(OLD_FRAME),
         generation: AtomicU64::new(FIRST_GEN),
         a: CpuTlbShared::new(KERNEL),
+        cr3: AtomicU64::new(KERNEL),
     })
 }
 
@@ -179,7 +184,8 @@ fn no_pcid_switch_against_unmap() {
 /// A space is destroyed only when nothing refers to it, so no CPU switches *to* it then (a
 /// switch holds a reference to the space it loads); a CPU may still have it loaded, idle, or be
 /// switching away from it. A, with S loaded, switches to another space T while B destroys S:
-/// A must not end on S, whichever of B's read and A's switch comes first.
+/// if B does not ask A, A's CR3 must not hold S at that moment (B frees S's page tables next);
+/// and A must not end on S, whichever of B's read and A's switch comes first.
 #[test]
 fn switch_away_against_destroy() {
     const T: u64 = 0x3000;
@@ -189,9 +195,16 @@ fn switch_away_against_destroy() {
         let mut cache = PcidCache::new();
         cache.switch_needs_flush(P, FIRST_GEN);
         w.a.switch(&mut Nothing, Some(&mut cache), S, P, &w.generation); // A had S loaded
+        w.cr3.store(S, Ordering::SeqCst);
         let b = {
             let w = w.clone();
-            thread::spawn(move || shooter(&w, true, true))
+            thread::spawn(move || {
+                let asked = shooter(&w, true, true);
+                if asked.is_none() {
+                    assert_ne!(w.cr3.load(Ordering::SeqCst), S, "B frees S's page tables while A's CR3 holds them");
+                }
+                asked
+            })
         };
         let g = AtomicU64::new(1);
         w.a.switch(&mut m, Some(&mut cache), T, P + 1, &g);

@@ -271,8 +271,19 @@ fn test_revoke_tree() {
              out of range {out_of_range:?}"
         ),
     );
+    // An address-space capability obtained through a copy of a task capability is that copy's
+    // child: revoking the task capability takes both.
+    let (ot, sp) = (slot(), slot());
+    let space_made = sys::cap_copy(other, TASK, ot, Rights::READ.union(Rights::WRITE)).and_then(|_| sys::task_space(ot, sp));
+    let space_revoked = sys::cap_revoke(other);
+    let space_gone = !present(ot) && !present(sp);
+    report(
+        "revoke-takes-derived-address-space",
+        space_made.is_ok() && space_revoked == Ok(2) && space_gone,
+        format_args!("TaskAddressSpace through a copy {space_made:?}; revoking the task capability: {space_revoked:?} (want 2), both gone {space_gone}"),
+    );
     let _ = sys::task_kill(other);
-    for s in [a, b, c, d, e, f, g, other] {
+    for s in [a, b, c, d, e, f, g, other, ot, sp] {
         release(s);
     }
 }
