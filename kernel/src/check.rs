@@ -240,8 +240,12 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     // 1. Reference counts.
     let mut refs = Refs::default();
     let mut seen: BTreeMap<usize, Seen> = threads.iter().map(|t| (key(t), Seen::default())).collect();
+    let mut census = obj::LinkCensus::default();
     for (t, caps) in tasks.iter().zip(&task_caps) {
         caps.iter().for_each(|(_, c)| refs.kobj(&c.obj));
+        for (slot, c) in caps.iter() {
+            census.slot(t, slot, &c.link, |a| r.fail(a));
+        }
         refs.add(&t.space);
         refs.add(t.charge().of().0);
         if t.dead.load(SeqCst) && !caps.is_empty() {
@@ -354,6 +358,8 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     for n in &notifications {
         refs.compare(&mut r, n, format_args!("notification {:#x}", key(n)));
     }
+    // Derivation trees (`CapRevoke`): each against the slots that own its nodes.
+    census.finish(|a| r.fail(a));
 
     // 2. Thread states: each thread's `Life` against where it was found.
     for (t, s) in threads.iter().zip(&thread_sched) {

@@ -152,6 +152,61 @@ impl Drop for Link {
     }
 }
 
+/// `inject=deriv`: a node in the tree of `slot`'s capability that no slot owns (it says it is
+/// in slot 0 of `task`), for the consistency check to find. Never used otherwise.
+pub fn inject_orphan_node(task: &Arc<Task>, slot: u64) {
+    let Ok(cap) = task.caps.lock().get(slot).cloned() else { return };
+    let Ok(named) = tracked(task, slot, cap) else { return };
+    if let Some((lineage, id)) = named.link.parts() {
+        let _ = lineage.tree.lock().add(Some(id), Home { task: Arc::downgrade(task), slot: 0 });
+    }
+}
+
+/// What `KernelCheck` finds about derivation trees: every capability in a slot that has a node
+/// owns it, and the node says it lives in that slot; every tree holds exactly the nodes its
+/// slots own (capabilities in flight only name theirs). Trees are read with `peek` (every other
+/// CPU is stopped).
+#[derive(Default)]
+pub struct LinkCensus {
+    owners: BTreeMap<usize, (Arc<Lineage>, usize)>,
+}
+
+impl LinkCensus {
+    /// The capability in `slot` of `task`; calls `fail` for what is wrong with its link.
+    pub fn slot(&mut self, task: &Arc<Task>, slot: u64, link: &Link, mut fail: impl FnMut(core::fmt::Arguments<'_>)) {
+        let Some((lineage, id)) = link.parts() else { return };
+        if !link.owned {
+            return fail(format_args!("task {} slot {slot}: the capability names node {id:?} but does not own it", task.id));
+        }
+        let e = self.owners.entry(Arc::as_ptr(lineage) as usize).or_insert_with(|| (lineage.clone(), 0));
+        e.1 += 1;
+        let Some(tree) = lineage.tree.peek() else {
+            return fail(format_args!("a derivation tree is locked while every CPU is stopped"));
+        };
+        match tree.home(id) {
+            None => fail(format_args!("task {} slot {slot}: its derivation node {id:?} is gone", task.id)),
+            Some(h) if !core::ptr::eq(h.task.as_ptr(), Arc::as_ptr(task)) || h.slot != slot => fail(format_args!(
+                "task {} slot {slot}: its derivation node {id:?} says it is in slot {} of another task",
+                task.id, h.slot
+            )),
+            Some(_) => {}
+        }
+    }
+
+    /// After every slot: each tree's node count against its owners.
+    pub fn finish(self, mut fail: impl FnMut(core::fmt::Arguments<'_>)) -> usize {
+        let trees = self.owners.len();
+        for (_, (lineage, owners)) in self.owners {
+            if let Some(tree) = lineage.tree.peek() {
+                if tree.len() != owners {
+                    fail(format_args!("a derivation tree holds {} nodes, but {owners} capabilities in slots own one", tree.len()));
+                }
+            }
+        }
+        trees
+    }
+}
+
 /// `CapRevoke`: deletes every capability derived from the one in `slot` of `task`, in every
 /// task, and returns how many. Capabilities in flight that were read from a revoked one are
 /// not delivered (their node is gone). The deleted capabilities are dropped after every lock.

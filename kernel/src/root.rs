@@ -121,6 +121,10 @@ fn inject(what: u8, memory: &Arc<Memory>, task: &Arc<Task>) {
     if what & FRAME != 0 {
         println!("inject: a frame owned by nothing at {:#x}", mem::alloc_frame().unwrap_or(0));
     }
+    if what & DERIV != 0 {
+        println!("inject: a derivation node owned by no slot, in the tree of the root task's memory capability");
+        crate::obj::inject_orphan_node(task, rl4_abi::root_slots::MEMORY);
+    }
     if what & BUDGET != 0 {
         println!("inject: 4096 bytes charged to the root budget for nothing");
         let _ = memory.charge(4096);
