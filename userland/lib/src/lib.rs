@@ -20,7 +20,7 @@
 //! * the entry point `_start` (it calls `rl4_main` with the two argument registers the creator
 //!   set, and ends the thread when it returns) and a panic handler (it prints the message and
 //!   ends the thread);
-//! * [`env`]: the capabilities and memory layout the root task gives a program it starts;
+//! * [`env`](mod@env): the capabilities and memory layout the root task gives a program it starts;
 //! * [`sys`]: one typed function per system call, and [`Msg`], a message in registers;
 //! * typed capability handles ([`Endpoint`], [`Notification`], [`Thread`]) with `call`,
 //!   `send`, `recv`, `reply_recv`, a server loop ([`Endpoint::serve`]), `signal`/`wait`;
@@ -129,7 +129,7 @@ extern "C" fn thread_start(f: u64, arg: u64) -> ! {
     sys::thread_exit()
 }
 
-/// The address new threads of this program start at (see [`spawn`]).
+/// The address new threads of this program start at (see [`thread::spawn`]).
 pub fn thread_entry() -> u64 {
     thread_start as *const () as u64
 }

@@ -2,7 +2,7 @@
 //!
 //! [`spawn`] gives each new thread a region of [`REGION`] bytes above
 //! [`crate::env::THREADS_BASE`]: its IPC buffer page, an unmapped guard page, then its stack.
-//! [`crate::ipc_buffer`] finds the calling thread's buffer from its stack pointer, so every
+//! [`crate::IpcBuffer::current`] finds the calling thread's buffer from its stack pointer, so every
 //! thread (the first one included) reaches its own.
 use core::sync::atomic::{AtomicU64, Ordering};
 use rl4_abi::{Error, PAGE_SIZE, Rights};

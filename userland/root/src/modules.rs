@@ -12,7 +12,8 @@
 //! The root task then waits for the program named by `until=` (default: the last one started)
 //! to end, and shuts the machine down: success if it ended by returning from `rl4_main` (or
 //! `ThreadExit`), failure if it faulted or did not end within `seconds=` (default 120).
-//! `stay` keeps the machine running instead.
+//! `stay` keeps the machine running instead. Before it shuts down it runs the kernel's
+//! consistency check (`KernelCheck`), which must find nothing wrong.
 use core::fmt;
 use rl4_abi::{BootInfo, Error, PAGE_SIZE, Program, Rights, ThreadState};
 use rl4_elf::{Elf, ElfError};
@@ -186,10 +187,18 @@ pub fn run(bi: &'static BootInfo, items: &[&'static str], until: Option<&str>, s
     } else {
         println!("root: program '{}' did not finish within {seconds} s", t.name);
     }
+    // The kernel's consistency check while the programs still exist: every frame (the boot
+    // modules' copies included) free or owned exactly once, every reference counted.
+    let check = sys::kernel_check(MACHINE);
+    match check {
+        Ok([0, objects, frames]) => println!("root: kernel check: {objects} objects, {frames} frames, 0 violations"),
+        Ok([v, _, _]) => println!("root: kernel check: {v} violations"),
+        Err(e) => println!("root: kernel check failed: {e}"),
+    }
     for r in running.iter().flatten() {
         let _ = sys::task_kill(r.task);
     }
-    ok
+    ok && matches!(check, Ok([0, _, _]))
 }
 
 /// Checks and loads `s.name` into a new task and makes its endpoint (in the root task's
@@ -217,7 +226,7 @@ fn start(
     ck("giving the space capability", sys::cap_copy(child.space, task, env::SPACE, Rights::ALL))?;
     ck("giving the memory capability", sys::cap_copy(MEMORY, task, env::MEMORY, Rights::ALL))?;
     ck("giving the endpoint", sys::cap_copy(*own_ep, task, env::SERVE, Rights::ALL))?;
-    let _ = MACHINE; // the console capability is given by `Child::load_elf`
+    // (The console capability, in `env::MACHINE`, was given by `Child::load_elf`.)
     for (k, other) in s.eps[..s.neps].iter().enumerate() {
         let j = starts.iter().position(|t| t.as_ref().is_some_and(|t| t.name == *other));
         let Some((_, ep)) = j.and_then(|j| tasks[j].as_ref()) else {
