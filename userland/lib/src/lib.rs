@@ -19,7 +19,7 @@
 //! What the crate gives:
 //! * the entry point `_start` (it calls `rl4_main` with the two argument registers the creator
 //!   set, and ends the thread when it returns) and a panic handler (it prints the message and
-//!   ends the thread);
+//!   stops the thread with a fault, so that it reads as failed);
 //! * [`env`](mod@env): the capabilities and memory layout the root task gives a program it starts;
 //! * [`sys`]: one typed function per system call, and [`Msg`], a message in registers;
 //! * typed capability handles ([`Endpoint`], [`Notification`], [`Thread`]) with `call`,
@@ -134,6 +134,10 @@ pub fn thread_entry() -> u64 {
     thread_start as *const () as u64
 }
 
+/// Prints the panic message, then stops the thread with a fault (`ud2`, an invalid-opcode
+/// exception): the kernel reports it and marks the thread faulted, so that whoever watches the
+/// thread (the root task waiting for a program, a fault handler) sees that it failed rather
+/// than ended.
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     let mut l = Line::new();
@@ -142,7 +146,11 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
         let _ = write!(l, " at {}:{}", loc.file(), loc.line());
     }
     l.flush();
-    sys::thread_exit()
+    loop {
+        // SAFETY: `ud2` raises an invalid-opcode exception and nothing else; the kernel stops
+        // this thread there.
+        unsafe { core::arch::asm!("ud2", options(nomem, nostack)) };
+    }
 }
 
 impl Msg {
