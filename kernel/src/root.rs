@@ -2,8 +2,8 @@
 //!
 //! The kernel builds the root task's address space from its ELF image (embedded in the kernel,
 //! so both boot entries carry it), gives it a stack, a read-only `BootInfo` page with the
-//! command line and the CPU count, read-only copies of the other embedded user programs (which
-//! the root task loads itself, through system calls), and the capabilities listed in
+//! command line and the CPU count, read-only copies of the other embedded user programs and of
+//! the boot modules (which the root task loads itself, through system calls), and the capabilities listed in
 //! `rl4_abi::root_slots`: its task, address space and thread, all free memory as a budget, and
 //! the machine (console and shutdown). Then it starts the root thread on CPU 0.
 use alloc::sync::Arc;
@@ -143,20 +143,23 @@ fn modules(space: &Space, memory: &Arc<Memory>, bi: &mut BootInfo, at: &mut u64)
         }
         let pages = len.div_ceil(PAGE_SIZE);
         let mut frames = alloc::vec::Vec::with_capacity(pages as usize);
-        let mut readable = true;
+        let mut refused = None;
         for p in 0..pages {
-            let f = Frame::new(memory).map_err(|_| "out of memory for the boot modules")?;
+            let Ok(f) = Frame::new(memory) else {
+                refused = Some("no memory left to copy it into");
+                break;
+            };
             let n = (len - p * PAGE_SIZE).min(PAGE_SIZE) as usize;
             if rl4_arch::paging::DirectMapMem.read(m.range.start + p * PAGE_SIZE, &mut page[..n]).is_none() {
-                readable = false;
+                refused = Some("its memory is not readable");
                 break;
             }
             mem::write_frame(f.pa, 0, &page[..n]);
             frames.push(f);
         }
-        if !readable {
-            println!("boot module {i} '{name}' refused: its memory {:#x}..{:#x} is not readable", m.range.start, m.range.end);
-            continue; // the frames go back as `frames` drops (no lock held)
+        if let Some(why) = refused {
+            println!("boot module {i} '{name}' ({:#x}..{:#x}) refused: {why}", m.range.start, m.range.end);
+            continue; // the frames copied so far go back as `frames` drops (no lock held)
         }
         for (p, f) in frames.into_iter().enumerate() {
             map_frame(space, *at + p as u64 * PAGE_SIZE, f, false, false).map_err(|_| "mapping failed")?;

@@ -122,3 +122,40 @@ impl Thread {
         sys::thread_set_priority(self.0, prio)
     }
 }
+
+/// A frame capability: one 4 KiB page of memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frame(pub u64);
+
+impl Frame {
+    /// A zeroed frame from the budget in `memory`, in a fresh slot.
+    pub fn alloc(memory: u64) -> Result<Frame, Error> {
+        let s = crate::slots::alloc().ok_or(Error::SlotOccupied)?;
+        sys::frame_alloc(memory, s).map(|_| Frame(s)).inspect_err(|_| crate::slots::free(s))
+    }
+    /// Maps it at `vaddr` in the address space `space` with `rights` (within the capability's).
+    pub fn map(self, space: u64, vaddr: u64, rights: rl4_abi::Rights) -> Result<(), Error> {
+        sys::map(space, self.0, vaddr, rights)
+    }
+}
+
+/// A task capability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Task(pub u64);
+
+impl Task {
+    /// Copies the capability in `src` into slot `dst` of this task, with at most `rights`
+    /// (needs `GRANT` on this capability).
+    pub fn give(self, src: u64, dst: u64, rights: rl4_abi::Rights) -> Result<(), Error> {
+        sys::cap_copy(src, self.0, dst, rights)
+    }
+    /// Like [`Task::give`] for an endpoint or notification without a badge yet: the copy
+    /// carries `badge`.
+    pub fn give_badged(self, src: u64, dst: u64, rights: rl4_abi::Rights, badge: u64) -> Result<(), Error> {
+        sys::cap_mint(src, self.0, dst, rights, badge)
+    }
+    /// Ends the task (needs `WRITE`): its threads stop and its capabilities are deleted.
+    pub fn kill(self) -> Result<(), Error> {
+        sys::task_kill(self.0)
+    }
+}

@@ -22,7 +22,8 @@
 //!   stops the thread with a fault, so that it reads as failed);
 //! * [`env`](mod@env): the capabilities and memory layout the root task gives a program it starts;
 //! * [`sys`]: one typed function per system call, and [`Msg`], a message in registers;
-//! * typed capability handles ([`Endpoint`], [`Notification`], [`Thread`]) with `call`,
+//! * typed capability handles ([`Endpoint`], [`Notification`], [`Thread`], [`Task`],
+//!   [`Frame`]) with `call`,
 //!   `send`, `recv`, `reply_recv`, a server loop ([`Endpoint::serve`]), `signal`/`wait`;
 //! * long messages: words 4 and up through the calling thread's IPC buffer ([`IpcBuffer`],
 //!   [`Msg::long`]);
@@ -48,7 +49,7 @@ pub mod thread;
 #[doc(hidden)]
 pub mod worker;
 
-pub use cap::{Endpoint, Notification, Thread};
+pub use cap::{Endpoint, Frame, Notification, Task, Thread};
 pub use sys::Msg;
 
 use core::fmt::{self, Write};

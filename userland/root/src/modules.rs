@@ -137,6 +137,7 @@ pub fn run(bi: &'static BootInfo, items: &[&'static str], until: Option<&str>, s
             continue;
         }
         match parse(item) {
+            Ok(s) if s.cpu >= space::cpus() => println!("root: program '{}' refused: there is no cpu {} ({} online)", s.name, s.cpu, space::cpus()),
             Ok(s) => starts[i] = Some(s),
             Err(e) => println!("root: start={item} refused: {e}"),
         }
@@ -158,7 +159,10 @@ pub fn run(bi: &'static BootInfo, items: &[&'static str], until: Option<&str>, s
                 println!("root: started '{}' (task slot {}) on cpu {} at priority {}", s.name, child.task, s.cpu, s.prio);
                 running[i] = Some(Running { name: s.name, task: child.task, thread });
             }
-            Err(e) => println!("root: program '{}' refused: {e}", s.name),
+            Err(e) => {
+                println!("root: program '{}' refused: {e}", s.name);
+                let _ = sys::task_kill(child.task);
+            }
         }
     }
     if stay {
