@@ -204,7 +204,9 @@ pub struct IpcBuffer(u64);
 
 impl IpcBuffer {
     /// The calling thread's buffer: [`env::IPC_BUFFER`] for a program's first thread, the
-    /// one [`thread::spawn`] made for the others (found from the stack pointer).
+    /// one [`thread::spawn`] made for the others (found from the stack pointer). Only for
+    /// programs laid out as [`env`](mod@env) says (the root task itself is not: it uses
+    /// [`IpcBuffer::at`]).
     pub fn current() -> IpcBuffer {
         let sp: u64;
         // SAFETY: reads the stack pointer; no memory access, no side effect.
