@@ -17,7 +17,7 @@
 //! second the number of `ep=` endpoints. The first thread's IPC buffer (message words 4 and
 //! up) is registered at [`IPC_BUFFER`]; its stack ends at [`STACK_TOP`]. Slots from
 //! [`FIRST_FREE`] on are the program's ([`crate::slots`] hands them out), and so is the
-//! address range from [`HEAP_BASE`] up to [`STACK_TOP`] - 64 GiB ([`crate::heap`] grows the
+//! address range from [`HEAP_BASE`] up to [`STACK_TOP`] - 64 GiB (the `heap` module grows the
 //! heap there, [`crate::thread`] puts new threads' stacks and IPC buffers above it).
 use rl4_abi::root_slots;
 

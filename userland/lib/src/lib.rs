@@ -28,7 +28,7 @@
 //! * long messages: words 4 and up through the calling thread's IPC buffer ([`IpcBuffer`],
 //!   [`Msg::long`]);
 //! * [`thread::spawn`]: threads with their own stack and IPC buffer, on any CPU;
-//! * [`slots`]: free capability slots; [`heap`] (feature `heap`): `alloc` for the program;
+//! * [`slots`]: free capability slots; `heap` (with the crate feature `heap`): `alloc` for the program;
 //! * [`println!`] on the kernel console, [`rdtsc`].
 //!
 //! Nothing here defines a number the kernel defines: they all come from `rl4_abi` (re-exported
