@@ -211,7 +211,11 @@ fn load(bi: &BootInfo, s: &Start<'_>) -> Result<(space::Child, u64), Refusal> {
     let elf = image(bi, s.name)?;
     let child = space::Child::load_elf(&elf, Rights::CONSOLE).map_err(|e| Refusal::Sys("loading", e))?;
     let ep = slot();
-    sys::endpoint_create(MEMORY, ep).map_err(|e| Refusal::Sys("EndpointCreate", e))?;
+    if let Err(e) = sys::endpoint_create(MEMORY, ep) {
+        space::release(ep);
+        child.release();
+        return Err(Refusal::Sys("EndpointCreate", e));
+    }
     Ok((child, ep))
 }
 
