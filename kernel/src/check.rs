@@ -22,7 +22,9 @@
 //!   mappings (frame, writable, executable); its table count matches what it was charged.
 //! * **Frames.** Every physical frame the allocator manages is either free and owned by
 //!   nothing, or allocated and owned exactly once: by a frame object, a page table (kernel or
-//!   user), the kernel heap or a kernel stack.
+//!   user), the kernel heap or a kernel stack. No page of a boot module (the boot loader's
+//!   copy, which stays reserved) is the allocator's: the root task's copies of the modules are
+//!   frame objects like any other, owned by its mappings.
 //!
 //! Stopping the world: the checking CPU sends every other CPU the freeze IPI and waits until
 //! all of them spin in `hold`. The kernel runs with interrupts off except in the idle loop's
@@ -542,6 +544,17 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
             })
         };
         users_pa.iter().for_each(|&pa| own(pa, true));
+        // Boot modules stay out of the allocator (`mem::init` reserves them).
+        let mut module_pages = 0u64;
+        for m in crate::boot_info().map_or(&[][..], |b| b.modules()) {
+            let mut pa = m.range.start & !(PAGE_SIZE - 1);
+            while pa < m.range.end {
+                if a.index(pa).is_some() {
+                    module_pages += 1;
+                }
+                pa += PAGE_SIZE;
+            }
+        }
         let (mut free_owned, mut leaked, mut first_free_owned, mut first_leak) = (0u64, 0u64, 0u64, 0u64);
         a.for_each_frame(|pa, i, free| {
             frames_checked += 1;
@@ -559,9 +572,9 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
                 }
             }
         });
-        (dup, first_dup, unmanaged, free_owned, first_free_owned, leaked, first_leak, frames_checked)
+        (dup, first_dup, unmanaged, free_owned, first_free_owned, leaked, first_leak, frames_checked, module_pages)
     });
-    let Some((dup, first_dup, unmanaged, free_owned, first_free_owned, leaked, first_leak, frames_checked)) = checked else {
+    let Some((dup, first_dup, unmanaged, free_owned, first_free_owned, leaked, first_leak, frames_checked, module_pages)) = checked else {
         fail!(r, "the frame allocator is locked while every CPU is stopped");
         return [r.violations, objects, 0];
     };
@@ -576,6 +589,9 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     }
     if leaked > 0 {
         fail!(r, "{leaked} frames are allocated but owned by nothing (first {:#x})", first_leak & !1);
+    }
+    if module_pages > 0 {
+        fail!(r, "{module_pages} pages of boot modules are managed by the frame allocator");
     }
     [r.violations, objects, frames_checked]
 }

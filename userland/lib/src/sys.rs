@@ -1,4 +1,11 @@
-//! Typed wrappers for every system call of `rl4_abi::Sys`.
+//! Typed wrappers for every system call of [`rl4_abi::Sys`]: one function each, named after the
+//! call, taking its arguments in the order `docs/syscalls.md` gives them (capabilities by slot
+//! number) and returning `Ok` with the result words or the kernel's [`Error`]. The IPC calls
+//! ([`call`], [`reply_recv`], [`send`], [`recv`] and their variants) pass and return a [`Msg`]
+//! in registers. The typed handles of [`crate::cap`] are built on these.
+//!
+//! A new system call gets its number in `rl4_abi::Sys` and a function here, written like its
+//! neighbours with [`raw`] (or [`ipc`] for a message-passing one).
 use rl4_abi::{Error, Rights, Sys};
 
 /// Result words of a successful call.
