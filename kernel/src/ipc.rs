@@ -72,13 +72,17 @@ impl Drop for Endpoint {
         reclaim::dropping("Endpoint");
         let id = self.id();
         let q = core::mem::take(&mut *self.q.lock());
+        // The ended waits (a capability in flight can be the last reference to another
+        // endpoint) and the threads go to the destruction loop (`reclaim.rs`).
         for (_, t) in q.senders {
             let w = thread::wake_locked(&t, &mut t.life.lock(), WaitOn::Send(id), Err(Error::PartnerGone));
-            drop(w);
+            reclaim::later_wait(w);
+            reclaim::later_thread(t);
         }
         for t in q.receivers {
             let w = thread::wake_locked(&t, &mut t.life.lock(), WaitOn::Recv(id), Err(Error::PartnerGone));
-            drop(w);
+            reclaim::later_wait(w);
+            reclaim::later_thread(t);
         }
     }
 }
@@ -117,7 +121,8 @@ impl Drop for Notification {
         let q = core::mem::take(&mut *self.q.lock());
         for t in q.waiters {
             let w = thread::wake_locked(&t, &mut t.life.lock(), WaitOn::Notify(id), Err(Error::PartnerGone));
-            drop(w);
+            reclaim::later_wait(w);
+            reclaim::later_thread(t);
         }
     }
 }

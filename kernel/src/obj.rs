@@ -406,12 +406,23 @@ impl Drop for Thread {
         if let Some((caller, ticket)) = self.life.get_mut().take_reply() {
             crate::thread::fail_caller(caller, ticket);
         }
+        // A wait it may still hold (a capability in flight) goes to the destruction loop.
+        if let rl4_core::life::State::Blocked { .. } = self.life.get_mut().state() {
+            let life = core::mem::replace(self.life.get_mut(), Life::new(0, 0));
+            crate::reclaim::later(crate::reclaim::Garbage::Life(life));
+        }
         LIVE_THREADS.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl Drop for Task {
+    /// Its table's capabilities can be the last references to other tasks (and so on): they
+    /// are destroyed by the destruction loop, not from here (`reclaim.rs`).
     fn drop(&mut self) {
         crate::reclaim::dropping("Task");
+        let table = core::mem::replace(self.caps.get_mut(), CapTable::new(0));
+        if !table.is_empty() {
+            crate::reclaim::later(crate::reclaim::Garbage::Table(table));
+        }
     }
 }
