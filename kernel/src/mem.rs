@@ -86,8 +86,14 @@ static HEAP: GrowingHeap = GrowingHeap {
 };
 
 /// Bytes allocated from the heap now (what its users hold, not counting `talc`'s own
-/// bookkeeping), if its lock is free.
-pub fn heap_in_use() -> Option<u64> {
+/// bookkeeping).
+pub fn heap_in_use() -> u64 {
+    HEAP.heap.lock().talc.get_counters().allocated_bytes as u64
+}
+
+/// [`heap_in_use`], unless the heap's lock is held (the consistency check, which must not wait
+/// for a lock another CPU may hold).
+pub fn try_heap_in_use() -> Option<u64> {
     HEAP.heap.try_lock().map(|h| h.talc.get_counters().allocated_bytes as u64)
 }
 

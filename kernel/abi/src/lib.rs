@@ -328,6 +328,12 @@ pub mod stat {
     /// Acquisitions of locks that every CPU may take (heap, frame allocator, object
     /// registries, PCIDs, shoot-down...) so far, all CPUs (`countglobal` kernels only).
     pub const GLOBAL_LOCKS: u64 = 11;
+    /// Bytes allocated from the kernel heap now (what its users hold, not the span).
+    pub const HEAP_IN_USE: u64 = 12;
+    /// Bytes of kernel heap the live objects are charged for (each object's heap share, one
+    /// per mapping) plus the kernel's fixed allowance: `KernelCheck` reports a violation when
+    /// [`HEAP_IN_USE`] exceeds it.
+    pub const HEAP_BOUND: u64 = 13;
 }
 
 /// Selectors of [`Sys::Measure`].

@@ -185,12 +185,128 @@ fn test_endpoint_chain() {
     );
 }
 
-/// `which`: `teardown-tasks` or `teardown-endpoints` runs one of them, anything else both.
+// A thread that needs no stack: system call `rsi` (`Wait` or `Send`) on the object in slot
+// `rdi`, an empty message, waiting forever; then it exits whatever the result.
+core::arch::global_asm!(
+    ".pushsection .text.td_blocker, \"ax\"",
+    ".global td_blocker",
+    "td_blocker:",
+    "    mov rax, rsi",
+    "    xor esi, esi",
+    "    mov r12, {forever}",
+    "    mov r13, {no_slot}",
+    "    mov r14, {no_slot}",
+    "    syscall",
+    "    mov eax, {exit}",
+    "    syscall",
+    "    ud2",
+    ".popsection",
+    forever = const FOREVER,
+    no_slot = const NO_SLOT,
+    exit = const Sys::ThreadExit as u64,
+);
+
+unsafe extern "C" {
+    fn td_blocker();
+}
+
+/// Threads per burst, and bursts.
+const BURST: u64 = 6_000;
+const BURSTS: u64 = 2;
+
+/// One burst: `BURST` threads, half waiting on the notification in `ntf`, half sending to
+/// the endpoint in `ep`; then every one is woken (signals, receives) and exits. Returns the
+/// first error.
+fn burst(ntf: u64, ep: u64, th: u64) -> Result<(), (&'static str, rl4_abi::Error)> {
+    let entry = td_blocker as *const () as u64;
+    for i in 0..BURST {
+        let (obj, call, want) =
+            if i % 2 == 0 { (ntf, Sys::Wait, ThreadState::BlockedNotify) } else { (ep, Sys::Send, ThreadState::BlockedSend) };
+        // One priority above the root thread, on its CPU: it runs and blocks at once.
+        sys::thread_create(MEMORY, TASK, entry, 0, ROOT_PRIO + 1, 0, th)
+            .and_then(|_| sys::thread_set_args(th, obj, call as u64))
+            .and_then(|_| sys::thread_resume(th))
+            .map_err(|e| ("thread", e))?;
+        if state(th) != Some(want) && !wait_ms(2000, || state(th) == Some(want)) {
+            return Err(("a thread never blocked", rl4_abi::Error::Timeout));
+        }
+        let _ = sys::cap_delete(th);
+    }
+    for _ in 0..BURST / 2 {
+        sys::signal(ntf, 1).map_err(|e| ("signal", e))?;
+        sys::nb_recv(ep).map_err(|e| ("receive", e))?;
+    }
+    if !wait_ms(5000, || threads() == 1) {
+        return Err(("threads left over", rl4_abi::Error::Timeout));
+    }
+    Ok(())
+}
+
+fn heap() -> (u64, u64, u64) {
+    let s = |w| sys::stat(MACHINE, w).unwrap_or(u64::MAX);
+    (s(stat::HEAP_IN_USE), s(stat::HEAP_BOUND), s(stat::HEAP_BYTES))
+}
+
+/// Issue 17: the kernel heap must stay within what live objects are charged for. Bursts of
+/// 6,000 threads block on one notification and one endpoint, then all are woken and exit
+/// (18,000 threads in all, the first burst to warm up). Afterwards the heap in use is where it
+/// was after the first burst (within 64 KiB), its span has not grown, the budget is back, and
+/// `KernelCheck` (which compares the heap in use with the live objects' heap shares plus a
+/// fixed allowance) is clean. The kernel before the fix kept every dead thread's allocation
+/// alive through weak references until a registry's next pruning, and every queue's buffer at
+/// its largest burst.
+fn test_heap_cycles() {
+    const NAME: &str = "heap-bounded-thread-bursts";
+    wait_ms(3000, || threads() == 1);
+    let (ntf, ep, th) = (slot(), slot(), slot());
+    let left0 = budget();
+    let t0 = rl4_user::rdtsc();
+    let mut err = sys::notification_create(MEMORY, ntf).and_then(|_| sys::endpoint_create(MEMORY, ep)).err().map(|e| ("objects", e));
+    if err.is_none() {
+        err = burst(ntf, ep, th).err();
+    }
+    let (h0, bound0, span0) = heap();
+    let mut done = 0;
+    while err.is_none() && done < BURSTS {
+        err = burst(ntf, ep, th).err();
+        done += 1;
+    }
+    let (h1, bound1, span1) = heap();
+    for s in [ntf, ep, th] {
+        release(s);
+    }
+    let back = wait_ms(3000, || budget() == left0);
+    let v = violations();
+    let ms = (rl4_user::rdtsc() - t0) * 1000 / tsc_hz();
+    report(
+        NAME,
+        err.is_none() && h1 <= h0 + 64 * 1024 && h1 <= bound1 && span1 <= span0 && back && v == 0,
+        format_args!(
+            "{} bursts of {BURST} threads on a notification and an endpoint ({ms} ms; error {err:?}): heap in use {} KiB after the \
+             first (bound {} KiB), {} KiB after the last (bound {} KiB), span {} -> {} KiB; budget back: {back}; KernelCheck \
+             violations: {v}",
+            done + 1,
+            h0 / 1024,
+            bound0 / 1024,
+            h1 / 1024,
+            bound1 / 1024,
+            span0 / 1024,
+            span1 / 1024
+        ),
+    );
+}
+
+/// `which`: `teardown-tasks`, `teardown-endpoints` or `teardown-heap` runs one of them,
+/// anything else all.
 pub fn run(which: &str) {
-    if which != "teardown-endpoints" {
+    let one = |n: &str| !which.starts_with("teardown-") || which == n;
+    if one("teardown-tasks") {
         test_task_chain();
     }
-    if which != "teardown-tasks" {
+    if one("teardown-endpoints") {
         test_endpoint_chain();
+    }
+    if one("teardown-heap") {
+        test_heap_cycles();
     }
 }
