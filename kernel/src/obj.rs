@@ -125,17 +125,17 @@ pub static NOTIFICATIONS: Registry<crate::ipc::Notification> = Registry::new();
 /// heap (`*_HEAP`), which covers the object's own allocation, its registry entry (and one dead
 /// one: `Registry::gone`), and its entries in queues and lists (a thread's in an endpoint's
 /// or notification's queue, in its task's list).
-pub const THREAD_COST: u64 = 4096;
-pub const TASK_COST: u64 = 3 * 4096;
+pub const THREAD_COST: u64 = rl4_abi::cost::THREAD;
+pub const TASK_COST: u64 = rl4_abi::cost::TASK;
 /// The PML4 frame and the space's own record.
-pub const SPACE_COST: u64 = 2 * 4096;
+pub const SPACE_COST: u64 = rl4_abi::cost::SPACE;
 /// Bookkeeping of one mapping (page tables are charged as they are made): its entry in the
 /// space's B-tree, which at worst (nodes half full) takes about 100 bytes.
-pub const MAP_COST: u64 = 128;
+pub const MAP_COST: u64 = rl4_abi::cost::MAP;
 /// The frame, and its object (32 bytes and the heap's tag) with its registry entry.
-pub const FRAME_COST: u64 = 4096 + 192;
-pub const ENDPOINT_COST: u64 = 384;
-pub const NOTIFICATION_COST: u64 = 384;
+pub const FRAME_COST: u64 = rl4_abi::cost::FRAME;
+pub const ENDPOINT_COST: u64 = rl4_abi::cost::ENDPOINT;
+pub const NOTIFICATION_COST: u64 = rl4_abi::cost::NOTIFICATION;
 
 /// The heap shares (all of a cost but the frames it pays for).
 pub const THREAD_HEAP: u64 = THREAD_COST;

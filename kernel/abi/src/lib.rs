@@ -336,6 +336,22 @@ pub mod stat {
     pub const HEAP_BOUND: u64 = 13;
 }
 
+/// What each kind of object costs the memory budget it is made from, in bytes (docs/syscalls.md):
+/// the frames it holds and its share of the kernel heap (docs/memory.md).
+pub mod cost {
+    pub const THREAD: u64 = 4096;
+    pub const TASK: u64 = 3 * 4096;
+    /// Its top-level page table and its record (lower page tables cost 4096 each as they are
+    /// made).
+    pub const SPACE: u64 = 2 * 4096;
+    /// One mapping's entry in its space's B-tree.
+    pub const MAP: u64 = 128;
+    /// The frame, and its record.
+    pub const FRAME: u64 = 4096 + 192;
+    pub const ENDPOINT: u64 = 384;
+    pub const NOTIFICATION: u64 = 384;
+}
+
 /// Selectors of [`Sys::Measure`].
 pub mod measure {
     /// A CR3 write to another address space and back; `arg` = iterations.
