@@ -11,7 +11,10 @@
 //!
 //! Objects are reference-counted (`Arc`); a capability, a mapping, a run queue entry or a
 //! thread's link to its task each hold one reference. Cycles (a task holding a capability to
-//! itself or to its threads) are broken when the task exits: its table is emptied.
+//! itself or to its threads) are broken when the task exits: its table is emptied. Destruction
+//! is iterative: a destructor hands the references it holds to `reclaim::later`, which destroys
+//! them one at a time, never by recursion (`reclaim.rs`). Each object's cost pays for its
+//! frames and its share of the kernel heap (`*_HEAP`, checked by `KernelCheck`).
 use alloc::collections::BTreeMap;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
