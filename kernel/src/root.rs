@@ -98,14 +98,12 @@ pub fn start(cmdline: &str, tsc_hz: u64) -> Result<(), &'static str> {
     thread.regs.with(|r| r.rdi = rl4_abi::BOOT_INFO_ADDR);
     thread.life.lock().mcp = rl4_abi::MAX_PRIORITY as u8;
     {
-        let mut caps = task.caps.lock();
-        let all = Rights::ALL;
-        let ins = |caps: &mut rl4_core::captable::CapTable<KObj>, slot, obj| caps.insert(slot, Cap { obj, rights: all, badge: 0 });
-        ins(&mut caps, root_slots::TASK, KObj::Task(task.clone())).map_err(|_| "cap")?;
-        ins(&mut caps, root_slots::SPACE, KObj::Space(space.clone())).map_err(|_| "cap")?;
-        ins(&mut caps, root_slots::THREAD, KObj::Thread(thread.clone())).map_err(|_| "cap")?;
-        ins(&mut caps, root_slots::MEMORY, KObj::Memory(memory.clone())).map_err(|_| "cap")?;
-        ins(&mut caps, root_slots::MACHINE, KObj::Machine).map_err(|_| "cap")?;
+        let ins = |slot, obj| task.insert_cap(slot, Cap::new(obj, Rights::ALL, 0)).map_err(|_| "cap");
+        ins(root_slots::TASK, KObj::Task(task.clone()))?;
+        ins(root_slots::SPACE, KObj::Space(space.clone()))?;
+        ins(root_slots::THREAD, KObj::Thread(thread.clone()))?;
+        ins(root_slots::MEMORY, KObj::Memory(memory.clone()))?;
+        ins(root_slots::MACHINE, KObj::Machine)?;
     }
     inject(crate::inject(), &memory, &task);
     crate::thread::resume(&thread).map_err(|_| "the root thread could not start")?;
@@ -147,7 +145,7 @@ fn inject(what: u8, memory: &Arc<Memory>, task: &Arc<Task>) {
             println!("inject: thread {} marked Runnable but put in no queue (held in root slot {})", t.id, rl4_abi::CAP_SLOTS - 1);
             // `resume` without the placing that must follow it.
             let _ = t.life.lock().resume();
-            let _ = task.insert_cap(rl4_abi::CAP_SLOTS - 1, Cap { obj: KObj::Thread(t), rights: Rights::NONE, badge: 0 });
+            let _ = task.insert_cap(rl4_abi::CAP_SLOTS - 1, Cap::new(KObj::Thread(t), Rights::NONE, 0));
         }
     }
 }

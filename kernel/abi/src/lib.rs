@@ -141,6 +141,12 @@ numbered! {
         /// once; each violation is printed. Needs `SHUTDOWN`; `InvalidState` while another
         /// check runs.
         KernelCheck = 40,
+        /// `(slot)` → `(count)`: delete every capability derived from the one in `slot` — copied,
+        /// minted or received through IPC from it, transitively — in every task, and return how
+        /// many were deleted; the capability in `slot` stays. A capability in flight (carried by
+        /// a blocked sender) that was read from a deleted or revoked one is not delivered.
+        /// Needs no right: what a task derived from its own capability is its to take back.
+        CapRevoke = 41,
     }
 }
 
@@ -340,7 +346,8 @@ pub mod stat {
 /// the frames it holds and its share of the kernel heap (docs/memory.md).
 pub mod cost {
     pub const THREAD: u64 = 4096;
-    pub const TASK: u64 = 3 * 4096;
+    /// Its record and its capability table (256 slots of 56 bytes).
+    pub const TASK: u64 = 4 * 4096;
     /// Its top-level page table and its record (lower page tables cost 4096 each as they are
     /// made).
     pub const SPACE: u64 = 2 * 4096;

@@ -70,6 +70,10 @@ pub fn cap_copy_raw(src: u64, dst_task: u64, dst: u64, rights: u64) -> Result<()
 pub fn cap_delete(slot: u64) -> Result<(), Error> {
     unit(Sys::CapDelete, [slot, 0, 0, 0, 0, 0])
 }
+/// Deletes every capability derived from the one in `slot`, in every task; → how many.
+pub fn cap_revoke(slot: u64) -> Result<u64, Error> {
+    syscall(Sys::CapRevoke, [slot, 0, 0, 0, 0, 0]).map(|r| r[0])
+}
 /// → (type, rights, badge)
 pub fn cap_identify(slot: u64) -> Ret {
     syscall(Sys::CapIdentify, [slot, 0, 0, 0, 0, 0])
