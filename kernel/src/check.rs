@@ -18,6 +18,9 @@
 //!   lock was ever taken out of order (`lock.rs`, `reclaim.rs`).
 //! * **Budgets.** Each memory budget's charged bytes equal the sum of what its objects, page
 //!   tables and mappings cost.
+//! * **Kernel heap.** The bytes allocated from the heap do not exceed the heap shares of the
+//!   live objects' charges (`obj::heap_bound`), the kernel's own at boot and a fixed
+//!   allowance: memory a task made the kernel allocate is paid for as long as it is held.
 //! * **Address spaces.** Each shares the kernel half; its page tables map exactly its recorded
 //!   mappings (frame, writable, executable); its table count matches what it was charged.
 //! * **Frames.** Every physical frame the allocator manages is either free and owned by
@@ -194,6 +197,18 @@ struct Seen {
 
 fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     let mut r = Report::default();
+    // 0. The kernel heap, before the check allocates anything: what is in use stays within
+    // what the live objects are charged for, plus the kernel's own and a fixed allowance.
+    let bound = obj::heap_bound();
+    match mem::try_heap_in_use() {
+        Some(used) => {
+            println!("check: kernel heap: {used} bytes in use, {bound} allowed, {} spanned", mem::heap_size());
+            if used > bound {
+                fail!(r, "kernel heap: {used} bytes in use, but the live objects and the allowance account for {bound}");
+            }
+        }
+        None => fail!(r, "the kernel heap is locked while every CPU is stopped"),
+    }
     let tasks = obj::TASKS.live();
     let spaces = obj::SPACES.live();
     let threads = obj::THREADS.live();
@@ -438,9 +453,11 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
 
     // 3. Budgets.
     let mut charged: BTreeMap<usize, u64> = BTreeMap::new();
+    let mut heap_shares = 0u64;
     let mut charge = |c: &obj::Charge| {
         let (m, b) = c.of();
         *charged.entry(key(m)).or_insert(0) += b;
+        heap_shares += c.heap();
     };
     tasks.iter().for_each(|t| charge(t.charge()));
     threads.iter().for_each(|t| charge(t.charge()));
@@ -451,6 +468,10 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     for (sp, maps) in spaces.iter().zip(&space_maps) {
         let tables = sp.table_pages.load(SeqCst);
         *charged.entry(key(&sp.memory)).or_insert(0) += tables * PAGE_SIZE + maps.len() as u64 * MAP_COST;
+    }
+    heap_shares += space_maps.iter().map(|m| m.len() as u64).sum::<u64>() * obj::MAP_HEAP;
+    if heap_shares != obj::heap_charged() {
+        fail!(r, "the live objects' heap shares add up to {heap_shares} bytes, but {} are counted", obj::heap_charged());
     }
     for m in &memories {
         let c = charged.get(&key(m)).copied().unwrap_or(0);

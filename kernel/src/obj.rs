@@ -11,7 +11,10 @@
 //!
 //! Objects are reference-counted (`Arc`); a capability, a mapping, a run queue entry or a
 //! thread's link to its task each hold one reference. Cycles (a task holding a capability to
-//! itself or to its threads) are broken when the task exits: its table is emptied.
+//! itself or to its threads) are broken when the task exits: its table is emptied. Destruction
+//! is iterative: a destructor hands the references it holds to `reclaim::later`, which destroys
+//! them one at a time, never by recursion (`reclaim.rs`). Each object's cost pays for its
+//! frames and its share of the kernel heap (`*_HEAP`, checked by `KernelCheck`).
 use alloc::collections::BTreeMap;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
@@ -238,28 +241,60 @@ pub fn revoke(task: &Task, slot: u64) -> Result<u64, Error> {
 
 /// Every live object of one kind, as weak references, for the kernel's consistency check
 /// (`check.rs`). Dead entries are pruned whenever the list has doubled since the last pruning,
-/// so it stays within twice the live objects and adding is amortised O(1).
+/// so it stays within twice the live objects and adding is amortised O(1); and whenever the
+/// objects destroyed since the last pruning are half the list (`gone`).
 pub struct Registry<T> {
-    list: GlobalMutex<(Vec<Weak<T>>, usize), { Level::OBJECT }>,
+    list: GlobalMutex<RegList<T>, { Level::OBJECT }>,
+}
+
+struct RegList<T> {
+    v: Vec<Weak<T>>,
+    /// Length after the last pruning.
+    pruned: usize,
+    /// Objects destroyed since.
+    dead: usize,
+}
+
+impl<T> RegList<T> {
+    fn prune(&mut self) {
+        self.v.retain(|w| w.strong_count() > 0);
+        self.pruned = self.v.len();
+        self.dead = 0;
+        if self.v.capacity() > 2 * self.v.len() + 64 {
+            self.v.shrink_to(self.v.len() + self.v.len() / 2 + 32);
+        }
+    }
 }
 
 impl<T> Registry<T> {
     pub const fn new() -> Self {
-        Registry { list: GlobalMutex::new(crate::count::Global::Registry, (Vec::new(), 0)) }
+        Registry { list: GlobalMutex::new(crate::count::Global::Registry, RegList { v: Vec::new(), pruned: 0, dead: 0 }) }
     }
 
     pub fn add(&self, a: &Arc<T>) {
         let mut l = self.list.lock();
-        if l.0.len() >= 2 * l.1.max(32) {
-            l.0.retain(|w| w.strong_count() > 0);
-            l.1 = l.0.len();
+        if l.v.len() >= 2 * l.pruned.max(32) {
+            l.prune();
         }
-        l.0.push(Arc::downgrade(a));
+        l.v.push(Arc::downgrade(a));
+    }
+
+    /// Called by an object's destructor (no lock held). A weak reference keeps the whole
+    /// allocation of its object alive (only the object's own destructor has run) after its
+    /// charge was refunded: so dead entries are pruned once they are half the list, and the
+    /// memory they hold stays within what the live objects are charged for (each object's
+    /// heap share covers itself and one dead sibling: `covers`).
+    pub fn gone(&self) {
+        let mut l = self.list.lock();
+        l.dead += 1;
+        if l.dead >= 32 && 2 * l.dead >= l.v.len() {
+            l.prune();
+        }
     }
 
     /// A reference to every live object.
     pub fn live(&self) -> Vec<Arc<T>> {
-        self.list.lock().0.iter().filter_map(Weak::upgrade).collect()
+        self.list.lock().v.iter().filter_map(Weak::upgrade).collect()
     }
 }
 
@@ -271,16 +306,77 @@ pub static MEMORIES: Registry<Memory> = Registry::new();
 pub static ENDPOINTS: Registry<crate::ipc::Endpoint> = Registry::new();
 pub static NOTIFICATIONS: Registry<crate::ipc::Notification> = Registry::new();
 
-/// What each object costs its memory budget.
-pub const THREAD_COST: u64 = 4096;
-pub const TASK_COST: u64 = 3 * 4096;
+/// What each object costs its memory budget: the frames it holds and its share of the kernel
+/// heap (`*_HEAP`), which covers the object's own allocation, its registry entry (and one dead
+/// one: `Registry::gone`), and its entries in queues and lists (a thread's in an endpoint's
+/// or notification's queue, in its task's list).
+pub const THREAD_COST: u64 = rl4_abi::cost::THREAD;
+pub const TASK_COST: u64 = rl4_abi::cost::TASK;
 /// The PML4 frame and the space's own record.
-pub const SPACE_COST: u64 = 2 * 4096;
-/// Bookkeeping of one mapping (page tables are charged as they are made).
-pub const MAP_COST: u64 = 64;
-pub const FRAME_COST: u64 = 4096;
-pub const ENDPOINT_COST: u64 = 256;
-pub const NOTIFICATION_COST: u64 = 256;
+pub const SPACE_COST: u64 = rl4_abi::cost::SPACE;
+/// Bookkeeping of one mapping (page tables are charged as they are made): its entry in the
+/// space's B-tree, which at worst (nodes half full) takes about 100 bytes.
+pub const MAP_COST: u64 = rl4_abi::cost::MAP;
+/// The frame, and its object (32 bytes and the heap's tag) with its registry entry.
+pub const FRAME_COST: u64 = rl4_abi::cost::FRAME;
+pub const ENDPOINT_COST: u64 = rl4_abi::cost::ENDPOINT;
+pub const NOTIFICATION_COST: u64 = rl4_abi::cost::NOTIFICATION;
+
+/// The heap shares (all of a cost but the frames it pays for).
+pub const THREAD_HEAP: u64 = THREAD_COST;
+pub const TASK_HEAP: u64 = TASK_COST;
+pub const SPACE_HEAP: u64 = SPACE_COST - 4096;
+pub const FRAME_HEAP: u64 = FRAME_COST - 4096;
+pub const MAP_HEAP: u64 = MAP_COST;
+
+// Each object's heap share covers its allocation twice (itself and a dead sibling that a weak
+// reference still holds, `Registry::gone`) plus 64 bytes of entries and the heap's tags.
+const fn covers(bytes: usize, share: u64) -> bool {
+    (2 * (bytes + 16) + 64) as u64 <= share
+}
+const _: () = assert!(covers(core::mem::size_of::<Thread>(), THREAD_HEAP));
+const _: () = assert!(covers(core::mem::size_of::<Frame>(), FRAME_HEAP));
+const _: () = assert!(covers(core::mem::size_of::<Space>(), SPACE_HEAP));
+const _: () = assert!(covers(core::mem::size_of::<crate::ipc::Endpoint>(), ENDPOINT_COST));
+const _: () = assert!(covers(core::mem::size_of::<crate::ipc::Notification>(), NOTIFICATION_COST));
+// A task: its record (twice) and its capability table.
+const _: () = assert!(
+    covers(core::mem::size_of::<Task>(), TASK_HEAP - rl4_abi::CAP_SLOTS * core::mem::size_of::<Option<Cap>>() as u64)
+);
+
+/// Heap bytes the live objects are charged for (each `Charge`'s heap share).
+static HEAP_CHARGED: AtomicU64 = AtomicU64::new(0);
+/// Mappings of all spaces (each charged `MAP_COST`, all of it heap).
+static MAPPINGS: AtomicU64 = AtomicU64::new(0);
+/// The heap in use when the first budget (the root task's) was made: the kernel's own.
+static HEAP_AT_BOOT: AtomicU64 = AtomicU64::new(0);
+/// What the kernel may use of its heap beyond that and the charges: per-CPU lists (the
+/// reclamation lists, timeout lists, inboxes' overflow), the registries' growth, the queues'
+/// slack before they are trimmed, the consistency check's own.
+pub const HEAP_ALLOWANCE: u64 = 2 << 20;
+
+/// A mapping was made (`syscall::map_frame`) or removed.
+pub fn mapped(added: bool) {
+    if added {
+        MAPPINGS.fetch_add(1, Ordering::Relaxed);
+    } else {
+        MAPPINGS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The heap shares of all live charges and mappings (as counted at each charge and refund).
+pub fn heap_charged() -> u64 {
+    HEAP_CHARGED.load(Ordering::Relaxed) + MAPPINGS.load(Ordering::Relaxed) * MAP_HEAP
+}
+
+/// The kernel heap the live objects allow: their heap shares, the kernel's own at boot and
+/// the allowance (`Stat(HEAP_BOUND)`; `KernelCheck` compares the heap in use with it).
+pub fn heap_bound() -> u64 {
+    HEAP_CHARGED.load(Ordering::Relaxed)
+        + MAPPINGS.load(Ordering::Relaxed) * MAP_HEAP
+        + HEAP_AT_BOOT.load(Ordering::Relaxed)
+        + HEAP_ALLOWANCE
+}
 
 /// An allocation budget.
 pub struct Memory {
@@ -290,6 +386,9 @@ pub struct Memory {
 
 impl Memory {
     pub fn new(total: u64) -> Arc<Memory> {
+        if HEAP_AT_BOOT.load(Ordering::Relaxed) == 0 {
+            HEAP_AT_BOOT.store(mem::heap_in_use(), Ordering::Relaxed);
+        }
         let m = Arc::new(Memory { total, used: AtomicU64::new(0) });
         MEMORIES.add(&m);
         m
@@ -317,12 +416,25 @@ impl Memory {
 pub struct Charge {
     mem: Arc<Memory>,
     bytes: u64,
+    /// The part of it that pays for kernel heap (the rest pays for frames).
+    heap: u64,
 }
 
 impl Charge {
+    /// A charge of `bytes`, all of it for kernel heap.
     pub fn new(mem: &Arc<Memory>, bytes: u64) -> Result<Charge, Error> {
+        Self::with_frames(mem, bytes, 0)
+    }
+    /// A charge of `bytes`, `frames` frames of it for frames, the rest for kernel heap.
+    pub fn with_frames(mem: &Arc<Memory>, bytes: u64, frames: u64) -> Result<Charge, Error> {
         mem.charge(bytes)?;
-        Ok(Charge { mem: mem.clone(), bytes })
+        let heap = bytes.saturating_sub(frames * 4096);
+        HEAP_CHARGED.fetch_add(heap, Ordering::Relaxed);
+        Ok(Charge { mem: mem.clone(), bytes, heap })
+    }
+    /// Its kernel-heap part.
+    pub fn heap(&self) -> u64 {
+        self.heap
     }
     /// The budget charged and how much.
     pub fn of(&self) -> (&Arc<Memory>, u64) {
@@ -332,6 +444,7 @@ impl Charge {
 
 impl Drop for Charge {
     fn drop(&mut self) {
+        HEAP_CHARGED.fetch_sub(self.heap, Ordering::Relaxed);
         self.mem.uncharge(self.bytes);
     }
 }
@@ -345,7 +458,7 @@ pub struct Frame {
 impl Frame {
     /// A zeroed frame charged to `mem`.
     pub fn new(mem: &Arc<Memory>) -> Result<Arc<Frame>, Error> {
-        let charge = Charge::new(mem, FRAME_COST)?;
+        let charge = Charge::with_frames(mem, FRAME_COST, 1)?;
         let pa = mem::alloc_frame().ok_or(Error::OutOfMemory)?;
         mem::zero_frame(pa);
         let f = Arc::new(Frame { pa, _charge: charge });
@@ -361,6 +474,7 @@ impl Drop for Frame {
     fn drop(&mut self) {
         crate::reclaim::dropping("Frame");
         mem::free_frame(self.pa);
+        FRAMES.gone();
     }
 }
 
@@ -381,7 +495,7 @@ pub struct Space {
 
 impl Space {
     pub fn new(mem: &Arc<Memory>) -> Result<Arc<Space>, Error> {
-        let charge = Charge::new(mem, SPACE_COST)?;
+        let charge = Charge::with_frames(mem, SPACE_COST, 1)?;
         let pml4 = rl4_arch::paging::new_user_space(&mut mem::Frames).map_err(|_| Error::OutOfMemory)?;
         let (pcid, generation) = crate::tlb::pcid_alloc();
         let s = Arc::new(Space {
@@ -413,6 +527,8 @@ impl Drop for Space {
         crate::tlb::pcid_free(self.pcid);
         let tables = self.table_pages.load(Ordering::Relaxed);
         self.memory.uncharge(tables * 4096 + mappings * MAP_COST);
+        MAPPINGS.fetch_sub(mappings, Ordering::Relaxed);
+        SPACES.gone();
     }
 }
 
@@ -421,6 +537,8 @@ pub struct Task {
     pub id: u64,
     pub caps: Mutex<CapTable<KObj>, { Level::OBJECT }>,
     pub threads: Mutex<Vec<Weak<Thread>>, { Level::TASK_THREADS }>,
+    /// Threads of it destroyed since `threads` was last pruned (`Thread`'s destructor).
+    threads_gone: AtomicU64,
     pub space: Arc<Space>,
     pub dead: AtomicBool,
     _charge: Charge,
@@ -439,6 +557,7 @@ impl Task {
             id: next_id(),
             caps: Mutex::new(CapTable::new(rl4_abi::CAP_SLOTS as usize)),
             threads: Mutex::new(Vec::new()),
+            threads_gone: AtomicU64::new(0),
             space,
             dead: AtomicBool::new(false),
             _charge: charge,
@@ -642,12 +761,39 @@ impl Drop for Thread {
         if let Some((caller, ticket)) = self.life.get_mut().take_reply() {
             crate::thread::fail_caller(caller, ticket);
         }
+        // A wait it may still hold (a capability in flight) goes to the destruction loop.
+        if let rl4_core::life::State::Blocked { .. } = self.life.get_mut().state() {
+            let life = core::mem::replace(self.life.get_mut(), Life::new(0, 0));
+            crate::reclaim::later(crate::reclaim::Garbage::Life(life));
+        }
         LIVE_THREADS.fetch_sub(1, Ordering::Relaxed);
+        // Its task's list holds a weak reference, which keeps this allocation alive: the
+        // list is pruned once half of it is dead.
+        let gone = self.task.threads_gone.fetch_add(1, Ordering::Relaxed) + 1;
+        if gone >= 8 {
+            let mut l = self.task.threads.lock();
+            if 2 * gone as usize >= l.len() {
+                l.retain(|w| w.strong_count() > 0);
+                let live = l.len();
+                if l.capacity() > 2 * live + 16 {
+                    l.shrink_to(live + 8);
+                }
+                self.task.threads_gone.store(0, Ordering::Relaxed);
+            }
+        }
+        THREADS.gone();
     }
 }
 
 impl Drop for Task {
+    /// Its table's capabilities can be the last references to other tasks (and so on): they
+    /// are destroyed by the destruction loop, not from here (`reclaim.rs`).
     fn drop(&mut self) {
         crate::reclaim::dropping("Task");
+        let table = core::mem::replace(self.caps.get_mut(), CapTable::new(0));
+        if !table.is_empty() {
+            crate::reclaim::later(crate::reclaim::Garbage::Table(table));
+        }
+        TASKS.gone();
     }
 }

@@ -297,6 +297,7 @@ pub fn map_frame(space: &Space, va: u64, frame: Arc<Frame>, write: bool, exec: b
         });
     }
     maps.insert(va, (frame, write, exec));
+    crate::obj::mapped(true);
     Ok(())
 }
 
@@ -430,6 +431,7 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             check_page(a1)?;
             let old = space.maps.lock().remove(&a1).ok_or(Error::NotMapped)?;
             space.memory.uncharge(crate::obj::MAP_COST);
+            crate::obj::mapped(false);
             rl4_arch::paging::unmap_user(space.pml4, a1);
             crate::tlb::flush_space(&space);
             drop(old);
@@ -544,6 +546,8 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
                 stat::IPC_CROSS => sched::total(sched::Count::IpcCross),
                 stat::IPIS_SENT => cpus::IPIS_SENT.load(core::sync::atomic::Ordering::Relaxed),
                 stat::HEAP_BYTES => mem::heap_size(),
+                stat::HEAP_IN_USE => mem::heap_in_use(),
+                stat::HEAP_BOUND => crate::obj::heap_bound(),
                 stat::HEAP_ALLOCS if crate::count::BUILT => crate::count::allocs(),
                 stat::HEAP_FREES if crate::count::BUILT => crate::count::frees(),
                 stat::GLOBAL_LOCKS if crate::count::BUILT => crate::count::global_locks(),

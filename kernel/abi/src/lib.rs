@@ -334,6 +334,29 @@ pub mod stat {
     /// Acquisitions of locks that every CPU may take (heap, frame allocator, object
     /// registries, PCIDs, shoot-down...) so far, all CPUs (`countglobal` kernels only).
     pub const GLOBAL_LOCKS: u64 = 11;
+    /// Bytes allocated from the kernel heap now (what its users hold, not the span).
+    pub const HEAP_IN_USE: u64 = 12;
+    /// Bytes of kernel heap the live objects are charged for (each object's heap share, one
+    /// per mapping) plus the kernel's fixed allowance: `KernelCheck` reports a violation when
+    /// [`HEAP_IN_USE`] exceeds it.
+    pub const HEAP_BOUND: u64 = 13;
+}
+
+/// What each kind of object costs the memory budget it is made from, in bytes (docs/syscalls.md):
+/// the frames it holds and its share of the kernel heap (docs/memory.md).
+pub mod cost {
+    pub const THREAD: u64 = 4096;
+    /// Its record and its capability table (256 slots of 56 bytes).
+    pub const TASK: u64 = 4 * 4096;
+    /// Its top-level page table and its record (lower page tables cost 4096 each as they are
+    /// made).
+    pub const SPACE: u64 = 2 * 4096;
+    /// One mapping's entry in its space's B-tree.
+    pub const MAP: u64 = 128;
+    /// The frame, and its record.
+    pub const FRAME: u64 = 4096 + 192;
+    pub const ENDPOINT: u64 = 384;
+    pub const NOTIFICATION: u64 = 384;
 }
 
 /// Selectors of [`Sys::Measure`].

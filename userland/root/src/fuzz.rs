@@ -44,13 +44,12 @@ const WIND_DOWN_S: u64 = 4;
 /// A fuzzing thread without a call for this long ends its task.
 const STUCK_MS: u64 = 2000;
 /// The checked IPC pairs that run alongside (`stress::run_with`), and what their objects cost
-/// the budget until they end: per pair an endpoint (256 bytes) and two threads (4 KiB each),
-/// as docs/syscalls.md lists the costs. What else they take (their stacks, the page tables
+/// the budget until they end: per pair an endpoint and two threads (`rl4_abi::cost`). What else they take (their stacks, the page tables
 /// behind them) the root task keeps.
 const PAIRS: usize = 8;
 /// How long the wind-down waits for the fuzzers' threads and memory to come back.
 const WAIT_BACK_MS: u64 = 2000;
-const PAIR_OBJECTS: u64 = 256 + 2 * 4096;
+const PAIR_OBJECTS: u64 = rl4_abi::cost::ENDPOINT + 2 * rl4_abi::cost::THREAD;
 
 /// The root task's own words on the command line: `threads=N`, `cross=0|1`.
 pub fn owns(arg: &str) -> bool {

@@ -34,6 +34,7 @@ mod sec_tests;
 mod space;
 mod storm;
 mod stress;
+mod teardown_tests;
 mod tests;
 
 use rl4_abi::{BootInfo, root_slots};

@@ -676,6 +676,9 @@ pub fn run(bi: &BootInfo, which: &str) -> bool {
     if want("sec") {
         crate::sec_tests::run(bi);
     }
+    if want("teardown") || which.starts_with("teardown-") {
+        crate::teardown_tests::run(which);
+    }
     // `check` alone: only the consistency check (with `inject=` on the kernel's command line,
     // it must fail).
     consistency(which);
