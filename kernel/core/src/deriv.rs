@@ -21,13 +21,14 @@ const NONE: u32 = u32::MAX;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NodeId {
     index: u32,
-    /// 64 bits: a node is reused at most once per system call, so this never wraps (a 32-bit
-    /// one would, after 2^32 copies and deletions, and a stale identifier would come back).
-    generation: u64,
+    /// Never repeats for one index: a node whose generation reaches `u32::MAX` is retired
+    /// instead of reused (else, after 2^32 copies and deletions, a stale identifier would
+    /// name a live node again).
+    generation: u32,
 }
 
 struct Node<H> {
-    generation: u64,
+    generation: u32,
     parent: u32,
     first_child: u32,
     prev: u32,
@@ -147,13 +148,19 @@ impl<H> DerivTree<H> {
     fn release(&mut self, i: u32) -> H {
         let n = &mut self.nodes[i as usize];
         debug_assert_eq!(n.first_child, NONE);
-        n.generation += 1;
         n.parent = NONE;
         n.prev = NONE;
+        n.next = NONE;
+        self.live -= 1;
+        let home = n.home.take().expect("a live node");
+        if n.generation == u32::MAX {
+            // Retired: this index is never handed out again.
+            return home;
+        }
+        n.generation += 1;
         n.next = self.free;
         self.free = i;
-        self.live -= 1;
-        n.home.take().expect("a live node")
+        home
     }
 
     /// Deletes the capability `id` (if it is still live): its children become its parent's
@@ -315,6 +322,19 @@ mod tests {
         assert_eq!(t.add(Some(b), 4), Err(Gone));
         assert_eq!(t.revoke(b, |_, _| {}), Err(Gone));
         assert_eq!(t.capacity(), 2);
+    }
+
+    #[test]
+    fn a_node_whose_generation_ran_out_is_retired() {
+        let mut t = DerivTree::new();
+        let a = t.add(None, 1).unwrap();
+        let b = t.add(Some(a), 2).unwrap();
+        t.nodes[b.index as usize].generation = u32::MAX;
+        let old = NodeId { index: b.index, generation: u32::MAX };
+        assert_eq!(t.remove(old), Some(2));
+        let c = t.add(Some(a), 3).unwrap();
+        assert_ne!(c.index, b.index, "the retired index is not reused");
+        assert!(!t.is_live(old) && t.is_live(c));
     }
 
     #[test]
