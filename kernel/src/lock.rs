@@ -14,6 +14,8 @@
 //! | `CPU` | a CPU's run queue or timeout list (one at a time; its inbox and current slot take no lock) |
 //! | `OBJECT` | a capability table, an IPC-buffer slot, a space's mappings, the PCID tables, a registry |
 //! | `RECLAIM` | a CPU's list of objects to destroy later |
+//! | `IRQ` | one interrupt line's state (`irq.rs`; taken holding nothing) |
+//! | `IRQ_CHIP` | one I/O APIC's register window |
 //!
 //! Each CPU counts the locks it holds in its per-CPU header (`gs:48`, one instruction per
 //! acquisition and release), and a kernel object destroyed while that count is not zero is
@@ -37,6 +39,8 @@ impl Level {
     pub const CPU: u8 = 4;
     pub const OBJECT: u8 = 5;
     pub const RECLAIM: u8 = 6;
+    pub const IRQ: u8 = 7;
+    pub const IRQ_CHIP: u8 = 8;
 }
 
 /// Violations counted per CPU: [lock order, destructor under a lock]; and the level last

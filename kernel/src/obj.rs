@@ -35,6 +35,10 @@ pub enum KObj {
     Machine,
     Endpoint(Arc<crate::ipc::Endpoint>),
     Notification(Arc<crate::ipc::Notification>),
+    /// The right to make `Irq` and `IoPort` capabilities (`device.rs`).
+    Devices,
+    Irq(Arc<crate::irq::IrqLine>),
+    IoPort(rl4_core::device::Ports),
 }
 
 impl captable::Object for KObj {
@@ -48,6 +52,9 @@ impl captable::Object for KObj {
             KObj::Machine => ObjType::Machine,
             KObj::Endpoint(_) => ObjType::Endpoint,
             KObj::Notification(_) => ObjType::Notification,
+            KObj::Devices => ObjType::Devices,
+            KObj::Irq(_) => ObjType::Irq,
+            KObj::IoPort(_) => ObjType::IoPort,
         }
     }
 }
@@ -194,6 +201,8 @@ pub struct Space {
     pub memory: Arc<Memory>,
     /// Page-table frames made for it (charged, refunded when it dies).
     pub table_pages: AtomicU64,
+    /// The I/O port ranges open to its task (`device.rs`).
+    pub io: crate::device::IoSpace,
     _charge: Charge,
 }
 
@@ -209,6 +218,7 @@ impl Space {
             maps: Mutex::new(BTreeMap::new()),
             memory: mem.clone(),
             table_pages: AtomicU64::new(0),
+            io: crate::device::IoSpace::new(),
             _charge: charge,
         });
         SPACES.add(&s);

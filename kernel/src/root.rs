@@ -106,6 +106,7 @@ pub fn start(cmdline: &str, tsc_hz: u64) -> Result<(), &'static str> {
         ins(&mut caps, root_slots::THREAD, KObj::Thread(thread.clone())).map_err(|_| "cap")?;
         ins(&mut caps, root_slots::MEMORY, KObj::Memory(memory.clone())).map_err(|_| "cap")?;
         ins(&mut caps, root_slots::MACHINE, KObj::Machine).map_err(|_| "cap")?;
+        ins(&mut caps, root_slots::DEVICES, KObj::Devices).map_err(|_| "cap")?;
     }
     inject(crate::inject(), &memory, &task);
     crate::thread::resume(&thread).map_err(|_| "the root thread could not start")?;

@@ -71,6 +71,7 @@ pub fn pcid_free(pcid: u16) {
 /// Makes `sp` the address space this CPU translates with.
 #[inline(always)]
 pub(crate) fn load_space(cs: &CpuSched, sp: &Space) {
+    crate::device::sync(sp);
     match &cs.tlb.pcids {
         None => {
             // Without PCIDs a CR3 write flushes the TLB (thousands of cycles under TCG): never

@@ -141,6 +141,28 @@ numbered! {
         /// once; each violation is printed. Needs `SHUTDOWN`; `InvalidState` while another
         /// check runs.
         KernelCheck = 40,
+        /// `(devices_slot, irq, dst_slot)`: an `Irq` capability for legacy ISA interrupt
+        /// `irq` (0..15), routed through the I/O APIC the MADT describes. One live `Irq`
+        /// object per line: `Busy` if the line is handed out already or the kernel uses it.
+        IrqGet = 47,
+        /// `(irq_slot, notification_slot, bits, cpu)`: deliver the line's interrupts as `bits`
+        /// signalled on the notification (needs `SEND` on it), on CPU `cpu`
+        /// ([`IRQ_CPU_CALLER`]: the caller's CPU). Unmasks the line; rebinding replaces the
+        /// old binding.
+        IrqBind = 48,
+        /// `(irq_slot)`: the driver has served the interrupt: unmask the line the kernel masked
+        /// when it delivered it. `InvalidState` if the line is not bound.
+        IrqAck = 49,
+        /// `(irq_slot)`: mask the line and forget its notification.
+        IrqUnbind = 50,
+        /// `(devices_slot, base, count, dst_slot)`: an `IoPort` capability for ports
+        /// `base .. base + count` (`Busy` if that overlaps a port the kernel uses).
+        IoPortGet = 51,
+        /// `(ioport_slot)`: open the capability's ports to the calling task (the I/O
+        /// permission bitmap); at most [`IO_RANGES`] ranges per task.
+        IoPortOpen = 52,
+        /// `(ioport_slot)`: close the capability's ports to the calling task again.
+        IoPortClose = 53,
     }
 }
 
@@ -188,6 +210,9 @@ numbered! {
         PartnerGone = 19,
         /// The thread was suspended while it waited; the call did not complete.
         Interrupted = 20,
+        /// The interrupt line or port range is in use (by the kernel or another capability),
+        /// or the task has no room for another open port range.
+        Busy = 25,
     }
 }
 
@@ -208,6 +233,12 @@ numbered! {
         Machine = 6,
         Endpoint = 7,
         Notification = 8,
+        /// The right to make `Irq` and `IoPort` capabilities (the root task's slot 5).
+        Devices = 9,
+        /// One interrupt line.
+        Irq = 10,
+        /// A range of I/O ports.
+        IoPort = 11,
     }
 }
 
@@ -296,6 +327,8 @@ pub mod root_slots {
     pub const MEMORY: u64 = 3;
     /// Console and shutdown.
     pub const MACHINE: u64 = 4;
+    /// Devices: makes `Irq` and `IoPort` capabilities (`IrqGet`, `IoPortGet`).
+    pub const DEVICES: u64 = 5;
     /// First slot the root task may use freely.
     pub const FIRST_FREE: u64 = 8;
 }
@@ -328,7 +361,16 @@ pub mod stat {
     /// Acquisitions of locks that every CPU may take (heap, frame allocator, object
     /// registries, PCIDs, shoot-down...) so far, all CPUs (`countglobal` kernels only).
     pub const GLOBAL_LOCKS: u64 = 11;
+    /// Device interrupts delivered to a notification, all CPUs.
+    pub const IRQS_DELIVERED: u64 = 16;
+    /// Interrupt lines unmasked in the I/O APIC now (bound and not waiting for `IrqAck`).
+    pub const IRQ_LINES_ENABLED: u64 = 17;
 }
+
+/// [`Sys::IrqBind`]'s `cpu` meaning "the calling thread's CPU".
+pub const IRQ_CPU_CALLER: u64 = u64::MAX;
+/// Most port ranges one task may have open at once ([`Sys::IoPortOpen`]).
+pub const IO_RANGES: usize = 4;
 
 /// Selectors of [`Sys::Measure`].
 pub mod measure {

@@ -12,6 +12,7 @@ extern crate alloc;
 
 pub mod captable;
 pub mod cmdline;
+pub mod device;
 pub mod frames;
 pub mod life;
 #[allow(unsafe_code)]
