@@ -8,6 +8,7 @@
 
 pub mod com;
 pub mod fuzz;
+pub mod serial;
 pub mod storm;
 pub mod sys;
 pub mod worker;

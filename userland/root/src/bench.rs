@@ -116,14 +116,15 @@ fn overhead() -> u64 {
     v[50]
 }
 
-struct Summary {
-    min: u64,
-    median: u64,
-    mean: u64,
-    p99: u64,
-    p999: u64,
-    max: u64,
-    cdf: [u64; 11],
+pub struct Summary {
+    pub min: u64,
+    pub median: u64,
+    pub mean: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+    /// Percentiles 1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9, 100.
+    pub cdf: [u64; 11],
 }
 
 fn summarize(s: &mut [u32]) -> Summary {
@@ -274,6 +275,43 @@ fn ipc_config(bi: &BootInfo, name: &str, accel: &str, client: u64, server: Optio
         Some(srv) => srv.stop(),
         None => release(ep),
     }
+}
+
+/// The console's `ping` (userland/root/src/console.rs): `iters` round trips (`Call` +
+/// `ReplyRecv`, one word) from this thread moved to CPU `client` to an echo server on CPU
+/// `server`, a thread of this task (`cross_task` false) or of a task of its own (true). The
+/// calling thread goes back to CPU 0 afterwards.
+pub fn ping(bi: &BootInfo, iters: usize, cross_task: bool, client: u64, server: u64) -> Option<Summary> {
+    let iters = iters.clamp(1, MAX_SAMPLES);
+    let ov = overhead();
+    let (ep, srv, thread) = if cross_task {
+        let srv = remote_server(bi, server, W_ECHO)?;
+        (srv.ep, Some(srv), None)
+    } else {
+        let ep = slot();
+        sys::endpoint_create(MEMORY, ep).ok()?;
+        INTRA_EP.store(ep, SeqCst);
+        let t = spawn(intra_server, 0, ROOT_PRIO, server);
+        (ep, None, Some(t))
+    };
+    go_to(client);
+    let warm = Msg { tag: Tag::new(1, 1, 0), badge: 0, w: [1, 2, 3, 4] };
+    for _ in 0..100.min(iters) {
+        let _ = sys::call(ep, &warm);
+    }
+    round_trips(ep, 1, iters, ov);
+    go_to(0);
+    let s = summarize(&mut samples()[..iters]);
+    match srv {
+        Some(srv) => srv.stop(),
+        None => {
+            release(ep);
+            if let Some(t) = thread {
+                release(t);
+            }
+        }
+    }
+    Some(s)
 }
 
 fn oneway_config(bi: &BootInfo, name: &str, accel: &str, client: u64, server: u64, iters: usize) {

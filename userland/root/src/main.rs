@@ -7,6 +7,8 @@
 //! * `test=all` (or `test=NAME`): the scheduler, isolation and system-call tests, one line each,
 //!   `root: N passed, N failed`, then shutdown with success only if all passed;
 //! * `bench`: IPC round trips and one-way latencies, null system call, thread switch;
+//! * `console`: the interactive console on COM2, served by the user-level serial driver
+//!   (`console.rs`);
 //! * `stress [pairs=N] [messages=M] [seconds=S]`: many IPC pairs on all CPUs, every message
 //!   checked (defaults 64, 1000, 30);
 //! * `bench=NAME [iters=N] [len=W] [accel=A]`: one benchmark configuration (see `bench.rs`);
@@ -22,6 +24,7 @@
 #![no_main]
 
 mod bench;
+mod console;
 mod drv_tests;
 mod fuzz;
 mod ipc_tests;
@@ -58,12 +61,15 @@ fn rl4_main(boot_info: u64, _: u64) {
     let mut storms = None;
     let mut so = storm::Opts { rounds: 200, tasks: 3, threads: 8, check_every: 20, seed: 1, keep_going: false, suspend_running_only: false, kinds: 0x1f };
     let mut calls = 20u64;
+    let mut console = false;
     for w in args.split_ascii_whitespace() {
         let num = |v: &str| v.parse::<u64>().ok();
         if let Some(t) = w.strip_prefix("test=") {
             test = Some(t);
         } else if w == "bench" {
             bench = true;
+        } else if w == "console" {
+            console = true;
         } else if w == "stress" {
             stress = true;
         } else if w == "fuzz" {
@@ -117,7 +123,9 @@ fn rl4_main(boot_info: u64, _: u64) {
             println!("root: unknown argument '{w}' ignored");
         }
     }
-    let ok = if let Some(list) = bench_name {
+    let ok = if console {
+        console::run(bi)
+    } else if let Some(list) = bench_name {
         // Several configurations in one boot, so that they can be compared with each other.
         list.split(',').all(|b| bench::run(bi, b, accel, iters, len))
     } else if let Some(list) = storms {
