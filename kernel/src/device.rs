@@ -6,7 +6,7 @@
 //! user code runs `in`/`out` itself, at full speed; a port whose bit is set faults (`#GP`)
 //! before anything reaches the device. A task's open ranges (at most `IO_RANGES`) are kept in
 //! its address space's [`IoSpace`]; [`sync`] makes this CPU's bitmap match the space being
-//! switched to, which costs four loads and compares when nothing changes and a few byte
+//! switched to, which costs two loads and a compare when nothing changes and a few byte
 //! writes per port otherwise (see docs/decisions.md).
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -20,14 +20,22 @@ use crate::obj::{Cap, KObj, Space, Thread};
 
 /// A task's open port ranges (kept in its address space: one per task).
 pub struct IoSpace {
-    /// The ranges open now, packed (`Ports::pack`), read without a lock at every switch.
+    /// Which state of the ranges this is: 0 while the task never opened one, else a number no
+    /// other state of any space had (bumped after every change, from [`GENERATION`]). A CPU
+    /// whose bitmap holds this generation needs no work at a switch.
+    generation: AtomicU64,
+    /// The ranges open now, packed (`Ports::pack`), read without a lock.
     packed: [AtomicU64; IO_RANGES],
     set: Mutex<OpenSet<IO_RANGES>, { Level::OBJECT }>,
 }
 
 impl IoSpace {
     pub const fn new() -> IoSpace {
-        IoSpace { packed: [const { AtomicU64::new(0) }; IO_RANGES], set: Mutex::new(OpenSet { ranges: [(Ports { base: 0, count: 0 }, 0); IO_RANGES] }) }
+        IoSpace {
+            generation: AtomicU64::new(0),
+            packed: [const { AtomicU64::new(0) }; IO_RANGES],
+            set: Mutex::new(OpenSet { ranges: [(Ports { base: 0, count: 0 }, 0); IO_RANGES] }),
+        }
     }
 }
 
@@ -37,35 +45,47 @@ impl Default for IoSpace {
     }
 }
 
-/// The ranges each CPU's bitmap has open now.
-static LOADED: [[AtomicU64; IO_RANGES]; MAX_CPUS] = [const { [const { AtomicU64::new(0) }; IO_RANGES] }; MAX_CPUS];
+/// Generations of port-range states, machine-wide (taken only by `IoPortOpen`/`IoPortClose`).
+static GENERATION: AtomicU64 = AtomicU64::new(1);
 
-/// Makes this CPU's I/O permission bitmap open exactly `sp`'s ranges.
+/// What each CPU's bitmap has open: the generation and its ranges.
+struct Loaded {
+    generation: AtomicU64,
+    ranges: [AtomicU64; IO_RANGES],
+}
+
+static LOADED: [Loaded; MAX_CPUS] =
+    [const { Loaded { generation: AtomicU64::new(0), ranges: [const { AtomicU64::new(0) }; IO_RANGES] } }; MAX_CPUS];
+
+/// Makes this CPU's I/O permission bitmap open exactly `sp`'s ranges: one compare when it does
+/// already (every switch between tasks that never opened a port).
 #[inline(always)]
 pub fn sync(sp: &Space) {
-    let cpu = rl4_arch::percpu::cpu_index() as usize % MAX_CPUS;
-    let loaded = &LOADED[cpu];
-    if (0..IO_RANGES).all(|i| loaded[i].load(Ordering::Relaxed) == sp.io.packed[i].load(Ordering::Relaxed)) {
-        return;
+    let loaded = &LOADED[rl4_arch::percpu::cpu_index() as usize % MAX_CPUS];
+    if loaded.generation.load(Ordering::Relaxed) != sp.io.generation.load(Ordering::Acquire) {
+        reload(loaded, sp);
     }
-    reload(loaded, sp);
 }
 
 #[inline(never)]
-fn reload(loaded: &[AtomicU64; IO_RANGES], sp: &Space) {
+fn reload(loaded: &Loaded, sp: &Space) {
     let Some(map) = rl4_arch::ioport::this_cpu() else { return };
-    for l in loaded {
+    // The generation first: a change after this read bumps it again (and sends this CPU an
+    // IPI), so the next `sync` looks again.
+    let g = sp.io.generation.load(Ordering::Acquire);
+    for l in &loaded.ranges {
         if let Some(p) = Ports::unpack(l.swap(0, Ordering::Relaxed)) {
             map.set(p.base, p.count, false);
         }
     }
-    for (i, w) in sp.io.packed.iter().enumerate() {
+    for (l, w) in loaded.ranges.iter().zip(&sp.io.packed) {
         let w = w.load(Ordering::Relaxed);
         if let Some(p) = Ports::unpack(w) {
             map.set(p.base, p.count, true);
         }
-        loaded[i].store(w, Ordering::Relaxed);
+        l.store(w, Ordering::Relaxed);
     }
+    loaded.generation.store(g, Ordering::Relaxed);
 }
 
 /// This CPU's bitmap made to match its running thread (after another CPU closed a range).
@@ -151,15 +171,15 @@ pub fn syscall(t: &Arc<Thread>, s: Sys, a: [u64; 6]) -> Result<[u64; 3], Error> 
                 for (w, v) in io.packed.iter().zip(set.packed()) {
                     w.store(v, Ordering::Relaxed);
                 }
+                io.generation.store(GENERATION.fetch_add(1, Ordering::Relaxed), Ordering::Release);
             }
             sync(&t.space);
-            if s == Sys::IoPortClose {
-                // Other CPUs running this task's threads re-read the ranges on the reschedule
-                // interrupt (`trap.rs`).
-                let me = rl4_arch::percpu::cpu_index() as usize;
-                for c in (0..MAX_CPUS).filter(|&c| c != me && crate::sched::cpu_online(c as u64)) {
-                    rl4_smp::cpus::send_resched(c);
-                }
+            // Other CPUs running this task's threads re-read its ranges on the reschedule
+            // interrupt (`trap.rs`): within one IPI, a close holds everywhere and an open is
+            // seen by every thread of the task.
+            let me = rl4_arch::percpu::cpu_index() as usize;
+            for c in (0..MAX_CPUS).filter(|&c| c != me && crate::sched::cpu_online(c as u64)) {
+                rl4_smp::cpus::send_resched(c);
             }
         }
         _ => return Err(Error::InvalidSyscall),

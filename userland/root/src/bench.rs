@@ -17,6 +17,7 @@
 //! | `cr3-floor` | two CR3 writes (away and back), measured in the kernel |
 //! | `shm-floor-A-B` | a cache-line ping-pong between user threads on CPUs A and B |
 //! | `ipi-floor-A-B` | an IPI from A to idle B and B's answer, measured in the kernel |
+//! | `irq-latency-A-B` | a byte written on CPU A to COM2 in loopback mode → its receive interrupt, routed to CPU B, wakes a driver thread there (at most 20,000; needs COM2) |
 //! | `pairs-K` | K same-core pairs, one per CPU 0..K-1, in parallel: round trips per second |
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
@@ -452,6 +453,13 @@ fn two_cpus(rest: &str) -> Option<(u64, u64)> {
     (a < cpus() && b < cpus() && a != b).then_some((a, b))
 }
 
+/// `A-B`, both CPUs online (they may be the same).
+fn cpu_pair(rest: &str) -> Option<(u64, u64)> {
+    let (a, b) = rest.split_once('-')?;
+    let (a, b) = (a.parse().ok()?, b.parse().ok()?);
+    (a < cpus() && b < cpus()).then_some((a, b))
+}
+
 /// Runs configuration `name`; returns whether it was known and ran.
 pub fn run(bi: &BootInfo, name: &str, accel: &str, iters: usize, len: u64) -> bool {
     let iters = iters.clamp(1, MAX_SAMPLES);
@@ -512,6 +520,17 @@ pub fn run(bi: &BootInfo, name: &str, accel: &str, iters: usize, len: u64) -> bo
                 let i0 = ipis();
                 simple_config(name, accel, iters, || { let _ = sys::measure(MACHINE, measure::IPI_FLOOR, b | 1 << 16); }, ov);
                 println!("bench: ipi-floor sent {} IPIs", ipis() - i0);
+            } else if let Some((a, b)) = name.strip_prefix("irq-latency-").and_then(cpu_pair) {
+                let n = iters.min(20_000);
+                let done = crate::drv_tests::irq_latency(a, b, &mut samples()[..n]);
+                if done < n {
+                    println!("bench: {name}: {done} of {n} interrupts arrived (is there a COM2?)");
+                } else {
+                    let s = summarize(&mut samples()[..n]);
+                    let mut j = Json::new(name, accel, n as u64, tsc_hz());
+                    j.summary("", &s).num("client_cpu", a).num("server_cpu", b);
+                    j.emit();
+                }
             } else if let Some(k) = name.strip_prefix("pairs-").and_then(|k| k.strip_suffix("cpu")).and_then(|k| k.parse().ok()) {
                 pairs_config(bi, name, accel, k, iters as u64);
             } else {

@@ -16,7 +16,7 @@ use rl4_user::{println, worker};
 use crate::space::*;
 use crate::tests::{report, skip, state};
 
-const DEVICES: u64 = root_slots::DEVICES;
+pub const DEVICES: u64 = root_slots::DEVICES;
 
 fn enabled_lines() -> u64 {
     sys::stat(MACHINE, stat::IRQ_LINES_ENABLED).unwrap_or(u64::MAX)
@@ -315,9 +315,10 @@ fn test_driver_killed(bi: &BootInfo) {
 
 static RAISED: AtomicU64 = AtomicU64::new(0);
 static SEEN: AtomicU64 = AtomicU64::new(0);
-static LAT: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
 static LAT_IRQ: AtomicU64 = AtomicU64::new(0);
-static LAT_N: AtomicU64 = AtomicU64::new(0);
+/// Where the driver thread writes each interrupt's latency (`u32` cycles), and how many fit.
+static LAT_BUF: AtomicU64 = AtomicU64::new(0);
+static LAT_LEN: AtomicU64 = AtomicU64::new(0);
 
 /// The driver thread: wait, stamp, serve the device, acknowledge.
 fn lat_driver(n: u64) {
@@ -327,72 +328,83 @@ fn lat_driver(n: u64) {
         }
         let t1 = rl4_user::rdtsc();
         let i = SEEN.load(SeqCst);
-        LAT[i as usize % 256].store(t1.wrapping_sub(RAISED.load(SeqCst)), SeqCst);
+        if i < LAT_LEN.load(SeqCst) {
+            let p = (LAT_BUF.load(SeqCst) + 4 * i) as *mut u32;
+            // SAFETY: `LAT_BUF` points at `LAT_LEN` writable `u32`s of this task, which the
+            // raiser does not read until `SEEN` says this one is written.
+            unsafe { p.write_volatile(t1.wrapping_sub(RAISED.load(SeqCst)).min(u32::MAX as u64) as u32) };
+        }
         com::drain(COM2);
         let _ = sys::irq_ack(LAT_IRQ.load(SeqCst));
         SEEN.store(i + 1, SeqCst);
     }
 }
 
-fn percentile(v: &mut [u64], p: usize) -> u64 {
-    v.sort_unstable();
-    v[(v.len() - 1) * p / 100]
-}
-
-/// One configuration: the driver on `cpu`, the line routed there, raised from CPU 0.
-fn latency(cpu: u64, iters: u64) -> Option<(u64, u64, u64)> {
+/// Interrupt latency, device raises → driver thread runs: this thread, on CPU `raiser`, stamps
+/// the TSC and writes a byte to COM2 in loopback mode; the byte's receive interrupt is routed to
+/// CPU `cpu`, where a driver thread (above this thread's priority) waits on the bound
+/// notification and stamps the TSC when it runs. One sample per interrupt (cycles) in `out`;
+/// returns how many were taken (fewer than `out.len()` if an interrupt did not come within 2 s).
+pub fn irq_latency(raiser: u64, cpu: u64, out: &mut [u32]) -> usize {
     let (irq, n) = (slot(), slot());
-    sys::irq_get(DEVICES, COM2_IRQ, irq).ok()?;
-    sys::notification_create(MEMORY, n).ok()?;
+    if sys::irq_get(DEVICES, COM2_IRQ, irq).and_then(|_| sys::notification_create(MEMORY, n)).is_err() {
+        release(irq);
+        release(n);
+        return 0;
+    }
     LAT_IRQ.store(irq, SeqCst);
+    LAT_BUF.store(out.as_mut_ptr() as u64, SeqCst);
+    LAT_LEN.store(out.len() as u64, SeqCst);
     SEEN.store(0, SeqCst);
     com::loopback(COM2);
-    sys::irq_bind(irq, n, 1, cpu).ok()?;
-    let t = spawn(lat_driver, n, ROOT_PRIO + 10, cpu);
-    wait_ms(2000, || state(t) == Some(ThreadState::BlockedNotify));
-    let mut done = 0;
-    for i in 0..iters.min(256) {
-        RAISED.store(rl4_user::rdtsc(), SeqCst);
-        outb(COM2 + THR, b'L');
-        if !wait_ms(2000, || SEEN.load(SeqCst) > i) {
-            break;
-        }
-        done += 1;
+    let _ = sys::thread_set_affinity(THREAD, raiser);
+    while sys::cpu_info().0 != raiser {
+        sys::yield_now();
     }
-    let _ = sys::irq_unbind(irq);
-    let _ = sys::thread_suspend(t);
-    release(t);
+    let mut done = 0;
+    if sys::irq_bind(irq, n, 1, cpu).is_ok() {
+        let t = spawn(lat_driver, n, ROOT_PRIO + 10, cpu);
+        wait_ms(2000, || state(t) == Some(ThreadState::BlockedNotify));
+        for i in 0..out.len() as u64 {
+            RAISED.store(rl4_user::rdtsc(), SeqCst);
+            outb(COM2 + THR, b'L');
+            if !wait_ms(2000, || SEEN.load(SeqCst) > i) {
+                break;
+            }
+            done += 1;
+        }
+        let _ = sys::irq_unbind(irq);
+        let _ = sys::thread_suspend(t);
+        release(t);
+    }
+    let _ = sys::thread_set_affinity(THREAD, 0);
+    while sys::cpu_info().0 != 0 {
+        sys::yield_now();
+    }
     release(irq);
     release(n);
-    if done < iters.min(256) {
-        return None;
-    }
-    let mut v: alloc_vec::Buf = alloc_vec::Buf::default();
-    for i in 0..done as usize {
-        v.0[i] = LAT[i].load(SeqCst);
-    }
-    let s = &mut v.0[..done as usize];
-    Some((percentile(s, 50), percentile(s, 90), percentile(s, 99)))
+    done
 }
 
-mod alloc_vec {
-    pub struct Buf(pub [u64; 256]);
-    impl Default for Buf {
-        fn default() -> Self {
-            Buf([0; 256])
-        }
-    }
+fn percentile(v: &mut [u32], p: usize) -> u64 {
+    v.sort_unstable();
+    v[(v.len() - 1) * p / 100] as u64
+}
+
+fn latency(cpu: u64) -> Option<(u64, u64, u64)> {
+    let mut v = [0u32; 200];
+    let done = irq_latency(0, cpu, &mut v);
+    (done == v.len()).then(|| (percentile(&mut v, 50), percentile(&mut v, 90), percentile(&mut v, 99)))
 }
 
 fn test_latency() {
     const NAME: &str = "irq-latency";
-    let iters = 200;
     let ns = |c: u64| c * 1_000_000 / (tsc_hz() / 1000).max(1);
-    let same = latency(0, iters);
-    let cross = if cpus() > 1 { latency(1, iters) } else { None };
+    let same = latency(0);
+    let cross = if cpus() > 1 { latency(1) } else { None };
     let ipi = if cpus() > 1 { sys::measure(MACHINE, rl4_abi::measure::IPI_FLOOR, 1 | 200 << 16).ok() } else { None };
     if let Some((m, p90, p99)) = same {
-        println!("irq-latency: same-cpu median {m} cycles ({} ns), p90 {p90}, p99 {p99} ({iters} interrupts, COM2 loopback)", ns(m));
+        println!("irq-latency: same-cpu median {m} cycles ({} ns), p90 {p90}, p99 {p99} (200 interrupts, COM2 loopback)", ns(m));
     }
     if let Some((m, p90, p99)) = cross {
         println!("irq-latency: cross-cpu median {m} cycles ({} ns), p90 {p90}, p99 {p99}", ns(m));
@@ -400,7 +412,6 @@ fn test_latency() {
     if let Some([mean, min, _]) = ipi {
         println!("irq-latency: IPI round-trip floor mean {mean} cycles ({} ns), min {min}", ns(mean));
     }
-    LAT_N.store(iters, SeqCst);
     report(NAME, same.is_some() && (cpus() < 2 || cross.is_some()), format_args!("same {same:?}, cross {cross:?}, ipi floor {ipi:?}"));
 }
 
