@@ -319,6 +319,9 @@ static LAT_IRQ: AtomicU64 = AtomicU64::new(0);
 /// Where the driver thread writes each interrupt's latency (`u32` cycles), and how many fit.
 static LAT_BUF: AtomicU64 = AtomicU64::new(0);
 static LAT_LEN: AtomicU64 = AtomicU64::new(0);
+/// The notification the driver signals when it has served an interrupt (the raiser waits on it,
+/// so that its CPU is idle, not spinning, while the interrupt travels).
+static LAT_DONE: AtomicU64 = AtomicU64::new(0);
 
 /// The driver thread: wait, stamp, serve the device, acknowledge.
 fn lat_driver(n: u64) {
@@ -337,22 +340,31 @@ fn lat_driver(n: u64) {
         com::drain(COM2);
         let _ = sys::irq_ack(LAT_IRQ.load(SeqCst));
         SEEN.store(i + 1, SeqCst);
+        let _ = sys::signal(LAT_DONE.load(SeqCst), 1);
     }
 }
 
 /// Interrupt latency, device raises → driver thread runs: this thread, on CPU `raiser`, stamps
 /// the TSC and writes a byte to COM2 in loopback mode; the byte's receive interrupt is routed to
 /// CPU `cpu`, where a driver thread (above this thread's priority) waits on the bound
-/// notification and stamps the TSC when it runs. One sample per interrupt (cycles) in `out`;
+/// notification and stamps the TSC when it runs. This thread then waits for the driver's signal
+/// (its CPU idle, as in the IPI floor) before the next byte. One sample per interrupt (cycles) in `out`;
 /// returns how many were taken (fewer than `out.len()` if an interrupt did not come within 2 s).
 pub fn irq_latency(raiser: u64, cpu: u64, out: &mut [u32]) -> usize {
-    let (irq, n) = (slot(), slot());
-    if sys::irq_get(DEVICES, COM2_IRQ, irq).and_then(|_| sys::notification_create(MEMORY, n)).is_err() {
-        release(irq);
-        release(n);
+    let (irq, n, ports, done_n) = (slot(), slot(), slot(), slot());
+    let ready = sys::irq_get(DEVICES, COM2_IRQ, irq)
+        .and_then(|_| sys::notification_create(MEMORY, n))
+        .and_then(|_| sys::notification_create(MEMORY, done_n))
+        .and_then(|_| sys::ioport_get(DEVICES, COM2 as u64, 8, ports))
+        .and_then(|_| sys::ioport_open(ports));
+    if ready.is_err() {
+        for s in [irq, n, ports, done_n] {
+            release(s);
+        }
         return 0;
     }
     LAT_IRQ.store(irq, SeqCst);
+    LAT_DONE.store(done_n, SeqCst);
     LAT_BUF.store(out.as_mut_ptr() as u64, SeqCst);
     LAT_LEN.store(out.len() as u64, SeqCst);
     SEEN.store(0, SeqCst);
@@ -368,7 +380,12 @@ pub fn irq_latency(raiser: u64, cpu: u64, out: &mut [u32]) -> usize {
         for i in 0..out.len() as u64 {
             RAISED.store(rl4_user::rdtsc(), SeqCst);
             outb(COM2 + THR, b'L');
-            if !wait_ms(2000, || SEEN.load(SeqCst) > i) {
+            while SEEN.load(SeqCst) <= i {
+                if sys::wait(done_n, ms(2000)).is_err() {
+                    break;
+                }
+            }
+            if SEEN.load(SeqCst) <= i {
                 break;
             }
             done += 1;
@@ -381,8 +398,10 @@ pub fn irq_latency(raiser: u64, cpu: u64, out: &mut [u32]) -> usize {
     while sys::cpu_info().0 != 0 {
         sys::yield_now();
     }
-    release(irq);
-    release(n);
+    let _ = sys::ioport_close(ports);
+    for s in [irq, n, ports, done_n] {
+        release(s);
+    }
     done
 }
 
