@@ -8,6 +8,9 @@
 //! | [`Task`] | a capability table, its threads | it exits (all threads stop, all capabilities are deleted) and nothing refers to it |
 //! | [`Thread`] | user registers, scheduling state, its task and space | it exits or its task does, and nothing refers to it |
 //! | `Machine` | console and shutdown rights | never (no state) |
+//! | `Devices` | the right to make `Irq` and `IoPort` capabilities (`device.rs`) | never (no state) |
+//! | [`crate::irq::IrqLine`] | one interrupt line | its last capability goes; the line is masked and freed |
+//! | `IoPort` | a port range (a value, no object) | — |
 //!
 //! Objects are reference-counted (`Arc`); a capability, a mapping, a run queue entry or a
 //! thread's link to its task each hold one reference. Cycles (a task holding a capability to
