@@ -48,50 +48,49 @@ impl Default for IoSpace {
 /// Generations of port-range states, machine-wide (taken only by `IoPortOpen`/`IoPortClose`).
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
-/// What each CPU's bitmap has open: the generation and its ranges.
-struct Loaded {
-    generation: AtomicU64,
-    ranges: [AtomicU64; IO_RANGES],
-}
+/// The ranges each CPU's bitmap has open (its generation is in its `tlb::CpuTlb`).
+static LOADED: [[AtomicU64; IO_RANGES]; MAX_CPUS] = [const { [const { AtomicU64::new(0) }; IO_RANGES] }; MAX_CPUS];
 
-static LOADED: [Loaded; MAX_CPUS] =
-    [const { Loaded { generation: AtomicU64::new(0), ranges: [const { AtomicU64::new(0) }; IO_RANGES] } }; MAX_CPUS];
-
-/// Makes this CPU's I/O permission bitmap open exactly `sp`'s ranges: one compare when it does
-/// already (every switch between tasks that never opened a port).
+/// Makes this CPU's I/O permission bitmap open exactly `sp`'s ranges; `loaded` is the
+/// generation it holds (this CPU's `CpuTlb::io_generation`). Two loads and a compare when it
+/// holds them already (every switch between tasks that never opened a port). Called when the
+/// CPU switches address spaces, and when the running task's ranges change.
 #[inline(always)]
-pub fn sync(sp: &Space) {
-    let loaded = &LOADED[rl4_arch::percpu::cpu_index() as usize % MAX_CPUS];
-    if loaded.generation.load(Ordering::Relaxed) != sp.io.generation.load(Ordering::Acquire) {
+pub fn sync(loaded: &AtomicU64, sp: &Space) {
+    if loaded.load(Ordering::Relaxed) != sp.io.generation.load(Ordering::Acquire) {
         reload(loaded, sp);
     }
 }
 
 #[inline(never)]
-fn reload(loaded: &Loaded, sp: &Space) {
+fn reload(loaded: &AtomicU64, sp: &Space) {
     let Some(map) = rl4_arch::ioport::this_cpu() else { return };
+    let ranges = &LOADED[rl4_arch::percpu::cpu_index() as usize % MAX_CPUS];
     // The generation first: a change after this read bumps it again (and sends this CPU an
     // IPI), so the next `sync` looks again.
     let g = sp.io.generation.load(Ordering::Acquire);
-    for l in &loaded.ranges {
+    for l in ranges {
         if let Some(p) = Ports::unpack(l.swap(0, Ordering::Relaxed)) {
             map.set(p.base, p.count, false);
         }
     }
-    for (l, w) in loaded.ranges.iter().zip(&sp.io.packed) {
+    for (l, w) in ranges.iter().zip(&sp.io.packed) {
         let w = w.load(Ordering::Relaxed);
         if let Some(p) = Ports::unpack(w) {
             map.set(p.base, p.count, true);
         }
         l.store(w, Ordering::Relaxed);
     }
-    loaded.generation.store(g, Ordering::Relaxed);
+    loaded.store(g, Ordering::Relaxed);
 }
 
-/// This CPU's bitmap made to match its running thread (after another CPU closed a range).
+/// This CPU's bitmap made to match its running thread's task (after the task's ranges
+/// changed: on the CPU that changed them, and on the others through the reschedule IPI).
 pub fn sync_current() {
-    crate::sched::with_current(|t| sync(&t.space));
+    let loaded = &crate::sched::this_cpu().tlb.io_generation;
+    crate::sched::with_current(|t| sync(loaded, &t.space));
 }
+
 
 /// Ports described by firmware that the kernel uses (the ACPI PM timer block).
 static FIRMWARE_PORTS: Once<Option<Ports>> = Once::new();
@@ -173,7 +172,7 @@ pub fn syscall(t: &Arc<Thread>, s: Sys, a: [u64; 6]) -> Result<[u64; 3], Error> 
                 }
                 io.generation.store(GENERATION.fetch_add(1, Ordering::Relaxed), Ordering::Release);
             }
-            sync(&t.space);
+            sync_current();
             // Other CPUs running this task's threads re-read its ranges on the reschedule
             // interrupt (`trap.rs`): within one IPI, a close holds everywhere and an open is
             // seen by every thread of the task.

@@ -21,6 +21,8 @@ use crate::sched::{self, CpuSched};
 pub struct CpuTlb {
     /// The PML4 this CPU's CR3 holds (the kernel's, or a user space kept loaded while idle).
     pub(crate) loaded_pml4: AtomicU64,
+    /// The generation of I/O port ranges this CPU's permission bitmap holds (`device.rs`).
+    pub(crate) io_generation: AtomicU64,
     pcids: Option<Mutex<PcidCache, { Level::OBJECT }>>,
     /// TLB shootdown request: a PML4 address, bit 0 = the space is being destroyed.
     pub(crate) tlb_request: AtomicU64,
@@ -35,6 +37,7 @@ impl CpuTlb {
         }
         CpuTlb {
             loaded_pml4: AtomicU64::new(paging::kernel_pml4()),
+            io_generation: AtomicU64::new(0),
             pcids: pcid.then(|| Mutex::new(PcidCache::new())),
             tlb_request: AtomicU64::new(0),
             tlb_done: AtomicU64::new(0),
@@ -71,7 +74,8 @@ pub fn pcid_free(pcid: u16) {
 /// Makes `sp` the address space this CPU translates with.
 #[inline(always)]
 pub(crate) fn load_space(cs: &CpuSched, sp: &Space) {
-    crate::device::sync(sp);
+    // The I/O permission bitmap follows the space (`device.rs`): one compare when it agrees.
+    crate::device::sync(&cs.tlb.io_generation, sp);
     match &cs.tlb.pcids {
         None => {
             // Without PCIDs a CR3 write flushes the TLB (thousands of cycles under TCG): never
