@@ -12,6 +12,7 @@
 //! | `QUEUE` | an endpoint's queues, a notification's word and waiters |
 //! | `THREAD` | one thread's `Life` |
 //! | `CPU` | a CPU's run queue or timeout list (one at a time; its inbox and current slot take no lock) |
+//! | `DERIV` | one object's capability derivation tree (`obj::Lineage`) |
 //! | `OBJECT` | a capability table, an IPC-buffer slot, a space's mappings, the PCID tables, a registry |
 //! | `RECLAIM` | a CPU's list of objects to destroy later |
 //! | `IRQ` | one interrupt line's state (`irq.rs`; taken holding nothing) |
@@ -37,10 +38,11 @@ impl Level {
     pub const QUEUE: u8 = 2;
     pub const THREAD: u8 = 3;
     pub const CPU: u8 = 4;
-    pub const OBJECT: u8 = 5;
-    pub const RECLAIM: u8 = 6;
-    pub const IRQ: u8 = 7;
-    pub const IRQ_CHIP: u8 = 8;
+    pub const DERIV: u8 = 5;
+    pub const OBJECT: u8 = 6;
+    pub const RECLAIM: u8 = 7;
+    pub const IRQ: u8 = 8;
+    pub const IRQ_CHIP: u8 = 9;
 }
 
 /// Violations counted per CPU: [lock order, destructor under a lock]; and the level last

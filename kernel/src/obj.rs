@@ -22,6 +22,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use rl4_abi::{Error, ObjType};
 use rl4_arch::entry::{RegsCell, UserRegs};
 use rl4_core::captable::{self, CapTable};
+use rl4_core::deriv::{DerivTree, NodeId};
 use rl4_core::life::{Ident, Kinds};
 use crate::lock::{GlobalMutex, Level, Mutex};
 
@@ -44,7 +45,25 @@ pub enum KObj {
     IoPort(rl4_core::device::Ports),
 }
 
+impl KObj {
+    /// Whether both name the same object.
+    pub fn same(&self, o: &KObj) -> bool {
+        match (self, o) {
+            (KObj::Task(a), KObj::Task(b)) => Arc::ptr_eq(a, b),
+            (KObj::Space(a), KObj::Space(b)) => Arc::ptr_eq(a, b),
+            (KObj::Thread(a), KObj::Thread(b)) => Arc::ptr_eq(a, b),
+            (KObj::Frame(a), KObj::Frame(b)) => Arc::ptr_eq(a, b),
+            (KObj::Memory(a), KObj::Memory(b)) => Arc::ptr_eq(a, b),
+            (KObj::Machine, KObj::Machine) => true,
+            (KObj::Endpoint(a), KObj::Endpoint(b)) => Arc::ptr_eq(a, b),
+            (KObj::Notification(a), KObj::Notification(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
 impl captable::Object for KObj {
+    type Link = Link;
     fn obj_type(&self) -> ObjType {
         match self {
             KObj::Task(_) => ObjType::Task,
@@ -63,6 +82,169 @@ impl captable::Object for KObj {
 }
 
 pub type Cap = captable::Cap<KObj>;
+
+/// The derivation tree of the capabilities that descend from one original capability
+/// (`rl4_core::deriv`): made with the original, shared by every copy, mint and capability
+/// received through IPC that comes from it, freed with the last of them. Its lock is taken
+/// holding no capability table's and may be held while taking them (`lock.rs`).
+pub struct Lineage {
+    tree: Mutex<DerivTree<Home>, { Level::DERIV }>,
+}
+
+/// Where a capability of a [`Lineage`] lives.
+pub struct Home {
+    task: Weak<Task>,
+    slot: u64,
+}
+
+/// A capability's place in its [`Lineage`]. The capability in a slot *owns* its node (deleting
+/// it, by any means, takes the node out of the tree, its children going to its parent); any
+/// other copy of it (a system call's snapshot, a capability in flight in a blocked sender)
+/// only names the node, which it gives as the parent when it is put into a slot. `Default`:
+/// in no tree (a capability about to become an original).
+#[derive(Default)]
+pub struct Link {
+    at: Option<(Arc<Lineage>, NodeId)>,
+    owned: bool,
+}
+
+impl Link {
+    fn parts(&self) -> Option<(&Arc<Lineage>, NodeId)> {
+        self.at.as_ref().map(|(l, id)| (l, *id))
+    }
+
+    /// Whether this is node `id` of `lineage`.
+    fn is(&self, lineage: &Arc<Lineage>, id: NodeId) -> bool {
+        self.parts().is_some_and(|(l, i)| Arc::ptr_eq(l, lineage) && i == id)
+    }
+
+    /// Turns an owning link whose node is already gone into a naming one (nothing to remove).
+    fn disown(&mut self) {
+        self.owned = false;
+    }
+}
+
+impl Clone for Link {
+    fn clone(&self) -> Self {
+        Link { at: self.at.clone(), owned: false }
+    }
+}
+
+impl PartialEq for Link {
+    fn eq(&self, o: &Self) -> bool {
+        match (self.parts(), o.parts()) {
+            (None, None) => true,
+            (Some((a, i)), Some((b, j))) => Arc::ptr_eq(a, b) && i == j,
+            _ => false,
+        }
+    }
+}
+impl Eq for Link {}
+
+impl core::fmt::Debug for Link {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.parts() {
+            None => f.write_str("Link(none)"),
+            Some((l, id)) => write!(f, "Link({:p}, {id:?}, owned {})", Arc::as_ptr(l), self.owned),
+        }
+    }
+}
+
+impl Drop for Link {
+    /// A capability leaving its slot leaves its tree. No lock of a capability table may be
+    /// held (the tree's lock comes first): capabilities are dropped after the table's lock,
+    /// as every kernel object is.
+    fn drop(&mut self) {
+        if let (true, Some((l, id))) = (self.owned, &self.at) {
+            let home = l.tree.lock().remove(*id);
+            drop(home);
+        }
+    }
+}
+
+/// `inject=deriv`: a node in the tree of `slot`'s capability that no slot owns (it says it is
+/// in slot 0 of `task`), for the consistency check to find. Never used otherwise.
+pub fn inject_orphan_node(task: &Arc<Task>, slot: u64) {
+    let Ok(cap) = task.caps.lock().get(slot).cloned() else { return };
+    let Ok(named) = tracked(task, slot, cap) else { return };
+    if let Some((lineage, id)) = named.link.parts() {
+        let _ = lineage.tree.lock().add(Some(id), Home { task: Arc::downgrade(task), slot: 0 });
+    }
+}
+
+/// What `KernelCheck` finds about derivation trees: every capability in a slot that has a node
+/// owns it, and the node says it lives in that slot; every tree holds exactly the nodes its
+/// slots own (capabilities in flight only name theirs). Trees are read with `peek` (every other
+/// CPU is stopped).
+#[derive(Default)]
+pub struct LinkCensus {
+    owners: BTreeMap<usize, (Arc<Lineage>, usize)>,
+}
+
+impl LinkCensus {
+    /// The capability in `slot` of `task`; calls `fail` for what is wrong with its link.
+    pub fn slot(&mut self, task: &Arc<Task>, slot: u64, link: &Link, mut fail: impl FnMut(core::fmt::Arguments<'_>)) {
+        let Some((lineage, id)) = link.parts() else { return };
+        if !link.owned {
+            return fail(format_args!("task {} slot {slot}: the capability names node {id:?} but does not own it", task.id));
+        }
+        let e = self.owners.entry(Arc::as_ptr(lineage) as usize).or_insert_with(|| (lineage.clone(), 0));
+        e.1 += 1;
+        let Some(tree) = lineage.tree.peek() else {
+            return fail(format_args!("a derivation tree is locked while every CPU is stopped"));
+        };
+        match tree.home(id) {
+            None => fail(format_args!("task {} slot {slot}: its derivation node {id:?} is gone", task.id)),
+            Some(h) if !core::ptr::eq(h.task.as_ptr(), Arc::as_ptr(task)) || h.slot != slot => fail(format_args!(
+                "task {} slot {slot}: its derivation node {id:?} says it is in slot {} of another task",
+                task.id, h.slot
+            )),
+            Some(_) => {}
+        }
+    }
+
+    /// After every slot: each tree's node count against its owners.
+    pub fn finish(self, mut fail: impl FnMut(core::fmt::Arguments<'_>)) -> usize {
+        let trees = self.owners.len();
+        for (_, (lineage, owners)) in self.owners {
+            if let Some(tree) = lineage.tree.peek() {
+                if tree.len() != owners {
+                    fail(format_args!("a derivation tree holds {} nodes, but {owners} capabilities in slots own one", tree.len()));
+                }
+            }
+        }
+        trees
+    }
+}
+
+/// `CapRevoke`: deletes every capability derived from the one in `slot` of `task`, in every
+/// task, and returns how many. Capabilities in flight that were read from a revoked one are
+/// not delivered (their node is gone). The deleted capabilities are dropped after every lock.
+pub fn revoke(task: &Task, slot: u64) -> Result<u64, Error> {
+    let link = task.caps.lock().get(slot)?.link.clone();
+    let Some((lineage, id)) = link.parts() else { return Ok(0) };
+    let mut removed: Vec<Cap> = Vec::new();
+    let mut holders: Vec<Arc<Task>> = Vec::new();
+    let mut homes: Vec<Home> = Vec::new();
+    let n = lineage.tree.lock().revoke(id, |gone, home| {
+        if let Some(t) = home.task.upgrade() {
+            let mut caps = t.caps.lock();
+            if caps.get(home.slot).is_ok_and(|c| c.link.is(lineage, gone)) {
+                let mut c = caps.remove(home.slot).expect("just read");
+                c.link.disown();
+                removed.push(c);
+            }
+            drop(caps);
+            holders.push(t);
+        }
+        homes.push(home);
+    });
+    drop(removed);
+    drop(holders);
+    drop(homes);
+    // The revoking capability itself was deleted meanwhile.
+    n.map(|n| n as u64).map_err(|_| Error::EmptySlot)
+}
 
 /// Every live object of one kind, as weak references, for the kernel's consistency check
 /// (`check.rs`). Dead entries are pruned whenever the list has doubled since the last pruning,
@@ -284,23 +466,77 @@ impl Task {
     /// Puts `cap` into `slot` of this task's table, unless the task has ended: `kill_task`
     /// marks it dead before it empties the table, and this checks under the table's lock, so
     /// no capability can slip into a table after it was emptied (it would never be freed).
-    pub fn insert_cap(&self, slot: u64, cap: Cap) -> Result<(), Error> {
-        // A refused capability is dropped here, after the table's lock.
+    ///
+    /// A capability read from another one (its link naming that one's node: see [`tracked`])
+    /// becomes its child in the derivation tree, or is refused with `EmptySlot` if that one was
+    /// deleted or revoked meanwhile. One with no link is an original and stays out of any tree
+    /// until something is derived from it.
+    pub fn insert_cap(self: &Arc<Self>, slot: u64, cap: Cap) -> Result<(), Error> {
+        // A refused capability is dropped here, after the locks.
         self.insert_cap_or_return(slot, cap).map_err(|(e, _cap)| e)
     }
 
     /// [`Task::insert_cap`], handing a refused capability back (to drop after the caller's
     /// locks).
-    pub fn insert_cap_or_return(&self, slot: u64, cap: Cap) -> Result<(), (Error, Cap)> {
+    pub fn insert_cap_or_return(self: &Arc<Self>, slot: u64, mut cap: Cap) -> Result<(), (Error, Cap)> {
+        let Some((lineage, parent)) = cap.link.parts().map(|(l, id)| (l.clone(), id)) else {
+            let mut caps = self.caps.lock();
+            if self.dead.load(Ordering::Acquire) {
+                return Err((Error::InvalidState, cap));
+            }
+            if let Err(e) = caps.check_free(slot) {
+                return Err((e, cap));
+            }
+            return caps.insert(slot, cap).map_err(|_| unreachable!("checked free"));
+        };
+        let mut tree = lineage.tree.lock();
         let mut caps = self.caps.lock();
-        if self.dead.load(Ordering::Acquire) {
-            return Err((Error::InvalidState, cap));
-        }
-        if let Err(e) = caps.check_free(slot) {
+        let refused = if self.dead.load(Ordering::Acquire) {
+            Some(Error::InvalidState)
+        } else {
+            caps.check_free(slot).err()
+        };
+        if let Some(e) = refused {
+            drop((caps, tree));
             return Err((e, cap));
         }
+        let Ok(id) = tree.add(Some(parent), Home { task: Arc::downgrade(self), slot }) else {
+            drop((caps, tree));
+            return Err((Error::EmptySlot, cap));
+        };
+        cap.link = Link { at: Some((lineage.clone(), id)), owned: true };
         caps.insert(slot, cap).map_err(|_| unreachable!("checked free"))
     }
+}
+
+/// `cap`, read (perhaps with fewer rights) from `slot` of `task`, made ready to become a child
+/// of the capability there: if that is an original in no derivation tree yet, a tree is made
+/// with it as the root (the capability in the slot then owns the root node) and the returned
+/// copy names that node. `EmptySlot` if the slot no longer holds a capability to that object
+/// with that badge (deleted or replaced since it was read; one replaced by another capability
+/// to the same object and badge, whatever its rights, serves as the parent as well). Takes no
+/// lock held.
+pub fn tracked(task: &Arc<Task>, slot: u64, mut cap: Cap) -> Result<Cap, Error> {
+    if cap.link.parts().is_some() {
+        return Ok(cap);
+    }
+    let lineage = Arc::new(Lineage { tree: Mutex::new(DerivTree::new()) });
+    let mut tree = lineage.tree.lock();
+    let mut caps = task.caps.lock();
+    let current = caps.get_mut(slot)?;
+    if !current.obj.same(&cap.obj) || current.badge != cap.badge {
+        return Err(Error::EmptySlot);
+    }
+    if let Some((l, id)) = current.link.parts() {
+        // Another thread tracked it meanwhile.
+        cap.link = Link { at: Some((l.clone(), id)), owned: false };
+        return Ok(cap);
+    }
+    let root = tree.add(None, Home { task: Arc::downgrade(task), slot }).map_err(|_| Error::EmptySlot)?;
+    current.link = Link { at: Some((lineage.clone(), root)), owned: true };
+    drop((caps, tree));
+    cap.link = Link { at: Some((lineage, root)), owned: false };
+    Ok(cap)
 }
 
 /// What a thread's [`Life`] names: the kernel's references to endpoints, notifications,

@@ -141,6 +141,12 @@ numbered! {
         /// once; each violation is printed. Needs `SHUTDOWN`; `InvalidState` while another
         /// check runs.
         KernelCheck = 40,
+        /// `(slot)` → `(count)`: delete every capability derived from the one in `slot` — copied,
+        /// minted or received through IPC from it, transitively — in every task, and return how
+        /// many were deleted; the capability in `slot` stays. A capability in flight (carried by
+        /// a blocked sender) that was read from a deleted or revoked one is not delivered.
+        /// Needs no right: what a task derived from its own capability is its to take back.
+        CapRevoke = 41,
         /// `(devices_slot, irq, dst_slot)`: an `Irq` capability for legacy ISA interrupt
         /// `irq` (0..15), routed through the I/O APIC the MADT describes. One live `Irq`
         /// object per line: `Busy` if the line is handed out already or the kernel uses it.
@@ -444,24 +450,38 @@ pub const ROOT_STACK_TOP: u64 = 0x0000_7fff_fe00_0000;
 /// Pages of the root task's stack.
 pub const ROOT_STACK_PAGES: u64 = 16;
 
-/// A user program the kernel carries for the root task.
+/// A user program the kernel hands the root task: one of the programs embedded in the kernel
+/// image, or a boot module the boot loader loaded (`scripts/run --program`). Either way its
+/// bytes are mapped read-only in the root task at `addr`, in frames charged to the root task's
+/// budget (deleting the mapping gives them back); the root task checks them before it loads
+/// anything (a module is whatever file the user passed).
 #[derive(Clone, Copy, Debug, Default)]
 #[repr(C)]
 pub struct Program {
     pub name: [u8; 16],
-    /// Where the ELF image is mapped in the root task.
+    /// Where the image is mapped in the root task.
     pub addr: u64,
     pub len: u64,
+    /// [`Program::EMBEDDED`] or [`Program::MODULE`].
+    pub kind: u64,
 }
 
 impl Program {
+    /// Compiled into the kernel image (`root`, `worker`).
+    pub const EMBEDDED: u64 = 0;
+    /// A boot module.
+    pub const MODULE: u64 = 1;
     pub fn name(&self) -> &str {
         let end = self.name.iter().position(|&b| b == 0).unwrap_or(16);
         core::str::from_utf8(&self.name[..end]).unwrap_or("?")
     }
 }
 
-pub const MAX_PROGRAMS: usize = 16;
+/// Most programs in [`BootInfo`]: the embedded ones, then the boot modules.
+pub const MAX_PROGRAMS: usize = 32;
+/// Most bytes of one boot module the kernel hands on; a bigger module is refused (with a
+/// console line) and the others go on.
+pub const MAX_MODULE_BYTES: u64 = 16 << 20;
 pub const BOOT_CMDLINE_MAX: usize = 1024;
 
 /// What the root task finds at [`BOOT_INFO_ADDR`].

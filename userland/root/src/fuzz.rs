@@ -589,9 +589,9 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
     }
     l.flush();
     // Where the fuzzing threads' time went: the calls that took longest in all (waits count).
-    let mut by_time: [usize; 41] = core::array::from_fn(|i| i);
+    let mut by_time: [usize; word::CYCLE_CALLS] = core::array::from_fn(|i| i);
     by_time.sort_unstable_by(|a, b| w[word::CYCLES + b].cmp(&w[word::CYCLES + a]));
-    let in_calls: u64 = (0..41).map(|k| w[word::CYCLES + k]).sum();
+    let in_calls: u64 = (0..word::CYCLE_CALLS).map(|k| w[word::CYCLES + k]).sum();
     let _ = write!(l, "fuzz: time in calls: {} thread-s in all; longest:", in_calls / hz.max(1));
     for &k in by_time.iter().take(10) {
         let _ = write!(l, " {} {}.{:02} s", sys_name(k), w[word::CYCLES + k] / hz.max(1), w[word::CYCLES + k] * 100 / hz.max(1) % 100);
