@@ -123,7 +123,7 @@ fn ports(t: &Thread, slot: u64) -> Result<Ports, Error> {
 
 /// Puts a new capability (read, write and grant rights) into `slot`.
 fn put(t: &Thread, slot: u64, obj: KObj) -> Result<(), Error> {
-    t.task.insert_cap(slot, Cap { obj, rights: Rights::READ.union(Rights::WRITE).union(Rights::GRANT), badge: 0 })
+    t.task.insert_cap(slot, Cap::new(obj, Rights::READ.union(Rights::WRITE).union(Rights::GRANT), 0))
 }
 
 /// The device system calls (`Sys::IrqGet` ..= `Sys::IoPortClose`), arguments `a`.

@@ -57,6 +57,9 @@ impl KObj {
             (KObj::Machine, KObj::Machine) => true,
             (KObj::Endpoint(a), KObj::Endpoint(b)) => Arc::ptr_eq(a, b),
             (KObj::Notification(a), KObj::Notification(b)) => Arc::ptr_eq(a, b),
+            (KObj::Devices, KObj::Devices) => true,
+            (KObj::Irq(a), KObj::Irq(b)) => Arc::ptr_eq(a, b),
+            (KObj::IoPort(a), KObj::IoPort(b)) => a == b,
             _ => false,
         }
     }
