@@ -5,7 +5,7 @@
 //! `(name, bytes)` entry of `PROGRAMS` in `$OUT_DIR/programs.rs`.
 use std::path::PathBuf;
 
-const PROGRAMS: &[(&str, &str)] = &[("root", "rl4-root"), ("worker", "rl4-worker")];
+const PROGRAMS: &[(&str, &str)] = &[("root", "rl4-root"), ("worker", "rl4-worker"), ("serial", "rl4-serial")];
 
 fn main() {
     let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());

@@ -108,7 +108,7 @@ ensure_grub() {
 
 build_kernel() {
     say "building the user programs and the kernel (cargo build --release, target $TARGET)"
-    (cd "$ROOT" && cargo build -q -p rl4-root -p rl4-worker --target "$TARGET" --release) || die "user program build failed"
+    (cd "$ROOT" && cargo build -q -p rl4-root -p rl4-worker -p rl4-serial --target "$TARGET" --release) || die "user program build failed"
     (cd "$ROOT" && RL4_USER_DIR="$ROOT/target/$TARGET/release" cargo build -q -p rl4-kernel --target "$TARGET" --release) \
         || die "kernel build failed"
     mkdir -p "$BUILD"

@@ -141,7 +141,10 @@ macro_rules! trap_stubs {
 trap_stubs!(
     0 noerr, 1 noerr, 3 noerr, 4 noerr, 5 noerr, 6 noerr, 7 noerr, 10 err, 11 err, 12 err, 13 err,
     14 err, 16 noerr, 17 err, 19 noerr, 20 noerr, 21 err, 30 err,
-    48 noerr, 49 noerr, 50 noerr, 51 noerr, 52 noerr, 53 noerr, 254 noerr, 255 noerr,
+    48 noerr, 49 noerr, 50 noerr, 51 noerr, 52 noerr, 53 noerr,
+    64 noerr, 65 noerr, 66 noerr, 67 noerr, 68 noerr, 69 noerr, 70 noerr, 71 noerr,
+    72 noerr, 73 noerr, 74 noerr, 75 noerr, 76 noerr, 77 noerr, 78 noerr, 79 noerr,
+    254 noerr, 255 noerr,
 );
 
 core::arch::global_asm!(

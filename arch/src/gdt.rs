@@ -16,10 +16,13 @@ pub const IST_DOUBLE_FAULT: u16 = 0;
 pub const IST_NMI: u16 = 1;
 pub const IST_MACHINE_CHECK: u16 = 2;
 
-/// One CPU's descriptor tables. Must live forever once loaded.
+/// One CPU's descriptor tables. Must live forever once loaded. The I/O permission bitmap
+/// follows the TSS (`repr(C)`): the TSS names it by its offset.
+#[repr(C)]
 pub struct CpuTables {
     pub gdt: GlobalDescriptorTable<8>,
     pub tss: TaskStateSegment,
+    pub iomap: crate::ioport::IoMap,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -29,12 +32,14 @@ pub struct Selectors {
     pub user_data: SegmentSelector,
     pub user_code: SegmentSelector,
     pub tss: SegmentSelector,
+    /// This CPU's I/O permission bitmap (register it with `ioport::register`).
+    pub iomap: &'static crate::ioport::IoMap,
 }
 
 impl CpuTables {
     /// Empty tables; fill the stacks with [`CpuTables::set_ist`] before [`CpuTables::load`].
     pub fn new() -> Self {
-        CpuTables { gdt: GlobalDescriptorTable::new(), tss: TaskStateSegment::new() }
+        CpuTables { gdt: GlobalDescriptorTable::new(), tss: TaskStateSegment::new(), iomap: crate::ioport::IoMap::new() }
     }
 
     pub fn set_ist(&mut self, slot: u16, stack_top: u64) {
@@ -48,6 +53,9 @@ impl CpuTables {
 
     /// Builds the GDT around this CPU's TSS and loads both, then reloads the segment registers.
     pub fn load(&'static mut self) -> Selectors {
+        let iomap_offset = self.iomap.as_ptr() as u64 - (&raw const self.tss) as u64;
+        assert!(iomap_offset <= 0xdfff, "the I/O bitmap must follow the TSS closely");
+        self.tss.iomap_base = iomap_offset as u16;
         // The GDT refers to the TSS by address; both live in `self`, which is 'static.
         let tss: &'static TaskStateSegment = {
             let p: *const TaskStateSegment = &self.tss;
@@ -55,11 +63,14 @@ impl CpuTables {
             // (the CPU only reads it and updates its busy bit in the GDT, not in the TSS).
             unsafe { &*p }
         };
+        // SAFETY: as for the TSS: `self` is 'static; the bitmap is only changed through its
+        // atomics.
+        let iomap: &'static crate::ioport::IoMap = unsafe { &*(&raw const self.iomap) };
         let kernel_code = self.gdt.append(Descriptor::kernel_code_segment());
         let kernel_data = self.gdt.append(Descriptor::kernel_data_segment());
         let user_data = self.gdt.append(Descriptor::user_data_segment());
         let user_code = self.gdt.append(Descriptor::user_code_segment());
-        let tss_sel = self.gdt.append(Descriptor::tss_segment(tss));
+        let tss_sel = self.gdt.append(tss_descriptor(tss, iomap_offset + crate::ioport::IOMAP_LEN as u64));
         let gdt: &'static GlobalDescriptorTable<8> = &self.gdt;
         gdt.load();
         // SAFETY: the selectors index the GDT just loaded, with the right descriptor kinds; the
@@ -72,8 +83,22 @@ impl CpuTables {
             FS::set_reg(kernel_data);
             load_tss(tss_sel);
         }
-        Selectors { kernel_code, kernel_data, user_data, user_code, tss: tss_sel }
+        Selectors { kernel_code, kernel_data, user_data, user_code, tss: tss_sel, iomap }
     }
+}
+
+/// A 64-bit TSS descriptor for `tss` whose limit covers `len` bytes (the TSS and the I/O
+/// permission bitmap after it, with its terminating byte).
+fn tss_descriptor(tss: &'static TaskStateSegment, len: u64) -> Descriptor {
+    let base = tss as *const TaskStateSegment as u64;
+    let limit = len - 1;
+    let mut low = 1u64 << 47; // present
+    low |= limit & 0xffff;
+    low |= (base & 0xff_ffff) << 16;
+    low |= 0b1001 << 40; // available 64-bit TSS
+    low |= ((limit >> 16) & 0xf) << 48;
+    low |= ((base >> 24) & 0xff) << 56;
+    Descriptor::SystemSegment(low, base >> 32)
 }
 
 impl Default for CpuTables {

@@ -12,6 +12,8 @@
 #![cfg_attr(target_os = "none", feature(abi_x86_interrupt))]
 
 pub mod bootinfo;
+pub mod ioapic;
+pub mod ioport;
 pub mod layout;
 
 #[cfg(target_os = "none")]

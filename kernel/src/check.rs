@@ -169,7 +169,7 @@ impl Refs {
             KObj::Memory(a) => self.add(a),
             KObj::Endpoint(a) => self.add(a),
             KObj::Notification(a) => self.add(a),
-            KObj::Machine => {}
+            KObj::Machine | KObj::Devices | KObj::Irq(_) | KObj::IoPort(_) => {}
         }
     }
     /// Compares with the strong count, less the snapshot's own reference.

@@ -15,6 +15,8 @@
 //! | `DERIV` | one object's capability derivation tree (`obj::Lineage`) |
 //! | `OBJECT` | a capability table, an IPC-buffer slot, a space's mappings, the PCID tables, a registry |
 //! | `RECLAIM` | a CPU's list of objects to destroy later |
+//! | `IRQ` | one interrupt line's state (`irq.rs`; taken holding nothing) |
+//! | `IRQ_CHIP` | one I/O APIC's register window |
 //!
 //! Each CPU counts the locks it holds in its per-CPU header (`gs:48`, one instruction per
 //! acquisition and release), and a kernel object destroyed while that count is not zero is
@@ -39,6 +41,8 @@ impl Level {
     pub const DERIV: u8 = 5;
     pub const OBJECT: u8 = 6;
     pub const RECLAIM: u8 = 7;
+    pub const IRQ: u8 = 8;
+    pub const IRQ_CHIP: u8 = 9;
 }
 
 /// Violations counted per CPU: [lock order, destructor under a lock]; and the level last

@@ -11,6 +11,8 @@ extern crate alloc;
 
 mod check;
 mod count;
+mod device;
+mod irq;
 mod fault;
 mod lock;
 mod reclaim;
@@ -184,6 +186,8 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
         hz: options().hz,
     });
     cpus::enable_lapic_this_cpu(bsp);
+    irq::init(&platform, &mut mem::Frames);
+    device::init(&platform);
     println!(
         "local APIC: {} mode, timer {} at {} Hz ({} Hz input)",
         if f.x2apic { "x2APIC" } else { "xAPIC" },

@@ -8,6 +8,9 @@
 //! | [`Task`] | a capability table, its threads | it exits (all threads stop, all capabilities are deleted) and nothing refers to it |
 //! | [`Thread`] | user registers, scheduling state, its task and space | it exits or its task does, and nothing refers to it |
 //! | `Machine` | console and shutdown rights | never (no state) |
+//! | `Devices` | the right to make `Irq` and `IoPort` capabilities (`device.rs`) | never (no state) |
+//! | [`crate::irq::IrqLine`] | one interrupt line | its last capability goes; the line is masked and freed |
+//! | `IoPort` | a port range (a value, no object) | — |
 //!
 //! Objects are reference-counted (`Arc`); a capability, a mapping, a run queue entry or a
 //! thread's link to its task each hold one reference. Cycles (a task holding a capability to
@@ -39,6 +42,10 @@ pub enum KObj {
     Machine,
     Endpoint(Arc<crate::ipc::Endpoint>),
     Notification(Arc<crate::ipc::Notification>),
+    /// The right to make `Irq` and `IoPort` capabilities (`device.rs`).
+    Devices,
+    Irq(Arc<crate::irq::IrqLine>),
+    IoPort(rl4_core::device::Ports),
 }
 
 impl KObj {
@@ -53,6 +60,9 @@ impl KObj {
             (KObj::Machine, KObj::Machine) => true,
             (KObj::Endpoint(a), KObj::Endpoint(b)) => Arc::ptr_eq(a, b),
             (KObj::Notification(a), KObj::Notification(b)) => Arc::ptr_eq(a, b),
+            (KObj::Devices, KObj::Devices) => true,
+            (KObj::Irq(a), KObj::Irq(b)) => Arc::ptr_eq(a, b),
+            (KObj::IoPort(a), KObj::IoPort(b)) => a == b,
             _ => false,
         }
     }
@@ -70,6 +80,9 @@ impl captable::Object for KObj {
             KObj::Machine => ObjType::Machine,
             KObj::Endpoint(_) => ObjType::Endpoint,
             KObj::Notification(_) => ObjType::Notification,
+            KObj::Devices => ObjType::Devices,
+            KObj::Irq(_) => ObjType::Irq,
+            KObj::IoPort(_) => ObjType::IoPort,
         }
     }
 }
@@ -490,6 +503,8 @@ pub struct Space {
     pub memory: Arc<Memory>,
     /// Page-table frames made for it (charged, refunded when it dies).
     pub table_pages: AtomicU64,
+    /// The I/O port ranges open to its task (`device.rs`).
+    pub io: crate::device::IoSpace,
     _charge: Charge,
 }
 
@@ -505,6 +520,7 @@ impl Space {
             maps: Mutex::new(BTreeMap::new()),
             memory: mem.clone(),
             table_pages: AtomicU64::new(0),
+            io: crate::device::IoSpace::new(),
             _charge: charge,
         });
         SPACES.add(&s);

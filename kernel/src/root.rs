@@ -102,6 +102,7 @@ pub fn start(cmdline: &str, tsc_hz: u64) -> Result<(), &'static str> {
         ins(root_slots::THREAD, KObj::Thread(thread.clone()))?;
         ins(root_slots::MEMORY, KObj::Memory(memory.clone()))?;
         ins(root_slots::MACHINE, KObj::Machine)?;
+        ins(root_slots::DEVICES, KObj::Devices)?;
     }
     inject(crate::inject(), &memory, &task);
     crate::thread::resume(&thread).map_err(|_| "the root thread could not start")?;

@@ -551,6 +551,8 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
                 stat::HEAP_ALLOCS if crate::count::BUILT => crate::count::allocs(),
                 stat::HEAP_FREES if crate::count::BUILT => crate::count::frees(),
                 stat::GLOBAL_LOCKS if crate::count::BUILT => crate::count::global_locks(),
+                stat::IRQS_DELIVERED => crate::irq::delivered(),
+                stat::IRQ_LINES_ENABLED => crate::irq::enabled_lines(),
                 _ => return Err(Error::InvalidArgument),
             };
             Ok([v, 0, 0])
@@ -645,6 +647,9 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             // It stops every CPU for as long as it takes: only for holders of the shutdown right.
             lookup(task, a0, ObjType::Machine, Rights::SHUTDOWN)?;
             crate::check::run(t)
+        }
+        Sys::IrqGet | Sys::IrqBind | Sys::IrqAck | Sys::IrqUnbind | Sys::IoPortGet | Sys::IoPortOpen | Sys::IoPortClose => {
+            crate::device::syscall(t, sys, a)
         }
         Sys::Send | Sys::NbSend | Sys::Call | Sys::Recv | Sys::NbRecv | Sys::Reply | Sys::ReplyRecv | Sys::Wait => {
             unreachable!("IPC calls are handled by ipc_call")

@@ -7,7 +7,7 @@
 //! interrupts off keeps answering requests addressed to it, so no two shoot-downs wait on each
 //! other. The shoot-down lock is taken holding no other lock (`lock.rs`).
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use rl4_arch::{cpu, paging};
 use rl4_core::pcid::{PcidAllocator, PcidCache};
 use rl4_core::tlbsync::{self, CpuTlbShared, Mmu};
@@ -22,6 +22,8 @@ use crate::sched::{self, CpuSched};
 pub struct CpuTlb {
     /// The root it has loaded and the shoot-down request word (`rl4_core::tlbsync`).
     pub(crate) shared: CpuTlbShared,
+    /// The generation of I/O port ranges this CPU's permission bitmap holds (`device.rs`).
+    pub(crate) io_generation: AtomicU64,
     pcids: Option<Mutex<PcidCache, { Level::OBJECT }>>,
 }
 
@@ -31,7 +33,11 @@ impl CpuTlb {
             PCID_ON.store(true, Ordering::Relaxed);
             PCIDS.lock().get_or_insert_with(PcidAllocator::new);
         }
-        CpuTlb { shared: CpuTlbShared::new(paging::kernel_pml4()), pcids: pcid.then(|| Mutex::new(PcidCache::new())) }
+        CpuTlb {
+            shared: CpuTlbShared::new(paging::kernel_pml4()),
+            io_generation: AtomicU64::new(0),
+            pcids: pcid.then(|| Mutex::new(PcidCache::new())),
+        }
     }
 }
 
@@ -80,6 +86,8 @@ pub fn pcid_free(pcid: u16) {
 /// order; `kernel/core/tests/tlb_loom.rs` checks it).
 #[inline(always)]
 pub(crate) fn load_space(cs: &CpuSched, sp: &Space) {
+    // The I/O permission bitmap follows the space (`device.rs`): one compare when it agrees.
+    crate::device::sync(&cs.tlb.io_generation, sp);
     match &cs.tlb.pcids {
         None => cs.tlb.shared.switch(&mut Cr3, None, sp.pml4, 0, &sp.generation),
         Some(cache) => cs.tlb.shared.switch(&mut Cr3, Some(&mut cache.lock()), sp.pml4, sp.pcid, &sp.generation),

@@ -15,7 +15,13 @@ fn interrupt(vector: u8) {
             cpus::timer_interrupt();
             sched::tick();
         }
-        lapic::VEC_RESCHED => cpus::resched_interrupt(),
+        lapic::VEC_RESCHED => {
+            cpus::resched_interrupt();
+            crate::device::sync_current();
+        }
+        v if (crate::irq::VEC_BASE..crate::irq::VEC_BASE + crate::irq::LINES as u8).contains(&v) => {
+            crate::irq::interrupt((v - crate::irq::VEC_BASE) as usize)
+        }
         lapic::VEC_TLB => crate::tlb::tlb_interrupt(),
         lapic::VEC_PING => crate::measure::ping_interrupt(),
         lapic::VEC_PONG => crate::measure::pong_interrupt(),

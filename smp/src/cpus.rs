@@ -105,7 +105,8 @@ pub fn init_this_cpu(cpu: &'static Cpu, frames: &mut impl FrameSource) -> Result
     tables.set_ist(IST_NMI, paging::map_stack(frames, IST_PAGES)?);
     tables.set_ist(IST_MACHINE_CHECK, paging::map_stack(frames, IST_PAGES)?);
     tables.set_kernel_stack(cpu.stack_top);
-    tables.load();
+    let sel = tables.load();
+    rl4_arch::ioport::register(cpu.index as usize, sel.iomap);
 
     let idt = Box::leak(Box::new(InterruptDescriptorTable::new()));
     rl4_arch::idt::build(idt);

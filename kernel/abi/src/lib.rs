@@ -147,6 +147,28 @@ numbered! {
         /// a blocked sender) that was read from a deleted or revoked one is not delivered.
         /// Needs no right: what a task derived from its own capability is its to take back.
         CapRevoke = 41,
+        /// `(devices_slot, irq, dst_slot)`: an `Irq` capability for legacy ISA interrupt
+        /// `irq` (0..15), routed through the I/O APIC the MADT describes. One live `Irq`
+        /// object per line: `Busy` if the line is handed out already or the kernel uses it.
+        IrqGet = 47,
+        /// `(irq_slot, notification_slot, bits, cpu)`: deliver the line's interrupts as `bits`
+        /// signalled on the notification (needs `SEND` on it), on CPU `cpu`
+        /// ([`IRQ_CPU_CALLER`]: the caller's CPU). Unmasks the line; rebinding replaces the
+        /// old binding.
+        IrqBind = 48,
+        /// `(irq_slot)`: the driver has served the interrupt: unmask the line the kernel masked
+        /// when it delivered it. `InvalidState` if the line is not bound.
+        IrqAck = 49,
+        /// `(irq_slot)`: mask the line and forget its notification.
+        IrqUnbind = 50,
+        /// `(devices_slot, base, count, dst_slot)`: an `IoPort` capability for ports
+        /// `base .. base + count` (`Busy` if that overlaps a port the kernel uses).
+        IoPortGet = 51,
+        /// `(ioport_slot)`: open the capability's ports to the calling task (the I/O
+        /// permission bitmap); at most [`IO_RANGES`] ranges per task.
+        IoPortOpen = 52,
+        /// `(ioport_slot)`: close the capability's ports to the calling task again.
+        IoPortClose = 53,
     }
 }
 
@@ -194,6 +216,9 @@ numbered! {
         PartnerGone = 19,
         /// The thread was suspended while it waited; the call did not complete.
         Interrupted = 20,
+        /// The interrupt line or port range is in use (by the kernel or another capability),
+        /// or the task has no room for another open port range.
+        Busy = 25,
     }
 }
 
@@ -214,6 +239,12 @@ numbered! {
         Machine = 6,
         Endpoint = 7,
         Notification = 8,
+        /// The right to make `Irq` and `IoPort` capabilities (the root task's slot 5).
+        Devices = 9,
+        /// One interrupt line.
+        Irq = 10,
+        /// A range of I/O ports.
+        IoPort = 11,
     }
 }
 
@@ -302,6 +333,8 @@ pub mod root_slots {
     pub const MEMORY: u64 = 3;
     /// Console and shutdown.
     pub const MACHINE: u64 = 4;
+    /// Devices: makes `Irq` and `IoPort` capabilities (`IrqGet`, `IoPortGet`).
+    pub const DEVICES: u64 = 5;
     /// First slot the root task may use freely.
     pub const FIRST_FREE: u64 = 8;
 }
@@ -340,6 +373,10 @@ pub mod stat {
     /// per mapping) plus the kernel's fixed allowance: `KernelCheck` reports a violation when
     /// [`HEAP_IN_USE`] exceeds it.
     pub const HEAP_BOUND: u64 = 13;
+    /// Device interrupts delivered to a notification, all CPUs.
+    pub const IRQS_DELIVERED: u64 = 16;
+    /// Interrupt lines unmasked in the I/O APIC now (bound and not waiting for `IrqAck`).
+    pub const IRQ_LINES_ENABLED: u64 = 17;
 }
 
 /// What each kind of object costs the memory budget it is made from, in bytes (docs/syscalls.md):
@@ -358,6 +395,11 @@ pub mod cost {
     pub const ENDPOINT: u64 = 384;
     pub const NOTIFICATION: u64 = 384;
 }
+
+/// [`Sys::IrqBind`]'s `cpu` meaning "the calling thread's CPU".
+pub const IRQ_CPU_CALLER: u64 = u64::MAX;
+/// Most port ranges one task may have open at once ([`Sys::IoPortOpen`]).
+pub const IO_RANGES: usize = 4;
 
 /// Selectors of [`Sys::Measure`].
 pub mod measure {

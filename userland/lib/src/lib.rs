@@ -36,11 +36,13 @@
 #![no_std]
 
 pub mod cap;
+pub mod com;
 pub mod env;
 #[doc(hidden)]
 pub mod fuzz;
 #[cfg(feature = "heap")]
 pub mod heap;
+pub mod serial;
 pub mod slots;
 #[doc(hidden)]
 pub mod storm;

@@ -258,3 +258,47 @@ pub fn measure(machine: u64, which: u64, arg: u64) -> Result<[u64; 3], Error> {
 pub fn kernel_check(machine: u64) -> Result<[u64; 3], Error> {
     syscall(Sys::KernelCheck, [machine, 0, 0, 0, 0, 0])
 }
+
+/// `IrqGet`: an `Irq` capability for ISA interrupt `irq` into `dst`.
+pub fn irq_get(devices: u64, irq: u64, dst: u64) -> Result<(), Error> {
+    unit(Sys::IrqGet, [devices, irq, dst, 0, 0, 0])
+}
+/// `IrqBind`: the line's interrupts become `bits` on `notification`, on CPU `cpu`
+/// (`rl4_abi::IRQ_CPU_CALLER`: this thread's).
+pub fn irq_bind(irq: u64, notification: u64, bits: u64, cpu: u64) -> Result<(), Error> {
+    unit(Sys::IrqBind, [irq, notification, bits, cpu, 0, 0])
+}
+/// `IrqAck`: unmask the line after serving its interrupt.
+pub fn irq_ack(irq: u64) -> Result<(), Error> {
+    unit(Sys::IrqAck, [irq, 0, 0, 0, 0, 0])
+}
+pub fn irq_unbind(irq: u64) -> Result<(), Error> {
+    unit(Sys::IrqUnbind, [irq, 0, 0, 0, 0, 0])
+}
+/// `IoPortGet`: an `IoPort` capability for ports `base .. base + count` into `dst`.
+pub fn ioport_get(devices: u64, base: u64, count: u64, dst: u64) -> Result<(), Error> {
+    unit(Sys::IoPortGet, [devices, base, count, dst, 0, 0])
+}
+/// `IoPortOpen`: the capability's ports become usable by this task (`in`/`out`).
+pub fn ioport_open(ports: u64) -> Result<(), Error> {
+    unit(Sys::IoPortOpen, [ports, 0, 0, 0, 0, 0])
+}
+pub fn ioport_close(ports: u64) -> Result<(), Error> {
+    unit(Sys::IoPortClose, [ports, 0, 0, 0, 0, 0])
+}
+
+/// `in al, dx`. Faults (`#GP`) unless this task opened the port.
+#[inline(always)]
+pub fn inb(port: u16) -> u8 {
+    let v: u8;
+    // SAFETY: an I/O read; the kernel's I/O permission bitmap decides whether it reaches the
+    // device or faults this thread. It touches no memory.
+    unsafe { core::arch::asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+/// `out dx, al`. Faults (`#GP`) unless this task opened the port.
+#[inline(always)]
+pub fn outb(port: u16, v: u8) {
+    // SAFETY: as for `inb`.
+    unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags)) };
+}

@@ -125,3 +125,15 @@ pub const ISOLATION_CASES: &[(&str, Option<crate::abi::Error>)] = {
         ("kill-task-without-cap", Some(EmptySlot)),
     ]
 };
+
+/// `out` the byte `operand >> 16` to port `operand & 0xffff` (faults unless the task opened
+/// it), then print `worker: out done`.
+pub const PORT_OUT: u64 = 60;
+/// A driver of COM2's loopback (slots [`IRQ_SLOT`], [`PORTS_SLOT`], [`NTF_SLOT`]): open the
+/// ports, bind the interrupt to the notification on this CPU, send a byte, wait for the
+/// interrupt, write 1 to word 0 of the page at the operand address, then spin forever without
+/// `IrqAck` (a driver killed mid-interrupt).
+pub const IRQ_DRIVER: u64 = 61;
+pub const IRQ_SLOT: u64 = 6;
+pub const PORTS_SLOT: u64 = 7;
+pub const NTF_SLOT: u64 = 8;

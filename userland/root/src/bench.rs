@@ -17,6 +17,7 @@
 //! | `cr3-floor` | two CR3 writes (away and back), measured in the kernel |
 //! | `shm-floor-A-B` | a cache-line ping-pong between user threads on CPUs A and B |
 //! | `ipi-floor-A-B` | an IPI from A to idle B and B's answer, measured in the kernel |
+//! | `irq-latency-A-B` | a byte written on CPU A to COM2 in loopback mode → its receive interrupt, routed to CPU B, wakes a driver thread there (at most 20,000; needs COM2) |
 //! | `pairs-K` | K same-core pairs, one per CPU 0..K-1, in parallel: round trips per second |
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
@@ -116,14 +117,15 @@ fn overhead() -> u64 {
     v[50]
 }
 
-struct Summary {
-    min: u64,
-    median: u64,
-    mean: u64,
-    p99: u64,
-    p999: u64,
-    max: u64,
-    cdf: [u64; 11],
+pub struct Summary {
+    pub min: u64,
+    pub median: u64,
+    pub mean: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+    /// Percentiles 1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9, 100.
+    pub cdf: [u64; 11],
 }
 
 fn summarize(s: &mut [u32]) -> Summary {
@@ -276,6 +278,43 @@ fn ipc_config(bi: &BootInfo, name: &str, accel: &str, client: u64, server: Optio
     }
 }
 
+/// The console's `ping` (userland/root/src/console.rs): `iters` round trips (`Call` +
+/// `ReplyRecv`, one word) from this thread moved to CPU `client` to an echo server on CPU
+/// `server`, a thread of this task (`cross_task` false) or of a task of its own (true). The
+/// calling thread goes back to CPU 0 afterwards.
+pub fn ping(bi: &BootInfo, iters: usize, cross_task: bool, client: u64, server: u64) -> Option<Summary> {
+    let iters = iters.clamp(1, MAX_SAMPLES);
+    let ov = overhead();
+    let (ep, srv, thread) = if cross_task {
+        let srv = remote_server(bi, server, W_ECHO)?;
+        (srv.ep, Some(srv), None)
+    } else {
+        let ep = slot();
+        sys::endpoint_create(MEMORY, ep).ok()?;
+        INTRA_EP.store(ep, SeqCst);
+        let t = spawn(intra_server, 0, ROOT_PRIO, server);
+        (ep, None, Some(t))
+    };
+    go_to(client);
+    let warm = Msg { tag: Tag::new(1, 1, 0), badge: 0, w: [1, 2, 3, 4] };
+    for _ in 0..100.min(iters) {
+        let _ = sys::call(ep, &warm);
+    }
+    round_trips(ep, 1, iters, ov);
+    go_to(0);
+    let s = summarize(&mut samples()[..iters]);
+    match srv {
+        Some(srv) => srv.stop(),
+        None => {
+            release(ep);
+            if let Some(t) = thread {
+                release(t);
+            }
+        }
+    }
+    Some(s)
+}
+
 fn oneway_config(bi: &BootInfo, name: &str, accel: &str, client: u64, server: u64, iters: usize) {
     let ov = overhead();
     go_to(client);
@@ -414,6 +453,13 @@ fn two_cpus(rest: &str) -> Option<(u64, u64)> {
     (a < cpus() && b < cpus() && a != b).then_some((a, b))
 }
 
+/// `A-B`, both CPUs online (they may be the same).
+fn cpu_pair(rest: &str) -> Option<(u64, u64)> {
+    let (a, b) = rest.split_once('-')?;
+    let (a, b) = (a.parse().ok()?, b.parse().ok()?);
+    (a < cpus() && b < cpus()).then_some((a, b))
+}
+
 /// Runs configuration `name`; returns whether it was known and ran.
 pub fn run(bi: &BootInfo, name: &str, accel: &str, iters: usize, len: u64) -> bool {
     let iters = iters.clamp(1, MAX_SAMPLES);
@@ -474,6 +520,17 @@ pub fn run(bi: &BootInfo, name: &str, accel: &str, iters: usize, len: u64) -> bo
                 let i0 = ipis();
                 simple_config(name, accel, iters, || { let _ = sys::measure(MACHINE, measure::IPI_FLOOR, b | 1 << 16); }, ov);
                 println!("bench: ipi-floor sent {} IPIs", ipis() - i0);
+            } else if let Some((a, b)) = name.strip_prefix("irq-latency-").and_then(cpu_pair) {
+                let n = iters.min(20_000);
+                let done = crate::drv_tests::irq_latency(a, b, &mut samples()[..n]);
+                if done < n {
+                    println!("bench: {name}: {done} of {n} interrupts arrived (is there a COM2?)");
+                } else {
+                    let s = summarize(&mut samples()[..n]);
+                    let mut j = Json::new(name, accel, n as u64, tsc_hz());
+                    j.summary("", &s).num("client_cpu", a).num("server_cpu", b);
+                    j.emit();
+                }
             } else if let Some(k) = name.strip_prefix("pairs-").and_then(|k| k.strip_suffix("cpu")).and_then(|k| k.parse().ok()) {
                 pairs_config(bi, name, accel, k, iters as u64);
             } else {

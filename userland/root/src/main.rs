@@ -7,6 +7,8 @@
 //! * `test=all` (or `test=NAME`): the scheduler, isolation and system-call tests, one line each,
 //!   `root: N passed, N failed`, then shutdown with success only if all passed;
 //! * `bench`: IPC round trips and one-way latencies, null system call, thread switch;
+//! * `console`: the interactive console on COM2, served by the user-level serial driver
+//!   (`console.rs`);
 //! * `stress [pairs=N] [messages=M] [seconds=S]`: many IPC pairs on all CPUs, every message
 //!   checked (defaults 64, 1000, 30);
 //! * `bench=NAME [iters=N] [len=W] [accel=A]`: one benchmark configuration (see `bench.rs`);
@@ -26,6 +28,8 @@
 #![no_main]
 
 mod bench;
+mod console;
+mod drv_tests;
 mod fuzz;
 mod ipc_tests;
 mod modules;
@@ -65,12 +69,15 @@ fn rl4_main(boot_info: u64, _: u64) {
     let mut calls = 20u64;
     let mut starts: [&str; modules::MAX_STARTS + 1] = [""; modules::MAX_STARTS + 1];
     let (mut nstarts, mut until, mut stay, mut seconds_given) = (0usize, None, false, false);
+    let mut console = false;
     for w in args.split_ascii_whitespace() {
         let num = |v: &str| v.parse::<u64>().ok();
         if let Some(t) = w.strip_prefix("test=") {
             test = Some(t);
         } else if w == "bench" {
             bench = true;
+        } else if w == "console" {
+            console = true;
         } else if w == "stress" {
             stress = true;
         } else if w == "fuzz" {
@@ -134,7 +141,9 @@ fn rl4_main(boot_info: u64, _: u64) {
             println!("root: unknown argument '{w}' ignored");
         }
     }
-    let ok = if nstarts > 0 {
+    let ok = if console {
+        console::run(bi)
+    } else if nstarts > 0 {
         modules::run(bi, &starts[..nstarts], until, stay, if seconds_given { seconds } else { 120 })
     } else if let Some(list) = bench_name {
         // Several configurations in one boot, so that they can be compared with each other.

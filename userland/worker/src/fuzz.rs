@@ -109,7 +109,8 @@ fn kind_of(s: u64, ty: u64, rights: u64, badge: u64) -> u8 {
                 NOTE
             }
         }
-        Err(_) => UNKNOWN,
+        // The fuzzer's tasks are given no device capability.
+        Ok(ObjType::Devices | ObjType::Irq | ObjType::IoPort) | Err(_) => UNKNOWN,
     }
 }
 
@@ -763,6 +764,11 @@ impl Fz {
             Stat => c.a = [self.or_hostile(0, slot::MACHINE), self.rnd() % 12, 0, 0, 0, 0],
             Measure => c.a = [self.or_hostile(0, slot::MACHINE), self.rnd() % 5, self.rnd() % 3000, 0, 0, 0],
             KernelCheck => c.a = [self.or_hostile(0, slot::MACHINE), 0, 0, 0, 0, 0],
+            // No device capability here: only the kernel's checks run (any slot, any numbers).
+            IrqGet | IrqBind | IrqAck | IrqUnbind | IoPortGet | IoPortOpen | IoPortClose => {
+                let s = self.rnd() % 128;
+                c.a = [self.or_hostile(0, s), self.rnd() % 20, self.rnd() % 0x1_0000, self.rnd() % 8, 0, 0];
+            }
             Signal => {
                 let s = self.slot_of(&[NOTE, NOTE_BADGED]);
                 let bits = if self.one_in(16) { 0 } else { 1 << (self.rnd() % 64) };
@@ -1122,6 +1128,11 @@ const WEIGHTS: &[(Sys, u16)] = &[
     (Sys::Shutdown, 2),
     (Sys::Measure, 2),
     (Sys::KernelCheck, 2),
+    (Sys::IrqGet, 1),
+    (Sys::IrqBind, 1),
+    (Sys::IrqAck, 1),
+    (Sys::IoPortGet, 1),
+    (Sys::IoPortOpen, 1),
 ];
 
 fn is_blocking(n: u64) -> bool {

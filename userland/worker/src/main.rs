@@ -80,7 +80,31 @@ fn rl4_main(cmd: u64, addr: u64) {
             let r = sys::call(EP_SLOT, &sys::Msg::default());
             println!("worker: call returned {:?}", r.map(|m| m.tag));
         }
+        PORT_OUT => {
+            sys::outb(addr as u16, (addr >> 16) as u8);
+            println!("worker: out done");
+        }
+        IRQ_DRIVER => irq_driver(addr),
         _ => println!("worker: unknown command {cmd}"),
+    }
+}
+
+fn irq_driver(page: u64) {
+    use rl4_user::com::{COM2, THR, loopback};
+    let word = |i: u64| (page + 8 * i) as *mut u64;
+    let r = sys::ioport_open(PORTS_SLOT).and_then(|_| sys::irq_bind(IRQ_SLOT, NTF_SLOT, 1, rl4_user::abi::IRQ_CPU_CALLER));
+    if let Err(e) = r {
+        return println!("worker: driver set-up failed: {e}");
+    }
+    loopback(COM2);
+    sys::outb(COM2 + THR, b'k');
+    let bits = sys::wait(NTF_SLOT, rl4_user::abi::ipc::FOREVER);
+    // SAFETY: `page` is mapped writable in this task for these words.
+    unsafe { word(1).write_volatile(bits.unwrap_or(0)) };
+    unsafe { word(0).write_volatile(1) };
+    loop {
+        // SAFETY: as above.
+        unsafe { word(2).write_volatile(word(2).read_volatile() + 1) };
     }
 }
 

@@ -1,0 +1,93 @@
+//! I/O port permissions: each CPU's TSS carries an I/O permission bitmap (one bit per port,
+//! 0 = user mode may use it; Intel SDM vol. 1 §19.5.2), which the kernel rewrites when it
+//! switches to a task whose open port ranges differ from those the bitmap allows. A `in`/`out`
+//! to a port whose bit is set (or beyond the bitmap) faults with `#GP` before it reaches the
+//! bus.
+use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+
+/// Bytes of the bitmap proper (65,536 ports), plus the terminating byte of ones the CPU needs.
+pub const IOMAP_LEN: usize = 8192 + 1;
+
+/// One CPU's I/O permission bitmap. It lives right after that CPU's TSS (`gdt::CpuTables`).
+#[repr(C)]
+pub struct IoMap {
+    bits: [AtomicU8; IOMAP_LEN],
+}
+
+impl IoMap {
+    /// Every port closed.
+    pub const fn new() -> IoMap {
+        IoMap { bits: [const { AtomicU8::new(0xff) }; IOMAP_LEN] }
+    }
+
+    /// Opens (`allow`) or closes ports `base .. base + count` (clamped to 65,536).
+    pub fn set(&self, base: u16, count: u32, allow: bool) {
+        let end = (base as u32 + count).min(65_536);
+        for p in base as u32..end {
+            let (byte, bit) = ((p / 8) as usize, 1u8 << (p % 8));
+            if allow {
+                self.bits[byte].fetch_and(!bit, Ordering::Relaxed);
+            } else {
+                self.bits[byte].fetch_or(bit, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Whether port `p` is open.
+    pub fn allows(&self, p: u16) -> bool {
+        self.bits[p as usize / 8].load(Ordering::Relaxed) & (1 << (p % 8)) == 0
+    }
+
+    pub fn as_ptr(&self) -> *const u8 {
+        self.bits.as_ptr() as *const u8
+    }
+}
+
+impl core::fmt::Debug for IoMap {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "IoMap@{:p}", self)
+    }
+}
+
+impl Default for IoMap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Most CPUs whose bitmaps are registered.
+pub const MAX_CPUS: usize = 256;
+
+static MAPS: [AtomicPtr<IoMap>; MAX_CPUS] = [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
+
+/// Records CPU `cpu`'s bitmap (done once, when its TSS is loaded).
+pub fn register(cpu: usize, map: &'static IoMap) {
+    if cpu < MAX_CPUS {
+        MAPS[cpu].store(map as *const IoMap as *mut IoMap, Ordering::Release);
+    }
+}
+
+/// The calling CPU's bitmap (`None` before its TSS is loaded).
+#[cfg(target_os = "none")]
+pub fn this_cpu() -> Option<&'static IoMap> {
+    let p = MAPS[crate::percpu::cpu_index() as usize % MAX_CPUS].load(Ordering::Acquire);
+    // SAFETY: only `register` stores here, from a `&'static IoMap`.
+    (!p.is_null()).then(|| unsafe { &*p })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_and_closes_exactly_the_range() {
+        let m = IoMap::new();
+        m.set(0x2f8, 8, true);
+        assert!(!m.allows(0x2f7) && m.allows(0x2f8) && m.allows(0x2ff) && !m.allows(0x300));
+        m.set(0xfff0, 0x100, true);
+        assert!(m.allows(0xffff));
+        m.set(0x2f8, 8, false);
+        assert!(!(0x2f0..0x310).any(|p| m.allows(p)));
+        assert_eq!(m.bits[IOMAP_LEN - 1].load(Ordering::Relaxed), 0xff);
+    }
+}

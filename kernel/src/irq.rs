@@ -1,0 +1,233 @@
+//! Device interrupts as notifications.
+//!
+//! Each legacy ISA interrupt (0..15) the MADT routes to an I/O APIC pin (honouring its
+//! interrupt source overrides and their polarity and trigger flags, `rl4_core::device`) is a
+//! *line*, entering on vector [`VEC_BASE`] + its ISA number. The root task makes one `Irq`
+//! object per line from its `Devices` capability (`IrqGet`); the line is the object's until
+//! its last capability goes.
+//!
+//! The path of an interrupt: the pin, masked by nobody, raises its vector on the CPU it was
+//! bound to; [`interrupt`] masks the pin, acknowledges the local APIC, and signals the bound
+//! notification with the bound bits, which wakes the driver thread waiting on it (an IPI if it
+//! waits on another CPU). The pin stays masked until the driver calls `IrqAck`. So a line is
+//! never enabled with nowhere to go:
+//! * a line no `Irq` object holds, or that is not bound, is masked;
+//! * `IrqUnbind` and the object's end (its last capability deleted, or the driver's task
+//!   killed with the only one) mask it;
+//! * the binding names its notification weakly: a line whose notification is gone masks
+//!   itself at its next interrupt and stays masked (and a driver killed between an interrupt
+//!   and its `IrqAck` never unmasks it).
+//!
+//! Locks: each line's state ([`Level::IRQ`]), then the I/O APIC's registers
+//! ([`Level::IRQ_CHIP`]); nothing else is taken under them: the signal goes after they are
+//! released. The kernel runs with interrupts off, so an interrupt never finds its own CPU
+//! holding a line's lock.
+use alloc::sync::{Arc, Weak};
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+use rl4_abi::Error;
+use rl4_arch::ioapic::{IoApic, Redirection};
+use rl4_core::device::{self, IsaRoute, Override};
+use rl4_smp::acpi::Platform;
+use spin::Once;
+
+use crate::ipc::Notification;
+use crate::lock::{Level, Mutex};
+
+/// The vector of ISA interrupt 0; interrupt `n` enters on `VEC_BASE + n`.
+pub const VEC_BASE: u8 = 0x40;
+pub const LINES: usize = 16;
+
+/// Where a line arrives: which I/O APIC, which pin, how it is sensed.
+#[derive(Clone, Copy)]
+struct Route {
+    chip: usize,
+    pin: u32,
+    isa: IsaRoute,
+}
+
+struct Chips {
+    chips: Vec<Mutex<IoApic, { Level::IRQ_CHIP }>>,
+    routes: [Option<Route>; LINES],
+}
+
+static CHIPS: Once<Chips> = Once::new();
+
+#[derive(Default)]
+struct Line {
+    /// An `Irq` object holds the line.
+    taken: bool,
+    /// The bound notification and bits.
+    target: Option<(Weak<Notification>, u64)>,
+    /// The pin is unmasked now.
+    enabled: bool,
+}
+
+static STATE: [Mutex<Line, { Level::IRQ }>; LINES] =
+    [const { Mutex::new(Line { taken: false, target: None, enabled: false }) }; LINES];
+
+static DELIVERED: AtomicU64 = AtomicU64::new(0);
+
+/// Maps the I/O APICs the MADT lists, masks every pin, and works out each ISA line's route.
+pub fn init(p: &Platform, frames: &mut impl rl4_arch::paging::FrameSource) {
+    let overrides: Vec<Override> = p.overrides.iter().filter(|o| o.bus == 0).map(|o| Override { irq: o.irq, gsi: o.gsi, flags: o.flags }).collect();
+    let mut chips = Vec::new();
+    let mut spans = Vec::new();
+    for a in &p.ioapics {
+        let mut chip = match rl4_arch::ioapic::map(frames, a.address as u64) {
+            Ok(c) => c,
+            Err(e) => {
+                rl4_arch::println!("ioapic: id {} at {:#x} not mapped ({e:?}); its lines are unusable", a.id, a.address);
+                continue;
+            }
+        };
+        let pins = chip.pins();
+        for pin in 0..pins {
+            chip.set_masked(pin, true);
+        }
+        rl4_arch::println!("ioapic: id {} at {:#x}, GSIs {}..{}, all masked", a.id, a.address, a.gsi_base, a.gsi_base + pins);
+        spans.push((a.gsi_base, pins));
+        chips.push(Mutex::new(chip));
+    }
+    let mut routes = [None; LINES];
+    for (irq, r) in routes.iter_mut().enumerate() {
+        let Some(isa) = device::isa_route(irq as u8, &overrides) else { continue };
+        let Some(chip) = spans.iter().position(|&(base, n)| isa.gsi >= base && isa.gsi < base + n) else { continue };
+        *r = Some(Route { chip, pin: isa.gsi - spans[chip].0, isa });
+        if isa.gsi != irq as u32 || isa.active_low || isa.level {
+            rl4_arch::println!(
+                "ioapic: ISA IRQ {irq} -> GSI {} ({}, {})",
+                isa.gsi,
+                if isa.active_low { "active low" } else { "active high" },
+                if isa.level { "level" } else { "edge" }
+            );
+        }
+    }
+    CHIPS.call_once(|| Chips { chips, routes });
+}
+
+fn route(irq: usize) -> Option<(&'static Mutex<IoApic, { Level::IRQ_CHIP }>, Route)> {
+    let c = CHIPS.get()?;
+    let r = (*c.routes.get(irq)?)?;
+    Some((&c.chips[r.chip], r))
+}
+
+fn mask(irq: usize) {
+    if let Some((chip, r)) = route(irq) {
+        chip.lock().set_masked(r.pin, true);
+    }
+}
+
+/// An `Irq` object: the right to one line. Its end masks the line and frees it.
+pub struct IrqLine {
+    pub irq: u8,
+}
+
+impl Drop for IrqLine {
+    fn drop(&mut self) {
+        crate::reclaim::dropping("IrqLine");
+        let old = {
+            let mut l = STATE[self.irq as usize].lock();
+            mask(self.irq as usize);
+            l.enabled = false;
+            l.taken = false;
+            l.target.take()
+        };
+        drop(old);
+    }
+}
+
+/// `IrqGet`: the line of ISA interrupt `irq`.
+pub fn get(irq: u64) -> Result<Arc<IrqLine>, Error> {
+    if irq >= LINES as u64 {
+        return Err(Error::InvalidArgument);
+    }
+    if device::KERNEL_IRQS.contains(&(irq as u8)) || route(irq as usize).is_none() {
+        return Err(Error::Busy);
+    }
+    let mut l = STATE[irq as usize].lock();
+    if l.taken {
+        return Err(Error::Busy);
+    }
+    l.taken = true;
+    Ok(Arc::new(IrqLine { irq: irq as u8 }))
+}
+
+/// `IrqBind`: deliver `line`'s interrupts to `n` as `bits`, on CPU `cpu`; unmasks the line.
+pub fn bind(line: &IrqLine, n: &Arc<Notification>, bits: u64, cpu: usize) -> Result<(), Error> {
+    if bits == 0 {
+        return Err(Error::InvalidArgument);
+    }
+    let apic = rl4_smp::cpus::get(cpu).filter(|c| c.online.load(Ordering::Acquire)).ok_or(Error::InvalidCpu)?.apic_id;
+    let dest = u8::try_from(apic).map_err(|_| Error::InvalidCpu)?;
+    let (chip, r) = route(line.irq as usize).ok_or(Error::Busy)?;
+    let old = {
+        let mut l = STATE[line.irq as usize].lock();
+        let old = l.target.replace((Arc::downgrade(n), bits));
+        chip.lock().set(
+            r.pin,
+            Redirection { vector: VEC_BASE + line.irq, dest, active_low: r.isa.active_low, level: r.isa.level, masked: false },
+        );
+        l.enabled = true;
+        old
+    };
+    drop(old);
+    Ok(())
+}
+
+/// `IrqAck`: unmask the line the kernel masked when it delivered an interrupt.
+pub fn ack(line: &IrqLine) -> Result<(), Error> {
+    let mut l = STATE[line.irq as usize].lock();
+    if l.target.is_none() {
+        return Err(Error::InvalidState);
+    }
+    if !l.enabled {
+        let (chip, r) = route(line.irq as usize).ok_or(Error::Busy)?;
+        chip.lock().set_masked(r.pin, false);
+        l.enabled = true;
+    }
+    Ok(())
+}
+
+/// `IrqUnbind`: mask the line and forget its notification.
+pub fn unbind(line: &IrqLine) {
+    let old = {
+        let mut l = STATE[line.irq as usize].lock();
+        mask(line.irq as usize);
+        l.enabled = false;
+        l.target.take()
+    };
+    drop(old);
+}
+
+/// The interrupt of line `irq` (vector `VEC_BASE + irq`) arrived on this CPU.
+pub fn interrupt(irq: usize) {
+    let target = {
+        let mut l = STATE[irq].lock();
+        mask(irq);
+        l.enabled = false;
+        let live = l.target.as_ref().and_then(|(n, bits)| n.upgrade().map(|n| (n, *bits)));
+        if live.is_none() {
+            // Nowhere to go: the line stays masked until it is bound again.
+            l.target = None;
+        }
+        live
+    };
+    rl4_smp::cpus::eoi();
+    if let Some((n, bits)) = target {
+        DELIVERED.fetch_add(1, Ordering::Relaxed);
+        crate::ipc::signal(&n, bits);
+        drop(n);
+    }
+    crate::reclaim::drain();
+}
+
+/// Interrupts delivered to notifications so far.
+pub fn delivered() -> u64 {
+    DELIVERED.load(Ordering::Relaxed)
+}
+
+/// Lines unmasked now.
+pub fn enabled_lines() -> u64 {
+    STATE.iter().filter(|l| l.lock().enabled).count() as u64
+}

@@ -1,0 +1,453 @@
+//! Tests of the device capabilities (issue 21, docs/drivers.md): the rules of `IrqGet`,
+//! `IoPortGet`, `IrqBind`, `IoPortOpen`; a task without a port's capability faults and the
+//! device sees nothing; an interrupt line stays masked from its delivery to `IrqAck`; a driver
+//! killed between an interrupt and its `IrqAck` leaves the line masked and freed, and the
+//! system goes on; and the interrupt latency (device raises → driver thread runs).
+//!
+//! The tests that drive a device use COM2 (QEMU's second `-serial`) in loopback mode; on a
+//! machine without it (the main suites) they are skipped.
+use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use rl4_abi::ipc::FOREVER;
+use rl4_abi::{BootInfo, Error, IRQ_CPU_CALLER, ObjType, Rights, ThreadState, root_slots, stat};
+use rl4_user::com::{self, COM2, COM2_IRQ, LSR, LSR_DATA, SCRATCH, THR};
+use rl4_user::sys::{self, inb, outb};
+use rl4_user::{println, worker};
+
+use crate::space::*;
+use crate::tests::{report, skip, state};
+
+pub const DEVICES: u64 = root_slots::DEVICES;
+
+fn enabled_lines() -> u64 {
+    sys::stat(MACHINE, stat::IRQ_LINES_ENABLED).unwrap_or(u64::MAX)
+}
+
+/// Milliseconds in TSC ticks (the IPC timeout unit).
+fn ms(n: u64) -> u64 {
+    tsc_hz() / 1000 * n
+}
+
+/// Whether COM2 answers (its scratch register keeps what is written). Opens its ports to the
+/// root task for the rest of the run (through the capability in `ports`).
+fn com2_present(ports: u64) -> bool {
+    if sys::ioport_open(ports).is_err() {
+        return false;
+    }
+    outb(COM2 + SCRATCH, 0x5a);
+    let a = inb(COM2 + SCRATCH);
+    outb(COM2 + SCRATCH, 0xa5);
+    a == 0x5a && inb(COM2 + SCRATCH) == 0xa5
+}
+
+fn test_rules() {
+    const NAME: &str = "devices-capability-rules";
+    let (a, b, p, n, e) = (slot(), slot(), slot(), slot(), slot());
+    let mut bad = alloc_free_list();
+    let mut check = |what: &'static str, got: Result<(), Error>, want: Result<(), Error>| {
+        if got != want {
+            bad.push((what, got, want));
+        }
+    };
+    check("identify devices", ident(DEVICES, ObjType::Devices), Ok(()));
+    check("irq 16", sys::irq_get(DEVICES, 16, a), Err(Error::InvalidArgument));
+    check("irq 4 (COM1, the kernel's)", sys::irq_get(DEVICES, 4, a), Err(Error::Busy));
+    check("irq 0 (the PIT)", sys::irq_get(DEVICES, 0, a), Err(Error::Busy));
+    check("irq from memory cap", sys::irq_get(MEMORY, 3, a), Err(Error::WrongType));
+    check("irq 3", sys::irq_get(DEVICES, 3, a), Ok(()));
+    check("irq 3 twice", sys::irq_get(DEVICES, 3, b), Err(Error::Busy));
+    check("identify irq", ident(a, ObjType::Irq), Ok(()));
+    check("ack unbound", sys::irq_ack(a), Err(Error::InvalidState));
+    check("notification", sys::notification_create(MEMORY, n), Ok(()));
+    check("endpoint", sys::endpoint_create(MEMORY, e), Ok(()));
+    check("bind to endpoint", sys::irq_bind(a, e, 1, 0), Err(Error::WrongType));
+    check("bind no bits", sys::irq_bind(a, n, 0, 0), Err(Error::InvalidArgument));
+    check("bind bad cpu", sys::irq_bind(a, n, 1, 999), Err(Error::InvalidCpu));
+    check("bind with the memory cap as irq", sys::irq_bind(MEMORY, n, 1, 0), Err(Error::WrongType));
+    let _ = sys::cap_delete(a);
+    check("irq 3 after delete", sys::irq_get(DEVICES, 3, b), Ok(()));
+    let _ = sys::cap_delete(b);
+    check("ports of COM1", sys::ioport_get(DEVICES, 0x3f8, 8, p), Err(Error::Busy));
+    check("ports over debug-exit", sys::ioport_get(DEVICES, 0xf0, 8, p), Err(Error::Busy));
+    check("no ports", sys::ioport_get(DEVICES, 0x2f8, 0, p), Err(Error::InvalidArgument));
+    check("ports past 0xffff", sys::ioport_get(DEVICES, 0xffff, 2, p), Err(Error::InvalidArgument));
+    check("ports from machine cap", sys::ioport_get(MACHINE, 0x2f8, 8, p), Err(Error::WrongType));
+    check("close unopened", sys::ioport_get(DEVICES, 0x2f8, 8, p).and_then(|_| sys::ioport_close(p)), Err(Error::InvalidState));
+    check("identify ports", ident(p, ObjType::IoPort), Ok(()));
+    // Four ranges open at once, not five.
+    let extra: [u64; 5] = core::array::from_fn(|_| slot());
+    for (i, &s) in extra.iter().enumerate() {
+        let r = sys::ioport_get(DEVICES, 0x200 + 4 * i as u64, 4, s).and_then(|_| sys::ioport_open(s));
+        check("open ranges", r, if i < 4 { Ok(()) } else { Err(Error::Busy) });
+    }
+    for &s in &extra[..4] {
+        check("close", sys::ioport_close(s), Ok(()));
+    }
+    for s in extra {
+        release(s);
+    }
+    for s in [a, b, p, n, e] {
+        release(s);
+    }
+    report(NAME, bad.is_empty(), format_args!("mismatches {:?}", &bad[..]));
+}
+
+fn alloc_free_list() -> heapless_list::List {
+    heapless_list::List::default()
+}
+
+/// A few recorded mismatches without a heap.
+mod heapless_list {
+    use rl4_abi::Error;
+    type Item = (&'static str, Result<(), Error>, Result<(), Error>);
+    #[derive(Default)]
+    pub struct List {
+        items: [Option<Item>; 8],
+        n: usize,
+    }
+    impl List {
+        pub fn push(&mut self, i: Item) {
+            if self.n < 8 {
+                self.items[self.n] = Some(i);
+            }
+            self.n += 1;
+        }
+        pub fn is_empty(&self) -> bool {
+            self.n == 0
+        }
+    }
+    impl core::ops::Index<core::ops::RangeFull> for List {
+        type Output = [Option<Item>];
+        fn index(&self, _: core::ops::RangeFull) -> &[Option<Item>] {
+            &self.items[..self.n.min(8)]
+        }
+    }
+}
+
+/// `Ok(())` when `slot` holds a capability of type `want` (else `WrongType`, so it shows).
+fn ident(slot: u64, want: ObjType) -> Result<(), Error> {
+    match sys::cap_identify(slot)? {
+        [t, _, _] if t == want as u64 => Ok(()),
+        _ => Err(Error::WrongType),
+    }
+}
+
+static PORT_THREAD_DONE: AtomicU64 = AtomicU64::new(0);
+
+fn port_writer(v: u64) {
+    outb(COM2 + SCRATCH, v as u8);
+    PORT_THREAD_DONE.store(1, SeqCst);
+}
+
+/// A task given no port capability faults on `out`; the device's register keeps its value.
+/// Then a thread of the root task after the root task closed the range faults too.
+fn test_unauthorised(bi: &BootInfo, ports: u64, com2: bool) {
+    const NAME: &str = "ioport-unauthorised-task-faults";
+    if com2 {
+        outb(COM2 + SCRATCH, 0x5a);
+    }
+    let child = match Child::load(bi, "worker") {
+        Ok(c) => c,
+        Err(e) => return report(NAME, false, format_args!("loading the worker: {e}")),
+    };
+    let th = child.thread(CHILD_STACK_TOP, worker::PORT_OUT, (COM2 + SCRATCH) as u64 | 0xa5 << 16, ROOT_PRIO, cpus() - 1);
+    let faulted = th.is_ok_and(|t| wait_ms(3000, || state(t) == Some(ThreadState::Faulted)));
+    let scratch = if com2 { inb(COM2 + SCRATCH) } else { 0x5a };
+    if let Ok(t) = th {
+        release(t);
+    }
+    child.release();
+    report(NAME, faulted && scratch == 0x5a, format_args!("worker faulted {faulted}, COM2 scratch {scratch:#x} (0x5a written by the root task; device present {com2})"));
+
+    const CLOSED: &str = "ioport-closed-range-faults";
+    let closed = sys::ioport_close(ports);
+    PORT_THREAD_DONE.store(0, SeqCst);
+    let t = spawn(port_writer, 0x33, ROOT_PRIO, cpus() - 1);
+    let faulted = wait_ms(3000, || state(t) == Some(ThreadState::Faulted));
+    let reopened = sys::ioport_open(ports);
+    let scratch = if com2 { inb(COM2 + SCRATCH) } else { 0x5a };
+    release(t);
+    report(
+        CLOSED,
+        closed.is_ok() && faulted && PORT_THREAD_DONE.load(SeqCst) == 0 && scratch == 0x5a && reopened.is_ok(),
+        format_args!("close {closed:?}, thread faulted {faulted}, scratch {scratch:#x}, reopen {reopened:?}"),
+    );
+}
+
+/// The line is masked from the delivery to `IrqAck`: a byte arriving meanwhile raises nothing
+/// (the driver finds it by looking at the device after its acknowledgement), one after the
+/// acknowledgement does.
+fn test_masked_until_ack() {
+    const NAME: &str = "irq-masked-until-ack";
+    let (irq, n) = (slot(), slot());
+    let r = sys::irq_get(DEVICES, COM2_IRQ, irq).and_then(|_| sys::notification_create(MEMORY, n));
+    if let Err(e) = r {
+        return report(NAME, false, format_args!("set-up: {e}"));
+    }
+    com::loopback(COM2);
+    let d0 = sys::stat(MACHINE, stat::IRQS_DELIVERED).unwrap_or(0);
+    let bound = sys::irq_bind(irq, n, 0x4, IRQ_CPU_CALLER);
+    let enabled_bound = enabled_lines();
+    outb(COM2 + THR, b'a');
+    let first = sys::wait(n, ms(2000));
+    let enabled_after = enabled_lines();
+    let got_a = com::drain(COM2);
+    outb(COM2 + THR, b'b');
+    let during_mask = sys::wait(n, ms(50));
+    let data_waiting = inb(COM2 + LSR) & LSR_DATA != 0;
+    let got_b = com::drain(COM2);
+    let acked = sys::irq_ack(irq);
+    let enabled_acked = enabled_lines();
+    outb(COM2 + THR, b'c');
+    let after_ack = sys::wait(n, ms(2000));
+    let got_c = com::drain(COM2);
+    let _ = sys::irq_ack(irq);
+    let unbound = sys::irq_unbind(irq);
+    let enabled_end = enabled_lines();
+    let delivered = sys::stat(MACHINE, stat::IRQS_DELIVERED).unwrap_or(0) - d0;
+    release(irq);
+    release(n);
+    let ok = bound.is_ok()
+        && enabled_bound == 1
+        && first == Ok(0x4)
+        && enabled_after == 0
+        && got_a == 1
+        && during_mask == Err(Error::Timeout)
+        && data_waiting
+        && got_b == 1
+        && acked.is_ok()
+        && enabled_acked == 1
+        && after_ack == Ok(0x4)
+        && got_c == 1
+        && unbound.is_ok()
+        && enabled_end == 0
+        && delivered == 2;
+    report(
+        NAME,
+        ok,
+        format_args!(
+            "bind {bound:?} (lines enabled {enabled_bound}), first {first:?} then enabled {enabled_after}, while masked {during_mask:?} with data {data_waiting}, ack {acked:?} (enabled {enabled_acked}), after ack {after_ack:?}, unbind {unbound:?} (enabled {enabled_end}), delivered {delivered}"
+        ),
+    );
+}
+
+/// A driver task killed between an interrupt and its `IrqAck`: the line stays masked, the `Irq`
+/// object dies with the task (the line can be had again), and a new driver gets interrupts.
+fn test_driver_killed(bi: &BootInfo) {
+    const NAME: &str = "irq-driver-killed-mid-interrupt";
+    let (irq, ports, n, frame, again, n2) = (slot(), slot(), slot(), slot(), slot(), slot());
+    let page = 0x0000_5800_0000_0000u64;
+    let setup = (|| -> Result<Child, Error> {
+        let child = Child::load(bi, "worker")?;
+        sys::irq_get(DEVICES, COM2_IRQ, irq)?;
+        sys::ioport_get(DEVICES, COM2 as u64, 8, ports)?;
+        sys::notification_create(MEMORY, n)?;
+        sys::frame_alloc(MEMORY, frame)?;
+        sys::map(SPACE, frame, page, Rights::READ.union(Rights::WRITE))?;
+        sys::map(child.space, frame, CHILD_BUF, Rights::READ.union(Rights::WRITE))?;
+        sys::cap_copy(irq, child.task, worker::IRQ_SLOT, Rights::ALL)?;
+        sys::cap_copy(ports, child.task, worker::PORTS_SLOT, Rights::ALL)?;
+        sys::cap_copy(n, child.task, worker::NTF_SLOT, Rights::ALL)?;
+        // The driver holds the only capabilities to the line and the notification.
+        sys::cap_delete(irq)?;
+        sys::cap_delete(n)?;
+        Ok(child)
+    })();
+    let child = match setup {
+        Ok(c) => c,
+        Err(e) => return report(NAME, false, format_args!("set-up: {e}")),
+    };
+    // SAFETY: `page` is mapped readable in the root task until the end of this test.
+    let word = |i: u64| unsafe { ((page + 8 * i) as *const u64).read_volatile() };
+    let t = child.thread(CHILD_STACK_TOP, worker::IRQ_DRIVER, CHILD_BUF, ROOT_PRIO, cpus() - 1);
+    let got = t.is_ok() && wait_ms(5000, || word(0) == 1);
+    let spinning = {
+        let s0 = word(2);
+        wait_ms(2000, || word(2) != s0)
+    };
+    let masked_in_service = enabled_lines();
+    if let Ok(t) = t {
+        release(t);
+    }
+    child.release();
+    // A byte now raises nothing anywhere: the line is masked.
+    let d0 = sys::stat(MACHINE, stat::IRQS_DELIVERED).unwrap_or(0);
+    com::drain(COM2);
+    outb(COM2 + THR, b'z');
+    wait_ms(50, || false);
+    let d1 = sys::stat(MACHINE, stat::IRQS_DELIVERED).unwrap_or(0);
+    let masked_after = enabled_lines();
+    // The line was freed with the driver's task; a new driver gets its interrupts.
+    let regot = sys::irq_get(DEVICES, COM2_IRQ, again).and_then(|_| sys::notification_create(MEMORY, n2));
+    com::drain(COM2);
+    let rebound = sys::irq_bind(again, n2, 1, IRQ_CPU_CALLER);
+    outb(COM2 + THR, b'y');
+    let works = sys::wait(n2, ms(2000));
+    com::drain(COM2);
+    let _ = sys::irq_unbind(again);
+    let check = sys::kernel_check(MACHINE);
+    let bits = word(1);
+    for s in [irq, ports, n, again, n2] {
+        release(s);
+    }
+    let _ = sys::unmap(SPACE, page);
+    release(frame);
+    let ok = got
+        && bits == 1
+        && spinning
+        && masked_in_service == 0
+        && d1 == d0
+        && masked_after == 0
+        && regot.is_ok()
+        && rebound.is_ok()
+        && works == Ok(1)
+        && check.is_ok_and(|c| c[0] == 0);
+    report(
+        NAME,
+        ok,
+        format_args!(
+            "driver got its interrupt {got}, still in service {spinning}, lines enabled {masked_in_service}; after the kill: deliveries {}, lines enabled {masked_after}; line again {regot:?}, bind {rebound:?}, interrupt {works:?}; kernel check {check:?}",
+            d1 - d0
+        ),
+    );
+}
+
+// ---- interrupt latency -----------------------------------------------------------------------
+
+static RAISED: AtomicU64 = AtomicU64::new(0);
+static SEEN: AtomicU64 = AtomicU64::new(0);
+static LAT_IRQ: AtomicU64 = AtomicU64::new(0);
+/// Where the driver thread writes each interrupt's latency (`u32` cycles), and how many fit.
+static LAT_BUF: AtomicU64 = AtomicU64::new(0);
+static LAT_LEN: AtomicU64 = AtomicU64::new(0);
+/// The notification the driver signals when it has served an interrupt (the raiser waits on it,
+/// so that its CPU is idle, not spinning, while the interrupt travels).
+static LAT_DONE: AtomicU64 = AtomicU64::new(0);
+
+/// The driver thread: wait, stamp, serve the device, acknowledge.
+fn lat_driver(n: u64) {
+    loop {
+        if sys::wait(n, FOREVER).is_err() {
+            return;
+        }
+        let t1 = rl4_user::rdtsc();
+        let i = SEEN.load(SeqCst);
+        if i < LAT_LEN.load(SeqCst) {
+            let p = (LAT_BUF.load(SeqCst) + 4 * i) as *mut u32;
+            // SAFETY: `LAT_BUF` points at `LAT_LEN` writable `u32`s of this task, which the
+            // raiser does not read until `SEEN` says this one is written.
+            unsafe { p.write_volatile(t1.wrapping_sub(RAISED.load(SeqCst)).min(u32::MAX as u64) as u32) };
+        }
+        com::drain(COM2);
+        let _ = sys::irq_ack(LAT_IRQ.load(SeqCst));
+        SEEN.store(i + 1, SeqCst);
+        let _ = sys::signal(LAT_DONE.load(SeqCst), 1);
+    }
+}
+
+/// Interrupt latency, device raises → driver thread runs: this thread, on CPU `raiser`, stamps
+/// the TSC and writes a byte to COM2 in loopback mode; the byte's receive interrupt is routed to
+/// CPU `cpu`, where a driver thread (above this thread's priority) waits on the bound
+/// notification and stamps the TSC when it runs. This thread then waits for the driver's signal
+/// (its CPU idle, as in the IPI floor) before the next byte. One sample per interrupt (cycles) in `out`;
+/// returns how many were taken (fewer than `out.len()` if an interrupt did not come within 2 s).
+pub fn irq_latency(raiser: u64, cpu: u64, out: &mut [u32]) -> usize {
+    let (irq, n, ports, done_n) = (slot(), slot(), slot(), slot());
+    let ready = sys::irq_get(DEVICES, COM2_IRQ, irq)
+        .and_then(|_| sys::notification_create(MEMORY, n))
+        .and_then(|_| sys::notification_create(MEMORY, done_n))
+        .and_then(|_| sys::ioport_get(DEVICES, COM2 as u64, 8, ports))
+        .and_then(|_| sys::ioport_open(ports));
+    if ready.is_err() {
+        for s in [irq, n, ports, done_n] {
+            release(s);
+        }
+        return 0;
+    }
+    LAT_IRQ.store(irq, SeqCst);
+    LAT_DONE.store(done_n, SeqCst);
+    LAT_BUF.store(out.as_mut_ptr() as u64, SeqCst);
+    LAT_LEN.store(out.len() as u64, SeqCst);
+    SEEN.store(0, SeqCst);
+    com::loopback(COM2);
+    let _ = sys::thread_set_affinity(THREAD, raiser);
+    while sys::cpu_info().0 != raiser {
+        sys::yield_now();
+    }
+    let mut done = 0;
+    if sys::irq_bind(irq, n, 1, cpu).is_ok() {
+        let t = spawn(lat_driver, n, ROOT_PRIO + 10, cpu);
+        wait_ms(2000, || state(t) == Some(ThreadState::BlockedNotify));
+        for i in 0..out.len() as u64 {
+            RAISED.store(rl4_user::rdtsc(), SeqCst);
+            outb(COM2 + THR, b'L');
+            while SEEN.load(SeqCst) <= i {
+                if sys::wait(done_n, ms(2000)).is_err() {
+                    break;
+                }
+            }
+            if SEEN.load(SeqCst) <= i {
+                break;
+            }
+            done += 1;
+        }
+        let _ = sys::irq_unbind(irq);
+        let _ = sys::thread_suspend(t);
+        release(t);
+    }
+    let _ = sys::thread_set_affinity(THREAD, 0);
+    while sys::cpu_info().0 != 0 {
+        sys::yield_now();
+    }
+    let _ = sys::ioport_close(ports);
+    for s in [irq, n, ports, done_n] {
+        release(s);
+    }
+    done
+}
+
+fn percentile(v: &mut [u32], p: usize) -> u64 {
+    v.sort_unstable();
+    v[(v.len() - 1) * p / 100] as u64
+}
+
+fn latency(cpu: u64) -> Option<(u64, u64, u64)> {
+    let mut v = [0u32; 200];
+    let done = irq_latency(0, cpu, &mut v);
+    (done == v.len()).then(|| (percentile(&mut v, 50), percentile(&mut v, 90), percentile(&mut v, 99)))
+}
+
+fn test_latency() {
+    const NAME: &str = "irq-latency";
+    let ns = |c: u64| c * 1_000_000 / (tsc_hz() / 1000).max(1);
+    let same = latency(0);
+    let cross = if cpus() > 1 { latency(1) } else { None };
+    let ipi = if cpus() > 1 { sys::measure(MACHINE, rl4_abi::measure::IPI_FLOOR, 1 | 200 << 16).ok() } else { None };
+    if let Some((m, p90, p99)) = same {
+        println!("irq-latency: same-cpu median {m} cycles ({} ns), p90 {p90}, p99 {p99} (200 interrupts, COM2 loopback)", ns(m));
+    }
+    if let Some((m, p90, p99)) = cross {
+        println!("irq-latency: cross-cpu median {m} cycles ({} ns), p90 {p90}, p99 {p99}", ns(m));
+    }
+    if let Some([mean, min, _]) = ipi {
+        println!("irq-latency: IPI round-trip floor mean {mean} cycles ({} ns), min {min}", ns(mean));
+    }
+    report(NAME, same.is_some() && (cpus() < 2 || cross.is_some()), format_args!("same {same:?}, cross {cross:?}, ipi floor {ipi:?}"));
+}
+
+pub fn run(bi: &BootInfo) {
+    test_rules();
+    let ports = slot();
+    let com2 = sys::ioport_get(DEVICES, COM2 as u64, 8, ports).is_ok() && com2_present(ports);
+    test_unauthorised(bi, ports, com2);
+    if com2 {
+        test_masked_until_ack();
+        test_driver_killed(bi);
+        test_latency();
+    } else {
+        for n in ["irq-masked-until-ack", "irq-driver-killed-mid-interrupt", "irq-latency"] {
+            skip(n, "no COM2 (QEMU gives one with a second -serial)");
+        }
+    }
+    let _ = sys::ioport_close(ports);
+    release(ports);
+}
