@@ -247,3 +247,9 @@ pub fn measure(machine: u64, which: u64, arg: u64) -> Result<[u64; 3], Error> {
 pub fn kernel_check(machine: u64) -> Result<[u64; 3], Error> {
     syscall(Sys::KernelCheck, [machine, 0, 0, 0, 0, 0])
 }
+
+/// `ThreadSetFaultHandler`: `thread`'s faults go to the endpoint in `ep` as messages
+/// (`rl4_abi::fault`); `ep` = `NO_SLOT` removes the handler.
+pub fn thread_set_fault_handler(thread: u64, ep: u64) -> Result<(), Error> {
+    syscall(Sys::ThreadSetFaultHandler, [thread, ep, 0, 0, 0, 0]).map(|_| ())
+}
