@@ -40,12 +40,8 @@ pub fn fault_current(vector: u64, error: u64) -> Handled {
     let handler = t.fault_handler.lock().clone();
     if let Some(ep) = handler.as_ref().and_then(|(w, _)| w.upgrade()) {
         let badge = handler.as_ref().map_or(0, |h| h.1);
-        let mut msg = [0; 4];
-        msg[rl4_abi::fault::W_KIND] = vector;
-        msg[rl4_abi::fault::W_ADDR] = addr;
-        msg[rl4_abi::fault::W_IP] = rip;
-        msg[rl4_abi::fault::W_ERROR] = error;
-        let switched = crate::ipc::fault_call(&t, &ep, badge, msg);
+        let info = crate::ipc::fault_info(vector, addr, error);
+        let switched = crate::ipc::fault_call(&t, &ep, badge, info, rip);
         crate::reclaim::later_queue(Some(thread::QueueRef::Ep(ep)));
         drop(handler);
         return if switched && sched::switched_directly(&t) { Handled::Switched } else { Handled::Decide };

@@ -357,7 +357,9 @@ pub fn recv(cur: &Arc<Thread>, ep: &Arc<Endpoint>, timeout: u64, direct_to: Opti
         let taken = match sl.take_sender(ep.id(), ticket) {
             Ok(t) => Ok(t),
             Err(_) => match sl.take_fault(ep.id(), ticket) {
-                Ok(f) => Err(f),
+                // Its registers are still those of the fault (it waits, and nobody holds its
+                // reply right yet).
+                Ok((badge, info)) => Err((badge, fault_message(info, snd.regs.get().rip))),
                 Err(_) => {
                     drop(sl);
                     reclaim::later_thread(snd);
@@ -472,6 +474,22 @@ pub fn reply(cur: &Arc<Thread>, regs: &UserRegs, then_recv: bool) -> Result<Opti
     Ok(None)
 }
 
+/// What a fault is kept as while queued (`Wait::FaultSend`'s `info`): the address, and the
+/// vector and error code (32 bits) in one word.
+pub fn fault_info(vector: u64, addr: u64, error: u64) -> [u64; 2] {
+    [addr, vector << 32 | (error & 0xffff_ffff)]
+}
+
+/// The fault message (`rl4_abi::fault`'s words) from a fault's `info` and instruction pointer.
+fn fault_message(info: [u64; 2], rip: u64) -> [u64; 4] {
+    let mut m = [0; 4];
+    m[rl4_abi::fault::W_KIND] = info[1] >> 32;
+    m[rl4_abi::fault::W_ADDR] = info[0];
+    m[rl4_abi::fault::W_IP] = rip;
+    m[rl4_abi::fault::W_ERROR] = info[1] & 0xffff_ffff;
+    m
+}
+
 /// Writes a fault message into a receiver's registers: tag ([`rl4_abi::fault::LABEL`], 4
 /// words), the handler's badge, the fault's words.
 fn deliver_fault(to: &mut UserRegs, badge: u64, msg: &[u64; 4]) {
@@ -484,14 +502,14 @@ fn deliver_fault(to: &mut UserRegs, badge: u64, msg: &[u64; 4]) {
     to.set_result(0);
 }
 
-/// The running thread `cur` took a fault and its handler's endpoint is `ep` (`badge`: the
-/// handler capability's): a `Call` on its behalf, with the fault message `msg` and no
-/// timeout. As for `send`, the thread enters its reply wait (`FaultReply`) before any
+/// The running thread `cur` took a fault (`info`: [`fault_info`]) at `rip` and its handler's
+/// endpoint is `ep` (`badge`: the handler capability's): a `Call` on its behalf, with the
+/// fault message and no timeout. As for `send`, the thread enters its reply wait (`FaultReply`) before any
 /// receiver can see the fault; with no receiver waiting it takes that wait back and queues on
 /// the endpoint (`FaultSend`, the message kept in the wait: its registers stay as the fault
 /// left them). Refused (killed or suspended meanwhile): nothing is sent; a suspended thread
 /// runs the instruction again when resumed. Returns whether the CPU switched to the handler.
-pub fn fault_call(cur: &Arc<Thread>, ep: &Arc<Endpoint>, badge: u64, msg: [u64; 4]) -> bool {
+pub fn fault_call(cur: &Arc<Thread>, ep: &Arc<Endpoint>, badge: u64, info: [u64; 2], rip: u64) -> bool {
     let ticket = sched::next_ticket();
     let mut q = ep.q.lock();
     if block_current(cur, Wait::FaultReply { ticket }, u64::MAX).is_err() {
@@ -505,7 +523,7 @@ pub fn fault_call(cur: &Arc<Thread>, ep: &Arc<Endpoint>, badge: u64, msg: [u64; 
             continue;
         };
         crate::timeline::event(crate::timeline::Kind::Send, crate::timeline::ep(ep.id()) << 32 | r.id, badge);
-        r.regs.with(|rr| deliver_fault(rr, badge, &msg));
+        r.regs.with(|rr| deliver_fault(rr, badge, &fault_message(info, rip)));
         let old = rl.grant_reply(cur.clone(), ticket);
         drop(rl);
         drop(q);
@@ -519,7 +537,7 @@ pub fn fault_call(cur: &Arc<Thread>, ep: &Arc<Endpoint>, badge: u64, msg: [u64; 
         return false;
     }
     let prio = cur.life.lock().prio;
-    if block_current(cur, Wait::FaultSend { ep: EpRef(ep.weak()), badge, msg }, u64::MAX).is_ok() {
+    if block_current(cur, Wait::FaultSend { ep: EpRef(ep.weak()), badge, info }, u64::MAX).is_ok() {
         crate::timeline::event(crate::timeline::Kind::Send, crate::timeline::ep(ep.id()) << 32, badge);
         push_by_priority(&mut q.senders, cur.clone(), prio);
     }

@@ -127,19 +127,20 @@ pub fn wake_locked(t: &Arc<Thread>, l: &mut Life, on: WaitOn, r: Result<(), Erro
 /// A faulted thread whose handler lets go of its fault's reply right (it died, or was
 /// destroyed holding it) is stopped as if it had no handler (`Faulted`).
 pub fn fail_caller(c: Arc<Thread>, ticket: u64) {
-    let (w, s) = {
-        let mut l = c.life.lock();
-        match wake_locked(&c, &mut l, WaitOn::Reply(ticket), Err(Error::PartnerGone)) {
-            Some(w) => (Some(w), None),
-            None => (None, l.stop_fault(WaitOn::Fault(ticket)).ok()),
-        }
-    };
-    drop(w);
-    if let Some(s) = s {
-        crate::fault::report_stopped(&c, "its fault handler let go of the fault");
-        stopped(s);
+    let w = wake_locked(&c, &mut c.life.lock(), WaitOn::Reply(ticket), Err(Error::PartnerGone));
+    match w {
+        Some(w) => drop(w),
+        None => fail_fault(&c, ticket),
     }
     crate::reclaim::later_thread(c);
+}
+
+/// [`fail_caller`] for a caller that waited in a fault (out of line: the IPC paths fail
+/// callers on their cold branches only).
+#[cold]
+#[inline(never)]
+fn fail_fault(c: &Arc<Thread>, ticket: u64) {
+    stop_fault(c, WaitOn::Fault(ticket), "its fault handler let go of the fault");
 }
 
 /// Ends the fault `on` of `t` (its handler replied "stop", or the handler's endpoint died with

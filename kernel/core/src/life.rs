@@ -67,10 +67,13 @@ pub enum Wait<K: Kinds> {
     /// In `n`'s wait queue.
     Notify { n: K::Ntf },
     /// A fault of this thread, in its fault handler's endpoint `ep`'s send queue with the
-    /// fault message `msg` (its registers stay as the fault left them) and the handler's
-    /// `badge`. Only [`Life::take_fault`] and [`Life::stop_fault`] end it (plus kill and
-    /// suspend); a plain `wake` never does.
-    FaultSend { ep: K::Ep, badge: u64, msg: [u64; 4] },
+    /// handler's `badge` and what the fault message needs beyond the thread's registers
+    /// (which stay as the fault left them): `info`, two words the kernel packs (the address,
+    /// the exception vector and error code). Only [`Life::take_fault`] and
+    /// [`Life::stop_fault`] end it (plus kill and suspend); a plain `wake` never does. (Two
+    /// words, not the whole message: a larger variant changes how `Wait`'s variant is encoded,
+    /// which costs the IPC fast path instructions.)
+    FaultSend { ep: K::Ep, badge: u64, info: [u64; 2] },
     /// A fault of this thread, received by its handler, which holds the reply right `ticket`.
     /// The reply ends it (`wake(WaitOn::Fault)`: resume, or `stop_fault`); nothing else does
     /// but kill and suspend.
@@ -479,10 +482,10 @@ impl<K: Kinds> Life<K> {
 
     /// The fault handler takes this thread's fault from endpoint `ep`'s queue:
     /// `Blocked { FaultSend }` on `ep` → `Blocked { FaultReply { ticket } }`. Returns the
-    /// handler's badge and the fault message.
-    pub fn take_fault(&mut self, ep: usize, ticket: u64) -> Result<(u64, [u64; 4]), Refused> {
+    /// handler's badge and the fault's `info`.
+    pub fn take_fault(&mut self, ep: usize, ticket: u64) -> Result<(u64, [u64; 2]), Refused> {
         let (badge, msg) = match &self.state {
-            State::Blocked { wait: Wait::FaultSend { ep: e, badge, msg }, .. } if e.ident() == ep => (*badge, *msg),
+            State::Blocked { wait: Wait::FaultSend { ep: e, badge, info }, .. } if e.ident() == ep => (*badge, *info),
             _ => return self.refuse(),
         };
         let old = core::mem::replace(&mut self.state, State::Blocked { wait: Wait::FaultReply { ticket }, deadline: u64::MAX });
@@ -881,7 +884,7 @@ mod tests {
                 if s == ThreadState::BlockedFault {
                     // The first half of a fault's wait: rebuild it as one.
                     l = running();
-                    l.block(Wait::FaultSend { ep: Id(1), badge: 3, msg: [14, 0x1000, 0x2000, 6] }, u64::MAX).ok().unwrap();
+                    l.block(Wait::FaultSend { ep: Id(1), badge: 3, info: [0x1000, 14 << 32 | 6] }, u64::MAX).ok().unwrap();
                     l.leave_cpu(0);
                 }
                 l.take_fault(1, 9).is_ok()
@@ -918,14 +921,14 @@ mod tests {
         l.block(Wait::FaultReply { ticket: 3 }, u64::MAX).ok().unwrap();
         assert!(l.in_fault());
         assert!(l.unwait(3).is_ok(), "no receiver: the fault takes its wait back");
-        l.block(Wait::FaultSend { ep: Id(2), badge: 8, msg: [14, 0x5000, 0x400000, 6] }, u64::MAX).ok().unwrap();
+        l.block(Wait::FaultSend { ep: Id(2), badge: 8, info: [0x5000, 14 << 32 | 6] }, u64::MAX).ok().unwrap();
         assert_eq!(l.leave_cpu(0), Leave::Gone);
         assert_eq!(l.view(), ThreadState::BlockedFault);
         assert!(l.wake(WaitOn::Send(2)).is_err(), "an endpoint's death does not resume a fault");
         assert!(l.take_sender(2, 4).is_err(), "a fault is no message of the thread's registers");
         assert!(l.expire(u64::MAX).is_err(), "a fault's wait never times out");
         assert!(l.take_fault(3, 4).is_err(), "another endpoint");
-        assert_eq!(l.take_fault(2, 4).ok(), Some((8, [14, 0x5000, 0x400000, 6])));
+        assert_eq!(l.take_fault(2, 4).ok(), Some((8, [0x5000, 14 << 32 | 6])));
         assert!(l.wake(WaitOn::Reply(4)).is_err(), "a plain reply (the fast path's) is refused");
         assert!(l.stop_fault(WaitOn::Fault(5)).is_err(), "a stale ticket");
         assert!(l.wake(WaitOn::Fault(4)).is_ok());

@@ -6,10 +6,10 @@
 //! pager (the root thread) answers by mapping a page of code — a small position-independent
 //! routine, [`client`] — and the routine's data accesses fault in turn:
 //!
-//! - `fault-pager-lazy`: a region backed with fresh frames on first touch; the first fault is
+//! - `pager-lazy`: a region backed with fresh frames on first touch; the first fault is
 //!   answered with changed registers (instruction and stack pointer, `rax`), which the
 //!   routine writes down;
-//! - `fault-pager-cow`: two tasks share the frames of a region read-only; each write copies
+//! - `pager-cow`: two tasks share the frames of a region read-only; each write copies
 //!   the page for the task that writes (copy-on-write), the shared frames stay unchanged;
 //! - the edge cases: a "stop" reply, replies with registers the kernel refuses, a handler
 //!   that does not reply while the thread is suspended and resumed or its task killed, a
@@ -320,7 +320,7 @@ fn lazy(cpu: u64) -> Result<(u64, u64), &'static str> {
 fn test_lazy() {
     for cpu in [0, cpus() - 1] {
         let r = lazy(cpu);
-        let name = if cpu == 0 { "fault-pager-lazy" } else { "fault-pager-lazy-cross" };
+        let name = if cpu == 0 { "pager-lazy" } else { "pager-lazy-cross" };
         report(
             name,
             r.is_ok(),
@@ -383,7 +383,7 @@ fn cow() -> Result<[u64; 2], &'static str> {
 fn test_cow() {
     let r = cow();
     report(
-        "fault-pager-cow",
+        "pager-cow",
         r.is_ok(),
         format_args!(
             "two tasks (cpu 0 and cpu {}) share {PAGES} frames read-only; each write fault gives the writer a copy, the shared frames stay as they were; faults per task {r:?}",
@@ -415,7 +415,7 @@ fn check(name: &str, detail: &str, f: impl FnOnce(u64) -> Result<(), &'static st
 }
 
 fn test_stop_and_bad_replies() {
-    check("fault-stop", "the handler replies \"stop\": the thread is Faulted", |ep| {
+    check("fault-ipc-stop", "the handler replies \"stop\": the thread is Faulted", |ep| {
         let kid = faulted_kid(ep, 1, cpus() - 1)?;
         sys::reply(&stop_msg()).map_err(|_| "reply")?;
         let ok = wait_ms(1000, || kid.state() == Some(ThreadState::Faulted));
@@ -423,7 +423,7 @@ fn test_stop_and_bad_replies() {
         if ok { Ok(()) } else { Err("not Faulted") }
     });
     check(
-        "fault-bad-reply",
+        "fault-ipc-bad-reply",
         "resuming replies with a kernel or non-canonical rip, a kernel rsp or unknown bits get BadFaultReply and stop the thread; a short reply counts missing words as 0",
         |ep| {
             let bad = [
@@ -455,7 +455,7 @@ fn test_stop_and_bad_replies() {
 
 fn test_no_reply() {
     check(
-        "fault-handler-silent-suspend",
+        "fault-ipc-silent-handler-suspend",
         "the handler holds the fault without replying: the thread stays BlockedFault; suspended it cancels the fault (the late reply gets PartnerGone), resumed it faults again",
         |ep| {
             let kid = faulted_kid(ep, 4, cpus() - 1)?;
@@ -479,7 +479,7 @@ fn test_no_reply() {
         },
     );
     check(
-        "fault-killed-in-flight",
+        "fault-ipc-killed-in-flight",
         "the faulting task is killed while its handler holds the fault (the reply gets PartnerGone) and while the fault is queued (nothing is delivered later); the kernel's check finds no stale reference",
         |ep| {
             let kid = faulted_kid(ep, 5, cpus() - 1)?;
@@ -531,7 +531,7 @@ fn take_and_fault(ep: u64) {
 
 fn test_handler_gone() {
     check(
-        "fault-handler-exits",
+        "fault-ipc-handler-exits",
         "the handler thread ends holding the fault: the thread is stopped (Faulted) as if it had no handler",
         |ep| {
             let h = spawn(take_and_exit, ep, ROOT_PRIO, cpus() - 1);
@@ -552,7 +552,7 @@ fn test_handler_gone() {
         },
     );
     check(
-        "fault-endpoint-deleted",
+        "fault-ipc-endpoint-deleted",
         "the handler's endpoint is deleted while a fault is queued on it: the thread is Faulted; a handler set to a deleted endpoint, or none, stops the next thread at once",
         |ep| {
             let kid = Kid::new(ep, 8, cpus() - 1, 0, 0).map_err(|_| "child")?;
@@ -590,7 +590,7 @@ fn test_handler_gone() {
         },
     );
     check(
-        "fault-in-handler",
+        "fault-ipc-in-handler",
         "the handler faults while it holds a fault; its own handler is the same endpoint, where its fault queues (no loop); another thread gets it and replies stop: both are Faulted",
         |ep| {
             let h = spawn_with_handler(take_and_fault, ep, 0x4a)?;
@@ -643,7 +643,7 @@ fn test_bad_args() {
     release(recv_only);
     release(ep);
     report(
-        "fault-handler-bad-args",
+        "fault-ipc-bad-args",
         r.is_ok() && checks.iter().all(|&c| c),
         format_args!("ThreadSetFaultHandler: receive-only endpoint, wrong types, slot out of range refused; NO_SLOT clears: {checks:?}"),
     );
