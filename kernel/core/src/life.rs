@@ -22,6 +22,12 @@
 //!                        ▼                   │ suspend (wait cancelled)
 //!                     Faulted     Suspended ◀┴── suspend (Ready/Running) ; resume ▶ Ready
 //!  any state but Dead ──kill──▶ Dead (final)
+//!
+//!  Faults as messages (a thread with a fault handler, `kernel/src/fault.rs`):
+//!  Running ──block(FaultReply) / unwait + block(FaultSend)──▶ Blocked { FaultSend | FaultReply }
+//!     FaultSend ──take_fault──▶ FaultReply ──wake(Fault)──▶ Ready (the handler's resuming reply)
+//!     FaultSend / FaultReply ──stop_fault──▶ Faulted (a "stop" reply, the handler or its
+//!     endpoint gone); suspend and kill as for any wait; never `expire`, never a plain `wake`.
 //! ```
 //! ## Places ([`Place`])
 //! `Off` (no CPU holds it), `Current(c)` (CPU `c` runs it, or is about to leave it), or
