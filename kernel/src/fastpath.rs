@@ -79,15 +79,6 @@ fn copy_message(from: &Thread, to: &Thread, tag: Tag, badge: u64) {
     });
 }
 
-/// The endpoint reference of the receive wait `wake_here(Recv)` ended.
-#[inline(always)]
-fn recv_ep(w: Wait) -> EpRef {
-    match w {
-        Wait::Recv { ep } => ep,
-        _ => unreachable!("wake_here(Recv) ends a receive wait"),
-    }
-}
-
 fn call(cs: &sched::CpuSched, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<(), Arc<Thread>> {
     trace::stamp(trace::SETUP);
     let Some((ep, badge)) = endpoint(&cur, slot, Rights::SEND) else { return Err(cur) };
@@ -98,9 +89,7 @@ fn call(cs: &sched::CpuSched, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<(
     let mut rl = r.life.lock();
     // The last guard is the transition itself: it changes nothing unless the receiver waits on
     // this endpoint, belongs to this CPU and no CPU holds it.
-    // Only the receive wait's endpoint reference comes out (`recv_ep`): a whole `Wait` carried
-    // through this `Option` is copied word by word (it has as many variants as there are waits).
-    let woken = if sched::nothing_more_urgent(cs, rl.prio) { rl.wake_here(WaitOn::Recv(ep.id()), me).ok().map(recv_ep) } else { None };
+    let woken = if sched::nothing_more_urgent(cs, rl.prio) { rl.wake_here(WaitOn::Recv(ep.id()), me).ok() } else { None };
     let Some(wait) = woken else {
         drop(rl);
         q.receivers.push_front(r);
@@ -130,7 +119,7 @@ fn call(cs: &sched::CpuSched, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<(
     // The caller's reference becomes the receiver's reply right (handed straight back if the
     // receiver was killed meanwhile).
     let old = r.life.lock().grant_reply(cur, ticket);
-    drop(wait);
+    crate::obj::dispose(wait);
     // A right that died: our own handed back (the receiver was killed or faulted meanwhile), or
     // an older one the receiver held (that caller is woken into this CPU's inbox). Either way
     // the CPU must decide again rather than return into the receiver.
@@ -162,15 +151,14 @@ fn reply_recv(cs: &sched::CpuSched, cur: Arc<Thread>, slot: u64, tag: Tag) -> Re
     let woken = if q.senders.is_empty() {
         let mut cl = caller.life.lock();
         if sched::nothing_more_urgent(cs, cl.prio) {
-            // A reply wait owns nothing: nothing comes out but the priority (see `call`).
-            cl.wake_here(WaitOn::Reply(ticket), me).ok().map(|w| (crate::obj::dispose(w), cl.prio))
+            cl.wake_here(WaitOn::Reply(ticket), me).ok().map(|w| (w, cl.prio))
         } else {
             None
         }
     } else {
         None
     };
-    let Some(((), prio)) = woken else {
+    let Some((wait, prio)) = woken else {
         drop(q);
         // Nothing changed: the reply right goes back.
         let old = cur.life.lock().grant_reply(caller, ticket);
@@ -206,6 +194,7 @@ fn reply_recv(cs: &sched::CpuSched, cur: Arc<Thread>, slot: u64, tag: Tag) -> Re
         drop(q);
         drop(cur);
     }
+    crate::obj::dispose(wait);
     cs.bump(sched::Count::IpcFast);
     sched::switch_direct_blocked(cs, caller, prio);
     trace::stamp(trace::SWITCHED);

@@ -306,7 +306,9 @@ impl<K: Kinds> Life<K> {
         core::mem::forget(old);
     }
 
-    #[cold]
+    /// Inline: out of line, it returns the whole `Result` (a `Wait`, a `Taken`) through memory,
+    /// and its callers on the IPC paths then keep what they take out of a thread on the stack.
+    #[inline(always)]
     fn refuse<T>(&self) -> Result<T, Refused> {
         Err(Refused(self.view()))
     }
