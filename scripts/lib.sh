@@ -154,17 +154,49 @@ build_countglobal_kernel() {
     cp "$ROOT/target/countglobal/$TARGET/release/rl4" "$BUILD/rl4-countglobal.elf"
 }
 
+# module_file SPEC / module_name SPEC: a boot module given as FILE[:NAME] (NAME: the file's
+# name without .elf when not given); the kernel names each module by NAME.
+module_file() { if [[ "$1" == *:* && "${1##*:}" != */* ]]; then printf '%s' "${1%:*}"; else printf '%s' "$1"; fi; }
+module_name() {
+    if [[ "$1" == *:* && "${1##*:}" != */* ]]; then printf '%s' "${1##*:}"; else local b; b=$(basename "$1"); printf '%s' "${b%.elf}"; fi
+}
+
+# build_module_archive OUT SPEC...: a newc cpio archive of the modules (FILE[:NAME]), each
+# member named NAME: how PVH, which carries one module, passes several (the kernel splits it).
+build_module_archive() {
+    local out="$1" s args=()
+    shift
+    for s in "$@"; do args+=("$(module_name "$s")" "$(module_file "$s")"); done
+    python3 - "$out" "${args[@]}" <<'PY' || die "building the module archive failed"
+import sys
+out, rest = sys.argv[1], sys.argv[2:]
+def entry(name, mode, data):
+    n = name.encode() + b"\0"
+    h = b"070701" + b"".join(b"%08x" % v for v in (0, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(n), 0))
+    b = h + n
+    b += b"\0" * (-len(b) % 4)
+    b += data
+    return b + b"\0" * (-len(b) % 4)
+ar = b""
+for name, path in zip(rest[::2], rest[1::2]):
+    ar += entry(name, 0o100644, open(path, "rb").read())
+ar += entry("TRAILER!!!", 0, b"")
+open(out, "wb").write(ar)
+PY
+}
+
 # build_iso "kernel args" [MODULE...]: a GRUB (BIOS) ISO that boots rl4 through Multiboot2, with
-# the given files as boot modules.
+# the given files (FILE[:NAME]) as boot modules, each named by its module string.
 build_iso() {
-    local args="$1" dir="$BUILD/iso" m mods=""
+    local args="$1" dir="$BUILD/iso" m f mods=""
     shift
     rm -rf "$dir"
     mkdir -p "$dir/boot/grub"
     cp "$KERNEL_ELF" "$dir/boot/rl4.elf"
     for m in "$@"; do
-        cp "$m" "$dir/boot/"
-        mods+="    module2 /boot/$(basename "$m")"$'\n'
+        f=$(module_file "$m")
+        cp "$f" "$dir/boot/"
+        mods+="    module2 /boot/$(basename "$f") $(module_name "$m")"$'\n'
     done
     cat >"$dir/boot/grub/grub.cfg" <<CFG
 set timeout=0
@@ -280,8 +312,9 @@ build_limine_iso() {
         echo "    kernel_cmdline: $args"
         echo "    cmdline: $args"
         for m in "$@"; do
-            cp "$m" "$dir/boot/"
-            echo "    module_path: boot():/boot/$(basename "$m")"
+            cp "$(module_file "$m")" "$dir/boot/"
+            echo "    module_path: boot():/boot/$(basename "$(module_file "$m")")"
+            echo "    module_cmdline: $(module_name "$m")"
         done
     } >"$dir/boot/limine/limine.conf"
     say "building the Limine ISO build/$name.iso (BIOS and UEFI)"

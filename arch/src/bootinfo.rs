@@ -42,6 +42,8 @@ pub const MULTIBOOT2_MAGIC: u32 = 0x36d7_6289;
 
 pub const MAX_MEMMAP: usize = 128;
 pub const MAX_MODULES: usize = 16;
+/// Bytes of a module's name kept (longer names are cut).
+pub const MODULE_NAME_MAX: usize = 15;
 pub const MAX_CMDLINE: usize = 1024;
 pub const MAX_INFO_RANGES: usize = 4 + MAX_MODULES;
 pub const MAX_LOADER_NAME: usize = 64;
@@ -102,10 +104,45 @@ pub struct MemEntry {
     pub kind: MemKind,
 }
 
+/// A boot module: where its bytes are, and its name.
+///
+/// The name is, in order of preference: a `newc` archive member's file name; the string the
+/// boot loader passes with the module (Multiboot2's module string, Limine's `module_cmdline`),
+/// its last word; the module's path (Limine); `module<N>`. Any directory part and a `.elf`
+/// suffix are dropped, and at most [`MODULE_NAME_MAX`] bytes are kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Module {
     pub range: Range,
+    name: [u8; MODULE_NAME_MAX],
+    name_len: u8,
 }
+
+impl Module {
+    /// A module named `name` (cleaned as the type's documentation says).
+    pub fn new(range: Range, name: &[u8]) -> Module {
+        let mut m = Module { range, name: [0; MODULE_NAME_MAX], name_len: 0 };
+        m.set_name(name);
+        m
+    }
+    fn set_name(&mut self, raw: &[u8]) {
+        // The last word, its last path component, without ".elf".
+        let raw = raw.split(|&b| b == 0).next().unwrap_or(&[]);
+        let word = raw.split(|b| b.is_ascii_whitespace()).rfind(|w| !w.is_empty()).unwrap_or(&[]);
+        let base = word.rsplit(|&b| b == b'/').next().unwrap_or(&[]);
+        let base = base.strip_suffix(b".elf").unwrap_or(base);
+        let n = base.len().min(MODULE_NAME_MAX);
+        self.name = [0; MODULE_NAME_MAX];
+        self.name[..n].copy_from_slice(&base[..n]);
+        self.name_len = n as u8;
+    }
+    /// The module's name ("" when it has none: the kernel then calls it `module<N>`).
+    pub fn name(&self) -> &str {
+        utf8_prefix(&self.name[..self.name_len as usize])
+    }
+}
+
+/// Most bytes of a name string read from the boot loader's structures.
+const NAME_READ_MAX: usize = 256;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BootError {
@@ -167,7 +204,7 @@ impl BootInfo {
             cmdline_len: 0,
             cmdline_truncated: false,
             rsdp: None,
-            modules: [Module { range: Range::new(0, 0) }; MAX_MODULES],
+            modules: [Module { range: Range::new(0, 0), name: [0; MODULE_NAME_MAX], name_len: 0 }; MAX_MODULES],
             modules_len: 0,
             modules_dropped: 0,
             info_ranges: [Range::new(0, 0); MAX_INFO_RANGES],
@@ -229,14 +266,52 @@ impl BootInfo {
         self.info_ranges_len += 1;
     }
 
-    fn push_module(&mut self, start: u64, end: u64) {
+    fn push_module(&mut self, start: u64, end: u64, name: &[u8]) {
+        self.add_module(Module::new(Range::new(start, end), name));
+        self.push_info(start, end.saturating_sub(start));
+    }
+
+    fn add_module(&mut self, m: Module) {
         if self.modules_len == MAX_MODULES {
             self.modules_dropped += 1;
         } else {
-            self.modules[self.modules_len] = Module { range: Range::new(start, end) };
+            self.modules[self.modules_len] = m;
             self.modules_len += 1;
         }
-        self.push_info(start, end.saturating_sub(start));
+    }
+
+    /// Replaces every module that is a `newc` cpio archive (how `scripts/run` passes several
+    /// programs through PVH, which carries one module) by its regular-file members, each named
+    /// by its file name. A malformed archive is kept whole (its user sees what it is); a
+    /// member past [`MAX_MODULES`] counts as dropped. The archive's range stays reserved.
+    pub fn expand_archives(&mut self, mem: &impl PhysMem) {
+        let mut all = [Module::new(Range::new(0, 0), b""); MAX_MODULES];
+        let n = self.modules_len;
+        all[..n].copy_from_slice(&self.modules[..n]);
+        self.modules_len = 0;
+        for m in &all[..n] {
+            let mut members = [Module::new(Range::new(0, 0), b""); MAX_MODULES];
+            match read_newc(mem, m.range, &mut members) {
+                Some((count, extra)) => {
+                    for x in &members[..count] {
+                        self.add_module(*x);
+                    }
+                    self.modules_dropped += extra;
+                }
+                None => self.add_module(*m),
+            }
+        }
+    }
+
+    /// Reads the NUL-terminated string at `pa` (at most [`NAME_READ_MAX`] bytes) as a name.
+    fn read_name(mem: &impl PhysMem, pa: u64, buf: &mut [u8; NAME_READ_MAX]) -> usize {
+        let mut n = 0;
+        let mut byte = [0u8];
+        while n < NAME_READ_MAX && mem.read(pa + n as u64, &mut byte).is_some() && byte[0] != 0 {
+            buf[n] = byte[0];
+            n += 1;
+        }
+        n
     }
 
     fn read_cmdline(&mut self, mem: &impl PhysMem, pa: u64, max: usize) -> Result<(), BootError> {
@@ -288,8 +363,10 @@ pub fn parse_pvh(mem: &impl PhysMem, pa: u64) -> Result<BootInfo, BootError> {
     }
     for i in 0..nr_modules {
         let e = modlist + i * 32;
-        let (start, size) = (rd64(e)?, rd64(e + 8)?);
-        bi.push_module(start, start.saturating_add(size));
+        let (start, size, cmd) = (rd64(e)?, rd64(e + 8)?, rd64(e + 16)?);
+        let mut name = [0; NAME_READ_MAX];
+        let n = if cmd != 0 { BootInfo::read_name(mem, cmd, &mut name) } else { 0 };
+        bi.push_module(start, start.saturating_add(size), &name[..n]);
     }
 
     let cmdline = rd64(pa + 24)?;
@@ -316,6 +393,7 @@ pub fn parse_pvh(mem: &impl PhysMem, pa: u64) -> Result<BootInfo, BootError> {
         let e = memmap + i * 24;
         bi.push_mem(rd64(e)?, rd64(e + 8)?, MemKind::from_e820(rd32(e + 16)?));
     }
+    bi.expand_archives(mem);
     Ok(bi)
 }
 
@@ -351,7 +429,10 @@ pub fn parse_multiboot2(mem: &impl PhysMem, magic: u32, pa: u64) -> Result<BootI
             11 | 12 => bi.firmware = Firmware::Uefi,
             3 if size >= 16 => {
                 let (s, e) = (rd32(tag + 8)? as u64, rd32(tag + 12)? as u64);
-                bi.push_module(s, e.max(s));
+                let mut name = [0; NAME_READ_MAX];
+                let n = (size - 16).min(NAME_READ_MAX as u64) as usize;
+                mem.read(tag + 16, &mut name[..n]).ok_or(BootError::Unreadable(tag + 16))?;
+                bi.push_module(s, e.max(s), &name[..n]);
             }
             6 if size >= 16 => {
                 let esize = rd32(tag + 8)? as u64;
@@ -375,6 +456,7 @@ pub fn parse_multiboot2(mem: &impl PhysMem, magic: u32, pa: u64) -> Result<BootI
     if !have_mmap {
         return Err(BootError::NoMemoryMap);
     }
+    bi.expand_archives(mem);
     Ok(bi)
 }
 
@@ -476,7 +558,16 @@ pub fn parse_limine(mem: &impl PhysMem, h: &LimineHandoff) -> Result<BootInfo, B
                 let file = phys(rd64(array + i * 8)?)?;
                 let (start, size) = (phys(rd64(file + 8)?)?, rd64(file + 16)?);
                 let end = start.checked_add(size).filter(|&e| e <= MAX_PHYS).ok_or(BootError::BadLength(size))?;
-                bi.push_module(start, end);
+                // The name: `module_cmdline`, else the path.
+                let mut name = [0; NAME_READ_MAX];
+                let mut n = 0;
+                for field in [32, 24] {
+                    let p = rd64(file + field)?;
+                    if n == 0 && p != 0 {
+                        n = BootInfo::read_name(mem, phys(p)?, &mut name);
+                    }
+                }
+                bi.push_module(start, end, &name[..n]);
             }
         }
     }
@@ -522,7 +613,57 @@ pub fn parse_limine(mem: &impl PhysMem, h: &LimineHandoff) -> Result<BootInfo, B
         }
         bi.append_loader(mem, version, 32)?;
     }
+    bi.expand_archives(mem);
     Ok(bi)
+}
+
+/// Reads a `newc` cpio archive (magic `070701`) in `r` into `out`: its regular files, each
+/// named by its file name. Returns (members written, members that did not fit), or `None` when
+/// `r` is not a well-formed archive (no magic, a header or file past `r`'s end, no trailer).
+fn read_newc(mem: &impl PhysMem, r: Range, out: &mut [Module]) -> Option<(usize, usize)> {
+    let hex = |b: &[u8]| -> Option<u64> {
+        let s = core::str::from_utf8(b).ok()?;
+        u64::from_str_radix(s, 16).ok()
+    };
+    let mut at = r.start;
+    let (mut count, mut extra) = (0, 0);
+    loop {
+        let mut h = [0u8; 110];
+        if at.checked_add(110)? > r.end {
+            return None;
+        }
+        mem.read(at, &mut h)?;
+        if &h[..6] != b"070701" {
+            return None;
+        }
+        let mode = hex(&h[14..22])?;
+        let filesize = hex(&h[54..62])?;
+        let namesize = hex(&h[94..102])?;
+        if namesize == 0 || namesize > NAME_READ_MAX as u64 {
+            return None;
+        }
+        let mut name = [0u8; NAME_READ_MAX];
+        mem.read(at + 110, &mut name[..namesize as usize])?;
+        let name = &name[..namesize as usize - 1];
+        let data = (at + 110 + namesize).next_multiple_of(4);
+        let end = data.checked_add(filesize)?;
+        if end > r.end {
+            return None;
+        }
+        if name == b"TRAILER!!!" {
+            return Some((count, extra));
+        }
+        // Regular files only (directories such as "." are skipped).
+        if mode & 0o170000 == 0o100000 {
+            if count < out.len() {
+                out[count] = Module::new(Range::new(data, end), name);
+                count += 1;
+            } else {
+                extra += 1;
+            }
+        }
+        at = end.next_multiple_of(4);
+    }
 }
 
 #[cfg(test)]
@@ -585,7 +726,7 @@ mod tests {
         assert_eq!(bi.protocol, Protocol::Pvh);
         assert_eq!(bi.cmdline(), "run=idle hz=50");
         assert_eq!(bi.rsdp, Some(0xf_5a00));
-        assert_eq!(bi.modules(), &[Module { range: Range::new(0x20_0000, 0x20_5000) }]);
+        assert_eq!(bi.modules().iter().map(|m| m.range).collect::<Vec<_>>(), [Range::new(0x20_0000, 0x20_5000)]);
         let mm = bi.memory_map();
         assert_eq!(mm.len(), 3);
         assert_eq!(mm[1], MemEntry { range: Range::new(0x9fc00, 0xa0000), kind: MemKind::Reserved });
@@ -658,7 +799,7 @@ mod tests {
         let bi = parse_multiboot2(&m, MULTIBOOT2_MAGIC, 0x10000).unwrap();
         assert_eq!(bi.protocol, Protocol::Multiboot2);
         assert_eq!(bi.cmdline(), "maxcpus=2 bogus");
-        assert_eq!(bi.modules(), &[Module { range: Range::new(0x30_0000, 0x30_2000) }]);
+        assert_eq!(bi.modules().iter().map(|m| m.range).collect::<Vec<_>>(), [Range::new(0x30_0000, 0x30_2000)]);
         assert_eq!(bi.memory_map().len(), 2);
         assert_eq!(bi.memory_map()[1].kind, MemKind::AcpiReclaimable);
         let rsdp = bi.rsdp.unwrap();
@@ -738,7 +879,7 @@ mod tests {
         assert_eq!(bi.loader(), "Limine 8.2.0");
         assert_eq!(bi.cmdline(), "run=boot maxcpus=2");
         assert_eq!(bi.rsdp, Some(0xf_5250));
-        assert_eq!(bi.modules(), &[Module { range: Range::new(0x20_0000, 0x20_3000) }]);
+        assert_eq!(bi.modules().iter().map(|m| m.range).collect::<Vec<_>>(), [Range::new(0x20_0000, 0x20_3000)]);
         let kinds: Vec<_> = bi.memory_map().iter().map(|e| e.kind).collect();
         assert_eq!(kinds, [MemKind::Usable, MemKind::BootloaderReclaimable, MemKind::KernelAndModules]);
         assert_eq!(bi.memory_map()[0].range, Range::new(0x1000, 0x9f000));
@@ -812,4 +953,92 @@ mod tests {
         let bi = parse_multiboot2(&m, MULTIBOOT2_MAGIC, 0x10000).unwrap();
         assert_eq!((bi.firmware, bi.loader()), (Firmware::Uefi, "GRUB 2.06"));
     }
+
+    /// A `newc` archive of `files` (name, bytes), with a "." directory entry first.
+    fn newc(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut v = Vec::new();
+        let mut entry = |name: &str, mode: u32, data: &[u8]| {
+            let h = format!("070701{:08x}{mode:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}", 1, 0, 0, 1, 0, data.len(), 0, 0, 0, 0, name.len() + 1, 0);
+            v.extend_from_slice(h.as_bytes());
+            v.extend_from_slice(name.as_bytes());
+            v.push(0);
+            while v.len() % 4 != 0 {
+                v.push(0);
+            }
+            v.extend_from_slice(data);
+            while v.len() % 4 != 0 {
+                v.push(0);
+            }
+        };
+        entry(".", 0o040755, b"");
+        for (n, d) in files {
+            entry(n, 0o100644, d);
+        }
+        entry("TRAILER!!!", 0, b"");
+        v
+    }
+
+    #[test]
+    fn module_names_are_cleaned() {
+        let r = Range::new(0, 0);
+        assert_eq!(Module::new(r, b"/boot/echo.elf").name(), "echo");
+        assert_eq!(Module::new(r, b"/boot/echo.elf  client\0junk").name(), "client");
+        assert_eq!(Module::new(r, b"a-very-long-module-name.elf").name(), "a-very-long-mod");
+        assert_eq!(Module::new(r, b"").name(), "");
+    }
+
+    #[test]
+    fn newc_archive_becomes_one_module_per_file() {
+        let mut m = pvh_image(1);
+        let ar = newc(&[("echo.elf", b"ECHO!"), ("client", &[7u8; 4096])]);
+        m.put(0x20_0000, &ar);
+        m.put64(0x1108, ar.len() as u64);
+        let bi = parse_pvh(&m, 0x1000).unwrap();
+        let mods: Vec<_> = bi.modules().iter().map(|x| (x.name().to_string(), x.range.len())).collect();
+        assert_eq!(mods, [("echo".to_string(), 5), ("client".to_string(), 4096)]);
+        let mut b = [0u8; 5];
+        m.read(bi.modules()[0].range.start, &mut b).unwrap();
+        assert_eq!(&b, b"ECHO!");
+        // The whole archive stays reserved.
+        assert!(bi.info_ranges().iter().any(|r| r.start == 0x20_0000 && r.len() == ar.len() as u64));
+    }
+
+    #[test]
+    fn malformed_newc_archive_stays_one_module() {
+        let mut m = pvh_image(1);
+        let ar = newc(&[("echo", b"ECHO!")]);
+        // Cut before the trailer: not an archive any more, the module stays whole.
+        let cut = ar.len() - 120;
+        m.put(0x20_0000, &ar);
+        m.put64(0x1108, cut as u64);
+        let bi = parse_pvh(&m, 0x1000).unwrap();
+        assert_eq!(bi.modules().len(), 1);
+        assert_eq!(bi.modules()[0].range.len(), cut as u64);
+    }
+
+    #[test]
+    fn multiboot2_module_string_names_the_module() {
+        let mut m = Mem { base: 0x1000, bytes: vec![] };
+        let mut t = 0x1008;
+        m.put32(t, 3);
+        m.put32(t + 4, 16 + 20);
+        m.put32(t + 8, 0x30_0000);
+        m.put32(t + 12, 0x30_2000);
+        m.put(t + 16, b"/boot/echo.elf echo\0");
+        t += 40;
+        m.put32(t, 6);
+        m.put32(t + 4, 16 + 24);
+        m.put32(t + 8, 24);
+        m.put64(t + 16, 0x10_0000);
+        m.put64(t + 24, 0x100_0000);
+        m.put32(t + 32, 1);
+        t += 40;
+        m.put32(t, 0);
+        m.put32(t + 4, 8);
+        t += 8;
+        m.put32(0x1000, (t - 0x1000) as u32);
+        let bi = parse_multiboot2(&m, MULTIBOOT2_MAGIC, 0x1000).unwrap();
+        assert_eq!(bi.modules()[0].name(), "echo");
+    }
+
 }

@@ -18,11 +18,16 @@
 //!   lock was ever taken out of order (`lock.rs`, `reclaim.rs`).
 //! * **Budgets.** Each memory budget's charged bytes equal the sum of what its objects, page
 //!   tables and mappings cost.
+//! * **Kernel heap.** The bytes allocated from the heap do not exceed the heap shares of the
+//!   live objects' charges (`obj::heap_bound`), the kernel's own at boot and a fixed
+//!   allowance: memory a task made the kernel allocate is paid for as long as it is held.
 //! * **Address spaces.** Each shares the kernel half; its page tables map exactly its recorded
 //!   mappings (frame, writable, executable); its table count matches what it was charged.
 //! * **Frames.** Every physical frame the allocator manages is either free and owned by
 //!   nothing, or allocated and owned exactly once: by a frame object, a page table (kernel or
-//!   user), the kernel heap or a kernel stack.
+//!   user), the kernel heap or a kernel stack. No page of a boot module (the boot loader's
+//!   copy, which stays reserved) is the allocator's: the root task's copies of the modules are
+//!   frame objects like any other, owned by its mappings.
 //!
 //! Stopping the world: the checking CPU sends every other CPU the freeze IPI and waits until
 //! all of them spin in `hold`. The kernel runs with interrupts off except in the idle loop's
@@ -192,6 +197,18 @@ struct Seen {
 
 fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     let mut r = Report::default();
+    // 0. The kernel heap, before the check allocates anything: what is in use stays within
+    // what the live objects are charged for, plus the kernel's own and a fixed allowance.
+    let bound = obj::heap_bound();
+    match mem::try_heap_in_use() {
+        Some(used) => {
+            println!("check: kernel heap: {used} bytes in use, {bound} allowed, {} spanned", mem::heap_size());
+            if used > bound {
+                fail!(r, "kernel heap: {used} bytes in use, but the live objects and the allowance account for {bound}");
+            }
+        }
+        None => fail!(r, "the kernel heap is locked while every CPU is stopped"),
+    }
     let tasks = obj::TASKS.live();
     let spaces = obj::SPACES.live();
     let threads = obj::THREADS.live();
@@ -240,8 +257,12 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     // 1. Reference counts.
     let mut refs = Refs::default();
     let mut seen: BTreeMap<usize, Seen> = threads.iter().map(|t| (key(t), Seen::default())).collect();
+    let mut census = obj::LinkCensus::default();
     for (t, caps) in tasks.iter().zip(&task_caps) {
         caps.iter().for_each(|(_, c)| refs.kobj(&c.obj));
+        for (slot, c) in caps.iter() {
+            census.slot(t, slot, &c.link, |a| r.fail(a));
+        }
         refs.add(&t.space);
         refs.add(t.charge().of().0);
         if t.dead.load(SeqCst) && !caps.is_empty() {
@@ -354,6 +375,8 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     for n in &notifications {
         refs.compare(&mut r, n, format_args!("notification {:#x}", key(n)));
     }
+    // Derivation trees (`CapRevoke`): each against the slots that own its nodes.
+    census.finish(|a| r.fail(a));
 
     // 2. Thread states: each thread's `Life` against where it was found.
     for (t, s) in threads.iter().zip(&thread_sched) {
@@ -432,9 +455,11 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
 
     // 3. Budgets.
     let mut charged: BTreeMap<usize, u64> = BTreeMap::new();
+    let mut heap_shares = 0u64;
     let mut charge = |c: &obj::Charge| {
         let (m, b) = c.of();
         *charged.entry(key(m)).or_insert(0) += b;
+        heap_shares += c.heap();
     };
     tasks.iter().for_each(|t| charge(t.charge()));
     threads.iter().for_each(|t| charge(t.charge()));
@@ -445,6 +470,10 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     for (sp, maps) in spaces.iter().zip(&space_maps) {
         let tables = sp.table_pages.load(SeqCst);
         *charged.entry(key(&sp.memory)).or_insert(0) += tables * PAGE_SIZE + maps.len() as u64 * MAP_COST;
+    }
+    heap_shares += space_maps.iter().map(|m| m.len() as u64).sum::<u64>() * obj::MAP_HEAP;
+    if heap_shares != obj::heap_charged() {
+        fail!(r, "the live objects' heap shares add up to {heap_shares} bytes, but {} are counted", obj::heap_charged());
     }
     for m in &memories {
         let c = charged.get(&key(m)).copied().unwrap_or(0);
@@ -538,6 +567,17 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
             })
         };
         users_pa.iter().for_each(|&pa| own(pa, true));
+        // Boot modules stay out of the allocator (`mem::init` reserves them).
+        let mut module_pages = 0u64;
+        for m in crate::boot_info().map_or(&[][..], |b| b.modules()) {
+            let mut pa = m.range.start & !(PAGE_SIZE - 1);
+            while pa < m.range.end {
+                if a.index(pa).is_some() {
+                    module_pages += 1;
+                }
+                pa += PAGE_SIZE;
+            }
+        }
         let (mut free_owned, mut leaked, mut first_free_owned, mut first_leak) = (0u64, 0u64, 0u64, 0u64);
         a.for_each_frame(|pa, i, free| {
             frames_checked += 1;
@@ -555,9 +595,9 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
                 }
             }
         });
-        (dup, first_dup, unmanaged, free_owned, first_free_owned, leaked, first_leak, frames_checked)
+        (dup, first_dup, unmanaged, free_owned, first_free_owned, leaked, first_leak, frames_checked, module_pages)
     });
-    let Some((dup, first_dup, unmanaged, free_owned, first_free_owned, leaked, first_leak, frames_checked)) = checked else {
+    let Some((dup, first_dup, unmanaged, free_owned, first_free_owned, leaked, first_leak, frames_checked, module_pages)) = checked else {
         fail!(r, "the frame allocator is locked while every CPU is stopped");
         return [r.violations, objects, 0];
     };
@@ -572,6 +612,9 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     }
     if leaked > 0 {
         fail!(r, "{leaked} frames are allocated but owned by nothing (first {:#x})", first_leak & !1);
+    }
+    if module_pages > 0 {
+        fail!(r, "{module_pages} pages of boot modules are managed by the frame allocator");
     }
     [r.violations, objects, frames_checked]
 }

@@ -33,7 +33,25 @@ impl EpQueues {
     pub(crate) fn remove(&mut self, t: &Arc<Thread>) {
         self.senders.retain(|(_, o)| !Arc::ptr_eq(o, t));
         self.receivers.retain(|o| !Arc::ptr_eq(o, t));
+        trim(&mut self.senders);
+        trim(&mut self.receivers);
     }
+}
+
+/// Gives back most of a queue's buffer once a burst of waiters has left it (at most a quarter
+/// used, and more than 32 entries): a queue never holds much more than its waiters, whose
+/// charges pay for their entries (`obj::THREAD_HEAP`). Called on the general path only; the
+/// common case (a handful of waiters) never reallocates.
+#[inline(always)]
+pub(crate) fn trim<T>(q: &mut VecDeque<T>) {
+    if q.capacity() > 32 && 4 * q.len() <= q.capacity() {
+        trim_slow(q);
+    }
+}
+
+#[cold]
+fn trim_slow<T>(q: &mut VecDeque<T>) {
+    q.shrink_to(2 * q.len().max(8));
 }
 
 pub struct Endpoint {
@@ -73,17 +91,22 @@ impl Drop for Endpoint {
         reclaim::dropping("Endpoint");
         let id = self.id();
         let q = core::mem::take(&mut *self.q.lock());
+        // The ended waits (a capability in flight can be the last reference to another
+        // endpoint) and the threads go to the destruction loop (`reclaim.rs`).
         for (_, t) in q.senders {
             let w = thread::wake_locked(&t, &mut t.life.lock(), WaitOn::Send(id), Err(Error::PartnerGone));
             if w.is_none() {
                 thread::stop_fault(&t, WaitOn::FaultSend(id), "its fault handler's endpoint was deleted");
             }
-            drop(w);
+            reclaim::later_wait(w);
+            reclaim::later_thread(t);
         }
         for t in q.receivers {
             let w = thread::wake_locked(&t, &mut t.life.lock(), WaitOn::Recv(id), Err(Error::PartnerGone));
-            drop(w);
+            reclaim::later_wait(w);
+            reclaim::later_thread(t);
         }
+        crate::obj::ENDPOINTS.gone();
     }
 }
 
@@ -121,8 +144,10 @@ impl Drop for Notification {
         let q = core::mem::take(&mut *self.q.lock());
         for t in q.waiters {
             let w = thread::wake_locked(&t, &mut t.life.lock(), WaitOn::Notify(id), Err(Error::PartnerGone));
-            drop(w);
+            reclaim::later_wait(w);
+            reclaim::later_thread(t);
         }
+        crate::obj::NOTIFICATIONS.gone();
     }
 }
 
@@ -295,6 +320,7 @@ pub fn send(
     }
     // Claim a waiting receiver.
     while let Some(r) = q.receivers.pop_front() {
+        trim(&mut q.receivers);
         let mut rl = r.life.lock();
         let Ok(w) = rl.wake(WaitOn::Recv(ep.id())) else {
             drop(rl);
@@ -352,6 +378,7 @@ pub fn send(
 pub fn recv(cur: &Arc<Thread>, ep: &Arc<Endpoint>, timeout: u64, direct_to: Option<Arc<Thread>>) -> Outcome {
     let mut q = ep.q.lock();
     while let Some((_, snd)) = q.senders.pop_front() {
+        trim(&mut q.senders);
         let mut sl = snd.life.lock();
         let ticket = sched::next_ticket();
         let taken = match sl.take_sender(ep.id(), ticket) {
@@ -612,6 +639,7 @@ fn fault_reply(caller: Arc<Thread>, ticket: u64, regs: &UserRegs, then_recv: boo
 pub fn signal(n: &Arc<Notification>, bits: u64) {
     let mut q = n.q.lock();
     while let Some(w) = q.waiters.pop_front() {
+        trim(&mut q.waiters);
         let mut wl = w.life.lock();
         if wl.waits(WaitOn::Notify(n.id())) {
             let word = core::mem::take(&mut q.word) | bits;

@@ -12,6 +12,7 @@
 //! | `QUEUE` | an endpoint's queues, a notification's word and waiters |
 //! | `THREAD` | one thread's `Life` |
 //! | `CPU` | a CPU's run queue or timeout list (one at a time; its inbox and current slot take no lock) |
+//! | `DERIV` | one object's capability derivation tree (`obj::Lineage`) |
 //! | `OBJECT` | a capability table, an IPC-buffer slot, a space's mappings, the PCID tables, a registry |
 //! | `RECLAIM` | a CPU's list of objects to destroy later |
 //!
@@ -35,8 +36,9 @@ impl Level {
     pub const QUEUE: u8 = 2;
     pub const THREAD: u8 = 3;
     pub const CPU: u8 = 4;
-    pub const OBJECT: u8 = 5;
-    pub const RECLAIM: u8 = 6;
+    pub const DERIV: u8 = 5;
+    pub const OBJECT: u8 = 6;
+    pub const RECLAIM: u8 = 7;
 }
 
 /// Violations counted per CPU: [lock order, destructor under a lock]; and the level last

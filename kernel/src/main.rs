@@ -43,6 +43,11 @@ use rl4_smp::{boot as apboot, lapic};
 use spin::Once;
 
 static BOOT_INFO: Once<BootInfo> = Once::new();
+
+/// What the boot loader passed (parsed), once the boot has read it.
+pub fn boot_info() -> Option<&'static BootInfo> {
+    BOOT_INFO.get()
+}
 static OPTIONS: Once<Options> = Once::new();
 static TRAMPOLINE: Once<u64> = Once::new();
 
@@ -101,9 +106,9 @@ pub extern "C" fn rl4_kernel_entry(protocol: u32, magic: u32, info: u64) -> ! {
     for e in bi.memory_map() {
         println!("memory map: {:#014x}..{:#014x} {:?}", e.range.start, e.range.end, e.kind);
     }
-    // Modules are read (and kept out of the frame allocator) but not used yet.
+    // Modules are kept out of the frame allocator; `root::start` hands them to the root task.
     for (i, m) in bi.modules().iter().enumerate() {
-        println!("boot module {i}: {:#x}..{:#x} ({} bytes)", m.range.start, m.range.end, m.range.len());
+        println!("boot module {i}: {:#x}..{:#x} ({} bytes) '{}'", m.range.start, m.range.end, m.range.len(), m.name());
     }
     if bi.memmap_dropped > 0 || bi.modules_dropped > 0 {
         println!("boot info: {} memory ranges and {} modules beyond rl4's limits ignored", bi.memmap_dropped, bi.modules_dropped);

@@ -11,7 +11,10 @@
 //!
 //! Objects are reference-counted (`Arc`); a capability, a mapping, a run queue entry or a
 //! thread's link to its task each hold one reference. Cycles (a task holding a capability to
-//! itself or to its threads) are broken when the task exits: its table is emptied.
+//! itself or to its threads) are broken when the task exits: its table is emptied. Destruction
+//! is iterative: a destructor hands the references it holds to `reclaim::later`, which destroys
+//! them one at a time, never by recursion (`reclaim.rs`). Each object's cost pays for its
+//! frames and its share of the kernel heap (`*_HEAP`, checked by `KernelCheck`).
 use alloc::collections::BTreeMap;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
@@ -19,6 +22,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use rl4_abi::{Error, ObjType};
 use rl4_arch::entry::{RegsCell, UserRegs};
 use rl4_core::captable::{self, CapTable};
+use rl4_core::deriv::{DerivTree, NodeId};
 use rl4_core::life::{Ident, Kinds};
 use crate::lock::{GlobalMutex, Level, Mutex};
 
@@ -37,7 +41,25 @@ pub enum KObj {
     Notification(Arc<crate::ipc::Notification>),
 }
 
+impl KObj {
+    /// Whether both name the same object.
+    pub fn same(&self, o: &KObj) -> bool {
+        match (self, o) {
+            (KObj::Task(a), KObj::Task(b)) => Arc::ptr_eq(a, b),
+            (KObj::Space(a), KObj::Space(b)) => Arc::ptr_eq(a, b),
+            (KObj::Thread(a), KObj::Thread(b)) => Arc::ptr_eq(a, b),
+            (KObj::Frame(a), KObj::Frame(b)) => Arc::ptr_eq(a, b),
+            (KObj::Memory(a), KObj::Memory(b)) => Arc::ptr_eq(a, b),
+            (KObj::Machine, KObj::Machine) => true,
+            (KObj::Endpoint(a), KObj::Endpoint(b)) => Arc::ptr_eq(a, b),
+            (KObj::Notification(a), KObj::Notification(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
 impl captable::Object for KObj {
+    type Link = Link;
     fn obj_type(&self) -> ObjType {
         match self {
             KObj::Task(_) => ObjType::Task,
@@ -54,30 +76,225 @@ impl captable::Object for KObj {
 
 pub type Cap = captable::Cap<KObj>;
 
+/// The derivation tree of the capabilities that descend from one original capability
+/// (`rl4_core::deriv`): made with the original, shared by every copy, mint and capability
+/// received through IPC that comes from it, freed with the last of them. Its lock is taken
+/// holding no capability table's and may be held while taking them (`lock.rs`).
+pub struct Lineage {
+    tree: Mutex<DerivTree<Home>, { Level::DERIV }>,
+}
+
+/// Where a capability of a [`Lineage`] lives.
+pub struct Home {
+    task: Weak<Task>,
+    slot: u64,
+}
+
+/// A capability's place in its [`Lineage`]. The capability in a slot *owns* its node (deleting
+/// it, by any means, takes the node out of the tree, its children going to its parent); any
+/// other copy of it (a system call's snapshot, a capability in flight in a blocked sender)
+/// only names the node, which it gives as the parent when it is put into a slot. `Default`:
+/// in no tree (a capability about to become an original).
+#[derive(Default)]
+pub struct Link {
+    at: Option<(Arc<Lineage>, NodeId)>,
+    owned: bool,
+}
+
+impl Link {
+    fn parts(&self) -> Option<(&Arc<Lineage>, NodeId)> {
+        self.at.as_ref().map(|(l, id)| (l, *id))
+    }
+
+    /// Whether this is node `id` of `lineage`.
+    fn is(&self, lineage: &Arc<Lineage>, id: NodeId) -> bool {
+        self.parts().is_some_and(|(l, i)| Arc::ptr_eq(l, lineage) && i == id)
+    }
+
+    /// Turns an owning link whose node is already gone into a naming one (nothing to remove).
+    fn disown(&mut self) {
+        self.owned = false;
+    }
+}
+
+impl Clone for Link {
+    fn clone(&self) -> Self {
+        Link { at: self.at.clone(), owned: false }
+    }
+}
+
+impl PartialEq for Link {
+    fn eq(&self, o: &Self) -> bool {
+        match (self.parts(), o.parts()) {
+            (None, None) => true,
+            (Some((a, i)), Some((b, j))) => Arc::ptr_eq(a, b) && i == j,
+            _ => false,
+        }
+    }
+}
+impl Eq for Link {}
+
+impl core::fmt::Debug for Link {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.parts() {
+            None => f.write_str("Link(none)"),
+            Some((l, id)) => write!(f, "Link({:p}, {id:?}, owned {})", Arc::as_ptr(l), self.owned),
+        }
+    }
+}
+
+impl Drop for Link {
+    /// A capability leaving its slot leaves its tree. No lock of a capability table may be
+    /// held (the tree's lock comes first): capabilities are dropped after the table's lock,
+    /// as every kernel object is.
+    fn drop(&mut self) {
+        if let (true, Some((l, id))) = (self.owned, &self.at) {
+            let home = l.tree.lock().remove(*id);
+            drop(home);
+        }
+    }
+}
+
+/// `inject=deriv`: a node in the tree of `slot`'s capability that no slot owns (it says it is
+/// in slot 0 of `task`), for the consistency check to find. Never used otherwise.
+pub fn inject_orphan_node(task: &Arc<Task>, slot: u64) {
+    let Ok(cap) = task.caps.lock().get(slot).cloned() else { return };
+    let Ok(named) = tracked(task, slot, cap) else { return };
+    if let Some((lineage, id)) = named.link.parts() {
+        let _ = lineage.tree.lock().add(Some(id), Home { task: Arc::downgrade(task), slot: 0 });
+    }
+}
+
+/// What `KernelCheck` finds about derivation trees: every capability in a slot that has a node
+/// owns it, and the node says it lives in that slot; every tree holds exactly the nodes its
+/// slots own (capabilities in flight only name theirs). Trees are read with `peek` (every other
+/// CPU is stopped).
+#[derive(Default)]
+pub struct LinkCensus {
+    owners: BTreeMap<usize, (Arc<Lineage>, usize)>,
+}
+
+impl LinkCensus {
+    /// The capability in `slot` of `task`; calls `fail` for what is wrong with its link.
+    pub fn slot(&mut self, task: &Arc<Task>, slot: u64, link: &Link, mut fail: impl FnMut(core::fmt::Arguments<'_>)) {
+        let Some((lineage, id)) = link.parts() else { return };
+        if !link.owned {
+            return fail(format_args!("task {} slot {slot}: the capability names node {id:?} but does not own it", task.id));
+        }
+        let e = self.owners.entry(Arc::as_ptr(lineage) as usize).or_insert_with(|| (lineage.clone(), 0));
+        e.1 += 1;
+        let Some(tree) = lineage.tree.peek() else {
+            return fail(format_args!("a derivation tree is locked while every CPU is stopped"));
+        };
+        match tree.home(id) {
+            None => fail(format_args!("task {} slot {slot}: its derivation node {id:?} is gone", task.id)),
+            Some(h) if !core::ptr::eq(h.task.as_ptr(), Arc::as_ptr(task)) || h.slot != slot => fail(format_args!(
+                "task {} slot {slot}: its derivation node {id:?} says it is in slot {} of another task",
+                task.id, h.slot
+            )),
+            Some(_) => {}
+        }
+    }
+
+    /// After every slot: each tree's node count against its owners.
+    pub fn finish(self, mut fail: impl FnMut(core::fmt::Arguments<'_>)) -> usize {
+        let trees = self.owners.len();
+        for (_, (lineage, owners)) in self.owners {
+            if let Some(tree) = lineage.tree.peek() {
+                if tree.len() != owners {
+                    fail(format_args!("a derivation tree holds {} nodes, but {owners} capabilities in slots own one", tree.len()));
+                }
+            }
+        }
+        trees
+    }
+}
+
+/// `CapRevoke`: deletes every capability derived from the one in `slot` of `task`, in every
+/// task, and returns how many. Capabilities in flight that were read from a revoked one are
+/// not delivered (their node is gone). The deleted capabilities are dropped after every lock.
+pub fn revoke(task: &Task, slot: u64) -> Result<u64, Error> {
+    let link = task.caps.lock().get(slot)?.link.clone();
+    let Some((lineage, id)) = link.parts() else { return Ok(0) };
+    let mut removed: Vec<Cap> = Vec::new();
+    let mut holders: Vec<Arc<Task>> = Vec::new();
+    let mut homes: Vec<Home> = Vec::new();
+    let n = lineage.tree.lock().revoke(id, |gone, home| {
+        if let Some(t) = home.task.upgrade() {
+            let mut caps = t.caps.lock();
+            if caps.get(home.slot).is_ok_and(|c| c.link.is(lineage, gone)) {
+                let mut c = caps.remove(home.slot).expect("just read");
+                c.link.disown();
+                removed.push(c);
+            }
+            drop(caps);
+            holders.push(t);
+        }
+        homes.push(home);
+    });
+    drop(removed);
+    drop(holders);
+    drop(homes);
+    // The revoking capability itself was deleted meanwhile.
+    n.map(|n| n as u64).map_err(|_| Error::EmptySlot)
+}
+
 /// Every live object of one kind, as weak references, for the kernel's consistency check
 /// (`check.rs`). Dead entries are pruned whenever the list has doubled since the last pruning,
-/// so it stays within twice the live objects and adding is amortised O(1).
+/// so it stays within twice the live objects and adding is amortised O(1); and whenever the
+/// objects destroyed since the last pruning are half the list (`gone`).
 pub struct Registry<T> {
-    list: GlobalMutex<(Vec<Weak<T>>, usize), { Level::OBJECT }>,
+    list: GlobalMutex<RegList<T>, { Level::OBJECT }>,
+}
+
+struct RegList<T> {
+    v: Vec<Weak<T>>,
+    /// Length after the last pruning.
+    pruned: usize,
+    /// Objects destroyed since.
+    dead: usize,
+}
+
+impl<T> RegList<T> {
+    fn prune(&mut self) {
+        self.v.retain(|w| w.strong_count() > 0);
+        self.pruned = self.v.len();
+        self.dead = 0;
+        if self.v.capacity() > 2 * self.v.len() + 64 {
+            self.v.shrink_to(self.v.len() + self.v.len() / 2 + 32);
+        }
+    }
 }
 
 impl<T> Registry<T> {
     pub const fn new() -> Self {
-        Registry { list: GlobalMutex::new(crate::count::Global::Registry, (Vec::new(), 0)) }
+        Registry { list: GlobalMutex::new(crate::count::Global::Registry, RegList { v: Vec::new(), pruned: 0, dead: 0 }) }
     }
 
     pub fn add(&self, a: &Arc<T>) {
         let mut l = self.list.lock();
-        if l.0.len() >= 2 * l.1.max(32) {
-            l.0.retain(|w| w.strong_count() > 0);
-            l.1 = l.0.len();
+        if l.v.len() >= 2 * l.pruned.max(32) {
+            l.prune();
         }
-        l.0.push(Arc::downgrade(a));
+        l.v.push(Arc::downgrade(a));
+    }
+
+    /// Called by an object's destructor (no lock held). A weak reference keeps the whole
+    /// allocation of its object alive (only the object's own destructor has run) after its
+    /// charge was refunded: so dead entries are pruned once they are half the list, and the
+    /// memory they hold stays within what the live objects are charged for (each object's
+    /// heap share covers itself and one dead sibling: `covers`).
+    pub fn gone(&self) {
+        let mut l = self.list.lock();
+        l.dead += 1;
+        if l.dead >= 32 && 2 * l.dead >= l.v.len() {
+            l.prune();
+        }
     }
 
     /// A reference to every live object.
     pub fn live(&self) -> Vec<Arc<T>> {
-        self.list.lock().0.iter().filter_map(Weak::upgrade).collect()
+        self.list.lock().v.iter().filter_map(Weak::upgrade).collect()
     }
 }
 
@@ -89,16 +306,77 @@ pub static MEMORIES: Registry<Memory> = Registry::new();
 pub static ENDPOINTS: Registry<crate::ipc::Endpoint> = Registry::new();
 pub static NOTIFICATIONS: Registry<crate::ipc::Notification> = Registry::new();
 
-/// What each object costs its memory budget.
-pub const THREAD_COST: u64 = 4096;
-pub const TASK_COST: u64 = 3 * 4096;
+/// What each object costs its memory budget: the frames it holds and its share of the kernel
+/// heap (`*_HEAP`), which covers the object's own allocation, its registry entry (and one dead
+/// one: `Registry::gone`), and its entries in queues and lists (a thread's in an endpoint's
+/// or notification's queue, in its task's list).
+pub const THREAD_COST: u64 = rl4_abi::cost::THREAD;
+pub const TASK_COST: u64 = rl4_abi::cost::TASK;
 /// The PML4 frame and the space's own record.
-pub const SPACE_COST: u64 = 2 * 4096;
-/// Bookkeeping of one mapping (page tables are charged as they are made).
-pub const MAP_COST: u64 = 64;
-pub const FRAME_COST: u64 = 4096;
-pub const ENDPOINT_COST: u64 = 256;
-pub const NOTIFICATION_COST: u64 = 256;
+pub const SPACE_COST: u64 = rl4_abi::cost::SPACE;
+/// Bookkeeping of one mapping (page tables are charged as they are made): its entry in the
+/// space's B-tree, which at worst (nodes half full) takes about 100 bytes.
+pub const MAP_COST: u64 = rl4_abi::cost::MAP;
+/// The frame, and its object (32 bytes and the heap's tag) with its registry entry.
+pub const FRAME_COST: u64 = rl4_abi::cost::FRAME;
+pub const ENDPOINT_COST: u64 = rl4_abi::cost::ENDPOINT;
+pub const NOTIFICATION_COST: u64 = rl4_abi::cost::NOTIFICATION;
+
+/// The heap shares (all of a cost but the frames it pays for).
+pub const THREAD_HEAP: u64 = THREAD_COST;
+pub const TASK_HEAP: u64 = TASK_COST;
+pub const SPACE_HEAP: u64 = SPACE_COST - 4096;
+pub const FRAME_HEAP: u64 = FRAME_COST - 4096;
+pub const MAP_HEAP: u64 = MAP_COST;
+
+// Each object's heap share covers its allocation twice (itself and a dead sibling that a weak
+// reference still holds, `Registry::gone`) plus 64 bytes of entries and the heap's tags.
+const fn covers(bytes: usize, share: u64) -> bool {
+    (2 * (bytes + 16) + 64) as u64 <= share
+}
+const _: () = assert!(covers(core::mem::size_of::<Thread>(), THREAD_HEAP));
+const _: () = assert!(covers(core::mem::size_of::<Frame>(), FRAME_HEAP));
+const _: () = assert!(covers(core::mem::size_of::<Space>(), SPACE_HEAP));
+const _: () = assert!(covers(core::mem::size_of::<crate::ipc::Endpoint>(), ENDPOINT_COST));
+const _: () = assert!(covers(core::mem::size_of::<crate::ipc::Notification>(), NOTIFICATION_COST));
+// A task: its record (twice) and its capability table.
+const _: () = assert!(
+    covers(core::mem::size_of::<Task>(), TASK_HEAP - rl4_abi::CAP_SLOTS * core::mem::size_of::<Option<Cap>>() as u64)
+);
+
+/// Heap bytes the live objects are charged for (each `Charge`'s heap share).
+static HEAP_CHARGED: AtomicU64 = AtomicU64::new(0);
+/// Mappings of all spaces (each charged `MAP_COST`, all of it heap).
+static MAPPINGS: AtomicU64 = AtomicU64::new(0);
+/// The heap in use when the first budget (the root task's) was made: the kernel's own.
+static HEAP_AT_BOOT: AtomicU64 = AtomicU64::new(0);
+/// What the kernel may use of its heap beyond that and the charges: per-CPU lists (the
+/// reclamation lists, timeout lists, inboxes' overflow), the registries' growth, the queues'
+/// slack before they are trimmed, the consistency check's own.
+pub const HEAP_ALLOWANCE: u64 = 2 << 20;
+
+/// A mapping was made (`syscall::map_frame`) or removed.
+pub fn mapped(added: bool) {
+    if added {
+        MAPPINGS.fetch_add(1, Ordering::Relaxed);
+    } else {
+        MAPPINGS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The heap shares of all live charges and mappings (as counted at each charge and refund).
+pub fn heap_charged() -> u64 {
+    HEAP_CHARGED.load(Ordering::Relaxed) + MAPPINGS.load(Ordering::Relaxed) * MAP_HEAP
+}
+
+/// The kernel heap the live objects allow: their heap shares, the kernel's own at boot and
+/// the allowance (`Stat(HEAP_BOUND)`; `KernelCheck` compares the heap in use with it).
+pub fn heap_bound() -> u64 {
+    HEAP_CHARGED.load(Ordering::Relaxed)
+        + MAPPINGS.load(Ordering::Relaxed) * MAP_HEAP
+        + HEAP_AT_BOOT.load(Ordering::Relaxed)
+        + HEAP_ALLOWANCE
+}
 
 /// An allocation budget.
 pub struct Memory {
@@ -108,6 +386,9 @@ pub struct Memory {
 
 impl Memory {
     pub fn new(total: u64) -> Arc<Memory> {
+        if HEAP_AT_BOOT.load(Ordering::Relaxed) == 0 {
+            HEAP_AT_BOOT.store(mem::heap_in_use(), Ordering::Relaxed);
+        }
         let m = Arc::new(Memory { total, used: AtomicU64::new(0) });
         MEMORIES.add(&m);
         m
@@ -135,12 +416,25 @@ impl Memory {
 pub struct Charge {
     mem: Arc<Memory>,
     bytes: u64,
+    /// The part of it that pays for kernel heap (the rest pays for frames).
+    heap: u64,
 }
 
 impl Charge {
+    /// A charge of `bytes`, all of it for kernel heap.
     pub fn new(mem: &Arc<Memory>, bytes: u64) -> Result<Charge, Error> {
+        Self::with_frames(mem, bytes, 0)
+    }
+    /// A charge of `bytes`, `frames` frames of it for frames, the rest for kernel heap.
+    pub fn with_frames(mem: &Arc<Memory>, bytes: u64, frames: u64) -> Result<Charge, Error> {
         mem.charge(bytes)?;
-        Ok(Charge { mem: mem.clone(), bytes })
+        let heap = bytes.saturating_sub(frames * 4096);
+        HEAP_CHARGED.fetch_add(heap, Ordering::Relaxed);
+        Ok(Charge { mem: mem.clone(), bytes, heap })
+    }
+    /// Its kernel-heap part.
+    pub fn heap(&self) -> u64 {
+        self.heap
     }
     /// The budget charged and how much.
     pub fn of(&self) -> (&Arc<Memory>, u64) {
@@ -150,6 +444,7 @@ impl Charge {
 
 impl Drop for Charge {
     fn drop(&mut self) {
+        HEAP_CHARGED.fetch_sub(self.heap, Ordering::Relaxed);
         self.mem.uncharge(self.bytes);
     }
 }
@@ -163,7 +458,7 @@ pub struct Frame {
 impl Frame {
     /// A zeroed frame charged to `mem`.
     pub fn new(mem: &Arc<Memory>) -> Result<Arc<Frame>, Error> {
-        let charge = Charge::new(mem, FRAME_COST)?;
+        let charge = Charge::with_frames(mem, FRAME_COST, 1)?;
         let pa = mem::alloc_frame().ok_or(Error::OutOfMemory)?;
         mem::zero_frame(pa);
         let f = Arc::new(Frame { pa, _charge: charge });
@@ -179,6 +474,7 @@ impl Drop for Frame {
     fn drop(&mut self) {
         crate::reclaim::dropping("Frame");
         mem::free_frame(self.pa);
+        FRAMES.gone();
     }
 }
 
@@ -199,7 +495,7 @@ pub struct Space {
 
 impl Space {
     pub fn new(mem: &Arc<Memory>) -> Result<Arc<Space>, Error> {
-        let charge = Charge::new(mem, SPACE_COST)?;
+        let charge = Charge::with_frames(mem, SPACE_COST, 1)?;
         let pml4 = rl4_arch::paging::new_user_space(&mut mem::Frames).map_err(|_| Error::OutOfMemory)?;
         let (pcid, generation) = crate::tlb::pcid_alloc();
         let s = Arc::new(Space {
@@ -231,6 +527,8 @@ impl Drop for Space {
         crate::tlb::pcid_free(self.pcid);
         let tables = self.table_pages.load(Ordering::Relaxed);
         self.memory.uncharge(tables * 4096 + mappings * MAP_COST);
+        MAPPINGS.fetch_sub(mappings, Ordering::Relaxed);
+        SPACES.gone();
     }
 }
 
@@ -239,6 +537,8 @@ pub struct Task {
     pub id: u64,
     pub caps: Mutex<CapTable<KObj>, { Level::OBJECT }>,
     pub threads: Mutex<Vec<Weak<Thread>>, { Level::TASK_THREADS }>,
+    /// Threads of it destroyed since `threads` was last pruned (`Thread`'s destructor).
+    threads_gone: AtomicU64,
     pub space: Arc<Space>,
     pub dead: AtomicBool,
     _charge: Charge,
@@ -257,6 +557,7 @@ impl Task {
             id: next_id(),
             caps: Mutex::new(CapTable::new(rl4_abi::CAP_SLOTS as usize)),
             threads: Mutex::new(Vec::new()),
+            threads_gone: AtomicU64::new(0),
             space,
             dead: AtomicBool::new(false),
             _charge: charge,
@@ -271,23 +572,77 @@ impl Task {
     /// Puts `cap` into `slot` of this task's table, unless the task has ended: `kill_task`
     /// marks it dead before it empties the table, and this checks under the table's lock, so
     /// no capability can slip into a table after it was emptied (it would never be freed).
-    pub fn insert_cap(&self, slot: u64, cap: Cap) -> Result<(), Error> {
-        // A refused capability is dropped here, after the table's lock.
+    ///
+    /// A capability read from another one (its link naming that one's node: see [`tracked`])
+    /// becomes its child in the derivation tree, or is refused with `EmptySlot` if that one was
+    /// deleted or revoked meanwhile. One with no link is an original and stays out of any tree
+    /// until something is derived from it.
+    pub fn insert_cap(self: &Arc<Self>, slot: u64, cap: Cap) -> Result<(), Error> {
+        // A refused capability is dropped here, after the locks.
         self.insert_cap_or_return(slot, cap).map_err(|(e, _cap)| e)
     }
 
     /// [`Task::insert_cap`], handing a refused capability back (to drop after the caller's
     /// locks).
-    pub fn insert_cap_or_return(&self, slot: u64, cap: Cap) -> Result<(), (Error, Cap)> {
+    pub fn insert_cap_or_return(self: &Arc<Self>, slot: u64, mut cap: Cap) -> Result<(), (Error, Cap)> {
+        let Some((lineage, parent)) = cap.link.parts().map(|(l, id)| (l.clone(), id)) else {
+            let mut caps = self.caps.lock();
+            if self.dead.load(Ordering::Acquire) {
+                return Err((Error::InvalidState, cap));
+            }
+            if let Err(e) = caps.check_free(slot) {
+                return Err((e, cap));
+            }
+            return caps.insert(slot, cap).map_err(|_| unreachable!("checked free"));
+        };
+        let mut tree = lineage.tree.lock();
         let mut caps = self.caps.lock();
-        if self.dead.load(Ordering::Acquire) {
-            return Err((Error::InvalidState, cap));
-        }
-        if let Err(e) = caps.check_free(slot) {
+        let refused = if self.dead.load(Ordering::Acquire) {
+            Some(Error::InvalidState)
+        } else {
+            caps.check_free(slot).err()
+        };
+        if let Some(e) = refused {
+            drop((caps, tree));
             return Err((e, cap));
         }
+        let Ok(id) = tree.add(Some(parent), Home { task: Arc::downgrade(self), slot }) else {
+            drop((caps, tree));
+            return Err((Error::EmptySlot, cap));
+        };
+        cap.link = Link { at: Some((lineage.clone(), id)), owned: true };
         caps.insert(slot, cap).map_err(|_| unreachable!("checked free"))
     }
+}
+
+/// `cap`, read (perhaps with fewer rights) from `slot` of `task`, made ready to become a child
+/// of the capability there: if that is an original in no derivation tree yet, a tree is made
+/// with it as the root (the capability in the slot then owns the root node) and the returned
+/// copy names that node. `EmptySlot` if the slot no longer holds a capability to that object
+/// with that badge (deleted or replaced since it was read; one replaced by another capability
+/// to the same object and badge, whatever its rights, serves as the parent as well). Takes no
+/// lock held.
+pub fn tracked(task: &Arc<Task>, slot: u64, mut cap: Cap) -> Result<Cap, Error> {
+    if cap.link.parts().is_some() {
+        return Ok(cap);
+    }
+    let lineage = Arc::new(Lineage { tree: Mutex::new(DerivTree::new()) });
+    let mut tree = lineage.tree.lock();
+    let mut caps = task.caps.lock();
+    let current = caps.get_mut(slot)?;
+    if !current.obj.same(&cap.obj) || current.badge != cap.badge {
+        return Err(Error::EmptySlot);
+    }
+    if let Some((l, id)) = current.link.parts() {
+        // Another thread tracked it meanwhile.
+        cap.link = Link { at: Some((l.clone(), id)), owned: false };
+        return Ok(cap);
+    }
+    let root = tree.add(None, Home { task: Arc::downgrade(task), slot }).map_err(|_| Error::EmptySlot)?;
+    current.link = Link { at: Some((lineage.clone(), root)), owned: true };
+    drop((caps, tree));
+    cap.link = Link { at: Some((lineage, root)), owned: false };
+    Ok(cap)
 }
 
 /// What a thread's [`Life`] names: the kernel's references to endpoints, notifications,
@@ -410,12 +765,39 @@ impl Drop for Thread {
         if let Some((caller, ticket)) = self.life.get_mut().take_reply() {
             crate::thread::fail_caller(caller, ticket);
         }
+        // A wait it may still hold (a capability in flight) goes to the destruction loop.
+        if let rl4_core::life::State::Blocked { .. } = self.life.get_mut().state() {
+            let life = core::mem::replace(self.life.get_mut(), Life::new(0, 0));
+            crate::reclaim::later(crate::reclaim::Garbage::Life(life));
+        }
         LIVE_THREADS.fetch_sub(1, Ordering::Relaxed);
+        // Its task's list holds a weak reference, which keeps this allocation alive: the
+        // list is pruned once half of it is dead.
+        let gone = self.task.threads_gone.fetch_add(1, Ordering::Relaxed) + 1;
+        if gone >= 8 {
+            let mut l = self.task.threads.lock();
+            if 2 * gone as usize >= l.len() {
+                l.retain(|w| w.strong_count() > 0);
+                let live = l.len();
+                if l.capacity() > 2 * live + 16 {
+                    l.shrink_to(live + 8);
+                }
+                self.task.threads_gone.store(0, Ordering::Relaxed);
+            }
+        }
+        THREADS.gone();
     }
 }
 
 impl Drop for Task {
+    /// Its table's capabilities can be the last references to other tasks (and so on): they
+    /// are destroyed by the destruction loop, not from here (`reclaim.rs`).
     fn drop(&mut self) {
         crate::reclaim::dropping("Task");
+        let table = core::mem::replace(self.caps.get_mut(), CapTable::new(0));
+        if !table.is_empty() {
+            crate::reclaim::later(crate::reclaim::Garbage::Table(table));
+        }
+        TASKS.gone();
     }
 }

@@ -1,4 +1,5 @@
-//! Objects are destroyed after the locks are released, never under them.
+//! Objects are destroyed after the locks are released, never under them, and one at a time
+//! from a work list, never by recursion through destructors.
 //!
 //! The last reference to a kernel object can go away anywhere — a waiter's capability in
 //! flight, a queue entry, a reply right. Its destructor may take locks, wake threads or wait
@@ -8,6 +9,22 @@
 //! with no lock held it is dropped at once; otherwise it goes on this CPU's list, which
 //! [`drain`] empties at the end of every kernel entry, with no lock held.
 //!
+//! **Iterative teardown.** What an object refers to can be the last reference to another
+//! object, and so on without bound: a task's capability table holding the only capability to
+//! the next task, an endpoint whose dying wakes a sender whose capability in flight was the
+//! last reference to the next endpoint. Dropped inline, such a chain recurses once per link
+//! and a few thousand links overflow the 64 KiB kernel stack (issue 17). So the destructors
+//! of the objects that hold references to other objects — a task's capability table, a
+//! thread's state (its wait, with a capability in flight), an endpoint's or notification's
+//! waiters and their waits — hand those references to [`later`] instead of dropping them,
+//! and [`later`] never drops anything inside another destruction: the first call on a CPU
+//! with no lock held becomes the *destruction loop* (`busy`), which drops its object and
+//! then takes the list's entries one at a time until it is empty; every [`later`] made while
+//! it runs (by the destructors it calls) only appends to the list. The stack depth of any
+//! deletion is that of one destructor, whatever the shape of the object graph; the list
+//! holds the frontier of what is still to destroy (one entry per task table or wait, never
+//! one per capability).
+//!
 //! Every kernel object's destructor calls [`dropping`], which counts a violation if this CPU
 //! holds a lock; `KernelCheck` reports the count.
 use alloc::sync::Arc;
@@ -16,7 +33,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use rl4_smp::MAX_CPUS;
 
 use crate::lock::{self, Level, Mutex};
-use crate::obj::{Cap, Thread, Wait};
+use crate::obj::{Cap, KObj, Life, Thread, Wait};
 
 /// Something to destroy later (held only to be dropped).
 #[allow(dead_code)]
@@ -30,27 +47,35 @@ pub enum Garbage {
     /// destructor has not run yet).
     FrameBody(crate::obj::Frame),
     ThreadBody(Thread),
+    /// The capability table of a task that is being destroyed.
+    Table(rl4_core::captable::CapTable<KObj>),
+    /// The state of a thread that is being destroyed (a wait it still had, a reply right).
+    Life(Life),
 }
 
 struct Grave {
     list: Mutex<Vec<Garbage>, { Level::RECLAIM }>,
     full: AtomicBool,
+    /// This CPU runs the destruction loop ([`destroy`]): every [`later`] only appends.
+    busy: AtomicBool,
 }
 
 static GRAVES: [crossbeam_utils::CachePadded<Grave>; MAX_CPUS] =
-    [const { crossbeam_utils::CachePadded::new(Grave { list: Mutex::new(Vec::new()), full: AtomicBool::new(false) }) }; MAX_CPUS];
+    [const { crossbeam_utils::CachePadded::new(Grave { list: Mutex::new(Vec::new()), full: AtomicBool::new(false), busy: AtomicBool::new(false) }) }; MAX_CPUS];
 
 fn mine() -> &'static Grave {
     &GRAVES[rl4_arch::percpu::cpu_index() as usize % MAX_CPUS]
 }
 
-/// Drops `g` now if this CPU holds no lock, else after the locks are released.
+/// Destroys `g` now if this CPU holds no lock and runs no destruction (then what its
+/// destructor hands back is destroyed too, before this returns); else puts it on this CPU's
+/// list, which the running destruction loop or the next [`drain`] empties.
 pub fn later(g: Garbage) {
-    if lock::held() == 0 {
-        drop(g);
+    let grave = mine();
+    if lock::held() == 0 && !grave.busy.load(Ordering::Relaxed) {
+        destroy(grave, Some(g));
         return;
     }
-    let grave = mine();
     grave.list.lock().push(g);
     grave.full.store(true, Ordering::Relaxed);
 }
@@ -106,7 +131,19 @@ pub fn drain() {
 
 #[cold]
 fn drain_slow(grave: &Grave) {
-    // One at a time: a destructor may put more on the list.
+    if !grave.busy.load(Ordering::Relaxed) {
+        destroy(grave, None);
+    }
+}
+
+/// The destruction loop: drops `first`, then the list's entries one at a time (each
+/// destructor may append more) until it is empty. Nothing else is destroyed on this CPU
+/// meanwhile: [`later`] only appends while `busy` is set. Interrupts are off in the kernel,
+/// so nothing else runs on this CPU between the flag's load and store.
+#[inline(never)]
+fn destroy(grave: &Grave, first: Option<Garbage>) {
+    grave.busy.store(true, Ordering::Relaxed);
+    drop(first);
     loop {
         let g = {
             let mut l = grave.list.lock();
@@ -115,6 +152,8 @@ fn drain_slow(grave: &Grave) {
                 None => {
                     grave.full.store(false, Ordering::Relaxed);
                     *l = Vec::new();
+                    drop(l);
+                    grave.busy.store(false, Ordering::Relaxed);
                     return;
                 }
             }

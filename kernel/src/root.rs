@@ -2,8 +2,8 @@
 //!
 //! The kernel builds the root task's address space from its ELF image (embedded in the kernel,
 //! so both boot entries carry it), gives it a stack, a read-only `BootInfo` page with the
-//! command line and the CPU count, read-only copies of the other embedded user programs (which
-//! the root task loads itself, through system calls), and the capabilities listed in
+//! command line and the CPU count, read-only copies of the other embedded user programs and of
+//! the boot modules (which the root task loads itself, through system calls), and the capabilities listed in
 //! `rl4_abi::root_slots`: its task, address space and thread, all free memory as a budget, and
 //! the machine (console and shutdown). Then it starts the root thread on CPU 0.
 use alloc::sync::Arc;
@@ -80,13 +80,11 @@ pub fn start(cmdline: &str, tsc_hz: u64) -> Result<(), &'static str> {
     for (i, (name, bytes)) in PROGRAMS.iter().enumerate().take(rl4_abi::MAX_PROGRAMS) {
         let pages = (bytes.len() as u64).div_ceil(PAGE_SIZE);
         load_bytes(&space, &memory, at, bytes, pages, false, false)?;
-        let mut p = Program { name: [0; 16], addr: at, len: bytes.len() as u64 };
-        let nb = name.as_bytes();
-        p.name[..nb.len().min(15)].copy_from_slice(&nb[..nb.len().min(15)]);
-        bi.programs[i] = p;
+        bi.programs[i] = program(name, at, bytes.len() as u64, Program::EMBEDDED);
         bi.nprograms += 1;
         at += (pages + 1) * PAGE_SIZE;
     }
+    modules(&space, &memory, &mut bi, &mut at)?;
     // BootInfo page.
     let f = Frame::new(&memory).map_err(|_| "out of memory")?;
     let bytes = bootinfo_bytes(&bi);
@@ -98,17 +96,77 @@ pub fn start(cmdline: &str, tsc_hz: u64) -> Result<(), &'static str> {
     thread.regs.with(|r| r.rdi = rl4_abi::BOOT_INFO_ADDR);
     thread.life.lock().mcp = rl4_abi::MAX_PRIORITY as u8;
     {
-        let mut caps = task.caps.lock();
-        let all = Rights::ALL;
-        let ins = |caps: &mut rl4_core::captable::CapTable<KObj>, slot, obj| caps.insert(slot, Cap { obj, rights: all, badge: 0 });
-        ins(&mut caps, root_slots::TASK, KObj::Task(task.clone())).map_err(|_| "cap")?;
-        ins(&mut caps, root_slots::SPACE, KObj::Space(space.clone())).map_err(|_| "cap")?;
-        ins(&mut caps, root_slots::THREAD, KObj::Thread(thread.clone())).map_err(|_| "cap")?;
-        ins(&mut caps, root_slots::MEMORY, KObj::Memory(memory.clone())).map_err(|_| "cap")?;
-        ins(&mut caps, root_slots::MACHINE, KObj::Machine).map_err(|_| "cap")?;
+        let ins = |slot, obj| task.insert_cap(slot, Cap::new(obj, Rights::ALL, 0)).map_err(|_| "cap");
+        ins(root_slots::TASK, KObj::Task(task.clone()))?;
+        ins(root_slots::SPACE, KObj::Space(space.clone()))?;
+        ins(root_slots::THREAD, KObj::Thread(thread.clone()))?;
+        ins(root_slots::MEMORY, KObj::Memory(memory.clone()))?;
+        ins(root_slots::MACHINE, KObj::Machine)?;
     }
     inject(crate::inject(), &memory, &task);
     crate::thread::resume(&thread).map_err(|_| "the root thread could not start")?;
+    Ok(())
+}
+
+/// A directory entry (names are cut to 15 bytes).
+fn program(name: &str, addr: u64, len: u64, kind: u64) -> Program {
+    let mut p = Program { name: [0; 16], addr, len, kind };
+    let nb = name.as_bytes();
+    p.name[..nb.len().min(15)].copy_from_slice(&nb[..nb.len().min(15)]);
+    p
+}
+
+/// Hands the boot modules to the root task: each is copied, page by page, into frames charged
+/// to the root task's budget and mapped read-only after the embedded programs, and listed in
+/// the `BootInfo` with its name (`module<N>` when the boot loader gave none). Copying (rather
+/// than mapping the boot loader's pages) keeps every frame the root task sees an ordinary,
+/// owned frame object that the consistency check counts, and keeps out whatever shares the
+/// module's first and last pages; the boot loader's copy stays reserved. A module too big,
+/// unreadable or past the directory's room is refused with a console line; the others go on.
+fn modules(space: &Space, memory: &Arc<Memory>, bi: &mut BootInfo, at: &mut u64) -> Result<(), &'static str> {
+    use rl4_arch::bootinfo::PhysMem;
+    let Some(boot) = crate::boot_info() else { return Ok(()) };
+    let mut page = alloc::vec![0u8; PAGE_SIZE as usize];
+    for (i, m) in boot.modules().iter().enumerate() {
+        let default = alloc::format!("module{i}");
+        let name = if m.name().is_empty() { default.as_str() } else { m.name() };
+        let len = m.range.len();
+        if len > rl4_abi::MAX_MODULE_BYTES {
+            println!("boot module {i} '{name}' refused: {len} bytes, more than the {} MiB limit", rl4_abi::MAX_MODULE_BYTES >> 20);
+            continue;
+        }
+        if bi.nprograms as usize == rl4_abi::MAX_PROGRAMS {
+            println!("boot module {i} '{name}' refused: more than {} programs", rl4_abi::MAX_PROGRAMS);
+            continue;
+        }
+        let pages = len.div_ceil(PAGE_SIZE);
+        let mut frames = alloc::vec::Vec::with_capacity(pages as usize);
+        let mut refused = None;
+        for p in 0..pages {
+            let Ok(f) = Frame::new(memory) else {
+                refused = Some("no memory left to copy it into");
+                break;
+            };
+            let n = (len - p * PAGE_SIZE).min(PAGE_SIZE) as usize;
+            if rl4_arch::paging::DirectMapMem.read(m.range.start + p * PAGE_SIZE, &mut page[..n]).is_none() {
+                refused = Some("its memory is not readable");
+                break;
+            }
+            mem::write_frame(f.pa, 0, &page[..n]);
+            frames.push(f);
+        }
+        if let Some(why) = refused {
+            println!("boot module {i} '{name}' ({:#x}..{:#x}) refused: {why}", m.range.start, m.range.end);
+            continue; // the frames copied so far go back as `frames` drops (no lock held)
+        }
+        for (p, f) in frames.into_iter().enumerate() {
+            map_frame(space, *at + p as u64 * PAGE_SIZE, f, false, false).map_err(|_| "mapping failed")?;
+        }
+        bi.programs[bi.nprograms as usize] = program(name, *at, len, Program::MODULE);
+        bi.nprograms += 1;
+        println!("boot module {i} '{name}': {len} bytes, handed to the root task at {:#x}", *at);
+        *at += (pages + 1) * PAGE_SIZE;
+    }
     Ok(())
 }
 
@@ -122,6 +180,10 @@ fn inject(what: u8, memory: &Arc<Memory>, task: &Arc<Task>) {
     }
     if what & FRAME != 0 {
         println!("inject: a frame owned by nothing at {:#x}", mem::alloc_frame().unwrap_or(0));
+    }
+    if what & DERIV != 0 {
+        println!("inject: a derivation node owned by no slot, in the tree of the root task's memory capability");
+        crate::obj::inject_orphan_node(task, rl4_abi::root_slots::MEMORY);
     }
     if what & BUDGET != 0 {
         println!("inject: 4096 bytes charged to the root budget for nothing");
@@ -147,7 +209,7 @@ fn inject(what: u8, memory: &Arc<Memory>, task: &Arc<Task>) {
             println!("inject: thread {} marked Runnable but put in no queue (held in root slot {})", t.id, rl4_abi::CAP_SLOTS - 1);
             // `resume` without the placing that must follow it.
             let _ = t.life.lock().resume();
-            let _ = task.insert_cap(rl4_abi::CAP_SLOTS - 1, Cap { obj: KObj::Thread(t), rights: Rights::NONE, badge: 0 });
+            let _ = task.insert_cap(rl4_abi::CAP_SLOTS - 1, Cap::new(KObj::Thread(t), Rights::NONE, 0));
         }
     }
 }
@@ -167,6 +229,7 @@ fn bootinfo_bytes(bi: &BootInfo) -> alloc::vec::Vec<u8> {
         v.extend_from_slice(&p.name);
         w(&mut v, p.addr);
         w(&mut v, p.len);
+        w(&mut v, p.kind);
     }
     assert_eq!(v.len(), core::mem::size_of::<BootInfo>(), "BootInfo layout");
     v

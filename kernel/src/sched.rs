@@ -456,7 +456,7 @@ pub fn idle() -> ! {
             let end = cpu::rdtsc() + poll;
             // One cache line watched; the TSC read only every 64 rounds.
             let mut n = 0u32;
-            while cs.mail.is_empty() && cs.tlb.tlb_request.load(Ordering::Relaxed) == 0 {
+            while cs.mail.is_empty() && !cs.tlb.shared.request_pending() {
                 n = n.wrapping_add(1);
                 if n % 64 == 0 && cpu::rdtsc() >= end {
                     break;

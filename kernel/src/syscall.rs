@@ -123,12 +123,18 @@ pub(crate) fn endpoint(task: &Task, slot: u64, rights: Rights) -> Result<(Arc<En
 /// tag and the endpoint's `GRANT`).
 type SendCaps = (Arc<Endpoint>, u64, Rights, Option<Result<Snapshot, Error>>);
 
-fn send_caps(task: &Task, r: &UserRegs) -> Result<SendCaps, Error> {
+fn send_caps(task: &Arc<Task>, r: &UserRegs) -> Result<SendCaps, Error> {
     let caps = task.caps.lock();
     let c = caps.lookup(r.rdi, ObjType::Endpoint, Rights::SEND)?;
     let KObj::Endpoint(e) = &c.obj else { return Err(Error::WrongType) };
     let xfer = if rl4_abi::ipc::Tag(r.rsi).caps() == 1 { Some(caps.get(r.r13).cloned()) } else { None };
-    Ok((e.clone(), c.badge, c.rights, xfer))
+    let read = (e.clone(), c.badge, c.rights);
+    drop(caps);
+    // The capability sent becomes a child of the one in the slot when it is delivered
+    // (an original gets its derivation tree now, the first time something comes from it).
+    // (Not one without `GRANT`, which `send` refuses.)
+    let xfer = xfer.map(|x| x.and_then(|cap| if cap.rights.contains(Rights::GRANT) { crate::obj::tracked(task, r.r13, cap) } else { Ok(cap) }));
+    Ok((read.0, read.1, read.2, xfer))
 }
 
 fn notification(task: &Task, slot: u64, rights: Rights) -> Result<(Arc<Notification>, u64), Error> {
@@ -142,7 +148,7 @@ fn notification(task: &Task, slot: u64, rights: Rights) -> Result<(Arc<Notificat
 
 /// The IPC calls: `rdi` = endpoint (or notification) slot, timeout in `r12`.
 fn ipc_call(t: &Arc<Thread>, r: &UserRegs, s: Sys) -> Outcome {
-    let task = &*t.task;
+    let task = &t.task;
     let timeout = r.r12;
     let res = (|| -> Result<Outcome, Error> {
         Ok(match s {
@@ -241,8 +247,8 @@ fn copy_source(task: &Task, src: u64, dst_slot: u64, mask: u64) -> Result<(Arc<T
     Ok((dst.clone(), cap, orig))
 }
 
-fn put(task: &Task, slot: u64, obj: KObj, rights: Rights) -> Result<(), Error> {
-    task.insert_cap(slot, Cap { obj, rights, badge: 0 })
+fn put(task: &Arc<Task>, slot: u64, obj: KObj, rights: Rights) -> Result<(), Error> {
+    task.insert_cap(slot, Cap::new(obj, rights, 0))
 }
 
 fn check_cpu(cpu: u64) -> Result<u32, Error> {
@@ -291,6 +297,7 @@ pub fn map_frame(space: &Space, va: u64, frame: Arc<Frame>, write: bool, exec: b
         });
     }
     maps.insert(va, (frame, write, exec));
+    crate::obj::mapped(true);
     Ok(())
 }
 
@@ -337,7 +344,7 @@ fn dispatch_into(t: &Arc<Thread>, n: u64) {
 fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
     let sys = Sys::try_from(n).map_err(|_| Error::InvalidSyscall)?;
     let [a0, a1, a2, a3, a4, a5] = a;
-    let task = &*t.task;
+    let task = &t.task;
     match sys {
         Sys::Null => Ok([0; 3]),
         Sys::ConsoleWrite => {
@@ -350,9 +357,10 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
         }
         Sys::CapCopy => {
             let (dst, cap, orig) = copy_source(task, a0, a1, a3)?;
-            if !core::ptr::eq(&*dst, task) && !orig.contains(Rights::GRANT) {
+            if !Arc::ptr_eq(&dst, task) && !orig.contains(Rights::GRANT) {
                 return Err(Error::MissingRight);
             }
+            let cap = crate::obj::tracked(task, a0, cap)?;
             if dst.dead.load(core::sync::atomic::Ordering::Acquire) {
                 return Err(Error::InvalidState);
             }
@@ -364,6 +372,7 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             drop(c);
             Ok([0; 3])
         }
+        Sys::CapRevoke => Ok([crate::obj::revoke(task, a0)?, 0, 0]),
         Sys::CapIdentify => {
             let caps = task.caps.lock();
             let c = caps.get(a0)?;
@@ -381,9 +390,12 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
         Sys::TaskAddressSpace => {
             // The new capability's rights are those of the task capability that was checked:
             // one snapshot for both.
+            // It is derived from the task capability: revoking that takes it back too.
             let snap = snapshot(task, a0, ObjType::Task, Rights::READ)?;
             let KObj::Task(other) = &snap.obj else { return Err(Error::WrongType) };
-            put(task, a1, KObj::Space(other.space.clone()), snap.rights)?;
+            let space = other.space.clone();
+            let parent = crate::obj::tracked(task, a0, snap)?;
+            task.insert_cap(a1, Cap { obj: KObj::Space(space), rights: parent.rights, badge: 0, link: parent.link.clone() })?;
             Ok([0; 3])
         }
         Sys::FrameAlloc => {
@@ -419,6 +431,7 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             check_page(a1)?;
             let old = space.maps.lock().remove(&a1).ok_or(Error::NotMapped)?;
             space.memory.uncharge(crate::obj::MAP_COST);
+            crate::obj::mapped(false);
             rl4_arch::paging::unmap_user(space.pml4, a1);
             crate::tlb::flush_space(&space);
             drop(old);
@@ -533,6 +546,8 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
                 stat::IPC_CROSS => sched::total(sched::Count::IpcCross),
                 stat::IPIS_SENT => cpus::IPIS_SENT.load(core::sync::atomic::Ordering::Relaxed),
                 stat::HEAP_BYTES => mem::heap_size(),
+                stat::HEAP_IN_USE => mem::heap_in_use(),
+                stat::HEAP_BOUND => crate::obj::heap_bound(),
                 stat::HEAP_ALLOCS if crate::count::BUILT => crate::count::allocs(),
                 stat::HEAP_FREES if crate::count::BUILT => crate::count::frees(),
                 stat::GLOBAL_LOCKS if crate::count::BUILT => crate::count::global_locks(),
@@ -581,16 +596,17 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             Ok([0; 3])
         }
         Sys::CapMint => {
-            let (dst, mut cap, orig) = copy_source(task, a0, a1, a3)?;
+            let (dst, cap, orig) = copy_source(task, a0, a1, a3)?;
             if !matches!(cap.obj, KObj::Endpoint(_) | KObj::Notification(_)) {
                 return Err(Error::WrongType);
             }
             if cap.badge != 0 {
                 return Err(Error::InvalidState);
             }
-            if !core::ptr::eq(&*dst, task) && !orig.contains(Rights::GRANT) {
+            if !Arc::ptr_eq(&dst, task) && !orig.contains(Rights::GRANT) {
                 return Err(Error::MissingRight);
             }
+            let mut cap = crate::obj::tracked(task, a0, cap)?;
             cap.badge = a4;
             dst.insert_cap(a2, cap)?;
             Ok([0; 3])

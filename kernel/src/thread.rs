@@ -102,6 +102,7 @@ pub fn with_queue_locked<R>(t: &Arc<Thread>, mut f: impl FnMut(&mut Life) -> R) 
                 let r = f(&mut l);
                 if !same_queue(&l, &q) {
                     nq.waiters.retain(|o| !Arc::ptr_eq(o, t));
+                    crate::ipc::trim(&mut nq.waiters);
                 }
                 r
             }

@@ -7,9 +7,10 @@
 //! interrupts off keeps answering requests addressed to it, so no two shoot-downs wait on each
 //! other. The shoot-down lock is taken holding no other lock (`lock.rs`).
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 use rl4_arch::{cpu, paging};
 use rl4_core::pcid::{PcidAllocator, PcidCache};
+use rl4_core::tlbsync::{self, CpuTlbShared, Mmu};
 use rl4_smp::{MAX_CPUS, cpus, lapic};
 
 use crate::count::Global;
@@ -19,12 +20,9 @@ use crate::sched::{self, CpuSched};
 
 /// A CPU's address-space and TLB state.
 pub struct CpuTlb {
-    /// The PML4 this CPU's CR3 holds (the kernel's, or a user space kept loaded while idle).
-    pub(crate) loaded_pml4: AtomicU64,
+    /// The root it has loaded and the shoot-down request word (`rl4_core::tlbsync`).
+    pub(crate) shared: CpuTlbShared,
     pcids: Option<Mutex<PcidCache, { Level::OBJECT }>>,
-    /// TLB shootdown request: a PML4 address, bit 0 = the space is being destroyed.
-    pub(crate) tlb_request: AtomicU64,
-    tlb_done: AtomicU64,
 }
 
 impl CpuTlb {
@@ -33,12 +31,21 @@ impl CpuTlb {
             PCID_ON.store(true, Ordering::Relaxed);
             PCIDS.lock().get_or_insert_with(PcidAllocator::new);
         }
-        CpuTlb {
-            loaded_pml4: AtomicU64::new(paging::kernel_pml4()),
-            pcids: pcid.then(|| Mutex::new(PcidCache::new())),
-            tlb_request: AtomicU64::new(0),
-            tlb_done: AtomicU64::new(0),
-        }
+        CpuTlb { shared: CpuTlbShared::new(paging::kernel_pml4()), pcids: pcid.then(|| Mutex::new(PcidCache::new())) }
+    }
+}
+
+/// This CPU's MMU for `tlbsync`: a CR3 write (serialising, and a compiler barrier: the `asm!`
+/// in `paging::load_cr3` is not `nomem`) and the full user flush.
+struct Cr3;
+
+impl Mmu for Cr3 {
+    #[inline(always)]
+    fn write_root(&mut self, root: u64, pcid: u16, keep: bool) {
+        paging::load_cr3(root, pcid, keep);
+    }
+    fn flush_user(&mut self) {
+        paging::flush_tlb_all_user();
     }
 }
 
@@ -68,29 +75,16 @@ pub fn pcid_free(pcid: u16) {
     }
 }
 
-/// Makes `sp` the address space this CPU translates with.
+/// Makes `sp` the address space this CPU translates with: its root is published before the
+/// CR3 write and, with PCIDs, the generation re-read after it (`rl4_core::tlbsync` argues the
+/// order; `kernel/core/tests/tlb_loom.rs` checks it).
 #[inline(always)]
 pub(crate) fn load_space(cs: &CpuSched, sp: &Space) {
     match &cs.tlb.pcids {
-        None => {
-            // Without PCIDs a CR3 write flushes the TLB (thousands of cycles under TCG): never
-            // write it when it already holds the right space.
-            if cs.tlb.loaded_pml4.load(Ordering::Relaxed) != sp.pml4 {
-                paging::load_cr3(sp.pml4, 0, false);
-                cs.tlb.loaded_pml4.store(sp.pml4, Ordering::Relaxed);
-            }
-        }
-        Some(cache) => {
-            let g = sp.generation.load(Ordering::Acquire);
-            let flush = cache.lock().switch_needs_flush(sp.pcid, g);
-            if flush || cs.tlb.loaded_pml4.load(Ordering::Relaxed) != sp.pml4 {
-                paging::load_cr3(sp.pml4, sp.pcid, !flush);
-                cs.tlb.loaded_pml4.store(sp.pml4, Ordering::Relaxed);
-            }
-        }
+        None => cs.tlb.shared.switch(&mut Cr3, None, sp.pml4, 0, &sp.generation),
+        Some(cache) => cs.tlb.shared.switch(&mut Cr3, Some(&mut cache.lock()), sp.pml4, sp.pcid, &sp.generation),
     }
 }
-
 
 /// Runs this CPU's pending TLB request (a CPU that spins with interrupts off must keep doing
 /// this, or a shootdown waiting for it never ends).
@@ -100,21 +94,7 @@ pub(crate) fn service_tlb_here() {
 
 /// Runs a TLB request addressed to this CPU, if any.
 pub(crate) fn service_tlb(cs: &CpuSched) {
-    let req = cs.tlb.tlb_request.swap(0, Ordering::AcqRel);
-    if req == 0 {
-        return;
-    }
-    let pml4 = req & !1;
-    if cs.tlb.loaded_pml4.load(Ordering::Relaxed) == pml4 {
-        if req & 1 != 0 {
-            let k = paging::kernel_pml4();
-            paging::load_cr3(k, 0, false);
-            cs.tlb.loaded_pml4.store(k, Ordering::Relaxed);
-        } else {
-            paging::flush_tlb_all_user();
-        }
-    }
-    cs.tlb.tlb_done.fetch_add(1, Ordering::AcqRel);
+    cs.tlb.shared.service(&mut Cr3, paging::kernel_pml4());
 }
 
 /// The TLB shootdown IPI.
@@ -134,26 +114,23 @@ fn shootdown(pml4: u64, destroy: bool) {
         service_tlb(cs);
         cpu::relax();
     };
-    let req = pml4 | destroy as u64;
+    // The page tables (and the generation) changed before this fence, and every CPU's
+    // published root is read after it: see `rl4_core::tlbsync`.
+    tlbsync::shooter_fence();
     let mut waiting: Vec<(usize, u64)> = Vec::new();
     for i in 0..MAX_CPUS {
         let Some(c) = sched::get(i) else { continue };
-        if c.tlb.loaded_pml4.load(Ordering::Acquire) != pml4 {
-            continue;
-        }
+        let Some(since) = c.tlb.shared.post(pml4, destroy) else { continue };
         if i == me() as usize {
-            c.tlb.tlb_request.store(req, Ordering::Release);
             service_tlb(c);
-            continue;
+        } else {
+            cpus::send_ipi(i, lapic::VEC_TLB);
+            waiting.push((i, since));
         }
-        let done = c.tlb.tlb_done.load(Ordering::Acquire);
-        c.tlb.tlb_request.store(req, Ordering::Release);
-        cpus::send_ipi(i, lapic::VEC_TLB);
-        waiting.push((i, done));
     }
-    for (i, done) in waiting {
+    for (i, since) in waiting {
         let Some(c) = sched::get(i) else { continue };
-        while c.tlb.tlb_done.load(Ordering::Acquire) == done {
+        while !c.tlb.shared.answered(since) {
             service_tlb(cs);
             cpu::relax();
         }

@@ -141,6 +141,12 @@ numbered! {
         /// once; each violation is printed. Needs `SHUTDOWN`; `InvalidState` while another
         /// check runs.
         KernelCheck = 40,
+        /// `(slot)` → `(count)`: delete every capability derived from the one in `slot` — copied,
+        /// minted or received through IPC from it, transitively — in every task, and return how
+        /// many were deleted; the capability in `slot` stays. A capability in flight (carried by
+        /// a blocked sender) that was read from a deleted or revoked one is not delivered.
+        /// Needs no right: what a task derived from its own capability is its to take back.
+        CapRevoke = 41,
         /// `(thread_slot, endpoint_slot)`: the thread's fault handler (see [`fault`]). The
         /// thread capability needs `WRITE`, the endpoint capability `SEND` (as for `Call`); its
         /// badge is what the handler receives with each fault of this thread.
@@ -340,6 +346,29 @@ pub mod stat {
     /// Acquisitions of locks that every CPU may take (heap, frame allocator, object
     /// registries, PCIDs, shoot-down...) so far, all CPUs (`countglobal` kernels only).
     pub const GLOBAL_LOCKS: u64 = 11;
+    /// Bytes allocated from the kernel heap now (what its users hold, not the span).
+    pub const HEAP_IN_USE: u64 = 12;
+    /// Bytes of kernel heap the live objects are charged for (each object's heap share, one
+    /// per mapping) plus the kernel's fixed allowance: `KernelCheck` reports a violation when
+    /// [`HEAP_IN_USE`] exceeds it.
+    pub const HEAP_BOUND: u64 = 13;
+}
+
+/// What each kind of object costs the memory budget it is made from, in bytes (docs/syscalls.md):
+/// the frames it holds and its share of the kernel heap (docs/memory.md).
+pub mod cost {
+    pub const THREAD: u64 = 4096;
+    /// Its record and its capability table (256 slots of 56 bytes).
+    pub const TASK: u64 = 4 * 4096;
+    /// Its top-level page table and its record (lower page tables cost 4096 each as they are
+    /// made).
+    pub const SPACE: u64 = 2 * 4096;
+    /// One mapping's entry in its space's B-tree.
+    pub const MAP: u64 = 128;
+    /// The frame, and its record.
+    pub const FRAME: u64 = 4096 + 192;
+    pub const ENDPOINT: u64 = 384;
+    pub const NOTIFICATION: u64 = 384;
 }
 
 /// Selectors of [`Sys::Measure`].
@@ -461,24 +490,38 @@ pub const ROOT_STACK_TOP: u64 = 0x0000_7fff_fe00_0000;
 /// Pages of the root task's stack.
 pub const ROOT_STACK_PAGES: u64 = 16;
 
-/// A user program the kernel carries for the root task.
+/// A user program the kernel hands the root task: one of the programs embedded in the kernel
+/// image, or a boot module the boot loader loaded (`scripts/run --program`). Either way its
+/// bytes are mapped read-only in the root task at `addr`, in frames charged to the root task's
+/// budget (deleting the mapping gives them back); the root task checks them before it loads
+/// anything (a module is whatever file the user passed).
 #[derive(Clone, Copy, Debug, Default)]
 #[repr(C)]
 pub struct Program {
     pub name: [u8; 16],
-    /// Where the ELF image is mapped in the root task.
+    /// Where the image is mapped in the root task.
     pub addr: u64,
     pub len: u64,
+    /// [`Program::EMBEDDED`] or [`Program::MODULE`].
+    pub kind: u64,
 }
 
 impl Program {
+    /// Compiled into the kernel image (`root`, `worker`).
+    pub const EMBEDDED: u64 = 0;
+    /// A boot module.
+    pub const MODULE: u64 = 1;
     pub fn name(&self) -> &str {
         let end = self.name.iter().position(|&b| b == 0).unwrap_or(16);
         core::str::from_utf8(&self.name[..end]).unwrap_or("?")
     }
 }
 
-pub const MAX_PROGRAMS: usize = 16;
+/// Most programs in [`BootInfo`]: the embedded ones, then the boot modules.
+pub const MAX_PROGRAMS: usize = 32;
+/// Most bytes of one boot module the kernel hands on; a bigger module is refused (with a
+/// console line) and the others go on.
+pub const MAX_MODULE_BYTES: u64 = 16 << 20;
 pub const BOOT_CMDLINE_MAX: usize = 1024;
 
 /// What the root task finds at [`BOOT_INFO_ADDR`].

@@ -9,17 +9,28 @@ use rl4_abi::{Error, ObjType, Rights};
 
 /// What the table needs to know about an object.
 pub trait Object: Clone {
+    /// What ties a capability to its place in its object's derivation tree (the kernel's:
+    /// `obj::Link`; `()` where nothing is derived). `Default` is "not in a tree yet".
+    type Link: Clone + Default + core::fmt::Debug + PartialEq + Eq;
     fn obj_type(&self) -> ObjType;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Cap<O> {
+pub struct Cap<O: Object> {
     pub obj: O,
     pub rights: Rights,
     pub badge: u64,
+    pub link: O::Link,
 }
 
-pub struct CapTable<O> {
+impl<O: Object> Cap<O> {
+    /// An original capability (not derived from another).
+    pub fn new(obj: O, rights: Rights, badge: u64) -> Self {
+        Cap { obj, rights, badge, link: O::Link::default() }
+    }
+}
+
+pub struct CapTable<O: Object> {
     slots: Vec<Option<Cap<O>>>,
 }
 
@@ -46,6 +57,12 @@ impl<O: Object> CapTable<O> {
     pub fn get(&self, slot: u64) -> Result<&Cap<O>, Error> {
         let i = self.index(slot)?;
         self.slots[i].as_ref().ok_or(Error::EmptySlot)
+    }
+
+    /// The capability in `slot`, to change in place.
+    pub fn get_mut(&mut self, slot: u64) -> Result<&mut Cap<O>, Error> {
+        let i = self.index(slot)?;
+        self.slots[i].as_mut().ok_or(Error::EmptySlot)
     }
 
     /// The capability in `slot`, checked to name an object of type `ty` with at least `rights`.
@@ -81,13 +98,14 @@ impl<O: Object> CapTable<O> {
     }
 
     /// A copy of the capability in `slot` with only the rights in `mask` (never more than the
-    /// original has). `mask` must be a valid rights set.
+    /// original has), carrying a clone of its link (the kernel makes the copy a child of it
+    /// when it inserts it). `mask` must be a valid rights set.
     pub fn derive(&self, slot: u64, mask: u64) -> Result<Cap<O>, Error> {
         if !Rights::is_valid(mask) {
             return Err(Error::InvalidArgument);
         }
         let c = self.get(slot)?;
-        Ok(Cap { obj: c.obj.clone(), rights: c.rights.intersect(Rights(mask)), badge: c.badge })
+        Ok(Cap { obj: c.obj.clone(), rights: c.rights.intersect(Rights(mask)), badge: c.badge, link: c.link.clone() })
     }
 
     /// Empties every slot, handing each capability to `f` (for task teardown).
@@ -117,13 +135,14 @@ mod tests {
     #[derive(Clone, Debug, PartialEq, Eq)]
     struct Obj(ObjType, u32);
     impl Object for Obj {
+        type Link = ();
         fn obj_type(&self) -> ObjType {
             self.0
         }
     }
 
     fn cap(t: ObjType, id: u32, r: Rights) -> Cap<Obj> {
-        Cap { obj: Obj(t, id), rights: r, badge: 0 }
+        Cap::new(Obj(t, id), r, 0)
     }
 
     #[test]

@@ -76,8 +76,10 @@ pub mod inject {
     pub const STATE: u8 = 8;
     /// Two threads' locks held at once, and a frame destroyed while they are held.
     pub const LOCKS: u8 = 16;
-    pub const NAMES: [(&str, u8); 5] =
-        [("refcount", REFCOUNT), ("frame", FRAME), ("budget", BUDGET), ("state", STATE), ("locks", LOCKS)];
+    /// A capability derivation node that no slot owns.
+    pub const DERIV: u8 = 32;
+    pub const NAMES: [(&str, u8); 6] =
+        [("refcount", REFCOUNT), ("frame", FRAME), ("budget", BUDGET), ("state", STATE), ("locks", LOCKS), ("deriv", DERIV)];
 }
 
 impl Default for Options {

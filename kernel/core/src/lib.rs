@@ -1,5 +1,6 @@
 //! Pure kernel logic that needs no hardware: the kernel command line, the physical memory map,
-//! the physical frame allocator, capability tables, run queues and PCID bookkeeping.
+//! the physical frame allocator, capability tables, run queues, PCID bookkeeping and the TLB
+//! shoot-down protocol.
 //!
 //! Everything here compiles for the host as well as for `x86_64-unknown-none` and is unit-tested
 //! with a plain `cargo test` (run by `scripts/test`). Nothing in this crate touches hardware;
@@ -12,6 +13,7 @@ extern crate alloc;
 
 pub mod captable;
 pub mod cmdline;
+pub mod deriv;
 pub mod frames;
 pub mod life;
 #[allow(unsafe_code)]
@@ -19,6 +21,7 @@ pub mod mailbox;
 pub mod memmap;
 pub mod pcid;
 pub mod runqueue;
+pub mod tlbsync;
 
 /// The size of a page and of a physical frame.
 pub const PAGE_SIZE: u64 = 4096;

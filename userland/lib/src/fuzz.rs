@@ -62,9 +62,11 @@ pub mod word {
     /// parks (sets `ACTIVE + t` to 2 and suspends itself) and every helper ends, so that the
     /// task is ended with none of its threads in the middle of a call.
     pub const STOP: usize = 454;
-    /// `CYCLES + n` (n < 41): TSC cycles fuzzing threads spent in calls of number `n`, waits
-    /// included.
+    /// `CYCLES + n` (n < [`CYCLE_CALLS`]): TSC cycles fuzzing threads spent in calls of number
+    /// `n`, waits included.
     pub const CYCLES: usize = 456;
+    /// System-call numbers whose time is kept (`CYCLES ..` up to the end of the page).
+    pub const CYCLE_CALLS: usize = WORDS - CYCLES;
     /// Words in the page.
     pub const WORDS: usize = 512;
 }

@@ -1,15 +1,56 @@
-//! rl4's user library: the program entry, a panic handler, typed system calls over the ABI
-//! crate, console printing, and helpers to make threads and map memory.
+//! `rl4-user`: the SDK of rl4 programs.
 //!
-//! A program defines `#[unsafe(no_mangle)] fn rl4_main(a0: u64, a1: u64)`; `_start` calls it
-//! with the two argument registers its creator set and ends the thread when it returns. Nothing here defines a number
-//! the kernel defines: they all come from `rl4_abi`.
+//! A program is a `#![no_std]`, `#![no_main]` binary for `x86_64-unknown-none` that depends on
+//! this crate and defines its entry:
+//!
+//! ```ignore
+//! #![no_std]
+//! #![no_main]
+//! use rl4_user::{env, println, Endpoint, Msg};
+//!
+//! #[unsafe(no_mangle)]
+//! fn rl4_main(arg: u64, endpoints: u64) {
+//!     println!("hello: arg {arg}, {endpoints} endpoint(s)");
+//!     // Answer every call on our own endpoint with its first word plus one.
+//!     Endpoint(env::SERVE).serve(|m| Msg::new(0, &[m.w[0] + 1]));
+//! }
+//! ```
+//!
+//! What the crate gives:
+//! * the entry point `_start` (it calls `rl4_main` with the two argument registers the creator
+//!   set, and ends the thread when it returns) and a panic handler (it prints the message and
+//!   stops the thread with a fault, so that it reads as failed);
+//! * [`env`](mod@env): the capabilities and memory layout the root task gives a program it starts;
+//! * [`sys`]: one typed function per system call, and [`Msg`], a message in registers;
+//! * typed capability handles ([`Endpoint`], [`Notification`], [`Thread`], [`Task`],
+//!   [`Frame`]) with `call`,
+//!   `send`, `recv`, `reply_recv`, a server loop ([`Endpoint::serve`]), `signal`/`wait`;
+//! * long messages: words 4 and up through the calling thread's IPC buffer ([`IpcBuffer`],
+//!   [`Msg::long`]);
+//! * [`thread::spawn`]: threads with their own stack and IPC buffer, on any CPU;
+//! * [`slots`]: free capability slots; `heap` (with the crate feature `heap`): `alloc` for the program;
+//! * [`println!`] on the kernel console, [`rdtsc`].
+//!
+//! Nothing here defines a number the kernel defines: they all come from `rl4_abi` (re-exported
+//! as [`abi`]). `docs/writing-programs.md` walks through a program from an empty folder.
 #![no_std]
 
+pub mod cap;
+pub mod env;
+#[doc(hidden)]
 pub mod fuzz;
+#[cfg(feature = "heap")]
+pub mod heap;
+pub mod slots;
+#[doc(hidden)]
 pub mod storm;
 pub mod sys;
+pub mod thread;
+#[doc(hidden)]
 pub mod worker;
+
+pub use cap::{Endpoint, Frame, Notification, Task, Thread};
+pub use sys::Msg;
 
 use core::fmt::{self, Write};
 pub use rl4_abi as abi;
@@ -89,11 +130,15 @@ extern "C" fn thread_start(f: u64, arg: u64) -> ! {
     sys::thread_exit()
 }
 
-/// The address new threads of this program start at (see [`spawn`]).
+/// The address new threads of this program start at (see [`thread::spawn`]).
 pub fn thread_entry() -> u64 {
     thread_start as *const () as u64
 }
 
+/// Prints the panic message, then stops the thread with a fault (`ud2`, an invalid-opcode
+/// exception): the kernel reports it and marks the thread faulted, so that whoever watches the
+/// thread (the root task waiting for a program, a fault handler) sees that it failed rather
+/// than ended.
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     let mut l = Line::new();
@@ -102,7 +147,92 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
         let _ = write!(l, " at {}:{}", loc.file(), loc.line());
     }
     l.flush();
-    sys::thread_exit()
+    loop {
+        // SAFETY: `ud2` raises an invalid-opcode exception and nothing else; the kernel stops
+        // this thread there.
+        unsafe { core::arch::asm!("ud2", options(nomem, nostack)) };
+    }
+}
+
+impl Msg {
+    /// A message of `label` and up to four words (more are cut: see [`Msg::long`]).
+    pub fn new(label: u64, words: &[u64]) -> Msg {
+        let n = words.len().min(rl4_abi::ipc::REG_WORDS as usize);
+        let mut w = [0; 4];
+        w[..n].copy_from_slice(&words[..n]);
+        Msg { tag: rl4_abi::ipc::Tag::new(label, n as u64, 0), badge: 0, w }
+    }
+    /// A message of `label` and up to [`rl4_abi::ipc::MAX_WORDS`] words: the first four go in
+    /// registers, the others are written into the calling thread's IPC buffer at their index
+    /// (send it before anything else writes there).
+    pub fn long(label: u64, words: &[u64]) -> Msg {
+        let n = words.len().min(rl4_abi::ipc::MAX_WORDS as usize);
+        let mut m = Msg::new(label, &words[..n]);
+        let buf = IpcBuffer::current();
+        for (i, &w) in words[..n].iter().enumerate().skip(rl4_abi::ipc::REG_WORDS as usize) {
+            buf.set(i, w);
+        }
+        m.tag = rl4_abi::ipc::Tag::new(label, n as u64, 0);
+        m
+    }
+    /// The label.
+    pub fn label(&self) -> u64 {
+        self.tag.label()
+    }
+    /// The number of words.
+    pub fn len(&self) -> usize {
+        self.tag.len() as usize
+    }
+    /// Whether the message has no words.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Word `i` of a received message: from the registers, or (i >= 4) from the calling
+    /// thread's IPC buffer. `None` past the message's length.
+    pub fn word(&self, i: usize) -> Option<u64> {
+        match i {
+            _ if i >= self.len() => None,
+            0..4 => Some(self.w[i]),
+            _ => Some(IpcBuffer::current().get(i)),
+        }
+    }
+}
+
+/// A thread's IPC buffer page: message words 4 and up, at their index.
+#[derive(Clone, Copy, Debug)]
+pub struct IpcBuffer(u64);
+
+impl IpcBuffer {
+    /// The calling thread's buffer: [`env::IPC_BUFFER`] for a program's first thread, the
+    /// one [`thread::spawn`] made for the others (found from the stack pointer). Only for
+    /// programs laid out as [`env`](mod@env) says (the root task itself is not: it uses
+    /// [`IpcBuffer::at`]).
+    pub fn current() -> IpcBuffer {
+        let sp: u64;
+        // SAFETY: reads the stack pointer; no memory access, no side effect.
+        unsafe { core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags)) };
+        IpcBuffer(thread::buffer_for(sp))
+    }
+    /// The buffer page at `addr` (it must be a registered IPC buffer of this program's).
+    pub fn at(addr: u64) -> IpcBuffer {
+        IpcBuffer(addr & !(rl4_abi::PAGE_SIZE - 1))
+    }
+    /// Word `i` (< [`rl4_abi::ipc::MAX_WORDS`]; others read as 0).
+    pub fn get(self, i: usize) -> u64 {
+        if i >= rl4_abi::ipc::MAX_WORDS as usize {
+            return 0;
+        }
+        // SAFETY: the buffer page is mapped writable in this program for the thread's life
+        // (the root task or `thread::spawn` mapped and registered it), and `i` is inside it.
+        unsafe { core::ptr::read_volatile((self.0 as *const u64).add(i)) }
+    }
+    /// Sets word `i` (< [`rl4_abi::ipc::MAX_WORDS`]; others are ignored).
+    pub fn set(self, i: usize, w: u64) {
+        if i < rl4_abi::ipc::MAX_WORDS as usize {
+            // SAFETY: as in `get`.
+            unsafe { core::ptr::write_volatile((self.0 as *mut u64).add(i), w) }
+        }
+    }
 }
 
 /// Reads the time-stamp counter.

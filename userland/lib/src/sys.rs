@@ -1,4 +1,11 @@
-//! Typed wrappers for every system call of `rl4_abi::Sys`.
+//! Typed wrappers for every system call of [`rl4_abi::Sys`]: one function each, named after the
+//! call, taking its arguments in the order `docs/syscalls.md` gives them (capabilities by slot
+//! number) and returning `Ok` with the result words or the kernel's [`Error`]. The IPC calls
+//! ([`call`], [`reply_recv`], [`send`], [`recv`] and their variants) pass and return a [`Msg`]
+//! in registers. The typed handles of [`crate::cap`] are built on these.
+//!
+//! A new system call gets its number in `rl4_abi::Sys` and a function here, written like its
+//! neighbours with [`raw`] (or [`ipc`] for a message-passing one).
 use rl4_abi::{Error, Rights, Sys};
 
 /// Result words of a successful call.
@@ -69,6 +76,10 @@ pub fn cap_copy_raw(src: u64, dst_task: u64, dst: u64, rights: u64) -> Result<()
 }
 pub fn cap_delete(slot: u64) -> Result<(), Error> {
     unit(Sys::CapDelete, [slot, 0, 0, 0, 0, 0])
+}
+/// Deletes every capability derived from the one in `slot`, in every task; → how many.
+pub fn cap_revoke(slot: u64) -> Result<u64, Error> {
+    syscall(Sys::CapRevoke, [slot, 0, 0, 0, 0, 0]).map(|r| r[0])
 }
 /// → (type, rights, badge)
 pub fn cap_identify(slot: u64) -> Ret {

@@ -44,13 +44,12 @@ const WIND_DOWN_S: u64 = 4;
 /// A fuzzing thread without a call for this long ends its task.
 const STUCK_MS: u64 = 2000;
 /// The checked IPC pairs that run alongside (`stress::run_with`), and what their objects cost
-/// the budget until they end: per pair an endpoint (256 bytes) and two threads (4 KiB each),
-/// as docs/syscalls.md lists the costs. What else they take (their stacks, the page tables
+/// the budget until they end: per pair an endpoint and two threads (`rl4_abi::cost`). What else they take (their stacks, the page tables
 /// behind them) the root task keeps.
 const PAIRS: usize = 8;
 /// How long the wind-down waits for the fuzzers' threads and memory to come back.
 const WAIT_BACK_MS: u64 = 2000;
-const PAIR_OBJECTS: u64 = 256 + 2 * 4096;
+const PAIR_OBJECTS: u64 = rl4_abi::cost::ENDPOINT + 2 * rl4_abi::cost::THREAD;
 
 /// The root task's own words on the command line: `threads=N`, `cross=0|1`.
 pub fn owns(arg: &str) -> bool {
@@ -589,9 +588,9 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
     }
     l.flush();
     // Where the fuzzing threads' time went: the calls that took longest in all (waits count).
-    let mut by_time: [usize; 41] = core::array::from_fn(|i| i);
+    let mut by_time: [usize; word::CYCLE_CALLS] = core::array::from_fn(|i| i);
     by_time.sort_unstable_by(|a, b| w[word::CYCLES + b].cmp(&w[word::CYCLES + a]));
-    let in_calls: u64 = (0..41).map(|k| w[word::CYCLES + k]).sum();
+    let in_calls: u64 = (0..word::CYCLE_CALLS).map(|k| w[word::CYCLES + k]).sum();
     let _ = write!(l, "fuzz: time in calls: {} thread-s in all; longest:", in_calls / hz.max(1));
     for &k in by_time.iter().take(10) {
         let _ = write!(l, " {} {}.{:02} s", sys_name(k), w[word::CYCLES + k] / hz.max(1), w[word::CYCLES + k] * 100 / hz.max(1) % 100);

@@ -18,7 +18,11 @@
 //!   and moved from CPU 0 while their threads block on every kind of call; defaults 200 rounds
 //!   of 3 tasks x 8 threads, `KernelCheck` every 20 rounds) and the server that never replies
 //!   (`noreply.rs`, K calls per case, default 20), one test line each, then
-//!   `root: N passed, N failed`.
+//!   `root: N passed, N failed`;
+//! * `start=NAME[:cpu=N][:prio=P][:arg=X][:ep=OTHER]... [until=NAME] [seconds=S] [stay]`: start
+//!   programs (boot modules from `scripts/run --program`, or embedded ones) by name, each in a
+//!   task of its own, the `ep=` programs' endpoints passed to it; then wait for the `until=`
+//!   program (default the last) to end and shut down (see `modules.rs`, `docs/writing-programs.md`).
 #![no_std]
 #![no_main]
 
@@ -26,11 +30,13 @@ mod bench;
 mod fault_tests;
 mod fuzz;
 mod ipc_tests;
+mod modules;
 mod noreply;
 mod sec_tests;
 mod space;
 mod storm;
 mod stress;
+mod teardown_tests;
 mod tests;
 
 use rl4_abi::{BootInfo, root_slots};
@@ -59,6 +65,8 @@ fn rl4_main(boot_info: u64, _: u64) {
     let mut storms = None;
     let mut so = storm::Opts { rounds: 200, tasks: 3, threads: 8, check_every: 20, seed: 1, keep_going: false, suspend_running_only: false, kinds: 0x1f };
     let mut calls = 20u64;
+    let mut starts: [&str; modules::MAX_STARTS + 1] = [""; modules::MAX_STARTS + 1];
+    let (mut nstarts, mut until, mut stay, mut seconds_given) = (0usize, None, false, false);
     for w in args.split_ascii_whitespace() {
         let num = |v: &str| v.parse::<u64>().ok();
         if let Some(t) = w.strip_prefix("test=") {
@@ -105,6 +113,17 @@ fn rl4_main(boot_info: u64, _: u64) {
             messages = n;
         } else if let Some(n) = w.strip_prefix("seconds=").and_then(num) {
             seconds = n;
+            seconds_given = true;
+        } else if let Some(s) = w.strip_prefix("start=") {
+            // One more than the limit is kept, so that `modules::run` can refuse it by name.
+            if nstarts < starts.len() {
+                starts[nstarts] = s;
+                nstarts += 1;
+            }
+        } else if let Some(u) = w.strip_prefix("until=") {
+            until = Some(u);
+        } else if w == "stay" {
+            stay = true;
         } else if let Some(b) = w.strip_prefix("bench=") {
             bench_name = Some(b);
         } else if let Some(n) = w.strip_prefix("iters=").and_then(num) {
@@ -113,12 +132,13 @@ fn rl4_main(boot_info: u64, _: u64) {
             len = n;
         } else if let Some(a) = w.strip_prefix("accel=") {
             accel = a;
-
         } else {
             println!("root: unknown argument '{w}' ignored");
         }
     }
-    let ok = if let Some(list) = bench_name {
+    let ok = if nstarts > 0 {
+        modules::run(bi, &starts[..nstarts], until, stay, if seconds_given { seconds } else { 120 })
+    } else if let Some(list) = bench_name {
         // Several configurations in one boot, so that they can be compared with each other.
         list.split(',').all(|b| bench::run(bi, b, accel, iters, len))
     } else if let Some(list) = storms {

@@ -209,7 +209,250 @@ fn test_forged_console_lines(bi: &BootInfo) {
     report(NAME, done, format_args!("a worker task printed lines that imitate the kernel's and the root task's"));
 }
 
+// ---- revocation -------------------------------------------------------------------------------
+
+fn present(s: u64) -> bool {
+    sys::cap_identify(s).is_ok()
+}
+
+/// Issue 17: `CapRevoke` deletes every capability derived from a slot, in every task, and
+/// only those. Tree: `a` (an endpoint) → `b` (copy) → `c` (minted, badge 7) → `d` (copy), and
+/// `a` → `e`; `b` copied into another task's slot 20 and `d` into its slot 21. Revoking `b`
+/// deletes c, d and both slots of the other task (they are free again afterwards); `a`, `b`,
+/// `e` stay. Revoking `a` then deletes `b`, `e` and the other task's new copies. A deleted
+/// intermediate hands its children up: `a` → `f` → `g`, `f` deleted, revoking `a` deletes `g`.
+fn test_revoke_tree() {
+    const NAME: &str = "revoke-derivation-tree";
+    let (a, b, c, d, e, f, g, other) = (slot(), slot(), slot(), slot(), slot(), slot(), slot(), slot());
+    let all = Rights::ALL;
+    let made = sys::endpoint_create(MEMORY, a)
+        .and_then(|_| sys::cap_copy(a, TASK, b, all))
+        .and_then(|_| sys::cap_mint(b, TASK, c, all, 7))
+        .and_then(|_| sys::cap_copy(c, TASK, d, all))
+        .and_then(|_| sys::cap_copy(a, TASK, e, all))
+        .and_then(|_| sys::task_create(MEMORY, other))
+        .and_then(|_| sys::cap_copy(b, other, 20, all))
+        .and_then(|_| sys::cap_copy(d, other, 21, all));
+    let first = sys::cap_revoke(b);
+    let after_first = (present(a), present(b), present(c), present(d), present(e));
+    // The other task's slots are free again: copies into them succeed.
+    let freed = sys::cap_copy(e, other, 20, all).is_ok() && sys::cap_copy(b, other, 21, all).is_ok();
+    let second = sys::cap_revoke(a);
+    let after_second = (present(a), present(b), present(e));
+    let freed2 = sys::cap_copy(a, other, 20, all).is_ok() && sys::cap_copy(a, other, 21, all).is_ok();
+    let none_left = sys::cap_revoke(a);
+    let _ = sys::cap_revoke(a);
+    let handed_up = sys::cap_copy(a, TASK, f, all)
+        .and_then(|_| sys::cap_copy(f, TASK, g, all))
+        .and_then(|_| sys::cap_delete(f))
+        .and_then(|_| sys::cap_revoke(a).map(|_| ()));
+    let g_gone = !present(g);
+    let empty = sys::cap_revoke(f);
+    let out_of_range = sys::cap_revoke(1 << 40);
+    let ok = made.is_ok()
+        && first == Ok(4)
+        && after_first == (true, true, false, false, true)
+        && freed
+        && second == Ok(4)
+        && after_second == (true, false, false)
+        && freed2
+        && none_left == Ok(2)
+        && handed_up.is_ok()
+        && g_gone
+        && empty == Err(Error::EmptySlot)
+        && out_of_range == Err(Error::SlotOutOfRange);
+    report(
+        NAME,
+        ok,
+        format_args!(
+            "made {made:?}; revoke b: {first:?} (want 4), a/b/c/d/e present {after_first:?}, other task's slots free {freed}; \
+             revoke a: {second:?} (want 4), a/b/e present {after_second:?}, free again {freed2}; revoke a with 2 new copies: \
+             {none_left:?}; deleted intermediate: {handed_up:?}, its child gone {g_gone}; empty slot {empty:?}, \
+             out of range {out_of_range:?}"
+        ),
+    );
+    // An address-space capability obtained through a copy of a task capability is that copy's
+    // child: revoking the task capability takes both.
+    let (ot, sp) = (slot(), slot());
+    let space_made = sys::cap_copy(other, TASK, ot, Rights::READ.union(Rights::WRITE)).and_then(|_| sys::task_space(ot, sp));
+    let space_revoked = sys::cap_revoke(other);
+    let space_gone = !present(ot) && !present(sp);
+    report(
+        "revoke-takes-derived-address-space",
+        space_made.is_ok() && space_revoked == Ok(2) && space_gone,
+        format_args!("TaskAddressSpace through a copy {space_made:?}; revoking the task capability: {space_revoked:?} (want 2), both gone {space_gone}"),
+    );
+    let _ = sys::task_kill(other);
+    for s in [a, b, c, d, e, f, g, other, ot, sp] {
+        release(s);
+    }
+}
+
+static FLIGHT_EP: AtomicU64 = AtomicU64::new(0);
+static FLIGHT_CAP: AtomicU64 = AtomicU64::new(0);
+static FLIGHT_RESULT: AtomicU64 = AtomicU64::new(u64::MAX);
+
+fn flight_sender(_: u64) {
+    let msg = Msg { tag: Tag::new(3, 0, 1), badge: 0, w: [0; 4] };
+    let r = sys::ipc(Sys::Send, FLIGHT_EP.load(SeqCst), &msg, FOREVER, FLIGHT_CAP.load(SeqCst), u64::MAX);
+    FLIGHT_RESULT.store(match r { Ok(_) => 0, Err(e) => e as u64 }, SeqCst);
+}
+
+/// Issue 17: a capability in flight is revoked too. A thread on another CPU blocks in `Send`
+/// carrying a copy of a frame capability; revoking the original deletes the copy in its slot,
+/// and the message then arrives without the capability (tag `caps` 0, the receive slot
+/// empty). The control: the same with no revocation delivers it.
+fn test_revoke_in_flight() {
+    const NAME: &str = "revoke-in-flight-capability";
+    let (ep, frame, copy, into) = (slot(), slot(), slot(), slot());
+    let made = sys::endpoint_create(MEMORY, ep)
+        .and_then(|_| sys::frame_alloc(MEMORY, frame))
+        .and_then(|_| sys::cap_copy(frame, TASK, copy, Rights::ALL));
+    FLIGHT_EP.store(ep, SeqCst);
+    FLIGHT_CAP.store(copy, SeqCst);
+    let mut outcome = [(false, 0u64, false, u64::MAX); 2];
+    for (i, revoke) in [false, true].into_iter().enumerate() {
+        if i == 1 {
+            let _ = sys::cap_copy(frame, TASK, copy, Rights::ALL);
+        }
+        FLIGHT_RESULT.store(u64::MAX, SeqCst);
+        let t = spawn(flight_sender, 0, ROOT_PRIO, far_cpu());
+        let blocked = wait_ms(2000, || state(t) == Some(ThreadState::BlockedSend));
+        let revoked = if revoke { sys::cap_revoke(frame) == Ok(1) && !present(copy) } else { present(copy) };
+        let m = sys::ipc(Sys::Recv, ep, &Msg::default(), tsc_hz() * 2, u64::MAX, into);
+        let caps = m.map(|m| m.tag.caps()).unwrap_or(99);
+        let arrived = present(into);
+        wait_ms(2000, || FLIGHT_RESULT.load(SeqCst) != u64::MAX);
+        outcome[i] = (blocked && revoked, caps, arrived, FLIGHT_RESULT.load(SeqCst));
+        join_dead(t);
+        let _ = sys::cap_delete(into);
+    }
+    let ok = made.is_ok() && outcome[0] == (true, 1, true, 0) && outcome[1] == (true, 0, false, 0);
+    report(
+        NAME,
+        ok,
+        format_args!(
+            "made {made:?}; (sender blocked and copy as expected, tag caps, capability in the receive slot, send result): \
+             without revocation {:?} (want (true, 1, true, 0)), revoked while in flight {:?} (want (true, 0, false, 0))",
+            outcome[0], outcome[1]
+        ),
+    );
+    for s in [ep, frame, copy, into] {
+        release(s);
+    }
+}
+
+static RACE_ROOT: AtomicU64 = AtomicU64::new(0);
+static RACE_OTHER: AtomicU64 = AtomicU64::new(0);
+static RACE_COPIES: AtomicU64 = AtomicU64::new(0);
+static RACE_ODD_COPY: AtomicU64 = AtomicU64::new(0);
+static RACE_PAIR: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+/// On another CPU: copies of copies of the root capability, into this task and another, as
+/// fast as it can, deleting some on the way.
+fn revoke_racer(_: u64) {
+    while RACE_ROOT.load(SeqCst) == 0 {
+        core::hint::spin_loop();
+    }
+    let (root, other) = (RACE_ROOT.load(SeqCst), RACE_OTHER.load(SeqCst));
+    let (x, y) = (RACE_PAIR[0].load(SeqCst), RACE_PAIR[1].load(SeqCst));
+    let mut i = 0u64;
+    while !RACE_STOP.load(SeqCst) {
+        i += 1;
+        // Each copy either lands or finds its source gone (revoked) or its slot taken.
+        let r1 = sys::cap_copy(root, TASK, x, Rights::ALL);
+        let r2 = sys::cap_copy(x, TASK, y, Rights::ALL);
+        let r3 = sys::cap_copy(y, other, 8 + i % 64, Rights::ALL);
+        for r in [r1, r2, r3] {
+            match r {
+                Ok(()) => {
+                    RACE_COPIES.fetch_add(1, SeqCst);
+                }
+                Err(Error::EmptySlot) | Err(Error::SlotOccupied) => {}
+                Err(_) => {
+                    RACE_ODD_COPY.fetch_add(1, SeqCst);
+                }
+            }
+        }
+        if i % 3 == 0 {
+            let _ = sys::cap_delete(x);
+        }
+    }
+    // Stay (so that the budget can be compared without this thread's charge) until let go.
+    RACE_PARKED.store(true, SeqCst);
+    while RACE_ROOT.load(SeqCst) != 0 {
+        core::hint::spin_loop();
+    }
+}
+
+static RACE_PARKED: AtomicBool = AtomicBool::new(false);
+
+/// Issue 17: revocation against derivation on another CPU. A thread on CPU 1 keeps copying the
+/// root capability, copies of the copies, and copies into another task, while this thread
+/// revokes the root over and over; then, with the copier stopped, one last revocation must
+/// leave no copy anywhere (the other task's 64 slots are all free again), and the memory budget
+/// and the kernel's consistency check are back.
+fn test_revoke_race() {
+    const NAME: &str = "revoke-against-copies-on-another-cpu";
+    if cpus() < 2 {
+        return crate::tests::skip(NAME, "one CPU");
+    }
+    RACE_ROOT.store(0, SeqCst);
+    RACE_PARKED.store(false, SeqCst);
+    RACE_STOP.store(false, SeqCst);
+    RACE_COPIES.store(0, SeqCst);
+    RACE_ODD_COPY.store(0, SeqCst);
+    // The copier first (its stack stays mapped; it waits, parked, until the budget is compared):
+    // the budget is compared from here.
+    let t = spawn(revoke_racer, 0, ROOT_PRIO, 1);
+    let Ok((left0, _)) = sys::memory_info(MEMORY) else { return report(NAME, false, format_args!("memory_info")) };
+    let (root, other, x, y) = (slot(), slot(), slot(), slot());
+    let made = sys::endpoint_create(MEMORY, root).and_then(|_| sys::task_create(MEMORY, other));
+    RACE_OTHER.store(other, SeqCst);
+    RACE_PAIR[0].store(x, SeqCst);
+    RACE_PAIR[1].store(y, SeqCst);
+    RACE_ROOT.store(root, SeqCst);
+    let end = rl4_user::rdtsc() + tsc_hz();
+    let (mut revokes, mut revoked, mut odd) = (0u64, 0u64, 0u64);
+    while rl4_user::rdtsc() < end {
+        match sys::cap_revoke(root) {
+            Ok(n) => {
+                revokes += 1;
+                revoked += n;
+            }
+            Err(_) => odd += 1,
+        }
+        dwell();
+    }
+    RACE_STOP.store(true, SeqCst);
+    let parked = wait_ms(2000, || RACE_PARKED.load(SeqCst));
+    let last = sys::cap_revoke(root);
+    let mine_gone = !present(x) && !present(y);
+    let theirs_free = (8..72).all(|s| sys::cap_copy(root, other, s, Rights::ALL).is_ok());
+    let _ = sys::task_kill(other);
+    for s in [root, other, x, y] {
+        release(s);
+    }
+    let back = wait_ms(3000, || sys::memory_info(MEMORY).map(|m| m.0) == Ok(left0));
+    RACE_ROOT.store(0, SeqCst);
+    join_dead(t);
+    let copies = RACE_COPIES.load(SeqCst);
+    let odd_copy = RACE_ODD_COPY.load(SeqCst);
+    report(
+        NAME,
+        made.is_ok() && parked && last.is_ok() && mine_gone && theirs_free && back && odd == 0 && odd_copy == 0 && copies > 0 && revoked > 0,
+        format_args!(
+            "{copies} copies made on cpu 1 while cpu 0 revoked {revokes} times ({revoked} deleted, {odd} failed); \
+             then: {last:?}, this task's copies gone {mine_gone}, the other task's 64 slots free {theirs_free}, \
+             budget back {back}, {odd_copy} copies failed otherwise than EmptySlot/SlotOccupied"
+        ),
+    );
+}
+
 pub fn run(bi: &BootInfo) {
+    test_revoke_tree();
+    test_revoke_in_flight();
+    test_revoke_race();
     test_task_space_race();
     test_transfer_needs_grant_on_cap();
     test_forged_console_lines(bi);

@@ -206,15 +206,29 @@ impl Child {
 
     /// Like [`Child::load`], with `console` the rights of the child's machine capability.
     pub fn load_with(bi: &BootInfo, name: &str, console: Rights) -> Result<Child, Error> {
-        let image = program(bi, name)?;
+        Self::load_elf(&program(bi, name)?, console)
+    }
+
+    /// Like [`Child::load_with`], for an image already checked.
+    pub fn load_elf(image: &Elf<'_>, console: Rights) -> Result<Child, Error> {
         let task = slot();
         let space = slot();
-        sys::task_create(MEMORY, task)?;
-        sys::task_space(task, space)?;
-        let scratch = NEXT_VA.fetch_add(2 * PAGE_SIZE, Ordering::Relaxed);
-        let entry = load_pages(&image, scratch, |f, va, r| sys::map(space, f, va, r).map(|_| false))?;
-        sys::cap_copy(MACHINE, task, MACHINE, console)?;
-        Ok(Child { task, space, entry })
+        let loaded = (|| {
+            sys::task_create(MEMORY, task)?;
+            sys::task_space(task, space)?;
+            let scratch = NEXT_VA.fetch_add(2 * PAGE_SIZE, Ordering::Relaxed);
+            let entry = load_pages(image, scratch, |f, va, r| sys::map(space, f, va, r).map(|_| false))?;
+            sys::cap_copy(MACHINE, task, MACHINE, console)?;
+            Ok(entry)
+        })();
+        match loaded {
+            Ok(entry) => Ok(Child { task, space, entry }),
+            Err(e) => {
+                // Whatever was made goes back (deleting empty slots is harmless).
+                Child { task, space, entry: 0 }.release();
+                Err(e)
+            }
+        }
     }
 
     /// Starts a thread of the child at its entry point with arguments `(a0, a1)`, with a fresh

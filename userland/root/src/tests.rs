@@ -679,6 +679,9 @@ pub fn run(bi: &BootInfo, which: &str) -> bool {
     if want("fault") {
         crate::fault_tests::run();
     }
+    if want("teardown") || which.starts_with("teardown-") {
+        crate::teardown_tests::run(which);
+    }
     // `check` alone: only the consistency check (with `inject=` on the kernel's command line,
     // it must fail).
     consistency(which);

@@ -263,6 +263,9 @@ enum Effect {
     Copy(u64, u64),
     /// The slot is empty now.
     Clear(u64),
+    /// Capabilities anywhere in the table may be gone (`CapRevoke`): look again at every slot
+    /// believed full.
+    Rescan,
 }
 
 #[derive(Clone, Copy)]
@@ -532,7 +535,7 @@ impl Fz {
         counter(word::CURRENT + self.t).store(n.min(255) | (forever as u64) << 8, Relaxed);
         let t0 = rl4_user::rdtsc();
         let (rax, _, rsi, _) = raw(n, &c.a, c.timeout, c.r13, c.r14);
-        if n < 41 {
+        if n < word::CYCLE_CALLS as u64 {
             add(word::CYCLES + n as usize, rl4_user::rdtsc() - t0);
         }
         add(word::CALLS, 1);
@@ -570,6 +573,13 @@ impl Fz {
                     set_kind(dst, kd);
                 }
                 Effect::Clear(s) => set_kind(s, EMPTY),
+                Effect::Rescan => {
+                    for s in 0..128 {
+                        if kind(s) != EMPTY {
+                            self.identify(s);
+                        }
+                    }
+                }
             }
             if is_receive(n) {
                 self.received = n != Sys::Call as u64;
@@ -645,6 +655,17 @@ impl Fz {
                 };
                 c.a = [s, 0, 0, 0, 0, 0];
                 c.effect = Effect::Clear(s);
+            }
+            CapRevoke => {
+                // Mostly what it made or copied (and gave away); the shared endpoints too, whose
+                // copies other fuzzers received from it through IPC.
+                let s = match self.rnd() % 16 {
+                    0 => self.hostile(0),
+                    1..=3 => self.pick_of(slot::SHARED),
+                    _ => self.find(&ANY, slot::OWN, 128).unwrap_or(slot::OWN),
+                };
+                c.a = [s, 0, 0, 0, 0, 0];
+                c.effect = Effect::Rescan;
             }
             CapIdentify => {
                 let s = self.rnd() % 128;

@@ -1,0 +1,419 @@
+//! The derivation tree of one object's capabilities: which capability was copied or minted
+//! from which, so that `CapRevoke` can delete everything derived from one capability in time
+//! proportional to what it deletes.
+//!
+//! A node is one capability in a slot; its *home* (`H`: the kernel's task and slot) says where.
+//! The original capability of an object is a root; a copy, a mint or a capability received
+//! through IPC is a child of the capability it came from. Nodes live in one vector, linked by
+//! index (parent, first child, siblings both ways), and are reused through a free list; a
+//! [`NodeId`] carries the slot's generation, so an identifier kept after its node was freed
+//! (and perhaps reused) is recognised as gone.
+//!
+//! Deleting a capability ([`DerivTree::remove`]) hands its children to its parent, so that
+//! revoking the parent still reaches them, and no node outlives its capability: the tree holds
+//! exactly one node per capability in a slot. [`DerivTree::revoke`] frees every descendant of
+//! a node, leaves first, with no recursion and no allocation.
+use alloc::vec::Vec;
+
+const NONE: u32 = u32::MAX;
+
+/// A node of a [`DerivTree`]: index and generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeId {
+    index: u32,
+    /// Never repeats for one index: a node whose generation reaches `u32::MAX` is retired
+    /// instead of reused (else, after 2^32 copies and deletions, a stale identifier would
+    /// name a live node again).
+    generation: u32,
+}
+
+struct Node<H> {
+    generation: u32,
+    parent: u32,
+    first_child: u32,
+    prev: u32,
+    /// Next sibling; for a free node, the next free one.
+    next: u32,
+    /// `None`: the node is free.
+    home: Option<H>,
+}
+
+/// One object's derivation tree.
+pub struct DerivTree<H> {
+    nodes: Vec<Node<H>>,
+    free: u32,
+    live: usize,
+}
+
+impl<H> Default for DerivTree<H> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The node a derivation names was freed: its capability was deleted or revoked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gone;
+
+impl<H> DerivTree<H> {
+    pub const fn new() -> Self {
+        DerivTree { nodes: Vec::new(), free: NONE, live: 0 }
+    }
+
+    /// Capabilities in the tree.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Nodes allocated, free ones included (what the tree's vector holds).
+    pub fn capacity(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn node(&self, id: NodeId) -> Option<&Node<H>> {
+        self.nodes.get(id.index as usize).filter(|n| n.generation == id.generation && n.home.is_some())
+    }
+
+    /// Whether `id` still names a capability.
+    pub fn is_live(&self, id: NodeId) -> bool {
+        self.node(id).is_some()
+    }
+
+    /// Where `id`'s capability lives.
+    pub fn home(&self, id: NodeId) -> Option<&H> {
+        self.node(id).and_then(|n| n.home.as_ref())
+    }
+
+    /// The parent of `id`, if it is live and not a root.
+    pub fn parent(&self, id: NodeId) -> Option<NodeId> {
+        let n = self.node(id)?;
+        (n.parent != NONE).then(|| NodeId { index: n.parent, generation: self.nodes[n.parent as usize].generation })
+    }
+
+    /// A new node: a root (`parent` `None`) or a child of the live node `parent`.
+    pub fn add(&mut self, parent: Option<NodeId>, home: H) -> Result<NodeId, Gone> {
+        let p = match parent {
+            None => NONE,
+            Some(p) if self.is_live(p) => p.index,
+            Some(_) => return Err(Gone),
+        };
+        let index = if self.free != NONE {
+            let i = self.free;
+            self.free = self.nodes[i as usize].next;
+            i
+        } else {
+            self.nodes.push(Node { generation: 0, parent: NONE, first_child: NONE, prev: NONE, next: NONE, home: None });
+            (self.nodes.len() - 1) as u32
+        };
+        let next = if p == NONE { NONE } else { self.nodes[p as usize].first_child };
+        {
+            let n = &mut self.nodes[index as usize];
+            n.parent = p;
+            n.first_child = NONE;
+            n.prev = NONE;
+            n.next = next;
+            n.home = Some(home);
+        }
+        if p != NONE {
+            if next != NONE {
+                self.nodes[next as usize].prev = index;
+            }
+            self.nodes[p as usize].first_child = index;
+        }
+        self.live += 1;
+        Ok(NodeId { index, generation: self.nodes[index as usize].generation })
+    }
+
+    /// Takes node `i` out of its parent's list of children.
+    fn unlink(&mut self, i: u32) {
+        let (parent, prev, next) = {
+            let n = &self.nodes[i as usize];
+            (n.parent, n.prev, n.next)
+        };
+        if prev != NONE {
+            self.nodes[prev as usize].next = next;
+        } else if parent != NONE {
+            self.nodes[parent as usize].first_child = next;
+        }
+        if next != NONE {
+            self.nodes[next as usize].prev = prev;
+        }
+    }
+
+    /// Frees the unlinked, childless node `i` and returns its home.
+    fn release(&mut self, i: u32) -> H {
+        let n = &mut self.nodes[i as usize];
+        debug_assert_eq!(n.first_child, NONE);
+        n.parent = NONE;
+        n.prev = NONE;
+        n.next = NONE;
+        self.live -= 1;
+        let home = n.home.take().expect("a live node");
+        if n.generation == u32::MAX {
+            // Retired: this index is never handed out again.
+            return home;
+        }
+        n.generation += 1;
+        n.next = self.free;
+        self.free = i;
+        home
+    }
+
+    /// Deletes the capability `id` (if it is still live): its children become its parent's
+    /// (roots, if it was one). Returns its home. Time: its number of children.
+    pub fn remove(&mut self, id: NodeId) -> Option<H> {
+        self.node(id)?;
+        let i = id.index;
+        let parent = self.nodes[i as usize].parent;
+        // Hand the children over: each gets the new parent, and the list is put in front of
+        // the parent's own children.
+        let first = self.nodes[i as usize].first_child;
+        if first != NONE {
+            let mut last = first;
+            let mut c = first;
+            while c != NONE {
+                self.nodes[c as usize].parent = parent;
+                last = c;
+                c = self.nodes[c as usize].next;
+            }
+            self.nodes[i as usize].first_child = NONE;
+            if parent != NONE {
+                // Splice [first..last] in where `i` was: after `i`'s predecessor.
+                let next = self.nodes[i as usize].next;
+                self.nodes[last as usize].next = next;
+                if next != NONE {
+                    self.nodes[next as usize].prev = last;
+                }
+                self.nodes[i as usize].next = first;
+                self.nodes[first as usize].prev = i;
+            } else {
+                // Roots are not linked to each other.
+                let mut c = first;
+                while c != NONE {
+                    let n = self.nodes[c as usize].next;
+                    self.nodes[c as usize].prev = NONE;
+                    self.nodes[c as usize].next = NONE;
+                    c = n;
+                }
+            }
+        }
+        self.unlink(i);
+        Some(self.release(i))
+    }
+
+    /// Deletes every capability derived from `id`, transitively, leaves first, handing each
+    /// one's id and home to `f`; `id` itself stays. Returns how many were deleted, or `Gone`
+    /// if `id` is not live. Time: the number deleted.
+    pub fn revoke(&mut self, id: NodeId, mut f: impl FnMut(NodeId, H)) -> Result<usize, Gone> {
+        self.node(id).ok_or(Gone)?;
+        let top = id.index;
+        let mut count = 0;
+        let mut x = self.nodes[top as usize].first_child;
+        while x != NONE {
+            while self.nodes[x as usize].first_child != NONE {
+                x = self.nodes[x as usize].first_child;
+            }
+            // `x` is a leaf: free it, then go on with its next sibling's subtree, or its parent
+            // once that has no children left.
+            let parent = self.nodes[x as usize].parent;
+            let gone = NodeId { index: x, generation: self.nodes[x as usize].generation };
+            self.unlink(x);
+            let home = self.release(x);
+            count += 1;
+            f(gone, home);
+            x = if parent == top {
+                self.nodes[top as usize].first_child
+            } else if self.nodes[parent as usize].first_child != NONE {
+                self.nodes[parent as usize].first_child
+            } else {
+                parent
+            };
+        }
+        Ok(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::collections::BTreeMap;
+    use alloc::vec;
+
+    /// The reference: each live capability's parent, by name.
+    #[derive(Default)]
+    struct Model {
+        parent: BTreeMap<u32, Option<u32>>,
+    }
+
+    impl Model {
+        fn descendants(&self, n: u32) -> Vec<u32> {
+            let mut out = vec![];
+            let mut todo = vec![n];
+            while let Some(x) = todo.pop() {
+                for (&c, &p) in &self.parent {
+                    if p == Some(x) {
+                        out.push(c);
+                        todo.push(c);
+                    }
+                }
+            }
+            out.sort();
+            out
+        }
+        fn remove(&mut self, n: u32) {
+            let p = self.parent.remove(&n).unwrap();
+            for v in self.parent.values_mut() {
+                if *v == Some(n) {
+                    *v = p;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn copies_of_copies_are_revoked_and_the_revoker_stays() {
+        let mut t = DerivTree::new();
+        let a = t.add(None, 'a').unwrap();
+        let b = t.add(Some(a), 'b').unwrap();
+        let c = t.add(Some(b), 'c').unwrap();
+        let d = t.add(Some(a), 'd').unwrap();
+        let e = t.add(Some(d), 'e').unwrap();
+        let mut seen = vec![];
+        assert_eq!(t.revoke(b, |_, h| seen.push(h)), Ok(1));
+        assert_eq!(seen, vec!['c']);
+        assert!(t.is_live(b) && !t.is_live(c));
+        seen.clear();
+        assert_eq!(t.revoke(a, |_, h| seen.push(h)), Ok(3));
+        seen.sort();
+        assert_eq!(seen, vec!['b', 'd', 'e']);
+        assert!(t.is_live(a) && !t.is_live(e));
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn a_deleted_capability_hands_its_children_up() {
+        let mut t = DerivTree::new();
+        let a = t.add(None, 1).unwrap();
+        let b = t.add(Some(a), 2).unwrap();
+        let c = t.add(Some(b), 3).unwrap();
+        let d = t.add(Some(b), 4).unwrap();
+        assert_eq!(t.remove(b), Some(2));
+        assert_eq!(t.parent(c), Some(a));
+        assert_eq!(t.parent(d), Some(a));
+        assert_eq!(t.remove(b), None, "gone once");
+        let mut n = 0;
+        t.revoke(a, |_, _| n += 1).unwrap();
+        assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn a_freed_id_is_never_live_again_even_when_its_node_is_reused() {
+        let mut t = DerivTree::new();
+        let a = t.add(None, 1).unwrap();
+        let b = t.add(Some(a), 2).unwrap();
+        t.remove(b);
+        let c = t.add(Some(a), 3).unwrap();
+        assert_eq!(c.index, b.index, "reused");
+        assert!(!t.is_live(b) && t.is_live(c));
+        assert_eq!(t.add(Some(b), 4), Err(Gone));
+        assert_eq!(t.revoke(b, |_, _| {}), Err(Gone));
+        assert_eq!(t.capacity(), 2);
+    }
+
+    #[test]
+    fn a_node_whose_generation_ran_out_is_retired() {
+        let mut t = DerivTree::new();
+        let a = t.add(None, 1).unwrap();
+        let b = t.add(Some(a), 2).unwrap();
+        t.nodes[b.index as usize].generation = u32::MAX;
+        let old = NodeId { index: b.index, generation: u32::MAX };
+        assert_eq!(t.remove(old), Some(2));
+        let c = t.add(Some(a), 3).unwrap();
+        assert_ne!(c.index, b.index, "the retired index is not reused");
+        assert!(!t.is_live(old) && t.is_live(c));
+    }
+
+    #[test]
+    fn revoking_a_deep_chain_and_a_wide_fan_is_linear() {
+        let mut t = DerivTree::new();
+        let root = t.add(None, 0u32).unwrap();
+        let mut last = root;
+        for i in 1..100_000 {
+            last = t.add(Some(last), i).unwrap();
+        }
+        for i in 0..100_000 {
+            t.add(Some(root), i).unwrap();
+        }
+        let mut n = 0;
+        assert_eq!(t.revoke(root, |_, _| n += 1), Ok(199_999));
+        assert_eq!(n, 199_999);
+        assert_eq!(t.len(), 1);
+    }
+
+    /// Random sequences against the model: the same capabilities live, the same parents, and
+    /// each revocation deletes exactly the model's descendants.
+    #[test]
+    fn matches_the_model() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for _round in 0..200 {
+            let mut t = DerivTree::new();
+            let mut m = Model::default();
+            let mut ids: BTreeMap<u32, NodeId> = BTreeMap::new();
+            let mut next = 0u32;
+            for _ in 0..200 {
+                let live: Vec<u32> = ids.keys().copied().collect();
+                match rnd(10) {
+                    0 | 1 => {
+                        let id = t.add(None, next).unwrap();
+                        ids.insert(next, id);
+                        m.parent.insert(next, None);
+                        next += 1;
+                    }
+                    2..=5 if !live.is_empty() => {
+                        let p = live[rnd(live.len())];
+                        let id = t.add(Some(ids[&p]), next).unwrap();
+                        ids.insert(next, id);
+                        m.parent.insert(next, Some(p));
+                        next += 1;
+                    }
+                    6 | 7 if !live.is_empty() => {
+                        let x = live[rnd(live.len())];
+                        assert_eq!(t.remove(ids[&x]), Some(x));
+                        ids.remove(&x);
+                        m.remove(x);
+                    }
+                    8 | 9 if !live.is_empty() => {
+                        let x = live[rnd(live.len())];
+                        let want = m.descendants(x);
+                        let mut got = vec![];
+                        let n = t.revoke(ids[&x], |_, h| got.push(h)).unwrap();
+                        got.sort();
+                        assert_eq!(got, want);
+                        assert_eq!(n, want.len());
+                        for d in want {
+                            m.parent.remove(&d);
+                            assert!(!t.is_live(ids.remove(&d).unwrap()));
+                        }
+                    }
+                    _ => {}
+                }
+                assert_eq!(t.len(), ids.len());
+                for (&x, &id) in &ids {
+                    assert_eq!(t.home(id), Some(&x));
+                    let p = t.parent(id).map(|p| *t.home(p).unwrap());
+                    assert_eq!(p, m.parent[&x], "parent of {x}");
+                }
+            }
+        }
+    }
+}
