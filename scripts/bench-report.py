@@ -135,7 +135,10 @@ L.append("`same-core`, `cross-core-A-B`: `Call` + `ReplyRecv` round trip with an
          "`thread-switch`: a `Yield` away and back (two switches). `cr3-floor`: the system call that makes the kernel "
          "write CR3 away and back (`cr3-floor-kernel`: the kernel's own loop, without the system call). `shm-floor`: "
          "a cache-line ping-pong between two user threads; `ipi-floor`: an IPI to an idle (halted) CPU and its answer, "
-         "measured in the kernel.\n")
+         "measured in the kernel. `fault-round-trip`: a `ud2` of a thread whose fault handler (a thread of the same "
+         "task and CPU) receives the fault message and answers with `ReplyRecv`, moving `rip` past the instruction: "
+         "fault, handler receives, replies, thread resumes; `fault-floor`: a `ud2` the kernel steps over at once "
+         "(`Measure(FAULT_FLOOR)`), the raw exception entry and return.\n")
 ones = [r for r in rl4_rows if r["name"].startswith("oneway")]
 if ones:
     L.append("## One-way latency\n")

@@ -401,7 +401,9 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
             fail!(r, "thread {id} is {st:?} but queued to run");
         }
         let wait_fits = match s.state() {
-            State::Blocked { wait: Wait::Send { ep, .. }, .. } => ep.0.strong_count() > 0 && x.senders == [ep.0.as_ptr() as usize] && in_queues == 1,
+            State::Blocked { wait: Wait::Send { ep, .. } | Wait::FaultSend { ep, .. }, .. } => {
+                ep.0.strong_count() > 0 && x.senders == [ep.0.as_ptr() as usize] && in_queues == 1
+            }
             State::Blocked { wait: Wait::Recv { ep }, .. } => ep.0.strong_count() > 0 && x.receivers == [ep.0.as_ptr() as usize] && in_queues == 1,
             State::Blocked { wait: Wait::Notify { n }, .. } => n.0.strong_count() > 0 && x.waiters == [n.0.as_ptr() as usize] && in_queues == 1,
             _ => in_queues == 0,
@@ -418,10 +420,10 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
         match s.state() {
             State::Running if !matches!(place, Place::Current(_)) => fail!(r, "thread {id} is Running on no CPU"),
             State::Ready if place == Place::Off => fail!(r, "thread {id} is Runnable but in no queue and on no CPU (a lost wake-up)"),
-            State::Blocked { wait: Wait::Reply { ticket }, .. } => {
+            State::Blocked { wait: Wait::Reply { ticket } | Wait::FaultReply { ticket }, .. } => {
                 let n = x.reply_holders.iter().filter(|&&h| h == *ticket).count();
                 if n != 1 {
-                    fail!(r, "thread {id} waits for a reply, but {n} threads hold the right to answer it");
+                    fail!(r, "thread {id} ({st:?}) waits for a reply, but {n} threads hold the right to answer it");
                 }
             }
             _ => {}

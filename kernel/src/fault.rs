@@ -1,29 +1,114 @@
-//! Faults of user threads: the kernel reports what happened (decoding a page fault's error
-//! code) and stops the thread (`Faulted`, a transition that a kill made before it wins over).
+//! Faults of user threads.
+//!
+//! A thread with a fault handler (`ThreadSetFaultHandler`) has each fault delivered to it as a
+//! `Call` made on its behalf (`ipc::fault_call`): the handler receives the fault message
+//! (`rl4_abi::fault`) and the reply right, and its reply resumes the thread (with the
+//! registers it names changed) or stops it. A thread without a handler, or whose handler's
+//! endpoint is gone, is stopped at once (`Faulted`, a transition that a kill made before it
+//! wins over) and the kernel reports the fault on the console.
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use alloc::sync::Arc;
 use rl4_arch::{cpu, println};
 
+use crate::obj::Thread;
 use crate::{sched, thread};
 
-/// Reports a fault of the running thread and stops it.
-pub fn fault_current(vector: u64, error: u64) {
+/// What became of a fault.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// The thread stopped, waits for its handler, or resumes: the scheduler decides.
+    Decide,
+    /// The CPU switched directly to the handler.
+    Switched,
+    /// Stepped over (the exception floor's `ud2`): the thread goes on at once.
+    Resume,
+}
+
+/// The running thread took exception `vector` with `error` (the page-fault address comes
+/// from the CPU).
+pub fn fault_current(vector: u64, error: u64) -> Handled {
     crate::timeline::event(crate::timeline::Kind::Fault, vector, error);
-    let Some(t) = sched::current() else { return };
-    let r = t.regs.get();
+    if vector == UD && floor_step() {
+        return Handled::Resume;
+    }
+    let Some(t) = sched::current() else { return Handled::Decide };
+    let addr = if vector == rl4_abi::fault::PAGE_FAULT { cpu::cr2() } else { 0 };
+    let rip = t.regs.get().rip;
+    // The handler is read under its lock and upgraded after it: the last reference to the
+    // endpoint may go here, and its destructor takes queue and thread locks.
+    let handler = t.fault_handler.lock().clone();
+    if let Some(ep) = handler.as_ref().and_then(|(w, _)| w.upgrade()) {
+        let badge = handler.as_ref().map_or(0, |h| h.1);
+        let info = crate::ipc::fault_info(vector, addr, error);
+        let switched = crate::ipc::fault_call(&t, &ep, badge, info, rip);
+        crate::reclaim::later_queue(Some(thread::QueueRef::Ep(ep)));
+        drop(handler);
+        return if switched && sched::switched_directly(&t) { Handled::Switched } else { Handled::Decide };
+    }
+    drop(handler);
+    report(&t, vector, error, addr, rip);
+    thread::fault(&t);
+    Handled::Decide
+}
+
+fn report(t: &Thread, vector: u64, error: u64, addr: u64, rip: u64) {
     let name = rl4_arch::idt::exception_name(vector);
-    if vector == 14 {
+    if vector == rl4_abi::fault::PAGE_FAULT {
         println!(
             "thread {} (task {}) stopped: {name} at rip={:#x}, address {:#x}, error {:#x} ({}{}{})",
             t.id,
             t.task.id,
-            r.rip,
-            cpu::cr2(),
+            rip,
+            addr,
             error,
             if error & 1 != 0 { "protection" } else { "not mapped" },
             if error & 2 != 0 { ", write" } else { ", read" },
             if error & 16 != 0 { ", instruction fetch" } else { "" }
         );
     } else {
-        println!("thread {} (task {}) stopped: {name} (vector {vector}) at rip={:#x}, error {error:#x}", t.id, t.task.id, r.rip);
+        println!("thread {} (task {}) stopped: {name} (vector {vector}) at rip={rip:#x}, error {error:#x}", t.id, t.task.id);
     }
-    thread::fault(&t);
+}
+
+/// Reports a thread whose fault, delivered to its handler, ended in `Faulted`.
+pub fn report_stopped(t: &Arc<Thread>, why: &str) {
+    println!("thread {} (task {}) stopped at rip={:#x}: {why}", t.id, t.task.id, t.regs.get().rip);
+}
+
+/// The invalid-opcode exception (`ud2`).
+const UD: u64 = 6;
+
+/// Per CPU: the thread (by id) whose next `ud2`s are stepped over, and how many are left
+/// (`Measure(FAULT_FLOOR)`). Only the CPU itself reads and writes its entry.
+static FLOOR_THREAD: [AtomicU64; rl4_smp::MAX_CPUS] = [const { AtomicU64::new(0) }; rl4_smp::MAX_CPUS];
+static FLOOR_LEFT: [AtomicU64; rl4_smp::MAX_CPUS] = [const { AtomicU64::new(0) }; rl4_smp::MAX_CPUS];
+
+/// `Measure(FAULT_FLOOR, n)`: the calling thread's next `n` `ud2`s on this CPU are stepped
+/// over without a report: the raw cost of an exception's entry and return.
+pub fn arm_floor(t: &Thread, n: u64) {
+    let me = rl4_arch::percpu::cpu_index() as usize;
+    FLOOR_THREAD[me].store(t.id, Ordering::Relaxed);
+    FLOOR_LEFT[me].store(n, Ordering::Relaxed);
+}
+
+/// Steps the running thread over a `ud2` if the exception floor is armed for it.
+fn floor_step() -> bool {
+    let me = rl4_arch::percpu::cpu_index() as usize;
+    let left = FLOOR_LEFT[me].load(Ordering::Relaxed);
+    if left == 0 {
+        return false;
+    }
+    let ours = sched::with_current(|t| {
+        if t.id != FLOOR_THREAD[me].load(Ordering::Relaxed) {
+            return false;
+        }
+        t.regs.with(|r| r.rip = r.rip.wrapping_add(2));
+        true
+    });
+    if ours == Some(true) {
+        FLOOR_LEFT[me].store(left - 1, Ordering::Relaxed);
+        return true;
+    }
+    false
 }

@@ -85,7 +85,8 @@ impl Endpoint {
 }
 
 impl Drop for Endpoint {
-    /// The last capability is gone: every waiter gets `PartnerGone`.
+    /// The last capability is gone: every waiter gets `PartnerGone`; a fault queued here
+    /// stops its thread (`Faulted`), as if it had no handler.
     fn drop(&mut self) {
         reclaim::dropping("Endpoint");
         let id = self.id();
@@ -94,6 +95,9 @@ impl Drop for Endpoint {
         // endpoint) and the threads go to the destruction loop (`reclaim.rs`).
         for (_, t) in q.senders {
             let w = thread::wake_locked(&t, &mut t.life.lock(), WaitOn::Send(id), Err(Error::PartnerGone));
+            if w.is_none() {
+                thread::stop_fault(&t, WaitOn::FaultSend(id), "its fault handler's endpoint was deleted");
+            }
             reclaim::later_wait(w);
             reclaim::later_thread(t);
         }
@@ -377,10 +381,37 @@ pub fn recv(cur: &Arc<Thread>, ep: &Arc<Endpoint>, timeout: u64, direct_to: Opti
         trim(&mut q.senders);
         let mut sl = snd.life.lock();
         let ticket = sched::next_ticket();
-        let Ok(taken) = sl.take_sender(ep.id(), ticket) else {
-            drop(sl);
-            reclaim::later_thread(snd);
-            continue;
+        let taken = match sl.take_sender(ep.id(), ticket) {
+            Ok(t) => Ok(t),
+            Err(_) => match sl.take_fault(ep.id(), ticket) {
+                // Its registers are still those of the fault (it waits, and nobody holds its
+                // reply right yet).
+                Ok((badge, info)) => Err((badge, fault_message(info, snd.regs.get().rip))),
+                Err(_) => {
+                    drop(sl);
+                    reclaim::later_thread(snd);
+                    continue;
+                }
+            },
+        };
+        let taken = match taken {
+            Ok(t) => t,
+            Err(fault) => {
+                // A fault: its message is the one the kernel made, the reply right is the
+                // faulted thread's.
+                drop(sl);
+                drop(q);
+                cur.regs.with(|rr| deliver_fault(rr, fault.0, &fault.1));
+                sched::count(sched::Count::IpcSlow);
+                let old = cur.life.lock().grant_reply(snd, ticket);
+                if let Some((c, t)) = old {
+                    thread::fail_caller(c, t);
+                }
+                if let Some(t) = direct_to {
+                    place_claimed(t, false);
+                }
+                return Outcome::Received;
+            }
         };
         crate::timeline::event(crate::timeline::Kind::Recv, crate::timeline::ep(ep.id()) << 32 | snd.id, taken.badge);
         let sregs = snd.regs.get();
@@ -446,6 +477,10 @@ pub fn reply(cur: &Arc<Thread>, regs: &UserRegs, then_recv: bool) -> Result<Opti
     let (caller, ticket) = cur.life.lock().take_reply().ok_or(Error::NoCaller)?;
     let mut cl = caller.life.lock();
     let Ok(w) = cl.wake(WaitOn::Reply(ticket)) else {
+        if cl.waits(WaitOn::Fault(ticket)) {
+            drop(cl);
+            return fault_reply(caller, ticket, regs, then_recv);
+        }
         drop(cl);
         reclaim::later_thread(caller);
         return Err(Error::PartnerGone);
@@ -459,6 +494,140 @@ pub fn reply(cur: &Arc<Thread>, regs: &UserRegs, then_recv: bool) -> Result<Opti
     drop(cl);
     drop(w);
     reclaim::later_cap(left);
+    if then_recv && here {
+        return Ok(Some(caller));
+    }
+    place_claimed(caller, false);
+    Ok(None)
+}
+
+/// What a fault is kept as while queued (`Wait::FaultSend`'s `info`): the address, and the
+/// vector and error code (32 bits) in one word.
+pub fn fault_info(vector: u64, addr: u64, error: u64) -> [u64; 2] {
+    [addr, vector << 32 | (error & 0xffff_ffff)]
+}
+
+/// The fault message (`rl4_abi::fault`'s words) from a fault's `info` and instruction pointer.
+fn fault_message(info: [u64; 2], rip: u64) -> [u64; 4] {
+    let mut m = [0; 4];
+    m[rl4_abi::fault::W_KIND] = info[1] >> 32;
+    m[rl4_abi::fault::W_ADDR] = info[0];
+    m[rl4_abi::fault::W_IP] = rip;
+    m[rl4_abi::fault::W_ERROR] = info[1] & 0xffff_ffff;
+    m
+}
+
+/// Writes a fault message into a receiver's registers: tag ([`rl4_abi::fault::LABEL`], 4
+/// words), the handler's badge, the fault's words.
+fn deliver_fault(to: &mut UserRegs, badge: u64, msg: &[u64; 4]) {
+    to.rsi = Tag::new(rl4_abi::fault::LABEL, REG_WORDS, 0).0;
+    to.rdi = badge;
+    to.rdx = msg[0];
+    to.r10 = msg[1];
+    to.r8 = msg[2];
+    to.r9 = msg[3];
+    to.set_result(0);
+}
+
+/// The running thread `cur` took a fault (`info`: [`fault_info`]) at `rip` and its handler's
+/// endpoint is `ep` (`badge`: the handler capability's): a `Call` on its behalf, with the
+/// fault message and no timeout. As for `send`, the thread enters its reply wait (`FaultReply`) before any
+/// receiver can see the fault; with no receiver waiting it takes that wait back and queues on
+/// the endpoint (`FaultSend`, the message kept in the wait: its registers stay as the fault
+/// left them). Refused (killed or suspended meanwhile): nothing is sent; a suspended thread
+/// runs the instruction again when resumed. Returns whether the CPU switched to the handler.
+pub fn fault_call(cur: &Arc<Thread>, ep: &Arc<Endpoint>, badge: u64, info: [u64; 2], rip: u64) -> bool {
+    let ticket = sched::next_ticket();
+    let mut q = ep.q.lock();
+    if block_current(cur, Wait::FaultReply { ticket }, u64::MAX).is_err() {
+        return false;
+    }
+    while let Some(r) = q.receivers.pop_front() {
+        let mut rl = r.life.lock();
+        let Ok(w) = rl.wake(WaitOn::Recv(ep.id())) else {
+            drop(rl);
+            reclaim::later_thread(r);
+            continue;
+        };
+        crate::timeline::event(crate::timeline::Kind::Send, crate::timeline::ep(ep.id()) << 32 | r.id, badge);
+        r.regs.with(|rr| deliver_fault(rr, badge, &fault_message(info, rip)));
+        let old = rl.grant_reply(cur.clone(), ticket);
+        drop(rl);
+        drop(q);
+        drop(w);
+        if let Some((c, t)) = old {
+            thread::fail_caller(c, t);
+        }
+        return place_claimed(r, true);
+    }
+    if cur.life.lock().unwait(ticket).is_err() {
+        return false;
+    }
+    let prio = cur.life.lock().prio;
+    if block_current(cur, Wait::FaultSend { ep: EpRef(ep.weak()), badge, info }, u64::MAX).is_ok() {
+        crate::timeline::event(crate::timeline::Kind::Send, crate::timeline::ep(ep.id()) << 32, badge);
+        push_by_priority(&mut q.senders, cur.clone(), prio);
+    }
+    false
+}
+
+/// The register changes a fault handler's resuming reply asks for (see `rl4_abi::fault`), if
+/// the kernel can resume with them.
+fn fault_changes(regs: &UserRegs) -> Result<[Option<u64>; 3], Error> {
+    use rl4_abi::fault::*;
+    let len = Tag(regs.rsi).len();
+    let w = [regs.rdx, regs.r10, regs.r8, regs.r9];
+    let word = |i: usize| if (i as u64) < len { w[i] } else { 0 };
+    let set = word(R_SET);
+    if set & !(SET_IP | SET_SP | SET_RAX) != 0 {
+        return Err(Error::BadFaultReply);
+    }
+    // `iretq` to a non-canonical address would fault in the kernel.
+    let user = |v: u64| if v < rl4_abi::USER_END - rl4_abi::PAGE_SIZE { Ok(v) } else { Err(Error::BadFaultReply) };
+    Ok([
+        if set & SET_IP != 0 { Some(user(word(R_IP))?) } else { None },
+        if set & SET_SP != 0 { Some(user(word(R_SP))?) } else { None },
+        (set & SET_RAX != 0).then(|| word(R_RAX)),
+    ])
+}
+
+/// A fault handler `Reply`s to the fault `ticket` of `caller`: label `STOP` leaves it
+/// `Faulted`; any other resumes it with the registers the reply names changed. A reply asking
+/// for registers the kernel cannot resume with stops the thread and returns `BadFaultReply`.
+fn fault_reply(caller: Arc<Thread>, ticket: u64, regs: &UserRegs, then_recv: bool) -> Result<Option<Arc<Thread>>, Error> {
+    let changes = if Tag(regs.rsi).label() == rl4_abi::fault::STOP { None } else { Some(fault_changes(regs)) };
+    // No lock is held here: `caller` may be dropped at the end.
+    let stop = |why| thread::stop_fault(&caller, WaitOn::Fault(ticket), why);
+    let changes = match changes {
+        None => return if stop("its fault handler replied stop") { Ok(None) } else { Err(Error::PartnerGone) },
+        Some(Err(e)) => {
+            stop("its fault handler's reply named registers it cannot resume with");
+            return Err(e);
+        }
+        Some(Ok(c)) => c,
+    };
+    let mut cl = caller.life.lock();
+    let Ok(w) = cl.wake(WaitOn::Fault(ticket)) else {
+        drop(cl);
+        reclaim::later_thread(caller);
+        return Err(Error::PartnerGone);
+    };
+    crate::timeline::event(crate::timeline::Kind::Reply, caller.id, ticket);
+    caller.regs.with(|r| {
+        let [ip, sp, rax] = changes;
+        if let Some(v) = ip {
+            r.rip = v;
+        }
+        if let Some(v) = sp {
+            r.rsp = v;
+        }
+        if let Some(v) = rax {
+            r.rax = v;
+        }
+    });
+    let here = cl.cpu == rl4_arch::percpu::cpu_index();
+    drop(cl);
+    drop(w);
     if then_recv && here {
         return Ok(Some(caller));
     }

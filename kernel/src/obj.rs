@@ -721,6 +721,9 @@ pub struct Thread {
     /// Its link in a CPU's inbox (`rl4_core::mailbox`), used while its `Life` says
     /// `Place::Queued` and it was pushed there.
     pub mail: rl4_core::mailbox::Link<Thread>,
+    /// Its fault handler (`ThreadSetFaultHandler`): the endpoint (weak: it dies with its last
+    /// capability) and the badge of the capability it was set with. A leaf lock.
+    pub fault_handler: Mutex<Option<(Weak<crate::ipc::Endpoint>, u64)>, { Level::OBJECT }>,
     _charge: Charge,
 }
 
@@ -747,6 +750,7 @@ impl Thread {
             space,
             life: Mutex::new(Life::new(prio, cpu)),
             mail: rl4_core::mailbox::Link::new(),
+            fault_handler: Mutex::new(None),
             _charge: charge,
         });
         LIVE_THREADS.fetch_add(1, Ordering::Relaxed);

@@ -632,6 +632,10 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
                     let (sum, count) = trace::read((a2 >> 8) as usize, (a2 & 0xff) as usize);
                     Ok([sum, count, 0])
                 }
+                rl4_abi::measure::FAULT_FLOOR if (1..=100_000).contains(&a2) => {
+                    crate::fault::arm_floor(t, a2);
+                    Ok([0; 3])
+                }
                 rl4_abi::measure::IPI_FLOOR => {
                     let (target, iters) = (a2 & 0xffff, a2 >> 16);
                     check_cpu(target)?;
@@ -642,6 +646,19 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
                 }
                 _ => Err(Error::InvalidArgument),
             }
+        }
+        Sys::ThreadSetFaultHandler => {
+            let th = thread_obj(task, a0, Rights::WRITE)?;
+            let new = if a1 == rl4_abi::ipc::NO_SLOT {
+                None
+            } else {
+                let (ep, badge, _) = endpoint(task, a1, Rights::SEND)?;
+                Some((ep.weak(), badge))
+            };
+            // The old handler's weak reference goes after the lock.
+            let old = core::mem::replace(&mut *th.fault_handler.lock(), new);
+            drop(old);
+            Ok([0; 3])
         }
         Sys::KernelCheck => {
             // It stops every CPU for as long as it takes: only for holders of the shutdown right.

@@ -39,7 +39,9 @@ pub(crate) enum QueueRef {
 
 fn queue_of(l: &Life) -> Option<QueueRef> {
     match l.state() {
-        rl4_core::life::State::Blocked { wait: Wait::Send { ep, .. } | Wait::Recv { ep }, .. } => ep.0.upgrade().map(QueueRef::Ep),
+        rl4_core::life::State::Blocked { wait: Wait::Send { ep, .. } | Wait::Recv { ep } | Wait::FaultSend { ep, .. }, .. } => {
+            ep.0.upgrade().map(QueueRef::Ep)
+        }
         rl4_core::life::State::Blocked { wait: Wait::Notify { n }, .. } => n.0.upgrade().map(QueueRef::Ntf),
         _ => None,
     }
@@ -50,7 +52,9 @@ fn queue_of(l: &Life) -> Option<QueueRef> {
 /// never makes a strong reference, whose drop could run a destructor under the thread's lock.
 fn same_queue(l: &Life, q: &Option<QueueRef>) -> bool {
     let waits_on = match l.state() {
-        rl4_core::life::State::Blocked { wait: Wait::Send { ep, .. } | Wait::Recv { ep }, .. } => Some((ep.ident(), ep.0.strong_count())),
+        rl4_core::life::State::Blocked { wait: Wait::Send { ep, .. } | Wait::Recv { ep } | Wait::FaultSend { ep, .. }, .. } => {
+            Some((ep.ident(), ep.0.strong_count()))
+        }
         rl4_core::life::State::Blocked { wait: Wait::Notify { n }, .. } => Some((n.ident(), n.0.strong_count())),
         _ => None,
     };
@@ -120,10 +124,38 @@ pub fn wake_locked(t: &Arc<Thread>, l: &mut Life, on: WaitOn, r: Result<(), Erro
 
 /// A caller whose reply right (`ticket`) lapsed: it gets `PartnerGone`, if it still waits for
 /// that reply.
+///
+/// A faulted thread whose handler lets go of its fault's reply right (it died, or was
+/// destroyed holding it) is stopped as if it had no handler (`Faulted`).
 pub fn fail_caller(c: Arc<Thread>, ticket: u64) {
     let w = wake_locked(&c, &mut c.life.lock(), WaitOn::Reply(ticket), Err(Error::PartnerGone));
-    drop(w);
+    match w {
+        Some(w) => drop(w),
+        None => fail_fault(&c, ticket),
+    }
     crate::reclaim::later_thread(c);
+}
+
+/// [`fail_caller`] for a caller that waited in a fault (out of line: the IPC paths fail
+/// callers on their cold branches only).
+#[cold]
+#[inline(never)]
+fn fail_fault(c: &Arc<Thread>, ticket: u64) {
+    stop_fault(c, WaitOn::Fault(ticket), "its fault handler let go of the fault");
+}
+
+/// Ends the fault `on` of `t` (its handler replied "stop", or the handler's endpoint died with
+/// the fault queued): `Faulted`. Returns whether it was in that fault.
+pub fn stop_fault(t: &Arc<Thread>, on: WaitOn, why: &str) -> bool {
+    let s = t.life.lock().stop_fault(on);
+    match s {
+        Ok(s) => {
+            crate::fault::report_stopped(t, why);
+            stopped(s);
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 /// What is left after a thread stopped for good: the caller it owed a reply fails, its CPU is
@@ -163,8 +195,11 @@ pub fn fault(t: &Arc<Thread>) {
 /// `Interrupted` when it is resumed.
 pub fn suspend(t: &Arc<Thread>) -> Result<(), Refused> {
     let s: Suspension<_> = with_queue_locked(t, |l| {
+        let fault = l.in_fault();
         let s = l.suspend()?;
-        if s.cancelled.is_some() {
+        // A fault's wait is no system call: its registers stay as the fault left them (on
+        // resumption the instruction runs again).
+        if s.cancelled.is_some() && !fault {
             set_result(t, Err(Error::Interrupted));
         }
         Ok(s)

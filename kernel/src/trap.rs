@@ -35,7 +35,12 @@ fn interrupt(vector: u8) {
 #[unsafe(no_mangle)]
 extern "C" fn rl4_user_trap(vector: u64, error: u64) {
     if vector < 32 {
-        crate::fault::fault_current(vector, error);
+        match crate::fault::fault_current(vector, error) {
+            crate::fault::Handled::Decide => {}
+            // What the fault put aside under its locks goes before the handler runs.
+            crate::fault::Handled::Switched => return crate::reclaim::drain(),
+            crate::fault::Handled::Resume => return,
+        }
     } else {
         interrupt(vector as u8);
     }

@@ -147,6 +147,12 @@ numbered! {
         /// a blocked sender) that was read from a deleted or revoked one is not delivered.
         /// Needs no right: what a task derived from its own capability is its to take back.
         CapRevoke = 41,
+        /// `(thread_slot, endpoint_slot)`: the thread's fault handler (see [`fault`]). The
+        /// thread capability needs `WRITE`, the endpoint capability `SEND` (as for `Call`); its
+        /// badge is what the handler receives with each fault of this thread.
+        /// `endpoint_slot` = [`ipc::NO_SLOT`] removes the handler. The kernel keeps a weak
+        /// reference: the handler is gone once the endpoint dies.
+        ThreadSetFaultHandler = 44,
         /// `(devices_slot, irq, dst_slot)`: an `Irq` capability for legacy ISA interrupt
         /// `irq` (0..15), routed through the I/O APIC the MADT describes. One live `Irq`
         /// object per line: `Busy` if the line is handed out already or the kernel uses it.
@@ -216,6 +222,9 @@ numbered! {
         PartnerGone = 19,
         /// The thread was suspended while it waited; the call did not complete.
         Interrupted = 20,
+        /// A fault handler's reply asked for register values the kernel cannot resume with
+        /// (a non-canonical or kernel address, unknown bits): the thread is stopped instead.
+        BadFaultReply = 23,
         /// The interrupt line or port range is in use (by the kernel or another capability),
         /// or the task has no room for another open port range.
         Busy = 25,
@@ -267,6 +276,9 @@ numbered! {
         BlockedReply = 8,
         /// Waiting in `Wait` for a signal.
         BlockedNotify = 9,
+        /// Its fault is with its fault handler (queued on the handler's endpoint, or received
+        /// and waiting for the reply).
+        BlockedFault = 10,
     }
 }
 
@@ -416,6 +428,53 @@ pub mod measure {
     /// global locks) with their call chains (`arg` = 1, clearing earlier records), or stop and
     /// print them on the console (`arg` = 0). Others answer `InvalidArgument`.
     pub const COUNT_EVENTS: u64 = 4;
+    /// The raw exception floor: the calling thread's next `arg` (1..=100,000) invalid-opcode
+    /// exceptions (`ud2`, vector 6) on this CPU are not reported: the kernel steps over the
+    /// two-byte instruction and returns at once. Nothing else changes. → `(0, 0, 0)`.
+    pub const FAULT_FLOOR: u64 = 6;
+}
+
+/// Faults delivered as messages ([`Sys::ThreadSetFaultHandler`]).
+///
+/// When a thread with a fault handler takes an exception, the kernel makes a `Call` to the
+/// handler's endpoint on its behalf: the handler receives tag label [`fault::LABEL`], 4 words
+/// ([`fault::W_KIND`]..[`fault::W_ERROR`]) and the badge of the capability the handler was set
+/// with; it holds the reply right. Its reply with label [`fault::STOP`] leaves the thread
+/// `Faulted`; any other label resumes it, with the registers named in word
+/// [`fault::R_SET`] changed first.
+pub mod fault {
+    /// The label of a fault message.
+    pub const LABEL: u64 = 0xfa17;
+    /// Word 0: the exception vector (14 = page fault, 6 = invalid opcode, 13 = general
+    /// protection, 3 = breakpoint...).
+    pub const W_KIND: usize = 0;
+    /// Word 1: the faulting address (page faults: CR2), 0 for other exceptions.
+    pub const W_ADDR: usize = 1;
+    /// Word 2: the instruction pointer the thread faulted at (for traps such as `int3`: the
+    /// one after).
+    pub const W_IP: usize = 2;
+    /// Word 3: the exception's error code (0 if it has none). Page faults: bit 0 protection
+    /// (else not mapped), bit 1 write, bit 2 user, bit 4 instruction fetch.
+    pub const W_ERROR: usize = 3;
+    /// Vector of a page fault.
+    pub const PAGE_FAULT: u64 = 14;
+
+    /// Reply label: leave the thread `Faulted` (as if it had no handler).
+    pub const STOP: u64 = 0xdead;
+    /// Reply label that resumes (any label but [`STOP`] does; this one is the convention).
+    pub const RESUME: u64 = 0;
+    /// Reply word 0: which registers to set (bits [`SET_IP`], [`SET_SP`], [`SET_RAX`]); the new
+    /// values are words 1, 2, 3. Words the reply does not carry (its length) count as 0 bits.
+    pub const R_SET: usize = 0;
+    pub const R_IP: usize = 1;
+    pub const R_SP: usize = 2;
+    pub const R_RAX: usize = 3;
+    /// Set the instruction pointer (must be a user address below `USER_END - PAGE_SIZE`).
+    pub const SET_IP: u64 = 1;
+    /// Set the stack pointer (same range).
+    pub const SET_SP: u64 = 2;
+    /// Set `rax` (any value).
+    pub const SET_RAX: u64 = 4;
 }
 
 /// IPC registers and the message tag.

@@ -22,6 +22,12 @@
 //!                        ▼                   │ suspend (wait cancelled)
 //!                     Faulted     Suspended ◀┴── suspend (Ready/Running) ; resume ▶ Ready
 //!  any state but Dead ──kill──▶ Dead (final)
+//!
+//!  Faults as messages (a thread with a fault handler, `kernel/src/fault.rs`):
+//!  Running ──block(FaultReply) / unwait + block(FaultSend)──▶ Blocked { FaultSend | FaultReply }
+//!     FaultSend ──take_fault──▶ FaultReply ──wake(Fault)──▶ Ready (the handler's resuming reply)
+//!     FaultSend / FaultReply ──stop_fault──▶ Faulted (a "stop" reply, the handler or its
+//!     endpoint gone); suspend and kill as for any wait; never `expire`, never a plain `wake`.
 //! ```
 //! ## Places ([`Place`])
 //! `Off` (no CPU holds it), `Current(c)` (CPU `c` runs it, or is about to leave it), or
@@ -66,6 +72,18 @@ pub enum Wait<K: Kinds> {
     Reply { ticket: u64 },
     /// In `n`'s wait queue.
     Notify { n: K::Ntf },
+    /// A fault of this thread, in its fault handler's endpoint `ep`'s send queue with the
+    /// handler's `badge` and what the fault message needs beyond the thread's registers
+    /// (which stay as the fault left them): `info`, two words the kernel packs (the address,
+    /// the exception vector and error code). Only [`Life::take_fault`] and
+    /// [`Life::stop_fault`] end it (plus kill and suspend); a plain `wake` never does. (Two
+    /// words, not the whole message: a larger variant changes how `Wait`'s variant is encoded,
+    /// which costs the IPC fast path instructions.)
+    FaultSend { ep: K::Ep, badge: u64, info: [u64; 2] },
+    /// A fault of this thread, received by its handler, which holds the reply right `ticket`.
+    /// The reply ends it (`wake(WaitOn::Fault)`: resume, or `stop_fault`); nothing else does
+    /// but kill and suspend.
+    FaultReply { ticket: u64 },
 }
 
 impl<K: Kinds> Wait<K> {
@@ -77,6 +95,7 @@ impl<K: Kinds> Wait<K> {
             Wait::Recv { .. } => ThreadState::BlockedRecv,
             Wait::Reply { .. } => ThreadState::BlockedReply,
             Wait::Notify { .. } => ThreadState::BlockedNotify,
+            Wait::FaultSend { .. } | Wait::FaultReply { .. } => ThreadState::BlockedFault,
         }
     }
 
@@ -87,6 +106,8 @@ impl<K: Kinds> Wait<K> {
             (Wait::Send { ep, .. }, WaitOn::Send(id)) | (Wait::Recv { ep }, WaitOn::Recv(id)) => ep.ident() == id,
             (Wait::Reply { ticket }, WaitOn::Reply(t)) => *ticket == t,
             (Wait::Notify { n }, WaitOn::Notify(id)) => n.ident() == id,
+            (Wait::FaultSend { ep, .. }, WaitOn::FaultSend(id)) => ep.ident() == id,
+            (Wait::FaultReply { ticket }, WaitOn::Fault(t)) => *ticket == t,
             (_, WaitOn::Any) => true,
             _ => false,
         }
@@ -100,6 +121,10 @@ pub enum WaitOn {
     Recv(usize),
     Reply(u64),
     Notify(usize),
+    /// A fault queued on this endpoint.
+    FaultSend(usize),
+    /// A fault whose handler holds the reply right with this ticket.
+    Fault(u64),
     /// Any wait at all (timeouts, cancellation of everything).
     Any,
 }
@@ -143,8 +168,8 @@ pub struct Transition {
 }
 
 use ThreadState::{
-    BlockedNotify as BN, BlockedRecv as BR, BlockedReply as BP, BlockedSend as BS, Dead as D, Faulted as F,
-    Inactive as I, Runnable as R, Running as X, Suspended as S,
+    BlockedFault as BF, BlockedNotify as BN, BlockedRecv as BR, BlockedReply as BP, BlockedSend as BS, Dead as D,
+    Faulted as F, Inactive as I, Runnable as R, Running as X, Suspended as S,
 };
 
 /// Every state-changing transition of [`Life`] with the states it accepts. A unit test drives
@@ -158,15 +183,18 @@ pub const TRANSITIONS: &[Transition] = &[
     Transition { name: "block(Recv)", from: &[X], to: BR, same: &[] },
     Transition { name: "block(Reply)", from: &[X], to: BP, same: &[] },
     Transition { name: "block(Notify)", from: &[X], to: BN, same: &[] },
+    Transition { name: "block(Fault)", from: &[X], to: BF, same: &[] },
     Transition { name: "take_sender(Send)", from: &[BS], to: R, same: &[] },
     Transition { name: "take_sender(Call)", from: &[BS], to: BP, same: &[] },
-    Transition { name: "wake", from: &[BS, BR, BP, BN], to: R, same: &[] },
-    Transition { name: "wake_here", from: &[BS, BR, BP, BN], to: X, same: &[] },
+    Transition { name: "take_fault", from: &[BF], to: BF, same: &[] },
+    Transition { name: "wake", from: &[BS, BR, BP, BN, BF], to: R, same: &[] },
+    Transition { name: "wake_here", from: &[BS, BR, BP, BN, BF], to: X, same: &[] },
     Transition { name: "expire", from: &[BS, BR, BP, BN], to: R, same: &[] },
-    Transition { name: "unwait", from: &[BP], to: X, same: &[] },
-    Transition { name: "suspend", from: &[R, X, BS, BR, BP, BN], to: S, same: &[I, S] },
+    Transition { name: "unwait", from: &[BP, BF], to: X, same: &[] },
+    Transition { name: "suspend", from: &[R, X, BS, BR, BP, BN, BF], to: S, same: &[I, S] },
     Transition { name: "fault", from: &[R, X, S], to: F, same: &[] },
-    Transition { name: "kill", from: &[I, R, X, BS, BR, BP, BN, S, F], to: D, same: &[] },
+    Transition { name: "stop_fault", from: &[BF], to: F, same: &[] },
+    Transition { name: "kill", from: &[I, R, X, BS, BR, BP, BN, BF, S, F], to: D, same: &[] },
 ];
 
 /// A transition was asked of a thread whose state it does not start from.
@@ -278,7 +306,9 @@ impl<K: Kinds> Life<K> {
         core::mem::forget(old);
     }
 
-    #[cold]
+    /// Inline: out of line, it returns the whole `Result` (a `Wait`, a `Taken`) through memory,
+    /// and its callers on the IPC paths then keep what they take out of a thread on the stack.
+    #[inline(always)]
     fn refuse<T>(&self) -> Result<T, Refused> {
         Err(Refused(self.view()))
     }
@@ -419,7 +449,9 @@ impl<K: Kinds> Life<K> {
     /// `Blocked { Reply { ticket } }` while still current on a CPU → `Running`. Refused if the
     /// wait already ended (killed, suspended).
     pub fn unwait(&mut self, ticket: u64) -> Result<(), Refused> {
-        if !matches!(self.place, Place::Current(_)) || !self.waits(WaitOn::Reply(ticket)) {
+        if !matches!(self.place, Place::Current(_))
+            || !(self.waits(WaitOn::Reply(ticket)) || self.waits(WaitOn::Fault(ticket)))
+        {
             return self.refuse();
         }
         let State::Blocked { wait, .. } = core::mem::replace(&mut self.state, State::Running) else { unreachable!() };
@@ -427,10 +459,12 @@ impl<K: Kinds> Life<K> {
         Ok(())
     }
 
-    /// A timeout: `Blocked` with a deadline at or before `now` → `Ready`.
+    /// A timeout: `Blocked` with a deadline at or before `now` → `Ready`. A fault's wait has
+    /// no deadline: refused.
     pub fn expire(&mut self, now: u64) -> Result<Wait<K>, Refused> {
-        match self.state {
-            State::Blocked { deadline, .. } if deadline <= now => self.wake(WaitOn::Any),
+        match &self.state {
+            State::Blocked { wait: Wait::FaultSend { .. } | Wait::FaultReply { .. }, .. } => self.refuse(),
+            State::Blocked { deadline, .. } if *deadline <= now => self.wake(WaitOn::Any),
             _ => self.refuse(),
         }
     }
@@ -452,6 +486,37 @@ impl<K: Kinds> Life<K> {
             self.set(State::Blocked { wait: Wait::Reply { ticket }, deadline });
         }
         Ok(Taken { badge, call, cap, deadline })
+    }
+
+    /// The fault handler takes this thread's fault from endpoint `ep`'s queue:
+    /// `Blocked { FaultSend }` on `ep` → `Blocked { FaultReply { ticket } }`. Returns the
+    /// handler's badge and the fault's `info`.
+    pub fn take_fault(&mut self, ep: usize, ticket: u64) -> Result<(u64, [u64; 2]), Refused> {
+        let (badge, msg) = match &self.state {
+            State::Blocked { wait: Wait::FaultSend { ep: e, badge, info }, .. } if e.ident() == ep => (*badge, *info),
+            _ => return self.refuse(),
+        };
+        let old = core::mem::replace(&mut self.state, State::Blocked { wait: Wait::FaultReply { ticket }, deadline: u64::MAX });
+        let State::Blocked { wait: Wait::FaultSend { ep, .. }, .. } = old else { unreachable!() };
+        drop(ep);
+        Ok((badge, msg))
+    }
+
+    /// A fault's wait ends without resuming the thread: its handler replied "stop", died with
+    /// the reply right, or its endpoint died while the fault was queued. `Blocked` in the fault
+    /// wait `on` (`WaitOn::Fault` or `WaitOn::FaultSend`) → `Faulted`, as a fault without a
+    /// handler would have left it; the reply right it held dies too.
+    pub fn stop_fault(&mut self, on: WaitOn) -> Result<Stopped<K>, Refused> {
+        if !matches!(on, WaitOn::Fault(_) | WaitOn::FaultSend(_)) || !self.waits(on) {
+            return self.refuse();
+        }
+        let State::Blocked { wait, .. } = core::mem::replace(&mut self.state, State::Faulted) else { unreachable!() };
+        Ok(Stopped { wait: Some(wait), reply: self.reply.take(), kick: None })
+    }
+
+    /// Whether it waits in a fault's wait (either half).
+    pub fn in_fault(&self) -> bool {
+        matches!(&self.state, State::Blocked { wait: Wait::FaultSend { .. } | Wait::FaultReply { .. }, .. })
     }
 
     // ---- reply rights --------------------------------------------------------------------
@@ -776,6 +841,7 @@ mod tests {
             ThreadState::BlockedSend => Wait::Send { ep: Id(1), badge: 0, call: true, cap: None },
             ThreadState::BlockedRecv => Wait::Recv { ep: Id(1) },
             ThreadState::BlockedReply => Wait::Reply { ticket: 1 },
+            ThreadState::BlockedFault => Wait::FaultReply { ticket: 1 },
             _ => Wait::Notify { n: Id(1) },
         };
         match s {
@@ -792,7 +858,7 @@ mod tests {
                     ThreadState::Dead => drop(l.kill().ok().unwrap()),
                     b => l.block(wait(b), 5).ok().unwrap(),
                 }
-                let blocked = matches!(s, BS | BR | BP | BN);
+                let blocked = matches!(s, BS | BR | BP | BN | BF);
                 if s != ThreadState::Running && !(blocked && current) {
                     l.leave_cpu(0);
                 }
@@ -809,6 +875,7 @@ mod tests {
             ThreadState::BlockedSend => WaitOn::Send(1),
             ThreadState::BlockedRecv => WaitOn::Recv(1),
             ThreadState::BlockedReply => WaitOn::Reply(1),
+            ThreadState::BlockedFault => WaitOn::Fault(1),
             _ => WaitOn::Notify(1),
         };
         let current = matches!(name, "unwait") || name.starts_with("block");
@@ -820,6 +887,17 @@ mod tests {
             "block(Recv)" => l.block(Wait::Recv { ep: Id(1) }, 5).is_ok(),
             "block(Reply)" => l.block(Wait::Reply { ticket: 1 }, 5).is_ok(),
             "block(Notify)" => l.block(Wait::Notify { n: Id(1) }, 5).is_ok(),
+            "block(Fault)" => l.block(Wait::FaultReply { ticket: 1 }, u64::MAX).is_ok(),
+            "take_fault" => {
+                if s == ThreadState::BlockedFault {
+                    // The first half of a fault's wait: rebuild it as one.
+                    l = running();
+                    l.block(Wait::FaultSend { ep: Id(1), badge: 3, info: [0x1000, 14 << 32 | 6] }, u64::MAX).ok().unwrap();
+                    l.leave_cpu(0);
+                }
+                l.take_fault(1, 9).is_ok()
+            }
+            "stop_fault" => l.stop_fault(WaitOn::Fault(1)).is_ok(),
             "take_sender(Send)" | "take_sender(Call)" => {
                 if s == ThreadState::BlockedSend && name == "take_sender(Send)" {
                     // A plain sender: rebuild it as one.
@@ -845,8 +923,51 @@ mod tests {
     }
 
     #[test]
+    fn fault_waits_end_only_by_their_own_transitions() {
+        let mut l = running();
+        assert!(l.grant_reply(5, 1).is_none());
+        l.block(Wait::FaultReply { ticket: 3 }, u64::MAX).ok().unwrap();
+        assert!(l.in_fault());
+        assert!(l.unwait(3).is_ok(), "no receiver: the fault takes its wait back");
+        l.block(Wait::FaultSend { ep: Id(2), badge: 8, info: [0x5000, 14 << 32 | 6] }, u64::MAX).ok().unwrap();
+        assert_eq!(l.leave_cpu(0), Leave::Gone);
+        assert_eq!(l.view(), ThreadState::BlockedFault);
+        assert!(l.wake(WaitOn::Send(2)).is_err(), "an endpoint's death does not resume a fault");
+        assert!(l.take_sender(2, 4).is_err(), "a fault is no message of the thread's registers");
+        assert!(l.expire(u64::MAX).is_err(), "a fault's wait never times out");
+        assert!(l.take_fault(3, 4).is_err(), "another endpoint");
+        assert_eq!(l.take_fault(2, 4).ok(), Some((8, [0x5000, 14 << 32 | 6])));
+        assert!(l.wake(WaitOn::Reply(4)).is_err(), "a plain reply (the fast path's) is refused");
+        assert!(l.stop_fault(WaitOn::Fault(5)).is_err(), "a stale ticket");
+        assert!(l.wake(WaitOn::Fault(4)).is_ok());
+        assert_eq!(l.reply_right(), Some(&(5, 1)), "a resumed thread keeps the right it held");
+        assert!(l.run_here(0).is_ok());
+        // Stopped: the right it held dies with it.
+        l.block(Wait::FaultReply { ticket: 6 }, u64::MAX).ok().unwrap();
+        let s = l.stop_fault(WaitOn::Fault(6)).ok().unwrap();
+        assert_eq!(s.reply, Some((5, 1)));
+        assert!(matches!(s.wait, Some(Wait::FaultReply { ticket: 6 })));
+        assert_eq!(l.view(), ThreadState::Faulted);
+        assert!(l.kill().is_ok());
+        // Killed during its fault: later ends of the fault find nothing.
+        let mut l = running();
+        l.block(Wait::FaultReply { ticket: 7 }, u64::MAX).ok().unwrap();
+        assert!(l.kill().is_ok());
+        assert!(l.wake(WaitOn::Fault(7)).is_err());
+        assert!(l.stop_fault(WaitOn::Fault(7)).is_err());
+        // Suspended during its fault: the wait is cancelled (on resumption the instruction runs
+        // again and faults anew).
+        let mut l = running();
+        l.block(Wait::FaultReply { ticket: 8 }, u64::MAX).ok().unwrap();
+        let s = l.suspend().ok().unwrap();
+        assert!(matches!(s.cancelled, Some(Wait::FaultReply { ticket: 8 })));
+        assert!(l.wake(WaitOn::Fault(8)).is_err());
+        assert_eq!(l.resume(), Ok(false), "still current on its CPU");
+    }
+
+    #[test]
     fn transition_table_matches_the_methods() {
-        const ALL: [ThreadState; 10] = [I, R, X, S, F, D, BS, BR, BP, BN];
+        const ALL: [ThreadState; 11] = [I, R, X, S, F, D, BS, BR, BP, BN, BF];
         for t in TRANSITIONS {
             for s in ALL {
                 let got = apply(t.name, s);

@@ -255,6 +255,8 @@ fn wait_on(w: &Wait<K>) -> WaitOn {
         Wait::Recv { ep } => WaitOn::Recv(ep.0),
         Wait::Reply { ticket } => WaitOn::Reply(*ticket),
         Wait::Notify { n } => WaitOn::Notify(n.0),
+        Wait::FaultSend { ep, .. } => WaitOn::FaultSend(ep.0),
+        Wait::FaultReply { ticket } => WaitOn::Fault(*ticket),
     }
 }
 

@@ -302,3 +302,8 @@ pub fn outb(port: u16, v: u8) {
     // SAFETY: as for `inb`.
     unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags)) };
 }
+/// `ThreadSetFaultHandler`: `thread`'s faults go to the endpoint in `ep` as messages
+/// (`rl4_abi::fault`); `ep` = `NO_SLOT` removes the handler.
+pub fn thread_set_fault_handler(thread: u64, ep: u64) -> Result<(), Error> {
+    syscall(Sys::ThreadSetFaultHandler, [thread, ep, 0, 0, 0, 0]).map(|_| ())
+}

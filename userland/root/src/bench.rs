@@ -19,6 +19,8 @@
 //! | `ipi-floor-A-B` | an IPI from A to idle B and B's answer, measured in the kernel |
 //! | `irq-latency-A-B` | a byte written on CPU A to COM2 in loopback mode → its receive interrupt, routed to CPU B, wakes a driver thread there (at most 20,000; needs COM2) |
 //! | `pairs-K` | K same-core pairs, one per CPU 0..K-1, in parallel: round trips per second |
+//! | `fault-round-trip` | a `ud2` of a thread whose fault handler (a thread of the same task, same CPU) replies with the instruction pointer moved past it: fault → handler receives → replies → thread resumes |
+//! | `fault-floor` | a `ud2` the kernel steps over at once (`Measure(FAULT_FLOOR)`): the raw exception entry and return |
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use rl4_abi::ipc::Tag;
@@ -484,6 +486,23 @@ pub fn run(bi: &BootInfo, name: &str, accel: &str, iters: usize, len: u64) -> bo
             release(t);
             println!("bench: thread-switch samples are a round trip (two switches)");
         }
+        "fault-round-trip" => {
+            if !fault_round_trip(name, accel, iters, ov) {
+                return false;
+            }
+        }
+        "fault-floor" => {
+            // The kernel steps over at most 100,000 armed `ud2`s per call.
+            let iters = iters.min(100_000);
+            if sys::measure(MACHINE, measure::FAULT_FLOOR, iters as u64 + 1000).is_err() {
+                println!("bench: fault-floor: the kernel refused to arm the floor");
+                return false;
+            }
+            for _ in 0..1000 {
+                ud2();
+            }
+            simple_config(name, accel, iters, ud2, ov);
+        }
         "cr3-floor" => {
             simple_config(name, accel, iters, || { let _ = sys::measure(MACHINE, measure::CR3_FLOOR, 1); }, ov);
             let k = sys::measure(MACHINE, measure::CR3_FLOOR, 10_000).unwrap_or([0; 3]);
@@ -540,6 +559,95 @@ pub fn run(bi: &BootInfo, name: &str, accel: &str, iters: usize, len: u64) -> bo
         }
     }
     true
+}
+
+/// One `ud2`: a fault (invalid opcode) that the kernel steps over or the handler skips.
+#[inline(always)]
+fn ud2() {
+    // SAFETY: `ud2` raises #UD; whoever handles it (the kernel's armed floor, or the fault
+    // handler of `fault-round-trip`) resumes this thread after it with no register changed.
+    unsafe { core::arch::asm!("ud2", options(nostack)) };
+}
+
+static FAULT_ITERS: AtomicU64 = AtomicU64::new(0);
+static FAULT_EP: AtomicU64 = AtomicU64::new(0);
+/// The faulting thread's total cycles.
+static FAULT_TOTAL: AtomicU64 = AtomicU64::new(0);
+/// The label of the faulting thread's closing call.
+const FAULTS_DONE: u64 = 0xd0e;
+
+/// The faulting thread of `fault-round-trip`: warm-up, then one sample per `ud2`.
+fn faulter(ov: u64) {
+    let iters = FAULT_ITERS.load(SeqCst) as usize;
+    for _ in 0..1000 {
+        ud2();
+    }
+    let s = samples();
+    let start = rdtsc();
+    for x in s.iter_mut().take(iters) {
+        let t = rdtsc();
+        ud2();
+        *x = (rdtsc() - t).saturating_sub(ov) as u32;
+    }
+    FAULT_TOTAL.store(rdtsc() - start, SeqCst);
+    let _ = sys::call(FAULT_EP.load(SeqCst), &Msg { tag: Tag::new(FAULTS_DONE, 0, 0), badge: 0, w: [0; 4] });
+    sys::thread_exit();
+}
+
+/// `fault-round-trip`: the root thread is the fault handler of a thread of its own task on its
+/// CPU, and answers each fault with `ReplyRecv`, moving the instruction pointer past the `ud2`.
+fn fault_round_trip(name: &str, accel: &str, iters: usize, ov: u64) -> bool {
+    use rl4_abi::fault;
+    go_to(0);
+    let ep = slot();
+    let badged = slot();
+    if sys::endpoint_create(MEMORY, ep).and_then(|_| sys::cap_mint(ep, TASK, badged, Rights::SEND, 0xfa)).is_err() {
+        println!("bench: fault-round-trip: no endpoint");
+        return false;
+    }
+    FAULT_EP.store(ep, SeqCst);
+    FAULT_ITERS.store(iters as u64, SeqCst);
+    let t = slot();
+    let top = stack(4);
+    let made = sys::thread_create(MEMORY, TASK, rl4_user::thread_entry(), top, ROOT_PRIO, 0, t)
+        .and_then(|_| sys::thread_set_args(t, faulter as *const () as u64, ov))
+        .and_then(|_| sys::thread_set_fault_handler(t, badged))
+        .and_then(|_| sys::thread_resume(t));
+    let i0 = ipis();
+    let mut faults = 0u64;
+    let mut m = if made.is_ok() { sys::recv(ep) } else { Err(rl4_abi::Error::InvalidState) };
+    let ok = loop {
+        match m {
+            Ok(f) if f.tag.label() == fault::LABEL && f.badge == 0xfa && f.w[fault::W_KIND] == 6 => {
+                faults += 1;
+                let r = Msg { tag: Tag::new(fault::RESUME, 2, 0), badge: 0, w: [fault::SET_IP, f.w[fault::W_IP] + 2, 0, 0] };
+                m = sys::reply_recv(ep, &r);
+            }
+            Ok(f) if f.tag.label() == FAULTS_DONE => {
+                let _ = sys::reply(&Msg::default());
+                break true;
+            }
+            _ => break false,
+        }
+    };
+    let sent = ipis() - i0;
+    let ok = ok && faults == iters as u64 + 1000;
+    if ok {
+        let sm = summarize(&mut samples()[..iters]);
+        Json::new(name, accel, iters as u64, tsc_hz())
+            .summary("", &sm)
+            .num("cycles_per_iteration", FAULT_TOTAL.load(SeqCst) / iters as u64)
+            .frac("ipis_per_round_trip", sent, iters as u64)
+            .num("overhead_cycles", ov)
+            .emit();
+    } else {
+        println!("bench: fault-round-trip failed ({faults} faults handled)");
+    }
+    wait_ms(1000, || crate::tests::state(t) == Some(rl4_abi::ThreadState::Dead));
+    release(t);
+    release(badged);
+    release(ep);
+    ok
 }
 
 /// The same-core round trip with the kernel's per-step stamps on: where the instructions go.

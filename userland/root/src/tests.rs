@@ -676,6 +676,9 @@ pub fn run(bi: &BootInfo, which: &str) -> bool {
     if want("sec") {
         crate::sec_tests::run(bi);
     }
+    if want("fault") {
+        crate::fault_tests::run();
+    }
     if want("teardown") || which.starts_with("teardown-") {
         crate::teardown_tests::run(which);
     }

@@ -733,6 +733,14 @@ impl Fz {
                 c.a = [self.or_hostile(0, t), self.cpu(), 0, 0, 0, 0];
                 c.cross = peer;
             }
+            ThreadSetFaultHandler => {
+                // Mostly helpers (which fault at once in a task of their own): their faults go
+                // to endpoints where fuzzers receive and reply whatever they reply.
+                let (t, peer) = self.thread();
+                let ep = if self.one_in(4) { NO_SLOT } else { self.ep() };
+                c.a = [self.or_hostile(0, t), self.or_hostile(1, ep), 0, 0, 0, 0];
+                c.cross = peer;
+            }
             ThreadSetArg => {
                 // Helpers made here and not started yet, mostly.
                 let (t, peer) = if self.one_in(8) { self.thread() } else { (self.slot_of(&[OWN_THREAD]), false) };
@@ -762,7 +770,7 @@ impl Fz {
                 c.a = [self.or_hostile(0, s), 0, 0, 0, 0, 0];
             }
             Stat => c.a = [self.or_hostile(0, slot::MACHINE), self.rnd() % 12, 0, 0, 0, 0],
-            Measure => c.a = [self.or_hostile(0, slot::MACHINE), self.rnd() % 5, self.rnd() % 3000, 0, 0, 0],
+            Measure => c.a = [self.or_hostile(0, slot::MACHINE), [0, 1, 2, 3, 4, 6][self.rnd() as usize % 6], self.rnd() % 3000, 0, 0, 0],
             KernelCheck => c.a = [self.or_hostile(0, slot::MACHINE), 0, 0, 0, 0, 0],
             // No device capability here: only the kernel's checks run (any slot, any numbers).
             IrqGet | IrqBind | IrqAck | IrqUnbind | IoPortGet | IoPortOpen | IoPortClose => {
@@ -1117,6 +1125,7 @@ const WEIGHTS: &[(Sys, u16)] = &[
     (Sys::ThreadSetPriority, 30),
     (Sys::ThreadSetAffinity, 35),
     (Sys::ThreadSetArg, 10),
+    (Sys::ThreadSetFaultHandler, 8),
     (Sys::ThreadInfo, 20),
     (Sys::TaskKill, 4),
     (Sys::Null, 4),

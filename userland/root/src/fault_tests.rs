@@ -1,0 +1,659 @@
+//! Faults delivered as messages (`ThreadSetFaultHandler`, `rl4_abi::fault`): a user-level
+//! pager and every edge case of fault IPC.
+//!
+//! The faulting clients are threads of child tasks made here with empty address spaces. Each
+//! starts at an address where nothing is mapped, so its first instruction fetch faults; the
+//! pager (the root thread) answers by mapping a page of code — a small position-independent
+//! routine, [`client`] — and the routine's data accesses fault in turn:
+//!
+//! - `pager-lazy`: a region backed with fresh frames on first touch; the first fault is
+//!   answered with changed registers (instruction and stack pointer, `rax`), which the
+//!   routine writes down;
+//! - `pager-cow`: two tasks share the frames of a region read-only; each write copies
+//!   the page for the task that writes (copy-on-write), the shared frames stay unchanged;
+//! - the edge cases: a "stop" reply, replies with registers the kernel refuses, a handler
+//!   that does not reply while the thread is suspended and resumed or its task killed, a
+//!   handler that dies holding the fault or whose endpoint is deleted with the fault queued,
+//!   and a fault of the handler itself.
+use rl4_abi::fault::{self, LABEL, SET_IP, SET_RAX, SET_SP, STOP};
+use rl4_abi::ipc::{NO_SLOT, Tag};
+use rl4_abi::{Error, PAGE_SIZE, Rights, ThreadState, USER_END};
+use rl4_user::sys::{self, Msg};
+
+use crate::space::*;
+use crate::tests::{report, state};
+
+// The client routine: `rdi` = the region's base, `rsi` = tag << 16 | pages. It sums the first
+// word of every page (reads), then writes the tag and that sum into words 0 and 1 of every page,
+// the `rax` and `rsp` it started with into words 2 and 3 of the first, and ends in `ud2`.
+// Position-independent (relative jumps only), no stack: the pager copies its bytes to a page of
+// the child.
+core::arch::global_asm!(
+    r#"
+    .pushsection .text.rl4_fault_client, "ax"
+    .global rl4_fault_client_start
+    .global rl4_fault_client_end
+rl4_fault_client_start:
+    mov r10, rax
+    mov r11, rsp
+    mov r8, rsi
+    and r8, 0xffff
+    mov rdx, rsi
+    shr rdx, 16
+    xor r9d, r9d
+    mov rax, rdi
+    mov rcx, r8
+2:
+    add r9, [rax]
+    add rax, 4096
+    dec rcx
+    jnz 2b
+    mov rax, rdi
+    mov rcx, r8
+3:
+    mov [rax], rdx
+    mov [rax + 8], r9
+    add rax, 4096
+    dec rcx
+    jnz 3b
+    mov [rdi + 16], r10
+    mov [rdi + 24], r11
+    ud2
+    jmp rl4_fault_client_start
+rl4_fault_client_end:
+    .popsection
+"#
+);
+
+unsafe extern "C" {
+    static rl4_fault_client_start: u8;
+    static rl4_fault_client_end: u8;
+}
+
+/// The client routine's bytes.
+fn client() -> &'static [u8] {
+    let (a, b) = (&raw const rl4_fault_client_start as usize, &raw const rl4_fault_client_end as usize);
+    // SAFETY: both symbols are in the text of this program (mapped read-only for its life), the
+    // routine between them.
+    unsafe { core::slice::from_raw_parts(a as *const u8, b - a) }
+}
+
+/// Where a child starts (never mapped: its first fetch faults).
+const START_VA: u64 = 0x30_0000;
+/// Where the pager puts the client routine in a child.
+const CODE_VA: u64 = 0x40_0000;
+/// The child's region.
+const REGION: u64 = 0x1000_0000;
+/// The stack pointer the lazy pager gives its client (nothing uses it; it is written down).
+const CLIENT_SP: u64 = 0x7777_0000;
+const CLIENT_RAX: u64 = 0x5eed_f00d;
+/// Root-side windows onto the children's frames, one span per child.
+const MIRROR: u64 = 0x0000_6f00_0000_0000;
+const MIRROR_SPAN: u64 = 0x100_0000;
+/// Root-side window onto the shared (copy-on-write) frames.
+const ORIG: u64 = 0x0000_6f80_0000_0000;
+/// Root-side page for copying.
+const SCRATCH: u64 = 0x0000_6fc0_0000_0000;
+
+const PAGES: u64 = 12;
+const RW: Rights = Rights::READ.union(Rights::WRITE);
+
+fn ms(n: u64) -> u64 {
+    tsc_hz() / 1000 * n
+}
+
+/// A child task with one thread, whose faults go to `ep` with `badge`.
+struct Kid {
+    task: u64,
+    space: u64,
+    thread: u64,
+    /// The badged copy of the handler endpoint the fault handler was set with.
+    hcap: u64,
+    badge: u64,
+}
+
+impl Kid {
+    /// A task with an empty space and a suspended thread starting at [`START_VA`] with
+    /// `rdi`/`rsi` = `a0`/`a1`; its fault handler is `ep` with `badge` (`NO_SLOT`: none).
+    fn new(ep: u64, badge: u64, cpu: u64, a0: u64, a1: u64) -> Result<Kid, Error> {
+        let (task, space, thread, hcap) = (slot(), slot(), slot(), slot());
+        sys::task_create(MEMORY, task)?;
+        sys::task_space(task, space)?;
+        sys::thread_create(MEMORY, task, START_VA, 0, ROOT_PRIO, cpu, thread)?;
+        sys::thread_set_args(thread, a0, a1)?;
+        if ep != NO_SLOT {
+            sys::cap_mint(ep, TASK, hcap, Rights::SEND, badge)?;
+            sys::thread_set_fault_handler(thread, hcap)?;
+        }
+        Ok(Kid { task, space, thread, hcap, badge })
+    }
+
+    fn start(&self) -> Result<(), Error> {
+        sys::thread_resume(self.thread)
+    }
+
+    fn state(&self) -> Option<ThreadState> {
+        state(self.thread)
+    }
+
+    fn end(self) {
+        let _ = sys::task_kill(self.task);
+        for s in [self.thread, self.space, self.task, self.hcap] {
+            release(s);
+        }
+    }
+}
+
+fn resume_msg() -> Msg {
+    Msg { tag: Tag::new(fault::RESUME, 0, 0), badge: 0, w: [0; 4] }
+}
+
+fn stop_msg() -> Msg {
+    Msg { tag: Tag::new(STOP, 0, 0), badge: 0, w: [0; 4] }
+}
+
+/// A fault message: (badge, kind, address, instruction pointer, error).
+fn fault_of(m: &Msg) -> Option<(u64, u64, u64, u64, u64)> {
+    (m.tag.label() == LABEL && m.tag.len() == 4).then(|| {
+        (m.badge, m.w[fault::W_KIND], m.w[fault::W_ADDR], m.w[fault::W_IP], m.w[fault::W_ERROR])
+    })
+}
+
+/// Receives the next fault on `ep` within a second.
+fn next_fault(ep: u64) -> Result<(u64, u64, u64, u64, u64), &'static str> {
+    let m = sys::recv_timeout(ep, ms(1000)).map_err(|_| "no fault message came")?;
+    fault_of(&m).ok_or("a message that is not a fault")
+}
+
+/// Maps a fresh frame holding the client routine at [`CODE_VA`] in `space`.
+fn map_code(space: u64) -> Result<(), Error> {
+    let f = slot();
+    let r = (|| {
+        sys::frame_alloc(MEMORY, f)?;
+        sys::map(SPACE, f, SCRATCH, RW)?;
+        let code = client();
+        // SAFETY: SCRATCH is mapped writable just above, one page, and the routine is shorter.
+        unsafe { core::ptr::copy_nonoverlapping(code.as_ptr(), SCRATCH as *mut u8, code.len()) };
+        sys::unmap(SPACE, SCRATCH)?;
+        sys::map(space, f, CODE_VA, Rights::READ.union(Rights::EXECUTE))
+    })();
+    release(f);
+    r
+}
+
+/// A fresh frame at `va` in the child's space (read-write) and in the root's window `mirror`.
+fn map_fresh_page(space: u64, va: u64, mirror: u64) -> Result<(), Error> {
+    let f = slot();
+    let r = sys::frame_alloc(MEMORY, f).and_then(|_| sys::map(space, f, va, RW)).and_then(|_| sys::map(SPACE, f, mirror, RW));
+    release(f);
+    r
+}
+
+fn word(va: u64, i: u64) -> u64 {
+    // SAFETY: the callers read pages of the root's windows that they mapped.
+    unsafe { ((va + 8 * i) as *const u64).read_volatile() }
+}
+
+/// What the pager saw.
+#[derive(Default, Debug)]
+struct Seen {
+    /// Faults in the region, per child.
+    data: [u64; 2],
+    /// Copies made (copy-on-write), per child.
+    copies: [u64; 2],
+    /// Where each child's `ud2` was.
+    done_ip: [u64; 2],
+}
+
+/// Serves the faults of `kids` until each has reached its closing `ud2` (which the pager
+/// answers with "stop"). `cow`: the region is shared read-only from `shared` frame slots,
+/// copied on write; otherwise backed by fresh frames on first touch.
+fn pager(ep: u64, kids: &[&Kid], shared: Option<&[u64]>) -> Result<Seen, &'static str> {
+    let mut seen = Seen::default();
+    let mut done = 0;
+    while done < kids.len() {
+        let (badge, kind, addr, ip, err) = next_fault(ep)?;
+        let k = kids.iter().position(|k| k.badge == badge).ok_or("a fault with an unknown badge")?;
+        let kid = kids[k];
+        let page = addr & !(PAGE_SIZE - 1);
+        let mirror = MIRROR + k as u64 * MIRROR_SPAN + (page.wrapping_sub(REGION));
+        let reply = match kind {
+            fault::PAGE_FAULT if addr == START_VA && ip == START_VA && err & 16 != 0 => {
+                // The first fetch: go to the routine, with a stack pointer and `rax` of ours.
+                Msg {
+                    tag: Tag::new(fault::RESUME, 4, 0),
+                    badge: 0,
+                    w: [SET_IP | SET_SP | SET_RAX, CODE_VA, CLIENT_SP, CLIENT_RAX],
+                }
+            }
+            fault::PAGE_FAULT if page == CODE_VA && err & 16 != 0 => {
+                map_code(kid.space).map_err(|_| "mapping the code failed")?;
+                resume_msg()
+            }
+            fault::PAGE_FAULT if (REGION..REGION + PAGES * PAGE_SIZE).contains(&addr) => {
+                let i = (page - REGION) / PAGE_SIZE;
+                match shared {
+                    None if err & 1 == 0 => {
+                        map_fresh_page(kid.space, page, mirror).map_err(|_| "backing a page failed")?;
+                        seen.data[k] += 1;
+                    }
+                    Some(orig) if err & 1 == 0 && err & 2 == 0 => {
+                        // A read of a page not there yet: the shared frame, read-only.
+                        sys::map(kid.space, orig[i as usize], page, Rights::READ).map_err(|_| "sharing a page failed")?;
+                        seen.data[k] += 1;
+                    }
+                    Some(_) if err & 3 == 3 => {
+                        // A write to a shared page: the writer gets its own copy.
+                        let f = slot();
+                        let r = sys::frame_alloc(MEMORY, f)
+                            .and_then(|_| sys::map(SPACE, f, mirror, RW))
+                            .and_then(|_| {
+                                let src = ORIG + i * PAGE_SIZE;
+                                // SAFETY: both root windows are mapped, one page each.
+                                unsafe { core::ptr::copy_nonoverlapping(src as *const u8, mirror as *mut u8, PAGE_SIZE as usize) };
+                                sys::unmap(kid.space, page)
+                            })
+                            .and_then(|_| sys::map(kid.space, f, page, RW));
+                        release(f);
+                        r.map_err(|_| "copying a page failed")?;
+                        seen.copies[k] += 1;
+                    }
+                    _ => return Err("a region fault the pager did not expect"),
+                }
+                resume_msg()
+            }
+            6 => {
+                seen.done_ip[k] = ip;
+                done += 1;
+                stop_msg()
+            }
+            _ => return Err("an unexpected fault"),
+        };
+        sys::reply(&reply).map_err(|_| "the pager's reply failed")?;
+    }
+    Ok(seen)
+}
+
+fn unmap_window(base: u64) {
+    for i in 0..PAGES {
+        let _ = sys::unmap(SPACE, base + i * PAGE_SIZE);
+    }
+}
+
+fn lazy(cpu: u64) -> Result<(u64, u64), &'static str> {
+    let ep = slot();
+    sys::endpoint_create(MEMORY, ep).map_err(|_| "endpoint")?;
+    let tag = 0xab00 + cpu;
+    let kid = Kid::new(ep, 0x1a2, cpu, REGION, tag << 16 | PAGES).map_err(|_| "child set-up failed")?;
+    kid.start().map_err(|_| "resume")?;
+    let r = pager(ep, &[&kid], None);
+    let stopped = wait_ms(1000, || kid.state() == Some(ThreadState::Faulted));
+    let check = r.and_then(|seen| {
+        let mut bad = None;
+        for i in 0..PAGES {
+            let p = MIRROR + i * PAGE_SIZE;
+            if word(p, 0) != tag || word(p, 1) != 0 {
+                bad = Some("a page does not hold what the client wrote");
+            }
+        }
+        if word(MIRROR, 2) != CLIENT_RAX || word(MIRROR, 3) != CLIENT_SP {
+            bad = Some("the registers the pager set did not reach the client");
+        }
+        let code = client().len() as u64;
+        if !(CODE_VA..CODE_VA + code).contains(&seen.done_ip[0]) {
+            bad = Some("the closing fault was not in the routine");
+        }
+        if seen.data[0] != PAGES {
+            bad = Some("not one fault per page");
+        }
+        if !stopped {
+            bad = Some("a \"stop\" reply did not leave the thread Faulted");
+        }
+        bad.map_or(Ok((seen.data[0], seen.done_ip[0])), Err)
+    });
+    unmap_window(MIRROR);
+    kid.end();
+    release(ep);
+    check
+}
+
+fn test_lazy() {
+    for cpu in [0, cpus() - 1] {
+        let r = lazy(cpu);
+        let name = if cpu == 0 { "pager-lazy" } else { "pager-lazy-cross" };
+        report(
+            name,
+            r.is_ok(),
+            format_args!(
+                "a child on cpu {cpu} starts where nothing is mapped; the pager (cpu 0) moves it to its code with new rip/rsp/rax, maps the code on its first fetch and {PAGES} fresh frames on first touch, stops it at its ud2: {r:x?}"
+            ),
+        );
+        if cpus() == 1 {
+            break;
+        }
+    }
+}
+
+fn cow() -> Result<[u64; 2], &'static str> {
+    let ep = slot();
+    sys::endpoint_create(MEMORY, ep).map_err(|_| "endpoint")?;
+    let orig: [u64; PAGES as usize] = core::array::from_fn(|_| slot());
+    let mut sum = 0;
+    for (i, &f) in orig.iter().enumerate() {
+        let va = ORIG + i as u64 * PAGE_SIZE;
+        sys::frame_alloc(MEMORY, f).and_then(|_| sys::map(SPACE, f, va, RW)).map_err(|_| "shared frames")?;
+        // SAFETY: mapped writable just above.
+        unsafe { (va as *mut u64).write_volatile(0x1000 + i as u64) };
+        sum += 0x1000 + i as u64;
+    }
+    let last = cpus() - 1;
+    let a = Kid::new(ep, 0xa, 0, REGION, 0xaaaa << 16 | PAGES).map_err(|_| "child a")?;
+    let b = Kid::new(ep, 0xb, last, REGION, 0xbbbb << 16 | PAGES).map_err(|_| "child b")?;
+    let r = a.start().and_then(|_| b.start()).map_err(|_| "resume").and_then(|_| pager(ep, &[&a, &b], Some(&orig)));
+    let check = r.and_then(|seen| {
+        for (k, tag) in [0xaaaa, 0xbbbb].into_iter().enumerate() {
+            for i in 0..PAGES {
+                let p = MIRROR + k as u64 * MIRROR_SPAN + i * PAGE_SIZE;
+                if word(p, 0) != tag || word(p, 1) != sum {
+                    return Err("a private copy does not hold what its task read and wrote");
+                }
+            }
+            if seen.data[k] != PAGES || seen.copies[k] != PAGES {
+                return Err("not one read fault and one copy per page and task");
+            }
+        }
+        for i in 0..PAGES {
+            let p = ORIG + i * PAGE_SIZE;
+            if word(p, 0) != 0x1000 + i || word(p, 1) != 0 {
+                return Err("a shared frame changed");
+            }
+        }
+        Ok([seen.data[0] + seen.copies[0], seen.data[1] + seen.copies[1]])
+    });
+    a.end();
+    b.end();
+    unmap_window(MIRROR);
+    unmap_window(MIRROR + MIRROR_SPAN);
+    unmap_window(ORIG);
+    orig.iter().for_each(|&f| release(f));
+    release(ep);
+    check
+}
+
+fn test_cow() {
+    let r = cow();
+    report(
+        "pager-cow",
+        r.is_ok(),
+        format_args!(
+            "two tasks (cpu 0 and cpu {}) share {PAGES} frames read-only; each write fault gives the writer a copy, the shared frames stay as they were; faults per task {r:?}",
+            cpus() - 1
+        ),
+    );
+}
+
+/// A child (no pager: its start address never gets mapped) whose first fault is received on
+/// `ep`; returns it with the fault.
+fn faulted_kid(ep: u64, badge: u64, cpu: u64) -> Result<Kid, &'static str> {
+    let kid = Kid::new(ep, badge, cpu, 0, 0).map_err(|_| "child set-up failed")?;
+    kid.start().map_err(|_| "resume")?;
+    let (b, kind, addr, ip, err) = next_fault(ep)?;
+    if (b, kind, addr, ip) != (badge, fault::PAGE_FAULT, START_VA, START_VA) || err & 16 == 0 {
+        return Err("the fault message is wrong");
+    }
+    if kid.state() != Some(ThreadState::BlockedFault) {
+        return Err("a thread whose fault is with its handler is not BlockedFault");
+    }
+    Ok(kid)
+}
+
+fn check(name: &str, detail: &str, f: impl FnOnce(u64) -> Result<(), &'static str>) {
+    let ep = slot();
+    let r = sys::endpoint_create(MEMORY, ep).map_err(|_| "endpoint").and_then(|_| f(ep));
+    release(ep);
+    report(name, r.is_ok(), format_args!("{detail}: {r:?}"));
+}
+
+fn test_stop_and_bad_replies() {
+    check("fault-ipc-stop", "the handler replies \"stop\": the thread is Faulted", |ep| {
+        let kid = faulted_kid(ep, 1, cpus() - 1)?;
+        sys::reply(&stop_msg()).map_err(|_| "reply")?;
+        let ok = wait_ms(1000, || kid.state() == Some(ThreadState::Faulted));
+        kid.end();
+        if ok { Ok(()) } else { Err("not Faulted") }
+    });
+    check(
+        "fault-ipc-bad-reply",
+        "resuming replies with a kernel or non-canonical rip, a kernel rsp or unknown bits get BadFaultReply and stop the thread; a short reply counts missing words as 0",
+        |ep| {
+            let bad = [
+                [SET_IP, USER_END, 0, 0],
+                [SET_IP, 0xffff_8000_0000_0000, 0, 0],
+                [SET_SP, 0, u64::MAX, 0],
+                [8, 0, 0, 0],
+            ];
+            for w in bad {
+                let kid = faulted_kid(ep, 2, 0)?;
+                let r = sys::reply(&Msg { tag: Tag::new(fault::RESUME, 4, 0), badge: 0, w });
+                let ok = wait_ms(1000, || kid.state() == Some(ThreadState::Faulted));
+                kid.end();
+                if r != Err(Error::BadFaultReply) || !ok {
+                    return Err("a bad register set was not refused");
+                }
+            }
+            // Length 1: words 1..3 count as 0, so SET_IP with rip 0 would be allowed; the
+            // thread resumes at address 0 and faults there.
+            let kid = faulted_kid(ep, 3, 0)?;
+            sys::reply(&Msg { tag: Tag::new(fault::RESUME, 1, 0), badge: 0, w: [SET_IP, 0x1234, 0, 0] }).map_err(|_| "short reply")?;
+            let (_, _, addr, ip, _) = next_fault(ep)?;
+            let _ = sys::reply(&stop_msg());
+            kid.end();
+            if (addr, ip) != (0, 0) { Err("a short reply's missing words were not 0") } else { Ok(()) }
+        },
+    );
+}
+
+fn test_no_reply() {
+    check(
+        "fault-ipc-silent-handler-suspend",
+        "the handler holds the fault without replying: the thread stays BlockedFault; suspended it cancels the fault (the late reply gets PartnerGone), resumed it faults again",
+        |ep| {
+            let kid = faulted_kid(ep, 4, cpus() - 1)?;
+            spin_ms(20, || false);
+            if kid.state() != Some(ThreadState::BlockedFault) {
+                return Err("the thread did not stay blocked");
+            }
+            sys::thread_suspend(kid.thread).map_err(|_| "suspend")?;
+            if kid.state() != Some(ThreadState::Suspended) {
+                return Err("not Suspended");
+            }
+            if sys::reply(&resume_msg()) != Err(Error::PartnerGone) {
+                return Err("the late reply did not get PartnerGone");
+            }
+            sys::thread_resume(kid.thread).map_err(|_| "resume")?;
+            let (b, _, addr, _, _) = next_fault(ep)?;
+            sys::reply(&stop_msg()).map_err(|_| "reply")?;
+            let ok = wait_ms(1000, || kid.state() == Some(ThreadState::Faulted));
+            kid.end();
+            if b == 4 && addr == START_VA && ok { Ok(()) } else { Err("the repeated fault went wrong") }
+        },
+    );
+    check(
+        "fault-ipc-killed-in-flight",
+        "the faulting task is killed while its handler holds the fault (the reply gets PartnerGone) and while the fault is queued (nothing is delivered later); the kernel's check finds no stale reference",
+        |ep| {
+            let kid = faulted_kid(ep, 5, cpus() - 1)?;
+            sys::task_kill(kid.task).map_err(|_| "kill")?;
+            if kid.state() != Some(ThreadState::Dead) {
+                return Err("not Dead");
+            }
+            if sys::reply(&resume_msg()) != Err(Error::PartnerGone) {
+                return Err("the reply to a dead thread did not get PartnerGone");
+            }
+            kid.end();
+            let queued = Kid::new(ep, 6, cpus() - 1, 0, 0).map_err(|_| "child")?;
+            queued.start().map_err(|_| "resume")?;
+            if !wait_ms(1000, || queued.state() == Some(ThreadState::BlockedFault)) {
+                return Err("the queued fault did not block");
+            }
+            sys::task_kill(queued.task).map_err(|_| "kill")?;
+            let dead = queued.state() == Some(ThreadState::Dead);
+            queued.end();
+            if !dead {
+                return Err("the queued thread is not Dead");
+            }
+            if sys::nb_recv(ep) != Err(Error::Timeout) {
+                return Err("a killed thread's fault was delivered");
+            }
+            match sys::kernel_check(MACHINE) {
+                Ok([0, _, _]) => Ok(()),
+                _ => Err("the kernel's check failed"),
+            }
+        },
+    );
+}
+
+/// A handler thread that takes one message from the endpoint in `ep` and ends without
+/// replying.
+fn take_and_exit(ep: u64) {
+    let _ = sys::recv(ep);
+    sys::thread_exit();
+}
+
+/// A handler thread that takes one fault from the endpoint in `ep`, then faults itself.
+fn take_and_fault(ep: u64) {
+    if sys::recv(ep).is_ok() {
+        // SAFETY: deliberately reads an address that is never mapped: the thread faults.
+        unsafe { (0x10 as *const u64).read_volatile() };
+    }
+    sys::thread_exit();
+}
+
+fn test_handler_gone() {
+    check(
+        "fault-ipc-handler-exits",
+        "the handler thread ends holding the fault: the thread is stopped (Faulted) as if it had no handler",
+        |ep| {
+            let h = spawn(take_and_exit, ep, ROOT_PRIO, cpus() - 1);
+            wait_ms(1000, || state(h) == Some(ThreadState::BlockedRecv));
+            let kid = Kid::new(ep, 7, 0, 0, 0).map_err(|_| "child")?;
+            kid.start().map_err(|_| "resume")?;
+            let ok = wait_ms(1000, || kid.state() == Some(ThreadState::Faulted));
+            let hs = state(h);
+            kid.end();
+            release(h);
+            if !ok {
+                Err("not Faulted")
+            } else if hs != Some(ThreadState::Dead) {
+                Err("the handler did not end")
+            } else {
+                Ok(())
+            }
+        },
+    );
+    check(
+        "fault-ipc-endpoint-deleted",
+        "the handler's endpoint is deleted while a fault is queued on it: the thread is Faulted; a handler set to a deleted endpoint, or none, stops the next thread at once",
+        |ep| {
+            let kid = Kid::new(ep, 8, cpus() - 1, 0, 0).map_err(|_| "child")?;
+            kid.start().map_err(|_| "resume")?;
+            if !wait_ms(1000, || kid.state() == Some(ThreadState::BlockedFault)) {
+                return Err("the fault did not queue");
+            }
+            // The last capabilities: the endpoint dies.
+            let _ = sys::cap_delete(kid.hcap);
+            let _ = sys::cap_delete(ep);
+            let ok = wait_ms(1000, || kid.state() == Some(ThreadState::Faulted));
+            kid.end();
+            if !ok {
+                return Err("the queued thread is not Faulted");
+            }
+            for with in [true, false] {
+                let e2 = slot();
+                sys::endpoint_create(MEMORY, e2).map_err(|_| "endpoint")?;
+                let kid = Kid::new(e2, 9, 0, 0, 0).map_err(|_| "child")?;
+                if with {
+                    let _ = sys::cap_delete(kid.hcap);
+                    release(e2);
+                } else {
+                    sys::thread_set_fault_handler(kid.thread, NO_SLOT).map_err(|_| "remove")?;
+                    release(e2);
+                }
+                kid.start().map_err(|_| "resume")?;
+                let ok = wait_ms(1000, || kid.state() == Some(ThreadState::Faulted));
+                kid.end();
+                if !ok {
+                    return Err("a thread without a live handler was not stopped");
+                }
+            }
+            Ok(())
+        },
+    );
+    check(
+        "fault-ipc-in-handler",
+        "the handler faults while it holds a fault; its own handler is the same endpoint, where its fault queues (no loop); another thread gets it and replies stop: both are Faulted",
+        |ep| {
+            let h = spawn_with_handler(take_and_fault, ep, 0x4a)?;
+            wait_ms(1000, || state(h) == Some(ThreadState::BlockedRecv));
+            let kid = Kid::new(ep, 10, 0, 0, 0).map_err(|_| "child")?;
+            kid.start().map_err(|_| "resume")?;
+            let (b, kind, addr, _, _) = next_fault(ep)?;
+            let blocked = state(h) == Some(ThreadState::BlockedFault);
+            sys::reply(&stop_msg()).map_err(|_| "reply")?;
+            let ok = wait_ms(1000, || state(h) == Some(ThreadState::Faulted) && kid.state() == Some(ThreadState::Faulted));
+            kid.end();
+            release(h);
+            if (b, kind, addr) != (0x4a, fault::PAGE_FAULT, 0x10) {
+                Err("the handler's own fault message is wrong")
+            } else if !blocked || !ok {
+                Err("not both Faulted")
+            } else {
+                Ok(())
+            }
+        },
+    );
+}
+
+/// Starts `f(ep)` as a root thread whose fault handler is `ep` minted with `badge`.
+fn spawn_with_handler(f: fn(u64), ep: u64, badge: u64) -> Result<u64, &'static str> {
+    let t = slot();
+    let top = stack(4);
+    let hcap = slot();
+    sys::thread_create(MEMORY, TASK, rl4_user::thread_entry(), top, ROOT_PRIO, cpus() - 1, t).map_err(|_| "thread")?;
+    sys::thread_set_args(t, f as *const () as u64, ep).map_err(|_| "args")?;
+    sys::cap_mint(ep, TASK, hcap, Rights::SEND, badge).map_err(|_| "mint")?;
+    sys::thread_set_fault_handler(t, hcap).map_err(|_| "handler")?;
+    // The thread keeps only a weak reference: the endpoint lives by `ep`.
+    release(hcap);
+    sys::thread_resume(t).map_err(|_| "resume")?;
+    Ok(t)
+}
+
+fn test_bad_args() {
+    let ep = slot();
+    let recv_only = slot();
+    let r = sys::endpoint_create(MEMORY, ep).and_then(|_| sys::cap_copy(ep, TASK, recv_only, Rights::RECEIVE));
+    let checks = [
+        sys::thread_set_fault_handler(THREAD, recv_only) == Err(Error::MissingRight),
+        sys::thread_set_fault_handler(THREAD, MEMORY) == Err(Error::WrongType),
+        sys::thread_set_fault_handler(ep, ep) == Err(Error::WrongType),
+        sys::thread_set_fault_handler(THREAD, 9999) == Err(Error::SlotOutOfRange),
+        sys::thread_set_fault_handler(THREAD, NO_SLOT) == Ok(()),
+    ];
+    release(recv_only);
+    release(ep);
+    report(
+        "fault-ipc-bad-args",
+        r.is_ok() && checks.iter().all(|&c| c),
+        format_args!("ThreadSetFaultHandler: receive-only endpoint, wrong types, slot out of range refused; NO_SLOT clears: {checks:?}"),
+    );
+}
+
+pub fn run() {
+    test_bad_args();
+    test_lazy();
+    test_cow();
+    test_stop_and_bad_replies();
+    test_no_reply();
+    test_handler_gone();
+}
