@@ -6,6 +6,7 @@
 //! the kernel defines: they all come from `rl4_abi`.
 #![no_std]
 
+pub mod fpu;
 pub mod fuzz;
 pub mod storm;
 pub mod sys;

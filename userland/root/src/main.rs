@@ -22,6 +22,7 @@
 #![no_main]
 
 mod bench;
+mod fpu_tests;
 mod fuzz;
 mod ipc_tests;
 mod noreply;
