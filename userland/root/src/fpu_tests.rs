@@ -81,7 +81,8 @@ fn phase(bi: &BootInfo, name: &str, mode: u64, what: &str, goal: &Goal) {
     let checks: u64 = (1..=4).map(|k| r(k, rec::CHECKS)).sum();
     let bad: u64 = (1..=4).map(|k| r(k, rec::BAD)).sum();
     let (g, ipcs, served) = (gaps(), r(1, rec::IPCS), r(3, rec::IPCS));
-    let first = (1..=4).find(|&k| r(k, rec::BAD) != 0);
+    // The first thread that saw a wrong value: (k, where, seen, wanted), read before the page goes.
+    let first = (1..=4).find(|&k| r(k, rec::BAD) != 0).map(|k| (k, r(k, rec::WHERE), r(k, rec::SEEN), r(k, rec::WANT)));
     child.release();
     for t in [client, rspin] {
         release(t);
@@ -95,17 +96,16 @@ fn phase(bi: &BootInfo, name: &str, mode: u64, what: &str, goal: &Goal) {
     let ok = !fault && started && stopped && bad == 0 && g >= goal.gaps && ipcs >= goal.ipcs && served >= goal.ipcs;
     let on = format_args!("cpu {cpu}");
     match first {
-        Some(k) => {
-            let at = r(k, rec::WHERE);
+        Some((k, at, seen, want)) => {
             let kind = ["?", "mm", "xmm/ymm", "MXCSR"][(at >> 8).min(3) as usize];
             report(
                 name,
                 false,
                 format_args!(
                     "thread {k} found {:#x} in {kind}{} where it had put {:#x} ({bad} wrong looks of {checks}; {what}, {on})",
-                    r(k, rec::SEEN),
+                    seen,
                     at & 0xff,
-                    r(k, rec::WANT)
+                    want
                 ),
             )
         }
