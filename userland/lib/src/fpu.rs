@@ -33,7 +33,7 @@ pub mod header {
     /// TSC ticks that count as having been switched out (a gap between two looks).
     pub const GAP: usize = 2;
 }
-/// A thread's record: word `8 * k + field`.
+/// A thread's record: word `16 * k + field`.
 pub mod rec {
     /// Checks done.
     pub const CHECKS: usize = 0;
@@ -50,6 +50,10 @@ pub mod rec {
     pub const STARTED: usize = 6;
     /// The register the first wrong value was in: kind << 8 | index (kind 1 mm, 2 xmm/ymm, 3 MXCSR).
     pub const WHERE: usize = 7;
+    /// What the thread found before it loaded its pattern, if that was not a new thread's
+    /// state: kind << 8 | index + 1 (kind 4: the x87 control word), then the value found.
+    pub const DIRTY_WHERE: usize = 8;
+    pub const DIRTY_SEEN: usize = 9;
 }
 
 /// Word `i` of the shared page at `page`.
@@ -174,6 +178,22 @@ fn load(mode: u64, k: u64) {
 
 /// Checks that the registers still hold thread `k`'s pattern: `None`, or (where, seen, wanted).
 fn check(mode: u64, k: u64) -> Option<(u64, u64, u64)> {
+    check_with(mode, |i, j| value(k, i, j), mxcsr(k))
+}
+
+/// Checks that the registers hold the state of a new thread: every register zero, MXCSR 0x1f80
+/// and the x87 control word 0x37f. `None`, or (where, seen, wanted); kind 4 is the FCW.
+fn check_clean(mode: u64) -> Option<(u64, u64, u64)> {
+    let mut fcw = 0u16;
+    // SAFETY: writes the 2 bytes of `fcw`.
+    unsafe { core::arch::asm!("fnstcw [{p}]", p = in(reg) &mut fcw, options(nostack, preserves_flags)) };
+    if fcw != 0x37f {
+        return Some((4 << 8, fcw as u64, 0x37f));
+    }
+    check_with(mode, |_, _| 0, 0x1f80)
+}
+
+fn check_with(mode: u64, value: impl Fn(u64, u64) -> u64, mxcsr: u32) -> Option<(u64, u64, u64)> {
     let mut buf = [0u64; 64];
     if mode & MMX != 0 {
         let p = buf.as_mut_ptr();
@@ -191,8 +211,8 @@ fn check(mode: u64, k: u64) -> Option<(u64, u64, u64)> {
             p = in(reg) p, options(nostack, preserves_flags))
         };
         for (i, &b) in buf.iter().take(8).enumerate() {
-            if b != value(k, i as u64, 7) {
-                return Some((1 << 8 | i as u64, b, value(k, i as u64, 7)));
+            if b != value(i as u64, 7) {
+                return Some((1 << 8 | i as u64, b, value(i as u64, 7)));
             }
         }
     }
@@ -247,7 +267,7 @@ fn check(mode: u64, k: u64) -> Option<(u64, u64, u64)> {
         };
         for i in 0..16 {
             for j in 0..lanes {
-                let want = value(k, i as u64, j as u64);
+                let want = value(i as u64, j as u64);
                 if buf[i * lanes + j] != want {
                     return Some((2 << 8 | i as u64, buf[i * lanes + j], want));
                 }
@@ -257,8 +277,8 @@ fn check(mode: u64, k: u64) -> Option<(u64, u64, u64)> {
         // SAFETY: writes the 4 bytes of `m`.
         unsafe { core::arch::asm!("stmxcsr [{p}]", p = in(reg) &mut m, options(nostack, preserves_flags)) };
         // The exception flags (bits 0-5) may be set by nothing here; compare all bits.
-        if m != mxcsr(k) {
-            return Some((3 << 8, m as u64, mxcsr(k) as u64));
+        if m != mxcsr {
+            return Some((3 << 8, m as u64, mxcsr as u64));
         }
     }
     None
@@ -274,9 +294,13 @@ pub fn thread(op: u64, ep: u64) {
     // SAFETY (all uses of `w`): the starter maps the page at PAGE, writable, before it starts the
     // thread, and unmaps it only after every thread stopped or its task was killed.
     let w = |i: usize| unsafe { word(PAGE, i) };
-    let r = |f: usize| w(8 * k as usize + f);
+    let r = |f: usize| w(16 * k as usize + f);
     let mode = w(header::MODE).load(Relaxed);
     let gap = w(header::GAP).load(Relaxed);
+    if let Some((at, seen, _)) = check_clean(mode) {
+        r(rec::DIRTY_SEEN).store(seen, Relaxed);
+        r(rec::DIRTY_WHERE).store(at + 1, Relaxed);
+    }
     load(mode, k);
     r(rec::STARTED).store(1, Relaxed);
     let look = |last: &mut u64| {

@@ -26,7 +26,7 @@ fn w(i: usize) -> &'static AtomicU64 {
 }
 
 fn r(k: u64, f: usize) -> u64 {
-    w(8 * k as usize + f).load(SeqCst)
+    w(16 * k as usize + f).load(SeqCst)
 }
 
 /// How long a phase runs at most, and what it must reach: switches away seen by the threads and
@@ -82,6 +82,7 @@ fn phase(bi: &BootInfo, name: &str, mode: u64, what: &str, goal: &Goal) {
     let bad: u64 = (1..=4).map(|k| r(k, rec::BAD)).sum();
     let (g, ipcs, served) = (gaps(), r(1, rec::IPCS), r(3, rec::IPCS));
     // The first thread that saw a wrong value: (k, where, seen, wanted), read before the page goes.
+    let dirty = (1..=4).find(|&k| r(k, rec::DIRTY_WHERE) != 0).map(|k| (k, r(k, rec::DIRTY_WHERE) - 1, r(k, rec::DIRTY_SEEN)));
     let first = (1..=4).find(|&k| r(k, rec::BAD) != 0).map(|k| (k, r(k, rec::WHERE), r(k, rec::SEEN), r(k, rec::WANT)));
     child.release();
     for t in [client, rspin] {
@@ -93,11 +94,20 @@ fn phase(bi: &BootInfo, name: &str, mode: u64, what: &str, goal: &Goal) {
     let _ = sys::unmap(SPACE, fpu::PAGE);
     release(page);
     release(ep);
-    let ok = !fault && started && stopped && bad == 0 && g >= goal.gaps && ipcs >= goal.ipcs && served >= goal.ipcs;
+    let ok = dirty.is_none() && !fault && started && stopped && bad == 0 && g >= goal.gaps && ipcs >= goal.ipcs && served >= goal.ipcs;
     let on = format_args!("cpu {cpu}");
+    let kinds = ["?", "mm", "xmm/ymm", "MXCSR", "the x87 control word"];
+    if let Some((k, at, seen)) = dirty {
+        let kind = kinds[(at >> 8).min(4) as usize];
+        return report(
+            name,
+            false,
+            format_args!("new thread {k} started with {seen:#x} in {kind}{} instead of a new thread's state ({what}, {on})", at & 0xff),
+        );
+    }
     match first {
         Some((k, at, seen, want)) => {
-            let kind = ["?", "mm", "xmm/ymm", "MXCSR"][(at >> 8).min(3) as usize];
+            let kind = kinds[(at >> 8).min(4) as usize];
             report(
                 name,
                 false,
@@ -114,7 +124,7 @@ fn phase(bi: &BootInfo, name: &str, mode: u64, what: &str, goal: &Goal) {
             name,
             ok,
             format_args!(
-                "{what}: 4 threads of 2 tasks on {on}: {checks} looks, {g} times switched out, {ipcs} IPC round trips, 0 wrong values{}",
+                "{what}: 4 new threads of 2 tasks on {on} started clean, then {checks} looks, {g} times switched out, {ipcs} IPC round trips, 0 wrong values{}",
                 if ok { "" } else if reached { "; a thread did not start or stop" } else { "; did not reach the goal in time" }
             ),
         ),
