@@ -601,6 +601,7 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             lookup(task, a0, ObjType::Machine, Rights::SHUTDOWN)?;
             match a1 {
                 rl4_abi::measure::CR3_FLOOR if (1..=10_000).contains(&a2) => Ok(crate::measure::cr3_floor(a2)),
+                rl4_abi::measure::FPU_FLOOR if (1..=10_000).contains(&a2) => Ok(crate::measure::fpu_floor(a2)),
                 rl4_abi::measure::IPC_TRACE | rl4_abi::measure::IPC_TRACE_READ if !trace::BUILT => Err(Error::InvalidArgument),
                 rl4_abi::measure::COUNT_EVENTS if crate::count::BUILT => {
                     crate::count::arm(a2 != 0);

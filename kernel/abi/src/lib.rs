@@ -345,6 +345,9 @@ pub mod measure {
     /// global locks) with their call chains (`arg` = 1, clearing earlier records), or stop and
     /// print them on the console (`arg` = 0). Others answer `InvalidArgument`.
     pub const COUNT_EVENTS: u64 = 4;
+    /// `arg` times (1..=10,000): save the calling thread's FPU/SIMD registers into its save
+    /// area and load them back, as every thread switch does → (mean, min, max) cycles per pair.
+    pub const FPU_FLOOR: u64 = 5;
 }
 
 /// IPC registers and the message tag.
