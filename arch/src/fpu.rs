@@ -98,8 +98,9 @@ pub fn init_this_cpu() -> Config {
             want |= XCr0Flags::AVX;
         }
         // SAFETY: CR4.OSXSAVE is set; x87 and SSE are always valid, AVX only with SSE and only
-        // when CPUID leaf 0xD lists it.
-        unsafe { XCr0::write(want) };
+        // when CPUID leaf 0xD lists it; every other bit is written as zero (`write_raw`: no
+        // read of the old value is needed).
+        unsafe { XCr0::write_raw(want.bits()) };
         // EBX of leaf 0xD now gives the size for the components just enabled.
         let size = __cpuid_count(0xd, 0).ebx;
         let opt = __cpuid_count(0xd, 1).eax & 1 != 0;
