@@ -61,8 +61,8 @@ pub mod rec {
 /// # Safety
 /// The page must be mapped readable and writable at `page` for as long as the reference is used.
 pub unsafe fn word(page: u64, i: usize) -> &'static AtomicU64 {
-    // SAFETY: per the contract; i < 512 keeps it inside the page.
     assert!(i < 512);
+    // SAFETY: per the contract; i < 512 keeps it inside the page.
     unsafe { &*((page + 8 * i as u64) as *const AtomicU64) }
 }
 
