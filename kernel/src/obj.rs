@@ -367,10 +367,15 @@ unsafe impl rl4_core::mailbox::Linked for Thread {
 
 pub static LIVE_THREADS: AtomicU64 = AtomicU64::new(0);
 
+/// What a thread costs its budget: [`THREAD_COST`] and its FPU save area, whose size comes from
+/// CPUID (`stat::THREAD_BYTES`).
+pub fn thread_bytes() -> u64 {
+    THREAD_COST + rl4_arch::fpu::area_bytes()
+}
+
 impl Thread {
     pub fn new(mem: &Arc<Memory>, task: Arc<Task>, entry: u64, stack: u64, prio: u8, cpu: u32) -> Result<Arc<Thread>, Error> {
-        // The FPU save area is charged with the rest of the thread (its size comes from CPUID).
-        let charge = Charge::new(mem, THREAD_COST + rl4_arch::fpu::area_bytes())?;
+        let charge = Charge::new(mem, thread_bytes())?;
         let fpu = rl4_arch::fpu::FpuState::new().ok_or(Error::OutOfMemory)?;
         let space = task.space.clone();
         let t = Arc::new(Thread {

@@ -533,6 +533,7 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
                 stat::IPC_CROSS => sched::total(sched::Count::IpcCross),
                 stat::IPIS_SENT => cpus::IPIS_SENT.load(core::sync::atomic::Ordering::Relaxed),
                 stat::HEAP_BYTES => mem::heap_size(),
+                stat::THREAD_BYTES => crate::obj::thread_bytes(),
                 stat::HEAP_ALLOCS if crate::count::BUILT => crate::count::allocs(),
                 stat::HEAP_FREES if crate::count::BUILT => crate::count::frees(),
                 stat::GLOBAL_LOCKS if crate::count::BUILT => crate::count::global_locks(),

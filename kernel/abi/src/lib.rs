@@ -328,6 +328,9 @@ pub mod stat {
     /// Acquisitions of locks that every CPU may take (heap, frame allocator, object
     /// registries, PCIDs, shoot-down...) so far, all CPUs (`countglobal` kernels only).
     pub const GLOBAL_LOCKS: u64 = 11;
+    /// Bytes a thread costs its memory budget: 4 KiB and its FPU/SIMD save area, whose size
+    /// depends on the CPU (not a counter: the same on every call).
+    pub const THREAD_BYTES: u64 = 14;
 }
 
 /// Selectors of [`Sys::Measure`].
