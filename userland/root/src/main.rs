@@ -4,7 +4,8 @@
 //! Its command line (what follows `--` on the kernel's) picks the scenario:
 //!
 //! * (nothing): the demo: a thread on every CPU says hello, a worker task runs, then shutdown;
-//! * `test=all` (or `test=NAME`): the scheduler, isolation and system-call tests, one line each,
+//! * `test=all` (or `test=NAME`): the scheduler, isolation, system-call, IPC, security and FPU
+//!   tests, one line each,
 //!   `root: N passed, N failed`, then shutdown with success only if all passed;
 //! * `bench`: IPC round trips and one-way latencies, null system call, thread switch;
 //! * `stress [pairs=N] [messages=M] [seconds=S]`: many IPC pairs on all CPUs, every message
