@@ -55,8 +55,8 @@ pub enum Mechanism {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
     pub mechanism: Mechanism,
-    /// XCR0 (0 with `FXSAVE`).
-    pub xcr0: u64,
+    /// The state components saved (XCR0's bits: 1 x87, 2 SSE, 4 AVX; 0 with `FXSAVE`).
+    pub components: u64,
     /// Bytes of a save area.
     pub size: u32,
 }
@@ -104,9 +104,9 @@ pub fn init_this_cpu() -> Config {
         // EBX of leaf 0xD now gives the size for the components just enabled.
         let size = __cpuid_count(0xd, 0).ebx;
         let opt = __cpuid_count(0xd, 1).eax & 1 != 0;
-        Config { mechanism: if opt { Mechanism::Xsaveopt } else { Mechanism::Xsave }, xcr0: want.bits(), size }
+        Config { mechanism: if opt { Mechanism::Xsaveopt } else { Mechanism::Xsave }, components: want.bits(), size }
     } else {
-        Config { mechanism: Mechanism::Fxsave, xcr0: 0, size: LEGACY as u32 }
+        Config { mechanism: Mechanism::Fxsave, components: 0, size: LEGACY as u32 }
     };
     assert!(
         (LEGACY as u32..=MAX_AREA as u32).contains(&config.size),
@@ -116,7 +116,7 @@ pub fn init_this_cpu() -> Config {
     match MECHANISM.compare_exchange(0, config.mechanism as u8, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => {
             SIZE.store(config.size, Ordering::Release);
-            XCR0_BITS.store(config.xcr0 as u32, Ordering::Release);
+            XCR0_BITS.store(config.components as u32, Ordering::Release);
         }
         Err(_) => {
             let first = config_of_bsp();
@@ -134,7 +134,7 @@ pub fn config_of_bsp() -> Config {
         3 => Mechanism::Xsaveopt,
         _ => panic!("FPU not set up yet"),
     };
-    Config { mechanism, xcr0: XCR0_BITS.load(Ordering::Acquire) as u64, size: SIZE.load(Ordering::Acquire) }
+    Config { mechanism, components: XCR0_BITS.load(Ordering::Acquire) as u64, size: SIZE.load(Ordering::Acquire) }
 }
 
 /// Bytes of one thread's save area (what a thread's budget is charged for it).

@@ -149,7 +149,7 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
         f.invariant_tsc,
         f.hypervisor
     );
-    println!("fpu: {:?}, xcr0={:#x}, save area {} bytes per thread", fpu.mechanism, fpu.xcr0, fpu.size);
+    println!("fpu: {:?}, state components {:#x}, save area {} bytes per thread", fpu.mechanism, fpu.components, fpu.size);
 
     // What the machine has comes from ACPI, not from assuming a PC/AT: the 8259 PICs only
     // when the MADT says so, the timers to measure the TSC against from the FADT and HPET table.

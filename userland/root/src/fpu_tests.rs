@@ -4,7 +4,7 @@
 //! spinners are preempted by the timer, the client and the server switch to each other at every
 //! IPC (the fast path's direct switch); none may ever see another's values.
 use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use rl4_abi::{BootInfo, Rights, ThreadState};
+use rl4_abi::{BootInfo, Rights, ThreadState, stat};
 use rl4_user::fpu::{self, header, rec};
 use rl4_user::sys;
 use rl4_user::worker::{EP_SLOT as W_EP_SLOT, FPU as W_FPU};
@@ -68,6 +68,7 @@ fn phase(bi: &BootInfo, name: &str, mode: u64, what: &str, goal: &Goal) {
     // k = 1 client and 2 spinner in the root task; 3 server and 4 spinner in the worker.
     let server = child.thread(CHILD_STACK_TOP, W_FPU, fpu::SERVER | 3 << 8, ROOT_PRIO, cpu);
     let wspin = child.thread(CHILD_STACK_TOP - 0x10_0000, W_FPU, fpu::SPIN | 4 << 8, ROOT_PRIO, cpu);
+    let fast0 = sys::stat(MACHINE, stat::IPC_FAST).unwrap_or(0);
     let client = spawn(root_thread, fpu::CLIENT | 1 << 8, ROOT_PRIO, cpu);
     let rspin = spawn(root_thread, fpu::SPIN | 2 << 8, ROOT_PRIO, cpu);
     let ts = [client, rspin, *server.as_ref().unwrap_or(&0), *wspin.as_ref().unwrap_or(&0)];
@@ -83,6 +84,8 @@ fn phase(bi: &BootInfo, name: &str, mode: u64, what: &str, goal: &Goal) {
     let (g, ipcs, served) = (gaps(), r(1, rec::IPCS), r(3, rec::IPCS));
     // The first thread that saw a wrong value: (k, where, seen, wanted), read before the page goes.
     let dirty = (1..=4).find(|&k| r(k, rec::DIRTY_WHERE) != 0).map(|k| (k, r(k, rec::DIRTY_WHERE) - 1, r(k, rec::DIRTY_SEEN)));
+    // IPC operations by the same-CPU fast path meanwhile (all CPUs; the test's are two per round trip).
+    let fast = sys::stat(MACHINE, stat::IPC_FAST).unwrap_or(0) - fast0;
     let first = (1..=4).find(|&k| r(k, rec::BAD) != 0).map(|k| (k, r(k, rec::WHERE), r(k, rec::SEEN), r(k, rec::WANT)));
     child.release();
     for t in [client, rspin] {
@@ -124,7 +127,7 @@ fn phase(bi: &BootInfo, name: &str, mode: u64, what: &str, goal: &Goal) {
             name,
             ok,
             format_args!(
-                "{what}: 4 new threads of 2 tasks on {on} started clean, then {checks} looks, {g} times switched out, {ipcs} IPC round trips, 0 wrong values{}",
+                "{what}: 4 new threads of 2 tasks on {on} started clean, then {checks} looks, {g} times switched out, {ipcs} IPC round trips ({fast} fast-path IPC operations), 0 wrong values{}",
                 if ok { "" } else if reached { "; a thread did not start or stop" } else { "; did not reach the goal in time" }
             ),
         ),
