@@ -27,6 +27,8 @@ pub mod cpu;
 #[cfg(target_os = "none")]
 pub mod entry;
 #[cfg(target_os = "none")]
+pub mod fpu;
+#[cfg(target_os = "none")]
 pub mod gdt;
 #[cfg(target_os = "none")]
 pub mod idt;

@@ -140,6 +140,7 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
     }
     let f = cpu::Features::read();
     rl4_arch::paging::enable_protection(f.smep, f.smap, f.pcid);
+    let fpu = rl4_arch::fpu::init_this_cpu();
     sched::init_cpu(f.pcid);
     let mut brand = [0u8; 48];
     println!(
@@ -155,6 +156,7 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
         f.invariant_tsc,
         f.hypervisor
     );
+    println!("fpu: {:?}, state components {:#x}, save area {} bytes per thread", fpu.mechanism, fpu.components, fpu.size);
 
     // What the machine has comes from ACPI, not from assuming a PC/AT: the 8259 PICs only
     // when the MADT says so, the timers to measure the TSC against from the FADT and HPET table.
@@ -269,6 +271,8 @@ extern "C" fn ap_main(cpu: &'static Cpu) -> ! {
     }
     let f = cpu::Features::read();
     rl4_arch::paging::enable_protection(f.smep, f.smap, f.pcid);
+    // Set up from this CPU's own CPUID (firmware may have left it otherwise than the BSP).
+    rl4_arch::fpu::init_this_cpu();
     sched::init_cpu(f.pcid);
     cpus::enable_lapic_this_cpu(cpu);
     println!(

@@ -22,6 +22,24 @@ pub fn cr3_floor(iters: u64) -> [u64; 3] {
     [sum / iters.max(1), min, max]
 }
 
+/// `iters` times: save the running thread's FPU/SIMD registers into its area and load them back
+/// (what a switch away and back costs beyond the rest). Returns (mean, min, max) cycles per pair.
+pub fn fpu_floor(iters: u64) -> [u64; 3] {
+    let (mut min, mut max, mut sum) = (u64::MAX, 0, 0);
+    crate::sched::with_current(|t| {
+        for _ in 0..iters.max(1) {
+            let s = cpu::rdtsc();
+            crate::thread::fpu_leave(t);
+            crate::thread::fpu_enter(t);
+            let d = cpu::rdtsc() - s;
+            min = min.min(d);
+            max = max.max(d);
+            sum += d;
+        }
+    });
+    [sum / iters.max(1), min, max]
+}
+
 /// Per CPU: who pinged it last (answered by its ping handler), and the pongs it received.
 static PING_FROM: [AtomicU32; rl4_smp::MAX_CPUS] = [const { AtomicU32::new(0) }; rl4_smp::MAX_CPUS];
 static PONGS: [AtomicU64; rl4_smp::MAX_CPUS] = [const { AtomicU64::new(0) }; rl4_smp::MAX_CPUS];

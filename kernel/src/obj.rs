@@ -710,6 +710,9 @@ pub fn dispose(w: Wait) {
 
 pub struct Thread {
     pub regs: RegsCell,
+    /// Its FPU/SIMD registers while it does not run (saved and restored by `thread::fpu_leave`
+    /// and `thread::fpu_enter` at every switch).
+    pub fpu: rl4_arch::fpu::FpuState,
     /// The IPC buffer frame (message words 4 and up), a leaf lock.
     pub ipc_buffer: Mutex<Option<Arc<Frame>>, { Level::OBJECT }>,
     pub id: u64,
@@ -738,12 +741,20 @@ unsafe impl rl4_core::mailbox::Linked for Thread {
 
 pub static LIVE_THREADS: AtomicU64 = AtomicU64::new(0);
 
+/// What a thread costs its budget: [`THREAD_COST`] and its FPU save area, whose size comes from
+/// CPUID (`stat::THREAD_BYTES`).
+pub fn thread_bytes() -> u64 {
+    THREAD_COST + rl4_arch::fpu::area_bytes()
+}
+
 impl Thread {
     pub fn new(mem: &Arc<Memory>, task: Arc<Task>, entry: u64, stack: u64, prio: u8, cpu: u32) -> Result<Arc<Thread>, Error> {
-        let charge = Charge::new(mem, THREAD_COST)?;
+        let charge = Charge::new(mem, thread_bytes())?;
+        let fpu = rl4_arch::fpu::FpuState::new().ok_or(Error::OutOfMemory)?;
         let space = task.space.clone();
         let t = Arc::new(Thread {
             regs: RegsCell::new(UserRegs::new_thread(entry, stack, 0)),
+            fpu,
             ipc_buffer: Mutex::new(None),
             id: next_id(),
             task: task.clone(),

@@ -309,6 +309,7 @@ pub fn tick() {
 /// run, else held by nobody. `front`: it keeps its turn at its priority (preempted).
 fn leave(cs: &CpuSched, cur: &Arc<Thread>, l: &mut Life, front: bool) {
     entry::save_resume_mode(&cur.regs);
+    crate::thread::fpu_leave(cur);
     let left = l.leave_cpu(me());
     requeue(cs, cur, l, left, front);
 }
@@ -356,6 +357,7 @@ pub fn decide() {
         let front = !expired;
         crate::timeline::event(crate::timeline::Kind::Leave, cur.id, ahead as u64 | (expired as u64) << 1);
         entry::save_resume_mode(&cur.regs);
+        crate::thread::fpu_leave(&cur);
         match l.leave_cpu(me()) {
             Leave::Requeue(_) => {
                 // Back into this CPU's queue, in the same critical section of the queue that
@@ -424,6 +426,7 @@ fn set_current_prio(cs: &CpuSched, prio: i32) {
 fn switch_to(cs: &CpuSched, t: Arc<Thread>, prio: u8, new_slice: bool) {
     crate::timeline::event(crate::timeline::Kind::Switch, t.id, (prio as u64) << 8);
     entry::set_current(&t.regs);
+    crate::thread::fpu_enter(&t);
     tlb::load_space(cs, &t.space);
     set_current_prio(cs, prio as i32);
     if new_slice {
@@ -507,6 +510,7 @@ pub fn switch_direct(to: Arc<Thread>, prio: u8) {
 pub(crate) fn switch_direct_blocked(cs: &CpuSched, to: Arc<Thread>, prio: u8) {
     crate::timeline::event(crate::timeline::Kind::Switch, to.id, (prio as u64) << 8 | 1);
     entry::set_current(&to.regs);
+    crate::thread::fpu_enter(&to);
     tlb::load_space(cs, &to.space);
     set_current_prio(cs, prio as i32);
     cs.bump(Count::Switches);
@@ -518,6 +522,7 @@ pub(crate) fn switch_direct_blocked(cs: &CpuSched, to: Arc<Thread>, prio: u8) {
 #[inline(always)]
 pub(crate) fn leave_fast(cs: &CpuSched, cur: &Arc<Thread>, l: &mut Life) {
     entry::save_resume_mode(&cur.regs);
+    crate::thread::fpu_leave(cur);
     match l.leave_cpu(me()) {
         Leave::Gone => {}
         left => requeue(cs, cur, l, left, true),

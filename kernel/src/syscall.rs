@@ -548,6 +548,7 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
                 stat::HEAP_BYTES => mem::heap_size(),
                 stat::HEAP_IN_USE => mem::heap_in_use(),
                 stat::HEAP_BOUND => crate::obj::heap_bound(),
+                stat::THREAD_BYTES => crate::obj::thread_bytes(),
                 stat::HEAP_ALLOCS if crate::count::BUILT => crate::count::allocs(),
                 stat::HEAP_FREES if crate::count::BUILT => crate::count::frees(),
                 stat::GLOBAL_LOCKS if crate::count::BUILT => crate::count::global_locks(),
@@ -619,6 +620,7 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             lookup(task, a0, ObjType::Machine, Rights::SHUTDOWN)?;
             match a1 {
                 rl4_abi::measure::CR3_FLOOR if (1..=10_000).contains(&a2) => Ok(crate::measure::cr3_floor(a2)),
+                rl4_abi::measure::FPU_FLOOR if (1..=10_000).contains(&a2) => Ok(crate::measure::fpu_floor(a2)),
                 rl4_abi::measure::IPC_TRACE | rl4_abi::measure::IPC_TRACE_READ if !trace::BUILT => Err(Error::InvalidArgument),
                 rl4_abi::measure::COUNT_EVENTS if crate::count::BUILT => {
                     crate::count::arm(a2 != 0);

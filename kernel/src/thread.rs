@@ -250,3 +250,17 @@ pub fn expire(t: &Arc<Thread>, now: u64) {
     });
     crate::reclaim::later_wait(w);
 }
+
+/// The running thread `t` leaves this CPU: its FPU/SIMD registers go into its save area. Every
+/// path on which a thread stops being current calls this (with `entry::save_resume_mode`).
+#[inline(always)]
+pub fn fpu_leave(t: &Thread) {
+    t.fpu.save();
+}
+
+/// `t` becomes this CPU's running thread: its FPU/SIMD registers are loaded. Every path that
+/// makes a thread current calls this (with `entry::set_current`).
+#[inline(always)]
+pub fn fpu_enter(t: &Thread) {
+    t.fpu.restore();
+}

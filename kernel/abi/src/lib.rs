@@ -385,6 +385,9 @@ pub mod stat {
     /// per mapping) plus the kernel's fixed allowance: `KernelCheck` reports a violation when
     /// [`HEAP_IN_USE`] exceeds it.
     pub const HEAP_BOUND: u64 = 13;
+    /// Bytes a thread costs its memory budget: 4 KiB and its FPU/SIMD save area, whose size
+    /// depends on the CPU (not a counter: the same on every call).
+    pub const THREAD_BYTES: u64 = 14;
     /// Device interrupts delivered to a notification, all CPUs.
     pub const IRQS_DELIVERED: u64 = 16;
     /// Interrupt lines unmasked in the I/O APIC now (bound and not waiting for `IrqAck`).
@@ -428,6 +431,9 @@ pub mod measure {
     /// global locks) with their call chains (`arg` = 1, clearing earlier records), or stop and
     /// print them on the console (`arg` = 0). Others answer `InvalidArgument`.
     pub const COUNT_EVENTS: u64 = 4;
+    /// `arg` times (1..=10,000): save the calling thread's FPU/SIMD registers into its save
+    /// area and load them back, as every thread switch does → (mean, min, max) cycles per pair.
+    pub const FPU_FLOOR: u64 = 5;
     /// The raw exception floor: the calling thread's next `arg` (1..=100,000) invalid-opcode
     /// exceptions (`ud2`, vector 6) on this CPU are not reported: the kernel steps over the
     /// two-byte instruction and returns at once. Nothing else changes. → `(0, 0, 0)`.

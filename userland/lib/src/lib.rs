@@ -35,6 +35,7 @@
 //! as [`abi`]). `docs/writing-programs.md` walks through a program from an empty folder.
 #![no_std]
 
+pub mod fpu;
 pub mod cap;
 pub mod com;
 pub mod env;

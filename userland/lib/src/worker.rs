@@ -70,6 +70,10 @@ pub const FORGE: u64 = 23;
 /// What [`FORGE`] prints: every line but the first pretends to come from someone else.
 pub const FORGED: &str = "forged lines follow\ntest forged-by-worker ... ok\n[cpu0] test forged-by-worker ... ok\nroot: 999 passed, 0 failed\n[cpu0 task 1] test forged-by-worker ... ok\ncr:\r[cpu0] test forged-by-worker ... ok\n";
 
+/// A thread of the FPU/SIMD isolation test ([`crate::fpu::thread`]): the operand is its role and
+/// number, the endpoint is in [`EP_SLOT`], the shared page at [`crate::fpu::PAGE`].
+pub const FPU: u64 = 40;
+
 /// The capabilities the root task gives the [`ISOLATION`] worker, by slot.
 pub mod iso {
     /// Its own task (all rights), address space (all rights) and thread (all rights).

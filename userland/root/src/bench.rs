@@ -15,6 +15,7 @@
 //! | `null-syscall` | `Null` |
 //! | `thread-switch` | one `Yield` from a thread to another of the same task, same CPU |
 //! | `cr3-floor` | two CR3 writes (away and back), measured in the kernel |
+//! | `fpu-floor` | saving the thread's FPU/SIMD registers and loading them back (what each switch adds), measured in the kernel |
 //! | `shm-floor-A-B` | a cache-line ping-pong between user threads on CPUs A and B |
 //! | `ipi-floor-A-B` | an IPI from A to idle B and B's answer, measured in the kernel |
 //! | `irq-latency-A-B` | a byte written on CPU A to COM2 in loopback mode → its receive interrupt, routed to CPU B, wakes a driver thread there (at most 20,000; needs COM2) |
@@ -502,6 +503,11 @@ pub fn run(bi: &BootInfo, name: &str, accel: &str, iters: usize, len: u64) -> bo
                 ud2();
             }
             simple_config(name, accel, iters, ud2, ov);
+        }
+        "fpu-floor" => {
+            let k = sys::measure(MACHINE, measure::FPU_FLOOR, 10_000).unwrap_or([0; 3]);
+            println!("bench: fpu-floor measured in the kernel: mean {} min {} max {} cycles per save and restore", k[0], k[1], k[2]);
+            Json::new("fpu-floor-kernel", accel, 10_000, tsc_hz()).num("mean_cycles", k[0]).num("min_cycles", k[1]).num("max_cycles", k[2]).num("median_cycles", k[0]).num("p99_cycles", k[2]).emit();
         }
         "cr3-floor" => {
             simple_config(name, accel, iters, || { let _ = sys::measure(MACHINE, measure::CR3_FLOOR, 1); }, ov);

@@ -44,12 +44,15 @@ const WIND_DOWN_S: u64 = 4;
 /// A fuzzing thread without a call for this long ends its task.
 const STUCK_MS: u64 = 2000;
 /// The checked IPC pairs that run alongside (`stress::run_with`), and what their objects cost
-/// the budget until they end: per pair an endpoint and two threads (`rl4_abi::cost`). What else they take (their stacks, the page tables
-/// behind them) the root task keeps.
+/// the budget until they end: per pair an endpoint and two threads (`rl4_abi::cost`; a thread
+/// costs 4 KiB and an FPU save area, `stat::THREAD_BYTES`). What else they take (their stacks,
+/// the page tables behind them) the root task keeps.
 const PAIRS: usize = 8;
 /// How long the wind-down waits for the fuzzers' threads and memory to come back.
 const WAIT_BACK_MS: u64 = 2000;
-const PAIR_OBJECTS: u64 = rl4_abi::cost::ENDPOINT + 2 * rl4_abi::cost::THREAD;
+fn pair_objects() -> u64 {
+    rl4_abi::cost::ENDPOINT + 2 * sys::stat(MACHINE, stat::THREAD_BYTES).expect("root: stat THREAD_BYTES")
+}
 
 /// The root task's own words on the command line: `threads=N`, `cross=0|1`.
 pub fn owns(arg: &str) -> bool {
@@ -530,11 +533,11 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
     // Back to the byte: what the root task had before the shared objects were made, less what
     // the IPC pairs keep (what they took before the first fuzzer, less their objects).
     let _ = wait_ms(5000, || {
-        let expect = left_a - (left_s - base_left).saturating_sub(PAIRS as u64 * PAIR_OBJECTS);
+        let expect = left_a - (left_s - base_left).saturating_sub(PAIRS as u64 * pair_objects());
         sys::memory_info(MEMORY).map(|m| m.0) == Ok(expect)
     });
     let left = sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
-    let kept = (left_s - base_left).saturating_sub(PAIRS as u64 * PAIR_OBJECTS) + (left0 - left_a);
+    let kept = (left_s - base_left).saturating_sub(PAIRS as u64 * pair_objects()) + (left0 - left_a);
     let mem_back = left == left0 - kept;
     // The last consistency check: no fuzzer, no IPC pair, everything they made gone.
     check(&mut checks, &mut violations, &mut check_cycles);

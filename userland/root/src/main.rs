@@ -4,8 +4,8 @@
 //! Its command line (what follows `--` on the kernel's) picks the scenario:
 //!
 //! * (nothing): the demo: a thread on every CPU says hello, a worker task runs, then shutdown;
-//! * `test=all` (or `test=NAME`): the scheduler, isolation, system-call, IPC, security and
-//!   fault-handler (`fault`: `fault_tests.rs`) tests, one line each,
+//! * `test=all` (or `test=NAME`): the scheduler, isolation, system-call, IPC, security,
+//!   fault-handler (`fault`: `fault_tests.rs`) and FPU tests, one line each,
 //!   `root: N passed, N failed`, then shutdown with success only if all passed;
 //! * `bench`: IPC round trips and one-way latencies, null system call, thread switch;
 //! * `console`: the interactive console on COM2, served by the user-level serial driver
@@ -32,6 +32,7 @@ mod bench;
 mod console;
 mod drv_tests;
 mod fault_tests;
+mod fpu_tests;
 mod fuzz;
 mod ipc_tests;
 mod modules;

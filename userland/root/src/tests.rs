@@ -685,6 +685,9 @@ pub fn run(bi: &BootInfo, which: &str) -> bool {
     if want("drivers") {
         crate::drv_tests::run(bi);
     }
+    if want("fpu") {
+        crate::fpu_tests::run(bi, which == "fpu");
+    }
     // `check` alone: only the consistency check (with `inject=` on the kernel's command line,
     // it must fail).
     consistency(which);

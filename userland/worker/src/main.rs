@@ -54,6 +54,7 @@ fn rl4_main(cmd: u64, addr: u64) {
             core::arch::asm!("xor edx, edx", "xor ecx, ecx", "div rcx", inout("rax") addr => _, out("rdx") _, out("rcx") _)
         },
         ECHO => echo(addr),
+        FPU => rl4_user::fpu::thread(addr, EP_SLOT),
         STAMP => stamp(),
         FUZZ => fuzz::main_thread(addr),
         ISOLATION => isolation(addr),

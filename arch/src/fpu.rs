@@ -1,0 +1,214 @@
+//! Per-thread FPU and SIMD state: x87, MMX, SSE and AVX registers.
+//!
+//! Every CPU is set up by [`init_this_cpu`] from its own CPUID, whatever firmware left in its
+//! control registers: `CR0.MP` and `CR0.NE` set, `CR0.EM` and `CR0.TS` clear (no lazy switching:
+//! see docs/decisions.md), `CR4.OSFXSR | OSXMMEXCPT`, and where the CPU has `XSAVE`,
+//! `CR4.OSXSAVE` with `XCR0 = x87 | SSE`, plus AVX when the CPU has it. Other components the CPU
+//! may offer (MPX, AVX-512, PKRU, AMX...) are left off: their instructions raise `#UD` in user
+//! mode, and their state needs no saving. Without `XSAVE`, `FXSAVE`/`FXRSTOR` (512 bytes, x87 and
+//! SSE) are used.
+//!
+//! The size of a save area comes from CPUID leaf 0xD (EBX, once XCR0 is set), checked against
+//! [`MAX_AREA`]; every CPU must agree with the bootstrap CPU on the mechanism, the components and
+//! the size (a machine whose CPUs differ stops at boot).
+//!
+//! A thread's registers live in its [`FpuState`]: a 64-byte aligned area, created holding the
+//! clean default state (`FCW` 0x37f, `MXCSR` 0x1f80, every register zero), saved when the thread
+//! leaves a CPU and restored when it is switched in (eager switching).
+extern crate alloc;
+
+use alloc::vec::Vec;
+use core::arch::x86_64::{__cpuid, __cpuid_count};
+use core::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use x86_64::registers::control::{Cr0, Cr0Flags, Cr4, Cr4Flags};
+use x86_64::registers::xcontrol::{XCr0, XCr0Flags};
+
+/// One 64-byte block of a save area (`XSAVE` and `XRSTOR` need 64-byte alignment).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub struct Block([u8; 64]);
+
+/// The largest save area rl4 accepts from CPUID (x87 + SSE + AVX take 832 bytes).
+pub const MAX_AREA: usize = 4096;
+/// The `FXSAVE` image (also the legacy region of an `XSAVE` area).
+const LEGACY: usize = 512;
+/// Offsets in the legacy region.
+const FCW: usize = 0;
+const MXCSR: usize = 24;
+/// The x87 control word and MXCSR of a new thread (all exceptions masked, round to nearest).
+pub const DEFAULT_FCW: u16 = 0x037f;
+pub const DEFAULT_MXCSR: u32 = 0x1f80;
+
+/// How the registers are saved and restored on this machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mechanism {
+    /// `FXSAVE64` / `FXRSTOR64`: x87, MMX and SSE.
+    Fxsave = 1,
+    /// `XSAVE64` / `XRSTOR64`.
+    Xsave = 2,
+    /// `XSAVEOPT64` / `XRSTOR64` (skips components the thread did not change since its restore).
+    Xsaveopt = 3,
+}
+
+/// What [`init_this_cpu`] set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub mechanism: Mechanism,
+    /// The state components saved (XCR0's bits: 1 x87, 2 SSE, 4 AVX; 0 with `FXSAVE`).
+    pub components: u64,
+    /// Bytes of a save area.
+    pub size: u32,
+}
+
+/// The bootstrap CPU's configuration, which every CPU must match (0: not set up yet).
+static MECHANISM: AtomicU8 = AtomicU8::new(0);
+static SIZE: AtomicU32 = AtomicU32::new(0);
+static XCR0_BITS: AtomicU32 = AtomicU32::new(0);
+
+/// Sets up this CPU's FPU, SSE and (where present) XSAVE and AVX from CPUID, and returns what it
+/// set up. The first call (the bootstrap CPU, before any thread exists) fixes the configuration;
+/// later calls panic if their CPU differs.
+pub fn init_this_cpu() -> Config {
+    let l1 = __cpuid(1);
+    let has_fxsr = l1.edx & (1 << 24) != 0;
+    let has_xsave = l1.ecx & (1 << 26) != 0;
+    let has_avx = l1.ecx & (1 << 28) != 0;
+    assert!(has_fxsr, "this CPU has no FXSAVE (every x86_64 CPU should)");
+    // SAFETY: MP|NE and clearing EM|TS only change how x87/SSE instructions and their
+    // exceptions behave (native #MF, no #NM); the kernel itself runs no such instruction.
+    unsafe {
+        Cr0::update(|c| {
+            c.insert(Cr0Flags::MONITOR_COPROCESSOR | Cr0Flags::NUMERIC_ERROR);
+            c.remove(Cr0Flags::EMULATE_COPROCESSOR | Cr0Flags::TASK_SWITCHED);
+        })
+    };
+    // SAFETY: OSFXSR/OSXMMEXCPT enable SSE and its #XM exception (vector 19, which user mode
+    // gets as a fault); OSXSAVE only where CPUID reports XSAVE.
+    unsafe {
+        Cr4::update(|c| {
+            c.insert(Cr4Flags::OSFXSR | Cr4Flags::OSXMMEXCPT_ENABLE);
+            c.set(Cr4Flags::OSXSAVE, has_xsave);
+        })
+    };
+    let config = if has_xsave {
+        let supported = __cpuid_count(0xd, 0);
+        let mut want = XCr0Flags::X87 | XCr0Flags::SSE;
+        if has_avx && supported.eax & (1 << 2) != 0 {
+            want |= XCr0Flags::AVX;
+        }
+        // SAFETY: CR4.OSXSAVE is set; x87 and SSE are always valid, AVX only with SSE and only
+        // when CPUID leaf 0xD lists it; every other bit is written as zero (`write_raw`: no
+        // read of the old value is needed).
+        unsafe { XCr0::write_raw(want.bits()) };
+        // EBX of leaf 0xD now gives the size for the components just enabled.
+        let size = __cpuid_count(0xd, 0).ebx;
+        let opt = __cpuid_count(0xd, 1).eax & 1 != 0;
+        Config { mechanism: if opt { Mechanism::Xsaveopt } else { Mechanism::Xsave }, components: want.bits(), size }
+    } else {
+        Config { mechanism: Mechanism::Fxsave, components: 0, size: LEGACY as u32 }
+    };
+    assert!(
+        (LEGACY as u32..=MAX_AREA as u32).contains(&config.size),
+        "CPUID leaf 0xD gives an FPU save area of {} bytes (rl4 accepts {LEGACY}..={MAX_AREA})",
+        config.size
+    );
+    match MECHANISM.compare_exchange(0, config.mechanism as u8, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => {
+            SIZE.store(config.size, Ordering::Release);
+            XCR0_BITS.store(config.components as u32, Ordering::Release);
+        }
+        Err(_) => {
+            let first = config_of_bsp();
+            assert!(first == config, "this CPU's FPU set-up {config:?} differs from the bootstrap CPU's {first:?}");
+        }
+    }
+    config
+}
+
+/// The configuration every CPU shares (after the bootstrap CPU's [`init_this_cpu`]).
+pub fn config_of_bsp() -> Config {
+    let mechanism = match MECHANISM.load(Ordering::Acquire) {
+        1 => Mechanism::Fxsave,
+        2 => Mechanism::Xsave,
+        3 => Mechanism::Xsaveopt,
+        _ => panic!("FPU not set up yet"),
+    };
+    Config { mechanism, components: XCR0_BITS.load(Ordering::Acquire) as u64, size: SIZE.load(Ordering::Acquire) }
+}
+
+/// Bytes of one thread's save area (what a thread's budget is charged for it).
+pub fn area_bytes() -> u64 {
+    SIZE.load(Ordering::Relaxed) as u64
+}
+
+/// A thread's FPU/SIMD registers while it does not run.
+///
+/// Access protocol (what makes the `Sync` below sound), the same as `entry::RegsCell`'s: the area
+/// is written when it is made (before the thread is published), and afterwards only by
+/// [`FpuState::save`] on the CPU that runs the thread, as it leaves that CPU, and read only by
+/// [`FpuState::restore`] on the CPU that switches it in. The kernel never runs one thread on two
+/// CPUs, and a thread moves between CPUs only through its lock and a CPU's queue, which order the
+/// save before the next restore.
+pub struct FpuState {
+    area: core::cell::UnsafeCell<Vec<Block>>,
+}
+
+// SAFETY: see the access protocol above.
+unsafe impl Sync for FpuState {}
+
+impl FpuState {
+    /// A save area holding the default state, or `None` if the kernel heap has no room.
+    pub fn new() -> Option<FpuState> {
+        let size = SIZE.load(Ordering::Relaxed) as usize;
+        assert!(size >= LEGACY, "FpuState::new before fpu::init_this_cpu");
+        let blocks = size.div_ceil(64);
+        let mut v: Vec<Block> = Vec::new();
+        v.try_reserve_exact(blocks).ok()?;
+        v.resize(blocks, Block([0; 64]));
+        // Everything zero (XSAVE header: XSTATE_BV = 0, every component in its initial state;
+        // FTW = 0, every x87 register empty), but the two control registers.
+        v[0].0[FCW..FCW + 2].copy_from_slice(&DEFAULT_FCW.to_le_bytes());
+        v[0].0[MXCSR..MXCSR + 4].copy_from_slice(&DEFAULT_MXCSR.to_le_bytes());
+        Some(FpuState { area: core::cell::UnsafeCell::new(v) })
+    }
+
+    /// Saves this CPU's registers into the area: call it on the CPU that runs the thread, as the
+    /// thread leaves it (see the access protocol).
+    #[inline]
+    pub fn save(&self) {
+        // SAFETY: per the access protocol nobody else touches the area now.
+        let area = unsafe { &mut *self.area.get() };
+        let p = area.as_mut_ptr() as *mut u8;
+        debug_assert!(area.len() * 64 >= SIZE.load(Ordering::Relaxed) as usize);
+        // SAFETY (all three): `p` is 64-byte aligned (`Block`) and the area holds at least the
+        // size CPUID gave for the components XCR0 enables (EDX:EAX = all of them), or 512
+        // bytes for FXSAVE. The instruction writes only there.
+        match MECHANISM.load(Ordering::Relaxed) {
+            3 => unsafe {
+                core::arch::asm!("xsaveopt64 [{}]", in(reg) p, in("eax") u32::MAX, in("edx") u32::MAX, options(nostack, preserves_flags))
+            },
+            2 => unsafe {
+                core::arch::asm!("xsave64 [{}]", in(reg) p, in("eax") u32::MAX, in("edx") u32::MAX, options(nostack, preserves_flags))
+            },
+            _ => unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) p, options(nostack, preserves_flags)) },
+        }
+    }
+
+    /// Loads the area into this CPU's registers: call it on the CPU that switches the thread in.
+    #[inline]
+    pub fn restore(&self) {
+        // SAFETY: per the access protocol nobody writes the area now.
+        let area = unsafe { &*self.area.get() };
+        let p = area.as_ptr() as *const u8;
+        // SAFETY (both): `p` is 64-byte aligned and holds either the default image made by
+        // `new` (valid for XRSTOR and FXRSTOR: header zero, MXCSR without reserved bits) or
+        // what `save` wrote on a CPU of the same configuration.
+        match MECHANISM.load(Ordering::Relaxed) {
+            2 | 3 => unsafe {
+                core::arch::asm!("xrstor64 [{}]", in(reg) p, in("eax") u32::MAX, in("edx") u32::MAX, options(nostack, preserves_flags, readonly))
+            },
+            _ => unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) p, options(nostack, preserves_flags, readonly)) },
+        }
+    }
+}

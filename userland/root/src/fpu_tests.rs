@@ -1,0 +1,156 @@
+//! Issue 17: per-thread FPU/SIMD registers (docs/security.md, "FPU and SIMD registers"). Four
+//! threads of two tasks on one CPU, each with its own pattern in the registers (`rl4_user::fpu`):
+//! in the root task a client and a spinner, in a worker task a server and a spinner. The
+//! spinners are preempted by the timer, the client and the server switch to each other at every
+//! IPC (the fast path's direct switch); none may ever see another's values.
+use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use rl4_abi::{BootInfo, Rights, ThreadState, stat};
+use rl4_user::fpu::{self, header, rec};
+use rl4_user::sys;
+use rl4_user::worker::{EP_SLOT as W_EP_SLOT, FPU as W_FPU};
+
+use crate::space::*;
+use crate::tests::{report, state};
+
+/// The root task's endpoint slot for its client thread.
+static EP: AtomicU64 = AtomicU64::new(0);
+
+fn root_thread(op: u64) {
+    fpu::thread(op, EP.load(SeqCst));
+}
+
+fn w(i: usize) -> &'static AtomicU64 {
+    // SAFETY: `phase` maps the shared page at `fpu::PAGE` before any use and unmaps it after
+    // the last.
+    unsafe { fpu::word(fpu::PAGE, i) }
+}
+
+fn r(k: u64, f: usize) -> u64 {
+    w(16 * k as usize + f).load(SeqCst)
+}
+
+/// How long a phase runs at most, and what it must reach: switches away seen by the threads and
+/// IPC round trips.
+struct Goal {
+    ms: u64,
+    gaps: u64,
+    ipcs: u64,
+}
+
+fn phase(bi: &BootInfo, name: &str, mode: u64, what: &str, goal: &Goal) {
+    let cpu = cpus() - 1;
+    let rw = Rights::READ.union(Rights::WRITE);
+    let (page, ep) = (slot(), slot());
+    let made = sys::frame_alloc(MEMORY, page)
+        .and_then(|_| sys::map(SPACE, page, fpu::PAGE, rw))
+        .and_then(|_| sys::endpoint_create(MEMORY, ep));
+    if let Err(e) = made {
+        release(page);
+        release(ep);
+        return report(name, false, format_args!("set-up failed: {e}"));
+    }
+    w(header::MODE).store(mode, SeqCst);
+    w(header::GAP).store(tsc_hz() / 5000, SeqCst);
+    EP.store(ep, SeqCst);
+    let child = match Child::load(bi, "worker").and_then(|c| {
+        sys::map(c.space, page, fpu::PAGE, rw)?;
+        sys::cap_copy(ep, c.task, W_EP_SLOT, Rights::RECEIVE)?;
+        Ok(c)
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = sys::unmap(SPACE, fpu::PAGE);
+            release(page);
+            release(ep);
+            return report(name, false, format_args!("worker set-up failed: {e}"));
+        }
+    };
+    // k = 1 client and 2 spinner in the root task; 3 server and 4 spinner in the worker.
+    let server = child.thread(CHILD_STACK_TOP, W_FPU, fpu::SERVER | 3 << 8, ROOT_PRIO, cpu);
+    let wspin = child.thread(CHILD_STACK_TOP - 0x10_0000, W_FPU, fpu::SPIN | 4 << 8, ROOT_PRIO, cpu);
+    let fast0 = sys::stat(MACHINE, stat::IPC_FAST).unwrap_or(0);
+    let client = spawn(root_thread, fpu::CLIENT | 1 << 8, ROOT_PRIO, cpu);
+    let rspin = spawn(root_thread, fpu::SPIN | 2 << 8, ROOT_PRIO, cpu);
+    let ts = [client, rspin, *server.as_ref().unwrap_or(&0), *wspin.as_ref().unwrap_or(&0)];
+    let faulted = || ts.iter().any(|&t| t != 0 && state(t) == Some(ThreadState::Faulted));
+    let gaps = || (1..=4).map(|k| r(k, rec::GAPS)).sum::<u64>();
+    let reached = wait_ms(goal.ms, || faulted() || (gaps() >= goal.gaps && r(1, rec::IPCS) >= goal.ipcs));
+    w(header::STOP).store(1, SeqCst);
+    let stopped = wait_ms(3000, || [client, rspin].iter().all(|&t| matches!(state(t), Some(ThreadState::Dead | ThreadState::Faulted))));
+    let fault = faulted();
+    let started = (1..=4).all(|k| r(k, rec::STARTED) == 1);
+    let checks: u64 = (1..=4).map(|k| r(k, rec::CHECKS)).sum();
+    let bad: u64 = (1..=4).map(|k| r(k, rec::BAD)).sum();
+    let (g, ipcs, served) = (gaps(), r(1, rec::IPCS), r(3, rec::IPCS));
+    // The first thread that saw a wrong value: (k, where, seen, wanted), read before the page goes.
+    let dirty = (1..=4).find(|&k| r(k, rec::DIRTY_WHERE) != 0).map(|k| (k, r(k, rec::DIRTY_WHERE) - 1, r(k, rec::DIRTY_SEEN)));
+    // IPC operations by the same-CPU fast path meanwhile (all CPUs; the test's are two per round trip).
+    let fast = sys::stat(MACHINE, stat::IPC_FAST).unwrap_or(0) - fast0;
+    let first = (1..=4).find(|&k| r(k, rec::BAD) != 0).map(|k| (k, r(k, rec::WHERE), r(k, rec::SEEN), r(k, rec::WANT)));
+    child.release();
+    for t in [client, rspin] {
+        release(t);
+    }
+    for t in [server, wspin].into_iter().flatten() {
+        release(t);
+    }
+    let _ = sys::unmap(SPACE, fpu::PAGE);
+    release(page);
+    release(ep);
+    let ok = dirty.is_none() && !fault && started && stopped && bad == 0 && g >= goal.gaps && ipcs >= goal.ipcs && served >= goal.ipcs;
+    let on = format_args!("cpu {cpu}");
+    let kinds = ["?", "mm", "xmm/ymm", "MXCSR", "the x87 control word"];
+    if let Some((k, at, seen)) = dirty {
+        let kind = kinds[(at >> 8).min(4) as usize];
+        return report(
+            name,
+            false,
+            format_args!("new thread {k} started with {seen:#x} in {kind}{} instead of a new thread's state ({what}, {on})", at & 0xff),
+        );
+    }
+    match first {
+        Some((k, at, seen, want)) => {
+            let kind = kinds[(at >> 8).min(4) as usize];
+            report(
+                name,
+                false,
+                format_args!(
+                    "thread {k} found {:#x} in {kind}{} where it had put {:#x} ({bad} wrong looks of {checks}; {what}, {on})",
+                    seen,
+                    at & 0xff,
+                    want
+                ),
+            )
+        }
+        None if fault => report(name, false, format_args!("a thread faulted using {what} ({on})")),
+        None => report(
+            name,
+            ok,
+            format_args!(
+                "{what}: 4 new threads of 2 tasks on {on} started clean, then {checks} looks, {g} times switched out, {ipcs} IPC round trips ({fast} fast-path IPC operations), 0 wrong values{}",
+                if ok { "" } else if reached { "; a thread did not start or stop" } else { "; did not reach the goal in time" }
+            ),
+        ),
+    }
+}
+
+/// `long`: the dedicated run (`test=fpu`, with a fast timer): thousands of switches.
+pub fn run(bi: &BootInfo, long: bool) {
+    let goal = if long { Goal { ms: 30_000, gaps: 3000, ipcs: 20_000 } } else { Goal { ms: 4000, gaps: 20, ipcs: 1000 } };
+    phase(bi, "fpu-mmx-per-thread", fpu::MMX, "mm0-7", &goal);
+    let (has_avx, avx_on) = fpu::avx();
+    if has_avx && !avx_on {
+        report(
+            "fpu-sse-avx-per-thread",
+            false,
+            format_args!("the CPU has AVX (CPUID.1:ECX[28]) but the kernel did not enable it (OSXSAVE, XCR0)"),
+        );
+        return;
+    }
+    if avx_on {
+        phase(bi, "fpu-sse-avx-per-thread", fpu::SSE | fpu::AVX, "ymm0-15 and MXCSR", &goal);
+    } else {
+        crate::tests::skip("fpu-avx-per-thread", "the CPU has no AVX; xmm only");
+        phase(bi, "fpu-sse-per-thread", fpu::SSE, "xmm0-15 and MXCSR", &goal);
+    }
+}
