@@ -7,7 +7,7 @@
 //! switched away by IPC). User programs are compiled without SSE (`x86_64-unknown-none`), so
 //! nothing but this module's `asm!` touches those registers.
 //!
-//! The threads share one page (see [`word`]): a stop flag, the mode, the TSC rate, and one record
+//! The threads share one page (see `word`): a stop flag, the mode, the TSC rate, and one record
 //! per thread.
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -76,7 +76,7 @@ pub fn mxcsr(k: u64) -> u32 {
     0x1f80 | ((k & 3) as u32) << 13 | if k >= 4 { 0x8000 } else { 0 }
 }
 
-/// Whether the CPU has AVX (CPUID.1:ECX[28]), and whether the kernel enabled it (OSXSAVE and
+/// Whether the CPU has AVX (CPUID.1:ECX\[28\]), and whether the kernel enabled it (OSXSAVE and
 /// XCR0 bits 1 and 2).
 pub fn avx() -> (bool, bool) {
     let c: u32;

@@ -35,6 +35,8 @@
 //! as [`abi`]). `docs/writing-programs.md` walks through a program from an empty folder.
 #![no_std]
 
+/// The FPU/SIMD isolation test's thread body (the root task's and the worker's; not part of the SDK).
+#[doc(hidden)]
 pub mod fpu;
 pub mod cap;
 pub mod com;
