@@ -25,12 +25,16 @@ macro_rules! numbered {
                 match self { $($name::$v => stringify!($v),)* }
             }
             /// The value numbered `n`, if any (usable in constants).
+            #[inline(always)]
             pub const fn from_number(n: $t) -> Option<Self> {
                 match n { $($n => Some($name::$v),)* _ => None }
             }
         }
         impl TryFrom<$t> for $name {
             type Error = $t;
+            // Inlined: the kernel's dispatcher decodes every system call number with it, and an
+            // out-of-line call costs the null system call a call, a return and a spill.
+            #[inline(always)]
             fn try_from(n: $t) -> Result<Self, $t> {
                 match n { $($n => Ok($name::$v),)* other => Err(other) }
             }
