@@ -72,6 +72,8 @@ pub fn start(cmdline: &str, tsc_hz: u64) -> Result<(), &'static str> {
         cmdline: [0; rl4_abi::BOOT_CMDLINE_MAX],
         nprograms: 0,
         programs: [Program::default(); rl4_abi::MAX_PROGRAMS],
+        hpet: crate::device::hpet(),
+        ioapic: crate::device::first_ioapic(),
     };
     let n = cmdline.len().min(rl4_abi::BOOT_CMDLINE_MAX);
     bi.cmdline[..n].copy_from_slice(&cmdline.as_bytes()[..n]);
