@@ -234,6 +234,8 @@ fn bootinfo_bytes(bi: &BootInfo) -> alloc::vec::Vec<u8> {
         w(&mut v, p.len);
         w(&mut v, p.kind);
     }
+    w(&mut v, bi.hpet);
+    w(&mut v, bi.ioapic);
     assert_eq!(v.len(), core::mem::size_of::<BootInfo>(), "BootInfo layout");
     v
 }
