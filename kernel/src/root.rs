@@ -207,6 +207,16 @@ fn inject(what: u8, memory: &Arc<Memory>, task: &Arc<Task>) {
             drop(la);
         }
     }
+    if what & DEVICE != 0 {
+        // A free page of RAM passed off as device page 0 (held in root slot CAP_SLOTS - 2).
+        if let Some(pa) = mem::alloc_frame() {
+            mem::free_frame(pa);
+            if let Ok(f) = Frame::device(memory, pa, 0) {
+                println!("inject: a device frame over RAM at {pa:#x} (held in root slot {})", rl4_abi::CAP_SLOTS - 2);
+                let _ = task.insert_cap(rl4_abi::CAP_SLOTS - 2, Cap::new(KObj::Frame(f), Rights::NONE, 0));
+            }
+        }
+    }
     if what & STATE != 0 {
         if let Ok(t) = Thread::new(memory, task.clone(), 0, 0, 1, 0) {
             println!("inject: thread {} marked Runnable but put in no queue (held in root slot {})", t.id, rl4_abi::CAP_SLOTS - 1);
