@@ -15,6 +15,7 @@ pub mod bootinfo;
 pub mod ioapic;
 pub mod ioport;
 pub mod layout;
+pub mod pte;
 
 #[cfg(target_os = "none")]
 mod boot;

@@ -365,18 +365,13 @@ pub fn new_user_space(src: &mut impl FrameSource) -> Result<u64, MapError> {
 }
 
 /// Maps the 4 KiB frame `pa` at user address `va` of the space `pml4`, readable, and writable /
-/// executable as asked. The caller holds the space's lock.
-pub fn map_user(src: &mut impl FrameSource, pml4: u64, va: u64, pa: u64, write: bool, exec: bool) -> Result<(), MapError> {
+/// executable as asked; a device page (`device`) uncached and never executable
+/// ([`crate::pte::user_pte_flags`]). The caller holds the space's lock.
+pub fn map_user(src: &mut impl FrameSource, pml4: u64, va: u64, pa: u64, write: bool, exec: bool, device: bool) -> Result<(), MapError> {
     debug_assert!(va < crate::layout::USER_END && va % PAGE_SIZE == 0 && pa % PAGE_SIZE == 0);
     // SAFETY: `pml4` is a live user space whose lock the caller holds.
     let mut m = unsafe { mapper(pml4) };
-    let mut flags = F::PRESENT | F::USER_ACCESSIBLE;
-    if write {
-        flags |= F::WRITABLE;
-    }
-    if !exec {
-        flags |= nx();
-    }
+    let flags = crate::pte::user_pte_flags(write, exec, device, NX.load(Ordering::Relaxed) != 0);
     let parent = F::PRESENT | F::WRITABLE | F::USER_ACCESSIBLE;
     let page = Page::<Size4KiB>::containing_address(VirtAddr::new(va));
     let frame = PhysFrame::containing_address(PhysAddr::new(pa));
@@ -440,7 +435,7 @@ pub enum Visit {
     /// A page-table frame below the PML4 (`level` 3 = PDPT, 2 = PD, 1 = PT).
     Table { pa: u64, level: u8 },
     /// A present mapping of `size` bytes at `va`.
-    Leaf { va: u64, pa: u64, size: u64, write: bool, exec: bool, user: bool },
+    Leaf { va: u64, pa: u64, size: u64, write: bool, exec: bool, user: bool, uncached: bool },
 }
 
 /// Visits every page table below PML4 slots `slots` of the PML4 at `pml4` (`0..256`: the user
@@ -464,6 +459,7 @@ pub unsafe fn walk(pml4: u64, slots: core::ops::Range<usize>, mut f: impl FnMut(
         write: e.flags().contains(F::WRITABLE),
         exec: !e.flags().contains(F::NO_EXECUTE),
         user: e.flags().contains(F::USER_ACCESSIBLE),
+        uncached: e.flags().contains(F::NO_CACHE | F::WRITE_THROUGH),
     };
     let l4t = table(pml4);
     for i4 in slots.start.min(512)..slots.end.min(512) {
@@ -546,3 +542,4 @@ pub fn flush_tlb_all_user() {
         }
     }
 }
+

@@ -27,7 +27,9 @@
 //!   nothing, or allocated and owned exactly once: by a frame object, a page table (kernel or
 //!   user), the kernel heap or a kernel stack. No page of a boot module (the boot loader's
 //!   copy, which stays reserved) is the allocator's: the root task's copies of the modules are
-//!   frame objects like any other, owned by its mappings.
+//!   frame objects like any other, owned by its mappings. A device frame (`DeviceMemGet`) is
+//!   no allocator frame: it must be one of the device pages fixed at boot, the only live frame
+//!   object of its page, and mapped uncached and never executable.
 //!
 //! Stopping the world: the checking CPU sends every other CPU the freeze IPI and waits until
 //! all of them spin in `hold`. The kernel runs with interrupts off except in the idle loop's
@@ -485,7 +487,25 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     // 4. Address spaces: page tables against mappings. The frames of user page tables and
     // frame objects are gathered here for step 5 (which must not allocate).
     let mut users_pa: Vec<u64> = Vec::with_capacity(frames.len() + spaces.len() * 8);
-    users_pa.extend(frames.iter().map(|f| f.pa));
+    users_pa.extend(frames.iter().filter(|f| f.device.is_none()).map(|f| f.pa));
+    // Device frames: each is the device page its number names, claimed, and the only live
+    // frame object of that page (step 5 checks that the allocator does not manage it).
+    let device_pages = crate::device::device_page_list();
+    let mut device_seen = 0u64;
+    let mut device_pa: Vec<u64> = Vec::new();
+    for f in frames.iter() {
+        let Some(i) = f.device else { continue };
+        device_pa.push(f.pa);
+        let i = i as usize;
+        if device_pages.get(i) != Some(&f.pa) {
+            fail!(r, "device frame {:#x}: not device page {i} of the pages the firmware's tables give", f.pa);
+        } else if device_seen & (1 << i) != 0 {
+            fail!(r, "device page {:#x} has more than one frame object", f.pa);
+        } else if !crate::device::page_taken(i) {
+            fail!(r, "device frame {:#x} lives but its page is not marked taken", f.pa);
+        }
+        device_seen |= 1 << (i % 64);
+    }
     for (sp, maps) in spaces.iter().zip(&space_maps) {
         users_pa.push(sp.pml4);
         if !paging::shares_kernel_half(sp.pml4) {
@@ -499,11 +519,14 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
                     tables += 1;
                     users_pa.push(pa);
                 }
-                Visit::Leaf { va, pa, size, write, exec, user } => {
+                Visit::Leaf { va, pa, size, write, exec, user, uncached } => {
                     leaves += 1;
+                    // A device page uncached and never executable; RAM cached.
                     let ok = size == PAGE_SIZE
                         && user
-                        && maps.get(&va).is_some_and(|(f, w, x)| f.pa == pa && *w == write && *x == exec);
+                        && maps.get(&va).is_some_and(|(f, w, x)| {
+                            f.pa == pa && *w == write && *x == exec && uncached == f.device.is_some() && !(exec && f.device.is_some())
+                        });
                     if !ok {
                         wrong += 1;
                         if first_wrong == 0 {
@@ -567,6 +590,8 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
             })
         };
         users_pa.iter().for_each(|&pa| own(pa, true));
+        // A device page is never the allocator's.
+        let device_managed = device_pa.iter().filter(|&&pa| a.index(pa).is_some()).count() as u64;
         // Boot modules stay out of the allocator (`mem::init` reserves them).
         let mut module_pages = 0u64;
         for m in crate::boot_info().map_or(&[][..], |b| b.modules()) {
@@ -595,9 +620,11 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
                 }
             }
         });
-        (dup, first_dup, unmanaged, free_owned, first_free_owned, leaked, first_leak, frames_checked, module_pages)
+        (dup, first_dup, unmanaged, free_owned, first_free_owned, leaked, first_leak, frames_checked, module_pages, device_managed)
     });
-    let Some((dup, first_dup, unmanaged, free_owned, first_free_owned, leaked, first_leak, frames_checked, module_pages)) = checked else {
+    let Some((dup, first_dup, unmanaged, free_owned, first_free_owned, leaked, first_leak, frames_checked, module_pages, device_managed)) =
+        checked
+    else {
         fail!(r, "the frame allocator is locked while every CPU is stopped");
         return [r.violations, objects, 0];
     };
@@ -615,6 +642,9 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     }
     if module_pages > 0 {
         fail!(r, "{module_pages} pages of boot modules are managed by the frame allocator");
+    }
+    if device_managed > 0 {
+        fail!(r, "{device_managed} device frames are pages the frame allocator manages");
     }
     [r.violations, objects, frames_checked]
 }

@@ -1,6 +1,7 @@
 //! Device capabilities and their system calls: `Devices` (the root task's slot 5) makes `Irq`
 //! capabilities (one per interrupt line, `irq.rs`) and `IoPort` capabilities (a port range);
-//! `IoPortOpen` opens a range to the calling task.
+//! `IoPortOpen` opens a range to the calling task; `DeviceMemGet` makes a frame object for a
+//! device page (the HPET's registers) that no RAM and no kernel device shares.
 //!
 //! Port access goes through each CPU's I/O permission bitmap (in its TSS, `arch::ioport`):
 //! user code runs `in`/`out` itself, at full speed; a port whose bit is set faults (`#GP`)
@@ -9,9 +10,10 @@
 //! switched to, which costs two loads and a compare when nothing changes and a few byte
 //! writes per port otherwise (see docs/decisions.md).
 use alloc::sync::Arc;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use rl4_abi::{Error, IO_RANGES, IRQ_CPU_CALLER, ObjType, Rights, Sys};
-use rl4_core::device::{KERNEL_PORTS, OpenSet, Ports};
+use rl4_core::device::{DevMemError, KERNEL_PORTS, MAX_DEVICE_PAGES, OpenSet, PhysRange, Ports};
+use rl4_core::memmap::MemKind;
 use rl4_smp::MAX_CPUS;
 use spin::Once;
 
@@ -95,8 +97,84 @@ pub fn sync_current() {
 /// Ports described by firmware that the kernel uses (the ACPI PM timer block).
 static FIRMWARE_PORTS: Once<Option<Ports>> = Once::new();
 
+/// The device pages `DeviceMemGet` may hand out (`rl4_core::device::device_pages`), fixed at
+/// boot, and whether a frame object for each lives now.
+static DEVICE_PAGES: Once<([u64; MAX_DEVICE_PAGES], usize)> = Once::new();
+static PAGE_TAKEN: [AtomicBool; MAX_DEVICE_PAGES] = [const { AtomicBool::new(false) }; MAX_DEVICE_PAGES];
+
+/// The HPET's and the first I/O APIC's register addresses (ACPI; 0: none), for the root task.
+static HPET_IOAPIC: Once<(u64, u64)> = Once::new();
+
+pub fn hpet() -> u64 {
+    HPET_IOAPIC.get().map_or(0, |h| h.0)
+}
+pub fn first_ioapic() -> u64 {
+    HPET_IOAPIC.get().map_or(0, |h| h.1)
+}
+
 pub fn init(p: &rl4_smp::acpi::Platform) {
     FIRMWARE_PORTS.call_once(|| p.pm_timer.and_then(|t| Ports::new(t.port as u64, 4)));
+    HPET_IOAPIC.call_once(|| (p.hpet.unwrap_or(0), p.ioapics.first().map_or(0, |a| a.address as u64)));
+    DEVICE_PAGES.call_once(|| device_pages(p));
+}
+
+/// The device ranges the firmware's tables describe (the HPET's 1 KiB register block: the
+/// kernel reads it only to calibrate the TSC at boot, before any task runs), less every page
+/// that the memory map calls anything but "reserved" (RAM, ACPI tables and NVS, the kernel
+/// and modules, the boot loader's, defective), that the frame allocator manages, or that holds
+/// the local APIC or an I/O APIC, which the kernel drives.
+fn device_pages(p: &rl4_smp::acpi::Platform) -> ([u64; MAX_DEVICE_PAGES], usize) {
+    let described: alloc::vec::Vec<PhysRange> = p.hpet.and_then(|b| PhysRange::pages_of(b, 1024)).into_iter().collect();
+    let mut excluded: alloc::vec::Vec<PhysRange> = alloc::vec::Vec::new();
+    excluded.extend(PhysRange::pages_of(p.lapic_address, 4096));
+    excluded.extend(p.ioapics.iter().filter_map(|a| PhysRange::pages_of(a.address as u64, 4096)));
+    if let Some(bi) = crate::boot_info() {
+        for e in bi.memory_map().iter().filter(|e| e.kind != MemKind::Reserved) {
+            if e.range.end > e.range.start {
+                excluded.push(PhysRange { start: e.range.start, end: e.range.end });
+            }
+        }
+    }
+    let mut pages = [0u64; MAX_DEVICE_PAGES];
+    let n = rl4_core::device::device_pages(&described, &excluded, &mut pages);
+    // The allocator's frames are usable RAM, left out above; this holds even if a memory map
+    // were inconsistent. (Unknown: the allocator is busy; the page is left out.)
+    let mut kept = [0u64; MAX_DEVICE_PAGES];
+    let mut k = 0;
+    for &pa in &pages[..n] {
+        if crate::mem::with_allocator(|a| a.index(pa).is_none()) == Some(true) {
+            kept[k] = pa;
+            k += 1;
+        }
+    }
+    (kept, k)
+}
+
+/// The device pages `DeviceMemGet` hands out.
+pub fn device_page_list() -> &'static [u64] {
+    DEVICE_PAGES.get().map_or(&[][..], |(p, n)| &p[..*n])
+}
+
+/// Whether device page number `i` has a frame object (for the consistency check).
+pub fn page_taken(i: usize) -> bool {
+    PAGE_TAKEN[i % MAX_DEVICE_PAGES].load(Ordering::Acquire)
+}
+
+/// Device page number `i` has no frame object any more (`Frame`'s drop).
+pub fn release_page(i: u8) {
+    PAGE_TAKEN[i as usize % MAX_DEVICE_PAGES].store(false, Ordering::Release);
+}
+
+/// `DeviceMemGet`: a frame object for the device page at `pa`, charged to `mem`.
+fn device_frame(mem: &Arc<crate::obj::Memory>, pa: u64) -> Result<Arc<crate::obj::Frame>, Error> {
+    let i = rl4_core::device::device_page(pa, device_page_list()).map_err(|e| match e {
+        DevMemError::Misaligned => Error::Misaligned,
+        DevMemError::NotDevice => Error::InvalidArgument,
+    })?;
+    if PAGE_TAKEN[i].compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+        return Err(Error::Busy);
+    }
+    crate::obj::Frame::device(mem, pa, i as u8).inspect_err(|_| release_page(i as u8))
 }
 
 fn kernel_port(p: Ports) -> bool {
@@ -126,7 +204,7 @@ fn put(t: &Thread, slot: u64, obj: KObj) -> Result<(), Error> {
     t.task.insert_cap(slot, Cap::new(obj, Rights::READ.union(Rights::WRITE).union(Rights::GRANT), 0))
 }
 
-/// The device system calls (`Sys::IrqGet` ..= `Sys::IoPortClose`), arguments `a`.
+/// The device system calls (`Sys::IrqGet` ..= `Sys::DeviceMemGet`), arguments `a`.
 pub fn syscall(t: &Arc<Thread>, s: Sys, a: [u64; 6]) -> Result<[u64; 3], Error> {
     match s {
         Sys::IrqGet => {
@@ -156,6 +234,13 @@ pub fn syscall(t: &Arc<Thread>, s: Sys, a: [u64; 6]) -> Result<[u64; 3], Error> 
                 return Err(Error::Busy);
             }
             put(t, a[3], KObj::IoPort(p))?;
+        }
+        Sys::DeviceMemGet => {
+            obj(t, a[0], ObjType::Devices)?;
+            t.task.caps.lock().check_free(a[2])?;
+            let f = device_frame(&t.task.space.memory, a[1])?;
+            // Never `EXECUTE`: `Map` refuses an executable mapping of it (`MissingRight`).
+            put(t, a[2], KObj::Frame(f))?;
         }
         Sys::IoPortOpen | Sys::IoPortClose => {
             let p = ports(t, a[0])?;

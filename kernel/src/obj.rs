@@ -349,6 +349,7 @@ const fn covers(bytes: usize, share: u64) -> bool {
 }
 const _: () = assert!(covers(core::mem::size_of::<Thread>(), THREAD_HEAP));
 const _: () = assert!(covers(core::mem::size_of::<Frame>(), FRAME_HEAP));
+const _: () = assert!(covers(core::mem::size_of::<Frame>(), rl4_abi::cost::DEVICE_FRAME));
 const _: () = assert!(covers(core::mem::size_of::<Space>(), SPACE_HEAP));
 const _: () = assert!(covers(core::mem::size_of::<crate::ipc::Endpoint>(), ENDPOINT_COST));
 const _: () = assert!(covers(core::mem::size_of::<crate::ipc::Notification>(), NOTIFICATION_COST));
@@ -462,9 +463,12 @@ impl Drop for Charge {
     }
 }
 
-/// One physical frame.
+/// One physical frame: a frame of RAM from the allocator, or a device page (`DeviceMemGet`).
 pub struct Frame {
     pub pa: u64,
+    /// A device page: its number among the device pages (`device.rs`). Such a frame is never
+    /// the allocator's, is mapped uncached and never executable, and is never an IPC buffer.
+    pub device: Option<u8>,
     _charge: Charge,
 }
 
@@ -474,7 +478,16 @@ impl Frame {
         let charge = Charge::with_frames(mem, FRAME_COST, 1)?;
         let pa = mem::alloc_frame().ok_or(Error::OutOfMemory)?;
         mem::zero_frame(pa);
-        let f = Arc::new(Frame { pa, _charge: charge });
+        let f = Arc::new(Frame { pa, device: None, _charge: charge });
+        FRAMES.add(&f);
+        Ok(f)
+    }
+    /// The frame object of device page number `index` at `pa`, which the caller has claimed
+    /// (`device::claim_page`); charged only for its record. If this fails, the caller gives
+    /// the page back.
+    pub fn device(mem: &Arc<Memory>, pa: u64, index: u8) -> Result<Arc<Frame>, Error> {
+        let charge = Charge::new(mem, rl4_abi::cost::DEVICE_FRAME)?;
+        let f = Arc::new(Frame { pa, device: Some(index), _charge: charge });
         FRAMES.add(&f);
         Ok(f)
     }
@@ -486,7 +499,11 @@ impl Frame {
 impl Drop for Frame {
     fn drop(&mut self) {
         crate::reclaim::dropping("Frame");
-        mem::free_frame(self.pa);
+        match self.device {
+            // The page is the device's: it only becomes available to `DeviceMemGet` again.
+            Some(i) => crate::device::release_page(i),
+            None => mem::free_frame(self.pa),
+        }
         FRAMES.gone();
     }
 }

@@ -72,6 +72,8 @@ pub fn start(cmdline: &str, tsc_hz: u64) -> Result<(), &'static str> {
         cmdline: [0; rl4_abi::BOOT_CMDLINE_MAX],
         nprograms: 0,
         programs: [Program::default(); rl4_abi::MAX_PROGRAMS],
+        hpet: crate::device::hpet(),
+        ioapic: crate::device::first_ioapic(),
     };
     let n = cmdline.len().min(rl4_abi::BOOT_CMDLINE_MAX);
     bi.cmdline[..n].copy_from_slice(&cmdline.as_bytes()[..n]);
@@ -205,6 +207,16 @@ fn inject(what: u8, memory: &Arc<Memory>, task: &Arc<Task>) {
             drop(la);
         }
     }
+    if what & DEVICE != 0 {
+        // A free page of RAM passed off as device page 0 (held in root slot CAP_SLOTS - 2).
+        if let Some(pa) = mem::alloc_frame() {
+            mem::free_frame(pa);
+            if let Ok(f) = Frame::device(memory, pa, 0) {
+                println!("inject: a device frame over RAM at {pa:#x} (held in root slot {})", rl4_abi::CAP_SLOTS - 2);
+                let _ = task.insert_cap(rl4_abi::CAP_SLOTS - 2, Cap::new(KObj::Frame(f), Rights::NONE, 0));
+            }
+        }
+    }
     if what & STATE != 0 {
         if let Ok(t) = Thread::new(memory, task.clone(), 0, 0, 1, 0) {
             println!("inject: thread {} marked Runnable but put in no queue (held in root slot {})", t.id, rl4_abi::CAP_SLOTS - 1);
@@ -232,6 +244,8 @@ fn bootinfo_bytes(bi: &BootInfo) -> alloc::vec::Vec<u8> {
         w(&mut v, p.len);
         w(&mut v, p.kind);
     }
+    w(&mut v, bi.hpet);
+    w(&mut v, bi.ioapic);
     assert_eq!(v.len(), core::mem::size_of::<BootInfo>(), "BootInfo layout");
     v
 }

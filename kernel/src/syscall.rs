@@ -288,7 +288,7 @@ pub fn map_frame(space: &Space, va: u64, frame: Arc<Frame>, write: bool, exec: b
         return Err(Error::AlreadyMapped);
     }
     space.memory.charge(crate::obj::MAP_COST)?;
-    let r = rl4_arch::paging::map_user(&mut ChargedTables { space }, space.pml4, va, frame.pa, write, exec);
+    let r = rl4_arch::paging::map_user(&mut ChargedTables { space }, space.pml4, va, frame.pa, write, exec, frame.device.is_some());
     if let Err(e) = r {
         space.memory.uncharge(crate::obj::MAP_COST);
         return Err(match e {
@@ -589,6 +589,8 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             let th = thread_obj(task, a0, Rights::WRITE)?;
             check_page(a1)?;
             let f = match th.space.maps.lock().get(&a1) {
+                // The kernel writes message words into the buffer: never into a device.
+                Some((f, _, _)) if f.device.is_some() => return Err(Error::InvalidArgument),
                 Some((f, true, _)) => f.clone(),
                 Some(_) => return Err(Error::MissingRight),
                 None => return Err(Error::NotMapped),
@@ -667,7 +669,7 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             lookup(task, a0, ObjType::Machine, Rights::SHUTDOWN)?;
             crate::check::run(t)
         }
-        Sys::IrqGet | Sys::IrqBind | Sys::IrqAck | Sys::IrqUnbind | Sys::IoPortGet | Sys::IoPortOpen | Sys::IoPortClose => {
+        Sys::IrqGet | Sys::IrqBind | Sys::IrqAck | Sys::IrqUnbind | Sys::IoPortGet | Sys::IoPortOpen | Sys::IoPortClose | Sys::DeviceMemGet => {
             crate::device::syscall(t, sys, a)
         }
         Sys::Send | Sys::NbSend | Sys::Call | Sys::Recv | Sys::NbRecv | Sys::Reply | Sys::ReplyRecv | Sys::Wait => {

@@ -179,6 +179,14 @@ numbered! {
         IoPortOpen = 52,
         /// `(ioport_slot)`: close the capability's ports to the calling task again.
         IoPortClose = 53,
+        /// `(devices_slot, phys_addr, dst_slot)`: a `Frame` capability (rights read, write,
+        /// grant; never execute) for the 4 KiB device page at `phys_addr`, a page of a device
+        /// range the firmware's tables describe (the HPET's registers) that is not RAM and not
+        /// a device the kernel uses. `Misaligned` if not page-aligned, `InvalidArgument` for any
+        /// other page, `Busy` while a frame object for the page lives. Charged
+        /// [`cost::DEVICE_FRAME`] to the caller's own budget; mapped uncached, never executable;
+        /// never an IPC buffer.
+        DeviceMemGet = 54,
     }
 }
 
@@ -411,6 +419,8 @@ pub mod cost {
     pub const MAP: u64 = 128;
     /// The frame, and its record.
     pub const FRAME: u64 = 4096 + 192;
+    /// A device frame ([`super::Sys::DeviceMemGet`]): its record only (the page is the device's).
+    pub const DEVICE_FRAME: u64 = 192;
     pub const ENDPOINT: u64 = 384;
     pub const NOTIFICATION: u64 = 384;
 }
@@ -588,6 +598,12 @@ pub struct BootInfo {
     pub cmdline: [u8; BOOT_CMDLINE_MAX],
     pub nprograms: u64,
     pub programs: [Program; MAX_PROGRAMS],
+    /// Physical address of the HPET's registers as the ACPI HPET table gives it (0: none);
+    /// its page is what [`Sys::DeviceMemGet`] hands out.
+    pub hpet: u64,
+    /// Physical address of the first I/O APIC's registers (MADT; 0: none), which the kernel
+    /// drives and never hands out.
+    pub ioapic: u64,
 }
 
 impl BootInfo {

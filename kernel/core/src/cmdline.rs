@@ -17,7 +17,7 @@
 //! | `hz=N` | local APIC timer frequency on every CPU, 1 ≤ N ≤ 10000 | 100 |
 //! | `poll_us=N` | how long an idle CPU watches its inbox before it halts (0 = never) | 50 |
 //! | `fastpath=on\|off` | whether `Call`/`ReplyRecv` may take the IPC fast paths (off: every system call takes the general path, the reference the fast paths must agree with) | `on` |
-//! | `inject=A,B,..` | damage kernel state on purpose when the root task starts, so that tests can see the consistency check find it: `refcount`, `frame`, `budget`, `state`, `locks` | none |
+//! | `inject=A,B,..` | damage kernel state on purpose when the root task starts, so that tests can see the consistency check find it: `refcount`, `frame`, `budget`, `state`, `locks`, `deriv`, `device` | none |
 
 use core::fmt;
 
@@ -78,8 +78,17 @@ pub mod inject {
     pub const LOCKS: u8 = 16;
     /// A capability derivation node that no slot owns.
     pub const DERIV: u8 = 32;
-    pub const NAMES: [(&str, u8); 6] =
-        [("refcount", REFCOUNT), ("frame", FRAME), ("budget", BUDGET), ("state", STATE), ("locks", LOCKS), ("deriv", DERIV)];
+    /// A device frame forged over a page of RAM that the frame allocator manages.
+    pub const DEVICE: u8 = 64;
+    pub const NAMES: [(&str, u8); 7] = [
+        ("refcount", REFCOUNT),
+        ("frame", FRAME),
+        ("budget", BUDGET),
+        ("state", STATE),
+        ("locks", LOCKS),
+        ("deriv", DERIV),
+        ("device", DEVICE),
+    ];
 }
 
 impl Default for Options {

@@ -141,6 +141,67 @@ impl<const N: usize> OpenSet<N> {
     }
 }
 
+/// Most device-memory pages the kernel hands out (`DeviceMemGet`): the pages of the firmware's
+/// device ranges past this many are not offered. One live frame object per page.
+pub const MAX_DEVICE_PAGES: usize = 16;
+
+/// Why a physical page is not a device page a task may have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DevMemError {
+    /// Not page-aligned.
+    Misaligned,
+    /// Outside every device range, or inside one of the excluded ranges.
+    NotDevice,
+}
+
+/// A physical range `start .. end`, half-open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PhysRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl PhysRange {
+    /// The 4 KiB pages covering `base .. base + len` (`None` if empty or past the address space).
+    pub fn pages_of(base: u64, len: u64) -> Option<PhysRange> {
+        let end = base.checked_add(len)?.checked_add(0xfff)? & !0xfff;
+        (len > 0).then_some(PhysRange { start: base & !0xfff, end })
+    }
+    pub fn overlaps(self, o: PhysRange) -> bool {
+        self.start < o.end && o.start < self.end
+    }
+    pub fn pages(self) -> u64 {
+        (self.end - self.start) / 4096
+    }
+}
+
+/// The device pages a task may be given: the pages of the firmware's device ranges
+/// (`described`, in order) that overlap none of `excluded` (RAM, the kernel's own device
+/// pages), at most [`MAX_DEVICE_PAGES`] in all; each page's number is its index in this list.
+pub fn device_pages(described: &[PhysRange], excluded: &[PhysRange], out: &mut [u64; MAX_DEVICE_PAGES]) -> usize {
+    let mut n = 0;
+    for r in described {
+        let mut pa = r.start;
+        while pa < r.end && n < MAX_DEVICE_PAGES {
+            let page = PhysRange { start: pa, end: pa + 4096 };
+            if !excluded.iter().any(|x| x.overlaps(page)) && !out[..n].contains(&pa) {
+                out[n] = pa;
+                n += 1;
+            }
+            pa += 4096;
+        }
+    }
+    n
+}
+
+/// Which of `pages` (the list [`device_pages`] made) the physical address `pa` names.
+pub fn device_page(pa: u64, pages: &[u64]) -> Result<usize, DevMemError> {
+    if pa % 4096 != 0 {
+        return Err(DevMemError::Misaligned);
+    }
+    pages.iter().position(|&p| p == pa).ok_or(DevMemError::NotDevice)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,5 +253,33 @@ mod tests {
         assert!(s.close(a));
         assert!(!s.packed().contains(&a.pack()));
         assert!(!s.close(a));
+    }
+    #[test]
+    fn device_pages_leave_out_ram_and_kernel_pages() {
+        let hpet = PhysRange::pages_of(0xfed0_0000, 1024).unwrap();
+        assert_eq!(hpet, PhysRange { start: 0xfed0_0000, end: 0xfed0_1000 });
+        assert_eq!(PhysRange::pages_of(0xfed0_0800, 0x1000).unwrap().pages(), 2);
+        assert_eq!(PhysRange::pages_of(0x1000, 0), None);
+        assert_eq!(PhysRange::pages_of(u64::MAX - 10, 100), None);
+        let lapic = PhysRange::pages_of(0xfee0_0000, 4096).unwrap();
+        let ioapic = PhysRange::pages_of(0xfec0_0000, 4096).unwrap();
+        let ram = PhysRange { start: 0x10_0000, end: 0x800_0000 };
+        // A table that claims RAM, the local APIC page or the I/O APIC page as a device range
+        // gets nothing there; the HPET page stays.
+        let described = [hpet, PhysRange { start: 0x20_0000, end: 0x20_2000 }, lapic, ioapic, hpet];
+        let mut out = [0; MAX_DEVICE_PAGES];
+        let n = device_pages(&described, &[ram, lapic, ioapic], &mut out);
+        assert_eq!(&out[..n], &[0xfed0_0000]);
+        assert_eq!(device_page(0xfed0_0000, &out[..n]), Ok(0));
+        assert_eq!(device_page(0xfed0_0008, &out[..n]), Err(DevMemError::Misaligned));
+        assert_eq!(device_page(0xfee0_0000, &out[..n]), Err(DevMemError::NotDevice));
+        assert_eq!(device_page(0x10_0000, &out[..n]), Err(DevMemError::NotDevice));
+        assert_eq!(device_page(0xfed0_1000, &out[..n]), Err(DevMemError::NotDevice));
+        // A partial overlap with RAM removes only the pages it touches; the list is capped.
+        let big = [PhysRange { start: 0x7ff_f000, end: 0x900_0000 }];
+        let n = device_pages(&big, &[ram], &mut out);
+        assert_eq!(n, MAX_DEVICE_PAGES);
+        assert_eq!(out[0], 0x800_0000);
+        assert_eq!(out[MAX_DEVICE_PAGES - 1], 0x800_0000 + (MAX_DEVICE_PAGES as u64 - 1) * 4096);
     }
 }

@@ -287,6 +287,11 @@ pub fn ioport_close(ports: u64) -> Result<(), Error> {
     unit(Sys::IoPortClose, [ports, 0, 0, 0, 0, 0])
 }
 
+/// `DeviceMemGet`: a frame capability for the device page at physical `pa` into `dst`.
+pub fn device_mem_get(devices: u64, pa: u64, dst: u64) -> Result<(), Error> {
+    unit(Sys::DeviceMemGet, [devices, pa, dst, 0, 0, 0])
+}
+
 /// `in al, dx`. Faults (`#GP`) unless this task opened the port.
 #[inline(always)]
 pub fn inb(port: u16) -> u8 {

@@ -2,7 +2,8 @@
 //! `IoPortGet`, `IrqBind`, `IoPortOpen`; a task without a port's capability faults and the
 //! device sees nothing; an interrupt line stays masked from its delivery to `IrqAck`; a driver
 //! killed between an interrupt and its `IrqAck` leaves the line masked and freed, and the
-//! system goes on; and the interrupt latency (device raises → driver thread runs).
+//! system goes on; the interrupt latency (device raises → driver thread runs); and a
+//! device-memory frame (the HPET's registers) mapped uncached, with `DeviceMemGet`'s refusals.
 //!
 //! The tests that drive a device use COM2 (QEMU's second `-serial`) in loopback mode; on a
 //! machine without it (the main suites) they are skipped.
@@ -434,8 +435,120 @@ fn test_latency() {
     report(NAME, same.is_some() && (cpus() < 2 || cross.is_some()), format_args!("same {same:?}, cross {cross:?}, ipi floor {ipi:?}"));
 }
 
+/// HPET registers (IA-PC HPET specification 1.0a, §2.3).
+const HPET_CAPABILITIES: u64 = 0x000;
+const HPET_CONFIG: u64 = 0x010;
+const HPET_COUNTER: u64 = 0x0f0;
+
+/// Device memory: the HPET's page (ACPI HPET table) as a frame, mapped uncached into the root
+/// task; its counter is read (and started if it was stopped) through the mapping. Refusals: RAM,
+/// the local APIC and I/O APIC pages, an unaligned address, a second frame for the page while
+/// the first lives, an executable mapping, an IPC buffer on it, no `Devices` capability. Then
+/// the budget is back and the kernel's check is clean (also while the frame is mapped).
+fn test_device_memory(bi: &BootInfo) {
+    const NAME: &str = "device-memory-hpet";
+    if bi.hpet == 0 {
+        return skip(NAME, "ACPI describes no HPET");
+    }
+    let page_pa = bi.hpet & !0xfff;
+    let (f, g, h) = (slot(), slot(), slot());
+    let va = 0x0000_5900_0000_0000u64;
+    // The page tables for `va` made (and charged) first, so that the budget comes back whole.
+    let tmp = slot();
+    let _ = sys::frame_alloc(MEMORY, tmp).and_then(|_| sys::map(SPACE, tmp, va, Rights::READ)).and_then(|_| sys::unmap(SPACE, va));
+    release(tmp);
+    let left0 = sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
+    let mut bad = alloc_free_list();
+    let mut check = |what: &'static str, got: Result<(), Error>, want: Result<(), Error>| {
+        if got != want {
+            bad.push((what, got, want));
+        }
+    };
+    let rw = Rights::READ.union(Rights::WRITE);
+    check("hpet page", sys::device_mem_get(DEVICES, page_pa, f), Ok(()));
+    check("identify frame", ident(f, ObjType::Frame), Ok(()));
+    let rights = sys::cap_identify(f).map(|r| r[1]).unwrap_or(0);
+    let left1 = sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
+    check("hpet page twice", sys::device_mem_get(DEVICES, page_pa, g), Err(Error::Busy));
+    check("hpet unaligned", sys::device_mem_get(DEVICES, page_pa + 8, g), Err(Error::Misaligned));
+    check("ram at 1 MiB", sys::device_mem_get(DEVICES, 0x10_0000, g), Err(Error::InvalidArgument));
+    check("ram at 16 MiB", sys::device_mem_get(DEVICES, 0x100_0000, g), Err(Error::InvalidArgument));
+    check("local apic page", sys::device_mem_get(DEVICES, 0xfee0_0000, g), Err(Error::InvalidArgument));
+    if bi.ioapic != 0 {
+        check("io apic page", sys::device_mem_get(DEVICES, bi.ioapic & !0xfff, g), Err(Error::InvalidArgument));
+    }
+    check("page after the hpet's", sys::device_mem_get(DEVICES, page_pa + 0x1000, g), Err(Error::InvalidArgument));
+    check("from the memory cap", sys::device_mem_get(MEMORY, page_pa, g), Err(Error::WrongType));
+    check("from an empty slot", sys::device_mem_get(h, page_pa, g), Err(Error::EmptySlot));
+    check("map executable", sys::map(SPACE, f, va, rw.union(Rights::EXECUTE)), Err(Error::MissingRight));
+    let mapped = sys::map(SPACE, f, va, rw);
+    check("map", mapped, Ok(()));
+    check("ipc buffer on it", sys::set_ipc_buffer(THREAD, va), Err(Error::InvalidArgument));
+    // SAFETY: `va` maps the HPET's register page uncached until the unmap below; the registers
+    // read have no read side effects, and only the counter's ENABLE bit is written.
+    let reg = |r: u64| unsafe { ((va + r) as *const u64).read_volatile() };
+    // SAFETY: as for `reg`.
+    let set = |r: u64, v: u64| unsafe { ((va + r) as *mut u64).write_volatile(v) };
+    let mut cap = 0;
+    let (mut c0, mut c1, mut started) = (0, 0, false);
+    if mapped.is_ok() {
+        cap = reg(HPET_CAPABILITIES);
+        let config = reg(HPET_CONFIG);
+        if config & 1 == 0 {
+            set(HPET_CONFIG, config | 1);
+            started = true;
+        }
+        // Spinning, not sleeping: a sleep would make (and keep) a notification, charged to
+        // the budget this test compares.
+        c0 = reg(HPET_COUNTER);
+        let t0 = rl4_user::rdtsc();
+        c1 = c0;
+        while c1 <= c0 && rl4_user::rdtsc() - t0 < ms(10) {
+            core::hint::spin_loop();
+            c1 = reg(HPET_COUNTER);
+        }
+        if started {
+            set(HPET_CONFIG, config);
+        }
+    }
+    let vendor = (cap >> 16) & 0xffff;
+    let period_fs = cap >> 32;
+    let mapped_check = sys::kernel_check(MACHINE);
+    check("unmap", sys::unmap(SPACE, va), Ok(()));
+    release(f);
+    check("hpet page again after delete", sys::device_mem_get(DEVICES, page_pa, g), Ok(()));
+    release(g);
+    release(h);
+    let left2 = sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(1);
+    let check_after = sys::kernel_check(MACHINE);
+    let clean = |c: Result<[u64; 3], Error>| c.is_ok_and(|r| r[0] == 0);
+    let no_exec = rights & Rights::EXECUTE.0 == 0 && rights & Rights::GRANT.0 != 0;
+    let ok = bad.is_empty()
+        && no_exec
+        && vendor != 0
+        && period_fs != 0
+        && period_fs <= 100_000_000
+        && c1 > c0
+        && left0 - left1 == rl4_abi::cost::DEVICE_FRAME
+        && left2 == left0
+        && clean(mapped_check)
+        && clean(check_after);
+    report(
+        NAME,
+        ok,
+        format_args!(
+            "HPET at {:#x}: capabilities {cap:#x} (vendor {vendor:#x}, period {period_fs} fs), counter {c0} -> {c1} (started by the test {started}), rights {rights:#x}, charged {} bytes, budget back {} (left {left0} -> {left1} -> {left2}), check mapped {mapped_check:?} after {check_after:?}, mismatches {:?}",
+            bi.hpet,
+            left0 - left1,
+            left2 == left0,
+            &bad[..]
+        ),
+    );
+}
+
 pub fn run(bi: &BootInfo) {
     test_rules();
+    test_device_memory(bi);
     let ports = slot();
     let com2 = sys::ioport_get(DEVICES, COM2 as u64, 8, ports).is_ok() && com2_present(ports);
     test_unauthorised(bi, ports, com2);

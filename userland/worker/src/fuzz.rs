@@ -773,7 +773,7 @@ impl Fz {
             Measure => c.a = [self.or_hostile(0, slot::MACHINE), [0, 1, 2, 3, 4, 6][self.rnd() as usize % 6], self.rnd() % 3000, 0, 0, 0],
             KernelCheck => c.a = [self.or_hostile(0, slot::MACHINE), 0, 0, 0, 0, 0],
             // No device capability here: only the kernel's checks run (any slot, any numbers).
-            IrqGet | IrqBind | IrqAck | IrqUnbind | IoPortGet | IoPortOpen | IoPortClose => {
+            IrqGet | IrqBind | IrqAck | IrqUnbind | IoPortGet | IoPortOpen | IoPortClose | DeviceMemGet => {
                 let s = self.rnd() % 128;
                 c.a = [self.or_hostile(0, s), self.rnd() % 20, self.rnd() % 0x1_0000, self.rnd() % 8, 0, 0];
             }
