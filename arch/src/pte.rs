@@ -4,9 +4,9 @@ use x86_64::structures::paging::PageTableFlags as F;
 
 /// The flags of a user page's entry: present, user, writable if asked, not executable unless
 /// asked (when the CPU has NX: `nx_on`). Device memory (`device`) is never executable and is
-/// uncached: PCD and PWT, which with the PAT at its power-on setting (rl4 never reprograms
-/// it) select PAT entry 3, uncacheable (UC), so that every read and write reaches the device
-/// in order and nothing is prefetched or combined.
+/// uncached: PCD and PWT select PAT entry 3, uncacheable (UC) both in the power-on setting
+/// and in the one Limine programs (rl4 does not program the PAT itself), so that every read
+/// and write reaches the device in order and nothing is prefetched or combined.
 pub fn user_pte_flags(write: bool, exec: bool, device: bool, nx_on: bool) -> F {
     let mut flags = F::PRESENT | F::USER_ACCESSIBLE;
     if write {
