@@ -620,31 +620,32 @@ impl Task {
     pub fn insert_cap_or_return(self: &Arc<Self>, slot: u64, mut cap: Cap) -> Result<(), (Error, Cap)> {
         let Some((lineage, parent)) = cap.link.parts().map(|(l, id)| (l.clone(), id)) else {
             let mut caps = self.caps.lock();
-            if self.dead.load(Ordering::Acquire) {
-                return Err((Error::InvalidState, cap));
-            }
-            if let Err(e) = caps.check_free(slot) {
+            if let Some(e) = self.refusal(&caps, slot) {
                 return Err((e, cap));
             }
             return caps.insert(slot, cap).map_err(|_| unreachable!("checked free"));
         };
         let mut tree = lineage.tree.lock();
         let mut caps = self.caps.lock();
-        let refused = if self.dead.load(Ordering::Acquire) {
-            Some(Error::InvalidState)
-        } else {
-            caps.check_free(slot).err()
+        let added = match self.refusal(&caps, slot) {
+            Some(e) => Err(e),
+            None => tree.add(Some(parent), Home { task: Arc::downgrade(self), slot }).map_err(|_| Error::EmptySlot),
         };
-        if let Some(e) = refused {
-            drop((caps, tree));
-            return Err((e, cap));
-        }
-        let Ok(id) = tree.add(Some(parent), Home { task: Arc::downgrade(self), slot }) else {
-            drop((caps, tree));
-            return Err((Error::EmptySlot, cap));
+        let id = match added {
+            Ok(id) => id,
+            Err(e) => {
+                drop((caps, tree));
+                return Err((e, cap));
+            }
         };
         cap.link = Link { at: Some((lineage.clone(), id)), owned: true };
         caps.insert(slot, cap).map_err(|_| unreachable!("checked free"))
+    }
+
+    /// Why `slot` cannot take a capability now (under the table's lock): the task has ended,
+    /// or the slot is out of range or full.
+    fn refusal(&self, caps: &CapTable<KObj>, slot: u64) -> Option<Error> {
+        if self.dead.load(Ordering::Acquire) { Some(Error::InvalidState) } else { caps.check_free(slot).err() }
     }
 }
 
