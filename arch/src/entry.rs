@@ -201,11 +201,14 @@ rl4_syscall_entry:
     mov rcx, [rsp - 40]
     mov r11, [rsp - 24]
     mov rsp, [rsp - 16]
+    inc qword ptr gs:[64]
     swapgs
     sysretq
 
     .global rl4_return_to_user
 rl4_return_to_user:
+    /* The kernel is done with this entry: one more exit (gs:64, see `CpuHeader::exits`). */
+    inc qword ptr gs:[64]
     mov rsp, gs:[32]
     cmp qword ptr gs:[40], 0
     jne 2f
@@ -524,6 +527,20 @@ impl RegsCell {
 pub fn set_current(regs: &RegsCell) {
     crate::percpu::set_resume(regs.end_addr(), regs.iret.load(Ordering::Relaxed) as u64);
 }
+
+/// Writes the result word of the running thread's system call straight into its saved
+/// registers (the block whose end is `gs:32`), for handlers that need nothing else of it.
+#[inline(always)]
+#[allow(unsafe_code)]
+pub fn set_current_result(v: u64) {
+    // SAFETY: gs:32 is the end of the running thread's `UserRegs` block (set by `set_current`
+    // before the thread entered); the result word (`rax`) is its first word, 160 bytes below.
+    // Only this CPU touches the running thread's registers while it is in the kernel.
+    unsafe {
+        core::arch::asm!("mov {t}, gs:[32]", "mov [{t} - 160], {v}", t = out(reg) _, v = in(reg) v, options(nostack, preserves_flags))
+    };
+}
+const _: () = assert!(core::mem::offset_of!(UserRegs, rax) == 0 && core::mem::size_of::<UserRegs>() == 160);
 
 /// The running thread, whose registers are `regs`, leaves this CPU: remember how it must be
 /// resumed (by `iretq` if it last entered by a trap).

@@ -32,6 +32,10 @@ pub struct CpuHeader {
     pub locks_held: AtomicU64,
     /// The kernel's per-CPU scheduler block, as an address (gs:56; 0 until it is made).
     kernel_block: AtomicU64,
+    /// Returns to user mode so far (gs:64): the entry code adds one on every way back to user
+    /// mode, after the kernel's last access for that entry; other CPUs read it to tell that
+    /// this one has left the kernel since some moment (the kernel's `qsbr.rs`).
+    exits: AtomicU64,
 }
 
 impl CpuHeader {
@@ -46,7 +50,19 @@ impl CpuHeader {
             resume_iret: AtomicU64::new(0),
             locks_held: AtomicU64::new(0),
             kernel_block: AtomicU64::new(0),
+            exits: AtomicU64::new(0),
         }
+    }
+    /// How many times this CPU has returned to user mode (read by any CPU).
+    #[inline]
+    pub fn exits(&self) -> u64 {
+        self.exits.load(Ordering::Acquire)
+    }
+    /// Counts a quiescent point of this CPU that is not a return to user mode (its idle loop,
+    /// or a wait that holds nothing read without a lock). Only the CPU itself calls it.
+    #[inline]
+    pub fn count_exit(&self) {
+        self.exits.store(self.exits.load(Ordering::Relaxed) + 1, Ordering::Release);
     }
     pub fn index(&self) -> u32 {
         self.index.load(Ordering::Relaxed)
@@ -136,6 +152,7 @@ const _: () = assert!(core::mem::offset_of!(CpuHeader, kernel_stack_top) == 16);
 const _: () = assert!(core::mem::offset_of!(CpuHeader, user_rsp) == 24);
 const _: () = assert!(core::mem::offset_of!(CpuHeader, locks_held) == 48);
 const _: () = assert!(core::mem::offset_of!(CpuHeader, kernel_block) == 56);
+const _: () = assert!(core::mem::offset_of!(CpuHeader, exits) == 64);
 
 /// Records the address of this CPU's kernel block (`gs:56`); the kernel stores it once, from a
 /// reference that lives for the rest of the kernel's life.

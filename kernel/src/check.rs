@@ -107,6 +107,9 @@ fn wait_until(us: u64, done: impl Fn() -> bool) -> bool {
 /// borrows from this CPU's current slot without a reference of its own).
 /// Returns (violations, objects checked, frames checked).
 pub fn run(caller: &Arc<Thread>) -> Result<[u64; 3], Error> {
+    // Endpoints deleted a moment ago are gone, if their grace period allows (`qsbr.rs`); the
+    // ones still kept are counted as held below.
+    crate::qsbr::settle();
     let Some(world) = WORLD.try_lock() else { return Err(Error::InvalidState) };
     // A CPU still leaving the previous check's `hold` would be counted as stopped.
     if !wait_until(STOP_WAIT_US, || HELD.load(SeqCst) == 0) {
@@ -260,6 +263,7 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     let mut refs = Refs::default();
     let mut seen: BTreeMap<usize, Seen> = threads.iter().map(|t| (key(t), Seen::default())).collect();
     let mut census = obj::LinkCensus::default();
+    crate::qsbr::visit(|e| refs.add(e));
     for (t, caps) in tasks.iter().zip(&task_caps) {
         caps.iter().for_each(|(_, c)| refs.kobj(&c.obj));
         for (slot, c) in caps.iter() {

@@ -13,8 +13,8 @@ use rl4_abi::{Rights, Sys};
 
 use rl4_core::life::WaitOn;
 
-use crate::ipc::Endpoint;
 use crate::obj::{EpRef, Thread, Wait};
+use crate::qsbr::InEntry;
 use crate::{sched, thread, trace};
 
 /// The system calls that may take a fast path, one bit per number (`fastpath=off` on the
@@ -50,7 +50,8 @@ pub fn try_fast(n: u64) -> bool {
     }
     // Each path consumes the reference on success (it becomes the reply right or the queue
     // entry) and hands it back otherwise.
-    let back = if n == Sys::Call as u64 { call(cs, cur, slot, tag) } else { reply_recv(cs, cur, slot, tag) };
+    let entry = crate::qsbr::InEntry::new();
+    let back = if n == Sys::Call as u64 { call(cs, &entry, cur, slot, tag) } else { reply_recv(cs, &entry, cur, slot, tag) };
     match back {
         Ok(()) => true,
         Err(cur) => {
@@ -60,10 +61,6 @@ pub fn try_fast(n: u64) -> bool {
     }
 }
 
-/// The endpoint in `slot` of the running thread's task, with its badge (errors: general path).
-fn endpoint(cur: &Thread, slot: u64, rights: Rights) -> Option<(Arc<Endpoint>, u64)> {
-    crate::syscall::endpoint(&cur.task, slot, rights).ok().map(|(e, badge, _)| (e, badge))
-}
 
 /// Copies the message words and tag of the running thread `from` into `to`'s saved registers.
 fn copy_message(from: &Thread, to: &Thread, tag: Tag, badge: u64) {
@@ -79,9 +76,10 @@ fn copy_message(from: &Thread, to: &Thread, tag: Tag, badge: u64) {
     });
 }
 
-fn call(cs: &sched::CpuSched, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<(), Arc<Thread>> {
+fn call(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<(), Arc<Thread>> {
     trace::stamp(trace::SETUP);
-    let Some((ep, badge)) = endpoint(&cur, slot, Rights::SEND) else { return Err(cur) };
+    // Read without a lock or a reference (`qsbr.rs`); errors are the general path's.
+    let Some((ep, badge)) = crate::qsbr::endpoint(entry, &cur.task, slot, Rights::SEND) else { return Err(cur) };
     trace::stamp(trace::LOOKUP);
     let me = rl4_arch::percpu::cpu_index();
     let mut q = ep.q.lock();
@@ -133,16 +131,16 @@ fn call(cs: &sched::CpuSched, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<(
     trace::stamp(trace::SWITCHED);
     if decide_again {
         // Not straight into a dead receiver, nor ahead of a woken caller that outranks it. The
-        // decision may idle and never come back here, so nothing may stay alive on this frame.
-        drop(ep);
+        // decision may idle and never come back here, so nothing may stay alive on this frame
+        // (`ep` is a plain reference, not used after this).
         sched::decide();
     }
     Ok(())
 }
 
-fn reply_recv(cs: &sched::CpuSched, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<(), Arc<Thread>> {
+fn reply_recv(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<(), Arc<Thread>> {
     trace::stamp(trace::SETUP);
-    let Some((ep, _)) = endpoint(&cur, slot, Rights::RECEIVE) else { return Err(cur) };
+    let Some((ep, _)) = crate::qsbr::endpoint(entry, &cur.task, slot, Rights::RECEIVE) else { return Err(cur) };
     trace::stamp(trace::LOOKUP);
     let Some((caller, ticket)) = cur.life.lock().take_reply() else { return Err(cur) };
     let me = rl4_arch::percpu::cpu_index();

@@ -24,6 +24,7 @@ mod ipc;
 mod measure;
 mod mem;
 mod obj;
+mod qsbr;
 mod panic;
 mod root;
 mod run;

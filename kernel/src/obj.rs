@@ -85,6 +85,20 @@ impl captable::Object for KObj {
             KObj::IoPort(_) => ObjType::IoPort,
         }
     }
+    /// Endpoints are read without the table's lock by the IPC fast path (`fastpath.rs`).
+    #[inline(always)]
+    fn fast_address(&self) -> u64 {
+        match self {
+            KObj::Endpoint(e) => Arc::as_ptr(e) as u64,
+            _ => 0,
+        }
+    }
+    /// Keeps the endpoint alive until every CPU has left the kernel once (`qsbr.rs`).
+    fn retire(&self) {
+        if let KObj::Endpoint(e) = self {
+            crate::qsbr::defer(e.clone());
+        }
+    }
 }
 
 pub type Cap = captable::Cap<KObj>;
@@ -353,10 +367,15 @@ const _: () = assert!(covers(core::mem::size_of::<Frame>(), rl4_abi::cost::DEVIC
 const _: () = assert!(covers(core::mem::size_of::<Space>(), SPACE_HEAP));
 const _: () = assert!(covers(core::mem::size_of::<crate::ipc::Endpoint>(), ENDPOINT_COST));
 const _: () = assert!(covers(core::mem::size_of::<crate::ipc::Notification>(), NOTIFICATION_COST));
-// A task: its record (twice) and its capability table.
-const _: () = assert!(
-    covers(core::mem::size_of::<Task>(), TASK_HEAP - rl4_abi::CAP_SLOTS * core::mem::size_of::<Option<Cap>>() as u64)
-);
+// A task: its record (twice), its capability table and the table's shadow (with its `Arc`
+// header and alignment).
+const _: () = assert!(covers(
+    core::mem::size_of::<Task>(),
+    TASK_HEAP
+        - rl4_abi::CAP_SLOTS * core::mem::size_of::<Option<Cap>>() as u64
+        - rl4_abi::CAP_SLOTS * core::mem::size_of::<rl4_core::qsbr::ShadowSlot>() as u64
+        - 64
+));
 
 /// Heap bytes the live objects are charged for (each `Charge`'s heap share).
 static HEAP_CHARGED: AtomicU64 = AtomicU64::new(0);
@@ -569,6 +588,8 @@ impl Drop for Space {
 pub struct Task {
     pub id: u64,
     pub caps: Mutex<CapTable<KObj>, { Level::OBJECT }>,
+    /// The shadow of `caps` that the IPC fast path reads without the lock (`qsbr.rs`).
+    pub shadow: Arc<rl4_core::qsbr::Shadow>,
     pub threads: Mutex<Vec<Weak<Thread>>, { Level::TASK_THREADS }>,
     /// Threads of it destroyed since `threads` was last pruned (`Thread`'s destructor).
     threads_gone: AtomicU64,
@@ -586,9 +607,11 @@ pub fn next_id() -> u64 {
 impl Task {
     pub fn new(mem: &Arc<Memory>, space: Arc<Space>) -> Result<Arc<Task>, Error> {
         let charge = Charge::new(mem, TASK_COST)?;
+        let table = CapTable::new(rl4_abi::CAP_SLOTS as usize);
         let t = Arc::new(Task {
             id: next_id(),
-            caps: Mutex::new(CapTable::new(rl4_abi::CAP_SLOTS as usize)),
+            shadow: table.shadow().clone(),
+            caps: Mutex::new(table),
             threads: Mutex::new(Vec::new()),
             threads_gone: AtomicU64::new(0),
             space,
@@ -663,17 +686,26 @@ pub fn tracked(task: &Arc<Task>, slot: u64, mut cap: Cap) -> Result<Cap, Error> 
     let lineage = Arc::new(Lineage { tree: Mutex::new(DerivTree::new()) });
     let mut tree = lineage.tree.lock();
     let mut caps = task.caps.lock();
-    let current = caps.get_mut(slot)?;
-    if !current.obj.same(&cap.obj) || current.badge != cap.badge {
-        return Err(Error::EmptySlot);
-    }
-    if let Some((l, id)) = current.link.parts() {
-        // Another thread tracked it meanwhile.
-        cap.link = Link { at: Some((l.clone(), id)), owned: false };
-        return Ok(cap);
-    }
-    let root = tree.add(None, Home { task: Arc::downgrade(task), slot }).map_err(|_| Error::EmptySlot)?;
-    current.link = Link { at: Some((lineage.clone(), root)), owned: true };
+    let root = caps.with_link(slot, |obj, _, badge, link| {
+        if !obj.same(&cap.obj) || badge != cap.badge {
+            return Err(Error::EmptySlot);
+        }
+        if let Some((l, id)) = link.parts() {
+            // Another thread tracked it meanwhile.
+            return Ok(Err((l.clone(), id)));
+        }
+        let root = tree.add(None, Home { task: Arc::downgrade(task), slot }).map_err(|_| Error::EmptySlot)?;
+        *link = Link { at: Some((lineage.clone(), root)), owned: true };
+        Ok(Ok(root))
+    })??;
+    let root = match root {
+        Ok(root) => root,
+        Err((l, id)) => {
+            drop((caps, tree));
+            cap.link = Link { at: Some((l, id)), owned: false };
+            return Ok(cap);
+        }
+    };
     drop((caps, tree));
     cap.link = Link { at: Some((lineage, root)), owned: false };
     Ok(cap)
@@ -839,7 +871,7 @@ impl Drop for Task {
     /// are destroyed by the destruction loop, not from here (`reclaim.rs`).
     fn drop(&mut self) {
         crate::reclaim::dropping("Task");
-        let table = core::mem::replace(self.caps.get_mut(), CapTable::new(0));
+        let table = self.caps.get_mut().take_all();
         if !table.is_empty() {
             crate::reclaim::later(crate::reclaim::Garbage::Table(table));
         }

@@ -129,10 +129,22 @@ pub fn drain() {
     }
 }
 
+/// Makes this CPU's next [`drain`] look at its limbo too (`qsbr.rs`: one flag for both).
+pub fn wake_drain() {
+    mine().full.store(true, Ordering::Relaxed);
+}
+
 #[cold]
 fn drain_slow(grave: &Grave) {
     if !grave.busy.load(Ordering::Relaxed) {
         destroy(grave, None);
+    }
+    // Endpoints waiting for a grace period keep the flag set until they are gone.
+    if crate::qsbr::pending_here() {
+        crate::qsbr::poll();
+        if crate::qsbr::pending_here() {
+            grave.full.store(true, Ordering::Relaxed);
+        }
     }
 }
 
@@ -150,7 +162,7 @@ fn destroy(grave: &Grave, first: Option<Garbage>) {
             match l.pop() {
                 Some(g) => g,
                 None => {
-                    grave.full.store(false, Ordering::Relaxed);
+                    grave.full.store(crate::qsbr::pending_here(), Ordering::Relaxed);
                     *l = Vec::new();
                     drop(l);
                     grave.busy.store(false, Ordering::Relaxed);

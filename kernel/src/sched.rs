@@ -161,6 +161,14 @@ pub fn init_cpu(pcid: bool) {
     percpu::set_kernel_block(s as *const CpuSched as u64);
 }
 
+/// Whether CPU `i` sits in its idle loop (polling or halted; a CPU with no scheduler yet runs
+/// no threads either): it holds nothing it read without a lock (`qsbr.rs`). Its idle word
+/// changes only by atomic read-modify-writes, so a CPU seen idle here reads, in its next kernel
+/// entry, whatever was written before this look.
+pub fn is_idle(i: usize) -> bool {
+    get(i).is_none_or(|cs| cs.mail.state() != Idle::Busy)
+}
+
 /// Whether CPU `i` runs a scheduler (is online).
 pub fn cpu_online(i: u64) -> bool {
     i < MAX_CPUS as u64 && get(i as usize).is_some()
@@ -469,12 +477,16 @@ pub fn idle() -> ! {
         }
         // Halting is published only if the inbox is empty, in the same word: a push after it
         // finds the CPU halting and sends the IPI, which stays pending across `sti; hlt`.
-        if cs.mail.try_halt() {
+        // A CPU whose limbo waits for a grace period does not halt: it polls until its
+        // endpoints are freed (`qsbr.rs`).
+        if !crate::qsbr::pending_here() && cs.mail.try_halt() {
             crate::timeline::event(crate::timeline::Kind::Halt, 0, 0);
             cpu::idle_wait();
             crate::timeline::event(crate::timeline::Kind::Wake, 0, 0);
         }
         cs.mail.set_busy();
+        // Leaving idle happens before any shadow read of the next kernel entry (`is_idle`).
+        core::sync::atomic::fence(Ordering::SeqCst);
         crate::run::idle_hook();
     }
 }

@@ -528,6 +528,8 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             cpu::exit(if a1 == 0 { cpu::QemuExit::Success } else { cpu::QemuExit::Failure })
         }
         Sys::MemoryInfo => {
+            // What deleted endpoints were charged is back first (`qsbr.rs`).
+            crate::qsbr::settle();
             let m = match lookup(task, a0, ObjType::Memory, Rights::NONE)? {
                 KObj::Memory(m) => m,
                 _ => unreachable!("type checked"),
@@ -536,6 +538,7 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
         }
         Sys::Stat => {
             lookup(task, a0, ObjType::Machine, Rights::NONE)?;
+            crate::qsbr::settle();
             let v = match a1 {
                 stat::SWITCHES => sched::switches(),
                 stat::TICKS => cpus::this().ticks.load(core::sync::atomic::Ordering::Relaxed),

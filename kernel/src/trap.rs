@@ -56,8 +56,23 @@ fn rl4_kernel_interrupt(vector: u8) {
 /// `syscall`. Returns 1 when the caller goes on with only its result registers written (the
 /// entry code then takes a shorter way back), 0 when the return path must load the whole
 /// register block of whichever thread runs now.
+///
+/// A dispatcher of small handlers: `Null` is answered here when no scheduling decision is
+/// pending (one per-CPU look); the IPC calls try the fast path; everything else goes to the
+/// general handler, out of line, so that this function needs no stack frame of its own.
 #[unsafe(no_mangle)]
 extern "C" fn rl4_syscall(n: u64) -> u64 {
+    if n == rl4_abi::Sys::Null as u64 && !cfg!(feature = "timeline") && !sched::resched_pending() {
+        rl4_arch::entry::set_current_result(0);
+        return 1;
+    }
+    general(n)
+}
+
+/// Every system call the small handlers did not take: the IPC fast path, else the general
+/// handler.
+#[inline(never)]
+fn general(n: u64) -> u64 {
     crate::trace::enter(n);
     crate::timeline::event(crate::timeline::Kind::SysEnter, n, 0);
     // The fast path lets go of nothing while it holds a lock (it puts nothing aside for

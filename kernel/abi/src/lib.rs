@@ -410,8 +410,9 @@ pub mod stat {
 /// the frames it holds and its share of the kernel heap (docs/memory.md).
 pub mod cost {
     pub const THREAD: u64 = 4096;
-    /// Its record and its capability table (256 slots of 56 bytes).
-    pub const TASK: u64 = 4 * 4096;
+    /// Its record, its capability table (256 slots of 56 bytes) and the table's shadow for
+    /// lock-free readers (256 slots of 32 bytes).
+    pub const TASK: u64 = 6 * 4096;
     /// Its top-level page table and its record (lower page tables cost 4096 each as they are
     /// made).
     pub const SPACE: u64 = 2 * 4096;

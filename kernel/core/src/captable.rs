@@ -4,8 +4,11 @@
 //! Generic over the object reference `O` so it is tested on the host with plain values; the
 //! kernel instantiates it with its reference-counted kernel objects. Every error maps to an ABI
 //! error code.
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use rl4_abi::{Error, ObjType, Rights};
+
+use crate::qsbr::Shadow;
 
 /// What the table needs to know about an object.
 pub trait Object: Clone {
@@ -13,6 +16,15 @@ pub trait Object: Clone {
     /// `obj::Link`; `()` where nothing is derived). `Default` is "not in a tree yet".
     type Link: Clone + Default + core::fmt::Debug + PartialEq + Eq;
     fn obj_type(&self) -> ObjType;
+    /// The address a lock-free reader of the slot's shadow may use (`qsbr.rs`), 0 for objects
+    /// no such reader looks at.
+    fn fast_address(&self) -> u64 {
+        0
+    }
+    /// Called, under the table's lock, for each capability leaving a slot whose
+    /// [`Object::fast_address`] is not 0: the kernel keeps the object alive until every CPU
+    /// that may have read the address has left the kernel.
+    fn retire(&self) {}
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,15 +42,38 @@ impl<O: Object> Cap<O> {
     }
 }
 
+/// The slots, and their shadow for lock-free readers (`qsbr.rs`), which every change of a slot
+/// keeps up to date (the table is the only writer).
 pub struct CapTable<O: Object> {
     slots: Vec<Option<Cap<O>>>,
+    shadow: Arc<Shadow>,
 }
 
 impl<O: Object> CapTable<O> {
     pub fn new(slots: usize) -> Self {
         let mut v = Vec::with_capacity(slots);
         v.resize_with(slots, || None);
-        CapTable { slots: v }
+        CapTable { slots: v, shadow: Arc::new(Shadow::new(slots)) }
+    }
+
+    /// The shadow of the slots, for readers that take no lock.
+    pub fn shadow(&self) -> &Arc<Shadow> {
+        &self.shadow
+    }
+
+    fn publish(&self, i: usize) {
+        match &self.slots[i] {
+            Some(c) => self.shadow.write(i, c.obj.fast_address(), c.rights, c.badge),
+            None => self.shadow.write(i, 0, Rights::NONE, 0),
+        }
+    }
+
+    /// Slot `i` is about to lose `c`: its shadow forgets it first, then the object is retired.
+    fn vacate(&self, i: usize, c: &Cap<O>) {
+        if c.obj.fast_address() != 0 {
+            self.shadow.write(i, 0, Rights::NONE, 0);
+            c.obj.retire();
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -59,10 +94,12 @@ impl<O: Object> CapTable<O> {
         self.slots[i].as_ref().ok_or(Error::EmptySlot)
     }
 
-    /// The capability in `slot`, to change in place.
-    pub fn get_mut(&mut self, slot: u64) -> Result<&mut Cap<O>, Error> {
+    /// Calls `f` with the capability in `slot` and its link to change (only the link: the
+    /// object, rights and badge that the slot's shadow repeats stay as they are).
+    pub fn with_link<R>(&mut self, slot: u64, f: impl FnOnce(&O, Rights, u64, &mut O::Link) -> R) -> Result<R, Error> {
         let i = self.index(slot)?;
-        self.slots[i].as_mut().ok_or(Error::EmptySlot)
+        let Cap { obj, rights, badge, link } = self.slots[i].as_mut().ok_or(Error::EmptySlot)?;
+        Ok(f(obj, *rights, *badge, link))
     }
 
     /// The capability in `slot`, checked to name an object of type `ty` with at least `rights`.
@@ -88,13 +125,18 @@ impl<O: Object> CapTable<O> {
         self.check_free(slot)?;
         let i = self.index(slot)?;
         self.slots[i] = Some(cap);
+        if self.slots[i].as_ref().is_some_and(|c| c.obj.fast_address() != 0) {
+            self.publish(i);
+        }
         Ok(())
     }
 
     /// Empties `slot` and returns what it held.
     pub fn remove(&mut self, slot: u64) -> Result<Cap<O>, Error> {
         let i = self.index(slot)?;
-        self.slots[i].take().ok_or(Error::EmptySlot)
+        let c = self.slots[i].take().ok_or(Error::EmptySlot)?;
+        self.vacate(i, &c);
+        Ok(c)
     }
 
     /// A copy of the capability in `slot` with only the rights in `mask` (never more than the
@@ -108,10 +150,17 @@ impl<O: Object> CapTable<O> {
         Ok(Cap { obj: c.obj.clone(), rights: c.rights.intersect(Rights(mask)), badge: c.badge, link: c.link.clone() })
     }
 
+    /// Moves every capability into a table of its own, leaving this one with no slots (for the
+    /// destructor of a task: nothing reads a dead task's shadow, and it allocates nothing).
+    pub fn take_all(&mut self) -> CapTable<O> {
+        CapTable { slots: core::mem::take(&mut self.slots), shadow: self.shadow.clone() }
+    }
+
     /// Empties every slot, handing each capability to `f` (for task teardown).
     pub fn drain(&mut self, mut f: impl FnMut(Cap<O>)) {
-        for s in self.slots.iter_mut() {
-            if let Some(c) = s.take() {
+        for i in 0..self.slots.len() {
+            if let Some(c) = self.slots[i].take() {
+                self.vacate(i, &c);
                 f(c)
             }
         }

@@ -21,6 +21,7 @@ pub mod life;
 pub mod mailbox;
 pub mod memmap;
 pub mod pcid;
+pub mod qsbr;
 pub mod runqueue;
 pub mod tlbsync;
 

@@ -1,0 +1,178 @@
+//! Endpoints that left a capability slot, kept alive until every CPU has left the kernel once
+//! (the grace period of `rl4_core::qsbr`, which explains the protocol).
+//!
+//! The IPC fast path reads an endpoint's address from its task's slot shadow without a lock
+//! and without a reference (`fastpath.rs`); a removal from a slot (`CapDelete`, `CapRevoke`,
+//! a task's end) hands the slot's reference here ([`defer`], called by the capability table
+//! under its lock) instead of dropping it. Each CPU keeps its own *limbo*: new entries wait in
+//! `next`; at the CPU's next [`poll`] (the end of a kernel entry, with no lock held:
+//! `reclaim::drain`) they become `waiting`, under a snapshot of the other CPUs' exit counters;
+//! once every other CPU has returned to user mode or sits idle, they are dropped — by the
+//! owner's `poll`, or by any CPU that [`settle`]s (`MemoryInfo`, `KernelCheck`, the
+//! statistics), so what a deleted endpoint was charged is back by the time a task asks.
+//! A CPU with a pending limbo does not halt in its idle loop (it polls instead), so the
+//! memory never waits for an interrupt.
+//!
+//! Lock order: a limbo's lock is a leaf (level `RECLAIM`, taken under a capability table's
+//! lock by `defer`); nothing is dropped under it.
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
+use rl4_core::qsbr::Grace;
+use rl4_smp::MAX_CPUS;
+
+use crate::ipc::Endpoint;
+use crate::lock::{Level, Mutex};
+
+#[derive(Default)]
+struct Lists {
+    /// Deferred since the last snapshot.
+    next: Vec<Arc<Endpoint>>,
+    /// Deferred before `grace` was taken.
+    waiting: Vec<Arc<Endpoint>>,
+    grace: Option<Grace>,
+}
+
+struct Limbo {
+    lists: Mutex<Lists, { Level::RECLAIM }>,
+    /// Something waits here (read without the lock by `reclaim::drain` and the idle loop).
+    pending: AtomicBool,
+}
+
+static LIMBOS: [crossbeam_utils::CachePadded<Limbo>; MAX_CPUS] = [const {
+    crossbeam_utils::CachePadded::new(Limbo {
+        lists: Mutex::new(Lists { next: Vec::new(), waiting: Vec::new(), grace: None }),
+        pending: AtomicBool::new(false),
+    })
+}; MAX_CPUS];
+
+fn me() -> usize {
+    rl4_arch::percpu::cpu_index() as usize % MAX_CPUS
+}
+
+fn exits(i: usize) -> u64 {
+    rl4_smp::cpus::get(i).map_or(0, |c| c.header.exits())
+}
+
+/// Keeps `e` (the reference a slot held) until a grace period has passed. Called under the
+/// capability table's lock; allocates (a capability deletion, never an IPC path).
+pub fn defer(e: Arc<Endpoint>) {
+    let l = &LIMBOS[me()];
+    l.lists.lock().next.push(e);
+    l.pending.store(true, Ordering::Relaxed);
+    crate::reclaim::wake_drain();
+}
+
+/// Whether this CPU's limbo holds anything.
+#[inline(always)]
+pub fn pending_here() -> bool {
+    LIMBOS[me()].pending.load(Ordering::Relaxed)
+}
+
+/// Advances limbo `owner`: drops what waited out its grace period, and starts one for what
+/// came since (only the owner starts one: its own removals come before its snapshot). The
+/// caller holds no lock and nothing it read from a shadow. Returns whether anything still
+/// waits.
+fn advance(owner: usize, me: usize) -> bool {
+    let l = &LIMBOS[owner];
+    if !l.pending.load(Ordering::Relaxed) {
+        return false;
+    }
+    let cpus = rl4_smp::cpus::count().min(MAX_CPUS);
+    let mut freed = Vec::new();
+    let mut freed_now = Vec::new();
+    let mut lists = l.lists.lock();
+    if lists.grace.as_ref().is_some_and(|g| g.over(me, exits, crate::sched::is_idle)) {
+        lists.grace = None;
+        freed = core::mem::take(&mut lists.waiting);
+    }
+    if owner == me && lists.grace.is_none() && !lists.next.is_empty() {
+        // This CPU deferred every entry of `next` earlier in program order than this
+        // snapshot (which fences first).
+        let g = Grace::start(me, 0..cpus, exits);
+        if g.over(me, exits, crate::sched::is_idle) {
+            freed_now = core::mem::take(&mut lists.next);
+        } else {
+            lists.waiting = core::mem::take(&mut lists.next);
+            lists.grace = Some(g);
+        }
+    }
+    let still = lists.grace.is_some() || !lists.next.is_empty();
+    l.pending.store(still, Ordering::Relaxed);
+    drop(lists);
+    drop(freed);
+    drop(freed_now);
+    still
+}
+
+/// Called with no lock held at the end of kernel entries (`reclaim::drain`) and by the idle
+/// loop: advances this CPU's limbo.
+pub fn poll() {
+    let me = me();
+    advance(me, me);
+}
+
+/// Waits (a bounded time) until every CPU's limbo is empty, so that what deleted endpoints
+/// were charged is back: for `MemoryInfo`, the statistics and `KernelCheck`. This CPU counts a
+/// quiescent point first (it holds nothing read from a shadow here), so a limbo waiting for it
+/// can finish. Answers other CPUs' TLB requests while it waits. Gives up after about a
+/// millisecond (a CPU running user code with its timer off, say); the entries stay for later.
+pub fn settle() {
+    let me = me();
+    rl4_arch::percpu::current().count_exit();
+    let end = rl4_arch::cpu::rdtsc().saturating_add(rl4_arch::time::us_to_ticks(1000));
+    loop {
+        let cpus = rl4_smp::cpus::count().min(MAX_CPUS);
+        let mut left = false;
+        for i in 0..cpus {
+            left |= advance(i, me);
+        }
+        if !left || rl4_arch::cpu::rdtsc() >= end {
+            return;
+        }
+        crate::tlb::service_tlb(crate::sched::this_cpu());
+        rl4_arch::cpu::relax();
+    }
+}
+
+/// Every endpoint reference held in a limbo (for the consistency check, every other CPU
+/// stopped).
+pub fn visit(mut f: impl FnMut(&Arc<Endpoint>)) {
+    for l in LIMBOS.iter() {
+        if let Some(lists) = l.lists.peek() {
+            lists.next.iter().chain(lists.waiting.iter()).for_each(&mut f);
+        }
+    }
+}
+
+/// Proof, for the lifetime of a borrow of it, that this CPU stays inside one kernel entry
+/// (made at the start of a system call's handling, never kept across a return to user mode
+/// or the idle loop): what it reads from a shadow lives at least that long.
+pub struct InEntry(core::marker::PhantomData<*const ()>);
+
+impl InEntry {
+    /// Made only by the system-call entry's Rust side (`fastpath::try_fast`), which returns
+    /// before this CPU leaves the kernel.
+    #[inline(always)]
+    pub(crate) fn new() -> Self {
+        InEntry(core::marker::PhantomData)
+    }
+}
+
+/// The endpoint in `slot` of `task`'s table if it holds one with `rights`, with its badge,
+/// read from the table's shadow without a lock or a reference count; `None` if not (or if a
+/// writer was at work: the caller takes the general path, which reports the error).
+#[inline(always)]
+#[allow(unsafe_code)]
+pub fn endpoint<'k>(_entry: &'k InEntry, task: &crate::obj::Task, slot: u64, rights: rl4_abi::Rights) -> Option<(&'k Endpoint, u64)> {
+    let seen = task.shadow.read(slot)?;
+    if seen.obj == 0 || !seen.rights.contains(rights) {
+        return None;
+    }
+    // SAFETY: a non-zero address in a shadow is `Arc::as_ptr` of an endpoint that the slot held
+    // when this consistent read was made (`KObj::fast_address`: only endpoints have one). The
+    // slot's reference is dropped only after a grace period (`defer`), which does not end
+    // before this CPU returns to user mode or idles (its exit counter moves, or its idle word
+    // says so); `InEntry` outlives the borrow and lives only inside this kernel entry.
+    Some((unsafe { &*(seen.obj as *const Endpoint) }, seen.badge))
+}
