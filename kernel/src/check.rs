@@ -271,6 +271,9 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
         }
         refs.add(&t.space);
         refs.add(t.charge().of().0);
+        if let Some(sh) = t.shadow.get() {
+            refs.add(sh.charge().of().0);
+        }
         if t.dead.load(SeqCst) && !caps.is_empty() {
             fail!(r, "task {} has ended but its table still holds {} capabilities", t.id, caps.used());
         }
@@ -468,6 +471,7 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
         heap_shares += c.heap();
     };
     tasks.iter().for_each(|t| charge(t.charge()));
+    tasks.iter().filter_map(|t| t.shadow.get()).for_each(|s| charge(s.charge()));
     threads.iter().for_each(|t| charge(t.charge()));
     spaces.iter().for_each(|s| charge(s.charge()));
     frames.iter().for_each(|f| charge(f.charge()));

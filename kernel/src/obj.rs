@@ -367,15 +367,14 @@ const _: () = assert!(covers(core::mem::size_of::<Frame>(), rl4_abi::cost::DEVIC
 const _: () = assert!(covers(core::mem::size_of::<Space>(), SPACE_HEAP));
 const _: () = assert!(covers(core::mem::size_of::<crate::ipc::Endpoint>(), ENDPOINT_COST));
 const _: () = assert!(covers(core::mem::size_of::<crate::ipc::Notification>(), NOTIFICATION_COST));
-// A task: its record (twice), its capability table and the table's shadow (with its `Arc`
-// header and alignment).
-const _: () = assert!(covers(
-    core::mem::size_of::<Task>(),
-    TASK_HEAP
-        - rl4_abi::CAP_SLOTS * core::mem::size_of::<Option<Cap>>() as u64
-        - rl4_abi::CAP_SLOTS * core::mem::size_of::<rl4_core::qsbr::ShadowSlot>() as u64
-        - 64
-));
+// A task: its record (twice) and its capability table.
+const _: () = assert!(
+    covers(core::mem::size_of::<Task>(), TASK_HEAP - rl4_abi::CAP_SLOTS * core::mem::size_of::<Option<Cap>>() as u64)
+);
+// A table's shadow: its slots, the `Arc`'s counts and the `Vec`'s alignment slack.
+const _: () = assert!(
+    rl4_abi::CAP_SLOTS * core::mem::size_of::<rl4_core::qsbr::ShadowSlot>() as u64 + 16 + 32 + 64 <= rl4_abi::cost::CAP_SHADOW
+);
 
 /// Heap bytes the live objects are charged for (each `Charge`'s heap share).
 static HEAP_CHARGED: AtomicU64 = AtomicU64::new(0);
@@ -584,12 +583,25 @@ impl Drop for Space {
     }
 }
 
+/// A task's capability-table shadow and what it is charged (`Task::shadow`).
+pub struct TableShadow {
+    pub shadow: Arc<rl4_core::qsbr::Shadow>,
+    charge: Charge,
+}
+
+impl TableShadow {
+    pub fn charge(&self) -> &Charge {
+        &self.charge
+    }
+}
+
 /// A task: a capability table and the threads that use it.
 pub struct Task {
     pub id: u64,
     pub caps: Mutex<CapTable<KObj>, { Level::OBJECT }>,
-    /// The shadow of `caps` that the IPC fast path reads without the lock (`qsbr.rs`).
-    pub shadow: Arc<rl4_core::qsbr::Shadow>,
+    /// The shadow of `caps` that the IPC fast path reads without the lock (`qsbr.rs`), made
+    /// (and charged) when the first endpoint capability enters the table.
+    pub shadow: spin::Once<TableShadow>,
     pub threads: Mutex<Vec<Weak<Thread>>, { Level::TASK_THREADS }>,
     /// Threads of it destroyed since `threads` was last pruned (`Thread`'s destructor).
     threads_gone: AtomicU64,
@@ -607,11 +619,10 @@ pub fn next_id() -> u64 {
 impl Task {
     pub fn new(mem: &Arc<Memory>, space: Arc<Space>) -> Result<Arc<Task>, Error> {
         let charge = Charge::new(mem, TASK_COST)?;
-        let table = CapTable::new(rl4_abi::CAP_SLOTS as usize);
         let t = Arc::new(Task {
             id: next_id(),
-            shadow: table.shadow().clone(),
-            caps: Mutex::new(table),
+            shadow: spin::Once::new(),
+            caps: Mutex::new(CapTable::new(rl4_abi::CAP_SLOTS as usize)),
             threads: Mutex::new(Vec::new()),
             threads_gone: AtomicU64::new(0),
             space,
@@ -641,6 +652,12 @@ impl Task {
     /// [`Task::insert_cap`], handing a refused capability back (to drop after the caller's
     /// locks).
     pub fn insert_cap_or_return(self: &Arc<Self>, slot: u64, mut cap: Cap) -> Result<(), (Error, Cap)> {
+        use rl4_core::captable::Object;
+        if cap.obj.fast_address() != 0 && self.shadow.get().is_none() {
+            if let Err(e) = self.make_shadow() {
+                return Err((e, cap));
+            }
+        }
         let Some((lineage, parent)) = cap.link.parts().map(|(l, id)| (l.clone(), id)) else {
             let mut caps = self.caps.lock();
             if let Some(e) = self.refusal(&caps, slot) {
@@ -663,6 +680,26 @@ impl Task {
         };
         cap.link = Link { at: Some((lineage.clone(), id)), owned: true };
         caps.insert(slot, cap).map_err(|_| unreachable!("checked free"))
+    }
+
+    /// Makes, charges and attaches the table's shadow (before the first endpoint capability
+    /// enters it). Allocates and charges before the lock; a thread that lost the race to
+    /// another drops its copy after the lock.
+    #[cold]
+    pub fn make_shadow(&self) -> Result<(), Error> {
+        let charge = Charge::new(self._charge.of().0, rl4_abi::cost::CAP_SHADOW)?;
+        let shadow = Arc::new(rl4_core::qsbr::Shadow::new(rl4_abi::CAP_SLOTS as usize));
+        let mut caps = self.caps.lock();
+        let lost = match caps.attach(shadow.clone()) {
+            Ok(()) => {
+                self.shadow.call_once(|| TableShadow { shadow, charge });
+                None
+            }
+            Err(s) => Some((s, shadow, charge)),
+        };
+        drop(caps);
+        drop(lost);
+        Ok(())
     }
 
     /// Why `slot` cannot take a capability now (under the table's lock): the task has ended,

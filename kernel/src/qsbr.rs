@@ -165,7 +165,7 @@ impl InEntry {
 #[inline(always)]
 #[allow(unsafe_code)]
 pub fn endpoint<'k>(_entry: &'k InEntry, task: &crate::obj::Task, slot: u64, rights: rl4_abi::Rights) -> Option<(&'k Endpoint, u64)> {
-    let seen = task.shadow.read(slot)?;
+    let seen = task.shadow.get()?.shadow.read(slot)?;
     if seen.obj == 0 || !seen.rights.contains(rights) {
         return None;
     }

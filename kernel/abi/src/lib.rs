@@ -410,9 +410,12 @@ pub mod stat {
 /// the frames it holds and its share of the kernel heap (docs/memory.md).
 pub mod cost {
     pub const THREAD: u64 = 4096;
-    /// Its record, its capability table (256 slots of 56 bytes) and the table's shadow for
-    /// lock-free readers (256 slots of 32 bytes).
-    pub const TASK: u64 = 6 * 4096;
+    /// Its record and its capability table (256 slots of 56 bytes).
+    pub const TASK: u64 = 4 * 4096;
+    /// The shadow of a task's capability table that the IPC fast path reads without a lock
+    /// (256 slots of 32 bytes and its header), charged when the first endpoint capability
+    /// enters the table.
+    pub const CAP_SHADOW: u64 = 256 * 32 + 128;
     /// Its top-level page table and its record (lower page tables cost 4096 each as they are
     /// made).
     pub const SPACE: u64 = 2 * 4096;

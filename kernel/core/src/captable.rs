@@ -42,37 +42,57 @@ impl<O: Object> Cap<O> {
     }
 }
 
-/// The slots, and their shadow for lock-free readers (`qsbr.rs`), which every change of a slot
-/// keeps up to date (the table is the only writer).
+/// The slots, and (once attached) their shadow for lock-free readers (`qsbr.rs`), which every
+/// change of a slot keeps up to date (the table is the only writer).
 pub struct CapTable<O: Object> {
     slots: Vec<Option<Cap<O>>>,
-    shadow: Arc<Shadow>,
+    shadow: Option<Arc<Shadow>>,
 }
 
 impl<O: Object> CapTable<O> {
     pub fn new(slots: usize) -> Self {
         let mut v = Vec::with_capacity(slots);
         v.resize_with(slots, || None);
-        CapTable { slots: v, shadow: Arc::new(Shadow::new(slots)) }
+        CapTable { slots: v, shadow: None }
     }
 
-    /// The shadow of the slots, for readers that take no lock.
-    pub fn shadow(&self) -> &Arc<Shadow> {
-        &self.shadow
+    /// Whether a shadow is attached.
+    pub fn has_shadow(&self) -> bool {
+        self.shadow.is_some()
+    }
+
+    /// Attaches `shadow` (as many slots as the table, all empty) and writes into it every slot
+    /// a lock-free reader may use; from now on every change of such a slot is written there
+    /// too. A table that has one keeps it: `shadow` is handed back.
+    pub fn attach(&mut self, shadow: Arc<Shadow>) -> Result<(), Arc<Shadow>> {
+        if self.shadow.is_some() || shadow.len() != self.slots.len() {
+            return Err(shadow);
+        }
+        for (i, c) in self.slots.iter().enumerate() {
+            if let Some(c) = c.as_ref().filter(|c| c.obj.fast_address() != 0) {
+                shadow.write(i, c.obj.fast_address(), c.rights, c.badge);
+            }
+        }
+        self.shadow = Some(shadow);
+        Ok(())
     }
 
     fn publish(&self, i: usize) {
+        let Some(sh) = &self.shadow else { return };
         match &self.slots[i] {
-            Some(c) => self.shadow.write(i, c.obj.fast_address(), c.rights, c.badge),
-            None => self.shadow.write(i, 0, Rights::NONE, 0),
+            Some(c) => sh.write(i, c.obj.fast_address(), c.rights, c.badge),
+            None => sh.write(i, 0, Rights::NONE, 0),
         }
     }
 
-    /// Slot `i` is about to lose `c`: its shadow forgets it first, then the object is retired.
+    /// Slot `i` is about to lose `c`: its shadow forgets it first, then the object is retired
+    /// (only if a shadow was ever attached: before, nobody read the slot without the lock).
     fn vacate(&self, i: usize, c: &Cap<O>) {
         if c.obj.fast_address() != 0 {
-            self.shadow.write(i, 0, Rights::NONE, 0);
-            c.obj.retire();
+            if let Some(sh) = &self.shadow {
+                sh.write(i, 0, Rights::NONE, 0);
+                c.obj.retire();
+            }
         }
     }
 
@@ -153,7 +173,7 @@ impl<O: Object> CapTable<O> {
     /// Moves every capability into a table of its own, leaving this one with no slots (for the
     /// destructor of a task: nothing reads a dead task's shadow, and it allocates nothing).
     pub fn take_all(&mut self) -> CapTable<O> {
-        CapTable { slots: core::mem::take(&mut self.slots), shadow: self.shadow.clone() }
+        CapTable { slots: core::mem::take(&mut self.slots), shadow: self.shadow.take() }
     }
 
     /// Empties every slot, handing each capability to `f` (for task teardown).
@@ -226,6 +246,36 @@ mod tests {
         assert_eq!(c.rights, Rights::NONE);
         assert_eq!(t.derive(0, 1 << 50).unwrap_err(), Error::InvalidArgument);
         assert_eq!(t.derive(3, 0).unwrap_err(), Error::EmptySlot);
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    struct Fast(u64);
+    impl Object for Fast {
+        type Link = ();
+        fn obj_type(&self) -> ObjType {
+            ObjType::Endpoint
+        }
+        fn fast_address(&self) -> u64 {
+            self.0
+        }
+    }
+
+    #[test]
+    fn the_shadow_follows_every_change() {
+        let mut t: CapTable<Fast> = CapTable::new(3);
+        t.insert(0, Cap::new(Fast(0x100), Rights::SEND, 5)).unwrap();
+        let sh = Arc::new(Shadow::new(3));
+        assert!(t.attach(Arc::new(Shadow::new(2))).is_err(), "a shadow of another size");
+        assert!(t.attach(sh.clone()).is_ok());
+        assert!(t.attach(Arc::new(Shadow::new(3))).is_err(), "a second shadow");
+        assert_eq!((sh.read(0).unwrap().obj, sh.read(0).unwrap().badge), (0x100, 5));
+        t.insert(2, Cap::new(Fast(0x200), Rights::RECEIVE, 0)).unwrap();
+        assert_eq!(sh.read(2).unwrap().rights, Rights::RECEIVE);
+        t.remove(0).unwrap();
+        assert_eq!(sh.read(0).unwrap().obj, 0);
+        t.drain(|_| {});
+        assert_eq!(sh.read(2).unwrap().obj, 0);
+        assert!(t.with_link(2, |_, _, _, _| ()).is_err());
     }
 
     #[test]

@@ -1,0 +1,106 @@
+//! `loom` models of `rl4_core::qsbr`: the slot shadow read without a lock against its writer,
+//! and the grace period against a reader that still uses what it read. Compiles only with
+//! `RUSTFLAGS="--cfg loom"` (set by `scripts/test`), which makes `qsbr` use loom's atomics.
+//!
+//! - [`reads_are_consistent`]: a reader meeting two writes sees the slot before, between or
+//!   after them — never words of two different writes.
+//! - [`grace_outlasts_the_reader`]: CPU R reads the slot, uses the object, and counts its exit
+//!   (the kernel's return to user mode); CPU W clears the slot, takes the snapshot, waits until
+//!   the grace period is over and frees the object. R never uses a freed object.
+//! - [`control_exit_counted_before_use`]: the same with R counting its exit *before* its use
+//!   (a kernel that announced a quiescent state too early): some execution must use a freed
+//!   object, so the model above would have seen one.
+#![allow(unexpected_cfgs)] // `cfg(loom)`: set by RUSTFLAGS for these models only.
+#![cfg(loom)]
+use loom::sync::Arc;
+use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use loom::thread;
+use rl4_abi::Rights;
+use rl4_core::qsbr::{Grace, Shadow};
+use std::sync::atomic::AtomicBool as StdBool;
+
+const OBJ: u64 = 0x40;
+
+#[test]
+fn reads_are_consistent() {
+    loom::model(|| {
+        let s = Arc::new(Shadow::new(1));
+        s.write(0, 0x10, Rights::SEND, 1);
+        let w = {
+            let s = s.clone();
+            thread::spawn(move || {
+                s.write(0, 0x20, Rights::RECEIVE, 2);
+                s.write(0, 0, Rights::NONE, 0);
+            })
+        };
+        if let Some(v) = s.read(0) {
+            let ok = [(0x10, Rights::SEND, 1), (0x20, Rights::RECEIVE, 2), (0, Rights::NONE, 0)];
+            assert!(ok.contains(&(v.obj, v.rights, v.badge)), "a torn read: {v:?}");
+        }
+        w.join().unwrap();
+    });
+}
+
+struct World {
+    shadow: Shadow,
+    /// R's exit counter (the kernel's `gs:64`).
+    exits: AtomicU64,
+    freed: AtomicBool,
+}
+
+/// R: one kernel entry that reads the slot and uses the object, then the return to user mode.
+/// Returns whether it used the object after it was freed.
+fn reader(w: &World, early: bool) -> bool {
+    let mut bad = false;
+    if early {
+        w.exits.store(w.exits.load(Ordering::Relaxed) + 1, Ordering::Release);
+    }
+    if let Some(v) = w.shadow.read(0) {
+        if v.obj == OBJ && w.freed.load(Ordering::Acquire) {
+            bad = true;
+        }
+    }
+    if !early {
+        w.exits.store(w.exits.load(Ordering::Relaxed) + 1, Ordering::Release);
+    }
+    bad
+}
+
+/// W (CPU 0): removes the capability, takes the snapshot, and frees the object if the grace
+/// period is over at its one look (R is CPU 1, never idle in this model). A later look would
+/// come later still, so one look covers every moment at which W could free it (a spin would
+/// only make loom explore its repetitions).
+fn remover(w: &World) {
+    w.shadow.write(0, 0, Rights::NONE, 0);
+    let g = Grace::start(0, 0..2, |i| if i == 1 { w.exits.load(Ordering::Acquire) } else { 0 });
+    if g.over(0, |i| if i == 1 { w.exits.load(Ordering::Acquire) } else { 0 }, |_| false) {
+        w.freed.store(true, Ordering::Release);
+    }
+}
+
+fn run(early: bool) -> bool {
+    let w = Arc::new(World { shadow: Shadow::new(1), exits: AtomicU64::new(0), freed: AtomicBool::new(false) });
+    w.shadow.write(0, OBJ, Rights::SEND, 0);
+    let r = {
+        let w = w.clone();
+        thread::spawn(move || reader(&w, early))
+    };
+    remover(&w);
+    r.join().unwrap()
+}
+
+#[test]
+fn grace_outlasts_the_reader() {
+    loom::model(|| assert!(!run(false), "the object was used after it was freed"));
+}
+
+#[test]
+fn control_exit_counted_before_use() {
+    static FOUND: StdBool = StdBool::new(false);
+    loom::model(|| {
+        if run(true) {
+            FOUND.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    assert!(FOUND.load(std::sync::atomic::Ordering::Relaxed), "the control found no use after free");
+}
