@@ -73,11 +73,136 @@ pub const USER_SS: u64 = 0x1b;
 pub const USER_RFLAGS_MASK: u64 = 0b1101_1101_0101;
 pub const RFLAGS_IF: u64 = 1 << 9;
 
+/// The system-call register ABI (`docs/syscalls.md`), named: the kernel's generic code reads
+/// and writes a thread's registers only through these accessors, never by register name.
+///
+/// | meaning | register |
+/// |---|---|
+/// | call number in, result (0 or an error code) out | `rax` |
+/// | arguments 0..5 in; results 0..2 out (`rdi`, `rsi`, `rdx`) | `rdi`, `rsi`, `rdx`, `r10`, `r8`, `r9` |
+/// | IPC: capability slot in, badge out | `rdi` |
+/// | IPC: message tag | `rsi` |
+/// | IPC: message words 0..3 | `rdx`, `r10`, `r8`, `r9` |
+/// | IPC: timeout | `r12` |
+/// | IPC: slot of the capability sent | `r13` |
+/// | IPC: slot that receives a capability | `r14` |
 impl UserRegs {
     /// Sets the result word a system call returns (0 or an error code).
     #[inline(always)]
     pub fn set_result(&mut self, v: u64) {
         self.rax = v;
+    }
+
+    /// The result word (a fault handler may set it).
+    #[inline(always)]
+    pub fn result(&self) -> u64 {
+        self.rax
+    }
+
+    /// A system call's six argument words.
+    #[inline(always)]
+    pub fn syscall_args(&self) -> [u64; 6] {
+        [self.rdi, self.rsi, self.rdx, self.r10, self.r8, self.r9]
+    }
+
+    /// A successful system call's three result words (the result word itself is 0).
+    #[inline(always)]
+    pub fn set_results(&mut self, r: [u64; 3]) {
+        self.rax = 0;
+        self.rdi = r[0];
+        self.rsi = r[1];
+        self.rdx = r[2];
+    }
+
+    /// Sets argument word `i` (0 or 1) of a thread not yet started.
+    #[inline(always)]
+    pub fn set_arg(&mut self, i: usize, v: u64) {
+        match i {
+            0 => self.rdi = v,
+            _ => self.rsi = v,
+        }
+    }
+
+    /// The IPC slot (endpoint or notification) a call names.
+    #[inline(always)]
+    pub fn ipc_slot(&self) -> u64 {
+        self.rdi
+    }
+
+    /// The message tag.
+    #[inline(always)]
+    pub fn ipc_tag(&self) -> u64 {
+        self.rsi
+    }
+
+    /// The message words carried in registers.
+    #[inline(always)]
+    pub fn ipc_words(&self) -> [u64; 4] {
+        [self.rdx, self.r10, self.r8, self.r9]
+    }
+
+    /// The timeout of an IPC call.
+    #[inline(always)]
+    pub fn ipc_timeout(&self) -> u64 {
+        self.r12
+    }
+
+    /// The slot of the capability a send carries.
+    #[inline(always)]
+    pub fn ipc_send_slot(&self) -> u64 {
+        self.r13
+    }
+
+    /// The slot that receives a capability.
+    #[inline(always)]
+    pub fn ipc_receive_slot(&self) -> u64 {
+        self.r14
+    }
+
+    /// What an IPC call reads: its slot, tag and timeout (the fast path's guards).
+    #[inline(always)]
+    pub fn ipc_in(&self) -> (u64, u64, u64) {
+        (self.rdi, self.rsi, self.r12)
+    }
+
+    /// A delivered message: the result word 0, badge, tag and the words in registers.
+    #[inline(always)]
+    pub fn set_ipc_out(&mut self, badge: u64, tag: u64, words: [u64; 4]) {
+        self.rax = 0;
+        self.rdi = badge;
+        self.rsi = tag;
+        self.rdx = words[0];
+        self.r10 = words[1];
+        self.r8 = words[2];
+        self.r9 = words[3];
+    }
+
+    /// The badge (or notification word) a wait returns.
+    #[inline(always)]
+    pub fn set_badge(&mut self, v: u64) {
+        self.rdi = v;
+    }
+
+    /// The user instruction pointer.
+    #[inline(always)]
+    pub fn ip(&self) -> u64 {
+        self.rip
+    }
+
+    #[inline(always)]
+    pub fn set_ip(&mut self, v: u64) {
+        self.rip = v;
+    }
+
+    /// The user stack pointer.
+    #[inline(always)]
+    pub fn sp(&self) -> u64 {
+        self.rsp
+    }
+
+    #[inline(always)]
+    pub fn set_sp(&mut self, v: u64) {
+        self.rsp = v;
     }
 
     /// Registers for a new thread: entry point, stack, first argument.

@@ -43,7 +43,8 @@ pub fn try_fast(n: u64) -> bool {
     // reference-count traffic); the switch puts the partner's in, a fallback puts it back.
     // Nothing on this CPU looks at the slot meanwhile, and no other CPU does.
     let Some(cur) = cs.current.take() else { return false };
-    let (slot, tag, timeout) = cur.regs.with(|r| (r.rdi, Tag(r.rsi), r.r12));
+    let (slot, tag, timeout) = cur.regs.with(|r| r.ipc_in());
+    let tag = Tag(tag);
     if !(tag.fits_registers() && timeout == FOREVER) {
         cs.current.replace(Some(cur));
         return false;
@@ -64,16 +65,8 @@ pub fn try_fast(n: u64) -> bool {
 
 /// Copies the message words and tag of the running thread `from` into `to`'s saved registers.
 fn copy_message(from: &Thread, to: &Thread, tag: Tag, badge: u64) {
-    let (w0, w1, w2, w3) = from.regs.with(|r| (r.rdx, r.r10, r.r8, r.r9));
-    to.regs.with(|r| {
-        r.set_result(0);
-        r.rsi = Tag::new(tag.label(), tag.len(), 0).0;
-        r.rdi = badge;
-        r.rdx = w0;
-        r.r10 = w1;
-        r.r8 = w2;
-        r.r9 = w3;
-    });
+    let words = from.regs.with(|r| r.ipc_words());
+    to.regs.with(|r| r.set_ipc_out(badge, Tag::new(tag.label(), tag.len(), 0).0, words));
 }
 
 fn call(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<(), Arc<Thread>> {

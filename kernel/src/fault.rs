@@ -34,7 +34,7 @@ pub fn fault_current(vector: u64, error: u64) -> Handled {
     }
     let Some(t) = sched::current() else { return Handled::Decide };
     let addr = if vector == rl4_abi::fault::PAGE_FAULT { cpu::cr2() } else { 0 };
-    let rip = t.regs.get().rip;
+    let rip = t.regs.get().ip();
     // The handler is read under its lock and upgraded after it: the last reference to the
     // endpoint may go here, and its destructor takes queue and thread locks.
     let handler = t.fault_handler.lock().clone();
@@ -73,7 +73,7 @@ fn report(t: &Thread, vector: u64, error: u64, addr: u64, rip: u64) {
 
 /// Reports a thread whose fault, delivered to its handler, ended in `Faulted`.
 pub fn report_stopped(t: &Arc<Thread>, why: &str) {
-    println!("thread {} (task {}) stopped at rip={:#x}: {why}", t.id, t.task.id, t.regs.get().rip);
+    println!("thread {} (task {}) stopped at rip={:#x}: {why}", t.id, t.task.id, t.regs.get().ip());
 }
 
 /// The invalid-opcode exception (`ud2`).
@@ -103,7 +103,7 @@ fn floor_step() -> bool {
         if t.id != FLOOR_THREAD[me].load(Ordering::Relaxed) {
             return false;
         }
-        t.regs.with(|r| r.rip = r.rip.wrapping_add(2));
+        t.regs.with(|r| r.set_ip(r.ip().wrapping_add(2)));
         true
     });
     if ours == Some(true) {

@@ -194,7 +194,7 @@ fn check_tag(t: &Thread, tag: Tag) -> Result<(), Error> {
 /// the buffer part, and the capability into its receive slot. Returns a capability that found
 /// no place (the caller releases it after its locks).
 fn deliver(to: &Thread, to_regs: &mut UserRegs, m: Outgoing<'_>) -> Option<Cap> {
-    let tag = Tag(m.regs.rsi);
+    let tag = Tag(m.regs.ipc_tag());
     let mut len = tag.len();
     if len > REG_WORDS {
         let dst = buffer_of(to);
@@ -210,7 +210,7 @@ fn deliver(to: &Thread, to_regs: &mut UserRegs, m: Outgoing<'_>) -> Option<Cap> 
     let mut caps = 0;
     let mut left = None;
     if let Some(cap) = m.cap {
-        let slot = to_regs.r14;
+        let slot = to_regs.ipc_receive_slot();
         if slot == NO_SLOT {
             left = Some(cap);
         } else {
@@ -220,13 +220,7 @@ fn deliver(to: &Thread, to_regs: &mut UserRegs, m: Outgoing<'_>) -> Option<Cap> 
             }
         }
     }
-    to_regs.rsi = Tag::new(tag.label(), len, caps).0;
-    to_regs.rdi = m.badge;
-    to_regs.rdx = m.regs.rdx;
-    to_regs.r10 = m.regs.r10;
-    to_regs.r8 = m.regs.r8;
-    to_regs.r9 = m.regs.r9;
-    to_regs.set_result(0);
+    to_regs.set_ipc_out(m.badge, Tag::new(tag.label(), len, caps).0, m.regs.ipc_words());
     left
 }
 
@@ -296,7 +290,7 @@ pub fn send(
     call: bool,
     timeout: u64,
 ) -> Outcome {
-    let tag = Tag(regs.rsi);
+    let tag = Tag(regs.ipc_tag());
     if let Err(e) = check_tag(cur, tag) {
         return Outcome::Return(Err(e));
     }
@@ -386,7 +380,7 @@ pub fn recv(cur: &Arc<Thread>, ep: &Arc<Endpoint>, timeout: u64, direct_to: Opti
             Err(_) => match sl.take_fault(ep.id(), ticket) {
                 // Its registers are still those of the fault (it waits, and nobody holds its
                 // reply right yet).
-                Ok((badge, info)) => Err((badge, fault_message(info, snd.regs.get().rip))),
+                Ok((badge, info)) => Err((badge, fault_message(info, snd.regs.get().ip()))),
                 Err(_) => {
                     drop(sl);
                     reclaim::later_thread(snd);
@@ -415,7 +409,7 @@ pub fn recv(cur: &Arc<Thread>, ep: &Arc<Endpoint>, timeout: u64, direct_to: Opti
         };
         crate::timeline::event(crate::timeline::Kind::Recv, crate::timeline::ep(ep.id()) << 32 | snd.id, taken.badge);
         let sregs = snd.regs.get();
-        let m = Outgoing { regs: &sregs, badge: taken.badge, buffer: long_buffer(&snd, Tag(sregs.rsi)), cap: taken.cap };
+        let m = Outgoing { regs: &sregs, badge: taken.badge, buffer: long_buffer(&snd, Tag(sregs.ipc_tag())), cap: taken.cap };
         let left = cur.regs.with(|rr| deliver(cur, rr, m));
         sched::count(sched::Count::IpcSlow);
         if taken.call {
@@ -472,7 +466,7 @@ pub fn recv(cur: &Arc<Thread>, ep: &Arc<Endpoint>, timeout: u64, direct_to: Opti
 /// `Reply` by the running thread `cur`. With `then_recv` a woken caller of this CPU is returned
 /// claimed (woken, held nowhere) for `recv` to place; otherwise it is queued.
 pub fn reply(cur: &Arc<Thread>, regs: &UserRegs, then_recv: bool) -> Result<Option<Arc<Thread>>, Error> {
-    let tag = Tag(regs.rsi);
+    let tag = Tag(regs.ipc_tag());
     check_tag(cur, tag)?;
     let (caller, ticket) = cur.life.lock().take_reply().ok_or(Error::NoCaller)?;
     let mut cl = caller.life.lock();
@@ -520,12 +514,7 @@ fn fault_message(info: [u64; 2], rip: u64) -> [u64; 4] {
 /// Writes a fault message into a receiver's registers: tag ([`rl4_abi::fault::LABEL`], 4
 /// words), the handler's badge, the fault's words.
 fn deliver_fault(to: &mut UserRegs, badge: u64, msg: &[u64; 4]) {
-    to.rsi = Tag::new(rl4_abi::fault::LABEL, REG_WORDS, 0).0;
-    to.rdi = badge;
-    to.rdx = msg[0];
-    to.r10 = msg[1];
-    to.r8 = msg[2];
-    to.r9 = msg[3];
+    to.set_ipc_out(badge, Tag::new(rl4_abi::fault::LABEL, REG_WORDS, 0).0, [msg[0], msg[1], msg[2], msg[3]]);
     to.set_result(0);
 }
 
@@ -575,8 +564,8 @@ pub fn fault_call(cur: &Arc<Thread>, ep: &Arc<Endpoint>, badge: u64, info: [u64;
 /// the kernel can resume with them.
 fn fault_changes(regs: &UserRegs) -> Result<[Option<u64>; 3], Error> {
     use rl4_abi::fault::*;
-    let len = Tag(regs.rsi).len();
-    let w = [regs.rdx, regs.r10, regs.r8, regs.r9];
+    let len = Tag(regs.ipc_tag()).len();
+    let w = regs.ipc_words();
     let word = |i: usize| if (i as u64) < len { w[i] } else { 0 };
     let set = word(R_SET);
     if set & !(SET_IP | SET_SP | SET_RAX) != 0 {
@@ -595,7 +584,7 @@ fn fault_changes(regs: &UserRegs) -> Result<[Option<u64>; 3], Error> {
 /// `Faulted`; any other resumes it with the registers the reply names changed. A reply asking
 /// for registers the kernel cannot resume with stops the thread and returns `BadFaultReply`.
 fn fault_reply(caller: Arc<Thread>, ticket: u64, regs: &UserRegs, then_recv: bool) -> Result<Option<Arc<Thread>>, Error> {
-    let changes = if Tag(regs.rsi).label() == rl4_abi::fault::STOP { None } else { Some(fault_changes(regs)) };
+    let changes = if Tag(regs.ipc_tag()).label() == rl4_abi::fault::STOP { None } else { Some(fault_changes(regs)) };
     // No lock is held here: `caller` may be dropped at the end.
     let stop = |why| thread::stop_fault(&caller, WaitOn::Fault(ticket), why);
     let changes = match changes {
@@ -616,13 +605,13 @@ fn fault_reply(caller: Arc<Thread>, ticket: u64, regs: &UserRegs, then_recv: boo
     caller.regs.with(|r| {
         let [ip, sp, rax] = changes;
         if let Some(v) = ip {
-            r.rip = v;
+            r.set_ip(v);
         }
         if let Some(v) = sp {
-            r.rsp = v;
+            r.set_sp(v);
         }
         if let Some(v) = rax {
-            r.rax = v;
+            r.set_result(v);
         }
     });
     let here = cl.cpu == rl4_arch::percpu::cpu_index();
@@ -643,7 +632,7 @@ pub fn signal(n: &Arc<Notification>, bits: u64) {
         let mut wl = w.life.lock();
         if wl.waits(WaitOn::Notify(n.id())) {
             let word = core::mem::take(&mut q.word) | bits;
-            w.regs.with(|r| r.rdi = word);
+            w.regs.with(|r| r.set_badge(word));
             let old = thread::wake_locked(&w, &mut wl, WaitOn::Notify(n.id()), Ok(()));
             drop(wl);
             drop(q);

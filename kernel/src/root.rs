@@ -98,7 +98,7 @@ pub fn start(cmdline: &str, tsc_hz: u64) -> Result<(), &'static str> {
 
     let thread = Thread::new(&memory, task.clone(), elf.entry, rl4_abi::ROOT_STACK_TOP, ROOT_PRIORITY, 0)
         .map_err(|_| "out of memory")?;
-    thread.regs.with(|r| r.rdi = rl4_abi::BOOT_INFO_ADDR);
+    thread.regs.with(|r| r.set_arg(0, rl4_abi::BOOT_INFO_ADDR));
     thread.life.lock().mcp = rl4_abi::MAX_PRIORITY as u8;
     {
         let ins = |slot, obj| task.insert_cap(slot, Cap::new(obj, Rights::ALL, 0)).map_err(|_| "cap");

@@ -77,13 +77,8 @@ fn handle_ipc(n: u64) -> Next {
 #[inline(always)]
 fn set_results(t: &Thread, res: Ret) {
     t.regs.with(|regs| match res {
-        Ok([a, b, c]) => {
-            regs.rax = 0;
-            regs.rdi = a;
-            regs.rsi = b;
-            regs.rdx = c;
-        }
-        Err(e) => regs.rax = e as u64,
+        Ok(r) => regs.set_results(r),
+        Err(e) => regs.set_result(e as u64),
     });
 }
 
@@ -125,15 +120,15 @@ type SendCaps = (Arc<Endpoint>, u64, Rights, Option<Result<Snapshot, Error>>);
 
 fn send_caps(task: &Arc<Task>, r: &UserRegs) -> Result<SendCaps, Error> {
     let caps = task.caps.lock();
-    let c = caps.lookup(r.rdi, ObjType::Endpoint, Rights::SEND)?;
+    let c = caps.lookup(r.ipc_slot(), ObjType::Endpoint, Rights::SEND)?;
     let KObj::Endpoint(e) = &c.obj else { return Err(Error::WrongType) };
-    let xfer = if rl4_abi::ipc::Tag(r.rsi).caps() == 1 { Some(caps.get(r.r13).cloned()) } else { None };
+    let xfer = if rl4_abi::ipc::Tag(r.ipc_tag()).caps() == 1 { Some(caps.get(r.ipc_send_slot()).cloned()) } else { None };
     let read = (e.clone(), c.badge, c.rights);
     drop(caps);
     // The capability sent becomes a child of the one in the slot when it is delivered
     // (an original gets its derivation tree now, the first time something comes from it).
     // (Not one without `GRANT`, which `send` refuses.)
-    let xfer = xfer.map(|x| x.and_then(|cap| if cap.rights.contains(Rights::GRANT) { crate::obj::tracked(task, r.r13, cap) } else { Ok(cap) }));
+    let xfer = xfer.map(|x| x.and_then(|cap| if cap.rights.contains(Rights::GRANT) { crate::obj::tracked(task, r.ipc_send_slot(), cap) } else { Ok(cap) }));
     Ok((read.0, read.1, read.2, xfer))
 }
 
@@ -149,7 +144,7 @@ fn notification(task: &Task, slot: u64, rights: Rights) -> Result<(Arc<Notificat
 /// The IPC calls: `rdi` = endpoint (or notification) slot, timeout in `r12`.
 fn ipc_call(t: &Arc<Thread>, r: &UserRegs, s: Sys) -> Outcome {
     let task = &t.task;
-    let timeout = r.r12;
+    let timeout = r.ipc_timeout();
     let res = (|| -> Result<Outcome, Error> {
         Ok(match s {
             Sys::Send | Sys::NbSend | Sys::Call => {
@@ -160,7 +155,7 @@ fn ipc_call(t: &Arc<Thread>, r: &UserRegs, s: Sys) -> Outcome {
                 ipc::send(t, r, &ep, badge, rights.contains(Rights::GRANT), xfer, s == Sys::Call, timeout)
             }
             Sys::Recv | Sys::NbRecv => {
-                let (ep, _, _) = endpoint(task, r.rdi, Rights::RECEIVE)?;
+                let (ep, _, _) = endpoint(task, r.ipc_slot(), Rights::RECEIVE)?;
                 ipc::recv(t, &ep, if s == Sys::NbRecv { 0 } else { timeout }, None)
             }
             Sys::Reply => {
@@ -169,7 +164,7 @@ fn ipc_call(t: &Arc<Thread>, r: &UserRegs, s: Sys) -> Outcome {
             }
             Sys::ReplyRecv => {
                 trace::stamp(trace::SETUP);
-                let (ep, _, _) = endpoint(task, r.rdi, Rights::RECEIVE)?;
+                let (ep, _, _) = endpoint(task, r.ipc_slot(), Rights::RECEIVE)?;
                 trace::stamp(trace::LOOKUP);
                 // A missing caller is not an error for the server loop's first round.
                 let woken = match ipc::reply(t, r, true) {
@@ -180,7 +175,7 @@ fn ipc_call(t: &Arc<Thread>, r: &UserRegs, s: Sys) -> Outcome {
                 ipc::recv(t, &ep, timeout, woken)
             }
             Sys::Wait => {
-                let (n, _) = notification(task, r.rdi, Rights::RECEIVE)?;
+                let (n, _) = notification(task, r.ipc_slot(), Rights::RECEIVE)?;
                 ipc::wait(t, &n, timeout)
             }
             _ => unreachable!("is_ipc"),
@@ -335,7 +330,7 @@ fn console_write(task: u64, buf_addr: u64, len: u64) -> Ret {
 /// Every system call but IPC, from and into the caller's registers.
 #[inline(never)]
 fn dispatch_into(t: &Arc<Thread>, n: u64) {
-    let a = t.regs.with(|r| [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9]);
+    let a = t.regs.with(|r| r.syscall_args());
     set_results(t, dispatch(t, n, a));
 }
 
@@ -496,8 +491,8 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
                 return Err(Error::InvalidState);
             }
             th.regs.with(|r| {
-                r.rdi = a1;
-                r.rsi = a2;
+                r.set_arg(0, a1);
+                r.set_arg(1, a2);
             });
             Ok([0; 3])
         }
