@@ -115,12 +115,14 @@ pub fn poll() {
 /// Waits (a bounded time) until every CPU's limbo is empty, so that what deleted endpoints
 /// were charged is back: for `MemoryInfo`, the statistics and `KernelCheck`. This CPU counts a
 /// quiescent point first (it holds nothing read from a shadow here), so a limbo waiting for it
-/// can finish. Answers other CPUs' TLB requests while it waits. Gives up after about a
-/// millisecond (a CPU running user code with its timer off, say); the entries stay for later.
+/// can finish. Answers other CPUs' TLB requests while it waits. Gives up after 200 µs (a CPU
+/// running user code without entering the kernel, or a vCPU its host does not run): the
+/// entries stay for later, and a caller that wants the memory back asks again. Interrupts stay
+/// off meanwhile, so the bound is what it adds to this CPU's interrupt latency.
 pub fn settle() {
     let me = me();
     rl4_arch::percpu::current().count_exit();
-    let end = rl4_arch::cpu::rdtsc().saturating_add(rl4_arch::time::us_to_ticks(1000));
+    let end = rl4_arch::cpu::rdtsc().saturating_add(rl4_arch::time::us_to_ticks(200));
     loop {
         let cpus = rl4_smp::cpus::count().min(MAX_CPUS);
         let mut left = false;

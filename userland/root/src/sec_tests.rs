@@ -449,7 +449,152 @@ fn test_revoke_race() {
     );
 }
 
+// ---- the fast path's capability read without a lock -----------------------------------------
+
+/// The slot the client calls through (swapped on another CPU), the server's own endpoint slot.
+static FP_SLOT: AtomicU64 = AtomicU64::new(0);
+static FP_EP: AtomicU64 = AtomicU64::new(0);
+static FP_STOP: AtomicBool = AtomicBool::new(false);
+/// Calls made; answered with badge 7 (the one capability with `SEND`); answered with any
+/// other badge; refused as the slot's contents explain; failed otherwise.
+static FP_CALLS: AtomicU64 = AtomicU64::new(0);
+static FP_GOOD: AtomicU64 = AtomicU64::new(0);
+static FP_WRONG: AtomicU64 = AtomicU64::new(0);
+static FP_REFUSED: AtomicU64 = AtomicU64::new(0);
+static FP_ODD: AtomicU64 = AtomicU64::new(0);
+static FP_ODD_ERR: AtomicU64 = AtomicU64::new(0);
+
+/// The server: answers each call with the badge it arrived with.
+fn fp_server(_: u64) {
+    let ep = FP_EP.load(SeqCst);
+    let mut m = sys::ipc(Sys::Recv, ep, &Msg::default(), FOREVER, u64::MAX, u64::MAX);
+    while let Ok(got) = m {
+        let reply = Msg { tag: Tag::new(0, 1, 0), badge: 0, w: [got.badge, 0, 0, 0] };
+        m = sys::ipc(Sys::ReplyRecv, ep, &reply, FOREVER, u64::MAX, u64::MAX);
+    }
+}
+
+/// The client: calls through the swapped slot (one word, no timeout: the fast path's shape).
+fn fp_client(_: u64) {
+    let s = FP_SLOT.load(SeqCst);
+    while !FP_STOP.load(SeqCst) {
+        FP_CALLS.fetch_add(1, SeqCst);
+        match sys::ipc(Sys::Call, s, &Msg { tag: Tag::new(1, 1, 0), badge: 0, w: [1, 0, 0, 0] }, FOREVER, u64::MAX, u64::MAX) {
+            Ok(m) if m.w[0] == 7 => {
+                FP_GOOD.fetch_add(1, SeqCst);
+            }
+            Ok(_) => {
+                FP_WRONG.fetch_add(1, SeqCst);
+            }
+            // Empty, a notification, a capability without `SEND`, or an endpoint deleted while
+            // the call waited on it.
+            Err(Error::EmptySlot | Error::WrongType | Error::MissingRight | Error::PartnerGone) => {
+                FP_REFUSED.fetch_add(1, SeqCst);
+            }
+            Err(e) => {
+                FP_ODD.fetch_add(1, SeqCst);
+                FP_ODD_ERR.store(e as u64, SeqCst);
+            }
+        }
+    }
+}
+
+/// Issue 16: the fast path reads the endpoint capability from a shadow of the slot without the
+/// table's lock or a reference count (kernel/src/qsbr.rs). A client and its server share a CPU
+/// (so `Call` and `ReplyRecv` take the fast path) while another CPU keeps changing what the
+/// client's slot holds: the server's endpoint with badge 7 and `SEND`, the same endpoint with
+/// badge 9 and only `RECEIVE`, a notification, nothing, and a fresh endpoint deleted a moment
+/// later (whose memory the fast path must not touch after it is freed). Every answered call
+/// must have come through the badge-7 capability; afterwards the kernel is consistent and the
+/// budget is back.
+fn test_fastpath_slot_race() {
+    const NAME: &str = "fastpath-slot-race";
+    if cpus() < 2 {
+        return crate::tests::skip(NAME, "one CPU");
+    }
+    let budget = || sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
+    let (ep, s, good, recv_only, ntf, fresh) = (slot(), slot(), slot(), slot(), slot(), slot());
+    let set_up = sys::endpoint_create(MEMORY, ep)
+        .and_then(|_| sys::cap_mint(ep, TASK, good, Rights::SEND, 7))
+        .and_then(|_| sys::cap_mint(ep, TASK, recv_only, Rights::RECEIVE, 9))
+        .and_then(|_| sys::notification_create(MEMORY, ntf))
+        .and_then(|_| sys::cap_copy(good, TASK, s, Rights::ALL));
+    if let Err(e) = set_up {
+        for x in [ep, s, good, recv_only, ntf, fresh] {
+            release(x);
+        }
+        return report(NAME, false, format_args!("set-up: {e}"));
+    }
+    FP_SLOT.store(s, SeqCst);
+    FP_EP.store(ep, SeqCst);
+    FP_STOP.store(false, SeqCst);
+    for c in [&FP_CALLS, &FP_GOOD, &FP_WRONG, &FP_REFUSED, &FP_ODD] {
+        c.store(0, SeqCst);
+    }
+    let fast0 = sys::stat(MACHINE, rl4_abi::stat::IPC_FAST).unwrap_or(0);
+    let server = spawn(fp_server, 0, ROOT_PRIO, far_cpu());
+    let client = spawn(fp_client, 0, ROOT_PRIO, far_cpu());
+    // The budget with both threads running and the slot as it will be at the end (the
+    // endpoints made and deleted meanwhile must all be paid back).
+    let warm = wait_ms(2000, || FP_GOOD.load(SeqCst) >= 100);
+    let left0 = budget();
+    let end = rl4_user::rdtsc() + tsc_hz() * 2;
+    let (mut rounds, mut swap_errors) = (0u64, 0u64);
+    while rl4_user::rdtsc() < end {
+        rounds += 1;
+        let step = |r: Result<(), Error>| {
+            dwell();
+            r
+        };
+        let r = step(sys::cap_delete(s).and_then(|_| sys::cap_copy(recv_only, TASK, s, Rights::ALL)))
+            .and_then(|_| step(sys::cap_delete(s).and_then(|_| sys::cap_copy(ntf, TASK, s, Rights::ALL))))
+            .and_then(|_| step(sys::cap_delete(s)))
+            .and_then(|_| step(sys::endpoint_create(MEMORY, s)))
+            .and_then(|_| step(sys::cap_delete(s).and_then(|_| sys::cap_copy(good, TASK, s, Rights::ALL))));
+        if r.is_err() {
+            swap_errors += 1;
+            let _ = sys::cap_delete(s);
+            let _ = sys::cap_copy(good, TASK, s, Rights::ALL);
+        }
+    }
+    FP_STOP.store(true, SeqCst);
+    // The slot holds the good capability again: the client's last call is answered.
+    let client_done = wait_ms(2000, || matches!(state(client), Some(ThreadState::Dead)));
+    let fast = sys::stat(MACHINE, rl4_abi::stat::IPC_FAST).unwrap_or(0) - fast0;
+    let back = wait_ms(2000, || budget() == left0);
+    let left1 = budget();
+    let client_state = state(client);
+    let v = match sys::kernel_check(MACHINE) {
+        Ok([v, _, _]) => v,
+        Err(_) => u64::MAX,
+    };
+    // The server's endpoint goes with its last capability; the server's wait ends with it.
+    for x in [ep, s, good, recv_only] {
+        let _ = sys::cap_delete(x);
+    }
+    let server_done = wait_ms(2000, || matches!(state(server), Some(ThreadState::Dead)));
+    release(client);
+    release(server);
+    for x in [ep, s, good, recv_only, ntf, fresh] {
+        release(x);
+    }
+    let (calls, ok, wrong, refused, odd) =
+        (FP_CALLS.load(SeqCst), FP_GOOD.load(SeqCst), FP_WRONG.load(SeqCst), FP_REFUSED.load(SeqCst), FP_ODD.load(SeqCst));
+    report(
+        NAME,
+        warm && client_done && server_done && wrong == 0 && odd == 0 && swap_errors == 0 && ok > 0 && refused > 0 && fast > 0 && back && v == 0,
+        format_args!(
+            "{rounds} rounds of slot changes on cpu 0 ({swap_errors} failed); {calls} calls on cpu {}: {ok} answered through the \
+             badge-7 capability, {wrong} through another, {refused} refused, {odd} other failures (last error {}); \
+             {fast} fast-path hand-overs; budget back: {back} ({left1} of {left0}); KernelCheck violations: {v}; client {client_state:?} done {client_done}, server done {server_done}",
+            far_cpu(),
+            FP_ODD_ERR.load(SeqCst)
+        ),
+    );
+}
+
 pub fn run(bi: &BootInfo) {
+    test_fastpath_slot_race();
     test_revoke_tree();
     test_revoke_in_flight();
     test_revoke_race();
