@@ -163,7 +163,11 @@ struct Refs(BTreeMap<usize, u64>);
 
 impl Refs {
     fn add<T>(&mut self, a: &Arc<T>) {
-        *self.0.entry(key(a)).or_insert(0) += 1;
+        self.add_key(key(a));
+    }
+    /// A reference to the object at `k` held as a raw `Arc` (an intrusive list's).
+    fn add_key(&mut self, k: usize) {
+        *self.0.entry(k).or_insert(0) += 1;
     }
     fn kobj(&mut self, o: &KObj) {
         match o {
@@ -303,18 +307,23 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     }
     frames.iter().for_each(|f| refs.add(f.charge().of().0));
     let mut unregistered = 0u64;
-    let mut note = |seen: &mut BTreeMap<usize, Seen>, t: &Arc<Thread>, f: &mut dyn FnMut(&mut Seen)| match seen.get_mut(&key(t)) {
+    let mut note = |seen: &mut BTreeMap<usize, Seen>, t: usize, f: &mut dyn FnMut(&mut Seen)| match seen.get_mut(&t) {
         Some(x) => f(x),
         None => unregistered += 1,
     };
     for (e, q) in endpoints.iter().zip(&ep_q) {
         refs.add(e.charge().of().0);
-        for (_, t) in &q.senders {
-            refs.add(t);
+        if !q.senders.is_consistent() || !q.receivers.is_consistent() {
+            fail!(r, "endpoint {:#x}: its wait queues' links are inconsistent", key(e));
+        }
+        for (_, t) in q.senders.iter() {
+            let t = t as *const Thread as usize;
+            refs.add_key(t);
             note(&mut seen, t, &mut |x| x.senders.push(key(e)));
         }
-        for t in &q.receivers {
-            refs.add(t);
+        for (_, t) in q.receivers.iter() {
+            let t = t as *const Thread as usize;
+            refs.add_key(t);
             note(&mut seen, t, &mut |x| x.receivers.push(key(e)));
         }
     }
@@ -322,7 +331,7 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
         refs.add(n.charge().of().0);
         for t in &q.waiters {
             refs.add(t);
-            note(&mut seen, t, &mut |x| x.waiters.push(key(n)));
+            note(&mut seen, key(t), &mut |x| x.waiters.push(key(n)));
         }
     }
     let mut cpu_faults: Vec<(usize, &'static str)> = Vec::new();
@@ -330,7 +339,7 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     sched::visit_cpus(
         |_, held, t| {
             refs.add(t);
-            note(&mut seen, t, &mut |x| match held {
+            note(&mut seen, key(t), &mut |x| match held {
                 sched::Held::RunQueue | sched::Held::Inbox => x.queued += 1,
             });
         },
@@ -345,7 +354,7 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
         let current = unsafe { cs.current.peek() };
         for th in current.iter() {
             refs.add(th);
-            note(&mut seen, th, &mut |x| x.current += 1);
+            note(&mut seen, key(th), &mut |x| x.current += 1);
         }
     }
     for (cpu, what) in cpu_faults {

@@ -83,7 +83,10 @@ fn call(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag:
     let woken = if sched::nothing_more_urgent(cs, rl.prio) { rl.wake_here(WaitOn::Recv(ep.id()), me).ok() } else { None };
     let Some(wait) = woken else {
         drop(rl);
-        q.receivers.push_front(r);
+        // Back where it was (the list took it out a moment ago: it cannot be refused).
+        if let Err(r) = q.receivers.push_front(r) {
+            crate::reclaim::later_thread(r);
+        }
         return Err(cur);
     };
     // Point of no return: the receiver is Running here.
@@ -179,7 +182,7 @@ fn reply_recv(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64
     };
     // The server's reference becomes its receive-queue entry.
     if blocked {
-        q.receivers.push_back(cur);
+        crate::ipc::enqueue(&mut q.receivers, cur, None);
         drop(q);
     } else {
         drop(q);

@@ -18,24 +18,53 @@ use rl4_arch::entry::UserRegs;
 use rl4_core::life::WaitOn;
 
 use crate::lock::{Level, Mutex};
+use rl4_core::wlist::WList;
 use crate::obj::{Cap, EpRef, Frame, NtfRef, Thread, Wait};
 use crate::{mem, reclaim, sched, thread, timeout};
 
-#[derive(Default)]
+/// An endpoint's waiters: intrusive lists through the threads' `wait_link` (`rl4_core::wlist`),
+/// owned by the endpoint's queue lock. Queueing a thread allocates nothing; a cancelled wait
+/// leaves its queue in O(1).
 pub(crate) struct EpQueues {
-    /// Highest priority first, FIFO within a priority (with the priority each was queued at).
-    pub(crate) senders: VecDeque<(u8, Arc<Thread>)>,
-    pub(crate) receivers: VecDeque<Arc<Thread>>,
+    /// Highest priority first, FIFO within a priority (the key: the priority each was queued
+    /// at).
+    pub(crate) senders: WList<Thread>,
+    pub(crate) receivers: WList<Thread>,
 }
 
 impl EpQueues {
-    /// Removes `t`'s entries (it no longer waits here). The references go after the locks.
-    pub(crate) fn remove(&mut self, t: &Arc<Thread>) {
-        self.senders.retain(|(_, o)| !Arc::ptr_eq(o, t));
-        self.receivers.retain(|o| !Arc::ptr_eq(o, t));
-        trim(&mut self.senders);
-        trim(&mut self.receivers);
+    /// Empty queues of the endpoint at `addr` (their tokens: `addr` and `addr + 1`).
+    fn new(addr: usize) -> Self {
+        EpQueues { senders: WList::new(addr), receivers: WList::new(addr + 1) }
     }
+
+    /// Removes `t` (it no longer waits here). The reference goes after the locks (the caller
+    /// holds another one).
+    pub(crate) fn remove(&mut self, t: &Arc<Thread>) {
+        let a = self.senders.remove(t);
+        let b = self.receivers.remove(t);
+        reclaim::later_thread_opt(a);
+        reclaim::later_thread_opt(b);
+    }
+}
+
+/// Queues `t` on `q` (at `key`); a thread already in a queue is a kernel bug, refused by the list
+/// (nothing is damaged): said on the console, and `KernelCheck` reports the thread's wait.
+#[inline(always)]
+pub(crate) fn enqueue(q: &mut WList<Thread>, t: Arc<Thread>, key: Option<u8>) {
+    let r = match key {
+        Some(k) => q.insert_by_key(t, k as u64),
+        None => q.push_back(t),
+    };
+    if let Err(t) = r {
+        queued_twice(t);
+    }
+}
+
+#[cold]
+fn queued_twice(t: Arc<Thread>) {
+    rl4_arch::println!("ipc: thread {} put into a second wait queue (a kernel bug)", t.id);
+    reclaim::later_thread(t);
 }
 
 /// Gives back most of a queue's buffer once a burst of waiters has left it (at most a quarter
@@ -65,7 +94,7 @@ pub struct Endpoint {
 impl Endpoint {
     pub fn new(mem: &Arc<crate::obj::Memory>) -> Result<Arc<Endpoint>, Error> {
         let charge = crate::obj::Charge::new(mem, crate::obj::ENDPOINT_COST)?;
-        let e = Arc::new_cyclic(|me| Endpoint { q: Mutex::new(EpQueues::default()), me: me.clone(), _charge: charge });
+        let e = Arc::new_cyclic(|me: &Weak<Endpoint>| Endpoint { q: Mutex::new(EpQueues::new(me.as_ptr() as usize)), me: me.clone(), _charge: charge });
         crate::obj::ENDPOINTS.add(&e);
         Ok(e)
     }
@@ -90,10 +119,13 @@ impl Drop for Endpoint {
     fn drop(&mut self) {
         reclaim::dropping("Endpoint");
         let id = self.id();
-        let q = core::mem::take(&mut *self.q.lock());
+        let (mut senders, mut receivers) = {
+            let mut q = self.q.lock();
+            (q.senders.take(), q.receivers.take())
+        };
         // The ended waits (a capability in flight can be the last reference to another
         // endpoint) and the threads go to the destruction loop (`reclaim.rs`).
-        for (_, t) in q.senders {
+        while let Some(t) = senders.pop_front() {
             let w = thread::wake_locked(&t, &mut t.life.lock(), WaitOn::Send(id), Err(Error::PartnerGone));
             if w.is_none() {
                 thread::stop_fault(&t, WaitOn::FaultSend(id), "its fault handler's endpoint was deleted");
@@ -101,7 +133,7 @@ impl Drop for Endpoint {
             reclaim::later_wait(w);
             reclaim::later_thread(t);
         }
-        for t in q.receivers {
+        while let Some(t) = receivers.pop_front() {
             let w = thread::wake_locked(&t, &mut t.life.lock(), WaitOn::Recv(id), Err(Error::PartnerGone));
             reclaim::later_wait(w);
             reclaim::later_thread(t);
@@ -229,11 +261,6 @@ pub(crate) fn deadline(timeout: u64) -> u64 {
     if timeout == rl4_abi::ipc::FOREVER { u64::MAX } else { rl4_arch::cpu::rdtsc().saturating_add(timeout) }
 }
 
-/// Inserts `t` into a sender queue after every thread of equal or higher priority.
-fn push_by_priority(q: &mut VecDeque<(u8, Arc<Thread>)>, t: Arc<Thread>, prio: u8) {
-    let at = q.iter().position(|(p, _)| *p < prio).unwrap_or(q.len());
-    q.insert(at, (prio, t));
-}
 
 /// The running thread `cur` blocks in `wait` (under the lock of the queue it joins, if any).
 /// Refused if it was killed or suspended meanwhile: then its call returns `Interrupted` (a
@@ -314,7 +341,6 @@ pub fn send(
     }
     // Claim a waiting receiver.
     while let Some(r) = q.receivers.pop_front() {
-        trim(&mut q.receivers);
         let mut rl = r.life.lock();
         let Ok(w) = rl.wake(WaitOn::Recv(ep.id())) else {
             drop(rl);
@@ -358,7 +384,7 @@ pub fn send(
     match block_current(cur, Wait::Send { ep: EpRef(ep.weak()), badge, call, cap }, deadline) {
         Ok(()) => {
             crate::timeline::event(crate::timeline::Kind::Send, crate::timeline::ep(ep.id()) << 32, badge);
-            push_by_priority(&mut q.senders, cur.clone(), prio);
+            enqueue(&mut q.senders, cur.clone(), Some(prio));
             drop(q);
             timeout::add(deadline, cur);
             Outcome::Blocked
@@ -371,8 +397,7 @@ pub fn send(
 /// `direct_to`: a caller just claimed by this call's reply, to switch to if `cur` blocks.
 pub fn recv(cur: &Arc<Thread>, ep: &Arc<Endpoint>, timeout: u64, direct_to: Option<Arc<Thread>>) -> Outcome {
     let mut q = ep.q.lock();
-    while let Some((_, snd)) = q.senders.pop_front() {
-        trim(&mut q.senders);
+    while let Some(snd) = q.senders.pop_front() {
         let mut sl = snd.life.lock();
         let ticket = sched::next_ticket();
         let taken = match sl.take_sender(ep.id(), ticket) {
@@ -442,7 +467,7 @@ pub fn recv(cur: &Arc<Thread>, ep: &Arc<Endpoint>, timeout: u64, direct_to: Opti
     let deadline = deadline(timeout);
     match block_current(cur, Wait::Recv { ep: EpRef(ep.weak()) }, deadline) {
         Ok(()) => {
-            q.receivers.push_back(cur.clone());
+            enqueue(&mut q.receivers, cur.clone(), None);
             drop(q);
             timeout::add(deadline, cur);
             if let Some(t) = direct_to {
@@ -555,7 +580,7 @@ pub fn fault_call(cur: &Arc<Thread>, ep: &Arc<Endpoint>, badge: u64, info: [u64;
     let prio = cur.life.lock().prio;
     if block_current(cur, Wait::FaultSend { ep: EpRef(ep.weak()), badge, info }, u64::MAX).is_ok() {
         crate::timeline::event(crate::timeline::Kind::Send, crate::timeline::ep(ep.id()) << 32, badge);
-        push_by_priority(&mut q.senders, cur.clone(), prio);
+        enqueue(&mut q.senders, cur.clone(), Some(prio));
     }
     false
 }

@@ -811,10 +811,22 @@ pub struct Thread {
     /// Its link in a CPU's inbox (`rl4_core::mailbox`), used while its `Life` says
     /// `Place::Queued` and it was pushed there.
     pub mail: rl4_core::mailbox::Link<Thread>,
+    /// Its link in an endpoint's wait queue (`rl4_core::wlist`), used while it waits there
+    /// (under that endpoint's queue lock).
+    pub wait_link: rl4_core::wlist::WLink<Thread>,
     /// Its fault handler (`ThreadSetFaultHandler`): the endpoint (weak: it dies with its last
     /// capability) and the badge of the capability it was set with. A leaf lock.
     pub fault_handler: Mutex<Option<(Weak<crate::ipc::Endpoint>, u64)>, { Level::OBJECT }>,
     _charge: Charge,
+}
+
+// SAFETY: `wlink` returns the thread's own `wait_link` field, the same one at every call, which
+// lives as long as the thread.
+#[allow(unsafe_code)]
+unsafe impl rl4_core::wlist::WLinked for Thread {
+    fn wlink(&self) -> &rl4_core::wlist::WLink<Thread> {
+        &self.wait_link
+    }
 }
 
 // SAFETY: `link` returns the thread's own `mail` field, the same one at every call, which lives
@@ -848,6 +860,7 @@ impl Thread {
             space,
             life: Mutex::new(Life::new(prio, cpu)),
             mail: rl4_core::mailbox::Link::new(),
+            wait_link: rl4_core::wlist::WLink::new(),
             fault_handler: Mutex::new(None),
             _charge: charge,
         });

@@ -90,6 +90,13 @@ pub fn later_thread(t: Arc<Thread>) {
     }
 }
 
+/// [`later_thread`] for a reference that may be absent.
+pub fn later_thread_opt(t: Option<Arc<Thread>>) {
+    if let Some(t) = t {
+        later_thread(t);
+    }
+}
+
 /// Lets go of a frame reference (as [`later_thread`]).
 pub fn later_frame(f: Option<Arc<crate::obj::Frame>>) {
     let Some(f) = f else { return };

@@ -4,8 +4,8 @@
 //!
 //! Everything here compiles for the host as well as for `x86_64-unknown-none` and is unit-tested
 //! with a plain `cargo test` (run by `scripts/test`). Nothing in this crate touches hardware;
-//! the kernel hands it plain numbers and slices. No module but `mailbox` (an intrusive list of
-//! `Arc`s) contains `unsafe` code.
+//! the kernel hands it plain numbers and slices. No modules but `mailbox` and `wlist` (intrusive
+//! lists of `Arc`s) contain `unsafe` code.
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 
@@ -24,6 +24,8 @@ pub mod pcid;
 pub mod qsbr;
 pub mod runqueue;
 pub mod tlbsync;
+#[allow(unsafe_code)]
+pub mod wlist;
 
 /// The size of a page and of a physical frame.
 pub const PAGE_SIZE: u64 = 4096;
