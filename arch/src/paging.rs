@@ -244,9 +244,9 @@ impl Rights {
 /// and loads `root`, the kernel's tables from now on. Called once, on the boot CPU (the others
 /// start on them: `rl4_smp::boot`).
 pub fn activate(root: PageTableRoot, nx_on: bool) {
-    let pml4 = root.0;
+    // The first root given stays the kernel's (a second call loads it again).
+    let pml4 = KERNEL_ROOT.call_once(|| root).0;
     KERNEL_PML4.store(pml4, Ordering::Release);
-    KERNEL_ROOT.call_once(|| root);
     BOOT_MAP_ONLY.store(false, Ordering::Relaxed);
     // SAFETY: `pml4` maps the kernel image (this code), its stacks and the direct map, built by
     // `build_kernel_space`; NXE is set before a table with NX bits is loaded; PGE only changes

@@ -180,7 +180,12 @@ pub fn init(bi: &BootInfo) -> MemInfo {
     // it out and nothing else uses it), lies below 4 GiB and so is mapped by the boot page
     // tables and later by the direct map; it lives as long as the kernel.
     let bitmap = unsafe { core::slice::from_raw_parts_mut(phys_to_virt(at) as *mut u64, words) };
-    *FRAMES.lock() = Some(FrameAllocator::new(free.as_slice(), bitmap));
+    // SAFETY: `free` is usable RAM (the memory map's) less everything in use (the kernel
+    // image, boot information, ACPI tables, the first megabyte, the bitmap itself); the direct
+    // map will cover all of it, and until it does `Frames` asks only for frames below 4 GiB,
+    // which the boot tables map. This is the only frame allocator.
+    let allocator = unsafe { FrameAllocator::new(free.as_slice(), bitmap) };
+    *FRAMES.lock() = Some(allocator);
 
     // Final kernel page tables: the direct map covers every range the memory map names.
     let f = cpu::Features::read();

@@ -56,7 +56,8 @@ pub enum FrameError {
     InUse,
 }
 
-/// One 4 KiB frame of RAM that its holder owns: made only by [`FrameAllocator`] (or, in
+/// One 4 KiB frame of RAM that its holder owns: made only by a [`FrameAllocator`] (whose
+/// constructor is `unsafe`: it vouches for the RAM it manages), or, in
 /// `unsafe` code, by [`OwnedFrame::from_raw`] from an address an earlier `OwnedFrame` gave up),
 /// given back by [`FrameAllocator::free`], which consumes it. It is neither `Copy` nor `Clone`,
 /// and its address field is private, so safe code cannot make one from a number:
@@ -80,12 +81,21 @@ pub enum FrameError {
 /// # }
 /// ```
 ///
+/// Nor can safe code build an allocator of its own over memory it chose, to get frames from:
+///
+/// ```compile_fail,E0133
+/// use rl4_core::{frames::FrameAllocator, memmap::Range};
+/// let mut bitmap = [0u64; 1];
+/// let mut a = FrameAllocator::new(&[Range::new(0x0, 0x1000)], &mut bitmap); // `unsafe fn`
+/// ```
+///
 /// What the allocator hands out it takes back, once:
 ///
 /// ```
 /// use rl4_core::{frames::FrameAllocator, memmap::Range};
 /// let mut bitmap = [0u64; 1];
-/// let mut a = FrameAllocator::new(&[Range::new(0x1000, 0x3000)], &mut bitmap);
+/// // SAFETY: a host test: these frames are never read or written.
+/// let mut a = unsafe { FrameAllocator::new(&[Range::new(0x1000, 0x3000)], &mut bitmap) };
 /// let f = a.alloc().unwrap();
 /// assert_eq!((f.addr(), a.free_frames()), (0x1000, 1));
 /// assert_eq!(a.free(f), Ok(()));
@@ -148,7 +158,14 @@ impl<'a> FrameAllocator<'a> {
     /// Builds an allocator in which every page of `ranges` is free. Ranges past [`MAX_ZONES`]
     /// are left out (and so never handed out); `bitmap` must hold at least
     /// [`bitmap_words`](Self::bitmap_words) words, or the zones that do not fit are left out too.
-    pub fn new(ranges: &[Range], bitmap: &'a mut [u64]) -> Self {
+    ///
+    /// # Safety
+    /// Every page of `ranges` is RAM, mapped in the kernel's direct map, that nothing else uses
+    /// or will use while the allocator lives, and no other allocator manages it: each frame
+    /// this allocator hands out becomes an [`OwnedFrame`], whose holder may write it. (On the
+    /// host, where no `OwnedFrame` is ever dereferenced, any ranges do.)
+    #[allow(unsafe_code)]
+    pub unsafe fn new(ranges: &[Range], bitmap: &'a mut [u64]) -> Self {
         let mut a = FrameAllocator { zones: [Zone::default(); MAX_ZONES], nzones: 0, bitmap, free: 0, total: 0 };
         let mut word = 0;
         for r in ranges.iter().take(MAX_ZONES) {
@@ -353,6 +370,15 @@ mod tests {
 
     const K: u64 = PAGE_SIZE;
 
+    /// An allocator over made-up ranges: on the host no frame it hands out is dereferenced.
+    fn new<'a>(ranges: &[Range], bitmap: &'a mut [u64]) -> FrameAllocator<'a> {
+        #[allow(unsafe_code)]
+        // SAFETY: host tests only compare addresses; nothing reads or writes the frames.
+        unsafe {
+            FrameAllocator::new(ranges, bitmap)
+        }
+    }
+
     fn alloc(ranges: &[Range]) -> (Vec<u64>, Vec<Range>) {
         (vec![0; FrameAllocator::bitmap_words(ranges)], ranges.to_vec())
     }
@@ -360,7 +386,7 @@ mod tests {
     #[test]
     fn hands_out_every_frame_once_and_only_managed_ones() {
         let (mut bm, rs) = alloc(&[Range::new(0x1000, 0x1000 + 70 * K), Range::new(0x100000, 0x100000 + 3 * K)]);
-        let mut a = FrameAllocator::new(&rs, &mut bm);
+        let mut a = new(&rs, &mut bm);
         assert_eq!(a.total_frames(), 73);
         let mut got: Vec<u64> = core::iter::from_fn(|| a.alloc()).map(OwnedFrame::into_raw).collect();
         assert_eq!(got.len(), 73);
@@ -374,7 +400,7 @@ mod tests {
     #[test]
     fn free_checks_and_reuse() {
         let (mut bm, rs) = alloc(&[Range::new(0x10000, 0x10000 + 4 * K)]);
-        let mut a = FrameAllocator::new(&rs, &mut bm);
+        let mut a = new(&rs, &mut bm);
         let f = a.alloc().unwrap();
         let pa = f.addr();
         assert_eq!(pa, 0x10000);
@@ -392,7 +418,7 @@ mod tests {
     #[test]
     fn ownership_round_trip() {
         let (mut bm, rs) = alloc(&[Range::new(0x10000, 0x10000 + 3 * K)]);
-        let mut a = FrameAllocator::new(&rs, &mut bm);
+        let mut a = new(&rs, &mut bm);
         // Every frame handed out once, each a distinct owner; all of them come back.
         let owned: Vec<OwnedFrame> = core::iter::from_fn(|| a.alloc()).collect();
         assert_eq!(owned.len(), 3);
@@ -419,7 +445,7 @@ mod tests {
     #[test]
     fn below_limit() {
         let (mut bm, rs) = alloc(&[Range::new(0x200000, 0x200000 + 2 * K), Range::new(0x1_0000_0000, 0x1_0000_0000 + 8 * K)]);
-        let mut a = FrameAllocator::new(&rs, &mut bm);
+        let mut a = new(&rs, &mut bm);
         let below = |a: &mut FrameAllocator<'_>| a.alloc_below(0x1_0000_0000).map(OwnedFrame::into_raw);
         assert_eq!(below(&mut a), Some(0x200000));
         assert_eq!(below(&mut a), Some(0x201000));
@@ -430,7 +456,7 @@ mod tests {
     #[test]
     fn contiguous_and_aligned() {
         let (mut bm, rs) = alloc(&[Range::new(0x1000, 0x1000 + 200 * K)]);
-        let mut a = FrameAllocator::new(&rs, &mut bm);
+        let mut a = new(&rs, &mut bm);
         let one = a.alloc().unwrap();
         assert_eq!(one.addr(), 0x1000);
         let blk = a.alloc_contiguous(16, 0x10000).unwrap();
@@ -448,7 +474,7 @@ mod tests {
     #[test]
     fn reserve_takes_free_frames_and_reports_clashes() {
         let (mut bm, rs) = alloc(&[Range::new(0, 10 * K)]);
-        let mut a = FrameAllocator::new(&rs, &mut bm);
+        let mut a = new(&rs, &mut bm);
         assert_eq!(a.reserve(Range::new(2 * K + 5, 4 * K)), Ok(2));
         assert!(!a.is_free(2 * K) && !a.is_free(3 * K) && a.is_free(4 * K));
         let f = a.alloc().unwrap().addr();
@@ -460,7 +486,7 @@ mod tests {
     #[test]
     fn dense_indices_name_each_managed_frame_once() {
         let (mut bm, rs) = alloc(&[Range::new(0x1000, 0x1000 + 70 * K), Range::new(0x100000, 0x100000 + 3 * K)]);
-        let mut a = FrameAllocator::new(&rs, &mut bm);
+        let mut a = new(&rs, &mut bm);
         let f = a.alloc().unwrap().addr();
         let mut seen = vec![false; a.index_limit()];
         let (mut n, mut free) = (0, 0);
@@ -481,7 +507,7 @@ mod tests {
     fn too_small_bitmap_drops_zones_instead_of_overrunning() {
         let rs = [Range::new(0, 64 * K), Range::new(0x100000, 0x100000 + 64 * K)];
         let mut bm = vec![0u64; 1];
-        let a = FrameAllocator::new(&rs, &mut bm);
+        let a = new(&rs, &mut bm);
         assert_eq!(a.total_frames(), 64);
     }
 }
