@@ -107,9 +107,13 @@ mod tests {
 
 /// Maps the I/O APIC whose registers are at physical address `phys` (uncached) and returns
 /// it. Call once per chip: two values driving one chip would interleave their index writes.
+///
+/// # Safety
+/// `phys` is an I/O APIC's register block (from the firmware's MADT), not RAM.
 #[cfg(target_os = "none")]
-pub fn map(frames: &mut impl crate::paging::FrameSource, phys: u64) -> Result<IoApic, crate::paging::MapError> {
-    let va = crate::paging::map_mmio(frames, phys, 0x20)?;
+pub unsafe fn map(frames: &mut impl crate::paging::FrameSource, phys: u64) -> Result<IoApic, crate::paging::MapError> {
+    // SAFETY: the caller's contract is `map_mmio`'s.
+    let va = unsafe { crate::paging::map_mmio(frames, phys, 0x20) }?;
     // SAFETY: `va` maps the chip's registers uncached, for good (the MMIO window is never
     // unmapped); the caller makes one value per chip.
     Ok(unsafe { IoApic::new(va) })

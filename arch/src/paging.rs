@@ -7,6 +7,13 @@
 //! the kernel half that the kernel will ever use has its PDPT from the start, so later address
 //! spaces can share the kernel half by copying PML4 entries. [`map_mmio`] and [`map_stack`] add
 //! mappings at run time.
+//!
+//! Physical memory is typed here (`docs/memory.md`, "Typed physical memory"): frames come from
+//! a [`FrameSource`] as [`OwnedFrame`]s, an address space's root table is a [`PageTableRoot`]
+//! that only [`new_user_space`] (and, for the kernel's, [`build_kernel_space`]) makes, and the
+//! public functions that read, write or load a table take those types. What must still take a
+//! raw address is private to this module ([`mapper`]) or `unsafe` ([`map_mmio`], [`walk`],
+//! [`free_user_space`]).
 use crate::layout::{DIRECT_MAP, HEAP_BASE, HEAP_SIZE, KERNEL_BASE, MMIO_BASE, MMIO_SIZE, STACKS_BASE, STACKS_SIZE, phys_to_virt};
 use core::sync::atomic::{AtomicU64, Ordering};
 use rl4_core::memmap::{Range, RangeSet};
@@ -19,10 +26,64 @@ use x86_64::structures::paging::{
 };
 use x86_64::{PhysAddr, VirtAddr};
 
-/// Hands out zeroed 4 KiB frames for page tables and stacks.
+pub use rl4_core::frames::OwnedFrame;
+
+/// Hands out 4 KiB frames for page tables and stacks.
 pub trait FrameSource {
     /// A frame reachable through the direct map *now* (below 4 GiB until the final tables run).
-    fn alloc_frame(&mut self) -> Option<u64>;
+    fn alloc_frame(&mut self) -> Option<OwnedFrame>;
+}
+
+/// The root table (PML4) of an address space: made only by [`new_user_space`] (a user space)
+/// and [`build_kernel_space`] (the kernel's, reached through [`kernel_root`]), so a value of
+/// this type is always a live PML4 whose kernel half is the kernel's, and [`load_cr3`] can be
+/// safe. Neither `Copy` nor `Clone`: the address space that owns it (the kernel's `Space`)
+/// frees it with [`free_user_space`]. `#[repr(transparent)]`: it costs what a `u64` costs.
+/// Its field is private: no other module can make one from a number.
+#[repr(transparent)]
+#[derive(Debug, PartialEq, Eq)]
+pub struct PageTableRoot(u64);
+
+impl PageTableRoot {
+    /// The PML4's physical address (reading it gives no access to the tables).
+    #[inline(always)]
+    pub fn addr(&self) -> u64 {
+        self.0
+    }
+}
+
+impl core::fmt::LowerHex for PageTableRoot {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::LowerHex::fmt(&self.0, f)
+    }
+}
+
+impl PageTableRoot {
+    /// A borrow of it that [`load_cr3`] takes by value (so the address stays in a register).
+    #[inline(always)]
+    pub fn loadable(&self) -> RootRef<'_> {
+        RootRef(self.0, core::marker::PhantomData)
+    }
+}
+
+/// A `&PageTableRoot` as a plain value: made only by [`PageTableRoot::loadable`], `Copy`, and
+/// valid as long as the borrow it came from (its lifetime).
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RootRef<'a>(u64, core::marker::PhantomData<&'a PageTableRoot>);
+
+impl rl4_core::tlbsync::Root for RootRef<'_> {
+    #[inline(always)]
+    fn addr(&self) -> u64 {
+        self.0
+    }
+}
+
+/// What a user page maps: a frame of RAM its frame object owns, or a device page.
+#[derive(Clone, Copy)]
+pub enum UserFrame<'a> {
+    Ram(&'a OwnedFrame),
+    Device(&'a rl4_core::device::DeviceFrame),
 }
 
 struct Adapter<'a, S: FrameSource>(&'a mut S);
@@ -31,16 +92,18 @@ struct Adapter<'a, S: FrameSource>(&'a mut S);
 // they are zeroed here before the mapper links them into a table.
 unsafe impl<S: FrameSource> FrameAllocator<Size4KiB> for Adapter<'_, S> {
     fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
-        let pa = self.0.alloc_frame()?;
-        zero_frame(pa);
-        Some(PhysFrame::containing_address(PhysAddr::new(pa)))
+        let f = self.0.alloc_frame()?;
+        zero_frame(&f);
+        // The table that links it in owns it from now on: `free_user_space` takes it back
+        // (kernel tables live for good).
+        Some(PhysFrame::containing_address(PhysAddr::new(f.into_raw())))
     }
 }
 
-fn zero_frame(pa: u64) {
-    // SAFETY: `pa` is a frame the caller just allocated (nobody else uses it) and it is mapped
+fn zero_frame(f: &OwnedFrame) {
+    // SAFETY: the caller owns the frame (just allocated: nobody else uses it) and it is mapped
     // writable in the direct map.
-    unsafe { core::ptr::write_bytes(phys_to_virt(pa) as *mut u8, 0, PAGE_SIZE as usize) };
+    unsafe { core::ptr::write_bytes(phys_to_virt(f.addr()) as *mut u8, 0, PAGE_SIZE as usize) };
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -63,6 +126,8 @@ impl<S: PageSize> From<MapToError<S>> for MapError {
 
 /// The kernel's PML4 (physical), once built.
 static KERNEL_PML4: AtomicU64 = AtomicU64::new(0);
+/// The same, typed, for loading it ([`kernel_root`]).
+static KERNEL_ROOT: spin::Once<PageTableRoot> = spin::Once::new();
 static NX: AtomicU64 = AtomicU64::new(0);
 
 fn nx() -> F {
@@ -78,7 +143,7 @@ unsafe fn mapper(pml4: u64) -> OffsetPageTable<'static> {
     unsafe { OffsetPageTable::new(&mut *(phys_to_virt(pml4) as *mut PageTable), VirtAddr::new(DIRECT_MAP)) }
 }
 
-/// Builds the kernel address space and returns its PML4's physical address (not yet loaded).
+/// Builds the kernel address space and returns its PML4 (not yet loaded: [`activate`]).
 ///
 /// `direct` lists the physical ranges to map at [`DIRECT_MAP`]; `image` lists the kernel image's
 /// (virtual start, virtual end, rights) sections.
@@ -88,10 +153,12 @@ pub fn build_kernel_space(
     image: &[(u64, u64, Rights)],
     page1g: bool,
     nx_on: bool,
-) -> Result<u64, MapError> {
+) -> Result<PageTableRoot, MapError> {
     NX.store(nx_on as u64, Ordering::Relaxed);
     let pml4 = src.alloc_frame().ok_or(MapError::OutOfMemory)?;
-    zero_frame(pml4);
+    zero_frame(&pml4);
+    // The kernel's tables live for good.
+    let pml4 = pml4.into_raw();
     // SAFETY: the frame was just allocated and zeroed; nobody else knows it.
     let mut m = unsafe { mapper(pml4) };
     let mut a = Adapter(src);
@@ -152,7 +219,7 @@ pub fn build_kernel_space(
             va += PAGE_SIZE;
         }
     }
-    Ok(pml4)
+    Ok(PageTableRoot(pml4))
 }
 
 /// Access rights of a kernel mapping.
@@ -174,8 +241,11 @@ impl Rights {
 }
 
 /// Turns on the paging features rl4 relies on (NX, global pages, write protection in ring 0)
-/// and loads `pml4`. Called on every CPU.
-pub fn activate(pml4: u64, nx_on: bool) {
+/// and loads `root`, the kernel's tables from now on. Called once, on the boot CPU (the others
+/// start on them: `rl4_smp::boot`).
+pub fn activate(root: PageTableRoot, nx_on: bool) {
+    // The first root given stays the kernel's (a second call loads it again).
+    let pml4 = KERNEL_ROOT.call_once(|| root).0;
     KERNEL_PML4.store(pml4, Ordering::Release);
     BOOT_MAP_ONLY.store(false, Ordering::Relaxed);
     // SAFETY: `pml4` maps the kernel image (this code), its stacks and the direct map, built by
@@ -195,13 +265,24 @@ pub fn kernel_pml4() -> u64 {
     KERNEL_PML4.load(Ordering::Acquire)
 }
 
+/// The kernel's root table, for loading it. Panics before [`activate`] (a kernel bug: nothing
+/// loads page tables before the kernel's own exist).
+pub fn kernel_root() -> &'static PageTableRoot {
+    KERNEL_ROOT.get().expect("the kernel page tables are active")
+}
+
 static PT_LOCK: spin::Mutex<()> = spin::Mutex::new(());
 static MMIO_NEXT: AtomicU64 = AtomicU64::new(MMIO_BASE);
 static STACK_NEXT: AtomicU64 = AtomicU64::new(STACKS_BASE);
 
 /// Maps `len` bytes of device registers at physical `pa`, uncached, and returns the virtual
 /// address of `pa`.
-pub fn map_mmio(src: &mut impl FrameSource, pa: u64, len: u64) -> Result<u64, MapError> {
+///
+/// # Safety
+/// `pa..pa + len` holds a device's registers (from the firmware's tables), not RAM: an
+/// uncached alias of RAM the kernel uses, or of a frame it hands out, would break the
+/// ownership of frames ([`OwnedFrame`]) and the caches' coherence.
+pub unsafe fn map_mmio(src: &mut impl FrameSource, pa: u64, len: u64) -> Result<u64, MapError> {
     let start = align_down(pa, PAGE_SIZE);
     let size = align_up(pa + len, PAGE_SIZE) - start;
     let _g = PT_LOCK.lock();
@@ -237,10 +318,12 @@ pub fn map_stack(src: &mut impl FrameSource, pages: u64) -> Result<u64, MapError
     let flags = F::PRESENT | F::WRITABLE | F::GLOBAL | nx();
     // The first page stays unmapped: the guard.
     for i in 1..=pages {
-        let pa = src.alloc_frame().ok_or(MapError::OutOfMemory)?;
-        zero_frame(pa);
+        let f = src.alloc_frame().ok_or(MapError::OutOfMemory)?;
+        zero_frame(&f);
         let page = Page::<Size4KiB>::containing_address(VirtAddr::new(base + i * PAGE_SIZE));
         let mut a = Adapter(&mut *src);
+        // Kernel stacks live for good: the mapping owns the frame.
+        let pa = f.into_raw();
         // SAFETY: fresh virtual addresses in the stack window, backed by a fresh frame.
         unsafe { m.map_to(page, PhysFrame::containing_address(PhysAddr::new(pa)), flags, &mut a) }?.flush();
     }
@@ -257,10 +340,12 @@ pub fn map_heap(src: &mut impl FrameSource, va: u64, pages: u64) -> Result<(), M
     let mut m = unsafe { mapper(kernel_pml4()) };
     let flags = F::PRESENT | F::WRITABLE | F::GLOBAL | nx();
     for i in 0..pages {
-        let pa = src.alloc_frame().ok_or(MapError::OutOfMemory)?;
-        zero_frame(pa);
+        let f = src.alloc_frame().ok_or(MapError::OutOfMemory)?;
+        zero_frame(&f);
         let page = Page::<Size4KiB>::containing_address(VirtAddr::new(va + i * PAGE_SIZE));
         let mut a = Adapter(&mut *src);
+        // The heap never shrinks: the mapping owns the frame.
+        let pa = f.into_raw();
         // SAFETY: fresh virtual addresses of the heap window, backed by a fresh frame.
         unsafe { m.map_to(page, PhysFrame::containing_address(PhysAddr::new(pa)), flags, &mut a) }?.flush();
     }
@@ -347,10 +432,11 @@ pub fn enable_protection(smep: bool, smap: bool, pcid: bool) {
 }
 
 /// A new user address space: a zeroed PML4 whose kernel half (entries 256..511) is the kernel's.
-/// Returns the PML4's physical address.
-pub fn new_user_space(src: &mut impl FrameSource) -> Result<u64, MapError> {
+/// The space owns the PML4 until [`free_user_space`].
+pub fn new_user_space(src: &mut impl FrameSource) -> Result<PageTableRoot, MapError> {
     let pml4 = src.alloc_frame().ok_or(MapError::OutOfMemory)?;
-    zero_frame(pml4);
+    zero_frame(&pml4);
+    let pml4 = pml4.into_raw();
     let k = kernel_pml4();
     // SAFETY: both are live page-table frames in the direct map; the new one is ours alone, and
     // the kernel's upper entries never change after boot (every slot was created then).
@@ -361,16 +447,24 @@ pub fn new_user_space(src: &mut impl FrameSource) -> Result<u64, MapError> {
             dst[i] = kt[i].clone();
         }
     }
-    Ok(pml4)
+    Ok(PageTableRoot(pml4))
 }
 
-/// Maps the 4 KiB frame `pa` at user address `va` of the space `pml4`, readable, and writable /
-/// executable as asked; a device page (`device`) uncached and never executable
-/// ([`crate::pte::user_pte_flags`]). The caller holds the space's lock.
-pub fn map_user(src: &mut impl FrameSource, pml4: u64, va: u64, pa: u64, write: bool, exec: bool, device: bool) -> Result<(), MapError> {
+/// Maps `frame` at user address `va` of the space `root`, readable, and writable / executable
+/// as asked; a device page uncached and never executable ([`crate::pte::user_pte_flags`]).
+/// The caller holds the space's lock, and keeps the frame's owner alive (the space's record of
+/// its mappings holds it) until [`unmap_user`] and the TLB shoot-down after it.
+pub fn map_user(src: &mut impl FrameSource, root: &PageTableRoot, va: u64, frame: UserFrame<'_>, write: bool, exec: bool) -> Result<(), MapError> {
+    let (pa, device) = match frame {
+        UserFrame::Ram(f) => (f.addr(), false),
+        UserFrame::Device(d) => (d.addr(), true),
+    };
     debug_assert!(va < crate::layout::USER_END && va % PAGE_SIZE == 0 && pa % PAGE_SIZE == 0);
-    // SAFETY: `pml4` is a live user space whose lock the caller holds.
-    let mut m = unsafe { mapper(pml4) };
+    if va >= crate::layout::USER_END {
+        return Err(MapError::Overlap(va));
+    }
+    // SAFETY: `root` is a live user space (the type says so) whose lock the caller holds.
+    let mut m = unsafe { mapper(root.0) };
     let flags = crate::pte::user_pte_flags(write, exec, device, NX.load(Ordering::Relaxed) != 0);
     let parent = F::PRESENT | F::WRITABLE | F::USER_ACCESSIBLE;
     let page = Page::<Size4KiB>::containing_address(VirtAddr::new(va));
@@ -390,9 +484,12 @@ pub fn map_user(src: &mut impl FrameSource, pml4: u64, va: u64, pa: u64, write: 
 
 /// Removes the mapping at user address `va`; returns the frame it mapped. The caller flushes
 /// the TLBs that may hold it.
-pub fn unmap_user(pml4: u64, va: u64) -> Option<u64> {
+pub fn unmap_user(root: &PageTableRoot, va: u64) -> Option<u64> {
+    if va >= crate::layout::USER_END {
+        return None;
+    }
     // SAFETY: as in `map_user`.
-    let mut m = unsafe { mapper(pml4) };
+    let mut m = unsafe { mapper(root.0) };
     let page = Page::<Size4KiB>::containing_address(VirtAddr::new(va));
     m.unmap(page).ok().map(|(f, flush)| {
         flush.ignore();
@@ -401,11 +498,23 @@ pub fn unmap_user(pml4: u64, va: u64) -> Option<u64> {
 }
 
 /// Frees the page-table frames of a user space's lower half and its PML4 (not the frames it
-/// maps: those belong to their frame objects). The space must not be loaded on any CPU.
-pub fn free_user_space(pml4: u64, mut free: impl FnMut(u64)) {
+/// maps: those belong to their frame objects), handing each to `free`.
+///
+/// # Safety
+/// No CPU has `root` loaded or can load it again (the kernel's shoot-down with `destroy` has
+/// run), and nothing uses `root` after this call (the caller is its owner's destructor): its
+/// tables go back to the allocator.
+pub unsafe fn free_user_space(root: &PageTableRoot, mut free: impl FnMut(OwnedFrame)) {
+    let pml4 = root.0;
     let table = |pa: u64| {
         // SAFETY: `pa` is a page-table frame of this space, which nobody else uses any more.
         unsafe { &*(phys_to_virt(pa) as *const PageTable) }
+    };
+    let mut free = |pa: u64| {
+        // SAFETY: `pa` is a table frame of this space: `Adapter` (or `new_user_space`) gave
+        // up its `OwnedFrame` when linking it in, and the tables are freed once (the
+        // caller's contract), so this is its only owner.
+        free(unsafe { OwnedFrame::from_raw(pa) })
     };
     for l4 in table(pml4).iter().take(256) {
         if !l4.flags().contains(F::PRESENT) {
@@ -445,7 +554,7 @@ pub enum Visit {
 /// # Safety
 /// No CPU may change these tables during the walk (the caller has stopped the others and
 /// changes none itself).
-pub unsafe fn walk(pml4: u64, slots: core::ops::Range<usize>, mut f: impl FnMut(Visit)) {
+pub unsafe fn walk(root: &PageTableRoot, slots: core::ops::Range<usize>, mut f: impl FnMut(Visit)) {
     let table = |pa: u64| {
         // SAFETY: `pa` is a live page-table frame of this tree, in the direct map, and nobody
         // writes it during the walk (the caller's contract).
@@ -461,7 +570,7 @@ pub unsafe fn walk(pml4: u64, slots: core::ops::Range<usize>, mut f: impl FnMut(
         user: e.flags().contains(F::USER_ACCESSIBLE),
         uncached: e.flags().contains(F::NO_CACHE | F::WRITE_THROUGH),
     };
-    let l4t = table(pml4);
+    let l4t = table(root.0);
     for i4 in slots.start.min(512)..slots.end.min(512) {
         let e4 = &l4t[i4];
         if !e4.flags().contains(F::PRESENT) {
@@ -501,21 +610,22 @@ pub unsafe fn walk(pml4: u64, slots: core::ops::Range<usize>, mut f: impl FnMut(
     }
 }
 
-/// Whether the kernel half of the user space `pml4` is the kernel's (slots 256..512 equal).
-pub fn shares_kernel_half(pml4: u64) -> bool {
+/// Whether the kernel half of the user space `root` is the kernel's (slots 256..512 equal).
+pub fn shares_kernel_half(root: &PageTableRoot) -> bool {
+    let pml4 = root.0;
     // SAFETY: both are live PML4 frames in the direct map; only their entries are read.
     let (u, k) = unsafe { (&*(phys_to_virt(pml4) as *const PageTable), &*(phys_to_virt(kernel_pml4()) as *const PageTable)) };
     (256..512).all(|i| u[i].addr() == k[i].addr() && u[i].flags() == k[i].flags())
 }
 
-/// Loads an address space: `pml4` with PCID `pcid` (0 without PCIDs); `keep_tlb` sets CR3's
+/// Loads an address space: `root` with PCID `pcid` (0 without PCIDs); `keep_tlb` sets CR3's
 /// no-flush bit (only meaningful with PCIDs).
-#[inline]
-pub fn load_cr3(pml4: u64, pcid: u16, keep_tlb: bool) {
-    let v = pml4 | pcid as u64 | if keep_tlb { 1 << 63 } else { 0 };
-    // SAFETY: `pml4` is a user space built by `new_user_space`, which maps the whole kernel
-    // half exactly as the kernel tables do, so the running kernel code, stack and data stay
-    // mapped.
+#[inline(always)]
+pub fn load_cr3(root: RootRef<'_>, pcid: u16, keep_tlb: bool) {
+    let v = root.0 | pcid as u64 | if keep_tlb { 1 << 63 } else { 0 };
+    // SAFETY: `root` is the kernel's tables or a user space built by `new_user_space`, which
+    // maps the whole kernel half exactly as the kernel tables do (the type guarantees one of
+    // the two), so the running kernel code, stack and data stay mapped.
     unsafe { core::arch::asm!("mov cr3, {}", in(reg) v, options(nostack, preserves_flags)) };
 }
 

@@ -95,7 +95,9 @@ const GIVE_UP_TICKS: u64 = 1 << 32;
 fn calibrate(r: RefClock, frames: &mut impl FrameSource) -> Option<(u64, TscSource)> {
     let (hz, src) = match r {
         RefClock::Pit => (median(|| pit_window(WINDOW_MS))?, TscSource::Pit),
-        RefClock::Hpet { phys } => (Hpet::map(frames, phys).ok()?.calibrate()?, TscSource::Hpet),
+        // SAFETY: a `RefClock::Hpet` names the block the ACPI HPET table gives (the kernel's
+        // `reference_clocks` makes it from that table only, at boot).
+        RefClock::Hpet { phys } => (unsafe { Hpet::map(frames, phys) }.ok()?.calibrate()?, TscSource::Hpet),
         RefClock::PmTimer { port, bits32 } => (median(|| pm_timer_window(port, bits32))?, TscSource::PmTimer),
     };
     // A TSC below 10 MHz or above 100 GHz means the reference did not count what it should.
@@ -175,8 +177,11 @@ impl Hpet {
     const CONFIG: u64 = 0x010;
     const COUNTER: u64 = 0x0f0;
 
-    fn map(frames: &mut impl FrameSource, phys: u64) -> Result<Hpet, MapError> {
-        Ok(Hpet { regs: paging::map_mmio(frames, phys, 1024)? })
+    /// # Safety
+    /// `phys` is the HPET's register block (from the ACPI HPET table), not RAM.
+    unsafe fn map(frames: &mut impl FrameSource, phys: u64) -> Result<Hpet, MapError> {
+        // SAFETY: the caller's contract is `map_mmio`'s.
+        Ok(Hpet { regs: unsafe { paging::map_mmio(frames, phys, 1024) }? })
     }
 
     fn read(&self, reg: u64) -> u64 {

@@ -382,7 +382,7 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
         refs.compare(&mut r, s, format_args!("address space {:#x}", s.pml4));
     }
     for f in &frames {
-        refs.compare(&mut r, f, format_args!("frame {:#x}", f.pa));
+        refs.compare(&mut r, f, format_args!("frame {:#x}", f.pa()));
     }
     for m in &memories {
         refs.compare(&mut r, m, format_args!("memory budget of {} bytes", m.total));
@@ -504,34 +504,34 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     // 4. Address spaces: page tables against mappings. The frames of user page tables and
     // frame objects are gathered here for step 5 (which must not allocate).
     let mut users_pa: Vec<u64> = Vec::with_capacity(frames.len() + spaces.len() * 8);
-    users_pa.extend(frames.iter().filter(|f| f.device.is_none()).map(|f| f.pa));
+    users_pa.extend(frames.iter().filter(|f| f.device_page().is_none()).map(|f| f.pa()));
     // Device frames: each is the device page its number names, claimed, and the only live
     // frame object of that page (step 5 checks that the allocator does not manage it).
     let device_pages = crate::device::device_page_list();
     let mut device_seen = 0u64;
     let mut device_pa: Vec<u64> = Vec::new();
     for f in frames.iter() {
-        let Some(i) = f.device else { continue };
-        device_pa.push(f.pa);
+        let Some(i) = f.device_page() else { continue };
+        device_pa.push(f.pa());
         let i = i as usize;
-        if device_pages.get(i) != Some(&f.pa) {
-            fail!(r, "device frame {:#x}: not device page {i} of the pages the firmware's tables give", f.pa);
+        if device_pages.get(i) != Some(&f.pa()) {
+            fail!(r, "device frame {:#x}: not device page {i} of the pages the firmware's tables give", f.pa());
         } else if device_seen & (1 << i) != 0 {
-            fail!(r, "device page {:#x} has more than one frame object", f.pa);
+            fail!(r, "device page {:#x} has more than one frame object", f.pa());
         } else if !crate::device::page_taken(i) {
-            fail!(r, "device frame {:#x} lives but its page is not marked taken", f.pa);
+            fail!(r, "device frame {:#x} lives but its page is not marked taken", f.pa());
         }
         device_seen |= 1 << (i % 64);
     }
     for (sp, maps) in spaces.iter().zip(&space_maps) {
-        users_pa.push(sp.pml4);
-        if !paging::shares_kernel_half(sp.pml4) {
+        users_pa.push(sp.pml4.addr());
+        if !paging::shares_kernel_half(&sp.pml4) {
             fail!(r, "address space {:#x}: its kernel half differs from the kernel's", sp.pml4);
         }
         let (mut tables, mut leaves, mut wrong, mut first_wrong) = (0u64, 0u64, 0u64, 0u64);
         // SAFETY: every other CPU is stopped and this one changes no page table during the walk.
         unsafe {
-            paging::walk(sp.pml4, 0..256, |v| match v {
+            paging::walk(&sp.pml4, 0..256, |v| match v {
                 Visit::Table { pa, .. } => {
                     tables += 1;
                     users_pa.push(pa);
@@ -542,7 +542,7 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
                     let ok = size == PAGE_SIZE
                         && user
                         && maps.get(&va).is_some_and(|(f, w, x)| {
-                            f.pa == pa && *w == write && *x == exec && uncached == f.device.is_some() && !(exec && f.device.is_some())
+                            f.pa() == pa && *w == write && *x == exec && uncached == f.device_page().is_some() && !(exec && f.device_page().is_some())
                         });
                     if !ok {
                         wrong += 1;
@@ -590,8 +590,8 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
             None if user => unmanaged += 1,
             None => {}
         };
-        let k = paging::kernel_pml4();
-        own(k, false);
+        let k = paging::kernel_root();
+        own(k.addr(), false);
         // SAFETY: as above; the kernel half changes only under the page-table lock, which no
         // stopped CPU holds, and this CPU maps nothing during the walk.
         unsafe {

@@ -12,7 +12,7 @@
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use rl4_abi::{Error, IO_RANGES, IRQ_CPU_CALLER, ObjType, Rights, Sys};
-use rl4_core::device::{DevMemError, KERNEL_PORTS, MAX_DEVICE_PAGES, OpenSet, PhysRange, Ports};
+use rl4_core::device::{DevMemError, DeviceFrame, KERNEL_PORTS, MAX_DEVICE_PAGES, OpenSet, PhysRange, Ports};
 use rl4_core::memmap::MemKind;
 use rl4_smp::MAX_CPUS;
 use spin::Once;
@@ -160,12 +160,17 @@ pub fn page_taken(i: usize) -> bool {
     PAGE_TAKEN[i % MAX_DEVICE_PAGES].load(Ordering::Acquire)
 }
 
-/// Device page number `i` has no frame object any more (`Frame`'s drop).
-pub fn release_page(i: u8) {
+/// Device page number `i`, `page`, has no frame object any more (`Frame`'s drop, or a
+/// `DeviceMemGet` that failed after its claim). Consuming `page` ends the only owner.
+pub fn release_page(page: DeviceFrame, i: u8) {
+    let _ = page;
     PAGE_TAKEN[i as usize % MAX_DEVICE_PAGES].store(false, Ordering::Release);
 }
 
-/// `DeviceMemGet`: a frame object for the device page at `pa`, charged to `mem`.
+/// `DeviceMemGet`: a frame object for the device page at `pa`, charged to `mem`. The one place
+/// that makes a [`DeviceFrame`] from an address: a task's number becomes one only if it is a
+/// page of [`device_page_list`] (no RAM, no kernel device) whose claim this call just won.
+#[allow(unsafe_code)]
 fn device_frame(mem: &Arc<crate::obj::Memory>, pa: u64) -> Result<Arc<crate::obj::Frame>, Error> {
     let i = rl4_core::device::device_page(pa, device_page_list()).map_err(|e| match e {
         DevMemError::Misaligned => Error::Misaligned,
@@ -174,8 +179,18 @@ fn device_frame(mem: &Arc<crate::obj::Memory>, pa: u64) -> Result<Arc<crate::obj
     if PAGE_TAKEN[i].compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_err() {
         return Err(Error::Busy);
     }
-    crate::obj::Frame::device(mem, pa, i as u8).inspect_err(|_| release_page(i as u8))
+    // SAFETY: `device_page_list()[i]` is `pa` (checked just above), a page the firmware's
+    // tables describe as a device's that is neither RAM, nor managed by the frame allocator,
+    // nor a chip the kernel drives (`device_pages`); the claim just won means no other
+    // `DeviceFrame` for it lives (one is made only here, after winning the claim, and the
+    // claim ends only with `release_page`, which consumes it).
+    let page = unsafe { DeviceFrame::new(device_page_list()[i]) };
+    crate::obj::Frame::device(mem, page, i as u8).map_err(|(e, page)| {
+        release_page(page, i as u8);
+        e
+    })
 }
+
 
 fn kernel_port(p: Ports) -> bool {
     KERNEL_PORTS.iter().chain(FIRMWARE_PORTS.get().and_then(|x| x.as_ref())).any(|k| k.overlaps(p))

@@ -230,8 +230,9 @@ fn deliver(to: &Thread, to_regs: &mut UserRegs, m: Outgoing<'_>) -> Option<Cap> 
     let mut len = tag.len();
     if len > REG_WORDS {
         let dst = buffer_of(to);
-        match (&m.buffer, &dst) {
-            (Some(src), Some(dst)) => mem::copy_frame_words(src.pa, dst.pa, REG_WORDS as usize, (len - REG_WORDS) as usize),
+        // Buffers are RAM (`SetIpcBuffer` refuses a device page).
+        match (m.buffer.as_ref().and_then(|f| f.ram()), dst.as_ref().and_then(|f| f.ram())) {
+            (Some(src), Some(dst)) => mem::copy_frame_words(src, dst, REG_WORDS as usize, (len - REG_WORDS) as usize),
             _ => len = REG_WORDS,
         }
         // These references can be the last ones (the buffer replaced meanwhile by another

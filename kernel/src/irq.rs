@@ -74,7 +74,11 @@ pub fn init(p: &Platform, frames: &mut impl rl4_arch::paging::FrameSource) {
     let mut chips = Vec::new();
     let mut spans = Vec::new();
     for a in &p.ioapics {
-        let mut chip = match rl4_arch::ioapic::map(frames, a.address as u64) {
+        // SAFETY: the MADT names this block an I/O APIC's registers; firmware tables are
+        // trusted at boot, and no task runs yet.
+        #[allow(unsafe_code)]
+        let mapped = unsafe { rl4_arch::ioapic::map(frames, a.address as u64) };
+        let mut chip = match mapped {
             Ok(c) => c,
             Err(e) => {
                 rl4_arch::println!("ioapic: id {} at {:#x} not mapped ({e:?}); its lines are unusable", a.id, a.address);

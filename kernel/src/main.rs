@@ -179,8 +179,11 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
     let xapic_base = if f.x2apic {
         0
     } else {
-        rl4_arch::paging::map_mmio(&mut mem::Frames, platform.lapic_address, 4096)
-            .unwrap_or_else(|e| panic!("mapping the local APIC: {e:?}"))
+        // SAFETY: the MADT gives the local APIC's register page (firmware tables are trusted
+        // at boot); `device.rs` keeps it out of the pages tasks may map.
+        #[allow(unsafe_code)]
+        let mapped = unsafe { rl4_arch::paging::map_mmio(&mut mem::Frames, platform.lapic_address, 4096) };
+        mapped.unwrap_or_else(|e| panic!("mapping the local APIC: {e:?}"))
     };
     let timer_rate = lapic::configure(lapic::Config {
         x2apic: f.x2apic,

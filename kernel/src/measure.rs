@@ -7,18 +7,21 @@ use rl4_smp::{cpus, lapic};
 /// `iters` times: load the kernel's own page tables, then the caller's again (two CR3 writes,
 /// each flushing the non-global TLB without PCIDs). Returns (mean, min, max) cycles per pair.
 pub fn cr3_floor(iters: u64) -> [u64; 3] {
-    let user = paging::current_pml4();
-    let kernel = paging::kernel_pml4();
+    let kernel = paging::kernel_root().loadable();
     let (mut min, mut max, mut sum) = (u64::MAX, 0, 0);
-    for _ in 0..iters.max(1) {
-        let t = cpu::rdtsc();
-        paging::load_cr3(kernel, 0, false);
-        paging::load_cr3(user, 0, false);
-        let d = cpu::rdtsc() - t;
-        min = min.min(d);
-        max = max.max(d);
-        sum += d;
-    }
+    // The caller's space: the one this CPU has loaded (a system call runs in its caller's).
+    crate::sched::with_current(|t| {
+        let user = t.space.pml4.loadable();
+        for _ in 0..iters.max(1) {
+            let t = cpu::rdtsc();
+            paging::load_cr3(kernel, 0, false);
+            paging::load_cr3(user, 0, false);
+            let d = cpu::rdtsc() - t;
+            min = min.min(d);
+            max = max.max(d);
+            sum += d;
+        }
+    });
     [sum / iters.max(1), min, max]
 }
 

@@ -5,8 +5,10 @@
 //! AP trampoline page below 1 MiB, builds the final kernel page tables and switches to them, and
 //! starts the kernel heap, which grows page by page from the allocator.
 //!
-//! This is the kernel crate's one module with `unsafe`: handing the allocator its bitmap and the
-//! heap its memory, both carved out of physical memory that nothing else can reach.
+//! This is the kernel crate's one module with `unsafe` for memory: handing the allocator its
+//! bitmap and the heap its memory, both carved out of physical memory that nothing else can
+//! reach, and reading and writing frames the caller owns ([`OwnedFrame`], which only the
+//! allocator hands out: see `docs/memory.md`, "Typed physical memory").
 #![allow(unsafe_code)]
 
 use core::alloc::{GlobalAlloc, Layout};
@@ -16,7 +18,7 @@ use rl4_arch::layout::{BOOT_MAPPED_LIMIT, phys_to_virt};
 use rl4_arch::paging::{self, DirectMapMem, FrameSource, Rights};
 use rl4_arch::{cpu, println};
 use rl4_core::PAGE_SIZE;
-use rl4_core::frames::FrameAllocator;
+use rl4_core::frames::{FrameAllocator, OwnedFrame};
 use rl4_core::memmap::{MemKind, Range, RangeSet};
 use talc::{ErrOnOom, Span, Talc};
 use crate::count::{self, Global, GlobalSpin};
@@ -109,7 +111,7 @@ static FRAMES: GlobalSpin<Option<FrameAllocator<'static>>> = GlobalSpin::new(Glo
 pub struct Frames;
 
 impl FrameSource for Frames {
-    fn alloc_frame(&mut self) -> Option<u64> {
+    fn alloc_frame(&mut self) -> Option<OwnedFrame> {
         let mut f = FRAMES.lock();
         let a = f.as_mut()?;
         if paging::boot_map_only() { a.alloc_below(BOOT_MAPPED_LIMIT) } else { a.alloc() }
@@ -178,7 +180,12 @@ pub fn init(bi: &BootInfo) -> MemInfo {
     // it out and nothing else uses it), lies below 4 GiB and so is mapped by the boot page
     // tables and later by the direct map; it lives as long as the kernel.
     let bitmap = unsafe { core::slice::from_raw_parts_mut(phys_to_virt(at) as *mut u64, words) };
-    *FRAMES.lock() = Some(FrameAllocator::new(free.as_slice(), bitmap));
+    // SAFETY: `free` is usable RAM (the memory map's) less everything in use (the kernel
+    // image, boot information, ACPI tables, the first megabyte, the bitmap itself); the direct
+    // map will cover all of it, and until it does `Frames` asks only for frames below 4 GiB,
+    // which the boot tables map. This is the only frame allocator.
+    let allocator = unsafe { FrameAllocator::new(free.as_slice(), bitmap) };
+    *FRAMES.lock() = Some(allocator);
 
     // Final kernel page tables: the direct map covers every range the memory map names.
     let f = cpu::Features::read();
@@ -220,15 +227,18 @@ pub fn init(bi: &BootInfo) -> MemInfo {
     }
 }
 
-/// One frame from the allocator (any address; the direct map covers all of RAM).
-pub fn alloc_frame() -> Option<u64> {
+/// One frame from the allocator (any address; the direct map covers all of RAM), the
+/// caller's until it gives it back with [`free_frame`].
+pub fn alloc_frame() -> Option<OwnedFrame> {
     Frames.alloc_frame()
 }
 
-/// Returns a frame to the allocator. A frame that is not the allocator's is a kernel bug.
-pub fn free_frame(pa: u64) {
+/// Returns a frame to the allocator. Only `unsafe` code can make a frame that is not the
+/// allocator's or is free (`OwnedFrame::from_raw`): that would be a kernel bug.
+pub fn free_frame(f: OwnedFrame) {
+    let pa = f.addr();
     if let Some(a) = FRAMES.lock().as_mut() {
-        if let Err(e) = a.free(pa) {
+        if let Err(e) = a.free(f) {
             panic!("freeing frame {pa:#x}: {e:?}");
         }
     }
@@ -246,28 +256,40 @@ pub fn free_frames() -> u64 {
     FRAMES.lock().as_ref().map_or(0, |a| a.free_frames())
 }
 
-/// Fills the frame at `pa` with zeros.
-pub fn zero_frame(pa: u64) {
-    // SAFETY: `pa` is a frame the caller owns (just allocated), mapped writable in the direct map.
-    unsafe { core::ptr::write_bytes(phys_to_virt(pa) as *mut u8, 0, PAGE_SIZE as usize) };
+// A frame's bytes are never lent out as a Rust reference: the functions below copy into and
+// out of them through raw pointers only, because a frame of a frame object may be mapped into
+// user space at the same time (its tasks write it whenever they like). Holding an
+// `OwnedFrame`, or a reference to one, is what makes the frame RAM of the direct map that the
+// allocator will not hand to anyone else meanwhile.
+
+/// Fills `frame` with zeros.
+pub fn zero_frame(frame: &mut OwnedFrame) {
+    // SAFETY: the caller owns the frame (`&mut`: nobody else reaches it), a whole 4 KiB page of
+    // RAM mapped writable in the direct map.
+    unsafe { core::ptr::write_bytes(phys_to_virt(frame.addr()) as *mut u8, 0, PAGE_SIZE as usize) };
 }
 
-/// Copies `bytes` into the frame at `pa`, at `offset`.
-pub fn write_frame(pa: u64, offset: usize, bytes: &[u8]) {
-    assert!(offset + bytes.len() <= PAGE_SIZE as usize);
-    // SAFETY: `pa` is a frame the caller owns, mapped writable in the direct map; the range
-    // stays inside it (asserted).
-    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), (phys_to_virt(pa) as *mut u8).add(offset), bytes.len()) };
+/// Copies `bytes` into `frame`, at `offset`.
+pub fn write_frame(frame: &OwnedFrame, offset: usize, bytes: &[u8]) {
+    assert!(offset.checked_add(bytes.len()).is_some_and(|end| end <= PAGE_SIZE as usize));
+    // SAFETY: the frame is RAM in the direct map that its owner keeps allocated while this
+    // reference lives; the range stays inside it (asserted); no Rust reference to its bytes
+    // exists (see above), so a raw write cannot invalidate one.
+    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), (phys_to_virt(frame.addr()) as *mut u8).add(offset), bytes.len()) };
 }
 
-/// Copies `count` 8-byte words starting at word `first` from the frame at `src` to the frame at
-/// `dst` (IPC buffers).
-pub fn copy_frame_words(src: u64, dst: u64, first: usize, count: usize) {
-    assert!(first + count <= (PAGE_SIZE / 8) as usize);
-    // SAFETY: both are whole frames held by IPC-buffer references, mapped in the direct map;
-    // the range stays inside them (asserted). A frame shared by sender and receiver makes the
-    // copy overlap, which `copy` allows.
+/// Copies `count` 8-byte words starting at word `first` from `src` to `dst` (IPC buffers).
+#[inline]
+pub fn copy_frame_words(src: &OwnedFrame, dst: &OwnedFrame, first: usize, count: usize) {
+    assert!(first.checked_add(count).is_some_and(|end| end <= (PAGE_SIZE / 8) as usize));
+    // SAFETY: both are whole frames of RAM in the direct map, kept allocated by their owners
+    // while these references live; the range stays inside them (asserted). A frame shared by
+    // sender and receiver makes the copy overlap, which `copy` allows.
     unsafe {
-        core::ptr::copy((phys_to_virt(src) as *const u64).add(first), (phys_to_virt(dst) as *mut u64).add(first), count)
+        core::ptr::copy(
+            (phys_to_virt(src.addr()) as *const u64).add(first),
+            (phys_to_virt(dst.addr()) as *mut u64).add(first),
+            count,
+        )
     };
 }

@@ -24,6 +24,9 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use rl4_abi::{Error, ObjType};
 use rl4_arch::entry::{RegsCell, UserRegs};
+use rl4_arch::paging::{PageTableRoot, UserFrame};
+use rl4_core::device::DeviceFrame;
+use rl4_core::frames::OwnedFrame;
 use rl4_core::captable::{self, CapTable};
 use rl4_core::deriv::{DerivTree, NodeId};
 use rl4_core::life::{Ident, Kinds};
@@ -481,12 +484,20 @@ impl Drop for Charge {
     }
 }
 
-/// One physical frame: a frame of RAM from the allocator, or a device page (`DeviceMemGet`).
+/// What a frame object holds: a frame of RAM it owns, or a device page (`DeviceMemGet`) with
+/// its number among the device pages (`device.rs`). A device page is never the allocator's, is
+/// mapped uncached and never executable, and is never an IPC buffer.
+pub enum FrameMem {
+    Ram(OwnedFrame),
+    Device(DeviceFrame, u8),
+}
+
+/// One physical frame: a frame of RAM from the allocator, or a device page. Only the
+/// allocator (`mem::alloc_frame`) and the device code (`device.rs`) make what it holds: a
+/// number from a task never becomes one (`Map` takes a frame capability, never an address).
 pub struct Frame {
-    pub pa: u64,
-    /// A device page: its number among the device pages (`device.rs`). Such a frame is never
-    /// the allocator's, is mapped uncached and never executable, and is never an IPC buffer.
-    pub device: Option<u8>,
+    /// `None` only inside its destructor, which hands the frame back.
+    mem: Option<FrameMem>,
     _charge: Charge,
 }
 
@@ -494,33 +505,87 @@ impl Frame {
     /// A zeroed frame charged to `mem`.
     pub fn new(mem: &Arc<Memory>) -> Result<Arc<Frame>, Error> {
         let charge = Charge::with_frames(mem, FRAME_COST, 1)?;
-        let pa = mem::alloc_frame().ok_or(Error::OutOfMemory)?;
-        mem::zero_frame(pa);
-        let f = Arc::new(Frame { pa, device: None, _charge: charge });
+        let mut f = mem::alloc_frame().ok_or(Error::OutOfMemory)?;
+        mem::zero_frame(&mut f);
+        let f = Arc::new(Frame { mem: Some(FrameMem::Ram(f)), _charge: charge });
         FRAMES.add(&f);
         Ok(f)
     }
-    /// The frame object of device page number `index` at `pa`, which the caller has claimed
-    /// (`device::claim_page`); charged only for its record. If this fails, the caller gives
-    /// the page back.
-    pub fn device(mem: &Arc<Memory>, pa: u64, index: u8) -> Result<Arc<Frame>, Error> {
-        let charge = Charge::new(mem, rl4_abi::cost::DEVICE_FRAME)?;
-        let f = Arc::new(Frame { pa, device: Some(index), _charge: charge });
+    /// A frame charged to `mem` holding `bytes` (at most a page) and zeros after them.
+    pub fn with_bytes(mem: &Arc<Memory>, bytes: &[u8]) -> Result<Arc<Frame>, Error> {
+        let charge = Charge::with_frames(mem, FRAME_COST, 1)?;
+        let mut f = mem::alloc_frame().ok_or(Error::OutOfMemory)?;
+        mem::zero_frame(&mut f);
+        mem::write_frame(&f, 0, bytes);
+        let f = Arc::new(Frame { mem: Some(FrameMem::Ram(f)), _charge: charge });
+        FRAMES.add(&f);
+        Ok(f)
+    }
+    /// The frame object of device page number `index`, which the caller has claimed
+    /// (`device::device_frame`); charged only for its record. If this fails, the page is
+    /// returned for the caller to give back.
+    pub fn device(mem: &Arc<Memory>, page: DeviceFrame, index: u8) -> Result<Arc<Frame>, (Error, DeviceFrame)> {
+        let charge = match Charge::new(mem, rl4_abi::cost::DEVICE_FRAME) {
+            Ok(c) => c,
+            Err(e) => return Err((e, page)),
+        };
+        let f = Arc::new(Frame { mem: Some(FrameMem::Device(page, index)), _charge: charge });
         FRAMES.add(&f);
         Ok(f)
     }
     pub fn charge(&self) -> &Charge {
         &self._charge
     }
+    #[inline(always)]
+    fn held(&self) -> &FrameMem {
+        match &self.mem {
+            Some(m) => m,
+            None => unreachable!("a frame object without its frame outside its destructor"),
+        }
+    }
+    /// Its physical address.
+    #[inline]
+    pub fn pa(&self) -> u64 {
+        match self.held() {
+            FrameMem::Ram(f) => f.addr(),
+            FrameMem::Device(d, _) => d.addr(),
+        }
+    }
+    /// A device page's number, `None` for RAM.
+    #[inline]
+    pub fn device_page(&self) -> Option<u8> {
+        match self.held() {
+            FrameMem::Ram(_) => None,
+            FrameMem::Device(_, i) => Some(*i),
+        }
+    }
+    /// The RAM frame it owns (`None` for a device page), for reading and writing its bytes
+    /// (`mem::write_frame`, `mem::copy_frame_words`).
+    #[inline]
+    pub fn ram(&self) -> Option<&OwnedFrame> {
+        match self.held() {
+            FrameMem::Ram(f) => Some(f),
+            FrameMem::Device(..) => None,
+        }
+    }
+    /// What `paging::map_user` maps.
+    #[inline]
+    pub fn user_frame(&self) -> UserFrame<'_> {
+        match self.held() {
+            FrameMem::Ram(f) => UserFrame::Ram(f),
+            FrameMem::Device(d, _) => UserFrame::Device(d),
+        }
+    }
 }
 
 impl Drop for Frame {
     fn drop(&mut self) {
         crate::reclaim::dropping("Frame");
-        match self.device {
+        match self.mem.take() {
             // The page is the device's: it only becomes available to `DeviceMemGet` again.
-            Some(i) => crate::device::release_page(i),
-            None => mem::free_frame(self.pa),
+            Some(FrameMem::Device(d, i)) => crate::device::release_page(d, i),
+            Some(FrameMem::Ram(f)) => mem::free_frame(f),
+            None => {}
         }
         FRAMES.gone();
     }
@@ -528,7 +593,8 @@ impl Drop for Frame {
 
 /// A user address space.
 pub struct Space {
-    pub pml4: u64,
+    /// Its root table, made by `paging::new_user_space` and freed by its destructor.
+    pub pml4: PageTableRoot,
     pub pcid: u16,
     /// TLB generation (see `rl4_core::pcid`); bumped when a mapping is removed.
     pub generation: AtomicU64,
@@ -567,14 +633,20 @@ impl Space {
 }
 
 impl Drop for Space {
+    #[allow(unsafe_code)]
     fn drop(&mut self) {
         crate::reclaim::dropping("Space");
-        crate::tlb::forget_space(self.pml4);
+        crate::tlb::forget_space(&self.pml4);
         // The frames are released after the mappings' lock.
         let maps = core::mem::take(&mut *self.maps.lock());
         let mappings = maps.len() as u64;
         drop(maps);
-        rl4_arch::paging::free_user_space(self.pml4, mem::free_frame);
+        // SAFETY: `forget_space` above made every CPU that had this space loaded load the
+        // kernel's tables, and none can load it again (no thread of it runs: its last
+        // reference is going); `self.pml4` is not used after this (the space is being
+        // destroyed). One of the kernel crate's few `unsafe` blocks outside `mem.rs`: that a
+        // root is loaded nowhere is a protocol between CPUs (`tlb.rs`), not a type.
+        unsafe { rl4_arch::paging::free_user_space(&self.pml4, mem::free_frame) };
         crate::tlb::pcid_free(self.pcid);
         let tables = self.table_pages.load(Ordering::Relaxed);
         self.memory.uncharge(tables * 4096 + mappings * MAP_COST);

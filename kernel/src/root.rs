@@ -26,12 +26,9 @@ const KERNEL_RESERVE_FRAMES: u64 = 1024;
 
 fn load_bytes(space: &Space, mem: &Arc<Memory>, va: u64, bytes: &[u8], pages: u64, write: bool, exec: bool) -> Result<(), &'static str> {
     for i in 0..pages {
-        let f = Frame::new(mem).map_err(|_| "out of memory")?;
         let off = (i * PAGE_SIZE) as usize;
-        if off < bytes.len() {
-            let end = (off + PAGE_SIZE as usize).min(bytes.len());
-            mem::write_frame(f.pa, 0, &bytes[off..end]);
-        }
+        let part = bytes.get(off..(off + PAGE_SIZE as usize).min(bytes.len())).unwrap_or(&[]);
+        let f = Frame::with_bytes(mem, part).map_err(|_| "out of memory")?;
         map_frame(space, va + i * PAGE_SIZE, f, write, exec).map_err(|_| "mapping failed")?;
     }
     Ok(())
@@ -91,9 +88,8 @@ pub fn start(cmdline: &str, tsc_hz: u64) -> Result<(), &'static str> {
     }
     modules(&space, &memory, &mut bi, &mut at)?;
     // BootInfo page.
-    let f = Frame::new(&memory).map_err(|_| "out of memory")?;
     let bytes = bootinfo_bytes(&bi);
-    mem::write_frame(f.pa, 0, &bytes[..]);
+    let f = Frame::with_bytes(&memory, &bytes[..]).map_err(|_| "out of memory")?;
     map_frame(&space, rl4_abi::BOOT_INFO_ADDR, f, false, false).map_err(|_| "mapping failed")?;
 
     let thread = Thread::new(&memory, task.clone(), elf.entry, rl4_abi::ROOT_STACK_TOP, ROOT_PRIORITY, 0)
@@ -149,16 +145,15 @@ fn modules(space: &Space, memory: &Arc<Memory>, bi: &mut BootInfo, at: &mut u64)
         let mut frames = alloc::vec::Vec::with_capacity(pages as usize);
         let mut refused = None;
         for p in 0..pages {
-            let Ok(f) = Frame::new(memory) else {
-                refused = Some("no memory left to copy it into");
-                break;
-            };
             let n = (len - p * PAGE_SIZE).min(PAGE_SIZE) as usize;
             if rl4_arch::paging::DirectMapMem.read(m.range.start + p * PAGE_SIZE, &mut page[..n]).is_none() {
                 refused = Some("its memory is not readable");
                 break;
             }
-            mem::write_frame(f.pa, 0, &page[..n]);
+            let Ok(f) = Frame::with_bytes(memory, &page[..n]) else {
+                refused = Some("no memory left to copy it into");
+                break;
+            };
             frames.push(f);
         }
         if let Some(why) = refused {
@@ -185,7 +180,8 @@ fn inject(what: u8, memory: &Arc<Memory>, task: &Arc<Task>) {
         core::mem::forget(task.clone());
     }
     if what & FRAME != 0 {
-        println!("inject: a frame owned by nothing at {:#x}", mem::alloc_frame().unwrap_or(0));
+        // Leaked: allocated, and no owner will ever free it.
+        println!("inject: a frame owned by nothing at {:#x}", mem::alloc_frame().map_or(0, |f| f.into_raw()));
     }
     if what & DERIV != 0 {
         println!("inject: a derivation node owned by no slot, in the tree of the root task's memory capability");
@@ -212,9 +208,15 @@ fn inject(what: u8, memory: &Arc<Memory>, task: &Arc<Task>) {
     }
     if what & DEVICE != 0 {
         // A free page of RAM passed off as device page 0 (held in root slot CAP_SLOTS - 2).
-        if let Some(pa) = mem::alloc_frame() {
-            mem::free_frame(pa);
-            if let Ok(f) = Frame::device(memory, pa, 0) {
+        if let Some(f) = mem::alloc_frame() {
+            let pa = f.addr();
+            mem::free_frame(f);
+            // SAFETY: none: this breaks `DeviceFrame::new`'s contract on purpose (the page is
+            // free RAM), so that the test sees the consistency check report it. Only a boot
+            // with `inject=device` on its command line gets here, never a normal one.
+            #[allow(unsafe_code)]
+            let forged = unsafe { rl4_core::device::DeviceFrame::new(pa) };
+            if let Ok(f) = Frame::device(memory, forged, 0) {
                 println!("inject: a device frame over RAM at {pa:#x} (held in root slot {})", rl4_abi::CAP_SLOTS - 2);
                 let _ = task.insert_cap(rl4_abi::CAP_SLOTS - 2, Cap::new(KObj::Frame(f), Rights::NONE, 0));
             }

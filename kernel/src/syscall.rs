@@ -260,7 +260,7 @@ struct ChargedTables<'a> {
 }
 
 impl rl4_arch::paging::FrameSource for ChargedTables<'_> {
-    fn alloc_frame(&mut self) -> Option<u64> {
+    fn alloc_frame(&mut self) -> Option<rl4_core::frames::OwnedFrame> {
         self.space.memory.charge(PAGE_SIZE).ok()?;
         match mem::alloc_frame() {
             Some(f) => {
@@ -283,7 +283,7 @@ pub fn map_frame(space: &Space, va: u64, frame: Arc<Frame>, write: bool, exec: b
         return Err(Error::AlreadyMapped);
     }
     space.memory.charge(crate::obj::MAP_COST)?;
-    let r = rl4_arch::paging::map_user(&mut ChargedTables { space }, space.pml4, va, frame.pa, write, exec, frame.device.is_some());
+    let r = rl4_arch::paging::map_user(&mut ChargedTables { space }, &space.pml4, va, frame.user_frame(), write, exec);
     if let Err(e) = r {
         space.memory.uncharge(crate::obj::MAP_COST);
         return Err(match e {
@@ -427,7 +427,7 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             let old = space.maps.lock().remove(&a1).ok_or(Error::NotMapped)?;
             space.memory.uncharge(crate::obj::MAP_COST);
             crate::obj::mapped(false);
-            rl4_arch::paging::unmap_user(space.pml4, a1);
+            rl4_arch::paging::unmap_user(&space.pml4, a1);
             crate::tlb::flush_space(&space);
             drop(old);
             Ok([0; 3])
@@ -588,7 +588,7 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             check_page(a1)?;
             let f = match th.space.maps.lock().get(&a1) {
                 // The kernel writes message words into the buffer: never into a device.
-                Some((f, _, _)) if f.device.is_some() => return Err(Error::InvalidArgument),
+                Some((f, _, _)) if f.device_page().is_some() => return Err(Error::InvalidArgument),
                 Some((f, true, _)) => f.clone(),
                 Some(_) => return Err(Error::MissingRight),
                 None => return Err(Error::NotMapped),

@@ -8,7 +8,8 @@
 //! other. The shoot-down lock is taken holding no other lock (`lock.rs`).
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use rl4_arch::{cpu, paging};
+use rl4_arch::paging::{self, PageTableRoot, RootRef};
+use rl4_arch::cpu;
 use rl4_core::pcid::{PcidAllocator, PcidCache};
 use rl4_core::tlbsync::{self, CpuTlbShared, Mmu};
 use rl4_smp::{MAX_CPUS, cpus, lapic};
@@ -45,9 +46,9 @@ impl CpuTlb {
 /// in `paging::load_cr3` is not `nomem`) and the full user flush.
 struct Cr3;
 
-impl Mmu for Cr3 {
+impl Mmu<RootRef<'_>> for Cr3 {
     #[inline(always)]
-    fn write_root(&mut self, root: u64, pcid: u16, keep: bool) {
+    fn write_root(&mut self, root: RootRef<'_>, pcid: u16, keep: bool) {
         paging::load_cr3(root, pcid, keep);
     }
     fn flush_user(&mut self) {
@@ -89,8 +90,8 @@ pub(crate) fn load_space(cs: &CpuSched, sp: &Space) {
     // The I/O permission bitmap follows the space (`device.rs`): one compare when it agrees.
     crate::device::sync(&cs.tlb.io_generation, sp);
     match &cs.tlb.pcids {
-        None => cs.tlb.shared.switch(&mut Cr3, None, sp.pml4, 0, &sp.generation),
-        Some(cache) => cs.tlb.shared.switch(&mut Cr3, Some(&mut cache.lock()), sp.pml4, sp.pcid, &sp.generation),
+        None => cs.tlb.shared.switch(&mut Cr3, None, sp.pml4.loadable(), 0, &sp.generation),
+        Some(cache) => cs.tlb.shared.switch(&mut Cr3, Some(&mut cache.lock()), sp.pml4.loadable(), sp.pcid, &sp.generation),
     }
 }
 
@@ -102,7 +103,7 @@ pub(crate) fn service_tlb_here() {
 
 /// Runs a TLB request addressed to this CPU, if any.
 pub(crate) fn service_tlb(cs: &CpuSched) {
-    cs.tlb.shared.service(&mut Cr3, paging::kernel_pml4());
+    cs.tlb.shared.service(&mut Cr3, paging::kernel_root().loadable());
 }
 
 /// The TLB shootdown IPI.
@@ -152,11 +153,11 @@ pub fn flush_space(sp: &Space) {
         let g = PCIDS.lock().as_mut().map_or(0, |a| a.generation());
         sp.generation.store(g, Ordering::Release);
     }
-    shootdown(sp.pml4, false);
+    shootdown(sp.pml4.addr(), false);
 }
 
-/// Before the page tables at `pml4` are freed: no CPU may still have them in CR3.
-pub fn forget_space(pml4: u64) {
-    shootdown(pml4, true);
+/// Before the page tables of `root` are freed: no CPU may still have them in CR3.
+pub fn forget_space(root: &PageTableRoot) {
+    shootdown(root.addr(), true);
 }
 

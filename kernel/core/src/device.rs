@@ -202,6 +202,41 @@ pub fn device_page(pa: u64, pages: &[u64]) -> Result<usize, DevMemError> {
     pages.iter().position(|&p| p == pa).ok_or(DevMemError::NotDevice)
 }
 
+/// One 4 KiB page of device registers that a frame object owns (`DeviceMemGet`): made only by
+/// `unsafe` [`DeviceFrame::new`], which the kernel calls in one place (its `device` module,
+/// for a page of [`device_pages`] whose claim it holds), so a number a task passes never
+/// becomes one without that check. The kernel maps it into user space uncached and never
+/// reads or writes it itself. Neither `Copy` nor `Clone`; `#[repr(transparent)]`.
+///
+/// ```compile_fail,E0603
+/// let d = rl4_core::device::DeviceFrame(0xfed0_0000); // only `unsafe` `DeviceFrame::new`
+/// ```
+#[repr(transparent)]
+#[derive(Debug, PartialEq, Eq)]
+pub struct DeviceFrame(u64);
+
+impl DeviceFrame {
+    /// Makes the device page at `pa` owned.
+    ///
+    /// # Safety
+    /// `pa` is a 4 KiB aligned page of device registers that is no RAM (no frame the frame
+    /// allocator manages, no kernel memory) and that the kernel does not drive, and no other
+    /// `DeviceFrame` for it lives: mapping it, uncached, into user space then gives access to
+    /// nothing but that device.
+    #[allow(unsafe_code)]
+    #[inline(always)]
+    pub unsafe fn new(pa: u64) -> DeviceFrame {
+        debug_assert!(pa % crate::PAGE_SIZE == 0);
+        DeviceFrame(pa)
+    }
+
+    /// Its physical address.
+    #[inline(always)]
+    pub fn addr(&self) -> u64 {
+        self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,12 @@
 //! Invariants: a bit is 1 exactly when its frame is free; `free` counts the 1 bits; each zone's
 //! `hint` is a word index at or below which no free bit was skipped since the last `free`.
 //! The kernel wraps the allocator in a lock; nothing here is concurrent.
+//!
+//! Ownership is in the types: [`FrameAllocator::alloc`] hands out an [`OwnedFrame`], which
+//! safe code cannot make from a number, copy or clone, and [`FrameAllocator::free`] consumes
+//! it, so a frame freed twice, or freed while a holder still uses it, needs `unsafe` code
+//! ([`OwnedFrame::from_raw`]) to write. The kernel's functions that read or write a frame's
+//! bytes take an `OwnedFrame` (see `docs/memory.md`, "Typed physical memory").
 
 use crate::PAGE_SIZE;
 use crate::memmap::Range;
@@ -50,6 +56,91 @@ pub enum FrameError {
     InUse,
 }
 
+/// One 4 KiB frame of RAM that its holder owns: made only by a [`FrameAllocator`] (whose
+/// constructor is `unsafe`: it vouches for the RAM it manages), or, in
+/// `unsafe` code, by [`OwnedFrame::from_raw`] from an address an earlier `OwnedFrame` gave up),
+/// given back by [`FrameAllocator::free`], which consumes it. It is neither `Copy` nor `Clone`,
+/// and its address field is private, so safe code cannot make one from a number:
+///
+/// ```compile_fail,E0603
+/// let f = rl4_core::frames::OwnedFrame(0x1000); // the field is private
+/// ```
+///
+/// ```compile_fail,E0382
+/// # fn f(a: &mut rl4_core::frames::FrameAllocator<'_>) {
+/// let f = a.alloc().unwrap();
+/// let _ = a.free(f);
+/// let _ = a.free(f); // double free: `f` was moved into the first `free`
+/// # }
+/// ```
+///
+/// ```compile_fail,E0599
+/// # fn f(a: &mut rl4_core::frames::FrameAllocator<'_>) {
+/// let f = a.alloc().unwrap();
+/// let g = f.clone(); // no second owner
+/// # }
+/// ```
+///
+/// Nor can safe code build an allocator of its own over memory it chose, to get frames from:
+///
+/// ```compile_fail,E0133
+/// use rl4_core::{frames::FrameAllocator, memmap::Range};
+/// let mut bitmap = [0u64; 1];
+/// let mut a = FrameAllocator::new(&[Range::new(0x0, 0x1000)], &mut bitmap); // `unsafe fn`
+/// ```
+///
+/// What the allocator hands out it takes back, once:
+///
+/// ```
+/// use rl4_core::{frames::FrameAllocator, memmap::Range};
+/// let mut bitmap = [0u64; 1];
+/// // SAFETY: a host test: these frames are never read or written.
+/// let mut a = unsafe { FrameAllocator::new(&[Range::new(0x1000, 0x3000)], &mut bitmap) };
+/// let f = a.alloc().unwrap();
+/// assert_eq!((f.addr(), a.free_frames()), (0x1000, 1));
+/// assert_eq!(a.free(f), Ok(()));
+/// assert_eq!(a.free_frames(), 2);
+/// ```
+///
+/// A holder may read and write the frame's bytes through the kernel's direct map (the
+/// kernel's `mem` module does, for a reference to it); the frame lies in RAM the allocator
+/// manages, is 4 KiB aligned, and no other `OwnedFrame` names it. Dropping one without freeing
+/// it leaks the frame (the kernel's frame objects free theirs in their destructors).
+/// `#[repr(transparent)]`: it costs exactly what a `u64` costs.
+#[repr(transparent)]
+#[derive(Debug, PartialEq, Eq)]
+pub struct OwnedFrame(u64);
+
+impl OwnedFrame {
+    /// Its physical address (reading it gives no access to the frame).
+    #[inline(always)]
+    pub fn addr(&self) -> u64 {
+        self.0
+    }
+
+    /// Gives up ownership without freeing the frame and returns its address: the frame is
+    /// leaked unless an `unsafe` [`from_raw`](Self::from_raw) takes it back (a page table
+    /// that links it in, for instance).
+    #[inline(always)]
+    pub fn into_raw(self) -> u64 {
+        self.0
+    }
+
+    /// Takes back ownership of the frame at `pa`.
+    ///
+    /// # Safety
+    /// `pa` is the address [`into_raw`](Self::into_raw) returned for an `OwnedFrame` (or one
+    /// an allocator's bookkeeping shows allocated to the caller), and no other `OwnedFrame` for
+    /// it exists or is made later from the same address: two owners could free it twice, or
+    /// write it after the allocator gave it to someone else.
+    #[allow(unsafe_code)]
+    #[inline(always)]
+    pub unsafe fn from_raw(pa: u64) -> OwnedFrame {
+        debug_assert!(pa % PAGE_SIZE == 0);
+        OwnedFrame(pa)
+    }
+}
+
 pub struct FrameAllocator<'a> {
     zones: [Zone; MAX_ZONES],
     nzones: usize,
@@ -67,7 +158,14 @@ impl<'a> FrameAllocator<'a> {
     /// Builds an allocator in which every page of `ranges` is free. Ranges past [`MAX_ZONES`]
     /// are left out (and so never handed out); `bitmap` must hold at least
     /// [`bitmap_words`](Self::bitmap_words) words, or the zones that do not fit are left out too.
-    pub fn new(ranges: &[Range], bitmap: &'a mut [u64]) -> Self {
+    ///
+    /// # Safety
+    /// Every page of `ranges` is RAM, mapped in the kernel's direct map, that nothing else uses
+    /// or will use while the allocator lives, and no other allocator manages it: each frame
+    /// this allocator hands out becomes an [`OwnedFrame`], whose holder may write it. (On the
+    /// host, where no `OwnedFrame` is ever dereferenced, any ranges do.)
+    #[allow(unsafe_code)]
+    pub unsafe fn new(ranges: &[Range], bitmap: &'a mut [u64]) -> Self {
         let mut a = FrameAllocator { zones: [Zone::default(); MAX_ZONES], nzones: 0, bitmap, free: 0, total: 0 };
         let mut word = 0;
         for r in ranges.iter().take(MAX_ZONES) {
@@ -120,13 +218,13 @@ impl<'a> FrameAllocator<'a> {
         Ok((zi, z.word + (off / 64) as usize, 1u64 << (off % 64)))
     }
 
-    /// Allocates one frame and returns its physical address.
-    pub fn alloc(&mut self) -> Option<u64> {
+    /// Allocates one frame; the caller owns it until it gives it back with [`free`](Self::free).
+    pub fn alloc(&mut self) -> Option<OwnedFrame> {
         self.alloc_below(u64::MAX)
     }
 
     /// Allocates one frame that lies wholly below `limit` (e.g. 4 GiB for a 32-bit CR3).
-    pub fn alloc_below(&mut self, limit: u64) -> Option<u64> {
+    pub fn alloc_below(&mut self, limit: u64) -> Option<OwnedFrame> {
         for zi in 0..self.nzones {
             let z = self.zones[zi];
             if z.base * PAGE_SIZE >= limit {
@@ -145,14 +243,17 @@ impl<'a> FrameAllocator<'a> {
                 self.bitmap[w] &= !(1u64 << bit);
                 self.zones[zi].hint = w;
                 self.free -= 1;
-                return Some(frame * PAGE_SIZE);
+                // The bit was 1 (free) and is now 0: this is the frame's only owner.
+                return Some(OwnedFrame(frame * PAGE_SIZE));
             }
         }
         None
     }
 
     /// Allocates `count` physically contiguous frames whose first frame is aligned to `align`
-    /// bytes (a power of two, at least 4 KiB) and returns the first address.
+    /// bytes (a power of two, at least 4 KiB) and returns the first address. The frames are
+    /// the caller's; as a number this gives no access to them: a caller that reads or frees
+    /// them makes each an [`OwnedFrame`] with `unsafe` [`OwnedFrame::from_raw`].
     pub fn alloc_contiguous(&mut self, count: u64, align: u64) -> Option<u64> {
         if count == 0 || !align.is_power_of_two() {
             return None;
@@ -195,9 +296,11 @@ impl<'a> FrameAllocator<'a> {
         }
     }
 
-    /// Returns the frame at `addr` to the allocator.
-    pub fn free(&mut self, addr: u64) -> Result<(), FrameError> {
-        let (zi, w, mask) = self.locate(addr)?;
+    /// Returns a frame to the allocator. Its type makes a double free impossible without
+    /// `unsafe` code; the checks below still catch a frame that an `unsafe`
+    /// [`OwnedFrame::from_raw`] made wrongly (a frame of another allocator, a free one).
+    pub fn free(&mut self, frame: OwnedFrame) -> Result<(), FrameError> {
+        let (zi, w, mask) = self.locate(frame.0)?;
         if self.bitmap[w] & mask != 0 {
             return Err(FrameError::AlreadyFree);
         }
@@ -267,6 +370,15 @@ mod tests {
 
     const K: u64 = PAGE_SIZE;
 
+    /// An allocator over made-up ranges: on the host no frame it hands out is dereferenced.
+    fn new<'a>(ranges: &[Range], bitmap: &'a mut [u64]) -> FrameAllocator<'a> {
+        #[allow(unsafe_code)]
+        // SAFETY: host tests only compare addresses; nothing reads or writes the frames.
+        unsafe {
+            FrameAllocator::new(ranges, bitmap)
+        }
+    }
+
     fn alloc(ranges: &[Range]) -> (Vec<u64>, Vec<Range>) {
         (vec![0; FrameAllocator::bitmap_words(ranges)], ranges.to_vec())
     }
@@ -274,9 +386,9 @@ mod tests {
     #[test]
     fn hands_out_every_frame_once_and_only_managed_ones() {
         let (mut bm, rs) = alloc(&[Range::new(0x1000, 0x1000 + 70 * K), Range::new(0x100000, 0x100000 + 3 * K)]);
-        let mut a = FrameAllocator::new(&rs, &mut bm);
+        let mut a = new(&rs, &mut bm);
         assert_eq!(a.total_frames(), 73);
-        let mut got: Vec<u64> = core::iter::from_fn(|| a.alloc()).collect();
+        let mut got: Vec<u64> = core::iter::from_fn(|| a.alloc()).map(OwnedFrame::into_raw).collect();
         assert_eq!(got.len(), 73);
         assert_eq!(a.free_frames(), 0);
         got.sort();
@@ -288,34 +400,65 @@ mod tests {
     #[test]
     fn free_checks_and_reuse() {
         let (mut bm, rs) = alloc(&[Range::new(0x10000, 0x10000 + 4 * K)]);
-        let mut a = FrameAllocator::new(&rs, &mut bm);
+        let mut a = new(&rs, &mut bm);
         let f = a.alloc().unwrap();
-        assert_eq!(f, 0x10000);
-        assert!(!a.is_free(f));
-        assert_eq!(a.free(f + 1), Err(FrameError::Misaligned));
-        assert_eq!(a.free(0x0), Err(FrameError::NotManaged));
-        assert_eq!(a.free(0x10000 + 4 * K), Err(FrameError::NotManaged));
+        let pa = f.addr();
+        assert_eq!(pa, 0x10000);
+        assert!(!a.is_free(pa));
+        // Frames only `unsafe` code can make: what the checks in `free` are for.
+        let forged = |pa: u64| OwnedFrame(pa);
+        assert_eq!(a.free(forged(pa + 1)), Err(FrameError::Misaligned));
+        assert_eq!(a.free(forged(0x0)), Err(FrameError::NotManaged));
+        assert_eq!(a.free(forged(0x10000 + 4 * K)), Err(FrameError::NotManaged));
         assert_eq!(a.free(f), Ok(()));
-        assert_eq!(a.free(f), Err(FrameError::AlreadyFree));
-        assert_eq!(a.alloc(), Some(f), "a freed frame is found again (hint moves back)");
+        assert_eq!(a.free(forged(pa)), Err(FrameError::AlreadyFree));
+        assert_eq!(a.alloc().map(OwnedFrame::into_raw), Some(pa), "a freed frame is found again (hint moves back)");
+    }
+
+    #[test]
+    fn ownership_round_trip() {
+        let (mut bm, rs) = alloc(&[Range::new(0x10000, 0x10000 + 3 * K)]);
+        let mut a = new(&rs, &mut bm);
+        // Every frame handed out once, each a distinct owner; all of them come back.
+        let owned: Vec<OwnedFrame> = core::iter::from_fn(|| a.alloc()).collect();
+        assert_eq!(owned.len(), 3);
+        assert!(a.alloc().is_none());
+        let addrs: Vec<u64> = owned.iter().map(OwnedFrame::addr).collect();
+        assert_eq!(addrs, [0x10000, 0x11000, 0x12000]);
+        for f in owned {
+            assert_eq!(a.free(f), Ok(()));
+        }
+        assert_eq!(a.free_frames(), 3);
+        // `into_raw` leaks: the frame stays allocated; `from_raw` takes it back.
+        let f = a.alloc().unwrap();
+        let pa = f.into_raw();
+        assert!(!a.is_free(pa));
+        assert_eq!(a.free_frames(), 2);
+        #[allow(unsafe_code)]
+        // SAFETY: `pa` came from `into_raw` just above and no other owner was made.
+        let back = unsafe { OwnedFrame::from_raw(pa) };
+        assert_eq!(a.free(back), Ok(()));
+        assert_eq!(a.free_frames(), 3);
+        assert_eq!(core::mem::size_of::<OwnedFrame>(), core::mem::size_of::<u64>());
     }
 
     #[test]
     fn below_limit() {
         let (mut bm, rs) = alloc(&[Range::new(0x200000, 0x200000 + 2 * K), Range::new(0x1_0000_0000, 0x1_0000_0000 + 8 * K)]);
-        let mut a = FrameAllocator::new(&rs, &mut bm);
-        assert_eq!(a.alloc_below(0x1_0000_0000), Some(0x200000));
-        assert_eq!(a.alloc_below(0x1_0000_0000), Some(0x201000));
-        assert_eq!(a.alloc_below(0x1_0000_0000), None);
-        assert_eq!(a.alloc(), Some(0x1_0000_0000));
+        let mut a = new(&rs, &mut bm);
+        let below = |a: &mut FrameAllocator<'_>| a.alloc_below(0x1_0000_0000).map(OwnedFrame::into_raw);
+        assert_eq!(below(&mut a), Some(0x200000));
+        assert_eq!(below(&mut a), Some(0x201000));
+        assert_eq!(below(&mut a), None);
+        assert_eq!(a.alloc().map(OwnedFrame::into_raw), Some(0x1_0000_0000));
     }
 
     #[test]
     fn contiguous_and_aligned() {
         let (mut bm, rs) = alloc(&[Range::new(0x1000, 0x1000 + 200 * K)]);
-        let mut a = FrameAllocator::new(&rs, &mut bm);
+        let mut a = new(&rs, &mut bm);
         let one = a.alloc().unwrap();
-        assert_eq!(one, 0x1000);
+        assert_eq!(one.addr(), 0x1000);
         let blk = a.alloc_contiguous(16, 0x10000).unwrap();
         assert_eq!(blk % 0x10000, 0);
         assert_eq!(blk, 0x10000);
@@ -331,10 +474,10 @@ mod tests {
     #[test]
     fn reserve_takes_free_frames_and_reports_clashes() {
         let (mut bm, rs) = alloc(&[Range::new(0, 10 * K)]);
-        let mut a = FrameAllocator::new(&rs, &mut bm);
+        let mut a = new(&rs, &mut bm);
         assert_eq!(a.reserve(Range::new(2 * K + 5, 4 * K)), Ok(2));
         assert!(!a.is_free(2 * K) && !a.is_free(3 * K) && a.is_free(4 * K));
-        let f = a.alloc().unwrap();
+        let f = a.alloc().unwrap().addr();
         assert_eq!(a.reserve(Range::new(f, f + 2 * K)), Err(FrameError::InUse));
         assert_eq!(a.free_frames(), 10 - 2 - 1 - 1);
         assert_eq!(a.reserve(Range::new(100 * K, 200 * K)), Ok(0));
@@ -343,8 +486,8 @@ mod tests {
     #[test]
     fn dense_indices_name_each_managed_frame_once() {
         let (mut bm, rs) = alloc(&[Range::new(0x1000, 0x1000 + 70 * K), Range::new(0x100000, 0x100000 + 3 * K)]);
-        let mut a = FrameAllocator::new(&rs, &mut bm);
-        let f = a.alloc().unwrap();
+        let mut a = new(&rs, &mut bm);
+        let f = a.alloc().unwrap().addr();
         let mut seen = vec![false; a.index_limit()];
         let (mut n, mut free) = (0, 0);
         a.for_each_frame(|pa, i, is_free| {
@@ -364,7 +507,7 @@ mod tests {
     fn too_small_bitmap_drops_zones_instead_of_overrunning() {
         let rs = [Range::new(0, 64 * K), Range::new(0x100000, 0x100000 + 64 * K)];
         let mut bm = vec![0u64; 1];
-        let a = FrameAllocator::new(&rs, &mut bm);
+        let a = new(&rs, &mut bm);
         assert_eq!(a.total_frames(), 64);
     }
 }

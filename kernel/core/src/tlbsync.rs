@@ -49,12 +49,27 @@ use core::sync::atomic::{AtomicU64, Ordering, fence};
 use crate::pcid::PcidCache;
 
 /// What the protocol needs of the memory-management unit of the CPU running it.
-pub trait Mmu {
+/// A root page table as [`Mmu::write_root`] loads it: the kernel's is a type only the paging
+/// code can make (`rl4_arch::paging::RootRef`, a borrow of a `PageTableRoot`), so that loading
+/// one needs no `unsafe`; this protocol only compares and publishes the address. Passed by
+/// value (`Copy`), so that the address stays in a register across the stores that publish it.
+pub trait Root: Copy {
+    fn addr(&self) -> u64;
+}
+
+impl Root for u64 {
+    #[inline(always)]
+    fn addr(&self) -> u64 {
+        *self
+    }
+}
+
+pub trait Mmu<R: Root> {
     /// Loads `root` with PCID `pcid` (0 without PCIDs); `keep` keeps the PCID's TLB entries
     /// (CR3's no-flush bit), else they are dropped. It must order every earlier store before
     /// every later load, as a `SeqCst` fence does: a CR3 write is serialising, and the
     /// kernel's `asm!` for it is a compiler barrier too; a model implements it with `fence`.
-    fn write_root(&mut self, root: u64, pcid: u16, keep: bool);
+    fn write_root(&mut self, root: R, pcid: u16, keep: bool);
     /// Drops every user TLB entry of this CPU, all PCIDs.
     fn flush_user(&mut self);
 }
@@ -99,14 +114,15 @@ impl CpuTlbShared {
     /// without PCIDs), whose current generation is in `generation`. Only the CPU that owns
     /// `self` calls this, with interrupts off.
     #[inline(always)]
-    pub fn switch<M: Mmu>(&self, mmu: &mut M, pcids: Option<&mut PcidCache>, root: u64, pcid: u16, generation: &AtomicU64) {
+    pub fn switch<R: Root, M: Mmu<R>>(&self, mmu: &mut M, pcids: Option<&mut PcidCache>, table: R, pcid: u16, generation: &AtomicU64) {
+        let root = table.addr();
         let was = self.loaded.load(Ordering::Relaxed);
         let Some(cache) = pcids else {
             // Without PCIDs a CR3 write flushes every user entry: never write it when it holds
             // the right space already (the dearest step of a switch under TCG).
             if was != root {
                 self.publish(root, was);
-                mmu.write_root(root, 0, false);
+                mmu.write_root(table, 0, false);
                 self.left();
             }
             return;
@@ -117,7 +133,7 @@ impl CpuTlbShared {
             return;
         }
         self.publish(root, was);
-        mmu.write_root(root, pcid, !flush);
+        mmu.write_root(table, pcid, !flush);
         if was != root {
             self.left();
         }
@@ -130,7 +146,7 @@ impl CpuTlbShared {
             }
             g = now;
             cache.switch_needs_flush(pcid, g);
-            mmu.write_root(root, pcid, false);
+            mmu.write_root(table, pcid, false);
         }
     }
 
@@ -154,7 +170,7 @@ impl CpuTlbShared {
     /// Answers a request addressed to this CPU, if any (from the shoot-down interrupt, and
     /// from any loop that spins with interrupts off). `kernel_root` is loaded when the space
     /// being destroyed is this CPU's.
-    pub fn service<M: Mmu>(&self, mmu: &mut M, kernel_root: u64) {
+    pub fn service<R: Root, M: Mmu<R>>(&self, mmu: &mut M, kernel_root: R) {
         let req = self.request.swap(0, Ordering::AcqRel);
         if req == 0 {
             return;
@@ -162,7 +178,7 @@ impl CpuTlbShared {
         let root = req & !1;
         if self.loaded.load(Ordering::Relaxed) == root {
             if req & 1 != 0 {
-                self.loaded.store(kernel_root, Ordering::Relaxed);
+                self.loaded.store(kernel_root.addr(), Ordering::Relaxed);
                 mmu.write_root(kernel_root, 0, false);
             } else {
                 mmu.flush_user();

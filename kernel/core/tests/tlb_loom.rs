@@ -62,7 +62,7 @@ impl Model<'_> {
     }
 }
 
-impl Mmu for Model<'_> {
+impl Mmu<u64> for Model<'_> {
     fn write_root(&mut self, root: u64, pcid: u16, keep: bool) {
         fence(Ordering::SeqCst); // a CR3 write is serialising
         self.w.cr3.store(root, Ordering::SeqCst);
@@ -160,7 +160,7 @@ fn publish_for_old(a: &CpuTlbShared) {
 
 /// An MMU that does nothing (for switches whose effect on the TLB a model does not follow).
 struct Nothing;
-impl Mmu for Nothing {
+impl Mmu<u64> for Nothing {
     fn write_root(&mut self, _: u64, _: u16, _: bool) {}
     fn flush_user(&mut self) {}
 }
