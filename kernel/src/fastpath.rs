@@ -196,6 +196,7 @@ fn call_cross(
     }
     cs.bump(sched::Count::IpcFast);
     cs.bump(sched::Count::IpcCross);
+    cs.await_reply();
     // No lock is held: the inbox holds its own reference.
     drop(r);
     // The caller left this CPU; the decision may idle and never come back here.
