@@ -82,6 +82,10 @@ fn call(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag:
     // this endpoint, belongs to this CPU and no CPU holds it.
     let woken = if sched::nothing_more_urgent(cs, rl.prio) { rl.wake_here(WaitOn::Recv(ep.id()), me).ok() } else { None };
     let Some(wait) = woken else {
+        if rl.cpu != me {
+            drop(rl);
+            return call_cross(cs, cur, ep, q, r, badge, tag);
+        }
         drop(rl);
         // Back where it was (the list took it out a moment ago: it cannot be refused).
         if let Err(r) = q.receivers.push_front(r) {
@@ -134,6 +138,72 @@ fn call(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag:
     Ok(())
 }
 
+/// Blocks the running thread `cur` (locked in its own lock) in its wait for the reply `ticket`
+/// and takes it off this CPU; a thread killed or suspended meanwhile does not wait (its call
+/// returns `Interrupted` when it runs again).
+#[inline(always)]
+fn block_caller(cs: &sched::CpuSched, cur: &Arc<Thread>, ticket: u64) {
+    let mut l = cur.life.lock();
+    if let Err((_, w)) = l.block(Wait::Reply { ticket }, u64::MAX) {
+        thread::set_result(cur, Err(rl4_abi::Error::Interrupted));
+        crate::obj::dispose(w);
+    }
+    sched::leave_fast(cs, cur, &mut l);
+}
+
+/// `Call` to a receiver of another CPU (the cross-CPU fast path): the receiver `r` (just taken
+/// off `ep`'s queue `q`) gets the message in its registers and the reply right,
+/// and is pushed into its CPU's inbox (an IPI only if that CPU halts); the caller waits for the
+/// reply, and this CPU runs whatever comes next. The same transitions as the general path's
+/// (`ipc::send`, `place_claimed`), without its look-ups done again.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn call_cross(
+    cs: &sched::CpuSched,
+    cur: Arc<Thread>,
+    ep: &crate::ipc::Endpoint,
+    mut q: crate::lock::Guard<'_, crate::ipc::EpQueues, { crate::lock::Level::QUEUE }>,
+    r: Arc<Thread>,
+    badge: u64,
+    tag: Tag,
+) -> Result<(), Arc<Thread>> {
+    let mut rl = r.life.lock();
+    // The guard: it waits on this endpoint (a refusal changes nothing). `Ready` and held by
+    // nobody, it is in this call's hands until it is placed below.
+    let Ok(wait) = rl.wake(WaitOn::Recv(ep.id())) else {
+        drop(rl);
+        if let Err(r) = q.receivers.push_front(r) {
+            crate::reclaim::later_thread(r);
+        }
+        return Err(cur);
+    };
+    drop(q);
+    crate::timeline::event(crate::timeline::Kind::Send, crate::timeline::ep(ep.id()) << 32 | r.id, badge);
+    copy_message(&cur, &r, tag, badge);
+    drop(rl);
+    // As on this CPU: the caller waits before the receiver can answer (or die and fail it).
+    let ticket = cs.next_ticket();
+    block_caller(cs, &cur, ticket);
+    let old = {
+        let mut rl = r.life.lock();
+        let old = rl.grant_reply(cur, ticket);
+        thread::place(&r, &mut rl);
+        old
+    };
+    crate::obj::dispose(wait);
+    if let Some((c, t)) = old {
+        thread::fail_caller(c, t);
+    }
+    cs.bump(sched::Count::IpcFast);
+    cs.bump(sched::Count::IpcCross);
+    cs.await_reply();
+    // No lock is held: the inbox holds its own reference.
+    drop(r);
+    // The caller left this CPU; the decision may idle and never come back here.
+    sched::decide();
+    Ok(())
+}
+
 fn reply_recv(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<(), Arc<Thread>> {
     trace::stamp(trace::SETUP);
     let Some((ep, _)) = crate::qsbr::endpoint(entry, &cur.task, slot, Rights::RECEIVE) else { return Err(cur) };
@@ -144,11 +214,12 @@ fn reply_recv(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64
     // The server takes the next message if one waits: the general path.
     let woken = if q.senders.is_empty() {
         let mut cl = caller.life.lock();
-        if sched::nothing_more_urgent(cs, cl.prio) {
-            cl.wake_here(WaitOn::Reply(ticket), me).ok().map(|w| (w, cl.prio))
-        } else {
-            None
+        let woken = if sched::nothing_more_urgent(cs, cl.prio) { cl.wake_here(WaitOn::Reply(ticket), me).ok() } else { None };
+        if woken.is_none() && cl.cpu != me {
+            drop(cl);
+            return reply_recv_cross(cs, cur, ep, q, caller, ticket, tag);
         }
+        woken.map(|w| (w, cl.prio))
     } else {
         None
     };
@@ -192,5 +263,62 @@ fn reply_recv(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64
     cs.bump(sched::Count::IpcFast);
     sched::switch_direct_blocked(cs, caller, prio);
     trace::stamp(trace::SWITCHED);
+    Ok(())
+}
+
+/// `ReplyRecv` to a caller of another CPU (the cross-CPU fast path): the caller gets the reply in its registers and is pushed into its CPU's inbox; the server waits
+/// on `ep` again (its queue `q` held throughout, so a new call finds it there), and this CPU
+/// runs whatever comes next. No sender waits (checked by the caller of this function).
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn reply_recv_cross(
+    cs: &sched::CpuSched,
+    cur: Arc<Thread>,
+    ep: &crate::ipc::Endpoint,
+    mut q: crate::lock::Guard<'_, crate::ipc::EpQueues, { crate::lock::Level::QUEUE }>,
+    caller: Arc<Thread>,
+    ticket: u64,
+    tag: Tag,
+) -> Result<(), Arc<Thread>> {
+    let mut cl = caller.life.lock();
+    let Ok(w) = cl.wake(WaitOn::Reply(ticket)) else {
+        drop(cl);
+        drop(q);
+        // Nothing changed: the reply right goes back (as on this CPU).
+        let old = cur.life.lock().grant_reply(caller, ticket);
+        if let Some((c, t)) = old {
+            thread::fail_caller(c, t);
+        }
+        return Err(cur);
+    };
+    crate::timeline::event(crate::timeline::Kind::Reply, caller.id, ticket);
+    copy_message(&cur, &caller, tag, 0);
+    thread::place(&caller, &mut cl);
+    drop(cl);
+    let blocked = {
+        let mut l = cur.life.lock();
+        let blocked = match l.block(Wait::Recv { ep: EpRef(ep.weak()) }, u64::MAX) {
+            Ok(()) => true,
+            Err((_, w)) => {
+                thread::set_result(&cur, Err(rl4_abi::Error::Interrupted));
+                crate::obj::dispose(w);
+                false
+            }
+        };
+        sched::leave_fast(cs, &cur, &mut l);
+        blocked
+    };
+    if blocked {
+        crate::ipc::enqueue(&mut q.receivers, cur, None);
+        drop(q);
+    } else {
+        drop(q);
+        drop(cur);
+    }
+    crate::obj::dispose(w);
+    cs.bump(sched::Count::IpcFast);
+    cs.bump(sched::Count::IpcCross);
+    drop(caller);
+    sched::decide();
     Ok(())
 }

@@ -82,6 +82,11 @@ pub struct CpuSched {
     /// This CPU's running thread was stopped, moved or re-prioritised by this CPU itself (a
     /// local [`kick`]): decide before returning to it.
     kicked: AtomicBool,
+    /// When a thread of this CPU last blocked in a call to a server of another CPU (TSC; 0:
+    /// no reply awaited), and the time such replies took, on average (TSC ticks, an
+    /// exponentially weighted mean): the idle loop polls a few of those before it halts.
+    awaiting: AtomicU64,
+    reply_ticks: AtomicU64,
     pub(crate) tlb: CpuTlb,
     /// Waits with a deadline of threads of this CPU (`timeout.rs`).
     pub(crate) timeouts: Mutex<Vec<(u64, alloc::sync::Weak<Thread>)>, { Level::CPU }>,
@@ -153,6 +158,8 @@ pub fn init_cpu(pcid: bool) {
         slice: AtomicU32::new(TIME_SLICE_TICKS),
         expired: AtomicBool::new(false),
         kicked: AtomicBool::new(false),
+        awaiting: AtomicU64::new(0),
+        reply_ticks: AtomicU64::new(0),
         tlb: CpuTlb::new(pcid),
         timeouts: Mutex::new(Vec::new()),
     }));
@@ -198,6 +205,84 @@ impl CpuSched {
         let t = self.tickets.load(Ordering::Relaxed) + 1;
         self.tickets.store(t, Ordering::Relaxed);
         t
+    }
+}
+
+impl CpuSched {
+    /// A thread of this CPU now waits for a reply from another CPU (the cross-CPU fast path):
+    /// the idle loop polls a little longer for it (a plain store: only this CPU writes it).
+    #[inline(always)]
+    pub(crate) fn await_reply(&self) {
+        self.awaiting.store(cpu::rdtsc(), Ordering::Relaxed);
+    }
+}
+
+/// How long the idle loop watches its inbox before it halts: `poll_us`, or, while a thread of
+/// this CPU awaits a reply from another CPU, four of the recent replies' times (at most 20
+/// times `poll_us`); `poll_us=0` never polls.
+fn poll_ticks(cs: &CpuSched) -> u64 {
+    let base = POLL_TICKS.load(Ordering::Relaxed);
+    if base == 0 || cs.awaiting.load(Ordering::Relaxed) == 0 {
+        return base;
+    }
+    (4 * cs.reply_ticks.load(Ordering::Relaxed)).clamp(base, 20 * base)
+}
+
+/// A thread arrived while the CPU idled: if one was awaited, its time goes into the mean.
+fn note_arrival(cs: &CpuSched) {
+    let since = cs.awaiting.load(Ordering::Relaxed);
+    if since != 0 {
+        let took = cpu::rdtsc().saturating_sub(since);
+        let mean = cs.reply_ticks.load(Ordering::Relaxed);
+        cs.reply_ticks.store(if mean == 0 { took } else { (7 * mean + took) / 8 }, Ordering::Relaxed);
+        cs.awaiting.store(0, Ordering::Relaxed);
+    }
+}
+
+/// The idle loop's hand-over: with nothing in the run queue and exactly one thread in the
+/// inbox, that thread runs at once, without going through the run queue (a thread delivered
+/// by another CPU's IPC, usually). With more, they all go into the run queue in order.
+fn run_delivered(cs: &CpuSched) -> bool {
+    if cs.mail.is_empty() || cs.rq_top.load(Ordering::Relaxed) >= 0 {
+        return false;
+    }
+    note_arrival(cs);
+    let mut one: Option<(Arc<Thread>, u64)> = None;
+    let mut spilled = false;
+    cs.mail.drain(|t, p| {
+        crate::timeline::event(crate::timeline::Kind::Drain, t.id, p);
+        if one.is_none() && !spilled {
+            one = Some((t, p));
+            return;
+        }
+        spilled = true;
+        with_rq(cs, |rq| {
+            if let Some((t0, p0)) = one.take() {
+                rq.push_back(p0 as u8, TRef(t0));
+            }
+            rq.push_back(p as u8, TRef(t));
+        });
+    });
+    let Some((t, _)) = one else { return false };
+    let mut l = t.life.lock();
+    match l.dequeue(me()) {
+        Pick::Run => {
+            let prio = l.prio;
+            drop(l);
+            switch_to(cs, t, prio, true);
+            true
+        }
+        Pick::Forward(c) => {
+            push(c, &t, l.prio);
+            drop(l);
+            crate::reclaim::later_thread(t);
+            false
+        }
+        Pick::Drop => {
+            drop(l);
+            crate::reclaim::later_thread(t);
+            false
+        }
     }
 }
 
@@ -455,12 +540,16 @@ pub fn idle() -> ! {
     loop {
         crate::timeline::event(crate::timeline::Kind::Idle, 0, 0);
         crate::reclaim::drain();
+        if run_delivered(cs) {
+            entry::return_to_user();
+        }
         drain_inbox(cs);
         if pick(cs, None) {
+            note_arrival(cs);
             entry::return_to_user();
         }
         tlb::service_tlb(cs);
-        let poll = POLL_TICKS.load(Ordering::Relaxed);
+        let poll = poll_ticks(cs);
         if poll > 0 {
             crate::timeline::event(crate::timeline::Kind::PollStart, 0, 0);
             cs.mail.set_polling();

@@ -13,7 +13,7 @@
 //! | `cross-core-A-B` | client on CPU A, server (another task) on CPU B |
 //! | `oneway-same-core`, `oneway-cross-core-A-B` | one-way `Call` and reply, sel4bench's way |
 //! | `null-syscall` | `Null` (answered by the kernel's small handler for it) |
-//! | `cpuinfo-syscall` | `CpuInfo`: a non-IPC call through the general system-call path |
+//! | `identify-syscall` | `CapIdentify` of the root task's own task capability: a non-IPC call through the general system-call path (one look at a capability slot under the table's lock) |
 //! | `thread-switch` | one `Yield` from a thread to another of the same task, same CPU |
 //! | `cr3-floor` | two CR3 writes (away and back), measured in the kernel |
 //! | `fpu-floor` | saving the thread's FPU/SIMD registers and loading them back (what each switch adds), measured in the kernel |
@@ -475,7 +475,7 @@ pub fn run(bi: &BootInfo, name: &str, accel: &str, iters: usize, len: u64) -> bo
         "trace-same-core" => trace_config(bi, name, accel, iters),
         "oneway-same-core" => oneway_config(bi, name, accel, 0, 0, iters),
         "null-syscall" => simple_config(name, accel, iters, || { let _ = sys::raw(rl4_abi::Sys::Null, [0; 6]); }, ov),
-        "cpuinfo-syscall" => simple_config(name, accel, iters, || { let _ = sys::raw(rl4_abi::Sys::CpuInfo, [0; 6]); }, ov),
+        "identify-syscall" => simple_config(name, accel, iters, || { let _ = sys::raw(rl4_abi::Sys::CapIdentify, [TASK, 0, 0, 0, 0, 0]); }, ov),
         "thread-switch" => {
             YIELD_STOP.store(false, SeqCst);
             let _ = sys::thread_set_priority(THREAD, 60);
