@@ -1065,13 +1065,13 @@ impl Fz {
                     continue;
                 }
             }
-            // Now and then a deep object graph built and torn down (`deep.rs`), and more often
-            // a call racing on the slots of one (this thread's or another's).
+            // Now and then a deep object graph built and torn down (`deep.rs`), and while one
+            // stands or is being built, one round in eight a call racing on its slots.
             if r % DEEP_EVERY == 1 {
                 self.deep();
                 continue;
             }
-            if r % 32 == 2 {
+            if r % 8 == 2 {
                 self.race();
                 continue;
             }
@@ -1299,6 +1299,9 @@ pub fn main_thread(seed: u64) -> ! {
             add(word::THREADS_STARTED, 1);
         }
     }
+    // A first deep object graph at once (the kind by the fuzzer's index, so that a short run
+    // has every kind), while the other threads start racing.
+    f.deep_of(counter(word::CFG_INDEX).load(Relaxed));
     f.run()
 }
 

@@ -55,6 +55,8 @@ const NONE: u64 = u64::MAX;
 static HEAD: [AtomicU64; 3] = [const { AtomicU64::new(NONE) }; 3];
 /// Per kind: a builder is at work.
 static BUSY: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+/// The links of the derivation chain in the builder's slots (`DERIV_LO ..`).
+static DERIV_LEN: AtomicU64 = AtomicU64::new(0);
 
 /// What a build may take of the memory budget: a quarter of what is left above this.
 const RESERVE: u64 = 32 << 20;
@@ -193,9 +195,15 @@ impl Fz {
         }
     }
 
-    /// One deep action: a build of one kind (if no other thread of the task builds one).
+    /// One deep action: a build of a kind chosen at random.
     pub(super) fn deep(&mut self) {
-        let k = (self.rnd() % 3) as usize;
+        let k = self.rnd() % 3;
+        self.deep_of(k);
+    }
+
+    /// A build of kind `k % 3` (if no other thread of the task builds one).
+    pub(super) fn deep_of(&mut self, k: u64) {
+        let k = (k % 3) as usize;
         if BUSY[k].swap(1, Relaxed) != 0 {
             return;
         }
@@ -385,6 +393,7 @@ impl Fz {
                 break;
             }
             links += 1;
+            DERIV_LEN.store(links, Relaxed);
             prev = p;
             if self.one_in(4) {
                 // A child of this link in another table.
@@ -436,21 +445,26 @@ impl Fz {
         for p in DERIV_LO..DERIV_LO + links {
             self.drop_own(p);
         }
+        DERIV_LEN.store(0, Relaxed);
     }
 
     /// One call of another fuzzing thread on a deep structure's slots: a head (while one
     /// stands) or one of the builders' own slots, whatever they hold at that moment.
     pub(super) fn race(&mut self) {
-        let s = match self.rnd() % 4 {
-            0 | 1 => {
-                let k = (self.rnd() % 3) as usize;
-                match HEAD[k].load(Relaxed) {
-                    NONE => TASK_TAIL[0] + self.rnd() % (DERIV_LO + 8 - TASK_TAIL[0]),
-                    h => h,
-                }
+        // A kind with a structure standing or being built (none: no call).
+        let k0 = self.rnd() as usize;
+        let Some(k) = (0..3).map(|i| (k0 + i) % 3).find(|&k| HEAD[k].load(Relaxed) != NONE || BUSY[k].load(Relaxed) != 0) else {
+            return;
+        };
+        let head = HEAD[k].load(Relaxed);
+        let s = if head != NONE && self.one_in(2) {
+            head
+        } else {
+            match k {
+                TASKS => TASK_TAIL[(self.rnd() % 2) as usize],
+                EPS => self.pick_of([EP_NEXT[0], EP_NEXT[1], EP_SENDER]),
+                _ => DERIV_LO + self.rnd() % DERIV_LEN.load(Relaxed).max(1),
             }
-            2 => TASK_TAIL[0] + self.rnd() % (DERIV_LO - TASK_TAIL[0]),
-            _ => DERIV_LO + self.rnd() % 16,
         };
         let kd = kind(s);
         let mut c = match self.rnd() % 8 {
