@@ -16,8 +16,10 @@
 //! suspended or starved: the watchdog ends its task). The kernel's consistency check runs every
 //! 3 s. When the time is up the fuzzers are ended while the IPC pairs still run (and what is
 //! back 2 s later is reported); then the pairs stop, and the live threads must be back to the
-//! count before the run and the memory budget back to the byte, less what the pairs keep; the
-//! consistency check runs once more.
+//! count before the run and the memory budget back to the byte, less what the pairs keep, and
+//! the kernel heap in use within its value at the start plus the allowance `KernelCheck` gives
+//! (`rl4_abi::HEAP_ALLOWANCE`); the consistency check runs once more. The deep object graphs
+//! the fuzzers build (`userland/worker/src/fuzz/deep.rs`) are summed in the report.
 //!
 //! Each fuzzer's sequence of calls follows from its seed (`seed`, then `seed + 1`, ...); how
 //! the calls of different fuzzers and threads interleave depends on timing.

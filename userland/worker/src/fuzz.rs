@@ -20,7 +20,10 @@
 //! unmapping its code, ending its task), but it never copies a capability into a task other
 //! than its own or another fuzzer's: a task made by `TaskCreate` that held a capability to
 //! itself would never be freed (the kernel documents such a cycle as the task's own leak), and
-//! the run checks that every byte comes back once the fuzzers are gone.
+//! the run checks that every byte comes back once the fuzzers are gone. The one exception is
+//! `fuzz/deep.rs`, whose builders link chains of tasks, endpoints and derived capabilities
+//! (each new task only into the one made before it, so no cycle), take them down at random
+//! times, and race on their slots from the task's other threads.
 use core::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
 use rl4_user::abi::ipc::{FOREVER, NO_SLOT, Tag};
 use rl4_user::abi::{CAP_SLOTS, Error, ObjType, PAGE_SIZE, Rights, Sys};
