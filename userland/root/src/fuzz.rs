@@ -358,6 +358,7 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
     let heap = || sys::stat(MACHINE, stat::HEAP_IN_USE).unwrap_or(u64::MAX);
     let heap0 = heap();
     let mut heap_peak = heap0;
+    let mut least_left = u64::MAX;
     // The page tables behind the counters pages and the scratch page stay with the root task:
     // made before the memory is measured.
     if let Ok(p) = fill_frame(0, 0, 0) {
@@ -468,6 +469,7 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
             last_check = now;
             check(&mut checks, &mut violations, &mut check_cycles);
             heap_peak = heap_peak.max(heap());
+            least_left = least_left.min(sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0));
             for k in fs::SHARED_EPS {
                 let (s, r) = probe(cfg.shared[fs::SHARED.iter().position(|&x| x == k).unwrap_or(0)]);
                 most_senders = most_senders.max(s);
@@ -684,7 +686,7 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
         w[word::DEEP_RACES_OK]
     );
     println!(
-        "fuzz: kernel heap in use: {heap0} bytes at the start, at most {heap_peak} at the checks during the run, {heap1} at the end (bound {bound1}); the end within the start plus the allowance of {} bytes: {}",
+        "fuzz: kernel heap in use: {heap0} bytes at the start, at most {heap_peak} at the checks during the run, {heap1} at the end (bound {bound1}); the end within the start plus the allowance of {} bytes: {}; the least memory budget left at the checks {least_left} bytes",
         rl4_abi::HEAP_ALLOWANCE,
         if heap_ok { "within" } else { "EXCEEDED" }
     );

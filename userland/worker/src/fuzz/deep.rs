@@ -17,8 +17,9 @@
 //!   now and then a copy of a link goes to another task (the head of a task chain, another
 //!   fuzzer's task with `cross`, or a visible slot of its own), so that the tree spans tasks.
 //!
-//! Each build is limited by the memory budget (a quarter of what it has left above a reserve,
-//! so that sixteen fuzzers building at once leave room for the rest of the run). Its head is
+//! Each build is limited by the memory budget (a quarter of what is left above half of it: the
+//! budget is shared by every fuzzer, and the deep graphs of all of them together never take
+//! more than half, so that fuzzers can still be started and make their ordinary objects). Its head is
 //! deleted, its first task killed, or its root revoked at a random point: during the build
 //! (the rest of the chain then hangs from the builder's last slot, and goes when that slot is
 //! deleted at the end), right after it, or later: a structure left standing is taken down by
@@ -58,8 +59,6 @@ static BUSY: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
 /// The links of the derivation chain in the builder's slots (`DERIV_LO ..`).
 static DERIV_LEN: AtomicU64 = AtomicU64::new(0);
 
-/// What a build may take of the memory budget: a quarter of what is left above this.
-const RESERVE: u64 = 32 << 20;
 /// One link of an endpoint chain: the endpoint and its sender thread (4 KiB and the FPU save
 /// area, at most 1 KiB here).
 const EP_LINK: u64 = cost::ENDPOINT + cost::THREAD + 1024;
@@ -142,15 +141,17 @@ impl Fz {
         false
     }
 
-    /// How deep a build of `cost` bytes a link may go: a random depth up to `most`, and what a
-    /// quarter of the budget above [`RESERVE`] pays for.
+    /// How deep a build of `link` bytes a link may go: a random depth up to `most`, and what a
+    /// quarter of the budget left above half of it pays for (the budget is the root task's,
+    /// shared by every fuzzer: the deep graphs of all of them together never take more than
+    /// half of it, and the rest of the run keeps the other half).
     fn depth(&mut self, link: u64, least: u64, most: u64) -> u64 {
         let m = self.memory();
-        let (rax, left, _) = self.exec_out(Req::new(Sys::MemoryInfo, [m, 0, 0, 0, 0, 0]));
+        let (rax, left, total) = self.exec_out(Req::new(Sys::MemoryInfo, [m, 0, 0, 0, 0, 0]));
         if rax != 0 {
             return 0;
         }
-        let afford = left.saturating_sub(RESERVE) / 4 / link;
+        let afford = left.saturating_sub(total / 2) / 4 / link;
         let d = match self.rnd() % 4 {
             0 => least + self.rnd() % (most / 8).max(1),
             1 => least + self.rnd() % (most / 2).max(1),
