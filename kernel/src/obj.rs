@@ -388,7 +388,7 @@ static HEAP_AT_BOOT: AtomicU64 = AtomicU64::new(0);
 /// What the kernel may use of its heap beyond that and the charges: per-CPU lists (the
 /// reclamation lists, timeout lists, inboxes' overflow), the registries' growth, the queues'
 /// slack before they are trimmed, the consistency check's own.
-pub const HEAP_ALLOWANCE: u64 = 2 << 20;
+pub const HEAP_ALLOWANCE: u64 = rl4_abi::HEAP_ALLOWANCE;
 
 /// A mapping was made (`syscall::map_frame`) or removed.
 pub fn mapped(added: bool) {

@@ -338,6 +338,10 @@ impl Rights {
 pub const MAX_PRIORITY: u64 = 255;
 /// Size of every capability table.
 pub const CAP_SLOTS: u64 = 256;
+/// What the kernel may use of its heap beyond the heap shares of the live objects' charges and
+/// its own at boot (`stat::HEAP_BOUND` includes it; `KernelCheck` compares the heap in use with
+/// that bound). The fuzzer holds the heap in use at its end to its start plus this.
+pub const HEAP_ALLOWANCE: u64 = 2 << 20;
 /// Most bytes one `ConsoleWrite` takes.
 pub const CONSOLE_WRITE_MAX: u64 = 4096;
 /// First address above user space (user addresses are `0 .. USER_END`).

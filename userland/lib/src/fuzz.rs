@@ -27,6 +27,40 @@ pub mod word {
     pub const THREADS_STARTED: usize = 46;
     /// Faults taken on purpose.
     pub const FAULTS_TAKEN: usize = 47;
+    /// Deep object graphs (`userland/worker/src/fuzz/deep.rs`). Chains of tasks, each holding
+    /// the next one's capability: chains built, tasks linked in all, the deepest (a maximum).
+    pub const DEEP_TASK_CHAINS: usize = 48;
+    pub const DEEP_TASK_LINKS: usize = 49;
+    pub const DEEP_TASK_MAX: usize = 50;
+    /// Chains of endpoints, each held only by the capability in flight of a sender blocked on
+    /// the one before: chains built, endpoints linked in all, the deepest (a maximum).
+    pub const DEEP_EP_CHAINS: usize = 51;
+    pub const DEEP_EP_LINKS: usize = 52;
+    pub const DEEP_EP_MAX: usize = 53;
+    /// Derivation chains (a badge minted from a new endpoint or notification, then a copy of
+    /// the copy of the copy...): chains built, capabilities derived in all, the deepest.
+    pub const DEEP_DERIV_CHAINS: usize = 54;
+    pub const DEEP_DERIV_LINKS: usize = 55;
+    pub const DEEP_DERIV_MAX: usize = 56;
+    /// Heads of deep structures deleted (`CapDelete`, or `TaskKill` of a chain's first task)
+    /// by their builder; roots revoked by it (`CapRevoke`), and the capabilities those
+    /// revocations deleted.
+    pub const DEEP_HEADS_DELETED: usize = 57;
+    pub const DEEP_ROOTS_REVOKED: usize = 58;
+    pub const DEEP_REVOKED_CAPS: usize = 59;
+    /// Calls other fuzzing threads of the task made on the slots of a deep structure (its
+    /// head, or the builder's own slots) while it stood or was being built, and those that
+    /// succeeded.
+    pub const DEEP_RACES: usize = 60;
+    pub const DEEP_RACES_OK: usize = 61;
+    /// The longest call that deleted, killed or revoked a deep structure's head, in TSC
+    /// cycles (a maximum): the teardown runs before the call returns.
+    pub const DEEP_LONGEST: usize = 62;
+    /// Structures left standing by their builder (for the other threads, the next build of
+    /// their kind or the end of the task to take down).
+    pub const DEEP_LEFT: usize = 63;
+    /// The words above that hold a maximum (the root task takes the largest, not the sum).
+    pub const MAXIMA: [usize; 4] = [DEEP_TASK_MAX, DEEP_EP_MAX, DEEP_DERIV_MAX, DEEP_LONGEST];
     /// `PROGRESS + t`: calls made by fuzzing thread `t` (written by that thread only).
     pub const PROGRESS: usize = 64;
     /// `ACTIVE + t`: 1 while fuzzing thread `t` runs (it clears it before ending on purpose).

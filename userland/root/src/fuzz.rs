@@ -16,8 +16,10 @@
 //! suspended or starved: the watchdog ends its task). The kernel's consistency check runs every
 //! 3 s. When the time is up the fuzzers are ended while the IPC pairs still run (and what is
 //! back 2 s later is reported); then the pairs stop, and the live threads must be back to the
-//! count before the run and the memory budget back to the byte, less what the pairs keep; the
-//! consistency check runs once more.
+//! count before the run and the memory budget back to the byte, less what the pairs keep, and
+//! the kernel heap in use within its value at the start plus the allowance `KernelCheck` gives
+//! (`rl4_abi::HEAP_ALLOWANCE`); the consistency check runs once more. The deep object graphs
+//! the fuzzers build (`userland/worker/src/fuzz/deep.rs`) are summed in the report.
 //!
 //! Each fuzzer's sequence of calls follows from its seed (`seed`, then `seed + 1`, ...); how
 //! the calls of different fuzzers and threads interleave depends on timing.
@@ -301,7 +303,11 @@ struct Totals([u64; word::WORDS]);
 impl Totals {
     fn harvest(&mut self, i: usize) {
         for w in (0..word::CFG_FLAGS).chain(word::CYCLES..word::WORDS) {
-            self.0[w] += read(i, w);
+            if word::MAXIMA.contains(&w) {
+                self.0[w] = self.0[w].max(read(i, w));
+            } else {
+                self.0[w] += read(i, w);
+            }
         }
     }
 }
@@ -349,6 +355,10 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
     NEXT_SEED.store(seed, SeqCst);
     let threads0 = sys::stat(MACHINE, stat::THREADS).unwrap_or(0);
     let left0 = sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
+    let heap = || sys::stat(MACHINE, stat::HEAP_IN_USE).unwrap_or(u64::MAX);
+    let heap0 = heap();
+    let mut heap_peak = heap0;
+    let mut least_left = u64::MAX;
     // The page tables behind the counters pages and the scratch page stay with the root task:
     // made before the memory is measured.
     if let Ok(p) = fill_frame(0, 0, 0) {
@@ -458,6 +468,8 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
         if now - last_check >= 3 * hz {
             last_check = now;
             check(&mut checks, &mut violations, &mut check_cycles);
+            heap_peak = heap_peak.max(heap());
+            least_left = least_left.min(sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0));
             for k in fs::SHARED_EPS {
                 let (s, r) = probe(cfg.shared[fs::SHARED.iter().position(|&x| x == k).unwrap_or(0)]);
                 most_senders = most_senders.max(s);
@@ -539,6 +551,11 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
     let left = sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
     let kept = (left_s - base_left).saturating_sub(PAIRS as u64 * pair_objects()) + (left0 - left_a);
     let mem_back = left == left0 - kept;
+    // The kernel heap, everything the run made gone: back within the allowance `KernelCheck`
+    // gives the kernel beyond what the live objects pay for.
+    let heap1 = heap();
+    let bound1 = sys::stat(MACHINE, stat::HEAP_BOUND).unwrap_or(0);
+    let heap_ok = heap0 != u64::MAX && heap1 <= heap0 + rl4_abi::HEAP_ALLOWANCE;
     // The last consistency check: no fuzzer, no IPC pair, everything they made gone.
     check(&mut checks, &mut violations, &mut check_cycles);
 
@@ -647,6 +664,33 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
         l.flush();
     }
     println!(
+        "fuzz: deep graphs: task chains built {} ({} tasks, deepest {}), endpoint chains {} ({} endpoints held by capabilities in flight, deepest {}), derivation chains {} ({} capabilities, deepest {})",
+        w[word::DEEP_TASK_CHAINS],
+        w[word::DEEP_TASK_LINKS],
+        w[word::DEEP_TASK_MAX],
+        w[word::DEEP_EP_CHAINS],
+        w[word::DEEP_EP_LINKS],
+        w[word::DEEP_EP_MAX],
+        w[word::DEEP_DERIV_CHAINS],
+        w[word::DEEP_DERIV_LINKS],
+        w[word::DEEP_DERIV_MAX]
+    );
+    println!(
+        "fuzz: deep graphs torn down: heads deleted or killed {}, roots revoked {} ({} capabilities revoked), left standing for later {}; longest such call {} us; calls racing on their slots from other threads {} ({} ok)",
+        w[word::DEEP_HEADS_DELETED],
+        w[word::DEEP_ROOTS_REVOKED],
+        w[word::DEEP_REVOKED_CAPS],
+        w[word::DEEP_LEFT],
+        w[word::DEEP_LONGEST] / (hz / 1_000_000).max(1),
+        w[word::DEEP_RACES],
+        w[word::DEEP_RACES_OK]
+    );
+    println!(
+        "fuzz: kernel heap in use: {heap0} bytes at the start, at most {heap_peak} at the checks during the run, {heap1} at the end (bound {bound1}); the end within the start plus the allowance of {} bytes: {}; the least memory budget left at the checks {least_left} bytes",
+        rl4_abi::HEAP_ALLOWANCE,
+        if heap_ok { "within" } else { "EXCEEDED" }
+    );
+    println!(
         "fuzz: kernel consistency checks: {checks} run (during the run and at its end), {violations} violations; {} ms in all",
         check_cycles / (hz / 1000).max(1)
     );
@@ -664,7 +708,7 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
         if back { "back" } else { "NOT BACK" },
         if mem_back { "back" } else { "NOT BACK" }
     );
-    let ok = stress_ok && back && mem_back && calls > 0 && checks > 0 && violations == 0;
+    let ok = stress_ok && back && mem_back && heap_ok && calls > 0 && checks > 0 && violations == 0;
     println!("fuzz: {}", if ok { "passed" } else { "FAILED" });
     ok
 }

@@ -20,11 +20,16 @@
 //! unmapping its code, ending its task), but it never copies a capability into a task other
 //! than its own or another fuzzer's: a task made by `TaskCreate` that held a capability to
 //! itself would never be freed (the kernel documents such a cycle as the task's own leak), and
-//! the run checks that every byte comes back once the fuzzers are gone.
+//! the run checks that every byte comes back once the fuzzers are gone. The one exception is
+//! `fuzz/deep.rs`, whose builders link chains of tasks, endpoints and derived capabilities
+//! (each new task only into the one made before it, so no cycle), take them down at random
+//! times, and race on their slots from the task's other threads.
 use core::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
 use rl4_user::abi::ipc::{FOREVER, NO_SLOT, Tag};
 use rl4_user::abi::{CAP_SLOTS, Error, ObjType, PAGE_SIZE, Rights, Sys};
 use rl4_user::fuzz::{FLAG_CROSS, MAX_THREADS, PAGE, slot, va, word};
+
+mod deep;
 
 // ---- the shadow of the capability table (shared by the task's threads) -----------------------
 
@@ -278,12 +283,15 @@ struct Req {
     r14: u64,
     /// Aimed at another fuzzer's task or thread.
     cross: bool,
+    /// Issued even without `cross` (the deep builders' own deletions of threads they made,
+    /// which owe no reply: see [`Fz::exec`]).
+    force: bool,
     effect: Effect,
 }
 
 impl Req {
     fn new(n: Sys, a: [u64; 6]) -> Req {
-        Req { n: n as u64, a, timeout: 0, r13: NO_SLOT, r14: NO_SLOT, cross: false, effect: Effect::None }
+        Req { n: n as u64, a, timeout: 0, r13: NO_SLOT, r14: NO_SLOT, cross: false, force: false, effect: Effect::None }
     }
 }
 
@@ -302,6 +310,8 @@ struct Fz {
 
 /// The priority fuzzer threads run at (their maximum controlled priority).
 const PRIO: u64 = 50;
+/// A fuzzing thread builds a deep object graph once in this many rounds (`deep.rs`).
+const DEEP_EVERY: u64 = 1024;
 
 impl Fz {
     fn rnd(&mut self) -> u64 {
@@ -513,17 +523,24 @@ impl Fz {
 
     /// Issues `c`, counts it, and brings the shadow up to date with what it did.
     fn exec(&mut self, c: Req) -> u64 {
+        self.exec_out(c).0
+    }
+
+    /// As [`Fz::exec`], and the call's first three results (`rax`, `rdi`, `rsi`): the error
+    /// code and the values a call answers.
+    fn exec_out(&mut self, c: Req) -> (u64, u64, u64) {
         let n = c.n;
         // Without `cross`, no call that ends this task while its other threads run, and no
         // deletion of a thread capability: a thread destroyed that way (suspended or inactive,
         // its last capability gone) leaves the caller it owed a reply waiting for good on
         // today's kernel.
         if !cross()
+            && !c.force
             && (n == Sys::TaskExit as u64
                 || (n == Sys::TaskKill as u64 && kind(c.a[0]) != SUB_TASK)
                 || (n == Sys::CapDelete as u64 && matches!(kind(c.a[0]), OWN_THREAD | PEER_THREAD | UNKNOWN)))
         {
-            return u64::MAX;
+            return (u64::MAX, 0, 0);
         }
         let ends_self = n == Sys::ThreadExit as u64 || n == Sys::TaskExit as u64;
         if ends_self {
@@ -535,7 +552,7 @@ impl Fz {
         }
         counter(word::CURRENT + self.t).store(n.min(255) | (forever as u64) << 8, Relaxed);
         let t0 = rl4_user::rdtsc();
-        let (rax, _, rsi, _) = raw(n, &c.a, c.timeout, c.r13, c.r14);
+        let (rax, rdi, rsi, _) = raw(n, &c.a, c.timeout, c.r13, c.r14);
         if n < word::CYCLE_CALLS as u64 {
             add(word::CYCLES + n as usize, rl4_user::rdtsc() - t0);
         }
@@ -603,7 +620,7 @@ impl Fz {
                 self.identify(c.a[0]);
             }
         }
-        rax
+        (rax, rdi, rsi)
     }
 
     /// Looks at what `s` holds (a call of its own, counted).
@@ -1051,6 +1068,16 @@ impl Fz {
                     continue;
                 }
             }
+            // Now and then a deep object graph built and torn down (`deep.rs`), and while one
+            // stands or is being built, one round in eight a call racing on its slots.
+            if r % DEEP_EVERY == 1 {
+                self.deep();
+                continue;
+            }
+            if r % 8 == 2 {
+                self.race();
+                continue;
+            }
             match (r >> 8) % 16 {
                 0 => {
                     let c = self.wild();
@@ -1111,6 +1138,7 @@ const WEIGHTS: &[(Sys, u16)] = &[
     (Sys::CapMint, 25),
     (Sys::CapDelete, 35),
     (Sys::CapIdentify, 5),
+    (Sys::CapRevoke, 4),
     (Sys::EndpointCreate, 20),
     (Sys::NotificationCreate, 15),
     (Sys::FrameAlloc, 25),
@@ -1249,6 +1277,7 @@ pub fn main_thread(seed: u64) -> ! {
     for s in slot::SHARED_NOTES {
         set_kind(s, NOTE);
     }
+    deep::init_kinds();
     let mut f = new_fz(0);
     take_peers();
     let buf = f.buf;
@@ -1273,6 +1302,9 @@ pub fn main_thread(seed: u64) -> ! {
             add(word::THREADS_STARTED, 1);
         }
     }
+    // A first deep object graph at once (the kind by the fuzzer's index, so that a short run
+    // has every kind), while the other threads start racing.
+    f.deep_of(counter(word::CFG_INDEX).load(Relaxed));
     f.run()
 }
 
