@@ -886,6 +886,9 @@ pub struct Thread {
     /// Its link in an endpoint's wait queue (`rl4_core::wlist`), used while it waits there
     /// (under that endpoint's queue lock).
     pub wait_link: rl4_core::wlist::WLink<Thread>,
+    /// Set once it is `Dead` (under its lock, by `thread::kill`): a hint that lets a CPU sweep
+    /// its run queue of entries that will never run without taking each thread's lock.
+    pub killed: AtomicBool,
     /// Its fault handler (`ThreadSetFaultHandler`): the endpoint (weak: it dies with its last
     /// capability) and the badge of the capability it was set with. A leaf lock.
     pub fault_handler: Mutex<Option<(Weak<crate::ipc::Endpoint>, u64)>, { Level::OBJECT }>,
@@ -933,6 +936,7 @@ impl Thread {
             life: Mutex::new(Life::new(prio, cpu)),
             mail: rl4_core::mailbox::Link::new(),
             wait_link: rl4_core::wlist::WLink::new(),
+            killed: AtomicBool::new(false),
             fault_handler: Mutex::new(None),
             _charge: charge,
         });

@@ -82,6 +82,9 @@ pub struct CpuSched {
     /// This CPU's running thread was stopped, moved or re-prioritised by this CPU itself (a
     /// local [`kick`]): decide before returning to it.
     kicked: AtomicBool,
+    /// A killed thread's entry may sit in this CPU's run queue: the next decision sweeps the
+    /// queue of killed threads ([`request_sweep`]).
+    sweep: AtomicBool,
     /// When a thread of this CPU last blocked in a call to a server of another CPU (TSC; 0:
     /// no reply awaited), and the time such replies took, on average (TSC ticks, an
     /// exponentially weighted mean): the idle loop polls a few of those before it halts.
@@ -158,6 +161,7 @@ pub fn init_cpu(pcid: bool) {
         slice: AtomicU32::new(TIME_SLICE_TICKS),
         expired: AtomicBool::new(false),
         kicked: AtomicBool::new(false),
+        sweep: AtomicBool::new(false),
         awaiting: AtomicU64::new(0),
         reply_ticks: AtomicU64::new(0),
         tlb: CpuTlb::new(pcid),
@@ -356,6 +360,48 @@ pub fn push(cpu: u32, t: &Arc<Thread>, prio: u8) {
     }
 }
 
+/// Takes `t`, queued at `prio`, out of CPU `cpu`'s run queue if it is there (a killed thread,
+/// `thread::kill`), returning the queue's reference. The caller holds `t`'s lock (the run
+/// queue's lock comes after it). A thread still in the CPU's inbox stays there: the inbox is
+/// drained at the CPU's next decision.
+pub(crate) fn unqueue(cpu: u32, t: &Arc<Thread>, prio: u8) -> Option<Arc<Thread>> {
+    let cs = get(cpu as usize)?;
+    let key = TRef(t.clone());
+    let removed = with_rq(cs, |rq| rq.remove(prio, &key));
+    removed.then_some(key.0)
+}
+
+/// A killed thread queued for CPU `cpu` was not in its run queue (it was in the inbox): that
+/// CPU sweeps its run queue at its next decision, which this asks for now.
+pub(crate) fn request_sweep(cpu: u32) {
+    let Some(cs) = get(cpu as usize) else { return };
+    cs.sweep.store(true, Ordering::Release);
+    kick(cpu);
+}
+
+/// Takes every killed thread's entry out of this CPU's run queue (each consumed through
+/// `Life::dequeue`, which drops it), so that nothing waits for its turn to let go.
+#[cold]
+fn sweep(cs: &CpuSched) {
+    loop {
+        let Some((_, TRef(t))) = with_rq(cs, |rq| rq.take_first_where(|x| x.0.killed.load(Ordering::Relaxed))) else { return };
+        let mut l = t.life.lock();
+        match l.dequeue(me()) {
+            Pick::Drop => {}
+            // A hint that lied (never, once `Dead`): it goes back to wait for its turn.
+            Pick::Run => {
+                let p = l.prio;
+                drop(l);
+                with_rq(cs, |rq| rq.push_back(p, TRef(t)));
+                continue;
+            }
+            Pick::Forward(c) => push(c, &t, l.prio),
+        }
+        drop(l);
+        crate::reclaim::later_thread(t);
+    }
+}
+
 /// Asks CPU `cpu` to look at its current thread again (it was suspended, killed or moved).
 pub fn kick(cpu: u32) {
     if cpu != me() {
@@ -426,6 +472,10 @@ pub fn decide() {
     let cs = this();
     cs.kicked.store(false, Ordering::Relaxed);
     drain_inbox(cs);
+    if cs.sweep.load(Ordering::Relaxed) {
+        cs.sweep.store(false, Ordering::Relaxed);
+        sweep(cs);
+    }
     let cur = cs.current.take();
     if let Some(cur) = cur {
         let mut l = cur.life.lock();

@@ -173,7 +173,25 @@ fn stopped(s: Stopped<crate::obj::KernelKinds>) {
 /// Ends `t` (`TaskKill`, `TaskExit`, `ThreadExit`): `Dead` from any state. Returns whether it was
 /// alive.
 pub fn kill(t: &Arc<Thread>) -> bool {
-    match with_queue_locked(t, |l| l.kill()) {
+    let r = with_queue_locked(t, |l| -> Result<_, rl4_core::life::Refused> {
+        let s = l.kill()?;
+        // A thread queued in a run queue lets go of its task's memory now, not when its CPU
+        // gets to it (threads of higher priority can keep that from happening).
+        t.killed.store(true, core::sync::atomic::Ordering::Relaxed);
+        if let rl4_core::life::Place::Queued(c) = l.place() {
+            match sched::unqueue(c, t, l.prio) {
+                Some(entry) => {
+                    let _ = l.unqueue(c);
+                    crate::reclaim::later_thread(entry);
+                }
+                // Still in that CPU's inbox (or on its way into the run queue): its next
+                // decision sweeps it out.
+                None => sched::request_sweep(c),
+            }
+        }
+        Ok(s)
+    });
+    match r {
         Ok(s) => {
             stopped(s);
             true

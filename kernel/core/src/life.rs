@@ -554,6 +554,19 @@ impl<K: Kinds> Life<K> {
         }
     }
 
+    /// Another CPU than its owner took this thread's queue entry on CPU `c` out of that CPU's
+    /// run queue: a thread that will not run again (`Dead`) lets go of everything at once
+    /// instead of when `c` reaches its turn, which threads of higher priority may put off
+    /// indefinitely. `Queued(c)` → `Off`; refused for a thread that may still run or is placed
+    /// elsewhere.
+    pub fn unqueue(&mut self, c: u32) -> Result<(), Refused> {
+        if self.place != Place::Queued(c) || !matches!(self.state, State::Dead) {
+            return self.refuse();
+        }
+        self.place = Place::Off;
+        Ok(())
+    }
+
     /// CPU `me` consumed this thread's queue entry.
     pub fn dequeue(&mut self, me: u32) -> Pick {
         if self.place != Place::Queued(me) {

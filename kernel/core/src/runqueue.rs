@@ -106,6 +106,20 @@ impl<T: PartialEq> RunQueue<T> {
         Some((p, t))
     }
 
+    /// Takes out the first entry, highest priority first, for which `f` holds (a linear walk:
+    /// for sweeping out entries that will never run).
+    pub fn take_first_where(&mut self, mut f: impl FnMut(&T) -> bool) -> Option<(u8, T)> {
+        for p in (0..PRIORITIES).rev() {
+            if let Some(i) = self.queues[p].iter().position(&mut f) {
+                let t = self.queues[p].remove(i).expect("just found");
+                self.unmark_if_empty(p as u8);
+                self.len -= 1;
+                return Some((p as u8, t));
+            }
+        }
+        None
+    }
+
     /// Removes `t` from priority `p`, wherever it is in that FIFO. Returns whether it was there.
     pub fn remove(&mut self, p: u8, t: &T) -> bool {
         let q = &mut self.queues[p as usize];
@@ -196,5 +210,19 @@ mod tests {
         assert_eq!(q.iter().collect::<Vec<_>>(), [(3, &'c')]);
         q.len += 1;
         assert!(!q.is_consistent());
+    }
+
+    #[test]
+    fn take_first_where_keeps_the_rest_in_order() {
+        let mut q = RunQueue::new();
+        for (p, t) in [(5u8, 1u32), (9, 2), (5, 3), (0, 4)] {
+            q.push_back(p, t);
+        }
+        assert_eq!(q.take_first_where(|&t| t % 2 == 1), Some((5, 1)));
+        assert_eq!(q.take_first_where(|&t| t == 7), None);
+        assert!(q.is_consistent());
+        assert_eq!(q.iter().map(|(p, &t)| (p, t)).collect::<Vec<_>>(), vec![(9, 2), (5, 3), (0, 4)]);
+        assert_eq!(q.take_first_where(|&t| t == 4), Some((0, 4)));
+        assert!(q.is_consistent() && q.len() == 2);
     }
 }

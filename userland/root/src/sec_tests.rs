@@ -593,8 +593,75 @@ fn test_fastpath_slot_race() {
     );
 }
 
+// ---- a killed thread lets go at once --------------------------------------------------------
+
+static SPIN_STOP: AtomicBool = AtomicBool::new(false);
+
+fn spinner(_: u64) {
+    while !SPIN_STOP.load(SeqCst) {
+        core::hint::spin_loop();
+    }
+}
+
+/// Found by the fuzzer's 10-minute run (issue 17): a killed thread waiting in a run queue was
+/// freed only when its CPU picked it, which a busy thread of higher priority can put off for
+/// ever, so its task's memory stayed charged. A spinner of high priority holds CPU 1; a child
+/// task's thread of lower priority is queued there and never runs; killing the child must give
+/// its whole budget back while the spinner still spins.
+fn test_killed_queued_thread(bi: &BootInfo) {
+    const NAME: &str = "killed-queued-thread-lets-go";
+    if cpus() < 2 {
+        return crate::tests::skip(NAME, "one CPU");
+    }
+    let budget = || sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
+    SPIN_STOP.store(false, SeqCst);
+    let sp = spawn(spinner, 0, ROOT_PRIO + 10, far_cpu());
+    let spinning = wait_ms(1000, || state(sp) == Some(ThreadState::Running));
+    let left0 = budget();
+    let made = Child::load(bi, "worker").and_then(|c| {
+        let t = c.thread(CHILD_STACK_TOP, 0, 0, ROOT_PRIO - 10, far_cpu());
+        Ok((c, t))
+    });
+    let (queued, back, left1) = match made {
+        Ok((child, Ok(t))) => {
+            // It may run only when the spinner stops: it stays queued.
+            let queued = wait_ms(200, || state(t) == Some(ThreadState::Runnable)) && state(sp) == Some(ThreadState::Running);
+            release(t);
+            child.release();
+            let back = wait_ms(500, || budget() == left0);
+            (queued, back, budget())
+        }
+        Ok((child, Err(e))) => {
+            child.release();
+            SPIN_STOP.store(true, SeqCst);
+            release(sp);
+            return report(NAME, false, format_args!("thread: {e}"));
+        }
+        Err(e) => {
+            SPIN_STOP.store(true, SeqCst);
+            release(sp);
+            return report(NAME, false, format_args!("child: {e}"));
+        }
+    };
+    let still_spinning = state(sp) == Some(ThreadState::Running);
+    SPIN_STOP.store(true, SeqCst);
+    let stopped = wait_ms(2000, || matches!(state(sp), Some(ThreadState::Dead)));
+    release(sp);
+    report(
+        NAME,
+        spinning && queued && back && still_spinning && stopped,
+        format_args!(
+            "spinner on cpu {} (priority {}): {spinning}; the child's thread queued behind it: {queued}; after the kill the budget \
+             is back while the spinner still spins: {back} ({left1} of {left0}), spinning: {still_spinning}",
+            far_cpu(),
+            ROOT_PRIO + 10
+        ),
+    );
+}
+
 pub fn run(bi: &BootInfo) {
     test_fastpath_slot_race();
+    test_killed_queued_thread(bi);
     test_revoke_tree();
     test_revoke_in_flight();
     test_revoke_race();
