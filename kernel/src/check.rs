@@ -267,7 +267,9 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     let mut refs = Refs::default();
     let mut seen: BTreeMap<usize, Seen> = threads.iter().map(|t| (key(t), Seen::default())).collect();
     let mut census = obj::LinkCensus::default();
-    crate::qsbr::visit(|e| refs.add(e));
+    if !crate::qsbr::visit(|e| refs.add(e)) {
+        fail!(r, "a CPU's limbo of endpoints is locked while every CPU is stopped");
+    }
     for (t, caps) in tasks.iter().zip(&task_caps) {
         caps.iter().for_each(|(_, c)| refs.kobj(&c.obj));
         for (slot, c) in caps.iter() {

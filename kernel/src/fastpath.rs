@@ -53,8 +53,15 @@ pub fn try_fast(n: u64) -> bool {
     // entry) and hands it back otherwise.
     let entry = crate::qsbr::InEntry::new();
     let back = if n == Sys::Call as u64 { call(cs, &entry, cur, slot, tag) } else { reply_recv(cs, &entry, cur, slot, tag) };
+    // Nothing read from the shadow lives past this point: the decision below may idle.
+    drop(entry);
     match back {
-        Ok(()) => true,
+        Ok(decide) => {
+            if decide {
+                sched::decide();
+            }
+            true
+        }
         Err(cur) => {
             cs.current.replace(Some(cur));
             false
@@ -69,7 +76,8 @@ fn copy_message(from: &Thread, to: &Thread, tag: Tag, badge: u64) {
     to.regs.with(|r| r.set_ipc_out(badge, Tag::new(tag.label(), tag.len(), 0).0, words));
 }
 
-fn call(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<(), Arc<Thread>> {
+/// `Call`; `Ok(true)`: the CPU must make a scheduling decision (after the shadow's borrow ends).
+fn call(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<bool, Arc<Thread>> {
     trace::stamp(trace::SETUP);
     // Read without a lock or a reference (`qsbr.rs`); errors are the general path's.
     let Some((ep, badge)) = crate::qsbr::endpoint(entry, &cur.task, slot, Rights::SEND) else { return Err(cur) };
@@ -129,13 +137,10 @@ fn call(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag:
     trace::stamp(trace::DELIVERED);
     sched::switch_direct_blocked(cs, r, prio);
     trace::stamp(trace::SWITCHED);
-    if decide_again {
-        // Not straight into a dead receiver, nor ahead of a woken caller that outranks it. The
-        // decision may idle and never come back here, so nothing may stay alive on this frame
-        // (`ep` is a plain reference, not used after this).
-        sched::decide();
-    }
-    Ok(())
+    // Not straight into a dead receiver, nor ahead of a woken caller that outranks it: the
+    // caller decides (the decision may idle and never come back, so it is made after this
+    // frame and the shadow's borrow are gone).
+    Ok(decide_again)
 }
 
 /// Blocks the running thread `cur` (locked in its own lock) in its wait for the reply `ticket`
@@ -166,7 +171,7 @@ fn call_cross(
     r: Arc<Thread>,
     badge: u64,
     tag: Tag,
-) -> Result<(), Arc<Thread>> {
+) -> Result<bool, Arc<Thread>> {
     let mut rl = r.life.lock();
     // The guard: it waits on this endpoint (a refusal changes nothing). `Ready` and held by
     // nobody, it is in this call's hands until it is placed below.
@@ -199,12 +204,12 @@ fn call_cross(
     cs.await_reply();
     // No lock is held: the inbox holds its own reference.
     drop(r);
-    // The caller left this CPU; the decision may idle and never come back here.
-    sched::decide();
-    Ok(())
+    // The caller left this CPU: the caller of this function decides what runs next.
+    Ok(true)
 }
 
-fn reply_recv(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<(), Arc<Thread>> {
+/// `ReplyRecv`; `Ok(true)`: the CPU must make a scheduling decision.
+fn reply_recv(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<bool, Arc<Thread>> {
     trace::stamp(trace::SETUP);
     let Some((ep, _)) = crate::qsbr::endpoint(entry, &cur.task, slot, Rights::RECEIVE) else { return Err(cur) };
     trace::stamp(trace::LOOKUP);
@@ -263,7 +268,7 @@ fn reply_recv(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64
     cs.bump(sched::Count::IpcFast);
     sched::switch_direct_blocked(cs, caller, prio);
     trace::stamp(trace::SWITCHED);
-    Ok(())
+    Ok(false)
 }
 
 /// `ReplyRecv` to a caller of another CPU (the cross-CPU fast path): the caller gets the reply in its registers and is pushed into its CPU's inbox; the server waits
@@ -279,7 +284,7 @@ fn reply_recv_cross(
     caller: Arc<Thread>,
     ticket: u64,
     tag: Tag,
-) -> Result<(), Arc<Thread>> {
+) -> Result<bool, Arc<Thread>> {
     let mut cl = caller.life.lock();
     let Ok(w) = cl.wake(WaitOn::Reply(ticket)) else {
         drop(cl);
@@ -319,6 +324,5 @@ fn reply_recv_cross(
     cs.bump(sched::Count::IpcFast);
     cs.bump(sched::Count::IpcCross);
     drop(caller);
-    sched::decide();
-    Ok(())
+    Ok(true)
 }

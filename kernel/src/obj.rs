@@ -725,10 +725,12 @@ impl Task {
     /// locks).
     pub fn insert_cap_or_return(self: &Arc<Self>, slot: u64, mut cap: Cap) -> Result<(), (Error, Cap)> {
         use rl4_core::captable::Object;
-        if cap.obj.fast_address() != 0 && self.shadow.get().is_none() {
-            if let Err(e) = self.make_shadow() {
-                return Err((e, cap));
-            }
+        // The table's shadow is made with the first endpoint capability, when no lock is held
+        // (it allocates); under locks (a capability arriving by IPC) the task goes on without
+        // one until its next IPC call makes it (`syscall::handle_ipc`). Without a shadow the
+        // fast path takes the general path: a task that cannot pay for one is only slower.
+        if cap.obj.fast_address() != 0 && self.shadow.get().is_none() && crate::lock::held() == 0 {
+            let _ = self.make_shadow();
         }
         let Some((lineage, parent)) = cap.link.parts().map(|(l, id)| (l.clone(), id)) else {
             let mut caps = self.caps.lock();
@@ -756,7 +758,7 @@ impl Task {
 
     /// Makes, charges and attaches the table's shadow (before the first endpoint capability
     /// enters it). Allocates and charges before the lock; a thread that lost the race to
-    /// another drops its copy after the lock.
+    /// another drops its copy after the lock. No lock may be held.
     #[cold]
     pub fn make_shadow(&self) -> Result<(), Error> {
         let charge = Charge::new(self._charge.of().0, rl4_abi::cost::CAP_SHADOW)?;

@@ -121,6 +121,9 @@ pub fn poll() {
 /// off meanwhile, so the bound is what it adds to this CPU's interrupt latency.
 pub fn settle() {
     let me = me();
+    if !(0..rl4_smp::cpus::count().min(MAX_CPUS)).any(|i| LIMBOS[i].pending.load(Ordering::Relaxed)) {
+        return;
+    }
     rl4_arch::percpu::current().count_exit();
     let end = rl4_arch::cpu::rdtsc().saturating_add(rl4_arch::time::us_to_ticks(200));
     loop {
@@ -138,13 +141,16 @@ pub fn settle() {
 }
 
 /// Every endpoint reference held in a limbo (for the consistency check, every other CPU
-/// stopped).
-pub fn visit(mut f: impl FnMut(&Arc<Endpoint>)) {
+/// stopped). Returns false if a limbo's lock was held (its references were not visited).
+pub fn visit(mut f: impl FnMut(&Arc<Endpoint>)) -> bool {
+    let mut all = true;
     for l in LIMBOS.iter() {
-        if let Some(lists) = l.lists.peek() {
-            lists.next.iter().chain(lists.waiting.iter()).for_each(&mut f);
+        match l.lists.peek() {
+            Some(lists) => lists.next.iter().chain(lists.waiting.iter()).for_each(&mut f),
+            None => all = false,
         }
     }
+    all
 }
 
 /// Proof, for the lifetime of a borrow of it, that this CPU stays inside one kernel entry

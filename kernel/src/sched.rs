@@ -388,12 +388,13 @@ fn sweep(cs: &CpuSched) {
         let mut l = t.life.lock();
         match l.dequeue(me()) {
             Pick::Drop => {}
-            // A hint that lied (never, once `Dead`): it goes back to wait for its turn.
+            // A hint that lied (never, once `Dead`): it goes back to wait for its turn, and the
+            // sweep ends (it would find the same entry again).
             Pick::Run => {
                 let p = l.prio;
                 drop(l);
                 with_rq(cs, |rq| rq.push_back(p, TRef(t)));
-                continue;
+                return;
             }
             Pick::Forward(c) => push(c, &t, l.prio),
         }
@@ -472,8 +473,7 @@ pub fn decide() {
     let cs = this();
     cs.kicked.store(false, Ordering::Relaxed);
     drain_inbox(cs);
-    if cs.sweep.load(Ordering::Relaxed) {
-        cs.sweep.store(false, Ordering::Relaxed);
+    if cs.sweep.swap(false, Ordering::Acquire) {
         sweep(cs);
     }
     let cur = cs.current.take();
@@ -589,6 +589,9 @@ pub fn idle() -> ! {
     cs.current_prio.store(-1, Ordering::SeqCst);
     loop {
         crate::timeline::event(crate::timeline::Kind::Idle, 0, 0);
+        // Nothing read from a capability slot's shadow lives here: a quiescent point for the
+        // other CPUs' grace periods (`qsbr.rs`), whatever this CPU's idle state says.
+        percpu::current().count_exit();
         crate::reclaim::drain();
         if run_delivered(cs) {
             entry::return_to_user();
@@ -602,6 +605,9 @@ pub fn idle() -> ! {
         let poll = poll_ticks(cs);
         if poll > 0 {
             crate::timeline::event(crate::timeline::Kind::PollStart, 0, 0);
+            // What this CPU read in its last kernel entry comes before the idle state other CPUs
+            // may see (`is_idle`, `qsbr.rs`).
+            core::sync::atomic::fence(Ordering::Release);
             cs.mail.set_polling();
             let end = cpu::rdtsc() + poll;
             // One cache line watched; the TSC read only every 64 rounds.
@@ -618,6 +624,7 @@ pub fn idle() -> ! {
         // finds the CPU halting and sends the IPI, which stays pending across `sti; hlt`.
         // A CPU whose limbo waits for a grace period does not halt: it polls until its
         // endpoints are freed (`qsbr.rs`).
+        core::sync::atomic::fence(Ordering::Release);
         if !crate::qsbr::pending_here() && cs.mail.try_halt() {
             crate::timeline::event(crate::timeline::Kind::Halt, 0, 0);
             cpu::idle_wait();

@@ -61,6 +61,12 @@ const _: () = {
 fn handle_ipc(n: u64) -> Next {
     let Ok(s) = Sys::try_from(n) else { return Next::Decide };
     let Some(t) = sched::current() else { return Next::Decide };
+    // A task whose first endpoint capability arrived by IPC (under locks) gets its table's
+    // shadow at its first call that could take the fast path, once, before any lock (see
+    // `Task::insert_cap_or_return`).
+    if matches!(s, Sys::Call | Sys::ReplyRecv) && t.task.shadow.get().is_none() {
+        let _ = t.task.make_shadow();
+    }
     // The IPC calls need the whole register block (a copy: delivering a message may rewrite the
     // caller's own registers).
     let res = match ipc_call(&t, &t.regs.get(), s) {
@@ -523,12 +529,13 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             cpu::exit(if a1 == 0 { cpu::QemuExit::Success } else { cpu::QemuExit::Failure })
         }
         Sys::MemoryInfo => {
-            // What deleted endpoints were charged is back first (`qsbr.rs`).
-            crate::qsbr::settle();
             let m = match lookup(task, a0, ObjType::Memory, Rights::NONE)? {
                 KObj::Memory(m) => m,
                 _ => unreachable!("type checked"),
             };
+            // What deleted endpoints were charged is back first (`qsbr.rs`; it waits only if
+            // a limbo holds something).
+            crate::qsbr::settle();
             Ok([m.left(), m.total, 0])
         }
         Sys::Stat => {

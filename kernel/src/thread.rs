@@ -47,10 +47,12 @@ fn queue_of(l: &Life) -> Option<QueueRef> {
     }
 }
 
-/// Whether the wait `l` is in still belongs to the queue object `q` the caller locked (`None`: a
-/// wait in no queue, or in one whose object is already dying). Compares identities only: it
-/// never makes a strong reference, whose drop could run a destructor under the thread's lock.
-fn same_queue(l: &Life, q: &Option<QueueRef>) -> bool {
+/// Whether the wait `l` of `t` is in still belongs to the queue object `q` the caller locked
+/// (`None`: a wait in no queue, or in one whose object is already dying and which has let go
+/// of `t`: an endpoint's destructor takes its waiters out of its lists one by one, and until it
+/// has taken `t` out, `t` must not wait anywhere else). Compares identities only: it never
+/// makes a strong reference, whose drop could run a destructor under the thread's lock.
+fn same_queue(t: &Thread, l: &Life, q: &Option<QueueRef>) -> bool {
     let waits_on = match l.state() {
         rl4_core::life::State::Blocked { wait: Wait::Send { ep, .. } | Wait::Recv { ep } | Wait::FaultSend { ep, .. }, .. } => {
             Some((ep.ident(), ep.0.strong_count()))
@@ -60,7 +62,7 @@ fn same_queue(l: &Life, q: &Option<QueueRef>) -> bool {
     };
     match (q, waits_on) {
         (None, None) => true,
-        (None, Some((_, strong))) => strong == 0,
+        (None, Some((_, strong))) => strong == 0 && !t.wait_link.is_queued(),
         (Some(QueueRef::Ep(e)), Some((id, _))) => Arc::as_ptr(e) as usize == id,
         (Some(QueueRef::Ntf(n)), Some((id, _))) => Arc::as_ptr(n) as usize == id,
         (Some(_), None) => false,
@@ -76,7 +78,7 @@ pub fn with_queue_locked<R>(t: &Arc<Thread>, mut f: impl FnMut(&mut Life) -> R) 
         let r = match &q {
             None => {
                 let mut l = t.life.lock();
-                if !same_queue(&l, &q) {
+                if !same_queue(t, &l, &q) {
                     continue; // it started waiting meanwhile: look again
                 }
                 f(&mut l)
@@ -84,11 +86,11 @@ pub fn with_queue_locked<R>(t: &Arc<Thread>, mut f: impl FnMut(&mut Life) -> R) 
             Some(QueueRef::Ep(e)) => {
                 let mut eq = e.q.lock();
                 let mut l = t.life.lock();
-                if !same_queue(&l, &q) {
+                if !same_queue(t, &l, &q) {
                     continue;
                 }
                 let r = f(&mut l);
-                if !same_queue(&l, &q) {
+                if !same_queue(t, &l, &q) {
                     eq.remove(t);
                 }
                 r
@@ -96,11 +98,11 @@ pub fn with_queue_locked<R>(t: &Arc<Thread>, mut f: impl FnMut(&mut Life) -> R) 
             Some(QueueRef::Ntf(n)) => {
                 let mut nq = n.q.lock();
                 let mut l = t.life.lock();
-                if !same_queue(&l, &q) {
+                if !same_queue(t, &l, &q) {
                     continue;
                 }
                 let r = f(&mut l);
-                if !same_queue(&l, &q) {
+                if !same_queue(t, &l, &q) {
                     nq.waiters.retain(|o| !Arc::ptr_eq(o, t));
                     crate::ipc::trim(&mut nq.waiters);
                 }

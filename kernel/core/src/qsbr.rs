@@ -138,7 +138,11 @@ impl Grace {
     /// read from a shadow (it is at a quiescent point itself).
     pub fn over(&self, asking: usize, mut counter: impl FnMut(usize) -> u64, mut idle: impl FnMut(usize) -> bool) -> bool {
         fence(Ordering::SeqCst);
-        self.at.iter().all(|&(i, c)| i == asking || counter(i) != c || idle(i))
+        let over = self.at.iter().all(|&(i, c)| i == asking || counter(i) != c || idle(i));
+        // What those CPUs did before the moves or the idle states seen comes before what the
+        // caller does next (frees).
+        fence(Ordering::Acquire);
+        over
     }
 
     /// The CPU that took the snapshot.

@@ -21,7 +21,7 @@
 use alloc::sync::Arc;
 use core::marker::PhantomData;
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
 
 /// An item's place in a wait queue.
 pub struct WLink<T> {
@@ -37,9 +37,10 @@ impl<T> WLink<T> {
         WLink { prev: AtomicPtr::new(ptr::null_mut()), next: AtomicPtr::new(ptr::null_mut()), owner: AtomicUsize::new(0), key: AtomicU64::new(0) }
     }
 
-    /// Whether some list holds the item.
+    /// Whether some list holds the item (an `Acquire` load: after `false`, the list that held
+    /// it is done with its links).
     pub fn is_queued(&self) -> bool {
-        self.owner.load(Relaxed) != 0
+        self.owner.load(Acquire) != 0
     }
 }
 
@@ -107,7 +108,7 @@ impl<T: WLinked> WList<T> {
     #[inline(always)]
     fn claim(&self, t: Arc<T>, key: u64) -> Result<*const T, Arc<T>> {
         let l = t.wlink();
-        if l.owner.load(Relaxed) != 0 {
+        if l.owner.load(Acquire) != 0 {
             return Err(t);
         }
         l.owner.store(self.token, Relaxed);
@@ -184,7 +185,8 @@ impl<T: WLinked> WList<T> {
         }
         l.prev.store(ptr::null_mut(), Relaxed);
         l.next.store(ptr::null_mut(), Relaxed);
-        l.owner.store(0, Relaxed);
+        // Last: whoever sees the item free afterwards sees its links cleared.
+        l.owner.store(0, Release);
         self.len -= 1;
         // SAFETY: `p` came from `Arc::into_raw` when it was claimed, and this list owned that
         // reference until now.
