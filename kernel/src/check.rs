@@ -204,7 +204,11 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     let bound = obj::heap_bound();
     match mem::try_heap_in_use() {
         Some(used) => {
-            println!("check: kernel heap: {used} bytes in use, {bound} allowed, {} spanned", mem::heap_size());
+            println!(
+                "check: kernel heap: {used} bytes in use, {bound} allowed, {} held ({} arena frames)",
+                mem::heap_size(),
+                mem::heap_arenas()
+            );
             if used > bound {
                 fail!(r, "kernel heap: {used} bytes in use, but the live objects and the allowance account for {bound}");
             }
@@ -590,6 +594,17 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
             })
         };
         users_pa.iter().for_each(|&pa| own(pa, true));
+        // The heap's frames outside its window (arenas, spares, large allocations).
+        mem::for_each_heap_frame(|i| {
+            let (w, b) = (i / 64, 1u64 << (i % 64));
+            if owned[w] & b != 0 {
+                dup += 1;
+                if first_dup == 0 {
+                    first_dup = 1;
+                }
+            }
+            owned[w] |= b;
+        });
         // A device page is never the allocator's.
         let device_managed = device_pa.iter().filter(|&&pa| a.index(pa).is_some()).count() as u64;
         // Boot modules stay out of the allocator (`mem::init` reserves them).
