@@ -372,6 +372,12 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     for f in &frames {
         refs.compare(&mut r, f, format_args!("frame {:#x}", f.pa));
     }
+    // Derivation trees (`CapRevoke`): each against the slots that own its nodes.
+    let node_charges = census.charges().to_vec();
+    // Each derivation node's charge holds a reference to its budget.
+    for &(m, _, _) in &node_charges {
+        *refs.0.entry(m).or_insert(0) += 1;
+    }
     for m in &memories {
         refs.compare(&mut r, m, format_args!("memory budget of {} bytes", m.total));
     }
@@ -381,7 +387,6 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     for n in &notifications {
         refs.compare(&mut r, n, format_args!("notification {:#x}", key(n)));
     }
-    // Derivation trees (`CapRevoke`): each against the slots that own its nodes.
     census.finish(|a| r.fail(a));
 
     // 2. Thread states: each thread's `Life` against where it was found.
@@ -478,6 +483,10 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
         *charged.entry(key(&sp.memory)).or_insert(0) += tables * PAGE_SIZE + maps.len() as u64 * MAP_COST;
     }
     heap_shares += space_maps.iter().map(|m| m.len() as u64).sum::<u64>() * obj::MAP_HEAP;
+    for &(m, bytes, heap) in &node_charges {
+        *charged.entry(m).or_insert(0) += bytes;
+        heap_shares += heap;
+    }
     if heap_shares != obj::heap_charged() {
         fail!(r, "the live objects' heap shares add up to {heap_shares} bytes, but {} are counted", obj::heap_charged());
     }

@@ -402,6 +402,34 @@ pub fn alloc_frame() -> Option<u64> {
     Frames.alloc_frame()
 }
 
+/// Free frames that user frames and user page tables never take: they are the kernel heap's
+/// (docs/memory.md, "Running out of memory").
+pub const USER_FLOOR: u64 = 512;
+/// Free frames a system call that allocates kernel memory needs when it starts; below that it
+/// answers `OutOfMemory` at once ([`headroom`]). Between this floor and [`USER_FLOOR`] lie
+/// 1 MiB of frames that only the heap can take, for the small allocations of the calls under
+/// way on every CPU (each takes a few pages at most; larger allocations are fallible).
+pub const CALL_FLOOR: u64 = 256;
+
+/// A frame for a user frame object or a user page table: none if that would leave fewer than
+/// [`USER_FLOOR`] frames free.
+pub fn alloc_user_frame() -> Option<u64> {
+    let mut f = FRAMES.lock();
+    let a = f.as_mut()?;
+    if a.free_frames() <= USER_FLOOR { None } else { a.alloc() }
+}
+
+/// Frames a user can still take now (above [`USER_FLOOR`]).
+pub fn user_frames_left() -> u64 {
+    free_frames().saturating_sub(USER_FLOOR)
+}
+
+/// `OutOfMemory` unless at least [`CALL_FLOOR`] frames are free: checked first by every
+/// system call that allocates kernel memory.
+pub fn headroom() -> Result<(), rl4_abi::Error> {
+    if free_frames() >= CALL_FLOOR { Ok(()) } else { Err(rl4_abi::Error::OutOfMemory) }
+}
+
 /// Returns a frame to the allocator. A frame that is not the allocator's is a kernel bug.
 pub fn free_frame(pa: u64) {
     if let Some(a) = FRAMES.lock().as_mut() {

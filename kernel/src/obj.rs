@@ -97,11 +97,29 @@ pub struct Lineage {
     tree: Mutex<DerivTree<Home>, { Level::DERIV }>,
 }
 
-/// Where a capability of a [`Lineage`] lives.
+/// Where a capability of a [`Lineage`] lives, and the charge for its node: the task whose
+/// slot holds the capability pays [`DERIV_NODE_COST`] from its budget while the node lives.
 pub struct Home {
     task: Weak<Task>,
     slot: u64,
+    charge: Charge,
 }
+
+impl Home {
+    /// The home of a capability about to go into `slot` of `task`, charged to its budget.
+    fn new(task: &Arc<Task>, slot: u64) -> Result<Home, Error> {
+        let charge = Charge::new(task.charge().of().0, DERIV_NODE_COST)?;
+        Ok(Home { task: Arc::downgrade(task), slot, charge })
+    }
+}
+
+/// What a capability's derivation node costs the budget of the task that holds it: the node
+/// four times over (a tree's vector is at most four times its live nodes: it halves when a
+/// quarter is used) and a tree's record (each tree has at least one node).
+pub const DERIV_NODE_COST: u64 = rl4_abi::cost::DERIV_NODE;
+const _: () = assert!(
+    (4 * DerivTree::<Home>::NODE_BYTES + core::mem::size_of::<Lineage>() + 16 + 64) as u64 <= DERIV_NODE_COST
+);
 
 /// A capability's place in its [`Lineage`]. The capability in a slot *owns* its node (deleting
 /// it, by any means, takes the node out of the tree, its children going to its parent); any
@@ -173,8 +191,9 @@ impl Drop for Link {
 pub fn inject_orphan_node(task: &Arc<Task>, slot: u64) {
     let Ok(cap) = task.caps.lock().get(slot).cloned() else { return };
     let Ok(named) = tracked(task, slot, cap) else { return };
+    let Ok(home) = Home::new(task, 0) else { return };
     if let Some((lineage, id)) = named.link.parts() {
-        let _ = lineage.tree.lock().add(Some(id), Home { task: Arc::downgrade(task), slot: 0 });
+        let _ = lineage.tree.lock().add(Some(id), home);
     }
 }
 
@@ -185,6 +204,8 @@ pub fn inject_orphan_node(task: &Arc<Task>, slot: u64) {
 #[derive(Default)]
 pub struct LinkCensus {
     owners: BTreeMap<usize, (Arc<Lineage>, usize)>,
+    /// The charges of the nodes found: (budget, bytes, heap part).
+    charges: Vec<(usize, u64, u64)>,
 }
 
 impl LinkCensus {
@@ -205,8 +226,16 @@ impl LinkCensus {
                 "task {} slot {slot}: its derivation node {id:?} says it is in slot {} of another task",
                 task.id, h.slot
             )),
-            Some(_) => {}
+            Some(h) => {
+                let (m, bytes) = h.charge.of();
+                self.charges.push((Arc::as_ptr(m) as usize, bytes, h.charge.heap()));
+            }
         }
+    }
+
+    /// The charges of the nodes of the slots seen so far: (budget, bytes, heap part).
+    pub fn charges(&self) -> &[(usize, u64, u64)] {
+        &self.charges
     }
 
     /// After every slot: each tree's node count against its owners.
@@ -284,12 +313,16 @@ impl<T> Registry<T> {
         Registry { list: GlobalMutex::new(crate::count::Global::Registry, RegList { v: Vec::new(), pruned: 0, dead: 0 }) }
     }
 
-    pub fn add(&self, a: &Arc<T>) {
+    /// Registers a new object; `OutOfMemory` if the list cannot grow (the caller then drops
+    /// the object, after this lock).
+    pub fn add(&self, a: &Arc<T>) -> Result<(), Error> {
         let mut l = self.list.lock();
         if l.v.len() >= 2 * l.pruned.max(32) {
             l.prune();
         }
+        l.v.try_reserve(1).map_err(|_| Error::OutOfMemory)?;
         l.v.push(Arc::downgrade(a));
+        Ok(())
     }
 
     /// Called by an object's destructor (no lock held). A weak reference keeps the whole
@@ -404,7 +437,10 @@ impl Memory {
             HEAP_AT_BOOT.store(mem::heap_in_use(), Ordering::Relaxed);
         }
         let m = Arc::new(Memory { total, used: AtomicU64::new(0) });
-        MEMORIES.add(&m);
+        // Only the root's budget is made, at boot.
+        if MEMORIES.add(&m).is_err() {
+            panic!("no memory for the root task's budget");
+        }
         m
     }
     /// Bytes charged.
@@ -476,10 +512,10 @@ impl Frame {
     /// A zeroed frame charged to `mem`.
     pub fn new(mem: &Arc<Memory>) -> Result<Arc<Frame>, Error> {
         let charge = Charge::with_frames(mem, FRAME_COST, 1)?;
-        let pa = mem::alloc_frame().ok_or(Error::OutOfMemory)?;
+        let pa = mem::alloc_user_frame().ok_or(Error::OutOfMemory)?;
         mem::zero_frame(pa);
         let f = Arc::new(Frame { pa, device: None, _charge: charge });
-        FRAMES.add(&f);
+        FRAMES.add(&f)?;
         Ok(f)
     }
     /// The frame object of device page number `index` at `pa`, which the caller has claimed
@@ -488,7 +524,7 @@ impl Frame {
     pub fn device(mem: &Arc<Memory>, pa: u64, index: u8) -> Result<Arc<Frame>, Error> {
         let charge = Charge::new(mem, rl4_abi::cost::DEVICE_FRAME)?;
         let f = Arc::new(Frame { pa, device: Some(index), _charge: charge });
-        FRAMES.add(&f);
+        FRAMES.add(&f)?;
         Ok(f)
     }
     pub fn charge(&self) -> &Charge {
@@ -540,7 +576,7 @@ impl Space {
             io: crate::device::IoSpace::new(),
             _charge: charge,
         });
-        SPACES.add(&s);
+        SPACES.add(&s)?;
         Ok(s)
     }
     pub fn charge(&self) -> &Charge {
@@ -586,16 +622,17 @@ pub fn next_id() -> u64 {
 impl Task {
     pub fn new(mem: &Arc<Memory>, space: Arc<Space>) -> Result<Arc<Task>, Error> {
         let charge = Charge::new(mem, TASK_COST)?;
+        let caps = CapTable::try_new(rl4_abi::CAP_SLOTS as usize).ok_or(Error::OutOfMemory)?;
         let t = Arc::new(Task {
             id: next_id(),
-            caps: Mutex::new(CapTable::new(rl4_abi::CAP_SLOTS as usize)),
+            caps: Mutex::new(caps),
             threads: Mutex::new(Vec::new()),
             threads_gone: AtomicU64::new(0),
             space,
             dead: AtomicBool::new(false),
             _charge: charge,
         });
-        TASKS.add(&t);
+        TASKS.add(&t)?;
         Ok(t)
     }
     pub fn charge(&self) -> &Charge {
@@ -625,19 +662,28 @@ impl Task {
             }
             return caps.insert(slot, cap).map_err(|_| unreachable!("checked free"));
         };
+        // Its node is charged to this task's budget, and its room made, before anything changes.
+        let home = match Home::new(self, slot) {
+            Ok(h) => h,
+            Err(e) => return Err((e, cap)),
+        };
         let mut tree = lineage.tree.lock();
+        if tree.reserve().is_err() {
+            drop(tree);
+            return Err((Error::OutOfMemory, cap));
+        }
         let mut caps = self.caps.lock();
-        let added = match self.refusal(&caps, slot) {
-            Some(e) => Err(e),
-            None => tree.add(Some(parent), Home { task: Arc::downgrade(self), slot }).map_err(|_| Error::EmptySlot),
+        let refused = match self.refusal(&caps, slot) {
+            Some(e) => Some(e),
+            None if !tree.is_live(parent) => Some(Error::EmptySlot),
+            None => None,
         };
-        let id = match added {
-            Ok(id) => id,
-            Err(e) => {
-                drop((caps, tree));
-                return Err((e, cap));
-            }
-        };
+        if let Some(e) = refused {
+            drop((caps, tree));
+            drop(home);
+            return Err((e, cap));
+        }
+        let id = tree.add(Some(parent), home).unwrap_or_else(|_| unreachable!("parent checked live"));
         cap.link = Link { at: Some((lineage.clone(), id)), owned: true };
         caps.insert(slot, cap).map_err(|_| unreachable!("checked free"))
     }
@@ -660,8 +706,10 @@ pub fn tracked(task: &Arc<Task>, slot: u64, mut cap: Cap) -> Result<Cap, Error> 
     if cap.link.parts().is_some() {
         return Ok(cap);
     }
+    let home = Home::new(task, slot)?;
     let lineage = Arc::new(Lineage { tree: Mutex::new(DerivTree::new()) });
     let mut tree = lineage.tree.lock();
+    tree.reserve().map_err(|_| Error::OutOfMemory)?;
     let mut caps = task.caps.lock();
     let current = caps.get_mut(slot)?;
     if !current.obj.same(&cap.obj) || current.badge != cap.badge {
@@ -672,7 +720,7 @@ pub fn tracked(task: &Arc<Task>, slot: u64, mut cap: Cap) -> Result<Cap, Error> 
         cap.link = Link { at: Some((l.clone(), id)), owned: false };
         return Ok(cap);
     }
-    let root = tree.add(None, Home { task: Arc::downgrade(task), slot }).map_err(|_| Error::EmptySlot)?;
+    let root = tree.add(None, home).map_err(|_| Error::EmptySlot)?;
     current.link = Link { at: Some((lineage.clone(), root)), owned: true };
     drop((caps, tree));
     cap.link = Link { at: Some((lineage, root)), owned: false };
@@ -791,9 +839,12 @@ impl Thread {
                 return Err(Error::InvalidState);
             }
             list.retain(|w| w.strong_count() > 0);
+            if list.try_reserve(1).is_err() {
+                return Err(Error::OutOfMemory);
+            }
             list.push(Arc::downgrade(&t));
         }
-        THREADS.add(&t);
+        THREADS.add(&t)?;
         Ok(t)
     }
     pub fn charge(&self) -> &Charge {
