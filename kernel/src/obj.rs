@@ -102,14 +102,33 @@ pub struct Lineage {
 pub struct Home {
     task: Weak<Task>,
     slot: u64,
-    charge: Charge,
+    charge: NodeCharge,
 }
 
 impl Home {
     /// The home of a capability about to go into `slot` of `task`, charged to its budget.
     fn new(task: &Arc<Task>, slot: u64) -> Result<Home, Error> {
-        let charge = Charge::new(task.charge().of().0, DERIV_NODE_COST)?;
+        let charge = NodeCharge::new(task.charge().of().0)?;
         Ok(Home { task: Arc::downgrade(task), slot, charge })
+    }
+}
+
+/// [`DERIV_NODE_COST`] taken from a budget while a node lives, all of it heap share (a
+/// [`Charge`] of one fixed size, kept small: it is in every node).
+struct NodeCharge(Arc<Memory>);
+
+impl NodeCharge {
+    fn new(mem: &Arc<Memory>) -> Result<NodeCharge, Error> {
+        mem.charge(DERIV_NODE_COST)?;
+        HEAP_CHARGED.fetch_add(DERIV_NODE_COST, Ordering::Relaxed);
+        Ok(NodeCharge(mem.clone()))
+    }
+}
+
+impl Drop for NodeCharge {
+    fn drop(&mut self) {
+        HEAP_CHARGED.fetch_sub(DERIV_NODE_COST, Ordering::Relaxed);
+        self.0.uncharge(DERIV_NODE_COST);
     }
 }
 
@@ -226,10 +245,7 @@ impl LinkCensus {
                 "task {} slot {slot}: its derivation node {id:?} says it is in slot {} of another task",
                 task.id, h.slot
             )),
-            Some(h) => {
-                let (m, bytes) = h.charge.of();
-                self.charges.push((Arc::as_ptr(m) as usize, bytes, h.charge.heap()));
-            }
+            Some(h) => self.charges.push((Arc::as_ptr(&h.charge.0) as usize, DERIV_NODE_COST, DERIV_NODE_COST)),
         }
     }
 

@@ -427,7 +427,7 @@ pub mod cost {
     pub const ENDPOINT: u64 = 384;
     /// A capability's node in its derivation tree (`CapRevoke`), charged to the task whose
     /// slot holds the capability once anything was derived from it or it from another.
-    pub const DERIV_NODE: u64 = 512;
+    pub const DERIV_NODE: u64 = 384;
     pub const NOTIFICATION: u64 = 384;
 }
 
