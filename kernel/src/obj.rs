@@ -98,18 +98,27 @@ pub struct Lineage {
 }
 
 /// Where a capability of a [`Lineage`] lives, and the charge for its node: the task whose
-/// slot holds the capability pays [`DERIV_NODE_COST`] from its budget while the node lives.
+/// slot holds a derived capability (a copy, a mint, one received through IPC) pays
+/// [`DERIV_NODE_COST`] from its budget while the node lives. The node an original capability
+/// gets when something is first derived from it (`tracked`) is not charged: its holder did not
+/// ask for it, and it is one per original capability in a slot (docs/memory.md).
 pub struct Home {
     task: Weak<Task>,
     slot: u64,
-    charge: NodeCharge,
+    charge: Option<NodeCharge>,
 }
 
 impl Home {
-    /// The home of a capability about to go into `slot` of `task`, charged to its budget.
+    /// The home of a derived capability about to go into `slot` of `task`, charged to its
+    /// budget.
     fn new(task: &Arc<Task>, slot: u64) -> Result<Home, Error> {
         let charge = NodeCharge::new(task.charge().of().0)?;
-        Ok(Home { task: Arc::downgrade(task), slot, charge })
+        Ok(Home { task: Arc::downgrade(task), slot, charge: Some(charge) })
+    }
+
+    /// The home of an original capability in `slot` of `task` (not charged).
+    fn original(task: &Arc<Task>, slot: u64) -> Home {
+        Home { task: Arc::downgrade(task), slot, charge: None }
     }
 }
 
@@ -245,7 +254,11 @@ impl LinkCensus {
                 "task {} slot {slot}: its derivation node {id:?} says it is in slot {} of another task",
                 task.id, h.slot
             )),
-            Some(h) => self.charges.push((Arc::as_ptr(&h.charge.0) as usize, DERIV_NODE_COST, DERIV_NODE_COST)),
+            Some(h) => {
+                if let Some(c) = &h.charge {
+                    self.charges.push((Arc::as_ptr(&c.0) as usize, DERIV_NODE_COST, DERIV_NODE_COST));
+                }
+            }
         }
     }
 
@@ -722,7 +735,7 @@ pub fn tracked(task: &Arc<Task>, slot: u64, mut cap: Cap) -> Result<Cap, Error> 
     if cap.link.parts().is_some() {
         return Ok(cap);
     }
-    let home = Home::new(task, slot)?;
+    let home = Home::original(task, slot);
     let lineage = Arc::new(Lineage { tree: Mutex::new(DerivTree::new()) });
     let mut tree = lineage.tree.lock();
     tree.reserve().map_err(|_| Error::OutOfMemory)?;
