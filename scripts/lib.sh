@@ -364,7 +364,7 @@ qemu_args() {
         kvm) printf '%s\n' -enable-kvm -cpu "${cpu:-host,-arch-capabilities}" ;;
         *) die "unknown accelerator $accel" ;;
     esac
-    printf '%s\n' -smp "$smp" -m "${RL4_MEM:-256M}" -display none -no-reboot \
+    printf '%s\n' -smp "$smp" -m "${RL4_MEM:-288M}" -display none -no-reboot \
         -device isa-debug-exit,iobase=0xf4,iosize=0x04
 }
 

@@ -211,7 +211,11 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     let bound = obj::heap_bound();
     match mem::try_heap_in_use() {
         Some(used) => {
-            println!("check: kernel heap: {used} bytes in use, {bound} allowed, {} spanned", mem::heap_size());
+            println!(
+                "check: kernel heap: {used} bytes in use, {bound} allowed, {} held ({} arena frames)",
+                mem::heap_size(),
+                mem::heap_arenas()
+            );
             if used > bound {
                 fail!(r, "kernel heap: {used} bytes in use, but the live objects and the allowance account for {bound}");
             }
@@ -386,6 +390,12 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     for f in &frames {
         refs.compare(&mut r, f, format_args!("frame {:#x}", f.pa()));
     }
+    // Derivation trees (`CapRevoke`): each against the slots that own its nodes.
+    let node_charges = census.charges().to_vec();
+    // Each derivation node's charge holds a reference to its budget.
+    for &(m, _, _) in &node_charges {
+        *refs.0.entry(m).or_insert(0) += 1;
+    }
     for m in &memories {
         refs.compare(&mut r, m, format_args!("memory budget of {} bytes", m.total));
     }
@@ -395,7 +405,6 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     for n in &notifications {
         refs.compare(&mut r, n, format_args!("notification {:#x}", key(n)));
     }
-    // Derivation trees (`CapRevoke`): each against the slots that own its nodes.
     census.finish(|a| r.fail(a));
 
     // 2. Thread states: each thread's `Life` against where it was found.
@@ -493,6 +502,10 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
         *charged.entry(key(&sp.memory)).or_insert(0) += tables * PAGE_SIZE + maps.len() as u64 * MAP_COST;
     }
     heap_shares += space_maps.iter().map(|m| m.len() as u64).sum::<u64>() * obj::MAP_HEAP;
+    for &(m, bytes, heap) in &node_charges {
+        *charged.entry(m).or_insert(0) += bytes;
+        heap_shares += heap;
+    }
     if heap_shares != obj::heap_charged() {
         fail!(r, "the live objects' heap shares add up to {heap_shares} bytes, but {} are counted", obj::heap_charged());
     }
@@ -609,6 +622,17 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
             })
         };
         users_pa.iter().for_each(|&pa| own(pa, true));
+        // The heap's frames outside its window (arenas, spares, large allocations).
+        mem::for_each_heap_frame(|i| {
+            let (w, b) = (i / 64, 1u64 << (i % 64));
+            if owned[w] & b != 0 {
+                dup += 1;
+                if first_dup == 0 {
+                    first_dup = 1;
+                }
+            }
+            owned[w] |= b;
+        });
         // A device page is never the allocator's.
         let device_managed = device_pa.iter().filter(|&&pa| a.index(pa).is_some()).count() as u64;
         // Boot modules stay out of the allocator (`mem::init` reserves them).

@@ -95,7 +95,7 @@ impl Endpoint {
     pub fn new(mem: &Arc<crate::obj::Memory>) -> Result<Arc<Endpoint>, Error> {
         let charge = crate::obj::Charge::new(mem, crate::obj::ENDPOINT_COST)?;
         let e = Arc::new_cyclic(|me: &Weak<Endpoint>| Endpoint { q: Mutex::new(EpQueues::new(me.as_ptr() as usize)), me: me.clone(), _charge: charge });
-        crate::obj::ENDPOINTS.add(&e);
+        crate::obj::ENDPOINTS.add(&e)?;
         Ok(e)
     }
 
@@ -158,7 +158,7 @@ impl Notification {
     pub fn new(mem: &Arc<crate::obj::Memory>) -> Result<Arc<Notification>, Error> {
         let charge = crate::obj::Charge::new(mem, crate::obj::NOTIFICATION_COST)?;
         let n = Arc::new_cyclic(|me| Notification { q: Mutex::new(NState::default()), me: me.clone(), _charge: charge });
-        crate::obj::NOTIFICATIONS.add(&n);
+        crate::obj::NOTIFICATIONS.add(&n)?;
         Ok(n)
     }
     pub fn charge(&self) -> &crate::obj::Charge {
@@ -331,6 +331,10 @@ pub fn send(
         Some(Ok(c)) => Some(c),
     };
     let deadline = deadline(timeout);
+    if timeout::reserve(deadline).is_err() {
+        reclaim::later_cap(cap);
+        return Outcome::Return(Err(Error::OutOfMemory));
+    }
     let ticket = if call { sched::next_ticket() } else { 0 };
     let mut q = ep.q.lock();
     // A call waits for its reply before any receiver can see it: the receiver may answer at
@@ -397,6 +401,7 @@ pub fn send(
 /// `Recv`, `NbRecv` and the receive half of `ReplyRecv` by the running thread `cur`.
 /// `direct_to`: a caller just claimed by this call's reply, to switch to if `cur` blocks.
 pub fn recv(cur: &Arc<Thread>, ep: &Arc<Endpoint>, timeout: u64, direct_to: Option<Arc<Thread>>) -> Outcome {
+    let room = timeout == 0 || timeout::reserve(deadline(timeout)).is_ok();
     let mut q = ep.q.lock();
     while let Some(snd) = q.senders.pop_front() {
         let mut sl = snd.life.lock();
@@ -464,6 +469,15 @@ pub fn recv(cur: &Arc<Thread>, ep: &Arc<Endpoint>, timeout: u64, direct_to: Opti
             place_claimed(t, false);
         }
         return Outcome::Return(Err(Error::Timeout));
+    }
+    // The deadline list's room is made before the thread blocks (the kernel may be out of
+    // memory; the endpoint's queue is intrusive and needs none).
+    if !room {
+        drop(q);
+        if let Some(t) = direct_to {
+            place_claimed(t, false);
+        }
+        return Outcome::Return(Err(Error::OutOfMemory));
     }
     let deadline = deadline(timeout);
     match block_current(cur, Wait::Recv { ep: EpRef(ep.weak()) }, deadline) {
@@ -674,6 +688,9 @@ pub fn signal(n: &Arc<Notification>, bits: u64) {
 
 /// `Wait`: the bits, or block until a signal (`timeout` 0 and no bits: `Timeout`).
 pub fn wait(cur: &Arc<Thread>, n: &Arc<Notification>, timeout: u64) -> Outcome {
+    if timeout != 0 && timeout::reserve(deadline(timeout)).is_err() {
+        return Outcome::Return(Err(Error::OutOfMemory));
+    }
     let mut q = n.q.lock();
     if q.word != 0 {
         let w = core::mem::take(&mut q.word);
@@ -681,6 +698,9 @@ pub fn wait(cur: &Arc<Thread>, n: &Arc<Notification>, timeout: u64) -> Outcome {
     }
     if timeout == 0 {
         return Outcome::Return(Err(Error::Timeout));
+    }
+    if q.waiters.try_reserve(1).is_err() {
+        return Outcome::Return(Err(Error::OutOfMemory));
     }
     let deadline = deadline(timeout);
     match block_current(cur, Wait::Notify { n: NtfRef(n.me.clone()) }, deadline) {

@@ -106,6 +106,9 @@ pub extern "C" fn rl4_kernel_entry(protocol: u32, magic: u32, info: u64) -> ! {
         if opts.fastpath { "on" } else { "off" },
         if opts.inject != 0 { " inject (damaging kernel state on purpose, for a test)" } else { "" }
     );
+    if opts.overcommit_mib != 0 {
+        println!("overcommit: the root budget promises {} MiB more than memory backs (for a test)", opts.overcommit_mib);
+    }
     for e in bi.memory_map() {
         println!("memory map: {:#014x}..{:#014x} {:?}", e.range.start, e.range.end, e.kind);
     }
@@ -293,6 +296,11 @@ extern "C" fn ap_main(cpu: &'static Cpu) -> ! {
 /// The `inject=` faults (`rl4_core::cmdline::inject`).
 pub fn inject() -> u8 {
     OPTIONS.get().map_or(0, |o| o.inject)
+}
+
+/// `overcommit=`: bytes added to the root task's budget beyond what memory backs.
+pub fn overcommit() -> u64 {
+    OPTIONS.get().map_or(0, |o| o.overcommit_mib as u64) << 20
 }
 
 pub fn root_args() -> &'static str {

@@ -23,85 +23,251 @@ use rl4_core::memmap::{MemKind, Range, RangeSet};
 use talc::{ErrOnOom, Span, Talc};
 use crate::count::{self, Global, GlobalSpin};
 
-/// The kernel heap: `talc` over a virtual window that grows by mapping fresh frames at its
-/// end whenever an allocation does not fit. Every object a user task can make is charged to
-/// its memory budget at least as much as it takes from this heap, and the budget never
-/// exceeds the frames the allocator has, so growth cannot fail because of a user.
+/// The kernel heap. Small allocations (those that fit in one page with `talc`'s tags) come
+/// from `talc`, whose arenas are the boot window's first megabyte (permanent: `talc`'s own
+/// bins live there) and single frames taken from the frame allocator and reached through the
+/// direct map; an arena frame whose last allocation is freed leaves `talc` and goes back to the
+/// frame allocator (a few are kept as spares, [`SPARE_MAX`]). Larger allocations take whole,
+/// physically contiguous runs of frames of their own, also through the direct map, which go
+/// back when freed. So the heap holds at most its allocations, the frames partly used by
+/// them and the spares: after a burst of objects dies, its frames are the allocator's again
+/// (docs/memory.md, docs/decisions.md). Nothing is ever unmapped, so freeing memory needs no
+/// TLB shoot-down.
 ///
 /// Why `talc` (not `linked_list_allocator`, which it replaced): its free chunks are kept in
 /// size bins, so an allocation and a free take constant time whatever the number of free
 /// chunks; a linked list of holes sorted by address makes each free walk the list, and freeing
 /// a chain of 10,000 tasks (20,000 holes) took 17 s with interrupts off (issue 17).
-struct GrowingHeap {
-    heap: GlobalSpin<KernelHeap>,
-    top: AtomicU64,
-}
-
 struct KernelHeap {
     talc: Talc<ErrOnOom>,
-    /// The heap's extent as `talc` knows it (from the window's base to `top`).
-    span: Span,
+    /// The boot arena (in the heap window), never given back.
+    boot: Span,
+    /// Empty arena frames kept for the next growth: physical addresses, each holding the next
+    /// one's address in its first word (0 ends the list).
+    spare: u64,
+    spares: u64,
 }
 
-/// Smallest growth step (pages).
-const HEAP_GROW_PAGES: u64 = 64;
+/// Empty arena frames the heap keeps rather than giving them back at once (so that one object
+/// made and freed in a loop does not take and return a frame each time).
+const SPARE_MAX: u64 = 8;
+/// Heap bytes in use by large allocations (rounded up to whole pages).
+static LARGE_IN_USE: AtomicU64 = AtomicU64::new(0);
+/// Bytes of memory the heap holds: the boot arena, the arena frames (spares included) and the
+/// large allocations' pages.
+static HELD: AtomicU64 = AtomicU64::new(0);
+/// Arena frames in use by `talc` (not spares).
+static ARENAS: AtomicU64 = AtomicU64::new(0);
 
-// SAFETY: allocation and deallocation go through the inner `Talc` under its lock; growth maps
-// fresh frames right after the heap's current end before handing them to `Talc::extend`.
-unsafe impl GlobalAlloc for GrowingHeap {
+/// Which allocator frames the heap holds (arena frames, spares, large runs, this map's own):
+/// one bit per frame index of the allocator (`FrameAllocator::index`), set and cleared under
+/// the allocator's lock; read by the consistency check. Made in [`init`].
+static HEAP_MAP: AtomicU64 = AtomicU64::new(0);
+static HEAP_MAP_WORDS: AtomicU64 = AtomicU64::new(0);
+
+fn heap_map() -> &'static [AtomicU64] {
+    let (p, n) = (HEAP_MAP.load(Ordering::Acquire), HEAP_MAP_WORDS.load(Ordering::Acquire));
+    if p == 0 {
+        return &[];
+    }
+    // SAFETY: `init` carved `n` words out of frames no one else uses, zeroed them and published
+    // them here before any other use; they live as long as the kernel; access is atomic.
+    unsafe { core::slice::from_raw_parts(p as *const AtomicU64, n as usize) }
+}
+
+fn mark(a: &FrameAllocator<'static>, pa: u64, count: u64, on: bool) {
+    let map = heap_map();
+    for k in 0..count {
+        if let Some(i) = a.index(pa + k * PAGE_SIZE) {
+            let (w, b) = (i / 64, 1u64 << (i % 64));
+            if let Some(word) = map.get(w) {
+                if on {
+                    word.fetch_or(b, Ordering::Relaxed);
+                } else {
+                    word.fetch_and(!b, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// `count` contiguous frames aligned to `align` bytes for the heap (marked as the heap's).
+fn take_frames(count: u64, align: u64) -> Option<u64> {
+    let mut f = FRAMES.lock();
+    let a = f.as_mut()?;
+    // The heap owns the frames from here on, by address (`give_frames` hands them back).
+    let pa = if count == 1 { a.alloc()?.into_raw() } else { a.alloc_contiguous(count, align)? };
+    mark(a, pa, count, true);
+    HELD.fetch_add(count * PAGE_SIZE, Ordering::Relaxed);
+    Some(pa)
+}
+
+/// Gives back `count` frames from `pa` that [`take_frames`] gave the heap.
+#[allow(unsafe_code)]
+fn give_frames(pa: u64, count: u64) {
+    let mut f = FRAMES.lock();
+    let Some(a) = f.as_mut() else { return };
+    mark(a, pa, count, false);
+    for k in 0..count {
+        // SAFETY: `take_frames` took these frames from this allocator for the heap, which gives
+        // each back once, when nothing in it lies there any more.
+        if let Err(e) = a.free(unsafe { OwnedFrame::from_raw(pa + k * PAGE_SIZE) }) {
+            panic!("freeing heap frame {:#x}: {e:?}", pa + k * PAGE_SIZE);
+        }
+    }
+    HELD.fetch_sub(count * PAGE_SIZE, Ordering::Relaxed);
+}
+
+/// Calls `f` with the allocator index of every frame the heap holds outside its boot window
+/// (the consistency check, with the allocator locked by the caller: nothing here locks).
+pub fn for_each_heap_frame(mut f: impl FnMut(usize)) {
+    for (w, word) in heap_map().iter().enumerate() {
+        let mut bits = word.load(Ordering::Relaxed);
+        while bits != 0 {
+            f(w * 64 + bits.trailing_zeros() as usize);
+            bits &= bits - 1;
+        }
+    }
+}
+
+/// Whether `talc` serves `layout` (from a one-page arena; the rest takes page runs).
+fn small(layout: Layout) -> bool {
+    layout.align() <= 64 && layout.size() + layout.align() + 64 <= PAGE_SIZE as usize
+}
+
+/// Pages a large allocation takes.
+fn run_pages(layout: Layout) -> u64 {
+    (layout.size() as u64).div_ceil(PAGE_SIZE).max(1)
+}
+
+impl KernelHeap {
+    /// A frame for a new arena: a spare, else a fresh one.
+    fn arena_frame(&mut self) -> Option<u64> {
+        if self.spare != 0 {
+            let pa = self.spare;
+            // SAFETY: a spare is a heap-owned frame whose first word holds the next spare.
+            self.spare = unsafe { (phys_to_virt(pa) as *const u64).read() };
+            self.spares -= 1;
+            return Some(pa);
+        }
+        take_frames(1, PAGE_SIZE)
+    }
+
+    /// An arena frame `talc` no longer uses: kept as a spare, or given back.
+    fn release_frame(&mut self, pa: u64) {
+        if self.spares < SPARE_MAX {
+            // SAFETY: the frame is the heap's and no longer `talc`'s; its first word links it.
+            unsafe { (phys_to_virt(pa) as *mut u64).write(self.spare) };
+            self.spare = pa;
+            self.spares += 1;
+        } else {
+            give_frames(pa, 1);
+        }
+    }
+}
+
+struct Heap {
+    heap: GlobalSpin<KernelHeap>,
+}
+
+// SAFETY: small allocations go through the inner `Talc` under its lock, whose arenas are memory
+// the heap owns (the boot window's mapped pages, frames from the allocator reached through the
+// direct map); large ones are frame runs taken from and given back to the allocator.
+unsafe impl GlobalAlloc for Heap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         count::alloc(layout.size());
+        if !small(layout) {
+            let pages = run_pages(layout);
+            let align = (layout.align() as u64).max(PAGE_SIZE);
+            if heap_map().is_empty() {
+                return core::ptr::null_mut();
+            }
+            return match take_frames(pages, align) {
+                Some(pa) => {
+                    LARGE_IN_USE.fetch_add(pages * PAGE_SIZE, Ordering::Relaxed);
+                    phys_to_virt(pa) as *mut u8
+                }
+                None => core::ptr::null_mut(),
+            };
+        }
         let mut h = self.heap.lock();
-        // SAFETY: `talc` manages only the heap window's mapped part (claimed in `init`,
-        // extended below).
+        if h.boot.is_empty() {
+            return core::ptr::null_mut();
+        }
+        // SAFETY: `talc` manages only memory the heap owns (above).
         if let Ok(p) = unsafe { h.talc.malloc(layout) } {
             return p.as_ptr();
         }
-        let need = (layout.size() + layout.align()) as u64 + 64;
-        let pages = need.div_ceil(PAGE_SIZE).max(HEAP_GROW_PAGES);
-        let top = self.top.load(Ordering::Relaxed);
-        if paging::map_heap(&mut Frames, top, pages).is_err() {
+        let Some(pa) = h.arena_frame() else { return core::ptr::null_mut() };
+        let span = Span::from_base_size(phys_to_virt(pa) as *mut u8, PAGE_SIZE as usize);
+        // SAFETY: the frame is the heap's alone (fresh from the allocator or a spare), writable
+        // through the direct map.
+        if unsafe { h.talc.claim(span) }.is_err() {
+            h.release_frame(pa);
             return core::ptr::null_mut();
         }
-        let new_top = top + pages * PAGE_SIZE;
-        self.top.store(new_top, Ordering::Relaxed);
-        let base = h.span.get_base_acme().map_or(core::ptr::null_mut(), |(b, _)| b);
-        let old = h.span;
-        // SAFETY: the pages just mapped start exactly at the heap's end (`top`), are writable
-        // and used by nothing else; the new span contains the old one.
-        h.span = unsafe { h.talc.extend(old, Span::new(base, new_top as *mut u8)) };
+        ARENAS.fetch_add(1, Ordering::Relaxed);
         // SAFETY: as above.
         unsafe { h.talc.malloc(layout) }.map_or(core::ptr::null_mut(), |p| p.as_ptr())
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         count::free(layout.size());
+        if !small(layout) {
+            let pages = run_pages(layout);
+            LARGE_IN_USE.fetch_sub(pages * PAGE_SIZE, Ordering::Relaxed);
+            give_frames(ptr as u64 - rl4_arch::layout::DIRECT_MAP, pages);
+            return;
+        }
+        let mut h = self.heap.lock();
         // SAFETY: `ptr` came from `alloc` with this layout (the `GlobalAlloc` contract).
-        unsafe { self.heap.lock().talc.free(core::ptr::NonNull::new_unchecked(ptr), layout) }
+        unsafe { h.talc.free(core::ptr::NonNull::new_unchecked(ptr), layout) };
+        if h.boot.contains(ptr) {
+            return;
+        }
+        let page = (ptr as u64) & !(PAGE_SIZE - 1);
+        let span = Span::from_base_size(page as *mut u8, PAGE_SIZE as usize);
+        // SAFETY: `span` is the arena `ptr` came from, exactly as claimed (a whole, aligned
+        // frame; `claim` keeps word-aligned spans as they are).
+        if unsafe { h.talc.get_allocated_span(span) }.is_empty() {
+            // SAFETY: as above; nothing in it is allocated.
+            let _ = unsafe { h.talc.truncate(span, Span::empty()) };
+            ARENAS.fetch_sub(1, Ordering::Relaxed);
+            h.release_frame(page - rl4_arch::layout::DIRECT_MAP);
+        }
     }
 }
 
 #[global_allocator]
-static HEAP: GrowingHeap = GrowingHeap {
-    heap: GlobalSpin::new(Global::Heap, KernelHeap { talc: Talc::new(ErrOnOom), span: Span::empty() }),
-    top: AtomicU64::new(0),
+static HEAP: Heap = Heap {
+    heap: GlobalSpin::new(
+        Global::Heap,
+        KernelHeap { talc: Talc::new(ErrOnOom), boot: Span::empty(), spare: 0, spares: 0 },
+    ),
 };
 
-/// Bytes allocated from the heap now (what its users hold, not counting `talc`'s own
-/// bookkeeping).
+/// Bytes allocated from the heap now (what its users hold, large allocations rounded up to
+/// pages, not counting `talc`'s own bookkeeping).
 pub fn heap_in_use() -> u64 {
-    HEAP.heap.lock().talc.get_counters().allocated_bytes as u64
+    HEAP.heap.lock().talc.get_counters().allocated_bytes as u64 + LARGE_IN_USE.load(Ordering::Relaxed)
 }
 
 /// [`heap_in_use`], unless the heap's lock is held (the consistency check, which must not wait
 /// for a lock another CPU may hold).
 pub fn try_heap_in_use() -> Option<u64> {
-    HEAP.heap.try_lock().map(|h| h.talc.get_counters().allocated_bytes as u64)
+    HEAP.heap.try_lock().map(|h| h.talc.get_counters().allocated_bytes as u64 + LARGE_IN_USE.load(Ordering::Relaxed))
 }
 
-/// Bytes the heap spans now.
+/// Bytes of memory the heap holds now: its boot arena, its arena frames (spares included) and
+/// its large allocations' pages.
 pub fn heap_size() -> u64 {
-    HEAP.top.load(Ordering::Relaxed).saturating_sub(rl4_arch::layout::HEAP_BASE)
+    HELD.load(Ordering::Relaxed)
+}
+
+/// Arena frames `talc` uses now (for the consistency check: each is a frame the allocator
+/// counts as used).
+pub fn heap_arenas() -> u64 {
+    ARENAS.load(Ordering::Relaxed)
 }
 
 static FRAMES: GlobalSpin<Option<FrameAllocator<'static>>> = GlobalSpin::new(Global::Frames, None);
@@ -204,19 +370,34 @@ pub fn init(bi: &BootInfo) -> MemInfo {
         .unwrap_or_else(|e| panic!("building the kernel page tables failed: {e:?}"));
     paging::activate(pml4, f.nx);
 
-    // Kernel heap: starts with 1 MiB in its window and grows on demand.
+    // Kernel heap: its boot arena is the window's first megabyte; it grows by arena frames.
     let base = rl4_arch::layout::HEAP_BASE;
     let heap_pages = 256;
     if let Err(e) = paging::map_heap(&mut Frames, base, heap_pages) {
         panic!("mapping the kernel heap: {e:?}");
     }
-    HEAP.top.store(base + heap_pages * PAGE_SIZE, Ordering::Relaxed);
+    HELD.store(heap_pages * PAGE_SIZE, Ordering::Relaxed);
+    // The map of the heap's frames, itself in frames it marks as the heap's.
+    {
+        let mut f = FRAMES.lock();
+        let Some(a) = f.as_mut() else { panic!("no frame allocator") };
+        let words = a.index_limit().div_ceil(64) as u64;
+        let pages = (words * 8).div_ceil(PAGE_SIZE);
+        let Some(pa) = a.alloc_contiguous(pages, PAGE_SIZE) else { panic!("no room for the kernel heap's frame map") };
+        // SAFETY: the run was just taken from the allocator for this map alone; the direct map
+        // covers it (the final page tables are active).
+        unsafe { core::ptr::write_bytes(phys_to_virt(pa) as *mut u8, 0, (pages * PAGE_SIZE) as usize) };
+        HEAP_MAP_WORDS.store(words, Ordering::Release);
+        HEAP_MAP.store(phys_to_virt(pa), Ordering::Release);
+        mark(a, pa, pages, true);
+        HELD.fetch_add(pages * PAGE_SIZE, Ordering::Relaxed);
+    }
     {
         let mut h = HEAP.heap.lock();
         let span = Span::from_base_size(base as *mut u8, (heap_pages * PAGE_SIZE) as usize);
         // SAFETY: the window's first pages were just mapped writable for the heap alone, and
         // are never unmapped.
-        h.span = unsafe { h.talc.claim(span) }.unwrap_or_else(|()| panic!("the kernel heap's first megabyte is too small"));
+        h.boot = unsafe { h.talc.claim(span) }.unwrap_or_else(|()| panic!("the kernel heap's first megabyte is too small"));
     }
 
     MemInfo {
@@ -231,6 +412,34 @@ pub fn init(bi: &BootInfo) -> MemInfo {
 /// caller's until it gives it back with [`free_frame`].
 pub fn alloc_frame() -> Option<OwnedFrame> {
     Frames.alloc_frame()
+}
+
+/// Free frames that user frames and user page tables never take: they are the kernel heap's
+/// (docs/memory.md, "Running out of memory").
+pub const USER_FLOOR: u64 = 512;
+/// Free frames a system call that allocates kernel memory needs when it starts; below that it
+/// answers `OutOfMemory` at once ([`headroom`]). Between this floor and [`USER_FLOOR`] lie
+/// 1 MiB of frames that only the heap can take, for the small allocations of the calls under
+/// way on every CPU (each takes a few pages at most; larger allocations are fallible).
+pub const CALL_FLOOR: u64 = 256;
+
+/// A frame for a user frame object or a user page table: none if that would leave fewer than
+/// [`USER_FLOOR`] frames free.
+pub fn alloc_user_frame() -> Option<OwnedFrame> {
+    let mut f = FRAMES.lock();
+    let a = f.as_mut()?;
+    if a.free_frames() <= USER_FLOOR { None } else { a.alloc() }
+}
+
+/// Frames a user can still take now (above [`USER_FLOOR`]).
+pub fn user_frames_left() -> u64 {
+    free_frames().saturating_sub(USER_FLOOR)
+}
+
+/// `OutOfMemory` unless at least [`CALL_FLOOR`] frames are free: checked first by every
+/// system call that allocates kernel memory.
+pub fn headroom() -> Result<(), rl4_abi::Error> {
+    if free_frames() >= CALL_FLOOR { Ok(()) } else { Err(rl4_abi::Error::OutOfMemory) }
 }
 
 /// Returns a frame to the allocator. Only `unsafe` code can make a frame that is not the

@@ -114,11 +114,57 @@ pub struct Lineage {
     tree: Mutex<DerivTree<Home>, { Level::DERIV }>,
 }
 
-/// Where a capability of a [`Lineage`] lives.
+/// Where a capability of a [`Lineage`] lives, and the charge for its node: the task whose
+/// slot holds a derived capability (a copy, a mint, one received through IPC) pays
+/// [`DERIV_NODE_COST`] from its budget while the node lives. The node an original capability
+/// gets when something is first derived from it (`tracked`) is not charged: its holder did not
+/// ask for it, and it is one per original capability in a slot (docs/memory.md).
 pub struct Home {
     task: Weak<Task>,
     slot: u64,
+    charge: Option<NodeCharge>,
 }
+
+impl Home {
+    /// The home of a derived capability about to go into `slot` of `task`, charged to its
+    /// budget.
+    fn new(task: &Arc<Task>, slot: u64) -> Result<Home, Error> {
+        let charge = NodeCharge::new(task.charge().of().0)?;
+        Ok(Home { task: Arc::downgrade(task), slot, charge: Some(charge) })
+    }
+
+    /// The home of an original capability in `slot` of `task` (not charged).
+    fn original(task: &Arc<Task>, slot: u64) -> Home {
+        Home { task: Arc::downgrade(task), slot, charge: None }
+    }
+}
+
+/// [`DERIV_NODE_COST`] taken from a budget while a node lives, all of it heap share (a
+/// [`Charge`] of one fixed size, kept small: it is in every node).
+struct NodeCharge(Arc<Memory>);
+
+impl NodeCharge {
+    fn new(mem: &Arc<Memory>) -> Result<NodeCharge, Error> {
+        mem.charge(DERIV_NODE_COST)?;
+        HEAP_CHARGED.fetch_add(DERIV_NODE_COST, Ordering::Relaxed);
+        Ok(NodeCharge(mem.clone()))
+    }
+}
+
+impl Drop for NodeCharge {
+    fn drop(&mut self) {
+        HEAP_CHARGED.fetch_sub(DERIV_NODE_COST, Ordering::Relaxed);
+        self.0.uncharge(DERIV_NODE_COST);
+    }
+}
+
+/// What a capability's derivation node costs the budget of the task that holds it: the node
+/// four times over (a tree's vector is at most four times its live nodes: it halves when a
+/// quarter is used) and a tree's record (each tree has at least one node).
+pub const DERIV_NODE_COST: u64 = rl4_abi::cost::DERIV_NODE;
+const _: () = assert!(
+    (4 * DerivTree::<Home>::NODE_BYTES + core::mem::size_of::<Lineage>() + 16 + 64) as u64 <= DERIV_NODE_COST
+);
 
 /// A capability's place in its [`Lineage`]. The capability in a slot *owns* its node (deleting
 /// it, by any means, takes the node out of the tree, its children going to its parent); any
@@ -190,8 +236,9 @@ impl Drop for Link {
 pub fn inject_orphan_node(task: &Arc<Task>, slot: u64) {
     let Ok(cap) = task.caps.lock().get(slot).cloned() else { return };
     let Ok(named) = tracked(task, slot, cap) else { return };
+    let Ok(home) = Home::new(task, 0) else { return };
     if let Some((lineage, id)) = named.link.parts() {
-        let _ = lineage.tree.lock().add(Some(id), Home { task: Arc::downgrade(task), slot: 0 });
+        let _ = lineage.tree.lock().add(Some(id), home);
     }
 }
 
@@ -202,6 +249,8 @@ pub fn inject_orphan_node(task: &Arc<Task>, slot: u64) {
 #[derive(Default)]
 pub struct LinkCensus {
     owners: BTreeMap<usize, (Arc<Lineage>, usize)>,
+    /// The charges of the nodes found: (budget, bytes, heap part).
+    charges: Vec<(usize, u64, u64)>,
 }
 
 impl LinkCensus {
@@ -222,8 +271,17 @@ impl LinkCensus {
                 "task {} slot {slot}: its derivation node {id:?} says it is in slot {} of another task",
                 task.id, h.slot
             )),
-            Some(_) => {}
+            Some(h) => {
+                if let Some(c) = &h.charge {
+                    self.charges.push((Arc::as_ptr(&c.0) as usize, DERIV_NODE_COST, DERIV_NODE_COST));
+                }
+            }
         }
+    }
+
+    /// The charges of the nodes of the slots seen so far: (budget, bytes, heap part).
+    pub fn charges(&self) -> &[(usize, u64, u64)] {
+        &self.charges
     }
 
     /// After every slot: each tree's node count against its owners.
@@ -301,12 +359,16 @@ impl<T> Registry<T> {
         Registry { list: GlobalMutex::new(crate::count::Global::Registry, RegList { v: Vec::new(), pruned: 0, dead: 0 }) }
     }
 
-    pub fn add(&self, a: &Arc<T>) {
+    /// Registers a new object; `OutOfMemory` if the list cannot grow (the caller then drops
+    /// the object, after this lock).
+    pub fn add(&self, a: &Arc<T>) -> Result<(), Error> {
         let mut l = self.list.lock();
         if l.v.len() >= 2 * l.pruned.max(32) {
             l.prune();
         }
+        l.v.try_reserve(1).map_err(|_| Error::OutOfMemory)?;
         l.v.push(Arc::downgrade(a));
+        Ok(())
     }
 
     /// Called by an object's destructor (no lock held). A weak reference keeps the whole
@@ -425,7 +487,10 @@ impl Memory {
             HEAP_AT_BOOT.store(mem::heap_in_use(), Ordering::Relaxed);
         }
         let m = Arc::new(Memory { total, used: AtomicU64::new(0) });
-        MEMORIES.add(&m);
+        // Only the root's budget is made, at boot.
+        if MEMORIES.add(&m).is_err() {
+            panic!("no memory for the root task's budget");
+        }
         m
     }
     /// Bytes charged.
@@ -505,20 +570,20 @@ impl Frame {
     /// A zeroed frame charged to `mem`.
     pub fn new(mem: &Arc<Memory>) -> Result<Arc<Frame>, Error> {
         let charge = Charge::with_frames(mem, FRAME_COST, 1)?;
-        let mut f = mem::alloc_frame().ok_or(Error::OutOfMemory)?;
+        let mut f = mem::alloc_user_frame().ok_or(Error::OutOfMemory)?;
         mem::zero_frame(&mut f);
         let f = Arc::new(Frame { mem: Some(FrameMem::Ram(f)), _charge: charge });
-        FRAMES.add(&f);
+        FRAMES.add(&f)?;
         Ok(f)
     }
     /// A frame charged to `mem` holding `bytes` (at most a page) and zeros after them.
     pub fn with_bytes(mem: &Arc<Memory>, bytes: &[u8]) -> Result<Arc<Frame>, Error> {
         let charge = Charge::with_frames(mem, FRAME_COST, 1)?;
-        let mut f = mem::alloc_frame().ok_or(Error::OutOfMemory)?;
+        let mut f = mem::alloc_user_frame().ok_or(Error::OutOfMemory)?;
         mem::zero_frame(&mut f);
         mem::write_frame(&f, 0, bytes);
         let f = Arc::new(Frame { mem: Some(FrameMem::Ram(f)), _charge: charge });
-        FRAMES.add(&f);
+        FRAMES.add(&f)?;
         Ok(f)
     }
     /// The frame object of device page number `index`, which the caller has claimed
@@ -529,8 +594,14 @@ impl Frame {
             Ok(c) => c,
             Err(e) => return Err((e, page)),
         };
-        let f = Arc::new(Frame { mem: Some(FrameMem::Device(page, index)), _charge: charge });
-        FRAMES.add(&f);
+        let mut f = Arc::new(Frame { mem: Some(FrameMem::Device(page, index)), _charge: charge });
+        if let Err(e) = FRAMES.add(&f) {
+            // The page goes back to the caller, not through the frame's destructor.
+            let Some(FrameMem::Device(page, _)) = Arc::get_mut(&mut f).and_then(|f| f.mem.take()) else {
+                unreachable!("a frame just made, with its page")
+            };
+            return Err((e, page));
+        }
         Ok(f)
     }
     pub fn charge(&self) -> &Charge {
@@ -624,7 +695,7 @@ impl Space {
             io: crate::device::IoSpace::new(),
             _charge: charge,
         });
-        SPACES.add(&s);
+        SPACES.add(&s)?;
         Ok(s)
     }
     pub fn charge(&self) -> &Charge {
@@ -691,17 +762,18 @@ pub fn next_id() -> u64 {
 impl Task {
     pub fn new(mem: &Arc<Memory>, space: Arc<Space>) -> Result<Arc<Task>, Error> {
         let charge = Charge::new(mem, TASK_COST)?;
+        let caps = CapTable::try_new(rl4_abi::CAP_SLOTS as usize).ok_or(Error::OutOfMemory)?;
         let t = Arc::new(Task {
             id: next_id(),
             shadow: spin::Once::new(),
-            caps: Mutex::new(CapTable::new(rl4_abi::CAP_SLOTS as usize)),
+            caps: Mutex::new(caps),
             threads: Mutex::new(Vec::new()),
             threads_gone: AtomicU64::new(0),
             space,
             dead: AtomicBool::new(false),
             _charge: charge,
         });
-        TASKS.add(&t);
+        TASKS.add(&t)?;
         Ok(t)
     }
     pub fn charge(&self) -> &Charge {
@@ -739,19 +811,28 @@ impl Task {
             }
             return caps.insert(slot, cap).map_err(|_| unreachable!("checked free"));
         };
+        // Its node is charged to this task's budget, and its room made, before anything changes.
+        let home = match Home::new(self, slot) {
+            Ok(h) => h,
+            Err(e) => return Err((e, cap)),
+        };
         let mut tree = lineage.tree.lock();
+        if tree.reserve().is_err() {
+            drop(tree);
+            return Err((Error::OutOfMemory, cap));
+        }
         let mut caps = self.caps.lock();
-        let added = match self.refusal(&caps, slot) {
-            Some(e) => Err(e),
-            None => tree.add(Some(parent), Home { task: Arc::downgrade(self), slot }).map_err(|_| Error::EmptySlot),
+        let refused = match self.refusal(&caps, slot) {
+            Some(e) => Some(e),
+            None if !tree.is_live(parent) => Some(Error::EmptySlot),
+            None => None,
         };
-        let id = match added {
-            Ok(id) => id,
-            Err(e) => {
-                drop((caps, tree));
-                return Err((e, cap));
-            }
-        };
+        if let Some(e) = refused {
+            drop((caps, tree));
+            drop(home);
+            return Err((e, cap));
+        }
+        let id = tree.add(Some(parent), home).unwrap_or_else(|_| unreachable!("parent checked live"));
         cap.link = Link { at: Some((lineage.clone(), id)), owned: true };
         caps.insert(slot, cap).map_err(|_| unreachable!("checked free"))
     }
@@ -794,9 +875,12 @@ pub fn tracked(task: &Arc<Task>, slot: u64, mut cap: Cap) -> Result<Cap, Error> 
     if cap.link.parts().is_some() {
         return Ok(cap);
     }
+    let home = Home::original(task, slot);
     let lineage = Arc::new(Lineage { tree: Mutex::new(DerivTree::new()) });
     let mut tree = lineage.tree.lock();
+    tree.reserve().map_err(|_| Error::OutOfMemory)?;
     let mut caps = task.caps.lock();
+    let mut home = Some(home);
     let root = caps.with_link(slot, |obj, _, badge, link| {
         if !obj.same(&cap.obj) || badge != cap.badge {
             return Err(Error::EmptySlot);
@@ -805,7 +889,7 @@ pub fn tracked(task: &Arc<Task>, slot: u64, mut cap: Cap) -> Result<Cap, Error> 
             // Another thread tracked it meanwhile.
             return Ok(Err((l.clone(), id)));
         }
-        let root = tree.add(None, Home { task: Arc::downgrade(task), slot }).map_err(|_| Error::EmptySlot)?;
+        let root = tree.add(None, home.take().expect("once")).map_err(|_| Error::EmptySlot)?;
         *link = Link { at: Some((lineage.clone(), root)), owned: true };
         Ok(Ok(root))
     })??;
@@ -951,9 +1035,12 @@ impl Thread {
                 return Err(Error::InvalidState);
             }
             list.retain(|w| w.strong_count() > 0);
+            if list.try_reserve(1).is_err() {
+                return Err(Error::OutOfMemory);
+            }
             list.push(Arc::downgrade(&t));
         }
-        THREADS.add(&t);
+        THREADS.add(&t)?;
         Ok(t)
     }
     pub fn charge(&self) -> &Charge {

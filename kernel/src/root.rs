@@ -36,7 +36,7 @@ fn load_bytes(space: &Space, mem: &Arc<Memory>, va: u64, bytes: &[u8], pages: u6
 
 pub fn start(cmdline: &str, tsc_hz: u64) -> Result<(), &'static str> {
     let (_, root_image) = PROGRAMS.iter().find(|(n, _)| *n == "root").ok_or("no root program embedded")?;
-    let budget = mem::free_frames().saturating_sub(KERNEL_RESERVE_FRAMES) * PAGE_SIZE;
+    let budget = mem::free_frames().saturating_sub(KERNEL_RESERVE_FRAMES) * PAGE_SIZE + crate::overcommit();
     let memory = Memory::new(budget);
     let space = Space::new(&memory).map_err(|_| "out of memory")?;
     let task = Task::new(&memory, space.clone()).map_err(|_| "out of memory")?;

@@ -268,7 +268,7 @@ struct ChargedTables<'a> {
 impl rl4_arch::paging::FrameSource for ChargedTables<'_> {
     fn alloc_frame(&mut self) -> Option<rl4_core::frames::OwnedFrame> {
         self.space.memory.charge(PAGE_SIZE).ok()?;
-        match mem::alloc_frame() {
+        match mem::alloc_user_frame() {
             Some(f) => {
                 self.space.table_pages.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
                 Some(f)
@@ -340,12 +340,37 @@ fn dispatch_into(t: &Arc<Thread>, n: u64) {
     set_results(t, dispatch(t, n, a));
 }
 
+/// Whether a system call may allocate kernel memory (an object, a capability's derivation
+/// node, a mapping's entry or page tables): such a call first checks that the kernel has the
+/// frames for it (`mem::headroom`), so that growing the kernel heap under it cannot fail.
+fn allocates(s: Sys) -> bool {
+    matches!(
+        s,
+        Sys::CapCopy
+            | Sys::CapMint
+            | Sys::TaskCreate
+            | Sys::TaskAddressSpace
+            | Sys::FrameAlloc
+            | Sys::Map
+            | Sys::ThreadCreate
+            | Sys::EndpointCreate
+            | Sys::NotificationCreate
+            | Sys::ThreadSetFaultHandler
+            | Sys::IrqGet
+            | Sys::IoPortGet
+            | Sys::DeviceMemGet
+    )
+}
+
 /// Every system call but IPC: number `n`, arguments `a` (`rdi`, `rsi`, `rdx`, `r10`, `r8`, `r9`).
 #[inline(always)]
 fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
     let sys = Sys::try_from(n).map_err(|_| Error::InvalidSyscall)?;
     let [a0, a1, a2, a3, a4, a5] = a;
     let task = &t.task;
+    if allocates(sys) {
+        mem::headroom()?;
+    }
     match sys {
         Sys::Null => Ok([0; 3]),
         Sys::ConsoleWrite => {
@@ -536,7 +561,9 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             // What deleted endpoints were charged is back first (`qsbr.rs`; it waits only if
             // a limbo holds something).
             crate::qsbr::settle();
-            Ok([m.left(), m.total, 0])
+            // What can really be had: the budget, but no more than the frames a user can still
+            // take (the heap may hold some of what the budget would allow).
+            Ok([m.left().min(mem::user_frames_left() * PAGE_SIZE), m.total, m.left()])
         }
         Sys::Stat => {
             lookup(task, a0, ObjType::Machine, Rights::NONE)?;

@@ -20,6 +20,16 @@ pub fn add(deadline: u64, t: &Arc<Thread>) {
     }
 }
 
+/// Makes room in this CPU's list for one more deadline (none needed for `u64::MAX`), so that
+/// [`add`] after the wait began cannot fail: `OutOfMemory` if the kernel has no memory for it.
+/// Called holding no queue's lock.
+pub fn reserve(deadline: u64) -> Result<(), rl4_abi::Error> {
+    if deadline == u64::MAX {
+        return Ok(());
+    }
+    sched::this_cpu().timeouts.lock().try_reserve(1).map_err(|_| rl4_abi::Error::OutOfMemory)
+}
+
 /// Ends the waits of this CPU's list whose deadline has passed.
 pub fn expire_due(cs: &CpuSched) {
     let now = cpu::rdtsc();

@@ -95,7 +95,10 @@ numbered! {
         CpuInfo = 20,
         /// `(machine_slot, code)`: stop the machine (code 0 = success). Needs `SHUTDOWN`.
         Shutdown = 21,
-        /// `(memory_slot)` → `(bytes left, bytes in all)`.
+        /// `(memory_slot)` → `(bytes left, bytes in all, bytes the budget has not charged)`. The
+        /// first is what can really be had: the budget's uncharged bytes, but no more than the
+        /// free memory a user can still take (the kernel's own memory may hold some of what the
+        /// budget would allow, docs/memory.md).
         MemoryInfo = 22,
         /// `(machine_slot, which)` → `(value)`: kernel counters for tests and benchmarks.
         Stat = 23,
@@ -430,6 +433,9 @@ pub mod cost {
     /// A device frame ([`super::Sys::DeviceMemGet`]): its record only (the page is the device's).
     pub const DEVICE_FRAME: u64 = 192;
     pub const ENDPOINT: u64 = 384;
+    /// A capability's node in its derivation tree (`CapRevoke`), charged to the task whose
+    /// slot holds the capability once anything was derived from it or it from another.
+    pub const DERIV_NODE: u64 = 384;
     pub const NOTIFICATION: u64 = 384;
 }
 

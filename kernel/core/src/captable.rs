@@ -51,9 +51,15 @@ pub struct CapTable<O: Object> {
 
 impl<O: Object> CapTable<O> {
     pub fn new(slots: usize) -> Self {
-        let mut v = Vec::with_capacity(slots);
+        Self::try_new(slots).expect("out of memory for a capability table")
+    }
+
+    /// A table of `slots` empty slots, or `None` if there is no memory for it.
+    pub fn try_new(slots: usize) -> Option<Self> {
+        let mut v = Vec::new();
+        v.try_reserve_exact(slots).ok()?;
         v.resize_with(slots, || None);
-        CapTable { slots: v, shadow: None }
+        Some(CapTable { slots: v, shadow: None })
     }
 
     /// Whether a shadow is attached.

@@ -17,6 +17,7 @@
 //! | `hz=N` | local APIC timer frequency on every CPU, 1 ≤ N ≤ 10000 | 100 |
 //! | `poll_us=N` | how long an idle CPU watches its inbox before it halts (0 = never) | 50 |
 //! | `fastpath=on\|off` | whether `Call`/`ReplyRecv` may take the IPC fast paths (off: every system call takes the general path, the reference the fast paths must agree with) | `on` |
+//! | `overcommit=MiB` | give the root task's budget this many MiB more than the kernel can back (0..=4096), so that a test runs the kernel itself out of frames before the budget runs out (`docs/memory.md`, "Running out of memory") | 0 |
 //! | `inject=A,B,..` | damage kernel state on purpose when the root task starts, so that tests can see the consistency check find it: `refcount`, `frame`, `budget`, `state`, `locks`, `deriv`, `device` | none |
 
 use core::fmt;
@@ -62,6 +63,8 @@ pub struct Options {
     pub fastpath: bool,
     /// Faults to inject ([`inject`] bits).
     pub inject: u8,
+    /// MiB added to the root task's budget beyond what memory backs (tests of exhaustion).
+    pub overcommit_mib: u32,
 }
 
 /// What `inject=` can damage (see the kernel's `root::inject`).
@@ -93,7 +96,7 @@ pub mod inject {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { run: Run::Root, maxcpus: None, ap_timeout_ms: 2000, hz: 100, poll_us: 50, fastpath: true, inject: 0 }
+        Options { run: Run::Root, maxcpus: None, ap_timeout_ms: 2000, hz: 100, poll_us: 50, fastpath: true, inject: 0, overcommit_mib: 0 }
     }
 }
 
@@ -147,7 +150,7 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Problem<'a>)) -> Options 
             Some((k, v)) => (k, Some(v)),
             None => (word, None),
         };
-        let known = matches!(key, "run" | "maxcpus" | "ap_timeout_ms" | "hz" | "poll_us" | "fastpath" | "inject");
+        let known = matches!(key, "run" | "maxcpus" | "ap_timeout_ms" | "hz" | "poll_us" | "fastpath" | "inject" | "overcommit");
         if !known {
             report(Problem::Unknown(word));
             continue;
@@ -182,6 +185,10 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Problem<'a>)) -> Options 
                 "on" => o.fastpath = true,
                 "off" => o.fastpath = false,
                 _ => report(bad("on or off")),
+            },
+            "overcommit" => match number(value, 0, 4096) {
+                Some(n) => o.overcommit_mib = n,
+                None => report(bad("0..=4096")),
             },
             "inject" => {
                 let bits = value.split(',').map(|w| inject::NAMES.iter().find(|(n, _)| *n == w).map(|(_, b)| *b));
@@ -226,7 +233,7 @@ mod tests {
     fn known_options() {
         let (o, p) = parse_all("run=idle maxcpus=3  ap_timeout_ms=500 hz=250 poll_us=0");
         assert!(p.is_empty(), "{p:?}");
-        assert_eq!(o, Options { run: Run::Idle, maxcpus: Some(3), ap_timeout_ms: 500, hz: 250, poll_us: 0, fastpath: true, inject: 0 });
+        assert_eq!(o, Options { run: Run::Idle, maxcpus: Some(3), ap_timeout_ms: 500, hz: 250, poll_us: 0, fastpath: true, inject: 0, overcommit_mib: 0 });
     }
 
     #[test]

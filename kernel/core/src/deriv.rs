@@ -43,6 +43,12 @@ pub struct DerivTree<H> {
     nodes: Vec<Node<H>>,
     free: u32,
     live: usize,
+    /// Nodes freed since the vector was last considered for shrinking.
+    freed: usize,
+    /// The generation a node appended to the vector starts with: above that of every node
+    /// the vector dropped when it shrank, so an identifier of a dropped node never names a
+    /// new one.
+    fresh_generation: u32,
 }
 
 impl<H> Default for DerivTree<H> {
@@ -56,8 +62,11 @@ impl<H> Default for DerivTree<H> {
 pub struct Gone;
 
 impl<H> DerivTree<H> {
+    /// Bytes one node takes in the tree's vector.
+    pub const NODE_BYTES: usize = core::mem::size_of::<Node<H>>();
+
     pub const fn new() -> Self {
-        DerivTree { nodes: Vec::new(), free: NONE, live: 0 }
+        DerivTree { nodes: Vec::new(), free: NONE, live: 0, freed: 0, fresh_generation: 0 }
     }
 
     /// Capabilities in the tree.
@@ -94,6 +103,12 @@ impl<H> DerivTree<H> {
         (n.parent != NONE).then(|| NodeId { index: n.parent, generation: self.nodes[n.parent as usize].generation })
     }
 
+    /// Makes room for one more node, so that the next [`add`](Self::add) allocates nothing;
+    /// `Err` if there is no memory for it.
+    pub fn reserve(&mut self) -> Result<(), alloc::collections::TryReserveError> {
+        if self.free != NONE { Ok(()) } else { self.nodes.try_reserve(1) }
+    }
+
     /// A new node: a root (`parent` `None`) or a child of the live node `parent`.
     pub fn add(&mut self, parent: Option<NodeId>, home: H) -> Result<NodeId, Gone> {
         let p = match parent {
@@ -106,7 +121,7 @@ impl<H> DerivTree<H> {
             self.free = self.nodes[i as usize].next;
             i
         } else {
-            self.nodes.push(Node { generation: 0, parent: NONE, first_child: NONE, prev: NONE, next: NONE, home: None });
+            self.nodes.push(Node { generation: self.fresh_generation, parent: NONE, first_child: NONE, prev: NONE, next: NONE, home: None });
             (self.nodes.len() - 1) as u32
         };
         let next = if p == NONE { NONE } else { self.nodes[p as usize].first_child };
@@ -160,7 +175,50 @@ impl<H> DerivTree<H> {
         n.generation += 1;
         n.next = self.free;
         self.free = i;
+        self.freed += 1;
         home
+    }
+
+    /// Gives memory back after a burst: once at most a quarter of the vector's nodes are
+    /// live, its last node is free and a quarter of them were freed since the last look, the
+    /// free nodes at the end of the vector are dropped if they are at least half of it, and the
+    /// vector's capacity shrinks with them. (Nodes cannot move, identifiers name them by index: a live node near
+    /// the end keeps the vector long; a retired one too.) The free list is rebuilt in address
+    /// order, so the lowest free nodes are used first and the end stays free. Time: the nodes
+    /// looked at, at most the frees since the last look times four.
+    fn maybe_shrink(&mut self) {
+        let len = self.nodes.len();
+        if len < 64 || 4 * self.live > len {
+            return;
+        }
+        let last = &self.nodes[len - 1];
+        if last.home.is_some() || last.generation == u32::MAX || 4 * self.freed < len {
+            return;
+        }
+        self.freed = 0;
+        let mut keep = len;
+        while keep > len / 2 {
+            let n = &self.nodes[keep - 1];
+            if n.home.is_some() || n.generation == u32::MAX {
+                return;
+            }
+            keep -= 1;
+        }
+        while keep > 0 && self.nodes[keep - 1].home.is_none() && self.nodes[keep - 1].generation != u32::MAX {
+            keep -= 1;
+        }
+        let top = self.nodes[keep..].iter().map(|n| n.generation).max().unwrap_or(0);
+        self.fresh_generation = self.fresh_generation.max(top);
+        self.nodes.truncate(keep);
+        self.nodes.shrink_to(keep + keep / 2);
+        self.free = NONE;
+        for i in (0..keep).rev() {
+            let n = &mut self.nodes[i];
+            if n.home.is_none() && n.generation != u32::MAX {
+                n.next = self.free;
+                self.free = i as u32;
+            }
+        }
     }
 
     /// Deletes the capability `id` (if it is still live): its children become its parent's
@@ -202,7 +260,9 @@ impl<H> DerivTree<H> {
             }
         }
         self.unlink(i);
-        Some(self.release(i))
+        let home = self.release(i);
+        self.maybe_shrink();
+        Some(home)
     }
 
     /// Deletes every capability derived from `id`, transitively, leaves first, handing each
@@ -233,6 +293,7 @@ impl<H> DerivTree<H> {
                 parent
             };
         }
+        self.maybe_shrink();
         Ok(count)
     }
 }
@@ -272,6 +333,45 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_vector_shrinks_after_a_burst_and_stale_ids_stay_dead() {
+        let mut t = DerivTree::new();
+        let root = t.add(None, 0u32).unwrap();
+        let ids: Vec<NodeId> = (1..10_000).map(|i| t.add(Some(root), i).unwrap()).collect();
+        assert!(t.capacity() >= 10_000);
+        for &id in &ids {
+            t.remove(id).unwrap();
+        }
+        assert_eq!(t.len(), 1);
+        // Halved step by step as the nodes went: the vector is back near its live size.
+        assert!(t.capacity() <= 64, "{} nodes kept", t.capacity());
+        assert!(t.nodes.capacity() <= 128, "capacity {}", t.nodes.capacity());
+        // Identifiers of dropped nodes never name the nodes made in their place.
+        let again: Vec<NodeId> = (0..10_000).map(|i| t.add(Some(root), i).unwrap()).collect();
+        assert!(ids.iter().all(|&id| !t.is_live(id)));
+        assert!(again.iter().all(|&id| t.is_live(id)));
+        // Revoking them shrinks it too.
+        assert_eq!(t.revoke(root, |_, _| {}), Ok(10_000));
+        assert!(t.capacity() <= 64 && t.is_live(root));
+    }
+
+    #[test]
+    fn a_live_node_at_the_end_keeps_the_vector() {
+        let mut t = DerivTree::new();
+        let root = t.add(None, 0u32).unwrap();
+        let ids: Vec<NodeId> = (1..1000).map(|i| t.add(Some(root), i).unwrap()).collect();
+        for &id in &ids[..998] {
+            t.remove(id).unwrap();
+        }
+        assert_eq!(t.capacity(), 1000);
+        assert!(t.is_live(ids[998]));
+        // The lowest free nodes are used first once the list was rebuilt.
+        t.remove(ids[998]).unwrap();
+        assert!(t.capacity() <= 64);
+        let n = t.add(Some(root), 7).unwrap();
+        assert!(n.index < 64);
     }
 
     #[test]

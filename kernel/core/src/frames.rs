@@ -261,8 +261,15 @@ impl<'a> FrameAllocator<'a> {
         let step = (align / PAGE_SIZE).max(1);
         for zi in 0..self.nzones {
             let z = self.zones[zi];
-            let mut f = z.base.next_multiple_of(step);
+            // No free frame lies below the zone's hint word.
+            let mut f = (z.base + (z.hint - z.word) as u64 * 64).next_multiple_of(step);
             while f + count <= z.base + z.frames {
+                // Skip whole words with no free frame.
+                let off = f - z.base;
+                if self.bitmap[z.word + (off / 64) as usize] >> (off % 64) == 0 {
+                    f = (z.base + (off / 64 + 1) * 64).next_multiple_of(step);
+                    continue;
+                }
                 match (f..f + count).find(|&g| !self.bit(zi, g)) {
                     None => {
                         for g in f..f + count {

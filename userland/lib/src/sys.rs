@@ -147,6 +147,10 @@ pub fn shutdown(machine: u64, code: u64) -> Result<(), Error> {
 pub fn memory_info(memory: u64) -> Result<(u64, u64), Error> {
     syscall(Sys::MemoryInfo, [memory, 0, 0, 0, 0, 0]).map(|r| (r[0], r[1]))
 }
+/// `MemoryInfo` in full: (bytes that can be had, bytes in all, bytes the budget has not charged).
+pub fn memory_info_all(memory: u64) -> Result<[u64; 3], Error> {
+    syscall(Sys::MemoryInfo, [memory, 0, 0, 0, 0, 0])
+}
 pub fn stat(machine: u64, which: u64) -> Result<u64, Error> {
     syscall(Sys::Stat, [machine, which, 0, 0, 0, 0]).map(|r| r[0])
 }
