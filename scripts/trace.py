@@ -172,7 +172,11 @@ class Timeline:
                     push = self._next((K["push"], to), e, lambda p: p.cpu == e.cpu)
                     if push is not None and (m["recv"] is None or push.i < m["recv"].i):
                         m["push"] = push
-                        m["drain"] = self._next((K["drain"], to), push,
+                        # Looked for after the message, not after the push: the kernel records a
+                        # push after its compare-and-swap, under the thread's lock, so a polling
+                        # CPU can take the thread from its inbox (and record the drain) before the
+                        # push's own event is recorded.
+                        m["drain"] = self._next((K["drain"], to), e,
                                                 lambda d: d.cpu == (push.b & 0xff))
                         # A drain after the receive is a later push's (this one's fell outside
                         # a ring that overwrote its oldest events, or the thread moved).
@@ -362,7 +366,8 @@ class Timeline:
             if None in (p, d, r) or r.kind != K["switch"]:
                 continue
             steps["send_to_push"].append(p.tsc - e.tsc)
-            steps["push_to_drain"].append(d.tsc - p.tsc)
+            # (0 when the drain was recorded before the push's own event: see `_match`.)
+            steps["push_to_drain"].append(max(0, d.tsc - p.tsc))
             steps["drain_to_switch"].append(r.tsc - d.tsc)
             steps["message_to_receive"].append(r.tsc - e.tsc)
             by_state[IDLE_STATE.get(p.b >> 8, "?")].append(r.tsc - e.tsc)
@@ -399,11 +404,11 @@ class Timeline:
                 continue
             rts.append({
                 "send_to_push": m["push"].tsc - m["ev"].tsc,
-                "push_to_drain": m["drain"].tsc - m["push"].tsc,
+                "push_to_drain": max(0, m["drain"].tsc - m["push"].tsc),
                 "drain_to_switch": r.tsc - m["drain"].tsc,
                 "server": rep["ev"].tsc - r.tsc,
                 "reply_to_push": rep["push"].tsc - rep["ev"].tsc,
-                "reply_push_to_drain": rep["drain"].tsc - rep["push"].tsc,
+                "reply_push_to_drain": max(0, rep["drain"].tsc - rep["push"].tsc),
                 "reply_drain_to_switch": rep["recv"].tsc - rep["drain"].tsc,
                 "total": rep["recv"].tsc - m["ev"].tsc,
                 "target_state": IDLE_STATE.get(m["push"].b >> 8, "?"),
