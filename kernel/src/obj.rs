@@ -236,7 +236,8 @@ impl Drop for Link {
 pub fn inject_orphan_node(task: &Arc<Task>, slot: u64) {
     let Ok(cap) = task.caps.lock().get(slot).cloned() else { return };
     let Ok(named) = tracked(task, slot, cap) else { return };
-    let Ok(home) = Home::new(task, 0) else { return };
+    // Uncharged (as an original's node is): the check is to find the orphan, not its charge.
+    let home = Home::original(task, 0);
     if let Some((lineage, id)) = named.link.parts() {
         let _ = lineage.tree.lock().add(Some(id), home);
     }
