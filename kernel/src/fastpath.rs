@@ -173,9 +173,12 @@ fn call_cross(
     tag: Tag,
 ) -> Result<bool, Arc<Thread>> {
     let mut rl = r.life.lock();
-    // The guard: it waits on this endpoint (a refusal changes nothing). `Ready` and held by
-    // nobody, it is in this call's hands until it is placed below.
-    let Ok(wait) = rl.wake(WaitOn::Recv(ep.id())) else {
+    // The guards: it waits on this endpoint and no CPU holds it (one that still runs it, about to
+    // leave it, would keep running it the moment it is woken, before it has the reply right:
+    // the general path gives both under one lock); a refusal changes nothing. Woken `Ready` and
+    // held by nobody, it is in this call's hands until it is placed below.
+    let woken = if rl.place() == rl4_core::life::Place::Off { rl.wake(WaitOn::Recv(ep.id())).ok() } else { None };
+    let Some(wait) = woken else {
         drop(rl);
         if let Err(r) = q.receivers.push_front(r) {
             crate::reclaim::later_thread(r);
@@ -286,7 +289,10 @@ fn reply_recv_cross(
     tag: Tag,
 ) -> Result<bool, Arc<Thread>> {
     let mut cl = caller.life.lock();
-    let Ok(w) = cl.wake(WaitOn::Reply(ticket)) else {
+    // The caller waits for this reply and no CPU holds it (one that still runs it is left to
+    // the general path).
+    let woken = if cl.place() == rl4_core::life::Place::Off { cl.wake(WaitOn::Reply(ticket)).ok() } else { None };
+    let Some(w) = woken else {
         drop(cl);
         drop(q);
         // Nothing changed: the reply right goes back (as on this CPU).
