@@ -414,32 +414,41 @@ pub fn alloc_frame() -> Option<OwnedFrame> {
     Frames.alloc_frame()
 }
 
-/// Free frames that user frames and user page tables never take: they are the kernel heap's
-/// (docs/memory.md, "Running out of memory").
-pub const USER_FLOOR: u64 = 512;
+/// Frames kept for the small allocations of the system calls under way, per CPU that may run
+/// one (each takes a few pages at most; larger allocations are fallible).
+const CALL_FRAMES_PER_CPU: u64 = 16;
+
 /// Free frames a system call that allocates kernel memory needs when it starts; below that it
-/// answers `OutOfMemory` at once ([`headroom`]). Between this floor and [`USER_FLOOR`] lie
-/// 1 MiB of frames that only the heap can take, for the small allocations of the calls under
-/// way on every CPU (each takes a few pages at most; larger allocations are fallible).
-pub const CALL_FLOOR: u64 = 256;
+/// answers `OutOfMemory` at once ([`headroom`]): 256, or 16 per CPU the machine has if more.
+pub fn call_floor() -> u64 {
+    (CALL_FRAMES_PER_CPU * rl4_smp::cpus::count() as u64).max(256)
+}
+
+/// Free frames that user frames and user page tables never take: they are the kernel heap's
+/// (docs/memory.md, "Running out of memory"). Between [`call_floor`] and this lie as many
+/// frames again, which only the heap can take, for the calls under way on every CPU.
+pub fn user_floor() -> u64 {
+    2 * call_floor()
+}
 
 /// A frame for a user frame object or a user page table: none if that would leave fewer than
-/// [`USER_FLOOR`] frames free.
+/// [`user_floor`] frames free.
 pub fn alloc_user_frame() -> Option<OwnedFrame> {
+    let floor = user_floor();
     let mut f = FRAMES.lock();
     let a = f.as_mut()?;
-    if a.free_frames() <= USER_FLOOR { None } else { a.alloc() }
+    if a.free_frames() <= floor { None } else { a.alloc() }
 }
 
-/// Frames a user can still take now (above [`USER_FLOOR`]).
+/// Frames a user can still take now (above [`user_floor`]).
 pub fn user_frames_left() -> u64 {
-    free_frames().saturating_sub(USER_FLOOR)
+    free_frames().saturating_sub(user_floor())
 }
 
-/// `OutOfMemory` unless at least [`CALL_FLOOR`] frames are free: checked first by every
+/// `OutOfMemory` unless at least [`call_floor`] frames are free: checked first by every
 /// system call that allocates kernel memory.
 pub fn headroom() -> Result<(), rl4_abi::Error> {
-    if free_frames() >= CALL_FLOOR { Ok(()) } else { Err(rl4_abi::Error::OutOfMemory) }
+    if free_frames() >= call_floor() { Ok(()) } else { Err(rl4_abi::Error::OutOfMemory) }
 }
 
 /// Returns a frame to the allocator. Only `unsafe` code can make a frame that is not the
