@@ -472,8 +472,16 @@ pub fn decide() {
     crate::reclaim::drain();
     let cs = this();
     cs.kicked.store(false, Ordering::Relaxed);
+    // A sweep asked for before the inbox is drained covers every killed thread pushed into it
+    // before the request (the killer's push comes first): so the flag is read and cleared first,
+    // with a plain load and store (no locked instruction on this path); a request that lands
+    // between the two was for a thread already in the inbox, which the sweep below still finds.
+    let sweep_now = cs.sweep.load(Ordering::Acquire);
+    if sweep_now {
+        cs.sweep.store(false, Ordering::Relaxed);
+    }
     drain_inbox(cs);
-    if cs.sweep.swap(false, Ordering::Acquire) {
+    if sweep_now {
         sweep(cs);
     }
     let cur = cs.current.take();
