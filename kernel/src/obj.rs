@@ -843,8 +843,11 @@ impl Task {
     /// another drops its copy after the lock. No lock may be held.
     #[cold]
     pub fn make_shadow(&self) -> Result<(), Error> {
+        // The slots (8 KiB) are allocated fallibly, after the kernel's headroom check
+        // (`mem::headroom`), as every allocating call's are; the `Arc`'s header is small.
+        crate::mem::headroom()?;
         let charge = Charge::new(self._charge.of().0, rl4_abi::cost::CAP_SHADOW)?;
-        let shadow = Arc::new(rl4_core::qsbr::Shadow::new(rl4_abi::CAP_SLOTS as usize));
+        let shadow = Arc::new(rl4_core::qsbr::Shadow::try_new(rl4_abi::CAP_SLOTS as usize).ok_or(Error::OutOfMemory)?);
         let mut caps = self.caps.lock();
         let lost = match caps.attach(shadow.clone()) {
             Ok(()) => {

@@ -73,7 +73,17 @@ fn same_queue(t: &Thread, l: &Life, q: &Option<QueueRef>) -> bool {
 /// (lock order: queue, then thread), and removes `t` from that queue if `f` ended the wait.
 /// The queue object and whatever `f` returns are dropped by the caller after the locks.
 pub fn with_queue_locked<R>(t: &Arc<Thread>, mut f: impl FnMut(&mut Life) -> R) -> R {
+    let mut again = false;
     loop {
+        if again {
+            // Looking again: the thread changed queues, or still sits in a dying endpoint's list,
+            // which its destructor on another CPU empties one waiter at a time. That CPU may wait
+            // for this one's answer to a TLB shoot-down meanwhile (a destructor it runs freed an
+            // address space): answer it while waiting, and spin politely.
+            crate::tlb::service_tlb(crate::sched::this_cpu());
+            rl4_arch::cpu::relax();
+        }
+        again = true;
         let q = queue_of(&t.life.lock());
         let r = match &q {
             None => {

@@ -70,9 +70,15 @@ pub struct Shadow {
 
 impl Shadow {
     pub fn new(slots: usize) -> Self {
-        let mut v = Vec::with_capacity(slots);
+        Self::try_new(slots).expect("out of memory for a capability table's shadow")
+    }
+
+    /// The shadow of `slots` slots, or `None` if there is no memory for it.
+    pub fn try_new(slots: usize) -> Option<Self> {
+        let mut v = Vec::new();
+        v.try_reserve_exact(slots).ok()?;
         v.resize_with(slots, ShadowSlot::new);
-        Shadow { slots: v }
+        Some(Shadow { slots: v })
     }
 
     pub fn len(&self) -> usize {
