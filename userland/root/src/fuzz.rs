@@ -354,7 +354,9 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
     let (threads, cross) = parse(bi.cmdline());
     NEXT_SEED.store(seed, SeqCst);
     let threads0 = sys::stat(MACHINE, stat::THREADS).unwrap_or(0);
-    let left0 = sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
+    // The budget's uncharged bytes (`MemoryInfo`'s third answer): its first is also capped by the free
+    // frames, which the heap's partly used arenas may hold for a while after a run.
+    let left0 = sys::memory_info_all(MEMORY).map(|m| m[2]).unwrap_or(0);
     let heap = || sys::stat(MACHINE, stat::HEAP_IN_USE).unwrap_or(u64::MAX);
     let heap0 = heap();
     let mut heap_peak = heap0;
@@ -366,7 +368,7 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
         let _ = sys::unmap(SPACE, COUNTERS_VA);
         release(p);
     }
-    let left_a = sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
+    let left_a = sys::memory_info_all(MEMORY).map(|m| m[2]).unwrap_or(0);
     // Shared by every fuzzer for the run: the shared objects, the program's read-only pages.
     let mut shared = [0u64; 5];
     for (k, s) in shared.iter_mut().enumerate() {
@@ -441,7 +443,7 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
         match phase {
             0 => {
                 base_threads = sys::stat(MACHINE, stat::THREADS).unwrap_or(0);
-                base_left = sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
+                base_left = sys::memory_info_all(MEMORY).map(|m| m[2]).unwrap_or(0);
                 for i in 0..n {
                     let f = start(&img, &cfg, i, &mut fz);
                     fz[i] = f;
@@ -458,10 +460,10 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
             fuzz_ms = (now - t0) / (hz / 1000).max(1);
             end_fuzzers(&mut fz, &mut tot);
             baseline_back = wait_ms(WAIT_BACK_MS, || {
-                sys::stat(MACHINE, stat::THREADS) == Ok(base_threads) && sys::memory_info(MEMORY).map(|m| m.0) == Ok(base_left)
+                sys::stat(MACHINE, stat::THREADS) == Ok(base_threads) && sys::memory_info_all(MEMORY).map(|m| m[2]) == Ok(base_left)
             });
             after_threads = sys::stat(MACHINE, stat::THREADS).unwrap_or(0);
-            after_left = sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
+            after_left = sys::memory_info_all(MEMORY).map(|m| m[2]).unwrap_or(0);
             phase = 2;
             return;
         }
@@ -527,7 +529,7 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
             }
         }
     };
-    let left_s = sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
+    let left_s = sys::memory_info_all(MEMORY).map(|m| m[2]).unwrap_or(0);
     let stress_ok = crate::stress::run_with(PAIRS, u64::MAX, seconds + WIND_DOWN_S, false, &mut monitor);
     if phase != 2 {
         // The pairs stopped early (a failure of theirs): end the fuzzers now.
@@ -546,9 +548,9 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
     // the IPC pairs keep (what they took before the first fuzzer, less their objects).
     let _ = wait_ms(5000, || {
         let expect = left_a - (left_s - base_left).saturating_sub(PAIRS as u64 * pair_objects());
-        sys::memory_info(MEMORY).map(|m| m.0) == Ok(expect)
+        sys::memory_info_all(MEMORY).map(|m| m[2]) == Ok(expect)
     });
-    let left = sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
+    let left = sys::memory_info_all(MEMORY).map(|m| m[2]).unwrap_or(0);
     let kept = (left_s - base_left).saturating_sub(PAIRS as u64 * pair_objects()) + (left0 - left_a);
     let mem_back = left == left0 - kept;
     // The kernel heap, everything the run made gone: back within the allowance `KernelCheck`
