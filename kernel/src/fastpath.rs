@@ -112,16 +112,7 @@ fn call(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag:
     // Block the caller before the receiver gets the reply right: a kill of the receiver from
     // another CPU fails the caller through that right, which only works once it waits.
     let ticket = cs.next_ticket();
-    {
-        let mut l = cur.life.lock();
-        if let Err((_, w)) = l.block(Wait::Reply { ticket }, u64::MAX) {
-            // Killed or suspended meanwhile: it does not wait (the receiver's reply will find
-            // it gone); a suspended caller's call returns `Interrupted` when it is resumed.
-            thread::set_result(&cur, Err(rl4_abi::Error::Interrupted));
-            crate::obj::dispose(w);
-        }
-        sched::leave_fast(cs, &cur, &mut l);
-    }
+    block_caller(cs, &cur, ticket);
     // The caller's reference becomes the receiver's reply right (handed straight back if the
     // receiver was killed meanwhile).
     let old = r.life.lock().grant_reply(cur, ticket);
@@ -143,9 +134,37 @@ fn call(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag:
     Ok(decide_again)
 }
 
+/// The server `cur` (the running thread) waits on `ep` again and leaves this CPU: blocked in
+/// `Recv` and queued on `ep` (its queue `q` held by the caller and released here), its
+/// reference becoming the queue entry; a server killed or suspended meanwhile does not wait
+/// (its call returns `Interrupted` when it runs again) and is let go.
+#[inline(always)]
+fn wait_again(cs: &sched::CpuSched, cur: Arc<Thread>, ep: &crate::ipc::Endpoint, mut q: crate::lock::Guard<'_, crate::ipc::EpQueues, { crate::lock::Level::QUEUE }>) {
+    let blocked = {
+        let mut l = cur.life.lock();
+        let blocked = match l.block(Wait::Recv { ep: EpRef(ep.weak()) }, u64::MAX) {
+            Ok(()) => true,
+            Err((_, w)) => {
+                thread::set_result(&cur, Err(rl4_abi::Error::Interrupted));
+                crate::obj::dispose(w);
+                false
+            }
+        };
+        sched::leave_fast(cs, &cur, &mut l);
+        blocked
+    };
+    if blocked {
+        crate::ipc::enqueue(&mut q.receivers, cur, None);
+        drop(q);
+    } else {
+        drop(q);
+        drop(cur);
+    }
+}
+
 /// Blocks the running thread `cur` (locked in its own lock) in its wait for the reply `ticket`
-/// and takes it off this CPU; a thread killed or suspended meanwhile does not wait (its call
-/// returns `Interrupted` when it runs again).
+/// and takes it off this CPU; a thread killed or suspended meanwhile does not wait (the
+/// receiver's reply will find it gone; its call returns `Interrupted` when it runs again).
 #[inline(always)]
 fn block_caller(cs: &sched::CpuSched, cur: &Arc<Thread>, ticket: u64) {
     let mut l = cur.life.lock();
@@ -218,7 +237,7 @@ fn reply_recv(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64
     trace::stamp(trace::LOOKUP);
     let Some((caller, ticket)) = cur.life.lock().take_reply() else { return Err(cur) };
     let me = rl4_arch::percpu::cpu_index();
-    let mut q = ep.q.lock();
+    let q = ep.q.lock();
     // The server takes the next message if one waits: the general path.
     let woken = if q.senders.is_empty() {
         let mut cl = caller.life.lock();
@@ -246,27 +265,7 @@ fn reply_recv(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64
     crate::timeline::event(crate::timeline::Kind::Reply, caller.id, ticket);
     copy_message(&cur, &caller, tag, 0);
     trace::stamp(trace::DELIVERED);
-    let blocked = {
-        let mut l = cur.life.lock();
-        let blocked = match l.block(Wait::Recv { ep: EpRef(ep.weak()) }, u64::MAX) {
-            Ok(()) => true,
-            Err((_, w)) => {
-                thread::set_result(&cur, Err(rl4_abi::Error::Interrupted));
-                crate::obj::dispose(w);
-                false
-            }
-        };
-        sched::leave_fast(cs, &cur, &mut l);
-        blocked
-    };
-    // The server's reference becomes its receive-queue entry.
-    if blocked {
-        crate::ipc::enqueue(&mut q.receivers, cur, None);
-        drop(q);
-    } else {
-        drop(q);
-        drop(cur);
-    }
+    wait_again(cs, cur, ep, q);
     crate::obj::dispose(wait);
     cs.bump(sched::Count::IpcFast);
     sched::switch_direct_blocked(cs, caller, prio);
@@ -283,7 +282,7 @@ fn reply_recv_cross(
     cs: &sched::CpuSched,
     cur: Arc<Thread>,
     ep: &crate::ipc::Endpoint,
-    mut q: crate::lock::Guard<'_, crate::ipc::EpQueues, { crate::lock::Level::QUEUE }>,
+    q: crate::lock::Guard<'_, crate::ipc::EpQueues, { crate::lock::Level::QUEUE }>,
     caller: Arc<Thread>,
     ticket: u64,
     tag: Tag,
@@ -306,26 +305,7 @@ fn reply_recv_cross(
     copy_message(&cur, &caller, tag, 0);
     thread::place(&caller, &mut cl);
     drop(cl);
-    let blocked = {
-        let mut l = cur.life.lock();
-        let blocked = match l.block(Wait::Recv { ep: EpRef(ep.weak()) }, u64::MAX) {
-            Ok(()) => true,
-            Err((_, w)) => {
-                thread::set_result(&cur, Err(rl4_abi::Error::Interrupted));
-                crate::obj::dispose(w);
-                false
-            }
-        };
-        sched::leave_fast(cs, &cur, &mut l);
-        blocked
-    };
-    if blocked {
-        crate::ipc::enqueue(&mut q.receivers, cur, None);
-        drop(q);
-    } else {
-        drop(q);
-        drop(cur);
-    }
+    wait_again(cs, cur, ep, q);
     crate::obj::dispose(w);
     cs.bump(sched::Count::IpcFast);
     cs.bump(sched::Count::IpcCross);

@@ -268,26 +268,27 @@ fn run_delivered(cs: &CpuSched) -> bool {
         });
     });
     let Some((t, _)) = one else { return false };
+    run_entry(cs, t)
+}
+
+/// Consumes a queue entry of this CPU (`Life::dequeue`): switches to its thread if it may run
+/// here (returns true), else forwards it to the CPU it belongs to now or lets it go.
+#[inline(always)]
+fn run_entry(cs: &CpuSched, t: Arc<Thread>) -> bool {
     let mut l = t.life.lock();
     match l.dequeue(me()) {
         Pick::Run => {
             let prio = l.prio;
             drop(l);
             switch_to(cs, t, prio, true);
-            true
+            return true;
         }
-        Pick::Forward(c) => {
-            push(c, &t, l.prio);
-            drop(l);
-            crate::reclaim::later_thread(t);
-            false
-        }
-        Pick::Drop => {
-            drop(l);
-            crate::reclaim::later_thread(t);
-            false
-        }
+        Pick::Forward(c) => push(c, &t, l.prio),
+        Pick::Drop => {}
     }
+    drop(l);
+    crate::reclaim::later_thread(t);
+    false
 }
 
 /// A new reply ticket, unique machine-wide.
@@ -546,19 +547,9 @@ fn pick(cs: &CpuSched, mut carry: Option<(u8, Arc<Thread>, bool)>) -> bool {
             rq.pop()
         });
         let Some((_, TRef(t))) = next else { return false };
-        let mut l = t.life.lock();
-        match l.dequeue(me()) {
-            Pick::Run => {
-                let prio = l.prio;
-                drop(l);
-                switch_to(cs, t, prio, true);
-                return true;
-            }
-            Pick::Forward(c) => push(c, &t, l.prio),
-            Pick::Drop => {}
+        if run_entry(cs, t) {
+            return true;
         }
-        drop(l);
-        crate::reclaim::later_thread(t);
     }
 }
 
