@@ -70,13 +70,28 @@ pub fn try_fast(n: u64) -> bool {
 }
 
 
-/// Copies the message words and tag of the running thread `from` into `to`'s saved registers.
-fn copy_message(from: &Thread, to: &Thread, tag: Tag, badge: u64) {
-    let words = from.regs.with(|r| r.ipc_words());
+/// Writes a message (the sender's words, read before it blocked) into `to`'s saved registers.
+#[inline(always)]
+fn deliver(to: &Thread, words: [u64; 4], tag: Tag, badge: u64) {
     to.regs.with(|r| r.set_ipc_out(badge, Tag::new(tag.label(), tag.len(), 0).0, words));
 }
 
+/// Puts a receiver the fast path took off an endpoint's queue back where it was (the list
+/// took it out a moment ago: it cannot be refused).
+#[inline(always)]
+fn put_back(q: &mut crate::ipc::EpQueues, r: Arc<Thread>) {
+    if let Err(r) = q.receivers.push_front(r) {
+        crate::reclaim::later_thread(r);
+    }
+}
+
 /// `Call`; `Ok(true)`: the CPU must make a scheduling decision (after the shadow's borrow ends).
+///
+/// Each thread's lock is taken once (lock order as in `ipc`: the endpoint's queue, then one
+/// thread at a time): the caller waits for its reply and leaves this CPU, then the receiver is
+/// woken and given the reply right in one hold of its lock, so that it never holds the right of
+/// a caller that does not wait yet (a kill of the receiver fails the caller through that
+/// right). A guard that fails after the caller blocked takes its wait back ([`take_back`]).
 fn call(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<bool, Arc<Thread>> {
     trace::stamp(trace::SETUP);
     // Read without a lock or a reference (`qsbr.rs`); errors are the general path's.
@@ -85,41 +100,49 @@ fn call(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag:
     let me = rl4_arch::percpu::cpu_index();
     let mut q = ep.q.lock();
     let Some(r) = q.receivers.pop_front() else { return Err(cur) };
+    let ticket = cs.next_ticket();
+    let Some(words) = block_caller(cs, &cur, ticket) else {
+        put_back(&mut q, r);
+        return Err(cur);
+    };
     let mut rl = r.life.lock();
     // The last guard is the transition itself: it changes nothing unless the receiver waits on
     // this endpoint, belongs to this CPU and no CPU holds it.
     let woken = if sched::nothing_more_urgent(cs, rl.prio) { rl.wake_here(WaitOn::Recv(ep.id()), me).ok() } else { None };
     let Some(wait) = woken else {
-        if rl.cpu != me {
-            drop(rl);
-            return call_cross(cs, cur, ep, q, r, badge, tag);
+        // The cross-CPU fast path: a receiver of another CPU that no CPU holds (one that still
+        // runs it, about to leave it, is left to the general path) is woken `Ready`, gets the
+        // message and the reply right in this one hold of its lock, and is pushed into its
+        // CPU's inbox (an IPI only if that CPU halts); this CPU runs whatever comes next.
+        if rl.cpu != me && rl.place() == rl4_core::life::Place::Off {
+            if let Ok(wait) = rl.wake(WaitOn::Recv(ep.id())) {
+                drop(q);
+                crate::timeline::event(crate::timeline::Kind::Send, crate::timeline::ep(ep.id()) << 32 | r.id, badge);
+                deliver(&r, words, tag, badge);
+                let old = rl.grant_reply(cur, ticket);
+                thread::place(&r, &mut rl);
+                drop(rl);
+                cross_done(cs, r, wait, old, true);
+                return Ok(true);
+            }
         }
         drop(rl);
-        // Back where it was (the list took it out a moment ago: it cannot be refused).
-        if let Err(r) = q.receivers.push_front(r) {
-            crate::reclaim::later_thread(r);
-        }
-        return Err(cur);
+        put_back(&mut q, r);
+        drop(q);
+        return take_back(cs, cur, WaitOn::Reply(ticket), me);
     };
     // Point of no return: the receiver is Running here.
     drop(q);
     crate::timeline::event(crate::timeline::Kind::Send, crate::timeline::ep(ep.id()) << 32 | r.id, badge);
     trace::stamp(trace::PARTNER);
-    copy_message(&cur, &r, tag, badge);
+    deliver(&r, words, tag, badge);
+    // The caller's reference becomes the receiver's reply right; an older right the receiver
+    // held dies (that caller is woken into this CPU's inbox).
+    let old = rl.grant_reply(cur, ticket);
     let prio = rl.prio;
-    // One thread's lock at a time: the receiver's goes before the caller's is taken.
     drop(rl);
-    // Block the caller before the receiver gets the reply right: a kill of the receiver from
-    // another CPU fails the caller through that right, which only works once it waits.
-    let ticket = cs.next_ticket();
-    block_caller(cs, &cur, ticket);
-    // The caller's reference becomes the receiver's reply right (handed straight back if the
-    // receiver was killed meanwhile).
-    let old = r.life.lock().grant_reply(cur, ticket);
     crate::obj::dispose(wait);
-    // A right that died: our own handed back (the receiver was killed or faulted meanwhile), or
-    // an older one the receiver held (that caller is woken into this CPU's inbox). Either way
-    // the CPU must decide again rather than return into the receiver.
+    // A woken caller may outrank the receiver: the CPU decides rather than return into it.
     let decide_again = old.is_some();
     if let Some((c, t)) = old {
         thread::fail_caller(c, t);
@@ -128,144 +151,137 @@ fn call(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag:
     trace::stamp(trace::DELIVERED);
     sched::switch_direct_blocked(cs, r, prio);
     trace::stamp(trace::SWITCHED);
-    // Not straight into a dead receiver, nor ahead of a woken caller that outranks it: the
-    // caller decides (the decision may idle and never come back, so it is made after this
-    // frame and the shadow's borrow are gone).
+    // The decision may idle and never come back, so it is made after this frame and the
+    // shadow's borrow are gone.
     Ok(decide_again)
 }
 
-/// The server `cur` (the running thread) waits on `ep` again and leaves this CPU: blocked in
-/// `Recv` and queued on `ep` (its queue `q` held by the caller and released here), its
-/// reference becoming the queue entry; a server killed or suspended meanwhile does not wait
-/// (its call returns `Interrupted` when it runs again) and is let go.
+/// Blocks the running thread `cur` in its wait for the reply `ticket` and takes it off this
+/// CPU, in one hold of its lock, and returns its message words, read under that lock (once it
+/// waits, a suspension from another CPU may write its registers, under that lock too; read
+/// last, they stay in registers until they are delivered). `None`, changing nothing, if it may
+/// not wait (killed or suspended meanwhile): the general path gives the call's answer.
 #[inline(always)]
-fn wait_again(cs: &sched::CpuSched, cur: Arc<Thread>, ep: &crate::ipc::Endpoint, mut q: crate::lock::Guard<'_, crate::ipc::EpQueues, { crate::lock::Level::QUEUE }>) {
-    let blocked = {
-        let mut l = cur.life.lock();
-        let blocked = match l.block(Wait::Recv { ep: EpRef(ep.weak()) }, u64::MAX) {
-            Ok(()) => true,
-            Err((_, w)) => {
-                thread::set_result(&cur, Err(rl4_abi::Error::Interrupted));
-                crate::obj::dispose(w);
-                false
-            }
-        };
-        sched::leave_fast(cs, &cur, &mut l);
-        blocked
-    };
-    if blocked {
-        crate::ipc::enqueue(&mut q.receivers, cur, None);
-        drop(q);
-    } else {
-        drop(q);
-        drop(cur);
-    }
-}
-
-/// Blocks the running thread `cur` (locked in its own lock) in its wait for the reply `ticket`
-/// and takes it off this CPU; a thread killed or suspended meanwhile does not wait (the
-/// receiver's reply will find it gone; its call returns `Interrupted` when it runs again).
-#[inline(always)]
-fn block_caller(cs: &sched::CpuSched, cur: &Arc<Thread>, ticket: u64) {
+fn block_caller(cs: &sched::CpuSched, cur: &Arc<Thread>, ticket: u64) -> Option<[u64; 4]> {
     let mut l = cur.life.lock();
     if let Err((_, w)) = l.block(Wait::Reply { ticket }, u64::MAX) {
-        thread::set_result(cur, Err(rl4_abi::Error::Interrupted));
+        drop(l);
         crate::obj::dispose(w);
+        return None;
     }
     sched::leave_fast(cs, cur, &mut l);
+    let words = cur.regs.with(|r| r.ipc_words());
+    drop(l);
+    Some(words)
 }
 
-/// `Call` to a receiver of another CPU (the cross-CPU fast path): the receiver `r` (just taken
-/// off `ep`'s queue `q`) gets the message in its registers and the reply right,
-/// and is pushed into its CPU's inbox (an IPI only if that CPU halts); the caller waits for the
-/// reply, and this CPU runs whatever comes next. The same transitions as the general path's
-/// (`ipc::send`, `place_claimed`), without its look-ups done again.
-#[allow(clippy::too_many_arguments)]
+/// A guard failed after the running thread `cur` entered the wait `on` and left this CPU on
+/// this path, before anybody could end that wait: it takes the wait back and is current here
+/// again, and the general path runs its call (`Err`). If the wait ended meanwhile (a kill or a
+/// suspension from another CPU, which finished the call for it), the thread is let go and the
+/// CPU decides what runs next (`Ok(true)`).
+#[cold]
 #[inline(never)]
-fn call_cross(
-    cs: &sched::CpuSched,
-    cur: Arc<Thread>,
-    ep: &crate::ipc::Endpoint,
-    mut q: crate::lock::Guard<'_, crate::ipc::EpQueues, { crate::lock::Level::QUEUE }>,
-    r: Arc<Thread>,
-    badge: u64,
-    tag: Tag,
-) -> Result<bool, Arc<Thread>> {
-    let mut rl = r.life.lock();
-    // The guards: it waits on this endpoint and no CPU holds it (one that still runs it, about to
-    // leave it, would keep running it the moment it is woken, before it has the reply right:
-    // the general path gives both under one lock); a refusal changes nothing. Woken `Ready` and
-    // held by nobody, it is in this call's hands until it is placed below.
-    let woken = if rl.place() == rl4_core::life::Place::Off { rl.wake(WaitOn::Recv(ep.id())).ok() } else { None };
-    let Some(wait) = woken else {
-        drop(rl);
-        if let Err(r) = q.receivers.push_front(r) {
-            crate::reclaim::later_thread(r);
+fn take_back(_cs: &sched::CpuSched, cur: Arc<Thread>, on: WaitOn, me: u32) -> Result<bool, Arc<Thread>> {
+    let back = cur.life.lock().wake_here(on, me);
+    match back {
+        Ok(w) => {
+            crate::obj::dispose(w);
+            Err(cur)
         }
-        return Err(cur);
-    };
-    drop(q);
-    crate::timeline::event(crate::timeline::Kind::Send, crate::timeline::ep(ep.id()) << 32 | r.id, badge);
-    copy_message(&cur, &r, tag, badge);
-    drop(rl);
-    // As on this CPU: the caller waits before the receiver can answer (or die and fail it).
-    let ticket = cs.next_ticket();
-    block_caller(cs, &cur, ticket);
-    let old = {
-        let mut rl = r.life.lock();
-        let old = rl.grant_reply(cur, ticket);
-        thread::place(&r, &mut rl);
-        old
-    };
+        Err(_) => {
+            crate::reclaim::later_thread(cur);
+            Ok(true)
+        }
+    }
+}
+
+/// The end of a cross-CPU fast path, after every lock is released: the partner `p` (placed in
+/// its CPU's inbox, which holds its own reference) lets go of the wait it was in, a reply
+/// right that died fails its caller, and a caller (`call`) expects its reply soon.
+#[cold]
+#[inline(never)]
+fn cross_done(cs: &sched::CpuSched, p: Arc<Thread>, wait: Wait, old: Option<(Arc<Thread>, u64)>, call: bool) {
     crate::obj::dispose(wait);
     if let Some((c, t)) = old {
         thread::fail_caller(c, t);
     }
     cs.bump(sched::Count::IpcFast);
     cs.bump(sched::Count::IpcCross);
-    cs.await_reply();
-    // No lock is held: the inbox holds its own reference.
-    drop(r);
-    // The caller left this CPU: the caller of this function decides what runs next.
-    Ok(true)
+    if call {
+        cs.await_reply();
+    }
+    drop(p);
 }
 
 /// `ReplyRecv`; `Ok(true)`: the CPU must make a scheduling decision.
+///
+/// Under the endpoint's queue lock (so that no call finds the server before it is queued
+/// again), each thread's lock is taken once: the server takes its reply right, waits on `ep`
+/// again and leaves this CPU; then the caller is woken. A guard that fails after the server
+/// blocked gives it its wait and its reply right back ([`undo_server`]).
 fn reply_recv(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<bool, Arc<Thread>> {
     trace::stamp(trace::SETUP);
     let Some((ep, _)) = crate::qsbr::endpoint(entry, &cur.task, slot, Rights::RECEIVE) else { return Err(cur) };
     trace::stamp(trace::LOOKUP);
-    let Some((caller, ticket)) = cur.life.lock().take_reply() else { return Err(cur) };
     let me = rl4_arch::percpu::cpu_index();
-    let q = ep.q.lock();
+    let mut q = ep.q.lock();
     // The server takes the next message if one waits: the general path.
-    let woken = if q.senders.is_empty() {
-        let mut cl = caller.life.lock();
-        let woken = if sched::nothing_more_urgent(cs, cl.prio) { cl.wake_here(WaitOn::Reply(ticket), me).ok() } else { None };
-        if woken.is_none() && cl.cpu != me {
-            drop(cl);
-            return reply_recv_cross(cs, cur, ep, q, caller, ticket, tag);
-        }
-        woken.map(|w| (w, cl.prio))
-    } else {
-        None
+    if !q.senders.is_empty() {
+        return Err(cur);
+    }
+    let mut l = cur.life.lock();
+    let Some((caller, ticket)) = l.take_reply() else {
+        drop(l);
+        return Err(cur);
     };
-    let Some((wait, prio)) = woken else {
+    if let Err((_, w)) = l.block(Wait::Recv { ep: EpRef(ep.weak()) }, u64::MAX) {
+        // Killed or suspended meanwhile: nothing changes here (the right goes back, or dies
+        // with a thread that can never reply); the general path answers.
+        let old = l.grant_reply(caller, ticket);
+        drop(l);
         drop(q);
-        // Nothing changed: the reply right goes back.
-        let old = cur.life.lock().grant_reply(caller, ticket);
-        // Killed meanwhile: the right came back, and its caller must not wait for it.
+        crate::obj::dispose(w);
         if let Some((c, t)) = old {
             thread::fail_caller(c, t);
         }
         return Err(cur);
+    }
+    sched::leave_fast(cs, &cur, &mut l);
+    // Read under its lock (see `block_caller`), last, so that they stay in registers.
+    let words = cur.regs.with(|r| r.ipc_words());
+    drop(l);
+    let mut cl = caller.life.lock();
+    let woken = if sched::nothing_more_urgent(cs, cl.prio) { cl.wake_here(WaitOn::Reply(ticket), me).ok() } else { None };
+    let Some(wait) = woken else {
+        // The cross-CPU fast path: a caller of another CPU that no CPU holds gets the reply in
+        // this one hold of its lock and is pushed into its CPU's inbox; the server is queued
+        // again, and this CPU runs whatever comes next.
+        if cl.cpu != me && cl.place() == rl4_core::life::Place::Off {
+            if let Ok(wait) = cl.wake(WaitOn::Reply(ticket)) {
+                crate::timeline::event(crate::timeline::Kind::Reply, caller.id, ticket);
+                deliver(&caller, words, tag, 0);
+                thread::place(&caller, &mut cl);
+                drop(cl);
+                crate::ipc::enqueue(&mut q.receivers, cur, None);
+                drop(q);
+                cross_done(cs, caller, wait, None, false);
+                return Ok(true);
+            }
+        }
+        drop(cl);
+        return undo_server(cs, cur, ep, q, caller, ticket);
     };
     // Point of no return: the caller is Running here.
+    let prio = cl.prio;
+    drop(cl);
     trace::stamp(trace::PARTNER);
+    // The server's reference becomes its queue entry.
+    crate::ipc::enqueue(&mut q.receivers, cur, None);
+    drop(q);
     crate::timeline::event(crate::timeline::Kind::Reply, caller.id, ticket);
-    copy_message(&cur, &caller, tag, 0);
+    deliver(&caller, words, tag, 0);
     trace::stamp(trace::DELIVERED);
-    wait_again(cs, cur, ep, q);
     crate::obj::dispose(wait);
     cs.bump(sched::Count::IpcFast);
     sched::switch_direct_blocked(cs, caller, prio);
@@ -273,42 +289,42 @@ fn reply_recv(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64
     Ok(false)
 }
 
-/// `ReplyRecv` to a caller of another CPU (the cross-CPU fast path): the caller gets the reply in its registers and is pushed into its CPU's inbox; the server waits
-/// on `ep` again (its queue `q` held throughout, so a new call finds it there), and this CPU
-/// runs whatever comes next. No sender waits (checked by the caller of this function).
-#[allow(clippy::too_many_arguments)]
+/// A guard failed after the server `cur` blocked in `Recv` on `ep` (not queued yet: the queue
+/// `q` is still held) and left this CPU: it takes that wait back and is current here again,
+/// with its reply right for `caller`'s call `ticket`, and the general path runs its call.
+/// Nobody can end the wait meanwhile (a kill or a suspension needs `ep`'s queue lock, which is
+/// held); if the transition is refused all the same, the caller is failed and the server let
+/// go.
+#[cold]
 #[inline(never)]
-fn reply_recv_cross(
-    cs: &sched::CpuSched,
+fn undo_server(
+    _cs: &sched::CpuSched,
     cur: Arc<Thread>,
     ep: &crate::ipc::Endpoint,
     q: crate::lock::Guard<'_, crate::ipc::EpQueues, { crate::lock::Level::QUEUE }>,
     caller: Arc<Thread>,
     ticket: u64,
-    tag: Tag,
 ) -> Result<bool, Arc<Thread>> {
-    let mut cl = caller.life.lock();
-    // The caller waits for this reply and no CPU holds it (one that still runs it is left to
-    // the general path).
-    let woken = if cl.place() == rl4_core::life::Place::Off { cl.wake(WaitOn::Reply(ticket)).ok() } else { None };
-    let Some(w) = woken else {
-        drop(cl);
-        drop(q);
-        // Nothing changed: the reply right goes back (as on this CPU).
-        let old = cur.life.lock().grant_reply(caller, ticket);
-        if let Some((c, t)) = old {
-            thread::fail_caller(c, t);
-        }
-        return Err(cur);
+    let me = rl4_arch::percpu::cpu_index();
+    let mut l = cur.life.lock();
+    let back = match l.wake_here(WaitOn::Recv(ep.id()), me) {
+        Ok(w) => Ok((w, l.grant_reply(caller, ticket))),
+        Err(_) => Err(caller),
     };
-    crate::timeline::event(crate::timeline::Kind::Reply, caller.id, ticket);
-    copy_message(&cur, &caller, tag, 0);
-    thread::place(&caller, &mut cl);
-    drop(cl);
-    wait_again(cs, cur, ep, q);
-    crate::obj::dispose(w);
-    cs.bump(sched::Count::IpcFast);
-    cs.bump(sched::Count::IpcCross);
-    drop(caller);
-    Ok(true)
+    drop(l);
+    drop(q);
+    match back {
+        Ok((w, old)) => {
+            crate::obj::dispose(w);
+            if let Some((c, t)) = old {
+                thread::fail_caller(c, t);
+            }
+            Err(cur)
+        }
+        Err(caller) => {
+            thread::fail_caller(caller, ticket);
+            crate::reclaim::later_thread(cur);
+            Ok(true)
+        }
+    }
 }
