@@ -431,9 +431,9 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
         }
         let wait_fits = match s.state() {
             State::Blocked { wait: Wait::Send { ep, .. } | Wait::FaultSend { ep, .. }, .. } => {
-                ep.0.strong_count() > 0 && x.senders == [ep.0.as_ptr() as usize] && in_queues == 1
+                ep.weak.strong_count() > 0 && x.senders == [ep.weak.as_ptr() as usize] && in_queues == 1
             }
-            State::Blocked { wait: Wait::Recv { ep }, .. } => ep.0.strong_count() > 0 && x.receivers == [ep.0.as_ptr() as usize] && in_queues == 1,
+            State::Blocked { wait: Wait::Recv { ep }, .. } => ep.weak.strong_count() > 0 && x.receivers == [ep.weak.as_ptr() as usize] && in_queues == 1,
             State::Blocked { wait: Wait::Notify { n }, .. } => n.0.strong_count() > 0 && x.waiters == [n.0.as_ptr() as usize] && in_queues == 1,
             _ => in_queues == 0,
         };

@@ -120,9 +120,10 @@ fn call(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag:
                 crate::timeline::event(crate::timeline::Kind::Send, crate::timeline::ep(ep.id()) << 32 | r.id, badge);
                 deliver(&r, words, tag, badge);
                 let old = rl.grant_reply(cur, ticket);
+                let stale = rl.keep_recv(wait);
                 thread::place(&r, &mut rl);
                 drop(rl);
-                cross_done(cs, r, wait, old, true);
+                cross_done(cs, r, stale, old, true);
                 return Ok(true);
             }
         }
@@ -140,8 +141,12 @@ fn call(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag:
     // held dies (that caller is woken into this CPU's inbox).
     let old = rl.grant_reply(cur, ticket);
     let prio = rl.prio;
+    // Its endpoint reference stays with it for its next wait there.
+    let stale = rl.keep_recv(wait);
     drop(rl);
-    crate::obj::dispose(wait);
+    if let Some(w) = stale {
+        crate::obj::dispose(w);
+    }
     // A woken caller may outrank the receiver: the CPU decides rather than return into it.
     let decide_again = old.is_some();
     if let Some((c, t)) = old {
@@ -201,8 +206,10 @@ fn take_back(_cs: &sched::CpuSched, cur: Arc<Thread>, on: WaitOn, me: u32) -> Re
 /// right that died fails its caller, and a caller (`call`) expects its reply soon.
 #[cold]
 #[inline(never)]
-fn cross_done(cs: &sched::CpuSched, p: Arc<Thread>, wait: Wait, old: Option<(Arc<Thread>, u64)>, call: bool) {
-    crate::obj::dispose(wait);
+fn cross_done(cs: &sched::CpuSched, p: Arc<Thread>, wait: Option<Wait>, old: Option<(Arc<Thread>, u64)>, call: bool) {
+    if let Some(w) = wait {
+        crate::obj::dispose(w);
+    }
     if let Some((c, t)) = old {
         thread::fail_caller(c, t);
     }
@@ -235,7 +242,12 @@ fn reply_recv(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64
         drop(l);
         return Err(cur);
     };
-    if let Err((_, w)) = l.block(Wait::Recv { ep: EpRef(ep.weak()) }, u64::MAX) {
+    // The endpoint reference its last wait there left with it, if any (`Life::keep_recv`).
+    let epref = match l.kept_recv(ep.id()) {
+        Some(e) => e,
+        None => EpRef::new(ep),
+    };
+    if let Err((_, w)) = l.block(Wait::Recv { ep: epref }, u64::MAX) {
         // Killed or suspended meanwhile: nothing changes here (the right goes back, or dies
         // with a thread that can never reply); the general path answers.
         let old = l.grant_reply(caller, ticket);
@@ -265,7 +277,7 @@ fn reply_recv(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64
                 drop(cl);
                 crate::ipc::enqueue(&mut q.receivers, cur, None);
                 drop(q);
-                cross_done(cs, caller, wait, None, false);
+                cross_done(cs, caller, Some(wait), None, false);
                 return Ok(true);
             }
         }

@@ -386,7 +386,7 @@ pub fn send(
         return Outcome::Return(Err(Error::Timeout));
     }
     let prio = cur.life.lock().prio;
-    match block_current(cur, Wait::Send { ep: EpRef(ep.weak()), badge, call, cap }, deadline) {
+    match block_current(cur, Wait::Send { ep: EpRef::new(ep), badge, call, cap }, deadline) {
         Ok(()) => {
             crate::timeline::event(crate::timeline::Kind::Send, crate::timeline::ep(ep.id()) << 32, badge);
             enqueue(&mut q.senders, cur.clone(), Some(prio));
@@ -480,7 +480,7 @@ pub fn recv(cur: &Arc<Thread>, ep: &Arc<Endpoint>, timeout: u64, direct_to: Opti
         return Outcome::Return(Err(Error::OutOfMemory));
     }
     let deadline = deadline(timeout);
-    match block_current(cur, Wait::Recv { ep: EpRef(ep.weak()) }, deadline) {
+    match block_current(cur, Wait::Recv { ep: EpRef::new(ep) }, deadline) {
         Ok(()) => {
             enqueue(&mut q.receivers, cur.clone(), None);
             drop(q);
@@ -593,7 +593,7 @@ pub fn fault_call(cur: &Arc<Thread>, ep: &Arc<Endpoint>, badge: u64, info: [u64;
         return false;
     }
     let prio = cur.life.lock().prio;
-    if block_current(cur, Wait::FaultSend { ep: EpRef(ep.weak()), badge, info }, u64::MAX).is_ok() {
+    if block_current(cur, Wait::FaultSend { ep: EpRef::new(ep), badge, info }, u64::MAX).is_ok() {
         crate::timeline::event(crate::timeline::Kind::Send, crate::timeline::ep(ep.id()) << 32, badge);
         enqueue(&mut q.senders, cur.clone(), Some(prio));
     }

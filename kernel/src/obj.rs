@@ -427,7 +427,9 @@ pub const MAP_HEAP: u64 = MAP_COST;
 const fn covers(bytes: usize, share: u64) -> bool {
     (2 * (bytes + 16) + 64) as u64 <= share
 }
-const _: () = assert!(covers(core::mem::size_of::<Thread>(), THREAD_HEAP));
+// A thread's share also covers the endpoint allocation its kept receive reference may hold
+// after that endpoint is gone (`Life::keep_recv`).
+const _: () = assert!(covers(core::mem::size_of::<Thread>(), THREAD_HEAP - (core::mem::size_of::<crate::ipc::Endpoint>() as u64 + 16)));
 const _: () = assert!(covers(core::mem::size_of::<Frame>(), FRAME_HEAP));
 const _: () = assert!(covers(core::mem::size_of::<Frame>(), rl4_abi::cost::DEVICE_FRAME));
 const _: () = assert!(covers(core::mem::size_of::<Space>(), SPACE_HEAP));
@@ -914,14 +916,28 @@ pub fn tracked(task: &Arc<Task>, slot: u64, mut cap: Cap) -> Result<Cap, Error> 
 /// capabilities in flight and callers.
 pub struct KernelKinds;
 
-/// A blocked thread's endpoint (weak: a waiter does not keep its endpoint alive).
-pub struct EpRef(pub Weak<crate::ipc::Endpoint>);
+/// A blocked thread's endpoint (weak: a waiter does not keep its endpoint alive), with its
+/// address, which the wait's checks compare (one load, where the weak reference's own address
+/// takes a branch for the dangling case and an offset).
+pub struct EpRef {
+    pub weak: Weak<crate::ipc::Endpoint>,
+    id: usize,
+}
+
+impl EpRef {
+    /// A new weak reference to `ep`.
+    #[inline(always)]
+    pub fn new(ep: &crate::ipc::Endpoint) -> Self {
+        EpRef { weak: ep.weak(), id: ep.id() }
+    }
+}
 /// A blocked thread's notification.
 pub struct NtfRef(pub Weak<crate::ipc::Notification>);
 
 impl Ident for EpRef {
+    #[inline(always)]
     fn ident(&self) -> usize {
-        self.0.as_ptr() as usize
+        self.id
     }
 }
 impl Ident for NtfRef {

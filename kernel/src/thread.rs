@@ -40,7 +40,7 @@ pub(crate) enum QueueRef {
 fn queue_of(l: &Life) -> Option<QueueRef> {
     match l.state() {
         rl4_core::life::State::Blocked { wait: Wait::Send { ep, .. } | Wait::Recv { ep } | Wait::FaultSend { ep, .. }, .. } => {
-            ep.0.upgrade().map(QueueRef::Ep)
+            ep.weak.upgrade().map(QueueRef::Ep)
         }
         rl4_core::life::State::Blocked { wait: Wait::Notify { n }, .. } => n.0.upgrade().map(QueueRef::Ntf),
         _ => None,
@@ -55,7 +55,7 @@ fn queue_of(l: &Life) -> Option<QueueRef> {
 fn same_queue(t: &Thread, l: &Life, q: &Option<QueueRef>) -> bool {
     let waits_on = match l.state() {
         rl4_core::life::State::Blocked { wait: Wait::Send { ep, .. } | Wait::Recv { ep } | Wait::FaultSend { ep, .. }, .. } => {
-            Some((ep.ident(), ep.0.strong_count()))
+            Some((ep.ident(), ep.weak.strong_count()))
         }
         rl4_core::life::State::Blocked { wait: Wait::Notify { n }, .. } => Some((n.ident(), n.0.strong_count())),
         _ => None,

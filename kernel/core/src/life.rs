@@ -266,12 +266,17 @@ pub struct Life<K: Kinds> {
     pub cpu: u32,
     /// The reply right it holds: the caller it received a `Call` from, and that call's ticket.
     reply: Option<(K::Caller, u64)>,
+    /// The endpoint reference of the last `Recv` wait the IPC fast path ended, kept for its
+    /// next wait there ([`Life::keep_recv`], [`Life::kept_recv`]): a server that waits on one
+    /// endpoint round after round then takes and drops no reference per message. Not a wait:
+    /// nothing reads it but those two.
+    recv_ep: Option<K::Ep>,
 }
 
 impl<K: Kinds> Life<K> {
     /// A new thread: `Inactive`, nowhere.
     pub const fn new(prio: u8, cpu: u32) -> Self {
-        Life { state: State::Inactive, place: Place::Off, prio, mcp: prio, cpu, reply: None }
+        Life { state: State::Inactive, place: Place::Off, prio, mcp: prio, cpu, reply: None, recv_ep: None }
     }
 
     pub fn state(&self) -> &State<K> {
@@ -539,6 +544,26 @@ impl<K: Kinds> Life<K> {
         self.reply.take()
     }
 
+    /// Keeps the endpoint reference of a `Recv` wait that just ended for this thread's next
+    /// wait there; hands back what the caller must drop after its locks: any other wait, or
+    /// the reference the kept one replaces.
+    #[inline(always)]
+    pub fn keep_recv(&mut self, w: Wait<K>) -> Option<Wait<K>> {
+        match w {
+            Wait::Recv { ep } => self.recv_ep.replace(ep).map(|ep| Wait::Recv { ep }),
+            other => Some(other),
+        }
+    }
+
+    /// The kept endpoint reference ([`Life::keep_recv`]) if it names endpoint `ident`.
+    #[inline(always)]
+    pub fn kept_recv(&mut self, ident: usize) -> Option<K::Ep> {
+        match &self.recv_ep {
+            Some(ep) if ep.ident() == ident => self.recv_ep.take(),
+            _ => None,
+        }
+    }
+
     // ---- places --------------------------------------------------------------------------
 
     /// A `Ready` thread held nowhere is queued for its CPU: returns that CPU (push it into its
@@ -669,6 +694,55 @@ mod tests {
         let l = running();
         assert_eq!(l.view(), ThreadState::Running);
         assert_eq!(l.place(), Place::Current(0));
+    }
+
+    #[test]
+    fn kept_receive_reference_is_reused_only_for_its_endpoint() {
+        let mut l = running();
+        assert!(l.kept_recv(1).is_none());
+        l.block(Wait::Recv { ep: Id(1) }, u64::MAX).ok().unwrap();
+        assert_eq!(l.leave_cpu(0), Leave::Gone);
+        let w = l.wake_here(WaitOn::Recv(1), 0).ok().unwrap();
+        // Kept: nothing to drop.
+        assert!(l.keep_recv(w).is_none());
+        // Another endpoint does not get it; its own does, once.
+        assert!(l.kept_recv(2).is_none());
+        assert_eq!(l.kept_recv(1), Some(Id(1)));
+        assert!(l.kept_recv(1).is_none());
+        // A second kept reference hands back the first; any other wait is handed back whole.
+        assert!(l.keep_recv(Wait::Recv { ep: Id(3) }).is_none());
+        assert!(matches!(l.keep_recv(Wait::Recv { ep: Id(4) }), Some(Wait::Recv { ep: Id(3) })));
+        assert!(matches!(l.keep_recv(Wait::Reply { ticket: 9 }), Some(Wait::Reply { ticket: 9 })));
+        // It is no wait: the state is untouched.
+        assert_eq!(l.view(), ThreadState::Running);
+    }
+
+    /// The fast path's order: a thread blocks and leaves its CPU first, and takes the wait back
+    /// (`wake_here` on its own CPU) when a later guard fails; a kill or a suspension in between
+    /// makes the taking back refuse, and the thread is then the killer's or suspender's.
+    #[test]
+    fn fast_path_takes_a_wait_back_unless_it_ended() {
+        let mut l = running();
+        l.block(Wait::Reply { ticket: 7 }, u64::MAX).ok().unwrap();
+        assert_eq!(l.leave_cpu(0), Leave::Gone);
+        assert!(matches!(l.wake_here(WaitOn::Reply(7), 0), Ok(Wait::Reply { ticket: 7 })));
+        assert_eq!(l.view(), ThreadState::Running);
+        assert_eq!(l.place(), Place::Current(0));
+        // Killed in between.
+        l.block(Wait::Reply { ticket: 8 }, u64::MAX).ok().unwrap();
+        assert_eq!(l.leave_cpu(0), Leave::Gone);
+        let s = l.kill().ok().unwrap();
+        assert_eq!(s.kick, None);
+        assert!(l.wake_here(WaitOn::Reply(8), 0).is_err());
+        // Suspended (and resumed: queued by the resumer) in between.
+        let mut l = running();
+        l.block(Wait::Recv { ep: Id(1) }, u64::MAX).ok().unwrap();
+        assert_eq!(l.leave_cpu(0), Leave::Gone);
+        assert!(l.suspend().ok().unwrap().cancelled.is_some());
+        assert_eq!(l.resume(), Ok(true));
+        assert_eq!(l.enqueue(), Some(0));
+        assert!(l.wake_here(WaitOn::Recv(1), 0).is_err());
+        assert!(l.consistent());
     }
 
     #[test]
