@@ -304,19 +304,26 @@ rl4_syscall_entry:
     mov qword ptr gs:[40], 0
     mov rsp, gs:[16]
     xor ebp, ebp
-    mov rdi, rax
+    /* `rl4_syscall` takes the number in r12 and preserves no register (Rust's
+       "rust-preserve-none" convention): every user register is in the block already. */
+    mov r12, rax
     call rl4_syscall
-    /* rax = 1: the same thread goes on, and the kernel changed none of its registers but
-       the result and argument ones (rax, rdi, rsi, rdx, r8..r10): the callee-saved ones are
-       still its own (Rust preserved them), so only those come back, and rbp (zeroed above so
-       that a kernel backtrace ends here instead of following a user value). */
+    /* rax = 1: the same thread goes on, and the kernel changed none of its saved registers
+       but the result and argument ones (rax, rdi, rsi, rdx, r8..r10); the kernel may have
+       used any register, so all but rcx and r11 (which the ABI lets a system call clobber,
+       and which carry the return rip and rflags) come back from the block. */
     test eax, eax
     jz rl4_return_to_user
     cmp qword ptr gs:[40], 0
     jne rl4_return_to_user
     mov rsp, gs:[32]
     mov rax, [rsp - 160]
+    mov rbx, [rsp - 152]
     mov rbp, [rsp - 112]
+    mov r12, [rsp - 72]
+    mov r13, [rsp - 64]
+    mov r14, [rsp - 56]
+    mov r15, [rsp - 48]
     mov rdx, [rsp - 136]
     mov rsi, [rsp - 128]
     mov rdi, [rsp - 120]

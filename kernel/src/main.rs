@@ -5,6 +5,9 @@
 //! boot entries (PVH, Multiboot2, Limine); every AP arrives in [`ap_main`] from the trampoline.
 #![no_std]
 #![no_main]
+// The system-call entry and its dispatcher save no registers for the entry code: it saved the
+// user's already (`trap::rl4_syscall`, docs/decisions.md).
+#![feature(rust_preserve_none_cc)]
 #![deny(unsafe_code)]
 
 extern crate alloc;

@@ -60,8 +60,14 @@ fn rl4_kernel_interrupt(vector: u8) {
 /// A dispatcher of small handlers: `Null` is answered here when no scheduling decision is
 /// pending (one per-CPU look); the IPC calls try the fast path; everything else goes to the
 /// general handler, out of line, so that this function needs no stack frame of its own.
+///
+/// It and [`general`] preserve no register for their caller (`rust-preserve-none`: the
+/// number arrives in `r12`): the entry code has stored every user register in the thread's
+/// block already, and restores from there whatever it returns to, so the callee-saved
+/// registers that a C-ABI function would push and pop on every system call are not saved at
+/// all (docs/decisions.md).
 #[unsafe(no_mangle)]
-extern "C" fn rl4_syscall(n: u64) -> u64 {
+extern "rust-preserve-none" fn rl4_syscall(n: u64) -> u64 {
     if n == rl4_abi::Sys::Null as u64 && !cfg!(feature = "timeline") && !sched::resched_pending() {
         rl4_arch::entry::set_current_result(0);
         return 1;
@@ -72,7 +78,7 @@ extern "C" fn rl4_syscall(n: u64) -> u64 {
 /// Every system call the small handlers did not take: the IPC fast path, else the general
 /// handler.
 #[inline(never)]
-fn general(n: u64) -> u64 {
+extern "rust-preserve-none" fn general(n: u64) -> u64 {
     crate::trace::enter(n);
     crate::timeline::event(crate::timeline::Kind::SysEnter, n, 0);
     // The fast path lets go of nothing while it holds a lock (it puts nothing aside for
