@@ -188,7 +188,7 @@ fn block_caller(cs: &sched::CpuSched, cur: &Arc<Thread>, ticket: u64) -> Option<
 #[cold]
 #[inline(never)]
 fn take_back(_cs: &sched::CpuSched, cur: Arc<Thread>, on: WaitOn, me: u32) -> Result<bool, Arc<Thread>> {
-    let back = cur.life.lock().wake_here(on, me);
+    let back = cur.life.lock().take_back(on, me);
     match back {
         Ok(w) => {
             crate::obj::dispose(w);
@@ -305,8 +305,8 @@ fn reply_recv(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64
 /// `q` is still held) and left this CPU: it takes that wait back and is current here again,
 /// with its reply right for `caller`'s call `ticket`, and the general path runs its call.
 /// Nobody can end the wait meanwhile (a kill or a suspension needs `ep`'s queue lock, which is
-/// held); if the transition is refused all the same, the caller is failed and the server let
-/// go.
+/// held, and `Life::take_back` ignores an affinity changed meanwhile); if the transition is
+/// refused all the same, the caller is failed and the server let go.
 #[cold]
 #[inline(never)]
 fn undo_server(
@@ -319,7 +319,7 @@ fn undo_server(
 ) -> Result<bool, Arc<Thread>> {
     let me = rl4_arch::percpu::cpu_index();
     let mut l = cur.life.lock();
-    let back = match l.wake_here(WaitOn::Recv(ep.id()), me) {
+    let back = match l.take_back(WaitOn::Recv(ep.id()), me) {
         Ok(w) => Ok((w, l.grant_reply(caller, ticket))),
         Err(_) => Err(caller),
     };

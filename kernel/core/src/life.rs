@@ -191,6 +191,7 @@ pub const TRANSITIONS: &[Transition] = &[
     Transition { name: "wake_here", from: &[BS, BR, BP, BN, BF], to: X, same: &[] },
     Transition { name: "expire", from: &[BS, BR, BP, BN], to: R, same: &[] },
     Transition { name: "unwait", from: &[BP, BF], to: X, same: &[] },
+    Transition { name: "take_back", from: &[BS, BR, BP, BN, BF], to: X, same: &[] },
     Transition { name: "suspend", from: &[R, X, BS, BR, BP, BN, BF], to: S, same: &[I, S] },
     Transition { name: "fault", from: &[R, X, S], to: F, same: &[] },
     Transition { name: "stop_fault", from: &[BF], to: F, same: &[] },
@@ -436,6 +437,22 @@ impl<K: Kinds> Life<K> {
     #[inline(always)]
     pub fn wake_here(&mut self, on: WaitOn, me: u32) -> Result<Wait<K>, Refused> {
         if self.place != Place::Off || self.cpu != me || !self.waits(on) {
+            return self.refuse();
+        }
+        let State::Blocked { wait, .. } = core::mem::replace(&mut self.state, State::Running) else { unreachable!() };
+        self.place = Place::Current(me);
+        Ok(wait)
+    }
+
+    /// The IPC fast path takes back a wait that the running thread entered, leaving its CPU, in
+    /// the same system call, when a later guard failed before anybody could end that wait:
+    /// `Blocked` in exactly `on` and held by no CPU → `Running` and current on `me` again,
+    /// whatever its affinity says now (a thread moved meanwhile is sent on by the next
+    /// decision, as any running thread is). Refused, changing nothing, if the wait ended
+    /// meanwhile (killed or suspended: whoever ended it finishes the call).
+    #[inline(always)]
+    pub fn take_back(&mut self, on: WaitOn, me: u32) -> Result<Wait<K>, Refused> {
+        if self.place != Place::Off || !self.waits(on) {
             return self.refuse();
         }
         let State::Blocked { wait, .. } = core::mem::replace(&mut self.state, State::Running) else { unreachable!() };
@@ -718,22 +735,35 @@ mod tests {
     }
 
     /// The fast path's order: a thread blocks and leaves its CPU first, and takes the wait back
-    /// (`wake_here` on its own CPU) when a later guard fails; a kill or a suspension in between
-    /// makes the taking back refuse, and the thread is then the killer's or suspender's.
+    /// (`take_back`) when a later guard fails; a kill or a suspension in between makes the
+    /// taking back refuse, and the thread is then the killer's or suspender's.
     #[test]
     fn fast_path_takes_a_wait_back_unless_it_ended() {
         let mut l = running();
         l.block(Wait::Reply { ticket: 7 }, u64::MAX).ok().unwrap();
         assert_eq!(l.leave_cpu(0), Leave::Gone);
-        assert!(matches!(l.wake_here(WaitOn::Reply(7), 0), Ok(Wait::Reply { ticket: 7 })));
+        // Another wait, or the wrong ticket, is not this one.
+        assert!(l.take_back(WaitOn::Reply(6), 0).is_err());
+        assert!(matches!(l.take_back(WaitOn::Reply(7), 0), Ok(Wait::Reply { ticket: 7 })));
         assert_eq!(l.view(), ThreadState::Running);
         assert_eq!(l.place(), Place::Current(0));
+        // Moved to CPU 1 in between (`ThreadSetAffinity` changes no state): it is taken back
+        // all the same (`wake_here` would refuse and leave it waiting for nobody), and the next
+        // decision of CPU 0 sends it on.
+        l.block(Wait::Reply { ticket: 9 }, u64::MAX).ok().unwrap();
+        assert_eq!(l.leave_cpu(0), Leave::Gone);
+        l.cpu = 1;
+        assert!(l.wake_here(WaitOn::Reply(9), 0).is_err());
+        assert!(l.take_back(WaitOn::Reply(9), 0).is_ok());
+        assert!(!l.keep(0));
+        assert_eq!(l.leave_cpu(0), Leave::Forward(1));
         // Killed in between.
+        let mut l = running();
         l.block(Wait::Reply { ticket: 8 }, u64::MAX).ok().unwrap();
         assert_eq!(l.leave_cpu(0), Leave::Gone);
         let s = l.kill().ok().unwrap();
         assert_eq!(s.kick, None);
-        assert!(l.wake_here(WaitOn::Reply(8), 0).is_err());
+        assert!(l.take_back(WaitOn::Reply(8), 0).is_err());
         // Suspended (and resumed: queued by the resumer) in between.
         let mut l = running();
         l.block(Wait::Recv { ep: Id(1) }, u64::MAX).ok().unwrap();
@@ -741,8 +771,12 @@ mod tests {
         assert!(l.suspend().ok().unwrap().cancelled.is_some());
         assert_eq!(l.resume(), Ok(true));
         assert_eq!(l.enqueue(), Some(0));
-        assert!(l.wake_here(WaitOn::Recv(1), 0).is_err());
+        assert!(l.take_back(WaitOn::Recv(1), 0).is_err());
         assert!(l.consistent());
+        // A thread still current is not taken back (that is `unwait`).
+        let mut l = running();
+        l.block(Wait::Reply { ticket: 3 }, u64::MAX).ok().unwrap();
+        assert!(l.take_back(WaitOn::Reply(3), 0).is_err());
     }
 
     #[test]
@@ -998,6 +1032,7 @@ mod tests {
             "wake_here" => l.wake_here(on(s), 0).is_ok(),
             "expire" => l.expire(5).is_ok(),
             "unwait" => l.unwait(1).is_ok(),
+            "take_back" => l.take_back(on(s), 0).is_ok(),
             "suspend" => l.suspend().is_ok(),
             "fault" => l.fault().is_ok(),
             "kill" => l.kill().is_ok(),

@@ -20,8 +20,8 @@
 //! - [`kill_receiver_against_call_general_path`], [`kill_receiver_against_call_fast_path`]:
 //!   a call claims a receiver that another CPU kills.
 //! - [`literal_call_order_loses_the_reply`], [`literal_fast_call_loses_the_caller_to_a_kill`]:
-//!   the claim-then-block order of a call, which the kernel uses today, loses the caller;
-//!   these assert that some interleaving does.
+//!   the claim-then-block order of a call (the kernel's general path and fast path used it
+//!   once) loses the caller; these assert that some interleaving does.
 //!
 //! The calls here use the order that the model test (`life_model.rs`) found must be used: the
 //! caller blocks for the reply before it claims a receiver. Small models are explored
@@ -196,14 +196,23 @@ impl World {
     /// A call by `s`, running on CPU `me`, on E with `ticket`, in the order the kernel must
     /// use: with receivers waiting, the caller blocks for the reply *before* a receiver is
     /// claimed; then the receiver gets the message and the right and is placed (`fast`: made
-    /// current here with `wake_here`, for the caller's CPU to switch to). If every receiver
-    /// entry is stale, or there is none, `s` waits as a sender. Returns the receiver, or `None`
-    /// (no receiver, or `s` was stopped first).
+    /// current here with `wake_here`, for the caller's CPU to switch to; the fast path's caller
+    /// leaves its CPU in the hold that blocks it, `fastpath::block_caller`). If every receiver
+    /// entry is stale, or there is none, `s` waits as a sender (the fast path takes its reply
+    /// wait back, `Life::take_back`, and the general path then makes it
+    /// wait as a sender). Returns the receiver, or `None` (no receiver, or `s` was stopped
+    /// first).
     fn call(&self, s: usize, me: u32, ticket: u64, fast: bool) -> Option<usize> {
         let mut q = self.ep.lock().unwrap();
         if !q.recv.is_empty() {
-            if self.t[s].lock().unwrap().block(Wait::Reply { ticket }, FOREVER).is_err() {
-                return None; // killed or suspended: no message goes out
+            {
+                let mut l = self.t[s].lock().unwrap();
+                if l.block(Wait::Reply { ticket }, FOREVER).is_err() {
+                    return None; // killed or suspended: no message goes out
+                }
+                if fast {
+                    self.leave_locked(me, s, &mut l);
+                }
             }
             while let Some(r) = q.recv.pop_front() {
                 let mut l = self.t[r].lock().unwrap();
@@ -228,7 +237,8 @@ impl World {
             }
             // Every entry was stale: stop waiting for the reply, wait as a sender.
             let mut l = self.t[s].lock().unwrap();
-            if l.wake(WaitOn::Reply(ticket)).is_err() || !l.keep(me) {
+            let back = if fast { l.take_back(WaitOn::Reply(ticket), me).is_ok() } else { l.wake(WaitOn::Reply(ticket)).is_ok() && l.keep(me) };
+            if !back {
                 return None; // stopped or moved meanwhile
             }
         }
@@ -474,11 +484,8 @@ fn kill_receiver_against_call(fast: bool) {
             thread::spawn(move || {
                 let r = w.call(0, 0, 7, fast);
                 let cur = match r {
-                    Some(r) if fast => {
-                        // The switch: the caller lets go of the CPU, the receiver has it.
-                        w.leave(0, 0);
-                        r
-                    }
+                    // The switch: the caller let go of the CPU when it blocked, the receiver has it.
+                    Some(r) if fast => r,
                     _ => 0,
                 };
                 (r, w.decide(0, cur).then_some(cur))
@@ -872,8 +879,8 @@ fn literal_call_order_loses_the_reply() {
     assert!(LOST.load(std::sync::atomic::Ordering::Relaxed), "no interleaving lost the reply");
 }
 
-/// The same order on the fast path (`kernel/src/fastpath.rs`, `call`: `wake_here` and grant,
-/// let go, then block the caller): CPU 1 kills the receiver before the caller blocks; the kill
+/// The same order on the fast path (`kernel/src/fastpath.rs`, `call` before 2026-12-02:
+/// `wake_here` and grant, let go, then block the caller): CPU 1 kills the receiver before the caller blocks; the kill
 /// takes the reply right and fails the caller — refused, it is still `Running` — and the
 /// caller then waits forever. This model asserts that some interleaving does so
 /// (`kill_receiver_against_call_fast_path` runs the fixed order).
