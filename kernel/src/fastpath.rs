@@ -284,7 +284,8 @@ fn reply_recv(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64
         drop(cl);
         return undo_server(cs, cur, ep, q, caller, ticket);
     };
-    // Point of no return: the caller is Running here.
+    // Point of no return: the caller is Running here (its registers are this CPU's now).
+    deliver(&caller, words, tag, 0);
     let prio = cl.prio;
     drop(cl);
     trace::stamp(trace::PARTNER);
@@ -292,7 +293,6 @@ fn reply_recv(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64
     crate::ipc::enqueue(&mut q.receivers, cur, None);
     drop(q);
     crate::timeline::event(crate::timeline::Kind::Reply, caller.id, ticket);
-    deliver(&caller, words, tag, 0);
     trace::stamp(trace::DELIVERED);
     crate::obj::dispose(wait);
     cs.bump(sched::Count::IpcFast);
