@@ -236,19 +236,18 @@ if tr:
     L.append(f"| entry and exit assembly, the user loop, the stamps' own cost | {rest:,} (both calls) | |")
     L.append(f"| **round trip** | {tr['cycles_per_iteration']:,} | |\n")
 L.append("The same-core round trip takes the fast path both ways (`kernel/src/fastpath.rs`, "
-         "`fast_path_per_round_trip` = 2 in the JSON): a straight list of guards, then a register-to-register copy and a "
+         "`fast_path_per_round_trip` = 2 in the JSON): guards, a register-to-register copy and a "
          "direct switch, with no run-queue operation and no scheduling decision. What it still pays for "
          "is counted instruction by instruction in \"The same-core round trip, instruction by instruction\" above "
-         "(`scripts/insn-profile`): the entry and exit assembly (the entry stores the registers straight into the "
-         "thread's block; a thread that goes on unswitched takes a short way back), the capability look-up under the "
-         "task's table lock with an `Arc` count on the endpoint, the endpoint's `VecDeque` queues, one lock per thread "
-         "involved (the receiver's twice in a `Call`), the reply right, and the switch's bookkeeping. The stamps of the "
+         "(`scripts/insn-profile`): the entry and exit assembly (the entry stores every register straight into the "
+         "thread's block; the dispatcher preserves no register, and the one way back reloads them), the capability "
+         "read from the task's slot shadow (no lock, no reference count), the endpoint's intrusive queue, the "
+         "endpoint's lock and each thread's once per call (six per round trip), the reply right, the FPU/SIMD save "
+         "and restore, and the switch's bookkeeping. The stamps of the "
          "table above exist only in a kernel built with the `trace` feature (`scripts/bench` builds one for this group); "
          "they cost a few instructions each, so that kernel's round trip is longer than the plain one measured in "
          "`same-core`. seL4 reaches about 200 instructions per one-way trip with a single kernel lock and no reference "
-         "counts; rl4 keeps per-object locks so that no lock is shared by all CPUs. The next steps: a lock-free "
-         "capability read with a grace period, intrusive endpoint queues, and one lock per call for the thread states "
-         "an endpoint's queue holds. "
+         "counts; rl4 keeps per-object locks so that no lock is shared by all CPUs. "
          "Between address spaces under TCG every switch writes CR3 (no PCIDs there), which flushes QEMU's software TLB: "
          "the `cr3-floor` rows show what that costs by itself.\n")
 open(os.path.join(docs, "benchmarks.md"), "w").write("\n".join(L))

@@ -6,8 +6,8 @@
 //! [`UserRegs`] (its end address is `gs:32`), resets the stack to the top of the CPU's kernel
 //! stack (`gs:16`) and calls into the kernel:
 //!
-//! * `syscall` → `rl4_syscall(number)`, which returns 1 when the same thread goes on with
-//!   only its result and argument registers changed (a short way back), 0 otherwise;
+//! * `syscall` → `rl4_syscall(number)` (Rust's `rust-preserve-none` convention: the number in
+//!   `r12`, no register preserved);
 //! * an interrupt or exception from user mode → `rl4_user_trap(vector, error_code)`;
 //! * an interrupt in kernel mode (only the idle loop runs with interrupts on) →
 //!   `rl4_kernel_interrupt(vector)`, then back where it was; an exception in kernel mode is a
@@ -305,37 +305,11 @@ rl4_syscall_entry:
     mov rsp, gs:[16]
     xor ebp, ebp
     /* `rl4_syscall` takes the number in r12 and preserves no register (Rust's
-       "rust-preserve-none" convention): every user register is in the block already. */
+       "rust-preserve-none" convention): every user register is in the block already, and
+       the way back reloads them from the block of whichever thread runs now. */
     mov r12, rax
     call rl4_syscall
-    /* rax = 1: the same thread goes on, and the kernel changed none of its saved registers
-       but the result and argument ones (rax, rdi, rsi, rdx, r8..r10); the kernel may have
-       used any register, so all but rcx and r11 (which the ABI lets a system call clobber,
-       and which carry the return rip and rflags) come back from the block. */
-    test eax, eax
-    jz rl4_return_to_user
-    cmp qword ptr gs:[40], 0
-    jne rl4_return_to_user
-    mov rsp, gs:[32]
-    mov rax, [rsp - 160]
-    mov rbx, [rsp - 152]
-    mov rbp, [rsp - 112]
-    mov r12, [rsp - 72]
-    mov r13, [rsp - 64]
-    mov r14, [rsp - 56]
-    mov r15, [rsp - 48]
-    mov rdx, [rsp - 136]
-    mov rsi, [rsp - 128]
-    mov rdi, [rsp - 120]
-    mov r8, [rsp - 104]
-    mov r9, [rsp - 96]
-    mov r10, [rsp - 88]
-    mov rcx, [rsp - 40]
-    mov r11, [rsp - 24]
-    mov rsp, [rsp - 16]
-    inc qword ptr gs:[64]
-    swapgs
-    sysretq
+    jmp rl4_return_to_user
 
     .global rl4_return_to_user
 rl4_return_to_user:

@@ -1,11 +1,14 @@
 //! The IPC fast path: `Call` and `ReplyRecv` between two threads of one CPU, with a message that
 //! fits in registers.
 //!
-//! A straight list of guards, each falling back to the general path (`syscall::handle`, which
-//! gives the same results) before anything has changed; then the point of no return, where the
-//! message is copied register to register, the partner is marked running here, the caller
-//! blocks, and the CPU switches to the partner without a scheduling decision. Lock order as in
-//! `ipc`: endpoint queue, then one thread at a time.
+//! A list of guards, each falling back to the general path (`syscall::handle`, which gives the
+//! same results). The ones about the running thread and its capability come before anything is
+//! written; the partner's (it waits here, on this CPU, nothing more urgent waits) are its own
+//! transition, made under its lock after the running thread has blocked and left the CPU, so
+//! that each thread's lock is taken once: if that transition refuses, the running thread takes
+//! its wait back (`Life::take_back`) and the general path runs the call. Then the message is
+//! copied register to register and the CPU switches to the partner without a scheduling
+//! decision. Lock order as in `ipc`: endpoint queue, then one thread at a time.
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, Ordering};
 use rl4_abi::ipc::{FOREVER, Tag};
@@ -188,10 +191,17 @@ fn block_caller(cs: &sched::CpuSched, cur: &Arc<Thread>, ticket: u64) -> Option<
 #[cold]
 #[inline(never)]
 fn take_back(_cs: &sched::CpuSched, cur: Arc<Thread>, on: WaitOn, me: u32) -> Result<bool, Arc<Thread>> {
-    let back = cur.life.lock().take_back(on, me);
+    let (back, moved) = {
+        let mut l = cur.life.lock();
+        (l.take_back(on, me), l.cpu != me)
+    };
     match back {
         Ok(w) => {
             crate::obj::dispose(w);
+            // Moved to another CPU meanwhile: this CPU lets it go at its next decision.
+            if moved {
+                sched::kick(me);
+            }
             Err(cur)
         }
         Err(_) => {
@@ -323,11 +333,15 @@ fn undo_server(
         Ok(w) => Ok((w, l.grant_reply(caller, ticket))),
         Err(_) => Err(caller),
     };
+    let moved = l.cpu != me;
     drop(l);
     drop(q);
     match back {
         Ok((w, old)) => {
             crate::obj::dispose(w);
+            if moved {
+                sched::kick(me);
+            }
             if let Some((c, t)) = old {
                 thread::fail_caller(c, t);
             }

@@ -53,9 +53,8 @@ fn rl4_kernel_interrupt(vector: u8) {
     interrupt(vector);
 }
 
-/// `syscall`. Returns 1 when the caller goes on with only its result registers written (the
-/// entry code then takes a shorter way back), 0 when the return path must load the whole
-/// register block of whichever thread runs now.
+/// `syscall`: the entry code returns to the running thread (whichever it is now) through
+/// `rl4_return_to_user`, which reloads its registers from its block.
 ///
 /// A dispatcher of small handlers: `Null` is answered here when no scheduling decision is
 /// pending (one per-CPU look); the IPC calls try the fast path; everything else goes to the
@@ -67,10 +66,10 @@ fn rl4_kernel_interrupt(vector: u8) {
 /// registers that a C-ABI function would push and pop on every system call are not saved at
 /// all (docs/decisions.md).
 #[unsafe(no_mangle)]
-extern "rust-preserve-none" fn rl4_syscall(n: u64) -> u64 {
+extern "rust-preserve-none" fn rl4_syscall(n: u64) {
     if n == rl4_abi::Sys::Null as u64 && !cfg!(feature = "timeline") && !sched::resched_pending() {
         rl4_arch::entry::set_current_result(0);
-        return 1;
+        return;
     }
     general(n)
 }
@@ -78,7 +77,7 @@ extern "rust-preserve-none" fn rl4_syscall(n: u64) -> u64 {
 /// Every system call the small handlers did not take: the IPC fast path, else the general
 /// handler.
 #[inline(never)]
-extern "rust-preserve-none" fn general(n: u64) -> u64 {
+extern "rust-preserve-none" fn general(n: u64) {
     crate::trace::enter(n);
     crate::timeline::event(crate::timeline::Kind::SysEnter, n, 0);
     // The fast path lets go of nothing while it holds a lock (it puts nothing aside for
@@ -86,7 +85,7 @@ extern "rust-preserve-none" fn general(n: u64) -> u64 {
     if crate::fastpath::candidate(n) && crate::fastpath::try_fast(n) {
         crate::trace::stamp(crate::trace::DONE);
         crate::timeline::event(crate::timeline::Kind::SysExit, n, 1);
-        return 0;
+        return;
     }
     let next = crate::syscall::handle(n);
     match next {
@@ -101,5 +100,4 @@ extern "rust-preserve-none" fn general(n: u64) -> u64 {
     }
     crate::trace::stamp(crate::trace::DONE);
     crate::timeline::event(crate::timeline::Kind::SysExit, n, 0);
-    (next == crate::syscall::Next::Same) as u64
 }
