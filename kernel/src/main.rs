@@ -6,6 +6,8 @@
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
+#![feature(allocator_api)]
+#![feature(get_mut_unchecked)]
 
 extern crate alloc;
 

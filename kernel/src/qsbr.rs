@@ -58,7 +58,8 @@ fn exits(i: usize) -> u64 {
 /// capability table's lock; allocates (a capability deletion, never an IPC path).
 pub fn defer(e: Arc<Endpoint>) {
     let l = &LIMBOS[me()];
-    l.lists.lock().next.push(e);
+    // Bounded rather than fallible (docs/memory.md): a removal from a slot cannot be refused.
+    crate::mem::must_not_fail(|| l.lists.lock().next.push(e));
     l.pending.store(true, Ordering::Relaxed);
     crate::reclaim::wake_drain();
 }

@@ -38,7 +38,8 @@ pub fn handle(n: u64) -> Next {
     // The others read their number and six arguments. No reference is taken on the running
     // thread: these calls never change this CPU's current slot (only a scheduling decision or
     // an IPC switch does, and neither happens in `dispatch`).
-    let more = sched::with_current(|t| dispatch_into(t, n));
+    // Failure injection (`failalloc=`) covers the call's own work, not the destruction below.
+    let more = mem::in_call(|| sched::with_current(|t| dispatch_into(t, n)));
     crate::reclaim::drain();
     if more.is_none() || may_reschedule(n) || sched::resched_pending() { Next::Decide } else { Next::Same }
 }
@@ -69,7 +70,7 @@ fn handle_ipc(n: u64) -> Next {
     }
     // The IPC calls need the whole register block (a copy: delivering a message may rewrite the
     // caller's own registers).
-    let res = match ipc_call(&t, &t.regs.get(), s) {
+    let res = match mem::in_call(|| ipc_call(&t, &t.regs.get(), s)) {
         Outcome::Return(res) => res,
         Outcome::Received => return Next::Decide,
         Outcome::Blocked if sched::switched_directly(&t) => return Next::Switched,
@@ -586,6 +587,7 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
                 stat::GLOBAL_LOCKS if crate::count::BUILT => crate::count::global_locks(),
                 stat::IRQS_DELIVERED => crate::irq::delivered(),
                 stat::IRQ_LINES_ENABLED => crate::irq::enabled_lines(),
+                stat::FAILED_ALLOCS => mem::failed_allocs(),
                 _ => return Err(Error::InvalidArgument),
             };
             Ok([v, 0, 0])

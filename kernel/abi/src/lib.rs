@@ -411,6 +411,9 @@ pub mod stat {
     pub const IRQS_DELIVERED: u64 = 16;
     /// Interrupt lines unmasked in the I/O APIC now (bound and not waiting for `IrqAck`).
     pub const IRQ_LINES_ENABLED: u64 = 17;
+    /// Kernel heap allocations failed on purpose by `failalloc=SEED/N` (docs/memory.md,
+    /// "Allocation failure injection"); 0 without the option.
+    pub const FAILED_ALLOCS: u64 = 18;
 }
 
 /// What each kind of object costs the memory budget it is made from, in bytes (docs/syscalls.md):
