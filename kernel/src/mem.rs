@@ -254,10 +254,13 @@ static HEAP: Heap = Heap {
 // in N of the heap allocations made on a CPU inside [`in_call`] (a system call's work) and
 // outside [`must_not_fail`] (the few allocations that are bounded instead of fallible) fails:
 // the allocator answers null, as it does when memory runs out. Boot, interrupts and the
-// destruction loop never see it.
+// destruction loop never see it, nor the root task's calls unless it asks (`measure::FAILALLOC`).
 
 /// N of `failalloc=SEED/N` (0: off).
 static FAIL_ONE_IN: AtomicU64 = AtomicU64::new(0);
+/// The root task's own calls fail too (`measure::FAILALLOC`; off at first, so that the test
+/// harness sets up before it asks).
+static ROOT_FAILS: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 /// Allocations failed on purpose (`stat::FAILED_ALLOCS`).
 static FAILED: AtomicU64 = AtomicU64::new(0);
 
@@ -313,10 +316,25 @@ pub fn failed_allocs() -> u64 {
     FAILED.load(Ordering::Relaxed)
 }
 
-/// Runs `f` with failure injection armed on this CPU (or as it is, when injection is off).
+/// Runs `f`, the work of a system call of task `task` (its id), with failure injection armed
+/// on this CPU: for every task but the root task, and for the root task too while it asks
+/// ([`root_fails`]). Nothing when injection is off.
 #[inline(always)]
-pub fn in_call<R>(f: impl FnOnce() -> R) -> R {
-    with_armed(true, f)
+pub fn in_call<R>(task: u64, f: impl FnOnce() -> R) -> R {
+    if FAIL_ONE_IN.load(Ordering::Relaxed) == 0 {
+        return f();
+    }
+    with_armed(task != rl4_abi::ROOT_TASK_ID || ROOT_FAILS.load(Ordering::Relaxed), f)
+}
+
+/// `measure::FAILALLOC`: the root task's own calls fail as the others' do (`on`), or not;
+/// `InvalidArgument` without `failalloc=`.
+pub fn root_fails(on: bool) -> Result<[u64; 3], rl4_abi::Error> {
+    if FAIL_ONE_IN.load(Ordering::Relaxed) == 0 {
+        return Err(rl4_abi::Error::InvalidArgument);
+    }
+    ROOT_FAILS.store(on, Ordering::Relaxed);
+    Ok([FAIL_ONE_IN.load(Ordering::Relaxed), FAILED.load(Ordering::Relaxed), 0])
 }
 
 /// Runs `f` with failure injection disarmed on this CPU: for the allocations that are bounded
@@ -358,6 +376,28 @@ pub fn try_new_cyclic<T>(make: impl FnOnce(usize) -> T, me: impl FnOnce(&mut T) 
     // nothing else reads or writes the value while `me` is set.
     *me(unsafe { Arc::get_mut_unchecked(&mut a) }) = w;
     Ok(a)
+}
+
+/// Room for one `Arc<T>`, allocated (fallibly) before the value exists: a call takes it
+/// before it changes anything, then [`ArcSlot::fill`] cannot fail.
+pub struct ArcSlot<T>(alloc::sync::Arc<core::mem::MaybeUninit<T>>);
+
+impl<T> ArcSlot<T> {
+    pub fn new() -> Result<Self, rl4_abi::Error> {
+        alloc::sync::Arc::try_new_uninit().map(ArcSlot).map_err(|_| rl4_abi::Error::OutOfMemory)
+    }
+
+    /// The `Arc` holding `v` (no allocation).
+    pub fn fill(mut self, v: T) -> alloc::sync::Arc<T> {
+        match alloc::sync::Arc::get_mut(&mut self.0) {
+            Some(slot) => {
+                slot.write(v);
+            }
+            None => unreachable!("an ArcSlot's Arc is never shared"),
+        }
+        // SAFETY: written just above (the slot's `Arc` is never cloned, so `get_mut` succeeds).
+        unsafe { self.0.assume_init() }
+    }
 }
 
 /// Bytes allocated from the heap now (what its users hold, large allocations rounded up to

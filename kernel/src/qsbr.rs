@@ -90,12 +90,14 @@ fn advance(owner: usize, me: usize) -> bool {
     if owner == me && lists.grace.is_none() && !lists.next.is_empty() {
         // This CPU deferred every entry of `next` earlier in program order than this
         // snapshot (which fences first).
-        let g = Grace::start(me, 0..cpus, exits);
-        if g.over(me, exits, crate::sched::is_idle) {
-            freed_now = core::mem::take(&mut lists.next);
-        } else {
-            lists.waiting = core::mem::take(&mut lists.next);
-            lists.grace = Some(g);
+        // Without memory for the snapshot, `next` waits for a later poll.
+        if let Some(g) = Grace::try_start(me, 0..cpus, exits) {
+            if g.over(me, exits, crate::sched::is_idle) {
+                freed_now = core::mem::take(&mut lists.next);
+            } else {
+                lists.waiting = core::mem::take(&mut lists.next);
+                lists.grace = Some(g);
+            }
         }
     }
     let still = lists.grace.is_some() || !lists.next.is_empty();
