@@ -352,10 +352,9 @@ fn with_armed<R>(on: bool, f: impl FnOnce() -> R) -> R {
     let c = fail_cpu();
     let before = c.armed.swap(on, Ordering::Relaxed);
     let r = f();
-    // The CPU that restores is the one that armed: a system call's work does not move to
-    // another CPU (interrupts are off in the kernel; a thread switch inside a call saves the
-    // flag on the stack it leaves and restores it when that stack runs again).
-    fail_cpu().armed.store(before, Ordering::Relaxed);
+    // The kernel is event-based (one kernel stack per CPU, interrupts off in the kernel): a
+    // system call's work runs to its end on the CPU that started it, which restores the flag.
+    c.armed.store(before, Ordering::Relaxed);
     r
 }
 
