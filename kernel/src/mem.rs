@@ -321,10 +321,10 @@ pub fn failed_allocs() -> u64 {
 /// ([`root_fails`]). Nothing when injection is off.
 #[inline(always)]
 pub fn in_call<R>(task: u64, f: impl FnOnce() -> R) -> R {
-    if FAIL_ONE_IN.load(Ordering::Relaxed) == 0 {
-        return f();
-    }
-    with_armed(task != rl4_abi::ROOT_TASK_ID || ROOT_FAILS.load(Ordering::Relaxed), f)
+    let g = Armed::set(|| task != rl4_abi::ROOT_TASK_ID || ROOT_FAILS.load(Ordering::Relaxed));
+    let r = f();
+    drop(g);
+    r
 }
 
 /// `measure::FAILALLOC`: the root task's own calls fail as the others' do (`on`), or not;
@@ -341,21 +341,40 @@ pub fn root_fails(on: bool) -> Result<[u64; 3], rl4_abi::Error> {
 /// rather than fallible (docs/memory.md lists them, and why).
 #[inline(always)]
 pub fn must_not_fail<R>(f: impl FnOnce() -> R) -> R {
-    with_armed(false, f)
+    let g = Armed::set(|| false);
+    let r = f();
+    drop(g);
+    r
 }
 
-#[inline(always)]
-fn with_armed<R>(on: bool, f: impl FnOnce() -> R) -> R {
-    if FAIL_ONE_IN.load(Ordering::Relaxed) == 0 {
-        return f();
+/// This CPU's armed flag set for a while, and put back as it was when dropped. When injection
+/// is off it is one load and a branch each way (`f` is called once, so the work it wraps is
+/// inlined as before).
+struct Armed(Option<bool>);
+
+impl Armed {
+    #[inline(always)]
+    fn set(on: impl FnOnce() -> bool) -> Armed {
+        if FAIL_ONE_IN.load(Ordering::Relaxed) == 0 { Armed(None) } else { Armed(Some(swap_armed(on()))) }
     }
-    let c = fail_cpu();
-    let before = c.armed.swap(on, Ordering::Relaxed);
-    let r = f();
-    // The kernel is event-based (one kernel stack per CPU, interrupts off in the kernel): a
-    // system call's work runs to its end on the CPU that started it, which restores the flag.
-    c.armed.store(before, Ordering::Relaxed);
-    r
+}
+
+impl Drop for Armed {
+    #[inline(always)]
+    fn drop(&mut self) {
+        if let Some(before) = self.0 {
+            // The kernel is event-based (one kernel stack per CPU, interrupts off in the
+            // kernel): a system call's work runs to its end on the CPU that started it, which
+            // puts the flag back.
+            swap_armed(before);
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn swap_armed(on: bool) -> bool {
+    fail_cpu().armed.swap(on, Ordering::Relaxed)
 }
 
 /// `Arc::new_cyclic` that answers `OutOfMemory` instead of reaching the allocation error
