@@ -586,8 +586,9 @@ pub fn alloc_frame() -> Option<OwnedFrame> {
     Frames.alloc_frame()
 }
 
-/// Frames kept for the small allocations of the system calls under way, per CPU that may run
-/// one (each takes a few pages at most; larger allocations are fallible).
+/// Frames kept for the allocations of the system calls under way, per CPU that may run one:
+/// every allocation a call makes is fallible but for a few bounded ones (`must_not_fail`,
+/// docs/memory.md), which take a few pages at most and which these frames serve.
 const CALL_FRAMES_PER_CPU: u64 = 16;
 
 /// Free frames a system call that allocates kernel memory needs when it starts; below that it

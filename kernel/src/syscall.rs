@@ -345,7 +345,9 @@ fn dispatch_into(t: &Arc<Thread>, n: u64) {
 
 /// Whether a system call may allocate kernel memory (an object, a capability's derivation
 /// node, a mapping's entry or page tables): such a call first checks that the kernel has the
-/// frames for it (`mem::headroom`), so that growing the kernel heap under it cannot fail.
+/// frames for it (`mem::headroom`). Its allocations are fallible (an `OutOfMemory` answer) but
+/// for the few bounded ones (`mem::must_not_fail`), which these frames serve (docs/memory.md,
+/// "Allocation failure injection").
 fn allocates(s: Sys) -> bool {
     matches!(
         s,
