@@ -80,7 +80,7 @@ pub(crate) fn trim<T>(q: &mut VecDeque<T>) {
 
 #[cold]
 fn trim_slow<T>(q: &mut VecDeque<T>) {
-    q.shrink_to(2 * q.len().max(8));
+    rl4_core::try_shrink_deque(q, 2 * q.len().max(8));
 }
 
 pub struct Endpoint {
@@ -94,7 +94,7 @@ pub struct Endpoint {
 impl Endpoint {
     pub fn new(mem: &Arc<crate::obj::Memory>) -> Result<Arc<Endpoint>, Error> {
         let charge = crate::obj::Charge::new(mem, crate::obj::ENDPOINT_COST)?;
-        let e = Arc::new_cyclic(|me: &Weak<Endpoint>| Endpoint { q: Mutex::new(EpQueues::new(me.as_ptr() as usize)), me: me.clone(), _charge: charge });
+        let e = crate::mem::try_new_cyclic(|at| Endpoint { q: Mutex::new(EpQueues::new(at)), me: Weak::new(), _charge: charge }, |e| &mut e.me)?;
         crate::obj::ENDPOINTS.add(&e)?;
         Ok(e)
     }
@@ -157,7 +157,7 @@ pub struct Notification {
 impl Notification {
     pub fn new(mem: &Arc<crate::obj::Memory>) -> Result<Arc<Notification>, Error> {
         let charge = crate::obj::Charge::new(mem, crate::obj::NOTIFICATION_COST)?;
-        let n = Arc::new_cyclic(|me| Notification { q: Mutex::new(NState::default()), me: me.clone(), _charge: charge });
+        let n = crate::mem::try_new_cyclic(|_| Notification { q: Mutex::new(NState::default()), me: Weak::new(), _charge: charge }, |n| &mut n.me)?;
         crate::obj::NOTIFICATIONS.add(&n)?;
         Ok(n)
     }

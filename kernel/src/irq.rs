@@ -149,12 +149,14 @@ pub fn get(irq: u64) -> Result<Arc<IrqLine>, Error> {
     if device::KERNEL_IRQS.contains(&(irq as u8)) || route(irq as usize).is_none() {
         return Err(Error::Busy);
     }
+    // Its room first: once the line is taken, nothing may fail.
+    let room = crate::mem::ArcSlot::new()?;
     let mut l = STATE[irq as usize].lock();
     if l.taken {
         return Err(Error::Busy);
     }
     l.taken = true;
-    Ok(Arc::new(IrqLine { irq: irq as u8 }))
+    Ok(room.fill(IrqLine { irq: irq as u8 }))
 }
 
 /// `IrqBind`: deliver `line`'s interrupts to `n` as `bits`, on CPU `cpu`; unmasks the line.

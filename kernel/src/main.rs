@@ -9,6 +9,8 @@
 // user's already (`trap::rl4_syscall`, docs/decisions.md).
 #![feature(rust_preserve_none_cc)]
 #![deny(unsafe_code)]
+#![feature(allocator_api)]
+#![feature(get_mut_unchecked)]
 
 extern crate alloc;
 

@@ -175,6 +175,9 @@ struct Heap {
 // direct map); large ones are frame runs taken from and given back to the allocator.
 unsafe impl GlobalAlloc for Heap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if FAIL_ONE_IN.load(Ordering::Relaxed) != 0 && fail_now() {
+            return core::ptr::null_mut();
+        }
         count::alloc(layout.size());
         if !small(layout) {
             let pages = run_pages(layout);
@@ -245,6 +248,175 @@ static HEAP: Heap = Heap {
         KernelHeap { talc: Talc::new(ErrOnOom), boot: Span::empty(), spare: 0, spares: 0 },
     ),
 };
+
+// Allocation failure injection (`failalloc=SEED/N`, docs/memory.md "Allocation failure
+// injection"): once [`start_failing`] has run (when the root task starts), a pseudo-random one
+// in N of the heap allocations made on a CPU inside [`in_call`] (a system call's work) and
+// outside [`must_not_fail`] (the few allocations that are bounded instead of fallible) fails:
+// the allocator answers null, as it does when memory runs out. Boot, interrupts and the
+// destruction loop never see it, nor the root task's calls unless it asks (`measure::FAILALLOC`).
+
+/// N of `failalloc=SEED/N` (0: off).
+static FAIL_ONE_IN: AtomicU64 = AtomicU64::new(0);
+/// The root task's own calls fail too (`measure::FAILALLOC`; off at first, so that the test
+/// harness sets up before it asks).
+static ROOT_FAILS: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+/// Allocations failed on purpose (`stat::FAILED_ALLOCS`).
+static FAILED: AtomicU64 = AtomicU64::new(0);
+
+struct FailCpu {
+    /// This CPU runs a system call's work ([`in_call`]) and not a path that must not fail.
+    armed: core::sync::atomic::AtomicBool,
+    /// This CPU's generator state (xorshift64; only this CPU touches it, interrupts off).
+    rng: AtomicU64,
+}
+
+static FAIL_CPUS: [crossbeam_utils::CachePadded<FailCpu>; rl4_smp::MAX_CPUS] = [const {
+    crossbeam_utils::CachePadded::new(FailCpu { armed: core::sync::atomic::AtomicBool::new(false), rng: AtomicU64::new(0) })
+}; rl4_smp::MAX_CPUS];
+
+fn fail_cpu() -> &'static FailCpu {
+    &FAIL_CPUS[rl4_arch::percpu::cpu_index() as usize % rl4_smp::MAX_CPUS]
+}
+
+/// Whether this allocation is one to fail (injection is on).
+#[cold]
+fn fail_now() -> bool {
+    let c = fail_cpu();
+    if !c.armed.load(Ordering::Relaxed) {
+        return false;
+    }
+    let mut x = c.rng.load(Ordering::Relaxed);
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    c.rng.store(x, Ordering::Relaxed);
+    if x % FAIL_ONE_IN.load(Ordering::Relaxed) != 0 {
+        return false;
+    }
+    FAILED.fetch_add(1, Ordering::Relaxed);
+    true
+}
+
+/// Turns failure injection on: one in `n` allocations of the system calls fails, the choice
+/// drawn from a generator per CPU seeded from `seed` and the CPU's index.
+pub fn start_failing(seed: u64, n: u32) {
+    for (i, c) in FAIL_CPUS.iter().enumerate() {
+        // splitmix64 of the seed and the index: never 0 (xorshift's fixed point).
+        let mut z = seed.wrapping_add((i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        c.rng.store((z ^ (z >> 31)) | 1, Ordering::Relaxed);
+    }
+    FAIL_ONE_IN.store(n as u64, Ordering::Release);
+}
+
+/// Allocations failed on purpose so far.
+pub fn failed_allocs() -> u64 {
+    FAILED.load(Ordering::Relaxed)
+}
+
+/// Runs `f`, the work of a system call of task `task` (its id), with failure injection armed
+/// on this CPU: for every task but the root task, and for the root task too while it asks
+/// ([`root_fails`]). Nothing when injection is off.
+#[inline(always)]
+pub fn in_call<R>(task: u64, f: impl FnOnce() -> R) -> R {
+    let g = Armed::set(|| task != rl4_abi::ROOT_TASK_ID || ROOT_FAILS.load(Ordering::Relaxed));
+    let r = f();
+    drop(g);
+    r
+}
+
+/// `measure::FAILALLOC`: the root task's own calls fail as the others' do (`on`), or not;
+/// `InvalidArgument` without `failalloc=`.
+pub fn root_fails(on: bool) -> Result<[u64; 3], rl4_abi::Error> {
+    if FAIL_ONE_IN.load(Ordering::Relaxed) == 0 {
+        return Err(rl4_abi::Error::InvalidArgument);
+    }
+    ROOT_FAILS.store(on, Ordering::Relaxed);
+    Ok([FAIL_ONE_IN.load(Ordering::Relaxed), FAILED.load(Ordering::Relaxed), 0])
+}
+
+/// Runs `f` with failure injection disarmed on this CPU: for the allocations that are bounded
+/// rather than fallible (docs/memory.md lists them, and why).
+#[inline(always)]
+pub fn must_not_fail<R>(f: impl FnOnce() -> R) -> R {
+    let g = Armed::set(|| false);
+    let r = f();
+    drop(g);
+    r
+}
+
+/// This CPU's armed flag set for a while, and put back as it was when dropped. When injection
+/// is off it is one load and a branch each way (`f` is called once, so the work it wraps is
+/// inlined as before).
+struct Armed(Option<bool>);
+
+impl Armed {
+    #[inline(always)]
+    fn set(on: impl FnOnce() -> bool) -> Armed {
+        if FAIL_ONE_IN.load(Ordering::Relaxed) == 0 { Armed(None) } else { Armed(Some(swap_armed(on()))) }
+    }
+}
+
+impl Drop for Armed {
+    #[inline(always)]
+    fn drop(&mut self) {
+        if let Some(before) = self.0 {
+            // The kernel is event-based (one kernel stack per CPU, interrupts off in the
+            // kernel): a system call's work runs to its end on the CPU that started it, which
+            // puts the flag back.
+            swap_armed(before);
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn swap_armed(on: bool) -> bool {
+    fail_cpu().armed.swap(on, Ordering::Relaxed)
+}
+
+/// `Arc::new_cyclic` that answers `OutOfMemory` instead of reaching the allocation error
+/// handler (the standard library has no fallible form). `make` builds the value from its
+/// address (with any weak reference to it, say `Weak::new()`, in the field `me` names);
+/// `me` then gets the real one.
+pub fn try_new_cyclic<T>(make: impl FnOnce(usize) -> T, me: impl FnOnce(&mut T) -> &mut alloc::sync::Weak<T>) -> Result<alloc::sync::Arc<T>, rl4_abi::Error> {
+    use alloc::sync::Arc;
+    let mut a = Arc::<T>::try_new_uninit().map_err(|_| rl4_abi::Error::OutOfMemory)?;
+    let addr = Arc::as_ptr(&a) as usize;
+    let Some(slot) = Arc::get_mut(&mut a) else { return Err(rl4_abi::Error::OutOfMemory) };
+    slot.write(make(addr));
+    // SAFETY: written just above.
+    let mut a = unsafe { a.assume_init() };
+    let w = Arc::downgrade(&a);
+    // SAFETY: `a` is the only strong reference and `w` the only weak one, both held here:
+    // nothing else reads or writes the value while `me` is set.
+    *me(unsafe { Arc::get_mut_unchecked(&mut a) }) = w;
+    Ok(a)
+}
+
+/// Room for one `Arc<T>`, allocated (fallibly) before the value exists: a call takes it
+/// before it changes anything, then [`ArcSlot::fill`] cannot fail.
+pub struct ArcSlot<T>(alloc::sync::Arc<core::mem::MaybeUninit<T>>);
+
+impl<T> ArcSlot<T> {
+    pub fn new() -> Result<Self, rl4_abi::Error> {
+        alloc::sync::Arc::try_new_uninit().map(ArcSlot).map_err(|_| rl4_abi::Error::OutOfMemory)
+    }
+
+    /// The `Arc` holding `v` (no allocation).
+    pub fn fill(mut self, v: T) -> alloc::sync::Arc<T> {
+        match alloc::sync::Arc::get_mut(&mut self.0) {
+            Some(slot) => {
+                slot.write(v);
+            }
+            None => unreachable!("an ArcSlot's Arc is never shared"),
+        }
+        // SAFETY: written just above (the slot's `Arc` is never cloned, so `get_mut` succeeds).
+        unsafe { self.0.assume_init() }
+    }
+}
 
 /// Bytes allocated from the heap now (what its users hold, large allocations rounded up to
 /// pages, not counting `talc`'s own bookkeeping).
@@ -414,8 +586,9 @@ pub fn alloc_frame() -> Option<OwnedFrame> {
     Frames.alloc_frame()
 }
 
-/// Frames kept for the small allocations of the system calls under way, per CPU that may run
-/// one (each takes a few pages at most; larger allocations are fallible).
+/// Frames kept for the allocations of the system calls under way, per CPU that may run one:
+/// every allocation a call makes is fallible but for a few bounded ones (`must_not_fail`,
+/// docs/memory.md), which take a few pages at most and which these frames serve.
 const CALL_FRAMES_PER_CPU: u64 = 16;
 
 /// Free frames a system call that allocates kernel memory needs when it starts; below that it

@@ -308,7 +308,14 @@ pub fn revoke(task: &Task, slot: u64) -> Result<u64, Error> {
     let mut removed: Vec<Cap> = Vec::new();
     let mut holders: Vec<Arc<Task>> = Vec::new();
     let mut homes: Vec<Home> = Vec::new();
-    let n = lineage.tree.lock().revoke(id, |gone, home| {
+    let mut tree = lineage.tree.lock();
+    // Room for everything the revocation removes, before it removes anything: the tree's lock
+    // keeps the count until then.
+    let below = tree.descendants(id).map_err(|_| Error::EmptySlot)?;
+    if removed.try_reserve_exact(below).is_err() || holders.try_reserve_exact(below).is_err() || homes.try_reserve_exact(below).is_err() {
+        return Err(Error::OutOfMemory);
+    }
+    let n = tree.revoke(id, |gone, home| {
         if let Some(t) = home.task.upgrade() {
             let mut caps = t.caps.lock();
             if caps.get(home.slot).is_ok_and(|c| c.link.is(lineage, gone)) {
@@ -321,6 +328,7 @@ pub fn revoke(task: &Task, slot: u64) -> Result<u64, Error> {
         }
         homes.push(home);
     });
+    drop(tree);
     drop(removed);
     drop(holders);
     drop(homes);
@@ -350,7 +358,8 @@ impl<T> RegList<T> {
         self.pruned = self.v.len();
         self.dead = 0;
         if self.v.capacity() > 2 * self.v.len() + 64 {
-            self.v.shrink_to(self.v.len() + self.v.len() / 2 + 32);
+            let keep = self.v.len() + self.v.len() / 2 + 32;
+            rl4_core::try_shrink(&mut self.v, keep);
         }
     }
 }
@@ -575,7 +584,8 @@ impl Frame {
         let charge = Charge::with_frames(mem, FRAME_COST, 1)?;
         let mut f = mem::alloc_user_frame().ok_or(Error::OutOfMemory)?;
         mem::zero_frame(&mut f);
-        let f = Arc::new(Frame { mem: Some(FrameMem::Ram(f)), _charge: charge });
+        // (On failure the frame goes back through the destructor.)
+        let f = Arc::try_new(Frame { mem: Some(FrameMem::Ram(f)), _charge: charge }).map_err(|_| Error::OutOfMemory)?;
         FRAMES.add(&f)?;
         Ok(f)
     }
@@ -585,7 +595,7 @@ impl Frame {
         let mut f = mem::alloc_user_frame().ok_or(Error::OutOfMemory)?;
         mem::zero_frame(&mut f);
         mem::write_frame(&f, 0, bytes);
-        let f = Arc::new(Frame { mem: Some(FrameMem::Ram(f)), _charge: charge });
+        let f = Arc::try_new(Frame { mem: Some(FrameMem::Ram(f)), _charge: charge }).map_err(|_| Error::OutOfMemory)?;
         FRAMES.add(&f)?;
         Ok(f)
     }
@@ -593,11 +603,15 @@ impl Frame {
     /// (`device::device_frame`); charged only for its record. If this fails, the page is
     /// returned for the caller to give back.
     pub fn device(mem: &Arc<Memory>, page: DeviceFrame, index: u8) -> Result<Arc<Frame>, (Error, DeviceFrame)> {
+        let room = match mem::ArcSlot::new() {
+            Ok(r) => r,
+            Err(e) => return Err((e, page)),
+        };
         let charge = match Charge::new(mem, rl4_abi::cost::DEVICE_FRAME) {
             Ok(c) => c,
             Err(e) => return Err((e, page)),
         };
-        let mut f = Arc::new(Frame { mem: Some(FrameMem::Device(page, index)), _charge: charge });
+        let mut f = room.fill(Frame { mem: Some(FrameMem::Device(page, index)), _charge: charge });
         if let Err(e) = FRAMES.add(&f) {
             // The page goes back to the caller, not through the frame's destructor.
             let Some(FrameMem::Device(page, _)) = Arc::get_mut(&mut f).and_then(|f| f.mem.take()) else {
@@ -688,7 +702,8 @@ impl Space {
         let charge = Charge::with_frames(mem, SPACE_COST, 1)?;
         let pml4 = rl4_arch::paging::new_user_space(&mut mem::Frames).map_err(|_| Error::OutOfMemory)?;
         let (pcid, generation) = crate::tlb::pcid_alloc();
-        let s = Arc::new(Space {
+        // (On failure the root table goes back through the destructor.)
+        let s = Arc::try_new(Space {
             pml4,
             pcid,
             generation: AtomicU64::new(generation),
@@ -697,7 +712,8 @@ impl Space {
             table_pages: AtomicU64::new(0),
             io: crate::device::IoSpace::new(),
             _charge: charge,
-        });
+        })
+        .map_err(|_| Error::OutOfMemory)?;
         SPACES.add(&s)?;
         Ok(s)
     }
@@ -766,7 +782,7 @@ impl Task {
     pub fn new(mem: &Arc<Memory>, space: Arc<Space>) -> Result<Arc<Task>, Error> {
         let charge = Charge::new(mem, TASK_COST)?;
         let caps = CapTable::try_new(rl4_abi::CAP_SLOTS as usize).ok_or(Error::OutOfMemory)?;
-        let t = Arc::new(Task {
+        let t = Arc::try_new(Task {
             id: next_id(),
             shadow: spin::Once::new(),
             caps: Mutex::new(caps),
@@ -775,7 +791,8 @@ impl Task {
             space,
             dead: AtomicBool::new(false),
             _charge: charge,
-        });
+        })
+        .map_err(|_| Error::OutOfMemory)?;
         TASKS.add(&t)?;
         Ok(t)
     }
@@ -849,7 +866,8 @@ impl Task {
         // (`mem::headroom`), as every allocating call's are; the `Arc`'s header is small.
         crate::mem::headroom()?;
         let charge = Charge::new(self._charge.of().0, rl4_abi::cost::CAP_SHADOW)?;
-        let shadow = Arc::new(rl4_core::qsbr::Shadow::try_new(rl4_abi::CAP_SLOTS as usize).ok_or(Error::OutOfMemory)?);
+        let shadow = Arc::try_new(rl4_core::qsbr::Shadow::try_new(rl4_abi::CAP_SLOTS as usize).ok_or(Error::OutOfMemory)?)
+            .map_err(|_| Error::OutOfMemory)?;
         let mut caps = self.caps.lock();
         let lost = match caps.attach(shadow.clone()) {
             Ok(()) => {
@@ -882,7 +900,7 @@ pub fn tracked(task: &Arc<Task>, slot: u64, mut cap: Cap) -> Result<Cap, Error> 
         return Ok(cap);
     }
     let home = Home::original(task, slot);
-    let lineage = Arc::new(Lineage { tree: Mutex::new(DerivTree::new()) });
+    let lineage = Arc::try_new(Lineage { tree: Mutex::new(DerivTree::new()) }).map_err(|_| Error::OutOfMemory)?;
     let mut tree = lineage.tree.lock();
     tree.reserve().map_err(|_| Error::OutOfMemory)?;
     let mut caps = task.caps.lock();
@@ -1032,7 +1050,10 @@ impl Thread {
         let charge = Charge::new(mem, thread_bytes())?;
         let fpu = rl4_arch::fpu::FpuState::new().ok_or(Error::OutOfMemory)?;
         let space = task.space.clone();
-        let t = Arc::new(Thread {
+        // Counted before it exists: a thread that cannot be allocated is dropped (and uncounted
+        // by its destructor) inside `try_new`.
+        LIVE_THREADS.fetch_add(1, Ordering::Relaxed);
+        let t = Arc::try_new(Thread {
             regs: RegsCell::new(UserRegs::new_thread(entry, stack, 0)),
             fpu,
             ipc_buffer: Mutex::new(None),
@@ -1045,8 +1066,8 @@ impl Thread {
             killed: AtomicBool::new(false),
             fault_handler: Mutex::new(None),
             _charge: charge,
-        });
-        LIVE_THREADS.fetch_add(1, Ordering::Relaxed);
+        })
+        .map_err(|_| Error::OutOfMemory)?;
         {
             // Checked under the list's lock, which `kill_task` takes after marking the task
             // dead: a thread is either in the list it drains or never made.
@@ -1092,7 +1113,7 @@ impl Drop for Thread {
                 l.retain(|w| w.strong_count() > 0);
                 let live = l.len();
                 if l.capacity() > 2 * live + 16 {
-                    l.shrink_to(live + 8);
+                    rl4_core::try_shrink(&mut l, live + 8);
                 }
                 self.task.threads_gone.store(0, Ordering::Relaxed);
             }

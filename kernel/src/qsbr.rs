@@ -58,7 +58,8 @@ fn exits(i: usize) -> u64 {
 /// capability table's lock; allocates (a capability deletion, never an IPC path).
 pub fn defer(e: Arc<Endpoint>) {
     let l = &LIMBOS[me()];
-    l.lists.lock().next.push(e);
+    // Bounded rather than fallible (docs/memory.md): a removal from a slot cannot be refused.
+    crate::mem::must_not_fail(|| l.lists.lock().next.push(e));
     l.pending.store(true, Ordering::Relaxed);
     crate::reclaim::wake_drain();
 }
@@ -89,12 +90,14 @@ fn advance(owner: usize, me: usize) -> bool {
     if owner == me && lists.grace.is_none() && !lists.next.is_empty() {
         // This CPU deferred every entry of `next` earlier in program order than this
         // snapshot (which fences first).
-        let g = Grace::start(me, 0..cpus, exits);
-        if g.over(me, exits, crate::sched::is_idle) {
-            freed_now = core::mem::take(&mut lists.next);
-        } else {
-            lists.waiting = core::mem::take(&mut lists.next);
-            lists.grace = Some(g);
+        // Without memory for the snapshot, `next` waits for a later poll.
+        if let Some(g) = Grace::try_start(me, 0..cpus, exits) {
+            if g.over(me, exits, crate::sched::is_idle) {
+                freed_now = core::mem::take(&mut lists.next);
+            } else {
+                lists.waiting = core::mem::take(&mut lists.next);
+                lists.grace = Some(g);
+            }
         }
     }
     let still = lists.grace.is_some() || !lists.next.is_empty();

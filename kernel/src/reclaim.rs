@@ -76,7 +76,8 @@ pub fn later(g: Garbage) {
         destroy(grave, Some(g));
         return;
     }
-    grave.list.lock().push(g);
+    // Bounded rather than fallible (docs/memory.md): a destruction cannot be refused.
+    crate::mem::must_not_fail(|| grave.list.lock().push(g));
     grave.full.store(true, Ordering::Relaxed);
 }
 

@@ -157,6 +157,10 @@ pub fn after_boot(plan: &madt::Plan) -> ! {
             if let Err(e) = crate::root::start(args, time::tsc_hz()) {
                 panic!("cannot start the root task: {e}");
             }
+            if let Some((seed, n)) = opts.failalloc {
+                println!("failalloc: one in {n} of the system calls' heap allocations fails from now on (seed {seed}; for a test)");
+                crate::mem::start_failing(seed, n);
+            }
             crate::sched::idle()
         }
         Run::Idle => {

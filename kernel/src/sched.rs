@@ -126,7 +126,9 @@ pub(crate) fn nothing_more_urgent(cs: &CpuSched, prio: u8) -> bool {
 #[inline(always)]
 fn with_rq<R>(cs: &CpuSched, f: impl FnOnce(&mut RunQueue<TRef>) -> R) -> R {
     let mut rq = cs.rq.lock();
-    let r = f(&mut rq);
+    // A run queue's buffer grows only past its largest length so far (docs/memory.md): bounded,
+    // not fallible.
+    let r = crate::mem::must_not_fail(|| f(&mut rq));
     cs.rq_top.store(rq.highest().map_or(-1, |p| p as i32), Ordering::Relaxed);
     r
 }

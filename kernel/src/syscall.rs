@@ -3,7 +3,6 @@
 //! Every argument a user passes is checked before anything changes; a failed check returns an
 //! `rl4_abi::Error` code in `rax`, never a panic. See `docs/syscalls.md`.
 use alloc::sync::Arc;
-use alloc::vec::Vec;
 use rl4_abi::{CONSOLE_WRITE_MAX, Error, MAX_PRIORITY, ObjType, PAGE_SIZE, Rights, Sys, ThreadState, USER_END, stat};
 use rl4_arch::entry::UserRegs;
 use rl4_arch::{cpu, percpu, println};
@@ -38,7 +37,8 @@ pub fn handle(n: u64) -> Next {
     // The others read their number and six arguments. No reference is taken on the running
     // thread: these calls never change this CPU's current slot (only a scheduling decision or
     // an IPC switch does, and neither happens in `dispatch`).
-    let more = sched::with_current(|t| dispatch_into(t, n));
+    // Failure injection (`failalloc=`) covers the call's own work, not the destruction below.
+    let more = sched::with_current(|t| mem::in_call(t.task.id, || dispatch_into(t, n)));
     crate::reclaim::drain();
     if more.is_none() || may_reschedule(n) || sched::resched_pending() { Next::Decide } else { Next::Same }
 }
@@ -69,7 +69,7 @@ fn handle_ipc(n: u64) -> Next {
     }
     // The IPC calls need the whole register block (a copy: delivering a message may rewrite the
     // caller's own registers).
-    let res = match ipc_call(&t, &t.regs.get(), s) {
+    let res = match mem::in_call(t.task.id, || ipc_call(&t, &t.regs.get(), s)) {
         Outcome::Return(res) => res,
         Outcome::Received => return Next::Decide,
         Outcome::Blocked if sched::switched_directly(&t) => return Next::Switched,
@@ -297,7 +297,10 @@ pub fn map_frame(space: &Space, va: u64, frame: Arc<Frame>, write: bool, exec: b
             _ => Error::OutOfMemory,
         });
     }
-    maps.insert(va, (frame, write, exec));
+    // A B-tree insertion allocates at most one node per level (a few hundred bytes each, the
+    // map's height is at most 4 for any number of mappings a budget can pay for) and has no
+    // fallible form: bounded, served by the frames between the floors (docs/memory.md).
+    mem::must_not_fail(|| maps.insert(va, (frame, write, exec)));
     crate::obj::mapped(true);
     Ok(())
 }
@@ -342,7 +345,9 @@ fn dispatch_into(t: &Arc<Thread>, n: u64) {
 
 /// Whether a system call may allocate kernel memory (an object, a capability's derivation
 /// node, a mapping's entry or page tables): such a call first checks that the kernel has the
-/// frames for it (`mem::headroom`), so that growing the kernel heap under it cannot fail.
+/// frames for it (`mem::headroom`). Its allocations are fallible (an `OutOfMemory` answer) but
+/// for the few bounded ones (`mem::must_not_fail`), which these frames serve (docs/memory.md,
+/// "Allocation failure injection").
 fn allocates(s: Sys) -> bool {
     matches!(
         s,
@@ -586,6 +591,7 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
                 stat::GLOBAL_LOCKS if crate::count::BUILT => crate::count::global_locks(),
                 stat::IRQS_DELIVERED => crate::irq::delivered(),
                 stat::IRQ_LINES_ENABLED => crate::irq::enabled_lines(),
+                stat::FAILED_ALLOCS => mem::failed_allocs(),
                 _ => return Err(Error::InvalidArgument),
             };
             Ok([v, 0, 0])
@@ -668,6 +674,7 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
                     let (sum, count) = trace::read((a2 >> 8) as usize, (a2 & 0xff) as usize);
                     Ok([sum, count, 0])
                 }
+                rl4_abi::measure::FAILALLOC if a2 <= 1 => mem::root_fails(a2 == 1),
                 rl4_abi::measure::FAULT_FLOOR if (1..=100_000).contains(&a2) => {
                     crate::fault::arm_floor(t, a2);
                     Ok([0; 3])
@@ -699,7 +706,9 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
         Sys::KernelCheck => {
             // It stops every CPU for as long as it takes: only for holders of the shutdown right.
             lookup(task, a0, ObjType::Machine, Rights::SHUTDOWN)?;
-            crate::check::run(t)
+            // Its lists of every object are the checker's own, for the holder of the shutdown
+            // right: not failed on purpose (docs/memory.md, "Allocation failure injection").
+            mem::must_not_fail(|| crate::check::run(t))
         }
         Sys::IrqGet | Sys::IrqBind | Sys::IrqAck | Sys::IrqUnbind | Sys::IoPortGet | Sys::IoPortOpen | Sys::IoPortClose | Sys::DeviceMemGet => {
             crate::device::syscall(t, sys, a)
@@ -715,12 +724,17 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
 /// table's lock).
 pub fn kill_task(task: &Arc<Task>) {
     task.dead.store(true, core::sync::atomic::Ordering::Release);
-    let threads: Vec<_> = task.threads.lock().drain(..).filter_map(|w| w.upgrade()).collect();
-    for th in &threads {
-        thread::kill(th);
+    // One thread and one capability at a time, each let go of after the lock: this allocates
+    // nothing (a call that cannot be refused). The task is marked dead first, so nothing new
+    // enters the list or the table meanwhile.
+    loop {
+        let Some(w) = task.threads.lock().pop() else { break };
+        if let Some(th) = w.upgrade() {
+            thread::kill(&th);
+        }
     }
-    let mut caps = Vec::new();
-    task.caps.lock().drain(|c| caps.push(c));
-    drop(caps);
-    drop(threads);
+    for slot in 0..rl4_abi::CAP_SLOTS as u64 {
+        let c = task.caps.lock().remove(slot).ok();
+        drop(c);
+    }
 }

@@ -6,7 +6,6 @@
 //! through a request word and an IPI, and waits until each has answered. A CPU that spins with
 //! interrupts off keeps answering requests addressed to it, so no two shoot-downs wait on each
 //! other. The shoot-down lock is taken holding no other lock (`lock.rs`).
-use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use rl4_arch::paging::{self, PageTableRoot, RootRef};
 use rl4_arch::cpu;
@@ -126,18 +125,23 @@ fn shootdown(pml4: u64, destroy: bool) {
     // The page tables (and the generation) changed before this fence, and every CPU's
     // published root is read after it: see `rl4_core::tlbsync`.
     tlbsync::shooter_fence();
-    let mut waiting: Vec<(usize, u64)> = Vec::new();
+    // The CPUs asked, on the stack (2 KiB): a shoot-down allocates nothing, so an `Unmap` or
+    // a space's destruction cannot fail for want of memory.
+    let mut waiting = [0u64; MAX_CPUS / 64];
+    let mut since = [0u64; MAX_CPUS];
     for i in 0..MAX_CPUS {
         let Some(c) = sched::get(i) else { continue };
-        let Some(since) = c.tlb.shared.post(pml4, destroy) else { continue };
+        let Some(s) = c.tlb.shared.post(pml4, destroy) else { continue };
         if i == me() as usize {
             service_tlb(c);
         } else {
             cpus::send_ipi(i, lapic::VEC_TLB);
-            waiting.push((i, since));
+            waiting[i / 64] |= 1 << (i % 64);
+            since[i] = s;
         }
     }
-    for (i, since) in waiting {
+    for i in (0..MAX_CPUS).filter(|&i| waiting[i / 64] >> (i % 64) & 1 != 0) {
+        let since = since[i];
         let Some(c) = sched::get(i) else { continue };
         while !c.tlb.shared.answered(since) {
             service_tlb(cs);

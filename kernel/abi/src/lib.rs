@@ -411,6 +411,9 @@ pub mod stat {
     pub const IRQS_DELIVERED: u64 = 16;
     /// Interrupt lines unmasked in the I/O APIC now (bound and not waiting for `IrqAck`).
     pub const IRQ_LINES_ENABLED: u64 = 17;
+    /// Kernel heap allocations failed on purpose by `failalloc=SEED/N` (docs/memory.md,
+    /// "Allocation failure injection"); 0 without the option.
+    pub const FAILED_ALLOCS: u64 = 18;
 }
 
 /// What each kind of object costs the memory budget it is made from, in bytes (docs/syscalls.md):
@@ -466,6 +469,11 @@ pub mod measure {
     /// exceptions (`ud2`, vector 6) on this CPU are not reported: the kernel steps over the
     /// two-byte instruction and returns at once. Nothing else changes. → `(0, 0, 0)`.
     pub const FAULT_FLOOR: u64 = 6;
+    /// With the kernel option `failalloc=SEED/N` (docs/memory.md, "Allocation failure
+    /// injection"), whose failures hit every task's system calls but the root task's: `arg` = 1
+    /// makes the root task's calls fail as well, 0 stops that → (N, allocations failed so far,
+    /// 0). `InvalidArgument` without the option.
+    pub const FAILALLOC: u64 = 7;
 }
 
 /// Faults delivered as messages ([`Sys::ThreadSetFaultHandler`]).

@@ -18,6 +18,7 @@
 //! | `poll_us=N` | how long an idle CPU watches its inbox before it halts (0 = never) | 50 |
 //! | `fastpath=on\|off` | whether `Call`/`ReplyRecv` may take the IPC fast paths (off: every system call takes the general path, the reference the fast paths must agree with) | `on` |
 //! | `overcommit=MiB` | give the root task's budget this many MiB more than the kernel can back (0..=4096), so that a test runs the kernel itself out of frames before the budget runs out (`docs/memory.md`, "Running out of memory") | 0 |
+//! | `failalloc=SEED/N` | once the root task runs, make a pseudo-random 1 in N (2..=1000000) of the kernel heap allocations made inside system calls fail (the allocator answers null; seeded by SEED, a whole number), so that tests can see every such allocation answer `OutOfMemory` rather than panic (`docs/memory.md`, "Allocation failure injection") | off |
 //! | `inject=A,B,..` | damage kernel state on purpose when the root task starts, so that tests can see the consistency check find it: `refcount`, `frame`, `budget`, `state`, `locks`, `deriv`, `device` | none |
 
 use core::fmt;
@@ -65,6 +66,8 @@ pub struct Options {
     pub inject: u8,
     /// MiB added to the root task's budget beyond what memory backs (tests of exhaustion).
     pub overcommit_mib: u32,
+    /// `failalloc=SEED/N`: (seed, N), one in N of the system calls' heap allocations fails.
+    pub failalloc: Option<(u64, u32)>,
 }
 
 /// What `inject=` can damage (see the kernel's `root::inject`).
@@ -96,7 +99,7 @@ pub mod inject {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { run: Run::Root, maxcpus: None, ap_timeout_ms: 2000, hz: 100, poll_us: 50, fastpath: true, inject: 0, overcommit_mib: 0 }
+        Options { run: Run::Root, maxcpus: None, ap_timeout_ms: 2000, hz: 100, poll_us: 50, fastpath: true, inject: 0, overcommit_mib: 0, failalloc: None }
     }
 }
 
@@ -150,7 +153,7 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Problem<'a>)) -> Options 
             Some((k, v)) => (k, Some(v)),
             None => (word, None),
         };
-        let known = matches!(key, "run" | "maxcpus" | "ap_timeout_ms" | "hz" | "poll_us" | "fastpath" | "inject" | "overcommit");
+        let known = matches!(key, "run" | "maxcpus" | "ap_timeout_ms" | "hz" | "poll_us" | "fastpath" | "inject" | "overcommit" | "failalloc");
         if !known {
             report(Problem::Unknown(word));
             continue;
@@ -190,6 +193,13 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Problem<'a>)) -> Options 
                 Some(n) => o.overcommit_mib = n,
                 None => report(bad("0..=4096")),
             },
+            "failalloc" => {
+                let parsed = value.split_once('/').and_then(|(seed, n)| Some((seed.parse::<u64>().ok()?, number(n, 2, 1_000_000)?)));
+                match parsed {
+                    Some(f) => o.failalloc = Some(f),
+                    None => report(bad("SEED/N: a whole number, then 2..=1000000")),
+                }
+            }
             "inject" => {
                 let bits = value.split(',').map(|w| inject::NAMES.iter().find(|(n, _)| *n == w).map(|(_, b)| *b));
                 match bits.clone().all(|b| b.is_some()) {
@@ -214,6 +224,18 @@ mod tests {
     }
 
     #[test]
+    fn failalloc_option() {
+        assert_eq!(parse_all("").0.failalloc, None);
+        assert_eq!(parse_all("failalloc=7/50").0.failalloc, Some((7, 50)));
+        assert_eq!(parse_all("failalloc=0/2").0.failalloc, Some((0, 2)));
+        for bad in ["failalloc=7", "failalloc=7/1", "failalloc=x/5", "failalloc=7/0", "failalloc=/5", "failalloc=7/2000000"] {
+            let (o, p) = parse_all(bad);
+            assert_eq!(o.failalloc, None, "{bad}");
+            assert_eq!(p.len(), 1, "{bad}");
+        }
+    }
+
+    #[test]
     fn fastpath_switch() {
         assert!(parse_all("").0.fastpath);
         assert!(!parse_all("fastpath=off").0.fastpath);
@@ -233,7 +255,7 @@ mod tests {
     fn known_options() {
         let (o, p) = parse_all("run=idle maxcpus=3  ap_timeout_ms=500 hz=250 poll_us=0");
         assert!(p.is_empty(), "{p:?}");
-        assert_eq!(o, Options { run: Run::Idle, maxcpus: Some(3), ap_timeout_ms: 500, hz: 250, poll_us: 0, fastpath: true, inject: 0, overcommit_mib: 0 });
+        assert_eq!(o, Options { run: Run::Idle, maxcpus: Some(3), ap_timeout_ms: 500, hz: 250, poll_us: 0, fastpath: true, inject: 0, overcommit_mib: 0, failalloc: None });
     }
 
     #[test]

@@ -210,7 +210,7 @@ impl<H> DerivTree<H> {
         let top = self.nodes[keep..].iter().map(|n| n.generation).max().unwrap_or(0);
         self.fresh_generation = self.fresh_generation.max(top);
         self.nodes.truncate(keep);
-        self.nodes.shrink_to(keep + keep / 2);
+        crate::try_shrink(&mut self.nodes, keep + keep / 2);
         self.free = NONE;
         for i in (0..keep).rev() {
             let n = &mut self.nodes[i];
@@ -268,6 +268,35 @@ impl<H> DerivTree<H> {
     /// Deletes every capability derived from `id`, transitively, leaves first, handing each
     /// one's id and home to `f`; `id` itself stays. Returns how many were deleted, or `Gone`
     /// if `id` is not live. Time: the number deleted.
+    /// How many nodes lie below `id`: what [`revoke`](Self::revoke) of it would remove (so
+    /// that its caller can make room for them first); `Gone` if `id` is.
+    pub fn descendants(&self, id: NodeId) -> Result<usize, Gone> {
+        self.node(id).ok_or(Gone)?;
+        let top = id.index;
+        let mut count = 0;
+        let mut x = self.nodes[top as usize].first_child;
+        while x != NONE {
+            count += 1;
+            if self.nodes[x as usize].first_child != NONE {
+                x = self.nodes[x as usize].first_child;
+                continue;
+            }
+            // `x`'s subtree is counted: its next sibling, or the first ancestor's below `top`.
+            loop {
+                if self.nodes[x as usize].next != NONE {
+                    x = self.nodes[x as usize].next;
+                    break;
+                }
+                x = self.nodes[x as usize].parent;
+                if x == top {
+                    x = NONE;
+                    break;
+                }
+            }
+        }
+        Ok(count)
+    }
+
     pub fn revoke(&mut self, id: NodeId, mut f: impl FnMut(NodeId, H)) -> Result<usize, Gone> {
         self.node(id).ok_or(Gone)?;
         let top = id.index;
@@ -496,7 +525,9 @@ mod tests {
                         let x = live[rnd(live.len())];
                         let want = m.descendants(x);
                         let mut got = vec![];
+                        let below = t.descendants(ids[&x]).unwrap();
                         let n = t.revoke(ids[&x], |_, h| got.push(h)).unwrap();
+                        assert_eq!(below, n);
                         got.sort();
                         assert_eq!(got, want);
                         assert_eq!(n, want.len());

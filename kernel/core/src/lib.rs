@@ -45,3 +45,52 @@ pub const fn align_up(x: u64, align: u64) -> u64 {
         None => u64::MAX & !(align - 1),
     }
 }
+
+/// Gives back the part of `v`'s buffer beyond `cap` (at least its length) if memory for the
+/// smaller buffer can be had; else keeps the buffer as it is. `Vec::shrink_to` reallocates and
+/// would end in the allocation error handler when that fails: shrinking is never worth a
+/// failure (docs/memory.md).
+pub fn try_shrink<T>(v: &mut alloc::vec::Vec<T>, cap: usize) {
+    let cap = cap.max(v.len());
+    if cap >= v.capacity() {
+        return;
+    }
+    let mut n = alloc::vec::Vec::new();
+    if n.try_reserve_exact(cap).is_ok() {
+        n.extend(v.drain(..));
+        *v = n;
+    }
+}
+
+/// [`try_shrink`] for a `VecDeque`.
+pub fn try_shrink_deque<T>(v: &mut alloc::collections::VecDeque<T>, cap: usize) {
+    let cap = cap.max(v.len());
+    if cap >= v.capacity() {
+        return;
+    }
+    let mut n = alloc::collections::VecDeque::new();
+    if n.try_reserve_exact(cap).is_ok() {
+        n.extend(v.drain(..));
+        *v = n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn try_shrink_keeps_the_elements() {
+        let mut v: alloc::vec::Vec<u32> = (0..10).collect();
+        v.reserve(1000);
+        super::try_shrink(&mut v, 12);
+        assert!(v.capacity() >= 10 && v.capacity() < 100);
+        assert_eq!(v, (0..10).collect::<alloc::vec::Vec<_>>());
+        super::try_shrink(&mut v, 0);
+        assert_eq!(v.len(), 10);
+        let mut d: alloc::collections::VecDeque<u32> = (0..5).collect();
+        d.reserve(500);
+        d.pop_front();
+        super::try_shrink_deque(&mut d, 8);
+        assert!(d.capacity() < 100);
+        assert_eq!(d.iter().copied().collect::<alloc::vec::Vec<_>>(), [1, 2, 3, 4]);
+    }
+}

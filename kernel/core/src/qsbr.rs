@@ -139,6 +139,16 @@ impl Grace {
         Grace { by: me, at: cpus.filter(|&i| i != me).map(|i| (i, counter(i))).collect() }
     }
 
+    /// [`Grace::start`] over the CPUs `cpus`, or `None` if there is no memory for the snapshot
+    /// (the caller keeps its entries and tries again later).
+    pub fn try_start(me: usize, cpus: core::ops::Range<usize>, mut counter: impl FnMut(usize) -> u64) -> Option<Self> {
+        let mut at = Vec::new();
+        at.try_reserve_exact(cpus.len()).ok()?;
+        fence(Ordering::SeqCst);
+        at.extend(cpus.filter(|&i| i != me).map(|i| (i, counter(i))));
+        Some(Grace { by: me, at })
+    }
+
     /// Whether every CPU of the snapshot but the one that took it and `asking` has left the
     /// kernel since (`counter` moved) or is idle (`idle`). The asking CPU must hold nothing it
     /// read from a shadow (it is at a quiescent point itself).

@@ -692,6 +692,13 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
         rl4_abi::HEAP_ALLOWANCE,
         if heap_ok { "within" } else { "EXCEEDED" }
     );
+    // With the kernel's `failalloc=SEED/N` (scripts/fuzz --failalloc N): how many of the
+    // fuzzers' kernel allocations failed on purpose (the root task's own calls never do here).
+    if let Ok(n) = sys::stat(MACHINE, stat::FAILED_ALLOCS) {
+        if n > 0 {
+            println!("fuzz: kernel heap allocations failed on purpose (failalloc): {n}");
+        }
+    }
     println!(
         "fuzz: kernel consistency checks: {checks} run (during the run and at its end), {violations} violations; {} ms in all",
         check_cycles / (hz / 1000).max(1)

@@ -31,6 +31,7 @@
 mod bench;
 mod console;
 mod drv_tests;
+mod failalloc_tests;
 mod fault_tests;
 mod fpu_tests;
 mod fuzz;

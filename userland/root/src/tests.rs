@@ -688,6 +688,11 @@ pub fn run(bi: &BootInfo, which: &str) -> bool {
     if want("fpu") {
         crate::fpu_tests::run(bi, which == "fpu");
     }
+    // Only when asked for: it needs the kernel option `failalloc=SEED/N` (the `failalloc-*`
+    // suites).
+    if which == "failalloc" {
+        crate::failalloc_tests::run(bi);
+    }
     // `check` alone: only the consistency check (with `inject=` on the kernel's command line,
     // it must fail).
     consistency(which);
