@@ -741,7 +741,7 @@ pub fn yield_current() {
 /// if the return path must load the registers of whichever thread runs now.
 ///
 /// Three ways, by what this CPU has ready:
-/// - nothing in the inbox, nothing asked of this CPU (a local kick or a sweep), and nothing in
+/// - nothing in the inbox, nothing asked of this CPU (a local kick), and nothing in
 ///   the run queue at the caller's priority or above: the caller goes on with a new slice, no
 ///   decision and no lock. The priority compared is the one this CPU published for its running
 ///   thread ([`set_current_prio`]); whatever another CPU changes about that thread meanwhile
@@ -756,7 +756,10 @@ pub fn yield_current() {
 pub fn yield_now() -> u64 {
     let cs = this();
     entry::set_current_result(0);
-    if cs.mail.is_empty() && cs.flags.load(Ordering::Relaxed) & KICKED == 0 && !cs.sweep.load(Ordering::Relaxed) {
+    // A sweep asked for by another CPU comes with a reschedule interrupt (taken as soon as the
+    // thread this CPU runs next is in user mode, and its decision sweeps); one asked for by this
+    // CPU set `KICKED` too ([`request_sweep`]): the sweep flag itself need not be looked at.
+    if cs.mail.is_empty() && cs.flags.load(Ordering::Relaxed) & KICKED == 0 {
         let (top, prio) = (cs.rq_top.load(Ordering::Relaxed), cs.current_prio.load(Ordering::Relaxed));
         if top < prio {
             new_slice(cs);
