@@ -90,7 +90,8 @@ pub struct CpuSched {
     /// inbox, and a killed thread in it through [`request_sweep`]).
     rq: percpu::CpuCell<RunQueue<Thread>>,
     /// The highest priority in the run queue, -1 if empty: a copy kept by every change of the
-    /// queue ([`with_rq`]), so that the IPC paths' "nothing more urgent" guard reads one word.
+    /// queue ([`with_rq`]; `Yield`'s rotation, which cannot change it, goes around it), so that
+    /// the IPC paths' "nothing more urgent" guard and `Yield` read one word.
     rq_top: AtomicI32,
     /// The running thread: only this CPU touches it (no lock).
     pub(crate) current: percpu::CpuOwned<Option<Arc<Thread>>>,
