@@ -168,6 +168,10 @@ fn rq_push(rq: &mut RunQueue<Thread>, prio: u8, t: Arc<Thread>, front: bool) {
     }
 }
 
+/// A thread found in a run queue already. This may run inside a loan of this CPU's run queue;
+/// the reference let go here is not the thread's last (the run queue that holds it keeps one,
+/// which only that queue's CPU lets go of), so no destructor runs inside the loan (one that did
+/// and reached this queue again would meet the loan check, a panic, not an alias).
 #[cold]
 fn queued_twice(t: Arc<Thread>) {
     rl4_arch::println!("sched: thread {} pushed into a second run queue (a kernel bug)", t.id);
