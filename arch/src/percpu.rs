@@ -254,3 +254,51 @@ impl<T> CpuOwned<T> {
         unsafe { &*self.cell.get() }
     }
 }
+
+/// A value that only one CPU ever touches, in the kernel with interrupts off, and that the
+/// owner changes in place (a scheduler's run queue, too large to move in and out like a
+/// [`CpuOwned`]): no lock, no locked instruction. [`CpuCell::with`] lends it mutably for the
+/// length of a closure; a second loan while one is out (the closure reaching the same value
+/// again) or a call from another CPU panics (a kernel bug), so no two references ever alias.
+/// The consistency check reads it through [`CpuCell::peek`] while the owner is stopped.
+pub struct CpuCell<T> {
+    owner: u32,
+    lent: core::cell::Cell<bool>,
+    cell: core::cell::UnsafeCell<T>,
+}
+
+// SAFETY: only the owning CPU reaches the value (checked at every access), through one loan at
+// a time (checked: `lent`, which only the owner reads and writes); `peek` is `unsafe` and
+// documents its own condition. `T: Send` because the value is made on one CPU and may be
+// dropped on another.
+unsafe impl<T: Send> Sync for CpuCell<T> {}
+
+impl<T> CpuCell<T> {
+    /// A value owned by CPU `owner`.
+    pub const fn new(owner: u32, v: T) -> Self {
+        CpuCell { owner, lent: core::cell::Cell::new(false), cell: core::cell::UnsafeCell::new(v) }
+    }
+
+    /// Runs `f` on the value (the owning CPU only; `f` must not reach this value again).
+    #[inline(always)]
+    pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        assert!(cpu_index() == self.owner && !self.lent.get(), "a CPU-owned value used by another CPU or lent twice");
+        self.lent.set(true);
+        // SAFETY: the owner, and no other loan is out (checked above; `lent` stays set until
+        // `f` is done, so a nested call panics instead of aliasing); interrupts are off in the
+        // kernel, so nothing else runs on this CPU meanwhile.
+        let r = f(unsafe { &mut *self.cell.get() });
+        self.lent.set(false);
+        r
+    }
+
+    /// The value, from any CPU.
+    ///
+    /// # Safety
+    /// The owning CPU must be stopped outside any loan of it (the consistency check's freeze)
+    /// for as long as the reference lives.
+    pub unsafe fn peek(&self) -> &T {
+        // SAFETY: per the caller's guarantee nobody writes it meanwhile.
+        unsafe { &*self.cell.get() }
+    }
+}

@@ -344,8 +344,10 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     let mut timeouts: Vec<(usize, u64)> = Vec::new();
     sched::visit_cpus(
         |_, held, t| {
-            refs.add(t);
-            note(&mut seen, key(t), &mut |x| match held {
+            // The queues hold raw references (intrusive lists).
+            let t = t as *const Thread as usize;
+            refs.add_key(t);
+            note(&mut seen, t, &mut |x| match held {
                 sched::Held::RunQueue | sched::Held::Inbox => x.queued += 1,
             });
         },

@@ -11,7 +11,7 @@
 //! | `TASK_THREADS` | a task's thread list |
 //! | `QUEUE` | an endpoint's queues, a notification's word and waiters |
 //! | `THREAD` | one thread's `Life` |
-//! | `CPU` | a CPU's run queue or timeout list (one at a time; its inbox and current slot take no lock) |
+//! | `CPU` | a CPU's timeout list (its run queue, inbox and current slot take no lock) |
 //! | `DERIV` | one object's capability derivation tree (`obj::Lineage`) |
 //! | `OBJECT` | a capability table, an IPC-buffer slot, a space's mappings, the PCID tables, a registry |
 //! | `RECLAIM` | a CPU's list of objects to destroy later |

@@ -1010,6 +1010,11 @@ pub struct Thread {
     /// Its link in an endpoint's wait queue (`rl4_core::wlist`), used while it waits there
     /// (under that endpoint's queue lock).
     pub wait_link: rl4_core::wlist::WLink<Thread>,
+    /// Its link in its CPU's run queue (`rl4_core::runqueue`), used while its `Life` says
+    /// `Place::Queued` and that CPU moved it there from its inbox (only that CPU touches it). A
+    /// link of its own: a woken thread may be queued on a CPU before its waker has taken it
+    /// out of the endpoint's queue.
+    pub run_link: rl4_core::wlist::WLink<Thread>,
     /// Set once it is `Dead` (under its lock, by `thread::kill`): a hint that lets a CPU sweep
     /// its run queue of entries that will never run without taking each thread's lock.
     pub killed: AtomicBool,
@@ -1025,6 +1030,15 @@ pub struct Thread {
 unsafe impl rl4_core::wlist::WLinked for Thread {
     fn wlink(&self) -> &rl4_core::wlist::WLink<Thread> {
         &self.wait_link
+    }
+}
+
+// SAFETY: `wlink` returns the thread's own `run_link` field (not `wait_link`), the same one at
+// every call, which lives as long as the thread.
+#[allow(unsafe_code)]
+unsafe impl rl4_core::wlist::WLinked<rl4_core::runqueue::Run> for Thread {
+    fn wlink(&self) -> &rl4_core::wlist::WLink<Thread> {
+        &self.run_link
     }
 }
 
@@ -1063,6 +1077,7 @@ impl Thread {
             life: Mutex::new(Life::new(prio, cpu)),
             mail: rl4_core::mailbox::Link::new(),
             wait_link: rl4_core::wlist::WLink::new(),
+            run_link: rl4_core::wlist::WLink::new(),
             killed: AtomicBool::new(false),
             fault_handler: Mutex::new(None),
             _charge: charge,

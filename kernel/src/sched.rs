@@ -1,7 +1,9 @@
 //! The per-CPU schedulers.
 //!
-//! Each CPU owns a run queue (256 priorities, FIFO within each; `rl4_core::runqueue`), its
-//! current thread, and an *inbox*: the only scheduling structure other CPUs touch. A thread made
+//! Each CPU owns a run queue (256 priorities, FIFO within each, intrusive lists through the
+//! threads' run links and a priority bitmap; `rl4_core::runqueue`), its current thread, and an
+//! *inbox*: the only scheduling structure other CPUs touch. The run queue and the current slot
+//! are CPU-private (`percpu::CpuCell`, `percpu::CpuOwned`): no lock, no locked instruction. A thread made
 //! runnable for CPU `c` (woken, resumed, moved, preempted elsewhere) is pushed into `c`'s inbox,
 //! and `c` is sent a reschedule IPI only when that can change what it runs (it is halted, or
 //! the thread outranks its current one; a polling idle CPU needs none). The owner drains its
@@ -13,12 +15,17 @@
 //! through [`Life::dequeue`], which also tells a stale or misdirected entry apart.
 //!
 //! Locks (`lock.rs`): a thread's lock may be held while pushing into an inbox (a lock-free
-//! mailbox, `rl4_core::mailbox`); the run queue and timeout list of a CPU are never held
-//! together; the current slot takes no lock (only its CPU touches it).
+//! mailbox, `rl4_core::mailbox`); the run queue and the current slot take no lock (only their
+//! CPU touches them, with interrupts off); the timeout list is a `CPU`-level lock.
+//!
+//! A switch takes the lock of the thread that leaves (`Life::leave_cpu`) and of the one that
+//! comes (`Life::dequeue`): both may be changed by other CPUs meanwhile (killed, suspended,
+//! moved). A `Yield` with nothing else ready at its priority or above takes none
+//! ([`yield_now`]).
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use rl4_arch::{cpu, entry, percpu};
 use rl4_core::life::{Leave, Pick};
 use rl4_core::mailbox::{Idle, Mailbox};
@@ -33,16 +40,6 @@ use crate::tlb::{self, CpuTlb};
 /// Timer ticks a thread runs before others of its priority get a turn.
 pub const TIME_SLICE_TICKS: u32 = 2;
 
-/// A thread in a queue, compared by identity.
-#[derive(Clone)]
-pub struct TRef(pub Arc<Thread>);
-
-impl PartialEq for TRef {
-    fn eq(&self, o: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &o.0)
-    }
-}
-
 /// What a CPU counts ([`count`], [`total`]).
 #[derive(Clone, Copy)]
 pub enum Count {
@@ -56,6 +53,32 @@ pub enum Count {
     Switches = 3,
 }
 
+/// A [`CpuSched::flags`] bit: the time slice ran out (or the thread yielded): rotate at the next
+/// decision.
+const EXPIRED: u8 = 1;
+/// A [`CpuSched::flags`] bit: this CPU's running thread was stopped, moved or re-prioritised by
+/// this CPU itself (a local [`kick`]): decide before returning to it.
+const KICKED: u8 = 2;
+
+/// Sets bits of this CPU's `flags` (only this CPU writes them: no locked instruction).
+#[inline(always)]
+fn set_flag(cs: &CpuSched, f: u8) {
+    cs.flags.store(cs.flags.load(Ordering::Relaxed) | f, Ordering::Relaxed);
+}
+
+/// Clears bits of this CPU's `flags`.
+#[inline(always)]
+fn clear_flag(cs: &CpuSched, f: u8) {
+    cs.flags.store(cs.flags.load(Ordering::Relaxed) & !f, Ordering::Relaxed);
+}
+
+/// The running thread starts a new time slice.
+#[inline(always)]
+fn new_slice(cs: &CpuSched) {
+    cs.slice.store(TIME_SLICE_TICKS, Ordering::Relaxed);
+    clear_flag(cs, EXPIRED);
+}
+
 /// Aligned so that no two CPUs' schedulers share a cache line.
 #[repr(align(128))]
 pub struct CpuSched {
@@ -63,9 +86,12 @@ pub struct CpuSched {
     counts: [AtomicU64; 4],
     /// Reply tickets handed out by this CPU (CPU index in the top bits: unique machine-wide).
     tickets: AtomicU64,
-    rq: Mutex<RunQueue<TRef>, { Level::CPU }>,
+    /// The run queue: only this CPU touches it (no lock; other CPUs reach this CPU through its
+    /// inbox, and a killed thread in it through [`request_sweep`]).
+    rq: percpu::CpuCell<RunQueue<Thread>>,
     /// The highest priority in the run queue, -1 if empty: a copy kept by every change of the
-    /// queue ([`with_rq`]), so that the IPC paths' "nothing more urgent" guard reads one word.
+    /// queue ([`with_rq`]; `Yield`'s rotation, which cannot change it, goes around it), so that
+    /// the IPC paths' "nothing more urgent" guard and `Yield` read one word.
     rq_top: AtomicI32,
     /// The running thread: only this CPU touches it (no lock).
     pub(crate) current: percpu::CpuOwned<Option<Arc<Thread>>>,
@@ -77,11 +103,9 @@ pub struct CpuSched {
     /// Priority of the running thread, -1 when idle (read by other CPUs to decide on an IPI).
     current_prio: AtomicI32,
     slice: AtomicU32,
-    /// The time slice ran out: rotate at the next decision.
-    expired: AtomicBool,
-    /// This CPU's running thread was stopped, moved or re-prioritised by this CPU itself (a
-    /// local [`kick`]): decide before returning to it.
-    kicked: AtomicBool,
+    /// [`EXPIRED`] and [`KICKED`], in one word so that the paths that return straight to the
+    /// running thread test both at once; written only by this CPU (plain loads and stores).
+    flags: AtomicU8,
     /// A killed thread's entry may sit in this CPU's run queue: the next decision sweeps the
     /// queue of killed threads ([`request_sweep`]).
     sweep: AtomicBool,
@@ -124,13 +148,34 @@ pub(crate) fn nothing_more_urgent(cs: &CpuSched, prio: u8) -> bool {
 
 /// Changes this CPU's run queue and keeps its top-priority copy up to date.
 #[inline(always)]
-fn with_rq<R>(cs: &CpuSched, f: impl FnOnce(&mut RunQueue<TRef>) -> R) -> R {
-    let mut rq = cs.rq.lock();
-    // A run queue's buffer grows only past its largest length so far (docs/memory.md): bounded,
-    // not fallible.
-    let r = crate::mem::must_not_fail(|| f(&mut rq));
-    cs.rq_top.store(rq.highest().map_or(-1, |p| p as i32), Ordering::Relaxed);
-    r
+fn with_rq<R>(cs: &CpuSched, f: impl FnOnce(&mut RunQueue<Thread>) -> R) -> R {
+    cs.rq.with(|rq| {
+        let r = f(rq);
+        cs.rq_top.store(rq.highest().map_or(-1, |p| p as i32), Ordering::Relaxed);
+        r
+    })
+}
+
+/// Queues `t` in this CPU's run queue at `prio` (the tail, or the head: `front`). A thread
+/// already in a run queue is handed back by the queue (a kernel bug that `Life`'s places rule
+/// out): said on the console, and the extra reference goes (`KernelCheck` reports the thread's
+/// place as wrong).
+#[inline(always)]
+fn rq_push(rq: &mut RunQueue<Thread>, prio: u8, t: Arc<Thread>, front: bool) {
+    let r = if front { rq.push_front(prio, t) } else { rq.push_back(prio, t) };
+    if let Err(t) = r {
+        queued_twice(t);
+    }
+}
+
+/// A thread found in a run queue already. This may run inside a loan of this CPU's run queue;
+/// the reference let go here is not the thread's last (the run queue that holds it keeps one,
+/// which only that queue's CPU lets go of), so no destructor runs inside the loan (one that did
+/// and reached this queue again would meet the loan check, a panic, not an alias).
+#[cold]
+fn queued_twice(t: Arc<Thread>) {
+    rl4_arch::println!("sched: thread {} pushed into a second run queue (a kernel bug)", t.id);
+    crate::reclaim::later_thread(t);
 }
 
 /// This CPU's scheduler, through the address `init_cpu` put in the per-CPU header (one `gs:`
@@ -155,14 +200,13 @@ pub fn init_cpu(pcid: bool) {
     let s = Box::leak(Box::new(CpuSched {
         counts: [const { AtomicU64::new(0) }; 4],
         tickets: AtomicU64::new((me() as u64) << 48),
-        rq: Mutex::new(RunQueue::new()),
+        rq: percpu::CpuCell::new(me(), RunQueue::new(me())),
         rq_top: AtomicI32::new(-1),
         current: percpu::CpuOwned::new(me(), None),
         mail: Mailbox::new(),
         current_prio: AtomicI32::new(-1),
         slice: AtomicU32::new(TIME_SLICE_TICKS),
-        expired: AtomicBool::new(false),
-        kicked: AtomicBool::new(false),
+        flags: AtomicU8::new(0),
         sweep: AtomicBool::new(false),
         awaiting: AtomicU64::new(0),
         reply_ticks: AtomicU64::new(0),
@@ -264,9 +308,9 @@ fn run_delivered(cs: &CpuSched) -> bool {
         spilled = true;
         with_rq(cs, |rq| {
             if let Some((t0, p0)) = one.take() {
-                rq.push_back(p0 as u8, TRef(t0));
+                rq_push(rq, p0 as u8, t0, false);
             }
-            rq.push_back(p as u8, TRef(t));
+            rq_push(rq, p as u8, t, false);
         });
     });
     let Some((t, _)) = one else { return false };
@@ -327,7 +371,7 @@ pub fn with_current<R>(f: impl FnOnce(&Arc<Thread>) -> R) -> Option<R> {
 #[inline(always)]
 pub fn resched_pending() -> bool {
     let cs = this();
-    !cs.mail.is_empty() || cs.expired.load(Ordering::Relaxed) || cs.kicked.load(Ordering::Relaxed)
+    !cs.mail.is_empty() || cs.flags.load(Ordering::Relaxed) != 0
 }
 
 /// Pushes `t`, just queued for CPU `cpu` by [`Life::enqueue`] (or `dequeue`/`leave_cpu`), into
@@ -363,19 +407,21 @@ pub fn push(cpu: u32, t: &Arc<Thread>, prio: u8) {
     }
 }
 
-/// Takes `t`, queued at `prio`, out of CPU `cpu`'s run queue if it is there (a killed thread,
-/// `thread::kill`), returning the queue's reference. The caller holds `t`'s lock (the run
-/// queue's lock comes after it). A thread still in the CPU's inbox stays there: the inbox is
-/// drained at the CPU's next decision.
+/// Takes `t`, queued at `prio` for CPU `cpu`, out of that CPU's run queue if that is this CPU
+/// and it is there (a killed thread, `thread::kill`), returning the queue's reference (O(1):
+/// the queue is intrusive). The caller holds `t`'s lock. Another CPU's run queue is that CPU's
+/// alone, and a thread still in the inbox stays there: `None`, and the caller asks that CPU to
+/// sweep ([`request_sweep`]).
 pub(crate) fn unqueue(cpu: u32, t: &Arc<Thread>, prio: u8) -> Option<Arc<Thread>> {
-    let cs = get(cpu as usize)?;
-    let key = TRef(t.clone());
-    let removed = with_rq(cs, |rq| rq.remove(prio, &key));
-    removed.then_some(key.0)
+    if cpu != me() {
+        return None;
+    }
+    with_rq(this(), |rq| rq.remove(prio, t))
 }
 
-/// A killed thread queued for CPU `cpu` was not in its run queue (it was in the inbox): that
-/// CPU sweeps its run queue at its next decision, which this asks for now.
+/// A killed thread queued for CPU `cpu` was not taken out of its run queue by the killer (it
+/// was in the inbox, or `cpu` is another CPU, whose run queue only it touches): that CPU sweeps
+/// its run queue at its next decision, which this asks for now (a reschedule interrupt).
 pub(crate) fn request_sweep(cpu: u32) {
     let Some(cs) = get(cpu as usize) else { return };
     cs.sweep.store(true, Ordering::Release);
@@ -387,7 +433,7 @@ pub(crate) fn request_sweep(cpu: u32) {
 #[cold]
 fn sweep(cs: &CpuSched) {
     loop {
-        let Some((_, TRef(t))) = with_rq(cs, |rq| rq.take_first_where(|x| x.0.killed.load(Ordering::Relaxed))) else { return };
+        let Some((_, t)) = with_rq(cs, |rq| rq.take_first_where(|x| x.killed.load(Ordering::Relaxed))) else { return };
         let mut l = t.life.lock();
         match l.dequeue(me()) {
             Pick::Drop => {}
@@ -396,7 +442,7 @@ fn sweep(cs: &CpuSched) {
             Pick::Run => {
                 let p = l.prio;
                 drop(l);
-                with_rq(cs, |rq| rq.push_back(p, TRef(t)));
+                with_rq(cs, |rq| rq_push(rq, p, t, false));
                 return;
             }
             Pick::Forward(c) => push(c, &t, l.prio),
@@ -412,7 +458,7 @@ pub fn kick(cpu: u32) {
         send_resched(cpu);
     } else {
         // Seen by `resched_pending` before this CPU returns to its thread.
-        this().kicked.store(true, Ordering::Relaxed);
+        set_flag(this(), KICKED);
     }
 }
 
@@ -423,14 +469,18 @@ fn send_resched(cpu: u32) {
     cpus::send_ipi(cpu as usize, lapic::VEC_RESCHED)
 }
 
+#[inline(always)]
 fn drain_inbox(cs: &CpuSched) {
-    if cs.mail.is_empty() {
-        return;
+    if !cs.mail.is_empty() {
+        drain_inbox_now(cs);
     }
+}
+
+fn drain_inbox_now(cs: &CpuSched) {
     with_rq(cs, |rq| {
         cs.mail.drain(|t, p| {
             crate::timeline::event(crate::timeline::Kind::Drain, t.id, p);
-            rq.push_back(p as u8, TRef(t))
+            rq_push(rq, p as u8, t, false)
         });
     });
 }
@@ -443,7 +493,7 @@ pub fn tick() {
         let left = cs.slice.load(Ordering::Relaxed).saturating_sub(1);
         cs.slice.store(left, Ordering::Relaxed);
         if left == 0 {
-            cs.expired.store(true, Ordering::Relaxed);
+            set_flag(cs, EXPIRED);
         }
     }
 }
@@ -460,9 +510,7 @@ fn leave(cs: &CpuSched, cur: &Arc<Thread>, l: &mut Life, front: bool) {
 /// Queues a thread that left this CPU still runnable, as `leave_cpu` said.
 fn requeue(cs: &CpuSched, cur: &Arc<Thread>, l: &Life, left: Leave, front: bool) {
     match left {
-        Leave::Requeue(_) => {
-            with_rq(cs, |rq| if front { rq.push_front(l.prio, TRef(cur.clone())) } else { rq.push_back(l.prio, TRef(cur.clone())) });
-        }
+        Leave::Requeue(_) => with_rq(cs, |rq| rq_push(rq, l.prio, cur.clone(), front)),
         Leave::Forward(c) => push(c, cur, l.prio),
         Leave::Gone => {}
     }
@@ -474,7 +522,7 @@ fn requeue(cs: &CpuSched, cur: &Arc<Thread>, l: &Life, left: Leave, front: bool)
 pub fn decide() {
     crate::reclaim::drain();
     let cs = this();
-    cs.kicked.store(false, Ordering::Relaxed);
+    clear_flag(cs, KICKED);
     // A sweep asked for before the inbox is drained covers every killed thread pushed into it
     // before the request (the killer's push comes first): so the flag is read and cleared first,
     // with a plain load and store (no locked instruction on this path); a request that lands
@@ -487,21 +535,17 @@ pub fn decide() {
     if sweep_now {
         sweep(cs);
     }
-    let cur = cs.current.take();
-    if let Some(cur) = cur {
+    let mut carry = None;
+    if let Some(cur) = cs.current.take() {
         let mut l = cur.life.lock();
-        let waiting = Some(cs.rq_top.load(Ordering::Relaxed)).filter(|&p| p >= 0).map(|p| p as u8);
-        let expired = cs.expired.load(Ordering::Relaxed);
-        let ahead = match waiting {
-            None => false,
-            Some(p) => p > l.prio || (p == l.prio && expired),
-        };
+        let top = cs.rq_top.load(Ordering::Relaxed);
+        let expired = cs.flags.load(Ordering::Relaxed) & EXPIRED != 0;
+        let ahead = top > l.prio as i32 || (top == l.prio as i32 && expired);
         if !ahead && l.keep(me()) {
             // Its own `ThreadSetPriority` comes here: other CPUs read the priority for IPIs.
             set_current_prio(cs, l.prio as i32);
             if expired {
-                cs.slice.store(TIME_SLICE_TICKS, Ordering::Relaxed);
-                cs.expired.store(false, Ordering::Relaxed);
+                new_slice(cs);
             }
             drop(l);
             cs.current.replace(Some(cur));
@@ -513,17 +557,14 @@ pub fn decide() {
         entry::save_resume_mode(&cur.regs);
         crate::thread::fpu_leave(&cur);
         match l.leave_cpu(me()) {
+            // Back into this CPU's queue, in the same loan of the queue that picks the next
+            // thread, after the thread's lock (it is queued here already as far as its `Life`
+            // says; nothing looks for it in the queue before this CPU's next decision, and
+            // interrupts are off).
             Leave::Requeue(_) => {
-                // Back into this CPU's queue, in the same critical section of the queue that
-                // picks the next thread, after the thread's lock (it is queued here already as
-                // far as its `Life` says; nothing looks for it in the queue before this CPU's
-                // next decision, and interrupts are off).
                 let prio = l.prio;
                 drop(l);
-                if !pick(cs, Some((prio, cur, front))) {
-                    idle();
-                }
-                return;
+                carry = Some((prio, cur, front));
             }
             left => {
                 requeue(cs, &cur, &l, left, front);
@@ -532,23 +573,24 @@ pub fn decide() {
             }
         }
     }
-    if !pick(cs, None) {
+    if !pick(cs, carry) {
         idle();
     }
 }
 
 /// Switches to the best runnable thread of this CPU's queue, if there is one. `carry`: a thread
 /// that just left this CPU (priority, reference, keeps its turn) goes into the queue first, in
-/// the same critical section.
+/// the same loan of the queue.
+#[inline(always)]
 fn pick(cs: &CpuSched, mut carry: Option<(u8, Arc<Thread>, bool)>) -> bool {
     loop {
         let next = with_rq(cs, |rq| {
             if let Some((p, t, front)) = carry.take() {
-                if front { rq.push_front(p, TRef(t)) } else { rq.push_back(p, TRef(t)) }
+                rq_push(rq, p, t, front);
             }
             rq.pop()
         });
-        let Some((_, TRef(t))) = next else { return false };
+        let Some((_, t)) = next else { return false };
         if run_entry(cs, t) {
             return true;
         }
@@ -567,15 +609,15 @@ fn set_current_prio(cs: &CpuSched, prio: i32) {
     }
 }
 
-fn switch_to(cs: &CpuSched, t: Arc<Thread>, prio: u8, new_slice: bool) {
+#[inline(always)]
+fn switch_to(cs: &CpuSched, t: Arc<Thread>, prio: u8, fresh: bool) {
     crate::timeline::event(crate::timeline::Kind::Switch, t.id, (prio as u64) << 8);
     entry::set_current(&t.regs);
     crate::thread::fpu_enter(&t);
     tlb::load_space(cs, &t.space);
     set_current_prio(cs, prio as i32);
-    if new_slice {
-        cs.slice.store(TIME_SLICE_TICKS, Ordering::Relaxed);
-        cs.expired.store(false, Ordering::Relaxed);
+    if fresh {
+        new_slice(cs);
     }
     cs.bump(Count::Switches);
     let none = cs.current.replace(Some(t));
@@ -693,9 +735,88 @@ pub fn switched_directly(t: &Arc<Thread>) -> bool {
     this().current.inspect(|c| c.as_ref().is_some_and(|c| !Arc::ptr_eq(c, t)))
 }
 
-/// The running thread gives up the rest of its slice.
+/// The running thread gives up the rest of its slice (the general handler's `Yield`; see
+/// [`yield_now`]).
 pub fn yield_current() {
-    this().expired.store(true, Ordering::Relaxed);
+    set_flag(this(), EXPIRED);
+}
+
+/// `Yield`, answered before the general system-call handler (`trap::rl4_syscall`). Writes the
+/// caller's result (0); the return path then resumes whichever thread runs now.
+///
+/// Three ways, by what this CPU has ready:
+/// - nothing in the inbox, nothing asked of this CPU (a local kick), and nothing in
+///   the run queue at the caller's priority or above: the caller goes on with a new slice, no
+///   decision and no lock. The priority compared is the one this CPU published for its running
+///   thread ([`set_current_prio`]); whatever another CPU changes about that thread meanwhile
+///   (kill, suspension, priority, CPU) comes with a reschedule interrupt, taken as soon as the
+///   thread is back in user mode, as after any other system call;
+/// - the same, but threads of its own priority are ready (and none above): the short decision
+///   ([`yield_rotate`]);
+/// - anything else: the slice ends and the full decision runs ([`decide`]).
+///
+/// Out of line: the system-call entry function jumps here and stays without a stack frame.
+#[inline(never)]
+pub fn yield_now() {
+    let cs = this();
+    entry::set_current_result(0);
+    // A sweep asked for by another CPU comes with a reschedule interrupt (taken as soon as the
+    // thread this CPU runs next is in user mode, and its decision sweeps); one asked for by this
+    // CPU set `KICKED` too ([`request_sweep`]): the sweep flag itself need not be looked at.
+    if cs.mail.is_empty() && cs.flags.load(Ordering::Relaxed) & KICKED == 0 {
+        let (top, prio) = (cs.rq_top.load(Ordering::Relaxed), cs.current_prio.load(Ordering::Relaxed));
+        if top < prio {
+            new_slice(cs);
+            return;
+        }
+        if top == prio && yield_rotate(cs, prio as u8) {
+            return;
+        }
+    }
+    set_flag(cs, EXPIRED);
+    decide();
+    crate::reclaim::drain();
+}
+
+/// The short decision of a `Yield` when the highest priority ready on this CPU is the caller's
+/// own, `p`, and the inbox is empty: the caller, if its state allows (`Life::yield_cpu`: still
+/// `Running` here, on its own CPU, at priority `p`), goes to the tail of `p`'s FIFO while the
+/// head comes out (`RunQueue::rotate`: the bitmaps do not change) and runs (`Life::dequeue`).
+/// One lock of each thread, O(1) queue work, nothing allocated, no reference count touched.
+/// Returns false, having changed nothing, if the caller's state does not allow it (stopped,
+/// moved or re-prioritised by another CPU, whose reschedule interrupt is still pending): the
+/// full decision runs then.
+#[inline(always)]
+fn yield_rotate(cs: &CpuSched, p: u8) -> bool {
+    let Some(cur) = cs.current.take() else { return false };
+    let mut l = cur.life.lock();
+    if l.prio != p || !l.yield_cpu(me()) {
+        drop(l);
+        cs.current.replace(Some(cur));
+        return false;
+    }
+    entry::save_resume_mode(&cur.regs);
+    crate::thread::fpu_leave(&cur);
+    drop(l);
+    crate::timeline::event(crate::timeline::Kind::Leave, cur.id, 2);
+    let next = match cs.rq.with(#[inline(always)] |rq| rq.rotate(p, cur)) {
+        Ok(t) => t,
+        Err(t) => {
+            queued_twice(t);
+            if !pick(cs, None) {
+                idle();
+            }
+            return true;
+        }
+    };
+    if !run_entry(cs, next) {
+        // An entry that may not run here (dropped, or passed on): the next one.
+        if !pick(cs, None) {
+            idle();
+        }
+        crate::reclaim::drain();
+    }
+    true
 }
 
 /// Where a CPU's scheduler holds a thread (for the consistency check).
@@ -709,7 +830,7 @@ pub(crate) enum Held {
 /// reference a CPU's scheduler holds, `t` for each entry of its timeout list, and `bad` for each
 /// structural fault (a lock held, a run queue whose bitmaps disagree with its queues).
 pub(crate) fn visit_cpus(
-    mut f: impl FnMut(usize, Held, &Arc<Thread>),
+    mut f: impl FnMut(usize, Held, &Thread),
     mut t: impl FnMut(usize, u64, &alloc::sync::Weak<Thread>),
     mut bad: impl FnMut(usize, &'static str),
 ) {
@@ -717,15 +838,15 @@ pub(crate) fn visit_cpus(
         let Some(cs) = get(i) else { continue };
         // The current slot is read by the check itself (`check.rs`), which may look at another
         // CPU's private slot while that CPU is stopped.
-        match cs.rq.peek() {
-            Some(rq) => {
-                if !rq.is_consistent() {
-                    bad(i, "its run queue's bitmaps disagree with its queues");
-                }
-                rq.iter().for_each(|(_, th)| f(i, Held::RunQueue, &th.0));
-            }
-            None => bad(i, "its run-queue lock is held"),
+        // SAFETY: every other CPU is stopped outside the kernel or in its idle loop (the
+        // check's freeze), never inside a loan of its run queue, and this CPU is inside the
+        // check's system call, not inside one either; the reference does not outlive the loop.
+        #[allow(unsafe_code)]
+        let rq = unsafe { cs.rq.peek() };
+        if !rq.is_consistent() {
+            bad(i, "its run queue's bitmaps or links disagree with its queues");
         }
+        rq.iter().for_each(|(_, th)| f(i, Held::RunQueue, th));
         // SAFETY: every other CPU is stopped outside the kernel (the check's freeze), and only
         // the owner drains its mailbox; this CPU is the one checking, not draining.
         #[allow(unsafe_code)]

@@ -196,8 +196,8 @@ pub fn kill(t: &Arc<Thread>) -> bool {
                     let _ = l.unqueue(c);
                     crate::reclaim::later_thread(entry);
                 }
-                // Still in that CPU's inbox (or on its way into the run queue): its next
-                // decision sweeps it out.
+                // In another CPU's run queue (only that CPU touches it), or still in the
+                // inbox: that CPU's next decision sweeps it out.
                 None => sched::request_sweep(c),
             }
         }

@@ -57,8 +57,9 @@ fn rl4_kernel_interrupt(vector: u8) {
 /// `rl4_return_to_user`, which reloads its registers from its block.
 ///
 /// A dispatcher of small handlers: `Null` is answered here when no scheduling decision is
-/// pending (one per-CPU look); the IPC calls try the fast path; everything else goes to the
-/// general handler, out of line, so that this function needs no stack frame of its own.
+/// pending (one per-CPU look), `Yield` by the scheduler (`sched::yield_now`); the IPC calls
+/// try the fast path; everything else goes to the general handler, out of line, so that this
+/// function needs no stack frame of its own.
 ///
 /// It and [`general`] preserve no register for their caller (`rust-preserve-none`: the
 /// number arrives in `r12`): the entry code has stored every user register in the thread's
@@ -67,9 +68,16 @@ fn rl4_kernel_interrupt(vector: u8) {
 /// all (docs/decisions.md).
 #[unsafe(no_mangle)]
 extern "rust-preserve-none" fn rl4_syscall(n: u64) {
+    // One compare for every other call (the IPC calls' numbers are above both).
+    if n > rl4_abi::Sys::Yield as u64 {
+        return general(n);
+    }
     if n == rl4_abi::Sys::Null as u64 && !cfg!(feature = "timeline") && !sched::resched_pending() {
         rl4_arch::entry::set_current_result(0);
         return;
+    }
+    if n == rl4_abi::Sys::Yield as u64 && !cfg!(feature = "timeline") {
+        return sched::yield_now();
     }
     general(n)
 }

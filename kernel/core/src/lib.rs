@@ -5,7 +5,8 @@
 //! Everything here compiles for the host as well as for `x86_64-unknown-none` and is unit-tested
 //! with a plain `cargo test` (run by `scripts/test`). Nothing in this crate touches hardware;
 //! the kernel hands it plain numbers and slices. No modules but `mailbox` and `wlist` (intrusive
-//! lists of `Arc`s) contain `unsafe` code.
+//! lists of `Arc`s) contain `unsafe` code (but for the run queue's tests, which implement the
+//! intrusive-link trait for their items).
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 

@@ -175,7 +175,8 @@ use ThreadState::{
 /// Every state-changing transition of [`Life`] with the states it accepts. A unit test drives
 /// each method from every state and requires exactly this table; `scripts/state-diagram` draws
 /// `docs/states.svg` from it. (The place transitions — `enqueue`, `dequeue`, `keep`,
-/// `leave_cpu` — move a thread between `Ready` and `Running` as CPUs take it on and off.)
+/// `leave_cpu`, `yield_cpu` — move a thread between `Ready` and `Running` as CPUs take it on and
+/// off.)
 pub const TRANSITIONS: &[Transition] = &[
     Transition { name: "resume", from: &[I, S], to: R, same: &[R, X] },
     Transition { name: "run_here", from: &[R], to: X, same: &[] },
@@ -610,6 +611,7 @@ impl<K: Kinds> Life<K> {
     }
 
     /// CPU `me` consumed this thread's queue entry.
+    #[inline(always)]
     pub fn dequeue(&mut self, me: u32) -> Pick {
         if self.place != Place::Queued(me) {
             return Pick::Drop; // a stale entry: the thread is held elsewhere now
@@ -655,6 +657,21 @@ impl<K: Kinds> Life<K> {
             }
             _ => false,
         }
+    }
+
+    /// The running thread yields its CPU `me` (a `Yield` while threads of its priority wait
+    /// there): `Running`, current on `me` and belonging to `me` → `Ready` and queued on `me` (its
+    /// CPU puts it at the back of its priority's FIFO). Refused (false), changing nothing, in any
+    /// other case — stopped, woken, or moved to another CPU meanwhile: the CPU then makes a full
+    /// decision, which lets go of it through [`Life::leave_cpu`].
+    #[inline(always)]
+    pub fn yield_cpu(&mut self, me: u32) -> bool {
+        if self.place != Place::Current(me) || self.cpu != me || !matches!(self.state, State::Running) {
+            return false;
+        }
+        self.set(State::Ready);
+        self.place = Place::Queued(me);
+        true
     }
 
     /// CPU `me` stops running this thread. A thread still runnable is queued again (here or on
@@ -871,6 +888,41 @@ mod tests {
         assert!(!l.keep(0));
         assert_eq!(l.leave_cpu(0), Leave::Forward(3));
         assert_eq!(l.place(), Place::Queued(3));
+    }
+
+    #[test]
+    fn yield_cpu_only_for_the_running_thread_of_its_own_cpu() {
+        let mut l = running();
+        assert!(!l.yield_cpu(1), "not current on CPU 1");
+        assert!(l.yield_cpu(0));
+        assert_eq!((l.view(), l.place()), (ThreadState::Runnable, Place::Queued(0)));
+        assert!(!l.yield_cpu(0), "queued, not current");
+        assert_eq!(l.enqueue(), None, "queued once");
+        assert_eq!(l.dequeue(0), Pick::Run);
+        // Moved to another CPU: refused (leave_cpu forwards it).
+        l.cpu = 2;
+        assert!(!l.yield_cpu(0));
+        assert_eq!((l.view(), l.place()), (ThreadState::Running, Place::Current(0)));
+        assert_eq!(l.leave_cpu(0), Leave::Forward(2));
+        // Blocked, suspended or killed while still current: refused, nothing changes.
+        let mut l = running();
+        l.block(Wait::Recv { ep: Id(1) }, u64::MAX).ok().unwrap();
+        assert!(!l.yield_cpu(0));
+        assert_eq!((l.view(), l.place()), (ThreadState::BlockedRecv, Place::Current(0)));
+        let mut l = running();
+        l.suspend().ok().unwrap();
+        assert!(!l.yield_cpu(0));
+        assert_eq!((l.view(), l.place()), (ThreadState::Suspended, Place::Current(0)));
+        let mut l = running();
+        l.kill().ok().unwrap();
+        assert!(!l.yield_cpu(0));
+        assert_eq!(l.leave_cpu(0), Leave::Gone);
+        // Woken before it left (`Ready` while current): the full decision keeps it.
+        let mut l = running();
+        l.block(Wait::Notify { n: Id(3) }, u64::MAX).ok().unwrap();
+        l.wake(WaitOn::Notify(3)).ok().unwrap();
+        assert!(!l.yield_cpu(0));
+        assert!(l.keep(0));
     }
 
     #[test]

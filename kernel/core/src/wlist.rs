@@ -50,31 +50,39 @@ impl<T> Default for WLink<T> {
     }
 }
 
-/// Items that carry a [`WLink`].
+/// Items that carry a [`WLink`]. An item may carry several, one per kind of list it can be in
+/// at the same time, each named by a `Tag` type (the default `()`: a thread's wait-queue link;
+/// `runqueue::Run`: its run-queue link): a list uses only the link of its own tag.
 ///
 /// # Safety
 /// `wlink` must return the same link, a field of `self`, at every call, and the link must live
-/// as long as the item.
-pub unsafe trait WLinked: Sized {
+/// as long as the item; two tags must name two different links.
+pub unsafe trait WLinked<Tag = ()>: Sized {
     fn wlink(&self) -> &WLink<Self>;
 }
 
-/// A wait queue (see the module documentation).
-pub struct WList<T: WLinked> {
+/// A wait queue (see the module documentation), threaded through the items' `Tag` links.
+pub struct WList<T: WLinked<Tag>, Tag = ()> {
     head: *const T,
     tail: *const T,
     len: usize,
     token: usize,
-    _owns: PhantomData<Arc<T>>,
+    _owns: PhantomData<(Arc<T>, fn() -> Tag)>,
 }
 
 // SAFETY: the list owns `Arc<T>`s; moving it to another thread moves those references, which
 // is sound when `Arc<T>` is `Send` (`T: Send + Sync`).
-unsafe impl<T: WLinked + Send + Sync> Send for WList<T> {}
+unsafe impl<T: WLinked<Tag> + Send + Sync, Tag> Send for WList<T, Tag> {}
 // SAFETY: `&WList` gives only shared access to the items (`iter`), which `T: Sync` allows.
-unsafe impl<T: WLinked + Send + Sync> Sync for WList<T> {}
+unsafe impl<T: WLinked<Tag> + Send + Sync, Tag> Sync for WList<T, Tag> {}
 
-impl<T: WLinked> WList<T> {
+/// The link of `t` that lists of tag `Tag` use.
+#[inline(always)]
+fn link<T: WLinked<Tag>, Tag>(t: &T) -> &WLink<T> {
+    <T as WLinked<Tag>>::wlink(t)
+}
+
+impl<T: WLinked<Tag>, Tag> WList<T, Tag> {
     /// An empty list; `token` (not 0) names it in its items' links and must differ from every
     /// other live list's.
     pub const fn new(token: usize) -> Self {
@@ -92,13 +100,13 @@ impl<T: WLinked> WList<T> {
 
     /// Whether `t` is in this list.
     pub fn contains(&self, t: &T) -> bool {
-        t.wlink().owner.load(Relaxed) == self.token
+        link::<T, Tag>(t).owner.load(Relaxed) == self.token
     }
 
     /// The key of the first item.
     pub fn front_key(&self) -> Option<u64> {
         // SAFETY: a non-null head is an item this list owns (alive: the list holds a reference).
-        (!self.head.is_null()).then(|| unsafe { &*self.head }.wlink().key.load(Relaxed))
+        (!self.head.is_null()).then(|| link::<T, Tag>(unsafe { &*self.head }).key.load(Relaxed))
     }
 
     /// Claims `t`'s link for this list, or hands `t` back if a list holds it. A plain load
@@ -107,7 +115,7 @@ impl<T: WLinked> WList<T> {
     /// check is against a sequential misuse, which it catches.
     #[inline(always)]
     fn claim(&self, t: Arc<T>, key: u64) -> Result<*const T, Arc<T>> {
-        let l = t.wlink();
+        let l = link::<T, Tag>(&*t);
         if l.owner.load(Acquire) != 0 {
             return Err(t);
         }
@@ -138,8 +146,8 @@ impl<T: WLinked> WList<T> {
         let p = self.claim(t, key)?;
         let mut after = self.tail;
         // SAFETY: every pointer reached from the tail is an item this list owns.
-        while !after.is_null() && unsafe { &*after }.wlink().key.load(Relaxed) < key {
-            after = unsafe { &*after }.wlink().prev.load(Relaxed);
+        while !after.is_null() && link::<T, Tag>(unsafe { &*after }).key.load(Relaxed) < key {
+            after = link::<T, Tag>(unsafe { &*after }).prev.load(Relaxed);
         }
         self.link_after(after, p);
         Ok(())
@@ -150,19 +158,19 @@ impl<T: WLinked> WList<T> {
     fn link_after(&mut self, after: *const T, p: *const T) {
         // SAFETY: `p` was claimed for this list (and is kept alive by the reference it took);
         // `after` is null or an item this list owns, as is its successor.
-        let l = unsafe { &*p }.wlink();
-        let next = if after.is_null() { self.head } else { unsafe { &*after }.wlink().next.load(Relaxed) };
+        let l = link::<T, Tag>(unsafe { &*p });
+        let next = if after.is_null() { self.head } else { link::<T, Tag>(unsafe { &*after }).next.load(Relaxed) };
         l.prev.store(after as *mut T, Relaxed);
         l.next.store(next as *mut T, Relaxed);
         if after.is_null() {
             self.head = p;
         } else {
-            unsafe { &*after }.wlink().next.store(p as *mut T, Relaxed);
+            link::<T, Tag>(unsafe { &*after }).next.store(p as *mut T, Relaxed);
         }
         if next.is_null() {
             self.tail = p;
         } else {
-            unsafe { &*next }.wlink().prev.store(p as *mut T, Relaxed);
+            link::<T, Tag>(unsafe { &*next }).prev.store(p as *mut T, Relaxed);
         }
         self.len += 1;
     }
@@ -171,17 +179,17 @@ impl<T: WLinked> WList<T> {
     #[inline(always)]
     fn unlink(&mut self, p: *const T) -> Arc<T> {
         // SAFETY: `p` and its neighbours are items this list owns.
-        let l = unsafe { &*p }.wlink();
+        let l = link::<T, Tag>(unsafe { &*p });
         let (prev, next) = (l.prev.load(Relaxed) as *const T, l.next.load(Relaxed) as *const T);
         if prev.is_null() {
             self.head = next;
         } else {
-            unsafe { &*prev }.wlink().next.store(next as *mut T, Relaxed);
+            link::<T, Tag>(unsafe { &*prev }).next.store(next as *mut T, Relaxed);
         }
         if next.is_null() {
             self.tail = prev;
         } else {
-            unsafe { &*next }.wlink().prev.store(prev as *mut T, Relaxed);
+            link::<T, Tag>(unsafe { &*next }).prev.store(prev as *mut T, Relaxed);
         }
         l.prev.store(ptr::null_mut(), Relaxed);
         l.next.store(ptr::null_mut(), Relaxed);
@@ -191,6 +199,43 @@ impl<T: WLinked> WList<T> {
         // SAFETY: `p` came from `Arc::into_raw` when it was claimed, and this list owned that
         // reference until now.
         unsafe { Arc::from_raw(p) }
+    }
+
+    /// Appends `t` and takes the first item out (`t` itself if the list was empty): a turn of
+    /// a FIFO in one pass over the links. The length stays as it was. Hands `t` back if a list
+    /// holds it.
+    #[inline(always)]
+    pub fn rotate(&mut self, t: Arc<T>) -> Result<Arc<T>, Arc<T>> {
+        let h = self.head;
+        if h.is_null() {
+            return if link::<T, Tag>(&*t).is_queued() { Err(t) } else { Ok(t) };
+        }
+        let p = self.claim(t, 0)?;
+        // SAFETY: `h` is this list's first item and `p` was just claimed for it (alive: the
+        // list holds a reference of each); `tail` is an item of this list too (not null: the
+        // list is not empty).
+        let (hl, pl) = (link::<T, Tag>(unsafe { &*h }), link::<T, Tag>(unsafe { &*p }));
+        let next = hl.next.load(Relaxed) as *const T;
+        if next.is_null() {
+            // `h` was alone: `p` takes its place.
+            pl.prev.store(ptr::null_mut(), Relaxed);
+            self.head = p;
+        } else {
+            // SAFETY: `next` and the tail are items of this list.
+            link::<T, Tag>(unsafe { &*next }).prev.store(ptr::null_mut(), Relaxed);
+            link::<T, Tag>(unsafe { &*self.tail }).next.store(p as *mut T, Relaxed);
+            pl.prev.store(self.tail as *mut T, Relaxed);
+            self.head = next;
+        }
+        pl.next.store(ptr::null_mut(), Relaxed);
+        self.tail = p;
+        hl.next.store(ptr::null_mut(), Relaxed);
+        // Last: whoever sees the item free afterwards sees its links cleared (its `prev` is
+        // null already: it was first).
+        hl.owner.store(0, Release);
+        // SAFETY: `h` came from `Arc::into_raw` when it was claimed, and this list owned that
+        // reference until now.
+        Ok(unsafe { Arc::from_raw(h) })
     }
 
     /// Takes the first item out.
@@ -204,6 +249,20 @@ impl<T: WLinked> WList<T> {
         self.contains(t).then(|| self.unlink(t as *const T))
     }
 
+    /// Takes out the first item for which `f` holds (a walk from the head).
+    pub fn remove_first_where(&mut self, mut f: impl FnMut(&T) -> bool) -> Option<Arc<T>> {
+        let mut p = self.head;
+        while !p.is_null() {
+            // SAFETY: an item this list owns, alive while the list holds it.
+            let t = unsafe { &*p };
+            if f(t) {
+                return Some(self.unlink(p));
+            }
+            p = link::<T, Tag>(t).next.load(Relaxed);
+        }
+        None
+    }
+
     /// The items, first to last, with their keys.
     pub fn iter(&self) -> impl Iterator<Item = (u64, &T)> + '_ {
         let mut p = self.head;
@@ -213,8 +272,8 @@ impl<T: WLinked> WList<T> {
             }
             // SAFETY: an item this list owns, alive while the list is borrowed.
             let t = unsafe { &*p };
-            p = t.wlink().next.load(Relaxed);
-            Some((t.wlink().key.load(Relaxed), t))
+            p = link::<T, Tag>(t).next.load(Relaxed);
+            Some((link::<T, Tag>(t).key.load(Relaxed), t))
         })
     }
 
@@ -227,7 +286,7 @@ impl<T: WLinked> WList<T> {
     }
 
     /// Moves every item into a new list with the same token (this one is left empty).
-    pub fn take(&mut self) -> WList<T> {
+    pub fn take(&mut self) -> WList<T, Tag> {
         let l = WList { head: self.head, tail: self.tail, len: self.len, token: self.token, _owns: PhantomData };
         self.head = ptr::null();
         self.tail = ptr::null();
@@ -241,7 +300,7 @@ impl<T: WLinked> WList<T> {
         let (mut n, mut prev, mut p, mut last_key) = (0usize, ptr::null::<T>(), self.head, u64::MAX);
         while !p.is_null() {
             // SAFETY: an item this list owns.
-            let l = unsafe { &*p }.wlink();
+            let l = link::<T, Tag>(unsafe { &*p });
             let k = l.key.load(Relaxed);
             if l.prev.load(Relaxed) as *const T != prev || l.owner.load(Relaxed) != self.token || k > last_key {
                 return false;
@@ -258,7 +317,7 @@ impl<T: WLinked> WList<T> {
     }
 }
 
-impl<T: WLinked> Drop for WList<T> {
+impl<T: WLinked<Tag>, Tag> Drop for WList<T, Tag> {
     /// Releases the references of the items still in it.
     fn drop(&mut self) {
         while self.pop_front().is_some() {}
@@ -331,6 +390,51 @@ mod tests {
         assert_eq!(seen.len(), 6);
     }
 
+    /// An item with two links (a thread: its wait-queue link and its run-queue link) is in
+    /// one list of each tag at once; each list uses only its own link.
+    struct Two {
+        id: u32,
+        wait: WLink<Two>,
+        run: WLink<Two>,
+    }
+    enum RunTag {}
+    // SAFETY: `wait` is a field of the item.
+    unsafe impl WLinked for Two {
+        fn wlink(&self) -> &WLink<Two> {
+            &self.wait
+        }
+    }
+    // SAFETY: `run` is another field of the item.
+    unsafe impl WLinked<RunTag> for Two {
+        fn wlink(&self) -> &WLink<Two> {
+            &self.run
+        }
+    }
+
+    #[test]
+    fn two_tags_two_links() {
+        let two = |id| Arc::new(Two { id, wait: WLink::new(), run: WLink::new() });
+        let (a, b) = (two(1), two(2));
+        let mut w: WList<Two> = WList::new(1);
+        let mut r: WList<Two, RunTag> = WList::new(1);
+        w.push_back(a.clone()).ok().unwrap();
+        w.push_back(b.clone()).ok().unwrap();
+        r.push_back(b.clone()).ok().unwrap();
+        r.push_back(a.clone()).ok().unwrap();
+        assert!(r.push_front(a.clone()).is_err(), "its run link is taken");
+        assert!(a.wait.is_queued() && a.run.is_queued());
+        assert_eq!(w.iter().map(|(_, t)| t.id).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(r.iter().map(|(_, t)| t.id).collect::<Vec<_>>(), [2, 1]);
+        assert_eq!(w.pop_front().unwrap().id, 1);
+        assert!(!a.wait.is_queued() && a.run.is_queued());
+        assert_eq!(r.remove_first_where(|t| t.id == 1).unwrap().id, 1);
+        assert!(r.remove_first_where(|t| t.id == 1).is_none());
+        assert!(w.is_consistent() && r.is_consistent());
+        assert_eq!(Arc::strong_count(&b), 3);
+        drop((w, r));
+        assert_eq!((Arc::strong_count(&a), Arc::strong_count(&b)), (1, 1));
+    }
+
     proptest::proptest! {
         /// Random sequences against a plain vector kept in the same order.
         #[test]
@@ -362,6 +466,18 @@ mod tests {
                             model.insert(at, (k, i));
                         }
                     }
+                    3 if !keyed && k == 3 => {
+                        let got = l.rotate(t.clone()).map(|x| x.id).map_err(|x| x.id);
+                        let want = if inside {
+                            Err(i)
+                        } else if model.is_empty() {
+                            Ok(i)
+                        } else {
+                            model.push((0, i));
+                            Ok(model.remove(0).1)
+                        };
+                        proptest::prop_assert_eq!(got, want);
+                    }
                     3 => {
                         let got = l.pop_front().map(|x| x.id);
                         let want = if model.is_empty() { None } else { Some(model.remove(0).1) };
@@ -375,6 +491,14 @@ mod tests {
                 }
                 proptest::prop_assert_eq!(ids(&l), model.clone());
                 proptest::prop_assert_eq!(l.len(), model.len());
+                proptest::prop_assert!(l.is_consistent());
+                for t in &items {
+                    let held = model.iter().any(|&(_, id)| id == t.id);
+                    proptest::prop_assert_eq!(t.link.is_queued(), held);
+                    if !held {
+                        proptest::prop_assert!(t.link.prev.load(Relaxed).is_null() && t.link.next.load(Relaxed).is_null());
+                    }
+                }
             }
             drop(l);
             for t in &items {

@@ -99,6 +99,9 @@ pub enum Op {
     Tick { d: u64 },
     Expire { pick: usize },
     Schedule { preempt: bool },
+    /// The current thread of the CPU yields (`Yield` with a thread of its priority queued:
+    /// `yield_cpu`, or the full decision if that is refused).
+    Yield,
 }
 
 /// The reference model's state of a thread.
@@ -217,14 +220,19 @@ enum Ev {
     FastFallback,
     /// The fast `ReplyRecv` gave the reply right back to a server killed meanwhile.
     GiveBackToDead,
+    /// A `Yield` queued its thread on its CPU (`yield_cpu`).
+    Yielded,
+    /// A `Yield` whose `yield_cpu` was refused (the thread stopped, was woken or moved
+    /// meanwhile): the full decision.
+    YieldRefused,
 }
-const NEV: usize = Ev::GiveBackToDead as usize + 1;
+const NEV: usize = Ev::YieldRefused as usize + 1;
 const EVS: [Ev; NEV] = {
     use Ev::*;
     [
         StaleEntry, CallFallback, DirectSwitch, PlaceHeld, KillBlocked, KillCurrent, CallerFailed, GrantToDead,
         OldRightDies, SuspendBlocked, ResumePlaces, Expired, ExpireRefused, ReplyToGone, Forward, Drop, KeepWoken,
-        BlockRefused, StoppedSyscall, FastPath, FastFallback, GiveBackToDead,
+        BlockRefused, StoppedSyscall, FastPath, FastFallback, GiveBackToDead, Yielded, YieldRefused,
     ]
 };
 
@@ -407,6 +415,12 @@ impl Sim {
             Op::Tick { d } => self.now += d,
             Op::Expire { pick } => self.expire(c, pick),
             Op::Schedule { preempt } => self.schedule(c, preempt),
+            // A thread that is current here but no longer executing (its system call blocked,
+            // or it was stopped, and its CPU has not let go yet) makes no call: the CPU decides.
+            Op::Yield => match self.cur[c] {
+                Some(s) if self.exec[s] => self.yield_cpu(c, s),
+                _ => self.schedule(c, false),
+            },
             _ => match self.cur[c] {
                 Some(s) if self.exec[s] => self.syscall(c, s, op),
                 _ => self.schedule(c, false),
@@ -840,6 +854,26 @@ impl Sim {
         }
     }
 
+    /// The current thread `t` of CPU `c` yields: queued again on `c` if it still runs there
+    /// (then `c` runs the first thread of its queue), else the full decision.
+    fn yield_cpu(&mut self, c: usize, t: usize) {
+        let got = self.life[t].yield_cpu(c as u32);
+        let want = self.m[t].st == M::Running && self.m[t].aff == c as u32;
+        assert_eq!(got, want, "{t} yields cpu {c}");
+        if !got {
+            self.hit(Ev::YieldRefused);
+            assert_eq!(self.life[t].place(), Place::Current(c as u32), "a refused yield changes nothing");
+            return self.schedule(c, false);
+        }
+        self.hit(Ev::Yielded);
+        assert_eq!(self.life[t].place(), Place::Queued(c as u32));
+        self.m[t].st = M::Ready;
+        self.cur[c] = None;
+        self.exec[t] = false;
+        self.runq[c].push_back(t);
+        self.schedule(c, false);
+    }
+
     fn schedule(&mut self, c: usize, preempt: bool) {
         if let Some(t) = self.cur[c] {
             if !preempt {
@@ -1211,7 +1245,8 @@ fn decode(x: u64) -> Step {
         11 => Op::Affinity { t, cpu: (small % NCPU as u64) as u32 },
         12 => Op::Tick { d: 1 + small % 2 },
         13 => Op::Expire { pick: small as usize },
-        _ => Op::Schedule { preempt: flag }, // and 3 in 4 of kind 7
+        14 if small == 1 => Op::Yield,
+        _ => Op::Schedule { preempt: flag }, // and 3 in 4 of kind 7, 1 in 4 of kind 14
     };
     (cpu, slow, op)
 }
