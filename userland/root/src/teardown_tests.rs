@@ -346,6 +346,10 @@ pub fn run(which: &str) {
     if which == "teardown-exhaust" {
         test_exhaustion_all();
     }
+    // Only when asked for: it takes every frame (the `fragmented-*` suite, at 64 MiB).
+    if which == "teardown-fragmented" {
+        test_fragmented_memory();
+    }
 }
 
 /// Capabilities kept in a chain of holder tasks (slots 0..255 of each; slot 255 holds the
@@ -606,6 +610,116 @@ fn test_memory_info_honest() {
             "after 4,000 tasks made and deleted ({e:?}), MemoryInfo shows {} KiB left: {got} of {want} frames allocated and mapped \
              ({err:?}); budget back: {back} {again}; KernelCheck violations: {v}",
             left / 1024
+        ),
+    );
+}
+
+/// Issue 17, "`MemoryInfo` stays honest with free memory fragmented": every frame is taken
+/// (frames kept alternately by two holder chains, so that neighbours go to different chains),
+/// then one chain is let go: what is free is mostly single frames between frames still in use.
+/// Then tasks, threads and endpoints are made, in rounds, as long as `MemoryInfo` says the
+/// next one fits (its cost, the two derivation nodes its copy into a holder may be charged,
+/// and a new holder task when one is full): none of them may fail, and at the end less than
+/// one round's worth may be left. On a kernel whose capability tables (14 KiB) and registries
+/// need physically contiguous frames, `TaskCreate` answered `OutOfMemory` while `MemoryInfo`
+/// still showed megabytes.
+fn test_fragmented_memory() {
+    const NAME: &str = "fragmented-memory-honest";
+    use rl4_abi::cost;
+    wait_ms(3000, || threads() == 1);
+    let (left0, threads0) = (uncharged(), threads());
+    // Every frame, alternately into two chains of holders.
+    let mut frames = 0u64;
+    let ferr;
+    let chains = Holders::new().and_then(|a| Holders::new().map(|b| (a, b)));
+    let (mut a, b) = match chains {
+        Ok((mut a, mut b)) => {
+            let s = slot();
+            loop {
+                let h = if frames % 2 == 0 { &mut a } else { &mut b };
+                if let Err(e) = sys::frame_alloc(MEMORY, s).and_then(|_| h.keep(s)) {
+                    ferr = Some(e);
+                    break;
+                }
+                frames += 1;
+            }
+            release(s);
+            (Some(a), Some(b))
+        }
+        Err(e) => {
+            ferr = Some(e);
+            (None, None)
+        }
+    };
+    if let Some(b) = b {
+        b.release();
+    }
+    // Until the chain's memory is back (the budget stops moving).
+    let mut prev = u64::MAX;
+    wait_ms(3000, || {
+        let u = uncharged();
+        let same = u == prev;
+        prev = u;
+        same
+    });
+    let promised = budget();
+    let free = sys::stat(MACHINE, stat::FREE_FRAMES).unwrap_or(0);
+    // Tasks, threads and endpoints while MemoryInfo says the next one fits.
+    let deriv = 2 * cost::DERIV_NODE;
+    let kinds: [(&str, u64); 3] = [("task", cost::TASK), ("thread", cost::THREAD), ("endpoint", cost::ENDPOINT)];
+    let round = [0usize, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2];
+    let mut made = [0u64; 3];
+    let mut fail: Option<(&str, rl4_abi::Error, u64)> = None;
+    let mut keep = Holders::new().map_err(|e| fail = Some(("holder", e, budget()))).ok();
+    let s = slot();
+    let entry = td_blocker as *const () as u64;
+    if let Some(h) = keep.as_mut() {
+        'outer: loop {
+            for &k in &round {
+                let (what, c) = kinds[k];
+                let need = c + deriv + if h.used == 255 { cost::TASK + deriv } else { 0 };
+                let shown = budget();
+                if shown < need {
+                    break 'outer;
+                }
+                let r = match k {
+                    0 => sys::task_create(MEMORY, s),
+                    1 => sys::thread_create(MEMORY, TASK, entry, 0, ROOT_PRIO, 0, s),
+                    _ => sys::endpoint_create(MEMORY, s),
+                };
+                if let Err(e) = r.and_then(|_| h.keep(s)) {
+                    fail = Some((what, e, shown));
+                    break 'outer;
+                }
+                made[k] += 1;
+            }
+        }
+    }
+    release(s);
+    let left = budget();
+    if let Some(h) = keep {
+        h.release();
+    }
+    if let Some(a) = a.take() {
+        a.release();
+    }
+    let back = wait_ms(5000, || uncharged() == left0 && threads() == threads0);
+    let v = violations();
+    // What one round costs at most: every kind once with its nodes and a new holder.
+    let slack = cost::TASK + cost::THREAD + cost::ENDPOINT + 3 * deriv + cost::TASK;
+    report(
+        NAME,
+        ferr == Some(rl4_abi::Error::OutOfMemory) && fail.is_none() && made[0] > 0 && left < slack && back && v == 0,
+        format_args!(
+            "{frames} frames taken ({ferr:?}), every other one freed: {free} frames free, MemoryInfo promised {} KiB; then {} tasks, {} threads, {} \
+             endpoints made while it said they fit, failure: {fail:?} (what, error, bytes shown); {} KiB left at the end \
+             (less than {} KiB wanted); budget back: {back}; KernelCheck violations: {v}",
+            promised / 1024,
+            made[0],
+            made[1],
+            made[2],
+            left / 1024,
+            slack / 1024
         ),
     );
 }
