@@ -28,6 +28,7 @@ use rl4_arch::paging::{PageTableRoot, UserFrame};
 use rl4_core::device::DeviceFrame;
 use rl4_core::frames::OwnedFrame;
 use rl4_core::captable::{self, CapTable};
+use rl4_core::paged::PagedVec;
 use rl4_core::deriv::{DerivTree, NodeId};
 use rl4_core::life::{Ident, Kinds};
 use crate::lock::{GlobalMutex, Level, Mutex};
@@ -337,7 +338,8 @@ pub struct Registry<T> {
 }
 
 struct RegList<T> {
-    v: Vec<Weak<T>>,
+    /// In page-sized pieces: a registry of 60,000 frames never needs contiguous frames.
+    v: PagedVec<Weak<T>>,
     /// Length after the last pruning.
     pruned: usize,
     /// Objects destroyed since.
@@ -349,15 +351,14 @@ impl<T> RegList<T> {
         self.v.retain(|w| w.strong_count() > 0);
         self.pruned = self.v.len();
         self.dead = 0;
-        if self.v.capacity() > 2 * self.v.len() + 64 {
-            self.v.shrink_to(self.v.len() + self.v.len() / 2 + 32);
-        }
+        // Frees whole pieces only: allocates nothing.
+        self.v.shrink();
     }
 }
 
 impl<T> Registry<T> {
     pub const fn new() -> Self {
-        Registry { list: GlobalMutex::new(crate::count::Global::Registry, RegList { v: Vec::new(), pruned: 0, dead: 0 }) }
+        Registry { list: GlobalMutex::new(crate::count::Global::Registry, RegList { v: PagedVec::new(), pruned: 0, dead: 0 }) }
     }
 
     /// Registers a new object; `OutOfMemory` if the list cannot grow (the caller then drops
@@ -367,9 +368,7 @@ impl<T> Registry<T> {
         if l.v.len() >= 2 * l.pruned.max(32) {
             l.prune();
         }
-        l.v.try_reserve(1).map_err(|_| Error::OutOfMemory)?;
-        l.v.push(Arc::downgrade(a));
-        Ok(())
+        l.v.try_push(Arc::downgrade(a)).map_err(|_| Error::OutOfMemory)
     }
 
     /// Called by an object's destructor (no lock held). A weak reference keeps the whole
@@ -385,7 +384,7 @@ impl<T> Registry<T> {
         }
     }
 
-    /// A reference to every live object.
+    /// A reference to every live object (for the consistency check only: one `Vec`).
     pub fn live(&self) -> Vec<Arc<T>> {
         self.list.lock().v.iter().filter_map(Weak::upgrade).collect()
     }
@@ -437,9 +436,15 @@ const _: () = assert!(covers(core::mem::size_of::<crate::ipc::Notification>(), N
 const _: () = assert!(
     covers(core::mem::size_of::<Task>(), TASK_HEAP - rl4_abi::CAP_SLOTS * core::mem::size_of::<Option<Cap>>() as u64)
 );
-// A table's shadow: its slots, the `Arc`'s counts and the `Vec`'s alignment slack.
+// A table's shadow: its slots (in pieces of 64 with a tag each), the pieces' list, the `Arc`'s
+// counts and the record.
 const _: () = assert!(
-    rl4_abi::CAP_SLOTS * core::mem::size_of::<rl4_core::qsbr::ShadowSlot>() as u64 + 16 + 32 + 64 <= rl4_abi::cost::CAP_SHADOW
+    rl4_abi::CAP_SLOTS * core::mem::size_of::<rl4_core::qsbr::ShadowSlot>() as u64
+        + rl4_abi::CAP_SLOTS / 64 * (16 + 8)
+        + core::mem::size_of::<rl4_core::qsbr::Shadow>() as u64
+        + 16
+        + 16
+        <= rl4_abi::cost::CAP_SHADOW
 );
 
 /// Heap bytes the live objects are charged for (each `Charge`'s heap share).
@@ -746,7 +751,8 @@ pub struct Task {
     /// The shadow of `caps` that the IPC fast path reads without the lock (`qsbr.rs`), made
     /// (and charged) when the first endpoint capability enters the table.
     pub shadow: spin::Once<TableShadow>,
-    pub threads: Mutex<Vec<Weak<Thread>>, { Level::TASK_THREADS }>,
+    /// In page-sized pieces (`rl4_core::paged`): no contiguous frames for 10,000 threads.
+    pub threads: Mutex<PagedVec<Weak<Thread>>, { Level::TASK_THREADS }>,
     /// Threads of it destroyed since `threads` was last pruned (`Thread`'s destructor).
     threads_gone: AtomicU64,
     pub space: Arc<Space>,
@@ -768,7 +774,7 @@ impl Task {
             id: next_id(),
             shadow: spin::Once::new(),
             caps: Mutex::new(caps),
-            threads: Mutex::new(Vec::new()),
+            threads: Mutex::new(PagedVec::new()),
             threads_gone: AtomicU64::new(0),
             space,
             dead: AtomicBool::new(false),
@@ -1039,10 +1045,9 @@ impl Thread {
                 return Err(Error::InvalidState);
             }
             list.retain(|w| w.strong_count() > 0);
-            if list.try_reserve(1).is_err() {
+            if list.try_push(Arc::downgrade(&t)).is_err() {
                 return Err(Error::OutOfMemory);
             }
-            list.push(Arc::downgrade(&t));
         }
         THREADS.add(&t)?;
         Ok(t)
@@ -1074,10 +1079,8 @@ impl Drop for Thread {
             let mut l = self.task.threads.lock();
             if 2 * gone as usize >= l.len() {
                 l.retain(|w| w.strong_count() > 0);
-                let live = l.len();
-                if l.capacity() > 2 * live + 16 {
-                    l.shrink_to(live + 8);
-                }
+                // Frees whole pieces only: allocates nothing.
+                l.shrink();
                 self.task.threads_gone.store(0, Ordering::Relaxed);
             }
         }

@@ -3,7 +3,6 @@
 //! Every argument a user passes is checked before anything changes; a failed check returns an
 //! `rl4_abi::Error` code in `rax`, never a panic. See `docs/syscalls.md`.
 use alloc::sync::Arc;
-use alloc::vec::Vec;
 use rl4_abi::{CONSOLE_WRITE_MAX, Error, MAX_PRIORITY, ObjType, PAGE_SIZE, Rights, Sys, ThreadState, USER_END, stat};
 use rl4_arch::entry::UserRegs;
 use rl4_arch::{cpu, percpu, println};
@@ -715,12 +714,16 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
 /// table's lock).
 pub fn kill_task(task: &Arc<Task>) {
     task.dead.store(true, core::sync::atomic::Ordering::Release);
-    let threads: Vec<_> = task.threads.lock().drain(..).filter_map(|w| w.upgrade()).collect();
-    for th in &threads {
-        thread::kill(th);
+    // Neither list is copied into one allocation (a task's thousands of threads or its full
+    // table would need contiguous frames, which fragmented memory may not have): the thread
+    // list is taken whole, the table emptied a piece at a time.
+    let threads = core::mem::take(&mut *task.threads.lock());
+    for th in threads.iter().filter_map(|w| w.upgrade()) {
+        thread::kill(&th);
     }
-    let mut caps = Vec::new();
-    task.caps.lock().drain(|c| caps.push(c));
-    drop(caps);
+    let mut next = 0;
+    while let Some(caps) = task.caps.lock().drain_piece(&mut next) {
+        drop(caps);
+    }
     drop(threads);
 }

@@ -63,9 +63,18 @@ pub struct Seen {
     pub badge: u64,
 }
 
-/// The shadows of a table's slots.
+/// Slots per piece of a [`Shadow`] (2 KiB: a piece fits in a page of the kernel heap).
+pub const PIECE_SLOTS: usize = 64;
+
+/// One piece of a shadow.
+type Piece = [ShadowSlot; PIECE_SLOTS];
+
+/// The shadows of a table's slots, in pieces of [`PIECE_SLOTS`] (a 256-slot table's 8 KiB are
+/// four allocations of 2 KiB, so that it never needs physically contiguous frames): slot `i`
+/// is entry `i % 64` of piece `i / 64`.
 pub struct Shadow {
-    slots: Vec<ShadowSlot>,
+    pieces: Vec<alloc::boxed::Box<Piece>>,
+    slots: usize,
 }
 
 impl Shadow {
@@ -75,23 +84,38 @@ impl Shadow {
 
     /// The shadow of `slots` slots, or `None` if there is no memory for it.
     pub fn try_new(slots: usize) -> Option<Self> {
-        let mut v = Vec::new();
-        v.try_reserve_exact(slots).ok()?;
-        v.resize_with(slots, ShadowSlot::new);
-        Some(Shadow { slots: v })
+        let n = slots.div_ceil(PIECE_SLOTS);
+        let mut pieces = Vec::new();
+        pieces.try_reserve_exact(n).ok()?;
+        for _ in 0..n {
+            let mut v: Vec<ShadowSlot> = Vec::new();
+            v.try_reserve_exact(PIECE_SLOTS).ok()?;
+            v.resize_with(PIECE_SLOTS, ShadowSlot::new);
+            // Exactly `PIECE_SLOTS` long with that capacity: no reallocation.
+            pieces.push(v.into_boxed_slice().try_into().ok()?);
+        }
+        Some(Shadow { pieces, slots })
     }
 
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.slots
     }
 
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.slots == 0
+    }
+
+    #[inline(always)]
+    fn slot(&self, i: usize) -> Option<&ShadowSlot> {
+        if i >= self.slots {
+            return None;
+        }
+        Some(&self.pieces.get(i / PIECE_SLOTS)?[i % PIECE_SLOTS])
     }
 
     /// Writes slot `i` (only under the table's lock: one writer at a time).
     pub fn write(&self, i: usize, obj: u64, rights: Rights, badge: u64) {
-        let s = &self.slots[i];
+        let Some(s) = self.slot(i) else { panic!("shadow slot {i} out of range ({})", self.slots) };
         let seq = s.seq.load(Ordering::Relaxed);
         debug_assert!(seq % 2 == 0);
         s.seq.store(seq + 1, Ordering::Relaxed);
@@ -107,7 +131,7 @@ impl Shadow {
     /// (the caller then reads under the lock).
     #[inline(always)]
     pub fn read(&self, slot: u64) -> Option<Seen> {
-        let s = self.slots.get(usize::try_from(slot).ok()?)?;
+        let s = self.slot(usize::try_from(slot).ok()?)?;
         let seq = s.seq.load(Ordering::Acquire);
         if seq % 2 != 0 {
             return None;
@@ -176,7 +200,7 @@ mod tests {
     #[test]
     fn a_reader_meeting_a_writer_gets_none() {
         let s = Shadow::new(1);
-        s.slots[0].seq.store(3, Ordering::Relaxed);
+        s.pieces[0][0].seq.store(3, Ordering::Relaxed);
         assert_eq!(s.read(0), None);
     }
 
