@@ -117,9 +117,9 @@ pub struct Lineage {
 
 /// Where a capability of a [`Lineage`] lives, and the charge for its node: the task whose
 /// slot holds a derived capability (a copy, a mint, one received through IPC) pays
-/// [`DERIV_NODE_COST`] from its budget while the node lives. The node an original capability
-/// gets when something is first derived from it (`tracked`) is not charged: its holder did not
-/// ask for it, and it is one per original capability in a slot (docs/memory.md).
+/// [`DERIV_NODE_COST`] from its budget while the node lives; so does the task whose slot holds
+/// an original capability for the root node it gets when something is first derived from it
+/// (`tracked`): every node is charged (docs/memory.md).
 pub struct Home {
     task: Weak<Task>,
     slot: u64,
@@ -134,7 +134,7 @@ impl Home {
         Ok(Home { task: Arc::downgrade(task), slot, charge: Some(charge) })
     }
 
-    /// The home of an original capability in `slot` of `task` (not charged).
+    /// An uncharged home (only for `inject=deriv`'s orphan node).
     fn original(task: &Arc<Task>, slot: u64) -> Home {
         Home { task: Arc::downgrade(task), slot, charge: None }
     }
@@ -885,7 +885,9 @@ pub fn tracked(task: &Arc<Task>, slot: u64, mut cap: Cap) -> Result<Cap, Error> 
     if cap.link.parts().is_some() {
         return Ok(cap);
     }
-    let home = Home::original(task, slot);
+    // The root node is charged to `task`, whose slot holds the original (given back if another
+    // thread tracked it meanwhile: `home` is dropped unused).
+    let home = Home::new(task, slot)?;
     let lineage = Arc::new(Lineage { tree: Mutex::new(DerivTree::new()) });
     let mut tree = lineage.tree.lock();
     tree.reserve().map_err(|_| Error::OutOfMemory)?;

@@ -434,7 +434,8 @@ pub mod cost {
     pub const DEVICE_FRAME: u64 = 192;
     pub const ENDPOINT: u64 = 384;
     /// A capability's node in its derivation tree (`CapRevoke`), charged to the task whose
-    /// slot holds the capability once anything was derived from it or it from another.
+    /// slot holds the capability once anything was derived from it or it from another (the
+    /// original's root node too, to the task holding the original when it is first copied).
     pub const DERIV_NODE: u64 = 384;
     pub const NOTIFICATION: u64 = 384;
 }

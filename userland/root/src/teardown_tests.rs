@@ -342,6 +342,9 @@ pub fn run(which: &str) {
     if one("teardown-honest") {
         test_memory_info_honest();
     }
+    if one("teardown-deriv") {
+        test_root_node_charged();
+    }
     // Only when asked for: it exhausts the whole budget (the `exhaust-*` suites, at 64 MiB).
     if which == "teardown-exhaust" {
         test_exhaustion_all();
@@ -720,6 +723,53 @@ fn test_fragmented_memory() {
             made[2],
             left / 1024,
             slack / 1024
+        ),
+    );
+}
+
+/// Issue 17, "nothing derivation-related is uncharged": the first copy of an original
+/// capability makes two derivation nodes (the original's root node and the copy's), and both
+/// are charged to the task whose slots hold them; deleting the copy gives one back, deleting
+/// the original the other: the budget ends exactly where it started. On the kernel before, the
+/// root node was charged to nobody (the budget moved by one node, not two).
+fn test_root_node_charged() {
+    const NAME: &str = "derivation-root-node-charged";
+    wait_ms(3000, || threads() == 1);
+    use rl4_abi::cost::{DERIV_NODE, ENDPOINT};
+    let (e, c1, c2) = (slot(), slot(), slot());
+    let u0 = uncharged();
+    let made = sys::endpoint_create(MEMORY, e);
+    let u1 = uncharged();
+    let first = sys::cap_copy(e, TASK, c1, Rights::ALL);
+    let u2 = uncharged();
+    let second = sys::cap_copy(e, TASK, c2, Rights::SEND);
+    let u3 = uncharged();
+    release(c1);
+    release(c2);
+    let u4 = uncharged();
+    release(e);
+    let back = wait_ms(2000, || uncharged() == u0);
+    let u5 = uncharged();
+    report(
+        NAME,
+        made.is_ok()
+            && first.is_ok()
+            && second.is_ok()
+            && u0 - u1 == ENDPOINT
+            && u1 - u2 == 2 * DERIV_NODE
+            && u2 - u3 == DERIV_NODE
+            && u1 - u4 == DERIV_NODE
+            && back,
+        format_args!(
+            "charged: endpoint {} (want {ENDPOINT}), first copy {} (want {}: root node and copy), second copy {} (want \
+             {DERIV_NODE}); after deleting both copies {} still charged beyond the endpoint (want {DERIV_NODE}: the root node); \
+             after deleting the original {} short of the start ({made:?} {first:?} {second:?})",
+            u0 - u1,
+            u1 - u2,
+            2 * DERIV_NODE,
+            u2 - u3,
+            u1 - u4,
+            u0 as i64 - u5 as i64
         ),
     );
 }
