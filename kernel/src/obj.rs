@@ -161,7 +161,9 @@ impl Drop for NodeCharge {
 
 /// What a capability's derivation node costs the budget of the task that holds it: the node
 /// four times over (a tree's vector is at most four times its live nodes: it halves when a
-/// quarter is used) and a tree's record (each tree has at least one node).
+/// quarter is used; its pieces add at most one piece, which a tree that once needed a second
+/// piece pays many times over) and a tree's record and piece lists (each tree has at least two
+/// charged nodes: the original's root and one derived).
 pub const DERIV_NODE_COST: u64 = rl4_abi::cost::DERIV_NODE;
 const _: () = assert!(
     (4 * DerivTree::<Home>::NODE_BYTES + core::mem::size_of::<Lineage>() + 16 + 64) as u64 <= DERIV_NODE_COST
