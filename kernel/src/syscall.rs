@@ -722,7 +722,10 @@ pub fn kill_task(task: &Arc<Task>) {
         thread::kill(&th);
     }
     let mut next = 0;
-    while let Some(caps) = task.caps.lock().drain_piece(&mut next) {
+    loop {
+        // The guard is a temporary of this statement: each piece is dropped after the lock.
+        let piece = task.caps.lock().drain_piece(&mut next);
+        let Some(caps) = piece else { break };
         drop(caps);
     }
     drop(threads);
