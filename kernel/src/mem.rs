@@ -214,6 +214,32 @@ unsafe impl GlobalAlloc for Heap {
         unsafe { h.talc.malloc(layout) }.map_or(core::ptr::null_mut(), |p| p.as_ptr())
     }
 
+    /// Shrinking never needs new memory but when a large allocation becomes small (then a
+    /// small allocation: at most one frame), so a `shrink_to` (a notification's queue after a
+    /// burst, a derivation tree's first piece) never needs contiguous frames: large runs give
+    /// their tail back, `talc` chunks shrink where they are. Growth moves, as by default.
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: `ptr` came from this heap with `layout` and `new_size` is not zero (the
+        // `GlobalAlloc` contract); it is at most the old size here.
+        if new_size <= layout.size() && unsafe { self.shrink_in_place(ptr, layout, new_size) } {
+            count::free(layout.size());
+            count::alloc(new_size);
+            return ptr;
+        }
+        // SAFETY: the `GlobalAlloc` contract makes this a valid layout.
+        let new = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        // SAFETY: as `GlobalAlloc::realloc`'s default: a new allocation, the bytes copied,
+        // the old one freed.
+        unsafe {
+            let p = self.alloc(new);
+            if !p.is_null() {
+                core::ptr::copy_nonoverlapping(ptr, p, layout.size().min(new_size));
+                self.dealloc(ptr, layout);
+            }
+            p
+        }
+    }
+
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         count::free(layout.size());
         if !small(layout) {
@@ -238,6 +264,36 @@ unsafe impl GlobalAlloc for Heap {
             ARENAS.fetch_sub(1, Ordering::Relaxed);
             h.release_frame(page - rl4_arch::layout::DIRECT_MAP);
         }
+    }
+}
+
+impl Heap {
+    /// Shrinks the allocation at `ptr` in place, if it can: within its `talc` chunk, or by
+    /// giving back the tail of a large run (which then stays large). `false`: it cannot (a
+    /// large allocation becoming small moves into an arena).
+    ///
+    /// # Safety
+    /// `ptr` was allocated by this heap with `layout`; `new_size` is not zero and at most
+    /// `layout.size()`.
+    unsafe fn shrink_in_place(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> bool {
+        if small(layout) {
+            let mut h = self.heap.lock();
+            // SAFETY: `ptr` is a `talc` allocation of `layout` (small), `new_size` is smaller
+            // and not zero (the caller's contract).
+            unsafe { h.talc.shrink(core::ptr::NonNull::new_unchecked(ptr), layout, new_size) };
+            return true;
+        }
+        // SAFETY: the same alignment as a valid layout and a smaller size.
+        let new = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        if small(new) {
+            return false;
+        }
+        let (old_pages, new_pages) = (run_pages(layout), run_pages(new));
+        if new_pages < old_pages {
+            LARGE_IN_USE.fetch_sub((old_pages - new_pages) * PAGE_SIZE, Ordering::Relaxed);
+            give_frames(ptr as u64 - rl4_arch::layout::DIRECT_MAP + new_pages * PAGE_SIZE, old_pages - new_pages);
+        }
+        true
     }
 }
 

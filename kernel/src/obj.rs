@@ -28,6 +28,7 @@ use rl4_arch::paging::{PageTableRoot, UserFrame};
 use rl4_core::device::DeviceFrame;
 use rl4_core::frames::OwnedFrame;
 use rl4_core::captable::{self, CapTable};
+use rl4_core::paged::PagedVec;
 use rl4_core::deriv::{DerivTree, NodeId};
 use rl4_core::life::{Ident, Kinds};
 use crate::lock::{GlobalMutex, Level, Mutex};
@@ -116,9 +117,9 @@ pub struct Lineage {
 
 /// Where a capability of a [`Lineage`] lives, and the charge for its node: the task whose
 /// slot holds a derived capability (a copy, a mint, one received through IPC) pays
-/// [`DERIV_NODE_COST`] from its budget while the node lives. The node an original capability
-/// gets when something is first derived from it (`tracked`) is not charged: its holder did not
-/// ask for it, and it is one per original capability in a slot (docs/memory.md).
+/// [`DERIV_NODE_COST`] from its budget while the node lives; so does the task whose slot holds
+/// an original capability for the root node it gets when something is first derived from it
+/// (`tracked`): every node is charged (docs/memory.md).
 pub struct Home {
     task: Weak<Task>,
     slot: u64,
@@ -133,7 +134,7 @@ impl Home {
         Ok(Home { task: Arc::downgrade(task), slot, charge: Some(charge) })
     }
 
-    /// The home of an original capability in `slot` of `task` (not charged).
+    /// An uncharged home (only for `inject=deriv`'s orphan node).
     fn original(task: &Arc<Task>, slot: u64) -> Home {
         Home { task: Arc::downgrade(task), slot, charge: None }
     }
@@ -160,7 +161,9 @@ impl Drop for NodeCharge {
 
 /// What a capability's derivation node costs the budget of the task that holds it: the node
 /// four times over (a tree's vector is at most four times its live nodes: it halves when a
-/// quarter is used) and a tree's record (each tree has at least one node).
+/// quarter is used; its pieces add at most one piece, which a tree that once needed a second
+/// piece pays many times over) and a tree's record and piece lists (each tree has at least two
+/// charged nodes: the original's root and one derived).
 pub const DERIV_NODE_COST: u64 = rl4_abi::cost::DERIV_NODE;
 const _: () = assert!(
     (4 * DerivTree::<Home>::NODE_BYTES + core::mem::size_of::<Lineage>() + 16 + 64) as u64 <= DERIV_NODE_COST
@@ -345,7 +348,8 @@ pub struct Registry<T> {
 }
 
 struct RegList<T> {
-    v: Vec<Weak<T>>,
+    /// In page-sized pieces: a registry of 60,000 frames never needs contiguous frames.
+    v: PagedVec<Weak<T>>,
     /// Length after the last pruning.
     pruned: usize,
     /// Objects destroyed since.
@@ -357,16 +361,14 @@ impl<T> RegList<T> {
         self.v.retain(|w| w.strong_count() > 0);
         self.pruned = self.v.len();
         self.dead = 0;
-        if self.v.capacity() > 2 * self.v.len() + 64 {
-            let keep = self.v.len() + self.v.len() / 2 + 32;
-            rl4_core::try_shrink(&mut self.v, keep);
-        }
+        // Frees whole pieces only: allocates nothing.
+        self.v.shrink();
     }
 }
 
 impl<T> Registry<T> {
     pub const fn new() -> Self {
-        Registry { list: GlobalMutex::new(crate::count::Global::Registry, RegList { v: Vec::new(), pruned: 0, dead: 0 }) }
+        Registry { list: GlobalMutex::new(crate::count::Global::Registry, RegList { v: PagedVec::new(), pruned: 0, dead: 0 }) }
     }
 
     /// Registers a new object; `OutOfMemory` if the list cannot grow (the caller then drops
@@ -376,9 +378,7 @@ impl<T> Registry<T> {
         if l.v.len() >= 2 * l.pruned.max(32) {
             l.prune();
         }
-        l.v.try_reserve(1).map_err(|_| Error::OutOfMemory)?;
-        l.v.push(Arc::downgrade(a));
-        Ok(())
+        l.v.try_push(Arc::downgrade(a)).map_err(|_| Error::OutOfMemory)
     }
 
     /// Called by an object's destructor (no lock held). A weak reference keeps the whole
@@ -394,7 +394,7 @@ impl<T> Registry<T> {
         }
     }
 
-    /// A reference to every live object.
+    /// A reference to every live object (for the consistency check only: one `Vec`).
     pub fn live(&self) -> Vec<Arc<T>> {
         self.list.lock().v.iter().filter_map(Weak::upgrade).collect()
     }
@@ -448,9 +448,15 @@ const _: () = assert!(covers(core::mem::size_of::<crate::ipc::Notification>(), N
 const _: () = assert!(
     covers(core::mem::size_of::<Task>(), TASK_HEAP - rl4_abi::CAP_SLOTS * core::mem::size_of::<Option<Cap>>() as u64)
 );
-// A table's shadow: its slots, the `Arc`'s counts and the `Vec`'s alignment slack.
+// A table's shadow: its slots (in pieces of 64 with a tag each), the pieces' list, the `Arc`'s
+// counts and the record.
 const _: () = assert!(
-    rl4_abi::CAP_SLOTS * core::mem::size_of::<rl4_core::qsbr::ShadowSlot>() as u64 + 16 + 32 + 64 <= rl4_abi::cost::CAP_SHADOW
+    rl4_abi::CAP_SLOTS * core::mem::size_of::<rl4_core::qsbr::ShadowSlot>() as u64
+        + rl4_abi::CAP_SLOTS / 64 * (16 + 8)
+        + core::mem::size_of::<rl4_core::qsbr::Shadow>() as u64
+        + 16
+        + 16
+        <= rl4_abi::cost::CAP_SHADOW
 );
 
 /// Heap bytes the live objects are charged for (each `Charge`'s heap share).
@@ -764,7 +770,8 @@ pub struct Task {
     /// The shadow of `caps` that the IPC fast path reads without the lock (`qsbr.rs`), made
     /// (and charged) when the first endpoint capability enters the table.
     pub shadow: spin::Once<TableShadow>,
-    pub threads: Mutex<Vec<Weak<Thread>>, { Level::TASK_THREADS }>,
+    /// In page-sized pieces (`rl4_core::paged`): no contiguous frames for 10,000 threads.
+    pub threads: Mutex<PagedVec<Weak<Thread>>, { Level::TASK_THREADS }>,
     /// Threads of it destroyed since `threads` was last pruned (`Thread`'s destructor).
     threads_gone: AtomicU64,
     pub space: Arc<Space>,
@@ -786,7 +793,7 @@ impl Task {
             id: next_id(),
             shadow: spin::Once::new(),
             caps: Mutex::new(caps),
-            threads: Mutex::new(Vec::new()),
+            threads: Mutex::new(PagedVec::new()),
             threads_gone: AtomicU64::new(0),
             space,
             dead: AtomicBool::new(false),
@@ -899,7 +906,9 @@ pub fn tracked(task: &Arc<Task>, slot: u64, mut cap: Cap) -> Result<Cap, Error> 
     if cap.link.parts().is_some() {
         return Ok(cap);
     }
-    let home = Home::original(task, slot);
+    // The root node is charged to `task`, whose slot holds the original (given back if another
+    // thread tracked it meanwhile: `home` is dropped unused).
+    let home = Home::new(task, slot)?;
     let lineage = Arc::try_new(Lineage { tree: Mutex::new(DerivTree::new()) }).map_err(|_| Error::OutOfMemory)?;
     let mut tree = lineage.tree.lock();
     tree.reserve().map_err(|_| Error::OutOfMemory)?;
@@ -1091,10 +1100,9 @@ impl Thread {
                 return Err(Error::InvalidState);
             }
             list.retain(|w| w.strong_count() > 0);
-            if list.try_reserve(1).is_err() {
+            if list.try_push(Arc::downgrade(&t)).is_err() {
                 return Err(Error::OutOfMemory);
             }
-            list.push(Arc::downgrade(&t));
         }
         THREADS.add(&t)?;
         Ok(t)
@@ -1126,10 +1134,8 @@ impl Drop for Thread {
             let mut l = self.task.threads.lock();
             if 2 * gone as usize >= l.len() {
                 l.retain(|w| w.strong_count() > 0);
-                let live = l.len();
-                if l.capacity() > 2 * live + 16 {
-                    rl4_core::try_shrink(&mut l, live + 8);
-                }
+                // Frees whole pieces only: allocates nothing.
+                l.shrink();
                 self.task.threads_gone.store(0, Ordering::Relaxed);
             }
         }

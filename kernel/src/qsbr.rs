@@ -170,6 +170,13 @@ impl InEntry {
     }
 }
 
+/// `None`, out of the fast path's line.
+#[cold]
+#[inline(never)]
+fn not_here<'k>() -> Option<(&'k Endpoint, u64)> {
+    None
+}
+
 /// The endpoint in `slot` of `task`'s table if it holds one with `rights`, with its badge,
 /// read from the table's shadow without a lock or a reference count; `None` if not (or if a
 /// writer was at work: the caller takes the general path, which reports the error).
@@ -177,8 +184,13 @@ impl InEntry {
 #[allow(unsafe_code)]
 pub fn endpoint<'k>(_entry: &'k InEntry, task: &crate::obj::Task, slot: u64, rights: rl4_abi::Rights) -> Option<(&'k Endpoint, u64)> {
     let seen = task.shadow.get()?.shadow.read(slot)?;
-    if seen.obj == 0 || !seen.rights.contains(rights) {
-        return None;
+    // Two tests, each a branch to a cold exit (the compiler otherwise computes `||` of the two
+    // flags branch-free, in three instructions more: this pays for the piece's address).
+    if seen.obj == 0 {
+        return not_here();
+    }
+    if seen.rights.0 & rights.0 != rights.0 {
+        return not_here();
     }
     // SAFETY: a non-zero address in a shadow is `Arc::as_ptr` of an endpoint that the slot held
     // when this consistent read was made (`KObj::fast_address`: only endpoints have one). The

@@ -724,17 +724,19 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
 /// table's lock).
 pub fn kill_task(task: &Arc<Task>) {
     task.dead.store(true, core::sync::atomic::Ordering::Release);
-    // One thread and one capability at a time, each let go of after the lock: this allocates
-    // nothing (a call that cannot be refused). The task is marked dead first, so nothing new
-    // enters the list or the table meanwhile.
+    // Neither list is copied into one allocation (a task's thousands of threads or its full
+    // table would need contiguous frames, which fragmented memory may not have): the thread
+    // list is taken whole, the table emptied a piece at a time.
+    let threads = core::mem::take(&mut *task.threads.lock());
+    for th in threads.iter().filter_map(|w| w.upgrade()) {
+        thread::kill(&th);
+    }
+    let mut next = 0;
     loop {
-        let Some(w) = task.threads.lock().pop() else { break };
-        if let Some(th) = w.upgrade() {
-            thread::kill(&th);
-        }
+        // The guard is a temporary of this statement: each piece is dropped after the lock.
+        let piece = task.caps.lock().drain_piece(&mut next);
+        let Some(caps) = piece else { break };
+        drop(caps);
     }
-    for slot in 0..rl4_abi::CAP_SLOTS as u64 {
-        let c = task.caps.lock().remove(slot).ok();
-        drop(c);
-    }
+    drop(threads);
 }

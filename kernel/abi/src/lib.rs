@@ -423,9 +423,9 @@ pub mod cost {
     /// Its record and its capability table (256 slots of 56 bytes).
     pub const TASK: u64 = 4 * 4096;
     /// The shadow of a task's capability table that the IPC fast path reads without a lock
-    /// (256 slots of 32 bytes and its header), charged when the first endpoint capability
+    /// (256 slots of 32 bytes in four pieces, and its header), charged when the first endpoint capability
     /// enters the table.
-    pub const CAP_SHADOW: u64 = 256 * 32 + 128;
+    pub const CAP_SHADOW: u64 = 256 * 32 + 256;
     /// Its top-level page table and its record (lower page tables cost 4096 each as they are
     /// made).
     pub const SPACE: u64 = 2 * 4096;
@@ -437,7 +437,8 @@ pub mod cost {
     pub const DEVICE_FRAME: u64 = 192;
     pub const ENDPOINT: u64 = 384;
     /// A capability's node in its derivation tree (`CapRevoke`), charged to the task whose
-    /// slot holds the capability once anything was derived from it or it from another.
+    /// slot holds the capability once anything was derived from it or it from another (the
+    /// original's root node too, to the task holding the original when it is first copied).
     pub const DERIV_NODE: u64 = 384;
     pub const NOTIFICATION: u64 = 384;
 }

@@ -5,9 +5,9 @@
 //! kernel instantiates it with its reference-counted kernel objects. Every error maps to an ABI
 //! error code.
 use alloc::sync::Arc;
-use alloc::vec::Vec;
 use rl4_abi::{Error, ObjType, Rights};
 
+use crate::paged::PagedVec;
 use crate::qsbr::Shadow;
 
 /// What the table needs to know about an object.
@@ -43,9 +43,11 @@ impl<O: Object> Cap<O> {
 }
 
 /// The slots, and (once attached) their shadow for lock-free readers (`qsbr.rs`), which every
-/// change of a slot keeps up to date (the table is the only writer).
+/// change of a slot keeps up to date (the table is the only writer). The slots lie in pieces
+/// of at most a page each (`paged.rs`: 256 slots of 56 bytes in the kernel are four pieces),
+/// so that making a table never needs physically contiguous frames.
 pub struct CapTable<O: Object> {
-    slots: Vec<Option<Cap<O>>>,
+    slots: PagedVec<Option<Cap<O>>>,
     shadow: Option<Arc<Shadow>>,
 }
 
@@ -56,10 +58,7 @@ impl<O: Object> CapTable<O> {
 
     /// A table of `slots` empty slots, or `None` if there is no memory for it.
     pub fn try_new(slots: usize) -> Option<Self> {
-        let mut v = Vec::new();
-        v.try_reserve_exact(slots).ok()?;
-        v.resize_with(slots, || None);
-        Some(CapTable { slots: v, shadow: None })
+        Some(CapTable { slots: PagedVec::try_filled(slots, || None)?, shadow: None })
     }
 
     /// Whether a shadow is attached.
@@ -192,6 +191,26 @@ impl<O: Object> CapTable<O> {
         }
     }
 
+    /// Empties the next 64 slots from `*next` on (advancing it), handing back what they held
+    /// (on the stack: no allocation), or `None` once every slot has been passed (to empty a
+    /// table a piece at a time, dropping each piece after the lock).
+    pub fn drain_piece(&mut self, next: &mut usize) -> Option<[Option<Cap<O>>; 64]> {
+        if *next >= self.slots.len() {
+            return None;
+        }
+        let first = *next;
+        let end = (first + 64).min(self.slots.len());
+        *next = end;
+        Some(core::array::from_fn(|k| {
+            let i = first + k;
+            let c = if i < end { self.slots[i].take() } else { None };
+            if let Some(c) = &c {
+                self.vacate(i, c);
+            }
+            c
+        }))
+    }
+
     /// Every capability with its slot.
     pub fn iter(&self) -> impl Iterator<Item = (u64, &Cap<O>)> {
         self.slots.iter().enumerate().filter_map(|(i, s)| s.as_ref().map(|c| (i as u64, c)))
@@ -295,5 +314,16 @@ mod tests {
         t.drain(|c| seen.push(c.obj.1));
         assert_eq!(seen, vec![2]);
         assert!(t.is_empty());
+        // A piece at a time.
+        let mut t = CapTable::new(130);
+        for i in [0u64, 63, 64, 129] {
+            t.insert(i, cap(ObjType::Task, i as u32, Rights::ALL)).unwrap();
+        }
+        let (mut next, mut seen) = (0, vec![]);
+        while let Some(p) = t.drain_piece(&mut next) {
+            seen.extend(p.into_iter().flatten().map(|c| c.obj.1));
+        }
+        assert_eq!((seen, next), (vec![0, 63, 64, 129], 130));
+        assert!(t.is_empty() && t.len() == 130);
     }
 }

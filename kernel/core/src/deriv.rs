@@ -13,7 +13,7 @@
 //! revoking the parent still reaches them, and no node outlives its capability: the tree holds
 //! exactly one node per capability in a slot. [`DerivTree::revoke`] frees every descendant of
 //! a node, leaves first, with no recursion and no allocation.
-use alloc::vec::Vec;
+use crate::paged::PagedVec;
 
 const NONE: u32 = u32::MAX;
 
@@ -40,7 +40,8 @@ struct Node<H> {
 
 /// One object's derivation tree.
 pub struct DerivTree<H> {
-    nodes: Vec<Node<H>>,
+    /// In page-sized pieces (`paged.rs`): a tree of 100,000 copies needs no contiguous frames.
+    nodes: PagedVec<Node<H>>,
     free: u32,
     live: usize,
     /// Nodes freed since the vector was last considered for shrinking.
@@ -66,7 +67,7 @@ impl<H> DerivTree<H> {
     pub const NODE_BYTES: usize = core::mem::size_of::<Node<H>>();
 
     pub const fn new() -> Self {
-        DerivTree { nodes: Vec::new(), free: NONE, live: 0, freed: 0, fresh_generation: 0 }
+        DerivTree { nodes: PagedVec::new(), free: NONE, live: 0, freed: 0, fresh_generation: 0 }
     }
 
     /// Capabilities in the tree.
@@ -105,8 +106,8 @@ impl<H> DerivTree<H> {
 
     /// Makes room for one more node, so that the next [`add`](Self::add) allocates nothing;
     /// `Err` if there is no memory for it.
-    pub fn reserve(&mut self) -> Result<(), alloc::collections::TryReserveError> {
-        if self.free != NONE { Ok(()) } else { self.nodes.try_reserve(1) }
+    pub fn reserve(&mut self) -> Result<(), ()> {
+        if self.free != NONE { Ok(()) } else { self.nodes.try_reserve_one() }
     }
 
     /// A new node: a root (`parent` `None`) or a child of the live node `parent`.
@@ -121,7 +122,11 @@ impl<H> DerivTree<H> {
             self.free = self.nodes[i as usize].next;
             i
         } else {
-            self.nodes.push(Node { generation: self.fresh_generation, parent: NONE, first_child: NONE, prev: NONE, next: NONE, home: None });
+            let node = Node { generation: self.fresh_generation, parent: NONE, first_child: NONE, prev: NONE, next: NONE, home: None };
+            // Only without a `reserve` first, and with no memory: no node.
+            if self.nodes.try_push(node).is_err() {
+                return Err(Gone);
+            }
             (self.nodes.len() - 1) as u32
         };
         let next = if p == NONE { NONE } else { self.nodes[p as usize].first_child };
@@ -207,10 +212,11 @@ impl<H> DerivTree<H> {
         while keep > 0 && self.nodes[keep - 1].home.is_none() && self.nodes[keep - 1].generation != u32::MAX {
             keep -= 1;
         }
-        let top = self.nodes[keep..].iter().map(|n| n.generation).max().unwrap_or(0);
+        let top = (keep..len).map(|i| self.nodes[i].generation).max().unwrap_or(0);
         self.fresh_generation = self.fresh_generation.max(top);
         self.nodes.truncate(keep);
-        crate::try_shrink(&mut self.nodes, keep + keep / 2);
+        // Frees whole pieces: allocates nothing.
+        self.nodes.shrink();
         self.free = NONE;
         for i in (0..keep).rev() {
             let n = &mut self.nodes[i];
@@ -376,7 +382,7 @@ mod tests {
         assert_eq!(t.len(), 1);
         // Halved step by step as the nodes went: the vector is back near its live size.
         assert!(t.capacity() <= 64, "{} nodes kept", t.capacity());
-        assert!(t.nodes.capacity() <= 128, "capacity {}", t.nodes.capacity());
+        assert!(t.nodes.capacity() <= 128.max(PagedVec::<Node<u32>>::PER_LEAF), "capacity {}", t.nodes.capacity());
         // Identifiers of dropped nodes never name the nodes made in their place.
         let again: Vec<NodeId> = (0..10_000).map(|i| t.add(Some(root), i).unwrap()).collect();
         assert!(ids.iter().all(|&id| !t.is_live(id)));

@@ -21,6 +21,7 @@ pub mod life;
 #[allow(unsafe_code)]
 pub mod mailbox;
 pub mod memmap;
+pub mod paged;
 pub mod pcid;
 pub mod qsbr;
 pub mod runqueue;

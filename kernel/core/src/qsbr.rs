@@ -63,9 +63,25 @@ pub struct Seen {
     pub badge: u64,
 }
 
-/// The shadows of a table's slots.
+/// Slots per piece of a [`Shadow`] (2 KiB: a piece fits in a page of the kernel heap).
+pub const PIECE_SLOTS: usize = 64;
+/// Pieces of a [`Shadow`]: it has room for `rl4_abi::CAP_SLOTS` slots.
+pub const PIECES: usize = 4;
+const _: () = assert!(PIECES * PIECE_SLOTS == rl4_abi::CAP_SLOTS as usize);
+
+/// One piece of a shadow.
+type Piece = [ShadowSlot; PIECE_SLOTS];
+
+/// The shadows of a table's slots, in [`PIECES`] pieces of [`PIECE_SLOTS`] (a table's 8 KiB
+/// are four allocations of 2 KiB, so that it never needs physically contiguous frames): slot
+/// `i` is entry `i % 64` of piece `i / 64`. The pieces' addresses lie in the shadow's own
+/// record, so that a read costs one load more than a flat array's (the piece's address) and
+/// no bounds check but the one against the constant size.
 pub struct Shadow {
-    slots: Vec<ShadowSlot>,
+    pieces: [alloc::boxed::Box<Piece>; PIECES],
+    /// The table's slots (at most `PIECES * PIECE_SLOTS`; those beyond are never written and
+    /// read as empty).
+    slots: usize,
 }
 
 impl Shadow {
@@ -73,25 +89,41 @@ impl Shadow {
         Self::try_new(slots).expect("out of memory for a capability table's shadow")
     }
 
-    /// The shadow of `slots` slots, or `None` if there is no memory for it.
+    /// The shadow of `slots` slots (at most `rl4_abi::CAP_SLOTS`), or `None` if there is no
+    /// memory for it (or `slots` is too large).
     pub fn try_new(slots: usize) -> Option<Self> {
-        let mut v = Vec::new();
-        v.try_reserve_exact(slots).ok()?;
-        v.resize_with(slots, ShadowSlot::new);
-        Some(Shadow { slots: v })
+        if slots > PIECES * PIECE_SLOTS {
+            return None;
+        }
+        let mut pieces: Vec<alloc::boxed::Box<Piece>> = Vec::new();
+        pieces.try_reserve_exact(PIECES).ok()?;
+        for _ in 0..PIECES {
+            let mut v: Vec<ShadowSlot> = Vec::new();
+            v.try_reserve_exact(PIECE_SLOTS).ok()?;
+            v.resize_with(PIECE_SLOTS, ShadowSlot::new);
+            // Exactly `PIECE_SLOTS` long with that capacity: no reallocation.
+            pieces.push(v.into_boxed_slice().try_into().ok()?);
+        }
+        Some(Shadow { pieces: pieces.try_into().ok()?, slots })
     }
 
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.slots
     }
 
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.slots == 0
+    }
+
+    /// Slot `i`: `None` beyond the pieces.
+    #[inline(always)]
+    fn slot(&self, i: usize) -> Option<&ShadowSlot> {
+        Some(&self.pieces.get(i / PIECE_SLOTS)?[i % PIECE_SLOTS])
     }
 
     /// Writes slot `i` (only under the table's lock: one writer at a time).
     pub fn write(&self, i: usize, obj: u64, rights: Rights, badge: u64) {
-        let s = &self.slots[i];
+        let Some(s) = self.slot(i).filter(|_| i < self.slots) else { panic!("shadow slot {i} out of range ({})", self.slots) };
         let seq = s.seq.load(Ordering::Relaxed);
         debug_assert!(seq % 2 == 0);
         s.seq.store(seq + 1, Ordering::Relaxed);
@@ -104,10 +136,11 @@ impl Shadow {
     }
 
     /// Reads slot `slot` without a lock: `None` if it is out of range or a writer was at work
-    /// (the caller then reads under the lock).
+    /// (the caller then reads under the lock). A slot beyond the table's but within the pieces
+    /// reads as empty (address 0).
     #[inline(always)]
     pub fn read(&self, slot: u64) -> Option<Seen> {
-        let s = self.slots.get(usize::try_from(slot).ok()?)?;
+        let s = self.slot(usize::try_from(slot).ok()?)?;
         let seq = s.seq.load(Ordering::Acquire);
         if seq % 2 != 0 {
             return None;
@@ -179,14 +212,16 @@ mod tests {
         assert_eq!(s.read(1), Some(Seen { obj: 0x1000, rights: Rights::SEND, badge: 7 }));
         s.write(1, 0, Rights::NONE, 0);
         assert_eq!(s.read(1).unwrap().obj, 0);
-        assert_eq!(s.read(4), None);
+        assert_eq!(s.read(4).unwrap().obj, 0, "beyond the table: empty");
+        assert_eq!(s.read(PIECES as u64 * 64), None);
         assert_eq!(s.read(u64::MAX), None);
+        assert!(Shadow::try_new(PIECES * 64 + 1).is_none());
     }
 
     #[test]
     fn a_reader_meeting_a_writer_gets_none() {
         let s = Shadow::new(1);
-        s.slots[0].seq.store(3, Ordering::Relaxed);
+        s.pieces[0][0].seq.store(3, Ordering::Relaxed);
         assert_eq!(s.read(0), None);
     }
 

@@ -354,6 +354,15 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
     let (threads, cross) = parse(bi.cmdline());
     NEXT_SEED.store(seed, SeqCst);
     let threads0 = sys::stat(MACHINE, stat::THREADS).unwrap_or(0);
+    // The root derivation nodes of the machine and memory capabilities, which every fuzzer's
+    // copy of them needs and which stay charged to this task while it holds them: made now,
+    // by a first copy, so that they are in the baseline.
+    let tmp = slot();
+    for o in [MACHINE, MEMORY] {
+        let _ = sys::cap_copy(o, TASK, tmp, Rights::NONE);
+        let _ = sys::cap_delete(tmp);
+    }
+    release(tmp);
     // The budget's uncharged bytes (`MemoryInfo`'s third answer): its first is also capped by the free
     // frames, which the heap's partly used arenas may hold for a while after a run.
     let left0 = sys::memory_info_all(MEMORY).map(|m| m[2]).unwrap_or(0);

@@ -518,6 +518,10 @@ fn test_fastpath_slot_race() {
         .and_then(|_| sys::cap_mint(ep, TASK, good, Rights::SEND, 7))
         .and_then(|_| sys::cap_mint(ep, TASK, recv_only, Rights::RECEIVE, 9))
         .and_then(|_| sys::notification_create(MEMORY, ntf))
+        // A first copy of `ntf` makes its root derivation node (charged while `ntf` is in its
+        // slot), so that the copies below cost only their own.
+        .and_then(|_| sys::cap_copy(ntf, TASK, s, Rights::ALL))
+        .and_then(|_| sys::cap_delete(s))
         .and_then(|_| sys::cap_copy(good, TASK, s, Rights::ALL));
     if let Err(e) = set_up {
         for x in [ep, s, good, recv_only, ntf, fresh] {
