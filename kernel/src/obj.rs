@@ -304,40 +304,61 @@ impl LinkCensus {
 
 /// `CapRevoke`: deletes every capability derived from the one in `slot` of `task`, in every
 /// task, and returns how many. Capabilities in flight that were read from a revoked one are
-/// not delivered (their node is gone). The deleted capabilities are dropped after every lock.
+/// not delivered (their node is gone). It works in batches of [`REVOKE_BATCH`] under the tree's
+/// lock, whose capabilities are dropped after every lock, in arrays on the stack: nothing is
+/// allocated, so a revocation cannot run out of memory or be kept from working by a holder that
+/// derived many copies (a list of them all would need contiguous frames). Between batches the
+/// tree may change; the walk goes on from a generation-checked cursor and also finds what was
+/// derived meanwhile (`DerivTree::revoke_some`).
 pub fn revoke(task: &Task, slot: u64) -> Result<u64, Error> {
     let link = task.caps.lock().get(slot)?.link.clone();
     let Some((lineage, id)) = link.parts() else { return Ok(0) };
-    let mut removed: Vec<Cap> = Vec::new();
-    let mut holders: Vec<Arc<Task>> = Vec::new();
-    let mut homes: Vec<Home> = Vec::new();
-    let mut tree = lineage.tree.lock();
-    // Room for everything the revocation removes, before it removes anything: the tree's lock
-    // keeps the count until then.
-    let below = tree.descendants(id).map_err(|_| Error::EmptySlot)?;
-    if removed.try_reserve_exact(below).is_err() || holders.try_reserve_exact(below).is_err() || homes.try_reserve_exact(below).is_err() {
-        return Err(Error::OutOfMemory);
-    }
-    let n = tree.revoke(id, |gone, home| {
-        if let Some(t) = home.task.upgrade() {
-            let mut caps = t.caps.lock();
-            if caps.get(home.slot).is_ok_and(|c| c.link.is(lineage, gone)) {
-                let mut c = caps.remove(home.slot).expect("just read");
-                c.link.disown();
-                removed.push(c);
+    let mut total = 0u64;
+    let mut at = None;
+    loop {
+        let mut removed: [Option<Cap>; REVOKE_BATCH] = [const { None }; REVOKE_BATCH];
+        let mut holders: [Option<Arc<Task>>; REVOKE_BATCH] = [const { None }; REVOKE_BATCH];
+        let mut homes: [Option<Home>; REVOKE_BATCH] = [const { None }; REVOKE_BATCH];
+        let mut k = 0;
+        let mut tree = lineage.tree.lock();
+        let r = tree.revoke_some(id, at, REVOKE_BATCH, |gone, home| {
+            if let Some(t) = home.task.upgrade() {
+                let mut caps = t.caps.lock();
+                if caps.get(home.slot).is_ok_and(|c| c.link.is(lineage, gone)) {
+                    if let Ok(mut c) = caps.remove(home.slot) {
+                        c.link.disown();
+                        removed[k] = Some(c);
+                    }
+                }
+                drop(caps);
+                holders[k] = Some(t);
             }
-            drop(caps);
-            holders.push(t);
+            homes[k] = Some(home);
+            k += 1;
+        });
+        drop(tree);
+        drop(removed);
+        drop(holders);
+        drop(homes);
+        match r {
+            Ok((n, next)) => {
+                total += n as u64;
+                match next {
+                    Some(c) => at = Some(c),
+                    None => return Ok(total),
+                }
+            }
+            // The revoking capability itself was deleted meanwhile (before the first batch:
+            // nothing was revoked).
+            Err(_) if total == 0 => return Err(Error::EmptySlot),
+            Err(_) => return Ok(total),
         }
-        homes.push(home);
-    });
-    drop(tree);
-    drop(removed);
-    drop(holders);
-    drop(homes);
-    // The revoking capability itself was deleted meanwhile.
-    n.map(|n| n as u64).map_err(|_| Error::EmptySlot)
+    }
 }
+
+/// Capabilities one batch of `CapRevoke` deletes under its tree's lock (their records lie on
+/// the kernel stack until the lock is let go: 32 capabilities, holders and homes, about 3 KiB).
+pub const REVOKE_BATCH: usize = 32;
 
 /// Every live object of one kind, as weak references, for the kernel's consistency check
 /// (`check.rs`). Dead entries are pruned whenever the list has doubled since the last pruning,

@@ -524,13 +524,12 @@ pub fn decide() {
     let cs = this();
     clear_flag(cs, KICKED);
     // A sweep asked for before the inbox is drained covers every killed thread pushed into it
-    // before the request (the killer's push comes first): so the flag is read and cleared first,
-    // with a plain load and store (no locked instruction on this path); a request that lands
-    // between the two was for a thread already in the inbox, which the sweep below still finds.
-    let sweep_now = cs.sweep.load(Ordering::Acquire);
-    if sweep_now {
-        cs.sweep.store(false, Ordering::Relaxed);
-    }
+    // before the request (the killer's push comes first): so the flag is read and cleared first.
+    // A plain load when no sweep was asked for (no locked instruction on this path); else an
+    // exchange, which acquires the latest request (a plain store of `false` could wipe a
+    // request that landed after the load, and nothing would order this CPU's reads of the
+    // inbox and the killed hints after that killer's writes).
+    let sweep_now = cs.sweep.load(Ordering::Relaxed) && cs.sweep.swap(false, Ordering::AcqRel);
     drain_inbox(cs);
     if sweep_now {
         sweep(cs);
