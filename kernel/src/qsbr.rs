@@ -16,20 +16,23 @@
 //! Lock order: a limbo's lock is a leaf (level `RECLAIM`, taken under a capability table's
 //! lock by `defer`); nothing is dropped under it.
 use alloc::sync::Arc;
-use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
+use rl4_core::paged::PagedVec;
 use rl4_core::qsbr::Grace;
 use rl4_smp::MAX_CPUS;
 
 use crate::ipc::Endpoint;
 use crate::lock::{Level, Mutex};
 
+/// The lists are made of page-sized pieces (`PagedVec`): they hold every endpoint capability
+/// removed on this CPU while a grace period is open, which a long system call on another CPU
+/// keeps open, so they have no constant bound; growing one never needs more than one frame.
 #[derive(Default)]
 struct Lists {
     /// Deferred since the last snapshot.
-    next: Vec<Arc<Endpoint>>,
+    next: PagedVec<Arc<Endpoint>>,
     /// Deferred before `grace` was taken.
-    waiting: Vec<Arc<Endpoint>>,
+    waiting: PagedVec<Arc<Endpoint>>,
     grace: Option<Grace>,
 }
 
@@ -41,7 +44,7 @@ struct Limbo {
 
 static LIMBOS: [crossbeam_utils::CachePadded<Limbo>; MAX_CPUS] = [const {
     crossbeam_utils::CachePadded::new(Limbo {
-        lists: Mutex::new(Lists { next: Vec::new(), waiting: Vec::new(), grace: None }),
+        lists: Mutex::new(Lists { next: PagedVec::new(), waiting: PagedVec::new(), grace: None }),
         pending: AtomicBool::new(false),
     })
 }; MAX_CPUS];
@@ -58,10 +61,20 @@ fn exits(i: usize) -> u64 {
 /// capability table's lock; allocates (a capability deletion, never an IPC path).
 pub fn defer(e: Arc<Endpoint>) {
     let l = &LIMBOS[me()];
-    // Bounded rather than fallible (docs/memory.md): a removal from a slot cannot be refused.
-    crate::mem::must_not_fail(|| l.lists.lock().next.push(e));
+    // Not fallible (docs/memory.md): a removal from a slot cannot be refused. Should not even
+    // one frame be had, the endpoint is kept for ever rather than dropped before its grace
+    // period (a reader could still be using it) or the kernel stopped.
+    if let Err(e) = crate::mem::must_not_fail(|| l.lists.lock().next.try_push(e)) {
+        keep_for_ever(e);
+    }
     l.pending.store(true, Ordering::Relaxed);
     crate::reclaim::wake_drain();
+}
+
+#[cold]
+fn keep_for_ever(e: Arc<Endpoint>) {
+    rl4_arch::println!("qsbr: no memory for the endpoint limbo: an endpoint is kept for ever");
+    core::mem::forget(e);
 }
 
 /// Whether this CPU's limbo holds anything.
@@ -80,8 +93,8 @@ fn advance(owner: usize, me: usize) -> bool {
         return false;
     }
     let cpus = rl4_smp::cpus::count().min(MAX_CPUS);
-    let mut freed = Vec::new();
-    let mut freed_now = Vec::new();
+    let mut freed = PagedVec::new();
+    let mut freed_now = PagedVec::new();
     let mut lists = l.lists.lock();
     if lists.grace.as_ref().is_some_and(|g| g.over(me, exits, crate::sched::is_idle)) {
         lists.grace = None;
