@@ -27,8 +27,8 @@
 //!
 //! Every kernel object's destructor calls [`dropping`], which counts a violation if this CPU
 //! holds a lock; `KernelCheck` reports the count.
+use rl4_core::paged::PagedVec;
 use alloc::sync::Arc;
-use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
 use rl4_smp::MAX_CPUS;
 
@@ -54,14 +54,16 @@ pub enum Garbage {
 }
 
 struct Grave {
-    list: Mutex<Vec<Garbage>, { Level::RECLAIM }>,
+    /// In page-sized pieces: a teardown's frontier has no constant bound, and growing the list
+    /// never needs more than one frame (never contiguous frames, which a task can fragment away).
+    list: Mutex<PagedVec<Garbage>, { Level::RECLAIM }>,
     full: AtomicBool,
     /// This CPU runs the destruction loop ([`destroy`]): every [`later`] only appends.
     busy: AtomicBool,
 }
 
 static GRAVES: [crossbeam_utils::CachePadded<Grave>; MAX_CPUS] =
-    [const { crossbeam_utils::CachePadded::new(Grave { list: Mutex::new(Vec::new()), full: AtomicBool::new(false), busy: AtomicBool::new(false) }) }; MAX_CPUS];
+    [const { crossbeam_utils::CachePadded::new(Grave { list: Mutex::new(PagedVec::new()), full: AtomicBool::new(false), busy: AtomicBool::new(false) }) }; MAX_CPUS];
 
 fn mine() -> &'static Grave {
     &GRAVES[rl4_arch::percpu::cpu_index() as usize % MAX_CPUS]
@@ -76,10 +78,23 @@ pub fn later(g: Garbage) {
         destroy(grave, Some(g));
         return;
     }
-    // Bounded rather than fallible (docs/memory.md): a destruction cannot be refused.
-    crate::mem::must_not_fail(|| grave.list.lock().push(g));
+    // Not fallible (docs/memory.md): a destruction cannot be refused. Should not even one frame
+    // be had, the object is kept for ever (leaked) rather than destroyed under a lock or the
+    // kernel stopped.
+    if let Err(g) = crate::mem::must_not_fail(|| grave.list.lock().try_push(g)) {
+        keep_for_ever(g);
+    }
     grave.full.store(true, Ordering::Relaxed);
 }
+
+#[cold]
+fn keep_for_ever(g: Garbage) {
+    rl4_arch::println!("reclaim: no memory for the destruction list: an object is kept for ever");
+    core::mem::forget(g);
+}
+
+// A piece of the list holds at least one entry within a page.
+const _: () = assert!(core::mem::size_of::<Garbage>() <= 3840);
 
 /// Lets go of a thread reference. Under a lock only the last reference needs putting aside
 /// (`Arc::into_inner` tells, atomically): the common case allocates nothing.
@@ -171,7 +186,7 @@ fn destroy(grave: &Grave, first: Option<Garbage>) {
                 Some(g) => g,
                 None => {
                     grave.full.store(crate::qsbr::pending_here(), Ordering::Relaxed);
-                    *l = Vec::new();
+                    *l = PagedVec::new();
                     drop(l);
                     grave.busy.store(false, Ordering::Relaxed);
                     return;
