@@ -115,6 +115,14 @@ pub fn idle_wait() {
     x86_64::instructions::interrupts::disable();
 }
 
+/// Opens a one-instruction window in which pending interrupts are taken (`sti; nop; cli`), for
+/// a loop that runs with interrupts off and does not halt.
+pub fn take_interrupts() {
+    // SAFETY: the kernel's interrupt handlers run on this CPU's kernel stack at any point where
+    // the idle loop may halt (`idle_wait`); this is such a point, with the same state.
+    unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+}
+
 /// Stops this CPU for good.
 pub fn halt_forever() -> ! {
     loop {

@@ -671,6 +671,13 @@ pub fn idle() -> ! {
             crate::timeline::event(crate::timeline::Kind::Halt, 0, 0);
             cpu::idle_wait();
             crate::timeline::event(crate::timeline::Kind::Wake, 0, 0);
+        } else {
+            // Not halting (its limbo waits for a grace period, or something arrived): pending
+            // interrupts are taken all the same. Without this window a CPU whose limbo waits
+            // took none for as long as it waited — the freeze of `KernelCheck`, which keeps its
+            // own CPU in the kernel and so the grace period open, waited for it in vain until
+            // its 5 s timeout.
+            cpu::take_interrupts();
         }
         cs.mail.set_busy();
         // Leaving idle happens before any shadow read of the next kernel entry (`is_idle`).
