@@ -10,8 +10,8 @@
 //! once every other CPU has returned to user mode or sits idle, they are dropped — by the
 //! owner's `poll`, or by any CPU that [`settle`]s (`MemoryInfo`, `KernelCheck`, the
 //! statistics), so what a deleted endpoint was charged is back by the time a task asks.
-//! A CPU with a pending limbo does not halt in its idle loop (it polls instead), so the
-//! memory never waits for an interrupt.
+//! A CPU with a pending limbo does not halt in its idle loop (it polls instead, taking pending
+//! interrupts through a window every round), so the memory never waits for an interrupt.
 //!
 //! Lock order: a limbo's lock is a leaf (level `RECLAIM`, taken under a capability table's
 //! lock by `defer`); nothing is dropped under it.
