@@ -876,13 +876,10 @@ impl Fz {
         c.r13 = self.rnd() % 300;
         c.r14 = self.rnd() % 300;
         // Never a copy into a task this fuzzer made (see the module's comment), never a
-        // capability to a task or thread through IPC without `cross`. Not into a slot this
-        // fuzzer believes empty either: with `cross` another fuzzer may have filled it, with a
-        // capability to a task that one made, and a copy into that task of its own task or
-        // thread capability would build a cycle that outlives both fuzzers.
+        // capability to a task or thread through IPC without `cross`.
         if n == Sys::CapCopy as u64 || n == Sys::CapMint as u64 {
             c.a[3] = keep_grant(c.a[0], c.a[3]);
-            if !matches!(kind(c.a[1]), OWN_TASK | PEER_TASK) {
+            if !matches!(kind(c.a[1]), OWN_TASK | PEER_TASK | EMPTY) {
                 c.a[1] = CAP_SLOTS + 1;
             }
         }
