@@ -261,15 +261,7 @@ pub fn run(bi: &rl4_abi::BootInfo) {
     crate::stress::sleep_ms(1);
     let (left0, threads0, heap0, held0) = (uncharged(), threads(), heap_in_use(), sys::stat(MACHINE, stat::HEAP_BYTES).unwrap_or(0));
     let failed0 = sys::stat(MACHINE, stat::FAILED_ALLOCS).unwrap_or(0);
-    let occupied = || {
-        let mut m = [0u64; 4];
-        for i in 0..256u64 {
-            if sys::cap_identify(i).is_ok() {
-                m[(i / 64) as usize] |= 1 << (i % 64);
-            }
-        }
-        m
-    };
+    let occupied = crate::space::occupied_slots;
     let occ0 = occupied();
     let one_in = match sys::measure(MACHINE, measure::FAILALLOC, 1) {
         Ok([n, _, _]) => n,

@@ -444,15 +444,7 @@ fn test_exhaustion_all() {
     crate::stress::sleep_ms(1);
     let (left0, threads0) = (uncharged(), threads());
     let held0 = heap().2;
-    let occupied = || {
-        let mut m = [0u64; 4];
-        for i in 0..256u64 {
-            if sys::cap_identify(i).is_ok() {
-                m[(i / 64) as usize] |= 1 << (i % 64);
-            }
-        }
-        m
-    };
+    let occupied = crate::space::occupied_slots;
     let occ0 = occupied();
     let ep0 = slot();
     let entry = td_blocker as *const () as u64;
