@@ -325,10 +325,56 @@ def countglobal_section(out, rows):
     return L, recs
 
 
+def issue16_targets(profs, rows):
+    """The "done when" of issue 16, each against this run's figures: instruction counts under
+    icount, the cross-core bound in one TCG `-smp 2` boot, the counting kernel's zeros."""
+    L = ["## Issue 16's targets\n"]
+    L.append("| target | measured | |")
+    L.append("|---|---|---|")
+
+    def t(desc, ok, detail):
+        mark = "not measured" if ok is None else ("met" if ok else "**missed**")
+        L.append(f"| {desc} | {detail} | {mark} |")
+
+    for cfg, lim, what in [("same-core", 300, "same-core round trip (two address spaces)"),
+                           ("same-core-intra", 280, "same-core-intra round trip"),
+                           ("null-syscall", 120, "null system call"),
+                           ("thread-switch", 500, "thread switch (`Yield` away and back)")]:
+        r = find(rows, cfg, "icount")
+        t(f"{what} ≤ {lim} instructions (icount)", None if not r else r["median_cycles"] <= lim,
+          f"{r['median_cycles']:,}" if r else "—")
+    on = profs.get("same-core")
+    t("fewer than 6 locked instructions per same-core round trip (icount instruction trace)",
+      None if not on else on["locked_per_round_trip"] < 6, n(on["locked_per_round_trip"]) if on else "— (run without `--no-profile`)")
+    # One -smp 2 boot: the smp2 variant of a -smp 4 run, or the main rows of a --smp 2 run.
+    var = "smp2" if any(r.get("variant") == "smp2" for r in rows) else None
+    smp = None if var else 2
+    cc, intra, shm = (find(rows, c, "tcg", smp, var) for c in ("cross-core-0-1", "same-core-intra", "shm-floor-0-1"))
+    if cc and intra and shm:
+        bound = intra["median_cycles"] + 2 * shm["median_cycles"]
+        t("cross-core ≤ same-core-intra + 2 × shm-floor (TCG, one `-smp 2` boot)", cc["median_cycles"] <= bound,
+          f"{cc['median_cycles']:,} vs {intra['median_cycles']:,} + 2 × {shm['median_cycles']:,} = {bound:,}")
+        t("cross-core, receiver idle: ≤ 0.01 IPIs per round trip (TCG, `-smp 2`)", cc["ipis_per_round_trip"] <= 0.01,
+          f"{cc['ipis_per_round_trip']:.4f}")
+    else:
+        t("cross-core ≤ same-core-intra + 2 × shm-floor (TCG, one `-smp 2` boot)", None, "—")
+    cg = [r for r in rows if r.get("variant") == "countglobal" and "cross-core" in r.get("config", "")]
+    if cg:
+        bad = [r for r in cg if r.get("heap_allocs", 1) or r.get("heap_frees", 1) or r.get("global_locks", 1)]
+        t("no heap allocation and no global lock on the cross-core path (counting kernel, TCG `-smp 2`)", not bad,
+          "; ".join(f"{r['config']}: {r.get('heap_allocs', '?')} allocations, {r.get('heap_frees', '?')} frees, "
+                    f"{r.get('global_locks', '?')} global locks in {r['iterations']:,}" for r in cg))
+    else:
+        t("no heap allocation and no global lock on the cross-core path (counting kernel, TCG `-smp 2`)", None, "—")
+    L.append("")
+    return L
+
+
 def sections(out, docs, rows):
     rows = [r for r in rows if r.get("system") != "linux"]
     profs = load_profiles(out)
     L = []
+    L += issue16_targets(profs, rows)
     L += profile_section(profs, rows)
     L += cross_profile_section(profs)
     L += smp_section(rows)
