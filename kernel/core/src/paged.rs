@@ -7,7 +7,7 @@
 //! asks for more than [`PIECE_BYTES`] at once: its elements live in *leaves* of at most that
 //! many bytes, the leaves are listed in *mids* of [`MID_LEAVES`] entries, and the mids in one
 //! top-level vector, which stays under a page up to [`MID_LEAVES`] mids (for 8-byte elements
-//! 160 × 160 × 480 = 12 million of them; beyond that the top vector's 24 bytes per mid are
+//! 128 × 128 × 256 = 4 million of them; beyond that the top vector's 24 bytes per mid are
 //! the only allocation that grows past a page). Used for the kernel's object registries and a
 //! task's thread list (docs/memory.md, "Contiguous memory").
 //!
@@ -20,7 +20,15 @@ use alloc::vec::Vec;
 /// the heap's tags, it fits in a one-page arena of the kernel heap.
 pub const PIECE_BYTES: usize = 3840;
 /// Leaves per mid (a mid is a `Vec` of leaves: 24 bytes each, 3,840 bytes in all).
-pub const MID_LEAVES: usize = PIECE_BYTES / core::mem::size_of::<Vec<u8>>();
+pub const MID_LEAVES: usize = pow2_floor(PIECE_BYTES / core::mem::size_of::<Vec<u8>>());
+
+/// The largest power of two not above `n` (1 for 0): leaf and mid sizes are powers of two, so
+/// that finding an element is shifts and masks, not divisions by a constant (a capability
+/// look-up on the general path went from 196 to 254 instructions when tables became paged;
+/// the divisions were most of it).
+const fn pow2_floor(n: usize) -> usize {
+    if n <= 1 { 1 } else { 1 << (usize::BITS - 1 - n.leading_zeros()) }
+}
 
 pub struct PagedVec<T> {
     top: Vec<Vec<Vec<T>>>,
@@ -39,7 +47,7 @@ impl<T> PagedVec<T> {
     /// Elements per leaf.
     pub const PER_LEAF: usize = {
         let s = core::mem::size_of::<T>();
-        if s == 0 || s >= PIECE_BYTES { 1 } else { PIECE_BYTES / s }
+        if s == 0 || s >= PIECE_BYTES { 1 } else { pow2_floor(PIECE_BYTES / s) }
     };
 
     pub const fn new() -> Self {
@@ -60,6 +68,7 @@ impl<T> PagedVec<T> {
     }
 
     /// (mid, leaf in mid, element in leaf) of element `i`.
+    #[inline(always)]
     fn at(i: usize) -> (usize, usize, usize) {
         let leaf = i / Self::PER_LEAF;
         (leaf / MID_LEAVES, leaf % MID_LEAVES, i % Self::PER_LEAF)
@@ -130,6 +139,7 @@ impl<T> PagedVec<T> {
         Ok(())
     }
 
+    #[inline]
     pub fn get(&self, i: usize) -> Option<&T> {
         if i >= self.len {
             return None;
@@ -138,6 +148,7 @@ impl<T> PagedVec<T> {
         Some(&self.top[m][l][e])
     }
 
+    #[inline]
     pub fn get_mut(&mut self, i: usize) -> Option<&mut T> {
         if i >= self.len {
             return None;
@@ -224,6 +235,7 @@ impl<T> PagedVec<T> {
 
 impl<T> core::ops::Index<usize> for PagedVec<T> {
     type Output = T;
+    #[inline]
     fn index(&self, i: usize) -> &T {
         assert!(i < self.len, "index {i} out of range ({} elements)", self.len);
         let (m, l, e) = Self::at(i);
@@ -232,6 +244,7 @@ impl<T> core::ops::Index<usize> for PagedVec<T> {
 }
 
 impl<T> core::ops::IndexMut<usize> for PagedVec<T> {
+    #[inline]
     fn index_mut(&mut self, i: usize) -> &mut T {
         assert!(i < self.len, "index {i} out of range ({} elements)", self.len);
         let (m, l, e) = Self::at(i);
@@ -249,6 +262,8 @@ mod tests {
         assert!(MID_LEAVES * core::mem::size_of::<Vec<u64>>() <= PIECE_BYTES);
         assert_eq!(PagedVec::<[u8; 5000]>::PER_LEAF, 1);
         assert_eq!(PagedVec::<()>::PER_LEAF, 1);
+        assert!(PagedVec::<u64>::PER_LEAF.is_power_of_two() && MID_LEAVES.is_power_of_two());
+        assert_eq!(PagedVec::<[u8; 40]>::PER_LEAF, 64);
         // A leaf's allocation is exactly its reserve.
         let mut v: PagedVec<u64> = PagedVec::new();
         for i in 0..3 * PagedVec::<u64>::PER_LEAF as u64 {
@@ -261,7 +276,7 @@ mod tests {
         w.try_push(1).unwrap();
         assert_eq!((w.capacity(), w.top[0].capacity()), (4, 4));
         let f = PagedVec::try_filled(1000, || 5u64).unwrap();
-        assert_eq!((f.len(), f.capacity(), f.leaves), (1000, 1000, 3));
+        assert_eq!((f.len(), f.capacity(), f.leaves), (1000, 1000, 4));
         assert!(f.iter().all(|x| *x == 5));
     }
 
@@ -269,8 +284,10 @@ mod tests {
     fn behaves_like_a_vec() {
         let mut v: PagedVec<u32> = PagedVec::new();
         let mut model: Vec<u32> = Vec::new();
-        // Past several leaves and more than one mid (960 per leaf, 160 leaves per mid).
-        let n = 960 * 161 + 17;
+        // Past several leaves and more than one mid (512 per leaf, 128 leaves per mid).
+        let (per, mids) = (PagedVec::<u32>::PER_LEAF, MID_LEAVES);
+        assert_eq!((per, mids), (512, 128));
+        let n = per * (mids + 1) + 17;
         for i in 0..n as u32 {
             v.try_push(i).unwrap();
             model.push(i);
@@ -279,7 +296,7 @@ mod tests {
         assert_eq!(v.top.len(), 2);
         assert!(v.iter().copied().eq(model.iter().copied()));
         assert_eq!(v.get(n), None);
-        assert_eq!(v.get(960 * 160), Some(&(960 * 160)));
+        assert_eq!(v.get(per * mids), Some(&((per * mids) as u32)));
         *v.get_mut(5).unwrap() = 7;
         model[5] = 7;
         v.retain(|x| x % 3 != 0);

@@ -20,10 +20,12 @@
 //! unmapping its code, ending its task), but it never copies a capability into a task other
 //! than its own or another fuzzer's: a task made by `TaskCreate` that held a capability to
 //! itself would never be freed (the kernel documents such a cycle as the task's own leak), and
-//! the run checks that every byte comes back once the fuzzers are gone. The one exception is
-//! `fuzz/deep.rs`, whose builders link chains of tasks, endpoints and derived capabilities
-//! (each new task only into the one made before it, so no cycle), take them down at random
-//! times, and race on their slots from the task's other threads.
+//! the run checks that every byte comes back once the fuzzers are gone. The shadow cannot
+//! promise that (threads racing on a slot make it stale), so slot numbers do: see
+//! [`guard_destinations`]. The one exception is `fuzz/deep.rs`, whose builders link chains of
+//! tasks, endpoints and derived capabilities (each new task only into the one made before it,
+//! so no cycle), take them down at random times, and race on their slots from the task's
+//! other threads.
 use core::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
 use rl4_user::abi::ipc::{FOREVER, NO_SLOT, Tag};
 use rl4_user::abi::{CAP_SLOTS, Error, ObjType, PAGE_SIZE, Rights, Sys};
@@ -284,7 +286,8 @@ struct Req {
     /// Aimed at another fuzzer's task or thread.
     cross: bool,
     /// Issued even without `cross` (the deep builders' own deletions of threads they made,
-    /// which owe no reply: see [`Fz::exec`]).
+    /// which owe no reply: see [`Fz::exec`]), and with the slots it writes unchecked (the
+    /// builders' own slots, the set-up's: see [`guard_destinations`]).
     force: bool,
     effect: Effect,
 }
@@ -409,18 +412,18 @@ impl Fz {
     /// A slot of another fuzzer's table for a copy: mostly above the slots fuzzers use (likely
     /// free), sometimes among them (where it finds and uses it).
     fn peer_slot(&mut self) -> u64 {
-        if self.one_in(4) { slot::OWN + self.rnd() % (slot::PEERS_END - slot::OWN) } else { slot::PEERS_END + self.rnd() % (CAP_SLOTS - slot::PEERS_END) }
+        slot::OWN + self.rnd() % (slot::PEERS - slot::OWN)
     }
 
     /// A task a copy may go to: this task, or (with `cross`) another fuzzer's; never a task
     /// this one made (none there: a slot out of range).
     fn dst_task(&mut self) -> (u64, bool) {
         if cross() && self.one_in(3) {
-            if let Some(s) = self.find(&[PEER_TASK], 0, 128) {
+            if let Some(s) = self.find(&[PEER_TASK], slot::PEERS, slot::PEERS_END) {
                 return (s, true);
             }
         }
-        (self.find(&[OWN_TASK], 0, 128).unwrap_or(CAP_SLOTS + 1), false)
+        (if kind(slot::TASK) == OWN_TASK { slot::TASK } else { CAP_SLOTS + 1 }, false)
     }
 
     /// A thread to act on: mostly another fuzzer's (with `cross`) or a helper of this task.
@@ -541,6 +544,10 @@ impl Fz {
                 || (n == Sys::CapDelete as u64 && matches!(kind(c.a[0]), OWN_THREAD | PEER_THREAD | UNKNOWN)))
         {
             return (u64::MAX, 0, 0);
+        }
+        let mut c = c;
+        if !c.force {
+            guard_destinations(&mut c);
         }
         let ends_self = n == Sys::ThreadExit as u64 || n == Sys::TaskExit as u64;
         if ends_self {
@@ -1192,6 +1199,41 @@ fn is_end(n: u64) -> bool {
 /// keeps `GRANT` (if its source has it). The only task capabilities without `GRANT` are then
 /// the root task's to other fuzzers, and a copy of a task this one made is never mistaken for
 /// one of those (and made the destination of a copy).
+/// What keeps the run's memory check honest without trusting the shadow: a task this fuzzer
+/// made must never receive a capability (its own, or one of its threads', would be a cycle that
+/// outlives every fuzzer: the leftover threads of issue 17's 10-minute runs were exactly that,
+/// thread capabilities copied into a task made here through a slot whose shadow had gone stale
+/// while the threads raced). The shadow cannot promise which task a slot holds when the call
+/// runs, so the promise is made by slot numbers instead: a capability is copied (or minted)
+/// only into the task in slot 0 or in one of the slots the root task fills with other fuzzers'
+/// tasks (`PEERS .. PEERS_END`), and no call of any fuzzer ever writes a capability into those
+/// slots (every slot a call writes, in its own table or another fuzzer's, is in `OWN .. PEERS`;
+/// the builders of `fuzz/deep.rs`, whose calls are forced, write only their own slots above
+/// 127). So those slots hold only what the root task put there, whatever the shadow believes.
+/// A slot argument that breaks this becomes one out of range (the call still goes, and fails).
+fn guard_destinations(c: &mut Req) {
+    const OUT: u64 = CAP_SLOTS + 1;
+    let writable = |s: u64| if (slot::OWN..slot::PEERS).contains(&s) || s >= CAP_SLOTS { s } else { OUT };
+    let Ok(n) = Sys::try_from(c.n) else { return };
+    use Sys::*;
+    match n {
+        CapCopy | CapMint => {
+            if c.a[1] != slot::TASK && !(slot::PEERS..slot::PEERS_END).contains(&c.a[1]) {
+                c.a[1] = OUT;
+            }
+            c.a[2] = writable(c.a[2]);
+        }
+        TaskCreate | TaskAddressSpace | FrameAlloc | EndpointCreate | NotificationCreate => c.a[1] = writable(c.a[1]),
+        ThreadCreate => c.a[5] = writable(c.a[5]),
+        IrqGet | DeviceMemGet => c.a[2] = writable(c.a[2]),
+        IoPortGet => c.a[3] = writable(c.a[3]),
+        _ => {}
+    }
+    if is_receive(c.n) && c.r14 != NO_SLOT {
+        c.r14 = writable(c.r14);
+    }
+}
+
 fn keep_grant(src: u64, rights: u64) -> u64 {
     match kind(src) {
         SPACE | FRAME | MEMORY | MACHINE | EP | EP_BADGED | NOTE | NOTE_BADGED => rights,
@@ -1294,6 +1336,8 @@ pub fn main_thread(seed: u64) -> ! {
         let cpu = (counter(word::CFG_INDEX).load(Relaxed) + t as u64) % f.cpus;
         let mut c = Req::new(Sys::ThreadCreate, [slot::MEMORY, slot::TASK, rl4_user::thread_entry(), top, PRIO | cpu << 32, s]);
         c.effect = Effect::Set(s, OWN_THREAD);
+        // Its own slot, below `OWN`: set-up, not fuzzing (see `guard_destinations`).
+        c.force = true;
         if f.exec(c) != 0 {
             break;
         }

@@ -14,8 +14,9 @@
 //!   (`PartnerGone`), whose capability in flight was the last reference to E2, and so on.
 //! * **Derivation chains**: a new endpoint or notification (the root, visible), a badge minted
 //!   from it, then a copy of the copy of the copy... in the fuzzer's own slots, up to 120 deep;
-//!   now and then a copy of a link goes to another task (the head of a task chain, another
-//!   fuzzer's task with `cross`, or a visible slot of its own), so that the tree spans tasks.
+//!   now and then a copy of a link goes to another task (another fuzzer's with `cross`, or a
+//!   visible slot of its own), so that the tree spans tasks; never to a task made here (see
+//!   `deriv_chain`).
 //!
 //! Each build is limited by the memory budget (a quarter of what is left above half of it: the
 //! budget is shared by every fuzzer, and the deep graphs of all of them together never take
@@ -30,8 +31,9 @@
 //! returns, one object at a time (`kernel/src/reclaim.rs`): the longest such call is reported.
 //!
 //! Safety of the run's own accounting: a chain task only ever receives the capability to a
-//! task just made, from a slot only the builder writes, so no chain holds a cycle (which would
-//! outlive the fuzzer task and fail the run's memory check).
+//! task just made, from a slot only the builders write (no unforced call of any fuzzer writes a slot above 63:
+//! `guard_destinations`), so no chain holds a cycle (which would outlive the fuzzer task and
+//! fail the run's memory check).
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use rl4_user::abi::ipc::{FOREVER, NO_SLOT, Tag};
 use rl4_user::abi::{Error, Rights, Sys, ThreadState, cost};
@@ -39,7 +41,8 @@ use rl4_user::abi::{Error, Rights, Sys, ThreadState, cost};
 use super::*;
 
 /// The builders' own slots: above the range the shadow chooses from (0..128), so that the
-/// other threads' ordinary calls do not use them (only [`Fz::race`] and a hostile value do);
+/// other threads' ordinary calls do not use them (only [`Fz::race`] and a hostile value do,
+/// and neither ever writes one: `guard_destinations`);
 /// their kinds stay fixed (a copy made from one takes its kind).
 const TASK_TAIL: [u64; 2] = [128, 129];
 const EP_NEXT: [u64; 2] = [130, 131];
@@ -286,7 +289,7 @@ impl Fz {
         let me = self.me;
         let (rax, _, cpu) = self.exec_out(Req::new(Sys::ThreadInfo, [me, 0, 0, 0, 0, 0]));
         let cpu = if rax == 0 { cpu } else { self.rnd() % self.cpus };
-        let own = self.find(&[OWN_TASK], 0, 128).unwrap_or(slot::TASK);
+        let own = slot::TASK;
         let at = self.rnd() % (2 * want);
         let (mut cur, mut links, mut i, mut cut) = (h, 1u64, 0usize, false);
         while links < want && !stopping() {
@@ -364,7 +367,7 @@ impl Fz {
             return;
         }
         HEAD[DERIV].store(h, Relaxed);
-        let own = self.find(&[OWN_TASK], 0, 128).unwrap_or(slot::TASK);
+        let own = slot::TASK;
         let badge = self.rnd() | 1;
         let at = self.rnd() % (2 * want);
         let (mut prev, mut links, mut cut) = (h, 0u64, false);
@@ -398,10 +401,12 @@ impl Fz {
             prev = p;
             if self.one_in(4) {
                 // A child of this link in another table.
-                let tasks = HEAD[TASKS].load(Relaxed);
-                let (dst, s, peer) = match self.rnd() % 3 {
-                    0 if tasks != NONE => (tasks, self.rnd() % 256, false),
-                    1 if cross() => match self.find(&[PEER_TASK], 0, 128) {
+                // Never into a task made here (the head of a task chain, as this once did):
+                // a helper thread of that task faulting to this endpoint as its handler waits
+                // in the endpoint's queue, which holds it, and it holds its task, which holds
+                // the endpoint: a cycle no fuzzer's end breaks (found by the 10-minute runs).
+                let (dst, s, peer) = match self.rnd() % 2 {
+                    0 if cross() => match self.find(&[PEER_TASK], slot::PEERS, slot::PEERS_END) {
                         Some(t) => (t, self.peer_slot(), true),
                         None => (own, self.free(), false),
                     },
@@ -481,7 +486,7 @@ impl Fz {
                 // A copy into a visible slot of this task (never into a task: see the module's
                 // comment), which the ordinary calls then use.
                 let d = self.free();
-                let own = self.find(&[OWN_TASK], 0, 128).unwrap_or(slot::TASK);
+                let own = slot::TASK;
                 let mut c = Req::new(Sys::CapCopy, [s, own, d, keep_grant(s, self.rights()), 0, 0]);
                 c.effect = Effect::Copy(s, d);
                 c
@@ -500,7 +505,7 @@ impl Fz {
             }
             _ => {
                 let d = self.free();
-                let own = self.find(&[OWN_TASK], 0, 128).unwrap_or(slot::TASK);
+                let own = slot::TASK;
                 let mut c = Req::new(Sys::CapMint, [s, own, d, Rights::ALL.0, self.rnd() | 1, 0]);
                 c.effect = Effect::Copy(s, d);
                 c
