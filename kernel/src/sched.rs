@@ -24,7 +24,6 @@
 //! ([`yield_now`]).
 use alloc::boxed::Box;
 use alloc::sync::Arc;
-use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use rl4_arch::{cpu, entry, percpu};
 use rl4_core::life::{Leave, Pick};
@@ -116,7 +115,7 @@ pub struct CpuSched {
     reply_ticks: AtomicU64,
     pub(crate) tlb: CpuTlb,
     /// Waits with a deadline of threads of this CPU (`timeout.rs`).
-    pub(crate) timeouts: Mutex<Vec<(u64, alloc::sync::Weak<Thread>)>, { Level::CPU }>,
+    pub(crate) timeouts: Mutex<crate::timeout::List, { Level::CPU }>,
 }
 
 /// How long an idle CPU watches its inbox before it halts (TSC ticks; 0 = never).
@@ -211,7 +210,7 @@ pub fn init_cpu(pcid: bool) {
         awaiting: AtomicU64::new(0),
         reply_ticks: AtomicU64::new(0),
         tlb: CpuTlb::new(pcid),
-        timeouts: Mutex::new(Vec::new()),
+        timeouts: Mutex::new(rl4_core::paged::PagedVec::new()),
     }));
     CPUS[me() as usize].call_once(|| s);
     crate::timeline::init_cpu();

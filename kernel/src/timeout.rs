@@ -4,20 +4,34 @@
 //!
 //! Entries are never removed when a wait ends early; the list is pruned instead (dead threads
 //! and threads no longer waiting with that deadline) whenever it has grown past 64 entries, so
-//! it stays about as long as the live waits. The check is made under each thread's own lock
-//! with the list's lock released (never both at once).
+//! it stays about as long as the live waits. The list is in page-sized pieces
+//! (`rl4_core::paged`: a burst of thousands of waits needs no contiguous frames), room for an
+//! entry is made before the wait begins ([`reserve`]), and the timer's pass allocates nothing:
+//! it takes the list out whole, ends the due waits and prunes with no lock held (each thread's
+//! own lock is taken one at a time), frees the pieces a prune emptied, and puts the list back.
+//! Nothing is added meanwhile: only this CPU uses its list, from its timer interrupt and from
+//! its threads' system calls, which run with interrupts off.
 use alloc::sync::{Arc, Weak};
-use alloc::vec::Vec;
 use rl4_arch::cpu;
+use rl4_core::paged::PagedVec;
 
 use crate::obj::Thread;
 use crate::sched::{self, CpuSched};
 
-/// Registers the deadline of a wait the running thread `t` just started (none for `u64::MAX`).
+/// A CPU's deadlines: (TSC deadline, the thread that waits).
+pub type List = PagedVec<(u64, Weak<Thread>)>;
+
+/// Registers the deadline of a wait the running thread `t` just started (none for `u64::MAX`);
+/// [`reserve`] made its room before the wait began.
 pub fn add(deadline: u64, t: &Arc<Thread>) {
-    if deadline != u64::MAX {
-        sched::this_cpu().timeouts.lock().push((deadline, Arc::downgrade(t)));
+    if deadline != u64::MAX && sched::this_cpu().timeouts.lock().try_push((deadline, Arc::downgrade(t))).is_err() {
+        lost(t);
     }
+}
+
+#[cold]
+fn lost(t: &Thread) {
+    rl4_arch::println!("timeout: no room for thread {}'s deadline (reserved before its wait: a kernel bug)", t.id);
 }
 
 /// Makes room in this CPU's list for one more deadline (none needed for `u64::MAX`), so that
@@ -27,35 +41,40 @@ pub fn reserve(deadline: u64) -> Result<(), rl4_abi::Error> {
     if deadline == u64::MAX {
         return Ok(());
     }
-    sched::this_cpu().timeouts.lock().try_reserve(1).map_err(|_| rl4_abi::Error::OutOfMemory)
+    sched::this_cpu().timeouts.lock().try_reserve_one().map_err(|_| rl4_abi::Error::OutOfMemory)
 }
 
-/// Ends the waits of this CPU's list whose deadline has passed.
+/// Ends the waits of this CPU's list whose deadline has passed (and prunes it past 64
+/// entries). Allocates nothing; holds no lock while it ends waits.
 pub fn expire_due(cs: &CpuSched) {
     let now = cpu::rdtsc();
-    let (due, prune): (Vec<Weak<Thread>>, Option<Vec<(u64, Weak<Thread>)>>) = {
-        let mut l = cs.timeouts.lock();
-        if l.is_empty() {
+    let mut l: List = {
+        let mut g = cs.timeouts.lock();
+        if g.is_empty() {
             return;
         }
-        let mut due = Vec::new();
-        l.retain(|(d, w)| {
-            if *d <= now {
-                due.push(w.clone());
-                return false;
-            }
-            w.strong_count() > 0
-        });
-        let prune = if l.len() >= 64 { Some(core::mem::take(&mut *l)) } else { None };
-        (due, prune)
+        core::mem::take(&mut *g)
     };
-    for w in due {
-        if let Some(t) = w.upgrade() {
-            crate::thread::expire(&t, now);
+    let prune = l.len() >= 64;
+    l.retain(|(d, w)| {
+        if *d <= now {
+            if let Some(t) = w.upgrade() {
+                crate::thread::expire(&t, now);
+            }
+            return false;
         }
+        if prune { w.upgrade().is_some_and(|t| t.life.lock().deadline() == Some(*d)) } else { w.strong_count() > 0 }
+    });
+    if prune {
+        l.shrink();
     }
-    if let Some(mut entries) = prune {
-        entries.retain(|(d, w)| w.upgrade().is_some_and(|t| t.life.lock().deadline() == Some(*d)));
-        cs.timeouts.lock().append(&mut entries);
+    let mut g = cs.timeouts.lock();
+    core::mem::swap(&mut *g, &mut l);
+    // `l` is what was added meanwhile: nothing (see the module's comment); were it otherwise,
+    // its entries go back too, into room the list's last piece may have.
+    for (d, w) in l.drain(..) {
+        if g.try_push((d, w)).is_err() {
+            rl4_arch::println!("timeout: a deadline added during the timer's pass was lost (a kernel bug)");
+        }
     }
 }
