@@ -494,6 +494,7 @@ fn burst_waiter(i: u64) {
 /// may be lost (every waiter ends), and a cancelled waiter must be back in the queue.
 fn test_notify_burst(n: u64) {
     const NAME: &str = "notify-burst-cancel-signal";
+    let t0 = rdtsc();
     let _ = sys::poll(n);
     for i in 0..BURST_W {
         BURST_RES[i].iter().for_each(|r| r.store(0, SeqCst));
@@ -553,11 +554,12 @@ fn test_notify_burst(n: u64) {
         release(t);
     }
     let all = (1u64 << waits) - 1;
+    let ms = (rdtsc() - t0) / ms_ticks(1).max(1);
     report(
         NAME,
         settled && requeued && cancel.is_ok() && first_ok && !stalled && ended && left == 0 && union == all && bits == waits as u32 && multi == 0 && twice == 0 && last == Ok(1 << 62),
         format_args!(
-            "{BURST_W} waiters on {} CPUs: queued {settled}, timed out and suspended ({cancel:?}) and queued again {requeued}, \
+            "{BURST_W} waiters on {} CPUs ({ms} ms): queued {settled}, timed out and suspended ({cancel:?}) and queued again {requeued}, \
              first results right {first_ok}; {sent} signals (stalled {stalled}): all ended {ended}, bits {union:#x} ({bits} in all, \
              {multi} results not one bit), {twice} woken more than twice, left in the word {left:#x}, then {last:?}",
             cpus()
