@@ -9,7 +9,8 @@
 //!   one fewer would be a use-after-free waiting to happen.
 //! * **Threads.** Each thread's `Life` matches where it is found: current on a CPU ⇔ that
 //!   CPU's current slot holds it; queued ⇔ in exactly one run queue or inbox; held nowhere ⇔
-//!   in none; blocked on an endpoint or notification ⇔ in exactly that queue and no other;
+//!   in none; blocked on an endpoint or notification ⇔ in exactly that queue and no other
+//!   (the queues' links consistent, and a thread's wait link claimed ⇔ it is in one of them);
 //!   waiting for a reply ⇔ exactly one thread holds the right with its ticket; running ⇒
 //!   current; runnable ⇒ current or queued (else it would never run: a lost wake-up); a wait
 //!   with a deadline ⇒ an entry in a CPU's timeout list; a thread of an ended task is dead.
@@ -335,9 +336,13 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     }
     for (n, q) in notifications.iter().zip(&n_q) {
         refs.add(n.charge().of().0);
-        for t in &q.waiters {
-            refs.add(t);
-            note(&mut seen, key(t), &mut |x| x.waiters.push(key(n)));
+        if !q.waiters.is_consistent() {
+            fail!(r, "notification {:#x}: its wait queue's links are inconsistent", key(n));
+        }
+        for (_, t) in q.waiters.iter() {
+            let t = t as *const Thread as usize;
+            refs.add_key(t);
+            note(&mut seen, t, &mut |x| x.waiters.push(key(n)));
         }
     }
     let mut cpu_faults: Vec<(usize, &'static str)> = Vec::new();
@@ -447,6 +452,10 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
                 x.receivers.len(),
                 x.waiters.len()
             );
+        }
+        // A link claimed by no list walked above: a lost list (its threads would never leave it).
+        if t.wait_link.is_queued() != (in_queues > 0) {
+            fail!(r, "thread {id} ({st:?}): its wait link is {}claimed, but it is in {in_queues} wait queues", if t.wait_link.is_queued() { "" } else { "not " });
         }
         match s.state() {
             State::Running if !matches!(place, Place::Current(_)) => fail!(r, "thread {id} is Running on no CPU"),

@@ -10,7 +10,6 @@
 //!
 //! Lock order (`lock.rs`): an endpoint's or notification's queue lock → one thread's `life`
 //! lock → a CPU's run queue (a CPU's inbox takes no lock); capability tables and IPC-buffer slots are leaves below them.
-use alloc::collections::VecDeque;
 use alloc::sync::{Arc, Weak};
 use rl4_abi::Error;
 use rl4_abi::ipc::{MAX_WORDS, NO_SLOT, REG_WORDS, Tag};
@@ -65,22 +64,6 @@ pub(crate) fn enqueue(q: &mut WList<Thread>, t: Arc<Thread>, key: Option<u8>) {
 fn queued_twice(t: Arc<Thread>) {
     rl4_arch::println!("ipc: thread {} put into a second wait queue (a kernel bug)", t.id);
     reclaim::later_thread(t);
-}
-
-/// Gives back most of a queue's buffer once a burst of waiters has left it (at most a quarter
-/// used, and more than 32 entries): a queue never holds much more than its waiters, whose
-/// charges pay for their entries (`obj::THREAD_HEAP`). Called on the general path only; the
-/// common case (a handful of waiters) never reallocates.
-#[inline(always)]
-pub(crate) fn trim<T>(q: &mut VecDeque<T>) {
-    if q.capacity() > 32 && 4 * q.len() <= q.capacity() {
-        trim_slow(q);
-    }
-}
-
-#[cold]
-fn trim_slow<T>(q: &mut VecDeque<T>) {
-    rl4_core::try_shrink_deque(q, 2 * q.len().max(8));
 }
 
 pub struct Endpoint {
@@ -142,10 +125,21 @@ impl Drop for Endpoint {
     }
 }
 
-#[derive(Default)]
+/// A notification's word and its waiters: an intrusive FIFO through the threads' `wait_link`,
+/// as an endpoint's queues (a thread waits on one thing at a time), owned by the notification's
+/// queue lock. Waiting allocates nothing; a cancelled wait leaves the list in O(1).
 pub(crate) struct NState {
     pub(crate) word: u64,
-    pub(crate) waiters: VecDeque<Arc<Thread>>,
+    pub(crate) waiters: WList<Thread>,
+}
+
+impl NState {
+    /// No bits and no waiters, for the notification at `addr` (the list's token: `addr`, which
+    /// no endpoint's list has: an endpoint's tokens are its own address and the next byte, both
+    /// inside its allocation, which is not this one).
+    fn new(addr: usize) -> Self {
+        NState { word: 0, waiters: WList::new(addr) }
+    }
 }
 
 pub struct Notification {
@@ -157,7 +151,7 @@ pub struct Notification {
 impl Notification {
     pub fn new(mem: &Arc<crate::obj::Memory>) -> Result<Arc<Notification>, Error> {
         let charge = crate::obj::Charge::new(mem, crate::obj::NOTIFICATION_COST)?;
-        let n = crate::mem::try_new_cyclic(|_| Notification { q: Mutex::new(NState::default()), me: Weak::new(), _charge: charge }, |n| &mut n.me)?;
+        let n = crate::mem::try_new_cyclic(|at| Notification { q: Mutex::new(NState::new(at)), me: Weak::new(), _charge: charge }, |n| &mut n.me)?;
         crate::obj::NOTIFICATIONS.add(&n)?;
         Ok(n)
     }
@@ -170,11 +164,13 @@ impl Notification {
 }
 
 impl Drop for Notification {
+    /// The last capability is gone: every waiter gets `PartnerGone`.
     fn drop(&mut self) {
         reclaim::dropping("Notification");
         let id = self.id();
-        let q = core::mem::take(&mut *self.q.lock());
-        for t in q.waiters {
+        let mut waiters = self.q.lock().waiters.take();
+        // As an endpoint's: each waiter leaves the list (its link) only when it is woken here.
+        while let Some(t) = waiters.pop_front() {
             let w = thread::wake_locked(&t, &mut t.life.lock(), WaitOn::Notify(id), Err(Error::PartnerGone));
             reclaim::later_wait(w);
             reclaim::later_thread(t);
@@ -668,7 +664,6 @@ fn fault_reply(caller: Arc<Thread>, ticket: u64, regs: &UserRegs, then_recv: boo
 pub fn signal(n: &Arc<Notification>, bits: u64) {
     let mut q = n.q.lock();
     while let Some(w) = q.waiters.pop_front() {
-        trim(&mut q.waiters);
         let mut wl = w.life.lock();
         if wl.waits(WaitOn::Notify(n.id())) {
             let word = core::mem::take(&mut q.word) | bits;
@@ -699,13 +694,11 @@ pub fn wait(cur: &Arc<Thread>, n: &Arc<Notification>, timeout: u64) -> Outcome {
     if timeout == 0 {
         return Outcome::Return(Err(Error::Timeout));
     }
-    if q.waiters.try_reserve(1).is_err() {
-        return Outcome::Return(Err(Error::OutOfMemory));
-    }
     let deadline = deadline(timeout);
     match block_current(cur, Wait::Notify { n: NtfRef(n.me.clone()) }, deadline) {
         Ok(()) => {
-            q.waiters.push_back(cur.clone());
+            // Into the intrusive list: nothing to allocate, nothing to fail.
+            enqueue(&mut q.waiters, cur.clone(), None);
             drop(q);
             timeout::add(deadline, cur);
             Outcome::Blocked

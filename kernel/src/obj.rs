@@ -431,8 +431,8 @@ pub static NOTIFICATIONS: Registry<crate::ipc::Notification> = Registry::new();
 
 /// What each object costs its memory budget: the frames it holds and its share of the kernel
 /// heap (`*_HEAP`), which covers the object's own allocation, its registry entry (and one dead
-/// one: `Registry::gone`), and its entries in queues and lists (a thread's in an endpoint's
-/// or notification's queue, in its task's list).
+/// one: `Registry::gone`), and its entries in lists (a thread's in its task's list; wait and
+/// run queues are intrusive, their links part of the thread's record).
 pub const THREAD_COST: u64 = rl4_abi::cost::THREAD;
 pub const TASK_COST: u64 = rl4_abi::cost::TASK;
 /// The PML4 frame and the space's own record.
@@ -487,8 +487,8 @@ static MAPPINGS: AtomicU64 = AtomicU64::new(0);
 /// The heap in use when the first budget (the root task's) was made: the kernel's own.
 static HEAP_AT_BOOT: AtomicU64 = AtomicU64::new(0);
 /// What the kernel may use of its heap beyond that and the charges: per-CPU lists (the
-/// reclamation lists, timeout lists, inboxes' overflow), the registries' growth, the queues'
-/// slack before they are trimmed, the consistency check's own.
+/// reclamation lists, timeout lists, inboxes' overflow), the registries' growth, the
+/// consistency check's own.
 pub const HEAP_ALLOWANCE: u64 = rl4_abi::HEAP_ALLOWANCE;
 
 /// A mapping was made (`syscall::map_frame`) or removed.

@@ -222,6 +222,28 @@ fn inject(what: u8, memory: &Arc<Memory>, task: &Arc<Task>) {
             }
         }
     }
+    if what & QUEUE != 0 {
+        // A thread blocked on one notification (its wait made by the transitions a `Wait`
+        // makes) but put into another's wait list (held in root slots CAP_SLOTS - 3..=5).
+        let made = (crate::ipc::Notification::new(memory), crate::ipc::Notification::new(memory), Thread::new(memory, task.clone(), 0, 0, 1, 0));
+        if let (Ok(n1), Ok(n2), Ok(t)) = made {
+            let cpu = t.life.lock().cpu;
+            let blocked = {
+                let mut l = t.life.lock();
+                l.resume().is_ok()
+                    && l.run_here(cpu).is_ok()
+                    && l.block(crate::obj::Wait::Notify { n: crate::obj::NtfRef(Arc::downgrade(&n1)) }, u64::MAX).is_ok()
+                    && matches!(l.leave_cpu(cpu), rl4_core::life::Leave::Gone)
+            };
+            if blocked {
+                println!("inject: thread {} waits on one notification but is queued on another's list (root slots {}..={})", t.id, rl4_abi::CAP_SLOTS - 5, rl4_abi::CAP_SLOTS - 3);
+                crate::ipc::enqueue(&mut n2.q.lock().waiters, t.clone(), None);
+            }
+            let _ = task.insert_cap(rl4_abi::CAP_SLOTS - 3, Cap::new(KObj::Thread(t), Rights::NONE, 0));
+            let _ = task.insert_cap(rl4_abi::CAP_SLOTS - 4, Cap::new(KObj::Notification(n1), Rights::NONE, 0));
+            let _ = task.insert_cap(rl4_abi::CAP_SLOTS - 5, Cap::new(KObj::Notification(n2), Rights::NONE, 0));
+        }
+    }
     if what & STATE != 0 {
         if let Ok(t) = Thread::new(memory, task.clone(), 0, 0, 1, 0) {
             println!("inject: thread {} marked Runnable but put in no queue (held in root slot {})", t.id, rl4_abi::CAP_SLOTS - 1);

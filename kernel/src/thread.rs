@@ -113,8 +113,7 @@ pub fn with_queue_locked<R>(t: &Arc<Thread>, mut f: impl FnMut(&mut Life) -> R) 
                 }
                 let r = f(&mut l);
                 if !same_queue(t, &l, &q) {
-                    nq.waiters.retain(|o| !Arc::ptr_eq(o, t));
-                    crate::ipc::trim(&mut nq.waiters);
+                    crate::reclaim::later_thread_opt(nq.waiters.remove(t));
                 }
                 r
             }

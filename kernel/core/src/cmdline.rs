@@ -19,7 +19,7 @@
 //! | `fastpath=on\|off` | whether `Call`/`ReplyRecv` may take the IPC fast paths (off: every system call takes the general path, the reference the fast paths must agree with) | `on` |
 //! | `overcommit=MiB` | give the root task's budget this many MiB more than the kernel can back (0..=4096), so that a test runs the kernel itself out of frames before the budget runs out (`docs/memory.md`, "Running out of memory") | 0 |
 //! | `failalloc=SEED/N` | once the root task runs, make a pseudo-random 1 in N (2..=1000000) of the kernel heap allocations made inside system calls fail (the allocator answers null; seeded by SEED, a whole number), so that tests can see every such allocation answer `OutOfMemory` rather than panic (`docs/memory.md`, "Allocation failure injection") | off |
-//! | `inject=A,B,..` | damage kernel state on purpose when the root task starts, so that tests can see the consistency check find it: `refcount`, `frame`, `budget`, `state`, `locks`, `deriv`, `device` | none |
+//! | `inject=A,B,..` | damage kernel state on purpose when the root task starts, so that tests can see the consistency check find it: `refcount`, `frame`, `budget`, `state`, `locks`, `deriv`, `device`, `queue` | none |
 
 use core::fmt;
 
@@ -86,7 +86,9 @@ pub mod inject {
     pub const DERIV: u8 = 32;
     /// A device frame forged over a page of RAM that the frame allocator manages.
     pub const DEVICE: u8 = 64;
-    pub const NAMES: [(&str, u8); 7] = [
+    /// A thread blocked on one notification but queued on another's wait list.
+    pub const QUEUE: u8 = 128;
+    pub const NAMES: [(&str, u8); 8] = [
         ("refcount", REFCOUNT),
         ("frame", FRAME),
         ("budget", BUDGET),
@@ -94,6 +96,7 @@ pub mod inject {
         ("locks", LOCKS),
         ("deriv", DERIV),
         ("device", DEVICE),
+        ("queue", QUEUE),
     ];
 }
 

@@ -462,8 +462,109 @@ fn test_notifications() {
     report("notify-wakes-waiter-on-other-cpu", woke, format_args!("a waiter on cpu {} got {:#x}", far_cpu(), NOTE_GOT.load(SeqCst)));
     let e = sys::wait(n, ms_ticks(20));
     report("notify-wait-timeout", e == Err(Error::Timeout), format_args!("{e:?}"));
+    test_notify_burst(n);
     release(badged);
     release(n);
+}
+
+/// Waiters of [`test_notify_burst`].
+const BURST_W: usize = 40;
+/// Each waiter's two results: the bits it got, or `ERR | code`.
+static BURST_RES: [[AtomicU64; 2]; BURST_W] = [const { [const { AtomicU64::new(0) }, const { AtomicU64::new(0) }] }; BURST_W];
+/// How many of its waits each waiter finished (a wait that returned twice counts twice).
+static BURST_DONE: [AtomicU64; BURST_W] = [const { AtomicU64::new(0) }; BURST_W];
+const ERR: u64 = 1 << 63;
+
+/// Waiter `i` of the burst: two waits on `NOTE`; those with `i % 4 == 0` give the first one a
+/// 20 ms deadline.
+fn burst_waiter(i: u64) {
+    let i = i as usize;
+    for k in 0..2 {
+        let timeout = if i % 4 == 0 && k == 0 { ms_ticks(20) } else { FOREVER };
+        let r = sys::wait(NOTE.load(SeqCst), timeout).unwrap_or_else(|e| ERR | e as u64);
+        BURST_RES[i][k].store(r, SeqCst);
+        BURST_DONE[i].fetch_add(1, SeqCst);
+    }
+}
+
+/// A burst of waiters on one notification, spread over the CPUs, with their waits cancelled
+/// (deadlines that pass, suspensions) and queued again, then exactly as many signals as waits,
+/// each with a bit of its own, sent only while some wait is queued: every signal must wake
+/// exactly one wait (each result one bit, every bit once, nothing left in the word), no wait
+/// may be lost (every waiter ends), and a cancelled waiter must be back in the queue.
+fn test_notify_burst(n: u64) {
+    const NAME: &str = "notify-burst-cancel-signal";
+    let t0 = rdtsc();
+    let _ = sys::poll(n);
+    for i in 0..BURST_W {
+        BURST_RES[i].iter().for_each(|r| r.store(0, SeqCst));
+        BURST_DONE[i].store(0, SeqCst);
+    }
+    let ts: [u64; BURST_W] = core::array::from_fn(|i| spawn(burst_waiter, i as u64, ROOT_PRIO, i as u64 % cpus()));
+    let done = |i: usize| BURST_DONE[i].load(SeqCst);
+    let blocked = |i: usize| state(ts[i]) == Some(ThreadState::BlockedNotify);
+    // Every waiter queued; those with a deadline have timed out and are queued again.
+    let settled = wait_ms(5000, || (0..BURST_W).all(|i| blocked(i) && done(i) == (i % 4 == 0) as u64));
+    // Cancelled by a suspension: `Interrupted` once resumed, then a second wait.
+    let mut cancel = Ok(());
+    for i in (1..BURST_W).step_by(4) {
+        cancel = cancel.and(sys::thread_suspend(ts[i])).and(sys::thread_resume(ts[i]));
+    }
+    let requeued = wait_ms(5000, || (0..BURST_W).all(|i| blocked(i) && done(i) == (i % 4 < 2) as u64));
+    let first_ok = (0..BURST_W).all(|i| match i % 4 {
+        0 => BURST_RES[i][0].load(SeqCst) == ERR | Error::Timeout as u64,
+        1 => BURST_RES[i][0].load(SeqCst) == ERR | Error::Interrupted as u64,
+        _ => true,
+    });
+    // One wait each is queued now (40), and the half that gets its first signal waits again
+    // (20 more): 60 signals. The first 40 always find a queued wait; before each of the rest,
+    // wait until a wait is queued that no signal has answered yet.
+    let waits = BURST_W + BURST_W / 2;
+    let finished = || (0..BURST_W).map(|i| done(i)).sum::<u64>() - (BURST_W / 2) as u64;
+    let mut sent = 0;
+    let mut stalled = false;
+    for b in 0..waits {
+        if b >= BURST_W && !wait_ms(3000, || (0..BURST_W).filter(|&i| blocked(i)).count() as u64 + finished() > b as u64) {
+            stalled = true;
+            break;
+        }
+        let _ = sys::signal(n, 1 << b);
+        sent += 1;
+    }
+    let ended = wait_ms(5000, || (0..BURST_W).all(|i| matches!(state(ts[i]), Some(ThreadState::Dead))));
+    let left = sys::poll(n).unwrap_or(u64::MAX);
+    let (mut union, mut bits, mut multi) = (0u64, 0u32, 0);
+    for i in 0..BURST_W {
+        for k in (i % 4 < 2) as usize..2 {
+            let r = BURST_RES[i][k].load(SeqCst);
+            if r & ERR == 0 {
+                union |= r;
+                bits += r.count_ones();
+                multi += (r.count_ones() != 1) as u32;
+            } else {
+                multi += 1;
+            }
+        }
+    }
+    let twice = (0..BURST_W).filter(|&i| done(i) > 2).count();
+    // Nobody waits any more: a signal stays in the word.
+    let _ = sys::signal(n, 1 << 62);
+    let last = sys::poll(n);
+    for t in ts {
+        release(t);
+    }
+    let all = (1u64 << waits) - 1;
+    let ms = (rdtsc() - t0) / ms_ticks(1).max(1);
+    report(
+        NAME,
+        settled && requeued && cancel.is_ok() && first_ok && !stalled && ended && left == 0 && union == all && bits == waits as u32 && multi == 0 && twice == 0 && last == Ok(1 << 62),
+        format_args!(
+            "{BURST_W} waiters on {} CPUs ({ms} ms): queued {settled}, timed out and suspended ({cancel:?}) and queued again {requeued}, \
+             first results right {first_ok}; {sent} signals (stalled {stalled}): all ended {ended}, bits {union:#x} ({bits} in all, \
+             {multi} results not one bit), {twice} woken more than twice, left in the word {left:#x}, then {last:?}",
+            cpus()
+        ),
+    );
 }
 
 pub fn run(bi: &BootInfo) {
