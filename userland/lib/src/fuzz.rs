@@ -137,6 +137,9 @@ pub mod slot {
     /// `READ | WRITE`, no `GRANT`) into free slots of `PEERS .. PEERS_END`.
     pub const PEERS: u64 = 64;
     pub const PEERS_END: u64 = 128;
+    /// Slots `INBOX ..` (to the table's end) take most of the capabilities other fuzzers copy
+    /// in (the rest land in `OWN .. PEERS`); the deep builders' own slots end below it.
+    pub const INBOX: u64 = 224;
 }
 
 /// Where a fuzzer maps its memory.

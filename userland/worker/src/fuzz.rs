@@ -412,7 +412,7 @@ impl Fz {
     /// A slot of another fuzzer's table for a copy: mostly above the slots fuzzers use (likely
     /// free), sometimes among them (where it finds and uses it).
     fn peer_slot(&mut self) -> u64 {
-        slot::OWN + self.rnd() % (slot::PEERS - slot::OWN)
+        if self.one_in(4) { slot::OWN + self.rnd() % (slot::PEERS - slot::OWN) } else { slot::INBOX + self.rnd() % (CAP_SLOTS - slot::INBOX) }
     }
 
     /// A task a copy may go to: this task, or (with `cross`) another fuzzer's; never a task
@@ -1195,10 +1195,6 @@ fn is_end(n: u64) -> bool {
     [Sys::ThreadExit, Sys::TaskExit, Sys::TaskKill, Sys::ThreadSuspend].iter().any(|&s| s as u64 == n)
 }
 
-/// The rights mask of a copy of the capability in `src`: a copy of anything that may be a task
-/// keeps `GRANT` (if its source has it). The only task capabilities without `GRANT` are then
-/// the root task's to other fuzzers, and a copy of a task this one made is never mistaken for
-/// one of those (and made the destination of a copy).
 /// What keeps the run's memory check honest without trusting the shadow: a task this fuzzer
 /// made must never receive a capability (its own, or one of its threads', would be a cycle that
 /// outlives every fuzzer: the leftover threads of issue 17's 10-minute runs were exactly that,
@@ -1207,13 +1203,15 @@ fn is_end(n: u64) -> bool {
 /// runs, so the promise is made by slot numbers instead: a capability is copied (or minted)
 /// only into the task in slot 0 or in one of the slots the root task fills with other fuzzers'
 /// tasks (`PEERS .. PEERS_END`), and no call of any fuzzer ever writes a capability into those
-/// slots (every slot a call writes, in its own table or another fuzzer's, is in `OWN .. PEERS`;
-/// the builders of `fuzz/deep.rs`, whose calls are forced, write only their own slots above
-/// 127). So those slots hold only what the root task put there, whatever the shadow believes.
+/// slots (every slot a call writes, in its own table or another fuzzer's, is in `OWN .. PEERS`
+/// or `INBOX ..`, which no copy's destination task is taken from and no builder reads; the
+/// builders of `fuzz/deep.rs`, whose calls are forced, write only their own slots, 128 ..
+/// `INBOX`). So those slots hold only what the root task put there, whatever the shadow
+/// believes, and the builders' slots only what the builders put there.
 /// A slot argument that breaks this becomes one out of range (the call still goes, and fails).
 fn guard_destinations(c: &mut Req) {
     const OUT: u64 = CAP_SLOTS + 1;
-    let writable = |s: u64| if (slot::OWN..slot::PEERS).contains(&s) || s >= CAP_SLOTS { s } else { OUT };
+    let writable = |s: u64| if (slot::OWN..slot::PEERS).contains(&s) || s >= slot::INBOX { s } else { OUT };
     let Ok(n) = Sys::try_from(c.n) else { return };
     use Sys::*;
     match n {
@@ -1234,6 +1232,11 @@ fn guard_destinations(c: &mut Req) {
     }
 }
 
+/// The rights mask of a copy of the capability in `src`: a copy of anything that may be a task
+/// keeps `GRANT` (if its source has it). The only task capabilities without `GRANT` are then
+/// the root task's to other fuzzers, and a copy of a task this one made is never mistaken for
+/// one of those (and made the destination of a copy; `guard_destinations` keeps that from
+/// mattering: the shadow may be stale).
 fn keep_grant(src: u64, rights: u64) -> u64 {
     match kind(src) {
         SPACE | FRAME | MEMORY | MACHINE | EP | EP_BADGED | NOTE | NOTE_BADGED => rights,

@@ -4,16 +4,17 @@
 //! Three kinds, one of each at most per fuzzer task at a time:
 //!
 //! * **Task chains**: tasks made by `TaskCreate`, each holding the next one's capability (in
-//!   its slot 0), 16 to 3,000 deep. The fuzzer keeps only the first (the *head*, in a slot of
-//!   its visible range, where the other threads' ordinary calls find it as a task it made) and
-//!   the last, in a slot of its own.
+//!   its slot 0), 16 to 3,000 deep. The fuzzer keeps only the first (the *head*, made in a
+//!   slot of its own and copied into one of its visible range, where the other threads'
+//!   ordinary calls find it as a task it made; the builder's own copy goes once the second
+//!   link is made) and the last, in a slot of its own.
 //! * **Endpoint chains**: endpoints E1, E2, ... where a sender thread (a loop-free helper in
 //!   assembly, `fz_deep_sender`) blocks in `Send` on Ei carrying a capability to Ei+1; once it
 //!   waits, the fuzzer deletes its own capabilities to Ei+1 and to the thread, so that Ei+1 is
 //!   held only by that capability in flight. 8 to 1,000 deep. Deleting E1 wakes its sender
 //!   (`PartnerGone`), whose capability in flight was the last reference to E2, and so on.
 //! * **Derivation chains**: a new endpoint or notification (the root, visible), a badge minted
-//!   from it, then a copy of the copy of the copy... in the fuzzer's own slots, up to 120 deep;
+//!   from it, then a copy of the copy of the copy... in the fuzzer's own slots, up to 88 deep;
 //!   now and then a copy of a link goes to another task (another fuzzer's with `cross`, or a
 //!   visible slot of its own), so that the tree spans tasks; never to a task made here (see
 //!   `deriv_chain`).
@@ -31,9 +32,9 @@
 //! returns, one object at a time (`kernel/src/reclaim.rs`): the longest such call is reported.
 //!
 //! Safety of the run's own accounting: a chain task only ever receives the capability to a
-//! task just made, from a slot only the builders write (no unforced call of any fuzzer writes a slot above 63:
-//! `guard_destinations`), so no chain holds a cycle (which would outlive the fuzzer task and
-//! fail the run's memory check).
+//! task just made, from a slot only the builders write, and only through a slot only the
+//! builders write (no unforced call of any fuzzer writes one: `guard_destinations`), so no
+//! chain holds a cycle (which would outlive the fuzzer task and fail the run's memory check).
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use rl4_user::abi::ipc::{FOREVER, NO_SLOT, Tag};
 use rl4_user::abi::{Error, Rights, Sys, ThreadState, cost};
@@ -45,10 +46,11 @@ use super::*;
 /// and neither ever writes one: `guard_destinations`);
 /// their kinds stay fixed (a copy made from one takes its kind).
 const TASK_TAIL: [u64; 2] = [128, 129];
+const TASK_HEAD: u64 = 133;
 const EP_NEXT: [u64; 2] = [130, 131];
 const EP_SENDER: u64 = 132;
 const DERIV_LO: u64 = 136;
-const DERIV_HI: u64 = 256;
+const DERIV_HI: u64 = slot::INBOX;
 
 const TASKS: usize = 0;
 const EPS: usize = 1;
@@ -109,6 +111,7 @@ pub(super) fn init_kinds() {
     for s in TASK_TAIL {
         set_kind(s, SUB_TASK);
     }
+    set_kind(TASK_HEAD, SUB_TASK);
     for s in EP_NEXT {
         set_kind(s, EP);
     }
@@ -229,16 +232,23 @@ impl Fz {
         if want < 2 {
             return;
         }
+        // The head is made in a builder's slot, which only the builders write, and the chain
+        // grows from there: the slot a link is copied into always holds the task made just
+        // before. A copy in a visible slot (`h`) is what the other threads and `cut` see; the
+        // chain never grows through `h`, which any call may empty and refill meanwhile.
+        if !self.make_own(Sys::TaskCreate, TASK_HEAD) {
+            return;
+        }
         let h = self.free();
-        let m = self.memory();
-        let mut c = Req::new(Sys::TaskCreate, [m, h, 0, 0, 0, 0]);
+        let mut c = Req::new(Sys::CapCopy, [TASK_HEAD, slot::TASK, h, Rights::ALL.0, 0, 0]);
         c.effect = Effect::Set(h, SUB_TASK);
         if self.exec(c) != 0 {
+            self.drop_own(TASK_HEAD);
             return;
         }
         HEAD[TASKS].store(h, Relaxed);
         let at = self.rnd() % (2 * want);
-        let (mut tail, mut links, mut i, mut cut) = (h, 1u64, 0usize, false);
+        let (mut tail, mut links, mut i, mut cut) = (TASK_HEAD, 1u64, 0usize, false);
         while links < want && !stopping() {
             if !cut && links >= at {
                 cut = true;
@@ -252,18 +262,14 @@ impl Fz {
             // The new task into the last one's slot 0 (or, rarely, another of its slots).
             let dst = if self.one_in(16) { self.rnd() % 256 } else { 0 };
             let r = self.forced(Sys::CapCopy, [a, tail, dst, Rights::ALL.0, 0, 0]).0;
-            if tail != h {
-                self.drop_own(tail);
-            }
+            self.drop_own(tail);
             tail = a;
             if r != 0 {
                 break;
             }
             links += 1;
         }
-        if tail != h {
-            self.drop_own(tail);
-        }
+        self.drop_own(tail);
         add(word::DEEP_TASK_CHAINS, 1);
         add(word::DEEP_TASK_LINKS, links);
         max(word::DEEP_TASK_MAX, links);
