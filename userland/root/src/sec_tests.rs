@@ -125,6 +125,281 @@ fn test_task_space_race() {
     );
 }
 
+// ---- one read of a slot, for every call that takes one --------------------------------------------
+
+/// The call [`slot_reader`] races on `RACE_SRC`; what the slot holds alternates between a
+/// *narrow* capability (which must never yield more than its rights allow) and a *wide* one of
+/// another object, told apart by what the call produced.
+static RACE_OP: AtomicU64 = AtomicU64::new(0);
+/// Per operation: the endpoint the reader sends to (`OP_SEND`).
+static RACE_AUX: AtomicU64 = AtomicU64::new(0);
+/// Calls that produced something, and how many of those came from the narrow capability with
+/// more than it allows (counted by the reader or, for `OP_SEND`, the receiver).
+static RACE_SLOT_CALLS: AtomicU64 = AtomicU64::new(0);
+static RACE_SLOT_GOT: AtomicU64 = AtomicU64::new(0);
+static RACE_SLOT_NARROW_GOT: AtomicU64 = AtomicU64::new(0);
+static RACE_SLOT_WIDER: AtomicU64 = AtomicU64::new(0);
+static RACE_SLOT_ODD: AtomicU64 = AtomicU64::new(0);
+static RACE_SLOT_ODD_ERR: AtomicU64 = AtomicU64::new(0);
+
+const OP_COPY: u64 = 0;
+const OP_MINT: u64 = 1;
+const OP_MAP: u64 = 2;
+const OP_SEND: u64 = 3;
+const OP_THREAD: u64 = 4;
+const OP_NAMES: [&str; 5] = ["CapCopy", "CapMint", "Map", "Send", "ThreadCreate"];
+/// Where `OP_MAP` maps the slot's frame in the root task, and the marks of the two frames.
+const RACE_VA: u64 = 0x0000_5e00_0000_0000;
+const MARK_NARROW: u64 = 0x6e61_7272_6f77_0001;
+const MARK_WIDE: u64 = 0x7769_6465_0000_0002;
+
+// A thread that needs no stack and ends at once: `ThreadExit`. Made in the root task it ends
+// `Dead`; made in a task with an empty address space it faults at its first instruction.
+core::arch::global_asm!(
+    ".pushsection .text.sec_exit_now, \"ax\"",
+    ".global sec_exit_now",
+    "sec_exit_now:",
+    "    mov eax, {exit}",
+    "    syscall",
+    "    ud2",
+    ".popsection",
+    exit = const Sys::ThreadExit as u64,
+);
+
+unsafe extern "C" {
+    fn sec_exit_now();
+}
+
+/// Per operation: swaps, calls, produced, from the narrow capability, beyond its rights, odd
+/// results, swapping and stopping went well.
+struct RaceLines<'a>(&'a [(u64, u64, u64, u64, u64, u64, bool); 5]);
+
+impl core::fmt::Display for RaceLines<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for (op, l) in self.0.iter().enumerate() {
+            write!(
+                f,
+                "{}{}: {} swaps, {} calls, {} produced, {} from the narrow capability, {} beyond its rights, {} odd{}",
+                if op == 0 { "" } else { "; " },
+                OP_NAMES[op],
+                l.0,
+                l.1,
+                l.2,
+                l.3,
+                l.4,
+                l.5,
+                if l.6 { "" } else { " (swap or stop failed)" }
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn odd(e: Error) {
+    RACE_SLOT_ODD.fetch_add(1, SeqCst);
+    RACE_SLOT_ODD_ERR.store(e as u64, SeqCst);
+}
+
+/// Reads the first word of the page at `RACE_VA`.
+fn race_page_word() -> u64 {
+    // SAFETY: called only right after a successful `Map` at `RACE_VA` by this thread, which
+    // nothing unmaps before this read (the swapping thread changes the slot, not the mapping).
+    unsafe { core::ptr::read_volatile(RACE_VA as *const u64) }
+}
+
+fn slot_reader(_: u64) {
+    let (op, src, dst, aux) = (RACE_OP.load(SeqCst), RACE_SRC.load(SeqCst), RACE_DST.load(SeqCst), RACE_AUX.load(SeqCst));
+    let msg = Msg { tag: Tag::new(1, 0, 1), badge: 0, w: [0; 4] };
+    let ms = tsc_hz() / 1000;
+    while !RACE_STOP.load(SeqCst) {
+        RACE_SLOT_CALLS.fetch_add(1, SeqCst);
+        let r = match op {
+            OP_COPY => sys::cap_copy(src, TASK, dst, Rights::ALL),
+            OP_MINT => sys::cap_mint(src, TASK, dst, Rights::ALL, 5),
+            OP_MAP => sys::map(SPACE, src, RACE_VA, Rights::READ.union(Rights::WRITE)),
+            OP_SEND => sys::ipc(Sys::Send, aux, &msg, 10 * ms, src, u64::MAX).map(|_| ()),
+            _ => sys::thread_create(MEMORY, src, sec_exit_now as *const () as u64, 0, ROOT_PRIO, 1, dst),
+        };
+        match r {
+            Ok(()) => {
+                RACE_SLOT_GOT.fetch_add(1, SeqCst);
+                let (narrow, wider) = match op {
+                    OP_COPY | OP_MINT => match sys::cap_identify(dst) {
+                        Ok([ty, rights, _]) => {
+                            let n = ty == ObjType::Notification as u64;
+                            (n, n && rights & !Rights::SEND.0 != 0)
+                        }
+                        Err(e) => {
+                            odd(e);
+                            (false, false)
+                        }
+                    },
+                    OP_MAP => {
+                        let w = race_page_word();
+                        if w != MARK_NARROW && w != MARK_WIDE {
+                            RACE_SLOT_ODD.fetch_add(1, SeqCst);
+                        }
+                        let _ = sys::unmap(SPACE, RACE_VA);
+                        // The narrow frame's capability has no `WRITE`: mapping it writable
+                        // must have been refused.
+                        (w == MARK_NARROW, w == MARK_NARROW)
+                    }
+                    // Judged by the receiver.
+                    OP_SEND => (false, false),
+                    _ => {
+                        // Made in the victim (its capability has no `WRITE`) it would fault in
+                        // the victim's empty space; made in the root task it ends as soon as
+                        // this thread yields (`wait_ms`: same priority, same CPU).
+                        let _ = sys::thread_resume(dst);
+                        wait_ms(200, || matches!(state(dst), Some(ThreadState::Dead) | Some(ThreadState::Faulted)));
+                        let faulted = state(dst) == Some(ThreadState::Faulted);
+                        (faulted, faulted)
+                    }
+                };
+                RACE_SLOT_NARROW_GOT.fetch_add(narrow as u64, SeqCst);
+                RACE_SLOT_WIDER.fetch_add(wider as u64, SeqCst);
+                if op != OP_MAP && op != OP_SEND {
+                    let _ = sys::cap_delete(dst);
+                }
+            }
+            // The slot was empty, held the other object, or held the narrow capability and the
+            // call refused it for a right it lacks; a send nobody took in time.
+            Err(Error::EmptySlot) | Err(Error::WrongType) | Err(Error::MissingRight) => {}
+            Err(Error::Timeout) if op == OP_SEND => {}
+            Err(e) => odd(e),
+        }
+    }
+}
+
+/// `OP_SEND`'s receiver: takes each capability sent into `RACE_DST`, looks at it, deletes it.
+fn slot_receiver(_: u64) {
+    let (ep, into) = (RACE_AUX.load(SeqCst), RACE_DST.load(SeqCst));
+    let ms = tsc_hz() / 1000;
+    while !RACE_STOP.load(SeqCst) {
+        let Ok(m) = sys::ipc(Sys::Recv, ep, &Msg::default(), 10 * ms, u64::MAX, into) else { continue };
+        if m.tag.caps() != 1 {
+            continue;
+        }
+        match sys::cap_identify(into) {
+            // The narrow capability (a notification) has no `GRANT`: it must never arrive.
+            Ok([ty, _, _]) if ty == ObjType::Notification as u64 => {
+                RACE_SLOT_NARROW_GOT.fetch_add(1, SeqCst);
+                RACE_SLOT_WIDER.fetch_add(1, SeqCst);
+            }
+            Ok(_) => {}
+            Err(e) => odd(e),
+        }
+        let _ = sys::cap_delete(into);
+    }
+}
+
+/// Issue 17: every call that takes a capability slot acts on one snapshot of it. For each of
+/// `CapCopy`, `CapMint`, `Map`, `Send` with a capability and `ThreadCreate`, a reader on CPU 1
+/// makes the call from a slot that this thread, on CPU 0, keeps switching between a narrow
+/// capability and a wide one to another object (delete, the wide one, delete, the narrow one,
+/// each held for a varying while): nothing the reader obtains from the narrow object may have
+/// more than the narrow capability allows — a copy or mint of a `SEND`-only notification
+/// capability has no other right, its frame is never mapped writable from a `READ`-only
+/// capability, a notification capability without `GRANT` never arrives through IPC, and no
+/// thread is made in a task from a capability without `WRITE`. (`TaskAddressSpace` has its own
+/// test above.)
+fn test_slot_races() {
+    const NAME: &str = "snapshot-slot-races";
+    if cpus() < 2 {
+        return crate::tests::skip(NAME, "one CPU");
+    }
+    let (note, ep, fa, fb, victim, aux) = (slot(), slot(), slot(), slot(), slot(), slot());
+    let setup = sys::notification_create(MEMORY, note)
+        .and_then(|_| sys::endpoint_create(MEMORY, ep))
+        .and_then(|_| sys::endpoint_create(MEMORY, aux))
+        .and_then(|_| sys::frame_alloc(MEMORY, fa))
+        .and_then(|_| sys::frame_alloc(MEMORY, fb))
+        .and_then(|_| sys::task_create(MEMORY, victim));
+    // The frames' marks, written through a mapping of each in turn.
+    let marked = setup.and_then(|_| {
+        for (f, mark) in [(fa, MARK_NARROW), (fb, MARK_WIDE)] {
+            sys::map(SPACE, f, RACE_VA, Rights::READ.union(Rights::WRITE))?;
+            // SAFETY: the page was mapped writable at `RACE_VA` just above, by this thread.
+            unsafe { core::ptr::write_volatile(RACE_VA as *mut u64, mark) };
+            sys::unmap(SPACE, RACE_VA)?;
+        }
+        Ok(())
+    });
+    let mut lines: [(u64, u64, u64, u64, u64, u64, bool); 5] = [(0, 0, 0, 0, 0, 0, false); 5];
+    let mut ok = marked.is_ok();
+    if let Err(e) = marked {
+        for s in [note, ep, fa, fb, victim, aux] {
+            release(s);
+        }
+        return report(NAME, false, format_args!("set-up: {e}"));
+    }
+    for op in [OP_COPY, OP_MINT, OP_MAP, OP_SEND, OP_THREAD] {
+        // (narrow object, its rights here, wide object)
+        let (narrow, rights, wide) = match op {
+            OP_MAP => (fa, Rights::READ, fb),
+            OP_THREAD => (victim, Rights::READ, TASK),
+            OP_SEND => (note, Rights::SEND, ep),
+            _ => (note, Rights::SEND, ep),
+        };
+        let (src, dst) = (slot(), slot());
+        for c in [&RACE_SLOT_CALLS, &RACE_SLOT_GOT, &RACE_SLOT_NARROW_GOT, &RACE_SLOT_WIDER, &RACE_SLOT_ODD] {
+            c.store(0, SeqCst);
+        }
+        RACE_OP.store(op, SeqCst);
+        RACE_SRC.store(src, SeqCst);
+        RACE_DST.store(dst, SeqCst);
+        RACE_AUX.store(aux, SeqCst);
+        RACE_STOP.store(false, SeqCst);
+        let _ = sys::cap_copy(narrow, TASK, src, rights);
+        let receiver = (op == OP_SEND).then(|| spawn(slot_receiver, 0, ROOT_PRIO + 1, 0));
+        let reader = spawn(slot_reader, 0, ROOT_PRIO, 1);
+        let end = rl4_user::rdtsc() + tsc_hz() * 3 / 4;
+        let (mut rounds, mut swap_errors) = (0u64, 0u64);
+        while rounds < 20_000 && rl4_user::rdtsc() < end {
+            rounds += 1;
+            dwell();
+            let r = sys::cap_delete(src).and_then(|_| sys::cap_copy(wide, TASK, src, Rights::ALL));
+            dwell();
+            let r = r.and_then(|_| sys::cap_delete(src)).and_then(|_| sys::cap_copy(narrow, TASK, src, rights));
+            if r.is_err() {
+                swap_errors += 1;
+                let _ = sys::cap_delete(src);
+                let _ = sys::cap_copy(narrow, TASK, src, rights);
+            }
+        }
+        RACE_STOP.store(true, SeqCst);
+        let stopped = wait_ms(2000, || matches!(state(reader), Some(ThreadState::Dead)))
+            && receiver.is_none_or(|r| wait_ms(2000, || matches!(state(r), Some(ThreadState::Dead))));
+        release(reader);
+        if let Some(r) = receiver {
+            release(r);
+        }
+        if op == OP_MAP {
+            let _ = sys::unmap(SPACE, RACE_VA);
+        }
+        for s in [src, dst] {
+            release(s);
+        }
+        let l = (
+            rounds,
+            RACE_SLOT_CALLS.load(SeqCst),
+            RACE_SLOT_GOT.load(SeqCst),
+            RACE_SLOT_NARROW_GOT.load(SeqCst),
+            RACE_SLOT_WIDER.load(SeqCst),
+            RACE_SLOT_ODD.load(SeqCst),
+            stopped && swap_errors == 0,
+        );
+        // Something must have come through (from the wide capability), or the race ran nothing.
+        ok &= l.4 == 0 && l.5 == 0 && l.6 && l.2 > 0;
+        lines[op as usize] = l;
+    }
+    let _ = sys::task_kill(victim);
+    for s in [note, ep, fa, fb, victim, aux] {
+        release(s);
+    }
+    report(NAME, ok, format_args!("{} (last odd error {})", RaceLines(&lines), RACE_SLOT_ODD_ERR.load(SeqCst)));
+}
+
 // ---- GRANT on the transferred capability -------------------------------------------------------
 
 static GRANT_EP: AtomicU64 = AtomicU64::new(0);
@@ -670,6 +945,7 @@ pub fn run(bi: &BootInfo) {
     test_revoke_in_flight();
     test_revoke_race();
     test_task_space_race();
+    test_slot_races();
     test_transfer_needs_grant_on_cap();
     test_forged_console_lines(bi);
 }
