@@ -582,6 +582,11 @@ pub fn decide() {
 #[inline(always)]
 fn pick(cs: &CpuSched, mut carry: Option<(u8, Arc<Thread>, bool)>) -> bool {
     loop {
+        // An empty queue (its top-priority copy is exact after every change, all on this CPU)
+        // needs no loan of it: the idle loop and a CPU whose thread just blocked come here.
+        if carry.is_none() && cs.rq_top.load(Ordering::Relaxed) < 0 {
+            return false;
+        }
         let next = with_rq(cs, |rq| {
             if let Some((p, t, front)) = carry.take() {
                 rq_push(rq, p, t, front);
