@@ -19,7 +19,7 @@ extern crate alloc;
 
 use alloc::vec::Vec;
 use core::arch::x86_64::{__cpuid, __cpuid_count};
-use core::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use x86_64::registers::control::{Cr0, Cr0Flags, Cr4, Cr4Flags};
 use x86_64::registers::xcontrol::{XCr0, XCr0Flags};
 
@@ -152,6 +152,10 @@ pub fn area_bytes() -> u64 {
 /// save before the next restore.
 pub struct FpuState {
     area: core::cell::UnsafeCell<Vec<Block>>,
+    /// The stamp of the CPU that last saved into the area, as that save left it (0: never
+    /// saved). Equal to a CPU's current stamp (`percpu::fpu_stamp`) only while that CPU's
+    /// registers still hold what the area holds: [`FpuState::restore`] then loads nothing.
+    stamp: AtomicU64,
 }
 
 // SAFETY: see the access protocol above.
@@ -170,7 +174,7 @@ impl FpuState {
         // FTW = 0, every x87 register empty), but the two control registers.
         v[0].0[FCW..FCW + 2].copy_from_slice(&DEFAULT_FCW.to_le_bytes());
         v[0].0[MXCSR..MXCSR + 4].copy_from_slice(&DEFAULT_MXCSR.to_le_bytes());
-        Some(FpuState { area: core::cell::UnsafeCell::new(v) })
+        Some(FpuState { area: core::cell::UnsafeCell::new(v), stamp: AtomicU64::new(0) })
     }
 
     /// Saves this CPU's registers into the area: call it on the CPU that runs the thread, as the
@@ -181,34 +185,72 @@ impl FpuState {
         let area = unsafe { &mut *self.area.get() };
         let p = area.as_mut_ptr() as *mut u8;
         debug_assert!(area.len() * 64 >= SIZE.load(Ordering::Relaxed) as usize);
-        // SAFETY (all three): `p` is 64-byte aligned (`Block`) and the area holds at least the
-        // size CPUID gave for the components XCR0 enables (EDX:EAX = all of them), or 512
-        // bytes for FXSAVE. The instruction writes only there.
-        match MECHANISM.load(Ordering::Relaxed) {
-            3 => unsafe {
+        // XSAVEOPT, the common case, in line; the others out of line.
+        if MECHANISM.load(Ordering::Relaxed) == Mechanism::Xsaveopt as u8 {
+            // SAFETY (both): `p` is 64-byte aligned (`Block`) and the area holds at least the
+            // size CPUID gave for the components XCR0 enables (EDX:EAX = all of them), or 512
+            // bytes for FXSAVE. The instruction writes only there.
+            unsafe {
                 core::arch::asm!("xsaveopt64 [{}]", in(reg) p, in("eax") u32::MAX, in("edx") u32::MAX, options(nostack, preserves_flags))
-            },
-            2 => unsafe {
-                core::arch::asm!("xsave64 [{}]", in(reg) p, in("eax") u32::MAX, in("edx") u32::MAX, options(nostack, preserves_flags))
-            },
-            _ => unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) p, options(nostack, preserves_flags)) },
+            }
+        } else {
+            // SAFETY: as above.
+            unsafe { save_other(p) }
         }
+        // The area and this CPU's registers agree now, under a stamp no CPU used before.
+        self.stamp.store(crate::percpu::next_fpu_stamp(), Ordering::Relaxed);
     }
 
     /// Loads the area into this CPU's registers: call it on the CPU that switches the thread in.
+    /// Loads nothing if they hold it already: this CPU made the area's last save and has saved
+    /// or loaded no other area since (the stamps agree), as when a thread that blocked resumes
+    /// on a CPU that ran nothing else meanwhile (it idled, or waited for a cross-CPU reply).
+    /// The kernel itself never touches these registers (soft-float target).
+    /// Returns whether it loaded nothing.
     #[inline]
-    pub fn restore(&self) {
+    pub fn restore(&self) -> bool {
+        if self.stamp.load(Ordering::Relaxed) == crate::percpu::fpu_stamp() {
+            return true;
+        }
+        self.load();
+        false
+    }
+
+    /// Loads the area into this CPU's registers whatever they hold (see [`FpuState::restore`]).
+    #[inline]
+    pub fn load(&self) {
         // SAFETY: per the access protocol nobody writes the area now.
         let area = unsafe { &*self.area.get() };
         let p = area.as_ptr() as *const u8;
-        // SAFETY (both): `p` is 64-byte aligned and holds either the default image made by
-        // `new` (valid for XRSTOR and FXRSTOR: header zero, MXCSR without reserved bits) or
-        // what `save` wrote on a CPU of the same configuration.
-        match MECHANISM.load(Ordering::Relaxed) {
-            2 | 3 => unsafe {
+        if MECHANISM.load(Ordering::Relaxed) >= Mechanism::Xsave as u8 {
+            // SAFETY (both): `p` is 64-byte aligned and holds either the default image made by
+            // `new` (valid for XRSTOR and FXRSTOR: header zero, MXCSR without reserved bits) or
+            // what `save` wrote on a CPU of the same configuration.
+            unsafe {
                 core::arch::asm!("xrstor64 [{}]", in(reg) p, in("eax") u32::MAX, in("edx") u32::MAX, options(nostack, preserves_flags, readonly))
-            },
-            _ => unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) p, options(nostack, preserves_flags, readonly)) },
+            }
+        } else {
+            // SAFETY: as above.
+            unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) p, options(nostack, preserves_flags, readonly)) }
         }
+        // The registers changed: no area's stamp may match this CPU's any more.
+        crate::percpu::next_fpu_stamp();
+    }
+}
+
+/// `FpuState::save` with `XSAVE` or `FXSAVE` (CPUs without `XSAVEOPT`).
+///
+/// # Safety
+/// As for the instructions in `FpuState::save`: `p` is a 64-byte aligned save area of at least
+/// the configured size that nobody else touches now.
+#[cold]
+#[inline(never)]
+unsafe fn save_other(p: *mut u8) {
+    if MECHANISM.load(Ordering::Relaxed) == Mechanism::Xsave as u8 {
+        // SAFETY: the caller's.
+        unsafe { core::arch::asm!("xsave64 [{}]", in(reg) p, in("eax") u32::MAX, in("edx") u32::MAX, options(nostack, preserves_flags)) }
+    } else {
+        // SAFETY: the caller's.
+        unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) p, options(nostack, preserves_flags)) }
     }
 }

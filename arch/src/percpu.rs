@@ -36,6 +36,10 @@ pub struct CpuHeader {
     /// mode, after the kernel's last access for that entry; other CPUs read it to tell that
     /// this one has left the kernel since some moment (the kernel's `qsbr.rs`).
     exits: AtomicU64,
+    /// The FPU stamp of this CPU (gs:72; see `fpu.rs`): changed at every save and every load of
+    /// a thread's FPU/SIMD registers on this CPU, each time to a value no CPU used before; equal
+    /// to a save area's stamp only while this CPU's registers still hold what that area holds.
+    fpu_stamp: AtomicU64,
 }
 
 impl CpuHeader {
@@ -51,6 +55,7 @@ impl CpuHeader {
             locks_held: AtomicU64::new(0),
             kernel_block: AtomicU64::new(0),
             exits: AtomicU64::new(0),
+            fpu_stamp: AtomicU64::new(FPU_STAMP_STEP + index as u64),
         }
     }
     /// How many times this CPU has returned to user mode (read by any CPU).
@@ -81,6 +86,7 @@ pub fn install_early() {
 
 /// Points this CPU's `GS` base at `header`, which must live for the rest of the kernel's life.
 pub fn install(header: &'static CpuHeader) {
+    assert!((header.index() as u64) < FPU_STAMP_STEP, "CPU index {} above the FPU stamps' range", header.index());
     let addr = header as *const CpuHeader as u64;
     header.self_addr.store(addr, Ordering::Relaxed);
     GsBase::write(VirtAddr::new(addr));
@@ -153,6 +159,33 @@ const _: () = assert!(core::mem::offset_of!(CpuHeader, user_rsp) == 24);
 const _: () = assert!(core::mem::offset_of!(CpuHeader, locks_held) == 48);
 const _: () = assert!(core::mem::offset_of!(CpuHeader, kernel_block) == 56);
 const _: () = assert!(core::mem::offset_of!(CpuHeader, exits) == 64);
+const _: () = assert!(core::mem::offset_of!(CpuHeader, fpu_stamp) == 72);
+
+/// What a CPU adds to its FPU stamp at each change: CPU `i`'s stamps are `i + k * STEP` with
+/// `k >= 1`, so no two CPUs ever make the same stamp and none is 0 (a new save area's). A CPU
+/// makes 2^56 stamps before one repeats: 228 years at ten million switches a second.
+pub const FPU_STAMP_STEP: u64 = crate::ioport::MAX_CPUS as u64;
+const _: () = assert!(FPU_STAMP_STEP.is_power_of_two() && FPU_STAMP_STEP <= 1 << 8);
+
+/// This CPU's FPU stamp (gs:72): one load.
+#[inline(always)]
+pub fn fpu_stamp() -> u64 {
+    let v: u64;
+    // SAFETY: a plain load of this CPU's header field (gs:72).
+    unsafe { core::arch::asm!("mov {}, gs:[72]", out(reg) v, options(nostack, readonly, preserves_flags)) };
+    v
+}
+
+/// Gives this CPU's FPU stamp a value never used before and returns it (one add, one load).
+#[inline(always)]
+pub fn next_fpu_stamp() -> u64 {
+    let v: u64;
+    // SAFETY: only this CPU writes its header field, with interrupts off in the kernel.
+    unsafe {
+        core::arch::asm!("add qword ptr gs:[72], {step}", "mov {v}, gs:[72]", step = const FPU_STAMP_STEP, v = out(reg) v, options(nostack))
+    };
+    v
+}
 
 /// Records the address of this CPU's kernel block (`gs:56`); the kernel stores it once, from a
 /// reference that lives for the rest of the kernel's life.

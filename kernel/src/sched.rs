@@ -50,6 +50,8 @@ pub enum Count {
     IpcCross = 2,
     /// Context switches.
     Switches = 3,
+    /// Switches to a thread whose FPU/SIMD registers this CPU still held (nothing loaded).
+    FpuKept = 4,
 }
 
 /// A [`CpuSched::flags`] bit: the time slice ran out (or the thread yielded): rotate at the next
@@ -82,7 +84,7 @@ fn new_slice(cs: &CpuSched) {
 #[repr(align(128))]
 pub struct CpuSched {
     /// Counters written only by this CPU (on a cache line no other CPU writes).
-    counts: [AtomicU64; 4],
+    counts: [AtomicU64; 5],
     /// Reply tickets handed out by this CPU (CPU index in the top bits: unique machine-wide).
     tickets: AtomicU64,
     /// The run queue: only this CPU touches it (no lock; other CPUs reach this CPU through its
@@ -197,7 +199,7 @@ fn me() -> u32 {
 /// Sets up the calling CPU's scheduler. `pcid`: the CPU uses PCIDs.
 pub fn init_cpu(pcid: bool) {
     let s = Box::leak(Box::new(CpuSched {
-        counts: [const { AtomicU64::new(0) }; 4],
+        counts: [const { AtomicU64::new(0) }; 5],
         tickets: AtomicU64::new((me() as u64) << 48),
         rq: percpu::CpuCell::new(me(), RunQueue::new(me())),
         rq_top: AtomicI32::new(-1),
@@ -616,7 +618,9 @@ fn set_current_prio(cs: &CpuSched, prio: i32) {
 fn switch_to(cs: &CpuSched, t: Arc<Thread>, prio: u8, fresh: bool) {
     crate::timeline::event(crate::timeline::Kind::Switch, t.id, (prio as u64) << 8);
     entry::set_current(&t.regs);
-    crate::thread::fpu_enter(&t);
+    if crate::thread::fpu_enter(&t) {
+        cs.bump(Count::FpuKept);
+    }
     tlb::load_space(cs, &t.space);
     set_current_prio(cs, prio as i32);
     if fresh {
@@ -721,7 +725,9 @@ pub fn switch_direct(to: Arc<Thread>, prio: u8) {
 pub(crate) fn switch_direct_blocked(cs: &CpuSched, to: Arc<Thread>, prio: u8) {
     crate::timeline::event(crate::timeline::Kind::Switch, to.id, (prio as u64) << 8 | 1);
     entry::set_current(&to.regs);
-    crate::thread::fpu_enter(&to);
+    if crate::thread::fpu_enter(&to) {
+        cs.bump(Count::FpuKept);
+    }
     tlb::load_space(cs, &to.space);
     set_current_prio(cs, prio as i32);
     cs.bump(Count::Switches);

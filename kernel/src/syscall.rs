@@ -581,6 +581,7 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
                 stat::IPC_FAST => sched::total(sched::Count::IpcFast),
                 stat::IPC_SLOW => sched::total(sched::Count::IpcSlow),
                 stat::IPC_CROSS => sched::total(sched::Count::IpcCross),
+                stat::FPU_KEPT => sched::total(sched::Count::FpuKept),
                 stat::IPIS_SENT => cpus::IPIS_SENT.load(core::sync::atomic::Ordering::Relaxed),
                 stat::HEAP_BYTES => mem::heap_size(),
                 stat::HEAP_IN_USE => mem::heap_in_use(),

@@ -287,9 +287,11 @@ pub fn fpu_leave(t: &Thread) {
     t.fpu.save();
 }
 
-/// `t` becomes this CPU's running thread: its FPU/SIMD registers are loaded. Every path that
+/// `t` becomes this CPU's running thread: its FPU/SIMD registers are loaded, unless this CPU
+/// still holds them (it saved them last and loaded nothing since: `true`). Every path that
 /// makes a thread current calls this (with `entry::set_current`).
 #[inline(always)]
-pub fn fpu_enter(t: &Thread) {
-    t.fpu.restore();
+#[must_use]
+pub fn fpu_enter(t: &Thread) -> bool {
+    t.fpu.restore()
 }

@@ -414,6 +414,9 @@ pub mod stat {
     /// Kernel heap allocations failed on purpose by `failalloc=SEED/N` (docs/memory.md,
     /// "Allocation failure injection"); 0 without the option.
     pub const FAILED_ALLOCS: u64 = 18;
+    /// Switches to a thread whose FPU/SIMD registers the CPU still held, so that nothing was
+    /// loaded (it saved them last and loaded no other thread's since), all CPUs.
+    pub const FPU_KEPT: u64 = 19;
 }
 
 /// What each kind of object costs the memory budget it is made from, in bytes (docs/syscalls.md):

@@ -21,6 +21,9 @@ pub const AVX: u64 = 4;
 pub const SPIN: u64 = 0;
 pub const CLIENT: u64 = 1;
 pub const SERVER: u64 = 2;
+/// Spins for a gap, then sleeps as long (a receive with a timeout on an endpoint of its own
+/// that nobody sends to), and again: its CPU idles now and then.
+pub const NAP: u64 = 3;
 /// Test threads: 1 and 2 in the root task, 3 and 4 in the worker.
 pub const THREADS: u64 = 4;
 
@@ -335,6 +338,16 @@ pub fn thread(op: u64, ep: u64) {
                 if crate::sys::call(ep, &crate::sys::Msg::default()).is_ok() {
                     r(rec::IPCS).fetch_add(1, Relaxed);
                 }
+                look(&mut last);
+            }
+        }
+        NAP => {
+            while w(header::STOP).load(Relaxed) == 0 {
+                let start = crate::rdtsc();
+                while crate::rdtsc().wrapping_sub(start) < gap && w(header::STOP).load(Relaxed) == 0 {
+                    look(&mut last);
+                }
+                let _ = crate::sys::recv_timeout(ep, gap.max(1));
                 look(&mut last);
             }
         }

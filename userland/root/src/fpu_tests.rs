@@ -2,7 +2,11 @@
 //! threads of two tasks on one CPU, each with its own pattern in the registers (`rl4_user::fpu`):
 //! in the root task a client and a spinner, in a worker task a server and a spinner. The
 //! spinners are preempted by the timer, the client and the server switch to each other at every
-//! IPC (the fast path's direct switch); none may ever see another's values.
+//! IPC (the fast path's direct switch); none may ever see another's values. The `-cross-cpu`
+//! phase puts the client and a napping thread of the root task on one CPU and the server and
+//! the worker's spinner on another: the client's CPU idles while it waits for a reply (it then
+//! resumes it without loading its registers, which the CPU still holds: `stat::FPU_KEPT`) or
+//! runs the napper meanwhile (it then must load them).
 use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use rl4_abi::{BootInfo, Rights, ThreadState, stat};
 use rl4_user::fpu::{self, header, rec};
@@ -14,9 +18,12 @@ use crate::tests::{report, state};
 
 /// The root task's endpoint slot for its client thread.
 static EP: AtomicU64 = AtomicU64::new(0);
+/// The endpoint the napping thread sleeps on (nobody sends to it).
+static NAP_EP: AtomicU64 = AtomicU64::new(0);
 
 fn root_thread(op: u64) {
-    fpu::thread(op, EP.load(SeqCst));
+    let ep = if op & 0xff == fpu::NAP { &NAP_EP } else { &EP };
+    fpu::thread(op, ep.load(SeqCst));
 }
 
 fn w(i: usize) -> &'static AtomicU64 {
@@ -29,6 +36,15 @@ fn r(k: u64, f: usize) -> u64 {
     w(16 * k as usize + f).load(SeqCst)
 }
 
+/// Where the client's side (root task) and the server's side (worker) ran.
+struct OnCpus(u64, u64);
+
+impl core::fmt::Display for OnCpus {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        if self.0 == self.1 { write!(f, "cpu {}", self.0) } else { write!(f, "client on cpu {}, server on cpu {}", self.0, self.1) }
+    }
+}
+
 /// How long a phase runs at most, and what it must reach: switches away seen by the threads and
 /// IPC round trips.
 struct Goal {
@@ -37,18 +53,24 @@ struct Goal {
     ipcs: u64,
 }
 
-fn phase(bi: &BootInfo, name: &str, mode: u64, what: &str, goal: &Goal) {
+/// `split`: the root task's threads (the client and a napper) on the CPU before the worker's.
+fn phase(bi: &BootInfo, name: &str, mode: u64, what: &str, goal: &Goal, split: bool) {
     let cpu = cpus() - 1;
+    let ccpu = if split { cpu - 1 } else { cpu };
     let rw = Rights::READ.union(Rights::WRITE);
-    let (page, ep) = (slot(), slot());
+    let (page, ep, nap) = (slot(), slot(), slot());
     let made = sys::frame_alloc(MEMORY, page)
         .and_then(|_| sys::map(SPACE, page, fpu::PAGE, rw))
-        .and_then(|_| sys::endpoint_create(MEMORY, ep));
+        .and_then(|_| sys::endpoint_create(MEMORY, ep))
+        .and_then(|_| sys::endpoint_create(MEMORY, nap));
     if let Err(e) = made {
+        let _ = sys::unmap(SPACE, fpu::PAGE);
         release(page);
         release(ep);
+        release(nap);
         return report(name, false, format_args!("set-up failed: {e}"));
     }
+    NAP_EP.store(nap, SeqCst);
     w(header::MODE).store(mode, SeqCst);
     w(header::GAP).store(tsc_hz() / 5000, SeqCst);
     EP.store(ep, SeqCst);
@@ -62,6 +84,7 @@ fn phase(bi: &BootInfo, name: &str, mode: u64, what: &str, goal: &Goal) {
             let _ = sys::unmap(SPACE, fpu::PAGE);
             release(page);
             release(ep);
+            release(nap);
             return report(name, false, format_args!("worker set-up failed: {e}"));
         }
     };
@@ -69,8 +92,9 @@ fn phase(bi: &BootInfo, name: &str, mode: u64, what: &str, goal: &Goal) {
     let server = child.thread(CHILD_STACK_TOP, W_FPU, fpu::SERVER | 3 << 8, ROOT_PRIO, cpu);
     let wspin = child.thread(CHILD_STACK_TOP - 0x10_0000, W_FPU, fpu::SPIN | 4 << 8, ROOT_PRIO, cpu);
     let fast0 = sys::stat(MACHINE, stat::IPC_FAST).unwrap_or(0);
-    let client = spawn(root_thread, fpu::CLIENT | 1 << 8, ROOT_PRIO, cpu);
-    let rspin = spawn(root_thread, fpu::SPIN | 2 << 8, ROOT_PRIO, cpu);
+    let kept0 = sys::stat(MACHINE, stat::FPU_KEPT).unwrap_or(0);
+    let client = spawn(root_thread, fpu::CLIENT | 1 << 8, ROOT_PRIO, ccpu);
+    let rspin = spawn(root_thread, if split { fpu::NAP } else { fpu::SPIN } | 2 << 8, ROOT_PRIO, ccpu);
     let ts = [client, rspin, *server.as_ref().unwrap_or(&0), *wspin.as_ref().unwrap_or(&0)];
     let faulted = || ts.iter().any(|&t| t != 0 && state(t) == Some(ThreadState::Faulted));
     let gaps = || (1..=4).map(|k| r(k, rec::GAPS)).sum::<u64>();
@@ -86,6 +110,8 @@ fn phase(bi: &BootInfo, name: &str, mode: u64, what: &str, goal: &Goal) {
     let dirty = (1..=4).find(|&k| r(k, rec::DIRTY_WHERE) != 0).map(|k| (k, r(k, rec::DIRTY_WHERE) - 1, r(k, rec::DIRTY_SEEN)));
     // IPC operations by the same-CPU fast path meanwhile (all CPUs; the test's are two per round trip).
     let fast = sys::stat(MACHINE, stat::IPC_FAST).unwrap_or(0) - fast0;
+    // Switches that loaded nothing meanwhile (all CPUs): the cross-CPU phase must have some.
+    let kept = sys::stat(MACHINE, stat::FPU_KEPT).unwrap_or(0) - kept0;
     let first = (1..=4).find(|&k| r(k, rec::BAD) != 0).map(|k| (k, r(k, rec::WHERE), r(k, rec::SEEN), r(k, rec::WANT)));
     child.release();
     for t in [client, rspin] {
@@ -97,8 +123,17 @@ fn phase(bi: &BootInfo, name: &str, mode: u64, what: &str, goal: &Goal) {
     let _ = sys::unmap(SPACE, fpu::PAGE);
     release(page);
     release(ep);
-    let ok = dirty.is_none() && !fault && started && stopped && bad == 0 && g >= goal.gaps && ipcs >= goal.ipcs && served >= goal.ipcs;
-    let on = format_args!("cpu {cpu}");
+    release(nap);
+    let ok = dirty.is_none()
+        && !fault
+        && started
+        && stopped
+        && bad == 0
+        && g >= goal.gaps
+        && ipcs >= goal.ipcs
+        && served >= goal.ipcs
+        && (!split || kept > 0);
+    let on = OnCpus(ccpu, cpu);
     let kinds = ["?", "mm", "xmm/ymm", "MXCSR", "the x87 control word"];
     if let Some((k, at, seen)) = dirty {
         let kind = kinds[(at >> 8).min(4) as usize];
@@ -127,8 +162,16 @@ fn phase(bi: &BootInfo, name: &str, mode: u64, what: &str, goal: &Goal) {
             name,
             ok,
             format_args!(
-                "{what}: 4 new threads of 2 tasks on {on} started clean, then {checks} looks, {g} times switched out, {ipcs} IPC round trips ({fast} fast-path IPC operations), 0 wrong values{}",
-                if ok { "" } else if reached { "; a thread did not start or stop" } else { "; did not reach the goal in time" }
+                "{what}: 4 new threads of 2 tasks on {on} started clean, then {checks} looks, {g} times switched out, {ipcs} IPC round trips ({fast} fast-path IPC operations), {kept} switches that loaded nothing, 0 wrong values{}",
+                if ok {
+                    ""
+                } else if split && kept == 0 {
+                    "; no switch found the registers still loaded (stat::FPU_KEPT did not move)"
+                } else if reached {
+                    "; a thread did not start or stop"
+                } else {
+                    "; did not reach the goal in time"
+                }
             ),
         ),
     }
@@ -137,7 +180,7 @@ fn phase(bi: &BootInfo, name: &str, mode: u64, what: &str, goal: &Goal) {
 /// `long`: the dedicated run (`test=fpu`, with a fast timer): thousands of switches.
 pub fn run(bi: &BootInfo, long: bool) {
     let goal = if long { Goal { ms: 30_000, gaps: 3000, ipcs: 20_000 } } else { Goal { ms: 4000, gaps: 20, ipcs: 1000 } };
-    phase(bi, "fpu-mmx-per-thread", fpu::MMX, "mm0-7", &goal);
+    phase(bi, "fpu-mmx-per-thread", fpu::MMX, "mm0-7", &goal, false);
     let (has_avx, avx_on) = fpu::avx();
     if has_avx && !avx_on {
         report(
@@ -148,9 +191,18 @@ pub fn run(bi: &BootInfo, long: bool) {
         return;
     }
     if avx_on {
-        phase(bi, "fpu-sse-avx-per-thread", fpu::SSE | fpu::AVX, "ymm0-15 and MXCSR", &goal);
+        phase(bi, "fpu-sse-avx-per-thread", fpu::SSE | fpu::AVX, "ymm0-15 and MXCSR", &goal, false);
     } else {
         crate::tests::skip("fpu-avx-per-thread", "the CPU has no AVX; xmm only");
-        phase(bi, "fpu-sse-per-thread", fpu::SSE, "xmm0-15 and MXCSR", &goal);
+        phase(bi, "fpu-sse-per-thread", fpu::SSE, "xmm0-15 and MXCSR", &goal, false);
+    }
+    let (sse, cross) = if avx_on { (fpu::SSE | fpu::AVX, "ymm0-15 and MXCSR") } else { (fpu::SSE, "xmm0-15 and MXCSR") };
+    if cpus() >= 2 {
+        // The client waits for the napper's slice or nap at many of its wake-ups (same priority):
+        // fewer round trips in the time.
+        let goal = Goal { ipcs: goal.ipcs / 5, ..goal };
+        phase(bi, "fpu-kept-across-cpus", sse, cross, &goal, true);
+    } else {
+        crate::tests::skip("fpu-kept-across-cpus", "one CPU");
     }
 }
