@@ -637,6 +637,10 @@ fn switch_to(cs: &CpuSched, t: Arc<Thread>, prio: u8, fresh: bool) {
 pub fn idle() -> ! {
     let cs = this();
     cs.current_prio.store(-1, Ordering::SeqCst);
+    // Whether the last round skipped the interrupt window because a thread arrived while this
+    // CPU polled: the next round opens it whatever happens, so that a stream of arrivals that
+    // do not run (killed meanwhile) cannot keep interrupts out.
+    let mut skipped = false;
     loop {
         crate::timeline::event(crate::timeline::Kind::Idle, 0, 0);
         // Nothing read from a capability slot's shadow lives here: a quiescent point for the
@@ -669,7 +673,17 @@ pub fn idle() -> ! {
                 }
                 cpu::relax();
             }
+            // A thread arrived while this CPU watched: it runs at once (the next round), with
+            // no attempt to halt and no interrupt window (it runs with interrupts on).
+            if !skipped && !cs.mail.is_empty() {
+                skipped = true;
+                cs.mail.set_busy();
+                core::sync::atomic::fence(Ordering::SeqCst);
+                crate::run::idle_hook();
+                continue;
+            }
         }
+        skipped = false;
         // Halting is published only if the inbox is empty, in the same word: a push after it
         // finds the CPU halting and sends the IPI, which stays pending across `sti; hlt`.
         // A CPU whose limbo waits for a grace period does not halt: it polls until its
