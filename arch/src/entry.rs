@@ -20,7 +20,7 @@
 //! interrupt every register, `rcx` and `r11` included, must come back exactly.
 //!
 //! NMI, double fault and machine check keep their IST handlers in [`crate::idt`].
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use x86_64::VirtAddr;
 use x86_64::registers::model_specific::{Efer, EferFlags, LStar, SFMask, Star};
 use x86_64::registers::rflags::RFlags;
@@ -595,9 +595,10 @@ extern "C" fn rl4_kernel_trap(f: &mut KernelFrame) {
 /// hand out references that outlive the call.
 pub struct RegsCell {
     regs: core::cell::UnsafeCell<UserRegs>,
-    /// The registers must be restored with `iretq` (a new thread, or one that entered by a
-    /// trap or had registers rewritten that `sysretq` does not restore).
-    iret: AtomicBool,
+    /// Non-zero: the registers must be restored with `iretq` (a new thread, or one that entered
+    /// by a trap or had registers rewritten that `sysretq` does not restore). Kept as the word
+    /// `gs:40` holds, so that leaving and resuming each move it with one load and one store.
+    iret: AtomicU64,
 }
 
 // SAFETY: see the access protocol above.
@@ -606,7 +607,7 @@ unsafe impl Sync for RegsCell {}
 impl RegsCell {
     /// Registers of a new thread (first resumed with `iretq`).
     pub fn new(r: UserRegs) -> Self {
-        RegsCell { regs: core::cell::UnsafeCell::new(r), iret: AtomicBool::new(true) }
+        RegsCell { regs: core::cell::UnsafeCell::new(r), iret: AtomicU64::new(1) }
     }
 
     /// One past the end of the block: what `gs:32` holds while this thread runs.
@@ -631,7 +632,7 @@ impl RegsCell {
 /// Makes `regs` the running thread's registers on this CPU, resumed as they were saved.
 #[inline]
 pub fn set_current(regs: &RegsCell) {
-    crate::percpu::set_resume(regs.end_addr(), regs.iret.load(Ordering::Relaxed) as u64);
+    crate::percpu::set_resume(regs.end_addr(), regs.iret.load(Ordering::Relaxed));
 }
 
 /// Writes the result word of the running thread's system call straight into its saved
@@ -652,7 +653,7 @@ const _: () = assert!(core::mem::offset_of!(UserRegs, rax) == 0 && core::mem::si
 /// resumed (by `iretq` if it last entered by a trap).
 #[inline]
 pub fn save_resume_mode(regs: &RegsCell) {
-    regs.iret.store(crate::percpu::resume_iret() != 0, Ordering::Relaxed);
+    regs.iret.store(crate::percpu::resume_iret(), Ordering::Relaxed);
 }
 
 /// Forces the running thread to resume with `iretq` (after the kernel rewrote registers that
