@@ -55,7 +55,7 @@ impl CpuHeader {
             locks_held: AtomicU64::new(0),
             kernel_block: AtomicU64::new(0),
             exits: AtomicU64::new(0),
-            fpu_stamp: AtomicU64::new(FPU_STAMP_STEP + index as u64),
+            fpu_stamp: AtomicU64::new(FPU_STAMP_STEP + 2 * index as u64 + 1),
         }
     }
     /// How many times this CPU has returned to user mode (read by any CPU).
@@ -86,7 +86,7 @@ pub fn install_early() {
 
 /// Points this CPU's `GS` base at `header`, which must live for the rest of the kernel's life.
 pub fn install(header: &'static CpuHeader) {
-    assert!((header.index() as u64) < FPU_STAMP_STEP, "CPU index {} above the FPU stamps' range", header.index());
+    assert!(2 * (header.index() as u64) < FPU_STAMP_STEP, "CPU index {} above the FPU stamps' range", header.index());
     let addr = header as *const CpuHeader as u64;
     header.self_addr.store(addr, Ordering::Relaxed);
     GsBase::write(VirtAddr::new(addr));
@@ -161,11 +161,13 @@ const _: () = assert!(core::mem::offset_of!(CpuHeader, kernel_block) == 56);
 const _: () = assert!(core::mem::offset_of!(CpuHeader, exits) == 64);
 const _: () = assert!(core::mem::offset_of!(CpuHeader, fpu_stamp) == 72);
 
-/// What a CPU adds to its FPU stamp at each change: CPU `i`'s stamps are `i + k * STEP` with
-/// `k >= 1`, so no two CPUs ever make the same stamp and none is 0 (a new save area's). A CPU
-/// makes 2^56 stamps before one repeats: 228 years at ten million switches a second.
-pub const FPU_STAMP_STEP: u64 = crate::ioport::MAX_CPUS as u64;
-const _: () = assert!(FPU_STAMP_STEP.is_power_of_two() && FPU_STAMP_STEP <= 1 << 8);
+/// What a CPU adds to its FPU stamp at each change. CPU `i`'s stamps are `2i + 1 + k * STEP`
+/// (`k >= 1`, modulo 2^64): odd, so never 0 (the stamp of an area never saved) even after the
+/// counter wraps, and distinct modulo `STEP` for distinct CPUs (`i` < 256), so no two CPUs
+/// ever make the same stamp. One CPU repeats a stamp after 2^55 changes; a switch that loads
+/// makes two (a save and a load): 114 years at ten million such switches a second.
+pub const FPU_STAMP_STEP: u64 = 2 * crate::ioport::MAX_CPUS as u64;
+const _: () = assert!(FPU_STAMP_STEP.is_power_of_two() && FPU_STAMP_STEP <= 1 << 9);
 
 /// This CPU's FPU stamp (gs:72): one load.
 #[inline(always)]

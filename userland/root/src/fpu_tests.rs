@@ -41,7 +41,7 @@ struct OnCpus(u64, u64);
 
 impl core::fmt::Display for OnCpus {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        if self.0 == self.1 { write!(f, "cpu {}", self.0) } else { write!(f, "client on cpu {}, server on cpu {}", self.0, self.1) }
+        if self.0 == self.1 { write!(f, "on cpu {}", self.0) } else { write!(f, "(client on cpu {}, server on cpu {})", self.0, self.1) }
     }
 }
 
@@ -90,11 +90,14 @@ fn phase(bi: &BootInfo, name: &str, mode: u64, what: &str, goal: &Goal, split: b
     };
     // k = 1 client and 2 spinner in the root task; 3 server and 4 spinner in the worker.
     let server = child.thread(CHILD_STACK_TOP, W_FPU, fpu::SERVER | 3 << 8, ROOT_PRIO, cpu);
-    let wspin = child.thread(CHILD_STACK_TOP - 0x10_0000, W_FPU, fpu::SPIN | 4 << 8, ROOT_PRIO, cpu);
+    // Split: the spinner and the napper below the client and the server, which then run as soon
+    // as they are woken (a spinner of their priority would hold the CPU for its whole slice).
+    let low = if split { ROOT_PRIO - 1 } else { ROOT_PRIO };
+    let wspin = child.thread(CHILD_STACK_TOP - 0x10_0000, W_FPU, fpu::SPIN | 4 << 8, low, cpu);
     let fast0 = sys::stat(MACHINE, stat::IPC_FAST).unwrap_or(0);
     let kept0 = sys::stat(MACHINE, stat::FPU_KEPT).unwrap_or(0);
     let client = spawn(root_thread, fpu::CLIENT | 1 << 8, ROOT_PRIO, ccpu);
-    let rspin = spawn(root_thread, if split { fpu::NAP } else { fpu::SPIN } | 2 << 8, ROOT_PRIO, ccpu);
+    let rspin = spawn(root_thread, if split { fpu::NAP } else { fpu::SPIN } | 2 << 8, low, ccpu);
     let ts = [client, rspin, *server.as_ref().unwrap_or(&0), *wspin.as_ref().unwrap_or(&0)];
     let faulted = || ts.iter().any(|&t| t != 0 && state(t) == Some(ThreadState::Faulted));
     let gaps = || (1..=4).map(|k| r(k, rec::GAPS)).sum::<u64>();
@@ -110,7 +113,9 @@ fn phase(bi: &BootInfo, name: &str, mode: u64, what: &str, goal: &Goal, split: b
     let dirty = (1..=4).find(|&k| r(k, rec::DIRTY_WHERE) != 0).map(|k| (k, r(k, rec::DIRTY_WHERE) - 1, r(k, rec::DIRTY_SEEN)));
     // IPC operations by the same-CPU fast path meanwhile (all CPUs; the test's are two per round trip).
     let fast = sys::stat(MACHINE, stat::IPC_FAST).unwrap_or(0) - fast0;
-    // Switches that loaded nothing meanwhile (all CPUs): the cross-CPU phase must have some.
+    // Switches that loaded nothing meanwhile (all CPUs). In the cross-CPU phase the client's CPU
+    // idles at most of its waits (the napper naps until a tick after each 200 us of spinning),
+    // so that most of its resumes load nothing: at least a quarter of the round trips must.
     let kept = sys::stat(MACHINE, stat::FPU_KEPT).unwrap_or(0) - kept0;
     let first = (1..=4).find(|&k| r(k, rec::BAD) != 0).map(|k| (k, r(k, rec::WHERE), r(k, rec::SEEN), r(k, rec::WANT)));
     child.release();
@@ -132,7 +137,7 @@ fn phase(bi: &BootInfo, name: &str, mode: u64, what: &str, goal: &Goal, split: b
         && g >= goal.gaps
         && ipcs >= goal.ipcs
         && served >= goal.ipcs
-        && (!split || kept > 0);
+        && (!split || kept >= ipcs / 4);
     let on = OnCpus(ccpu, cpu);
     let kinds = ["?", "mm", "xmm/ymm", "MXCSR", "the x87 control word"];
     if let Some((k, at, seen)) = dirty {
@@ -162,11 +167,11 @@ fn phase(bi: &BootInfo, name: &str, mode: u64, what: &str, goal: &Goal, split: b
             name,
             ok,
             format_args!(
-                "{what}: 4 new threads of 2 tasks on {on} started clean, then {checks} looks, {g} times switched out, {ipcs} IPC round trips ({fast} fast-path IPC operations), {kept} switches that loaded nothing, 0 wrong values{}",
+                "{what}: 4 new threads of 2 tasks {on} started clean, then {checks} looks, {g} times switched out, {ipcs} IPC round trips ({fast} fast-path IPC operations), {kept} switches that loaded nothing, 0 wrong values{}",
                 if ok {
                     ""
-                } else if split && kept == 0 {
-                    "; no switch found the registers still loaded (stat::FPU_KEPT did not move)"
+                } else if split && kept < ipcs / 4 {
+                    "; fewer switches loaded nothing than a quarter of the round trips (stat::FPU_KEPT)"
                 } else if reached {
                     "; a thread did not start or stop"
                 } else {
