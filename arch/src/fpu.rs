@@ -179,7 +179,7 @@ impl FpuState {
 
     /// Saves this CPU's registers into the area: call it on the CPU that runs the thread, as the
     /// thread leaves it (see the access protocol).
-    #[inline]
+    #[inline(always)]
     pub fn save(&self) {
         // SAFETY: per the access protocol nobody else touches the area now.
         let area = unsafe { &mut *self.area.get() };
@@ -207,7 +207,7 @@ impl FpuState {
     /// on a CPU that ran nothing else meanwhile (it idled, or waited for a cross-CPU reply).
     /// The kernel itself never touches these registers (soft-float target).
     /// Returns whether it loaded nothing.
-    #[inline]
+    #[inline(always)]
     pub fn restore(&self) -> bool {
         if self.stamp.load(Ordering::Relaxed) == crate::percpu::fpu_stamp() {
             return true;
@@ -234,7 +234,7 @@ impl FpuState {
             unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) p, options(nostack, preserves_flags, readonly)) }
         }
         // The registers changed: no area's stamp may match this CPU's any more.
-        crate::percpu::next_fpu_stamp();
+        crate::percpu::bump_fpu_stamp();
     }
 }
 

@@ -178,6 +178,13 @@ pub fn fpu_stamp() -> u64 {
     v
 }
 
+/// Gives this CPU's FPU stamp a value never used before (one add).
+#[inline(always)]
+pub fn bump_fpu_stamp() {
+    // SAFETY: only this CPU writes its header field, with interrupts off in the kernel.
+    unsafe { core::arch::asm!("add qword ptr gs:[72], {step}", step = const FPU_STAMP_STEP, options(nostack)) };
+}
+
 /// Gives this CPU's FPU stamp a value never used before and returns it (one add, one load).
 #[inline(always)]
 pub fn next_fpu_stamp() -> u64 {
