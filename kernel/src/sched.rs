@@ -673,33 +673,29 @@ pub fn idle() -> ! {
                 }
                 cpu::relax();
             }
-            // A thread arrived while this CPU watched: it runs at once (the next round), with
-            // no attempt to halt and no interrupt window (it runs with interrupts on).
-            if !skipped && !cs.mail.is_empty() {
-                skipped = true;
-                cs.mail.set_busy();
-                core::sync::atomic::fence(Ordering::SeqCst);
-                crate::run::idle_hook();
-                continue;
-            }
         }
-        skipped = false;
-        // Halting is published only if the inbox is empty, in the same word: a push after it
-        // finds the CPU halting and sends the IPI, which stays pending across `sti; hlt`.
-        // A CPU whose limbo waits for a grace period does not halt: it polls until its
-        // endpoints are freed (`qsbr.rs`).
-        core::sync::atomic::fence(Ordering::Release);
-        if !crate::qsbr::pending_here() && cs.mail.try_halt() {
-            crate::timeline::event(crate::timeline::Kind::Halt, 0, 0);
-            cpu::idle_wait();
-            crate::timeline::event(crate::timeline::Kind::Wake, 0, 0);
-        } else {
-            // Not halting (its limbo waits for a grace period, or something arrived): pending
-            // interrupts are taken all the same. Without this window a CPU whose limbo waits
-            // took none for as long as it waited — the freeze of `KernelCheck`, which keeps its
-            // own CPU in the kernel and so the grace period open, waited for it in vain until
-            // its 5 s timeout.
-            cpu::take_interrupts();
+        // A thread arrived while this CPU watched: it runs at once (the next round), with no
+        // attempt to halt and no interrupt window (it runs with interrupts on).
+        let arrived = poll > 0 && !skipped && !cs.mail.is_empty();
+        skipped = arrived;
+        if !arrived {
+            // Halting is published only if the inbox is empty, in the same word: a push after
+            // it finds the CPU halting and sends the IPI, which stays pending across `sti; hlt`.
+            // A CPU whose limbo waits for a grace period does not halt: it polls until its
+            // endpoints are freed (`qsbr.rs`).
+            core::sync::atomic::fence(Ordering::Release);
+            if !crate::qsbr::pending_here() && cs.mail.try_halt() {
+                crate::timeline::event(crate::timeline::Kind::Halt, 0, 0);
+                cpu::idle_wait();
+                crate::timeline::event(crate::timeline::Kind::Wake, 0, 0);
+            } else {
+                // Not halting (its limbo waits for a grace period, or something arrived): pending
+                // interrupts are taken all the same. Without this window a CPU whose limbo waits
+                // took none for as long as it waited — the freeze of `KernelCheck`, which keeps
+                // its own CPU in the kernel and so the grace period open, waited for it in vain
+                // until its 5 s timeout.
+                cpu::take_interrupts();
+            }
         }
         cs.mail.set_busy();
         // Leaving idle happens before any shadow read of the next kernel entry (`is_idle`).
