@@ -250,9 +250,23 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     for t in &tasks {
         task_caps.push(locked!(t.caps, format_args!("task {}'s capability table", t.id)));
     }
+    // Threads' states: every CPU's home lock at once.
+    let homes = match crate::lock::peek_homes() {
+        Ok(h) => h,
+        Err(cpu) => {
+            fail!(r, "cpu {}'s home lock (its threads' states) is locked while every CPU is stopped", cpu);
+            return [r.violations, objects, 0];
+        }
+    };
     let (mut thread_sched, mut thread_buf) = (Vec::with_capacity(threads.len()), Vec::with_capacity(threads.len()));
     for t in &threads {
-        thread_sched.push(locked!(t.life, format_args!("thread {}'s state", t.id)));
+        match t.life.peeked(&homes) {
+            Some(l) => thread_sched.push(l),
+            None => {
+                fail!(r, "thread {}'s home lock is none of the CPUs' home locks", t.id);
+                return [r.violations, objects, 0];
+            }
+        }
         thread_buf.push(locked!(t.ipc_buffer, format_args!("thread {}'s IPC buffer", t.id)));
     }
     let mut space_maps = Vec::with_capacity(spaces.len());

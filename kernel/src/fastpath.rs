@@ -104,83 +104,97 @@ fn call(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag:
     let mut q = ep.q.lock();
     let Some(r) = q.receivers.pop_front() else { return Err(cur) };
     let ticket = cs.next_ticket();
-    let Some(words) = block_caller(cs, &cur, ticket) else {
-        put_back(&mut q, r);
-        return Err(cur);
+    let mut l = cur.life.lock();
+    let words = match block_caller(cs, &cur, &mut l, ticket) {
+        Ok(words) => words,
+        Err(w) => {
+            drop(l);
+            crate::obj::dispose(w);
+            put_back(&mut q, r);
+            return Err(cur);
+        }
     };
-    let mut rl = r.life.lock();
-    // The last guard is the transition itself: it changes nothing unless the receiver waits on
-    // this endpoint, belongs to this CPU and no CPU holds it.
-    let woken = if sched::nothing_more_urgent(cs, rl.prio) { rl.wake_here(WaitOn::Recv(ep.id()), me).ok() } else { None };
-    let Some(wait) = woken else {
-        // The cross-CPU fast path: a receiver of another CPU that no CPU holds (one that still
-        // runs it, about to leave it, is left to the general path) is woken `Ready`, gets the
-        // message and the reply right in this one hold of its lock, and is pushed into its
-        // CPU's inbox (an IPI only if that CPU halts); this CPU runs whatever comes next.
-        if rl.cpu != me && rl.place() == rl4_core::life::Place::Off {
-            if let Ok(wait) = rl.wake(WaitOn::Recv(ep.id())) {
-                drop(q);
-                crate::timeline::event(crate::timeline::Kind::Send, crate::timeline::ep(ep.id()) << 32 | r.id, badge);
-                deliver(&r, words, tag, badge);
-                let old = rl.grant_reply(cur, ticket);
-                let stale = rl.keep_recv(wait);
-                thread::place(&r, &mut rl);
-                drop(rl);
-                cross_done(cs, r, stale, old, true);
-                return Ok(true);
+    // A receiver of the caller's home is reached under the lock already held (the same-CPU
+    // case: one lock for both threads); the last guard is the transition itself: it changes
+    // nothing unless the receiver waits on this endpoint, belongs to this CPU and no CPU holds
+    // it. (The lock is kept without the caller's value: its reference moves below.)
+    let mut l = l.into_held();
+    if let Some(mut rl) = l.other(&r.life) {
+        let woken = if sched::nothing_more_urgent(cs, rl.prio) { rl.wake_here(WaitOn::Recv(ep.id()), me).ok() } else { None };
+        if let Some(wait) = woken {
+            // Point of no return: the receiver is Running here.
+            drop(q);
+            crate::timeline::event(crate::timeline::Kind::Send, crate::timeline::ep(ep.id()) << 32 | r.id, badge);
+            trace::stamp(trace::PARTNER);
+            deliver(&r, words, tag, badge);
+            // The caller's reference becomes the receiver's reply right; an older right the
+            // receiver held dies (that caller is woken into this CPU's inbox).
+            let old = rl.grant_reply(cur, ticket);
+            let prio = rl.prio;
+            // Its endpoint reference stays with it for its next wait there.
+            let stale = rl.keep_recv(wait);
+            drop(rl);
+            drop(l);
+            if let Some(w) = stale {
+                crate::obj::dispose(w);
             }
+            // A woken caller may outrank the receiver: the CPU decides rather than return into it.
+            let decide_again = old.is_some();
+            if let Some((c, t)) = old {
+                thread::fail_caller(c, t);
+            }
+            cs.bump(sched::Count::IpcFast);
+            trace::stamp(trace::DELIVERED);
+            sched::switch_direct_blocked(cs, r, prio);
+            trace::stamp(trace::SWITCHED);
+            // The decision may idle and never come back, so it is made after this frame and
+            // the shadow's borrow are gone.
+            return Ok(decide_again);
         }
         drop(rl);
+        drop(l);
         put_back(&mut q, r);
         drop(q);
         return take_back(cs, cur, WaitOn::Reply(ticket), me);
-    };
-    // Point of no return: the receiver is Running here.
-    drop(q);
-    crate::timeline::event(crate::timeline::Kind::Send, crate::timeline::ep(ep.id()) << 32 | r.id, badge);
-    trace::stamp(trace::PARTNER);
-    deliver(&r, words, tag, badge);
-    // The caller's reference becomes the receiver's reply right; an older right the receiver
-    // held dies (that caller is woken into this CPU's inbox).
-    let old = rl.grant_reply(cur, ticket);
-    let prio = rl.prio;
-    // Its endpoint reference stays with it for its next wait there.
-    let stale = rl.keep_recv(wait);
+    }
+    drop(l);
+    // The cross-CPU fast path: a receiver of another CPU that no CPU holds (one that still runs
+    // it, about to leave it, is left to the general path) is woken `Ready`, gets the message
+    // and the reply right in this one hold of its home's lock, and is pushed into its CPU's
+    // inbox (an IPI only if that CPU halts); this CPU runs whatever comes next.
+    let mut rl = r.life.lock();
+    if rl.cpu != me && rl.place() == rl4_core::life::Place::Off {
+        if let Ok(wait) = rl.wake(WaitOn::Recv(ep.id())) {
+            drop(q);
+            crate::timeline::event(crate::timeline::Kind::Send, crate::timeline::ep(ep.id()) << 32 | r.id, badge);
+            deliver(&r, words, tag, badge);
+            let old = rl.grant_reply(cur, ticket);
+            let stale = rl.keep_recv(wait);
+            thread::place(&r, &mut rl);
+            drop(rl);
+            cross_done(cs, r, stale, old, true);
+            return Ok(true);
+        }
+    }
     drop(rl);
-    if let Some(w) = stale {
-        crate::obj::dispose(w);
-    }
-    // A woken caller may outrank the receiver: the CPU decides rather than return into it.
-    let decide_again = old.is_some();
-    if let Some((c, t)) = old {
-        thread::fail_caller(c, t);
-    }
-    cs.bump(sched::Count::IpcFast);
-    trace::stamp(trace::DELIVERED);
-    sched::switch_direct_blocked(cs, r, prio);
-    trace::stamp(trace::SWITCHED);
-    // The decision may idle and never come back, so it is made after this frame and the
-    // shadow's borrow are gone.
-    Ok(decide_again)
+    put_back(&mut q, r);
+    drop(q);
+    take_back(cs, cur, WaitOn::Reply(ticket), me)
 }
 
-/// Blocks the running thread `cur` in its wait for the reply `ticket` and takes it off this
-/// CPU, in one hold of its lock, and returns its message words, read under that lock (once it
-/// waits, a suspension from another CPU may write its registers, under that lock too; read
-/// last, they stay in registers until they are delivered). `None`, changing nothing, if it may
-/// not wait (killed or suspended meanwhile): the general path gives the call's answer.
+/// Blocks the running thread `cur` (its `Life` is `l`, under its home's lock) in its wait for
+/// the reply `ticket` and takes it off this CPU, and returns its message words, read under that
+/// lock (once it waits, a suspension from another CPU may write its registers, under that lock
+/// too; read last, they stay in registers until they are delivered). The wait back, changing
+/// nothing, if it may not wait (killed or suspended meanwhile): the general path gives the
+/// call's answer (the wait is disposed of after the lock is released).
 #[inline(always)]
-fn block_caller(cs: &sched::CpuSched, cur: &Arc<Thread>, ticket: u64) -> Option<[u64; 4]> {
-    let mut l = cur.life.lock();
+fn block_caller(cs: &sched::CpuSched, cur: &Arc<Thread>, l: &mut crate::obj::Life, ticket: u64) -> Result<[u64; 4], Wait> {
     if let Err((_, w)) = l.block(Wait::Reply { ticket }, u64::MAX) {
-        drop(l);
-        crate::obj::dispose(w);
-        return None;
+        return Err(w);
     }
-    sched::leave_fast(cs, cur, &mut l);
-    let words = cur.regs.with(|r| r.ipc_words());
-    drop(l);
-    Some(words)
+    sched::leave_fast(cs, cur, l);
+    Ok(cur.regs.with(|r| r.ipc_words()))
 }
 
 /// A guard failed after the running thread `cur` entered the wait `on` and left this CPU on
@@ -272,43 +286,51 @@ fn reply_recv(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64
     sched::leave_fast(cs, &cur, &mut l);
     // Read under its lock (see `block_caller`), last, so that they stay in registers.
     let words = cur.regs.with(|r| r.ipc_words());
-    drop(l);
-    let mut cl = caller.life.lock();
-    let woken = if sched::nothing_more_urgent(cs, cl.prio) { cl.wake_here(WaitOn::Reply(ticket), me).ok() } else { None };
-    let Some(wait) = woken else {
-        // The cross-CPU fast path: a caller of another CPU that no CPU holds gets the reply in
-        // this one hold of its lock and is pushed into its CPU's inbox; the server is queued
-        // again, and this CPU runs whatever comes next.
-        if cl.cpu != me && cl.place() == rl4_core::life::Place::Off {
-            if let Ok(wait) = cl.wake(WaitOn::Reply(ticket)) {
-                crate::timeline::event(crate::timeline::Kind::Reply, caller.id, ticket);
-                deliver(&caller, words, tag, 0);
-                thread::place(&caller, &mut cl);
-                drop(cl);
-                crate::ipc::enqueue(&mut q.receivers, cur, None);
-                drop(q);
-                cross_done(cs, caller, Some(wait), None, false);
-                return Ok(true);
-            }
+    // A caller of the server's home is reached under the lock already held (the same-CPU
+    // case: one lock for both threads).
+    if let Some(mut cl) = l.other(&caller.life) {
+        let woken = if sched::nothing_more_urgent(cs, cl.prio) { cl.wake_here(WaitOn::Reply(ticket), me).ok() } else { None };
+        if let Some(wait) = woken {
+            // Point of no return: the caller is Running here (its registers are this CPU's now).
+            deliver(&caller, words, tag, 0);
+            let prio = cl.prio;
+            drop(cl);
+            drop(l);
+            trace::stamp(trace::PARTNER);
+            // The server's reference becomes its queue entry.
+            crate::ipc::enqueue(&mut q.receivers, cur, None);
+            drop(q);
+            crate::timeline::event(crate::timeline::Kind::Reply, caller.id, ticket);
+            trace::stamp(trace::DELIVERED);
+            crate::obj::dispose(wait);
+            cs.bump(sched::Count::IpcFast);
+            sched::switch_direct_blocked(cs, caller, prio);
+            trace::stamp(trace::SWITCHED);
+            return Ok(false);
         }
         drop(cl);
+        drop(l);
         return undo_server(cs, cur, ep, q, caller, ticket);
-    };
-    // Point of no return: the caller is Running here (its registers are this CPU's now).
-    deliver(&caller, words, tag, 0);
-    let prio = cl.prio;
+    }
+    drop(l);
+    // The cross-CPU fast path: a caller of another CPU that no CPU holds gets the reply in this
+    // one hold of its home's lock and is pushed into its CPU's inbox; the server is queued
+    // again, and this CPU runs whatever comes next.
+    let mut cl = caller.life.lock();
+    if cl.cpu != me && cl.place() == rl4_core::life::Place::Off {
+        if let Ok(wait) = cl.wake(WaitOn::Reply(ticket)) {
+            crate::timeline::event(crate::timeline::Kind::Reply, caller.id, ticket);
+            deliver(&caller, words, tag, 0);
+            thread::place(&caller, &mut cl);
+            drop(cl);
+            crate::ipc::enqueue(&mut q.receivers, cur, None);
+            drop(q);
+            cross_done(cs, caller, Some(wait), None, false);
+            return Ok(true);
+        }
+    }
     drop(cl);
-    trace::stamp(trace::PARTNER);
-    // The server's reference becomes its queue entry.
-    crate::ipc::enqueue(&mut q.receivers, cur, None);
-    drop(q);
-    crate::timeline::event(crate::timeline::Kind::Reply, caller.id, ticket);
-    trace::stamp(trace::DELIVERED);
-    crate::obj::dispose(wait);
-    cs.bump(sched::Count::IpcFast);
-    sched::switch_direct_blocked(cs, caller, prio);
-    trace::stamp(trace::SWITCHED);
-    Ok(false)
+    undo_server(cs, cur, ep, q, caller, ticket)
 }
 
 /// A guard failed after the server `cur` blocked in `Recv` on `ep` (not queued yet: the queue

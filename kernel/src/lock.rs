@@ -3,14 +3,17 @@
 //! ## Lock order
 //! A CPU may take a lock only while every lock it already holds has a *lower* level; two locks
 //! of one level are never held together (in particular never two threads' locks). The levels,
-//! in the order they may be taken:
+//! in the order they may be taken (a thread's `Life` has no lock of its own: its home CPU's
+//! lock guards it, so that a hand-over between two threads of one CPU takes one lock; two
+//! home locks are held together only to move a thread to another home, in the order of their
+//! CPU indices: [`HomeMutex::rehome`]):
 //!
 //! | level | locks |
 //! |---|---|
 //! | `SHOOTDOWN` | the TLB shoot-down lock (taken holding nothing) |
 //! | `TASK_THREADS` | a task's thread list |
 //! | `QUEUE` | an endpoint's queues, a notification's word and waiters |
-//! | `THREAD` | one thread's `Life` |
+//! | `THREAD` | one CPU's home lock: the `Life` of every thread whose home that CPU is ([`HomeMutex`]) |
 //! | `CPU` | a CPU's timeout list (its run queue, inbox and current slot take no lock) |
 //! | `DERIV` | one object's capability derivation tree (`obj::Lineage`) |
 //! | `OBJECT` | a capability table, an IPC-buffer slot, a space's mappings, the PCID tables, a registry |
@@ -199,6 +202,124 @@ impl<T, const L: u8> Deref for Guard<'_, T, L> {
 }
 
 impl<T, const L: u8> DerefMut for Guard<'_, T, L> {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.g
+    }
+}
+
+/// Every CPU's home lock (`rl4_core::homelock`): the lock of CPU `i` guards the `Life` of every
+/// thread whose home is CPU `i`. Taken by that CPU and by CPUs that wake, kill, suspend or move
+/// one of its threads; no lock of all CPUs.
+static HOMES: [rl4_core::homelock::HomeLock; MAX_CPUS] = [const { rl4_core::homelock::HomeLock::new() }; MAX_CPUS];
+
+/// A value (a thread's `Life`) guarded by the lock of its home CPU, at level `THREAD`.
+pub struct HomeMutex<T> {
+    h: rl4_core::homelock::Homed<T>,
+}
+
+/// CPU `cpu`'s home lock (an index past the array wraps around: two homes share a lock).
+fn home_lock(cpu: u32) -> &'static rl4_core::homelock::HomeLock {
+    &HOMES[cpu as usize % MAX_CPUS]
+}
+
+impl<T> HomeMutex<T> {
+    pub fn new(home: u32, v: T) -> Self {
+        HomeMutex { h: rl4_core::homelock::Homed::new(home_lock(home), v) }
+    }
+
+    /// Takes its home's lock.
+    #[inline(always)]
+    pub fn lock(&self) -> HomeMutexGuard<'_, T> {
+        acquire(Level::THREAD);
+        HomeMutexGuard { g: self.h.lock(), _level: ThreadLevel }
+    }
+
+    /// The value, through exclusive access.
+    pub fn get_mut(&mut self) -> &mut T {
+        self.h.get_mut()
+    }
+
+    /// Moves it to CPU `to`'s home and runs `f` on it with both homes' locks held, taken in the
+    /// order of their addresses (counted as one acquisition of level `THREAD`).
+    pub fn rehome<R>(&self, to: u32, f: impl FnOnce(&mut T) -> R) -> R {
+        acquire(Level::THREAD);
+        let r = self.h.rehome(home_lock(to), f);
+        release(Level::THREAD);
+        r
+    }
+
+    /// The value while every home lock is held ([`peek_homes`]).
+    pub fn peeked<'a>(&'a self, all: &'a AllHomes) -> Option<&'a T> {
+        self.h.get(&all.0)
+    }
+}
+
+/// Every CPU's home lock, held at once outside the level discipline ([`peek_homes`]).
+pub struct AllHomes(rl4_core::homelock::AllHeld<MAX_CPUS>);
+
+/// Every home lock if all are free (else the index of a CPU whose lock is held): only for the
+/// consistency check, which runs with every other CPU stopped.
+pub fn peek_homes() -> Result<AllHomes, usize> {
+    rl4_core::homelock::AllHeld::try_lock(&HOMES).map(AllHomes)
+}
+
+/// A held home lock ([`HomeMutex::lock`]).
+pub struct HomeMutexGuard<'a, T> {
+    g: rl4_core::homelock::HomeGuard<'a, T>,
+    _level: ThreadLevel,
+}
+
+/// The count of a held home lock (released after the lock itself).
+struct ThreadLevel;
+
+impl Drop for ThreadLevel {
+    #[inline(always)]
+    fn drop(&mut self) {
+        release(Level::THREAD);
+    }
+}
+
+impl<'a, T> HomeMutexGuard<'a, T> {
+    /// `o`'s value if it has the same home (reached under this lock, without taking another);
+    /// `None` otherwise: drop this guard, then lock `o`.
+    #[inline(always)]
+    pub fn other<'b>(&'b mut self, o: &'b HomeMutex<T>) -> Option<rl4_core::homelock::HomeGuardRef<'b, T>> {
+        self.g.other(&o.h)
+    }
+
+    /// Keeps the lock but lets go of the value and of the borrow it came through (a thread's
+    /// reference may then move while the lock is held).
+    #[inline(always)]
+    pub fn into_held(self) -> HomeMutexHeld {
+        let HomeMutexGuard { g, _level } = self;
+        HomeMutexHeld { h: g.into_held(), _level }
+    }
+}
+
+/// A held home lock without a value ([`HomeMutexGuard::into_held`]).
+pub struct HomeMutexHeld {
+    h: rl4_core::homelock::HomeHeld,
+    _level: ThreadLevel,
+}
+
+impl HomeMutexHeld {
+    /// `o`'s value if it has this home; `None` otherwise.
+    #[inline(always)]
+    pub fn other<'b, T>(&'b mut self, o: &'b HomeMutex<T>) -> Option<rl4_core::homelock::HomeGuardRef<'b, T>> {
+        self.h.other(&o.h)
+    }
+}
+
+impl<T> Deref for HomeMutexGuard<'_, T> {
+    type Target = T;
+    #[inline(always)]
+    fn deref(&self) -> &T {
+        &self.g
+    }
+}
+
+impl<T> DerefMut for HomeMutexGuard<'_, T> {
     #[inline(always)]
     fn deref_mut(&mut self) -> &mut T {
         &mut self.g

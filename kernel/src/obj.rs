@@ -1032,8 +1032,9 @@ pub struct Thread {
     pub task: Arc<Task>,
     pub space: Arc<Space>,
     /// Its state, place, scheduling parameters and reply right: every change is a transition
-    /// of [`Life`], made under this lock.
-    pub life: Mutex<Life, { Level::THREAD }>,
+    /// of [`Life`], made under the lock of its home CPU (`Life::cpu`, which only
+    /// `thread::set_affinity` changes, through `HomeMutex::rehome`).
+    pub life: crate::lock::HomeMutex<Life>,
     /// Its link in a CPU's inbox (`rl4_core::mailbox`), used while its `Life` says
     /// `Place::Queued` and it was pushed there.
     pub mail: rl4_core::mailbox::Link<Thread>,
@@ -1104,7 +1105,7 @@ impl Thread {
             id: next_id(),
             task: task.clone(),
             space,
-            life: Mutex::new(Life::new(prio, cpu)),
+            life: crate::lock::HomeMutex::new(cpu, Life::new(prio, cpu)),
             mail: rl4_core::mailbox::Link::new(),
             wait_link: rl4_core::wlist::WLink::new(),
             run_link: rl4_core::wlist::WLink::new(),

@@ -192,13 +192,15 @@ fn inject(what: u8, memory: &Arc<Memory>, task: &Arc<Task>) {
         let _ = memory.charge(4096);
     }
     if what & LOCKS != 0 {
-        // Against the lock order (never two threads' locks at once: counted by a `lockcheck`
-        // kernel) and against reclamation (a kernel object destroyed under a lock: counted
-        // always).
+        // Against the lock order (never two home locks at once outside `HomeMutex::rehome`:
+        // counted by a `lockcheck` kernel) and against reclamation (a kernel object destroyed
+        // under a lock: counted always). The two threads have different homes (never placed,
+        // the second's need not be a CPU that exists): one home's lock taken twice would never
+        // come free.
         if let (Ok(a), Ok(b), Ok(f)) =
-            (Thread::new(memory, task.clone(), 0, 0, 1, 0), Thread::new(memory, task.clone(), 0, 0, 1, 0), Frame::new(memory))
+            (Thread::new(memory, task.clone(), 0, 0, 1, 0), Thread::new(memory, task.clone(), 0, 0, 1, 1), Frame::new(memory))
         {
-            println!("inject: threads {} and {} locked together, and a frame destroyed under their locks", a.id, b.id);
+            println!("inject: threads {} and {} (homes 0 and 1) locked together, and a frame destroyed under their locks", a.id, b.id);
             let la = a.life.lock();
             let lb = b.life.lock();
             drop(f);

@@ -251,13 +251,15 @@ pub fn resume(t: &Arc<Thread>) -> Result<(), Refused> {
 
 /// `ThreadSetAffinity`: the thread moves to `cpu`; the CPU that runs it now lets it go at once.
 pub fn set_affinity(t: &Arc<Thread>, cpu: u32) {
-    let mut l = t.life.lock();
-    l.cpu = cpu;
-    if let rl4_core::life::Place::Current(c) = l.place() {
-        if c != cpu {
-            sched::kick(c);
+    // Its home moves with it (the only place `Life::cpu` changes): both CPUs' home locks.
+    t.life.rehome(cpu, |l| {
+        l.cpu = cpu;
+        if let rl4_core::life::Place::Current(c) = l.place() {
+            if c != cpu {
+                sched::kick(c);
+            }
         }
-    }
+    });
 }
 
 /// `ThreadSetPriority`.

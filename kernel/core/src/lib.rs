@@ -17,6 +17,8 @@ pub mod cmdline;
 pub mod deriv;
 pub mod device;
 pub mod frames;
+#[allow(unsafe_code)]
+pub mod homelock;
 pub mod life;
 #[allow(unsafe_code)]
 pub mod mailbox;
