@@ -261,7 +261,11 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     let (mut thread_sched, mut thread_buf) = (Vec::with_capacity(threads.len()), Vec::with_capacity(threads.len()));
     for t in &threads {
         match t.life.peeked(&homes) {
-            Some(l) => thread_sched.push(l),
+            Some(l) if t.life.home_is(l.cpu) => thread_sched.push(l),
+            Some(l) => {
+                fail!(r, "thread {}'s home lock is not its CPU's ({}), as `Life::cpu` says", t.id, l.cpu);
+                return [r.violations, objects, 0];
+            }
             None => {
                 fail!(r, "thread {}'s home lock is none of the CPUs' home locks", t.id);
                 return [r.violations, objects, 0];

@@ -4,11 +4,13 @@
 //! A list of guards, each falling back to the general path (`syscall::handle`, which gives the
 //! same results). The ones about the running thread and its capability come before anything is
 //! written; the partner's (it waits here, on this CPU, nothing more urgent waits) are its own
-//! transition, made under its lock after the running thread has blocked and left the CPU, so
-//! that each thread's lock is taken once: if that transition refuses, the running thread takes
-//! its wait back (`Life::take_back`) and the general path runs the call. Then the message is
-//! copied register to register and the CPU switches to the partner without a scheduling
-//! decision. Lock order as in `ipc`: endpoint queue, then one thread at a time.
+//! transition, made after the running thread has blocked and left the CPU in the same hold of
+//! their home CPU's lock (`lock::HomeMutex`: one lock for both threads): if that transition
+//! refuses, the running thread takes its wait back (`Life::take_back`) and the general path runs
+//! the call. Then the message is copied register to register and the CPU switches to the
+//! partner without a scheduling decision. Lock order as in `ipc`: endpoint queue, then one home
+//! lock at a time. A partner of another home is reached after that lock is released (the
+//! cross-CPU fast path).
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, Ordering};
 use rl4_abi::ipc::{FOREVER, Tag};
@@ -90,9 +92,10 @@ fn put_back(q: &mut crate::ipc::EpQueues, r: Arc<Thread>) {
 
 /// `Call`; `Ok(true)`: the CPU must make a scheduling decision (after the shadow's borrow ends).
 ///
-/// Each thread's lock is taken once (lock order as in `ipc`: the endpoint's queue, then one
-/// thread at a time): the caller waits for its reply and leaves this CPU, then the receiver is
-/// woken and given the reply right in one hold of its lock, so that it never holds the right of
+/// One home lock for both threads (lock order as in `ipc`: the endpoint's queue, then one home
+/// lock at a time): the caller waits for its reply and leaves this CPU, then the receiver is
+/// woken and given the reply right in the same hold (a receiver of another home: in one hold of
+/// its own home's lock, after the caller's is released), so that it never holds the right of
 /// a caller that does not wait yet (a kill of the receiver fails the caller through that
 /// right). A guard that fails after the caller blocked takes its wait back ([`take_back`]).
 fn call(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<bool, Arc<Thread>> {
@@ -248,8 +251,9 @@ fn cross_done(cs: &sched::CpuSched, p: Arc<Thread>, wait: Option<Wait>, old: Opt
 /// `ReplyRecv`; `Ok(true)`: the CPU must make a scheduling decision.
 ///
 /// Under the endpoint's queue lock (so that no call finds the server before it is queued
-/// again), each thread's lock is taken once: the server takes its reply right, waits on `ep`
-/// again and leaves this CPU; then the caller is woken. A guard that fails after the server
+/// again), under the server's home lock: the server takes its reply right, waits on `ep` again
+/// and leaves this CPU; then the caller is woken in the same hold (one of another home: under
+/// its home's lock, after the server's is released). A guard that fails after the server
 /// blocked gives it its wait and its reply right back ([`undo_server`]).
 fn reply_recv(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<bool, Arc<Thread>> {
     trace::stamp(trace::SETUP);

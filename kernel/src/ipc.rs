@@ -8,8 +8,9 @@
 //! lock), given the reply right in the same step, and placed last (switched to directly, or
 //! queued on its CPU).
 //!
-//! Lock order (`lock.rs`): an endpoint's or notification's queue lock → one thread's `life`
-//! lock → a CPU's run queue (a CPU's inbox takes no lock); capability tables and IPC-buffer slots are leaves below them.
+//! Lock order (`lock.rs`): an endpoint's or notification's queue lock → one home lock (which
+//! guards a thread's `life`) → a CPU's timeout list (a CPU's run queue and inbox take no lock);
+//! capability tables and IPC-buffer slots are leaves below them.
 use alloc::sync::{Arc, Weak};
 use rl4_abi::Error;
 use rl4_abi::ipc::{MAX_WORDS, NO_SLOT, REG_WORDS, Tag};

@@ -2,11 +2,13 @@
 //!
 //! ## Lock order
 //! A CPU may take a lock only while every lock it already holds has a *lower* level; two locks
-//! of one level are never held together (in particular never two threads' locks). The levels,
+//! of one level are never held together (in particular never two home locks). The levels,
 //! in the order they may be taken (a thread's `Life` has no lock of its own: its home CPU's
 //! lock guards it, so that a hand-over between two threads of one CPU takes one lock; two
 //! home locks are held together only to move a thread to another home, in the order of their
-//! CPU indices: [`HomeMutex::rehome`]):
+//! addresses: [`HomeMutex::rehome`]; "a thread's lock" elsewhere means its home's lock). Under
+//! a home lock no `Life` is locked again (all threads of the home share it: it would never come
+//! free; a `lockcheck` kernel stops with a message instead) and nothing is destroyed:
 //!
 //! | level | locks |
 //! |---|---|
@@ -232,7 +234,12 @@ impl<T> HomeMutex<T> {
     #[inline(always)]
     pub fn lock(&self) -> HomeMutexGuard<'_, T> {
         acquire(Level::THREAD);
-        HomeMutexGuard { g: self.h.lock(), _level: ThreadLevel }
+        if cfg!(feature = "lockcheck") {
+            home_not_held(self.h.home_addr());
+        }
+        let g = self.h.lock();
+        let prev = if cfg!(feature = "lockcheck") { held_home(self.h.home_addr()) } else { 0 };
+        HomeMutexGuard { g, _level: ThreadLevel { prev } }
     }
 
     /// The value, through exclusive access.
@@ -249,8 +256,17 @@ impl<T> HomeMutex<T> {
         r
     }
 
+    /// Whether its home is CPU `cpu`'s (for the consistency check: `Life::cpu` and the home
+    /// agree while no `rehome` runs).
+    pub fn home_is(&self, cpu: u32) -> bool {
+        self.h.is_home(home_lock(cpu))
+    }
+
     /// The value while every home lock is held ([`peek_homes`]).
-    pub fn peeked<'a>(&'a self, all: &'a AllHomes) -> Option<&'a T> {
+    pub fn peeked<'a>(&'a self, all: &'a AllHomes) -> Option<&'a T>
+    where
+        T: Sync,
+    {
         self.h.get(&all.0)
     }
 }
@@ -270,13 +286,37 @@ pub struct HomeMutexGuard<'a, T> {
     _level: ThreadLevel,
 }
 
-/// The count of a held home lock (released after the lock itself).
-struct ThreadLevel;
+/// The count of a held home lock (released after the lock itself); in a `lockcheck` kernel,
+/// the home lock this CPU held before (see [`held_home`]).
+struct ThreadLevel {
+    prev: u64,
+}
 
 impl Drop for ThreadLevel {
     #[inline(always)]
     fn drop(&mut self) {
+        if cfg!(feature = "lockcheck") {
+            HOME_HELD[rl4_arch::percpu::cpu_index() as usize % MAX_CPUS].store(self.prev, Ordering::Relaxed);
+        }
         release(Level::THREAD);
+    }
+}
+
+/// A `lockcheck` kernel's record of the home lock each CPU holds last (its address; 0: none).
+/// Taking it again would spin forever (a home lock is not reentrant, and all threads of a home
+/// share it): such a kernel stops with a message instead.
+static HOME_HELD: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+/// Notes that this CPU now holds the home lock at `addr`; returns the one it held before.
+fn held_home(addr: usize) -> u64 {
+    HOME_HELD[rl4_arch::percpu::cpu_index() as usize % MAX_CPUS].swap(addr as u64, Ordering::Relaxed)
+}
+
+/// Stops the kernel if this CPU holds the home lock at `addr` already (a `lockcheck` kernel).
+fn home_not_held(addr: usize) {
+    if HOME_HELD[rl4_arch::percpu::cpu_index() as usize % MAX_CPUS].load(Ordering::Relaxed) == addr as u64 {
+        order_violation(rl4_arch::percpu::locks_held(), Level::THREAD);
+        panic!("lock: a home lock taken again by the CPU that holds it (threads of one home locked together)");
     }
 }
 

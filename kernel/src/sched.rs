@@ -14,7 +14,7 @@
 //! CPU, exactly once): a queue entry is pushed only when [`Life::enqueue`] says so and consumed
 //! through [`Life::dequeue`], which also tells a stale or misdirected entry apart.
 //!
-//! Locks (`lock.rs`): a thread's lock may be held while pushing into an inbox (a lock-free
+//! Locks (`lock.rs`): a thread's lock (its home CPU's, shared by the threads of that home) may be held while pushing into an inbox (a lock-free
 //! mailbox, `rl4_core::mailbox`); the run queue and the current slot take no lock (only their
 //! CPU touches them, with interrupts off); the timeout list is a `CPU`-level lock.
 //!

@@ -3,7 +3,8 @@
 //! placing it on a CPU, failing the caller whose reply right dies with it, telling the CPU that
 //! runs it.
 //!
-//! A thread's `Life` changes only under its lock, and only through a named transition that
+//! A thread's `Life` changes only under its lock (the lock of its home CPU, shared by every
+//! thread of that home: `lock::HomeMutex`), and only through a named transition that
 //! refuses a starting state it does not expect. A transition that ends a wait in an endpoint's
 //! or notification's queue is made while that queue's lock is held too
 //! ([`with_queue_locked`]), so that no queue ever holds an entry for a thread that no longer

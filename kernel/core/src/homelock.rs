@@ -18,6 +18,8 @@
 //! and cells): concurrent `lock`, `other` and `rehome` never give two CPUs the same value.
 #![allow(unexpected_cfgs)] // `cfg(loom)`: set by RUSTFLAGS for the loom models only.
 
+use core::marker::PhantomData;
+
 use sync::Ordering::{Acquire, Relaxed, Release};
 use sync::{AtomicBool, AtomicPtr, UnsafeCell};
 
@@ -172,6 +174,13 @@ impl<T> Homed<T> {
         core::ptr::eq(self.home.load(Relaxed), l)
     }
 
+    /// The lock of its home, as an address (for a diagnostic: it may change as soon as it is
+    /// read unless the caller holds that lock).
+    #[inline(always)]
+    pub fn home_addr(&self) -> usize {
+        self.home.load(Relaxed) as usize
+    }
+
     /// The value, through exclusive access (no guard can exist).
     #[cfg(not(loom))]
     pub fn get_mut(&mut self) -> &mut T {
@@ -188,7 +197,7 @@ impl<T> Homed<T> {
         if self.home.load(Relaxed) != home {
             return self.lock_moved(lock);
         }
-        HomeGuard { held: HomeHeld { lock }, v: self }
+        HomeGuard { held: HomeHeld { lock }, v: self, _excl: PhantomData }
     }
 
     /// [`lock`](Homed::lock) found that the value moved to another home before its lock (the
@@ -202,7 +211,7 @@ impl<T> Homed<T> {
             let lock = lock_at(home);
             lock.acquire();
             if self.home.load(Relaxed) == home {
-                return HomeGuard { held: HomeHeld { lock }, v: self };
+                return HomeGuard { held: HomeHeld { lock }, v: self, _excl: PhantomData };
             }
             lock.release();
         }
@@ -242,7 +251,10 @@ impl<T> Homed<T> {
     /// The value while every home's lock is held by `all` (`None` if its home is not one of
     /// `all`'s locks).
     #[cfg(not(loom))]
-    pub fn get<'a, const N: usize>(&'a self, all: &'a AllHeld<N>) -> Option<&'a T> {
+    pub fn get<'a, const N: usize>(&'a self, all: &'a AllHeld<N>) -> Option<&'a T>
+    where
+        T: Sync,
+    {
         let p = self.home.load(Relaxed) as usize;
         let range = all.homes.as_ptr_range();
         if p < range.start as usize || p >= range.end as usize {
@@ -280,6 +292,9 @@ impl<T> Homed<T> {
 pub struct HomeGuard<'v, T> {
     held: HomeHeld,
     v: &'v Homed<T>,
+    /// It hands out `&mut T`: as `Sync` as a `&mut T` (a shared guard must not hand two CPUs
+    /// a `&T` of a `T` that is not `Sync`).
+    _excl: PhantomData<&'v mut T>,
 }
 
 impl<'v, T> HomeGuard<'v, T> {
@@ -314,7 +329,7 @@ impl HomeHeld {
     /// `o`'s value if `o` has this home; `None` otherwise (see [`HomeGuard::other`]).
     #[inline(always)]
     pub fn other<'b, T>(&'b mut self, o: &'b Homed<T>) -> Option<HomeGuardRef<'b, T>> {
-        o.is_home(self.lock).then_some(HomeGuardRef { v: o })
+        o.is_home(self.lock).then_some(HomeGuardRef { v: o, _excl: PhantomData })
     }
 }
 
@@ -328,6 +343,7 @@ impl Drop for HomeHeld {
 /// Another value of a held home's lock ([`HomeGuard::other`]).
 pub struct HomeGuardRef<'b, T> {
     v: &'b Homed<T>,
+    _excl: PhantomData<&'b mut T>,
 }
 
 impl<T> HomeGuardRef<'_, T> {

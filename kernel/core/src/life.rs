@@ -6,7 +6,8 @@
 //! timeouts. Each method accepts only the starting states it expects and otherwise returns
 //! [`Refused`] (carrying the state it found) without changing anything, so a decision taken on a
 //! stale view — another CPU killed, suspended or woke the thread since — can never overwrite a
-//! newer state. The kernel holds a thread's `Life` under that thread's lock; the methods here
+//! newer state. The kernel holds a thread's `Life` under that thread's lock (the lock of its home CPU,
+//! `kernel/src/lock.rs`); the methods here
 //! are plain code, tested on the host (unit tests below, a model-based property test and `loom`
 //! models in `kernel/core/tests/`).
 //!
