@@ -19,7 +19,8 @@
 //! CPU touches them, with interrupts off); the timeout list is a `CPU`-level lock.
 //!
 //! A switch takes the lock of the thread that leaves (`Life::leave_cpu`) and of the one that
-//! comes (`Life::dequeue`): both may be changed by other CPUs meanwhile (killed, suspended,
+//! comes (`Life::dequeue`; one hold of their home's lock in a short `Yield` between threads of
+//! one home): both may be changed by other CPUs meanwhile (killed, suspended,
 //! moved). A `Yield` with nothing else ready at its priority or above takes none
 //! ([`yield_now`]).
 use alloc::boxed::Box;
@@ -322,20 +323,44 @@ fn run_delivered(cs: &CpuSched) -> bool {
 /// here (returns true), else forwards it to the CPU it belongs to now or lets it go.
 #[inline(always)]
 fn run_entry(cs: &CpuSched, t: Arc<Thread>) -> bool {
-    let mut l = t.life.lock();
-    match l.dequeue(me()) {
-        Pick::Run => {
-            let prio = l.prio;
-            drop(l);
+    run_entry_held(cs, t, None)
+}
+
+/// [`run_entry`], with a home lock this CPU may hold already (`held`, released before the
+/// switch): a thread of that home is dequeued in the same hold.
+#[inline(always)]
+fn run_entry_held(cs: &CpuSched, t: Arc<Thread>, mut held: Option<crate::lock::HomeMutexHeld>) -> bool {
+    let run = if let Some(mut l) = held.as_mut().and_then(|h| h.other(&t.life)) {
+        dequeue_here(&t, &mut l)
+    } else {
+        drop(held.take());
+        dequeue_here(&t, &mut t.life.lock())
+    };
+    drop(held);
+    match run {
+        Some(prio) => {
             switch_to(cs, t, prio, true);
-            return true;
+            true
         }
-        Pick::Forward(c) => push(c, &t, l.prio),
-        Pick::Drop => {}
+        None => {
+            crate::reclaim::later_thread(t);
+            false
+        }
     }
-    drop(l);
-    crate::reclaim::later_thread(t);
-    false
+}
+
+/// `Life::dequeue` of a queue entry of this CPU, under `t`'s lock: its priority if it runs
+/// here; else it is forwarded to the CPU it belongs to now, or let go (`None`).
+#[inline(always)]
+fn dequeue_here(t: &Arc<Thread>, l: &mut Life) -> Option<u8> {
+    match l.dequeue(me()) {
+        Pick::Run => Some(l.prio),
+        Pick::Forward(c) => {
+            push(c, t, l.prio);
+            None
+        }
+        Pick::Drop => None,
+    }
 }
 
 /// A new reply ticket, unique machine-wide.
@@ -808,7 +833,8 @@ pub fn yield_now() {
 /// own, `p`, and the inbox is empty: the caller, if its state allows (`Life::yield_cpu`: still
 /// `Running` here, on its own CPU, at priority `p`), goes to the tail of `p`'s FIFO while the
 /// head comes out (`RunQueue::rotate`: the bitmaps do not change) and runs (`Life::dequeue`).
-/// One lock of each thread, O(1) queue work, nothing allocated, no reference count touched.
+/// One hold of a home lock when both threads share it (else one of each thread's), O(1) queue
+/// work, nothing allocated, no reference count touched.
 /// Returns false, having changed nothing, if the caller's state does not allow it (stopped,
 /// moved or re-prioritised by another CPU, whose reschedule interrupt is still pending): the
 /// full decision runs then.
@@ -823,11 +849,14 @@ fn yield_rotate(cs: &CpuSched, p: u8) -> bool {
     }
     entry::save_resume_mode(&cur.regs);
     crate::thread::fpu_leave(&cur);
-    drop(l);
+    // The lock stays held for the next thread if it shares the home (its reference may move
+    // into the run queue meanwhile: the lock no longer borrows it).
+    let held = l.into_held();
     crate::timeline::event(crate::timeline::Kind::Leave, cur.id, 2);
     let next = match cs.rq.with(#[inline(always)] |rq| rq.rotate(p, cur)) {
         Ok(t) => t,
         Err(t) => {
+            drop(held);
             queued_twice(t);
             if !pick(cs, None) {
                 idle();
@@ -835,7 +864,7 @@ fn yield_rotate(cs: &CpuSched, p: u8) -> bool {
             return true;
         }
     };
-    if !run_entry(cs, next) {
+    if !run_entry_held(cs, next, Some(held)) {
         // An entry that may not run here (dropped, or passed on): the next one.
         if !pick(cs, None) {
             idle();
