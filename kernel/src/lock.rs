@@ -8,7 +8,8 @@
 //! home locks are held together only to move a thread to another home, in the order of their
 //! addresses: [`HomeMutex::rehome`]; "a thread's lock" elsewhere means its home's lock). Under
 //! a home lock no `Life` is locked again (all threads of the home share it: it would never come
-//! free; a `lockcheck` kernel stops with a message instead) and nothing is destroyed:
+//! free; a `lockcheck` kernel's `HomeMutex::lock` stops with a message instead) and nothing is
+//! destroyed:
 //!
 //! | level | locks |
 //! |---|---|
@@ -239,7 +240,7 @@ impl<T> HomeMutex<T> {
         }
         let g = self.h.lock();
         let prev = if cfg!(feature = "lockcheck") { held_home(self.h.home_addr()) } else { 0 };
-        HomeMutexGuard { g, _level: ThreadLevel { prev } }
+        HomeMutexGuard { g, _level: ThreadLevel { prev, _here: core::marker::PhantomData } }
     }
 
     /// The value, through exclusive access.
@@ -290,6 +291,8 @@ pub struct HomeMutexGuard<'a, T> {
 /// the home lock this CPU held before (see [`held_home`]).
 struct ThreadLevel {
     prev: u64,
+    /// Not `Send`: the count and the record are this CPU's, so the guard is dropped here.
+    _here: core::marker::PhantomData<*const ()>,
 }
 
 impl Drop for ThreadLevel {
