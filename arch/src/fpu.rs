@@ -1,25 +1,35 @@
 //! Per-thread FPU and SIMD state: x87, MMX, SSE and AVX registers.
 //!
 //! Every CPU is set up by [`init_this_cpu`] from its own CPUID, whatever firmware left in its
-//! control registers: `CR0.MP` and `CR0.NE` set, `CR0.EM` and `CR0.TS` clear (no lazy switching:
-//! see docs/decisions.md), `CR4.OSFXSR | OSXMMEXCPT`, and where the CPU has `XSAVE`,
-//! `CR4.OSXSAVE` with `XCR0 = x87 | SSE`, plus AVX when the CPU has it. Other components the CPU
-//! may offer (MPX, AVX-512, PKRU, AMX...) are left off: their instructions raise `#UD` in user
-//! mode, and their state needs no saving. Without `XSAVE`, `FXSAVE`/`FXRSTOR` (512 bytes, x87 and
-//! SSE) are used.
+//! control registers: `CR0.MP` and `CR0.NE` set, `CR0.EM` and `CR0.TS` clear, `CR4.OSFXSR |
+//! OSXMMEXCPT`, and where the CPU has `XSAVE`, `CR4.OSXSAVE` with `XCR0 = x87 | SSE`, plus AVX
+//! when the CPU has it. Other components the CPU may offer (MPX, AVX-512, PKRU, AMX...) are left
+//! off: their instructions raise `#UD` in user mode, and their state needs no saving. Without
+//! `XSAVE`, `FXSAVE`/`FXRSTOR` (512 bytes, x87 and SSE) are used.
 //!
 //! The size of a save area comes from CPUID leaf 0xD (EBX, once XCR0 is set), checked against
 //! [`MAX_AREA`]; every CPU must agree with the bootstrap CPU on the mechanism, the components and
 //! the size (a machine whose CPUs differ stops at boot).
 //!
 //! A thread's registers live in its [`FpuState`]: a 64-byte aligned area, created holding the
-//! clean default state (`FCW` 0x37f, `MXCSR` 0x1f80, every register zero), saved when the thread
-//! leaves a CPU and restored when it is switched in (eager switching).
+//! clean default state (`FCW` 0x37f, `MXCSR` 0x1f80, every register zero). A thread that has
+//! used these registers (see below) has them saved when it leaves a CPU and restored when it is
+//! switched in (eager switching: [`FpuState::leave`], [`FpuState::enter`]).
+//!
+//! **First use.** A thread that has never run an FPU or SIMD instruction (every program built for
+//! a soft-float target, as rl4's own are) has nothing to save or load. It runs with `CR0.TS` set
+//! over registers that hold the default state and nothing else (never another thread's values:
+//! there is nothing for a speculative read to leak, unlike lazy switching). Its first such
+//! instruction raises `#NM`; [`FpuState::first_use`] then clears `TS` (the registers already
+//! hold the thread's state, the default) and the thread is switched eagerly from then on. Each
+//! CPU records in its per-CPU header (`gs:80`, `percpu::fpu_off`) whether `TS` is set; a switch
+//! changes `TS` only between a thread that uses the registers and one that does not, and before
+//! a thread that does not runs where one that did ran, the registers are reset to the default.
 extern crate alloc;
 
 use alloc::vec::Vec;
 use core::arch::x86_64::{__cpuid, __cpuid_count};
-use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use x86_64::registers::control::{Cr0, Cr0Flags, Cr4, Cr4Flags};
 use x86_64::registers::xcontrol::{XCr0, XCr0Flags};
 
@@ -38,6 +48,26 @@ const MXCSR: usize = 24;
 /// The x87 control word and MXCSR of a new thread (all exceptions masked, round to nearest).
 pub const DEFAULT_FCW: u16 = 0x037f;
 pub const DEFAULT_MXCSR: u32 = 0x1f80;
+
+/// A save area as large as any rl4 accepts, holding the default state: what [`FpuState::new`]
+/// copies, and what a CPU loads before it runs a thread that has not used these registers
+/// where one that has ran (an `XSAVE` header of zero: every component in its initial state;
+/// `FTW` 0, every x87 register empty; the two control registers' defaults).
+#[repr(C, align(64))]
+struct Image([Block; MAX_AREA / 64]);
+static DEFAULT: Image = {
+    let mut b = [Block([0; 64]); MAX_AREA / 64];
+    let fcw = DEFAULT_FCW.to_le_bytes();
+    let mxcsr = DEFAULT_MXCSR.to_le_bytes();
+    b[0].0[FCW] = fcw[0];
+    b[0].0[FCW + 1] = fcw[1];
+    let mut i = 0;
+    while i < 4 {
+        b[0].0[MXCSR + i] = mxcsr[i];
+        i += 1;
+    }
+    Image(b)
+};
 
 /// How the registers are saved and restored on this machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,6 +186,9 @@ pub struct FpuState {
     /// saved). Equal to a CPU's current stamp (`percpu::fpu_stamp`) only while that CPU's
     /// registers still hold what the area holds: [`FpuState::restore`] then loads nothing.
     stamp: AtomicU64,
+    /// Whether the thread has used these registers (set once, by [`FpuState::first_use`] on the
+    /// CPU that runs it; read where it is switched, ordered like the area).
+    used: AtomicBool,
 }
 
 // SAFETY: see the access protocol above.
@@ -169,18 +202,73 @@ impl FpuState {
         let blocks = size.div_ceil(64);
         let mut v: Vec<Block> = Vec::new();
         v.try_reserve_exact(blocks).ok()?;
-        v.resize(blocks, Block([0; 64]));
-        // Everything zero (XSAVE header: XSTATE_BV = 0, every component in its initial state;
-        // FTW = 0, every x87 register empty), but the two control registers.
-        v[0].0[FCW..FCW + 2].copy_from_slice(&DEFAULT_FCW.to_le_bytes());
-        v[0].0[MXCSR..MXCSR + 4].copy_from_slice(&DEFAULT_MXCSR.to_le_bytes());
-        Some(FpuState { area: core::cell::UnsafeCell::new(v), stamp: AtomicU64::new(0) })
+        v.extend_from_slice(&DEFAULT.0[..blocks]);
+        Some(FpuState { area: core::cell::UnsafeCell::new(v), stamp: AtomicU64::new(0), used: AtomicBool::new(false) })
+    }
+
+    /// Whether the thread has used its FPU/SIMD registers (see the module's "First use").
+    #[inline(always)]
+    pub fn used(&self) -> bool {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// The running thread leaves this CPU: its registers go into the area if it uses them.
+    #[inline(always)]
+    pub fn leave(&self) {
+        if self.used() {
+            self.save();
+        }
+    }
+
+    /// The thread becomes this CPU's running thread: its registers are loaded if it uses them
+    /// (unless this CPU still holds them, see [`FpuState::restore`]), with `CR0.TS` clear;
+    /// otherwise `CR0.TS` is set, over registers reset to the default if a thread that used them
+    /// ran here since they last were. Returns whether it loaded nothing.
+    #[inline(always)]
+    pub fn enter(&self) -> bool {
+        if self.used() {
+            if crate::percpu::fpu_off() {
+                turn_on();
+            }
+            self.restore()
+        } else {
+            if !crate::percpu::fpu_off() {
+                turn_off();
+            }
+            true
+        }
+    }
+
+    /// `#NM` in user mode while this thread runs: if it had not used its registers, it does
+    /// now (the registers hold the default state, which is its state: they stay) and `true`;
+    /// `false` if the trap has another cause (the caller treats it as a fault).
+    pub fn first_use(&self) -> bool {
+        if self.used() || !crate::percpu::fpu_off() {
+            return false;
+        }
+        self.used.store(true, Ordering::Relaxed);
+        turn_on();
+        true
+    }
+
+    /// Makes the running thread one that uses its registers for a while, as its first FPU
+    /// instruction would (for the kernel's own measurements); `true` if it did not before, and
+    /// then [`FpuState::unclaim`] must follow before the thread returns to user mode.
+    pub fn claim(&self) -> bool {
+        self.first_use()
+    }
+
+    /// Undoes [`FpuState::claim`] (the thread ran no FPU instruction of its own meanwhile: its
+    /// state is the default, which the registers are reset to).
+    pub fn unclaim(&self) {
+        self.used.store(false, Ordering::Relaxed);
+        turn_off();
     }
 
     /// Saves this CPU's registers into the area: call it on the CPU that runs the thread, as the
     /// thread leaves it (see the access protocol).
     #[inline(always)]
-    pub fn save(&self) {
+    fn save(&self) {
         // SAFETY: per the access protocol nobody else touches the area now.
         let area = unsafe { &mut *self.area.get() };
         let p = area.as_mut_ptr() as *mut u8;
@@ -208,7 +296,7 @@ impl FpuState {
     /// The kernel itself never touches these registers (soft-float target).
     /// Returns whether it loaded nothing.
     #[inline(always)]
-    pub fn restore(&self) -> bool {
+    fn restore(&self) -> bool {
         if self.stamp.load(Ordering::Relaxed) == crate::percpu::fpu_stamp() {
             return true;
         }
@@ -216,7 +304,8 @@ impl FpuState {
         false
     }
 
-    /// Loads the area into this CPU's registers whatever they hold (see [`FpuState::restore`]).
+    /// Loads the area into this CPU's registers whatever they hold (see [`FpuState::restore`]),
+    /// on the CPU that runs the thread, once it uses them ([`FpuState::claim`]: `CR0.TS` clear).
     #[inline]
     pub fn load(&self) {
         // SAFETY: per the access protocol nobody writes the area now.
@@ -236,6 +325,40 @@ impl FpuState {
         // The registers changed: no area's stamp may match this CPU's any more.
         crate::percpu::bump_fpu_stamp();
     }
+}
+
+/// Clears `CR0.TS` on this CPU (its registers hold the default state, now the running thread's).
+#[cold]
+#[inline(never)]
+fn turn_on() {
+    // SAFETY: `clts` only lets FPU/SIMD instructions run without `#NM`; the registers hold the
+    // default state (see `turn_off`), no other thread's values.
+    unsafe { core::arch::asm!("clts", options(nostack, preserves_flags)) };
+    crate::percpu::set_fpu_off(false);
+}
+
+/// Resets this CPU's registers to the default state (they may hold the thread's that ran last,
+/// saved already) and sets `CR0.TS`: the next thread does not use them.
+#[cold]
+#[inline(never)]
+fn turn_off() {
+    let p = DEFAULT.0.as_ptr() as *const u8;
+    if MECHANISM.load(Ordering::Relaxed) >= Mechanism::Xsave as u8 {
+        // SAFETY: `DEFAULT` is 64-byte aligned, `MAX_AREA` bytes (at least any configured size),
+        // a valid image for XRSTOR (header zero, MXCSR without reserved bits); `TS` is clear.
+        unsafe {
+            core::arch::asm!("xrstor64 [{}]", in(reg) p, in("eax") u32::MAX, in("edx") u32::MAX, options(nostack, preserves_flags, readonly))
+        }
+    } else {
+        // SAFETY: as above, a valid FXRSTOR image.
+        unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) p, options(nostack, preserves_flags, readonly)) }
+    }
+    // The registers changed: no area's stamp may match this CPU's any more.
+    crate::percpu::bump_fpu_stamp();
+    // SAFETY: setting TS only makes the next FPU/SIMD instruction raise `#NM` (user mode: the
+    // thread's first use; the kernel runs none, and saves or loads only with TS clear).
+    unsafe { Cr0::update(|c| c.insert(Cr0Flags::TASK_SWITCHED)) };
+    crate::percpu::set_fpu_off(true);
 }
 
 /// `FpuState::save` with `XSAVE` or `FXSAVE` (CPUs without `XSAVEOPT`).

@@ -40,6 +40,9 @@ pub struct CpuHeader {
     /// a thread's FPU/SIMD registers on this CPU, each time to a value no CPU used before; equal
     /// to a save area's stamp only while this CPU's registers still hold what that area holds.
     fpu_stamp: AtomicU64,
+    /// Non-zero while this CPU runs with `CR0.TS` set and its FPU/SIMD registers hold the
+    /// default state (gs:80; see `fpu.rs`): the running thread has never used them.
+    fpu_off: AtomicU64,
 }
 
 impl CpuHeader {
@@ -56,6 +59,7 @@ impl CpuHeader {
             kernel_block: AtomicU64::new(0),
             exits: AtomicU64::new(0),
             fpu_stamp: AtomicU64::new(FPU_STAMP_STEP + 2 * index as u64 + 1),
+            fpu_off: AtomicU64::new(0),
         }
     }
     /// How many times this CPU has returned to user mode (read by any CPU).
@@ -160,6 +164,24 @@ const _: () = assert!(core::mem::offset_of!(CpuHeader, locks_held) == 48);
 const _: () = assert!(core::mem::offset_of!(CpuHeader, kernel_block) == 56);
 const _: () = assert!(core::mem::offset_of!(CpuHeader, exits) == 64);
 const _: () = assert!(core::mem::offset_of!(CpuHeader, fpu_stamp) == 72);
+const _: () = assert!(core::mem::offset_of!(CpuHeader, fpu_off) == 80);
+
+/// Whether this CPU runs with its FPU/SIMD registers off (gs:80, see `fpu.rs`): one load.
+#[inline(always)]
+pub fn fpu_off() -> bool {
+    let v: u64;
+    // SAFETY: a plain load of this CPU's header field (gs:80).
+    unsafe { core::arch::asm!("mov {}, gs:[80]", out(reg) v, options(nostack, readonly, preserves_flags)) };
+    v != 0
+}
+
+/// Records whether this CPU's FPU/SIMD registers are off (gs:80); only `fpu.rs` calls it, next
+/// to the `CR0.TS` change it records.
+#[inline(always)]
+pub(crate) fn set_fpu_off(off: bool) {
+    // SAFETY: only this CPU writes its header field, with interrupts off in the kernel.
+    unsafe { core::arch::asm!("mov qword ptr gs:[80], {}", in(reg) off as u64, options(nostack, preserves_flags)) };
+}
 
 /// What a CPU adds to its FPU stamp at each change. CPU `i`'s stamps are `2i + 1 + k * STEP`
 /// (`k >= 1`, modulo 2^64): odd, so never 0 (the stamp of an area never saved) even after the

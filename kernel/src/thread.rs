@@ -283,18 +283,26 @@ pub fn expire(t: &Arc<Thread>, now: u64) {
     crate::reclaim::later_wait(w);
 }
 
-/// The running thread `t` leaves this CPU: its FPU/SIMD registers go into its save area. Every
-/// path on which a thread stops being current calls this (with `entry::save_resume_mode`).
+/// The running thread `t` leaves this CPU: its FPU/SIMD registers go into its save area if it
+/// has used them (`rl4_arch::fpu`, "First use"). Every path on which a thread stops being
+/// current calls this (with `entry::save_resume_mode`).
 #[inline(always)]
 pub fn fpu_leave(t: &Thread) {
-    t.fpu.save();
+    t.fpu.leave();
 }
 
-/// `t` becomes this CPU's running thread: its FPU/SIMD registers are loaded, unless this CPU
-/// still holds them (it saved them last and loaded nothing since: `true`). Every path that
-/// makes a thread current calls this (with `entry::set_current`).
+/// `t` becomes this CPU's running thread: its FPU/SIMD registers are loaded if it has used
+/// them, unless this CPU still holds them (it saved them last and loaded nothing since); `true`
+/// if nothing was loaded. Every path that makes a thread current calls this (with
+/// `entry::set_current`).
 #[inline(always)]
 #[must_use]
 pub fn fpu_enter(t: &Thread) -> bool {
-    t.fpu.restore()
+    t.fpu.enter()
+}
+
+/// `#NM` in user mode: the running thread's first FPU or SIMD instruction (`true`: it now uses
+/// them and runs that instruction again), or a fault (`false`).
+pub fn fpu_first_use() -> bool {
+    crate::sched::with_current(|t| t.fpu.first_use()).unwrap_or(false)
 }

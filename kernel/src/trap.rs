@@ -35,6 +35,10 @@ fn interrupt(vector: u8) {
 #[unsafe(no_mangle)]
 extern "C" fn rl4_user_trap(vector: u64, error: u64) {
     if vector < 32 {
+        // A thread's first FPU or SIMD instruction (`rl4_arch::fpu`, "First use") runs again.
+        if vector == 7 && crate::thread::fpu_first_use() {
+            return;
+        }
         match crate::fault::fault_current(vector, error) {
             crate::fault::Handled::Decide => {}
             // What the fault put aside under its locks goes before the handler runs.
