@@ -308,6 +308,26 @@ impl<T> CpuOwned<T> {
         f(unsafe { &*self.cell.get() })
     }
 
+    /// [`CpuOwned::replace`] without the check of the CPU.
+    ///
+    /// # Safety
+    /// The caller runs on the owning CPU (a type only that CPU can hold proves it).
+    #[inline(always)]
+    pub unsafe fn replace_owned(&self, v: T) -> T {
+        // SAFETY: the owner, per the caller; one access at a time as in `replace`.
+        unsafe { core::mem::replace(&mut *self.cell.get(), v) }
+    }
+
+    /// [`CpuOwned::inspect`] without the check of the CPU.
+    ///
+    /// # Safety
+    /// As for [`CpuOwned::replace_owned`].
+    #[inline(always)]
+    pub unsafe fn inspect_owned<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        // SAFETY: the owner, per the caller; as in `inspect`.
+        f(unsafe { &*self.cell.get() })
+    }
+
     /// The value, from any CPU.
     ///
     /// # Safety

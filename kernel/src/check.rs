@@ -382,7 +382,7 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
         // SAFETY: every other CPU is stopped in `hold` (entered from user mode or the idle loop,
         // never inside an access to its current slot), and this CPU is inside the check's system
         // call, not inside one either; the reference does not outlive the check.
-        let current = unsafe { cs.current.peek() };
+        let current = unsafe { cs.peek_current() };
         for th in current.iter() {
             refs.add(th);
             note(&mut seen, key(th), &mut |x| x.current += 1);

@@ -47,11 +47,11 @@ pub fn try_fast(n: u64) -> bool {
     // The running thread's reference is taken out of the CPU's slot rather than cloned (no
     // reference-count traffic); the switch puts the partner's in, a fallback puts it back.
     // Nothing on this CPU looks at the slot meanwhile, and no other CPU does.
-    let Some(cur) = cs.current.take() else { return false };
+    let Some(cur) = cs.take_current() else { return false };
     let (slot, tag, timeout) = cur.regs.with(|r| r.ipc_in());
     let tag = Tag(tag);
     if !(tag.fits_registers() && timeout == FOREVER) {
-        cs.current.replace(Some(cur));
+        cs.replace_current(Some(cur));
         return false;
     }
     // Each path consumes the reference on success (it becomes the reply right or the queue
@@ -68,7 +68,7 @@ pub fn try_fast(n: u64) -> bool {
             true
         }
         Err(cur) => {
-            cs.current.replace(Some(cur));
+            cs.replace_current(Some(cur));
             false
         }
     }
@@ -98,7 +98,7 @@ fn put_back(q: &mut crate::ipc::EpQueues, r: Arc<Thread>) {
 /// its own home's lock, after the caller's is released), so that it never holds the right of
 /// a caller that does not wait yet (a kill of the receiver fails the caller through that
 /// right). A guard that fails after the caller blocked takes its wait back ([`take_back`]).
-fn call(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<bool, Arc<Thread>> {
+fn call(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<bool, Arc<Thread>> {
     trace::stamp(trace::SETUP);
     // Read without a lock or a reference (`qsbr.rs`); errors are the general path's.
     let Some((ep, badge)) = crate::qsbr::endpoint(entry, &cur.task, slot, Rights::SEND) else { return Err(cur) };
@@ -192,7 +192,7 @@ fn call(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag:
 /// nothing, if it may not wait (killed or suspended meanwhile): the general path gives the
 /// call's answer (the wait is disposed of after the lock is released).
 #[inline(always)]
-fn block_caller(cs: &sched::CpuSched, cur: &Arc<Thread>, l: &mut crate::obj::Life, ticket: u64) -> Result<[u64; 4], Wait> {
+fn block_caller(cs: sched::Here, cur: &Arc<Thread>, l: &mut crate::obj::Life, ticket: u64) -> Result<[u64; 4], Wait> {
     if let Err((_, w)) = l.block(Wait::Reply { ticket }, u64::MAX) {
         return Err(w);
     }
@@ -207,7 +207,7 @@ fn block_caller(cs: &sched::CpuSched, cur: &Arc<Thread>, l: &mut crate::obj::Lif
 /// CPU decides what runs next (`Ok(true)`).
 #[cold]
 #[inline(never)]
-fn take_back(_cs: &sched::CpuSched, cur: Arc<Thread>, on: WaitOn, me: u32) -> Result<bool, Arc<Thread>> {
+fn take_back(_cs: sched::Here, cur: Arc<Thread>, on: WaitOn, me: u32) -> Result<bool, Arc<Thread>> {
     let (back, moved) = {
         let mut l = cur.life.lock();
         (l.take_back(on, me), l.cpu != me)
@@ -233,7 +233,7 @@ fn take_back(_cs: &sched::CpuSched, cur: Arc<Thread>, on: WaitOn, me: u32) -> Re
 /// right that died fails its caller, and a caller (`call`) expects its reply soon.
 #[cold]
 #[inline(never)]
-fn cross_done(cs: &sched::CpuSched, p: Arc<Thread>, wait: Option<Wait>, old: Option<(Arc<Thread>, u64)>, call: bool) {
+fn cross_done(cs: sched::Here, p: Arc<Thread>, wait: Option<Wait>, old: Option<(Arc<Thread>, u64)>, call: bool) {
     if let Some(w) = wait {
         crate::obj::dispose(w);
     }
@@ -255,7 +255,7 @@ fn cross_done(cs: &sched::CpuSched, p: Arc<Thread>, wait: Option<Wait>, old: Opt
 /// and leaves this CPU; then the caller is woken in the same hold (one of another home: under
 /// its home's lock, after the server's is released). A guard that fails after the server
 /// blocked gives it its wait and its reply right back ([`undo_server`]).
-fn reply_recv(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<bool, Arc<Thread>> {
+fn reply_recv(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<bool, Arc<Thread>> {
     trace::stamp(trace::SETUP);
     let Some((ep, _)) = crate::qsbr::endpoint(entry, &cur.task, slot, Rights::RECEIVE) else { return Err(cur) };
     trace::stamp(trace::LOOKUP);
@@ -346,7 +346,7 @@ fn reply_recv(cs: &sched::CpuSched, entry: &InEntry, cur: Arc<Thread>, slot: u64
 #[cold]
 #[inline(never)]
 fn undo_server(
-    _cs: &sched::CpuSched,
+    _cs: sched::Here,
     cur: Arc<Thread>,
     ep: &crate::ipc::Endpoint,
     q: crate::lock::Guard<'_, crate::ipc::EpQueues, { crate::lock::Level::QUEUE }>,

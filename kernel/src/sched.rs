@@ -64,19 +64,19 @@ const KICKED: u8 = 2;
 
 /// Sets bits of this CPU's `flags` (only this CPU writes them: no locked instruction).
 #[inline(always)]
-fn set_flag(cs: &CpuSched, f: u8) {
+fn set_flag(cs: Here, f: u8) {
     cs.flags.store(cs.flags.load(Ordering::Relaxed) | f, Ordering::Relaxed);
 }
 
 /// Clears bits of this CPU's `flags`.
 #[inline(always)]
-fn clear_flag(cs: &CpuSched, f: u8) {
+fn clear_flag(cs: Here, f: u8) {
     cs.flags.store(cs.flags.load(Ordering::Relaxed) & !f, Ordering::Relaxed);
 }
 
 /// The running thread starts a new time slice.
 #[inline(always)]
-fn new_slice(cs: &CpuSched) {
+fn new_slice(cs: Here) {
     cs.slice.store(TIME_SLICE_TICKS, Ordering::Relaxed);
     clear_flag(cs, EXPIRED);
 }
@@ -96,7 +96,7 @@ pub struct CpuSched {
     /// the IPC paths' "nothing more urgent" guard and `Yield` read one word.
     rq_top: AtomicI32,
     /// The running thread: only this CPU touches it (no lock).
-    pub(crate) current: percpu::CpuOwned<Option<Arc<Thread>>>,
+    current: percpu::CpuOwned<Option<Arc<Thread>>>,
     /// The inbox: threads pushed by any CPU, with the priority each was pushed at, and this
     /// CPU's idle state (busy, polling, halting), in one word on a cache line of its own
     /// (`rl4_core::mailbox`): a push is one compare-and-swap on the thread's link and one on
@@ -136,7 +136,7 @@ pub(crate) fn get(i: usize) -> Option<&'static CpuSched> {
 }
 
 /// The calling CPU's scheduler.
-pub(crate) fn this_cpu() -> &'static CpuSched {
+pub(crate) fn this_cpu() -> Here {
     this()
 }
 
@@ -144,13 +144,13 @@ pub(crate) fn this_cpu() -> &'static CpuSched {
 /// inbox and nothing of higher priority in the run queue (the fast path's guard; it does not
 /// drain the inbox).
 #[inline(always)]
-pub(crate) fn nothing_more_urgent(cs: &CpuSched, prio: u8) -> bool {
+pub(crate) fn nothing_more_urgent(cs: Here, prio: u8) -> bool {
     cs.mail.is_empty() && cs.rq_top.load(Ordering::Relaxed) <= prio as i32
 }
 
 /// Changes this CPU's run queue and keeps its top-priority copy up to date.
 #[inline(always)]
-fn with_rq<R>(cs: &CpuSched, f: impl FnOnce(&mut RunQueue<Thread>) -> R) -> R {
+fn with_rq<R>(cs: Here, f: impl FnOnce(&mut RunQueue<Thread>) -> R) -> R {
     cs.rq.with(|rq| {
         let r = f(rq);
         cs.rq_top.store(rq.highest().map_or(-1, |p| p as i32), Ordering::Relaxed);
@@ -184,13 +184,66 @@ fn queued_twice(t: Arc<Thread>) {
 /// load instead of an array look-up behind a `Once`).
 #[inline(always)]
 #[allow(unsafe_code)]
-fn this() -> &'static CpuSched {
+fn this() -> Here {
     let p = percpu::kernel_block() as *const CpuSched;
     assert!(!p.is_null(), "scheduler initialised on this CPU");
     // SAFETY: the only value ever stored at gs:56 is the address of this CPU's `CpuSched`,
     // leaked by `init_cpu` (it lives for the rest of the kernel's life and is never moved); the
     // CPU's header is its own, so the address is this CPU's scheduler.
-    unsafe { &*p }
+    Here(unsafe { &*p }, core::marker::PhantomData)
+}
+
+/// The calling CPU's scheduler, as only that CPU can hold it: made only by [`this`] (from the
+/// CPU's own `gs` block), and neither `Send` nor `Sync`, so it never reaches another CPU (the
+/// kernel runs on one stack per CPU and never moves a kernel context between CPUs). What only
+/// the owner may touch — the current slot — is reached through it without a run-time check of
+/// the CPU (`CpuOwned::replace` checks; [`Here::replace_current`] does not need to). Any other
+/// CPU's scheduler is a plain `&CpuSched` ([`get`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Here(&'static CpuSched, core::marker::PhantomData<*const ()>);
+
+impl core::ops::Deref for Here {
+    type Target = CpuSched;
+    #[inline(always)]
+    fn deref(&self) -> &CpuSched {
+        self.0
+    }
+}
+
+#[allow(unsafe_code)]
+impl CpuSched {
+    /// This scheduler's current slot, from any CPU.
+    ///
+    /// # Safety
+    /// As for `CpuOwned::peek`: the owning CPU is stopped outside any access to the slot (the
+    /// consistency check's freeze) for as long as the reference lives.
+    pub(crate) unsafe fn peek_current(&self) -> &Option<Arc<Thread>> {
+        // SAFETY: the caller's.
+        unsafe { self.current.peek() }
+    }
+}
+
+#[allow(unsafe_code)]
+impl Here {
+    /// Puts `v` in this CPU's current slot and returns what was there.
+    #[inline(always)]
+    pub(crate) fn replace_current(self, v: Option<Arc<Thread>>) -> Option<Arc<Thread>> {
+        // SAFETY: a `Here` is this CPU's scheduler (see the type), so this CPU owns the slot.
+        unsafe { self.0.current.replace_owned(v) }
+    }
+
+    /// Takes the running thread out of this CPU's current slot.
+    #[inline(always)]
+    pub(crate) fn take_current(self) -> Option<Arc<Thread>> {
+        self.replace_current(None)
+    }
+
+    /// `f` on this CPU's current slot (see `CpuOwned::inspect` for what `f` may do).
+    #[inline(always)]
+    pub(crate) fn inspect_current<R>(self, f: impl FnOnce(&Option<Arc<Thread>>) -> R) -> R {
+        // SAFETY: as in `replace_current`.
+        unsafe { self.0.current.inspect_owned(f) }
+    }
 }
 
 fn me() -> u32 {
@@ -272,7 +325,7 @@ impl CpuSched {
 /// How long the idle loop watches its inbox before it halts: `poll_us`, or, while a thread of
 /// this CPU awaits a reply from another CPU, four of the recent replies' times (at most 20
 /// times `poll_us`); `poll_us=0` never polls.
-fn poll_ticks(cs: &CpuSched) -> u64 {
+fn poll_ticks(cs: Here) -> u64 {
     let base = POLL_TICKS.load(Ordering::Relaxed);
     if base == 0 || cs.awaiting.load(Ordering::Relaxed) == 0 {
         return base;
@@ -281,7 +334,7 @@ fn poll_ticks(cs: &CpuSched) -> u64 {
 }
 
 /// A thread arrived while the CPU idled: if one was awaited, its time goes into the mean.
-fn note_arrival(cs: &CpuSched) {
+fn note_arrival(cs: Here) {
     let since = cs.awaiting.load(Ordering::Relaxed);
     if since != 0 {
         let took = cpu::rdtsc().saturating_sub(since);
@@ -294,7 +347,7 @@ fn note_arrival(cs: &CpuSched) {
 /// The idle loop's hand-over: with nothing in the run queue and exactly one thread in the
 /// inbox, that thread runs at once, without going through the run queue (a thread delivered
 /// by another CPU's IPC, usually). With more, they all go into the run queue in order.
-fn run_delivered(cs: &CpuSched) -> bool {
+fn run_delivered(cs: Here) -> bool {
     if cs.mail.is_empty() || cs.rq_top.load(Ordering::Relaxed) >= 0 {
         return false;
     }
@@ -322,14 +375,14 @@ fn run_delivered(cs: &CpuSched) -> bool {
 /// Consumes a queue entry of this CPU (`Life::dequeue`): switches to its thread if it may run
 /// here (returns true), else forwards it to the CPU it belongs to now or lets it go.
 #[inline(always)]
-fn run_entry(cs: &CpuSched, t: Arc<Thread>) -> bool {
+fn run_entry(cs: Here, t: Arc<Thread>) -> bool {
     run_entry_held(cs, t, None)
 }
 
 /// [`run_entry`], with a home lock this CPU may hold already (`held`, released before the
 /// switch): a thread of that home is dequeued in the same hold.
 #[inline(always)]
-fn run_entry_held(cs: &CpuSched, t: Arc<Thread>, mut held: Option<crate::lock::HomeMutexHeld>) -> bool {
+fn run_entry_held(cs: Here, t: Arc<Thread>, mut held: Option<crate::lock::HomeMutexHeld>) -> bool {
     let run = if let Some(mut l) = held.as_mut().and_then(|h| h.other(&t.life)) {
         dequeue_here(&t, &mut l)
     } else {
@@ -381,14 +434,14 @@ pub fn total(c: Count) -> u64 {
 
 /// The running thread of this CPU.
 pub fn current() -> Option<Arc<Thread>> {
-    this().current.inspect(Clone::clone)
+    this().inspect_current(Clone::clone)
 }
 
 /// Runs `f` on the running thread of this CPU without taking a reference (`None` if it runs
 /// none). `f` must not change this CPU's current slot (no scheduling decision, no switch).
 #[inline(always)]
 pub fn with_current<R>(f: impl FnOnce(&Arc<Thread>) -> R) -> Option<R> {
-    this().current.inspect(|c| c.as_ref().map(f))
+    this().inspect_current(|c| c.as_ref().map(f))
 }
 
 /// Whether this CPU must make a scheduling decision before it returns to its running thread
@@ -457,7 +510,7 @@ pub(crate) fn request_sweep(cpu: u32) {
 /// Takes every killed thread's entry out of this CPU's run queue (each consumed through
 /// `Life::dequeue`, which drops it), so that nothing waits for its turn to let go.
 #[cold]
-fn sweep(cs: &CpuSched) {
+fn sweep(cs: Here) {
     loop {
         let Some((_, t)) = with_rq(cs, |rq| rq.take_first_where(|x| x.killed.load(Ordering::Relaxed))) else { return };
         let mut l = t.life.lock();
@@ -496,13 +549,13 @@ fn send_resched(cpu: u32) {
 }
 
 #[inline(always)]
-fn drain_inbox(cs: &CpuSched) {
+fn drain_inbox(cs: Here) {
     if !cs.mail.is_empty() {
         drain_inbox_now(cs);
     }
 }
 
-fn drain_inbox_now(cs: &CpuSched) {
+fn drain_inbox_now(cs: Here) {
     with_rq(cs, |rq| {
         cs.mail.drain(|t, p| {
             crate::timeline::event(crate::timeline::Kind::Drain, t.id, p);
@@ -526,7 +579,7 @@ pub fn tick() {
 
 /// The running thread `cur` (locked in `l`) leaves this CPU: it is queued again if it may still
 /// run, else held by nobody. `front`: it keeps its turn at its priority (preempted).
-fn leave(cs: &CpuSched, cur: &Arc<Thread>, l: &mut Life, front: bool) {
+fn leave(cs: Here, cur: &Arc<Thread>, l: &mut Life, front: bool) {
     entry::save_resume_mode(&cur.regs);
     crate::thread::fpu_leave(cur);
     let left = l.leave_cpu(me());
@@ -534,7 +587,7 @@ fn leave(cs: &CpuSched, cur: &Arc<Thread>, l: &mut Life, front: bool) {
 }
 
 /// Queues a thread that left this CPU still runnable, as `leave_cpu` said.
-fn requeue(cs: &CpuSched, cur: &Arc<Thread>, l: &Life, left: Leave, front: bool) {
+fn requeue(cs: Here, cur: &Arc<Thread>, l: &Life, left: Leave, front: bool) {
     match left {
         Leave::Requeue(_) => with_rq(cs, |rq| rq_push(rq, l.prio, cur.clone(), front)),
         Leave::Forward(c) => push(c, cur, l.prio),
@@ -561,7 +614,7 @@ pub fn decide() {
         sweep(cs);
     }
     let mut carry = None;
-    if let Some(cur) = cs.current.take() {
+    if let Some(cur) = cs.take_current() {
         let mut l = cur.life.lock();
         let top = cs.rq_top.load(Ordering::Relaxed);
         let expired = cs.flags.load(Ordering::Relaxed) & EXPIRED != 0;
@@ -573,7 +626,7 @@ pub fn decide() {
                 new_slice(cs);
             }
             drop(l);
-            cs.current.replace(Some(cur));
+            cs.replace_current(Some(cur));
             return;
         }
         // A thread that used its slice goes to the back; a preempted one keeps its turn.
@@ -607,7 +660,7 @@ pub fn decide() {
 /// that just left this CPU (priority, reference, keeps its turn) goes into the queue first, in
 /// the same loan of the queue.
 #[inline(always)]
-fn pick(cs: &CpuSched, mut carry: Option<(u8, Arc<Thread>, bool)>) -> bool {
+fn pick(cs: Here, mut carry: Option<(u8, Arc<Thread>, bool)>) -> bool {
     loop {
         // An empty queue (its top-priority copy is exact after every change, all on this CPU)
         // needs no loan of it: the idle loop and a CPU whose thread just blocked come here.
@@ -633,14 +686,14 @@ fn pick(cs: &CpuSched, mut carry: Option<(u8, Arc<Thread>, bool)>) -> bool {
 /// bounded priority inversion that a sequentially consistent store would not prevent either (it
 /// would need a second look at the inbox after it). Hence a plain store.
 #[inline(always)]
-fn set_current_prio(cs: &CpuSched, prio: i32) {
+fn set_current_prio(cs: Here, prio: i32) {
     if cs.current_prio.load(Ordering::Relaxed) != prio {
         cs.current_prio.store(prio, Ordering::Relaxed);
     }
 }
 
 #[inline(always)]
-fn switch_to(cs: &CpuSched, t: Arc<Thread>, prio: u8, fresh: bool) {
+fn switch_to(cs: Here, t: Arc<Thread>, prio: u8, fresh: bool) {
     crate::timeline::event(crate::timeline::Kind::Switch, t.id, (prio as u64) << 8);
     entry::set_current(&t.regs);
     if crate::thread::fpu_enter(&t) {
@@ -652,7 +705,7 @@ fn switch_to(cs: &CpuSched, t: Arc<Thread>, prio: u8, fresh: bool) {
         new_slice(cs);
     }
     cs.bump(Count::Switches);
-    let none = cs.current.replace(Some(t));
+    let none = cs.replace_current(Some(t));
     debug_assert!(none.is_none());
 }
 
@@ -741,7 +794,7 @@ pub fn may_switch_to(prio: u8) -> bool {
 /// thread (blocked, or still runnable) leaves this CPU without a scheduling decision.
 pub fn switch_direct(to: Arc<Thread>, prio: u8) {
     let cs = this();
-    let cur = cs.current.take();
+    let cur = cs.take_current();
     if let Some(cur) = cur {
         let mut l = cur.life.lock();
         leave(cs, &cur, &mut l, true);
@@ -757,7 +810,7 @@ pub fn switch_direct(to: Arc<Thread>, prio: u8) {
 /// and was taken out of the current slot, and `to` is `Running` and current here. One lock of
 /// the slot does the hand-over.
 #[inline(always)]
-pub(crate) fn switch_direct_blocked(cs: &CpuSched, to: Arc<Thread>, prio: u8) {
+pub(crate) fn switch_direct_blocked(cs: Here, to: Arc<Thread>, prio: u8) {
     crate::timeline::event(crate::timeline::Kind::Switch, to.id, (prio as u64) << 8 | 1);
     entry::set_current(&to.regs);
     if crate::thread::fpu_enter(&to) {
@@ -766,13 +819,13 @@ pub(crate) fn switch_direct_blocked(cs: &CpuSched, to: Arc<Thread>, prio: u8) {
     tlb::load_space(cs, &to.space);
     set_current_prio(cs, prio as i32);
     cs.bump(Count::Switches);
-    let none = cs.current.replace(Some(to));
+    let none = cs.replace_current(Some(to));
     debug_assert!(none.is_none());
 }
 
 /// The fast path's bookkeeping for the thread leaving: `cur` (locked in `l`) stops running here.
 #[inline(always)]
-pub(crate) fn leave_fast(cs: &CpuSched, cur: &Arc<Thread>, l: &mut Life) {
+pub(crate) fn leave_fast(cs: Here, cur: &Arc<Thread>, l: &mut Life) {
     entry::save_resume_mode(&cur.regs);
     crate::thread::fpu_leave(cur);
     match l.leave_cpu(me()) {
@@ -783,7 +836,7 @@ pub(crate) fn leave_fast(cs: &CpuSched, cur: &Arc<Thread>, l: &mut Life) {
 
 /// Whether the running thread of this CPU is no longer `t` (a direct switch happened).
 pub fn switched_directly(t: &Arc<Thread>) -> bool {
-    this().current.inspect(|c| c.as_ref().is_some_and(|c| !Arc::ptr_eq(c, t)))
+    this().inspect_current(|c| c.as_ref().is_some_and(|c| !Arc::ptr_eq(c, t)))
 }
 
 /// The running thread gives up the rest of its slice (the general handler's `Yield`; see
@@ -839,12 +892,12 @@ pub fn yield_now() {
 /// moved or re-prioritised by another CPU, whose reschedule interrupt is still pending): the
 /// full decision runs then.
 #[inline(always)]
-fn yield_rotate(cs: &CpuSched, p: u8) -> bool {
-    let Some(cur) = cs.current.take() else { return false };
+fn yield_rotate(cs: Here, p: u8) -> bool {
+    let Some(cur) = cs.take_current() else { return false };
     let mut l = cur.life.lock();
     if l.prio != p || !l.yield_cpu(me()) {
         drop(l);
-        cs.current.replace(Some(cur));
+        cs.replace_current(Some(cur));
         return false;
     }
     entry::save_resume_mode(&cur.regs);

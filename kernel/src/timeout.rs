@@ -16,7 +16,7 @@ use rl4_arch::cpu;
 use rl4_core::paged::PagedVec;
 
 use crate::obj::Thread;
-use crate::sched::{self, CpuSched};
+use crate::sched;
 
 /// A CPU's deadlines: (TSC deadline, the thread that waits).
 pub type List = PagedVec<(u64, Weak<Thread>)>;
@@ -46,7 +46,7 @@ pub fn reserve(deadline: u64) -> Result<(), rl4_abi::Error> {
 
 /// Ends the waits of this CPU's list whose deadline has passed (and prunes it past 64
 /// entries). Allocates nothing; holds no lock while it ends waits.
-pub fn expire_due(cs: &CpuSched) {
+pub fn expire_due(cs: sched::Here) {
     let now = cpu::rdtsc();
     let mut l: List = {
         let mut g = cs.timeouts.lock();

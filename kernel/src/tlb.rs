@@ -16,7 +16,7 @@ use rl4_smp::{MAX_CPUS, cpus, lapic};
 use crate::count::Global;
 use crate::lock::{GlobalMutex, Level, Mutex};
 use crate::obj::Space;
-use crate::sched::{self, CpuSched};
+use crate::sched;
 
 /// A CPU's address-space and TLB state.
 pub struct CpuTlb {
@@ -85,7 +85,7 @@ pub fn pcid_free(pcid: u16) {
 /// CR3 write and, with PCIDs, the generation re-read after it (`rl4_core::tlbsync` argues the
 /// order; `kernel/core/tests/tlb_loom.rs` checks it).
 #[inline(always)]
-pub(crate) fn load_space(cs: &CpuSched, sp: &Space) {
+pub(crate) fn load_space(cs: sched::Here, sp: &Space) {
     // The I/O permission bitmap follows the space (`device.rs`): one compare when it agrees.
     crate::device::sync(&cs.tlb.io_generation, sp);
     match &cs.tlb.pcids {
@@ -101,7 +101,7 @@ pub(crate) fn service_tlb_here() {
 }
 
 /// Runs a TLB request addressed to this CPU, if any.
-pub(crate) fn service_tlb(cs: &CpuSched) {
+pub(crate) fn service_tlb(cs: sched::Here) {
     cs.tlb.shared.service(&mut Cr3, paging::kernel_root().loadable());
 }
 
@@ -133,7 +133,7 @@ fn shootdown(pml4: u64, destroy: bool) {
         let Some(c) = sched::get(i) else { continue };
         let Some(s) = c.tlb.shared.post(pml4, destroy) else { continue };
         if i == me() as usize {
-            service_tlb(c);
+            service_tlb(cs);
         } else {
             cpus::send_ipi(i, lapic::VEC_TLB);
             waiting[i / 64] |= 1 << (i % 64);
