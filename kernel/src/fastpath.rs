@@ -108,7 +108,7 @@ fn call(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag)
     let Some(r) = q.receivers.pop_front() else { return Err(cur) };
     let ticket = cs.next_ticket();
     let mut l = cur.life.lock();
-    let words = match block_caller(cs, &cur, &mut l, ticket) {
+    let words = match block_caller(&cur, &mut l, ticket, me) {
         Ok(words) => words,
         Err(w) => {
             drop(l);
@@ -189,14 +189,15 @@ fn call(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag)
 /// the reply `ticket` and takes it off this CPU, and returns its message words, read under that
 /// lock (once it waits, a suspension from another CPU may write its registers, under that lock
 /// too; read last, they stay in registers until they are delivered). The wait back, changing
-/// nothing, if it may not wait (killed or suspended meanwhile): the general path gives the
+/// nothing, if it may not wait (killed or suspended meanwhile; `Life::block_here` also refuses a
+/// thread not current here, which cannot happen): the general path gives the
 /// call's answer (the wait is disposed of after the lock is released).
 #[inline(always)]
-fn block_caller(cs: sched::Here, cur: &Arc<Thread>, l: &mut crate::obj::Life, ticket: u64) -> Result<[u64; 4], Wait> {
-    if let Err((_, w)) = l.block(Wait::Reply { ticket }, u64::MAX) {
+fn block_caller(cur: &Arc<Thread>, l: &mut crate::obj::Life, ticket: u64, me: u32) -> Result<[u64; 4], Wait> {
+    if let Err((_, w)) = l.block_here(Wait::Reply { ticket }, u64::MAX, me) {
         return Err(w);
     }
-    sched::leave_fast(cs, cur, l);
+    sched::left_fast(cur);
     Ok(cur.regs.with(|r| r.ipc_words()))
 }
 
@@ -275,7 +276,7 @@ fn reply_recv(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag
         Some(e) => e,
         None => EpRef::new(ep),
     };
-    if let Err((_, w)) = l.block(Wait::Recv { ep: epref }, u64::MAX) {
+    if let Err((_, w)) = l.block_here(Wait::Recv { ep: epref }, u64::MAX, me) {
         // Killed or suspended meanwhile: nothing changes here (the right goes back, or dies
         // with a thread that can never reply); the general path answers.
         let old = l.grant_reply(caller, ticket);
@@ -287,7 +288,7 @@ fn reply_recv(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag
         }
         return Err(cur);
     }
-    sched::leave_fast(cs, &cur, &mut l);
+    sched::left_fast(&cur);
     // Read under its lock (see `block_caller`), last, so that they stay in registers.
     let words = cur.regs.with(|r| r.ipc_words());
     // A caller of the server's home is reached under the lock already held (the same-CPU

@@ -823,15 +823,12 @@ pub(crate) fn switch_direct_blocked(cs: Here, to: Arc<Thread>, prio: u8) {
     debug_assert!(none.is_none());
 }
 
-/// The fast path's bookkeeping for the thread leaving: `cur` (locked in `l`) stops running here.
+/// The fast path's bookkeeping for the thread leaving: `cur`, blocked and off this CPU in one
+/// transition (`Life::block_here`, under its lock), stops running here.
 #[inline(always)]
-pub(crate) fn leave_fast(cs: Here, cur: &Arc<Thread>, l: &mut Life) {
+pub(crate) fn left_fast(cur: &Arc<Thread>) {
     entry::save_resume_mode(&cur.regs);
     crate::thread::fpu_leave(cur);
-    match l.leave_cpu(me()) {
-        Leave::Gone => {}
-        left => requeue(cs, cur, l, left, true),
-    }
 }
 
 /// Whether the running thread of this CPU is no longer `t` (a direct switch happened).

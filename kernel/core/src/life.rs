@@ -186,6 +186,8 @@ pub const TRANSITIONS: &[Transition] = &[
     Transition { name: "block(Reply)", from: &[X], to: BP, same: &[] },
     Transition { name: "block(Notify)", from: &[X], to: BN, same: &[] },
     Transition { name: "block(Fault)", from: &[X], to: BF, same: &[] },
+    Transition { name: "block_here(Recv)", from: &[X], to: BR, same: &[] },
+    Transition { name: "block_here(Reply)", from: &[X], to: BP, same: &[] },
     Transition { name: "take_sender(Send)", from: &[BS], to: R, same: &[] },
     Transition { name: "take_sender(Call)", from: &[BS], to: BP, same: &[] },
     Transition { name: "take_fault", from: &[BF], to: BF, same: &[] },
@@ -347,6 +349,23 @@ impl<K: Kinds> Life<K> {
         match self.state {
             State::Running => {
                 self.set(State::Blocked { wait, deadline });
+                Ok(())
+            }
+            _ => Err((Refused(self.view()), wait)),
+        }
+    }
+
+    /// The fast path's block: `Running` and current on `me` → `Blocked { wait }` and held by no
+    /// CPU, in one step (what `block` and then `leave_cpu(me)` do, without the cases that
+    /// `leave_cpu` has for a thread still runnable: a blocked one is never queued again).
+    /// Refused, changing nothing (the wait handed back), if the thread was killed or suspended
+    /// meanwhile, or is not current on `me`.
+    #[inline(always)]
+    pub fn block_here(&mut self, wait: Wait<K>, deadline: u64, me: u32) -> Result<(), (Refused, Wait<K>)> {
+        match self.state {
+            State::Running if self.place == Place::Current(me) => {
+                self.set(State::Blocked { wait, deadline });
+                self.place = Place::Off;
                 Ok(())
             }
             _ => Err((Refused(self.view()), wait)),
@@ -938,6 +957,59 @@ mod tests {
         assert_eq!(l.place(), Place::Current(0));
     }
 
+    /// `block_here` is `block` then `leave_cpu` for a thread current on the CPU, and changes
+    /// nothing anywhere else: every state and place a thread can be in, on CPU 0 and CPU 1.
+    #[test]
+    fn block_here_is_block_then_leave() {
+        let lives: [fn() -> L; 7] = [
+            running,
+            || L::new(10, 0),
+            || {
+                let mut l = running();
+                l.suspend().ok().unwrap();
+                l
+            },
+            || {
+                let mut l = running();
+                l.kill().ok().unwrap();
+                l
+            },
+            || {
+                let mut l = running();
+                l.block(Wait::Recv { ep: Id(1) }, u64::MAX).ok().unwrap();
+                l
+            },
+            || {
+                let mut l = running();
+                assert_eq!(l.leave_cpu(0), Leave::Requeue(0));
+                l
+            },
+            || {
+                let mut l = running();
+                l.fault().ok().unwrap();
+                l
+            },
+        ];
+        for (i, make) in lives.iter().enumerate() {
+            for me in [0, 1] {
+                let mut a = make();
+                let before = (a.view(), a.place());
+                let fast = a.block_here(Wait::Reply { ticket: 9 }, 77, me).is_ok();
+                let mut b = make();
+                let want = b.view() == ThreadState::Running && b.place() == Place::Current(me);
+                assert_eq!(fast, want, "life {i} on cpu {me}");
+                if fast {
+                    b.block(Wait::Reply { ticket: 9 }, 77).ok().unwrap();
+                    assert_eq!(b.leave_cpu(me), Leave::Gone);
+                    assert_eq!((a.view(), a.place(), a.deadline()), (b.view(), b.place(), b.deadline()), "life {i}");
+                    assert!(a.waits(WaitOn::Reply(9)));
+                } else {
+                    assert_eq!((a.view(), a.place()), before, "life {i} on cpu {me}: refused, unchanged");
+                }
+            }
+        }
+    }
+
     #[test]
     fn wake_here_all_or_nothing() {
         let mut l = running();
@@ -1062,6 +1134,8 @@ mod tests {
             "block(Reply)" => l.block(Wait::Reply { ticket: 1 }, 5).is_ok(),
             "block(Notify)" => l.block(Wait::Notify { n: Id(1) }, 5).is_ok(),
             "block(Fault)" => l.block(Wait::FaultReply { ticket: 1 }, u64::MAX).is_ok(),
+            "block_here(Recv)" => l.block_here(Wait::Recv { ep: Id(1) }, 5, 0).is_ok(),
+            "block_here(Reply)" => l.block_here(Wait::Reply { ticket: 1 }, 5, 0).is_ok(),
             "take_fault" => {
                 if s == ThreadState::BlockedFault {
                     // The first half of a fault's wait: rebuild it as one.
