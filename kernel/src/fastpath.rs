@@ -75,10 +75,19 @@ pub fn try_fast(n: u64) -> bool {
 }
 
 
-/// Writes a message (the sender's words, read before it blocked) into `to`'s saved registers.
+/// Writes a message (the sender's words, read under its lock after it blocked) into `to`'s
+/// saved registers.
 #[inline(always)]
 fn deliver(to: &Thread, words: [u64; 4], tag: Tag, badge: u64) {
     to.regs.with(|r| r.set_ipc_out(badge, Tag::new(tag.label(), tag.len(), 0).0, words));
+}
+
+/// [`deliver`] straight from the sender's saved registers, under the one home lock of both
+/// threads (the same-CPU case: once the sender waits, a suspension from another CPU may write
+/// its registers, but only under that lock), register block to register block.
+#[inline(always)]
+fn deliver_from(to: &Thread, from: &Thread, tag: Tag, badge: u64) {
+    deliver(to, from.regs.with(|r| r.ipc_words()), tag, badge);
 }
 
 /// Puts a receiver the fast path took off an endpoint's queue back where it was (the list
@@ -108,8 +117,8 @@ fn call(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag)
     let Some(r) = q.receivers.pop_front() else { return Err(cur) };
     let ticket = cs.next_ticket();
     let mut l = cur.life.lock();
-    let words = match block_caller(&cur, &mut l, ticket, me) {
-        Ok(words) => words,
+    match block_caller(&cur, &mut l, ticket, me) {
+        Ok(()) => {}
         Err(w) => {
             drop(l);
             crate::obj::dispose(w);
@@ -129,7 +138,7 @@ fn call(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag)
             drop(q);
             crate::timeline::event(crate::timeline::Kind::Send, crate::timeline::ep(ep.id()) << 32 | r.id, badge);
             trace::stamp(trace::PARTNER);
-            deliver(&r, words, tag, badge);
+            deliver_from(&r, &cur, tag, badge);
             // The caller's reference becomes the receiver's reply right; an older right the
             // receiver held dies (that caller is woken into this CPU's inbox).
             let old = rl.grant_reply(cur, ticket);
@@ -160,6 +169,8 @@ fn call(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag)
         drop(q);
         return take_back(cs, cur, WaitOn::Reply(ticket), me);
     }
+    // The words are read under the caller's lock (see `block_caller`), last.
+    let words = cur.regs.with(|r| r.ipc_words());
     drop(l);
     // The cross-CPU fast path: a receiver of another CPU that no CPU holds (one that still runs
     // it, about to leave it, is left to the general path) is woken `Ready`, gets the message
@@ -186,19 +197,19 @@ fn call(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag)
 }
 
 /// Blocks the running thread `cur` (its `Life` is `l`, under its home's lock) in its wait for
-/// the reply `ticket` and takes it off this CPU, and returns its message words, read under that
-/// lock (once it waits, a suspension from another CPU may write its registers, under that lock
-/// too; read last, they stay in registers until they are delivered). The wait back, changing
+/// the reply `ticket` and takes it off this CPU. Its message words must be read under that
+/// lock from then on (once it waits, a suspension from another CPU may write its registers,
+/// under that lock too): the caller delivers them in the same hold. The wait back, changing
 /// nothing, if it may not wait (killed or suspended meanwhile; `Life::block_here` also refuses a
 /// thread not current here, which cannot happen): the general path gives the
 /// call's answer (the wait is disposed of after the lock is released).
 #[inline(always)]
-fn block_caller(cur: &Arc<Thread>, l: &mut crate::obj::Life, ticket: u64, me: u32) -> Result<[u64; 4], Wait> {
+fn block_caller(cur: &Arc<Thread>, l: &mut crate::obj::Life, ticket: u64, me: u32) -> Result<(), Wait> {
     if let Err((_, w)) = l.block_here(Wait::Reply { ticket }, u64::MAX, me) {
         return Err(w);
     }
     sched::left_fast(cur);
-    Ok(cur.regs.with(|r| r.ipc_words()))
+    Ok(())
 }
 
 /// A guard failed after the running thread `cur` entered the wait `on` and left this CPU on
@@ -289,15 +300,14 @@ fn reply_recv(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag
         return Err(cur);
     }
     sched::left_fast(&cur);
-    // Read under its lock (see `block_caller`), last, so that they stay in registers.
-    let words = cur.regs.with(|r| r.ipc_words());
+    // From here its words are read under its lock (see `block_caller`).
     // A caller of the server's home is reached under the lock already held (the same-CPU
     // case: one lock for both threads).
     if let Some(mut cl) = l.other(&caller.life) {
         let woken = if sched::nothing_more_urgent(cs, cl.prio) { cl.wake_here(WaitOn::Reply(ticket), me).ok() } else { None };
         if let Some(wait) = woken {
             // Point of no return: the caller is Running here (its registers are this CPU's now).
-            deliver(&caller, words, tag, 0);
+            deliver_from(&caller, &cur, tag, 0);
             let prio = cl.prio;
             drop(cl);
             drop(l);
@@ -317,6 +327,7 @@ fn reply_recv(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag
         drop(l);
         return undo_server(cs, cur, ep, q, caller, ticket);
     }
+    let words = cur.regs.with(|r| r.ipc_words());
     drop(l);
     // The cross-CPU fast path: a caller of another CPU that no CPU holds gets the reply in this
     // one hold of its home's lock and is pushed into its CPU's inbox; the server is queued
