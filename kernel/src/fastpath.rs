@@ -184,9 +184,10 @@ fn call(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag)
             deliver(&r, words, tag, badge);
             let old = rl.grant_reply(cur, ticket);
             let stale = rl.keep_recv(wait);
-            thread::place(&r, &mut rl);
-            drop(rl);
-            cross_done(cs, r, stale, old, true);
+            let (to, prio, held) = queue_for_cpu(rl);
+            hand_over(to, r, prio);
+            drop(held);
+            cross_done(cs, stale, old, true);
             return Ok(true);
         }
     }
@@ -240,12 +241,33 @@ fn take_back(_cs: sched::Here, cur: Arc<Thread>, on: WaitOn, me: u32) -> Result<
     }
 }
 
-/// The end of a cross-CPU fast path, after every lock is released: the partner `p` (placed in
-/// its CPU's inbox, which holds its own reference) lets go of the wait it was in, a reply
-/// right that died fails its caller, and a caller (`call`) expects its reply soon.
+/// The cross-CPU fast path's partner, woken `Ready` under its home's lock (`l`), is queued for
+/// its CPU (`Life::enqueue`: the CPU, unless it may not run); its priority, and the lock kept
+/// without the borrow of the partner's `Life`, so that its reference can move ([`hand_over`]).
+#[inline(always)]
+fn queue_for_cpu(mut l: crate::lock::HomeMutexGuard<'_, crate::obj::Life>) -> (Option<u32>, u8, crate::lock::HomeMutexHeld) {
+    let to = l.enqueue();
+    let prio = l.prio;
+    (to, prio, l.into_held())
+}
+
+/// Under the partner's home lock ([`queue_for_cpu`]): its reference — the one this path holds —
+/// goes into its CPU's inbox (as `thread::place` does with a new reference: no reference count
+/// changes here), or, if it was not queued, is let go later.
+#[inline(always)]
+fn hand_over(to: Option<u32>, p: Arc<Thread>, prio: u8) {
+    match to {
+        Some(cpu) => sched::push_owned(cpu, p, prio),
+        None => crate::reclaim::later_thread(p),
+    }
+}
+
+/// The end of a cross-CPU fast path, after every lock is released: the partner (in its CPU's
+/// inbox) lets go of the wait it was in, a reply right that died fails its caller, and a caller
+/// (`call`) expects its reply soon.
 #[cold]
 #[inline(never)]
-fn cross_done(cs: sched::Here, p: Arc<Thread>, wait: Option<Wait>, old: Option<(Arc<Thread>, u64)>, call: bool) {
+fn cross_done(cs: sched::Here, wait: Option<Wait>, old: Option<(Arc<Thread>, u64)>, call: bool) {
     if let Some(w) = wait {
         crate::obj::dispose(w);
     }
@@ -257,7 +279,6 @@ fn cross_done(cs: sched::Here, p: Arc<Thread>, wait: Option<Wait>, old: Option<(
     if call {
         cs.await_reply();
     }
-    drop(p);
 }
 
 /// `ReplyRecv`; `Ok(true)`: the CPU must make a scheduling decision.
@@ -337,11 +358,12 @@ fn reply_recv(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag
         if let Ok(wait) = cl.wake(WaitOn::Reply(ticket)) {
             crate::timeline::event(crate::timeline::Kind::Reply, caller.id, ticket);
             deliver(&caller, words, tag, 0);
-            thread::place(&caller, &mut cl);
-            drop(cl);
+            let (to, prio, held) = queue_for_cpu(cl);
+            hand_over(to, caller, prio);
+            drop(held);
             crate::ipc::enqueue(&mut q.receivers, cur, None);
             drop(q);
-            cross_done(cs, caller, Some(wait), None, false);
+            cross_done(cs, Some(wait), None, false);
             return Ok(true);
         }
     }

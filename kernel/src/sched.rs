@@ -456,8 +456,18 @@ pub fn resched_pending() -> bool {
 /// Pushes `t`, just queued for CPU `cpu` by [`Life::enqueue`] (or `dequeue`/`leave_cpu`), into
 /// that CPU's inbox and tells it if that can change what it runs. The caller holds `t`'s lock.
 pub fn push(cpu: u32, t: &Arc<Thread>, prio: u8) {
-    let Some(target) = get(cpu as usize) else { return };
-    let pushed = match target.mail.push(t.clone(), prio as u64) {
+    push_owned(cpu, t.clone(), prio);
+}
+
+/// [`push`] with a reference of the caller's own, which goes into the inbox (no reference
+/// count changes: the cross-CPU fast path hands over the one it holds).
+pub fn push_owned(cpu: u32, t: Arc<Thread>, prio: u8) {
+    let Some(target) = get(cpu as usize) else {
+        crate::reclaim::later_thread(t);
+        return;
+    };
+    let id = t.id;
+    let pushed = match target.mail.push(t, prio as u64) {
         Ok(p) => p,
         Err(t) => {
             // `Place::Queued` names one CPU at a time: a thread already in a mailbox is a
@@ -468,7 +478,7 @@ pub fn push(cpu: u32, t: &Arc<Thread>, prio: u8) {
             return;
         }
     };
-    crate::timeline::event(crate::timeline::Kind::Push, t.id, cpu as u64 | (pushed.found as u64) << 8);
+    crate::timeline::event(crate::timeline::Kind::Push, id, cpu as u64 | (pushed.found as u64) << 8);
     if cpu == me() {
         return; // drained at this CPU's next decision (`resched_pending` sees it first)
     }

@@ -102,7 +102,11 @@ pub(crate) fn service_tlb_here() {
 
 /// Runs a TLB request addressed to this CPU, if any.
 pub(crate) fn service_tlb(cs: sched::Here) {
-    cs.tlb.shared.service(&mut Cr3, paging::kernel_root().loadable());
+    // A plain load first: the idle loop comes here every round, and an exchange (a locked
+    // instruction) plus the kernel root's look-up are for when a request waits.
+    if cs.tlb.shared.request_pending() {
+        cs.tlb.shared.service(&mut Cr3, paging::kernel_root().loadable());
+    }
 }
 
 /// The TLB shootdown IPI.
