@@ -172,12 +172,25 @@ pub fn area_bytes() -> u64 {
     SIZE.load(Ordering::Relaxed) as u64
 }
 
+/// What [`FpuState::enter`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entered {
+    /// The thread's registers were loaded from its area.
+    Loaded,
+    /// The thread uses the registers and this CPU still held them: nothing loaded.
+    Kept,
+    /// The thread has not used the registers: `CR0.TS` is set over the default state.
+    Unused,
+}
+
 /// A thread's FPU/SIMD registers while it does not run.
 ///
 /// Access protocol (what makes the `Sync` below sound), the same as `entry::RegsCell`'s: the area
 /// is written when it is made (before the thread is published), and afterwards only by
 /// [`FpuState::save`] on the CPU that runs the thread, as it leaves that CPU, and read only by
-/// [`FpuState::restore`] on the CPU that switches it in. The kernel never runs one thread on two
+/// [`FpuState::restore`] on the CPU that switches it in, or by [`FpuState::load`] on the CPU
+/// that runs it (the kernel's FPU floor measurement, between a save and the thread's return).
+/// Neither runs for a thread that has not used the registers (its area keeps the default). The kernel never runs one thread on two
 /// CPUs, and a thread moves between CPUs only through its lock and a CPU's queue, which order the
 /// save before the next restore.
 pub struct FpuState {
@@ -223,19 +236,19 @@ impl FpuState {
     /// The thread becomes this CPU's running thread: its registers are loaded if it uses them
     /// (unless this CPU still holds them, see [`FpuState::restore`]), with `CR0.TS` clear;
     /// otherwise `CR0.TS` is set, over registers reset to the default if a thread that used them
-    /// ran here since they last were. Returns whether it loaded nothing.
+    /// ran here since they last were. Says which of the three it was.
     #[inline(always)]
-    pub fn enter(&self) -> bool {
+    pub fn enter(&self) -> Entered {
         if self.used() {
             if crate::percpu::fpu_off() {
                 turn_on();
             }
-            self.restore()
+            if self.restore() { Entered::Kept } else { Entered::Loaded }
         } else {
             if !crate::percpu::fpu_off() {
                 turn_off();
             }
-            true
+            Entered::Unused
         }
     }
 

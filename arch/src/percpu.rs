@@ -218,10 +218,16 @@ pub fn next_fpu_stamp() -> u64 {
     v
 }
 
-/// Records the address of this CPU's kernel block (`gs:56`); the kernel stores it once, from a
-/// reference that lives for the rest of the kernel's life.
-pub fn set_kernel_block(addr: u64) {
-    current().kernel_block.store(addr, Ordering::Relaxed);
+/// Records the address of this CPU's kernel block (`gs:56`), once (a second call panics).
+///
+/// # Safety
+/// `addr` is the address of this CPU's own kernel block, which lives at that address for the
+/// rest of the kernel's life: the kernel turns the word back into a reference to this CPU's
+/// scheduler without further checks (`sched::this`).
+pub unsafe fn set_kernel_block(addr: u64) {
+    let b = &current().kernel_block;
+    assert!(b.load(Ordering::Relaxed) == 0, "the kernel block of CPU {} is set already", cpu_index());
+    b.store(addr, Ordering::Relaxed);
 }
 
 /// The address recorded by [`set_kernel_block`] on this CPU (0 if none): one `gs:` load.
@@ -261,7 +267,9 @@ pub struct CpuOwned<T> {
     cell: core::cell::UnsafeCell<T>,
 }
 
-// SAFETY: only the owning CPU reaches the value (checked at every access), one access at a time
+// SAFETY: only the owning CPU reaches the value (checked at every access of `replace`, `take`
+// and `inspect`; `replace_owned` and `inspect_owned` leave it to their callers, whose safety
+// condition is exactly that), one access at a time
 // (the API lends no reference, and the owner runs the kernel with interrupts off); `peek` is
 // `unsafe` and documents its own condition. `T: Send` because the value is made on one CPU and
 // may be dropped on another.

@@ -51,7 +51,8 @@ pub enum Count {
     IpcCross = 2,
     /// Context switches.
     Switches = 3,
-    /// Switches to a thread whose FPU/SIMD registers this CPU still held (nothing loaded).
+    /// Switches to a thread that uses the FPU/SIMD registers and whose registers this CPU still
+    /// held (nothing loaded; a thread that has not used them is not counted).
     FpuKept = 4,
 }
 
@@ -268,9 +269,15 @@ pub fn init_cpu(pcid: bool) {
         tlb: CpuTlb::new(pcid),
         timeouts: Mutex::new(rl4_core::paged::PagedVec::new()),
     }));
-    CPUS[me() as usize].call_once(|| s);
+    let kept = *CPUS[me() as usize].call_once(|| s);
+    assert!(core::ptr::eq(kept, s), "scheduler of CPU {} set up twice", me());
     crate::timeline::init_cpu();
-    percpu::set_kernel_block(s as *const CpuSched as u64);
+    // SAFETY: `s` is this CPU's scheduler (the one `CPUS` holds for it, checked above), leaked:
+    // it lives at this address for the rest of the kernel's life.
+    #[allow(unsafe_code)]
+    unsafe {
+        percpu::set_kernel_block(s as *const CpuSched as u64)
+    };
 }
 
 /// Whether CPU `i` sits in its idle loop (polling or halted; a CPU with no scheduler yet runs

@@ -293,12 +293,13 @@ pub fn fpu_leave(t: &Thread) {
 
 /// `t` becomes this CPU's running thread: its FPU/SIMD registers are loaded if it has used
 /// them, unless this CPU still holds them (it saved them last and loaded nothing since); `true`
-/// if nothing was loaded. Every path that makes a thread current calls this (with
-/// `entry::set_current`).
+/// only in that last case (a thread that has not used them loads nothing either, but is not
+/// counted: `stat::FPU_KEPT` counts registers kept). Every path that makes a thread current
+/// calls this (with `entry::set_current`).
 #[inline(always)]
 #[must_use]
 pub fn fpu_enter(t: &Thread) -> bool {
-    t.fpu.enter()
+    t.fpu.enter() == rl4_arch::fpu::Entered::Kept
 }
 
 /// `#NM` in user mode: the running thread's first FPU or SIMD instruction (`true`: it now uses
