@@ -236,14 +236,15 @@ if tr:
     L.append(f"| entry and exit assembly, the user loop, the stamps' own cost | {rest:,} (both calls) | |")
     L.append(f"| **round trip** | {tr['cycles_per_iteration']:,} | |\n")
 L.append("The same-core round trip takes the fast path both ways (`kernel/src/fastpath.rs`, "
-         "`fast_path_per_round_trip` = 2 in the JSON): guards, a register-to-register copy and a "
+         "`fast_path_per_round_trip` = 2 in the JSON): guards, a copy from one saved register block to the other and a "
          "direct switch, with no run-queue operation and no scheduling decision. What it still pays for "
          "is counted instruction by instruction in \"The same-core round trip, instruction by instruction\" above "
          "(`scripts/insn-profile`): the entry and exit assembly (the entry stores every register straight into the "
          "thread's block; the dispatcher preserves no register, and the one way back reloads them), the capability "
          "read from the task's slot shadow (no lock, no reference count), the endpoint's intrusive queue, the "
-         "endpoint's lock and each thread's once per call (six per round trip), the reply right, the FPU/SIMD save "
-         "and restore, and the switch's bookkeeping. The stamps of the "
+         "endpoint's lock and the home lock of both threads in each direction (four locked instructions per round "
+         "trip), the two threads' `Life` transitions, the reply right, and the switch's bookkeeping (nothing of the "
+         "FPU/SIMD registers for threads that never used them). The stamps of the "
          "table above exist only in a kernel built with the `trace` feature (`scripts/bench` builds one for this group); "
          "they cost a few instructions each, so that kernel's round trip is longer than the plain one measured in "
          "`same-core`. seL4 reaches about 200 instructions per one-way trip with a single kernel lock and no reference "

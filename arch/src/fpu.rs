@@ -190,7 +190,8 @@ pub enum Entered {
 /// [`FpuState::save`] on the CPU that runs the thread, as it leaves that CPU, and read only by
 /// [`FpuState::restore`] on the CPU that switches it in, or by [`FpuState::load`] on the CPU
 /// that runs it (the kernel's FPU floor measurement, between a save and the thread's return).
-/// Neither runs for a thread that has not used the registers (its area keeps the default). The kernel never runs one thread on two
+/// Neither runs for a thread that has not used the registers (its area keeps the default),
+/// except between [`FpuState::claim`] and [`FpuState::unclaim`], on the CPU that runs it. The kernel never runs one thread on two
 /// CPUs, and a thread moves between CPUs only through its lock and a CPU's queue, which order the
 /// save before the next restore.
 pub struct FpuState {
@@ -199,8 +200,9 @@ pub struct FpuState {
     /// saved). Equal to a CPU's current stamp (`percpu::fpu_stamp`) only while that CPU's
     /// registers still hold what the area holds: [`FpuState::restore`] then loads nothing.
     stamp: AtomicU64,
-    /// Whether the thread has used these registers (set once, by [`FpuState::first_use`] on the
-    /// CPU that runs it; read where it is switched, ordered like the area).
+    /// Whether the thread has used these registers (set by [`FpuState::first_use`] on the CPU
+    /// that runs it, or for a while by [`FpuState::claim`], undone by [`FpuState::unclaim`];
+    /// read where it is switched, ordered like the area).
     used: AtomicBool,
 }
 

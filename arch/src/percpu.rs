@@ -259,9 +259,11 @@ pub fn resume_iret() -> u64 {
 
 /// A value that only one CPU ever touches, in the kernel with interrupts off (a scheduler's
 /// current-thread slot): no lock, no locked instruction. The API moves values in and out and
-/// never lends a reference, so no two accesses can overlap even on the owning CPU; a call from
-/// another CPU panics (a kernel bug). The consistency check reads it through [`CpuOwned::peek`]
-/// while the owner is stopped.
+/// lends only a shared view to a closure that must not change the value (`inspect`), so no two
+/// accesses can overlap even on the owning CPU; a checked call (`replace`, `take`, `inspect`)
+/// from another CPU panics (a kernel bug), and the `unsafe` `replace_owned` and `inspect_owned`
+/// leave that check to their caller (the kernel's `sched::Here`, which only the owner holds).
+/// The consistency check reads it through [`CpuOwned::peek`] while the owner is stopped.
 pub struct CpuOwned<T> {
     owner: u32,
     cell: core::cell::UnsafeCell<T>,

@@ -1024,7 +1024,7 @@ pub fn dispose(w: Wait) {
 pub struct Thread {
     pub regs: RegsCell,
     /// Its FPU/SIMD registers while it does not run (saved and restored by `thread::fpu_leave`
-    /// and `thread::fpu_enter` at every switch).
+    /// and `thread::fpu_enter` at every switch, once it has used them).
     pub fpu: rl4_arch::fpu::FpuState,
     /// The IPC buffer frame (message words 4 and up), a leaf lock.
     pub ipc_buffer: Mutex<Option<Arc<Frame>>, { Level::OBJECT }>,

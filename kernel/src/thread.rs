@@ -293,8 +293,8 @@ pub fn fpu_leave(t: &Thread) {
 
 /// `t` becomes this CPU's running thread: its FPU/SIMD registers are loaded if it has used
 /// them, unless this CPU still holds them (it saved them last and loaded nothing since); `true`
-/// only in that last case (a thread that has not used them loads nothing either, but is not
-/// counted: `stat::FPU_KEPT` counts registers kept). Every path that makes a thread current
+/// only in that last case (a thread that has not used them loads none of its own — at most the
+/// default image — and is not counted: `stat::FPU_KEPT` counts registers kept). Every path that makes a thread current
 /// calls this (with `entry::set_current`).
 #[inline(always)]
 #[must_use]

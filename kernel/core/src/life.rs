@@ -958,7 +958,8 @@ mod tests {
     }
 
     /// `block_here` is `block` then `leave_cpu` for a thread current on the CPU, and changes
-    /// nothing anywhere else: every state and place a thread can be in, on CPU 0 and CPU 1.
+    /// nothing anywhere else: seven representative lives (one of each ABI state class, and a
+    /// ready thread queued), on CPU 0 and CPU 1.
     #[test]
     fn block_here_is_block_then_leave() {
         let lives: [fn() -> L; 7] = [

@@ -16,7 +16,7 @@
 //! | `identify-syscall` | `CapIdentify` of the root task's own task capability: a non-IPC call through the general system-call path (one look at a capability slot under the table's lock) |
 //! | `thread-switch` | one `Yield` from a thread to another of the same task, same CPU |
 //! | `cr3-floor` | two CR3 writes (away and back), measured in the kernel |
-//! | `fpu-floor` | saving the thread's FPU/SIMD registers and loading them back (what each switch adds), measured in the kernel |
+//! | `fpu-floor` | saving the thread's FPU/SIMD registers and loading them back (what each switch adds for a thread that uses them), measured in the kernel |
 //! | `shm-floor-A-B` | a cache-line ping-pong between user threads on CPUs A and B |
 //! | `ipi-floor-A-B` | an IPI from A to idle B and B's answer, measured in the kernel |
 //! | `irq-latency-A-B` | a byte written on CPU A to COM2 in loopback mode → its receive interrupt, routed to CPU B, wakes a driver thread there (at most 20,000; needs COM2) |
