@@ -325,21 +325,32 @@ impl FpuState {
     pub fn load(&self) {
         // SAFETY: per the access protocol nobody writes the area now.
         let area = unsafe { &*self.area.get() };
-        let p = area.as_ptr() as *const u8;
-        if MECHANISM.load(Ordering::Relaxed) >= Mechanism::Xsave as u8 {
-            // SAFETY (both): `p` is 64-byte aligned and holds either the default image made by
-            // `new` (valid for XRSTOR and FXRSTOR: header zero, MXCSR without reserved bits) or
-            // what `save` wrote on a CPU of the same configuration.
-            unsafe {
-                core::arch::asm!("xrstor64 [{}]", in(reg) p, in("eax") u32::MAX, in("edx") u32::MAX, options(nostack, preserves_flags, readonly))
-            }
-        } else {
-            // SAFETY: as above.
-            unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) p, options(nostack, preserves_flags, readonly)) }
-        }
-        // The registers changed: no area's stamp may match this CPU's any more.
-        crate::percpu::bump_fpu_stamp();
+        // SAFETY: the area is 64-byte aligned and holds either the default image made by `new`
+        // or what `save` wrote on a CPU of the same configuration.
+        unsafe { load_image(area.as_ptr() as *const u8) }
     }
+}
+
+/// Loads the save-area image at `p` into this CPU's registers (`XRSTOR64`, or `FXRSTOR64`
+/// without `XSAVE`), and gives the CPU a new FPU stamp: no area's stamp may match it any more.
+/// With `CR0.TS` set it raises `#NM` in the kernel (a kernel bug, which stops the kernel):
+/// callers load only while it is clear.
+///
+/// # Safety
+/// `p` is 64-byte aligned, at least the configured size, and a valid image for the mechanism
+/// (an `XSAVE` header without reserved bits, `MXCSR` without reserved bits).
+#[inline(always)]
+unsafe fn load_image(p: *const u8) {
+    if MECHANISM.load(Ordering::Relaxed) >= Mechanism::Xsave as u8 {
+        // SAFETY: the caller's.
+        unsafe {
+            core::arch::asm!("xrstor64 [{}]", in(reg) p, in("eax") u32::MAX, in("edx") u32::MAX, options(nostack, preserves_flags, readonly))
+        }
+    } else {
+        // SAFETY: the caller's.
+        unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) p, options(nostack, preserves_flags, readonly)) }
+    }
+    crate::percpu::bump_fpu_stamp();
 }
 
 /// Clears `CR0.TS` on this CPU (its registers hold the default state, now the running thread's).
@@ -357,19 +368,10 @@ fn turn_on() {
 #[cold]
 #[inline(never)]
 fn turn_off() {
-    let p = DEFAULT.0.as_ptr() as *const u8;
-    if MECHANISM.load(Ordering::Relaxed) >= Mechanism::Xsave as u8 {
-        // SAFETY: `DEFAULT` is 64-byte aligned, `MAX_AREA` bytes (at least any configured size),
-        // a valid image for XRSTOR (header zero, MXCSR without reserved bits); `TS` is clear.
-        unsafe {
-            core::arch::asm!("xrstor64 [{}]", in(reg) p, in("eax") u32::MAX, in("edx") u32::MAX, options(nostack, preserves_flags, readonly))
-        }
-    } else {
-        // SAFETY: as above, a valid FXRSTOR image.
-        unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) p, options(nostack, preserves_flags, readonly)) }
-    }
-    // The registers changed: no area's stamp may match this CPU's any more.
-    crate::percpu::bump_fpu_stamp();
+    // SAFETY: `DEFAULT` is 64-byte aligned, `MAX_AREA` bytes (at least any configured size), a
+    // valid image for both mechanisms (header zero, MXCSR without reserved bits). (`TS` is
+    // clear: `fpu_off` was not set.)
+    unsafe { load_image(DEFAULT.0.as_ptr() as *const u8) };
     // SAFETY: setting TS only makes the next FPU/SIMD instruction raise `#NM` (user mode: the
     // thread's first use; the kernel runs none, and saves or loads only with TS clear).
     unsafe { Cr0::update(|c| c.insert(Cr0Flags::TASK_SWITCHED)) };
