@@ -328,6 +328,18 @@ impl<T> CpuOwned<T> {
         unsafe { core::mem::replace(&mut *self.cell.get(), v) }
     }
 
+    /// Puts `v` in without reading what was there: the caller knows the slot holds nothing
+    /// that needs dropping (a value there would be leaked, never dropped twice).
+    ///
+    /// # Safety
+    /// As for [`CpuOwned::replace_owned`].
+    #[inline(always)]
+    pub unsafe fn put_owned(&self, v: T) {
+        // SAFETY: the owner, per the caller; one access at a time as in `replace`. The old
+        // value is overwritten without being read (at worst a leak, which is safe).
+        unsafe { core::ptr::write(self.cell.get(), v) }
+    }
+
     /// [`CpuOwned::inspect`] without the check of the CPU.
     ///
     /// # Safety

@@ -51,27 +51,42 @@ pub fn try_fast(n: u64) -> bool {
     let (slot, tag, timeout) = cur.regs.with(|r| r.ipc_in());
     let tag = Tag(tag);
     if !(tag.fits_registers() && timeout == FOREVER) {
-        cs.replace_current(Some(cur));
+        cs.fill_current(cur);
         return false;
     }
     // Each path consumes the reference on success (it becomes the reply right or the queue
-    // entry) and hands it back otherwise.
+    // entry) and puts it back in the slot otherwise ([`back`]).
     let entry = crate::qsbr::InEntry::new();
-    let back = if n == Sys::Call as u64 { call(cs, &entry, cur, slot, tag) } else { reply_recv(cs, &entry, cur, slot, tag) };
+    let fast = if n == Sys::Call as u64 { call(cs, &entry, cur, slot, tag) } else { reply_recv(cs, &entry, cur, slot, tag) };
     // Nothing read from the shadow lives past this point: the decision below may idle.
     drop(entry);
-    match back {
-        Ok(decide) => {
-            if decide {
-                sched::decide();
-            }
+    match fast {
+        Fast::Done => true,
+        Fast::Decide => {
+            sched::decide();
             true
         }
-        Err(cur) => {
-            cs.replace_current(Some(cur));
-            false
-        }
+        Fast::General => false,
     }
+}
+
+/// How a fast path ended.
+enum Fast {
+    /// The CPU runs the partner.
+    Done,
+    /// The CPU must make a scheduling decision (after the shadow's borrow ends).
+    Decide,
+    /// Not taken: the running thread is current here again, and the general path runs its
+    /// call.
+    General,
+}
+
+/// The fast path is not taken: the running thread `cur`, taken out of this CPU's current slot
+/// at the start, goes back there.
+#[inline(always)]
+fn back(cs: sched::Here, cur: Arc<Thread>) -> Fast {
+    cs.fill_current(cur);
+    Fast::General
 }
 
 
@@ -99,7 +114,7 @@ fn put_back(q: &mut crate::ipc::EpQueues, r: Arc<Thread>) {
     }
 }
 
-/// `Call`; `Ok(true)`: the CPU must make a scheduling decision (after the shadow's borrow ends).
+/// `Call`.
 ///
 /// One home lock for both threads (lock order as in `ipc`: the endpoint's queue, then one home
 /// lock at a time): the caller waits for its reply and leaves this CPU, then the receiver is
@@ -107,14 +122,14 @@ fn put_back(q: &mut crate::ipc::EpQueues, r: Arc<Thread>) {
 /// its own home's lock, after the caller's is released), so that it never holds the right of
 /// a caller that does not wait yet (a kill of the receiver fails the caller through that
 /// right). A guard that fails after the caller blocked takes its wait back ([`take_back`]).
-fn call(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<bool, Arc<Thread>> {
+fn call(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag) -> Fast {
     trace::stamp(trace::SETUP);
     // Read without a lock or a reference (`qsbr.rs`); errors are the general path's.
-    let Some((ep, badge)) = crate::qsbr::endpoint(entry, &cur.task, slot, Rights::SEND) else { return Err(cur) };
+    let Some((ep, badge)) = crate::qsbr::endpoint(entry, &cur.task, slot, Rights::SEND) else { return back(cs, cur) };
     trace::stamp(trace::LOOKUP);
     let me = rl4_arch::percpu::cpu_index();
     let mut q = ep.q.lock();
-    let Some(r) = q.receivers.pop_front() else { return Err(cur) };
+    let Some(r) = q.receivers.pop_front() else { return back(cs, cur) };
     let ticket = cs.next_ticket();
     let mut l = cur.life.lock();
     match block_caller(&cur, &mut l, ticket, me) {
@@ -123,7 +138,7 @@ fn call(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag)
             drop(l);
             crate::obj::dispose(w);
             put_back(&mut q, r);
-            return Err(cur);
+            return back(cs, cur);
         }
     };
     // A receiver of the caller's home is reached under the lock already held (the same-CPU
@@ -161,7 +176,7 @@ fn call(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag)
             trace::stamp(trace::SWITCHED);
             // The decision may idle and never come back, so it is made after this frame and
             // the shadow's borrow are gone.
-            return Ok(decide_again);
+            return if decide_again { Fast::Decide } else { Fast::Done };
         }
         drop(rl);
         drop(l);
@@ -188,7 +203,7 @@ fn call(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag)
             hand_over(to, r, prio);
             drop(held);
             cross_done(cs, stale, old, true);
-            return Ok(true);
+            return Fast::Decide;
         }
     }
     drop(rl);
@@ -216,28 +231,28 @@ fn block_caller(cur: &Arc<Thread>, l: &mut crate::obj::Life, ticket: u64, me: u3
 
 /// A guard failed after the running thread `cur` entered the wait `on` and left this CPU on
 /// this path, before anybody could end that wait: it takes the wait back and is current here
-/// again, and the general path runs its call (`Err`). If the wait ended meanwhile (a kill or a
-/// suspension from another CPU, which finished the call for it), the thread is let go and the
-/// CPU decides what runs next (`Ok(true)`).
+/// again, and the general path runs its call (`Fast::General`). If the wait ended meanwhile (a
+/// kill or a suspension from another CPU, which finished the call for it), the thread is let go
+/// and the CPU decides what runs next (`Fast::Decide`).
 #[cold]
 #[inline(never)]
-fn take_back(_cs: sched::Here, cur: Arc<Thread>, on: WaitOn, me: u32) -> Result<bool, Arc<Thread>> {
-    let (back, moved) = {
+fn take_back(cs: sched::Here, cur: Arc<Thread>, on: WaitOn, me: u32) -> Fast {
+    let (taken, moved) = {
         let mut l = cur.life.lock();
         (l.take_back(on, me), l.cpu != me)
     };
-    match back {
+    match taken {
         Ok(w) => {
             crate::obj::dispose(w);
             // Moved to another CPU meanwhile: this CPU lets it go at its next decision.
             if moved {
                 sched::kick(me);
             }
-            Err(cur)
+            back(cs, cur)
         }
         Err(_) => {
             crate::reclaim::later_thread(cur);
-            Ok(true)
+            Fast::Decide
         }
     }
 }
@@ -282,27 +297,27 @@ fn cross_done(cs: sched::Here, wait: Option<Wait>, old: Option<(Arc<Thread>, u64
     }
 }
 
-/// `ReplyRecv`; `Ok(true)`: the CPU must make a scheduling decision.
+/// `ReplyRecv`.
 ///
 /// Under the endpoint's queue lock (so that no call finds the server before it is queued
 /// again), under the server's home lock: the server takes its reply right, waits on `ep` again
 /// and leaves this CPU; then the caller is woken in the same hold (one of another home: under
 /// its home's lock, after the server's is released). A guard that fails after the server
 /// blocked gives it its wait and its reply right back ([`undo_server`]).
-fn reply_recv(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag) -> Result<bool, Arc<Thread>> {
+fn reply_recv(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag) -> Fast {
     trace::stamp(trace::SETUP);
-    let Some((ep, _)) = crate::qsbr::endpoint(entry, &cur.task, slot, Rights::RECEIVE) else { return Err(cur) };
+    let Some((ep, _)) = crate::qsbr::endpoint(entry, &cur.task, slot, Rights::RECEIVE) else { return back(cs, cur) };
     trace::stamp(trace::LOOKUP);
     let me = rl4_arch::percpu::cpu_index();
     let mut q = ep.q.lock();
     // The server takes the next message if one waits: the general path.
     if !q.senders.is_empty() {
-        return Err(cur);
+        return back(cs, cur);
     }
     let mut l = cur.life.lock();
     let Some((caller, ticket)) = l.take_reply() else {
         drop(l);
-        return Err(cur);
+        return back(cs, cur);
     };
     // The endpoint reference its last wait there left with it, if any (`Life::keep_recv`).
     let epref = match l.kept_recv(ep.id()) {
@@ -319,7 +334,7 @@ fn reply_recv(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag
         if let Some((c, t)) = old {
             thread::fail_caller(c, t);
         }
-        return Err(cur);
+        return back(cs, cur);
     }
     sched::left_fast(&cur);
     // From here its words are read under its lock (see `block_caller`).
@@ -343,7 +358,7 @@ fn reply_recv(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag
             cs.bump(sched::Count::IpcFast);
             sched::switch_direct_blocked(cs, caller, prio);
             trace::stamp(trace::SWITCHED);
-            return Ok(false);
+            return Fast::Done;
         }
         drop(cl);
         drop(l);
@@ -365,7 +380,7 @@ fn reply_recv(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag
             crate::ipc::enqueue(&mut q.receivers, cur, None);
             drop(q);
             cross_done(cs, Some(wait), None, false);
-            return Ok(true);
+            return Fast::Decide;
         }
     }
     drop(cl);
@@ -381,23 +396,23 @@ fn reply_recv(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag
 #[cold]
 #[inline(never)]
 fn undo_server(
-    _cs: sched::Here,
+    cs: sched::Here,
     cur: Arc<Thread>,
     ep: &crate::ipc::Endpoint,
     q: crate::lock::Guard<'_, crate::ipc::EpQueues, { crate::lock::Level::QUEUE }>,
     caller: Arc<Thread>,
     ticket: u64,
-) -> Result<bool, Arc<Thread>> {
+) -> Fast {
     let me = rl4_arch::percpu::cpu_index();
     let mut l = cur.life.lock();
-    let back = match l.take_back(WaitOn::Recv(ep.id()), me) {
+    let taken = match l.take_back(WaitOn::Recv(ep.id()), me) {
         Ok(w) => Ok((w, l.grant_reply(caller, ticket))),
         Err(_) => Err(caller),
     };
     let moved = l.cpu != me;
     drop(l);
     drop(q);
-    match back {
+    match taken {
         Ok((w, old)) => {
             crate::obj::dispose(w);
             if moved {
@@ -406,12 +421,12 @@ fn undo_server(
             if let Some((c, t)) = old {
                 thread::fail_caller(c, t);
             }
-            Err(cur)
+            back(cs, cur)
         }
         Err(caller) => {
             thread::fail_caller(caller, ticket);
             crate::reclaim::later_thread(cur);
-            Ok(true)
+            Fast::Decide
         }
     }
 }

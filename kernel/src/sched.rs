@@ -233,6 +233,16 @@ impl Here {
         unsafe { self.0.current.replace_owned(v) }
     }
 
+    /// Fills this CPU's current slot, which the caller emptied ([`Here::take_current`]) and
+    /// nothing has filled since, without reading it (a thread found there would be leaked,
+    /// never dropped twice; a debug build checks).
+    #[inline(always)]
+    pub(crate) fn fill_current(self, v: Arc<Thread>) {
+        debug_assert!(self.inspect_current(|c| c.is_none()));
+        // SAFETY: as in `replace_current`.
+        unsafe { self.0.current.put_owned(Some(v)) }
+    }
+
     /// Takes the running thread out of this CPU's current slot.
     #[inline(always)]
     pub(crate) fn take_current(self) -> Option<Arc<Thread>> {
@@ -836,8 +846,7 @@ pub(crate) fn switch_direct_blocked(cs: Here, to: Arc<Thread>, prio: u8) {
     tlb::load_space(cs, &to.space);
     set_current_prio(cs, prio as i32);
     cs.bump(Count::Switches);
-    let none = cs.replace_current(Some(to));
-    debug_assert!(none.is_none());
+    cs.fill_current(to);
 }
 
 /// The fast path's bookkeeping for the thread leaving: `cur`, blocked and off this CPU in one
