@@ -238,10 +238,30 @@ impl<T: WLinked<Tag>, Tag> WList<T, Tag> {
         Ok(unsafe { Arc::from_raw(h) })
     }
 
-    /// Takes the first item out.
+    /// Takes the first item out ([`WList::unlink`] for the item that has no predecessor).
     #[inline]
     pub fn pop_front(&mut self) -> Option<Arc<T>> {
-        (!self.head.is_null()).then(|| self.unlink(self.head))
+        let p = self.head;
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: `p`, the head, and its successor are items this list owns.
+        let l = link::<T, Tag>(unsafe { &*p });
+        let next = l.next.load(Relaxed) as *const T;
+        self.head = next;
+        if next.is_null() {
+            self.tail = ptr::null();
+        } else {
+            link::<T, Tag>(unsafe { &*next }).prev.store(ptr::null_mut(), Relaxed);
+        }
+        // Its `prev` is null already: it was first.
+        l.next.store(ptr::null_mut(), Relaxed);
+        // Last: whoever sees the item free afterwards sees its links cleared.
+        l.owner.store(0, Release);
+        self.len -= 1;
+        // SAFETY: `p` came from `Arc::into_raw` when it was claimed, and this list owned that
+        // reference until now.
+        Some(unsafe { Arc::from_raw(p) })
     }
 
     /// Takes `t` out if this list holds it.
