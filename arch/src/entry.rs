@@ -309,7 +309,7 @@ rl4_syscall_entry:
        the way back reloads them from the block of whichever thread runs now. */
     mov r12, rax
     call rl4_syscall
-    jmp rl4_return_to_user
+    /* Falls through to the way back. */
 
     .global rl4_return_to_user
 rl4_return_to_user:
