@@ -55,7 +55,7 @@ impl ShadowSlot {
 }
 
 /// What a consistent read of a slot found: the object's address (0: the slot holds nothing a
-/// fast reader may use), its rights and badge.
+/// fast reader may use, and then no rights either), its rights and badge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Seen {
     pub obj: u64,
@@ -121,8 +121,11 @@ impl Shadow {
         Some(&self.pieces.get(i / PIECE_SLOTS)?[i % PIECE_SLOTS])
     }
 
-    /// Writes slot `i` (only under the table's lock: one writer at a time).
+    /// Writes slot `i` (only under the table's lock: one writer at a time). A slot without an
+    /// address gets no rights, so that a reader that finds the rights it needs (some) knows the
+    /// address is there without testing it.
     pub fn write(&self, i: usize, obj: u64, rights: Rights, badge: u64) {
+        let rights = if obj == 0 { Rights::NONE } else { rights };
         let Some(s) = self.slot(i).filter(|_| i < self.slots) else { panic!("shadow slot {i} out of range ({})", self.slots) };
         let seq = s.seq.load(Ordering::Relaxed);
         debug_assert!(seq % 2 == 0);
@@ -212,6 +215,9 @@ mod tests {
         assert_eq!(s.read(1), Some(Seen { obj: 0x1000, rights: Rights::SEND, badge: 7 }));
         s.write(1, 0, Rights::NONE, 0);
         assert_eq!(s.read(1).unwrap().obj, 0);
+        // Rights without an address are not kept (a reader tests the rights only).
+        s.write(2, 0, Rights::SEND, 3);
+        assert_eq!(s.read(2).unwrap().rights, Rights::NONE);
         assert_eq!(s.read(4).unwrap().obj, 0, "beyond the table: empty");
         assert_eq!(s.read(PIECES as u64 * 64), None);
         assert_eq!(s.read(u64::MAX), None);
