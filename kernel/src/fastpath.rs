@@ -149,17 +149,19 @@ fn call(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag)
     if let Some(mut rl) = l.other(&r.life) {
         let woken = if sched::nothing_more_urgent(cs, rl.prio) { rl.wake_here(WaitOn::Recv(ep.id()), me).ok() } else { None };
         if let Some(wait) = woken {
-            // Point of no return: the receiver is Running here.
+            // Point of no return: the receiver is Running here. The caller's reference becomes
+            // its reply right (an older right it held dies: that caller is woken into this
+            // CPU's inbox), and its endpoint reference stays with it for its next wait there:
+            // right after the transition, so that the compiler sees the state it just wrote
+            // (`grant_reply` tests it). The caller's words are read first (its reference moves).
+            let words = cur.regs.with(|r| r.ipc_words());
+            let old = rl.grant_reply(cur, ticket);
+            let stale = rl.keep_recv(wait);
+            let prio = rl.prio;
             drop(q);
             crate::timeline::event(crate::timeline::Kind::Send, crate::timeline::ep(ep.id()) << 32 | r.id, badge);
             trace::stamp(trace::PARTNER);
-            deliver_from(&r, &cur, tag, badge);
-            // The caller's reference becomes the receiver's reply right; an older right the
-            // receiver held dies (that caller is woken into this CPU's inbox).
-            let old = rl.grant_reply(cur, ticket);
-            let prio = rl.prio;
-            // Its endpoint reference stays with it for its next wait there.
-            let stale = rl.keep_recv(wait);
+            deliver(&r, words, tag, badge);
             drop(rl);
             drop(l);
             if let Some(w) = stale {
