@@ -356,9 +356,18 @@ rl4_return_to_user:
     iretq
 
 rl4_trap_common:
+    /* An interrupt or exception gate clears neither the direction flag nor the alignment-check
+       flag (`syscall` masks both, see `init_syscall`): a user thread may have set them, and the
+       kernel's code (its `rep movs` copies, SMAP) assumes them clear. The frame keeps the
+       thread's own flags for the way back. */
+    cld
     test qword ptr [rsp + 24], 3
     jz 3f
     swapgs
+    cmp byte ptr [rip + {smap}], 0
+    je 7f
+    clac
+7:
     push rax
     mov rax, gs:[32]
     sub rax, 160

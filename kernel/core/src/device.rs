@@ -54,9 +54,10 @@ pub struct Ports {
 }
 
 impl Ports {
-    /// A checked range: not empty, within the 65,536 ports.
+    /// A checked range: not empty, within the 65,536 ports (any user values: the end is
+    /// computed only once both are known to be small, so it cannot wrap).
     pub fn new(base: u64, count: u64) -> Option<Ports> {
-        if count == 0 || base > 0xffff || base + count > 0x1_0000 {
+        if count == 0 || base > 0xffff || count > 0x1_0000 || base + count > 0x1_0000 {
             return None;
         }
         Some(Ports { base: base as u16, count: count as u32 })
@@ -265,6 +266,12 @@ mod tests {
         assert_eq!(Ports::new(0x2f8, 0), None);
         assert_eq!(Ports::new(0xffff, 2), None);
         assert_eq!(Ports::new(0x1_0000, 1), None);
+        // Counts that would wrap the end (a user's values): refused, not opened as everything.
+        assert_eq!(Ports::new(1, u64::MAX), None);
+        assert_eq!(Ports::new(0, u64::MAX), None);
+        assert_eq!(Ports::new(0xffff, u64::MAX - 0xfffe), None);
+        assert_eq!(Ports::new(u64::MAX, 2), None);
+        assert_eq!(Ports::new(0, 0x1_0001), None);
         let p = Ports::new(0xffff, 1).unwrap();
         assert_eq!(Ports::unpack(p.pack()), Some(p));
         let all = Ports::new(0, 0x1_0000).unwrap();

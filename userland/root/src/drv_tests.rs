@@ -71,6 +71,9 @@ fn test_rules() {
     check("ports over debug-exit", sys::ioport_get(DEVICES, 0xf0, 8, p), Err(Error::Busy));
     check("no ports", sys::ioport_get(DEVICES, 0x2f8, 0, p), Err(Error::InvalidArgument));
     check("ports past 0xffff", sys::ioport_get(DEVICES, 0xffff, 2, p), Err(Error::InvalidArgument));
+    // A count whose end wraps: refused, never a range over every port (the kernel's included).
+    check("ports of a wrapping count", sys::ioport_get(DEVICES, 1, u64::MAX, p), Err(Error::InvalidArgument));
+    check("ports of 65,537", sys::ioport_get(DEVICES, 0, 0x1_0001, p), Err(Error::InvalidArgument));
     check("ports from machine cap", sys::ioport_get(MACHINE, 0x2f8, 8, p), Err(Error::WrongType));
     check("close unopened", sys::ioport_get(DEVICES, 0x2f8, 8, p).and_then(|_| sys::ioport_close(p)), Err(Error::InvalidState));
     check("identify ports", ident(p, ObjType::IoPort), Ok(()));

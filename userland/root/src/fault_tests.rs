@@ -629,6 +629,85 @@ fn spawn_with_handler(f: fn(u64), ep: u64, badge: u64) -> Result<u64, &'static s
     Ok(t)
 }
 
+/// Rounds of [`flags_spinner`]'s loop: tens of milliseconds of timer ticks under TCG.
+const FLAG_ROUNDS: u64 = 30_000_000;
+
+/// Sets the direction flag (`std`) and the alignment-check flag (`popfq`), which a user
+/// program may set, and keeps them through [`FLAG_ROUNDS`] rounds of a loop (the CPU's timer
+/// interrupts arrive with them set), then takes an invalid-opcode fault with them still set.
+fn flags_spinner(_: u64) {
+    // SAFETY: changes only this thread's flags and `rcx`, touches only its own stack
+    // (`pushfq`/`popfq`), and never comes back: the `ud2` goes to its fault handler, which
+    // stops the thread.
+    unsafe {
+        core::arch::asm!(
+            "pushfq",
+            "or qword ptr [rsp], 0x40000",
+            "popfq",
+            "std",
+            "2:",
+            "dec rcx",
+            "jnz 2b",
+            "ud2",
+            in("rcx") FLAG_ROUNDS,
+            options(noreturn),
+        );
+    }
+}
+
+/// Timed receives on `ep` (nobody sends) while [`flags_spinner`] spins on the same CPU: each
+/// deadline passes in a timer interrupt taken from the spinner, with its flags. Counts the
+/// answers that are `Timeout` as they should be, and the others.
+fn flags_waiter(ep: u64) {
+    while FLAGS_DONE.load(core::sync::atomic::Ordering::Relaxed) == 0 {
+        let r = sys::recv_timeout(ep, ms(2));
+        let c = if r.as_ref().err() == Some(&Error::Timeout) { &FLAGS_TIMEOUTS } else { &FLAGS_WRONG };
+        c.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    }
+    sys::thread_exit();
+}
+
+static FLAGS_DONE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+static FLAGS_TIMEOUTS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+static FLAGS_WRONG: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// The kernel does not inherit a user thread's direction or alignment-check flag: an interrupt
+/// or exception gate clears neither (only `syscall` masks them), and kernel code — its inlined
+/// `rep movs` copies, the alignment of its accesses, the SMAP check — assumes them clear.
+fn test_user_flags() {
+    check(
+        "trap-entry-clears-user-flags",
+        "a thread with DF and AC set spins through timer interrupts that end another thread's timed waits on its CPU, then faults with them set: every wait ends in Timeout, the fault message is right, the kernel survives",
+        |ep| {
+            let quiet = slot();
+            sys::endpoint_create(MEMORY, quiet).map_err(|_| "endpoint")?;
+            FLAGS_DONE.store(0, core::sync::atomic::Ordering::Relaxed);
+            FLAGS_TIMEOUTS.store(0, core::sync::atomic::Ordering::Relaxed);
+            FLAGS_WRONG.store(0, core::sync::atomic::Ordering::Relaxed);
+            let w = spawn(flags_waiter, quiet, ROOT_PRIO, cpus() - 1);
+            let t = spawn_with_handler(flags_spinner, ep, 0x5f)?;
+            let m = sys::recv_timeout(ep, ms(30_000)).map_err(|_| "no fault message came");
+            let f = m.as_ref().ok().and_then(fault_of);
+            if m.is_ok() {
+                let _ = sys::reply(&stop_msg());
+            }
+            FLAGS_DONE.store(1, core::sync::atomic::Ordering::Relaxed);
+            let ended = wait_ms(1000, || state(w) == Some(ThreadState::Dead));
+            let stopped = wait_ms(1000, || state(t) == Some(ThreadState::Faulted));
+            release(w);
+            release(t);
+            release(quiet);
+            m?;
+            let (timeouts, wrong) = (FLAGS_TIMEOUTS.load(core::sync::atomic::Ordering::Relaxed), FLAGS_WRONG.load(core::sync::atomic::Ordering::Relaxed));
+            match f {
+                Some((0x5f, 6, 0, _, 0)) if ended && stopped && wrong == 0 && timeouts > 0 => Ok(()),
+                Some(_) => Err("a wrong fault message, a wait that did not end in Timeout, or a thread that did not end"),
+                None => Err("not a fault message"),
+            }
+        },
+    );
+}
+
 fn test_bad_args() {
     let ep = slot();
     let recv_only = slot();
@@ -651,6 +730,7 @@ fn test_bad_args() {
 
 pub fn run() {
     test_bad_args();
+    test_user_flags();
     test_lazy();
     test_cow();
     test_stop_and_bad_replies();
