@@ -125,7 +125,7 @@ fn put_back(q: &mut crate::ipc::EpQueues, r: Arc<Thread>) {
 fn call(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag) -> Fast {
     trace::stamp(trace::SETUP);
     // Read without a lock or a reference (`qsbr.rs`); errors are the general path's.
-    let Some((ep, badge)) = crate::qsbr::endpoint(entry, &cur.task, slot, Rights::SEND) else { return back(cs, cur) };
+    let Some((ep, badge)) = crate::qsbr::endpoint::<{ Rights::SEND.0 }>(entry, &cur.task, slot) else { return back(cs, cur) };
     trace::stamp(trace::LOOKUP);
     let me = rl4_arch::percpu::cpu_index();
     let mut q = ep.q.lock();
@@ -308,7 +308,7 @@ fn cross_done(cs: sched::Here, wait: Option<Wait>, old: Option<(Arc<Thread>, u64
 /// blocked gives it its wait and its reply right back ([`undo_server`]).
 fn reply_recv(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag) -> Fast {
     trace::stamp(trace::SETUP);
-    let Some((ep, _)) = crate::qsbr::endpoint(entry, &cur.task, slot, Rights::RECEIVE) else { return back(cs, cur) };
+    let Some((ep, _)) = crate::qsbr::endpoint::<{ Rights::RECEIVE.0 }>(entry, &cur.task, slot) else { return back(cs, cur) };
     trace::stamp(trace::LOOKUP);
     let me = rl4_arch::percpu::cpu_index();
     let mut q = ep.q.lock();

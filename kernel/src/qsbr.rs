@@ -190,17 +190,19 @@ fn not_here<'k>() -> Option<(&'k Endpoint, u64)> {
     None
 }
 
-/// The endpoint in `slot` of `task`'s table if it holds one with `rights`, with its badge,
+/// The endpoint in `slot` of `task`'s table if it holds one with the rights `RIGHTS` (a
+/// `Rights` value, not empty), with its badge,
 /// read from the table's shadow without a lock or a reference count; `None` if not (or if a
 /// writer was at work: the caller takes the general path, which reports the error).
 #[inline(always)]
 #[allow(unsafe_code)]
-pub fn endpoint<'k>(_entry: &'k InEntry, task: &crate::obj::Task, slot: u64, rights: rl4_abi::Rights) -> Option<(&'k Endpoint, u64)> {
-    debug_assert!(rights.0 != 0);
+pub fn endpoint<'k, const RIGHTS: u64>(_entry: &'k InEntry, task: &crate::obj::Task, slot: u64) -> Option<(&'k Endpoint, u64)> {
+    // Some rights must be asked for (the test below stands for the address's).
+    const { assert!(RIGHTS != 0) };
     let seen = task.shadow.get()?.shadow.read(slot)?;
     // A branch to a cold exit. A slot without an address has no rights in its shadow
     // (`Shadow::write`), so the rights asked for (some) mean the address is there.
-    if seen.rights.0 & rights.0 != rights.0 {
+    if seen.rights.0 & RIGHTS != RIGHTS {
         return not_here();
     }
     // SAFETY: the address is non-zero (the slot has rights, see above); a non-zero address in

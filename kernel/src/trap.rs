@@ -92,8 +92,9 @@ extern "rust-preserve-none" fn rl4_syscall(n: u64) {
 extern "rust-preserve-none" fn general(n: u64) {
     crate::trace::enter(n);
     crate::timeline::event(crate::timeline::Kind::SysEnter, n, 0);
-    // The fast path lets go of nothing while it holds a lock (it puts nothing aside for
-    // `reclaim::drain`).
+    // The fast path's hand-overs let go of nothing while they hold a lock; what its rare
+    // fallbacks put aside under one (a thread that could not be queued again) waits for this
+    // CPU's next `reclaim::drain`, at its next general system call or decision.
     if crate::fastpath::candidate(n) && crate::fastpath::try_fast(n) {
         crate::trace::stamp(crate::trace::DONE);
         crate::timeline::event(crate::timeline::Kind::SysExit, n, 1);
