@@ -340,6 +340,9 @@ pub fn revoke(task: &Task, slot: u64) -> Result<u64, Error> {
         drop(removed);
         drop(holders);
         drop(homes);
+        // A long revocation answers other CPUs' TLB shoot-downs between batches (with no lock
+        // held), so that they wait for one batch at most, not for the whole revocation.
+        crate::tlb::service_tlb_here();
         match r {
             Ok((n, next)) => {
                 total += n as u64;

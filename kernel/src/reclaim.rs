@@ -194,6 +194,9 @@ fn destroy(grave: &Grave, first: Option<Garbage>) {
             }
         };
         drop(g);
+        // A long teardown answers other CPUs' TLB shoot-downs between objects (no lock is
+        // held here), so that they wait for one destructor at most.
+        crate::tlb::service_tlb_here();
     }
 }
 

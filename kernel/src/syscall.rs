@@ -62,10 +62,15 @@ fn handle_ipc(n: u64) -> Next {
     let Ok(s) = Sys::try_from(n) else { return Next::Decide };
     let Some(t) = sched::current() else { return Next::Decide };
     // A task whose first endpoint capability arrived by IPC (under locks) gets its table's
-    // shadow at its first call that could take the fast path, once, before any lock (see
-    // `Task::insert_cap_or_return`).
+    // shadow at its first call on an endpoint that could take the fast path, once, before any
+    // lock (see `Task::insert_cap_or_return`); a task that holds no endpoint is not charged
+    // for one.
     if matches!(s, Sys::Call | Sys::ReplyRecv) && t.task.shadow.get().is_none() {
-        let _ = t.task.make_shadow();
+        let slot = t.regs.with(|r| r.ipc_in().0);
+        let endpoint = t.task.caps.lock().lookup(slot, ObjType::Endpoint, Rights::NONE).is_ok();
+        if endpoint {
+            let _ = t.task.make_shadow();
+        }
     }
     // The IPC calls need the whole register block (a copy: delivering a message may rewrite the
     // caller's own registers).

@@ -72,7 +72,7 @@ numbered! {
         /// `(space_slot, vaddr)`: remove a mapping.
         Unmap = 10,
         /// `(memory_slot, task_slot, entry, stack, prio_cpu, dst_slot)`: a new thread of the task,
-        /// suspended. `prio_cpu` = priority (bits 0..7) | CPU index << 8.
+        /// suspended. `prio_cpu` = priority (bits 0..31) | CPU index << 32.
         ThreadCreate = 11,
         /// `(thread_slot)`: make a new or suspended thread runnable.
         ThreadResume = 12,
