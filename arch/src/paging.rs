@@ -379,10 +379,11 @@ impl crate::bootinfo::PhysMem for DirectMapMem {
         } else {
             crate::layout::DIRECT_MAP_SIZE
         };
-        if end > limit || !(pa..end).step_by(PAGE_SIZE as usize).all(|a| BOOT_MAP_ONLY.load(Ordering::Relaxed) || is_mapped(phys_to_virt(a))) {
+        if end > limit || !(pa & !(PAGE_SIZE - 1)..end).step_by(PAGE_SIZE as usize).all(|a| BOOT_MAP_ONLY.load(Ordering::Relaxed) || is_mapped(phys_to_virt(a))) {
             return None;
         }
-        // SAFETY: every page of the range is mapped in the direct map (checked above); reading
+        // SAFETY: every page of the range is mapped in the direct map (checked above, from the
+        // page that holds `pa`, which need not be aligned); reading
         // RAM or firmware tables has no side effects.
         unsafe { core::ptr::copy_nonoverlapping(phys_to_virt(pa) as *const u8, buf.as_mut_ptr(), buf.len()) };
         Some(())

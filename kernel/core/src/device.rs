@@ -79,12 +79,22 @@ impl Ports {
 
 /// The ports the kernel keeps for itself on a PC: the 8259 PICs, the PIT and port 0x61 (the
 /// TSC calibration), the debug-exit device, QEMU's debug console, COM1 (the kernel's log),
-/// the PCI configuration mechanism. Firmware-described ports (the ACPI PM timer block) are
+/// the PCI configuration mechanism, and those that would let a task write memory or alias it
+/// (the ISA DMA controllers, system control port A). Firmware-described ports (the ACPI PM timer block) are
 /// added by the kernel at boot.
 pub const KERNEL_PORTS: &[Ports] = &[
+    // The ISA DMA controllers and their page registers: programmed by a task, they would
+    // write memory (the kernel's included) on behalf of a legacy device such as the floppy
+    // controller.
+    Ports { base: 0x00, count: 16 },
+    Ports { base: 0x81, count: 15 },
+    Ports { base: 0xc0, count: 32 },
     Ports { base: 0x20, count: 2 },
     Ports { base: 0x40, count: 4 },
     Ports { base: 0x61, count: 1 },
+    // System control port A: its A20 bit would alias memory above 1 MiB, its reset bit resets
+    // the machine.
+    Ports { base: 0x92, count: 1 },
     Ports { base: 0xa0, count: 2 },
     Ports { base: 0xe9, count: 1 },
     Ports { base: 0xf4, count: 4 },
@@ -119,7 +129,8 @@ impl<const N: usize> Default for OpenSet<N> {
 impl<const N: usize> OpenSet<N> {
     pub fn open(&mut self, p: Ports) -> Result<(), OpenError> {
         if let Some(e) = self.ranges.iter_mut().find(|e| e.1 > 0 && e.0 == p) {
-            e.1 += 1;
+            // A count that would wrap (2^32 opens) would read as a free slot: refused instead.
+            e.1 = e.1.checked_add(1).ok_or(OpenError::Full)?;
             return Ok(());
         }
         let e = self.ranges.iter_mut().find(|e| e.1 == 0).ok_or(OpenError::Full)?;
@@ -279,6 +290,11 @@ mod tests {
         let com2 = Ports::new(0x2f8, 8).unwrap();
         assert!(!KERNEL_PORTS.iter().any(|k| k.overlaps(com2)));
         assert!(KERNEL_PORTS.iter().any(|k| k.overlaps(Ports::new(0x3f0, 9).unwrap())));
+        // The ports through which a task could make a legacy device write memory, or alias it.
+        for (base, count) in [(0x00, 1), (0x0f, 1), (0x81, 1), (0x8f, 1), (0xc0, 1), (0xdf, 1), (0x92, 1)] {
+            assert!(KERNEL_PORTS.iter().any(|k| k.overlaps(Ports::new(base, count).unwrap())), "port {base:#x}");
+        }
+        assert!(!KERNEL_PORTS.iter().any(|k| k.overlaps(Ports::new(0x60, 1).unwrap())), "the keyboard data port stays a driver's");
     }
 
     #[test]
@@ -295,6 +311,11 @@ mod tests {
         assert!(s.close(a));
         assert!(!s.packed().contains(&a.pack()));
         assert!(!s.close(a));
+        // A range opened 2^32 - 1 times: one more open is refused, not wrapped to a free slot.
+        let mut s = OpenSet::<2>::default();
+        s.ranges[0] = (a, u32::MAX);
+        assert_eq!(s.open(a), Err(OpenError::Full));
+        assert!(s.packed().contains(&a.pack()));
     }
     #[test]
     fn device_pages_leave_out_ram_and_kernel_pages() {

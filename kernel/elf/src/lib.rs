@@ -159,7 +159,8 @@ impl<'a> Elf<'a> {
                     filesz: u64_at(self.data, h + 32)?,
                     memsz: u64_at(self.data, h + 40)?,
                 };
-                if s.filesz > s.memsz || s.vaddr.checked_add(s.memsz).is_none() {
+                // Its end, rounded up to a page, must fit in 64 bits (`Segment::pages`).
+                if s.filesz > s.memsz || s.vaddr.checked_add(s.memsz).and_then(|e| e.checked_next_multiple_of(PAGE)).is_none() {
                     return Err(ElfError::BadSegment);
                 }
                 if s.offset.checked_add(s.filesz).is_none_or(|e| e > self.data.len() as u64) {
@@ -250,6 +251,9 @@ mod tests {
         let bad = |segs: &[(u64, u64, u64, u32)], entry| Elf::parse(&image(entry, segs), LO, HI).unwrap_err();
         assert_eq!(bad(&[(0x40_0000, 0x10, 0x20, PF_R | PF_X)], 0x40_0000), ElfError::BadSegment);
         assert_eq!(bad(&[(u64::MAX - 5, 0x10, 0, PF_R | PF_X)], 0x40_0000), ElfError::BadSegment);
+        // An end that fits in 64 bits but not once rounded up to a page (it would wrap to 0
+        // and pass the range check): refused.
+        assert_eq!(bad(&[(0x40_0000, u64::MAX - 0x40_0000, 0, PF_R | PF_X)], 0x40_0000), ElfError::BadSegment);
         assert_eq!(bad(&[(0xffff_8000_0000_0000, 0x1000, 0, PF_R | PF_X)], 0xffff_8000_0000_0000), ElfError::BadAddress);
         assert_eq!(bad(&[(0, 0x1000, 0, PF_R | PF_X)], 0), ElfError::BadAddress);
         assert_eq!(

@@ -200,7 +200,10 @@ core::arch::global_asm!(
     ".global fz_helper_waiter",
     "fz_helper_waiter:",
     "    mov ebp, {wait}",
-    "2:  mov rbx, rdi",
+    // With the direction flag set (they use no string instruction): the kernel must not
+    // inherit it from their system calls or from the interrupts that find them running.
+    "2:  std",
+    "    mov rbx, rdi",
     "    mov r15, rsi",
     "    mov r13, -1",
     "    mov r14, -1",
@@ -1364,11 +1367,25 @@ fn other_thread(t: u64) {
 }
 
 /// Takes one kind of fault (`kind` picks it) with `addr` as the address where one is needed
-/// (which may be mapped after all: then nothing happens).
+/// (which may be mapped after all: then nothing happens). Two kinds fault with the direction
+/// and alignment-check flags set, which the kernel must not inherit (they are cleared again
+/// before the `asm!` block ends, as Rust requires, if the thread gets that far).
 pub fn take_fault(kind: u64, addr: u64) {
     // SAFETY (all): deliberate faults from a fuzzer thread; the kernel must stop only it.
     unsafe {
-        match (kind >> 40) % 8 {
+        match (kind >> 40) % 10 {
+            8 => core::arch::asm!(
+                "pushfq",
+                "or qword ptr [rsp], 0x40400",
+                "popfq",
+                "mov {t}, qword ptr [{a}]",
+                "pushfq",
+                "and qword ptr [rsp], ~0x40400",
+                "popfq",
+                a = in(reg) addr,
+                t = out(reg) _,
+            ),
+            9 => core::arch::asm!("pushfq", "or qword ptr [rsp], 0x40400", "popfq", "ud2", "pushfq", "and qword ptr [rsp], ~0x40400", "popfq"),
             0 => {
                 core::ptr::read_volatile(addr as *const u64);
             }
