@@ -364,6 +364,10 @@ rl4_trap_common:
     test qword ptr [rsp + 24], 3
     jz 3f
     swapgs
+    /* No load through `gs` before the branch above is resolved, on either side of it (a
+       mispredicted one would otherwise read through the user's `GS` base, or the kernel's
+       where the user's was meant). */
+    lfence
     cmp byte ptr [rip + {smap}], 0
     je 7f
     clac
@@ -405,7 +409,8 @@ rl4_trap_common:
     call rl4_user_trap
     jmp rl4_return_to_user
 
-3:  push r15
+3:  lfence
+    push r15
     push r14
     push r13
     push r12
@@ -498,6 +503,32 @@ pub fn init_syscall() {
                 | RFlags::NESTED_TASK,
         );
         Efer::update(|e| e.insert(EferFlags::SYSTEM_CALL_EXTENSIONS));
+    }
+    reset_user_state();
+}
+
+/// Puts the state a user thread could use against the kernel's entry code where that code
+/// assumes it is, whatever the firmware or boot loader left (an application processor starts
+/// clean from INIT, the bootstrap one may not): the user's `GS` base (the inactive one,
+/// `IA32_KERNEL_GS_BASE`) 0, as the NMI, #DF and #MC handlers' `GS` test assumes; no user
+/// `wrgsbase`/`wrfsbase` (`CR4.FSGSBASE`), protection keys (`CR4.PKE`, whose `PKRU` the kernel
+/// does not switch) or `rdpmc` (`CR4.PCE`); `sysenter` faults (`IA32_SYSENTER_CS` 0); no
+/// hardware breakpoints (`DR7`); and, where the CPU has it, `sgdt`/`sidt`/`sldt`/`smsw`/`str`
+/// fault in user mode (`CR4.UMIP`: they would show kernel addresses).
+fn reset_user_state() {
+    let umip = core::arch::x86_64::__cpuid(0).eax >= 7 && core::arch::x86_64::__cpuid_count(7, 0).ecx & (1 << 2) != 0;
+    // SAFETY: run by each CPU while it starts, with interrupts off and in kernel mode, after
+    // its `GS` base was set (the active one); none of these registers is relied on by the
+    // kernel except as set here.
+    unsafe {
+        x86_64::registers::model_specific::KernelGsBase::write(VirtAddr::zero());
+        x86_64::registers::model_specific::Msr::new(0x174).write(0);
+        core::arch::asm!("mov dr7, {}", in(reg) 0x400u64, options(nostack, preserves_flags));
+        x86_64::registers::control::Cr4::update(|c| {
+            use x86_64::registers::control::Cr4Flags as F;
+            c.remove(F::FSGSBASE | F::PROTECTION_KEY_USER | F::PERFORMANCE_MONITOR_COUNTER);
+            c.set(F::USER_MODE_INSTRUCTION_PREVENTION, umip);
+        });
     }
 }
 

@@ -708,6 +708,39 @@ fn test_user_flags() {
     );
 }
 
+/// Stores the GDT register (`sgdt`), which shows a kernel address, then ends its thread.
+fn sgdt_then_exit(_: u64) {
+    let mut area = [0u8; 16];
+    // SAFETY: `sgdt` writes 10 bytes into `area`; with UMIP it faults instead (and the thread's
+    // handler stops it).
+    unsafe { core::arch::asm!("sgdt [{}]", in(reg) area.as_mut_ptr(), options(nostack)) };
+    core::hint::black_box(&area);
+    sys::thread_exit();
+}
+
+/// With UMIP (CPUID leaf 7, ECX bit 2) the kernel turns it on: `sgdt` in user mode faults
+/// (13, general protection) instead of telling a kernel address.
+fn test_umip() {
+    let umip = core::arch::x86_64::__cpuid(0).eax >= 7 && core::arch::x86_64::__cpuid_count(7, 0).ecx & (1 << 2) != 0;
+    check("user-mode-instruction-prevention", "with UMIP, sgdt in user mode faults (#GP); without, it runs", |ep| {
+        let t = spawn_with_handler(sgdt_then_exit, ep, 0x3c)?;
+        let m = sys::recv_timeout(ep, ms(2000));
+        let f = m.as_ref().ok().and_then(fault_of);
+        if m.is_ok() {
+            let _ = sys::reply(&stop_msg());
+        }
+        let dead = wait_ms(1000, || state(t) == Some(ThreadState::Dead));
+        let stopped = wait_ms(1000, || matches!(state(t), Some(ThreadState::Faulted | ThreadState::Dead)));
+        release(t);
+        match (umip, f) {
+            (true, Some((0x3c, 13, _, _, _))) if stopped => Ok(()),
+            (false, None) if dead => Ok(()),
+            (true, _) => Err("UMIP is there but sgdt did not fault"),
+            (false, _) => Err("no UMIP but sgdt did not simply run"),
+        }
+    });
+}
+
 fn test_bad_args() {
     let ep = slot();
     let recv_only = slot();
@@ -731,6 +764,7 @@ fn test_bad_args() {
 pub fn run() {
     test_bad_args();
     test_user_flags();
+    test_umip();
     test_lazy();
     test_cow();
     test_stop_and_bad_replies();
