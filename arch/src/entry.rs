@@ -532,6 +532,16 @@ fn reset_user_state() {
     }
 }
 
+/// Whether kernel code runs with the flags it assumes: the direction flag clear, and with SMAP
+/// the alignment-check flag too (it would turn SMAP off; without SMAP it has no effect in kernel
+/// mode). The trap entry makes it so (`cld`, `clac`); this reads `RFLAGS` to check it.
+#[inline(always)]
+pub fn kernel_flags_clean() -> bool {
+    let f = x86_64::registers::rflags::read_raw();
+    let bad = RFlags::DIRECTION_FLAG.bits() | if SMAP.load(Ordering::Relaxed) { RFlags::ALIGNMENT_CHECK.bits() } else { 0 };
+    f & bad == 0
+}
+
 /// Records whether SMAP is on (the user-copy routine then opens user access with `stac`).
 pub fn set_smap(on: bool) {
     SMAP.store(on, Ordering::Relaxed);

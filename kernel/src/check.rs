@@ -510,6 +510,10 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     if drops > 0 {
         fail!(r, "{drops} kernel objects were destroyed while their CPU held a lock");
     }
+    let leaks = crate::trap::flag_leaks();
+    if leaks > 0 {
+        fail!(r, "{leaks} traps from user mode ran kernel code with the direction or alignment-check flag set");
+    }
 
     // 3. Budgets.
     let mut charged: BTreeMap<usize, u64> = BTreeMap::new();

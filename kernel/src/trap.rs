@@ -31,9 +31,27 @@ fn interrupt(vector: u8) {
     }
 }
 
+/// Traps from user mode whose kernel code found the direction or alignment-check flag set (a
+/// kernel bug: the entry clears both); `KernelCheck` reports any.
+static FLAG_LEAKS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// See [`FLAG_LEAKS`].
+pub fn flag_leaks() -> u64 {
+    FLAG_LEAKS.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+#[cold]
+fn flag_leak() {
+    FLAG_LEAKS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+}
+
 /// An interrupt or exception taken in user mode.
 #[unsafe(no_mangle)]
 extern "C" fn rl4_user_trap(vector: u64, error: u64) {
+    // The user thread's flags stay in its frame; the kernel's must be clean (`entry.rs`).
+    if !rl4_arch::entry::kernel_flags_clean() {
+        flag_leak();
+    }
     if vector < 32 {
         // A thread's first FPU or SIMD instruction (`rl4_arch::fpu`, "First use") runs again.
         if vector == 7 && crate::thread::fpu_first_use() {
