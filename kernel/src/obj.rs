@@ -1052,6 +1052,9 @@ pub struct Thread {
     /// Set once it is `Dead` (under its lock, by `thread::kill`): a hint that lets a CPU sweep
     /// its run queue of entries that will never run without taking each thread's lock.
     pub killed: AtomicBool,
+    /// Set (under its lock, by `thread::set_priority`) when its priority changed while it was
+    /// queued: its CPU's next sweep moves its run-queue entry to the list of its priority now.
+    pub reprio: AtomicBool,
     /// Its fault handler (`ThreadSetFaultHandler`): the endpoint (weak: it dies with its last
     /// capability) and the badge of the capability it was set with. A leaf lock.
     pub fault_handler: Mutex<Option<(Weak<crate::ipc::Endpoint>, u64)>, { Level::OBJECT }>,
@@ -1113,6 +1116,7 @@ impl Thread {
             wait_link: rl4_core::wlist::WLink::new(),
             run_link: rl4_core::wlist::WLink::new(),
             killed: AtomicBool::new(false),
+            reprio: AtomicBool::new(false),
             fault_handler: Mutex::new(None),
             _charge: charge,
         })

@@ -535,11 +535,26 @@ pub(crate) fn request_sweep(cpu: u32) {
 }
 
 /// Takes every killed thread's entry out of this CPU's run queue (each consumed through
-/// `Life::dequeue`, which drops it), so that nothing waits for its turn to let go.
+/// `Life::dequeue`, which drops it), so that nothing waits for its turn to let go; and moves
+/// the entry of every thread whose priority changed while it was queued to the list of its
+/// priority now (`Thread::reprio`).
 #[cold]
 fn sweep(cs: Here) {
     loop {
-        let Some((_, t)) = with_rq(cs, |rq| rq.take_first_where(|x| x.killed.load(Ordering::Relaxed))) else { return };
+        let Some((_, t)) =
+            with_rq(cs, |rq| rq.take_first_where(|x| x.killed.load(Ordering::Relaxed) || x.reprio.load(Ordering::Relaxed)))
+        else {
+            return;
+        };
+        if !t.killed.load(Ordering::Relaxed) {
+            // Its priority changed: back at the end of its priority's list (the flag cleared
+            // first, so that the walk does not find it again; one set meanwhile is seen by the
+            // sweep that its setter asked for).
+            t.reprio.store(false, Ordering::Relaxed);
+            let p = t.life.lock().prio;
+            with_rq(cs, |rq| rq_push(rq, p, t, false));
+            continue;
+        }
         let mut l = t.life.lock();
         match l.dequeue(me()) {
             Pick::Drop => {}

@@ -266,9 +266,17 @@ pub fn set_affinity(t: &Arc<Thread>, cpu: u32) {
 /// `ThreadSetPriority`.
 pub fn set_priority(t: &Arc<Thread>, prio: u8) {
     let mut l = t.life.lock();
-    l.prio = prio;
-    if let rl4_core::life::Place::Current(c) = l.place() {
-        sched::kick(c);
+    let old = core::mem::replace(&mut l.prio, prio);
+    match l.place() {
+        rl4_core::life::Place::Current(c) => sched::kick(c),
+        // Its entry waits in the list of its old priority (in CPU `c`'s run queue, or in its
+        // inbox with that priority): `c` moves it at its next decision, which this asks for
+        // now, so that a raised thread does not wait behind threads it now outranks.
+        rl4_core::life::Place::Queued(c) if old != prio => {
+            t.reprio.store(true, core::sync::atomic::Ordering::Release);
+            sched::request_sweep(c);
+        }
+        _ => {}
     }
 }
 

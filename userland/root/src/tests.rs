@@ -191,6 +191,42 @@ fn ordered(high: u64) {
     }
 }
 
+static RAISED_RAN: AtomicBool = AtomicBool::new(false);
+
+fn note_ran(_: u64) {
+    RAISED_RAN.store(true, SeqCst);
+}
+
+/// A thread queued behind a busier one is raised above it (`ThreadSetPriority` from another
+/// CPU): it runs at once, not when the busy one lets go.
+fn test_priority_raise_queued() {
+    const NAME: &str = "priority-raise-queued";
+    let cpu = far_cpu();
+    if cpu == 0 {
+        // On one CPU the root thread itself would have to be the busy one.
+        return skip(NAME, "needs two CPUs");
+    }
+    GATE.store(false, SeqCst);
+    RAISED_RAN.store(false, SeqCst);
+    let b = spawn(blocker, 0, 90, cpu);
+    wait_ms(100, || false);
+    let t = spawn(note_ran, 0, 10, cpu);
+    // Queued behind the priority-90 spinner, it does not run.
+    let waited = !wait_ms(200, || RAISED_RAN.load(SeqCst));
+    let raised = sys::thread_set_priority(t, 95);
+    let ran = wait_ms(2000, || RAISED_RAN.load(SeqCst));
+    GATE.store(true, SeqCst);
+    let done = join(&[t, b], 5000);
+    release(t);
+    release(b);
+    GATE.store(false, SeqCst);
+    report(
+        NAME,
+        waited && raised.is_ok() && ran && done,
+        format_args!("a priority-10 thread queued on cpu {cpu} behind a priority-90 spinner (did not run in 200 ms: {waited}) raised to 95 from cpu 0 ({raised:?}) runs before the spinner ends: {ran}"),
+    );
+}
+
 fn test_priority() {
     let cpu = far_cpu();
     // Keep the CPU busy at a priority above both test threads, make a priority-60 and a
@@ -667,6 +703,7 @@ pub fn run(bi: &BootInfo, which: &str) -> bool {
         test_migrate();
         test_preempt();
         test_priority();
+        test_priority_raise_queued();
     }
     if want("isolation") {
         test_isolation(bi);
