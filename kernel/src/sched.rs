@@ -538,9 +538,22 @@ pub(crate) fn request_sweep(cpu: u32) {
 /// `Life::dequeue`, which drops it), so that nothing waits for its turn to let go; and moves
 /// the entry of every thread whose priority changed while it was queued to the list of its
 /// priority now (`Thread::reprio`).
+///
+/// One sweep takes at most as many entries as the queue held when it began, so that threads
+/// re-prioritised again and again from other CPUs meanwhile cannot keep it going: what is left
+/// is the next decision's (the request is renewed).
 #[cold]
 fn sweep(cs: Here) {
+    let mut budget = with_rq(cs, |rq| rq.len());
     loop {
+        if budget == 0 {
+            // Entries may be left (none if the queue was empty: nothing to ask for then).
+            if !with_rq(cs, |rq| rq.is_empty()) {
+                cs.sweep.store(true, Ordering::Relaxed);
+            }
+            return;
+        }
+        budget -= 1;
         let Some((_, t)) =
             with_rq(cs, |rq| rq.take_first_where(|x| x.killed.load(Ordering::Relaxed) || x.reprio.load(Ordering::Relaxed)))
         else {
@@ -637,6 +650,22 @@ fn requeue(cs: Here, cur: &Arc<Thread>, l: &Life, left: Leave, front: bool) {
     }
 }
 
+/// Drains the inbox into the run queue and, if a sweep was asked for, sweeps it
+/// ([`request_sweep`]). The request is read and cleared first: a sweep asked for before the
+/// inbox is drained covers every killed or re-prioritised thread pushed into it before the
+/// request (the requester's push comes first). A plain load when no sweep was asked for (no
+/// locked instruction on this path); else an exchange, which acquires the latest request (a
+/// plain store of `false` could wipe a request that landed after the load, and nothing would
+/// order this CPU's reads of the inbox and the threads' hints after the requester's writes).
+#[inline(always)]
+fn drain_and_sweep(cs: Here) {
+    let sweep_now = cs.sweep.load(Ordering::Relaxed) && cs.sweep.swap(false, Ordering::AcqRel);
+    drain_inbox(cs);
+    if sweep_now {
+        sweep(cs);
+    }
+}
+
 /// Ends every interrupt and exception from user mode and every system call that needs it
 /// (`syscall::Next::Decide`): decides which thread runs next on this CPU and points the return
 /// path at it. Returns when that thread is set up; never returns if the CPU must idle.
@@ -644,17 +673,7 @@ pub fn decide() {
     crate::reclaim::drain();
     let cs = this();
     clear_flag(cs, KICKED);
-    // A sweep asked for before the inbox is drained covers every killed thread pushed into it
-    // before the request (the killer's push comes first): so the flag is read and cleared first.
-    // A plain load when no sweep was asked for (no locked instruction on this path); else an
-    // exchange, which acquires the latest request (a plain store of `false` could wipe a
-    // request that landed after the load, and nothing would order this CPU's reads of the
-    // inbox and the killed hints after that killer's writes).
-    let sweep_now = cs.sweep.load(Ordering::Relaxed) && cs.sweep.swap(false, Ordering::AcqRel);
-    drain_inbox(cs);
-    if sweep_now {
-        sweep(cs);
-    }
+    drain_and_sweep(cs);
     let mut carry = None;
     if let Some(cur) = cs.take_current() {
         let mut l = cur.life.lock();
@@ -770,7 +789,8 @@ pub fn idle() -> ! {
         if run_delivered(cs) {
             entry::return_to_user();
         }
-        drain_inbox(cs);
+        // An idle CPU sweeps too: a request's interrupt taken here does not decide.
+        drain_and_sweep(cs);
         if pick(cs, None) {
             note_arrival(cs);
             entry::return_to_user();
