@@ -51,7 +51,7 @@ pub fn try_fast(n: u64) -> bool {
     let (slot, tag, timeout) = cur.regs.with(|r| r.ipc_in());
     let tag = Tag(tag);
     if !(tag.fits_registers() && timeout == FOREVER) {
-        cs.fill_current(cur);
+        back(cs, cur);
         return false;
     }
     // Each path consumes the reference on success (it becomes the reply right or the queue
@@ -217,8 +217,8 @@ fn call(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag)
 /// Blocks the running thread `cur` (its `Life` is `l`, under its home's lock) in its wait for
 /// the reply `ticket` and takes it off this CPU. Its message words must be read under that
 /// lock from then on (once it waits, a suspension from another CPU may write its registers,
-/// under that lock too): the caller reads them in the same hold (and, for a partner of the same
-/// home, delivers them there: [`deliver_from`]). The wait back, changing
+/// under that lock too): the caller reads them in the same hold (for a partner of the same
+/// home, before its reference moves into the partner's reply right). The wait back, changing
 /// nothing, if it may not wait (killed or suspended meanwhile; `Life::block_here` also refuses a
 /// thread not current here, which cannot happen): the general path gives the
 /// call's answer (the wait is disposed of after the lock is released).
