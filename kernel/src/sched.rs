@@ -54,7 +54,12 @@ pub enum Count {
     /// Switches to a thread that uses the FPU/SIMD registers and whose registers this CPU still
     /// held (nothing loaded; a thread that has not used them is not counted).
     FpuKept = 4,
+    /// Deadline entries the timer took out or looked at in a prune (`timeout.rs`).
+    DeadlinesVisited = 5,
 }
+
+/// How many [`Count`]s there are.
+const COUNTS: usize = 6;
 
 /// A [`CpuSched::flags`] bit: the time slice ran out (or the thread yielded): rotate at the next
 /// decision.
@@ -86,7 +91,7 @@ fn new_slice(cs: Here) {
 #[repr(align(128))]
 pub struct CpuSched {
     /// Counters written only by this CPU (on a cache line no other CPU writes).
-    counts: [AtomicU64; 5],
+    counts: [AtomicU64; COUNTS],
     /// Reply tickets handed out by this CPU (CPU index in the top bits: unique machine-wide).
     tickets: AtomicU64,
     /// The run queue: only this CPU touches it (no lock; other CPUs reach this CPU through its
@@ -264,7 +269,7 @@ fn me() -> u32 {
 /// Sets up the calling CPU's scheduler. `pcid`: the CPU uses PCIDs.
 pub fn init_cpu(pcid: bool) {
     let s = Box::leak(Box::new(CpuSched {
-        counts: [const { AtomicU64::new(0) }; 5],
+        counts: [const { AtomicU64::new(0) }; COUNTS],
         tickets: AtomicU64::new((me() as u64) << 48),
         rq: percpu::CpuCell::new(me(), RunQueue::new(me())),
         rq_top: AtomicI32::new(-1),
@@ -277,7 +282,7 @@ pub fn init_cpu(pcid: bool) {
         awaiting: AtomicU64::new(0),
         reply_ticks: AtomicU64::new(0),
         tlb: CpuTlb::new(pcid),
-        timeouts: Mutex::new(rl4_core::paged::PagedVec::new()),
+        timeouts: Mutex::new(rl4_core::deadlines::Deadlines::new()),
     }));
     let kept = *CPUS[me() as usize].call_once(|| s);
     assert!(core::ptr::eq(kept, s), "scheduler of CPU {} set up twice", me());
@@ -319,6 +324,12 @@ impl CpuSched {
     pub(crate) fn bump(&self, c: Count) {
         let n = &self.counts[c as usize];
         n.store(n.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    /// Adds `k` to counter `c` of this CPU (only this CPU writes it: no locked instruction).
+    pub(crate) fn add_count(&self, c: Count, k: u64) {
+        let n = &self.counts[c as usize];
+        n.store(n.load(Ordering::Relaxed) + k, Ordering::Relaxed);
     }
 
     /// A new reply ticket (only this CPU calls it).

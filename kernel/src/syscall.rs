@@ -587,6 +587,7 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
                 stat::IPC_SLOW => sched::total(sched::Count::IpcSlow),
                 stat::IPC_CROSS => sched::total(sched::Count::IpcCross),
                 stat::FPU_KEPT => sched::total(sched::Count::FpuKept),
+                stat::DEADLINES_VISITED => sched::total(sched::Count::DeadlinesVisited),
                 stat::IPIS_SENT => cpus::IPIS_SENT.load(core::sync::atomic::Ordering::Relaxed),
                 stat::HEAP_BYTES => mem::heap_size(),
                 stat::HEAP_IN_USE => mem::heap_in_use(),

@@ -417,6 +417,10 @@ pub mod stat {
     /// Switches to a thread whose FPU/SIMD registers the CPU still held, so that nothing was
     /// loaded (it saved them last and loaded no other thread's since), all CPUs.
     pub const FPU_KEPT: u64 = 19;
+    /// Wait deadlines the timer has looked at, all CPUs: one per due deadline taken out (its
+    /// wait ended, or had ended already) and one per entry a prune looked at. A tick with no
+    /// deadline due looks at none, however many threads wait with one (docs/scheduler.md).
+    pub const DEADLINES_VISITED: u64 = 20;
 }
 
 /// What each kind of object costs the memory budget it is made from, in bytes (docs/syscalls.md):

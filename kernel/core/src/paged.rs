@@ -175,8 +175,10 @@ impl<T> PagedVec<T> {
         }
     }
 
-    /// Swaps elements `i < j`.
-    fn swap(&mut self, i: usize, j: usize) {
+    /// Swaps elements `i` and `j` (both below [`Self::len`]; panics otherwise).
+    pub fn swap(&mut self, i: usize, j: usize) {
+        assert!(i < self.len && j < self.len, "swap({i}, {j}) out of range ({} elements)", self.len);
+        let (i, j) = if i <= j { (i, j) } else { (j, i) };
         let ((mi, li, ei), (mj, lj, ej)) = (Self::at(i), Self::at(j));
         if (mi, li) == (mj, lj) {
             self.top[mi][li].swap(ei, ej);

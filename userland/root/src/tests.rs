@@ -227,6 +227,61 @@ fn test_priority_raise_queued() {
     );
 }
 
+static DEADLINE_NOTE: AtomicU64 = AtomicU64::new(0);
+
+fn wait_long(_: u64) {
+    let _ = sys::wait(DEADLINE_NOTE.load(SeqCst), tsc_hz().saturating_mul(600));
+}
+
+/// Spins (on the root thread's CPU) for `ms` milliseconds.
+fn spin_ms(ms: u64) {
+    let end = rl4_user::rdtsc() + tsc_hz() / 1000 * ms;
+    while rl4_user::rdtsc() < end {
+        core::hint::spin_loop();
+    }
+}
+
+/// Threads waiting with long timeouts cost their CPU's timer nothing while no deadline is due:
+/// the timer looks at the earliest deadline only (`stat::DEADLINES_VISITED` counts the entries
+/// it looks at). An unsorted list walked at every tick costs one visit per waiter per tick.
+fn test_deadlines_idle() {
+    const NAME: &str = "deadlines-idle-waiters-cost-nothing";
+    const WAITERS: usize = 96;
+    let cpu = far_cpu();
+    let n = slot();
+    if let Err(e) = sys::notification_create(MEMORY, n) {
+        release(n);
+        return report(NAME, false, format_args!("notification_create: {e:?}"));
+    }
+    DEADLINE_NOTE.store(n, SeqCst);
+    let visited = || sys::stat(MACHINE, stat::DEADLINES_VISITED).unwrap_or(u64::MAX);
+    // What the rest of the system costs the timers meanwhile (the root thread spins: it adds
+    // none of its own).
+    let v0 = visited();
+    spin_ms(100);
+    let idle = visited().wrapping_sub(v0);
+    let ts: [u64; WAITERS] = core::array::from_fn(|_| spawn(wait_long, 0, ROOT_PRIO, cpu));
+    let blocked = wait_ms(5000, || ts.iter().all(|&t| state(t) == Some(ThreadState::BlockedNotify)));
+    // The heap is pruned once when it passes 64 entries (the waiters' own, all live): let that
+    // happen first.
+    spin_ms(50);
+    let (v1, t1) = (visited(), sys::stat(MACHINE, stat::TICKS).unwrap_or(0));
+    spin_ms(100);
+    let loaded = visited().wrapping_sub(v1);
+    let ticks = sys::stat(MACHINE, stat::TICKS).unwrap_or(0).wrapping_sub(t1);
+    for t in ts {
+        release(t);
+    }
+    release(n);
+    report(
+        NAME,
+        blocked && loaded < idle + WAITERS as u64,
+        format_args!(
+            "{WAITERS} threads on cpu {cpu} waiting with a 600 s timeout (all blocked: {blocked}): the timers looked at {loaded} deadlines in 100 ms ({ticks} ticks on cpu 0), {idle} in 100 ms without them (a walk of every waiter at each tick would add {WAITERS} per tick)"
+        ),
+    );
+}
+
 fn test_priority() {
     let cpu = far_cpu();
     // Keep the CPU busy at a priority above both test threads, make a priority-60 and a
@@ -704,6 +759,7 @@ pub fn run(bi: &BootInfo, which: &str) -> bool {
         test_preempt();
         test_priority();
         test_priority_raise_queued();
+        test_deadlines_idle();
     }
     if want("isolation") {
         test_isolation(bi);
