@@ -372,7 +372,7 @@ pub fn send(
     // No receiver: a call takes back its reply wait (nobody saw it) and waits as a sender.
     // Refused: the wait was ended meanwhile (killed, suspended, or a stale timeout entry
     // expired it), and whoever ended it wrote the call's result.
-    if call && cur.life.lock().unwait(ticket).is_err() {
+    if call && cur.life.lock().unwait(ticket, rl4_arch::percpu::cpu_index()).is_err() {
         drop(q);
         reclaim::later_cap(cap);
         return Outcome::Blocked;
@@ -586,7 +586,7 @@ pub fn fault_call(cur: &Arc<Thread>, ep: &Arc<Endpoint>, badge: u64, info: [u64;
         }
         return place_claimed(r, true);
     }
-    if cur.life.lock().unwait(ticket).is_err() {
+    if cur.life.lock().unwait(ticket, rl4_arch::percpu::cpu_index()).is_err() {
         return false;
     }
     let prio = cur.life.lock().prio;

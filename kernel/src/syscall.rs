@@ -737,6 +737,9 @@ pub fn kill_task(task: &Arc<Task>) {
     let threads = core::mem::take(&mut *task.threads.lock());
     for th in threads.iter().filter_map(|w| w.upgrade()) {
         thread::kill(&th);
+        // A task may have thousands of threads and this runs with interrupts off: a shoot-down
+        // another CPU waits for is answered between them (a load when none waits).
+        crate::tlb::service_tlb_here();
     }
     let mut next = 0;
     loop {

@@ -489,10 +489,11 @@ impl<K: Kinds> Life<K> {
 
     /// The running thread takes back a reply wait it entered before anybody could answer it
     /// (a `Call` blocks for its reply before it looks for a receiver, and found none):
-    /// `Blocked { Reply { ticket } }` while still current on a CPU → `Running`. Refused if the
-    /// wait already ended (killed, suspended).
-    pub fn unwait(&mut self, ticket: u64) -> Result<(), Refused> {
-        if !matches!(self.place, Place::Current(_))
+    /// `Blocked { Reply { ticket } }` while still current on CPU `me`, the caller's → `Running`.
+    /// Refused if the wait already ended (killed, suspended), or the thread is not current on
+    /// `me`.
+    pub fn unwait(&mut self, ticket: u64, me: u32) -> Result<(), Refused> {
+        if self.place != Place::Current(me)
             || !(self.waits(WaitOn::Reply(ticket)) || self.waits(WaitOn::Fault(ticket)))
         {
             return self.refuse();
@@ -1029,16 +1030,18 @@ mod tests {
     fn unwait_only_the_own_unanswered_reply_wait() {
         let mut l = running();
         l.block(Wait::Reply { ticket: 4 }, 100).ok().unwrap();
-        assert!(l.unwait(5).is_err(), "another call's ticket");
-        assert!(l.unwait(4).is_ok());
+        assert!(l.unwait(5, 0).is_err(), "another call's ticket");
+        assert!(l.unwait(4, 1).is_err(), "current on CPU 0, not on CPU 1");
+        assert!(l.waits(WaitOn::Reply(4)));
+        assert!(l.unwait(4, 0).is_ok());
         assert_eq!(l.view(), ThreadState::Running);
         l.block(Wait::Reply { ticket: 6 }, 100).ok().unwrap();
         l.kill().ok().unwrap();
-        assert!(l.unwait(6).is_err(), "killed meanwhile");
+        assert!(l.unwait(6, 0).is_err(), "killed meanwhile");
         let mut l = running();
         l.block(Wait::Reply { ticket: 7 }, 100).ok().unwrap();
         assert_eq!(l.leave_cpu(0), Leave::Gone);
-        assert!(l.unwait(7).is_err(), "off its CPU: not the running thread");
+        assert!(l.unwait(7, 0).is_err(), "off its CPU: not the running thread");
     }
 
     #[test]
@@ -1159,7 +1162,7 @@ mod tests {
             "wake" => l.wake(on(s)).is_ok(),
             "wake_here" => l.wake_here(on(s), 0).is_ok(),
             "expire" => l.expire(5).is_ok(),
-            "unwait" => l.unwait(1).is_ok(),
+            "unwait" => l.unwait(1, 0).is_ok(),
             "take_back" => l.take_back(on(s), 0).is_ok(),
             "suspend" => l.suspend().is_ok(),
             "fault" => l.fault().is_ok(),
@@ -1178,7 +1181,7 @@ mod tests {
         assert!(l.grant_reply(5, 1).is_none());
         l.block(Wait::FaultReply { ticket: 3 }, u64::MAX).ok().unwrap();
         assert!(l.in_fault());
-        assert!(l.unwait(3).is_ok(), "no receiver: the fault takes its wait back");
+        assert!(l.unwait(3, 0).is_ok(), "no receiver: the fault takes its wait back");
         l.block(Wait::FaultSend { ep: Id(2), badge: 8, info: [0x5000, 14 << 32 | 6] }, u64::MAX).ok().unwrap();
         assert_eq!(l.leave_cpu(0), Leave::Gone);
         assert_eq!(l.view(), ThreadState::BlockedFault);

@@ -117,7 +117,7 @@ fn run(ops: &[Op]) {
                     right = Some(t);
                     m = M::Held(t);
                 } else {
-                    l.unwait(t).expect(&at);
+                    l.unwait(t, 0).expect(&at);
                     l.block(Wait::FaultSend { ep: Id(EP), badge: 5, info: [0x1000, 14 << 32 | 4] }, u64::MAX).ok().expect(&at);
                     queued = true;
                     m = M::Queued;
