@@ -328,7 +328,9 @@ pub fn send(
         Some(Ok(c)) => Some(c),
     };
     let deadline = deadline(timeout);
-    if timeout::reserve(deadline).is_err() {
+    // A send with timeout 0 never waits (no deadline to keep); a call with timeout 0 may wait
+    // for its reply until the next tick.
+    if (call || timeout != 0) && timeout::reserve(deadline).is_err() {
         reclaim::later_cap(cap);
         return Outcome::Return(Err(Error::OutOfMemory));
     }

@@ -6,8 +6,11 @@
 //! Entries are not removed when a wait ends early (the thread that ends it may run on another
 //! CPU, and no IPC path takes a lock of the waiter's CPU for that): such an entry goes when its
 //! deadline comes, or when the heap is pruned of dead threads and threads no longer waiting with
-//! that deadline — once it has doubled since the last prune, so a prune's cost is O(1) per
-//! entry added, and the heap holds at most about twice the live waits. The heap is in
+//! that deadline — when it has doubled since the last prune (so prunes cost O(1) per entry
+//! added), and every second (an entry keeps its thread's record allocated: a thread
+//! that died is let go within that time, whatever its deadline). A prune looks at every entry
+//! (at most about twice the waits since the last one, and the live ones), taking each thread's
+//! lock in turn with interrupts off. The heap is in
 //! page-sized pieces (`rl4_core::paged`: a burst of thousands of waits needs no contiguous
 //! frames), room for an entry is made before the wait begins ([`reserve`]), and the timer's pass
 //! allocates nothing: it takes due entries out one at a time (the lock is not held while their
@@ -48,8 +51,20 @@ pub fn reserve(deadline: u64) -> Result<(), rl4_abi::Error> {
     sched::this_cpu().timeouts.lock().try_reserve_one().map_err(|_| rl4_abi::Error::OutOfMemory)
 }
 
-/// Ends the waits of this CPU whose deadline has passed, and prunes the heap when it has
-/// doubled since the last prune. Allocates nothing; holds no lock while it ends waits.
+/// The deadlines every CPU holds now (`stat::DEADLINES_HELD`; takes each CPU's lock in turn).
+pub fn held() -> u64 {
+    (0..rl4_smp::MAX_CPUS).filter_map(sched::get).map(|cs| cs.timeouts.lock().len() as u64).sum()
+}
+
+/// How often a CPU prunes its heap whatever its size (see the module's comment): a second of
+/// TSC ticks.
+fn prune_period() -> u64 {
+    rl4_arch::time::tsc_hz()
+}
+
+/// Ends the waits of this CPU whose deadline has passed; prunes the heap when it has doubled
+/// since the last prune or a second has passed, and frees the leaves a burst of
+/// ended waits left. Allocates nothing; holds no lock while it ends waits or drops entries.
 pub fn expire_due(cs: sched::Here) {
     let now = cpu::rdtsc();
     loop {
@@ -62,20 +77,31 @@ pub fn expire_due(cs: sched::Here) {
     }
     let mut l: List = {
         let mut g = cs.timeouts.lock();
-        if !g.wants_prune() {
+        if !g.wants_prune(now, prune_period()) && !g.wants_shrink() {
             return;
         }
         core::mem::take(&mut *g)
     };
-    let seen = l.prune(|(d, w)| w.upgrade().is_some_and(|t| t.life.lock().deadline() == Some(*d)));
-    cs.add_count(sched::Count::DeadlinesVisited, seen as u64);
+    if l.wants_prune(now, prune_period()) {
+        let seen = l.prune(now, |(d, w)| w.upgrade().is_some_and(|t| t.life.lock().deadline() == Some(*d)));
+        cs.add_count(sched::Count::DeadlinesVisited, seen as u64);
+    } else {
+        l.shrink();
+    }
     let mut g = cs.timeouts.lock();
     core::mem::swap(&mut *g, &mut l);
     // `l` is what was added meanwhile: nothing (see the module's comment); were it otherwise,
-    // its entries go back too, into room the heap's last piece may have.
+    // its entries go back too, into room the heap's last piece may have (what finds none is
+    // dropped after the lock).
+    let mut lost = None;
     while let Some((d, w)) = l.pop_due(u64::MAX) {
-        if g.try_push(d, w).is_err() {
-            rl4_arch::println!("timeout: a deadline added during the timer's pass was lost (a kernel bug)");
+        if let Err(w) = g.try_push(d, w) {
+            lost = Some(w);
+            break;
         }
+    }
+    drop(g);
+    if lost.is_some() {
+        rl4_arch::println!("timeout: deadlines added during the timer's pass were lost (a kernel bug)");
     }
 }

@@ -1,18 +1,21 @@
 //! One CPU's wait deadlines: a binary min-heap (earliest deadline at the root) over a
 //! [`PagedVec`], with entries removed lazily.
 //!
-//! The timer looks at the root only: a tick with nothing due costs one compare, however many
-//! threads wait with a deadline. (The unsorted list this replaced was walked whole at every tick
-//! once it held 64 entries, so N threads waiting with long timeouts cost their CPU O(N) at every
-//! tick, with interrupts off.) Adding a deadline or taking a due one is O(log N).
+//! The timer takes out the due entries, earliest first, O(log N) each; a tick with nothing due
+//! looks at the root only, however many threads wait with a deadline. (The unsorted list this
+//! replaced was walked whole at every tick once it held 64 entries, so N threads waiting with
+//! long timeouts cost their CPU O(N) at every tick, with interrupts off.)
 //!
 //! A wait that ends early (a partner came, the thread was killed) leaves its entry behind: the
 //! thread that ends it may run on another CPU, and the IPC paths take no lock of the waiter's
 //! CPU for that. Such a *stale* entry goes when its deadline comes (the transition it asks for
 //! is refused: the wait it names is over), or at a [`Deadlines::prune`], which the owner runs
-//! when the heap has doubled since the last one ([`Deadlines::wants_prune`]): each prune visits
-//! at most twice as many entries as were added since the one before, so pruning costs O(1) per
-//! entry added, and the heap holds at most about twice the live waits (or [`PRUNE_MIN`]).
+//! when [`Deadlines::wants_prune`] says: when the heap has doubled since the last prune (so
+//! that prunes cost O(1) per entry added, however fast waits come and go), and when a period
+//! has passed since the last one (so that an entry whose thread died — it keeps the thread's
+//! record allocated — is gone within that period, whatever its deadline). After a burst of
+//! waits has ended, [`Deadlines::wants_shrink`] says when the heap holds leaves it does not
+//! need.
 //!
 //! The caller decides what an entry's `W` is and which entries are stale; this module only
 //! orders them (`tests/deadlines_model.rs` checks it against a sorted model).
@@ -25,6 +28,8 @@ pub struct Deadlines<W> {
     heap: PagedVec<(u64, W)>,
     /// [`Deadlines::wants_prune`] once the heap holds this many entries.
     prune_at: usize,
+    /// When the last prune ran (the `now` it was given).
+    pruned: u64,
 }
 
 impl<W> Default for Deadlines<W> {
@@ -35,7 +40,7 @@ impl<W> Default for Deadlines<W> {
 
 impl<W> Deadlines<W> {
     pub const fn new() -> Self {
-        Deadlines { heap: PagedVec::new(), prune_at: PRUNE_MIN }
+        Deadlines { heap: PagedVec::new(), prune_at: PRUNE_MIN, pruned: 0 }
     }
 
     /// Entries held, stale ones included.
@@ -82,15 +87,16 @@ impl<W> Deadlines<W> {
         e
     }
 
-    /// Whether the heap has doubled since the last [`Deadlines::prune`] (and holds at least
-    /// [`PRUNE_MIN`] entries).
-    pub fn wants_prune(&self) -> bool {
-        self.heap.len() >= self.prune_at
+    /// Whether a prune is due at `now`: the heap has doubled since the last one (and holds at
+    /// least [`PRUNE_MIN`] entries), or `period` has passed since it and the heap is not empty.
+    pub fn wants_prune(&self, now: u64, period: u64) -> bool {
+        self.heap.len() >= self.prune_at || (!self.heap.is_empty() && now.wrapping_sub(self.pruned) >= period)
     }
 
     /// Keeps only the entries for which `keep` is true and frees the memory the others held
-    /// (allocates nothing). Returns how many entries it looked at.
-    pub fn prune(&mut self, keep: impl FnMut(&(u64, W)) -> bool) -> usize {
+    /// (allocates nothing). `now` is when (for [`Deadlines::wants_prune`]'s period). Returns how
+    /// many entries it looked at.
+    pub fn prune(&mut self, now: u64, keep: impl FnMut(&(u64, W)) -> bool) -> usize {
         let seen = self.heap.len();
         self.heap.retain(keep);
         self.heap.shrink();
@@ -99,7 +105,19 @@ impl<W> Deadlines<W> {
             self.sift_down(i);
         }
         self.prune_at = self.heap.len().saturating_mul(2).max(PRUNE_MIN);
+        self.pruned = now;
         seen
+    }
+
+    /// Whether the heap holds more than one leaf beyond what its entries fill (due entries were
+    /// taken out: [`Deadlines::shrink`] would free memory).
+    pub fn wants_shrink(&self) -> bool {
+        self.heap.leaves() > self.heap.len().div_ceil(PagedVec::<(u64, W)>::PER_LEAF) + 1
+    }
+
+    /// Frees the leaves its entries do not fill (allocates nothing).
+    pub fn shrink(&mut self) {
+        self.heap.shrink();
     }
 
     fn sift_up(&mut self, mut i: usize) {
@@ -159,26 +177,45 @@ mod tests {
     }
 
     #[test]
+    fn shrink_after_a_burst() {
+        let mut d = Deadlines::new();
+        let per_leaf = PagedVec::<(u64, u64)>::PER_LEAF as u64;
+        for i in 0..4 * per_leaf {
+            d.try_push(i, i).unwrap();
+        }
+        assert!(!d.wants_shrink());
+        while d.pop_due(3 * per_leaf).is_some() {}
+        assert_eq!(d.len() as u64, per_leaf - 1);
+        assert!(d.wants_shrink());
+        d.shrink();
+        assert!(!d.wants_shrink());
+        assert!(d.is_heap());
+        assert_eq!(d.earliest(), Some(3 * per_leaf + 1));
+    }
+
+    #[test]
     fn prune_runs_once_the_heap_has_doubled() {
         let mut d = Deadlines::new();
         for i in 0..PRUNE_MIN as u64 - 1 {
             d.try_push(1000 - i, i).unwrap();
         }
-        assert!(!d.wants_prune());
+        const P: u64 = 1000;
+        assert!(!d.wants_prune(0, P));
         d.try_push(5, 99).unwrap();
-        assert!(d.wants_prune());
+        assert!(d.wants_prune(0, P));
         // Half the entries are stale.
-        assert_eq!(d.prune(|&(_, w)| w % 2 == 0), PRUNE_MIN);
+        assert_eq!(d.prune(0, |&(_, w)| w % 2 == 0), PRUNE_MIN);
         assert!(d.is_heap());
         assert_eq!(d.len(), PRUNE_MIN / 2);
-        assert!(!d.wants_prune(), "below PRUNE_MIN");
+        assert!(!d.wants_prune(P - 1, P), "below PRUNE_MIN, within the period");
+        assert!(d.wants_prune(P, P), "the period passed");
         for i in 0..PRUNE_MIN as u64 / 2 {
             d.try_push(2000 + i, 1000 + i).unwrap();
         }
         // 64 now: twice the 32 kept was 64.
-        assert!(d.wants_prune());
-        assert_eq!(d.prune(|_| true), PRUNE_MIN);
-        assert!(!d.wants_prune(), "next prune at 128");
+        assert!(d.wants_prune(1, P));
+        assert_eq!(d.prune(1, |_| true), PRUNE_MIN);
+        assert!(!d.wants_prune(2, P), "next prune at 128 entries or at P + 1");
         assert_eq!(d.earliest(), Some(1000 - (PRUNE_MIN as u64 - 2)));
     }
 }

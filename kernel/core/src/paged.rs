@@ -62,6 +62,11 @@ impl<T> PagedVec<T> {
         self.len == 0
     }
 
+    /// Leaves allocated; [`Self::shrink`] keeps `len.div_ceil(PER_LEAF)` of them.
+    pub fn leaves(&self) -> usize {
+        self.leaves
+    }
+
     /// Elements its leaves hold room for.
     pub fn capacity(&self) -> usize {
         self.top.iter().flatten().map(Vec::capacity).sum()

@@ -20,8 +20,9 @@ enum Op {
     Burst { n: u8, base: u64 },
     /// Take every entry due at `now`.
     Due(u64),
-    /// Prune if it wants to, keeping the entries whose id is not divisible by `k`.
-    Prune { k: u8 },
+    /// Prune if it wants to (the time is `now`), keeping the entries whose id is not divisible
+    /// by `k`; then shrink if it wants to.
+    Prune { k: u8, now: u64 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -29,7 +30,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0u64..1000).prop_map(Op::Add),
         1 => (1u8..100, 0u64..1000).prop_map(|(n, base)| Op::Burst { n, base }),
         2 => (0u64..1000).prop_map(Op::Due),
-        2 => (1u8..5).prop_map(|k| Op::Prune { k }),
+        2 => (1u8..5, 0u64..3000).prop_map(|(k, now)| Op::Prune { k, now }),
     ]
 }
 
@@ -74,10 +75,19 @@ proptest! {
                     }
                     prop_assert!(model.iter().all(|e| e.0 > now), "an entry due at {now} was left");
                 }
-                Op::Prune { k } => {
-                    if d.wants_prune() {
-                        visited += d.prune(|&(_, id)| id % k as u64 != 0);
+                Op::Prune { k, now } => {
+                    // The period's prunes are bounded by time, not by entries added: the model
+                    // counts only the doubling's (a period longer than any `now`).
+                    if d.wants_prune(now, u64::MAX) {
+                        visited += d.prune(0, |&(_, id)| id % k as u64 != 0);
                         model.retain(|&(_, id)| id % k as u64 != 0);
+                    } else if d.wants_prune(now, 1000) {
+                        d.prune(now, |&(_, id)| id % k as u64 != 0);
+                        model.retain(|&(_, id)| id % k as u64 != 0);
+                    }
+                    if d.wants_shrink() {
+                        d.shrink();
+                        prop_assert!(!d.wants_shrink());
                     }
                 }
             }
