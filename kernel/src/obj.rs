@@ -308,20 +308,20 @@ impl LinkCensus {
 /// lock, whose capabilities are dropped after every lock, in arrays on the stack: nothing is
 /// allocated, so a revocation cannot run out of memory or be kept from working by a holder that
 /// derived many copies (a list of them all would need contiguous frames). Between batches the
-/// tree may change; the walk goes on from a generation-checked cursor and also finds what was
-/// derived meanwhile (`DerivTree::revoke_some`).
+/// tree may change; each batch starts at the revoking capability's first child (no cursor to
+/// lose), finds what was derived meanwhile, and the whole revocation costs at most twice the
+/// capabilities it deletes (`DerivTree::revoke_some`).
 pub fn revoke(task: &Task, slot: u64) -> Result<u64, Error> {
     let link = task.caps.lock().get(slot)?.link.clone();
     let Some((lineage, id)) = link.parts() else { return Ok(0) };
     let mut total = 0u64;
-    let mut at = None;
     loop {
         let mut removed: [Option<Cap>; REVOKE_BATCH] = [const { None }; REVOKE_BATCH];
         let mut holders: [Option<Arc<Task>>; REVOKE_BATCH] = [const { None }; REVOKE_BATCH];
         let mut homes: [Option<Home>; REVOKE_BATCH] = [const { None }; REVOKE_BATCH];
         let mut k = 0;
         let mut tree = lineage.tree.lock();
-        let r = tree.revoke_some(id, at, REVOKE_BATCH, |gone, home| {
+        let r = tree.revoke_some(id, REVOKE_BATCH, |gone, home| {
             if let Some(t) = home.task.upgrade() {
                 let mut caps = t.caps.lock();
                 if caps.get(home.slot).is_ok_and(|c| c.link.is(lineage, gone)) {
@@ -344,11 +344,10 @@ pub fn revoke(task: &Task, slot: u64) -> Result<u64, Error> {
         // held), so that they wait for one batch at most, not for the whole revocation.
         crate::tlb::service_tlb_here();
         match r {
-            Ok((n, next)) => {
+            Ok((n, more)) => {
                 total += n as u64;
-                match next {
-                    Some(c) => at = Some(c),
-                    None => return Ok(total),
+                if !more {
+                    return Ok(total);
                 }
             }
             // The revoking capability itself was deleted meanwhile (before the first batch:
@@ -1128,7 +1127,8 @@ impl Thread {
             if task.dead.load(Ordering::Acquire) {
                 return Err(Error::InvalidState);
             }
-            list.retain(|w| w.strong_count() > 0);
+            // Dead entries are pruned by `Thread`'s destructor once half the list is dead (it
+            // used to be pruned here too, at every creation: O(threads) per `ThreadCreate`).
             if list.try_push(Arc::downgrade(&t)).is_err() {
                 return Err(Error::OutOfMemory);
             }

@@ -12,7 +12,7 @@
 //! Deleting a capability ([`DerivTree::remove`]) hands its children to its parent, so that
 //! revoking the parent still reaches them, and no node outlives its capability: the tree holds
 //! exactly one node per capability in a slot. [`DerivTree::revoke`] frees every descendant of
-//! a node, leaves first, with no recursion and no allocation.
+//! a node, top down, with no recursion, no allocation and no cursor between batches.
 use crate::paged::PagedVec;
 
 const NONE: u32 = u32::MAX;
@@ -50,6 +50,9 @@ pub struct DerivTree<H> {
     /// the vector dropped when it shrank, so an identifier of a dropped node never names a
     /// new one.
     fresh_generation: u32,
+    /// Nodes revocations stepped over or handed over (tests: the cost bound).
+    #[cfg(test)]
+    steps: usize,
 }
 
 impl<H> Default for DerivTree<H> {
@@ -67,7 +70,15 @@ impl<H> DerivTree<H> {
     pub const NODE_BYTES: usize = core::mem::size_of::<Node<H>>();
 
     pub const fn new() -> Self {
-        DerivTree { nodes: PagedVec::new(), free: NONE, live: 0, freed: 0, fresh_generation: 0 }
+        DerivTree {
+            nodes: PagedVec::new(),
+            free: NONE,
+            live: 0,
+            freed: 0,
+            fresh_generation: 0,
+            #[cfg(test)]
+            steps: 0,
+        }
     }
 
     /// Capabilities in the tree.
@@ -227,107 +238,113 @@ impl<H> DerivTree<H> {
         }
     }
 
+    /// Gives node `i`'s children to its parent: each gets the new parent, and the list is put
+    /// where `i` is in its parent's list (just after it: `i` is unlinked next); children of a
+    /// root become roots. Time: the number of children.
+    fn hand_children_up(&mut self, i: u32) {
+        let parent = self.nodes[i as usize].parent;
+        let first = self.nodes[i as usize].first_child;
+        if first == NONE {
+            return;
+        }
+        let mut last = first;
+        let mut c = first;
+        while c != NONE {
+            self.nodes[c as usize].parent = parent;
+            last = c;
+            c = self.nodes[c as usize].next;
+            #[cfg(test)]
+            {
+                self.steps += 1;
+            }
+        }
+        self.nodes[i as usize].first_child = NONE;
+        if parent != NONE {
+            // Splice [first..last] in where `i` was: after `i`'s predecessor.
+            let next = self.nodes[i as usize].next;
+            self.nodes[last as usize].next = next;
+            if next != NONE {
+                self.nodes[next as usize].prev = last;
+            }
+            self.nodes[i as usize].next = first;
+            self.nodes[first as usize].prev = i;
+        } else {
+            // Roots are not linked to each other.
+            let mut c = first;
+            while c != NONE {
+                let n = self.nodes[c as usize].next;
+                self.nodes[c as usize].prev = NONE;
+                self.nodes[c as usize].next = NONE;
+                c = n;
+            }
+        }
+    }
+
     /// Deletes the capability `id` (if it is still live): its children become its parent's
     /// (roots, if it was one). Returns its home. Time: its number of children.
     pub fn remove(&mut self, id: NodeId) -> Option<H> {
         self.node(id)?;
         let i = id.index;
-        let parent = self.nodes[i as usize].parent;
-        // Hand the children over: each gets the new parent, and the list is put in front of
-        // the parent's own children.
-        let first = self.nodes[i as usize].first_child;
-        if first != NONE {
-            let mut last = first;
-            let mut c = first;
-            while c != NONE {
-                self.nodes[c as usize].parent = parent;
-                last = c;
-                c = self.nodes[c as usize].next;
-            }
-            self.nodes[i as usize].first_child = NONE;
-            if parent != NONE {
-                // Splice [first..last] in where `i` was: after `i`'s predecessor.
-                let next = self.nodes[i as usize].next;
-                self.nodes[last as usize].next = next;
-                if next != NONE {
-                    self.nodes[next as usize].prev = last;
-                }
-                self.nodes[i as usize].next = first;
-                self.nodes[first as usize].prev = i;
-            } else {
-                // Roots are not linked to each other.
-                let mut c = first;
-                while c != NONE {
-                    let n = self.nodes[c as usize].next;
-                    self.nodes[c as usize].prev = NONE;
-                    self.nodes[c as usize].next = NONE;
-                    c = n;
-                }
-            }
-        }
+        self.hand_children_up(i);
         self.unlink(i);
         let home = self.release(i);
         self.maybe_shrink();
         Some(home)
     }
 
-    /// Deletes every capability derived from `id`, transitively, leaves first, handing each
-    /// one's id and home to `f`; `id` itself stays. Returns how many were deleted, or `Gone`
-    /// if `id` is not live. Time: the number deleted.
+    /// Deletes every capability derived from `id`, transitively, handing each one's id and
+    /// home to `f`; `id` itself stays. Returns how many were deleted, or `Gone` if `id` is not
+    /// live. Time: the number deleted (see [`revoke_some`](Self::revoke_some)).
     pub fn revoke(&mut self, id: NodeId, mut f: impl FnMut(NodeId, H)) -> Result<usize, Gone> {
         let mut total = 0;
-        let mut at = None;
         loop {
-            let (n, next) = self.revoke_some(id, at, usize::MAX, &mut f)?;
+            let (n, more) = self.revoke_some(id, usize::MAX, &mut f)?;
             total += n;
-            match next {
-                Some(c) => at = Some(c),
-                None => return Ok(total),
+            if !more {
+                return Ok(total);
             }
         }
     }
 
-    /// One batch of [`revoke`](Self::revoke): deletes at most `limit` capabilities below `id`,
-    /// leaves first, from the cursor `at` a previous batch returned (`None`, or a cursor whose
-    /// node is gone: from the top). Returns how many it deleted and the cursor to go on from
-    /// (`None`: nothing is left below `id`), or `Gone` if `id` is not live. Between batches
-    /// the caller may let go of the tree's lock: the cursor names a node below `id` by
-    /// generation, and whatever was derived meanwhile below `id` is found all the same (the
-    /// walk goes down every first child and ends only when `id` has no child left). Time: the
-    /// number deleted, plus one step per batch.
-    pub fn revoke_some(&mut self, id: NodeId, at: Option<NodeId>, limit: usize, mut f: impl FnMut(NodeId, H)) -> Result<(usize, Option<NodeId>), Gone> {
+    /// One batch of [`revoke`](Self::revoke): deletes at most `limit` capabilities below `id`.
+    /// Returns how many it deleted and whether any is left below `id`, or `Gone` if `id` is
+    /// not live. Between batches the caller may let go of the tree's lock, and the tree may
+    /// change meanwhile: a batch needs no cursor from the one before, and whatever was derived
+    /// meanwhile below `id` is found all the same.
+    ///
+    /// Top down: each step deletes `id`'s first child, whose children become `id`'s (spliced
+    /// in where it was, as [`remove`](Self::remove) does). A node is handed to `id` at most once
+    /// (after that its parent is `id`, which stays), so a whole revocation costs the number
+    /// deleted plus the number handed over, at most twice the number deleted, whatever the
+    /// tree's shape and however the batches interleave with other changes. (It used to go
+    /// leaves first from a cursor, and started again from `id` when another CPU deleted the
+    /// cursor's node between batches: a chain of D copies whose next node kept being deleted
+    /// cost D steps per batch, D² in all.)
+    pub fn revoke_some(&mut self, id: NodeId, limit: usize, mut f: impl FnMut(NodeId, H)) -> Result<(usize, bool), Gone> {
         self.node(id).ok_or(Gone)?;
         let top = id.index;
         let mut count = 0;
-        let mut x = match at {
-            Some(c) if c.index != top && self.node(c).is_some() => c.index,
-            _ => self.nodes[top as usize].first_child,
-        };
-        while x != NONE && count < limit {
-            while self.nodes[x as usize].first_child != NONE {
-                x = self.nodes[x as usize].first_child;
+        while count < limit {
+            let x = self.nodes[top as usize].first_child;
+            if x == NONE {
+                break;
             }
-            // `x` is a leaf: free it, then go on with its next sibling's subtree, or its parent
-            // once that has no children left.
-            let parent = self.nodes[x as usize].parent;
             let gone = NodeId { index: x, generation: self.nodes[x as usize].generation };
+            #[cfg(test)]
+            {
+                self.steps += 1;
+            }
+            self.hand_children_up(x);
             self.unlink(x);
             let home = self.release(x);
             count += 1;
             f(gone, home);
-            x = if parent == top {
-                self.nodes[top as usize].first_child
-            } else if self.nodes[parent as usize].first_child != NONE {
-                self.nodes[parent as usize].first_child
-            } else {
-                parent
-            };
         }
-        if x == NONE {
+        let more = self.nodes[top as usize].first_child != NONE;
+        if !more {
             self.maybe_shrink();
-            return Ok((count, None));
         }
-        Ok((count, Some(NodeId { index: x, generation: self.nodes[x as usize].generation })))
+        Ok((count, more))
     }
 }
 
@@ -380,26 +397,61 @@ mod tests {
         for i in 2..10 {
             last = t.add(Some(last), i).unwrap();
         }
-        let (n, at) = t.revoke_some(root, None, 3, |_, _| {}).unwrap();
+        let (n, more) = t.revoke_some(root, 3, |_, _| {}).unwrap();
         assert_eq!(n, 3);
-        let at = at.expect("more to go");
-        // Derived meanwhile: below `a` (not reached yet) and below the root.
-        t.add(Some(a), 100).unwrap();
+        assert!(more, "more to go");
+        // Derived meanwhile: below `a`'s chain (not reached yet) and below the root.
+        t.add(Some(last), 100).unwrap();
         t.add(Some(root), 101).unwrap();
         let mut total = n;
-        let mut cursor = Some(at);
         let mut seen = vec![];
-        while let Some(c) = cursor {
-            let (n, next) = t.revoke_some(root, Some(c), 3, |_, h| seen.push(h)).unwrap();
+        loop {
+            let (n, more) = t.revoke_some(root, 3, |_, h| seen.push(h)).unwrap();
             assert!(n <= 3);
             total += n;
-            cursor = next;
+            if !more {
+                break;
+            }
         }
         assert_eq!(total, 9 + 2);
         assert!(seen.contains(&100) && seen.contains(&101));
         assert_eq!(t.len(), 1);
-        // A cursor whose node is gone starts from the top: nothing left.
-        assert_eq!(t.revoke_some(root, Some(at), 3, |_, _| {}), Ok((0, None)));
+        assert_eq!(t.revoke_some(root, 3, |_, _| {}), Ok((0, false)));
+    }
+
+    /// A chain of copies whose next node another CPU deletes between every two batches costs
+    /// the revocation no more than the nodes it deletes and hands over (a cursor that started
+    /// again from the top walked the whole remaining chain at every batch).
+    #[test]
+    fn revocation_of_a_chain_deleted_under_it_stays_linear() {
+        const D: u32 = 20_000;
+        let mut t: DerivTree<u32> = DerivTree::new();
+        let root = t.add(None, 0).unwrap();
+        let mut chain = vec![root];
+        for i in 1..=D {
+            chain.push(t.add(Some(*chain.last().unwrap()), i).unwrap());
+        }
+        let (mut deleted, mut removed_by_others, mut batches) = (0, 0, 0);
+        let mut k = chain.len() - 1;
+        loop {
+            let (n, more) = t.revoke_some(root, 32, |_, _| {}).unwrap();
+            deleted += n;
+            batches += 1;
+            if !more {
+                break;
+            }
+            // Another CPU deletes the deepest live copy (the old cursor's node).
+            while k > 0 && !t.is_live(chain[k]) {
+                k -= 1;
+            }
+            if k > 0 && t.remove(chain[k]).is_some() {
+                removed_by_others += 1;
+            }
+        }
+        assert_eq!(deleted + removed_by_others, D as usize);
+        assert_eq!(t.len(), 1);
+        assert!(t.steps <= 2 * D as usize, "{} steps for {D} capabilities", t.steps);
+        assert!(batches <= D as usize / 32 + 2, "{batches} batches");
     }
 
     #[test]
@@ -568,14 +620,13 @@ mod tests {
                         let n = if op == 8 {
                             t.revoke(ids[&x], |_, h| got.push(h)).unwrap()
                         } else {
-                            let (mut n, mut at) = (0, None);
+                            let mut n = 0;
                             loop {
-                                let (k, next) = t.revoke_some(ids[&x], at, 2, |_, h| got.push(h)).unwrap();
+                                let (k, more) = t.revoke_some(ids[&x], 2, |_, h| got.push(h)).unwrap();
                                 assert!(k <= 2);
                                 n += k;
-                                match next {
-                                    Some(c) => at = Some(c),
-                                    None => break n,
+                                if !more {
+                                    break n;
                                 }
                             }
                         };
