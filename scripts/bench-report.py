@@ -126,7 +126,9 @@ for r in rl4_rows:
              f"{ns(r, r.get('median_cycles'))} | {fmt(r.get('ipis_per_round_trip'))} |")
 L.append("")
 L.append("`same-core`, `cross-core-A-B`: `Call` + `ReplyRecv` round trip with an echo server in another task (another "
-         "address space); `same-core-intra`: with a server thread of the same task; "
+         "address space; it changes every word it returns); `same-core-pong`: the same with a server that replies "
+         "with what it received, unchanged (the loop of sel4bench's server: the kernel's path is the same, the server's "
+         "user code shorter); `same-core-intra`: with a server thread of the same task; "
          "`same-core-ref`: `same-core` again, in the boot of the cross-core configurations it is compared with "
          "(under icount `cross-core-A-B` counts the instructions of both CPUs, which QEMU runs in turn); "
          "`-nopoll`: with `poll_us=0` (idle CPUs halt at once), in the boot of `ipi-floor`. "

@@ -25,6 +25,9 @@ pub const CALL: u64 = 10;
 /// Serve the endpoint in [`EP_SLOT`], replying with two time stamps: right after the message
 /// arrived and right before the reply leaves.
 pub const STAMP: u64 = 11;
+/// Serve the endpoint in [`EP_SLOT`], replying with the message received, unchanged: the
+/// least a server's loop can do (sel4bench's server is this loop), for `same-core-pong`.
+pub const PONG: u64 = 62;
 
 /// The worker's slot for the endpoint it serves or calls.
 pub const EP_SLOT: u64 = 5;

@@ -10,6 +10,7 @@
 //! |---|---|
 //! | `same-core` | `Call` + `ReplyRecv` round trip with an echo server in another task, same CPU |
 //! | `same-core-intra` | the same with a server thread of the same task |
+//! | `same-core-pong` | `same-core` with a server that replies with what it received, unchanged (sel4bench's loop; the echo server changes every word) |
 //! | `cross-core-A-B` | client on CPU A, server (another task) on CPU B |
 //! | `oneway-same-core`, `oneway-cross-core-A-B` | one-way `Call` and reply, sel4bench's way |
 //! | `null-syscall` | `Null` (answered by the kernel's small handler for it) |
@@ -55,7 +56,7 @@ fn samples2() -> &'static mut [u32] {
     buffer(1)
 }
 
-use rl4_user::worker::{ECHO as W_ECHO, STAMP as W_STAMP};
+use rl4_user::worker::{ECHO as W_ECHO, PONG as W_PONG, STAMP as W_STAMP};
 
 fn ipis() -> u64 {
     sys::stat(MACHINE, stat::IPIS_SENT).unwrap_or(0)
@@ -235,7 +236,7 @@ fn ipc_config(bi: &BootInfo, name: &str, accel: &str, client: u64, server: Optio
         let _ = sys::set_ipc_buffer(THREAD, CLIENT_BUF);
     }
     let (ep, cleanup) = match server {
-        Some(cpu) => match remote_server(bi, cpu, W_ECHO) {
+        Some(cpu) => match remote_server(bi, cpu, if name == "same-core-pong" { W_PONG } else { W_ECHO }) {
             Some(srv) => (srv.ep, Some(srv)),
             None => return println!("bench: cannot start the server"),
         },
@@ -471,6 +472,7 @@ pub fn run(bi: &BootInfo, name: &str, accel: &str, iters: usize, len: u64) -> bo
     match name {
         // `-ref`: the same measurement again, in the boot of the configurations it is compared with.
         "same-core" | "same-core-ref" => ipc_config(bi, name, accel, 0, Some(0), len, iters),
+        "same-core-pong" => ipc_config(bi, name, accel, 0, Some(0), len, iters),
         "same-core-intra" => ipc_config(bi, name, accel, 0, None, len, iters),
         "trace-same-core" => trace_config(bi, name, accel, iters),
         "oneway-same-core" => oneway_config(bi, name, accel, 0, 0, iters),

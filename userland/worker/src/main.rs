@@ -56,6 +56,7 @@ fn rl4_main(cmd: u64, addr: u64) {
         ECHO => echo(addr),
         FPU => rl4_user::fpu::thread(addr, EP_SLOT),
         STAMP => stamp(),
+        PONG => pong(),
         FUZZ => fuzz::main_thread(addr),
         ISOLATION => isolation(addr),
         STORM => storm(addr),
@@ -129,6 +130,16 @@ fn echo(buffer: u64) {
         m = match sys::reply_recv(EP_SLOT, &r) {
             Ok(m) => m,
             Err(e) => return println!("worker: echo reply_recv failed: {e}"),
+        };
+    }
+}
+
+fn pong() {
+    let Ok(mut m) = sys::recv(EP_SLOT) else { return };
+    loop {
+        m = match sys::reply_recv(EP_SLOT, &m) {
+            Ok(m) => m,
+            Err(_) => return,
         };
     }
 }
