@@ -309,18 +309,27 @@ impl LinkCensus {
 /// allocated, so a revocation cannot run out of memory or be kept from working by a holder that
 /// derived many copies (a list of them all would need contiguous frames). Between batches the
 /// tree may change; each batch starts at the revoking capability's first child (no cursor to
-/// lose), finds what was derived meanwhile, and the whole revocation costs at most twice the
-/// capabilities it deletes (`DerivTree::revoke_some`).
+/// lose), finds what was derived meanwhile, does at most [`REVOKE_BATCH`] deletions and
+/// hand-overs, and the whole revocation costs at most twice the capabilities it deletes
+/// (`DerivTree::revoke_some`). A revocation of an ancestor that meets this capability meanwhile
+/// leaves it in place until what was derived from it is gone.
 pub fn revoke(task: &Task, slot: u64) -> Result<u64, Error> {
     let link = task.caps.lock().get(slot)?.link.clone();
     let Some((lineage, id)) = link.parts() else { return Ok(0) };
     let mut total = 0u64;
+    let mut first = true;
     loop {
         let mut removed: [Option<Cap>; REVOKE_BATCH] = [const { None }; REVOKE_BATCH];
         let mut holders: [Option<Arc<Task>>; REVOKE_BATCH] = [const { None }; REVOKE_BATCH];
         let mut homes: [Option<Home>; REVOKE_BATCH] = [const { None }; REVOKE_BATCH];
         let mut k = 0;
         let mut tree = lineage.tree.lock();
+        // The revocation is announced in the tree, so that one of an ancestor's that meets this
+        // capability meanwhile deletes what was derived from it first (`DerivTree::begin_revoke`).
+        if first && tree.begin_revoke(id).is_err() {
+            return Err(Error::EmptySlot);
+        }
+        first = false;
         let r = tree.revoke_some(id, REVOKE_BATCH, |gone, home| {
             if let Some(t) = home.task.upgrade() {
                 let mut caps = t.caps.lock();
@@ -336,6 +345,9 @@ pub fn revoke(task: &Task, slot: u64) -> Result<u64, Error> {
             homes[k] = Some(home);
             k += 1;
         });
+        if matches!(r, Ok((_, false))) {
+            tree.end_revoke(id);
+        }
         drop(tree);
         drop(removed);
         drop(holders);
