@@ -96,12 +96,13 @@ fn keep_for_ever(g: Garbage) {
 // A piece of the list holds at least one entry within a page.
 const _: () = assert!(core::mem::size_of::<Garbage>() <= 3840);
 
-/// Lets go of a thread reference. Under a lock only the last reference needs putting aside
-/// (`Arc::into_inner` tells, atomically): the common case allocates nothing.
+/// Lets go of a thread reference. Only the last reference needs more (`Arc::into_inner` tells,
+/// atomically, at the cost of a plain drop): the thread is destroyed by the destruction loop,
+/// never inline, even with no lock held — its destructor fails the caller whose reply right it
+/// held, whose last reference that may be, and so on along a chain of calls (a review found the
+/// recursion: suspended threads holding each other's reply rights, then deleted).
 pub fn later_thread(t: Arc<Thread>) {
-    if lock::held() == 0 {
-        drop(t);
-    } else if let Some(body) = Arc::into_inner(t) {
+    if let Some(body) = Arc::into_inner(t) {
         later(Garbage::ThreadBody(body));
     }
 }

@@ -139,47 +139,62 @@ pub fn wake_locked(t: &Arc<Thread>, l: &mut Life, on: WaitOn, r: Result<(), Erro
 ///
 /// A faulted thread whose handler lets go of its fault's reply right (it died, or was
 /// destroyed holding it) is stopped as if it had no handler (`Faulted`).
+///
+/// A loop, not a recursion: a thread stopped so may itself hold the reply right of a thread
+/// that faulted to it (a handler that faulted while it handled a fault), which fails next, and
+/// so on, as long a chain as a task cares to build (recursing once per link, a few hundred
+/// links overflowed the kernel stack: a review found it).
 pub fn fail_caller(c: Arc<Thread>, ticket: u64) {
-    let w = wake_locked(&c, &mut c.life.lock(), WaitOn::Reply(ticket), Err(Error::PartnerGone));
-    match w {
-        Some(w) => drop(w),
-        None => fail_fault(&c, ticket),
+    let mut next = Some((c, ticket));
+    while let Some((c, ticket)) = next.take() {
+        let w = wake_locked(&c, &mut c.life.lock(), WaitOn::Reply(ticket), Err(Error::PartnerGone));
+        match w {
+            Some(w) => drop(w),
+            None => next = fail_fault(&c, ticket),
+        }
+        crate::reclaim::later_thread(c);
     }
-    crate::reclaim::later_thread(c);
 }
 
 /// [`fail_caller`] for a caller that waited in a fault (out of line: the IPC paths fail
-/// callers on their cold branches only).
+/// callers on their cold branches only). Returns the reply right the stopped thread held.
 #[cold]
 #[inline(never)]
-fn fail_fault(c: &Arc<Thread>, ticket: u64) {
-    stop_fault(c, WaitOn::Fault(ticket), "its fault handler let go of the fault");
+fn fail_fault(c: &Arc<Thread>, ticket: u64) -> Option<(Arc<Thread>, u64)> {
+    stop_fault_owing(c, WaitOn::Fault(ticket), "its fault handler let go of the fault").ok().flatten()
 }
 
 /// Ends the fault `on` of `t` (its handler replied "stop", or the handler's endpoint died with
 /// the fault queued): `Faulted`. Returns whether it was in that fault.
 pub fn stop_fault(t: &Arc<Thread>, on: WaitOn, why: &str) -> bool {
-    let s = t.life.lock().stop_fault(on);
-    match s {
-        Ok(s) => {
-            crate::fault::report_stopped(t, why);
-            stopped(s);
+    match stop_fault_owing(t, on, why) {
+        Ok(owed) => {
+            if let Some((c, ticket)) = owed {
+                fail_caller(c, ticket);
+            }
             true
         }
-        Err(_) => false,
+        Err(()) => false,
     }
 }
 
-/// What is left after a thread stopped for good: the caller it owed a reply fails, its CPU is
-/// told, its wait (and any capability it carried) is released.
-fn stopped(s: Stopped<crate::obj::KernelKinds>) {
-    if let Some((c, ticket)) = s.reply {
-        fail_caller(c, ticket);
-    }
+/// [`stop_fault`], which hands back the reply right the stopped thread held (to be failed).
+fn stop_fault_owing(t: &Arc<Thread>, on: WaitOn, why: &str) -> Result<Option<(Arc<Thread>, u64)>, ()> {
+    let s = t.life.lock().stop_fault(on).map_err(|_| ())?;
+    crate::fault::report_stopped(t, why);
+    Ok(stopped(s))
+}
+
+/// What is left after a thread stopped for good: its CPU is told, its wait (and any
+/// capability it carried) is released; returns the reply right it held, whose caller the
+/// caller of this fails ([`fail_caller`]).
+#[must_use]
+fn stopped(s: Stopped<crate::obj::KernelKinds>) -> Option<(Arc<Thread>, u64)> {
     if let Some(cpu) = s.kick {
         sched::kick(cpu);
     }
     crate::reclaim::later_wait(s.wait);
+    s.reply
 }
 
 /// Ends `t` (`TaskKill`, `TaskExit`, `ThreadExit`): `Dead` from any state. Returns whether it was
@@ -205,7 +220,9 @@ pub fn kill(t: &Arc<Thread>) -> bool {
     });
     match r {
         Ok(s) => {
-            stopped(s);
+            if let Some((c, ticket)) = stopped(s) {
+                fail_caller(c, ticket);
+            }
             true
         }
         Err(_) => false,
@@ -216,8 +233,10 @@ pub fn kill(t: &Arc<Thread>) -> bool {
 /// first).
 pub fn fault(t: &Arc<Thread>) {
     let r = t.life.lock().fault();
-    if let Ok(s) = r {
-        stopped(s);
+    if let Ok(s) = r
+        && let Some((c, ticket)) = stopped(s)
+    {
+        fail_caller(c, ticket);
     }
 }
 

@@ -778,7 +778,139 @@ fn test_bad_args() {
     );
 }
 
+/// Threads of [`test_handler_chain`] that received their fault (the last one ends the chain).
+static CHAIN_GOT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+const CHAIN: u64 = 400;
+
+/// A link of the chain: receives the fault of the link before it on `ep` (and holds its reply
+/// right), then faults itself, to the same endpoint; the last link exits instead.
+fn chain_link(ep: u64) {
+    if sys::recv(ep).is_err() {
+        return;
+    }
+    if CHAIN_GOT.fetch_add(1, core::sync::atomic::Ordering::SeqCst) + 1 == CHAIN {
+        sys::thread_exit();
+    }
+    // SAFETY: a deliberate fault (address 0x10 is never mapped): it goes to the handler.
+    unsafe { core::ptr::read_volatile(0x10 as *const u64) };
+}
+
+/// The chain's first fault.
+fn chain_start(_: u64) {
+    // SAFETY: as in `chain_link`.
+    unsafe { core::ptr::read_volatile(0x10 as *const u64) };
+}
+
+/// A chain of fault handlers, each of which faulted while it held the previous one's fault
+/// (so its reply right): when the last lets go (it exits), every link is stopped in turn. The
+/// kernel did that by recursion, one level per link, and a few hundred links overflowed its
+/// stack (a review found it); it is a loop now.
+fn test_handler_chain() {
+    const NAME: &str = "fault-handler-chain-unwinds";
+    let ep = slot();
+    if sys::endpoint_create(MEMORY, ep).is_err() {
+        return report(NAME, false, format_args!("endpoint_create"));
+    }
+    CHAIN_GOT.store(0, core::sync::atomic::Ordering::SeqCst);
+    let mut made = 0;
+    for _ in 0..CHAIN {
+        match spawn_with_handler(chain_link, ep, 0) {
+            Ok(t) => {
+                // Blocked in `Recv` (in the endpoint's queue, in order), it needs no capability.
+                wait_ms(1000, || state(t) == Some(ThreadState::BlockedRecv));
+                release(t);
+                made += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    let first = spawn_with_handler(chain_start, ep, 0);
+    let ended = first.is_ok_and(|t| wait_ms(30_000, || state(t) == Some(ThreadState::Faulted)));
+    let got = CHAIN_GOT.load(core::sync::atomic::Ordering::SeqCst);
+    if let Ok(t) = first {
+        release(t);
+    }
+    release(ep);
+    report(
+        NAME,
+        made == CHAIN && got == CHAIN && ended,
+        format_args!("{made} handler threads made, {got} received their fault; the first thread Faulted once the last exited: {ended}"),
+    );
+}
+
+/// A link of [`test_reply_chain`]: receives a call on `ep` (and so holds the caller's reply
+/// right), then calls `ep` itself.
+fn reply_link(ep: u64) {
+    if sys::recv(ep).is_ok() {
+        let _ = sys::call(ep, &Msg::default());
+    }
+}
+
+/// The first caller of [`test_reply_chain`].
+fn reply_start(ep: u64) {
+    let _ = sys::call(ep, &Msg::default());
+}
+
+/// A chain of calls, each thread holding the reply right of the one before: every thread is
+/// suspended (a suspended thread keeps the right it holds) and its capability deleted, so that
+/// each is kept only by the next one's reply right; then the last goes. Each destructor failed
+/// the caller whose right it held, whose last reference that was: the kernel destroyed the
+/// chain by recursion, one level per link (a review found it); the destruction loop takes them
+/// one at a time now.
+fn test_reply_chain() {
+    const NAME: &str = "reply-right-chain-destroyed";
+    const LINKS: u64 = 600;
+    let ep = slot();
+    if sys::endpoint_create(MEMORY, ep).is_err() {
+        return report(NAME, false, format_args!("endpoint_create"));
+    }
+    let threads = || sys::stat(MACHINE, rl4_abi::stat::THREADS).unwrap_or(0);
+    let before = threads();
+    // The first caller: it gets `PartnerGone` when the chain is gone.
+    let Ok(first) = spawn_with_handler(reply_start, ep, 0) else {
+        release(ep);
+        return report(NAME, false, format_args!("thread"));
+    };
+    let mut prev = first;
+    let mut made = 1;
+    let mut ok = true;
+    for _ in 0..LINKS {
+        let Ok(t) = spawn_with_handler(reply_link, ep, 0) else { break };
+        made += 1;
+        // `t` took `prev`'s call (it is `prev`'s server now) and calls in turn: `prev` waits
+        // for its reply, `t` for a receiver.
+        ok &= wait_ms(2000, || state(t) == Some(ThreadState::BlockedSend) && state(prev) == Some(ThreadState::BlockedReply));
+        if !ok {
+            break;
+        }
+        if prev != first {
+            ok &= sys::thread_suspend(prev).is_ok();
+            release(prev);
+        }
+        prev = t;
+    }
+    let mid = threads();
+    // The last one is queued on the endpoint: suspended, it leaves the queue; deleted, it is
+    // gone, and with it every link.
+    ok &= sys::thread_suspend(prev).is_ok();
+    release(prev);
+    let gone = wait_ms(10_000, || threads() <= before + 1);
+    let first_done = wait_ms(2000, || state(first) == Some(ThreadState::Dead));
+    release(first);
+    release(ep);
+    report(
+        NAME,
+        ok && made == LINKS + 1 && gone && first_done,
+        format_args!(
+            "{made} threads in a chain of calls (each step as expected: {ok}); live threads {before} before, {mid} with the chain, {} after it went (all gone: {gone}); the first caller got its answer and ended: {first_done}",
+            threads()
+        ),
+    );
+}
+
 pub fn run() {
+    test_reply_chain();
+    test_handler_chain();
     test_bad_args();
     test_user_flags();
     test_umip();
