@@ -246,8 +246,12 @@ impl BootInfo {
     }
 
     fn push_mem(&mut self, start: u64, len: u64, kind: MemKind) {
+        // Physical memory beyond what the direct map can cover (64 TiB) is left out: the
+        // kernel could neither map nor use it, and a firmware entry that ends there (or wraps)
+        // must not size the direct map's page-table slots past their end.
         let Some(end) = start.checked_add(len) else { return };
-        if len == 0 {
+        let end = end.min(crate::layout::DIRECT_MAP_SIZE);
+        if start >= end {
             return;
         }
         if self.memmap_len == MAX_MEMMAP {
@@ -735,6 +739,31 @@ mod tests {
         for pa in [0x1000, 0x1100, 0x20_0000, 0x1200, 0x1300] {
             assert!(bi.info_ranges().iter().any(|r| r.start <= pa && pa < r.end), "{pa:#x}");
         }
+    }
+
+    /// Memory-map entries past what the direct map covers (64 TiB), or that wrap, are clipped
+    /// or left out: one ending above 2^47 sized the direct map's top-level slots past the table.
+    #[test]
+    fn memory_beyond_the_direct_map_is_left_out() {
+        let mut m = pvh_image(1);
+        m.put32(0x1030, 5);
+        for (i, (a, l, t)) in [(0x3f_ffff_e000_0000u64, 0x4000_0000u64, 2u32), (u64::MAX - 0xfff, 0x2000, 1)].iter().enumerate() {
+            let e = 0x1300 + (3 + i) as u64 * 24;
+            m.put64(e, *a);
+            m.put64(e + 8, *l);
+            m.put32(e + 16, *t);
+        }
+        // An entry across the limit keeps its part below it.
+        let mut m2 = pvh_image(1);
+        m2.put32(0x1030, 4);
+        m2.put64(0x1300 + 3 * 24, crate::layout::DIRECT_MAP_SIZE - 0x1000);
+        m2.put64(0x1300 + 3 * 24 + 8, 0x10_0000);
+        m2.put32(0x1300 + 3 * 24 + 16, 2);
+        let bi = parse_pvh(&m, 0x1000).unwrap();
+        assert_eq!(bi.memory_map().len(), 3);
+        assert!(bi.memory_map().iter().all(|e| e.range.end <= crate::layout::DIRECT_MAP_SIZE));
+        let bi = parse_pvh(&m2, 0x1000).unwrap();
+        assert_eq!(bi.memory_map()[3].range, Range::new(crate::layout::DIRECT_MAP_SIZE - 0x1000, crate::layout::DIRECT_MAP_SIZE));
     }
 
     #[test]

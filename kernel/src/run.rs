@@ -40,6 +40,9 @@ pub fn log_platform(p: &Platform, rsdp: u64) {
         p.rsdp_revision,
         core::str::from_utf8(&sigs[..n]).unwrap_or("?").trim_end()
     );
+    if p.madt_cut {
+        println!("acpi: warning: the MADT has a malformed entry; it and the entries after it were not read");
+    }
     println!(
         "madt: local APIC at {:#x}, {} processor entries, {} IOAPIC(s), {} override(s), 8259 PICs {}",
         p.lapic_address,
@@ -145,12 +148,19 @@ pub fn after_boot(plan: &madt::Plan) -> ! {
     let opts = crate::options();
     match opts.run {
         Run::Boot => {
-            let ok = check_cpus(online, plan.cpus.len());
+            // The boot check is strict: every CPU the firmware lists must come up.
+            let ok = check_cpus() && online == plan.cpus.len();
             shutdown(ok, online, plan.cpus.len())
         }
         Run::Root => {
-            if !check_cpus(online, plan.cpus.len()) {
+            // A CPU that came up must work; one that never answered its start-up (firmware lists
+            // processors that are not there, a stuck one) is left out, and the machine runs on
+            // the others rather than not at all.
+            if !check_cpus() {
                 shutdown(false, online, plan.cpus.len());
+            }
+            if online < plan.cpus.len() {
+                println!("warning: {online} of {} CPUs the firmware lists came online; running on those", plan.cpus.len());
             }
             let args = crate::root_args();
             println!("starting the root task (arguments: \"{args}\")");
@@ -190,13 +200,15 @@ pub fn after_boot(plan: &madt::Plan) -> ! {
 }
 
 /// Checks that every online CPU takes timer interrupts and receives an IPI.
-fn check_cpus(online: usize, planned: usize) -> bool {
-    let mut ok = online == planned;
+fn check_cpus() -> bool {
+    let mut ok = true;
+    // Three ticks: at least 2 s, longer at a low tick rate (`hz=1` takes 3 s).
+    let tick_wait_us = (4_000_000 / u64::from(crate::options().hz.max(1))).max(2_000_000);
     // Every online CPU takes timer interrupts and answers an IPI.
     for i in 0..cpus::count() {
         let Some(c) = cpus::get(i).filter(|c| c.online.load(Ordering::Acquire)) else { continue };
         let t0 = c.ticks.load(Ordering::Relaxed);
-        let ticking = idle_until(2_000_000, || c.ticks.load(Ordering::Relaxed) >= t0 + 3);
+        let ticking = idle_until(tick_wait_us, || c.ticks.load(Ordering::Relaxed) >= t0 + 3);
         let ipis0 = c.ipis.load(Ordering::Relaxed);
         if i != 0 {
             cpus::send_resched(i);

@@ -84,21 +84,102 @@ pub struct Platform {
     pub pm_timer: Option<PmTimer>,
     /// FADT flag HW_REDUCED_ACPI: no fixed hardware (no PM timer, no legacy devices promised).
     pub hw_reduced: bool,
+    /// The MADT had a malformed entry: it and the entries after it were not read.
+    pub madt_cut: bool,
+}
+
+/// The sanest length an ACPI table may claim (16 MiB).
+const MAX_TABLE_LEN: u32 = 1 << 24;
+
+/// The root table to read: the XSDT when the RSDP (revision 2 or later) names one whose header
+/// is sound, else the RSDT if its header is; with the RSDP's revision. `None`: no RSDP at
+/// `rsdp`, or neither table is readable with its signature and a length from 36 bytes to
+/// [`MAX_TABLE_LEN`] (the `acpi` crate would take an XSDT address of 0, and a length below 36
+/// makes its entry count wrap).
+fn root_table(mem: &impl PhysMem, rsdp: u64) -> Option<(u64, bool, u8)> {
+    let mut sig = [0u8; 8];
+    mem.read(rsdp, &mut sig)?;
+    if &sig != b"RSD PTR " {
+        return None;
+    }
+    let mut rev = [0u8];
+    mem.read(rsdp + 15, &mut rev)?;
+    let sound = |a: u64, want: &[u8; 4]| {
+        let mut s = [0u8; 4];
+        a != 0 && mem.read(a, &mut s).is_some() && &s == want && mem.u32(a + 4).is_some_and(|l| (36..=MAX_TABLE_LEN).contains(&l))
+    };
+    if rev[0] >= 2
+        && let Some(x) = mem.u64(rsdp + 24)
+        && sound(x, b"XSDT")
+    {
+        return Some((x, true, rev[0]));
+    }
+    let r = u64::from(mem.u32(rsdp + 16)?);
+    sound(r, b"RSDT").then_some((r, false, rev[0]))
+}
+
+/// The smallest length of each MADT entry type the `acpi` crate reads (it reads the whole
+/// structure whatever the entry's length says); 2 for the types it skips.
+fn madt_entry_min(kind: u8) -> u8 {
+    match kind {
+        0 => 8,   // processor local APIC
+        1 => 12,  // I/O APIC
+        2 => 10,  // interrupt source override
+        3 => 8,   // NMI source
+        4 => 6,   // local APIC NMI
+        5 => 12,  // local APIC address override
+        9 => 16,  // processor local x2APIC
+        10 => 12, // local x2APIC NMI
+        _ => 2,
+    }
+}
+
+/// Most MADT entries read (a 16 MiB table of 2-byte entries would be 8 million).
+const MAX_MADT_ENTRIES: usize = 65_536;
+
+/// How many of the MADT's entries at `madt`, from the first, are well formed (each at least
+/// as long as its type's structure and inside the table; the first that is not ends the
+/// walk: the `acpi` crate's iterator never moves past an entry of length 0), and whether any
+/// was left out.
+fn madt_sound_entries(mem: &impl PhysMem, madt: u64) -> (usize, bool) {
+    let Some(len) = mem.u32(madt + 4).filter(|&l| (44..=MAX_TABLE_LEN).contains(&l)) else { return (0, true) };
+    let end = madt + u64::from(len);
+    let (mut at, mut n) = (madt + 44, 0);
+    while at < end {
+        let mut e = [0u8; 2];
+        if n == MAX_MADT_ENTRIES || end - at < 2 || mem.read(at, &mut e).is_none() || e[1] < madt_entry_min(e[0]) || at + u64::from(e[1]) > end {
+            return (n, true);
+        }
+        at += u64::from(e[1]);
+        n += 1;
+    }
+    (n, false)
 }
 
 /// Reads the MADT. `rsdp` is the physical address of the RSDP (or of a copy of it).
 ///
+/// Nothing the firmware wrote is trusted beyond what is checked: the root table is chosen and
+/// checked here ([`root_table`]), every table's signature is read as bytes (the crate's
+/// `as_str` panics on bytes that are not UTF-8, such as those of a null XSDT entry), the
+/// MADT's entries are walked here first and only the well-formed leading ones are handed to the
+/// crate ([`madt_sound_entries`]), and `handler` answers a region it cannot read with zeros
+/// (`acpi_handler.rs`), which no table signature matches.
+///
 /// # Safety
-/// `handler` must map physical memory faithfully, and `rsdp` must be the address the boot
-/// loader gave (the `acpi` crate checks the signatures and lengths it reads from there).
-pub unsafe fn discover<H: Handler>(handler: H, rsdp: u64) -> Result<Platform, AcpiError> {
-    // SAFETY: forwarded from this function's contract.
-    let tables = unsafe { AcpiTables::from_rsdp(handler, rsdp as usize) }?;
-    let mut p = Platform { rsdp_revision: tables.rsdp_revision, ..Default::default() };
-    for (addr, h) in tables.table_headers() {
+/// `handler` must map physical memory faithfully (or answer zeros for what it cannot read),
+/// and `rsdp` must be the address the boot loader gave.
+pub unsafe fn discover<H: Handler + PhysMem>(handler: H, rsdp: u64) -> Result<Platform, AcpiError> {
+    let Some((root, xsdt, revision)) = root_table(&handler, rsdp) else { return Err(AcpiError::RsdpIncorrectSignature) };
+    let mem = handler.clone();
+    // SAFETY: forwarded from this function's contract; `root` is a sound RSDT/XSDT header
+    // (`root_table`), and revision 0 makes the crate read 4-byte entries, 2 8-byte ones.
+    let tables = unsafe { AcpiTables::from_rsdt(handler, if xsdt { 2 } else { 0 }, root as usize) }?;
+    let mut p = Platform { rsdp_revision: revision, ..Default::default() };
+    for addr in tables.table_entries() {
         let mut sig = [0u8; 4];
-        sig.copy_from_slice(&h.signature.as_str().as_bytes()[..4]);
-        p.tables.push((sig, addr as u64));
+        if mem.read(addr as u64, &mut sig).is_some() {
+            p.tables.push((sig, addr as u64));
+        }
     }
     if let Some(fadt) = tables.find_table::<Fadt>() {
         let flags = { fadt.get().flags };
@@ -115,10 +196,12 @@ pub unsafe fn discover<H: Handler>(handler: H, rsdp: u64) -> Result<Platform, Ac
         p.hpet = (h.base_address != 0).then_some(h.base_address as u64);
     }
     let madt = tables.find_table::<Madt>().ok_or(AcpiError::TableNotFound(::acpi::sdt::Signature::MADT))?;
+    let (sound, cut) = madt_sound_entries(&mem, madt.physical_start as u64);
+    p.madt_cut = cut;
     let m = madt.get();
     p.lapic_address = { m.local_apic_address } as u64;
     p.has_8259 = { m.flags } & 1 != 0;
-    for e in madt.get().entries() {
+    for e in madt.get().entries().take(sound) {
         match e {
             MadtEntry::LocalApic(l) => {
                 p.cpus.push(CpuEntry { apic_id: l.apic_id as u32, uid: l.processor_id as u32, flags: l.flags, x2: false })
@@ -329,11 +412,20 @@ pub(crate) mod tests {
         FakeMem(Arc::new(v), pad)
     }
 
+    #[repr(C, align(4096))]
+    struct ZeroPage([u8; 4096]);
+    static ZERO_PAGE: ZeroPage = ZeroPage([0; 4096]);
+
     impl Handler for FakeMem {
         unsafe fn map_physical_region<T>(&self, pa: usize, size: usize) -> ::acpi::PhysicalMapping<Self, T> {
-            let off = pa - BASE as usize;
-            assert!(off + size <= 0x10000, "read past fake memory");
-            let p = self.0.as_ptr().wrapping_add(self.1 + off) as *mut T;
+            // As the kernel's handler: what it cannot read is zeros (a zeroed page of its own).
+            let p = match pa.checked_sub(BASE as usize).filter(|off| off + size <= 0x10000) {
+                Some(off) => self.0.as_ptr().wrapping_add(self.1 + off) as *mut T,
+                None => {
+                    assert!(size <= 4096, "a region of {size} bytes outside the fake memory");
+                    ZERO_PAGE.0.as_ptr() as *mut T
+                }
+            };
             ::acpi::PhysicalMapping {
                 physical_start: pa,
                 virtual_start: NonNull::new(p).unwrap(),
@@ -413,6 +505,84 @@ pub(crate) mod tests {
     fn bad_rsdp_is_an_error() {
         // SAFETY: as above.
         assert!(unsafe { discover(machine(), BASE + 0x1000) }.is_err());
+    }
+
+    /// `m` with `bytes` written at `pa`, and the checksum of the table at `table` made right
+    /// again (if any).
+    fn patched(m: &FakeMem, pa: u64, bytes: &[u8], table: Option<u64>) -> FakeMem {
+        let mut v = (*m.0).clone();
+        let o = m.1 + (pa - BASE) as usize;
+        v[o..o + bytes.len()].copy_from_slice(bytes);
+        if let Some(t) = table {
+            let o = m.1 + (t - BASE) as usize;
+            let len = u32::from_le_bytes(v[o + 4..o + 8].try_into().unwrap()) as usize;
+            checksum(&mut v[o..o + len], 9);
+        }
+        FakeMem(Arc::new(v), m.1)
+    }
+
+    /// A null and a wild entry in the XSDT (firmware does that): no panic, and they are not
+    /// listed (the crate's `as_str` on the bytes at address 0 panicked).
+    #[test]
+    fn null_and_wild_xsdt_entries_are_passed_over() {
+        let m = machine();
+        // The XSDT grows by two entries: 0 and an address outside memory.
+        let mut x = Vec::new();
+        for a in [0xe2000u64, 0, 0xe3000, 0xdead_b000, 0xe5000] {
+            x.extend_from_slice(&a.to_le_bytes());
+        }
+        let m = patched(&m, 0xe1000 + 36, &x, None);
+        let m = patched(&m, 0xe1004, &((36 + x.len()) as u32).to_le_bytes(), Some(0xe1000));
+        // SAFETY: the fake handler maps only inside its own buffer (zeros elsewhere).
+        let p = unsafe { discover(m, BASE) }.unwrap();
+        let sigs: Vec<_> = p.tables.iter().map(|(s, _)| *s).collect();
+        assert_eq!(sigs, vec![*b"APIC", *b"FACP", *b"HPET"]);
+        assert_eq!(p.cpus.len(), 4);
+        assert_eq!(p.hpet, Some(0xfed0_0000));
+    }
+
+    /// An RSDP of revision 2 whose XSDT address is 0, or whose XSDT's length is below a
+    /// header's: the RSDT is read instead (the crate took address 0, and a short length made its
+    /// entry count wrap); with no sound RSDT either, an error.
+    #[test]
+    fn an_unsound_xsdt_falls_back_to_the_rsdt() {
+        let m = machine();
+        // An RSDT at 0xe6000 with the MADT only.
+        let rsdt = sdt(b"RSDT", &0xe2000u32.to_le_bytes());
+        let m = patched(&m, 0xe6000, &rsdt, None);
+        let m = patched(&m, BASE + 16, &0xe6000u32.to_le_bytes(), None);
+        for (what, m) in [
+            ("XSDT address 0", patched(&m, BASE + 24, &0u64.to_le_bytes(), None)),
+            ("XSDT length 20", patched(&m, 0xe1004, &20u32.to_le_bytes(), None)),
+        ] {
+            // SAFETY: as above.
+            let p = unsafe { discover(m, BASE) }.unwrap_or_else(|e| panic!("{what}: {e:?}"));
+            let sigs: Vec<_> = p.tables.iter().map(|(s, _)| *s).collect();
+            assert_eq!(sigs, vec![*b"APIC"], "{what}");
+            assert_eq!(p.cpus.len(), 4, "{what}");
+        }
+        let bad = patched(&m, BASE + 24, &0u64.to_le_bytes(), None);
+        let bad = patched(&bad, 0xe6000, b"XXXX", None);
+        // SAFETY: as above.
+        assert!(unsafe { discover(bad, BASE) }.is_err());
+    }
+
+    /// An MADT entry of length 0 (or shorter than its type's structure) ends the walk there:
+    /// the entries before it are read, and the crate's iterator, which never moves past a
+    /// zero-length entry, is not given it.
+    #[test]
+    fn a_malformed_madt_entry_ends_the_walk() {
+        // The third processor entry (44 + 16 bytes into the MADT) gets length 0, then 4.
+        for len in [0u8, 4] {
+            let m = patched(&machine(), 0xe2000 + 44 + 16 + 1, &[len], Some(0xe2000));
+            // SAFETY: as above.
+            let p = unsafe { discover(m, BASE) }.unwrap();
+            assert!(p.madt_cut, "length {len}");
+            assert_eq!(p.cpus.iter().map(|c| c.apic_id).collect::<Vec<_>>(), vec![0, 1], "length {len}");
+            assert!(p.ioapics.is_empty(), "length {len}");
+        }
+        // SAFETY: as above.
+        assert!(!unsafe { discover(machine(), BASE) }.unwrap().madt_cut);
     }
 
     #[test]

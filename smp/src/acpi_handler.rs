@@ -5,7 +5,9 @@
 //! are never called and say so if they ever are.
 use acpi::{Handle, PciAddress, PhysicalMapping};
 use core::ptr::NonNull;
+use rl4_arch::bootinfo::PhysMem;
 use rl4_arch::layout::phys_to_virt;
+use rl4_arch::paging::DirectMapMem;
 use rl4_arch::{cpu, time};
 use x86_64::instructions::port::Port;
 
@@ -40,13 +42,35 @@ fn pci_write(a: PciAddress, offset: u16, v: u32) {
     }
 }
 
+/// What a region the direct map cannot read is answered with: zeros, which no table's
+/// signature is, so the crate passes over it (a null or wild entry in the XSDT, a table outside
+/// the memory map).
+#[repr(C, align(4096))]
+struct Zeros([u8; 4096]);
+static ZEROS: Zeros = Zeros([0; 4096]);
+
+/// Whether every page of `size` bytes (at least one) from `pa` is readable through the direct map.
+fn readable(pa: usize, size: usize) -> bool {
+    let pa = pa as u64;
+    let Some(end) = pa.checked_add(size.max(1) as u64) else { return false };
+    let mut b = [0u8];
+    (pa & !0xfff..end).step_by(4096).all(|p| DirectMapMem.read(p.max(pa), &mut b).is_some())
+}
+
+impl PhysMem for KernelAcpi {
+    fn read(&self, pa: u64, buf: &mut [u8]) -> Option<()> {
+        DirectMapMem.read(pa, buf)
+    }
+}
+
 impl acpi::Handler for KernelAcpi {
     unsafe fn map_physical_region<T>(&self, pa: usize, size: usize) -> PhysicalMapping<Self, T> {
+        let (v, len) = if readable(pa, size) { (mem::<T>(pa), size) } else { (ZEROS.0.as_ptr() as *mut T, size.min(ZEROS.0.len())) };
         PhysicalMapping {
             physical_start: pa,
-            virtual_start: NonNull::new(mem::<T>(pa)).expect("direct map address is never null"),
-            region_length: size,
-            mapped_length: size,
+            virtual_start: NonNull::new(v).expect("direct map address is never null"),
+            region_length: len,
+            mapped_length: len,
             handler: *self,
         }
     }
@@ -152,8 +176,8 @@ impl acpi::Handler for KernelAcpi {
 
 /// Reads the MADT through the direct map (see [`crate::acpi::discover`]).
 pub fn discover(rsdp: u64) -> Result<crate::acpi::Platform, acpi::AcpiError> {
-    // SAFETY: `KernelAcpi` maps through the direct map, which covers every range of the memory
-    // map (ACPI tables included); the RSDP address comes from the boot loader, and the acpi
-    // crate checks signatures and lengths of what it reads from there.
+    // SAFETY: `KernelAcpi` maps through the direct map what it can read there and answers zeros
+    // (read-only: the crate only reads tables) for what it cannot; the RSDP address comes
+    // from the boot loader, and `discover` checks what it hands the crate.
     unsafe { crate::acpi::discover(KernelAcpi, rsdp) }
 }
