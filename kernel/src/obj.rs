@@ -1140,7 +1140,12 @@ impl Thread {
                 return Err(Error::InvalidState);
             }
             // Dead entries are pruned by `Thread`'s destructor once half the list is dead (it
-            // used to be pruned here too, at every creation: O(threads) per `ThreadCreate`).
+            // used to be pruned here too, at every creation: O(threads) per `ThreadCreate`);
+            // here only when the list cannot grow, before giving up.
+            if list.try_reserve_one().is_err() {
+                list.retain(|w| w.strong_count() > 0);
+                list.shrink();
+            }
             if list.try_push(Arc::downgrade(&t)).is_err() {
                 return Err(Error::OutOfMemory);
             }

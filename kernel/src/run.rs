@@ -153,14 +153,14 @@ pub fn after_boot(plan: &madt::Plan) -> ! {
             shutdown(ok, online, plan.cpus.len())
         }
         Run::Root => {
-            // A CPU that came up must work; one that never answered its start-up (firmware lists
-            // processors that are not there, a stuck one) is left out, and the machine runs on
-            // the others rather than not at all.
-            if !check_cpus() {
+            // Every CPU the plan names must be online and working: one that did not answer in
+            // time could still come up later, unchecked, and the CPU numbers the root task is
+            // given would have a gap. `maxcpus=` leaves CPUs out on purpose.
+            if !check_cpus() || online != plan.cpus.len() {
+                if online != plan.cpus.len() {
+                    println!("{online} of {} CPUs came online (start fewer with maxcpus=N)", plan.cpus.len());
+                }
                 shutdown(false, online, plan.cpus.len());
-            }
-            if online < plan.cpus.len() {
-                println!("warning: {online} of {} CPUs the firmware lists came online; running on those", plan.cpus.len());
             }
             let args = crate::root_args();
             println!("starting the root task (arguments: \"{args}\")");

@@ -153,6 +153,11 @@ pub fn fail_caller(c: Arc<Thread>, ticket: u64) {
             None => next = fail_fault(&c, ticket),
         }
         crate::reclaim::later_thread(c);
+        // A long chain runs with interrupts off: shoot-downs other CPUs wait for are answered
+        // between links (a load when none waits).
+        if next.is_some() && crate::lock::held() == 0 {
+            crate::tlb::service_tlb_here();
+        }
     }
 }
 

@@ -3,14 +3,13 @@
 //! [`table_ranges`] walks RSDP → RSDT/XSDT → every table header (plus the FACS and DSDT that the
 //! FADT points to) with nothing but a physical-memory reader, so it can run before the kernel has
 //! a heap: its ranges are taken out of the frame allocator. [`discover`] then reads the MADT
-//! through the `acpi` crate and returns the processors, IOAPICs and interrupt source overrides,
+//! (checked entry by entry) and returns the processors, IOAPICs and interrupt source overrides,
 //! and from the FADT and the HPET table the timers the firmware describes (to measure the TSC
 //! against where no PC/AT PIT is promised, as under UEFI).
 //! Both are generic over how physical memory is reached, so they are tested on the host against
 //! hand-built tables.
 use ::acpi::address::AddressSpace;
 use ::acpi::sdt::fadt::Fadt;
-use ::acpi::sdt::madt::{Madt, MadtEntry};
 use ::acpi::{AcpiError, AcpiTables, Handler, HpetInfo};
 use alloc::vec::Vec;
 use rl4_arch::bootinfo::PhysMem;
@@ -118,52 +117,63 @@ fn root_table(mem: &impl PhysMem, rsdp: u64) -> Option<(u64, bool, u8)> {
     sound(r, b"RSDT").then_some((r, false, rev[0]))
 }
 
-/// The smallest length of each MADT entry type the `acpi` crate reads (it reads the whole
-/// structure whatever the entry's length says); 2 for the types it skips.
-fn madt_entry_min(kind: u8) -> u8 {
-    match kind {
-        0 => 8,   // processor local APIC
-        1 => 12,  // I/O APIC
-        2 => 10,  // interrupt source override
-        3 => 8,   // NMI source
-        4 => 6,   // local APIC NMI
-        5 => 12,  // local APIC address override
-        9 => 16,  // processor local x2APIC
-        10 => 12, // local x2APIC NMI
-        _ => 2,
-    }
-}
-
 /// Most MADT entries read (a 16 MiB table of 2-byte entries would be 8 million).
 const MAX_MADT_ENTRIES: usize = 65_536;
 
-/// How many of the MADT's entries at `madt`, from the first, are well formed (each at least
-/// as long as its type's structure and inside the table; the first that is not ends the
-/// walk: the `acpi` crate's iterator never moves past an entry of length 0), and whether any
-/// was left out.
-fn madt_sound_entries(mem: &impl PhysMem, madt: u64) -> (usize, bool) {
-    let Some(len) = mem.u32(madt + 4).filter(|&l| (44..=MAX_TABLE_LEN).contains(&l)) else { return (0, true) };
+/// Reads the MADT at `madt` into `p` through `mem`, entry by entry, each checked: one shorter
+/// than its type's structure, running past the table or unreadable ends the walk there
+/// (`p.madt_cut`). (The `acpi` crate's iterator never moves past an entry of length 0, skips
+/// reserved types internally, and builds each structure whatever the entry's length says.)
+fn read_madt(mem: &impl PhysMem, madt: u64, p: &mut Platform) -> Result<(), AcpiError> {
+    let bad = || AcpiError::TableNotFound(::acpi::sdt::Signature::MADT);
+    let len = mem.u32(madt + 4).filter(|&l| (44..=MAX_TABLE_LEN).contains(&l)).ok_or_else(bad)?;
+    p.lapic_address = u64::from(mem.u32(madt + 36).ok_or_else(bad)?);
+    p.has_8259 = mem.u32(madt + 40).ok_or_else(bad)? & 1 != 0;
     let end = madt + u64::from(len);
     let (mut at, mut n) = (madt + 44, 0);
+    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
     while at < end {
-        let mut e = [0u8; 2];
-        if n == MAX_MADT_ENTRIES || end - at < 2 || mem.read(at, &mut e).is_none() || e[1] < madt_entry_min(e[0]) || at + u64::from(e[1]) > end {
-            return (n, true);
+        let mut e = [0u8; 16];
+        let mut h = [0u8; 2];
+        if n == MAX_MADT_ENTRIES || end - at < 2 || mem.read(at, &mut h).is_none() {
+            p.madt_cut = true;
+            break;
         }
-        at += u64::from(e[1]);
+        let (kind, elen) = (h[0], h[1]);
+        let need = match kind {
+            0 => 8,  // processor local APIC
+            1 => 12, // I/O APIC
+            2 => 10, // interrupt source override
+            5 => 12, // local APIC address override
+            9 => 16, // processor local x2APIC
+            _ => 2,
+        };
+        if elen < need || at + u64::from(elen) > end || mem.read(at, &mut e[..need as usize]).is_none() {
+            p.madt_cut = true;
+            break;
+        }
+        match kind {
+            0 => p.cpus.push(CpuEntry { apic_id: e[3].into(), uid: e[2].into(), flags: u32_at(&e, 4), x2: false }),
+            1 => p.ioapics.push(IoApic { id: e[2], address: u32_at(&e, 4), gsi_base: u32_at(&e, 8) }),
+            2 => p.overrides.push(IrqOverride { bus: e[2], irq: e[3], gsi: u32_at(&e, 4), flags: u16::from_le_bytes([e[8], e[9]]) }),
+            5 => p.lapic_address = u64::from(u32_at(&e, 4)) | u64::from(u32_at(&e, 8)) << 32,
+            9 => p.cpus.push(CpuEntry { apic_id: u32_at(&e, 4), uid: u32_at(&e, 12), flags: u32_at(&e, 8), x2: true }),
+            _ => {}
+        }
+        at += u64::from(elen);
         n += 1;
     }
-    (n, false)
+    Ok(())
 }
 
 /// Reads the MADT. `rsdp` is the physical address of the RSDP (or of a copy of it).
 ///
 /// Nothing the firmware wrote is trusted beyond what is checked: the root table is chosen and
 /// checked here ([`root_table`]), every table's signature is read as bytes (the crate's
-/// `as_str` panics on bytes that are not UTF-8, such as those of a null XSDT entry), the
-/// MADT's entries are walked here first and only the well-formed leading ones are handed to the
-/// crate ([`madt_sound_entries`]), and `handler` answers a region it cannot read with zeros
-/// (`acpi_handler.rs`), which no table signature matches.
+/// `as_str` panics on bytes that are not UTF-8, such as those of a null XSDT entry), the MADT
+/// is read here, entry by entry ([`read_madt`]), and `handler` answers a region it cannot read
+/// with zeros (`acpi_handler.rs`), which no table signature matches; the crate reads only the
+/// root table, the FADT and the HPET table.
 ///
 /// # Safety
 /// `handler` must map physical memory faithfully (or answer zeros for what it cannot read),
@@ -177,7 +187,8 @@ pub unsafe fn discover<H: Handler + PhysMem>(handler: H, rsdp: u64) -> Result<Pl
     let mut p = Platform { rsdp_revision: revision, ..Default::default() };
     for addr in tables.table_entries() {
         let mut sig = [0u8; 4];
-        if mem.read(addr as u64, &mut sig).is_some() {
+        // A null entry is no table (physical address 0 is readable: the interrupt vector table).
+        if addr != 0 && mem.read(addr as u64, &mut sig).is_some() {
             p.tables.push((sig, addr as u64));
         }
     }
@@ -195,35 +206,8 @@ pub unsafe fn discover<H: Handler + PhysMem>(handler: H, rsdp: u64) -> Result<Pl
     if let Ok(h) = HpetInfo::new(&tables) {
         p.hpet = (h.base_address != 0).then_some(h.base_address as u64);
     }
-    let madt = tables.find_table::<Madt>().ok_or(AcpiError::TableNotFound(::acpi::sdt::Signature::MADT))?;
-    let (sound, cut) = madt_sound_entries(&mem, madt.physical_start as u64);
-    p.madt_cut = cut;
-    let m = madt.get();
-    p.lapic_address = { m.local_apic_address } as u64;
-    p.has_8259 = { m.flags } & 1 != 0;
-    for e in madt.get().entries().take(sound) {
-        match e {
-            MadtEntry::LocalApic(l) => {
-                p.cpus.push(CpuEntry { apic_id: l.apic_id as u32, uid: l.processor_id as u32, flags: l.flags, x2: false })
-            }
-            MadtEntry::LocalX2Apic(l) => p.cpus.push(CpuEntry {
-                apic_id: { l.x2apic_id },
-                uid: { l.processor_uid },
-                flags: { l.flags },
-                x2: true,
-            }),
-            MadtEntry::IoApic(i) => p.ioapics.push(IoApic {
-                id: i.io_apic_id,
-                address: { i.io_apic_address },
-                gsi_base: { i.global_system_interrupt_base },
-            }),
-            MadtEntry::InterruptSourceOverride(o) => {
-                p.overrides.push(IrqOverride { bus: o.bus, irq: o.irq, gsi: { o.global_system_interrupt }, flags: { o.flags } })
-            }
-            MadtEntry::LocalApicAddressOverride(o) => p.lapic_address = o.local_apic_address,
-            _ => {}
-        }
-    }
+    let madt = p.tables.iter().find(|(sig, _)| sig == b"APIC").map(|&(_, a)| a);
+    read_madt(&mem, madt.ok_or(AcpiError::TableNotFound(::acpi::sdt::Signature::MADT))?, &mut p)?;
     Ok(p)
 }
 
@@ -251,13 +235,9 @@ pub fn table_ranges(mem: &impl PhysMem, rsdp: u64, out: &mut [Range; MAX_TABLE_R
         mem.read(rsdp + 15, &mut b).map_or(0, |_| b[0])
     };
     push(out, Range::new(rsdp, rsdp + if revision >= 2 { 36 } else { 20 }), &mut n);
-    let (root, entry) = match (revision >= 2, mem.u64(rsdp + 24)) {
-        (true, Some(x)) if x != 0 => (x, 8u64),
-        _ => match mem.u32(rsdp + 16) {
-            Some(r) => (r as u64, 4u64),
-            None => return (n, skipped + 1),
-        },
-    };
+    // The same root table `discover` reads.
+    let Some((root, xsdt, _)) = root_table(mem, rsdp) else { return (n, skipped + 1) };
+    let entry = if xsdt { 8u64 } else { 4u64 };
     let header_len = |a: u64| mem.u32(a + 4).filter(|&l| (36..=1 << 24).contains(&l)).map(|l| l as u64);
     let Some(root_len) = header_len(root) else { return (n, skipped + 1) };
     push(out, Range::new(root, root + root_len), &mut n);
@@ -583,6 +563,14 @@ pub(crate) mod tests {
         }
         // SAFETY: as above.
         assert!(!unsafe { discover(machine(), BASE) }.unwrap().madt_cut);
+        // A reserved/OEM entry type is passed over by its length; of length 0 it ends the walk.
+        for (len, cut, cpus) in [(8u8, false, vec![0, 1, 300]), (0, true, vec![0, 1])] {
+            let m = patched(&machine(), 0xe2000 + 44 + 16, &[0x80, len], Some(0xe2000));
+            // SAFETY: as above.
+            let p = unsafe { discover(m, BASE) }.unwrap();
+            assert_eq!(p.madt_cut, cut, "OEM entry of length {len}");
+            assert_eq!(p.cpus.iter().map(|c| c.apic_id).collect::<Vec<_>>(), cpus, "OEM entry of length {len}");
+        }
     }
 
     #[test]

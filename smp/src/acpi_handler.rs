@@ -43,11 +43,14 @@ fn pci_write(a: PciAddress, offset: u16, v: u32) {
 }
 
 /// What a region the direct map cannot read is answered with: zeros, which no table's
-/// signature is, so the crate passes over it (a null or wild entry in the XSDT, a table outside
-/// the memory map).
+/// signature is, so the crate passes over it (a wild entry in the XSDT, a table outside the
+/// memory map). In an `UnsafeCell`: `PhysicalMapping` hands out `&mut` too (the crate's table
+/// readers only read; were one to write, it would write this page, not read-only memory).
 #[repr(C, align(4096))]
-struct Zeros([u8; 4096]);
-static ZEROS: Zeros = Zeros([0; 4096]);
+struct Zeros(core::cell::UnsafeCell<[u8; 4096]>);
+// SAFETY: only the acpi crate's table readers reach it, at boot, on the bootstrap CPU.
+unsafe impl Sync for Zeros {}
+static ZEROS: Zeros = Zeros(core::cell::UnsafeCell::new([0; 4096]));
 
 /// Whether every page of `size` bytes (at least one) from `pa` is readable through the direct map.
 fn readable(pa: usize, size: usize) -> bool {
@@ -65,7 +68,10 @@ impl PhysMem for KernelAcpi {
 
 impl acpi::Handler for KernelAcpi {
     unsafe fn map_physical_region<T>(&self, pa: usize, size: usize) -> PhysicalMapping<Self, T> {
-        let (v, len) = if readable(pa, size) { (mem::<T>(pa), size) } else { (ZEROS.0.as_ptr() as *mut T, size.min(ZEROS.0.len())) };
+        // The crate reads a whole `T` whatever `size` says (a FADT that claims 36 bytes is read
+        // 276 deep): both are checked.
+        let want = size.max(core::mem::size_of::<T>());
+        let (v, len) = if readable(pa, want) { (mem::<T>(pa), size) } else { (ZEROS.0.get() as *mut T, size.min(4096)) };
         PhysicalMapping {
             physical_start: pa,
             virtual_start: NonNull::new(v).expect("direct map address is never null"),
