@@ -1,7 +1,7 @@
 //! The multiprocessor layer of rl4.
 //!
-//! * [`acpi`] finds the ACPI tables from the RSDP and reads the MADT (through the `acpi` crate):
-//!   processors, IOAPICs, interrupt source overrides. It also lists every table's physical range
+//! * [`acpi`] finds the ACPI tables from the RSDP (the `acpi` crate, from a root table it checks)
+//!   and reads the MADT entry by entry: processors, IOAPICs, interrupt source overrides. It also lists every table's physical range
 //!   early, so the frame allocator can keep its hands off them.
 //! * [`madt`] decides which CPUs to start, in which order, and why the others are skipped (pure
 //!   logic, unit-tested on the host).
