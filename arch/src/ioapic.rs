@@ -69,7 +69,7 @@ impl IoApic {
 
     /// How many pins (redirection entries) the chip has.
     pub fn pins(&mut self) -> u32 {
-        ((self.read(1) >> 16) & 0xff) + 1
+        pins_from_version(self.read(1))
     }
 
     /// Programs pin `pin` (masked first, so that no half-written entry is ever live).
@@ -92,9 +92,24 @@ impl IoApic {
     }
 }
 
+/// The pin count the version register `v` gives (its maximum redirection entry plus one), at
+/// most 120: the index register has 8 bits, and entry 119's second half is register 0xff. An
+/// absent chip reads all ones (256 entries claimed), and 0x10 + 2 × pin would wrap onto the
+/// ID and version registers.
+fn pins_from_version(v: u32) -> u32 {
+    (((v >> 16) & 0xff) + 1).min(120)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pin_count_fits_the_index_register() {
+        assert_eq!(pins_from_version(0x0017_0020), 24);
+        assert_eq!(pins_from_version(0xffff_ffff), 120);
+        assert_eq!(pins_from_version(0x0077_0011), 120);
+    }
 
     #[test]
     fn encodes_polarity_trigger_mask_and_destination() {
