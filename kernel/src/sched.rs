@@ -322,11 +322,11 @@ impl CpuSched {
     /// locked instruction: nobody else writes the counter).
     #[inline(always)]
     pub(crate) fn bump(&self, c: Count) {
-        let n = &self.counts[c as usize];
-        n.store(n.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        self.add_count(c, 1);
     }
 
     /// Adds `k` to counter `c` of this CPU (only this CPU writes it: no locked instruction).
+    #[inline(always)]
     pub(crate) fn add_count(&self, c: Count, k: u64) {
         let n = &self.counts[c as usize];
         n.store(n.load(Ordering::Relaxed) + k, Ordering::Relaxed);

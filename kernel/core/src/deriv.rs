@@ -243,40 +243,26 @@ impl<H> DerivTree<H> {
     }
 
     /// Gives node `i`'s children to its parent: each gets the new parent, and the list is put
-    /// where `i` is in its parent's list (just after it: `i` is unlinked next); children of a
+    /// where `i` is in its parent's list (just before it: `i` is unlinked next); children of a
     /// root become roots. Time: the number of children.
     fn hand_children_up(&mut self, i: u32) {
-        let parent = self.nodes[i as usize].parent;
         let first = self.nodes[i as usize].first_child;
         if first == NONE {
             return;
         }
-        let mut last = first;
+        if self.nodes[i as usize].parent != NONE {
+            // Spliced in just before `i`, which is unlinked next: where `i` was.
+            self.hand_some_children_up(i, usize::MAX);
+            return;
+        }
+        // Children of a root become roots, which are not linked to each other.
+        self.nodes[i as usize].first_child = NONE;
         let mut c = first;
         while c != NONE {
-            self.nodes[c as usize].parent = parent;
-            last = c;
-            c = self.nodes[c as usize].next;
-        }
-        self.nodes[i as usize].first_child = NONE;
-        if parent != NONE {
-            // Splice [first..last] in where `i` was: after `i`'s predecessor.
-            let next = self.nodes[i as usize].next;
-            self.nodes[last as usize].next = next;
-            if next != NONE {
-                self.nodes[next as usize].prev = last;
-            }
-            self.nodes[i as usize].next = first;
-            self.nodes[first as usize].prev = i;
-        } else {
-            // Roots are not linked to each other.
-            let mut c = first;
-            while c != NONE {
-                let n = self.nodes[c as usize].next;
-                self.nodes[c as usize].prev = NONE;
-                self.nodes[c as usize].next = NONE;
-                c = n;
-            }
+            let n = self.nodes[c as usize].next;
+            let node = &mut self.nodes[c as usize];
+            (node.parent, node.prev, node.next) = (NONE, NONE, NONE);
+            c = n;
         }
     }
 
@@ -361,7 +347,12 @@ impl<H> DerivTree<H> {
                 x = self.nodes[x as usize].first_child;
             }
             if self.nodes[x as usize].first_child != NONE {
-                work += self.hand_some_children_up(x, limit - work);
+                let k = self.hand_some_children_up(x, limit - work);
+                work += k;
+                #[cfg(test)]
+                {
+                    self.steps += k;
+                }
                 continue;
             }
             let gone = NodeId { index: x, generation: self.nodes[x as usize].generation };
@@ -399,10 +390,6 @@ impl<H> DerivTree<H> {
             last = next;
             self.nodes[last as usize].parent = p;
             k += 1;
-        }
-        #[cfg(test)]
-        {
-            self.steps += k;
         }
         // Out of `x`'s list...
         let rest = self.nodes[last as usize].next;

@@ -278,6 +278,7 @@ fn test_deadlines_idle() {
     release(n);
     // Their deadlines are 600 s away, but the entries of dead threads (each keeps its thread's
     // record allocated) go within about a second: the once-a-second prune.
+    // Read twice: a CPU's heap reads empty for the moment a prune has it taken out.
     let gone = wait_ms(3000, || held() + WAITERS as u64 / 2 <= h1 && held() + WAITERS as u64 / 2 <= h1);
     let h2 = held();
     report(
