@@ -498,6 +498,77 @@ pub fn unmap_user(root: &PageTableRoot, va: u64) -> Option<u64> {
     })
 }
 
+/// The page tables of a user space's lower half, unlinked from its PML4 by [`detach_user_half`]
+/// and not yet freed ([`free_detached`]): the PML4 entries they hung from, kept until no CPU
+/// can still walk them.
+#[must_use = "the detached tables are freed with `free_detached` (dropped, they leak)"]
+pub struct DetachedTables([u64; 256]);
+
+/// Unlinks every page table of the lower (user) half of `root` from its PML4, which stays
+/// valid with an empty user half: the tables' mappings are gone for every walk that starts
+/// after this, and the caller makes every CPU drop what it cached of them (the kernel's TLB
+/// shoot-down) before it frees them with [`free_detached`]. The caller holds the space's lock
+/// (as for [`map_user`]). Returns the tables with how many they are (below the PML4).
+pub fn detach_user_half(root: &PageTableRoot) -> (DetachedTables, u64) {
+    // SAFETY: `root` is a live user space (the type says so) whose lock the caller holds: no
+    // other CPU changes its tables meanwhile; a CPU's page walk reads the entries, and an
+    // aligned 8-byte store is atomic for it.
+    let l4 = unsafe { &mut *(phys_to_virt(root.0) as *mut PageTable) };
+    let mut kept = [0u64; 256];
+    let mut n = 0;
+    for (i, e) in l4.iter_mut().take(256).enumerate() {
+        if e.flags().contains(F::PRESENT) {
+            kept[i] = e.addr().as_u64();
+            e.set_unused();
+        }
+    }
+    let d = DetachedTables(kept);
+    d.each(|_| n += 1);
+    (d, n)
+}
+
+impl DetachedTables {
+    /// Visits every table frame below the PML4 entries kept (PDPTs, page directories, page
+    /// tables), each after the tables below it.
+    fn each(&self, mut f: impl FnMut(u64)) {
+        let table = |pa: u64| {
+            // SAFETY: `pa` is a page-table frame of this space's user half, unlinked but not
+            // yet freed (the type's owner frees it, once, after this).
+            unsafe { &*(phys_to_virt(pa) as *const PageTable) }
+        };
+        for &pdpt in self.0.iter().filter(|&&pa| pa != 0) {
+            for l3 in table(pdpt).iter() {
+                if !l3.flags().contains(F::PRESENT) || l3.flags().contains(F::HUGE_PAGE) {
+                    continue;
+                }
+                let pd = l3.addr().as_u64();
+                for l2 in table(pd).iter() {
+                    if l2.flags().contains(F::PRESENT) && !l2.flags().contains(F::HUGE_PAGE) {
+                        f(l2.addr().as_u64());
+                    }
+                }
+                f(pd);
+            }
+            f(pdpt);
+        }
+    }
+}
+
+/// Frees tables [`detach_user_half`] unlinked, handing each frame to `free`.
+///
+/// # Safety
+/// Since the tables were detached, every CPU that may have cached anything of them (had the
+/// space loaded, or holds translations of its PCID) has dropped it: the kernel's TLB shoot-down
+/// of that space ran to completion after the detaching.
+pub unsafe fn free_detached(d: DetachedTables, mut free: impl FnMut(OwnedFrame)) {
+    d.each(|pa| {
+        // SAFETY: `pa` is a table frame of this space: `Adapter` gave up its `OwnedFrame` when
+        // linking it in, it was unlinked once (`detach_user_half`), and no walker can reach it
+        // any more (the caller's contract), so this is its only owner.
+        free(unsafe { OwnedFrame::from_raw(pa) })
+    });
+}
+
 /// Frees the page-table frames of a user space's lower half and its PML4 (not the frames it
 /// maps: those belong to their frame objects), handing each to `free`.
 ///
@@ -506,37 +577,12 @@ pub fn unmap_user(root: &PageTableRoot, va: u64) -> Option<u64> {
 /// run), and nothing uses `root` after this call (the caller is its owner's destructor): its
 /// tables go back to the allocator.
 pub unsafe fn free_user_space(root: &PageTableRoot, mut free: impl FnMut(OwnedFrame)) {
-    let pml4 = root.0;
-    let table = |pa: u64| {
-        // SAFETY: `pa` is a page-table frame of this space, which nobody else uses any more.
-        unsafe { &*(phys_to_virt(pa) as *const PageTable) }
-    };
-    let mut free = |pa: u64| {
-        // SAFETY: `pa` is a table frame of this space: `Adapter` (or `new_user_space`) gave
-        // up its `OwnedFrame` when linking it in, and the tables are freed once (the
-        // caller's contract), so this is its only owner.
-        free(unsafe { OwnedFrame::from_raw(pa) })
-    };
-    for l4 in table(pml4).iter().take(256) {
-        if !l4.flags().contains(F::PRESENT) {
-            continue;
-        }
-        let pdpt = l4.addr().as_u64();
-        for l3 in table(pdpt).iter() {
-            if !l3.flags().contains(F::PRESENT) || l3.flags().contains(F::HUGE_PAGE) {
-                continue;
-            }
-            let pd = l3.addr().as_u64();
-            for l2 in table(pd).iter() {
-                if l2.flags().contains(F::PRESENT) && !l2.flags().contains(F::HUGE_PAGE) {
-                    free(l2.addr().as_u64());
-                }
-            }
-            free(pd);
-        }
-        free(pdpt);
-    }
-    free(pml4);
+    // Unlinked and freed at once: no CPU can walk them (the caller's contract).
+    let (tables, _) = detach_user_half(root);
+    // SAFETY: nothing caches this space's tables (the caller's contract covers the detaching).
+    unsafe { free_detached(tables, &mut free) };
+    // SAFETY: the PML4 was given up by `new_user_space` and is freed once, here.
+    free(unsafe { OwnedFrame::from_raw(root.0) });
 }
 
 /// What [`walk`] meets.

@@ -33,6 +33,12 @@ pub fn fault_current(vector: u64, error: u64) -> Handled {
         return Handled::Resume;
     }
     let Some(t) = sched::current() else { return Handled::Decide };
+    // Killed on another CPU while it ran here in user mode (the kick is on its way; its task's
+    // space may be emptied under it): its fault goes to no handler and no console; the
+    // decision lets it go.
+    if t.killed.load(core::sync::atomic::Ordering::Relaxed) {
+        return Handled::Decide;
+    }
     let addr = if vector == rl4_abi::fault::PAGE_FAULT { cpu::cr2() } else { 0 };
     let rip = t.regs.get().ip();
     // The handler is read under its lock and upgraded after it: the last reference to the

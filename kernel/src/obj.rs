@@ -735,6 +735,9 @@ pub struct Space {
     pub table_pages: AtomicU64,
     /// The I/O port ranges open to its task (`device.rs`).
     pub io: crate::device::IoSpace,
+    /// Set once its task died ([`Space::empty`]): it maps nothing any more. Written and read
+    /// under the lock of `maps`.
+    emptied: AtomicBool,
     _charge: Charge,
 }
 
@@ -752,6 +755,7 @@ impl Space {
             memory: mem.clone(),
             table_pages: AtomicU64::new(0),
             io: crate::device::IoSpace::new(),
+            emptied: AtomicBool::new(false),
             _charge: charge,
         })
         .map_err(|_| Error::OutOfMemory)?;
@@ -760,6 +764,45 @@ impl Space {
     }
     pub fn charge(&self) -> &Charge {
         &self._charge
+    }
+
+    /// Whether it may map anything (its task lives); read under the lock of `maps`, which the
+    /// caller holds (the guard is the proof).
+    pub fn may_map(&self, _maps: &BTreeMap<u64, (Arc<Frame>, bool, bool)>) -> bool {
+        !self.emptied.load(Ordering::Relaxed)
+    }
+
+    /// Its task died (`syscall::kill_task`): every mapping goes, and the page tables below its
+    /// root with them, whoever still holds a reference to the space, its task or one of its
+    /// threads (a server that never answers a killed client's call keeps that thread; a
+    /// capability to the space can outlive the task): what they held goes back to the budget
+    /// now, not when the last reference goes. The root table stays, with an empty user half
+    /// (a CPU that still has it loaded — a killed thread on its way out — walks nothing), and
+    /// so do the space's and its task's records until their last reference. A `Map` into it
+    /// afterwards is refused. Runs with no lock held; the frames are released after the lock.
+    pub fn empty(&self) {
+        let (maps, tables, n) = {
+            let mut maps = self.maps.lock();
+            self.emptied.store(true, Ordering::Relaxed);
+            let (tables, n) = rl4_arch::paging::detach_user_half(&self.pml4);
+            // Every table below the root was counted in when it was made (`ChargedTables`),
+            // under this lock.
+            let counted = self.table_pages.swap(0, Ordering::Relaxed);
+            debug_assert_eq!(counted, n);
+            (core::mem::take(&mut *maps), tables, counted.min(n))
+        };
+        // No CPU keeps a translation or a cached table entry of the old user half past this.
+        crate::tlb::flush_space(self);
+        // SAFETY: the tables were detached under the space's lock, and the shoot-down above
+        // ran to completion after that (`tlb.rs`): nothing can walk them any more.
+        #[allow(unsafe_code)]
+        unsafe {
+            rl4_arch::paging::free_detached(tables, mem::free_frame)
+        };
+        let mappings = maps.len() as u64;
+        self.memory.uncharge(n * 4096 + mappings * MAP_COST);
+        MAPPINGS.fetch_sub(mappings, Ordering::Relaxed);
+        drop(maps);
     }
 }
 

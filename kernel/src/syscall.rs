@@ -290,6 +290,10 @@ impl rl4_arch::paging::FrameSource for ChargedTables<'_> {
 /// page tables it needs are charged to the space's budget.
 pub fn map_frame(space: &Space, va: u64, frame: Arc<Frame>, write: bool, exec: bool) -> Result<(), Error> {
     let mut maps = space.maps.lock();
+    // Its task died: nothing would ever use the mapping, and it would keep the frame.
+    if !space.may_map(&maps) {
+        return Err(Error::InvalidState);
+    }
     if maps.contains_key(&va) {
         return Err(Error::AlreadyMapped);
     }
@@ -465,10 +469,16 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
         Sys::Unmap => {
             let space = space_obj(task, a0, Rights::WRITE)?;
             check_page(a1)?;
-            let old = space.maps.lock().remove(&a1).ok_or(Error::NotMapped)?;
+            // The page tables change under the space's lock, as `map_frame`'s do (another CPU
+            // may be mapping into the same table, or emptying the space of a task that died).
+            let old = {
+                let mut maps = space.maps.lock();
+                let old = maps.remove(&a1).ok_or(Error::NotMapped)?;
+                rl4_arch::paging::unmap_user(&space.pml4, a1);
+                old
+            };
             space.memory.uncharge(crate::obj::MAP_COST);
             crate::obj::mapped(false);
-            rl4_arch::paging::unmap_user(&space.pml4, a1);
             crate::tlb::flush_space(&space);
             drop(old);
             Ok([0; 3])
@@ -738,6 +748,13 @@ pub fn kill_task(task: &Arc<Task>) {
     let threads = core::mem::take(&mut *task.threads.lock());
     for th in threads.iter().filter_map(|w| w.upgrade()) {
         thread::kill(&th);
+        // Its IPC buffer and fault handler go with the task's memory (below), whoever keeps
+        // the thread (each taken under its lock and released after it; a copy in flight on
+        // another CPU holds its own reference).
+        let buffer = th.ipc_buffer.lock().take();
+        drop(buffer);
+        let handler = th.fault_handler.lock().take();
+        drop(handler);
         // A task may have thousands of threads and this runs with interrupts off: a shoot-down
         // another CPU waits for is answered between them (a load when none waits).
         crate::tlb::service_tlb_here();
@@ -749,5 +766,9 @@ pub fn kill_task(task: &Arc<Task>) {
         let Some(caps) = piece else { break };
         drop(caps);
     }
+    // Its mappings and page tables go back now, whoever still refers to the task, its space
+    // or one of its threads (a server holding a killed caller's reply right, a capability to
+    // the space).
+    task.space.empty();
     drop(threads);
 }

@@ -872,6 +872,18 @@ fn test_fastpath_slot_race() {
     );
 }
 
+/// An original capability of the root task gets its derivation node (charged to the root
+/// task's budget for as long as the capability lives) at its first copy — the machine
+/// capability's at `Child::load`'s: made here, before a test reads its budget, so that what the
+/// test sees come back is the child's alone. (Without it the first such test of a boot found
+/// 384 bytes missing: the `sec` group run alone failed `killed-queued-thread-lets-go` so.)
+fn node_made(cap: u64, rights: Rights) {
+    let s = slot();
+    if sys::cap_copy(cap, TASK, s, rights).is_ok() {
+        release(s);
+    }
+}
+
 // ---- a killed thread lets go at once --------------------------------------------------------
 
 static SPIN_STOP: AtomicBool = AtomicBool::new(false);
@@ -893,6 +905,7 @@ fn test_killed_queued_thread(bi: &BootInfo) {
         return crate::tests::skip(NAME, "one CPU");
     }
     let budget = || sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
+    node_made(MACHINE, Rights::CONSOLE);
     SPIN_STOP.store(false, SeqCst);
     let sp = spawn(spinner, 0, ROOT_PRIO + 10, far_cpu());
     let spinning = wait_ms(1000, || state(sp) == Some(ThreadState::Running));
@@ -938,9 +951,113 @@ fn test_killed_queued_thread(bi: &BootInfo) {
     );
 }
 
+// ---- a killed caller's memory comes back while its server keeps the call ----------------------
+
+static HOLD_EP: AtomicU64 = AtomicU64::new(0);
+static HOLD_GOT: AtomicBool = AtomicBool::new(false);
+static HOLD_GO: AtomicBool = AtomicBool::new(false);
+/// The server's late reply: 1000 if it was answered Ok, else the error's code.
+static HOLD_REPLY: AtomicU64 = AtomicU64::new(0);
+
+/// Receives one call and keeps its reply right until told, then replies.
+fn holding_server(_: u64) {
+    if let Err(e) = sys::recv(HOLD_EP.load(SeqCst)) {
+        return HOLD_REPLY.store(e as u64, SeqCst);
+    }
+    HOLD_GOT.store(true, SeqCst);
+    while !HOLD_GO.load(SeqCst) {
+        crate::stress::sleep_ms(1);
+    }
+    HOLD_REPLY.store(
+        match sys::reply(&Msg::default()) {
+            Ok(()) => 1000,
+            Err(e) => e as u64,
+        },
+        SeqCst,
+    );
+}
+
+/// A review finding (ninth session): a server that never answers a call keeps the caller's
+/// thread through the reply right, and the thread kept its task and address space, so a
+/// killed client's memory — every frame it mapped — stayed charged for as long as the server
+/// pleased. Killing the task now empties its space at once: while the server still holds the
+/// call, everything but the records of the task, its space and its thread is back; the
+/// server's late reply gets `PartnerGone`, and then the rest is back too.
+fn test_killed_caller_memory(bi: &BootInfo) {
+    const NAME: &str = "killed-caller-memory-comes-back";
+    /// What the records left may cost at most (the task's, its space's with its root page
+    /// table, its thread's with its register and FPU blocks), against the 64 pages mapped.
+    const RECORDS_MAX: u64 = 16 * 4096;
+    const PAGES: u64 = 64;
+    use rl4_user::worker::{CALL as W_CALL, EP_SLOT};
+    let budget = || sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
+    node_made(MACHINE, Rights::CONSOLE);
+    let ep = slot();
+    if let Err(e) = sys::endpoint_create(MEMORY, ep) {
+        return report(NAME, false, format_args!("endpoint: {e}"));
+    }
+    node_made(ep, Rights::SEND);
+    HOLD_EP.store(ep, SeqCst);
+    HOLD_GOT.store(false, SeqCst);
+    HOLD_GO.store(false, SeqCst);
+    HOLD_REPLY.store(0, SeqCst);
+    let s = spawn(holding_server, 0, ROOT_PRIO, far_cpu());
+    let receiving = wait_ms(2000, || state(s) == Some(ThreadState::BlockedRecv));
+    let left0 = budget();
+    let made = Child::load(bi, "worker").and_then(|c| {
+        let t = sys::cap_copy(ep, c.task, EP_SLOT, Rights::SEND)
+            .and_then(|_| map_fresh(c.space, CHILD_BUF + 0x100_0000, PAGES, Rights::READ.union(Rights::WRITE)))
+            .and_then(|_| c.thread(CHILD_STACK_TOP, W_CALL, 0, ROOT_PRIO, 0));
+        Ok((c, t))
+    });
+    let (held, used, bulk_back, pinned) = match made {
+        Ok((child, Ok(t))) => {
+            let held = wait_ms(2000, || HOLD_GOT.load(SeqCst) && state(t) == Some(ThreadState::BlockedReply));
+            let used = left0.saturating_sub(budget());
+            release(t);
+            child.release();
+            let bulk_back = wait_ms(500, || left0.saturating_sub(budget()) <= RECORDS_MAX);
+            (held, used, bulk_back, left0.saturating_sub(budget()))
+        }
+        Ok((child, Err(e))) => {
+            child.release();
+            HOLD_GO.store(true, SeqCst);
+            release(s);
+            release(ep);
+            return report(NAME, false, format_args!("child's thread: {e}"));
+        }
+        Err(e) => {
+            HOLD_GO.store(true, SeqCst);
+            release(s);
+            release(ep);
+            return report(NAME, false, format_args!("child: {e}"));
+        }
+    };
+    let still_held = HOLD_REPLY.load(SeqCst) == 0;
+    HOLD_GO.store(true, SeqCst);
+    let replied = wait_ms(2000, || HOLD_REPLY.load(SeqCst) != 0);
+    let all_back = wait_ms(500, || budget() == left0);
+    let reply = HOLD_REPLY.load(SeqCst);
+    let short = left0 as i64 - budget() as i64;
+    release(s);
+    release(ep);
+    report(
+        NAME,
+        receiving && held && used >= PAGES * 4096 && bulk_back && still_held && replied && reply == Error::PartnerGone as u64 && all_back,
+        format_args!(
+            "the child used {used} bytes ({PAGES} pages mapped besides its image); killed while the server on cpu {} held its \
+             call: all but {pinned} bytes back (at most {RECORDS_MAX}): {bulk_back}; the late reply answered code {reply} \
+             (PartnerGone {}), then all back: {all_back} ({short} bytes short)",
+            far_cpu(),
+            Error::PartnerGone as u64
+        ),
+    );
+}
+
 pub fn run(bi: &BootInfo) {
     test_fastpath_slot_race();
     test_killed_queued_thread(bi);
+    test_killed_caller_memory(bi);
     test_revoke_tree();
     test_revoke_in_flight();
     test_revoke_race();
