@@ -57,7 +57,7 @@ pub fn boot_info() -> Option<&'static BootInfo> {
     BOOT_INFO.get()
 }
 static OPTIONS: Once<Options> = Once::new();
-static TRAMPOLINE: Once<u64> = Once::new();
+static TRAMPOLINE: Once<Option<u64>> = Once::new();
 
 fn options() -> &'static Options {
     OPTIONS.get().expect("options parsed at boot")
@@ -125,15 +125,18 @@ pub extern "C" fn rl4_kernel_entry(protocol: u32, magic: u32, info: u64) -> ! {
         println!("boot info: {} memory ranges and {} modules beyond rl4's limits ignored", bi.memmap_dropped, bi.modules_dropped);
     }
 
-    let m = mem::init(bi);
+    let m = mem::init(bi, options().reserved());
     TRAMPOLINE.call_once(|| m.trampoline);
     println!(
-        "memory: {} MiB usable, {} MiB free in the frame allocator, heap {} KiB at {:#x} (grows on demand), AP trampoline at {:#x}",
+        "memory: {} MiB usable, {} MiB free in the frame allocator, heap {} KiB at {:#x} (grows on demand), AP trampoline {}",
         m.usable >> 20,
         (m.free_frames * 4096) >> 20,
         m.heap.len() >> 10,
         m.heap.start,
-        m.trampoline
+        match m.trampoline {
+            Some(p) => alloc::format!("at {p:#x}"),
+            None => alloc::string::String::from("none (no free page below 1 MiB: the bootstrap CPU runs alone)"),
+        }
     );
 
     // The BSP's own per-CPU block and a guarded stack; the boot stack is left behind.
@@ -211,7 +214,10 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
     );
     println!("cpu 0 online (apic id {}, bootstrap processor)", bsp.apic_id);
 
-    let plan = madt::plan(&platform.cpus, f.apic_id, f.x2apic, options().maxcpus, rl4_smp::MAX_CPUS);
+    let mut plan = madt::plan(&platform.cpus, f.apic_id, f.x2apic, options().maxcpus, rl4_smp::MAX_CPUS);
+    if TRAMPOLINE.get().copied().flatten().is_none() {
+        plan.bsp_only(madt::Skip::NoTrampoline);
+    }
     if plan.bsp_missing {
         println!("madt: the bootstrap CPU (apic id {}) is not listed; added it anyway", f.apic_id);
     }
@@ -248,7 +254,8 @@ fn reference_clocks(firmware: Firmware, p: &Platform) -> Vec<RefClock> {
 }
 
 fn start_aps(plan: &madt::Plan) {
-    let page = *TRAMPOLINE.get().expect("trampoline chosen");
+    // (No trampoline: the plan has the bootstrap CPU only.)
+    let Some(page) = TRAMPOLINE.get().copied().flatten() else { return };
     apboot::install_trampoline(page);
     let timeout_us = options().ap_timeout_ms as u64 * 1000;
     for (i, e) in plan.cpus.iter().enumerate().skip(1) {

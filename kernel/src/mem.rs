@@ -514,7 +514,8 @@ impl FrameSource for Frames {
 
 /// What memory set-up found.
 pub struct MemInfo {
-    pub trampoline: u64,
+    /// The AP trampoline's page below 1 MiB (`None`: there was none free).
+    pub trampoline: Option<u64>,
     pub usable: u64,
     pub free_frames: u64,
     pub heap: Range,
@@ -528,16 +529,19 @@ fn reserve(set: &mut RangeSet<256>, r: Range, what: &str) {
     }
 }
 
-pub fn init(bi: &BootInfo) -> MemInfo {
-    let mut free: RangeSet<256> = RangeSet::new();
-    let mut usable = 0;
-    for e in bi.memory_map() {
-        if e.kind == MemKind::Usable {
-            usable += e.range.len();
-            if free.insert_pages_within(e.range).is_err() {
-                println!("memory: too many usable ranges, ignoring {:#x}..{:#x}", e.range.start, e.range.end);
-            }
-        }
+/// `reserved`: ranges the command line keeps out (`reserve=`), as if the map reserved them.
+pub fn init(bi: &BootInfo, reserved: &[Range]) -> MemInfo {
+    // A range the map calls anything but usable is never handed out, even where (buggy
+    // firmware) a usable entry overlaps it: firmware data, ACPI NVS, defective RAM.
+    let map = bi.memory_map().iter().map(|e| (e.range, e.kind));
+    let usable = map.clone().filter(|(_, k)| *k == MemKind::Usable).map(|(r, _)| r.len()).sum::<u64>();
+    let dropped = |r: Range| println!("memory: too many usable ranges, ignoring {:#x}..{:#x}", r.start, r.end);
+    let mut free: RangeSet<256> = match rl4_core::memmap::free_pages(map, dropped) {
+        Ok(f) => f,
+        Err(r) => panic!("memory map too fragmented while reserving {:#x}..{:#x}", r.start, r.end),
+    };
+    for r in reserved {
+        reserve(&mut free, *r, "a range reserve= names");
     }
     // Everything in use before the allocator exists.
     reserve(&mut free, rl4_arch::kernel_phys_range(), "the kernel image");
@@ -554,14 +558,10 @@ pub fn init(bi: &BootInfo) -> MemInfo {
             println!("memory: {skipped} ACPI table(s) not readable at boot; they must lie in reserved memory");
         }
     }
-    // The trampoline: the highest usable page below 1 MiB that nothing above claimed. Then the
-    // whole first megabyte stays out of the allocator (BIOS data, EBDA, option ROMs).
-    let mut low = free.clone();
-    let _ = low.remove(Range::new(0, 0x1000));
-    let _ = low.remove(Range::new(0x10_0000, u64::MAX));
-    let Some(trampoline) = low.iter().last().map(|r| r.end - PAGE_SIZE) else {
-        panic!("no usable page below 1 MiB for the AP trampoline")
-    };
+    // The trampoline: the highest usable page below 1 MiB that nothing above claimed (none:
+    // only the bootstrap CPU runs, `main`). Then the whole first megabyte stays out of the
+    // allocator (BIOS data, EBDA, option ROMs).
+    let trampoline = rl4_core::memmap::trampoline_page(&free);
     reserve(&mut free, Range::new(0, 0x10_0000), "the first megabyte");
 
     // The allocator's bitmap comes out of free memory below 4 GiB (reachable now).

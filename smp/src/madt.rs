@@ -34,6 +34,8 @@ pub enum Skip {
     NeedsX2Apic,
     OverMaxCpus,
     OverLimit,
+    /// No page below 1 MiB was free to start application processors from.
+    NoTrampoline,
 }
 
 impl Skip {
@@ -46,6 +48,7 @@ impl Skip {
             Skip::NeedsX2Apic => "APIC id > 254 needs x2APIC mode",
             Skip::OverMaxCpus => "beyond maxcpus=",
             Skip::OverLimit => "beyond rl4's CPU limit",
+            Skip::NoTrampoline => "no free page below 1 MiB to start it from",
         }
     }
 }
@@ -58,6 +61,14 @@ pub struct Plan {
     pub skipped: Vec<(CpuEntry, Skip)>,
     /// The BSP was missing from the MADT and was added (firmware bug, reported).
     pub bsp_missing: bool,
+}
+
+impl Plan {
+    /// Leaves every CPU but the bootstrap one out, for `why` (they are listed as skipped).
+    pub fn bsp_only(&mut self, why: Skip) {
+        let rest: Vec<_> = self.cpus.drain(1..).map(|e| (e, why)).collect();
+        self.skipped.extend(rest);
+    }
 }
 
 /// Builds the start plan. `bsp_apic_id` is the running CPU's own APIC id; `x2apic_mode` says
@@ -110,6 +121,16 @@ mod tests {
     }
     fn ids(p: &Plan) -> Vec<u32> {
         p.cpus.iter().map(|c| c.apic_id).collect()
+    }
+
+    #[test]
+    fn bsp_only_keeps_the_bsp_and_lists_the_rest() {
+        let e: Vec<_> = (0..4).map(|i| lapic(i, 1)).collect();
+        let mut p = plan(&e, 2, true, None, 256);
+        p.bsp_only(Skip::NoTrampoline);
+        assert_eq!(ids(&p), vec![2]);
+        let rest: Vec<_> = p.skipped.iter().map(|(e, r)| (e.apic_id, *r)).collect();
+        assert_eq!(rest, vec![(0, Skip::NoTrampoline), (1, Skip::NoTrampoline), (3, Skip::NoTrampoline)]);
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! | `fastpath=on\|off` | whether `Call`/`ReplyRecv` may take the IPC fast paths (off: every system call takes the general path, the reference the fast paths must agree with) | `on` |
 //! | `overcommit=MiB` | give the root task's budget this many MiB more than the kernel can back (0..=4096), so that a test runs the kernel itself out of frames before the budget runs out (`docs/memory.md`, "Running out of memory") | 0 |
 //! | `failalloc=SEED/N` | once the root task runs, make a pseudo-random 1 in N (2..=1000000) of the kernel heap allocations made inside system calls fail (the allocator answers null; seeded by SEED, a whole number), so that tests can see every such allocation answer `OutOfMemory` rather than panic (`docs/memory.md`, "Allocation failure injection") | off |
+//! | `reserve=A-B,..` | keep the physical ranges `[A, B)` (hex with `0x`, or decimal; at most [`RESERVE_MAX`]) out of the frame allocator and away from the AP trampoline, as if the memory map reserved them (RAM known to be bad; tests take the first megabyte away with `reserve=0-0x100000`) | none |
 //! | `inject=A,B,..` | damage kernel state on purpose when the root task starts, so that tests can see the consistency check find it: `refcount`, `frame`, `budget`, `state`, `locks`, `deriv`, `device`, `queue` | none |
 
 use core::fmt;
@@ -68,6 +69,27 @@ pub struct Options {
     pub overcommit_mib: u32,
     /// `failalloc=SEED/N`: (seed, N), one in N of the system calls' heap allocations fails.
     pub failalloc: Option<(u64, u32)>,
+    /// `reserve=`: physical ranges kept out of the frame allocator (the first `reserve_n`).
+    pub reserve: [crate::memmap::Range; RESERVE_MAX],
+    pub reserve_n: u8,
+}
+
+/// Most ranges `reserve=` takes.
+pub const RESERVE_MAX: usize = 4;
+
+impl Options {
+    /// The ranges `reserve=` named.
+    pub fn reserved(&self) -> &[crate::memmap::Range] {
+        &self.reserve[..self.reserve_n as usize]
+    }
+}
+
+/// A physical address: `0x` and hex digits, or decimal digits.
+fn address(v: &str) -> Option<u64> {
+    match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None => v.parse().ok(),
+    }
 }
 
 /// What `inject=` can damage (see the kernel's `root::inject`).
@@ -102,7 +124,19 @@ pub mod inject {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { run: Run::Root, maxcpus: None, ap_timeout_ms: 2000, hz: 100, poll_us: 50, fastpath: true, inject: 0, overcommit_mib: 0, failalloc: None }
+        Options {
+            run: Run::Root,
+            maxcpus: None,
+            ap_timeout_ms: 2000,
+            hz: 100,
+            poll_us: 50,
+            fastpath: true,
+            inject: 0,
+            overcommit_mib: 0,
+            failalloc: None,
+            reserve: [crate::memmap::Range::new(0, 0); RESERVE_MAX],
+            reserve_n: 0,
+        }
     }
 }
 
@@ -156,7 +190,7 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Problem<'a>)) -> Options 
             Some((k, v)) => (k, Some(v)),
             None => (word, None),
         };
-        let known = matches!(key, "run" | "maxcpus" | "ap_timeout_ms" | "hz" | "poll_us" | "fastpath" | "inject" | "overcommit" | "failalloc");
+        let known = matches!(key, "run" | "maxcpus" | "ap_timeout_ms" | "hz" | "poll_us" | "fastpath" | "inject" | "overcommit" | "failalloc" | "reserve");
         if !known {
             report(Problem::Unknown(word));
             continue;
@@ -203,6 +237,24 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Problem<'a>)) -> Options 
                     None => report(bad("SEED/N: a whole number, then 2..=1000000")),
                 }
             }
+            "reserve" => {
+                let mut r = [crate::memmap::Range::new(0, 0); RESERVE_MAX];
+                let mut n = 0;
+                let ok = value.split(',').all(|w| {
+                    let Some((a, b)) = w.split_once('-') else { return false };
+                    let (Some(a), Some(b)) = (address(a), address(b)) else { return false };
+                    if a >= b || n == RESERVE_MAX {
+                        return false;
+                    }
+                    r[n] = crate::memmap::Range::new(a, b);
+                    n += 1;
+                    true
+                });
+                match ok {
+                    true => (o.reserve, o.reserve_n) = (r, n as u8),
+                    false => report(bad("at most 4 comma-separated ranges START-END, START < END (0x hex or decimal)")),
+                }
+            }
             "inject" => {
                 let bits = value.split(',').map(|w| inject::NAMES.iter().find(|(n, _)| *n == w).map(|(_, b)| *b));
                 match bits.clone().all(|b| b.is_some()) {
@@ -224,6 +276,21 @@ mod tests {
         let mut problems = Vec::new();
         let o = parse(s, |p| problems.push(p.to_string()));
         (o, problems)
+    }
+
+    #[test]
+    fn reserve_option() {
+        use crate::memmap::Range;
+        assert!(parse_all("").0.reserved().is_empty());
+        let (o, p) = parse_all("reserve=0-0x100000,0x20000000-0x20001000");
+        assert!(p.is_empty());
+        assert_eq!(o.reserved(), &[Range::new(0, 0x10_0000), Range::new(0x2000_0000, 0x2000_1000)]);
+        assert_eq!(parse_all("reserve=4096-8192").0.reserved(), &[Range::new(4096, 8192)]);
+        for bad in ["reserve=5-5", "reserve=9-4", "reserve=0x-1", "reserve=1", "reserve=1-2,", "reserve=1-2,3-4,5-6,7-8,9-10", "reserve=0x1-0xfffffffffffffffff"] {
+            let (o, p) = parse_all(bad);
+            assert!(o.reserved().is_empty(), "{bad}");
+            assert_eq!(p.len(), 1, "{bad}");
+        }
     }
 
     #[test]
@@ -258,7 +325,7 @@ mod tests {
     fn known_options() {
         let (o, p) = parse_all("run=idle maxcpus=3  ap_timeout_ms=500 hz=250 poll_us=0");
         assert!(p.is_empty(), "{p:?}");
-        assert_eq!(o, Options { run: Run::Idle, maxcpus: Some(3), ap_timeout_ms: 500, hz: 250, poll_us: 0, fastpath: true, inject: 0, overcommit_mib: 0, failalloc: None });
+        assert_eq!(o, Options { run: Run::Idle, maxcpus: Some(3), ap_timeout_ms: 500, hz: 250, poll_us: 0, fastpath: true, inject: 0, overcommit_mib: 0, failalloc: None, ..Options::default() });
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! The boot path inserts every usable range of the firmware's map (shrunk inwards to whole
 //! pages), then removes every range that must never be handed out (grown outwards to whole
-//! pages): the first megabyte with the AP trampoline, the kernel image, the boot modules, the
+//! pages): every entry of the map that is not usable (firmware maps can overlap them,
+//! [`free_pages`]), ranges the command line reserves, the first megabyte with the AP trampoline, the kernel image, the boot modules, the
 //! boot information and the ACPI tables. What remains feeds the [frame
 //! allocator](crate::frames). A [`RangeSet`] has a fixed capacity because it is used before the
 //! kernel has a heap.
@@ -194,9 +195,83 @@ impl<const N: usize> RangeSet<N> {
     }
 }
 
+/// The whole pages of the memory map's usable ranges that no other entry of it claims: a
+/// firmware map may list a usable range over a reserved one (ACPI NVS, defective RAM, firmware
+/// data), and the reserved one wins. `dropped` hears of every usable range the set had no room
+/// for; `Err` gives the range whose removal found the set full (the caller cannot hand out
+/// memory it failed to keep out).
+pub fn free_pages<const N: usize>(map: impl Iterator<Item = (Range, MemKind)> + Clone, mut dropped: impl FnMut(Range)) -> Result<RangeSet<N>, Range> {
+    let mut free = RangeSet::new();
+    for (r, _) in map.clone().filter(|(_, k)| *k == MemKind::Usable) {
+        if free.insert_pages_within(r).is_err() {
+            dropped(r);
+        }
+    }
+    for (r, _) in map.filter(|(_, k)| *k != MemKind::Usable) {
+        free.remove_pages_covering(r).map_err(|_| r)?;
+    }
+    Ok(free)
+}
+
+/// The AP trampoline's page: the highest whole free page below 1 MiB other than page 0 (a
+/// STARTUP IPI's vector is the page number, and the real-mode code runs there), or `None` if
+/// the memory map left no such page free — then only the bootstrap CPU can run.
+pub fn trampoline_page<const N: usize>(free: &RangeSet<N>) -> Option<u64> {
+    free.iter()
+        .filter_map(|r| {
+            let start = align_up(r.start.max(PAGE_SIZE), PAGE_SIZE);
+            let end = align_down(r.end.min(0x10_0000), PAGE_SIZE);
+            (end > start).then(|| end - PAGE_SIZE)
+        })
+        .last()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reserved_entries_win_over_usable_ones() {
+        let map = [
+            (Range::new(0, 0x100_0000), MemKind::Usable),
+            // ACPI NVS inside it, not page-aligned: its pages go.
+            (Range::new(0x40_0000, 0x40_0064), MemKind::AcpiNvs),
+            // Defective RAM straddling its end, and a usable range wholly inside a reserved one.
+            (Range::new(0xff_f800, 0x101_0000), MemKind::Defective),
+            (Range::new(0x200_0000, 0x300_0000), MemKind::Reserved),
+            (Range::new(0x280_0000, 0x290_0000), MemKind::Usable),
+            // Usable ranges that overlap each other merge; a wrapped or empty entry is nothing.
+            (Range::new(0x400_0000, 0x500_0000), MemKind::Usable),
+            (Range::new(0x480_0000, 0x600_0000), MemKind::Usable),
+            (Range::new(0x700_0000, 0x600_0000), MemKind::Reserved),
+        ];
+        let mut dropped = Vec::new();
+        let free = free_pages::<8>(map.iter().copied(), |r| dropped.push(r)).unwrap();
+        assert_eq!(v(&free), vec![(0, 0x40_0000), (0x40_1000, 0xff_f000), (0x400_0000, 0x600_0000)]);
+        assert!(dropped.is_empty());
+        // No room: the usable range left out is reported; a removal that would split a full
+        // set is an error naming the range.
+        let full = [(Range::new(0, 0x1000), MemKind::Usable), (Range::new(0x2000, 0x3000), MemKind::Usable), (Range::new(0x4000, 0x5000), MemKind::Usable)];
+        let mut dropped = Vec::new();
+        let two = free_pages::<2>(full.iter().copied(), |r| dropped.push(r)).unwrap();
+        assert_eq!(two.as_slice(), &[Range::new(0, 0x1000), Range::new(0x2000, 0x3000)]);
+        assert_eq!(dropped, vec![Range::new(0x4000, 0x5000)]);
+        let split = [(Range::new(0, 0x3000), MemKind::Usable), (Range::new(0x1000, 0x2000), MemKind::Reserved)];
+        assert_eq!(free_pages::<1>(split.iter().copied(), |_| {}).err(), Some(Range::new(0x1000, 0x2000)));
+    }
+
+    #[test]
+    fn the_trampoline_is_the_highest_free_page_below_one_mib() {
+        // A PC: low memory up to the EBDA, then RAM above 1 MiB.
+        assert_eq!(trampoline_page(&set(&[(0, 0x9fc00), (0x10_0000, 0x800_0000)])), Some(0x9e000));
+        // Only page 0 free below 1 MiB (firmware that reserved the rest), or nothing at all.
+        assert_eq!(trampoline_page(&set(&[(0, 0x1000), (0x10_0000, 0x800_0000)])), None);
+        assert_eq!(trampoline_page(&set(&[(0x10_0000, 0x800_0000)])), None);
+        // A range straddling 1 MiB gives the page just below it; a partial page is no page.
+        assert_eq!(trampoline_page(&set(&[(0x8_0000, 0x20_0000)])), Some(0xf_f000));
+        assert_eq!(trampoline_page(&set(&[(0x1000, 0x1800)])), None);
+        assert_eq!(trampoline_page(&set(&[(0x800, 0x2000)])), Some(0x1000));
+    }
 
     fn set(rs: &[(u64, u64)]) -> RangeSet<8> {
         let mut s = RangeSet::new();
