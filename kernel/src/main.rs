@@ -279,6 +279,14 @@ fn start_aps(plan: &madt::Plan) {
                 e.apic_id,
                 options().ap_timeout_ms
             ),
+            apboot::Started::Lost => {
+                println!(
+                    "cpu {i} (apic id {}) did NOT come up: it took its start as the wait ended and never said it runs; \
+                     no further CPU is started (the trampoline page may still be read)",
+                    e.apic_id
+                );
+                return;
+            }
         }
     }
 }

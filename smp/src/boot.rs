@@ -8,8 +8,14 @@
 //! the kernel's own page tables and stack and calls the entry point with its per-CPU block.
 //!
 //! Parameters sit at offset [`PARAMS`] of the page (see [`Params`]); the BSP starts one AP at a
-//! time, so one page serves them all.
-use core::sync::atomic::{AtomicU32, Ordering};
+//! time, so one page serves them all. Each start is an *offer* addressed to one APIC ID: in
+//! 64-bit mode the AP takes it with one compare-and-swap if it is addressed to itself, reads
+//! its parameters, then says it runs; a CPU that finds no offer for itself parks (`cli; hlt`).
+//! A BSP that gave up waiting withdraws its offer with a swap: either the CPU never took it
+//! (and parks when it comes, however late), or it took it (and the BSP waits for it a while
+//! more). Before, a CPU that answered after the BSP had given up on it read the parameters
+//! written for the *next* CPU, and two CPUs ran on one stack and one per-CPU block.
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use rl4_arch::layout::phys_to_virt;
 use rl4_arch::{boot_pml4_phys, paging, time};
 use x86_64::registers::model_specific::Efer;
@@ -35,8 +41,20 @@ struct Params {
     stack_top: u64,   // 0x20
     arg: u64,         // 0x28
     kernel_cr3: u64,  // 0x30
-    alive: AtomicU32, // 0x38: set by the AP in 64-bit mode
+    alive: AtomicU32, // 0x38: set by the AP once it has read its parameters
+    _pad3: u32,
+    offer: AtomicU64, // 0x40: the APIC ID this start is for, plus 1; 0: none (taken or withdrawn)
 }
+
+const _: () = {
+    assert!(core::mem::offset_of!(Params, boot_cr3) == 0x10);
+    assert!(core::mem::offset_of!(Params, entry) == 0x18);
+    assert!(core::mem::offset_of!(Params, stack_top) == 0x20);
+    assert!(core::mem::offset_of!(Params, arg) == 0x28);
+    assert!(core::mem::offset_of!(Params, kernel_cr3) == 0x30);
+    assert!(core::mem::offset_of!(Params, alive) == 0x38);
+    assert!(core::mem::offset_of!(Params, offer) == 0x40);
+};
 
 core::arch::global_asm!(
     r#"
@@ -87,13 +105,43 @@ ap_tramp_pm32:
 
     .code64
 ap_tramp_lm64:
-    movl $1, P + 0x38(%rbx)
-    mov P + 0x20(%rbx), %rsp
-    mov P + 0x28(%rbx), %rdi
-    mov P + 0x18(%rbx), %rax
-    mov P + 0x30(%rbx), %rcx
+    mov %rbx, %r8                   /* the page (CPUID writes ebx) */
+    /* This CPU's APIC ID, read as the kernel reads the BSP's (`cpu::Features`): CPUID leaf
+       0xB's x2APIC ID where that leaf is there, else leaf 1's 8 bits. */
+    xor %eax, %eax
+    cpuid
+    mov %eax, %esi
+    mov $1, %eax
+    cpuid
+    shr $24, %ebx
+    mov %ebx, %edi
+    cmp $0xb, %esi
+    jb 1f
+    mov $0xb, %eax
+    xor %ecx, %ecx
+    cpuid
+    test %ebx, %ebx
+    jz 1f
+    mov %edx, %edi
+1:
+    /* Take the offer if it is this CPU's (ID + 1), in one step; else park. */
+    mov %edi, %eax
+    inc %rax
+    xor %ecx, %ecx
+    lock cmpxchg %rcx, P + 0x40(%r8)
+    jne 3f
+    mov P + 0x20(%r8), %rsp
+    mov P + 0x28(%r8), %rdi
+    mov P + 0x18(%r8), %rax
+    mov P + 0x30(%r8), %rcx
+    /* The parameters are in registers: the BSP may write the page again. */
+    movl $1, P + 0x38(%r8)
     movabs $ap_high, %rdx
     jmp *%rdx
+3:
+    cli
+    hlt
+    jmp 3b
 
     .balign 8
     .global ap_tramp_gdt
@@ -144,10 +192,14 @@ pub fn install_trampoline(page: u64) {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Started {
     Online,
-    /// The AP never reached 64-bit mode.
+    /// The AP never took its start (the offer was withdrawn: if it comes later, it parks).
     NoResponse,
-    /// It reached 64-bit mode but did not finish its set-up in time.
+    /// It took its start but did not finish its set-up in time.
     Stuck,
+    /// It took its start at the moment the BSP gave up, and did not say it had read its
+    /// parameters even after a second wait: the trampoline page may still be read, so no
+    /// other CPU may be started from it.
+    Lost,
 }
 
 /// Starts `cpu` through the trampoline at `page` and waits up to `timeout_us` for it to come
@@ -157,8 +209,9 @@ pub fn start_ap(cpu: &'static Cpu, page: u64, entry: ApEntry, timeout_us: u64) -
     let p = phys_to_virt(page + PARAMS) as *mut Params;
     let efer_or = 0x100 | (Efer::read_raw() & 0x800) as u32;
     // SAFETY: the parameter block lies in the reserved trampoline page, beyond the code; no AP
-    // runs the trampoline now (the previous one reported `alive` or was given up on and will
-    // never read the page again: a CPU that did not answer two SIPIs stays in wait-for-SIPI).
+    // reads it now: the previous one said it had read its parameters (`alive`), or its offer
+    // was withdrawn before it took it (it parks when it comes), and no offer is out (the one
+    // below is published after the write).
     unsafe {
         p.write(Params {
             _pad: 0,
@@ -174,16 +227,27 @@ pub fn start_ap(cpu: &'static Cpu, page: u64, entry: ApEntry, timeout_us: u64) -
             arg: cpu as *const Cpu as u64,
             kernel_cr3: paging::kernel_pml4(),
             alive: AtomicU32::new(0),
+            _pad3: 0,
+            offer: AtomicU64::new(0),
         });
     }
-    // SAFETY: `p` stays valid (reserved page); `alive` is only written atomically by the AP.
-    let alive = unsafe { &(*p).alive };
+    // SAFETY: `p` stays valid (reserved page); `alive` and `offer` are only accessed atomically
+    // from here on (the AP: a store, a compare-and-swap).
+    let (alive, offer) = unsafe { (&(*p).alive, &(*p).offer) };
+    offer.store(cpu.apic_id as u64 + 1, Ordering::Release);
     cpus::with_lapic(|l| {
         let l = l.expect("BSP local APIC is up before APs are started");
         lapic::init_sipi_sipi(l, cpu.apic_id, page, || alive.load(Ordering::Acquire) != 0);
     });
     if !time::wait_until(timeout_us, || alive.load(Ordering::Acquire) != 0) {
-        return Started::NoResponse;
+        if offer.swap(0, Ordering::AcqRel) != 0 {
+            return Started::NoResponse;
+        }
+        // Taken just now: it is reading its parameters (a few instructions, unless its host
+        // holds it back).
+        if !time::wait_until(timeout_us.max(100_000), || alive.load(Ordering::Acquire) != 0) {
+            return Started::Lost;
+        }
     }
     if time::wait_until(timeout_us, || cpu.online.load(Ordering::Acquire)) { Started::Online } else { Started::Stuck }
 }

@@ -72,7 +72,7 @@ static FIRED: AtomicU64 = AtomicU64::new(0);
 /// calling CPU (the BSP) against the TSC. Returns the timer's input rate in Hz (after divide)
 /// for periodic mode, or the TSC rate for deadline mode.
 ///
-/// The calibration never reads the timer's current count: it arms a one-shot count, sleeps
+/// The calibration never reads the timer's current count: it arms a one-shot count, waits
 /// until the interrupt arrives and times that with the TSC (the shortest of three tries). (Reading the count through the
 /// x2APIC MSR aborts QEMU in icount mode, "Bad icount read".) The timer vector must already
 /// have its handler in this CPU's IDT, and that handler must call [`timer_tick`].
@@ -103,12 +103,17 @@ pub fn configure(c: Config) -> u64 {
         // SAFETY: arms this CPU's one-shot timer; its vector has a handler.
         unsafe { l.set_timer_initial(count as u32) };
         let mut timed_out = false;
+        // Polled with interrupts let in, never halted: a timer that never fires (one that
+        // stops while its CPU halts, as some CPUs' do in deeper C-states, or a broken one) would
+        // leave a halted CPU nothing to wake it (no other interrupt source is set up yet), and
+        // the 2 s limit below could never be checked.
         while FIRED.load(Ordering::Acquire) == before {
             if cpu::rdtsc() - t0 > 2 * tsc_hz {
                 timed_out = true;
                 break;
             }
-            cpu::idle_wait();
+            cpu::take_interrupts();
+            cpu::relax();
         }
         let dt = cpu::rdtsc() - t0;
         // SAFETY: stops the timer and acknowledges its interrupt (the handler cannot, as this
