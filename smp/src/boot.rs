@@ -9,7 +9,8 @@
 //!
 //! Parameters sit at offset [`PARAMS`] of the page (see [`Params`]); the BSP starts one AP at a
 //! time, so one page serves them all. Each start is an *offer* addressed to one APIC ID: in
-//! 64-bit mode the AP takes it with one compare-and-swap if it is addressed to itself, reads
+//! 64-bit mode the AP reads its ID from its local APIC and takes the offer with one
+//! compare-and-swap if it is addressed to itself, reads
 //! its parameters, then says it runs; a CPU that finds no offer for itself parks (`cli; hlt`).
 //! A BSP that gave up waiting withdraws its offer with a swap: either the CPU never took it
 //! (and parks when it comes, however late), or it took it (and the BSP waits for it a while
@@ -106,8 +107,27 @@ ap_tramp_pm32:
     .code64
 ap_tramp_lm64:
     mov %rbx, %r8                   /* the page (CPUID writes ebx) */
-    /* This CPU's APIC ID, read as the kernel reads the BSP's (`cpu::Features`): CPUID leaf
-       0xB's x2APIC ID where that leaf is there, else leaf 1's 8 bits. */
+    /* This CPU's APIC ID, from its local APIC — the ID the MADT lists and IPIs address: in
+       x2APIC mode (IA32_APIC_BASE.EXTD) its ID register (MSR 0x802); in xAPIC mode the ID
+       register of its page (bits 31:24), read through the boot tables' identity map of the
+       first 4 GiB; a page above 4 GiB is not mapped: then CPUID (leaf 0xB's x2APIC ID where
+       that leaf is there, else leaf 1's 8 bits), as `cpu::Features` reads the BSP's. */
+    mov $0x1b, %ecx
+    rdmsr
+    test $0x400, %eax
+    jz 4f
+    mov $0x802, %ecx
+    rdmsr
+    mov %eax, %edi
+    jmp 1f
+4:
+    test %edx, %edx
+    jnz 5f
+    and $0xfffff000, %eax
+    mov 0x20(%rax), %edi
+    shr $24, %edi
+    jmp 1f
+5:
     xor %eax, %eax
     cpuid
     mov %eax, %esi
