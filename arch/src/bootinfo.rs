@@ -254,11 +254,29 @@ impl BootInfo {
         if start >= end {
             return;
         }
-        if self.memmap_len == MAX_MEMMAP {
-            self.memmap_dropped += 1;
+        // An entry that goes on where the previous one of the same kind ended is that entry
+        // (firmware maps list many adjacent pieces of one kind).
+        if let Some(last) = self.memmap[..self.memmap_len].last_mut()
+            && last.kind == kind
+            && last.range.end == start
+        {
+            last.range.end = end;
             return;
         }
-        self.memmap[self.memmap_len] = MemEntry { range: Range::new(start, end), kind };
+        let entry = MemEntry { range: Range::new(start, end), kind };
+        if self.memmap_len == MAX_MEMMAP {
+            self.memmap_dropped += 1;
+            // Full: a usable range is what may be left out (memory lost, nothing worse); a
+            // range the kernel must keep out of the allocator, map or read (reserved, ACPI,
+            // modules) takes the place of the last usable one.
+            if kind != MemKind::Usable
+                && let Some(i) = (0..self.memmap_len).rev().find(|&i| self.memmap[i].kind == MemKind::Usable)
+            {
+                self.memmap[i] = entry;
+            }
+            return;
+        }
+        self.memmap[self.memmap_len] = entry;
         self.memmap_len += 1;
     }
 
@@ -764,6 +782,43 @@ mod tests {
         assert!(bi.memory_map().iter().all(|e| e.range.end <= crate::layout::DIRECT_MAP_SIZE));
         let bi = parse_pvh(&m2, 0x1000).unwrap();
         assert_eq!(bi.memory_map()[3].range, Range::new(crate::layout::DIRECT_MAP_SIZE - 0x1000, crate::layout::DIRECT_MAP_SIZE));
+    }
+
+    /// A map longer than the table keeps what the kernel must not lose: adjacent entries of one
+    /// kind merge, and once the table is full a reserved entry takes a usable one's place (a
+    /// dropped reserved range next to kept usable memory could be handed out; a dropped ACPI
+    /// range would be left out of the direct map).
+    #[test]
+    fn a_long_memory_map_keeps_its_reserved_entries() {
+        let mut m = pvh_image(1);
+        let n = 3 + 200u32;
+        m.put32(0x1030, n);
+        for i in 0..200u64 {
+            let e = 0x1300 + (3 + i) * 24;
+            m.put64(e, 0x1_0000_0000 + i * 0x20_0000);
+            m.put64(e + 8, 0x10_0000);
+            m.put32(e + 16, if i == 170 { 4 } else { 1 });
+        }
+        let bi = parse_pvh(&m, 0x1000).unwrap();
+        assert_eq!(bi.memory_map().len(), MAX_MEMMAP);
+        assert_eq!(bi.memmap_dropped, 200 + 3 - MAX_MEMMAP);
+        let nvs: Vec<_> = bi.memory_map().iter().filter(|e| e.kind == MemKind::AcpiNvs).collect();
+        assert_eq!(nvs.len(), 1);
+        assert_eq!(nvs[0].range.start, 0x1_0000_0000 + 170 * 0x20_0000);
+        assert!(bi.memory_map().iter().any(|e| e.kind == MemKind::Reserved && e.range == Range::new(0x9fc00, 0xa0000)));
+        // Two adjacent usable pieces are one entry; a reserved one after them is its own.
+        let mut m = pvh_image(1);
+        m.put32(0x1030, 6);
+        for (i, (a, l, t)) in [(0x1_0000_0000u64, 0x1000u64, 1u32), (0x1_0000_1000, 0x2000, 1), (0x1_0000_3000, 0x1000, 2)].iter().enumerate() {
+            let e = 0x1300 + (3 + i) as u64 * 24;
+            m.put64(e, *a);
+            m.put64(e + 8, *l);
+            m.put32(e + 16, *t);
+        }
+        let bi = parse_pvh(&m, 0x1000).unwrap();
+        assert_eq!(bi.memory_map().len(), 5);
+        assert_eq!(bi.memory_map()[3].range, Range::new(0x1_0000_0000, 0x1_0000_3000));
+        assert_eq!(bi.memory_map()[4].kind, MemKind::Reserved);
     }
 
     #[test]

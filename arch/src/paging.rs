@@ -182,10 +182,11 @@ pub fn build_kernel_space(
         }
     }
 
-    // Direct map, in whole 2 MiB units.
-    let mut merged: RangeSet<128> = RangeSet::new();
+    // Direct map, in whole 2 MiB units (as many ranges as the kernel's set of them holds: none
+    // is left out, or the frames in it would be handed out unmapped).
+    let mut merged: RangeSet<256> = RangeSet::new();
     for r in direct {
-        let _ = merged.insert(Range::new(align_down(r.start, 1 << 21), align_up(r.end, 1 << 21)));
+        merged.insert(Range::new(align_down(r.start, 1 << 21), align_up(r.end, 1 << 21))).expect("the direct map's ranges fit the set they come from");
     }
     let flags = F::PRESENT | F::WRITABLE | F::GLOBAL | nx();
     for r in merged.iter() {

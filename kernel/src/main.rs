@@ -111,6 +111,9 @@ pub extern "C" fn rl4_kernel_entry(protocol: u32, magic: u32, info: u64) -> ! {
         if opts.fastpath { "on" } else { "off" },
         if opts.inject != 0 { " inject (damaging kernel state on purpose, for a test)" } else { "" }
     );
+    for r in opts.reserved() {
+        println!("reserve: {:#x}..{:#x} kept out of the frame allocator", r.start, r.end);
+    }
     if opts.overcommit_mib != 0 {
         println!("overcommit: the root budget promises {} MiB more than memory backs (for a test)", opts.overcommit_mib);
     }

@@ -783,6 +783,10 @@ impl Space {
     pub fn empty(&self) {
         let (maps, tables, n) = {
             let mut maps = self.maps.lock();
+            // Emptied already (a second `TaskKill`, or one racing `TaskExit`): nothing to do.
+            if self.emptied.load(Ordering::Relaxed) {
+                return;
+            }
             self.emptied.store(true, Ordering::Relaxed);
             let (tables, n) = rl4_arch::paging::detach_user_half(&self.pml4);
             // Every table below the root was counted in when it was made (`ChargedTables`),
@@ -793,16 +797,32 @@ impl Space {
         };
         // No CPU keeps a translation or a cached table entry of the old user half past this.
         crate::tlb::flush_space(self);
+        // A space can hold hundreds of thousands of pages and this runs with interrupts off:
+        // a shoot-down another CPU waits for is answered between pieces (a load when none
+        // waits), as `kill_task` does between threads.
+        let mut freed = 0u64;
+        let mut piece = move || {
+            freed += 1;
+            if freed % 256 == 0 {
+                crate::tlb::service_tlb_here();
+            }
+        };
         // SAFETY: the tables were detached under the space's lock, and the shoot-down above
         // ran to completion after that (`tlb.rs`): nothing can walk them any more.
         #[allow(unsafe_code)]
         unsafe {
-            rl4_arch::paging::free_detached(tables, mem::free_frame)
+            rl4_arch::paging::free_detached(tables, |f| {
+                mem::free_frame(f);
+                piece();
+            })
         };
         let mappings = maps.len() as u64;
         self.memory.uncharge(n * 4096 + mappings * MAP_COST);
         MAPPINGS.fetch_sub(mappings, Ordering::Relaxed);
-        drop(maps);
+        for (_, (frame, _, _)) in maps {
+            drop(frame);
+            piece();
+        }
     }
 }
 

@@ -138,7 +138,11 @@ fn idle_until(us: u64, mut cond: impl FnMut() -> bool) -> bool {
 
 pub fn after_boot(plan: &madt::Plan) -> ! {
     let online: usize = (0..cpus::count()).filter(|&i| cpus::get(i).is_some_and(|c| c.online.load(Ordering::Acquire))).count();
-    println!("{online} of {} CPUs online", plan.cpus.len());
+    println!(
+        "{online} of {} CPUs online{}",
+        plan.cpus.len(),
+        if plan.skipped.is_empty() { alloc::string::String::new() } else { alloc::format!(" ({} more listed by the firmware, not started)", plan.skipped.len()) }
+    );
     for i in 1..cpus::count() {
         let t = START_TICKS[i].load(Ordering::Relaxed);
         if t != 0 {
@@ -148,13 +152,15 @@ pub fn after_boot(plan: &madt::Plan) -> ! {
     let opts = crate::options();
     match opts.run {
         Run::Boot => {
-            // The boot check is strict: every CPU the firmware lists must come up.
+            // The boot check is strict: every CPU the plan names must come up (the plan names the
+            // bootstrap CPU alone when no page was free to start the others from; the CPUs left
+            // out are listed, with the reason, above).
             let ok = check_cpus() && online == plan.cpus.len();
             shutdown(ok, online, plan.cpus.len())
         }
         Run::Root => {
             // Every CPU the plan names must be online and working: one that did not answer in
-            // time could still come up later, unchecked, and the CPU numbers the root task is
+            // time is left parked (`smp/src/boot.rs`), and the CPU numbers the root task is
             // given would have a gap. `maxcpus=` leaves CPUs out on purpose.
             if !check_cpus() || online != plan.cpus.len() {
                 if online != plan.cpus.len() {

@@ -651,8 +651,16 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
                 Some(_) => return Err(Error::MissingRight),
                 None => return Err(Error::NotMapped),
             };
-            // The frame it replaces is released after the lock.
-            let old = th.ipc_buffer.lock().replace(f);
+            // The frame it replaces is released after the lock. A thread of a task that died gave
+            // its buffer up (`kill_task`, which marks the task dead before it takes each buffer
+            // under this lock): it takes none again.
+            let old = {
+                let mut b = th.ipc_buffer.lock();
+                if th.task.dead.load(core::sync::atomic::Ordering::Acquire) {
+                    return Err(Error::InvalidState);
+                }
+                b.replace(f)
+            };
             drop(old);
             Ok([0; 3])
         }
@@ -716,8 +724,17 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
                 let (ep, badge, _) = endpoint(task, a1, Rights::SEND)?;
                 Some((ep.weak(), badge))
             };
-            // The old handler's weak reference goes after the lock.
-            let old = core::mem::replace(&mut *th.fault_handler.lock(), new);
+            // The old handler's weak reference goes after the lock. A thread of a task that died
+            // gave its handler up (`kill_task`, as for `SetIpcBuffer`): it takes none again.
+            let old = {
+                let mut h = th.fault_handler.lock();
+                if th.task.dead.load(core::sync::atomic::Ordering::Acquire) {
+                    drop(h);
+                    drop(new);
+                    return Err(Error::InvalidState);
+                }
+                core::mem::replace(&mut *h, new)
+            };
             drop(old);
             Ok([0; 3])
         }

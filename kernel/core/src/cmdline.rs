@@ -237,9 +237,10 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Problem<'a>)) -> Options 
                     None => report(bad("SEED/N: a whole number, then 2..=1000000")),
                 }
             }
+            // A second `reserve=` adds to the first.
             "reserve" => {
-                let mut r = [crate::memmap::Range::new(0, 0); RESERVE_MAX];
-                let mut n = 0;
+                let mut r = o.reserve;
+                let mut n = o.reserve_n as usize;
                 let ok = value.split(',').all(|w| {
                     let Some((a, b)) = w.split_once('-') else { return false };
                     let (Some(a), Some(b)) = (address(a), address(b)) else { return false };
@@ -286,6 +287,13 @@ mod tests {
         assert!(p.is_empty());
         assert_eq!(o.reserved(), &[Range::new(0, 0x10_0000), Range::new(0x2000_0000, 0x2000_1000)]);
         assert_eq!(parse_all("reserve=4096-8192").0.reserved(), &[Range::new(4096, 8192)]);
+        let (o, p) = parse_all("reserve=1-2 reserve=3-4,5-6");
+        assert!(p.is_empty());
+        assert_eq!(o.reserved(), &[Range::new(1, 2), Range::new(3, 4), Range::new(5, 6)]);
+        // Past the limit, the whole word is refused and what was there stays.
+        let (o, p) = parse_all("reserve=1-2,3-4,5-6 reserve=7-8,9-10");
+        assert_eq!(p.len(), 1);
+        assert_eq!(o.reserved().len(), 3);
         for bad in ["reserve=5-5", "reserve=9-4", "reserve=0x-1", "reserve=1", "reserve=1-2,", "reserve=1-2,3-4,5-6,7-8,9-10", "reserve=0x1-0xfffffffffffffffff"] {
             let (o, p) = parse_all(bad);
             assert!(o.reserved().is_empty(), "{bad}");

@@ -1010,14 +1010,16 @@ fn test_killed_caller_memory(bi: &BootInfo) {
             .and_then(|_| c.thread(CHILD_STACK_TOP, W_CALL, 0, ROOT_PRIO, 0));
         Ok((c, t))
     });
-    let (held, used, bulk_back, pinned) = match made {
+    let (held, handler, used, bulk_back, pinned) = match made {
         Ok((child, Ok(t))) => {
             let held = wait_ms(2000, || HOLD_GOT.load(SeqCst) && state(t) == Some(ThreadState::BlockedReply));
             let used = left0.saturating_sub(budget());
-            release(t);
             child.release();
+            // The dead thread takes no fault handler again (it would keep the endpoint).
+            let handler = sys::thread_set_fault_handler(t, ep);
+            release(t);
             let bulk_back = wait_ms(500, || left0.saturating_sub(budget()) <= RECORDS_MAX);
-            (held, used, bulk_back, left0.saturating_sub(budget()))
+            (held, handler, used, bulk_back, left0.saturating_sub(budget()))
         }
         Ok((child, Err(e))) => {
             child.release();
@@ -1043,11 +1045,11 @@ fn test_killed_caller_memory(bi: &BootInfo) {
     release(ep);
     report(
         NAME,
-        receiving && held && used >= PAGES * 4096 && bulk_back && still_held && replied && reply == Error::PartnerGone as u64 && all_back,
+        receiving && held && handler == Err(Error::InvalidState) && used >= PAGES * 4096 && bulk_back && still_held && replied && reply == Error::PartnerGone as u64 && all_back,
         format_args!(
             "the child used {used} bytes ({PAGES} pages mapped besides its image); killed while the server on cpu {} held its \
              call: all but {pinned} bytes back (at most {RECORDS_MAX}): {bulk_back}; the late reply answered code {reply} \
-             (PartnerGone {}), then all back: {all_back} ({short} bytes short)",
+             (PartnerGone {}), then all back: {all_back} ({short} bytes short); a fault handler for the dead thread: {handler:?}",
             far_cpu(),
             Error::PartnerGone as u64
         ),
