@@ -55,7 +55,9 @@ static TSC_HZ: AtomicU64 = AtomicU64::new(0);
 /// the reference clocks to measure against, best first, when CPUID does not say; `frames`
 /// supplies page tables for mapping the HPET.
 pub fn init_tsc(features: &cpu::Features, refs: &[RefClock], frames: &mut impl FrameSource) -> (u64, TscSource) {
-    let found = from_cpuid(features).or_else(|| refs.iter().find_map(|r| calibrate(*r, frames)));
+    // A frequency CPUID gives is believed only if it is plausible (a hypervisor's leaf, or a
+    // crystal ratio, that says otherwise is not the TSC's): else the reference clocks measure it.
+    let found = from_cpuid(features).filter(|(hz, _)| plausible(*hz)).or_else(|| refs.iter().find_map(|r| calibrate(*r, frames)));
     let Some((hz, src)) = found else {
         panic!("tsc: CPUID does not give the TSC frequency and no reference clock answered (tried {refs:?})")
     };
@@ -100,8 +102,12 @@ fn calibrate(r: RefClock, frames: &mut impl FrameSource) -> Option<(u64, TscSour
         RefClock::Hpet { phys } => (unsafe { Hpet::map(frames, phys) }.ok()?.calibrate()?, TscSource::Hpet),
         RefClock::PmTimer { port, bits32 } => (median(|| pm_timer_window(port, bits32))?, TscSource::PmTimer),
     };
-    // A TSC below 10 MHz or above 100 GHz means the reference did not count what it should.
-    (10_000_000..=100_000_000_000).contains(&hz).then_some((hz, src))
+    plausible(hz).then_some((hz, src))
+}
+
+/// A TSC below 10 MHz or above 100 GHz means the reference did not count what it should.
+fn plausible(hz: u64) -> bool {
+    (10_000_000..=100_000_000_000).contains(&hz)
 }
 
 /// The median of three measurements (TSC frequencies in Hz), if all three worked.
