@@ -165,7 +165,8 @@ pub fn bind(line: &IrqLine, n: &Arc<Notification>, bits: u64, cpu: usize) -> Res
         return Err(Error::InvalidArgument);
     }
     let apic = rl4_smp::cpus::get(cpu).filter(|c| c.online.load(Ordering::Acquire)).ok_or(Error::InvalidCpu)?.apic_id;
-    let dest = u8::try_from(apic).map_err(|_| Error::InvalidCpu)?;
+    // An I/O APIC entry's physical destination is 8 bits, and 0xff there means every CPU.
+    let dest = u8::try_from(apic).ok().filter(|&d| d != 0xff).ok_or(Error::InvalidCpu)?;
     let (chip, r) = route(line.irq as usize).ok_or(Error::Busy)?;
     let old = {
         let mut l = STATE[line.irq as usize].lock();

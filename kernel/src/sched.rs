@@ -56,10 +56,12 @@ pub enum Count {
     FpuKept = 4,
     /// Deadline entries the timer took out or looked at in a prune (`timeout.rs`).
     DeadlinesVisited = 5,
+    /// Run-queue entries sweeps looked at ([`request_sweep`]).
+    SweepVisited = 6,
 }
 
 /// How many [`Count`]s there are.
-const COUNTS: usize = 6;
+const COUNTS: usize = 7;
 
 /// A [`CpuSched::flags`] bit: the time slice ran out (or the thread yielded): rotate at the next
 /// decision.
@@ -117,6 +119,9 @@ pub struct CpuSched {
     /// A killed thread's entry may sit in this CPU's run queue: the next decision sweeps the
     /// queue of killed threads ([`request_sweep`]).
     sweep: AtomicBool,
+    /// Timer ticks this CPU took, and the tick of its last sweep: one sweep per tick at most.
+    ticks: AtomicU64,
+    swept_at: AtomicU64,
     /// When a thread of this CPU last blocked in a call to a server of another CPU (TSC; 0:
     /// no reply awaited), and the time such replies took, on average (TSC ticks, an
     /// exponentially weighted mean): the idle loop polls a few of those before it halts.
@@ -279,6 +284,8 @@ pub fn init_cpu(pcid: bool) {
         slice: AtomicU32::new(TIME_SLICE_TICKS),
         flags: AtomicU8::new(0),
         sweep: AtomicBool::new(false),
+        ticks: AtomicU64::new(0),
+        swept_at: AtomicU64::new(u64::MAX),
         awaiting: AtomicU64::new(0),
         reply_ticks: AtomicU64::new(0),
         tlb: CpuTlb::new(pcid),
@@ -541,8 +548,12 @@ pub(crate) fn unqueue(cpu: u32, t: &Arc<Thread>, prio: u8) -> Option<Arc<Thread>
 /// its run queue at its next decision, which this asks for now (a reschedule interrupt).
 pub(crate) fn request_sweep(cpu: u32) {
     let Some(cs) = get(cpu as usize) else { return };
-    cs.sweep.store(true, Ordering::Release);
-    kick(cpu);
+    // One interrupt per pending request: while one is pending (the flag set), that CPU's
+    // next decision sweeps anyway (a task changing a queued thread's priority in a loop made
+    // one interrupt per call).
+    if !cs.sweep.swap(true, Ordering::AcqRel) {
+        kick(cpu);
+    }
 }
 
 /// Takes every killed thread's entry out of this CPU's run queue (each consumed through
@@ -550,30 +561,37 @@ pub(crate) fn request_sweep(cpu: u32) {
 /// the entry of every thread whose priority changed while it was queued to the list of its
 /// priority now (`Thread::reprio`).
 ///
-/// One sweep takes at most as many entries as the queue held when it began, so that threads
-/// re-prioritised again and again from other CPUs meanwhile cannot keep it going: what is left
-/// is the next decision's (the request is renewed).
+/// One walk over the queue (O(entries): the entries found are set aside in a list of their
+/// own and handled after it; taking them one at a time walked again from the top for each, so
+/// a kill of k queued threads behind N others cost N × k with interrupts off), and one walk
+/// per timer tick at most: a request made while this tick's walk is done waits for the next
+/// decision after the tick (at most a time slice away), so that requests from other CPUs in
+/// a loop cannot keep this one walking.
 #[cold]
 fn sweep(cs: Here) {
-    let mut budget = with_rq(cs, |rq| rq.len());
-    loop {
-        if budget == 0 {
-            // Entries may be left (none if the queue was empty: nothing to ask for then).
-            if !with_rq(cs, |rq| rq.is_empty()) {
-                cs.sweep.store(true, Ordering::Relaxed);
-            }
-            return;
-        }
-        budget -= 1;
-        let Some((_, t)) =
-            with_rq(cs, |rq| rq.take_first_where(|x| x.killed.load(Ordering::Relaxed) || x.reprio.load(Ordering::Relaxed)))
-        else {
-            return;
-        };
+    let now = cs.ticks.load(Ordering::Relaxed);
+    if cs.swept_at.load(Ordering::Relaxed) == now {
+        cs.sweep.store(true, Ordering::Relaxed);
+        return;
+    }
+    cs.swept_at.store(now, Ordering::Relaxed);
+    // The run links of the entries set aside: a list with a token no run queue has.
+    let mut found: rl4_core::wlist::WList<Thread, rl4_core::runqueue::Run> = rl4_core::wlist::WList::new(usize::MAX);
+    with_rq(cs, |rq| {
+        cs.add_count(Count::SweepVisited, rq.len() as u64);
+        rq.take_all_where(
+            |x| x.killed.load(Ordering::Relaxed) || x.reprio.load(Ordering::Relaxed),
+            |_, t| {
+                if let Err(t) = found.push_back(t) {
+                    queued_twice(t);
+                }
+            },
+        )
+    });
+    while let Some(t) = found.pop_front() {
         if !t.killed.load(Ordering::Relaxed) {
             // Its priority changed: back at the end of its priority's list (the flag cleared
-            // first, so that the walk does not find it again; one set meanwhile is seen by the
-            // sweep that its setter asked for).
+            // first; one set meanwhile is seen by the sweep that its setter asked for).
             t.reprio.store(false, Ordering::Relaxed);
             let p = t.life.lock().prio;
             with_rq(cs, |rq| rq_push(rq, p, t, false));
@@ -582,13 +600,12 @@ fn sweep(cs: Here) {
         let mut l = t.life.lock();
         match l.dequeue(me()) {
             Pick::Drop => {}
-            // A hint that lied (never, once `Dead`): it goes back to wait for its turn, and the
-            // sweep ends (it would find the same entry again).
+            // A hint that lied (never, once `Dead`): it goes back to wait for its turn.
             Pick::Run => {
                 let p = l.prio;
                 drop(l);
                 with_rq(cs, |rq| rq_push(rq, p, t, false));
-                return;
+                continue;
             }
             Pick::Forward(c) => push(c, &t, l.prio),
         }
@@ -633,6 +650,7 @@ fn drain_inbox_now(cs: Here) {
 /// Called by the timer interrupt on this CPU.
 pub fn tick() {
     let cs = this();
+    cs.ticks.store(cs.ticks.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
     crate::timeout::expire_due(cs);
     if cs.current_prio.load(Ordering::Relaxed) >= 0 {
         let left = cs.slice.load(Ordering::Relaxed).saturating_sub(1);

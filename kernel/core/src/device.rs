@@ -80,7 +80,7 @@ impl Ports {
 /// The ports the kernel keeps for itself on a PC: the 8259 PICs, the PIT and port 0x61 (the
 /// TSC calibration), the debug-exit device, QEMU's debug console, COM1 (the kernel's log),
 /// the PCI configuration mechanism, and those that would let a task write memory or alias it
-/// (the ISA DMA controllers, system control port A). Firmware-described ports (the ACPI PM timer block) are
+/// (the ISA DMA controllers, system control port A, QEMU's firmware configuration DMA). Firmware-described ports (the ACPI PM timer block) are
 /// added by the kernel at boot.
 pub const KERNEL_PORTS: &[Ports] = &[
     // The ISA DMA controllers and their page registers: programmed by a task, they would
@@ -100,6 +100,10 @@ pub const KERNEL_PORTS: &[Ports] = &[
     Ports { base: 0xf4, count: 4 },
     Ports { base: 0x3f8, count: 8 },
     Ports { base: 0xcf8, count: 8 },
+    // QEMU's firmware configuration device: its DMA interface (0x514..0x51b) reads a request
+    // from, and writes its status to, any physical address a task writes there. (Other
+    // machines have nothing there: keeping the ports costs them nothing.)
+    Ports { base: 0x510, count: 12 },
 ];
 
 /// The ISA interrupts the kernel keeps: 0 (the PIT), 2 (the cascade, never a device),
@@ -291,7 +295,7 @@ mod tests {
         assert!(!KERNEL_PORTS.iter().any(|k| k.overlaps(com2)));
         assert!(KERNEL_PORTS.iter().any(|k| k.overlaps(Ports::new(0x3f0, 9).unwrap())));
         // The ports through which a task could make a legacy device write memory, or alias it.
-        for (base, count) in [(0x00, 1), (0x0f, 1), (0x81, 1), (0x8f, 1), (0xc0, 1), (0xdf, 1), (0x92, 1)] {
+        for (base, count) in [(0x00, 1), (0x0f, 1), (0x81, 1), (0x8f, 1), (0xc0, 1), (0xdf, 1), (0x92, 1), (0x514, 4), (0x518, 4), (0x510, 1)] {
             assert!(KERNEL_PORTS.iter().any(|k| k.overlaps(Ports::new(base, count).unwrap())), "port {base:#x}");
         }
         assert!(!KERNEL_PORTS.iter().any(|k| k.overlaps(Ports::new(0x60, 1).unwrap())), "the keyboard data port stays a driver's");

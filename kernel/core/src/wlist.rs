@@ -283,6 +283,21 @@ impl<T: WLinked<Tag>, Tag> WList<T, Tag> {
         None
     }
 
+    /// Takes out every item for which `f` holds, in one walk from the head (O(items)), handing
+    /// each to `out` in order.
+    pub fn remove_all_where(&mut self, mut f: impl FnMut(&T) -> bool, mut out: impl FnMut(Arc<T>)) {
+        let mut p = self.head;
+        while !p.is_null() {
+            // SAFETY: an item this list owns, alive while the list holds it.
+            let t = unsafe { &*p };
+            let next = link::<T, Tag>(t).next.load(Relaxed);
+            if f(t) {
+                out(self.unlink(p));
+            }
+            p = next;
+        }
+    }
+
     /// The items, first to last, with their keys.
     pub fn iter(&self) -> impl Iterator<Item = (u64, &T)> + '_ {
         let mut p = self.head;

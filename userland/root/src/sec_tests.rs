@@ -1056,10 +1056,90 @@ fn test_killed_caller_memory(bi: &BootInfo) {
     );
 }
 
+// ---- requests to another CPU's run queue cost it one walk per tick ----------------------------
+
+/// A review finding (tenth session): a thread's priority change, or its kill, while it waits in
+/// another CPU's run queue asks that CPU to sweep its queue, and every request cost it an
+/// interrupt and a walk of the whole queue with interrupts off — a walk per entry found, even.
+/// A task of low priority could keep another CPU walking a queue it had filled, by changing
+/// one thread's priority in a loop: the thread of higher priority running there starved. Now a
+/// request sends no interrupt while one is pending, a sweep is one walk, and there is at most
+/// one walk per timer tick; a priority change still takes effect within a time slice.
+fn test_sweep_bounded(bi: &BootInfo) {
+    const NAME: &str = "sweep-requests-cost-one-walk-per-tick";
+    const QUEUED: usize = 400;
+    const FLIPS: u64 = 3000;
+    if cpus() < 2 {
+        return crate::tests::skip(NAME, "one CPU");
+    }
+    let cpu = far_cpu();
+    let visited = || sys::stat(MACHINE, rl4_abi::stat::SWEEP_VISITED).unwrap_or(u64::MAX);
+    let ticks = || sys::stat(MACHINE, rl4_abi::stat::TICKS).unwrap_or(0);
+    SPIN_STOP.store(false, SeqCst);
+    let sp = spawn(spinner, 0, ROOT_PRIO + 10, cpu);
+    let spinning = wait_ms(1000, || state(sp) == Some(ThreadState::Running));
+    let threads = || sys::stat(MACHINE, rl4_abi::stat::THREADS).unwrap_or(u64::MAX);
+    let n0 = threads();
+    // Threads of a child task that never get to run (killed with their task while queued; no
+    // capability to them is kept), and one of the root task's that will, when it outranks the
+    // spinner.
+    let child = match Child::load(bi, "worker") {
+        Ok(c) => c,
+        Err(e) => {
+            SPIN_STOP.store(true, SeqCst);
+            release(sp);
+            return report(NAME, false, format_args!("child: {e}"));
+        }
+    };
+    let mut made = 0;
+    for _ in 0..QUEUED {
+        let t = slot();
+        let ok = sys::thread_create(MEMORY, child.task, child.entry, CHILD_STACK_TOP, ROOT_PRIO - 10, cpu, t).and_then(|_| sys::thread_resume(t));
+        release(t);
+        if ok.is_err() {
+            break;
+        }
+        made += 1;
+    }
+    let target = spawn(spinner, 0, ROOT_PRIO - 10, cpu);
+    let all_queued = made == QUEUED && wait_ms(1000, || state(target) == Some(ThreadState::Runnable));
+    let (v0, t0) = (visited(), ticks());
+    let mut flips = 0;
+    for i in 0..FLIPS {
+        if sys::thread_set_priority(target, ROOT_PRIO - 10 - (i & 1)).is_ok() {
+            flips += 1;
+        }
+    }
+    let (walked, took) = (visited().wrapping_sub(v0), ticks().wrapping_sub(t0));
+    // Each walk looks at every entry once: at most one per tick (plus the one under way).
+    let bound = (took + 2) * (QUEUED as u64 + 2);
+    // Raised above the spinner, it runs within a time slice or so.
+    let raised = sys::thread_set_priority(target, ROOT_PRIO + 20).is_ok() && wait_ms(500, || state(target) == Some(ThreadState::Running));
+    // Killing the queued threads with their task: they go (the sweep after the next tick at
+    // the latest).
+    let (v1, t1) = (visited(), ticks());
+    child.release();
+    // (The live threads: those before, and the target.)
+    let gone = wait_ms(2000, || threads() <= n0 + 1);
+    let (walked2, took2) = (visited().wrapping_sub(v1), ticks().wrapping_sub(t1));
+    SPIN_STOP.store(true, SeqCst);
+    let stopped = wait_ms(2000, || state(sp) == Some(ThreadState::Dead) && state(target) == Some(ThreadState::Dead));
+    release(sp);
+    release(target);
+    report(
+        NAME,
+        spinning && all_queued && flips == FLIPS && walked <= bound && raised && gone && walked2 <= (took2 + 2) * (QUEUED as u64 + 3) && stopped,
+        format_args!(
+            "{made} threads queued on cpu {cpu} behind a spinner (all queued: {all_queued}); {flips} priority changes of one of them from cpu 0: the sweeps looked at {walked} entries in {took} ticks (at most one walk a tick: {bound}); raised above the spinner it ran: {raised}; killing the queued ones: gone {gone}, {walked2} entries looked at in {took2} ticks"
+        ),
+    );
+}
+
 pub fn run(bi: &BootInfo) {
     test_fastpath_slot_race();
     test_killed_queued_thread(bi);
     test_killed_caller_memory(bi);
+    test_sweep_bounded(bi);
     test_revoke_tree();
     test_revoke_in_flight();
     test_revoke_race();
