@@ -1129,6 +1129,9 @@ pub struct Thread {
     /// Set (under its lock, by `thread::set_priority`) when its priority changed while it was
     /// queued: its CPU's next sweep moves its run-queue entry to the list of its priority now.
     pub reprio: AtomicBool,
+    /// The last deadline prune that kept an entry of this thread (that prune's TSC time;
+    /// `timeout.rs`): a second entry with the same deadline in the same prune is a duplicate.
+    pub pruned_at: AtomicU64,
     /// Its fault handler (`ThreadSetFaultHandler`): the endpoint (weak: it dies with its last
     /// capability) and the badge of the capability it was set with. A leaf lock.
     pub fault_handler: Mutex<Option<(Weak<crate::ipc::Endpoint>, u64)>, { Level::OBJECT }>,
@@ -1191,6 +1194,7 @@ impl Thread {
             run_link: rl4_core::wlist::WLink::new(),
             killed: AtomicBool::new(false),
             reprio: AtomicBool::new(false),
+            pruned_at: AtomicU64::new(0),
             fault_handler: Mutex::new(None),
             _charge: charge,
         })

@@ -83,7 +83,21 @@ pub fn expire_due(cs: sched::Here) {
         core::mem::take(&mut *g)
     };
     if l.wants_prune(now, prune_period()) {
-        let seen = l.prune(now, |(d, w)| w.upgrade().is_some_and(|t| t.life.lock().deadline() == Some(*d)));
+        // An entry is kept if its thread still waits with that deadline — once: a thread that
+        // blocks again and again with one absolute deadline (a task can compute it from the
+        // TSC it reads) left an entry per wait, all kept, kernel heap no budget pays for (a
+        // review finding). Only this CPU's prunes write `now` (another CPU's prune of the same
+        // thread writes its own time: at worst a duplicate survives one prune).
+        let seen = l.prune(now, |(d, w)| {
+            w.upgrade().is_some_and(|t| {
+                let waits = t.life.lock().deadline() == Some(*d);
+                let first = t.pruned_at.load(core::sync::atomic::Ordering::Relaxed) != now;
+                if waits && first {
+                    t.pruned_at.store(now, core::sync::atomic::Ordering::Relaxed);
+                }
+                waits && first
+            })
+        });
         cs.add_count(sched::Count::DeadlinesVisited, seen as u64);
     } else {
         l.shrink();
