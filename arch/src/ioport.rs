@@ -27,7 +27,7 @@ impl IoMap {
     /// locked. (One locked operation per port made a task holding four ranges of 62,000 ports
     /// cost every switch into or out of it half a million locked operations.)
     pub fn set(&self, base: u16, count: u32, allow: bool) {
-        let end = (base as u32 + count).min(65_536);
+        let end = (base as u32).saturating_add(count).min(65_536);
         let mut p = base as u32;
         while p < end {
             let byte = p / 8;

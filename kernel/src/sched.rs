@@ -564,14 +564,18 @@ pub(crate) fn request_sweep(cpu: u32) {
 /// One walk over the queue (O(entries): the entries found are set aside in a list of their
 /// own and handled after it; taking them one at a time walked again from the top for each, so
 /// a kill of k queued threads behind N others cost N × k with interrupts off), and one walk
-/// per timer tick at most: a request made while this tick's walk is done waits for the next
-/// decision after the tick (at most a time slice away), so that requests from other CPUs in
-/// a loop cannot keep this one walking.
+/// per timer tick at most: a request made while this tick's walk is done waits for the first
+/// decision after the tick (every interrupt from user mode decides; an idle CPU loops), so
+/// that requests from other CPUs in a loop cannot keep this one walking. What is left is a
+/// walk of N entries per tick for a task that keeps N threads queued here and asks once a
+/// tick (docs/scheduler.md).
 #[cold]
 fn sweep(cs: Here) {
     let now = cs.ticks.load(Ordering::Relaxed);
     if cs.swept_at.load(Ordering::Relaxed) == now {
-        cs.sweep.store(true, Ordering::Relaxed);
+        // A read-modify-write, as the requesters' are: the next decision's exchange still
+        // acquires what a requester wrote before its own.
+        cs.sweep.swap(true, Ordering::AcqRel);
         return;
     }
     cs.swept_at.store(now, Ordering::Relaxed);
@@ -953,7 +957,8 @@ pub fn yield_now() {
     entry::set_current_result(0);
     // A sweep asked for by another CPU comes with a reschedule interrupt (taken as soon as the
     // thread this CPU runs next is in user mode, and its decision sweeps); one asked for by this
-    // CPU set `KICKED` too ([`request_sweep`]): the sweep flag itself need not be looked at.
+    // CPU set `KICKED` too ([`request_sweep`]), unless one was pending already, which the next
+    // decision (at the latest the next tick's) sweeps: the sweep flag itself need not be looked at.
     if cs.mail.is_empty() && cs.flags.load(Ordering::Relaxed) & KICKED == 0 {
         let (top, prio) = (cs.rq_top.load(Ordering::Relaxed), cs.current_prio.load(Ordering::Relaxed));
         if top < prio {

@@ -86,8 +86,9 @@ pub fn expire_due(cs: sched::Here) {
         // An entry is kept if its thread still waits with that deadline — once: a thread that
         // blocks again and again with one absolute deadline (a task can compute it from the
         // TSC it reads) left an entry per wait, all kept, kernel heap no budget pays for (a
-        // review finding). Only this CPU's prunes write `now` (another CPU's prune of the same
-        // thread writes its own time: at worst a duplicate survives one prune).
+        // review finding). Each CPU's prune writes its own `now` (two CPUs' prunes of one
+        // thread, or a race on the stamp, at worst let a duplicate survive one prune; any entry
+        // kept ends the wait, as `Life::expire` compares the deadline, not the entry).
         let seen = l.prune(now, |(d, w)| {
             w.upgrade().is_some_and(|t| {
                 let waits = t.life.lock().deadline() == Some(*d);

@@ -101,7 +101,8 @@ pub const KERNEL_PORTS: &[Ports] = &[
     Ports { base: 0x3f8, count: 8 },
     Ports { base: 0xcf8, count: 8 },
     // QEMU's firmware configuration device: its DMA interface (0x514..0x51b) reads a request
-    // from, and writes its status to, any physical address a task writes there. (Other
+    // from any physical address a task writes there, writes its status back there and copies
+    // the chosen item's bytes to the address the request names: a write anywhere. (Other
     // machines have nothing there: keeping the ports costs them nothing.)
     Ports { base: 0x510, count: 12 },
 ];
