@@ -509,23 +509,20 @@ pub struct DetachedTables([u64; 256]);
 /// valid with an empty user half: the tables' mappings are gone for every walk that starts
 /// after this, and the caller makes every CPU drop what it cached of them (the kernel's TLB
 /// shoot-down) before it frees them with [`free_detached`]. The caller holds the space's lock
-/// (as for [`map_user`]). Returns the tables with how many they are (below the PML4).
-pub fn detach_user_half(root: &PageTableRoot) -> (DetachedTables, u64) {
+/// (as for [`map_user`]).
+pub fn detach_user_half(root: &PageTableRoot) -> DetachedTables {
     // SAFETY: `root` is a live user space (the type says so) whose lock the caller holds: no
     // other CPU changes its tables meanwhile; a CPU's page walk reads the entries, and an
     // aligned 8-byte store is atomic for it.
     let l4 = unsafe { &mut *(phys_to_virt(root.0) as *mut PageTable) };
     let mut kept = [0u64; 256];
-    let mut n = 0;
     for (i, e) in l4.iter_mut().take(256).enumerate() {
         if e.flags().contains(F::PRESENT) {
             kept[i] = e.addr().as_u64();
             e.set_unused();
         }
     }
-    let d = DetachedTables(kept);
-    d.each(|_| n += 1);
-    (d, n)
+    DetachedTables(kept)
 }
 
 impl DetachedTables {
@@ -579,7 +576,7 @@ pub unsafe fn free_detached(d: DetachedTables, mut free: impl FnMut(OwnedFrame))
 /// tables go back to the allocator.
 pub unsafe fn free_user_space(root: &PageTableRoot, mut free: impl FnMut(OwnedFrame)) {
     // Unlinked and freed at once: no CPU can walk them (the caller's contract).
-    let (tables, _) = detach_user_half(root);
+    let tables = detach_user_half(root);
     // SAFETY: nothing caches this space's tables (the caller's contract covers the detaching).
     unsafe { free_detached(tables, &mut free) };
     // SAFETY: the PML4 was given up by `new_user_space` and is freed once, here.

@@ -781,19 +781,17 @@ impl Space {
     /// so do the space's and its task's records until their last reference. A `Map` into it
     /// afterwards is refused. Runs with no lock held; the frames are released after the lock.
     pub fn empty(&self) {
-        let (maps, tables, n) = {
+        let (maps, tables, pages) = {
             let mut maps = self.maps.lock();
             // Emptied already (a second `TaskKill`, or one racing `TaskExit`): nothing to do.
             if self.emptied.load(Ordering::Relaxed) {
                 return;
             }
             self.emptied.store(true, Ordering::Relaxed);
-            let (tables, n) = rl4_arch::paging::detach_user_half(&self.pml4);
+            let tables = rl4_arch::paging::detach_user_half(&self.pml4);
             // Every table below the root was counted in when it was made (`ChargedTables`),
-            // under this lock.
-            let counted = self.table_pages.swap(0, Ordering::Relaxed);
-            debug_assert_eq!(counted, n);
-            (core::mem::take(&mut *maps), tables, counted.min(n))
+            // under this lock (`KernelCheck` compares the count with the tables).
+            (core::mem::take(&mut *maps), tables, self.table_pages.swap(0, Ordering::Relaxed))
         };
         // No CPU keeps a translation or a cached table entry of the old user half past this.
         crate::tlb::flush_space(self);
@@ -817,7 +815,7 @@ impl Space {
             })
         };
         let mappings = maps.len() as u64;
-        self.memory.uncharge(n * 4096 + mappings * MAP_COST);
+        self.memory.uncharge(pages * 4096 + mappings * MAP_COST);
         MAPPINGS.fetch_sub(mappings, Ordering::Relaxed);
         for (_, (frame, _, _)) in maps {
             drop(frame);

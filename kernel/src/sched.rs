@@ -119,8 +119,7 @@ pub struct CpuSched {
     /// A killed thread's entry may sit in this CPU's run queue: the next decision sweeps the
     /// queue of killed threads ([`request_sweep`]).
     sweep: AtomicBool,
-    /// Timer ticks this CPU took, and the tick of its last sweep: one sweep per tick at most.
-    ticks: AtomicU64,
+    /// This CPU's timer tick (`cpus::Cpu::ticks`) of its last sweep: one sweep per tick at most.
     swept_at: AtomicU64,
     /// When a thread of this CPU last blocked in a call to a server of another CPU (TSC; 0:
     /// no reply awaited), and the time such replies took, on average (TSC ticks, an
@@ -284,7 +283,6 @@ pub fn init_cpu(pcid: bool) {
         slice: AtomicU32::new(TIME_SLICE_TICKS),
         flags: AtomicU8::new(0),
         sweep: AtomicBool::new(false),
-        ticks: AtomicU64::new(0),
         swept_at: AtomicU64::new(u64::MAX),
         awaiting: AtomicU64::new(0),
         reply_ticks: AtomicU64::new(0),
@@ -571,7 +569,7 @@ pub(crate) fn request_sweep(cpu: u32) {
 /// tick (docs/scheduler.md).
 #[cold]
 fn sweep(cs: Here) {
-    let now = cs.ticks.load(Ordering::Relaxed);
+    let now = cpus::this().ticks.load(Ordering::Relaxed);
     if cs.swept_at.load(Ordering::Relaxed) == now {
         // A read-modify-write, as the requesters' are: the next decision's exchange still
         // acquires what a requester wrote before its own.
@@ -654,7 +652,6 @@ fn drain_inbox_now(cs: Here) {
 /// Called by the timer interrupt on this CPU.
 pub fn tick() {
     let cs = this();
-    cs.ticks.store(cs.ticks.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
     crate::timeout::expire_due(cs);
     if cs.current_prio.load(Ordering::Relaxed) >= 0 {
         let left = cs.slice.load(Ordering::Relaxed).saturating_sub(1);
