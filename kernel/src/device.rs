@@ -9,7 +9,8 @@
 //! its address space's [`IoSpace`]; [`sync`] makes this CPU's bitmap match the space being
 //! switched to, which costs two loads and a compare when nothing changes and a few byte
 //! writes per port otherwise (see docs/decisions.md).
-use alloc::sync::Arc;
+use alloc::sync::{Arc, Weak};
+use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use rl4_abi::{Error, IO_RANGES, IRQ_CPU_CALLER, ObjType, Rights, Sys};
 use rl4_core::device::{DevMemError, DeviceFrame, KERNEL_PORTS, MAX_DEVICE_PAGES, OpenSet, PhysRange, Ports};
@@ -36,7 +37,7 @@ impl IoSpace {
         IoSpace {
             generation: AtomicU64::new(0),
             packed: [const { AtomicU64::new(0) }; IO_RANGES],
-            set: Mutex::new(OpenSet { ranges: [(Ports { base: 0, count: 0 }, 0); IO_RANGES] }),
+            set: Mutex::new(OpenSet::new()),
         }
     }
 }
@@ -44,6 +45,86 @@ impl IoSpace {
 impl Default for IoSpace {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The object of an `IoPort` capability: a port range. Copies of the capability share it; a
+/// range opened through it (`IoPortOpen`) stays open until it is closed, its task ends, or the
+/// object goes — its last capability deleted or revoked — which closes it in every task that
+/// opened it ([`Drop`]): a driver whose capability was taken away keeps no port. Its heap
+/// (this record and the list of openers) is bounded by the capability slots that hold it and
+/// by the address spaces alive that opened it.
+pub struct IoPortObj {
+    pub ports: Ports,
+    /// The address spaces that opened it at least once (weak: a space goes with its task; the
+    /// dead ones are pruned at every open). A leaf lock.
+    openers: Mutex<Vec<Weak<Space>>, { Level::OBJECT }>,
+}
+
+impl IoPortObj {
+    pub fn new(ports: Ports) -> Result<Arc<IoPortObj>, Error> {
+        Arc::try_new(IoPortObj { ports, openers: Mutex::new(Vec::new()) }).map_err(|_| Error::OutOfMemory)
+    }
+    /// The number its ranges are opened under in an `OpenSet` (its address: unique while it
+    /// lives, and all its ranges are closed before it is freed).
+    fn owner(&self) -> u64 {
+        self as *const IoPortObj as u64
+    }
+    /// Notes that `sp` opened it (before the open: an `OutOfMemory` here changes nothing).
+    fn note_opener(&self, sp: &Arc<Space>) -> Result<(), Error> {
+        let mut o = self.openers.lock();
+        if o.iter().any(|w| w.as_ptr() == Arc::as_ptr(sp)) {
+            return Ok(());
+        }
+        // Dead spaces' entries go first (a weak reference keeps its space's record allocated).
+        o.retain(|w| w.strong_count() > 0);
+        o.try_reserve(1).map_err(|_| Error::OutOfMemory)?;
+        o.push(Arc::downgrade(sp));
+        Ok(())
+    }
+}
+
+impl Drop for IoPortObj {
+    /// Closes every range opened through this object, in every task that opened one, and has
+    /// every CPU re-read its running task's ranges. Runs with no lock held (the kernel drops
+    /// capabilities after their table's lock is released).
+    fn drop(&mut self) {
+        let owner = self.owner();
+        let openers = core::mem::take(self.openers.get_mut());
+        let mut closed = false;
+        for w in openers {
+            if let Some(sp) = w.upgrade() {
+                closed |= change(&sp.io, |set| if set.close_owner(owner) { Ok(()) } else { Err(Error::InvalidState) }).is_ok();
+                // A last reference to the space goes here, after its lock.
+                drop(sp);
+            }
+        }
+        if closed {
+            resync_everywhere();
+        }
+    }
+}
+
+/// Changes `io`'s ranges with `f` under its lock and, if `f` succeeds, publishes them with a
+/// new generation (this CPU's bitmap and the others' follow: [`resync_everywhere`]).
+fn change(io: &IoSpace, f: impl FnOnce(&mut OpenSet<IO_RANGES>) -> Result<(), Error>) -> Result<(), Error> {
+    let mut set = io.set.lock();
+    f(&mut set)?;
+    for (w, v) in io.packed.iter().zip(set.packed()) {
+        w.store(v, Ordering::Relaxed);
+    }
+    io.generation.store(GENERATION.fetch_add(1, Ordering::Relaxed), Ordering::Release);
+    Ok(())
+}
+
+/// After a task's ranges changed: this CPU re-reads its running thread's at once, the others
+/// at the reschedule interrupt (`trap.rs`): within one IPI, a close holds everywhere and an
+/// open is seen by every thread of the task.
+fn resync_everywhere() {
+    sync_current();
+    let me = rl4_arch::percpu::cpu_index() as usize;
+    for c in (0..MAX_CPUS).filter(|&c| c != me && crate::sched::cpu_online(c as u64)) {
+        rl4_smp::cpus::send_resched(c);
     }
 }
 
@@ -207,7 +288,7 @@ fn irq_line(t: &Thread, slot: u64) -> Result<Arc<crate::irq::IrqLine>, Error> {
     }
 }
 
-fn ports(t: &Thread, slot: u64) -> Result<Ports, Error> {
+fn ports(t: &Thread, slot: u64) -> Result<Arc<IoPortObj>, Error> {
     match obj(t, slot, ObjType::IoPort)? {
         KObj::IoPort(p) => Ok(p),
         _ => Err(Error::WrongType),
@@ -248,7 +329,8 @@ pub fn syscall(t: &Arc<Thread>, s: Sys, a: [u64; 6]) -> Result<[u64; 3], Error> 
             if kernel_port(p) {
                 return Err(Error::Busy);
             }
-            put(t, a[3], KObj::IoPort(p))?;
+            t.task.caps.lock().check_free(a[3])?;
+            put(t, a[3], KObj::IoPort(IoPortObj::new(p)?))?;
         }
         Sys::DeviceMemGet => {
             obj(t, a[0], ObjType::Devices)?;
@@ -259,27 +341,17 @@ pub fn syscall(t: &Arc<Thread>, s: Sys, a: [u64; 6]) -> Result<[u64; 3], Error> 
         }
         Sys::IoPortOpen | Sys::IoPortClose => {
             let p = ports(t, a[0])?;
-            let io = &t.space.io;
-            {
-                let mut set = io.set.lock();
-                if s == Sys::IoPortOpen {
-                    set.open(p).map_err(|_| Error::Busy)?;
-                } else if !set.close(p) {
-                    return Err(Error::InvalidState);
-                }
-                for (w, v) in io.packed.iter().zip(set.packed()) {
-                    w.store(v, Ordering::Relaxed);
-                }
-                io.generation.store(GENERATION.fetch_add(1, Ordering::Relaxed), Ordering::Release);
+            let (range, owner) = (p.ports, p.owner());
+            if s == Sys::IoPortOpen {
+                p.note_opener(&t.space)?;
+                change(&t.space.io, |set| set.open(range, owner).map_err(|_| Error::Busy))?;
+            } else {
+                change(&t.space.io, |set| if set.close(range, owner) { Ok(()) } else { Err(Error::InvalidState) })?;
             }
-            sync_current();
-            // Other CPUs running this task's threads re-read its ranges on the reschedule
-            // interrupt (`trap.rs`): within one IPI, a close holds everywhere and an open is
-            // seen by every thread of the task.
-            let me = rl4_arch::percpu::cpu_index() as usize;
-            for c in (0..MAX_CPUS).filter(|&c| c != me && crate::sched::cpu_online(c as u64)) {
-                rl4_smp::cpus::send_resched(c);
-            }
+            resync_everywhere();
+            // The object goes after its use (a capability deleted meanwhile on another CPU
+            // leaves this reference the last: its destructor closes what was just opened).
+            drop(p);
         }
         _ => return Err(Error::InvalidSyscall),
     }

@@ -364,7 +364,7 @@ fn reply_recv(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag
         }
         drop(cl);
         drop(l);
-        return undo_server(cs, cur, ep, q, caller, ticket);
+        return undo_server(cs, cur, ep.id(), q, caller, ticket);
     }
     let words = cur.regs.with(|r| r.ipc_words());
     drop(l);
@@ -386,28 +386,30 @@ fn reply_recv(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag
         }
     }
     drop(cl);
-    undo_server(cs, cur, ep, q, caller, ticket)
+    undo_server(cs, cur, ep.id(), q, caller, ticket)
 }
 
-/// A guard failed after the server `cur` blocked in `Recv` on `ep` (not queued yet: the queue
-/// `q` is still held) and left this CPU: it takes that wait back and is current here again,
-/// with its reply right for `caller`'s call `ticket`, and the general path runs its call.
-/// Nobody can end the wait meanwhile (a kill or a suspension needs `ep`'s queue lock, which is
-/// held, and `Life::take_back` ignores an affinity changed meanwhile); if the transition is
-/// refused all the same, the caller is failed and the server let go.
+/// A guard failed after the server `cur` blocked in `Recv` on the endpoint `ep` names (not
+/// queued yet: its queue `q` is still held) and left this CPU: it takes that wait back and is
+/// current here again, with its reply right for `caller`'s call `ticket`, and the general path
+/// runs its call. Nobody can end the wait meanwhile (a kill or a suspension needs the queue
+/// lock, which is held, and `Life::take_back` ignores an affinity changed meanwhile); if the
+/// transition is refused all the same, the caller is failed and the server let go — which can
+/// drop the endpoint's last reference (the server's task going with it), so the endpoint is
+/// passed by its id, not by a reference that would outlive it.
 #[cold]
 #[inline(never)]
 fn undo_server(
     cs: sched::Here,
     cur: Arc<Thread>,
-    ep: &crate::ipc::Endpoint,
+    ep: usize,
     q: crate::lock::Guard<'_, crate::ipc::EpQueues, { crate::lock::Level::QUEUE }>,
     caller: Arc<Thread>,
     ticket: u64,
 ) -> Fast {
     let me = rl4_arch::percpu::cpu_index();
     let mut l = cur.life.lock();
-    let taken = match l.take_back(WaitOn::Recv(ep.id()), me) {
+    let taken = match l.take_back(WaitOn::Recv(ep), me) {
         Ok(w) => Ok((w, l.grant_reply(caller, ticket))),
         Err(_) => Err(caller),
     };

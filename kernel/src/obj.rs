@@ -49,7 +49,7 @@ pub enum KObj {
     /// The right to make `Irq` and `IoPort` capabilities (`device.rs`).
     Devices,
     Irq(Arc<crate::irq::IrqLine>),
-    IoPort(rl4_core::device::Ports),
+    IoPort(Arc<crate::device::IoPortObj>),
 }
 
 impl KObj {
@@ -66,7 +66,7 @@ impl KObj {
             (KObj::Notification(a), KObj::Notification(b)) => Arc::ptr_eq(a, b),
             (KObj::Devices, KObj::Devices) => true,
             (KObj::Irq(a), KObj::Irq(b)) => Arc::ptr_eq(a, b),
-            (KObj::IoPort(a), KObj::IoPort(b)) => a == b,
+            (KObj::IoPort(a), KObj::IoPort(b)) => Arc::ptr_eq(a, b),
             _ => false,
         }
     }
@@ -828,6 +828,14 @@ impl Drop for Space {
     #[allow(unsafe_code)]
     fn drop(&mut self) {
         crate::reclaim::dropping("Space");
+        // The user half goes first in pieces, answering shoot-downs between them, as a killed
+        // task's does (`empty`; nothing if it ran already): a space whose task was never
+        // killed can hold millions of mappings, and its last reference can be dropped on any
+        // CPU — a server's that received a capability to it with nowhere to put it — where
+        // freeing them in one go kept every CPU that waited for a shoot-down from that one
+        // waiting as long, with interrupts off (review finding, eleventh session). What is left
+        // below: the root table (`empty` counted out its tables and mappings).
+        self.empty();
         crate::tlb::forget_space(&self.pml4);
         // The frames are released after the mappings' lock.
         let maps = core::mem::take(&mut *self.maps.lock());

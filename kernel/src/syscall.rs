@@ -408,11 +408,15 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             Ok([0; 3])
         }
         Sys::CapDelete => {
+            crate::qsbr::throttle();
             let c = task.caps.lock().remove(a0)?;
             drop(c);
             Ok([0; 3])
         }
-        Sys::CapRevoke => Ok([crate::obj::revoke(task, a0)?, 0, 0]),
+        Sys::CapRevoke => {
+            crate::qsbr::throttle();
+            Ok([crate::obj::revoke(task, a0)?, 0, 0])
+        }
         Sys::CapIdentify => {
             let caps = task.caps.lock();
             let c = caps.get(a0)?;

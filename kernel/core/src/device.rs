@@ -118,43 +118,59 @@ pub enum OpenError {
     Full,
 }
 
-/// A task's open port ranges: at most `N`, each counted as many times as it was opened (so
-/// that two capabilities to one range open and close it independently).
+/// A task's open port ranges: at most `N`, each kept with the port object it was opened through
+/// (`owner`: a number naming that object, the kernel's `IoPortObj`) and counted as many times as
+/// it was opened through it (so that two capabilities to one object open and close it
+/// independently). When the object goes — its last capability deleted or revoked — every range
+/// opened through it closes ([`OpenSet::close_owner`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OpenSet<const N: usize> {
-    pub ranges: [(Ports, u32); N],
+    /// (range, owner, count); a count of 0 is a free slot.
+    pub ranges: [(Ports, u64, u32); N],
 }
 
 impl<const N: usize> Default for OpenSet<N> {
     fn default() -> Self {
-        OpenSet { ranges: [(Ports::default(), 0); N] }
+        Self::new()
     }
 }
 
 impl<const N: usize> OpenSet<N> {
-    pub fn open(&mut self, p: Ports) -> Result<(), OpenError> {
-        if let Some(e) = self.ranges.iter_mut().find(|e| e.1 > 0 && e.0 == p) {
+    pub const fn new() -> Self {
+        OpenSet { ranges: [(Ports { base: 0, count: 0 }, 0, 0); N] }
+    }
+    pub fn open(&mut self, p: Ports, owner: u64) -> Result<(), OpenError> {
+        if let Some(e) = self.ranges.iter_mut().find(|e| e.2 > 0 && e.0 == p && e.1 == owner) {
             // A count that would wrap (2^32 opens) would read as a free slot: refused instead.
-            e.1 = e.1.checked_add(1).ok_or(OpenError::Full)?;
+            e.2 = e.2.checked_add(1).ok_or(OpenError::Full)?;
             return Ok(());
         }
-        let e = self.ranges.iter_mut().find(|e| e.1 == 0).ok_or(OpenError::Full)?;
-        *e = (p, 1);
+        let e = self.ranges.iter_mut().find(|e| e.2 == 0).ok_or(OpenError::Full)?;
+        *e = (p, owner, 1);
         Ok(())
     }
-    /// Whether `p` was open (it stays open while other opens of it remain).
-    pub fn close(&mut self, p: Ports) -> bool {
-        match self.ranges.iter_mut().find(|e| e.1 > 0 && e.0 == p) {
+    /// Whether `p` was open through `owner` (it stays open while other opens of it remain).
+    pub fn close(&mut self, p: Ports, owner: u64) -> bool {
+        match self.ranges.iter_mut().find(|e| e.2 > 0 && e.0 == p && e.1 == owner) {
             Some(e) => {
-                e.1 -= 1;
+                e.2 -= 1;
                 true
             }
             None => false,
         }
     }
+    /// Closes every range opened through `owner`, however often; whether there was one.
+    pub fn close_owner(&mut self, owner: u64) -> bool {
+        let mut any = false;
+        for e in self.ranges.iter_mut().filter(|e| e.2 > 0 && e.1 == owner) {
+            e.2 = 0;
+            any = true;
+        }
+        any
+    }
     /// The ranges open now, packed (`Ports::pack`, 0 = empty slot).
     pub fn packed(&self) -> [u64; N] {
-        core::array::from_fn(|i| if self.ranges[i].1 > 0 { self.ranges[i].0.pack() } else { 0 })
+        core::array::from_fn(|i| if self.ranges[i].2 > 0 { self.ranges[i].0.pack() } else { 0 })
     }
 }
 
@@ -307,20 +323,46 @@ mod tests {
         let mut s = OpenSet::<2>::default();
         let a = Ports::new(0x2f8, 8).unwrap();
         let b = Ports::new(0x60, 1).unwrap();
-        s.open(a).unwrap();
-        s.open(a).unwrap();
-        s.open(b).unwrap();
-        assert_eq!(s.open(Ports::new(0x70, 2).unwrap()), Err(OpenError::Full));
-        assert!(s.close(a));
+        s.open(a, 7).unwrap();
+        s.open(a, 7).unwrap();
+        s.open(b, 7).unwrap();
+        assert_eq!(s.open(Ports::new(0x70, 2).unwrap(), 7), Err(OpenError::Full));
+        // Another object's range takes a slot of its own (none left).
+        assert_eq!(s.open(a, 8), Err(OpenError::Full));
+        // Closed only through the object it was opened through.
+        assert!(!s.close(a, 8));
+        assert!(s.close(a, 7));
         assert!(s.packed().contains(&a.pack()));
-        assert!(s.close(a));
+        assert!(s.close(a, 7));
         assert!(!s.packed().contains(&a.pack()));
-        assert!(!s.close(a));
+        assert!(!s.close(a, 7));
         // A range opened 2^32 - 1 times: one more open is refused, not wrapped to a free slot.
         let mut s = OpenSet::<2>::default();
-        s.ranges[0] = (a, u32::MAX);
-        assert_eq!(s.open(a), Err(OpenError::Full));
+        s.ranges[0] = (a, 1, u32::MAX);
+        assert_eq!(s.open(a, 1), Err(OpenError::Full));
         assert!(s.packed().contains(&a.pack()));
+    }
+
+    #[test]
+    fn an_owner_that_goes_closes_its_ranges() {
+        let mut s = OpenSet::<4>::default();
+        let a = Ports::new(0x2f8, 8).unwrap();
+        let b = Ports::new(0x60, 1).unwrap();
+        s.open(a, 1).unwrap();
+        s.open(a, 1).unwrap();
+        s.open(b, 1).unwrap();
+        s.open(a, 2).unwrap();
+        assert!(s.close_owner(1));
+        // Owner 2's open of the same range stays.
+        assert_eq!(s.packed().iter().filter(|&&w| w != 0).count(), 1);
+        assert!(s.packed().contains(&a.pack()));
+        assert!(!s.close_owner(1));
+        assert!(s.close_owner(2));
+        assert!(s.packed().iter().all(|&w| w == 0));
+        // The slots are free again.
+        for o in 3..7 {
+            s.open(b, o).unwrap();
+        }
     }
     #[test]
     fn device_pages_leave_out_ram_and_kernel_pages() {

@@ -177,6 +177,52 @@ fn test_unauthorised(bi: &BootInfo, ports: u64, com2: bool) {
     );
 }
 
+/// Taking a capability away takes the ports with it: a range opened through an `IoPort`
+/// capability closes when the last capability to that object goes (a copy keeps it open until
+/// it goes too), and a thread of the task then faults on it. Before the eleventh session the
+/// range stayed open until `IoPortClose` or the task's end, whatever happened to the
+/// capability. A capability to another object of the same range neither closes it nor keeps
+/// it open.
+fn test_deleted_capability(ports: u64, com2: bool) {
+    const NAME: &str = "ioport-deleted-capability-closes-range";
+    // One writer thread on the last CPU: whether it wrote (and the scratch register says so)
+    // or faulted.
+    let write = |v: u64| {
+        PORT_THREAD_DONE.store(0, SeqCst);
+        let t = spawn(port_writer, v, ROOT_PRIO, cpus() - 1);
+        let ended = wait_ms(3000, || PORT_THREAD_DONE.load(SeqCst) == 1 || state(t) == Some(ThreadState::Faulted));
+        let faulted = state(t) == Some(ThreadState::Faulted);
+        release(t);
+        let wrote = ended && !faulted && PORT_THREAD_DONE.load(SeqCst) == 1 && (!com2 || inb(COM2 + SCRATCH) == v as u8);
+        (wrote, ended && faulted)
+    };
+    // The run's own opening (through `ports`, another object of the same range) is closed
+    // meanwhile.
+    let closed = sys::ioport_close(ports);
+    let (q, copy) = (slot(), slot());
+    let set_up = sys::ioport_get(DEVICES, COM2 as u64, 8, q).and_then(|_| sys::cap_copy(q, TASK, copy, Rights::ALL)).and_then(|_| sys::ioport_open(q));
+    // Closing through the other object finds nothing of its own open.
+    let other_close = sys::ioport_close(ports);
+    let (w1, _) = write(0x11);
+    let deleted = sys::cap_delete(q);
+    let (w2, _) = write(0x22);
+    let deleted_copy = sys::cap_delete(copy);
+    let (w3, f3) = write(0x33);
+    // (This thread may read the register again only through the run's own opening.)
+    let reopened = sys::ioport_open(ports);
+    let scratch = if com2 && reopened.is_ok() { inb(COM2 + SCRATCH) } else { 0x22 };
+    let (w4, _) = write(0x44);
+    release(q);
+    release(copy);
+    report(
+        NAME,
+        closed.is_ok() && set_up.is_ok() && other_close == Err(Error::InvalidState) && w1 && deleted.is_ok() && w2 && deleted_copy.is_ok() && !w3 && f3 && scratch == 0x22 && reopened.is_ok() && w4,
+        format_args!(
+            "set-up {set_up:?}; close through another object of the range {other_close:?}; opened: wrote {w1}; original deleted: the copy keeps it, wrote {w2}; copy deleted: wrote {w3}, faulted {f3}, scratch {scratch:#x}; reopened through the run's own {reopened:?}: wrote {w4} (device present {com2})"
+        ),
+    );
+}
+
 /// The line is masked from the delivery to `IrqAck`: a byte arriving meanwhile raises nothing
 /// (the driver finds it by looking at the device after its acknowledgement), one after the
 /// acknowledgement does.
@@ -555,6 +601,7 @@ pub fn run(bi: &BootInfo) {
     let ports = slot();
     let com2 = sys::ioport_get(DEVICES, COM2 as u64, 8, ports).is_ok() && com2_present(ports);
     test_unauthorised(bi, ports, com2);
+    test_deleted_capability(ports, com2);
     if com2 {
         test_masked_until_ack();
         test_driver_killed(bi);
