@@ -5,7 +5,7 @@
 //!   have exactly as many strong references as there are holders the kernel knows of:
 //!   capabilities (also one in flight with a blocked sender), a thread's task and space, an
 //!   address space's mappings, IPC buffers, reply rights, every object's budget charge, run
-//!   queues, inboxes, current threads, endpoint and notification queues. One more is a leak,
+//!   queues, inboxes, request lists, current threads, endpoint and notification queues. One more is a leak,
 //!   one fewer would be a use-after-free waiting to happen.
 //! * **Threads.** Each thread's `Life` matches where it is found: current on a CPU ⇔ that
 //!   CPU's current slot holds it; queued ⇔ in exactly one run queue or inbox; held nowhere ⇔
@@ -197,6 +197,8 @@ impl Refs {
 struct Seen {
     current: u32,
     queued: u32,
+    /// CPUs' request lists it is on (`sched::request`).
+    requests: u32,
     senders: Vec<usize>,
     receivers: Vec<usize>,
     waiters: Vec<usize>,
@@ -372,6 +374,8 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
             refs.add_key(t);
             note(&mut seen, t, &mut |x| match held {
                 sched::Held::RunQueue | sched::Held::Inbox => x.queued += 1,
+                // A reference of its own, in no run queue.
+                sched::Held::Request => x.requests += 1,
             });
         },
         |_, deadline, w| timeouts.push((w.as_ptr() as usize, deadline)),
@@ -470,6 +474,10 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
                 x.receivers.len(),
                 x.waiters.len()
             );
+        }
+        // On one request list at most, and its request link claimed exactly then.
+        if x.requests > 1 || t.req_link.is_queued() != (x.requests == 1) {
+            fail!(r, "thread {id} ({st:?}): its request link is {}claimed, but it is on {} request lists", if t.req_link.is_queued() { "" } else { "not " }, x.requests);
         }
         // A link claimed by no list walked above: a lost list (its threads would never leave it).
         if t.wait_link.is_queued() != (in_queues > 0) {

@@ -29,7 +29,14 @@ pub struct IoSpace {
     generation: AtomicU64,
     /// The ranges open now, packed (`Ports::pack`), read without a lock.
     packed: [AtomicU64; IO_RANGES],
-    set: Mutex<OpenSet<IO_RANGES>, { Level::OBJECT }>,
+    set: Mutex<IoSet, { Level::OBJECT }>,
+}
+
+/// The ranges a task has open and, for each slot in use, the object they were opened through
+/// (weak: so that the space can take itself off that object's list of openers when it goes).
+struct IoSet {
+    open: OpenSet<IO_RANGES>,
+    objs: [Weak<IoPortObj>; IO_RANGES],
 }
 
 impl IoSpace {
@@ -37,7 +44,25 @@ impl IoSpace {
         IoSpace {
             generation: AtomicU64::new(0),
             packed: [const { AtomicU64::new(0) }; IO_RANGES],
-            set: Mutex::new(OpenSet::new()),
+            set: Mutex::new(IoSet { open: OpenSet::new(), objs: [const { Weak::new() }; IO_RANGES] }),
+        }
+    }
+
+    /// The space `sp` is being destroyed (its destructor, no lock held): it leaves the lists of
+    /// openers of the objects it has ranges open through, so that no such list keeps a dead
+    /// space's record.
+    pub fn forget(&mut self, sp: *const Space) {
+        let objs = core::mem::replace(&mut self.set.get_mut().objs, [const { Weak::new() }; IO_RANGES]);
+        for w in objs {
+            if let Some(o) = w.upgrade() {
+                let mine = {
+                    let mut l = o.openers.lock();
+                    l.iter().position(|s| core::ptr::eq(s.as_ptr(), sp)).map(|i| l.swap_remove(i))
+                };
+                // Its entry, and a last reference to the object, go after that lock.
+                drop(mine);
+                drop(o);
+            }
         }
     }
 }
@@ -48,27 +73,41 @@ impl Default for IoSpace {
     }
 }
 
-/// The object of an `IoPort` capability: a port range. Copies of the capability share it; a
-/// range opened through it (`IoPortOpen`) stays open until it is closed, its task ends, or the
-/// object goes — its last capability deleted or revoked — which closes it in every task that
-/// opened it ([`Drop`]): a driver whose capability was taken away keeps no port. Its heap
-/// (this record and the list of openers) is bounded by the capability slots that hold it and
-/// by the address spaces alive that opened it.
+/// The object of an `IoPort` capability: a port range. Copies of the capability share it. A
+/// range opened through it (`IoPortOpen`) stays open until it is closed, its task ends, or no
+/// capability slot holds a capability to the object any more — deleted, revoked, or gone with
+/// its task's table (`captable::Object::left`; a copy in flight in a blocked sender does not
+/// count, nor does any reference the kernel holds) — which closes it in every task that opened
+/// it ([`IoPortObj::close_everywhere`]): a driver whose capability was taken away keeps no
+/// port. Its heap (this record and the list of openers) is bounded by the capability slots
+/// that hold it and the live address spaces that opened it (each dead one leaves the list:
+/// [`IoSpace::forget`]).
 pub struct IoPortObj {
     pub ports: Ports,
-    /// The address spaces that opened it at least once (weak: a space goes with its task; the
-    /// dead ones are pruned at every open). A leaf lock.
+    /// Capabilities to it in slots.
+    slots: AtomicU64,
+    /// The address spaces that opened it (weak: a space goes with its task, and takes itself
+    /// off this list then). A leaf lock.
     openers: Mutex<Vec<Weak<Space>>, { Level::OBJECT }>,
 }
 
 impl IoPortObj {
     pub fn new(ports: Ports) -> Result<Arc<IoPortObj>, Error> {
-        Arc::try_new(IoPortObj { ports, openers: Mutex::new(Vec::new()) }).map_err(|_| Error::OutOfMemory)
+        Arc::try_new(IoPortObj { ports, slots: AtomicU64::new(0), openers: Mutex::new(Vec::new()) }).map_err(|_| Error::OutOfMemory)
     }
     /// The number its ranges are opened under in an `OpenSet` (its address: unique while it
     /// lives, and all its ranges are closed before it is freed).
     fn owner(&self) -> u64 {
         self as *const IoPortObj as u64
+    }
+    /// A capability to it entered a slot (`KObj`'s `captable::Object::entered`).
+    pub fn entered(&self) {
+        self.slots.fetch_add(1, Ordering::SeqCst);
+    }
+    /// A capability to it left a slot: whether that was the last one (its ranges then close,
+    /// after the locks: `reclaim::Garbage::PortsGone`).
+    pub fn left(&self) -> bool {
+        self.slots.fetch_sub(1, Ordering::SeqCst) == 1
     }
     /// Notes that `sp` opened it (before the open: an `OutOfMemory` here changes nothing).
     fn note_opener(&self, sp: &Arc<Space>) -> Result<(), Error> {
@@ -76,28 +115,28 @@ impl IoPortObj {
         if o.iter().any(|w| w.as_ptr() == Arc::as_ptr(sp)) {
             return Ok(());
         }
-        // Dead spaces' entries go first (a weak reference keeps its space's record allocated).
-        o.retain(|w| w.strong_count() > 0);
         o.try_reserve(1).map_err(|_| Error::OutOfMemory)?;
         o.push(Arc::downgrade(sp));
         Ok(())
     }
-}
-
-impl Drop for IoPortObj {
-    /// Closes every range opened through this object, in every task that opened one, and has
-    /// every CPU re-read its running task's ranges. Runs with no lock held (the kernel drops
-    /// capabilities after their table's lock is released).
-    fn drop(&mut self) {
+    /// Closes every range opened through it, in every task that opened one, and has every CPU
+    /// re-read its running task's ranges. Holds no lock across spaces, and answers other CPUs'
+    /// TLB shoot-downs between them.
+    pub fn close_everywhere(&self) {
         let owner = self.owner();
-        let openers = core::mem::take(self.openers.get_mut());
+        let openers = core::mem::take(&mut *self.openers.lock());
         let mut closed = false;
         for w in openers {
             if let Some(sp) = w.upgrade() {
-                closed |= change(&sp.io, |set| if set.close_owner(owner) { Ok(()) } else { Err(Error::InvalidState) }).is_ok();
+                closed |= change(&sp.io, |set| {
+                    let freed = set.open.close_owner(owner);
+                    Ok((freed != 0, take_objs(set, freed)))
+                })
+                .is_ok_and(|c| c);
                 // A last reference to the space goes here, after its lock.
                 drop(sp);
             }
+            crate::tlb::service_tlb_here();
         }
         if closed {
             resync_everywhere();
@@ -105,24 +144,60 @@ impl Drop for IoPortObj {
     }
 }
 
-/// Changes `io`'s ranges with `f` under its lock and, if `f` succeeds, publishes them with a
-/// new generation (this CPU's bitmap and the others' follow: [`resync_everywhere`]).
-fn change(io: &IoSpace, f: impl FnOnce(&mut OpenSet<IO_RANGES>) -> Result<(), Error>) -> Result<(), Error> {
-    let mut set = io.set.lock();
-    f(&mut set)?;
-    for (w, v) in io.packed.iter().zip(set.packed()) {
-        w.store(v, Ordering::Relaxed);
+impl Drop for IoPortObj {
+    /// A safety net: its last reference goes (its ranges closed when its last capability left
+    /// its slot, unless one was opened meanwhile through a reference the kernel held).
+    fn drop(&mut self) {
+        crate::reclaim::dropping("IoPortObj");
+        self.close_everywhere();
     }
-    io.generation.store(GENERATION.fetch_add(1, Ordering::Relaxed), Ordering::Release);
-    Ok(())
 }
 
-/// After a task's ranges changed: this CPU re-reads its running thread's at once, the others
-/// at the reschedule interrupt (`trap.rs`): within one IPI, a close holds everywhere and an
-/// open is seen by every thread of the task.
+/// An `IoPort` object whose last capability in a slot went: its ranges close when this is
+/// dropped — by the destruction loop (`reclaim`), with no lock held.
+pub struct PortsGone(pub Arc<IoPortObj>);
+
+impl Drop for PortsGone {
+    fn drop(&mut self) {
+        crate::reclaim::dropping("PortsGone");
+        self.0.close_everywhere();
+    }
+}
+
+/// The objects of the slots in `freed` (bit `i`: slot `i`), taken out of `set` (dropped after
+/// its lock by [`change`]'s caller).
+fn take_objs(set: &mut IoSet, freed: u32) -> [Weak<IoPortObj>; IO_RANGES] {
+    core::array::from_fn(|i| if freed & 1 << i != 0 { core::mem::take(&mut set.objs[i]) } else { Weak::new() })
+}
+
+/// Changes `io`'s ranges with `f` under its lock and, if `f` succeeds, publishes them with a
+/// new generation (this CPU's bitmap and the others' follow: [`resync_everywhere`]). `f` also
+/// hands back the weak references it took out of the set, dropped after the lock.
+fn change<R>(io: &IoSpace, f: impl FnOnce(&mut IoSet) -> Result<(R, [Weak<IoPortObj>; IO_RANGES]), Error>) -> Result<R, Error> {
+    let (r, gone) = {
+        let mut set = io.set.lock();
+        let (r, gone) = f(&mut set)?;
+        for (w, v) in io.packed.iter().zip(set.open.packed()) {
+            w.store(v, Ordering::Relaxed);
+        }
+        io.generation.store(GENERATION.fetch_add(1, Ordering::Relaxed), Ordering::Release);
+        (r, gone)
+    };
+    drop(gone);
+    Ok(r)
+}
+
+/// After a task's ranges changed: this CPU re-reads its running thread's at once (or, running
+/// none at this instant — the fast path holds it out of the slot — at the reschedule interrupt
+/// it sends itself, taken on the way back to user mode), the others at the reschedule
+/// interrupt (`trap.rs`): within one IPI, a close holds everywhere and an open is seen by every
+/// thread of the task.
 fn resync_everywhere() {
-    sync_current();
+    let loaded = &crate::sched::this_cpu().tlb.io_generation;
     let me = rl4_arch::percpu::cpu_index() as usize;
+    if crate::sched::with_current(|t| sync(loaded, &t.space)).is_none() {
+        rl4_smp::cpus::send_resched(me);
+    }
     for c in (0..MAX_CPUS).filter(|&c| c != me && crate::sched::cpu_online(c as u64)) {
         rl4_smp::cpus::send_resched(c);
     }
@@ -168,7 +243,7 @@ fn reload(loaded: &AtomicU64, sp: &Space) {
 }
 
 /// This CPU's bitmap made to match its running thread's task (after the task's ranges
-/// changed: on the CPU that changed them, and on the others through the reschedule IPI).
+/// changed: through the reschedule IPI).
 pub fn sync_current() {
     let loaded = &crate::sched::this_cpu().tlb.io_generation;
     crate::sched::with_current(|t| sync(loaded, &t.space));
@@ -344,9 +419,28 @@ pub fn syscall(t: &Arc<Thread>, s: Sys, a: [u64; 6]) -> Result<[u64; 3], Error> 
             let (range, owner) = (p.ports, p.owner());
             if s == Sys::IoPortOpen {
                 p.note_opener(&t.space)?;
-                change(&t.space.io, |set| set.open(range, owner).map_err(|_| Error::Busy))?;
+                change(&t.space.io, |set| {
+                    let i = set.open.open(range, owner).map_err(|_| Error::Busy)?;
+                    set.objs[i] = Arc::downgrade(&p);
+                    Ok(((), [const { Weak::new() }; IO_RANGES]))
+                })?;
+                // Its last capability may have left its slot since the look-up, and its ranges
+                // closed before this open: then this one is taken back. (The count is read after
+                // the open, under the set's lock taken after the closer's: it sees the closer's
+                // count if the closer missed this open.)
+                if p.slots.load(Ordering::SeqCst) == 0 {
+                    let _ = change(&t.space.io, |set| {
+                        let freed = set.open.close_owner(owner);
+                        Ok(((), take_objs(set, freed)))
+                    });
+                    resync_everywhere();
+                    return Err(Error::EmptySlot);
+                }
             } else {
-                change(&t.space.io, |set| if set.close(range, owner) { Ok(()) } else { Err(Error::InvalidState) })?;
+                change(&t.space.io, |set| match set.open.close(range, owner) {
+                    Some((i, free)) => Ok(((), take_objs(set, if free { 1 << i } else { 0 }))),
+                    None => Err(Error::InvalidState),
+                })?;
             }
             resync_everywhere();
             // The object goes after its use (a capability deleted meanwhile on another CPU

@@ -394,9 +394,10 @@ fn reply_recv(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag
 /// current here again, with its reply right for `caller`'s call `ticket`, and the general path
 /// runs its call. Nobody can end the wait meanwhile (a kill or a suspension needs the queue
 /// lock, which is held, and `Life::take_back` ignores an affinity changed meanwhile); if the
-/// transition is refused all the same, the caller is failed and the server let go — which can
-/// drop the endpoint's last reference (the server's task going with it), so the endpoint is
-/// passed by its id, not by a reference that would outlive it.
+/// transition is refused all the same, the caller is failed and the server let go — which may
+/// destroy objects inline (the server's task, its table), so the endpoint is named by its id,
+/// not by a reference argument that the language would take to be live until the return (the
+/// endpoint itself outlives this entry: a slot's reference waits in the limbo).
 #[cold]
 #[inline(never)]
 fn undo_server(

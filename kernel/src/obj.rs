@@ -103,6 +103,22 @@ impl captable::Object for KObj {
             crate::qsbr::defer(e.clone());
         }
     }
+    /// Port objects count the capabilities slots hold (`device::IoPortObj`).
+    #[inline]
+    fn entered(&self) {
+        if let KObj::IoPort(p) = self {
+            p.entered();
+        }
+    }
+    /// The last capability in a slot to a port object: its ranges close, after the locks.
+    #[inline]
+    fn left(&self) {
+        if let KObj::IoPort(p) = self
+            && p.left()
+        {
+            crate::reclaim::later(crate::reclaim::Garbage::PortsGone(crate::device::PortsGone(p.clone())));
+        }
+    }
 }
 
 pub type Cap = captable::Cap<KObj>;
@@ -353,8 +369,10 @@ pub fn revoke(task: &Task, slot: u64) -> Result<u64, Error> {
         drop(holders);
         drop(homes);
         // A long revocation answers other CPUs' TLB shoot-downs between batches (with no lock
-        // held), so that they wait for one batch at most, not for the whole revocation.
+        // held), so that they wait for one batch at most, not for the whole revocation; and
+        // waits for a grace period once this CPU's endpoint limbo is long (`qsbr::throttle`).
         crate::tlb::service_tlb_here();
+        crate::qsbr::throttle();
         match r {
             Ok((n, more)) => {
                 total += n as u64;
@@ -836,6 +854,8 @@ impl Drop for Space {
         // waiting as long, with interrupts off (review finding, eleventh session). What is left
         // below: the root table (`empty` counted out its tables and mappings).
         self.empty();
+        let me = self as *const Space;
+        self.io.forget(me);
         crate::tlb::forget_space(&self.pml4);
         // The frames are released after the mappings' lock.
         let maps = core::mem::take(&mut *self.maps.lock());
@@ -1129,11 +1149,15 @@ pub struct Thread {
     /// link of its own: a woken thread may be queued on a CPU before its waker has taken it
     /// out of the endpoint's queue.
     pub run_link: rl4_core::wlist::WLink<Thread>,
-    /// Set once it is `Dead` (under its lock, by `thread::kill`): a hint that lets a CPU sweep
-    /// its run queue of entries that will never run without taking each thread's lock.
+    /// Its link in a CPU's list of requests (`sched::request`: killed or re-prioritised while
+    /// queued there), pushed only under its lock.
+    pub req_link: rl4_core::wlist::WLink<Thread>,
+    /// Set once it is `Dead` (under its lock, by `thread::kill`): its CPU takes its run-queue
+    /// entry out when asked (`sched::request`) rather than when its turn comes.
     pub killed: AtomicBool,
     /// Set (under its lock, by `thread::set_priority`) when its priority changed while it was
-    /// queued: its CPU's next sweep moves its run-queue entry to the list of its priority now.
+    /// queued: its CPU moves its run-queue entry to the list of its priority now when asked
+    /// (`sched::request`).
     pub reprio: AtomicBool,
     /// The last deadline prune that kept an entry of this thread (that prune's TSC time;
     /// `timeout.rs`): a second entry with the same deadline in the same prune is a duplicate.
@@ -1159,6 +1183,15 @@ unsafe impl rl4_core::wlist::WLinked for Thread {
 unsafe impl rl4_core::wlist::WLinked<rl4_core::runqueue::Run> for Thread {
     fn wlink(&self) -> &rl4_core::wlist::WLink<Thread> {
         &self.run_link
+    }
+}
+
+// SAFETY: `wlink` returns the thread's own `req_link` field (neither `wait_link` nor
+// `run_link`), the same one at every call, which lives as long as the thread.
+#[allow(unsafe_code)]
+unsafe impl rl4_core::wlist::WLinked<crate::sched::Req> for Thread {
+    fn wlink(&self) -> &rl4_core::wlist::WLink<Thread> {
+        &self.req_link
     }
 }
 
@@ -1198,6 +1231,7 @@ impl Thread {
             mail: rl4_core::mailbox::Link::new(),
             wait_link: rl4_core::wlist::WLink::new(),
             run_link: rl4_core::wlist::WLink::new(),
+            req_link: rl4_core::wlist::WLink::new(),
             killed: AtomicBool::new(false),
             reprio: AtomicBool::new(false),
             pruned_at: AtomicU64::new(0),

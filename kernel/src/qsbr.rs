@@ -124,14 +124,15 @@ fn advance(owner: usize, me: usize) -> bool {
 /// Entries this CPU's limbo may gather before a deletion waits for them ([`throttle`]).
 const THROTTLE_AT: usize = 512;
 
-/// Called by `CapDelete` and `CapRevoke` before they remove anything (no lock held, nothing
-/// read from a shadow): if this CPU's limbo already holds [`THROTTLE_AT`] endpoints waiting
-/// for a grace period, waits for it first ([`settle`], at most 200 µs). A limbo entry is
-/// kernel heap no budget pays for (the deleted capability's charge came back at its
-/// deletion), and another CPU can hold a grace period open for as long as its longest kernel
-/// entry: a task copying and deleting an endpoint capability in a loop meanwhile grew this
-/// CPU's limbo for free, by one entry per deletion (review finding, eleventh session). Now it
-/// grows by at most one entry per 200 µs of waiting once it is long.
+/// Called by `CapDelete` and `CapRevoke` before they remove anything, by a revocation between
+/// its batches and by a task's teardown between its pieces (no lock held, nothing read from a
+/// shadow): if this CPU's limbo already holds [`THROTTLE_AT`] endpoints waiting for a grace
+/// period, waits for it first ([`settle`], at most 200 µs). A limbo entry is kernel heap no
+/// budget pays for (the deleted capability's charge came back at its deletion), and another
+/// CPU can hold a grace period open for as long as its longest kernel entry: a task copying and
+/// deleting an endpoint capability in a loop meanwhile grew this CPU's limbo for free, by one
+/// entry per deletion (review finding, eleventh session). Now, once it is long, each step (a
+/// deletion, a batch of 32, a piece of 64) first waits up to 200 µs.
 pub fn throttle() {
     let l = &LIMBOS[me()];
     if l.pending.load(Ordering::Relaxed) && l.lists.lock().next.len() >= THROTTLE_AT {

@@ -51,6 +51,8 @@ pub enum Garbage {
     Table(rl4_core::captable::CapTable<KObj>),
     /// The state of a thread that is being destroyed (a wait it still had, a reply right).
     Life(Life),
+    /// A port object whose last capability left its slot: its ranges close when this goes.
+    PortsGone(crate::device::PortsGone),
 }
 
 struct Grave {

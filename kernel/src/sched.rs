@@ -56,7 +56,8 @@ pub enum Count {
     FpuKept = 4,
     /// Deadline entries the timer took out or looked at in a prune (`timeout.rs`).
     DeadlinesVisited = 5,
-    /// Run-queue entries sweeps looked at ([`request_sweep`]).
+    /// Threads whose run-queue entry this CPU looked at again because another CPU asked
+    /// ([`request`]: a kill or a priority change while it was queued here).
     SweepVisited = 6,
 }
 
@@ -97,7 +98,7 @@ pub struct CpuSched {
     /// Reply tickets handed out by this CPU (CPU index in the top bits: unique machine-wide).
     tickets: AtomicU64,
     /// The run queue: only this CPU touches it (no lock; other CPUs reach this CPU through its
-    /// inbox, and a killed thread in it through [`request_sweep`]).
+    /// inbox, and a queued thread they killed or re-prioritised through [`request`]).
     rq: percpu::CpuCell<RunQueue<Thread>>,
     /// The highest priority in the run queue, -1 if empty: a copy kept by every change of the
     /// queue ([`with_rq`]; `Yield`'s rotation, which cannot change it, goes around it), so that
@@ -116,11 +117,13 @@ pub struct CpuSched {
     /// [`EXPIRED`] and [`KICKED`], in one word so that the paths that return straight to the
     /// running thread test both at once; written only by this CPU (plain loads and stores).
     flags: AtomicU8,
-    /// A killed thread's entry may sit in this CPU's run queue: the next decision sweeps the
-    /// queue of killed threads ([`request_sweep`]).
-    sweep: AtomicBool,
-    /// This CPU's timer tick (`cpus::Cpu::ticks`) of its last sweep: one sweep per tick at most.
-    swept_at: AtomicU64,
+    /// Threads queued here whose entry must be looked at again — killed, or their priority
+    /// changed — named by the CPU that changed them ([`request`]), each at most once (their
+    /// request link; the list holds a reference of each); taken by this CPU's next decision.
+    requests: Mutex<rl4_core::wlist::WList<Thread, Req>, { Level::CPU }>,
+    /// `requests` is not empty (set under its lock by the push that filled it, cleared by this
+    /// CPU before it takes the list): a plain load at each decision when nothing was asked.
+    requested: AtomicBool,
     /// When a thread of this CPU last blocked in a call to a server of another CPU (TSC; 0:
     /// no reply awaited), and the time such replies took, on average (TSC ticks, an
     /// exponentially weighted mean): the idle loop polls a few of those before it halts.
@@ -282,8 +285,8 @@ pub fn init_cpu(pcid: bool) {
         current_prio: AtomicI32::new(-1),
         slice: AtomicU32::new(TIME_SLICE_TICKS),
         flags: AtomicU8::new(0),
-        sweep: AtomicBool::new(false),
-        swept_at: AtomicU64::new(u64::MAX),
+        requests: Mutex::new(rl4_core::wlist::WList::new(me() as usize + 1)),
+        requested: AtomicBool::new(false),
         awaiting: AtomicU64::new(0),
         reply_ticks: AtomicU64::new(0),
         tlb: CpuTlb::new(pcid),
@@ -529,87 +532,112 @@ pub fn push_owned(cpu: u32, t: Arc<Thread>, prio: u8) {
     }
 }
 
-/// Takes `t`, queued at `prio` for CPU `cpu`, out of that CPU's run queue if that is this CPU
-/// and it is there (a killed thread, `thread::kill`), returning the queue's reference (O(1):
-/// the queue is intrusive). The caller holds `t`'s lock. Another CPU's run queue is that CPU's
-/// alone, and a thread still in the inbox stays there: `None`, and the caller asks that CPU to
-/// sweep ([`request_sweep`]).
-pub(crate) fn unqueue(cpu: u32, t: &Arc<Thread>, prio: u8) -> Option<Arc<Thread>> {
+/// The tag of a thread's request link ([`request`]).
+pub enum Req {}
+
+/// Takes `t`, queued for CPU `cpu`, out of that CPU's run queue if that is this CPU and it is
+/// there (a killed thread, `thread::kill`), returning the queue's reference (O(1): the queue is
+/// intrusive, and the entry's link names its priority's list). The caller holds `t`'s lock.
+/// Another CPU's run queue is that CPU's alone, and a thread still in the inbox stays there:
+/// `None`, and the caller asks that CPU to look at it ([`request`]).
+pub(crate) fn unqueue(cpu: u32, t: &Arc<Thread>) -> Option<Arc<Thread>> {
     if cpu != me() {
         return None;
     }
-    with_rq(this(), |rq| rq.remove(prio, t))
+    with_rq(this(), |rq| rq.remove_queued(t).map(|(_, r)| r))
 }
 
-/// A killed thread queued for CPU `cpu` was not taken out of its run queue by the killer (it
-/// was in the inbox, or `cpu` is another CPU, whose run queue only it touches): that CPU sweeps
-/// its run queue at its next decision, which this asks for now (a reschedule interrupt).
-pub(crate) fn request_sweep(cpu: u32) {
+/// A thread queued for CPU `cpu` was killed, or its priority changed, and its entry is not
+/// where it should be (in `cpu`'s run queue at its old priority, or still in the inbox): `cpu`
+/// looks at that one entry at its next decision, which this asks for now (a reschedule
+/// interrupt, or `KICKED` here) — O(1) for both CPUs. The caller holds `t`'s lock: every push
+/// onto a request list is made under it, so two CPUs never claim one thread's request link at
+/// once (its owner may meanwhile let go of it without that lock: `WList`'s claim sees the link
+/// free only after the release that ends its last use).
+///
+/// One interrupt per list filled: while a request is pending, the next decision there serves
+/// every one made meanwhile (a task changing a queued thread's priority in a loop made one
+/// interrupt per call once). A thread already on a request list (this or another CPU's: it
+/// moved meanwhile) is not pushed again: whoever holds it looks at it and hands it on
+/// ([`serve_requests`]).
+pub(crate) fn request(cpu: u32, t: &Arc<Thread>) {
     let Some(cs) = get(cpu as usize) else { return };
-    // One interrupt per pending request: while one is pending (the flag set), that CPU's
-    // next decision sweeps anyway (a task changing a queued thread's priority in a loop made
-    // one interrupt per call).
-    if !cs.sweep.swap(true, Ordering::AcqRel) {
+    let (first, spare) = {
+        let mut l = cs.requests.lock();
+        match l.push_back(t.clone()) {
+            Ok(()) => {
+                let first = l.len() == 1;
+                if first {
+                    cs.requested.store(true, Ordering::Release);
+                }
+                (first, None)
+            }
+            Err(t) => (false, Some(t)),
+        }
+    };
+    if let Some(t) = spare {
+        crate::reclaim::later_thread(t);
+    }
+    if first {
         kick(cpu);
     }
 }
 
-/// Takes every killed thread's entry out of this CPU's run queue (each consumed through
-/// `Life::dequeue`, which drops it), so that nothing waits for its turn to let go; and moves
-/// the entry of every thread whose priority changed while it was queued to the list of its
-/// priority now (`Thread::reprio`).
+/// Looks at every thread another CPU (or this one) asked about ([`request`]), one entry each:
+/// a killed thread's entry leaves the run queue (`Life::dequeue`, which lets it go), and a
+/// re-prioritised one's moves to the end of its priority's list now (`Thread::reprio`). A
+/// thread that is not in this run queue is in the inbox still (looked at again at the next
+/// decision, after the inbox is drained), runs or waits (nothing to do), or was moved to
+/// another CPU's queue meanwhile (that CPU is asked). Runs with interrupts off and no lock
+/// held, after the inbox is drained.
 ///
-/// One walk over the queue (O(entries): the entries found are set aside in a list of their
-/// own and handled after it; taking them one at a time walked again from the top for each, so
-/// a kill of k queued threads behind N others cost N × k with interrupts off), and one walk
-/// per timer tick at most: a request made while this tick's walk is done waits for the first
-/// decision after the tick (every interrupt from user mode decides; an idle CPU loops), so
-/// that requests from other CPUs in a loop cannot keep this one walking. What is left is a
-/// walk of N entries per tick for a task that keeps N threads queued here and asks once a
-/// tick (docs/scheduler.md).
+/// Before the eleventh session a request set a flag and this CPU swept its whole run queue
+/// for flagged entries (at most once a tick): a task that kept N threads queued here and asked
+/// once a tick cost this CPU N entries a tick with interrupts off.
 #[cold]
-fn sweep(cs: Here) {
-    let now = cpus::this().ticks.load(Ordering::Relaxed);
-    if cs.swept_at.load(Ordering::Relaxed) == now {
-        // A read-modify-write, as the requesters' are: the next decision's exchange still
-        // acquires what a requester wrote before its own.
-        cs.sweep.swap(true, Ordering::AcqRel);
-        return;
-    }
-    cs.swept_at.store(now, Ordering::Relaxed);
-    // The run links of the entries set aside: a list with a token no run queue has.
-    let mut found: rl4_core::wlist::WList<Thread, rl4_core::runqueue::Run> = rl4_core::wlist::WList::new(usize::MAX);
-    with_rq(cs, |rq| {
-        cs.add_count(Count::SweepVisited, rq.len() as u64);
-        rq.take_all_where(
-            |x| x.killed.load(Ordering::Relaxed) || x.reprio.load(Ordering::Relaxed),
-            |_, t| {
-                if let Err(t) = found.push_back(t) {
-                    queued_twice(t);
-                }
-            },
-        )
-    });
-    while let Some(t) = found.pop_front() {
-        if !t.killed.load(Ordering::Relaxed) {
-            // Its priority changed: back at the end of its priority's list (the flag cleared
-            // first; one set meanwhile is seen by the sweep that its setter asked for).
-            t.reprio.store(false, Ordering::Relaxed);
-            let p = t.life.lock().prio;
-            with_rq(cs, |rq| rq_push(rq, p, t, false));
+fn serve_requests(cs: Here) {
+    let mut taken = cs.requests.lock().take();
+    cs.add_count(Count::SweepVisited, taken.len() as u64);
+    let me = me();
+    while let Some(t) = taken.pop_front() {
+        let mut l = t.life.lock();
+        let (killed, reprio) = (t.killed.load(Ordering::Relaxed), t.reprio.load(Ordering::Relaxed));
+        if !(killed || reprio) {
+            // Dealt with already (it ran, or a request before this one moved it).
+            drop(l);
+            crate::reclaim::later_thread(t);
             continue;
         }
-        let mut l = t.life.lock();
-        match l.dequeue(me()) {
-            Pick::Drop => {}
-            // A hint that lied (never, once `Dead`): it goes back to wait for its turn.
-            Pick::Run => {
+        match with_rq(cs, |rq| rq.remove_queued(&t)) {
+            Some((_, entry)) if !killed => {
+                // Its priority changed: back at the end of its priority's list (the flag cleared
+                // first; one set meanwhile comes with a request of its own).
+                t.reprio.store(false, Ordering::Relaxed);
                 let p = l.prio;
+                with_rq(cs, |rq| rq_push(rq, p, entry, false));
+            }
+            Some((_, entry)) => {
+                match l.dequeue(me) {
+                    Pick::Drop => {}
+                    // A hint that lied (never, once `Dead`): it goes back to wait for its turn.
+                    Pick::Run => {
+                        let p = l.prio;
+                        with_rq(cs, |rq| rq_push(rq, p, entry.clone(), false));
+                    }
+                    Pick::Forward(c) => push(c, &t, l.prio),
+                }
                 drop(l);
-                with_rq(cs, |rq| rq_push(rq, p, t, false));
+                crate::reclaim::later_thread(entry);
+                crate::reclaim::later_thread(t);
                 continue;
             }
-            Pick::Forward(c) => push(c, &t, l.prio),
+            None => {
+                if let rl4_core::life::Place::Queued(c) = l.place() {
+                    // In this CPU's inbox still (pushed after the drain), or queued on another
+                    // CPU now: looked at there, after its drain.
+                    request(c, &t);
+                }
+            }
         }
         drop(l);
         crate::reclaim::later_thread(t);
@@ -680,19 +708,17 @@ fn requeue(cs: Here, cur: &Arc<Thread>, l: &Life, left: Leave, front: bool) {
     }
 }
 
-/// Drains the inbox into the run queue and, if a sweep was asked for, sweeps it
-/// ([`request_sweep`]). The request is read and cleared first: a sweep asked for before the
-/// inbox is drained covers every killed or re-prioritised thread pushed into it before the
-/// request (the requester's push comes first). A plain load when no sweep was asked for (no
-/// locked instruction on this path); else an exchange, which acquires the latest request (a
-/// plain store of `false` could wipe a request that landed after the load, and nothing would
-/// order this CPU's reads of the inbox and the threads' hints after the requester's writes).
+/// Drains the inbox into the run queue and then, if another CPU asked, looks at the entries it
+/// named ([`request`]). A plain load when nothing was asked (no locked instruction on this
+/// path); else an exchange clears the flag before the list is taken (under its lock): a
+/// request that lands after the exchange either is in the list taken, or finds it empty and
+/// sets the flag again (with an interrupt) for the next decision.
 #[inline(always)]
-fn drain_and_sweep(cs: Here) {
-    let sweep_now = cs.sweep.load(Ordering::Relaxed) && cs.sweep.swap(false, Ordering::AcqRel);
+fn drain_and_serve(cs: Here) {
+    let serve = cs.requested.load(Ordering::Relaxed) && cs.requested.swap(false, Ordering::AcqRel);
     drain_inbox(cs);
-    if sweep_now {
-        sweep(cs);
+    if serve {
+        serve_requests(cs);
     }
 }
 
@@ -703,7 +729,7 @@ pub fn decide() {
     crate::reclaim::drain();
     let cs = this();
     clear_flag(cs, KICKED);
-    drain_and_sweep(cs);
+    drain_and_serve(cs);
     let mut carry = None;
     if let Some(cur) = cs.take_current() {
         let mut l = cur.life.lock();
@@ -819,8 +845,8 @@ pub fn idle() -> ! {
         if run_delivered(cs) {
             entry::return_to_user();
         }
-        // An idle CPU sweeps too: a request's interrupt taken here does not decide.
-        drain_and_sweep(cs);
+        // An idle CPU serves requests too: a request's interrupt taken here does not decide.
+        drain_and_serve(cs);
         if pick(cs, None) {
             note_arrival(cs);
             entry::return_to_user();
@@ -952,10 +978,10 @@ pub fn yield_current() {
 pub fn yield_now() {
     let cs = this();
     entry::set_current_result(0);
-    // A sweep asked for by another CPU comes with a reschedule interrupt (taken as soon as the
-    // thread this CPU runs next is in user mode, and its decision sweeps); one asked for by this
-    // CPU set `KICKED` too ([`request_sweep`]), unless one was pending already, which the next
-    // decision (at the latest the next tick's) sweeps: the sweep flag itself need not be looked at.
+    // A request from another CPU comes with a reschedule interrupt (taken as soon as the thread
+    // this CPU runs next is in user mode, and its decision serves it); one made by this CPU set
+    // `KICKED` too ([`request`]), unless one was pending already, which the next decision (at
+    // the latest the next tick's) serves: the request flag itself need not be looked at.
     if cs.mail.is_empty() && cs.flags.load(Ordering::Relaxed) & KICKED == 0 {
         let (top, prio) = (cs.rq_top.load(Ordering::Relaxed), cs.current_prio.load(Ordering::Relaxed));
         if top < prio {
@@ -1021,6 +1047,8 @@ fn yield_rotate(cs: Here, p: u8) -> bool {
 pub(crate) enum Held {
     RunQueue,
     Inbox,
+    /// A request about it ([`request`]), waiting for that CPU's next decision.
+    Request,
 }
 
 /// For the consistency check, with every other CPU stopped: calls `f` for each thread
@@ -1053,6 +1081,11 @@ pub(crate) fn visit_cpus(
         match cs.timeouts.peek() {
             Some(l) => l.iter().for_each(|(d, w)| t(i, *d, w)),
             None => bad(i, "its timeout-list lock is held"),
+        }
+        match cs.requests.peek() {
+            Some(l) if !l.is_consistent() => bad(i, "its request list's links are inconsistent"),
+            Some(l) => l.iter().for_each(|(_, th)| f(i, Held::Request, th)),
+            None => bad(i, "its request-list lock is held"),
         }
     }
 }

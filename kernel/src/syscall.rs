@@ -372,6 +372,7 @@ fn allocates(s: Sys) -> bool {
             | Sys::ThreadSetFaultHandler
             | Sys::IrqGet
             | Sys::IoPortGet
+            | Sys::IoPortOpen
             | Sys::DeviceMemGet
     )
 }
@@ -787,6 +788,8 @@ pub fn kill_task(task: &Arc<Task>) {
         let piece = task.caps.lock().drain_piece(&mut next);
         let Some(caps) = piece else { break };
         drop(caps);
+        // The endpoints among them wait in this CPU's limbo (`qsbr::throttle`).
+        crate::qsbr::throttle();
     }
     // Its mappings and page tables go back now, whoever still refers to the task, its space
     // or one of its threads (a server holding a killed caller's reply right, a capability to

@@ -211,14 +211,14 @@ pub fn kill(t: &Arc<Thread>) -> bool {
         // gets to it (threads of higher priority can keep that from happening).
         t.killed.store(true, core::sync::atomic::Ordering::Relaxed);
         if let rl4_core::life::Place::Queued(c) = l.place() {
-            match sched::unqueue(c, t, l.prio) {
+            match sched::unqueue(c, t) {
                 Some(entry) => {
                     let _ = l.unqueue(c);
                     crate::reclaim::later_thread(entry);
                 }
                 // In another CPU's run queue (only that CPU touches it), or still in the
-                // inbox: that CPU's next decision sweeps it out.
-                None => sched::request_sweep(c),
+                // inbox: that CPU's next decision takes it out.
+                None => sched::request(c, t),
             }
         }
         Ok(s)
@@ -298,7 +298,7 @@ pub fn set_priority(t: &Arc<Thread>, prio: u8) {
         // now, so that a raised thread does not wait behind threads it now outranks.
         rl4_core::life::Place::Queued(c) if old != prio => {
             t.reprio.store(true, core::sync::atomic::Ordering::Release);
-            sched::request_sweep(c);
+            sched::request(c, t);
         }
         _ => {}
     }

@@ -425,8 +425,9 @@ pub mod stat {
     /// Wait deadlines the CPUs hold now, all CPUs: live waits' and those of waits that ended
     /// early, which stay until their deadline or a prune (docs/ipc.md).
     pub const DEADLINES_HELD: u64 = 21;
-    /// Run-queue entries the CPUs' sweeps looked at (killed or re-prioritised threads taken out
-    /// of the queues of other CPUs than their killer's; docs/scheduler.md), all CPUs.
+    /// Run-queue entries the CPUs looked at again because another CPU (or they themselves)
+    /// asked: one per request about a killed or re-prioritised queued thread (docs/scheduler.md),
+    /// all CPUs.
     pub const SWEEP_VISITED: u64 = 22;
 }
 

@@ -25,6 +25,13 @@ pub trait Object: Clone {
     /// [`Object::fast_address`] is not 0: the kernel keeps the object alive until every CPU
     /// that may have read the address has left the kernel.
     fn retire(&self) {}
+    /// Called for every capability put into a slot (under the table's lock): with
+    /// [`Object::left`], an object can count the capabilities that slots hold — not the
+    /// references in flight (a blocked sender's) or in the kernel's hands.
+    fn entered(&self) {}
+    /// Called for every capability leaving a slot: removed, drained, or dropped with its table
+    /// (under the table's lock, or in the table's destructor).
+    fn left(&self) {}
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,6 +100,7 @@ impl<O: Object> CapTable<O> {
     /// Slot `i` is about to lose `c`: its shadow forgets it first, then the object is retired
     /// (only if a shadow was ever attached: before, nobody read the slot without the lock).
     fn vacate(&self, i: usize, c: &Cap<O>) {
+        c.obj.left();
         if c.obj.fast_address() != 0 {
             if let Some(sh) = &self.shadow {
                 sh.write(i, 0, Rights::NONE, 0);
@@ -149,6 +157,7 @@ impl<O: Object> CapTable<O> {
     pub fn insert(&mut self, slot: u64, cap: Cap<O>) -> Result<(), Error> {
         self.check_free(slot)?;
         let i = self.index(slot)?;
+        cap.obj.entered();
         self.slots[i] = Some(cap);
         if self.slots[i].as_ref().is_some_and(|c| c.obj.fast_address() != 0) {
             self.publish(i);
@@ -222,6 +231,15 @@ impl<O: Object> CapTable<O> {
     }
 }
 
+impl<O: Object> Drop for CapTable<O> {
+    /// The capabilities still in slots leave them ([`Object::left`]) as the table goes.
+    fn drop(&mut self) {
+        for c in self.slots.iter().flatten() {
+            c.obj.left();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,6 +255,53 @@ mod tests {
 
     fn cap(t: ObjType, id: u32, r: Rights) -> Cap<Obj> {
         Cap::new(Obj(t, id), r, 0)
+    }
+
+    /// An object that counts the capabilities slots hold (`entered`/`left`).
+    #[derive(Clone, Debug)]
+    struct Counted(alloc::sync::Arc<core::sync::atomic::AtomicI64>);
+    impl Object for Counted {
+        type Link = ();
+        fn obj_type(&self) -> ObjType {
+            ObjType::IoPort
+        }
+        fn entered(&self) {
+            self.0.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        }
+        fn left(&self) {
+            self.0.fetch_sub(1, core::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn slots_held_are_counted_through_every_exit() {
+        let n = alloc::sync::Arc::new(core::sync::atomic::AtomicI64::new(0));
+        let held = || n.load(core::sync::atomic::Ordering::Relaxed);
+        let c = Cap::new(Counted(n.clone()), Rights::ALL, 0);
+        let mut t = CapTable::new(200);
+        for i in 0..200 {
+            t.insert(i, c.clone()).unwrap();
+        }
+        // A refused insert counts nothing; a copy outside a slot counts nothing.
+        assert!(t.insert(3, c.clone()).is_err());
+        let in_flight = t.derive(4, Rights::ALL.0).unwrap();
+        assert_eq!(held(), 200);
+        drop(t.remove(0).unwrap());
+        assert_eq!(held(), 199);
+        let mut next = 0;
+        let piece = t.drain_piece(&mut next).unwrap();
+        assert_eq!(held(), 136);
+        drop(piece);
+        let mut moved = t.take_all();
+        assert_eq!(held(), 136, "moving the slots to another table changes nothing");
+        moved.drain(|_| {});
+        assert_eq!(held(), 0);
+        let mut t = CapTable::new(8);
+        t.insert(1, c.clone()).unwrap();
+        t.insert(2, in_flight).unwrap();
+        assert_eq!(held(), 2);
+        drop(t);
+        assert_eq!(held(), 0, "the table's destructor lets go of what its slots held");
     }
 
     #[test]

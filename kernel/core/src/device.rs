@@ -139,34 +139,33 @@ impl<const N: usize> OpenSet<N> {
     pub const fn new() -> Self {
         OpenSet { ranges: [(Ports { base: 0, count: 0 }, 0, 0); N] }
     }
-    pub fn open(&mut self, p: Ports, owner: u64) -> Result<(), OpenError> {
-        if let Some(e) = self.ranges.iter_mut().find(|e| e.2 > 0 && e.0 == p && e.1 == owner) {
+    /// Opens `p` through `owner` once more; the slot it is counted in.
+    pub fn open(&mut self, p: Ports, owner: u64) -> Result<usize, OpenError> {
+        if let Some(i) = self.ranges.iter().position(|e| e.2 > 0 && e.0 == p && e.1 == owner) {
             // A count that would wrap (2^32 opens) would read as a free slot: refused instead.
-            e.2 = e.2.checked_add(1).ok_or(OpenError::Full)?;
-            return Ok(());
+            self.ranges[i].2 = self.ranges[i].2.checked_add(1).ok_or(OpenError::Full)?;
+            return Ok(i);
         }
-        let e = self.ranges.iter_mut().find(|e| e.2 == 0).ok_or(OpenError::Full)?;
-        *e = (p, owner, 1);
-        Ok(())
+        let i = self.ranges.iter().position(|e| e.2 == 0).ok_or(OpenError::Full)?;
+        self.ranges[i] = (p, owner, 1);
+        Ok(i)
     }
-    /// Whether `p` was open through `owner` (it stays open while other opens of it remain).
-    pub fn close(&mut self, p: Ports, owner: u64) -> bool {
-        match self.ranges.iter_mut().find(|e| e.2 > 0 && e.0 == p && e.1 == owner) {
-            Some(e) => {
-                e.2 -= 1;
-                true
-            }
-            None => false,
-        }
+    /// Closes one opening of `p` through `owner`: the slot it was counted in and whether that
+    /// slot is free now (`None`: it was not open; it stays open while other opens remain).
+    pub fn close(&mut self, p: Ports, owner: u64) -> Option<(usize, bool)> {
+        let i = self.ranges.iter().position(|e| e.2 > 0 && e.0 == p && e.1 == owner)?;
+        self.ranges[i].2 -= 1;
+        Some((i, self.ranges[i].2 == 0))
     }
-    /// Closes every range opened through `owner`, however often; whether there was one.
-    pub fn close_owner(&mut self, owner: u64) -> bool {
-        let mut any = false;
-        for e in self.ranges.iter_mut().filter(|e| e.2 > 0 && e.1 == owner) {
+    /// Closes every range opened through `owner`, however often; the slots freed (bit `i`:
+    /// slot `i`), 0 if there was none.
+    pub fn close_owner(&mut self, owner: u64) -> u32 {
+        let mut freed = 0;
+        for (i, e) in self.ranges.iter_mut().enumerate().filter(|(_, e)| e.2 > 0 && e.1 == owner) {
             e.2 = 0;
-            any = true;
+            freed |= 1 << i;
         }
-        any
+        freed
     }
     /// The ranges open now, packed (`Ports::pack`, 0 = empty slot).
     pub fn packed(&self) -> [u64; N] {
@@ -323,19 +322,19 @@ mod tests {
         let mut s = OpenSet::<2>::default();
         let a = Ports::new(0x2f8, 8).unwrap();
         let b = Ports::new(0x60, 1).unwrap();
-        s.open(a, 7).unwrap();
-        s.open(a, 7).unwrap();
-        s.open(b, 7).unwrap();
+        assert_eq!(s.open(a, 7), Ok(0));
+        assert_eq!(s.open(a, 7), Ok(0));
+        assert_eq!(s.open(b, 7), Ok(1));
         assert_eq!(s.open(Ports::new(0x70, 2).unwrap(), 7), Err(OpenError::Full));
         // Another object's range takes a slot of its own (none left).
         assert_eq!(s.open(a, 8), Err(OpenError::Full));
         // Closed only through the object it was opened through.
-        assert!(!s.close(a, 8));
-        assert!(s.close(a, 7));
+        assert_eq!(s.close(a, 8), None);
+        assert_eq!(s.close(a, 7), Some((0, false)));
         assert!(s.packed().contains(&a.pack()));
-        assert!(s.close(a, 7));
+        assert_eq!(s.close(a, 7), Some((0, true)));
         assert!(!s.packed().contains(&a.pack()));
-        assert!(!s.close(a, 7));
+        assert_eq!(s.close(a, 7), None);
         // A range opened 2^32 - 1 times: one more open is refused, not wrapped to a free slot.
         let mut s = OpenSet::<2>::default();
         s.ranges[0] = (a, 1, u32::MAX);
@@ -352,12 +351,12 @@ mod tests {
         s.open(a, 1).unwrap();
         s.open(b, 1).unwrap();
         s.open(a, 2).unwrap();
-        assert!(s.close_owner(1));
+        assert_eq!(s.close_owner(1), 0b011);
         // Owner 2's open of the same range stays.
         assert_eq!(s.packed().iter().filter(|&&w| w != 0).count(), 1);
         assert!(s.packed().contains(&a.pack()));
-        assert!(!s.close_owner(1));
-        assert!(s.close_owner(2));
+        assert_eq!(s.close_owner(1), 0);
+        assert_eq!(s.close_owner(2), 0b100);
         assert!(s.packed().iter().all(|&w| w == 0));
         // The slots are free again.
         for o in 3..7 {

@@ -178,6 +178,15 @@ impl<T: WLinked<Run>> RunQueue<T> {
         }
     }
 
+    /// Takes `t` out of this queue, whichever priority's FIFO holds it (O(1): its link names
+    /// the list, and each priority's list has the token `first + p`), returning that priority
+    /// and the queue's reference; `None` if this queue does not hold it.
+    pub fn remove_queued(&mut self, t: &T) -> Option<(u8, Arc<T>)> {
+        let first = self.queues[0].token();
+        let p = WList::<T, Run>::owner_of(t).checked_sub(first).filter(|&p| p < PRIORITIES)? as u8;
+        self.remove(p, t).map(|r| (p, r))
+    }
+
     /// Takes `t` out of priority `p`'s FIFO if it is there (O(1)), returning the queue's
     /// reference.
     pub fn remove(&mut self, p: u8, t: &T) -> Option<Arc<T>> {
@@ -258,6 +267,28 @@ mod tests {
         drop(back);
         assert_eq!(Arc::strong_count(&a), 1);
         assert!(other.push_back(7, a.clone()).is_ok(), "free again");
+    }
+
+    #[test]
+    fn remove_queued_finds_the_priority_from_the_link() {
+        let (mut q, mut other) = (Q::new(3), Q::new(4));
+        let (a, b, c, d) = (item(1), item(2), item(3), item(4));
+        q.push_back(255, a.clone()).ok().unwrap();
+        q.push_back(0, b.clone()).ok().unwrap();
+        q.push_back(0, c.clone()).ok().unwrap();
+        other.push_back(0, d.clone()).ok().unwrap();
+        // Another queue's entry, at a priority this one also has: not this queue's.
+        assert!(q.remove_queued(&d).is_none());
+        assert!(other.is_consistent() && other.len() == 1);
+        let (p, r) = q.remove_queued(&b).unwrap();
+        assert!(p == 0 && Arc::ptr_eq(&r, &b));
+        drop(r);
+        assert!(q.remove_queued(&b).is_none(), "taken out once");
+        let (p, _) = q.remove_queued(&a).unwrap();
+        assert_eq!(p, 255);
+        assert!(q.is_consistent() && q.len() == 1 && q.highest() == Some(0));
+        assert_eq!(pop(&mut q), Some((0, 3)));
+        assert_eq!(Arc::strong_count(&a), 1);
     }
 
     #[test]
@@ -377,6 +408,12 @@ mod tests {
                     2 => {
                         let want = (0..PRIORITIES).rev().find(|&p| !model[p].is_empty()).map(|p| (p as u8, model[p].remove(0)));
                         proptest::prop_assert_eq!(pop(&mut q), want);
+                    }
+                    3 if i % 2 == 0 => {
+                        let got = q.remove_queued(t).map(|(p, x)| (p, x.id));
+                        let want = at.map(|p| (p as u8, i));
+                        if let Some(p) = at { model[p].retain(|&x| x != i); }
+                        proptest::prop_assert_eq!(got, want);
                     }
                     3 => {
                         let got = q.remove(p, t).map(|x| x.id);

@@ -98,6 +98,17 @@ impl<T: WLinked<Tag>, Tag> WList<T, Tag> {
         self.head.is_null()
     }
 
+    /// This list's token (the one its items' links name).
+    pub fn token(&self) -> usize {
+        self.token
+    }
+
+    /// The token of the list that holds `t` (0: none). Meaningful to the holder of that list
+    /// (which alone changes it while it holds `t`).
+    pub fn owner_of(t: &T) -> usize {
+        link::<T, Tag>(t).owner.load(Acquire)
+    }
+
     /// Whether `t` is in this list.
     pub fn contains(&self, t: &T) -> bool {
         link::<T, Tag>(t).owner.load(Relaxed) == self.token

@@ -141,6 +141,9 @@ pub const PORT_OUT: u64 = 60;
 /// interrupt, write 1 to word 0 of the page at the operand address, then spin forever without
 /// `IrqAck` (a driver killed mid-interrupt).
 pub const IRQ_DRIVER: u64 = 61;
+/// Open the range of [`PORTS_SLOT`], print `worker: ports open`, then `out` the byte
+/// `operand >> 16` to port `operand & 0xffff` for ever (it faults once the range closes).
+pub const PORT_LOOP: u64 = 63;
 pub const IRQ_SLOT: u64 = 6;
 pub const PORTS_SLOT: u64 = 7;
 pub const NTF_SLOT: u64 = 8;

@@ -177,48 +177,133 @@ fn test_unauthorised(bi: &BootInfo, ports: u64, com2: bool) {
     );
 }
 
-/// Taking a capability away takes the ports with it: a range opened through an `IoPort`
-/// capability closes when the last capability to that object goes (a copy keeps it open until
-/// it goes too), and a thread of the task then faults on it. Before the eleventh session the
-/// range stayed open until `IoPortClose` or the task's end, whatever happened to the
-/// capability. A capability to another object of the same range neither closes it nor keeps
-/// it open.
-fn test_deleted_capability(ports: u64, com2: bool) {
+static PORT_SPINS: AtomicU64 = AtomicU64::new(0);
+static SENDER_EP: AtomicU64 = AtomicU64::new(0);
+static SENDER_CAP: AtomicU64 = AtomicU64::new(0);
+
+/// Writes `v` to COM2's scratch register for ever, counting (faults once the range closes).
+fn port_spinner(v: u64) {
+    loop {
+        outb(COM2 + SCRATCH, v as u8);
+        PORT_SPINS.fetch_add(1, SeqCst);
+    }
+}
+
+/// Sends the capability in `SENDER_CAP` on `SENDER_EP`, on which nobody receives: it stays
+/// in flight, held by this blocked thread, until the endpoint goes.
+fn cap_sender(_: u64) {
+    let m = rl4_user::sys::Msg { tag: rl4_abi::ipc::Tag::new(1, 0, 1), badge: 0, w: [0; 4] };
+    let _ = sys::ipc(rl4_abi::Sys::Send, SENDER_EP.load(SeqCst), &m, FOREVER, SENDER_CAP.load(SeqCst), u64::MAX);
+}
+
+/// Whether the spinner's count still grows (it runs).
+fn spinning() -> bool {
+    let n = PORT_SPINS.load(SeqCst);
+    wait_ms(1000, || PORT_SPINS.load(SeqCst) > n + 100)
+}
+
+/// Taking the capabilities away takes the ports with them: a range opened through an `IoPort`
+/// capability closes when no capability slot holds a capability to that object any more —
+/// here deleted, and revoked from another task then deleted — in every task that opened it,
+/// within one IPI for threads already running on other CPUs; a copy in flight in a blocked
+/// sender does not keep it open (nor does a capability to another object of the same range).
+/// Before the eleventh session the range stayed open until `IoPortClose` or the task's end,
+/// whatever happened to the capabilities.
+fn test_deleted_capability(bi: &BootInfo, ports: u64, com2: bool) {
     const NAME: &str = "ioport-deleted-capability-closes-range";
-    // One writer thread on the last CPU: whether it wrote (and the scratch register says so)
-    // or faulted.
-    let write = |v: u64| {
-        PORT_THREAD_DONE.store(0, SeqCst);
-        let t = spawn(port_writer, v, ROOT_PRIO, cpus() - 1);
-        let ended = wait_ms(3000, || PORT_THREAD_DONE.load(SeqCst) == 1 || state(t) == Some(ThreadState::Faulted));
-        let faulted = state(t) == Some(ThreadState::Faulted);
-        release(t);
-        let wrote = ended && !faulted && PORT_THREAD_DONE.load(SeqCst) == 1 && (!com2 || inb(COM2 + SCRATCH) == v as u8);
-        (wrote, ended && faulted)
-    };
+    let last = cpus() - 1;
     // The run's own opening (through `ports`, another object of the same range) is closed
     // meanwhile.
     let closed = sys::ioport_close(ports);
-    let (q, copy) = (slot(), slot());
-    let set_up = sys::ioport_get(DEVICES, COM2 as u64, 8, q).and_then(|_| sys::cap_copy(q, TASK, copy, Rights::ALL)).and_then(|_| sys::ioport_open(q));
+    let (q, copy, in_flight, ep) = (slot(), slot(), slot(), slot());
+    let set_up = sys::ioport_get(DEVICES, COM2 as u64, 8, q)
+        .and_then(|_| sys::cap_copy(q, TASK, copy, Rights::ALL))
+        .and_then(|_| sys::cap_copy(q, TASK, in_flight, Rights::ALL))
+        .and_then(|_| sys::endpoint_create(MEMORY, ep))
+        .and_then(|_| sys::ioport_open(q));
     // Closing through the other object finds nothing of its own open.
     let other_close = sys::ioport_close(ports);
-    let (w1, _) = write(0x11);
+    // A writer running on the last CPU before anything is taken away, and a sender holding a
+    // copy in flight.
+    PORT_SPINS.store(0, SeqCst);
+    let spinner = spawn(port_spinner, 0x11, ROOT_PRIO, last);
+    let ran = spinning();
+    SENDER_EP.store(ep, SeqCst);
+    SENDER_CAP.store(in_flight, SeqCst);
+    let sender = spawn(cap_sender, 0, ROOT_PRIO, 0);
+    let sending = wait_ms(1000, || state(sender) == Some(ThreadState::BlockedSend));
+    // The slot copy goes too (the sender's copy is in flight, in no slot).
+    let deleted_in_flight_slot = sys::cap_delete(in_flight);
     let deleted = sys::cap_delete(q);
-    let (w2, _) = write(0x22);
+    let copy_keeps = spinning() && state(spinner) == Some(ThreadState::Running);
     let deleted_copy = sys::cap_delete(copy);
-    let (w3, f3) = write(0x33);
-    // (This thread may read the register again only through the run's own opening.)
+    let faulted = wait_ms(3000, || state(spinner) == Some(ThreadState::Faulted));
+    let still_sending = state(sender) == Some(ThreadState::BlockedSend);
+    release(spinner);
+    // Another task, through a copy it was given; the original revoked, then deleted.
+    let r = slot();
+    let (mut child_running, mut revoked, mut deleted_r) = (false, Err(Error::InvalidState), Err(Error::InvalidState));
+    let (mut revoke_keeps, mut child_faulted) = (false, false);
+    let child_set_up = match Child::load(bi, "worker") {
+        Ok(child) => {
+            let th = sys::ioport_get(DEVICES, COM2 as u64, 8, r)
+                .and_then(|_| sys::cap_copy(r, child.task, worker::PORTS_SLOT, Rights::ALL))
+                .and_then(|_| child.thread(CHILD_STACK_TOP, worker::PORT_LOOP, (COM2 + SCRATCH) as u64 | 0x55 << 16, ROOT_PRIO, last));
+            let ok = th.is_ok();
+            if let Ok(t) = th {
+                // Running, and not faulting (its range is open) for a while.
+                child_running = wait_ms(1000, || state(t) == Some(ThreadState::Running)) && !wait_ms(200, || state(t) == Some(ThreadState::Faulted));
+                revoked = sys::cap_revoke(r);
+                // The original still lies in a slot: the range stays open.
+                revoke_keeps = !wait_ms(200, || state(t) == Some(ThreadState::Faulted)) && state(t) == Some(ThreadState::Running);
+                deleted_r = sys::cap_delete(r);
+                child_faulted = wait_ms(3000, || state(t) == Some(ThreadState::Faulted));
+                release(t);
+            }
+            child.release();
+            ok
+        }
+        Err(_) => false,
+    };
+    release(r);
+    // (This thread may touch the register again only through the run's own opening.)
     let reopened = sys::ioport_open(ports);
-    let scratch = if com2 && reopened.is_ok() { inb(COM2 + SCRATCH) } else { 0x22 };
-    let (w4, _) = write(0x44);
+    let scratch = if com2 && reopened.is_ok() { inb(COM2 + SCRATCH) } else { 0 };
+    PORT_THREAD_DONE.store(0, SeqCst);
+    let t = spawn(port_writer, 0x44, ROOT_PRIO, last);
+    let w4 = wait_ms(3000, || PORT_THREAD_DONE.load(SeqCst) == 1);
+    release(t);
+    // The endpoint goes: the sender's call ends, and its copy with it.
+    release(ep);
+    let sender_ended = wait_ms(1000, || matches!(state(sender), Some(ThreadState::Dead)));
+    release(sender);
     release(q);
     release(copy);
+    release(in_flight);
     report(
         NAME,
-        closed.is_ok() && set_up.is_ok() && other_close == Err(Error::InvalidState) && w1 && deleted.is_ok() && w2 && deleted_copy.is_ok() && !w3 && f3 && scratch == 0x22 && reopened.is_ok() && w4,
+        closed.is_ok()
+            && set_up.is_ok()
+            && other_close == Err(Error::InvalidState)
+            && ran
+            && sending
+            && deleted_in_flight_slot.is_ok()
+            && deleted.is_ok()
+            && copy_keeps
+            && deleted_copy.is_ok()
+            && faulted
+            && still_sending
+            && child_set_up
+            && child_running
+            && revoked == Ok(1)
+            && revoke_keeps
+            && deleted_r.is_ok()
+            && child_faulted
+            && reopened.is_ok()
+            && w4
+            && sender_ended,
         format_args!(
-            "set-up {set_up:?}; close through another object of the range {other_close:?}; opened: wrote {w1}; original deleted: the copy keeps it, wrote {w2}; copy deleted: wrote {w3}, faulted {f3}, scratch {scratch:#x}; reopened through the run's own {reopened:?}: wrote {w4} (device present {com2})"
+            "set-up {set_up:?}; close through another object of the range {other_close:?}; writer spinning on cpu {last}: {ran}, a copy in flight in a blocked sender: {sending}; original deleted, a slot copy keeps it open: {copy_keeps}; slot copy deleted: the writer faulted {faulted} (the sender still holds its copy: {still_sending}); another task's copy (set up {child_set_up}, running {child_running}): revoked {revoked:?}, kept open while the original lay in a slot: {revoke_keeps}, original deleted {deleted_r:?}: faulted {child_faulted}; reopened through the run's own {reopened:?}: scratch {scratch:#x}, wrote {w4}; sender ended {sender_ended} (device present {com2})"
         ),
     );
 }
@@ -601,7 +686,7 @@ pub fn run(bi: &BootInfo) {
     let ports = slot();
     let com2 = sys::ioport_get(DEVICES, COM2 as u64, 8, ports).is_ok() && com2_present(ports);
     test_unauthorised(bi, ports, com2);
-    test_deleted_capability(ports, com2);
+    test_deleted_capability(bi, ports, com2);
     if com2 {
         test_masked_until_ack();
         test_driver_killed(bi);

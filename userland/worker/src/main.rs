@@ -87,6 +87,16 @@ fn rl4_main(cmd: u64, addr: u64) {
             println!("worker: out done");
         }
         IRQ_DRIVER => irq_driver(addr),
+        PORT_LOOP => match sys::ioport_open(PORTS_SLOT) {
+            Ok(()) => {
+                println!("worker: ports open");
+                loop {
+                    sys::outb(addr as u16, (addr >> 16) as u8);
+                    core::hint::spin_loop();
+                }
+            }
+            Err(e) => println!("worker: ports not opened: {e:?}"),
+        },
         _ => println!("worker: unknown command {cmd}"),
     }
 }
