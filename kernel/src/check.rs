@@ -295,8 +295,16 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     if !crate::qsbr::visit(|e| refs.add(e)) {
         fail!(r, "a CPU's limbo of endpoints is locked while every CPU is stopped");
     }
+    // Port objects: the capabilities found in slots, against the count each object keeps (its
+    // ranges close when that count reaches zero: one too many would keep them open for ever).
+    let mut ports: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
     for (t, caps) in tasks.iter().zip(&task_caps) {
         caps.iter().for_each(|(_, c)| refs.kobj(&c.obj));
+        for (_, c) in caps.iter() {
+            if let KObj::IoPort(p) = &c.obj {
+                ports.entry(Arc::as_ptr(p) as usize).or_insert((0, p.slots_held())).0 += 1;
+            }
+        }
         for (slot, c) in caps.iter() {
             census.slot(t, slot, &c.link, |a| r.fail(a));
         }
@@ -307,6 +315,11 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
         }
         if t.dead.load(SeqCst) && !caps.is_empty() {
             fail!(r, "task {} has ended but its table still holds {} capabilities", t.id, caps.used());
+        }
+    }
+    for (p, (found, counted)) in &ports {
+        if found != counted {
+            fail!(r, "port object {p:#x}: {found} capabilities in slots, but it counts {counted}");
         }
     }
     for ((t, s), b) in threads.iter().zip(&thread_sched).zip(&thread_buf) {

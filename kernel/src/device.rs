@@ -49,16 +49,13 @@ impl IoSpace {
     }
 
     /// The space `sp` is being destroyed (its destructor, no lock held): it leaves the lists of
-    /// openers of the objects it has ranges open through, so that no such list keeps a dead
-    /// space's record.
+    /// openers of the objects it has ranges open through (it is on an object's list exactly
+    /// while it has a range open through it: [`IoPortObj::note`]).
     pub fn forget(&mut self, sp: *const Space) {
         let objs = core::mem::replace(&mut self.set.get_mut().objs, [const { Weak::new() }; IO_RANGES]);
         for w in objs {
             if let Some(o) = w.upgrade() {
-                let mine = {
-                    let mut l = o.openers.lock();
-                    l.iter().position(|s| core::ptr::eq(s.as_ptr(), sp)).map(|i| l.swap_remove(i))
-                };
+                let mine = o.unnote(sp);
                 // Its entry, and a last reference to the object, go after that lock.
                 drop(mine);
                 drop(o);
@@ -78,17 +75,18 @@ impl Default for IoSpace {
 /// capability slot holds a capability to the object any more — deleted, revoked, or gone with
 /// its task's table (`captable::Object::left`; a copy in flight in a blocked sender does not
 /// count, nor does any reference the kernel holds) — which closes it in every task that opened
-/// it ([`IoPortObj::close_everywhere`]): a driver whose capability was taken away keeps no
-/// port. Its heap (this record and the list of openers) is bounded by the capability slots
-/// that hold it and the live address spaces that opened it (each dead one leaves the list:
-/// [`IoSpace::forget`]).
+/// it ([`IoPortObj::close_everywhere`]): a driver whose capabilities were all taken away keeps
+/// no port. Its heap (this record and the list of openers) is bounded by the capability slots
+/// that hold it and by the live address spaces with a range open through it.
 pub struct IoPortObj {
     pub ports: Ports,
     /// Capabilities to it in slots.
     slots: AtomicU64,
-    /// The address spaces that opened it (weak: a space goes with its task, and takes itself
-    /// off this list then). A leaf lock.
-    openers: Mutex<Vec<Weak<Space>>, { Level::OBJECT }>,
+    /// The address spaces with a range open through it (weak: a space leaves the list when its
+    /// last such range closes or when it is destroyed). Changed only under the port ranges'
+    /// lock of the space concerned, so that a space is on the list exactly while it has a
+    /// range open through this object.
+    openers: Mutex<Vec<Weak<Space>>, { Level::PORTS }>,
 }
 
 impl IoPortObj {
@@ -100,6 +98,10 @@ impl IoPortObj {
     fn owner(&self) -> u64 {
         self as *const IoPortObj as u64
     }
+    /// Capabilities to it in slots now (for `KernelCheck`).
+    pub fn slots_held(&self) -> u64 {
+        self.slots.load(Ordering::SeqCst)
+    }
     /// A capability to it entered a slot (`KObj`'s `captable::Object::entered`).
     pub fn entered(&self) {
         self.slots.fetch_add(1, Ordering::SeqCst);
@@ -109,8 +111,9 @@ impl IoPortObj {
     pub fn left(&self) -> bool {
         self.slots.fetch_sub(1, Ordering::SeqCst) == 1
     }
-    /// Notes that `sp` opened it (before the open: an `OutOfMemory` here changes nothing).
-    fn note_opener(&self, sp: &Arc<Space>) -> Result<(), Error> {
+    /// Puts `sp` on the list of openers (under `sp`'s port-range lock, before a range is opened
+    /// through this object there; nothing if it is on it already).
+    fn note(&self, sp: &Arc<Space>) -> Result<(), Error> {
         let mut o = self.openers.lock();
         if o.iter().any(|w| w.as_ptr() == Arc::as_ptr(sp)) {
             return Ok(());
@@ -119,23 +122,40 @@ impl IoPortObj {
         o.push(Arc::downgrade(sp));
         Ok(())
     }
+    /// Takes `sp` off the list of openers (under `sp`'s port-range lock once no range is open
+    /// through this object there, or in its destructor); its entry, to be dropped after the
+    /// locks.
+    fn unnote(&self, sp: *const Space) -> Option<Weak<Space>> {
+        let mut l = self.openers.lock();
+        l.iter().position(|s| core::ptr::eq(s.as_ptr(), sp)).map(|i| l.swap_remove(i))
+    }
     /// Closes every range opened through it, in every task that opened one, and has every CPU
-    /// re-read its running task's ranges. Holds no lock across spaces, and answers other CPUs'
-    /// TLB shoot-downs between them.
-    pub fn close_everywhere(&self) {
+    /// re-read its running task's ranges — while no slot holds a capability to it (a capability
+    /// put into a slot since the count reached zero keeps what is open; the next zero closes
+    /// it), or whatever the count says if `always` (its destructor). One space at a time, each
+    /// taken off the list and its ranges closed under its lock (a range opened there meanwhile
+    /// is closed too, and the space stays off the list), answering other CPUs' TLB shoot-downs
+    /// between spaces.
+    pub fn close_everywhere(&self, always: bool) {
         let owner = self.owner();
-        let openers = core::mem::take(&mut *self.openers.lock());
         let mut closed = false;
-        for w in openers {
+        while always || self.slots.load(Ordering::SeqCst) == 0 {
+            let Some(w) = self.openers.lock().pop() else { break };
             if let Some(sp) = w.upgrade() {
                 closed |= change(&sp.io, |set| {
                     let freed = set.open.close_owner(owner);
-                    Ok((freed != 0, take_objs(set, freed)))
+                    // Put back by an open that came between the pop and this lock.
+                    let again = self.unnote(Arc::as_ptr(&sp));
+                    Ok(((freed != 0, again), take_objs(set, freed)))
                 })
-                .is_ok_and(|c| c);
+                .is_ok_and(|(c, again)| {
+                    drop(again);
+                    c
+                });
                 // A last reference to the space goes here, after its lock.
                 drop(sp);
             }
+            drop(w);
             crate::tlb::service_tlb_here();
         }
         if closed {
@@ -149,7 +169,7 @@ impl Drop for IoPortObj {
     /// its slot, unless one was opened meanwhile through a reference the kernel held).
     fn drop(&mut self) {
         crate::reclaim::dropping("IoPortObj");
-        self.close_everywhere();
+        self.close_everywhere(true);
     }
 }
 
@@ -160,8 +180,13 @@ pub struct PortsGone(pub Arc<IoPortObj>);
 impl Drop for PortsGone {
     fn drop(&mut self) {
         crate::reclaim::dropping("PortsGone");
-        self.0.close_everywhere();
+        self.0.close_everywhere(false);
     }
+}
+
+/// Whether `set` has a range open through `owner`.
+fn open_through(set: &IoSet, owner: u64) -> bool {
+    set.open.ranges.iter().any(|e| e.2 > 0 && e.1 == owner)
 }
 
 /// The objects of the slots in `freed` (bit `i`: slot `i`), taken out of `set` (dropped after
@@ -416,29 +441,44 @@ pub fn syscall(t: &Arc<Thread>, s: Sys, a: [u64; 6]) -> Result<[u64; 3], Error> 
         }
         Sys::IoPortOpen | Sys::IoPortClose => {
             let p = ports(t, a[0])?;
-            let (range, owner) = (p.ports, p.owner());
+            let (range, owner, sp) = (p.ports, p.owner(), &t.space);
             if s == Sys::IoPortOpen {
-                p.note_opener(&t.space)?;
-                change(&t.space.io, |set| {
-                    let i = set.open.open(range, owner).map_err(|_| Error::Busy)?;
-                    set.objs[i] = Arc::downgrade(&p);
-                    Ok(((), [const { Weak::new() }; IO_RANGES]))
+                change(&sp.io, |set| {
+                    p.note(sp)?;
+                    match set.open.open(range, owner) {
+                        Ok(i) => {
+                            set.objs[i] = Arc::downgrade(&p);
+                            Ok(((), [const { Weak::new() }; IO_RANGES]))
+                        }
+                        Err(_) => {
+                            if !open_through(set, owner) {
+                                drop(p.unnote(Arc::as_ptr(sp)));
+                            }
+                            Err(Error::Busy)
+                        }
+                    }
                 })?;
                 // Its last capability may have left its slot since the look-up, and its ranges
                 // closed before this open: then this one is taken back. (The count is read after
-                // the open, under the set's lock taken after the closer's: it sees the closer's
-                // count if the closer missed this open.)
+                // the open, which took the space's port-range lock after any closer that
+                // missed it released it: that closer's zero is seen.)
                 if p.slots.load(Ordering::SeqCst) == 0 {
-                    let _ = change(&t.space.io, |set| {
+                    let _ = change(&sp.io, |set| {
                         let freed = set.open.close_owner(owner);
+                        drop(p.unnote(Arc::as_ptr(sp)));
                         Ok(((), take_objs(set, freed)))
                     });
                     resync_everywhere();
                     return Err(Error::EmptySlot);
                 }
             } else {
-                change(&t.space.io, |set| match set.open.close(range, owner) {
-                    Some((i, free)) => Ok(((), take_objs(set, if free { 1 << i } else { 0 }))),
+                change(&sp.io, |set| match set.open.close(range, owner) {
+                    Some((i, free)) => {
+                        if !open_through(set, owner) {
+                            drop(p.unnote(Arc::as_ptr(sp)));
+                        }
+                        Ok(((), take_objs(set, if free { 1 << i } else { 0 })))
+                    }
                     None => Err(Error::InvalidState),
                 })?;
             }

@@ -334,7 +334,13 @@ pub fn revoke(task: &Task, slot: u64) -> Result<u64, Error> {
     let Some((lineage, id)) = link.parts() else { return Ok(0) };
     let mut total = 0u64;
     let mut first = true;
+    let mut waited_out = false;
     loop {
+        // Each batch may put endpoints into this CPU's limbo: once it is long, wait for a
+        // grace period first (`qsbr::throttle`: 200 µs per call at most).
+        if !waited_out {
+            waited_out = crate::qsbr::throttle();
+        }
         let mut removed: [Option<Cap>; REVOKE_BATCH] = [const { None }; REVOKE_BATCH];
         let mut holders: [Option<Arc<Task>>; REVOKE_BATCH] = [const { None }; REVOKE_BATCH];
         let mut homes: [Option<Home>; REVOKE_BATCH] = [const { None }; REVOKE_BATCH];
@@ -369,10 +375,8 @@ pub fn revoke(task: &Task, slot: u64) -> Result<u64, Error> {
         drop(holders);
         drop(homes);
         // A long revocation answers other CPUs' TLB shoot-downs between batches (with no lock
-        // held), so that they wait for one batch at most, not for the whole revocation; and
-        // waits for a grace period once this CPU's endpoint limbo is long (`qsbr::throttle`).
+        // held), so that they wait for one batch at most, not for the whole revocation.
         crate::tlb::service_tlb_here();
-        crate::qsbr::throttle();
         match r {
             Ok((n, more)) => {
                 total += n as u64;

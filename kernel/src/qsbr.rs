@@ -132,12 +132,17 @@ const THROTTLE_AT: usize = 512;
 /// CPU can hold a grace period open for as long as its longest kernel entry: a task copying and
 /// deleting an endpoint capability in a loop meanwhile grew this CPU's limbo for free, by one
 /// entry per deletion (review finding, eleventh session). Now, once it is long, each step (a
-/// deletion, a batch of 32, a piece of 64) first waits up to 200 µs.
-pub fn throttle() {
+/// deletion, a batch of 32, a piece of 64) first waits, up to 200 µs per system call in all.
+/// Returns whether the limbo is still long (the wait ran out): a caller that repeats it
+/// (a revocation's batches) then stops waiting, so that one call waits 200 µs at most.
+pub fn throttle() -> bool {
     let l = &LIMBOS[me()];
-    if l.pending.load(Ordering::Relaxed) && l.lists.lock().next.len() >= THROTTLE_AT {
+    let long = || l.pending.load(Ordering::Relaxed) && l.lists.lock().next.len() >= THROTTLE_AT;
+    if long() {
         settle();
+        return long();
     }
+    false
 }
 
 /// Called with no lock held at the end of kernel entries (`reclaim::drain`) and by the idle

@@ -1084,6 +1084,7 @@ pub(crate) fn visit_cpus(
         }
         match cs.requests.peek() {
             Some(l) if !l.is_consistent() => bad(i, "its request list's links are inconsistent"),
+            Some(l) if !l.is_empty() && !cs.requested.load(Ordering::Relaxed) => bad(i, "its request list is not empty but not flagged: nothing would serve it"),
             Some(l) => l.iter().for_each(|(_, th)| f(i, Held::Request, th)),
             None => bad(i, "its request-list lock is held"),
         }
