@@ -317,11 +317,6 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
             fail!(r, "task {} has ended but its table still holds {} capabilities", t.id, caps.used());
         }
     }
-    for (p, (found, counted)) in &ports {
-        if found != counted {
-            fail!(r, "port object {p:#x}: {found} capabilities in slots, but it counts {counted}");
-        }
-    }
     for ((t, s), b) in threads.iter().zip(&thread_sched).zip(&thread_buf) {
         refs.add(&t.task);
         refs.add(&t.space);
@@ -344,6 +339,24 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
         maps.values().for_each(|(f, _, _)| refs.add(f));
         refs.add(&sp.memory);
         refs.add(sp.charge().of().0);
+        // The port objects its ranges are open through: each lists the space, and counts the
+        // capabilities in slots (one found in no slot must count none).
+        match crate::device::open_objects(&sp.io) {
+            None => fail!(r, "address space {:#x}: its port ranges' lock is held", sp.pml4),
+            Some(objs) => {
+                for p in objs.iter().flatten() {
+                    ports.entry(Arc::as_ptr(p) as usize).or_insert((0, p.slots_held()));
+                    if p.lists(Arc::as_ptr(sp)) != Some(true) {
+                        fail!(r, "address space {:#x}: a range is open through port object {:#x}, whose list of openers does not name it", sp.pml4, Arc::as_ptr(p) as usize);
+                    }
+                }
+            }
+        }
+    }
+    for (p, (found, counted)) in &ports {
+        if found != counted {
+            fail!(r, "port object {p:#x}: {found} capabilities in slots, but it counts {counted}");
+        }
     }
     frames.iter().for_each(|f| refs.add(f.charge().of().0));
     let mut unregistered = 0u64;

@@ -76,16 +76,17 @@ impl Default for IoSpace {
 /// its task's table (`captable::Object::left`; a copy in flight in a blocked sender does not
 /// count, nor does any reference the kernel holds) — which closes it in every task that opened
 /// it ([`IoPortObj::close_everywhere`]): a driver whose capabilities were all taken away keeps
-/// no port. Its heap (this record and the list of openers) is bounded by the capability slots
-/// that hold it and by the live address spaces with a range open through it.
+/// no port. Its heap (this record and the list of openers, whose capacity is the most spaces
+/// that had a range open through it at once) is bounded by the capability slots that hold it
+/// and by the live address spaces with a range open through it.
 pub struct IoPortObj {
     pub ports: Ports,
     /// Capabilities to it in slots.
     slots: AtomicU64,
     /// The address spaces with a range open through it (weak: a space leaves the list when its
     /// last such range closes or when it is destroyed). Changed only under the port ranges'
-    /// lock of the space concerned, so that a space is on the list exactly while it has a
-    /// range open through this object.
+    /// lock of the space concerned (but by the destructor of a space, or of this object), so
+    /// that a space is on the list exactly while it has a range open through this object.
     openers: Mutex<Vec<Weak<Space>>, { Level::PORTS }>,
 }
 
@@ -132,35 +133,52 @@ impl IoPortObj {
     /// Closes every range opened through it, in every task that opened one, and has every CPU
     /// re-read its running task's ranges — while no slot holds a capability to it (a capability
     /// put into a slot since the count reached zero keeps what is open; the next zero closes
-    /// it), or whatever the count says if `always` (its destructor). One space at a time, each
-    /// taken off the list and its ranges closed under its lock (a range opened there meanwhile
-    /// is closed too, and the space stays off the list), answering other CPUs' TLB shoot-downs
-    /// between spaces.
+    /// it), or whatever the count says if `always` (its destructor). One space at a time, the
+    /// first on the list: under that space's lock the count is read again, its ranges through
+    /// this object are closed, and it leaves the list (so a space is on the list exactly while
+    /// it has a range open through this object). At most as many spaces as the list held when
+    /// it began (a space that opens a range later reads the count itself after its open), each
+    /// followed by the reschedule IPIs if it closed anything, and by an answer to other CPUs'
+    /// TLB shoot-downs.
     pub fn close_everywhere(&self, always: bool) {
         let owner = self.owner();
-        let mut closed = false;
-        while always || self.slots.load(Ordering::SeqCst) == 0 {
-            let Some(w) = self.openers.lock().pop() else { break };
-            if let Some(sp) = w.upgrade() {
-                closed |= change(&sp.io, |set| {
-                    let freed = set.open.close_owner(owner);
-                    // Put back by an open that came between the pop and this lock.
-                    let again = self.unnote(Arc::as_ptr(&sp));
-                    Ok(((freed != 0, again), take_objs(set, freed)))
-                })
-                .is_ok_and(|(c, again)| {
-                    drop(again);
-                    c
-                });
-                // A last reference to the space goes here, after its lock.
-                drop(sp);
+        let n = self.openers.lock().len();
+        for _ in 0..n {
+            let Some(w) = self.openers.lock().first().cloned() else { break };
+            match w.upgrade() {
+                // A space being destroyed (it takes itself off the list too).
+                None => drop(self.unnote(w.as_ptr())),
+                Some(sp) => {
+                    let r = change(&sp.io, |set| {
+                        if !always && self.slots.load(Ordering::SeqCst) != 0 {
+                            return Err(Error::InvalidState);
+                        }
+                        let freed = set.open.close_owner(owner);
+                        let entry = self.unnote(Arc::as_ptr(&sp));
+                        Ok(((freed != 0, entry), take_objs(set, freed)))
+                    });
+                    // A last reference to the space goes after its lock.
+                    drop(sp);
+                    match r {
+                        // A capability is in a slot again: what is open stays.
+                        Err(_) => break,
+                        Ok((closed, entry)) => {
+                            drop(entry);
+                            if closed {
+                                resync_everywhere();
+                            }
+                        }
+                    }
+                }
             }
             drop(w);
             crate::tlb::service_tlb_here();
         }
-        if closed {
-            resync_everywhere();
-        }
+    }
+    /// For `KernelCheck` (every other CPU stopped): whether `sp` is on the list of openers
+    /// (`None`: the list's lock is held).
+    pub fn lists(&self, sp: *const Space) -> Option<bool> {
+        self.openers.peek().map(|l| l.iter().any(|w| core::ptr::eq(w.as_ptr(), sp)))
     }
 }
 
@@ -187,6 +205,13 @@ impl Drop for PortsGone {
 /// Whether `set` has a range open through `owner`.
 fn open_through(set: &IoSet, owner: u64) -> bool {
     set.open.ranges.iter().any(|e| e.2 > 0 && e.1 == owner)
+}
+
+/// For `KernelCheck` (every other CPU stopped): the objects `io` has ranges open through
+/// (`None`: its lock is held).
+pub fn open_objects(io: &IoSpace) -> Option<[Option<Arc<IoPortObj>>; IO_RANGES]> {
+    let set = io.set.peek()?;
+    Some(core::array::from_fn(|i| if set.open.ranges[i].2 > 0 { set.objs[i].upgrade() } else { None }))
 }
 
 /// The objects of the slots in `freed` (bit `i`: slot `i`), taken out of `set` (dropped after
@@ -460,8 +485,9 @@ pub fn syscall(t: &Arc<Thread>, s: Sys, a: [u64; 6]) -> Result<[u64; 3], Error> 
                 })?;
                 // Its last capability may have left its slot since the look-up, and its ranges
                 // closed before this open: then this one is taken back. (The count is read after
-                // the open, which took the space's port-range lock after any closer that
-                // missed it released it: that closer's zero is seen.)
+                // the open, which put this space on the list of openers under that list's lock
+                // after a closer that missed the space took its last entry off: that closer's
+                // zero, written before, is seen.)
                 if p.slots.load(Ordering::SeqCst) == 0 {
                     let _ = change(&sp.io, |set| {
                         let freed = set.open.close_owner(owner);

@@ -337,7 +337,7 @@ pub fn revoke(task: &Task, slot: u64) -> Result<u64, Error> {
     let mut waited_out = false;
     loop {
         // Each batch may put endpoints into this CPU's limbo: once it is long, wait for a
-        // grace period first (`qsbr::throttle`: 200 µs per call at most).
+        // grace period first (`qsbr::throttle`: once per call at most).
         if !waited_out {
             waited_out = crate::qsbr::throttle();
         }

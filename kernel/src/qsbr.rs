@@ -133,14 +133,14 @@ const THROTTLE_AT: usize = 512;
 /// deleting an endpoint capability in a loop meanwhile grew this CPU's limbo for free, by one
 /// entry per deletion (review finding, eleventh session). Now, once it is long, each step (a
 /// deletion, a batch of 32, a piece of 64) first waits, up to 200 µs per system call in all.
-/// Returns whether the limbo is still long (the wait ran out): a caller that repeats it
-/// (a revocation's batches) then stops waiting, so that one call waits 200 µs at most.
+/// Returns whether it waited: a caller that repeats it (a revocation's batches, a teardown's
+/// pieces) then waits no more, so that one system call waits 200 µs at most.
 pub fn throttle() -> bool {
     let l = &LIMBOS[me()];
     let long = || l.pending.load(Ordering::Relaxed) && l.lists.lock().next.len() >= THROTTLE_AT;
     if long() {
         settle();
-        return long();
+        return true;
     }
     false
 }

@@ -1082,9 +1082,11 @@ pub(crate) fn visit_cpus(
             Some(l) => l.iter().for_each(|(d, w)| t(i, *d, w)),
             None => bad(i, "its timeout-list lock is held"),
         }
+        if cs.requests.peek().is_some_and(|l| !l.is_empty()) && !cs.requested.load(Ordering::Relaxed) {
+            bad(i, "its request list is not empty but not flagged: nothing would serve it");
+        }
         match cs.requests.peek() {
             Some(l) if !l.is_consistent() => bad(i, "its request list's links are inconsistent"),
-            Some(l) if !l.is_empty() && !cs.requested.load(Ordering::Relaxed) => bad(i, "its request list is not empty but not flagged: nothing would serve it"),
             Some(l) => l.iter().for_each(|(_, th)| f(i, Held::Request, th)),
             None => bad(i, "its request-list lock is held"),
         }
