@@ -1064,7 +1064,7 @@ fn test_killed_caller_memory(bi: &BootInfo) {
 /// off; the tenth session made it one walk a tick at most, which still let a task that kept N
 /// threads queued there and asked once a tick cost that CPU N entries a tick. Now a request
 /// names its thread and costs one entry: here 50 priority changes a tick apart look at about 50
-/// entries (the walks looked at 401 each: 20,050), a burst of 3,000 at most 3,000, and killing
+/// entries (the tick-limited walks looked at 18,847), a burst of 3,000 at most 3,000, and killing
 /// the 400 queued threads 400. A priority change still takes effect within a time slice.
 fn test_sweep_bounded(bi: &BootInfo) {
     const NAME: &str = "requests-to-another-cpu-cost-one-entry";
