@@ -344,7 +344,14 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
         match crate::device::open_objects(&sp.io) {
             None => fail!(r, "address space {:#x}: its port ranges' lock is held", sp.pml4),
             Some(objs) => {
-                for p in objs.iter().flatten() {
+                for o in objs.iter().flatten() {
+                    let p = match o {
+                        Ok(p) => p,
+                        Err(range) => {
+                            fail!(r, "address space {:#x}: ports {:#x}+{} are open through a port object that is gone", sp.pml4, range.base, range.count);
+                            continue;
+                        }
+                    };
                     ports.entry(Arc::as_ptr(p) as usize).or_insert((0, p.slots_held()));
                     if p.lists(Arc::as_ptr(sp)) != Some(true) {
                         fail!(r, "address space {:#x}: a range is open through port object {:#x}, whose list of openers does not name it", sp.pml4, Arc::as_ptr(p) as usize);

@@ -85,8 +85,9 @@ pub struct IoPortObj {
     slots: AtomicU64,
     /// The address spaces with a range open through it (weak: a space leaves the list when its
     /// last such range closes or when it is destroyed). Changed only under the port ranges'
-    /// lock of the space concerned (but by the destructor of a space, or of this object), so
-    /// that a space is on the list exactly while it has a range open through this object.
+    /// lock of the space concerned (but by the destructor of a space, or of this object, and
+    /// when a close finds a dead space's entry), so that a space is on the list exactly while
+    /// it has a range open through this object.
     openers: Mutex<Vec<Weak<Space>>, { Level::PORTS }>,
 }
 
@@ -126,9 +127,12 @@ impl IoPortObj {
     /// Takes `sp` off the list of openers (under `sp`'s port-range lock once no range is open
     /// through this object there, or in its destructor); its entry, to be dropped after the
     /// locks.
+    /// The list keeps its order (older entries ahead of newer ones), so that a close that
+    /// walks as many entries from the front as the list held when it began reaches every space
+    /// listed then ([`IoPortObj::close_everywhere`]).
     fn unnote(&self, sp: *const Space) -> Option<Weak<Space>> {
         let mut l = self.openers.lock();
-        l.iter().position(|s| core::ptr::eq(s.as_ptr(), sp)).map(|i| l.swap_remove(i))
+        l.iter().position(|s| core::ptr::eq(s.as_ptr(), sp)).map(|i| l.remove(i))
     }
     /// Closes every range opened through it, in every task that opened one, and has every CPU
     /// re-read its running task's ranges — while no slot holds a capability to it (a capability
@@ -209,9 +213,10 @@ fn open_through(set: &IoSet, owner: u64) -> bool {
 
 /// For `KernelCheck` (every other CPU stopped): the objects `io` has ranges open through
 /// (`None`: its lock is held).
-pub fn open_objects(io: &IoSpace) -> Option<[Option<Arc<IoPortObj>>; IO_RANGES]> {
+/// An open range whose object is gone is `Err` (its owner number could be another object's).
+pub fn open_objects(io: &IoSpace) -> Option<[Option<Result<Arc<IoPortObj>, Ports>>; IO_RANGES]> {
     let set = io.set.peek()?;
-    Some(core::array::from_fn(|i| if set.open.ranges[i].2 > 0 { set.objs[i].upgrade() } else { None }))
+    Some(core::array::from_fn(|i| (set.open.ranges[i].2 > 0).then(|| set.objs[i].upgrade().ok_or(set.open.ranges[i].0))))
 }
 
 /// The objects of the slots in `freed` (bit `i`: slot `i`), taken out of `set` (dropped after
