@@ -10,7 +10,7 @@
 //! switched to, which costs two loads and a compare when nothing changes and a few byte
 //! writes per port otherwise (see docs/decisions.md).
 use alloc::sync::{Arc, Weak};
-use alloc::vec::Vec;
+use alloc::collections::VecDeque;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use rl4_abi::{Error, IO_RANGES, IRQ_CPU_CALLER, ObjType, Rights, Sys};
 use rl4_core::device::{DevMemError, DeviceFrame, KERNEL_PORTS, MAX_DEVICE_PAGES, OpenSet, PhysRange, Ports};
@@ -76,9 +76,9 @@ impl Default for IoSpace {
 /// its task's table (`captable::Object::left`; a copy in flight in a blocked sender does not
 /// count, nor does any reference the kernel holds) — which closes it in every task that opened
 /// it ([`IoPortObj::close_everywhere`]): a driver whose capabilities were all taken away keeps
-/// no port. Its heap (this record and the list of openers, whose capacity is the most spaces
-/// that had a range open through it at once) is bounded by the capability slots that hold it
-/// and by the live address spaces with a range open through it.
+/// no port. Its heap is this record (charged to no budget: only the holder of the `Devices`
+/// capability makes one, through `IoPortGet`) and the list of openers, whose capacity is the
+/// most spaces listed at once since the list was last empty (it is freed when it empties).
 pub struct IoPortObj {
     pub ports: Ports,
     /// Capabilities to it in slots.
@@ -88,12 +88,13 @@ pub struct IoPortObj {
     /// lock of the space concerned (but by the destructor of a space, or of this object, and
     /// when a close finds a dead space's entry), so that a space is on the list exactly while
     /// it has a range open through this object.
-    openers: Mutex<Vec<Weak<Space>>, { Level::PORTS }>,
+    /// Oldest first: a close takes entries from the front, each in O(1).
+    openers: Mutex<VecDeque<Weak<Space>>, { Level::PORTS }>,
 }
 
 impl IoPortObj {
     pub fn new(ports: Ports) -> Result<Arc<IoPortObj>, Error> {
-        Arc::try_new(IoPortObj { ports, slots: AtomicU64::new(0), openers: Mutex::new(Vec::new()) }).map_err(|_| Error::OutOfMemory)
+        Arc::try_new(IoPortObj { ports, slots: AtomicU64::new(0), openers: Mutex::new(VecDeque::new()) }).map_err(|_| Error::OutOfMemory)
     }
     /// The number its ranges are opened under in an `OpenSet` (its address: unique while it
     /// lives, and all its ranges are closed before it is freed).
@@ -121,7 +122,7 @@ impl IoPortObj {
             return Ok(());
         }
         o.try_reserve(1).map_err(|_| Error::OutOfMemory)?;
-        o.push(Arc::downgrade(sp));
+        o.push_back(Arc::downgrade(sp));
         Ok(())
     }
     /// Takes `sp` off the list of openers (under `sp`'s port-range lock once no range is open
@@ -130,9 +131,14 @@ impl IoPortObj {
     /// The list keeps its order (older entries ahead of newer ones), so that a close that
     /// walks as many entries from the front as the list held when it began reaches every space
     /// listed then ([`IoPortObj::close_everywhere`]).
+    /// The front entry (the one a close takes) goes in O(1); an emptied list frees its buffer.
     fn unnote(&self, sp: *const Space) -> Option<Weak<Space>> {
         let mut l = self.openers.lock();
-        l.iter().position(|s| core::ptr::eq(s.as_ptr(), sp)).map(|i| l.remove(i))
+        let w = l.iter().position(|s| core::ptr::eq(s.as_ptr(), sp)).and_then(|i| l.remove(i));
+        if l.is_empty() {
+            *l = VecDeque::new();
+        }
+        w
     }
     /// Closes every range opened through it, in every task that opened one, and has every CPU
     /// re-read its running task's ranges — while no slot holds a capability to it (a capability
@@ -142,13 +148,15 @@ impl IoPortObj {
     /// this object are closed, and it leaves the list (so a space is on the list exactly while
     /// it has a range open through this object). At most as many spaces as the list held when
     /// it began (a space that opens a range later reads the count itself after its open), each
-    /// followed by the reschedule IPIs if it closed anything, and by an answer to other CPUs'
-    /// TLB shoot-downs.
+    /// followed by an answer to other CPUs' TLB shoot-downs; O(1) each. Then, if it closed
+    /// anything, the reschedule IPIs (once, whatever the number of spaces: the call that let go
+    /// of the last capability returns after them).
     pub fn close_everywhere(&self, always: bool) {
         let owner = self.owner();
         let n = self.openers.lock().len();
+        let mut closed_any = false;
         for _ in 0..n {
-            let Some(w) = self.openers.lock().first().cloned() else { break };
+            let Some(w) = self.openers.lock().front().cloned() else { break };
             match w.upgrade() {
                 // A space being destroyed (it takes itself off the list too).
                 None => drop(self.unnote(w.as_ptr())),
@@ -168,15 +176,16 @@ impl IoPortObj {
                         Err(_) => break,
                         Ok((closed, entry)) => {
                             drop(entry);
-                            if closed {
-                                resync_everywhere();
-                            }
+                            closed_any |= closed;
                         }
                     }
                 }
             }
             drop(w);
             crate::tlb::service_tlb_here();
+        }
+        if closed_any {
+            resync_everywhere();
         }
     }
     /// For `KernelCheck` (every other CPU stopped): whether `sp` is on the list of openers
@@ -248,9 +257,8 @@ fn change<R>(io: &IoSpace, f: impl FnOnce(&mut IoSet) -> Result<(R, [Weak<IoPort
 /// interrupt (`trap.rs`): within one IPI, a close holds everywhere and an open is seen by every
 /// thread of the task.
 fn resync_everywhere() {
-    let loaded = &crate::sched::this_cpu().tlb.io_generation;
     let me = rl4_arch::percpu::cpu_index() as usize;
-    if crate::sched::with_current(|t| sync(loaded, &t.space)).is_none() {
+    if !sync_current() {
         rl4_smp::cpus::send_resched(me);
     }
     for c in (0..MAX_CPUS).filter(|&c| c != me && crate::sched::cpu_online(c as u64)) {
@@ -298,10 +306,10 @@ fn reload(loaded: &AtomicU64, sp: &Space) {
 }
 
 /// This CPU's bitmap made to match its running thread's task (after the task's ranges
-/// changed: through the reschedule IPI).
-pub fn sync_current() {
+/// changed: through the reschedule IPI); whether it runs a thread at this instant.
+pub fn sync_current() -> bool {
     let loaded = &crate::sched::this_cpu().tlb.io_generation;
-    crate::sched::with_current(|t| sync(loaded, &t.space));
+    crate::sched::with_current(|t| sync(loaded, &t.space)).is_some()
 }
 
 

@@ -352,7 +352,7 @@ fn reply_recv(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag
             drop(l);
             trace::stamp(trace::PARTNER);
             // The server's reference becomes its queue entry.
-            crate::ipc::enqueue(&mut q.receivers, cur, None);
+            crate::ipc::enqueue(&mut q.receivers, cur);
             drop(q);
             crate::timeline::event(crate::timeline::Kind::Reply, caller.id, ticket);
             trace::stamp(trace::DELIVERED);
@@ -379,7 +379,7 @@ fn reply_recv(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag
             let (to, prio, held) = queue_for_cpu(cl);
             hand_over(to, caller, prio);
             drop(held);
-            crate::ipc::enqueue(&mut q.receivers, cur, None);
+            crate::ipc::enqueue(&mut q.receivers, cur);
             drop(q);
             cross_done(cs, Some(wait), None, false);
             return Fast::Decide;

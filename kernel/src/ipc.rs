@@ -18,7 +18,7 @@ use rl4_arch::entry::UserRegs;
 use rl4_core::life::WaitOn;
 
 use crate::lock::{Level, Mutex};
-use rl4_core::wlist::WList;
+use rl4_core::wlist::{KeyedList, WList};
 use crate::obj::{Cap, EpRef, Frame, NtfRef, Thread, Wait};
 use crate::{mem, reclaim, sched, thread, timeout};
 
@@ -27,8 +27,8 @@ use crate::{mem, reclaim, sched, thread, timeout};
 /// leaves its queue in O(1).
 pub(crate) struct EpQueues {
     /// Highest priority first, FIFO within a priority (the key: the priority each was queued
-    /// at).
-    pub(crate) senders: WList<Thread>,
+    /// at); an insertion walks one step per priority below its own that waits.
+    pub(crate) senders: KeyedList<Thread>,
     pub(crate) receivers: WList<Thread>,
 }
 
@@ -48,16 +48,21 @@ impl EpQueues {
     }
 }
 
-/// Queues `t` on `q` (at `key`); a thread already in a queue is a kernel bug, refused by the list
+/// Queues `t` last on `q`; a thread already in a queue is a kernel bug, refused by the list
 /// (nothing is damaged): said on the console, and `KernelCheck` reports the thread's wait.
 #[inline(always)]
-pub(crate) fn enqueue(q: &mut WList<Thread>, t: Arc<Thread>, key: Option<u8>) {
-    let r = match key {
-        Some(k) => q.insert_by_key(t, k as u64),
-        None => q.push_back(t),
-    };
-    if let Err(t) = r {
+pub(crate) fn enqueue(q: &mut WList<Thread>, t: Arc<Thread>) {
+    if let Err(t) = q.push_back(t) {
         queued_twice(t);
+    }
+}
+
+/// Queues the sender `t` on `q` at its priority `prio` (as [`enqueue`]); the steps its place
+/// took are counted (`stat::SENDQ_STEPS`).
+fn enqueue_sender(q: &mut KeyedList<Thread>, t: Arc<Thread>, prio: u8) {
+    match q.insert_by_key(t, prio as u64) {
+        Ok(steps) => sched::this_cpu().add_count(sched::Count::SendqSteps, steps as u64),
+        Err(t) => queued_twice(t),
     }
 }
 
@@ -388,7 +393,7 @@ pub fn send(
     match block_current(cur, Wait::Send { ep: EpRef::new(ep), badge, call, cap }, deadline) {
         Ok(()) => {
             crate::timeline::event(crate::timeline::Kind::Send, crate::timeline::ep(ep.id()) << 32, badge);
-            enqueue(&mut q.senders, cur.clone(), Some(prio));
+            enqueue_sender(&mut q.senders, cur.clone(), prio);
             drop(q);
             timeout::add(deadline, cur);
             Outcome::Blocked
@@ -481,7 +486,7 @@ pub fn recv(cur: &Arc<Thread>, ep: &Arc<Endpoint>, timeout: u64, direct_to: Opti
     let deadline = deadline(timeout);
     match block_current(cur, Wait::Recv { ep: EpRef::new(ep) }, deadline) {
         Ok(()) => {
-            enqueue(&mut q.receivers, cur.clone(), None);
+            enqueue(&mut q.receivers, cur.clone());
             drop(q);
             timeout::add(deadline, cur);
             if let Some(t) = direct_to {
@@ -594,7 +599,7 @@ pub fn fault_call(cur: &Arc<Thread>, ep: &Arc<Endpoint>, badge: u64, info: [u64;
     let prio = cur.life.lock().prio;
     if block_current(cur, Wait::FaultSend { ep: EpRef::new(ep), badge, info }, u64::MAX).is_ok() {
         crate::timeline::event(crate::timeline::Kind::Send, crate::timeline::ep(ep.id()) << 32, badge);
-        enqueue(&mut q.senders, cur.clone(), Some(prio));
+        enqueue_sender(&mut q.senders, cur.clone(), prio);
     }
     false
 }
@@ -701,7 +706,7 @@ pub fn wait(cur: &Arc<Thread>, n: &Arc<Notification>, timeout: u64) -> Outcome {
     match block_current(cur, Wait::Notify { n: NtfRef(n.me.clone()) }, deadline) {
         Ok(()) => {
             // Into the intrusive list: nothing to allocate, nothing to fail.
-            enqueue(&mut q.waiters, cur.clone(), None);
+            enqueue(&mut q.waiters, cur.clone());
             drop(q);
             timeout::add(deadline, cur);
             Outcome::Blocked

@@ -10,7 +10,7 @@
 //! | `Machine` | console and shutdown rights | never (no state) |
 //! | `Devices` | the right to make `Irq` and `IoPort` capabilities (`device.rs`) | never (no state) |
 //! | [`crate::irq::IrqLine`] | one interrupt line | its last capability goes; the line is masked and freed |
-//! | `IoPort` | a port range (a value, no object) | — |
+//! | [`crate::device::IoPortObj`] | a port range, and the address spaces that opened it | its last capability leaves its slot: the range closes in every task that opened it; the record goes with its last reference |
 //!
 //! Objects are reference-counted (`Arc`); a capability, a mapping, a run queue entry or a
 //! thread's link to its task each hold one reference. Cycles (a task holding a capability to

@@ -59,10 +59,12 @@ pub enum Count {
     /// Threads whose run-queue entry this CPU looked at again because another CPU asked
     /// ([`request`]: a kill or a priority change while it was queued here).
     SweepVisited = 6,
+    /// Steps queued sends took to find their place among an endpoint's senders (`ipc.rs`).
+    SendqSteps = 7,
 }
 
 /// How many [`Count`]s there are.
-const COUNTS: usize = 7;
+const COUNTS: usize = 8;
 
 /// A [`CpuSched::flags`] bit: the time slice ran out (or the thread yielded): rotate at the next
 /// decision.

@@ -429,6 +429,10 @@ pub mod stat {
     /// asked: one per request about a killed or re-prioritised queued thread (docs/scheduler.md),
     /// all CPUs.
     pub const SWEEP_VISITED: u64 = 22;
+    /// Steps queued sends took to find their place in their endpoint's queue of senders, all
+    /// CPUs: one per priority below the sender's that has senders waiting there (docs/ipc.md),
+    /// however many senders wait at those priorities.
+    pub const SENDQ_STEPS: u64 = 23;
 }
 
 /// What each kind of object costs the memory budget it is made from, in bytes (docs/syscalls.md):

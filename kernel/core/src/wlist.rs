@@ -14,6 +14,14 @@
 //! read and written only by the list that owns the item, through `&mut self`, with relaxed
 //! ordering (the lock that guards the list orders them).
 //!
+//! A keyed list (`KEYED`, [`KeyedList`]: an endpoint's senders, by priority) also keeps, at
+//! both ends of each run of equal keys, a pointer to the run's other end, so that an insertion
+//! walks from the tail run by run rather than item by item: O(distinct lower keys), at most 256
+//! steps for the kernel's priorities, however many items wait (a task with thousands of
+//! low-priority senders on a shared endpoint would otherwise make every higher-priority
+//! sender's insertion walk over all of them, under the endpoint's lock). Only keyed lists
+//! insert by key, and only plain ones put items first or rotate: a keyed list stays sorted.
+//!
 //! `unsafe` is confined to the conversions between the raw pointers the list keeps and the
 //! `Arc`s it was given, and to dereferencing those pointers while the list owns the items.
 #![allow(unexpected_cfgs)]
@@ -30,11 +38,14 @@ pub struct WLink<T> {
     /// The token of the list that holds the item, 0 if none.
     owner: AtomicUsize,
     key: AtomicU64,
+    /// In a keyed list, at either end of a run of equal keys: the run's other end (itself,
+    /// alone); meaningless elsewhere and in plain lists.
+    run: AtomicPtr<T>,
 }
 
 impl<T> WLink<T> {
     pub const fn new() -> Self {
-        WLink { prev: AtomicPtr::new(ptr::null_mut()), next: AtomicPtr::new(ptr::null_mut()), owner: AtomicUsize::new(0), key: AtomicU64::new(0) }
+        WLink { prev: AtomicPtr::new(ptr::null_mut()), next: AtomicPtr::new(ptr::null_mut()), owner: AtomicUsize::new(0), key: AtomicU64::new(0), run: AtomicPtr::new(ptr::null_mut()) }
     }
 
     /// Whether some list holds the item (an `Acquire` load: after `false`, the list that held
@@ -61,8 +72,9 @@ pub unsafe trait WLinked<Tag = ()>: Sized {
     fn wlink(&self) -> &WLink<Self>;
 }
 
-/// A wait queue (see the module documentation), threaded through the items' `Tag` links.
-pub struct WList<T: WLinked<Tag>, Tag = ()> {
+/// A wait queue (see the module documentation), threaded through the items' `Tag` links;
+/// `KEYED`: kept sorted by key, with the runs of equal keys marked.
+pub struct WList<T: WLinked<Tag>, Tag = (), const KEYED: bool = false> {
     head: *const T,
     tail: *const T,
     len: usize,
@@ -72,9 +84,12 @@ pub struct WList<T: WLinked<Tag>, Tag = ()> {
 
 // SAFETY: the list owns `Arc<T>`s; moving it to another thread moves those references, which
 // is sound when `Arc<T>` is `Send` (`T: Send + Sync`).
-unsafe impl<T: WLinked<Tag> + Send + Sync, Tag> Send for WList<T, Tag> {}
+unsafe impl<T: WLinked<Tag> + Send + Sync, Tag, const K: bool> Send for WList<T, Tag, K> {}
 // SAFETY: `&WList` gives only shared access to the items (`iter`), which `T: Sync` allows.
-unsafe impl<T: WLinked<Tag> + Send + Sync, Tag> Sync for WList<T, Tag> {}
+unsafe impl<T: WLinked<Tag> + Send + Sync, Tag, const K: bool> Sync for WList<T, Tag, K> {}
+
+/// A list sorted by key (highest first), for [`WList::insert_by_key`].
+pub type KeyedList<T, Tag = ()> = WList<T, Tag, true>;
 
 /// The link of `t` that lists of tag `Tag` use.
 #[inline(always)]
@@ -82,7 +97,7 @@ fn link<T: WLinked<Tag>, Tag>(t: &T) -> &WLink<T> {
     <T as WLinked<Tag>>::wlink(t)
 }
 
-impl<T: WLinked<Tag>, Tag> WList<T, Tag> {
+impl<T: WLinked<Tag>, Tag, const KEYED: bool> WList<T, Tag, KEYED> {
     /// An empty list; `token` (not 0) names it in its items' links and must differ from every
     /// other live list's.
     pub const fn new(token: usize) -> Self {
@@ -143,27 +158,6 @@ impl<T: WLinked<Tag>, Tag> WList<T, Tag> {
         Ok(())
     }
 
-    /// Puts `t` first (key 0).
-    #[inline]
-    pub fn push_front(&mut self, t: Arc<T>) -> Result<(), Arc<T>> {
-        let p = self.claim(t, 0)?;
-        self.link_after(ptr::null(), p);
-        Ok(())
-    }
-
-    /// Inserts `t` after every item whose key is at least `key` (highest key first, first come
-    /// first served within a key): a walk from the tail over the items of lower keys.
-    pub fn insert_by_key(&mut self, t: Arc<T>, key: u64) -> Result<(), Arc<T>> {
-        let p = self.claim(t, key)?;
-        let mut after = self.tail;
-        // SAFETY: every pointer reached from the tail is an item this list owns.
-        while !after.is_null() && link::<T, Tag>(unsafe { &*after }).key.load(Relaxed) < key {
-            after = link::<T, Tag>(unsafe { &*after }).prev.load(Relaxed);
-        }
-        self.link_after(after, p);
-        Ok(())
-    }
-
     /// Links the claimed item `p` after `after` (null: first).
     #[inline(always)]
     fn link_after(&mut self, after: *const T, p: *const T) {
@@ -183,7 +177,66 @@ impl<T: WLinked<Tag>, Tag> WList<T, Tag> {
         } else {
             link::<T, Tag>(unsafe { &*next }).prev.store(p as *mut T, Relaxed);
         }
+        if KEYED {
+            self.join_runs(after, p, next);
+        }
         self.len += 1;
+    }
+
+    /// A keyed list: `p` was just linked between `prev` and `next` (either may be null); the
+    /// run it joins — either neighbour's of its key, or its own — gets its ends right. (An
+    /// insertion by key never lands in the middle of a run; both cases are kept all the same.)
+    #[inline(always)]
+    fn join_runs(&self, prev: *const T, p: *const T, next: *const T) {
+        // SAFETY: `p` and its non-null neighbours are items this list owns.
+        let l = link::<T, Tag>(unsafe { &*p });
+        let key = l.key.load(Relaxed);
+        let same = |q: *const T| !q.is_null() && link::<T, Tag>(unsafe { &*q }).key.load(Relaxed) == key;
+        let end = |q: *const T| link::<T, Tag>(unsafe { &*q }).run.load(Relaxed) as *const T;
+        let set = |q: *const T, to: *const T| link::<T, Tag>(unsafe { &*q }).run.store(to as *mut T, Relaxed);
+        match (same(prev), same(next)) {
+            // Inside a run: its ends stay.
+            (true, true) => {}
+            // The run's new last item (`prev` was its last: `run` names the first).
+            (true, false) => {
+                let first = end(prev);
+                set(first, p);
+                set(p, first);
+            }
+            // The run's new first item (`next` was its first: `run` names the last).
+            (false, true) => {
+                let last = end(next);
+                set(last, p);
+                set(p, last);
+            }
+            (false, false) => set(p, p),
+        }
+    }
+
+    /// A keyed list: `p`, between `prev` and `next`, is being taken out; the run it was in gets
+    /// its ends right (before the links change).
+    #[inline(always)]
+    fn leave_run(&self, prev: *const T, p: *const T, next: *const T) {
+        // SAFETY: as in `join_runs`.
+        let l = link::<T, Tag>(unsafe { &*p });
+        let key = l.key.load(Relaxed);
+        let same = |q: *const T| !q.is_null() && link::<T, Tag>(unsafe { &*q }).key.load(Relaxed) == key;
+        let set = |q: *const T, to: *const T| link::<T, Tag>(unsafe { &*q }).run.store(to as *mut T, Relaxed);
+        let other = l.run.load(Relaxed) as *const T;
+        match (same(prev), same(next)) {
+            (true, true) | (false, false) => {}
+            // It was the run's last: `prev` is now.
+            (true, false) => {
+                set(other, prev);
+                set(prev, other);
+            }
+            // It was the run's first: `next` is now.
+            (false, true) => {
+                set(other, next);
+                set(next, other);
+            }
+        }
+        l.run.store(ptr::null_mut(), Relaxed);
     }
 
     /// Unlinks the item `p` this list owns and returns its reference.
@@ -192,6 +245,9 @@ impl<T: WLinked<Tag>, Tag> WList<T, Tag> {
         // SAFETY: `p` and its neighbours are items this list owns.
         let l = link::<T, Tag>(unsafe { &*p });
         let (prev, next) = (l.prev.load(Relaxed) as *const T, l.next.load(Relaxed) as *const T);
+        if KEYED {
+            self.leave_run(prev, p, next);
+        }
         if prev.is_null() {
             self.head = next;
         } else {
@@ -212,43 +268,6 @@ impl<T: WLinked<Tag>, Tag> WList<T, Tag> {
         unsafe { Arc::from_raw(p) }
     }
 
-    /// Appends `t` and takes the first item out (`t` itself if the list was empty): a turn of
-    /// a FIFO in one pass over the links. The length stays as it was. Hands `t` back if a list
-    /// holds it.
-    #[inline(always)]
-    pub fn rotate(&mut self, t: Arc<T>) -> Result<Arc<T>, Arc<T>> {
-        let h = self.head;
-        if h.is_null() {
-            return if link::<T, Tag>(&*t).is_queued() { Err(t) } else { Ok(t) };
-        }
-        let p = self.claim(t, 0)?;
-        // SAFETY: `h` is this list's first item and `p` was just claimed for it (alive: the
-        // list holds a reference of each); `tail` is an item of this list too (not null: the
-        // list is not empty).
-        let (hl, pl) = (link::<T, Tag>(unsafe { &*h }), link::<T, Tag>(unsafe { &*p }));
-        let next = hl.next.load(Relaxed) as *const T;
-        if next.is_null() {
-            // `h` was alone: `p` takes its place.
-            pl.prev.store(ptr::null_mut(), Relaxed);
-            self.head = p;
-        } else {
-            // SAFETY: `next` and the tail are items of this list.
-            link::<T, Tag>(unsafe { &*next }).prev.store(ptr::null_mut(), Relaxed);
-            link::<T, Tag>(unsafe { &*self.tail }).next.store(p as *mut T, Relaxed);
-            pl.prev.store(self.tail as *mut T, Relaxed);
-            self.head = next;
-        }
-        pl.next.store(ptr::null_mut(), Relaxed);
-        self.tail = p;
-        hl.next.store(ptr::null_mut(), Relaxed);
-        // Last: whoever sees the item free afterwards sees its links cleared (its `prev` is
-        // null already: it was first).
-        hl.owner.store(0, Release);
-        // SAFETY: `h` came from `Arc::into_raw` when it was claimed, and this list owned that
-        // reference until now.
-        Ok(unsafe { Arc::from_raw(h) })
-    }
-
     /// Takes the first item out ([`WList::unlink`] for the item that has no predecessor).
     #[inline]
     pub fn pop_front(&mut self) -> Option<Arc<T>> {
@@ -259,6 +278,9 @@ impl<T: WLinked<Tag>, Tag> WList<T, Tag> {
         // SAFETY: `p`, the head, and its successor are items this list owns.
         let l = link::<T, Tag>(unsafe { &*p });
         let next = l.next.load(Relaxed) as *const T;
+        if KEYED {
+            self.leave_run(ptr::null(), p, next);
+        }
         self.head = next;
         if next.is_null() {
             self.tail = ptr::null();
@@ -332,7 +354,7 @@ impl<T: WLinked<Tag>, Tag> WList<T, Tag> {
     }
 
     /// Moves every item into a new list with the same token (this one is left empty).
-    pub fn take(&mut self) -> WList<T, Tag> {
+    pub fn take(&mut self) -> WList<T, Tag, KEYED> {
         let l = WList { head: self.head, tail: self.tail, len: self.len, token: self.token, _owns: PhantomData };
         self.head = ptr::null();
         self.tail = ptr::null();
@@ -344,17 +366,33 @@ impl<T: WLinked<Tag>, Tag> WList<T, Tag> {
     /// consistency check and the tests).
     pub fn is_consistent(&self) -> bool {
         let (mut n, mut prev, mut p, mut last_key) = (0usize, ptr::null::<T>(), self.head, u64::MAX);
+        // A keyed list: the first item of the run `p` is in.
+        let mut first = ptr::null::<T>();
         while !p.is_null() {
-            // SAFETY: an item this list owns.
+            // SAFETY: an item this list owns (and so are the runs' ends it names, once checked
+            // to be items met in this walk).
             let l = link::<T, Tag>(unsafe { &*p });
             let k = l.key.load(Relaxed);
             if l.prev.load(Relaxed) as *const T != prev || l.owner.load(Relaxed) != self.token || k > last_key {
                 return false;
             }
+            let next = l.next.load(Relaxed) as *const T;
+            if KEYED {
+                if prev.is_null() || k != last_key {
+                    first = p;
+                }
+                // SAFETY: `next` is an item of this list or null (its links are checked when
+                // the walk reaches it).
+                let last = next.is_null() || link::<T, Tag>(unsafe { &*next }).key.load(Relaxed) != k;
+                let run = |q: *const T| link::<T, Tag>(unsafe { &*q }).run.load(Relaxed) as *const T;
+                if last && (run(p) != first || run(first) != p) {
+                    return false;
+                }
+            }
             last_key = k;
             n += 1;
             prev = p;
-            p = l.next.load(Relaxed);
+            p = next;
             if n > self.len {
                 return false;
             }
@@ -363,7 +401,86 @@ impl<T: WLinked<Tag>, Tag> WList<T, Tag> {
     }
 }
 
-impl<T: WLinked<Tag>, Tag> Drop for WList<T, Tag> {
+/// What only plain lists do (a keyed list stays sorted).
+impl<T: WLinked<Tag>, Tag> WList<T, Tag, false> {
+    /// Puts `t` first (key 0).
+    #[inline]
+    pub fn push_front(&mut self, t: Arc<T>) -> Result<(), Arc<T>> {
+        let p = self.claim(t, 0)?;
+        self.link_after(ptr::null(), p);
+        Ok(())
+    }
+
+    /// Appends `t` and takes the first item out (`t` itself if the list was empty): a turn of
+    /// a FIFO in one pass over the links. The length stays as it was. Hands `t` back if a list
+    /// holds it.
+    #[inline(always)]
+    pub fn rotate(&mut self, t: Arc<T>) -> Result<Arc<T>, Arc<T>> {
+        let h = self.head;
+        if h.is_null() {
+            return if link::<T, Tag>(&*t).is_queued() { Err(t) } else { Ok(t) };
+        }
+        let p = self.claim(t, 0)?;
+        // SAFETY: `h` is this list's first item and `p` was just claimed for it (alive: the
+        // list holds a reference of each); `tail` is an item of this list too (not null: the
+        // list is not empty).
+        let (hl, pl) = (link::<T, Tag>(unsafe { &*h }), link::<T, Tag>(unsafe { &*p }));
+        let next = hl.next.load(Relaxed) as *const T;
+        if next.is_null() {
+            // `h` was alone: `p` takes its place.
+            pl.prev.store(ptr::null_mut(), Relaxed);
+            self.head = p;
+        } else {
+            // SAFETY: `next` and the tail are items of this list.
+            link::<T, Tag>(unsafe { &*next }).prev.store(ptr::null_mut(), Relaxed);
+            link::<T, Tag>(unsafe { &*self.tail }).next.store(p as *mut T, Relaxed);
+            pl.prev.store(self.tail as *mut T, Relaxed);
+            self.head = next;
+        }
+        pl.next.store(ptr::null_mut(), Relaxed);
+        self.tail = p;
+        hl.next.store(ptr::null_mut(), Relaxed);
+        // Last: whoever sees the item free afterwards sees its links cleared (its `prev` is
+        // null already: it was first).
+        hl.owner.store(0, Release);
+        // SAFETY: `h` came from `Arc::into_raw` when it was claimed, and this list owned that
+        // reference until now.
+        Ok(unsafe { Arc::from_raw(h) })
+    }
+
+}
+
+/// What only keyed lists do.
+impl<T: WLinked<Tag>, Tag> KeyedList<T, Tag> {
+    /// Inserts `t` after every item whose key is at least `key` (highest key first, first come
+    /// first served within a key), and returns the steps its place took: a walk from the tail
+    /// over the runs of lower keys, one step per run.
+    pub fn insert_by_key(&mut self, t: Arc<T>, key: u64) -> Result<usize, Arc<T>> {
+        let p = self.claim(t, key)?;
+        let (after, steps) = self.insertion_point(key);
+        self.link_after(after, p);
+        Ok(steps)
+    }
+
+    /// The item an insertion at `key` goes after (null: first), and the number of runs the
+    /// walk stepped over.
+    #[inline(always)]
+    fn insertion_point(&self, key: u64) -> (*const T, usize) {
+        let (mut after, mut steps) = (self.tail, 0);
+        // SAFETY: every pointer reached from the tail is an item this list owns. `after` is
+        // the last item of its run each time (the tail; then the item before a run's first),
+        // so its `run` names that run's first item.
+        while !after.is_null() && link::<T, Tag>(unsafe { &*after }).key.load(Relaxed) < key {
+            let first = link::<T, Tag>(unsafe { &*after }).run.load(Relaxed) as *const T;
+            after = link::<T, Tag>(unsafe { &*first }).prev.load(Relaxed);
+            steps += 1;
+        }
+        (after, steps)
+    }
+
+}
+
+impl<T: WLinked<Tag>, Tag, const K: bool> Drop for WList<T, Tag, K> {
     /// Releases the references of the items still in it.
     fn drop(&mut self) {
         while self.pop_front().is_some() {}
@@ -387,7 +504,7 @@ mod tests {
     fn item(id: u32) -> Arc<Item> {
         Arc::new(Item { id, link: WLink::new() })
     }
-    fn ids(l: &WList<Item>) -> Vec<(u64, u32)> {
+    fn ids<const K: bool>(l: &WList<Item, (), K>) -> Vec<(u64, u32)> {
         l.iter().map(|(k, t)| (k, t.id)).collect()
     }
 
@@ -411,7 +528,7 @@ mod tests {
 
     #[test]
     fn an_item_is_in_one_list_only() {
-        let (mut l1, mut l2) = (WList::new(1), WList::new(2));
+        let (mut l1, mut l2): (WList<Item>, WList<Item>) = (WList::new(1), WList::new(2));
         let a = item(1);
         l1.push_back(a.clone()).ok().unwrap();
         assert!(l2.push_back(a.clone()).is_err());
@@ -423,7 +540,7 @@ mod tests {
 
     #[test]
     fn keyed_insertion_is_stable() {
-        let mut l = WList::new(7);
+        let mut l = KeyedList::new(7);
         for (id, k) in [(1, 5), (2, 9), (3, 5), (4, 1), (5, 9), (6, 0)] {
             l.insert_by_key(item(id), k).ok().unwrap();
         }
@@ -481,75 +598,131 @@ mod tests {
         assert_eq!((Arc::strong_count(&a), Arc::strong_count(&b)), (1, 1));
     }
 
+    /// One step of the model test: `op` on `l` and on `model` (the items in the list's order,
+    /// with their keys); `insert` is the list kind's own insertion (`push_front` or
+    /// `insert_by_key`), `rotate` a plain list's `rotate`.
+    fn step<const K: bool>(
+        l: &mut WList<Item, (), K>,
+        model: &mut Vec<(u64, u32)>,
+        items: &[Arc<Item>],
+        (op, i, k): (u8, u32, u64),
+        insert: fn(&mut WList<Item, (), K>, Arc<Item>, u64) -> Result<(), Arc<Item>>,
+        rotate: Option<fn(&mut WList<Item, (), K>, Arc<Item>) -> Result<Arc<Item>, Arc<Item>>>,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        let t = &items[i as usize];
+        let inside = model.iter().any(|&(_, id)| id == i);
+        match op {
+            0 => {
+                let r = l.push_back(t.clone());
+                proptest::prop_assert_eq!(r.is_ok(), !inside);
+                if !inside {
+                    model.push((0, i));
+                }
+            }
+            1 => {
+                let r = insert(l, t.clone(), k);
+                proptest::prop_assert_eq!(r.is_ok(), !inside);
+                if !inside {
+                    // A plain list puts it first (key 0); a keyed one after every key ≥ k.
+                    let at = if K { model.iter().position(|&(mk, _)| mk < k).unwrap_or(model.len()) } else { 0 };
+                    model.insert(at, (if K { k } else { 0 }, i));
+                }
+            }
+            2 if rotate.is_some() => {
+                let got = rotate.unwrap()(l, t.clone()).map(|x| x.id).map_err(|x| x.id);
+                let want = if inside {
+                    Err(i)
+                } else if model.is_empty() {
+                    Ok(i)
+                } else {
+                    model.push((0, i));
+                    Ok(model.remove(0).1)
+                };
+                proptest::prop_assert_eq!(got, want);
+            }
+            2 | 3 => {
+                let got = l.pop_front().map(|x| x.id);
+                let want = if model.is_empty() { None } else { Some(model.remove(0).1) };
+                proptest::prop_assert_eq!(got, want);
+            }
+            _ => {
+                let got = l.remove(t).map(|x| x.id);
+                proptest::prop_assert_eq!(got, inside.then_some(i));
+                model.retain(|&(_, id)| id != i);
+            }
+        }
+        proptest::prop_assert_eq!(ids(l), model.clone());
+        proptest::prop_assert_eq!(l.len(), model.len());
+        proptest::prop_assert!(l.is_consistent());
+        for t in items {
+            let held = model.iter().any(|&(_, id)| id == t.id);
+            proptest::prop_assert_eq!(t.link.is_queued(), held);
+            if !held {
+                proptest::prop_assert!(t.link.prev.load(Relaxed).is_null() && t.link.next.load(Relaxed).is_null());
+            }
+        }
+        Ok(())
+    }
+
     proptest::proptest! {
-        /// Random sequences against a plain vector kept in the same order.
+        /// Random sequences against a plain vector kept in the same order: a plain list
+        /// (push_back, push_front, rotate, pop_front, remove).
         #[test]
-        fn matches_a_vector(keyed in proptest::bool::ANY, ops in proptest::collection::vec((0u8..5, 0u32..8, 0u64..4), 1..200)) {
+        fn plain_matches_a_vector(ops in proptest::collection::vec((0u8..5, 0u32..8, 0u64..4), 1..200)) {
             let items: Vec<Arc<Item>> = (0..8).map(item).collect();
-            let mut l = WList::new(3);
-            let mut model: Vec<(u64, u32)> = vec![];
-            for (op, i, k) in ops {
-                // A list is either keyed (insertions by key only) or plain (no keyed ones).
-                let op = match (keyed, op) { (true, 0 | 1) => 2, (false, 2) => 0, (_, o) => o };
-                let t = &items[i as usize];
-                let inside = model.iter().any(|&(_, id)| id == i);
-                match op {
-                    0 => {
-                        let r = l.push_back(t.clone());
-                        proptest::prop_assert_eq!(r.is_ok(), !inside);
-                        if !inside { model.push((0, i)); }
-                    }
-                    1 => {
-                        let r = l.push_front(t.clone());
-                        proptest::prop_assert_eq!(r.is_ok(), !inside);
-                        if !inside { model.insert(0, (0, i)); }
-                    }
-                    2 => {
-                        let r = l.insert_by_key(t.clone(), k);
-                        proptest::prop_assert_eq!(r.is_ok(), !inside);
-                        if !inside {
-                            let at = model.iter().position(|&(mk, _)| mk < k).unwrap_or(model.len());
-                            model.insert(at, (k, i));
-                        }
-                    }
-                    3 if !keyed && k == 3 => {
-                        let got = l.rotate(t.clone()).map(|x| x.id).map_err(|x| x.id);
-                        let want = if inside {
-                            Err(i)
-                        } else if model.is_empty() {
-                            Ok(i)
-                        } else {
-                            model.push((0, i));
-                            Ok(model.remove(0).1)
-                        };
-                        proptest::prop_assert_eq!(got, want);
-                    }
-                    3 => {
-                        let got = l.pop_front().map(|x| x.id);
-                        let want = if model.is_empty() { None } else { Some(model.remove(0).1) };
-                        proptest::prop_assert_eq!(got, want);
-                    }
-                    _ => {
-                        let got = l.remove(t).map(|x| x.id);
-                        proptest::prop_assert_eq!(got, inside.then_some(i));
-                        model.retain(|&(_, id)| id != i);
-                    }
-                }
-                proptest::prop_assert_eq!(ids(&l), model.clone());
-                proptest::prop_assert_eq!(l.len(), model.len());
-                proptest::prop_assert!(l.is_consistent());
-                for t in &items {
-                    let held = model.iter().any(|&(_, id)| id == t.id);
-                    proptest::prop_assert_eq!(t.link.is_queued(), held);
-                    if !held {
-                        proptest::prop_assert!(t.link.prev.load(Relaxed).is_null() && t.link.next.load(Relaxed).is_null());
-                    }
-                }
+            let mut l: WList<Item> = WList::new(3);
+            let mut model = vec![];
+            for op in ops {
+                step(&mut l, &mut model, &items, op, |l, t, _| l.push_front(t), Some(|l, t| l.rotate(t)))?;
             }
             drop(l);
             for t in &items {
                 proptest::prop_assert_eq!(Arc::strong_count(t), 1);
             }
         }
+
+        /// The same for a keyed list (push_back, insert_by_key, pop_front, remove), whose run
+        /// ends `is_consistent` checks after every step; keys from few values, so that runs
+        /// grow, split and merge.
+        #[test]
+        fn keyed_matches_a_vector(ops in proptest::collection::vec((0u8..5, 0u32..12, 0u64..4), 1..300)) {
+            let items: Vec<Arc<Item>> = (0..12).map(item).collect();
+            let mut l: KeyedList<Item> = KeyedList::new(3);
+            let mut model = vec![];
+            for op in ops {
+                step(&mut l, &mut model, &items, op, |l, t, k| l.insert_by_key(t, k).map(|_| ()), None)?;
+            }
+            drop(l);
+            for t in &items {
+                proptest::prop_assert_eq!(Arc::strong_count(t), 1);
+            }
+        }
+    }
+
+    /// An insertion walks one step per run of lower keys, however long the runs (a list of
+    /// 10,000 items, 7,500 of them in 3 runs below the new key).
+    #[test]
+    fn keyed_insertion_skips_runs() {
+        let mut l = KeyedList::new(5);
+        let items: Vec<Arc<Item>> = (0..10_000).map(item).collect();
+        for (n, t) in items.iter().enumerate() {
+            l.insert_by_key(t.clone(), [9, 3, 2, 1][n * 4 / items.len()]).ok().unwrap();
+        }
+        assert!(l.is_consistent());
+        let steps = |l: &KeyedList<Item>, key: u64| l.insertion_point(key).1;
+        assert_eq!(steps(&l, 5), 3);
+        assert_eq!(steps(&l, 0), 0);
+        let x = item(10_000);
+        assert_eq!(l.insert_by_key(x.clone(), 5).ok(), Some(3), "the steps it took");
+        let order: Vec<u64> = l.iter().map(|(k, _)| k).collect();
+        assert_eq!(order[2500], 5, "after the 2,500 items of key 9");
+        assert_eq!(l.iter().nth(2500).unwrap().1.id, 10_000);
+        assert!(l.is_consistent());
+        // Taking the runs' ends out keeps the others' right.
+        assert!(l.remove(&items[2500]).is_some() && l.remove(&items[4999]).is_some());
+        assert!(l.remove(&x).is_some() && l.is_consistent());
+        assert_eq!(steps(&l, 5), 3);
+        drop(l);
+        assert_eq!(Arc::strong_count(&items[0]), 1);
     }
 }
