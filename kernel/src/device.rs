@@ -56,9 +56,10 @@ impl IoSpace {
         for w in objs {
             if let Some(o) = w.upgrade() {
                 let mine = o.unnote(sp);
-                // Its entry, and a last reference to the object, go after that lock.
+                // Its entry goes after that lock; a last reference to the object, whose
+                // destructor goes through spaces, to the destruction list (no recursion).
                 drop(mine);
-                drop(o);
+                crate::reclaim::later(crate::reclaim::Garbage::IoPort(o));
             }
         }
     }
@@ -148,9 +149,9 @@ impl IoPortObj {
     /// this object are closed, and it leaves the list (so a space is on the list exactly while
     /// it has a range open through this object). At most as many spaces as the list held when
     /// it began (a space that opens a range later reads the count itself after its open), each
-    /// followed by an answer to other CPUs' TLB shoot-downs; O(1) each. Then, if it closed
-    /// anything, the reschedule IPIs (once, whatever the number of spaces: the call that let go
-    /// of the last capability returns after them).
+    /// followed by an answer to other CPUs' TLB shoot-downs (the front entry goes in O(1)).
+    /// Then, if it closed anything, the reschedule IPIs (once, whatever the number of spaces:
+    /// the call that let go of the last capability returns after them).
     pub fn close_everywhere(&self, always: bool) {
         let owner = self.owner();
         let n = self.openers.lock().len();
@@ -169,8 +170,9 @@ impl IoPortObj {
                         let entry = self.unnote(Arc::as_ptr(&sp));
                         Ok(((freed != 0, entry), take_objs(set, freed)))
                     });
-                    // A last reference to the space goes after its lock.
-                    drop(sp);
+                    // A last reference to the space goes after its lock, to the destruction list
+                    // (its destructor goes through port objects: no recursion).
+                    crate::reclaim::later(crate::reclaim::Garbage::Space(sp));
                     match r {
                         // A capability is in a slot again: what is open stays.
                         Err(_) => break,

@@ -53,6 +53,12 @@ pub enum Garbage {
     Life(Life),
     /// A port object whose last capability left its slot: its ranges close when this goes.
     PortsGone(crate::device::PortsGone),
+    /// An address space and a port object let go of by each other's destructors (a space's
+    /// destructor leaves its port objects' lists, a port object's closes its ranges in every
+    /// space): either reference may be the last, and the two must not destroy each other by
+    /// recursion.
+    Space(Arc<crate::obj::Space>),
+    IoPort(Arc<crate::device::IoPortObj>),
 }
 
 struct Grave {

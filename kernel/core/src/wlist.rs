@@ -188,7 +188,10 @@ impl<T: WLinked<Tag>, Tag, const KEYED: bool> WList<T, Tag, KEYED> {
     /// insertion by key never lands in the middle of a run; both cases are kept all the same.)
     #[inline(always)]
     fn join_runs(&self, prev: *const T, p: *const T, next: *const T) {
-        // SAFETY: `p` and its non-null neighbours are items this list owns.
+        // SAFETY: `p` and its non-null neighbours are items this list owns, and so are the run
+        // ends their `run` words name: a neighbour of another key is not read, and a neighbour
+        // of `p`'s key is the end of its run (the list is sorted and `p` did not split a run),
+        // whose `run` names the run's other end (kept so by every link and unlink).
         let l = link::<T, Tag>(unsafe { &*p });
         let key = l.key.load(Relaxed);
         let same = |q: *const T| !q.is_null() && link::<T, Tag>(unsafe { &*q }).key.load(Relaxed) == key;
@@ -217,7 +220,9 @@ impl<T: WLinked<Tag>, Tag, const KEYED: bool> WList<T, Tag, KEYED> {
     /// its ends right (before the links change).
     #[inline(always)]
     fn leave_run(&self, prev: *const T, p: *const T, next: *const T) {
-        // SAFETY: as in `join_runs`.
+        // SAFETY: `p` and its non-null neighbours are items this list owns; `p`'s `run` is read
+        // only when `p` is an end of its run (a neighbour of another key), where it names the
+        // run's other end, an item of this list.
         let l = link::<T, Tag>(unsafe { &*p });
         let key = l.key.load(Relaxed);
         let same = |q: *const T| !q.is_null() && link::<T, Tag>(unsafe { &*q }).key.load(Relaxed) == key;
@@ -645,10 +650,29 @@ mod tests {
                 let want = if model.is_empty() { None } else { Some(model.remove(0).1) };
                 proptest::prop_assert_eq!(got, want);
             }
-            _ => {
+            4 => {
                 let got = l.remove(t).map(|x| x.id);
                 proptest::prop_assert_eq!(got, inside.then_some(i));
                 model.retain(|&(_, id)| id != i);
+            }
+            5 => {
+                let got = l.remove_first_where(|x| x.id == i).map(|x| x.id);
+                proptest::prop_assert_eq!(got, inside.then_some(i));
+                model.retain(|&(_, id)| id != i);
+            }
+            6 => {
+                // Every item of the parity of `i`, in one walk.
+                let mut out = vec![];
+                l.remove_all_where(|x| x.id % 2 == i % 2, |x| out.push(x.id));
+                let want: Vec<u32> = model.iter().filter(|&&(_, id)| id % 2 == i % 2).map(|&(_, id)| id).collect();
+                proptest::prop_assert_eq!(out, want);
+                model.retain(|&(_, id)| id % 2 != i % 2);
+            }
+            _ => {
+                // The items move to a new list with the same token, and back.
+                let taken = l.take();
+                proptest::prop_assert!(l.is_empty() && taken.is_consistent());
+                *l = taken;
             }
         }
         proptest::prop_assert_eq!(ids(l), model.clone());
@@ -666,9 +690,10 @@ mod tests {
 
     proptest::proptest! {
         /// Random sequences against a plain vector kept in the same order: a plain list
-        /// (push_back, push_front, rotate, pop_front, remove).
+        /// (push_back, push_front, rotate, pop_front, remove, remove_first_where,
+        /// remove_all_where, take).
         #[test]
-        fn plain_matches_a_vector(ops in proptest::collection::vec((0u8..5, 0u32..8, 0u64..4), 1..200)) {
+        fn plain_matches_a_vector(ops in proptest::collection::vec((0u8..8, 0u32..8, 0u64..4), 1..200)) {
             let items: Vec<Arc<Item>> = (0..8).map(item).collect();
             let mut l: WList<Item> = WList::new(3);
             let mut model = vec![];
@@ -681,17 +706,22 @@ mod tests {
             }
         }
 
-        /// The same for a keyed list (push_back, insert_by_key, pop_front, remove), whose run
+        /// The same for a keyed list (push_back, insert_by_key, pop_front, the removals, take,
+        /// drain at the end), whose run
         /// ends `is_consistent` checks after every step; keys from few values, so that runs
         /// grow, split and merge.
         #[test]
-        fn keyed_matches_a_vector(ops in proptest::collection::vec((0u8..5, 0u32..12, 0u64..4), 1..300)) {
+        fn keyed_matches_a_vector(ops in proptest::collection::vec((0u8..8, 0u32..12, 0u64..4), 1..300)) {
             let items: Vec<Arc<Item>> = (0..12).map(item).collect();
             let mut l: KeyedList<Item> = KeyedList::new(3);
             let mut model = vec![];
             for op in ops {
                 step(&mut l, &mut model, &items, op, |l, t, k| l.insert_by_key(t, k).map(|_| ()), None)?;
             }
+            let mut drained = vec![];
+            l.drain(|k, x| drained.push((k, x.id)));
+            proptest::prop_assert_eq!(drained, model);
+            proptest::prop_assert!(l.is_empty() && l.is_consistent());
             drop(l);
             for t in &items {
                 proptest::prop_assert_eq!(Arc::strong_count(t), 1);

@@ -78,6 +78,29 @@ pub fn stack(pages: u64) -> u64 {
     base + pages * PAGE_SIZE
 }
 
+/// Free slots of the root task's capability table now.
+pub fn free_slots() -> u64 {
+    SLOTS.iter().map(|w| w.load(Ordering::Relaxed).count_zeros() as u64).sum()
+}
+
+/// [`spawn`] on a one-page stack, answering an error (the slot is freed) rather than stopping
+/// the root task: for tests that start many threads.
+pub fn try_spawn(f: fn(u64), arg: u64, prio: u64, cpu: u64) -> Result<u64, Error> {
+    let t = slot();
+    let base = NEXT_VA.fetch_add(2 * PAGE_SIZE, Ordering::Relaxed) + PAGE_SIZE;
+    let r = map_fresh(SPACE, base, 1, Rights::READ.union(Rights::WRITE))
+        .and_then(|_| sys::thread_create(MEMORY, TASK, rl4_user::thread_entry(), base + PAGE_SIZE, prio, cpu, t))
+        .and_then(|_| sys::thread_set_args(t, f as *const () as u64, arg))
+        .and_then(|_| sys::thread_resume(t));
+    match r {
+        Ok(()) => Ok(t),
+        Err(e) => {
+            release(t);
+            Err(e)
+        }
+    }
+}
+
 /// Starts `f(arg)` as a new thread of the root task on `cpu` at `prio`; returns its slot.
 pub fn spawn(f: fn(u64), arg: u64, prio: u64, cpu: u64) -> u64 {
     let t = slot();
