@@ -58,7 +58,36 @@ pub fn fault_current(vector: u64, error: u64) -> Handled {
     Handled::Decide
 }
 
+/// At most this many fault reports at once on a CPU, then [`REPORTS_PER_SECOND`]
+/// (`rl4_core::ratelimit`: a task must not be able to keep the serial console and a CPU busy
+/// printing its threads' faults).
+const REPORT_BURST: u64 = 16;
+const REPORTS_PER_SECOND: u64 = 10;
+
+/// Each CPU's fault reports (used only by that CPU, interrupts off).
+static REPORTS: [rl4_core::ratelimit::Bucket; rl4_smp::MAX_CPUS] = [const { rl4_core::ratelimit::Bucket::new() }; rl4_smp::MAX_CPUS];
+
+/// Whether this CPU may print a fault report now; the first one after some were left out says
+/// how many.
+fn may_report() -> bool {
+    let b = &REPORTS[rl4_arch::percpu::cpu_index() as usize % rl4_smp::MAX_CPUS];
+    match b.admit(rl4_arch::cpu::rdtsc(), rl4_arch::time::tsc_hz() / REPORTS_PER_SECOND, REPORT_BURST) {
+        None => {
+            sched::this_cpu().add_count(sched::Count::ReportsLeftOut, 1);
+            false
+        }
+        Some(0) => true,
+        Some(n) => {
+            println!("{n} fault reports left out on this CPU (at most {REPORT_BURST} at once, then {REPORTS_PER_SECOND} a second)");
+            true
+        }
+    }
+}
+
 fn report(t: &Thread, vector: u64, error: u64, addr: u64, rip: u64) {
+    if !may_report() {
+        return;
+    }
     let name = rl4_arch::idt::exception_name(vector);
     if vector == rl4_abi::fault::PAGE_FAULT {
         println!(
@@ -79,6 +108,9 @@ fn report(t: &Thread, vector: u64, error: u64, addr: u64, rip: u64) {
 
 /// Reports a thread whose fault, delivered to its handler, ended in `Faulted`.
 pub fn report_stopped(t: &Arc<Thread>, why: &str) {
+    if !may_report() {
+        return;
+    }
     println!("thread {} (task {}) stopped at rip={:#x}: {why}", t.id, t.task.id, t.regs.get().ip());
 }
 

@@ -61,10 +61,12 @@ pub enum Count {
     SweepVisited = 6,
     /// Steps queued sends took to find their place among an endpoint's senders (`ipc.rs`).
     SendqSteps = 7,
+    /// Fault reports left out (`fault.rs`).
+    ReportsLeftOut = 8,
 }
 
 /// How many [`Count`]s there are.
-const COUNTS: usize = 8;
+const COUNTS: usize = 9;
 
 /// A [`CpuSched::flags`] bit: the time slice ran out (or the thread yielded): rotate at the next
 /// decision.

@@ -603,6 +603,7 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
                 stat::DEADLINES_HELD => crate::timeout::held(),
                 stat::SWEEP_VISITED => sched::total(sched::Count::SweepVisited),
                 stat::SENDQ_STEPS => sched::total(sched::Count::SendqSteps),
+                stat::FAULT_REPORTS_LEFT_OUT => sched::total(sched::Count::ReportsLeftOut),
                 stat::IPIS_SENT => cpus::IPIS_SENT.load(core::sync::atomic::Ordering::Relaxed),
                 stat::HEAP_BYTES => mem::heap_size(),
                 stat::HEAP_IN_USE => mem::heap_in_use(),

@@ -433,6 +433,9 @@ pub mod stat {
     /// CPUs: one per priority below the sender's that has senders waiting there (docs/ipc.md),
     /// however many senders wait at those priorities.
     pub const SENDQ_STEPS: u64 = 23;
+    /// Fault reports the kernel did not print, all CPUs: each CPU prints at most 16 at once,
+    /// then 10 a second (docs/syscalls.md, "Faults").
+    pub const FAULT_REPORTS_LEFT_OUT: u64 = 24;
 }
 
 /// What each kind of object costs the memory budget it is made from, in bytes (docs/syscalls.md):

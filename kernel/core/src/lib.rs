@@ -1,6 +1,6 @@
 //! Pure kernel logic that needs no hardware: the kernel command line, the physical memory map,
-//! the physical frame allocator, capability tables, run queues, PCID bookkeeping and the TLB
-//! shoot-down protocol.
+//! the physical frame allocator, capability tables, run queues, PCID bookkeeping, the TLB
+//! shoot-down protocol and the fault reports' rate limit.
 //!
 //! Everything here compiles for the host as well as for `x86_64-unknown-none` and is unit-tested
 //! with a plain `cargo test` (run by `scripts/test`). Nothing in this crate touches hardware;
@@ -27,6 +27,7 @@ pub mod memmap;
 pub mod paged;
 pub mod pcid;
 pub mod qsbr;
+pub mod ratelimit;
 pub mod runqueue;
 pub mod tlbsync;
 #[allow(unsafe_code)]

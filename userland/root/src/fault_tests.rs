@@ -838,6 +838,49 @@ fn test_handler_chain() {
     );
 }
 
+/// A thread that faults at once (no fault handler: it is stopped and reported).
+fn faults_at_once(_: u64) {
+    // SAFETY: `ud2` raises #UD; the kernel stops this thread there.
+    unsafe { core::arch::asm!("ud2", options(nostack)) };
+}
+
+/// Fault reports are rate-limited per CPU (16 at once, then 10 a second): 64 threads that fault
+/// in a burst on one CPU leave at least 64 - 16 - 10 per second elapsed (rounded up) unprinted,
+/// and every one of them is stopped all the same.
+fn test_fault_reports_limited() {
+    const NAME: &str = "fault-reports-rate-limited";
+    const N: usize = 64;
+    let left_out = || sys::stat(MACHINE, rl4_abi::stat::FAULT_REPORTS_LEFT_OUT);
+    // The last CPU (the root task's own, with one).
+    let cpu = cpus() - 1;
+    let before = left_out();
+    let t0 = rl4_user::rdtsc();
+    let mut ts = [0u64; N];
+    let mut made = 0;
+    for t in ts.iter_mut() {
+        match try_spawn(faults_at_once, 0, ROOT_PRIO - 1, cpu) {
+            Ok(x) => {
+                *t = x;
+                made += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    let stopped = wait_ms(5000, || ts[..made].iter().all(|&t| state(t) == Some(ThreadState::Faulted)));
+    let secs = (rl4_user::rdtsc() - t0).div_ceil(tsc_hz());
+    let after = left_out();
+    for &t in &ts[..made] {
+        release(t);
+    }
+    let n = after.and_then(|a| before.map(|b| a - b));
+    let least = (N as u64).saturating_sub(16 + 10 * secs);
+    report(
+        NAME,
+        made == N && stopped && n.is_ok_and(|n| n >= least && n <= N as u64),
+        format_args!("{made} threads faulted in {secs} s or less (all stopped: {stopped}); reports left out: {n:?} (at least {least})"),
+    );
+}
+
 /// A link of [`test_reply_chain`]: receives a call on `ep` (and so holds the caller's reply
 /// right), then calls `ep` itself.
 fn reply_link(ep: u64) {
@@ -911,6 +954,7 @@ fn test_reply_chain() {
 pub fn run() {
     test_reply_chain();
     test_handler_chain();
+    test_fault_reports_limited();
     test_bad_args();
     test_user_flags();
     test_umip();
