@@ -141,8 +141,8 @@ impl IoPortObj {
         }
         w
     }
-    /// Closes every range opened through it, in every task that opened one, and has every CPU
-    /// re-read its running task's ranges — while no slot holds a capability to it (a capability
+    /// Closes every range opened through it, in every task that opened one, and has the CPUs
+    /// that may run those tasks' threads re-read their running task's ranges ([`Resync`]) — while no slot holds a capability to it (a capability
     /// put into a slot since the count reached zero keeps what is open; the next zero closes
     /// it), or whatever the count says if `always` (its destructor). One space at a time, the
     /// first on the list: under that space's lock the count is read again, its ranges through
@@ -155,7 +155,7 @@ impl IoPortObj {
     pub fn close_everywhere(&self, always: bool) {
         let owner = self.owner();
         let n = self.openers.lock().len();
-        let mut closed_any = false;
+        let (mut closed_any, mut resync) = (false, Resync::new());
         for _ in 0..n {
             let Some(w) = self.openers.lock().front().cloned() else { break };
             match w.upgrade() {
@@ -170,6 +170,9 @@ impl IoPortObj {
                         let entry = self.unnote(Arc::as_ptr(&sp));
                         Ok(((freed != 0, entry), take_objs(set, freed)))
                     });
+                    if matches!(r, Ok((true, _))) {
+                        resync.add(&sp);
+                    }
                     // A last reference to the space goes after its lock, to the destruction list
                     // (its destructor goes through port objects: no recursion).
                     crate::reclaim::later(crate::reclaim::Garbage::Space(sp));
@@ -187,7 +190,7 @@ impl IoPortObj {
             crate::tlb::service_tlb_here();
         }
         if closed_any {
-            resync_everywhere();
+            resync.send();
         }
     }
     /// For `KernelCheck` (every other CPU stopped): whether `sp` is on the list of openers
@@ -237,7 +240,7 @@ fn take_objs(set: &mut IoSet, freed: u32) -> [Weak<IoPortObj>; IO_RANGES] {
 }
 
 /// Changes `io`'s ranges with `f` under its lock and, if `f` succeeds, publishes them with a
-/// new generation (this CPU's bitmap and the others' follow: [`resync_everywhere`]). `f` also
+/// new generation (this CPU's bitmap and the others' follow: [`Resync`]). `f` also
 /// hands back the weak references it took out of the set, dropped after the lock.
 fn change<R>(io: &IoSpace, f: impl FnOnce(&mut IoSet) -> Result<(R, [Weak<IoPortObj>; IO_RANGES]), Error>) -> Result<R, Error> {
     let (r, gone) = {
@@ -253,19 +256,57 @@ fn change<R>(io: &IoSpace, f: impl FnOnce(&mut IoSet) -> Result<(R, [Weak<IoPort
     Ok(r)
 }
 
-/// After a task's ranges changed: this CPU re-reads its running thread's at once (or, running
-/// none at this instant — the fast path holds it out of the slot — at the reschedule interrupt
-/// it sends itself, taken on the way back to user mode), the others at the reschedule
-/// interrupt (`trap.rs`): within one IPI, a close holds everywhere and an open is seen by every
-/// thread of the task.
-fn resync_everywhere() {
-    let me = rl4_arch::percpu::cpu_index() as usize;
-    if !sync_current() {
-        rl4_smp::cpus::send_resched(me);
+/// After tasks' ranges changed ([`change`]): the other CPUs that may run a thread of one of
+/// their spaces — those whose published root is one of them ([`Resync::add`]) — re-read their
+/// running thread's ranges at the reschedule interrupt (`trap.rs`), and this CPU re-reads its
+/// own at once (or, running none at this instant — the fast path holds it out of the slot — at
+/// the reschedule interrupt it sends itself, taken on the way back to user mode): within one
+/// IPI, a close holds everywhere and an open is seen by every thread of the task. Other CPUs
+/// are not interrupted (a task that opens and closes ports in a loop disturbs only the CPUs
+/// running its own threads, or idle with its space still loaded).
+struct Resync([u64; MAX_CPUS.div_ceil(64)]);
+
+impl Resync {
+    fn new() -> Resync {
+        Resync([0; MAX_CPUS.div_ceil(64)])
     }
-    for c in (0..MAX_CPUS).filter(|&c| c != me && crate::sched::cpu_online(c as u64)) {
-        rl4_smp::cpus::send_resched(c);
+
+    /// Adds the other CPUs whose published root is `sp`'s. Called after [`change`] published
+    /// `sp`'s new generation, and read behind a full fence: a CPU that switches to `sp`
+    /// publishes its root before its CR3 write and reads the generation after it
+    /// (`tlb::load_space`), so either its root is seen here or it sees the new ranges (the
+    /// store-buffering pattern of the TLB shoot-down, `rl4_core::tlbsync`;
+    /// `kernel/core/tests/io_loom.rs`).
+    fn add(&mut self, sp: &Space) {
+        rl4_core::tlbsync::shooter_fence();
+        let (root, me) = (sp.pml4.addr(), rl4_arch::percpu::cpu_index() as usize);
+        for c in (0..MAX_CPUS).filter(|&c| c != me) {
+            if crate::sched::get(c).is_some_and(|cs| cs.tlb.shared.loaded() == root) {
+                self.0[c / 64] |= 1 << (c % 64);
+            }
+        }
     }
+
+    /// This CPU re-reads its ranges; the CPUs added get the reschedule IPI.
+    fn send(self) {
+        if !sync_current() {
+            rl4_smp::cpus::send_resched(rl4_arch::percpu::cpu_index() as usize);
+        }
+        for (w, &bits) in self.0.iter().enumerate() {
+            let mut b = bits;
+            while b != 0 {
+                rl4_smp::cpus::send_resched(w * 64 + b.trailing_zeros() as usize);
+                b &= b - 1;
+            }
+        }
+    }
+}
+
+/// [`Resync`] for one space.
+fn resync(sp: &Space) {
+    let mut r = Resync::new();
+    r.add(sp);
+    r.send();
 }
 
 /// Generations of port-range states, machine-wide (taken only by `IoPortOpen`/`IoPortClose`).
@@ -509,7 +550,7 @@ pub fn syscall(t: &Arc<Thread>, s: Sys, a: [u64; 6]) -> Result<[u64; 3], Error> 
                         drop(p.unnote(Arc::as_ptr(sp)));
                         Ok(((), take_objs(set, freed)))
                     });
-                    resync_everywhere();
+                    resync(sp);
                     return Err(Error::EmptySlot);
                 }
             } else {
@@ -523,7 +564,7 @@ pub fn syscall(t: &Arc<Thread>, s: Sys, a: [u64; 6]) -> Result<[u64; 3], Error> 
                     None => Err(Error::InvalidState),
                 })?;
             }
-            resync_everywhere();
+            resync(sp);
             // The object goes after its use (a capability deleted meanwhile on another CPU
             // leaves this reference the last: its destructor closes what was just opened).
             drop(p);

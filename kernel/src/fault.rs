@@ -58,40 +58,49 @@ pub fn fault_current(vector: u64, error: u64) -> Handled {
     Handled::Decide
 }
 
-/// At most this many fault reports at once on a CPU, then [`REPORTS_PER_SECOND`]
+/// At most about this many fault reports at once, then [`REPORTS_PER_SECOND`], machine-wide
 /// (`rl4_core::ratelimit`: a task must not be able to keep the serial console and a CPU busy
-/// printing its threads' faults).
+/// printing its threads' faults). Each CPU has its share: a burst of `16 / CPUs` (at least 1)
+/// and `10 / CPUs` a second, so that a task cannot multiply the rate by spreading its threads
+/// over the CPUs, and no lock or shared word is added to the path.
 const REPORT_BURST: u64 = 16;
 const REPORTS_PER_SECOND: u64 = 10;
 
 /// Each CPU's fault reports (used only by that CPU, interrupts off).
 static REPORTS: [rl4_core::ratelimit::Bucket; rl4_smp::MAX_CPUS] = [const { rl4_core::ratelimit::Bucket::new() }; rl4_smp::MAX_CPUS];
 
-/// Whether this CPU may print a fault report now; the first one after some were left out says
-/// how many.
-fn may_report() -> bool {
+/// Whether this CPU may print a fault report now: `Some(n)`, `n` the reports it left out since
+/// the last it printed (said in the report's own line: a notice of its own would be a line the
+/// limit does not count).
+fn may_report() -> Option<u64> {
     let b = &REPORTS[rl4_arch::percpu::cpu_index() as usize % rl4_smp::MAX_CPUS];
-    match b.admit(rl4_arch::cpu::rdtsc(), rl4_arch::time::tsc_hz() / REPORTS_PER_SECOND, REPORT_BURST) {
-        None => {
-            sched::this_cpu().add_count(sched::Count::ReportsLeftOut, 1);
-            false
-        }
-        Some(0) => true,
-        Some(n) => {
-            println!("{n} fault reports left out on this CPU (at most {REPORT_BURST} at once, then {REPORTS_PER_SECOND} a second)");
-            true
+    let cpus = sched::online_count().max(1);
+    let interval = (rl4_arch::time::tsc_hz() / REPORTS_PER_SECOND).saturating_mul(cpus);
+    let r = b.admit(rl4_arch::cpu::rdtsc(), interval, (REPORT_BURST / cpus).max(1));
+    if r.is_none() {
+        sched::this_cpu().add_count(sched::Count::ReportsLeftOut, 1);
+    }
+    r
+}
+
+/// The end of a report's line: how many this CPU left out before it.
+struct LeftOut(u64);
+impl core::fmt::Display for LeftOut {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            0 => Ok(()),
+            n => write!(f, " ({n} earlier reports left out on this CPU: at most {REPORT_BURST} at once, then {REPORTS_PER_SECOND} a second, machine-wide)"),
         }
     }
 }
 
 fn report(t: &Thread, vector: u64, error: u64, addr: u64, rip: u64) {
-    if !may_report() {
-        return;
-    }
+    let Some(n) = may_report() else { return };
+    let left = LeftOut(n);
     let name = rl4_arch::idt::exception_name(vector);
     if vector == rl4_abi::fault::PAGE_FAULT {
         println!(
-            "thread {} (task {}) stopped: {name} at rip={:#x}, address {:#x}, error {:#x} ({}{}{})",
+            "thread {} (task {}) stopped: {name} at rip={:#x}, address {:#x}, error {:#x} ({}{}{}){left}",
             t.id,
             t.task.id,
             rip,
@@ -102,16 +111,14 @@ fn report(t: &Thread, vector: u64, error: u64, addr: u64, rip: u64) {
             if error & 16 != 0 { ", instruction fetch" } else { "" }
         );
     } else {
-        println!("thread {} (task {}) stopped: {name} (vector {vector}) at rip={rip:#x}, error {error:#x}", t.id, t.task.id);
+        println!("thread {} (task {}) stopped: {name} (vector {vector}) at rip={rip:#x}, error {error:#x}{left}", t.id, t.task.id);
     }
 }
 
 /// Reports a thread whose fault, delivered to its handler, ended in `Faulted`.
 pub fn report_stopped(t: &Arc<Thread>, why: &str) {
-    if !may_report() {
-        return;
-    }
-    println!("thread {} (task {}) stopped at rip={:#x}: {why}", t.id, t.task.id, t.regs.get().ip());
+    let Some(n) = may_report() else { return };
+    println!("thread {} (task {}) stopped at rip={:#x}: {why}{}", t.id, t.task.id, t.regs.get().ip(), LeftOut(n));
 }
 
 /// The invalid-opcode exception (`ud2`).

@@ -86,12 +86,15 @@ pub fn pcid_free(pcid: u16) {
 /// order; `kernel/core/tests/tlb_loom.rs` checks it).
 #[inline(always)]
 pub(crate) fn load_space(cs: sched::Here, sp: &Space) {
-    // The I/O permission bitmap follows the space (`device.rs`): one compare when it agrees.
-    crate::device::sync(&cs.tlb.io_generation, sp);
     match &cs.tlb.pcids {
         None => cs.tlb.shared.switch(&mut Cr3, None, sp.pml4.loadable(), 0, &sp.generation),
         Some(cache) => cs.tlb.shared.switch(&mut Cr3, Some(&mut cache.lock()), sp.pml4.loadable(), sp.pcid, &sp.generation),
     }
+    // The I/O permission bitmap follows the space (`device.rs`): one compare when it agrees.
+    // After the root is published and the CR3 write (serialising) or, without a write, a root
+    // published before an earlier one: a change of `sp`'s ranges either finds this CPU's root
+    // is `sp`'s (and interrupts it) or is seen here (`device::Resync`).
+    crate::device::sync(&cs.tlb.io_generation, sp);
 }
 
 /// Runs this CPU's pending TLB request (a CPU that spins with interrupts off must keep doing

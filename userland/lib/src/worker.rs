@@ -144,6 +144,9 @@ pub const IRQ_DRIVER: u64 = 61;
 /// Open the range of [`PORTS_SLOT`], print `worker: ports open`, then `out` the byte
 /// `operand >> 16` to port `operand & 0xffff` for ever (it faults once the range closes).
 pub const PORT_LOOP: u64 = 63;
+/// Open and close the range of [`PORTS_SLOT`] `operand` times, then print `worker: flipped N`
+/// (N: the pairs that succeeded).
+pub const PORT_FLIP: u64 = 64;
 pub const IRQ_SLOT: u64 = 6;
 pub const PORTS_SLOT: u64 = 7;
 pub const NTF_SLOT: u64 = 8;

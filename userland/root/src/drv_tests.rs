@@ -688,6 +688,45 @@ fn test_device_memory(bi: &BootInfo) {
     );
 }
 
+/// A task that opens and closes a port range over and over interrupts only the CPUs that may
+/// run its threads (here none but its own, which needs no interrupt): a child on the last CPU
+/// flips COM2's range 500 times, and the CPUs receive fewer than 50 IPIs meanwhile (every
+/// change interrupted every other CPU before the twelfth session: 1,000 per other CPU).
+fn test_flips_interrupt_no_other_cpu(bi: &BootInfo) {
+    const NAME: &str = "ioport-changes-interrupt-only-cpus-running-the-task";
+    const FLIPS: u64 = 500;
+    if cpus() < 2 {
+        return skip(NAME, "one CPU");
+    }
+    let last = cpus() - 1;
+    let ipis = || sys::stat(MACHINE, stat::IPIS_SENT);
+    let r = slot();
+    let (mut ended, mut sent) = (false, Err(Error::InvalidState));
+    let set_up = match Child::load(bi, "worker") {
+        Ok(child) => {
+            let before = ipis();
+            let th = sys::ioport_get(DEVICES, COM2 as u64, 8, r)
+                .and_then(|_| sys::cap_copy(r, child.task, worker::PORTS_SLOT, Rights::ALL))
+                .and_then(|_| child.thread(CHILD_STACK_TOP, worker::PORT_FLIP, FLIPS, ROOT_PRIO, last));
+            let ok = th.is_ok();
+            if let Ok(t) = th {
+                ended = wait_ms(20_000, || state(t) == Some(ThreadState::Dead));
+                sent = ipis().and_then(|a| before.map(|b| a - b));
+                release(t);
+            }
+            child.release();
+            ok
+        }
+        Err(_) => false,
+    };
+    release(r);
+    report(
+        NAME,
+        set_up && ended && sent.is_ok_and(|n| n < 50),
+        format_args!("a child on cpu {last} opened and closed a range {FLIPS} times (set up: {set_up}, ended: {ended}); IPIs sent meanwhile: {sent:?} (fewer than 50)"),
+    );
+}
+
 pub fn run(bi: &BootInfo) {
     test_rules();
     test_device_memory(bi);
@@ -695,6 +734,7 @@ pub fn run(bi: &BootInfo) {
     let com2 = sys::ioport_get(DEVICES, COM2 as u64, 8, ports).is_ok() && com2_present(ports);
     test_unauthorised(bi, ports, com2);
     test_deleted_capability(bi, ports, com2);
+    test_flips_interrupt_no_other_cpu(bi);
     if com2 {
         test_masked_until_ack();
         test_driver_killed(bi);

@@ -844,9 +844,10 @@ fn faults_at_once(_: u64) {
     unsafe { core::arch::asm!("ud2", options(nostack)) };
 }
 
-/// Fault reports are rate-limited per CPU (16 at once, then 10 a second): 64 threads that fault
-/// in a burst on one CPU leave at least 64 - 16 - 10 per second elapsed (rounded up) unprinted,
-/// and every one of them is stopped all the same.
+/// Fault reports are rate-limited (about 16 at once, then 10 a second, machine-wide; each CPU has
+/// its share): 64 threads that fault in a burst on one CPU leave at least 64 - 16 - 10 per
+/// second elapsed (rounded up) unprinted, and every one of them is stopped all the same. (Run
+/// last: it uses up the CPU's share, and the other tests' reports help when they fail.)
 fn test_fault_reports_limited() {
     const NAME: &str = "fault-reports-rate-limited";
     const N: usize = 64;
@@ -874,9 +875,10 @@ fn test_fault_reports_limited() {
     }
     let n = after.and_then(|a| before.map(|b| a - b));
     let least = (N as u64).saturating_sub(16 + 10 * secs);
+    // Too slow a run (5 s or more) cannot tell a limit from none: that fails too.
     report(
         NAME,
-        made == N && stopped && n.is_ok_and(|n| n >= least && n <= N as u64),
+        made == N && stopped && least > 0 && n.is_ok_and(|n| n >= least && n <= N as u64),
         format_args!("{made} threads faulted in {secs} s or less (all stopped: {stopped}); reports left out: {n:?} (at least {least})"),
     );
 }
@@ -954,7 +956,6 @@ fn test_reply_chain() {
 pub fn run() {
     test_reply_chain();
     test_handler_chain();
-    test_fault_reports_limited();
     test_bad_args();
     test_user_flags();
     test_umip();
@@ -963,4 +964,5 @@ pub fn run() {
     test_stop_and_bad_replies();
     test_no_reply();
     test_handler_gone();
+    test_fault_reports_limited();
 }

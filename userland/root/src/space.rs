@@ -88,14 +88,16 @@ pub fn free_slots() -> u64 {
 pub fn try_spawn(f: fn(u64), arg: u64, prio: u64, cpu: u64) -> Result<u64, Error> {
     let t = slot();
     let base = NEXT_VA.fetch_add(2 * PAGE_SIZE, Ordering::Relaxed) + PAGE_SIZE;
-    let r = map_fresh(SPACE, base, 1, Rights::READ.union(Rights::WRITE))
-        .and_then(|_| sys::thread_create(MEMORY, TASK, rl4_user::thread_entry(), base + PAGE_SIZE, prio, cpu, t))
+    map_fresh(SPACE, base, 1, Rights::READ.union(Rights::WRITE)).inspect_err(|_| release(t))?;
+    let r = sys::thread_create(MEMORY, TASK, rl4_user::thread_entry(), base + PAGE_SIZE, prio, cpu, t)
         .and_then(|_| sys::thread_set_args(t, f as *const () as u64, arg))
         .and_then(|_| sys::thread_resume(t));
     match r {
         Ok(()) => Ok(t),
         Err(e) => {
+            // The thread never ran on the stack: it goes with the slot.
             release(t);
+            let _ = sys::unmap(SPACE, base);
             Err(e)
         }
     }

@@ -87,6 +87,10 @@ fn rl4_main(cmd: u64, addr: u64) {
             println!("worker: out done");
         }
         IRQ_DRIVER => irq_driver(addr),
+        PORT_FLIP => {
+            let n = (0..addr).filter(|_| sys::ioport_open(PORTS_SLOT).is_ok() && sys::ioport_close(PORTS_SLOT).is_ok()).count();
+            println!("worker: flipped {n}");
+        }
         PORT_LOOP => match sys::ioport_open(PORTS_SLOT) {
             Ok(()) => {
                 println!("worker: ports open");

@@ -1,0 +1,103 @@
+//! `loom` model of how a change of a task's I/O-port ranges reaches the CPUs that run its
+//! threads (`kernel/src/device.rs`, `Resync`; `kernel/src/tlb.rs`, `load_space`). Compiles only
+//! with `RUSTFLAGS="--cfg loom"` (set by `scripts/test`), which makes `tlbsync` use loom's
+//! atomics.
+//!
+//! CPU A switches to space S (`CpuTlbShared::switch`: root published, then the CR3 write, a
+//! full fence) and then makes its I/O bitmap match S's ranges: it reads S's port generation.
+//! CPU B closes a range of S: it publishes S's new generation, fences (`shooter_fence`) and
+//! sends A the reschedule interrupt only if A's published root is S. The property: A either
+//! read the new generation or is interrupted (and re-reads it at the interrupt) — a closed
+//! range never stays open on A without an IPI on its way.
+//!
+//! - [`switch_then_sync_against_close`]: the kernel's order (the bitmap synced after the
+//!   switch), with and without a CR3 write (A had S loaded already: its root was published
+//!   before an earlier CR3 write).
+//! - [`sync_before_switch_misses_the_close`]: the control: syncing before the switch (the order
+//!   before the twelfth session, when every CPU was interrupted anyway) lets some execution end
+//!   with A on S, the old generation read and no interrupt, so the model would see the race.
+#![allow(unexpected_cfgs)] // `cfg(loom)`: set by RUSTFLAGS for these models only.
+#![cfg(loom)]
+use loom::sync::Arc;
+use loom::sync::atomic::{AtomicU64, Ordering, fence};
+use loom::thread;
+use rl4_core::tlbsync::{CpuTlbShared, Mmu, shooter_fence};
+use std::sync::atomic::AtomicBool as StdBool;
+
+const KERNEL: u64 = 0x1000;
+const S: u64 = 0x2000;
+const OLD: u64 = 5;
+const NEW: u64 = 6;
+
+struct World {
+    /// S's port-range generation.
+    io: AtomicU64,
+    a: CpuTlbShared,
+}
+
+/// A's MMU: a CR3 write is serialising (a full fence); nothing else matters here.
+struct Cr3;
+impl Mmu<u64> for Cr3 {
+    fn write_root(&mut self, _: u64, _: u16, _: bool) {
+        fence(Ordering::SeqCst);
+    }
+    fn flush_user(&mut self) {}
+}
+
+/// B: the range closes (S's new generation), then the CPUs whose root is S are interrupted.
+fn closer(w: &World) -> bool {
+    w.io.store(NEW, Ordering::Release);
+    shooter_fence();
+    w.a.loaded() == S
+}
+
+/// Runs A's switch to S against B's close; `before`: A reads the generation before switching
+/// (the control), `loaded`: A had S loaded already (no CR3 write). Returns whether A ended on
+/// S with the old generation and no interrupt coming.
+fn run(before: bool, loaded: bool) -> bool {
+    let gen_tlb = AtomicU64::new(0);
+    let w = Arc::new(World { io: AtomicU64::new(OLD), a: CpuTlbShared::new(KERNEL) });
+    if loaded {
+        w.a.switch(&mut Cr3, None, S, 0, &gen_tlb);
+    }
+    let b = {
+        let w = w.clone();
+        thread::spawn(move || closer(&w))
+    };
+    let seen = if before {
+        let g = w.io.load(Ordering::Acquire);
+        w.a.switch(&mut Cr3, None, S, 0, &gen_tlb);
+        g
+    } else {
+        w.a.switch(&mut Cr3, None, S, 0, &gen_tlb);
+        w.io.load(Ordering::Acquire)
+    };
+    let interrupted = b.join().unwrap();
+    w.a.loaded() == S && seen == OLD && !interrupted
+}
+
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = Some(3);
+    b.check(f);
+}
+
+#[test]
+fn switch_then_sync_against_close() {
+    model(|| assert!(!run(false, false), "A kept a closed range open and no interrupt was sent"));
+    model(|| assert!(!run(false, true), "A (S loaded before) kept a closed range open and no interrupt was sent"));
+}
+
+#[test]
+fn sync_before_switch_misses_the_close() {
+    static FOUND: StdBool = StdBool::new(false);
+    model(|| {
+        if run(true, false) {
+            FOUND.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    assert!(
+        FOUND.load(std::sync::atomic::Ordering::Relaxed),
+        "syncing before the switch should let some execution miss the close (the model misses the race)"
+    );
+}
