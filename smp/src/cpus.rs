@@ -182,13 +182,7 @@ pub fn send_ipi(index: usize, vector: u8) {
 
 /// Sends the reschedule IPI to CPU `index`.
 pub fn send_resched(index: usize) {
-    if let Some(target) = get(index) {
-        with_lapic(|l| {
-            if let Some(l) = l {
-                lapic::send_ipi(l, lapic::VEC_RESCHED, target.apic_id)
-            }
-        });
-    }
+    send_ipi(index, lapic::VEC_RESCHED);
 }
 
 /// Stops every other CPU: they halt in their NMI handler. Used by the panic path.

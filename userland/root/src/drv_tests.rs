@@ -690,8 +690,8 @@ fn test_device_memory(bi: &BootInfo) {
 
 /// A task that opens and closes a port range over and over interrupts only the CPUs that may
 /// run its threads (here none but its own, which needs no interrupt): a child on the last CPU
-/// flips COM2's range 500 times, and the CPUs receive fewer than 50 IPIs meanwhile (every
-/// change interrupted every other CPU before the twelfth session: 1,000 per other CPU).
+/// flips COM2's range 500 times, and fewer than 50 IPIs are sent meanwhile (1 here; every
+/// change interrupted every other CPU before the twelfth session: 1,001 at -smp 2).
 fn test_flips_interrupt_no_other_cpu(bi: &BootInfo) {
     const NAME: &str = "ioport-changes-interrupt-only-cpus-running-the-task";
     const FLIPS: u64 = 500;
