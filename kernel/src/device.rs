@@ -264,11 +264,15 @@ fn change<R>(io: &IoSpace, f: impl FnOnce(&mut IoSet) -> Result<(R, [Weak<IoPort
 /// IPI, a close holds everywhere and an open is seen by every thread of the task. Other CPUs
 /// are not interrupted (a task that opens and closes ports in a loop disturbs only the CPUs
 /// running its own threads, or idle with its space still loaded).
-struct Resync([u64; MAX_CPUS.div_ceil(64)]);
+struct Resync {
+    others: [u64; MAX_CPUS.div_ceil(64)],
+    /// This CPU's published root is one of the spaces'.
+    here: bool,
+}
 
 impl Resync {
     fn new() -> Resync {
-        Resync([0; MAX_CPUS.div_ceil(64)])
+        Resync { others: [0; MAX_CPUS.div_ceil(64)], here: false }
     }
 
     /// Adds the other CPUs whose published root is `sp`'s. Called after [`change`] published
@@ -277,22 +281,28 @@ impl Resync {
     /// (`tlb::load_space`), so either its root is seen here or it sees the new ranges (the
     /// store-buffering pattern of the TLB shoot-down, `rl4_core::tlbsync`;
     /// `kernel/core/tests/io_loom.rs`).
+    /// A fence and a look at every CPU's root: O(CPUs) per space.
     fn add(&mut self, sp: &Space) {
         rl4_core::tlbsync::shooter_fence();
         let (root, me) = (sp.pml4.addr(), rl4_arch::percpu::cpu_index() as usize);
-        for c in (0..MAX_CPUS).filter(|&c| c != me) {
+        for c in 0..MAX_CPUS {
             if crate::sched::get(c).is_some_and(|cs| cs.tlb.shared.loaded() == root) {
-                self.0[c / 64] |= 1 << (c % 64);
+                if c == me {
+                    self.here = true;
+                } else {
+                    self.others[c / 64] |= 1 << (c % 64);
+                }
             }
         }
     }
 
-    /// This CPU re-reads its ranges; the CPUs added get the reschedule IPI.
+    /// This CPU re-reads its running thread's ranges (or, running none at this instant and
+    /// having one of the spaces loaded, sends itself the IPI); the other CPUs added get it.
     fn send(self) {
-        if !sync_current() {
+        if !sync_current() && self.here {
             rl4_smp::cpus::send_resched(rl4_arch::percpu::cpu_index() as usize);
         }
-        for (w, &bits) in self.0.iter().enumerate() {
+        for (w, &bits) in self.others.iter().enumerate() {
             let mut b = bits;
             while b != 0 {
                 rl4_smp::cpus::send_resched(w * 64 + b.trailing_zeros() as usize);

@@ -58,7 +58,8 @@ pub fn fault_current(vector: u64, error: u64) -> Handled {
     Handled::Decide
 }
 
-/// At most about this many fault reports at once, then [`REPORTS_PER_SECOND`], machine-wide
+/// At most this many fault reports at once (one per CPU with more CPUs), then
+/// [`REPORTS_PER_SECOND`], machine-wide
 /// (`rl4_core::ratelimit`: a task must not be able to keep the serial console and a CPU busy
 /// printing its threads' faults). Each CPU has its share: a burst of `16 / CPUs` (at least 1)
 /// and `10 / CPUs` a second, so that a task cannot multiply the rate by spreading its threads

@@ -386,7 +386,8 @@ pub mod stat {
     pub const IPC_SLOW: u64 = 5;
     /// IPC wake-ups of a thread on another CPU, all CPUs.
     pub const IPC_CROSS: u64 = 6;
-    /// IPIs sent (reschedule, TLB shoot-down and the others), all CPUs.
+    /// IPIs sent through the kernel's IPI path (reschedule, TLB shoot-down, the consistency
+    /// check's freeze, the IPI measurement; not the panic path's NMIs), all CPUs.
     pub const IPIS_SENT: u64 = 7;
     /// Bytes the kernel heap spans (it grows on demand, never shrinks).
     pub const HEAP_BYTES: u64 = 8;

@@ -13,9 +13,14 @@
 //! - [`switch_then_sync_against_close`]: the kernel's order (the bitmap synced after the
 //!   switch), with and without a CR3 write (A had S loaded already: its root was published
 //!   before an earlier CR3 write).
+//! - [`back_to_s_through_t`]: A, with S loaded, switches to T and back to S while B closes.
 //! - [`sync_before_switch_misses_the_close`]: the control: syncing before the switch (the order
 //!   before the twelfth session, when every CPU was interrupted anyway) lets some execution end
 //!   with A on S, the old generation read and no interrupt, so the model would see the race.
+//! - [`a_closer_without_its_fence_misses_the_switch`]: the second control, a weak-memory one:
+//!   the kernel's order on A, but B reads A's root without the fence after publishing the
+//!   generation; some execution (store buffering: each side reads the other's old value) ends
+//!   the same way.
 #![allow(unexpected_cfgs)] // `cfg(loom)`: set by RUSTFLAGS for these models only.
 #![cfg(loom)]
 use loom::sync::Arc;
@@ -44,10 +49,13 @@ impl Mmu<u64> for Cr3 {
     fn flush_user(&mut self) {}
 }
 
-/// B: the range closes (S's new generation), then the CPUs whose root is S are interrupted.
-fn closer(w: &World) -> bool {
+/// B: the range closes (S's new generation), then the CPUs whose root is S are interrupted
+/// (`fenced`: with the kernel's fence between the two).
+fn closer(w: &World, fenced: bool) -> bool {
     w.io.store(NEW, Ordering::Release);
-    shooter_fence();
+    if fenced {
+        shooter_fence();
+    }
     w.a.loaded() == S
 }
 
@@ -55,6 +63,10 @@ fn closer(w: &World) -> bool {
 /// (the control), `loaded`: A had S loaded already (no CR3 write). Returns whether A ended on
 /// S with the old generation and no interrupt coming.
 fn run(before: bool, loaded: bool) -> bool {
+    run_with(before, loaded, true)
+}
+
+fn run_with(before: bool, loaded: bool, fenced: bool) -> bool {
     let gen_tlb = AtomicU64::new(0);
     let w = Arc::new(World { io: AtomicU64::new(OLD), a: CpuTlbShared::new(KERNEL) });
     if loaded {
@@ -62,7 +74,7 @@ fn run(before: bool, loaded: bool) -> bool {
     }
     let b = {
         let w = w.clone();
-        thread::spawn(move || closer(&w))
+        thread::spawn(move || closer(&w, fenced))
     };
     let seen = if before {
         let g = w.io.load(Ordering::Acquire);
@@ -86,6 +98,40 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
 fn switch_then_sync_against_close() {
     model(|| assert!(!run(false, false), "A kept a closed range open and no interrupt was sent"));
     model(|| assert!(!run(false, true), "A (S loaded before) kept a closed range open and no interrupt was sent"));
+}
+
+#[test]
+fn back_to_s_through_t() {
+    const T: u64 = 0x3000;
+    model(|| {
+        let gen_tlb = AtomicU64::new(0);
+        let w = Arc::new(World { io: AtomicU64::new(OLD), a: CpuTlbShared::new(KERNEL) });
+        w.a.switch(&mut Cr3, None, S, 0, &gen_tlb);
+        let b = {
+            let w = w.clone();
+            thread::spawn(move || closer(&w, true))
+        };
+        // A thread of T (its ranges are another space's: nothing to read), then one of S.
+        w.a.switch(&mut Cr3, None, T, 0, &gen_tlb);
+        w.a.switch(&mut Cr3, None, S, 0, &gen_tlb);
+        let seen = w.io.load(Ordering::Acquire);
+        let interrupted = b.join().unwrap();
+        assert!(seen == NEW || interrupted, "A came back to S with a closed range open and no interrupt");
+    });
+}
+
+#[test]
+fn a_closer_without_its_fence_misses_the_switch() {
+    static FOUND: StdBool = StdBool::new(false);
+    model(|| {
+        if run_with(false, false, false) {
+            FOUND.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    assert!(
+        FOUND.load(std::sync::atomic::Ordering::Relaxed),
+        "without the closer's fence some execution should miss the switch (the model misses store buffering)"
+    );
 }
 
 #[test]

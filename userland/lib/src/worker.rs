@@ -144,8 +144,8 @@ pub const IRQ_DRIVER: u64 = 61;
 /// Open the range of [`PORTS_SLOT`], print `worker: ports open`, then `out` the byte
 /// `operand >> 16` to port `operand & 0xffff` for ever (it faults once the range closes).
 pub const PORT_LOOP: u64 = 63;
-/// Open and close the range of [`PORTS_SLOT`] `operand` times, then print `worker: flipped N`
-/// (N: the pairs that succeeded).
+/// Open and close the range of [`PORTS_SLOT`] as many times as word 0 of the page at the
+/// operand address says, then write the number of pairs that succeeded into word 1.
 pub const PORT_FLIP: u64 = 64;
 pub const IRQ_SLOT: u64 = 6;
 pub const PORTS_SLOT: u64 = 7;

@@ -690,9 +690,12 @@ fn test_device_memory(bi: &BootInfo) {
 
 /// A task that opens and closes a port range over and over interrupts only the CPUs that may
 /// run its threads (here none but its own, which needs no interrupt): a child on the last CPU
-/// flips COM2's range 500 times, and fewer than 50 IPIs are sent meanwhile (1 here; every
-/// change interrupted every other CPU before the twelfth session: 1,001 at -smp 2).
-fn test_flips_interrupt_no_other_cpu(bi: &BootInfo) {
+/// flips COM2's range 500 times (it counts the pairs that succeeded, all must), and fewer than
+/// 50 IPIs are sent meanwhile (1 here; every change interrupted every other CPU before the
+/// twelfth session: 1,001 at -smp 2). And the CPU that does run a thread of the task is
+/// interrupted: a thread of the root task writing to the range on the last CPU faults soon after
+/// the root task closes the range from its own CPU.
+fn test_flips_interrupt_no_other_cpu(bi: &BootInfo, ports: u64) {
     const NAME: &str = "ioport-changes-interrupt-only-cpus-running-the-task";
     const FLIPS: u64 = 500;
     if cpus() < 2 {
@@ -700,30 +703,63 @@ fn test_flips_interrupt_no_other_cpu(bi: &BootInfo) {
     }
     let last = cpus() - 1;
     let ipis = || sys::stat(MACHINE, stat::IPIS_SENT);
-    let r = slot();
-    let (mut ended, mut sent) = (false, Err(Error::InvalidState));
-    let set_up = match Child::load(bi, "worker") {
+    let (r, frame) = (slot(), slot());
+    let page = 0x0000_5900_0000_0000u64;
+    // SAFETY: `page` is mapped in the root task (below) until the end of this test.
+    let word = |i: u64| unsafe { (page as *mut u64).add(i as usize) };
+    let (mut ended, mut sent, mut flipped) = (false, Err(Error::InvalidState), 0);
+    let set_up = (|| -> Result<Child, Error> {
+        let child = Child::load(bi, "worker")?;
+        sys::frame_alloc(MEMORY, frame)?;
+        sys::map(SPACE, frame, page, Rights::READ.union(Rights::WRITE))?;
+        sys::map(child.space, frame, CHILD_BUF, Rights::READ.union(Rights::WRITE))?;
+        sys::ioport_get(DEVICES, COM2 as u64, 8, r)?;
+        sys::cap_copy(r, child.task, worker::PORTS_SLOT, Rights::ALL)?;
+        Ok(child)
+    })();
+    let set_up = match set_up {
         Ok(child) => {
+            // SAFETY: see `word`.
+            unsafe { word(0).write_volatile(FLIPS) };
             let before = ipis();
-            let th = sys::ioport_get(DEVICES, COM2 as u64, 8, r)
-                .and_then(|_| sys::cap_copy(r, child.task, worker::PORTS_SLOT, Rights::ALL))
-                .and_then(|_| child.thread(CHILD_STACK_TOP, worker::PORT_FLIP, FLIPS, ROOT_PRIO, last));
-            let ok = th.is_ok();
+            let th = child.thread(CHILD_STACK_TOP, worker::PORT_FLIP, CHILD_BUF, ROOT_PRIO, last);
             if let Ok(t) = th {
                 ended = wait_ms(20_000, || state(t) == Some(ThreadState::Dead));
                 sent = ipis().and_then(|a| before.map(|b| a - b));
+                // SAFETY: see `word`.
+                flipped = unsafe { word(1).read_volatile() };
                 release(t);
             }
             child.release();
-            ok
+            th.map(|_| ())
         }
-        Err(_) => false,
+        Err(e) => Err(e),
     };
+    let _ = sys::unmap(SPACE, page);
+    release(frame);
     release(r);
+    // The positive case: the root task's range (through `ports`) is open once (opens are
+    // counted: every earlier one is closed first), a thread of it writes to it on the last CPU,
+    // and the root task closes it from here.
+    for _ in 0..16 {
+        if sys::ioport_close(ports).is_err() {
+            break;
+        }
+    }
+    let opened = sys::ioport_open(ports);
+    PORT_SPINS.store(0, SeqCst);
+    let sp = spawn(port_spinner, 0x66, ROOT_PRIO, last);
+    let spun = spinning();
+    let closed = sys::ioport_close(ports);
+    let faulted = wait_ms(1000, || state(sp) == Some(ThreadState::Faulted));
+    let reopened = sys::ioport_open(ports);
+    release(sp);
     report(
         NAME,
-        set_up && ended && sent.is_ok_and(|n| n < 50),
-        format_args!("a child on cpu {last} opened and closed a range {FLIPS} times (set up: {set_up}, ended: {ended}); IPIs sent meanwhile: {sent:?} (fewer than 50)"),
+        set_up.is_ok() && ended && flipped == FLIPS && sent.is_ok_and(|n| n < 50) && opened.is_ok() && spun && closed.is_ok() && faulted && reopened.is_ok(),
+        format_args!(
+            "a child on cpu {last} opened and closed a range {flipped} of {FLIPS} times (set up: {set_up:?}, ended: {ended}); IPIs sent meanwhile: {sent:?} (fewer than 50); a root-task thread writing on cpu {last} faulted once the range was closed from this CPU: {faulted} (open {opened:?}, it ran: {spun}, close {closed:?}, reopen {reopened:?})"
+        ),
     );
 }
 
@@ -734,7 +770,7 @@ pub fn run(bi: &BootInfo) {
     let com2 = sys::ioport_get(DEVICES, COM2 as u64, 8, ports).is_ok() && com2_present(ports);
     test_unauthorised(bi, ports, com2);
     test_deleted_capability(bi, ports, com2);
-    test_flips_interrupt_no_other_cpu(bi);
+    test_flips_interrupt_no_other_cpu(bi, ports);
     if com2 {
         test_masked_until_ack();
         test_driver_killed(bi);
