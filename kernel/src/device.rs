@@ -142,9 +142,10 @@ impl IoPortObj {
         w
     }
     /// Closes every range opened through it, in every task that opened one, and has the CPUs
-    /// that may run those tasks' threads re-read their running task's ranges ([`Resync`]) — while no slot holds a capability to it (a capability
-    /// put into a slot since the count reached zero keeps what is open; the next zero closes
-    /// it), or whatever the count says if `always` (its destructor). One space at a time, the
+    /// that may run those tasks' threads re-read their running task's ranges ([`Resync`]) —
+    /// while no slot holds a capability to it (a capability put into a slot since the count
+    /// reached zero keeps what is open; the next zero closes it), or whatever the count says if
+    /// `always` (its destructor). One space at a time, the
     /// first on the list: under that space's lock the count is read again, its ranges through
     /// this object are closed, and it leaves the list (so a space is on the list exactly while
     /// it has a range open through this object). At most as many spaces as the list held when
