@@ -130,6 +130,13 @@ static KERNEL_PML4: AtomicU64 = AtomicU64::new(0);
 static KERNEL_ROOT: spin::Once<PageTableRoot> = spin::Once::new();
 static NX: AtomicU64 = AtomicU64::new(0);
 
+/// Whether the CPU enforces "not executable" on pages (NX, EFER.NXE set at boot): without it
+/// every user page is executable whatever it was mapped as, and the page-fault error code says
+/// nothing of fetches ([`crate::pte::fault_error`]).
+pub fn no_execute() -> bool {
+    NX.load(Ordering::Relaxed) != 0
+}
+
 fn nx() -> F {
     if NX.load(Ordering::Relaxed) != 0 { F::NO_EXECUTE } else { F::empty() }
 }

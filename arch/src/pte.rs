@@ -21,9 +21,55 @@ pub fn user_pte_flags(write: bool, exec: bool, device: bool, nx_on: bool) -> F {
     flags
 }
 
+/// The page-fault error code's bit that says the access was an instruction fetch.
+pub const PF_FETCH: u64 = 1 << 4;
+/// ... that it was a write.
+pub const PF_WRITE: u64 = 1 << 1;
+
+/// The error code of a user page fault at `addr` (CR2) taken by the instruction at `rip`, with
+/// the fetch bit made reliable. The CPU reports that bit only with NX or SMEP enabled
+/// (`hw_reports`); without them it is 0 even for a fetch, and a pager could not tell a fetch
+/// from a read. Then the kernel decides: a read of a page that is not mapped (no other bit of
+/// the code set: not a write, not a protection, reserved-bit or protection-key fault), at an
+/// address among the 15 bytes an instruction at `rip` may span, is the fetch of that
+/// instruction. Only one case is told wrong: an instruction that ends less than 15 bytes
+/// before a page boundary and reads the next page, which is not mapped, is reported as a fetch
+/// (its length would tell; the kernel does not decode instructions).
+pub fn fault_error(error: u64, addr: u64, rip: u64, hw_reports: bool) -> u64 {
+    const PRESENT: u64 = 1 << 0;
+    const RSVD: u64 = 1 << 3;
+    const PK: u64 = 1 << 5;
+    if hw_reports || error & (PRESENT | PF_WRITE | RSVD | PK) != 0 {
+        return error;
+    }
+    if addr.wrapping_sub(rip) < 15 { error | PF_FETCH } else { error }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fault_error_fetch_bit_without_nx() {
+        // With NX or SMEP the CPU's bit stands as it is.
+        assert_eq!(fault_error(0x4, 0x1000, 0x1000, true), 0x4);
+        assert_eq!(fault_error(0x14, 0x1000, 0x1000, true), 0x14);
+        // Without: a fault at rip, or in the next page for an instruction that spans it.
+        assert_eq!(fault_error(0x4, 0x1000, 0x1000, false), 0x14);
+        assert_eq!(fault_error(0x4, 0x2000, 0x1ffa, false), 0x14);
+        assert_eq!(fault_error(0x4, 0x1ffa + 14, 0x1ffa, false), 0x14);
+        // A read elsewhere, or before rip, or 15 bytes on, is a read; a write never a fetch.
+        assert_eq!(fault_error(0x4, 0x1ffa + 15, 0x1ffa, false), 0x4);
+        assert_eq!(fault_error(0x4, 0x0fff, 0x1000, false), 0x4);
+        assert_eq!(fault_error(0x4, 0x8000, 0x1000, false), 0x4);
+        assert_eq!(fault_error(0x6, 0x1000, 0x1000, false), 0x6);
+        assert_eq!(fault_error(0x5, 0x1000, 0x1000, false), 0x5);
+        assert_eq!(fault_error(0xc, 0x1000, 0x1000, false), 0xc);
+        assert_eq!(fault_error(0x24, 0x1000, 0x1000, false), 0x24);
+        // No wrap-around at the top of the address space.
+        assert_eq!(fault_error(0x4, 3, u64::MAX - 2, false), 0x14);
+        assert_eq!(fault_error(0x4, u64::MAX, 3, false), 0x4);
+    }
 
     #[test]
     fn user_pte_flags_device_pages_are_uncached_and_never_executable() {

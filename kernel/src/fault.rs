@@ -41,6 +41,12 @@ pub fn fault_current(vector: u64, error: u64) -> Handled {
     }
     let addr = if vector == rl4_abi::fault::PAGE_FAULT { cpu::cr2() } else { 0 };
     let rip = t.regs.get().ip();
+    // The fetch bit as the ABI promises it, also where the CPU does not report it (no NX).
+    let error = if vector == rl4_abi::fault::PAGE_FAULT {
+        rl4_arch::pte::fault_error(error, addr, rip, rl4_arch::paging::no_execute())
+    } else {
+        error
+    };
     // The handler is read under its lock and upgraded after it: the last reference to the
     // endpoint may go here, and its destructor takes queue and thread locks.
     let handler = t.fault_handler.lock().clone();
