@@ -128,6 +128,9 @@ pub struct CpuSched {
     /// `requests` is not empty (set under its lock by the push that filled it, cleared by this
     /// CPU before it takes the list): a plain load at each decision when nothing was asked.
     requested: AtomicBool,
+    /// A reschedule interrupt was sent for the requests now listed (set and cleared under the
+    /// list's lock): the next urgent [`request`] sends none.
+    request_kicked: AtomicBool,
     /// When a thread of this CPU last blocked in a call to a server of another CPU (TSC; 0:
     /// no reply awaited), and the time such replies took, on average (TSC ticks, an
     /// exponentially weighted mean): the idle loop polls a few of those before it halts.
@@ -291,6 +294,7 @@ pub fn init_cpu(pcid: bool) {
         flags: AtomicU8::new(0),
         requests: Mutex::new(rl4_core::wlist::WList::new(me() as usize + 1)),
         requested: AtomicBool::new(false),
+        request_kicked: AtomicBool::new(false),
         awaiting: AtomicU64::new(0),
         reply_ticks: AtomicU64::new(0),
         tlb: CpuTlb::new(pcid),
@@ -553,38 +557,59 @@ pub(crate) fn unqueue(cpu: u32, t: &Arc<Thread>) -> Option<Arc<Thread>> {
 
 /// A thread queued for CPU `cpu` was killed, or its priority changed, and its entry is not
 /// where it should be (in `cpu`'s run queue at its old priority, or still in the inbox): `cpu`
-/// looks at that one entry at its next decision, which this asks for now (a reschedule
-/// interrupt, or `KICKED` here) — O(1) for both CPUs. The caller holds `t`'s lock: every push
-/// onto a request list is made under it, so two CPUs never claim one thread's request link at
-/// once (its owner may meanwhile let go of it without that lock: `WList`'s claim sees the link
-/// free only after the release that ends its last use).
+/// looks at that one entry at its next decision — O(1) for both CPUs. The caller holds `t`'s
+/// lock: every push onto a request list is made under it, so two CPUs never claim one thread's
+/// request link at once (its owner may meanwhile let go of it without that lock: `WList`'s
+/// claim sees the link free only after the release that ends its last use).
 ///
-/// One interrupt per list filled: while a request is pending, the next decision there serves
-/// every one made meanwhile (a task changing a queued thread's priority in a loop made one
-/// interrupt per call once). A thread already on a request list (this or another CPU's: it
-/// moved meanwhile) is not pushed again: whoever holds it looks at it and hands it on
-/// ([`serve_requests`]).
-pub(crate) fn request(cpu: u32, t: &Arc<Thread>) {
+/// An `urgent` request asks for that decision now (a reschedule interrupt, or `KICKED` here),
+/// once per list taken: while one such interrupt is pending, the decision it brings serves
+/// every request made meanwhile (a task changing a queued thread's priority in a loop made one
+/// interrupt per call once). Any other request waits for the CPU's next decision (its next
+/// tick at the latest; `yield_now` and `decide` serve pending requests first): the caller says
+/// a request is not urgent only when its thread's new place cannot change what that CPU runs
+/// next nor what its fast paths decide ([`reprio_urgent`]). A thread already on a request
+/// list (this or another CPU's: it moved meanwhile) is not pushed again: whoever holds it
+/// looks at it and hands it on ([`serve_requests`]).
+pub(crate) fn request(cpu: u32, t: &Arc<Thread>, urgent: bool) {
     let Some(cs) = get(cpu as usize) else { return };
-    let (first, spare) = {
+    let (kick_now, spare) = {
         let mut l = cs.requests.lock();
-        match l.push_back(t.clone()) {
+        let spare = match l.push_back(t.clone()) {
             Ok(()) => {
-                let first = l.len() == 1;
-                if first {
-                    cs.requested.store(true, Ordering::Release);
-                }
-                (first, None)
+                cs.requested.store(true, Ordering::Release);
+                None
             }
-            Err(t) => (false, Some(t)),
+            Err(t) => Some(t),
+        };
+        let k = urgent && !cs.request_kicked.load(Ordering::Relaxed);
+        if k {
+            cs.request_kicked.store(true, Ordering::Relaxed);
         }
+        (k, spare)
     };
     if let Some(t) = spare {
         crate::reclaim::later_thread(t);
     }
-    if first {
+    if kick_now {
         kick(cpu);
     }
+}
+
+/// Whether a queued thread of CPU `cpu` whose priority went from `old` to `new` must be looked
+/// at by that CPU now ([`request`]): when it now outranks the thread running there, or rises
+/// above every priority queued there (it would run next; the same-CPU fast paths compare with
+/// that top). A thread lowered, or raised but still below the queue's top and the running
+/// thread, changes neither what runs next nor a fast path's guard (the top it reads is at
+/// least the truth), and waits for that CPU's next decision: a task changing a queued thread's
+/// priority in a loop cannot interrupt another CPU more than once per decision there (a
+/// review of the twelfth session's code found one interrupt per call, taking most of a CPU
+/// away from a thread of higher priority). Racy reads of the other CPU's words: a decision
+/// there made meanwhile serves the request anyway, or published the values read.
+pub(crate) fn reprio_urgent(cpu: u32, old: u8, new: u8) -> bool {
+    let Some(cs) = get(cpu as usize) else { return true };
+    new > old
+        && (new as i32 > cs.current_prio.load(Ordering::SeqCst) || new as i32 > cs.rq_top.load(Ordering::SeqCst))
 }
 
 /// Looks at every thread another CPU (or this one) asked about ([`request`]), one entry each:
@@ -600,7 +625,11 @@ pub(crate) fn request(cpu: u32, t: &Arc<Thread>) {
 /// once a tick cost this CPU N entries a tick with interrupts off.
 #[cold]
 fn serve_requests(cs: Here) {
-    let mut taken = cs.requests.lock().take();
+    let mut taken = {
+        let mut l = cs.requests.lock();
+        cs.request_kicked.store(false, Ordering::Relaxed);
+        l.take()
+    };
     cs.add_count(Count::SweepVisited, taken.len() as u64);
     let me = me();
     while let Some(t) = taken.pop_front() {
@@ -639,7 +668,7 @@ fn serve_requests(cs: Here) {
                 if let rl4_core::life::Place::Queued(c) = l.place() {
                     // In this CPU's inbox still (pushed after the drain), or queued on another
                     // CPU now: looked at there, after its drain.
-                    request(c, &t);
+                    request(c, &t, true);
                 }
             }
         }
@@ -982,11 +1011,12 @@ pub fn yield_current() {
 pub fn yield_now() {
     let cs = this();
     entry::set_current_result(0);
-    // A request from another CPU comes with a reschedule interrupt (taken as soon as the thread
-    // this CPU runs next is in user mode, and its decision serves it); one made by this CPU set
-    // `KICKED` too ([`request`]), unless one was pending already, which the next decision (at
-    // the latest the next tick's) serves: the request flag itself need not be looked at.
-    if cs.mail.is_empty() && cs.flags.load(Ordering::Relaxed) & KICKED == 0 {
+    // An urgent request from another CPU comes with a reschedule interrupt (taken as soon as
+    // the thread this CPU runs next is in user mode, and its decision serves it); one made by
+    // this CPU set `KICKED` too ([`request`]). Any pending request, urgent or not, sends the
+    // caller to the full decision, which serves it first: the run queue's top and lists may
+    // name priorities that changed.
+    if cs.mail.is_empty() && cs.flags.load(Ordering::Relaxed) & KICKED == 0 && !cs.requested.load(Ordering::Relaxed) {
         let (top, prio) = (cs.rq_top.load(Ordering::Relaxed), cs.current_prio.load(Ordering::Relaxed));
         if top < prio {
             new_slice(cs);

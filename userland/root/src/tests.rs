@@ -227,6 +227,59 @@ fn test_priority_raise_queued() {
     );
 }
 
+/// Changing the priority of a thread queued on another CPU interrupts that CPU only when the
+/// change matters there at once (the thread now outranks what runs there, or rises above the
+/// queue's top): a task flipping a queued thread's priority below a busy thread's cannot take
+/// that CPU away from it with reschedule interrupts (a review found one per call: 200 flips
+/// 100 µs apart made 200 interrupts). The raise above the busy thread still runs it at once.
+fn test_priority_flips_no_ipi_flood() {
+    const NAME: &str = "priority-changes-below-the-running-thread-interrupt-nothing";
+    const FLIPS: u64 = 200;
+    let cpu = far_cpu();
+    if cpu == 0 {
+        return skip(NAME, "needs two CPUs");
+    }
+    GATE.store(false, SeqCst);
+    RAISED_RAN.store(false, SeqCst);
+    let b = spawn(blocker, 0, 90, cpu);
+    wait_ms(100, || false);
+    let t = spawn(note_ran, 0, 10, cpu);
+    let waited = !wait_ms(100, || RAISED_RAN.load(SeqCst));
+    let st = |n| sys::stat(MACHINE, n).unwrap_or(0);
+    let (i0, k0) = (st(stat::IPIS_SENT), st(stat::TICKS));
+    let mut failed = 0u64;
+    for i in 0..FLIPS {
+        failed += sys::thread_set_priority(t, if i % 2 == 0 { 30 } else { 20 }).is_err() as u64;
+        // Time for an interrupt sent to be taken (else the flips merge into the one pending).
+        let end = rl4_user::rdtsc() + tsc_hz() / 10_000;
+        while rl4_user::rdtsc() < end {
+            core::hint::spin_loop();
+        }
+    }
+    let (ipis, ticks) = (st(stat::IPIS_SENT).wrapping_sub(i0), st(stat::TICKS).wrapping_sub(k0));
+    let still_queued = !RAISED_RAN.load(SeqCst);
+    // At most one interrupt per decision there that served a pending change: a tick's (the
+    // ticks of every CPU counted: a bound) or one the first raises asked for (a few, by how
+    // the flips and that CPU's decisions interleave).
+    let bounded = ipis <= ticks + 8;
+    let raised = sys::thread_set_priority(t, 95);
+    let ran = wait_ms(2000, || RAISED_RAN.load(SeqCst));
+    GATE.store(true, SeqCst);
+    let done = join(&[t, b], 5000);
+    release(t);
+    release(b);
+    GATE.store(false, SeqCst);
+    report(
+        NAME,
+        waited && failed == 0 && still_queued && bounded && raised.is_ok() && ran && done,
+        format_args!(
+            "a priority-10 thread queued on cpu {cpu} behind a priority-90 spinner, its priority flipped 30/20 {FLIPS} times \
+             100 µs apart from cpu 0 ({failed} failed; it stayed queued: {still_queued}): {ipis} reschedule interrupts sent, {ticks} ticks meanwhile \
+             (bound: ticks + 8); then raised to 95 ({raised:?}) it runs at once: {ran}"
+        ),
+    );
+}
+
 static DEADLINE_NOTE: AtomicU64 = AtomicU64::new(0);
 
 fn wait_long(_: u64) {
@@ -767,6 +820,7 @@ pub fn run(bi: &BootInfo, which: &str) -> bool {
         test_preempt();
         test_priority();
         test_priority_raise_queued();
+        test_priority_flips_no_ipi_flood();
         test_deadlines_idle();
     }
     if want("isolation") {
