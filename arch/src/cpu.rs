@@ -102,6 +102,14 @@ pub fn set_tsc_deadline(tsc: u64) {
     unsafe { Msr::new(0x6e0).write(tsc) };
 }
 
+/// The physical address of this CPU's local APIC registers (IA32_APIC_BASE, bits 12 and up
+/// to the 52-bit limit): where the MADT would say, for a machine without ACPI tables.
+pub fn apic_base() -> u64 {
+    // SAFETY: reading IA32_APIC_BASE has no side effects; every x86_64 CPU with a local APIC
+    // (all of them: long mode requires one) has it.
+    unsafe { Msr::new(0x1b).read() & 0x000f_ffff_ffff_f000 }
+}
+
 /// `pause`, for spin loops.
 #[inline]
 pub fn relax() {

@@ -175,11 +175,20 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
 
     // What the machine has comes from ACPI, not from assuming a PC/AT: the 8259 PICs only
     // when the MADT says so, the timers to measure the TSC against from the FADT and HPET table.
+    // Without readable tables rl4 still runs, on the bootstrap CPU alone
+    // (`Platform::without_acpi`), and says why.
     let bi = BOOT_INFO.get().expect("boot info");
-    let Some(rsdp) = bi.rsdp else { panic!("the boot loader passed no ACPI RSDP; rl4 needs the MADT") };
-    let platform = match rl4_smp::acpi_handler::discover(rsdp) {
-        Ok(p) => p,
-        Err(e) => panic!("ACPI: cannot read the MADT: {e:?}"),
+    let found = bi.rsdp.map(|r| (r, rl4_smp::acpi_handler::discover(r)));
+    let (platform, rsdp) = match found {
+        Some((r, Ok(p))) => (p, Some(r)),
+        Some((r, Err(e))) => {
+            println!("acpi: cannot read the MADT through the RSDP at {r:#x} ({e:?}): running on the bootstrap CPU alone, without device interrupts");
+            (Platform::without_acpi(cpu::apic_base()), None)
+        }
+        None => {
+            println!("acpi: the boot loader passed no RSDP (no ACPI tables): running on the bootstrap CPU alone, without device interrupts");
+            (Platform::without_acpi(cpu::apic_base()), None)
+        }
     };
     if platform.has_8259 {
         cpu::disable_legacy_pic();
@@ -188,7 +197,9 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
     println!("tsc: {}.{:03} MHz ({})", hz / 1_000_000, (hz / 1000) % 1000, src.describe());
     sched::set_poll_us(options().poll_us as u64);
     fastpath::enable(options().fastpath);
-    run::log_platform(&platform, rsdp);
+    if let Some(rsdp) = rsdp {
+        run::log_platform(&platform, rsdp);
+    }
 
     let xapic_base = if f.x2apic {
         0

@@ -552,7 +552,13 @@ pub(crate) fn unqueue(cpu: u32, t: &Arc<Thread>) -> Option<Arc<Thread>> {
     if cpu != me() {
         return None;
     }
-    with_rq(this(), |rq| rq.remove_queued(t).map(|(_, r)| r))
+    let cs = this();
+    // The queue's top may fall to a priority a pending request changed ([`reprio_urgent`]
+    // relies on the top never reading below the truth): the next return decides, serving it.
+    if cs.requested.load(Ordering::Relaxed) {
+        set_flag(cs, KICKED);
+    }
+    with_rq(cs, |rq| rq.remove_queued(t).map(|(_, r)| r))
 }
 
 /// A thread queued for CPU `cpu` was killed, or its priority changed, and its entry is not

@@ -87,6 +87,17 @@ pub struct Platform {
     pub madt_cut: bool,
 }
 
+impl Platform {
+    /// A machine without readable ACPI tables (`-machine acpi=off`, a boot loader that passed
+    /// no RSDP, a MADT the kernel cannot read): the bootstrap CPU alone (no processor entries:
+    /// the start plan adds it), its local APIC at `lapic_address` (from IA32_APIC_BASE), no
+    /// I/O APIC (no device interrupts), no HPET or PM timer, and the 8259 PICs of a PC assumed
+    /// present (they are masked; masking absent ones writes to nothing).
+    pub fn without_acpi(lapic_address: u64) -> Platform {
+        Platform { lapic_address, has_8259: true, ..Default::default() }
+    }
+}
+
 /// The sanest length an ACPI table may claim (16 MiB).
 const MAX_TABLE_LEN: u32 = 1 << 24;
 
