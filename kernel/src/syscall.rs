@@ -339,10 +339,23 @@ fn console_write(task: u64, buf_addr: u64, len: u64) -> Ret {
         Ok(s) => s,
         Err(e) => core::str::from_utf8(&buf[..e.valid_up_to()]).unwrap_or(""),
     };
-    for line in text.trim_end_matches('\n').split('\n') {
-        rl4_arch::console::print_user_line(task, line);
-    }
-    Ok([len, 0, 0])
+    // A bounded amount of output per call (`rl4_core::conout`: the console is written with
+    // interrupts off); the caller writes the rest with its next call. The prefix counted is
+    // the one `print_user_line` writes, `[cpuN task T] `.
+    let digits = |mut x: u64| {
+        let mut d = 1;
+        while x >= 10 {
+            x /= 10;
+            d += 1;
+        }
+        d
+    };
+    let prefix = "[cpu task ] ".len() + digits(rl4_arch::percpu::cpu_index() as u64) + digits(task);
+    let used = rl4_core::conout::take_lines(text, rl4_core::conout::OUTPUT_MAX, prefix, |line| {
+        rl4_arch::console::print_user_line(task, line)
+    });
+    // All the valid text printed: a tail that is not UTF-8 is dropped with it.
+    Ok([if used == text.len() { len } else { used as u64 }, 0, 0])
 }
 
 /// Every system call but IPC, from and into the caller's registers.

@@ -14,6 +14,7 @@ extern crate alloc;
 
 pub mod captable;
 pub mod cmdline;
+pub mod conout;
 pub mod deadlines;
 pub mod deriv;
 pub mod device;

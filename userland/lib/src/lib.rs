@@ -64,7 +64,8 @@ use rl4_abi::root_slots;
 /// Capability slot of the machine (console) capability, by convention in every task.
 pub const MACHINE: u64 = root_slots::MACHINE;
 
-/// Formats into a fixed buffer and writes it with one `ConsoleWrite`.
+/// Formats into a fixed buffer and writes it with `ConsoleWrite` (one call, or more for more
+/// than about a kilobyte of output).
 pub struct Line {
     buf: [u8; 2048],
     len: usize,
@@ -76,7 +77,7 @@ impl Line {
     }
     pub fn flush(&mut self) {
         if self.len > 0 {
-            let _ = sys::console_write(MACHINE, &self.buf[..self.len]);
+            let _ = sys::console_write_all(MACHINE, &self.buf[..self.len]);
             self.len = 0;
         }
     }

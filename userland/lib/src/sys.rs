@@ -62,6 +62,18 @@ pub fn null() -> Result<(), Error> {
 pub fn console_write(machine: u64, bytes: &[u8]) -> Result<u64, Error> {
     syscall(Sys::ConsoleWrite, [machine, bytes.as_ptr() as u64, bytes.len() as u64, 0, 0, 0]).map(|r| r[0])
 }
+/// [`console_write`] until every byte is written (one call prints about a kilobyte at most,
+/// its prefixes counted, and answers how many bytes it took).
+pub fn console_write_all(machine: u64, bytes: &[u8]) -> Result<(), Error> {
+    let mut at = 0;
+    while at < bytes.len() {
+        match console_write(machine, &bytes[at..])? {
+            0 => return Err(Error::InvalidState),
+            n => at += n as usize,
+        }
+    }
+    Ok(())
+}
 pub fn console_write_raw(machine: u64, ptr: u64, len: u64) -> Result<u64, Error> {
     syscall(Sys::ConsoleWrite, [machine, ptr, len, 0, 0, 0]).map(|r| r[0])
 }

@@ -795,6 +795,42 @@ fn test_bad_args() {
     }
 }
 
+/// One `ConsoleWrite` prints a bounded amount (about a kilobyte, prefixes counted: the
+/// console is written with interrupts off) and answers the bytes it took; the rest goes with
+/// the next call. 100 line breaks between two characters (101 lines, each with its
+/// `[cpuN task 1] ` prefix: about 1.5 KB of output) take two calls; a 4,096-byte line takes
+/// five, cut at the budget. (Before, one call printed everything: 4,095 line breaks made
+/// about 80 KB of output — seconds with interrupts off at 115200 baud.)
+fn test_console_output_bounded() {
+    const NAME: &str = "console-write-output-bounded";
+    let mut buf = [b'\n'; 4096];
+    let calls = |bytes: &[u8]| -> Result<(u64, u64), Error> {
+        let (mut at, mut n, mut first) = (0usize, 0u64, 0u64);
+        while at < bytes.len() {
+            let k = sys::console_write(MACHINE, &bytes[at..])?;
+            if k == 0 || n > 64 {
+                return Err(Error::InvalidState);
+            }
+            if n == 0 {
+                first = k;
+            }
+            at += k as usize;
+            n += 1;
+        }
+        Ok((n, first))
+    };
+    buf[0] = b'a';
+    buf[101] = b'a';
+    let breaks = calls(&buf[..102]);
+    let line = [b'x'; 4096];
+    let long = calls(&line);
+    report(
+        NAME,
+        matches!(breaks, Ok((2, f)) if f < 102) && matches!(long, Ok((5, f)) if (900..=1024).contains(&f)),
+        format_args!("101 lines (100 line breaks): (calls, bytes the first took) {breaks:?}; one line of 4096 bytes: {long:?}"),
+    );
+}
+
 /// The kernel's own consistency check (`Sys::KernelCheck`): every object's reference count,
 /// every thread's state and queues, every budget, every page table, every frame.
 pub fn consistency(after: &str) -> bool {
@@ -832,6 +868,7 @@ pub fn run(bi: &BootInfo, which: &str) -> bool {
     }
     if want("syscalls") {
         test_bad_args();
+        test_console_output_bounded();
     }
     if want("ipc") {
         crate::ipc_tests::run(bi);

@@ -61,7 +61,7 @@ fn rl4_main(cmd: u64, addr: u64) {
         ISOLATION => isolation(addr),
         STORM => storm(addr),
         FORGE => {
-            let _ = sys::console_write(rl4_user::MACHINE, FORGED.as_bytes());
+            let _ = sys::console_write_all(rl4_user::MACHINE, FORGED.as_bytes());
         }
         EXEC_DATA => {
             // SAFETY (this and the ones below): deliberate faults; the kernel must stop this
