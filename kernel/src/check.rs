@@ -3,7 +3,8 @@
 //!
 //! * **Reference counts.** Every live object (found through the registries in `obj`) must
 //!   have exactly as many strong references as there are holders the kernel knows of:
-//!   capabilities (also one in flight with a blocked sender), a thread's task and space, an
+//!   capabilities (also one in flight with a blocked sender), a thread's task and space, a
+//!   task's parent (the task that made it), an
 //!   address space's mappings, IPC buffers, reply rights, every object's budget charge, run
 //!   queues, inboxes, request lists, current threads, endpoint and notification queues. One more is a leak,
 //!   one fewer would be a use-after-free waiting to happen.
@@ -13,7 +14,8 @@
 //!   (the queues' links consistent, and a thread's wait link claimed ⇔ it is in one of them);
 //!   waiting for a reply ⇔ exactly one thread holds the right with its ticket; running ⇒
 //!   current; runnable ⇒ current or queued (else it would never run: a lost wake-up); a wait
-//!   with a deadline ⇒ an entry in a CPU's timeout list; a thread of an ended task is dead.
+//!   with a deadline ⇒ an entry in a CPU's timeout list; a thread of an ended task is dead;
+//!   a task whose parent ended has ended.
 //! * **Locks and reclamation.** No CPU has destroyed a kernel object while holding a lock, no
 //!   object waits to be destroyed while every CPU is stopped, and (in a `lockcheck` kernel) no
 //!   lock was ever taken out of order (`lock.rs`, `reclaim.rs`).
@@ -310,6 +312,12 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
         }
         refs.add(&t.space);
         refs.add(t.charge().of().0);
+        if let Some(p) = &t.parent {
+            refs.add(p);
+            if p.dead.load(SeqCst) && !t.dead.load(SeqCst) {
+                fail!(r, "task {} lives on after task {}, which made it, ended", t.id, p.id);
+            }
+        }
         if let Some(sh) = t.shadow.get() {
             refs.add(sh.charge().of().0);
         }

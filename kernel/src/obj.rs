@@ -411,10 +411,16 @@ struct RegList<T> {
     pruned: usize,
     /// Objects destroyed since.
     dead: usize,
+    /// Walks in progress ([`Registry::each`]): no pruning meanwhile (it would move entries
+    /// under a walk's index).
+    walkers: usize,
 }
 
 impl<T> RegList<T> {
     fn prune(&mut self) {
+        if self.walkers > 0 {
+            return;
+        }
         self.v.retain(|w| w.strong_count() > 0);
         self.pruned = self.v.len();
         self.dead = 0;
@@ -425,7 +431,7 @@ impl<T> RegList<T> {
 
 impl<T> Registry<T> {
     pub const fn new() -> Self {
-        Registry { list: GlobalMutex::new(crate::count::Global::Registry, RegList { v: PagedVec::new(), pruned: 0, dead: 0 }) }
+        Registry { list: GlobalMutex::new(crate::count::Global::Registry, RegList { v: PagedVec::new(), pruned: 0, dead: 0, walkers: 0 }) }
     }
 
     /// Registers a new object; `OutOfMemory` if the list cannot grow (the caller then drops
@@ -449,6 +455,29 @@ impl<T> Registry<T> {
         if l.dead >= 32 && 2 * l.dead >= l.v.len() {
             l.prune();
         }
+    }
+
+    /// Calls `f` with every object alive when the walk reaches it, in the order they were
+    /// registered (objects registered meanwhile included), one at a time and with no lock
+    /// held: the list's lock is taken once per entry, and no pruning moves an entry meanwhile.
+    /// Allocates nothing; the reference `f` gets is let go of after it, with no lock held.
+    pub fn each(&self, mut f: impl FnMut(&Arc<T>)) {
+        self.list.lock().walkers += 1;
+        let mut i = 0;
+        loop {
+            let next = {
+                let l = self.list.lock();
+                if i >= l.v.len() {
+                    break;
+                }
+                l.v.get(i).and_then(Weak::upgrade)
+            };
+            i += 1;
+            if let Some(a) = next {
+                f(&a);
+            }
+        }
+        self.list.lock().walkers -= 1;
     }
 
     /// A reference to every live object (for the consistency check only: one `Vec`).
@@ -904,6 +933,14 @@ pub struct Task {
     threads_gone: AtomicU64,
     pub space: Arc<Space>,
     pub dead: AtomicBool,
+    /// The task whose `TaskCreate` made it (`None`: the root task). A task ends with the task
+    /// that made it (`syscall::kill_task`): a task can always end everything it made, even
+    /// what it holds no capability to any more. (The reference keeps an ended parent's record,
+    /// emptied, while a child's lives; the child's destructor lets go of it through the
+    /// destruction loop, never by recursion along a chain of parents.)
+    pub parent: Option<Arc<Task>>,
+    /// It has made a task (set before the child is registered): its end looks for children.
+    pub parented: AtomicBool,
     _charge: Charge,
 }
 
@@ -914,7 +951,7 @@ pub fn next_id() -> u64 {
 }
 
 impl Task {
-    pub fn new(mem: &Arc<Memory>, space: Arc<Space>) -> Result<Arc<Task>, Error> {
+    pub fn new(mem: &Arc<Memory>, space: Arc<Space>, parent: Option<Arc<Task>>) -> Result<Arc<Task>, Error> {
         let charge = Charge::new(mem, TASK_COST)?;
         let caps = CapTable::try_new(rl4_abi::CAP_SLOTS as usize).ok_or(Error::OutOfMemory)?;
         let t = Arc::try_new(Task {
@@ -925,6 +962,8 @@ impl Task {
             threads_gone: AtomicU64::new(0),
             space,
             dead: AtomicBool::new(false),
+            parent,
+            parented: AtomicBool::new(false),
             _charge: charge,
         })
         .map_err(|_| Error::OutOfMemory)?;
@@ -1308,6 +1347,9 @@ impl Drop for Task {
         let table = self.caps.get_mut().take_all();
         if !table.is_empty() {
             crate::reclaim::later(crate::reclaim::Garbage::Table(table));
+        }
+        if let Some(p) = self.parent.take() {
+            crate::reclaim::later(crate::reclaim::Garbage::Task(p));
         }
         TASKS.gone();
     }

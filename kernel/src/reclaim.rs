@@ -59,6 +59,9 @@ pub enum Garbage {
     /// recursion.
     Space(Arc<crate::obj::Space>),
     IoPort(Arc<crate::device::IoPortObj>),
+    /// A task's reference to the task that made it (`Task::parent`): a chain of parents is let
+    /// go of one at a time, never by recursion.
+    Task(Arc<crate::obj::Task>),
 }
 
 struct Grave {

@@ -39,7 +39,7 @@ pub fn start(cmdline: &str, tsc_hz: u64) -> Result<(), &'static str> {
     let budget = mem::free_frames().saturating_sub(KERNEL_RESERVE_FRAMES) * PAGE_SIZE + crate::overcommit();
     let memory = Memory::new(budget);
     let space = Space::new(&memory).map_err(|_| "out of memory")?;
-    let task = Task::new(&memory, space.clone()).map_err(|_| "out of memory")?;
+    let task = Task::new(&memory, space.clone(), None).map_err(|_| "out of memory")?;
     // The root task's table gets its shadow now (it serves IPC from the start), so that its
     // budget at the first look already includes it.
     task.make_shadow().map_err(|_| "out of memory")?;

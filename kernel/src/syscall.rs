@@ -438,7 +438,14 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             let m = memory(task, a0)?;
             task.caps.lock().check_free(a1)?;
             let space = Space::new(&m)?;
-            let nt = Task::new(&m, space)?;
+            // The caller's end looks for children from now on (set before the child is
+            // registered); a child registered after its end's walk finds it ended here (both
+            // orders are sequentially consistent: one of the two sees the other).
+            task.parented.store(true, core::sync::atomic::Ordering::SeqCst);
+            let nt = Task::new(&m, space, Some(task.clone()))?;
+            if task.dead.load(core::sync::atomic::Ordering::SeqCst) {
+                return Err(Error::InvalidState);
+            }
             put(task, a1, KObj::Task(nt), Rights::ALL)?;
             Ok([0; 3])
         }
@@ -772,11 +779,29 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
     }
 }
 
-/// Ends a task: every thread stops (those running elsewhere are told to let go), and every
+/// Ends a task and every task it made, and theirs, and so on (`Task::parent`): a task that
+/// deleted its last capability to a task it made, whose threads still run, cannot leave it
+/// running after its own end, out of everybody's reach (a hostile review found the leak: the
+/// CPU time and the memory were lost for good). One walk over every task in the order they
+/// were made (a child comes after its parent, so one walk ends every generation), only for a
+/// task that ever made one; allocates nothing and recurses nowhere.
+pub fn kill_task(task: &Arc<Task>) {
+    kill_one(task);
+    if task.parented.load(core::sync::atomic::Ordering::SeqCst) {
+        crate::obj::TASKS.each(|t| {
+            let orphan = t.parent.as_ref().is_some_and(|p| p.dead.load(core::sync::atomic::Ordering::SeqCst));
+            if orphan && !t.dead.load(core::sync::atomic::Ordering::SeqCst) {
+                kill_one(t);
+            }
+        });
+    }
+}
+
+/// Ends one task: every thread stops (those running elsewhere are told to let go), and every
 /// capability in its table is deleted, which frees what nothing else refers to (after the
 /// table's lock).
-pub fn kill_task(task: &Arc<Task>) {
-    task.dead.store(true, core::sync::atomic::Ordering::Release);
+fn kill_one(task: &Arc<Task>) {
+    task.dead.store(true, core::sync::atomic::Ordering::SeqCst);
     // Neither list is copied into one allocation (a task's thousands of threads or its full
     // table would need contiguous frames, which fragmented memory may not have): the thread
     // list is taken whole, the table emptied a piece at a time.

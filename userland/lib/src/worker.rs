@@ -147,6 +147,15 @@ pub const PORT_LOOP: u64 = 63;
 /// Open and close the range of [`PORTS_SLOT`] as many times as word 0 of the page at the
 /// operand address says, then write the number of pairs that succeeded into word 1.
 pub const PORT_FLIP: u64 = 64;
+/// Make a task that outlives every capability to it (slots [`ORPHAN_MEM_SLOT`],
+/// [`ORPHAN_FRAME_SLOT`]: a memory budget and a frame holding `jmp $`): `TaskCreate`, map the
+/// frame at 0x40_0000 in the new task, start a thread there (priority 1, on CPU `operand >>
+/// 48`), delete every capability to the task and the thread, then write 1 to word 0 of the
+/// page at the operand's low 48 bits (2 if a step failed) and end this thread. Only the end of
+/// this task can end the spinning thread.
+pub const ORPHAN: u64 = 65;
+pub const ORPHAN_MEM_SLOT: u64 = 9;
+pub const ORPHAN_FRAME_SLOT: u64 = 10;
 pub const IRQ_SLOT: u64 = 6;
 pub const PORTS_SLOT: u64 = 7;
 pub const NTF_SLOT: u64 = 8;

@@ -16,7 +16,7 @@
 #![no_std]
 #![no_main]
 
-use rl4_user::abi::Sys;
+use rl4_user::abi::{Rights, Sys};
 use rl4_user::worker::*;
 use rl4_user::{println, sys};
 
@@ -94,6 +94,22 @@ fn rl4_main(cmd: u64, addr: u64) {
             let n = (0..times).filter(|_| sys::ioport_open(PORTS_SLOT).is_ok() && sys::ioport_close(PORTS_SLOT).is_ok()).count();
             // SAFETY: as above.
             unsafe { word(1).write_volatile(n as u64) };
+        }
+        ORPHAN => {
+            let page = addr & 0xffff_ffff_ffff;
+            let (x, s, t) = (20, 21, 22);
+            let made = (|| {
+                sys::task_create(ORPHAN_MEM_SLOT, x)?;
+                sys::task_space(x, s)?;
+                sys::map(s, ORPHAN_FRAME_SLOT, 0x40_0000, Rights::READ.union(Rights::EXECUTE))?;
+                sys::thread_create(ORPHAN_MEM_SLOT, x, 0x40_0000, 0, 1, addr >> 48, t)?;
+                sys::thread_resume(t)
+            })();
+            for c in [t, s, x, ORPHAN_FRAME_SLOT, ORPHAN_MEM_SLOT] {
+                let _ = sys::cap_delete(c);
+            }
+            // SAFETY: the root task mapped the page at `page` writable here for this word.
+            unsafe { (page as *mut u64).write_volatile(if made.is_ok() { 1 } else { 2 }) };
         }
         PORT_LOOP => match sys::ioport_open(PORTS_SLOT) {
             Ok(()) => {
