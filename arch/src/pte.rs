@@ -28,7 +28,8 @@ pub const PF_WRITE: u64 = 1 << 1;
 
 /// The error code of a user page fault at `addr` (CR2) taken by the instruction at `rip`, with
 /// the fetch bit made reliable. The CPU reports that bit only with NX or SMEP enabled
-/// (`hw_reports`); without them it is 0 even for a fetch, and a pager could not tell a fetch
+/// (`hw_reports`; the kernel passes NX alone: with SMEP on and NX off the CPU's bit and this
+/// rule agree on a fetch); without them it is 0 even for a fetch, and a pager could not tell a fetch
 /// from a read. Then the kernel decides: a read of a page that is not mapped (no other bit of
 /// the code set: not a write, not a protection, reserved-bit or protection-key fault), at an
 /// address among the 15 bytes an instruction at `rip` may span, is the fetch of that

@@ -232,7 +232,7 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
     if TRAMPOLINE.get().copied().flatten().is_none() {
         plan.bsp_only(madt::Skip::NoTrampoline);
     }
-    if plan.bsp_missing {
+    if plan.bsp_missing && rsdp.is_some() {
         println!("madt: the bootstrap CPU (apic id {}) is not listed; added it anyway", f.apic_id);
     }
     for (e, why) in &plan.skipped {

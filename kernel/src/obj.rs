@@ -458,26 +458,35 @@ impl<T> Registry<T> {
     }
 
     /// Calls `f` with every object alive when the walk reaches it, in the order they were
-    /// registered (objects registered meanwhile included), one at a time and with no lock
-    /// held: the list's lock is taken once per entry, and no pruning moves an entry meanwhile.
-    /// Allocates nothing; the reference `f` gets is let go of after it, with no lock held.
-    pub fn each(&self, mut f: impl FnMut(&Arc<T>)) {
-        self.list.lock().walkers += 1;
+    /// registered, one at a time and with no lock held: the list's lock is taken once per
+    /// entry, and no pruning moves an entry meanwhile. The walk covers the objects registered
+    /// before it started, and those registered before the last call of `f` that returned true
+    /// (it changed something a later registration must see) ended: a walk ends however fast
+    /// objects are registered meanwhile. Allocates nothing; the reference `f` gets is let go
+    /// of after it, with no lock held; between entries this CPU answers TLB shoot-downs.
+    pub fn each(&self, mut f: impl FnMut(&Arc<T>) -> bool) {
+        let mut end = {
+            let mut l = self.list.lock();
+            l.walkers += 1;
+            l.v.len()
+        };
         let mut i = 0;
-        loop {
-            let next = {
-                let l = self.list.lock();
-                if i >= l.v.len() {
-                    break;
-                }
-                l.v.get(i).and_then(Weak::upgrade)
-            };
+        while i < end {
+            let next = self.list.lock().v.get(i).and_then(Weak::upgrade);
             i += 1;
-            if let Some(a) = next {
-                f(&a);
+            if let Some(a) = &next
+                && f(a)
+            {
+                end = self.list.lock().v.len();
             }
+            drop(next);
+            crate::tlb::service_tlb_here();
         }
-        self.list.lock().walkers -= 1;
+        let mut l = self.list.lock();
+        l.walkers -= 1;
+        if l.dead >= 32 && 2 * l.dead >= l.v.len() {
+            l.prune();
+        }
     }
 
     /// A reference to every live object (for the consistency check only: one `Vec`).

@@ -173,9 +173,27 @@ pub(crate) fn nothing_more_urgent(cs: Here, prio: u8) -> bool {
 fn with_rq<R>(cs: Here, f: impl FnOnce(&mut RunQueue<Thread>) -> R) -> R {
     cs.rq.with(|rq| {
         let r = f(rq);
-        cs.rq_top.store(rq.highest().map_or(-1, |p| p as i32), Ordering::Relaxed);
+        let top = rq.highest().map_or(-1, |p| p as i32);
+        if cs.rq_top.load(Ordering::Relaxed) > top {
+            top_fell(cs, top);
+        } else {
+            cs.rq_top.store(top, Ordering::Relaxed);
+        }
         r
     })
+}
+
+/// This CPU's run-queue top falls to `top`. A request pending here names a thread whose entry
+/// may sit below its priority, which the old top covered ([`reprio_urgent`] sent no interrupt
+/// for it): this CPU then decides again before it returns to a thread, serving it. The store
+/// and the load are sequentially consistent, as are the requester's (`requested`, then the
+/// top): of the two, at least one sees the other's write.
+#[inline(never)]
+fn top_fell(cs: Here, top: i32) {
+    cs.rq_top.store(top, Ordering::SeqCst);
+    if cs.requested.load(Ordering::SeqCst) {
+        set_flag(cs, KICKED);
+    }
 }
 
 /// Queues `t` in this CPU's run queue at `prio` (the tail, or the head: `front`). A thread
@@ -552,13 +570,9 @@ pub(crate) fn unqueue(cpu: u32, t: &Arc<Thread>) -> Option<Arc<Thread>> {
     if cpu != me() {
         return None;
     }
-    let cs = this();
-    // The queue's top may fall to a priority a pending request changed ([`reprio_urgent`]
-    // relies on the top never reading below the truth): the next return decides, serving it.
-    if cs.requested.load(Ordering::Relaxed) {
-        set_flag(cs, KICKED);
-    }
-    with_rq(cs, |rq| rq.remove_queued(t).map(|(_, r)| r))
+    // (A top that falls with it sends this CPU to decide again if a request is pending:
+    // `with_rq`.)
+    with_rq(this(), |rq| rq.remove_queued(t).map(|(_, r)| r))
 }
 
 /// A thread queued for CPU `cpu` was killed, or its priority changed, and its entry is not
@@ -577,18 +591,23 @@ pub(crate) fn unqueue(cpu: u32, t: &Arc<Thread>) -> Option<Arc<Thread>> {
 /// next nor what its fast paths decide ([`reprio_urgent`]). A thread already on a request
 /// list (this or another CPU's: it moved meanwhile) is not pushed again: whoever holds it
 /// looks at it and hands it on ([`serve_requests`]).
-pub(crate) fn request(cpu: u32, t: &Arc<Thread>, urgent: bool) {
+pub(crate) fn request(cpu: u32, t: &Arc<Thread>, urgent: impl FnOnce() -> bool) {
     let Some(cs) = get(cpu as usize) else { return };
     let (kick_now, spare) = {
         let mut l = cs.requests.lock();
         let spare = match l.push_back(t.clone()) {
             Ok(()) => {
-                cs.requested.store(true, Ordering::Release);
+                // Sequentially consistent, and before `urgent` reads that CPU's words: see
+                // [`top_fell`].
+                cs.requested.store(true, Ordering::SeqCst);
                 None
             }
             Err(t) => Some(t),
         };
-        let k = urgent && !cs.request_kicked.load(Ordering::Relaxed);
+        // A thread that was on another CPU's request list (it moved) is handed on by that CPU
+        // (urgently): nothing is listed here for an interrupt to serve, and a flag set for
+        // nothing would keep the next urgent request here from sending one.
+        let k = !l.is_empty() && !cs.request_kicked.load(Ordering::Relaxed) && urgent();
         if k {
             cs.request_kicked.store(true, Ordering::Relaxed);
         }
@@ -610,8 +629,10 @@ pub(crate) fn request(cpu: u32, t: &Arc<Thread>, urgent: bool) {
 /// least the truth), and waits for that CPU's next decision: a task changing a queued thread's
 /// priority in a loop cannot interrupt another CPU more than once per decision there (a
 /// review of the twelfth session's code found one interrupt per call, taking most of a CPU
-/// away from a thread of higher priority). Racy reads of the other CPU's words: a decision
-/// there made meanwhile serves the request anyway, or published the values read.
+/// away from a thread of higher priority). Read after the request is listed (and `requested`
+/// set, sequentially consistent): should that CPU's top fall meanwhile below the raised
+/// priority, either this reads the fallen top, or that CPU sees the request pending when its
+/// top falls and decides again ([`top_fell`]).
 pub(crate) fn reprio_urgent(cpu: u32, old: u8, new: u8) -> bool {
     let Some(cs) = get(cpu as usize) else { return true };
     new > old
@@ -674,7 +695,7 @@ fn serve_requests(cs: Here) {
                 if let rl4_core::life::Place::Queued(c) = l.place() {
                     // In this CPU's inbox still (pushed after the drain), or queued on another
                     // CPU now: looked at there, after its drain.
-                    request(c, &t, true);
+                    request(c, &t, || true);
                 }
             }
         }

@@ -335,8 +335,11 @@ fn console_write(task: u64, buf_addr: u64, len: u64) -> Ret {
     let mut buf = [0u8; CONSOLE_WRITE_MAX as usize];
     let buf = &mut buf[..len as usize];
     rl4_arch::entry::copy_from_user(buf, buf_addr).map_err(|_| Error::Fault)?;
+    // Bytes that are not UTF-8 are dropped: an invalid sequence at the start is taken (and
+    // nothing printed) by itself, so that the caller's next call prints what follows it.
     let text = match core::str::from_utf8(buf) {
         Ok(s) => s,
+        Err(e) if e.valid_up_to() == 0 => return Ok([e.error_len().unwrap_or(buf.len()) as u64, 0, 0]),
         Err(e) => core::str::from_utf8(&buf[..e.valid_up_to()]).unwrap_or(""),
     };
     // A bounded amount of output per call (`rl4_core::conout`: the console is written with
@@ -350,12 +353,13 @@ fn console_write(task: u64, buf_addr: u64, len: u64) -> Ret {
         }
         d
     };
-    let prefix = "[cpu task ] ".len() + digits(rl4_arch::percpu::cpu_index() as u64) + digits(task);
+    // (And the `\r` the console writes before each line end.)
+    let prefix = "[cpu task ] ".len() + digits(rl4_arch::percpu::cpu_index() as u64) + digits(task) + 1;
     let used = rl4_core::conout::take_lines(text, rl4_core::conout::OUTPUT_MAX, prefix, |line| {
         rl4_arch::console::print_user_line(task, line)
     });
-    // All the valid text printed: a tail that is not UTF-8 is dropped with it.
-    Ok([if used == text.len() { len } else { used as u64 }, 0, 0])
+    // An invalid sequence after valid text is left for the next call (which drops it).
+    Ok([used as u64, 0, 0])
 }
 
 /// Every system call but IPC, from and into the caller's registers.
@@ -788,11 +792,15 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
 pub fn kill_task(task: &Arc<Task>) {
     kill_one(task);
     if task.parented.load(core::sync::atomic::Ordering::SeqCst) {
+        // The walk reaches every task registered before the last end it made (`Registry::each`):
+        // a child registered later finds its parent ended in `TaskCreate`.
         crate::obj::TASKS.each(|t| {
             let orphan = t.parent.as_ref().is_some_and(|p| p.dead.load(core::sync::atomic::Ordering::SeqCst));
-            if orphan && !t.dead.load(core::sync::atomic::Ordering::SeqCst) {
+            let end = orphan && !t.dead.load(core::sync::atomic::Ordering::SeqCst);
+            if end {
                 kill_one(t);
             }
+            end
         });
     }
 }

@@ -218,7 +218,7 @@ pub fn kill(t: &Arc<Thread>) -> bool {
                 }
                 // In another CPU's run queue (only that CPU touches it), or still in the
                 // inbox: that CPU's next decision takes it out.
-                None => sched::request(c, t, true),
+                None => sched::request(c, t, || true),
             }
         }
         Ok(s)
@@ -292,14 +292,16 @@ pub fn set_priority(t: &Arc<Thread>, prio: u8) {
     let mut l = t.life.lock();
     let old = core::mem::replace(&mut l.prio, prio);
     match l.place() {
-        rl4_core::life::Place::Current(c) if old != prio => sched::kick(c),
+        // Running on `c`: lowered, it may now be outranked there (and `c` published its old
+        // priority for other CPUs' wake-ups to compare with); raised, nothing changes at once.
+        rl4_core::life::Place::Current(c) if prio < old => sched::kick(c),
         // Its entry waits in the list of its old priority (in CPU `c`'s run queue, or in its
         // inbox with that priority): `c` moves it at its next decision, which this asks for
         // now if the change matters at once (`sched::reprio_urgent`: a raised thread must not
         // wait behind threads it now outranks).
         rl4_core::life::Place::Queued(c) if old != prio => {
             t.reprio.store(true, core::sync::atomic::Ordering::Release);
-            sched::request(c, t, sched::reprio_urgent(c, old, prio));
+            sched::request(c, t, || sched::reprio_urgent(c, old, prio));
         }
         _ => {}
     }

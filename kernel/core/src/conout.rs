@@ -8,7 +8,9 @@
 //! most [`OUTPUT_MAX`] bytes, prefixes counted, and says how many of the task's bytes it took
 //! (`ConsoleWrite` answers the bytes written: the caller writes the rest with the next call).
 //! Whole lines when they fit; a line longer than the budget alone is cut at a character
-//! boundary, the rest printed as a line of its own by the next call.
+//! boundary, the rest printed as a line of its own by the next call. A kilobyte is about 90 ms
+//! at 115200 baud: that is the bound on one call, which a task can make again and again (its
+//! own CPU's time; other CPUs wait for the console's lock at most that long when they print).
 
 /// Most output bytes (prefixes and line ends counted) one `ConsoleWrite` prints.
 pub const OUTPUT_MAX: usize = 1024;
@@ -16,15 +18,19 @@ pub const OUTPUT_MAX: usize = 1024;
 /// Takes lines from the start of `text` for one call: `line` is called with each line to print
 /// (without its `\n`), at most `budget` bytes in all with `prefix` bytes and a line end added
 /// to each; returns how many bytes of `text` they used (their `\n`s included, and every `\n`
-/// that ends `text` after them: no empty lines at the end). At least one byte of a non-empty
-/// `text` is taken: a first line is cut to fit (at a character boundary; at least one
-/// character, whatever the budget).
+/// that ends `text` after them: no empty lines at the end, but a `text` of line breaks alone
+/// is one empty line, as `println!()` writes). At least one byte of a non-empty `text` is
+/// taken: a first line is cut to fit (at a character boundary; at least one character,
+/// whatever the budget).
 pub fn take_lines(text: &str, budget: usize, prefix: usize, mut line: impl FnMut(&str)) -> usize {
     let mut used = 0;
     let mut left = budget;
     while used < text.len() {
         let rest = &text[used..];
         if rest.bytes().all(|b| b == b'\n') {
+            if used == 0 {
+                line("");
+            }
             return text.len();
         }
         let (body, nl) = match rest.find('\n') {
@@ -78,7 +84,8 @@ mod tests {
         assert_eq!(run("a\n\n\n", 100, 10), (4, vec!["a".into()]));
         assert_eq!(run("a\n\nb", 100, 10), (4, vec!["a".into(), "".into(), "b".into()]));
         assert_eq!(run("", 100, 10), (0, vec![]));
-        assert_eq!(run("\n\n", 100, 10), (2, vec![]));
+        assert_eq!(run("\n\n", 100, 10), (2, vec!["".into()]));
+        assert_eq!(run("\n", 100, 10), (1, vec!["".into()]));
     }
 
     #[test]

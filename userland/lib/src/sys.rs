@@ -67,7 +67,8 @@ pub fn console_write(machine: u64, bytes: &[u8]) -> Result<u64, Error> {
 pub fn console_write_all(machine: u64, bytes: &[u8]) -> Result<(), Error> {
     let mut at = 0;
     while at < bytes.len() {
-        match console_write(machine, &bytes[at..])? {
+        let end = bytes.len().min(at + rl4_abi::CONSOLE_WRITE_MAX as usize);
+        match console_write(machine, &bytes[at..end])? {
             0 => return Err(Error::InvalidState),
             n => at += n as usize,
         }
