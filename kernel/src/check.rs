@@ -15,7 +15,7 @@
 //!   waiting for a reply ⇔ exactly one thread holds the right with its ticket; running ⇒
 //!   current; runnable ⇒ current or queued (else it would never run: a lost wake-up); a wait
 //!   with a deadline ⇒ an entry in a CPU's timeout list; a thread of an ended task is dead;
-//!   a task whose parent ended has ended.
+//!   a task whose parent ended has ended, and each task counts the tasks naming it as parent.
 //! * **Locks and reclamation.** No CPU has destroyed a kernel object while holding a lock, no
 //!   object waits to be destroyed while every CPU is stopped, and (in a `lockcheck` kernel) no
 //!   lock was ever taken out of order (`lock.rs`, `reclaim.rs`).
@@ -300,6 +300,21 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     // Port objects: the capabilities found in slots, against the count each object keeps (its
     // ranges close when that count reaches zero: one too many would keep them open for ever).
     let mut ports: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
+    // Each task's count of the tasks it made that exist (`Task::children`) against the tasks
+    // found naming it as their parent.
+    let mut made: BTreeMap<usize, u64> = BTreeMap::new();
+    for t in &tasks {
+        if let Some(p) = &t.parent {
+            *made.entry(Arc::as_ptr(p) as usize).or_insert(0) += 1;
+        }
+    }
+    for t in &tasks {
+        let found = made.get(&(Arc::as_ptr(t) as usize)).copied().unwrap_or(0);
+        let counted = t.children.load(SeqCst);
+        if found != counted {
+            fail!(r, "task {} counts {counted} tasks it made, but {found} exist", t.id);
+        }
+    }
     for (t, caps) in tasks.iter().zip(&task_caps) {
         caps.iter().for_each(|(_, c)| refs.kobj(&c.obj));
         for (_, c) in caps.iter() {

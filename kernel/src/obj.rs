@@ -465,6 +465,9 @@ impl<T> Registry<T> {
     /// objects are registered meanwhile. Allocates nothing; the reference `f` gets is let go
     /// of after it, with no lock held; between entries this CPU answers TLB shoot-downs.
     pub fn each(&self, mut f: impl FnMut(&Arc<T>) -> bool) {
+        /// Entries copied per hold of the list's lock (a lock every CPU's creations and
+        /// destructions take: one hold per entry made a long walk contend with them all).
+        const BATCH: usize = 32;
         let mut end = {
             let mut l = self.list.lock();
             l.walkers += 1;
@@ -472,14 +475,27 @@ impl<T> Registry<T> {
         };
         let mut i = 0;
         while i < end {
-            let next = self.list.lock().v.get(i).and_then(Weak::upgrade);
-            i += 1;
-            if let Some(a) = &next
-                && f(a)
-            {
-                end = self.list.lock().v.len();
+            let mut batch: [Option<Weak<T>>; BATCH] = [const { None }; BATCH];
+            let n = {
+                let l = self.list.lock();
+                let n = BATCH.min(end.saturating_sub(i));
+                for (k, b) in batch.iter_mut().enumerate().take(n) {
+                    *b = l.v.get(i + k).cloned();
+                }
+                n
+            };
+            i += n;
+            for w in batch.iter_mut().take(n) {
+                // The weak reference is let go of here, with no lock held (the last one frees
+                // its object's allocation).
+                let next = w.take().and_then(|w| w.upgrade());
+                if let Some(a) = &next
+                    && f(a)
+                {
+                    end = self.list.lock().v.len();
+                }
+                drop(next);
             }
-            drop(next);
             crate::tlb::service_tlb_here();
         }
         let mut l = self.list.lock();
@@ -948,8 +964,9 @@ pub struct Task {
     /// emptied, while a child's lives; the child's destructor lets go of it through the
     /// destruction loop, never by recursion along a chain of parents.)
     pub parent: Option<Arc<Task>>,
-    /// It has made a task (set before the child is registered): its end looks for children.
-    pub parented: AtomicBool,
+    /// Tasks it made that still exist (counted before each is registered, uncounted by its
+    /// destructor): its end looks for children only while there are some.
+    pub children: AtomicU64,
     _charge: Charge,
 }
 
@@ -963,6 +980,11 @@ impl Task {
     pub fn new(mem: &Arc<Memory>, space: Arc<Space>, parent: Option<Arc<Task>>) -> Result<Arc<Task>, Error> {
         let charge = Charge::new(mem, TASK_COST)?;
         let caps = CapTable::try_new(rl4_abi::CAP_SLOTS as usize).ok_or(Error::OutOfMemory)?;
+        // Counted before it is registered (`syscall::kill_task`); from here its destructor
+        // uncounts it, whatever fails.
+        if let Some(p) = &parent {
+            p.children.fetch_add(1, Ordering::SeqCst);
+        }
         let t = Arc::try_new(Task {
             id: next_id(),
             shadow: spin::Once::new(),
@@ -972,7 +994,7 @@ impl Task {
             space,
             dead: AtomicBool::new(false),
             parent,
-            parented: AtomicBool::new(false),
+            children: AtomicU64::new(0),
             _charge: charge,
         })
         .map_err(|_| Error::OutOfMemory)?;
@@ -1358,6 +1380,7 @@ impl Drop for Task {
             crate::reclaim::later(crate::reclaim::Garbage::Table(table));
         }
         if let Some(p) = self.parent.take() {
+            p.children.fetch_sub(1, Ordering::SeqCst);
             crate::reclaim::later(crate::reclaim::Garbage::Task(p));
         }
         TASKS.gone();

@@ -442,10 +442,10 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             let m = memory(task, a0)?;
             task.caps.lock().check_free(a1)?;
             let space = Space::new(&m)?;
-            // The caller's end looks for children from now on (set before the child is
-            // registered); a child registered after its end's walk finds it ended here (both
-            // orders are sequentially consistent: one of the two sees the other).
-            task.parented.store(true, core::sync::atomic::Ordering::SeqCst);
+            // The caller's end looks for children while it has some (`Task::new` counts the
+            // child before it is registered); a child registered after its end's walk finds
+            // it ended here (both orders are sequentially consistent: one of the two sees the
+            // other).
             let nt = Task::new(&m, space, Some(task.clone()))?;
             if task.dead.load(core::sync::atomic::Ordering::SeqCst) {
                 return Err(Error::InvalidState);
@@ -791,7 +791,7 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
 /// task that ever made one; allocates nothing and recurses nowhere.
 pub fn kill_task(task: &Arc<Task>) {
     kill_one(task);
-    if task.parented.load(core::sync::atomic::Ordering::SeqCst) {
+    if task.children.load(core::sync::atomic::Ordering::SeqCst) > 0 {
         // The walk reaches every task registered before the last end it made (`Registry::each`):
         // a child registered later finds its parent ended in `TaskCreate`.
         crate::obj::TASKS.each(|t| {
