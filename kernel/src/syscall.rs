@@ -790,7 +790,10 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
 /// were made (a child comes after its parent, so one walk ends every generation), only for a
 /// task that ever made one; allocates nothing and recurses nowhere.
 pub fn kill_task(task: &Arc<Task>) {
-    kill_one(task);
+    // One wait for the limbo (`qsbr::throttle`, 200 µs at most) for the whole cascade, not one
+    // per task: ending thousands of tasks must not add up thousands of waits with interrupts off.
+    let mut waited_out = false;
+    kill_one(task, &mut waited_out);
     if task.children.load(core::sync::atomic::Ordering::SeqCst) > 0 {
         // The walk reaches every task registered before the last end it made (`Registry::each`):
         // a child registered later finds its parent ended in `TaskCreate`.
@@ -798,7 +801,7 @@ pub fn kill_task(task: &Arc<Task>) {
             let orphan = t.parent.as_ref().is_some_and(|p| p.dead.load(core::sync::atomic::Ordering::SeqCst));
             let end = orphan && !t.dead.load(core::sync::atomic::Ordering::SeqCst);
             if end {
-                kill_one(t);
+                kill_one(t, &mut waited_out);
             }
             end
         });
@@ -808,7 +811,7 @@ pub fn kill_task(task: &Arc<Task>) {
 /// Ends one task: every thread stops (those running elsewhere are told to let go), and every
 /// capability in its table is deleted, which frees what nothing else refers to (after the
 /// table's lock).
-fn kill_one(task: &Arc<Task>) {
+fn kill_one(task: &Arc<Task>, waited_out: &mut bool) {
     task.dead.store(true, core::sync::atomic::Ordering::SeqCst);
     // Neither list is copied into one allocation (a task's thousands of threads or its full
     // table would need contiguous frames, which fragmented memory may not have): the thread
@@ -828,7 +831,6 @@ fn kill_one(task: &Arc<Task>) {
         crate::tlb::service_tlb_here();
     }
     let mut next = 0;
-    let mut waited_out = false;
     loop {
         // The guard is a temporary of this statement: each piece is dropped after the lock.
         let piece = task.caps.lock().drain_piece(&mut next);
@@ -836,8 +838,8 @@ fn kill_one(task: &Arc<Task>) {
         drop(caps);
         // The endpoints among them wait in this CPU's limbo (`qsbr::throttle`; 200 µs per
         // call at most).
-        if !waited_out {
-            waited_out = crate::qsbr::throttle();
+        if !*waited_out {
+            *waited_out = crate::qsbr::throttle();
         }
     }
     // Its mappings and page tables go back now, whoever still refers to the task, its space

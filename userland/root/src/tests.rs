@@ -197,22 +197,27 @@ fn note_ran(_: u64) {
     RAISED_RAN.store(true, SeqCst);
 }
 
-/// A thread queued behind a busier one is raised above it (`ThreadSetPriority` from another
-/// CPU): it runs at once, not when the busy one lets go.
-fn test_priority_raise_queued() {
-    const NAME: &str = "priority-raise-queued";
+/// A priority-10 thread queued on the last CPU behind a priority-90 spinner there, for the
+/// priority tests: (that CPU, the spinner, the queued thread, whether the queued thread did not
+/// run in `ms` ms). `None` on one CPU (the root thread itself would have to be the busy one).
+fn queued_behind_spinner(ms: u64) -> Option<(u64, u64, u64, bool)> {
     let cpu = far_cpu();
     if cpu == 0 {
-        // On one CPU the root thread itself would have to be the busy one.
-        return skip(NAME, "needs two CPUs");
+        return None;
     }
     GATE.store(false, SeqCst);
     RAISED_RAN.store(false, SeqCst);
     let b = spawn(blocker, 0, 90, cpu);
     wait_ms(100, || false);
     let t = spawn(note_ran, 0, 10, cpu);
-    // Queued behind the priority-90 spinner, it does not run.
-    let waited = !wait_ms(200, || RAISED_RAN.load(SeqCst));
+    let waited = !wait_ms(ms, || RAISED_RAN.load(SeqCst));
+    Some((cpu, b, t, waited))
+}
+
+/// The end of a priority test: the queued thread `t` is raised to 95 from here and must run
+/// before the spinner `b` is let go; both end. (The raise's result, whether it ran, whether
+/// both ended.)
+fn raise_above_spinner(b: u64, t: u64) -> (Result<(), Error>, bool, bool) {
     let raised = sys::thread_set_priority(t, 95);
     let ran = wait_ms(2000, || RAISED_RAN.load(SeqCst));
     GATE.store(true, SeqCst);
@@ -220,6 +225,15 @@ fn test_priority_raise_queued() {
     release(t);
     release(b);
     GATE.store(false, SeqCst);
+    (raised, ran, done)
+}
+
+/// A thread queued behind a busier one is raised above it (`ThreadSetPriority` from another
+/// CPU): it runs at once, not when the busy one lets go.
+fn test_priority_raise_queued() {
+    const NAME: &str = "priority-raise-queued";
+    let Some((cpu, b, t, waited)) = queued_behind_spinner(200) else { return skip(NAME, "needs two CPUs") };
+    let (raised, ran, done) = raise_above_spinner(b, t);
     report(
         NAME,
         waited && raised.is_ok() && ran && done,
@@ -235,16 +249,7 @@ fn test_priority_raise_queued() {
 fn test_priority_flips_no_ipi_flood() {
     const NAME: &str = "priority-changes-below-the-running-thread-interrupt-nothing";
     const FLIPS: u64 = 200;
-    let cpu = far_cpu();
-    if cpu == 0 {
-        return skip(NAME, "needs two CPUs");
-    }
-    GATE.store(false, SeqCst);
-    RAISED_RAN.store(false, SeqCst);
-    let b = spawn(blocker, 0, 90, cpu);
-    wait_ms(100, || false);
-    let t = spawn(note_ran, 0, 10, cpu);
-    let waited = !wait_ms(100, || RAISED_RAN.load(SeqCst));
+    let Some((cpu, b, t, waited)) = queued_behind_spinner(100) else { return skip(NAME, "needs two CPUs") };
     let st = |n| sys::stat(MACHINE, n).unwrap_or(0);
     let (i0, k0) = (st(stat::IPIS_SENT), st(stat::TICKS));
     let mut failed = 0u64;
@@ -262,13 +267,7 @@ fn test_priority_flips_no_ipi_flood() {
     // ticks of every CPU counted: a bound) or one the first raises asked for (a few, by how
     // the flips and that CPU's decisions interleave).
     let bounded = ipis <= ticks + 8;
-    let raised = sys::thread_set_priority(t, 95);
-    let ran = wait_ms(2000, || RAISED_RAN.load(SeqCst));
-    GATE.store(true, SeqCst);
-    let done = join(&[t, b], 5000);
-    release(t);
-    release(b);
-    GATE.store(false, SeqCst);
+    let (raised, ran, done) = raise_above_spinner(b, t);
     report(
         NAME,
         waited && failed == 0 && still_queued && bounded && raised.is_ok() && ran && done,
@@ -690,13 +689,9 @@ fn test_readonly(bi: &BootInfo) {
     );
 }
 
-fn test_task_cleanup(bi: &BootInfo) {
-    let name = "task-exit-returns-memory";
-    // Start from a quiet system: the threads of earlier tests are gone (only the root thread
-    // lives), so nothing else returns memory while this test measures.
-    wait_ms(3000, || sys::stat(MACHINE, stat::THREADS) == Ok(1));
-    // A thread's memory goes back just after it stops counting as live: wait until the budget
-    // holds still as well.
+/// Waits (3 s at most) until the memory budget holds still: a thread's memory goes back just
+/// after it stops counting as live.
+fn budget_still() {
     let mut prev = u64::MAX;
     wait_ms(3000, || {
         let now = sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
@@ -705,6 +700,14 @@ fn test_task_cleanup(bi: &BootInfo) {
         crate::stress::sleep_ms(20);
         still
     });
+}
+
+fn test_task_cleanup(bi: &BootInfo) {
+    let name = "task-exit-returns-memory";
+    // Start from a quiet system: the threads of earlier tests are gone (only the root thread
+    // lives), so nothing else returns memory while this test measures.
+    wait_ms(3000, || sys::stat(MACHINE, stat::THREADS) == Ok(1));
+    budget_still();
     let Ok((left0, _)) = sys::memory_info(MEMORY) else { return report(name, false, format_args!("memory_info")) };
     let frames0 = sys::stat(MACHINE, stat::FREE_FRAMES).unwrap_or(0);
     let threads0 = sys::stat(MACHINE, stat::THREADS).unwrap_or(0);
@@ -754,14 +757,7 @@ fn test_task_orphans(bi: &BootInfo) {
         }
         let _ = sys::cap_delete(code);
     }
-    let mut prev = u64::MAX;
-    wait_ms(3000, || {
-        let now = sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
-        let still = now == prev;
-        prev = now;
-        crate::stress::sleep_ms(20);
-        still
-    });
+    budget_still();
     let left0 = sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
     let threads = || sys::stat(MACHINE, stat::THREADS).unwrap_or(0);
     let threads0 = threads();
