@@ -788,7 +788,7 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
 /// running after its own end, out of everybody's reach (a hostile review found the leak: the
 /// CPU time and the memory were lost for good). One walk over every task in the order they
 /// were made (a child comes after its parent, so one walk ends every generation), only for a
-/// task that ever made one; allocates nothing and recurses nowhere.
+/// task whose children still exist (`Task::children`); allocates nothing and recurses nowhere.
 pub fn kill_task(task: &Arc<Task>) {
     // One wait for the limbo (`qsbr::throttle`, 200 µs at most) for the whole cascade, not one
     // per task: ending thousands of tasks must not add up thousands of waits with interrupts off.
