@@ -458,12 +458,13 @@ impl<T> Registry<T> {
     }
 
     /// Calls `f` with every object alive when the walk reaches it, in the order they were
-    /// registered, one at a time and with no lock held: the list's lock is taken once per
-    /// entry, and no pruning moves an entry meanwhile. The walk covers the objects registered
-    /// before it started, and those registered before the last call of `f` that returned true
-    /// (it changed something a later registration must see) ended: a walk ends however fast
-    /// objects are registered meanwhile. Allocates nothing; the reference `f` gets is let go
-    /// of after it, with no lock held; between entries this CPU answers TLB shoot-downs.
+    /// registered, one at a time and with no lock held: the list's lock is taken once per 32
+    /// entries (copied as weak references), and no pruning moves an entry meanwhile. The walk
+    /// covers the objects registered before it started, and those registered before the last
+    /// call of `f` that returned true (it changed something a later registration must see)
+    /// ended: a walk ends however fast objects are registered meanwhile. Allocates nothing; the
+    /// reference `f` gets is let go of after it, with no lock held; this CPU answers TLB
+    /// shoot-downs after each such call and between batches.
     pub fn each(&self, mut f: impl FnMut(&Arc<T>) -> bool) {
         /// Entries copied per hold of the list's lock (a lock every CPU's creations and
         /// destructions take: one hold per entry made a long walk contend with them all).
@@ -493,6 +494,9 @@ impl<T> Registry<T> {
                     && f(a)
                 {
                     end = self.list.lock().v.len();
+                    drop(next);
+                    crate::tlb::service_tlb_here();
+                    continue;
                 }
                 drop(next);
             }
