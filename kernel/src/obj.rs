@@ -490,15 +490,12 @@ impl<T> Registry<T> {
                 // The weak reference is let go of here, with no lock held (the last one frees
                 // its object's allocation).
                 let next = w.take().and_then(|w| w.upgrade());
-                if let Some(a) = &next
-                    && f(a)
-                {
-                    end = self.list.lock().v.len();
-                    drop(next);
-                    crate::tlb::service_tlb_here();
-                    continue;
-                }
+                let changed = next.as_ref().is_some_and(&mut f);
                 drop(next);
+                if changed {
+                    end = self.list.lock().v.len();
+                    crate::tlb::service_tlb_here();
+                }
             }
             crate::tlb::service_tlb_here();
         }

@@ -345,14 +345,7 @@ fn console_write(task: u64, buf_addr: u64, len: u64) -> Ret {
     // A bounded amount of output per call (`rl4_core::conout`: the console is written with
     // interrupts off); the caller writes the rest with its next call. The prefix counted is
     // the one `print_user_line` writes, `[cpuN task T] `.
-    let digits = |mut x: u64| {
-        let mut d = 1;
-        while x >= 10 {
-            x /= 10;
-            d += 1;
-        }
-        d
-    };
+    let digits = |x: u64| x.checked_ilog10().unwrap_or(0) as usize + 1;
     // (And the `\r` the console writes before each line end.)
     let prefix = "[cpu task ] ".len() + digits(rl4_arch::percpu::cpu_index() as u64) + digits(task) + 1;
     let used = rl4_core::conout::take_lines(text, rl4_core::conout::OUTPUT_MAX, prefix, |line| {
