@@ -328,7 +328,7 @@ extern "C" fn ap_main(cpu: &'static Cpu) -> ! {
 
 /// The root task's part of the command line (after `--`).
 /// The `inject=` faults (`rl4_core::cmdline::inject`).
-pub fn inject() -> u8 {
+pub fn inject() -> u16 {
     OPTIONS.get().map_or(0, |o| o.inject)
 }
 

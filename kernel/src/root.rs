@@ -173,7 +173,7 @@ fn modules(space: &Space, memory: &Arc<Memory>, bi: &mut BootInfo, at: &mut u64)
 
 /// Damages kernel state on purpose (`inject=` on the kernel command line), so that a test can
 /// see the consistency check (`check.rs`) find each kind of damage. Never used otherwise.
-fn inject(what: u8, memory: &Arc<Memory>, task: &Arc<Task>) {
+fn inject(what: u16, memory: &Arc<Memory>, task: &Arc<Task>) {
     use rl4_core::cmdline::inject::*;
     if what & REFCOUNT != 0 {
         println!("inject: one reference too many on the root task (id {})", task.id);
@@ -244,6 +244,20 @@ fn inject(what: u8, memory: &Arc<Memory>, task: &Arc<Task>) {
             let _ = task.insert_cap(rl4_abi::CAP_SLOTS - 3, Cap::new(KObj::Thread(t), Rights::NONE, 0));
             let _ = task.insert_cap(rl4_abi::CAP_SLOTS - 4, Cap::new(KObj::Notification(n1), Rights::NONE, 0));
             let _ = task.insert_cap(rl4_abi::CAP_SLOTS - 5, Cap::new(KObj::Notification(n2), Rights::NONE, 0));
+        }
+    }
+    if what & PARENT != 0 {
+        // A task made by another (both held in root slots CAP_SLOTS - 6 and - 7), whose maker
+        // is marked ended without the end reaching it (as if `kill_task` had skipped its walk),
+        // and one task more counted on the root task than it made.
+        let made = Space::new(memory).and_then(|s| Task::new(memory, s, Some(task.clone())));
+        let child = made.clone().and_then(|p| Space::new(memory).and_then(|s| Task::new(memory, s, Some(p))));
+        if let (Ok(p), Ok(c)) = (made, child) {
+            println!("inject: task {} lives on after task {}, which made it, ended; task {} counts one task more than it made", c.id, p.id, task.id);
+            p.dead.store(true, core::sync::atomic::Ordering::SeqCst);
+            task.children.fetch_add(1, core::sync::atomic::Ordering::SeqCst);
+            let _ = task.insert_cap(rl4_abi::CAP_SLOTS - 6, Cap::new(KObj::Task(p), Rights::NONE, 0));
+            let _ = task.insert_cap(rl4_abi::CAP_SLOTS - 7, Cap::new(KObj::Task(c), Rights::NONE, 0));
         }
     }
     if what & STATE != 0 {

@@ -20,7 +20,7 @@
 //! | `overcommit=MiB` | give the root task's budget this many MiB more than the kernel can back (0..=4096), so that a test runs the kernel itself out of frames before the budget runs out (`docs/memory.md`, "Running out of memory") | 0 |
 //! | `failalloc=SEED/N` | once the root task runs, make a pseudo-random 1 in N (2..=1000000) of the kernel heap allocations made inside system calls fail (the allocator answers null; seeded by SEED, a whole number), so that tests can see every such allocation answer `OutOfMemory` rather than panic (`docs/memory.md`, "Allocation failure injection") | off |
 //! | `reserve=A-B,..` | keep the physical ranges `[A, B)` (hex with `0x`, or decimal; at most [`RESERVE_MAX`]) out of the frame allocator and away from the AP trampoline, as if the memory map reserved them (RAM known to be bad; tests take the first megabyte away with `reserve=0-0x100000`) | none |
-//! | `inject=A,B,..` | damage kernel state on purpose when the root task starts, so that tests can see the consistency check find it: `refcount`, `frame`, `budget`, `state`, `locks`, `deriv`, `device`, `queue` | none |
+//! | `inject=A,B,..` | damage kernel state on purpose when the root task starts, so that tests can see the consistency check find it: `refcount`, `frame`, `budget`, `state`, `locks`, `deriv`, `device`, `queue`, `parent` | none |
 
 use core::fmt;
 
@@ -64,7 +64,7 @@ pub struct Options {
     /// The IPC fast paths are enabled.
     pub fastpath: bool,
     /// Faults to inject ([`inject`] bits).
-    pub inject: u8,
+    pub inject: u16,
     /// MiB added to the root task's budget beyond what memory backs (tests of exhaustion).
     pub overcommit_mib: u32,
     /// `failalloc=SEED/N`: (seed, N), one in N of the system calls' heap allocations fails.
@@ -95,22 +95,25 @@ fn address(v: &str) -> Option<u64> {
 /// What `inject=` can damage (see the kernel's `root::inject`).
 pub mod inject {
     /// One reference too many on the root task.
-    pub const REFCOUNT: u8 = 1;
+    pub const REFCOUNT: u16 = 1;
     /// A frame allocated and owned by nothing.
-    pub const FRAME: u8 = 2;
+    pub const FRAME: u16 = 2;
     /// A budget charged for nothing.
-    pub const BUDGET: u8 = 4;
+    pub const BUDGET: u16 = 4;
     /// A thread marked runnable but put in no queue.
-    pub const STATE: u8 = 8;
+    pub const STATE: u16 = 8;
     /// Two threads' locks held at once, and a frame destroyed while they are held.
-    pub const LOCKS: u8 = 16;
+    pub const LOCKS: u16 = 16;
     /// A capability derivation node that no slot owns.
-    pub const DERIV: u8 = 32;
+    pub const DERIV: u16 = 32;
     /// A device frame forged over a page of RAM that the frame allocator manages.
-    pub const DEVICE: u8 = 64;
+    pub const DEVICE: u16 = 64;
     /// A thread blocked on one notification but queued on another's wait list.
-    pub const QUEUE: u8 = 128;
-    pub const NAMES: [(&str, u8); 8] = [
+    pub const QUEUE: u16 = 128;
+    /// A task that lives on after the task that made it ended, and a task counting one task
+    /// more than it made.
+    pub const PARENT: u16 = 256;
+    pub const NAMES: [(&str, u16); 9] = [
         ("refcount", REFCOUNT),
         ("frame", FRAME),
         ("budget", BUDGET),
@@ -119,6 +122,7 @@ pub mod inject {
         ("deriv", DERIV),
         ("device", DEVICE),
         ("queue", QUEUE),
+        ("parent", PARENT),
     ];
 }
 
