@@ -27,9 +27,45 @@ fn main() {
             panic!("user program {} not found (RL4_USER_DIR={user})", path.display());
         }
         println!("cargo:rerun-if-changed={}", path.display());
-        out.push_str(&format!("    ({name:?}, include_bytes!({:?})),\n", path.display().to_string()));
+        // Embedded without what loading does not read (debug information, the section table):
+        // the kernel image stays resident, and the root task's debug information alone was
+        // 4.5 MiB of it. `scripts/symbolize` reads the unstripped file in RL4_USER_DIR.
+        let elf = std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let stripped = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join(format!("{file}.loadable"));
+        std::fs::write(&stripped, loadable(&elf).unwrap_or_else(|e| panic!("user program {}: {e}", path.display()))).unwrap();
+        out.push_str(&format!("    ({name:?}, include_bytes!({:?})),\n", stripped.display().to_string()));
     }
     out.push_str("];\n");
     let dst = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("programs.rs");
     std::fs::write(dst, out).unwrap();
+}
+
+/// `elf` (a 64-bit little-endian ELF executable) cut after the last byte a program header
+/// names, with no section table: the bytes `rl4_elf` reads to load it (the ELF header, the
+/// program headers and the segments' contents), which come first in a linked executable.
+fn loadable(elf: &[u8]) -> Result<Vec<u8>, &'static str> {
+    let word = |at: usize, n: usize| -> Result<u64, &'static str> {
+        let b = elf.get(at..at + n).ok_or("truncated")?;
+        Ok(b.iter().rev().fold(0, |v, &x| v << 8 | x as u64))
+    };
+    if elf.get(..6) != Some(&[0x7f, b'E', b'L', b'F', 2, 1][..]) {
+        return Err("not a 64-bit little-endian ELF file");
+    }
+    let (phoff, phentsize, phnum) = (word(0x20, 8)? as usize, word(0x36, 2)? as usize, word(0x38, 2)? as usize);
+    if phentsize < 0x38 {
+        return Err("program headers too small");
+    }
+    let mut end = phoff + phentsize * phnum;
+    for i in 0..phnum {
+        let h = phoff + i * phentsize;
+        end = end.max((word(h + 8, 8)? + word(h + 0x20, 8)?) as usize);
+    }
+    if end > elf.len() {
+        return Err("a segment ends past the file");
+    }
+    let mut v = elf[..end].to_vec();
+    // No section table (e_shoff, e_shentsize, e_shnum, e_shstrndx).
+    v[0x28..0x30].fill(0);
+    v[0x3a..0x40].fill(0);
+    Ok(v)
 }

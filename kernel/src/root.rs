@@ -23,12 +23,16 @@ pub const ROOT_PRIORITY: u8 = 100;
 /// Frames kept out of the root task's budget for the kernel's own needs (page tables of user
 /// spaces, per-CPU structures).
 const KERNEL_RESERVE_FRAMES: u64 = 1024;
+const _: () = assert!(KERNEL_RESERVE_FRAMES * PAGE_SIZE == 4 << 20, "SHORT names the reserve");
+
+/// Why the root task could not start when memory ran short (the boot stops with it).
+const SHORT: &str = "out of memory (its budget is the free memory less the 4 MiB the kernel keeps; the demo needs about 10 MiB of RAM in all)";
 
 fn load_bytes(space: &Space, mem: &Arc<Memory>, va: u64, bytes: &[u8], pages: u64, write: bool, exec: bool) -> Result<(), &'static str> {
     for i in 0..pages {
         let off = (i * PAGE_SIZE) as usize;
         let part = bytes.get(off..(off + PAGE_SIZE as usize).min(bytes.len())).unwrap_or(&[]);
-        let f = Frame::with_bytes(mem, part).map_err(|_| "out of memory")?;
+        let f = Frame::with_bytes(mem, part).map_err(|_| SHORT)?;
         map_frame(space, va + i * PAGE_SIZE, f, write, exec).map_err(|_| "mapping failed")?;
     }
     Ok(())
@@ -38,11 +42,11 @@ pub fn start(cmdline: &str, tsc_hz: u64) -> Result<(), &'static str> {
     let (_, root_image) = PROGRAMS.iter().find(|(n, _)| *n == "root").ok_or("no root program embedded")?;
     let budget = mem::free_frames().saturating_sub(KERNEL_RESERVE_FRAMES) * PAGE_SIZE + crate::overcommit();
     let memory = Memory::new(budget);
-    let space = Space::new(&memory).map_err(|_| "out of memory")?;
-    let task = Task::new(&memory, space.clone(), None).map_err(|_| "out of memory")?;
+    let space = Space::new(&memory).map_err(|_| SHORT)?;
+    let task = Task::new(&memory, space.clone(), None).map_err(|_| SHORT)?;
     // The root task's table gets its shadow now (it serves IPC from the start), so that its
     // budget at the first look already includes it.
-    task.make_shadow().map_err(|_| "out of memory")?;
+    task.make_shadow().map_err(|_| SHORT)?;
     // The test scripts know the root task's console lines by this id.
     if task.id != rl4_abi::ROOT_TASK_ID {
         return Err("the root task did not get ROOT_TASK_ID");
@@ -89,11 +93,11 @@ pub fn start(cmdline: &str, tsc_hz: u64) -> Result<(), &'static str> {
     modules(&space, &memory, &mut bi, &mut at)?;
     // BootInfo page.
     let bytes = bootinfo_bytes(&bi);
-    let f = Frame::with_bytes(&memory, &bytes[..]).map_err(|_| "out of memory")?;
+    let f = Frame::with_bytes(&memory, &bytes[..]).map_err(|_| SHORT)?;
     map_frame(&space, rl4_abi::BOOT_INFO_ADDR, f, false, false).map_err(|_| "mapping failed")?;
 
     let thread = Thread::new(&memory, task.clone(), elf.entry, rl4_abi::ROOT_STACK_TOP, ROOT_PRIORITY, 0)
-        .map_err(|_| "out of memory")?;
+        .map_err(|_| SHORT)?;
     thread.regs.with(|r| r.set_arg(0, rl4_abi::BOOT_INFO_ADDR));
     thread.life.lock().mcp = rl4_abi::MAX_PRIORITY as u8;
     {
