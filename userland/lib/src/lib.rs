@@ -18,8 +18,9 @@
 //!
 //! What the crate gives:
 //! * the entry point `_start` (it calls `rl4_main` with the two argument registers the creator
-//!   set, and ends the thread when it returns) and a panic handler (it prints the message and
-//!   stops the thread with a fault, so that it reads as failed);
+//!   set, and ends the thread when it returns) and a panic handler (it prints the message, calls
+//!   the program's hook if it set one with [`set_panic_hook`], and stops the thread with a fault,
+//!   so that it reads as failed);
 //! * [`env`](mod@env): the capabilities and memory layout the root task gives a program it starts;
 //! * [`sys`]: one typed function per system call, and [`Msg`], a message in registers;
 //! * typed capability handles ([`Endpoint`], [`Notification`], [`Thread`], [`Task`],
@@ -141,10 +142,21 @@ pub fn thread_entry() -> u64 {
     thread_start as *const () as u64
 }
 
-/// Prints the panic message, then stops the thread with a fault (`ud2`, an invalid-opcode
-/// exception): the kernel reports it and marks the thread faulted, so that whoever watches the
-/// thread (the root task waiting for a program, a fault handler) sees that it failed rather
-/// than ended.
+/// What [`set_panic_hook`] set (0: nothing).
+static PANIC_HOOK: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// Has a panic of any thread of this program call `f` after the message is printed and before
+/// the thread stops (for example to end a test run at once, rather than leave the machine
+/// waiting for a thread that will never finish). `f` runs on the panicking thread; a panic
+/// inside it stops the thread without calling it again.
+pub fn set_panic_hook(f: fn()) {
+    PANIC_HOOK.store(f as usize, core::sync::atomic::Ordering::Release);
+}
+
+/// Prints the panic message, calls the program's hook if it set one ([`set_panic_hook`]), then
+/// stops the thread with a fault (`ud2`, an invalid-opcode exception): the kernel reports it and
+/// marks the thread faulted, so that whoever watches the thread (the root task waiting for a
+/// program, a fault handler) sees that it failed rather than ended.
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     let mut l = Line::new();
@@ -153,6 +165,13 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
         let _ = write!(l, " at {}:{}", loc.file(), loc.line());
     }
     l.flush();
+    // Taken, so that a panic inside the hook does not call it again.
+    let hook = PANIC_HOOK.swap(0, core::sync::atomic::Ordering::AcqRel);
+    if hook != 0 {
+        // SAFETY: only `set_panic_hook` stores a non-zero value, a `fn()`'s address.
+        let f: fn() = unsafe { core::mem::transmute::<usize, fn()>(hook) };
+        f();
+    }
     loop {
         // SAFETY: `ud2` raises an invalid-opcode exception and nothing else; the kernel stops
         // this thread there.

@@ -60,6 +60,12 @@ fn rl4_main(boot_info: u64, _: u64) {
         return;
     }
     space::init(bi);
+    // A panic of any root-task thread (a test harness step that cannot go on, such as a stack
+    // it could not map) ends the run as a failure at once, rather than leaving the machine idle
+    // until the test script's timeout.
+    rl4_user::set_panic_hook(|| {
+        let _ = sys::shutdown(root_slots::MACHINE, 1);
+    });
     let args = bi.cmdline();
     println!("root: started on {} CPU(s), {} MiB of memory, arguments \"{args}\"", bi.cpus, bi.memory_bytes >> 20);
     let mut test = None;

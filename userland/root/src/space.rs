@@ -78,6 +78,22 @@ pub fn stack(pages: u64) -> u64 {
     base + pages * PAGE_SIZE
 }
 
+/// Where the next stack or scratch mapping of the root task goes: a mark for [`free_since`].
+pub fn mark() -> u64 {
+    NEXT_VA.load(Ordering::Relaxed)
+}
+
+/// Unmaps every page of the root task's stacks and scratch mappings made since `mark` (the
+/// guard pages between them are not mapped: their errors are ignored), so that their frames
+/// come back. Every thread that ran on one of those stacks must have ended, and nothing else
+/// may have taken addresses meanwhile (one test at a time).
+pub fn free_since(mark: u64) {
+    let end = NEXT_VA.load(Ordering::Relaxed);
+    for va in (mark..end).step_by(PAGE_SIZE as usize) {
+        let _ = sys::unmap(SPACE, va);
+    }
+}
+
 /// Free slots of the root task's capability table now.
 pub fn free_slots() -> u64 {
     SLOTS.iter().map(|w| w.load(Ordering::Relaxed).count_zeros() as u64).sum()
