@@ -29,7 +29,7 @@ fn main() {
         println!("cargo:rerun-if-changed={}", path.display());
         // Embedded without what loading does not read (debug information, the section table):
         // the kernel image stays resident, and the root task's debug information alone was
-        // 4.5 MiB of it. `scripts/symbolize` reads the unstripped file in RL4_USER_DIR.
+        // 4.2 MiB of it. A debugger reads the unstripped file in RL4_USER_DIR.
         let elf = std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
         let stripped = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join(format!("{file}.loadable"));
         std::fs::write(&stripped, loadable(&elf).unwrap_or_else(|e| panic!("user program {}: {e}", path.display()))).unwrap();
@@ -45,23 +45,26 @@ fn main() {
 /// program headers and the segments' contents), which come first in a linked executable.
 fn loadable(elf: &[u8]) -> Result<Vec<u8>, &'static str> {
     let word = |at: usize, n: usize| -> Result<u64, &'static str> {
-        let b = elf.get(at..at + n).ok_or("truncated")?;
+        let b = at.checked_add(n).and_then(|e| elf.get(at..e)).ok_or("truncated")?;
         Ok(b.iter().rev().fold(0, |v, &x| v << 8 | x as u64))
     };
     if elf.get(..6) != Some(&[0x7f, b'E', b'L', b'F', 2, 1][..]) {
         return Err("not a 64-bit little-endian ELF file");
     }
-    let (phoff, phentsize, phnum) = (word(0x20, 8)? as usize, word(0x36, 2)? as usize, word(0x38, 2)? as usize);
+    const BAD: &str = "a program header or segment lies past the file";
+    let (phoff, phentsize, phnum) = (word(0x20, 8)?, word(0x36, 2)?, word(0x38, 2)?);
     if phentsize < 0x38 {
         return Err("program headers too small");
     }
-    let mut end = phoff + phentsize * phnum;
+    // Every sum checked: a wrapped one would cut the file short (no less than its header).
+    let mut end = phentsize.checked_mul(phnum).and_then(|n| n.checked_add(phoff)).ok_or(BAD)?.max(0x40);
     for i in 0..phnum {
-        let h = phoff + i * phentsize;
-        end = end.max((word(h + 8, 8)? + word(h + 0x20, 8)?) as usize);
+        let h = usize::try_from(phoff + i * phentsize).map_err(|_| BAD)?;
+        end = end.max(word(h + 8, 8)?.checked_add(word(h + 0x20, 8)?).ok_or(BAD)?);
     }
+    let end = usize::try_from(end).map_err(|_| BAD)?;
     if end > elf.len() {
-        return Err("a segment ends past the file");
+        return Err(BAD);
     }
     let mut v = elf[..end].to_vec();
     // No section table (e_shoff, e_shentsize, e_shnum, e_shstrndx).

@@ -448,7 +448,11 @@ impl<T> Registry<T> {
     /// allocation of its object alive (only the object's own destructor has run) after its
     /// charge was refunded: so dead entries are pruned once they are half the list, and the
     /// memory they hold stays within what the live objects are charged for (each object's
-    /// heap share covers itself and one dead sibling: `covers`).
+    /// heap share covers itself and one dead sibling: `covers`). An object whose [`add`] failed
+    /// calls this too (its destructor cannot tell): the count then runs ahead of the list,
+    /// which only makes a pruning come early (a pruning counts afresh).
+    ///
+    /// [`add`]: Registry::add
     pub fn gone(&self) {
         let mut l = self.list.lock();
         l.dead += 1;

@@ -25,15 +25,29 @@ pub const ROOT_PRIORITY: u8 = 100;
 const KERNEL_RESERVE_FRAMES: u64 = 1024;
 const _: () = assert!(KERNEL_RESERVE_FRAMES * PAGE_SIZE == 4 << 20, "SHORT names the reserve");
 
+/// Why a mapping of the root task's failed: short of memory, or anything else.
+fn mapping(e: rl4_abi::Error) -> &'static str {
+    if e == rl4_abi::Error::OutOfMemory { SHORT } else { "mapping failed" }
+}
+
 /// Why the root task could not start when memory ran short (the boot stops with it).
 const SHORT: &str = "out of memory (its budget is the free memory less the 4 MiB the kernel keeps; the demo needs about 10 MiB of RAM in all)";
 
-fn load_bytes(space: &Space, mem: &Arc<Memory>, va: u64, bytes: &[u8], pages: u64, write: bool, exec: bool) -> Result<(), &'static str> {
-    for i in 0..pages {
-        let off = (i * PAGE_SIZE) as usize;
-        let part = bytes.get(off..(off + PAGE_SIZE as usize).min(bytes.len())).unwrap_or(&[]);
-        let f = Frame::with_bytes(mem, part).map_err(|_| SHORT)?;
-        map_frame(space, va + i * PAGE_SIZE, f, write, exec).map_err(|_| "mapping failed")?;
+/// Maps `pages` fresh pages at `va` holding `bytes` from `lead` bytes into the first one on
+/// (zeros around them), one page at a time (no copy of the whole on the kernel heap).
+fn load_bytes(space: &Space, mem: &Arc<Memory>, va: u64, lead: usize, bytes: &[u8], pages: u64, write: bool, exec: bool) -> Result<(), &'static str> {
+    const PAGE: usize = PAGE_SIZE as usize;
+    let mut page = [0u8; PAGE];
+    for i in 0..pages as usize {
+        // The part of `bytes` on page `i`: offsets `lo..hi` of the run that starts at page 0.
+        let (start, end) = (i * PAGE, (i + 1) * PAGE);
+        let (lo, hi) = (start.max(lead), end.min(lead + bytes.len()));
+        page.fill(0);
+        if lo < hi {
+            page[lo - start..hi - start].copy_from_slice(&bytes[lo - lead..hi - lead]);
+        }
+        let f = Frame::with_bytes(mem, &page).map_err(|_| SHORT)?;
+        map_frame(space, va + i as u64 * PAGE_SIZE, f, write, exec).map_err(mapping)?;
     }
     Ok(())
 }
@@ -56,16 +70,14 @@ pub fn start(cmdline: &str, tsc_hz: u64) -> Result<(), &'static str> {
     for seg in elf.segments() {
         let seg = seg.map_err(|_| "root ELF rejected")?;
         let (p0, p1) = seg.pages();
-        // The segment's bytes as they must appear from its first page on.
+        // The segment's file bytes start this far into its first page.
         let lead = (seg.vaddr - p0) as usize;
         let file = elf.file_bytes(&seg);
-        let mut image = alloc::vec![0u8; (p1 - p0) as usize];
-        image[lead..lead + file.len()].copy_from_slice(file);
-        load_bytes(&space, &memory, p0, &image, (p1 - p0) / PAGE_SIZE, seg.flags & PF_W != 0, seg.flags & PF_X != 0)?;
+        load_bytes(&space, &memory, p0, lead, file, (p1 - p0) / PAGE_SIZE, seg.flags & PF_W != 0, seg.flags & PF_X != 0)?;
     }
     // Stack.
     let stack_base = rl4_abi::ROOT_STACK_TOP - rl4_abi::ROOT_STACK_PAGES * PAGE_SIZE;
-    load_bytes(&space, &memory, stack_base, &[], rl4_abi::ROOT_STACK_PAGES, true, false)?;
+    load_bytes(&space, &memory, stack_base, 0, &[], rl4_abi::ROOT_STACK_PAGES, true, false)?;
     // The other programs, read-only.
     let mut bi = BootInfo {
         magic: BootInfo::MAGIC,
@@ -85,7 +97,7 @@ pub fn start(cmdline: &str, tsc_hz: u64) -> Result<(), &'static str> {
     let mut at = rl4_abi::PROGRAMS_ADDR;
     for (i, (name, bytes)) in PROGRAMS.iter().enumerate().take(rl4_abi::MAX_PROGRAMS) {
         let pages = (bytes.len() as u64).div_ceil(PAGE_SIZE);
-        load_bytes(&space, &memory, at, bytes, pages, false, false)?;
+        load_bytes(&space, &memory, at, 0, bytes, pages, false, false)?;
         bi.programs[i] = program(name, at, bytes.len() as u64, Program::EMBEDDED);
         bi.nprograms += 1;
         at += (pages + 1) * PAGE_SIZE;
@@ -94,7 +106,7 @@ pub fn start(cmdline: &str, tsc_hz: u64) -> Result<(), &'static str> {
     // BootInfo page.
     let bytes = bootinfo_bytes(&bi);
     let f = Frame::with_bytes(&memory, &bytes[..]).map_err(|_| SHORT)?;
-    map_frame(&space, rl4_abi::BOOT_INFO_ADDR, f, false, false).map_err(|_| "mapping failed")?;
+    map_frame(&space, rl4_abi::BOOT_INFO_ADDR, f, false, false).map_err(mapping)?;
 
     let thread = Thread::new(&memory, task.clone(), elf.entry, rl4_abi::ROOT_STACK_TOP, ROOT_PRIORITY, 0)
         .map_err(|_| SHORT)?;
@@ -165,7 +177,7 @@ fn modules(space: &Space, memory: &Arc<Memory>, bi: &mut BootInfo, at: &mut u64)
             continue; // the frames copied so far go back as `frames` drops (no lock held)
         }
         for (p, f) in frames.into_iter().enumerate() {
-            map_frame(space, *at + p as u64 * PAGE_SIZE, f, false, false).map_err(|_| "mapping failed")?;
+            map_frame(space, *at + p as u64 * PAGE_SIZE, f, false, false).map_err(mapping)?;
         }
         bi.programs[bi.nprograms as usize] = program(name, *at, len, Program::MODULE);
         bi.nprograms += 1;

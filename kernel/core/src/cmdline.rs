@@ -264,7 +264,7 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Problem<'a>)) -> Options 
                 let bits = value.split(',').map(|w| inject::NAMES.iter().find(|(n, _)| *n == w).map(|(_, b)| *b));
                 match bits.clone().all(|b| b.is_some()) {
                     true => o.inject = bits.flatten().fold(0, |a, b| a | b),
-                    false => report(bad("a comma-separated list of refcount, frame, budget, state, locks, deriv, device, queue")),
+                    false => report(bad("a comma-separated list of refcount, frame, budget, state, locks, deriv, device, queue, parent")),
                 }
             }
             _ => unreachable!("key list above"),

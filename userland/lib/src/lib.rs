@@ -142,18 +142,19 @@ pub fn thread_entry() -> u64 {
     thread_start as *const () as u64
 }
 
-/// What [`set_panic_hook`] set (0: nothing).
-static PANIC_HOOK: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+/// What [`set_panic_hook`] set (null: nothing).
+static PANIC_HOOK: core::sync::atomic::AtomicPtr<()> = core::sync::atomic::AtomicPtr::new(core::ptr::null_mut());
 
-/// Has a panic of any thread of this program call `f` after the message is printed and before
-/// the thread stops (for example to end a test run at once, rather than leave the machine
-/// waiting for a thread that will never finish). `f` runs on the panicking thread; a panic
-/// inside it stops the thread without calling it again.
+/// Has the next panic of any thread of this program call `f` after its message is printed and
+/// before the thread stops (for example to end a test run at once, rather than leave the
+/// machine waiting for a thread that will never finish). `f` runs on the panicking thread and
+/// is called once: the first panic takes it (a panic inside `f`, or a later panic of another
+/// thread, only stops its thread), so `f` should end what it must end itself.
 pub fn set_panic_hook(f: fn()) {
-    PANIC_HOOK.store(f as usize, core::sync::atomic::Ordering::Release);
+    PANIC_HOOK.store(f as *mut (), core::sync::atomic::Ordering::Release);
 }
 
-/// Prints the panic message, calls the program's hook if it set one ([`set_panic_hook`]), then
+/// Prints the panic message, calls the program's hook if one is set ([`set_panic_hook`]), then
 /// stops the thread with a fault (`ud2`, an invalid-opcode exception): the kernel reports it and
 /// marks the thread faulted, so that whoever watches the thread (the root task waiting for a
 /// program, a fault handler) sees that it failed rather than ended.
@@ -166,10 +167,10 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     }
     l.flush();
     // Taken, so that a panic inside the hook does not call it again.
-    let hook = PANIC_HOOK.swap(0, core::sync::atomic::Ordering::AcqRel);
-    if hook != 0 {
-        // SAFETY: only `set_panic_hook` stores a non-zero value, a `fn()`'s address.
-        let f: fn() = unsafe { core::mem::transmute::<usize, fn()>(hook) };
+    let hook = PANIC_HOOK.swap(core::ptr::null_mut(), core::sync::atomic::Ordering::AcqRel);
+    if !hook.is_null() {
+        // SAFETY: only `set_panic_hook` stores a non-null value, a `fn()` cast to a pointer.
+        let f: fn() = unsafe { core::mem::transmute::<*mut (), fn()>(hook) };
         f();
     }
     loop {

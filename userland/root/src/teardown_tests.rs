@@ -27,12 +27,18 @@ const EP_CHAIN: u64 = 10_000;
 
 /// How many things costing `per` bytes of budget each (`rl4_abi::cost`) a test makes: its
 /// `target` (sized for the suites' 288 MiB), or on a smaller machine as many as two thirds of
-/// the budget left pays for (at `-m 64M` about 20 MiB are left, at `-m 128M` about 85 MiB):
-/// what these tests show does not depend on the count, and each report gives the count made
-/// against its target. The rest of the budget is for what the test makes besides (holder
-/// tasks, page tables, derivation nodes).
+/// the budget left pays for (at `-m 64M` with `test=all` about 20 MiB are left). The rest of the
+/// budget is for what the test makes besides (holder tasks, page tables, derivation nodes). A
+/// smaller count still checks the teardown and the accounting; the regressions these tests
+/// were written for (a kernel stack overflow at 3,000 tasks or 2,000 endpoints, a heap leak that
+/// passed its allowance near 6,000 threads) show only at the full counts, which the 288 MiB
+/// suites run: each report gives the count made against the full one. No budget to read
+/// (`MemoryInfo` failed) makes the full count, which then fails.
 fn sized(target: u64, per: u64) -> u64 {
-    target.min(budget() / 3 * 2 / per).max(1)
+    match budget() {
+        0 => target,
+        b => target.min(b / 3 * 2 / per).max(1),
+    }
 }
 
 fn budget() -> u64 {
