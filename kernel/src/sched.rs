@@ -320,6 +320,7 @@ pub fn init_cpu(pcid: bool) {
     }));
     let kept = *CPUS[me() as usize].call_once(|| s);
     assert!(core::ptr::eq(kept, s), "scheduler of CPU {} set up twice", me());
+    ONLINE.fetch_add(1, Ordering::Release);
     crate::timeline::init_cpu();
     // SAFETY: `s` is this CPU's scheduler (the one `CPUS` holds for it, checked above), leaked:
     // it lives at this address for the rest of the kernel's life.
@@ -342,8 +343,13 @@ pub fn cpu_online(i: u64) -> bool {
     i < MAX_CPUS as u64 && get(i as usize).is_some()
 }
 
+/// CPUs whose scheduler is set up ([`init_cpu`], once per CPU): read per fault report and
+/// `CpuInfo` without a look at every slot of `CPUS`.
+static ONLINE: AtomicU64 = AtomicU64::new(0);
+
+/// How many CPUs run a scheduler (are online).
 pub fn online_count() -> u64 {
-    (0..MAX_CPUS).filter(|&i| get(i).is_some()).count() as u64
+    ONLINE.load(Ordering::Acquire)
 }
 
 /// Context switches on the calling CPU.
