@@ -26,18 +26,19 @@ const TASK_CHAIN: u64 = 10_000;
 const EP_CHAIN: u64 = 10_000;
 
 /// How many things costing `per` bytes of budget each (`rl4_abi::cost`) a test makes: its
-/// `target` (sized for the suites' 288 MiB), or on a smaller machine as many as two thirds of
-/// the budget left pays for (at `-m 64M` with `test=all` about 20 MiB are left). The rest of the
-/// budget is for what the test makes besides (holder tasks, page tables, derivation nodes). A
+/// `target` (the 288 MiB suites make every full count), or on a smaller machine as many as the
+/// budget left pays for less a third or 8 MiB ([`spendable`]; at `-m 64M` with `test=all` about
+/// 20 MiB are left). The rest is for what the test makes besides (holder tasks, page tables,
+/// derivation nodes). A
 /// smaller count still checks the teardown and the accounting; the regressions these tests
 /// were written for (a kernel stack overflow at 3,000 tasks or 2,000 endpoints, a heap leak that
 /// passed its allowance near 6,000 threads) show only at the full counts, which the 288 MiB
-/// suites run: each report gives the count made against the full one. No budget to read
-/// (`MemoryInfo` failed) makes the full count, which then fails.
+/// suites run: each report gives the count made against the full one. No budget (none left,
+/// or `MemoryInfo` failed) makes the full count, which then fails.
 fn sized(target: u64, per: u64) -> u64 {
     match budget() {
         0 => target,
-        b => target.min(b / 3 * 2 / per).max(1),
+        b => target.min(spendable(b) / per).max(1),
     }
 }
 
@@ -75,7 +76,8 @@ fn test_task_chain() {
     let held0 = heap().2;
     let (head, a, b) = (slot(), slot(), slot());
     // A task with its space, and the derivation node of its capability's copy.
-    let want = sized(TASK_CHAIN, rl4_abi::cost::TASK + rl4_abi::cost::SPACE + rl4_abi::cost::DERIV_NODE);
+    // Two at least: the head and a task its table holds.
+    let want = sized(TASK_CHAIN, rl4_abi::cost::TASK + rl4_abi::cost::SPACE + rl4_abi::cost::DERIV_NODE).max(2);
     let t0 = rl4_user::rdtsc();
     // head -> t1 -> t2 -> ...: each new task's capability goes into the previous task's table
     // (its slot 0), then the root task lets go of its own copy.
