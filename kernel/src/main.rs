@@ -326,7 +326,6 @@ extern "C" fn ap_main(cpu: &'static Cpu) -> ! {
     sched::idle()
 }
 
-/// The root task's part of the command line (after `--`).
 /// The `inject=` faults (`rl4_core::cmdline::inject`).
 pub fn inject() -> u16 {
     OPTIONS.get().map_or(0, |o| o.inject)
@@ -337,6 +336,7 @@ pub fn overcommit() -> u64 {
     OPTIONS.get().map_or(0, |o| o.overcommit_mib as u64) << 20
 }
 
+/// The root task's part of the command line (after `--`).
 pub fn root_args() -> &'static str {
     cmdline::split(BOOT_INFO.get().map_or("", |b| b.cmdline())).1
 }
