@@ -3,8 +3,8 @@
 //! frees never reaches the kernel stack.
 //!
 //! * `teardown-task-chain`: a chain of 10,000 tasks (fewer where memory is short: each test sizes
-//!   what it makes by the budget it finds, [`sized`]), each task's capability table holding the only
-//!   capability to the next; deleting the head's capability frees the whole chain.
+//!   what it makes by the budget it finds, [`sized`]), each task's capability table holding the
+//!   only capability to the next; deleting the head's capability frees the whole chain.
 //! * `teardown-endpoint-chain`: a chain of endpoints, each held only by the capability in
 //!   flight of a sender blocked on the one before; deleting the first endpoint wakes its
 //!   sender, whose message's capability was the last reference to the next endpoint, and so
@@ -25,16 +25,15 @@ const TASK_CHAIN: u64 = 10_000;
 /// Endpoints in the endpoint chain (the kernel before the fix overflowed its stack at 2,000).
 const EP_CHAIN: u64 = 10_000;
 
-/// How many things costing `per` bytes of budget each (`rl4_abi::cost`) a test makes: its
-/// `target` (the 288 MiB suites make every full count), or on a smaller machine as many as the
-/// budget left pays for less a third or 8 MiB ([`spendable`]; at `-m 64M` with `test=all` about
-/// 20 MiB are left). The rest is for what the test makes besides (holder tasks, page tables,
-/// derivation nodes). A
-/// smaller count still checks the teardown and the accounting; the regressions these tests
-/// were written for (a kernel stack overflow at 3,000 tasks or 2,000 endpoints, a heap leak that
-/// passed its allowance near 6,000 threads) show only at the full counts, which the 288 MiB
-/// suites run: each report gives the count made against the full one. No budget (none left,
-/// or `MemoryInfo` failed) makes the full count, which then fails.
+/// How many things costing `per` bytes of budget each (`rl4_abi::cost`) a test makes: its `target`
+/// (the 288 MiB suites make every full count), or on a smaller machine as many as the budget left
+/// pays for less a third or 8 MiB ([`spendable`]; at `-m 64M` with `test=all` about 20 MiB are
+/// left). The rest is for what the test makes besides (holder tasks, page tables, derivation
+/// nodes). A smaller count still checks the teardown and the accounting; the regressions these
+/// tests were written for (a kernel stack overflow at 3,000 tasks or 2,000 endpoints, a heap leak
+/// that passed its allowance near 6,000 threads) show only at the full counts, which the 288 MiB
+/// suites run: each report gives the count made against the full one. No budget (none left, or
+/// `MemoryInfo` failed) makes the full count, which then fails.
 fn sized(target: u64, per: u64) -> u64 {
     match budget() {
         0 => target,
