@@ -905,13 +905,9 @@ fn reply_start(ep: u64) {
 fn test_reply_chain() {
     const NAME: &str = "reply-right-chain-destroyed";
     // A thread and its four-page stack per link (a page table per 100 links besides); fewer
-    // where the budget cannot pay for them (`spendable`: a small machine; the report says so).
+    // where the budget cannot pay for them (`sized`: a small machine; the report says so).
     // The kernel's recursion this test was written for overflowed its stack with the full chain.
-    let per = rl4_abi::cost::THREAD + 4 * (rl4_abi::cost::FRAME + rl4_abi::cost::MAP) + PAGE_SIZE / 100;
-    let links = match sys::memory_info(MEMORY) {
-        Ok(m) => 600u64.min(spendable(m.0) / per).max(1),
-        Err(_) => return report(NAME, false, format_args!("MemoryInfo failed")),
-    };
+    let links = sized(600, rl4_abi::cost::THREAD + 4 * (rl4_abi::cost::FRAME + rl4_abi::cost::MAP) + PAGE_SIZE / 100);
     let stacks = mark();
     let ep = slot();
     if sys::endpoint_create(MEMORY, ep).is_err() {

@@ -25,22 +25,6 @@ const TASK_CHAIN: u64 = 10_000;
 /// Endpoints in the endpoint chain (the kernel before the fix overflowed its stack at 2,000).
 const EP_CHAIN: u64 = 10_000;
 
-/// How many things costing `per` bytes of budget each (`rl4_abi::cost`) a test makes: its `target`
-/// (the 288 MiB suites make every full count), or on a smaller machine as many as the budget left
-/// pays for less a third or 8 MiB ([`spendable`]; at `-m 64M` with `test=all` about 20 MiB are
-/// left). The rest is for what the test makes besides (holder tasks, page tables, derivation
-/// nodes). A smaller count still checks the teardown and the accounting; the regressions these
-/// tests were written for (a kernel stack overflow at 3,000 tasks or 2,000 endpoints, a heap leak
-/// that passed its allowance near 6,000 threads) show only at the full counts, which the 288 MiB
-/// suites run: each report gives the count made against the full one. No budget (none left, or
-/// `MemoryInfo` failed) makes the full count, which then fails.
-fn sized(target: u64, per: u64) -> u64 {
-    match budget() {
-        0 => target,
-        b => target.min(spendable(b) / per).max(1),
-    }
-}
-
 fn budget() -> u64 {
     sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0)
 }
