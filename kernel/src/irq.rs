@@ -89,14 +89,14 @@ pub fn init(p: &Platform, frames: &mut impl rl4_arch::paging::FrameSource) {
         for pin in 0..pins {
             chip.set_masked(pin, true);
         }
-        rl4_arch::println!("ioapic: id {} at {:#x}, GSIs {}..{}, all masked", a.id, a.address, a.gsi_base, a.gsi_base + pins);
+        rl4_arch::println!("ioapic: id {} at {:#x}, GSIs {}..{}, all masked", a.id, a.address, a.gsi_base, a.gsi_base.saturating_add(pins));
         spans.push((a.gsi_base, pins));
         chips.push(Mutex::new(chip));
     }
     let mut routes = [None; LINES];
     for (irq, r) in routes.iter_mut().enumerate() {
         let Some(isa) = device::isa_route(irq as u8, &overrides) else { continue };
-        let Some(chip) = spans.iter().position(|&(base, n)| isa.gsi >= base && isa.gsi < base + n) else { continue };
+        let Some(chip) = spans.iter().position(|&(base, n)| isa.gsi >= base && isa.gsi - base < n) else { continue };
         *r = Some(Route { chip, pin: isa.gsi - spans[chip].0, isa });
         if isa.gsi != irq as u32 || isa.active_low || isa.level {
             rl4_arch::println!(

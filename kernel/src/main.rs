@@ -44,6 +44,7 @@ use rl4_arch::bootinfo::{self, BootInfo, Firmware};
 use rl4_arch::time::RefClock;
 use rl4_arch::{console, cpu, percpu, println, time};
 use rl4_core::cmdline::{self, Options};
+use rl4_core::memmap::MemKind;
 use rl4_smp::acpi::Platform;
 use rl4_smp::cpus::{self, Cpu};
 use rl4_smp::madt::{self};
@@ -179,7 +180,7 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
     // (`Platform::without_acpi`), and says why.
     let bi = BOOT_INFO.get().expect("boot info");
     let found = bi.rsdp.map(|r| (r, rl4_smp::acpi_handler::discover(r)));
-    let (platform, rsdp) = match found {
+    let (mut platform, rsdp) = match found {
         Some((r, Ok(p))) => (p, Some(r)),
         Some((r, Err(e))) => {
             println!("acpi: cannot read the MADT through the RSDP at {r:#x} ({e:?}): running on the bootstrap CPU alone, without device interrupts");
@@ -193,6 +194,7 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
     if platform.has_8259 {
         cpu::disable_legacy_pic();
     }
+    check_register_blocks(bi, &mut platform);
     let (hz, src) = time::init_tsc(&f, &reference_clocks(bi.firmware, &platform), &mut mem::Frames);
     println!("tsc: {}.{:03} MHz ({})", hz / 1_000_000, (hz / 1000) % 1000, src.describe());
     sched::set_poll_us(options().poll_us as u64);
@@ -246,6 +248,46 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
 /// A PC BIOS (and PVH, which says nothing and runs on a PC) promises the PIT, as it always did
 /// here; UEFI promises no legacy device, so there the timers ACPI describes come first and the
 /// PIT last; a hardware-reduced ACPI machine has no PIT at all.
+/// Whether `pa..pa + len` overlaps memory the memory map calls RAM (usable, ACPI, boot
+/// loader, kernel and modules): no device's registers are there, and mapping it as registers
+/// (uncached, written) would alias memory in use.
+fn overlaps_ram(bi: &BootInfo, pa: u64, len: u64) -> bool {
+    let Some(end) = pa.checked_add(len) else { return true };
+    bi.memory_map().iter().any(|e| {
+        let ram = matches!(
+            e.kind,
+            MemKind::Usable | MemKind::AcpiReclaimable | MemKind::AcpiNvs | MemKind::BootloaderReclaimable | MemKind::KernelAndModules
+        );
+        ram && e.range.start < end && pa < e.range.end
+    })
+}
+
+/// The register blocks the firmware's tables name, checked before anything maps them: the
+/// local APIC's is the one the CPU itself reports (`IA32_APIC_BASE`, as the application
+/// processors' start code uses), whatever the MADT says; an HPET or an I/O APIC whose block
+/// lies in RAM is passed over (the TSC is then measured against another clock; the I/O APIC's
+/// lines are unusable).
+fn check_register_blocks(bi: &BootInfo, p: &mut Platform) {
+    let base = cpu::apic_base();
+    if p.lapic_address != base {
+        println!("acpi: the MADT places the local APIC at {:#x}, the CPU at {base:#x}: the CPU's address is used", p.lapic_address);
+        p.lapic_address = base;
+    }
+    if let Some(h) = p.hpet
+        && overlaps_ram(bi, h, 1024)
+    {
+        println!("acpi: the HPET table places the HPET's registers at {h:#x}, in RAM: no HPET");
+        p.hpet = None;
+    }
+    p.ioapics.retain(|a| {
+        let ram = overlaps_ram(bi, a.address as u64, 0x20);
+        if ram {
+            println!("acpi: the MADT places I/O APIC {} at {:#x}, in RAM: its lines are unusable", a.id, a.address);
+        }
+        !ram
+    });
+}
+
 fn reference_clocks(firmware: Firmware, p: &Platform) -> Vec<RefClock> {
     let mut acpi = Vec::new();
     if let Some(phys) = p.hpet {

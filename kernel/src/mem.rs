@@ -19,7 +19,7 @@ use rl4_arch::paging::{self, DirectMapMem, FrameSource, Rights};
 use rl4_arch::{cpu, println};
 use rl4_core::PAGE_SIZE;
 use rl4_core::frames::{FrameAllocator, OwnedFrame};
-use rl4_core::memmap::{MemKind, Range, RangeSet};
+use rl4_core::memmap::{MAX_FREE_RANGES, MemKind, Range, RangeSet};
 use talc::{ErrOnOom, Span, Talc};
 use crate::count::{self, Global, GlobalSpin};
 
@@ -521,7 +521,7 @@ pub struct MemInfo {
     pub heap: Range,
 }
 
-fn reserve(set: &mut RangeSet<256>, r: Range, what: &str) {
+fn reserve(set: &mut RangeSet<MAX_FREE_RANGES>, r: Range, what: &str) {
     if set.remove_pages_covering(r).is_err() {
         // The set is full only with an absurdly fragmented map; failing to reserve would risk
         // handing out something in use, so this is fatal.
@@ -536,7 +536,7 @@ pub fn init(bi: &BootInfo, reserved: &[Range]) -> MemInfo {
     let map = bi.memory_map().iter().map(|e| (e.range, e.kind));
     let usable = map.clone().filter(|(_, k)| *k == MemKind::Usable).map(|(r, _)| r.len()).sum::<u64>();
     let dropped = |r: Range| println!("memory: too many usable ranges, ignoring {:#x}..{:#x}", r.start, r.end);
-    let mut free: RangeSet<256> = match rl4_core::memmap::free_pages(map, dropped) {
+    let mut free: RangeSet<MAX_FREE_RANGES> = match rl4_core::memmap::free_pages(map, dropped) {
         Ok(f) => f,
         Err(r) => panic!("memory map too fragmented while reserving {:#x}..{:#x}", r.start, r.end),
     };
@@ -579,6 +579,11 @@ pub fn init(bi: &BootInfo, reserved: &[Range]) -> MemInfo {
     // map will cover all of it, and until it does `Frames` asks only for frames below 4 GiB,
     // which the boot tables map. This is the only frame allocator.
     let allocator = unsafe { FrameAllocator::new(free.as_slice(), bitmap) };
+    // Free memory the allocator could not take is said, never dropped in silence.
+    let offered = free.iter().map(|r| r.len() / PAGE_SIZE).sum::<u64>();
+    if allocator.total_frames() < offered {
+        println!("memory: {} KiB of free memory beyond the frame allocator's limits ignored", (offered - allocator.total_frames()) * 4);
+    }
     *FRAMES.lock() = Some(allocator);
 
     // Final kernel page tables: the direct map covers every range the memory map names.
@@ -588,6 +593,12 @@ pub fn init(bi: &BootInfo, reserved: &[Range]) -> MemInfo {
         let _ = direct.insert(e.range);
     }
     let _ = direct.insert(Range::new(0, 0x10_0000));
+    // The boot information and the modules are read after the switch (the root task's image,
+    // the RSDP copy inside the Multiboot2 information): mapped even where a memory map too long
+    // for `BootInfo` lost the entry that held them.
+    for r in bi.info_ranges() {
+        let _ = direct.insert(Range::new(rl4_core::align_down(r.start, PAGE_SIZE), rl4_core::align_up(r.end, PAGE_SIZE).min(rl4_arch::layout::DIRECT_MAP_SIZE)));
+    }
     let [text, rodata, data] = rl4_arch::kernel_sections();
     let image = [
         (text.0, text.1, Rights::ReadExecute),

@@ -10,7 +10,7 @@
 //! hand-built tables.
 use ::acpi::address::AddressSpace;
 use ::acpi::sdt::fadt::Fadt;
-use ::acpi::{AcpiError, AcpiTables, Handler, HpetInfo};
+use ::acpi::{AcpiError, AcpiTables, Handler};
 use alloc::vec::Vec;
 use rl4_arch::bootinfo::PhysMem;
 use rl4_core::memmap::Range;
@@ -128,6 +128,23 @@ fn root_table(mem: &impl PhysMem, rsdp: u64) -> Option<(u64, bool, u8)> {
     sound(r, b"RSDT").then_some((r, false, rev[0]))
 }
 
+/// The HPET's register block from the HPET table at `table`: only a base in memory space
+/// (the generic address's space 0), 1 KiB aligned as the specification places the block, not 0
+/// and below 2^52 (a physical address). Anything else is no HPET: the kernel then measures the
+/// TSC with another clock. (The `acpi` crate takes any address space with a warning and
+/// any address; mapping an address with bits above 51 panics in the `x86_64` crate, and
+/// mapping RAM or an I/O port number as registers reads and writes the wrong thing.)
+fn read_hpet(mem: &impl PhysMem, table: u64) -> Option<u64> {
+    let len = mem.u32(table + 4)?;
+    if !(56..=MAX_TABLE_LEN).contains(&len) {
+        return None;
+    }
+    let mut space = [0u8];
+    mem.read(table + 40, &mut space)?;
+    let base = mem.u64(table + 44)?;
+    (space[0] == 0 && base != 0 && base % 1024 == 0 && base < 1 << 52).then_some(base)
+}
+
 /// Most MADT entries read (a 16 MiB table of 2-byte entries would be 8 million).
 const MAX_MADT_ENTRIES: usize = 65_536;
 
@@ -214,9 +231,7 @@ pub unsafe fn discover<H: Handler + PhysMem>(handler: H, rsdp: u64) -> Result<Pl
             }
         }
     }
-    if let Ok(h) = HpetInfo::new(&tables) {
-        p.hpet = (h.base_address != 0).then_some(h.base_address as u64);
-    }
+    p.hpet = p.tables.iter().find(|(sig, _)| sig == b"HPET").and_then(|&(_, a)| read_hpet(&mem, a));
     let madt = p.tables.iter().find(|(sig, _)| sig == b"APIC").map(|&(_, a)| a);
     read_madt(&mem, madt.ok_or(AcpiError::TableNotFound(::acpi::sdt::Signature::MADT))?, &mut p)?;
     Ok(p)
@@ -530,6 +545,34 @@ pub(crate) mod tests {
         assert_eq!(sigs, vec![*b"APIC", *b"FACP", *b"HPET"]);
         assert_eq!(p.cpus.len(), 4);
         assert_eq!(p.hpet, Some(0xfed0_0000));
+    }
+
+    /// An HPET table whose register block is in I/O space, at 0, unaligned or beyond a
+    /// physical address's 52 bits names no HPET (the crate took each; the last panicked in the
+    /// kernel's mapping); a sound one is read.
+    #[test]
+    fn an_unsound_hpet_base_is_no_hpet() {
+        let m = machine();
+        for (space, base, want) in [
+            (0u8, 0xfed0_0000u64, Some(0xfed0_0000u64)),
+            (0, 0x1_0000_0000_0000, Some(0x1_0000_0000_0000)),
+            (1, 0xfed0_0000, None),
+            (0, 0, None),
+            (0, 0xfed0_0010, None),
+            (0, 0x10_0000_0000_0000, None),
+            (0, 0xffff_ffff_ffff_f000, None),
+        ] {
+            let m = patched(&m, 0xe5000 + 40, &[space], None);
+            let m = patched(&m, 0xe5000 + 44, &base.to_le_bytes(), Some(0xe5000));
+            // SAFETY: the fake handler maps only inside its own buffer.
+            let p = unsafe { discover(m, BASE) }.unwrap();
+            assert_eq!(p.hpet, want, "space {space}, base {base:#x}");
+            assert_eq!(p.cpus.len(), 4);
+        }
+        // A table too short to hold the base.
+        let m = patched(&m, 0xe5004, &40u32.to_le_bytes(), Some(0xe5000));
+        // SAFETY: as above.
+        assert_eq!(unsafe { discover(m, BASE) }.unwrap().hpet, None);
     }
 
     /// An RSDP of revision 2 whose XSDT address is 0, or whose XSDT's length is below a

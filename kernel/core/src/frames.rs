@@ -19,8 +19,12 @@
 use crate::PAGE_SIZE;
 use crate::memmap::Range;
 
-/// Most disjoint free ranges the allocator manages (firmware maps rarely exceed a few dozen).
-pub const MAX_ZONES: usize = 64;
+/// Most disjoint free ranges the allocator manages: as many as the kernel's free-range set
+/// holds (`mem.rs`), so that no range that set kept is left out. A fragmented UEFI map split by
+/// the kernel's own reservations (modules, boot information, ACPI tables, `reserve=`) can
+/// exceed a hundred; 64, the earlier limit, silently dropped the highest ranges, on a large
+/// machine most of its memory.
+pub const MAX_ZONES: usize = crate::memmap::MAX_FREE_RANGES;
 
 #[derive(Clone, Copy, Debug, Default)]
 struct Zone {
@@ -155,8 +159,10 @@ impl<'a> FrameAllocator<'a> {
         ranges.iter().take(MAX_ZONES).map(|r| (r.len() / PAGE_SIZE).div_ceil(64) as usize).sum()
     }
 
-    /// Builds an allocator in which every page of `ranges` is free. Ranges past [`MAX_ZONES`]
-    /// are left out (and so never handed out); `bitmap` must hold at least
+    /// Builds an allocator in which every page of `ranges` (sorted and disjoint, as a
+    /// `RangeSet` gives them) is free. Ranges past [`MAX_ZONES`], and any range that does not
+    /// start after the one before it, are left out (and so never handed out: the caller
+    /// compares [`total_frames`](Self::total_frames) with what it gave to tell); `bitmap` must hold at least
     /// [`bitmap_words`](Self::bitmap_words) words, or the zones that do not fit are left out too.
     ///
     /// # Safety
@@ -171,7 +177,10 @@ impl<'a> FrameAllocator<'a> {
         for r in ranges.iter().take(MAX_ZONES) {
             let base = r.start.div_ceil(PAGE_SIZE);
             let end = r.end / PAGE_SIZE;
-            if end <= base {
+            // Zones stay sorted and disjoint (`locate` searches them by halving): a range that
+            // does not start after the last zone is left out.
+            let after_last = a.zones[..a.nzones].last().is_none_or(|z| base >= z.base + z.frames);
+            if end <= base || !after_last {
                 continue;
             }
             let z = Zone { base, frames: end - base, word, hint: word };
@@ -212,8 +221,13 @@ impl<'a> FrameAllocator<'a> {
             return Err(FrameError::Misaligned);
         }
         let f = addr / PAGE_SIZE;
-        let zi = self.zones().iter().position(|z| z.contains(f)).ok_or(FrameError::NotManaged)?;
+        // Zones are sorted and disjoint (made in the order of the sorted free ranges): the one
+        // that may hold `f` is the last that starts at or below it.
+        let zi = self.zones().partition_point(|z| z.base <= f).checked_sub(1).ok_or(FrameError::NotManaged)?;
         let z = &self.zones[zi];
+        if !z.contains(f) {
+            return Err(FrameError::NotManaged);
+        }
         let off = f - z.base;
         Ok((zi, z.word + (off / 64) as usize, 1u64 << (off % 64)))
     }
@@ -388,6 +402,37 @@ mod tests {
 
     fn alloc(ranges: &[Range]) -> (Vec<u64>, Vec<Range>) {
         (vec![0; FrameAllocator::bitmap_words(ranges)], ranges.to_vec())
+    }
+
+    #[test]
+    fn manages_as_many_ranges_as_the_kernel_free_set_holds() {
+        // 300 one-page ranges, two pages apart: the first MAX_ZONES are managed, every one of
+        // them found again on free, the rest never handed out.
+        let rs: Vec<Range> = (0..300u64).map(|i| Range::new((2 * i + 1) * K, (2 * i + 2) * K)).collect();
+        let (mut bm, rs) = alloc(&rs);
+        let mut a = new(&rs, &mut bm);
+        assert_eq!(MAX_ZONES, 256);
+        assert_eq!(a.total_frames(), MAX_ZONES as u64);
+        let got: Vec<OwnedFrame> = core::iter::from_fn(|| a.alloc()).collect();
+        assert_eq!(got.len(), MAX_ZONES);
+        for f in got {
+            assert_eq!(a.free(f), Ok(()));
+        }
+        assert_eq!(a.free_frames(), MAX_ZONES as u64);
+        assert!(a.is_free(rs[MAX_ZONES - 1].start));
+        assert!(!a.is_free(rs[MAX_ZONES].start));
+        assert!(!a.is_free(0));
+        assert!(!a.is_free(2 * K));
+    }
+
+    #[test]
+    fn leaves_out_a_range_out_of_order() {
+        let rs = [Range::new(0x10 * K, 0x20 * K), Range::new(0x8 * K, 0x9 * K), Range::new(0x18 * K, 0x30 * K), Range::new(0x40 * K, 0x41 * K)];
+        let (mut bm, rs) = alloc(&rs);
+        let mut a = new(&rs, &mut bm);
+        assert_eq!(a.total_frames(), 0x10 + 1);
+        let got: Vec<u64> = core::iter::from_fn(|| a.alloc()).map(OwnedFrame::into_raw).collect();
+        assert!(got.iter().all(|&f| (0x10 * K..0x20 * K).contains(&f) || f == 0x40 * K));
     }
 
     #[test]

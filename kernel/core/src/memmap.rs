@@ -67,6 +67,10 @@ impl MemKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Full;
 
+/// How many free ranges the kernel's free set holds (`RangeSet<MAX_FREE_RANGES>`), and so the
+/// frame allocator's zones (`frames::MAX_ZONES`).
+pub const MAX_FREE_RANGES: usize = 256;
+
 /// A sorted set of disjoint, non-adjacent ranges with room for `N` of them.
 #[derive(Clone, Debug)]
 pub struct RangeSet<const N: usize> {
