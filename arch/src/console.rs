@@ -57,6 +57,13 @@ pub struct Guard {
 /// Takes the console. `steal` is for fault and panic paths: after a bounded wait (or at once if
 /// this CPU already holds it) the console is taken over instead of waited for.
 pub fn lock(steal: bool) -> Guard {
+    lock_while(steal, || {})
+}
+
+/// [`lock`], running `wait` at every round of the wait (a CPU that waits with interrupts off
+/// for a user task's turn at the console still answers what other CPUs wait for from it: the
+/// kernel passes its TLB shoot-down service).
+fn lock_while(steal: bool, mut wait: impl FnMut()) -> Guard {
     let me = percpu::cpu_index();
     if CONSOLE.owner.load(Ordering::Relaxed) == me {
         return Guard { took_over: true };
@@ -66,6 +73,7 @@ pub fn lock(steal: bool) -> Guard {
         if CONSOLE.owner.compare_exchange_weak(NOBODY, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
             return Guard { took_over: false };
         }
+        wait();
         core::hint::spin_loop();
         spins += 1;
         if steal && spins > 50_000_000 {
@@ -101,8 +109,8 @@ pub fn print_line(args: fmt::Arguments<'_>) {
 /// break (the caller splits at `\n`); every other control character (`\r` included, which
 /// some readers take as a line break) and the Unicode line separators become `?`, so that the
 /// prefix is always at the start of what any reader calls a line.
-pub fn print_user_line(task: u64, text: &str) {
-    let mut g = lock(false);
+pub fn print_user_line(task: u64, text: &str, wait: impl FnMut()) {
+    let mut g = lock_while(false, wait);
     let _ = write!(g, "[cpu{} task {task}] ", percpu::cpu_index());
     let mut rest = text;
     while let Some(i) = rest.find(|c: char| c.is_control() || c == '\u{2028}' || c == '\u{2029}') {

@@ -349,7 +349,9 @@ fn console_write(task: u64, buf_addr: u64, len: u64) -> Ret {
     // (And the `\r` the console writes before each line end.)
     let prefix = "[cpu task ] ".len() + digits(rl4_arch::percpu::cpu_index() as u64) + digits(task) + 1;
     let used = rl4_core::conout::take_lines(text, rl4_core::conout::OUTPUT_MAX, prefix, |line| {
-        rl4_arch::console::print_user_line(task, line)
+        // While another CPU prints (up to a kilobyte, interrupts off there and here), this
+        // one still answers TLB shoot-downs: a task writing output cannot hold up an `Unmap`.
+        rl4_arch::console::print_user_line(task, line, crate::tlb::service_tlb_here)
     });
     // An invalid sequence after valid text is left for the next call (which drops it).
     Ok([used as u64, 0, 0])
@@ -652,7 +654,17 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
         }
         Sys::Signal => {
             let (n, badge) = notification(task, a0, Rights::SEND)?;
-            let bits = a1 | badge;
+            // A badged capability names its holder: it signals its badge, and no bit beyond it
+            // (else a client could set another client's bits, or the bits an interrupt is
+            // bound to). An unbadged one is its maker's: it signals the bits it is given.
+            let bits = if badge != 0 {
+                if a1 & !badge != 0 {
+                    return Err(Error::InvalidArgument);
+                }
+                badge
+            } else {
+                a1
+            };
             if bits == 0 {
                 return Err(Error::InvalidArgument);
             }
