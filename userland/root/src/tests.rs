@@ -862,6 +862,9 @@ fn test_bad_args() {
     expect("bad-set-args-running", sys::thread_set_args(THREAD, 0, 0), Error::InvalidState);
     expect("bad-stat-selector", sys::stat(MACHINE, 77).map(|_| ()), Error::InvalidArgument);
     expect("bad-check-without-shutdown-right", sys::kernel_check(weak_machine).map(|_| ()), Error::MissingRight);
+    // The machine's counters (other tasks' IPC, interrupts delivered, free memory) are for a
+    // holder of the READ right: a task started with only CONSOLE cannot time another's interrupts.
+    expect("bad-stat-without-read-right", sys::stat(weak_machine, stat::IRQS_DELIVERED).map(|_| ()), Error::MissingRight);
     let (cpu, _) = sys::cpu_info();
     report("kernel-alive-after-bad-calls", sys::null().is_ok(), format_args!("null syscall still answers on cpu {cpu}"));
     for s in [frame, ro_frame, thread, free, weak_machine] {
