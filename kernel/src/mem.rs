@@ -551,8 +551,11 @@ pub fn init(bi: &BootInfo, reserved: &[Range]) -> MemInfo {
     if let Some(rsdp) = bi.rsdp {
         let mut out = [Range::default(); rl4_smp::acpi::MAX_TABLE_RANGES];
         let (n, skipped) = rl4_smp::acpi::table_ranges(&DirectMapMem, rsdp, &mut out);
-        for r in &out[..n] {
+        for r in &out[..n.min(out.len())] {
             reserve(&mut free, *r, "an ACPI table");
+        }
+        if n > out.len() {
+            println!("memory: {} ACPI table(s) beyond the first {} not kept out of the frame allocator; they must lie in reserved memory", n - out.len(), out.len());
         }
         if skipped > 0 {
             println!("memory: {skipped} ACPI table(s) not readable at boot; they must lie in reserved memory");

@@ -238,19 +238,19 @@ pub unsafe fn discover<H: Handler + PhysMem>(handler: H, rsdp: u64) -> Result<Pl
 }
 
 /// Most ranges [`table_ranges`] reports.
-pub const MAX_TABLE_RANGES: usize = 64;
+pub const MAX_TABLE_RANGES: usize = 128;
 
 /// The physical ranges of the RSDP, the RSDT/XSDT and every table they list (plus FACS and
-/// DSDT), as far as `mem` can read them. Tables it cannot read are skipped; the count of skipped
-/// ones is returned too.
+/// DSDT), as far as `mem` can read them: how many there are (the first [`MAX_TABLE_RANGES`]
+/// are in `out`; the caller says so if there are more), and how many tables it could not read.
 pub fn table_ranges(mem: &impl PhysMem, rsdp: u64, out: &mut [Range; MAX_TABLE_RANGES]) -> (usize, usize) {
     let mut n = 0;
     let mut skipped = 0;
     fn push(out: &mut [Range; MAX_TABLE_RANGES], r: Range, n: &mut usize) {
-        if *n < MAX_TABLE_RANGES {
-            out[*n] = r;
-            *n += 1;
+        if let Some(o) = out.get_mut(*n) {
+            *o = r;
         }
+        *n += 1;
     }
     let mut sig = [0u8; 8];
     if mem.read(rsdp, &mut sig).is_none() || &sig != b"RSD PTR " {
@@ -638,5 +638,19 @@ pub(crate) mod tests {
         assert_eq!(out[4].len(), 46);
         let (n, skipped) = table_ranges(&machine(), BASE + 8, &mut out);
         assert_eq!((n, skipped), (0, 1));
+    }
+
+    /// More tables than `out` holds: the count says so (the ranges past the limit were dropped
+    /// without a word before).
+    #[test]
+    fn table_ranges_count_what_does_not_fit() {
+        let m = machine();
+        let x: Vec<u8> = (0..200).flat_map(|_| 0xe2000u64.to_le_bytes()).collect();
+        let m = patched(&m, 0xe1000 + 36, &x, None);
+        let m = patched(&m, 0xe1004, &((36 + x.len()) as u32).to_le_bytes(), Some(0xe1000));
+        let mut out = [Range::default(); MAX_TABLE_RANGES];
+        let (n, skipped) = table_ranges(&m, BASE, &mut out);
+        assert_eq!((n, skipped), (2 + 200, 0));
+        assert!(out.iter().skip(2).all(|r| r.start == 0xe2000));
     }
 }
