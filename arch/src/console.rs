@@ -109,17 +109,31 @@ pub fn print_line(args: fmt::Arguments<'_>) {
 /// break (the caller splits at `\n`); every other control character (`\r` included, which
 /// some readers take as a line break) and the Unicode line separators become `?`, so that the
 /// prefix is always at the start of what any reader calls a line.
-pub fn print_user_line(task: u64, text: &str, wait: impl FnMut()) {
-    let mut g = lock_while(false, wait);
+pub fn print_user_line(task: u64, text: &str, mut wait: impl FnMut()) {
+    let mut g = lock_while(false, &mut wait);
     let _ = write!(g, "[cpu{} task {task}] ", percpu::cpu_index());
+    // In pieces of at most 64 bytes, `wait` run after each: the line takes up to a few
+    // milliseconds of a real UART with interrupts off, and what other CPUs wait for from this
+    // one (a TLB shoot-down) is answered meanwhile too.
+    let mut put = |g: &mut Guard, mut s: &str| {
+        while !s.is_empty() {
+            let mut n = s.len().min(64);
+            while !s.is_char_boundary(n) {
+                n -= 1;
+            }
+            let _ = g.write_str(&s[..n]);
+            wait();
+            s = &s[n..];
+        }
+    };
     let mut rest = text;
     while let Some(i) = rest.find(|c: char| c.is_control() || c == '\u{2028}' || c == '\u{2029}') {
-        let _ = g.write_str(&rest[..i]);
+        put(&mut g, &rest[..i]);
         let _ = g.write_str("?");
         let c = rest[i..].chars().next().map_or(1, char::len_utf8);
         rest = &rest[i + c..];
     }
-    let _ = g.write_str(rest);
+    put(&mut g, rest);
     let _ = g.write_str("\n");
 }
 

@@ -102,6 +102,13 @@ pub fn set_tsc_deadline(tsc: u64) {
     unsafe { Msr::new(0x6e0).write(tsc) };
 }
 
+/// The width of a physical address on this CPU (MAXPHYADDR, CPUID 0x8000_0008 EAX[7:0]; 36
+/// where the leaf is missing, as the manuals say), at most 52: a page-table entry with an address
+/// bit at or above it has a reserved bit set, and a walk through it faults.
+pub fn phys_bits() -> u32 {
+    cpuid(0x8000_0008).map_or(36, |(eax, ..)| eax & 0xff).clamp(32, 52)
+}
+
 /// The physical address of this CPU's local APIC registers (IA32_APIC_BASE, bits 12 and up
 /// to the 52-bit limit): where the MADT would say, for a machine without ACPI tables.
 pub fn apic_base() -> u64 {

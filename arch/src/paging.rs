@@ -293,9 +293,10 @@ static STACK_NEXT: AtomicU64 = AtomicU64::new(STACKS_BASE);
 /// uncached alias of RAM the kernel uses, or of a frame it hands out, would break the
 /// ownership of frames ([`OwnedFrame`]) and the caches' coherence.
 pub unsafe fn map_mmio(src: &mut impl FrameSource, pa: u64, len: u64) -> Result<u64, MapError> {
-    // Not a physical address (52 bits at most), or a block that wraps: nothing to map (the
-    // `x86_64` crate would panic on the frame, and a wrapped size would map nothing).
-    let end = pa.checked_add(len).filter(|&e| len != 0 && e <= 1 << 52).ok_or(MapError::NotPhysical)?;
+    // Beyond this CPU's physical addresses, or a block that wraps: nothing to map (an entry
+    // with a bit at or above MAXPHYADDR makes every access through it fault, one at or above
+    // bit 52 panics in the `x86_64` crate, and a wrapped size would map nothing).
+    let end = pa.checked_add(len).filter(|&e| len != 0 && e <= 1 << crate::cpu::phys_bits()).ok_or(MapError::NotPhysical)?;
     let start = align_down(pa, PAGE_SIZE);
     let size = align_up(end, PAGE_SIZE) - start;
     let _g = PT_LOCK.lock();

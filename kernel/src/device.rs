@@ -503,15 +503,22 @@ pub fn syscall(t: &Arc<Thread>, s: Sys, a: [u64; 6]) -> Result<[u64; 3], Error> 
         }
         Sys::IrqBind => {
             let line = irq_line(t, a[0])?;
-            let n = match t.task.caps.lock().lookup(a[1], ObjType::Notification, Rights::SEND)?.obj.clone() {
-                KObj::Notification(n) => n,
-                _ => return Err(Error::WrongType),
+            let (n, badge) = {
+                let caps = t.task.caps.lock();
+                let c = caps.lookup(a[1], ObjType::Notification, Rights::SEND)?;
+                match &c.obj {
+                    KObj::Notification(n) => (n.clone(), c.badge),
+                    _ => return Err(Error::WrongType),
+                }
             };
+            // As `Signal`: a badged capability's interrupts signal its badge, whatever `bits`
+            // says (a task holding an interrupt cannot use it to set other bits than its own).
+            let bits = if badge != 0 { badge } else { a[2] };
             let cpu = if a[3] == IRQ_CPU_CALLER { rl4_arch::percpu::cpu_index() as u64 } else { a[3] };
             if !crate::sched::cpu_online(cpu) {
                 return Err(Error::InvalidCpu);
             }
-            crate::irq::bind(&line, &n, a[2], cpu as usize)?;
+            crate::irq::bind(&line, &n, bits, cpu as usize)?;
         }
         Sys::IrqAck => crate::irq::ack(&*irq_line(t, a[0])?)?,
         Sys::IrqUnbind => crate::irq::unbind(&*irq_line(t, a[0])?),

@@ -44,7 +44,7 @@ use rl4_arch::bootinfo::{self, BootInfo, Firmware};
 use rl4_arch::time::RefClock;
 use rl4_arch::{console, cpu, percpu, println, time};
 use rl4_core::cmdline::{self, Options};
-use rl4_core::memmap::MemKind;
+use rl4_core::memmap::{MemKind, Range};
 use rl4_smp::acpi::Platform;
 use rl4_smp::cpus::{self, Cpu};
 use rl4_smp::madt::{self};
@@ -244,50 +244,61 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
     run::after_boot(&plan)
 }
 
-/// The clocks to measure the TSC against when CPUID does not give its frequency, best first.
-/// A PC BIOS (and PVH, which says nothing and runs on a PC) promises the PIT, as it always did
-/// here; UEFI promises no legacy device, so there the timers ACPI describes come first and the
-/// PIT last; a hardware-reduced ACPI machine has no PIT at all.
-/// Whether `pa..pa + len` overlaps memory the memory map calls RAM (usable, ACPI, boot
-/// loader, kernel and modules): no device's registers are there, and mapping it as registers
-/// (uncached, written) would alias memory in use.
-fn overlaps_ram(bi: &BootInfo, pa: u64, len: u64) -> bool {
-    let Some(end) = pa.checked_add(len) else { return true };
-    bi.memory_map().iter().any(|e| {
-        let ram = matches!(
+/// Why the register block `pa..pa + len` (named by a firmware table) must not be mapped, if it
+/// must not: beyond this CPU's physical addresses (an entry with such an address faults at every
+/// access), or a page of it holds RAM by the memory map (usable, ACPI, boot loader, kernel and
+/// modules), the kernel image or what the boot loader passed (a memory map too long for
+/// `BootInfo` may have lost its entry): mapped as registers, uncached and written, it would
+/// alias memory in use. Whole pages, as `map_mmio` maps them.
+fn misplaced(bi: &BootInfo, pa: u64, len: u64) -> Option<&'static str> {
+    let Some(end) = pa.checked_add(len).filter(|&e| e <= 1 << cpu::phys_bits()) else {
+        return Some("beyond this CPU's physical addresses");
+    };
+    let (start, end) = (rl4_core::align_down(pa, 4096), rl4_core::align_up(end, 4096));
+    let hits = |r: &Range| r.start < end && start < r.end;
+    let ram = bi.memory_map().iter().any(|e| {
+        matches!(
             e.kind,
             MemKind::Usable | MemKind::AcpiReclaimable | MemKind::AcpiNvs | MemKind::BootloaderReclaimable | MemKind::KernelAndModules
-        );
-        ram && e.range.start < end && pa < e.range.end
-    })
+        ) && hits(&e.range)
+    });
+    let in_use = hits(&rl4_arch::kernel_phys_range()) || bi.info_ranges().iter().any(hits);
+    (ram || in_use).then_some("in RAM")
 }
 
 /// The register blocks the firmware's tables name, checked before anything maps them: the
 /// local APIC's is the one the CPU itself reports (`IA32_APIC_BASE`, as the application
-/// processors' start code uses), whatever the MADT says; an HPET or an I/O APIC whose block
-/// lies in RAM is passed over (the TSC is then measured against another clock; the I/O APIC's
-/// lines are unusable).
+/// processors' start code uses), whatever the MADT says; an HPET or an I/O APIC whose block is
+/// [`misplaced`] (or an HPET table `acpi::read_hpet` refused) is passed over, with a line in the
+/// log (the TSC is then measured against another clock; the I/O APIC's lines are unusable).
 fn check_register_blocks(bi: &BootInfo, p: &mut Platform) {
     let base = cpu::apic_base();
     if p.lapic_address != base {
         println!("acpi: the MADT places the local APIC at {:#x}, the CPU at {base:#x}: the CPU's address is used", p.lapic_address);
         p.lapic_address = base;
     }
+    if let Some((h, why)) = p.hpet_refused {
+        println!("acpi: the HPET table places the HPET's registers at {h:#x}, {why}: no HPET");
+    }
     if let Some(h) = p.hpet
-        && overlaps_ram(bi, h, 1024)
+        && let Some(why) = misplaced(bi, h, 1024)
     {
-        println!("acpi: the HPET table places the HPET's registers at {h:#x}, in RAM: no HPET");
+        println!("acpi: the HPET table places the HPET's registers at {h:#x}, {why}: no HPET");
         p.hpet = None;
     }
     p.ioapics.retain(|a| {
-        let ram = overlaps_ram(bi, a.address as u64, 0x20);
-        if ram {
-            println!("acpi: the MADT places I/O APIC {} at {:#x}, in RAM: its lines are unusable", a.id, a.address);
+        let why = misplaced(bi, a.address as u64, 0x20);
+        if let Some(why) = why {
+            println!("acpi: the MADT places I/O APIC {} at {:#x}, {why}: its lines are unusable", a.id, a.address);
         }
-        !ram
+        why.is_none()
     });
 }
 
+/// The clocks to measure the TSC against when CPUID does not give its frequency, best first.
+/// A PC BIOS (and PVH, which says nothing and runs on a PC) promises the PIT, as it always did
+/// here; UEFI promises no legacy device, so there the timers ACPI describes come first and the
+/// PIT last; a hardware-reduced ACPI machine has no PIT at all.
 fn reference_clocks(firmware: Firmware, p: &Platform) -> Vec<RefClock> {
     let mut acpi = Vec::new();
     if let Some(phys) = p.hpet {

@@ -80,6 +80,8 @@ pub struct Platform {
     pub tables: Vec<([u8; 4], u64)>,
     /// Physical address of the HPET's registers (HPET table), when in memory space.
     pub hpet: Option<u64>,
+    /// An HPET table [`read_hpet`] refused: the base it gave and why.
+    pub hpet_refused: Option<(u64, &'static str)>,
     pub pm_timer: Option<PmTimer>,
     /// FADT flag HW_REDUCED_ACPI: no fixed hardware (no PM timer, no legacy devices promised).
     pub hw_reduced: bool,
@@ -133,16 +135,24 @@ fn root_table(mem: &impl PhysMem, rsdp: u64) -> Option<(u64, bool, u8)> {
 /// and below 2^52 (a physical address). Anything else is no HPET: the kernel then measures the
 /// TSC with another clock. (The `acpi` crate takes any address space with a warning and
 /// any address; mapping an address with bits above 51 panics in the `x86_64` crate, and
-/// mapping RAM or an I/O port number as registers reads and writes the wrong thing.)
-fn read_hpet(mem: &impl PhysMem, table: u64) -> Option<u64> {
-    let len = mem.u32(table + 4)?;
+/// mapping RAM or an I/O port number as registers reads and writes the wrong thing.) The
+/// kernel checks the base against the CPU's own address width and the memory map as well.
+/// Refused: the base the table gives (0 if it gives none) and why.
+fn read_hpet(mem: &impl PhysMem, table: u64) -> Result<u64, (u64, &'static str)> {
+    let len = mem.u32(table + 4).ok_or((0, "unreadable"))?;
     if !(56..=MAX_TABLE_LEN).contains(&len) {
-        return None;
+        return Err((0, "too short to name its registers"));
     }
     let mut space = [0u8];
-    mem.read(table + 40, &mut space)?;
-    let base = mem.u64(table + 44)?;
-    (space[0] == 0 && base != 0 && base % 1024 == 0 && base < 1 << 52).then_some(base)
+    mem.read(table + 40, &mut space).ok_or((0, "unreadable"))?;
+    let base = mem.u64(table + 44).ok_or((0, "unreadable"))?;
+    match base {
+        _ if space[0] != 0 => Err((base, "not in memory space")),
+        0 => Err((0, "at address 0")),
+        _ if base % 1024 != 0 => Err((base, "not 1 KiB aligned")),
+        _ if base >= 1 << 52 => Err((base, "beyond 52 address bits")),
+        _ => Ok(base),
+    }
 }
 
 /// Most MADT entries read (a 16 MiB table of 2-byte entries would be 8 million).
@@ -199,9 +209,9 @@ fn read_madt(mem: &impl PhysMem, madt: u64, p: &mut Platform) -> Result<(), Acpi
 /// Nothing the firmware wrote is trusted beyond what is checked: the root table is chosen and
 /// checked here ([`root_table`]), every table's signature is read as bytes (the crate's
 /// `as_str` panics on bytes that are not UTF-8, such as those of a null XSDT entry), the MADT
-/// is read here, entry by entry ([`read_madt`]), and `handler` answers a region it cannot read
-/// with zeros (`acpi_handler.rs`), which no table signature matches; the crate reads only the
-/// root table, the FADT and the HPET table.
+/// is read here, entry by entry ([`read_madt`]), and so is the HPET table ([`read_hpet`]);
+/// `handler` answers a region it cannot read with zeros (`acpi_handler.rs`), which no table
+/// signature matches; the crate reads only the root table and the FADT.
 ///
 /// # Safety
 /// `handler` must map physical memory faithfully (or answer zeros for what it cannot read),
@@ -231,7 +241,11 @@ pub unsafe fn discover<H: Handler + PhysMem>(handler: H, rsdp: u64) -> Result<Pl
             }
         }
     }
-    p.hpet = p.tables.iter().find(|(sig, _)| sig == b"HPET").and_then(|&(_, a)| read_hpet(&mem, a));
+    match p.tables.iter().find(|(sig, _)| sig == b"HPET").map(|&(_, a)| read_hpet(&mem, a)) {
+        Some(Ok(base)) => p.hpet = Some(base),
+        Some(Err(refused)) => p.hpet_refused = Some(refused),
+        None => {}
+    }
     let madt = p.tables.iter().find(|(sig, _)| sig == b"APIC").map(|&(_, a)| a);
     read_madt(&mem, madt.ok_or(AcpiError::TableNotFound(::acpi::sdt::Signature::MADT))?, &mut p)?;
     Ok(p)
@@ -567,12 +581,14 @@ pub(crate) mod tests {
             // SAFETY: the fake handler maps only inside its own buffer.
             let p = unsafe { discover(m, BASE) }.unwrap();
             assert_eq!(p.hpet, want, "space {space}, base {base:#x}");
+            assert_eq!(p.hpet_refused.is_some(), want.is_none(), "space {space}, base {base:#x}");
             assert_eq!(p.cpus.len(), 4);
         }
         // A table too short to hold the base.
         let m = patched(&m, 0xe5004, &40u32.to_le_bytes(), Some(0xe5000));
         // SAFETY: as above.
-        assert_eq!(unsafe { discover(m, BASE) }.unwrap().hpet, None);
+        let p = unsafe { discover(m, BASE) }.unwrap();
+        assert_eq!((p.hpet, p.hpet_refused), (None, Some((0, "too short to name its registers"))));
     }
 
     /// An RSDP of revision 2 whose XSDT address is 0, or whose XSDT's length is below a

@@ -120,7 +120,8 @@ numbered! {
         NbSend = 31,
         /// IPC: receive only if a sender waits (`Timeout` otherwise).
         NbRecv = 32,
-        /// `(notification_slot, bits)`: OR `bits | badge` into the word, waking a waiter.
+        /// `(notification_slot, bits)`: OR into the word, waking a waiter, the capability's badge if
+        /// it has one (`bits` is then ignored), else `bits`.
         Signal = 33,
         /// `(notification_slot)`, timeout in `r12` → `(bits)`: wait for a non-zero word, take it.
         Wait = 34,
@@ -303,7 +304,8 @@ pub struct Rights(pub u64);
 
 impl Rights {
     pub const NONE: Rights = Rights(0);
-    /// Frames: map readable. Address spaces, tasks, threads: inspect.
+    /// Frames: map readable. Address spaces, tasks, threads: inspect. Machine: read the
+    /// counters (`Stat`).
     pub const READ: Rights = Rights(1 << 0);
     /// Frames: map writable. Address spaces: map/unmap. Tasks, threads: control.
     pub const WRITE: Rights = Rights(1 << 1);

@@ -76,7 +76,8 @@ impl Notification {
         let s = crate::slots::alloc().ok_or(Error::SlotOccupied)?;
         sys::notification_create(memory, s).map(|_| Notification(s)).inspect_err(|_| crate::slots::free(s))
     }
-    /// ORs `bits` (and the capability's badge) into the word, waking a waiter.
+    /// ORs into the word, waking a waiter: the capability's badge if it has one (`bits` is then
+    /// ignored), else `bits`.
     pub fn signal(self, bits: u64) -> Result<(), Error> {
         sys::signal(self.0, bits)
     }

@@ -373,6 +373,35 @@ fn test_masked_until_ack() {
     );
 }
 
+/// An interrupt bound through a badged copy of a notification signals the copy's badge, not the
+/// bits `IrqBind` names (before the fifteenth session the bits were taken as given: a task with an
+/// interrupt and a badged copy could set any bit of the word).
+fn test_badged_binding() {
+    const NAME: &str = "irq-badged-binding-signals-its-badge";
+    let (irq, n, badged) = (slot(), slot(), slot());
+    let r = sys::irq_get(DEVICES, COM2_IRQ, irq)
+        .and_then(|_| sys::notification_create(MEMORY, n))
+        .and_then(|_| sys::cap_mint(n, TASK, badged, Rights::SEND, 0x30));
+    if let Err(e) = r {
+        return report(NAME, false, format_args!("set-up: {e}"));
+    }
+    com::loopback(COM2);
+    let bound = sys::irq_bind(irq, badged, 0x1, IRQ_CPU_CALLER);
+    outb(COM2 + THR, b'a');
+    let got = sys::wait(n, ms(2000));
+    let drained = com::drain(COM2);
+    let _ = sys::irq_ack(irq);
+    let unbound = sys::irq_unbind(irq);
+    release(irq);
+    release(badged);
+    release(n);
+    report(
+        NAME,
+        bound.is_ok() && got == Ok(0x30) && drained == 1 && unbound.is_ok(),
+        format_args!("bound with bits 0x1 through a copy of badge 0x30: {bound:?}; the interrupt signalled {got:?}; unbind {unbound:?}"),
+    );
+}
+
 /// A driver task killed between an interrupt and its `IrqAck`: the line stays masked, the `Irq`
 /// object dies with the task (the line can be had again), and a new driver gets interrupts.
 fn test_driver_killed(bi: &BootInfo) {
@@ -773,10 +802,11 @@ pub fn run(bi: &BootInfo) {
     test_flips_interrupt_no_other_cpu(bi, ports);
     if com2 {
         test_masked_until_ack();
+        test_badged_binding();
         test_driver_killed(bi);
         test_latency();
     } else {
-        for n in ["irq-masked-until-ack", "irq-driver-killed-mid-interrupt", "irq-latency"] {
+        for n in ["irq-masked-until-ack", "irq-badged-binding-signals-its-badge", "irq-driver-killed-mid-interrupt", "irq-latency"] {
             skip(n, "no COM2 (QEMU gives one with a second -serial)");
         }
     }

@@ -200,9 +200,10 @@ fn start(img: &Image, cfg: &Config, i: usize, fz: &mut [Option<Fuzzer>]) -> Opti
         });
         release(page);
         r?;
-        // The machine capability it gets has no rights: no console (it would print garbage),
-        // no shutdown, no measurements, no consistency checks.
-        sys::cap_copy(MACHINE, task, fs::MACHINE, Rights::NONE)?;
+        // The machine capability it gets reads the counters (`Stat`, whose grace-period
+        // settling it exercises) and nothing more: no console (it would print garbage), no
+        // shutdown, no measurements, no consistency checks.
+        sys::cap_copy(MACHINE, task, fs::MACHINE, Rights::READ)?;
         sys::cap_copy(MEMORY, task, fs::MEMORY, Rights::ALL)?;
         sys::cap_copy(task, task, fs::TASK, Rights::ALL)?;
         sys::cap_copy(space, task, fs::SPACE, Rights::ALL)?;

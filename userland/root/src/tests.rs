@@ -864,7 +864,10 @@ fn test_bad_args() {
     expect("bad-check-without-shutdown-right", sys::kernel_check(weak_machine).map(|_| ()), Error::MissingRight);
     // The machine's counters (other tasks' IPC, interrupts delivered, free memory) are for a
     // holder of the READ right: a task started with only CONSOLE cannot time another's interrupts.
-    expect("bad-stat-without-read-right", sys::stat(weak_machine, stat::IRQS_DELIVERED).map(|_| ()), Error::MissingRight);
+    let console_machine = slot();
+    let _ = sys::cap_copy(MACHINE, TASK, console_machine, Rights::CONSOLE);
+    expect("bad-stat-without-read-right", sys::stat(console_machine, stat::IRQS_DELIVERED).map(|_| ()), Error::MissingRight);
+    release(console_machine);
     let (cpu, _) = sys::cpu_info();
     report("kernel-alive-after-bad-calls", sys::null().is_ok(), format_args!("null syscall still answers on cpu {cpu}"));
     for s in [frame, ro_frame, thread, free, weak_machine] {
