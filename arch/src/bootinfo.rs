@@ -115,12 +115,16 @@ pub struct Module {
     pub range: Range,
     name: [u8; MODULE_NAME_MAX],
     name_len: u8,
+    /// Its first bytes could not be read while the boot information was parsed (it lies where
+    /// the boot page tables do not reach, above 4 GiB): whether it is an archive is decided once
+    /// the direct map is up ([`BootInfo::expand_unread_archives`]).
+    unread: bool,
 }
 
 impl Module {
     /// A module named `name` (cleaned as the type's documentation says).
     pub fn new(range: Range, name: &[u8]) -> Module {
-        let mut m = Module { range, name: [0; MODULE_NAME_MAX], name_len: 0 };
+        let mut m = Module { range, name: [0; MODULE_NAME_MAX], name_len: 0, unread: false };
         m.set_name(name);
         m
     }
@@ -204,7 +208,7 @@ impl BootInfo {
             cmdline_len: 0,
             cmdline_truncated: false,
             rsdp: None,
-            modules: [Module { range: Range::new(0, 0), name: [0; MODULE_NAME_MAX], name_len: 0 }; MAX_MODULES],
+            modules: [Module { range: Range::new(0, 0), name: [0; MODULE_NAME_MAX], name_len: 0, unread: false }; MAX_MODULES],
             modules_len: 0,
             modules_dropped: 0,
             info_ranges: [Range::new(0, 0); MAX_INFO_RANGES],
@@ -307,11 +311,39 @@ impl BootInfo {
     /// by its file name. A malformed archive is kept whole (its user sees what it is); a
     /// member past [`MAX_MODULES`] counts as dropped. The archive's range stays reserved.
     pub fn expand_archives(&mut self, mem: &impl PhysMem) {
+        self.expand(mem, |_| true);
+    }
+
+    /// [`expand_archives`](Self::expand_archives) for the modules whose first bytes the parser
+    /// could not read (above the 4 GiB the boot page tables map: Limine may load a module
+    /// there), through `mem` that reads them now; the others are left as they are (a member
+    /// that is itself an archive stays one file). Returns how many such modules there were.
+    pub fn expand_unread_archives(&mut self, mem: &impl PhysMem) -> usize {
+        let n = self.modules().iter().filter(|m| m.unread).count();
+        if n > 0 {
+            self.expand(mem, |m| m.unread);
+        }
+        n
+    }
+
+    /// Replaces each module `pick` chooses that is a `newc` archive by its members; a chosen
+    /// module whose first bytes `mem` cannot read is kept, marked unread.
+    fn expand(&mut self, mem: &impl PhysMem, pick: impl Fn(&Module) -> bool) {
         let mut all = [Module::new(Range::new(0, 0), b""); MAX_MODULES];
         let n = self.modules_len;
         all[..n].copy_from_slice(&self.modules[..n]);
         self.modules_len = 0;
         for m in &all[..n] {
+            if !pick(m) {
+                self.add_module(*m);
+                continue;
+            }
+            let mut head = [0u8; 6];
+            if !m.range.is_empty() && mem.read(m.range.start, &mut head).is_none() {
+                self.add_module(Module { unread: true, ..*m });
+                continue;
+            }
+            let m = &Module { unread: false, ..*m };
             let mut members = [Module::new(Range::new(0, 0), b""); MAX_MODULES];
             match read_newc(mem, m.range, &mut members) {
                 Some((count, extra)) => {
@@ -1085,6 +1117,34 @@ mod tests {
         assert_eq!(&b, b"ECHO!");
         // The whole archive stays reserved.
         assert!(bi.info_ranges().iter().any(|r| r.start == 0x20_0000 && r.len() == ar.len() as u64));
+    }
+
+    /// An archive the parser cannot read (Limine loads modules above 4 GiB, beyond the boot page
+    /// tables) stays one module, marked, and is expanded once the kernel can read it (before the
+    /// fifteenth session it was handed to the root task whole).
+    #[test]
+    fn archive_unreadable_at_parse_is_expanded_later() {
+        struct Below<'a>(&'a Mem, u64);
+        impl PhysMem for Below<'_> {
+            fn read(&self, pa: u64, buf: &mut [u8]) -> Option<()> {
+                (pa + buf.len() as u64 <= self.1).then_some(())?;
+                self.0.read(pa, buf)
+            }
+        }
+        let mut m = pvh_image(1);
+        let ar = newc(&[("echo.elf", b"ECHO!"), ("client", &[7u8; 64])]);
+        m.put(0x20_0000, &ar);
+        m.put64(0x1108, ar.len() as u64);
+        let mut bi = parse_pvh(&Below(&m, 0x20_0000), 0x1000).unwrap();
+        assert_eq!(bi.modules().len(), 1);
+        assert!(bi.modules()[0].unread);
+        // Still unreadable: kept, still marked.
+        assert_eq!(bi.expand_unread_archives(&Below(&m, 0x20_0000)), 1);
+        assert_eq!(bi.modules().len(), 1);
+        assert_eq!(bi.expand_unread_archives(&m), 1);
+        let mods: Vec<_> = bi.modules().iter().map(|x| (x.name().to_string(), x.range.len(), x.unread)).collect();
+        assert_eq!(mods, [("echo".to_string(), 5, false), ("client".to_string(), 64, false)]);
+        assert_eq!(bi.expand_unread_archives(&m), 0);
     }
 
     #[test]

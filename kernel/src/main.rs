@@ -79,8 +79,10 @@ pub extern "C" fn rl4_kernel_entry(protocol: u32, magic: u32, info: u64) -> ! {
         rl4_arch::ENTRY_LIMINE => rl4_arch::limine::boot_info(&rl4_arch::paging::DirectMapMem),
         _ => unreachable!("the boot entries pass one of the three protocols"),
     };
-    let bi = match parsed {
-        Ok(bi) => BOOT_INFO.call_once(|| bi),
+    // Kept here until the direct map is up (archives above 4 GiB are expanded then), then
+    // published (`boot_info`).
+    let mut bi = match parsed {
+        Ok(bi) => bi,
         Err(e) => panic!("cannot read the boot information ({e:?}); protocol {protocol}, info at {info:#x}"),
     };
     println!(
@@ -121,6 +123,13 @@ pub extern "C" fn rl4_kernel_entry(protocol: u32, magic: u32, info: u64) -> ! {
     for e in bi.memory_map() {
         println!("memory map: {:#014x}..{:#014x} {:?}", e.range.start, e.range.end, e.kind);
     }
+    let m = mem::init(&bi, options().reserved());
+    // Modules the parser could not read (above the 4 GiB the boot page tables map) are looked
+    // into now: an archive among them becomes its files, as one below would have.
+    let late = bi.expand_unread_archives(&rl4_arch::paging::DirectMapMem);
+    if late > 0 {
+        println!("boot info: {late} module(s) above the boot page tables' reach read after the switch to the kernel's");
+    }
     // Modules are kept out of the frame allocator; `root::start` hands them to the root task.
     for (i, m) in bi.modules().iter().enumerate() {
         println!("boot module {i}: {:#x}..{:#x} ({} bytes) '{}'", m.range.start, m.range.end, m.range.len(), m.name());
@@ -128,8 +137,7 @@ pub extern "C" fn rl4_kernel_entry(protocol: u32, magic: u32, info: u64) -> ! {
     if bi.memmap_dropped > 0 || bi.modules_dropped > 0 {
         println!("boot info: {} memory ranges and {} modules beyond rl4's limits ignored", bi.memmap_dropped, bi.modules_dropped);
     }
-
-    let m = mem::init(bi, options().reserved());
+    BOOT_INFO.call_once(|| bi);
     TRAMPOLINE.call_once(|| m.trampoline);
     println!(
         "memory: {} MiB usable, {} MiB free in the frame allocator, heap {} KiB at {:#x} (grows on demand), AP trampoline {}",
