@@ -317,13 +317,15 @@ impl BootInfo {
     /// [`expand_archives`](Self::expand_archives) for the modules whose first bytes the parser
     /// could not read (above the 4 GiB the boot page tables map: Limine may load a module
     /// there), through `mem` that reads them now; the others are left as they are (a member
-    /// that is itself an archive stays one file). Returns how many such modules there were.
-    pub fn expand_unread_archives(&mut self, mem: &impl PhysMem) -> usize {
-        let n = self.modules().iter().filter(|m| m.unread).count();
+    /// that is itself an archive stays one file). Returns how many such modules there were, and
+    /// how many of those `mem` could not read either (they are kept whole, still marked).
+    pub fn expand_unread_archives(&mut self, mem: &impl PhysMem) -> (usize, usize) {
+        let unread = |bi: &BootInfo| bi.modules().iter().filter(|m| m.unread).count();
+        let n = unread(self);
         if n > 0 {
             self.expand(mem, |m| m.unread);
         }
-        n
+        (n, unread(self))
     }
 
     /// Replaces each module `pick` chooses that is a `newc` archive by its members; a chosen
@@ -338,8 +340,11 @@ impl BootInfo {
                 self.add_module(*m);
                 continue;
             }
-            let mut head = [0u8; 6];
-            if !m.range.is_empty() && mem.read(m.range.start, &mut head).is_none() {
+            // Unread if its first or its last bytes cannot be read (a range that starts below
+            // 4 GiB and ends above, as well as one wholly above): `read_newc` would take it for
+            // malformed.
+            let (mut head, mut last) = ([0u8; 6], [0u8; 1]);
+            if !m.range.is_empty() && (mem.read(m.range.start, &mut head).is_none() || mem.read(m.range.end - 1, &mut last).is_none()) {
                 self.add_module(Module { unread: true, ..*m });
                 continue;
             }
@@ -1139,12 +1144,17 @@ mod tests {
         assert_eq!(bi.modules().len(), 1);
         assert!(bi.modules()[0].unread);
         // Still unreadable: kept, still marked.
-        assert_eq!(bi.expand_unread_archives(&Below(&m, 0x20_0000)), 1);
+        assert_eq!(bi.expand_unread_archives(&Below(&m, 0x20_0000)), (1, 1));
         assert_eq!(bi.modules().len(), 1);
-        assert_eq!(bi.expand_unread_archives(&m), 1);
+        assert_eq!(bi.expand_unread_archives(&m), (1, 0));
         let mods: Vec<_> = bi.modules().iter().map(|x| (x.name().to_string(), x.range.len(), x.unread)).collect();
         assert_eq!(mods, [("echo".to_string(), 5, false), ("client".to_string(), 64, false)]);
-        assert_eq!(bi.expand_unread_archives(&m), 0);
+        assert_eq!(bi.expand_unread_archives(&m), (0, 0));
+        // An archive whose start can be read but not its end (it crosses the limit): unread too.
+        let mut bi = parse_pvh(&Below(&m, 0x20_0000 + ar.len() as u64 - 1), 0x1000).unwrap();
+        assert!(bi.modules().len() == 1 && bi.modules()[0].unread);
+        assert_eq!(bi.expand_unread_archives(&m), (1, 0));
+        assert_eq!(bi.modules().len(), 2);
     }
 
     #[test]

@@ -102,11 +102,35 @@ pub fn set_tsc_deadline(tsc: u64) {
     unsafe { Msr::new(0x6e0).write(tsc) };
 }
 
-/// The width of a physical address on this CPU (MAXPHYADDR, CPUID 0x8000_0008 EAX[7:0]; 36
-/// where the leaf is missing, as the manuals say), at most 52: a page-table entry with an address
-/// bit at or above it has a reserved bit set, and a walk through it faults.
+/// The width of a physical address that names memory on this CPU, at most 52: MAXPHYADDR
+/// (CPUID 0x8000_0008 EAX[7:0]; 36 where the leaf is missing, as the manuals say), less the
+/// bits memory encryption takes when it is on (AMD SME: CPUID 0x8000_001F EBX[11:6] when
+/// `SYSCFG.MemEncryptionModeEn`; Intel TME-MK: the key-ID bits of `IA32_TME_ACTIVATE` when it
+/// is locked and enabled), whose addresses name the same RAM under another key, as Linux
+/// counts them. A page-table entry with an address bit at or above MAXPHYADDR faults at every
+/// access.
 pub fn phys_bits() -> u32 {
-    cpuid(0x8000_0008).map_or(36, |(eax, ..)| eax & 0xff).clamp(32, 52)
+    let raw = cpuid(0x8000_0008).map_or(36, |(eax, ..)| eax & 0xff);
+    let vendor = __cpuid(0);
+    let amd = (vendor.ebx, vendor.edx, vendor.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
+    let mut taken = 0;
+    if amd && let Some((eax, ebx, ..)) = cpuid(0x8000_001f) && eax & 1 != 0 {
+        // SAFETY: SYSCFG (0xC001_0010) exists on every AMD CPU that reports SME; reading it has
+        // no side effects.
+        let syscfg = unsafe { Msr::new(0xc001_0010).read() };
+        if syscfg & 1 << 23 != 0 {
+            taken = (ebx >> 6) & 0x3f;
+        }
+    }
+    if !amd && cpuid(7).is_some() && __cpuid_count(7, 0).ecx & 1 << 13 != 0 {
+        // SAFETY: IA32_TME_ACTIVATE (0x982) exists where CPUID.7.0:ECX[13] (TME) is set;
+        // reading it has no side effects.
+        let tme = unsafe { Msr::new(0x982).read() };
+        if tme & 0b11 == 0b11 {
+            taken = ((tme >> 32) & 0xf) as u32;
+        }
+    }
+    raw.saturating_sub(taken).clamp(32, 52)
 }
 
 /// The physical address of this CPU's local APIC registers (IA32_APIC_BASE, bits 12 and up

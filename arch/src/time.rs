@@ -135,6 +135,15 @@ fn pit_window(ms: u64) -> Option<u64> {
         mode.write(0b1011_0000); // channel 2, lobyte/hibyte, mode 0, binary
         ch2.write(count as u8);
         ch2.write((count >> 8) as u8);
+        // Mode 0 holds OUT2 low from the control word until the count ends: a high OUT2 now is
+        // no PIT (a machine without one reads the port as all ones). Without this check the
+        // window "ended" at the first read, and under a loaded host the few thousand ticks the
+        // reads took passed for a 13 MHz TSC (seen with `-machine pit=off`): every timeout
+        // would have run 200 times too long.
+        if gate.read() & 0x20 != 0 {
+            gate.write(g & !0x03);
+            return None;
+        }
         let start = rdtsc();
         gate.write((g & !0x02) | 0x01);
         let mut done = false;

@@ -126,9 +126,12 @@ pub extern "C" fn rl4_kernel_entry(protocol: u32, magic: u32, info: u64) -> ! {
     let m = mem::init(&bi, options().reserved());
     // Modules the parser could not read (above the 4 GiB the boot page tables map) are looked
     // into now: an archive among them becomes its files, as one below would have.
-    let late = bi.expand_unread_archives(&rl4_arch::paging::DirectMapMem);
+    let (late, unread) = bi.expand_unread_archives(&rl4_arch::paging::DirectMapMem);
     if late > 0 {
-        println!("boot info: {late} module(s) above the boot page tables' reach read after the switch to the kernel's");
+        println!("boot info: {} module(s) above the boot page tables' reach read after the switch to the kernel's", late - unread);
+    }
+    if unread > 0 {
+        println!("boot info: {unread} module(s) not readable even then: handed over as they are, not looked into");
     }
     // Modules are kept out of the frame allocator; `root::start` hands them to the root task.
     for (i, m) in bi.modules().iter().enumerate() {
@@ -254,8 +257,7 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
 
 /// Why the register block `pa..pa + len` (named by a firmware table) must not be mapped, if it
 /// must not: beyond this CPU's physical addresses (an entry with such an address faults at every
-/// access), or a page of it holds RAM by the memory map (usable, ACPI, boot loader, kernel and
-/// modules), the kernel image or what the boot loader passed (a memory map too long for
+/// access), or a page of it is memory by the memory map (anything but reserved), the kernel image or what the boot loader passed (a memory map too long for
 /// `BootInfo` may have lost its entry): mapped as registers, uncached and written, it would
 /// alias memory in use. Whole pages, as `map_mmio` maps them.
 fn misplaced(bi: &BootInfo, pa: u64, len: u64) -> Option<&'static str> {
@@ -264,12 +266,9 @@ fn misplaced(bi: &BootInfo, pa: u64, len: u64) -> Option<&'static str> {
     };
     let (start, end) = (rl4_core::align_down(pa, 4096), rl4_core::align_up(end, 4096));
     let hits = |r: &Range| r.start < end && start < r.end;
-    let ram = bi.memory_map().iter().any(|e| {
-        matches!(
-            e.kind,
-            MemKind::Usable | MemKind::AcpiReclaimable | MemKind::AcpiNvs | MemKind::BootloaderReclaimable | MemKind::KernelAndModules
-        ) && hits(&e.range)
-    });
+    // Anything the map calls other than reserved (as `device.rs` decides which pages tasks may
+    // map as devices): RAM of every kind, defective RAM, persistent memory, the framebuffer.
+    let ram = bi.memory_map().iter().any(|e| e.kind != MemKind::Reserved && hits(&e.range));
     let in_use = hits(&rl4_arch::kernel_phys_range()) || bi.info_ranges().iter().any(hits);
     (ram || in_use).then_some("in RAM")
 }

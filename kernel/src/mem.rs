@@ -598,8 +598,9 @@ pub fn init(bi: &BootInfo, reserved: &[Range]) -> MemInfo {
     let _ = direct.insert(Range::new(0, 0x10_0000));
     // The boot information and the modules are read after the switch (the root task's image,
     // the RSDP copy inside the Multiboot2 information): mapped even where a memory map too long
-    // for `BootInfo` lost the entry that held them.
-    for r in bi.info_ranges() {
+    // for `BootInfo` lost the entry that held them. Only then: a range in a hole of a complete
+    // map is no RAM the loader used, and would be mapped write-back over whatever is there.
+    for r in bi.info_ranges().iter().filter(|_| bi.memmap_dropped > 0) {
         let _ = direct.insert(Range::new(rl4_core::align_down(r.start, PAGE_SIZE), rl4_core::align_up(r.end, PAGE_SIZE).min(rl4_arch::layout::DIRECT_MAP_SIZE)));
     }
     let [text, rodata, data] = rl4_arch::kernel_sections();

@@ -383,6 +383,9 @@ fn test_badged_binding() {
         .and_then(|_| sys::notification_create(MEMORY, n))
         .and_then(|_| sys::cap_mint(n, TASK, badged, Rights::SEND, 0x30));
     if let Err(e) = r {
+        for s in [irq, badged, n] {
+            release(s);
+        }
         return report(NAME, false, format_args!("set-up: {e}"));
     }
     com::loopback(COM2);
