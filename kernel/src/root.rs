@@ -141,6 +141,11 @@ fn program(name: &str, addr: u64, len: u64, kind: u64) -> Program {
 /// owned frame object that the consistency check counts, and keeps out whatever shares the
 /// module's first and last pages; the boot loader's copy stays reserved. A module too big,
 /// unreadable or past the directory's room is refused with a console line; the others go on.
+/// What the root task's start still takes after its modules, with room to spare: the BootInfo
+/// page (a frame, its mapping, up to three page tables) and the first thread (its record and
+/// FPU area) come to about 25 KiB.
+const START_RESERVE: u64 = 64 * 1024;
+
 fn modules(space: &Space, memory: &Arc<Memory>, bi: &mut BootInfo, at: &mut u64) -> Result<(), &'static str> {
     use rl4_arch::bootinfo::PhysMem;
     let Some(boot) = crate::boot_info() else { return Ok(()) };
@@ -158,6 +163,15 @@ fn modules(space: &Space, memory: &Arc<Memory>, bi: &mut BootInfo, at: &mut u64)
             continue;
         }
         let pages = len.div_ceil(PAGE_SIZE);
+        // Its frames, their mappings and page tables, and what the root task's start needs
+        // after the modules (its BootInfo page and its thread, with room to spare): a module
+        // that would leave less is refused here, whole, rather than failing the start half-way
+        // (a set of modules sized to the budget panicked the boot before the fifteenth session).
+        let need = pages * (rl4_abi::cost::FRAME + rl4_abi::cost::MAP) + (pages / 512 + 3) * PAGE_SIZE + START_RESERVE;
+        if memory.left() < need {
+            println!("boot module {i} '{name}' refused: {len} bytes, more than the root task's budget leaves ({} bytes left)", memory.left());
+            continue;
+        }
         let mut frames = alloc::vec::Vec::with_capacity(pages as usize);
         let mut refused = None;
         for p in 0..pages {

@@ -647,7 +647,8 @@ pub(crate) fn reprio_urgent(cpu: u32, old: u8, new: u8) -> bool {
 
 /// Looks at every thread another CPU (or this one) asked about ([`request`]), one entry each:
 /// a killed thread's entry leaves the run queue (`Life::dequeue`, which lets it go), and a
-/// re-prioritised one's moves to the end of its priority's list now (`Thread::reprio`). A
+/// re-prioritised one's moves to the end of its priority's list now (`Thread::reprio`), and a
+/// moved one (`ThreadSetAffinity`) goes to its new CPU's inbox (`Life::dequeue`'s forward). A
 /// thread that is not in this run queue is in the inbox still (looked at again at the next
 /// decision, after the inbox is drained), runs or waits (nothing to do), or was moved to
 /// another CPU's queue meanwhile (that CPU is asked). Runs with interrupts off and no lock
@@ -668,14 +669,17 @@ fn serve_requests(cs: Here) {
     while let Some(t) = taken.pop_front() {
         let mut l = t.life.lock();
         let (killed, reprio) = (t.killed.load(Ordering::Relaxed), t.reprio.load(Ordering::Relaxed));
-        if !(killed || reprio) {
+        // Moved to another CPU (`ThreadSetAffinity`) while queued here: passed on now, not when
+        // this CPU, maybe held by a thread of higher priority, gets round to popping it.
+        let moved = l.cpu != me;
+        if !(killed || reprio || moved) {
             // Dealt with already (it ran, or a request before this one moved it).
             drop(l);
             crate::reclaim::later_thread(t);
             continue;
         }
         match with_rq(cs, |rq| rq.remove_queued(&t)) {
-            Some((_, entry)) if !killed => {
+            Some((_, entry)) if !killed && !moved => {
                 // Its priority changed: back at the end of its priority's list (the flag cleared
                 // first; one set meanwhile comes with a request of its own).
                 t.reprio.store(false, Ordering::Relaxed);
@@ -690,7 +694,11 @@ fn serve_requests(cs: Here) {
                         let p = l.prio;
                         with_rq(cs, |rq| rq_push(rq, p, entry.clone(), false));
                     }
-                    Pick::Forward(c) => push(c, &t, l.prio),
+                    // Its new CPU's queue takes its new priority too.
+                    Pick::Forward(c) => {
+                        t.reprio.store(false, Ordering::Relaxed);
+                        push(c, &t, l.prio)
+                    }
                 }
                 drop(l);
                 crate::reclaim::later_thread(entry);

@@ -274,15 +274,19 @@ pub fn resume(t: &Arc<Thread>) -> Result<(), Refused> {
     Ok(())
 }
 
-/// `ThreadSetAffinity`: the thread moves to `cpu`; the CPU that runs it now lets it go at once.
+/// `ThreadSetAffinity`: the thread moves to `cpu`; the CPU that runs it now lets it go at once,
+/// and the CPU whose queue holds it passes it on at its next decision (a request: before the
+/// fifteenth session it waited until that CPU popped it, which a CPU kept busy by a thread of
+/// higher priority never did, so that moving a starved thread to an idle CPU did nothing).
 pub fn set_affinity(t: &Arc<Thread>, cpu: u32) {
     // Its home moves with it (the only place `Life::cpu` changes): both CPUs' home locks.
     t.life.rehome(cpu, |l| {
         l.cpu = cpu;
-        if let rl4_core::life::Place::Current(c) = l.place() {
-            if c != cpu {
-                sched::kick(c);
-            }
+        match l.place() {
+            rl4_core::life::Place::Current(c) if c != cpu => sched::kick(c),
+            // Not urgent: that CPU's next tick decides at the latest.
+            rl4_core::life::Place::Queued(c) if c != cpu => sched::request(c, t, || false),
+            _ => {}
         }
     });
 }

@@ -35,7 +35,13 @@ pub enum ElfError {
     /// The entry point is not inside an executable segment.
     BadEntry,
     NoSegments,
+    /// More program headers than [`MAX_PHNUM`].
+    TooManyHeaders,
 }
+
+/// Most program headers an image may have (a program has a handful; the check of every loadable
+/// segment against the others is quadratic, and 65,535 headers made it take minutes).
+pub const MAX_PHNUM: u64 = 256;
 
 impl fmt::Display for ElfError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -111,6 +117,9 @@ impl<'a> Elf<'a> {
         };
         if e.phentsize < 56 {
             return Err(ElfError::BadHeader);
+        }
+        if e.phnum > MAX_PHNUM {
+            return Err(ElfError::TooManyHeaders);
         }
         let table_end = e.phnum.checked_mul(e.phentsize).and_then(|n| n.checked_add(e.phoff));
         if table_end.is_none_or(|end| end > data.len() as u64) {
@@ -223,6 +232,18 @@ mod tests {
         assert_eq!(segs.len(), 2);
         assert_eq!(segs[1].pages(), (0x40_2000, 0x40_5000));
         assert_eq!(e.file_bytes(&segs[0]).len(), 0x1800);
+    }
+
+    /// More headers than `MAX_PHNUM`, each a loadable segment of no page: refused at once (the
+    /// pairwise check took quadratic time in them before).
+    #[test]
+    fn refuses_too_many_headers() {
+        let mut segs = vec![(0x40_0000u64, 0x1000u64, 0x10u64, PF_R | PF_X)];
+        segs.extend((0..MAX_PHNUM).map(|_| (0x50_0000u64, 0u64, 0u64, PF_R)));
+        let d = image(0x40_0000, &segs);
+        assert_eq!(Elf::parse(&d, LO, HI).unwrap_err(), ElfError::TooManyHeaders);
+        let d = image(0x40_0000, &segs[..MAX_PHNUM as usize]);
+        assert!(Elf::parse(&d, LO, HI).is_ok());
     }
 
     #[test]

@@ -60,6 +60,7 @@ fn rl4_main(boot_info: u64, _: u64) {
         return;
     }
     space::init(bi);
+    stress::init_sleep();
     // The first panic of a root-task thread (a test harness step that cannot go on, such as a stack
     // it could not map) ends the run as a failure at once, rather than leaving the machine idle
     // until the test script's timeout.

@@ -94,6 +94,7 @@ impl fmt::Display for Refusal {
                 ElfError::Overlap => "overlapping segments (two loadable segments share a page)",
                 ElfError::BadEntry => "the entry point is not in an executable segment",
                 ElfError::NoSegments => "no loadable segment",
+                ElfError::TooManyHeaders => "more than 256 program headers",
             }),
             Refusal::TooBig(n) => write!(f, "too big: its segments take {n} bytes, more than {} MiB", MAX_PROGRAM_MEMORY >> 20),
             Refusal::Sys(what, e) => write!(f, "{what} failed: {e}"),

@@ -200,19 +200,26 @@ pub fn load_pages(
         let mut va = p0;
         while va < p1 {
             let f = slot();
-            sys::frame_alloc(MEMORY, f)?;
-            sys::map(SPACE, f, scratch, Rights::READ.union(Rights::WRITE))?;
-            // Copy the part of the segment's file bytes that falls into this page.
-            let page_lo = va.max(seg.vaddr);
-            let page_hi = (va + PAGE_SIZE).min(seg.vaddr + seg.filesz);
-            if page_lo < page_hi {
-                let src = &file[(page_lo - seg.vaddr) as usize..(page_hi - seg.vaddr) as usize];
-                let dst = (scratch + (page_lo - va)) as *mut u8;
-                // SAFETY: `scratch..scratch+4096` is mapped writable just above, and the
-                // range stays inside that page.
-                unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+            let copied = sys::frame_alloc(MEMORY, f).and_then(|_| sys::map(SPACE, f, scratch, Rights::READ.union(Rights::WRITE))).and_then(|_| {
+                // Copy the part of the segment's file bytes that falls into this page.
+                let page_lo = va.max(seg.vaddr);
+                let page_hi = (va + PAGE_SIZE).min(seg.vaddr + seg.filesz);
+                if page_lo < page_hi {
+                    let src = &file[(page_lo - seg.vaddr) as usize..(page_hi - seg.vaddr) as usize];
+                    let dst = (scratch + (page_lo - va)) as *mut u8;
+                    // SAFETY: `scratch..scratch+4096` is mapped writable just above, and the
+                    // range stays inside that page.
+                    unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+                }
+                sys::unmap(SPACE, scratch)
+            });
+            if let Err(e) = copied {
+                // The frame (and its slot) go back, and the scratch page is free for the next
+                // load (out of memory half-way: a program refused, the root task goes on).
+                let _ = sys::unmap(SPACE, scratch);
+                release(f);
+                return Err(e);
             }
-            sys::unmap(SPACE, scratch)?;
             let mut r = Rights::READ;
             if seg.flags & PF_W != 0 {
                 r = r.union(Rights::WRITE);

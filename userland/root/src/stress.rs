@@ -183,14 +183,31 @@ pub fn run_with(pairs: usize, messages: u64, seconds: u64, busy: bool, tick: &mu
 
 static SLEEP_NOTE: AtomicU64 = AtomicU64::new(u64::MAX);
 
-/// Blocks the calling thread for about `ms` milliseconds (a wait on a private notification that
-/// nobody signals).
-pub fn sleep_ms(ms: u64) {
-    let mut n = SLEEP_NOTE.load(SeqCst);
-    if n == u64::MAX {
-        n = slot();
-        let _ = sys::notification_create(MEMORY, n);
-        SLEEP_NOTE.store(n, SeqCst);
+/// Makes [`sleep_ms`]'s notification, if it is not made yet; whether it exists. The root task
+/// calls this first thing, before any program it starts can spend the budget it shares.
+pub fn init_sleep() -> bool {
+    if SLEEP_NOTE.load(SeqCst) != u64::MAX {
+        return true;
     }
-    let _ = sys::wait(n, tsc_hz() / 1000 * ms);
+    let n = slot();
+    if sys::notification_create(MEMORY, n).is_err() {
+        release(n);
+        return false;
+    }
+    SLEEP_NOTE.store(n, SeqCst);
+    true
+}
+
+/// Blocks the calling thread for about `ms` milliseconds (a wait on a private notification that
+/// nobody signals). Should the notification not exist (it is made at the root task's start,
+/// [`init_sleep`]), it tries again, and yields meanwhile rather than keep a dead slot: before
+/// the fifteenth session a program that spent the shared budget first left every later sleep
+/// returning at once, and the root task spinning at its priority above the programs it waited
+/// for.
+pub fn sleep_ms(ms: u64) {
+    if !init_sleep() {
+        sys::yield_now();
+        return;
+    }
+    let _ = sys::wait(SLEEP_NOTE.load(SeqCst), tsc_hz() / 1000 * ms);
 }

@@ -279,6 +279,27 @@ fn test_priority_flips_no_ipi_flood() {
     );
 }
 
+/// A thread queued behind a busier one is moved to another CPU (`ThreadSetAffinity`): it runs
+/// there, soon, not when the busy one lets go (before the fifteenth session it stayed in the
+/// old CPU's queue until that CPU popped it, which the spinner never let it do).
+fn test_affinity_moves_queued() {
+    const NAME: &str = "affinity-moves-a-queued-thread";
+    let Some((cpu, b, t, waited)) = queued_behind_spinner(200) else { return skip(NAME, "needs two CPUs") };
+    let moved = sys::thread_set_affinity(t, 0);
+    // The root thread sleeps here meanwhile: cpu 0 is free for it.
+    let ran = wait_ms(2000, || RAISED_RAN.load(SeqCst));
+    GATE.store(true, SeqCst);
+    let done = join(&[t, b], 5000);
+    release(t);
+    release(b);
+    GATE.store(false, SeqCst);
+    report(
+        NAME,
+        waited && moved.is_ok() && ran && done,
+        format_args!("a priority-10 thread queued on cpu {cpu} behind a priority-90 spinner (did not run in 200 ms: {waited}) moved to cpu 0 ({moved:?}) runs there before the spinner ends: {ran}; both ended: {done}"),
+    );
+}
+
 static DEADLINE_NOTE: AtomicU64 = AtomicU64::new(0);
 
 fn wait_long(_: u64) {
@@ -937,6 +958,7 @@ pub fn run(bi: &BootInfo, which: &str) -> bool {
         test_priority();
         test_priority_raise_queued();
         test_priority_flips_no_ipi_flood();
+        test_affinity_moves_queued();
         test_deadlines_idle();
     }
     if want("isolation") {
