@@ -134,17 +134,20 @@ fn program(name: &str, addr: u64, len: u64, kind: u64) -> Program {
     p
 }
 
+/// What a module may not take of the root task's budget: what its start still takes after the
+/// modules (the BootInfo page with its mapping and page tables, the first thread with its FPU
+/// area: up to about 32 KiB), and room for its first steps (a few threads, their stacks and
+/// page tables: the demo takes about 58 KiB), with room to spare.
+const START_RESERVE: u64 = 256 * 1024;
+
 /// Hands the boot modules to the root task: each is copied, page by page, into frames charged
 /// to the root task's budget and mapped read-only after the embedded programs, and listed in
 /// the `BootInfo` with its name (`module<N>` when the boot loader gave none). Copying (rather
 /// than mapping the boot loader's pages) keeps every frame the root task sees an ordinary,
 /// owned frame object that the consistency check counts, and keeps out whatever shares the
 /// module's first and last pages; the boot loader's copy stays reserved. A module too big,
-/// unreadable or past the directory's room is refused with a console line; the others go on.
-/// What the root task's start still takes after its modules, with room to spare: the BootInfo
-/// page (a frame, its mapping, up to three page tables) and the first thread (its record and
-/// FPU area) come to about 25 KiB.
-const START_RESERVE: u64 = 64 * 1024;
+/// unreadable, past the directory's room or more than the budget leaves ([`START_RESERVE`]
+/// kept back) is refused with a console line; the others go on.
 
 fn modules(space: &Space, memory: &Arc<Memory>, bi: &mut BootInfo, at: &mut u64) -> Result<(), &'static str> {
     use rl4_arch::bootinfo::PhysMem;

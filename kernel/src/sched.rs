@@ -706,7 +706,10 @@ fn serve_requests(cs: Here) {
                 continue;
             }
             None => {
-                if let rl4_core::life::Place::Queued(c) = l.place() {
+                // (A moved thread already queued on its new CPU needs nothing more.)
+                if let rl4_core::life::Place::Queued(c) = l.place()
+                    && (killed || reprio || c != l.cpu)
+                {
                     // In this CPU's inbox still (pushed after the drain), or queued on another
                     // CPU now: looked at there, after its drain.
                     request(c, &t, || true);

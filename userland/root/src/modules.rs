@@ -81,6 +81,7 @@ impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Refusal::NotFound => write!(f, "no such program (see the kernel's 'boot module' lines)"),
+            Refusal::Elf(ElfError::TooManyHeaders) => write!(f, "more than {} program headers", rl4_elf::MAX_PHNUM),
             Refusal::Elf(e) => f.write_str(match e {
                 ElfError::TooShort => "truncated: shorter than an ELF header",
                 ElfError::BadMagic => "not an ELF file",
@@ -94,7 +95,7 @@ impl fmt::Display for Refusal {
                 ElfError::Overlap => "overlapping segments (two loadable segments share a page)",
                 ElfError::BadEntry => "the entry point is not in an executable segment",
                 ElfError::NoSegments => "no loadable segment",
-                ElfError::TooManyHeaders => "more than 256 program headers",
+                ElfError::TooManyHeaders => "too many program headers",
             }),
             Refusal::TooBig(n) => write!(f, "too big: its segments take {n} bytes, more than {} MiB", MAX_PROGRAM_MEMORY >> 20),
             Refusal::Sys(what, e) => write!(f, "{what} failed: {e}"),

@@ -220,7 +220,17 @@ impl Template {
             pages[n] = (f, va, r);
             n += 1;
             Ok(true)
-        })?;
+        });
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                // The pages kept so far go back with it.
+                for &(f, _, _) in &pages[..n] {
+                    release(f);
+                }
+                return Err(e);
+            }
+        };
         Ok(Template { pages, n, entry })
     }
     fn release(&self) {

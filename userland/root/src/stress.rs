@@ -199,11 +199,11 @@ pub fn init_sleep() -> bool {
 }
 
 /// Blocks the calling thread for about `ms` milliseconds (a wait on a private notification that
-/// nobody signals). Should the notification not exist (it is made at the root task's start,
-/// [`init_sleep`]), it tries again, and yields meanwhile rather than keep a dead slot: before
-/// the fifteenth session a program that spent the shared budget first left every later sleep
-/// returning at once, and the root task spinning at its priority above the programs it waited
-/// for.
+/// nobody signals). The notification is made at the root task's start ([`init_sleep`], before
+/// any program it starts can spend the budget it shares); should that have failed, each sleep
+/// tries again and only yields meanwhile, rather than keep a dead slot for good (before the
+/// fifteenth session a program that spent the budget first left every later sleep returning at
+/// once).
 pub fn sleep_ms(ms: u64) {
     if !init_sleep() {
         sys::yield_now();

@@ -193,7 +193,10 @@ fn ordered(high: u64) {
 
 static RAISED_RAN: AtomicBool = AtomicBool::new(false);
 
+static RAN_CPU: AtomicU64 = AtomicU64::new(u64::MAX);
+
 fn note_ran(_: u64) {
+    RAN_CPU.store(sys::cpu_info().0, SeqCst);
     RAISED_RAN.store(true, SeqCst);
 }
 
@@ -287,7 +290,7 @@ fn test_affinity_moves_queued() {
     let Some((cpu, b, t, waited)) = queued_behind_spinner(200) else { return skip(NAME, "needs two CPUs") };
     let moved = sys::thread_set_affinity(t, 0);
     // The root thread sleeps here meanwhile: cpu 0 is free for it.
-    let ran = wait_ms(2000, || RAISED_RAN.load(SeqCst));
+    let ran = wait_ms(2000, || RAISED_RAN.load(SeqCst)) && RAN_CPU.load(SeqCst) == 0;
     GATE.store(true, SeqCst);
     let done = join(&[t, b], 5000);
     release(t);
@@ -296,7 +299,7 @@ fn test_affinity_moves_queued() {
     report(
         NAME,
         waited && moved.is_ok() && ran && done,
-        format_args!("a priority-10 thread queued on cpu {cpu} behind a priority-90 spinner (did not run in 200 ms: {waited}) moved to cpu 0 ({moved:?}) runs there before the spinner ends: {ran}; both ended: {done}"),
+        format_args!("a priority-10 thread queued on cpu {cpu} behind a priority-90 spinner (did not run in 200 ms: {waited}) moved to cpu 0 ({moved:?}) runs there before the spinner ends: {ran} (it ran on cpu {}); both ended: {done}", RAN_CPU.load(SeqCst) as i64),
     );
 }
 
