@@ -257,9 +257,10 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
 
 /// Why the register block `pa..pa + len` (named by a firmware table) must not be mapped, if it
 /// must not: beyond this CPU's physical addresses (an entry with such an address faults at every
-/// access), or a page of it is memory by the memory map (anything but reserved), the kernel image or what the boot loader passed (a memory map too long for
-/// `BootInfo` may have lost its entry): mapped as registers, uncached and written, it would
-/// alias memory in use. Whole pages, as `map_mmio` maps them.
+/// access), or a page of it is memory by the memory map (anything but reserved), the kernel
+/// image or what the boot loader passed (a memory map too long for `BootInfo` may have lost its
+/// entry): mapped as registers, uncached and written, it would alias memory in use. Whole
+/// pages, as `map_mmio` maps them.
 fn misplaced(bi: &BootInfo, pa: u64, len: u64) -> Option<&'static str> {
     let Some(end) = pa.checked_add(len).filter(|&e| e <= 1 << cpu::phys_bits()) else {
         return Some("beyond this CPU's physical addresses");
