@@ -1238,6 +1238,12 @@ pub struct Thread {
     /// queued: its CPU moves its run-queue entry to the list of its priority now when asked
     /// (`sched::request`).
     pub reprio: AtomicBool,
+    /// Ticks left of its time slice when it was preempted (0: none): its next run goes on with
+    /// them rather than a fresh slice (`sched::switch_to`), so that a thread preempted again and
+    /// again by a thread of higher priority still ends its slice and lets one of its own
+    /// priority run (before the fifteenth session it got a fresh slice at every return and,
+    /// preempted at least once a slice, kept an equal-priority thread from ever running).
+    pub slice_left: core::sync::atomic::AtomicU32,
     /// The last deadline prune that kept an entry of this thread (that prune's TSC time;
     /// `timeout.rs`): a second entry with the same deadline in the same prune is a duplicate.
     pub pruned_at: AtomicU64,
@@ -1313,6 +1319,7 @@ impl Thread {
             req_link: rl4_core::wlist::WLink::new(),
             killed: AtomicBool::new(false),
             reprio: AtomicBool::new(false),
+            slice_left: core::sync::atomic::AtomicU32::new(0),
             pruned_at: AtomicU64::new(0),
             fault_handler: Mutex::new(None),
             _charge: charge,

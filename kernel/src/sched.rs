@@ -770,6 +770,9 @@ pub fn tick() {
 /// The running thread `cur` (locked in `l`) leaves this CPU: it is queued again if it may still
 /// run, else held by nobody. `front`: it keeps its turn at its priority (preempted).
 fn leave(cs: Here, cur: &Arc<Thread>, l: &mut Life, front: bool) {
+    if front {
+        cur.slice_left.store(cs.slice.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
     entry::save_resume_mode(&cur.regs);
     crate::thread::fpu_leave(cur);
     let left = l.leave_cpu(me());
@@ -823,8 +826,12 @@ pub fn decide() {
             cs.replace_current(Some(cur));
             return;
         }
-        // A thread that used its slice goes to the back; a preempted one keeps its turn.
+        // A thread that used its slice goes to the back; a preempted one keeps its turn, and the
+        // rest of its slice.
         let front = !expired;
+        if front {
+            cur.slice_left.store(cs.slice.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
         crate::timeline::event(crate::timeline::Kind::Leave, cur.id, ahead as u64 | (expired as u64) << 1);
         entry::save_resume_mode(&cur.regs);
         crate::thread::fpu_leave(&cur);
@@ -896,7 +903,16 @@ fn switch_to(cs: Here, t: Arc<Thread>, prio: u8, fresh: bool) {
     tlb::load_space(cs, &t.space);
     set_current_prio(cs, prio as i32);
     if fresh {
-        new_slice(cs);
+        // What a preemption left of its slice, else a new one. (Plain load and store: only the
+        // CPU that holds the thread touches the word, and its hand-over between CPUs orders it.)
+        match t.slice_left.load(Ordering::Relaxed) {
+            0 => new_slice(cs),
+            left => {
+                t.slice_left.store(0, Ordering::Relaxed);
+                cs.slice.store(left, Ordering::Relaxed);
+                clear_flag(cs, EXPIRED);
+            }
+        }
     }
     cs.bump(Count::Switches);
     let none = cs.replace_current(Some(t));

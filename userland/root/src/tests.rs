@@ -170,6 +170,57 @@ fn test_preempt() {
     );
 }
 
+static TICKER_NOTE: AtomicU64 = AtomicU64::new(0);
+
+/// Wakes at every timer tick (a wait of a millisecond on a notification nobody signals) until
+/// `SPIN_STOP`: a thread of higher priority that preempts whatever runs on its CPU once a tick.
+fn ticker(_: u64) {
+    while !SPIN_STOP.load(SeqCst) {
+        let _ = sys::wait(TICKER_NOTE.load(SeqCst), tsc_hz() / 1000);
+    }
+}
+
+/// Two busy threads of one priority on one CPU, and a thread of higher priority there that
+/// wakes at every tick: both busy threads run. A preempted thread goes on with what was left of
+/// its slice, so it still ends it and lets the other have a turn (before the fifteenth session
+/// it got a fresh slice at every return and, preempted once a tick, kept the CPU for good).
+fn test_preempted_keeps_only_its_slice() {
+    const NAME: &str = "preempted-thread-keeps-only-its-slice";
+    let cpu = far_cpu();
+    if cpu == 0 {
+        return skip(NAME, "needs two CPUs");
+    }
+    let n = slot();
+    if let Err(e) = sys::notification_create(MEMORY, n) {
+        release(n);
+        return report(NAME, false, format_args!("notification_create: {e:?}"));
+    }
+    TICKER_NOTE.store(n, SeqCst);
+    SPIN_STOP.store(false, SeqCst);
+    let (ca, cb) = (COUNT_A.load(SeqCst), COUNT_B.load(SeqCst));
+    let h = spawn(ticker, 0, 60, cpu);
+    let a = spawn(busy, 0, 50, cpu);
+    let b = spawn(busy, 1, 50, cpu);
+    let both = wait_ms(3000, || COUNT_A.load(SeqCst) > ca && COUNT_B.load(SeqCst) > cb);
+    let (a0, b0) = (COUNT_A.load(SeqCst), COUNT_B.load(SeqCst));
+    let again = wait_ms(3000, || COUNT_A.load(SeqCst) > a0 && COUNT_B.load(SeqCst) > b0);
+    SPIN_STOP.store(true, SeqCst);
+    let done = join(&[a, b, h], 5000);
+    for s in [a, b, h, n] {
+        release(s);
+    }
+    SPIN_STOP.store(false, SeqCst);
+    report(
+        NAME,
+        both && again && done,
+        format_args!(
+            "two priority-50 threads on cpu {cpu} under a priority-60 thread waking every tick: both ran {both}, both ran again {again} ({} and {} iterations); all ended {done}",
+            COUNT_A.load(SeqCst) - ca,
+            COUNT_B.load(SeqCst) - cb
+        ),
+    );
+}
+
 static ORDER: AtomicU64 = AtomicU64::new(0);
 static ORDER_H: AtomicU64 = AtomicU64::new(0);
 static ORDER_L: AtomicU64 = AtomicU64::new(0);
@@ -958,6 +1009,7 @@ pub fn run(bi: &BootInfo, which: &str) -> bool {
         test_cpus_all();
         test_migrate();
         test_preempt();
+        test_preempted_keeps_only_its_slice();
         test_priority();
         test_priority_raise_queued();
         test_priority_flips_no_ipi_flood();
