@@ -1238,8 +1238,9 @@ pub struct Thread {
     /// queued: its CPU moves its run-queue entry to the list of its priority now when asked
     /// (`sched::request`).
     pub reprio: AtomicBool,
-    /// Ticks left of its time slice when it was preempted (0: none): its next run goes on with
-    /// them rather than a fresh slice (`sched::switch_to`), so that a thread preempted again and
+    /// Ticks left of its time slice when it was last preempted and queued again (0: none, and
+    /// after it blocked or stopped): its next run from a queue goes on with them rather than a
+    /// fresh slice (`sched::switch_to`; a direct switch runs on its waker's slice anyway), so that a thread preempted again and
     /// again by a thread of higher priority still ends its slice and lets one of its own
     /// priority run (before the fifteenth session it got a fresh slice at every return and,
     /// preempted at least once a slice, kept an equal-priority thread from ever running).

@@ -770,13 +770,22 @@ pub fn tick() {
 /// The running thread `cur` (locked in `l`) leaves this CPU: it is queued again if it may still
 /// run, else held by nobody. `front`: it keeps its turn at its priority (preempted).
 fn leave(cs: Here, cur: &Arc<Thread>, l: &mut Life, front: bool) {
-    if front {
-        cur.slice_left.store(cs.slice.load(Ordering::Relaxed), Ordering::Relaxed);
-    }
     entry::save_resume_mode(&cur.regs);
     crate::thread::fpu_leave(cur);
     let left = l.leave_cpu(me());
+    keep_slice(cs, cur, &left, front);
     requeue(cs, cur, l, left, front);
+}
+
+/// The running thread `cur` left this CPU as `left` says (its lock held): one preempted and still
+/// runnable (`front`, queued again) keeps what is left of its slice for its next run
+/// (`Thread::slice_left`, which [`switch_to`] takes); one that blocked, stopped or used up its
+/// slice keeps nothing.
+#[inline(always)]
+fn keep_slice(cs: Here, cur: &Thread, left: &Leave, front: bool) {
+    let runnable = matches!(left, Leave::Requeue(_) | Leave::Forward(_));
+    let rest = if front && runnable { cs.slice.load(Ordering::Relaxed) } else { 0 };
+    cur.slice_left.store(rest, Ordering::Relaxed);
 }
 
 /// Queues a thread that left this CPU still runnable, as `leave_cpu` said.
@@ -827,15 +836,14 @@ pub fn decide() {
             return;
         }
         // A thread that used its slice goes to the back; a preempted one keeps its turn, and the
-        // rest of its slice.
+        // rest of its slice (`keep_slice`).
         let front = !expired;
-        if front {
-            cur.slice_left.store(cs.slice.load(Ordering::Relaxed), Ordering::Relaxed);
-        }
         crate::timeline::event(crate::timeline::Kind::Leave, cur.id, ahead as u64 | (expired as u64) << 1);
         entry::save_resume_mode(&cur.regs);
         crate::thread::fpu_leave(&cur);
-        match l.leave_cpu(me()) {
+        let left = l.leave_cpu(me());
+        keep_slice(cs, &cur, &left, front);
+        match left {
             // Back into this CPU's queue, in the same loan of the queue that picks the next
             // thread, after the thread's lock (it is queued here already as far as its `Life`
             // says; nothing looks for it in the queue before this CPU's next decision, and
@@ -903,8 +911,9 @@ fn switch_to(cs: Here, t: Arc<Thread>, prio: u8, fresh: bool) {
     tlb::load_space(cs, &t.space);
     set_current_prio(cs, prio as i32);
     if fresh {
-        // What a preemption left of its slice, else a new one. (Plain load and store: only the
-        // CPU that holds the thread touches the word, and its hand-over between CPUs orders it.)
+        // What a preemption left of its slice, else a new one. (Plain load and store: the word is
+        // written under the thread's lock as it leaves a CPU, and read after the lock that took
+        // it out of a queue.)
         match t.slice_left.load(Ordering::Relaxed) {
             0 => new_slice(cs),
             left => {

@@ -171,12 +171,22 @@ fn test_preempt() {
 }
 
 static TICKER_NOTE: AtomicU64 = AtomicU64::new(0);
+static SLICE_A: AtomicU64 = AtomicU64::new(0);
+static SLICE_B: AtomicU64 = AtomicU64::new(0);
+static SLICE_STOP: AtomicBool = AtomicBool::new(false);
 
 /// Wakes at every timer tick (a wait of a millisecond on a notification nobody signals) until
-/// `SPIN_STOP`: a thread of higher priority that preempts whatever runs on its CPU once a tick.
+/// `SLICE_STOP`: a thread of higher priority that preempts whatever runs on its CPU once a tick.
 fn ticker(_: u64) {
-    while !SPIN_STOP.load(SeqCst) {
+    while !SLICE_STOP.load(SeqCst) {
         let _ = sys::wait(TICKER_NOTE.load(SeqCst), tsc_hz() / 1000);
+    }
+}
+
+fn slice_busy(which: u64) {
+    let c = if which == 0 { &SLICE_A } else { &SLICE_B };
+    while !SLICE_STOP.load(SeqCst) {
+        c.fetch_add(1, SeqCst);
     }
 }
 
@@ -196,27 +206,26 @@ fn test_preempted_keeps_only_its_slice() {
         return report(NAME, false, format_args!("notification_create: {e:?}"));
     }
     TICKER_NOTE.store(n, SeqCst);
-    SPIN_STOP.store(false, SeqCst);
-    let (ca, cb) = (COUNT_A.load(SeqCst), COUNT_B.load(SeqCst));
+    let (ca, cb) = (SLICE_A.load(SeqCst), SLICE_B.load(SeqCst));
     let h = spawn(ticker, 0, 60, cpu);
-    let a = spawn(busy, 0, 50, cpu);
-    let b = spawn(busy, 1, 50, cpu);
-    let both = wait_ms(3000, || COUNT_A.load(SeqCst) > ca && COUNT_B.load(SeqCst) > cb);
-    let (a0, b0) = (COUNT_A.load(SeqCst), COUNT_B.load(SeqCst));
-    let again = wait_ms(3000, || COUNT_A.load(SeqCst) > a0 && COUNT_B.load(SeqCst) > b0);
-    SPIN_STOP.store(true, SeqCst);
+    let a = spawn(slice_busy, 0, 50, cpu);
+    let b = spawn(slice_busy, 1, 50, cpu);
+    let both = wait_ms(3000, || SLICE_A.load(SeqCst) > ca && SLICE_B.load(SeqCst) > cb);
+    let (a0, b0) = (SLICE_A.load(SeqCst), SLICE_B.load(SeqCst));
+    let again = wait_ms(3000, || SLICE_A.load(SeqCst) > a0 && SLICE_B.load(SeqCst) > b0);
+    // (The flag stays set: a thread that did not end in time must not spin again.)
+    SLICE_STOP.store(true, SeqCst);
     let done = join(&[a, b, h], 5000);
     for s in [a, b, h, n] {
         release(s);
     }
-    SPIN_STOP.store(false, SeqCst);
     report(
         NAME,
         both && again && done,
         format_args!(
             "two priority-50 threads on cpu {cpu} under a priority-60 thread waking every tick: both ran {both}, both ran again {again} ({} and {} iterations); all ended {done}",
-            COUNT_A.load(SeqCst) - ca,
-            COUNT_B.load(SeqCst) - cb
+            SLICE_A.load(SeqCst) - ca,
+            SLICE_B.load(SeqCst) - cb
         ),
     );
 }
