@@ -138,9 +138,16 @@ static COUNT_A: AtomicU64 = AtomicU64::new(0);
 static COUNT_B: AtomicU64 = AtomicU64::new(0);
 static SPIN_STOP: AtomicBool = AtomicBool::new(false);
 
+/// Counts in a loop until its stop flag: `which` 0 and 1 count `COUNT_A`/`COUNT_B` until
+/// `SPIN_STOP`, 2 and 3 `SLICE_A`/`SLICE_B` until `SLICE_STOP`.
 fn busy(which: u64) {
-    let c = if which == 0 { &COUNT_A } else { &COUNT_B };
-    while !SPIN_STOP.load(SeqCst) {
+    let (c, stop) = match which {
+        0 => (&COUNT_A, &SPIN_STOP),
+        1 => (&COUNT_B, &SPIN_STOP),
+        2 => (&SLICE_A, &SLICE_STOP),
+        _ => (&SLICE_B, &SLICE_STOP),
+    };
+    while !stop.load(SeqCst) {
         c.fetch_add(1, SeqCst);
     }
 }
@@ -183,12 +190,6 @@ fn ticker(_: u64) {
     }
 }
 
-fn slice_busy(which: u64) {
-    let c = if which == 0 { &SLICE_A } else { &SLICE_B };
-    while !SLICE_STOP.load(SeqCst) {
-        c.fetch_add(1, SeqCst);
-    }
-}
 
 /// Two busy threads of one priority on one CPU, and a thread of higher priority there that
 /// wakes at every tick: both busy threads run. A preempted thread goes on with what was left of
@@ -208,8 +209,8 @@ fn test_preempted_keeps_only_its_slice() {
     TICKER_NOTE.store(n, SeqCst);
     let (ca, cb) = (SLICE_A.load(SeqCst), SLICE_B.load(SeqCst));
     let h = spawn(ticker, 0, 60, cpu);
-    let a = spawn(slice_busy, 0, 50, cpu);
-    let b = spawn(slice_busy, 1, 50, cpu);
+    let a = spawn(busy, 2, 50, cpu);
+    let b = spawn(busy, 3, 50, cpu);
     let both = wait_ms(3000, || SLICE_A.load(SeqCst) > ca && SLICE_B.load(SeqCst) > cb);
     let (a0, b0) = (SLICE_A.load(SeqCst), SLICE_B.load(SeqCst));
     let again = wait_ms(3000, || SLICE_A.load(SeqCst) > a0 && SLICE_B.load(SeqCst) > b0);
