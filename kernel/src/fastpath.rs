@@ -280,9 +280,9 @@ fn hand_over(to: Option<u32>, p: Arc<Thread>, prio: u8) {
     }
 }
 
-/// The end of a cross-CPU fast path, after every lock is released: the partner (in its CPU's
-/// inbox) lets go of the wait it was in, a reply right that died fails its caller, and a caller
-/// (`call`) expects its reply soon.
+/// The end of a cross-CPU fast path, after every lock is released (and after the partner, in
+/// its CPU's inbox, let go of the wait it was in): a reply right that died fails its caller, and
+/// a caller (`call`) expects its reply soon.
 #[cold]
 #[inline(never)]
 fn cross_done(cs: sched::Here, wait: Option<Wait>, old: Option<(Arc<Thread>, u64)>, call: bool) {
@@ -381,7 +381,8 @@ fn reply_recv(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag
             drop(held);
             crate::ipc::enqueue(&mut q.receivers, cur);
             drop(q);
-            cross_done(cs, Some(wait), None, false);
+            crate::obj::dispose(wait);
+            cross_done(cs, None, None, false);
             return Fast::Decide;
         }
     }
