@@ -280,9 +280,10 @@ fn hand_over(to: Option<u32>, p: Arc<Thread>, prio: u8) {
     }
 }
 
-/// The end of a cross-CPU fast path, after every lock is released (and after the partner, in
-/// its CPU's inbox, let go of the wait it was in): a reply right that died fails its caller, and
-/// a caller (`call`) expects its reply soon.
+/// The end of a cross-CPU fast path, after every lock is released: what the partner (in its
+/// CPU's inbox) let go of is dropped (`wait`; `ReplyRecv` disposes of its caller's reply wait
+/// itself, inline: passed here by value, the wait was copied whole twice), a reply right that
+/// died fails its caller, and a caller (`call`) expects its reply soon.
 #[cold]
 #[inline(never)]
 fn cross_done(cs: sched::Here, wait: Option<Wait>, old: Option<(Arc<Thread>, u64)>, call: bool) {
