@@ -362,16 +362,31 @@ def issue16_targets(profs, rows):
     on = profs.get("same-core")
     t("fewer than 6 locked instructions per same-core round trip (icount instruction trace)",
       None if not on else on["locked_per_round_trip"] < 6, n(on["locked_per_round_trip"]) if on else "— (run without `--no-profile`)")
-    # One -smp 2 boot: the smp2 variant of a -smp 4 run, or the main rows of a --smp 2 run.
+    # One -smp 2 boot: the smp2 variant of a -smp 4 run, or the main rows of a --smp 2 run; and
+    # the boots that measure the bound again (variants again1, again2: TCG figures move with the
+    # host's state, so the target is judged on every boot and on their median).
     var = "smp2" if any(r.get("variant") == "smp2" for r in rows) else None
     smp = None if var else 2
-    cc, intra, shm = (find(rows, c, "tcg", smp, var) for c in ("cross-core-0-1", "same-core-intra", "shm-floor-0-1"))
-    if cc and intra and shm:
-        bound = intra["median_cycles"] + 2 * shm["median_cycles"]
-        t("cross-core ≤ same-core-intra + 2 × shm-floor (TCG, one `-smp 2` boot)", cc["median_cycles"] <= bound,
-          f"{cc['median_cycles']:,} vs {intra['median_cycles']:,} + 2 × {shm['median_cycles']:,} = {bound:,}")
-        t("cross-core, receiver idle: ≤ 0.01 IPIs per round trip (TCG, `-smp 2`)", cc["ipis_per_round_trip"] <= 0.01,
-          f"{cc['ipis_per_round_trip']:.4f}")
+    boots = [(var, smp)] + sorted({(r["variant"], None) for r in rows if r.get("variant", "").startswith("again")})
+    judged = []
+    for bv, bs in boots:
+        cc, intra, shm = (find(rows, c, "tcg", bs, bv) for c in ("cross-core-0-1", "same-core-intra", "shm-floor-0-1"))
+        if cc and intra and shm:
+            bound = intra["median_cycles"] + 2 * shm["median_cycles"]
+            judged.append((bv or "main", cc, intra, shm, bound))
+    if judged:
+        what = "cross-core ≤ same-core-intra + 2 × shm-floor (TCG, each `-smp 2` boot)"
+        for label, cc, intra, shm, bound in judged:
+            t(f"{what}: boot `{label}`", cc["median_cycles"] <= bound,
+              f"{cc['median_cycles']:,} vs {intra['median_cycles']:,} + 2 × {shm['median_cycles']:,} = {bound:,} "
+              f"(×{cc['median_cycles'] / bound:.2f})")
+        ratios = sorted(cc["median_cycles"] / bound for _, cc, _, _, bound in judged)
+        met = sum(r <= 1 for r in ratios)
+        t(f"{what}: all boots", ratios[len(ratios) // 2] <= 1,
+          f"met in {met} of {len(ratios)} boots; median ratio ×{ratios[len(ratios) // 2]:.2f}")
+        cc0 = judged[0][1]
+        t("cross-core, receiver idle: ≤ 0.01 IPIs per round trip (TCG, `-smp 2`)", cc0["ipis_per_round_trip"] <= 0.01,
+          f"{cc0['ipis_per_round_trip']:.4f}")
     else:
         t("cross-core ≤ same-core-intra + 2 × shm-floor (TCG, one `-smp 2` boot)", None, "—")
     cg = [r for r in rows if r.get("variant") == "countglobal" and "cross-core" in r.get("config", "")]
