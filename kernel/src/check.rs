@@ -262,7 +262,7 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
             return [r.violations, objects, 0];
         }
     };
-    let (mut thread_sched, mut thread_buf) = (Vec::with_capacity(threads.len()), Vec::with_capacity(threads.len()));
+    let mut thread_sched = Vec::with_capacity(threads.len());
     for t in &threads {
         match t.life.peeked(&homes) {
             Some(l) if t.life.home_is(l.cpu) => thread_sched.push(l),
@@ -275,7 +275,6 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
                 return [r.violations, objects, 0];
             }
         }
-        thread_buf.push(locked!(t.ipc_buffer, format_args!("thread {}'s IPC buffer", t.id)));
     }
     let mut space_maps = Vec::with_capacity(spaces.len());
     for s in &spaces {
@@ -340,13 +339,10 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
             fail!(r, "task {} has ended but its table still holds {} capabilities", t.id, caps.used());
         }
     }
-    for ((t, s), b) in threads.iter().zip(&thread_sched).zip(&thread_buf) {
+    for (t, s) in threads.iter().zip(&thread_sched) {
         refs.add(&t.task);
         refs.add(&t.space);
         refs.add(t.charge().of().0);
-        if let Some(f) = b.as_ref() {
-            refs.add(f);
-        }
         if let Some((c, ticket)) = s.reply_right() {
             refs.add(c);
             match seen.get_mut(&key(c)) {

@@ -204,8 +204,17 @@ struct Outgoing<'a> {
     cap: Option<Cap>,
 }
 
+/// The frame of `t`'s IPC buffer: the one mapped writable at its buffer address in its space
+/// now, if any (RAM: a device page is never a buffer). Looked up at every long message, not kept
+/// from `SetIpcBuffer` on: a reference kept let a task go on writing and reading a frame
+/// through long messages after the page was unmapped from its space (a review of the sixteenth
+/// session). Two leaf locks, one after the other.
 fn buffer_of(t: &Thread) -> Option<Arc<Frame>> {
-    t.ipc_buffer.lock().clone()
+    let va = (*t.ipc_buffer.lock())?;
+    match t.space.maps.lock().get(&va) {
+        Some((f, true, _)) if f.device_page().is_none() => Some(f.clone()),
+        _ => None,
+    }
 }
 
 /// The sender's IPC buffer, only if the message needs it.
@@ -334,8 +343,11 @@ pub fn send(
     };
     let deadline = deadline(timeout);
     // A send with timeout 0 never waits (no deadline to keep); a call with timeout 0 may wait
-    // for its reply until the next tick.
-    if (call || timeout != 0) && timeout::reserve(deadline).is_err() {
+    // for its reply until the next tick. A call always waits (for its reply): no room, no call.
+    // A send waits only if no receiver does: without room it still delivers to one that waits
+    // (before the sixteenth session it answered `OutOfMemory` at once).
+    let room = !(call || timeout != 0) || timeout::reserve(deadline).is_ok();
+    if call && !room {
         reclaim::later_cap(cap);
         return Outcome::Return(Err(Error::OutOfMemory));
     }
@@ -388,6 +400,11 @@ pub fn send(
         drop(q);
         reclaim::later_cap(cap);
         return Outcome::Return(Err(Error::Timeout));
+    }
+    if !room {
+        drop(q);
+        reclaim::later_cap(cap);
+        return Outcome::Return(Err(Error::OutOfMemory));
     }
     let prio = cur.life.lock().prio;
     match block_current(cur, Wait::Send { ep: EpRef::new(ep), badge, call, cap }, deadline) {
@@ -691,9 +708,9 @@ pub fn signal(n: &Arc<Notification>, bits: u64) {
 
 /// `Wait`: the bits, or block until a signal (`timeout` 0 and no bits: `Timeout`).
 pub fn wait(cur: &Arc<Thread>, n: &Arc<Notification>, timeout: u64) -> Outcome {
-    if timeout != 0 && timeout::reserve(deadline(timeout)).is_err() {
-        return Outcome::Return(Err(Error::OutOfMemory));
-    }
+    // Room for the deadline is made before the lock, but only a wait that blocks needs it: bits
+    // already signalled are taken without (as `recv` does).
+    let room = timeout == 0 || timeout::reserve(deadline(timeout)).is_ok();
     let mut q = n.q.lock();
     if q.word != 0 {
         let w = core::mem::take(&mut q.word);
@@ -701,6 +718,9 @@ pub fn wait(cur: &Arc<Thread>, n: &Arc<Notification>, timeout: u64) -> Outcome {
     }
     if timeout == 0 {
         return Outcome::Return(Err(Error::Timeout));
+    }
+    if !room {
+        return Outcome::Return(Err(Error::OutOfMemory));
     }
     let deadline = deadline(timeout);
     match block_current(cur, Wait::Notify { n: NtfRef(n.me.clone()) }, deadline) {

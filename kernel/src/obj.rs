@@ -1208,8 +1208,10 @@ pub struct Thread {
     /// Its FPU/SIMD registers while it does not run (saved and restored by `thread::fpu_leave`
     /// and `thread::fpu_enter` at every switch, once it has used them).
     pub fpu: rl4_arch::fpu::FpuState,
-    /// The IPC buffer frame (message words 4 and up), a leaf lock.
-    pub ipc_buffer: Mutex<Option<Arc<Frame>>, { Level::OBJECT }>,
+    /// The address of its IPC buffer page (message words 4 and up), a leaf lock. An address,
+    /// not a frame: each long message uses the frame mapped there writable at that moment
+    /// (`ipc::buffer_of`), so an `Unmap` of the page takes the buffer away with it.
+    pub ipc_buffer: Mutex<Option<u64>, { Level::OBJECT }>,
     pub id: u64,
     pub task: Arc<Task>,
     pub space: Arc<Space>,

@@ -677,24 +677,22 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
         Sys::SetIpcBuffer => {
             let th = thread_obj(task, a0, Rights::WRITE)?;
             check_page(a1)?;
-            let f = match th.space.maps.lock().get(&a1) {
+            match th.space.maps.lock().get(&a1) {
                 // The kernel writes message words into the buffer: never into a device.
                 Some((f, _, _)) if f.device_page().is_some() => return Err(Error::InvalidArgument),
-                Some((f, true, _)) => f.clone(),
+                Some((_, true, _)) => {}
                 Some(_) => return Err(Error::MissingRight),
                 None => return Err(Error::NotMapped),
-            };
-            // The frame it replaces is released after the lock. A thread of a task that died gave
-            // its buffer up (`kill_task`, which marks the task dead before it takes each buffer
-            // under this lock): it takes none again.
-            let old = {
-                let mut b = th.ipc_buffer.lock();
-                if th.task.dead.load(core::sync::atomic::Ordering::Acquire) {
-                    return Err(Error::InvalidState);
-                }
-                b.replace(f)
-            };
-            drop(old);
+            }
+            // The address is kept, not the frame: each long message uses what is mapped there
+            // then (`ipc::buffer_of`). A thread of a task that died gave its buffer up
+            // (`kill_task`, which marks the task dead before it takes each buffer under this
+            // lock): it takes none again.
+            let mut b = th.ipc_buffer.lock();
+            if th.task.dead.load(core::sync::atomic::Ordering::Acquire) {
+                return Err(Error::InvalidState);
+            }
+            *b = Some(a1);
             Ok([0; 3])
         }
         Sys::CapMint => {
@@ -824,10 +822,9 @@ fn kill_one(task: &Arc<Task>, waited_out: &mut bool) {
     for th in threads.iter().filter_map(|w| w.upgrade()) {
         thread::kill(&th);
         // Its IPC buffer and fault handler go with the task's memory (below), whoever keeps
-        // the thread (each taken under its lock and released after it; a copy in flight on
-        // another CPU holds its own reference).
-        let buffer = th.ipc_buffer.lock().take();
-        drop(buffer);
+        // the thread (each taken under its lock, the handler released after it; a copy in
+        // flight on another CPU holds its own reference to the buffer's frame).
+        th.ipc_buffer.lock().take();
         let handler = th.fault_handler.lock().take();
         drop(handler);
         // A task may have thousands of threads and this runs with interrupts off: a shoot-down

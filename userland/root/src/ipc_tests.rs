@@ -440,6 +440,90 @@ fn test_long_message_needs_buffer() {
     report("ipc-bad-long-message-without-buffer", got == Error::InvalidArgument as u64, format_args!("got code {got}"));
 }
 
+static UB_EP: AtomicU64 = AtomicU64::new(0);
+static UB_STEP: AtomicU64 = AtomicU64::new(0);
+static UB_GOT: AtomicU64 = AtomicU64::new(0);
+static UB_SENT: AtomicU64 = AtomicU64::new(0);
+
+/// Receives one message (its length, + 1000, into `UB_GOT`; an error code as it is), then, once
+/// told (`UB_STEP` 2), sends a 16-word message from its IPC buffer (the result into `UB_SENT`).
+fn unmapped_buffer_thread(_: u64) {
+    let ep = UB_EP.load(SeqCst);
+    UB_GOT.store(sys::recv(ep).map_or_else(|e| e as u64, |m| 1000 + m.tag.len()), SeqCst);
+    while UB_STEP.load(SeqCst) < 2 {
+        sys::yield_now();
+    }
+    let r = sys::send(ep, &Msg { tag: Tag::new(8, 16, 0), badge: 0, w: [5, 6, 7, 8] });
+    UB_SENT.store(r.map_or_else(|e| e as u64, |()| 1000), SeqCst);
+}
+
+/// An IPC buffer is the page mapped at its address when a message needs it: once that page is
+/// unmapped, long messages neither write into its frame nor read from it, and the tag says that
+/// only the register words came. Before the sixteenth session the kernel kept the frame from
+/// `SetIpcBuffer` on, so a task kept writing and reading a frame through long messages after its
+/// page was unmapped (here the frame stays mapped at a second address, where the test watches it).
+fn test_ipc_buffer_unmapped() {
+    const NAME: &str = "ipc-buffer-unmapped-carries-nothing";
+    const VB: u64 = 0x0000_6510_0000_0000;
+    const VW: u64 = 0x0000_6511_0000_0000;
+    let word = |i: u64| (VW + i * 8) as *mut u64;
+    let (f, ep) = (slot(), slot());
+    let rw = Rights::READ.union(Rights::WRITE);
+    let set_up = sys::frame_alloc(MEMORY, f)
+        .and_then(|_| sys::map(SPACE, f, VB, rw))
+        .and_then(|_| sys::map(SPACE, f, VW, rw))
+        .and_then(|_| sys::endpoint_create(MEMORY, ep));
+    if let Err(e) = set_up {
+        let _ = sys::unmap(SPACE, VB);
+        let _ = sys::unmap(SPACE, VW);
+        release(f);
+        release(ep);
+        return report(NAME, false, format_args!("set-up: {e:?}"));
+    }
+    UB_EP.store(ep, SeqCst);
+    UB_STEP.store(0, SeqCst);
+    UB_GOT.store(0, SeqCst);
+    UB_SENT.store(0, SeqCst);
+    let t = spawn(unmapped_buffer_thread, 0, ROOT_PRIO, far_cpu());
+    let set = sys::set_ipc_buffer(t, VB);
+    let unmapped = sys::unmap(SPACE, VB);
+    let waiting = wait_ms(2000, || state(t) == Some(ThreadState::BlockedRecv));
+    // Into the thread's unmapped buffer: words 4..15 from the root thread's own buffer.
+    for i in 4..16 {
+        // SAFETY: the root thread's IPC buffer page is mapped writable (`run`).
+        unsafe { buf_word(i).write_volatile(0xab00 + i) };
+    }
+    let sent = sys::send(ep, &Msg { tag: Tag::new(7, 16, 0), badge: 0, w: [1, 2, 3, 4] });
+    let arrived = wait_ms(2000, || UB_GOT.load(SeqCst) != 0);
+    // SAFETY (here and below): the frame is mapped readable and writable at VW until the end of
+    // the test, and the root thread's IPC buffer page is mapped writable (`run`).
+    let written = (4..16).filter(|&i| unsafe { word(i).read_volatile() } != 0).count();
+    // Out of it: the frame's words 4..15 hold a pattern the receiver must not get.
+    for i in 4..16 {
+        // SAFETY: as above.
+        unsafe { word(i).write_volatile(0xcd00 + i) };
+        // SAFETY: the root thread's IPC buffer page is mapped writable (`run`).
+        unsafe { buf_word(i).write_volatile(0) };
+    }
+    UB_STEP.store(2, SeqCst);
+    let back = sys::recv(ep);
+    let leaked = (4..16).filter(|&i| unsafe { buf_word(i).read_volatile() } != 0).count();
+    let done = wait_ms(2000, || UB_SENT.load(SeqCst) != 0);
+    release(t);
+    let _ = sys::unmap(SPACE, VW);
+    release(f);
+    release(ep);
+    let (got, back_len) = (UB_GOT.load(SeqCst), back.as_ref().map(|m| m.tag.len()));
+    report(
+        NAME,
+        set.is_ok() && unmapped.is_ok() && waiting && sent.is_ok() && arrived && got == 1004 && written == 0 && back_len == Ok(4) && leaked == 0 && done,
+        format_args!(
+            "buffer set {set:?}, its page unmapped {unmapped:?} (the frame still mapped elsewhere); a 16-word message to the thread (send {sent:?}) arrived with {} words (4 expected), {written} of its 12 buffer words written into the frame; a 16-word message from it arrived with {back_len:?} words (4 expected), {leaked} of 12 read from the frame; sender done {done}",
+            got.saturating_sub(1000)
+        ),
+    );
+}
+
 // ---- death and deletion ----------------------------------------------------------------------
 
 static DYING_EP: AtomicU64 = AtomicU64::new(0);
@@ -673,6 +757,7 @@ pub fn run(bi: &BootInfo) {
     test_cap_transfer();
     test_ipc_bad_inputs();
     test_long_message_needs_buffer();
+    test_ipc_buffer_unmapped();
     test_death(bi);
     test_notifications();
 }
