@@ -14,7 +14,7 @@
 //! page-sized pieces (`rl4_core::paged`: a burst of thousands of waits needs no contiguous
 //! frames), room for an entry is made before the wait begins ([`reserve`]), and the timer's pass
 //! allocates nothing: it takes due entries out one at a time (the lock is not held while their
-//! waits end), and a prune takes the heap out whole and runs with no lock held (each thread's
+//! waits end; TLB shoot-downs are answered between them, and between a prune's entries), and a prune takes the heap out whole and runs with no lock held (each thread's
 //! own lock is taken one at a time), frees the pieces it emptied, and puts the heap back.
 //! Nothing is added meanwhile: only this CPU uses its heap, from its timer interrupt and from
 //! its threads' system calls, which run with interrupts off.
@@ -73,7 +73,15 @@ pub fn expire_due(cs: sched::Here) {
         cs.bump(sched::Count::DeadlinesVisited);
         if let Some(t) = w.upgrade() {
             crate::thread::expire(&t, now);
+            // The last reference, if another CPU let go of the thread meanwhile: its destructor
+            // (a chain of callers to fail, its task's to end) runs in the reclaim loop, not here.
+            crate::reclaim::later_thread(t);
         }
+        // A task decides how many waits end in one tick (as many threads as its budget pays
+        // for, each with the same deadline): a CPU doing a shoot-down meanwhile must not wait
+        // for all of them (a review of the sixteenth session found it waiting for the whole
+        // burst). A plain load when no request waits.
+        crate::tlb::service_tlb(cs);
     }
     let mut l: List = {
         let mut g = cs.timeouts.lock();
@@ -90,12 +98,15 @@ pub fn expire_due(cs: sched::Here) {
         // thread, or a race on the stamp, at worst let a duplicate survive one prune; any entry
         // kept ends the wait, as `Life::expire` compares the deadline, not the entry).
         let seen = l.prune(now, |(d, w)| {
+            // Shoot-downs are answered between entries, as in the expiry above.
+            crate::tlb::service_tlb(cs);
             w.upgrade().is_some_and(|t| {
                 let waits = t.life.lock().deadline() == Some(*d);
                 let first = t.pruned_at.load(core::sync::atomic::Ordering::Relaxed) != now;
                 if waits && first {
                     t.pruned_at.store(now, core::sync::atomic::Ordering::Relaxed);
                 }
+                crate::reclaim::later_thread(t);
                 waits && first
             })
         });
