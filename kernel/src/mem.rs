@@ -512,6 +512,18 @@ impl FrameSource for Frames {
     }
 }
 
+/// The source of a new address space's root table: [`Frames`], but, as for every other user page
+/// table, never one of the last [`user_floor`] frames once the kernel's own page tables are up
+/// (a review of the sixteenth session found `TaskCreate` taking its root table from the band kept
+/// for the calls under way on every CPU).
+pub struct UserFrames;
+
+impl FrameSource for UserFrames {
+    fn alloc_frame(&mut self) -> Option<OwnedFrame> {
+        if paging::boot_map_only() { Frames.alloc_frame() } else { alloc_user_frame() }
+    }
+}
+
 /// What memory set-up found.
 pub struct MemInfo {
     /// The AP trampoline's page below 1 MiB (`None`: there was none free).

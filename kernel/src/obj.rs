@@ -825,7 +825,7 @@ pub struct Space {
 impl Space {
     pub fn new(mem: &Arc<Memory>) -> Result<Arc<Space>, Error> {
         let charge = Charge::with_frames(mem, SPACE_COST, 1)?;
-        let pml4 = rl4_arch::paging::new_user_space(&mut mem::Frames).map_err(|_| Error::OutOfMemory)?;
+        let pml4 = rl4_arch::paging::new_user_space(&mut mem::UserFrames).map_err(|_| Error::OutOfMemory)?;
         let (pcid, generation) = crate::tlb::pcid_alloc();
         // (On failure the root table goes back through the destructor.)
         let s = Arc::try_new(Space {
