@@ -14,8 +14,9 @@
 //! page-sized pieces (`rl4_core::paged`: a burst of thousands of waits needs no contiguous
 //! frames), room for an entry is made before the wait begins ([`reserve`]), and the timer's pass
 //! allocates nothing: it takes due entries out one at a time (the lock is not held while their
-//! waits end; TLB shoot-downs are answered between them, and between a prune's entries), and a prune takes the heap out whole and runs with no lock held (each thread's
-//! own lock is taken one at a time), frees the pieces it emptied, and puts the heap back.
+//! waits end; TLB shoot-downs are answered between them, and between a prune's entries), and a
+//! prune takes the heap out whole and runs with no lock held (each thread's own lock is taken
+//! one at a time), frees the pieces it emptied, and puts the heap back.
 //! Nothing is added meanwhile: only this CPU uses its heap, from its timer interrupt and from
 //! its threads' system calls, which run with interrupts off.
 use alloc::sync::{Arc, Weak};
