@@ -17,6 +17,9 @@ use crate::paged::PagedVec;
 
 const NONE: u32 = u32::MAX;
 
+/// How many children [`DerivTree::remove_polling`] hands up between two calls of its `poll`.
+pub const POLL_EVERY: usize = 64;
+
 /// A node of a [`DerivTree`]: index and generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NodeId {
@@ -244,34 +247,51 @@ impl<H> DerivTree<H> {
 
     /// Gives node `i`'s children to its parent: each gets the new parent, and the list is put
     /// where `i` is in its parent's list (just before it: `i` is unlinked next); children of a
-    /// root become roots. Time: the number of children.
-    fn hand_children_up(&mut self, i: u32) {
+    /// root become roots. Time: the number of children; `poll` is called after every
+    /// [`POLL_EVERY`] of them.
+    fn hand_children_up(&mut self, i: u32, poll: &mut impl FnMut()) {
         let first = self.nodes[i as usize].first_child;
         if first == NONE {
             return;
         }
         if self.nodes[i as usize].parent != NONE {
-            // Spliced in just before `i`, which is unlinked next: where `i` was.
-            self.hand_some_children_up(i, usize::MAX);
+            // Spliced in just before `i`, which is unlinked next: where `i` was (a piece at a
+            // time: each lands before `i`, after the pieces before it, so the order stays).
+            while self.nodes[i as usize].first_child != NONE {
+                self.hand_some_children_up(i, POLL_EVERY);
+                poll();
+            }
             return;
         }
         // Children of a root become roots, which are not linked to each other.
         self.nodes[i as usize].first_child = NONE;
         let mut c = first;
+        let mut k = 0;
         while c != NONE {
             let n = self.nodes[c as usize].next;
             let node = &mut self.nodes[c as usize];
             (node.parent, node.prev, node.next) = (NONE, NONE, NONE);
             c = n;
+            k += 1;
+            if k % POLL_EVERY == 0 {
+                poll();
+            }
         }
     }
 
     /// Deletes the capability `id` (if it is still live): its children become its parent's
     /// (roots, if it was one). Returns its home. Time: its number of children.
     pub fn remove(&mut self, id: NodeId) -> Option<H> {
+        self.remove_polling(id, || {})
+    }
+
+    /// [`remove`](Self::remove), calling `poll` after every [`POLL_EVERY`] children handed up
+    /// (the kernel answers other CPUs' TLB shoot-downs there: a task decides how many children
+    /// a capability has, and the tree's lock is held, interrupts off, throughout).
+    pub fn remove_polling(&mut self, id: NodeId, mut poll: impl FnMut()) -> Option<H> {
         self.node(id)?;
         let i = id.index;
-        self.hand_children_up(i);
+        self.hand_children_up(i, &mut poll);
         self.unlink(i);
         let home = self.release(i);
         self.maybe_shrink();
@@ -664,6 +684,31 @@ mod tests {
         let mut n = 0;
         t.revoke(a, |_, _| n += 1).unwrap();
         assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn many_children_are_handed_up_in_pieces_with_a_poll_between() {
+        for with_parent in [true, false] {
+            let mut t = DerivTree::new();
+            let a = t.add(None, 0).unwrap();
+            let b = t.add(if with_parent { Some(a) } else { None }, 1).unwrap();
+            let sib = t.add(if with_parent { Some(a) } else { None }, 2).unwrap();
+            let kids: Vec<NodeId> = (0..200).map(|i| t.add(Some(b), 10 + i).unwrap()).collect();
+            let mut polls = 0;
+            assert_eq!(t.remove_polling(b, || polls += 1), Some(1));
+            // 200 children: three full pieces and a short one (handed up under a parent), or a
+            // poll after each 64 made roots.
+            assert_eq!(polls, if with_parent { 4 } else { 3 });
+            let parent = if with_parent { Some(a) } else { None };
+            assert!(kids.iter().all(|&k| t.parent(k) == parent && t.is_live(k)));
+            assert!(t.is_live(sib));
+            // Revoking the new parent reaches every one of them, and its other child.
+            if with_parent {
+                let mut n = 0;
+                t.revoke(a, |_, _| n += 1).unwrap();
+                assert_eq!(n, 201);
+            }
+        }
     }
 
     #[test]
