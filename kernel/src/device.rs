@@ -469,8 +469,11 @@ fn kernel_port(p: Ports) -> bool {
     KERNEL_PORTS.iter().chain(FIRMWARE_PORTS.get().and_then(|x| x.as_ref())).any(|k| k.overlaps(p))
 }
 
+/// The object of the device capability in `slot` (of type `ty`), which must have `WRITE`: a copy
+/// without it is for `CapIdentify` and copying only (before the sixteenth session no right was
+/// asked for, so a narrowed copy could do everything the original could).
 fn obj(t: &Thread, slot: u64, ty: ObjType) -> Result<KObj, Error> {
-    Ok(t.task.caps.lock().lookup(slot, ty, Rights::NONE)?.obj.clone())
+    Ok(t.task.caps.lock().lookup(slot, ty, Rights::WRITE)?.obj.clone())
 }
 
 fn irq_line(t: &Thread, slot: u64) -> Result<Arc<crate::irq::IrqLine>, Error> {

@@ -95,6 +95,46 @@ fn test_rules() {
     report(NAME, bad.is_empty(), format_args!("mismatches {:?}", &bad[..]));
 }
 
+/// A device capability copied without `WRITE` is only good for `CapIdentify` and copying: the
+/// `Devices` copy makes no interrupt line, port range or device frame, the `Irq` copy neither binds,
+/// acknowledges nor unbinds, the `IoPort` copy opens and closes nothing. Before the sixteenth
+/// session the kernel looked these capabilities up with no right at all, so narrowing one did
+/// nothing (a hostile review found it).
+fn test_narrowed() {
+    const NAME: &str = "devices-capability-without-write-does-nothing";
+    let (d, a, ar, p, pr, n) = (slot(), slot(), slot(), slot(), slot(), slot());
+    let mut bad = alloc_free_list();
+    let mut check = |what: &'static str, got: Result<(), Error>, want: Result<(), Error>| {
+        if got != want {
+            bad.push((what, got, want));
+        }
+    };
+    let ro = Rights::READ.union(Rights::GRANT);
+    check("copy devices", sys::cap_copy(DEVICES, TASK, d, ro), Ok(()));
+    check("irq through it", sys::irq_get(d, 3, a), Err(Error::MissingRight));
+    check("ports through it", sys::ioport_get(d, 0x210, 4, p), Err(Error::MissingRight));
+    check("device memory through it", sys::device_mem_get(d, 0xfed0_0000, p), Err(Error::MissingRight));
+    check("identify it", ident(d, ObjType::Devices), Ok(()));
+    check("irq 3", sys::irq_get(DEVICES, 3, a), Ok(()));
+    check("notification", sys::notification_create(MEMORY, n), Ok(()));
+    check("copy irq", sys::cap_copy(a, TASK, ar, ro), Ok(()));
+    check("bind through the copy", sys::irq_bind(ar, n, 1, IRQ_CPU_CALLER), Err(Error::MissingRight));
+    check("bind", sys::irq_bind(a, n, 1, IRQ_CPU_CALLER), Ok(()));
+    check("ack through the copy", sys::irq_ack(ar), Err(Error::MissingRight));
+    check("unbind through the copy", sys::irq_unbind(ar), Err(Error::MissingRight));
+    check("unbind", sys::irq_unbind(a), Ok(()));
+    check("ports", sys::ioport_get(DEVICES, 0x210, 4, p), Ok(()));
+    check("copy ports", sys::cap_copy(p, TASK, pr, ro), Ok(()));
+    check("open through the copy", sys::ioport_open(pr), Err(Error::MissingRight));
+    check("open", sys::ioport_open(p), Ok(()));
+    check("close through the copy", sys::ioport_close(pr), Err(Error::MissingRight));
+    check("close", sys::ioport_close(p), Ok(()));
+    for s in [d, a, ar, p, pr, n] {
+        release(s);
+    }
+    report(NAME, bad.is_empty(), format_args!("mismatches {:?}", &bad[..]));
+}
+
 fn alloc_free_list() -> heapless_list::List {
     heapless_list::List::default()
 }
@@ -797,6 +837,7 @@ fn test_flips_interrupt_no_other_cpu(bi: &BootInfo, ports: u64) {
 
 pub fn run(bi: &BootInfo) {
     test_rules();
+    test_narrowed();
     test_device_memory(bi);
     let ports = slot();
     let com2 = sys::ioport_get(DEVICES, COM2 as u64, 8, ports).is_ok() && com2_present(ports);
