@@ -121,11 +121,15 @@ impl Drop for Endpoint {
             }
             reclaim::later_wait(w);
             reclaim::later_thread(t);
+            // As many waiters as a task made, interrupts off: other CPUs' TLB shoot-downs are
+            // answered between them (a review of the sixteenth session found them waiting).
+            crate::tlb::service_tlb_here();
         }
         while let Some(t) = receivers.pop_front() {
             let w = thread::wake_locked(&t, &mut t.life.lock(), WaitOn::Recv(id), Err(Error::PartnerGone));
             reclaim::later_wait(w);
             reclaim::later_thread(t);
+            crate::tlb::service_tlb_here();
         }
         crate::obj::ENDPOINTS.gone();
     }
@@ -180,6 +184,8 @@ impl Drop for Notification {
             let w = thread::wake_locked(&t, &mut t.life.lock(), WaitOn::Notify(id), Err(Error::PartnerGone));
             reclaim::later_wait(w);
             reclaim::later_thread(t);
+            // As for an endpoint's waiters: shoot-downs are answered between them.
+            crate::tlb::service_tlb_here();
         }
         crate::obj::NOTIFICATIONS.gone();
     }
