@@ -338,7 +338,8 @@ def countglobal_section(out, rows):
 
 def issue16_targets(profs, rows):
     """The "done when" of issue 16, each against this run's figures: instruction counts under
-    icount, the cross-core bound in one TCG `-smp 2` boot, the counting kernel's zeros."""
+    icount, the cross-core bound in each TCG `-smp 2` boot and by their median, the counting
+    kernel's zeros."""
     L = ["## Issue 16's targets\n"]
     L.append("| target | measured | |")
     L.append("|---|---|---|")
@@ -382,8 +383,9 @@ def issue16_targets(profs, rows):
               f"(×{cc['median_cycles'] / bound:.2f})")
         ratios = sorted(cc["median_cycles"] / bound for _, cc, _, _, bound in judged)
         met = sum(r <= 1 for r in ratios)
-        t(f"{what}: all boots", ratios[len(ratios) // 2] <= 1,
-          f"met in {met} of {len(ratios)} boots; median ratio ×{ratios[len(ratios) // 2]:.2f}")
+        k = len(ratios)
+        mid = ratios[k // 2] if k % 2 else (ratios[k // 2 - 1] + ratios[k // 2]) / 2
+        t(f"{what}: the boots' median ratio", mid <= 1, f"×{mid:.2f} (met in {met} of {k} boots)")
         cc0 = judged[0][1]
         t("cross-core, receiver idle: ≤ 0.01 IPIs per round trip (TCG, `-smp 2`)", cc0["ipis_per_round_trip"] <= 0.01,
           f"{cc0['ipis_per_round_trip']:.4f}")

@@ -53,9 +53,9 @@ ensure_rust() {
         . "$HOME/.cargo/env"
     fi
     if ! rustup run "$channel" rustc -vV >/dev/null 2>&1 \
-        || ! rustup +"$channel" target list --installed 2>/dev/null | grep -qx "$TARGET" \
-        || ! rustup +"$channel" component list --installed 2>/dev/null | grep -q '^rust-src' \
-        || ! rustup +"$channel" component list --installed 2>/dev/null | grep -q '^llvm-tools'; then
+        || ! rustup +"$channel" target list --installed 2>/dev/null | grep -x "$TARGET" >/dev/null \
+        || ! rustup +"$channel" component list --installed 2>/dev/null | grep '^rust-src' >/dev/null \
+        || ! rustup +"$channel" component list --installed 2>/dev/null | grep '^llvm-tools' >/dev/null; then
         say "installing Rust $channel with rust-src, llvm-tools and target $TARGET"
         rustup toolchain install "$channel" --profile minimal --component rust-src,llvm-tools --target "$TARGET" >&2 \
             || die "rustup could not install $channel"
@@ -377,7 +377,7 @@ PINGPONG="$ROOT/target/$MUSL_TARGET/release/pingpong"
 ensure_musl_target() {
     local channel
     channel=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$ROOT/rust-toolchain.toml")
-    if ! rustup +"$channel" target list --installed 2>/dev/null | grep -qx "$MUSL_TARGET"; then
+    if ! rustup +"$channel" target list --installed 2>/dev/null | grep -x "$MUSL_TARGET" >/dev/null; then
         say "adding the Rust target $MUSL_TARGET to $channel (rustup target add), for the Linux ping-pong program"
         rustup +"$channel" target add "$MUSL_TARGET" >&2 || die "rustup could not add $MUSL_TARGET"
     fi

@@ -5,7 +5,7 @@
 //!   have exactly as many strong references as there are holders the kernel knows of:
 //!   capabilities (also one in flight with a blocked sender), a thread's task and space, a
 //!   task's parent (the task that made it), an
-//!   address space's mappings, IPC buffers, reply rights, every object's budget charge, run
+//!   address space's mappings, reply rights, every object's budget charge, run
 //!   queues, inboxes, request lists, current threads, endpoint and notification queues. One more is a leak,
 //!   one fewer would be a use-after-free waiting to happen.
 //! * **Threads.** Each thread's `Life` matches where it is found: current on a CPU ⇔ that

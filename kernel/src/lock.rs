@@ -142,6 +142,36 @@ impl<T, const L: u8> Mutex<T, L> {
         Guard { g: self.inner.lock() }
     }
 
+    /// [`lock`](Self::lock) for a lock whose holder may keep it for as long as a task's work
+    /// takes (a capability's children handed up under its tree's lock, a piece at a time):
+    /// waits answering other CPUs' TLB shoot-downs. A CPU that waited for it with interrupts off
+    /// and answered nothing would hold up every shoot-down in the system, since the holder of
+    /// the shoot-down lock waits for that CPU (a review of the sixteenth session found the
+    /// chain). (Not every lock's: the plain `lock` is on the IPC fast path, and a contended
+    /// branch there costs it instructions even when never taken.)
+    #[inline(always)]
+    pub fn lock_answering(&self) -> Guard<'_, T, L> {
+        acquire(L);
+        match self.inner.try_lock() {
+            Some(g) => Guard { g },
+            None => self.lock_contended(),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn lock_contended(&self) -> Guard<'_, T, L> {
+        loop {
+            crate::tlb::service_tlb_if_up();
+            core::hint::spin_loop();
+            if !self.inner.is_locked() {
+                if let Some(g) = self.inner.try_lock() {
+                    return Guard { g };
+                }
+            }
+        }
+    }
+
     /// The lock if it is free.
     pub fn try_lock(&self) -> Option<Guard<'_, T, L>> {
         let g = self.inner.try_lock()?;

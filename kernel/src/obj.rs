@@ -247,7 +247,7 @@ impl Drop for Link {
             // Its children go to its parent, as many as a task made: other CPUs' TLB shoot-downs
             // are answered between pieces of them (a review of the sixteenth session found
             // 60,000 children handed up in one go, interrupts off).
-            let home = l.tree.lock().remove_polling(*id, crate::tlb::service_tlb_here);
+            let home = l.tree.lock_answering().remove_polling(*id, crate::tlb::service_tlb_here);
             drop(home);
         }
     }
@@ -261,7 +261,7 @@ pub fn inject_orphan_node(task: &Arc<Task>, slot: u64) {
     // Uncharged (as an original's node is): the check is to find the orphan, not its charge.
     let home = Home::original(task, 0);
     if let Some((lineage, id)) = named.link.parts() {
-        let _ = lineage.tree.lock().add(Some(id), home);
+        let _ = lineage.tree.lock_answering().add(Some(id), home);
     }
 }
 
@@ -348,7 +348,7 @@ pub fn revoke(task: &Task, slot: u64) -> Result<u64, Error> {
         let mut holders: [Option<Arc<Task>>; REVOKE_BATCH] = [const { None }; REVOKE_BATCH];
         let mut homes: [Option<Home>; REVOKE_BATCH] = [const { None }; REVOKE_BATCH];
         let mut k = 0;
-        let mut tree = lineage.tree.lock();
+        let mut tree = lineage.tree.lock_answering();
         // The revocation is announced in the tree, so that one of an ancestor's that meets this
         // capability meanwhile deletes what was derived from it first (`DerivTree::begin_revoke`).
         if first && tree.begin_revoke(id).is_err() {
@@ -1049,7 +1049,7 @@ impl Task {
             Ok(h) => h,
             Err(e) => return Err((e, cap)),
         };
-        let mut tree = lineage.tree.lock();
+        let mut tree = lineage.tree.lock_answering();
         if tree.reserve().is_err() {
             drop(tree);
             return Err((Error::OutOfMemory, cap));
@@ -1116,7 +1116,7 @@ pub fn tracked(task: &Arc<Task>, slot: u64, mut cap: Cap) -> Result<Cap, Error> 
     // thread tracked it meanwhile: `home` is dropped unused).
     let home = Home::new(task, slot)?;
     let lineage = Arc::try_new(Lineage { tree: Mutex::new(DerivTree::new()) }).map_err(|_| Error::OutOfMemory)?;
-    let mut tree = lineage.tree.lock();
+    let mut tree = lineage.tree.lock_answering();
     tree.reserve().map_err(|_| Error::OutOfMemory)?;
     let mut caps = task.caps.lock();
     let mut home = Some(home);

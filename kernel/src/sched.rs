@@ -160,6 +160,11 @@ pub(crate) fn this_cpu() -> Here {
     this()
 }
 
+/// [`this_cpu`], or `None` before this CPU's scheduler is set up (`init_cpu`).
+pub(crate) fn this_cpu_if_up() -> Option<Here> {
+    (percpu::kernel_block() != 0).then(this)
+}
+
 /// Whether a thread of priority `prio` may take this CPU straight away: nothing waits in the
 /// inbox and nothing of higher priority in the run queue (the fast path's guard; it does not
 /// drain the inbox).

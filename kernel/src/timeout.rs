@@ -74,9 +74,6 @@ pub fn expire_due(cs: sched::Here) {
         cs.bump(sched::Count::DeadlinesVisited);
         if let Some(t) = w.upgrade() {
             crate::thread::expire(&t, now);
-            // The last reference, if another CPU let go of the thread meanwhile: its destructor
-            // (a chain of callers to fail, its task's to end) runs in the reclaim loop, not here.
-            crate::reclaim::later_thread(t);
         }
         // A task decides how many waits end in one tick (as many threads as its budget pays
         // for, each with the same deadline): a CPU doing a shoot-down meanwhile must not wait
@@ -107,7 +104,6 @@ pub fn expire_due(cs: sched::Here) {
                 if waits && first {
                     t.pruned_at.store(now, core::sync::atomic::Ordering::Relaxed);
                 }
-                crate::reclaim::later_thread(t);
                 waits && first
             })
         });

@@ -103,6 +103,14 @@ pub(crate) fn service_tlb_here() {
     service_tlb(sched::this_cpu());
 }
 
+/// [`service_tlb_here`] once this CPU's scheduler is set up (a contended lock's wait calls it,
+/// which may come before, while a CPU starts).
+pub(crate) fn service_tlb_if_up() {
+    if let Some(cs) = sched::this_cpu_if_up() {
+        service_tlb(cs);
+    }
+}
+
 /// Runs a TLB request addressed to this CPU, if any.
 pub(crate) fn service_tlb(cs: sched::Here) {
     // A plain load first: the idle loop comes here every round, and an exchange (a locked

@@ -490,10 +490,15 @@ fn test_ipc_buffer_unmapped() {
     let waiting = wait_ms(2000, || state(t) == Some(ThreadState::BlockedRecv));
     // Into the thread's unmapped buffer: words 4..15 from the root thread's own buffer.
     for i in 4..16 {
-        // SAFETY: the root thread's IPC buffer page is mapped writable (`run`).
-        unsafe { buf_word(i).write_volatile(0xab00 + i) };
+        // SAFETY: the root thread's IPC buffer page is mapped writable (`run`), and the frame
+        // at VW (the watched one, zeroed here rather than trusted to come zeroed).
+        unsafe {
+            buf_word(i).write_volatile(0xab00 + i);
+            word(i).write_volatile(0);
+        }
     }
-    let sent = sys::send(ep, &Msg { tag: Tag::new(7, 16, 0), badge: 0, w: [1, 2, 3, 4] });
+    // (Timeouts: a set-up that went wrong fails the test rather than hanging the suite.)
+    let sent = sys::send_timeout(ep, &Msg { tag: Tag::new(7, 16, 0), badge: 0, w: [1, 2, 3, 4] }, ms_ticks(2000));
     let arrived = wait_ms(2000, || UB_GOT.load(SeqCst) != 0);
     // SAFETY (here and below): the frame is mapped readable and writable at VW until the end of
     // the test, and the root thread's IPC buffer page is mapped writable (`run`).
@@ -506,7 +511,7 @@ fn test_ipc_buffer_unmapped() {
         unsafe { buf_word(i).write_volatile(0) };
     }
     UB_STEP.store(2, SeqCst);
-    let back = sys::recv(ep);
+    let back = sys::recv_timeout(ep, ms_ticks(2000));
     let leaked = (4..16).filter(|&i| unsafe { buf_word(i).read_volatile() } != 0).count();
     let done = wait_ms(2000, || UB_SENT.load(SeqCst) != 0);
     release(t);
