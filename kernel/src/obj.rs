@@ -247,7 +247,7 @@ impl Drop for Link {
             // Its children go to its parent, as many as a task made: other CPUs' TLB shoot-downs
             // are answered between pieces of them (a review of the sixteenth session found
             // 60,000 children handed up in one go, interrupts off).
-            let home = l.tree.lock_answering().remove_polling(*id, crate::tlb::service_tlb_here);
+            let home = l.tree.lock_answering().remove_polling(*id, crate::tlb::service_tlb_if_up);
             drop(home);
         }
     }
