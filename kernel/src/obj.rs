@@ -1099,6 +1099,18 @@ impl Task {
     fn refusal(&self, caps: &CapTable<KObj>, slot: u64) -> Option<Error> {
         if self.dead.load(Ordering::Acquire) { Some(Error::InvalidState) } else { caps.check_free(slot).err() }
     }
+
+    /// What [`Task::insert_cap`] would refuse now for `slot` (the task ended, the slot out of
+    /// range or taken): checked before [`tracked`] makes a source capability the root of a
+    /// derivation tree, so that a copy refused for its destination leaves no root node (and
+    /// no charge) behind. (Another thread of the task may still fill the slot in between: the
+    /// insertion then refuses, and the root stays with the original, charged to its holder.)
+    pub fn may_insert(&self, slot: u64) -> Result<(), Error> {
+        match self.refusal(&self.caps.lock(), slot) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
 }
 
 /// `cap`, read (perhaps with fewer rights) from `slot` of `task`, made ready to become a child

@@ -138,8 +138,13 @@ fn send_caps(task: &Arc<Task>, r: &UserRegs) -> Result<SendCaps, Error> {
     drop(caps);
     // The capability sent becomes a child of the one in the slot when it is delivered
     // (an original gets its derivation tree now, the first time something comes from it).
-    // (Not one without `GRANT`, which `send` refuses.)
-    let xfer = xfer.map(|x| x.and_then(|cap| if cap.rights.contains(Rights::GRANT) { crate::obj::tracked(task, r.ipc_send_slot(), cap) } else { Ok(cap) }));
+    // Not one `send` refuses whatever happens: without `GRANT`, or sent through an endpoint
+    // capability without `GRANT` (no root node is made, and charged, for a send that cannot
+    // carry it).
+    let may_carry = read.2.contains(Rights::GRANT);
+    let xfer = xfer.map(|x| {
+        x.and_then(|cap| if may_carry && cap.rights.contains(Rights::GRANT) { crate::obj::tracked(task, r.ipc_send_slot(), cap) } else { Ok(cap) })
+    });
     Ok((read.0, read.1, read.2, xfer))
 }
 
@@ -415,10 +420,10 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             if !Arc::ptr_eq(&dst, task) && !orig.contains(Rights::GRANT) {
                 return Err(Error::MissingRight);
             }
+            // The destination's refusals come before the source gets a derivation tree (a
+            // failed copy leaves no charged root node behind).
+            dst.may_insert(a2)?;
             let cap = crate::obj::tracked(task, a0, cap)?;
-            if dst.dead.load(core::sync::atomic::Ordering::Acquire) {
-                return Err(Error::InvalidState);
-            }
             dst.insert_cap(a2, cap)?;
             Ok([0; 3])
         }
@@ -457,6 +462,7 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             let snap = snapshot(task, a0, ObjType::Task, Rights::READ)?;
             let KObj::Task(other) = &snap.obj else { return Err(Error::WrongType) };
             let space = other.space.clone();
+            task.may_insert(a1)?;
             let parent = crate::obj::tracked(task, a0, snap)?;
             task.insert_cap(a1, Cap { obj: KObj::Space(space), rights: parent.rights, badge: 0, link: parent.link.clone() })?;
             Ok([0; 3])
@@ -706,6 +712,7 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             if !Arc::ptr_eq(&dst, task) && !orig.contains(Rights::GRANT) {
                 return Err(Error::MissingRight);
             }
+            dst.may_insert(a2)?;
             let mut cap = crate::obj::tracked(task, a0, cap)?;
             cap.badge = a4;
             dst.insert_cap(a2, cap)?;

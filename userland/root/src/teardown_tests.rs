@@ -354,6 +354,7 @@ pub fn run(which: &str) {
     }
     if one("teardown-deriv") {
         test_root_node_charged();
+        test_failed_copies_leave_no_root();
     }
     // Only when asked for: it exhausts the whole budget (the `exhaust-*` suites, at 64 MiB).
     if which == "teardown-exhaust" {
@@ -807,6 +808,59 @@ fn test_root_node_charged() {
             u2 - u3,
             u1 - u4,
             u0 as i64 - u5 as i64
+        ),
+    );
+}
+
+/// A copy the kernel refuses changes nothing, the budget included: a `CapCopy` or `CapMint` into
+/// a slot out of range or taken, a `TaskAddressSpace` into such a slot, and a send of a
+/// capability through an endpoint capability without `GRANT` each leave the source an original
+/// in no derivation tree, with no root node charged (a later successful copy then charges both
+/// nodes, as `derivation-root-node-charged` checks). On the kernel before, each made the
+/// source's root node first and failed after: 384 bytes of the budget gone per source (a
+/// hostile review of the seventeenth session found it).
+fn test_failed_copies_leave_no_root() {
+    const NAME: &str = "failed-copies-leave-no-root-node";
+    use rl4_abi::cost::DERIV_NODE;
+    wait_ms(3000, || threads() == 1);
+    let (e, taken, nogrant, f, t, c) = (slot(), slot(), slot(), slot(), slot(), slot());
+    let made = (|| -> Result<(), rl4_abi::Error> {
+        sys::endpoint_create(MEMORY, e)?;
+        sys::endpoint_create(MEMORY, taken)?;
+        sys::frame_alloc(MEMORY, f)?;
+        sys::task_create(MEMORY, t)?;
+        // An endpoint capability without GRANT (its original gets its root now: not counted).
+        sys::cap_copy(taken, TASK, nogrant, Rights::SEND)
+    })();
+    let u0 = uncharged();
+    let far = rl4_abi::CAP_SLOTS as u64 + 7;
+    let mut answers = [Ok(()); 7];
+    answers[0] = sys::cap_copy(e, TASK, far, Rights::ALL);
+    answers[1] = sys::cap_copy(e, TASK, taken, Rights::ALL);
+    answers[2] = sys::cap_mint(e, TASK, far, Rights::ALL, 5);
+    answers[3] = sys::cap_mint(e, TASK, taken, Rights::ALL, 5);
+    answers[4] = sys::task_space(t, far);
+    answers[5] = sys::task_space(t, taken);
+    let m = sys::Msg { tag: Tag::new(1, 0, 1), badge: 0, w: [0; 4] };
+    answers[6] = sys::ipc(Sys::NbSend, nogrant, &m, 0, f, NO_SLOT).map(|_| ());
+    let u1 = uncharged();
+    // Each source is still an original in no tree: its first real copy charges two nodes.
+    let before = uncharged();
+    let copied = sys::cap_copy(e, TASK, c, Rights::ALL);
+    let two = before - uncharged();
+    release(c);
+    let refused = answers.iter().all(|a| a.is_err());
+    for s in [e, taken, nogrant, f, t] {
+        release(s);
+    }
+    report(
+        NAME,
+        made.is_ok() && refused && u1 == u0 && copied.is_ok() && two == 2 * DERIV_NODE,
+        format_args!(
+            "set up {made:?}; refused copies {answers:?} (all errors wanted) changed the budget by {} bytes (want 0); \
+             the first copy afterwards charged {two} (want {}: root node and copy) {copied:?}",
+            u0 as i64 - u1 as i64,
+            2 * DERIV_NODE
         ),
     );
 }
