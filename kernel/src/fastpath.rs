@@ -199,12 +199,13 @@ fn call(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag)
             drop(q);
             crate::timeline::event(crate::timeline::Kind::Send, crate::timeline::ep(ep.id()) << 32 | r.id, badge);
             deliver(&r, words, tag, badge);
+            let who = cur.id;
             let old = rl.grant_reply(cur, ticket);
             let stale = rl.keep_recv(wait);
             let (to, prio, held) = queue_for_cpu(rl);
             hand_over(to, r, prio);
             drop(held);
-            cross_done(cs, stale, old, true);
+            cross_done(cs, stale, old, Some(who));
             return Fast::Decide;
         }
     }
@@ -283,10 +284,10 @@ fn hand_over(to: Option<u32>, p: Arc<Thread>, prio: u8) {
 /// The end of a cross-CPU fast path, after every lock is released: what the partner (in its
 /// CPU's inbox) let go of is dropped (`wait`; `ReplyRecv` disposes of its caller's reply wait
 /// itself, inline: passed here by value, the wait was copied whole twice), a reply right that
-/// died fails its caller, and a caller (`call`) expects its reply soon.
+/// died fails its caller, and a caller (`caller`, `Call`) expects its reply soon.
 #[cold]
 #[inline(never)]
-fn cross_done(cs: sched::Here, wait: Option<Wait>, old: Option<(Arc<Thread>, u64)>, call: bool) {
+fn cross_done(cs: sched::Here, wait: Option<Wait>, old: Option<(Arc<Thread>, u64)>, caller: Option<u64>) {
     if let Some(w) = wait {
         crate::obj::dispose(w);
     }
@@ -295,8 +296,8 @@ fn cross_done(cs: sched::Here, wait: Option<Wait>, old: Option<(Arc<Thread>, u64
     }
     cs.bump(sched::Count::IpcFast);
     cs.bump(sched::Count::IpcCross);
-    if call {
-        cs.await_reply();
+    if let Some(who) = caller {
+        cs.await_reply(who);
     }
 }
 
@@ -383,7 +384,7 @@ fn reply_recv(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag
             crate::ipc::enqueue(&mut q.receivers, cur);
             drop(q);
             crate::obj::dispose(wait);
-            cross_done(cs, None, None, false);
+            cross_done(cs, None, None, None);
             return Fast::Decide;
         }
     }

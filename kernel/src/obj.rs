@@ -975,6 +975,8 @@ pub struct Task {
     /// Tasks it made that still exist (counted before each is registered, uncounted by its
     /// destructor): its end looks for children only while there are some.
     pub children: AtomicU64,
+    /// The walk that ended its descendants after its end is done (`syscall::kill_task`).
+    pub walked: AtomicBool,
     _charge: Charge,
 }
 
@@ -1003,6 +1005,7 @@ impl Task {
             dead: AtomicBool::new(false),
             parent,
             children: AtomicU64::new(0),
+            walked: AtomicBool::new(false),
             _charge: charge,
         })
         .map_err(|_| Error::OutOfMemory)?;

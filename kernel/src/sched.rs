@@ -63,10 +63,12 @@ pub enum Count {
     SendqSteps = 7,
     /// Fault reports left out (`fault.rs`).
     ReportsLeftOut = 8,
+    /// Walks over every task that ended a task's descendants (`syscall::kill_task`).
+    TaskWalks = 9,
 }
 
 /// How many [`Count`]s there are.
-const COUNTS: usize = 9;
+const COUNTS: usize = 10;
 
 /// A [`CpuSched::flags`] bit: the time slice ran out (or the thread yielded): rotate at the next
 /// decision.
@@ -131,11 +133,10 @@ pub struct CpuSched {
     /// A reschedule interrupt was sent for the requests now listed (set and cleared under the
     /// list's lock): the next urgent [`request`] sends none.
     request_kicked: AtomicBool,
-    /// When a thread of this CPU last blocked in a call to a server of another CPU (TSC; 0:
-    /// no reply awaited), and the time such replies took, on average (TSC ticks, an
-    /// exponentially weighted mean): the idle loop polls a few of those before it halts.
-    awaiting: AtomicU64,
-    reply_ticks: AtomicU64,
+    /// The reply a thread of this CPU awaits from a server of another CPU, and the time such
+    /// replies took, on average: the idle loop polls a few of those before it halts
+    /// (`rl4_core::replypoll`).
+    replies: rl4_core::replypoll::ReplyPoll,
     pub(crate) tlb: CpuTlb,
     /// Waits with a deadline of threads of this CPU (`timeout.rs`).
     pub(crate) timeouts: Mutex<crate::timeout::List, { Level::CPU }>,
@@ -318,8 +319,7 @@ pub fn init_cpu(pcid: bool) {
         requests: Mutex::new(rl4_core::wlist::WList::new(me() as usize + 1)),
         requested: AtomicBool::new(false),
         request_kicked: AtomicBool::new(false),
-        awaiting: AtomicU64::new(0),
-        reply_ticks: AtomicU64::new(0),
+        replies: rl4_core::replypoll::ReplyPoll::new(),
         tlb: CpuTlb::new(pcid),
         timeouts: Mutex::new(rl4_core::deadlines::Deadlines::new()),
     }));
@@ -387,11 +387,12 @@ impl CpuSched {
 }
 
 impl CpuSched {
-    /// A thread of this CPU now waits for a reply from another CPU (the cross-CPU fast path):
-    /// the idle loop polls a little longer for it (a plain store: only this CPU writes it).
+    /// Thread `who` of this CPU now waits for a reply from another CPU (the cross-CPU fast
+    /// path): the idle loop polls a little longer for it (plain stores: only this CPU writes
+    /// them).
     #[inline(always)]
-    pub(crate) fn await_reply(&self) {
-        self.awaiting.store(cpu::rdtsc(), Ordering::Relaxed);
+    pub(crate) fn await_reply(&self, who: u64) {
+        self.replies.awaiting(cpu::rdtsc(), who);
     }
 }
 
@@ -400,21 +401,17 @@ impl CpuSched {
 /// times `poll_us`); `poll_us=0` never polls.
 fn poll_ticks(cs: Here) -> u64 {
     let base = POLL_TICKS.load(Ordering::Relaxed);
-    if base == 0 || cs.awaiting.load(Ordering::Relaxed) == 0 {
-        return base;
+    if base == 0 {
+        return 0;
     }
-    (4 * cs.reply_ticks.load(Ordering::Relaxed)).clamp(base, 20 * base)
+    cs.replies.window(cpu::rdtsc(), base)
 }
 
-/// A thread arrived while the CPU idled: if one was awaited, its time goes into the mean.
-fn note_arrival(cs: Here) {
-    let since = cs.awaiting.load(Ordering::Relaxed);
-    if since != 0 {
-        let took = cpu::rdtsc().saturating_sub(since);
-        let mean = cs.reply_ticks.load(Ordering::Relaxed);
-        cs.reply_ticks.store(if mean == 0 { took } else { (7 * mean + took) / 8 }, Ordering::Relaxed);
-        cs.awaiting.store(0, Ordering::Relaxed);
-    }
+/// Thread `t` came out of this CPU's inbox (into the idle loop, or drained by a decision): if
+/// it is the one whose reply was awaited, the reply's time goes into the mean.
+#[inline(always)]
+fn note_arrival(cs: Here, t: &Thread) {
+    cs.replies.arrived(t.id, POLL_TICKS.load(Ordering::Relaxed), cpu::rdtsc);
 }
 
 /// The idle loop's hand-over: with nothing in the run queue and exactly one thread in the
@@ -424,11 +421,11 @@ fn run_delivered(cs: Here) -> bool {
     if cs.mail.is_empty() || cs.rq_top.load(Ordering::Relaxed) >= 0 {
         return false;
     }
-    note_arrival(cs);
     let mut one: Option<(Arc<Thread>, u64)> = None;
     let mut spilled = false;
     cs.mail.drain(|t, p| {
         crate::timeline::event(crate::timeline::Kind::Drain, t.id, p);
+        note_arrival(cs, &t);
         if one.is_none() && !spilled {
             one = Some((t, p));
             return;
@@ -754,6 +751,9 @@ fn drain_inbox_now(cs: Here) {
     with_rq(cs, |rq| {
         cs.mail.drain(|t, p| {
             crate::timeline::event(crate::timeline::Kind::Drain, t.id, p);
+            // An awaited reply drained while busy ends the wait too (no stale wait left to
+            // take the time since that call as a sample later: `rl4_core::replypoll`).
+            note_arrival(cs, &t);
             rq_push(rq, p as u8, t, false)
         });
     });
@@ -954,8 +954,9 @@ pub fn idle() -> ! {
         }
         // An idle CPU serves requests too: a request's interrupt taken here does not decide.
         drain_and_serve(cs);
+        // (A thread drained here, an awaited reply among them, was noted as it came out of
+        // the inbox: `drain_inbox_now`.)
         if pick(cs, None) {
-            note_arrival(cs);
             entry::return_to_user();
         }
         tlb::service_tlb(cs);

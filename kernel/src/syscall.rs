@@ -633,6 +633,7 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
                 stat::SWEEP_VISITED => sched::total(sched::Count::SweepVisited),
                 stat::SENDQ_STEPS => sched::total(sched::Count::SendqSteps),
                 stat::FAULT_REPORTS_LEFT_OUT => sched::total(sched::Count::ReportsLeftOut),
+                stat::TASK_WALKS => sched::total(sched::Count::TaskWalks),
                 stat::IPIS_SENT => cpus::IPIS_SENT.load(core::sync::atomic::Ordering::Relaxed),
                 stat::HEAP_BYTES => mem::heap_size(),
                 stat::HEAP_IN_USE => mem::heap_in_use(),
@@ -803,7 +804,12 @@ pub fn kill_task(task: &Arc<Task>) {
     // per task: ending thousands of tasks must not add up thousands of waits with interrupts off.
     let mut waited_out = false;
     kill_one(task, &mut waited_out);
-    if task.children.load(core::sync::atomic::Ordering::SeqCst) > 0 {
+    // One walk per ended task is enough (`Task::walked`): a task killed again and again while
+    // the record of an ended child lives on (its `children` stays non-zero) does not walk every
+    // task of the system again each time, interrupts off (a hostile review of the seventeenth
+    // session found the repeated walk).
+    if task.children.load(core::sync::atomic::Ordering::SeqCst) > 0 && !task.walked.load(core::sync::atomic::Ordering::Acquire) {
+        sched::count(sched::Count::TaskWalks);
         // The walk reaches every task registered before the last end it made (`Registry::each`):
         // a child registered later finds its parent ended in `TaskCreate`.
         crate::obj::TASKS.each(|t| {
@@ -814,6 +820,10 @@ pub fn kill_task(task: &Arc<Task>) {
             }
             end
         });
+        // Every descendant registered before the walk's last end is ended; one registered
+        // later found its parent ended in `TaskCreate`. A second CPU's kill that began before
+        // this store walks too (at most once more); later kills need not.
+        task.walked.store(true, core::sync::atomic::Ordering::Release);
     }
 }
 

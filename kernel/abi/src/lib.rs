@@ -439,6 +439,10 @@ pub mod stat {
     /// Fault reports the kernel did not print, all CPUs: each CPU prints at most 16 at once,
     /// then 10 a second (docs/syscalls.md, "Faults").
     pub const FAULT_REPORTS_LEFT_OUT: u64 = 24;
+    /// Walks over every task made to end the descendants of a task that ended (`TaskKill`),
+    /// all CPUs: at most one or two per task that ended with descendants (two when two CPUs
+    /// end it at once), however often it is killed again (docs/syscalls.md).
+    pub const TASK_WALKS: u64 = 25;
 }
 
 /// What each kind of object costs the memory budget it is made from, in bytes (docs/syscalls.md):

@@ -29,6 +29,7 @@ pub mod paged;
 pub mod pcid;
 pub mod qsbr;
 pub mod ratelimit;
+pub mod replypoll;
 pub mod runqueue;
 pub mod tlbsync;
 #[allow(unsafe_code)]

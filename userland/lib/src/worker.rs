@@ -154,6 +154,10 @@ pub const PORT_FLIP: u64 = 64;
 /// page at the operand's low 48 bits (2 if a step failed) and end this thread. Only the end of
 /// this task can end the spinning thread.
 pub const ORPHAN: u64 = 65;
+/// Make a task with the budget in [`ORPHAN_MEM_SLOT`] (`TaskCreate`) and send the capability to
+/// it, with every right, over [`EP_SLOT`] (a `Send` carrying it), then end this thread: the
+/// receiver then holds a task this task made.
+pub const CHILD_GIVE: u64 = 66;
 pub const ORPHAN_MEM_SLOT: u64 = 9;
 pub const ORPHAN_FRAME_SLOT: u64 = 10;
 pub const IRQ_SLOT: u64 = 6;

@@ -1,6 +1,7 @@
 //! The root task's scenarios: the demo, the test suite and the micro-benchmarks.
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
-use rl4_abi::{BootInfo, Error, PAGE_SIZE, Rights, ThreadState, stat};
+use rl4_abi::ipc::NO_SLOT;
+use rl4_abi::{BootInfo, Error, PAGE_SIZE, Rights, Sys, ThreadState, stat};
 use rl4_user::{println, sys};
 
 use crate::space::*;
@@ -823,6 +824,68 @@ fn test_task_cleanup(bi: &BootInfo) {
     );
 }
 
+/// A task that ended is walked for its descendants once, however often it is killed again: the
+/// worker makes a task and gives the root task its capability (so that the ended grandchild's
+/// record lives on, and with it the worker's count of the tasks it made); ending the worker
+/// ends the grandchild (no thread can be made in it any more) with one walk over every task
+/// (`stat::TASK_WALKS`), and ten more `TaskKill`s of the worker walk no more. On the kernel
+/// before, each of them walked every task of the system again, interrupts off (a hostile
+/// review of the seventeenth session).
+fn test_task_kill_walks_once(bi: &BootInfo) {
+    let name = "task-kill-again-walks-no-more";
+    wait_ms(3000, || sys::stat(MACHINE, stat::THREADS) == Ok(1));
+    let walks = || sys::stat(MACHINE, stat::TASK_WALKS).unwrap_or(u64::MAX);
+    let (ep, got, th) = (slot(), slot(), slot());
+    let left0 = sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
+    let mut counts = (0, 0, 0);
+    let mut grandchild_ended = Ok(());
+    let set_up = (|| -> Result<Child, Error> {
+        let c = Child::load(bi, "worker")?;
+        sys::endpoint_create(MEMORY, ep)?;
+        sys::cap_copy(ep, c.task, rl4_user::worker::EP_SLOT, Rights::SEND.union(Rights::GRANT))?;
+        sys::cap_copy(MEMORY, c.task, rl4_user::worker::ORPHAN_MEM_SLOT, Rights::ALL)?;
+        Ok(c)
+    })();
+    let received = set_up.as_ref().map_err(|e| *e).and_then(|c| {
+        let t = c.thread(CHILD_STACK_TOP, rl4_user::worker::CHILD_GIVE, 0, ROOT_PRIO, far_cpu())?;
+        let m = sys::ipc(Sys::Recv, ep, &sys::Msg::default(), tsc_hz().saturating_mul(3), NO_SLOT, got);
+        wait_ms(3000, || state(t) == Some(ThreadState::Dead));
+        release(t);
+        m.map(|_| ())
+    });
+    if let (Ok(c), Ok(())) = (&set_up, &received) {
+        counts.0 = walks();
+        let _ = sys::task_kill(c.task);
+        counts.1 = walks();
+        for _ in 0..10 {
+            let _ = sys::task_kill(c.task);
+        }
+        counts.2 = walks();
+        grandchild_ended = match sys::thread_create(MEMORY, got, 0x40_0000, CHILD_STACK_TOP, 1, 0, th) {
+            Err(Error::InvalidState) => Ok(()),
+            Err(e) => Err(e),
+            Ok(()) => Err(Error::InvalidArgument),
+        };
+    }
+    release(th);
+    release(got);
+    release(ep);
+    if let Ok(c) = set_up {
+        c.release();
+    }
+    let back = wait_ms(5000, || sys::memory_info(MEMORY).map(|m| m.0) == Ok(left0));
+    report(
+        name,
+        received.is_ok() && grandchild_ended.is_ok() && counts.1 == counts.0 + 1 && counts.2 == counts.1 && back,
+        format_args!(
+            "the worker made a task and gave it away: {received:?}; walks over every task: {} at the first kill (want 1), \
+             {} at the ten kills after it (want 0); the grandchild ended: {grandchild_ended:?}; budget back {back}",
+            counts.1.wrapping_sub(counts.0),
+            counts.2.wrapping_sub(counts.1)
+        ),
+    );
+}
+
 /// A task ends everything it made: a child task (the worker) makes a task of its own, starts a
 /// thread spinning in it, and deletes every capability to both; ending the child (the root
 /// task's `TaskKill`) ends that task and its thread too, and the memory budget is whole again.
@@ -1032,6 +1095,7 @@ pub fn run(bi: &BootInfo, which: &str) -> bool {
         test_readonly(bi);
         test_task_cleanup(bi);
         test_task_orphans(bi);
+        test_task_kill_walks_once(bi);
         test_exhaustion(bi);
     }
     if want("syscalls") {

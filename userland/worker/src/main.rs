@@ -111,6 +111,16 @@ fn rl4_main(cmd: u64, addr: u64) {
             // SAFETY: the root task mapped the page at `page` writable here for this word.
             unsafe { (page as *mut u64).write_volatile(if made.is_ok() { 1 } else { 2 }) };
         }
+        CHILD_GIVE => {
+            let x = 20;
+            let given = sys::task_create(ORPHAN_MEM_SLOT, x).and_then(|()| {
+                let m = sys::Msg { tag: rl4_user::abi::ipc::Tag::new(1, 0, 1), badge: 0, w: [0; 4] };
+                sys::ipc(Sys::Send, EP_SLOT, &m, rl4_user::abi::ipc::FOREVER, x, rl4_user::abi::ipc::NO_SLOT).map(|_| ())
+            });
+            if let Err(e) = given {
+                println!("worker: child not given: {e:?}");
+            }
+        }
         PORT_LOOP => match sys::ioport_open(PORTS_SLOT) {
             Ok(()) => {
                 println!("worker: ports open");
