@@ -210,6 +210,15 @@ impl<T, const L: u8> GlobalMutex<T, L> {
         self.m.lock()
     }
 
+    /// [`GlobalMutex::lock`], answering TLB shoot-downs while it waits ([`Mutex::lock_answering`]):
+    /// for locks whose holder may work for long, in time a task sizes (an object registry's
+    /// pruning).
+    #[inline(always)]
+    pub fn lock_answering(&self) -> Guard<'_, T, L> {
+        crate::count::global_lock(self.which);
+        self.m.lock_answering()
+    }
+
     pub fn try_lock(&self) -> Option<Guard<'_, T, L>> {
         let g = self.m.try_lock()?;
         crate::count::global_lock(self.which);

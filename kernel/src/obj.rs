@@ -424,7 +424,18 @@ impl<T> RegList<T> {
         if self.walkers > 0 {
             return;
         }
-        self.v.retain(|w| w.strong_count() > 0);
+        // Work the tasks size (a registry of 245,000 frames), with interrupts off: the CPUs
+        // waiting for this lock answer TLB shoot-downs meanwhile (`lock_answering`), and so does
+        // this one, every 64 entries (a hostile review of the seventeenth session found
+        // shoot-downs held up for the whole pruning).
+        let mut n = 0u32;
+        self.v.retain(|w| {
+            n = n.wrapping_add(1);
+            if n % 64 == 0 {
+                crate::tlb::service_tlb_if_up();
+            }
+            w.strong_count() > 0
+        });
         self.pruned = self.v.len();
         self.dead = 0;
         // Frees whole pieces only: allocates nothing.
@@ -440,7 +451,7 @@ impl<T> Registry<T> {
     /// Registers a new object; `OutOfMemory` if the list cannot grow (the caller then drops
     /// the object, after this lock).
     pub fn add(&self, a: &Arc<T>) -> Result<(), Error> {
-        let mut l = self.list.lock();
+        let mut l = self.list.lock_answering();
         if l.v.len() >= 2 * l.pruned.max(32) {
             l.prune();
         }
@@ -457,7 +468,7 @@ impl<T> Registry<T> {
     ///
     /// [`add`]: Registry::add
     pub fn gone(&self) {
-        let mut l = self.list.lock();
+        let mut l = self.list.lock_answering();
         l.dead += 1;
         if l.dead >= 32 && 2 * l.dead >= l.v.len() {
             l.prune();
@@ -477,7 +488,7 @@ impl<T> Registry<T> {
         /// destructions take: one hold per entry made a long walk contend with them all).
         const BATCH: usize = 32;
         let mut end = {
-            let mut l = self.list.lock();
+            let mut l = self.list.lock_answering();
             l.walkers += 1;
             l.v.len()
         };
@@ -485,7 +496,7 @@ impl<T> Registry<T> {
         while i < end {
             let mut batch: [Option<Weak<T>>; BATCH] = [const { None }; BATCH];
             let n = {
-                let l = self.list.lock();
+                let l = self.list.lock_answering();
                 let n = BATCH.min(end.saturating_sub(i));
                 for (k, b) in batch.iter_mut().enumerate().take(n) {
                     *b = l.v.get(i + k).cloned();
@@ -500,13 +511,13 @@ impl<T> Registry<T> {
                 let changed = next.as_ref().is_some_and(&mut f);
                 drop(next);
                 if changed {
-                    end = self.list.lock().v.len();
+                    end = self.list.lock_answering().v.len();
                     crate::tlb::service_tlb_here();
                 }
             }
             crate::tlb::service_tlb_here();
         }
-        let mut l = self.list.lock();
+        let mut l = self.list.lock_answering();
         l.walkers -= 1;
         if l.dead >= 32 && 2 * l.dead >= l.v.len() {
             l.prune();
@@ -1349,7 +1360,7 @@ impl Thread {
         {
             // Checked under the list's lock, which `kill_task` takes after marking the task
             // dead: a thread is either in the list it drains or never made.
-            let mut list = task.threads.lock();
+            let mut list = task.threads.lock_answering();
             if task.dead.load(Ordering::Acquire) {
                 return Err(Error::InvalidState);
             }
@@ -1391,9 +1402,17 @@ impl Drop for Thread {
         // list is pruned once half of it is dead.
         let gone = self.task.threads_gone.fetch_add(1, Ordering::Relaxed) + 1;
         if gone >= 8 {
-            let mut l = self.task.threads.lock();
+            let mut l = self.task.threads.lock_answering();
             if 2 * gone as usize >= l.len() {
-                l.retain(|w| w.strong_count() > 0);
+                // As a registry's pruning (`RegList::prune`): a task's thousands of threads.
+                let mut n = 0u32;
+                l.retain(|w| {
+                    n = n.wrapping_add(1);
+                    if n % 64 == 0 {
+                        crate::tlb::service_tlb_if_up();
+                    }
+                    w.strong_count() > 0
+                });
                 // Frees whole pieces only: allocates nothing.
                 l.shrink();
                 self.task.threads_gone.store(0, Ordering::Relaxed);

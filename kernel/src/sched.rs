@@ -191,7 +191,9 @@ fn with_rq<R>(cs: Here, f: impl FnOnce(&mut RunQueue<Thread>) -> R) -> R {
 
 /// This CPU's run-queue top falls to `top`. A request pending here names a thread whose entry
 /// may sit below its priority, which the old top covered ([`reprio_urgent`] sent no interrupt
-/// for it): this CPU then decides again before it returns to a thread, serving it. The store
+/// for it): this CPU then decides again before it returns to a thread, serving it (`KICKED`:
+/// [`decide`]'s next round, or [`resched_pending`] on the way out of a system call; the idle
+/// loop's hand-over of a delivered thread leaves it to the next decision). The store
 /// and the load are sequentially consistent, as are the requester's (`requested`, then the
 /// top): of the two, at least one sees the other's write.
 #[inline(never)]
@@ -400,11 +402,7 @@ impl CpuSched {
 /// this CPU awaits a reply from another CPU, four of the recent replies' times (at most 20
 /// times `poll_us`); `poll_us=0` never polls.
 fn poll_ticks(cs: Here) -> u64 {
-    let base = POLL_TICKS.load(Ordering::Relaxed);
-    if base == 0 {
-        return 0;
-    }
-    cs.replies.window(cpu::rdtsc(), base)
+    cs.replies.window(POLL_TICKS.load(Ordering::Relaxed))
 }
 
 /// Thread `t` came out of this CPU's inbox (into the idle loop, or drained by a decision): if
@@ -425,21 +423,34 @@ fn run_delivered(cs: Here) -> bool {
     let mut spilled = false;
     cs.mail.drain(|t, p| {
         crate::timeline::event(crate::timeline::Kind::Drain, t.id, p);
-        note_arrival(cs, &t);
         if one.is_none() && !spilled {
             one = Some((t, p));
             return;
         }
         spilled = true;
-        with_rq(cs, |rq| {
-            if let Some((t0, p0)) = one.take() {
-                rq_push(rq, p0 as u8, t0, false);
-            }
-            rq_push(rq, p as u8, t, false);
-        });
+        spill(cs, one.take(), t, p);
     });
     let Some((t, _)) = one else { return false };
+    // Each thread that came out is noted (an awaited reply: `note_arrival`); the one that
+    // runs at once after the drain.
+    note_arrival(cs, &t);
     run_entry(cs, t)
+}
+
+/// [`run_delivered`] found more than one thread in the inbox: `first` (the first one, the
+/// first time) and `t` go into the run queue. Out of line: the usual drain of one thread
+/// carries none of this code.
+#[cold]
+#[inline(never)]
+fn spill(cs: Here, first: Option<(Arc<Thread>, u64)>, t: Arc<Thread>, p: u64) {
+    with_rq(cs, |rq| {
+        if let Some((t0, p0)) = first {
+            note_arrival(cs, &t0);
+            rq_push(rq, p0 as u8, t0, false);
+        }
+        note_arrival(cs, &t);
+        rq_push(rq, p as u8, t, false);
+    });
 }
 
 /// Consumes a queue entry of this CPU (`Life::dequeue`): switches to its thread if it may run
@@ -819,7 +830,25 @@ fn drain_and_serve(cs: Here) {
 /// Ends every interrupt and exception from user mode and every system call that needs it
 /// (`syscall::Next::Decide`): decides which thread runs next on this CPU and points the return
 /// path at it. Returns when that thread is set up; never returns if the CPU must idle.
+///
+/// A decision that left `KICKED` set (the run queue's top fell while a request was pending:
+/// [`top_fell`]; or a local [`kick`] meanwhile) decides again before it returns, serving
+/// those requests: else the thread it chose ran, and could hand the CPU on by the fast path
+/// (whose guard reads the queue's top), ahead of a thread a pending request raised, until the
+/// next tick (a review of the seventeenth session found the comment promising this unkept).
+///
+/// At most four rounds: requests that other CPUs keep adding are served at the next decision
+/// or tick, as before (no unbounded loop with interrupts off).
 pub fn decide() {
+    for _ in 0..4 {
+        decide_once();
+        if this().flags.load(Ordering::Relaxed) & KICKED == 0 {
+            return;
+        }
+    }
+}
+
+fn decide_once() {
     crate::reclaim::drain();
     let cs = this();
     clear_flag(cs, KICKED);
@@ -972,8 +1001,12 @@ pub fn idle() -> ! {
             let mut n = 0u32;
             while cs.mail.is_empty() && !cs.tlb.shared.request_pending() {
                 n = n.wrapping_add(1);
-                if n % 64 == 0 && cpu::rdtsc() >= end {
-                    break;
+                if n % 64 == 0 {
+                    let now = cpu::rdtsc();
+                    if now >= end {
+                        cs.replies.nothing_came(now, POLL_TICKS.load(Ordering::Relaxed));
+                        break;
+                    }
                 }
                 cpu::relax();
             }

@@ -835,7 +835,7 @@ fn kill_one(task: &Arc<Task>, waited_out: &mut bool) {
     // Neither list is copied into one allocation (a task's thousands of threads or its full
     // table would need contiguous frames, which fragmented memory may not have): the thread
     // list is taken whole, the table emptied a piece at a time.
-    let threads = core::mem::take(&mut *task.threads.lock());
+    let threads = core::mem::take(&mut *task.threads.lock_answering());
     for th in threads.iter().filter_map(|w| w.upgrade()) {
         thread::kill(&th);
         // Its IPC buffer and fault handler go with the task's memory (below), whoever keeps

@@ -207,8 +207,11 @@ fn stopped(s: Stopped<crate::obj::KernelKinds>) -> Option<(Arc<Thread>, u64)> {
 pub fn kill(t: &Arc<Thread>) -> bool {
     let r = with_queue_locked(t, |l| -> Result<_, rl4_core::life::Refused> {
         let s = l.kill()?;
-        // A thread queued in a run queue lets go of its task's memory now, not when its CPU
-        // gets to it (threads of higher priority can keep that from happening).
+        // A thread queued in this CPU's run queue lets go of its task's memory now; one queued
+        // on another CPU, at that CPU's next decision (interrupted now), not when that CPU gets
+        // round to running it (threads of higher priority can keep that from happening). (One
+        // still on a third CPU's request list, having moved, waits for that CPU's next decision
+        // first, a tick at most: its request link is taken.)
         t.killed.store(true, core::sync::atomic::Ordering::Relaxed);
         if let rl4_core::life::Place::Queued(c) = l.place() {
             match sched::unqueue(c, t) {

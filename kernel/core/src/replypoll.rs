@@ -11,8 +11,8 @@
 //! drained while busy (or never coming: the caller killed, its call ended some other way) took
 //! the time since that old call as a sample, and one such sample put every later idle poll at
 //! the longest window, with interrupts off (a review found it). A wait no reply ended is
-//! forgotten once the longest window has passed since the call: the CPU polls the plain time
-//! again.
+//! forgotten by the first poll that ends empty-handed once the longest window has passed since
+//! the call ([`ReplyPoll::nothing_came`]): the CPU polls the plain time again.
 //!
 //! Only its own CPU uses one (interrupts off); the fields are atomics so that the per-CPU
 //! record can be shared, all accesses `Relaxed`.
@@ -51,15 +51,25 @@ impl ReplyPoll {
         self.since.store(now.max(1), Relaxed);
     }
 
-    /// How long to poll at `now`, the plain poll time being `base` (0: never poll): `base`,
-    /// or, while a reply is awaited (for at most the longest window since the call), `MEANS`
-    /// mean reply times, between `base` and `MAX_FACTOR` times it.
-    pub fn window(&self, now: u64, base: u64) -> u64 {
-        let since = self.since.load(Relaxed);
-        if base == 0 || since == 0 || now.saturating_sub(since) > MAX_FACTOR * base {
+    /// How long to poll, the plain poll time being `base` (0: never poll): `base`, or, while a
+    /// reply is awaited, `MEANS` mean reply times, between `base` and `MAX_FACTOR` times it.
+    #[inline(always)]
+    pub fn window(&self, base: u64) -> u64 {
+        if base == 0 || self.since.load(Relaxed) == 0 {
             return base;
         }
         MEANS.saturating_mul(self.mean.load(Relaxed)).clamp(base, MAX_FACTOR * base)
+    }
+
+    /// A poll ended at `now` with nothing arrived: a wait that began the longest window or more
+    /// before is forgotten (its reply is not coming soon, if at all: the caller was killed, or
+    /// its reply went another way), so that the next polls are plain ones again — after at most
+    /// one more long poll.
+    pub fn nothing_came(&self, now: u64, base: u64) {
+        let since = self.since.load(Relaxed);
+        if since != 0 && now.saturating_sub(since) >= MAX_FACTOR * base {
+            self.since.store(0, Relaxed);
+        }
     }
 
     /// Thread `who` arrived in this CPU's inbox and was taken out at `now` (`now` is read only
@@ -93,10 +103,10 @@ mod tests {
     #[test]
     fn plain_window_when_nothing_is_awaited() {
         let p = ReplyPoll::new();
-        assert_eq!(p.window(5, BASE), BASE);
-        assert_eq!(p.window(5, 0), 0);
+        assert_eq!(p.window(BASE), BASE);
+        assert_eq!(p.window(0), 0);
         p.awaiting(10, 7);
-        assert_eq!(p.window(10, 0), 0, "poll_us=0 never polls");
+        assert_eq!(p.window(0), 0, "poll_us=0 never polls");
     }
 
     #[test]
@@ -106,13 +116,13 @@ mod tests {
         assert!(p.arrived(7, BASE, || 100 + 600));
         assert_eq!(p.mean(), 600);
         p.awaiting(2000, 7);
-        assert_eq!(p.window(2000, BASE), 2400);
+        assert_eq!(p.window(BASE), 2400);
         // Short replies: never below the plain time.
         let q = ReplyPoll::new();
         q.awaiting(1, 3);
         q.arrived(3, BASE, || 11);
         q.awaiting(50, 3);
-        assert_eq!(q.window(50, BASE), BASE);
+        assert_eq!(q.window(BASE), BASE);
     }
 
     #[test]
@@ -138,23 +148,29 @@ mod tests {
         let m = p.mean();
         assert!(!p.arrived(7, BASE, || 100_000_000));
         assert_eq!(p.mean(), m);
-        assert_eq!(p.window(100_000_000, BASE), BASE);
+        assert_eq!(p.window(BASE), BASE);
     }
 
-    /// A reply that never comes (the caller killed) stops lengthening the polls once the
-    /// longest window has passed; a reply that comes very late is one capped sample.
+    /// A reply that never comes (the caller killed) stops lengthening the polls at the first
+    /// empty-handed poll the longest window after the call; a reply that comes very late is one
+    /// capped sample.
     #[test]
     fn an_abandoned_wait_is_forgotten_and_samples_are_capped() {
         let p = ReplyPoll::new();
         p.awaiting(100, 7);
         p.arrived(7, BASE, || 100 + 3000);
         p.awaiting(10_000, 9);
-        assert_eq!(p.window(10_000, BASE), 4 * 3000);
-        assert_eq!(p.window(10_000 + MAX_FACTOR * BASE, BASE), 4 * 3000);
-        assert_eq!(p.window(10_001 + MAX_FACTOR * BASE, BASE), BASE);
+        assert_eq!(p.window(BASE), 4 * 3000);
+        p.nothing_came(10_000 + 4 * 3000, BASE);
+        assert_eq!(p.window(BASE), 4 * 3000, "a poll of one window is not enough to give up");
+        p.nothing_came(10_000 + MAX_FACTOR * BASE, BASE);
+        assert_eq!(p.window(BASE), BASE);
+        assert!(!p.arrived(9, BASE, || u64::MAX), "forgotten: no sample");
+        p.awaiting(50_000, 9);
         assert!(p.arrived(9, BASE, || u64::MAX));
         assert_eq!(p.mean(), (7 * 3000 + MAX_FACTOR * BASE) / 8);
-        assert!(p.window(20_000, BASE) <= MAX_FACTOR * BASE);
+        p.awaiting(60_000, 9);
+        assert!(p.window(BASE) <= MAX_FACTOR * BASE);
     }
 
     #[test]
@@ -163,6 +179,6 @@ mod tests {
         p.awaiting(1000, 7);
         p.arrived(7, BASE, || 10);
         assert_eq!(p.mean(), 0);
-        assert_eq!(p.window(5, BASE), BASE);
+        assert_eq!(p.window(BASE), BASE);
     }
 }
