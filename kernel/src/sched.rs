@@ -419,9 +419,24 @@ fn run_delivered(cs: Here) -> bool {
     if cs.mail.is_empty() || cs.rq_top.load(Ordering::Relaxed) >= 0 {
         return false;
     }
+    let Some(t) = delivered(cs, false) else { return false };
+    run_entry(cs, t)
+}
+
+/// The idle loop's hand-over straight from its poll ([`run_delivered`]'s drain, which also
+/// makes this CPU `Busy`).
+#[inline(always)]
+fn take_delivered(cs: Here) -> Option<Arc<Thread>> {
+    delivered(cs, true)
+}
+
+/// Drains the inbox (`busy`: and makes this CPU `Busy` in the same step): the one thread
+/// that was there, or none if there were more (they all went into the run queue, in order).
+#[inline(always)]
+fn delivered(cs: Here, busy: bool) -> Option<Arc<Thread>> {
     let mut one: Option<(Arc<Thread>, u64)> = None;
     let mut spilled = false;
-    cs.mail.drain(|t, p| {
+    let each = |t: Arc<Thread>, p: u64| {
         crate::timeline::event(crate::timeline::Kind::Drain, t.id, p);
         if one.is_none() && !spilled {
             one = Some((t, p));
@@ -429,12 +444,17 @@ fn run_delivered(cs: Here) -> bool {
         }
         spilled = true;
         spill(cs, one.take(), t, p);
-    });
-    let Some((t, _)) = one else { return false };
+    };
+    if busy {
+        cs.mail.drain_busy(each);
+    } else {
+        cs.mail.drain(each);
+    }
+    let (t, _) = one?;
     // Each thread that came out is noted (an awaited reply: `note_arrival`); the one that
     // runs at once after the drain.
     note_arrival(cs, &t);
-    run_entry(cs, t)
+    Some(t)
 }
 
 /// [`run_delivered`] found more than one thread in the inbox: `first` (the first one, the
@@ -1015,6 +1035,22 @@ pub fn idle() -> ! {
         // attempt to halt and no interrupt window (it runs with interrupts on).
         let arrived = poll > 0 && !skipped && !cs.mail.is_empty();
         skipped = arrived;
+        if arrived && cs.rq_top.load(Ordering::Relaxed) < 0 && !cs.tlb.shared.request_pending() {
+            // The hand-over of what arrived while this CPU polled, straight from here: one
+            // compare-and-swap takes it and says `Busy` (not `set_busy`, a round of the loop
+            // and the drain: two locked instructions and some 40 others on the way from a
+            // push on another CPU to its thread running here).
+            let one = take_delivered(cs);
+            // As below: leaving idle comes before any shadow read of the next kernel entry.
+            core::sync::atomic::fence(Ordering::SeqCst);
+            crate::run::idle_hook();
+            if let Some(t) = one
+                && run_entry(cs, t)
+            {
+                entry::return_to_user();
+            }
+            continue;
+        }
         if !arrived {
             // Halting is published only if the inbox is empty, in the same word: a push after
             // it finds the CPU halting and sends the IPI, which stays pending across `sti; hlt`.

@@ -284,17 +284,29 @@ impl<T: Linked> Mailbox<T> {
     /// cleared before `f` gets it, so `f` may push it again. Items pushed meanwhile wait for
     /// the next drain. Returns how many items there were. (Should `f` panic, the items not yet
     /// handed out stay claimed and are leaked; the kernel aborts on a panic.)
-    pub fn drain(&self, mut f: impl FnMut(Arc<T>, u64)) -> usize {
+    pub fn drain(&self, f: impl FnMut(Arc<T>, u64)) -> usize {
+        self.drain_to(None, f)
+    }
+
+    /// [`Mailbox::drain`], the owner becoming `Busy` in the same compare-and-swap (as
+    /// [`Mailbox::set_busy`] then `drain` would, with one locked instruction instead of two):
+    /// the idle loop's hand-over of what arrived while it polled.
+    pub fn drain_busy(&self, f: impl FnMut(Arc<T>, u64)) -> usize {
+        self.drain_to(Some(Idle::Busy), f)
+    }
+
+    /// [`Mailbox::drain`], setting the state bits to `state` (`None`: as they are).
+    fn drain_to(&self, state: Option<Idle>, mut f: impl FnMut(Arc<T>, u64)) -> usize {
         // Acquire: pairs with the Release of every push in the list (they form one release
         // sequence on the word), so their `next`, `payload` and item contents are visible. The
-        // state bits stay as they are (a compare-and-swap, not a swap, because the state
-        // might change meanwhile; uncontended it succeeds at once).
+        // state bits stay as they are unless `state` says (a compare-and-swap, not a swap,
+        // because the state might change meanwhile; uncontended it succeeds at once).
         let mut w = self.word.load(Relaxed);
         let mut p = loop {
-            if head(w).is_null() {
+            if head(w).is_null() && state.is_none_or(|s| s == Idle::of(w)) {
                 return 0;
             }
-            match self.word.compare_exchange_weak(w, word(ptr::null_mut(), Idle::of(w)), Acquire, Relaxed) {
+            match self.word.compare_exchange_weak(w, word(ptr::null_mut(), state.unwrap_or(Idle::of(w))), Acquire, Relaxed) {
                 Ok(_) => break head(w),
                 Err(now) => w = now,
             }

@@ -7,8 +7,9 @@
 //!   until it has them all (loom tries every way of splitting the four over its drains);
 //!   every item comes out exactly once, each CPU's items in the order it pushed them, with the
 //!   payload it gave, and every reference comes back (`Arc` counts).
-//! - [`no_lost_wakeup`], [`one_interrupt_per_halt`]: the idle protocol. The owner polls, then
-//!   `try_halt`s and "halts"; pushers "send an interrupt" when the push tells them to. No
+//! - [`no_lost_wakeup`], [`one_interrupt_per_halt`]: the idle protocol. The owner polls (and
+//!   takes what it finds with `drain_busy`, the idle loop's hand-over), then `try_halt`s and
+//!   "halts"; pushers "send an interrupt" when the push tells them to. No
 //!   execution halts with an item in the mailbox and no interrupt on its way, and a halt gets
 //!   exactly one interrupt however many CPUs push.
 //! - [`halting_without_try_halt_loses_a_wakeup`]: the control: an owner that looks at the
@@ -131,8 +132,14 @@ fn two_producers_against_a_drain() {
 fn owner(m: &Mailbox<Item>) -> (bool, Vec<(usize, u64, u64)>) {
     m.set_polling();
     if !m.is_empty() {
-        m.set_busy();
-        return (false, drain(m));
+        // The kernel's hand-over of what arrived while it polled: `Busy` and the drain in one.
+        let mut v = Vec::new();
+        m.drain_busy(|it, p| {
+            assert!(!it.link.is_queued());
+            v.push((it.cpu, it.seq, p));
+        });
+        assert_eq!(m.state(), Idle::Busy);
+        return (false, v);
     }
     if m.try_halt() {
         // Halted until an interrupt: the model ends here; the main thread plays the wake-up.

@@ -34,7 +34,8 @@ unsafe impl Linked for Item {
 enum Op {
     Push { item: usize, to: usize, payload: u64 },
     /// Drain mailbox `from`; the k-th item drained is pushed again into `again[k]` (if `Some`).
-    Drain { from: usize, again: Vec<Option<usize>> },
+    /// `busy`: with `drain_busy` (the owner becomes `Busy` in the same step).
+    Drain { from: usize, again: Vec<Option<usize>>, busy: bool },
     Polling(usize),
     Busy(usize),
     TryHalt(usize),
@@ -43,8 +44,8 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (0..ITEMS, 0..BOXES, any::<u64>()).prop_map(|(item, to, payload)| Op::Push { item, to, payload }),
-        3 => (0..BOXES, prop::collection::vec(prop::option::weighted(0.3, 0..BOXES), 0..ITEMS))
-            .prop_map(|(from, again)| Op::Drain { from, again }),
+        3 => (0..BOXES, prop::collection::vec(prop::option::weighted(0.3, 0..BOXES), 0..ITEMS), any::<bool>())
+            .prop_map(|(from, again, busy)| Op::Drain { from, again, busy }),
         1 => (0..BOXES).prop_map(Op::Polling),
         1 => (0..BOXES).prop_map(Op::Busy),
         1 => (0..BOXES).prop_map(Op::TryHalt),
@@ -96,13 +97,18 @@ fn run(ops: Vec<Op>) {
                     }
                 }
             }
-            Op::Drain { from, again } => {
+            Op::Drain { from, again, busy } => {
                 let want: Vec<(usize, u64)> = m.boxes[from].drain(..).collect();
                 for &(i, _) in &want {
                     m.in_box[i] = None;
                 }
+                // The state changes before the callback runs (a re-push into this mailbox sees
+                // `Busy`).
+                if busy {
+                    m.state[from] = Some(Idle::Busy);
+                }
                 let mut got = Vec::new();
-                let n = boxes[from].drain(|it, p| {
+                let each = |it: Arc<Item>, p: u64| {
                     let k = got.len();
                     got.push((it.id, p));
                     assert!(!it.link.is_queued(), "handed out with its claim");
@@ -110,7 +116,8 @@ fn run(ops: Vec<Op>) {
                         let w = m.push(it.id, *to, p.wrapping_add(1)).expect("a drained item may be pushed");
                         assert_eq!(boxes[*to].push(it, p.wrapping_add(1)).unwrap(), w);
                     }
-                });
+                };
+                let n = if busy { boxes[from].drain_busy(each) } else { boxes[from].drain(each) };
                 assert_eq!(got, want, "drain of {from}");
                 assert_eq!(n, want.len());
             }
