@@ -1035,22 +1035,6 @@ pub fn idle() -> ! {
         // attempt to halt and no interrupt window (it runs with interrupts on).
         let arrived = poll > 0 && !skipped && !cs.mail.is_empty();
         skipped = arrived;
-        if arrived && cs.rq_top.load(Ordering::Relaxed) < 0 && !cs.tlb.shared.request_pending() {
-            // The hand-over of what arrived while this CPU polled, straight from here: one
-            // compare-and-swap takes it and says `Busy` (not `set_busy`, a round of the loop
-            // and the drain: two locked instructions and some 40 others on the way from a
-            // push on another CPU to its thread running here).
-            let one = take_delivered(cs);
-            // As below: leaving idle comes before any shadow read of the next kernel entry.
-            core::sync::atomic::fence(Ordering::SeqCst);
-            crate::run::idle_hook();
-            if let Some(t) = one
-                && run_entry(cs, t)
-            {
-                entry::return_to_user();
-            }
-            continue;
-        }
         if !arrived {
             // Halting is published only if the inbox is empty, in the same word: a push after
             // it finds the CPU halting and sends the IPI, which stays pending across `sti; hlt`.
@@ -1069,6 +1053,22 @@ pub fn idle() -> ! {
                 // until its 5 s timeout.
                 cpu::take_interrupts();
             }
+        }
+        if cs.rq_top.load(Ordering::Relaxed) < 0 && !cs.mail.is_empty() && !cs.tlb.shared.request_pending() {
+            // The hand-over of what arrived while this CPU polled (or halted), straight from
+            // here: one compare-and-swap takes it and says `Busy` (not `set_busy`, a round of
+            // the loop and the drain: two locked instructions and some 40 others on the way
+            // from a push on another CPU to its thread running here).
+            let one = take_delivered(cs);
+            // As below: leaving idle comes before any shadow read of the next kernel entry.
+            core::sync::atomic::fence(Ordering::SeqCst);
+            crate::run::idle_hook();
+            if let Some(t) = one
+                && run_entry(cs, t)
+            {
+                entry::return_to_user();
+            }
+            continue;
         }
         cs.mail.set_busy();
         // Leaving idle happens before any shadow read of the next kernel entry (`is_idle`).
