@@ -229,7 +229,7 @@ fn long_buffer(t: &Thread, tag: Tag) -> Option<Arc<Frame>> {
 }
 
 /// Checks a tag the caller wants to send.
-fn check_tag(t: &Thread, tag: Tag) -> Result<(), Error> {
+pub(crate) fn check_tag(t: &Thread, tag: Tag) -> Result<(), Error> {
     if tag.reserved() != 0 || tag.len() > MAX_WORDS {
         return Err(Error::InvalidArgument);
     }

@@ -419,23 +419,28 @@ struct RegList<T> {
     walkers: usize,
 }
 
+/// Drops the dead entries of a list of weak references (a registry, a task's threads): work
+/// the tasks size (a registry of 245,000 frames), under a lock and with interrupts off, so this
+/// CPU answers TLB shoot-downs every 64 entries, as the CPUs waiting for that lock do
+/// (`lock_answering`; a hostile review of the seventeenth session found shoot-downs held up for
+/// a whole pruning). Only weak references are dropped: no destructor runs.
+fn retain_live<T>(v: &mut PagedVec<Weak<T>>) {
+    let mut n = 0u32;
+    v.retain(|w| {
+        n = n.wrapping_add(1);
+        if n % 64 == 0 {
+            crate::tlb::service_tlb_if_up();
+        }
+        w.strong_count() > 0
+    });
+}
+
 impl<T> RegList<T> {
     fn prune(&mut self) {
         if self.walkers > 0 {
             return;
         }
-        // Work the tasks size (a registry of 245,000 frames), with interrupts off: the CPUs
-        // waiting for this lock answer TLB shoot-downs meanwhile (`lock_answering`), and so does
-        // this one, every 64 entries (a hostile review of the seventeenth session found
-        // shoot-downs held up for the whole pruning).
-        let mut n = 0u32;
-        self.v.retain(|w| {
-            n = n.wrapping_add(1);
-            if n % 64 == 0 {
-                crate::tlb::service_tlb_if_up();
-            }
-            w.strong_count() > 0
-        });
+        retain_live(&mut self.v);
         self.pruned = self.v.len();
         self.dead = 0;
         // Frees whole pieces only: allocates nothing.
@@ -1368,7 +1373,7 @@ impl Thread {
             // used to be pruned here too, at every creation: O(threads) per `ThreadCreate`);
             // here only when the list cannot grow, before giving up.
             if list.try_reserve_one().is_err() {
-                list.retain(|w| w.strong_count() > 0);
+                retain_live(&mut list);
                 list.shrink();
             }
             if list.try_push(Arc::downgrade(&t)).is_err() {
@@ -1404,15 +1409,7 @@ impl Drop for Thread {
         if gone >= 8 {
             let mut l = self.task.threads.lock_answering();
             if 2 * gone as usize >= l.len() {
-                // As a registry's pruning (`RegList::prune`): a task's thousands of threads.
-                let mut n = 0u32;
-                l.retain(|w| {
-                    n = n.wrapping_add(1);
-                    if n % 64 == 0 {
-                        crate::tlb::service_tlb_if_up();
-                    }
-                    w.strong_count() > 0
-                });
+                retain_live(&mut l);
                 // Frees whole pieces only: allocates nothing.
                 l.shrink();
                 self.task.threads_gone.store(0, Ordering::Relaxed);

@@ -129,7 +129,7 @@ pub(crate) fn endpoint(task: &Task, slot: u64, rights: Rights) -> Result<(Arc<En
 /// tag and the endpoint's `GRANT`).
 type SendCaps = (Arc<Endpoint>, u64, Rights, Option<Result<Snapshot, Error>>);
 
-fn send_caps(task: &Arc<Task>, r: &UserRegs) -> Result<SendCaps, Error> {
+fn send_caps(t: &Thread, task: &Arc<Task>, r: &UserRegs) -> Result<SendCaps, Error> {
     let caps = task.caps.lock();
     let c = caps.lookup(r.ipc_slot(), ObjType::Endpoint, Rights::SEND)?;
     let KObj::Endpoint(e) = &c.obj else { return Err(Error::WrongType) };
@@ -138,10 +138,10 @@ fn send_caps(task: &Arc<Task>, r: &UserRegs) -> Result<SendCaps, Error> {
     drop(caps);
     // The capability sent becomes a child of the one in the slot when it is delivered
     // (an original gets its derivation tree now, the first time something comes from it).
-    // Not one `send` refuses whatever happens: without `GRANT`, or sent through an endpoint
-    // capability without `GRANT` (no root node is made, and charged, for a send that cannot
-    // carry it).
-    let may_carry = read.2.contains(Rights::GRANT);
+    // Not one `send` refuses whatever happens: without `GRANT`, sent through an endpoint
+    // capability without `GRANT`, or with a tag `send` refuses (no root node is made, and
+    // charged, for a send that cannot carry it).
+    let may_carry = read.2.contains(Rights::GRANT) && crate::ipc::check_tag(t, rl4_abi::ipc::Tag(r.ipc_tag())).is_ok();
     let xfer = xfer.map(|x| {
         x.and_then(|cap| if may_carry && cap.rights.contains(Rights::GRANT) { crate::obj::tracked(task, r.ipc_send_slot(), cap) } else { Ok(cap) })
     });
@@ -165,7 +165,7 @@ fn ipc_call(t: &Arc<Thread>, r: &UserRegs, s: Sys) -> Outcome {
         Ok(match s {
             Sys::Send | Sys::NbSend | Sys::Call => {
                 trace::stamp(trace::SETUP);
-                let (ep, badge, rights, xfer) = send_caps(task, r)?;
+                let (ep, badge, rights, xfer) = send_caps(t, task, r)?;
                 trace::stamp(trace::LOOKUP);
                 let timeout = if s == Sys::NbSend { 0 } else { timeout };
                 ipc::send(t, r, &ep, badge, rights.contains(Rights::GRANT), xfer, s == Sys::Call, timeout)

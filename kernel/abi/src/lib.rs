@@ -440,8 +440,9 @@ pub mod stat {
     /// then 10 a second (docs/syscalls.md, "Faults").
     pub const FAULT_REPORTS_LEFT_OUT: u64 = 24;
     /// Walks over every task made to end the descendants of a task that ended (`TaskKill`),
-    /// all CPUs: at most one or two per task that ended with descendants (two when two CPUs
-    /// end it at once), however often it is killed again (docs/syscalls.md).
+    /// all CPUs: one per task that ended with descendants (one more for each CPU that ended it
+    /// too before that walk was done; one more if it was ended by another task's walk and is
+    /// killed again), however often it is killed again (docs/syscalls.md).
     pub const TASK_WALKS: u64 = 25;
 }
 

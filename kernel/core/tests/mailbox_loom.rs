@@ -8,7 +8,8 @@
 //!   every item comes out exactly once, each CPU's items in the order it pushed them, with the
 //!   payload it gave, and every reference comes back (`Arc` counts).
 //! - [`no_lost_wakeup`], [`one_interrupt_per_halt`]: the idle protocol. The owner polls (and
-//!   takes what it finds with `drain_busy`, the idle loop's hand-over), then `try_halt`s and
+//!   takes what it finds with `drain_busy`, the idle loop's hand-over, or — the second
+//!   variant of `no_lost_wakeup` — with `set_busy` and a drain), then `try_halt`s and
 //!   "halts"; pushers "send an interrupt" when the push tells them to. No
 //!   execution halts with an item in the mailbox and no interrupt on its way, and a halt gets
 //!   exactly one interrupt however many CPUs push.
@@ -20,7 +21,7 @@
 //!   one too (refused, or accepted and then the owner's re-push is refused): every accepted
 //!   push is delivered exactly once.
 //!
-//! With the bounds below each model takes at most 2 s in a release build (25 s for all five in
+//! With the bounds below each model takes at most 2 s in a release build (25 s for all six in
 //! a debug build); `LOOM_MAX_PREEMPTIONS` overrides them. The models fail, as they should,
 //! when the push's Release or the drain's Acquire on the word is weakened to Relaxed, when
 //! the drain clears a claim before it has read the link, when a push that meets `Halting`
@@ -130,7 +131,17 @@ fn two_producers_against_a_drain() {
 /// The owner's idle loop, once: poll, then halt if `try_halt` lets it, else drain. Returns
 /// whether it halted, and what it drained.
 fn owner(m: &Mailbox<Item>) -> (bool, Vec<(usize, u64, u64)>) {
+    owner_with(m, true)
+}
+
+/// [`owner`]; `direct`: what arrived during the poll is taken with `drain_busy` (the idle loop's
+/// hand-over), else with `set_busy` and a drain (its way when something else needs it first).
+fn owner_with(m: &Mailbox<Item>, direct: bool) -> (bool, Vec<(usize, u64, u64)>) {
     m.set_polling();
+    if !m.is_empty() && !direct {
+        m.set_busy();
+        return (false, drain(m));
+    }
     if !m.is_empty() {
         // The kernel's hand-over of what arrived while it polled: `Busy` and the drain in one.
         let mut v = Vec::new();
@@ -151,14 +162,23 @@ fn owner(m: &Mailbox<Item>) -> (bool, Vec<(usize, u64, u64)>) {
 
 #[test]
 fn no_lost_wakeup() {
-    model(None, || {
+    no_lost_wakeup_with(true);
+}
+
+#[test]
+fn no_lost_wakeup_set_busy_then_drain() {
+    no_lost_wakeup_with(false);
+}
+
+fn no_lost_wakeup_with(direct: bool) {
+    model(None, move || {
         let m = Arc::new(Mailbox::<Item>::new());
         let a = item(1, 0);
         let pusher = {
             let (m, a) = (m.clone(), a.clone());
             thread::spawn(move || m.push(a, 5).unwrap().must_interrupt())
         };
-        let (halted, mut got) = owner(&m);
+        let (halted, mut got) = owner_with(&m, direct);
         let ipi = pusher.join().unwrap();
         if halted {
             // It halted: the item must be there and its pusher must be interrupting it.

@@ -814,9 +814,9 @@ fn test_root_node_charged() {
 
 /// A copy the kernel refuses changes nothing, the budget included: a `CapCopy` or `CapMint` into
 /// a slot out of range or taken, a `TaskAddressSpace` into such a slot, and a send of a
-/// capability through an endpoint capability without `GRANT` each leave the source an original
-/// in no derivation tree, with no root node charged (a later successful copy then charges both
-/// nodes, as `derivation-root-node-charged` checks). On the kernel before, each made the
+/// capability through an endpoint capability without `GRANT` or with a tag the kernel refuses
+/// each leave the source an original in no derivation tree, with no root node charged (a later
+/// successful copy then charges both nodes, as `derivation-root-node-charged` checks). On the kernel before, each made the
 /// source's root node first and failed after: 384 bytes of the budget gone per source (a
 /// hostile review of the seventeenth session found it).
 fn test_failed_copies_leave_no_root() {
@@ -834,7 +834,7 @@ fn test_failed_copies_leave_no_root() {
     })();
     let u0 = uncharged();
     let far = rl4_abi::CAP_SLOTS as u64 + 7;
-    let mut answers = [Ok(()); 7];
+    let mut answers = [Ok(()); 8];
     answers[0] = sys::cap_copy(e, TASK, far, Rights::ALL);
     answers[1] = sys::cap_copy(e, TASK, taken, Rights::ALL);
     answers[2] = sys::cap_mint(e, TASK, far, Rights::ALL, 5);
@@ -843,6 +843,9 @@ fn test_failed_copies_leave_no_root() {
     answers[5] = sys::task_space(t, taken);
     let m = sys::Msg { tag: Tag::new(1, 0, 1), badge: 0, w: [0; 4] };
     answers[6] = sys::ipc(Sys::NbSend, nogrant, &m, 0, f, NO_SLOT).map(|_| ());
+    // Through an endpoint capability with GRANT, with a reserved bit of the tag set.
+    let bad = sys::Msg { tag: Tag(Tag::new(1, 0, 1).0 | 1 << 12), badge: 0, w: [0; 4] };
+    answers[7] = sys::ipc(Sys::NbSend, e, &bad, 0, f, NO_SLOT).map(|_| ());
     let u1 = uncharged();
     // Each source is still an original in no tree: its first real copy charges two nodes.
     let before = uncharged();
