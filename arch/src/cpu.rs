@@ -159,7 +159,9 @@ pub fn idle_wait() {
 pub fn take_interrupts() {
     // SAFETY: the kernel's interrupt handlers run on this CPU's kernel stack at any point where
     // the idle loop may halt (`idle_wait`); this is such a point, with the same state.
-    unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+    // Not `nomem`: the handlers that run in the window write memory, so the compiler must not
+    // keep a value read before it in a register across it (as `idle_wait`'s `cli` does not).
+    unsafe { core::arch::asm!("sti", "nop", "cli", options(nostack)) };
 }
 
 /// Stops this CPU for good.

@@ -35,9 +35,9 @@
 //!   object of its page, and mapped uncached and never executable.
 //!
 //! Stopping the world: the checking CPU sends every other CPU the freeze IPI and waits until
-//! all of them spin in `hold`. The kernel runs with interrupts off except in the idle loop's
-//! halt, so a CPU takes the IPI only in user mode or idle, where it holds no lock and no
-//! temporary reference. A CPU waiting for a TLB shootdown is released because frozen CPUs (and
+//! all of them spin in `hold`. The kernel runs with interrupts off except in the idle loop (its
+//! halt, and the windows its poll and its rounds open), so a CPU takes the IPI only in user mode
+//! or idle, where it holds no lock and no temporary reference. A CPU waiting for a TLB shootdown is released because frozen CPUs (and
 //! the checker while it waits) keep answering TLB requests.
 //!
 //! `unsafe` here: only the page-table walks and the reads of CPUs' current-thread slots, sound

@@ -1048,7 +1048,9 @@ pub fn idle() -> ! {
             // A CPU whose limbo waits for a grace period does not halt: it polls until its
             // endpoints are freed (`qsbr.rs`).
             core::sync::atomic::fence(Ordering::Release);
-            if !crate::qsbr::pending_here() && cs.mail.try_halt() {
+            // A request that came with an interrupt taken during the poll (its IPI is spent)
+            // is served before halting: the next round.
+            if !crate::qsbr::pending_here() && !cs.requested.load(Ordering::Relaxed) && cs.mail.try_halt() {
                 crate::timeline::event(crate::timeline::Kind::Halt, 0, 0);
                 cpu::idle_wait();
                 crate::timeline::event(crate::timeline::Kind::Wake, 0, 0);
