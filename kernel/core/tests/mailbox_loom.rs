@@ -21,7 +21,7 @@
 //!   one too (refused, or accepted and then the owner's re-push is refused): every accepted
 //!   push is delivered exactly once.
 //!
-//! With the bounds below each model takes at most 2 s in a release build (25 s for all six in
+//! With the bounds below each model takes at most 2 s in a release build (about 25 s for all in
 //! a debug build); `LOOM_MAX_PREEMPTIONS` overrides them. The models fail, as they should,
 //! when the push's Release or the drain's Acquire on the word is weakened to Relaxed, when
 //! the drain clears a claim before it has read the link, when a push that meets `Halting`
