@@ -115,6 +115,12 @@ fn act_on(req: u8) {
     }
 }
 
+/// Whether a request of the BSP waits for this CPU (its IPI may have been taken in the idle
+/// poll's interrupt window: the idle loop then does not halt before acting on it).
+pub fn request_pending() -> bool {
+    REQUEST_CPU.load(Ordering::Relaxed) == rl4_arch::percpu::cpu_index() as usize
+}
+
 /// Called by each CPU's idle loop after every wake-up: acts on a request the BSP addressed to
 /// this CPU (`run=panic`, `run=fault`).
 pub fn idle_hook() {

@@ -1049,8 +1049,12 @@ pub fn idle() -> ! {
             // endpoints are freed (`qsbr.rs`).
             core::sync::atomic::fence(Ordering::Release);
             // A request that came with an interrupt taken during the poll (its IPI is spent)
-            // is served before halting: the next round.
-            if !crate::qsbr::pending_here() && !cs.requested.load(Ordering::Relaxed) && cs.mail.try_halt() {
+            // is served before halting: the next round (or `idle_hook` below, for the BSP's).
+            if !crate::qsbr::pending_here()
+                && !cs.requested.load(Ordering::Relaxed)
+                && !crate::run::request_pending()
+                && cs.mail.try_halt()
+            {
                 crate::timeline::event(crate::timeline::Kind::Halt, 0, 0);
                 cpu::idle_wait();
                 crate::timeline::event(crate::timeline::Kind::Wake, 0, 0);
