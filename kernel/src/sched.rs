@@ -423,13 +423,6 @@ fn run_delivered(cs: Here) -> bool {
     run_entry(cs, t)
 }
 
-/// The idle loop's hand-over straight from its poll ([`run_delivered`]'s drain, which also
-/// makes this CPU `Busy`).
-#[inline(always)]
-fn take_delivered(cs: Here) -> Option<Arc<Thread>> {
-    delivered(cs, true)
-}
-
 /// Drains the inbox (`busy`: and makes this CPU `Busy` in the same step): the one thread
 /// that was there, or none if there were more (they all went into the run queue, in order).
 #[inline(always)]
@@ -1067,26 +1060,24 @@ pub fn idle() -> ! {
                 cpu::take_interrupts();
             }
         }
-        if cs.rq_top.load(Ordering::Relaxed) < 0 && !cs.mail.is_empty() && !cs.tlb.shared.request_pending() {
-            // The hand-over of what arrived while this CPU polled (or halted), straight from
-            // here: one compare-and-swap takes it and says `Busy` (not `set_busy`, a round of
-            // the loop and the drain: two locked instructions and some 40 others on the way
-            // from a push on another CPU to its thread running here).
-            let one = take_delivered(cs);
-            // As below: leaving idle comes before any shadow read of the next kernel entry.
-            core::sync::atomic::fence(Ordering::SeqCst);
-            crate::run::idle_hook();
-            if let Some(t) = one
-                && run_entry(cs, t)
-            {
-                entry::return_to_user();
-            }
-            continue;
-        }
-        cs.mail.set_busy();
+        // The hand-over of what arrived while this CPU polled (or halted), straight from here:
+        // one compare-and-swap takes it and says `Busy` (not `set_busy`, a round of the loop and
+        // the drain: two locked instructions and some 40 others on the way from a push on
+        // another CPU to its thread running here). Else just `Busy`, and the next round.
+        let one = if cs.rq_top.load(Ordering::Relaxed) < 0 && !cs.mail.is_empty() && !cs.tlb.shared.request_pending() {
+            delivered(cs, true)
+        } else {
+            cs.mail.set_busy();
+            None
+        };
         // Leaving idle happens before any shadow read of the next kernel entry (`is_idle`).
         core::sync::atomic::fence(Ordering::SeqCst);
         crate::run::idle_hook();
+        if let Some(t) = one
+            && run_entry(cs, t)
+        {
+            entry::return_to_user();
+        }
     }
 }
 

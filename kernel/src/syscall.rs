@@ -141,10 +141,11 @@ fn send_caps(t: &Thread, task: &Arc<Task>, r: &UserRegs) -> Result<SendCaps, Err
     // Not one `send` refuses whatever happens: without `GRANT`, sent through an endpoint
     // capability without `GRANT`, or with a tag `send` refuses (no root node is made, and
     // charged, for a send that cannot carry it).
-    let may_carry = read.2.contains(Rights::GRANT) && crate::ipc::check_tag(t, rl4_abi::ipc::Tag(r.ipc_tag())).is_ok();
-    let xfer = xfer.map(|x| {
-        x.and_then(|cap| if may_carry && cap.rights.contains(Rights::GRANT) { crate::obj::tracked(task, r.ipc_send_slot(), cap) } else { Ok(cap) })
-    });
+    // (The tag is looked at here only when a capability goes: `send` checks it anyway.)
+    let may_carry = |cap: &Cap| {
+        cap.rights.contains(Rights::GRANT) && read.2.contains(Rights::GRANT) && crate::ipc::check_tag(t, rl4_abi::ipc::Tag(r.ipc_tag())).is_ok()
+    };
+    let xfer = xfer.map(|x| x.and_then(|cap| if may_carry(&cap) { crate::obj::tracked(task, r.ipc_send_slot(), cap) } else { Ok(cap) }));
     Ok((read.0, read.1, read.2, xfer))
 }
 
