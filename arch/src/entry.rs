@@ -553,8 +553,10 @@ pub fn install_stubs(idt: &mut InterruptDescriptorTable) {
     for &[v, addr] in stubs() {
         let a = VirtAddr::new(addr);
         // SAFETY: each address is a stub that saves state and ends in `iretq` or `sysretq`
-        // (directly, or through a kernel function that returns to user mode); all run on the
-        // CPU's kernel stack (TSS.RSP0). Exception vectors are typed fields of the IDT.
+        // (directly, or through a kernel function that returns to user mode); a trap from user
+        // mode runs on the CPU's kernel stack (TSS.RSP0), one taken in kernel mode (the idle
+        // loop's interrupt window, a fault in the user copy) on the kernel stack in use.
+        // Exception vectors are typed fields of the IDT.
         unsafe {
             match v {
                 0 => idt.divide_error.set_handler_addr(a),
@@ -595,8 +597,10 @@ pub fn copy_from_user(dst: &mut [u8], src: u64) -> Result<(), ()> {
     if end > crate::layout::USER_END {
         return Err(());
     }
-    // SAFETY: `src..end` is user space (checked); a fault inside the copy is caught by
-    // `fixup_user_copy` and reported as an error; `dst` is a valid kernel buffer.
+    // SAFETY: `src..end` is user space (checked, so canonical: only a page fault can happen
+    // inside the copy); a page fault at `rl4_copy_user_insn` is caught by `rl4_kernel_trap`,
+    // which resumes at `rl4_copy_user_fixup`, and reported as an error; `dst` is a valid
+    // kernel buffer.
     match unsafe { rl4_copy_user(dst.as_mut_ptr(), src as *const u8, dst.len()) } {
         0 => Ok(()),
         _ => Err(()),

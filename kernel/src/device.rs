@@ -367,8 +367,10 @@ pub fn sync_current() -> bool {
 }
 
 
-/// Ports described by firmware that the kernel uses (the ACPI PM timer block).
-static FIRMWARE_PORTS: Once<Option<Ports>> = Once::new();
+/// Ports described by firmware that the kernel keeps: the ACPI PM timer block (it uses it),
+/// and the SMI command port and PM1 control blocks, through which a task would enter firmware
+/// code or power the machine off (`rl4_smp::acpi::Platform::fixed_ports`).
+static FIRMWARE_PORTS: Once<alloc::vec::Vec<Ports>> = Once::new();
 
 /// The device pages `DeviceMemGet` may hand out (`rl4_core::device::device_pages`), fixed at
 /// boot, and whether a frame object for each lives now.
@@ -386,7 +388,10 @@ pub fn first_ioapic() -> u64 {
 }
 
 pub fn init(p: &rl4_smp::acpi::Platform) {
-    FIRMWARE_PORTS.call_once(|| p.pm_timer.and_then(|t| Ports::new(t.port as u64, 4)));
+    FIRMWARE_PORTS.call_once(|| {
+        let timer = p.pm_timer.and_then(|t| Ports::new(t.port as u64, 4));
+        timer.into_iter().chain(p.fixed_ports.iter().filter_map(|&(base, n)| Ports::new(base as u64, n as u64))).collect()
+    });
     HPET_IOAPIC.call_once(|| (p.hpet.unwrap_or(0), p.ioapics.first().map_or(0, |a| a.address as u64)));
     DEVICE_PAGES.call_once(|| device_pages(p));
 }
@@ -466,7 +471,7 @@ fn device_frame(mem: &Arc<crate::obj::Memory>, pa: u64) -> Result<Arc<crate::obj
 
 
 fn kernel_port(p: Ports) -> bool {
-    KERNEL_PORTS.iter().chain(FIRMWARE_PORTS.get().and_then(|x| x.as_ref())).any(|k| k.overlaps(p))
+    KERNEL_PORTS.iter().chain(FIRMWARE_PORTS.get().into_iter().flatten()).any(|k| k.overlaps(p))
 }
 
 /// The object of the device capability in `slot` (of type `ty`), which must have `WRITE`: a copy

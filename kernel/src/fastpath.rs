@@ -56,7 +56,12 @@ pub fn try_fast(n: u64) -> bool {
     }
     // Each path consumes the reference on success (it becomes the reply right or the queue
     // entry) and puts it back in the slot otherwise ([`back`]).
-    let entry = crate::qsbr::InEntry::new();
+    // SAFETY: nothing before `drop(entry)` below returns to user mode, idles or settles a
+    // grace period (`InEntry::new`'s contract): each path ends in a switch that only fills
+    // this CPU's slots (the return to user mode comes after this function returns), and a
+    // scheduling decision, which may idle, is made only after the drop (`Fast::Decide`).
+    #[allow(unsafe_code)]
+    let entry = unsafe { crate::qsbr::InEntry::new() };
     let fast = if n == Sys::Call as u64 { call(cs, &entry, cur, slot, tag) } else { reply_recv(cs, &entry, cur, slot, tag) };
     // Nothing read from the shadow lives past this point: the decision below may idle.
     drop(entry);

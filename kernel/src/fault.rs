@@ -3,9 +3,10 @@
 //! A thread with a fault handler (`ThreadSetFaultHandler`) has each fault delivered to it as a
 //! `Call` made on its behalf (`ipc::fault_call`): the handler receives the fault message
 //! (`rl4_abi::fault`) and the reply right, and its reply resumes the thread (with the
-//! registers it names changed) or stops it. A thread without a handler, or whose handler's
-//! endpoint is gone, is stopped at once (`Faulted`, a transition that a kill made before it
-//! wins over) and the kernel reports the fault on the console.
+//! registers it names changed) or stops it. A thread without a handler, whose handler's
+//! endpoint is gone, or whose binding lost the capabilities it was set with ([`handler_of`]),
+//! is stopped at once (`Faulted`, a transition that a kill made before it wins over) and the
+//! kernel reports the fault on the console.
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use alloc::sync::Arc;
@@ -50,18 +51,54 @@ pub fn fault_current(vector: u64, error: u64) -> Handled {
     // The handler is read under its lock and upgraded after it: the last reference to the
     // endpoint may go here, and its destructor takes queue and thread locks.
     let handler = t.fault_handler.lock().clone();
-    if let Some(ep) = handler.as_ref().and_then(|(w, _)| w.upgrade()) {
-        let badge = handler.as_ref().map_or(0, |h| h.1);
+    if let Some(ep) = handler.as_ref().and_then(|h| handler_of(&t, h)) {
+        let badge = handler.as_ref().map_or(0, |h| h.badge);
         let info = crate::ipc::fault_info(vector, addr, error);
         let switched = crate::ipc::fault_call(&t, &ep, badge, info, rip);
         crate::reclaim::later_queue(Some(thread::QueueRef::Ep(ep)));
         drop(handler);
         return if switched && sched::switched_directly(&t) { Handled::Switched } else { Handled::Decide };
     }
-    drop(handler);
+    // A binding whose authority is gone lapses for good (unless it was set again meanwhile).
+    if let Some(h) = handler {
+        let lapsed = {
+            let mut g = t.fault_handler.lock();
+            if g.as_ref().is_some_and(|x| x.same(&h)) { g.take() } else { None }
+        };
+        drop(lapsed);
+        drop(h);
+    }
     report(&t, vector, error, addr, rip);
     thread::fault(&t);
     Handled::Decide
+}
+
+/// The endpoint `t`'s faults go to under the binding `h`, if it still stands: the setter's task
+/// lives and its table still holds, in the slot the binding names, a capability to the
+/// endpoint with `SEND` and the same badge, and — a setter other than `t`'s own task, which
+/// takes control of a thread not its own through the handler's replies — in the other slot a
+/// capability to `t` with `WRITE` (read under the table's lock; no reference count changes
+/// under it). A capability deleted or revoked since — the setter's or one it was derived from
+/// — leaves none: the thread is stopped as if it had no handler.
+fn handler_of(t: &Arc<Thread>, h: &crate::obj::FaultHandler) -> Option<Arc<crate::ipc::Endpoint>> {
+    use crate::obj::KObj;
+    use rl4_abi::{ObjType, Rights};
+    let setter = h.setter.upgrade()?;
+    let held = !setter.dead.load(Ordering::Acquire) && {
+        let caps = setter.caps.lock();
+        let thread = Arc::ptr_eq(&setter, &t.task)
+            || caps
+                .lookup(h.thread_slot, ObjType::Thread, Rights::WRITE)
+                .is_ok_and(|c| matches!(&c.obj, KObj::Thread(x) if Arc::ptr_eq(x, t)));
+        let ep = caps.lookup(h.ep_slot, ObjType::Endpoint, Rights::SEND).is_ok_and(
+            |c| c.badge == h.badge && matches!(&c.obj, KObj::Endpoint(e) if core::ptr::eq(Arc::as_ptr(e), h.ep.as_ptr())),
+        );
+        thread && ep
+    };
+    // A last reference to the setter goes to the destruction list (no lock is held here, but
+    // a task's destructor is long).
+    crate::reclaim::later(crate::reclaim::Garbage::Task(setter));
+    if held { h.ep.upgrade() } else { None }
 }
 
 /// At most this many fault reports at once (one per CPU with more CPUs), then

@@ -1284,10 +1284,38 @@ pub struct Thread {
     /// The last deadline prune that kept an entry of this thread (that prune's TSC time;
     /// `timeout.rs`): a second entry with the same deadline in the same prune is a duplicate.
     pub pruned_at: AtomicU64,
-    /// Its fault handler (`ThreadSetFaultHandler`): the endpoint (weak: it dies with its last
-    /// capability) and the badge of the capability it was set with. A leaf lock.
-    pub fault_handler: Mutex<Option<(Weak<crate::ipc::Endpoint>, u64)>, { Level::OBJECT }>,
+    /// Its fault handler (`ThreadSetFaultHandler`, [`FaultHandler`]). A leaf lock.
+    pub fault_handler: Mutex<Option<FaultHandler>, { Level::OBJECT }>,
     _charge: Charge,
+}
+
+/// A thread's fault handler, as `ThreadSetFaultHandler` set it: the endpoint (weak: it dies
+/// with its last capability) and the badge of the endpoint capability it was set with, and
+/// where the authority that set it lives — the setter's task (weak) and the two slots of its
+/// table it named, the thread capability (`WRITE`) and the endpoint capability (`SEND`). The
+/// binding acts only while the endpoint's slot still holds that capability, and the thread's
+/// slot its capability too if the setter is another task than the thread's own
+/// (`fault::handler_of`): a capability deleted or revoked takes the binding with it at the
+/// thread's next fault, as it takes the right to `Call` the endpoint or to set the thread's
+/// handler again.
+#[derive(Clone)]
+pub struct FaultHandler {
+    pub ep: Weak<crate::ipc::Endpoint>,
+    pub badge: u64,
+    pub setter: Weak<Task>,
+    pub thread_slot: u64,
+    pub ep_slot: u64,
+}
+
+impl FaultHandler {
+    /// Whether `o` is this very binding (not one set again since).
+    pub fn same(&self, o: &FaultHandler) -> bool {
+        Weak::ptr_eq(&self.ep, &o.ep)
+            && self.badge == o.badge
+            && Weak::ptr_eq(&self.setter, &o.setter)
+            && self.thread_slot == o.thread_slot
+            && self.ep_slot == o.ep_slot
+    }
 }
 
 // SAFETY: `wlink` returns the thread's own `wait_link` field, the same one at every call, which

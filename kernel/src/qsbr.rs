@@ -201,8 +201,15 @@ pub struct InEntry(core::marker::PhantomData<*const ()>);
 impl InEntry {
     /// Made only by the system-call entry's Rust side (`fastpath::try_fast`), which returns
     /// before this CPU leaves the kernel.
+    ///
+    /// # Safety
+    /// While the token, or anything read through it, lives, this CPU must not pass a quiescent
+    /// point: return to user mode, idle (`sched::decide` may), or run `settle` or `count_exit`
+    /// (`reclaim::drain` may) — any of which may end the grace period that keeps what it read
+    /// alive. Its borrow ties what [`endpoint`] returns to it, not to that rule.
     #[inline(always)]
-    pub(crate) fn new() -> Self {
+    #[allow(unsafe_code)]
+    pub(crate) unsafe fn new() -> Self {
         InEntry(core::marker::PhantomData)
     }
 }
@@ -234,7 +241,11 @@ pub fn endpoint<'k, const RIGHTS: u64>(_entry: &'k InEntry, task: &crate::obj::T
     // made (`KObj::fast_address`: only endpoints have one). The
     // slot's reference is dropped only after a grace period (`defer`), which does not end
     // before this CPU returns to user mode or idles (its exit counter moves, or its idle word
-    // says so); `InEntry` outlives the borrow and lives only inside this kernel entry.
+    // says so); `InEntry` outlives the borrow, and its maker (`InEntry::new`'s contract) lets
+    // this CPU pass no such point while it lives. Two drops skip the grace period, neither
+    // while a reader can hold the address: a table emptied whole with its task (`Task::drop`)
+    // — a reader reads only the table of the task of the thread it runs, which that thread's
+    // reference keeps alive — and a slot of a table without a shadow, which no reader reads.
     // (The compiler is told the address is not null, which it cannot see, so that the `Some`
     // of a reference costs no test of its own.)
     let ep = unsafe {

@@ -762,7 +762,9 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
                 None
             } else {
                 let (ep, badge, _) = endpoint(task, a1, Rights::SEND)?;
-                Some((ep.weak(), badge))
+                // The binding names the two slots it was set with: it acts only while they hold
+                // these capabilities (`fault::handler_of`).
+                Some(crate::obj::FaultHandler { ep: ep.weak(), badge, setter: Arc::downgrade(task), thread_slot: a0, ep_slot: a1 })
             };
             // The old handler's weak reference goes after the lock. A thread of a task that died
             // gave its handler up (`kill_task`, as for `SetIpcBuffer`): it takes none again.

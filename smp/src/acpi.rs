@@ -83,6 +83,11 @@ pub struct Platform {
     /// An HPET table [`read_hpet`] refused: the base it gave and why.
     pub hpet_refused: Option<(u64, &'static str)>,
     pub pm_timer: Option<PmTimer>,
+    /// Ports of ACPI's fixed hardware that no task may reach (FADT, in I/O space), as (first
+    /// port, count): the SMI command port (a write enters the firmware's SMM code: ACPI
+    /// enable and disable, S4BIOS, performance-state control) and the PM1 control blocks (a
+    /// write of the sleep type and enable bits puts the machine to sleep or powers it off).
+    pub fixed_ports: Vec<(u16, u16)>,
     /// FADT flag HW_REDUCED_ACPI: no fixed hardware (no PM timer, no legacy devices promised).
     pub hw_reduced: bool,
     /// The MADT had a malformed entry: it and the entries after it were not read.
@@ -238,6 +243,18 @@ pub unsafe fn discover<H: Handler + PhysMem>(handler: H, rsdp: u64) -> Result<Pl
                 if let Ok(port) = u16::try_from(g.address) {
                     p.pm_timer = Some(PmTimer { port, bits32: flags.pm_timer_is_32_bit() });
                 }
+            }
+        }
+        let f = fadt.get();
+        let smi = { f.smi_cmd_port };
+        // At least the two bytes the ACPI specification gives a PM1 control register.
+        let pm1_len = ({ f.pm1_control_length } as u16).max(2);
+        let io = |g: &::acpi::address::GenericAddress| (g.address_space == AddressSpace::SystemIo && g.address != 0).then_some(g.address);
+        let blocks = [f.pm1a_control_block().ok().as_ref().and_then(io), f.pm1b_control_block().ok().flatten().as_ref().and_then(io)];
+        for (addr, len) in [(smi as u64, 1)].into_iter().chain(blocks.into_iter().flatten().map(|a| (a, pm1_len))) {
+            // A port range past 0xffff is no port range: nothing to keep.
+            if addr != 0 && addr + len as u64 <= 0x1_0000 {
+                p.fixed_ports.push((addr as u16, len));
             }
         }
     }

@@ -80,8 +80,9 @@ impl Ports {
 /// The ports the kernel keeps for itself on a PC: the 8259 PICs, the PIT and port 0x61 (the
 /// TSC calibration), the debug-exit device, QEMU's debug console, COM1 (the kernel's log),
 /// the PCI configuration mechanism, and those that would let a task write memory or alias it
-/// (the ISA DMA controllers, system control port A, QEMU's firmware configuration DMA). Firmware-described ports (the ACPI PM timer block) are
-/// added by the kernel at boot.
+/// (the ISA DMA controllers, system control port A, QEMU's firmware configuration DMA), and the
+/// IMCR. Firmware-described ports (the ACPI PM timer block, SMI command port and PM1 control
+/// blocks) are added by the kernel at boot.
 pub const KERNEL_PORTS: &[Ports] = &[
     // The ISA DMA controllers and their page registers: programmed by a task, they would
     // write memory (the kernel's included) on behalf of a legacy device such as the floppy
@@ -90,6 +91,9 @@ pub const KERNEL_PORTS: &[Ports] = &[
     Ports { base: 0x81, count: 15 },
     Ports { base: 0xc0, count: 32 },
     Ports { base: 0x20, count: 2 },
+    // The IMCR (interrupt mode configuration, select and data): a write would route the
+    // PICs' interrupt line past the local APICs, whose interrupts the kernel takes.
+    Ports { base: 0x22, count: 2 },
     Ports { base: 0x40, count: 4 },
     Ports { base: 0x61, count: 1 },
     // System control port A: its A20 bit would alias memory above 1 MiB, its reset bit resets

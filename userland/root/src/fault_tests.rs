@@ -593,7 +593,8 @@ fn test_handler_gone() {
         "fault-ipc-in-handler",
         "the handler faults while it holds a fault; its own handler is the same endpoint, where its fault queues (no loop); another thread gets it and replies stop: both are Faulted",
         |ep| {
-            let h = spawn_with_handler(take_and_fault, ep, 0x4a)?;
+            let spawned = spawn_with_handler(take_and_fault, ep, 0x4a)?;
+            let h = spawned.0;
             wait_ms(1000, || state(h) == Some(ThreadState::BlockedRecv));
             let kid = Kid::new(ep, 10, 0, 0, 0).map_err(|_| "child")?;
             kid.start().map_err(|_| "resume")?;
@@ -602,7 +603,7 @@ fn test_handler_gone() {
             sys::reply(&stop_msg()).map_err(|_| "reply")?;
             let ok = wait_ms(1000, || state(h) == Some(ThreadState::Faulted) && kid.state() == Some(ThreadState::Faulted));
             kid.end();
-            release(h);
+            release_handled(spawned);
             if (b, kind, addr) != (0x4a, fault::PAGE_FAULT, 0x10) {
                 Err("the handler's own fault message is wrong")
             } else if !blocked || !ok {
@@ -614,19 +615,109 @@ fn test_handler_gone() {
     );
 }
 
-/// Starts `f(ep)` as a root thread whose fault handler is `ep` minted with `badge`.
-fn spawn_with_handler(f: fn(u64), ep: u64, badge: u64) -> Result<u64, &'static str> {
+/// A fault handler's binding acts only while the setter still holds the capabilities it was
+/// set with: the endpoint capability (revoked here), and — the setter not the thread's own task
+/// — the thread capability (a copy deleted here). Before, the binding kept a weak reference to
+/// the endpoint and the badge, and every later fault was a message in the revoked capability's
+/// name (and, for another task's thread, the control its replies give) for as long as the
+/// endpoint lived (a review found it).
+fn test_handler_lapses() {
+    check(
+        "fault-handler-lapses-with-its-capabilities",
+        "a handler set with a capability later revoked (a child's thread; a root thread), or with a copy of another task's thread capability later deleted, takes no fault: the thread is Faulted and no message comes; with both kept, the fault comes with the badge",
+        |ep| {
+            let quiet = |ep: u64| match sys::recv_timeout(ep, ms(200)) {
+                Err(Error::Timeout) => Ok(()),
+                Ok(_) => Err("a fault message came through a binding whose capability is gone"),
+                Err(_) => Err("recv"),
+            };
+            // A child's thread, the handler the root's badged copy of `ep`, revoked.
+            let kid = Kid::new(ep, 11, 0, 0, 0).map_err(|_| "child")?;
+            let revoked = sys::cap_revoke(ep);
+            kid.start().map_err(|_| "resume")?;
+            let stopped = wait_ms(1000, || kid.state() == Some(ThreadState::Faulted));
+            let q = quiet(ep);
+            kid.end();
+            if revoked != Ok(1) {
+                return Err("the revocation did not delete the badged copy");
+            }
+            q?;
+            if !stopped {
+                return Err("a child's thread whose handler's capability was revoked is not Faulted");
+            }
+            // A root thread (its own task set the handler), the copy revoked before it runs.
+            let (t, hcap, top) = (slot(), slot(), stack(4));
+            sys::thread_create(MEMORY, TASK, rl4_user::thread_entry(), top, ROOT_PRIO, cpus() - 1, t).map_err(|_| "thread")?;
+            sys::thread_set_args(t, chain_start as *const () as u64, ep).map_err(|_| "args")?;
+            sys::cap_mint(ep, TASK, hcap, Rights::SEND, 0x21).map_err(|_| "mint")?;
+            sys::thread_set_fault_handler(t, hcap).map_err(|_| "handler")?;
+            let revoked = sys::cap_revoke(ep);
+            sys::thread_resume(t).map_err(|_| "resume")?;
+            let stopped = wait_ms(1000, || state(t) == Some(ThreadState::Faulted));
+            let q = quiet(ep);
+            release(t);
+            release(hcap);
+            q?;
+            if revoked != Ok(1) || !stopped {
+                return Err("a root thread whose handler's capability was revoked is not Faulted");
+            }
+            // A child's thread, the handler set through a copy of its capability, deleted.
+            let kid = Kid::new(NO_SLOT, 0, 0, 0, 0).map_err(|_| "child")?;
+            let (tcopy, hcap) = (slot(), slot());
+            let set = sys::cap_copy(kid.thread, TASK, tcopy, Rights::WRITE)
+                .and_then(|_| sys::cap_mint(ep, TASK, hcap, Rights::SEND, 12))
+                .and_then(|_| sys::thread_set_fault_handler(tcopy, hcap));
+            release(tcopy);
+            let started = set.and_then(|_| kid.start());
+            let stopped = wait_ms(1000, || kid.state() == Some(ThreadState::Faulted));
+            let q = quiet(ep);
+            kid.end();
+            release(hcap);
+            started.map_err(|_| "set-up")?;
+            q?;
+            if !stopped {
+                return Err("a child's thread whose setter's thread capability was deleted is not Faulted");
+            }
+            // Both kept: the fault comes.
+            let kid = Kid::new(ep, 13, 0, 0, 0).map_err(|_| "child")?;
+            kid.start().map_err(|_| "resume")?;
+            let f = next_fault(ep);
+            if f.is_ok() {
+                let _ = sys::reply(&stop_msg());
+            }
+            kid.end();
+            match f? {
+                (13, _, _, _, _) => Ok(()),
+                _ => Err("the fault came with another badge"),
+            }
+        },
+    );
+}
+
+/// Starts `f(ep)` as a root thread whose fault handler is `ep` minted with `badge` (`ep`
+/// itself for badge 0): the thread's slot and the badged copy's (`None` for badge 0), which
+/// must stay as long as the handler is to act — the binding lapses with the capability it was
+/// set with — and is released after the thread.
+fn spawn_with_handler(f: fn(u64), ep: u64, badge: u64) -> Result<(u64, Option<u64>), &'static str> {
     let t = slot();
     let top = stack(4);
-    let hcap = slot();
+    let hcap = (badge != 0).then(slot);
     sys::thread_create(MEMORY, TASK, rl4_user::thread_entry(), top, ROOT_PRIO, cpus() - 1, t).map_err(|_| "thread")?;
     sys::thread_set_args(t, f as *const () as u64, ep).map_err(|_| "args")?;
-    sys::cap_mint(ep, TASK, hcap, Rights::SEND, badge).map_err(|_| "mint")?;
-    sys::thread_set_fault_handler(t, hcap).map_err(|_| "handler")?;
-    // The thread keeps only a weak reference: the endpoint lives by `ep`.
-    release(hcap);
+    if let Some(h) = hcap {
+        sys::cap_mint(ep, TASK, h, Rights::SEND, badge).map_err(|_| "mint")?;
+    }
+    sys::thread_set_fault_handler(t, hcap.unwrap_or(ep)).map_err(|_| "handler")?;
     sys::thread_resume(t).map_err(|_| "resume")?;
-    Ok(t)
+    Ok((t, hcap))
+}
+
+/// Releases what [`spawn_with_handler`] made: the thread's capability, then the handler's.
+fn release_handled((t, hcap): (u64, Option<u64>)) {
+    release(t);
+    if let Some(h) = hcap {
+        release(h);
+    }
 }
 
 /// Timed waits that must end (in timer interrupts taken from [`flags_spinner`]) while it spins.
@@ -694,7 +785,8 @@ fn test_user_flags() {
             FLAGS_TIMEOUTS.store(0, core::sync::atomic::Ordering::Relaxed);
             FLAGS_WRONG.store(0, core::sync::atomic::Ordering::Relaxed);
             let w = spawn(flags_waiter, quiet, ROOT_PRIO, cpus() - 1);
-            let t = spawn_with_handler(flags_spinner, ep, 0x5f)?;
+            let spawned = spawn_with_handler(flags_spinner, ep, 0x5f)?;
+            let t = spawned.0;
             let m = sys::recv_timeout(ep, ms(30_000)).map_err(|_| "no fault message came");
             let f = m.as_ref().ok().and_then(fault_of);
             if m.is_ok() {
@@ -704,7 +796,7 @@ fn test_user_flags() {
             let ended = wait_ms(1000, || state(w) == Some(ThreadState::Dead));
             let stopped = wait_ms(1000, || state(t) == Some(ThreadState::Faulted));
             release(w);
-            release(t);
+            release_handled(spawned);
             release(quiet);
             m?;
             let (timeouts, wrong) = (FLAGS_TIMEOUTS.load(core::sync::atomic::Ordering::Relaxed), FLAGS_WRONG.load(core::sync::atomic::Ordering::Relaxed));
@@ -736,7 +828,8 @@ fn sgdt_then_exit(_: u64) {
 fn test_umip() {
     let umip = core::arch::x86_64::__cpuid(0).eax >= 7 && core::arch::x86_64::__cpuid_count(7, 0).ecx & (1 << 2) != 0;
     check("user-mode-instruction-prevention", "with UMIP, sgdt in user mode faults (#GP); without, it runs", |ep| {
-        let t = spawn_with_handler(sgdt_then_exit, ep, 0x3c)?;
+        let spawned = spawn_with_handler(sgdt_then_exit, ep, 0x3c)?;
+        let t = spawned.0;
         let r = if umip {
             let m = sys::recv_timeout(ep, ms(2000));
             let f = m.as_ref().ok().and_then(fault_of);
@@ -753,7 +846,7 @@ fn test_umip() {
         } else {
             Err("no UMIP but sgdt did not simply run")
         };
-        release(t);
+        release_handled(spawned);
         r
     });
 }
@@ -815,7 +908,7 @@ fn test_handler_chain() {
     let mut made = 0;
     for _ in 0..CHAIN {
         match spawn_with_handler(chain_link, ep, 0) {
-            Ok(t) => {
+            Ok((t, _)) => {
                 // Blocked in `Recv` (in the endpoint's queue, in order), it needs no capability.
                 wait_ms(1000, || state(t) == Some(ThreadState::BlockedRecv));
                 release(t);
@@ -824,7 +917,7 @@ fn test_handler_chain() {
             Err(_) => break,
         }
     }
-    let first = spawn_with_handler(chain_start, ep, 0);
+    let first = spawn_with_handler(chain_start, ep, 0).map(|(t, _)| t);
     let ended = first.is_ok_and(|t| wait_ms(30_000, || state(t) == Some(ThreadState::Faulted)));
     let got = CHAIN_GOT.load(core::sync::atomic::Ordering::SeqCst);
     if let Ok(t) = first {
@@ -916,7 +1009,7 @@ fn test_reply_chain() {
     let threads = || sys::stat(MACHINE, rl4_abi::stat::THREADS).unwrap_or(0);
     let before = threads();
     // The first caller: it gets `PartnerGone` when the chain is gone.
-    let Ok(first) = spawn_with_handler(reply_start, ep, 0) else {
+    let Ok((first, _)) = spawn_with_handler(reply_start, ep, 0) else {
         release(ep);
         return report(NAME, false, format_args!("thread"));
     };
@@ -924,7 +1017,7 @@ fn test_reply_chain() {
     let mut made = 1;
     let mut ok = true;
     for _ in 0..links {
-        let Ok(t) = spawn_with_handler(reply_link, ep, 0) else { break };
+        let Ok((t, _)) = spawn_with_handler(reply_link, ep, 0) else { break };
         made += 1;
         // `t` took `prev`'s call (it is `prev`'s server now) and calls in turn: `prev` waits
         // for its reply, `t` for a receiver.
@@ -979,5 +1072,6 @@ pub fn run() {
     test_stop_and_bad_replies();
     test_no_reply();
     test_handler_gone();
+    test_handler_lapses();
     test_fault_reports_limited();
 }
