@@ -418,6 +418,9 @@ pub(crate) mod tests {
         fadt[40 - 36..44 - 36].copy_from_slice(&0xe4000u32.to_le_bytes());
         fadt[76 - 36..80 - 36].copy_from_slice(&0xb008u32.to_le_bytes()); // PM_TMR_BLK
         fadt[91 - 36] = 4; // PM_TMR_LEN
+        fadt[48 - 36..52 - 36].copy_from_slice(&0xb2u32.to_le_bytes()); // SMI_CMD
+        fadt[64 - 36..68 - 36].copy_from_slice(&0xb004u32.to_le_bytes()); // PM1a_CNT_BLK
+        fadt[89 - 36] = 2; // PM1_CNT_LEN
         put(0xe3000, &sdt(b"FACP", &fadt));
         put(0xe4000, &sdt(b"DSDT", &[0u8; 10]));
         let mut hpet = Vec::new();
@@ -523,6 +526,8 @@ pub(crate) mod tests {
         let p = unsafe { discover(machine(), BASE) }.unwrap();
         assert_eq!(p.hpet, Some(0xfed0_0000));
         assert_eq!(p.pm_timer, Some(PmTimer { port: 0xb008, bits32: false }));
+        // The SMI command port and the PM1a control block (no PM1b): kept from tasks.
+        assert_eq!(p.fixed_ports, vec![(0xb2, 1), (0xb004, 2)]);
         assert!(!p.hw_reduced);
     }
 
