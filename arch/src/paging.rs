@@ -467,9 +467,15 @@ pub fn new_user_space(src: &mut impl FrameSource) -> Result<PageTableRoot, MapEr
 
 /// Maps `frame` at user address `va` of the space `root`, readable, and writable / executable
 /// as asked; a device page uncached and never executable ([`crate::pte::user_pte_flags`]).
-/// The caller holds the space's lock, and keeps the frame's owner alive (the space's record of
-/// its mappings holds it) until [`unmap_user`] and the TLB shoot-down after it.
-pub fn map_user(src: &mut impl FrameSource, root: &PageTableRoot, va: u64, frame: UserFrame<'_>, write: bool, exec: bool) -> Result<(), MapError> {
+/// The caller keeps the frame's owner alive (the space's record of its mappings holds it) until
+/// [`unmap_user`] and the TLB shoot-down after it.
+///
+/// # Safety
+/// The caller holds the lock that serialises every change to `root`'s tables (the kernel's
+/// `Space::maps`): two changes at once would make two `&mut` to one table and could both link
+/// a new table into one entry, losing one.
+#[allow(unsafe_code)]
+pub unsafe fn map_user(src: &mut impl FrameSource, root: &PageTableRoot, va: u64, frame: UserFrame<'_>, write: bool, exec: bool) -> Result<(), MapError> {
     let (pa, device) = match frame {
         UserFrame::Ram(f) => (f.addr(), false),
         UserFrame::Device(d) => (d.addr(), true),
@@ -499,7 +505,11 @@ pub fn map_user(src: &mut impl FrameSource, root: &PageTableRoot, va: u64, frame
 
 /// Removes the mapping at user address `va`; returns the frame it mapped. The caller flushes
 /// the TLBs that may hold it.
-pub fn unmap_user(root: &PageTableRoot, va: u64) -> Option<u64> {
+///
+/// # Safety
+/// As for [`map_user`]: the caller holds the lock of `root`'s tables.
+#[allow(unsafe_code)]
+pub unsafe fn unmap_user(root: &PageTableRoot, va: u64) -> Option<u64> {
     if va >= crate::layout::USER_END {
         return None;
     }
@@ -521,9 +531,12 @@ pub struct DetachedTables([u64; 256]);
 /// Unlinks every page table of the lower (user) half of `root` from its PML4, which stays
 /// valid with an empty user half: the tables' mappings are gone for every walk that starts
 /// after this, and the caller makes every CPU drop what it cached of them (the kernel's TLB
-/// shoot-down) before it frees them with [`free_detached`]. The caller holds the space's lock
-/// (as for [`map_user`]).
-pub fn detach_user_half(root: &PageTableRoot) -> DetachedTables {
+/// shoot-down) before it frees them with [`free_detached`].
+///
+/// # Safety
+/// As for [`map_user`]: the caller holds the lock of `root`'s tables.
+#[allow(unsafe_code)]
+pub unsafe fn detach_user_half(root: &PageTableRoot) -> DetachedTables {
     // SAFETY: `root` is a live user space (the type says so) whose lock the caller holds: no
     // other CPU changes its tables meanwhile; a CPU's page walk reads the entries, and an
     // aligned 8-byte store is atomic for it.
@@ -589,7 +602,9 @@ pub unsafe fn free_detached(d: DetachedTables, mut free: impl FnMut(OwnedFrame))
 /// tables go back to the allocator.
 pub unsafe fn free_user_space(root: &PageTableRoot, mut free: impl FnMut(OwnedFrame)) {
     // Unlinked and freed at once: no CPU can walk them (the caller's contract).
-    let tables = detach_user_half(root);
+    // SAFETY: nothing else uses `root` any more (the caller's contract): no change to its
+    // tables can run at the same time.
+    let tables = unsafe { detach_user_half(root) };
     // SAFETY: nothing caches this space's tables (the caller's contract covers the detaching).
     unsafe { free_detached(tables, &mut free) };
     // SAFETY: the PML4 was given up by `new_user_space` and is freed once, here.

@@ -888,7 +888,9 @@ impl Space {
                 return;
             }
             self.emptied.store(true, Ordering::Relaxed);
-            let tables = rl4_arch::paging::detach_user_half(&self.pml4);
+            // SAFETY: under `maps`, this space's lock of its tables.
+            #[allow(unsafe_code)]
+            let tables = unsafe { rl4_arch::paging::detach_user_half(&self.pml4) };
             // Every table below the root was counted in when it was made (`ChargedTables`),
             // under this lock (`KernelCheck` compares the count with the tables).
             (core::mem::take(&mut *maps), tables, self.table_pages.swap(0, Ordering::Relaxed))

@@ -304,7 +304,9 @@ pub fn map_frame(space: &Space, va: u64, frame: Arc<Frame>, write: bool, exec: b
         return Err(Error::AlreadyMapped);
     }
     space.memory.charge(crate::obj::MAP_COST)?;
-    let r = rl4_arch::paging::map_user(&mut ChargedTables { space }, &space.pml4, va, frame.user_frame(), write, exec);
+    // SAFETY: `maps`, this space's lock of its tables, is held (above).
+    #[allow(unsafe_code)]
+    let r = unsafe { rl4_arch::paging::map_user(&mut ChargedTables { space }, &space.pml4, va, frame.user_frame(), write, exec) };
     if let Err(e) = r {
         space.memory.uncharge(crate::obj::MAP_COST);
         return Err(match e {
@@ -504,7 +506,11 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             let old = {
                 let mut maps = space.maps.lock();
                 let old = maps.remove(&a1).ok_or(Error::NotMapped)?;
-                rl4_arch::paging::unmap_user(&space.pml4, a1);
+                // SAFETY: under `maps`, the space's lock of its tables.
+                #[allow(unsafe_code)]
+                unsafe {
+                    rl4_arch::paging::unmap_user(&space.pml4, a1)
+                };
                 old
             };
             space.memory.uncharge(crate::obj::MAP_COST);
