@@ -46,7 +46,7 @@
 
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
-use alloc::vec;
+
 use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
@@ -126,9 +126,16 @@ pub fn run(caller: &Arc<Thread>) -> Result<[u64; 3], Error> {
     }
     let stopped = wait_until(STOP_WAIT_US, || HELD.load(SeqCst) == others.len());
     let result = if stopped {
-        let r = check_all(caller);
-        println!("check: {} objects, {} frames: {} violations", r[1], r[2], r[0]);
-        Ok(r)
+        match check_all(caller) {
+            Ok(r) => {
+                println!("check: {} objects, {} frames: {} violations", r[1], r[2], r[0]);
+                Ok(r)
+            }
+            Err(NoMemory) => {
+                println!("check: no memory for the check's lists; nothing checked");
+                Err(Error::OutOfMemory)
+            }
+        }
     } else {
         println!("check: not every CPU stopped within {} ms; nothing checked", STOP_WAIT_US / 1000);
         Err(Error::Timeout)
@@ -209,7 +216,21 @@ struct Seen {
     deadlines: Vec<u64>,
 }
 
-fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
+/// The check could not have the memory for one of its lists (a list per kind of object, the
+/// frame table): it checked nothing. Each such list is contiguous and sized by what tasks
+/// made, and a task can fragment free memory: its allocation is fallible (a review found the
+/// check could stop the kernel in the allocator's failure handler); the small ones (map nodes)
+/// fail only when no frame is left at all.
+struct NoMemory;
+
+/// A vector with room for `n` elements, or [`NoMemory`].
+fn room<T>(n: usize) -> Result<Vec<T>, NoMemory> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| NoMemory)?;
+    Ok(v)
+}
+
+fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
     let mut r = Report::default();
     // 0. The kernel heap, before the check allocates anything: what is in use stays within
     // what the live objects are charged for, plus the kernel's own and a fixed allowance.
@@ -227,13 +248,13 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
         }
         None => fail!(r, "the kernel heap is locked while every CPU is stopped"),
     }
-    let tasks = obj::TASKS.live();
-    let spaces = obj::SPACES.live();
-    let threads = obj::THREADS.live();
-    let frames = obj::FRAMES.live();
-    let memories = obj::MEMORIES.live();
-    let endpoints = obj::ENDPOINTS.live();
-    let notifications = obj::NOTIFICATIONS.live();
+    let tasks = obj::TASKS.try_live().ok_or(NoMemory)?;
+    let spaces = obj::SPACES.try_live().ok_or(NoMemory)?;
+    let threads = obj::THREADS.try_live().ok_or(NoMemory)?;
+    let frames = obj::FRAMES.try_live().ok_or(NoMemory)?;
+    let memories = obj::MEMORIES.try_live().ok_or(NoMemory)?;
+    let endpoints = obj::ENDPOINTS.try_live().ok_or(NoMemory)?;
+    let notifications = obj::NOTIFICATIONS.try_live().ok_or(NoMemory)?;
     let objects = [tasks.len(), spaces.len(), threads.len(), frames.len(), memories.len(), endpoints.len(), notifications.len()]
         .iter()
         .sum::<usize>() as u64;
@@ -245,12 +266,12 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
                 Some(g) => g,
                 None => {
                     fail!(r, "{} is locked while every CPU is stopped", $what);
-                    return [r.violations, objects, 0];
+                    return Ok([r.violations, objects, 0]);
                 }
             }
         };
     }
-    let mut task_caps = Vec::with_capacity(tasks.len());
+    let mut task_caps = room(tasks.len())?;
     for t in &tasks {
         task_caps.push(locked!(t.caps, format_args!("task {}'s capability table", t.id)));
     }
@@ -259,32 +280,32 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
         Ok(h) => h,
         Err(cpu) => {
             fail!(r, "cpu {}'s home lock (its threads' states) is locked while every CPU is stopped", cpu);
-            return [r.violations, objects, 0];
+            return Ok([r.violations, objects, 0]);
         }
     };
-    let mut thread_sched = Vec::with_capacity(threads.len());
+    let mut thread_sched = room(threads.len())?;
     for t in &threads {
         match t.life.peeked(&homes) {
             Some(l) if t.life.home_is(l.cpu) => thread_sched.push(l),
             Some(l) => {
                 fail!(r, "thread {}'s home lock is not its CPU's ({}), as `Life::cpu` says", t.id, l.cpu);
-                return [r.violations, objects, 0];
+                return Ok([r.violations, objects, 0]);
             }
             None => {
                 fail!(r, "thread {}'s home lock is none of the CPUs' home locks", t.id);
-                return [r.violations, objects, 0];
+                return Ok([r.violations, objects, 0]);
             }
         }
     }
-    let mut space_maps = Vec::with_capacity(spaces.len());
+    let mut space_maps = room(spaces.len())?;
     for s in &spaces {
         space_maps.push(locked!(s.maps, format_args!("the mappings of space {:#x}", s.pml4)));
     }
-    let mut ep_q = Vec::with_capacity(endpoints.len());
+    let mut ep_q = room(endpoints.len())?;
     for e in &endpoints {
         ep_q.push(locked!(e.q, "an endpoint's queues"));
     }
-    let mut n_q = Vec::with_capacity(notifications.len());
+    let mut n_q = room(notifications.len())?;
     for n in &notifications {
         n_q.push(locked!(n.q, "a notification's queue"));
     }
@@ -616,7 +637,16 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
 
     // 4. Address spaces: page tables against mappings. The frames of user page tables and
     // frame objects are gathered here for step 5 (which must not allocate).
-    let mut users_pa: Vec<u64> = Vec::with_capacity(frames.len() + spaces.len() * 8);
+    // Room for every frame object, root and page table charged: a walk that finds more tables
+    // than were charged (a violation reported below) leaves the extra ones out (`gather`)
+    // rather than grow the list.
+    let charged: usize = spaces.iter().map(|s| 1 + s.table_pages.load(SeqCst) as usize).sum();
+    let mut users_pa: Vec<u64> = room(frames.len() + charged + 64)?;
+    let gather = |v: &mut Vec<u64>, pa: u64| {
+        if v.len() < v.capacity() {
+            v.push(pa);
+        }
+    };
     users_pa.extend(frames.iter().filter(|f| f.device_page().is_none()).map(|f| f.pa()));
     // Device frames: each is the device page its number names, claimed, and the only live
     // frame object of that page (step 5 checks that the allocator does not manage it).
@@ -637,7 +667,7 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
         device_seen |= 1 << (i % 64);
     }
     for (sp, maps) in spaces.iter().zip(&space_maps) {
-        users_pa.push(sp.pml4.addr());
+        gather(&mut users_pa, sp.pml4.addr());
         if !paging::shares_kernel_half(&sp.pml4) {
             fail!(r, "address space {:#x}: its kernel half differs from the kernel's", sp.pml4);
         }
@@ -648,7 +678,7 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
             paging::walk(&sp.pml4, 0..256, |v| match v {
                 Visit::Table { pa, .. } => {
                     tables += 1;
-                    users_pa.push(pa);
+                    gather(&mut users_pa, pa);
                 }
                 Visit::Leaf { va, pa, size, write, exec, user, uncached } => {
                     leaves += 1;
@@ -687,9 +717,10 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     // locked (the heap grows from it).
     let Some(limit) = mem::with_allocator(|a| a.index_limit()) else {
         fail!(r, "the frame allocator is locked while every CPU is stopped");
-        return [r.violations, objects, 0];
+        return Ok([r.violations, objects, 0]);
     };
-    let mut owned = vec![0u64; limit.div_ceil(64)];
+    let mut owned: Vec<u64> = room(limit.div_ceil(64))?;
+    owned.resize(limit.div_ceil(64), 0);
     let checked = mem::with_allocator(|a| {
         let (mut dup, mut first_dup, mut unmanaged, mut frames_checked) = (0u64, 0u64, 0u64, 0u64);
         let mut own = |pa: u64, user: bool| match a.index(pa) {
@@ -770,7 +801,7 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
         checked
     else {
         fail!(r, "the frame allocator is locked while every CPU is stopped");
-        return [r.violations, objects, 0];
+        return Ok([r.violations, objects, 0]);
     };
     if dup > 0 {
         fail!(r, "{dup} frames are owned more than once (first {:#x})", first_dup & !1);
@@ -790,5 +821,5 @@ fn check_all(caller: &Arc<Thread>) -> [u64; 3] {
     if device_managed > 0 {
         fail!(r, "{device_managed} device frames are pages the frame allocator manages");
     }
-    [r.violations, objects, frames_checked]
+    Ok([r.violations, objects, frames_checked])
 }

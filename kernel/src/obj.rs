@@ -530,8 +530,14 @@ impl<T> Registry<T> {
     }
 
     /// A reference to every live object (for the consistency check only: one `Vec`).
-    pub fn live(&self) -> Vec<Arc<T>> {
-        self.list.lock().v.iter().filter_map(Weak::upgrade).collect()
+    /// Every live object, or `None` if there is no room for the list (one contiguous vector
+    /// as long as the registry: `KernelCheck` answers `OutOfMemory` then).
+    pub fn try_live(&self) -> Option<Vec<Arc<T>>> {
+        let l = self.list.lock();
+        let mut v = Vec::new();
+        v.try_reserve_exact(l.v.len()).ok()?;
+        v.extend(l.v.iter().filter_map(Weak::upgrade));
+        Some(v)
     }
 }
 
