@@ -526,7 +526,9 @@ pub fn syscall(t: &Arc<Thread>, s: Sys, a: [u64; 6]) -> Result<[u64; 3], Error> 
             if !crate::sched::cpu_online(cpu) {
                 return Err(Error::InvalidCpu);
             }
-            crate::irq::bind(&line, &n, bits, cpu as usize)?;
+            // The binding names the slot: `IrqAck` unbinds it once the slot no longer holds
+            // this capability (deleted, revoked).
+            crate::irq::bind(&line, &n, bits, cpu as usize, crate::irq::Binder { task: Arc::downgrade(&t.task), slot: a[1], badge })?;
         }
         Sys::IrqAck => crate::irq::ack(&*irq_line(t, a[0])?)?,
         Sys::IrqUnbind => crate::irq::unbind(&*irq_line(t, a[0])?),

@@ -59,12 +59,15 @@ struct Line {
     taken: bool,
     /// The bound notification and bits.
     target: Option<(Weak<Notification>, u64)>,
+    /// Who bound it and with which capability: the binder's task (weak), the slot of its table
+    /// it named and that capability's badge (`IrqAck` checks the slot still holds it).
+    binder: Option<Binder>,
     /// The pin is unmasked now.
     enabled: bool,
 }
 
 static STATE: [Mutex<Line, { Level::IRQ }>; LINES] =
-    [const { Mutex::new(Line { taken: false, target: None, enabled: false }) }; LINES];
+    [const { Mutex::new(Line { taken: false, target: None, binder: None, enabled: false }) }; LINES];
 
 static DELIVERED: AtomicU64 = AtomicU64::new(0);
 
@@ -135,7 +138,7 @@ impl Drop for IrqLine {
             mask(self.irq as usize);
             l.enabled = false;
             l.taken = false;
-            l.target.take()
+            (l.target.take(), l.binder.take())
         };
         drop(old);
     }
@@ -159,8 +162,16 @@ pub fn get(irq: u64) -> Result<Arc<IrqLine>, Error> {
     Ok(room.fill(IrqLine { irq: irq as u8 }))
 }
 
+/// Where the notification capability an `IrqBind` named lives: the binding acts while the
+/// binder's slot still holds it (checked at each `IrqAck`, [`ack`]).
+pub struct Binder {
+    pub task: Weak<crate::obj::Task>,
+    pub slot: u64,
+    pub badge: u64,
+}
+
 /// `IrqBind`: deliver `line`'s interrupts to `n` as `bits`, on CPU `cpu`; unmasks the line.
-pub fn bind(line: &IrqLine, n: &Arc<Notification>, bits: u64, cpu: usize) -> Result<(), Error> {
+pub fn bind(line: &IrqLine, n: &Arc<Notification>, bits: u64, cpu: usize, binder: Binder) -> Result<(), Error> {
     if bits == 0 {
         return Err(Error::InvalidArgument);
     }
@@ -170,7 +181,7 @@ pub fn bind(line: &IrqLine, n: &Arc<Notification>, bits: u64, cpu: usize) -> Res
     let (chip, r) = route(line.irq as usize).ok_or(Error::Busy)?;
     let old = {
         let mut l = STATE[line.irq as usize].lock();
-        let old = l.target.replace((Arc::downgrade(n), bits));
+        let old = (l.target.replace((Arc::downgrade(n), bits)), l.binder.replace(binder));
         chip.lock().set(
             r.pin,
             Redirection { vector: VEC_BASE + line.irq, dest, active_low: r.isa.active_low, level: r.isa.level, masked: false },
@@ -182,8 +193,50 @@ pub fn bind(line: &IrqLine, n: &Arc<Notification>, bits: u64, cpu: usize) -> Res
     Ok(())
 }
 
-/// `IrqAck`: unmask the line the kernel masked when it delivered an interrupt.
+/// `IrqAck`: unmask the line the kernel masked when it delivered an interrupt — if the binding
+/// still stands: the binder's task lives and the slot it named still holds a capability to the
+/// notification with `SEND` and the same badge. If not (the capability was deleted or revoked),
+/// the line is unbound as by `IrqUnbind` and the answer is `InvalidState`: after a revocation
+/// the notification gets at most the one interrupt already under way (the line stays masked
+/// from each interrupt to its acknowledgement). Before the eighteenth session the binding
+/// outlived the capability (a review found it).
 pub fn ack(line: &IrqLine) -> Result<(), Error> {
+    let (n, binder) = {
+        let l = STATE[line.irq as usize].lock();
+        match (&l.target, &l.binder) {
+            (Some((n, _)), Some(b)) => (n.clone(), Binder { task: b.task.clone(), slot: b.slot, badge: b.badge }),
+            _ => return Err(Error::InvalidState),
+        }
+    };
+    // Read under the binder's table lock, with no line lock held (a table lock is not taken
+    // under one: `Level::IRQ` is a leaf but for the chip's).
+    let held = binder.task.upgrade().is_some_and(|t| {
+        let held = !t.dead.load(Ordering::Acquire)
+            && t.caps.lock().lookup(binder.slot, rl4_abi::ObjType::Notification, rl4_abi::Rights::SEND).is_ok_and(|c| {
+                c.badge == binder.badge && matches!(&c.obj, crate::obj::KObj::Notification(x) if core::ptr::eq(Arc::as_ptr(x), n.as_ptr()))
+            });
+        crate::reclaim::later(crate::reclaim::Garbage::Task(t));
+        held
+    });
+    if !held {
+        // Unless it was bound again meanwhile (a new binding stands on its own capability).
+        let old = {
+            let mut l = STATE[line.irq as usize].lock();
+            let same = l.target.as_ref().is_some_and(|(x, _)| Weak::ptr_eq(x, &n))
+                && l.binder.as_ref().is_some_and(|b| Weak::ptr_eq(&b.task, &binder.task) && b.slot == binder.slot && b.badge == binder.badge);
+            if same {
+                mask(line.irq as usize);
+                l.enabled = false;
+                (l.target.take(), l.binder.take())
+            } else {
+                (None, None)
+            }
+        };
+        drop(old);
+        drop(n);
+        return Err(Error::InvalidState);
+    }
+    drop(n);
     let mut l = STATE[line.irq as usize].lock();
     if l.target.is_none() {
         return Err(Error::InvalidState);
@@ -202,7 +255,7 @@ pub fn unbind(line: &IrqLine) {
         let mut l = STATE[line.irq as usize].lock();
         mask(line.irq as usize);
         l.enabled = false;
-        l.target.take()
+        (l.target.take(), l.binder.take())
     };
     drop(old);
 }

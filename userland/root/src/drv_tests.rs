@@ -451,6 +451,65 @@ fn test_badged_binding() {
     );
 }
 
+/// An interrupt binding acts while the binder's slot holds the notification capability it was
+/// made with: that capability revoked, the next `IrqAck` finds it gone, unbinds the line and
+/// answers `InvalidState`, and the notification gets nothing more. Before, the binding outlived
+/// the capability and the line went on signalling the notification with the bits chosen at
+/// binding (a review found it).
+fn test_binding_lapses() {
+    const NAME: &str = "irq-binding-lapses-with-its-capability";
+    let (irq, n, badged) = (slot(), slot(), slot());
+    let r = sys::irq_get(DEVICES, COM2_IRQ, irq)
+        .and_then(|_| sys::notification_create(MEMORY, n))
+        .and_then(|_| sys::cap_mint(n, TASK, badged, Rights::SEND, 0x40));
+    if let Err(e) = r {
+        for s in [irq, badged, n] {
+            release(s);
+        }
+        return report(NAME, false, format_args!("set-up: {e}"));
+    }
+    com::loopback(COM2);
+    let bound = sys::irq_bind(irq, badged, 0x1, IRQ_CPU_CALLER);
+    outb(COM2 + THR, b'a');
+    let first = sys::wait(n, ms(2000));
+    let got_a = com::drain(COM2);
+    let revoked = sys::cap_revoke(n);
+    let acked = sys::irq_ack(irq);
+    let enabled = enabled_lines();
+    outb(COM2 + THR, b'b');
+    let after = sys::wait(n, ms(100));
+    let got_b = com::drain(COM2);
+    // Bound again through a capability the root task holds: it acts.
+    let rebound = sys::irq_bind(irq, n, 0x2, IRQ_CPU_CALLER);
+    outb(COM2 + THR, b'c');
+    let again = sys::wait(n, ms(2000));
+    let got_c = com::drain(COM2);
+    let acked_again = sys::irq_ack(irq);
+    let unbound = sys::irq_unbind(irq);
+    release(irq);
+    release(badged);
+    release(n);
+    report(
+        NAME,
+        bound.is_ok()
+            && first == Ok(0x40)
+            && got_a == 1
+            && revoked == Ok(1)
+            && acked == Err(Error::InvalidState)
+            && enabled == 0
+            && after == Err(Error::Timeout)
+            && got_b == 1
+            && rebound.is_ok()
+            && again == Ok(0x2)
+            && got_c == 1
+            && acked_again.is_ok()
+            && unbound.is_ok(),
+        format_args!(
+            "bound through a copy of badge 0x40 {bound:?}, first {first:?}; the copy revoked {revoked:?}: ack {acked:?} (lines enabled {enabled}), a byte then signalled {after:?}; bound again with the original {rebound:?}: {again:?}, ack {acked_again:?}, unbind {unbound:?}"
+        ),
+    );
+}
+
 /// A driver task killed between an interrupt and its `IrqAck`: the line stays masked, the `Irq`
 /// object dies with the task (the line can be had again), and a new driver gets interrupts.
 fn test_driver_killed(bi: &BootInfo) {
@@ -853,6 +912,7 @@ pub fn run(bi: &BootInfo) {
     if com2 {
         test_masked_until_ack();
         test_badged_binding();
+        test_binding_lapses();
         test_driver_killed(bi);
         test_latency();
     } else {
