@@ -310,6 +310,15 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
         n_q.push(locked!(n.q, "a notification's queue"));
     }
 
+    // The long lists of steps 4 and 5, made before step 1 reports anything (without room for
+    // them nothing is checked). Room for every frame object, root and page table charged: a
+    // walk that finds more tables than were charged (a violation reported below) leaves the
+    // extra ones out (`gather`) rather than grow the list. The frame table's size does not
+    // change while the check runs (the allocator's bitmap is fixed at boot).
+    let charged: usize = spaces.iter().map(|s| 1 + s.table_pages.load(SeqCst) as usize).sum();
+    let mut users_pa: Vec<u64> = room(frames.len() + charged + 64)?;
+    let mut owned: Vec<u64> = room(mem::with_allocator(|a| a.index_limit()).unwrap_or(0).div_ceil(64))?;
+
     // 1. Reference counts.
     let mut refs = Refs::default();
     let mut seen: BTreeMap<usize, Seen> = threads.iter().map(|t| (key(t), Seen::default())).collect();
@@ -637,11 +646,6 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
 
     // 4. Address spaces: page tables against mappings. The frames of user page tables and
     // frame objects are gathered here for step 5 (which must not allocate).
-    // Room for every frame object, root and page table charged: a walk that finds more tables
-    // than were charged (a violation reported below) leaves the extra ones out (`gather`)
-    // rather than grow the list.
-    let charged: usize = spaces.iter().map(|s| 1 + s.table_pages.load(SeqCst) as usize).sum();
-    let mut users_pa: Vec<u64> = room(frames.len() + charged + 64)?;
     let gather = |v: &mut Vec<u64>, pa: u64| {
         if v.len() < v.capacity() {
             v.push(pa);
@@ -719,7 +723,9 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
         fail!(r, "the frame allocator is locked while every CPU is stopped");
         return Ok([r.violations, objects, 0]);
     };
-    let mut owned: Vec<u64> = room(limit.div_ceil(64))?;
+    if owned.capacity() < limit.div_ceil(64) {
+        return Err(NoMemory);
+    }
     owned.resize(limit.div_ceil(64), 0);
     let checked = mem::with_allocator(|a| {
         let (mut dup, mut first_dup, mut unmanaged, mut frames_checked) = (0u64, 0u64, 0u64, 0u64);

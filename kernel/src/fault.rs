@@ -95,8 +95,9 @@ fn handler_of(t: &Arc<Thread>, h: &crate::obj::FaultHandler) -> Option<Arc<crate
         );
         thread && ep
     };
-    // A last reference to the setter goes to the destruction list (no lock is held here, but
-    // a task's destructor is long).
+    // A last reference to the setter (its task ended meanwhile) is destroyed here, no lock
+    // held (`reclaim::later`: at once, or on the destruction list if this CPU is destroying
+    // something already).
     crate::reclaim::later(crate::reclaim::Garbage::Task(setter));
     if held { h.ep.upgrade() } else { None }
 }

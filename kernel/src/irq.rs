@@ -197,9 +197,10 @@ pub fn bind(line: &IrqLine, n: &Arc<Notification>, bits: u64, cpu: usize, binder
 /// still stands: the binder's task lives and the slot it named still holds a capability to the
 /// notification with `SEND` and the same badge. If not (the capability was deleted or revoked),
 /// the line is unbound as by `IrqUnbind` and the answer is `InvalidState`: after a revocation
-/// the notification gets at most the one interrupt already under way (the line stays masked
-/// from each interrupt to its acknowledgement). Before the eighteenth session the binding
-/// outlived the capability (a review found it).
+/// the notification gets at most one more interrupt, the next (the line is masked from each
+/// interrupt to its acknowledgement, and unmasked from then to the next; a revocation between
+/// this check and the unmasking below is found at the acknowledgement after that interrupt).
+/// Before the eighteenth session the binding outlived the capability (a review found it).
 pub fn ack(line: &IrqLine) -> Result<(), Error> {
     let (n, binder) = {
         let l = STATE[line.irq as usize].lock();

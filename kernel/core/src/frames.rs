@@ -318,10 +318,12 @@ impl<'a> FrameAllocator<'a> {
             // No free frame lies below the zone's hint word.
             let mut f = (z.base + (z.hint - z.word) as u64 * 64).next_multiple_of(step);
             while f + count <= z.base + z.frames {
-                // Skip whole words with no free frame.
+                // Skip whole words with no free frame, 64 at a look (the summary).
                 let off = f - z.base;
-                if self.bitmap[z.word + (off / 64) as usize] >> (off % 64) == 0 {
-                    f = (z.base + (off / 64 + 1) * 64).next_multiple_of(step);
+                let w = z.word + (off / 64) as usize;
+                if self.bitmap[w] >> (off % 64) == 0 {
+                    let Some(next) = self.next_free_word(w + 1, z.word + z.words()) else { break };
+                    f = (z.base + (next - z.word) as u64 * 64).next_multiple_of(step);
                     continue;
                 }
                 match (f..f + count).find(|&g| !self.bit(zi, g)) {
@@ -628,6 +630,11 @@ mod tests {
         assert_eq!(a.alloc().map(OwnedFrame::into_raw), Some(0x1000_0000));
         consistent(&a);
         assert_eq!(a.alloc_below(0x1000_0000), None, "the first zone is full");
+        // Its lowest frame freed again: a contiguous run still comes from the second zone.
+        let low = first.next().unwrap();
+        assert_eq!(a.free(low), Ok(()));
+        assert_eq!(a.alloc_contiguous(4, 4 * K), Some(0x1000_0000 + 4 * K));
+        consistent(&a);
     }
 
     #[test]

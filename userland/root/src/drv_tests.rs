@@ -452,7 +452,8 @@ fn test_badged_binding() {
 }
 
 /// An interrupt binding acts while the binder's slot holds the notification capability it was
-/// made with: that capability revoked, the next `IrqAck` finds it gone, unbinds the line and
+/// made with: that capability revoked while the line is unmasked, the one interrupt already
+/// armed still signals, the `IrqAck` after it finds the capability gone, unbinds the line and
 /// answers `InvalidState`, and the notification gets nothing more. Before, the binding outlived
 /// the capability and the line went on signalling the notification with the bits chosen at
 /// binding (a review found it).
@@ -473,12 +474,17 @@ fn test_binding_lapses() {
     outb(COM2 + THR, b'a');
     let first = sys::wait(n, ms(2000));
     let got_a = com::drain(COM2);
+    let first_ack = sys::irq_ack(irq);
+    // Revoked with the line unmasked: the next interrupt is the one that still gets through.
     let revoked = sys::cap_revoke(n);
+    outb(COM2 + THR, b'b');
+    let armed = sys::wait(n, ms(2000));
+    let got_b = com::drain(COM2);
     let acked = sys::irq_ack(irq);
     let enabled = enabled_lines();
-    outb(COM2 + THR, b'b');
+    outb(COM2 + THR, b'x');
     let after = sys::wait(n, ms(100));
-    let got_b = com::drain(COM2);
+    let got_x = com::drain(COM2);
     // Bound again through a capability the root task holds: it acts.
     let rebound = sys::irq_bind(irq, n, 0x2, IRQ_CPU_CALLER);
     outb(COM2 + THR, b'c');
@@ -494,18 +500,21 @@ fn test_binding_lapses() {
         bound.is_ok()
             && first == Ok(0x40)
             && got_a == 1
+            && first_ack.is_ok()
             && revoked == Ok(1)
+            && armed == Ok(0x40)
+            && got_b == 1
             && acked == Err(Error::InvalidState)
             && enabled == 0
             && after == Err(Error::Timeout)
-            && got_b == 1
+            && got_x == 1
             && rebound.is_ok()
             && again == Ok(0x2)
             && got_c == 1
             && acked_again.is_ok()
             && unbound.is_ok(),
         format_args!(
-            "bound through a copy of badge 0x40 {bound:?}, first {first:?}; the copy revoked {revoked:?}: ack {acked:?} (lines enabled {enabled}), a byte then signalled {after:?}; bound again with the original {rebound:?}: {again:?}, ack {acked_again:?}, unbind {unbound:?}"
+            "bound through a copy of badge 0x40 {bound:?}, first {first:?}, ack {first_ack:?}; the copy revoked {revoked:?}: the armed interrupt {armed:?}, then ack {acked:?} (lines enabled {enabled}), a byte then signalled {after:?}; bound again with the original {rebound:?}: {again:?}, ack {acked_again:?}, unbind {unbound:?}"
         ),
     );
 }
