@@ -27,8 +27,10 @@ struct Port;
 
 impl Write for Port {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        // SAFETY: COM1 is the standard 16550 at 0x3f8; the console lock serialises all users of
-        // this port, and `init` has programmed it.
+        // SAFETY: COM1 is the standard 16550 at 0x3f8, which `init` has programmed; the console
+        // lock serialises its users but for a take-over (a fault or panic report, or a CPU that
+        // stopped every other), which may interleave bytes with a holder's but cannot make a
+        // port access unsafe.
         let mut p = unsafe { SerialPort::new(COM1) };
         for b in s.bytes() {
             if b == b'\n' {
@@ -95,6 +97,23 @@ impl Write for Guard {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         Port.write_str(s)
     }
+}
+
+/// Takes the console at once, whoever holds it: for a CPU that has stopped every other
+/// (`rl4_smp::cpus::stop_others`, NMIs that halt each where it is). A CPU halted while it held
+/// the console never lets it go, and waiting for it would hang the panic or shutdown path (a
+/// review found a task's output line taken between the panic report and the stop).
+pub fn take_over() -> Guard {
+    CONSOLE.owner.store(percpu::cpu_index(), Ordering::Release);
+    Guard { took_over: true }
+}
+
+/// [`print_line`] after every other CPU stopped ([`take_over`]).
+pub fn print_line_stopped(args: fmt::Arguments<'_>) {
+    let mut g = take_over();
+    let _ = write!(g, "[cpu{}] ", percpu::cpu_index());
+    let _ = g.write_fmt(args);
+    let _ = g.write_str("\n");
 }
 
 /// Writes one `[cpuN] ...` line.

@@ -34,7 +34,7 @@ fn panic(info: &PanicInfo<'_>) -> ! {
         cpu::halt_forever();
     }
     rl4_smp::cpus::stop_others();
-    rl4_arch::println!("panic: all other CPUs stopped; exiting with failure");
+    console::print_line_stopped(format_args!("panic: all other CPUs stopped; exiting with failure"));
     cpu::exit(cpu::QemuExit::Failure)
 }
 

@@ -167,7 +167,8 @@ mod imp {
     }
 
     pub fn dump() {
-        rl4_arch::println!("timeline: writing the event rings to the debug console (port 0xe9)");
+        // Every other CPU is stopped (`Shutdown`): one may have held the console.
+        rl4_arch::console::print_line_stopped(format_args!("timeline: writing the event rings to the debug console (port 0xe9)"));
         cpu::debugcon_write(b"RL4TL001");
         put(rl4_arch::time::tsc_hz());
         put(KEEP_LAST as u64);
@@ -183,7 +184,7 @@ mod imp {
                 (written, r.lost.load(Ordering::Relaxed), 0)
             };
             let what = if KEEP_LAST { "overwritten (the oldest)" } else { "not recorded (ring full)" };
-            rl4_arch::println!("timeline: cpu {c}: {n} events recorded, {lost} {what}");
+            rl4_arch::console::print_line_stopped(format_args!("timeline: cpu {c}: {n} events recorded, {lost} {what}"));
             cpu::debugcon_write(b"CPU_RING");
             put(c as u64);
             put(n);
@@ -196,7 +197,7 @@ mod imp {
             }
         }
         cpu::debugcon_write(b"TL_END\0\0");
-        rl4_arch::println!("timeline: dump complete");
+        rl4_arch::console::print_line_stopped(format_args!("timeline: dump complete"));
     }
 }
 
