@@ -95,10 +95,11 @@ fn handler_of(t: &Arc<Thread>, h: &crate::obj::FaultHandler) -> Option<Arc<crate
         );
         thread && ep
     };
-    // A last reference to the setter (its task ended meanwhile) is destroyed here, no lock
-    // held (`reclaim::later`: at once, or on the destruction list if this CPU is destroying
-    // something already).
-    crate::reclaim::later(crate::reclaim::Garbage::Task(setter));
+    // A last reference to the setter (its task ended meanwhile) is destroyed here, no lock held
+    // (the task's destructor hands what it holds to the destruction loop). Not through
+    // `reclaim::later`, which costs some 230 instructions per fault for a reference that is
+    // almost never the last.
+    drop(setter);
     if held { h.ep.upgrade() } else { None }
 }
 

@@ -135,6 +135,59 @@ impl Drop for Endpoint {
     }
 }
 
+/// The badge a send (or a fault) queued on the endpoint `ep` carries, if `l` is such a wait.
+fn queued_badge(l: &crate::obj::Life, ep: usize) -> Option<u64> {
+    use rl4_core::life::{Ident, State};
+    match l.state() {
+        State::Blocked { wait: Wait::Send { ep: e, badge, .. } | Wait::FaultSend { ep: e, badge, .. }, .. } if e.ident() == ep => Some(*badge),
+        _ => None,
+    }
+}
+
+/// `EndpointCancelBadged`: ends every send queued on `ep` that carries `badge` — a send or a
+/// call gets `PartnerGone`, a queued fault stops its thread (`Faulted`) as if it had no
+/// handler — and returns how many. In batches of 32 taken out of the queue under its lock
+/// (each thread's wait read under its home lock: queue, then thread), woken after it, as the
+/// endpoint's destructor does: a thread out of the queue whose wait still names the endpoint
+/// is one a kill, a suspension or a timeout ends as well (`thread::with_queue_locked` finds it
+/// in no list and ends the wait), and the wake-up here is then refused. Shoot-downs are
+/// answered between threads; a batch's search starts at the queue's head again, so a queue of
+/// `n` other senders costs `n` steps per 32 cancelled (all paid by the caller, which may
+/// receive every one of those messages anyway).
+pub fn cancel_badged(ep: &Arc<Endpoint>, badge: u64) -> u64 {
+    let id = ep.id();
+    let mut n = 0;
+    loop {
+        let mut batch: [Option<Arc<Thread>>; 32] = [const { None }; 32];
+        let mut k = 0;
+        {
+            let mut q = ep.q.lock();
+            while k < batch.len() {
+                match q.senders.remove_first_where(|t| queued_badge(&t.life.lock(), id) == Some(badge)) {
+                    Some(t) => {
+                        batch[k] = Some(t);
+                        k += 1;
+                    }
+                    None => break,
+                }
+            }
+        }
+        for t in batch.iter_mut().filter_map(Option::take) {
+            let w = thread::wake_locked(&t, &mut t.life.lock(), WaitOn::Send(id), Err(Error::PartnerGone));
+            if w.is_none() {
+                thread::stop_fault(&t, WaitOn::FaultSend(id), "its fault's badge was cancelled at the handler's endpoint");
+            }
+            reclaim::later_wait(w);
+            reclaim::later_thread(t);
+            n += 1;
+            crate::tlb::service_tlb_here();
+        }
+        if k < batch.len() {
+            return n;
+        }
+    }
+}
+
 /// A notification's word and its waiters: an intrusive FIFO through the threads' `wait_link`,
 /// as an endpoint's queues (a thread waits on one thing at a time), owned by the notification's
 /// queue lock. Waiting allocates nothing; a cancelled wait leaves the list in O(1).

@@ -216,7 +216,8 @@ pub fn ack(line: &IrqLine) -> Result<(), Error> {
             && t.caps.lock().lookup(binder.slot, rl4_abi::ObjType::Notification, rl4_abi::Rights::SEND).is_ok_and(|c| {
                 c.badge == binder.badge && matches!(&c.obj, crate::obj::KObj::Notification(x) if core::ptr::eq(Arc::as_ptr(x), n.as_ptr()))
             });
-        crate::reclaim::later(crate::reclaim::Garbage::Task(t));
+        // No lock is held: a last reference may go here.
+        drop(t);
         held
     });
     if !held {

@@ -437,6 +437,16 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             Ok([0; 3])
         }
         Sys::CapRevoke => Ok([crate::obj::revoke(task, a0)?, 0, 0]),
+        Sys::EndpointCancelBadged => {
+            // Badge 0 is "no badge": every unbadged sender's, not a client's to retire.
+            if a1 == 0 {
+                return Err(Error::InvalidArgument);
+            }
+            let (ep, _, _) = endpoint(task, a0, Rights::RECEIVE)?;
+            let n = crate::ipc::cancel_badged(&ep, a1);
+            crate::reclaim::later(crate::reclaim::Garbage::Ep(ep));
+            Ok([n, 0, 0])
+        }
         Sys::CapIdentify => {
             let caps = task.caps.lock();
             let c = caps.get(a0)?;

@@ -159,7 +159,9 @@ numbered! {
         /// thread capability needs `WRITE`, the endpoint capability `SEND` (as for `Call`); its
         /// badge is what the handler receives with each fault of this thread.
         /// `endpoint_slot` = [`ipc::NO_SLOT`] removes the handler. The kernel keeps a weak
-        /// reference: the handler is gone once the endpoint dies.
+        /// reference: the handler is gone once the endpoint dies. The binding names the two
+        /// slots: it takes a fault only while the caller's task still holds that endpoint
+        /// capability there (and, for a thread of another task, that thread capability).
         ThreadSetFaultHandler = 44,
         /// `(devices_slot, irq, dst_slot)`: an `Irq` capability for legacy ISA interrupt
         /// `irq` (0..15), routed through the I/O APIC the MADT describes. One live `Irq`
@@ -171,7 +173,9 @@ numbered! {
         /// old binding.
         IrqBind = 48,
         /// `(irq_slot)`: the driver has served the interrupt: unmask the line the kernel masked
-        /// when it delivered it. `InvalidState` if the line is not bound.
+        /// when it delivered it. `InvalidState` if the line is not bound, or if the slot the
+        /// binder named no longer holds the notification capability it bound with (the line
+        /// is then unbound).
         IrqAck = 49,
         /// `(irq_slot)`: mask the line and forget its notification.
         IrqUnbind = 50,
@@ -191,6 +195,12 @@ numbered! {
         /// [`cost::DEVICE_FRAME`] to the caller's own budget; mapped uncached, never executable;
         /// never an IPC buffer.
         DeviceMemGet = 54,
+        /// `(endpoint_slot, badge)` → `(count)`: ends every send queued on the endpoint that
+        /// carries `badge` (not 0) — sends and calls get `PartnerGone`, a queued fault stops
+        /// its thread as if it had no handler — and returns how many. Needs `RECEIVE` (whoever
+        /// may take those messages may refuse them). For a server retiring a client's badge:
+        /// `CapRevoke` takes the capabilities back, this the messages already queued with it.
+        EndpointCancelBadged = 55,
     }
 }
 

@@ -111,6 +111,10 @@ pub fn cap_delete(slot: u64) -> Result<(), Error> {
 pub fn cap_revoke(slot: u64) -> Result<u64, Error> {
     syscall(Sys::CapRevoke, [slot, 0, 0, 0, 0, 0]).map(|r| r[0])
 }
+/// Ends the sends queued on the endpoint in `ep` that carry `badge` → how many.
+pub fn endpoint_cancel_badged(ep: u64, badge: u64) -> Result<u64, Error> {
+    syscall(Sys::EndpointCancelBadged, [ep, badge, 0, 0, 0, 0]).map(|r| r[0])
+}
 /// → (type, rights, badge)
 pub fn cap_identify(slot: u64) -> Ret {
     syscall(Sys::CapIdentify, [slot, 0, 0, 0, 0, 0])

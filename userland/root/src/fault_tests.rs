@@ -694,6 +694,85 @@ fn test_handler_lapses() {
     );
 }
 
+/// What each of [`test_cancel_badged`]'s senders got (`u64::MAX` until it returns; 0 = `Ok`).
+static CANCEL_GOT: [core::sync::atomic::AtomicU64; 3] = [const { core::sync::atomic::AtomicU64::new(u64::MAX) }; 3];
+
+fn code<T>(r: Result<T, Error>) -> u64 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e as u64,
+    }
+}
+
+/// Sender 0 (a `Send`) and 1 (a `Call`) of [`test_cancel_badged`] on the badged copy in `ep`.
+fn cancel_sender(ep: u64) {
+    let (i, ep) = (ep >> 32, ep & 0xffff_ffff);
+    let m = Msg { tag: Tag::new(0x77, 1, 0), badge: 0, w: [i, 0, 0, 0] };
+    let r = if i == 1 { code(sys::call(ep, &m)) } else { code(sys::send(ep, &m)) };
+    CANCEL_GOT[i as usize].store(r, core::sync::atomic::Ordering::SeqCst);
+    sys::thread_exit();
+}
+
+/// `EndpointCancelBadged`: a server retiring badge 5 ends the send, the call and the fault
+/// queued with it (`PartnerGone`, `PartnerGone`, `Faulted`) and leaves badge 6's send queued;
+/// badge 0 and a capability without `RECEIVE` are refused. Before, the only way to stop a
+/// sender queued with a revoked badge was to suspend or kill its thread (a review found that a
+/// message queued with a revoked badge is delivered whenever a receiver comes).
+fn test_cancel_badged() {
+    check(
+        "endpoint-cancel-badged-ends-queued-sends",
+        "a send, a call and a fault queued with badge 5 end (PartnerGone, PartnerGone, Faulted), badge 6's send stays and is received; badge 0 and a send-only capability refused",
+        |ep| {
+            for g in &CANCEL_GOT {
+                g.store(u64::MAX, core::sync::atomic::Ordering::SeqCst);
+            }
+            let (b5, b6) = (slot(), slot());
+            sys::cap_mint(ep, TASK, b5, Rights::SEND, 5).map_err(|_| "mint 5")?;
+            sys::cap_mint(ep, TASK, b6, Rights::SEND, 6).map_err(|_| "mint 6")?;
+            let cpu = cpus() - 1;
+            let t0 = spawn(cancel_sender, b5, ROOT_PRIO, cpu);
+            let t1 = spawn(cancel_sender, 1 << 32 | b5, ROOT_PRIO, cpu);
+            let t2 = spawn(cancel_sender, 2 << 32 | b6, ROOT_PRIO, cpu);
+            let kid = Kid::new(ep, 5, 0, 0, 0).map_err(|_| "child")?;
+            kid.start().map_err(|_| "resume")?;
+            let queued = wait_ms(2000, || {
+                [t0, t1, t2].iter().all(|&t| state(t) == Some(ThreadState::BlockedSend)) && kid.state() == Some(ThreadState::BlockedFault)
+            });
+            let refused = (sys::endpoint_cancel_badged(ep, 0), sys::endpoint_cancel_badged(b5, 5));
+            let n = sys::endpoint_cancel_badged(ep, 5);
+            let ended = wait_ms(2000, || {
+                CANCEL_GOT[0].load(core::sync::atomic::Ordering::SeqCst) != u64::MAX
+                    && CANCEL_GOT[1].load(core::sync::atomic::Ordering::SeqCst) != u64::MAX
+                    && kid.state() == Some(ThreadState::Faulted)
+            });
+            let got = [0, 1].map(|i| CANCEL_GOT[i].load(core::sync::atomic::Ordering::SeqCst));
+            let still = state(t2);
+            let m = sys::recv_timeout(ep, ms(1000));
+            let _ = wait_ms(1000, || CANCEL_GOT[2].load(core::sync::atomic::Ordering::SeqCst) != u64::MAX);
+            kid.end();
+            for s in [t0, t1, t2, b5, b6] {
+                release(s);
+            }
+            let pg = Error::PartnerGone as u64;
+            if !queued {
+                Err("the three sends and the fault did not queue")
+            } else if refused != (Err(Error::InvalidArgument), Err(Error::MissingRight)) {
+                Err("badge 0 or a send-only capability was not refused")
+            } else if n != Ok(3) {
+                Err("not three sends cancelled")
+            } else if !ended || got != [pg, pg] {
+                Err("the send and the call did not get PartnerGone, or the fault did not stop its thread")
+            } else if still != Some(ThreadState::BlockedSend) {
+                Err("badge 6's sender left the queue")
+            } else if !m.is_ok_and(|m| m.badge == 6 && m.w[0] == 2) {
+                Err("badge 6's message was not the one received")
+            } else {
+                Ok(())
+            }
+        },
+    );
+}
+
 /// Starts `f(ep)` as a root thread whose fault handler is `ep` minted with `badge` (`ep`
 /// itself for badge 0): the thread's slot and the badged copy's (`None` for badge 0), which
 /// must stay as long as the handler is to act — the binding lapses with the capability it was
@@ -1073,5 +1152,6 @@ pub fn run() {
     test_no_reply();
     test_handler_gone();
     test_handler_lapses();
+    test_cancel_badged();
     test_fault_reports_limited();
 }

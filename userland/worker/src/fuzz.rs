@@ -665,7 +665,12 @@ impl Fz {
                 let (dst_task, peer) = self.dst_task();
                 let dst = if peer { self.peer_slot() } else { self.free() };
                 let rights = self.rights();
-                let badge = if self.one_in(4) { 0 } else { self.rnd() };
+                // Now and then a small badge, which `EndpointCancelBadged` names too.
+                let badge = match self.rnd() % 8 {
+                    0 | 1 => 0,
+                    2 | 3 => 1 + self.rnd() % 8,
+                    _ => self.rnd(),
+                };
                 let src = self.or_hostile(0, src);
                 c.a = [src, dst_task, self.or_hostile(2, dst), keep_grant(src, rights), badge, 0];
                 c.cross = peer;
@@ -803,6 +808,17 @@ impl Fz {
             IrqGet | IrqBind | IrqAck | IrqUnbind | IoPortGet | IoPortOpen | IoPortClose | DeviceMemGet => {
                 let s = self.rnd() % 128;
                 c.a = [self.or_hostile(0, s), self.rnd() % 20, self.rnd() % 0x1_0000, self.rnd() % 8, 0, 0];
+            }
+            EndpointCancelBadged => {
+                // Mostly the shared endpoints, where other fuzzers' badged sends queue; a badge
+                // of the few small ones, any, or none (refused).
+                let ep = self.ep();
+                let badge = match self.rnd() % 8 {
+                    0 => 0,
+                    1 | 2 => self.rnd(),
+                    _ => 1 + self.rnd() % 8,
+                };
+                c.a = [self.or_hostile(0, ep), badge, 0, 0, 0, 0];
             }
             Signal => {
                 let s = self.slot_of(&[NOTE, NOTE_BADGED]);
@@ -1149,6 +1165,7 @@ const WEIGHTS: &[(Sys, u16)] = &[
     (Sys::CapDelete, 35),
     (Sys::CapIdentify, 5),
     (Sys::CapRevoke, 4),
+    (Sys::EndpointCancelBadged, 4),
     (Sys::EndpointCreate, 20),
     (Sys::NotificationCreate, 15),
     (Sys::FrameAlloc, 25),
