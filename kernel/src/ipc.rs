@@ -146,46 +146,43 @@ fn queued_badge(l: &crate::obj::Life, ep: usize) -> Option<u64> {
 
 /// `EndpointCancelBadged`: ends every send queued on `ep` that carries `badge` — a send or a
 /// call gets `PartnerGone`, a queued fault stops its thread (`Faulted`) as if it had no
-/// handler — and returns how many. In batches of 32 taken out of the queue under its lock
-/// (each thread's wait read under its home lock: queue, then thread), woken after it, as the
-/// endpoint's destructor does: a thread out of the queue whose wait still names the endpoint
-/// is one a kill, a suspension or a timeout ends as well (`thread::with_queue_locked` finds it
-/// in no list and ends the wait), and the wake-up here is then refused. Shoot-downs are
-/// answered between threads; a batch's search starts at the queue's head again, so a queue of
-/// `n` other senders costs `n` steps per 32 cancelled (all paid by the caller, which may
-/// receive every one of those messages anyway).
+/// handler — and returns how many it ended. One walk of the send queue under its lock, each
+/// thread's wait read and ended under its home lock in that same hold (queue, then thread;
+/// one home lock at a time), as `recv` takes a sender: a wait is never ended after its thread
+/// left the queue, so a thread that timed out or was resumed meanwhile and sent again is not
+/// touched (a review found that ending the waits after the lock, as the endpoint's destructor
+/// may for a queue nobody can join any more, could end such a new send and leave it queued).
+/// A sender that sends again once woken queues behind the walk's lock and is not seen by it,
+/// so the call ends. The lock is held, interrupts off, for one step per queued sender and one
+/// wake-up per match: as long as the queue a task's budget paid for, as for `CapDelete`.
 pub fn cancel_badged(ep: &Arc<Endpoint>, badge: u64) -> u64 {
     let id = ep.id();
     let mut n = 0;
-    loop {
-        let mut batch: [Option<Arc<Thread>>; 32] = [const { None }; 32];
-        let mut k = 0;
-        {
-            let mut q = ep.q.lock();
-            while k < batch.len() {
-                match q.senders.remove_first_where(|t| queued_badge(&t.life.lock(), id) == Some(badge)) {
-                    Some(t) => {
-                        batch[k] = Some(t);
-                        k += 1;
+    let mut q = ep.q.lock();
+    q.senders.remove_all_where(
+        |t| queued_badge(&t.life.lock(), id) == Some(badge),
+        |t| {
+            let mut l = t.life.lock();
+            match thread::wake_locked(&t, &mut l, WaitOn::Send(id), Err(Error::PartnerGone)) {
+                Some(w) => {
+                    drop(l);
+                    n += 1;
+                    reclaim::later_wait(Some(w));
+                }
+                None => {
+                    let s = l.stop_fault(WaitOn::FaultSend(id));
+                    drop(l);
+                    if let Ok(s) = s {
+                        n += 1;
+                        thread::fault_stopped(&t, s, "its fault's badge was cancelled at the handler's endpoint");
                     }
-                    None => break,
                 }
             }
-        }
-        for t in batch.iter_mut().filter_map(Option::take) {
-            let w = thread::wake_locked(&t, &mut t.life.lock(), WaitOn::Send(id), Err(Error::PartnerGone));
-            if w.is_none() {
-                thread::stop_fault(&t, WaitOn::FaultSend(id), "its fault's badge was cancelled at the handler's endpoint");
-            }
-            reclaim::later_wait(w);
             reclaim::later_thread(t);
-            n += 1;
-            crate::tlb::service_tlb_here();
-        }
-        if k < batch.len() {
-            return n;
-        }
-    }
+        },
+    );
+    drop(q);
+    n
 }
 
 /// A notification's word and its waiters: an intrusive FIFO through the threads' `wait_link`,

@@ -695,7 +695,7 @@ fn test_handler_lapses() {
 }
 
 /// What each of [`test_cancel_badged`]'s senders got (`u64::MAX` until it returns; 0 = `Ok`).
-static CANCEL_GOT: [core::sync::atomic::AtomicU64; 3] = [const { core::sync::atomic::AtomicU64::new(u64::MAX) }; 3];
+static CANCEL_GOT: [core::sync::atomic::AtomicU64; 4] = [const { core::sync::atomic::AtomicU64::new(u64::MAX) }; 4];
 
 fn code<T>(r: Result<T, Error>) -> u64 {
     match r {
@@ -714,14 +714,15 @@ fn cancel_sender(ep: u64) {
 }
 
 /// `EndpointCancelBadged`: a server retiring badge 5 ends the send, the call and the fault
-/// queued with it (`PartnerGone`, `PartnerGone`, `Faulted`) and leaves badge 6's send queued;
+/// queued with it (`PartnerGone`, `PartnerGone`, `Faulted`) and leaves badge 6's two sends
+/// queued, in order (one queued before the badge-5 ones, one after);
 /// badge 0 and a capability without `RECEIVE` are refused. Before, the only way to stop a
 /// sender queued with a revoked badge was to suspend or kill its thread (a review found that a
 /// message queued with a revoked badge is delivered whenever a receiver comes).
 fn test_cancel_badged() {
     check(
         "endpoint-cancel-badged-ends-queued-sends",
-        "a send, a call and a fault queued with badge 5 end (PartnerGone, PartnerGone, Faulted), badge 6's send stays and is received; badge 0 and a send-only capability refused",
+        "a send, a call and a fault queued with badge 5 end (PartnerGone, PartnerGone, Faulted), badge 6's two sends stay and are received in order; badge 0 and a send-only capability refused",
         |ep| {
             for g in &CANCEL_GOT {
                 g.store(u64::MAX, core::sync::atomic::Ordering::SeqCst);
@@ -730,13 +731,18 @@ fn test_cancel_badged() {
             sys::cap_mint(ep, TASK, b5, Rights::SEND, 5).map_err(|_| "mint 5")?;
             sys::cap_mint(ep, TASK, b6, Rights::SEND, 6).map_err(|_| "mint 6")?;
             let cpu = cpus() - 1;
-            let t0 = spawn(cancel_sender, b5, ROOT_PRIO, cpu);
-            let t1 = spawn(cancel_sender, 1 << 32 | b5, ROOT_PRIO, cpu);
+            // Queued one after the other: 2 (badge 6), 0, 1 (badge 5), then 3 (badge 6).
             let t2 = spawn(cancel_sender, 2 << 32 | b6, ROOT_PRIO, cpu);
+            wait_ms(1000, || state(t2) == Some(ThreadState::BlockedSend));
+            let t0 = spawn(cancel_sender, b5, ROOT_PRIO, cpu);
+            wait_ms(1000, || state(t0) == Some(ThreadState::BlockedSend));
+            let t1 = spawn(cancel_sender, 1 << 32 | b5, ROOT_PRIO, cpu);
+            wait_ms(1000, || state(t1) == Some(ThreadState::BlockedSend));
+            let t3 = spawn(cancel_sender, 3 << 32 | b6, ROOT_PRIO, cpu);
             let kid = Kid::new(ep, 5, 0, 0, 0).map_err(|_| "child")?;
             kid.start().map_err(|_| "resume")?;
             let queued = wait_ms(2000, || {
-                [t0, t1, t2].iter().all(|&t| state(t) == Some(ThreadState::BlockedSend)) && kid.state() == Some(ThreadState::BlockedFault)
+                [t0, t1, t2, t3].iter().all(|&t| state(t) == Some(ThreadState::BlockedSend)) && kid.state() == Some(ThreadState::BlockedFault)
             });
             let refused = (sys::endpoint_cancel_badged(ep, 0), sys::endpoint_cancel_badged(b5, 5));
             let n = sys::endpoint_cancel_badged(ep, 5);
@@ -746,11 +752,13 @@ fn test_cancel_badged() {
                     && kid.state() == Some(ThreadState::Faulted)
             });
             let got = [0, 1].map(|i| CANCEL_GOT[i].load(core::sync::atomic::Ordering::SeqCst));
-            let still = state(t2);
-            let m = sys::recv_timeout(ep, ms(1000));
-            let _ = wait_ms(1000, || CANCEL_GOT[2].load(core::sync::atomic::Ordering::SeqCst) != u64::MAX);
+            let still = [state(t2), state(t3)];
+            let m = [sys::recv_timeout(ep, ms(1000)), sys::recv_timeout(ep, ms(1000))];
+            let _ = wait_ms(1000, || {
+                CANCEL_GOT[2].load(core::sync::atomic::Ordering::SeqCst) != u64::MAX && CANCEL_GOT[3].load(core::sync::atomic::Ordering::SeqCst) != u64::MAX
+            });
             kid.end();
-            for s in [t0, t1, t2, b5, b6] {
+            for s in [t0, t1, t2, t3, b5, b6] {
                 release(s);
             }
             let pg = Error::PartnerGone as u64;
@@ -762,10 +770,10 @@ fn test_cancel_badged() {
                 Err("not three sends cancelled")
             } else if !ended || got != [pg, pg] {
                 Err("the send and the call did not get PartnerGone, or the fault did not stop its thread")
-            } else if still != Some(ThreadState::BlockedSend) {
-                Err("badge 6's sender left the queue")
-            } else if !m.is_ok_and(|m| m.badge == 6 && m.w[0] == 2) {
-                Err("badge 6's message was not the one received")
+            } else if still != [Some(ThreadState::BlockedSend); 2] {
+                Err("a badge-6 sender left the queue")
+            } else if !(m[0].as_ref().is_ok_and(|m| m.badge == 6 && m.w[0] == 2) && m[1].as_ref().is_ok_and(|m| m.badge == 6 && m.w[0] == 3)) {
+                Err("badge 6's messages were not the ones received, in order")
             } else {
                 Ok(())
             }
