@@ -191,8 +191,8 @@ fn stop_fault_owing(t: &Arc<Thread>, on: WaitOn, why: &str) -> Result<Option<(Ar
 }
 
 /// The rest of a fault stopped by `Life::stop_fault` under its queue's lock
-/// (`ipc::cancel_badged`): reported, its CPU told, its wait released, the caller whose reply
-/// right it held failed (queue, then that caller's home lock).
+/// (`ipc::cancel_badged`), after that lock: reported, its CPU told, its wait released, the
+/// caller whose reply right it held failed.
 pub fn fault_stopped(t: &Arc<Thread>, s: Stopped<crate::obj::KernelKinds>, why: &str) {
     crate::fault::report_stopped(t, why);
     if let Some((c, ticket)) = stopped(s) {

@@ -695,7 +695,7 @@ fn test_handler_lapses() {
 }
 
 /// What each of [`test_cancel_badged`]'s senders got (`u64::MAX` until it returns; 0 = `Ok`).
-static CANCEL_GOT: [core::sync::atomic::AtomicU64; 4] = [const { core::sync::atomic::AtomicU64::new(u64::MAX) }; 4];
+static CANCEL_GOT: [core::sync::atomic::AtomicU64; 5] = [const { core::sync::atomic::AtomicU64::new(u64::MAX) }; 5];
 
 fn code<T>(r: Result<T, Error>) -> u64 {
     match r {
@@ -704,33 +704,43 @@ fn code<T>(r: Result<T, Error>) -> u64 {
     }
 }
 
-/// Sender 0 (a `Send`) and 1 (a `Call`) of [`test_cancel_badged`] on the badged copy in `ep`.
+/// Sender `i` of [`test_cancel_badged`] on the badged copy in `ep` (the low half): a `Call` for
+/// 1 and 4, a `Send` otherwise.
 fn cancel_sender(ep: u64) {
     let (i, ep) = (ep >> 32, ep & 0xffff_ffff);
     let m = Msg { tag: Tag::new(0x77, 1, 0), badge: 0, w: [i, 0, 0, 0] };
-    let r = if i == 1 { code(sys::call(ep, &m)) } else { code(sys::send(ep, &m)) };
+    let r = if i == 1 || i == 4 { code(sys::call(ep, &m)) } else { code(sys::send(ep, &m)) };
     CANCEL_GOT[i as usize].store(r, core::sync::atomic::Ordering::SeqCst);
     sys::thread_exit();
 }
 
 /// `EndpointCancelBadged`: a server retiring badge 5 ends the send, the call and the fault
 /// queued with it (`PartnerGone`, `PartnerGone`, `Faulted`) and leaves badge 6's two sends
-/// queued, in order (one queued before the badge-5 ones, one after);
+/// queued, in order (one queued before the badge-5 ones, one after); a handler that faulted
+/// (badge 5) while it held a caller's reply right is stopped and that caller gets
+/// `PartnerGone`;
 /// badge 0 and a capability without `RECEIVE` are refused. Before, the only way to stop a
 /// sender queued with a revoked badge was to suspend or kill its thread (a review found that a
 /// message queued with a revoked badge is delivered whenever a receiver comes).
 fn test_cancel_badged() {
     check(
         "endpoint-cancel-badged-ends-queued-sends",
-        "a send, a call and a fault queued with badge 5 end (PartnerGone, PartnerGone, Faulted), badge 6's two sends stay and are received in order; badge 0 and a send-only capability refused",
+        "a send, a call and two faults queued with badge 5 end (PartnerGone, PartnerGone, Faulted, Faulted: the second thread's caller gets PartnerGone), badge 6's two sends stay and are received in order; badge 0 and a send-only capability refused",
         |ep| {
             for g in &CANCEL_GOT {
                 g.store(u64::MAX, core::sync::atomic::Ordering::SeqCst);
             }
-            let (b5, b6) = (slot(), slot());
+            let (b5, b6, b7) = (slot(), slot(), slot());
             sys::cap_mint(ep, TASK, b5, Rights::SEND, 5).map_err(|_| "mint 5")?;
             sys::cap_mint(ep, TASK, b6, Rights::SEND, 6).map_err(|_| "mint 6")?;
+            sys::cap_mint(ep, TASK, b7, Rights::SEND, 7).map_err(|_| "mint 7")?;
             let cpu = cpus() - 1;
+            // A handler thread (its own faults go to the endpoint with badge 5) takes a call
+            // (badge 7), then faults holding its reply right: its fault queues.
+            let handler = spawn_with_handler(take_and_fault, ep, 5)?;
+            wait_ms(1000, || state(handler.0) == Some(ThreadState::BlockedRecv));
+            let caller = spawn(cancel_sender, 4 << 32 | b7, ROOT_PRIO, cpu);
+            let held = wait_ms(2000, || state(handler.0) == Some(ThreadState::BlockedFault) && state(caller) == Some(ThreadState::BlockedReply));
             // Queued one after the other: 2 (badge 6), 0, 1 (badge 5), then 3 (badge 6).
             let t2 = spawn(cancel_sender, 2 << 32 | b6, ROOT_PRIO, cpu);
             wait_ms(1000, || state(t2) == Some(ThreadState::BlockedSend));
@@ -747,29 +757,30 @@ fn test_cancel_badged() {
             let refused = (sys::endpoint_cancel_badged(ep, 0), sys::endpoint_cancel_badged(b5, 5));
             let n = sys::endpoint_cancel_badged(ep, 5);
             let ended = wait_ms(2000, || {
-                CANCEL_GOT[0].load(core::sync::atomic::Ordering::SeqCst) != u64::MAX
-                    && CANCEL_GOT[1].load(core::sync::atomic::Ordering::SeqCst) != u64::MAX
+                [0, 1, 4].iter().all(|&i| CANCEL_GOT[i].load(core::sync::atomic::Ordering::SeqCst) != u64::MAX)
                     && kid.state() == Some(ThreadState::Faulted)
+                    && state(handler.0) == Some(ThreadState::Faulted)
             });
-            let got = [0, 1].map(|i| CANCEL_GOT[i].load(core::sync::atomic::Ordering::SeqCst));
+            let got = [0, 1, 4].map(|i| CANCEL_GOT[i].load(core::sync::atomic::Ordering::SeqCst));
             let still = [state(t2), state(t3)];
             let m = [sys::recv_timeout(ep, ms(1000)), sys::recv_timeout(ep, ms(1000))];
             let _ = wait_ms(1000, || {
                 CANCEL_GOT[2].load(core::sync::atomic::Ordering::SeqCst) != u64::MAX && CANCEL_GOT[3].load(core::sync::atomic::Ordering::SeqCst) != u64::MAX
             });
             kid.end();
-            for s in [t0, t1, t2, t3, b5, b6] {
+            for s in [t0, t1, t2, t3, caller, b5, b6, b7] {
                 release(s);
             }
+            release_handled(handler);
             let pg = Error::PartnerGone as u64;
-            if !queued {
-                Err("the three sends and the fault did not queue")
+            if !held || !queued {
+                Err("the sends and the faults did not queue")
             } else if refused != (Err(Error::InvalidArgument), Err(Error::MissingRight)) {
                 Err("badge 0 or a send-only capability was not refused")
-            } else if n != Ok(3) {
-                Err("not three sends cancelled")
-            } else if !ended || got != [pg, pg] {
-                Err("the send and the call did not get PartnerGone, or the fault did not stop its thread")
+            } else if n != Ok(4) {
+                Err("not four sends cancelled")
+            } else if !ended || got != [pg, pg, pg] {
+                Err("the send, the call and the stopped handler's caller did not get PartnerGone, or a fault did not stop its thread")
             } else if still != [Some(ThreadState::BlockedSend); 2] {
                 Err("a badge-6 sender left the queue")
             } else if !(m[0].as_ref().is_ok_and(|m| m.badge == 6 && m.w[0] == 2) && m[1].as_ref().is_ok_and(|m| m.badge == 6 && m.w[0] == 3)) {
