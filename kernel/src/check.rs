@@ -217,9 +217,11 @@ struct Seen {
 }
 
 /// The check could not have the memory for one of its lists (a list per kind of object, the
-/// frame table): it checked nothing. Each such list is contiguous and sized by what tasks
-/// made, and a task can fragment free memory: its allocation is fallible (a review found the
-/// check could stop the kernel in the allocator's failure handler); the small ones (map nodes)
+/// frames gathered, the frame table, the deadlines): it stops, and its count is not reported
+/// (what it printed before stays printed: the heap's check, and violations of steps before the
+/// deadlines'). Each such list is contiguous and sized by what tasks made, and a task can
+/// fragment free memory: its allocation is fallible (a review found the check could stop the
+/// kernel in the allocator's failure handler); the small ones (map nodes, per-thread lists)
 /// fail only when no frame is left at all.
 struct NoMemory;
 
@@ -453,7 +455,10 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
         }
     }
     let mut cpu_faults: Vec<(usize, &'static str)> = Vec::new();
+    // As long as the deadline lists (tasks set that): grown fallibly; without room the check
+    // stops ([`NoMemory`]).
     let mut timeouts: Vec<(usize, u64)> = Vec::new();
+    let mut timeouts_full = false;
     sched::visit_cpus(
         |_, held, t| {
             // The queues hold raw references (intrusive lists).
@@ -465,9 +470,18 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
                 sched::Held::Request => x.requests += 1,
             });
         },
-        |_, deadline, w| timeouts.push((w.as_ptr() as usize, deadline)),
+        |_, deadline, w| {
+            if timeouts.try_reserve(1).is_ok() {
+                timeouts.push((w.as_ptr() as usize, deadline));
+            } else {
+                timeouts_full = true;
+            }
+        },
         |cpu, what| cpu_faults.push((cpu, what)),
     );
+    if timeouts_full {
+        return Err(NoMemory);
+    }
     for i in 0..MAX_CPUS {
         let Some(cs) = sched::get(i) else { continue };
         // SAFETY: every other CPU is stopped in `hold` (entered from user mode or the idle loop,
