@@ -419,31 +419,51 @@ fn test_masked_until_ack() {
     );
 }
 
-/// An interrupt bound through a badged copy of a notification signals the copy's badge, not the
-/// bits `IrqBind` names (before the fifteenth session the bits were taken as given: a task with an
-/// interrupt and a badged copy could set any bit of the word).
-fn test_badged_binding() {
-    const NAME: &str = "irq-badged-binding-signals-its-badge";
+/// What [`badged_line`] made and saw: the line, the notification, the badged copy, the binding,
+/// what the notification got for the first interrupt, the bytes drained.
+type BadgedLine = (u64, u64, u64, Result<(), Error>, Result<u64, Error>, u32);
+
+/// COM2's interrupt line, a notification and a copy of it with `badge` (send only), COM2 in
+/// loopback mode; the line bound through the copy with bits 0x1, and a byte's interrupt waited
+/// for on the notification. If a step of the set-up fails, what was made is released and test
+/// `name` is reported failed (`None`).
+fn badged_line(name: &str, badge: u64) -> Option<BadgedLine> {
     let (irq, n, badged) = (slot(), slot(), slot());
     let r = sys::irq_get(DEVICES, COM2_IRQ, irq)
         .and_then(|_| sys::notification_create(MEMORY, n))
-        .and_then(|_| sys::cap_mint(n, TASK, badged, Rights::SEND, 0x30));
+        .and_then(|_| sys::cap_mint(n, TASK, badged, Rights::SEND, badge));
     if let Err(e) = r {
         for s in [irq, badged, n] {
             release(s);
         }
-        return report(NAME, false, format_args!("set-up: {e}"));
+        report(name, false, format_args!("set-up: {e}"));
+        return None;
     }
     com::loopback(COM2);
     let bound = sys::irq_bind(irq, badged, 0x1, IRQ_CPU_CALLER);
     outb(COM2 + THR, b'a');
     let got = sys::wait(n, ms(2000));
-    let drained = com::drain(COM2);
-    let _ = sys::irq_ack(irq);
+    Some((irq, n, badged, bound, got, com::drain(COM2)))
+}
+
+/// The end of [`badged_line`]'s set-up: the line acknowledged and unbound (both answers), all
+/// three released.
+fn end_line(irq: u64, n: u64, badged: u64) -> (Result<(), Error>, Result<(), Error>) {
+    let acked = sys::irq_ack(irq);
     let unbound = sys::irq_unbind(irq);
-    release(irq);
-    release(badged);
-    release(n);
+    for s in [irq, badged, n] {
+        release(s);
+    }
+    (acked, unbound)
+}
+
+/// An interrupt bound through a badged copy of a notification signals the copy's badge, not the
+/// bits `IrqBind` names (before the fifteenth session the bits were taken as given: a task with an
+/// interrupt and a badged copy could set any bit of the word).
+fn test_badged_binding() {
+    const NAME: &str = "irq-badged-binding-signals-its-badge";
+    let Some((irq, n, badged, bound, got, drained)) = badged_line(NAME, 0x30) else { return };
+    let (_, unbound) = end_line(irq, n, badged);
     report(
         NAME,
         bound.is_ok() && got == Ok(0x30) && drained == 1 && unbound.is_ok(),
@@ -459,21 +479,7 @@ fn test_badged_binding() {
 /// binding (a review found it).
 fn test_binding_lapses() {
     const NAME: &str = "irq-binding-lapses-with-its-capability";
-    let (irq, n, badged) = (slot(), slot(), slot());
-    let r = sys::irq_get(DEVICES, COM2_IRQ, irq)
-        .and_then(|_| sys::notification_create(MEMORY, n))
-        .and_then(|_| sys::cap_mint(n, TASK, badged, Rights::SEND, 0x40));
-    if let Err(e) = r {
-        for s in [irq, badged, n] {
-            release(s);
-        }
-        return report(NAME, false, format_args!("set-up: {e}"));
-    }
-    com::loopback(COM2);
-    let bound = sys::irq_bind(irq, badged, 0x1, IRQ_CPU_CALLER);
-    outb(COM2 + THR, b'a');
-    let first = sys::wait(n, ms(2000));
-    let got_a = com::drain(COM2);
+    let Some((irq, n, badged, bound, first, got_a)) = badged_line(NAME, 0x40) else { return };
     let first_ack = sys::irq_ack(irq);
     // Revoked with the line unmasked: the next interrupt is the one that still gets through.
     let revoked = sys::cap_revoke(n);
@@ -490,11 +496,7 @@ fn test_binding_lapses() {
     outb(COM2 + THR, b'c');
     let again = sys::wait(n, ms(2000));
     let got_c = com::drain(COM2);
-    let acked_again = sys::irq_ack(irq);
-    let unbound = sys::irq_unbind(irq);
-    release(irq);
-    release(badged);
-    release(n);
+    let (acked_again, unbound) = end_line(irq, n, badged);
     report(
         NAME,
         bound.is_ok()
