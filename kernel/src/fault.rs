@@ -81,19 +81,13 @@ pub fn fault_current(vector: u64, error: u64) -> Handled {
 /// under it). A capability deleted or revoked since — the setter's or one it was derived from
 /// — leaves none: the thread is stopped as if it had no handler.
 fn handler_of(t: &Arc<Thread>, h: &crate::obj::FaultHandler) -> Option<Arc<crate::ipc::Endpoint>> {
-    use crate::obj::KObj;
+    use crate::obj::holds;
     use rl4_abi::{ObjType, Rights};
     let setter = h.setter.upgrade()?;
     let held = !setter.dead.load(Ordering::Acquire) && {
         let caps = setter.caps.lock();
-        let thread = Arc::ptr_eq(&setter, &t.task)
-            || caps
-                .lookup(h.thread_slot, ObjType::Thread, Rights::WRITE)
-                .is_ok_and(|c| matches!(&c.obj, KObj::Thread(x) if Arc::ptr_eq(x, t)));
-        let ep = caps.lookup(h.ep_slot, ObjType::Endpoint, Rights::SEND).is_ok_and(
-            |c| c.badge == h.badge && matches!(&c.obj, KObj::Endpoint(e) if core::ptr::eq(Arc::as_ptr(e), h.ep.as_ptr())),
-        );
-        thread && ep
+        (Arc::ptr_eq(&setter, &t.task) || holds(&caps, h.thread_slot, ObjType::Thread, Rights::WRITE, None, Arc::as_ptr(t) as usize))
+            && holds(&caps, h.ep_slot, ObjType::Endpoint, Rights::SEND, Some(h.badge), h.ep.as_ptr() as usize)
     };
     // A last reference to the setter (its task ended meanwhile) is destroyed here, no lock held
     // (the task's destructor hands its table and parent to the destruction loop). Not through

@@ -213,9 +213,7 @@ pub fn ack(line: &IrqLine) -> Result<(), Error> {
     // under one: `Level::IRQ` is a leaf but for the chip's).
     let held = binder.task.upgrade().is_some_and(|t| {
         let held = !t.dead.load(Ordering::Acquire)
-            && t.caps.lock().lookup(binder.slot, rl4_abi::ObjType::Notification, rl4_abi::Rights::SEND).is_ok_and(|c| {
-                c.badge == binder.badge && matches!(&c.obj, crate::obj::KObj::Notification(x) if core::ptr::eq(Arc::as_ptr(x), n.as_ptr()))
-            });
+            && crate::obj::holds(&t.caps.lock(), binder.slot, rl4_abi::ObjType::Notification, rl4_abi::Rights::SEND, Some(binder.badge), n.as_ptr() as usize);
         // No lock is held: a last reference may go here.
         drop(t);
         held

@@ -53,22 +53,26 @@ pub enum KObj {
 }
 
 impl KObj {
+    /// The object's address (0 for the machine and devices capabilities, which name none).
+    pub fn addr(&self) -> usize {
+        match self {
+            KObj::Task(a) => Arc::as_ptr(a) as usize,
+            KObj::Space(a) => Arc::as_ptr(a) as usize,
+            KObj::Thread(a) => Arc::as_ptr(a) as usize,
+            KObj::Frame(a) => Arc::as_ptr(a) as usize,
+            KObj::Memory(a) => Arc::as_ptr(a) as usize,
+            KObj::Endpoint(a) => Arc::as_ptr(a) as usize,
+            KObj::Notification(a) => Arc::as_ptr(a) as usize,
+            KObj::Irq(a) => Arc::as_ptr(a) as usize,
+            KObj::IoPort(a) => Arc::as_ptr(a) as usize,
+            KObj::Machine | KObj::Devices => 0,
+        }
+    }
+
     /// Whether both name the same object.
     pub fn same(&self, o: &KObj) -> bool {
-        match (self, o) {
-            (KObj::Task(a), KObj::Task(b)) => Arc::ptr_eq(a, b),
-            (KObj::Space(a), KObj::Space(b)) => Arc::ptr_eq(a, b),
-            (KObj::Thread(a), KObj::Thread(b)) => Arc::ptr_eq(a, b),
-            (KObj::Frame(a), KObj::Frame(b)) => Arc::ptr_eq(a, b),
-            (KObj::Memory(a), KObj::Memory(b)) => Arc::ptr_eq(a, b),
-            (KObj::Machine, KObj::Machine) => true,
-            (KObj::Endpoint(a), KObj::Endpoint(b)) => Arc::ptr_eq(a, b),
-            (KObj::Notification(a), KObj::Notification(b)) => Arc::ptr_eq(a, b),
-            (KObj::Devices, KObj::Devices) => true,
-            (KObj::Irq(a), KObj::Irq(b)) => Arc::ptr_eq(a, b),
-            (KObj::IoPort(a), KObj::IoPort(b)) => Arc::ptr_eq(a, b),
-            _ => false,
-        }
+        use captable::Object;
+        self.obj_type() == o.obj_type() && self.addr() == o.addr()
     }
 }
 
@@ -1295,6 +1299,14 @@ pub struct Thread {
     /// Its fault handler (`ThreadSetFaultHandler`, [`FaultHandler`]). A leaf lock.
     pub fault_handler: Mutex<Option<FaultHandler>, { Level::OBJECT }>,
     _charge: Charge,
+}
+
+/// Whether `slot` of `caps` still holds a capability of type `ty` with `rights` to the object at
+/// `addr` (and with `badge`, if given): the authority a stored binding was made with, checked
+/// where the binding is used (`fault::handler_of`, `irq::ack`), under the table's lock, with no
+/// reference count changed.
+pub fn holds(caps: &rl4_core::captable::CapTable<KObj>, slot: u64, ty: ObjType, rights: rl4_abi::Rights, badge: Option<u64>, addr: usize) -> bool {
+    caps.lookup(slot, ty, rights).is_ok_and(|c| badge.is_none_or(|b| c.badge == b) && c.obj.addr() == addr)
 }
 
 /// A thread's fault handler, as `ThreadSetFaultHandler` set it: the endpoint (weak: it dies
