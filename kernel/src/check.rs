@@ -391,10 +391,13 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
         refs.add(&sp.memory);
         refs.add(sp.charge().of().0);
         // The port objects its ranges are open through: each lists the space, and counts the
-        // capabilities in slots (one found in no slot must count none).
+        // capabilities in slots (one found in no slot must count none); its task's table holds
+        // a capability to each with `WRITE`.
         match crate::device::open_objects(&sp.io) {
             None => fail!(r, "address space {:#x}: its port ranges' lock is held", sp.pml4),
-            Some(objs) => {
+            Some((objs, task)) => {
+                // (Looked for only in a space with a range open: few are.)
+                let caps = || task.and_then(|t| tasks.iter().position(|x| core::ptr::eq(Arc::as_ptr(x), t))).map(|i| &task_caps[i]);
                 for o in objs.iter().flatten() {
                     let p = match o {
                         Ok(p) => p,
@@ -406,6 +409,10 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
                     ports.entry(Arc::as_ptr(p) as usize).or_insert((0, p.slots_held()));
                     if p.lists(Arc::as_ptr(sp)) != Some(true) {
                         fail!(r, "address space {:#x}: a range is open through port object {:#x}, whose list of openers does not name it", sp.pml4, Arc::as_ptr(p) as usize);
+                    }
+                    let held = caps().is_some_and(|c| c.iter().any(|(_, c)| c.rights.contains(rl4_abi::Rights::WRITE) && matches!(&c.obj, KObj::IoPort(q) if Arc::ptr_eq(q, p))));
+                    if !held {
+                        fail!(r, "address space {:#x}: a range is open through port object {:#x}, but its task's table holds no capability to it with WRITE", sp.pml4, Arc::as_ptr(p) as usize);
                     }
                 }
             }

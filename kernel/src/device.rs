@@ -19,9 +19,11 @@ use rl4_smp::MAX_CPUS;
 use spin::Once;
 
 use crate::lock::{Level, Mutex};
-use crate::obj::{Cap, KObj, Space, Thread};
+use crate::obj::{Cap, KObj, Space, Task, Thread};
 
-/// A task's open port ranges (kept in its address space: one per task).
+/// A task's open port ranges (kept in its address space: one per task). A range stays open
+/// while the task's own table holds a capability to the object it was opened through, with
+/// `WRITE` ([`IoPortObj`]).
 pub struct IoSpace {
     /// Which state of the ranges this is: 0 while the task never opened one, else a number no
     /// other state of any space had (bumped after every change, from [`GENERATION`]). A CPU
@@ -29,7 +31,10 @@ pub struct IoSpace {
     generation: AtomicU64,
     /// The ranges open now, packed (`Ports::pack`), read without a lock.
     packed: [AtomicU64; IO_RANGES],
-    set: Mutex<IoSet, { Level::OBJECT }>,
+    /// The task of the space (set by its first `IoPortOpen`: a space belongs to one task for
+    /// ever), whose table is read to tell whether a range may stay open ([`holds`]).
+    task: Once<Weak<Task>>,
+    set: Mutex<IoSet, { Level::PORT_RANGES }>,
 }
 
 /// The ranges a task has open and, for each slot in use, the object they were opened through
@@ -44,6 +49,7 @@ impl IoSpace {
         IoSpace {
             generation: AtomicU64::new(0),
             packed: [const { AtomicU64::new(0) }; IO_RANGES],
+            task: Once::new(),
             set: Mutex::new(IoSet { open: OpenSet::new(), objs: [const { Weak::new() }; IO_RANGES] }),
         }
     }
@@ -72,12 +78,16 @@ impl Default for IoSpace {
 }
 
 /// The object of an `IoPort` capability: a port range. Copies of the capability share it. A
-/// range opened through it (`IoPortOpen`) stays open until it is closed, its task ends, or no
-/// capability slot holds a capability to the object any more — deleted, revoked, or gone with
-/// its task's table (`captable::Object::left`; a copy in flight in a blocked sender does not
-/// count, nor does any reference the kernel holds) — which closes it in every task that opened
-/// it ([`IoPortObj::close_everywhere`]): a driver whose capabilities were all taken away keeps
-/// no port. Its heap is this record (charged to no budget: only the holder of the `Devices`
+/// range opened through it (`IoPortOpen`) stays open until it is closed, its task ends, or the
+/// task's own table holds no capability to the object with `WRITE` any more — deleted,
+/// revoked, moved or sent away, or gone with the table (a copy in another task's table does
+/// not count, nor one in flight in a blocked sender, nor any reference the kernel holds):
+/// every capability to it that leaves a slot has every task that opened a range through it
+/// look at its own table ([`IoPortObj::close_everywhere`], after the locks), so a driver whose
+/// capabilities were taken away keeps no port, whoever else still holds one (before the
+/// nineteenth session a range stayed open while any slot anywhere held a capability to the
+/// object: revoking a driver's copy left its ports open while the root task kept the
+/// original). Its heap is this record (charged to no budget: only the holder of the `Devices`
 /// capability makes one, through `IoPortGet`) and the list of openers, whose capacity is the
 /// most spaces listed at once since the list was last empty (it is freed when it empties).
 pub struct IoPortObj {
@@ -110,10 +120,13 @@ impl IoPortObj {
     pub fn entered(&self) {
         self.slots.fetch_add(1, Ordering::SeqCst);
     }
-    /// A capability to it left a slot: whether that was the last one (its ranges then close,
-    /// after the locks: `reclaim::Garbage::PortsGone`).
+    /// A capability to it left a slot (under that table's lock): whether a task has a range open
+    /// through it, which must then look at its table once the lock is released
+    /// (`reclaim::Garbage::PortsLeft`). (An `IoPortOpen` puts its space on the list before it
+    /// reads its table, under that table's lock: a leave it did not see finds it listed here.)
     pub fn left(&self) -> bool {
-        self.slots.fetch_sub(1, Ordering::SeqCst) == 1
+        self.slots.fetch_sub(1, Ordering::SeqCst);
+        !self.openers.lock().is_empty()
     }
     /// Puts `sp` on the list of openers (under `sp`'s port-range lock, before a range is opened
     /// through this object there; nothing if it is on it already).
@@ -141,18 +154,26 @@ impl IoPortObj {
         }
         w
     }
-    /// Closes every range opened through it, in every task that opened one, and has the CPUs
-    /// that may run those tasks' threads re-read their running task's ranges ([`Resync`]) —
-    /// while no slot holds a capability to it (a capability put into a slot since the count
-    /// reached zero keeps what is open; the next zero closes it), or whatever the count says if
-    /// `always` (its destructor). One space at a time, the
-    /// first on the list: under that space's lock the count is read again, its ranges through
-    /// this object are closed, and it leaves the list (so a space is on the list exactly while
-    /// it has a range open through this object). At most as many spaces as the list held when
-    /// it began (a space that opens a range later reads the count itself after its open), each
-    /// followed by an answer to other CPUs' TLB shoot-downs (the front entry goes in O(1)).
-    /// Then, if it closed anything, the reschedule IPIs (once, whatever the number of spaces:
-    /// the call that let go of the last capability returns after them).
+    /// Moves `sp`'s entry to the back of the list (its ranges stay open: a close walking from
+    /// the front goes on with the next space; in O(1) for the front entry, allocating nothing).
+    fn requeue(&self, sp: *const Space) {
+        let mut l = self.openers.lock();
+        if let Some(w) = l.iter().position(|s| core::ptr::eq(s.as_ptr(), sp)).and_then(|i| l.remove(i)) {
+            l.push_back(w);
+        }
+    }
+    /// Closes the ranges opened through it in every task that opened one whose own table holds
+    /// no capability to it with `WRITE` ([`holds`]; in every task if `always`: its destructor),
+    /// and has the CPUs that may run those tasks' threads re-read their running task's ranges
+    /// ([`Resync`]). One space at a time, the first on the list: under that space's lock (and,
+    /// inside it, its task's table lock) the table is read, and either its ranges through this
+    /// object are closed and it leaves the list (so a space is on the list exactly while it has
+    /// a range open through this object), or it goes to the back. As many spaces as the list
+    /// held when it began, so every space listed then that still has a range open is looked at
+    /// (a space that opens a range later reads its own table after it is listed), each
+    /// followed by an answer to other CPUs' TLB shoot-downs. Then, if it closed anything, the
+    /// reschedule IPIs (once, whatever the number of spaces: the call that let go of the
+    /// capability returns after them).
     pub fn close_everywhere(&self, always: bool) {
         let owner = self.owner();
         let n = self.openers.lock().len();
@@ -163,8 +184,11 @@ impl IoPortObj {
                 // A space being destroyed (it takes itself off the list too).
                 None => drop(self.unnote(w.as_ptr())),
                 Some(sp) => {
+                    // Its task's reference is taken and let go of with no lock held.
+                    let task = sp.io.task.get().and_then(Weak::upgrade);
                     let r = change(&sp.io, |set| {
-                        if !always && self.slots.load(Ordering::SeqCst) != 0 {
+                        if !always && holds(task.as_deref(), owner) {
+                            self.requeue(Arc::as_ptr(&sp));
                             return Err(Error::InvalidState);
                         }
                         let freed = set.open.close_owner(owner);
@@ -174,16 +198,17 @@ impl IoPortObj {
                     if matches!(r, Ok((true, _))) {
                         resync.add(&sp);
                     }
-                    // A last reference to the space goes after its lock, to the destruction list
-                    // (its destructor goes through port objects: no recursion).
+                    // Last references to the space and its task go after the lock, to the
+                    // destruction list (a space's destructor goes through port objects: no
+                    // recursion).
                     crate::reclaim::later(crate::reclaim::Garbage::Space(sp));
-                    match r {
-                        // A capability is in a slot again: what is open stays.
-                        Err(_) => break,
-                        Ok((closed, entry)) => {
-                            drop(entry);
-                            closed_any |= closed;
-                        }
+                    if let Some(t) = task {
+                        crate::reclaim::later(crate::reclaim::Garbage::Task(t));
+                    }
+                    // (`Err`: its task holds a capability to it; what is open there stays.)
+                    if let Ok((closed, entry)) = r {
+                        drop(entry);
+                        closed_any |= closed;
                     }
                 }
             }
@@ -210,15 +235,26 @@ impl Drop for IoPortObj {
     }
 }
 
-/// An `IoPort` object whose last capability in a slot went: its ranges close when this is
-/// dropped — by the destruction loop (`reclaim`), with no lock held.
-pub struct PortsGone(pub Arc<IoPortObj>);
+/// An `IoPort` object a capability to which left a slot while a task had a range open through
+/// it: when this is dropped — by the destruction loop (`reclaim`), with no lock held — each
+/// such task whose table no longer holds a capability to it loses its ranges through it.
+pub struct PortsLeft(pub Arc<IoPortObj>);
 
-impl Drop for PortsGone {
+impl Drop for PortsLeft {
     fn drop(&mut self) {
-        crate::reclaim::dropping("PortsGone");
+        crate::reclaim::dropping("PortsLeft");
         self.0.close_everywhere(false);
     }
+}
+
+/// Whether `task`'s table holds a capability with `WRITE` to the port object numbered `owner`
+/// (what keeps a range opened through that object open in the task's space; `None`, a task
+/// gone, holds nothing). Under its space's port-range lock: the table's lock is taken inside
+/// it, and the 256 slots are read (no reference count changes).
+fn holds(task: Option<&Task>, owner: u64) -> bool {
+    task.is_some_and(|t| {
+        t.caps.lock().iter().any(|(_, c)| c.rights.contains(Rights::WRITE) && matches!(&c.obj, KObj::IoPort(p) if p.owner() == owner))
+    })
 }
 
 /// Whether `set` has a range open through `owner`.
@@ -227,11 +263,13 @@ fn open_through(set: &IoSet, owner: u64) -> bool {
 }
 
 /// For `KernelCheck` (every other CPU stopped): the objects `io` has ranges open through
-/// (`None`: its lock is held).
+/// (`None`: its lock is held), and the task whose table must hold them.
 /// An open range whose object is gone is `Err` (its owner number could be another object's).
-pub fn open_objects(io: &IoSpace) -> Option<[Option<Result<Arc<IoPortObj>, Ports>>; IO_RANGES]> {
+#[allow(clippy::type_complexity)]
+pub fn open_objects(io: &IoSpace) -> Option<([Option<Result<Arc<IoPortObj>, Ports>>; IO_RANGES], Option<*const Task>)> {
     let set = io.set.peek()?;
-    Some(core::array::from_fn(|i| (set.open.ranges[i].2 > 0).then(|| set.objs[i].upgrade().ok_or(set.open.ranges[i].0))))
+    let task = io.task.get().map(|w| w.as_ptr());
+    Some((core::array::from_fn(|i| (set.open.ranges[i].2 > 0).then(|| set.objs[i].upgrade().ok_or(set.open.ranges[i].0))), task))
 }
 
 /// The objects of the slots in `freed` (bit `i`: slot `i`), taken out of `set` (dropped after
@@ -552,8 +590,18 @@ pub fn syscall(t: &Arc<Thread>, s: Sys, a: [u64; 6]) -> Result<[u64; 3], Error> 
             let p = ports(t, a[0])?;
             let (range, owner, sp) = (p.ports, p.owner(), &t.space);
             if s == Sys::IoPortOpen {
+                sp.io.task.call_once(|| Arc::downgrade(&t.task));
                 change(&sp.io, |set| {
                     p.note(sp)?;
+                    // The table is read after the space is listed: a capability that left it
+                    // since the look-up is seen here, or its leave sees the space listed and
+                    // has it look again (`IoPortObj::left`).
+                    if !holds(Some(&t.task), owner) {
+                        if !open_through(set, owner) {
+                            drop(p.unnote(Arc::as_ptr(sp)));
+                        }
+                        return Err(Error::EmptySlot);
+                    }
                     match set.open.open(range, owner) {
                         Ok(i) => {
                             set.objs[i] = Arc::downgrade(&p);
@@ -567,20 +615,6 @@ pub fn syscall(t: &Arc<Thread>, s: Sys, a: [u64; 6]) -> Result<[u64; 3], Error> 
                         }
                     }
                 })?;
-                // Its last capability may have left its slot since the look-up, and its ranges
-                // closed before this open: then this one is taken back. (The count is read after
-                // the open, which put this space on the list of openers under that list's lock
-                // after a closer that missed the space took its last entry off: that closer's
-                // zero, written before, is seen.)
-                if p.slots.load(Ordering::SeqCst) == 0 {
-                    let _ = change(&sp.io, |set| {
-                        let freed = set.open.close_owner(owner);
-                        drop(p.unnote(Arc::as_ptr(sp)));
-                        Ok(((), take_objs(set, freed)))
-                    });
-                    resync(sp);
-                    return Err(Error::EmptySlot);
-                }
             } else {
                 change(&sp.io, |set| match set.open.close(range, owner) {
                     Some((i, free)) => {

@@ -19,8 +19,9 @@
 //! | `THREAD` | one CPU's home lock: the `Life` of every thread whose home that CPU is ([`HomeMutex`]) |
 //! | `CPU` | a CPU's timeout list (its run queue, inbox and current slot take no lock) |
 //! | `DERIV` | one object's capability derivation tree (`obj::Lineage`) |
-//! | `OBJECT` | a capability table, an IPC-buffer slot, a space's mappings or port ranges, the PCID tables, a registry |
-//! | `PORTS` | a port object's list of the spaces that opened it (`device::IoPortObj`; under a space's port ranges) |
+//! | `PORT_RANGES` | a space's open port ranges (`device::IoSpace`: its task's table is read under it) |
+//! | `OBJECT` | a capability table, an IPC-buffer slot, a space's mappings, the PCID tables, a registry |
+//! | `PORTS` | a port object's list of the spaces that opened it (`device::IoPortObj`; under a space's port ranges, or a capability table as a capability to the object leaves it) |
 //! | `RECLAIM` | a CPU's list of objects to destroy later |
 //! | `IRQ` | one interrupt line's state (`irq.rs`; taken holding nothing) |
 //! | `IRQ_CHIP` | one I/O APIC's register window |
@@ -46,11 +47,12 @@ impl Level {
     pub const THREAD: u8 = 3;
     pub const CPU: u8 = 4;
     pub const DERIV: u8 = 5;
-    pub const OBJECT: u8 = 6;
-    pub const PORTS: u8 = 7;
-    pub const RECLAIM: u8 = 8;
-    pub const IRQ: u8 = 9;
-    pub const IRQ_CHIP: u8 = 10;
+    pub const PORT_RANGES: u8 = 6;
+    pub const OBJECT: u8 = 7;
+    pub const PORTS: u8 = 8;
+    pub const RECLAIM: u8 = 9;
+    pub const IRQ: u8 = 10;
+    pub const IRQ_CHIP: u8 = 11;
 }
 
 /// Violations counted per CPU: [lock order, destructor under a lock]; and the level last

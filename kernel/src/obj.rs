@@ -114,13 +114,14 @@ impl captable::Object for KObj {
             p.entered();
         }
     }
-    /// The last capability in a slot to a port object: its ranges close, after the locks.
+    /// A capability to a port object left a slot: the tasks with a range open through it look
+    /// at their tables after the locks (`device::IoPortObj::close_everywhere`).
     #[inline]
     fn left(&self) {
         if let KObj::IoPort(p) = self
             && p.left()
         {
-            crate::reclaim::later(crate::reclaim::Garbage::PortsGone(crate::device::PortsGone(p.clone())));
+            crate::reclaim::later(crate::reclaim::Garbage::PortsLeft(crate::device::PortsLeft(p.clone())));
         }
     }
 }

@@ -51,8 +51,9 @@ pub enum Garbage {
     Table(rl4_core::captable::CapTable<KObj>),
     /// The state of a thread that is being destroyed (a wait it still had, a reply right).
     Life(Life),
-    /// A port object whose last capability left its slot: its ranges close when this goes.
-    PortsGone(crate::device::PortsGone),
+    /// A port object a capability to which left a slot while a task had a range open through
+    /// it: each such task looks at its table when this goes (`device::PortsLeft`).
+    PortsLeft(crate::device::PortsLeft),
     /// An address space and a port object let go of by each other's destructors (a space's
     /// destructor leaves its port objects' lists, a port object's closes its ranges in every
     /// space): either reference may be the last, and the two must not destroy each other by

@@ -255,12 +255,14 @@ fn spinning() -> bool {
 }
 
 /// Taking the capabilities away takes the ports with them: a range opened through an `IoPort`
-/// capability closes when no capability slot holds a capability to that object any more —
-/// here deleted, and revoked from another task then deleted — in every task that opened it,
-/// within one IPI for threads already running on other CPUs; a copy in flight in a blocked
-/// sender does not keep it open (nor does a capability to another object of the same range).
-/// Before the eleventh session the range stayed open until `IoPortClose` or the task's end,
-/// whatever happened to the capabilities.
+/// capability closes when the task's own table holds no capability to that object any more —
+/// here deleted in the root task, and revoked from another task while the root task keeps the
+/// original — within one IPI for threads already running on other CPUs; a copy in flight in a
+/// blocked sender does not keep it open (nor does a capability to another object of the same
+/// range), and a copy leaving another task's slot does not close it. Before the eleventh
+/// session the range stayed open until `IoPortClose` or the task's end, whatever happened to
+/// the capabilities; before the nineteenth it stayed open while any slot anywhere held a
+/// capability to the object (a driver's revoked copy left its ports open).
 fn test_deleted_capability(bi: &BootInfo, ports: u64, com2: bool) {
     const NAME: &str = "ioport-deleted-capability-closes-range";
     let last = cpus() - 1;
@@ -295,7 +297,7 @@ fn test_deleted_capability(bi: &BootInfo, ports: u64, com2: bool) {
     // Another task, through a copy it was given; the original revoked, then deleted.
     let r = slot();
     let (mut child_running, mut revoked, mut deleted_r) = (false, Err(Error::InvalidState), Err(Error::InvalidState));
-    let (mut revoke_keeps, mut child_faulted) = (false, false);
+    let (mut other_copy, mut other_keeps, mut child_faulted) = (Err(Error::InvalidState), false, false);
     let child_set_up = match Child::load(bi, "worker") {
         Ok(child) => {
             let th = sys::ioport_get(DEVICES, COM2 as u64, 8, r)
@@ -307,11 +309,16 @@ fn test_deleted_capability(bi: &BootInfo, ports: u64, com2: bool) {
                 // (With one CPU it runs while this thread waits: seen as runnable.)
                 let _ = wait_ms(1000, || state(t) == Some(ThreadState::Running));
                 child_running = !wait_ms(300, || state(t) == Some(ThreadState::Faulted)) && alive(t);
+                // A copy made and deleted in the root task's table: the child's range stays.
+                let r2 = slot();
+                other_copy = sys::cap_copy(r, TASK, r2, Rights::ALL).and_then(|_| sys::cap_delete(r2));
+                release(r2);
+                other_keeps = !wait_ms(300, || state(t) == Some(ThreadState::Faulted)) && alive(t);
+                // The child's copy revoked (the original stays in the root task's slot): its
+                // range closes.
                 revoked = sys::cap_revoke(r);
-                // The original still lies in a slot: the range stays open.
-                revoke_keeps = !wait_ms(300, || state(t) == Some(ThreadState::Faulted)) && alive(t);
-                deleted_r = sys::cap_delete(r);
                 child_faulted = wait_ms(3000, || state(t) == Some(ThreadState::Faulted));
+                deleted_r = sys::cap_delete(r);
                 release(t);
             }
             child.release();
@@ -349,15 +356,16 @@ fn test_deleted_capability(bi: &BootInfo, ports: u64, com2: bool) {
             && still_sending
             && child_set_up
             && child_running
+            && other_copy.is_ok()
+            && other_keeps
             && revoked == Ok(1)
-            && revoke_keeps
             && deleted_r.is_ok()
             && child_faulted
             && reopened.is_ok()
             && w4
             && sender_ended,
         format_args!(
-            "set-up {set_up:?}; close through another object of the range {other_close:?}; writer spinning on cpu {last}: {ran}, a copy in flight in a blocked sender: {sending}; original deleted, a slot copy keeps it open: {copy_keeps}; slot copy deleted: the writer faulted {faulted} (the sender still holds its copy: {still_sending}); another task's copy (set up {child_set_up}, running {child_running}): revoked {revoked:?}, kept open while the original lay in a slot: {revoke_keeps}, original deleted {deleted_r:?}: faulted {child_faulted}; reopened through the run's own {reopened:?}: scratch {scratch:#x}, wrote {w4}; sender ended {sender_ended} (device present {com2})"
+            "set-up {set_up:?}; close through another object of the range {other_close:?}; writer spinning on cpu {last}: {ran}, a copy in flight in a blocked sender: {sending}; original deleted, a slot copy keeps it open: {copy_keeps}; slot copy deleted: the writer faulted {faulted} (the sender still holds its copy: {still_sending}); another task's copy (set up {child_set_up}, running {child_running}): a copy made and deleted in the root task {other_copy:?}, kept open {other_keeps}; revoked {revoked:?} (the original in the root task's slot): faulted {child_faulted}, original deleted {deleted_r:?}; reopened through the run's own {reopened:?}: scratch {scratch:#x}, wrote {w4}; sender ended {sender_ended} (device present {com2})"
         ),
     );
 }
