@@ -19,7 +19,17 @@
 //! `sysretq` when the thread entered by `syscall` (`gs:40` = 0) or `iretq` otherwise: after an
 //! interrupt every register, `rcx` and `r11` included, must come back exactly.
 //!
-//! NMI, double fault and machine check keep their IST handlers in [`crate::idt`].
+//! NMI, double fault and machine check keep their IST handlers in [`crate::idt`]. The debug
+//! exception (#DB) enters through its own stub on its own IST stack ([`install_stubs`]): a
+//! `mov ss` or `pop ss` holds its debug exceptions back until the next instruction has run, so
+//! a user thread with the trap flag set that makes a system call (or takes an exception) right
+//! after one can have the #DB delivered on the kernel's first instruction — at privilege level
+//! 0, with the user's `GS` and, after `syscall`, the user's stack pointer, onto which the CPU
+//! would push the exception frame (the `mov ss` hazard, CVE-2018-8897). On its own stack the
+//! stub sees that case (kernel mode, on the first instruction of `syscall`'s entry or of a trap
+//! stub: the entry clears the flag itself) and returns to it at once, the trap flag cleared in
+//! the frame; a #DB from user mode goes the way of every trap; any other #DB in kernel mode is a
+//! kernel bug, reported as before.
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use x86_64::VirtAddr;
 use x86_64::registers::model_specific::{Efer, EferFlags, LStar, SFMask, Star};
@@ -245,12 +255,20 @@ macro_rules! trap_stubs {
     ($($v:literal $kind:ident),* $(,)?) => {
         core::arch::global_asm!(
             "    .text\n",
+            "rl4_trap_stubs:\n",
             $(concat!(
                 "rl4_trap_", stringify!($v), ":\n",
                 trap_stubs!(@push $kind),
                 "    push ", stringify!($v), "\n",
                 "    jmp rl4_trap_common\n"
             ),)*
+            // The target of `check_debug_trap`'s single step: among the stubs, where a #DB in
+            // kernel mode is passed over.
+            "rl4_debug_check_target:\n",
+            "    pushfq\n",
+            "    pop rax\n",
+            "    ret\n",
+            "rl4_trap_stubs_end:\n",
             ".pushsection .rodata\n",
             ".balign 8\n",
             "rl4_trap_table:\n",
@@ -354,6 +372,34 @@ rl4_return_to_user:
     pop r15
     swapgs
     iretq
+
+    /* #DB, on its own IST stack (see the module's documentation). No error code. */
+    .global rl4_debug_entry
+rl4_debug_entry:
+    test qword ptr [rsp + 8], 3
+    jnz 8f
+    /* Kernel mode: on the first instruction of `syscall`'s entry or of a trap stub (or the
+       self-check's target), a #DB held back by `mov ss`/`pop ss`; `GS` may be the user's, so
+       nothing here goes through it. */
+    push rax
+    lea rax, [rip + rl4_syscall_entry]
+    cmp [rsp + 8], rax
+    je 9f
+    lea rax, [rip + rl4_trap_stubs]
+    cmp [rsp + 8], rax
+    jb 10f
+    lea rax, [rip + rl4_trap_stubs_end]
+    cmp [rsp + 8], rax
+    jae 10f
+9:  and qword ptr [rsp + 24], ~0x100
+    lock inc qword ptr [rip + {passed}]
+    pop rax
+    iretq
+10: pop rax
+    /* Any other #DB in kernel mode: the kernel-bug report, through the common path. */
+8:  push 0
+    push 1
+    jmp rl4_trap_common
 
 rl4_trap_common:
     /* An interrupt or exception gate clears neither the direction flag nor the alignment-check
@@ -464,12 +510,42 @@ rl4_copy_user_fixup:
     je 6f
     clac
 6:  ret
+
+    /* `check_debug_trap`: the trap flag set, a jump, and the single-step trap on its target. */
+    .global rl4_debug_check
+rl4_debug_check:
+    pushfq
+    or qword ptr [rsp], 0x100
+    popfq
+    jmp rl4_debug_check_target
     "#,
     smap = sym SMAP,
+    passed = sym DEBUG_PASSED,
 );
+
+/// The debug exceptions taken in kernel mode on an entry's first instruction and passed over
+/// (all CPUs).
+pub static DEBUG_PASSED: AtomicU64 = AtomicU64::new(0);
+
+/// Checks on this CPU that a #DB in kernel mode on a trap stub's first instruction is passed
+/// over as one on the entry's would be ([`rl4_debug_entry`]): a single step with the trap flag
+/// set in kernel mode lands there, and comes back with the flag clear. Panics otherwise (a
+/// kernel whose #DB stub does not do this would panic in the check anyway).
+pub fn check_debug_trap() {
+    let before = DEBUG_PASSED.load(Ordering::SeqCst);
+    // SAFETY: the routine sets the trap flag, jumps to a target among the stubs that reads the
+    // flags into `rax` and returns; the single-step trap in between goes to this CPU's #DB stub
+    // (its IDT and IST stack are loaded), which clears the flag in its frame and returns. It
+    // touches nothing else (interrupts stay off: `popfq` keeps IF as it was, clear).
+    let flags: u64;
+    unsafe { core::arch::asm!("call rl4_debug_check", out("rax") flags, clobber_abi("C")) };
+    let after = DEBUG_PASSED.load(Ordering::SeqCst);
+    assert!(flags & 0x100 == 0 && after > before, "the #DB stub did not pass over a trap on an entry's first instruction (flags {flags:#x}, passed {before} -> {after})");
+}
 
 unsafe extern "C" {
     fn rl4_syscall_entry();
+    fn rl4_debug_entry();
     fn rl4_return_to_user() -> !;
     fn rl4_copy_user(dst: *mut u8, src: *const u8, len: usize) -> u64;
     static rl4_copy_user_insn: u8;
@@ -555,12 +631,16 @@ pub fn install_stubs(idt: &mut InterruptDescriptorTable) {
         // SAFETY: each address is a stub that saves state and ends in `iretq` or `sysretq`
         // (directly, or through a kernel function that returns to user mode); a trap from user
         // mode runs on the CPU's kernel stack (TSS.RSP0), one taken in kernel mode (the idle
-        // loop's interrupt window, a fault in the user copy) on the kernel stack in use.
+        // loop's interrupt window, a fault in the user copy) on the kernel stack in use; #DB on
+        // its IST stack, filled in every CPU's TSS before its IDT is loaded
+        // (`gdt::CpuTables::set_ist`), which the common path leaves for the kernel stack as it
+        // does the RSP0 one.
         // Exception vectors are typed fields of the IDT.
         unsafe {
             match v {
                 0 => idt.divide_error.set_handler_addr(a),
-                1 => idt.debug.set_handler_addr(a),
+                // On its own stack ([`rl4_debug_entry`]), not through its plain stub.
+                1 => idt.debug.set_handler_addr(VirtAddr::new(rl4_debug_entry as *const () as u64)).set_stack_index(crate::gdt::IST_DEBUG),
                 3 => idt.breakpoint.set_handler_addr(a),
                 4 => idt.overflow.set_handler_addr(a),
                 5 => idt.bound_range_exceeded.set_handler_addr(a),

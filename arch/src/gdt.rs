@@ -3,7 +3,9 @@
 //! Layout (fixed, because `syscall`/`sysret` derive selectors from STAR):
 //! 1 = kernel code (0x08), 2 = kernel data (0x10), 3 = user data (0x1b), 4 = user code (0x23),
 //! 5..6 = the TSS. The TSS carries this CPU's IST stacks: [`IST_DOUBLE_FAULT`], [`IST_NMI`],
-//! [`IST_MACHINE_CHECK`], so those three exceptions always run on a known-good stack.
+//! [`IST_MACHINE_CHECK`] and [`IST_DEBUG`], so those four exceptions always run on a known-good
+//! stack (#DB because it can come on the kernel's first instruction after `syscall`, with the
+//! user's stack pointer: `entry::rl4_debug_entry`).
 use x86_64::VirtAddr;
 use x86_64::instructions::segmentation::{CS, DS, ES, FS, SS, Segment};
 use x86_64::instructions::tables::load_tss;
@@ -11,10 +13,11 @@ use x86_64::registers::segmentation::SegmentSelector;
 use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable};
 use x86_64::structures::tss::TaskStateSegment;
 
-/// IST slots (0-based, as the `x86_64` crate counts them; the CPU calls them IST1..IST3).
+/// IST slots (0-based, as the `x86_64` crate counts them; the CPU calls them IST1..IST4).
 pub const IST_DOUBLE_FAULT: u16 = 0;
 pub const IST_NMI: u16 = 1;
 pub const IST_MACHINE_CHECK: u16 = 2;
+pub const IST_DEBUG: u16 = 3;
 
 /// One CPU's descriptor tables. Must live forever once loaded. The I/O permission bitmap
 /// follows the TSS (`repr(C)`): the TSS names it by its offset.

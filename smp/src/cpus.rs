@@ -9,7 +9,7 @@ use alloc::boxed::Box;
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use crossbeam_utils::CachePadded;
-use rl4_arch::gdt::{CpuTables, IST_DOUBLE_FAULT, IST_MACHINE_CHECK, IST_NMI};
+use rl4_arch::gdt::{CpuTables, IST_DEBUG, IST_DOUBLE_FAULT, IST_MACHINE_CHECK, IST_NMI};
 use rl4_arch::paging::{self, FrameSource, MapError};
 use rl4_arch::percpu::{self, CpuHeader};
 use x2apic::lapic::LocalApic;
@@ -104,6 +104,7 @@ pub fn init_this_cpu(cpu: &'static Cpu, frames: &mut impl FrameSource) -> Result
     tables.set_ist(IST_DOUBLE_FAULT, paging::map_stack(frames, IST_PAGES)?);
     tables.set_ist(IST_NMI, paging::map_stack(frames, IST_PAGES)?);
     tables.set_ist(IST_MACHINE_CHECK, paging::map_stack(frames, IST_PAGES)?);
+    tables.set_ist(IST_DEBUG, paging::map_stack(frames, IST_PAGES)?);
     tables.set_kernel_stack(cpu.stack_top);
     let sel = tables.load();
     rl4_arch::ioport::register(cpu.index as usize, sel.iomap);
@@ -113,6 +114,7 @@ pub fn init_this_cpu(cpu: &'static Cpu, frames: &mut impl FrameSource) -> Result
     idt.load();
     percpu::install(&cpu.header);
     rl4_arch::entry::init_syscall();
+    rl4_arch::entry::check_debug_trap();
     Ok(())
 }
 

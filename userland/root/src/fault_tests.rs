@@ -911,6 +911,84 @@ fn test_user_flags() {
     );
 }
 
+/// Sets the trap flag and makes a system call (`Yield`) with it set — right after a `mov ss`
+/// if `mov_ss`, which holds the single-step trap of that instruction back until the next one
+/// has run: the `syscall`, so that the trap comes on the kernel's first instruction, at
+/// privilege level 0 with this thread's stack pointer and `GS` (the `mov ss` / `pop ss`
+/// hazard, CVE-2018-8897; `syscall` clears the flag, not a trap already pending). Whatever the
+/// processor does, the trap the kernel must pass on is one in user mode: the thread faults
+/// with vector 1 (#DB) at a user address, and the kernel survives.
+fn trap_flag_syscall(mov_ss: bool) -> ! {
+    // SAFETY: changes only this thread's flags, `rax`, `rdx`, `rcx` and `r11`, and `SS` to the
+    // value it has; the single-step trap goes to its fault handler, which stops the
+    // thread (it never comes back: the `ud2` after it is not reached).
+    unsafe {
+        if mov_ss {
+            core::arch::asm!(
+                "mov rdx, ss",
+                "pushfq",
+                "or qword ptr [rsp], 0x100",
+                "popfq",
+                "mov ss, dx",
+                "syscall",
+                "nop",
+                "ud2",
+                in("rax") rl4_abi::Sys::Yield as u64,
+                options(noreturn),
+            );
+        } else {
+            core::arch::asm!(
+                "pushfq",
+                "or qword ptr [rsp], 0x100",
+                "popfq",
+                "syscall",
+                "nop",
+                "ud2",
+                in("rax") rl4_abi::Sys::Yield as u64,
+                options(noreturn),
+            );
+        }
+    }
+}
+
+fn trap_flag_syscall_alone(_: u64) {
+    trap_flag_syscall(false)
+}
+
+fn trap_flag_syscall_after_mov_ss(_: u64) {
+    trap_flag_syscall(true)
+}
+
+/// A system call made with the trap flag set, alone and right after `mov ss`
+/// ([`trap_flag_syscall`]): the thread faults with #DB in user mode and the kernel survives.
+fn test_trap_flag_syscall() {
+    check(
+        "syscall-with-trap-flag",
+        "a thread sets the trap flag and makes a system call, then again right after a mov ss (the single-step trap held back onto the kernel's first instruction): each faults with #DB (1) at a user address, and the kernel survives",
+        |ep| {
+            for (f, badge) in [(trap_flag_syscall_alone as fn(u64), 0x71), (trap_flag_syscall_after_mov_ss, 0x72)] {
+                let spawned = spawn_with_handler(f, ep, badge)?;
+                let t = spawned.0;
+                let m = sys::recv_timeout(ep, ms(5000)).map_err(|_| "no fault message came");
+                let f = m.as_ref().ok().and_then(fault_of);
+                if m.is_ok() {
+                    let _ = sys::reply(&stop_msg());
+                }
+                let stopped = wait_ms(1000, || state(t) == Some(ThreadState::Faulted));
+                release_handled(spawned);
+                m?;
+                match f {
+                    Some((b, 1, _, ip, _)) if b == badge && ip < 0x0000_8000_0000_0000 && stopped => {}
+                    Some((b, 1, _, _, _)) if b == badge => return Err("the #DB was not at a user address, or the thread was not stopped"),
+                    Some(_) => return Err("a wrong fault message (not #DB, or another thread's)"),
+                    None => return Err("not a fault message"),
+                }
+            }
+            Ok(())
+        },
+    );
+}
+
 /// Stores the GDT register (`sgdt`), which shows a kernel address, then ends its thread.
 fn sgdt_then_exit(_: u64) {
     let mut area = [0u8; 16];
@@ -1164,6 +1242,7 @@ pub fn run() {
     test_handler_chain();
     test_bad_args();
     test_user_flags();
+    test_trap_flag_syscall();
     test_umip();
     test_lazy();
     test_cow();
