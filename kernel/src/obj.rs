@@ -1086,6 +1086,14 @@ impl Task {
             drop(tree);
             return Err((Error::OutOfMemory, cap));
         }
+        // Nothing is derived from a capability while it or one it derives from is being revoked
+        // (`DerivTree::under_revocation`: copies made as fast as a revocation deletes them
+        // would keep it from ever ending).
+        if tree.under_revocation(parent, crate::tlb::service_tlb_if_up) {
+            drop(tree);
+            drop(home);
+            return Err((Error::Busy, cap));
+        }
         let mut caps = self.caps.lock();
         let refused = match self.refusal(&caps, slot) {
             Some(e) => Some(e),

@@ -52,6 +52,9 @@ pub struct DerivTree<H> {
     live: usize,
     /// Nodes freed since the vector was last considered for shrinking.
     freed: usize,
+    /// Revocations under way in the tree: the sum of the live nodes' `revoking` (while it is 0,
+    /// [`under_revocation`](Self::under_revocation) looks at nothing).
+    revocations: u32,
     /// The generation a node appended to the vector starts with: above that of every node
     /// the vector dropped when it shrank, so an identifier of a dropped node never names a
     /// new one.
@@ -81,6 +84,7 @@ impl<H> DerivTree<H> {
             free: NONE,
             live: 0,
             freed: 0,
+            revocations: 0,
             fresh_generation: 0,
             #[cfg(test)]
             steps: 0,
@@ -188,6 +192,8 @@ impl<H> DerivTree<H> {
         n.parent = NONE;
         n.prev = NONE;
         n.next = NONE;
+        // A revocation of a node that is freed is over.
+        self.revocations -= n.revoking;
         n.revoking = 0;
         self.live -= 1;
         let home = n.home.take().expect("a live node");
@@ -321,9 +327,41 @@ impl<H> DerivTree<H> {
     /// too.
     pub fn begin_revoke(&mut self, id: NodeId) -> Result<(), Gone> {
         self.node(id).ok_or(Gone)?;
+        if self.revocations == u32::MAX {
+            // (Never: one per revoking call under way.) Refused rather than miscounted.
+            return Err(Gone);
+        }
+        self.revocations += 1;
         let n = &mut self.nodes[id.index as usize];
-        n.revoking = n.revoking.saturating_add(1);
+        n.revoking += 1;
         Ok(())
+    }
+
+    /// Whether `id` or one of its ancestors is being revoked ([`begin_revoke`](Self::begin_revoke)
+    /// to [`end_revoke`](Self::end_revoke)): then nothing may be derived from `id` — a copy
+    /// made below a revocation under way would be one more capability for it to delete, and
+    /// copies made as fast as it deletes them would keep it from ever ending (`CapRevoke` works
+    /// in batches, letting go of the tree's lock in between). No step while the tree has no
+    /// revocation under way; else one per ancestor, `poll` called after every [`POLL_EVERY`]
+    /// (the kernel answers other CPUs' TLB shoot-downs there). `false` for a node that is gone.
+    pub fn under_revocation(&self, id: NodeId, mut poll: impl FnMut()) -> bool {
+        if self.revocations == 0 || self.node(id).is_none() {
+            return false;
+        }
+        let mut x = id.index;
+        let mut k = 0;
+        while x != NONE {
+            let n = &self.nodes[x as usize];
+            if n.revoking > 0 {
+                return true;
+            }
+            x = n.parent;
+            k += 1;
+            if k % POLL_EVERY == 0 {
+                poll();
+            }
+        }
+        false
     }
 
     /// The revocation of `id` that [`begin_revoke`](Self::begin_revoke) announced is over
@@ -331,7 +369,10 @@ impl<H> DerivTree<H> {
     pub fn end_revoke(&mut self, id: NodeId) {
         if self.node(id).is_some() {
             let n = &mut self.nodes[id.index as usize];
-            n.revoking = n.revoking.saturating_sub(1);
+            if n.revoking > 0 {
+                n.revoking -= 1;
+                self.revocations -= 1;
+            }
         }
     }
 
@@ -466,6 +507,78 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// While a node or one of its ancestors is being revoked nothing may be derived from it;
+    /// that ends with the revocation, or with the revoking node.
+    #[test]
+    fn nothing_derived_under_a_revocation_under_way() {
+        let mut t: DerivTree<u32> = DerivTree::new();
+        let root = t.add(None, 0).unwrap();
+        let a = t.add(Some(root), 1).unwrap();
+        let b = t.add(Some(a), 2).unwrap();
+        let other = t.add(Some(root), 3).unwrap();
+        let under = |t: &DerivTree<u32>, id| t.under_revocation(id, || {});
+        assert!(!under(&t, b));
+        t.begin_revoke(a).unwrap();
+        assert!(under(&t, a) && under(&t, b));
+        assert!(!under(&t, root) && !under(&t, other));
+        t.begin_revoke(a).unwrap();
+        t.end_revoke(a);
+        assert!(under(&t, b), "one of two revocations of a still under way");
+        t.end_revoke(a);
+        assert!(!under(&t, b) && t.revocations == 0);
+        // A revoking node that is freed ends its revocations.
+        t.begin_revoke(b).unwrap();
+        t.begin_revoke(b).unwrap();
+        assert!(t.remove(b).is_some());
+        assert_eq!(t.revocations, 0);
+        assert!(!under(&t, a));
+        // A deep chain: one step per ancestor, polled every POLL_EVERY.
+        let mut last = other;
+        for i in 0..1000 {
+            last = t.add(Some(last), 10 + i).unwrap();
+        }
+        t.begin_revoke(other).unwrap();
+        let mut polls = 0;
+        assert!(t.under_revocation(last, || polls += 1));
+        assert_eq!(polls, 1000 / POLL_EVERY);
+        // Gone: not under revocation (the kernel refuses it as gone first).
+        t.end_revoke(other);
+        assert!(!under(&t, b));
+    }
+
+    /// A copier that derives 40 capabilities between every two batches of 32 from what it still
+    /// holds below the revoked node (and from the node itself) keeps the revocation from ever
+    /// ending — unless derivation under a revocation under way is refused, as the kernel does.
+    #[test]
+    fn copies_refused_under_a_revocation_let_it_end() {
+        fn run(refuse: bool) -> Option<usize> {
+            let mut t: DerivTree<u32> = DerivTree::new();
+            let root = t.add(None, 0).unwrap();
+            let top = t.add(Some(root), 1).unwrap();
+            let mut held: Vec<NodeId> = (0..100).map(|i| t.add(Some(top), 10 + i).unwrap()).collect();
+            t.begin_revoke(top).unwrap();
+            for batches in 1..2000 {
+                let (_, more) = t.revoke_some(top, 32, |_, _| {}).unwrap();
+                if !more {
+                    t.end_revoke(top);
+                    assert_eq!(t.len(), 2);
+                    return Some(batches);
+                }
+                held.retain(|&h| t.is_live(h));
+                for k in 0..40 {
+                    let src = if held.is_empty() || k % 5 == 0 { top } else { held[k % held.len()] };
+                    if !(refuse && t.under_revocation(src, || {})) {
+                        held.push(t.add(Some(src), 1000).unwrap());
+                    }
+                }
+            }
+            None
+        }
+        assert_eq!(run(false), None, "without the rule the copier keeps the revocation going");
+        let n = run(true).expect("the revocation ends");
+        assert!(n <= 100 / 32 + 2, "{n} batches");
     }
 
     /// Revocation in batches of 3 with the tree changed between batches (a copy made below a

@@ -643,7 +643,8 @@ fn revoke_racer(_: u64) {
                 Ok(()) => {
                     RACE_COPIES.fetch_add(1, SeqCst);
                 }
-                Err(Error::EmptySlot) | Err(Error::SlotOccupied) => {}
+                // (`Busy`: its source was being revoked.)
+                Err(Error::EmptySlot) | Err(Error::SlotOccupied) | Err(Error::Busy) => {}
                 Err(_) => {
                     RACE_ODD_COPY.fetch_add(1, SeqCst);
                 }
@@ -719,7 +720,97 @@ fn test_revoke_race() {
         format_args!(
             "{copies} copies made on cpu 1 while cpu 0 revoked {revokes} times ({revoked} deleted, {odd} failed); \
              then: {last:?}, this task's copies gone {mine_gone}, the other task's 64 slots free {theirs_free}, \
-             budget back {back}, {odd_copy} copies failed otherwise than EmptySlot/SlotOccupied"
+             budget back {back}, {odd_copy} copies failed otherwise than EmptySlot/SlotOccupied/Busy"
+        ),
+    );
+}
+
+static UNDER_TOP: AtomicU64 = AtomicU64::new(0);
+static UNDER_DST: AtomicU64 = AtomicU64::new(0);
+/// Copies landed, refused with `Busy`, failed otherwise.
+static UNDER_COUNTS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+
+/// On another CPU: copies the capability in `UNDER_TOP` into `UNDER_DST` and deletes the copy,
+/// as fast as it can, until told to stop.
+fn under_copier(_: u64) {
+    let (top, dst) = (UNDER_TOP.load(SeqCst), UNDER_DST.load(SeqCst));
+    while !RACE_STOP.load(SeqCst) {
+        let i = match sys::cap_copy(top, TASK, dst, Rights::ALL) {
+            Ok(()) => {
+                let _ = sys::cap_delete(dst);
+                0
+            }
+            Err(Error::Busy) => 1,
+            Err(_) => 2,
+        };
+        UNDER_COUNTS[i].fetch_add(1, SeqCst);
+    }
+    RACE_PARKED.store(true, SeqCst);
+}
+
+/// While a capability is being revoked, nothing is derived from it: a copier on another CPU
+/// copying the revoked capability gets `Busy` during each revocation (long enough to span
+/// many batches: 200 copies in each of three other tasks), so that it cannot keep the revocation going
+/// by deriving copies as fast as it deletes them (a hostile review found that a task copying
+/// in a loop on enough CPUs could keep `CapRevoke` — interrupts off on the revoker's CPU — from
+/// ever ending). Every revocation deletes at least the 600.
+fn test_revoke_refuses_derivation() {
+    const NAME: &str = "revoke-refuses-derivation-under-way";
+    const COPIES: u64 = 200;
+    const ROUNDS: u64 = 20;
+    if cpus() < 2 {
+        return crate::tests::skip(NAME, "one CPU");
+    }
+    RACE_STOP.store(false, SeqCst);
+    RACE_PARKED.store(false, SeqCst);
+    UNDER_COUNTS.iter().for_each(|c| c.store(0, SeqCst));
+    let (top, dst) = (slot(), slot());
+    let others = [slot(), slot(), slot()];
+    let made = sys::endpoint_create(MEMORY, top).and_then(|_| others.iter().try_for_each(|&o| sys::task_create(MEMORY, o)));
+    UNDER_TOP.store(top, SeqCst);
+    UNDER_DST.store(dst, SeqCst);
+    let t = spawn(under_copier, 0, ROOT_PRIO, 1);
+    let (mut short, mut failed, mut revoked) = (0u64, 0u64, 0u64);
+    let mut during = 0u64;
+    for _ in 0..ROUNDS {
+        for (o, s) in others.iter().flat_map(|&o| (8..8 + COPIES).map(move |s| (o, s))) {
+            if sys::cap_copy(top, o, s, Rights::ALL).is_err() {
+                failed += 1;
+            }
+        }
+        let busy = UNDER_COUNTS[1].load(SeqCst);
+        match sys::cap_revoke(top) {
+            Ok(n) => {
+                revoked += n;
+                if n < 3 * COPIES {
+                    short += 1;
+                }
+            }
+            Err(_) => failed += 1,
+        }
+        during += UNDER_COUNTS[1].load(SeqCst) - busy;
+    }
+    RACE_STOP.store(true, SeqCst);
+    let parked = wait_ms(2000, || RACE_PARKED.load(SeqCst));
+    let last = sys::cap_revoke(top);
+    // (A slot still holding a copy would refuse this one.)
+    let theirs_free = others.iter().all(|&o| (8..8 + COPIES).all(|s| sys::cap_copy(top, o, s, Rights::ALL).is_ok()));
+    join_dead(t);
+    for o in others {
+        let _ = sys::task_kill(o);
+        release(o);
+    }
+    for s in [top, dst] {
+        release(s);
+    }
+    let [landed, busy, odd] = UNDER_COUNTS.each_ref().map(|c| c.load(SeqCst));
+    report(
+        NAME,
+        made.is_ok() && parked && last.is_ok() && theirs_free && short == 0 && failed == 0 && odd == 0 && busy > 0 && landed > 0,
+        format_args!(
+            "{ROUNDS} revocations of 3 x {COPIES}+ copies ({revoked} deleted, {short} short, {failed} calls failed) while cpu 1 copied the revoked capability: \
+             {landed} copies landed, {busy} refused with Busy ({during} of them during a revocation as this CPU counted), {odd} failed otherwise; \
+             then {last:?}, the other tasks' slots free {theirs_free}"
         ),
     );
 }
@@ -1159,6 +1250,7 @@ pub fn run(bi: &BootInfo) {
     test_revoke_tree();
     test_revoke_in_flight();
     test_revoke_race();
+    test_revoke_refuses_derivation();
     test_task_space_race();
     test_slot_races();
     test_transfer_needs_grant_on_cap();
