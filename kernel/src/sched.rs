@@ -1100,6 +1100,13 @@ pub fn switch_direct(to: Arc<Thread>, prio: u8) {
         drop(l);
         crate::reclaim::later_thread(cur);
     }
+    // The thread that left may be runnable after all — its wait ended meanwhile from another
+    // CPU (suspended and resumed: still current here, nobody placed it) — and outrank `to`
+    // (`may_switch_to` compared only the run queue): the CPU decides again before it returns to
+    // user mode (`trap::general`, `resched_pending`), not at its next tick.
+    if cs.rq_top.load(Ordering::Relaxed) > prio as i32 {
+        set_flag(cs, KICKED);
+    }
     // The woken thread runs on what is left of the slice: a pair that keeps handing the CPU
     // back and forth must not get a fresh slice at every message and starve its neighbours.
     switch_to(cs, to, prio, false);

@@ -124,8 +124,14 @@ extern "rust-preserve-none" fn general(n: u64) {
             sched::decide();
             crate::reclaim::drain();
         }
-        // What the general path put aside under its locks goes before the partner runs.
-        crate::syscall::Next::Switched => crate::reclaim::drain(),
+        // What the general path put aside under its locks goes before the partner runs; a
+        // thread more urgent than the partner (`sched::switch_direct`) runs first.
+        crate::syscall::Next::Switched => {
+            if sched::resched_pending() {
+                sched::decide();
+            }
+            crate::reclaim::drain();
+        }
         // `handle` drained already.
         crate::syscall::Next::Same => {}
     }
