@@ -440,9 +440,33 @@ fn retain_live<T>(v: &mut PagedVec<Weak<T>>) {
     });
 }
 
+/// Empties the dead entries of a list of weak references in place (each dead object's allocation
+/// is freed; the entries keep their places, so a walk's index stays right), answering TLB
+/// shoot-downs every 64 entries as [`retain_live`] does. Only weak references are dropped.
+fn clear_dead<T>(v: &mut PagedVec<Weak<T>>) {
+    for i in 0..v.len() {
+        if i % 64 == 63 {
+            crate::tlb::service_tlb_if_up();
+        }
+        if let Some(w) = v.get_mut(i)
+            && w.strong_count() == 0
+        {
+            *w = Weak::new();
+        }
+    }
+}
+
 impl<T> RegList<T> {
     fn prune(&mut self) {
         if self.walkers > 0 {
+            // A walk is under way (a task's end walks the task registry for its descendants,
+            // which may take long): the dead entries are emptied where they are, so that the
+            // dead objects' allocations — no longer charged to anyone — do not pile up while
+            // it lasts (a hostile review of the nineteenth session: tasks made and deleted in a
+            // loop meanwhile kept every record); the list itself shrinks after the walk.
+            clear_dead(&mut self.v);
+            self.pruned = self.v.len();
+            self.dead = 0;
             return;
         }
         retain_live(&mut self.v);
