@@ -112,6 +112,12 @@ pub mod word {
 /// of the run.
 pub const FLAG_CROSS: u64 = 1;
 
+/// The port range of the fuzzers' `IoPort` object (`slot::PORTS_AT_START`): base and count —
+/// COM4's ports, which no device rl4's boots give QEMU answers (the fuzzers never touch them:
+/// they open and close the range, and the kernel's consistency check holds every open range
+/// against its task's table).
+pub const PORTS: (u64, u64) = (0x2e8, 8);
+
 /// Most fuzzing threads in one fuzzer task.
 pub const MAX_THREADS: usize = 7;
 
@@ -133,6 +139,10 @@ pub mod slot {
     pub const THREADS: u64 = 10;
     /// The objects a fuzzer makes go to slots `OWN .. PEERS`.
     pub const OWN: u64 = 16;
+    /// The root task puts an `IoPort` capability into slot `OWN` before the fuzzer starts (all
+    /// rights; one object for every fuzzer, ports [`super::PORTS`]), which then moves about
+    /// like any capability: opened, closed, copied, deleted, revoked.
+    pub const PORTS_AT_START: u64 = OWN;
     /// The root task puts capabilities to other fuzzers' tasks and first threads (rights
     /// `READ | WRITE`, no `GRANT`) into free slots of `PEERS .. PEERS_END`.
     pub const PEERS: u64 = 64;

@@ -142,6 +142,8 @@ struct Config {
     threads: u64,
     cross: bool,
     shared: [u64; 5],
+    /// The fuzzers' port object (`fs::PORTS_AT_START`), if the root task could make one.
+    ports: Option<u64>,
 }
 
 struct Fuzzer {
@@ -209,6 +211,9 @@ fn start(img: &Image, cfg: &Config, i: usize, fz: &mut [Option<Fuzzer>]) -> Opti
         sys::cap_copy(space, task, fs::SPACE, Rights::ALL)?;
         for (k, &s) in cfg.shared.iter().enumerate() {
             sys::cap_copy(s, task, fs::SHARED[k], Rights::ALL)?;
+        }
+        if let Some(p) = cfg.ports {
+            sys::cap_copy(p, task, fs::PORTS_AT_START, Rights::ALL)?;
         }
         map_fresh(space, va::STACK_TOP - 4 * PAGE_SIZE, 4, Rights::READ.union(Rights::WRITE))?;
         sys::thread_create(MEMORY, task, img.entry, va::STACK_TOP, 50, i as u64 % cpus(), thread)?;
@@ -396,7 +401,13 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
             return false;
         }
     };
-    let cfg = Config { threads, cross, shared };
+    // One port object for every fuzzer (uncharged: the budget's check is not changed by it).
+    let ports = slot();
+    let have_ports = sys::ioport_get(crate::drv_tests::DEVICES, rl4_user::fuzz::PORTS.0, rl4_user::fuzz::PORTS.1, ports);
+    if let Err(e) = have_ports {
+        println!("fuzz: no port object for the fuzzers ({e}): IoPortOpen/IoPortClose only with bad arguments");
+    }
+    let cfg = Config { threads, cross, shared, ports: have_ports.is_ok().then_some(ports) };
     println!(
         "fuzz: seed {seed}, {n} fuzzer tasks of {threads} fuzzing threads, {seconds} s, capabilities to each other's tasks and threads: {}, with IPC stress pairs alongside",
         if cross { "yes" } else { "no (cross=0)" }
@@ -550,6 +561,7 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
     for &s in &shared {
         release(s);
     }
+    release(ports);
     for &(_, f, _) in &img.shared[..img.nshared] {
         release(f);
     }

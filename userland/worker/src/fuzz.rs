@@ -57,7 +57,9 @@ const EP: u8 = 12;
 const EP_BADGED: u8 = 13;
 const NOTE: u8 = 14;
 const NOTE_BADGED: u8 = 15;
-const KINDS: usize = 16;
+/// An `IoPort` capability (the root task's, copied about).
+const IOPORT: u8 = 16;
+const KINDS: usize = 17;
 
 static KIND: [AtomicU8; CAP_SLOTS as usize] = [const { AtomicU8::new(UNKNOWN) }; CAP_SLOTS as usize];
 /// For slots 0..128: a bit set per kind.
@@ -116,8 +118,9 @@ fn kind_of(s: u64, ty: u64, rights: u64, badge: u64) -> u8 {
                 NOTE
             }
         }
-        // The fuzzer's tasks are given no device capability.
-        Ok(ObjType::Devices | ObjType::Irq | ObjType::IoPort) | Err(_) => UNKNOWN,
+        Ok(ObjType::IoPort) => IOPORT,
+        // The fuzzer's tasks are given no other device capability.
+        Ok(ObjType::Devices | ObjType::Irq) | Err(_) => UNKNOWN,
     }
 }
 
@@ -804,7 +807,13 @@ impl Fz {
             Stat => c.a = [self.or_hostile(0, slot::MACHINE), self.rnd() % 12, 0, 0, 0, 0],
             Measure => c.a = [self.or_hostile(0, slot::MACHINE), [0, 1, 2, 3, 4, 6][self.rnd() as usize % 6], self.rnd() % 3000, 0, 0, 0],
             KernelCheck => c.a = [self.or_hostile(0, slot::MACHINE), 0, 0, 0, 0, 0],
-            // No device capability here: only the kernel's checks run (any slot, any numbers).
+            // The port capability the fuzzer started with, or a copy of it, mostly.
+            IoPortOpen | IoPortClose if !self.one_in(4) => {
+                let s = self.slot_of(&[IOPORT]);
+                c.a = [self.or_hostile(0, s), 0, 0, 0, 0, 0];
+            }
+            // No other device capability here: only the kernel's checks run (any slot, any
+            // numbers).
             IrqGet | IrqBind | IrqAck | IrqUnbind | IoPortGet | IoPortOpen | IoPortClose | DeviceMemGet => {
                 let s = self.rnd() % 128;
                 c.a = [self.or_hostile(0, s), self.rnd() % 20, self.rnd() % 0x1_0000, self.rnd() % 8, 0, 0];
@@ -1146,7 +1155,7 @@ impl Fz {
 }
 
 /// Every kind of capability.
-const ANY: [u8; 14] = [OWN_TASK, PEER_TASK, SUB_TASK, FOREIGN_TASK, SPACE, OWN_THREAD, PEER_THREAD, FRAME, MEMORY, MACHINE, EP, EP_BADGED, NOTE, NOTE_BADGED];
+const ANY: [u8; 15] = [OWN_TASK, PEER_TASK, SUB_TASK, FOREIGN_TASK, SPACE, OWN_THREAD, PEER_THREAD, FRAME, MEMORY, MACHINE, EP, EP_BADGED, NOTE, NOTE_BADGED, IOPORT];
 
 /// How often each call is chosen (out of the sum).
 const WEIGHTS: &[(Sys, u16)] = &[
@@ -1196,7 +1205,8 @@ const WEIGHTS: &[(Sys, u16)] = &[
     (Sys::IrqBind, 1),
     (Sys::IrqAck, 1),
     (Sys::IoPortGet, 1),
-    (Sys::IoPortOpen, 1),
+    (Sys::IoPortOpen, 8),
+    (Sys::IoPortClose, 6),
 ];
 
 fn is_blocking(n: u64) -> bool {
@@ -1341,6 +1351,9 @@ pub fn main_thread(seed: u64) -> ! {
     }
     for s in slot::SHARED_NOTES {
         set_kind(s, NOTE);
+    }
+    if rl4_user::sys::cap_identify(slot::PORTS_AT_START).is_ok_and(|r| r[0] == ObjType::IoPort as u64) {
+        set_kind(slot::PORTS_AT_START, IOPORT);
     }
     deep::init_kinds();
     let mut f = new_fz(0);
