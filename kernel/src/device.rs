@@ -80,11 +80,11 @@ impl Default for IoSpace {
 /// The object of an `IoPort` capability: a port range. Copies of the capability share it. A
 /// range opened through it (`IoPortOpen`) stays open until it is closed, its task ends, or the
 /// task's own table holds no capability to the object with `WRITE` any more — deleted,
-/// revoked, moved or sent away, or gone with the table (a copy in another task's table does
-/// not count, nor one in flight in a blocked sender, nor any reference the kernel holds):
-/// every capability to it that leaves a slot has every task that opened a range through it
-/// look at its own table ([`IoPortObj::close_everywhere`], after the locks), so a driver whose
-/// capabilities were taken away keeps no port, whoever else still holds one (before the
+/// revoked, or gone with the table (a copy in another task's table does not count, nor one in
+/// flight in a blocked sender, nor any reference the kernel holds): every capability to it that
+/// leaves a slot of a task with a range open through it has that task look at its own table
+/// ([`IoPortObj::recheck`], after the locks), so a driver whose capabilities were taken away
+/// keeps no port, whoever else still holds one (before the
 /// nineteenth session a range stayed open while any slot anywhere held a capability to the
 /// object: revoking a driver's copy left its ports open while the root task kept the
 /// original). Its heap is this record (charged to no budget: only the holder of the `Devices`
@@ -120,13 +120,15 @@ impl IoPortObj {
     pub fn entered(&self) {
         self.slots.fetch_add(1, Ordering::SeqCst);
     }
-    /// A capability to it left a slot (under that table's lock): whether a task has a range open
-    /// through it, which must then look at its table once the lock is released
-    /// (`reclaim::Garbage::PortsLeft`). (An `IoPortOpen` puts its space on the list before it
-    /// reads its table, under that table's lock: a leave it did not see finds it listed here.)
-    pub fn left(&self) -> bool {
+    /// A capability to it left a slot (under that table's lock) of the task whose address space
+    /// is at `space`: whether that space has a range open through it (it is on the list), which
+    /// must then look at its task's table once the lock is released
+    /// (`reclaim::Garbage::PortsLeft`, [`IoPortObj::recheck`]). (An `IoPortOpen` puts its space
+    /// on the list before it reads its table, under that table's lock: a leave it did not see
+    /// finds it listed here.)
+    pub fn left(&self, space: usize) -> bool {
         self.slots.fetch_sub(1, Ordering::SeqCst);
-        !self.openers.lock().is_empty()
+        self.openers.lock().iter().any(|w| w.as_ptr() as usize == space)
     }
     /// Puts `sp` on the list of openers (under `sp`'s port-range lock, before a range is opened
     /// through this object there; nothing if it is on it already).
@@ -154,27 +156,51 @@ impl IoPortObj {
         }
         w
     }
-    /// Moves `sp`'s entry to the back of the list (its ranges stay open: a close walking from
-    /// the front goes on with the next space; in O(1) for the front entry, allocating nothing).
-    fn requeue(&self, sp: *const Space) {
-        let mut l = self.openers.lock();
-        if let Some(w) = l.iter().position(|s| core::ptr::eq(s.as_ptr(), sp)).and_then(|i| l.remove(i)) {
-            l.push_back(w);
+    /// A capability to it left a slot of the task whose address space is at `space`
+    /// ([`PortsLeft`], no lock held): if that space still has a range open through it, under its
+    /// port-range lock (and, inside it, its task's table lock) the task's table is read, and if
+    /// it holds no capability to this object with `WRITE` the ranges through it close and the
+    /// space leaves the list ([`holds`]), with the reschedule IPIs. Only the space whose table
+    /// changed is looked at: another task's leave changes nothing of what this one holds, and
+    /// each leave is followed by its own look, made after it (a look that found the capability
+    /// just before a later leave is followed by that leave's).
+    pub fn recheck(&self, space: usize) {
+        let owner = self.owner();
+        // (The entry is cloned under the list's lock and upgraded after it: the space's last
+        // reference must not go under a lock.)
+        let Some(w) = self.openers.lock().iter().find(|w| w.as_ptr() as usize == space).cloned() else { return };
+        // A space being destroyed takes itself off the list (`IoSpace::forget`).
+        let Some(sp) = w.upgrade() else { return };
+        drop(w);
+        let task = sp.io.task.get().and_then(Weak::upgrade);
+        let r = change(&sp.io, |set| {
+            if holds(task.as_deref(), owner) {
+                return Err(Error::InvalidState);
+            }
+            let freed = set.open.close_owner(owner);
+            let entry = self.unnote(Arc::as_ptr(&sp));
+            Ok(((freed != 0, entry), take_objs(set, freed)))
+        });
+        if let Ok((closed, entry)) = r {
+            drop(entry);
+            if closed {
+                resync(&sp);
+            }
+        }
+        // Last references to the space and its task go to the destruction list (a space's
+        // destructor goes through port objects: no recursion).
+        crate::reclaim::later(crate::reclaim::Garbage::Space(sp));
+        if let Some(t) = task {
+            crate::reclaim::later(crate::reclaim::Garbage::Task(t));
         }
     }
-    /// Closes the ranges opened through it in every task that opened one whose own table holds
-    /// no capability to it with `WRITE` ([`holds`]; in every task if `always`: its destructor),
-    /// and has the CPUs that may run those tasks' threads re-read their running task's ranges
-    /// ([`Resync`]). One space at a time, the first on the list: under that space's lock (and,
-    /// inside it, its task's table lock) the table is read, and either its ranges through this
-    /// object are closed and it leaves the list (so a space is on the list exactly while it has
-    /// a range open through this object), or it goes to the back. As many spaces as the list
-    /// held when it began, so every space listed then that still has a range open is looked at
-    /// (a space that opens a range later reads its own table after it is listed), each
-    /// followed by an answer to other CPUs' TLB shoot-downs. Then, if it closed anything, the
-    /// reschedule IPIs (once, whatever the number of spaces: the call that let go of the
-    /// capability returns after them).
-    pub fn close_everywhere(&self, always: bool) {
+    /// Closes every range opened through it, in every task that opened one (its destructor: a
+    /// safety net), and has the CPUs that may run those tasks' threads re-read their running
+    /// task's ranges ([`Resync`]). One space at a time, the first on the list, which leaves it
+    /// (so a space is on the list exactly while it has a range open through this object); at
+    /// most as many as the list held when it began, each followed by an answer to other CPUs'
+    /// TLB shoot-downs; then, if it closed anything, the reschedule IPIs, once.
+    fn close_everywhere(&self) {
         let owner = self.owner();
         let n = self.openers.lock().len();
         let (mut closed_any, mut resync) = (false, Resync::new());
@@ -184,32 +210,20 @@ impl IoPortObj {
                 // A space being destroyed (it takes itself off the list too).
                 None => drop(self.unnote(w.as_ptr())),
                 Some(sp) => {
-                    // Its task's reference is taken and let go of with no lock held.
-                    let task = sp.io.task.get().and_then(Weak::upgrade);
-                    let r = change(&sp.io, |set| {
-                        if !always && holds(task.as_deref(), owner) {
-                            self.requeue(Arc::as_ptr(&sp));
-                            return Err(Error::InvalidState);
-                        }
+                    let (closed, entry) = change(&sp.io, |set| {
                         let freed = set.open.close_owner(owner);
                         let entry = self.unnote(Arc::as_ptr(&sp));
                         Ok(((freed != 0, entry), take_objs(set, freed)))
-                    });
-                    if matches!(r, Ok((true, _))) {
+                    })
+                    .unwrap_or((false, None));
+                    if closed {
                         resync.add(&sp);
                     }
-                    // Last references to the space and its task go after the lock, to the
-                    // destruction list (a space's destructor goes through port objects: no
-                    // recursion).
+                    drop(entry);
+                    closed_any |= closed;
+                    // A last reference to the space goes after its lock, to the destruction
+                    // list (its destructor goes through port objects: no recursion).
                     crate::reclaim::later(crate::reclaim::Garbage::Space(sp));
-                    if let Some(t) = task {
-                        crate::reclaim::later(crate::reclaim::Garbage::Task(t));
-                    }
-                    // (`Err`: its task holds a capability to it; what is open there stays.)
-                    if let Ok((closed, entry)) = r {
-                        drop(entry);
-                        closed_any |= closed;
-                    }
                 }
             }
             drop(w);
@@ -231,19 +245,20 @@ impl Drop for IoPortObj {
     /// its slot, unless one was opened meanwhile through a reference the kernel held).
     fn drop(&mut self) {
         crate::reclaim::dropping("IoPortObj");
-        self.close_everywhere(true);
+        self.close_everywhere();
     }
 }
 
-/// An `IoPort` object a capability to which left a slot while a task had a range open through
-/// it: when this is dropped — by the destruction loop (`reclaim`), with no lock held — each
-/// such task whose table no longer holds a capability to it loses its ranges through it.
-pub struct PortsLeft(pub Arc<IoPortObj>);
+/// An `IoPort` object a capability to which left a slot of the table of a task (named by its
+/// address space's address) that has a range open through it: when this is dropped — by the
+/// destruction loop (`reclaim`), with no lock held — that task loses its ranges through the
+/// object if its table no longer holds a capability to it ([`IoPortObj::recheck`]).
+pub struct PortsLeft(pub Arc<IoPortObj>, pub usize);
 
 impl Drop for PortsLeft {
     fn drop(&mut self) {
         crate::reclaim::dropping("PortsLeft");
-        self.0.close_everywhere(false);
+        self.0.recheck(self.1);
     }
 }
 

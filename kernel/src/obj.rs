@@ -114,14 +114,15 @@ impl captable::Object for KObj {
             p.entered();
         }
     }
-    /// A capability to a port object left a slot: the tasks with a range open through it look
-    /// at their tables after the locks (`device::IoPortObj::close_everywhere`).
+    /// A capability to a port object left a slot of the table of the task whose address space is
+    /// `table` (`Task::new` names it): if that task has a range open through the object, it looks
+    /// at its table after the locks (`device::PortsLeft`).
     #[inline]
-    fn left(&self) {
+    fn left(&self, table: usize) {
         if let KObj::IoPort(p) = self
-            && p.left()
+            && p.left(table)
         {
-            crate::reclaim::later(crate::reclaim::Garbage::PortsLeft(crate::device::PortsLeft(p.clone())));
+            crate::reclaim::later(crate::reclaim::Garbage::PortsLeft(crate::device::PortsLeft(p.clone(), table)));
         }
     }
 }
@@ -422,6 +423,9 @@ struct RegList<T> {
     /// Walks in progress ([`Registry::each`]): no pruning meanwhile (it would move entries
     /// under a walk's index).
     walkers: usize,
+    /// Dead entries were emptied in place during a walk (`RegList::prune`): the list is pruned
+    /// when the last walk ends.
+    emptied: bool,
 }
 
 /// Drops the dead entries of a list of weak references (a registry, a task's threads): work
@@ -467,11 +471,13 @@ impl<T> RegList<T> {
             clear_dead(&mut self.v);
             self.pruned = self.v.len();
             self.dead = 0;
+            self.emptied = true;
             return;
         }
         retain_live(&mut self.v);
         self.pruned = self.v.len();
         self.dead = 0;
+        self.emptied = false;
         // Frees whole pieces only: allocates nothing.
         self.v.shrink();
     }
@@ -479,7 +485,7 @@ impl<T> RegList<T> {
 
 impl<T> Registry<T> {
     pub const fn new() -> Self {
-        Registry { list: GlobalMutex::new(crate::count::Global::Registry, RegList { v: PagedVec::new(), pruned: 0, dead: 0, walkers: 0 }) }
+        Registry { list: GlobalMutex::new(crate::count::Global::Registry, RegList { v: PagedVec::new(), pruned: 0, dead: 0, walkers: 0, emptied: false }) }
     }
 
     /// Registers a new object; `OutOfMemory` if the list cannot grow (the caller then drops
@@ -553,7 +559,7 @@ impl<T> Registry<T> {
         }
         let mut l = self.list.lock_answering();
         l.walkers -= 1;
-        if l.dead >= 32 && 2 * l.dead >= l.v.len() {
+        if (l.emptied && l.walkers == 0) || (l.dead >= 32 && 2 * l.dead >= l.v.len()) {
             l.prune();
         }
     }
@@ -1042,7 +1048,9 @@ pub fn next_id() -> u64 {
 impl Task {
     pub fn new(mem: &Arc<Memory>, space: Arc<Space>, parent: Option<Arc<Task>>) -> Result<Arc<Task>, Error> {
         let charge = Charge::new(mem, TASK_COST)?;
-        let caps = CapTable::try_new(rl4_abi::CAP_SLOTS as usize).ok_or(Error::OutOfMemory)?;
+        let mut caps = CapTable::try_new(rl4_abi::CAP_SLOTS as usize).ok_or(Error::OutOfMemory)?;
+        // Its capabilities' leaves name the space (a port object's check: `device::PortsLeft`).
+        caps.set_owner(Arc::as_ptr(&space) as usize);
         // Counted before it is registered (`syscall::kill_task`); from here its destructor
         // uncounts it, whatever fails.
         if let Some(p) = &parent {

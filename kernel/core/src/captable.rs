@@ -30,8 +30,9 @@ pub trait Object: Clone {
     /// references in flight (a blocked sender's) or in the kernel's hands.
     fn entered(&self) {}
     /// Called for every capability leaving a slot: removed, drained, or dropped with its table
-    /// (under the table's lock, or in the table's destructor).
-    fn left(&self) {}
+    /// (under the table's lock, or in the table's destructor); `table` is the table's owner
+    /// ([`CapTable::set_owner`], 0 if none was set).
+    fn left(&self, _table: usize) {}
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,6 +57,8 @@ impl<O: Object> Cap<O> {
 pub struct CapTable<O: Object> {
     slots: PagedVec<Option<Cap<O>>>,
     shadow: Option<Arc<Shadow>>,
+    /// Who the table belongs to, as a number its user chose ([`Object::left`] is told it).
+    owner: usize,
 }
 
 impl<O: Object> CapTable<O> {
@@ -65,7 +68,12 @@ impl<O: Object> CapTable<O> {
 
     /// A table of `slots` empty slots, or `None` if there is no memory for it.
     pub fn try_new(slots: usize) -> Option<Self> {
-        Some(CapTable { slots: PagedVec::try_filled(slots, || None)?, shadow: None })
+        Some(CapTable { slots: PagedVec::try_filled(slots, || None)?, shadow: None, owner: 0 })
+    }
+
+    /// Names the table's owner for [`Object::left`] (the kernel: its task's address space).
+    pub fn set_owner(&mut self, owner: usize) {
+        self.owner = owner;
     }
 
     /// Whether a shadow is attached.
@@ -100,7 +108,7 @@ impl<O: Object> CapTable<O> {
     /// Slot `i` is about to lose `c`: its shadow forgets it first, then the object is retired
     /// (only if a shadow was ever attached: before, nobody read the slot without the lock).
     fn vacate(&self, i: usize, c: &Cap<O>) {
-        c.obj.left();
+        c.obj.left(self.owner);
         if c.obj.fast_address() != 0 {
             if let Some(sh) = &self.shadow {
                 sh.write(i, 0, Rights::NONE, 0);
@@ -187,7 +195,7 @@ impl<O: Object> CapTable<O> {
     /// Moves every capability into a table of its own, leaving this one with no slots (for the
     /// destructor of a task: nothing reads a dead task's shadow, and it allocates nothing).
     pub fn take_all(&mut self) -> CapTable<O> {
-        CapTable { slots: core::mem::take(&mut self.slots), shadow: self.shadow.take() }
+        CapTable { slots: core::mem::take(&mut self.slots), shadow: self.shadow.take(), owner: self.owner }
     }
 
     /// Empties every slot, handing each capability to `f` (for task teardown).
@@ -235,7 +243,7 @@ impl<O: Object> Drop for CapTable<O> {
     /// The capabilities still in slots leave them ([`Object::left`]) as the table goes.
     fn drop(&mut self) {
         for c in self.slots.iter().flatten() {
-            c.obj.left();
+            c.obj.left(self.owner);
         }
     }
 }
@@ -268,7 +276,8 @@ mod tests {
         fn entered(&self) {
             self.0.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
         }
-        fn left(&self) {
+        fn left(&self, table: usize) {
+            assert_eq!(table, 7, "the table's owner is passed on");
             self.0.fetch_sub(1, core::sync::atomic::Ordering::Relaxed);
         }
     }
@@ -279,6 +288,7 @@ mod tests {
         let held = || n.load(core::sync::atomic::Ordering::Relaxed);
         let c = Cap::new(Counted(n.clone()), Rights::ALL, 0);
         let mut t = CapTable::new(200);
+        t.set_owner(7);
         for i in 0..200 {
             t.insert(i, c.clone()).unwrap();
         }
@@ -297,6 +307,7 @@ mod tests {
         moved.drain(|_| {});
         assert_eq!(held(), 0);
         let mut t = CapTable::new(8);
+        t.set_owner(7);
         t.insert(1, c.clone()).unwrap();
         t.insert(2, in_flight).unwrap();
         assert_eq!(held(), 2);
