@@ -146,81 +146,77 @@ fn queued_badge(l: &crate::obj::Life, ep: usize) -> Option<u64> {
 
 /// `EndpointCancelBadged`: ends every send queued on `ep` that carries `badge` — a send or a
 /// call gets `PartnerGone`, a queued fault stops its thread (`Faulted`) as if it had no
-/// handler — and returns how many it ended. Walks of the send queue under its lock, each
+/// handler — and returns how many it ended. One walk of the send queue under its lock, each
 /// thread's wait read and ended under its home lock in that same hold (queue, then thread;
 /// one home lock at a time), as `recv` takes a sender: a wait is never ended after its thread
 /// left the queue, so a thread that timed out or was resumed meanwhile and sent again is not
 /// touched (a review found that ending the waits after the lock, as the endpoint's destructor
 /// may for a queue nobody can join any more, could end such a new send and leave it queued).
 /// What a stopped fault leaves — its report, the reply right it held (whose caller is failed)
-/// — waits until the lock is released, 16 at most per walk: a walk that finds more faults
-/// leaves them queued and another walk follows, as long as the first walk's queue was (a
-/// re-sender cannot keep the call going). A walk answers TLB shoot-downs every 64 senders; it
-/// holds the lock, interrupts off, one step per queued sender (as long as the queue a task's
-/// budget paid for) — other CPUs waiting for that lock answer nothing meanwhile.
+/// — waits until the lock is released: the stopped threads go into a list of their own
+/// through their wait links (free once out of the queue; a `Faulted` thread never waits
+/// again), each keeping its reply right until then (`Life::stop_fault_later`), so the walk
+/// allocates nothing and is never repeated. (It stopped at most 16 faults per walk, and walked
+/// again while more were left: a review found a queue of F faults cost F²/32 steps with
+/// interrupts off.) The walk answers TLB shoot-downs every 64 senders; it holds the lock,
+/// interrupts off, one step per queued sender (as long as the queue a task's budget paid for)
+/// — other CPUs waiting for that lock answer nothing meanwhile.
 pub fn cancel_badged(ep: &Arc<Endpoint>, badge: u64) -> u64 {
     use core::cell::Cell;
-    const FAULTS: usize = 16;
     let id = ep.id();
-    let n = Cell::new(0u64);
-    let mut budget: Option<usize> = None;
-    loop {
-        let mut stopped: [Option<(Arc<Thread>, rl4_core::life::Stopped<crate::obj::KernelKinds>)>; FAULTS] = [const { None }; FAULTS];
-        let (taken, skipped, steps) = (Cell::new(0usize), Cell::new(false), Cell::new(0u32));
-        {
-            let mut q = ep.q.lock();
-            let left = *budget.get_or_insert(q.senders.len());
-            q.senders.remove_all_where(
-                |t| {
-                    steps.set(steps.get().wrapping_add(1));
-                    if steps.get() % 64 == 0 {
-                        crate::tlb::service_tlb_if_up();
+    let (n, steps) = (Cell::new(0u64), Cell::new(0u32));
+    // Its token: an address of this frame (unique while the list lives; no queue's).
+    let mut stopped: WList<Thread> = WList::new(&n as *const Cell<u64> as usize);
+    {
+        let mut q = ep.q.lock();
+        q.senders.remove_all_where(
+            |t| {
+                steps.set(steps.get().wrapping_add(1));
+                if steps.get() % 64 == 0 {
+                    crate::tlb::service_tlb_if_up();
+                }
+                queued_badge(&t.life.lock(), id) == Some(badge)
+            },
+            |t| {
+                let mut l = t.life.lock();
+                match thread::wake_locked(&t, &mut l, WaitOn::Send(id), Err(Error::PartnerGone)) {
+                    Some(w) => {
+                        drop(l);
+                        n.set(n.get() + 1);
+                        reclaim::later_wait(Some(w));
+                        reclaim::later_thread(t);
                     }
-                    let l = t.life.lock();
-                    match l.state() {
-                        _ if queued_badge(&l, id) != Some(badge) => false,
-                        rl4_core::life::State::Blocked { wait: Wait::FaultSend { .. }, .. } if taken.get() == FAULTS => {
-                            skipped.set(true);
-                            false
-                        }
-                        _ => n.get() < left as u64,
-                    }
-                },
-                |t| {
-                    let mut l = t.life.lock();
-                    match thread::wake_locked(&t, &mut l, WaitOn::Send(id), Err(Error::PartnerGone)) {
-                        Some(w) => {
-                            drop(l);
-                            n.set(n.get() + 1);
-                            reclaim::later_wait(Some(w));
-                            reclaim::later_thread(t);
-                        }
-                        None => {
-                            let s = l.stop_fault(WaitOn::FaultSend(id));
-                            drop(l);
-                            match s {
-                                Ok(s) => {
-                                    n.set(n.get() + 1);
-                                    stopped[taken.get()] = Some((t, s));
-                                    taken.set(taken.get() + 1);
+                    None => {
+                        let s = l.stop_fault_later(WaitOn::FaultSend(id));
+                        drop(l);
+                        match s {
+                            Ok(w) => {
+                                n.set(n.get() + 1);
+                                reclaim::later_wait(Some(w));
+                                // (Its link was freed by the queue a moment ago.)
+                                if let Err(t) = stopped.push_back(t) {
+                                    reclaim::later_thread(t);
                                 }
-                                Err(_) => reclaim::later_thread(t),
                             }
+                            Err(_) => reclaim::later_thread(t),
                         }
                     }
-                },
-            );
-        }
-        // The locks are released: reports, and the callers whose reply rights died.
-        for (t, s) in stopped.iter_mut().filter_map(Option::take) {
-            thread::fault_stopped(&t, s, "its fault's badge was cancelled at the handler's endpoint");
-            reclaim::later_thread(t);
-            crate::tlb::service_tlb_here();
-        }
-        if !skipped.get() || n.get() >= budget.unwrap_or(0) as u64 {
-            return n.get();
-        }
+                }
+            },
+        );
     }
+    // The lock is released: reports, and the callers whose reply rights died (a kill meanwhile
+    // took a thread's right, and failed its caller, itself).
+    while let Some(t) = stopped.pop_front() {
+        let reply = t.life.lock().take_reply();
+        crate::fault::report_stopped(&t, "its fault's badge was cancelled at the handler's endpoint");
+        if let Some((c, ticket)) = reply {
+            thread::fail_caller(c, ticket);
+        }
+        reclaim::later_thread(t);
+        crate::tlb::service_tlb_here();
+    }
+    n.get()
 }
 
 /// A notification's word and its waiters: an intrusive FIFO through the threads' `wait_link`,

@@ -190,16 +190,6 @@ fn stop_fault_owing(t: &Arc<Thread>, on: WaitOn, why: &str) -> Result<Option<(Ar
     Ok(stopped(s))
 }
 
-/// The rest of a fault stopped by `Life::stop_fault` under its queue's lock
-/// (`ipc::cancel_badged`), after that lock: reported, its CPU told, its wait released, the
-/// caller whose reply right it held failed.
-pub fn fault_stopped(t: &Arc<Thread>, s: Stopped<crate::obj::KernelKinds>, why: &str) {
-    crate::fault::report_stopped(t, why);
-    if let Some((c, ticket)) = stopped(s) {
-        fail_caller(c, ticket);
-    }
-}
-
 /// What is left after a thread stopped for good: its CPU is told, its wait (and any
 /// capability it carried) is released; returns the reply right it held, whose caller the
 /// caller of this fails ([`fail_caller`]).

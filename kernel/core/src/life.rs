@@ -199,6 +199,7 @@ pub const TRANSITIONS: &[Transition] = &[
     Transition { name: "suspend", from: &[R, X, BS, BR, BP, BN, BF], to: S, same: &[I, S] },
     Transition { name: "fault", from: &[R, X, S], to: F, same: &[] },
     Transition { name: "stop_fault", from: &[BF], to: F, same: &[] },
+    Transition { name: "stop_fault_later", from: &[BF], to: F, same: &[] },
     Transition { name: "kill", from: &[I, R, X, BS, BR, BP, BN, BF, S, F], to: D, same: &[] },
 ];
 
@@ -556,6 +557,21 @@ impl<K: Kinds> Life<K> {
         }
         let State::Blocked { wait, .. } = core::mem::replace(&mut self.state, State::Faulted) else { unreachable!() };
         Ok(Stopped { wait: Some(wait), reply: self.reply.take(), kick: None })
+    }
+
+    /// [`stop_fault`](Self::stop_fault) for a caller that stops many faults in one hold of a
+    /// queue's lock and deals with what they leave after it (`EndpointCancelBadged`): the
+    /// reply right stays with the thread until that caller takes it
+    /// ([`take_reply`](Self::take_reply)) once its locks are released — the one window in which
+    /// a `Faulted` thread holds one (it cannot reply: `Faulted` runs no more; a right granted to
+    /// it meanwhile still fails at once, and a kill meanwhile takes this one as it takes any
+    /// thread's). Returns the wait it was in.
+    pub fn stop_fault_later(&mut self, on: WaitOn) -> Result<Wait<K>, Refused> {
+        if !matches!(on, WaitOn::Fault(_) | WaitOn::FaultSend(_)) || !self.waits(on) {
+            return self.refuse();
+        }
+        let State::Blocked { wait, .. } = core::mem::replace(&mut self.state, State::Faulted) else { unreachable!() };
+        Ok(wait)
     }
 
     /// Whether it waits in a fault's wait (either half).
@@ -1150,6 +1166,7 @@ mod tests {
                 l.take_fault(1, 9).is_ok()
             }
             "stop_fault" => l.stop_fault(WaitOn::Fault(1)).is_ok(),
+            "stop_fault_later" => l.stop_fault_later(WaitOn::Fault(1)).is_ok(),
             "take_sender(Send)" | "take_sender(Call)" => {
                 if s == ThreadState::BlockedSend && name == "take_sender(Send)" {
                     // A plain sender: rebuild it as one.
@@ -1202,6 +1219,24 @@ mod tests {
         assert!(matches!(s.wait, Some(Wait::FaultReply { ticket: 6 })));
         assert_eq!(l.view(), ThreadState::Faulted);
         assert!(l.kill().is_ok());
+        // Stopped to be dealt with later: the right stays until taken; a right granted
+        // meanwhile fails at once; a kill meanwhile takes the kept one.
+        let mut l = running();
+        assert!(l.grant_reply(5, 2).is_none());
+        l.block(Wait::FaultSend { ep: Id(2), badge: 8, info: [0, 0] }, u64::MAX).ok().unwrap();
+        assert_eq!(l.leave_cpu(0), Leave::Gone);
+        assert!(l.stop_fault_later(WaitOn::Fault(1)).is_err(), "not that half of the fault");
+        assert!(matches!(l.stop_fault_later(WaitOn::FaultSend(2)), Ok(Wait::FaultSend { badge: 8, .. })));
+        assert_eq!(l.view(), ThreadState::Faulted);
+        assert_eq!(l.grant_reply(6, 3), Some((6, 3)), "a new right to a faulted thread fails at once");
+        assert_eq!(l.take_reply(), Some((5, 2)));
+        assert!(l.stop_fault_later(WaitOn::FaultSend(2)).is_err(), "once");
+        let mut l = running();
+        assert!(l.grant_reply(5, 4).is_none());
+        l.block(Wait::FaultReply { ticket: 9 }, u64::MAX).ok().unwrap();
+        assert!(l.stop_fault_later(WaitOn::Fault(9)).is_ok());
+        assert_eq!(l.kill().ok().and_then(|s| s.reply), Some((5, 4)), "a kill takes the kept right");
+        assert_eq!(l.take_reply(), None);
         // Killed during its fault: later ends of the fault find nothing.
         let mut l = running();
         l.block(Wait::FaultReply { ticket: 7 }, u64::MAX).ok().unwrap();

@@ -792,6 +792,60 @@ fn test_cancel_badged() {
     );
 }
 
+/// Faults at once (`ud2`): its fault queues on its handler's endpoint.
+fn fault_now(_: u64) {
+    // SAFETY: a deliberate invalid-opcode fault; the handler stops the thread.
+    unsafe { core::arch::asm!("ud2") };
+}
+
+/// Many faults queued with one badge among others' (more than the 16 a walk of the kernel
+/// before took): one call ends them all, in one walk, and leaves the others queued.
+fn test_cancel_many_faults() {
+    const MANY: usize = 40;
+    const OTHERS: usize = 8;
+    check(
+        "endpoint-cancel-badged-ends-many-faults",
+        "40 faults queued with badge 9 among 8 with badge 10: one EndpointCancelBadged(9) ends the 40 (Faulted), the 8 stay queued",
+        |ep| {
+            let mut mine = [None; MANY];
+            let mut theirs = [None; OTHERS];
+            let mut made = true;
+            for i in 0..MANY {
+                mine[i] = spawn_with_handler(fault_now, ep, 9).ok();
+                if i % 5 == 0 && i / 5 < OTHERS {
+                    theirs[i / 5] = spawn_with_handler(fault_now, ep, 10).ok();
+                }
+            }
+            made &= mine.iter().chain(theirs.iter()).all(Option::is_some);
+            let all_queued = |s: &[Option<(u64, Option<u64>)>]| s.iter().flatten().all(|h| state(h.0) == Some(ThreadState::BlockedFault));
+            let queued = made && wait_ms(5000, || all_queued(&mine) && all_queued(&theirs));
+            let n = sys::endpoint_cancel_badged(ep, 9);
+            let stopped = wait_ms(2000, || mine.iter().flatten().all(|h| state(h.0) == Some(ThreadState::Faulted)));
+            let left = all_queued(&theirs);
+            // The 8 still queued are received (and stopped) in order of arrival.
+            let mut received = 0;
+            while received < OTHERS && sys::recv_timeout(ep, ms(1000)).is_ok_and(|m| fault_of(&m).is_some_and(|f| f.0 == 10)) {
+                let _ = sys::reply(&stop_msg());
+                received += 1;
+            }
+            for h in mine.iter_mut().chain(theirs.iter_mut()).filter_map(Option::take) {
+                release_handled(h);
+            }
+            if !queued {
+                Err("the faults did not queue")
+            } else if n != Ok(MANY as u64) {
+                Err("not 40 faults cancelled")
+            } else if !stopped {
+                Err("a cancelled fault did not stop its thread")
+            } else if !left || received != OTHERS {
+                Err("badge 10's faults did not stay queued, or were not received")
+            } else {
+                Ok(())
+            }
+        },
+    );
+}
+
 /// Starts `f(ep)` as a root thread whose fault handler is `ep` minted with `badge` (`ep`
 /// itself for badge 0): the thread's slot and the badged copy's (`None` for badge 0), which
 /// must stay as long as the handler is to act — the binding lapses with the capability it was
@@ -1251,5 +1305,6 @@ pub fn run() {
     test_handler_gone();
     test_handler_lapses();
     test_cancel_badged();
+    test_cancel_many_faults();
     test_fault_reports_limited();
 }
