@@ -241,8 +241,8 @@ impl IoPortObj {
 }
 
 impl Drop for IoPortObj {
-    /// A safety net: its last reference goes (its ranges closed when its last capability left
-    /// its slot, unless one was opened meanwhile through a reference the kernel held).
+    /// A safety net: its last reference goes (each task's ranges through it closed when its own
+    /// table lost its last capability to it with `WRITE`).
     fn drop(&mut self) {
         crate::reclaim::dropping("IoPortObj");
         self.close_everywhere();

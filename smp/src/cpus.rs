@@ -18,7 +18,7 @@ use x86_64::structures::idt::InterruptDescriptorTable;
 use crate::MAX_CPUS;
 use crate::lapic;
 
-/// Pages of each IST stack (double fault, NMI, machine check).
+/// Pages of each IST stack (double fault, NMI, machine check, debug).
 pub const IST_PAGES: u64 = 4;
 /// Pages of each CPU's kernel stack.
 pub const STACK_PAGES: u64 = 16;

@@ -252,7 +252,9 @@ numbered! {
         /// (a non-canonical or kernel address, unknown bits): the thread is stopped instead.
         BadFaultReply = 23,
         /// The interrupt line or port range is in use (by the kernel or another capability),
-        /// or the task has no room for another open port range.
+        /// or the task has no room for another open port range; a device page's frame object
+        /// lives; the source of a copy, mint or `TaskAddressSpace` (or a capability it derives
+        /// from) is being revoked.
         Busy = 25,
     }
 }
