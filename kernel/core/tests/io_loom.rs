@@ -21,6 +21,9 @@
 //!   the kernel's order on A, but B reads A's root without the fence after publishing the
 //!   generation; some execution (store buffering: each side reads the other's old value) ends
 //!   the same way.
+//! - [`open_lists_the_space_before_it_reads_the_table`] and its control
+//!   [`an_open_that_reads_the_table_first_misses_the_leave`]: `IoPortOpen` against the task's
+//!   last capability leaving its table (below).
 #![allow(unexpected_cfgs)] // `cfg(loom)`: set by RUSTFLAGS for these models only.
 #![cfg(loom)]
 use loom::sync::Arc;
@@ -145,5 +148,92 @@ fn sync_before_switch_misses_the_close() {
     assert!(
         FOUND.load(std::sync::atomic::Ordering::Relaxed),
         "syncing before the switch should let some execution miss the close (the model misses the race)"
+    );
+}
+
+// ---- a range's open against its task's last capability leaving its table ----------------------
+//
+// `kernel/src/device.rs`, `IoPortOpen` and `IoPortObj::left` / `recheck` (nineteenth session): a
+// range opened through a port object stays open only while the opener's own table holds a
+// capability to the object. The open, under the space's port-range lock, first puts the space on
+// the object's list of openers (the list's own lock) and then reads the table (the table's lock);
+// a leave, under the table's lock, empties the slot and reads whether the space is listed; if it
+// is, it looks at the table again later, under the port-range lock, and closes the range if the
+// table no longer holds the capability. The property: once both are done, a table without the
+// capability has no range open. The control: an open that reads the table before it lists the
+// space lets some execution end with the range open and the capability gone.
+
+/// The space's port ranges (`IoSet`): whether the range is open.
+struct Ports {
+    ranges: loom::sync::Mutex<bool>,
+    /// The object's list of openers: whether the space is on it.
+    listed: loom::sync::Mutex<bool>,
+    /// The task's table: whether it holds a capability to the object.
+    table: loom::sync::Mutex<bool>,
+}
+
+/// `IoPortOpen` (the capability looked up before: `true`); `list_first`: the kernel's order.
+fn open(p: &Ports, list_first: bool) {
+    let mut open = p.ranges.lock().unwrap();
+    let held = if list_first {
+        *p.listed.lock().unwrap() = true;
+        *p.table.lock().unwrap()
+    } else {
+        let h = *p.table.lock().unwrap();
+        *p.listed.lock().unwrap() = true;
+        h
+    };
+    if held {
+        *open = true;
+    } else if !*open {
+        *p.listed.lock().unwrap() = false;
+    }
+}
+
+/// `CapDelete` of the task's capability: `left` under the table's lock, then `recheck` after it.
+fn leave(p: &Ports) {
+    let listed = {
+        let mut t = p.table.lock().unwrap();
+        *t = false;
+        *p.listed.lock().unwrap()
+    };
+    if listed {
+        let mut open = p.ranges.lock().unwrap();
+        if !*p.table.lock().unwrap() {
+            *open = false;
+            *p.listed.lock().unwrap() = false;
+        }
+    }
+}
+
+/// Runs an open against a leave; returns whether the range ended open without the capability.
+fn open_against_leave(list_first: bool) -> bool {
+    let p = Arc::new(Ports { ranges: loom::sync::Mutex::new(false), listed: loom::sync::Mutex::new(false), table: loom::sync::Mutex::new(true) });
+    let l = {
+        let p = p.clone();
+        thread::spawn(move || leave(&p))
+    };
+    open(&p, list_first);
+    l.join().unwrap();
+    let (open, held) = (*p.ranges.lock().unwrap(), *p.table.lock().unwrap());
+    open && !held
+}
+
+#[test]
+fn open_lists_the_space_before_it_reads_the_table() {
+    model(|| assert!(!open_against_leave(true), "a range stayed open after the task's last capability left"));
+}
+
+#[test]
+fn an_open_that_reads_the_table_first_misses_the_leave() {
+    static FOUND: StdBool = StdBool::new(false);
+    model(|| {
+        if open_against_leave(false) {
+            FOUND.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    assert!(
+        FOUND.load(std::sync::atomic::Ordering::Relaxed),
+        "reading the table before listing the space should let some execution keep the range open (the model misses the race)"
     );
 }
