@@ -255,7 +255,7 @@ macro_rules! trap_stubs {
     ($($v:literal $kind:ident),* $(,)?) => {
         core::arch::global_asm!(
             "    .text\n",
-            "rl4_trap_stubs:\n",
+            ".Lrl4_trap_stubs:\n",
             $(concat!(
                 "rl4_trap_", stringify!($v), ":\n",
                 trap_stubs!(@push $kind),
@@ -264,11 +264,11 @@ macro_rules! trap_stubs {
             ),)*
             // The target of `check_debug_trap`'s single step: among the stubs, where a #DB in
             // kernel mode is passed over.
-            "rl4_debug_check_target:\n",
+            ".Lrl4_debug_check_target:\n",
             "    pushfq\n",
             "    pop rax\n",
             "    ret\n",
-            "rl4_trap_stubs_end:\n",
+            ".Lrl4_trap_stubs_end:\n",
             ".pushsection .rodata\n",
             ".balign 8\n",
             "rl4_trap_table:\n",
@@ -385,10 +385,10 @@ rl4_debug_entry:
     lea rax, [rip + rl4_syscall_entry]
     cmp [rsp + 8], rax
     je 9f
-    lea rax, [rip + rl4_trap_stubs]
+    lea rax, [rip + .Lrl4_trap_stubs]
     cmp [rsp + 8], rax
     jb 10f
-    lea rax, [rip + rl4_trap_stubs_end]
+    lea rax, [rip + .Lrl4_trap_stubs_end]
     cmp [rsp + 8], rax
     jae 10f
 9:  and qword ptr [rsp + 24], ~0x100
@@ -517,7 +517,7 @@ rl4_debug_check:
     pushfq
     or qword ptr [rsp], 0x100
     popfq
-    jmp rl4_debug_check_target
+    jmp .Lrl4_debug_check_target
     "#,
     smap = sym SMAP,
     passed = sym DEBUG_PASSED,
