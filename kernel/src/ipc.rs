@@ -208,8 +208,14 @@ pub fn cancel_badged(ep: &Arc<Endpoint>, badge: u64) -> u64 {
     // The lock is released: reports, and the callers whose reply rights died (a kill meanwhile
     // took a thread's right, and failed its caller, itself).
     while let Some(t) = stopped.pop_front() {
-        let reply = t.life.lock().take_reply();
-        crate::fault::report_stopped(&t, "its fault's badge was cancelled at the handler's endpoint");
+        let (reply, faulted) = {
+            let mut l = t.life.lock();
+            (l.take_reply(), l.view() == rl4_abi::ThreadState::Faulted)
+        };
+        // (A thread killed meanwhile is reported as killed, not as stopped.)
+        if faulted {
+            crate::fault::report_stopped(&t, "its fault's badge was cancelled at the handler's endpoint");
+        }
         if let Some((c, ticket)) = reply {
             thread::fail_caller(c, ticket);
         }
