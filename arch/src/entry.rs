@@ -26,9 +26,9 @@
 //! after one can have the #DB delivered on the kernel's first instruction — at privilege level
 //! 0, with the user's `GS` and, after `syscall`, the user's stack pointer, onto which the CPU
 //! would push the exception frame (the `mov ss` hazard, CVE-2018-8897). On its own stack the
-//! stub sees that case (kernel mode, on the first instruction of `syscall`'s entry or of a trap
-//! stub: the entry clears the flag itself) and returns to it at once, the trap flag cleared in
-//! the frame; a #DB from user mode goes the way of every trap; any other #DB in kernel mode is a
+//! stub sees that case (kernel mode, on the first instruction of `syscall`'s entry or anywhere
+//! among the trap stubs, where such a #DB lands on a stub's first instruction: the entry clears
+//! the flag itself) and returns to it at once, the trap flag cleared in the frame; a #DB from user mode goes the way of every trap; any other #DB in kernel mode is a
 //! kernel bug, reported as before.
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use x86_64::VirtAddr;
@@ -378,9 +378,9 @@ rl4_return_to_user:
 rl4_debug_entry:
     test qword ptr [rsp + 8], 3
     jnz 8f
-    /* Kernel mode: on the first instruction of `syscall`'s entry or of a trap stub (or the
-       self-check's target), a #DB held back by `mov ss`/`pop ss`; `GS` may be the user's, so
-       nothing here goes through it. */
+    /* Kernel mode: on the first instruction of `syscall`'s entry or among the trap stubs (a
+       stub's first instruction, or the self-check's target), a #DB held back by `mov ss`/`pop
+       ss`; `GS` may be the user's, so nothing here goes through it. */
     push rax
     lea rax, [rip + rl4_syscall_entry]
     cmp [rsp + 8], rax
