@@ -410,7 +410,7 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
                     if p.lists(Arc::as_ptr(sp)) != Some(true) {
                         fail!(r, "address space {:#x}: a range is open through port object {:#x}, whose list of openers does not name it", sp.pml4, Arc::as_ptr(p) as usize);
                     }
-                    let held = caps().is_some_and(|c| c.iter().any(|(_, c)| c.rights.contains(rl4_abi::Rights::WRITE) && matches!(&c.obj, KObj::IoPort(q) if Arc::ptr_eq(q, p))));
+                    let held = caps().is_some_and(|c| crate::device::table_holds(c, Arc::as_ptr(p) as u64));
                     if !held {
                         fail!(r, "address space {:#x}: a range is open through port object {:#x}, but its task's table holds no capability to it with WRITE", sp.pml4, Arc::as_ptr(p) as usize);
                     }

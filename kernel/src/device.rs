@@ -267,9 +267,14 @@ impl Drop for PortsLeft {
 /// gone, holds nothing). Under its space's port-range lock: the table's lock is taken inside
 /// it, and the 256 slots are read (no reference count changes).
 fn holds(task: Option<&Task>, owner: u64) -> bool {
-    task.is_some_and(|t| {
-        t.caps.lock().iter().any(|(_, c)| c.rights.contains(Rights::WRITE) && matches!(&c.obj, KObj::IoPort(p) if p.owner() == owner))
-    })
+    task.is_some_and(|t| table_holds(&t.caps.lock(), owner))
+}
+
+/// Whether `caps` holds a capability with `WRITE` to the port object numbered `owner` (its
+/// address): the rule [`holds`] applies under the table's lock, and `KernelCheck` checks with
+/// every CPU stopped.
+pub fn table_holds(caps: &rl4_core::captable::CapTable<KObj>, owner: u64) -> bool {
+    caps.iter().any(|(_, c)| c.rights.contains(Rights::WRITE) && matches!(&c.obj, KObj::IoPort(p) if p.owner() == owner))
 }
 
 /// Whether `set` has a range open through `owner`.
