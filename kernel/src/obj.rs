@@ -182,10 +182,11 @@ impl Drop for NodeCharge {
 }
 
 /// What a capability's derivation node costs the budget of the task that holds it: the node
-/// four times over (a tree's vector is at most four times its live nodes: it halves when a
-/// quarter is used; its pieces add at most one piece, which a tree that once needed a second
-/// piece pays many times over) and a tree's record and piece lists (each tree has at least two
-/// charged nodes: the original's root and one derived).
+/// four times over (a tree's vector whose last node is free is at most four times its live
+/// nodes: it halves when a quarter is used; its pieces add at most one piece, which a tree that
+/// once needed a second piece pays many times over) and a tree's record and piece lists (each
+/// tree has at least two charged nodes: the original's root and one derived). A live last node
+/// keeps the vector as long as it ever was, which no charge covers (docs/memory.md).
 pub const DERIV_NODE_COST: u64 = rl4_abi::cost::DERIV_NODE;
 const _: () = assert!(
     (4 * DerivTree::<Home>::NODE_BYTES + core::mem::size_of::<Lineage>() + 16 + 64) as u64 <= DERIV_NODE_COST
@@ -361,7 +362,7 @@ pub fn revoke(task: &Task, slot: u64) -> Result<u64, Error> {
             return Err(Error::EmptySlot);
         }
         first = false;
-        let r = tree.revoke_some(id, REVOKE_BATCH, |gone, home| {
+        let r = tree.revoke_some_polling(id, REVOKE_BATCH, |gone, home| {
             if let Some(t) = home.task.upgrade() {
                 let mut caps = t.caps.lock();
                 if caps.get(home.slot).is_ok_and(|c| c.link.is(lineage, gone)) {
@@ -375,7 +376,7 @@ pub fn revoke(task: &Task, slot: u64) -> Result<u64, Error> {
             }
             homes[k] = Some(home);
             k += 1;
-        });
+        }, crate::tlb::service_tlb_if_up);
         if matches!(r, Ok((_, false))) {
             tree.end_revoke(id);
         }
@@ -432,8 +433,12 @@ struct RegList<T> {
 /// the tasks size (a registry of 245,000 frames), under a lock and with interrupts off, so this
 /// CPU answers TLB shoot-downs every 64 entries, as the CPUs waiting for that lock do
 /// (`lock_answering`; a hostile review of the seventeenth session found shoot-downs held up for
-/// a whole pruning). Only weak references are dropped: no destructor runs.
+/// a whole pruning). Only weak references are dropped: no destructor runs. The dead entries are
+/// emptied first, in the polled pass of [`clear_dead`] (dropping each one's last weak reference
+/// frees the dead object's allocation, and the entries `retain` moves to the end are dropped in
+/// one go, unpolled: a review of the twentieth session found up to half a registry freed there).
 fn retain_live<T>(v: &mut PagedVec<Weak<T>>) {
+    clear_dead(v);
     let mut n = 0u32;
     v.retain(|w| {
         n = n.wrapping_add(1);

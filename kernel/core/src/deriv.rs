@@ -215,7 +215,7 @@ impl<H> DerivTree<H> {
     /// the end keeps the vector long; a retired one too.) The free list is rebuilt in address
     /// order, so the lowest free nodes are used first and the end stays free. Time: the nodes
     /// looked at, at most the frees since the last look times four.
-    fn maybe_shrink(&mut self) {
+    fn maybe_shrink(&mut self, poll: &mut impl FnMut()) {
         let len = self.nodes.len();
         if len < 64 || 4 * self.live > len {
             return;
@@ -225,6 +225,9 @@ impl<H> DerivTree<H> {
             return;
         }
         self.freed = 0;
+        // Every pass below calls `poll` after each [`POLL_EVERY`] nodes: the tree's lock is held,
+        // interrupts off, and a task decides how long the vector is (a hostile review of the
+        // twentieth session: three passes over 100,000 nodes in one go).
         let mut keep = len;
         while keep > len / 2 {
             let n = &self.nodes[keep - 1];
@@ -232,13 +235,28 @@ impl<H> DerivTree<H> {
                 return;
             }
             keep -= 1;
+            if keep % POLL_EVERY == 0 {
+                poll();
+            }
         }
         while keep > 0 && self.nodes[keep - 1].home.is_none() && self.nodes[keep - 1].generation != u32::MAX {
             keep -= 1;
+            if keep % POLL_EVERY == 0 {
+                poll();
+            }
         }
-        let top = (keep..len).map(|i| self.nodes[i].generation).max().unwrap_or(0);
+        let mut top = 0;
+        for i in keep..len {
+            top = top.max(self.nodes[i].generation);
+            if i % POLL_EVERY == 0 {
+                poll();
+            }
+        }
         self.fresh_generation = self.fresh_generation.max(top);
-        self.nodes.truncate(keep);
+        while self.nodes.len() > keep {
+            self.nodes.truncate(keep.max(self.nodes.len().saturating_sub(POLL_EVERY)));
+            poll();
+        }
         // Frees whole pieces: allocates nothing.
         self.nodes.shrink();
         self.free = NONE;
@@ -247,6 +265,9 @@ impl<H> DerivTree<H> {
             if n.home.is_none() && n.generation != u32::MAX {
                 n.next = self.free;
                 self.free = i as u32;
+            }
+            if i % POLL_EVERY == 0 {
+                poll();
             }
         }
     }
@@ -300,7 +321,7 @@ impl<H> DerivTree<H> {
         self.hand_children_up(i, &mut poll);
         self.unlink(i);
         let home = self.release(i);
-        self.maybe_shrink();
+        self.maybe_shrink(&mut poll);
         Some(home)
     }
 
@@ -394,7 +415,20 @@ impl<H> DerivTree<H> {
     /// interleave with other changes. (It used to go leaves first from a cursor, and started
     /// again from `id` when another CPU deleted the cursor's node between batches: a chain of D
     /// copies whose next node kept being deleted cost D steps per batch, D² in all.)
-    pub fn revoke_some(&mut self, id: NodeId, limit: usize, mut f: impl FnMut(NodeId, H)) -> Result<(usize, bool), Gone> {
+    pub fn revoke_some(&mut self, id: NodeId, limit: usize, f: impl FnMut(NodeId, H)) -> Result<(usize, bool), Gone> {
+        self.revoke_some_polling(id, limit, f, || {})
+    }
+
+    /// [`revoke_some`](Self::revoke_some), calling `poll` after every [`POLL_EVERY`] nodes the
+    /// vector's shrinking at the end of the revocation looks at (the kernel answers other
+    /// CPUs' TLB shoot-downs there).
+    pub fn revoke_some_polling(
+        &mut self,
+        id: NodeId,
+        limit: usize,
+        mut f: impl FnMut(NodeId, H),
+        mut poll: impl FnMut(),
+    ) -> Result<(usize, bool), Gone> {
         self.node(id).ok_or(Gone)?;
         let top = id.index;
         let limit = limit.max(1);
@@ -429,7 +463,7 @@ impl<H> DerivTree<H> {
         }
         let more = self.nodes[top as usize].first_child != NONE;
         if !more {
-            self.maybe_shrink();
+            self.maybe_shrink(&mut poll);
         }
         Ok((deleted, more))
     }
@@ -761,6 +795,40 @@ mod tests {
         assert!(t.capacity() <= 64);
         let n = t.add(Some(root), 7).unwrap();
         assert!(n.index < 64);
+    }
+
+    /// The shrink a deletion or a revocation ends with polls as it goes (the kernel answers TLB
+    /// shoot-downs there): never more than [`POLL_EVERY`] nodes between two polls, counted by
+    /// the nodes the passes look at.
+    #[test]
+    fn shrinking_polls_every_few_nodes() {
+        for revoke in [false, true] {
+            let mut t = DerivTree::new();
+            let root = t.add(None, 0u32).unwrap();
+            let ids: Vec<NodeId> = (1..20_000).map(|i| t.add(Some(root), i).unwrap()).collect();
+            // The vector's last node goes last: nothing shrinks before.
+            let (polls, before) = if revoke {
+                let mut polls = 0;
+                let mut more = true;
+                while more {
+                    polls = 0;
+                    more = t.revoke_some_polling(root, 100_000, |_, _| {}, || polls += 1).unwrap().1;
+                }
+                (polls, 20_000)
+            } else {
+                for &id in &ids[..ids.len() - 1] {
+                    t.remove(id).unwrap();
+                }
+                assert_eq!(t.capacity(), 20_000);
+                let mut polls = 0;
+                t.remove_polling(ids[ids.len() - 1], || polls += 1).unwrap();
+                (polls, 20_000)
+            };
+            assert!(t.capacity() <= 64, "shrunk ({})", t.capacity());
+            // Four passes: the scan down from the end, the generations, the truncation, the free
+            // list (each at least a poll per POLL_EVERY nodes it looks at).
+            assert!(polls >= 3 * before / POLL_EVERY, "{polls} polls for {before} nodes (revoke: {revoke})");
+        }
     }
 
     #[test]
