@@ -182,14 +182,16 @@ impl Drop for NodeCharge {
 }
 
 /// What a capability's derivation node costs the budget of the task that holds it: the node
-/// four times over (a tree's vector whose last node is free is at most four times its live
-/// nodes: it halves when a quarter is used; its pieces add at most one piece, which a tree that
-/// once needed a second piece pays many times over) and a tree's record and piece lists (each
-/// tree has at least two charged nodes: the original's root and one derived). A live last node
-/// keeps the vector as long as it ever was, which no charge covers (docs/memory.md).
+/// four times over (a tree's vector is about four times its live nodes at most: it halves, its
+/// live nodes moving down, when a quarter is used and a quarter was freed since the last look),
+/// an entry in the tree's forwarding index (a node that moved has one; its pieces add at most
+/// one piece, which a tree that once needed a second piece pays many times over) and half a
+/// tree's record and piece lists (each tree has at least two charged nodes: the original's root
+/// and one derived).
 pub const DERIV_NODE_COST: u64 = rl4_abi::cost::DERIV_NODE;
 const _: () = assert!(
-    (4 * DerivTree::<Home>::NODE_BYTES + core::mem::size_of::<Lineage>() + 16 + 64) as u64 <= DERIV_NODE_COST
+    (4 * DerivTree::<Home>::NODE_BYTES + DerivTree::<Home>::FORWARD_BYTES + (core::mem::size_of::<Lineage>() + 16) / 2 + 64) as u64
+        <= DERIV_NODE_COST
 );
 
 /// A capability's place in its [`Lineage`]. The capability in a slot *owns* its node (deleting
@@ -199,13 +201,24 @@ const _: () = assert!(
 /// in no tree (a capability about to become an original).
 #[derive(Default)]
 pub struct Link {
+    /// The tree and the node; the identifier's tag says whether this capability owns the node
+    /// (`NodeId::tag`: kept in the identifier, so that a capability stays 56 bytes).
     at: Option<(Arc<Lineage>, NodeId)>,
-    owned: bool,
 }
 
 impl Link {
+    /// A link to node `id` of `lineage`, owning it or only naming it.
+    fn new(lineage: Arc<Lineage>, id: NodeId, owned: bool) -> Link {
+        Link { at: Some((lineage, id.tagged(owned))) }
+    }
+
     fn parts(&self) -> Option<(&Arc<Lineage>, NodeId)> {
         self.at.as_ref().map(|(l, id)| (l, *id))
+    }
+
+    /// Whether this capability owns its node.
+    fn owned(&self) -> bool {
+        self.parts().is_some_and(|(_, id)| id.tag())
     }
 
     /// Whether this is node `id` of `lineage`.
@@ -215,13 +228,15 @@ impl Link {
 
     /// Turns an owning link whose node is already gone into a naming one (nothing to remove).
     fn disown(&mut self) {
-        self.owned = false;
+        if let Some((_, id)) = &mut self.at {
+            *id = id.tagged(false);
+        }
     }
 }
 
 impl Clone for Link {
     fn clone(&self) -> Self {
-        Link { at: self.at.clone(), owned: false }
+        Link { at: self.at.as_ref().map(|(l, id)| (l.clone(), id.tagged(false))) }
     }
 }
 
@@ -240,7 +255,7 @@ impl core::fmt::Debug for Link {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self.parts() {
             None => f.write_str("Link(none)"),
-            Some((l, id)) => write!(f, "Link({:p}, {id:?}, owned {})", Arc::as_ptr(l), self.owned),
+            Some((l, id)) => write!(f, "Link({:p}, {id:?}, owned {})", Arc::as_ptr(l), id.tag()),
         }
     }
 }
@@ -250,14 +265,36 @@ impl Drop for Link {
     /// held (the tree's lock comes first): capabilities are dropped after the table's lock,
     /// as every kernel object is.
     fn drop(&mut self) {
-        if let (true, Some((l, id))) = (self.owned, &self.at) {
+        if let Some((l, id)) = self.at.as_ref().filter(|(_, id)| id.tag()) {
             // Its children go to its parent, as many as a task made: other CPUs' TLB shoot-downs
             // are answered between pieces of them (a review of the sixteenth session found
             // 60,000 children handed up in one go, interrupts off).
-            let home = l.tree.lock_answering().remove_polling(*id, crate::tlb::service_tlb_if_up);
+            let home = l.tree.lock_answering().remove_polling(*id, crate::tlb::service_tlb_if_up, |h, new| node_moved(l, h, new));
             drop(home);
         }
     }
+}
+
+/// A derivation node of `lineage` moves in its tree's vector (`DerivTree::maybe_shrink`, under
+/// the tree's lock): the capability that owns it, in its home slot, is given its new identifier
+/// `id` (lock order: a tree's lock, then a table's), so that it finds its node where it is. One
+/// not in its slot (on its way out: a deletion waiting for the tree's lock, or its task's table
+/// being torn down) keeps the old identifier, which the tree's forwarding index resolves
+/// (`DerivTree::refresh`). The task reference taken here is let go of through the destruction
+/// list if it is the last (no destructor under the lock).
+fn node_moved(lineage: &Arc<Lineage>, home: &Home, id: NodeId) {
+    let Some(t) = home.task.upgrade() else { return };
+    {
+        let mut caps = t.caps.lock();
+        let _ = caps.with_link(home.slot, |_, _, _, link| {
+            if link.owned() && link.is(lineage, id) {
+                if let Some((_, at)) = &mut link.at {
+                    *at = id.tagged(true);
+                }
+            }
+        });
+    }
+    crate::reclaim::later_task(t);
 }
 
 /// `inject=deriv`: a node in the tree of `slot`'s capability that no slot owns (it says it is
@@ -287,7 +324,7 @@ impl LinkCensus {
     /// The capability in `slot` of `task`; calls `fail` for what is wrong with its link.
     pub fn slot(&mut self, task: &Arc<Task>, slot: u64, link: &Link, mut fail: impl FnMut(core::fmt::Arguments<'_>)) {
         let Some((lineage, id)) = link.parts() else { return };
-        if !link.owned {
+        if !link.owned() {
             return fail(format_args!("task {} slot {slot}: the capability names node {id:?} but does not own it", task.id));
         }
         let e = self.owners.entry(Arc::as_ptr(lineage) as usize).or_insert_with(|| (lineage.clone(), 0));
@@ -297,6 +334,11 @@ impl LinkCensus {
         };
         match tree.home(id) {
             None => fail(format_args!("task {} slot {slot}: its derivation node {id:?} is gone", task.id)),
+            // A node moves only with its owner told (`node_moved`): a slot's identifier is
+            // never out of date.
+            Some(_) if !tree.is_current(id) => {
+                fail(format_args!("task {} slot {slot}: its derivation node {id:?} moved without its slot being told", task.id))
+            }
             Some(h) if !core::ptr::eq(h.task.as_ptr(), Arc::as_ptr(task)) || h.slot != slot => fail(format_args!(
                 "task {} slot {slot}: its derivation node {id:?} says it is in slot {} of another task",
                 task.id, h.slot
@@ -341,7 +383,7 @@ impl LinkCensus {
 /// leaves it in place until what was derived from it is gone.
 pub fn revoke(task: &Task, slot: u64) -> Result<u64, Error> {
     let link = task.caps.lock().get(slot)?.link.clone();
-    let Some((lineage, id)) = link.parts() else { return Ok(0) };
+    let Some((lineage, mut id)) = link.parts() else { return Ok(0) };
     let mut total = 0u64;
     let mut first = true;
     let mut waited_out = false;
@@ -356,6 +398,13 @@ pub fn revoke(task: &Task, slot: u64) -> Result<u64, Error> {
         let mut homes: [Option<Home>; REVOKE_BATCH] = [const { None }; REVOKE_BATCH];
         let mut k = 0;
         let mut tree = lineage.tree.lock_answering();
+        // The revoking capability's node may have moved since the last batch (or since it was
+        // read): its identifier is brought up to date (the tree's forwarding index).
+        let Some(now) = tree.refresh(id) else {
+            drop(tree);
+            return if total == 0 { Err(Error::EmptySlot) } else { Ok(total) };
+        };
+        id = now;
         // The revocation is announced in the tree, so that one of an ancestor's that meets this
         // capability meanwhile deletes what was derived from it first (`DerivTree::begin_revoke`).
         if first && tree.begin_revoke(id).is_err() {
@@ -376,9 +425,12 @@ pub fn revoke(task: &Task, slot: u64) -> Result<u64, Error> {
             }
             homes[k] = Some(home);
             k += 1;
-        }, crate::tlb::service_tlb_if_up);
+        }, crate::tlb::service_tlb_if_up, |h, new| node_moved(lineage, h, new));
         if matches!(r, Ok((_, false))) {
-            tree.end_revoke(id);
+            // (The shrink that ends the last batch may have moved it.)
+            if let Some(now) = tree.refresh(id) {
+                tree.end_revoke(now);
+            }
         }
         drop(tree);
         drop(removed);
@@ -1123,10 +1175,15 @@ impl Task {
             drop(tree);
             return Err((Error::OutOfMemory, cap));
         }
+        // The parent's node may have moved since the capability was read (then the tree's
+        // forwarding index finds it): from here its identifier is up to date, and nothing moves
+        // while the lock is held.
+        // (`None`: gone.)
+        let parent = tree.refresh(parent);
         // Nothing is derived from a capability while it or one it derives from is being revoked
         // (`DerivTree::under_revocation`: copies made as fast as a revocation deletes them
         // would keep it from ever ending).
-        if tree.under_revocation(parent, crate::tlb::service_tlb_if_up) {
+        if parent.is_some_and(|p| tree.under_revocation(p, crate::tlb::service_tlb_if_up)) {
             drop(tree);
             drop(home);
             return Err((Error::Busy, cap));
@@ -1134,7 +1191,7 @@ impl Task {
         let mut caps = self.caps.lock();
         let refused = match self.refusal(&caps, slot) {
             Some(e) => Some(e),
-            None if !tree.is_live(parent) => Some(Error::EmptySlot),
+            None if parent.is_none() => Some(Error::EmptySlot),
             None => None,
         };
         if let Some(e) = refused {
@@ -1142,8 +1199,8 @@ impl Task {
             drop(home);
             return Err((e, cap));
         }
-        let id = tree.add(Some(parent), home).unwrap_or_else(|_| unreachable!("parent checked live"));
-        cap.link = Link { at: Some((lineage.clone(), id)), owned: true };
+        let id = tree.add(parent, home).unwrap_or_else(|_| unreachable!("parent checked live"));
+        cap.link = Link::new(lineage.clone(), id, true);
         caps.insert(slot, cap).map_err(|_| unreachable!("checked free"))
     }
 
@@ -1218,19 +1275,19 @@ pub fn tracked(task: &Arc<Task>, slot: u64, mut cap: Cap) -> Result<Cap, Error> 
             return Ok(Err((l.clone(), id)));
         }
         let root = tree.add(None, home.take().expect("once")).map_err(|_| Error::EmptySlot)?;
-        *link = Link { at: Some((lineage.clone(), root)), owned: true };
+        *link = Link::new(lineage.clone(), root, true);
         Ok(Ok(root))
     })??;
     let root = match root {
         Ok(root) => root,
         Err((l, id)) => {
             drop((caps, tree));
-            cap.link = Link { at: Some((l, id)), owned: false };
+            cap.link = Link::new(l, id, false);
             return Ok(cap);
         }
     };
     drop((caps, tree));
-    cap.link = Link { at: Some((lineage, root)), owned: false };
+    cap.link = Link::new(lineage, root, false);
     Ok(cap)
 }
 

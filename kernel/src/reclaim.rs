@@ -63,6 +63,8 @@ pub enum Garbage {
     /// A task's reference to the task that made it (`Task::parent`): a chain of parents is let
     /// go of one at a time, never by recursion.
     Task(Arc<crate::obj::Task>),
+    /// A task whose last reference this CPU let go of under a lock ([`later_task`]).
+    TaskBody(crate::obj::Task),
 }
 
 struct Grave {
@@ -116,6 +118,13 @@ const _: () = assert!(core::mem::size_of::<Garbage>() <= 3840);
 pub fn later_thread(t: Arc<Thread>) {
     if let Some(body) = Arc::into_inner(t) {
         later(Garbage::ThreadBody(body));
+    }
+}
+
+/// Lets go of a task reference (as [`later_thread`]: only the last one is put aside).
+pub fn later_task(t: Arc<crate::obj::Task>) {
+    if let Some(body) = Arc::into_inner(t) {
+        later(Garbage::TaskBody(body));
     }
 }
 

@@ -6,8 +6,19 @@
 //! The original capability of an object is a root; a copy, a mint or a capability received
 //! through IPC is a child of the capability it came from. Nodes live in one vector, linked by
 //! index (parent, first child, siblings both ways), and are reused through a free list; a
-//! [`NodeId`] carries the slot's generation, so an identifier kept after its node was freed
-//! (and perhaps reused) is recognised as gone.
+//! [`NodeId`] carries the node's *serial*, which no other node of the tree ever has, so an
+//! identifier kept after its node was freed (and perhaps its place reused) is recognised as gone.
+//!
+//! Nodes move: when the vector is mostly free, the live nodes of its upper half move down into
+//! free places ([`DerivTree::maybe_shrink`]) and the upper half is given back, so that a vector
+//! is never longer than four times its live nodes for long, whichever node is last (a live node
+//! at the end used to keep the vector as long as it ever was, and no budget paid for that: a
+//! hostile review of the twentieth session). The owner of a moved node is told its new
+//! identifier (`on_move`) if it can be; an identifier kept elsewhere (a capability in flight, a
+//! system call's snapshot, a capability on its way out of its slot or in a table being torn
+//! down) is out of date after a move, and [`DerivTree::refresh`] finds the node again through
+//! the tree's *forwarding index*: every live node that ever moved, by serial, sorted (a binary
+//! search, only for identifiers older than the tree's last move).
 //!
 //! Deleting a capability ([`DerivTree::remove`]) hands its children to its parent, so that
 //! revoking the parent still reaches them, and no node outlives its capability: the tree holds
@@ -20,28 +31,115 @@ const NONE: u32 = u32::MAX;
 /// How many children [`DerivTree::remove_polling`] hands up between two calls of its `poll`.
 pub const POLL_EVERY: usize = 64;
 
-/// A node of a [`DerivTree`]: index and generation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A node of a [`DerivTree`]: where it was when the identifier was made, and its serial (its
+/// identity: two identifiers are equal when they name the same node, wherever it is now).
+#[derive(Clone, Copy, Debug)]
 pub struct NodeId {
     index: u32,
-    /// Never repeats for one index: a node whose generation reaches `u32::MAX` is retired
-    /// instead of reused (else, after 2^32 copies and deletions, a stale identifier would
-    /// name a live node again).
-    generation: u32,
+    /// The tree's count of moves ([`DerivTree::maybe_shrink`] passes that moved nodes) when the
+    /// identifier was made: an identifier whose node is not at `index` names a freed node if no
+    /// move happened since, and is looked for by its serial otherwise ([`DerivTree::refresh`]).
+    /// (Wraps after 2^32 such passes, each after at least 16 frees: an identifier kept across
+    /// exactly that many is taken for gone, not misread.)
+    moves: u32,
+    /// The node's serial (bits 0–46: never 0, never repeats within a tree) and the [`tag`] bit
+    /// (63) of the identifier's holder.
+    ///
+    /// [`tag`]: Self::tag
+    serial: u64,
 }
 
+/// Serials have 47 bits ([`DerivTree::reserve`] refuses a node once a tree has used them all:
+/// 2^47 copies, years of nothing else).
+const SERIAL_BITS: u64 = (1 << 47) - 1;
+/// In a node's `serial_hi`: the node moved at least once (it has an entry in the forwarding
+/// index).
+const MOVED: u16 = 1 << 15;
+const TAG: u64 = 1 << 63;
+
+impl NodeId {
+    /// One bit the holder of an identifier keeps with it (the kernel: whether the capability
+    /// owns its node), which the tree ignores and [`DerivTree::refresh`] keeps.
+    pub fn tag(self) -> bool {
+        self.serial & TAG != 0
+    }
+
+    /// This identifier with its [`tag`](Self::tag) set to `on`.
+    pub fn tagged(self, on: bool) -> NodeId {
+        NodeId { serial: self.serial & !TAG | if on { TAG } else { 0 }, ..self }
+    }
+
+    fn serial(self) -> u64 {
+        self.serial & SERIAL_BITS
+    }
+}
+
+/// Two identifiers are equal when they name the same node (wherever it was when each was made,
+/// whatever their tags).
+impl PartialEq for NodeId {
+    fn eq(&self, o: &Self) -> bool {
+        self.serial() == o.serial()
+    }
+}
+impl Eq for NodeId {}
+
 struct Node<H> {
-    generation: u32,
+    /// The [`NodeId`] serial of the node here, in two parts ([`Node::serial`]: the node is 48
+    /// bytes, 4 × 48 in a node's cost); 0 while the place is free.
+    serial_lo: u32,
+    serial_hi: u16,
+    /// Revocations of this node under way ([`DerivTree::begin_revoke`]): another revocation
+    /// that reaches it takes its children first and leaves the node itself until it has none.
+    revoking: u16,
     parent: u32,
     first_child: u32,
     prev: u32,
     /// Next sibling; for a free node, the next free one.
     next: u32,
-    /// Revocations of this node under way ([`DerivTree::begin_revoke`]): another revocation
-    /// that reaches it takes its children first and leaves the node itself until it has none.
-    revoking: u32,
     /// `None`: the node is free.
     home: Option<H>,
+}
+
+impl<H> Node<H> {
+    fn serial(&self) -> u64 {
+        ((self.serial_hi & !MOVED) as u64) << 32 | self.serial_lo as u64
+    }
+
+    /// Sets the serial (0: free) and clears the moved flag.
+    fn set_serial(&mut self, s: u64) {
+        (self.serial_lo, self.serial_hi) = (s as u32, (s >> 32) as u16 & !MOVED);
+    }
+
+    fn moved(&self) -> bool {
+        self.serial_hi & MOVED != 0
+    }
+}
+
+/// An entry of the forwarding index: where the node with this serial is now (`NONE` once it is
+/// freed, until the next shrink compacts the index).
+#[derive(Clone, Copy)]
+struct Fwd {
+    serial: u64,
+    index: u32,
+}
+
+/// Calls `poll` after every [`POLL_EVERY`] steps of one piece of work.
+struct Poller<'a, F: FnMut()> {
+    poll: &'a mut F,
+    n: usize,
+}
+
+impl<F: FnMut()> Poller<'_, F> {
+    fn step(&mut self) {
+        self.n += 1;
+        if self.n % POLL_EVERY == 0 {
+            (self.poll)();
+        }
+    }
+
+    fn poll(&mut self) {
+        (self.poll)();
+    }
 }
 
 /// One object's derivation tree.
@@ -55,10 +153,15 @@ pub struct DerivTree<H> {
     /// Revocations under way in the tree: the sum of the live nodes' `revoking` (while it is 0,
     /// [`under_revocation`](Self::under_revocation) looks at nothing).
     revocations: u32,
-    /// The generation a node appended to the vector starts with: above that of every node
-    /// the vector dropped when it shrank, so an identifier of a dropped node never names a
-    /// new one.
-    fresh_generation: u32,
+    /// The serial the next node gets (from 1).
+    serials: u64,
+    /// Passes of [`maybe_shrink`](Self::maybe_shrink) that moved nodes (wrapping; see
+    /// [`NodeId`]).
+    moves: u32,
+    /// The forwarding index: an entry per live node that ever moved (and per such node freed
+    /// since the last shrink), sorted by serial. In page-sized pieces, 16 bytes an entry, at
+    /// most one per live node after a shrink (in a node's cost).
+    fwd: PagedVec<Fwd>,
     /// Nodes revocations deleted or handed over (tests: the cost bound).
     #[cfg(test)]
     steps: usize,
@@ -77,6 +180,8 @@ pub struct Gone;
 impl<H> DerivTree<H> {
     /// Bytes one node takes in the tree's vector.
     pub const NODE_BYTES: usize = core::mem::size_of::<Node<H>>();
+    /// Bytes a moved node's entry takes in the forwarding index.
+    pub const FORWARD_BYTES: usize = core::mem::size_of::<Fwd>();
 
     pub const fn new() -> Self {
         DerivTree {
@@ -85,7 +190,9 @@ impl<H> DerivTree<H> {
             live: 0,
             freed: 0,
             revocations: 0,
-            fresh_generation: 0,
+            serials: 1,
+            moves: 0,
+            fwd: PagedVec::new(),
             #[cfg(test)]
             steps: 0,
         }
@@ -105,45 +212,87 @@ impl<H> DerivTree<H> {
         self.nodes.len()
     }
 
+    /// `id`'s node, if it is live where `id` says. An identifier made before the tree's last
+    /// move may name a node that moved: the public functions taking one expect it up to date
+    /// ([`refresh`](Self::refresh)), else they take the node for gone.
     fn node(&self, id: NodeId) -> Option<&Node<H>> {
-        self.nodes.get(id.index as usize).filter(|n| n.generation == id.generation && n.home.is_some())
+        self.nodes.get(id.index as usize).filter(|n| n.serial() == id.serial() && n.home.is_some())
+    }
+
+    fn id_at(&self, index: u32) -> NodeId {
+        NodeId { index, moves: self.moves, serial: self.nodes[index as usize].serial() }
+    }
+
+    /// `id` brought up to date: the same node where it is now, or `None` if it was freed. An
+    /// identifier is checked where it says; one made before the tree's last move whose node is
+    /// not there is looked up in the forwarding index (a binary search). Keeps `id`'s tag.
+    pub fn refresh(&self, id: NodeId) -> Option<NodeId> {
+        if self.node(id).is_some() {
+            return Some(NodeId { moves: self.moves, ..id });
+        }
+        if id.moves == self.moves {
+            return None;
+        }
+        let i = self.fwd_find(id.serial())?;
+        let to = self.fwd[i].index;
+        (to != NONE && self.nodes.get(to as usize).is_some_and(|n| n.serial() == id.serial() && n.home.is_some()))
+            .then(|| self.id_at(to).tagged(id.tag()))
+    }
+
+    /// The forwarding index's entry for `serial`, if any.
+    fn fwd_find(&self, serial: u64) -> Option<usize> {
+        self.fwd_find_in(serial, self.fwd.len())
+    }
+
+    /// Whether `id` names a live node where it says, without looking further (the kernel's
+    /// consistency check: a capability in a slot has an up-to-date identifier).
+    pub fn is_current(&self, id: NodeId) -> bool {
+        self.node(id).is_some()
     }
 
     /// Whether `id` still names a capability.
     pub fn is_live(&self, id: NodeId) -> bool {
-        self.node(id).is_some()
+        self.refresh(id).is_some()
     }
 
     /// Where `id`'s capability lives.
     pub fn home(&self, id: NodeId) -> Option<&H> {
+        let id = self.refresh(id)?;
         self.node(id).and_then(|n| n.home.as_ref())
     }
 
     /// The parent of `id`, if it is live and not a root.
     pub fn parent(&self, id: NodeId) -> Option<NodeId> {
+        let id = self.refresh(id)?;
         let n = self.node(id)?;
-        (n.parent != NONE).then(|| NodeId { index: n.parent, generation: self.nodes[n.parent as usize].generation })
+        (n.parent != NONE).then(|| self.id_at(n.parent))
     }
 
     /// Makes room for one more node, so that the next [`add`](Self::add) allocates nothing;
-    /// `Err` if there is no memory for it.
+    /// `Err` if there is no memory for it (or the tree has used every serial).
     pub fn reserve(&mut self) -> Result<(), ()> {
+        if self.serials > SERIAL_BITS {
+            return Err(());
+        }
         if self.free != NONE { Ok(()) } else { self.nodes.try_reserve_one() }
     }
 
     /// A new node: a root (`parent` `None`) or a child of the live node `parent`.
     pub fn add(&mut self, parent: Option<NodeId>, home: H) -> Result<NodeId, Gone> {
-        let p = match parent {
+        let p = match parent.map(|p| self.refresh(p)) {
             None => NONE,
-            Some(p) if self.is_live(p) => p.index,
-            Some(_) => return Err(Gone),
+            Some(Some(p)) => p.index,
+            Some(None) => return Err(Gone),
         };
+        if self.serials > SERIAL_BITS {
+            return Err(Gone);
+        }
         let index = if self.free != NONE {
             let i = self.free;
             self.free = self.nodes[i as usize].next;
             i
         } else {
-            let node = Node { generation: self.fresh_generation, parent: NONE, first_child: NONE, prev: NONE, next: NONE, revoking: 0, home: None };
+            let node = Node { serial_lo: 0, serial_hi: 0, parent: NONE, first_child: NONE, prev: NONE, next: NONE, revoking: 0, home: None };
             // Only without a `reserve` first, and with no memory: no node.
             if self.nodes.try_push(node).is_err() {
                 return Err(Gone);
@@ -152,7 +301,10 @@ impl<H> DerivTree<H> {
         };
         let next = if p == NONE { NONE } else { self.nodes[p as usize].first_child };
         {
+            let serial = self.serials;
+            self.serials += 1;
             let n = &mut self.nodes[index as usize];
+            n.set_serial(serial);
             n.parent = p;
             n.first_child = NONE;
             n.prev = NONE;
@@ -166,7 +318,7 @@ impl<H> DerivTree<H> {
             self.nodes[p as usize].first_child = index;
         }
         self.live += 1;
-        Ok(NodeId { index, generation: self.nodes[index as usize].generation })
+        Ok(self.id_at(index))
     }
 
     /// Takes node `i` out of its parent's list of children.
@@ -193,82 +345,197 @@ impl<H> DerivTree<H> {
         n.prev = NONE;
         n.next = NONE;
         // A revocation of a node that is freed is over.
-        self.revocations -= n.revoking;
+        self.revocations -= n.revoking as u32;
         n.revoking = 0;
         self.live -= 1;
         let home = n.home.take().expect("a live node");
-        if n.generation == u32::MAX {
-            // Retired: this index is never handed out again.
-            return home;
-        }
-        n.generation += 1;
+        let (serial, moved) = (n.serial(), n.moved());
+        n.set_serial(0);
         n.next = self.free;
         self.free = i;
         self.freed += 1;
+        if moved {
+            // Its forwarding entry goes at the next shrink (which compacts the index).
+            if let Some(f) = self.fwd_find(serial) {
+                self.fwd[f].index = NONE;
+            }
+        }
         home
     }
 
-    /// Gives memory back after a burst: once at most a quarter of the vector's nodes are
-    /// live, its last node is free and a quarter of them were freed since the last look, the
-    /// free nodes at the end of the vector are dropped if they are at least half of it, and the
-    /// vector's capacity shrinks with them. (Nodes cannot move, identifiers name them by index: a live node near
-    /// the end keeps the vector long; a retired one too.) The free list is rebuilt in address
-    /// order, so the lowest free nodes are used first and the end stays free. Time: the nodes
-    /// looked at, at most the frees since the last look times four.
-    fn maybe_shrink(&mut self, poll: &mut impl FnMut()) {
+    /// Gives memory back after a burst: once at most a quarter of the vector's places are live
+    /// and a quarter were freed since the last look, the live nodes at or above `target` (twice
+    /// the live nodes, 32 at least) move down into the lowest free places, and the free end of
+    /// the vector is dropped, its capacity with it: the vector is then at most about twice its
+    /// live nodes, and until the next look at most about four times, whatever the order of
+    /// deletions. Each moved node's owner is told its new identifier (`on_move`, under the
+    /// tree's lock; the kernel rewrites the capability in its slot if it is there), and the
+    /// node gets an entry in the forwarding index, where [`refresh`](Self::refresh) finds it
+    /// for an identifier that was not told (a capability in flight or on its way out of its
+    /// slot). The index is compacted (entries of freed nodes dropped) and sorted here. A node
+    /// for whose entry there is no memory stays where it is, and the vector keeps what lies
+    /// below it. The free list is rebuilt in address order, so the lowest free nodes are used
+    /// first and the end stays free. Time: the places looked at, the moved nodes' children and
+    /// the index's sorting, `poll` called after every [`POLL_EVERY`] steps (the tree's lock is
+    /// held, interrupts off, and a task decides how long the vector is: a hostile review of the
+    /// twentieth session found three unpolled passes over 100,000 nodes); amortised over the
+    /// quarter of the vector freed since the last look, a few steps (and a logarithm) a free.
+    fn maybe_shrink(&mut self, poll: &mut impl FnMut(), on_move: &mut impl FnMut(&H, NodeId)) {
         let len = self.nodes.len();
-        if len < 64 || 4 * self.live > len {
-            return;
-        }
-        let last = &self.nodes[len - 1];
-        if last.home.is_some() || last.generation == u32::MAX || 4 * self.freed < len {
+        if len < 64 || 4 * self.live > len || 4 * self.freed < len {
             return;
         }
         self.freed = 0;
-        // Every pass below calls `poll` after each [`POLL_EVERY`] nodes: the tree's lock is held,
-        // interrupts off, and a task decides how long the vector is (a hostile review of the
-        // twentieth session: three passes over 100,000 nodes in one go).
-        let mut keep = len;
-        while keep > len / 2 {
-            let n = &self.nodes[keep - 1];
-            if n.home.is_some() || n.generation == u32::MAX {
-                return;
+        let mut p = Poller { poll, n: 0 };
+        // The freed nodes' forwarding entries go first (order kept: still sorted).
+        let mut k = 0u32;
+        self.fwd.retain(|f| {
+            k = k.wrapping_add(1);
+            if k % POLL_EVERY as u32 == 0 {
+                (p.poll)();
             }
+            f.index != NONE
+        });
+        let sorted = self.fwd.len();
+        // At most `live` nodes lie below `target`, so it has room for every one above.
+        let target = (2 * self.live).max(32);
+        let mut to = 0;
+        let mut moved = false;
+        let mut stuck = 0;
+        for j in target..len {
+            p.step();
+            if self.nodes[j].serial() == 0 {
+                continue;
+            }
+            while self.nodes[to].serial() != 0 {
+                to += 1;
+                p.step();
+            }
+            debug_assert!(to < target);
+            let serial = self.nodes[j].serial();
+            // Its forwarding entry: the one it has (from an earlier move: in the sorted part),
+            // or a new one at the end (sorted below). Without memory for one, it stays.
+            let entry = if self.nodes[j].moved() { self.fwd_find_in(serial, sorted) } else { None };
+            if entry.is_none() && self.fwd.try_push(Fwd { serial, index: to as u32 }).is_err() {
+                stuck = j + 1;
+                continue;
+            }
+            if let Some(f) = entry {
+                self.fwd[f].index = to as u32;
+            }
+            if !moved {
+                moved = true;
+                self.moves = self.moves.wrapping_add(1);
+            }
+            self.relocate(j as u32, to as u32, &mut p);
+            self.nodes[to].serial_hi |= MOVED;
+            let id = self.id_at(to as u32);
+            on_move(self.nodes[to].home.as_ref().expect("a live node moved"), id);
+            to += 1;
+        }
+        self.sort_fwd(sorted, &mut p);
+        let mut keep = target.max(stuck);
+        while keep > 0 && self.nodes[keep - 1].serial() == 0 {
             keep -= 1;
-            if keep % POLL_EVERY == 0 {
-                poll();
-            }
+            p.step();
         }
-        while keep > 0 && self.nodes[keep - 1].home.is_none() && self.nodes[keep - 1].generation != u32::MAX {
-            keep -= 1;
-            if keep % POLL_EVERY == 0 {
-                poll();
-            }
-        }
-        let mut top = 0;
-        for i in keep..len {
-            top = top.max(self.nodes[i].generation);
-            if i % POLL_EVERY == 0 {
-                poll();
-            }
-        }
-        self.fresh_generation = self.fresh_generation.max(top);
         while self.nodes.len() > keep {
             self.nodes.truncate(keep.max(self.nodes.len().saturating_sub(POLL_EVERY)));
-            poll();
+            p.poll();
         }
         // Frees whole pieces: allocates nothing.
         self.nodes.shrink();
+        self.fwd.shrink();
         self.free = NONE;
         for i in (0..keep).rev() {
             let n = &mut self.nodes[i];
-            if n.home.is_none() && n.generation != u32::MAX {
+            if n.serial() == 0 {
                 n.next = self.free;
                 self.free = i as u32;
             }
-            if i % POLL_EVERY == 0 {
-                poll();
+            p.step();
+        }
+    }
+
+    /// [`fwd_find`](Self::fwd_find) in the first `n` entries.
+    fn fwd_find_in(&self, serial: u64, n: usize) -> Option<usize> {
+        let (mut lo, mut hi) = (0, n);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let s = self.fwd[mid].serial;
+            if s == serial {
+                return Some(mid);
             }
+            if s < serial {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        None
+    }
+
+    /// Sorts the forwarding index by serial, its first `sorted` entries being sorted already: a
+    /// heap sort in place (no allocation), unless nothing was added.
+    fn sort_fwd(&mut self, sorted: usize, p: &mut Poller<'_, impl FnMut()>) {
+        let n = self.fwd.len();
+        if n == sorted {
+            return;
+        }
+        let key = |v: &PagedVec<Fwd>, i: usize| v[i].serial;
+        let sift = |v: &mut PagedVec<Fwd>, mut root: usize, end: usize, p: &mut Poller<'_, _>| loop {
+            let mut child = 2 * root + 1;
+            if child >= end {
+                break;
+            }
+            if child + 1 < end && key(v, child) < key(v, child + 1) {
+                child += 1;
+            }
+            if key(v, root) >= key(v, child) {
+                break;
+            }
+            v.swap(root, child);
+            root = child;
+            p.step();
+        };
+        for start in (0..n / 2).rev() {
+            sift(&mut self.fwd, start, n, p);
+        }
+        for end in (1..n).rev() {
+            self.fwd.swap(0, end);
+            sift(&mut self.fwd, 0, end, p);
+        }
+    }
+
+    /// Moves the live node at `from` to the free place `to`: its neighbours, its parent (if it
+    /// was the first child) and its children are pointed there. Time: its children.
+    fn relocate(&mut self, from: u32, to: u32, p: &mut Poller<'_, impl FnMut()>) {
+        let (serial, parent, first, prev, next, revoking, home) = {
+            let n = &mut self.nodes[from as usize];
+            let v = (n.serial(), n.parent, n.first_child, n.prev, n.next, n.revoking, n.home.take());
+            n.set_serial(0);
+            (n.parent, n.first_child, n.prev, n.next, n.revoking) = (NONE, NONE, NONE, NONE, 0);
+            v
+        };
+        debug_assert!(self.nodes[to as usize].serial() == 0 && self.nodes[to as usize].home.is_none());
+        {
+            let n = &mut self.nodes[to as usize];
+            n.set_serial(serial);
+            (n.parent, n.first_child, n.prev, n.next, n.revoking, n.home) = (parent, first, prev, next, revoking, home);
+        }
+        if prev != NONE {
+            self.nodes[prev as usize].next = to;
+        } else if parent != NONE && self.nodes[parent as usize].first_child == from {
+            self.nodes[parent as usize].first_child = to;
+        }
+        if next != NONE {
+            self.nodes[next as usize].prev = to;
+        }
+        let mut c = first;
+        while c != NONE {
+            self.nodes[c as usize].parent = to;
+            c = self.nodes[c as usize].next;
+            p.step();
         }
     }
 
@@ -309,19 +576,20 @@ impl<H> DerivTree<H> {
     /// Deletes the capability `id` (if it is still live): its children become its parent's
     /// (roots, if it was one). Returns its home. Time: its number of children.
     pub fn remove(&mut self, id: NodeId) -> Option<H> {
-        self.remove_polling(id, || {})
+        self.remove_polling(id, || {}, |_, _| {})
     }
 
     /// [`remove`](Self::remove), calling `poll` after every [`POLL_EVERY`] children handed up
     /// (the kernel answers other CPUs' TLB shoot-downs there: a task decides how many children
-    /// a capability has, and the tree's lock is held, interrupts off, throughout).
-    pub fn remove_polling(&mut self, id: NodeId, mut poll: impl FnMut()) -> Option<H> {
-        self.node(id)?;
+    /// a capability has, and the tree's lock is held, interrupts off, throughout); nodes the
+    /// shrink that may follow moves are told to `on_move` ([`maybe_shrink`](Self::maybe_shrink)).
+    pub fn remove_polling(&mut self, id: NodeId, mut poll: impl FnMut(), mut on_move: impl FnMut(&H, NodeId)) -> Option<H> {
+        let id = self.refresh(id)?;
         let i = id.index;
         self.hand_children_up(i, &mut poll);
         self.unlink(i);
         let home = self.release(i);
-        self.maybe_shrink(&mut poll);
+        self.maybe_shrink(&mut poll, &mut on_move);
         Some(home)
     }
 
@@ -347,9 +615,10 @@ impl<H> DerivTree<H> {
     /// this one never ends with `id` gone and its descendants still there. Freeing `id` ends it
     /// too.
     pub fn begin_revoke(&mut self, id: NodeId) -> Result<(), Gone> {
-        self.node(id).ok_or(Gone)?;
-        if self.revocations == u32::MAX {
-            // (Never: one per revoking call under way.) Refused rather than miscounted.
+        let id = self.refresh(id).ok_or(Gone)?;
+        if self.revocations == u32::MAX || self.nodes[id.index as usize].revoking == u16::MAX {
+            // (Never: one per revoking call under way, each on a CPU.) Refused rather than
+            // miscounted.
             return Err(Gone);
         }
         self.revocations += 1;
@@ -366,9 +635,10 @@ impl<H> DerivTree<H> {
     /// revocation under way; else one per ancestor, `poll` called after every [`POLL_EVERY`]
     /// (the kernel answers other CPUs' TLB shoot-downs there). `false` for a node that is gone.
     pub fn under_revocation(&self, id: NodeId, mut poll: impl FnMut()) -> bool {
-        if self.revocations == 0 || self.node(id).is_none() {
+        if self.revocations == 0 {
             return false;
         }
+        let Some(id) = self.refresh(id) else { return false };
         let mut x = id.index;
         let mut k = 0;
         while x != NONE {
@@ -388,7 +658,7 @@ impl<H> DerivTree<H> {
     /// The revocation of `id` that [`begin_revoke`](Self::begin_revoke) announced is over
     /// (nothing to do if `id` is gone meanwhile).
     pub fn end_revoke(&mut self, id: NodeId) {
-        if self.node(id).is_some() {
+        if let Some(id) = self.refresh(id) {
             let n = &mut self.nodes[id.index as usize];
             if n.revoking > 0 {
                 n.revoking -= 1;
@@ -416,20 +686,22 @@ impl<H> DerivTree<H> {
     /// again from `id` when another CPU deleted the cursor's node between batches: a chain of D
     /// copies whose next node kept being deleted cost D steps per batch, D² in all.)
     pub fn revoke_some(&mut self, id: NodeId, limit: usize, f: impl FnMut(NodeId, H)) -> Result<(usize, bool), Gone> {
-        self.revoke_some_polling(id, limit, f, || {})
+        self.revoke_some_polling(id, limit, f, || {}, |_, _| {})
     }
 
     /// [`revoke_some`](Self::revoke_some), calling `poll` after every [`POLL_EVERY`] nodes the
     /// vector's shrinking at the end of the revocation looks at (the kernel answers other
-    /// CPUs' TLB shoot-downs there).
+    /// CPUs' TLB shoot-downs there), and telling `on_move` of the nodes that shrinking moves
+    /// (`id`'s own among them, perhaps: keep it up to date with [`refresh`](Self::refresh)).
     pub fn revoke_some_polling(
         &mut self,
         id: NodeId,
         limit: usize,
         mut f: impl FnMut(NodeId, H),
         mut poll: impl FnMut(),
+        mut on_move: impl FnMut(&H, NodeId),
     ) -> Result<(usize, bool), Gone> {
-        self.node(id).ok_or(Gone)?;
+        let id = self.refresh(id).ok_or(Gone)?;
         let top = id.index;
         let limit = limit.max(1);
         let (mut deleted, mut work) = (0, 0);
@@ -450,7 +722,7 @@ impl<H> DerivTree<H> {
                 }
                 continue;
             }
-            let gone = NodeId { index: x, generation: self.nodes[x as usize].generation };
+            let gone = self.id_at(x);
             self.unlink(x);
             let home = self.release(x);
             deleted += 1;
@@ -463,7 +735,7 @@ impl<H> DerivTree<H> {
         }
         let more = self.nodes[top as usize].first_child != NONE;
         if !more {
-            self.maybe_shrink(&mut poll);
+            self.maybe_shrink(&mut poll, &mut on_move);
         }
         Ok((deleted, more))
     }
@@ -780,21 +1052,108 @@ mod tests {
         assert!(t.capacity() <= 64 && t.is_live(root));
     }
 
+    /// A live node at the end of the vector moves down when the vector shrinks (it used to keep
+    /// the vector as long as it ever was: a task that filled a tree, copied once more, kept that
+    /// copy and deleted the rest held the whole vector while paying for two nodes — a hostile
+    /// review of the twentieth session). Its owner is told where it went, and an identifier
+    /// kept from before the move still finds it.
     #[test]
-    fn a_live_node_at_the_end_keeps_the_vector() {
+    fn a_live_node_at_the_end_moves_down_and_the_vector_shrinks() {
         let mut t = DerivTree::new();
         let root = t.add(None, 0u32).unwrap();
         let ids: Vec<NodeId> = (1..1000).map(|i| t.add(Some(root), i).unwrap()).collect();
-        for &id in &ids[..998] {
-            t.remove(id).unwrap();
+        let z = t.add(Some(ids[10]), 5000).unwrap();
+        let mut owner = z;
+        let mut moved = 0;
+        for &id in &ids {
+            t.remove_polling(id, || {}, |&h, new| {
+                if h == 5000 {
+                    owner = new;
+                }
+                moved += 1;
+            });
         }
-        assert_eq!(t.capacity(), 1000);
-        assert!(t.is_live(ids[998]));
-        // The lowest free nodes are used first once the list was rebuilt.
-        t.remove(ids[998]).unwrap();
-        assert!(t.capacity() <= 64);
+        assert_eq!(t.len(), 2);
+        assert!(t.capacity() <= 64, "{} places kept for 2 live nodes", t.capacity());
+        assert!(moved >= 1);
+        // The owner's identifier is up to date (found where it says, no scan); the old one
+        // finds the node by its serial.
+        assert!(t.node(owner).is_some() && owner.index < 64);
+        assert_eq!(t.refresh(z).map(|i| i.index), Some(owner.index));
+        assert_eq!(z, owner);
+        assert_eq!(t.home(z), Some(&5000));
+        assert_eq!(t.parent(z), Some(root), "handed up to the root when its parent went");
+        // New nodes take the lowest free places.
         let n = t.add(Some(root), 7).unwrap();
         assert!(n.index < 64);
+        // Repeated over and over, the vector stays within four times its live nodes (and 64).
+        for round in 0..20u32 {
+            let many: Vec<NodeId> = (0..2000).map(|i| t.add(Some(root), 10_000 + i).unwrap()).collect();
+            let _keep = t.add(Some(root), 100_000 + round).unwrap();
+            for &id in &many {
+                t.remove(id).unwrap();
+            }
+            assert!(t.capacity() <= (4 * t.len()).max(128), "round {round}: {} places for {} live", t.capacity(), t.len());
+        }
+        assert_eq!(t.len(), 3 + 20);
+        let mut n = 0;
+        assert_eq!(t.revoke(root, |_, _| n += 1), Ok(22));
+        assert!(t.capacity() <= 64);
+    }
+
+    /// A revocation that leaves a few nodes high in the vector shrinks it all the same (the
+    /// first version of moving nodes looked only at the upper half, and stopped at a live node
+    /// just below it: a revocation that deleted all but the low root and a node at the middle
+    /// kept half the vector — the twentieth session's review of the change).
+    #[test]
+    fn a_revocation_shrinks_to_the_live_nodes() {
+        let mut t = DerivTree::new();
+        let root = t.add(None, 0u32).unwrap();
+        let first: Vec<NodeId> = (1..2047).map(|i| t.add(Some(root), i).unwrap()).collect();
+        let z = t.add(Some(root), 5000).unwrap();
+        for i in 0..2048 {
+            t.add(Some(z), 10_000 + i).unwrap();
+        }
+        for &id in &first {
+            t.remove(id).unwrap();
+        }
+        assert_eq!(t.capacity(), 4096, "no look yet: three quarters live");
+        assert_eq!(t.revoke(z, |_, _| {}), Ok(2048));
+        assert_eq!(t.len(), 2);
+        assert!(t.capacity() <= 64, "{} places for 2 live", t.capacity());
+        assert_eq!(t.home(z), Some(&5000));
+        assert_eq!(t.parent(z), Some(root));
+    }
+
+    /// Identifiers nobody told of a move (a capability in flight, one on its way out of its
+    /// slot) find their nodes through the forwarding index, however often they moved; freed
+    /// nodes' entries go at the next shrink.
+    #[test]
+    fn untold_identifiers_find_moved_nodes() {
+        let mut t = DerivTree::new();
+        let root = t.add(None, 0u32).unwrap();
+        let mut keep = vec![];
+        for round in 0..6u32 {
+            let many: Vec<NodeId> = (0..3000).map(|i| t.add(Some(root), 100_000 * (round + 1) + i).unwrap()).collect();
+            keep.push((t.add(Some(many[17]), round).unwrap(), round));
+            for &id in &many {
+                t.remove(id).unwrap();
+            }
+            assert!(t.capacity() <= 4 * t.len() + 64, "round {round}: {} places for {} live", t.capacity(), t.len());
+        }
+        for &(id, h) in &keep {
+            let now = t.refresh(id).expect("found");
+            assert!(!t.is_current(id) || id.index == now.index);
+            assert!(t.is_current(now) && now == id && t.home(id) == Some(&h) && t.parent(id) == Some(root));
+        }
+        // Entries of moved nodes only, and of freed ones until the next shrink.
+        let live_entries = (0..t.fwd.len()).filter(|&i| t.fwd[i].index != NONE).count();
+        assert!(live_entries <= keep.len() && t.fwd.len() <= t.capacity(), "{live_entries} of {} entries", t.fwd.len());
+        let gone = keep[0].0;
+        assert_eq!(t.remove(gone), Some(0));
+        assert!(!t.is_live(gone) && t.refresh(gone).is_none());
+        assert_eq!(t.revoke(root, |_, _| {}), Ok(5));
+        assert!(keep.iter().all(|&(id, _)| !t.is_live(id)));
     }
 
     /// The shrink a deletion or a revocation ends with polls as it goes (the kernel answers TLB
@@ -806,28 +1165,29 @@ mod tests {
             let mut t = DerivTree::new();
             let root = t.add(None, 0u32).unwrap();
             let ids: Vec<NodeId> = (1..20_000).map(|i| t.add(Some(root), i).unwrap()).collect();
-            // The vector's last node goes last: nothing shrinks before.
+            // Removed one by one: one removal (that of the 15,000th) finds a quarter live and
+            // shrinks 20,000 places, moving 4,999 nodes down; it polls all along.
             let (polls, before) = if revoke {
                 let mut polls = 0;
                 let mut more = true;
                 while more {
                     polls = 0;
-                    more = t.revoke_some_polling(root, 100_000, |_, _| {}, || polls += 1).unwrap().1;
+                    more = t.revoke_some_polling(root, 100_000, |_, _| {}, || polls += 1, |_, _| {}).unwrap().1;
                 }
                 (polls, 20_000)
             } else {
-                for &id in &ids[..ids.len() - 1] {
-                    t.remove(id).unwrap();
+                let mut most = 0;
+                for &id in &ids {
+                    let mut polls = 0;
+                    t.remove_polling(id, || polls += 1, |_, _| {}).unwrap();
+                    most = most.max(polls);
                 }
-                assert_eq!(t.capacity(), 20_000);
-                let mut polls = 0;
-                t.remove_polling(ids[ids.len() - 1], || polls += 1).unwrap();
-                (polls, 20_000)
+                (most, 20_000)
             };
             assert!(t.capacity() <= 64, "shrunk ({})", t.capacity());
-            // Four passes: the scan down from the end, the generations, the truncation, the free
-            // list (each at least a poll per POLL_EVERY nodes it looks at).
-            assert!(polls >= 3 * before / POLL_EVERY, "{polls} polls for {before} nodes (revoke: {revoke})");
+            // The passes: the upper half (moving its live nodes), the truncation, the free list
+            // (each at least a poll per POLL_EVERY places it looks at).
+            assert!(polls >= before / POLL_EVERY, "{polls} polls for {before} nodes (revoke: {revoke})");
         }
     }
 
@@ -876,7 +1236,7 @@ mod tests {
             let sib = t.add(if with_parent { Some(a) } else { None }, 2).unwrap();
             let kids: Vec<NodeId> = (0..200).map(|i| t.add(Some(b), 10 + i).unwrap()).collect();
             let mut polls = 0;
-            assert_eq!(t.remove_polling(b, || polls += 1), Some(1));
+            assert_eq!(t.remove_polling(b, || polls += 1, |_, _| {}), Some(1));
             // 200 children: three full pieces and a short one (handed up under a parent), or a
             // poll after each 64 made roots.
             assert_eq!(polls, if with_parent { 4 } else { 3 });
@@ -907,16 +1267,22 @@ mod tests {
     }
 
     #[test]
-    fn a_node_whose_generation_ran_out_is_retired() {
+    fn a_freed_id_stays_dead_across_moves_and_shrinks() {
         let mut t = DerivTree::new();
-        let a = t.add(None, 1).unwrap();
-        let b = t.add(Some(a), 2).unwrap();
-        t.nodes[b.index as usize].generation = u32::MAX;
-        let old = NodeId { index: b.index, generation: u32::MAX };
-        assert_eq!(t.remove(old), Some(2));
-        let c = t.add(Some(a), 3).unwrap();
-        assert_ne!(c.index, b.index, "the retired index is not reused");
-        assert!(!t.is_live(old) && t.is_live(c));
+        let root = t.add(None, 0u32).unwrap();
+        let ids: Vec<NodeId> = (1..1000).map(|i| t.add(Some(root), i).unwrap()).collect();
+        let (gone, kept) = ids.split_at(500);
+        for &id in gone {
+            t.remove(id).unwrap();
+        }
+        // Reused places, moved nodes: a freed identifier names none of them.
+        let again: Vec<NodeId> = (0..300).map(|i| t.add(Some(root), 5000 + i).unwrap()).collect();
+        for &id in kept.iter().chain(&again) {
+            t.remove(id).unwrap();
+        }
+        let last: Vec<NodeId> = (0..2000).map(|i| t.add(Some(root), 9000 + i).unwrap()).collect();
+        assert!(ids.iter().chain(&again).all(|&id| !t.is_live(id) && t.home(id).is_none() && t.remove(id).is_none()));
+        assert!(last.iter().all(|&id| t.is_live(id)));
     }
 
     #[test]
@@ -934,6 +1300,105 @@ mod tests {
         assert_eq!(t.revoke(root, |_, _| n += 1), Ok(199_999));
         assert_eq!(n, 199_999);
         assert_eq!(t.len(), 1);
+    }
+
+    /// Bursts of copies and deletions big enough to move nodes: the owners' identifiers, kept
+    /// up to date through `on_move` as the kernel keeps its slots', are always found where they
+    /// say (no scan); identifiers kept from when each node was made find the same node through
+    /// `refresh`; the tree agrees with the model (parents, homes) and stays within about four
+    /// times its live nodes.
+    #[test]
+    fn moved_nodes_keep_their_place_in_the_tree() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let mut moves = 0;
+        for _round in 0..40 {
+            let mut t = DerivTree::new();
+            let mut m = Model::default();
+            let mut owners: BTreeMap<u32, NodeId> = BTreeMap::new();
+            let mut first: BTreeMap<u32, NodeId> = BTreeMap::new();
+            let mut next = 0u32;
+            for phase in 0..6 {
+                // Grow to a few hundred, then delete (or revoke) most of it, at random places.
+                let target = 100 + rnd(400);
+                while owners.len() < target {
+                    let live: Vec<u32> = owners.keys().copied().collect();
+                    let p = if live.is_empty() || rnd(8) == 0 { None } else { Some(live[rnd(live.len())]) };
+                    let id = t.add(p.map(|p| owners[&p]), next).unwrap();
+                    owners.insert(next, id);
+                    first.insert(next, id);
+                    m.parent.insert(next, p);
+                    next += 1;
+                }
+                let mut on_move = |h: &u32, id: NodeId, owners: &mut BTreeMap<u32, NodeId>| {
+                    let old = owners.insert(*h, id).expect("an owned node moved");
+                    assert_eq!(old, id, "same node");
+                    moves += 1;
+                };
+                while owners.len() > target / 8 {
+                    let live: Vec<u32> = owners.keys().copied().collect();
+                    let x = live[rnd(live.len())];
+                    if phase % 2 == 1 && rnd(4) == 0 {
+                        let want = m.descendants(x);
+                        let mut got = vec![];
+                        let mut moved = vec![];
+                        loop {
+                            let id = owners[&x];
+                            let (_, more) = t
+                                .revoke_some_polling(id, 3, |_, h| got.push(h), || {}, |h, id| {
+                                    moved.push((*h, id));
+                                })
+                                .unwrap();
+                            for (h, id) in moved.drain(..) {
+                                on_move(&h, id, &mut owners);
+                            }
+                            if !more {
+                                break;
+                            }
+                        }
+                        got.sort();
+                        assert_eq!(got, want);
+                        for d in want {
+                            m.parent.remove(&d);
+                            owners.remove(&d);
+                        }
+                    } else {
+                        let mut moved = vec![];
+                        assert_eq!(
+                            t.remove_polling(owners[&x], || {}, |h, id| {
+                                moved.push((*h, id));
+                            }),
+                            Some(x)
+                        );
+                        owners.remove(&x);
+                        m.remove(x);
+                        for (h, id) in moved {
+                            on_move(&h, id, &mut owners);
+                        }
+                    }
+                }
+                assert_eq!(t.len(), owners.len());
+                for (&x, &id) in &owners {
+                    assert!(t.node(id).is_some(), "{x}: the owner's identifier is up to date");
+                    assert_eq!(t.refresh(first[&x]).map(|i| i.index), Some(id.index), "{x}: found by its first identifier");
+                    assert_eq!(t.home(first[&x]), Some(&x));
+                    let p = t.parent(id).map(|p| *t.home(p).unwrap());
+                    assert_eq!(p, m.parent[&x], "parent of {x}");
+                }
+                for (x, id) in &first {
+                    if !owners.contains_key(x) {
+                        assert!(!t.is_live(*id), "{x} was freed");
+                    }
+                }
+                assert!(t.capacity() <= 4 * t.len() + 64, "{} places for {} live", t.capacity(), t.len());
+            }
+        }
+        assert!(moves > 1000, "nodes moved: {moves}");
     }
 
     /// Random sequences against the model: the same capabilities live, the same parents, and
