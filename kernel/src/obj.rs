@@ -181,16 +181,22 @@ impl Drop for NodeCharge {
     }
 }
 
-/// What a capability's derivation node costs the budget of the task that holds it: the node
-/// four times over (a tree's vector is about four times its live nodes at most: it halves, its
-/// live nodes moving down, when a quarter is used and a quarter was freed since the last look),
-/// an entry in the tree's forwarding index (a node that moved has one; its pieces add at most
-/// one piece, which a tree that once needed a second piece pays many times over) and half a
-/// tree's record and piece lists (each tree has at least two charged nodes: the original's root
-/// and one derived).
+/// What a capability's derivation node costs the budget of the task that holds it, bounded for
+/// the worst case, a tree with one node (a tree has at least one charged node while it lives):
+/// four places of the vector (it stays within about four times its live nodes: it shrinks, its
+/// live nodes moving down and its first piece made smaller, when a quarter is used and a
+/// quarter was freed since the last look), four entries of the forwarding index (its live
+/// entries and those of moved nodes freed since the last look, in a first piece of four), the
+/// two piece lists of each, the tree's record with its `Arc` header, and the heap's tag on each
+/// of those seven allocations. A tree of more nodes holds less per node.
 pub const DERIV_NODE_COST: u64 = rl4_abi::cost::DERIV_NODE;
 const _: () = assert!(
-    (4 * DerivTree::<Home>::NODE_BYTES + DerivTree::<Home>::FORWARD_BYTES + (core::mem::size_of::<Lineage>() + 16) / 2 + 64) as u64
+    (4 * DerivTree::<Home>::NODE_BYTES
+        + 4 * DerivTree::<Home>::FORWARD_BYTES
+        + 4 * core::mem::size_of::<alloc::vec::Vec<u8>>()
+        + core::mem::size_of::<Lineage>()
+        + 16
+        + 7 * 16) as u64
         <= DERIV_NODE_COST
 );
 

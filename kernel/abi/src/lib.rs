@@ -481,7 +481,7 @@ pub mod cost {
     /// A capability's node in its derivation tree (`CapRevoke`), charged to the task whose
     /// slot holds the capability once anything was derived from it or it from another (the
     /// original's root node too, to the task holding the original when it is first copied).
-    pub const DERIV_NODE: u64 = 384;
+    pub const DERIV_NODE: u64 = 640;
     pub const NOTIFICATION: u64 = 384;
 }
 

@@ -39,8 +39,8 @@ pub struct NodeId {
     /// The tree's count of moves ([`DerivTree::maybe_shrink`] passes that moved nodes) when the
     /// identifier was made: an identifier whose node is not at `index` names a freed node if no
     /// move happened since, and is looked for by its serial otherwise ([`DerivTree::refresh`]).
-    /// (Wraps after 2^32 such passes, each after at least 16 frees: an identifier kept across
-    /// exactly that many is taken for gone, not misread.)
+    /// (Wraps after 2^32 such passes, each after at least one free: an identifier kept across
+    /// exactly a multiple of that many is taken for gone, not misread.)
     moves: u32,
     /// The node's serial (bits 0–46: never 0, never repeats within a tree) and the [`tag`] bit
     /// (63) of the identifier's holder.
@@ -182,6 +182,11 @@ impl<H> DerivTree<H> {
     pub const NODE_BYTES: usize = core::mem::size_of::<Node<H>>();
     /// Bytes a moved node's entry takes in the forwarding index.
     pub const FORWARD_BYTES: usize = core::mem::size_of::<Fwd>();
+
+    /// Bytes of heap the vector and the forwarding index hold (their pieces, by capacity).
+    pub fn bytes(&self) -> usize {
+        self.nodes.bytes() + self.fwd.bytes()
+    }
 
     pub const fn new() -> Self {
         DerivTree {
@@ -382,7 +387,7 @@ impl<H> DerivTree<H> {
     /// quarter of the vector freed since the last look, a few steps (and a logarithm) a free.
     fn maybe_shrink(&mut self, poll: &mut impl FnMut(), on_move: &mut impl FnMut(&H, NodeId)) {
         let len = self.nodes.len();
-        if len < 64 || 4 * self.live > len || 4 * self.freed < len {
+        if len < 4 || 4 * self.live > len || 4 * self.freed < len {
             return;
         }
         self.freed = 0;
@@ -398,7 +403,7 @@ impl<H> DerivTree<H> {
         });
         let sorted = self.fwd.len();
         // At most `live` nodes lie below `target`, so it has room for every one above.
-        let target = (2 * self.live).max(32);
+        let target = (2 * self.live).max(4);
         let mut to = 0;
         let mut moved = false;
         let mut stuck = 0;
@@ -443,9 +448,12 @@ impl<H> DerivTree<H> {
             self.nodes.truncate(keep.max(self.nodes.len().saturating_sub(POLL_EVERY)));
             p.poll();
         }
-        // Frees whole pieces: allocates nothing.
+        // Frees whole pieces (allocates nothing), then gives back what a small vector's grown
+        // first leaf holds beyond twice its length (a smaller leaf, if one can be had).
         self.nodes.shrink();
+        self.nodes.compact();
         self.fwd.shrink();
+        self.fwd.compact();
         self.free = NONE;
         for i in (0..keep).rev() {
             let n = &mut self.nodes[i];
@@ -454,6 +462,11 @@ impl<H> DerivTree<H> {
                 self.free = i as u32;
             }
             p.step();
+        }
+        // A node that could not move (no memory for its entry) keeps the vector long: the next
+        // look comes after an eighth more is freed, not a quarter.
+        if stuck > 0 {
+            self.freed = keep / 8;
         }
     }
 
@@ -1094,6 +1107,10 @@ mod tests {
                 t.remove(id).unwrap();
             }
             assert!(t.capacity() <= (4 * t.len()).max(128), "round {round}: {} places for {} live", t.capacity(), t.len());
+            // What the pieces hold: within four nodes and four entries a live node, and the
+            // pieces' lists.
+            let most = 4 * t.len() * (DerivTree::<u32>::NODE_BYTES + DerivTree::<u32>::FORWARD_BYTES) + 4 * 24;
+            assert!(t.bytes() <= most, "round {round}: {} bytes for {} live (at most {most})", t.bytes(), t.len());
         }
         assert_eq!(t.len(), 3 + 20);
         let mut n = 0;
@@ -1120,7 +1137,9 @@ mod tests {
         assert_eq!(t.capacity(), 4096, "no look yet: three quarters live");
         assert_eq!(t.revoke(z, |_, _| {}), Ok(2048));
         assert_eq!(t.len(), 2);
-        assert!(t.capacity() <= 64, "{} places for 2 live", t.capacity());
+        assert!(t.capacity() <= 8, "{} places for 2 live", t.capacity());
+        let most = 4 * 2 * (DerivTree::<u32>::NODE_BYTES + DerivTree::<u32>::FORWARD_BYTES) + 4 * 24;
+        assert!(t.bytes() <= most, "{} bytes for 2 live (at most {most})", t.bytes());
         assert_eq!(t.home(z), Some(&5000));
         assert_eq!(t.parent(z), Some(root));
     }
@@ -1302,6 +1321,16 @@ mod tests {
         assert_eq!(t.len(), 1);
     }
 
+    /// A pseudo-random `rnd(n)` in `0..n` from `seed` (xorshift).
+    fn xorshift(mut seed: u64) -> impl FnMut(usize) -> usize {
+        move |n| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        }
+    }
+
     /// Bursts of copies and deletions big enough to move nodes: the owners' identifiers, kept
     /// up to date through `on_move` as the kernel keeps its slots', are always found where they
     /// say (no scan); identifiers kept from when each node was made find the same node through
@@ -1309,13 +1338,7 @@ mod tests {
     /// times its live nodes.
     #[test]
     fn moved_nodes_keep_their_place_in_the_tree() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut rnd = |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
+        let mut rnd = xorshift(0x2545_f491_4f6c_dd1du64);
         let mut moves = 0;
         for _round in 0..40 {
             let mut t = DerivTree::new();
@@ -1405,13 +1428,7 @@ mod tests {
     /// each revocation deletes exactly the model's descendants.
     #[test]
     fn matches_the_model() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rnd = |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
+        let mut rnd = xorshift(0x9e37_79b9_7f4a_7c15u64);
         for _round in 0..200 {
             let mut t = DerivTree::new();
             let mut m = Model::default();

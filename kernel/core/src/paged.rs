@@ -228,6 +228,50 @@ impl<T> PagedVec<T> {
         }
     }
 
+    /// After [`Self::shrink`], gives back what a small vector's single leaf and its lists hold
+    /// beyond about twice its elements (the first leaf grew by doubling and never shrinks on its
+    /// own): each is moved into a smaller allocation, if one can be had (nothing changes
+    /// otherwise). Takes at most one leaf's elements' moves.
+    pub fn compact(&mut self) {
+        if self.leaves > 1 {
+            return;
+        }
+        if self.leaves == 0 {
+            self.top = Vec::new();
+            return;
+        }
+        let want = self.len.max(4).next_power_of_two().min(Self::PER_LEAF);
+        let leaf = &mut self.top[0][0];
+        if leaf.capacity() > want {
+            let mut smaller = Vec::new();
+            if smaller.try_reserve_exact(want).is_ok() {
+                smaller.extend(leaf.drain(..));
+                *leaf = smaller;
+            }
+        }
+        if self.top[0].capacity() > 1 {
+            let mut mid = Vec::new();
+            if mid.try_reserve_exact(1).is_ok() {
+                mid.extend(self.top[0].drain(..));
+                self.top[0] = mid;
+            }
+        }
+        if self.top.capacity() > 1 {
+            let mut top = Vec::new();
+            if top.try_reserve_exact(1).is_ok() {
+                top.extend(self.top.drain(..));
+                self.top = top;
+            }
+        }
+    }
+
+    /// Bytes its pieces hold (leaves, mids and the top list, by capacity).
+    pub fn bytes(&self) -> usize {
+        let t = core::mem::size_of::<Vec<T>>();
+        self.top.capacity() * core::mem::size_of::<Vec<Vec<T>>>()
+            + self.top.iter().map(|m| m.capacity() * t + m.iter().map(|l| l.capacity() * core::mem::size_of::<T>()).sum::<usize>()).sum::<usize>()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &T> {
         self.top.iter().flatten().flatten()
     }
@@ -262,6 +306,25 @@ impl<T> core::ops::IndexMut<usize> for PagedVec<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_small_vector_gives_back_its_grown_first_leaf() {
+        let mut v = PagedVec::new();
+        for i in 0..40u64 {
+            v.try_push(i).unwrap();
+        }
+        let grown = v.bytes();
+        v.truncate(3);
+        v.shrink();
+        assert_eq!(v.bytes(), grown, "shrink frees whole pieces only");
+        v.compact();
+        assert!(v.bytes() <= 4 * 8 + 2 * 24, "{} bytes for 3 elements", v.bytes());
+        assert_eq!((0..3).map(|i| v[i]).collect::<Vec<_>>(), [0, 1, 2]);
+        v.try_push(9).unwrap();
+        v.try_push(10).unwrap();
+        assert_eq!(v.len(), 5);
+        assert_eq!(v[4], 10);
+    }
 
     #[test]
     fn no_piece_exceeds_a_page() {
