@@ -182,13 +182,18 @@ impl Drop for NodeCharge {
 }
 
 /// What a capability's derivation node costs the budget of the task that holds it, bounded for
-/// the worst case, a tree with one node (a tree has at least one charged node while it lives):
-/// four places of the vector (it stays within about four times its live nodes: it shrinks, its
-/// live nodes moving down and its first piece made smaller, when a quarter is used and a
-/// quarter was freed since the last look), four entries of the forwarding index (its live
-/// entries and those of moved nodes freed since the last look, in a first piece of four), the
-/// two piece lists of each, the tree's record with its `Arc` header, and the heap's tag on each
-/// of those seven allocations. A tree of more nodes holds less per node.
+/// the worst case, a tree with one node: four places of the vector (its length stays within
+/// about four times its live nodes: it shrinks, its live nodes moving down and a single first
+/// piece made smaller, when a quarter is used and a quarter was freed since the last look),
+/// four entries of the forwarding index (its live entries and those of moved nodes freed since
+/// the last look, in a first piece of four), the two piece lists of each, the tree's record
+/// with its `Arc` header, and the heap's tag on each of those seven allocations. A tree of more
+/// than one piece (65 places or more) has at least 17 live nodes, whose 17 × 640 bytes pay for
+/// its partly used last piece (3 KiB) and the list of pieces (up to 3 KiB) besides their own
+/// four places and index entries each (a review of the twentieth session counted 627 bytes a
+/// node for the worst such tree). A tree whose capabilities are all gone but one in flight
+/// (a sender blocked carrying it) keeps its record and empty lists, under 600 bytes, for as
+/// long as the sender waits — paid for by no node; the blocked thread costs more.
 pub const DERIV_NODE_COST: u64 = rl4_abi::cost::DERIV_NODE;
 const _: () = assert!(
     (4 * DerivTree::<Home>::NODE_BYTES

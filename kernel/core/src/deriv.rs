@@ -9,16 +9,16 @@
 //! [`NodeId`] carries the node's *serial*, which no other node of the tree ever has, so an
 //! identifier kept after its node was freed (and perhaps its place reused) is recognised as gone.
 //!
-//! Nodes move: when the vector is mostly free, the live nodes of its upper half move down into
-//! free places ([`DerivTree::maybe_shrink`]) and the upper half is given back, so that a vector
-//! is never longer than four times its live nodes for long, whichever node is last (a live node
+//! Nodes move: when the vector is mostly free, the live nodes above twice the live count move
+//! down into free places ([`DerivTree::maybe_shrink`]) and the end is given back, so that a
+//! vector is never longer than four times its live nodes for long, whichever node is last (a live node
 //! at the end used to keep the vector as long as it ever was, and no budget paid for that: a
 //! hostile review of the twentieth session). The owner of a moved node is told its new
 //! identifier (`on_move`) if it can be; an identifier kept elsewhere (a capability in flight, a
 //! system call's snapshot, a capability on its way out of its slot or in a table being torn
 //! down) is out of date after a move, and [`DerivTree::refresh`] finds the node again through
 //! the tree's *forwarding index*: every live node that ever moved, by serial, sorted (a binary
-//! search, only for identifiers older than the tree's last move).
+//! search, only for an identifier whose node is not where it says).
 //!
 //! Deleting a capability ([`DerivTree::remove`]) hands its children to its parent, so that
 //! revoking the parent still reaches them, and no node outlives its capability: the tree holds
@@ -36,12 +36,6 @@ pub const POLL_EVERY: usize = 64;
 #[derive(Clone, Copy, Debug)]
 pub struct NodeId {
     index: u32,
-    /// The tree's count of moves ([`DerivTree::maybe_shrink`] passes that moved nodes) when the
-    /// identifier was made: an identifier whose node is not at `index` names a freed node if no
-    /// move happened since, and is looked for by its serial otherwise ([`DerivTree::refresh`]).
-    /// (Wraps after 2^32 such passes, each after at least one free: an identifier kept across
-    /// exactly a multiple of that many is taken for gone, not misread.)
-    moves: u32,
     /// The node's serial (bits 0–46: never 0, never repeats within a tree) and the [`tag`] bit
     /// (63) of the identifier's holder.
     ///
@@ -155,9 +149,6 @@ pub struct DerivTree<H> {
     revocations: u32,
     /// The serial the next node gets (from 1).
     serials: u64,
-    /// Passes of [`maybe_shrink`](Self::maybe_shrink) that moved nodes (wrapping; see
-    /// [`NodeId`]).
-    moves: u32,
     /// The forwarding index: an entry per live node that ever moved (and per such node freed
     /// since the last shrink), sorted by serial. In page-sized pieces, 16 bytes an entry, at
     /// most one per live node after a shrink (in a node's cost).
@@ -196,7 +187,6 @@ impl<H> DerivTree<H> {
             freed: 0,
             revocations: 0,
             serials: 1,
-            moves: 0,
             fwd: PagedVec::new(),
             #[cfg(test)]
             steps: 0,
@@ -225,17 +215,18 @@ impl<H> DerivTree<H> {
     }
 
     fn id_at(&self, index: u32) -> NodeId {
-        NodeId { index, moves: self.moves, serial: self.nodes[index as usize].serial() }
+        NodeId { index, serial: self.nodes[index as usize].serial() }
     }
 
     /// `id` brought up to date: the same node where it is now, or `None` if it was freed. An
-    /// identifier is checked where it says; one made before the tree's last move whose node is
-    /// not there is looked up in the forwarding index (a binary search). Keeps `id`'s tag.
+    /// identifier is checked where it says; one whose node is not there is looked up in the
+    /// forwarding index (a binary search; none if no node of the tree ever moved). Keeps `id`'s
+    /// tag.
     pub fn refresh(&self, id: NodeId) -> Option<NodeId> {
         if self.node(id).is_some() {
-            return Some(NodeId { moves: self.moves, ..id });
+            return Some(id);
         }
-        if id.moves == self.moves {
+        if self.fwd.is_empty() {
             return None;
         }
         let i = self.fwd_find(id.serial())?;
@@ -370,7 +361,7 @@ impl<H> DerivTree<H> {
 
     /// Gives memory back after a burst: once at most a quarter of the vector's places are live
     /// and a quarter were freed since the last look, the live nodes at or above `target` (twice
-    /// the live nodes, 32 at least) move down into the lowest free places, and the free end of
+    /// the live nodes, 4 at least) move down into the lowest free places, and the free end of
     /// the vector is dropped, its capacity with it: the vector is then at most about twice its
     /// live nodes, and until the next look at most about four times, whatever the order of
     /// deletions. Each moved node's owner is told its new identifier (`on_move`, under the
@@ -405,7 +396,6 @@ impl<H> DerivTree<H> {
         // At most `live` nodes lie below `target`, so it has room for every one above.
         let target = (2 * self.live).max(4);
         let mut to = 0;
-        let mut moved = false;
         let mut stuck = 0;
         for j in target..len {
             p.step();
@@ -427,10 +417,6 @@ impl<H> DerivTree<H> {
             }
             if let Some(f) = entry {
                 self.fwd[f].index = to as u32;
-            }
-            if !moved {
-                moved = true;
-                self.moves = self.moves.wrapping_add(1);
             }
             self.relocate(j as u32, to as u32, &mut p);
             self.nodes[to].serial_hi |= MOVED;

@@ -13,7 +13,9 @@
 //!
 //! Growth is fallible ([`PagedVec::try_push`]); only the first leaf and a mid ever grow (by
 //! doubling, up to [`PIECE_BYTES`]), and leaves are freed whole ([`PagedVec::shrink`]): so
-//! shrinking needs no memory.
+//! shrinking needs no memory. [`PagedVec::compact`] then moves a small vector's single leaf
+//! and lists into smaller allocations if the heap has them (fallible: nothing changes
+//! without), so that a vector that once grew does not keep its first leaf's full size.
 use alloc::vec::Vec;
 
 /// The most bytes one allocation of a [`PagedVec`] takes: with its alignment (at most 64) and
@@ -103,14 +105,22 @@ impl<T> PagedVec<T> {
 
     /// Makes room in mid `m` (made if it is the next) for one more leaf.
     fn room_for_leaf(&mut self, m: usize) -> Result<(), ()> {
-        if m == self.top.len() {
+        let new = m == self.top.len();
+        if new {
             self.top.try_reserve(1).map_err(|_| ())?;
             self.top.push(Vec::new());
         }
         let mid = &mut self.top[m];
         if mid.len() == mid.capacity() {
             let want = MID_LEAVES.min(2 * mid.capacity()).max(4);
-            mid.try_reserve_exact(want - mid.len()).map_err(|_| ())?;
+            if mid.try_reserve_exact(want - mid.len()).is_err() {
+                // No empty mid is left behind (every mid holds a leaf: `shrink` and `compact`
+                // count on it).
+                if new {
+                    self.top.pop();
+                }
+                return Err(());
+            }
         }
         Ok(())
     }
@@ -233,11 +243,13 @@ impl<T> PagedVec<T> {
     /// own): each is moved into a smaller allocation, if one can be had (nothing changes
     /// otherwise). Takes at most one leaf's elements' moves.
     pub fn compact(&mut self) {
-        if self.leaves > 1 {
-            return;
-        }
         if self.leaves == 0 {
             self.top = Vec::new();
+            return;
+        }
+        // One mid holding one leaf (then each list below is moved into a list of one, which
+        // its reservation holds: `extend` cannot reallocate).
+        if self.leaves > 1 || self.top.len() != 1 || self.top[0].len() != 1 {
             return;
         }
         let want = self.len.max(4).next_power_of_two().min(Self::PER_LEAF);

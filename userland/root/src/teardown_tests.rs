@@ -832,8 +832,8 @@ fn vf_sender(_: u64) {
 /// of the twentieth session). Each of 32 rounds makes an endpoint, 2,048 copies of it in eight
 /// scratch tasks, then one more copy into a keeper task (the vector's last node), and deletes
 /// the scratch tasks and the original: only the keeper's copy stays, and only it is charged.
-/// The kernel heap in use must grow by less than 16 KiB a round (the endpoint, its tree's
-/// record and a short vector). On the kernel before, a live last node kept each vector at its
+/// The kernel heap in use must grow by less than what each round keeps is charged (the
+/// endpoint and the kept copy's node) and 512 bytes. On the kernel before, a live last node kept each vector at its
 /// 2,050 nodes, about 96 KiB a round that no budget paid for (3 MiB in all; repeated, it took
 /// the heap past its bound). Then a capability in flight whose node moves before it arrives: a
 /// sender blocks carrying the last copy of a tree, the rest is deleted (the node moves down),
