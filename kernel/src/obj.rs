@@ -184,7 +184,8 @@ impl Drop for NodeCharge {
 /// What a capability's derivation node costs the budget of the task that holds it, bounded for
 /// the worst case, a tree with one node: four places of the vector (its length stays within
 /// about four times its live nodes: it shrinks, its live nodes moving down and a single first
-/// piece made smaller, when a quarter is used and a quarter was freed since the last look),
+/// piece made smaller, when at most a quarter is used and a quarter was freed since the last
+/// look),
 /// four entries of the forwarding index (its live entries and those of moved nodes freed since
 /// the last look, in a first piece of four), the two piece lists of each, the tree's record
 /// with its `Arc` header, and the heap's tag on each of those seven allocations. A tree of more
@@ -384,13 +385,14 @@ impl LinkCensus {
 /// `CapRevoke`: deletes every capability derived from the one in `slot` of `task`, in every
 /// task, and returns how many. Capabilities in flight that were read from a revoked one are
 /// not delivered (their node is gone). It works in batches of [`REVOKE_BATCH`] under the tree's
-/// lock, whose capabilities are dropped after every lock, in arrays on the stack: nothing is
-/// allocated, so a revocation cannot run out of memory or be kept from working by a holder that
-/// derived many copies (a list of them all would need contiguous frames). Between batches the
+/// lock, whose capabilities are dropped after every lock, in arrays on the stack: nothing it
+/// needs is allocated (the tree's shrink at its end takes a forwarding entry or a smaller piece
+/// only if the heap has one), so a revocation cannot run out of memory or be kept from working
+/// by a holder that derived many copies (a list of them all would need contiguous frames). Between batches the
 /// tree may change; each batch starts at the revoking capability's first child (no cursor to
 /// lose), finds what was derived meanwhile, does at most [`REVOKE_BATCH`] deletions and
 /// hand-overs, and the whole revocation costs at most twice the capabilities it deletes
-/// (`DerivTree::revoke_some`). A revocation of an ancestor that meets this capability meanwhile
+/// (`DerivTree::revoke_some_polling`). A revocation of an ancestor that meets this capability meanwhile
 /// leaves it in place until what was derived from it is gone.
 pub fn revoke(task: &Task, slot: u64) -> Result<u64, Error> {
     let link = task.caps.lock().get(slot)?.link.clone();

@@ -61,8 +61,8 @@ extern "C" fn rl4_user_trap(vector: u64, error: u64) {
             crate::fault::Handled::Decide => {}
             // What the fault put aside under its locks goes before the handler runs; a thread
             // more urgent than the handler (pushed into this CPU's inbox while the switch was
-            // under way, or the faulting thread's successor in the run queue: `switch_direct`
-            // sets `KICKED`) runs first, as on the system-call path (a hostile review of the
+            // under way, or the faulting thread itself, queued again above the handler's
+            // priority because its wait ended meanwhile: `switch_direct` sets `KICKED`) runs first, as on the system-call path (a hostile review of the
             // twentieth session found this path returning into the handler regardless).
             crate::fault::Handled::Switched => {
                 if sched::resched_pending() {

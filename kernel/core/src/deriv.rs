@@ -23,7 +23,8 @@
 //! Deleting a capability ([`DerivTree::remove`]) hands its children to its parent, so that
 //! revoking the parent still reaches them, and no node outlives its capability: the tree holds
 //! exactly one node per capability in a slot. [`DerivTree::revoke`] frees every descendant of
-//! a node, top down, with no recursion, no allocation and no cursor between batches.
+//! a node, top down, with no recursion, no allocation it needs (its final shrink takes memory
+//! only if the heap has it) and no cursor between batches.
 use crate::paged::PagedVec;
 
 const NONE: u32 = u32::MAX;
@@ -1085,7 +1086,7 @@ mod tests {
         // New nodes take the lowest free places.
         let n = t.add(Some(root), 7).unwrap();
         assert!(n.index < 64);
-        // Repeated over and over, the vector stays within four times its live nodes (and 64).
+        // Repeated over and over, the vector stays within four times its live nodes (and 128).
         for round in 0..20u32 {
             let many: Vec<NodeId> = (0..2000).map(|i| t.add(Some(root), 10_000 + i).unwrap()).collect();
             let _keep = t.add(Some(root), 100_000 + round).unwrap();
@@ -1120,7 +1121,7 @@ mod tests {
         for &id in &first {
             t.remove(id).unwrap();
         }
-        assert_eq!(t.capacity(), 4096, "no look yet: three quarters live");
+        assert_eq!(t.capacity(), 4096, "no look yet: half live");
         assert_eq!(t.revoke(z, |_, _| {}), Ok(2048));
         assert_eq!(t.len(), 2);
         assert!(t.capacity() <= 8, "{} places for 2 live", t.capacity());
@@ -1162,8 +1163,7 @@ mod tests {
     }
 
     /// The shrink a deletion or a revocation ends with polls as it goes (the kernel answers TLB
-    /// shoot-downs there): never more than [`POLL_EVERY`] nodes between two polls, counted by
-    /// the nodes the passes look at.
+    /// shoot-downs there): at least one poll per [`POLL_EVERY`] places the passes look at.
     #[test]
     fn shrinking_polls_every_few_nodes() {
         for revoke in [false, true] {
@@ -1190,8 +1190,9 @@ mod tests {
                 (most, 20_000)
             };
             assert!(t.capacity() <= 64, "shrunk ({})", t.capacity());
-            // The passes: the upper half (moving its live nodes), the truncation, the free list
-            // (each at least a poll per POLL_EVERY places it looks at).
+            // The passes: the places from twice the live count up (moving their live nodes: the
+            // upper half in the removal case), the truncation, the free list (each at least a
+            // poll per POLL_EVERY places it looks at).
             assert!(polls >= before / POLL_EVERY, "{polls} polls for {before} nodes (revoke: {revoke})");
         }
     }
