@@ -230,10 +230,9 @@ impl<H> DerivTree<H> {
         if self.fwd.is_empty() {
             return None;
         }
-        let i = self.fwd_find(id.serial())?;
-        let to = self.fwd[i].index;
-        (to != NONE && self.nodes.get(to as usize).is_some_and(|n| n.serial() == id.serial() && n.home.is_some()))
-            .then(|| self.id_at(to).tagged(id.tag()))
+        // (A freed node's entry says `NONE`, which is no place: `node` finds nothing there.)
+        let moved = NodeId { index: self.fwd[self.fwd_find(id.serial())?].index, ..id };
+        self.node(moved).map(|_| moved)
     }
 
     /// The forwarding index's entry for `serial`, if any.
@@ -385,12 +384,8 @@ impl<H> DerivTree<H> {
         self.freed = 0;
         let mut p = Poller { poll, n: 0 };
         // The freed nodes' forwarding entries go first (order kept: still sorted).
-        let mut k = 0u32;
         self.fwd.retain(|f| {
-            k = k.wrapping_add(1);
-            if k % POLL_EVERY as u32 == 0 {
-                (p.poll)();
-            }
+            p.step();
             f.index != NONE
         });
         let sorted = self.fwd.len();
