@@ -59,23 +59,27 @@ extern "C" fn rl4_user_trap(vector: u64, error: u64) {
         }
         match crate::fault::fault_current(vector, error) {
             crate::fault::Handled::Decide => {}
-            // What the fault put aside under its locks goes before the handler runs; a thread
-            // more urgent than the handler (pushed into this CPU's inbox while the switch was
-            // under way, or the faulting thread itself, queued again above the handler's
-            // priority because its wait ended meanwhile: `switch_direct` sets `KICKED`) runs first, as on the system-call path (a hostile review of the
-            // twentieth session found this path returning into the handler regardless).
-            crate::fault::Handled::Switched => {
-                if sched::resched_pending() {
-                    sched::decide();
-                }
-                return crate::reclaim::drain();
-            }
+            // As on the system-call path (a hostile review of the twentieth session found this
+            // path returning into the handler although something more urgent waited).
+            crate::fault::Handled::Switched => return after_direct_switch(),
             crate::fault::Handled::Resume => return,
         }
     } else {
         interrupt(vector as u8);
     }
     sched::decide();
+}
+
+/// After a general path's direct switch (a system call's, or a fault's to its handler): a thread
+/// more urgent than the one switched to runs first (`resched_pending`: pushed into this CPU's
+/// inbox meanwhile, or the thread that left, queued again above it, `sched::switch_direct`), and
+/// what was put aside under the locks goes before the thread runs.
+#[inline(always)]
+fn after_direct_switch() {
+    if sched::resched_pending() {
+        sched::decide();
+    }
+    crate::reclaim::drain();
 }
 
 /// An interrupt taken in kernel mode (the idle loop).
@@ -135,12 +139,7 @@ extern "rust-preserve-none" fn general(n: u64) {
         }
         // What the general path put aside under its locks goes before the partner runs; a
         // thread more urgent than the partner (`sched::switch_direct`) runs first.
-        crate::syscall::Next::Switched => {
-            if sched::resched_pending() {
-                sched::decide();
-            }
-            crate::reclaim::drain();
-        }
+        crate::syscall::Next::Switched => after_direct_switch(),
         // `handle` drained already.
         crate::syscall::Next::Same => {}
     }
