@@ -21,8 +21,16 @@ include!(concat!(env!("OUT_DIR"), "/programs.rs"));
 pub const ROOT_PRIORITY: u8 = 100;
 
 /// Frames kept out of the root task's budget for the kernel's own needs (page tables of user
-/// spaces, per-CPU structures).
+/// spaces, per-CPU structures); more on a machine whose CPUs keep more from user memory
+/// ([`kept_frames`]).
 const KERNEL_RESERVE_FRAMES: u64 = 1024;
+
+/// Frames the root task's budget leaves out of the free memory: the kernel's reserve, or the
+/// frames user memory never takes (`mem::user_floor`, 32 per CPU) if that is more (above 32
+/// CPUs), so that the budget never promises frames no user can get.
+fn kept_frames() -> u64 {
+    KERNEL_RESERVE_FRAMES.max(mem::user_floor())
+}
 const _: () = assert!(KERNEL_RESERVE_FRAMES * PAGE_SIZE == 4 << 20, "SHORT names the reserve");
 
 /// Why a mapping of the root task's failed: short of memory, or anything else.
@@ -31,7 +39,7 @@ fn mapping(e: rl4_abi::Error) -> &'static str {
 }
 
 /// Why the root task could not start when memory ran short (the boot stops with it).
-const SHORT: &str = "out of memory (its budget is the free memory less the 4 MiB the kernel keeps; the demo needs about 10 MiB of RAM in all)";
+const SHORT: &str = "out of memory (its budget is the free memory less the 4 MiB the kernel keeps, 128 KiB per CPU above 32 CPUs; the demo needs about 10 MiB of RAM in all)";
 
 /// Maps `pages` fresh pages at `va` holding `bytes` from `lead` bytes into the first one on
 /// (zeros around them), one page at a time (no copy of the whole on the kernel heap).
@@ -54,7 +62,7 @@ fn load_bytes(space: &Space, mem: &Arc<Memory>, va: u64, lead: usize, bytes: &[u
 
 pub fn start(cmdline: &str, tsc_hz: u64) -> Result<(), &'static str> {
     let (_, root_image) = PROGRAMS.iter().find(|(n, _)| *n == "root").ok_or("no root program embedded")?;
-    let budget = mem::free_frames().saturating_sub(KERNEL_RESERVE_FRAMES) * PAGE_SIZE + crate::overcommit();
+    let budget = mem::free_frames().saturating_sub(kept_frames()) * PAGE_SIZE + crate::overcommit();
     let memory = Memory::new(budget);
     let space = Space::new(&memory).map_err(|_| SHORT)?;
     let task = Task::new(&memory, space.clone(), None).map_err(|_| SHORT)?;
@@ -137,8 +145,12 @@ fn program(name: &str, addr: u64, len: u64, kind: u64) -> Program {
 /// What a module may not take of the root task's budget: what its start still takes after the
 /// modules (the BootInfo page with its mapping and page tables, the first thread with its FPU
 /// area: up to about 32 KiB), and room for its first steps (a few threads, their stacks and
-/// page tables: the demo takes about 58 KiB), with room to spare.
-const START_RESERVE: u64 = 256 * 1024;
+/// page tables: the demo takes about 58 KiB at 2 CPUs), with room to spare: 256 KiB, and 32 KiB
+/// more per CPU for a thread on each with its stack (the demo's: about 22 KiB of budget each;
+/// with 256 KiB alone, 48 CPUs' demo ran out of memory behind modules that filled the budget).
+fn start_reserve() -> u64 {
+    256 * 1024 + 32 * 1024 * rl4_smp::cpus::count() as u64
+}
 
 /// Hands the boot modules to the root task: each is copied, page by page, into frames charged
 /// to the root task's budget and mapped read-only after the embedded programs, and listed in
@@ -146,7 +158,7 @@ const START_RESERVE: u64 = 256 * 1024;
 /// than mapping the boot loader's pages) keeps every frame the root task sees an ordinary,
 /// owned frame object that the consistency check counts, and keeps out whatever shares the
 /// module's first and last pages; the boot loader's copy stays reserved. A module too big,
-/// unreadable, past the directory's room or more than the budget leaves ([`START_RESERVE`]
+/// unreadable, past the directory's room or more than the budget leaves ([`start_reserve`]
 /// kept back) is refused with a console line; the others go on.
 
 fn modules(space: &Space, memory: &Arc<Memory>, bi: &mut BootInfo, at: &mut u64) -> Result<(), &'static str> {
@@ -170,9 +182,13 @@ fn modules(space: &Space, memory: &Arc<Memory>, bi: &mut BootInfo, at: &mut u64)
         // after the modules (its BootInfo page and its thread, with room to spare): a module
         // that would leave less is refused here, whole, rather than failing the start half-way
         // (a set of modules sized to the budget panicked the boot before the fifteenth session).
-        let need = pages * (rl4_abi::cost::FRAME + rl4_abi::cost::MAP) + (pages / 512 + 3) * PAGE_SIZE + START_RESERVE;
-        if memory.left() < need {
-            println!("boot module {i} '{name}' refused: {len} bytes, more than the root task's budget leaves ({} bytes left)", memory.left());
+        // The frames a user can take count too: a budget larger than memory (`overcommit=`) or
+        // the kernel's own allocations meanwhile may leave fewer than the budget says (at 48
+        // CPUs the frames were short before the budget was, and the boot panicked).
+        let need = pages * (rl4_abi::cost::FRAME + rl4_abi::cost::MAP) + (pages / 512 + 3) * PAGE_SIZE + start_reserve();
+        let left = memory.left().min(mem::user_frames_left() * PAGE_SIZE);
+        if left < need {
+            println!("boot module {i} '{name}' refused: {len} bytes, more than the root task's budget leaves ({left} bytes left)");
             continue;
         }
         let mut frames = alloc::vec::Vec::with_capacity(pages as usize);
