@@ -2,7 +2,8 @@
 //!
 //! Sources, in order of trust: CPUID leaf 0x15 (crystal × ratio), the hypervisor leaf
 //! 0x4000_0010 (TSC kHz), CPUID leaf 0x16 (base MHz), else a measurement against one of the
-//! reference clocks the kernel lists, first that answers: PIT channel 2, the HPET's main counter
+//! reference clocks the kernel lists, first that answers: PIT channel 2 (channel 0 where the PC
+//! speaker gate is missing), the HPET's main counter
 //! or the ACPI PM timer (the median of three 10 ms windows each). A PC BIOS promises the PIT;
 //! UEFI does not (its PIT may be absent or not counting), so there the kernel lists the timers
 //! ACPI describes first. A reference that does not advance within about 2^32 TSC ticks, or
@@ -40,7 +41,8 @@ impl TscSource {
 /// A clock to measure the TSC against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RefClock {
-    /// PIT channel 2 (ports 0x42, 0x43, 0x61): a PC/AT's.
+    /// PIT channel 2 (ports 0x42, 0x43, 0x61): a PC/AT's; channel 0 (ports 0x40, 0x43) where
+    /// the speaker gate is missing.
     Pit,
     /// The HPET whose registers are at this physical address (ACPI HPET table); mapped
     /// uncached when it is tried.
@@ -96,7 +98,9 @@ const GIVE_UP_TICKS: u64 = 1 << 32;
 /// The TSC frequency measured against `r` (median of three windows), if `r` answers sensibly.
 fn calibrate(r: RefClock, frames: &mut impl FrameSource) -> Option<(u64, TscSource)> {
     let (hz, src) = match r {
-        RefClock::Pit => (median(|| pit_window(WINDOW_MS))?, TscSource::Pit),
+        // Channel 2 needs the PC speaker gate (port 0x61); a PIT without it (QEMU's microvm)
+        // is read back on channel 0.
+        RefClock::Pit => (median(|| pit_window(WINDOW_MS)).or_else(|| median(|| pit0_window(WINDOW_MS)))?, TscSource::Pit),
         // SAFETY: a `RefClock::Hpet` names the block the ACPI HPET table gives (the kernel's
         // `reference_clocks` makes it from that table only, at boot).
         RefClock::Hpet { phys } => (unsafe { Hpet::map(frames, phys) }.ok()?.calibrate()?, TscSource::Hpet),
@@ -154,6 +158,47 @@ fn pit_window(ms: u64) -> Option<u64> {
         let t = rdtsc() - start;
         gate.write(g & !0x03);
         done.then(|| t * 1000 / ms)
+    }
+}
+
+/// One window of `ms` ms counted on PIT channel 0 (ports 0x40, 0x43), read back with latch
+/// commands: for a PIT without the PC speaker gate that [`pit_window`] needs. The counter runs in
+/// mode 0 from 65536 (as mode 0 does, it goes on counting past zero, and its output rises once,
+/// on an interrupt line the kernel has masked); the ticks between reads are summed until they
+/// make the window. A counter that never moves (no PIT: the port reads as all ones) is given up
+/// on after [`GIVE_UP_TICKS`].
+fn pit0_window(ms: u64) -> Option<u64> {
+    let mut mode: Port<u8> = Port::new(0x43);
+    let mut ch0: Port<u8> = Port::new(0x40);
+    let want = PIT_HZ * ms / 1000;
+    // SAFETY: ports 0x43/0x40 are the PIT's mode register and channel 0, used only here and
+    // only while the bootstrap CPU calibrates (nothing else programs the PIT: the kernel's timer
+    // is the local APIC's).
+    unsafe {
+        mode.write(0b0011_0000); // channel 0, lobyte/hibyte, mode 0, binary
+        ch0.write(0);
+        ch0.write(0); // 65536
+    }
+    // SAFETY: as above.
+    let mut read = || unsafe {
+        mode.write(0b0000_0000); // latch channel 0's count
+        let lo = ch0.read();
+        u16::from_le_bytes([lo, ch0.read()])
+    };
+    let (mut prev, t0) = (read(), rdtsc());
+    let mut ticks = 0u64;
+    loop {
+        let (c, t) = (read(), rdtsc());
+        // It counts down, modulo 65536, and is read far more often than every 55 ms.
+        ticks += prev.wrapping_sub(c) as u64;
+        prev = c;
+        if ticks >= want {
+            return Some(((t - t0) as u128 * PIT_HZ as u128 / ticks as u128) as u64);
+        }
+        if t - t0 > GIVE_UP_TICKS {
+            return None;
+        }
+        cpu::relax();
     }
 }
 

@@ -306,7 +306,8 @@ fn check_register_blocks(bi: &BootInfo, p: &mut Platform) {
 /// The clocks to measure the TSC against when CPUID does not give its frequency, best first.
 /// A PC BIOS (and PVH, which says nothing and runs on a PC) promises the PIT, as it always did
 /// here; UEFI promises no legacy device, so there the timers ACPI describes come first and the
-/// PIT last; a hardware-reduced ACPI machine has no PIT at all.
+/// PIT last; a hardware-reduced ACPI machine promises no PIT, but may have one (QEMU's microvm
+/// has no other clock under TCG): tried last there too.
 fn reference_clocks(firmware: Firmware, p: &Platform) -> Vec<RefClock> {
     let mut acpi = Vec::new();
     if let Some(phys) = p.hpet {
@@ -316,8 +317,7 @@ fn reference_clocks(firmware: Firmware, p: &Platform) -> Vec<RefClock> {
         acpi.push(RefClock::PmTimer { port: t.port, bits32: t.bits32 });
     }
     match (firmware, p.hw_reduced) {
-        (_, true) => acpi,
-        (Firmware::Uefi, false) => {
+        (Firmware::Uefi, _) | (_, true) => {
             acpi.push(RefClock::Pit);
             acpi
         }
