@@ -100,6 +100,11 @@ pub fn with_lapic<R>(f: impl FnOnce(Option<&mut LocalApic>) -> R) -> R {
 
 /// Makes `cpu` the calling CPU: its GDT and TSS (with IST stacks), IDT and `GS`.
 pub fn init_this_cpu(cpu: &'static Cpu, frames: &mut impl FrameSource) -> Result<(), MapError> {
+    // `GS` first: an application processor arrives with a `GS` base of 0, and the panic
+    // handler reads the CPU's index through `GS` (gs:8): a failure below (no memory for an IST
+    // stack) then panics with this CPU's index on the console instead of faulting at linear
+    // address 8 with no IDT loaded yet (a triple fault: the machine reset, nothing printed).
+    percpu::install(&cpu.header);
     let tables = Box::leak(Box::new(CpuTables::new()));
     tables.set_ist(IST_DOUBLE_FAULT, paging::map_stack(frames, IST_PAGES)?);
     tables.set_ist(IST_NMI, paging::map_stack(frames, IST_PAGES)?);
@@ -112,7 +117,6 @@ pub fn init_this_cpu(cpu: &'static Cpu, frames: &mut impl FrameSource) -> Result
     let idt = Box::leak(Box::new(InterruptDescriptorTable::new()));
     rl4_arch::idt::build(idt);
     idt.load();
-    percpu::install(&cpu.header);
     rl4_arch::entry::init_syscall();
     rl4_arch::entry::check_debug_trap();
     Ok(())
