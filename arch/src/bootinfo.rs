@@ -270,11 +270,16 @@ impl BootInfo {
         let entry = MemEntry { range: Range::new(start, end), kind };
         if self.memmap_len == MAX_MEMMAP {
             self.memmap_dropped += 1;
-            // Full: a usable range is what may be left out (memory lost, nothing worse); a
-            // range the kernel must keep out of the allocator, map or read (reserved, ACPI,
-            // modules) takes the place of the last usable one.
-            if kind != MemKind::Usable
-                && let Some(i) = (0..self.memmap_len).rev().find(|&i| self.memmap[i].kind == MemKind::Usable)
+            // Full: a usable range is what may be left out (memory lost, nothing worse), the
+            // smallest one: a range the kernel must keep out of the allocator, map or read
+            // (reserved, ACPI, modules) takes its place, and so does a larger usable one. (The
+            // last usable entry went before the twenty-first session: in an address-sorted map
+            // that is often the large range above 4 GiB, tens of GiB lost to one small entry.)
+            let smallest = (0..self.memmap_len)
+                .filter(|&i| self.memmap[i].kind == MemKind::Usable)
+                .min_by_key(|&i| self.memmap[i].range.len());
+            if let Some(i) = smallest
+                && (kind != MemKind::Usable || self.memmap[i].range.len() < entry.range.len())
             {
                 self.memmap[i] = entry;
             }
@@ -819,6 +824,40 @@ mod tests {
         assert!(bi.memory_map().iter().all(|e| e.range.end <= crate::layout::DIRECT_MAP_SIZE));
         let bi = parse_pvh(&m2, 0x1000).unwrap();
         assert_eq!(bi.memory_map()[3].range, Range::new(crate::layout::DIRECT_MAP_SIZE - 0x1000, crate::layout::DIRECT_MAP_SIZE));
+    }
+
+    /// A full table gives up its smallest usable ranges, never the large one: 126 one-page usable
+    /// pieces with gaps, 64 GiB above 4 GiB, then reserved entries and more small usable ones
+    /// (before the twenty-first session each extra entry took the last usable one's place: the
+    /// 64 GiB).
+    #[test]
+    fn a_full_memory_map_gives_up_its_smallest_usable_ranges() {
+        let mut m = pvh_image(1);
+        let mut entries: Vec<(u64, u64, u32)> = (0..123u64).map(|i| (0x20_0000 + i * 0x2000, 0x1000, 1)).collect();
+        entries.push((0x1_0000_0000, 64 << 30, 1));
+        entries.push((0xfd_0000_0000, 0x300_0000_0000 - 0xfd_0000_0000, 2));
+        entries.push((0x380_0000_0000, 0x1000, 2));
+        entries.push((0x400_0000_0000, 0x4000, 1)); // a usable piece larger than the one-page ones
+        entries.push((0x500_0000_0000, 0x1000, 1)); // not larger: dropped itself
+        m.put32(0x1030, 3 + entries.len() as u32);
+        for (i, (a, l, t)) in entries.iter().enumerate() {
+            let e = 0x1300 + (3 + i) as u64 * 24;
+            m.put64(e, *a);
+            m.put64(e + 8, *l);
+            m.put32(e + 16, *t);
+        }
+        let bi = parse_pvh(&m, 0x1000).unwrap();
+        let map = bi.memory_map();
+        assert_eq!(map.len(), MAX_MEMMAP);
+        assert_eq!(bi.memmap_dropped, 3 + entries.len() - MAX_MEMMAP);
+        let has = |a: u64, l: u64, k: MemKind| map.iter().any(|e| e.kind == k && e.range == Range::new(a, a + l));
+        assert!(has(0x1_0000_0000, 64 << 30, MemKind::Usable), "the 64 GiB range was given up");
+        assert!(has(0xfd_0000_0000, 0x300_0000_0000 - 0xfd_0000_0000, MemKind::Reserved));
+        assert!(has(0x380_0000_0000, 0x1000, MemKind::Reserved));
+        assert!(has(0x400_0000_0000, 0x4000, MemKind::Usable));
+        assert!(!has(0x500_0000_0000, 0x1000, MemKind::Usable));
+        let usable: u64 = map.iter().filter(|e| e.kind == MemKind::Usable).map(|e| e.range.len()).sum();
+        assert!(usable >= (64 << 30) + 0x4000, "usable {usable:#x}");
     }
 
     /// A map longer than the table keeps what the kernel must not lose: adjacent entries of one
