@@ -65,6 +65,59 @@ fn builder(mode: TimerMode, initial: u32) -> LocalApic {
     }
 }
 
+/// The local interrupt pins' LVT entries the kernel wants: LINT0 (a PC's 8259 output, which the
+/// kernel does not use) masked, LINT1 (a PC's NMI line: a board's IOCHK/SERR or a BMC's
+/// diagnostic NMI) delivered as an NMI, which the kernel reports and ignores. The `x2apic`
+/// crate's `enable` writes 0 to both: unmasked, fixed delivery, vector 0 — an "illegal vector"
+/// APIC error for every signal, and a platform NMI lost.
+pub const LINT0_WANTED: u32 = 1 << 16;
+/// See [`LINT0_WANTED`]: delivery mode NMI (0b100), edge, unmasked.
+pub const LINT1_WANTED: u32 = 0b100 << 8;
+
+/// Sets this CPU's LINT0 and LINT1 entries ([`LINT0_WANTED`], [`LINT1_WANTED`]) and reads them
+/// back (the low 17 bits: vector, delivery mode, status, polarity, remote IRR, trigger, mask).
+fn set_lint_pins() -> (u32, u32) {
+    const LVT_BITS: u32 = 0x1_ffff;
+    let base = XAPIC_BASE.load(Ordering::Relaxed);
+    if is_x2apic() {
+        // SAFETY: MSRs 0x835/0x836 are this CPU's x2APIC LVT LINT0/LINT1 registers (x2APIC mode
+        // is on: `enable` ran); no other code writes them.
+        unsafe {
+            let (mut l0, mut l1) = (x86_64::registers::model_specific::Msr::new(0x835), x86_64::registers::model_specific::Msr::new(0x836));
+            l0.write(LINT0_WANTED as u64);
+            l1.write(LINT1_WANTED as u64);
+            (l0.read() as u32 & LVT_BITS, l1.read() as u32 & LVT_BITS)
+        }
+    } else {
+        // SAFETY: `base` is the virtual address of this CPU's xAPIC register page, mapped
+        // uncached by the kernel (the crate's `set_xapic_base`); offsets 0x350/0x360 are the
+        // LVT LINT0/LINT1 registers, 32-bit aligned, written by no other code.
+        unsafe {
+            let (l0, l1) = ((base + 0x350) as *mut u32, (base + 0x360) as *mut u32);
+            l0.write_volatile(LINT0_WANTED);
+            l1.write_volatile(LINT1_WANTED);
+            (l0.read_volatile() & LVT_BITS, l1.read_volatile() & LVT_BITS)
+        }
+    }
+}
+
+/// What this CPU's LINT0 and LINT1 entries read back as after its local APIC came up.
+static LINT_SEEN: [AtomicU64; crate::MAX_CPUS] = [const { AtomicU64::new(0) }; crate::MAX_CPUS];
+
+/// CPU `index`'s LINT0 and LINT1 entries as they read back after its local APIC came up (0, 0
+/// before).
+pub fn lint_pins(index: usize) -> (u32, u32) {
+    let v = LINT_SEEN.get(index).map_or(0, |a| a.load(Ordering::Acquire));
+    (v as u32, (v >> 32) as u32)
+}
+
+fn record_lint_pins() {
+    let (l0, l1) = set_lint_pins();
+    if let Some(a) = LINT_SEEN.get(rl4_arch::percpu::cpu_index() as usize) {
+        a.store(l0 as u64 | (l1 as u64) << 32, Ordering::Release);
+    }
+}
+
 /// Timer interrupts seen by `timer_tick` (all CPUs), for the calibration below.
 static FIRED: AtomicU64 = AtomicU64::new(0);
 
@@ -88,6 +141,7 @@ pub fn configure(c: Config) -> u64 {
     let mut l = builder(TimerMode::OneShot, 0);
     // SAFETY: programs this CPU's own local APIC with the timer stopped (initial count 0).
     unsafe { l.enable() };
+    set_lint_pins();
     // Firmware may leave the other CPUs in a park loop of its own (OVMF's keeps waking them);
     // emulated, they take host time from this CPU and the interrupts timed below arrive late.
     // INIT puts them all in wait-for-SIPI, where they stay until `init_sipi_sipi` starts them.
@@ -162,6 +216,7 @@ pub fn enable_this_cpu() -> LocalApic {
     // SAFETY: programs this CPU's own local APIC (software enable, LVT vectors, timer); the
     // vectors have handlers in this CPU's IDT.
     unsafe { l.enable() };
+    record_lint_pins();
     if deadline {
         cpu::set_tsc_deadline(cpu::rdtsc() + PERIOD_TSC.load(Ordering::Relaxed));
     }
