@@ -191,12 +191,21 @@ pub fn send_resched(index: usize) {
     send_ipi(index, lapic::VEC_RESCHED);
 }
 
-/// Stops every other CPU: they halt in their NMI handler. Used by the panic path.
+/// Stops every other CPU the kernel runs: they halt in their NMI handler. Used by the panic
+/// path. Each gets its NMI by its APIC ID: a broadcast also reached CPUs the kernel never took
+/// over (one that answered its start late and parked in the trampoline with no IDT, one left
+/// out by `maxcpus=` in the firmware's park loop), which an NMI can make triple-fault — a
+/// machine reset that, under `-no-reboot`, ended a panicking QEMU with exit status 0.
 pub fn stop_others() {
     rl4_arch::idt::HALT_ON_NMI.store(true, Ordering::Release);
+    let me = rl4_arch::percpu::cpu_index() as usize;
     with_lapic(|l| {
         if let Some(l) = l {
-            lapic::send_nmi_others(l)
+            for i in (0..count()).filter(|&i| i != me) {
+                if let Some(c) = get(i).filter(|c| c.online.load(Ordering::Acquire)) {
+                    lapic::send_nmi(l, c.apic_id);
+                }
+            }
         }
     });
 }

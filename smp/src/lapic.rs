@@ -9,7 +9,7 @@
 //! periodic mode otherwise (its rate calibrated against the TSC on the BSP).
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use rl4_arch::{cpu, time};
-use x2apic::lapic::{IpiAllShorthand, LocalApic, LocalApicBuilder, TimerDivide, TimerMode};
+use x2apic::lapic::{LocalApic, LocalApicBuilder, TimerDivide, TimerMode};
 
 pub const VEC_TIMER: u8 = 0x30;
 pub const VEC_RESCHED: u8 = 0x31;
@@ -241,10 +241,11 @@ pub fn send_ipi(l: &mut LocalApic, vector: u8, apic_id: u32) {
     wait_idle(l);
 }
 
-/// Sends an NMI to every other CPU.
-pub fn send_nmi_others(l: &mut LocalApic) {
-    // SAFETY: an NMI to the other CPUs; their NMI handler runs on its own IST stack.
-    unsafe { l.send_nmi_all(IpiAllShorthand::AllExcludingSelf) };
+/// Sends an NMI to the CPU with APIC ID `apic_id`.
+pub fn send_nmi(l: &mut LocalApic, apic_id: u32) {
+    // SAFETY: an NMI to a CPU the kernel runs (the caller's choice); its NMI handler runs on
+    // its own IST stack.
+    unsafe { l.send_nmi(dest(apic_id)) };
     wait_idle(l);
 }
 
