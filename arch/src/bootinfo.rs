@@ -430,7 +430,10 @@ pub fn parse_pvh(mem: &impl PhysMem, pa: u64) -> Result<BootInfo, BootError> {
         let (start, size, cmd) = (rd64(e)?, rd64(e + 8)?, rd64(e + 16)?);
         let mut name = [0; NAME_READ_MAX];
         let n = if cmd != 0 { BootInfo::read_name(mem, cmd, &mut name) } else { 0 };
-        bi.push_module(start, start.saturating_add(size), &name[..n]);
+        // As Limine's: a module must end within the physical address space (a wrapping or
+        // absurd size made the consistency check walk 2^52 pages with every CPU stopped).
+        let end = start.checked_add(size).filter(|&e| e <= MAX_PHYS).ok_or(BootError::BadLength(size))?;
+        bi.push_module(start, end, &name[..n]);
     }
 
     let cmdline = rd64(pa + 24)?;
@@ -782,6 +785,21 @@ mod tests {
             m.put32(e + 16, *t);
         }
         m
+    }
+
+    /// A module whose end wraps or lies past the 52-bit physical address space is refused, as
+    /// Limine's are (before the twenty-first session PVH's end saturated at 2^64, and the
+    /// consistency check walked the module's pages, 2^52 of them, with every CPU stopped).
+    #[test]
+    fn pvh_refuses_a_module_past_the_physical_address_space() {
+        for size in [u64::MAX - 0x20_0000, (1 << 52) - 0x20_0000 + 1] {
+            let mut m = pvh_image(1);
+            m.put64(0x1108, size);
+            assert_eq!(parse_pvh(&m, 0x1000).err(), Some(BootError::BadLength(size)));
+        }
+        let mut m = pvh_image(1);
+        m.put64(0x1108, (1 << 52) - 0x20_0000);
+        assert_eq!(parse_pvh(&m, 0x1000).unwrap().modules()[0].range, Range::new(0x20_0000, 1 << 52));
     }
 
     #[test]

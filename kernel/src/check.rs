@@ -796,9 +796,12 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
         let device_managed = device_pa.iter().filter(|&&pa| a.index(pa).is_some()).count() as u64;
         // Boot modules stay out of the allocator (`mem::init` reserves them).
         let mut module_pages = 0u64;
+        // Only the part of each module within the managed range can be the allocator's: the
+        // walk never goes further, whatever the boot loader said about the module's size.
+        let (lo, hi) = a.span();
         for m in crate::boot_info().map_or(&[][..], |b| b.modules()) {
-            let mut pa = m.range.start & !(PAGE_SIZE - 1);
-            while pa < m.range.end {
+            let mut pa = (m.range.start & !(PAGE_SIZE - 1)).max(lo);
+            while pa < m.range.end.min(hi) {
                 if a.index(pa).is_some() {
                     module_pages += 1;
                 }

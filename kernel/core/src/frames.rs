@@ -389,6 +389,15 @@ impl<'a> FrameAllocator<'a> {
         })
     }
 
+    /// The managed range: from the lowest managed frame's address to one past the highest's
+    /// (empty if nothing is managed); zones are in address order.
+    pub fn span(&self) -> (u64, u64) {
+        match (self.zones().first(), self.zones().last()) {
+            (Some(a), Some(b)) => (a.base * PAGE_SIZE, (b.base + b.frames) * PAGE_SIZE),
+            _ => (0, 0),
+        }
+    }
+
     /// One past the largest [`index`](Self::index).
     pub fn index_limit(&self) -> usize {
         self.zones().last().map_or(0, |z| (z.word + z.words()) * 64)
@@ -446,6 +455,16 @@ mod tests {
 
     fn alloc(ranges: &[Range]) -> (Vec<u64>, Vec<Range>) {
         (vec![0; FrameAllocator::bitmap_words(ranges)], ranges.to_vec())
+    }
+
+    #[test]
+    fn span_covers_every_zone_and_nothing_past_them() {
+        let rs = [Range::new(3 * K, 5 * K), Range::new(9 * K, 12 * K), Range::new(0x1_0000_0000, 0x1_0000_0000 + 2 * K)];
+        let (mut bm, rs) = alloc(&rs);
+        let a = new(&rs, &mut bm);
+        assert_eq!(a.span(), (3 * K, 0x1_0000_0000 + 2 * K));
+        let (mut bm0, rs0) = alloc(&[]);
+        assert_eq!(new(&rs0, &mut bm0).span(), (0, 0));
     }
 
     #[test]
