@@ -981,6 +981,7 @@ fn switch_to(cs: Here, t: Arc<Thread>, prio: u8, fresh: bool) {
 pub fn idle() -> ! {
     let cs = this();
     cs.current_prio.store(-1, Ordering::SeqCst);
+    crate::trace::abandon();
     // Whether the last round skipped the interrupt window because a thread arrived while this
     // CPU polled: the next round opens it whatever happens, so that a stream of arrivals that
     // do not run (killed meanwhile) cannot keep interrupts out.

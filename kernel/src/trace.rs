@@ -84,7 +84,18 @@ pub fn stamp(step: usize) {
     }
 }
 
-/// Turns tracing on (clearing the sums) or off (keeping them for `read`).
+/// This CPU idles: a call it traced ends there, unfinished (a `Call` that blocked with nothing
+/// else to run), and is not counted; without this the next system call on this CPU took the
+/// idle time as the traced call's last step.
+#[inline(always)]
+pub fn abandon() {
+    if BUILT {
+        KIND[cpu()].store(2, Ordering::Relaxed);
+    }
+}
+
+/// Turns tracing on (clearing the sums and every CPU's unfinished call) or off (keeping the
+/// sums for `read`; a call under way is dropped).
 pub fn set(on: bool) {
     if on {
         for k in 0..2 {
@@ -93,6 +104,9 @@ pub fn set(on: bool) {
             }
             COUNT[k].store(0, Ordering::Relaxed);
         }
+    }
+    for k in &KIND {
+        k.store(2, Ordering::Relaxed);
     }
     ON.store(on, Ordering::Release);
 }
