@@ -271,13 +271,14 @@ impl BootInfo {
         if self.memmap_len == MAX_MEMMAP {
             self.memmap_dropped += 1;
             // Full: a usable range is what may be left out (memory lost, nothing worse), the
-            // smallest one: a range the kernel must keep out of the allocator, map or read
-            // (reserved, ACPI, modules) takes its place, and so does a larger usable one. (The
-            // last usable entry went before the twenty-first session: in an address-sorted map
-            // that is often the large range above 4 GiB, tens of GiB lost to one small entry.)
+            // smallest one above 1 MiB (the application processors' start page comes from below
+            // 1 MiB: those go last): a range the kernel must keep out of the allocator, map or
+            // read (reserved, ACPI, modules) takes its place, and so does a larger usable one.
+            // (The last usable entry went before the twenty-first session: in an address-sorted
+            // map that is often the large range above 4 GiB, tens of GiB lost to one entry.)
             let smallest = (0..self.memmap_len)
                 .filter(|&i| self.memmap[i].kind == MemKind::Usable)
-                .min_by_key(|&i| self.memmap[i].range.len());
+                .min_by_key(|&i| (self.memmap[i].range.start < 1 << 20, self.memmap[i].range.len()));
             if let Some(i) = smallest
                 && (kind != MemKind::Usable || self.memmap[i].range.len() < entry.range.len())
             {
@@ -430,10 +431,13 @@ pub fn parse_pvh(mem: &impl PhysMem, pa: u64) -> Result<BootInfo, BootError> {
         let (start, size, cmd) = (rd64(e)?, rd64(e + 8)?, rd64(e + 16)?);
         let mut name = [0; NAME_READ_MAX];
         let n = if cmd != 0 { BootInfo::read_name(mem, cmd, &mut name) } else { 0 };
-        // As Limine's: a module must end within the physical address space (a wrapping or
-        // absurd size made the consistency check walk 2^52 pages with every CPU stopped).
-        let end = start.checked_add(size).filter(|&e| e <= MAX_PHYS).ok_or(BootError::BadLength(size))?;
-        bi.push_module(start, end, &name[..n]);
+        // A module must end within the physical address space: one that does not (a wrapping
+        // or absurd size, which made the consistency check walk 2^52 pages with every CPU
+        // stopped) is dropped and counted, as with Limine.
+        match start.checked_add(size).filter(|&e| e <= MAX_PHYS) {
+            Some(end) => bi.push_module(start, end, &name[..n]),
+            None => bi.modules_dropped += 1,
+        }
     }
 
     let cmdline = rd64(pa + 24)?;
@@ -624,7 +628,10 @@ pub fn parse_limine(mem: &impl PhysMem, h: &LimineHandoff) -> Result<BootInfo, B
             for i in 0..count {
                 let file = phys(rd64(array + i * 8)?)?;
                 let (start, size) = (phys(rd64(file + 8)?)?, rd64(file + 16)?);
-                let end = start.checked_add(size).filter(|&e| e <= MAX_PHYS).ok_or(BootError::BadLength(size))?;
+                let Some(end) = start.checked_add(size).filter(|&e| e <= MAX_PHYS) else {
+                    bi.modules_dropped += 1;
+                    continue;
+                };
                 // The name: `module_cmdline`, else the path.
                 let mut name = [0; NAME_READ_MAX];
                 let mut n = 0;
@@ -787,15 +794,19 @@ mod tests {
         m
     }
 
-    /// A module whose end wraps or lies past the 52-bit physical address space is refused, as
-    /// Limine's are (before the twenty-first session PVH's end saturated at 2^64, and the
-    /// consistency check walked the module's pages, 2^52 of them, with every CPU stopped).
+    /// A module whose end wraps or lies past the 52-bit physical address space is dropped and
+    /// counted, the rest of the boot information kept (before the twenty-first session PVH's end
+    /// saturated at 2^64, and the consistency check walked the module's pages, 2^52 of them,
+    /// with every CPU stopped).
     #[test]
-    fn pvh_refuses_a_module_past_the_physical_address_space() {
-        for size in [u64::MAX - 0x20_0000, (1 << 52) - 0x20_0000 + 1] {
+    fn pvh_drops_a_module_past_the_physical_address_space() {
+        for size in [u64::MAX, u64::MAX - 0x20_0000, (1 << 52) - 0x20_0000 + 1] {
             let mut m = pvh_image(1);
             m.put64(0x1108, size);
-            assert_eq!(parse_pvh(&m, 0x1000).err(), Some(BootError::BadLength(size)));
+            let bi = parse_pvh(&m, 0x1000).unwrap();
+            assert!(bi.modules().is_empty(), "size {size:#x}");
+            assert_eq!(bi.modules_dropped, 1);
+            assert!(!bi.memory_map().is_empty());
         }
         let mut m = pvh_image(1);
         m.put64(0x1108, (1 << 52) - 0x20_0000);
@@ -851,7 +862,7 @@ mod tests {
     #[test]
     fn a_full_memory_map_gives_up_its_smallest_usable_ranges() {
         let mut m = pvh_image(1);
-        let mut entries: Vec<(u64, u64, u32)> = (0..123u64).map(|i| (0x20_0000 + i * 0x2000, 0x1000, 1)).collect();
+        let mut entries: Vec<(u64, u64, u32)> = (0..123u64).map(|i| (0x800_0000 + i * 0x2000, 0x1000, 1)).collect();
         entries.push((0x1_0000_0000, 64 << 30, 1));
         entries.push((0xfd_0000_0000, 0x300_0000_0000 - 0xfd_0000_0000, 2));
         entries.push((0x380_0000_0000, 0x1000, 2));
@@ -876,6 +887,8 @@ mod tests {
         assert!(!has(0x500_0000_0000, 0x1000, MemKind::Usable));
         let usable: u64 = map.iter().filter(|e| e.kind == MemKind::Usable).map(|e| e.range.len()).sum();
         assert!(usable >= (64 << 30) + 0x4000, "usable {usable:#x}");
+        // The low memory (the start page's) stays although smaller than what went.
+        assert!(has(0, 0x9fc00, MemKind::Usable));
     }
 
     /// A map longer than the table keeps what the kernel must not lose: adjacent entries of one
@@ -1105,10 +1118,12 @@ mod tests {
         let (mut m, h) = limine_image();
         m.put64(0x1008, 1 << 20);
         assert_eq!(no(h, &m), BootError::BadLength(1 << 20));
-        // A module whose size runs past the physical address space.
+        // A module whose size runs past the physical address space is dropped and counted (as
+        // PVH's); the boot goes on.
         let (mut m, h) = limine_image();
         m.put64(0x1410, u64::MAX - 0x1000);
-        assert_eq!(no(h, &m), BootError::BadLength(u64::MAX - 0x1000));
+        let bi = parse_limine(&m, &h).unwrap();
+        assert_eq!((bi.modules().len(), bi.modules_dropped), (0, 1));
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //!
 //! Sources, in order of trust: CPUID leaf 0x15 (crystal × ratio), the hypervisor leaf
 //! 0x4000_0010 (TSC kHz), CPUID leaf 0x16 (base MHz), else a measurement against one of the
-//! reference clocks the kernel lists, first that answers: PIT channel 2 (channel 0 where the PC
-//! speaker gate is missing), the HPET's main counter
+//! reference clocks the kernel lists, first that answers: PIT channel 2 (channel 0 where channel
+//! 2, gated through the PC speaker port, does not answer), the HPET's main counter
 //! or the ACPI PM timer (the median of three 10 ms windows each). A PC BIOS promises the PIT;
 //! UEFI does not (its PIT may be absent or not counting), so there the kernel lists the timers
 //! ACPI describes first. A reference that does not advance within about 2^32 TSC ticks, or
@@ -42,7 +42,7 @@ impl TscSource {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RefClock {
     /// PIT channel 2 (ports 0x42, 0x43, 0x61): a PC/AT's; channel 0 (ports 0x40, 0x43) where
-    /// the speaker gate is missing.
+    /// channel 2 does not answer (no speaker gate).
     Pit,
     /// The HPET whose registers are at this physical address (ACPI HPET table); mapped
     /// uncached when it is tried.
@@ -98,8 +98,8 @@ const GIVE_UP_TICKS: u64 = 1 << 32;
 /// The TSC frequency measured against `r` (median of three windows), if `r` answers sensibly.
 fn calibrate(r: RefClock, frames: &mut impl FrameSource) -> Option<(u64, TscSource)> {
     let (hz, src) = match r {
-        // Channel 2 needs the PC speaker gate (port 0x61); a PIT without it (QEMU's microvm)
-        // is read back on channel 0.
+        // Channel 2 needs the PC speaker gate (port 0x61); where it does not answer (QEMU's
+        // microvm has no such port) channel 0 is tried.
         RefClock::Pit => (median(|| pit_window(WINDOW_MS)).or_else(|| median(|| pit0_window(WINDOW_MS)))?, TscSource::Pit),
         // SAFETY: a `RefClock::Hpet` names the block the ACPI HPET table gives (the kernel's
         // `reference_clocks` makes it from that table only, at boot).
@@ -161,45 +161,43 @@ fn pit_window(ms: u64) -> Option<u64> {
     }
 }
 
-/// One window of `ms` ms counted on PIT channel 0 (ports 0x40, 0x43), read back with latch
-/// commands: for a PIT without the PC speaker gate that [`pit_window`] needs. The counter runs in
-/// mode 0 from 65536 (as mode 0 does, it goes on counting past zero, and its output rises once,
-/// on an interrupt line the kernel has masked); the ticks between reads are summed until they
-/// make the window. A counter that never moves (no PIT: the port reads as all ones) is given up
-/// on after [`GIVE_UP_TICKS`].
+/// One window of `ms` ms counted on PIT channel 0 (ports 0x40, 0x43), for a PIT without the PC
+/// speaker gate that [`pit_window`] needs: as there, mode 0 counts down once and raises the
+/// output at zero, but the output is read with the read-back command's status byte (bit 7 the
+/// output, bit 6 "null count": the count not loaded yet). Like the firmware's own channel-0
+/// ticks, the rising output is an IRQ 0 edge (the kernel sets up its interrupt lines after).
 fn pit0_window(ms: u64) -> Option<u64> {
     let mut mode: Port<u8> = Port::new(0x43);
     let mut ch0: Port<u8> = Port::new(0x40);
-    let want = PIT_HZ * ms / 1000;
+    let count = (PIT_HZ * ms / 1000) as u16;
     // SAFETY: ports 0x43/0x40 are the PIT's mode register and channel 0, used only here and
     // only while the bootstrap CPU calibrates (nothing else programs the PIT: the kernel's timer
-    // is the local APIC's).
+    // is the local APIC's). On a machine without a PIT the reads return all ones.
     unsafe {
         mode.write(0b0011_0000); // channel 0, lobyte/hibyte, mode 0, binary
-        ch0.write(0);
-        ch0.write(0); // 65536
+        ch0.write(count as u8);
+        ch0.write((count >> 8) as u8);
     }
-    // SAFETY: as above.
-    let mut read = || unsafe {
-        mode.write(0b0000_0000); // latch channel 0's count
-        let lo = ch0.read();
-        u16::from_le_bytes([lo, ch0.read()])
+    let start = rdtsc();
+    // SAFETY: as above; 0b11_1_0_001_0: read-back, not the count, the status, channel 0.
+    let mut status = || unsafe {
+        mode.write(0b1110_0010);
+        ch0.read()
     };
-    let (mut prev, t0) = (read(), rdtsc());
-    let mut ticks = 0u64;
-    loop {
-        let (c, t) = (read(), rdtsc());
-        // It counts down, modulo 65536, and is read far more often than every 55 ms.
-        ticks += prev.wrapping_sub(c) as u64;
-        prev = c;
-        if ticks >= want {
-            return Some(((t - t0) as u128 * PIT_HZ as u128 / ticks as u128) as u64);
-        }
-        if t - t0 > GIVE_UP_TICKS {
+    // Mode 0 holds the output low from the control word until the count ends: a high output
+    // now is no PIT (as for channel 2).
+    let mut s = status();
+    if s & 0x80 != 0 {
+        return None;
+    }
+    while s & 0x80 == 0 || s & 0x40 != 0 {
+        if rdtsc() - start > GIVE_UP_TICKS {
             return None;
         }
         cpu::relax();
+        s = status();
     }
+    Some((rdtsc() - start) * 1000 / ms)
 }
 
 /// ACPI PM timer frequency.

@@ -33,8 +33,11 @@ fn panic(info: &PanicInfo<'_>) -> ! {
     if !first {
         cpu::halt_forever();
     }
-    rl4_smp::cpus::stop_others();
-    console::print_line_stopped(format_args!("panic: all other CPUs stopped; exiting with failure"));
+    if rl4_smp::cpus::stop_others() {
+        console::print_line_stopped(format_args!("panic: all other CPUs stopped; exiting with failure"));
+    } else {
+        console::print_line_stopped(format_args!("panic: no local APIC on this CPU yet to stop the others with; exiting with failure"));
+    }
     cpu::exit(cpu::QemuExit::Failure)
 }
 

@@ -98,6 +98,7 @@ pub fn start(cmdline: &str, tsc_hz: u64) -> Result<(), &'static str> {
         programs: [Program::default(); rl4_abi::MAX_PROGRAMS],
         hpet: crate::device::hpet(),
         ioapic: crate::device::first_ioapic(),
+        smi_port: crate::device::smi_port(),
     };
     let n = cmdline.len().min(rl4_abi::BOOT_CMDLINE_MAX);
     bi.cmdline[..n].copy_from_slice(&cmdline.as_bytes()[..n]);
@@ -338,6 +339,7 @@ fn bootinfo_bytes(bi: &BootInfo) -> alloc::vec::Vec<u8> {
     }
     w(&mut v, bi.hpet);
     w(&mut v, bi.ioapic);
+    w(&mut v, bi.smi_port);
     assert_eq!(v.len(), core::mem::size_of::<BootInfo>(), "BootInfo layout");
     v
 }

@@ -229,13 +229,17 @@ fn check_cpus() -> bool {
             cpus::send_resched(0);
         }
         let ipi = idle_until(2_000_000, || c.ipis.load(Ordering::Relaxed) > ipis0);
-        let lint = lapic::lint_pins(i) == (lapic::LINT0_WANTED, lapic::LINT1_WANTED);
+        let lint = lapic::lint_pins(i) == lapic::lint_wanted(i);
         println!(
             "cpu {i}: timer {} ({} ticks), IPI {}, LINT0/LINT1 {}",
             if ticking { "ok" } else { "NOT TICKING" },
             c.ticks.load(Ordering::Relaxed),
             if ipi { "ok" } else { "NOT RECEIVED" },
-            if lint { "masked/NMI" } else { "NOT AS SET" }
+            match (lint, i) {
+                (false, _) => "NOT AS SET",
+                (true, 0) => "masked/NMI",
+                (true, _) => "masked/masked",
+            }
         );
         ok &= ticking && ipi && lint;
     }

@@ -88,6 +88,8 @@ pub struct Platform {
     /// enable and disable, S4BIOS, performance-state control) and the PM1 control blocks (a
     /// write of the sleep type and enable bits puts the machine to sleep or powers it off).
     pub fixed_ports: Vec<(u16, u16)>,
+    /// The SMI command port (FADT; one of `fixed_ports`), if the machine has one.
+    pub smi_port: Option<u16>,
     /// FADT flag HW_REDUCED_ACPI: no fixed hardware (no PM timer, no legacy devices promised).
     pub hw_reduced: bool,
     /// The MADT had a malformed entry: it and the entries after it were not read.
@@ -255,6 +257,9 @@ pub unsafe fn discover<H: Handler + PhysMem>(handler: H, rsdp: u64) -> Result<Pl
             // A port range past 0xffff is no port range: nothing to keep.
             if addr != 0 && addr + len as u64 <= 0x1_0000 {
                 p.fixed_ports.push((addr as u16, len));
+                if addr == smi as u64 && len == 1 {
+                    p.smi_port = Some(addr as u16);
+                }
             }
         }
     }
@@ -528,6 +533,7 @@ pub(crate) mod tests {
         assert_eq!(p.pm_timer, Some(PmTimer { port: 0xb008, bits32: false }));
         // The SMI command port and the PM1a control block (no PM1b): kept from tasks.
         assert_eq!(p.fixed_ports, vec![(0xb2, 1), (0xb004, 2)]);
+        assert_eq!(p.smi_port, Some(0xb2));
         assert!(!p.hw_reduced);
     }
 

@@ -37,6 +37,9 @@ pub struct Cpu {
     pub online: AtomicBool,
     pub ticks: CachePadded<AtomicU64>,
     pub ipis: AtomicU64,
+    /// Set by the CPU once its IDT is loaded (its NMI handler can run): from then on
+    /// [`stop_others`] stops it.
+    idt_ready: AtomicBool,
 }
 
 // SAFETY: the only non-thread-safe field, `lapic`, is accessed solely by the CPU the block
@@ -59,6 +62,7 @@ pub fn create(index: usize, apic_id: u32, frames: &mut impl FrameSource) -> Resu
         online: AtomicBool::new(false),
         ticks: CachePadded::new(AtomicU64::new(0)),
         ipis: AtomicU64::new(0),
+        idt_ready: AtomicBool::new(false),
     }));
     cpu.header.kernel_stack_top.store(stack_top, Ordering::Relaxed);
     CPUS[index].store(cpu, Ordering::Release);
@@ -117,6 +121,12 @@ pub fn init_this_cpu(cpu: &'static Cpu, frames: &mut impl FrameSource) -> Result
     let idt = Box::leak(Box::new(InterruptDescriptorTable::new()));
     rl4_arch::idt::build(idt);
     idt.load();
+    // Either a panicking CPU sees this flag and sends this one an NMI, or this one sees the
+    // panic's flag here and stops (both sides store, then load, sequentially consistent).
+    cpu.idt_ready.store(true, Ordering::SeqCst);
+    if rl4_arch::idt::HALT_ON_NMI.load(Ordering::SeqCst) {
+        rl4_arch::cpu::halt_forever();
+    }
     rl4_arch::entry::init_syscall();
     rl4_arch::entry::check_debug_trap();
     Ok(())
@@ -191,21 +201,24 @@ pub fn send_resched(index: usize) {
     send_ipi(index, lapic::VEC_RESCHED);
 }
 
-/// Stops every other CPU the kernel runs: they halt in their NMI handler. Used by the panic
-/// path. Each gets its NMI by its APIC ID: a broadcast also reached CPUs the kernel never took
-/// over (one that answered its start late and parked in the trampoline with no IDT, one left
-/// out by `maxcpus=` in the firmware's park loop), which an NMI can make triple-fault — a
-/// machine reset that, under `-no-reboot`, ended a panicking QEMU with exit status 0.
-pub fn stop_others() {
-    rl4_arch::idt::HALT_ON_NMI.store(true, Ordering::Release);
+/// Stops every other CPU the kernel took over: they halt in their NMI handler. Used by the panic
+/// and shutdown paths. Each CPU whose IDT is loaded gets its NMI by its APIC ID (one that loads
+/// its IDT later halts there, seeing the flag set first): a broadcast also reached CPUs the
+/// kernel never took over (one that answered its start late and parked in the trampoline with no
+/// IDT, one left out by `maxcpus=` in the firmware's park loop), which an NMI can make
+/// triple-fault — a machine reset that, under `-no-reboot`, ends QEMU with exit status 0.
+/// Returns false if this CPU has no local APIC yet to send them with (a panic early in its
+/// set-up): the others then run on.
+pub fn stop_others() -> bool {
+    rl4_arch::idt::HALT_ON_NMI.store(true, Ordering::SeqCst);
     let me = rl4_arch::percpu::cpu_index() as usize;
     with_lapic(|l| {
-        if let Some(l) = l {
-            for i in (0..count()).filter(|&i| i != me) {
-                if let Some(c) = get(i).filter(|c| c.online.load(Ordering::Acquire)) {
-                    lapic::send_nmi(l, c.apic_id);
-                }
+        let Some(l) = l else { return false };
+        for i in (0..count()).filter(|&i| i != me) {
+            if let Some(c) = get(i).filter(|c| c.idt_ready.load(Ordering::SeqCst)) {
+                lapic::send_nmi(l, c.apic_id);
             }
         }
-    });
+        true
+    })
 }

@@ -65,28 +65,36 @@ fn builder(mode: TimerMode, initial: u32) -> LocalApic {
     }
 }
 
-/// The local interrupt pins' LVT entries the kernel wants: LINT0 (a PC's 8259 output, which the
-/// kernel does not use) masked, LINT1 (a PC's NMI line: a board's IOCHK/SERR or a BMC's
-/// diagnostic NMI) delivered as an NMI, which the kernel reports and ignores. The `x2apic`
-/// crate's `enable` writes 0 to both: unmasked, fixed delivery, vector 0 — an "illegal vector"
-/// APIC error for every signal, and a platform NMI lost.
-pub const LINT0_WANTED: u32 = 1 << 16;
-/// See [`LINT0_WANTED`]: delivery mode NMI (0b100), edge, unmasked.
-pub const LINT1_WANTED: u32 = 0b100 << 8;
+/// The local interrupt pins' LVT entries the kernel wants on CPU `index`: LINT0 (a PC's 8259
+/// output, which the kernel does not use) masked; LINT1 (a PC's NMI line: a board's IOCHK/SERR
+/// or a BMC's diagnostic NMI) delivered as an NMI on the bootstrap CPU only (as the MP
+/// specification's virtual-wire wiring has it; one CPU reports it, and the kernel ignores it)
+/// and masked on the others. The `x2apic` crate's `enable` writes 0 to both: unmasked, fixed
+/// delivery, vector 0 — an "illegal vector" APIC error for every signal, a platform NMI lost.
+/// (The MADT's local APIC NMI entries are not read: the PC wiring is assumed.)
+pub fn lint_wanted(index: usize) -> (u32, u32) {
+    const MASKED: u32 = 1 << 16;
+    const NMI: u32 = 0b100 << 8; // delivery mode NMI, edge, unmasked
+    (MASKED, if index == 0 { NMI } else { MASKED })
+}
 
-/// Sets this CPU's LINT0 and LINT1 entries ([`LINT0_WANTED`], [`LINT1_WANTED`]) and reads them
-/// back (the low 17 bits: vector, delivery mode, status, polarity, remote IRR, trigger, mask).
+/// The LVT bits compared on read-back: vector, delivery mode, polarity, trigger, mask (not the
+/// delivery status, bit 12, or remote IRR, bit 14, which the APIC changes).
+const LVT_SET_BITS: u32 = 0x1_afff;
+
+/// Sets this CPU's LINT0 and LINT1 entries ([`lint_wanted`]) and reads them back
+/// ([`LVT_SET_BITS`]).
 fn set_lint_pins() -> (u32, u32) {
-    const LVT_BITS: u32 = 0x1_ffff;
+    let (w0, w1) = lint_wanted(rl4_arch::percpu::cpu_index() as usize);
     let base = XAPIC_BASE.load(Ordering::Relaxed);
     if is_x2apic() {
         // SAFETY: MSRs 0x835/0x836 are this CPU's x2APIC LVT LINT0/LINT1 registers (x2APIC mode
         // is on: `enable` ran); no other code writes them.
         unsafe {
             let (mut l0, mut l1) = (x86_64::registers::model_specific::Msr::new(0x835), x86_64::registers::model_specific::Msr::new(0x836));
-            l0.write(LINT0_WANTED as u64);
-            l1.write(LINT1_WANTED as u64);
-            (l0.read() as u32 & LVT_BITS, l1.read() as u32 & LVT_BITS)
+            l0.write(w0 as u64);
+            l1.write(w1 as u64);
+            (l0.read() as u32 & LVT_SET_BITS, l1.read() as u32 & LVT_SET_BITS)
         }
     } else {
         // SAFETY: `base` is the virtual address of this CPU's xAPIC register page, mapped
@@ -94,17 +102,18 @@ fn set_lint_pins() -> (u32, u32) {
         // LVT LINT0/LINT1 registers, 32-bit aligned, written by no other code.
         unsafe {
             let (l0, l1) = ((base + 0x350) as *mut u32, (base + 0x360) as *mut u32);
-            l0.write_volatile(LINT0_WANTED);
-            l1.write_volatile(LINT1_WANTED);
-            (l0.read_volatile() & LVT_BITS, l1.read_volatile() & LVT_BITS)
+            l0.write_volatile(w0);
+            l1.write_volatile(w1);
+            (l0.read_volatile() & LVT_SET_BITS, l1.read_volatile() & LVT_SET_BITS)
         }
     }
 }
 
-/// What this CPU's LINT0 and LINT1 entries read back as after its local APIC came up.
+/// What each CPU's LINT0 and LINT1 entries read back as, right after its local APIC came up
+/// and they were set.
 static LINT_SEEN: [AtomicU64; crate::MAX_CPUS] = [const { AtomicU64::new(0) }; crate::MAX_CPUS];
 
-/// CPU `index`'s LINT0 and LINT1 entries as they read back after its local APIC came up (0, 0
+/// CPU `index`'s LINT0 and LINT1 entries as they read back right after they were set ((0, 0)
 /// before).
 pub fn lint_pins(index: usize) -> (u32, u32) {
     let v = LINT_SEEN.get(index).map_or(0, |a| a.load(Ordering::Acquire));

@@ -671,6 +671,9 @@ pub struct BootInfo {
     /// Physical address of the first I/O APIC's registers (MADT; 0: none), which the kernel
     /// drives and never hands out.
     pub ioapic: u64,
+    /// The firmware's SMI command port (FADT; 0: none, as on a hardware-reduced ACPI machine),
+    /// which the kernel keeps: a write would enter the firmware's SMM code.
+    pub smi_port: u64,
 }
 
 impl BootInfo {
