@@ -715,10 +715,14 @@ fn serve_requests(cs: Here) {
             Some((_, entry)) => {
                 match l.dequeue(me) {
                     Pick::Drop => {}
-                    // A hint that lied (never, once `Dead`): it goes back to wait for its turn.
+                    // A hint that lied (never, once `Dead`): it goes back to wait for its turn,
+                    // queued again as a yield leaves it (`dequeue` made it current here; a
+                    // thread current and queued at once is what the run queue must never hold).
                     Pick::Run => {
-                        let p = l.prio;
-                        with_rq(cs, |rq| rq_push(rq, p, entry.clone(), false));
+                        if l.yield_cpu(me) {
+                            let p = l.prio;
+                            with_rq(cs, |rq| rq_push(rq, p, entry.clone(), false));
+                        }
                     }
                     // Its new CPU's queue takes its new priority too.
                     Pick::Forward(c) => {
