@@ -140,8 +140,48 @@ fn run_pages(layout: Layout) -> u64 {
     (layout.size() as u64).div_ceil(PAGE_SIZE).max(1)
 }
 
+/// Arena frames each CPU keeps for the system call it runs (its own, untouched by other CPUs),
+/// taken by the heap only when the frame allocator is empty: filled by [`headroom`], so that the
+/// few allocations a call may not fail (`must_not_fail`: a mapping's entry in its space's map)
+/// find a frame even if other CPUs took every free frame between the call's check and its
+/// allocation (the calls that grow the heap without that check — a capability sent, a wait
+/// with a timeout — fail cleanly at zero, but they could take the floor `headroom` saw; a
+/// review of the twenty-first session found that window, as long as a vCPU is descheduled).
+const CPU_RESERVE: usize = 2;
+static RESERVE: [crossbeam_utils::CachePadded<[AtomicU64; CPU_RESERVE]>; rl4_smp::MAX_CPUS] =
+    [const { crossbeam_utils::CachePadded::new([const { AtomicU64::new(0) }; CPU_RESERVE]) }; rl4_smp::MAX_CPUS];
+
+fn cpu_reserve() -> &'static [AtomicU64; CPU_RESERVE] {
+    &RESERVE[rl4_arch::percpu::cpu_index() as usize % rl4_smp::MAX_CPUS]
+}
+
+/// Fills this CPU's reserve from the allocator (the heap owns those frames from then on); a
+/// load per slot when it is full.
+fn fill_reserve() {
+    for slot in cpu_reserve() {
+        if slot.load(Ordering::Relaxed) == 0 {
+            match take_frames(1, PAGE_SIZE) {
+                Some(pa) => slot.store(pa, Ordering::Relaxed),
+                None => return,
+            }
+        }
+    }
+}
+
+/// A frame of this CPU's reserve, if one is left (only this CPU takes or fills its own, with
+/// interrupts off).
+fn take_reserve() -> Option<u64> {
+    cpu_reserve().iter().find_map(|slot| {
+        let pa = slot.load(Ordering::Relaxed);
+        (pa != 0).then(|| {
+            slot.store(0, Ordering::Relaxed);
+            pa
+        })
+    })
+}
+
 impl KernelHeap {
-    /// A frame for a new arena: a spare, else a fresh one.
+    /// A frame for a new arena: a spare, else a fresh one, else one of this CPU's reserve.
     fn arena_frame(&mut self) -> Option<u64> {
         if self.spare != 0 {
             let pa = self.spare;
@@ -150,7 +190,7 @@ impl KernelHeap {
             self.spares -= 1;
             return Some(pa);
         }
-        take_frames(1, PAGE_SIZE)
+        take_frames(1, PAGE_SIZE).or_else(take_reserve)
     }
 
     /// An arena frame `talc` no longer uses: kept as a spare, or given back.
@@ -702,9 +742,15 @@ pub fn user_frames_left() -> u64 {
 }
 
 /// `OutOfMemory` unless at least [`call_floor`] frames are free: checked first by every
-/// system call that allocates kernel memory.
+/// system call that allocates kernel memory, which then has this CPU's reserve of arena frames
+/// full ([`CPU_RESERVE`]).
 pub fn headroom() -> Result<(), rl4_abi::Error> {
-    if free_frames() >= call_floor() { Ok(()) } else { Err(rl4_abi::Error::OutOfMemory) }
+    if free_frames() >= call_floor() {
+        fill_reserve();
+        Ok(())
+    } else {
+        Err(rl4_abi::Error::OutOfMemory)
+    }
 }
 
 /// Returns a frame to the allocator. Only `unsafe` code can make a frame that is not the
