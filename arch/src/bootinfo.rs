@@ -855,10 +855,10 @@ mod tests {
         assert_eq!(bi.memory_map()[3].range, Range::new(crate::layout::DIRECT_MAP_SIZE - 0x1000, crate::layout::DIRECT_MAP_SIZE));
     }
 
-    /// A full table gives up its smallest usable ranges, never the large one: 126 one-page usable
-    /// pieces with gaps, 64 GiB above 4 GiB, then reserved entries and more small usable ones
-    /// (before the twenty-first session each extra entry took the last usable one's place: the
-    /// 64 GiB).
+    /// A full table gives up its smallest usable ranges, never the large one: 123 one-page usable
+    /// pieces with gaps (126 entries with the image's three), 64 GiB above 4 GiB, then reserved
+    /// entries and more small usable ones (before the twenty-first session a reserved extra
+    /// took the last usable one's place: the 64 GiB).
     #[test]
     fn a_full_memory_map_gives_up_its_smallest_usable_ranges() {
         let mut m = pvh_image(1);

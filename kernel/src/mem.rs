@@ -142,9 +142,10 @@ fn run_pages(layout: Layout) -> u64 {
 
 /// Arena frames each CPU keeps for the system call it runs (its own, untouched by other CPUs),
 /// taken by the heap only when the frame allocator is empty: filled by [`headroom`], so that the
-/// few allocations a call may not fail (`must_not_fail`: a mapping's entry in its space's map)
-/// find a frame even if other CPUs took every free frame between the call's check and its
-/// allocation (the calls that grow the heap without that check — a capability sent, a wait
+/// one infallible allocation a call makes (`must_not_fail`: a mapping's entry in its space's map,
+/// well under a frame of nodes; other CPUs may take part of an arena made from the reserve
+/// meanwhile, which the second frame covers in practice) finds a frame even if other CPUs took
+/// every free frame between the call's check and its allocation (the calls that grow the heap without that check — a capability sent, a wait
 /// with a timeout — fail cleanly at zero, but they could take the floor `headroom` saw; a
 /// review of the twenty-first session found that window, as long as a vCPU is descheduled).
 const CPU_RESERVE: usize = 2;

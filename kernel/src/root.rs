@@ -26,8 +26,8 @@ pub const ROOT_PRIORITY: u8 = 100;
 const KERNEL_RESERVE_FRAMES: u64 = 1024;
 
 /// Frames the root task's budget leaves out of the free memory: the kernel's reserve, or the
-/// frames user memory never takes (`mem::user_floor`, 32 per CPU) if that is more (above 32
-/// CPUs), so that the budget never promises frames no user can get.
+/// frames user memory never takes (`mem::user_floor`: 512, or 32 per CPU above 16 CPUs) if that
+/// is more (above 32 CPUs), so that at boot the budget does not promise frames no user can get.
 fn kept_frames() -> u64 {
     KERNEL_RESERVE_FRAMES.max(mem::user_floor())
 }

@@ -241,7 +241,10 @@ fn check_cpus() -> bool {
                 (true, _) => "masked/masked",
             }
         );
-        ok &= ticking && ipi && lint;
+        // The pins are reported, not a reason to stop: scripts/test checks the line (a boot
+        // that stops over them would refuse a machine whose APIC reads back otherwise).
+        let _ = lint;
+        ok &= ticking && ipi;
     }
     ok
 }
