@@ -164,40 +164,50 @@ fn pit_window(ms: u64) -> Option<u64> {
 /// One window of `ms` ms counted on PIT channel 0 (ports 0x40, 0x43), for a PIT without the PC
 /// speaker gate that [`pit_window`] needs: as there, mode 0 counts down once and raises the
 /// output at zero, but the output is read with the read-back command's status byte (bit 7 the
-/// output, bit 6 "null count": the count not loaded yet). Like the firmware's own channel-0
-/// ticks, the rising output is an IRQ 0 edge (the kernel sets up its interrupt lines after).
+/// output, bit 6 "null count": the count not loaded yet; bits 5..0 the mode as programmed, which
+/// tells a PIT from ports that read all ones or all zeros). Channel 0 has no gate to hold it: it
+/// counts from the count's second byte, so the TSC is read just before that byte, and a window
+/// that ended before its first look (the vCPU held up for longer than the window) is tried
+/// again rather than taken for no PIT. Like the firmware's own channel-0 ticks, the rising
+/// output is an IRQ 0 edge (the kernel sets up its interrupt lines after).
 fn pit0_window(ms: u64) -> Option<u64> {
+    const PROGRAMMED: u8 = 0b11_000_0; // lobyte/hibyte, mode 0, binary (status bits 5..0)
     let mut mode: Port<u8> = Port::new(0x43);
     let mut ch0: Port<u8> = Port::new(0x40);
     let count = (PIT_HZ * ms / 1000) as u16;
-    // SAFETY: ports 0x43/0x40 are the PIT's mode register and channel 0, used only here and
-    // only while the bootstrap CPU calibrates (nothing else programs the PIT: the kernel's timer
-    // is the local APIC's). On a machine without a PIT the reads return all ones.
-    unsafe {
-        mode.write(0b0011_0000); // channel 0, lobyte/hibyte, mode 0, binary
-        ch0.write(count as u8);
-        ch0.write((count >> 8) as u8);
-    }
-    let start = rdtsc();
-    // SAFETY: as above; 0b11_1_0_001_0: read-back, not the count, the status, channel 0.
-    let mut status = || unsafe {
-        mode.write(0b1110_0010);
-        ch0.read()
-    };
-    // Mode 0 holds the output low from the control word until the count ends: a high output
-    // now is no PIT (as for channel 2).
-    let mut s = status();
-    if s & 0x80 != 0 {
-        return None;
-    }
-    while s & 0x80 == 0 || s & 0x40 != 0 {
-        if rdtsc() - start > GIVE_UP_TICKS {
+    for _ in 0..3 {
+        // SAFETY: ports 0x43/0x40 are the PIT's mode register and channel 0, used only here and
+        // only while the bootstrap CPU calibrates (nothing else programs the PIT: the kernel's
+        // timer is the local APIC's). On a machine without a PIT the writes go nowhere.
+        let start = unsafe {
+            mode.write(0b0011_0000); // channel 0, lobyte/hibyte, mode 0, binary
+            ch0.write(count as u8);
+            let t = rdtsc();
+            ch0.write((count >> 8) as u8);
+            t
+        };
+        // SAFETY: as above; 0b11_1_0_001_0: read-back, not the count, the status, channel 0.
+        let mut status = || unsafe {
+            mode.write(0b1110_0010);
+            ch0.read()
+        };
+        let mut s = status();
+        if s & 0x3f != PROGRAMMED {
             return None;
         }
-        cpu::relax();
-        s = status();
+        if s & 0x80 != 0 {
+            continue;
+        }
+        while s & 0x80 == 0 || s & 0x40 != 0 {
+            if rdtsc() - start > GIVE_UP_TICKS {
+                return None;
+            }
+            cpu::relax();
+            s = status();
+        }
+        return Some((rdtsc() - start) * 1000 / ms);
     }
-    Some((rdtsc() - start) * 1000 / ms)
+    None
 }
 
 /// ACPI PM timer frequency.

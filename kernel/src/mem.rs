@@ -157,16 +157,17 @@ fn cpu_reserve() -> &'static [AtomicU64; CPU_RESERVE] {
 }
 
 /// Fills this CPU's reserve from the allocator (the heap owns those frames from then on); a
-/// load per slot when it is full.
-fn fill_reserve() {
+/// load per slot when it is full. Whether it is full.
+pub fn fill_reserve() -> bool {
     for slot in cpu_reserve() {
         if slot.load(Ordering::Relaxed) == 0 {
             match take_frames(1, PAGE_SIZE) {
                 Some(pa) => slot.store(pa, Ordering::Relaxed),
-                None => return,
+                None => return false,
             }
         }
     }
+    true
 }
 
 /// A frame of this CPU's reserve, if one is left (only this CPU takes or fills its own, with
@@ -746,12 +747,9 @@ pub fn user_frames_left() -> u64 {
 /// system call that allocates kernel memory, which then has this CPU's reserve of arena frames
 /// full ([`CPU_RESERVE`]).
 pub fn headroom() -> Result<(), rl4_abi::Error> {
-    if free_frames() >= call_floor() {
-        fill_reserve();
-        Ok(())
-    } else {
-        Err(rl4_abi::Error::OutOfMemory)
-    }
+    // The floor first, then the reserve: other CPUs may empty the allocator in between, and a
+    // call must not go on without its reserve (a review found `Ok` answered with it empty).
+    if free_frames() >= call_floor() && fill_reserve() { Ok(()) } else { Err(rl4_abi::Error::OutOfMemory) }
 }
 
 /// Returns a frame to the allocator. Only `unsafe` code can make a frame that is not the

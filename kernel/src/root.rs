@@ -61,6 +61,11 @@ fn load_bytes(space: &Space, mem: &Arc<Memory>, va: u64, lead: usize, bytes: &[u
 }
 
 pub fn start(cmdline: &str, tsc_hz: u64) -> Result<(), &'static str> {
+    // The mappings made here (`map_frame`'s infallible map insert) have the bootstrap CPU's
+    // reserve behind them, as a `Map` call's have after its check.
+    if !mem::fill_reserve() {
+        return Err(SHORT);
+    }
     let (_, root_image) = PROGRAMS.iter().find(|(n, _)| *n == "root").ok_or("no root program embedded")?;
     let budget = mem::free_frames().saturating_sub(kept_frames()) * PAGE_SIZE + crate::overcommit();
     let memory = Memory::new(budget);

@@ -210,10 +210,12 @@ pub fn send_resched(index: usize) {
 /// Returns false if this CPU has no local APIC yet to send them with (a panic early in its
 /// set-up): the others then run on.
 pub fn stop_others() -> bool {
-    rl4_arch::idt::HALT_ON_NMI.store(true, Ordering::SeqCst);
     let me = rl4_arch::percpu::cpu_index() as usize;
     with_lapic(|l| {
+        // No local APIC, no NMIs: the flag stays down too (a CPU still starting, or a platform
+        // NMI, must not halt for a stop that does not happen).
         let Some(l) = l else { return false };
+        rl4_arch::idt::HALT_ON_NMI.store(true, Ordering::SeqCst);
         for i in (0..count()).filter(|&i| i != me) {
             if let Some(c) = get(i).filter(|c| c.idt_ready.load(Ordering::SeqCst)) {
                 lapic::send_nmi(l, c.apic_id);
