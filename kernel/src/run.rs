@@ -57,6 +57,13 @@ pub fn log_platform(p: &Platform, rsdp: u64) {
         p.pm_timer.map_or(alloc::format!("absent"), |t| alloc::format!("at port {:#x} ({} bits)", t.port, if t.bits32 { 32 } else { 24 })),
         if p.hw_reduced { ", hardware-reduced ACPI (no legacy devices)" } else { "" }
     );
+    if !p.fixed_ports.is_empty() || p.smi_port.is_some() {
+        let mut line = alloc::string::String::new();
+        for &(base, n) in &p.fixed_ports {
+            let _ = core::fmt::Write::write_fmt(&mut line, format_args!(" {base:#x}+{n}"));
+        }
+        println!("acpi: fixed-hardware ports the kernel keeps:{line}; SMI command port {}", p.smi_port.map_or(alloc::format!("none"), |s| alloc::format!("{s:#x}")));
+    }
     for c in &p.cpus {
         let state = if c.flags & madt::FLAG_ENABLED != 0 {
             "enabled"
