@@ -407,6 +407,39 @@ fn utf8_prefix(b: &[u8]) -> &str {
 }
 
 /// Parses PVH's `hvm_start_info` at `pa`.
+/// Where ACPI's root pointer lies on a PC BIOS when the boot loader does not say (ACPI 6.5,
+/// 5.2.5.1): on a 16-byte boundary in the first KiB of the extended BIOS data area (its segment
+/// at 0x40E) or in the BIOS read-only area 0xE0000..0x100000, made by its signature "RSD PTR "
+/// and the checksum of its first 20 bytes (of the 36 of an extended one, revision 2 on). For a
+/// Multiboot2 loader that passes no RSDP tag (the tags are optional): without ACPI tables the
+/// kernel runs on the bootstrap CPU alone. Never on UEFI, whose low memory promises nothing.
+pub fn scan_bios_rsdp(mem: &impl PhysMem) -> Option<u64> {
+    let mut seg = [0u8; 2];
+    let ebda = mem.read(0x40e, &mut seg).map(|_| (u16::from_le_bytes(seg) as u64) << 4).filter(|e| (0x500..0xa_0000).contains(e));
+    let areas = ebda.map(|e| (e, (e + 1024).min(0xa_0000))).into_iter().chain(core::iter::once((0xe_0000, 0x10_0000)));
+    for (lo, hi) in areas {
+        let mut pa = (lo + 15) & !15;
+        while pa + 20 <= hi {
+            if is_rsdp(mem, pa) {
+                return Some(pa);
+            }
+            pa += 16;
+        }
+    }
+    None
+}
+
+/// Whether a valid RSDP lies at `pa` ([`scan_bios_rsdp`]).
+fn is_rsdp(mem: &impl PhysMem, pa: u64) -> bool {
+    let sum = |b: &[u8]| b.iter().fold(0u8, |s, &x| s.wrapping_add(x));
+    let mut h = [0u8; 36];
+    if mem.read(pa, &mut h[..20]).is_none() || &h[..8] != b"RSD PTR " || sum(&h[..20]) != 0 {
+        return false;
+    }
+    // Revision 2 and later: the extended structure, 36 bytes, with its own checksum.
+    h[15] < 2 || (mem.read(pa, &mut h).is_some() && u32::from_le_bytes([h[20], h[21], h[22], h[23]]) >= 36 && sum(&h) == 0)
+}
+
 pub fn parse_pvh(mem: &impl PhysMem, pa: u64) -> Result<BootInfo, BootError> {
     let rd32 = |a: u64| mem.u32(a).ok_or(BootError::Unreadable(a));
     let rd64 = |a: u64| mem.u64(a).ok_or(BootError::Unreadable(a));
@@ -811,6 +844,50 @@ mod tests {
         let mut m = pvh_image(1);
         m.put64(0x1108, (1 << 52) - 0x20_0000);
         assert_eq!(parse_pvh(&m, 0x1000).unwrap().modules()[0].range, Range::new(0x20_0000, 1 << 52));
+    }
+
+    /// An RSDP (revision 0, or 2 with its extended checksum) in the EBDA's first KiB or the
+    /// BIOS area is found; one with a bad checksum, off a 16-byte boundary or past the EBDA's
+    /// first KiB is not.
+    #[test]
+    fn the_bios_area_scan_finds_a_valid_rsdp_only() {
+        fn rsdp(rev: u8, good: bool) -> Vec<u8> {
+            let mut r = vec![0u8; if rev >= 2 { 36 } else { 20 }];
+            r[..8].copy_from_slice(b"RSD PTR ");
+            r[9..15].copy_from_slice(b"BOCHS ");
+            r[15] = rev;
+            r[16..20].copy_from_slice(&0x7fe_0000u32.to_le_bytes());
+            let fix = |r: &mut Vec<u8>, at: usize, n: usize| {
+                let s = r[..n].iter().fold(0u8, |s, &x| s.wrapping_add(x));
+                r[at] = r[at].wrapping_sub(s);
+            };
+            fix(&mut r, 8, 20);
+            if rev >= 2 {
+                r[20..24].copy_from_slice(&36u32.to_le_bytes());
+                fix(&mut r, 32, 36);
+            }
+            if !good {
+                r[19] ^= 1;
+            }
+            r
+        }
+        let image = |ebda_seg: u16, at: u64, r: &[u8]| {
+            let mut m = Mem { base: 0, bytes: vec![0; 0x10_0000] };
+            m.put(0x40e, &ebda_seg.to_le_bytes());
+            m.put(at, r);
+            m
+        };
+        assert_eq!(scan_bios_rsdp(&image(0x9fc0, 0xf_5250, &rsdp(0, true))), Some(0xf_5250));
+        assert_eq!(scan_bios_rsdp(&image(0x9fc0, 0xe_0010, &rsdp(2, true))), Some(0xe_0010));
+        assert_eq!(scan_bios_rsdp(&image(0x9fc0, 0x9_fc40, &rsdp(2, true))), Some(0x9_fc40));
+        assert_eq!(scan_bios_rsdp(&image(0x9fc0, 0xf_5250, &rsdp(0, false))), None);
+        assert_eq!(scan_bios_rsdp(&image(0x9fc0, 0xf_5258, &rsdp(0, true))), None);
+        assert_eq!(scan_bios_rsdp(&image(0x9000, 0x9_0400, &rsdp(0, true))), None);
+        let mut bad_ext = rsdp(2, true);
+        bad_ext[33] ^= 1;
+        assert_eq!(scan_bios_rsdp(&image(0x9fc0, 0xf_0000, &bad_ext)), None);
+        // Nothing readable: nothing found.
+        assert_eq!(scan_bios_rsdp(&Mem { base: 0x20_0000, bytes: vec![] }), None);
     }
 
     #[test]

@@ -190,7 +190,16 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
     // Without readable tables rl4 still runs, on the bootstrap CPU alone
     // (`Platform::without_acpi`), and says why.
     let bi = BOOT_INFO.get().expect("boot info");
-    let found = bi.rsdp.map(|r| (r, rl4_smp::acpi_handler::discover(r)));
+    // A Multiboot2 loader need not pass the RSDP: on a BIOS (or an unstated firmware) it is
+    // looked for where the ACPI specification puts it.
+    let scanned = match (bi.rsdp, bi.firmware) {
+        (None, Firmware::Bios | Firmware::Unstated) => bootinfo::scan_bios_rsdp(&rl4_arch::paging::DirectMapMem),
+        _ => None,
+    };
+    if let Some(r) = scanned {
+        println!("acpi: the boot loader passed no RSDP; found one at {r:#x} in the BIOS area");
+    }
+    let found = bi.rsdp.or(scanned).map(|r| (r, rl4_smp::acpi_handler::discover(r)));
     let (mut platform, rsdp) = match found {
         Some((r, Ok(p))) => (p, Some(r)),
         Some((r, Err(e))) => {
