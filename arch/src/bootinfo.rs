@@ -406,7 +406,6 @@ fn utf8_prefix(b: &[u8]) -> &str {
     }
 }
 
-/// Parses PVH's `hvm_start_info` at `pa`.
 /// Where ACPI's root pointer lies on a PC BIOS when the boot loader does not say (ACPI 6.5,
 /// 5.2.5.1): on a 16-byte boundary in the first KiB of the extended BIOS data area (its segment
 /// at 0x40E) or in the BIOS read-only area 0xE0000..0x100000, made by its signature "RSD PTR "
@@ -418,9 +417,9 @@ pub fn scan_bios_rsdp(mem: &impl PhysMem) -> Option<u64> {
     let ebda = mem.read(0x40e, &mut seg).map(|_| (u16::from_le_bytes(seg) as u64) << 4).filter(|e| (0x500..0xa_0000).contains(e));
     let areas = ebda.map(|e| (e, (e + 1024).min(0xa_0000))).into_iter().chain(core::iter::once((0xe_0000, 0x10_0000)));
     for (lo, hi) in areas {
-        let mut pa = (lo + 15) & !15;
+        let mut pa = lo;
         while pa + 20 <= hi {
-            if is_rsdp(mem, pa) {
+            if is_rsdp(mem, pa, hi) {
                 return Some(pa);
             }
             pa += 16;
@@ -429,17 +428,18 @@ pub fn scan_bios_rsdp(mem: &impl PhysMem) -> Option<u64> {
     None
 }
 
-/// Whether a valid RSDP lies at `pa` ([`scan_bios_rsdp`]).
-fn is_rsdp(mem: &impl PhysMem, pa: u64) -> bool {
+/// Whether a valid RSDP lies at `pa`, within the area that ends at `hi` ([`scan_bios_rsdp`]).
+fn is_rsdp(mem: &impl PhysMem, pa: u64, hi: u64) -> bool {
     let sum = |b: &[u8]| b.iter().fold(0u8, |s, &x| s.wrapping_add(x));
     let mut h = [0u8; 36];
     if mem.read(pa, &mut h[..20]).is_none() || &h[..8] != b"RSD PTR " || sum(&h[..20]) != 0 {
         return false;
     }
     // Revision 2 and later: the extended structure, 36 bytes, with its own checksum.
-    h[15] < 2 || (mem.read(pa, &mut h).is_some() && u32::from_le_bytes([h[20], h[21], h[22], h[23]]) >= 36 && sum(&h) == 0)
+    h[15] < 2 || (pa + 36 <= hi && mem.read(pa, &mut h).is_some() && u32::from_le_bytes([h[20], h[21], h[22], h[23]]) >= 36 && sum(&h) == 0)
 }
 
+/// Parses PVH's `hvm_start_info` at `pa`.
 pub fn parse_pvh(mem: &impl PhysMem, pa: u64) -> Result<BootInfo, BootError> {
     let rd32 = |a: u64| mem.u32(a).ok_or(BootError::Unreadable(a));
     let rd64 = |a: u64| mem.u64(a).ok_or(BootError::Unreadable(a));
@@ -888,6 +888,21 @@ mod tests {
         assert_eq!(scan_bios_rsdp(&image(0x9fc0, 0xf_0000, &bad_ext)), None);
         // Nothing readable: nothing found.
         assert_eq!(scan_bios_rsdp(&Mem { base: 0x20_0000, bytes: vec![] }), None);
+        // An EBDA segment of 0 is no EBDA (the interrupt table is not scanned).
+        assert_eq!(scan_bios_rsdp(&image(0, 0x40, &rsdp(0, true))), None);
+        // An extended one whose length is under 36, or that runs past the area's end.
+        let mut short = rsdp(2, true);
+        short[20..24].copy_from_slice(&20u32.to_le_bytes());
+        short[32] = short[32].wrapping_add(16); // the extended checksum again (20 is 16 less than 36)
+        assert_eq!(scan_bios_rsdp(&image(0x9fc0, 0xf_0000, &short)), None);
+        let mut m = image(0x9fc0, 0xf_ffe0, &rsdp(2, true)[..20]);
+        m.put(0x10_0000, &[0; 16]);
+        assert_eq!(scan_bios_rsdp(&m), None, "a revision-2 one past 0x100000");
+        assert_eq!(scan_bios_rsdp(&image(0x9fc0, 0xf_ffe0, &rsdp(0, true))), Some(0xf_ffe0));
+        // The EBDA first, when both hold one.
+        let mut both = image(0x9fc0, 0xe_0000, &rsdp(0, true));
+        both.put(0x9_fc10, &rsdp(0, true));
+        assert_eq!(scan_bios_rsdp(&both), Some(0x9_fc10));
     }
 
     #[test]

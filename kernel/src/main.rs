@@ -40,6 +40,7 @@ mod trace;
 mod trap;
 
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
 use rl4_arch::bootinfo::{self, BootInfo, Firmware};
 use rl4_arch::time::RefClock;
 use rl4_arch::{console, cpu, percpu, println, time};
@@ -52,6 +53,8 @@ use rl4_smp::{boot as apboot, lapic};
 use spin::Once;
 
 static BOOT_INFO: Once<BootInfo> = Once::new();
+/// Whether the boot looked for the RSDP in the BIOS area (the boot loader passed none).
+static RSDP_SCANNED: AtomicBool = AtomicBool::new(false);
 
 /// What the boot loader passed (parsed), once the boot has read it.
 pub fn boot_info() -> Option<&'static BootInfo> {
@@ -101,6 +104,17 @@ pub extern "C" fn rl4_kernel_entry(protocol: u32, magic: u32, info: u64) -> ! {
             "limine: base revision {}, HHDM at {:#x}, kernel image at physical {:#x} (virtual {:#x})",
             l.base_revision, l.hhdm, l.kernel_phys, l.kernel_virt
         );
+    }
+    // A loader need not pass the RSDP (Multiboot2's tags are optional): on a BIOS, or under
+    // PVH, it is looked for where the ACPI specification puts it — here, before memory is set
+    // up, so that its tables are kept out of the frame allocator as a passed one's are. (Never
+    // under UEFI, or a Limine boot that does not name its firmware: low memory promises nothing.)
+    if bi.rsdp.is_none() && (bi.firmware == Firmware::Bios || bi.protocol == bootinfo::Protocol::Pvh) {
+        RSDP_SCANNED.store(true, Ordering::Relaxed);
+        bi.rsdp = bootinfo::scan_bios_rsdp(&rl4_arch::paging::DirectMapMem);
+        if let Some(r) = bi.rsdp {
+            println!("acpi: the boot loader passed no RSDP; found one at {r:#x} in the BIOS area");
+        }
     }
     let (kernel_args, _root_args) = cmdline::split(bi.cmdline());
     let opts = OPTIONS.call_once(|| cmdline::parse(kernel_args, |p| println!("cmdline: {p}")));
@@ -190,16 +204,7 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
     // Without readable tables rl4 still runs, on the bootstrap CPU alone
     // (`Platform::without_acpi`), and says why.
     let bi = BOOT_INFO.get().expect("boot info");
-    // A Multiboot2 loader need not pass the RSDP: on a BIOS (or an unstated firmware) it is
-    // looked for where the ACPI specification puts it.
-    let scanned = match (bi.rsdp, bi.firmware) {
-        (None, Firmware::Bios | Firmware::Unstated) => bootinfo::scan_bios_rsdp(&rl4_arch::paging::DirectMapMem),
-        _ => None,
-    };
-    if let Some(r) = scanned {
-        println!("acpi: the boot loader passed no RSDP; found one at {r:#x} in the BIOS area");
-    }
-    let found = bi.rsdp.or(scanned).map(|r| (r, rl4_smp::acpi_handler::discover(r)));
+    let found = bi.rsdp.map(|r| (r, rl4_smp::acpi_handler::discover(r)));
     let (mut platform, rsdp) = match found {
         Some((r, Ok(p))) => (p, Some(r)),
         Some((r, Err(e))) => {
@@ -207,7 +212,10 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
             (Platform::without_acpi(cpu::apic_base()), None)
         }
         None => {
-            println!("acpi: the boot loader passed no RSDP (no ACPI tables): running on the bootstrap CPU alone, without device interrupts");
+            println!(
+                "acpi: the boot loader passed no RSDP (no ACPI tables): running on the bootstrap CPU alone, without device interrupts{}",
+                if RSDP_SCANNED.load(Ordering::Relaxed) { " (none in the BIOS area either)" } else { "" }
+            );
             (Platform::without_acpi(cpu::apic_base()), None)
         }
     };
