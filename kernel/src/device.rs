@@ -437,16 +437,16 @@ static PAGE_TAKEN: [AtomicBool; MAX_DEVICE_PAGES] = [const { AtomicBool::new(fal
 
 /// The HPET's and the first I/O APIC's register addresses, and the SMI command port (ACPI; 0:
 /// none), for the root task.
-static HPET_IOAPIC: Once<(u64, u64, u64)> = Once::new();
+static DESCRIBED: Once<(u64, u64, u64)> = Once::new();
 
 pub fn hpet() -> u64 {
-    HPET_IOAPIC.get().map_or(0, |h| h.0)
+    DESCRIBED.get().map_or(0, |h| h.0)
 }
 pub fn first_ioapic() -> u64 {
-    HPET_IOAPIC.get().map_or(0, |h| h.1)
+    DESCRIBED.get().map_or(0, |h| h.1)
 }
 pub fn smi_port() -> u64 {
-    HPET_IOAPIC.get().map_or(0, |h| h.2)
+    DESCRIBED.get().map_or(0, |h| h.2)
 }
 
 pub fn init(p: &rl4_smp::acpi::Platform) {
@@ -454,7 +454,7 @@ pub fn init(p: &rl4_smp::acpi::Platform) {
         let timer = p.pm_timer.and_then(|t| Ports::new(t.port as u64, 4));
         timer.into_iter().chain(p.fixed_ports.iter().filter_map(|&(base, n)| Ports::new(base as u64, n as u64))).collect()
     });
-    HPET_IOAPIC.call_once(|| (p.hpet.unwrap_or(0), p.ioapics.first().map_or(0, |a| a.address as u64), p.smi_port.map_or(0, u64::from)));
+    DESCRIBED.call_once(|| (p.hpet.unwrap_or(0), p.ioapics.first().map_or(0, |a| a.address as u64), p.smi_port.map_or(0, u64::from)));
     DEVICE_PAGES.call_once(|| device_pages(p));
 }
 

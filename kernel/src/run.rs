@@ -12,7 +12,7 @@ use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use rl4_arch::{cpu, println, time};
 use rl4_core::cmdline::Run;
 use rl4_smp::acpi::Platform;
-use rl4_smp::{cpus, lapic};
+use rl4_smp::cpus;
 use rl4_smp::{MAX_CPUS, madt};
 
 /// Shows `None` as "all".
@@ -236,7 +236,7 @@ fn check_cpus() -> bool {
             cpus::send_resched(0);
         }
         let ipi = idle_until(2_000_000, || c.ipis.load(Ordering::Relaxed) > ipis0);
-        let lint = lapic::lint_pins(i) == lapic::lint_wanted(i);
+        let lint = c.lint_as_set();
         println!(
             "cpu {i}: timer {} ({} ticks), IPI {}, LINT0/LINT1 {}",
             if ticking { "ok" } else { "NOT TICKING" },

@@ -40,11 +40,22 @@ pub struct Cpu {
     /// Set by the CPU once its IDT is loaded (its NMI handler can run): from then on
     /// [`stop_others`] stops it.
     idt_ready: AtomicBool,
+    /// Its LINT0 and LINT1 entries as they read back once set (LINT0 | LINT1 << 32; 0 before).
+    lint: AtomicU64,
 }
 
 // SAFETY: the only non-thread-safe field, `lapic`, is accessed solely by the CPU the block
 // belongs to (through `this()`, with interrupts off); everything else is atomic or immutable.
 unsafe impl Sync for Cpu {}
+
+impl Cpu {
+    /// Whether its LINT0 and LINT1 entries read back as the kernel set them
+    /// ([`lapic::lint_wanted`]) once its local APIC came up.
+    pub fn lint_as_set(&self) -> bool {
+        let (w0, w1) = lapic::lint_wanted(self.index as usize);
+        self.lint.load(Ordering::Relaxed) == w0 as u64 | (w1 as u64) << 32
+    }
+}
 
 static CPUS: [AtomicPtr<Cpu>; MAX_CPUS] = [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
 static COUNT: AtomicUsize = AtomicUsize::new(0);
@@ -63,6 +74,7 @@ pub fn create(index: usize, apic_id: u32, frames: &mut impl FrameSource) -> Resu
         ticks: CachePadded::new(AtomicU64::new(0)),
         ipis: AtomicU64::new(0),
         idt_ready: AtomicBool::new(false),
+        lint: AtomicU64::new(0),
     }));
     cpu.header.kernel_stack_top.store(stack_top, Ordering::Relaxed);
     CPUS[index].store(cpu, Ordering::Release);
@@ -136,7 +148,8 @@ pub fn init_this_cpu(cpu: &'static Cpu, frames: &mut impl FrameSource) -> Result
 /// and marks the CPU online.
 pub fn enable_lapic_this_cpu(cpu: &'static Cpu) {
     assert!(core::ptr::eq(percpu::current(), &cpu.header), "enable_lapic_this_cpu on a foreign CPU");
-    let l = lapic::enable_this_cpu();
+    let (l, lint) = lapic::enable_this_cpu();
+    cpu.lint.store(lint, Ordering::Relaxed);
     // SAFETY: the block belongs to this CPU (checked above) and interrupts are off.
     unsafe { *cpu.lapic.get() = Some(l) };
     cpu.online.store(true, Ordering::Release);

@@ -83,8 +83,8 @@ pub fn lint_wanted(index: usize) -> (u32, u32) {
 const LVT_SET_BITS: u32 = 0x1_afff;
 
 /// Sets this CPU's LINT0 and LINT1 entries ([`lint_wanted`]) and reads them back
-/// ([`LVT_SET_BITS`]).
-fn set_lint_pins() -> (u32, u32) {
+/// ([`LVT_SET_BITS`]), packed LINT0 | LINT1 << 32.
+fn set_lint_pins() -> u64 {
     let (w0, w1) = lint_wanted(rl4_arch::percpu::cpu_index() as usize);
     let base = XAPIC_BASE.load(Ordering::Relaxed);
     if is_x2apic() {
@@ -94,7 +94,7 @@ fn set_lint_pins() -> (u32, u32) {
             let (mut l0, mut l1) = (x86_64::registers::model_specific::Msr::new(0x835), x86_64::registers::model_specific::Msr::new(0x836));
             l0.write(w0 as u64);
             l1.write(w1 as u64);
-            (l0.read() as u32 & LVT_SET_BITS, l1.read() as u32 & LVT_SET_BITS)
+            (l0.read() & LVT_SET_BITS as u64) | (l1.read() & LVT_SET_BITS as u64) << 32
         }
     } else {
         // SAFETY: `base` is the virtual address of this CPU's xAPIC register page, mapped
@@ -104,26 +104,8 @@ fn set_lint_pins() -> (u32, u32) {
             let (l0, l1) = ((base + 0x350) as *mut u32, (base + 0x360) as *mut u32);
             l0.write_volatile(w0);
             l1.write_volatile(w1);
-            (l0.read_volatile() & LVT_SET_BITS, l1.read_volatile() & LVT_SET_BITS)
+            (l0.read_volatile() & LVT_SET_BITS) as u64 | ((l1.read_volatile() & LVT_SET_BITS) as u64) << 32
         }
-    }
-}
-
-/// What each CPU's LINT0 and LINT1 entries read back as, right after its local APIC came up
-/// and they were set.
-static LINT_SEEN: [AtomicU64; crate::MAX_CPUS] = [const { AtomicU64::new(0) }; crate::MAX_CPUS];
-
-/// CPU `index`'s LINT0 and LINT1 entries as they read back right after they were set ((0, 0)
-/// before).
-pub fn lint_pins(index: usize) -> (u32, u32) {
-    let v = LINT_SEEN.get(index).map_or(0, |a| a.load(Ordering::Acquire));
-    (v as u32, (v >> 32) as u32)
-}
-
-fn record_lint_pins() {
-    let (l0, l1) = set_lint_pins();
-    if let Some(a) = LINT_SEEN.get(rl4_arch::percpu::cpu_index() as usize) {
-        a.store(l0 as u64 | (l1 as u64) << 32, Ordering::Release);
     }
 }
 
@@ -217,19 +199,19 @@ pub fn timer_tick() {
 }
 
 /// Brings up the calling CPU's local APIC with the machine-wide configuration and starts its
-/// timer.
-pub fn enable_this_cpu() -> LocalApic {
+/// timer; with it, what its LINT0 and LINT1 entries read back as once set ([`set_lint_pins`]).
+pub fn enable_this_cpu() -> (LocalApic, u64) {
     let deadline = uses_tsc_deadline();
     let mode = if deadline { TimerMode::TscDeadline } else { TimerMode::Periodic };
     let mut l = builder(mode, PERIOD_COUNT.load(Ordering::Relaxed) as u32);
     // SAFETY: programs this CPU's own local APIC (software enable, LVT vectors, timer); the
     // vectors have handlers in this CPU's IDT.
     unsafe { l.enable() };
-    record_lint_pins();
+    let lint = set_lint_pins();
     if deadline {
         cpu::set_tsc_deadline(cpu::rdtsc() + PERIOD_TSC.load(Ordering::Relaxed));
     }
-    l
+    (l, lint)
 }
 
 fn dest(apic_id: u32) -> u32 {
