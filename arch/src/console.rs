@@ -124,6 +124,8 @@ pub fn print_line(args: fmt::Arguments<'_>) {
     let _ = g.write_str("\n");
 }
 
+pub use rl4_core::conout::OneLine;
+
 /// Writes one line of a user task's output as `[cpuN task T] text`. `text` holds no line
 /// break (the caller splits at `\n`); every other control character (`\r` included, which
 /// some readers take as a line break) and the Unicode line separators become `?`, so that the

@@ -76,9 +76,17 @@ pub fn init(p: &Platform, frames: &mut impl rl4_arch::paging::FrameSource) {
     let overrides: Vec<Override> = p.overrides.iter().filter(|o| o.bus == 0).map(|o| Override { irq: o.irq, gsi: o.gsi, flags: o.flags }).collect();
     let mut chips = Vec::new();
     let mut spans = Vec::new();
+    let mut addresses: Vec<u32> = Vec::new();
     for a in &p.ioapics {
-        // SAFETY: the MADT names this block an I/O APIC's registers; firmware tables are
-        // trusted at boot, and no task runs yet.
+        // One value per chip (`ioapic::map`'s contract): two would interleave their index and
+        // data writes under two locks. A second entry for an address is passed over.
+        if addresses.contains(&a.address) {
+            rl4_arch::println!("ioapic: id {} at {:#x} listed again; the second entry is passed over", a.id, a.address);
+            continue;
+        }
+        addresses.push(a.address);
+        // SAFETY: the MADT names this block an I/O APIC's registers, and no earlier entry named
+        // the same block (see above); firmware tables are trusted at boot, and no task runs yet.
         #[allow(unsafe_code)]
         let mapped = unsafe { rl4_arch::ioapic::map(frames, a.address as u64) };
         let mut chip = match mapped {
@@ -91,6 +99,12 @@ pub fn init(p: &Platform, frames: &mut impl rl4_arch::paging::FrameSource) {
         let pins = chip.pins();
         for pin in 0..pins {
             chip.set_masked(pin, true);
+        }
+        // GSIs two chips claim would be two pins for one line: the later chip is passed over,
+        // its pins masked (the value that masked them goes, and no line is routed there).
+        if spans.iter().any(|&(base, n): &(u32, u32)| a.gsi_base < base.saturating_add(n) && base < a.gsi_base.saturating_add(pins)) {
+            rl4_arch::println!("ioapic: id {} at {:#x}: GSIs {}.. overlap another I/O APIC's; its pins masked, passed over", a.id, a.address, a.gsi_base);
+            continue;
         }
         rl4_arch::println!("ioapic: id {} at {:#x}, GSIs {}..{}, all masked", a.id, a.address, a.gsi_base, a.gsi_base.saturating_add(pins));
         spans.push((a.gsi_base, pins));

@@ -91,12 +91,12 @@ pub extern "C" fn rl4_kernel_entry(protocol: u32, magic: u32, info: u64) -> ! {
     println!(
         "boot protocol: {}, command line: \"{}\"{}",
         bi.protocol.name(),
-        bi.cmdline(),
+        rl4_arch::console::OneLine(bi.cmdline().as_bytes()),
         if bi.cmdline_truncated { " (truncated)" } else { "" }
     );
     println!(
         "boot loader: {}, firmware: {}",
-        if bi.loader().is_empty() { "not named" } else { bi.loader() },
+        rl4_arch::console::OneLine(if bi.loader().is_empty() { b"not named" } else { bi.loader().as_bytes() }),
         bi.firmware.describe()
     );
     if let Some(l) = bi.limine {
@@ -149,7 +149,7 @@ pub extern "C" fn rl4_kernel_entry(protocol: u32, magic: u32, info: u64) -> ! {
     }
     // Modules are kept out of the frame allocator; `root::start` hands them to the root task.
     for (i, m) in bi.modules().iter().enumerate() {
-        println!("boot module {i}: {:#x}..{:#x} ({} bytes) '{}'", m.range.start, m.range.end, m.range.len(), m.name());
+        println!("boot module {i}: {:#x}..{:#x} ({} bytes) '{}'", m.range.start, m.range.end, m.range.len(), rl4_arch::console::OneLine(m.name().as_bytes()));
     }
     if bi.memmap_dropped > 0 || bi.modules_dropped > 0 {
         println!("boot info: {} memory ranges and {} modules beyond rl4's limits ignored", bi.memmap_dropped, bi.modules_dropped);

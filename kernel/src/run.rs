@@ -35,10 +35,11 @@ pub fn log_platform(p: &Platform, rsdp: u64) {
         sigs[n + 4] = b' ';
         n += 5;
     }
+    // The signatures are the firmware's bytes: shown on this one line whatever they hold.
     println!(
         "acpi: RSDP at {rsdp:#x} (revision {}), tables: {}",
         p.rsdp_revision,
-        core::str::from_utf8(&sigs[..n]).unwrap_or("?").trim_end()
+        rl4_arch::console::OneLine(sigs[..n].trim_ascii_end())
     );
     if p.madt_cut {
         println!("acpi: warning: the MADT has a malformed entry; it and the entries after it were not read");

@@ -10,7 +10,7 @@
 //! hand-built tables.
 use ::acpi::address::AddressSpace;
 use ::acpi::sdt::fadt::Fadt;
-use ::acpi::{AcpiError, AcpiTables, Handler};
+use ::acpi::{AcpiError, Handler};
 use alloc::vec::Vec;
 use rl4_arch::bootinfo::PhysMem;
 use rl4_core::memmap::Range;
@@ -214,11 +214,11 @@ fn read_madt(mem: &impl PhysMem, madt: u64, p: &mut Platform) -> Result<(), Acpi
 /// Reads the MADT. `rsdp` is the physical address of the RSDP (or of a copy of it).
 ///
 /// Nothing the firmware wrote is trusted beyond what is checked: the root table is chosen and
-/// checked here ([`root_table`]), every table's signature is read as bytes (the crate's
-/// `as_str` panics on bytes that are not UTF-8, such as those of a null XSDT entry), the MADT
-/// is read here, entry by entry ([`read_madt`]), and so is the HPET table ([`read_hpet`]);
-/// `handler` answers a region it cannot read with zeros (`acpi_handler.rs`), which no table
-/// signature matches; the crate reads only the root table and the FADT.
+/// checked here ([`root_table`]), and its entries are read here too, every table's signature
+/// as bytes (the crate's `as_str` panics on bytes that are not UTF-8, such as those of a null
+/// XSDT entry), the MADT is read here, entry by entry ([`read_madt`]), and so is the HPET table
+/// ([`read_hpet`]); `handler` answers a region it cannot read with zeros (`acpi_handler.rs`);
+/// the crate gives only the FADT's type and its accessors.
 ///
 /// # Safety
 /// `handler` must map physical memory faithfully (or answer zeros for what it cannot read),
@@ -226,18 +226,33 @@ fn read_madt(mem: &impl PhysMem, madt: u64, p: &mut Platform) -> Result<(), Acpi
 pub unsafe fn discover<H: Handler + PhysMem>(handler: H, rsdp: u64) -> Result<Platform, AcpiError> {
     let Some((root, xsdt, revision)) = root_table(&handler, rsdp) else { return Err(AcpiError::RsdpIncorrectSignature) };
     let mem = handler.clone();
-    // SAFETY: forwarded from this function's contract; `root` is a sound RSDT/XSDT header
-    // (`root_table`), and revision 0 makes the crate read 4-byte entries, 2 8-byte ones.
-    let tables = unsafe { AcpiTables::from_rsdt(handler, if xsdt { 2 } else { 0 }, root as usize) }?;
     let mut p = Platform { rsdp_revision: revision, ..Default::default() };
-    for addr in tables.table_entries() {
+    // The root table's entries, read here byte by byte: the crate reads them through pointers
+    // cast to `u64` (or `u32`), which an XSDT at an 8-aligned address — where firmware may put
+    // it — leaves misaligned (undefined behaviour; a debug build stops on it).
+    let (entry, root_len) = (if xsdt { 8 } else { 4 }, u64::from(mem.u32(root + 4).unwrap_or(36)));
+    for i in 0..root_len.saturating_sub(36) / entry {
+        let slot = root + 36 + i * entry;
+        let addr = if xsdt { mem.u64(slot) } else { mem.u32(slot).map(u64::from) };
         let mut sig = [0u8; 4];
         // A null entry is no table (physical address 0 is readable: the interrupt vector table).
-        if addr != 0 && mem.read(addr as u64, &mut sig).is_some() {
-            p.tables.push((sig, addr as u64));
+        if let Some(addr) = addr.filter(|&a| a != 0)
+            && mem.read(addr, &mut sig).is_some()
+        {
+            p.tables.push((sig, addr));
         }
     }
-    if let Some(fadt) = tables.find_table::<Fadt>() {
+    // The FADT is the first table signed so, read through the crate's type (packed: any
+    // address will do) over the length its header gives, as the crate's own search maps it.
+    let fadt_at = p.tables.iter().find(|(sig, _)| sig == b"FACP").map(|&(_, a)| a);
+    // SAFETY: forwarded from this function's contract (`handler` maps physical memory
+    // faithfully, or answers zeros); `Fadt` is `repr(C, packed)`, so the mapping's address
+    // needs no alignment, and the handler makes at least a whole `Fadt` readable.
+    let fadt = fadt_at.and_then(|a| {
+        let len = mem.u32(a + 4)? as usize;
+        Some(unsafe { handler.map_physical_region::<Fadt>(a as usize, len) })
+    });
+    if let Some(fadt) = fadt {
         let flags = { fadt.get().flags };
         p.hw_reduced = flags.system_is_hw_reduced_acpi();
         if let Ok(Some(g)) = fadt.get().pm_timer_block() {
@@ -329,9 +344,15 @@ pub fn table_ranges(mem: &impl PhysMem, rsdp: u64, out: &mut [Range; MAX_TABLE_R
             let x = |off: u64| if len >= off + 8 { mem.u64(t + off).filter(|&v| v != 0) } else { None };
             let facs = x(132).or_else(|| mem.u32(t + 36).map(u64::from).filter(|&v| v != 0));
             let dsdt = x(140).or_else(|| mem.u32(t + 40).map(u64::from).filter(|&v| v != 0));
+            // The FACS has no checksum: its signature and a length as bounded as a table's
+            // (64 bytes at least) are what is checked, so that a stray word cannot keep up
+            // to 4 GiB out of the allocator (or stop the boot for want of low memory).
             if let Some(f) = facs {
+                let mut s = [0u8; 4];
                 match mem.u32(f + 4) {
-                    Some(l) if l >= 64 => push(out, Range::new(f, f + l as u64), &mut n),
+                    Some(l) if (64..=1 << 24).contains(&l) && mem.read(f, &mut s).is_some() && &s == b"FACS" => {
+                        push(out, Range::new(f, f + l as u64), &mut n)
+                    }
                     _ => skipped += 1,
                 }
             }
@@ -351,10 +372,9 @@ pub(crate) mod tests {
 
     /// A fake physical memory of 64 KiB at physical address 0xe0000, with hand-built tables.
     /// Its bytes start at offset `.1` of the vector, chosen so that physical address 0xe0000
-    /// sits at 4 modulo 8 in host memory: the XSDT's 64-bit entries (36 bytes into the table,
-    /// which the `acpi` crate reads as aligned `u64`s) then are 8-aligned in every run, instead
-    /// of depending on where the allocator put the vector (a misaligned read aborted the test
-    /// binary now and then, and the tests after it went unreported).
+    /// sits at 4 modulo 8 in host memory (`machine`; [`shifted`] moves it), instead of depending
+    /// on where the allocator put the vector: when the `acpi` crate still read the XSDT's 64-bit
+    /// entries as aligned `u64`s, a misaligned read aborted the test binary now and then.
     #[derive(Clone)]
     pub struct FakeMem(pub Arc<Vec<u8>>, pub usize);
     pub const BASE: u64 = 0xe0000;
@@ -506,6 +526,29 @@ pub(crate) mod tests {
         fn create_mutex(&self) -> ::acpi::Handle { unreachable!() }
         fn acquire(&self, _: ::acpi::Handle, _: u16) -> Result<(), ::acpi::aml::AmlError> { unreachable!() }
         fn release(&self, _: ::acpi::Handle) { unreachable!() }
+    }
+
+    /// The same bytes at another offset modulo 8 of host memory.
+    fn shifted(m: &FakeMem, modulo8: usize) -> FakeMem {
+        let mut v = vec![0u8; 0x10000 + 8];
+        let pad = (v.as_ptr() as usize).wrapping_neg().wrapping_add(modulo8) % 8;
+        v[pad..pad + 0x10000].copy_from_slice(&m.0[m.1..m.1 + 0x10000]);
+        FakeMem(Arc::new(v), pad)
+    }
+
+    /// The tables read the same wherever they sit modulo 8: the root table's entries are read
+    /// byte by byte (an XSDT at an 8-aligned address leaves its 64-bit entries misaligned, which
+    /// the crate read through a `u64` pointer: undefined behaviour, a panic in a debug build).
+    #[test]
+    fn discover_reads_tables_at_any_alignment() {
+        let want = unsafe { discover(machine(), BASE) }.unwrap();
+        for modulo8 in 0..8 {
+            let p = unsafe { discover(shifted(&machine(), modulo8), BASE) }.unwrap();
+            assert_eq!(p.tables, want.tables, "at {modulo8} modulo 8");
+            assert_eq!(p.cpus, want.cpus);
+            assert_eq!(p.pm_timer, want.pm_timer);
+            assert_eq!(p.smi_port, want.smi_port);
+        }
     }
 
     #[test]
@@ -682,6 +725,28 @@ pub(crate) mod tests {
         assert_eq!(out[4].len(), 46);
         let (n, skipped) = table_ranges(&machine(), BASE + 8, &mut out);
         assert_eq!((n, skipped), (0, 1));
+    }
+
+    /// The FADT's FACS: kept with its signature and a bounded length; a word that is no FACS
+    /// (no signature, or a length of 4 GiB) is counted as not read rather than kept.
+    #[test]
+    fn table_ranges_check_the_facs() {
+        let m = machine();
+        let m = patched(&m, 0xe3000 + 36, &0xe6000u32.to_le_bytes(), Some(0xe3000));
+        let facs = |sig: &[u8; 4], len: u32| {
+            let mut b = sig.to_vec();
+            b.extend_from_slice(&len.to_le_bytes());
+            patched(&m, 0xe6000, &b, None)
+        };
+        let mut out = [Range::default(); MAX_TABLE_RANGES];
+        let (n, skipped) = table_ranges(&facs(b"FACS", 64), BASE, &mut out);
+        assert_eq!(skipped, 0);
+        assert!(out[..n].iter().any(|r| r.start == 0xe6000 && r.len() == 64));
+        for (sig, len) in [(b"FACS", u32::MAX), (b"FACS", 63), (b"XXXX", 64)] {
+            let (n, skipped) = table_ranges(&facs(sig, len), BASE, &mut out);
+            assert_eq!(skipped, 1, "{sig:?} {len}");
+            assert!(out[..n].iter().all(|r| r.start != 0xe6000), "{sig:?} {len}");
+        }
     }
 
     /// More tables than `out` holds: the count says so (the ranges past the limit were dropped

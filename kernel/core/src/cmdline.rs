@@ -155,13 +155,19 @@ pub enum Problem<'a> {
     BadValue { key: &'a str, value: &'a str, expected: &'static str },
 }
 
+use crate::conout::OneLine;
+
 impl fmt::Display for Problem<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Problem::Unknown(w) => write!(f, "unknown option '{w}' ignored"),
-            Problem::MissingValue(k) => write!(f, "option '{k}' needs a value ({k}=...), ignored"),
+            // The boot loader's words, shown on the one line whatever they hold.
+            Problem::Unknown(w) => write!(f, "unknown option '{}' ignored", OneLine(w.as_bytes())),
+            Problem::MissingValue(k) => {
+                let k = OneLine(k.as_bytes());
+                write!(f, "option '{k}' needs a value ({k}=...), ignored")
+            }
             Problem::BadValue { key, value, expected } => {
-                write!(f, "bad value '{value}' for '{key}' (expected {expected}), default kept")
+                write!(f, "bad value '{}' for '{}' (expected {expected}), default kept", OneLine(value.as_bytes()), OneLine(key.as_bytes()))
             }
         }
     }
@@ -374,6 +380,10 @@ mod tests {
                 "option 'maxcpus' needs a value (maxcpus=...), ignored",
             ]
         );
+        // Words with control characters (no line break: those split words) are shown on the
+        // problem's one line.
+        let (_, p) = parse_all("a\x0b[cpu0]\x1b hz=\u{2028}");
+        assert_eq!(p, vec!["unknown option 'a?[cpu0]?' ignored", "bad value '?' for 'hz' (expected 1..=10000), default kept"]);
     }
 
     #[test]

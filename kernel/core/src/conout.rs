@@ -1,4 +1,5 @@
-//! How much of a task's `ConsoleWrite` one call prints.
+//! How much of a task's `ConsoleWrite` one call prints; and how text from outside the kernel is
+//! shown on one line of its log ([`OneLine`]).
 //!
 //! The serial console is written byte by byte, waiting for the UART, with interrupts off: at
 //! 115200 baud a kilobyte takes about 90 ms, during which the CPU answers no interrupt and no
@@ -11,6 +12,32 @@
 //! boundary, the rest printed as a line of its own by the next call. A kilobyte is about 90 ms
 //! at 115200 baud: that is the bound on one call, which a task can make again and again (its
 //! own CPU's time; other CPUs wait for the console's lock at most that long when they print).
+
+/// Text from outside the kernel (a boot loader's name, a module's name, the command line, a
+/// firmware table's signature) shown on one line of the kernel's log: every control character
+/// (a line break among them, which would let the text begin a line that looks like the
+/// kernel's own: `[cpu0] boot ok`) and the Unicode line separators shown as `?`, as in a user
+/// task's lines (the kernel's `print_user_line`). Bytes that are not UTF-8 are `?` too.
+pub struct OneLine<'a>(pub &'a [u8]);
+
+impl core::fmt::Display for OneLine<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        use core::fmt::Write as _;
+        for chunk in self.0.utf8_chunks() {
+            for c in chunk.valid().chars() {
+                if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
+                    f.write_char('?')?;
+                } else {
+                    f.write_char(c)?;
+                }
+            }
+            if !chunk.invalid().is_empty() {
+                f.write_char('?')?;
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Most output bytes (prefixes and line ends counted) one `ConsoleWrite` prints.
 pub const OUTPUT_MAX: usize = 1024;
@@ -67,6 +94,16 @@ pub fn take_lines(text: &str, budget: usize, prefix: usize, mut line: impl FnMut
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_line_shows_outside_text_on_one_line() {
+        let shown = |b: &[u8]| OneLine(b).to_string();
+        assert_eq!(shown(b"FACP APIC HPET"), "FACP APIC HPET");
+        assert_eq!(shown(b"\n[cpu0] boot ok"), "?[cpu0] boot ok");
+        assert_eq!(shown(b"a\rb\x1bc\x00"), "a?b?c?");
+        assert_eq!(shown("x\u{2028}y\u{2029}\u{e9}".as_bytes()), "x?y?\u{e9}");
+        assert_eq!(shown(b"ok\xff\xfe!"), "ok??!");
+    }
     use alloc::string::{String, ToString};
     use alloc::vec::Vec;
 

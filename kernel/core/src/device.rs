@@ -22,12 +22,18 @@ pub struct IsaRoute {
 /// The route of ISA interrupt `irq` (0..15): an override's global system interrupt and flags
 /// (a "bus default" polarity or trigger is ISA's: active high, edge), else the identity
 /// mapping, unless another ISA interrupt was moved onto that GSI (as QEMU moves IRQ 0 to GSI
-/// 2): then `irq` has no line of its own (`None`). Reserved flag values (2) are refused too.
+/// 2): then `irq` has no line of its own (`None`). A GSI that overrides give to two ISA
+/// interrupts (`7 -> 9` beside QEMU's `9 -> 9`, or `3 -> 10` and `5 -> 10`) is neither's: one
+/// pin cannot be two lines, each bound, masked and unmasked by its own driver. Reserved flag
+/// values (2) are refused too.
 pub fn isa_route(irq: u8, overrides: &[Override]) -> Option<IsaRoute> {
     if irq >= 16 {
         return None;
     }
     if let Some(o) = overrides.iter().find(|o| o.irq == irq) {
+        if overrides.iter().any(|p| p.gsi == o.gsi && p.irq != irq) {
+            return None;
+        }
         let active_low = match o.flags & 3 {
             0 | 1 => false,
             3 => true,
@@ -294,6 +300,33 @@ mod tests {
         assert_eq!(isa_route(7, &low), Some(IsaRoute { gsi: 20, active_low: true, level: true }));
         assert_eq!(isa_route(7, &[Override { irq: 7, gsi: 7, flags: 2 }]), None, "reserved polarity");
         assert_eq!(isa_route(16, &[]), None);
+    }
+
+    /// Overrides that give one GSI to two ISA interrupts (hostile or broken firmware): the pin
+    /// is neither's, so that two drivers never share it; the other lines keep theirs.
+    #[test]
+    fn a_gsi_two_overrides_name_is_nobodys() {
+        let mut both = QEMU.to_vec();
+        both.push(Override { irq: 7, gsi: 9, flags: 0 });
+        assert_eq!(isa_route(7, &both), None, "IRQ 7 moved onto IRQ 9's GSI");
+        assert_eq!(isa_route(9, &both), None, "GSI 9 is claimed by IRQ 7 too");
+        assert_eq!(isa_route(0, &both), Some(IsaRoute { gsi: 2, active_low: false, level: false }));
+        assert_eq!(isa_route(5, &both), Some(IsaRoute { gsi: 5, active_low: false, level: true }));
+        let two = [Override { irq: 3, gsi: 10, flags: 0 }, Override { irq: 5, gsi: 10, flags: 0 }];
+        assert_eq!(isa_route(3, &two), None);
+        assert_eq!(isa_route(5, &two), None);
+        assert_eq!(isa_route(10, &two), None, "GSI 10 carries other lines");
+        // The same override listed twice is one claim.
+        let twice = [Override { irq: 4, gsi: 12, flags: 0 }, Override { irq: 4, gsi: 12, flags: 0 }];
+        assert_eq!(isa_route(4, &twice), Some(IsaRoute { gsi: 12, active_low: false, level: false }));
+        // Every line of each table ends on a GSI of its own.
+        for table in [QEMU, &both[..], &two[..], &twice[..]] {
+            let gsis: Vec<u32> = (0..16).filter_map(|i| isa_route(i, table)).map(|r| r.gsi).collect();
+            let mut sorted = gsis.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(sorted.len(), gsis.len(), "{table:?}");
+        }
     }
 
     #[test]

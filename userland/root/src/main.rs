@@ -128,7 +128,9 @@ fn rl4_main(boot_info: u64, _: u64) {
         } else if let Some(n) = w.strip_prefix("messages=").and_then(num) {
             messages = n;
         } else if let Some(n) = w.strip_prefix("seconds=").and_then(num) {
-            seconds = n;
+            // At most 10^9 s (some 31 years): the waits multiply it by the TSC's rate, which
+            // must not wrap round to a short wait that then reports a timeout.
+            seconds = n.min(1_000_000_000);
             seconds_given = true;
         } else if let Some(s) = w.strip_prefix("start=") {
             // One more than the limit is kept, so that `modules::run` can refuse it by name.

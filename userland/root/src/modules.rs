@@ -183,7 +183,7 @@ pub fn run(bi: &'static BootInfo, items: &[&'static str], until: Option<&str>, s
     };
     let state = |th| sys::thread_info(th).map(|r| r[0]).unwrap_or(ThreadState::Dead as u64);
     let over = |s: u64| s == ThreadState::Dead as u64 || s == ThreadState::Faulted as u64;
-    space::wait_ms(seconds * 1000, || over(state(t.thread)));
+    space::wait_ms(seconds.saturating_mul(1000), || over(state(t.thread)));
     let s = state(t.thread);
     let ok = s == ThreadState::Dead as u64;
     if ok {

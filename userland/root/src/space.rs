@@ -157,7 +157,9 @@ pub fn spawn(f: fn(u64), arg: u64, prio: u64, cpu: u64) -> u64 {
 /// awaited threads run elsewhere or at this priority); after a few rounds it sleeps between looks,
 /// so that threads of lower priority on this CPU get to run too.
 pub fn wait_ms(ms: u64, mut cond: impl FnMut() -> bool) -> bool {
-    let end = rl4_user::rdtsc() + TSC_HZ.load(Ordering::Relaxed) / 1000 * ms;
+    // Saturating: a wait of `seconds=` beyond the TSC's range is a wait without end, not one
+    // that wrapped round to a moment.
+    let end = rl4_user::rdtsc().saturating_add((TSC_HZ.load(Ordering::Relaxed) / 1000).saturating_mul(ms));
     let mut rounds = 0u32;
     loop {
         if cond() {
