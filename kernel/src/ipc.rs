@@ -59,7 +59,7 @@ pub(crate) fn enqueue(q: &mut WList<Thread>, t: Arc<Thread>) {
 
 /// Queues the sender `t` on `q` at its priority `prio` (as [`enqueue`]); the steps its place
 /// took are counted (`stat::SENDQ_STEPS`).
-fn enqueue_sender(q: &mut KeyedList<Thread>, t: Arc<Thread>, prio: u8) {
+pub(crate) fn enqueue_sender(q: &mut KeyedList<Thread>, t: Arc<Thread>, prio: u8) {
     match q.insert_by_key(t, prio as u64) {
         Ok(steps) => sched::this_cpu().add_count(sched::Count::SendqSteps, steps as u64),
         Err(t) => queued_twice(t),

@@ -12,7 +12,7 @@
 //! object) is dropped after every lock is released.
 use alloc::sync::Arc;
 use rl4_abi::Error;
-use rl4_core::life::{Ident, Refused, Stopped, Suspension, WaitOn};
+use rl4_core::life::{Ident, Refused, State, Stopped, Suspension, WaitOn};
 
 use crate::ipc::{Endpoint, Notification};
 use crate::obj::{Life, Thread, Wait};
@@ -40,10 +40,10 @@ pub(crate) enum QueueRef {
 
 fn queue_of(l: &Life) -> Option<QueueRef> {
     match l.state() {
-        rl4_core::life::State::Blocked { wait: Wait::Send { ep, .. } | Wait::Recv { ep } | Wait::FaultSend { ep, .. }, .. } => {
+        State::Blocked { wait: Wait::Send { ep, .. } | Wait::Recv { ep } | Wait::FaultSend { ep, .. }, .. } => {
             ep.weak.upgrade().map(QueueRef::Ep)
         }
-        rl4_core::life::State::Blocked { wait: Wait::Notify { n }, .. } => n.0.upgrade().map(QueueRef::Ntf),
+        State::Blocked { wait: Wait::Notify { n }, .. } => n.0.upgrade().map(QueueRef::Ntf),
         _ => None,
     }
 }
@@ -55,10 +55,10 @@ fn queue_of(l: &Life) -> Option<QueueRef> {
 /// makes a strong reference, whose drop could run a destructor under the thread's lock.
 fn same_queue(t: &Thread, l: &Life, q: &Option<QueueRef>) -> bool {
     let waits_on = match l.state() {
-        rl4_core::life::State::Blocked { wait: Wait::Send { ep, .. } | Wait::Recv { ep } | Wait::FaultSend { ep, .. }, .. } => {
+        State::Blocked { wait: Wait::Send { ep, .. } | Wait::Recv { ep } | Wait::FaultSend { ep, .. }, .. } => {
             Some((ep.ident(), ep.weak.strong_count()))
         }
-        rl4_core::life::State::Blocked { wait: Wait::Notify { n }, .. } => Some((n.ident(), n.0.strong_count())),
+        State::Blocked { wait: Wait::Notify { n }, .. } => Some((n.ident(), n.0.strong_count())),
         _ => None,
     };
     match (q, waits_on) {
@@ -298,6 +298,7 @@ pub fn set_affinity(t: &Arc<Thread>, cpu: u32) {
 pub fn set_priority(t: &Arc<Thread>, prio: u8) {
     let mut l = t.life.lock();
     let old = core::mem::replace(&mut l.prio, prio);
+    let sending = old != prio && matches!(l.state(), State::Blocked { wait: Wait::Send { .. } | Wait::FaultSend { .. }, .. });
     match l.place() {
         // Running on `c`: lowered, it may now be outranked there (and `c` published its old
         // priority for other CPUs' wake-ups to compare with); raised, nothing changes at once.
@@ -312,6 +313,33 @@ pub fn set_priority(t: &Arc<Thread>, prio: u8) {
         }
         _ => {}
     }
+    drop(l);
+    if sending {
+        resort_sender(t);
+    }
+}
+
+/// A thread whose priority changed while it waits in an endpoint's send queue (`Send`, `Call`,
+/// a fault) moves to the place of the priority it has now: the queue serves senders by
+/// priority (`docs/ipc.md`), last among those of its new one. Lock order: the queue, then
+/// the thread; a sender leaves the queue only under the queue's lock, so that whatever
+/// happened to it between the two looks is seen under both.
+fn resort_sender(t: &Arc<Thread>) {
+    let q = queue_of(&t.life.lock());
+    if let Some(QueueRef::Ep(e)) = &q {
+        let mut eq = e.q.lock();
+        let l = t.life.lock();
+        let sending = matches!(l.state(), State::Blocked { wait: Wait::Send { .. } | Wait::FaultSend { .. }, .. });
+        if sending
+            && same_queue(t, &l, &q)
+            && let Some(a) = eq.senders.remove(t)
+        {
+            crate::ipc::enqueue_sender(&mut eq.senders, a, l.prio);
+        }
+        drop(l);
+        drop(eq);
+    }
+    crate::reclaim::later_queue(q);
 }
 
 /// A wait's deadline passed (the timer tick of the CPU whose list holds it).

@@ -269,6 +269,36 @@ fn test_sender_priority() {
     report("ipc-sender-priority-order", order == [70, 50, 30], format_args!("senders queued at 30, 70, 50 were received as {order:?}"));
 }
 
+/// A sender's priority changed while it waits moves it in the queue: senders queued at 30, 70
+/// and 50, then the one at 30 raised to 90 and the one at 70 lowered to 10, are received as
+/// 90, 50, 10 (before the twenty-second session the queue kept the priorities they had queued
+/// with: 70, 50, 30).
+fn test_sender_reprio() {
+    let ep = slot();
+    let _ = sys::endpoint_create(MEMORY, ep);
+    EP_FOR_THREADS.store(ep, SeqCst);
+    let cpu = far_cpu();
+    let mut ts = [0u64; 3];
+    for (i, p) in [30u64, 70, 50].into_iter().enumerate() {
+        ts[i] = spawn(prio_sender, p, p, cpu);
+        wait_ms(2000, || state(ts[i]) == Some(ThreadState::BlockedSend));
+    }
+    let set = [sys::thread_set_priority(ts[0], 90), sys::thread_set_priority(ts[1], 10)];
+    let mut order = [0u64; 3];
+    for o in order.iter_mut() {
+        *o = sys::recv_timeout(ep, ms_ticks(1000)).map(|m| m.tag.label()).unwrap_or(0);
+    }
+    for t in ts {
+        release(t);
+    }
+    release(ep);
+    report(
+        "ipc-sender-priority-change-moves-it",
+        set.iter().all(|r| r.is_ok()) && order == [30, 50, 70],
+        format_args!("senders queued at 30, 70, 50, then 30 raised to 90 and 70 lowered to 10, were received as {order:?} (by their first priorities; {set:?})"),
+    );
+}
+
 /// A sender: priority `arg >> 16`, number `arg & 0xffff` (its first word).
 fn numbered_sender(arg: u64) {
     let _ = sys::send(EP_FOR_THREADS.load(SeqCst), &Msg { tag: Tag::new(arg >> 16, 1, 0), badge: 0, w: [arg & 0xffff, 0, 0, 0] });
@@ -758,6 +788,7 @@ pub fn run(bi: &BootInfo) {
     test_send_recv();
     test_badges();
     test_sender_priority();
+    test_sender_reprio();
     test_sendq_steps();
     test_cap_transfer();
     test_ipc_bad_inputs();
