@@ -281,7 +281,9 @@ impl<T> HomeMutex<T> {
         if cfg!(feature = "lockcheck") {
             home_not_held(self.h.home_addr());
         }
-        let g = self.h.lock();
+        // A CPU that waits here answers TLB shoot-downs meanwhile (the holder may wait long
+        // itself: for a capability tree another CPU walks, `lock_answering`).
+        let g = self.h.lock_waiting(crate::tlb::service_tlb_if_up);
         let prev = if cfg!(feature = "lockcheck") { held_home(self.h.home_addr()) } else { 0 };
         HomeMutexGuard { g, _level: ThreadLevel { prev, _here: core::marker::PhantomData } }
     }
@@ -295,7 +297,7 @@ impl<T> HomeMutex<T> {
     /// order of their addresses (counted as one acquisition of level `THREAD`).
     pub fn rehome<R>(&self, to: u32, f: impl FnOnce(&mut T) -> R) -> R {
         acquire(Level::THREAD);
-        let r = self.h.rehome(home_lock(to), f);
+        let r = self.h.rehome_waiting(home_lock(to), crate::tlb::service_tlb_if_up, f);
         release(Level::THREAD);
         r
     }

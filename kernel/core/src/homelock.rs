@@ -53,19 +53,21 @@ impl HomeLock {
         HomeLock { held: AtomicBool::new(false) }
     }
 
-    /// Takes the lock, spinning (one locked compare-and-swap when it is free).
+    /// Takes the lock, spinning (one locked compare-and-swap when it is free), calling `wait`
+    /// at every turn of the spin.
     #[inline(always)]
-    fn acquire(&self) {
+    fn acquire(&self, wait: &mut impl FnMut()) {
         if self.held.compare_exchange(false, true, Acquire, Relaxed).is_err() {
-            self.acquire_contended();
+            self.acquire_contended(wait);
         }
     }
 
     #[cold]
     #[inline(never)]
-    fn acquire_contended(&self) {
+    fn acquire_contended(&self, wait: &mut impl FnMut()) {
         loop {
             while self.held.load(Relaxed) {
+                wait();
                 spin();
             }
             if self.held.compare_exchange(false, true, Acquire, Relaxed).is_ok() {
@@ -191,11 +193,19 @@ impl<T> Homed<T> {
     /// changes only under that lock, so the second read is the truth while the lock is held).
     #[inline(always)]
     pub fn lock(&self) -> HomeGuard<'_, T> {
+        self.lock_waiting(|| {})
+    }
+
+    /// [`lock`](Homed::lock), calling `wait` while another CPU holds the lock (the kernel
+    /// answers TLB shoot-downs there: the holder may itself wait long, and a CPU that spins
+    /// with interrupts off must not keep every shoot-down waiting meanwhile).
+    #[inline(always)]
+    pub fn lock_waiting(&self, mut wait: impl FnMut()) -> HomeGuard<'_, T> {
         let home = self.home.load(Relaxed);
         let lock = lock_at(home);
-        lock.acquire();
+        lock.acquire(&mut wait);
         if self.home.load(Relaxed) != home {
-            return self.lock_moved(lock);
+            return self.lock_moved(lock, &mut wait);
         }
         HomeGuard { held: HomeHeld { lock }, v: self, _excl: PhantomData }
     }
@@ -204,12 +214,12 @@ impl<T> Homed<T> {
     /// one given, held) was taken: that lock is released and the new home's taken.
     #[cold]
     #[inline(never)]
-    fn lock_moved(&self, held: &'static HomeLock) -> HomeGuard<'_, T> {
+    fn lock_moved(&self, held: &'static HomeLock, wait: &mut impl FnMut()) -> HomeGuard<'_, T> {
         held.release();
         loop {
             let home = self.home.load(Relaxed);
             let lock = lock_at(home);
-            lock.acquire();
+            lock.acquire(wait);
             if self.home.load(Relaxed) == home {
                 return HomeGuard { held: HomeHeld { lock }, v: self, _excl: PhantomData };
             }
@@ -221,13 +231,19 @@ impl<T> Homed<T> {
     /// (taken in the order of their addresses, so that two moves in opposite directions cannot
     /// wait for each other).
     pub fn rehome<R>(&self, to: &'static HomeLock, f: impl FnOnce(&mut T) -> R) -> R {
+        self.rehome_waiting(to, || {}, f)
+    }
+
+    /// [`rehome`](Homed::rehome), calling `wait` while another CPU holds a lock it needs (as
+    /// [`lock_waiting`](Homed::lock_waiting)).
+    pub fn rehome_waiting<R>(&self, to: &'static HomeLock, mut wait: impl FnMut(), f: impl FnOnce(&mut T) -> R) -> R {
         loop {
             let from = self.home.load(Relaxed);
             let (a, b) = if (from as usize) <= (ptr_of(to) as usize) { (lock_at(from), to) } else { (to, lock_at(from)) };
             let same = core::ptr::eq(a, b);
-            a.acquire();
+            a.acquire(&mut wait);
             if !same {
-                b.acquire();
+                b.acquire(&mut wait);
             }
             let moved = self.home.load(Relaxed) != from;
             if !moved {
@@ -406,5 +422,41 @@ mod deref {
                 &mut *self.v.v.get()
             }
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+
+    /// A CPU waiting for a home lock another holds runs `wait` meanwhile (the kernel answers
+    /// TLB shoot-downs there), and none when the lock is free.
+    #[test]
+    fn a_waiter_runs_wait_while_the_lock_is_held() {
+        static HOME: HomeLock = HomeLock::new();
+        static V: std::sync::OnceLock<Homed<u64>> = std::sync::OnceLock::new();
+        let v = V.get_or_init(|| Homed::new(&HOME, 0));
+        let mut free = 0;
+        drop(v.lock_waiting(|| free += 1));
+        assert_eq!(free, 0);
+        let held = v.lock();
+        static WAITS: AtomicU64 = AtomicU64::new(0);
+        static GOT: AtomicBool = AtomicBool::new(false);
+        let t = std::thread::spawn(move || {
+            let mut g = v.lock_waiting(|| {
+                WAITS.fetch_add(1, SeqCst);
+            });
+            g.with(|x| *x += 1);
+            GOT.store(true, SeqCst);
+        });
+        while WAITS.load(SeqCst) < 100 {
+            std::thread::yield_now();
+        }
+        assert!(!GOT.load(SeqCst));
+        drop(held);
+        t.join().unwrap();
+        assert!(GOT.load(SeqCst));
+        assert_eq!(*v.lock(), 1);
     }
 }
