@@ -374,9 +374,21 @@ pub(crate) fn deadline(timeout: u64) -> u64 {
 /// Refused if it was killed or suspended meanwhile: then its call returns `Interrupted` (a
 /// suspended thread sees that when it is resumed) and the wait's contents are released.
 fn block_current(cur: &Arc<Thread>, wait: Wait, deadline: u64) -> Result<(), ()> {
-    let r = cur.life.lock().block(wait, deadline);
+    block_current_at(cur, wait, deadline).map(|_| ())
+}
+
+/// [`block_current`], returning the priority the thread has as it blocks, read in the same hold
+/// of its lock: a sender queues at it, and a priority change after it finds the thread waiting
+/// and moves it in the queue (`thread::set_priority`), so that the queue never keeps one that
+/// came in between.
+fn block_current_at(cur: &Arc<Thread>, wait: Wait, deadline: u64) -> Result<u8, ()> {
+    let r = {
+        let mut l = cur.life.lock();
+        let prio = l.prio;
+        l.block(wait, deadline).map(|()| prio)
+    };
     match r {
-        Ok(()) => Ok(()),
+        Ok(prio) => Ok(prio),
         Err((_, w)) => {
             reclaim::later_wait(Some(w));
             Err(())
@@ -502,9 +514,8 @@ pub fn send(
         reclaim::later_cap(cap);
         return Outcome::Return(Err(Error::OutOfMemory));
     }
-    let prio = cur.life.lock().prio;
-    match block_current(cur, Wait::Send { ep: EpRef::new(ep), badge, call, cap }, deadline) {
-        Ok(()) => {
+    match block_current_at(cur, Wait::Send { ep: EpRef::new(ep), badge, call, cap }, deadline) {
+        Ok(prio) => {
             crate::timeline::event(crate::timeline::Kind::Send, crate::timeline::ep(ep.id()) << 32, badge);
             enqueue_sender(&mut q.senders, cur.clone(), prio);
             drop(q);
@@ -709,8 +720,7 @@ pub fn fault_call(cur: &Arc<Thread>, ep: &Arc<Endpoint>, badge: u64, info: [u64;
     if cur.life.lock().unwait(ticket, rl4_arch::percpu::cpu_index()).is_err() {
         return false;
     }
-    let prio = cur.life.lock().prio;
-    if block_current(cur, Wait::FaultSend { ep: EpRef::new(ep), badge, info }, u64::MAX).is_ok() {
+    if let Ok(prio) = block_current_at(cur, Wait::FaultSend { ep: EpRef::new(ep), badge, info }, u64::MAX) {
         crate::timeline::event(crate::timeline::Kind::Send, crate::timeline::ep(ep.id()) << 32, badge);
         enqueue_sender(&mut q.senders, cur.clone(), prio);
     }
