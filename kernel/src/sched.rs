@@ -133,6 +133,9 @@ pub struct CpuSched {
     /// A reschedule interrupt was sent for the requests now listed (set and cleared under the
     /// list's lock): the next urgent [`request`] sends none.
     request_kicked: AtomicBool,
+    /// This CPU's tick count (plus one) when another CPU last asked it at once about a thread
+    /// raised above its queue's top only ([`reprio_urgent`]): once per tick at most.
+    top_asked: AtomicU64,
     /// The reply a thread of this CPU awaits from a server of another CPU, and the time such
     /// replies took, on average: the idle loop polls a few of those before it halts
     /// (`rl4_core::replypoll`).
@@ -321,6 +324,7 @@ pub fn init_cpu(pcid: bool) {
         requests: Mutex::new(rl4_core::wlist::WList::new(me() as usize + 1)),
         requested: AtomicBool::new(false),
         request_kicked: AtomicBool::new(false),
+        top_asked: AtomicU64::new(0),
         replies: rl4_core::replypoll::ReplyPoll::new(),
         tlb: CpuTlb::new(pcid),
         timeouts: Mutex::new(rl4_core::deadlines::Deadlines::new()),
@@ -656,19 +660,33 @@ pub(crate) fn request(cpu: u32, t: &Arc<Thread>, urgent: impl FnOnce() -> bool) 
 /// Whether a queued thread of CPU `cpu` whose priority went from `old` to `new` must be looked
 /// at by that CPU now ([`request`]): when it now outranks the thread running there, or rises
 /// above every priority queued there (it would run next; the same-CPU fast paths compare with
-/// that top). A thread lowered, or raised but still below the queue's top and the running
-/// thread, changes neither what runs next nor a fast path's guard (the top it reads is at
-/// least the truth), and waits for that CPU's next decision: a task changing a queued thread's
-/// priority in a loop cannot interrupt another CPU more than once per decision there (a
-/// review of the twelfth session's code found one interrupt per call, taking most of a CPU
-/// away from a thread of higher priority). Read after the request is listed (and `requested`
-/// set, sequentially consistent): should that CPU's top fall meanwhile below the raised
-/// priority, either this reads the fallen top, or that CPU sees the request pending when its
-/// top falls and decides again ([`top_fell`]).
+/// that top) — the latter once per tick there at most. A thread lowered, or raised but still
+/// below the queue's top and the running thread, changes neither what runs next nor a fast
+/// path's guard (the top it reads is at least the truth), and waits for that CPU's next
+/// decision: a task changing a queued thread's priority in a loop cannot interrupt another CPU
+/// more than once per decision there (a review of the twelfth session's code found one
+/// interrupt per call, taking most of a CPU away from a thread of higher priority). Nor once
+/// per decision its own interrupt causes: a raise above the top and a lower straight after
+/// asked again after every decision there, which put the thread back at the lowered
+/// priority (a review of the twenty-first session's code: one interrupt per pair of calls); a
+/// raise that only passes the top now waits for the next tick there if one such was asked
+/// since the last (a fast path there may meanwhile switch to a thread below it: an inversion
+/// of one tick at most, as a push that finds a stale priority there). Read after the request
+/// is listed (and `requested` set, sequentially consistent): should that CPU's top fall
+/// meanwhile below the raised priority, either this reads the fallen top, or that CPU sees the
+/// request pending when its top falls and decides again ([`top_fell`]).
 pub(crate) fn reprio_urgent(cpu: u32, old: u8, new: u8) -> bool {
     let Some(cs) = get(cpu as usize) else { return true };
-    new > old
-        && (new as i32 > cs.current_prio.load(Ordering::SeqCst) || new as i32 > cs.rq_top.load(Ordering::SeqCst))
+    if new <= old {
+        return false;
+    }
+    if new as i32 > cs.current_prio.load(Ordering::SeqCst) {
+        return true;
+    }
+    new as i32 > cs.rq_top.load(Ordering::SeqCst) && {
+        let tick = cpus::get(cpu as usize).map_or(0, |c| c.ticks.load(Ordering::Relaxed)) + 1;
+        cs.top_asked.swap(tick, Ordering::Relaxed) != tick
+    }
 }
 
 /// Looks at every thread another CPU (or this one) asked about ([`request`]), one entry each:

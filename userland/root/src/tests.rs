@@ -306,6 +306,43 @@ fn test_priority_raise_queued() {
     );
 }
 
+/// The same flips back to back, each raise followed at once by a lower: the raise lifts the
+/// thread above the queue's top there (the thread itself), and the decision its interrupt
+/// causes puts it back at the lowered priority, so that the next raise is above the top again.
+/// Before the twenty-second session that was one interrupt per pair, as fast as they were taken
+/// (a review: a priority-1 task taking a priority-90 thread's CPU); a raise that matters only for
+/// the queue's top interrupts that CPU at most once per tick there.
+fn test_priority_flips_back_to_back() {
+    const NAME: &str = "priority-flips-back-to-back-interrupt-once-a-tick";
+    const PAIRS: u64 = 200;
+    let Some((cpu, b, t, waited)) = queued_behind_spinner(100) else { return skip(NAME, "needs two CPUs") };
+    let st = |n| sys::stat(MACHINE, n).unwrap_or(0);
+    let (i0, k0) = (st(stat::IPIS_SENT), st(stat::TICKS));
+    let mut failed = 0u64;
+    for _ in 0..PAIRS {
+        failed += sys::thread_set_priority(t, 11).is_err() as u64;
+        failed += sys::thread_set_priority(t, 10).is_err() as u64;
+        // Time for an interrupt sent to be taken (else the pairs merge into the one pending).
+        let end = rl4_user::rdtsc() + tsc_hz() / 10_000;
+        while rl4_user::rdtsc() < end {
+            core::hint::spin_loop();
+        }
+    }
+    let (ipis, ticks) = (st(stat::IPIS_SENT).wrapping_sub(i0), st(stat::TICKS).wrapping_sub(k0));
+    let still_queued = !RAISED_RAN.load(SeqCst);
+    let bounded = ipis <= ticks + 8;
+    let (raised, ran, done) = raise_above_spinner(b, t);
+    report(
+        NAME,
+        waited && failed == 0 && still_queued && bounded && raised.is_ok() && ran && done,
+        format_args!(
+            "a priority-10 thread queued on cpu {cpu} behind a priority-90 spinner, raised to 11 and lowered to 10 at once, {PAIRS} times \
+             100 µs apart from cpu 0 ({failed} failed; it stayed queued: {still_queued}): {ipis} reschedule interrupts sent, {ticks} ticks meanwhile \
+             (bound: ticks + 8); then raised to 95 ({raised:?}) it runs at once: {ran}"
+        ),
+    );
+}
+
 /// Changing the priority of a thread queued on another CPU interrupts that CPU only when the
 /// change matters there at once (the thread now outranks what runs there, or rises above the
 /// queue's top): a task flipping a queued thread's priority below a busy thread's cannot take
@@ -1086,6 +1123,7 @@ pub fn run(bi: &BootInfo, which: &str) -> bool {
         test_priority();
         test_priority_raise_queued();
         test_priority_flips_no_ipi_flood();
+        test_priority_flips_back_to_back();
         test_affinity_moves_queued();
         test_deadlines_idle();
     }
