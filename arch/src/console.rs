@@ -132,9 +132,11 @@ pub use rl4_core::conout::OneLine;
 /// prefix is always at the start of what any reader calls a line.
 pub fn print_user_line(task: u64, text: &str, mut wait: impl FnMut()) {
     let g = lock_while(false, &mut wait);
-    // `wait` runs after every 64 bytes written, prefix and `?`s counted: the line takes up to
-    // about 90 ms of a real UART with interrupts off, and what other CPUs wait for from this one
-    // (a TLB shoot-down) is answered meanwhile too.
+    // `wait` runs after every `PACE` bytes written, prefix and `?`s counted: the line takes up
+    // to about 90 ms of a real UART with interrupts off, and what other CPUs wait for from this
+    // one (a TLB shoot-down) is answered meanwhile too, within 8 bytes' time (0.7 ms at 115200
+    // baud; 64 bytes, 5.6 ms, before the twenty-second session: every other CPU's `Unmap`
+    // waited behind the shoot-down lock's holder as long).
     let mut p = Paced { g, since: 0, wait };
     let _ = write!(p, "[cpu{} task {task}] ", percpu::cpu_index());
     let mut rest = text;
@@ -148,7 +150,11 @@ pub fn print_user_line(task: u64, text: &str, mut wait: impl FnMut()) {
     let _ = p.write_str("\n");
 }
 
-/// The console held, with `wait` run after every 64 bytes written through it.
+/// Bytes written between two runs of a paced writer's `wait` (a plain load when no shoot-down
+/// waits).
+const PACE: usize = 8;
+
+/// The console held, with `wait` run after every [`PACE`] bytes written through it.
 struct Paced<F: FnMut()> {
     g: Guard,
     since: usize,
@@ -158,13 +164,13 @@ struct Paced<F: FnMut()> {
 impl<F: FnMut()> Write for Paced<F> {
     fn write_str(&mut self, mut s: &str) -> fmt::Result {
         while !s.is_empty() {
-            let mut n = s.len().min(64 - self.since);
+            let mut n = s.len().min(PACE - self.since);
             while !s.is_char_boundary(n) {
                 n += 1;
             }
             self.g.write_str(&s[..n])?;
             self.since += n;
-            if self.since >= 64 {
+            if self.since >= PACE {
                 (self.wait)();
                 self.since = 0;
             }

@@ -160,7 +160,7 @@ fn queued_badge(l: &crate::obj::Life, ep: usize) -> Option<u64> {
 /// again while more were left: a review found a queue of F faults cost F²/32 steps with
 /// interrupts off.) The walk answers TLB shoot-downs every 64 senders; it holds the lock,
 /// interrupts off, one step per queued sender (as long as the queue a task's budget paid for)
-/// — other CPUs waiting for that lock answer nothing meanwhile.
+/// — other CPUs waiting for that lock answer shoot-downs too (`lock::Mutex::lock`).
 pub fn cancel_badged(ep: &Arc<Endpoint>, badge: u64) -> u64 {
     use core::cell::Cell;
     let id = ep.id();

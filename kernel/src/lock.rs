@@ -130,47 +130,48 @@ pub fn violations() -> (u64, u64, u64) {
 
 /// A spinlock with a level `L` (see [`Level`]).
 pub struct Mutex<T, const L: u8> {
-    inner: spin::Mutex<T>,
+    inner: spin::mutex::SpinMutex<T>,
 }
 
 impl<T, const L: u8> Mutex<T, L> {
     pub const fn new(v: T) -> Self {
-        Mutex { inner: spin::Mutex::new(v) }
+        Mutex { inner: spin::mutex::SpinMutex::new(v) }
     }
 
+    /// Takes the lock; a CPU that finds it held waits answering other CPUs' TLB shoot-downs. A
+    /// holder may keep a lock for as long as a task's work takes — a capability's children
+    /// handed up under its tree's lock, a piece at a time, or a capability sent under an
+    /// endpoint's queue lock that waits for that tree — and a CPU that waited with interrupts
+    /// off answering nothing would hold up every shoot-down in the system, since the holder of
+    /// the shoot-down lock waits for that CPU (a review of the sixteenth session found the chain
+    /// through a tree's lock, answered then by `lock_answering` alone; one of the twenty-second,
+    /// through an endpoint's queue lock). The wait is out of line and returns nothing, so the
+    /// uncontended path is one compare-and-swap and a branch, as the spin crate's own.
     #[inline(always)]
     pub fn lock(&self) -> Guard<'_, T, L> {
         acquire(L);
-        Guard { g: self.inner.lock() }
-    }
-
-    /// [`lock`](Self::lock) for a lock whose holder may keep it for as long as a task's work
-    /// takes (a capability's children handed up under its tree's lock, a piece at a time):
-    /// waits answering other CPUs' TLB shoot-downs. A CPU that waited for it with interrupts off
-    /// and answered nothing would hold up every shoot-down in the system, since the holder of
-    /// the shoot-down lock waits for that CPU (a review of the sixteenth session found the
-    /// chain). (Not every lock's: the plain `lock` is on the IPC fast path, and a contended
-    /// branch there costs it instructions even when never taken.)
-    #[inline(always)]
-    pub fn lock_answering(&self) -> Guard<'_, T, L> {
-        acquire(L);
-        match self.inner.try_lock() {
-            Some(g) => Guard { g },
-            None => self.lock_contended(),
+        loop {
+            if let Some(g) = self.inner.try_lock_weak() {
+                return Guard { g };
+            }
+            self.wait_while_held();
         }
     }
 
+    /// [`lock`](Self::lock), written where the holder is known to keep the lock for long (a
+    /// capability's tree).
+    #[inline(always)]
+    pub fn lock_answering(&self) -> Guard<'_, T, L> {
+        self.lock()
+    }
+
+    /// Spins while another CPU holds the lock, answering TLB shoot-downs.
     #[cold]
     #[inline(never)]
-    fn lock_contended(&self) -> Guard<'_, T, L> {
-        loop {
+    fn wait_while_held(&self) {
+        while self.inner.is_locked() {
             crate::tlb::service_tlb_if_up();
             core::hint::spin_loop();
-            if !self.inner.is_locked() {
-                if let Some(g) = self.inner.try_lock() {
-                    return Guard { g };
-                }
-            }
         }
     }
 
@@ -188,7 +189,7 @@ impl<T, const L: u8> Mutex<T, L> {
 
     /// The lock if it is free, outside the level discipline: only for the consistency check,
     /// which runs with every other CPU stopped and holds many locks of one level at once.
-    pub fn peek(&self) -> Option<spin::MutexGuard<'_, T>> {
+    pub fn peek(&self) -> Option<spin::mutex::SpinMutexGuard<'_, T>> {
         self.inner.try_lock()
     }
 }
@@ -229,7 +230,7 @@ impl<T, const L: u8> GlobalMutex<T, L> {
 }
 
 pub struct Guard<'a, T, const L: u8> {
-    g: spin::MutexGuard<'a, T>,
+    g: spin::mutex::SpinMutexGuard<'a, T>,
 }
 
 impl<T, const L: u8> Drop for Guard<'_, T, L> {

@@ -174,13 +174,15 @@ fn modules(space: &Space, memory: &Arc<Memory>, bi: &mut BootInfo, at: &mut u64)
     for (i, m) in boot.modules().iter().enumerate() {
         let default = alloc::format!("module{i}");
         let name = if m.name().is_empty() { default.as_str() } else { m.name() };
+        // The loader's bytes, shown on the one line whatever they hold.
+        let shown = rl4_arch::console::OneLine(name.as_bytes());
         let len = m.range.len();
         if len > rl4_abi::MAX_MODULE_BYTES {
-            println!("boot module {i} '{name}' refused: {len} bytes, more than the {} MiB limit", rl4_abi::MAX_MODULE_BYTES >> 20);
+            println!("boot module {i} '{shown}' refused: {len} bytes, more than the {} MiB limit", rl4_abi::MAX_MODULE_BYTES >> 20);
             continue;
         }
         if bi.nprograms as usize == rl4_abi::MAX_PROGRAMS {
-            println!("boot module {i} '{name}' refused: more than {} programs", rl4_abi::MAX_PROGRAMS);
+            println!("boot module {i} '{shown}' refused: more than {} programs", rl4_abi::MAX_PROGRAMS);
             continue;
         }
         let pages = len.div_ceil(PAGE_SIZE);
@@ -194,7 +196,7 @@ fn modules(space: &Space, memory: &Arc<Memory>, bi: &mut BootInfo, at: &mut u64)
         let need = pages * (rl4_abi::cost::FRAME + rl4_abi::cost::MAP) + (pages / 512 + 3) * PAGE_SIZE + start_reserve();
         let left = memory.left().min(mem::user_frames_left() * PAGE_SIZE);
         if left < need {
-            println!("boot module {i} '{name}' refused: {len} bytes, more than the root task's budget leaves ({left} bytes left)");
+            println!("boot module {i} '{shown}' refused: {len} bytes, more than the root task's budget leaves ({left} bytes left)");
             continue;
         }
         let mut frames = alloc::vec::Vec::with_capacity(pages as usize);
@@ -212,7 +214,7 @@ fn modules(space: &Space, memory: &Arc<Memory>, bi: &mut BootInfo, at: &mut u64)
             frames.push(f);
         }
         if let Some(why) = refused {
-            println!("boot module {i} '{name}' ({:#x}..{:#x}) refused: {why}", m.range.start, m.range.end);
+            println!("boot module {i} '{shown}' ({:#x}..{:#x}) refused: {why}", m.range.start, m.range.end);
             continue; // the frames copied so far go back as `frames` drops (no lock held)
         }
         for (p, f) in frames.into_iter().enumerate() {
@@ -220,7 +222,7 @@ fn modules(space: &Space, memory: &Arc<Memory>, bi: &mut BootInfo, at: &mut u64)
         }
         bi.programs[bi.nprograms as usize] = program(name, *at, len, Program::MODULE);
         bi.nprograms += 1;
-        println!("boot module {i} '{name}': {len} bytes, handed to the root task at {:#x}", *at);
+        println!("boot module {i} '{shown}': {len} bytes, handed to the root task at {:#x}", *at);
         *at += (pages + 1) * PAGE_SIZE;
     }
     Ok(())

@@ -623,8 +623,10 @@ pub(crate) fn unqueue(cpu: u32, t: &Arc<Thread>) -> Option<Arc<Thread>> {
 /// every request made meanwhile (a task changing a queued thread's priority in a loop made one
 /// interrupt per call once). Any other request waits for the CPU's next decision (its next
 /// tick at the latest; `yield_now` and `decide` serve pending requests first): the caller says
-/// a request is not urgent only when its thread's new place cannot change what that CPU runs
-/// next nor what its fast paths decide ([`reprio_urgent`]). A thread already on a request
+/// a request is not urgent when its thread's new place cannot change what that CPU runs next
+/// nor what its fast paths decide, and when it passes only that CPU's queue top and such a
+/// request was urgent already since that CPU's last tick ([`reprio_urgent`]: a one-tick
+/// inversion there at most, rather than one interrupt per change). A thread already on a request
 /// list (this or another CPU's: it moved meanwhile) is not pushed again: whoever holds it
 /// looks at it and hands it on ([`serve_requests`]).
 pub(crate) fn request(cpu: u32, t: &Arc<Thread>, urgent: impl FnOnce() -> bool) {

@@ -357,9 +357,9 @@ fn console_write(task: u64, buf_addr: u64, len: u64) -> Ret {
     // (And the `\r` the console writes before each line end.)
     let prefix = "[cpu task ] ".len() + digits(rl4_arch::percpu::cpu_index() as u64) + digits(task) + 1;
     let used = rl4_core::conout::take_lines(text, rl4_core::conout::OUTPUT_MAX, prefix, |line| {
-        // Waiting for the console, and after every 64 bytes it writes (interrupts off), this
-        // CPU answers TLB shoot-downs: a task's output holds up an `Unmap` elsewhere by 64 bytes
-        // (about 6 ms of a 115,200-baud UART), not by its kilobyte. (A CPU waiting to print a
+        // Waiting for the console, and after every 8 bytes it writes (interrupts off), this
+        // CPU answers TLB shoot-downs: a task's output holds up an `Unmap` elsewhere by 8 bytes
+        // (0.7 ms of a 115,200-baud UART), not by its kilobyte. (A CPU waiting to print a
         // kernel line does not answer them: kernel lines are few and rate-limited.)
         rl4_arch::console::print_user_line(task, line, crate::tlb::service_tlb_here)
     });

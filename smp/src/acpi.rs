@@ -249,7 +249,7 @@ pub unsafe fn discover<H: Handler + PhysMem>(handler: H, rsdp: u64) -> Result<Pl
     // faithfully, or answers zeros); `Fadt` is `repr(C, packed)`, so the mapping's address
     // needs no alignment, and the handler makes at least a whole `Fadt` readable.
     let fadt = fadt_at.and_then(|a| {
-        let len = mem.u32(a + 4)? as usize;
+        let len = mem.u32(a + 4)?.min(MAX_TABLE_LEN) as usize;
         Some(unsafe { handler.map_physical_region::<Fadt>(a as usize, len) })
     });
     if let Some(fadt) = fadt {
@@ -483,11 +483,13 @@ pub(crate) mod tests {
 
     impl Handler for FakeMem {
         unsafe fn map_physical_region<T>(&self, pa: usize, size: usize) -> ::acpi::PhysicalMapping<Self, T> {
-            // As the kernel's handler: what it cannot read is zeros (a zeroed page of its own).
-            let p = match pa.checked_sub(BASE as usize).filter(|off| off + size <= 0x10000) {
+            // As the kernel's handler: what it cannot read is zeros (a zeroed page of its own),
+            // and a whole `T` is readable whatever `size` says.
+            let want = size.max(core::mem::size_of::<T>());
+            let p = match pa.checked_sub(BASE as usize).filter(|off| off + want <= 0x10000) {
                 Some(off) => self.0.as_ptr().wrapping_add(self.1 + off) as *mut T,
                 None => {
-                    assert!(size <= 4096, "a region of {size} bytes outside the fake memory");
+                    assert!(want <= 4096, "a region of {want} bytes outside the fake memory");
                     ZERO_PAGE.0.as_ptr() as *mut T
                 }
             };

@@ -30,8 +30,12 @@ pub fn isa_route(irq: u8, overrides: &[Override]) -> Option<IsaRoute> {
     if irq >= 16 {
         return None;
     }
-    if let Some(o) = overrides.iter().find(|o| o.irq == irq) {
-        if overrides.iter().any(|p| p.gsi == o.gsi && p.irq != irq) {
+    // Each ISA interrupt's first override is the one that counts (a later one for it is
+    // passed over, here and in the others' checks).
+    let first = |i: u8| overrides.iter().find(|o| o.irq == i);
+    let counts = |p: &&Override| first(p.irq).is_some_and(|f| core::ptr::eq(f, *p));
+    if let Some(o) = first(irq) {
+        if overrides.iter().filter(counts).any(|p| p.gsi == o.gsi && p.irq != irq) {
             return None;
         }
         let active_low = match o.flags & 3 {
@@ -46,7 +50,7 @@ pub fn isa_route(irq: u8, overrides: &[Override]) -> Option<IsaRoute> {
         };
         return Some(IsaRoute { gsi: o.gsi, active_low, level });
     }
-    if overrides.iter().any(|o| o.gsi == irq as u32 && o.irq != irq) {
+    if overrides.iter().filter(counts).any(|o| o.gsi == irq as u32 && o.irq != irq) {
         return None;
     }
     Some(IsaRoute { gsi: irq as u32, active_low: false, level: false })
@@ -319,8 +323,12 @@ mod tests {
         // The same override listed twice is one claim.
         let twice = [Override { irq: 4, gsi: 12, flags: 0 }, Override { irq: 4, gsi: 12, flags: 0 }];
         assert_eq!(isa_route(4, &twice), Some(IsaRoute { gsi: 12, active_low: false, level: false }));
+        // A second override for one interrupt is passed over: it claims no GSI from another.
+        let later = [Override { irq: 6, gsi: 14, flags: 0 }, Override { irq: 6, gsi: 3, flags: 0 }];
+        assert_eq!(isa_route(6, &later), Some(IsaRoute { gsi: 14, active_low: false, level: false }));
+        assert_eq!(isa_route(3, &later), Some(IsaRoute { gsi: 3, active_low: false, level: false }));
         // Every line of each table ends on a GSI of its own.
-        for table in [QEMU, &both[..], &two[..], &twice[..]] {
+        for table in [QEMU, &both[..], &two[..], &twice[..], &later[..]] {
             let gsis: Vec<u32> = (0..16).filter_map(|i| isa_route(i, table)).map(|r| r.gsi).collect();
             let mut sorted = gsis.clone();
             sorted.sort();

@@ -450,9 +450,11 @@ mod tests {
             g.with(|x| *x += 1);
             GOT.store(true, SeqCst);
         });
-        while WAITS.load(SeqCst) < 100 {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while WAITS.load(SeqCst) < 100 && std::time::Instant::now() < end {
             std::thread::yield_now();
         }
+        assert!(WAITS.load(SeqCst) >= 100, "the waiter ran `wait` {} times in 10 s", WAITS.load(SeqCst));
         assert!(!GOT.load(SeqCst));
         drop(held);
         t.join().unwrap();
