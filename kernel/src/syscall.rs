@@ -183,10 +183,16 @@ fn ipc_call(t: &Arc<Thread>, r: &UserRegs, s: Sys) -> Outcome {
                 trace::stamp(trace::SETUP);
                 let (ep, _, _) = endpoint(task, r.ipc_slot(), Rights::RECEIVE)?;
                 trace::stamp(trace::LOOKUP);
-                // A missing caller is not an error for the server loop's first round.
+                // A missing caller is not an error for the server loop's first round, and a
+                // reply the kernel could not resume a faulted caller with stopped that caller
+                // (`BadFaultReply` to a plain `Reply`): the server receives all the same. A
+                // client may make any endpoint it can send to its fault handler, so a server
+                // that echoes what it receives answers a fault as a reply like any other; its
+                // loop must not end there (a review found `ReplyRecv` failing without
+                // receiving, and the library's loop stopping for every client).
                 let woken = match ipc::reply(t, r, true) {
                     Ok(w) => w,
-                    Err(Error::NoCaller) | Err(Error::PartnerGone) => None,
+                    Err(Error::NoCaller) | Err(Error::PartnerGone) | Err(Error::BadFaultReply) => None,
                     Err(e) => return Err(e),
                 };
                 ipc::recv(t, &ep, timeout, woken)

@@ -531,12 +531,13 @@ pub mod fault {
     /// The label of a fault message.
     pub const LABEL: u64 = 0xfa17;
     /// Word 0: the exception vector (14 = page fault, 6 = invalid opcode, 13 = general
-    /// protection, 3 = breakpoint...).
+    /// protection, 1 = debug...; a user `int3` or `int n` is a general protection fault: no
+    /// gate is open to user mode).
     pub const W_KIND: usize = 0;
     /// Word 1: the faulting address (page faults: CR2), 0 for other exceptions.
     pub const W_ADDR: usize = 1;
-    /// Word 2: the instruction pointer the thread faulted at (for traps such as `int3`: the
-    /// one after).
+    /// Word 2: the instruction pointer the thread faulted at (for a trap — a debug exception
+    /// after a single step or `icebp` — the one after).
     pub const W_IP: usize = 2;
     /// Word 3: the exception's error code (0 if it has none). Page faults: bit 0 protection
     /// (else not mapped), bit 1 write, bit 2 user, bit 4 instruction fetch (on a CPU without NX,

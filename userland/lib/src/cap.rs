@@ -55,8 +55,9 @@ impl Endpoint {
             let r = handle(&m);
             m = match self.reply_recv(&r) {
                 Ok(m) => m,
-                // The caller went away before the reply: wait for the next one.
-                Err(Error::NoCaller) | Err(Error::PartnerGone) => match self.recv() {
+                // The caller went away before the reply (or its reply could not be taken):
+                // wait for the next one.
+                Err(Error::NoCaller) | Err(Error::PartnerGone) | Err(Error::BadFaultReply) => match self.recv() {
                     Ok(m) => m,
                     Err(e) => return e,
                 },

@@ -414,6 +414,56 @@ fn check(name: &str, detail: &str, f: impl FnOnce(u64) -> Result<(), &'static st
     report(name, r.is_ok(), format_args!("{detail}: {r:?}"));
 }
 
+static ECHO_EP: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// A client of the server's endpoint: one call, its answer's first word noted.
+fn one_call(_: u64) {
+    let r = sys::call(ECHO_EP.load(core::sync::atomic::Ordering::SeqCst), &Msg { tag: Tag::new(55, 1, 0), badge: 0, w: [0x5e, 0, 0, 0] });
+    ECHO_GOT.store(r.map_or(1, |m| m.w[0]), core::sync::atomic::Ordering::SeqCst);
+}
+static ECHO_GOT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// A client made a server's endpoint its fault handler (any sender may); the server, a loop of
+/// `ReplyRecv` that echoes what it gets, answers the fault with the fault's own words: word 0,
+/// the vector 14, names registers no reply may set, so the faulted thread is stopped — and the
+/// server's call still receives the next message. Before the twenty-second session the
+/// `ReplyRecv` failed with `BadFaultReply` without receiving, and the library's serve loop
+/// stopped serving every client.
+fn test_echoed_fault_keeps_the_server_serving() {
+    check(
+        "fault-echoed-by-a-server-keeps-it-serving",
+        "a fault echoed back by a server's ReplyRecv stops the faulted thread, and the call receives the next message",
+        |ep| {
+            let kid = faulted_kid(ep, 4, cpus() - 1)?;
+            ECHO_EP.store(ep, core::sync::atomic::Ordering::SeqCst);
+            ECHO_GOT.store(0, core::sync::atomic::Ordering::SeqCst);
+            let caller = spawn(one_call, 0, ROOT_PRIO, 0);
+            let queued = wait_ms(1000, || state(caller) == Some(ThreadState::BlockedSend));
+            let echo = Msg { tag: Tag::new(LABEL, 4, 0), badge: 0, w: [fault::PAGE_FAULT, START_VA, START_VA, 16] };
+            let got = sys::reply_recv(ep, &echo);
+            let stopped = wait_ms(1000, || kid.state() == Some(ThreadState::Faulted));
+            let served = match got {
+                Ok(m) if m.tag.label() == 55 && m.w[0] == 0x5e => {
+                    sys::reply(&Msg { tag: Tag::new(0, 1, 0), badge: 0, w: [0x77, 0, 0, 0] }).is_ok()
+                        && wait_ms(1000, || ECHO_GOT.load(core::sync::atomic::Ordering::SeqCst) == 0x77)
+                }
+                _ => false,
+            };
+            kid.end();
+            let _ = sys::thread_suspend(caller);
+            release(caller);
+            match (queued, got, stopped, served) {
+                (false, ..) => Err("the caller did not queue"),
+                (_, Err(Error::BadFaultReply), ..) => Err("ReplyRecv failed with BadFaultReply and received nothing"),
+                (_, Err(_), ..) => Err("ReplyRecv failed"),
+                (_, _, false, _) => Err("the faulted thread was not stopped"),
+                (_, _, _, false) => Err("the next call was not received and answered"),
+                _ => Ok(()),
+            }
+        },
+    );
+}
+
 fn test_stop_and_bad_replies() {
     check("fault-ipc-stop", "the handler replies \"stop\": the thread is Faulted", |ep| {
         let kid = faulted_kid(ep, 1, cpus() - 1)?;
@@ -1301,6 +1351,7 @@ pub fn run() {
     test_lazy();
     test_cow();
     test_stop_and_bad_replies();
+    test_echoed_fault_keeps_the_server_serving();
     test_no_reply();
     test_handler_gone();
     test_handler_lapses();
