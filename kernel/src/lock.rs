@@ -1,4 +1,5 @@
-//! The kernel's spinlock: `spin::Mutex` plus a lock level, checked on every acquisition.
+//! The kernel's spinlock: the spin crate's `SpinMutex` plus a lock level, checked on every
+//! acquisition, whose wait answers other CPUs' TLB shoot-downs ([`Mutex::lock`]).
 //!
 //! ## Lock order
 //! A CPU may take a lock only while every lock it already holds has a *lower* level; two locks
@@ -213,9 +214,9 @@ impl<T, const L: u8> GlobalMutex<T, L> {
         self.m.lock()
     }
 
-    /// [`GlobalMutex::lock`], answering TLB shoot-downs while it waits ([`Mutex::lock_answering`]):
-    /// for locks whose holder may work for long, in time a task sizes (an object registry's
-    /// pruning).
+    /// [`GlobalMutex::lock`] (which answers TLB shoot-downs while it waits, as every
+    /// [`Mutex::lock`] does), written where the holder may work for long, in time a task sizes
+    /// (an object registry's pruning).
     #[inline(always)]
     pub fn lock_answering(&self) -> Guard<'_, T, L> {
         crate::count::global_lock(self.which);

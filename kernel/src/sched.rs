@@ -685,10 +685,13 @@ pub(crate) fn reprio_urgent(cpu: u32, old: u8, new: u8) -> bool {
     if new as i32 > cs.current_prio.load(Ordering::SeqCst) {
         return true;
     }
-    new as i32 > cs.rq_top.load(Ordering::SeqCst) && {
-        let tick = cpus::get(cpu as usize).map_or(0, |c| c.ticks.load(Ordering::Relaxed)) + 1;
-        cs.top_asked.swap(tick, Ordering::Relaxed) != tick
-    }
+    // A raise on this CPU costs no interrupt (`ThreadSetPriority` decides on its way out) and
+    // spends nothing of the tick's one.
+    new as i32 > cs.rq_top.load(Ordering::SeqCst)
+        && (cpu == me() || {
+            let tick = cpus::get(cpu as usize).map_or(0, |c| c.ticks.load(Ordering::Relaxed)) + 1;
+            cs.top_asked.swap(tick, Ordering::Relaxed) != tick
+        })
 }
 
 /// Looks at every thread another CPU (or this one) asked about ([`request`]), one entry each:
