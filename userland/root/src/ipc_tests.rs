@@ -248,7 +248,10 @@ fn prio_sender(prio: u64) {
     let _ = sys::send(EP_FOR_THREADS.load(SeqCst), &Msg { tag: Tag::new(prio, 0, 0), badge: 0, w: [0; 4] });
 }
 
-fn test_sender_priority() {
+/// Three senders queued on a new endpoint, at priorities 30, 70 and 50 (each its first
+/// priority as its label), on the far CPU; `between` runs on their threads before the three
+/// messages are received: the labels in the order received.
+fn three_senders(between: impl FnOnce(&[u64; 3])) -> [u64; 3] {
     let ep = slot();
     let _ = sys::endpoint_create(MEMORY, ep);
     EP_FOR_THREADS.store(ep, SeqCst);
@@ -258,6 +261,7 @@ fn test_sender_priority() {
         ts[i] = spawn(prio_sender, p, p, cpu);
         wait_ms(2000, || state(ts[i]) == Some(ThreadState::BlockedSend));
     }
+    between(&ts);
     let mut order = [0u64; 3];
     for o in order.iter_mut() {
         *o = sys::recv_timeout(ep, ms_ticks(1000)).map(|m| m.tag.label()).unwrap_or(0);
@@ -266,6 +270,11 @@ fn test_sender_priority() {
         release(t);
     }
     release(ep);
+    order
+}
+
+fn test_sender_priority() {
+    let order = three_senders(|_| {});
     report("ipc-sender-priority-order", order == [70, 50, 30], format_args!("senders queued at 30, 70, 50 were received as {order:?}"));
 }
 
@@ -274,24 +283,8 @@ fn test_sender_priority() {
 /// 90, 50, 10 (before the twenty-second session the queue kept the priorities they had queued
 /// with: 70, 50, 30).
 fn test_sender_reprio() {
-    let ep = slot();
-    let _ = sys::endpoint_create(MEMORY, ep);
-    EP_FOR_THREADS.store(ep, SeqCst);
-    let cpu = far_cpu();
-    let mut ts = [0u64; 3];
-    for (i, p) in [30u64, 70, 50].into_iter().enumerate() {
-        ts[i] = spawn(prio_sender, p, p, cpu);
-        wait_ms(2000, || state(ts[i]) == Some(ThreadState::BlockedSend));
-    }
-    let set = [sys::thread_set_priority(ts[0], 90), sys::thread_set_priority(ts[1], 10)];
-    let mut order = [0u64; 3];
-    for o in order.iter_mut() {
-        *o = sys::recv_timeout(ep, ms_ticks(1000)).map(|m| m.tag.label()).unwrap_or(0);
-    }
-    for t in ts {
-        release(t);
-    }
-    release(ep);
+    let mut set = [Ok(()), Ok(())];
+    let order = three_senders(|ts| set = [sys::thread_set_priority(ts[0], 90), sys::thread_set_priority(ts[1], 10)]);
     report(
         "ipc-sender-priority-change-moves-it",
         set.iter().all(|r| r.is_ok()) && order == [30, 50, 70],

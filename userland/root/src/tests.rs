@@ -306,23 +306,20 @@ fn test_priority_raise_queued() {
     );
 }
 
-/// The same flips back to back, each raise followed at once by a lower: the raise lifts the
-/// thread above the queue's top there (the thread itself), and the decision its interrupt
-/// causes puts it back at the lowered priority, so that the next raise is above the top again.
-/// Before the twenty-second session that was one interrupt per pair, as fast as they were taken
-/// (a review: a priority-1 task taking a priority-90 thread's CPU); a raise that matters only for
-/// the queue's top interrupts that CPU at most once per tick there.
-fn test_priority_flips_back_to_back() {
-    const NAME: &str = "priority-flips-back-to-back-interrupt-once-a-tick";
-    const PAIRS: u64 = 200;
-    let Some((cpu, b, t, waited)) = queued_behind_spinner(100) else { return skip(NAME, "needs two CPUs") };
+/// Priority changes of a thread queued behind a priority-90 spinner on another CPU, `rounds`
+/// of them 100 µs apart (time for an interrupt sent to be taken, else they merge into the one
+/// pending), each round's calls made by `round` (it answers how many failed), then a raise
+/// above the spinner, which must run the thread at once. Passes when the reschedule interrupts
+/// sent meanwhile stay within the ticks + 8: at most one per decision there that served a
+/// pending change — a tick's (the ticks of every CPU counted: a bound) or one the first raises
+/// asked for (a few, by how the changes and that CPU's decisions interleave).
+fn priority_changes_interrupt_little(name: &str, what: &str, rounds: u64, mut round: impl FnMut(u64, u64) -> u64) {
+    let Some((cpu, b, t, waited)) = queued_behind_spinner(100) else { return skip(name, "needs two CPUs") };
     let st = |n| sys::stat(MACHINE, n).unwrap_or(0);
     let (i0, k0) = (st(stat::IPIS_SENT), st(stat::TICKS));
     let mut failed = 0u64;
-    for _ in 0..PAIRS {
-        failed += sys::thread_set_priority(t, 11).is_err() as u64;
-        failed += sys::thread_set_priority(t, 10).is_err() as u64;
-        // Time for an interrupt sent to be taken (else the pairs merge into the one pending).
+    for i in 0..rounds {
+        failed += round(t, i);
         let end = rl4_user::rdtsc() + tsc_hz() / 10_000;
         while rl4_user::rdtsc() < end {
             core::hint::spin_loop();
@@ -333,13 +330,28 @@ fn test_priority_flips_back_to_back() {
     let bounded = ipis <= ticks + 8;
     let (raised, ran, done) = raise_above_spinner(b, t);
     report(
-        NAME,
+        name,
         waited && failed == 0 && still_queued && bounded && raised.is_ok() && ran && done,
         format_args!(
-            "a priority-10 thread queued on cpu {cpu} behind a priority-90 spinner, raised to 11 and lowered to 10 at once, {PAIRS} times \
-             100 µs apart from cpu 0 ({failed} failed; it stayed queued: {still_queued}): {ipis} reschedule interrupts sent, {ticks} ticks meanwhile \
+            "a priority-10 thread queued on cpu {cpu} behind a priority-90 spinner, {what} {rounds} times 100 µs apart from cpu 0 \
+             ({failed} failed; it stayed queued: {still_queued}): {ipis} reschedule interrupts sent, {ticks} ticks meanwhile \
              (bound: ticks + 8); then raised to 95 ({raised:?}) it runs at once: {ran}"
         ),
+    );
+}
+
+/// The same changes back to back, each raise followed at once by a lower: the raise lifts the
+/// thread above the queue's top there (the thread itself), and the decision its interrupt
+/// causes puts it back at the lowered priority, so that the next raise is above the top again.
+/// Before the twenty-second session that was one interrupt per pair, as fast as they were taken
+/// (a review: a priority-1 task taking a priority-90 thread's CPU: 90 interrupts in 2 ticks);
+/// a raise that matters only for the queue's top interrupts that CPU at most once per tick there.
+fn test_priority_flips_back_to_back() {
+    priority_changes_interrupt_little(
+        "priority-flips-back-to-back-interrupt-once-a-tick",
+        "raised to 11 and lowered to 10 at once,",
+        200,
+        |t, _| sys::thread_set_priority(t, 11).is_err() as u64 + sys::thread_set_priority(t, 10).is_err() as u64,
     );
 }
 
@@ -349,35 +361,11 @@ fn test_priority_flips_back_to_back() {
 /// that CPU away from it with reschedule interrupts (a review found one per call: 200 flips
 /// 100 µs apart made 200 interrupts). The raise above the busy thread still runs it at once.
 fn test_priority_flips_no_ipi_flood() {
-    const NAME: &str = "priority-changes-below-the-running-thread-interrupt-nothing";
-    const FLIPS: u64 = 200;
-    let Some((cpu, b, t, waited)) = queued_behind_spinner(100) else { return skip(NAME, "needs two CPUs") };
-    let st = |n| sys::stat(MACHINE, n).unwrap_or(0);
-    let (i0, k0) = (st(stat::IPIS_SENT), st(stat::TICKS));
-    let mut failed = 0u64;
-    for i in 0..FLIPS {
-        failed += sys::thread_set_priority(t, if i % 2 == 0 { 30 } else { 20 }).is_err() as u64;
-        // Time for an interrupt sent to be taken (else the flips merge into the one pending).
-        let end = rl4_user::rdtsc() + tsc_hz() / 10_000;
-        while rl4_user::rdtsc() < end {
-            core::hint::spin_loop();
-        }
-    }
-    let (ipis, ticks) = (st(stat::IPIS_SENT).wrapping_sub(i0), st(stat::TICKS).wrapping_sub(k0));
-    let still_queued = !RAISED_RAN.load(SeqCst);
-    // At most one interrupt per decision there that served a pending change: a tick's (the
-    // ticks of every CPU counted: a bound) or one the first raises asked for (a few, by how
-    // the flips and that CPU's decisions interleave).
-    let bounded = ipis <= ticks + 8;
-    let (raised, ran, done) = raise_above_spinner(b, t);
-    report(
-        NAME,
-        waited && failed == 0 && still_queued && bounded && raised.is_ok() && ran && done,
-        format_args!(
-            "a priority-10 thread queued on cpu {cpu} behind a priority-90 spinner, its priority flipped 30/20 {FLIPS} times \
-             100 µs apart from cpu 0 ({failed} failed; it stayed queued: {still_queued}): {ipis} reschedule interrupts sent, {ticks} ticks meanwhile \
-             (bound: ticks + 8); then raised to 95 ({raised:?}) it runs at once: {ran}"
-        ),
+    priority_changes_interrupt_little(
+        "priority-changes-below-the-running-thread-interrupt-nothing",
+        "its priority flipped 30/20",
+        200,
+        |t, i| sys::thread_set_priority(t, if i % 2 == 0 { 30 } else { 20 }).is_err() as u64,
     );
 }
 
