@@ -138,16 +138,7 @@ pub fn print_user_line(task: u64, text: &str, mut wait: impl FnMut()) {
     // baud; 64 bytes, 5.6 ms, before the twenty-second session: every other CPU's `Unmap`
     // waited behind the shoot-down lock's holder as long).
     let mut p = Paced { g, since: 0, wait };
-    let _ = write!(p, "[cpu{} task {task}] ", percpu::cpu_index());
-    let mut rest = text;
-    while let Some(i) = rest.find(|c: char| c.is_control() || c == '\u{2028}' || c == '\u{2029}') {
-        let _ = p.write_str(&rest[..i]);
-        let _ = p.write_str("?");
-        let c = rest[i..].chars().next().map_or(1, char::len_utf8);
-        rest = &rest[i + c..];
-    }
-    let _ = p.write_str(rest);
-    let _ = p.write_str("\n");
+    let _ = write!(p, "[cpu{} task {task}] {}\n", percpu::cpu_index(), OneLine(text.as_bytes()));
 }
 
 /// Bytes written between two runs of a paced writer's `wait` (a plain load when no shoot-down

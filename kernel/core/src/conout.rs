@@ -22,17 +22,18 @@ pub struct OneLine<'a>(pub &'a [u8]);
 
 impl core::fmt::Display for OneLine<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        use core::fmt::Write as _;
+        let breaks = |c: char| c.is_control() || c == '\u{2028}' || c == '\u{2029}';
         for chunk in self.0.utf8_chunks() {
-            for c in chunk.valid().chars() {
-                if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
-                    f.write_char('?')?;
-                } else {
-                    f.write_char(c)?;
-                }
+            // Runs of clean text go out whole.
+            let mut rest = chunk.valid();
+            while let Some(i) = rest.find(breaks) {
+                f.write_str(&rest[..i])?;
+                f.write_str("?")?;
+                rest = &rest[i + rest[i..].chars().next().map_or(1, char::len_utf8)..];
             }
+            f.write_str(rest)?;
             if !chunk.invalid().is_empty() {
-                f.write_char('?')?;
+                f.write_str("?")?;
             }
         }
         Ok(())
