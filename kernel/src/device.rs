@@ -588,9 +588,10 @@ pub fn syscall(t: &Arc<Thread>, s: Sys, a: [u64; 6]) -> Result<[u64; 3], Error> 
             if !crate::sched::cpu_online(cpu) {
                 return Err(Error::InvalidCpu);
             }
-            // The binding names the slot: `IrqAck` unbinds it once the slot no longer holds
-            // this capability (deleted, revoked).
-            crate::irq::bind(&line, &n, bits, cpu as usize, crate::irq::Binder { task: Arc::downgrade(&t.task), slot: a[1], badge })?;
+            // The binding names both slots: `IrqAck` unbinds it once either no longer holds its
+            // capability (deleted, revoked).
+            let binder = crate::irq::Binder { task: Arc::downgrade(&t.task), slot: a[1], badge, line_slot: a[0] };
+            crate::irq::bind(&line, &n, bits, cpu as usize, binder)?;
         }
         Sys::IrqAck => crate::irq::ack(&*irq_line(t, a[0])?)?,
         Sys::IrqUnbind => crate::irq::unbind(&*irq_line(t, a[0])?),

@@ -55,16 +55,9 @@ pub fn try_fast(n: u64) -> bool {
         return false;
     }
     // Each path consumes the reference on success (it becomes the reply right or the queue
-    // entry) and puts it back in the slot otherwise ([`back`]).
-    // SAFETY: nothing before `drop(entry)` below returns to user mode, idles or settles a
-    // grace period (`InEntry::new`'s contract): each path ends in a switch that only fills
-    // this CPU's slots (the return to user mode comes after this function returns), and a
-    // scheduling decision, which may idle, is made only after the drop (`Fast::Decide`).
-    #[allow(unsafe_code)]
-    let entry = unsafe { crate::qsbr::InEntry::new() };
-    let fast = if n == Sys::Call as u64 { call(cs, &entry, cur, slot, tag) } else { reply_recv(cs, &entry, cur, slot, tag) };
-    // Nothing read from the shadow lives past this point: the decision below may idle.
-    drop(entry);
+    // entry) and puts it back in the slot otherwise ([`back`]). Nothing read from a shadow
+    // lives past its return (each path's `InEntry` is its own): the decision below may idle.
+    let fast = if n == Sys::Call as u64 { call(cs, cur, slot, tag) } else { reply_recv(cs, cur, slot, tag) };
     match fast {
         Fast::Done => true,
         Fast::Decide => {
@@ -84,6 +77,29 @@ enum Fast {
     /// Not taken: the running thread is current here again, and the general path runs its
     /// call.
     General,
+}
+
+/// The token of a fast path's capability read ([`crate::qsbr::endpoint`]), made right after
+/// the running thread's home lock `l` was taken. That acquisition is a locked read-modify-write,
+/// a full barrier on x86: the count of this CPU's last exit from the kernel (a plain increment
+/// before `sysret`, which does not drain the store buffer, nor does `syscall`) is visible to
+/// every CPU before the read, so a grace period that counts that exit began before the read
+/// and does not end before this entry's own exit (`rl4_core::qsbr`; loom:
+/// `barrier_orders_the_last_exit_before_the_read`). Before the twenty-third session the read
+/// came first: a remover could see the earlier exit's count land after its snapshot and free an
+/// endpoint this entry had just read (a review found it).
+#[inline(always)]
+fn entered(l: &crate::lock::HomeMutexGuard<'_, crate::obj::Life>) -> InEntry {
+    // SAFETY: nothing before the token's end (the return of `call` or `reply_recv`) returns to
+    // user mode, idles or settles a grace period (`InEntry::new`'s contract): each path ends in
+    // a switch that only fills this CPU's slots (the return to user mode comes after
+    // `try_fast` returns), or in a fallback; a scheduling decision, which may idle, is made by
+    // `try_fast` after they return (`Fast::Decide`). The barrier the contract asks for is
+    // `l`'s acquisition (above).
+    #[allow(unsafe_code)]
+    unsafe {
+        InEntry::new(l)
+    }
 }
 
 /// The fast path is not taken: the running thread `cur`, taken out of this CPU's current slot
@@ -127,22 +143,38 @@ fn put_back(q: &mut crate::ipc::EpQueues, r: Arc<Thread>) {
 /// its own home's lock, after the caller's is released), so that it never holds the right of
 /// a caller that does not wait yet (a kill of the receiver fails the caller through that
 /// right). A guard that fails after the caller blocked takes its wait back ([`take_back`]).
-fn call(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag) -> Fast {
+fn call(cs: sched::Here, cur: Arc<Thread>, slot: u64, tag: Tag) -> Fast {
     trace::stamp(trace::SETUP);
+    // The caller's home lock first: its locked instruction is the barrier the capability read
+    // needs ([`entered`]).
+    let mut l = cur.life.lock();
+    let entry = entered(&l);
     // Read without a lock or a reference (`qsbr.rs`); errors are the general path's.
-    let Some((ep, badge)) = crate::qsbr::endpoint::<{ Rights::SEND.0 }>(entry, &cur.task, slot) else { return back(cs, cur) };
+    let Some((ep, badge)) = crate::qsbr::endpoint::<{ Rights::SEND.0 }>(&entry, &cur.task, slot) else {
+        drop(l);
+        return back(cs, cur);
+    };
     trace::stamp(trace::LOOKUP);
     let me = rl4_arch::percpu::cpu_index();
-    let mut q = ep.q.lock();
-    let Some(r) = q.receivers.pop_front() else { return back(cs, cur) };
+    // Under the home lock: a try (another CPU holding the queue sends the call to the general
+    // path, which waits for it in the lock order's way).
+    let Some(mut q) = ep.q.try_lock_unordered() else {
+        drop(l);
+        return back(cs, cur);
+    };
+    let Some(r) = q.receivers.pop_front() else {
+        drop(q);
+        drop(l);
+        return back(cs, cur);
+    };
     let ticket = cs.next_ticket();
-    let mut l = cur.life.lock();
     match block_caller(&cur, &mut l, ticket, me) {
         Ok(()) => {}
         Err(w) => {
             drop(l);
             crate::obj::dispose(w);
             put_back(&mut q, r);
+            drop(q);
             return back(cs, cur);
         }
     };
@@ -313,19 +345,30 @@ fn cross_done(cs: sched::Here, wait: Option<Wait>, old: Option<(Arc<Thread>, u64
 /// and leaves this CPU; then the caller is woken in the same hold (one of another home: under
 /// its home's lock, after the server's is released). A guard that fails after the server
 /// blocked gives it its wait and its reply right back ([`undo_server`]).
-fn reply_recv(cs: sched::Here, entry: &InEntry, cur: Arc<Thread>, slot: u64, tag: Tag) -> Fast {
+fn reply_recv(cs: sched::Here, cur: Arc<Thread>, slot: u64, tag: Tag) -> Fast {
     trace::stamp(trace::SETUP);
-    let Some((ep, _)) = crate::qsbr::endpoint::<{ Rights::RECEIVE.0 }>(entry, &cur.task, slot) else { return back(cs, cur) };
+    // As in [`call`]: the server's home lock, then the read, then a try of the queue's lock.
+    let mut l = cur.life.lock();
+    let entry = entered(&l);
+    let Some((ep, _)) = crate::qsbr::endpoint::<{ Rights::RECEIVE.0 }>(&entry, &cur.task, slot) else {
+        drop(l);
+        return back(cs, cur);
+    };
     trace::stamp(trace::LOOKUP);
     let me = rl4_arch::percpu::cpu_index();
-    let mut q = ep.q.lock();
+    let Some(mut q) = ep.q.try_lock_unordered() else {
+        drop(l);
+        return back(cs, cur);
+    };
     // The server takes the next message if one waits: the general path.
     if !q.senders.is_empty() {
+        drop(q);
+        drop(l);
         return back(cs, cur);
     }
-    let mut l = cur.life.lock();
     let Some((caller, ticket)) = l.take_reply() else {
         drop(l);
+        drop(q);
         return back(cs, cur);
     };
     // The endpoint reference its last wait there left with it, if any (`Life::keep_recv`).

@@ -16,7 +16,9 @@
 //!   killed with the only one) mask it;
 //! * the binding names its notification weakly: a line whose notification is gone masks
 //!   itself at its next interrupt and stays masked (and a driver killed between an interrupt
-//!   and its `IrqAck` never unmasks it).
+//!   and its `IrqAck` never unmasks it);
+//! * the binding acts while the binder holds the capabilities it was made with (the
+//!   notification's and the line's): the `IrqAck` that finds either gone unbinds the line.
 //!
 //! Locks: each line's state ([`Level::IRQ`]), then the I/O APIC's registers
 //! ([`Level::IRQ_CHIP`]); nothing else is taken under them: the signal goes after they are
@@ -59,8 +61,9 @@ struct Line {
     taken: bool,
     /// The bound notification and bits.
     target: Option<(Weak<Notification>, u64)>,
-    /// Who bound it and with which capability: the binder's task (weak), the slot of its table
-    /// it named and that capability's badge (`IrqAck` checks the slot still holds it).
+    /// Who bound it and with which capabilities: the binder's task (weak), the slots of its
+    /// table it named — the notification's, with that capability's badge, and the line's own
+    /// (`IrqAck` checks that both still hold them).
     binder: Option<Binder>,
     /// The pin is unmasked now.
     enabled: bool,
@@ -176,12 +179,24 @@ pub fn get(irq: u64) -> Result<Arc<IrqLine>, Error> {
     Ok(room.fill(IrqLine { irq: irq as u8 }))
 }
 
-/// Where the notification capability an `IrqBind` named lives: the binding acts while the
-/// binder's slot still holds it (checked at each `IrqAck`, [`ack`]).
+/// Where the capabilities an `IrqBind` named live: the binding acts while the binder's slots
+/// still hold the notification capability (`SEND`, the same badge) and a capability to the line
+/// (`WRITE`) — checked at each `IrqAck` ([`ack`]). The line's slot is checked as well since the
+/// twenty-third session: a driver whose copy of the line was revoked kept the binding, and its
+/// notification every interrupt, while the root task still held the line (a review found it;
+/// `IoPort` had been given the same rule in the nineteenth session).
 pub struct Binder {
     pub task: Weak<crate::obj::Task>,
     pub slot: u64,
     pub badge: u64,
+    pub line_slot: u64,
+}
+
+impl Binder {
+    /// Whether `o` is this very binding (not one made again since).
+    fn same(&self, o: &Binder) -> bool {
+        Weak::ptr_eq(&self.task, &o.task) && self.slot == o.slot && self.badge == o.badge && self.line_slot == o.line_slot
+    }
 }
 
 /// `IrqBind`: deliver `line`'s interrupts to `n` as `bits`, on CPU `cpu`; unmasks the line.
@@ -208,8 +223,9 @@ pub fn bind(line: &IrqLine, n: &Arc<Notification>, bits: u64, cpu: usize, binder
 }
 
 /// `IrqAck`: unmask the line the kernel masked when it delivered an interrupt — if the binding
-/// still stands: the binder's task lives and the slot it named still holds a capability to the
-/// notification with `SEND` and the same badge. If not (the capability was deleted or revoked),
+/// still stands: the binder's task lives, the slot it named still holds a capability to the
+/// notification with `SEND` and the same badge, and the slot it bound through still holds a
+/// capability to this line with `WRITE`. If not (either capability was deleted or revoked),
 /// the line is unbound as by `IrqUnbind` and the answer is `InvalidState`: after a revocation
 /// the notification gets at most one more interrupt, the next (the line is masked from each
 /// interrupt to its acknowledgement, and unmasked from then to the next; a revocation between
@@ -219,15 +235,18 @@ pub fn ack(line: &IrqLine) -> Result<(), Error> {
     let (n, binder) = {
         let l = STATE[line.irq as usize].lock();
         match (&l.target, &l.binder) {
-            (Some((n, _)), Some(b)) => (n.clone(), Binder { task: b.task.clone(), slot: b.slot, badge: b.badge }),
+            (Some((n, _)), Some(b)) => (n.clone(), Binder { task: b.task.clone(), slot: b.slot, badge: b.badge, line_slot: b.line_slot }),
             _ => return Err(Error::InvalidState),
         }
     };
     // Read under the binder's table lock, with no line lock held (a table lock is not taken
     // under one: `Level::IRQ` is a leaf but for the chip's).
     let held = binder.task.upgrade().is_some_and(|t| {
-        let held = !t.dead.load(Ordering::Acquire)
-            && crate::obj::holds(&t.caps.lock(), binder.slot, rl4_abi::ObjType::Notification, rl4_abi::Rights::SEND, Some(binder.badge), n.as_ptr() as usize);
+        let held = !t.dead.load(Ordering::Acquire) && {
+            let caps = t.caps.lock();
+            crate::obj::holds(&caps, binder.slot, rl4_abi::ObjType::Notification, rl4_abi::Rights::SEND, Some(binder.badge), n.as_ptr() as usize)
+                && crate::obj::holds(&caps, binder.line_slot, rl4_abi::ObjType::Irq, rl4_abi::Rights::WRITE, None, line as *const IrqLine as usize)
+        };
         // No lock is held: a last reference may go here.
         drop(t);
         held
@@ -236,8 +255,7 @@ pub fn ack(line: &IrqLine) -> Result<(), Error> {
         // Unless it was bound again meanwhile (a new binding stands on its own capability).
         let old = {
             let mut l = STATE[line.irq as usize].lock();
-            let same = l.target.as_ref().is_some_and(|(x, _)| Weak::ptr_eq(x, &n))
-                && l.binder.as_ref().is_some_and(|b| Weak::ptr_eq(&b.task, &binder.task) && b.slot == binder.slot && b.badge == binder.badge);
+            let same = l.target.as_ref().is_some_and(|(x, _)| Weak::ptr_eq(x, &n)) && l.binder.as_ref().is_some_and(|b| b.same(&binder));
             if same {
                 mask(line.irq as usize);
                 l.enabled = false;

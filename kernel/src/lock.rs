@@ -183,6 +183,22 @@ impl<T, const L: u8> Mutex<T, L> {
         Some(Guard { g })
     }
 
+    /// The lock if it is free, taken while this CPU may hold locks of higher levels (a home
+    /// lock): a try never waits, so it closes no cycle of waits, and the order's rule is about
+    /// waits. Only for the IPC fast paths, which take the running thread's home lock before
+    /// anything else for its locked instruction (`fastpath`); a `lockcheck` kernel notes the
+    /// level as held and checks nothing.
+    #[inline(always)]
+    pub fn try_lock_unordered(&self) -> Option<Guard<'_, T, L>> {
+        let g = self.inner.try_lock()?;
+        if cfg!(feature = "lockcheck") {
+            rl4_arch::percpu::set_locks_held(rl4_arch::percpu::locks_held() | 1 << L);
+        } else {
+            rl4_arch::percpu::inc_locks_held();
+        }
+        Some(Guard { g })
+    }
+
     /// The value, through exclusive access (no other reference can exist: no locking needed).
     pub fn get_mut(&mut self) -> &mut T {
         self.inner.get_mut()

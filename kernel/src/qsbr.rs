@@ -199,17 +199,22 @@ pub fn visit(mut f: impl FnMut(&Arc<Endpoint>)) -> bool {
 pub struct InEntry(core::marker::PhantomData<*const ()>);
 
 impl InEntry {
-    /// Made only by the system-call entry's Rust side (`fastpath::try_fast`), which returns
-    /// before this CPU leaves the kernel.
+    /// Made only by the IPC fast paths (`fastpath::entered`), which return before this CPU
+    /// leaves the kernel, right after taking the running thread's home lock (`_barrier`, whose
+    /// acquisition is a locked instruction: a full barrier on x86).
     ///
     /// # Safety
-    /// While the token, or anything read through it, lives, this CPU must not pass a quiescent
-    /// point: return to user mode, idle (`sched::decide` may), or run `settle` or `count_exit`
+    /// Between this CPU's last exit count (`sysret` leaves the count's store in the store
+    /// buffer) and the token, a full barrier — `_barrier`'s acquisition, made in this kernel
+    /// entry (without it a remover's snapshot may read the count from before that exit, and
+    /// take the exit for the end of this entry: `rl4_core::qsbr`). While the token, or
+    /// anything read through it, lives, this CPU must not pass a quiescent point: return to
+    /// user mode, idle (`sched::decide` may), or run `settle` or `count_exit`
     /// (`reclaim::drain` may) — any of which may end the grace period that keeps what it read
     /// alive. Its borrow ties what [`endpoint`] returns to it, not to that rule.
     #[inline(always)]
     #[allow(unsafe_code)]
-    pub(crate) unsafe fn new() -> Self {
+    pub(crate) unsafe fn new<T>(_barrier: &crate::lock::HomeMutexGuard<'_, T>) -> Self {
         InEntry(core::marker::PhantomData)
     }
 }

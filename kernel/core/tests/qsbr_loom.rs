@@ -10,10 +10,19 @@
 //! - [`control_exit_counted_before_use`]: the same with R counting its exit *before* its use
 //!   (a kernel that announced a quiescent state too early): some execution must use a freed
 //!   object, so the model above would have seen one.
+//! - [`barrier_orders_the_last_exit_before_the_read`]: R's entry follows an earlier exit whose
+//!   count may still sit in its store buffer (x86 lets a later load pass an earlier store, and
+//!   neither `sysret` nor `syscall` drains the buffer): W's snapshot may read the count from
+//!   before that exit and take the exit, seen later, for the end of the entry that read the old
+//!   value. A full barrier before the read (the kernel: the home lock's locked instruction,
+//!   `fastpath`) orders the earlier count before it: no execution uses a freed object.
+//! - [`control_no_barrier_after_the_last_exit`]: the same without the barrier: some execution
+//!   uses a freed object (a review of the twenty-second session's code found it; before, the
+//!   models had R make one entry only).
 #![allow(unexpected_cfgs)] // `cfg(loom)`: set by RUSTFLAGS for these models only.
 #![cfg(loom)]
 use loom::sync::Arc;
-use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use loom::thread;
 use rl4_abi::Rights;
 use rl4_core::qsbr::{Grace, Shadow};
@@ -99,6 +108,46 @@ fn control_exit_counted_before_use() {
     static FOUND: StdBool = StdBool::new(false);
     loom::model(|| {
         if run(true) {
+            FOUND.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    assert!(FOUND.load(std::sync::atomic::Ordering::Relaxed), "the control found no use after free");
+}
+
+/// R: an exit (the end of an earlier entry, which read nothing), then an entry that reads the
+/// slot (after a full barrier if `barrier`) and uses the object, then its exit. Returns
+/// whether it used the object after it was freed.
+fn reader_after_exit(w: &World, barrier: bool) -> bool {
+    w.exits.store(1, Ordering::Release);
+    if barrier {
+        fence(Ordering::SeqCst);
+    }
+    let bad = w.shadow.read(0).is_some_and(|v| v.obj == OBJ && w.freed.load(Ordering::Acquire));
+    w.exits.store(2, Ordering::Release);
+    bad
+}
+
+fn run_after_exit(barrier: bool) -> bool {
+    let w = Arc::new(World { shadow: Shadow::new(1), exits: AtomicU64::new(0), freed: AtomicBool::new(false) });
+    w.shadow.write(0, OBJ, Rights::SEND, 0);
+    let r = {
+        let w = w.clone();
+        thread::spawn(move || reader_after_exit(&w, barrier))
+    };
+    remover(&w);
+    r.join().unwrap()
+}
+
+#[test]
+fn barrier_orders_the_last_exit_before_the_read() {
+    loom::model(|| assert!(!run_after_exit(true), "the object was used after it was freed"));
+}
+
+#[test]
+fn control_no_barrier_after_the_last_exit() {
+    static FOUND: StdBool = StdBool::new(false);
+    loom::model(|| {
+        if run_after_exit(false) {
             FOUND.store(true, std::sync::atomic::Ordering::Relaxed);
         }
     });

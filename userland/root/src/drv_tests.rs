@@ -540,6 +540,75 @@ fn test_binding_lapses() {
     );
 }
 
+/// An interrupt binding acts while the binder's slot holds the `Irq` capability it was made
+/// through, too: bound through a copy of the line, that copy revoked (the original stays), the
+/// one interrupt already armed still signals, the `IrqAck` after it (through the original)
+/// finds the copy gone, unbinds the line and answers `InvalidState`, and the notification gets
+/// nothing more; bound again through the original, the line works. Before the twenty-third
+/// session the binding outlived the copy: a driver whose line was revoked went on getting every
+/// interrupt while the root task still held the line (a review found it).
+fn test_binding_lapses_with_line() {
+    const NAME: &str = "irq-binding-lapses-with-its-line";
+    let (irq, copy, n) = (slot(), slot(), slot());
+    let r = sys::irq_get(DEVICES, COM2_IRQ, irq)
+        .and_then(|_| sys::notification_create(MEMORY, n))
+        .and_then(|_| sys::cap_copy(irq, TASK, copy, Rights::ALL));
+    if let Err(e) = r {
+        for s in [copy, irq, n] {
+            release(s);
+        }
+        return report(NAME, false, format_args!("set-up: {e}"));
+    }
+    com::loopback(COM2);
+    com::drain(COM2);
+    let bound = sys::irq_bind(copy, n, 0x1, IRQ_CPU_CALLER);
+    outb(COM2 + THR, b'a');
+    let first = sys::wait(n, ms(2000));
+    let got_a = com::drain(COM2);
+    let first_ack = sys::irq_ack(copy);
+    // The copy revoked with the line unmasked: the next interrupt still gets through.
+    let revoked = sys::cap_revoke(irq);
+    outb(COM2 + THR, b'b');
+    let armed = sys::wait(n, ms(2000));
+    let got_b = com::drain(COM2);
+    let acked = sys::irq_ack(irq);
+    let enabled = enabled_lines();
+    outb(COM2 + THR, b'x');
+    let after = sys::wait(n, ms(100));
+    let got_x = com::drain(COM2);
+    let rebound = sys::irq_bind(irq, n, 0x2, IRQ_CPU_CALLER);
+    outb(COM2 + THR, b'c');
+    let again = sys::wait(n, ms(2000));
+    let got_c = com::drain(COM2);
+    let acked_again = sys::irq_ack(irq);
+    let unbound = sys::irq_unbind(irq);
+    for s in [copy, irq, n] {
+        release(s);
+    }
+    report(
+        NAME,
+        bound.is_ok()
+            && first == Ok(0x1)
+            && got_a == 1
+            && first_ack.is_ok()
+            && revoked == Ok(1)
+            && armed == Ok(0x1)
+            && got_b == 1
+            && acked == Err(Error::InvalidState)
+            && enabled == 0
+            && after == Err(Error::Timeout)
+            && got_x == 1
+            && rebound.is_ok()
+            && again == Ok(0x2)
+            && got_c == 1
+            && acked_again.is_ok()
+            && unbound.is_ok(),
+        format_args!(
+            "bound through a copy of the line {bound:?}, first {first:?}, ack {first_ack:?}; the copy revoked {revoked:?}: the armed interrupt {armed:?}, then ack through the original {acked:?} (lines enabled {enabled}), a byte then signalled {after:?}; bound again through the original {rebound:?}: {again:?}, ack {acked_again:?}, unbind {unbound:?}"
+        ),
+    );
+}
+
 /// A driver task killed between an interrupt and its `IrqAck`: the line stays masked, the `Irq`
 /// object dies with the task (the line can be had again), and a new driver gets interrupts.
 fn test_driver_killed(bi: &BootInfo) {
@@ -943,10 +1012,18 @@ pub fn run(bi: &BootInfo) {
         test_masked_until_ack();
         test_badged_binding();
         test_binding_lapses();
+        test_binding_lapses_with_line();
         test_driver_killed(bi);
         test_latency();
     } else {
-        for n in ["irq-masked-until-ack", "irq-badged-binding-signals-its-badge", "irq-driver-killed-mid-interrupt", "irq-latency"] {
+        for n in [
+            "irq-masked-until-ack",
+            "irq-badged-binding-signals-its-badge",
+            "irq-binding-lapses-with-its-capability",
+            "irq-binding-lapses-with-its-line",
+            "irq-driver-killed-mid-interrupt",
+            "irq-latency",
+        ] {
             skip(n, "no COM2 (QEMU gives one with a second -serial)");
         }
     }
