@@ -2,8 +2,9 @@
 //! acquisition, whose wait answers other CPUs' TLB shoot-downs ([`Mutex::lock`]).
 //!
 //! ## Lock order
-//! A CPU may take a lock only while every lock it already holds has a *lower* level; two locks
-//! of one level are never held together (in particular never two home locks). The levels,
+//! A CPU may wait for a lock only while every lock it already holds has a *lower* level (a try
+//! that does not wait may take one of any level: [`Mutex::try_lock_unordered`], the IPC fast
+//! paths' endpoint queue under a home lock); two locks of one level are never held together (in particular never two home locks). The levels,
 //! in the order they may be taken (a thread's `Life` has no lock of its own: its home CPU's
 //! lock guards it, so that a hand-over between two threads of one CPU takes one lock; two
 //! home locks are held together only to move a thread to another home, in the order of their

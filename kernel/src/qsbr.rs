@@ -7,9 +7,14 @@
 //! under its lock) instead of dropping it. Each CPU keeps its own *limbo*: new entries wait in
 //! `next`; at the CPU's next [`poll`] (the end of a kernel entry, with no lock held:
 //! `reclaim::drain`) they become `waiting`, under a snapshot of the other CPUs' exit counters;
-//! once every other CPU has returned to user mode or sits idle, they are dropped — by the
-//! owner's `poll`, or by any CPU that [`settle`]s (`MemoryInfo`, `KernelCheck`, the
-//! statistics), so what a deleted endpoint was charged is back by the time a task asks.
+//! once every other CPU has returned to user mode or sits idle, they are dropped by the
+//! owner's `poll`. A CPU that [`settle`]s (`MemoryInfo`, `KernelCheck`, the statistics) and
+//! finds another limbo's grace period over marks its entries done and asks the owner to drop
+//! them (one reschedule interrupt per grace period), and waits for that: what an endpoint's
+//! end sets off (its waiters woken, what their waits held let go of — a task's whole graph,
+//! perhaps) runs on the CPU where its capability was deleted, never on a third party's that
+//! only asked for its budget (before the twenty-third session the settling CPU dropped them
+//! itself, for as long as that took with interrupts off: a review found it).
 //! A CPU with a pending limbo does not halt in its idle loop (it polls instead, taking pending
 //! interrupts through a window every round), so the memory never waits for an interrupt.
 //!
@@ -34,6 +39,8 @@ struct Lists {
     /// Deferred before `grace` was taken.
     waiting: PagedVec<Arc<Endpoint>>,
     grace: Option<Grace>,
+    /// `waiting`'s grace period is over (another CPU saw it end): the owner drops them.
+    done: bool,
 }
 
 struct Limbo {
@@ -44,7 +51,7 @@ struct Limbo {
 
 static LIMBOS: [crossbeam_utils::CachePadded<Limbo>; MAX_CPUS] = [const {
     crossbeam_utils::CachePadded::new(Limbo {
-        lists: Mutex::new(Lists { next: PagedVec::new(), waiting: PagedVec::new(), grace: None }),
+        lists: Mutex::new(Lists { next: PagedVec::new(), waiting: PagedVec::new(), grace: None, done: false }),
         pending: AtomicBool::new(false),
     })
 }; MAX_CPUS];
@@ -84,9 +91,10 @@ pub fn pending_here() -> bool {
 }
 
 /// Advances limbo `owner`: drops what waited out its grace period, and starts one for what
-/// came since (only the owner starts one: its own removals come before its snapshot). The
-/// caller holds no lock and nothing it read from a shadow. Returns whether anything still
-/// waits.
+/// came since (only the owner starts one: its own removals come before its snapshot, and only
+/// the owner drops: another CPU that sees a grace period end marks its entries done and asks
+/// the owner to look). The caller holds no lock and nothing it read from a shadow. Returns
+/// whether anything still waits.
 fn advance(owner: usize, me: usize) -> bool {
     let l = &LIMBOS[owner];
     if !l.pending.load(Ordering::Relaxed) {
@@ -95,9 +103,15 @@ fn advance(owner: usize, me: usize) -> bool {
     let cpus = rl4_smp::cpus::count().min(MAX_CPUS);
     let mut freed = PagedVec::new();
     let mut freed_now = PagedVec::new();
+    let mut ask = false;
     let mut lists = l.lists.lock();
     if lists.grace.as_ref().is_some_and(|g| g.over(me, exits, crate::sched::is_idle)) {
         lists.grace = None;
+        lists.done = true;
+        ask = owner != me;
+    }
+    if owner == me && lists.done {
+        lists.done = false;
         freed = core::mem::take(&mut lists.waiting);
     }
     if owner == me && lists.grace.is_none() && !lists.next.is_empty() {
@@ -113,11 +127,17 @@ fn advance(owner: usize, me: usize) -> bool {
             }
         }
     }
-    let still = lists.grace.is_some() || !lists.next.is_empty();
+    let still = lists.grace.is_some() || lists.done || !lists.next.is_empty();
     l.pending.store(still, Ordering::Relaxed);
     drop(lists);
     drop(freed);
     drop(freed_now);
+    if ask {
+        // The owner drops them at its next `reclaim::drain` (its drain flag stays set while its
+        // limbo is pending), which a reschedule interrupt brings at once if it runs a thread;
+        // an idle owner polls its limbo in its loop.
+        crate::sched::kick(owner as u32);
+    }
     still
 }
 
@@ -158,7 +178,9 @@ pub fn poll() {
 /// can finish. Answers other CPUs' TLB requests while it waits. Gives up after 200 µs (a CPU
 /// running user code without entering the kernel, or a vCPU its host does not run): the
 /// entries stay for later, and a caller that wants the memory back asks again. Interrupts stay
-/// off meanwhile, so the bound is what it adds to this CPU's interrupt latency.
+/// off meanwhile; what it drops is this CPU's own limbo's (another's is dropped by its owner,
+/// [`advance`]), so the wait adds 200 µs to this CPU's interrupt latency, plus the teardowns
+/// of endpoints whose capabilities this CPU deleted.
 pub fn settle() {
     let me = me();
     if !(0..rl4_smp::cpus::count().min(MAX_CPUS)).any(|i| LIMBOS[i].pending.load(Ordering::Relaxed)) {

@@ -24,11 +24,17 @@
 //! then (later) takes a snapshot of every CPU's exit counter after a sequentially consistent
 //! fence, so a CPU that read the old value did so in a kernel entry still running at the
 //! snapshot, whose exit is counted after it (a load is never reordered after a later store on
-//! x86, and the counter's increment is the store that ends the entry). A CPU seen idle at the
+//! x86, and the counter's increment is the store that ends the entry) — provided the reader's
+//! previous exit count was visible before its read: x86 lets a load pass an earlier store, and
+//! neither `sysret` nor `syscall` drains the store buffer, so the reader makes a full barrier
+//! in its entry before it reads (the kernel's fast paths: the running thread's home lock, a
+//! locked instruction). Without it the snapshot could read the count from before that exit
+//! and take the exit, landing later, for the end of the entry that read the old value. A CPU seen idle at the
 //! check left whatever entry it was in; its next entry starts after an atomic read-modify-write
 //! of its idle word (a full barrier) that follows the check's read, so it reads the cleared
 //! shadow. The models in `tests/qsbr_loom.rs` check the shadow's reads against concurrent
-//! writers, and the grace rule against a reader that holds the old value.
+//! writers, and the grace rule against a reader that holds the old value, with and without
+//! the barrier after an earlier exit.
 #![allow(unexpected_cfgs)] // `cfg(loom)`: set by RUSTFLAGS for the loom models only.
 
 #[cfg(loom)]
