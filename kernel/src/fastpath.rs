@@ -8,9 +8,12 @@
 //! their home CPU's lock (`lock::HomeMutex`: one lock for both threads): if that transition
 //! refuses, the running thread takes its wait back (`Life::take_back`) and the general path runs
 //! the call. Then the message is copied register to register and the CPU switches to the
-//! partner without a scheduling decision. Lock order as in `ipc`: endpoint queue, then one home
-//! lock at a time. A partner of another home is reached after that lock is released (the
-//! cross-CPU fast path).
+//! partner without a scheduling decision. Locks: the running thread's home lock first (its
+//! locked instruction is the barrier the lock-free capability read needs: [`entered`]), then
+//! the endpoint's queue lock with a try that never waits (`Mutex::try_lock_unordered`: the one
+//! exception to `ipc`'s order, queue then home; held elsewhere: the general path). A partner of
+//! another home is reached after the first home lock is released, under the queue's lock, in
+//! that order (the cross-CPU fast path).
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, Ordering};
 use rl4_abi::ipc::{FOREVER, Tag};
@@ -137,8 +140,8 @@ fn put_back(q: &mut crate::ipc::EpQueues, r: Arc<Thread>) {
 
 /// `Call`.
 ///
-/// One home lock for both threads (lock order as in `ipc`: the endpoint's queue, then one home
-/// lock at a time): the caller waits for its reply and leaves this CPU, then the receiver is
+/// One home lock for both threads (taken first, then the endpoint's queue with a try: see the
+/// module's documentation): the caller waits for its reply and leaves this CPU, then the receiver is
 /// woken and given the reply right in the same hold (a receiver of another home: in one hold of
 /// its own home's lock, after the caller's is released), so that it never holds the right of
 /// a caller that does not wait yet (a kill of the receiver fails the caller through that

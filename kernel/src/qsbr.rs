@@ -47,12 +47,16 @@ struct Limbo {
     lists: Mutex<Lists, { Level::RECLAIM }>,
     /// Something waits here (read without the lock by `reclaim::drain` and the idle loop).
     pending: AtomicBool,
+    /// Another CPU saw this limbo's grace period end (`Lists::done`): the owner's idle poll
+    /// stops for it ([`ready_here`]).
+    ready: AtomicBool,
 }
 
 static LIMBOS: [crossbeam_utils::CachePadded<Limbo>; MAX_CPUS] = [const {
     crossbeam_utils::CachePadded::new(Limbo {
         lists: Mutex::new(Lists { next: PagedVec::new(), waiting: PagedVec::new(), grace: None, done: false }),
         pending: AtomicBool::new(false),
+        ready: AtomicBool::new(false),
     })
 }; MAX_CPUS];
 
@@ -90,6 +94,14 @@ pub fn pending_here() -> bool {
     LIMBOS[me()].pending.load(Ordering::Relaxed)
 }
 
+/// Whether another CPU found this CPU's limbo's grace period over: its entries wait for this
+/// CPU to drop them (the idle loop's poll stops for it, and its next `reclaim::drain` drops
+/// them).
+#[inline(always)]
+pub fn ready_here() -> bool {
+    LIMBOS[me()].ready.load(Ordering::Relaxed)
+}
+
 /// Advances limbo `owner`: drops what waited out its grace period, and starts one for what
 /// came since (only the owner starts one: its own removals come before its snapshot, and only
 /// the owner drops: another CPU that sees a grace period end marks its entries done and asks
@@ -108,10 +120,14 @@ fn advance(owner: usize, me: usize) -> bool {
     if lists.grace.as_ref().is_some_and(|g| g.over(me, exits, crate::sched::is_idle)) {
         lists.grace = None;
         lists.done = true;
-        ask = owner != me;
+        if owner != me {
+            ask = true;
+            l.ready.store(true, Ordering::Relaxed);
+        }
     }
     if owner == me && lists.done {
         lists.done = false;
+        l.ready.store(false, Ordering::Relaxed);
         freed = core::mem::take(&mut lists.waiting);
     }
     if owner == me && lists.grace.is_none() && !lists.next.is_empty() {
@@ -134,8 +150,11 @@ fn advance(owner: usize, me: usize) -> bool {
     drop(freed_now);
     if ask {
         // The owner drops them at its next `reclaim::drain` (its drain flag stays set while its
-        // limbo is pending), which a reschedule interrupt brings at once if it runs a thread;
-        // an idle owner polls its limbo in its loop.
+        // limbo is pending), which a reschedule interrupt brings at once if it runs a thread
+        // (a user interrupt ends in a decision, which drains); an idle owner's poll stops for
+        // `ready` and its loop drains. An owner inside a long kernel entry (a revocation) drops
+        // them when the entry ends: a settling CPU may give up before (its 200 µs).
+        // One interrupt per grace period (only the `Some` → `None` change asks).
         crate::sched::kick(owner as u32);
     }
     still
@@ -216,14 +235,19 @@ pub fn visit(mut f: impl FnMut(&Arc<Endpoint>)) -> bool {
 }
 
 /// Proof, for the lifetime of a borrow of it, that this CPU stays inside one kernel entry
-/// (made at the start of a system call's handling, never kept across a return to user mode
-/// or the idle loop): what it reads from a shadow lives at least that long.
+/// (made by an IPC fast path once it holds the running thread's home lock, never kept across
+/// a return to user mode or the idle loop): what it reads from a shadow lives at least that
+/// long.
 pub struct InEntry(core::marker::PhantomData<*const ()>);
 
 impl InEntry {
     /// Made only by the IPC fast paths (`fastpath::entered`), which return before this CPU
     /// leaves the kernel, right after taking the running thread's home lock (`_barrier`, whose
-    /// acquisition is a locked instruction: a full barrier on x86).
+    /// acquisition is a locked instruction: a full barrier on x86 — a property of the
+    /// architecture, not of the language's memory model, in which an acquiring
+    /// read-modify-write of another word orders no earlier store before a later load; the
+    /// exit count's store is the entry assembly's, outside that model too).
+    #[cfg(target_arch = "x86_64")]
     ///
     /// # Safety
     /// Between this CPU's last exit count (`sysret` leaves the count's store in the store

@@ -1044,10 +1044,16 @@ pub fn idle() -> ! {
             // to `poll_us`, 20 times that while a reply was awaited: the 50,584 instructions of
             // `irq-latency-0-1` under icount were mostly the rest of a 50 µs poll).
             let mut n = 0u32;
+            // A limbo another CPU found ready ends it too, looked at with the interrupts
+            // (`qsbr::ready_here`: that CPU's `settle` waits for this one to drop what it
+            // deferred).
             while cs.mail.is_empty() && !cs.tlb.shared.request_pending() {
                 n = n.wrapping_add(1);
                 if n % 8 == 0 {
                     cpu::take_interrupts();
+                    if crate::qsbr::ready_here() {
+                        break;
+                    }
                 }
                 if n % 64 == 0 {
                     let now = cpu::rdtsc();

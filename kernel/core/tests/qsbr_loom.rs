@@ -14,8 +14,10 @@
 //!   count may still sit in its store buffer (x86 lets a later load pass an earlier store, and
 //!   neither `sysret` nor `syscall` drains the buffer): W's snapshot may read the count from
 //!   before that exit and take the exit, seen later, for the end of the entry that read the old
-//!   value. A full barrier before the read (the kernel: the home lock's locked instruction,
-//!   `fastpath`) orders the earlier count before it: no execution uses a freed object.
+//!   value. A full barrier before the read orders the earlier count before it: no execution
+//!   uses a freed object. (The kernel's barrier is the home lock's locked instruction,
+//!   `fastpath::entered`: a full barrier on x86, modelled here as a sequentially consistent
+//!   fence — an acquiring read-modify-write of another word is weaker in the language's model.)
 //! - [`control_no_barrier_after_the_last_exit`]: the same without the barrier: some execution
 //!   uses a freed object (a review of the twenty-second session's code found it; before, the
 //!   models had R make one entry only).
