@@ -318,7 +318,7 @@ pub unsafe fn map_mmio(src: &mut impl FrameSource, pa: u64, len: u64) -> Result<
     Ok(va + (pa - start))
 }
 
-/// Allocates and maps a kernel stack of `pages` pages below an unmapped guard page, and returns
+/// Allocates and maps a kernel stack of `pages` pages above an unmapped guard page, and returns
 /// its top (16-byte aligned).
 pub fn map_stack(src: &mut impl FrameSource, pages: u64) -> Result<u64, MapError> {
     let size = (pages + 1) * PAGE_SIZE;
