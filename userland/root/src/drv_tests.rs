@@ -490,6 +490,70 @@ fn test_badged_binding() {
     );
 }
 
+/// What a binding's lapse showed ([`lapse`]).
+struct Lapse {
+    revoked: Result<u64, Error>,
+    armed: Result<u64, Error>,
+    got_b: u32,
+    acked: Result<(), Error>,
+    enabled: u64,
+    after: Result<u64, Error>,
+    got_x: u32,
+    rebound: Result<(), Error>,
+    again: Result<u64, Error>,
+    got_c: u32,
+}
+
+impl Lapse {
+    /// The one interrupt already armed signalled `bits`, the `IrqAck` after it unbound the line
+    /// (`InvalidState`, no line enabled), the next byte signalled nothing, and bound again the
+    /// line signalled 0x2.
+    fn held(&self, bits: u64) -> bool {
+        self.revoked == Ok(1)
+            && self.armed == Ok(bits)
+            && self.got_b == 1
+            && self.acked == Err(Error::InvalidState)
+            && self.enabled == 0
+            && self.after == Err(Error::Timeout)
+            && self.got_x == 1
+            && self.rebound.is_ok()
+            && self.again == Ok(0x2)
+            && self.got_c == 1
+    }
+}
+
+impl core::fmt::Display for Lapse {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let Lapse { revoked, armed, acked, enabled, after, rebound, again, .. } = self;
+        write!(
+            f,
+            "revoked {revoked:?}: the armed interrupt {armed:?}, then ack {acked:?} (lines enabled {enabled}), a byte then signalled {after:?}; bound again {rebound:?}: {again:?}"
+        )
+    }
+}
+
+/// With COM2's line `irq` bound to notification `n` and unmasked (acknowledged): revokes
+/// `revoke` (a capability the binding stood on has a copy derived from it), raises the armed
+/// interrupt, acknowledges through `irq`, raises another, and binds the line again through
+/// `irq` to `n` with bits 0x2 and raises a third.
+fn lapse(revoke: u64, irq: u64, n: u64) -> Lapse {
+    // Revoked with the line unmasked: the next interrupt is the one that still gets through.
+    let revoked = sys::cap_revoke(revoke);
+    outb(COM2 + THR, b'b');
+    let armed = sys::wait(n, ms(2000));
+    let got_b = com::drain(COM2);
+    let acked = sys::irq_ack(irq);
+    let enabled = enabled_lines();
+    outb(COM2 + THR, b'x');
+    let after = sys::wait(n, ms(100));
+    let got_x = com::drain(COM2);
+    let rebound = sys::irq_bind(irq, n, 0x2, IRQ_CPU_CALLER);
+    outb(COM2 + THR, b'c');
+    let again = sys::wait(n, ms(2000));
+    let got_c = com::drain(COM2);
+    Lapse { revoked, armed, got_b, acked, enabled, after, got_x, rebound, again, got_c }
+}
+
 /// An interrupt binding acts while the binder's slot holds the notification capability it was
 /// made with: that capability revoked while the line is unmasked, the one interrupt already
 /// armed still signals, the `IrqAck` after it finds the capability gone, unbinds the line and
@@ -500,42 +564,14 @@ fn test_binding_lapses() {
     const NAME: &str = "irq-binding-lapses-with-its-capability";
     let Some((irq, n, badged, bound, first, got_a)) = badged_line(NAME, 0x40) else { return };
     let first_ack = sys::irq_ack(irq);
-    // Revoked with the line unmasked: the next interrupt is the one that still gets through.
-    let revoked = sys::cap_revoke(n);
-    outb(COM2 + THR, b'b');
-    let armed = sys::wait(n, ms(2000));
-    let got_b = com::drain(COM2);
-    let acked = sys::irq_ack(irq);
-    let enabled = enabled_lines();
-    outb(COM2 + THR, b'x');
-    let after = sys::wait(n, ms(100));
-    let got_x = com::drain(COM2);
-    // Bound again through a capability the root task holds: it acts.
-    let rebound = sys::irq_bind(irq, n, 0x2, IRQ_CPU_CALLER);
-    outb(COM2 + THR, b'c');
-    let again = sys::wait(n, ms(2000));
-    let got_c = com::drain(COM2);
+    // The badged copy revoked; bound again with the original.
+    let l = lapse(n, irq, n);
     let (acked_again, unbound) = end_line(irq, n, badged);
     report(
         NAME,
-        bound.is_ok()
-            && first == Ok(0x40)
-            && got_a == 1
-            && first_ack.is_ok()
-            && revoked == Ok(1)
-            && armed == Ok(0x40)
-            && got_b == 1
-            && acked == Err(Error::InvalidState)
-            && enabled == 0
-            && after == Err(Error::Timeout)
-            && got_x == 1
-            && rebound.is_ok()
-            && again == Ok(0x2)
-            && got_c == 1
-            && acked_again.is_ok()
-            && unbound.is_ok(),
+        bound.is_ok() && first == Ok(0x40) && got_a == 1 && first_ack.is_ok() && l.held(0x40) && acked_again.is_ok() && unbound.is_ok(),
         format_args!(
-            "bound through a copy of badge 0x40 {bound:?}, first {first:?}, ack {first_ack:?}; the copy revoked {revoked:?}: the armed interrupt {armed:?}, then ack {acked:?} (lines enabled {enabled}), a byte then signalled {after:?}; bound again with the original {rebound:?}: {again:?}, ack {acked_again:?}, unbind {unbound:?}"
+            "bound through a copy of badge 0x40 {bound:?}, first {first:?}, ack {first_ack:?}; the copy {l}; ack {acked_again:?}, unbind {unbound:?}"
         ),
     );
 }
@@ -566,20 +602,8 @@ fn test_binding_lapses_with_line() {
     let first = sys::wait(n, ms(2000));
     let got_a = com::drain(COM2);
     let first_ack = sys::irq_ack(copy);
-    // The copy revoked with the line unmasked: the next interrupt still gets through.
-    let revoked = sys::cap_revoke(irq);
-    outb(COM2 + THR, b'b');
-    let armed = sys::wait(n, ms(2000));
-    let got_b = com::drain(COM2);
-    let acked = sys::irq_ack(irq);
-    let enabled = enabled_lines();
-    outb(COM2 + THR, b'x');
-    let after = sys::wait(n, ms(100));
-    let got_x = com::drain(COM2);
-    let rebound = sys::irq_bind(irq, n, 0x2, IRQ_CPU_CALLER);
-    outb(COM2 + THR, b'c');
-    let again = sys::wait(n, ms(2000));
-    let got_c = com::drain(COM2);
+    // The copy revoked (through the original); acknowledged and bound again through the original.
+    let l = lapse(irq, irq, n);
     let acked_again = sys::irq_ack(irq);
     let unbound = sys::irq_unbind(irq);
     for s in [copy, irq, n] {
@@ -587,25 +611,8 @@ fn test_binding_lapses_with_line() {
     }
     report(
         NAME,
-        bound.is_ok()
-            && first == Ok(0x1)
-            && got_a == 1
-            && first_ack.is_ok()
-            && revoked == Ok(1)
-            && armed == Ok(0x1)
-            && got_b == 1
-            && acked == Err(Error::InvalidState)
-            && enabled == 0
-            && after == Err(Error::Timeout)
-            && got_x == 1
-            && rebound.is_ok()
-            && again == Ok(0x2)
-            && got_c == 1
-            && acked_again.is_ok()
-            && unbound.is_ok(),
-        format_args!(
-            "bound through a copy of the line {bound:?}, first {first:?}, ack {first_ack:?}; the copy revoked {revoked:?}: the armed interrupt {armed:?}, then ack through the original {acked:?} (lines enabled {enabled}), a byte then signalled {after:?}; bound again through the original {rebound:?}: {again:?}, ack {acked_again:?}, unbind {unbound:?}"
-        ),
+        bound.is_ok() && first == Ok(0x1) && got_a == 1 && first_ack.is_ok() && l.held(0x1) && acked_again.is_ok() && unbound.is_ok(),
+        format_args!("bound through a copy of the line {bound:?}, first {first:?}, ack {first_ack:?}; the copy {l}; ack {acked_again:?}, unbind {unbound:?}"),
     );
 }
 
