@@ -89,31 +89,40 @@ fn remover(w: &World) {
     }
 }
 
-fn run(early: bool) -> bool {
+/// One execution: the slot holds the object, R (`reader`, given `arg`) runs on another thread
+/// while W removes it; whether R used the object after it was freed.
+fn run(reader: fn(&World, bool) -> bool, arg: bool) -> bool {
     let w = Arc::new(World { shadow: Shadow::new(1), exits: AtomicU64::new(0), freed: AtomicBool::new(false) });
     w.shadow.write(0, OBJ, Rights::SEND, 0);
     let r = {
         let w = w.clone();
-        thread::spawn(move || reader(&w, early))
+        thread::spawn(move || reader(&w, arg))
     };
     remover(&w);
     r.join().unwrap()
 }
 
+/// Whether some execution of [`run`] uses a freed object (a control's assertion).
+/// (Each control has its own flag: the test harness runs them on threads at once.)
+fn some_execution_uses_freed(reader: fn(&World, bool) -> bool, arg: bool) -> bool {
+    let found = std::sync::Arc::new(StdBool::new(false));
+    let f = found.clone();
+    loom::model(move || {
+        if run(reader, arg) {
+            f.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    found.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 #[test]
 fn grace_outlasts_the_reader() {
-    loom::model(|| assert!(!run(false), "the object was used after it was freed"));
+    loom::model(|| assert!(!run(reader, false), "the object was used after it was freed"));
 }
 
 #[test]
 fn control_exit_counted_before_use() {
-    static FOUND: StdBool = StdBool::new(false);
-    loom::model(|| {
-        if run(true) {
-            FOUND.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-    });
-    assert!(FOUND.load(std::sync::atomic::Ordering::Relaxed), "the control found no use after free");
+    assert!(some_execution_uses_freed(reader, true), "the control found no use after free");
 }
 
 /// R: an exit (the end of an earlier entry, which read nothing), then an entry that reads the
@@ -129,29 +138,12 @@ fn reader_after_exit(w: &World, barrier: bool) -> bool {
     bad
 }
 
-fn run_after_exit(barrier: bool) -> bool {
-    let w = Arc::new(World { shadow: Shadow::new(1), exits: AtomicU64::new(0), freed: AtomicBool::new(false) });
-    w.shadow.write(0, OBJ, Rights::SEND, 0);
-    let r = {
-        let w = w.clone();
-        thread::spawn(move || reader_after_exit(&w, barrier))
-    };
-    remover(&w);
-    r.join().unwrap()
-}
-
 #[test]
 fn barrier_orders_the_last_exit_before_the_read() {
-    loom::model(|| assert!(!run_after_exit(true), "the object was used after it was freed"));
+    loom::model(|| assert!(!run(reader_after_exit, true), "the object was used after it was freed"));
 }
 
 #[test]
 fn control_no_barrier_after_the_last_exit() {
-    static FOUND: StdBool = StdBool::new(false);
-    loom::model(|| {
-        if run_after_exit(false) {
-            FOUND.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-    });
-    assert!(FOUND.load(std::sync::atomic::Ordering::Relaxed), "the control found no use after free");
+    assert!(some_execution_uses_freed(reader_after_exit, false), "the control found no use after free");
 }
