@@ -6,7 +6,7 @@
 //! | `0xffff_8000_0000_0000 ..` ([`DIRECT_MAP`]) | every physical range of the memory map, at `phys + DIRECT_MAP` |
 //! | `0xffff_fd80_0000_0000 ..` ([`HEAP_BASE`]) | the kernel heap, grown on demand, 4 KiB pages |
 //! | `0xffff_fe00_0000_0000 ..` ([`MMIO_BASE`]) | device registers (local APIC, IOAPIC), uncached, 4 KiB pages |
-//! | `0xffff_fe80_0000_0000 ..` ([`STACKS_BASE`]) | kernel and IST stacks, each below an unmapped guard page |
+//! | `0xffff_fe80_0000_0000 ..` ([`STACKS_BASE`]) | kernel and IST stacks, each above an unmapped guard page |
 //! | `0xffff_ffff_8000_0000 ..` ([`KERNEL_BASE`]) | the kernel image, at `phys + KERNEL_BASE` (code model `kernel`) |
 
 /// First address above user space.

@@ -247,7 +247,6 @@ impl InEntry {
     /// architecture, not of the language's memory model, in which an acquiring
     /// read-modify-write of another word orders no earlier store before a later load; the
     /// exit count's store is the entry assembly's, outside that model too).
-    #[cfg(target_arch = "x86_64")]
     ///
     /// # Safety
     /// Between this CPU's last exit count (`sysret` leaves the count's store in the store
@@ -258,6 +257,7 @@ impl InEntry {
     /// user mode, idle (`sched::decide` may), or run `settle` or `count_exit`
     /// (`reclaim::drain` may) — any of which may end the grace period that keeps what it read
     /// alive. Its borrow ties what [`endpoint`] returns to it, not to that rule.
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     #[allow(unsafe_code)]
     pub(crate) unsafe fn new<T>(_barrier: &crate::lock::HomeMutexGuard<'_, T>) -> Self {
