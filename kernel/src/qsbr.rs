@@ -9,7 +9,7 @@
 //! `reclaim::drain`) they become `waiting`, under a snapshot of the other CPUs' exit counters;
 //! once every other CPU has returned to user mode or sits idle, they are dropped by the
 //! owner's `poll`. A CPU that [`settle`]s (`MemoryInfo`, `KernelCheck`, the statistics) and
-//! finds another limbo's grace period over marks its entries done and asks the owner to drop
+//! finds another limbo's grace period over marks its entries ready and asks the owner to drop
 //! them (one reschedule interrupt per grace period), and waits for that: what an endpoint's
 //! end sets off (its waiters woken, what their waits held let go of — a task's whole graph,
 //! perhaps) runs on the CPU where its capability was deleted, never on a third party's that
@@ -39,22 +39,21 @@ struct Lists {
     /// Deferred before `grace` was taken.
     waiting: PagedVec<Arc<Endpoint>>,
     grace: Option<Grace>,
-    /// `waiting`'s grace period is over (another CPU saw it end): the owner drops them.
-    done: bool,
 }
 
 struct Limbo {
     lists: Mutex<Lists, { Level::RECLAIM }>,
     /// Something waits here (read without the lock by `reclaim::drain` and the idle loop).
     pending: AtomicBool,
-    /// Another CPU saw this limbo's grace period end (`Lists::done`): the owner's idle poll
-    /// stops for it ([`ready_here`]).
+    /// Another CPU saw `waiting`'s grace period end: the owner drops them at its next
+    /// [`advance`], and its idle poll stops for it ([`ready_here`]). Changed under the lists'
+    /// lock, read without it by the idle poll.
     ready: AtomicBool,
 }
 
 static LIMBOS: [crossbeam_utils::CachePadded<Limbo>; MAX_CPUS] = [const {
     crossbeam_utils::CachePadded::new(Limbo {
-        lists: Mutex::new(Lists { next: PagedVec::new(), waiting: PagedVec::new(), grace: None, done: false }),
+        lists: Mutex::new(Lists { next: PagedVec::new(), waiting: PagedVec::new(), grace: None }),
         pending: AtomicBool::new(false),
         ready: AtomicBool::new(false),
     })
@@ -104,7 +103,7 @@ pub fn ready_here() -> bool {
 
 /// Advances limbo `owner`: drops what waited out its grace period, and starts one for what
 /// came since (only the owner starts one: its own removals come before its snapshot, and only
-/// the owner drops: another CPU that sees a grace period end marks its entries done and asks
+/// the owner drops: another CPU that sees a grace period end marks its entries ready and asks
 /// the owner to look). The caller holds no lock and nothing it read from a shadow. Returns
 /// whether anything still waits.
 fn advance(owner: usize, me: usize) -> bool {
@@ -117,18 +116,16 @@ fn advance(owner: usize, me: usize) -> bool {
     let mut freed_now = PagedVec::new();
     let mut ask = false;
     let mut lists = l.lists.lock();
-    if lists.grace.as_ref().is_some_and(|g| g.over(me, exits, crate::sched::is_idle)) {
+    let over = lists.grace.as_ref().is_some_and(|g| g.over(me, exits, crate::sched::is_idle));
+    if over {
         lists.grace = None;
-        lists.done = true;
-        if owner != me {
-            ask = true;
-            l.ready.store(true, Ordering::Relaxed);
-        }
     }
-    if owner == me && lists.done {
-        lists.done = false;
+    if owner == me && (over || l.ready.load(Ordering::Relaxed)) {
         l.ready.store(false, Ordering::Relaxed);
         freed = core::mem::take(&mut lists.waiting);
+    } else if over {
+        ask = true;
+        l.ready.store(true, Ordering::Relaxed);
     }
     if owner == me && lists.grace.is_none() && !lists.next.is_empty() {
         // This CPU deferred every entry of `next` earlier in program order than this
@@ -143,7 +140,7 @@ fn advance(owner: usize, me: usize) -> bool {
             }
         }
     }
-    let still = lists.grace.is_some() || lists.done || !lists.next.is_empty();
+    let still = lists.grace.is_some() || l.ready.load(Ordering::Relaxed) || !lists.next.is_empty();
     l.pending.store(still, Ordering::Relaxed);
     drop(lists);
     drop(freed);

@@ -59,20 +59,38 @@ struct World {
     freed: AtomicBool,
 }
 
-/// R: one kernel entry that reads the slot and uses the object, then the return to user mode.
-/// Returns whether it used the object after it was freed.
-fn reader(w: &World, early: bool) -> bool {
-    let mut bad = false;
-    if early {
-        w.exits.store(w.exits.load(Ordering::Relaxed) + 1, Ordering::Release);
+/// What R does around its read of the slot, in program order: an exit counted first (the end
+/// of an earlier entry, or a quiescent state announced too early), then a full barrier, then
+/// the read and use of the object, then its exit.
+#[derive(Clone, Copy)]
+struct Steps {
+    exit_before: bool,
+    barrier: bool,
+    exit_after: bool,
+}
+
+/// The kernel's order within one entry: read and use, then the exit.
+const ONE_ENTRY: Steps = Steps { exit_before: false, barrier: false, exit_after: true };
+/// The control: the exit counted before the use.
+const EXIT_TOO_EARLY: Steps = Steps { exit_before: true, barrier: false, exit_after: false };
+/// An earlier exit, the barrier, then the entry (the kernel's fast paths).
+const AFTER_EXIT_BARRIER: Steps = Steps { exit_before: true, barrier: true, exit_after: true };
+/// The control: the earlier exit without the barrier.
+const AFTER_EXIT_NO_BARRIER: Steps = Steps { exit_before: true, barrier: false, exit_after: true };
+
+/// R: `steps` around one read and use of the object. Returns whether it used the object after
+/// it was freed.
+fn reader(w: &World, steps: Steps) -> bool {
+    let count = || w.exits.store(w.exits.load(Ordering::Relaxed) + 1, Ordering::Release);
+    if steps.exit_before {
+        count();
     }
-    if let Some(v) = w.shadow.read(0) {
-        if v.obj == OBJ && w.freed.load(Ordering::Acquire) {
-            bad = true;
-        }
+    if steps.barrier {
+        fence(Ordering::SeqCst);
     }
-    if !early {
-        w.exits.store(w.exits.load(Ordering::Relaxed) + 1, Ordering::Release);
+    let bad = w.shadow.read(0).is_some_and(|v| v.obj == OBJ && w.freed.load(Ordering::Acquire));
+    if steps.exit_after {
+        count();
     }
     bad
 }
@@ -89,14 +107,14 @@ fn remover(w: &World) {
     }
 }
 
-/// One execution: the slot holds the object, R (`reader`, given `arg`) runs on another thread
+/// One execution: the slot holds the object, R (`reader` with `steps`) runs on another thread
 /// while W removes it; whether R used the object after it was freed.
-fn run(reader: fn(&World, bool) -> bool, arg: bool) -> bool {
+fn run(steps: Steps) -> bool {
     let w = Arc::new(World { shadow: Shadow::new(1), exits: AtomicU64::new(0), freed: AtomicBool::new(false) });
     w.shadow.write(0, OBJ, Rights::SEND, 0);
     let r = {
         let w = w.clone();
-        thread::spawn(move || reader(&w, arg))
+        thread::spawn(move || reader(&w, steps))
     };
     remover(&w);
     r.join().unwrap()
@@ -104,11 +122,11 @@ fn run(reader: fn(&World, bool) -> bool, arg: bool) -> bool {
 
 /// Whether some execution of [`run`] uses a freed object (a control's assertion).
 /// (Each control has its own flag: the test harness runs them on threads at once.)
-fn some_execution_uses_freed(reader: fn(&World, bool) -> bool, arg: bool) -> bool {
+fn some_execution_uses_freed(steps: Steps) -> bool {
     let found = std::sync::Arc::new(StdBool::new(false));
     let f = found.clone();
     loom::model(move || {
-        if run(reader, arg) {
+        if run(steps) {
             f.store(true, std::sync::atomic::Ordering::Relaxed);
         }
     });
@@ -117,33 +135,20 @@ fn some_execution_uses_freed(reader: fn(&World, bool) -> bool, arg: bool) -> boo
 
 #[test]
 fn grace_outlasts_the_reader() {
-    loom::model(|| assert!(!run(reader, false), "the object was used after it was freed"));
+    loom::model(|| assert!(!run(ONE_ENTRY), "the object was used after it was freed"));
 }
 
 #[test]
 fn control_exit_counted_before_use() {
-    assert!(some_execution_uses_freed(reader, true), "the control found no use after free");
-}
-
-/// R: an exit (the end of an earlier entry, which read nothing), then an entry that reads the
-/// slot (after a full barrier if `barrier`) and uses the object, then its exit. Returns
-/// whether it used the object after it was freed.
-fn reader_after_exit(w: &World, barrier: bool) -> bool {
-    w.exits.store(1, Ordering::Release);
-    if barrier {
-        fence(Ordering::SeqCst);
-    }
-    let bad = w.shadow.read(0).is_some_and(|v| v.obj == OBJ && w.freed.load(Ordering::Acquire));
-    w.exits.store(2, Ordering::Release);
-    bad
+    assert!(some_execution_uses_freed(EXIT_TOO_EARLY), "the control found no use after free");
 }
 
 #[test]
 fn barrier_orders_the_last_exit_before_the_read() {
-    loom::model(|| assert!(!run(reader_after_exit, true), "the object was used after it was freed"));
+    loom::model(|| assert!(!run(AFTER_EXIT_BARRIER), "the object was used after it was freed"));
 }
 
 #[test]
 fn control_no_barrier_after_the_last_exit() {
-    assert!(some_execution_uses_freed(reader_after_exit, false), "the control found no use after free");
+    assert!(some_execution_uses_freed(AFTER_EXIT_NO_BARRIER), "the control found no use after free");
 }
