@@ -626,6 +626,10 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
     if drops > 0 {
         fail!(r, "{drops} kernel objects were destroyed while their CPU held a lock");
     }
+    let missed = crate::mem::map_nodes_missed();
+    if missed > 0 {
+        fail!(r, "{missed} nodes of mapping B-trees were not in their CPU's stock (rl4_core::btreenodes' bound)");
+    }
     let leaks = crate::trap::flag_leaks();
     if leaks > 0 {
         fail!(r, "{leaks} traps from user mode ran kernel code with the direction or alignment-check flag set");

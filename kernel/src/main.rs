@@ -10,6 +10,8 @@
 #![feature(rust_preserve_none_cc)]
 #![deny(unsafe_code)]
 #![feature(allocator_api)]
+// The spaces' mapping B-trees take their nodes from a stock (`mem::MapNodes`).
+#![feature(btreemap_alloc)]
 #![feature(get_mut_unchecked)]
 
 extern crate alloc;

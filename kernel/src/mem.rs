@@ -445,6 +445,127 @@ pub fn must_not_fail<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// The allocator of the spaces' mapping B-trees (`obj::Maps`). `BTreeMap` has no fallible
+/// insertion, so `Map` stocks this CPU with every node its insertion may allocate first
+/// ([`stock_map_nodes`]: fallible, an `OutOfMemory` answer before anything changed), and the
+/// insertion takes its nodes from that stock. Every node fits one block of
+/// `rl4_core::btreenodes::NODE_BLOCK` bytes (a leaf takes a whole block too); a node the stock
+/// did not hold (the bound would be wrong) is counted ([`map_nodes_missed`]: `KernelCheck` reports
+/// it) and taken from the heap as before the twenty-fourth session, when the insertion ran
+/// under [`must_not_fail`] and, with no frame left for the heap, stopped the kernel.
+#[derive(Clone, Copy)]
+pub struct MapNodes;
+
+/// One CPU's stock of blocks (only this CPU takes or adds blocks, with interrupts off and
+/// inside one system call: its atomics are plain per-CPU words).
+struct NodeStock {
+    n: core::sync::atomic::AtomicUsize,
+    blocks: [core::sync::atomic::AtomicPtr<u8>; MOST_INSERT_NODES],
+}
+
+static NODE_STOCK: [crossbeam_utils::CachePadded<NodeStock>; rl4_smp::MAX_CPUS] = [const {
+    crossbeam_utils::CachePadded::new(NodeStock {
+        n: core::sync::atomic::AtomicUsize::new(0),
+        blocks: [const { core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()) }; MOST_INSERT_NODES],
+    })
+}; rl4_smp::MAX_CPUS];
+
+/// Blocks a CPU keeps between two `Map`s: enough for a map of up to 12,959 entries (the rest
+/// of a stock goes back to the heap after each insertion: [`trim_map_nodes`]).
+const NODES_KEPT: usize = rl4_core::btreenodes::insert_nodes(12_959);
+/// Nodes an insertion took from the heap because the stock was empty (or a node did not fit).
+static NODES_MISSED: AtomicU64 = AtomicU64::new(0);
+
+use rl4_core::btreenodes::{MOST_INSERT_NODES, NODE_ALIGN, NODE_BLOCK};
+const NODE_LAYOUT: Layout = match Layout::from_size_align(NODE_BLOCK, NODE_ALIGN) {
+    Ok(l) => l,
+    Err(_) => panic!("the node block's layout"),
+};
+
+fn node_stock() -> &'static NodeStock {
+    &NODE_STOCK[rl4_arch::percpu::cpu_index() as usize % rl4_smp::MAX_CPUS]
+}
+
+/// Whether a node of `layout` takes a block (else it comes from the heap with its own layout).
+fn in_block(layout: Layout) -> bool {
+    layout.size() <= NODE_BLOCK && layout.align() <= NODE_ALIGN
+}
+
+/// Stocks this CPU with the blocks one insertion into a map of `len` entries may allocate
+/// (`rl4_core::btreenodes::insert_nodes`); `OutOfMemory` if the heap has not enough (the blocks
+/// already taken stay in the stock). Called under the space's map lock, right before the
+/// insertion: nothing on this CPU takes from the stock in between.
+pub fn stock_map_nodes(len: usize) -> Result<(), rl4_abi::Error> {
+    let s = node_stock();
+    let need = rl4_core::btreenodes::insert_nodes(len);
+    let mut n = s.n.load(Ordering::Relaxed);
+    while n < need {
+        // SAFETY: `NODE_LAYOUT` has a non-zero size.
+        let p = unsafe { alloc::alloc::alloc(NODE_LAYOUT) };
+        if p.is_null() {
+            return Err(rl4_abi::Error::OutOfMemory);
+        }
+        s.blocks[n].store(p, Ordering::Relaxed);
+        n += 1;
+        s.n.store(n, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// After an insertion: this CPU's stock beyond [`NODES_KEPT`] blocks goes back to the heap.
+pub fn trim_map_nodes() {
+    let s = node_stock();
+    let mut n = s.n.load(Ordering::Relaxed);
+    while n > NODES_KEPT {
+        n -= 1;
+        let p = s.blocks[n].load(Ordering::Relaxed);
+        s.blocks[n].store(core::ptr::null_mut(), Ordering::Relaxed);
+        s.n.store(n, Ordering::Relaxed);
+        // SAFETY: `p` is a block `stock_map_nodes` allocated with `NODE_LAYOUT` and nothing
+        // else holds (it left the stock above).
+        unsafe { alloc::alloc::dealloc(p, NODE_LAYOUT) };
+    }
+}
+
+/// Nodes of mapping B-trees that no stock held (0 unless `rl4_core::btreenodes`' bound is
+/// wrong for this toolchain's `BTreeMap`).
+pub fn map_nodes_missed() -> u64 {
+    NODES_MISSED.load(Ordering::Relaxed)
+}
+
+// SAFETY: a block handed out is `NODE_BLOCK` bytes aligned to `NODE_ALIGN`, which covers any
+// layout `in_block` accepts, and no stock holds it any more; every other allocation is the
+// heap's, with its own layout. `deallocate` gives each back the way it came, a decision made
+// from the layout alone, the same at both ends.
+unsafe impl core::alloc::Allocator for MapNodes {
+    fn allocate(&self, layout: Layout) -> Result<core::ptr::NonNull<[u8]>, core::alloc::AllocError> {
+        let l = if in_block(layout) {
+            let s = node_stock();
+            let n = s.n.load(Ordering::Relaxed);
+            if n > 0 {
+                let p = s.blocks[n - 1].load(Ordering::Relaxed);
+                s.blocks[n - 1].store(core::ptr::null_mut(), Ordering::Relaxed);
+                s.n.store(n - 1, Ordering::Relaxed);
+                if let Some(p) = core::ptr::NonNull::new(p) {
+                    return Ok(core::ptr::NonNull::slice_from_raw_parts(p, NODE_BLOCK));
+                }
+            }
+            NODE_LAYOUT
+        } else {
+            layout
+        };
+        NODES_MISSED.fetch_add(1, Ordering::Relaxed);
+        must_not_fail(|| alloc::alloc::Global.allocate(l))
+    }
+
+    unsafe fn deallocate(&self, ptr: core::ptr::NonNull<u8>, layout: Layout) {
+        let l = if in_block(layout) { NODE_LAYOUT } else { layout };
+        // SAFETY: `ptr` came from `allocate` with `layout`, that is from the heap with `l`
+        // (a stocked block was allocated from it with `NODE_LAYOUT`).
+        unsafe { alloc::alloc::Global.deallocate(ptr, l) }
+    }
+}
+
 /// This CPU's armed flag set for a while, and put back as it was when dropped. When injection
 /// is off it is one load and a branch each way (`f` is called once, so the work it wraps is
 /// inlined as before).

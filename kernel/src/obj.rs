@@ -932,6 +932,11 @@ impl Drop for Frame {
 }
 
 /// A user address space.
+/// A space's mappings: frames by virtual page, with whether they are writable / executable.
+/// Its nodes come from a stock each `Map` fills first (`mem::MapNodes`): the insertion cannot
+/// fail.
+pub type Maps = BTreeMap<u64, (Arc<Frame>, bool, bool), mem::MapNodes>;
+
 pub struct Space {
     /// Its root table, made by `paging::new_user_space` and freed by its destructor.
     pub pml4: PageTableRoot,
@@ -939,7 +944,7 @@ pub struct Space {
     /// TLB generation (see `rl4_core::pcid`); bumped when a mapping is removed.
     pub generation: AtomicU64,
     /// Mapped frames by virtual page, with whether they are writable / executable.
-    pub maps: Mutex<BTreeMap<u64, (Arc<Frame>, bool, bool)>, { Level::OBJECT }>,
+    pub maps: Mutex<Maps, { Level::OBJECT }>,
     /// The budget it was made from: page tables and mappings are charged to it.
     pub memory: Arc<Memory>,
     /// Page-table frames made for it (charged, refunded when it dies).
@@ -962,7 +967,7 @@ impl Space {
             pml4,
             pcid,
             generation: AtomicU64::new(generation),
-            maps: Mutex::new(BTreeMap::new()),
+            maps: Mutex::new(Maps::new_in(mem::MapNodes)),
             memory: mem.clone(),
             table_pages: AtomicU64::new(0),
             io: crate::device::IoSpace::new(),
@@ -979,7 +984,7 @@ impl Space {
 
     /// Whether it may map anything (its task lives); read under the lock of `maps`, which the
     /// caller holds (the guard is the proof).
-    pub fn may_map(&self, _maps: &BTreeMap<u64, (Arc<Frame>, bool, bool)>) -> bool {
+    pub fn may_map(&self, _maps: &Maps) -> bool {
         !self.emptied.load(Ordering::Relaxed)
     }
 
@@ -1004,7 +1009,7 @@ impl Space {
             let tables = unsafe { rl4_arch::paging::detach_user_half(&self.pml4) };
             // Every table below the root was counted in when it was made (`ChargedTables`),
             // under this lock (`KernelCheck` compares the count with the tables).
-            (core::mem::take(&mut *maps), tables, self.table_pages.swap(0, Ordering::Relaxed))
+            (core::mem::replace(&mut *maps, Maps::new_in(mem::MapNodes)), tables, self.table_pages.swap(0, Ordering::Relaxed))
         };
         // No CPU keeps a translation or a cached table entry of the old user half past this.
         crate::tlb::flush_space(self);
@@ -1053,7 +1058,7 @@ impl Drop for Space {
         self.io.forget(me);
         crate::tlb::forget_space(&self.pml4);
         // The frames are released after the mappings' lock.
-        let maps = core::mem::take(&mut *self.maps.lock());
+        let maps = core::mem::replace(&mut *self.maps.lock(), Maps::new_in(mem::MapNodes));
         let mappings = maps.len() as u64;
         drop(maps);
         // SAFETY: `forget_space` above made every CPU that had this space loaded load the

@@ -310,6 +310,11 @@ pub fn map_frame(space: &Space, va: u64, frame: Arc<Frame>, write: bool, exec: b
         return Err(Error::AlreadyMapped);
     }
     space.memory.charge(crate::obj::MAP_COST)?;
+    // The B-tree's nodes for the insertion below, which cannot fail then (`mem::MapNodes`).
+    if let Err(e) = mem::stock_map_nodes(maps.len()) {
+        space.memory.uncharge(crate::obj::MAP_COST);
+        return Err(e);
+    }
     // SAFETY: `maps`, this space's lock of its tables, is held (above).
     #[allow(unsafe_code)]
     let r = unsafe { rl4_arch::paging::map_user(&mut ChargedTables { space }, &space.pml4, va, frame.user_frame(), write, exec) };
@@ -320,10 +325,9 @@ pub fn map_frame(space: &Space, va: u64, frame: Arc<Frame>, write: bool, exec: b
             _ => Error::OutOfMemory,
         });
     }
-    // A B-tree insertion allocates at most one node per level (a few hundred bytes each, the
-    // map's height is at most 4 for any number of mappings a budget can pay for) and has no
-    // fallible form: bounded, served by the frames between the floors (docs/memory.md).
-    mem::must_not_fail(|| maps.insert(va, (frame, write, exec)));
+    // Its nodes come from the stock filled above.
+    maps.insert(va, (frame, write, exec));
+    mem::trim_map_nodes();
     crate::obj::mapped(true);
     Ok(())
 }

@@ -12,6 +12,7 @@
 
 extern crate alloc;
 
+pub mod btreenodes;
 pub mod captable;
 pub mod cmdline;
 pub mod conout;
