@@ -27,8 +27,8 @@ pub struct CpuHeader {
     pub regs_end: AtomicU64,
     /// Non-zero: return to user mode with `iretq` instead of `sysretq` (gs:40).
     pub resume_iret: AtomicU64,
-    /// The kernel's lock levels this CPU holds, one bit each (gs:48; see the kernel's
-    /// `lock.rs`). Only this CPU touches it, with interrupts off.
+    /// The kernel's locks this CPU holds (gs:48; see the kernel's `lock.rs`): a count, or one
+    /// bit per lock level in a `lockcheck` kernel. Only this CPU touches it, with interrupts off.
     pub locks_held: AtomicU64,
     /// The kernel's per-CPU scheduler block, as an address (gs:56; 0 until it is made).
     kernel_block: AtomicU64,

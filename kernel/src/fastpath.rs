@@ -214,11 +214,11 @@ fn call(cs: sched::Here, cur: Arc<Thread>, slot: u64, tag: Tag) -> Fast {
             }
             cs.bump(sched::Count::IpcFast);
             trace::stamp(trace::DELIVERED);
-            sched::switch_direct_blocked(cs, r, prio);
+            let lowered = sched::switch_direct_blocked(cs, r, prio);
             trace::stamp(trace::SWITCHED);
             // The decision may idle and never come back, so it is made after this frame and
             // the shadow's borrow are gone.
-            return if decide_again { Fast::Decide } else { Fast::Done };
+            return if decide_again || lowered { Fast::Decide } else { Fast::Done };
         }
         drop(rl);
         drop(l);
@@ -411,9 +411,9 @@ fn reply_recv(cs: sched::Here, cur: Arc<Thread>, slot: u64, tag: Tag) -> Fast {
             trace::stamp(trace::DELIVERED);
             crate::obj::dispose(wait);
             cs.bump(sched::Count::IpcFast);
-            sched::switch_direct_blocked(cs, caller, prio);
+            let lowered = sched::switch_direct_blocked(cs, caller, prio);
             trace::stamp(trace::SWITCHED);
-            return Fast::Done;
+            return if lowered { Fast::Decide } else { Fast::Done };
         }
         drop(cl);
         drop(l);

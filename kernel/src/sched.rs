@@ -882,9 +882,25 @@ fn drain_and_serve(cs: Here) {
 pub fn decide() {
     for _ in 0..4 {
         decide_once();
-        if this().flags.load(Ordering::Relaxed) & KICKED == 0 {
+        // Also again for a thread pushed into this CPU's own inbox after the round drained it
+        // (a destruction inline — a thread whose last reference was its queue entry, failing
+        // the caller it held the reply right of — pushes the caller here and sets no flag).
+        let cs = this();
+        if cs.flags.load(Ordering::Relaxed) & KICKED == 0 && cs.mail.is_empty() {
             return;
         }
+    }
+}
+
+/// [`decide`], then what it put aside under its locks is let go ([`crate::reclaim::drain`]);
+/// a destruction there that woke a thread of this CPU (into its own inbox, which sets no flag)
+/// is looked at by one more decision rather than left for the next tick.
+pub fn decide_and_drain() {
+    decide();
+    crate::reclaim::drain();
+    if resched_pending() {
+        decide();
+        crate::reclaim::drain();
     }
 }
 
@@ -964,15 +980,38 @@ fn pick(cs: Here, mut carry: Option<(u8, Arc<Thread>, bool)>) -> bool {
 }
 
 /// Publishes the running thread's priority (-1: idle), read by other CPUs only to decide on
-/// an IPI; written only when it changes. A CPU that pushes into this inbox and reads the old
-/// priority sends no IPI: its thread waits for this CPU's next kernel entry (at most a tick), a
-/// bounded priority inversion that a sequentially consistent store would not prevent either (it
-/// would need a second look at the inbox after it). Hence a plain store.
+/// an IPI; written only when it changes. Whether this CPU must decide again before it returns
+/// to user mode (`KICKED` is set then): see [`lowered`].
 #[inline(always)]
-fn set_current_prio(cs: Here, prio: i32) {
-    if cs.current_prio.load(Ordering::Relaxed) != prio {
-        cs.current_prio.store(prio, Ordering::Relaxed);
+fn set_current_prio(cs: Here, prio: i32) -> bool {
+    let old = cs.current_prio.load(Ordering::Relaxed);
+    if old == prio {
+        return false;
     }
+    if prio > old {
+        // Pushers that read the old, lower priority sent an IPI where none was needed: harmless.
+        cs.current_prio.store(prio, Ordering::Relaxed);
+        return false;
+    }
+    lowered(cs, prio)
+}
+
+/// The published priority falls. A CPU that pushed a thread into this inbox while the decision
+/// that chose the lower thread ran (after its inbox was drained) read the old priority and sent
+/// no IPI: without a second look its thread would wait for this CPU's next tick behind a lower
+/// one (a review of the twenty-fourth session). The store is a locked exchange, a full barrier
+/// on x86, and the pusher's is a locked compare-and-swap followed by its read of the priority
+/// (`push_owned`): of the two, at least one sees the other's write — the pusher the lower
+/// priority (and sends the IPI), or this CPU the thread in its inbox (and decides again).
+#[cold]
+#[inline(never)]
+fn lowered(cs: Here, prio: i32) -> bool {
+    cs.current_prio.swap(prio, Ordering::SeqCst);
+    if cs.mail.is_empty() {
+        return false;
+    }
+    set_flag(cs, KICKED);
+    true
 }
 
 #[inline(always)]
@@ -1149,17 +1188,21 @@ pub fn switch_direct(to: Arc<Thread>, prio: u8) {
 /// The fast path's switch: the running thread has already left this CPU (its `Life` says so)
 /// and was taken out of the current slot, and `to` is `Running` and current here. One lock of
 /// the slot does the hand-over.
+/// Whether the CPU must decide before it returns to user mode (the published priority fell and
+/// the inbox holds a thread: [`lowered`]).
 #[inline(always)]
-pub(crate) fn switch_direct_blocked(cs: Here, to: Arc<Thread>, prio: u8) {
+#[must_use]
+pub(crate) fn switch_direct_blocked(cs: Here, to: Arc<Thread>, prio: u8) -> bool {
     crate::timeline::event(crate::timeline::Kind::Switch, to.id, (prio as u64) << 8 | 1);
     entry::set_current(&to.regs);
     if crate::thread::fpu_enter(&to) {
         cs.bump(Count::FpuKept);
     }
     tlb::load_space(cs, &to.space);
-    set_current_prio(cs, prio as i32);
     cs.bump(Count::Switches);
     cs.fill_current(to);
+    // Last: its common outcome (no change) returns straight into the fast path's own return.
+    set_current_prio(cs, prio as i32)
 }
 
 /// The fast path's bookkeeping for the thread leaving: `cur`, blocked and off this CPU in one
@@ -1189,8 +1232,10 @@ pub fn yield_current() {
 ///   the run queue at the caller's priority or above: the caller goes on with a new slice, no
 ///   decision and no lock. The priority compared is the one this CPU published for its running
 ///   thread ([`set_current_prio`]); whatever another CPU changes about that thread meanwhile
-///   (kill, suspension, priority, CPU) comes with a reschedule interrupt, taken as soon as the
-///   thread is back in user mode, as after any other system call;
+///   that can make it give way (kill, suspension, a lower priority, CPU) comes with a
+///   reschedule interrupt, taken as soon as the thread is back in user mode, as after any other
+///   system call (a raise is published at the next decision: until then the comparison is with
+///   the old, lower priority, which can only send the caller to a decision it did not need);
 /// - the same, but threads of its own priority are ready (and none above): the short decision
 ///   ([`yield_rotate`]);
 /// - anything else: the slice ends and the full decision runs ([`decide`]).
@@ -1216,8 +1261,7 @@ pub fn yield_now() {
         }
     }
     set_flag(cs, EXPIRED);
-    decide();
-    crate::reclaim::drain();
+    decide_and_drain();
 }
 
 /// The short decision of a `Yield` when the highest priority ready on this CPU is the caller's

@@ -73,13 +73,18 @@ extern "C" fn rl4_user_trap(vector: u64, error: u64) {
 /// After a general path's direct switch (a system call's, or a fault's to its handler): a thread
 /// more urgent than the one switched to runs first (`resched_pending`: pushed into this CPU's
 /// inbox meanwhile, or the thread that left, queued again above it, `sched::switch_direct`), and
-/// what was put aside under the locks goes before the thread runs.
+/// what was put aside under the locks goes before the thread runs (and a thread its destruction
+/// woke here is looked at by a decision: `sched::decide_and_drain`).
 #[inline(always)]
 fn after_direct_switch() {
     if sched::resched_pending() {
-        sched::decide();
+        sched::decide_and_drain();
+    } else {
+        crate::reclaim::drain();
+        if sched::resched_pending() {
+            sched::decide_and_drain();
+        }
     }
-    crate::reclaim::drain();
 }
 
 /// An interrupt taken in kernel mode (the idle loop).
@@ -133,10 +138,7 @@ extern "rust-preserve-none" fn general(n: u64) {
     }
     let next = crate::syscall::handle(n);
     match next {
-        crate::syscall::Next::Decide => {
-            sched::decide();
-            crate::reclaim::drain();
-        }
+        crate::syscall::Next::Decide => sched::decide_and_drain(),
         // What the general path put aside under its locks goes before the partner runs; a
         // thread more urgent than the partner (`sched::switch_direct`) runs first.
         crate::syscall::Next::Switched => after_direct_switch(),
