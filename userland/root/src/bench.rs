@@ -25,7 +25,7 @@
 //! | `fault-round-trip` | a `ud2` of a thread whose fault handler (a thread of the same task, same CPU) replies with the instruction pointer moved past it: fault → handler receives → replies → thread resumes |
 //! | `fault-floor` | a `ud2` the kernel steps over at once (`Measure(FAULT_FLOOR)`): the raw exception entry and return |
 use core::fmt::Write;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::{Relaxed, SeqCst}};
 use rl4_abi::ipc::Tag;
 use rl4_abi::{BootInfo, Rights, measure, stat};
 use rl4_user::sys::{self, Msg};
@@ -207,7 +207,10 @@ fn intra_server(_: u64) {
     }
 }
 
-/// Round trips on `ep`; fills the samples, returns the total cycles.
+/// Round trips on `ep`; fills the samples, returns the total cycles. (The answers are not
+/// looked at here: keeping one across the time stamp would add instructions to every sample.
+/// The warm-up checks each ([`warm_up`]), the measured loop is checked by the deliveries the
+/// kernel counted.)
 fn round_trips(ep: u64, len: u64, iters: usize, ov: u64) -> u64 {
     let m = Msg { tag: Tag::new(1, len, 0), badge: 0, w: [1, 2, 3, 4] };
     let s = samples();
@@ -218,6 +221,20 @@ fn round_trips(ep: u64, len: u64, iters: usize, ov: u64) -> u64 {
         *x = (rdtsc() - t).saturating_sub(ov) as u32;
     }
     rdtsc() - start
+}
+
+/// `n` calls on `ep` before a measurement; how many failed or came back with another label
+/// than the server answers with (an echo server's answer has its call's label plus one, the
+/// others the call's).
+fn warm_up(ep: u64, len: u64, n: usize, echo: bool) -> u64 {
+    let m = Msg { tag: Tag::new(1, len, 0), badge: 0, w: [1, 2, 3, 4] };
+    let label = if echo { 2 } else { 1 };
+    (0..n).filter(|_| !matches!(sys::call(ep, &m), Ok(r) if r.tag.label() == label)).count() as u64
+}
+
+/// IPC deliveries the kernel counted so far (all CPUs: a round trip is two).
+fn deliveries() -> u64 {
+    sys::stat(MACHINE, stat::IPC_FAST).unwrap_or(0) + sys::stat(MACHINE, stat::IPC_SLOW).unwrap_or(0)
 }
 
 const CLIENT_BUF: u64 = 0x0000_6500_0000_0000;
@@ -235,8 +252,9 @@ fn ipc_config(bi: &BootInfo, name: &str, accel: &str, client: u64, server: Optio
         let _ = map_fresh(SPACE, INTRA_BUF, 1, rw);
         let _ = sys::set_ipc_buffer(THREAD, CLIENT_BUF);
     }
+    let echo = server.is_some() && name != "same-core-pong";
     let (ep, cleanup) = match server {
-        Some(cpu) => match remote_server(bi, cpu, if name == "same-core-pong" { W_PONG } else { W_ECHO }) {
+        Some(cpu) => match remote_server(bi, cpu, if echo { W_ECHO } else { W_PONG }) {
             Some(srv) => (srv.ep, Some(srv)),
             None => return println!("bench: cannot start the server"),
         },
@@ -251,15 +269,15 @@ fn ipc_config(bi: &BootInfo, name: &str, accel: &str, client: u64, server: Optio
             (ep, None)
         }
     };
-    let warm = Msg { tag: Tag::new(1, len, 0), badge: 0, w: [1, 2, 3, 4] };
-    for _ in 0..1000.min(iters) {
-        let _ = sys::call(ep, &warm);
-    }
+    let warm_failed = warm_up(ep, len, 1000.min(iters), echo);
     let i0 = ipis();
+    let d0 = deliveries();
     let (f0, c0) = (sys::stat(MACHINE, stat::IPC_FAST).unwrap_or(0), sys::stat(MACHINE, stat::IPC_CROSS).unwrap_or(0));
     let counting = GlobalCounts::start();
     let total = round_trips(ep, len, iters, ov);
     let counted = counting.stop();
+    // Round trips the kernel did not deliver both ways (a call that failed at once).
+    let failed = warm_failed + (iters as u64).saturating_sub((deliveries() - d0) / 2);
     let sent = ipis() - i0;
     let fast = sys::stat(MACHINE, stat::IPC_FAST).unwrap_or(0) - f0;
     let cross = sys::stat(MACHINE, stat::IPC_CROSS).unwrap_or(0) - c0;
@@ -274,7 +292,8 @@ fn ipc_config(bi: &BootInfo, name: &str, accel: &str, client: u64, server: Optio
         .num("client_cpu", client)
         .num("server_cpu", server.unwrap_or(client))
         .num("overhead_cycles", ov)
-        .num("total_cycles", total);
+        .num("total_cycles", total)
+        .num("failed", failed);
     global_counts(&mut j, counted, iters as u64);
     j.emit();
     match cleanup {
@@ -301,9 +320,9 @@ pub fn ping(bi: &BootInfo, iters: usize, cross_task: bool, client: u64, server: 
         (ep, None, Some(t))
     };
     go_to(client);
-    let warm = Msg { tag: Tag::new(1, 1, 0), badge: 0, w: [1, 2, 3, 4] };
-    for _ in 0..100.min(iters) {
-        let _ = sys::call(ep, &warm);
+    let failed = warm_up(ep, 1, 100.min(iters), cross_task);
+    if failed > 0 {
+        println!("ping: {failed} of the warm-up's calls failed or were answered wrong");
     }
     round_trips(ep, 1, iters, ov);
     go_to(0);
@@ -355,7 +374,14 @@ fn oneway_config(bi: &BootInfo, name: &str, accel: &str, client: u64, server: u6
     srv.stop();
 }
 
-fn simple_config(name: &str, accel: &str, iters: usize, mut op: impl FnMut(), ov: u64) {
+/// `iters` samples of `op`, after `warm` unmeasured ones. `op` answers whether it did what it
+/// measures (a system call that failed): each warm-up's answer is looked at, not the measured
+/// ones' (keeping an answer across the time stamp would add instructions to every sample; the
+/// operations measured this way answer the same every time); `after` counts failures the
+/// measured loop left behind (yields that switched to nobody). The sum is `failed`, which the
+/// report shows and a target refuses.
+fn simple_config(name: &str, accel: &str, iters: usize, warm: usize, mut op: impl FnMut() -> bool, ov: u64, after: impl FnOnce() -> u64) {
+    let mut failed = (0..warm).filter(|_| !op()).count() as u64;
     let s = samples();
     let i0 = ipis();
     let start = rdtsc();
@@ -365,6 +391,7 @@ fn simple_config(name: &str, accel: &str, iters: usize, mut op: impl FnMut(), ov
         *x = (rdtsc() - t).saturating_sub(ov) as u32;
     }
     let total = rdtsc() - start;
+    failed += after();
     let sent = ipis() - i0;
     let sm = summarize(&mut s[..iters]);
     Json::new(name, accel, iters as u64, tsc_hz())
@@ -372,13 +399,18 @@ fn simple_config(name: &str, accel: &str, iters: usize, mut op: impl FnMut(), ov
         .num("cycles_per_iteration", total / iters as u64)
         .frac("ipis_per_round_trip", sent, iters as u64)
         .num("overhead_cycles", ov)
+        .num("failed", failed)
         .emit();
 }
 
 static YIELD_STOP: AtomicBool = AtomicBool::new(false);
+/// The yielder's turns (only it writes: a plain load and store, two instructions of the
+/// measured switch).
+static YIELDS: AtomicU64 = AtomicU64::new(0);
 
 fn yielder(_: u64) {
     while !YIELD_STOP.load(SeqCst) {
+        YIELDS.store(YIELDS.load(Relaxed) + 1, Relaxed);
         sys::yield_now();
     }
 }
@@ -476,15 +508,18 @@ pub fn run(bi: &BootInfo, name: &str, accel: &str, iters: usize, len: u64) -> bo
         "same-core-intra" => ipc_config(bi, name, accel, 0, None, len, iters),
         "trace-same-core" => trace_config(bi, name, accel, iters),
         "oneway-same-core" => oneway_config(bi, name, accel, 0, 0, iters),
-        "null-syscall" => simple_config(name, accel, iters, || { let _ = sys::raw(rl4_abi::Sys::Null, [0; 6]); }, ov),
-        "identify-syscall" => simple_config(name, accel, iters, || { let _ = sys::raw(rl4_abi::Sys::CapIdentify, [TASK, 0, 0, 0, 0, 0]); }, ov),
+        "null-syscall" => simple_config(name, accel, iters, 1000.min(iters), || sys::raw(rl4_abi::Sys::Null, [0; 6]).0 == 0, ov, || 0),
+        "identify-syscall" => simple_config(name, accel, iters, 1000.min(iters), || sys::raw(rl4_abi::Sys::CapIdentify, [TASK, 0, 0, 0, 0, 0]).0 == 0, ov, || 0),
         "thread-switch" => {
             YIELD_STOP.store(false, SeqCst);
             let _ = sys::thread_set_priority(THREAD, 60);
             let t = spawn(yielder, 0, 60, sys::cpu_info().0);
             sys::yield_now();
-            // One sample = a yield away and back: two switches.
-            simple_config(name, accel, iters, sys::yield_now, ov);
+            // One sample = a yield away and back: two switches; the yielder must have had a
+            // turn at each (else a yield that switched to nobody would count as one).
+            let y0 = YIELDS.load(SeqCst);
+            let y = |n: usize| (n as u64).saturating_sub(YIELDS.load(SeqCst) - y0);
+            simple_config(name, accel, iters, 1000.min(iters), || { sys::yield_now(); true }, ov, || y(1000.min(iters) + iters));
             YIELD_STOP.store(true, SeqCst);
             sys::yield_now();
             let _ = sys::thread_set_priority(THREAD, ROOT_PRIO);
@@ -503,21 +538,18 @@ pub fn run(bi: &BootInfo, name: &str, accel: &str, iters: usize, len: u64) -> bo
                 println!("bench: fault-floor: the kernel refused to arm the floor");
                 return false;
             }
-            for _ in 0..1000 {
-                ud2();
-            }
-            simple_config(name, accel, iters, ud2, ov);
+            simple_config(name, accel, iters, 1000, || { ud2(); true }, ov, || 0);
         }
         "fpu-floor" => {
             let k = sys::measure(MACHINE, measure::FPU_FLOOR, 10_000).unwrap_or([0; 3]);
             println!("bench: fpu-floor measured in the kernel: mean {} min {} max {} cycles per save and restore", k[0], k[1], k[2]);
-            Json::new("fpu-floor-kernel", accel, 10_000, tsc_hz()).num("mean_cycles", k[0]).num("min_cycles", k[1]).num("max_cycles", k[2]).num("median_cycles", k[0]).num("p99_cycles", k[2]).emit();
+            Json::new("fpu-floor-kernel", accel, 10_000, tsc_hz()).num("mean_cycles", k[0]).num("min_cycles", k[1]).num("max_cycles", k[2]).emit();
         }
         "cr3-floor" => {
-            simple_config(name, accel, iters, || { let _ = sys::measure(MACHINE, measure::CR3_FLOOR, 1); }, ov);
+            simple_config(name, accel, iters, 1000.min(iters), || sys::measure(MACHINE, measure::CR3_FLOOR, 1).is_ok(), ov, || 0);
             let k = sys::measure(MACHINE, measure::CR3_FLOOR, 10_000).unwrap_or([0; 3]);
             println!("bench: cr3-floor measured in the kernel alone: mean {} min {} max {} cycles per pair of writes", k[0], k[1], k[2]);
-            Json::new("cr3-floor-kernel", accel, 10_000, tsc_hz()).num("mean_cycles", k[0]).num("min_cycles", k[1]).num("max_cycles", k[2]).num("median_cycles", k[0]).num("p99_cycles", k[2]).emit();
+            Json::new("cr3-floor-kernel", accel, 10_000, tsc_hz()).num("mean_cycles", k[0]).num("min_cycles", k[1]).num("max_cycles", k[2]).emit();
         }
         _ => {
             let pair = name.strip_prefix("cross-core-").map(|r| r.strip_suffix("-nopoll").unwrap_or(r));
@@ -538,16 +570,13 @@ pub fn run(bi: &BootInfo, name: &str, accel: &str, iters: usize, len: u64) -> bo
                         core::hint::spin_loop();
                     }
                 };
-                for _ in 0..1000 {
-                    one();
-                }
-                simple_config(name, accel, iters, one, ov);
+                simple_config(name, accel, iters, 1000, || { one(); true }, ov, || 0);
                 SHM_STOP.store(true, SeqCst);
                 release(t);
             } else if let Some((a, b)) = name.strip_prefix("ipi-floor-").and_then(two_cpus) {
                 go_to(a);
                 let i0 = ipis();
-                simple_config(name, accel, iters, || { let _ = sys::measure(MACHINE, measure::IPI_FLOOR, b | 1 << 16); }, ov);
+                simple_config(name, accel, iters, 1000.min(iters), || sys::measure(MACHINE, measure::IPI_FLOOR, b | 1 << 16).is_ok(), ov, || 0);
                 println!("bench: ipi-floor sent {} IPIs", ipis() - i0);
             } else if let Some((a, b)) = name.strip_prefix("irq-latency-").and_then(cpu_pair) {
                 let n = iters.min(20_000);
