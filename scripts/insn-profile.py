@@ -711,6 +711,8 @@ def cmd_sample(args):
         rows.append(r)
     row("same-core", "icount", 1, 5)
     row("null-syscall", "icount", 1, 244)
+    # Within its target, but two of its yields switched to nobody: the target must say missed.
+    row("thread-switch", "icount", 1, 400, failed=2)
     row("same-core", "icount", 1, 9, "fastpath-off")
     row("same-core-ref", "tcg", 4, 30_000)
     row("cross-core-0-1", "tcg", 4, 12_000)

@@ -78,9 +78,13 @@ def problems(p):
 
 def collect(log, out_dir, smp):
     p = parse(open(log, encoding="utf-8", errors="replace").read())
+    bad = problems(p)
     with open(os.path.join(out_dir, "results.jsonl"), "a") as f:
         for r in p["results"]:
             r["smp"] = smp
+            # Each row is whole, but its run did not end cleanly: the report says so beside it.
+            if bad:
+                r["run_problems"] = bad[:3]
             f.write(json.dumps(r) + "\n")
     if p["info"] is not None:
         p["info"]["smp"] = smp
@@ -88,7 +92,6 @@ def collect(log, out_dir, smp):
             f.write(json.dumps(p["info"]) + "\n")
     for s in p["skips"]:
         print(f"peers: {s.get('name')} skipped: {s.get('why')}", file=sys.stderr)
-    bad = problems(p)
     for b in bad:
         print(f"peers: {log}: {b}", file=sys.stderr)
     names = ", ".join(f"{r['name']} {r['median_cycles']:,}" for r in p["results"])
@@ -205,6 +208,10 @@ def section(rows, infos, ctx):
             L.append(f"| **{label}** ({unit}) | {acc_l} | **{fmt(med(r))}** | {fmt(med(fx))} | **{ratio(med(r), med(fx))}** | "
                      f"{fmt(med(px))} | **{ratio(med(r), med(px))}** |")
     L.append("")
+    for r in rows:
+        if r.get("system") == "linux" and r.get("run_problems"):
+            L.append(f"`{r['name']}` ({r['accel']}, `-smp {r.get('smp')}`) comes from a Linux run that did not end "
+                     f"cleanly: {'; '.join(r['run_problems'])}.\n")
     L.append(f"Medians per round trip. rl4: `same-core` (`Call` + `ReplyRecv`, echo server in another task, one CPU) "
              f"and `cross-core-{a}-{b}` (client on CPU {a}, server on CPU {b}) from the tables below, same run. Linux: "
              "`FUTEX_WAKE` + `FUTEX_WAIT` (private futex) between two threads of one process (four system calls and two "

@@ -84,17 +84,25 @@ impl GlobalCounts {
         GlobalCounts(r)
     }
 
-    /// The counts since `start` (and the kernel prints its records).
-    fn stop(self) -> Option<[u64; 3]> {
+    /// The counts since `start` (and the kernel prints its records), and those of the control:
+    /// an endpoint made and deleted right after, whose allocation and registry lock the counter
+    /// must see (else its zeros prove nothing).
+    fn stop(self) -> Option<([u64; 3], [u64; 3])> {
         let a = self.0?;
         let b = Self::read()?;
         let _ = sys::measure(MACHINE, measure::COUNT_EVENTS, 0);
-        Some([b[0] - a[0], b[1] - a[1], b[2] - a[2]])
+        let e = slot();
+        let made = sys::endpoint_create(MEMORY, e).is_ok();
+        release(e);
+        let c = Self::read()?;
+        let control = if made { [c[0] - b[0], c[1] - b[1], c[2] - b[2]] } else { [0; 3] };
+        Some(([b[0] - a[0], b[1] - a[1], b[2] - a[2]], control))
     }
 }
 
-fn global_counts(j: &mut Json, c: Option<[u64; 3]>, iters: u64) {
-    if let Some([allocs, frees, locks]) = c {
+fn global_counts(j: &mut Json, c: Option<([u64; 3], [u64; 3])>, iters: u64) {
+    if let Some(([allocs, frees, locks], [c_allocs, _, c_locks])) = c {
+        j.num("control_heap_allocs", c_allocs).num("control_global_locks", c_locks);
         j.frac("heap_allocs_per_round_trip", allocs, iters)
             .frac("heap_frees_per_round_trip", frees, iters)
             .frac("global_locks_per_round_trip", locks, iters)
@@ -505,7 +513,7 @@ pub fn run(bi: &BootInfo, name: &str, accel: &str, iters: usize, len: u64) -> bo
         // `-ref`: the same measurement again, in the boot of the configurations it is compared with.
         "same-core" | "same-core-ref" => ipc_config(bi, name, accel, 0, Some(0), len, iters),
         "same-core-pong" => ipc_config(bi, name, accel, 0, Some(0), len, iters),
-        "same-core-intra" => ipc_config(bi, name, accel, 0, None, len, iters),
+        "same-core-intra" | "same-core-intra-ref" => ipc_config(bi, name, accel, 0, None, len, iters),
         "trace-same-core" => trace_config(bi, name, accel, iters),
         "oneway-same-core" => oneway_config(bi, name, accel, 0, 0, iters),
         "null-syscall" => simple_config(name, accel, iters, 1000.min(iters), || sys::raw(rl4_abi::Sys::Null, [0; 6]).0 == 0, ov, || 0),
