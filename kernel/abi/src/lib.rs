@@ -4,8 +4,9 @@
 //!
 //! `syscall` with the number ([`Sys`]) in `rax` and up to six arguments in `rdi`, `rsi`, `rdx`,
 //! `r10`, `r8`, `r9` (`rcx` and `r11` are clobbered by the instruction). On return `rax` holds
-//! 0 or an [`Error`] code, and `rdi`, `rsi`, `rdx` hold up to three result words. Every other
-//! register is preserved. Capabilities are named by slot index in the caller's capability table.
+//! 0 or an [`Error`] code, and `rdi`, `rsi`, `rdx` hold up to three result words; an IPC call
+//! that receives a message also writes its words 1 to 3 into `r10`, `r8`, `r9` (`docs/syscalls.md`,
+//! "IPC registers"). Every other register is preserved. Capabilities are named by slot index in the caller's capability table.
 //!
 //! See `docs/syscalls.md` for each call's arguments, required rights and errors.
 #![no_std]

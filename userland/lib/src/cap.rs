@@ -44,10 +44,12 @@ impl Endpoint {
         sys::reply_recv(self.0, m)
     }
     /// Serves the endpoint forever: each message received goes to `handle`, whose answer is
-    /// the reply (sent together with the next receive). Returns only when a receive fails
-    /// (the endpoint was deleted: `PartnerGone`), with that error.
+    /// the reply (sent together with the next receive). Returns only when a receive fails for
+    /// good (the endpoint was deleted: `PartnerGone`; the capability went), with that error; a
+    /// suspension of the serving thread while it waited (`Interrupted`, once it is resumed)
+    /// only makes it wait again.
     pub fn serve(self, mut handle: impl FnMut(&Msg) -> Msg) -> Error {
-        let mut m = match self.recv() {
+        let mut m = match self.recv_on() {
             Ok(m) => m,
             Err(e) => return e,
         };
@@ -55,14 +57,25 @@ impl Endpoint {
             let r = handle(&m);
             m = match self.reply_recv(&r) {
                 Ok(m) => m,
-                // The caller went away before the reply (or its reply could not be taken):
-                // wait for the next one.
-                Err(Error::NoCaller) | Err(Error::PartnerGone) | Err(Error::BadFaultReply) => match self.recv() {
+                // The caller went away before the reply (or its reply could not be taken), or
+                // this thread was suspended while it waited for the next message (the reply
+                // went before it waited): wait for the next one.
+                Err(Error::NoCaller | Error::PartnerGone | Error::BadFaultReply | Error::Interrupted) => match self.recv_on() {
                     Ok(m) => m,
                     Err(e) => return e,
                 },
                 Err(e) => return e,
             };
+        }
+    }
+
+    /// [`Endpoint::recv`], again after a suspension (`Interrupted`).
+    fn recv_on(self) -> Result<Msg, Error> {
+        loop {
+            match self.recv() {
+                Err(Error::Interrupted) => continue,
+                r => return r,
+            }
         }
     }
 }

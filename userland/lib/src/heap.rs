@@ -1,7 +1,11 @@
 //! A heap for `alloc` (`Box`, `Vec`, `String`...), with the crate's `heap` feature: the global
 //! allocator starts empty at [`crate::env::HEAP_BASE`] and grows by mapping fresh frames from
 //! [`crate::env::MEMORY`] when an allocation does not fit. A spin lock guards it: allocate
-//! outside hot paths (rl4's IPC itself never allocates).
+//! outside hot paths (rl4's IPC itself never allocates). The lock is held across the system
+//! calls that grow the heap, and rl4 schedules by strict priority: a thread that allocates while
+//! a thread of lower priority of the same program holds the lock on the same CPU spins there for
+//! ever (the holder never runs again). Threads of different priorities that share a CPU must not
+//! allocate at the same time (allocate before starting them, or from one of them only).
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::NonNull;
 use linked_list_allocator::Heap;
@@ -40,10 +44,21 @@ unsafe impl GlobalAlloc for GrowingHeap {
         if let Ok(p) = g.0.allocate_first_fit(layout) {
             return p.as_ptr();
         }
-        // Grow by at least what was asked (plus room for alignment), 64 KiB at a time.
-        let want = (layout.size() + layout.align()).next_multiple_of(64 << 10) as u64;
+        // Grow by at least what was asked (plus room for alignment), 64 KiB at a time; not at
+        // all if the budget cannot pay for it (each page costs its frame's record and its
+        // mapping besides: `rl4_abi::cost`), so that an allocation too large for it fails at
+        // once rather than after mapping what the budget had. `map_fresh` maps all or nothing.
+        let Some(want) = (layout.size() as u64).checked_add(layout.align() as u64).map(|w| w.next_multiple_of(64 << 10)) else {
+            return core::ptr::null_mut();
+        };
+        let pages = want / PAGE_SIZE;
+        if let Ok((left, _)) = crate::sys::memory_info(env::MEMORY) {
+            if pages.saturating_mul(rl4_abi::cost::FRAME + rl4_abi::cost::MAP) > left {
+                return core::ptr::null_mut();
+            }
+        }
         let top = env::HEAP_BASE + g.1;
-        if crate::thread::map_fresh(top, want / PAGE_SIZE).is_err() {
+        if crate::thread::map_fresh(top, pages).is_err() {
             return core::ptr::null_mut();
         }
         if g.1 == 0 {

@@ -12,7 +12,7 @@
 //! fn rl4_main(arg: u64, endpoints: u64) {
 //!     println!("hello: arg {arg}, {endpoints} endpoint(s)");
 //!     // Answer every call on our own endpoint with its first word plus one.
-//!     Endpoint(env::SERVE).serve(|m| Msg::new(0, &[m.w[0] + 1]));
+//!     Endpoint(env::SERVE).serve(|m| Msg::new(0, &[m.w[0].wrapping_add(1)]));
 //! }
 //! ```
 //!
@@ -65,8 +65,8 @@ use rl4_abi::root_slots;
 /// Capability slot of the machine (console) capability, by convention in every task.
 pub const MACHINE: u64 = root_slots::MACHINE;
 
-/// Formats into a fixed buffer and writes it with `ConsoleWrite` (one call, or more for more
-/// than about a kilobyte of output).
+/// Formats into a fixed buffer of 2 KiB and writes it with `ConsoleWrite` (the kernel prints at
+/// most a kilobyte or so per call: `console_write_all` makes as many as it takes).
 pub struct Line {
     buf: [u8; 2048],
     len: usize,
@@ -92,12 +92,16 @@ impl Default for Line {
 
 impl Write for Line {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        for &b in s.as_bytes() {
-            if self.len == self.buf.len() {
+        // Flushed between characters, never inside one (the kernel prints whole UTF-8
+        // sequences and drops a piece of one).
+        for c in s.chars() {
+            let mut b = [0u8; 4];
+            let b = c.encode_utf8(&mut b).as_bytes();
+            if self.len + b.len() > self.buf.len() {
                 self.flush();
             }
-            self.buf[self.len] = b;
-            self.len += 1;
+            self.buf[self.len..self.len + b.len()].copy_from_slice(b);
+            self.len += b.len();
         }
         Ok(())
     }
@@ -121,23 +125,39 @@ unsafe extern "Rust" {
 }
 
 /// Program entry: `rdi`/`rsi` hold the arguments the creator set (the root task gets its
-/// `BootInfo` address).
+/// `BootInfo` address). The kernel starts a thread with the stack pointer its creator gave,
+/// which is not a function's entry state (the x86-64 ABI wants `rsp + 8` a multiple of 16
+/// there, as a `call` leaves it): the entry aligns the stack and calls, so that the compiler's
+/// 16-byte-aligned stack accesses (SSE spills, `align(16)` locals) hold whatever stack the
+/// creator passed.
+#[unsafe(naked)]
 #[unsafe(no_mangle)]
-extern "C" fn _start(a0: u64, a1: u64) -> ! {
+extern "C" fn _start() -> ! {
+    core::arch::naked_asm!("and rsp, -16", "call {main}", "ud2", main = sym program_start);
+}
+
+extern "C" fn program_start(a0: u64, a1: u64) -> ! {
     // SAFETY: every rl4 program defines `rl4_main` with this signature.
     unsafe { rl4_main(a0, a1) };
     sys::thread_exit()
 }
 
-/// Entry of threads made by [`spawn`]: calls `f(arg)`, then ends the thread.
-extern "C" fn thread_start(f: u64, arg: u64) -> ! {
+/// Entry of threads made by [`spawn`] (aligned as [`_start`] is): calls `f(arg)`, then ends the
+/// thread.
+#[unsafe(naked)]
+extern "C" fn thread_start() -> ! {
+    core::arch::naked_asm!("and rsp, -16", "call {body}", "ud2", body = sym thread_body);
+}
+
+extern "C" fn thread_body(f: u64, arg: u64) -> ! {
     // SAFETY: `spawn` passes a `fn(u64)` as `f`.
     let f: fn(u64) = unsafe { core::mem::transmute::<usize, fn(u64)>(f as usize) };
     f(arg);
     sys::thread_exit()
 }
 
-/// The address new threads of this program start at (see [`thread::spawn`]).
+/// The address new threads of this program start at (see [`thread::spawn`]); it takes the
+/// function and its argument in `rdi` and `rsi` (`ThreadSetArgs`) and aligns the stack itself.
 pub fn thread_entry() -> u64 {
     thread_start as *const () as u64
 }

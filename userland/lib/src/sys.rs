@@ -5,28 +5,65 @@
 //! in registers. The typed handles of [`crate::cap`] are built on these.
 //!
 //! A new system call gets its number in `rl4_abi::Sys` and a function here, written like its
-//! neighbours with [`raw`] (or [`ipc`] for a message-passing one).
+//! neighbours with [`raw`] (or [`ipc`] for a message-passing one: [`raw`] passes no timeout or
+//! capability slots, which those read from `r12`–`r14`).
 use rl4_abi::{Error, Rights, Sys};
 
 /// Result words of a successful call.
 pub type Ret = Result<[u64; 3], Error>;
 
-/// The raw system call: number and six arguments in, status and three results out.
+/// The raw system call: number and six arguments in, status and three results out. An IPC
+/// call (which also writes `r10`, `r8` and `r9`, words 1 to 3 of a message it receives) gets
+/// them declared written; for the others the kernel preserves them (the number is usually a
+/// constant: the choice costs nothing).
 #[inline(always)]
 pub fn raw(n: Sys, a: [u64; 6]) -> (u64, [u64; 3]) {
-    raw_any(n as u64, a)
+    if writes_message(n) { raw_any_ipc(n as u64, a) } else { raw_any(n as u64, a) }
 }
 
-/// A system call by number that need not be one of [`Sys`] (for tests of the kernel's checks).
+/// A system call by number that need not be one of [`Sys`] (for tests of the kernel's checks):
+/// any register the kernel may write is declared written.
 pub fn raw_number(n: u64, a: [u64; 6]) -> u64 {
-    raw_any(n, a).0
+    raw_any_ipc(n, a).0
+}
+
+/// The calls that may write a message into the caller's registers (`docs/syscalls.md`, "IPC
+/// registers").
+const fn writes_message(n: Sys) -> bool {
+    matches!(n, Sys::Send | Sys::NbSend | Sys::Call | Sys::Recv | Sys::NbRecv | Sys::Reply | Sys::ReplyRecv | Sys::Wait)
+}
+
+/// [`raw_any`] for a call that may write `r10`, `r8` and `r9`.
+#[inline(always)]
+fn raw_any_ipc(n: u64, a: [u64; 6]) -> (u64, [u64; 3]) {
+    let (rax, rdi, rsi, rdx): (u64, u64, u64, u64);
+    // SAFETY: `syscall` enters the kernel, which checks every argument; it clobbers rcx and r11
+    // and returns results in rax, rdi, rsi, rdx, and an IPC call words 1 to 3 of a message in
+    // r10, r8, r9 (all declared written); it preserves every other register.
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            inlateout("rax") n => rax,
+            inlateout("rdi") a[0] => rdi,
+            inlateout("rsi") a[1] => rsi,
+            inlateout("rdx") a[2] => rdx,
+            inlateout("r10") a[3] => _,
+            inlateout("r8") a[4] => _,
+            inlateout("r9") a[5] => _,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack)
+        );
+    }
+    (rax, [rdi, rsi, rdx])
 }
 
 #[inline(always)]
 fn raw_any(n: u64, a: [u64; 6]) -> (u64, [u64; 3]) {
     let (rax, rdi, rsi, rdx): (u64, u64, u64, u64);
-    // SAFETY: `syscall` enters the kernel, which checks every argument; it clobbers only rcx
-    // and r11 and returns results in rax, rdi, rsi, rdx, as the ABI says.
+    // SAFETY: `syscall` enters the kernel, which checks every argument; for a call other than
+    // IPC (`raw` sends those to `raw_any_ipc`) it clobbers only rcx and r11 and returns results
+    // in rax, rdi, rsi, rdx, as the ABI says.
     unsafe {
         core::arch::asm!(
             "syscall",
@@ -137,7 +174,17 @@ pub fn map_raw(space: u64, frame: u64, vaddr: u64, rights: u64) -> Result<(), Er
 pub fn unmap(space: u64, vaddr: u64) -> Result<(), Error> {
     unit(Sys::Unmap, [space, vaddr, 0, 0, 0, 0])
 }
+/// `stack` is the thread's first `rsp`: its entry function must align it (the library's do:
+/// [`crate::thread_entry`]).
 pub fn thread_create(memory: u64, task: u64, entry: u64, stack: u64, prio: u64, cpu: u64, dst: u64) -> Result<(), Error> {
+    // The kernel takes both in one word; a value that does not fit its half would land in the
+    // other (a CPU of 2^32 as CPU 0, a priority of 2^32 as a CPU).
+    if prio > u32::MAX as u64 {
+        return Err(Error::InvalidPriority);
+    }
+    if cpu > u32::MAX as u64 {
+        return Err(Error::InvalidCpu);
+    }
     unit(Sys::ThreadCreate, [memory, task, entry, stack, prio | cpu << 32, dst])
 }
 pub fn thread_resume(t: u64) -> Result<(), Error> {

@@ -17,38 +17,67 @@ pub const STACK_PAGES: u64 = 16;
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
-/// Maps `pages` fresh zeroed frames from [`env::MEMORY`] at `va` in this program's space.
+/// Maps `pages` fresh zeroed frames from [`env::MEMORY`] at `va` in this program's space; all
+/// or nothing: on an error the pages it mapped are unmapped again (their frames, held by the
+/// mappings alone, go back to the budget).
 pub fn map_fresh(va: u64, pages: u64) -> Result<(), Error> {
     let f = slots::alloc().ok_or(Error::SlotOccupied)?;
     let mut r = Ok(());
-    for i in 0..pages {
-        r = sys::frame_alloc(env::MEMORY, f).and_then(|_| sys::map(env::SPACE, f, va + i * PAGE_SIZE, Rights::READ.union(Rights::WRITE)));
+    let mut mapped = 0;
+    while mapped < pages {
+        r = sys::frame_alloc(env::MEMORY, f).and_then(|_| sys::map(env::SPACE, f, va + mapped * PAGE_SIZE, Rights::READ.union(Rights::WRITE)));
         // The mapping keeps the frame; the slot is reused for the next one.
         let _ = sys::cap_delete(f);
         if r.is_err() {
             break;
         }
+        mapped += 1;
     }
     slots::free(f);
+    if r.is_err() {
+        unmap(va, mapped);
+    }
     r
 }
 
+/// Unmaps `pages` pages at `va` in this program's space (what [`map_fresh`] mapped).
+pub fn unmap(va: u64, pages: u64) {
+    for i in 0..pages {
+        let _ = sys::unmap(env::SPACE, va + i * PAGE_SIZE);
+    }
+}
+
 /// Starts `f(arg)` on CPU `cpu` at priority `prio` (at most the creator's) as a new thread of
-/// this program, with its own stack and IPC buffer. The thread ends when `f` returns.
+/// this program, with its own stack and IPC buffer. The thread ends when `f` returns; its region
+/// (17 pages of the budget and 1 MiB of address space) is not given back: spawn a pool of
+/// threads, not one per request. If it cannot start, what it mapped goes back.
 pub fn spawn(f: fn(u64), arg: u64, cpu: u64, prio: u64) -> Result<Thread, Error> {
     let base = env::THREADS_BASE + NEXT.fetch_add(1, Ordering::Relaxed) * REGION;
+    let stack = base + 2 * PAGE_SIZE;
     map_fresh(base, 1)?;
-    map_fresh(base + 2 * PAGE_SIZE, STACK_PAGES)?;
-    let top = base + (2 + STACK_PAGES) * PAGE_SIZE;
-    let t = slots::alloc().ok_or(Error::SlotOccupied)?;
-    let r = sys::thread_create(env::MEMORY, env::TASK, crate::thread_entry(), top, prio, cpu, t)
-        .and_then(|_| sys::thread_set_args(t, f as *const () as u64, arg))
-        .and_then(|_| sys::set_ipc_buffer(t, base))
-        .and_then(|_| sys::thread_resume(t));
-    match r {
-        Ok(()) => Ok(Thread(t)),
-        Err(e) => {
+    if let Err(e) = map_fresh(stack, STACK_PAGES) {
+        unmap(base, 1);
+        return Err(e);
+    }
+    let top = stack + STACK_PAGES * PAGE_SIZE;
+    let made = slots::alloc().ok_or(Error::SlotOccupied).and_then(|t| {
+        let r = sys::thread_create(env::MEMORY, env::TASK, crate::thread_entry(), top, prio, cpu, t)
+            .and_then(|_| sys::thread_set_args(t, f as *const () as u64, arg))
+            .and_then(|_| sys::set_ipc_buffer(t, base))
+            .and_then(|_| sys::thread_resume(t));
+        if r.is_err() {
+            // A thread made but not started goes with its capability.
+            let _ = sys::cap_delete(t);
             slots::free(t);
+        }
+        r.map(|_| t)
+    });
+    match made {
+        Ok(t) => Ok(Thread(t)),
+        Err(e) => {
+            // Nothing runs on the region: its pages go back.
+            unmap(base, 1);
+            unmap(stack, STACK_PAGES);
             Err(e)
         }
     }

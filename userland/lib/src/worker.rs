@@ -159,6 +159,15 @@ pub const ORPHAN: u64 = 65;
 /// receiver then holds a task this task made.
 pub const CHILD_GIVE: u64 = 66;
 pub const ORPHAN_MEM_SLOT: u64 = 9;
+/// Check the SDK's all-or-nothing mapping ([`crate::thread::map_fresh`]) when a call arrives on
+/// [`EP_SLOT`] (the task holds the budget and its own space in the program slots
+/// [`crate::env::MEMORY`] and [`crate::env::SPACE`]): a page is mapped at [`SDK_VA`] + 3 pages,
+/// then five pages at [`SDK_VA`], which must fail at the fourth with `AlreadyMapped` and leave
+/// the first three unmapped and the budget as it was. The reply: word 0 the error code
+/// `map_fresh` returned (0: none), word 1 whether the budget was back, word 2 whether the first
+/// three pages were unmapped.
+pub const SDK_MAP_FRESH: u64 = 67;
+pub const SDK_VA: u64 = 0x0000_3000_0000_0000;
 pub const ORPHAN_FRAME_SLOT: u64 = 10;
 pub const IRQ_SLOT: u64 = 6;
 pub const PORTS_SLOT: u64 = 7;

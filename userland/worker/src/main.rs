@@ -111,6 +111,23 @@ fn rl4_main(cmd: u64, addr: u64) {
             // SAFETY: the root task mapped the page at `page` writable here for this word.
             unsafe { (page as *mut u64).write_volatile(if made.is_ok() { 1 } else { 2 }) };
         }
+        SDK_MAP_FRESH => {
+            use rl4_user::{abi::PAGE_SIZE, env};
+            let Ok(_) = sys::recv(EP_SLOT) else { return };
+            let left = || sys::memory_info(env::MEMORY).map_or(0, |m| m.0);
+            let blocker = rl4_user::thread::map_fresh(SDK_VA + 3 * PAGE_SIZE, 1);
+            let before = left();
+            let r = rl4_user::thread::map_fresh(SDK_VA, 5);
+            let back = left() == before;
+            let unmapped = (0..3).all(|i| sys::unmap(env::SPACE, SDK_VA + i * PAGE_SIZE) == Err(rl4_user::abi::Error::NotMapped));
+            let code = match (blocker, r) {
+                (Err(_), _) => u64::MAX,
+                (Ok(()), Ok(())) => 0,
+                (Ok(()), Err(e)) => e as u64,
+            };
+            let m = sys::Msg { tag: rl4_user::abi::ipc::Tag::new(0, 3, 0), badge: 0, w: [code, back as u64, unmapped as u64, 0] };
+            let _ = sys::reply_recv(EP_SLOT, &m);
+        }
         CHILD_GIVE => {
             let x = 20;
             let given = sys::task_create(ORPHAN_MEM_SLOT, x).and_then(|()| {
