@@ -1560,6 +1560,7 @@ impl Thread {
 impl Drop for Thread {
     fn drop(&mut self) {
         crate::reclaim::dropping("Thread");
+        crate::timeout::thread_gone();
         // A thread destroyed while it still holds a reply right (suspended after it received a
         // call, then its last capability deleted): that caller gets `PartnerGone`, never a wait
         // that nobody can end.

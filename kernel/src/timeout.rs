@@ -7,8 +7,11 @@
 //! CPU, and no IPC path takes a lock of the waiter's CPU for that): such an entry goes when its
 //! deadline comes, or when the heap is pruned of dead threads and threads no longer waiting with
 //! that deadline — when it has doubled since the last prune (so prunes cost O(1) per entry
-//! added), and every second (an entry keeps its thread's record allocated: a thread
-//! that died is let go within that time, whatever its deadline). A prune looks at every entry
+//! added), and every second if a thread was destroyed meanwhile (an entry keeps its thread's
+//! record allocated: a thread that died is let go within that time, whatever its deadline;
+//! while none dies, threads waiting with long deadlines cost the timer nothing — before the
+//! twenty-fourth session every CPU looked at all of them every second, with interrupts off,
+//! which a review found). A prune looks at every entry
 //! (at most about twice the waits since the last one, and the live ones), taking each thread's
 //! lock in turn with interrupts off. The heap is in
 //! page-sized pieces (`rl4_core::paged`: a burst of thousands of waits needs no contiguous
@@ -57,10 +60,23 @@ pub fn held() -> u64 {
     (0..rl4_smp::MAX_CPUS).filter_map(sched::get).map(|cs| cs.timeouts.lock().len() as u64).sum()
 }
 
-/// How often a CPU prunes its heap whatever its size (see the module's comment): a second of
-/// TSC ticks.
+/// How often a CPU prunes its heap whatever its size if a thread was destroyed meanwhile (see
+/// the module's comment): a second of TSC ticks.
 fn prune_period() -> u64 {
     rl4_arch::time::tsc_hz()
+}
+
+/// Threads destroyed so far (the epoch of the period's prunes).
+static THREADS_GONE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// A thread is being destroyed: the deadline entries it may have left keep its record
+/// allocated until the next period's prune.
+pub fn thread_gone() {
+    THREADS_GONE.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+}
+
+fn epoch() -> u64 {
+    THREADS_GONE.load(core::sync::atomic::Ordering::Relaxed)
 }
 
 /// Ends the waits of this CPU whose deadline has passed; prunes the heap when it has doubled
@@ -74,6 +90,9 @@ pub fn expire_due(cs: sched::Here) {
         cs.bump(sched::Count::DeadlinesVisited);
         if let Some(t) = w.upgrade() {
             crate::thread::expire(&t, now);
+            // Possibly the last reference (its capability deleted meanwhile): destroyed by
+            // the destruction loop, not inside the timer's pass.
+            crate::reclaim::later_thread(t);
         }
         // A task decides how many waits end in one tick (as many threads as its budget pays
         // for, each with the same deadline): a CPU doing a shoot-down meanwhile must not wait
@@ -83,19 +102,20 @@ pub fn expire_due(cs: sched::Here) {
     }
     let mut l: List = {
         let mut g = cs.timeouts.lock();
-        if !g.wants_prune(now, prune_period()) && !g.wants_shrink() {
+        if !g.wants_prune(now, prune_period(), epoch()) && !g.wants_shrink() {
             return;
         }
         core::mem::take(&mut *g)
     };
-    if l.wants_prune(now, prune_period()) {
+    let gone = epoch();
+    if l.wants_prune(now, prune_period(), gone) {
         // An entry is kept if its thread still waits with that deadline — once: a thread that
         // blocks again and again with one absolute deadline (a task can compute it from the
         // TSC it reads) left an entry per wait, all kept, kernel heap no budget pays for (a
         // review finding). Each CPU's prune writes its own `now` (two CPUs' prunes of one
         // thread, or a race on the stamp, at worst let a duplicate survive one prune; any entry
         // kept ends the wait, as `Life::expire` compares the deadline, not the entry).
-        let seen = l.prune(now, |(d, w)| {
+        let seen = l.prune(now, gone, |(d, w)| {
             // Shoot-downs are answered between entries, as in the expiry above.
             crate::tlb::service_tlb(cs);
             w.upgrade().is_some_and(|t| {
@@ -104,6 +124,8 @@ pub fn expire_due(cs: sched::Here) {
                 if waits && first {
                     t.pruned_at.store(now, core::sync::atomic::Ordering::Relaxed);
                 }
+                // (As in the expiry above: a last reference goes to the destruction loop.)
+                crate::reclaim::later_thread(t);
                 waits && first
             })
         });

@@ -12,8 +12,10 @@
 //! is refused: the wait it names is over), or at a [`Deadlines::prune`], which the owner runs
 //! when [`Deadlines::wants_prune`] says: when the heap has doubled since the last prune (so
 //! that prunes cost O(1) per entry added, however fast waits come and go), and when a period
-//! has passed since the last one (so that an entry whose thread died — it keeps the thread's
-//! record allocated — is gone within that period, whatever its deadline). After a burst of
+//! has passed since the last one and the caller's *epoch* changed meanwhile (the kernel counts
+//! threads destroyed: an entry whose thread died keeps the thread's record allocated, and goes
+//! within that period, whatever its deadline; while no thread died, live waits with long
+//! deadlines cost nothing, where a prune every period looked at every one of them). After a burst of
 //! waits has ended, [`Deadlines::wants_shrink`] says when the heap holds leaves it does not
 //! need.
 //!
@@ -30,6 +32,8 @@ pub struct Deadlines<W> {
     prune_at: usize,
     /// When the last prune ran (the `now` it was given).
     pruned: u64,
+    /// The epoch the last prune was given.
+    epoch: u64,
 }
 
 impl<W> Default for Deadlines<W> {
@@ -40,7 +44,7 @@ impl<W> Default for Deadlines<W> {
 
 impl<W> Deadlines<W> {
     pub const fn new() -> Self {
-        Deadlines { heap: PagedVec::new(), prune_at: PRUNE_MIN, pruned: 0 }
+        Deadlines { heap: PagedVec::new(), prune_at: PRUNE_MIN, pruned: 0, epoch: 0 }
     }
 
     /// Entries held, stale ones included.
@@ -88,15 +92,17 @@ impl<W> Deadlines<W> {
     }
 
     /// Whether a prune is due at `now`: the heap has doubled since the last one (and holds at
-    /// least [`PRUNE_MIN`] entries), or `period` has passed since it and the heap is not empty.
-    pub fn wants_prune(&self, now: u64, period: u64) -> bool {
-        self.heap.len() >= self.prune_at || (!self.heap.is_empty() && now.wrapping_sub(self.pruned) >= period)
+    /// least [`PRUNE_MIN`] entries), or `period` has passed since it, `epoch` is not the one it
+    /// was given and the heap is not empty.
+    pub fn wants_prune(&self, now: u64, period: u64, epoch: u64) -> bool {
+        self.heap.len() >= self.prune_at
+            || (!self.heap.is_empty() && epoch != self.epoch && now.wrapping_sub(self.pruned) >= period)
     }
 
     /// Keeps only the entries for which `keep` is true and frees the memory the others held
-    /// (allocates nothing). `now` is when (for [`Deadlines::wants_prune`]'s period). Returns how
-    /// many entries it looked at.
-    pub fn prune(&mut self, now: u64, keep: impl FnMut(&(u64, W)) -> bool) -> usize {
+    /// (allocates nothing). `now` and `epoch` are when (for [`Deadlines::wants_prune`]'s
+    /// period). Returns how many entries it looked at.
+    pub fn prune(&mut self, now: u64, epoch: u64, keep: impl FnMut(&(u64, W)) -> bool) -> usize {
         let seen = self.heap.len();
         self.heap.retain(keep);
         self.heap.shrink();
@@ -106,6 +112,7 @@ impl<W> Deadlines<W> {
         }
         self.prune_at = self.heap.len().saturating_mul(2).max(PRUNE_MIN);
         self.pruned = now;
+        self.epoch = epoch;
         seen
     }
 
@@ -200,22 +207,23 @@ mod tests {
             d.try_push(1000 - i, i).unwrap();
         }
         const P: u64 = 1000;
-        assert!(!d.wants_prune(0, P));
+        assert!(!d.wants_prune(0, P, 1));
         d.try_push(5, 99).unwrap();
-        assert!(d.wants_prune(0, P));
+        assert!(d.wants_prune(0, P, 0));
         // Half the entries are stale.
-        assert_eq!(d.prune(0, |&(_, w)| w % 2 == 0), PRUNE_MIN);
+        assert_eq!(d.prune(0, 0, |&(_, w)| w % 2 == 0), PRUNE_MIN);
         assert!(d.is_heap());
         assert_eq!(d.len(), PRUNE_MIN / 2);
-        assert!(!d.wants_prune(P - 1, P), "below PRUNE_MIN, within the period");
-        assert!(d.wants_prune(P, P), "the period passed");
+        assert!(!d.wants_prune(P - 1, P, 1), "below PRUNE_MIN, within the period");
+        assert!(!d.wants_prune(P, P, 0), "the period passed, but the epoch is the same");
+        assert!(d.wants_prune(P, P, 1), "the period passed and the epoch changed");
         for i in 0..PRUNE_MIN as u64 / 2 {
             d.try_push(2000 + i, 1000 + i).unwrap();
         }
         // 64 now: twice the 32 kept was 64.
-        assert!(d.wants_prune(1, P));
-        assert_eq!(d.prune(1, |_| true), PRUNE_MIN);
-        assert!(!d.wants_prune(2, P), "next prune at 128 entries or at P + 1");
+        assert!(d.wants_prune(1, P, 0));
+        assert_eq!(d.prune(1, 0, |_| true), PRUNE_MIN);
+        assert!(!d.wants_prune(2, P, 1), "next prune at 128 entries or at P + 1 with a new epoch");
         assert_eq!(d.earliest(), Some(1000 - (PRUNE_MIN as u64 - 2)));
     }
 }

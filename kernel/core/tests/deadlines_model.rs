@@ -78,11 +78,11 @@ proptest! {
                 Op::Prune { k, now } => {
                     // The period's prunes are bounded by time, not by entries added: the model
                     // counts only the doubling's (a period longer than any `now`).
-                    if d.wants_prune(now, u64::MAX) {
-                        visited += d.prune(0, |&(_, id)| id % k as u64 != 0);
+                    if d.wants_prune(now, u64::MAX, 0) {
+                        visited += d.prune(0, 0, |&(_, id)| id % k as u64 != 0);
                         model.retain(|&(_, id)| id % k as u64 != 0);
-                    } else if d.wants_prune(now, 1000) {
-                        d.prune(now, |&(_, id)| id % k as u64 != 0);
+                    } else if d.wants_prune(now, 1000, now) {
+                        d.prune(now, now, |&(_, id)| id % k as u64 != 0);
                         model.retain(|&(_, id)| id % k as u64 != 0);
                     }
                     if d.wants_shrink() {
