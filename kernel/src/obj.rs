@@ -439,16 +439,21 @@ pub fn revoke(task: &Task, slot: u64) -> Result<u64, Error> {
             homes[k] = Some(home);
             k += 1;
         }, crate::tlb::service_tlb_if_up, |h, new| node_moved(lineage, h, new));
+        // A revoking capability deleted meanwhile (by another thread of its task, or its
+        // task's end: `DerivTree::remove` leaves such a node to its revocation) goes now, its
+        // home let go of after the lock.
+        let mut doomed = None;
         if matches!(r, Ok((_, false))) {
             // (The shrink that ends the last batch may have moved it.)
             if let Some(now) = tree.refresh(id) {
-                tree.end_revoke(now);
+                doomed = tree.end_revoke_polling(now, crate::tlb::service_tlb_if_up, |h, new| node_moved(lineage, h, new));
             }
         }
         drop(tree);
         drop(removed);
         drop(holders);
         drop(homes);
+        drop(doomed);
         // A long revocation answers other CPUs' TLB shoot-downs between batches (with no lock
         // held), so that they wait for one batch at most, not for the whole revocation.
         crate::tlb::service_tlb_here();

@@ -22,12 +22,20 @@
 //!
 //! Deleting a capability ([`DerivTree::remove`]) hands its children to its parent, so that
 //! revoking the parent still reaches them, and no node outlives its capability: the tree holds
-//! exactly one node per capability in a slot. [`DerivTree::revoke`] frees every descendant of
+//! exactly one node per capability in a slot — but for a capability deleted while it is being
+//! revoked, whose node stays, its revocation's to finish, until the last revocation of it ends
+//! ([`DerivTree::end_revoke`]): handed up at once, the children a revocation had not reached
+//! yet (and the grandchildren it had already handed to the node) would have escaped it, kept
+//! for good by whoever held them (a review of the twenty-fourth session). [`DerivTree::revoke`] frees every descendant of
 //! a node, top down, with no recursion, no allocation it needs (its final shrink takes memory
 //! only if the heap has it) and no cursor between batches.
 use crate::paged::PagedVec;
 
 const NONE: u32 = u32::MAX;
+/// [`Node::revoking`]'s flag: the node's capability was deleted while it was being revoked.
+const DOOMED: u16 = 1 << 15;
+/// [`Node::revoking`]'s count of revocations under way.
+const REVOKING: u16 = DOOMED - 1;
 
 /// How many children [`DerivTree::remove_polling`] hands up between two calls of its `poll`.
 pub const POLL_EVERY: usize = 64;
@@ -83,8 +91,10 @@ struct Node<H> {
     /// bytes, 4 × 48 in a node's cost); 0 while the place is free.
     serial_lo: u32,
     serial_hi: u16,
-    /// Revocations of this node under way ([`DerivTree::begin_revoke`]): another revocation
-    /// that reaches it takes its children first and leaves the node itself until it has none.
+    /// Revocations of this node under way ([`DerivTree::begin_revoke`]; the bits of
+    /// [`REVOKING`]): another revocation that reaches it takes its children first and leaves the
+    /// node itself until it has none. [`DOOMED`]: its capability was deleted meanwhile (the
+    /// node goes when its last revocation ends).
     revoking: u16,
     parent: u32,
     first_child: u32,
@@ -341,7 +351,7 @@ impl<H> DerivTree<H> {
         n.prev = NONE;
         n.next = NONE;
         // A revocation of a node that is freed is over.
-        self.revocations -= n.revoking as u32;
+        self.revocations -= (n.revoking & REVOKING) as u32;
         n.revoking = 0;
         self.live -= 1;
         let home = n.home.take().expect("a live node");
@@ -569,7 +579,9 @@ impl<H> DerivTree<H> {
     }
 
     /// Deletes the capability `id` (if it is still live): its children become its parent's
-    /// (roots, if it was one). Returns its home. Time: its number of children.
+    /// (roots, if it was one). Returns its home. Time: its number of children. A node being
+    /// revoked stays, its revocation's to finish ([`end_revoke`](Self::end_revoke) frees it and
+    /// returns its home then): `None` here.
     pub fn remove(&mut self, id: NodeId) -> Option<H> {
         self.remove_polling(id, || {}, |_, _| {})
     }
@@ -581,6 +593,11 @@ impl<H> DerivTree<H> {
     pub fn remove_polling(&mut self, id: NodeId, mut poll: impl FnMut(), mut on_move: impl FnMut(&H, NodeId)) -> Option<H> {
         let id = self.refresh(id)?;
         let i = id.index;
+        if self.nodes[i as usize].revoking & REVOKING != 0 {
+            // Being revoked: what is below it goes with the revocation, then the node.
+            self.nodes[i as usize].revoking |= DOOMED;
+            return None;
+        }
         self.hand_children_up(i, &mut poll);
         self.unlink(i);
         let home = self.release(i);
@@ -598,7 +615,8 @@ impl<H> DerivTree<H> {
             let (n, more) = self.revoke_some(id, usize::MAX, &mut f)?;
             total += n;
             if !more {
-                self.end_revoke(id);
+                // (A node whose capability was deleted meanwhile goes with its revocation.)
+                drop(self.end_revoke(id));
                 return Ok(total);
             }
         }
@@ -611,7 +629,7 @@ impl<H> DerivTree<H> {
     /// too.
     pub fn begin_revoke(&mut self, id: NodeId) -> Result<(), Gone> {
         let id = self.refresh(id).ok_or(Gone)?;
-        if self.revocations == u32::MAX || self.nodes[id.index as usize].revoking == u16::MAX {
+        if self.revocations == u32::MAX || self.nodes[id.index as usize].revoking & REVOKING == REVOKING {
             // (Never: one per revoking call under way, each on a CPU.) Refused rather than
             // miscounted.
             return Err(Gone);
@@ -651,15 +669,33 @@ impl<H> DerivTree<H> {
     }
 
     /// The revocation of `id` that [`begin_revoke`](Self::begin_revoke) announced is over
-    /// (nothing to do if `id` is gone meanwhile).
-    pub fn end_revoke(&mut self, id: NodeId) {
-        if let Some(id) = self.refresh(id) {
-            let n = &mut self.nodes[id.index as usize];
-            if n.revoking > 0 {
-                n.revoking -= 1;
-                self.revocations -= 1;
-            }
+    /// (nothing to do if `id` is gone meanwhile). If it was the last of a node whose capability
+    /// was deleted meanwhile ([`remove`](Self::remove)), the node is freed: its home.
+    pub fn end_revoke(&mut self, id: NodeId) -> Option<H> {
+        self.end_revoke_polling(id, || {}, |_, _| {})
+    }
+
+    /// [`end_revoke`](Self::end_revoke), polling and telling moves as
+    /// [`remove_polling`](Self::remove_polling) does.
+    pub fn end_revoke_polling(&mut self, id: NodeId, mut poll: impl FnMut(), mut on_move: impl FnMut(&H, NodeId)) -> Option<H> {
+        let id = self.refresh(id)?;
+        let i = id.index;
+        let n = &mut self.nodes[i as usize];
+        if n.revoking & REVOKING == 0 {
+            return None;
         }
+        n.revoking -= 1;
+        self.revocations -= 1;
+        if n.revoking != DOOMED {
+            return None;
+        }
+        // Its capability is gone and so is its last revocation: what that left below it (a
+        // revocation ends with nothing below it) goes to its parent, and the node is freed.
+        self.hand_children_up(i, &mut poll);
+        self.unlink(i);
+        let home = self.release(i);
+        self.maybe_shrink(&mut poll, &mut on_move);
+        Some(home)
     }
 
     /// One batch of [`revoke`](Self::revoke): deletes capabilities below `id` and hands
@@ -829,10 +865,16 @@ mod tests {
         assert!(under(&t, b), "one of two revocations of a still under way");
         t.end_revoke(a);
         assert!(!under(&t, b) && t.revocations == 0);
-        // A revoking node that is freed ends its revocations.
+        // A revoking node whose capability is deleted stays, under its revocations, until the
+        // last of them ends, which frees it.
         t.begin_revoke(b).unwrap();
         t.begin_revoke(b).unwrap();
-        assert!(t.remove(b).is_some());
+        assert!(t.remove(b).is_none());
+        assert!(t.is_live(b) && under(&t, b) && t.revocations == 2);
+        assert!(t.end_revoke(b).is_none());
+        assert!(t.is_live(b) && t.revocations == 1);
+        assert_eq!(t.end_revoke(b), Some(2));
+        assert!(!t.is_live(b));
         assert_eq!(t.revocations, 0);
         assert!(!under(&t, a));
         // A deep chain: one step per ancestor, polled every POLL_EVERY.
@@ -847,6 +889,41 @@ mod tests {
         // Gone: not under revocation (the kernel refuses it as gone first).
         t.end_revoke(other);
         assert!(!under(&t, b));
+    }
+
+    /// A capability deleted between two batches of its own revocation (its holder's other
+    /// thread deletes it, or its task is killed): the revocation still deletes everything that
+    /// was below it — the children it had not reached and the grandchildren it had handed up to
+    /// it — and the node goes with the revocation's end. Handed to its parent at the deletion
+    /// (as a deletion does otherwise), they escaped it for good.
+    #[test]
+    fn a_capability_deleted_mid_revocation_takes_its_descendants_with_it() {
+        let mut t: DerivTree<u32> = DerivTree::new();
+        let root = t.add(None, 0).unwrap();
+        let a = t.add(Some(root), 1).unwrap();
+        let b = t.add(Some(a), 2).unwrap();
+        let cs: Vec<NodeId> = (0..40).map(|i| t.add(Some(b), 10 + i).unwrap()).collect();
+        let other = t.add(Some(a), 3).unwrap();
+        t.begin_revoke(a).unwrap();
+        // The first batch hands some of b's children up to a (and may delete the childless one).
+        let (mut deleted, more) = t.revoke_some(a, 32, |_, _| {}).unwrap();
+        assert!(more);
+        let handed = cs.iter().filter(|&&c| t.parent(c) == Some(a)).count();
+        assert!(handed >= 30, "{handed} handed up");
+        // a's capability is deleted now: its node stays, under its revocation.
+        assert!(t.remove(a).is_none());
+        assert!(t.is_live(a));
+        loop {
+            let (n, more) = t.revoke_some(a, 32, |_, _| {}).unwrap();
+            deleted += n;
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(deleted, 42, "b, its 40 children and the other child");
+        assert!(cs.iter().chain([&b, &other]).all(|&c| !t.is_live(c)));
+        assert_eq!(t.end_revoke(a), Some(1), "the node goes with the revocation's end");
+        assert!(!t.is_live(a) && t.is_live(root) && t.len() == 1 && t.revocations == 0);
     }
 
     /// A copier that derives 40 capabilities between every two batches of 32 from what it still
