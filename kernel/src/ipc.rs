@@ -318,9 +318,15 @@ fn long_buffer(t: &Thread, tag: Tag) -> Option<Arc<Frame>> {
     if tag.len() > REG_WORDS { buffer_of(t) } else { None }
 }
 
+/// Whether a tag is one a send may carry at all (its reserved bits clear, its length within
+/// bounds), whatever the sender's IPC buffer.
+pub(crate) fn tag_valid(tag: Tag) -> bool {
+    tag.reserved() == 0 && tag.len() <= MAX_WORDS
+}
+
 /// Checks a tag the caller wants to send.
 pub(crate) fn check_tag(t: &Thread, tag: Tag) -> Result<(), Error> {
-    if tag.reserved() != 0 || tag.len() > MAX_WORDS {
+    if !tag_valid(tag) {
         return Err(Error::InvalidArgument);
     }
     if tag.len() > REG_WORDS && t.ipc_buffer.lock().is_none() {

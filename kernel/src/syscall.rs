@@ -129,7 +129,7 @@ pub(crate) fn endpoint(task: &Task, slot: u64, rights: Rights) -> Result<(Arc<En
 /// tag and the endpoint's `GRANT`).
 type SendCaps = (Arc<Endpoint>, u64, Rights, Option<Result<Snapshot, Error>>);
 
-fn send_caps(t: &Thread, task: &Arc<Task>, r: &UserRegs) -> Result<SendCaps, Error> {
+fn send_caps(task: &Arc<Task>, r: &UserRegs) -> Result<SendCaps, Error> {
     let caps = task.caps.lock();
     let c = caps.lookup(r.ipc_slot(), ObjType::Endpoint, Rights::SEND)?;
     let KObj::Endpoint(e) = &c.obj else { return Err(Error::WrongType) };
@@ -141,9 +141,12 @@ fn send_caps(t: &Thread, task: &Arc<Task>, r: &UserRegs) -> Result<SendCaps, Err
     // Not one `send` refuses whatever happens: without `GRANT`, sent through an endpoint
     // capability without `GRANT`, or with a tag `send` refuses (no root node is made, and
     // charged, for a send that cannot carry it).
-    // (The tag is looked at here only when a capability goes: `send` checks it anyway.)
+    // (The tag is looked at here only when a capability goes: `send` checks it anyway. Not the
+    // sender's IPC buffer, which another thread may set or unmap before `send` looks: a
+    // snapshot let through untracked here and sent all the same was delivered as an original
+    // of the receiver's, out of its sender's revocation — a review found the race.)
     let may_carry = |cap: &Cap| {
-        cap.rights.contains(Rights::GRANT) && read.2.contains(Rights::GRANT) && crate::ipc::check_tag(t, rl4_abi::ipc::Tag(r.ipc_tag())).is_ok()
+        cap.rights.contains(Rights::GRANT) && read.2.contains(Rights::GRANT) && crate::ipc::tag_valid(rl4_abi::ipc::Tag(r.ipc_tag()))
     };
     let xfer = xfer.map(|x| x.and_then(|cap| if may_carry(&cap) { crate::obj::tracked(task, r.ipc_send_slot(), cap) } else { Ok(cap) }));
     Ok((read.0, read.1, read.2, xfer))
@@ -166,7 +169,7 @@ fn ipc_call(t: &Arc<Thread>, r: &UserRegs, s: Sys) -> Outcome {
         Ok(match s {
             Sys::Send | Sys::NbSend | Sys::Call => {
                 trace::stamp(trace::SETUP);
-                let (ep, badge, rights, xfer) = send_caps(t, task, r)?;
+                let (ep, badge, rights, xfer) = send_caps(task, r)?;
                 trace::stamp(trace::LOOKUP);
                 let timeout = if s == Sys::NbSend { 0 } else { timeout };
                 ipc::send(t, r, &ep, badge, rights.contains(Rights::GRANT), xfer, s == Sys::Call, timeout)
