@@ -1422,6 +1422,9 @@ pub struct Thread {
     /// The last deadline prune that kept an entry of this thread (that prune's TSC time;
     /// `timeout.rs`): a second entry with the same deadline in the same prune is a duplicate.
     pub pruned_at: AtomicU64,
+    /// The CPUs whose deadline heaps got an entry of its waits, a bit each (`timeout::add`):
+    /// its destruction tells those CPUs alone (`timeout::thread_gone`).
+    pub deadline_cpus: [AtomicU64; rl4_smp::MAX_CPUS / 64],
     /// Its fault handler (`ThreadSetFaultHandler`, [`FaultHandler`]). A leaf lock.
     pub fault_handler: Mutex<Option<FaultHandler>, { Level::OBJECT }>,
     _charge: Charge,
@@ -1532,6 +1535,7 @@ impl Thread {
             reprio: AtomicBool::new(false),
             slice_left: core::sync::atomic::AtomicU32::new(0),
             pruned_at: AtomicU64::new(0),
+            deadline_cpus: [const { AtomicU64::new(0) }; rl4_smp::MAX_CPUS / 64],
             fault_handler: Mutex::new(None),
             _charge: charge,
         })
@@ -1565,7 +1569,7 @@ impl Thread {
 impl Drop for Thread {
     fn drop(&mut self) {
         crate::reclaim::dropping("Thread");
-        crate::timeout::thread_gone();
+        crate::timeout::thread_gone(self);
         // A thread destroyed while it still holds a reply right (suspended after it received a
         // call, then its last capability deleted): that caller gets `PartnerGone`, never a wait
         // that nobody can end.

@@ -999,15 +999,17 @@ fn set_current_prio(cs: Here, prio: i32) -> bool {
 /// The published priority falls. A CPU that pushed a thread into this inbox while the decision
 /// that chose the lower thread ran (after its inbox was drained) read the old priority and sent
 /// no IPI: without a second look its thread would wait for this CPU's next tick behind a lower
-/// one (a review of the twenty-fourth session). The store is a locked exchange, a full barrier
-/// on x86, and the pusher's is a locked compare-and-swap followed by its read of the priority
-/// (`push_owned`): of the two, at least one sees the other's write — the pusher the lower
-/// priority (and sends the IPI), or this CPU the thread in its inbox (and decides again).
+/// one (a review of the twenty-fourth session). The store is a sequentially consistent exchange
+/// (a locked one on x86) and the look at the inbox a sequentially consistent load; the pusher's
+/// are a sequentially consistent compare-and-swap and then its read of the priority, the same
+/// (`Mailbox::push`, `push_owned`): of the two, at least one sees the other's write — the
+/// pusher the lower priority (and sends the IPI), or this CPU the thread in its inbox (and
+/// decides again).
 #[cold]
 #[inline(never)]
 fn lowered(cs: Here, prio: i32) -> bool {
     cs.current_prio.swap(prio, Ordering::SeqCst);
-    if cs.mail.is_empty() {
+    if cs.mail.is_empty_after_store() {
         return false;
     }
     set_flag(cs, KICKED);

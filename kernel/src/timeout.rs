@@ -7,11 +7,11 @@
 //! CPU, and no IPC path takes a lock of the waiter's CPU for that): such an entry goes when its
 //! deadline comes, or when the heap is pruned of dead threads and threads no longer waiting with
 //! that deadline — when it has doubled since the last prune (so prunes cost O(1) per entry
-//! added), and every second if a thread was destroyed meanwhile (an entry keeps its thread's
-//! record allocated: a thread that died is let go within that time, whatever its deadline;
-//! while none dies, threads waiting with long deadlines cost the timer nothing — before the
-//! twenty-fourth session every CPU looked at all of them every second, with interrupts off,
-//! which a review found). A prune looks at every entry
+//! added), and every second if a thread that had left entries on this CPU was destroyed
+//! meanwhile (an entry keeps its thread's record allocated: a thread that died is let go within
+//! that time, whatever its deadline; while none of those dies, threads waiting with long
+//! deadlines cost the timer nothing — before the twenty-fourth session every CPU looked at all
+//! of them every second, with interrupts off, which a review found). A prune looks at every entry
 //! (at most about twice the waits since the last one, and the live ones), taking each thread's
 //! lock in turn with interrupts off. The heap is in
 //! page-sized pieces (`rl4_core::paged`: a burst of thousands of waits needs no contiguous
@@ -35,8 +35,19 @@ pub type List = Deadlines<Weak<Thread>>;
 /// Registers the deadline of a wait the running thread `t` just started (none for `u64::MAX`);
 /// [`reserve`] made its room before the wait began.
 pub fn add(deadline: u64, t: &Arc<Thread>) {
-    if deadline != u64::MAX && sched::this_cpu().timeouts.lock().try_push(deadline, Arc::downgrade(t)).is_err() {
+    if deadline == u64::MAX {
+        return;
+    }
+    if sched::this_cpu().timeouts.lock().try_push(deadline, Arc::downgrade(t)).is_err() {
         lost(t);
+        return;
+    }
+    // This CPU's heap may now keep the thread's record: its destruction must reach this CPU's
+    // prune (a load when the bit is set already, as after the first of its waits here).
+    let me = rl4_arch::percpu::cpu_index() as usize % rl4_smp::MAX_CPUS;
+    let (w, bit) = (&t.deadline_cpus[me / 64], 1u64 << (me % 64));
+    if w.load(core::sync::atomic::Ordering::Relaxed) & bit == 0 {
+        w.fetch_or(bit, core::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -66,17 +77,28 @@ fn prune_period() -> u64 {
     rl4_arch::time::tsc_hz()
 }
 
-/// Threads destroyed so far (the epoch of the period's prunes).
-static THREADS_GONE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+/// Per CPU, the threads destroyed so far that had left entries in its heap (the epoch of its
+/// period's prunes): a task that makes and deletes a thread every second makes only the CPUs
+/// its own waits used prune, not every CPU with long waits (a review of this change).
+static THREADS_GONE: [crossbeam_utils::CachePadded<core::sync::atomic::AtomicU64>; rl4_smp::MAX_CPUS] =
+    [const { crossbeam_utils::CachePadded::new(core::sync::atomic::AtomicU64::new(0)) }; rl4_smp::MAX_CPUS];
 
-/// A thread is being destroyed: the deadline entries it may have left keep its record
-/// allocated until the next period's prune.
-pub fn thread_gone() {
-    THREADS_GONE.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+/// Thread `t` is being destroyed: the deadline entries it may have left keep its record
+/// allocated until the next period's prune of each CPU they are on.
+pub fn thread_gone(t: &Thread) {
+    for (k, w) in t.deadline_cpus.iter().enumerate() {
+        let mut bits = w.load(core::sync::atomic::Ordering::Relaxed);
+        while bits != 0 {
+            let cpu = k * 64 + bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            THREADS_GONE[cpu].fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
+/// This CPU's epoch.
 fn epoch() -> u64 {
-    THREADS_GONE.load(core::sync::atomic::Ordering::Relaxed)
+    THREADS_GONE[rl4_arch::percpu::cpu_index() as usize % rl4_smp::MAX_CPUS].load(core::sync::atomic::Ordering::Relaxed)
 }
 
 /// Ends the waits of this CPU whose deadline has passed; prunes the heap when it has doubled
@@ -90,8 +112,8 @@ pub fn expire_due(cs: sched::Here) {
         cs.bump(sched::Count::DeadlinesVisited);
         if let Some(t) = w.upgrade() {
             crate::thread::expire(&t, now);
-            // Possibly the last reference (its capability deleted meanwhile): destroyed by
-            // the destruction loop, not inside the timer's pass.
+            // Possibly the last reference (its capability deleted meanwhile): destroyed through
+            // the destruction loop (iteratively, not by recursion), here in the timer's pass.
             crate::reclaim::later_thread(t);
         }
         // A task decides how many waits end in one tick (as many threads as its budget pays

@@ -58,7 +58,7 @@
 use core::marker::PhantomData;
 use core::ptr;
 
-use sync::Ordering::{Acquire, Relaxed, Release};
+use sync::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use sync::{AtomicBool, AtomicPtr, AtomicU64};
 pub use sync::Arc;
 
@@ -271,7 +271,11 @@ impl<T: Linked> Mailbox<T> {
             // whatever the caller wrote into the item before the push (pushes are
             // read-modify-writes, so each continues the release sequences of the ones before
             // it). The pusher reads nothing through the old head, so it needs no Acquire.
-            match self.word.compare_exchange_weak(w, word(me, s), Release, Relaxed) {
+            // Sequentially consistent besides (the same `lock cmpxchg` on x86): the owner's
+            // scheduler, lowering the priority it publishes, stores it and then looks at the
+            // mailbox (`is_empty_after_store`), while a pusher pushes and then reads that
+            // priority; with both sides sequentially consistent, one of the two sees the other.
+            match self.word.compare_exchange_weak(w, word(me, s), SeqCst, Relaxed) {
                 Ok(_) => return Ok(Pushed { was_empty: head(w).is_null(), found }),
                 Err(now) => w = now,
             }
@@ -350,6 +354,12 @@ impl<T: Linked> Mailbox<T> {
     /// the pushes, so Relaxed would do, and Acquire costs nothing more on x86.
     pub fn is_empty(&self) -> bool {
         head(self.word.load(Acquire)).is_null()
+    }
+
+    /// [`is_empty`](Self::is_empty), ordered after a sequentially consistent store of the
+    /// caller's (a plain load on x86): see the push's compare-and-swap.
+    pub fn is_empty_after_store(&self) -> bool {
+        head(self.word.load(SeqCst)).is_null()
     }
 
     /// The owner's idle state (a snapshot).

@@ -14,8 +14,9 @@ pub type Ret = Result<[u64; 3], Error>;
 
 /// The raw system call: number and six arguments in, status and three results out. An IPC
 /// call (which also writes `r10`, `r8` and `r9`, words 1 to 3 of a message it receives) gets
-/// them declared written; for the others the kernel preserves them (the number is usually a
-/// constant: the choice costs nothing).
+/// them declared written, waits for ever and carries no capability ([`raw_full`] sets those);
+/// for the others the kernel preserves them (the number is usually a constant: the choice
+/// costs nothing).
 #[inline(always)]
 pub fn raw(n: Sys, a: [u64; 6]) -> (u64, [u64; 3]) {
     if writes_message(n) { raw_any_ipc(n as u64, a) } else { raw_any(n as u64, a) }
@@ -33,13 +34,23 @@ const fn writes_message(n: Sys) -> bool {
     matches!(n, Sys::Send | Sys::NbSend | Sys::Call | Sys::Recv | Sys::NbRecv | Sys::Reply | Sys::ReplyRecv | Sys::Wait)
 }
 
-/// [`raw_any`] for a call that may write `r10`, `r8` and `r9`.
+/// [`raw`] for a call that may write `r10`, `r8` and `r9`: an IPC call through it waits for
+/// ever and carries no capability either way (timeout `FOREVER`, no slots).
 #[inline(always)]
 fn raw_any_ipc(n: u64, a: [u64; 6]) -> (u64, [u64; 3]) {
+    raw_full(n, a, rl4_abi::ipc::FOREVER, rl4_abi::ipc::NO_SLOT, rl4_abi::ipc::NO_SLOT)
+}
+
+/// A system call with every register the kernel reads — the number, six arguments and, for the
+/// IPC calls, the timeout (`r12`) and the capability slots to send from and receive into (`r13`,
+/// `r14`) — and every register it may write declared written: `rax` and the three result
+/// words out (for tests of the kernel's checks, and the fuzzer).
+#[inline(always)]
+pub fn raw_full(n: u64, a: [u64; 6], timeout: u64, send_slot: u64, recv_slot: u64) -> (u64, [u64; 3]) {
     let (rax, rdi, rsi, rdx): (u64, u64, u64, u64);
     // SAFETY: `syscall` enters the kernel, which checks every argument; it clobbers rcx and r11
     // and returns results in rax, rdi, rsi, rdx, and an IPC call words 1 to 3 of a message in
-    // r10, r8, r9 (all declared written); it preserves every other register.
+    // r10, r8, r9 (all declared written); it preserves every other register (r12 to r14 too).
     unsafe {
         core::arch::asm!(
             "syscall",
@@ -50,6 +61,9 @@ fn raw_any_ipc(n: u64, a: [u64; 6]) -> (u64, [u64; 3]) {
             inlateout("r10") a[3] => _,
             inlateout("r8") a[4] => _,
             inlateout("r9") a[5] => _,
+            in("r12") timeout,
+            in("r13") send_slot,
+            in("r14") recv_slot,
             lateout("rcx") _,
             lateout("r11") _,
             options(nostack)

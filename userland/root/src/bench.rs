@@ -284,8 +284,10 @@ fn ipc_config(bi: &BootInfo, name: &str, accel: &str, client: u64, server: Optio
     let counting = GlobalCounts::start();
     let total = round_trips(ep, len, iters, ov);
     let counted = counting.stop();
-    // Round trips the kernel did not deliver both ways (a call that failed at once).
-    let failed = warm_failed + (iters as u64).saturating_sub((deliveries() - d0) / 2);
+    // Round trips the kernel did not deliver both ways (a call that failed at once loses two
+    // deliveries; rounded up, since the last reply's count may land on the server's CPU just
+    // after the client read the counters).
+    let failed = warm_failed + (iters as u64).saturating_sub((deliveries() - d0).div_ceil(2));
     let sent = ipis() - i0;
     let fast = sys::stat(MACHINE, stat::IPC_FAST).unwrap_or(0) - f0;
     let cross = sys::stat(MACHINE, stat::IPC_CROSS).unwrap_or(0) - c0;
@@ -442,6 +444,8 @@ static PAIR_EPS: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
 static PAIR_ITERS: AtomicU64 = AtomicU64::new(0);
 static PAIRS_DONE: AtomicU64 = AtomicU64::new(0);
 static PAIRS_GO: AtomicBool = AtomicBool::new(false);
+/// Calls of the pairs' clients that failed.
+static PAIRS_FAILED: AtomicU64 = AtomicU64::new(0);
 
 fn pair_client(i: u64) {
     let ep = PAIR_EPS[i as usize].load(SeqCst);
@@ -449,9 +453,11 @@ fn pair_client(i: u64) {
     while !PAIRS_GO.load(SeqCst) {
         sys::yield_now();
     }
+    let mut failed = 0;
     for _ in 0..PAIR_ITERS.load(SeqCst) {
-        let _ = sys::call(ep, &m);
+        failed += sys::call(ep, &m).is_err() as u64;
     }
+    PAIRS_FAILED.fetch_add(failed, SeqCst);
     PAIRS_DONE.fetch_add(1, SeqCst);
 }
 
@@ -464,6 +470,7 @@ fn pairs_config(bi: &BootInfo, name: &str, accel: &str, k: u64, iters: u64) {
         servers[i as usize] = Some(srv);
     }
     PAIR_ITERS.store(iters, SeqCst);
+    PAIRS_FAILED.store(0, SeqCst);
     let clients: [u64; 64] = core::array::from_fn(|i| if (i as u64) < k { spawn(pair_client, i as u64, ROOT_PRIO - 1, i as u64) } else { 0 });
     // The root thread waits on the last CPU... of the ones not measured, if any; it sleeps.
     let i0 = ipis();
@@ -481,6 +488,7 @@ fn pairs_config(bi: &BootInfo, name: &str, accel: &str, k: u64, iters: u64) {
         .num("cycles_per_iteration", dt / iters.max(1))
         .frac("ipis_per_round_trip", sent, total)
         .num("total_cycles", dt)
+        .num("failed", PAIRS_FAILED.load(SeqCst))
         .emit();
     for &t in clients.iter().take(k as usize) {
         release(t);
@@ -585,7 +593,7 @@ pub fn run(bi: &BootInfo, name: &str, accel: &str, iters: usize, len: u64) -> bo
                 go_to(a);
                 let i0 = ipis();
                 simple_config(name, accel, iters, 1000.min(iters), || sys::measure(MACHINE, measure::IPI_FLOOR, b | 1 << 16).is_ok(), ov, || 0);
-                println!("bench: ipi-floor sent {} IPIs", ipis() - i0);
+                println!("bench: ipi-floor sent {} IPIs (its 1,000 warm-up rounds included)", ipis() - i0);
             } else if let Some((a, b)) = name.strip_prefix("irq-latency-").and_then(cpu_pair) {
                 let n = iters.min(20_000);
                 let done = crate::drv_tests::irq_latency(a, b, &mut samples()[..n]);

@@ -146,31 +146,11 @@ fn add(i: usize, v: u64) {
 
 // ---- raw system calls ----------------------------------------------------------------------------
 
-/// A system call with every argument register: `rax` in, (`rax`, `rdi`, `rsi`, `rdx`) out.
+/// A system call with every argument register: `rax` in, (`rax`, `rdi`, `rsi`, `rdx`) out
+/// (`rl4_user::sys::raw_full`).
 #[inline(always)]
 fn raw(n: u64, a: &[u64; 6], timeout: u64, r13: u64, r14: u64) -> (u64, u64, u64, u64) {
-    let (rax, rdi, rsi, rdx): (u64, u64, u64, u64);
-    // SAFETY: a system call with arbitrary arguments: the kernel checks them all. It clobbers
-    // rcx and r11 and writes results into rax, rdi, rsi, rdx, r10, r8, r9; r12..r14 are inputs
-    // it preserves.
-    unsafe {
-        core::arch::asm!(
-            "syscall",
-            inlateout("rax") n => rax,
-            inlateout("rdi") a[0] => rdi,
-            inlateout("rsi") a[1] => rsi,
-            inlateout("rdx") a[2] => rdx,
-            inlateout("r10") a[3] => _,
-            inlateout("r8") a[4] => _,
-            inlateout("r9") a[5] => _,
-            in("r12") timeout,
-            in("r13") r13,
-            in("r14") r14,
-            lateout("rcx") _,
-            lateout("r11") _,
-            options(nostack)
-        );
-    }
+    let (rax, [rdi, rsi, rdx]) = rl4_user::sys::raw_full(n, *a, timeout, r13, r14);
     (rax, rdi, rsi, rdx)
 }
 
