@@ -78,8 +78,9 @@ fn prune_period() -> u64 {
 }
 
 /// Per CPU, the threads destroyed so far that had left entries in its heap (the epoch of its
-/// period's prunes): a task that makes and deletes a thread every second makes only the CPUs
-/// its own waits used prune, not every CPU with long waits (a review of this change).
+/// period's prunes): a thread's death makes only the CPUs its waits used prune, not every CPU
+/// with long waits (a review of this change). A task can still aim it — a thread that waits on
+/// a CPU, then dies, once a second, per CPU it wants walked (docs/decisions.md).
 static THREADS_GONE: [crossbeam_utils::CachePadded<core::sync::atomic::AtomicU64>; rl4_smp::MAX_CPUS] =
     [const { crossbeam_utils::CachePadded::new(core::sync::atomic::AtomicU64::new(0)) }; rl4_smp::MAX_CPUS];
 

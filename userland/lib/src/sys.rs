@@ -5,8 +5,8 @@
 //! in registers. The typed handles of [`crate::cap`] are built on these.
 //!
 //! A new system call gets its number in `rl4_abi::Sys` and a function here, written like its
-//! neighbours with [`raw`] (or [`ipc`] for a message-passing one: [`raw`] passes no timeout or
-//! capability slots, which those read from `r12`–`r14`).
+//! neighbours with [`raw`] (or [`ipc`] for a message-passing one: [`raw`] gives those a timeout
+//! of `FOREVER` and no capability slots, which they read from `r12`–`r14`).
 use rl4_abi::{Error, Rights, Sys};
 
 /// Result words of a successful call.

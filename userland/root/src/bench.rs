@@ -414,8 +414,8 @@ fn simple_config(name: &str, accel: &str, iters: usize, warm: usize, mut op: imp
 }
 
 static YIELD_STOP: AtomicBool = AtomicBool::new(false);
-/// The yielder's turns (only it writes: a plain load and store, two instructions of the
-/// measured switch).
+/// The yielder's turns (only it writes: a plain read-modify-write, one `inc` instruction of
+/// the measured switch).
 static YIELDS: AtomicU64 = AtomicU64::new(0);
 
 fn yielder(_: u64) {
