@@ -18,6 +18,7 @@ use rl4_arch::layout::{BOOT_MAPPED_LIMIT, phys_to_virt};
 use rl4_arch::paging::{self, DirectMapMem, FrameSource, Rights};
 use rl4_arch::{cpu, println};
 use rl4_core::PAGE_SIZE;
+use rl4_core::btreenodes::{MOST_INSERT_NODES, NODE_ALIGN, NODE_BLOCK};
 use rl4_core::frames::{FrameAllocator, OwnedFrame};
 use rl4_core::memmap::{MAX_FREE_RANGES, MemKind, Range, RangeSet};
 use talc::{ErrOnOom, Span, Talc};
@@ -476,7 +477,6 @@ const NODES_KEPT: usize = rl4_core::btreenodes::insert_nodes(12_959);
 /// Nodes an insertion took from the heap because the stock was empty (or a node did not fit).
 static NODES_MISSED: AtomicU64 = AtomicU64::new(0);
 
-use rl4_core::btreenodes::{MOST_INSERT_NODES, NODE_ALIGN, NODE_BLOCK};
 const NODE_LAYOUT: Layout = match Layout::from_size_align(NODE_BLOCK, NODE_ALIGN) {
     Ok(l) => l,
     Err(_) => panic!("the node block's layout"),

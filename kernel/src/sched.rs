@@ -1190,8 +1190,9 @@ pub fn switch_direct(to: Arc<Thread>, prio: u8) {
 /// The fast path's switch: the running thread has already left this CPU (its `Life` says so)
 /// and was taken out of the current slot, and `to` is `Running` and current here. One lock of
 /// the slot does the hand-over.
-/// Whether the CPU must decide before it returns to user mode (the published priority fell and
-/// the inbox holds a thread: [`lowered`]).
+///
+/// Returns whether the CPU must decide before it returns to user mode (the published priority
+/// fell and the inbox holds a thread: [`lowered`]).
 #[inline(always)]
 #[must_use]
 pub(crate) fn switch_direct_blocked(cs: Here, to: Arc<Thread>, prio: u8) -> bool {
