@@ -77,13 +77,11 @@ extern "C" fn rl4_user_trap(vector: u64, error: u64) {
 /// woke here is looked at by a decision: `sched::decide_and_drain`).
 #[inline(always)]
 fn after_direct_switch() {
+    // One look, after the drain (which may wake a thread here): what was pending before it is
+    // still pending after.
+    crate::reclaim::drain();
     if sched::resched_pending() {
         sched::decide_and_drain();
-    } else {
-        crate::reclaim::drain();
-        if sched::resched_pending() {
-            sched::decide_and_drain();
-        }
     }
 }
 

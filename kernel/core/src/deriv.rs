@@ -598,11 +598,17 @@ impl<H> DerivTree<H> {
             self.nodes[i as usize].revoking |= DOOMED;
             return None;
         }
-        self.hand_children_up(i, &mut poll);
+        Some(self.free_node(i, &mut poll, &mut on_move))
+    }
+
+    /// Frees the live node at `i`: its children go to its parent (roots, if it was one), it
+    /// leaves its siblings, and the vector may shrink. Its home.
+    fn free_node(&mut self, i: u32, poll: &mut impl FnMut(), on_move: &mut impl FnMut(&H, NodeId)) -> H {
+        self.hand_children_up(i, poll);
         self.unlink(i);
         let home = self.release(i);
-        self.maybe_shrink(&mut poll, &mut on_move);
-        Some(home)
+        self.maybe_shrink(poll, on_move);
+        home
     }
 
     /// Deletes every capability derived from `id`, transitively, handing each one's id and
@@ -691,11 +697,7 @@ impl<H> DerivTree<H> {
         }
         // Its capability is gone and so is its last revocation: what that left below it (a
         // revocation ends with nothing below it) goes to its parent, and the node is freed.
-        self.hand_children_up(i, &mut poll);
-        self.unlink(i);
-        let home = self.release(i);
-        self.maybe_shrink(&mut poll, &mut on_move);
-        Some(home)
+        Some(self.free_node(i, &mut poll, &mut on_move))
     }
 
     /// One batch of [`revoke`](Self::revoke): deletes capabilities below `id` and hands
