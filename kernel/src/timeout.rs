@@ -7,19 +7,22 @@
 //! CPU, and no IPC path takes a lock of the waiter's CPU for that): such an entry goes when its
 //! deadline comes, or when the heap is pruned of dead threads and threads no longer waiting with
 //! that deadline — when it has doubled since the last prune (so prunes cost O(1) per entry
-//! added), and every second if a thread that had left entries on this CPU was destroyed
-//! meanwhile (an entry keeps its thread's record allocated: a thread that died is let go within
-//! that time, whatever its deadline; while none of those dies, threads waiting with long
-//! deadlines cost the timer nothing — before the twenty-fourth session every CPU looked at all
-//! of them every second, with interrupts off, which a review found). A prune looks at every entry
-//! (at most about twice the waits since the last one, and the live ones), taking each thread's
-//! lock in turn with interrupts off. The heap is in
+//! added). A prune looks at every entry (at most about twice the waits since the last one, and
+//! the live ones), taking each thread's lock in turn with interrupts off. An entry keeps its
+//! thread's record allocated, so the entries of a thread that died go sooner: its destruction
+//! moves the epoch of each CPU its waits used (`thread_gone`), and each tick of such a CPU
+//! sweeps [`SWEEP_STEP`] entries until it has looked at all (`Deadlines::sweep`: one load per
+//! entry, the thread's reference count; no lock) — a thread's death costs a CPU a few loads per
+//! tick, however many live waits it holds. (Before the twenty-fourth session every CPU pruned
+//! every second regardless, and until the twenty-fifth a CPU pruned within a second of a death
+//! there: a task could have a CPU walk all its live waits, each thread's lock taken, once a
+//! second; reviews found both.) The heap is in
 //! page-sized pieces (`rl4_core::paged`: a burst of thousands of waits needs no contiguous
 //! frames), room for an entry is made before the wait begins ([`reserve`]), and the timer's pass
 //! allocates nothing: it takes due entries out one at a time (the lock is not held while their
 //! waits end; TLB shoot-downs are answered between them, and between a prune's entries), and a
-//! prune takes the heap out whole and runs with no lock held (each thread's own lock is taken
-//! one at a time), frees the pieces it emptied, and puts the heap back.
+//! prune or a sweep takes the heap out whole and runs with no lock held (a prune takes each
+//! thread's own lock one at a time), frees what it took out, and puts the heap back.
 //! Nothing is added meanwhile: only this CPU uses its heap, from its timer interrupt and from
 //! its threads' system calls, which run with interrupts off.
 use alloc::sync::{Arc, Weak};
@@ -71,16 +74,12 @@ pub fn held() -> u64 {
     (0..rl4_smp::MAX_CPUS).filter_map(sched::get).map(|cs| cs.timeouts.lock().len() as u64).sum()
 }
 
-/// How often a CPU prunes its heap whatever its size if a thread was destroyed meanwhile (see
-/// the module's comment): a second of TSC ticks.
-fn prune_period() -> u64 {
-    rl4_arch::time::tsc_hz()
-}
+/// Entries a tick's sweep looks at (see the module's comment): a heap of N entries is swept in
+/// N / 32 ticks, a third of a second per thousand entries at 100 Hz.
+pub const SWEEP_STEP: usize = 32;
 
 /// Per CPU, the threads destroyed so far that had left entries in its heap (the epoch of its
-/// period's prunes): a thread's death makes only the CPUs its waits used prune, not every CPU
-/// with long waits (a review of this change). A task can still aim it — a thread that waits on
-/// a CPU, then dies, once a second, per CPU it wants walked (docs/decisions.md).
+/// sweeps): a thread's death makes only the CPUs its waits used sweep.
 static THREADS_GONE: [crossbeam_utils::CachePadded<core::sync::atomic::AtomicU64>; rl4_smp::MAX_CPUS] =
     [const { crossbeam_utils::CachePadded::new(core::sync::atomic::AtomicU64::new(0)) }; rl4_smp::MAX_CPUS];
 
@@ -92,19 +91,22 @@ pub fn thread_gone(t: &Thread) {
         while bits != 0 {
             let cpu = k * 64 + bits.trailing_zeros() as usize;
             bits &= bits - 1;
-            THREADS_GONE[cpu].fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+            // Release, with the load's Acquire (`epoch`): a sweep that reads the new epoch sees
+            // the reference count that reached zero before it.
+            THREADS_GONE[cpu].fetch_add(1, core::sync::atomic::Ordering::Release);
         }
     }
 }
 
 /// This CPU's epoch.
 fn epoch() -> u64 {
-    THREADS_GONE[rl4_arch::percpu::cpu_index() as usize % rl4_smp::MAX_CPUS].load(core::sync::atomic::Ordering::Relaxed)
+    THREADS_GONE[rl4_arch::percpu::cpu_index() as usize % rl4_smp::MAX_CPUS].load(core::sync::atomic::Ordering::Acquire)
 }
 
 /// Ends the waits of this CPU whose deadline has passed; prunes the heap when it has doubled
-/// since the last prune or a second has passed, and frees the leaves a burst of
-/// ended waits left. Allocates nothing; holds no lock while it ends waits or drops entries.
+/// since the last prune, or takes a step of the sweep of dead threads' entries, and frees the
+/// leaves a burst of ended waits left. Allocates nothing; holds no lock while it ends waits or
+/// drops entries.
 pub fn expire_due(cs: sched::Here) {
     let now = cpu::rdtsc();
     loop {
@@ -125,20 +127,20 @@ pub fn expire_due(cs: sched::Here) {
     }
     let mut l: List = {
         let mut g = cs.timeouts.lock();
-        if !g.wants_prune(now, prune_period(), epoch()) && !g.wants_shrink() {
+        if !g.wants_prune() && !g.wants_shrink() && !g.wants_sweep(epoch()) {
             return;
         }
         core::mem::take(&mut *g)
     };
     let gone = epoch();
-    if l.wants_prune(now, prune_period(), gone) {
+    if l.wants_prune() {
         // An entry is kept if its thread still waits with that deadline — once: a thread that
         // blocks again and again with one absolute deadline (a task can compute it from the
         // TSC it reads) left an entry per wait, all kept, kernel heap no budget pays for (a
         // review finding). Each CPU's prune writes its own `now` (two CPUs' prunes of one
         // thread, or a race on the stamp, at worst let a duplicate survive one prune; any entry
         // kept ends the wait, as `Life::expire` compares the deadline, not the entry).
-        let seen = l.prune(now, gone, |(d, w)| {
+        let seen = l.prune(gone, |(d, w)| {
             // Shoot-downs are answered between entries, as in the expiry above.
             crate::tlb::service_tlb(cs);
             w.upgrade().is_some_and(|t| {
@@ -154,7 +156,16 @@ pub fn expire_due(cs: sched::Here) {
         });
         cs.add_count(sched::Count::DeadlinesVisited, seen as u64);
     } else {
-        l.shrink();
+        if l.wants_sweep(gone) {
+            // A thread that died holds no strong reference, so its count is zero for good: no
+            // lock needed. The entry taken out is dropped here, no lock held (it may be the
+            // record's last reference).
+            let seen = l.sweep(gone, SWEEP_STEP, |(_, w)| w.strong_count() == 0, drop);
+            cs.add_count(sched::Count::DeadlinesVisited, seen as u64);
+        }
+        if l.wants_shrink() {
+            l.shrink();
+        }
     }
     let mut g = cs.timeouts.lock();
     core::mem::swap(&mut *g, &mut l);

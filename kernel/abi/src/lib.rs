@@ -434,9 +434,11 @@ pub mod stat {
     /// loaded (it saved them last and loaded no other thread's since), all CPUs.
     pub const FPU_KEPT: u64 = 19;
     /// Wait deadlines the timer has looked at, all CPUs: one per due deadline taken out (its
-    /// wait ended, or had ended already) and one per entry a prune looked at (a CPU prunes its
-    /// deadlines when they have doubled since the last prune, and once a second). Other ticks
-    /// with no deadline due look at none, however many threads wait with one (docs/ipc.md).
+    /// wait ended, or had ended already), one per entry a prune looked at (a CPU prunes its
+    /// deadlines when they have doubled since the last prune) and one per entry a sweep for
+    /// dead threads' entries looked at (at most 32 per tick, after a thread that waited there
+    /// died). Other ticks with no deadline due look at none, however many threads wait with one
+    /// (docs/ipc.md).
     pub const DEADLINES_VISITED: u64 = 20;
     /// Wait deadlines the CPUs hold now, all CPUs: live waits' and those of waits that ended
     /// early, which stay until their deadline or a prune (docs/ipc.md).

@@ -11,16 +11,18 @@
 //! CPU for that. Such a *stale* entry goes when its deadline comes (the transition it asks for
 //! is refused: the wait it names is over), or at a [`Deadlines::prune`], which the owner runs
 //! when [`Deadlines::wants_prune`] says: when the heap has doubled since the last prune (so
-//! that prunes cost O(1) per entry added, however fast waits come and go), and when a period
-//! has passed since the last one and the caller's *epoch* changed meanwhile (the kernel counts
-//! threads destroyed: an entry whose thread died keeps the thread's record allocated, and goes
-//! within that period, whatever its deadline; while no thread died, live waits with long
-//! deadlines cost nothing, where a prune every period looked at every one of them). After a burst of
-//! waits has ended, [`Deadlines::wants_shrink`] says when the heap holds leaves it does not
-//! need.
+//! that prunes cost O(1) per entry added, however fast waits come and go). The entries of
+//! threads that died (the kernel counts them per CPU: its *epoch*; an entry keeps its thread's
+//! record allocated) go sooner, by a [`Deadlines::sweep`]: a few entries per call, which the
+//! owner makes at each tick while [`Deadlines::wants_sweep`] says that the epoch moved since the
+//! last complete sweep, so that a thread's death costs its CPU a bounded amount per tick however
+//! many live waits it holds (before the twenty-fifth session a prune of every entry, each
+//! thread's lock taken, ran within a second of any death: a task could have a CPU walk all its
+//! live waits once a second). After a burst of waits has ended,
+//! [`Deadlines::wants_shrink`] says when the heap holds leaves it does not need.
 //!
-//! The caller decides what an entry's `W` is and which entries are stale; this module only
-//! orders them (`tests/deadlines_model.rs` checks it against a sorted model).
+//! The caller decides what an entry's `W` is and which entries are stale or dead; this module
+//! only orders them (`tests/deadlines_model.rs` checks it against a sorted model).
 use crate::paged::PagedVec;
 
 /// The heap is not pruned below this many entries.
@@ -30,10 +32,15 @@ pub struct Deadlines<W> {
     heap: PagedVec<(u64, W)>,
     /// [`Deadlines::wants_prune`] once the heap holds this many entries.
     prune_at: usize,
-    /// When the last prune ran (the `now` it was given).
-    pruned: u64,
-    /// The epoch the last prune was given.
+    /// The epoch the last complete sweep (or prune) started at: the entries of threads that
+    /// died before it are gone.
     epoch: u64,
+    /// The sweep under way: the next index it looks at, and the epoch it started at.
+    sweep: Option<(usize, u64)>,
+    /// Whether, since the sweep under way started, an entry may have moved from where it had
+    /// yet to look to where it had looked (a take of a due entry moves entries up; so may the
+    /// sweep's own removals): it then starts again rather than end.
+    disturbed: bool,
 }
 
 impl<W> Default for Deadlines<W> {
@@ -44,7 +51,7 @@ impl<W> Default for Deadlines<W> {
 
 impl<W> Deadlines<W> {
     pub const fn new() -> Self {
-        Deadlines { heap: PagedVec::new(), prune_at: PRUNE_MIN, pruned: 0, epoch: 0 }
+        Deadlines { heap: PagedVec::new(), prune_at: PRUNE_MIN, epoch: 0, sweep: None, disturbed: false }
     }
 
     /// Entries held, stale ones included.
@@ -84,6 +91,7 @@ impl<W> Deadlines<W> {
         if self.earliest()? > now {
             return None;
         }
+        self.disturbed |= self.sweep.is_some();
         let last = self.heap.len() - 1;
         self.heap.swap(0, last);
         let e = self.heap.pop();
@@ -91,18 +99,17 @@ impl<W> Deadlines<W> {
         e
     }
 
-    /// Whether a prune is due at `now`: the heap has doubled since the last one (and holds at
-    /// least [`PRUNE_MIN`] entries), or `period` has passed since it, `epoch` is not the one it
-    /// was given and the heap is not empty.
-    pub fn wants_prune(&self, now: u64, period: u64, epoch: u64) -> bool {
+    /// Whether a prune is due: the heap has doubled since the last one (and holds at least
+    /// [`PRUNE_MIN`] entries).
+    pub fn wants_prune(&self) -> bool {
         self.heap.len() >= self.prune_at
-            || (!self.heap.is_empty() && epoch != self.epoch && now.wrapping_sub(self.pruned) >= period)
     }
 
     /// Keeps only the entries for which `keep` is true and frees the memory the others held
-    /// (allocates nothing). `now` and `epoch` are when (for [`Deadlines::wants_prune`]'s
-    /// period). Returns how many entries it looked at.
-    pub fn prune(&mut self, now: u64, epoch: u64, keep: impl FnMut(&(u64, W)) -> bool) -> usize {
+    /// (allocates nothing). `keep` must refuse the entries of threads that died: the prune
+    /// counts as a sweep that started at `epoch` (the owner's epoch read before it). Returns how
+    /// many entries it looked at.
+    pub fn prune(&mut self, epoch: u64, keep: impl FnMut(&(u64, W)) -> bool) -> usize {
         let seen = self.heap.len();
         self.heap.retain(keep);
         self.heap.shrink();
@@ -111,9 +118,72 @@ impl<W> Deadlines<W> {
             self.sift_down(i);
         }
         self.prune_at = self.heap.len().saturating_mul(2).max(PRUNE_MIN);
-        self.pruned = now;
-        self.epoch = epoch;
+        (self.epoch, self.sweep, self.disturbed) = (epoch, None, false);
         seen
+    }
+
+    /// Whether a sweep is under way, or due because `epoch` (the owner's count of deaths) is
+    /// not the one the last complete sweep started at.
+    pub fn wants_sweep(&self, epoch: u64) -> bool {
+        self.sweep.is_some() || (epoch != self.epoch && !self.heap.is_empty())
+    }
+
+    /// One step of the sweep of dead entries: looks at up to `budget` entries from where the
+    /// last step stopped (from the first, starting a sweep, if none is under way and
+    /// [`Deadlines::wants_sweep`]), takes out those `dead` says are, and hands each to `gone`.
+    /// A sweep ends once it has looked at every entry; if an entry may have moved past it
+    /// meanwhile (`disturbed`), it starts again instead, with the epoch of then. Every entry
+    /// that was dead when a sweep started is gone when it ends. Returns how many entries it
+    /// looked at.
+    pub fn sweep(&mut self, epoch: u64, budget: usize, mut dead: impl FnMut(&(u64, W)) -> bool, mut gone: impl FnMut((u64, W))) -> usize {
+        let (mut at, started) = match self.sweep {
+            Some(s) => s,
+            None if self.wants_sweep(epoch) => {
+                self.disturbed = false;
+                (0, epoch)
+            }
+            None => return 0,
+        };
+        let mut seen = 0;
+        while seen < budget && at < self.heap.len() {
+            seen += 1;
+            if dead(&self.heap[at]) {
+                // The last entry takes its place; if it goes up, past the sweep, it is looked at
+                // there: one that is dead makes the sweep start again (the entries it moves down
+                // stay where the sweep has been or come to `at`).
+                let (e, up) = self.remove_at(at);
+                self.disturbed |= up.is_some_and(|p| dead(&self.heap[p]));
+                gone(e);
+            } else {
+                at += 1;
+            }
+        }
+        self.sweep = if at < self.heap.len() {
+            Some((at, started))
+        } else if self.disturbed {
+            self.disturbed = false;
+            Some((0, epoch))
+        } else {
+            self.epoch = started;
+            None
+        };
+        seen
+    }
+
+    /// Takes out the entry at `i` (the last one takes its place and finds its own); and where
+    /// that one went if it went up, before `i`.
+    fn remove_at(&mut self, i: usize) -> ((u64, W), Option<usize>) {
+        let last = self.heap.len() - 1;
+        self.heap.swap(i, last);
+        let e = self.heap.pop().expect("an entry at i");
+        if i < self.heap.len() {
+            let p = self.sift_up(i);
+            if p < i {
+                return (e, Some(p));
+            }
+            self.sift_down(i);
+        }
+        (e, None)
     }
 
     /// Whether the heap holds more than one leaf beyond what its entries fill (due entries were
@@ -127,7 +197,8 @@ impl<W> Deadlines<W> {
         self.heap.shrink();
     }
 
-    fn sift_up(&mut self, mut i: usize) {
+    /// Moves the entry at `i` up to its place; returns where it went.
+    fn sift_up(&mut self, mut i: usize) -> usize {
         while i > 0 {
             let parent = (i - 1) / 2;
             if self.heap[parent].0 <= self.heap[i].0 {
@@ -136,6 +207,7 @@ impl<W> Deadlines<W> {
             self.heap.swap(parent, i);
             i = parent;
         }
+        i
     }
 
     fn sift_down(&mut self, mut i: usize) {
@@ -206,24 +278,51 @@ mod tests {
         for i in 0..PRUNE_MIN as u64 - 1 {
             d.try_push(1000 - i, i).unwrap();
         }
-        const P: u64 = 1000;
-        assert!(!d.wants_prune(0, P, 1));
+        assert!(!d.wants_prune());
         d.try_push(5, 99).unwrap();
-        assert!(d.wants_prune(0, P, 0));
+        assert!(d.wants_prune());
         // Half the entries are stale.
-        assert_eq!(d.prune(0, 0, |&(_, w)| w % 2 == 0), PRUNE_MIN);
+        assert_eq!(d.prune(0, |&(_, w)| w % 2 == 0), PRUNE_MIN);
         assert!(d.is_heap());
         assert_eq!(d.len(), PRUNE_MIN / 2);
-        assert!(!d.wants_prune(P - 1, P, 1), "below PRUNE_MIN, within the period");
-        assert!(!d.wants_prune(P, P, 0), "the period passed, but the epoch is the same");
-        assert!(d.wants_prune(P, P, 1), "the period passed and the epoch changed");
+        assert!(!d.wants_prune(), "below PRUNE_MIN");
+        assert!(!d.wants_sweep(0), "the prune was given epoch 0");
+        assert!(d.wants_sweep(1), "a thread died since");
         for i in 0..PRUNE_MIN as u64 / 2 {
             d.try_push(2000 + i, 1000 + i).unwrap();
         }
         // 64 now: twice the 32 kept was 64.
-        assert!(d.wants_prune(1, P, 0));
-        assert_eq!(d.prune(1, 0, |_| true), PRUNE_MIN);
-        assert!(!d.wants_prune(2, P, 1), "next prune at 128 entries or at P + 1 with a new epoch");
+        assert!(d.wants_prune());
+        assert_eq!(d.prune(1, |_| true), PRUNE_MIN);
+        assert!(!d.wants_prune(), "next prune at 128 entries");
+        assert!(!d.wants_sweep(1));
         assert_eq!(d.earliest(), Some(1000 - (PRUNE_MIN as u64 - 2)));
+    }
+
+    #[test]
+    fn a_sweep_takes_the_dead_out_a_few_at_a_time() {
+        let mut d = Deadlines::new();
+        for i in 0..100u64 {
+            d.try_push(1000 + (i * 37) % 101, i).unwrap();
+        }
+        assert!(!d.wants_sweep(0), "no death yet");
+        assert_eq!(d.sweep(0, 8, |_| true, |_| panic!("no sweep")), 0);
+        // Every third entry's thread died (epoch 1).
+        let mut gone = alloc::vec::Vec::new();
+        let mut steps = 0;
+        while d.wants_sweep(1) {
+            let seen = d.sweep(1, 8, |&(_, w)| w % 3 == 0, |(_, w)| gone.push(w));
+            assert!(seen <= 8);
+            assert!(d.is_heap());
+            steps += 1;
+            assert!(steps < 100, "the sweep ends");
+        }
+        gone.sort();
+        assert_eq!(gone, (0..100).filter(|w| w % 3 == 0).collect::<alloc::vec::Vec<u64>>());
+        assert_eq!(d.len(), 100 - gone.len());
+        assert!(d.iter().all(|&(_, w)| w % 3 != 0));
+        // Done until the next death.
+        assert!(!d.wants_sweep(1));
+        assert!(d.wants_sweep(2));
     }
 }

@@ -1,12 +1,15 @@
 //! Model-based property test of `rl4_core::deadlines`: random sequences of additions, takes of
-//! due entries and prunes (each dropping a random subset, as stale waits are), against a plain
-//! model: the list of (deadline, id) held.
+//! due entries, prunes (each dropping a random subset, as stale waits are, and every dead one),
+//! deaths (a subset of the ids, and the epoch moves) and sweep steps, against a plain model:
+//! the list of (deadline, id) held and the set of dead ids.
 //!
 //! After every step: the heap property, the length, `earliest` (the model's least deadline),
-//! that a due take returns an entry of the least deadline (and none when nothing is due), and
-//! that a prune keeps exactly what the model keeps. Over the whole run: the owner prunes only
-//! when `wants_prune` says so, and then the entries prunes look at stay within twice the entries
-//! added (the cost bound the timer's pass relies on).
+//! that a due take returns an entry of the least deadline (and none when nothing is due), that a
+//! prune keeps exactly what the model keeps, that a sweep step looks at no more entries than
+//! its budget and takes out only dead ones, and that once a sweep has ended (`wants_sweep` says
+//! no) no dead entry is left. Over the whole run: the owner prunes only when `wants_prune` says
+//! so, and then the entries prunes look at stay within twice the entries added (the cost bound
+//! the timer's pass relies on); at the end, sweep steps alone end the sweep.
 #![allow(unexpected_cfgs)] // `cfg(loom)`: set by RUSTFLAGS for the loom models only.
 #![cfg(not(loom))]
 use proptest::prelude::*;
@@ -20,9 +23,13 @@ enum Op {
     Burst { n: u8, base: u64 },
     /// Take every entry due at `now`.
     Due(u64),
-    /// Prune if it wants to (the time is `now`), keeping the entries whose id is not divisible
-    /// by `k`; then shrink if it wants to.
-    Prune { k: u8, now: u64 },
+    /// Prune if it wants to, keeping the entries whose id is not divisible by `k` (and not
+    /// dead); then shrink if it wants to.
+    Prune { k: u8 },
+    /// The threads of the entries held whose id is `r` modulo `m` die: the epoch moves.
+    Die { m: u8, r: u8 },
+    /// A sweep step with this budget, if one is wanted.
+    Sweep(u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -30,7 +37,9 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0u64..1000).prop_map(Op::Add),
         1 => (1u8..100, 0u64..1000).prop_map(|(n, base)| Op::Burst { n, base }),
         2 => (0u64..1000).prop_map(Op::Due),
-        2 => (1u8..5, 0u64..3000).prop_map(|(k, now)| Op::Prune { k, now }),
+        2 => (1u8..5).prop_map(|k| Op::Prune { k }),
+        1 => (1u8..6, 0u8..6).prop_map(|(m, r)| Op::Die { m, r: r % m }),
+        3 => (1u8..20).prop_map(Op::Sweep),
     ]
 }
 
@@ -51,6 +60,8 @@ proptest! {
     fn deadlines_match_the_model(ops in proptest::collection::vec(op(), 1..200)) {
         let mut d: Deadlines<u64> = Deadlines::new();
         let mut model: Vec<(u64, u64)> = Vec::new();
+        let mut dead = std::collections::BTreeSet::new();
+        let mut epoch = 0u64;
         let (mut next_id, mut added, mut visited) = (0u64, 0usize, 0usize);
         for op in ops {
             match op {
@@ -75,24 +86,54 @@ proptest! {
                     }
                     prop_assert!(model.iter().all(|e| e.0 > now), "an entry due at {now} was left");
                 }
-                Op::Prune { k, now } => {
-                    // The period's prunes are bounded by time, not by entries added: the model
-                    // counts only the doubling's (a period longer than any `now`).
-                    if d.wants_prune(now, u64::MAX, 0) {
-                        visited += d.prune(0, 0, |&(_, id)| id % k as u64 != 0);
-                        model.retain(|&(_, id)| id % k as u64 != 0);
-                    } else if d.wants_prune(now, 1000, now) {
-                        d.prune(now, now, |&(_, id)| id % k as u64 != 0);
-                        model.retain(|&(_, id)| id % k as u64 != 0);
+                Op::Prune { k } => {
+                    let keep = |id: u64| id % k as u64 != 0 && !dead.contains(&id);
+                    if d.wants_prune() {
+                        visited += d.prune(epoch, |&(_, id)| keep(id));
+                        model.retain(|&(_, id)| keep(id));
+                        prop_assert!(!d.wants_sweep(epoch), "a prune is a complete sweep");
                     }
                     if d.wants_shrink() {
                         d.shrink();
                         prop_assert!(!d.wants_shrink());
                     }
                 }
+                Op::Die { m, r } => {
+                    dead.extend(model.iter().map(|e| e.1).filter(|id| id % m as u64 == r as u64));
+                    epoch += 1;
+                }
+                Op::Sweep(budget) => {
+                    let mut out = Vec::new();
+                    let seen = d.sweep(epoch, budget as usize, |&(_, id)| dead.contains(&id), |e| out.push(e));
+                    prop_assert!(seen <= budget as usize, "looked at {seen} with a budget of {budget}");
+                    for e in out {
+                        prop_assert!(dead.contains(&e.1), "took out {e:?}, which is not dead");
+                        let i = model.iter().position(|&m| m == e).expect("an entry the model holds");
+                        model.swap_remove(i);
+                    }
+                }
             }
             check(&d, &model);
             prop_assert!(visited <= 2 * added, "prunes looked at {visited} entries for {added} added");
+            if !d.wants_sweep(epoch) {
+                prop_assert!(model.iter().all(|e| !dead.contains(&e.1)), "a sweep ended with a dead entry left");
+            }
         }
+        // Sweep steps alone (nothing taken out meanwhile) end the sweep: at most a pass and a
+        // pass again per dead entry that a removal moved past it.
+        let bound = (model.len() + 1) * (dead.len() + 2);
+        let mut steps = 0;
+        while d.wants_sweep(epoch) {
+            let mut out = Vec::new();
+            d.sweep(epoch, 4, |&(_, id)| dead.contains(&id), |e| out.push(e));
+            for e in out {
+                let i = model.iter().position(|&m| m == e).expect("an entry the model holds");
+                model.swap_remove(i);
+            }
+            check(&d, &model);
+            steps += 1;
+            prop_assert!(steps <= bound, "the sweep did not end in {bound} steps");
+        }
+        prop_assert!(model.iter().all(|e| !dead.contains(&e.1)));
     }
 }

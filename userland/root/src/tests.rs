@@ -410,9 +410,10 @@ fn spin_ms(ms: u64) {
 }
 
 /// Threads waiting with long timeouts cost their CPU's timer next to nothing while no deadline
-/// is due: the timer looks at the earliest deadline only, and at every entry once a second (a
-/// prune; `stat::DEADLINES_VISITED` counts the entries it looks at). An unsorted list walked at
-/// every tick costs one visit per waiter per tick.
+/// is due: the timer looks at the earliest deadline only (`stat::DEADLINES_VISITED` counts the
+/// entries it looks at), and at entries again only after a thread that waited there died (a
+/// sweep for its entries, 32 per tick). An unsorted list walked at every tick costs one visit
+/// per waiter per tick.
 fn test_deadlines_idle() {
     const NAME: &str = "deadlines-idle-waiters-cost-nothing";
     const WAITERS: usize = 96;
@@ -432,8 +433,8 @@ fn test_deadlines_idle() {
     let held = || sys::stat(MACHINE, stat::DEADLINES_HELD).unwrap_or(0);
     let ts: [u64; WAITERS] = core::array::from_fn(|_| spawn(wait_long, 0, ROOT_PRIO, cpu));
     let blocked = wait_ms(5000, || ts.iter().all(|&t| state(t) == Some(ThreadState::BlockedNotify)));
-    // The heap is pruned once when it passes 64 entries (the waiters' own, all live), and once
-    // more within a second if a thread was destroyed meanwhile (an earlier test's): let those
+    // The heap is pruned once when it passes 64 entries (the waiters' own, all live), and swept
+    // if a thread that waited there was destroyed meanwhile (an earlier test's): let those
     // happen first. Then, over more than a second in which no thread dies, the timers look at
     // none of the waiters' deadlines (before the twenty-fourth session every CPU looked at all
     // of them every second: a review found it).
@@ -450,11 +451,11 @@ fn test_deadlines_idle() {
     }
     release(n);
     // Their deadlines are 600 s away, but the entries of dead threads (each keeps its thread's
-    // record allocated) go within about a second: the once-a-second prune.
+    // record allocated) go within a sweep: 96 entries, three ticks.
     // Read twice: a CPU's heap reads empty for the moment a prune has it taken out.
     let gone = wait_ms(3000, || held() + WAITERS as u64 / 2 <= h1 && held() + WAITERS as u64 / 2 <= h1);
     let h2 = held();
-    // The counters must be readable and count: the waiters' deadlines were held, and the prune
+    // The counters must be readable and count: the waiters' deadlines were held, and the sweep
     // that let the dead ones go looked at them (else the bound above would hold for a kernel
     // that counts nothing: a review of the twenty-second session's tests).
     let pruned = visited().wrapping_sub(v3);
@@ -463,7 +464,7 @@ fn test_deadlines_idle() {
         NAME,
         counted && blocked && loaded < 12 * idle + WAITERS as u64 / 2 && gone,
         format_args!(
-            "{WAITERS} threads on cpu {cpu} waiting with a 600 s timeout (all blocked: {blocked}; counters read, the deadlines held and the prune after their deletion looked at {pruned}: {counted}): the timers looked at {loaded} deadlines in 1.2 s with no thread destroyed ({ticks} ticks on cpu 0), {idle} in 100 ms without them (a walk of every waiter at each tick, or once a second, would add {WAITERS} each time); the CPUs held {h1} deadlines while they waited, {h2} within 3 s of their deletion (at least half gone: {gone})"
+            "{WAITERS} threads on cpu {cpu} waiting with a 600 s timeout (all blocked: {blocked}; counters read, the deadlines held and the sweep after their deletion looked at {pruned}: {counted}): the timers looked at {loaded} deadlines in 1.2 s with no thread destroyed ({ticks} ticks on cpu 0), {idle} in 100 ms without them (a walk of every waiter at each tick, or once a second, would add {WAITERS} each time); the CPUs held {h1} deadlines while they waited, {h2} within 3 s of their deletion (at least half gone: {gone})"
         ),
     );
 }
