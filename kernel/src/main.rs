@@ -178,12 +178,11 @@ pub extern "C" fn rl4_kernel_entry(protocol: u32, magic: u32, info: u64) -> ! {
 
 extern "C" fn bsp_main(_bsp: u64) -> ! {
     let bsp = cpus::get(0).expect("BSP block created");
-    if let Err(e) = cpus::init_this_cpu(bsp, &mut mem::Frames) {
-        panic!("BSP descriptor tables: {e:?}");
-    }
+    cpus::init_this_cpu(bsp);
     let f = cpu::Features::read();
     rl4_arch::paging::enable_protection(f.smep, f.smap, f.pcid);
     let fpu = rl4_arch::fpu::init_this_cpu();
+    sched::prepare_cpu(0).expect("kernel heap for the bootstrap CPU's scheduler");
     sched::init_cpu(f.pcid);
     let mut brand = [0u8; 48];
     println!(
@@ -270,7 +269,7 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
     for (e, why) in &plan.skipped {
         println!("madt: processor uid {} apic id {} not started: {}", e.uid, e.apic_id, why.describe());
     }
-    start_aps(&plan);
+    start_aps(&mut plan);
     run::after_boot(&plan)
 }
 
@@ -347,17 +346,37 @@ fn reference_clocks(firmware: Firmware, p: &Platform) -> Vec<RefClock> {
     }
 }
 
-fn start_aps(plan: &madt::Plan) {
+/// Frames one more CPU takes as it starts (an estimate, for [`root::room_for_cpu`]): its
+/// kernel and IST stacks, its blocks on the kernel heap, two page-table pages.
+fn cpu_frames() -> u64 {
+    let heap = core::mem::size_of::<Cpu>()
+        + core::mem::size_of::<rl4_arch::gdt::CpuTables>()
+        + core::mem::size_of::<x86_64::structures::idt::InterruptDescriptorTable>()
+        + sched::CPU_BYTES;
+    cpus::STACK_PAGES + 4 * cpus::IST_PAGES + (heap as u64).div_ceil(4096) + 2
+}
+
+/// Starts the application processors of `plan`, in order. One that memory has no room for
+/// ([`make_cpu`]) is not started, nor any after it (the CPU numbers stay without gaps): they
+/// leave the plan, as skipped for want of memory, and the kernel runs on the others.
+fn start_aps(plan: &mut madt::Plan) {
     // (No trampoline: the plan has the bootstrap CPU only.)
     let Some(page) = TRAMPOLINE.get().copied().flatten() else { return };
     apboot::install_trampoline(page);
     let timeout_us = options().ap_timeout_ms as u64 * 1000;
-    for (i, e) in plan.cpus.iter().enumerate().skip(1) {
-        let cpu = match cpus::create(i, e.apic_id, &mut mem::Frames) {
+    for i in 1..plan.cpus.len() {
+        let e = plan.cpus[i];
+        let cpu = match make_cpu(i, e.apic_id) {
             Ok(c) => c,
-            Err(err) => {
-                println!("cpu {i} (apic id {}) not started: no memory for its stacks ({err:?})", e.apic_id);
-                continue;
+            Err(why) => {
+                let last = plan.cpus.len() - 1;
+                if i == last {
+                    println!("cpu {i} (apic id {}) not started: {why}; running on {i} CPU(s)", e.apic_id);
+                } else {
+                    println!("cpus {i} to {last} (apic ids from {}) not started: {why}; running on {i} CPU(s)", e.apic_id);
+                }
+                plan.keep_first(i, madt::Skip::NoMemory);
+                return;
             }
         };
         let t0 = cpu::rdtsc();
@@ -385,11 +404,24 @@ fn start_aps(plan: &madt::Plan) {
     }
 }
 
-/// Every AP starts here, on its own stack, with the kernel's page tables.
-extern "C" fn ap_main(cpu: &'static Cpu) -> ! {
-    if let Err(e) = cpus::init_this_cpu(cpu, &mut mem::Frames) {
-        panic!("cpu {}: descriptor tables: {e:?}", cpu.index);
+/// Makes CPU `i`'s blocks — scheduler, stacks, descriptor tables — before it starts, if the
+/// memory leaves room for the root task with one more CPU ([`root::room_for_cpu`]); otherwise
+/// why not (nothing is kept of what was made).
+fn make_cpu(i: usize, apic_id: u32) -> Result<&'static Cpu, &'static str> {
+    if !root::room_for_cpu(i + 1, cpu_frames()) {
+        return Err("the memory left would not start the root task with one more CPU");
     }
+    sched::prepare_cpu(i as u32).map_err(|()| "no kernel heap for its scheduler")?;
+    cpus::create(i, apic_id, &mut mem::Frames).map_err(|_| {
+        sched::unprepare_cpu(i as u32);
+        "no memory for its stacks and descriptor tables"
+    })
+}
+
+/// Every AP starts here, on its own stack, with the kernel's page tables; everything it sets
+/// up was made before it started ([`make_cpu`]): nothing here can run out of memory.
+extern "C" fn ap_main(cpu: &'static Cpu) -> ! {
+    cpus::init_this_cpu(cpu);
     let f = cpu::Features::read();
     rl4_arch::paging::enable_protection(f.smep, f.smap, f.pcid);
     // Set up from this CPU's own CPUID (firmware may have left it otherwise than the BSP).

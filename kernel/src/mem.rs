@@ -736,6 +736,17 @@ pub fn init(bi: &BootInfo, reserved: &[Range]) -> MemInfo {
             println!("memory: {skipped} ACPI table(s) not readable at boot; they must lie in reserved memory");
         }
     }
+    // On a PC BIOS (and PVH, which runs on one), the BIOS's own low memory, whatever the map
+    // says of it (`memmap::bios_low_reserved`): read from its data area, which UEFI does not
+    // promise.
+    if bi.firmware != rl4_arch::bootinfo::Firmware::Uefi {
+        let (mut seg, mut kib) = ([0u8; 2], [0u8; 2]);
+        use rl4_arch::bootinfo::PhysMem;
+        let m = rl4_arch::paging::DirectMapMem;
+        let read = m.read(0x40e, &mut seg).is_some() && m.read(0x413, &mut kib).is_some();
+        let (seg, kib) = if read { (u16::from_le_bytes(seg), u16::from_le_bytes(kib)) } else { (0, 0) };
+        reserve(&mut free, rl4_core::memmap::bios_low_reserved(seg, kib), "the BIOS's low memory");
+    }
     // The trampoline: the highest usable page below 1 MiB that nothing above claimed (none:
     // only the bootstrap CPU runs, `main`). Then the whole first megabyte stays out of the
     // allocator (BIOS data, EBDA, option ROMs).
@@ -840,7 +851,12 @@ const CALL_FRAMES_PER_CPU: u64 = 16;
 /// Free frames a system call that allocates kernel memory needs when it starts; below that it
 /// answers `OutOfMemory` at once ([`headroom`]): 256, or 16 per CPU the machine has if more.
 pub fn call_floor() -> u64 {
-    (CALL_FRAMES_PER_CPU * rl4_smp::cpus::count() as u64).max(256)
+    call_floor_for(rl4_smp::cpus::count())
+}
+
+/// [`call_floor`] on a machine of `cpus` CPUs.
+pub fn call_floor_for(cpus: usize) -> u64 {
+    (CALL_FRAMES_PER_CPU * cpus as u64).max(256)
 }
 
 /// Free frames that user frames and user page tables never take: they are the kernel heap's

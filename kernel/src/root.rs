@@ -29,7 +29,37 @@ const KERNEL_RESERVE_FRAMES: u64 = 1024;
 /// frames user memory never takes (`mem::user_floor`: 512, or 32 per CPU above 16 CPUs) if that
 /// is more (above 32 CPUs), so that at boot the budget does not promise frames no user can get.
 fn kept_frames() -> u64 {
-    KERNEL_RESERVE_FRAMES.max(mem::user_floor())
+    kept_frames_for(rl4_smp::cpus::count())
+}
+
+/// [`kept_frames`] on a machine of `cpus` CPUs.
+fn kept_frames_for(cpus: usize) -> u64 {
+    KERNEL_RESERVE_FRAMES.max(2 * mem::call_floor_for(cpus))
+}
+
+/// Frames the root task's start takes of its budget on a machine of `cpus` CPUs: its image,
+/// stack and copies of the embedded programs, what [`start_reserve`] keeps for its first steps,
+/// and 64 frames for its page tables and objects. The boot starts no more CPUs than leave it
+/// that much ([`room_for_cpu`]).
+fn start_frames(cpus: usize) -> u64 {
+    let pages = |bytes: usize| (bytes as u64).div_ceil(PAGE_SIZE);
+    let image: u64 = PROGRAMS
+        .iter()
+        .find(|(n, _)| *n == "root")
+        .and_then(|(_, b)| Elf::parse(b, PAGE_SIZE, rl4_abi::PROGRAMS_ADDR).ok())
+        .map_or(0, |e| e.segments().filter_map(Result::ok).map(|s| (s.pages().1 - s.pages().0) / PAGE_SIZE).sum());
+    let copies: u64 = PROGRAMS.iter().map(|(_, b)| pages(b.len())).sum();
+    image + copies + rl4_abi::ROOT_STACK_PAGES + start_reserve_for(cpus) / PAGE_SIZE + 64
+}
+
+/// Whether the memory free now has room for one more CPU's blocks (`cpu_frames`, an estimate)
+/// such that, with `cpus` CPUs in all, the root task can still start: the frames the kernel then
+/// keeps ([`kept_frames`]) and those the root task's start takes ([`start_frames`]) stay free.
+/// Before the twenty-fifth session every CPU the firmware listed was started whatever the
+/// memory, and on a machine with many CPUs and little memory either a CPU's set-up or the root
+/// task's start ran out of it and the machine stopped (a review found it).
+pub fn room_for_cpu(cpus: usize, cpu_frames: u64) -> bool {
+    mem::free_frames() >= cpu_frames + kept_frames_for(cpus) + start_frames(cpus)
 }
 const _: () = assert!(KERNEL_RESERVE_FRAMES * PAGE_SIZE == 4 << 20, "SHORT names the reserve");
 
@@ -155,7 +185,12 @@ fn program(name: &str, addr: u64, len: u64, kind: u64) -> Program {
 /// more per CPU for a thread on each with its stack (the demo's: about 22 KiB of budget each;
 /// with 256 KiB alone, 48 CPUs' demo ran out of memory behind modules that filled the budget).
 fn start_reserve() -> u64 {
-    256 * 1024 + 32 * 1024 * rl4_smp::cpus::count() as u64
+    start_reserve_for(rl4_smp::cpus::count())
+}
+
+/// [`start_reserve`] on a machine of `cpus` CPUs.
+fn start_reserve_for(cpus: usize) -> u64 {
+    256 * 1024 + 32 * 1024 * cpus as u64
 }
 
 /// Hands the boot modules to the root task: each is copied, page by page, into frames charged

@@ -309,26 +309,62 @@ fn me() -> u32 {
     percpu::cpu_index()
 }
 
-/// Sets up the calling CPU's scheduler. `pcid`: the CPU uses PCIDs.
-pub fn init_cpu(pcid: bool) {
-    let s = Box::leak(Box::new(CpuSched {
+/// Bytes of kernel heap a CPU's scheduler takes (for the boot's estimate of a CPU's memory).
+pub const CPU_BYTES: usize = core::mem::size_of::<CpuSched>();
+
+/// Schedulers made for CPUs that have not set theirs up yet ([`prepare_cpu`]).
+static PREPARED: [core::sync::atomic::AtomicPtr<CpuSched>; MAX_CPUS] = [const { core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
+
+/// Makes CPU `cpu`'s scheduler, before that CPU starts, so that its set-up ([`init_cpu`]) cannot
+/// fail for memory: `Err` if the kernel heap has no room for it (the CPU is then not started;
+/// before the twenty-fifth session a CPU made it itself and a heap short of memory stopped the
+/// machine).
+pub fn prepare_cpu(cpu: u32) -> Result<(), ()> {
+    let s = Box::try_new(CpuSched {
         counts: [const { AtomicU64::new(0) }; COUNTS],
-        tickets: AtomicU64::new((me() as u64) << 48),
-        rq: percpu::CpuCell::new(me(), RunQueue::new(me())),
+        tickets: AtomicU64::new((cpu as u64) << 48),
+        rq: percpu::CpuCell::new(cpu, RunQueue::new(cpu)),
         rq_top: AtomicI32::new(-1),
-        current: percpu::CpuOwned::new(me(), None),
+        current: percpu::CpuOwned::new(cpu, None),
         mail: Mailbox::new(),
         current_prio: AtomicI32::new(-1),
         slice: AtomicU32::new(TIME_SLICE_TICKS),
         flags: AtomicU8::new(0),
-        requests: Mutex::new(rl4_core::wlist::WList::new(me() as usize + 1)),
+        requests: Mutex::new(rl4_core::wlist::WList::new(cpu as usize + 1)),
         requested: AtomicBool::new(false),
         request_kicked: AtomicBool::new(false),
         top_asked: AtomicU64::new(0),
         replies: rl4_core::replypoll::ReplyPoll::new(),
-        tlb: CpuTlb::new(pcid),
+        // Set by the CPU itself, from its own CPUID (`init_cpu`).
+        tlb: CpuTlb::new(false),
         timeouts: Mutex::new(rl4_core::deadlines::Deadlines::new()),
-    }));
+    })
+    .map_err(|_| ())?;
+    let old = PREPARED[cpu as usize].swap(Box::into_raw(s), Ordering::AcqRel);
+    assert!(old.is_null(), "scheduler of CPU {cpu} made twice");
+    Ok(())
+}
+
+/// Gives back the scheduler [`prepare_cpu`] made for `cpu`, which will not start (at boot).
+pub fn unprepare_cpu(cpu: u32) {
+    let p = PREPARED[cpu as usize].swap(core::ptr::null_mut(), Ordering::AcqRel);
+    if !p.is_null() {
+        // SAFETY: made by `Box::into_raw` in `prepare_cpu` and taken out of `PREPARED` just now.
+        #[allow(unsafe_code)]
+        let s = unsafe { Box::from_raw(p) };
+        drop(s);
+    }
+}
+
+/// Sets up the calling CPU's scheduler, made by [`prepare_cpu`]. `pcid`: the CPU uses PCIDs.
+pub fn init_cpu(pcid: bool) {
+    let p = PREPARED[me() as usize].swap(core::ptr::null_mut(), Ordering::AcqRel);
+    assert!(!p.is_null(), "scheduler of CPU {} made before it starts", me());
+    // SAFETY: made by `Box::into_raw` in `prepare_cpu` and taken out of `PREPARED` just now.
+    #[allow(unsafe_code)]
+    let mut s = unsafe { Box::from_raw(p) };
+    s.tlb = CpuTlb::new(pcid);
+    let s: &'static CpuSched = Box::leak(s);
     let kept = *CPUS[me() as usize].call_once(|| s);
     assert!(core::ptr::eq(kept, s), "scheduler of CPU {} set up twice", me());
     ONLINE.fetch_add(1, Ordering::Release);

@@ -134,9 +134,19 @@ mod imp {
     static RINGS: [Once<&'static Ring>; MAX_CPUS] = [const { Once::new() }; MAX_CPUS];
 
     pub fn init_cpu() {
-        let ev: Box<[[AtomicU64; 4]]> = (0..RING_EVENTS).map(|_| [const { AtomicU64::new(0) }; 4]).collect();
-        let r = Box::leak(Box::new(Ring { written: AtomicU64::new(0), lost: AtomicU64::new(0), tid: AtomicU64::new(0), ev }));
-        RINGS[percpu::cpu_index() as usize].call_once(|| r);
+        // Fallibly: a CPU short of kernel heap records nothing rather than stop the machine.
+        let mut ev = alloc::vec::Vec::new();
+        if ev.try_reserve_exact(RING_EVENTS).is_err() {
+            rl4_arch::println!("timeline: no kernel heap for this CPU's ring: it records nothing");
+            return;
+        }
+        ev.extend((0..RING_EVENTS).map(|_| [const { AtomicU64::new(0) }; 4]));
+        let ring = Ring { written: AtomicU64::new(0), lost: AtomicU64::new(0), tid: AtomicU64::new(0), ev: ev.into_boxed_slice() };
+        let Ok(r) = Box::try_new(ring) else {
+            rl4_arch::println!("timeline: no kernel heap for this CPU's ring: it records nothing");
+            return;
+        };
+        RINGS[percpu::cpu_index() as usize].call_once(|| Box::leak(r));
     }
 
     #[inline(always)]

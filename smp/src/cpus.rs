@@ -4,7 +4,9 @@
 //! A `Cpu` starts with the architecture's [`CpuHeader`] (what `GS` points at), then holds the
 //! CPU's local APIC handle, its counters and state flags. Other per-CPU data of higher layers
 //! lives in arrays indexed by the CPU index. Blocks are created by the BSP
-//! before the CPU starts, and live forever.
+//! before the CPU starts, with everything the CPU's own set-up needs memory for (its stacks,
+//! descriptor tables and IDT: [`create`] fails, and the CPU is not started, when memory runs
+//! short; [`init_this_cpu`] on the CPU then cannot fail), and live forever.
 use alloc::boxed::Box;
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
@@ -42,10 +44,20 @@ pub struct Cpu {
     idt_ready: AtomicBool,
     /// Its LINT0 and LINT1 entries as they read back once set (LINT0 | LINT1 << 32; 0 before).
     lint: AtomicU64,
+    /// What [`create`] made for [`init_this_cpu`], which takes it (only the CPU itself, once).
+    prepared: UnsafeCell<Option<Prepared>>,
 }
 
-// SAFETY: the only non-thread-safe field, `lapic`, is accessed solely by the CPU the block
-// belongs to (through `this()`, with interrupts off); everything else is atomic or immutable.
+/// A CPU's descriptor tables (with its IST stacks set) and IDT, made before it starts.
+struct Prepared {
+    tables: &'static mut CpuTables,
+    idt: &'static mut InterruptDescriptorTable,
+}
+
+// SAFETY: the only non-thread-safe fields, `lapic` and `prepared`, are accessed solely by the
+// CPU the block belongs to (through `this()`, with interrupts off; `prepared` once, by
+// `init_this_cpu`, after `create` wrote it before the block was published); everything else is
+// atomic or immutable.
 unsafe impl Sync for Cpu {}
 
 impl Cpu {
@@ -60,11 +72,21 @@ impl Cpu {
 static CPUS: [AtomicPtr<Cpu>; MAX_CPUS] = [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
 static COUNT: AtomicUsize = AtomicUsize::new(0);
 
-/// Creates the block for CPU `index` with its kernel stack and registers it.
+/// Creates the block for CPU `index` with its kernel stack, IST stacks, descriptor tables and
+/// IDT, and registers it. Out of memory (frames or kernel heap): `Err`, and nothing is
+/// registered (the stacks mapped before the failure stay mapped, unused: at most one CPU's,
+/// once, at boot — the caller starts no further CPU).
 pub fn create(index: usize, apic_id: u32, frames: &mut impl FrameSource) -> Result<&'static Cpu, MapError> {
     assert!(index < MAX_CPUS && CPUS[index].load(Ordering::Acquire).is_null());
     let stack_top = paging::map_stack(frames, STACK_PAGES)?;
-    let cpu = Box::leak(Box::new(Cpu {
+    let tables = Box::leak(Box::try_new(CpuTables::new()).map_err(|_| MapError::OutOfMemory)?);
+    tables.set_ist(IST_DOUBLE_FAULT, paging::map_stack(frames, IST_PAGES)?);
+    tables.set_ist(IST_NMI, paging::map_stack(frames, IST_PAGES)?);
+    tables.set_ist(IST_MACHINE_CHECK, paging::map_stack(frames, IST_PAGES)?);
+    tables.set_ist(IST_DEBUG, paging::map_stack(frames, IST_PAGES)?);
+    tables.set_kernel_stack(stack_top);
+    let idt = Box::leak(Box::try_new(InterruptDescriptorTable::new()).map_err(|_| MapError::OutOfMemory)?);
+    let cpu = Box::try_new(Cpu {
         header: CpuHeader::new(index as u32, apic_id),
         index: index as u32,
         apic_id,
@@ -75,7 +97,10 @@ pub fn create(index: usize, apic_id: u32, frames: &mut impl FrameSource) -> Resu
         ipis: AtomicU64::new(0),
         idt_ready: AtomicBool::new(false),
         lint: AtomicU64::new(0),
-    }));
+        prepared: UnsafeCell::new(Some(Prepared { tables, idt })),
+    })
+    .map_err(|_| MapError::OutOfMemory)?;
+    let cpu = Box::leak(cpu);
     cpu.header.kernel_stack_top.store(stack_top, Ordering::Relaxed);
     CPUS[index].store(cpu, Ordering::Release);
     COUNT.fetch_max(index + 1, Ordering::AcqRel);
@@ -114,24 +139,22 @@ pub fn with_lapic<R>(f: impl FnOnce(Option<&mut LocalApic>) -> R) -> R {
     }
 }
 
-/// Makes `cpu` the calling CPU: its GDT and TSS (with IST stacks), IDT and `GS`.
-pub fn init_this_cpu(cpu: &'static Cpu, frames: &mut impl FrameSource) -> Result<(), MapError> {
+/// Makes `cpu` the calling CPU: its GDT and TSS (with IST stacks), IDT and `GS`, all made by
+/// [`create`] (before the twenty-fifth session an application processor made them itself and
+/// panicked — the whole machine stopped — when memory ran short: a machine with many CPUs and
+/// little memory did not boot; a review found it). Called once per CPU, on that CPU.
+pub fn init_this_cpu(cpu: &'static Cpu) {
     // `GS` first: an application processor arrives with a `GS` base of 0, and the panic
-    // handler reads the CPU's index through `GS` (gs:8): a failure below (no memory for an IST
-    // stack) then panics with this CPU's index on the console instead of faulting at linear
-    // address 8 with no IDT loaded yet (a triple fault: the machine reset, nothing printed).
+    // handler reads the CPU's index through `GS` (gs:8).
     percpu::install(&cpu.header);
-    let tables = Box::leak(Box::new(CpuTables::new()));
-    tables.set_ist(IST_DOUBLE_FAULT, paging::map_stack(frames, IST_PAGES)?);
-    tables.set_ist(IST_NMI, paging::map_stack(frames, IST_PAGES)?);
-    tables.set_ist(IST_MACHINE_CHECK, paging::map_stack(frames, IST_PAGES)?);
-    tables.set_ist(IST_DEBUG, paging::map_stack(frames, IST_PAGES)?);
-    tables.set_kernel_stack(cpu.stack_top);
+    // SAFETY: `prepared` is this CPU's (the block's CPU is the caller, once), written by
+    // `create` before the block was published.
+    let Prepared { tables, idt } = unsafe { (*cpu.prepared.get()).take() }.expect("a CPU's tables are made once by create and taken once");
     let sel = tables.load();
     rl4_arch::ioport::register(cpu.index as usize, sel.iomap);
 
-    let idt = Box::leak(Box::new(InterruptDescriptorTable::new()));
     rl4_arch::idt::build(idt);
+    let idt: &'static InterruptDescriptorTable = idt;
     idt.load();
     // Either a panicking CPU sees this flag and sends this one an NMI, or this one sees the
     // panic's flag here and stops (both sides store, then load, sequentially consistent).
@@ -141,7 +164,6 @@ pub fn init_this_cpu(cpu: &'static Cpu, frames: &mut impl FrameSource) -> Result
     }
     rl4_arch::entry::init_syscall();
     rl4_arch::entry::check_debug_trap();
-    Ok(())
 }
 
 /// Enables the calling CPU's local APIC and timer (after [`lapic::configure`] ran on the BSP)

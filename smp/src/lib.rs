@@ -10,6 +10,8 @@
 //!   through `GS`, their descriptor tables and stacks), and [`boot`] (the real-mode trampoline and
 //!   INIT-SIPI-SIPI).
 #![cfg_attr(not(test), no_std)]
+// `Box::try_new`: a CPU's blocks are made fallibly (`cpus::create`).
+#![feature(allocator_api)]
 
 extern crate alloc;
 

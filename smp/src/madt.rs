@@ -36,6 +36,9 @@ pub enum Skip {
     OverLimit,
     /// No page below 1 MiB was free to start application processors from.
     NoTrampoline,
+    /// The memory had no room for its per-CPU blocks with the root task's start (or for one
+    /// before it).
+    NoMemory,
 }
 
 impl Skip {
@@ -49,6 +52,7 @@ impl Skip {
             Skip::OverMaxCpus => "beyond maxcpus=",
             Skip::OverLimit => "beyond rl4's CPU limit",
             Skip::NoTrampoline => "no free page below 1 MiB to start it from",
+            Skip::NoMemory => "no memory for it (or for one before it) and the root task",
         }
     }
 }
@@ -66,7 +70,14 @@ pub struct Plan {
 impl Plan {
     /// Leaves every CPU but the bootstrap one out, for `why` (they are listed as skipped).
     pub fn bsp_only(&mut self, why: Skip) {
-        let rest: Vec<_> = self.cpus.drain(1..).map(|e| (e, why)).collect();
+        self.keep_first(1, why);
+    }
+
+    /// Keeps the first `n` CPUs (at least the bootstrap one) and leaves the others out, for
+    /// `why` (listed as skipped, in order).
+    pub fn keep_first(&mut self, n: usize, why: Skip) {
+        let n = n.clamp(1, self.cpus.len().max(1));
+        let rest: Vec<_> = self.cpus.drain(n.min(self.cpus.len())..).map(|e| (e, why)).collect();
         self.skipped.extend(rest);
     }
 }
@@ -131,6 +142,23 @@ mod tests {
         assert_eq!(ids(&p), vec![2]);
         let rest: Vec<_> = p.skipped.iter().map(|(e, r)| (e.apic_id, *r)).collect();
         assert_eq!(rest, vec![(0, Skip::NoTrampoline), (1, Skip::NoTrampoline), (3, Skip::NoTrampoline)]);
+    }
+
+    #[test]
+    fn keep_first_leaves_the_rest_out_in_order() {
+        let e: Vec<_> = (0..6).map(|i| lapic(i, 1)).collect();
+        let mut p = plan(&e, 0, true, Some(5), 256);
+        assert_eq!(p.skipped.len(), 1, "beyond maxcpus=");
+        p.keep_first(3, Skip::NoMemory);
+        assert_eq!(ids(&p), vec![0, 1, 2]);
+        let rest: Vec<_> = p.skipped.iter().map(|(e, r)| (e.apic_id, *r)).collect();
+        assert_eq!(rest, vec![(5, Skip::OverMaxCpus), (3, Skip::NoMemory), (4, Skip::NoMemory)]);
+        // Never below the bootstrap CPU; past the end, nothing changes.
+        p.keep_first(0, Skip::NoMemory);
+        assert_eq!(ids(&p), vec![0]);
+        p.keep_first(9, Skip::NoMemory);
+        assert_eq!(ids(&p), vec![0]);
+        assert_eq!(p.skipped.len(), 5);
     }
 
     #[test]

@@ -217,6 +217,22 @@ pub fn free_pages<const N: usize>(map: impl Iterator<Item = (Range, MemKind)> + 
     Ok(free)
 }
 
+/// The low memory a PC BIOS keeps for itself below 640 KiB, from its data area's two words: the
+/// extended BIOS data area's segment (at 0x40E) and the conventional memory's size in KiB (at
+/// 0x413), which a memory map may well call usable (a known firmware quirk). The range runs from
+/// the lower of the two (values below 128 KiB or at 640 KiB and above are not believed) to
+/// 640 KiB, and takes at least the last 4 KiB below it. The kernel keeps it out before it
+/// chooses the AP trampoline's page (which, before the twenty-fifth session, could land on the
+/// EBDA a map called usable: the firmware's data overwritten; a review found it).
+pub fn bios_low_reserved(ebda_segment: u16, base_kib: u16) -> Range {
+    const LOW: u64 = 0x2_0000;
+    const TOP: u64 = 0xa_0000;
+    let ebda = (ebda_segment as u64) << 4;
+    let base = (base_kib as u64) * 1024;
+    let start = [ebda, base].into_iter().filter(|a| (LOW..TOP).contains(a)).fold(TOP - PAGE_SIZE, u64::min);
+    Range::new(align_down(start, PAGE_SIZE), TOP)
+}
+
 /// The AP trampoline's page: the highest whole free page below 1 MiB other than page 0 (a
 /// STARTUP IPI's vector is the page number, and the real-mode code runs there), or `None` if
 /// the memory map left no such page free — then only the bootstrap CPU can run.
@@ -233,6 +249,26 @@ pub fn trampoline_page<const N: usize>(free: &RangeSet<N>) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bios_low_memory_kept_from_the_ebda_or_the_base_size() {
+        // SeaBIOS: EBDA at 0x9fc00, 639 KiB of base memory.
+        assert_eq!(bios_low_reserved(0x9fc0, 639), Range::new(0x9f000, 0xa0000));
+        // An EBDA of 8 KiB below a base size that says 640 KiB.
+        assert_eq!(bios_low_reserved(0x9e00, 640), Range::new(0x9e000, 0xa0000));
+        // The lower of the two.
+        assert_eq!(bios_low_reserved(0x9800, 620), Range::new(0x98000, 0xa0000));
+        // Nonsense (0, below 128 KiB, at or above 640 KiB): the last page below 640 KiB only.
+        assert_eq!(bios_low_reserved(0, 0), Range::new(0x9f000, 0xa0000));
+        assert_eq!(bios_low_reserved(0x100, 64), Range::new(0x9f000, 0xa0000));
+        assert_eq!(bios_low_reserved(0xa000, 700), Range::new(0x9f000, 0xa0000));
+        assert_eq!(bios_low_reserved(0xffff, 0xffff), Range::new(0x9f000, 0xa0000));
+        // The trampoline then lands below it.
+        let mut free: RangeSet<8> = RangeSet::new();
+        free.insert_pages_within(Range::new(0x1000, 0xa0000)).unwrap();
+        free.remove_pages_covering(bios_low_reserved(0x9e00, 640)).unwrap();
+        assert_eq!(trampoline_page(&free), Some(0x9d000));
+    }
 
     #[test]
     fn reserved_entries_win_over_usable_ones() {
