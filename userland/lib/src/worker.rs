@@ -167,6 +167,14 @@ pub const ORPHAN_MEM_SLOT: u64 = 9;
 /// `map_fresh` returned (0: none), word 1 whether the budget was back, word 2 whether the first
 /// three pages were unmapped.
 pub const SDK_MAP_FRESH: u64 = 67;
+/// Check the SDK heap's lock across priorities when a call arrives on [`EP_SLOT`] (the task holds
+/// its own task, space and the budget in the program slots): a thread of priority `operand`
+/// (below this one's) on this CPU allocates and frees without a pause while this thread, 40
+/// times, sleeps until the next tick and then allocates. With a spin lock this thread spun for
+/// ever as soon as it woke while the other held the lock. The reply: word 0 the rounds done,
+/// word 1 the other thread's allocations, word 2 the waits in the kernel for the lock
+/// (`heap::waits`); all `u64::MAX` if the set-up failed.
+pub const SDK_HEAP_PRIO: u64 = 68;
 pub const SDK_VA: u64 = 0x0000_3000_0000_0000;
 pub const ORPHAN_FRAME_SLOT: u64 = 10;
 pub const IRQ_SLOT: u64 = 6;

@@ -1110,6 +1110,46 @@ fn test_sdk_map_fresh(bi: &BootInfo) {
     );
 }
 
+/// The SDK heap's lock across priorities (`rl4_user::worker::SDK_HEAP_PRIO`, in a worker task
+/// on this CPU): a thread that allocates while a thread of lower priority on its CPU holds the
+/// lock waits in the kernel for it rather than spin for ever. Before the twenty-fifth session
+/// the lock was a spin lock: the worker's thread spun as soon as it woke while the other held
+/// it, and this call timed out.
+fn test_sdk_heap_lock(bi: &BootInfo) {
+    use rl4_user::worker::{EP_SLOT, SDK_HEAP_PRIO};
+    let name = "sdk-heap-lock-across-priorities";
+    let r = Child::load(bi, "worker").and_then(|child| {
+        let ep = slot();
+        let t = slot();
+        let got = (|| {
+            sys::endpoint_create(MEMORY, ep)?;
+            sys::cap_copy(ep, child.task, EP_SLOT, Rights::RECEIVE)?;
+            sys::cap_copy(MEMORY, child.task, rl4_abi::root_slots::MEMORY, Rights::ALL)?;
+            sys::cap_copy(child.space, child.task, rl4_abi::root_slots::SPACE, Rights::ALL)?;
+            sys::cap_copy(child.task, child.task, rl4_abi::root_slots::TASK, Rights::ALL)?;
+            map_fresh(child.space, CHILD_STACK_TOP - 4 * PAGE_SIZE, 4, Rights::READ.union(Rights::WRITE))?;
+            sys::thread_create(MEMORY, child.task, child.entry, CHILD_STACK_TOP, ROOT_PRIO, sys::cpu_info().0, t)?;
+            sys::thread_set_args(t, SDK_HEAP_PRIO, ROOT_PRIO - 20)?;
+            sys::thread_resume(t)?;
+            // 40 ticks of the worker's, and room to spare.
+            sys::ipc(rl4_abi::Sys::Call, ep, &sys::Msg::default(), 5 * tsc_hz(), rl4_abi::ipc::NO_SLOT, rl4_abi::ipc::NO_SLOT)
+        })();
+        release(t);
+        release(ep);
+        child.release();
+        got
+    });
+    report(
+        name,
+        matches!(r, Ok(m) if m.w[0] == 40 && m.w[1] > 0 && m.w[1] != u64::MAX && m.w[2] > 0),
+        format_args!(
+            "a priority-{ROOT_PRIO} thread allocating after each of 40 ticks while a priority-{} thread on its CPU allocates without a pause: {:?} (words: rounds done, the low thread's allocations, waits in the kernel for the lock; a spin lock times the call out)",
+            ROOT_PRIO - 20,
+            r.map(|m| [m.w[0], m.w[1], m.w[2]])
+        ),
+    );
+}
+
 /// `sys::thread_create` packs priority and CPU into one word: a value that does not fit its half
 /// is refused, not carried into the other.
 fn test_sdk_thread_create_ranges() {
@@ -1276,6 +1316,7 @@ pub fn run(bi: &BootInfo, which: &str) -> bool {
         test_stack_alignment();
         test_sdk_thread_create_ranges();
         test_sdk_map_fresh(bi);
+        test_sdk_heap_lock(bi);
     }
     if want("ipc") {
         crate::ipc_tests::run(bi);

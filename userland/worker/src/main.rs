@@ -22,6 +22,8 @@ use rl4_user::{println, sys};
 
 mod fuzz;
 
+extern crate alloc;
+
 
 #[unsafe(no_mangle)]
 fn rl4_main(cmd: u64, addr: u64) {
@@ -126,6 +128,12 @@ fn rl4_main(cmd: u64, addr: u64) {
                 (Ok(()), Err(e)) => e as u64,
             };
             let m = sys::Msg { tag: rl4_user::abi::ipc::Tag::new(0, 3, 0), badge: 0, w: [code, back as u64, unmapped as u64, 0] };
+            let _ = sys::reply_recv(EP_SLOT, &m);
+        }
+        SDK_HEAP_PRIO => {
+            let Ok(_) = sys::recv(EP_SLOT) else { return };
+            let w = heap_across_priorities(addr);
+            let m = sys::Msg { tag: rl4_user::abi::ipc::Tag::new(0, 3, 0), badge: 0, w: [w[0], w[1], w[2], 0] };
             let _ = sys::reply_recv(EP_SLOT, &m);
         }
         CHILD_GIVE => {
@@ -382,4 +390,43 @@ fn recurse(depth: u64) -> u64 {
     let below = recurse(depth + 1);
     // SAFETY: as above.
     below + unsafe { core::ptr::read_volatile(&page[0]) } as u64
+}
+
+static CHURN_STOP: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+static CHURNS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// `SDK_HEAP_PRIO`'s low thread: allocates and frees without a pause.
+fn churn(_: u64) {
+    use core::sync::atomic::Ordering::Relaxed;
+    while !CHURN_STOP.load(Relaxed) {
+        let v: alloc::vec::Vec<u64> = alloc::vec::Vec::with_capacity(32);
+        core::hint::black_box(&v);
+        drop(v);
+        CHURNS.fetch_add(1, Relaxed);
+    }
+}
+
+/// `SDK_HEAP_PRIO` (see its documentation): [rounds done, the low thread's allocations, waits
+/// in the kernel for the heap's lock].
+fn heap_across_priorities(low_prio: u64) -> [u64; 3] {
+    use core::sync::atomic::Ordering::Relaxed;
+    const ROUNDS: u64 = 40;
+    let cpu = sys::cpu_info().0;
+    // The heap's first pages are mapped before the contest.
+    drop(core::hint::black_box(alloc::boxed::Box::new(0u64)));
+    let Some(nap) = rl4_user::slots::alloc() else { return [u64::MAX; 3] };
+    if sys::notification_create(rl4_user::env::MEMORY, nap).is_err() {
+        return [u64::MAX; 3];
+    }
+    let Ok(_low) = rl4_user::thread::spawn(churn, 0, cpu, low_prio) else { return [u64::MAX; 3] };
+    let mut done = 0;
+    for _ in 0..ROUNDS {
+        // Asleep until the next tick (nothing signals `nap`): the low thread runs meanwhile.
+        let _ = sys::wait(nap, 1_000_000);
+        let b = core::hint::black_box(alloc::boxed::Box::new(done));
+        drop(b);
+        done += 1;
+    }
+    CHURN_STOP.store(true, Relaxed);
+    [done, CHURNS.load(Relaxed), rl4_user::heap::waits()]
 }
