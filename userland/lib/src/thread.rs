@@ -3,7 +3,9 @@
 //! [`spawn`] gives each new thread a region of [`REGION`] bytes above
 //! [`crate::env::THREADS_BASE`]: its IPC buffer page, an unmapped guard page, then its stack.
 //! [`crate::IpcBuffer::current`] finds the calling thread's buffer from its stack pointer, so every
-//! thread (the first one included) reaches its own.
+//! thread (the first one included) reaches its own. [`Spawned::join`] waits for a thread to end
+//! and gives its region (its pages go back to the budget; the region to the next [`spawn`]) and
+//! its capability slot back.
 use core::sync::atomic::{AtomicU64, Ordering};
 use rl4_abi::{Error, PAGE_SIZE, Rights};
 
@@ -16,6 +18,61 @@ pub const REGION: u64 = 1 << 20;
 pub const STACK_PAGES: u64 = 16;
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
+
+/// Regions given back ([`Spawned::join`], or a [`spawn`] that failed), for the next spawns to
+/// take before a new one (0: empty). A region that finds no room here is not used again (its
+/// pages went back all the same; only its address range is left unused).
+static FREE: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
+
+/// A region for a new thread: one given back, else a new one.
+fn take_region() -> u64 {
+    for r in &FREE {
+        let base = r.swap(0, Ordering::AcqRel);
+        if base != 0 {
+            return base;
+        }
+    }
+    env::THREADS_BASE + NEXT.fetch_add(1, Ordering::Relaxed) * REGION
+}
+
+/// Gives a region back (nothing of it is mapped any more).
+fn give_region(base: u64) {
+    for r in &FREE {
+        if r.compare_exchange(0, base, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            return;
+        }
+    }
+}
+
+/// The notification [`nap`] waits on, made the first time (its slot plus one; 0: not yet).
+static NAP: AtomicU64 = AtomicU64::new(0);
+
+/// Sleeps for about `tsc` TSC ticks (until the first timer tick after them): a wait on a
+/// notification of this program's that nothing signals, made the first time from the budget
+/// and a free slot. `Err` if it could not be made.
+pub fn nap(tsc: u64) -> Result<(), Error> {
+    let n = match NAP.load(Ordering::Acquire) {
+        0 => {
+            let s = slots::alloc().ok_or(Error::SlotOccupied)?;
+            if let Err(e) = sys::notification_create(env::MEMORY, s) {
+                slots::free(s);
+                return Err(e);
+            }
+            match NAP.compare_exchange(0, s + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => s,
+                Err(other) => {
+                    slots::free(s);
+                    other - 1
+                }
+            }
+        }
+        n => n - 1,
+    };
+    match sys::wait(n, tsc) {
+        Ok(_) | Err(Error::Timeout) | Err(Error::Interrupted) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
 
 /// Maps `pages` fresh zeroed frames from [`env::MEMORY`] at `va` in this program's space; all
 /// or nothing: on an error the pages it mapped are unmapped again (their frames, held by the
@@ -49,14 +106,18 @@ pub fn unmap(va: u64, pages: u64) {
 
 /// Starts `f(arg)` on CPU `cpu` at priority `prio` (at most the creator's) as a new thread of
 /// this program, with its own stack and IPC buffer. The thread ends when `f` returns; its region
-/// (17 pages of the budget and 1 MiB of address space) is not given back: spawn a pool of
-/// threads, not one per request. If it cannot start, what it mapped goes back.
-pub fn spawn(f: fn(u64), arg: u64, cpu: u64, prio: u64) -> Result<Thread, Error> {
-    let base = env::THREADS_BASE + NEXT.fetch_add(1, Ordering::Relaxed) * REGION;
+/// (17 pages of the budget and 1 MiB of address space) and its capability slot stay taken until
+/// [`Spawned::join`] gives them back. If it cannot start, what it mapped goes back.
+pub fn spawn(f: fn(u64), arg: u64, cpu: u64, prio: u64) -> Result<Spawned, Error> {
+    let base = take_region();
     let stack = base + 2 * PAGE_SIZE;
-    map_fresh(base, 1)?;
+    if let Err(e) = map_fresh(base, 1) {
+        give_region(base);
+        return Err(e);
+    }
     if let Err(e) = map_fresh(stack, STACK_PAGES) {
         unmap(base, 1);
+        give_region(base);
         return Err(e);
     }
     let top = stack + STACK_PAGES * PAGE_SIZE;
@@ -73,13 +134,59 @@ pub fn spawn(f: fn(u64), arg: u64, cpu: u64, prio: u64) -> Result<Thread, Error>
         r.map(|_| t)
     });
     match made {
-        Ok(t) => Ok(Thread(t)),
+        Ok(t) => Ok(Spawned { thread: Thread(t), base }),
         Err(e) => {
             // Nothing runs on the region: its pages go back.
             unmap(base, 1);
             unmap(stack, STACK_PAGES);
+            give_region(base);
             Err(e)
         }
+    }
+}
+
+/// A thread [`spawn`] started: its capability, and its region until [`Spawned::join`].
+#[derive(Debug)]
+pub struct Spawned {
+    thread: Thread,
+    base: u64,
+}
+
+impl Spawned {
+    /// Its capability (for `info`, `suspend`, `set_priority`...).
+    pub fn thread(&self) -> Thread {
+        self.thread
+    }
+
+    /// Waits until the thread has ended (`Dead`: its function returned, or it called
+    /// `ThreadExit`), checking every `poll` TSC ticks at most (rounded up to the timer's tick:
+    /// [`nap`]) and at most `timeout` ticks in all ([`rl4_abi::ipc::FOREVER`]: no limit); then
+    /// unmaps its IPC buffer and stack (their frames go back to the budget), gives its region to
+    /// the next [`spawn`], and deletes its capability. On `Timeout` (still running after
+    /// `timeout`), or an error from `ThreadInfo` or [`nap`], the handle comes back with it, and
+    /// nothing changed. A thread that never ends (waiting for ever, faulted, suspended) is never
+    /// joined; deleting its capability ends it (a thread goes with its last capability) and gives
+    /// the slot back, not its region.
+    pub fn join(self, poll: u64, timeout: u64) -> Result<(), (Spawned, Error)> {
+        let start = crate::rdtsc();
+        loop {
+            match self.thread.info() {
+                Ok((rl4_abi::ThreadState::Dead, _, _)) => break,
+                Ok(_) => {}
+                Err(e) => return Err((self, e)),
+            }
+            if timeout != rl4_abi::ipc::FOREVER && crate::rdtsc().wrapping_sub(start) >= timeout {
+                return Err((self, Error::Timeout));
+            }
+            if let Err(e) = nap(poll) {
+                return Err((self, e));
+            }
+        }
+        unmap(self.base, 1);
+        unmap(self.base + 2 * PAGE_SIZE, STACK_PAGES);
+        give_region(self.base);
+        slots::free(self.thread.0);
+        Ok(())
     }
 }
 

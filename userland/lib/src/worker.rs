@@ -175,6 +175,13 @@ pub const SDK_MAP_FRESH: u64 = 67;
 /// word 1 the other thread's allocations, word 2 the waits in the kernel for the lock
 /// (`heap::waits`); all `u64::MAX` if the set-up failed.
 pub const SDK_HEAP_PRIO: u64 = 68;
+/// Check [`crate::thread::Spawned::join`] when a call arrives on [`EP_SLOT`] (the task holds its
+/// own task, space and the budget in the program slots): spawn a thread of priority `operand`
+/// on this CPU and join it, once (the budget left then is the reference: page tables and
+/// `nap`'s notification stay), then 20 times more. The reply: word 0 the threads that ran,
+/// word 1 the joins that succeeded, word 2 the budget left after the first join, word 3 after
+/// the last (all `u64::MAX` if a step failed).
+pub const SDK_JOIN: u64 = 69;
 pub const SDK_VA: u64 = 0x0000_3000_0000_0000;
 pub const ORPHAN_FRAME_SLOT: u64 = 10;
 pub const IRQ_SLOT: u64 = 6;

@@ -1150,6 +1150,40 @@ fn test_sdk_heap_lock(bi: &BootInfo) {
     );
 }
 
+/// `thread::Spawned::join` gives a spawned thread's region and slot back
+/// (`rl4_user::worker::SDK_JOIN`, in a worker task): after a first spawn and join, twenty more
+/// leave the budget exactly where it was. Before the twenty-fifth session a spawned thread's
+/// region (17 pages of the budget) was never given back.
+fn test_sdk_join(bi: &BootInfo) {
+    use rl4_user::worker::{EP_SLOT, SDK_JOIN};
+    let name = "sdk-join-gives-the-region-back";
+    let r = Child::load(bi, "worker").and_then(|child| {
+        let ep = slot();
+        let t = slot();
+        let got = (|| {
+            sys::endpoint_create(MEMORY, ep)?;
+            sys::cap_copy(ep, child.task, EP_SLOT, Rights::RECEIVE)?;
+            sys::cap_copy(MEMORY, child.task, rl4_abi::root_slots::MEMORY, Rights::ALL)?;
+            sys::cap_copy(child.space, child.task, rl4_abi::root_slots::SPACE, Rights::ALL)?;
+            sys::cap_copy(child.task, child.task, rl4_abi::root_slots::TASK, Rights::ALL)?;
+            map_fresh(child.space, CHILD_STACK_TOP - 4 * PAGE_SIZE, 4, Rights::READ.union(Rights::WRITE))?;
+            sys::thread_create(MEMORY, child.task, child.entry, CHILD_STACK_TOP, ROOT_PRIO, sys::cpu_info().0, t)?;
+            sys::thread_set_args(t, SDK_JOIN, ROOT_PRIO - 10)?;
+            sys::thread_resume(t)?;
+            sys::ipc(rl4_abi::Sys::Call, ep, &sys::Msg::default(), 10 * tsc_hz(), rl4_abi::ipc::NO_SLOT, rl4_abi::ipc::NO_SLOT)
+        })();
+        release(t);
+        release(ep);
+        child.release();
+        got
+    });
+    report(
+        name,
+        matches!(r, Ok(m) if m.w[0] == 21 && m.w[1] == 21 && m.w[2] != u64::MAX && m.w[2] == m.w[3]),
+        format_args!("21 threads spawned and joined one after another: {:?} (words: threads that ran, joins, budget left after the first join, after the last: equal)", r.map(|m| m.w)),
+    );
+}
+
 /// `sys::thread_create` packs priority and CPU into one word: a value that does not fit its half
 /// is refused, not carried into the other.
 fn test_sdk_thread_create_ranges() {
@@ -1317,6 +1351,7 @@ pub fn run(bi: &BootInfo, which: &str) -> bool {
         test_sdk_thread_create_ranges();
         test_sdk_map_fresh(bi);
         test_sdk_heap_lock(bi);
+        test_sdk_join(bi);
     }
     if want("ipc") {
         crate::ipc_tests::run(bi);

@@ -130,6 +130,12 @@ fn rl4_main(cmd: u64, addr: u64) {
             let m = sys::Msg { tag: rl4_user::abi::ipc::Tag::new(0, 3, 0), badge: 0, w: [code, back as u64, unmapped as u64, 0] };
             let _ = sys::reply_recv(EP_SLOT, &m);
         }
+        SDK_JOIN => {
+            let Ok(_) = sys::recv(EP_SLOT) else { return };
+            let w = join_gives_back(addr);
+            let m = sys::Msg { tag: rl4_user::abi::ipc::Tag::new(0, 4, 0), badge: 0, w };
+            let _ = sys::reply_recv(EP_SLOT, &m);
+        }
         SDK_HEAP_PRIO => {
             let Ok(_) = sys::recv(EP_SLOT) else { return };
             let w = heap_across_priorities(addr);
@@ -429,4 +435,25 @@ fn heap_across_priorities(low_prio: u64) -> [u64; 3] {
     }
     CHURN_STOP.store(true, Relaxed);
     [done, CHURNS.load(Relaxed), rl4_user::heap::waits()]
+}
+
+static RAN: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// `SDK_JOIN`'s threads: count themselves and end.
+fn count_one(_: u64) {
+    RAN.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// `SDK_JOIN` (see its documentation): [threads that ran, joins done, budget left after the
+/// first join, after the last].
+fn join_gives_back(prio: u64) -> [u64; 4] {
+    let left = || sys::memory_info(rl4_user::env::MEMORY).map_or(u64::MAX, |m| m.0);
+    let cpu = sys::cpu_info().0;
+    let once = || rl4_user::thread::spawn(count_one, 0, cpu, prio).and_then(|s| s.join(1_000_000, rl4_user::abi::ipc::FOREVER).map_err(|(_, e)| e));
+    if once().is_err() {
+        return [u64::MAX; 4];
+    }
+    let first = left();
+    let joined = 1 + (0..20).filter(|_| once().is_ok()).count() as u64;
+    [RAN.load(core::sync::atomic::Ordering::Relaxed), joined, first, left()]
 }
