@@ -182,7 +182,7 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
     let f = cpu::Features::read();
     rl4_arch::paging::enable_protection(f.smep, f.smap, f.pcid);
     let fpu = rl4_arch::fpu::init_this_cpu();
-    sched::prepare_cpu(0).expect("kernel heap for the bootstrap CPU's scheduler");
+    sched::prepare_cpu(0, f.pcid).expect("kernel heap for the bootstrap CPU's scheduler");
     sched::init_cpu(f.pcid);
     let mut brand = [0u8; 48];
     println!(
@@ -406,12 +406,14 @@ fn start_aps(plan: &mut madt::Plan) {
 
 /// Makes CPU `i`'s blocks — scheduler, stacks, descriptor tables — before it starts, if the
 /// memory leaves room for the root task with one more CPU ([`root::room_for_cpu`]); otherwise
-/// why not (nothing is kept of what was made).
+/// why not (the scheduler made is given back; what `cpus::create` made before it failed stays,
+/// unused: once, as no CPU is started after it).
 fn make_cpu(i: usize, apic_id: u32) -> Result<&'static Cpu, &'static str> {
     if !root::room_for_cpu(i + 1, cpu_frames()) {
         return Err("the memory left would not start the root task with one more CPU");
     }
-    sched::prepare_cpu(i as u32).map_err(|()| "no kernel heap for its scheduler")?;
+    // With PCIDs if this CPU has them (an AP whose own CPUID differs runs without).
+    sched::prepare_cpu(i as u32, cpu::Features::read().pcid).map_err(|()| "no kernel heap for its scheduler")?;
     cpus::create(i, apic_id, &mut mem::Frames).map_err(|_| {
         sched::unprepare_cpu(i as u32);
         "no memory for its stacks and descriptor tables"
@@ -423,10 +425,13 @@ fn make_cpu(i: usize, apic_id: u32) -> Result<&'static Cpu, &'static str> {
 extern "C" fn ap_main(cpu: &'static Cpu) -> ! {
     cpus::init_this_cpu(cpu);
     let f = cpu::Features::read();
-    rl4_arch::paging::enable_protection(f.smep, f.smap, f.pcid);
+    // PCIDs if its CPUID offers them and its scheduler was made with their table (by the BSP,
+    // from the BSP's CPUID: nothing here may allocate).
+    let pcid = f.pcid && sched::prepared_pcid(cpu.index);
+    rl4_arch::paging::enable_protection(f.smep, f.smap, pcid);
     // Set up from this CPU's own CPUID (firmware may have left it otherwise than the BSP).
     rl4_arch::fpu::init_this_cpu();
-    sched::init_cpu(f.pcid);
+    sched::init_cpu(pcid);
     cpus::enable_lapic_this_cpu(cpu);
     println!(
         "cpu {} online (apic id {}, {})",

@@ -737,15 +737,23 @@ pub fn init(bi: &BootInfo, reserved: &[Range]) -> MemInfo {
         }
     }
     // On a PC BIOS (and PVH, which runs on one), the BIOS's own low memory, whatever the map
-    // says of it (`memmap::bios_low_reserved`): read from its data area, which UEFI does not
-    // promise.
-    if bi.firmware != rl4_arch::bootinfo::Firmware::Uefi {
-        let (mut seg, mut kib) = ([0u8; 2], [0u8; 2]);
-        use rl4_arch::bootinfo::PhysMem;
-        let m = rl4_arch::paging::DirectMapMem;
-        let read = m.read(0x40e, &mut seg).is_some() && m.read(0x413, &mut kib).is_some();
-        let (seg, kib) = if read { (u16::from_le_bytes(seg), u16::from_le_bytes(kib)) } else { (0, 0) };
-        reserve(&mut free, rl4_core::memmap::bios_low_reserved(seg, kib), "the BIOS's low memory");
+    // says of it (`memmap::bios_low_reserved`), read from its data area; on a boot whose
+    // firmware is not known (a Limine that does not say), whose data area may hold anything,
+    // only the last page below 640 KiB; on UEFI, which promises no such area, nothing.
+    {
+        use rl4_arch::bootinfo::{Firmware, PhysMem, Protocol};
+        let bda = match (bi.firmware, bi.protocol) {
+            (Firmware::Bios, _) | (Firmware::Unstated, Protocol::Pvh) => Some(true),
+            (Firmware::Unstated, _) => Some(false),
+            (Firmware::Uefi, _) => None,
+        };
+        if let Some(read_bda) = bda {
+            let (mut seg, mut kib) = ([0u8; 2], [0u8; 2]);
+            let m = rl4_arch::paging::DirectMapMem;
+            let read = read_bda && m.read(0x40e, &mut seg).is_some() && m.read(0x413, &mut kib).is_some();
+            let (seg, kib) = if read { (u16::from_le_bytes(seg), u16::from_le_bytes(kib)) } else { (0, 0) };
+            reserve(&mut free, rl4_core::memmap::bios_low_reserved(seg, kib), "the BIOS's low memory");
+        }
     }
     // The trampoline: the highest usable page below 1 MiB that nothing above claimed (none:
     // only the bootstrap CPU runs, `main`). Then the whole first megabyte stays out of the

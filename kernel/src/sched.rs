@@ -309,8 +309,9 @@ fn me() -> u32 {
     percpu::cpu_index()
 }
 
-/// Bytes of kernel heap a CPU's scheduler takes (for the boot's estimate of a CPU's memory).
-pub const CPU_BYTES: usize = core::mem::size_of::<CpuSched>();
+/// Bytes of kernel heap a CPU's scheduler takes, its table of PCID generations included (for
+/// the boot's estimate of a CPU's memory).
+pub const CPU_BYTES: usize = core::mem::size_of::<CpuSched>() + rl4_core::pcid::PcidCache::BYTES;
 
 /// Schedulers made for CPUs that have not set theirs up yet ([`prepare_cpu`]).
 static PREPARED: [core::sync::atomic::AtomicPtr<CpuSched>; MAX_CPUS] = [const { core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
@@ -318,8 +319,10 @@ static PREPARED: [core::sync::atomic::AtomicPtr<CpuSched>; MAX_CPUS] = [const { 
 /// Makes CPU `cpu`'s scheduler, before that CPU starts, so that its set-up ([`init_cpu`]) cannot
 /// fail for memory: `Err` if the kernel heap has no room for it (the CPU is then not started;
 /// before the twenty-fifth session a CPU made it itself and a heap short of memory stopped the
-/// machine).
-pub fn prepare_cpu(cpu: u32) -> Result<(), ()> {
+/// machine). `pcid`: with PCIDs (their table made here too), as the CPU will use them if its
+/// own CPUID agrees ([`prepared_pcid`]).
+pub fn prepare_cpu(cpu: u32, pcid: bool) -> Result<(), ()> {
+    let tlb = CpuTlb::try_new(pcid).ok_or(())?;
     let s = Box::try_new(CpuSched {
         counts: [const { AtomicU64::new(0) }; COUNTS],
         tickets: AtomicU64::new((cpu as u64) << 48),
@@ -335,8 +338,7 @@ pub fn prepare_cpu(cpu: u32) -> Result<(), ()> {
         request_kicked: AtomicBool::new(false),
         top_asked: AtomicU64::new(0),
         replies: rl4_core::replypoll::ReplyPoll::new(),
-        // Set by the CPU itself, from its own CPUID (`init_cpu`).
-        tlb: CpuTlb::new(false),
+        tlb,
         timeouts: Mutex::new(rl4_core::deadlines::Deadlines::new()),
     })
     .map_err(|_| ())?;
@@ -356,14 +358,30 @@ pub fn unprepare_cpu(cpu: u32) {
     }
 }
 
-/// Sets up the calling CPU's scheduler, made by [`prepare_cpu`]. `pcid`: the CPU uses PCIDs.
+/// Whether the scheduler [`prepare_cpu`] made for `cpu` has PCIDs: the CPU uses them only then
+/// (and if its CPUID offers them).
+pub fn prepared_pcid(cpu: u32) -> bool {
+    let p = PREPARED[cpu as usize].load(Ordering::Acquire);
+    // SAFETY: a non-null entry is a live box `prepare_cpu` made, which only `cpu` itself takes
+    // (in `init_cpu`, after this look: the caller is `cpu`, before its set-up).
+    #[allow(unsafe_code)]
+    let with = !p.is_null() && unsafe { (*p).tlb.with_pcids() };
+    with
+}
+
+/// Sets up the calling CPU's scheduler, made by [`prepare_cpu`]. `pcid`: the CPU uses PCIDs
+/// (only if it was made with them: [`prepared_pcid`]).
 pub fn init_cpu(pcid: bool) {
     let p = PREPARED[me() as usize].swap(core::ptr::null_mut(), Ordering::AcqRel);
     assert!(!p.is_null(), "scheduler of CPU {} made before it starts", me());
     // SAFETY: made by `Box::into_raw` in `prepare_cpu` and taken out of `PREPARED` just now.
     #[allow(unsafe_code)]
     let mut s = unsafe { Box::from_raw(p) };
-    s.tlb = CpuTlb::new(pcid);
+    assert!(!pcid || s.tlb.with_pcids(), "a CPU uses PCIDs only if its scheduler was made with them");
+    if !pcid {
+        s.tlb.drop_pcids();
+    }
+    s.tlb.start();
     let s: &'static CpuSched = Box::leak(s);
     let kept = *CPUS[me() as usize].call_once(|| s);
     assert!(core::ptr::eq(kept, s), "scheduler of CPU {} set up twice", me());

@@ -1,7 +1,8 @@
 //! Wait deadlines: each CPU keeps the (TSC deadline, thread) of the waits its threads started,
 //! earliest first (`rl4_core::deadlines`, a binary heap); its timer tick ends the waits whose
 //! deadline passed (`thread::expire`, a transition that is refused if the wait already ended
-//! some other way). A tick with nothing due looks at one entry, however many threads wait.
+//! some other way). A tick with nothing due looks at one entry, however many threads wait
+//! (and at up to [`SWEEP_STEP`] more while it sweeps for a dead thread's entries).
 //!
 //! Entries are not removed when a wait ends early (the thread that ends it may run on another
 //! CPU, and no IPC path takes a lock of the waiter's CPU for that): such an entry goes when its
@@ -46,7 +47,7 @@ pub fn add(deadline: u64, t: &Arc<Thread>) {
         return;
     }
     // This CPU's heap may now keep the thread's record: its destruction must reach this CPU's
-    // prune (a load when the bit is set already, as after the first of its waits here).
+    // sweep (a load when the bit is set already, as after the first of its waits here).
     let me = rl4_arch::percpu::cpu_index() as usize % rl4_smp::MAX_CPUS;
     let (w, bit) = (&t.deadline_cpus[me / 64], 1u64 << (me % 64));
     if w.load(core::sync::atomic::Ordering::Relaxed) & bit == 0 {
@@ -110,7 +111,8 @@ fn epoch() -> u64 {
 pub fn expire_due(cs: sched::Here) {
     let now = cpu::rdtsc();
     loop {
-        let due = cs.timeouts.lock().pop_due(now);
+        // (A dead thread's entry is told apart for a sweep under way: `Deadlines::pop_due_with`.)
+        let due = cs.timeouts.lock().pop_due_with(now, |(_, w)| w.strong_count() == 0);
         let Some((_, w)) = due else { break };
         cs.bump(sched::Count::DeadlinesVisited);
         if let Some(t) = w.upgrade() {

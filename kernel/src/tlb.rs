@@ -28,15 +28,38 @@ pub struct CpuTlb {
 }
 
 impl CpuTlb {
-    pub fn new(pcid: bool) -> Self {
-        if pcid {
+    /// A CPU's state, with PCIDs if `pcid`: `None` if the heap has no room for their tables
+    /// (the CPU's cache of generations, the first time the allocator of PCIDs).
+    pub fn try_new(pcid: bool) -> Option<Self> {
+        let pcids = if pcid {
+            let cache = PcidCache::try_new()?;
+            let mut a = PCIDS.lock();
+            if a.is_none() {
+                *a = Some(PcidAllocator::try_new()?);
+            }
+            Some(Mutex::new(cache))
+        } else {
+            None
+        };
+        Some(CpuTlb { shared: CpuTlbShared::new(paging::kernel_pml4()), io_generation: AtomicU64::new(0), pcids })
+    }
+
+    /// Whether it was made with PCIDs.
+    pub fn with_pcids(&self) -> bool {
+        self.pcids.is_some()
+    }
+
+    /// The CPU it is made for does not use PCIDs after all (its own CPUID says so): drops their
+    /// table. Before the CPU runs anything.
+    pub fn drop_pcids(&mut self) {
+        self.pcids = None;
+    }
+
+    /// The CPU starts: with PCIDs if it was made with them (every CPU's address-space switches
+    /// then look at PCIDs).
+    pub fn start(&self) {
+        if self.pcids.is_some() {
             PCID_ON.store(true, Ordering::Relaxed);
-            PCIDS.lock().get_or_insert_with(PcidAllocator::new);
-        }
-        CpuTlb {
-            shared: CpuTlbShared::new(paging::kernel_pml4()),
-            io_generation: AtomicU64::new(0),
-            pcids: pcid.then(|| Mutex::new(PcidCache::new())),
         }
     }
 }

@@ -74,8 +74,8 @@ static COUNT: AtomicUsize = AtomicUsize::new(0);
 
 /// Creates the block for CPU `index` with its kernel stack, IST stacks, descriptor tables and
 /// IDT, and registers it. Out of memory (frames or kernel heap): `Err`, and nothing is
-/// registered (the stacks mapped before the failure stay mapped, unused: at most one CPU's,
-/// once, at boot — the caller starts no further CPU).
+/// registered (the stacks mapped and the tables made before the failure stay, unused: at most
+/// one CPU's, once, at boot — the caller starts no further CPU).
 pub fn create(index: usize, apic_id: u32, frames: &mut impl FrameSource) -> Result<&'static Cpu, MapError> {
     assert!(index < MAX_CPUS && CPUS[index].load(Ordering::Acquire).is_null());
     let stack_top = paging::map_stack(frames, STACK_PAGES)?;

@@ -441,7 +441,8 @@ pub mod stat {
     /// (docs/ipc.md).
     pub const DEADLINES_VISITED: u64 = 20;
     /// Wait deadlines the CPUs hold now, all CPUs: live waits' and those of waits that ended
-    /// early, which stay until their deadline or a prune (docs/ipc.md).
+    /// early, which stay until their deadline, a prune, or (a dead thread's) a sweep
+    /// (docs/ipc.md).
     pub const DEADLINES_HELD: u64 = 21;
     /// Run-queue entries the CPUs looked at again because another CPU (or they themselves)
     /// asked: one per request about a killed or re-prioritised queued thread (docs/scheduler.md),

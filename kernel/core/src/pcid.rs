@@ -28,6 +28,14 @@ impl PcidAllocator {
         PcidAllocator { free: (1..PCIDS as u16).rev().collect(), next_generation: 1 }
     }
 
+    /// [`PcidAllocator::new`], or `None` if the heap has no room for it.
+    pub fn try_new() -> Option<Self> {
+        let mut free = Vec::new();
+        free.try_reserve_exact(PCIDS - 1).ok()?;
+        free.extend((1..PCIDS as u16).rev());
+        Some(PcidAllocator { free, next_generation: 1 })
+    }
+
     /// A fresh generation number (never returned twice).
     pub fn generation(&mut self) -> u64 {
         let g = self.next_generation;
@@ -63,6 +71,17 @@ impl PcidCache {
     pub fn new() -> Self {
         PcidCache { generation: alloc::vec![0; PCIDS] }
     }
+
+    /// [`PcidCache::new`], or `None` if the heap has no room for it.
+    pub fn try_new() -> Option<Self> {
+        let mut generation = Vec::new();
+        generation.try_reserve_exact(PCIDS).ok()?;
+        generation.resize(PCIDS, 0);
+        Some(PcidCache { generation })
+    }
+
+    /// Bytes of heap it takes.
+    pub const BYTES: usize = PCIDS * 8;
 
     /// Called on a switch to (`pcid`, `generation`): returns whether the TLB entries tagged
     /// `pcid` must be flushed, and records that after this switch they belong to `generation`.

@@ -78,7 +78,9 @@ proptest! {
                     }
                 }
                 Op::Due(now) => {
-                    while let Some((t, id)) = d.pop_due(now) {
+                    // Half the takes say which entries are dead (as the kernel does), half not.
+                    let take = |d: &mut Deadlines<u64>| if now % 2 == 0 { d.pop_due_with(now, |&(_, id)| dead.contains(&id)) } else { d.pop_due(now) };
+                    while let Some((t, id)) = take(&mut d) {
                         let least = model.iter().map(|e| e.0).min().unwrap();
                         prop_assert!(t <= now && t == least, "took {t} at {now}, least {least}");
                         let i = model.iter().position(|&e| e == (t, id)).expect("an entry the model holds");
@@ -119,11 +121,19 @@ proptest! {
                 prop_assert!(model.iter().all(|e| !dead.contains(&e.1)), "a sweep ended with a dead entry left");
             }
         }
-        // Sweep steps alone (nothing taken out meanwhile) end the sweep: at most a pass and a
-        // pass again per dead entry that a removal moved past it.
+        // Sweep steps, with a due entry taken out between some of them (as the kernel's takes,
+        // saying which are dead), end the sweep: at most a pass and a pass again per dead entry
+        // that a removal or a take moved past it.
         let bound = (model.len() + 1) * (dead.len() + 2);
         let mut steps = 0;
         while d.wants_sweep(epoch) {
+            if steps % 3 == 2
+                && let Some(now) = d.earliest()
+                && let Some(e) = d.pop_due_with(now, |&(_, id)| dead.contains(&id))
+            {
+                let i = model.iter().position(|&m| m == e).expect("an entry the model holds");
+                model.swap_remove(i);
+            }
             let mut out = Vec::new();
             d.sweep(epoch, 4, |&(_, id)| dead.contains(&id), |e| out.push(e));
             for e in out {
