@@ -21,9 +21,11 @@
 //! page-sized pieces (`rl4_core::paged`: a burst of thousands of waits needs no contiguous
 //! frames), room for an entry is made before the wait begins ([`reserve`]), and the timer's pass
 //! allocates nothing: it takes due entries out one at a time (the lock is not held while their
-//! waits end; TLB shoot-downs are answered between them, and between a prune's entries), and a
-//! prune or a sweep takes the heap out whole and runs with no lock held (a prune takes each
-//! thread's own lock one at a time), frees what it took out, and puts the heap back.
+//! waits end; TLB shoot-downs are answered between them, and between a prune's entries); a
+//! sweep step runs under the heap's lock (32 loads at most; what it takes out is dropped after
+//! the lock), and a prune or a shrink takes the heap out whole and runs with no lock held (a
+//! prune takes each thread's own lock one at a time), frees what it took out, and puts the heap
+//! back (`stat::DEADLINES_HELD` counts a heap that is out: `Deadlines::take_out`).
 //! Nothing is added meanwhile: only this CPU uses its heap, from its timer interrupt and from
 //! its threads' system calls, which run with interrupts off.
 use alloc::sync::{Arc, Weak};
@@ -70,9 +72,10 @@ pub fn reserve(deadline: u64) -> Result<(), rl4_abi::Error> {
     sched::this_cpu().timeouts.lock().try_reserve_one().map_err(|_| rl4_abi::Error::OutOfMemory)
 }
 
-/// The deadlines every CPU holds now (`stat::DEADLINES_HELD`; takes each CPU's lock in turn).
+/// The deadlines every CPU holds now (`stat::DEADLINES_HELD`; takes each CPU's lock in turn),
+/// those of a heap out for a prune included (`Deadlines::held`).
 pub fn held() -> u64 {
-    (0..rl4_smp::MAX_CPUS).filter_map(sched::get).map(|cs| cs.timeouts.lock().len() as u64).sum()
+    (0..rl4_smp::MAX_CPUS).filter_map(sched::get).map(|cs| cs.timeouts.lock().held() as u64).sum()
 }
 
 /// Entries a tick's sweep looks at (see the module's comment): a heap of N entries is swept in
@@ -127,14 +130,35 @@ pub fn expire_due(cs: sched::Here) {
         // burst). A plain load when no request waits.
         crate::tlb::service_tlb(cs);
     }
+    let gone = epoch();
     let mut l: List = {
         let mut g = cs.timeouts.lock();
-        if !g.wants_prune() && !g.wants_shrink() && !g.wants_sweep(epoch()) {
+        // A step of the sweep runs in place, under the lock (a `Stat` of the deadlines held
+        // from another CPU then never finds the heap out, as it would at every tick of a sweep:
+        // a test read 0 and took the dead threads' entries for gone): 32 loads of a reference
+        // count at most, and the entries it takes out are dropped after the lock (one may be a
+        // thread record's last reference).
+        let mut swept: [Option<Weak<Thread>>; SWEEP_STEP] = [const { None }; SWEEP_STEP];
+        if !g.wants_prune() && g.wants_sweep(gone) {
+            let mut k = 0;
+            // A thread that died holds no strong reference, so its count is zero for good.
+            let seen = g.sweep(gone, SWEEP_STEP, |(_, w)| w.strong_count() == 0, |(_, w)| {
+                swept[k] = Some(w);
+                k += 1;
+            });
+            cs.add_count(sched::Count::DeadlinesVisited, seen as u64);
+        }
+        if !g.wants_prune() && !g.wants_shrink() {
+            drop(g);
+            drop(swept);
             return;
         }
-        core::mem::take(&mut *g)
+        // A prune or a shrink runs with the heap out (each thread's lock taken, or pieces freed).
+        let l = g.take_out();
+        drop(g);
+        drop(swept);
+        l
     };
-    let gone = epoch();
     if l.wants_prune() {
         // An entry is kept if its thread still waits with that deadline — once: a thread that
         // blocks again and again with one absolute deadline (a task can compute it from the
@@ -158,16 +182,7 @@ pub fn expire_due(cs: sched::Here) {
         });
         cs.add_count(sched::Count::DeadlinesVisited, seen as u64);
     } else {
-        if l.wants_sweep(gone) {
-            // A thread that died holds no strong reference, so its count is zero for good: no
-            // lock needed. The entry taken out is dropped here, no lock held (it may be the
-            // record's last reference).
-            let seen = l.sweep(gone, SWEEP_STEP, |(_, w)| w.strong_count() == 0, drop);
-            cs.add_count(sched::Count::DeadlinesVisited, seen as u64);
-        }
-        if l.wants_shrink() {
-            l.shrink();
-        }
+        l.shrink();
     }
     let mut g = cs.timeouts.lock();
     core::mem::swap(&mut *g, &mut l);

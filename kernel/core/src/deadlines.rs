@@ -41,6 +41,8 @@ pub struct Deadlines<W> {
     /// yet to look to where it had looked (a take of a due entry moves entries up; so may the
     /// sweep's own removals): it then starts again rather than end.
     disturbed: bool,
+    /// Entries of the heap this one stands in for while that one is out ([`Deadlines::take_out`]).
+    away: usize,
 }
 
 impl<W> Default for Deadlines<W> {
@@ -51,12 +53,25 @@ impl<W> Default for Deadlines<W> {
 
 impl<W> Deadlines<W> {
     pub const fn new() -> Self {
-        Deadlines { heap: PagedVec::new(), prune_at: PRUNE_MIN, epoch: 0, sweep: None, disturbed: false }
+        Deadlines { heap: PagedVec::new(), prune_at: PRUNE_MIN, epoch: 0, sweep: None, disturbed: false, away: 0 }
     }
 
     /// Entries held, stale ones included.
     pub fn len(&self) -> usize {
         self.heap.len()
+    }
+
+    /// Entries held, with those of the heap this one stands in for while it is out.
+    pub fn held(&self) -> usize {
+        self.heap.len() + self.away
+    }
+
+    /// Takes the heap out (for work its owner does with no lock held), leaving an empty one
+    /// that counts its entries in [`Deadlines::held`] until it is swapped back.
+    pub fn take_out(&mut self) -> Self {
+        let out = core::mem::take(self);
+        self.away = out.heap.len();
+        out
     }
 
     pub fn is_empty(&self) -> bool {
@@ -339,6 +354,19 @@ mod tests {
         assert!(!d.wants_prune(), "next prune at 128 entries");
         assert!(!d.wants_sweep(1));
         assert_eq!(d.earliest(), Some(1000 - (PRUNE_MIN as u64 - 2)));
+    }
+
+    #[test]
+    fn a_heap_taken_out_is_still_counted() {
+        let mut d = Deadlines::new();
+        for i in 0..10u64 {
+            d.try_push(i, i).unwrap();
+        }
+        let mut out = d.take_out();
+        assert_eq!((d.len(), d.held()), (0, 10), "the stand-in counts what is out");
+        out.pop_due(3);
+        core::mem::swap(&mut d, &mut out);
+        assert_eq!((d.len(), d.held()), (9, 9), "back, as it is now");
     }
 
     #[test]
