@@ -66,6 +66,14 @@ pub(crate) fn enqueue_sender(q: &mut KeyedList<Thread>, t: Arc<Thread>, prio: u8
     }
 }
 
+/// Queues the notification waiter `t` on `q` at its priority `prio` (as [`enqueue_sender`],
+/// uncounted: the walk is one step per priority below its own that waits, 255 at most).
+pub(crate) fn enqueue_waiter(q: &mut KeyedList<Thread>, t: Arc<Thread>, prio: u8) {
+    if let Err(t) = q.insert_by_key(t, prio as u64) {
+        queued_twice(t);
+    }
+}
+
 #[cold]
 fn queued_twice(t: Arc<Thread>) {
     rl4_arch::println!("ipc: thread {} put into a second wait queue (a kernel bug)", t.id);
@@ -225,12 +233,14 @@ pub fn cancel_badged(ep: &Arc<Endpoint>, badge: u64) -> u64 {
     n.get()
 }
 
-/// A notification's word and its waiters: an intrusive FIFO through the threads' `wait_link`,
+/// A notification's word and its waiters: an intrusive list through the threads' `wait_link`,
 /// as an endpoint's queues (a thread waits on one thing at a time), owned by the notification's
-/// queue lock. Waiting allocates nothing; a cancelled wait leaves the list in O(1).
+/// queue lock, highest priority first and first come, first served within a priority (as an
+/// endpoint's senders; before the twenty-fifth session first come, first served whatever the
+/// priority). Waiting allocates nothing; a cancelled wait leaves the list in O(1).
 pub(crate) struct NState {
     pub(crate) word: u64,
-    pub(crate) waiters: WList<Thread>,
+    pub(crate) waiters: KeyedList<Thread>,
 }
 
 impl NState {
@@ -835,10 +845,10 @@ pub fn wait(cur: &Arc<Thread>, n: &Arc<Notification>, timeout: u64) -> Outcome {
         return Outcome::Return(Err(Error::OutOfMemory));
     }
     let deadline = deadline(timeout);
-    match block_current(cur, Wait::Notify { n: NtfRef(n.me.clone()) }, deadline) {
-        Ok(()) => {
-            // Into the intrusive list: nothing to allocate, nothing to fail.
-            enqueue(&mut q.waiters, cur.clone());
+    match block_current_at(cur, Wait::Notify { n: NtfRef(n.me.clone()) }, deadline) {
+        Ok(prio) => {
+            // Into the intrusive list, at its priority: nothing to allocate, nothing to fail.
+            enqueue_waiter(&mut q.waiters, cur.clone(), prio);
             drop(q);
             timeout::add(deadline, cur);
             Outcome::Blocked

@@ -331,7 +331,7 @@ fn inject(what: u16, memory: &Arc<Memory>, task: &Arc<Task>) {
             };
             if blocked {
                 println!("inject: thread {} waits on one notification but is queued on another's list (root slots {}..={})", t.id, rl4_abi::CAP_SLOTS - 5, rl4_abi::CAP_SLOTS - 3);
-                crate::ipc::enqueue(&mut n2.q.lock().waiters, t.clone());
+                crate::ipc::enqueue_waiter(&mut n2.q.lock().waiters, t.clone(), 1);
             }
             let _ = task.insert_cap(rl4_abi::CAP_SLOTS - 3, Cap::new(KObj::Thread(t), Rights::NONE, 0));
             let _ = task.insert_cap(rl4_abi::CAP_SLOTS - 4, Cap::new(KObj::Notification(n1), Rights::NONE, 0));

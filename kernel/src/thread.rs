@@ -298,7 +298,7 @@ pub fn set_affinity(t: &Arc<Thread>, cpu: u32) {
 pub fn set_priority(t: &Arc<Thread>, prio: u8) {
     let mut l = t.life.lock();
     let old = core::mem::replace(&mut l.prio, prio);
-    let sending = old != prio && matches!(l.state(), State::Blocked { wait: Wait::Send { .. } | Wait::FaultSend { .. }, .. });
+    let sending = old != prio && matches!(l.state(), State::Blocked { wait: Wait::Send { .. } | Wait::FaultSend { .. } | Wait::Notify { .. }, .. });
     match l.place() {
         // Running on `c`: lowered, it may now be outranked there (and `c` published its old
         // priority for other CPUs' wake-ups to compare with); raised, nothing changes at once.
@@ -320,24 +320,39 @@ pub fn set_priority(t: &Arc<Thread>, prio: u8) {
 }
 
 /// A thread whose priority changed while it waits in an endpoint's send queue (`Send`, `Call`,
-/// a fault) moves to the place of the priority it has now: the queue serves senders by
-/// priority (`docs/ipc.md`), last among those of its new one. Lock order: the queue, then
-/// the thread; a sender leaves the queue only under the queue's lock, so that whatever
-/// happened to it between the two looks is seen under both.
+/// a fault) or a notification's queue moves to the place of the priority it has now: those
+/// queues serve their threads by priority (`docs/ipc.md`), last among those of its new one.
+/// Lock order: the queue, then the thread; a thread leaves the queue only under the queue's
+/// lock, so that whatever happened to it between the two looks is seen under both.
 fn resort_sender(t: &Arc<Thread>) {
     let q = queue_of(&t.life.lock());
-    if let Some(QueueRef::Ep(e)) = &q {
-        let mut eq = e.q.lock();
-        let l = t.life.lock();
-        let sending = matches!(l.state(), State::Blocked { wait: Wait::Send { .. } | Wait::FaultSend { .. }, .. });
-        if sending
-            && same_queue(t, &l, &q)
-            && let Some(a) = eq.senders.remove(t)
-        {
-            crate::ipc::enqueue_sender(&mut eq.senders, a, l.prio);
+    match &q {
+        Some(QueueRef::Ep(e)) => {
+            let mut eq = e.q.lock();
+            let l = t.life.lock();
+            let sending = matches!(l.state(), State::Blocked { wait: Wait::Send { .. } | Wait::FaultSend { .. }, .. });
+            if sending
+                && same_queue(t, &l, &q)
+                && let Some(a) = eq.senders.remove(t)
+            {
+                crate::ipc::enqueue_sender(&mut eq.senders, a, l.prio);
+            }
+            drop(l);
+            drop(eq);
         }
-        drop(l);
-        drop(eq);
+        Some(QueueRef::Ntf(n)) => {
+            let mut nq = n.q.lock();
+            let l = t.life.lock();
+            if matches!(l.state(), State::Blocked { wait: Wait::Notify { .. }, .. })
+                && same_queue(t, &l, &q)
+                && let Some(a) = nq.waiters.remove(t)
+            {
+                crate::ipc::enqueue_waiter(&mut nq.waiters, a, l.prio);
+            }
+            drop(l);
+            drop(nq);
+        }
+        None => {}
     }
     crate::reclaim::later_queue(q);
 }

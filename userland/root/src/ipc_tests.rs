@@ -673,6 +673,63 @@ fn test_notifications() {
     test_notify_burst(n);
     release(badged);
     release(n);
+    test_notify_by_priority();
+}
+
+/// What each waiter of [`test_notify_by_priority`] got (0: nothing yet).
+static PRIO_GOT: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+
+fn prio_waiter(i: u64) {
+    PRIO_GOT[i as usize].store(sys::wait(NOTE.load(SeqCst), FOREVER).unwrap_or(ERR), SeqCst);
+}
+
+/// A notification's waiters are served highest priority first (first come, first served within
+/// a priority), and a waiter whose priority changes moves: A (priority 60) waits, then B (70):
+/// a signal wakes B; C (70) waits after A, A is raised to 80: a signal wakes A, the next C.
+/// Before the twenty-fifth session the one that waited longest got the word, whatever the
+/// priorities (A first).
+fn test_notify_by_priority() {
+    const NAME: &str = "notify-waiters-by-priority";
+    let n = slot();
+    if let Err(e) = sys::notification_create(MEMORY, n) {
+        release(n);
+        return report(NAME, false, format_args!("notification_create: {e:?}"));
+    }
+    NOTE.store(n, SeqCst);
+    for g in &PRIO_GOT {
+        g.store(0, SeqCst);
+    }
+    let cpu = far_cpu();
+    let waiting = |t: u64| wait_ms(2000, || state(t) == Some(ThreadState::BlockedNotify));
+    let got = |i: usize| PRIO_GOT[i].load(SeqCst);
+    let a = spawn(prio_waiter, 0, 60, cpu);
+    let a_waits = waiting(a);
+    let b = spawn(prio_waiter, 1, 70, cpu);
+    let b_waits = waiting(b);
+    let _ = sys::signal(n, 0x1);
+    let first = wait_ms(2000, || got(0) != 0 || got(1) != 0) && got(1) == 0x1 && got(0) == 0;
+    let c = spawn(prio_waiter, 2, 70, cpu);
+    let c_waits = waiting(c);
+    let raised = sys::thread_set_priority(a, 80);
+    let _ = sys::signal(n, 0x2);
+    let second = wait_ms(2000, || got(0) != 0 || got(2) != 0) && got(0) == 0x2 && got(2) == 0;
+    let _ = sys::signal(n, 0x4);
+    let third = wait_ms(2000, || got(2) != 0) && got(2) == 0x4;
+    for t in [a, b, c] {
+        release(t);
+    }
+    release(n);
+    report(
+        NAME,
+        a_waits && b_waits && c_waits && raised.is_ok() && first && second && third,
+        format_args!(
+            "A (60) then B (70) wait on cpu {cpu}: the first signal woke B: {first}; C (70) after A, A raised to 80 ({raised:?}): the second woke A: {second}, the third C: {third} (got A {:#x}, B {:#x}, C {:#x}; all waited: {})",
+            got(0),
+            got(1),
+            got(2),
+            a_waits && b_waits && c_waits
+        ),
+    );
 }
 
 /// Waiters of [`test_notify_burst`].
