@@ -5,7 +5,8 @@
 //!
 //! A lock guards it that waits in the kernel ([`HeapLock`]): a thread that finds it held spins a
 //! little (the holder may run on another CPU and let go at once), then waits on a notification
-//! that the holder signals as it lets go. rl4 schedules by strict priority, so with a plain
+//! that the holder signals as it lets go (and looks again after a tick at most, signalled or
+//! not: the signal may go to a waiter that cannot run yet). rl4 schedules by strict priority, so with a plain
 //! spin lock (before the twenty-fifth session) a thread that allocated while a thread of lower
 //! priority of the same program held the lock on the same CPU spun there for ever: the holder
 //! never ran again (`sdk-heap-lock-across-priorities`). The notification is made, from the
@@ -34,6 +35,12 @@ const HELD: u32 = 1;
 const WAITED: u32 = 2;
 /// Rounds a contender spins before it waits in the kernel.
 const SPINS: u32 = 100;
+/// How long a waiter waits before it looks at the lock again, signalled or not (TSC ticks; the
+/// wait ends at the first timer tick after them): a release signals one waiter, and the kernel
+/// gives the signal to the waiter of highest priority, which may not get its CPU for a while;
+/// the lock, free meanwhile, must not leave the other waiters asleep until it does (a review
+/// found it). A millisecond at 1 GHz.
+const RECHECK: u64 = 1 << 20;
 
 /// Waits in the kernel for the heap's lock so far, all threads ([`waits`]).
 static WAITS: AtomicU64 = AtomicU64::new(0);
@@ -70,10 +77,10 @@ impl HeapLock {
         // wait return at once, to try again).
         while self.state.swap(WAITED, Ordering::AcqRel) != FREE {
             match note {
-                // Any answer (bits, `Interrupted` after a suspension, ...): try again.
+                // Any answer (bits, `Timeout`, `Interrupted` after a suspension, ...): try again.
                 Some(n) => {
                     WAITS.fetch_add(1, Ordering::Relaxed);
-                    let _ = crate::sys::wait(n, rl4_abi::ipc::FOREVER);
+                    let _ = crate::sys::wait(n, RECHECK);
                 }
                 None => crate::sys::yield_now(),
             }

@@ -68,7 +68,8 @@ pub fn nap(tsc: u64) -> Result<(), Error> {
         }
         n => n - 1,
     };
-    match sys::wait(n, tsc) {
+    // (A timeout of 0 would only look at the word: at least one tick.)
+    match sys::wait(n, tsc.max(1)) {
         Ok(_) | Err(Error::Timeout) | Err(Error::Interrupted) => Ok(()),
         Err(e) => Err(e),
     }
@@ -153,7 +154,8 @@ pub struct Spawned {
 }
 
 impl Spawned {
-    /// Its capability (for `info`, `suspend`, `set_priority`...).
+    /// Its capability (for `info`, `suspend`, `set_priority`...). A copy kept past
+    /// [`Spawned::join`] names whatever the freed slot holds next.
     pub fn thread(&self) -> Thread {
         self.thread
     }
