@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | [`READ`] | — | label = bytes (0..=32), words 0..3 = the bytes ([`pack`]), oldest first |
 //! | [`WRITE`] | label bits 8.. = byte count (at most 32), words 0..3 = the bytes ([`write_msg`]) | label = bytes written |
-//! | [`SUBSCRIBE`] | carries a notification capability (`SEND` right) | label 0, or 1 if a subscriber is there already |
+//! | [`SUBSCRIBE`] | carries a notification capability (`SEND` right) | label 0, or 1 if a subscriber is there already or the capability is not a notification with `SEND` (it is deleted) |
 //! | [`STATS`] | — | words: bytes received, bytes dropped, interrupts taken |
 //!
 //! A subscriber's notification is signalled (bit 1) whenever bytes arrive; it then reads

@@ -12,7 +12,7 @@
 
 use core::sync::atomic::{AtomicU8, AtomicU64, Ordering::{Acquire, Relaxed, Release}};
 use rl4_user::abi::ipc::{FOREVER, NO_SLOT, Tag};
-use rl4_user::abi::{IRQ_CPU_CALLER, Sys};
+use rl4_user::abi::{IRQ_CPU_CALLER, Rights, Sys};
 use rl4_user::serial::*;
 use rl4_user::sys::{self, Msg};
 use rl4_user::{com, println};
@@ -108,6 +108,18 @@ fn serve() {
     };
     loop {
         let label = m.tag.label();
+        // Until a subscription, a capability a message carries lands in `SUB`: one that is not a
+        // `SUBSCRIBE`'s, or is not a notification this driver may signal, is deleted, so that a
+        // client cannot fill the slot and keep the real subscriber out (a review found it).
+        let carried = m.tag.caps() == 1 && SUBSCRIBED.load(Relaxed) == 0;
+        let signallable = || {
+            sys::cap_identify(SUB).is_ok_and(|r| {
+                r[0] == rl4_user::abi::ObjType::Notification as u64 && Rights(r[1]).contains(Rights::SEND)
+            })
+        };
+        if carried && (label & 0xff != SUBSCRIBE || !signallable()) {
+            let _ = sys::cap_delete(SUB);
+        }
         let reply = match label & 0xff {
             READ => {
                 let mut b = [0u8; CHUNK];
@@ -122,7 +134,7 @@ fn serve() {
                 }
                 Msg { tag: Tag::new(n as u64, 0, 0), badge: 0, w: [0; 4] }
             }
-            SUBSCRIBE if m.tag.caps() == 1 && SUBSCRIBED.load(Relaxed) == 0 => {
+            SUBSCRIBE if carried && sys::cap_identify(SUB).is_ok() => {
                 SUBSCRIBED.store(1, Release);
                 Msg { tag: Tag::new(0, 0, 0), badge: 0, w: [0; 4] }
             }
