@@ -114,26 +114,11 @@ impl<W> Deadlines<W> {
         let last = self.heap.len() - 1;
         self.heap.swap(0, last);
         let e = self.heap.pop();
-        // `sift_down(0)`, watching what crosses `at`.
+        // Watching what crosses `at`: each child that goes up from `c` to `i`.
+        let mut crossed = false;
+        let i = self.sift_down_by(0, |e, i, c| crossed |= i < at && c >= at && dead(e));
+        self.disturbed |= crossed;
         let n = self.heap.len();
-        let mut i = 0;
-        loop {
-            let l = 2 * i + 1;
-            if l >= n {
-                break;
-            }
-            let r = l + 1;
-            let c = if r < n && self.heap[r].0 < self.heap[l].0 { r } else { l };
-            if self.heap[i].0 <= self.heap[c].0 {
-                break;
-            }
-            self.heap.swap(i, c);
-            // The child went up from `c` to `i`.
-            if i < at && c >= at && dead(&self.heap[i]) {
-                self.disturbed = true;
-            }
-            i = c;
-        }
         // The last entry, from `last`, ended at `i`.
         if last >= at && i < at && i < n && dead(&self.heap[i]) {
             self.disturbed = true;
@@ -267,7 +252,13 @@ impl<W> Deadlines<W> {
         i
     }
 
-    fn sift_down(&mut self, mut i: usize) {
+    fn sift_down(&mut self, i: usize) {
+        self.sift_down_by(i, |_, _, _| {});
+    }
+
+    /// Moves the entry at `i` down to its place, telling `up` of each child it passes (the
+    /// child, now at its parent's index, and the index it came from); returns where it went.
+    fn sift_down_by(&mut self, mut i: usize, mut up: impl FnMut(&(u64, W), usize, usize)) -> usize {
         let n = self.heap.len();
         loop {
             let l = 2 * i + 1;
@@ -280,8 +271,10 @@ impl<W> Deadlines<W> {
                 break;
             }
             self.heap.swap(i, c);
+            up(&self.heap[i], i, c);
             i = c;
         }
+        i
     }
 
     /// Whether every entry's deadline is at or after its parent's (for tests).

@@ -1078,13 +1078,13 @@ fn test_stack_alignment() {
     );
 }
 
-/// The SDK's `thread::map_fresh` maps all or nothing (a review of the twenty-fourth session
-/// found it keeping what it had mapped before an error: a heap growth too large for the budget
-/// emptied the budget for good). Run in a `worker` task given the budget and its own space.
-fn test_sdk_map_fresh(bi: &BootInfo) {
-    use rl4_user::worker::{EP_SLOT, SDK_MAP_FRESH};
-    let name = "sdk-map-fresh-all-or-nothing";
-    let r = Child::load(bi, "worker").and_then(|child| {
+/// Runs the SDK check `cmd` (operand `arg`) in a fresh `worker` task: its first thread, at
+/// this thread's priority on this CPU, holds its own task, space and the budget in the program
+/// slots and an endpoint it receives on, which this thread calls (`rl4_user::worker`'s `SDK_*`
+/// commands say what each replies); `Timeout` if no reply comes within `secs` seconds.
+fn sdk_check(bi: &BootInfo, cmd: u64, arg: u64, secs: u64) -> Result<sys::Msg, Error> {
+    use rl4_user::worker::EP_SLOT;
+    Child::load(bi, "worker").and_then(|child| {
         let ep = slot();
         let t = slot();
         let got = (|| {
@@ -1092,17 +1092,27 @@ fn test_sdk_map_fresh(bi: &BootInfo) {
             sys::cap_copy(ep, child.task, EP_SLOT, Rights::RECEIVE)?;
             sys::cap_copy(MEMORY, child.task, rl4_abi::root_slots::MEMORY, Rights::ALL)?;
             sys::cap_copy(child.space, child.task, rl4_abi::root_slots::SPACE, Rights::ALL)?;
+            sys::cap_copy(child.task, child.task, rl4_abi::root_slots::TASK, Rights::ALL)?;
             map_fresh(child.space, CHILD_STACK_TOP - 4 * PAGE_SIZE, 4, Rights::READ.union(Rights::WRITE))?;
             sys::thread_create(MEMORY, child.task, child.entry, CHILD_STACK_TOP, ROOT_PRIO, sys::cpu_info().0, t)?;
-            sys::thread_set_args(t, SDK_MAP_FRESH, 0)?;
+            sys::thread_set_args(t, cmd, arg)?;
             sys::thread_resume(t)?;
-            sys::call(ep, &sys::Msg::default())
+            sys::ipc(rl4_abi::Sys::Call, ep, &sys::Msg::default(), secs * tsc_hz(), rl4_abi::ipc::NO_SLOT, rl4_abi::ipc::NO_SLOT)
         })();
         release(t);
         release(ep);
         child.release();
         got
-    });
+    })
+}
+
+/// The SDK's `thread::map_fresh` maps all or nothing (a review of the twenty-fourth session
+/// found it keeping what it had mapped before an error: a heap growth too large for the budget
+/// emptied the budget for good). Run in a `worker` task given the budget and its own space.
+fn test_sdk_map_fresh(bi: &BootInfo) {
+    use rl4_user::worker::SDK_MAP_FRESH;
+    let name = "sdk-map-fresh-all-or-nothing";
+    let r = sdk_check(bi, SDK_MAP_FRESH, 0, 5);
     report(
         name,
         matches!(r, Ok(m) if m.w[0] == Error::AlreadyMapped as u64 && m.w[1] == 1 && m.w[2] == 1),
@@ -1116,29 +1126,9 @@ fn test_sdk_map_fresh(bi: &BootInfo) {
 /// the lock was a spin lock: the worker's thread spun as soon as it woke while the other held
 /// it, and this call timed out.
 fn test_sdk_heap_lock(bi: &BootInfo) {
-    use rl4_user::worker::{EP_SLOT, SDK_HEAP_PRIO};
+    use rl4_user::worker::SDK_HEAP_PRIO;
     let name = "sdk-heap-lock-across-priorities";
-    let r = Child::load(bi, "worker").and_then(|child| {
-        let ep = slot();
-        let t = slot();
-        let got = (|| {
-            sys::endpoint_create(MEMORY, ep)?;
-            sys::cap_copy(ep, child.task, EP_SLOT, Rights::RECEIVE)?;
-            sys::cap_copy(MEMORY, child.task, rl4_abi::root_slots::MEMORY, Rights::ALL)?;
-            sys::cap_copy(child.space, child.task, rl4_abi::root_slots::SPACE, Rights::ALL)?;
-            sys::cap_copy(child.task, child.task, rl4_abi::root_slots::TASK, Rights::ALL)?;
-            map_fresh(child.space, CHILD_STACK_TOP - 4 * PAGE_SIZE, 4, Rights::READ.union(Rights::WRITE))?;
-            sys::thread_create(MEMORY, child.task, child.entry, CHILD_STACK_TOP, ROOT_PRIO, sys::cpu_info().0, t)?;
-            sys::thread_set_args(t, SDK_HEAP_PRIO, ROOT_PRIO - 20)?;
-            sys::thread_resume(t)?;
-            // 40 ticks of the worker's, and room to spare.
-            sys::ipc(rl4_abi::Sys::Call, ep, &sys::Msg::default(), 5 * tsc_hz(), rl4_abi::ipc::NO_SLOT, rl4_abi::ipc::NO_SLOT)
-        })();
-        release(t);
-        release(ep);
-        child.release();
-        got
-    });
+    let r = sdk_check(bi, SDK_HEAP_PRIO, ROOT_PRIO - 20, 5);
     report(
         name,
         matches!(r, Ok(m) if m.w[0] == 40 && m.w[1] > 0 && m.w[1] != u64::MAX && m.w[2] > 0),
@@ -1155,28 +1145,9 @@ fn test_sdk_heap_lock(bi: &BootInfo) {
 /// leave the budget exactly where it was. Before the twenty-fifth session a spawned thread's
 /// region (17 pages of the budget) was never given back.
 fn test_sdk_join(bi: &BootInfo) {
-    use rl4_user::worker::{EP_SLOT, SDK_JOIN};
+    use rl4_user::worker::SDK_JOIN;
     let name = "sdk-join-gives-the-region-back";
-    let r = Child::load(bi, "worker").and_then(|child| {
-        let ep = slot();
-        let t = slot();
-        let got = (|| {
-            sys::endpoint_create(MEMORY, ep)?;
-            sys::cap_copy(ep, child.task, EP_SLOT, Rights::RECEIVE)?;
-            sys::cap_copy(MEMORY, child.task, rl4_abi::root_slots::MEMORY, Rights::ALL)?;
-            sys::cap_copy(child.space, child.task, rl4_abi::root_slots::SPACE, Rights::ALL)?;
-            sys::cap_copy(child.task, child.task, rl4_abi::root_slots::TASK, Rights::ALL)?;
-            map_fresh(child.space, CHILD_STACK_TOP - 4 * PAGE_SIZE, 4, Rights::READ.union(Rights::WRITE))?;
-            sys::thread_create(MEMORY, child.task, child.entry, CHILD_STACK_TOP, ROOT_PRIO, sys::cpu_info().0, t)?;
-            sys::thread_set_args(t, SDK_JOIN, ROOT_PRIO - 10)?;
-            sys::thread_resume(t)?;
-            sys::ipc(rl4_abi::Sys::Call, ep, &sys::Msg::default(), 10 * tsc_hz(), rl4_abi::ipc::NO_SLOT, rl4_abi::ipc::NO_SLOT)
-        })();
-        release(t);
-        release(ep);
-        child.release();
-        got
-    });
+    let r = sdk_check(bi, SDK_JOIN, ROOT_PRIO - 10, 10);
     report(
         name,
         matches!(r, Ok(m) if m.w[0] == 21 && m.w[1] == 21 && m.w[2] != u64::MAX && m.w[2] == m.w[3]),
