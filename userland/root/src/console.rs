@@ -18,15 +18,27 @@ use crate::space::*;
 use crate::tests::state;
 
 /// The driver: its task and the endpoint it serves (in the root task's table).
-struct Driver {
-    /// Kept for the console's life (the driver runs until the machine stops).
-    _child: Child,
-    ep: u64,
+pub(crate) struct Driver {
+    /// Kept for the console's life (the driver runs until the machine stops), or until
+    /// [`Driver::stop`].
+    child: Child,
+    pub(crate) ep: u64,
+}
+
+impl Driver {
+    /// Ends the driver's task (its line, ports and notification go with it) and lets go of its
+    /// endpoint.
+    pub(crate) fn stop(self) {
+        self.child.release();
+        release(self.ep);
+    }
 }
 
 const DRIVER_STACK2: u64 = CHILD_STACK_TOP - 0x10_0000;
 
-fn start_driver(bi: &BootInfo) -> Result<Driver, Error> {
+/// Starts the serial driver on COM2 (its interrupt, ports, a notification and an endpoint it
+/// serves; its two threads on CPU 0).
+pub(crate) fn start_driver(bi: &BootInfo) -> Result<Driver, Error> {
     let child = Child::load(bi, "serial")?;
     let (irq, ports, n, ep) = (slot(), slot(), slot(), slot());
     sys::irq_get(root_slots::DEVICES, COM2_IRQ, irq)?;
@@ -48,7 +60,7 @@ fn start_driver(bi: &BootInfo) -> Result<Driver, Error> {
     wait_ms(5000, || state(t2) == Some(ThreadState::BlockedRecv));
     release(t1);
     release(t2);
-    Ok(Driver { _child: child, ep })
+    Ok(Driver { child, ep })
 }
 
 /// Output through the driver, `\n` written as `\r\n`, in chunks of at most 32 bytes.

@@ -1006,6 +1006,42 @@ fn test_flips_interrupt_no_other_cpu(bi: &BootInfo, ports: u64) {
     );
 }
 
+/// The serial driver's subscription slot cannot be taken by a client: before anyone subscribes,
+/// a message that carries a capability without being a `SUBSCRIBE` (here a `READ` carrying a
+/// notification), and a `SUBSCRIBE` carrying what is not a notification (an endpoint), are
+/// answered and their capability deleted; the real subscription then succeeds. Before the
+/// twenty-fifth session the `READ`'s capability stayed in the slot and every later `SUBSCRIBE`
+/// was answered "a subscriber is there already" (a review found it).
+fn test_serial_subscription(bi: &BootInfo) {
+    const NAME: &str = "serial-driver-subscription-slot";
+    use rl4_user::serial;
+    let d = match crate::console::start_driver(bi) {
+        Ok(d) => d,
+        Err(e) => return report(NAME, false, format_args!("driver start: {e}")),
+    };
+    let (junk, wrong, sub) = (slot(), slot(), slot());
+    let limit = tsc_hz();
+    let call = |label: u64, cap: u64| {
+        let m = sys::Msg { tag: rl4_abi::ipc::Tag::new(label, 0, 1), badge: 0, w: [0; 4] };
+        sys::ipc(rl4_abi::Sys::Call, d.ep, &m, limit, cap, rl4_abi::ipc::NO_SLOT).map(|r| r.tag.label())
+    };
+    let made = sys::notification_create(MEMORY, junk).and(sys::endpoint_create(MEMORY, wrong)).and(sys::notification_create(MEMORY, sub));
+    let read = call(serial::READ, junk);
+    let wrong_type = call(serial::SUBSCRIBE, wrong);
+    let real = call(serial::SUBSCRIBE, sub);
+    for s in [junk, wrong, sub] {
+        release(s);
+    }
+    d.stop();
+    report(
+        NAME,
+        made.is_ok() && read.is_ok() && wrong_type == Ok(1) && real == Ok(0),
+        format_args!(
+            "a READ carrying a notification: {read:?} (bytes); a SUBSCRIBE carrying an endpoint: {wrong_type:?} (1: refused); then a SUBSCRIBE with a notification: {real:?} (0: subscribed); set-up {made:?}"
+        ),
+    );
+}
+
 pub fn run(bi: &BootInfo) {
     test_rules(bi);
     test_narrowed(bi);
@@ -1022,6 +1058,7 @@ pub fn run(bi: &BootInfo) {
         test_binding_lapses_with_line();
         test_driver_killed(bi);
         test_latency();
+        test_serial_subscription(bi);
     } else {
         for n in [
             "irq-masked-until-ack",
@@ -1030,6 +1067,7 @@ pub fn run(bi: &BootInfo) {
             "irq-binding-lapses-with-its-line",
             "irq-driver-killed-mid-interrupt",
             "irq-latency",
+            "serial-driver-subscription-slot",
         ] {
             skip(n, "no COM2 (QEMU gives one with a second -serial)");
         }
