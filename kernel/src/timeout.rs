@@ -138,8 +138,10 @@ pub fn expire_due(cs: sched::Here) {
         // a test read 0 and took the dead threads' entries for gone): 32 loads of a reference
         // count at most, and the entries it takes out are dropped after the lock (one may be a
         // thread record's last reference).
-        let mut swept: [Option<Weak<Thread>>; SWEEP_STEP] = [const { None }; SWEEP_STEP];
+        // (Made only for a step: not at every tick.)
+        let mut swept: Option<[Option<Weak<Thread>>; SWEEP_STEP]> = None;
         if !g.wants_prune() && g.wants_sweep(gone) {
+            let swept = swept.insert([const { None }; SWEEP_STEP]);
             let mut k = 0;
             // A thread that died holds no strong reference, so its count is zero for good.
             let seen = g.sweep(gone, SWEEP_STEP, |(_, w)| w.strong_count() == 0, |(_, w)| {
