@@ -35,9 +35,10 @@ pub fn fault_current(vector: u64, error: u64) -> Handled {
     }
     let Some(t) = sched::current() else { return Handled::Decide };
     // Killed on another CPU while it ran here in user mode (the kick is on its way; its task's
-    // space may be emptied under it): its fault goes to no handler and no console; the
-    // decision lets it go.
-    if t.killed.load(core::sync::atomic::Ordering::Relaxed) {
+    // space may be emptied under it), or its task is ending (the kill reaches it soon): its
+    // fault goes to no handler and no console; the decision lets it go (or, not killed yet,
+    // runs it again until the kill comes).
+    if t.killed.load(core::sync::atomic::Ordering::Relaxed) || t.task.dead.load(core::sync::atomic::Ordering::Acquire) {
         return Handled::Decide;
     }
     let addr = if vector == rl4_abi::fault::PAGE_FAULT { cpu::cr2() } else { 0 };

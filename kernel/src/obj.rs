@@ -1105,6 +1105,10 @@ pub struct Task {
     threads_gone: AtomicU64,
     pub space: Arc<Space>,
     pub dead: AtomicBool,
+    /// Its end is done: every thread killed, the table emptied, the space emptied
+    /// (`syscall::kill_task`'s first kill sets it; a kill from another CPU meanwhile waits for
+    /// it before it answers).
+    pub ended: AtomicBool,
     /// The task whose `TaskCreate` made it (`None`: the root task). A task ends with the task
     /// that made it (`syscall::kill_task`): a task can always end everything it made, even
     /// what it holds no capability to any more. (The reference keeps an ended parent's record,
@@ -1144,6 +1148,7 @@ impl Task {
             threads_gone: AtomicU64::new(0),
             space,
             dead: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
             parent,
             children: AtomicU64::new(0),
             walked: AtomicBool::new(false),

@@ -347,6 +347,7 @@ fn inject(what: u16, memory: &Arc<Memory>, task: &Arc<Task>) {
         if let (Ok(p), Ok(c)) = (made, child) {
             println!("inject: task {} lives on after task {}, which made it, ended; task {} counts one task more than it made", c.id, p.id, task.id);
             p.dead.store(true, core::sync::atomic::Ordering::SeqCst);
+            p.ended.store(true, core::sync::atomic::Ordering::Release);
             task.children.fetch_add(1, core::sync::atomic::Ordering::SeqCst);
             let _ = task.insert_cap(rl4_abi::CAP_SLOTS - 6, Cap::new(KObj::Task(p), Rights::NONE, 0));
             let _ = task.insert_cap(rl4_abi::CAP_SLOTS - 7, Cap::new(KObj::Task(c), Rights::NONE, 0));

@@ -863,8 +863,24 @@ pub fn kill_task(task: &Arc<Task>) {
 /// Ends one task: every thread stops (those running elsewhere are told to let go), and every
 /// capability in its table is deleted, which frees what nothing else refers to (after the
 /// table's lock).
+///
+/// The first kill does the work; a kill of the same task from another CPU meanwhile (a second
+/// holder's `TaskKill`, the task's own `TaskExit`, a maker's walk) waits until it is done
+/// before it answers. Before the twenty-sixth session a second kill found the thread list
+/// already taken, emptied the space at once and answered success while the first was still
+/// killing the threads one by one: they ran on in an empty space, and their faults went to
+/// their handlers or to the console as the program's own (a hostile review found it).
 fn kill_one(task: &Arc<Task>, waited_out: &mut bool) {
-    task.dead.store(true, core::sync::atomic::Ordering::SeqCst);
+    if task.dead.swap(true, core::sync::atomic::Ordering::SeqCst) {
+        // The first kill waits for nothing this CPU does but TLB shoot-downs (answered here)
+        // and grace periods (at most 200 µs, `qsbr::throttle`), and a waiting kill has begun
+        // no work of its own: no two kills wait for each other.
+        while !task.ended.load(core::sync::atomic::Ordering::Acquire) {
+            crate::tlb::service_tlb_here();
+            rl4_arch::cpu::relax();
+        }
+        return;
+    }
     // Neither list is copied into one allocation (a task's thousands of threads or its full
     // table would need contiguous frames, which fragmented memory may not have): the thread
     // list is taken whole, the table emptied a piece at a time.
@@ -898,4 +914,5 @@ fn kill_one(task: &Arc<Task>, waited_out: &mut bool) {
     // the space).
     task.space.empty();
     drop(threads);
+    task.ended.store(true, core::sync::atomic::Ordering::Release);
 }
