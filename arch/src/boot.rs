@@ -92,13 +92,15 @@ boot32:
     and $1, %edx
     mov %edx, (boot_nx - KERNEL_BASE)
 
-    /* Zero the boot page tables (7 pages: PML4, PDPT low, PDPT high, 4 PDs). */
-    push %edi
+    /* Zero the boot page tables (7 pages: PML4, PDPT low, PDPT high, 4 PDs). The protocol waits
+       in ebx meanwhile, not on a stack: neither Multiboot2 nor PVH defines esp at entry (a
+       loader's esp of 0 pushed onto flash, one into RAM over its boot information). */
+    mov %edi, %ebx
     mov $(boot_pml4 - KERNEL_BASE), %edi
     mov $(7 * 1024), %ecx
     xor %eax, %eax
     rep stosl
-    pop %edi
+    mov %ebx, %edi
 
     /* 4 PDs of 2 MiB pages: 0..4 GiB. */
     mov $(boot_pd - KERNEL_BASE), %ebx

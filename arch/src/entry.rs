@@ -281,13 +281,34 @@ macro_rules! trap_stubs {
     (@push err) => { "" };
 }
 
+// Every vector from 32 up has a stub, not only those rl4 uses (0x30..0x35, 0x40..0x4f, 0xfe,
+// 0xff): an interrupt nothing of rl4's sends — an I/O APIC pin or a device's MSI the firmware
+// left enabled, an LVT entry rl4 does not program — is acknowledged and reported by the kernel
+// (`trap.rs`). Before the twenty-sixth session it met a not-present gate: a #NP panic in kernel
+// mode, or a #NP fault blamed on the running thread in user mode, and with no EOI its CPU took
+// no interrupt of its priority class or below again (a review found it).
 trap_stubs!(
     0 noerr, 1 noerr, 3 noerr, 4 noerr, 5 noerr, 6 noerr, 7 noerr, 10 err, 11 err, 12 err, 13 err,
     14 err, 16 noerr, 17 err, 19 noerr, 20 noerr, 21 err, 30 err,
-    48 noerr, 49 noerr, 50 noerr, 51 noerr, 52 noerr, 53 noerr,
-    64 noerr, 65 noerr, 66 noerr, 67 noerr, 68 noerr, 69 noerr, 70 noerr, 71 noerr,
-    72 noerr, 73 noerr, 74 noerr, 75 noerr, 76 noerr, 77 noerr, 78 noerr, 79 noerr,
-    254 noerr, 255 noerr,
+    32 noerr, 33 noerr, 34 noerr, 35 noerr, 36 noerr, 37 noerr, 38 noerr, 39 noerr, 40 noerr, 41 noerr, 42 noerr, 43 noerr,
+    44 noerr, 45 noerr, 46 noerr, 47 noerr, 48 noerr, 49 noerr, 50 noerr, 51 noerr, 52 noerr, 53 noerr, 54 noerr, 55 noerr,
+    56 noerr, 57 noerr, 58 noerr, 59 noerr, 60 noerr, 61 noerr, 62 noerr, 63 noerr, 64 noerr, 65 noerr, 66 noerr, 67 noerr,
+    68 noerr, 69 noerr, 70 noerr, 71 noerr, 72 noerr, 73 noerr, 74 noerr, 75 noerr, 76 noerr, 77 noerr, 78 noerr, 79 noerr,
+    80 noerr, 81 noerr, 82 noerr, 83 noerr, 84 noerr, 85 noerr, 86 noerr, 87 noerr, 88 noerr, 89 noerr, 90 noerr, 91 noerr,
+    92 noerr, 93 noerr, 94 noerr, 95 noerr, 96 noerr, 97 noerr, 98 noerr, 99 noerr, 100 noerr, 101 noerr, 102 noerr, 103 noerr,
+    104 noerr, 105 noerr, 106 noerr, 107 noerr, 108 noerr, 109 noerr, 110 noerr, 111 noerr, 112 noerr, 113 noerr, 114 noerr, 115 noerr,
+    116 noerr, 117 noerr, 118 noerr, 119 noerr, 120 noerr, 121 noerr, 122 noerr, 123 noerr, 124 noerr, 125 noerr, 126 noerr, 127 noerr,
+    128 noerr, 129 noerr, 130 noerr, 131 noerr, 132 noerr, 133 noerr, 134 noerr, 135 noerr, 136 noerr, 137 noerr, 138 noerr, 139 noerr,
+    140 noerr, 141 noerr, 142 noerr, 143 noerr, 144 noerr, 145 noerr, 146 noerr, 147 noerr, 148 noerr, 149 noerr, 150 noerr, 151 noerr,
+    152 noerr, 153 noerr, 154 noerr, 155 noerr, 156 noerr, 157 noerr, 158 noerr, 159 noerr, 160 noerr, 161 noerr, 162 noerr, 163 noerr,
+    164 noerr, 165 noerr, 166 noerr, 167 noerr, 168 noerr, 169 noerr, 170 noerr, 171 noerr, 172 noerr, 173 noerr, 174 noerr, 175 noerr,
+    176 noerr, 177 noerr, 178 noerr, 179 noerr, 180 noerr, 181 noerr, 182 noerr, 183 noerr, 184 noerr, 185 noerr, 186 noerr, 187 noerr,
+    188 noerr, 189 noerr, 190 noerr, 191 noerr, 192 noerr, 193 noerr, 194 noerr, 195 noerr, 196 noerr, 197 noerr, 198 noerr, 199 noerr,
+    200 noerr, 201 noerr, 202 noerr, 203 noerr, 204 noerr, 205 noerr, 206 noerr, 207 noerr, 208 noerr, 209 noerr, 210 noerr, 211 noerr,
+    212 noerr, 213 noerr, 214 noerr, 215 noerr, 216 noerr, 217 noerr, 218 noerr, 219 noerr, 220 noerr, 221 noerr, 222 noerr, 223 noerr,
+    224 noerr, 225 noerr, 226 noerr, 227 noerr, 228 noerr, 229 noerr, 230 noerr, 231 noerr, 232 noerr, 233 noerr, 234 noerr, 235 noerr,
+    236 noerr, 237 noerr, 238 noerr, 239 noerr, 240 noerr, 241 noerr, 242 noerr, 243 noerr, 244 noerr, 245 noerr, 246 noerr, 247 noerr,
+    248 noerr, 249 noerr, 250 noerr, 251 noerr, 252 noerr, 253 noerr, 254 noerr, 255 noerr,
 );
 
 core::arch::global_asm!(
@@ -624,8 +645,9 @@ pub fn set_smap(on: bool) {
 }
 
 /// Installs the entry stubs in `idt` (exceptions, except NMI/#DF/#MC which keep IST handlers,
-/// and the interrupt vectors listed in `trap_stubs!`).
-pub fn install_stubs(idt: &mut InterruptDescriptorTable) {
+/// and every interrupt vector: `trap_stubs!`). `debug_ist`: #DB on its own stack (a CPU whose
+/// TSS is loaded); else through its plain stub (the boot's first IDT, `idt::load_early`).
+pub fn install_stubs(idt: &mut InterruptDescriptorTable, debug_ist: bool) {
     for &[v, addr] in stubs() {
         let a = VirtAddr::new(addr);
         // SAFETY: each address is a stub that saves state and ends in `iretq` or `sysretq`
@@ -640,7 +662,8 @@ pub fn install_stubs(idt: &mut InterruptDescriptorTable) {
             match v {
                 0 => idt.divide_error.set_handler_addr(a),
                 // On its own stack ([`rl4_debug_entry`]), not through its plain stub.
-                1 => idt.debug.set_handler_addr(VirtAddr::new(rl4_debug_entry as *const () as u64)).set_stack_index(crate::gdt::IST_DEBUG),
+                1 if debug_ist => idt.debug.set_handler_addr(VirtAddr::new(rl4_debug_entry as *const () as u64)).set_stack_index(crate::gdt::IST_DEBUG),
+                1 => idt.debug.set_handler_addr(a),
                 3 => idt.breakpoint.set_handler_addr(a),
                 4 => idt.overflow.set_handler_addr(a),
                 5 => idt.bound_range_exceeded.set_handler_addr(a),

@@ -1,6 +1,6 @@
 //! Per-CPU IDT and the report of every CPU exception taken in kernel mode.
 //!
-//! Exceptions and the interrupt vectors rl4 uses enter through the stubs in [`crate::entry`]
+//! Exceptions and every interrupt vector (those rl4 does not use too) enter through the stubs in [`crate::entry`]
 //! (which tell user mode from kernel mode). An exception in kernel mode is a kernel bug:
 //! [`kernel_exception`] reports its name and vector, the error code, RIP/RSP/RFLAGS, CR2 for a
 //! page fault and the CPU, then panics. NMI, double fault and machine check run on their own
@@ -18,7 +18,7 @@ pub static HALT_ON_NMI: AtomicBool = AtomicBool::new(false);
 
 /// Builds a CPU's IDT.
 pub fn build(idt: &mut InterruptDescriptorTable) {
-    crate::entry::install_stubs(idt);
+    crate::entry::install_stubs(idt, true);
     // SAFETY: the IST slots are filled with valid stacks in every CPU's TSS before its IDT is
     // loaded (see `gdt::CpuTables::set_ist`).
     unsafe {
@@ -26,6 +26,28 @@ pub fn build(idt: &mut InterruptDescriptorTable) {
         idt.double_fault.set_handler_fn(double_fault).set_stack_index(IST_DOUBLE_FAULT);
         idt.machine_check.set_handler_fn(machine_check).set_stack_index(IST_MACHINE_CHECK);
     }
+}
+
+/// The bootstrap CPU's first IDT, from the kernel's entry until its own is loaded
+/// (`smp::cpus::init_this_cpu`): the same stubs and handlers, on the running stack (no TSS is
+/// loaded yet, so no IST). Before the twenty-sixth session there was none in that window (the
+/// boot information parsed, the frame bitmap and the direct map built): an NMI (a board's
+/// IOCHK/SERR on LINT1) or a kernel exception there went through whatever the boot loader had
+/// left in IDTR and reset the machine without a word.
+static EARLY: spin::Once<InterruptDescriptorTable> = spin::Once::new();
+
+/// Loads [`EARLY`] on this CPU (the bootstrap CPU, at the kernel's entry, `GS` already set).
+pub fn load_early() {
+    EARLY
+        .call_once(|| {
+            let mut idt = InterruptDescriptorTable::new();
+            crate::entry::install_stubs(&mut idt, false);
+            idt.non_maskable_interrupt.set_handler_fn(nmi);
+            idt.double_fault.set_handler_fn(double_fault);
+            idt.machine_check.set_handler_fn(machine_check);
+            idt
+        })
+        .load();
 }
 
 /// The name of exception vector `v`.

@@ -75,6 +75,7 @@ fn options() -> &'static Options {
 #[unsafe(no_mangle)]
 pub extern "C" fn rl4_kernel_entry(protocol: u32, magic: u32, info: u64) -> ! {
     percpu::install_early();
+    rl4_arch::idt::load_early();
     console::init();
     println!("rl4 {} booting", env!("CARGO_PKG_VERSION"));
 
@@ -208,9 +209,9 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
     let found = bi.rsdp.map(|r| (r, rl4_smp::acpi_handler::discover(r)));
     let (mut platform, rsdp) = match found {
         Some((r, Ok(p))) => (p, Some(r)),
-        Some((r, Err(e))) => {
+        Some((r, Err((e, read)))) => {
             println!("acpi: cannot read the MADT through the RSDP at {r:#x} ({e:?}): running on the bootstrap CPU alone, without device interrupts");
-            (Platform::without_acpi(cpu::apic_base()), None)
+            (Platform::without_madt(cpu::apic_base(), read), None)
         }
         None => {
             println!(
@@ -220,6 +221,9 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
             (Platform::without_acpi(cpu::apic_base()), None)
         }
     };
+    if let Some(a) = platform.fadt_unreadable {
+        println!("acpi: warning: the FADT at {a:#x} cannot be read: its fixed ports (SMI command, PM1 control) are not known, nor kept from tasks");
+    }
     if platform.has_8259 {
         cpu::disable_legacy_pic();
     }
@@ -241,6 +245,10 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
         let mapped = unsafe { rl4_arch::paging::map_mmio(&mut mem::Frames, platform.lapic_address, 4096) };
         mapped.unwrap_or_else(|e| panic!("mapping the local APIC: {e:?}"))
     };
+    // Every I/O APIC pin masked before the first interrupt window (the timer's calibration
+    // opens one): a level-triggered pin the firmware left unmasked would interrupt again after
+    // each acknowledgement.
+    irq::init(&platform, &mut mem::Frames);
     let timer_rate = lapic::configure(lapic::Config {
         x2apic: f.x2apic,
         tsc_deadline: f.tsc_deadline,
@@ -248,7 +256,6 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
         hz: options().hz,
     });
     cpus::enable_lapic_this_cpu(bsp);
-    irq::init(&platform, &mut mem::Frames);
     device::init(&platform);
     println!(
         "local APIC: {} mode, timer {} at {} Hz ({} Hz input)",

@@ -338,6 +338,13 @@ fn inject(what: u16, memory: &Arc<Memory>, task: &Arc<Task>) {
             let _ = task.insert_cap(rl4_abi::CAP_SLOTS - 5, Cap::new(KObj::Notification(n2), Rights::NONE, 0));
         }
     }
+    if what & STRAY != 0 {
+        let me = rl4_arch::percpu::cpu_index() as usize;
+        println!("inject: an interrupt on vector 0x60 to this CPU, on 0x61 to the others");
+        for i in 0..rl4_smp::cpus::count() {
+            rl4_smp::cpus::send_ipi(i, if i == me { 0x60 } else { 0x61 });
+        }
+    }
     if what & PARENT != 0 {
         // A task made by another (both held in root slots CAP_SLOTS - 6 and - 7), whose maker
         // is marked ended without the end reaching it (as if `kill_task` had skipped its walk),

@@ -27,7 +27,25 @@ fn interrupt(vector: u8) {
         lapic::VEC_PONG => crate::measure::pong_interrupt(),
         lapic::VEC_FREEZE => crate::check::freeze_interrupt(),
         lapic::VEC_ERROR => cpus::error_interrupt(),
-        _ => {} // spurious: no acknowledgement
+        lapic::VEC_SPURIOUS => {} // no acknowledgement
+        v => stray(v),
+    }
+}
+
+/// Interrupts on vectors nothing of rl4's sends (every CPU).
+static STRAYS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// An interrupt on vector `v`, which nothing of rl4's sends (an I/O APIC pin or a device's MSI
+/// the firmware left enabled, an LVT entry rl4 does not program): acknowledged (without the
+/// EOI its CPU would take no interrupt of its priority class or below again) and reported —
+/// the first 16, then one in 1,024 (each line holds the CPU a few milliseconds). The running
+/// thread is not blamed: its trap ends in a decision like any interrupt's.
+#[cold]
+fn stray(v: u8) {
+    cpus::eoi();
+    let n = STRAYS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    if n < 16 || n % 1024 == 0 {
+        rl4_arch::println!("interrupt: unexpected vector {v:#x} (nothing rl4 set up sends it): acknowledged and ignored ({} so far)", n + 1);
     }
 }
 

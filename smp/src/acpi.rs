@@ -94,6 +94,9 @@ pub struct Platform {
     pub hw_reduced: bool,
     /// The MADT had a malformed entry: it and the entries after it were not read.
     pub madt_cut: bool,
+    /// The FADT at this address could not be read (its structure runs into memory the kernel
+    /// cannot read): its fixed ports are not known, nor kept from tasks.
+    pub fadt_unreadable: Option<u64>,
 }
 
 impl Platform {
@@ -104,6 +107,26 @@ impl Platform {
     /// present (they are masked; masking absent ones writes to nothing).
     pub fn without_acpi(lapic_address: u64) -> Platform {
         Platform { lapic_address, has_8259: true, ..Default::default() }
+    }
+
+    /// [`Platform::without_acpi`] for a machine whose MADT could not be read, keeping what the
+    /// other tables of `read` said: the timers (HPET, PM timer) and the FADT's fixed ports, which
+    /// tasks must not reach whatever the MADT holds (before the twenty-sixth session a missing
+    /// or bad MADT let every task with the `Devices` capability have the SMI command port and
+    /// the PM1 control blocks: a review found it).
+    pub fn without_madt(lapic_address: u64, read: Platform) -> Platform {
+        Platform {
+            rsdp_revision: read.rsdp_revision,
+            tables: read.tables,
+            hpet: read.hpet,
+            hpet_refused: read.hpet_refused,
+            pm_timer: read.pm_timer,
+            fixed_ports: read.fixed_ports,
+            smi_port: read.smi_port,
+            hw_reduced: read.hw_reduced,
+            fadt_unreadable: read.fadt_unreadable,
+            ..Platform::without_acpi(lapic_address)
+        }
     }
 }
 
@@ -220,11 +243,16 @@ fn read_madt(mem: &impl PhysMem, madt: u64, p: &mut Platform) -> Result<(), Acpi
 /// ([`read_hpet`]); `handler` answers a region it cannot read with zeros (`acpi_handler.rs`);
 /// the crate gives only the FADT's type and its accessors.
 ///
+/// An error comes with what the tables read before it said (everything but the MADT's
+/// processors and interrupt controllers: [`Platform::without_madt`]).
+///
 /// # Safety
 /// `handler` must map physical memory faithfully (or answer zeros for what it cannot read),
 /// and `rsdp` must be the address the boot loader gave.
-pub unsafe fn discover<H: Handler + PhysMem>(handler: H, rsdp: u64) -> Result<Platform, AcpiError> {
-    let Some((root, xsdt, revision)) = root_table(&handler, rsdp) else { return Err(AcpiError::RsdpIncorrectSignature) };
+pub unsafe fn discover<H: Handler + PhysMem>(handler: H, rsdp: u64) -> Result<Platform, (AcpiError, Platform)> {
+    let Some((root, xsdt, revision)) = root_table(&handler, rsdp) else {
+        return Err((AcpiError::RsdpIncorrectSignature, Platform::default()));
+    };
     let mem = handler.clone();
     let mut p = Platform { rsdp_revision: revision, ..Default::default() };
     // The root table's entries, read here byte by byte: the crate reads them through pointers
@@ -245,12 +273,22 @@ pub unsafe fn discover<H: Handler + PhysMem>(handler: H, rsdp: u64) -> Result<Pl
     // The FADT is the first table signed so, read through the crate's type (packed: any
     // address will do) over the length its header gives, as the crate's own search maps it.
     let fadt_at = p.tables.iter().find(|(sig, _)| sig == b"FACP").map(|&(_, a)| a);
-    // SAFETY: forwarded from this function's contract (`handler` maps physical memory
-    // faithfully, or answers zeros); `Fadt` is `repr(C, packed)`, so the mapping's address
-    // needs no alignment, and the handler makes at least a whole `Fadt` readable.
+    // Only the structure is read (the crate's accessors read nothing beyond it), so only the
+    // structure must be readable: a length the header claims beyond it that runs into memory
+    // the kernel cannot read made the handler answer zeros for the whole table, and the fixed
+    // ports were lost without a word (a review of the twenty-sixth session). A structure that
+    // cannot be read is said so (`fadt_unreadable`).
     let fadt = fadt_at.and_then(|a| {
+        let mut whole = [0u8; core::mem::size_of::<Fadt>()];
+        if mem.read(a, &mut whole).is_none() {
+            p.fadt_unreadable = Some(a);
+            return None;
+        }
         let len = mem.u32(a + 4)?.min(MAX_TABLE_LEN) as usize;
-        Some(unsafe { handler.map_physical_region::<Fadt>(a as usize, len) })
+        // SAFETY: forwarded from this function's contract (`handler` maps physical memory
+        // faithfully, or answers zeros); `Fadt` is `repr(C, packed)`, so the mapping's address
+        // needs no alignment, and the whole `Fadt` was just read.
+        Some(unsafe { handler.map_physical_region::<Fadt>(a as usize, len.min(core::mem::size_of::<Fadt>())) })
     });
     if let Some(fadt) = fadt {
         let flags = { fadt.get().flags };
@@ -283,9 +321,13 @@ pub unsafe fn discover<H: Handler + PhysMem>(handler: H, rsdp: u64) -> Result<Pl
         Some(Err(refused)) => p.hpet_refused = Some(refused),
         None => {}
     }
-    let madt = p.tables.iter().find(|(sig, _)| sig == b"APIC").map(|&(_, a)| a);
-    read_madt(&mem, madt.ok_or(AcpiError::TableNotFound(::acpi::sdt::Signature::MADT))?, &mut p)?;
-    Ok(p)
+    let Some(madt) = p.tables.iter().find(|(sig, _)| sig == b"APIC").map(|&(_, a)| a) else {
+        return Err((AcpiError::TableNotFound(::acpi::sdt::Signature::MADT), p));
+    };
+    match read_madt(&mem, madt, &mut p) {
+        Ok(()) => Ok(p),
+        Err(e) => Err((e, p)),
+    }
 }
 
 /// Most ranges [`table_ranges`] reports.
@@ -580,6 +622,45 @@ pub(crate) mod tests {
         assert_eq!(p.fixed_ports, vec![(0xb2, 1), (0xb004, 2)]);
         assert_eq!(p.smi_port, Some(0xb2));
         assert!(!p.hw_reduced);
+    }
+
+    /// Without a readable MADT the error comes with what the other tables said, and the
+    /// machine without the MADT keeps it: the fixed ports stay out of tasks' reach, the timers
+    /// measure the TSC (before the twenty-sixth session the kernel dropped them all).
+    #[test]
+    fn without_a_madt_the_fadt_and_hpet_still_count() {
+        for (what, m) in [
+            ("no MADT", patched(&machine(), 0xe2000, b"XXXX", None)),
+            ("a MADT too short", patched(&machine(), 0xe2004, &40u32.to_le_bytes(), Some(0xe2000))),
+        ] {
+            // SAFETY: the fake handler maps only inside its own buffer (zeros elsewhere).
+            let Err((_, read)) = (unsafe { discover(m, BASE) }) else { panic!("{what}: the MADT was read") };
+            assert_eq!(read.fixed_ports, vec![(0xb2, 1), (0xb004, 2)], "{what}");
+            let p = Platform::without_madt(0xfee0_0000, read);
+            assert_eq!((p.fixed_ports.len(), p.smi_port, p.hpet), (2, Some(0xb2), Some(0xfed0_0000)), "{what}");
+            assert_eq!(p.pm_timer, Some(PmTimer { port: 0xb008, bits32: false }), "{what}");
+            assert!(p.cpus.is_empty() && p.ioapics.is_empty() && p.has_8259, "{what}");
+        }
+    }
+
+    /// A FADT whose header claims a length running past readable memory is read all the same
+    /// (only its structure is needed: the handler answered zeros for the whole claimed length,
+    /// and its ports were lost); one whose structure itself cannot be read is said so.
+    #[test]
+    fn a_fadt_is_read_as_far_as_its_structure() {
+        let m = patched(&machine(), 0xe3004, &0x2_0000u32.to_le_bytes(), None);
+        // SAFETY: as above.
+        let p = unsafe { discover(m, BASE) }.unwrap();
+        assert_eq!(p.fixed_ports, vec![(0xb2, 1), (0xb004, 2)]);
+        assert_eq!(p.fadt_unreadable, None);
+        // The XSDT's second entry names a FADT 64 bytes before the end of memory.
+        let at = BASE + 0x10000 - 64;
+        let m = patched(&machine(), at, b"FACP", None);
+        let m = patched(&m, 0xe1000 + 36 + 8, &at.to_le_bytes(), Some(0xe1000));
+        // SAFETY: as above.
+        let p = unsafe { discover(m, BASE) }.unwrap();
+        assert_eq!((p.fadt_unreadable, p.fixed_ports.len(), p.pm_timer), (Some(at), 0, None));
+        assert_eq!(p.cpus.len(), 4);
     }
 
     #[test]

@@ -181,7 +181,7 @@ impl acpi::Handler for KernelAcpi {
 }
 
 /// Reads the MADT through the direct map (see [`crate::acpi::discover`]).
-pub fn discover(rsdp: u64) -> Result<crate::acpi::Platform, acpi::AcpiError> {
+pub fn discover(rsdp: u64) -> Result<crate::acpi::Platform, (acpi::AcpiError, crate::acpi::Platform)> {
     // SAFETY: `KernelAcpi` maps through the direct map what it can read there and answers zeros
     // (read-only: the crate only reads tables) for what it cannot; the RSDP address comes
     // from the boot loader, and `discover` checks what it hands the crate.

@@ -20,7 +20,7 @@
 //! | `overcommit=MiB` | give the root task's budget this many MiB more than the kernel can back (0..=4096), so that a test runs the kernel itself out of frames before the budget runs out (`docs/memory.md`, "Running out of memory") | 0 |
 //! | `failalloc=SEED/N` | once the root task runs, make a pseudo-random 1 in N (2..=1000000) of the kernel heap allocations made inside system calls fail (the allocator answers null; seeded by SEED, a whole number), so that tests can see every such allocation answer `OutOfMemory` rather than panic (`docs/memory.md`, "Allocation failure injection") | off |
 //! | `reserve=A-B,..` | keep the physical ranges `[A, B)` (hex with `0x`, or decimal; at most [`RESERVE_MAX`]) out of the frame allocator and away from the AP trampoline, as if the memory map reserved them (RAM known to be bad; tests take the first megabyte away with `reserve=0-0x100000`) | none |
-//! | `inject=A,B,..` | damage kernel state on purpose when the root task starts, so that tests can see the consistency check find it: `refcount`, `frame`, `budget`, `state`, `locks`, `deriv`, `device`, `queue`, `parent` | none |
+//! | `inject=A,B,..` | damage kernel state on purpose when the root task starts, so that tests can see the consistency check find it: `refcount`, `frame`, `budget`, `state`, `locks`, `deriv`, `device`, `queue`, `parent`; and `stray`, an interrupt on a vector nothing sends, on every CPU | none |
 
 use core::fmt;
 
@@ -113,7 +113,10 @@ pub mod inject {
     /// A task that lives on after the task that made it ended, and a task counting one task
     /// more than it made.
     pub const PARENT: u16 = 256;
-    pub const NAMES: [(&str, u16); 9] = [
+    /// Not damage: an interrupt on a vector nothing sends, on every CPU (0x60 on the bootstrap
+    /// CPU, taken in user mode; 0x61 on the others, mostly idle: taken in kernel mode).
+    pub const STRAY: u16 = 512;
+    pub const NAMES: [(&str, u16); 10] = [
         ("refcount", REFCOUNT),
         ("frame", FRAME),
         ("budget", BUDGET),
@@ -123,6 +126,7 @@ pub mod inject {
         ("device", DEVICE),
         ("queue", QUEUE),
         ("parent", PARENT),
+        ("stray", STRAY),
     ];
 }
 
