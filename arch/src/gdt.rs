@@ -19,6 +19,36 @@ pub const IST_NMI: u16 = 1;
 pub const IST_MACHINE_CHECK: u16 = 2;
 pub const IST_DEBUG: u16 = 3;
 
+/// The bootstrap CPU's first GDT, from the kernel's entry until its own ([`CpuTables::load`]):
+/// kernel code at 0x08 and data at 0x10, as in every CPU's own, so that the first IDT's gates
+/// (`idt::load_early`, which name the code selector loaded when they are written) stay right
+/// across the switch to the CPU's own GDT, until its own IDT is loaded. The boot loader's GDT
+/// has its 64-bit code elsewhere (0x18 under PVH and Multiboot2, 0x28 under Limine): in the CPU's
+/// own GDT that is the user data segment or the TSS, and an NMI between the two loads went
+/// through a gate naming it — a silent reset (a review of the twenty-sixth session).
+static EARLY: spin::Once<GlobalDescriptorTable<3>> = spin::Once::new();
+
+/// Loads [`EARLY`] and the kernel's segments from it (the bootstrap CPU, at the kernel's entry).
+pub fn load_early() {
+    let gdt = EARLY.call_once(|| {
+        let mut gdt = GlobalDescriptorTable::<3>::empty();
+        let code = gdt.append(Descriptor::kernel_code_segment());
+        let data = gdt.append(Descriptor::kernel_data_segment());
+        debug_assert!(code.0 == 0x08 && data.0 == 0x10);
+        gdt
+    });
+    gdt.load();
+    // SAFETY: 0x08 and 0x10 index the GDT just loaded, a 64-bit kernel code and a kernel data
+    // descriptor.
+    unsafe {
+        CS::set_reg(SegmentSelector(0x08));
+        SS::set_reg(SegmentSelector(0x10));
+        DS::set_reg(SegmentSelector(0x10));
+        ES::set_reg(SegmentSelector(0x10));
+        FS::set_reg(SegmentSelector(0x10));
+    }
+}
+
 /// One CPU's descriptor tables. Must live forever once loaded. The I/O permission bitmap
 /// follows the TSS (`repr(C)`): the TSS names it by its offset.
 #[repr(C)]

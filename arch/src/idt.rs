@@ -36,8 +36,11 @@ pub fn build(idt: &mut InterruptDescriptorTable) {
 /// left in IDTR and reset the machine without a word.
 static EARLY: spin::Once<InterruptDescriptorTable> = spin::Once::new();
 
-/// Loads [`EARLY`] on this CPU (the bootstrap CPU, at the kernel's entry, `GS` already set).
+/// Loads [`EARLY`] on this CPU (the bootstrap CPU, at the kernel's entry, `GS` already set),
+/// after the first GDT (`gdt::load_early`): its gates name that GDT's code selector, 0x08, which
+/// is kernel code in the CPU's own GDT too.
 pub fn load_early() {
+    crate::gdt::load_early();
     EARLY
         .call_once(|| {
             let mut idt = InterruptDescriptorTable::new();

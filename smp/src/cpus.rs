@@ -177,13 +177,14 @@ pub fn enable_lapic_this_cpu(cpu: &'static Cpu) {
     cpu.online.store(true, Ordering::Release);
 }
 
-/// Acknowledges the interrupt being handled on this CPU.
+/// Acknowledges the interrupt being handled on this CPU (through the registers while its
+/// `LocalApic` is not installed yet: a stray interrupt in the bootstrap CPU's timer
+/// calibration, `lapic::eoi_raw`).
 pub fn eoi() {
-    with_lapic(|l| {
-        if let Some(l) = l {
-            // SAFETY: acknowledges the interrupt being handled on this CPU's APIC.
-            unsafe { l.end_of_interrupt() }
-        }
+    with_lapic(|l| match l {
+        // SAFETY: acknowledges the interrupt being handled on this CPU's APIC.
+        Some(l) => unsafe { l.end_of_interrupt() },
+        None => lapic::eoi_raw(),
     });
 }
 

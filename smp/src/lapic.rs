@@ -39,6 +39,26 @@ pub struct Config {
     pub hz: u32,
 }
 
+/// Acknowledges the interrupt being handled on this CPU straight through the registers, for a
+/// CPU whose `LocalApic` value is not installed yet (`cpus::eoi`): the bootstrap CPU while
+/// [`configure`] calibrates the timer with interrupts open. Nothing before `configure` chose
+/// the mode (no interrupt can be taken then: the local APIC is not enabled).
+pub fn eoi_raw() {
+    if is_x2apic() {
+        // SAFETY: MSR 0x80b is the x2APIC EOI register; an interrupt was delivered, so this
+        // CPU's local APIC is enabled in x2APIC mode (`configure` enables it before it opens
+        // interrupts). Writing 0 ends the highest in-service interrupt, or does nothing.
+        unsafe { x86_64::registers::model_specific::Msr::new(0x80b).write(0) };
+    } else {
+        let base = XAPIC_BASE.load(Ordering::Relaxed);
+        if base != 0 {
+            // SAFETY: `base` maps the local APIC's register page uncached (`configure`); 0xb0 is
+            // its EOI register, 32-bit aligned.
+            unsafe { ((base + 0xb0) as *mut u32).write_volatile(0) };
+        }
+    }
+}
+
 pub fn is_x2apic() -> bool {
     X2APIC.load(Ordering::Relaxed)
 }

@@ -959,7 +959,7 @@ fn test_task_kill_walks_once(bi: &BootInfo) {
 static KK_THREADS: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
 static KK_N: AtomicU64 = AtomicU64::new(0);
 static KK_TASK: AtomicU64 = AtomicU64::new(0);
-/// 1: the second killer waits for the start; 2: go.
+/// 1: the second killer waits for the start; 2: go; 3: the test gave up on it.
 static KK_GO: AtomicU64 = AtomicU64::new(0);
 /// The second killer's `TaskKill` answer (0: `Ok`; `u64::MAX`: not yet) and how many victims
 /// it found not `Dead` right after it.
@@ -975,9 +975,17 @@ fn kk_alive() -> u64 {
 }
 
 fn second_killer(_: u64) {
-    KK_GO.store(1, SeqCst);
-    while KK_GO.load(SeqCst) != 2 {
-        core::hint::spin_loop();
+    // Not if the test gave up waiting for it (3): a spinner of the root task's priority left
+    // on CPU 1 would fail the tests after this one.
+    if KK_GO.compare_exchange(0, 1, SeqCst, SeqCst).is_err() {
+        return;
+    }
+    loop {
+        match KK_GO.load(SeqCst) {
+            2 => break,
+            3 => return,
+            _ => core::hint::spin_loop(),
+        }
     }
     let r = sys::task_kill(KK_TASK.load(SeqCst));
     let alive = kk_alive();
@@ -1062,6 +1070,8 @@ fn test_task_kill_from_two_cpus(bi: &BootInfo) {
                 KK_GO.store(2, SeqCst);
                 answer = sys::task_kill(c.task);
                 worst.0 = worst.0.max(kk_alive());
+            } else {
+                KK_GO.store(3, SeqCst);
             }
         }
         let helper_done = wait_ms(5000, || KK_ANSWER.load(SeqCst) != u64::MAX);
