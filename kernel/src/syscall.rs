@@ -872,6 +872,14 @@ pub fn kill_task(task: &Arc<Task>) {
 /// their handlers or to the console as the program's own (a hostile review found it).
 fn kill_one(task: &Arc<Task>, waited_out: &mut bool) {
     if task.dead.swap(true, core::sync::atomic::Ordering::SeqCst) {
+        // A thread of the task itself (its `TaskExit`, or `TaskKill` of its own task) need not
+        // wait: it ends here, as the first kill would end it, and its CPU goes on (else every
+        // CPU whose thread of a dying task calls `TaskExit` would spin, interrupts off, for the
+        // whole end; a review of this session's diff).
+        if let Some(me) = sched::current().filter(|c| Arc::ptr_eq(&c.task, task)) {
+            thread::kill(&me);
+            return;
+        }
         // The first kill waits for nothing this CPU does but TLB shoot-downs (answered here)
         // and grace periods (at most 200 µs, `qsbr::throttle`), and a waiting kill has begun
         // no work of its own: no two kills wait for each other.

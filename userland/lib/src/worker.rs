@@ -182,6 +182,9 @@ pub const SDK_HEAP_PRIO: u64 = 68;
 /// word 1 the joins that succeeded, word 2 the budget left after the first join, word 3 after
 /// the last (all `u64::MAX` if a step failed).
 pub const SDK_JOIN: u64 = 69;
+/// Spin until word 0 of the page at `operand` is not 0, then `TaskExit` (several threads of one
+/// task ending it at once, and with another task's `TaskKill`).
+pub const EXIT_TASK_WHEN: u64 = 70;
 pub const SDK_VA: u64 = 0x0000_3000_0000_0000;
 pub const ORPHAN_FRAME_SLOT: u64 = 10;
 pub const IRQ_SLOT: u64 = 6;

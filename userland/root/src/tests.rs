@@ -966,6 +966,12 @@ static KK_GO: AtomicU64 = AtomicU64::new(0);
 static KK_ANSWER: AtomicU64 = AtomicU64::new(u64::MAX);
 static KK_ALIVE: AtomicU64 = AtomicU64::new(u64::MAX);
 
+/// Most threads of the victim task that end it themselves (`test_task_kill_from_two_cpus`).
+const KK_EXITERS: u64 = 8;
+/// Where the root task sees the page whose word 0 tells them to (word 1: `TaskExit`s that
+/// returned).
+const KK_FLAG_VA: u64 = 0x0000_6c80_0000_0000;
+
 /// How many of the victims are not `Dead` now, looked at from the last made (a kill ends them
 /// in the order they were made: a kill that answered too early is seen before the other
 /// reaches them).
@@ -1020,18 +1026,37 @@ fn test_task_kill_from_two_cpus(bi: &BootInfo) {
     const ROUNDS: u64 = 4;
     let mut worst = (0u64, 0u64);
     let mut problem: Option<(u64, &'static str, Error)> = None;
+    // With three CPUs or more, threads of the victim task itself on CPUs 2.. end it too
+    // (`TaskExit`) as soon as the root task raises a flag in a page they share, just before its
+    // own `TaskKill`: a thread of the dying task must end there and then, not wait for another
+    // CPU's end nor return from `TaskExit` (word 1 counts returns).
+    let exiters_per_round = if cpus() >= 3 { (2 * (cpus() - 2)).min(KK_EXITERS) } else { 0 };
+    let flag = slot();
+    let flag_mapped = sys::frame_alloc(MEMORY, flag).and_then(|_| sys::map(SPACE, flag, KK_FLAG_VA, Rights::READ.union(Rights::WRITE)));
+    let word = |i: usize| (KK_FLAG_VA as *mut u64).wrapping_add(i);
+    if let Err(e) = flag_mapped {
+        problem = Some((0, "mapping the flag page", e));
+    }
+    let mut exiters_seen = 0u64;
     for round in 0..ROUNDS {
+        if problem.is_some() {
+            break;
+        }
+        // SAFETY: the root task mapped the flag page at `KK_FLAG_VA` (above).
+        unsafe { word(0).write_volatile(0) };
+        let mut exiters = [0u64; KK_EXITERS as usize];
         let mut made = 0u64;
         let ep = slot();
         let set_up = (|| -> Result<Child, Error> {
             let c = Child::load(bi, "worker")?;
             sys::endpoint_create(MEMORY, ep)?;
             sys::cap_copy(ep, c.task, rl4_user::worker::EP_SLOT, Rights::RECEIVE)?;
+            sys::map(c.space, flag, CHILD_BUF, Rights::READ.union(Rights::WRITE))?;
             Ok(c)
         })();
         let started = set_up.as_ref().map_err(|e| *e).and_then(|c| {
             for i in 0..n {
-                // One page of stack each, a guard page apart (the spin needs no more; the fewer
+                // One page of stack each, a guard page apart (a wait needs no more; the fewer
                 // mappings, the shorter a second kill's emptying of the space, which is what the
                 // old kernel's second kill did while the first still killed).
                 let top = CHILD_STACK_TOP - i * 2 * PAGE_SIZE;
@@ -1051,8 +1076,17 @@ fn test_task_kill_from_two_cpus(bi: &BootInfo) {
                 }
                 r?;
             }
+            for (j, e) in exiters.iter_mut().enumerate().take(exiters_per_round as usize) {
+                let top = CHILD_STACK_TOP - (n + j as u64) * 2 * PAGE_SIZE;
+                map_fresh(c.space, top - PAGE_SIZE, 1, Rights::READ.union(Rights::WRITE))?;
+                *e = slot();
+                sys::thread_create(MEMORY, c.task, c.entry, top, 20, 2 + j as u64 % (cpus() - 2), *e)?;
+                sys::thread_set_args(*e, rl4_user::worker::EXIT_TASK_WHEN, CHILD_BUF)?;
+                sys::thread_resume(*e)?;
+            }
             Ok(())
         });
+        let exiters_alive = |ex: &[u64]| ex.iter().filter(|&&t| t != 0 && state(t) != Some(ThreadState::Dead)).count() as u64;
         // Every victim waiting for a message (the last made: all of them, give or take the
         // order of CPUs).
         let waiting = || KK_THREADS[..made as usize].iter().all(|t| state(t.load(SeqCst)) == Some(ThreadState::BlockedRecv));
@@ -1067,9 +1101,11 @@ fn test_task_kill_from_two_cpus(bi: &BootInfo) {
             KK_ALIVE.store(u64::MAX, SeqCst);
             helper = Some(spawn(second_killer, 0, ROOT_PRIO, 1));
             if wait_ms(3000, || KK_GO.load(SeqCst) == 1) {
+                // SAFETY: as above.
+                unsafe { word(0).write_volatile(1) };
                 KK_GO.store(2, SeqCst);
                 answer = sys::task_kill(c.task);
-                worst.0 = worst.0.max(kk_alive());
+                worst.0 = worst.0.max(kk_alive() + exiters_alive(&exiters));
             } else {
                 KK_GO.store(3, SeqCst);
             }
@@ -1083,6 +1119,13 @@ fn test_task_kill_from_two_cpus(bi: &BootInfo) {
         }
         for t in &KK_THREADS[..made as usize] {
             release(t.swap(0, SeqCst));
+        }
+        for &e in exiters.iter().filter(|&&e| e != 0) {
+            exiters_seen += 1;
+            if state(e) != Some(ThreadState::Dead) {
+                problem = problem.or(Some((round, "a TaskExit thread not Dead", Error::InvalidState)));
+            }
+            release(e);
         }
         KK_N.store(0, SeqCst);
         release(ep);
@@ -1101,12 +1144,17 @@ fn test_task_kill_from_two_cpus(bi: &BootInfo) {
             break;
         }
     }
+    // SAFETY: as above (read before the page goes).
+    let returned = if flag_mapped.is_ok() { unsafe { word(1).read_volatile() } } else { 0 };
+    let _ = sys::unmap(SPACE, KK_FLAG_VA);
+    release(flag);
     report(
         name,
-        problem.is_none() && worst == (0, 0),
+        problem.is_none() && worst == (0, 0) && returned == 0,
         format_args!(
-            "{ROUNDS} rounds of {n} victim threads on {} CPUs, TaskKill from CPUs 0 and 1 at once: at most {} not Dead right \
-             after the answer on CPU 0, {} on CPU 1 (want 0 and 0); failures: {problem:?}",
+            "{ROUNDS} rounds of {n} victim threads on {} CPUs, TaskKill from CPUs 0 and 1 at once, and {exiters_seen} \
+             TaskExit calls of the victims' own on CPUs 2..: at most {} not Dead right after the answer on CPU 0, {} on \
+             CPU 1 (want 0 and 0); TaskExit returned {returned} times (want 0); failures: {problem:?}",
             cpus(),
             worst.0,
             worst.1

@@ -49,6 +49,18 @@ fn rl4_main(cmd: u64, addr: u64) {
             println!("worker: hello from cpu {cpu} of {n}");
         }
         EXIT_TASK => sys::task_exit(),
+        EXIT_TASK_WHEN => {
+            let p = addr as *mut u64;
+            // SAFETY: `addr` is a page the root task mapped here writable.
+            while unsafe { p.read_volatile() } == 0 {
+                core::hint::spin_loop();
+            }
+            let _ = sys::raw(Sys::TaskExit, [0; 6]);
+            // `TaskExit` returned, which it must not: counted in word 1 (or, the task's space
+            // emptied, a page fault: the thread ends `Faulted`, not `Dead`).
+            // SAFETY: as above.
+            unsafe { p.add(1).write_volatile(p.add(1).read_volatile() + 1) };
+        }
         // SAFETY (all three): deliberate faults; the kernel must stop this thread.
         PRIVILEGED => unsafe { core::arch::asm!("hlt") },
         INVALID_OPCODE => unsafe { core::arch::asm!("ud2") },
