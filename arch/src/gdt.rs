@@ -40,12 +40,21 @@ pub fn load_early() {
     gdt.load();
     // SAFETY: 0x08 and 0x10 index the GDT just loaded, a 64-bit kernel code and a kernel data
     // descriptor.
+    unsafe { load_segments(SegmentSelector(0x08), SegmentSelector(0x10)) };
+}
+
+/// Reloads CS with `code` and SS, DS, ES, FS with `data` (not GS: its base is the CPU's block).
+///
+/// # Safety
+/// Both index the GDT loaded on this CPU: a 64-bit kernel code and a kernel data descriptor.
+unsafe fn load_segments(code: SegmentSelector, data: SegmentSelector) {
+    // SAFETY: forwarded from this function's contract.
     unsafe {
-        CS::set_reg(SegmentSelector(0x08));
-        SS::set_reg(SegmentSelector(0x10));
-        DS::set_reg(SegmentSelector(0x10));
-        ES::set_reg(SegmentSelector(0x10));
-        FS::set_reg(SegmentSelector(0x10));
+        CS::set_reg(code);
+        SS::set_reg(data);
+        DS::set_reg(data);
+        ES::set_reg(data);
+        FS::set_reg(data);
     }
 }
 
@@ -109,11 +118,7 @@ impl CpuTables {
         // SAFETY: the selectors index the GDT just loaded, with the right descriptor kinds; the
         // TSS descriptor is fresh (not busy).
         unsafe {
-            CS::set_reg(kernel_code);
-            SS::set_reg(kernel_data);
-            DS::set_reg(kernel_data);
-            ES::set_reg(kernel_data);
-            FS::set_reg(kernel_data);
+            load_segments(kernel_code, kernel_data);
             load_tss(tss_sel);
         }
         Selectors { kernel_code, kernel_data, user_data, user_code, tss: tss_sel, iomap }

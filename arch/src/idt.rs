@@ -18,13 +18,28 @@ pub static HALT_ON_NMI: AtomicBool = AtomicBool::new(false);
 
 /// Builds a CPU's IDT.
 pub fn build(idt: &mut InterruptDescriptorTable) {
-    crate::entry::install_stubs(idt, true);
-    // SAFETY: the IST slots are filled with valid stacks in every CPU's TSS before its IDT is
-    // loaded (see `gdt::CpuTables::set_ist`).
-    unsafe {
-        idt.non_maskable_interrupt.set_handler_fn(nmi).set_stack_index(IST_NMI);
-        idt.double_fault.set_handler_fn(double_fault).set_stack_index(IST_DOUBLE_FAULT);
-        idt.machine_check.set_handler_fn(machine_check).set_stack_index(IST_MACHINE_CHECK);
+    fill(idt, true);
+}
+
+/// Fills `idt`: the entry stubs, and NMI, #DF and #MC handlers, on their IST stacks if `ist`
+/// (a CPU whose TSS is loaded), else on the running stack (the boot's first IDT).
+fn fill(idt: &mut InterruptDescriptorTable, ist: bool) {
+    crate::entry::install_stubs(idt, ist);
+    let nmi = idt.non_maskable_interrupt.set_handler_fn(nmi);
+    if ist {
+        // SAFETY: the IST slots are filled with valid stacks in every CPU's TSS before its IDT
+        // is loaded (see `gdt::CpuTables::set_ist`).
+        unsafe { nmi.set_stack_index(IST_NMI) };
+    }
+    let df = idt.double_fault.set_handler_fn(double_fault);
+    if ist {
+        // SAFETY: as above.
+        unsafe { df.set_stack_index(IST_DOUBLE_FAULT) };
+    }
+    let mc = idt.machine_check.set_handler_fn(machine_check);
+    if ist {
+        // SAFETY: as above.
+        unsafe { mc.set_stack_index(IST_MACHINE_CHECK) };
     }
 }
 
@@ -44,10 +59,7 @@ pub fn load_early() {
     EARLY
         .call_once(|| {
             let mut idt = InterruptDescriptorTable::new();
-            crate::entry::install_stubs(&mut idt, false);
-            idt.non_maskable_interrupt.set_handler_fn(nmi);
-            idt.double_fault.set_handler_fn(double_fault);
-            idt.machine_check.set_handler_fn(machine_check);
+            fill(&mut idt, false);
             idt
         })
         .load();
