@@ -187,12 +187,6 @@ impl UserRegs {
         self.r9 = words[3];
     }
 
-    /// The badge (or notification word) a wait returns.
-    #[inline(always)]
-    pub fn set_badge(&mut self, v: u64) {
-        self.rdi = v;
-    }
-
     /// The user instruction pointer.
     #[inline(always)]
     pub fn ip(&self) -> u64 {

@@ -37,7 +37,9 @@
 //! Stopping the world: the checking CPU sends every other CPU the freeze IPI and waits until
 //! all of them spin in `hold`. The kernel runs with interrupts off except in the idle loop (its
 //! halt, and the windows its poll and its rounds open), so a CPU takes the IPI only in user mode
-//! or idle, where it holds no lock and no temporary reference. A CPU waiting for a TLB shootdown is released because frozen CPUs (and
+//! or idle, where it holds no lock and no temporary reference — or in the one system call that
+//! halts, `Measure(IPI_FLOOR)` (`measure::ipi_floor`), which holds no lock there either and
+//! only a shared borrow of its current slot, which the check only reads too. A CPU waiting for a TLB shootdown is released because frozen CPUs (and
 //! the checker while it waits) keep answering TLB requests.
 //!
 //! `unsafe` here: only the page-table walks and the reads of CPUs' current-thread slots, sound
@@ -492,8 +494,10 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
     for i in 0..MAX_CPUS {
         let Some(cs) = sched::get(i) else { continue };
         // SAFETY: every other CPU is stopped in `hold` (entered from user mode or the idle loop,
-        // never inside an access to its current slot), and this CPU is inside the check's system
-        // call, not inside one either; the reference does not outlive the check.
+        // never inside an access to its current slot that writes it: `Measure(IPI_FLOOR)`'s
+        // halt, the one other place, is inside a read-only one), and this CPU is inside the
+        // check's system call, which only reads its slot too; the reference does not outlive
+        // the check.
         let current = unsafe { cs.peek_current() };
         for th in current.iter() {
             refs.add(th);

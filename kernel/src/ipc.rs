@@ -595,7 +595,7 @@ pub fn recv(cur: &Arc<Thread>, ep: &Arc<Endpoint>, timeout: u64, direct_to: Opti
                 thread::fail_caller(c, t);
             }
         } else {
-            thread::set_result(&snd, Ok(()));
+            thread::set_result(&snd, Ok([0; 3]));
             thread::place(&snd, &mut sl);
             drop(sl);
             drop(q);
@@ -814,8 +814,7 @@ pub fn signal(n: &Arc<Notification>, bits: u64) {
         let mut wl = w.life.lock();
         if wl.waits(WaitOn::Notify(n.id())) {
             let word = core::mem::take(&mut q.word) | bits;
-            w.regs.with(|r| r.set_badge(word));
-            let old = thread::wake_locked(&w, &mut wl, WaitOn::Notify(n.id()), Ok(()));
+            let old = thread::wake_locked(&w, &mut wl, WaitOn::Notify(n.id()), Ok([word, 0, 0]));
             drop(wl);
             drop(q);
             reclaim::later_wait(old);

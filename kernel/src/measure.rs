@@ -71,9 +71,17 @@ pub fn pong_interrupt() {
 }
 
 /// `iters` round trips of an IPI to `target` and its answer, this CPU halted while it waits.
-/// Returns (mean, min, max) cycles.
-pub fn ipi_floor(target: usize, iters: u64) -> [u64; 3] {
-    let Some(_one) = BUSY.try_lock() else { return [0; 3] };
+/// Returns (mean, min, max) cycles; `Busy` if another CPU measures meanwhile, `Timeout` if an
+/// answer did not come within 100 ms (before the twenty-seventh session both answered
+/// `[0, 0, 0]` as a measurement: a review found it). A ping that a timed-out measurement left
+/// pending at `target` is answered to whoever measures it next, whose round it may end early.
+///
+/// The wait halts with interrupts on inside the system call: the one place where a CPU can
+/// take the consistency check's freeze outside user mode and the idle loop (`check.rs`). All
+/// it holds there is the system call's shared borrow of its current slot, which the check only
+/// reads too.
+pub fn ipi_floor(target: usize, iters: u64) -> Result<[u64; 3], rl4_abi::Error> {
+    let Some(_one) = BUSY.try_lock() else { return Err(rl4_abi::Error::Busy) };
     let me = percpu::cpu_index();
     PING_FROM[target].store(me, Ordering::Release);
     let (mut min, mut max, mut sum) = (u64::MAX, 0, 0);
@@ -85,7 +93,7 @@ pub fn ipi_floor(target: usize, iters: u64) -> [u64; 3] {
         let give_up = t + rl4_arch::time::us_to_ticks(100_000);
         while PONGS[me as usize].load(Ordering::Acquire) == before {
             if cpu::rdtsc() > give_up {
-                return [0; 3];
+                return Err(rl4_abi::Error::Timeout);
             }
             cpu::idle_wait();
         }
@@ -94,5 +102,5 @@ pub fn ipi_floor(target: usize, iters: u64) -> [u64; 3] {
         max = max.max(d);
         sum += d;
     }
-    [sum / iters.max(1), min, max]
+    Ok([sum / iters.max(1), min, max])
 }

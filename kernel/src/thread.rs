@@ -19,9 +19,14 @@ use crate::obj::{Life, Thread, Wait};
 use crate::sched;
 
 /// Writes the result of the system call a thread waited in (it is blocked or stopped and not
-/// running, so its registers are ours under its lock).
-pub fn set_result(t: &Thread, r: Result<(), Error>) {
-    t.regs.with(|regs| regs.set_result(r.map_or_else(|e| e as u64, |()| 0)));
+/// running, so its registers are ours under its lock): an error code alone, or 0 and the three
+/// result words, as a call that returns at once writes them (before the twenty-seventh session
+/// a `Send` or `Wait` that ended after waiting left the caller's own `rsi` and `rdx` there).
+pub fn set_result(t: &Thread, r: Result<[u64; 3], Error>) {
+    t.regs.with(|regs| match r {
+        Ok(v) => regs.set_results(v),
+        Err(e) => regs.set_result(e as u64),
+    });
 }
 
 /// Puts a `Ready` thread that no CPU holds into its CPU's inbox (does nothing for a thread that
@@ -127,7 +132,7 @@ pub fn with_queue_locked<R>(t: &Arc<Thread>, mut f: impl FnMut(&mut Life) -> R) 
 /// Ends `t`'s wait `on` with result `r` and queues it on its CPU. The caller holds the lock of
 /// the queue the wait was in (or the wait has none: a reply). Returns the ended wait (drop it
 /// after the locks), or `None` if `t` no longer waited so.
-pub fn wake_locked(t: &Arc<Thread>, l: &mut Life, on: WaitOn, r: Result<(), Error>) -> Option<Wait> {
+pub fn wake_locked(t: &Arc<Thread>, l: &mut Life, on: WaitOn, r: Result<[u64; 3], Error>) -> Option<Wait> {
     let w = l.wake(on).ok()?;
     set_result(t, r);
     place(t, l);

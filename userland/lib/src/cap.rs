@@ -21,11 +21,13 @@ impl Endpoint {
     pub fn call(self, m: &Msg) -> Result<Msg, Error> {
         sys::call(self.0, m)
     }
-    /// Like [`Endpoint::call`], also passing the capability in slot `cap` (needs `GRANT`)
-    /// and taking one from the reply into slot `recv` (`NO_SLOT`: none).
-    pub fn call_with_cap(self, m: &Msg, cap: u64, recv: u64) -> Result<Msg, Error> {
+    /// Like [`Endpoint::call`], also passing the capability in slot `cap` (needs `GRANT` on
+    /// both; `NO_SLOT`: none). A reply carries no capability (`docs/ipc.md`): a server hands
+    /// one back in a call of its own. (Before the twenty-seventh session this took a receive
+    /// slot "for a capability in the reply", which never came.)
+    pub fn call_with_cap(self, m: &Msg, cap: u64) -> Result<Msg, Error> {
         let m = Msg { tag: Tag::new(m.tag.label(), m.tag.len(), (cap != NO_SLOT) as u64), ..*m };
-        sys::ipc(rl4_abi::Sys::Call, self.0, &m, FOREVER, cap, recv)
+        sys::ipc(rl4_abi::Sys::Call, self.0, &m, FOREVER, cap, NO_SLOT)
     }
     /// Sends `m`, waiting for a receiver.
     #[inline(always)]
@@ -45,9 +47,12 @@ impl Endpoint {
     }
     /// Serves the endpoint forever: each message received goes to `handle`, whose answer is
     /// the reply (sent together with the next receive). Returns only when a receive fails for
-    /// good (the endpoint was deleted: `PartnerGone`; the capability went), with that error; a
-    /// suspension of the serving thread while it waited (`Interrupted`, once it is resumed)
-    /// only makes it wait again.
+    /// good (the endpoint was deleted: `PartnerGone`; the capability went), or when the kernel
+    /// refuses `handle`'s answer as a message (`InvalidArgument`: more than four words on a
+    /// thread with no IPC buffer, reserved tag bits), with that error — in the second case the
+    /// caller still waits for its reply, which the serving thread owes until it replies or
+    /// ends. A suspension of the serving thread while it waited (`Interrupted`, once it is
+    /// resumed) only makes it wait again.
     pub fn serve(self, mut handle: impl FnMut(&Msg) -> Msg) -> Error {
         let mut m = match self.recv_on() {
             Ok(m) => m,

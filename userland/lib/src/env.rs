@@ -17,8 +17,11 @@
 //! second the number of `ep=` endpoints. The first thread's IPC buffer (message words 4 and
 //! up) is registered at [`IPC_BUFFER`]; its stack ends at [`STACK_TOP`]. Slots from
 //! [`FIRST_FREE`] on are the program's ([`crate::slots`] hands them out), and so is the
-//! address range from [`HEAP_BASE`] up to [`STACK_TOP`] - 64 GiB (the `heap` module grows the
-//! heap there, [`crate::thread`] puts new threads' stacks and IPC buffers above it).
+//! address range from [`HEAP_BASE`] up to [`THREADS_BASE`] (the `heap` module grows the heap
+//! from its bottom). Above it the library's: from [`THREADS_BASE`] [`crate::thread::spawn`]'s
+//! regions (stack and IPC buffer of each new thread), the first thread's IPC buffer at
+//! [`IPC_BUFFER`] and its stack below [`STACK_TOP`]. (Before the twenty-seventh session this
+//! said the program's range went up to `STACK_TOP` - 64 GiB, across the threads' regions.)
 use rl4_abi::root_slots;
 
 /// The program's own task.

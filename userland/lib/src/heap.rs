@@ -17,7 +17,7 @@ use core::cell::UnsafeCell;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use linked_list_allocator::Heap;
-use rl4_abi::PAGE_SIZE;
+use rl4_abi::{Error, PAGE_SIZE};
 
 use crate::env;
 
@@ -77,10 +77,20 @@ impl HeapLock {
         // wait return at once, to try again).
         while self.state.swap(WAITED, Ordering::AcqRel) != FREE {
             match note {
-                // Any answer (bits, `Timeout`, `Interrupted` after a suspension, ...): try again.
+                // Any answer (bits, `Timeout`, `Interrupted` after a suspension): try again.
                 Some(n) => {
                     WAITS.fetch_add(1, Ordering::Relaxed);
-                    let _ = crate::sys::wait(n, RECHECK);
+                    match crate::sys::wait(n, RECHECK) {
+                        Ok(_) | Err(Error::Timeout) | Err(Error::Interrupted) => {}
+                        // A timed wait the kernel could not take at all (`OutOfMemory`: no room
+                        // for its deadline) would make this loop spin, perhaps for ever over a
+                        // holder of lower priority on this CPU: it waits without a deadline
+                        // instead, which needs no room — the release signals, since this
+                        // thread said `WAITED` (a review found the spin).
+                        Err(_) => {
+                            let _ = crate::sys::wait(n, rl4_abi::ipc::FOREVER);
+                        }
+                    }
                 }
                 None => crate::sys::yield_now(),
             }

@@ -114,9 +114,11 @@ pub fn print_fmt(args: fmt::Arguments<'_>) {
     l.flush();
 }
 
-/// Prints one line on the kernel console.
+/// Prints one line on the kernel console (`println!()`: an empty one, written as one space: the
+/// console prints nothing for an empty write).
 #[macro_export]
 macro_rules! println {
+    () => { $crate::print_fmt(format_args!(" ")) };
     ($($arg:tt)*) => { $crate::print_fmt(format_args!($($arg)*)) };
 }
 
@@ -252,15 +254,25 @@ impl IpcBuffer {
     /// The calling thread's buffer: [`env::IPC_BUFFER`] for a program's first thread, the
     /// one [`thread::spawn`] made for the others (found from the stack pointer). Only for
     /// programs laid out as [`env`](mod@env) says (the root task itself is not: it uses
-    /// [`IpcBuffer::at`]).
+    /// [`IpcBuffer::at`]). Panics on a thread whose stack is neither (one made with
+    /// [`sys::thread_create`] and a stack of its own): such a thread names its buffer with
+    /// [`IpcBuffer::at`].
     pub fn current() -> IpcBuffer {
         let sp: u64;
         // SAFETY: reads the stack pointer; no memory access, no side effect.
         unsafe { core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags)) };
-        IpcBuffer(thread::buffer_for(sp))
+        match thread::buffer_for(sp) {
+            Some(b) => IpcBuffer(b),
+            None => panic!("IpcBuffer::current: the stack at {sp:#x} is neither the first thread's nor a spawned one's (use IpcBuffer::at)"),
+        }
     }
-    /// The buffer page at `addr` (it must be a registered IPC buffer of this program's).
-    pub fn at(addr: u64) -> IpcBuffer {
+    /// The buffer page at `addr`.
+    ///
+    /// # Safety
+    /// `addr`'s page must be mapped writable in this program and used as nothing but IPC
+    /// buffer words (the thread's registered buffer, `SetIpcBuffer`) for as long as the value
+    /// is used: [`IpcBuffer::set`] writes it, and the kernel writes received words there.
+    pub unsafe fn at(addr: u64) -> IpcBuffer {
         IpcBuffer(addr & !(rl4_abi::PAGE_SIZE - 1))
     }
     /// Word `i` (< [`rl4_abi::ipc::MAX_WORDS`]; others read as 0).
@@ -269,7 +281,8 @@ impl IpcBuffer {
             return 0;
         }
         // SAFETY: the buffer page is mapped writable in this program for the thread's life
-        // (the root task or `thread::spawn` mapped and registered it), and `i` is inside it.
+        // (the root task or `thread::spawn` mapped and registered it; `at`'s caller promised
+        // as much), and `i` is inside it.
         unsafe { core::ptr::read_volatile((self.0 as *const u64).add(i)) }
     }
     /// Sets word `i` (< [`rl4_abi::ipc::MAX_WORDS`]; others are ignored).

@@ -4,6 +4,16 @@
 //! ([`call`], [`reply_recv`], [`send`], [`recv`] and their variants) pass and return a [`Msg`]
 //! in registers. The typed handles of [`crate::cap`] are built on these.
 //!
+//! This is the raw layer. The kernel checks every call against the caller's capabilities, so
+//! nothing here can reach what the program was not given; but a few calls can break the
+//! program's own memory, which the compiler cannot see, and Rust's guarantees then hold no
+//! more: [`unmap`] of a page the program uses (its stack, its heap), [`set_ipc_buffer`] at a
+//! page that holds anything but buffer words (the kernel writes received words there),
+//! [`thread_create`] and [`thread_set_args`] with an entry point or arguments that are not what
+//! the code there expects ([`crate::thread_entry`] takes a `fn(u64)` and its argument). The
+//! safe ways are [`crate::thread::spawn`], [`crate::thread::map_fresh`] and the handles of
+//! [`crate::cap`].
+//!
 //! A new system call gets its number in `rl4_abi::Sys` and a function here, written like its
 //! neighbours with [`raw`] (or [`ipc`] for a message-passing one: [`raw`] gives those a timeout
 //! of `FOREVER` and no capability slots, which they read from `r12`–`r14`).

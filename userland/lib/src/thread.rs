@@ -93,13 +93,18 @@ pub fn map_fresh(va: u64, pages: u64) -> Result<(), Error> {
     }
     slots::free(f);
     if r.is_err() {
-        unmap(va, mapped);
+        // SAFETY: the pages just mapped here, which nothing uses yet.
+        unsafe { unmap(va, mapped) };
     }
     r
 }
 
 /// Unmaps `pages` pages at `va` in this program's space (what [`map_fresh`] mapped).
-pub fn unmap(va: u64, pages: u64) {
+///
+/// # Safety
+/// Nothing of the program may live in those pages any more (no stack, heap or static data, no
+/// reference into them): they read as unmapped from then on.
+pub unsafe fn unmap(va: u64, pages: u64) {
     for i in 0..pages {
         let _ = sys::unmap(env::SPACE, va + i * PAGE_SIZE);
     }
@@ -117,7 +122,8 @@ pub fn spawn(f: fn(u64), arg: u64, cpu: u64, prio: u64) -> Result<Spawned, Error
         return Err(e);
     }
     if let Err(e) = map_fresh(stack, STACK_PAGES) {
-        unmap(base, 1);
+        // SAFETY: the buffer page just mapped, which nothing uses yet.
+        unsafe { unmap(base, 1) };
         give_region(base);
         return Err(e);
     }
@@ -138,8 +144,11 @@ pub fn spawn(f: fn(u64), arg: u64, cpu: u64, prio: u64) -> Result<Spawned, Error
         Ok(t) => Ok(Spawned { thread: Thread(t), base }),
         Err(e) => {
             // Nothing runs on the region: its pages go back.
-            unmap(base, 1);
-            unmap(stack, STACK_PAGES);
+            // SAFETY: the region's pages, which no thread ran on.
+            unsafe {
+                unmap(base, 1);
+                unmap(stack, STACK_PAGES);
+            }
             give_region(base);
             Err(e)
         }
@@ -184,19 +193,28 @@ impl Spawned {
                 return Err((self, e));
             }
         }
-        unmap(self.base, 1);
-        unmap(self.base + 2 * PAGE_SIZE, STACK_PAGES);
+        // SAFETY: the thread is `Dead` (it never runs again), and nothing else of the program
+        // lives in its buffer page or its stack.
+        unsafe {
+            unmap(self.base, 1);
+            unmap(self.base + 2 * PAGE_SIZE, STACK_PAGES);
+        }
         give_region(self.base);
         slots::free(self.thread.0);
         Ok(())
     }
 }
 
-/// The IPC buffer of the thread whose stack holds `sp`.
-pub(crate) fn buffer_for(sp: u64) -> u64 {
+/// The IPC buffer of the thread whose stack holds `sp`: a [`spawn`]ed thread's, or the first
+/// thread's; `None` for a stack neither of them is on (a thread made with
+/// [`crate::sys::thread_create`] and a stack of its own: before the twenty-seventh session it
+/// was given the first thread's buffer, and wrote over that thread's messages).
+pub(crate) fn buffer_for(sp: u64) -> Option<u64> {
     if sp >= env::THREADS_BASE && sp < env::IPC_BUFFER {
-        (sp - 1) & !(REGION - 1)
+        Some((sp - 1) & !(REGION - 1))
+    } else if sp > env::STACK_TOP - env::STACK_PAGES * PAGE_SIZE && sp <= env::STACK_TOP {
+        Some(env::IPC_BUFFER)
     } else {
-        env::IPC_BUFFER
+        None
     }
 }

@@ -414,6 +414,107 @@ fn test_cap_transfer() {
     }
 }
 
+static REPLY_CAP_SLOT: AtomicU64 = AtomicU64::new(0);
+/// What the server's `Reply` with a capability answered (0: Ok, else the error code + 1;
+/// `u64::MAX`: not yet).
+static REPLY_CAP_RESULT: AtomicU64 = AtomicU64::new(u64::MAX);
+
+fn cap_replier(_: u64) {
+    let ep = EP_FOR_THREADS.load(SeqCst);
+    let r = sys::recv(ep).and_then(|_| {
+        sys::ipc(Sys::Reply, 0, &Msg { tag: Tag::new(7, 1, 1), badge: 0, w: [42, 0, 0, 0] }, 0, REPLY_CAP_SLOT.load(SeqCst), u64::MAX)
+    });
+    REPLY_CAP_RESULT.store(r.map_or_else(|e| e as u64 + 1, |_| 0), SeqCst);
+}
+
+/// A reply carries no capability (`docs/ipc.md`): a `Reply` whose tag says `caps` = 1 is
+/// answered as one without (the caller's tag says 0, its receive slot stays empty, and the
+/// server keeps the capability it named).
+fn test_reply_carries_no_capability() {
+    const NAME: &str = "ipc-reply-carries-no-capability";
+    let ep = slot();
+    let frame = slot();
+    let into = slot();
+    let made = sys::endpoint_create(MEMORY, ep).and_then(|_| sys::frame_alloc(MEMORY, frame));
+    EP_FOR_THREADS.store(ep, SeqCst);
+    REPLY_CAP_SLOT.store(frame, SeqCst);
+    REPLY_CAP_RESULT.store(u64::MAX, SeqCst);
+    let r = spawn(cap_replier, 0, ROOT_PRIO, far_cpu());
+    wait_ms(2000, || state(r) == Some(ThreadState::BlockedRecv));
+    let answer = sys::ipc(Sys::Call, ep, &Msg { tag: Tag::new(1, 0, 0), badge: 0, w: [0; 4] }, FOREVER, u64::MAX, into);
+    wait_ms(2000, || REPLY_CAP_RESULT.load(SeqCst) != u64::MAX);
+    let replied = REPLY_CAP_RESULT.load(SeqCst);
+    let tag = answer.as_ref().map(|m| (m.tag.label(), m.tag.len(), m.tag.caps(), m.w[0]));
+    let into_empty = sys::cap_identify(into).map(|_| ()) == Err(Error::EmptySlot);
+    let frame_kept = sys::cap_identify(frame).map(|r| r[0]) == Ok(ObjType::Frame as u64);
+    release(r);
+    for s in [ep, frame, into] {
+        release(s);
+    }
+    report(
+        NAME,
+        made.is_ok() && replied == 0 && tag == Ok((7, 1, 0, 42)) && into_empty && frame_kept,
+        format_args!(
+            "the server's Reply with caps = 1 answered {replied} (0: Ok); the caller got (label, len, caps, word 0) {tag:?} (expected (7, 1, 0, 42)), its receive slot empty: {into_empty}, the server's frame still in its slot: {frame_kept}"
+        ),
+    );
+}
+
+static AFTER_WAIT_OBJ: AtomicU64 = AtomicU64::new(0);
+/// How many of the two helpers saw the root thread waiting before they answered it.
+static AFTER_WAIT_SEEN: AtomicU64 = AtomicU64::new(0);
+
+/// Takes the root thread's queued `Send` once it waits (`BlockedSend`; after 2 s all the same).
+fn late_receiver(_: u64) {
+    if wait_ms(2000, || state(rl4_abi::root_slots::THREAD) == Some(ThreadState::BlockedSend)) {
+        AFTER_WAIT_SEEN.fetch_add(1, SeqCst);
+    }
+    let _ = sys::recv(AFTER_WAIT_OBJ.load(SeqCst));
+}
+
+/// Signals the root thread's notification once it waits (`BlockedNotify`; after 2 s all the
+/// same).
+fn late_signaller(_: u64) {
+    if wait_ms(2000, || state(rl4_abi::root_slots::THREAD) == Some(ThreadState::BlockedNotify)) {
+        AFTER_WAIT_SEEN.fetch_add(1, SeqCst);
+    }
+    let _ = sys::signal(AFTER_WAIT_OBJ.load(SeqCst), 0b101);
+}
+
+/// A `Send` or `Wait` that waited returns its results as one that did not: 0 and, in `rdi`,
+/// `rsi`, `rdx`, its three result words (nothing, or the bits and two zeros), not the caller's
+/// own arguments (before the twenty-seventh session `rsi` and `rdx` still held them).
+fn test_results_after_waiting() {
+    const NAME: &str = "ipc-results-after-waiting";
+    let ep = slot();
+    let n = slot();
+    let made = sys::endpoint_create(MEMORY, ep).and_then(|_| sys::notification_create(MEMORY, n));
+    let m = Msg { tag: Tag::new(5, 1, 0), badge: 0, w: [77, 0, 0, 0] };
+    AFTER_WAIT_SEEN.store(0, SeqCst);
+    AFTER_WAIT_OBJ.store(ep, SeqCst);
+    let r = spawn(late_receiver, 0, ROOT_PRIO, far_cpu());
+    let sent = sys::ipc(Sys::Send, ep, &m, FOREVER, u64::MAX, u64::MAX).map(|m| (m.badge, m.tag.0, m.w[0]));
+    wait_ms(2000, || state(r) == Some(ThreadState::Dead));
+    release(r);
+    AFTER_WAIT_OBJ.store(n, SeqCst);
+    let s = spawn(late_signaller, 0, ROOT_PRIO, far_cpu());
+    let waited = sys::ipc(Sys::Wait, n, &m, FOREVER, u64::MAX, u64::MAX).map(|m| (m.badge, m.tag.0, m.w[0]));
+    wait_ms(2000, || state(s) == Some(ThreadState::Dead));
+    release(s);
+    for x in [ep, n] {
+        release(x);
+    }
+    let seen = AFTER_WAIT_SEEN.load(SeqCst);
+    report(
+        NAME,
+        made.is_ok() && seen == 2 && sent == Ok((0, 0, 0)) && waited == Ok((0b101, 0, 0)),
+        format_args!(
+            "(rdi, rsi, rdx) after a Send that waited: {sent:?} (expected (0, 0, 0)); after a Wait that waited: {waited:?} (expected (5, 0, 0)); both seen waiting first: {}",
+            seen == 2
+        ),
+    );
+}
+
 // ---- bad inputs ------------------------------------------------------------------------------
 
 fn test_ipc_bad_inputs() {
@@ -847,6 +948,8 @@ pub fn run(bi: &BootInfo) {
     test_sender_reprio();
     test_sendq_steps();
     test_cap_transfer();
+    test_reply_carries_no_capability();
+    test_results_after_waiting();
     test_ipc_bad_inputs();
     test_long_message_needs_buffer();
     test_ipc_buffer_unmapped();
