@@ -72,6 +72,12 @@ impl Features {
     }
 }
 
+/// Whether CPUID's vendor string is "AuthenticAMD".
+pub fn is_amd() -> bool {
+    let vendor = __cpuid(0);
+    (vendor.ebx, vendor.edx, vendor.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163)
+}
+
 /// CPUID leaf `leaf`, sub-leaf 0, if the CPU has it: (eax, ebx, ecx, edx).
 pub fn cpuid(leaf: u32) -> Option<(u32, u32, u32, u32)> {
     let max = if leaf >= 0x8000_0000 {
@@ -111,8 +117,7 @@ pub fn set_tsc_deadline(tsc: u64) {
 /// access.
 pub fn phys_bits() -> u32 {
     let raw = cpuid(0x8000_0008).map_or(36, |(eax, ..)| eax & 0xff);
-    let vendor = __cpuid(0);
-    let amd = (vendor.ebx, vendor.edx, vendor.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
+    let amd = is_amd();
     let mut taken = 0;
     if amd && let Some((eax, ebx, ..)) = cpuid(0x8000_001f) && eax & 1 != 0 {
         // SAFETY: SYSCFG (0xC001_0010) exists on every AMD CPU that reports SME; reading it has

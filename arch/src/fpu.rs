@@ -7,9 +7,12 @@
 //! off: their instructions raise `#UD` in user mode, and their state needs no saving. Without
 //! `XSAVE`, `FXSAVE`/`FXRSTOR` (512 bytes, x87 and SSE) are used.
 //!
-//! The size of a save area comes from CPUID leaf 0xD (EBX, once XCR0 is set), checked against
-//! [`MAX_AREA`]; every CPU must agree with the bootstrap CPU on the mechanism, the components and
-//! the size (a machine whose CPUs differ stops at boot).
+//! The size of a save area comes from CPUID leaf 0xD (EBX, once XCR0 is set; at least what the
+//! standard layout of the enabled components takes), checked against [`MAX_AREA`]; every CPU
+//! must agree with the bootstrap CPU on the mechanism, the components and the size (a machine
+//! whose CPUs differ stops at boot). On AMD CPUs that restore the x87 error pointers only with
+//! an exception pending, they are set to the kernel's own values before each load, so that no
+//! thread reads the last one's ([`load_image`]).
 //!
 //! A thread's registers live in its [`FpuState`]: a 64-byte aligned area, created holding the
 //! clean default state (`FCW` 0x37f, `MXCSR` 0x1f80, every register zero). A thread that has
@@ -89,12 +92,16 @@ pub struct Config {
     pub components: u64,
     /// Bytes of a save area.
     pub size: u32,
+    /// The x87 error pointers (last instruction and operand, opcode) are set to the kernel's
+    /// own values before each load (AMD CPUs without `XSaveErPtr`: see [`load_image`]).
+    pub clear_error_pointers: bool,
 }
 
 /// The bootstrap CPU's configuration, which every CPU must match (0: not set up yet).
 static MECHANISM: AtomicU8 = AtomicU8::new(0);
 static SIZE: AtomicU32 = AtomicU32::new(0);
 static XCR0_BITS: AtomicU32 = AtomicU32::new(0);
+static CLEAR_ERROR_POINTERS: AtomicBool = AtomicBool::new(false);
 
 /// Sets up this CPU's FPU, SSE and (where present) XSAVE and AVX from CPUID, and returns what it
 /// set up. The first call (the bootstrap CPU, before any thread exists) fixes the configuration;
@@ -102,7 +109,10 @@ static XCR0_BITS: AtomicU32 = AtomicU32::new(0);
 pub fn init_this_cpu() -> Config {
     let l1 = __cpuid(1);
     let has_fxsr = l1.edx & (1 << 24) != 0;
-    let has_xsave = l1.ecx & (1 << 26) != 0;
+    // XSAVE needs leaf 0xD to size its area: a CPU whose highest basic leaf is below it (Intel's
+    // "Limit CPUID Maxval", which firmware may leave on) answers leaf 0xD with another leaf's
+    // values; it is run with FXSAVE, and AVX stays off.
+    let has_xsave = l1.ecx & (1 << 26) != 0 && __cpuid(0).eax >= 0xd;
     let has_avx = l1.ecx & (1 << 28) != 0;
     assert!(has_fxsr, "this CPU has no FXSAVE (every x86_64 CPU should)");
     // SAFETY: MP|NE and clearing EM|TS only change how x87/SSE instructions and their
@@ -131,12 +141,25 @@ pub fn init_this_cpu() -> Config {
         // when CPUID leaf 0xD lists it; every other bit is written as zero (`write_raw`: no
         // read of the old value is needed).
         unsafe { XCr0::write_raw(want.bits()) };
-        // EBX of leaf 0xD now gives the size for the components just enabled.
-        let size = __cpuid_count(0xd, 0).ebx;
+        // EBX of leaf 0xD now gives the size for the components just enabled; the standard
+        // layout `XSAVE` writes in needs at least the legacy area, the 64-byte header and each
+        // enabled component at its own offset (sub-leaf i: size in EAX, offset in EBX), which
+        // a hypervisor's or a capped CPUID may contradict: the larger wins (a smaller area
+        // would be written past its end).
+        let mut size = __cpuid_count(0xd, 0).ebx.max(LEGACY as u32 + 64);
+        if want.contains(XCr0Flags::AVX) {
+            let avx = __cpuid_count(0xd, 2);
+            size = size.max(avx.ebx.saturating_add(avx.eax));
+        }
         let opt = __cpuid_count(0xd, 1).eax & 1 != 0;
-        Config { mechanism: if opt { Mechanism::Xsaveopt } else { Mechanism::Xsave }, components: want.bits(), size }
+        Config {
+            mechanism: if opt { Mechanism::Xsaveopt } else { Mechanism::Xsave },
+            components: want.bits(),
+            size,
+            clear_error_pointers: leaks_error_pointers(),
+        }
     } else {
-        Config { mechanism: Mechanism::Fxsave, components: 0, size: LEGACY as u32 }
+        Config { mechanism: Mechanism::Fxsave, components: 0, size: LEGACY as u32, clear_error_pointers: leaks_error_pointers() }
     };
     assert!(
         (LEGACY as u32..=MAX_AREA as u32).contains(&config.size),
@@ -147,6 +170,7 @@ pub fn init_this_cpu() -> Config {
         Ok(_) => {
             SIZE.store(config.size, Ordering::Release);
             XCR0_BITS.store(config.components as u32, Ordering::Release);
+            CLEAR_ERROR_POINTERS.store(config.clear_error_pointers, Ordering::Release);
         }
         Err(_) => {
             let first = config_of_bsp();
@@ -164,7 +188,21 @@ pub fn config_of_bsp() -> Config {
         3 => Mechanism::Xsaveopt,
         _ => panic!("FPU not set up yet"),
     };
-    Config { mechanism, components: XCR0_BITS.load(Ordering::Acquire) as u64, size: SIZE.load(Ordering::Acquire) }
+    Config {
+        mechanism,
+        components: XCR0_BITS.load(Ordering::Acquire) as u64,
+        size: SIZE.load(Ordering::Acquire),
+        clear_error_pointers: CLEAR_ERROR_POINTERS.load(Ordering::Acquire),
+    }
+}
+
+/// Whether this CPU keeps the x87 error pointers (FIP, FDP, FOP) of the thread that ran before
+/// across a restore: AMD CPUs before Zen 2 save and load them with `FXSAVE`/`XSAVE` only while
+/// an x87 exception is pending (FSW.ES), so that the next thread could read the last one's
+/// instruction and operand addresses with `fnstenv` or `fxsave` (CVE-2006-1056; Linux's
+/// `X86_BUG_FXSAVE_LEAK`). CPUID 0x8000_0008 EBX bit 2 (`XSaveErPtr`) says a CPU always does.
+fn leaks_error_pointers() -> bool {
+    crate::cpu::is_amd() && crate::cpu::cpuid(0x8000_0008).is_none_or(|(_, ebx, ..)| ebx & 1 << 2 == 0)
 }
 
 /// Bytes of one thread's save area (what a thread's budget is charged for it).
@@ -341,6 +379,9 @@ impl FpuState {
 /// (an `XSAVE` header without reserved bits, `MXCSR` without reserved bits).
 #[inline(always)]
 unsafe fn load_image(p: *const u8) {
+    if CLEAR_ERROR_POINTERS.load(Ordering::Relaxed) {
+        clear_error_pointers();
+    }
     if MECHANISM.load(Ordering::Relaxed) >= Mechanism::Xsave as u8 {
         // SAFETY: the caller's.
         unsafe {
@@ -352,6 +393,31 @@ unsafe fn load_image(p: *const u8) {
     }
     crate::percpu::bump_fpu_stamp();
 }
+
+/// Sets the x87 error pointers to the kernel's own values (this instruction, [`ERROR_POINTER_WORD`])
+/// before a load that may not set them ([`leaks_error_pointers`]), as Linux does: pending
+/// exceptions cleared (no exception can be raised here or left pending), the register stack
+/// emptied (the load cannot overflow it), then an integer load from kernel memory, which sets
+/// FIP, FDP and FOP. The next thread may see those: kernel addresses, no thread's.
+#[cold]
+#[inline(never)]
+fn clear_error_pointers() {
+    // SAFETY: `CR0.TS` is clear at every load (`load_image`'s callers), so none of these raise
+    // `#NM`; `fnclex` and `emms` change only x87 state, which the load that follows replaces
+    // whole; `fild` reads four bytes of a static.
+    unsafe {
+        core::arch::asm!(
+            "fnclex",
+            "emms",
+            "fild dword ptr [{}]",
+            in(reg) &ERROR_POINTER_WORD,
+            options(nostack, readonly, preserves_flags)
+        )
+    };
+}
+
+/// What [`clear_error_pointers`] loads (any readable word).
+static ERROR_POINTER_WORD: u32 = 0;
 
 /// Clears `CR0.TS` on this CPU (its registers hold the default state, now the running thread's).
 #[cold]

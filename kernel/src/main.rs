@@ -199,7 +199,13 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
         f.invariant_tsc,
         f.hypervisor
     );
-    println!("fpu: {:?}, state components {:#x}, save area {} bytes per thread", fpu.mechanism, fpu.components, fpu.size);
+    println!(
+        "fpu: {:?}, state components {:#x}, save area {} bytes per thread{}",
+        fpu.mechanism,
+        fpu.components,
+        fpu.size,
+        if fpu.clear_error_pointers { "; x87 error pointers reset before each load (AMD without XSaveErPtr)" } else { "" }
+    );
 
     // What the machine has comes from ACPI, not from assuming a PC/AT: the 8259 PICs only
     // when the MADT says so, the timers to measure the TSC against from the FADT and HPET table.

@@ -79,15 +79,18 @@ pub fn mxcsr(k: u64) -> u32 {
     0x1f80 | ((k & 3) as u32) << 13 | if k >= 4 { 0x8000 } else { 0 }
 }
 
-/// Whether the CPU has AVX (CPUID.1:ECX\[28\]), and whether the kernel enabled it (OSXSAVE and
-/// XCR0 bits 1 and 2).
+/// Whether the CPU offers AVX as the kernel can use it (CPUID.1:ECX\[28\] and XSAVE, ECX\[26\],
+/// with CPUID leaf 0xD there to size its area: a CPU whose highest basic leaf is lower runs
+/// without XSAVE, `rl4_arch::fpu`), and whether the kernel enabled it (OSXSAVE and XCR0 bits 1
+/// and 2).
 pub fn avx() -> (bool, bool) {
-    let c: u32;
+    let (c, max): (u32, u32);
     // SAFETY: CPUID is unprivileged; rbx is saved around it (LLVM reserves it).
     unsafe {
+        core::arch::asm!("mov {t}, rbx", "cpuid", "mov rbx, {t}", t = out(reg) _, inout("eax") 0u32 => max, inout("ecx") 0u32 => _, out("edx") _);
         core::arch::asm!("mov {t}, rbx", "cpuid", "mov rbx, {t}", t = out(reg) _, inout("eax") 1u32 => _, inout("ecx") 0u32 => c, out("edx") _)
     };
-    let has = c & (1 << 28) != 0;
+    let has = c & (1 << 28) != 0 && c & (1 << 26) != 0 && max >= 0xd;
     if c & (1 << 27) == 0 {
         return (has, false);
     }

@@ -191,7 +191,7 @@ pub fn run(bi: &BootInfo, long: bool) {
         report(
             "fpu-sse-avx-per-thread",
             false,
-            format_args!("the CPU has AVX (CPUID.1:ECX[28]) but the kernel did not enable it (OSXSAVE, XCR0)"),
+            format_args!("the CPU has AVX (CPUID.1:ECX[28]) with XSAVE and leaf 0xD, but the kernel did not enable it (OSXSAVE, XCR0)"),
         );
         // (The suite's other names, so that only the failure above stands out.)
         crate::tests::skip("fpu-sse-per-thread", "AVX not enabled: failed above");
