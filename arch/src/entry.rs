@@ -579,7 +579,7 @@ fn stubs() -> &'static [[u64; 2]] {
 
 /// Points this CPU's `syscall` at the entry above: STAR (kernel CS 0x08, user base 0x10 so that
 /// `sysret` loads CS 0x23 and SS 0x1b), LSTAR, and SFMASK (IF, TF, DF, AC and NT cleared on
-/// entry), then sets EFER.SCE.
+/// entry), then sets EFER.SCE and clears EFER.FFXSR.
 pub fn init_syscall() {
     // SAFETY: the selectors match this CPU's GDT layout (gdt.rs); the entry point is the stub
     // above; masking IF keeps interrupts off in the kernel.
@@ -593,7 +593,13 @@ pub fn init_syscall() {
                 | RFlags::ALIGNMENT_CHECK
                 | RFlags::NESTED_TASK,
         );
-        Efer::update(|e| e.insert(EferFlags::SYSTEM_CALL_EXTENSIONS));
+        // FFXSR (AMD's fast FXSAVE/FXRSTOR, which firmware may leave set) makes both skip the
+        // XMM registers at CPL 0: the FXSAVE switch (`fpu.rs`) would leave one thread's
+        // registers to the next. Cleared on every CPU (reserved, and zero, on Intel).
+        Efer::update(|e| {
+            e.insert(EferFlags::SYSTEM_CALL_EXTENSIONS);
+            e.remove(EferFlags::FAST_FXSAVE_FXRSTOR);
+        });
     }
     reset_user_state();
 }

@@ -411,6 +411,8 @@ fn clear_error_pointers() {
             "emms",
             "fild dword ptr [{}]",
             in(reg) &ERROR_POINTER_WORD,
+            out("st(0)") _, out("st(1)") _, out("st(2)") _, out("st(3)") _,
+            out("st(4)") _, out("st(5)") _, out("st(6)") _, out("st(7)") _,
             options(nostack, readonly, preserves_flags)
         )
     };

@@ -38,8 +38,9 @@
 //! all of them spin in `hold`. The kernel runs with interrupts off except in the idle loop (its
 //! halt, and the windows its poll and its rounds open), so a CPU takes the IPI only in user mode
 //! or idle, where it holds no lock and no temporary reference — or in the one system call that
-//! halts, `Measure(IPI_FLOOR)` (`measure::ipi_floor`), which holds no lock there either and
-//! only a shared borrow of its current slot, which the check only reads too. A CPU waiting for a TLB shootdown is released because frozen CPUs (and
+//! halts, `Measure(IPI_FLOOR)` (`measure::ipi_floor`), which holds there only the measurements'
+//! own lock (`measure::BUSY`, which the check never takes) and a shared borrow of its current
+//! slot, which the check only reads too. A CPU waiting for a TLB shootdown is released because frozen CPUs (and
 //! the checker while it waits) keep answering TLB requests.
 //!
 //! `unsafe` here: only the page-table walks and the reads of CPUs' current-thread slots, sound

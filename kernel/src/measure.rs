@@ -78,8 +78,8 @@ pub fn pong_interrupt() {
 ///
 /// The wait halts with interrupts on inside the system call: the one place where a CPU can
 /// take the consistency check's freeze outside user mode and the idle loop (`check.rs`). All
-/// it holds there is the system call's shared borrow of its current slot, which the check only
-/// reads too.
+/// it holds there is [`BUSY`] (which the check never takes) and the system call's shared
+/// borrow of its current slot, which the check only reads too.
 pub fn ipi_floor(target: usize, iters: u64) -> Result<[u64; 3], rl4_abi::Error> {
     let Some(_one) = BUSY.try_lock() else { return Err(rl4_abi::Error::Busy) };
     let me = percpu::cpu_index();

@@ -86,7 +86,11 @@ impl HeapLock {
                         // for its deadline) would make this loop spin, perhaps for ever over a
                         // holder of lower priority on this CPU: it waits without a deadline
                         // instead, which needs no room — the release signals, since this
-                        // thread said `WAITED` (a review found the spin).
+                        // thread said `WAITED` (a review found the spin). The price, only while
+                        // memory is that short: a release's one signal goes to the waiter of
+                        // highest priority, and if that one cannot run, this one sleeps until
+                        // the next release that finds `WAITED` (the recheck a deadline gives
+                        // is what it cannot have).
                         Err(_) => {
                             let _ = crate::sys::wait(n, rl4_abi::ipc::FOREVER);
                         }

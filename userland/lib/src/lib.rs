@@ -114,11 +114,11 @@ pub fn print_fmt(args: fmt::Arguments<'_>) {
     l.flush();
 }
 
-/// Prints one line on the kernel console (`println!()`: an empty one, written as one space: the
-/// console prints nothing for an empty write).
+/// Prints one line on the kernel console (`println!()`: an empty one, written as a line break:
+/// the console prints nothing for an empty write, one empty line for line breaks alone).
 #[macro_export]
 macro_rules! println {
-    () => { $crate::print_fmt(format_args!(" ")) };
+    () => { $crate::print_fmt(format_args!("\n")) };
     ($($arg:tt)*) => { $crate::print_fmt(format_args!($($arg)*)) };
 }
 
