@@ -188,12 +188,15 @@ impl<'a> Elf<'a> {
 }
 
 #[cfg(test)]
+mod hostile;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
     /// An ELF image: header, program headers for `segs` (vaddr, memsz, filesz, flags), then the
     /// file bytes of each segment.
-    fn image(entry: u64, segs: &[(u64, u64, u64, u32)]) -> Vec<u8> {
+    pub(crate) fn image(entry: u64, segs: &[(u64, u64, u64, u32)]) -> Vec<u8> {
         let mut d = vec![0u8; 64 + 56 * segs.len()];
         d[..4].copy_from_slice(b"\x7fELF");
         d[4] = 2;

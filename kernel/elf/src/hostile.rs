@@ -5,38 +5,12 @@
 //! the range given, no two segments share a page, and the entry point lies in an executable
 //! segment.
 use proptest::prelude::*;
-use rl4_elf::{Elf, PF_R, PF_W, PF_X};
+
+use crate::tests::image;
+use crate::{Elf, PF_R, PF_W, PF_X};
 
 const LO: u64 = 0x1000;
 const HI: u64 = 0x8000_0000_0000;
-
-/// An image: header, program headers for `segs` (vaddr, memsz, filesz, flags), the file bytes.
-fn image(entry: u64, segs: &[(u64, u64, u64, u32)]) -> Vec<u8> {
-    let mut d = vec![0u8; 64 + 56 * segs.len()];
-    d[..4].copy_from_slice(b"\x7fELF");
-    d[4] = 2;
-    d[5] = 1;
-    d[6] = 1;
-    d[16..18].copy_from_slice(&2u16.to_le_bytes());
-    d[18..20].copy_from_slice(&62u16.to_le_bytes());
-    d[24..32].copy_from_slice(&entry.to_le_bytes());
-    d[32..40].copy_from_slice(&64u64.to_le_bytes());
-    d[54..56].copy_from_slice(&56u16.to_le_bytes());
-    d[56..58].copy_from_slice(&(segs.len() as u16).to_le_bytes());
-    let mut off = d.len() as u64;
-    for (i, &(va, mem, file, fl)) in segs.iter().enumerate() {
-        let h = 64 + 56 * i;
-        d[h..h + 4].copy_from_slice(&1u32.to_le_bytes());
-        d[h + 4..h + 8].copy_from_slice(&fl.to_le_bytes());
-        d[h + 8..h + 16].copy_from_slice(&off.to_le_bytes());
-        d[h + 16..h + 24].copy_from_slice(&va.to_le_bytes());
-        d[h + 32..h + 40].copy_from_slice(&file.to_le_bytes());
-        d[h + 40..h + 48].copy_from_slice(&mem.to_le_bytes());
-        off += file;
-    }
-    d.resize(off as usize, 0xab);
-    d
-}
 
 fn valid() -> Vec<u8> {
     image(0x40_0010, &[(0x40_0000, 0x2000, 0x180, PF_R | PF_X), (0x40_2000, 0x3000, 0x10, PF_R | PF_W), (0x40_8000, 0x1000, 0, PF_R)])
