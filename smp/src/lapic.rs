@@ -129,6 +129,70 @@ fn set_lint_pins() -> u64 {
     }
 }
 
+/// What the `x2apic` crate's `enable` leaves undone, made right after it on every CPU.
+///
+/// The crate writes the LVT entries (and unmasks the timer) before it sets the APIC
+/// software-enable bit. While that bit is clear every LVT mask bit reads as set and a write
+/// that clears one is ignored (Intel SDM vol. 3A, "Local APIC State After It Has Been Software
+/// Disabled"; KVM does the same; QEMU's TCG model does not). After INIT every CPU's APIC is
+/// software-disabled. So on real machines and under KVM no application processor's timer ever
+/// fired, and neither did the bootstrap CPU's when firmware left its APIC disabled (before the
+/// twenty-seventh session; a review found it, and a KVM boot showed "cpu 1: timer NOT
+/// TICKING"). Here the timer is unmasked again, and the error entry is set up: the crate only
+/// writes its vector, leaving it masked from reset, so APIC errors (an illegal vector sent or
+/// received, a send or receive that was not accepted) were never reported.
+///
+/// # Safety
+/// `l` is this CPU's local APIC, just enabled; the timer and error vectors have handlers.
+unsafe fn after_enable(l: &mut LocalApic) {
+    // SAFETY: the caller's; the APIC is software-enabled now, so the unmask holds.
+    unsafe { l.enable_timer() };
+    let base = XAPIC_BASE.load(Ordering::Relaxed);
+    let lvt_error = VEC_ERROR as u32; // fixed delivery, unmasked
+    if is_x2apic() {
+        // SAFETY: MSR 0x828 is this CPU's x2APIC error status register (a write of 0 clears
+        // what was recorded), 0x837 its LVT error register; x2APIC mode is on (`enable` ran).
+        unsafe {
+            x86_64::registers::model_specific::Msr::new(0x828).write(0);
+            x86_64::registers::model_specific::Msr::new(0x837).write(lvt_error as u64);
+        }
+    } else {
+        // SAFETY: `base` maps this CPU's xAPIC register page uncached; 0x280 is the error status
+        // register, 0x370 the LVT error register, both 32-bit aligned.
+        unsafe {
+            ((base + 0x280) as *mut u32).write_volatile(0);
+            ((base + 0x370) as *mut u32).write_volatile(lvt_error);
+        }
+    }
+}
+
+/// This CPU's APIC error status, as the error interrupt found it: the register is written (which
+/// latches the errors recorded since, and clears the ones before) and then read, as the manuals
+/// ask.
+pub fn take_error_status() -> u32 {
+    if is_x2apic() {
+        // SAFETY: MSR 0x828 is this CPU's x2APIC error status register; x2APIC mode is on (an
+        // error interrupt came).
+        unsafe {
+            let mut esr = x86_64::registers::model_specific::Msr::new(0x828);
+            esr.write(0);
+            esr.read() as u32
+        }
+    } else {
+        let base = XAPIC_BASE.load(Ordering::Relaxed);
+        if base == 0 {
+            return 0;
+        }
+        // SAFETY: `base` maps this CPU's xAPIC register page uncached; 0x280 is the error status
+        // register.
+        unsafe {
+            let esr = (base + 0x280) as *mut u32;
+            esr.write_volatile(0);
+            esr.read_volatile()
+        }
+    }
+}
+
 /// Timer interrupts seen by `timer_tick` (all CPUs), for the calibration below.
 static FIRED: AtomicU64 = AtomicU64::new(0);
 
@@ -151,7 +215,10 @@ pub fn configure(c: Config) -> u64 {
     }
     let mut l = builder(TimerMode::OneShot, 0);
     // SAFETY: programs this CPU's own local APIC with the timer stopped (initial count 0).
-    unsafe { l.enable() };
+    unsafe {
+        l.enable();
+        after_enable(&mut l);
+    }
     set_lint_pins();
     // Firmware may leave the other CPUs in a park loop of its own (OVMF's keeps waking them);
     // emulated, they take host time from this CPU and the interrupts timed below arrive late.
@@ -226,9 +293,16 @@ pub fn enable_this_cpu() -> (LocalApic, u64) {
     let mut l = builder(mode, PERIOD_COUNT.load(Ordering::Relaxed) as u32);
     // SAFETY: programs this CPU's own local APIC (software enable, LVT vectors, timer); the
     // vectors have handlers in this CPU's IDT.
-    unsafe { l.enable() };
+    unsafe {
+        l.enable();
+        after_enable(&mut l);
+    }
     let lint = set_lint_pins();
     if deadline {
+        // The LVT write that chose TSC-deadline mode (a memory-mapped one in xAPIC mode) comes
+        // before the first deadline's `wrmsr`, as the manuals ask (SDM vol. 3A, "TSC-Deadline
+        // Mode": MFENCE between them).
+        core::sync::atomic::fence(Ordering::SeqCst);
         cpu::set_tsc_deadline(cpu::rdtsc() + PERIOD_TSC.load(Ordering::Relaxed));
     }
     (l, lint)
