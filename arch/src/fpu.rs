@@ -131,6 +131,7 @@ pub fn init_this_cpu() -> Config {
             c.set(Cr4Flags::OSXSAVE, has_xsave);
         })
     };
+    let clear_error_pointers = leaks_error_pointers();
     let config = if has_xsave {
         let supported = __cpuid_count(0xd, 0);
         let mut want = XCr0Flags::X87 | XCr0Flags::SSE;
@@ -156,10 +157,10 @@ pub fn init_this_cpu() -> Config {
             mechanism: if opt { Mechanism::Xsaveopt } else { Mechanism::Xsave },
             components: want.bits(),
             size,
-            clear_error_pointers: leaks_error_pointers(),
+            clear_error_pointers,
         }
     } else {
-        Config { mechanism: Mechanism::Fxsave, components: 0, size: LEGACY as u32, clear_error_pointers: leaks_error_pointers() }
+        Config { mechanism: Mechanism::Fxsave, components: 0, size: LEGACY as u32, clear_error_pointers }
     };
     assert!(
         (LEGACY as u32..=MAX_AREA as u32).contains(&config.size),

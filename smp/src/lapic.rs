@@ -44,17 +44,59 @@ pub struct Config {
 /// [`configure`] calibrates the timer with interrupts open. Nothing before `configure` chose
 /// the mode (no interrupt can be taken then: the local APIC is not enabled).
 pub fn eoi_raw() {
-    if is_x2apic() {
-        // SAFETY: MSR 0x80b is the x2APIC EOI register; an interrupt was delivered, so this
-        // CPU's local APIC is enabled in x2APIC mode (`configure` enables it before it opens
-        // interrupts). Writing 0 ends the highest in-service interrupt, or does nothing.
-        unsafe { x86_64::registers::model_specific::Msr::new(0x80b).write(0) };
-    } else {
-        let base = XAPIC_BASE.load(Ordering::Relaxed);
-        if base != 0 {
-            // SAFETY: `base` maps the local APIC's register page uncached (`configure`); 0xb0 is
-            // its EOI register, 32-bit aligned.
-            unsafe { ((base + 0xb0) as *mut u32).write_volatile(0) };
+    // SAFETY: an interrupt was delivered, so this CPU's local APIC is enabled in the mode
+    // `configure` recorded before it opened interrupts. Writing 0 to EOI ends the highest
+    // in-service interrupt, or does nothing.
+    unsafe { EOI.write(0) };
+}
+
+/// A local APIC register of this CPU, named by its xAPIC offset: in x2APIC mode it is MSR
+/// 0x800 + offset / 16, in xAPIC mode the 32-bit word at that offset of the register page the
+/// kernel maps uncached at `XAPIC_BASE` (the crate's `set_xapic_base`). For the registers the
+/// `x2apic` crate does not reach, or not as the kernel needs.
+#[derive(Clone, Copy)]
+struct Reg(u64);
+
+const EOI: Reg = Reg(0xb0);
+const ESR: Reg = Reg(0x280);
+const LVT_LINT0: Reg = Reg(0x350);
+const LVT_LINT1: Reg = Reg(0x360);
+const LVT_ERROR: Reg = Reg(0x370);
+
+impl Reg {
+    /// Writes `v` (nothing in xAPIC mode before `configure` recorded the page).
+    ///
+    /// # Safety
+    /// This CPU's local APIC is enabled in the mode `configure` recorded, and the write is one
+    /// this module means (these registers are written by no other code).
+    unsafe fn write(self, v: u32) {
+        if is_x2apic() {
+            // SAFETY: the caller's; the MSR is this register's x2APIC alias.
+            unsafe { x86_64::registers::model_specific::Msr::new(0x800 + (self.0 >> 4) as u32).write(v as u64) };
+        } else {
+            let base = XAPIC_BASE.load(Ordering::Relaxed);
+            if base != 0 {
+                // SAFETY: the caller's; `base` maps the register page, the offset is aligned.
+                unsafe { ((base + self.0) as *mut u32).write_volatile(v) };
+            }
+        }
+    }
+
+    /// Reads the register (0 in xAPIC mode before `configure` recorded the page).
+    ///
+    /// # Safety
+    /// As for [`Reg::write`].
+    unsafe fn read(self) -> u32 {
+        if is_x2apic() {
+            // SAFETY: the caller's; the MSR is this register's x2APIC alias.
+            unsafe { x86_64::registers::model_specific::Msr::new(0x800 + (self.0 >> 4) as u32).read() as u32 }
+        } else {
+            let base = XAPIC_BASE.load(Ordering::Relaxed);
+            if base == 0 {
+                return 0;
+            }
+            // SAFETY: the caller's; `base` maps the register page, the offset is aligned.
+            unsafe { ((base + self.0) as *const u32).read_volatile() }
         }
     }
 }
@@ -106,26 +148,12 @@ const LVT_SET_BITS: u32 = 0x1_afff;
 /// ([`LVT_SET_BITS`]), packed LINT0 | LINT1 << 32.
 fn set_lint_pins() -> u64 {
     let (w0, w1) = lint_wanted(rl4_arch::percpu::cpu_index() as usize);
-    let base = XAPIC_BASE.load(Ordering::Relaxed);
-    if is_x2apic() {
-        // SAFETY: MSRs 0x835/0x836 are this CPU's x2APIC LVT LINT0/LINT1 registers (x2APIC mode
-        // is on: `enable` ran); no other code writes them.
-        unsafe {
-            let (mut l0, mut l1) = (x86_64::registers::model_specific::Msr::new(0x835), x86_64::registers::model_specific::Msr::new(0x836));
-            l0.write(w0 as u64);
-            l1.write(w1 as u64);
-            (l0.read() & LVT_SET_BITS as u64) | (l1.read() & LVT_SET_BITS as u64) << 32
-        }
-    } else {
-        // SAFETY: `base` is the virtual address of this CPU's xAPIC register page, mapped
-        // uncached by the kernel (the crate's `set_xapic_base`); offsets 0x350/0x360 are the
-        // LVT LINT0/LINT1 registers, 32-bit aligned, written by no other code.
-        unsafe {
-            let (l0, l1) = ((base + 0x350) as *mut u32, (base + 0x360) as *mut u32);
-            l0.write_volatile(w0);
-            l1.write_volatile(w1);
-            (l0.read_volatile() & LVT_SET_BITS) as u64 | ((l1.read_volatile() & LVT_SET_BITS) as u64) << 32
-        }
+    // SAFETY: this CPU's APIC is enabled (`enable` ran) in the configured mode; LINT0 and LINT1
+    // are written by no other code.
+    unsafe {
+        LVT_LINT0.write(w0);
+        LVT_LINT1.write(w1);
+        (LVT_LINT0.read() & LVT_SET_BITS) as u64 | ((LVT_LINT1.read() & LVT_SET_BITS) as u64) << 32
     }
 }
 
@@ -145,24 +173,13 @@ fn set_lint_pins() -> u64 {
 /// # Safety
 /// `l` is this CPU's local APIC, just enabled; the timer and error vectors have handlers.
 unsafe fn after_enable(l: &mut LocalApic) {
-    // SAFETY: the caller's; the APIC is software-enabled now, so the unmask holds.
-    unsafe { l.enable_timer() };
-    let base = XAPIC_BASE.load(Ordering::Relaxed);
-    let lvt_error = VEC_ERROR as u32; // fixed delivery, unmasked
-    if is_x2apic() {
-        // SAFETY: MSR 0x828 is this CPU's x2APIC error status register (a write of 0 clears
-        // what was recorded), 0x837 its LVT error register; x2APIC mode is on (`enable` ran).
-        unsafe {
-            x86_64::registers::model_specific::Msr::new(0x828).write(0);
-            x86_64::registers::model_specific::Msr::new(0x837).write(lvt_error as u64);
-        }
-    } else {
-        // SAFETY: `base` maps this CPU's xAPIC register page uncached; 0x280 is the error status
-        // register, 0x370 the LVT error register, both 32-bit aligned.
-        unsafe {
-            ((base + 0x280) as *mut u32).write_volatile(0);
-            ((base + 0x370) as *mut u32).write_volatile(lvt_error);
-        }
+    // SAFETY: the caller's; the APIC is software-enabled now, so the unmask holds. A write of 0
+    // to the error status clears what was recorded; the error entry gets its vector, fixed
+    // delivery, unmasked.
+    unsafe {
+        l.enable_timer();
+        ESR.write(0);
+        LVT_ERROR.write(VEC_ERROR as u32);
     }
 }
 
@@ -170,26 +187,11 @@ unsafe fn after_enable(l: &mut LocalApic) {
 /// latches the errors recorded since, and clears the ones before) and then read, as the manuals
 /// ask.
 pub fn take_error_status() -> u32 {
-    if is_x2apic() {
-        // SAFETY: MSR 0x828 is this CPU's x2APIC error status register; x2APIC mode is on (an
-        // error interrupt came).
-        unsafe {
-            let mut esr = x86_64::registers::model_specific::Msr::new(0x828);
-            esr.write(0);
-            esr.read() as u32
-        }
-    } else {
-        let base = XAPIC_BASE.load(Ordering::Relaxed);
-        if base == 0 {
-            return 0;
-        }
-        // SAFETY: `base` maps this CPU's xAPIC register page uncached; 0x280 is the error status
-        // register.
-        unsafe {
-            let esr = (base + 0x280) as *mut u32;
-            esr.write_volatile(0);
-            esr.read_volatile()
-        }
+    // SAFETY: an error interrupt came, so this CPU's APIC is enabled in the configured mode;
+    // writing 0 to the error status is what the manuals ask before the read.
+    unsafe {
+        ESR.write(0);
+        ESR.read()
     }
 }
 
