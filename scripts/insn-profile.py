@@ -255,8 +255,8 @@ def is_locked(code, asm):
 # fast-path steps from the trace stamps
 
 ENTRY_STEP = "entry and guards"
-STEP_NAMES = {ENTRY_STEP: "set-up and guards (`candidate`, `try_fast`; with code both calls share)",
-              "SETUP": "set-up and guards (`candidate`, `try_fast`; with code both calls share)",
+STEP_NAMES = {ENTRY_STEP: "set-up and guards (`try_fast`; with code both calls share)",
+              "SETUP": "set-up and guards (`try_fast`; with code both calls share)",
               "LOOKUP": "capability look-up", "PARTNER": "partner found", "DELIVERED": "message delivered",
               "SWITCHED": "direct switch", "DONE": "back to the exit path", "after": "back to the exit path"}
 STEP_ORDER = [ENTRY_STEP, "LOOKUP", "PARTNER", "DELIVERED", "SWITCHED", "after"]

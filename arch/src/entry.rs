@@ -16,7 +16,8 @@
 //!
 //! All three kernel functions are defined by the kernel crate. They return to
 //! [`return_to_user`], which loads the (possibly different) current thread's registers and uses
-//! `sysretq` when the thread entered by `syscall` (`gs:40` = 0) or `iretq` otherwise: after an
+//! `sysretq` when the thread entered by `syscall` (its block's resume word, right after the
+//! registers, is 0) or `iretq` otherwise: after an
 //! interrupt every register, `rcx` and `r11` included, must come back exactly.
 //!
 //! NMI, double fault and machine check keep their IST handlers in [`crate::idt`]. The debug
@@ -334,7 +335,8 @@ rl4_syscall_entry:
     mov [rsp - 24], r11
     mov rcx, gs:[24]
     mov [rsp - 16], rcx
-    mov qword ptr gs:[40], 0
+    /* Resumed by `sysretq` (the resume word: `RegsCell::iret`, right after the block). */
+    mov qword ptr [rsp], 0
     mov rsp, gs:[16]
     xor ebp, ebp
     /* `rl4_syscall` takes the number in r12 and preserves no register (Rust's
@@ -346,10 +348,10 @@ rl4_syscall_entry:
 
     .global rl4_return_to_user
 rl4_return_to_user:
-    /* The kernel is done with this entry: one more exit (gs:64, see `CpuHeader::exits`). */
-    inc qword ptr gs:[64]
+    /* The kernel is done with this entry: one more exit (gs:56, see `CpuHeader::exits`). */
+    inc qword ptr gs:[56]
     mov rsp, gs:[32]
-    cmp qword ptr gs:[40], 0
+    cmp qword ptr [rsp], 0
     jne 2f
     mov rax, [rsp - 160]
     mov rbx, [rsp - 152]
@@ -464,7 +466,7 @@ rl4_trap_common:
     mov [rax + 152], rbx
     mov rdi, [rsp]
     mov rsi, [rsp + 8]
-    mov qword ptr gs:[40], 1
+    mov qword ptr [rax + 160], 1
     mov rsp, gs:[16]
     xor ebp, ebp
     call rl4_user_trap
@@ -688,8 +690,8 @@ pub fn install_stubs(idt: &mut InterruptDescriptorTable, debug_ist: bool) {
 
 /// Switches to the current thread (whose registers end at `gs:32`) in user mode.
 pub fn return_to_user() -> ! {
-    // SAFETY: the kernel set `gs:32` to a live thread's register block and `gs:40` to how it
-    // entered; the stub restores them and leaves the kernel.
+    // SAFETY: the kernel set `gs:32` to a live thread's register block, whose resume word says
+    // how it entered; the stub restores them and leaves the kernel.
     unsafe { rl4_return_to_user() }
 }
 
@@ -750,13 +752,18 @@ extern "C" fn rl4_kernel_trap(f: &mut KernelFrame) {
 /// holds the thread's scheduling lock touches it. The kernel never runs one thread on two CPUs,
 /// so at most one party accesses the registers at a time. Accessors copy in and out and never
 /// hand out references that outlive the call.
+#[repr(C)]
 pub struct RegsCell {
     regs: core::cell::UnsafeCell<UserRegs>,
-    /// Non-zero: the registers must be restored with `iretq` (a new thread, or one that entered
-    /// by a trap or had registers rewritten that `sysretq` does not restore). Kept as the word
-    /// `gs:40` holds, so that leaving and resuming each move it with one load and one store.
+    /// The resume word: non-zero if the registers must be restored with `iretq` (a new thread,
+    /// or one that entered by a trap). Right after the block, where the entry code writes it
+    /// (`[rsp]` once `rsp` is the block's end, `gs:32`) and the way back tests it: a switch
+    /// between threads moves nothing for it (before the twenty-eighth session it was a per-CPU
+    /// word, `gs:40`, saved into the leaving thread and loaded from the next one: four
+    /// instructions per direct switch).
     iret: AtomicU64,
 }
+const _: () = assert!(core::mem::offset_of!(RegsCell, iret) == core::mem::size_of::<UserRegs>());
 
 // SAFETY: see the access protocol above.
 unsafe impl Sync for RegsCell {}
@@ -786,10 +793,11 @@ impl RegsCell {
     }
 }
 
-/// Makes `regs` the running thread's registers on this CPU, resumed as they were saved.
+/// Makes `regs` the running thread's registers on this CPU, resumed as they were saved (by
+/// their resume word).
 #[inline]
 pub fn set_current(regs: &RegsCell) {
-    crate::percpu::set_resume(regs.end_addr(), regs.iret.load(Ordering::Relaxed));
+    crate::percpu::set_regs_end(regs.end_addr());
 }
 
 /// Writes the result word of the running thread's system call straight into its saved
@@ -806,16 +814,3 @@ pub fn set_current_result(v: u64) {
 }
 const _: () = assert!(core::mem::offset_of!(UserRegs, rax) == 0 && core::mem::size_of::<UserRegs>() == 160);
 
-/// The running thread, whose registers are `regs`, leaves this CPU: remember how it must be
-/// resumed (by `iretq` if it last entered by a trap).
-#[inline]
-pub fn save_resume_mode(regs: &RegsCell) {
-    regs.iret.store(crate::percpu::resume_iret(), Ordering::Relaxed);
-}
-
-/// Forces the running thread to resume with `iretq` (after the kernel rewrote registers that
-/// `sysretq` would not restore, e.g. `rcx`/`r11`).
-#[inline]
-pub fn force_iret() {
-    crate::percpu::current().resume_iret.store(1, Ordering::Relaxed);
-}

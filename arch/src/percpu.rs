@@ -25,23 +25,21 @@ pub struct CpuHeader {
     /// One past the end of the running thread's saved registers (gs:32): the syscall and
     /// trap entries store the user registers just below it.
     pub regs_end: AtomicU64,
-    /// Non-zero: return to user mode with `iretq` instead of `sysretq` (gs:40).
-    pub resume_iret: AtomicU64,
-    /// The kernel's locks this CPU holds (gs:48; see the kernel's `lock.rs`): a count, or one
+    /// The kernel's locks this CPU holds (gs:40; see the kernel's `lock.rs`): a count, or one
     /// bit per lock level in a `lockcheck` kernel. Only this CPU touches it, with interrupts off.
     pub locks_held: AtomicU64,
-    /// The kernel's per-CPU scheduler block, as an address (gs:56; 0 until it is made).
+    /// The kernel's per-CPU scheduler block, as an address (gs:48; 0 until it is made).
     kernel_block: AtomicU64,
-    /// Returns to user mode so far (gs:64): the entry code adds one on every way back to user
+    /// Returns to user mode so far (gs:56): the entry code adds one on every way back to user
     /// mode, after the kernel's last access for that entry; other CPUs read it to tell that
     /// this one has left the kernel since some moment (the kernel's `qsbr.rs`).
     exits: AtomicU64,
-    /// The FPU stamp of this CPU (gs:72; see `fpu.rs`): changed at every save and every load of
+    /// The FPU stamp of this CPU (gs:64; see `fpu.rs`): changed at every save and every load of
     /// a thread's FPU/SIMD registers on this CPU, each time to a value no CPU used before; equal
     /// to a save area's stamp only while this CPU's registers still hold what that area holds.
     fpu_stamp: AtomicU64,
     /// Non-zero while this CPU runs with `CR0.TS` set and its FPU/SIMD registers hold the
-    /// default state (gs:80; see `fpu.rs`): the running thread has never used them.
+    /// default state (gs:72; see `fpu.rs`): the running thread has never used them.
     fpu_off: AtomicU64,
 }
 
@@ -54,7 +52,6 @@ impl CpuHeader {
             kernel_stack_top: AtomicU64::new(0),
             user_rsp: AtomicU64::new(0),
             regs_end: AtomicU64::new(0),
-            resume_iret: AtomicU64::new(0),
             locks_held: AtomicU64::new(0),
             kernel_block: AtomicU64::new(0),
             exits: AtomicU64::new(0),
@@ -119,13 +116,13 @@ pub fn cpu_index() -> u32 {
     v
 }
 
-/// The lock levels this CPU holds (`gs:48`, see `CpuHeader::locks_held`).
+/// The lock levels this CPU holds (`gs:40`, see `CpuHeader::locks_held`).
 #[inline(always)]
 pub fn locks_held() -> u64 {
     let v: u64;
-    // SAFETY: gs:48 is the `locks_held` field of this CPU's live header (`install_early` runs
+    // SAFETY: gs:40 is the `locks_held` field of this CPU's live header (`install_early` runs
     // first); a plain load.
-    unsafe { core::arch::asm!("mov {}, gs:[48]", out(reg) v, options(nostack, readonly, preserves_flags)) };
+    unsafe { core::arch::asm!("mov {}, gs:[40]", out(reg) v, options(nostack, readonly, preserves_flags)) };
     v
 }
 
@@ -133,54 +130,54 @@ pub fn locks_held() -> u64 {
 #[inline(always)]
 pub fn set_locks_held(v: u64) {
     // SAFETY: as in `locks_held`; only this CPU touches its field, with interrupts off.
-    unsafe { core::arch::asm!("mov gs:[48], {}", in(reg) v, options(nostack, preserves_flags)) };
+    unsafe { core::arch::asm!("mov gs:[40], {}", in(reg) v, options(nostack, preserves_flags)) };
 }
 
-/// Counts one more lock held (one instruction: `inc qword ptr gs:[48]`).
+/// Counts one more lock held (one instruction: `inc qword ptr gs:[40]`).
 #[inline(always)]
 pub fn inc_locks_held() {
     // SAFETY: as in `set_locks_held`.
-    unsafe { core::arch::asm!("inc qword ptr gs:[48]", options(nostack)) };
+    unsafe { core::arch::asm!("inc qword ptr gs:[40]", options(nostack)) };
 }
 
-/// Counts one lock less (`dec qword ptr gs:[48]`).
+/// Counts one lock less (`dec qword ptr gs:[40]`).
 #[inline(always)]
 pub fn dec_locks_held() {
     // SAFETY: as in `set_locks_held`.
-    unsafe { core::arch::asm!("dec qword ptr gs:[48]", options(nostack)) };
+    unsafe { core::arch::asm!("dec qword ptr gs:[40]", options(nostack)) };
 }
 
-/// Clears the lock levels not in `mask` (one instruction: `and gs:[48], mask`).
+/// Clears the lock levels not in `mask` (one instruction: `and gs:[40], mask`).
 #[inline(always)]
 pub fn clear_locks_held(mask: u64) {
     // SAFETY: as in `set_locks_held`.
-    unsafe { core::arch::asm!("and gs:[48], {}", in(reg) mask, options(nostack)) };
+    unsafe { core::arch::asm!("and gs:[40], {}", in(reg) mask, options(nostack)) };
 }
 
 const _: () = assert!(core::mem::offset_of!(CpuHeader, index) == 8);
 const _: () = assert!(core::mem::offset_of!(CpuHeader, kernel_stack_top) == 16);
 const _: () = assert!(core::mem::offset_of!(CpuHeader, user_rsp) == 24);
-const _: () = assert!(core::mem::offset_of!(CpuHeader, locks_held) == 48);
-const _: () = assert!(core::mem::offset_of!(CpuHeader, kernel_block) == 56);
-const _: () = assert!(core::mem::offset_of!(CpuHeader, exits) == 64);
-const _: () = assert!(core::mem::offset_of!(CpuHeader, fpu_stamp) == 72);
-const _: () = assert!(core::mem::offset_of!(CpuHeader, fpu_off) == 80);
+const _: () = assert!(core::mem::offset_of!(CpuHeader, locks_held) == 40);
+const _: () = assert!(core::mem::offset_of!(CpuHeader, kernel_block) == 48);
+const _: () = assert!(core::mem::offset_of!(CpuHeader, exits) == 56);
+const _: () = assert!(core::mem::offset_of!(CpuHeader, fpu_stamp) == 64);
+const _: () = assert!(core::mem::offset_of!(CpuHeader, fpu_off) == 72);
 
-/// Whether this CPU runs with its FPU/SIMD registers off (gs:80, see `fpu.rs`): one load.
+/// Whether this CPU runs with its FPU/SIMD registers off (gs:72, see `fpu.rs`): one load.
 #[inline(always)]
 pub fn fpu_off() -> bool {
     let v: u64;
-    // SAFETY: a plain load of this CPU's header field (gs:80).
-    unsafe { core::arch::asm!("mov {}, gs:[80]", out(reg) v, options(nostack, readonly, preserves_flags)) };
+    // SAFETY: a plain load of this CPU's header field (gs:72).
+    unsafe { core::arch::asm!("mov {}, gs:[72]", out(reg) v, options(nostack, readonly, preserves_flags)) };
     v != 0
 }
 
-/// Records whether this CPU's FPU/SIMD registers are off (gs:80); only `fpu.rs` calls it, next
+/// Records whether this CPU's FPU/SIMD registers are off (gs:72); only `fpu.rs` calls it, next
 /// to the `CR0.TS` change it records.
 #[inline(always)]
 pub(crate) fn set_fpu_off(off: bool) {
     // SAFETY: only this CPU writes its header field, with interrupts off in the kernel.
-    unsafe { core::arch::asm!("mov qword ptr gs:[80], {}", in(reg) off as u64, options(nostack, preserves_flags)) };
+    unsafe { core::arch::asm!("mov qword ptr gs:[72], {}", in(reg) off as u64, options(nostack, preserves_flags)) };
 }
 
 /// What a CPU adds to its FPU stamp at each change. CPU `i`'s stamps are `2i + 1 + k * STEP`
@@ -191,12 +188,12 @@ pub(crate) fn set_fpu_off(off: bool) {
 pub const FPU_STAMP_STEP: u64 = 2 * crate::ioport::MAX_CPUS as u64;
 const _: () = assert!(FPU_STAMP_STEP.is_power_of_two() && FPU_STAMP_STEP <= 1 << 9);
 
-/// This CPU's FPU stamp (gs:72): one load.
+/// This CPU's FPU stamp (gs:64): one load.
 #[inline(always)]
 pub fn fpu_stamp() -> u64 {
     let v: u64;
-    // SAFETY: a plain load of this CPU's header field (gs:72).
-    unsafe { core::arch::asm!("mov {}, gs:[72]", out(reg) v, options(nostack, readonly, preserves_flags)) };
+    // SAFETY: a plain load of this CPU's header field (gs:64).
+    unsafe { core::arch::asm!("mov {}, gs:[64]", out(reg) v, options(nostack, readonly, preserves_flags)) };
     v
 }
 
@@ -204,7 +201,7 @@ pub fn fpu_stamp() -> u64 {
 #[inline(always)]
 pub fn bump_fpu_stamp() {
     // SAFETY: only this CPU writes its header field, with interrupts off in the kernel.
-    unsafe { core::arch::asm!("add qword ptr gs:[72], {step}", step = const FPU_STAMP_STEP, options(nostack)) };
+    unsafe { core::arch::asm!("add qword ptr gs:[64], {step}", step = const FPU_STAMP_STEP, options(nostack)) };
 }
 
 /// Gives this CPU's FPU stamp a value never used before and returns it (one add, one load).
@@ -213,12 +210,12 @@ pub fn next_fpu_stamp() -> u64 {
     let v: u64;
     // SAFETY: only this CPU writes its header field, with interrupts off in the kernel.
     unsafe {
-        core::arch::asm!("add qword ptr gs:[72], {step}", "mov {v}, gs:[72]", step = const FPU_STAMP_STEP, v = out(reg) v, options(nostack))
+        core::arch::asm!("add qword ptr gs:[64], {step}", "mov {v}, gs:[64]", step = const FPU_STAMP_STEP, v = out(reg) v, options(nostack))
     };
     v
 }
 
-/// Records the address of this CPU's kernel block (`gs:56`), once (a second call panics).
+/// Records the address of this CPU's kernel block (`gs:48`), once (a second call panics).
 ///
 /// # Safety
 /// `addr` is the address of this CPU's own kernel block, which lives at that address for the
@@ -234,27 +231,17 @@ pub unsafe fn set_kernel_block(addr: u64) {
 #[inline(always)]
 pub fn kernel_block() -> u64 {
     let v: u64;
-    // SAFETY: a plain load of this CPU's header field (gs:56).
-    unsafe { core::arch::asm!("mov {}, gs:[56]", out(reg) v, options(nostack, readonly, preserves_flags)) };
+    // SAFETY: a plain load of this CPU's header field (gs:48).
+    unsafe { core::arch::asm!("mov {}, gs:[48]", out(reg) v, options(nostack, readonly, preserves_flags)) };
     v
 }
-const _: () = assert!(core::mem::offset_of!(CpuHeader, resume_iret) == 40);
 const _: () = assert!(core::mem::offset_of!(CpuHeader, regs_end) == 32);
 
-/// Sets `gs:32` (the running thread's register block end) and `gs:40` (resume with `iretq`).
+/// Sets `gs:32`: the end of the running thread's register block (its resume word follows it).
 #[inline(always)]
-pub fn set_resume(regs_end: u64, iret: u64) {
-    // SAFETY: gs:32 and gs:40 are fields of this CPU's live header; only this CPU writes them.
-    unsafe { core::arch::asm!("mov gs:[32], {}", "mov gs:[40], {}", in(reg) regs_end, in(reg) iret, options(nostack, preserves_flags)) };
-}
-
-/// `gs:40`: whether the running thread resumes with `iretq`.
-#[inline(always)]
-pub fn resume_iret() -> u64 {
-    let v: u64;
-    // SAFETY: a plain load of this CPU's header field.
-    unsafe { core::arch::asm!("mov {}, gs:[40]", out(reg) v, options(nostack, readonly, preserves_flags)) };
-    v
+pub fn set_regs_end(regs_end: u64) {
+    // SAFETY: gs:32 is a field of this CPU's live header; only this CPU writes it.
+    unsafe { core::arch::asm!("mov gs:[32], {}", in(reg) regs_end, options(nostack, preserves_flags)) };
 }
 
 /// A value that only one CPU ever touches, in the kernel with interrupts off (a scheduler's

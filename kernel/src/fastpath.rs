@@ -16,8 +16,8 @@
 //! that order (the cross-CPU fast path).
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, Ordering};
-use rl4_abi::ipc::{FOREVER, Tag};
-use rl4_abi::{Rights, Sys};
+use rl4_abi::ipc::{FOREVER, REG_WORDS, Tag};
+use rl4_abi::Rights;
 
 use rl4_core::life::WaitOn;
 
@@ -25,42 +25,43 @@ use crate::obj::{EpRef, Thread, Wait};
 use crate::qsbr::InEntry;
 use crate::{sched, thread, trace};
 
-/// The system calls that may take a fast path, one bit per number (`fastpath=off` on the
-/// command line clears them: every system call then takes the general path, the reference the
-/// fast paths must agree with).
-static FAST: AtomicU64 = AtomicU64::new(1 << Sys::Call as u64 | 1 << Sys::ReplyRecv as u64);
-const _: () = assert!((Sys::Call as u64) < 64 && (Sys::ReplyRecv as u64) < 64);
+/// One more than the largest `Tag` low half (length, capability count and reserved bits, as
+/// [`Tag::fits_registers`] compares them) a fast path takes: `REG_WORDS + 1`, or 0 with
+/// `fastpath=off` on the command line (no message passes: every `Call` and `ReplyRecv` then
+/// takes the general path, the reference the fast paths must agree with). The switch costs
+/// nothing of its own: it is the message's one compare (before the twenty-eighth session a
+/// bit mask of system-call numbers, five instructions per call).
+static FAST_BELOW: AtomicU64 = AtomicU64::new(REG_WORDS + 1);
+const _: () = assert!(Tag(REG_WORDS).fits_registers() && !Tag(REG_WORDS + 1).fits_registers());
 
 /// Turns the fast paths on or off (at boot, before any user thread runs).
 pub fn enable(on: bool) {
-    FAST.store(if on { 1 << Sys::Call as u64 | 1 << Sys::ReplyRecv as u64 } else { 0 }, Ordering::Relaxed);
+    FAST_BELOW.store(if on { REG_WORDS + 1 } else { 0 }, Ordering::Relaxed);
 }
 
-/// Whether system call `n` may take the fast path at all (a load and a bit test, for every
-/// system call).
+/// Tries the fast path of `Call` (`CALL`) or `ReplyRecv` the running thread just made; returns
+/// whether it handled it (the CPU now runs the partner). `trap::rl4_syscall` calls it by the
+/// number, one function for each (no test of the number here).
 #[inline(always)]
-pub fn candidate(n: u64) -> bool {
-    n < 64 && FAST.load(Ordering::Relaxed) >> n & 1 != 0
-}
-
-/// Tries the fast path for system call `n` (a [`candidate`]) the running thread just made;
-/// returns whether it handled it (the CPU now runs the partner).
-pub fn try_fast(n: u64) -> bool {
-    let cs = sched::this_cpu();
+pub fn try_fast<const CALL: bool>() -> bool {
+    // SAFETY: a system call comes from a thread this CPU runs, after its scheduler was set up.
+    #[allow(unsafe_code)]
+    let cs = unsafe { sched::this_cpu_running() };
     // The running thread's reference is taken out of the CPU's slot rather than cloned (no
     // reference-count traffic); the switch puts the partner's in, a fallback puts it back.
     // Nothing on this CPU looks at the slot meanwhile, and no other CPU does.
     let Some(cur) = cs.take_current() else { return false };
     let (slot, tag, timeout) = cur.regs.with(|r| r.ipc_in());
-    let tag = Tag(tag);
-    if !(tag.fits_registers() && timeout == FOREVER) {
+    // `Tag::fits_registers` against the on/off bound, and no timeout.
+    if !(tag & 0xffff < FAST_BELOW.load(Ordering::Relaxed) && timeout == FOREVER) {
         back(cs, cur);
         return false;
     }
+    let tag = Tag(tag);
     // Each path consumes the reference on success (it becomes the reply right or the queue
     // entry) and puts it back in the slot otherwise ([`back`]). Nothing read from a shadow
     // lives past its return (each path's `InEntry` is its own): the decision below may idle.
-    let fast = if n == Sys::Call as u64 { call(cs, cur, slot, tag) } else { reply_recv(cs, cur, slot, tag) };
+    let fast = if CALL { call(cs, cur, slot, tag) } else { reply_recv(cs, cur, slot, tag) };
     match fast {
         Fast::Done => true,
         Fast::Decide => {
@@ -187,13 +188,20 @@ fn call(cs: sched::Here, cur: Arc<Thread>, slot: u64, tag: Tag) -> Fast {
     // it. (The lock is kept without the caller's value: its reference moves below.)
     let mut l = l.into_held();
     if let Some(mut rl) = l.other(&r.life) {
-        let woken = if sched::nothing_more_urgent(cs, rl.prio) { rl.wake_here(WaitOn::Recv(ep.id()), me).ok() } else { None };
+        // A receiver that holds an older reply right (it took a call with `Recv` and has not
+        // answered) is left to the general path, which fails that caller: here the grant below
+        // then never hands one back, and the compiler drops the code for it.
+        let woken = if sched::nothing_more_urgent(cs, rl.prio) && rl.reply_right().is_none() {
+            rl.wake_here(WaitOn::Recv(ep.id()), me).ok()
+        } else {
+            None
+        };
         if let Some(wait) = woken {
             // Point of no return: the receiver is Running here. The caller's reference becomes
-            // its reply right (an older right it held dies: that caller is woken into this
-            // CPU's inbox), and its endpoint reference stays with it for its next wait there:
-            // right after the transition, so that the compiler sees the state it just wrote
-            // (`grant_reply` tests it). The caller's words are read first (its reference moves).
+            // its reply right, and its endpoint reference stays with it for its next wait
+            // there: right after the transition, so that the compiler sees the state it just
+            // wrote (`grant_reply` tests it). The caller's words are read first (its reference
+            // moves).
             let words = cur.regs.with(|r| r.ipc_words());
             let old = rl.grant_reply(cur, ticket);
             let stale = rl.keep_recv(wait);

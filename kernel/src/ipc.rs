@@ -772,9 +772,11 @@ fn fault_reply(caller: Arc<Thread>, ticket: u64, regs: &UserRegs, then_recv: boo
     let stop = |why| thread::stop_fault(&caller, WaitOn::Fault(ticket), why);
     let changes = match changes {
         None => return if stop("its fault handler replied stop") { Ok(None) } else { Err(Error::PartnerGone) },
+        // The thread stopped: `BadFaultReply`. Its fault ended meanwhile (killed or suspended on
+        // another CPU since `reply` saw the wait; before the twenty-eighth session this still
+        // said it was stopped: a hostile review found it): `PartnerGone`, as for `STOP`.
         Some(Err(e)) => {
-            stop("its fault handler's reply named registers it cannot resume with");
-            return Err(e);
+            return if stop("its fault handler's reply named registers it cannot resume with") { Err(e) } else { Err(Error::PartnerGone) };
         }
         Some(Ok(c)) => c,
     };

@@ -28,7 +28,7 @@
 //! | `IRQ` | one interrupt line's state (`irq.rs`; taken holding nothing) |
 //! | `IRQ_CHIP` | one I/O APIC's register window |
 //!
-//! Each CPU counts the locks it holds in its per-CPU header (`gs:48`, one instruction per
+//! Each CPU counts the locks it holds in its per-CPU header (`gs:40`, one instruction per
 //! acquisition and release), and a kernel object destroyed while that count is not zero is
 //! counted as a destructor under a spinlock ([`crate::reclaim`]). A kernel built with the
 //! `lockcheck` feature keeps the set of levels held there instead and counts every acquisition
@@ -80,7 +80,7 @@ pub fn held() -> u64 {
     rl4_arch::percpu::locks_held()
 }
 
-/// Takes note of an acquisition: one instruction (`inc qword ptr gs:[48]`); a `lockcheck` build also
+/// Takes note of an acquisition: one instruction (`inc qword ptr gs:[40]`); a `lockcheck` build also
 /// checks the level against those held.
 #[inline(always)]
 fn acquire(level: u8) {

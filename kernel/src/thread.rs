@@ -375,7 +375,7 @@ pub fn expire(t: &Arc<Thread>, now: u64) {
 
 /// The running thread `t` leaves this CPU: its FPU/SIMD registers go into its save area if it
 /// has used them (`rl4_arch::fpu`, "First use"). Every path on which a thread stops being
-/// current calls this (with `entry::save_resume_mode`).
+/// current calls this.
 #[inline(always)]
 pub fn fpu_leave(t: &Thread) {
     t.fpu.leave();

@@ -124,7 +124,14 @@ fn rl4_kernel_interrupt(vector: u8) {
 /// all (docs/decisions.md).
 #[unsafe(no_mangle)]
 extern "rust-preserve-none" fn rl4_syscall(n: u64) {
-    // One compare for every other call (the IPC calls' numbers are above both).
+    // The IPC calls first, each to its own entry (its fast path first), then one compare for
+    // every other call but `Null` and `Yield`.
+    if n == rl4_abi::Sys::Call as u64 {
+        return ipc::<true>();
+    }
+    if n == rl4_abi::Sys::ReplyRecv as u64 {
+        return ipc::<false>();
+    }
     if n > rl4_abi::Sys::Yield as u64 {
         return general(n);
     }
@@ -138,20 +145,34 @@ extern "rust-preserve-none" fn rl4_syscall(n: u64) {
     general(n)
 }
 
-/// Every system call the small handlers did not take: the IPC fast path, else the general
-/// handler.
+/// `Call` (`CALL`) or `ReplyRecv`: the fast path, else the general handler.
 #[inline(never)]
-extern "rust-preserve-none" fn general(n: u64) {
+extern "rust-preserve-none" fn ipc<const CALL: bool>() {
+    let n = if CALL { rl4_abi::Sys::Call } else { rl4_abi::Sys::ReplyRecv } as u64;
     crate::trace::enter(n);
     crate::timeline::event(crate::timeline::Kind::SysEnter, n, 0);
     // The fast path's hand-overs let go of nothing while they hold a lock; what its rare
     // fallbacks put aside under one (a thread that could not be queued again) waits for this
     // CPU's next `reclaim::drain`, at its next general system call or decision.
-    if crate::fastpath::candidate(n) && crate::fastpath::try_fast(n) {
+    if crate::fastpath::try_fast::<CALL>() {
         crate::trace::stamp(crate::trace::DONE);
         crate::timeline::event(crate::timeline::Kind::SysExit, n, 1);
         return;
     }
+    handle(n)
+}
+
+/// Every system call the small handlers did not take but the IPC calls: the general handler.
+#[inline(never)]
+extern "rust-preserve-none" fn general(n: u64) {
+    crate::trace::enter(n);
+    crate::timeline::event(crate::timeline::Kind::SysEnter, n, 0);
+    handle(n)
+}
+
+/// The general handler, for [`general`] and the IPC calls whose fast path was not taken.
+#[inline(never)]
+extern "rust-preserve-none" fn handle(n: u64) {
     let next = crate::syscall::handle(n);
     match next {
         crate::syscall::Next::Decide => sched::decide_and_drain(),

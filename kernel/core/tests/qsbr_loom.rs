@@ -54,7 +54,7 @@ fn reads_are_consistent() {
 
 struct World {
     shadow: Shadow,
-    /// R's exit counter (the kernel's `gs:64`).
+    /// R's exit counter (the kernel's `gs:56`).
     exits: AtomicU64,
     freed: AtomicBool,
 }

@@ -818,6 +818,95 @@ fn test_revoke_refuses_derivation() {
     );
 }
 
+// ---- revocation's count against deletions on another CPU ------------------------------------
+
+/// Copies per round (in the root task's own slots), and the rounds.
+const COUNT_COPIES: usize = 48;
+static COUNT_SLOTS: [AtomicU64; COUNT_COPIES] = [const { AtomicU64::new(0) }; COUNT_COPIES];
+/// The round the deleter may start (0: none yet), the last round it finished, and its
+/// successful deletions in that round.
+static COUNT_ROUND: AtomicU64 = AtomicU64::new(0);
+static COUNT_DONE: AtomicU64 = AtomicU64::new(0);
+static COUNT_DELETED: AtomicU64 = AtomicU64::new(0);
+
+/// Deletes the round's copies, last first, as fast as it can, once per round.
+fn count_deleter(_: u64) {
+    let mut seen = 0;
+    while !RACE_STOP.load(SeqCst) {
+        let r = COUNT_ROUND.load(SeqCst);
+        if r == seen {
+            core::hint::spin_loop();
+            continue;
+        }
+        seen = r;
+        let ok = COUNT_SLOTS.iter().rev().filter(|s| sys::cap_delete(s.load(SeqCst)).is_ok()).count();
+        COUNT_DELETED.store(ok as u64, SeqCst);
+        COUNT_DONE.store(r, SeqCst);
+    }
+    RACE_PARKED.store(true, SeqCst);
+}
+
+/// `CapRevoke` answers how many capabilities it deleted: those it took out of their slots. A
+/// thread on another CPU deletes the same copies meanwhile; every copy is deleted once, by one
+/// of the two, so each round's two counts add up to the copies made. (Before the twenty-eighth
+/// session a copy that `CapDelete` had taken out of its slot, waiting for the derivation tree's
+/// lock while the revocation held it, was counted by both: a hostile review found it.)
+fn test_revoke_count_against_deletes() {
+    const NAME: &str = "revoke-counts-only-what-it-deleted";
+    const ROUNDS: u64 = 150;
+    if cpus() < 2 {
+        return crate::tests::skip(NAME, "one CPU");
+    }
+    RACE_STOP.store(false, SeqCst);
+    RACE_PARKED.store(false, SeqCst);
+    COUNT_ROUND.store(0, SeqCst);
+    COUNT_DONE.store(0, SeqCst);
+    let top = slot();
+    COUNT_SLOTS.iter().for_each(|s| s.store(slot(), SeqCst));
+    let made = sys::endpoint_create(MEMORY, top);
+    let t = spawn(count_deleter, 0, ROOT_PRIO, far_cpu());
+    let (mut wrong, mut both, mut failed, mut first) = (0u64, 0u64, 0u64, None);
+    for r in 1..=ROUNDS {
+        if COUNT_SLOTS.iter().any(|s| sys::cap_copy(top, TASK, s.load(SeqCst), Rights::ALL).is_err()) {
+            failed += 1;
+            break;
+        }
+        COUNT_ROUND.store(r, SeqCst);
+        let revoked = sys::cap_revoke(top);
+        if !wait_ms(2000, || COUNT_DONE.load(SeqCst) == r) {
+            failed += 1;
+            break;
+        }
+        let deleted = COUNT_DELETED.load(SeqCst);
+        match revoked {
+            Ok(n) => {
+                if n + deleted != COUNT_COPIES as u64 {
+                    wrong += 1;
+                    first.get_or_insert((r, n, deleted));
+                }
+                if n > 0 && deleted > 0 {
+                    both += 1;
+                }
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    RACE_STOP.store(true, SeqCst);
+    let parked = wait_ms(2000, || RACE_PARKED.load(SeqCst));
+    join_dead(t);
+    release(top);
+    COUNT_SLOTS.iter().for_each(|s| release(s.load(SeqCst)));
+    report(
+        NAME,
+        made.is_ok() && parked && wrong == 0 && failed == 0,
+        format_args!(
+            "{ROUNDS} rounds of {COUNT_COPIES} copies revoked here while cpu {} deleted them: {wrong} rounds whose counts did not add up \
+             (first: round, revoked, deleted = {first:?}), {both} rounds where both deleted some, {failed} failed",
+            far_cpu()
+        ),
+    );
+}
+
 // ---- the fast path's capability read without a lock -----------------------------------------
 
 /// The slot the client calls through (swapped on another CPU), the server's own endpoint slot.
@@ -1258,6 +1347,7 @@ pub fn run(bi: &BootInfo) {
     test_revoke_in_flight();
     test_revoke_race();
     test_revoke_refuses_derivation();
+    test_revoke_count_against_deletes();
     test_task_space_race();
     test_slot_races();
     test_transfer_needs_grant_on_cap();
