@@ -154,7 +154,7 @@ fn call(cs: sched::Here, cur: Arc<Thread>, slot: u64, tag: Tag) -> Fast {
     let mut l = cur.life.lock();
     let entry = entered(&l);
     // Read without a lock or a reference (`qsbr.rs`); errors are the general path's.
-    let Some((ep, badge)) = crate::qsbr::endpoint::<{ Rights::SEND.0 }>(&entry, &cur.task, slot) else {
+    let Some((ep, badge)) = crate::qsbr::endpoint::<{ Rights::SEND.0 }>(&entry, &cur.task, &cur.memo, slot) else {
         drop(l);
         return back(cs, cur);
     };
@@ -361,7 +361,7 @@ fn reply_recv(cs: sched::Here, cur: Arc<Thread>, slot: u64, tag: Tag) -> Fast {
     // As in [`call`]: the server's home lock, then the read, then a try of the queue's lock.
     let mut l = cur.life.lock();
     let entry = entered(&l);
-    let Some((ep, _)) = crate::qsbr::endpoint::<{ Rights::RECEIVE.0 }>(&entry, &cur.task, slot) else {
+    let Some((ep, _)) = crate::qsbr::endpoint::<{ Rights::RECEIVE.0 }>(&entry, &cur.task, &cur.memo, slot) else {
         drop(l);
         return back(cs, cur);
     };

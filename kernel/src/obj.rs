@@ -1417,6 +1417,9 @@ pub struct Thread {
     /// Set once it is `Dead` (under its lock, by `thread::kill`): its CPU takes its run-queue
     /// entry out when asked (`sched::request`) rather than when its turn comes.
     pub killed: AtomicBool,
+    /// The IPC fast path's memory of the endpoint slot it read last for this thread
+    /// (`qsbr::SlotMemo`; only this thread's own system calls touch it).
+    pub memo: crate::qsbr::SlotMemo,
     /// Set (under its lock, by `thread::set_priority`) when its priority changed while it was
     /// queued: its CPU moves its run-queue entry to the list of its priority now when asked
     /// (`sched::request`).
@@ -1541,6 +1544,7 @@ impl Thread {
             run_link: rl4_core::wlist::WLink::new(),
             req_link: rl4_core::wlist::WLink::new(),
             killed: AtomicBool::new(false),
+            memo: crate::qsbr::SlotMemo::new(),
             reprio: AtomicBool::new(false),
             slice_left: core::sync::atomic::AtomicU32::new(0),
             pruned_at: AtomicU64::new(0),

@@ -149,6 +149,13 @@ impl Shadow {
     /// reads as empty (address 0).
     #[inline(always)]
     pub fn read(&self, slot: u64) -> Option<Seen> {
+        self.read_stamped(slot).map(|(seen, _)| seen)
+    }
+
+    /// [`Shadow::read`], with the slot's sequence as the read found it: while it keeps that
+    /// value the slot holds what the read saw ([`Stamp::still`]).
+    #[inline(always)]
+    pub fn read_stamped(&self, slot: u64) -> Option<(Seen, Stamp<'_>)> {
         let s = self.slot(usize::try_from(slot).ok()?)?;
         let seq = s.seq.load(Ordering::Acquire);
         if seq % 2 != 0 {
@@ -160,7 +167,58 @@ impl Shadow {
         if s.seq.load(Ordering::Relaxed) != seq {
             return None;
         }
-        Some(seen)
+        Some((seen, Stamp { seq: &s.seq, value: seq }))
+    }
+}
+
+/// A slot's sequence word and the even value a consistent read of the slot found there
+/// ([`Shadow::read_stamped`]). Every write of the slot moves the sequence on (odd while it
+/// writes, two more after) and it never comes back, so while the word still holds `value` the
+/// slot holds what that read saw: one load stands for the whole read. Used the same way as a
+/// read (after the same barrier, within one kernel entry: the grace period of a removal that
+/// changes the word later covers the use), which the loom model
+/// `remembered_read_after_the_barrier` checks.
+#[derive(Clone, Copy)]
+pub struct Stamp<'a> {
+    seq: &'a AtomicU64,
+    value: u64,
+}
+
+/// The sequence word of no slot: odd, as no stamp's value is ([`Stamp::never`]).
+#[cfg(not(loom))]
+static NEVER: AtomicU64 = AtomicU64::new(1);
+
+#[cfg(not(loom))]
+impl Stamp<'static> {
+    /// A stamp that never holds (for a memory of no read yet: its parts are a valid address).
+    pub fn never() -> Self {
+        Stamp { seq: &NEVER, value: 0 }
+    }
+}
+
+impl<'a> Stamp<'a> {
+    /// Remade from [`Stamp::parts`] of a stamp of a shadow that is still alive (or of
+    /// [`Stamp::never`]).
+    ///
+    /// # Safety
+    /// `at` must be the `parts` address of a stamp whose shadow lives for `'a`, or of
+    /// [`Stamp::never`].
+    #[allow(unsafe_code)]
+    #[inline(always)]
+    pub unsafe fn from_parts(at: usize, value: u64) -> Self {
+        // SAFETY: the caller's promise: the address of a live shadow's sequence word.
+        Stamp { seq: unsafe { &*(at as *const AtomicU64) }, value }
+    }
+
+    /// The sequence word's address and the value (to keep the stamp past the shadow's borrow).
+    pub fn parts(&self) -> (usize, u64) {
+        (self.seq as *const AtomicU64 as usize, self.value)
+    }
+
+    /// Whether the slot is unchanged since the stamped read (one load).
+    #[inline(always)]
+    pub fn still(&self) -> bool {
+        self.seq.load(Ordering::Acquire) == self.value
     }
 }
 

@@ -21,6 +21,12 @@
 //! - [`control_no_barrier_after_the_last_exit`]: the same without the barrier: some execution
 //!   uses a freed object (a review of the twenty-second session's code found it; before, the
 //!   models had R make one entry only).
+//! - [`remembered_read_after_the_barrier`]: R read the slot in its earlier entry and kept the
+//!   read's stamp (the kernel's per-thread `SlotMemo`); in this entry, after the barrier, it
+//!   uses what that read found if the stamp still holds (one load of the sequence) instead of
+//!   reading again: no execution uses a freed object.
+//! - [`control_remembered_without_the_barrier`]: the same without the barrier: some execution
+//!   does.
 #![allow(unexpected_cfgs)] // `cfg(loom)`: set by RUSTFLAGS for these models only.
 #![cfg(loom)]
 use loom::sync::Arc;
@@ -64,31 +70,45 @@ struct World {
 /// the read and use of the object, then its exit.
 #[derive(Clone, Copy)]
 struct Steps {
+    /// The slot was read (stamped) before the first exit, and this entry checks the stamp
+    /// instead of reading.
+    remembered: bool,
     exit_before: bool,
     barrier: bool,
     exit_after: bool,
 }
 
 /// The kernel's order within one entry: read and use, then the exit.
-const ONE_ENTRY: Steps = Steps { exit_before: false, barrier: false, exit_after: true };
+const ONE_ENTRY: Steps = Steps { remembered: false, exit_before: false, barrier: false, exit_after: true };
 /// The control: the exit counted before the use.
-const EXIT_TOO_EARLY: Steps = Steps { exit_before: true, barrier: false, exit_after: false };
+const EXIT_TOO_EARLY: Steps = Steps { remembered: false, exit_before: true, barrier: false, exit_after: false };
 /// An earlier exit, the barrier, then the entry (the kernel's fast paths).
-const AFTER_EXIT_BARRIER: Steps = Steps { exit_before: true, barrier: true, exit_after: true };
+const AFTER_EXIT_BARRIER: Steps = Steps { remembered: false, exit_before: true, barrier: true, exit_after: true };
 /// The control: the earlier exit without the barrier.
-const AFTER_EXIT_NO_BARRIER: Steps = Steps { exit_before: true, barrier: false, exit_after: true };
+const AFTER_EXIT_NO_BARRIER: Steps = Steps { remembered: false, exit_before: true, barrier: false, exit_after: true };
+/// A read in the earlier entry, its exit, the barrier, then the stamp's check and the use.
+const REMEMBERED: Steps = Steps { remembered: true, exit_before: true, barrier: true, exit_after: true };
+/// The control: the same without the barrier.
+const REMEMBERED_NO_BARRIER: Steps = Steps { remembered: true, exit_before: true, barrier: false, exit_after: true };
 
 /// R: `steps` around one read and use of the object. Returns whether it used the object after
 /// it was freed.
 fn reader(w: &World, steps: Steps) -> bool {
     let count = || w.exits.store(w.exits.load(Ordering::Relaxed) + 1, Ordering::Release);
+    // The earlier entry's read, kept as its stamp and what it found.
+    let earlier = if steps.remembered { w.shadow.read_stamped(0) } else { None };
     if steps.exit_before {
         count();
     }
     if steps.barrier {
         fence(Ordering::SeqCst);
     }
-    let bad = w.shadow.read(0).is_some_and(|v| v.obj == OBJ && w.freed.load(Ordering::Acquire));
+    let now = match earlier {
+        Some((seen, stamp)) => stamp.still().then_some(seen),
+        None if steps.remembered => None,
+        None => w.shadow.read(0),
+    };
+    let bad = now.is_some_and(|v| v.obj == OBJ && w.freed.load(Ordering::Acquire));
     if steps.exit_after {
         count();
     }
@@ -151,4 +171,14 @@ fn barrier_orders_the_last_exit_before_the_read() {
 #[test]
 fn control_no_barrier_after_the_last_exit() {
     assert!(some_execution_uses_freed(AFTER_EXIT_NO_BARRIER), "the control found no use after free");
+}
+
+#[test]
+fn remembered_read_after_the_barrier() {
+    loom::model(|| assert!(!run(REMEMBERED), "the object was used after it was freed"));
+}
+
+#[test]
+fn control_remembered_without_the_barrier() {
+    assert!(some_execution_uses_freed(REMEMBERED_NO_BARRIER), "the control found no use after free");
 }

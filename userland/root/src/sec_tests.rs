@@ -957,6 +957,73 @@ fn fp_client(_: u64) {
     }
 }
 
+/// What a new thread's first call, through slot `u64::MAX`, got.
+static FP_MAX_SLOT: AtomicU64 = AtomicU64::new(0);
+
+fn fp_max_caller(_: u64) {
+    let r = sys::ipc(Sys::Call, u64::MAX, &Msg { tag: Tag::new(1, 1, 0), badge: 0, w: [1, 0, 0, 0] }, FOREVER, u64::MAX, u64::MAX);
+    FP_MAX_SLOT.store(match r { Ok(_) => 1, Err(e) => 1000 + e as u64 }, SeqCst);
+}
+
+/// The fast path remembers the slot it read last for each thread (`qsbr::SlotMemo`) and reads
+/// it again only if a write changed it since: each change of the root task's slot between two
+/// calls (the same endpoint with another badge, the endpoint without `SEND`, nothing, the
+/// endpoint again) shows in the next call's answer, every call through the fast path (a server
+/// on this CPU, message in registers).
+fn test_fastpath_memo_follows_the_slot() {
+    const NAME: &str = "fastpath-memo-follows-the-slot";
+    let (ep, s, recv_only) = (slot(), slot(), slot());
+    let made = sys::endpoint_create(MEMORY, ep).and_then(|_| sys::cap_mint(ep, TASK, recv_only, Rights::RECEIVE, 9));
+    FP_EP.store(ep, SeqCst);
+    let server = spawn(fp_server, 0, ROOT_PRIO, 0);
+    let call = || match sys::ipc(Sys::Call, s, &Msg { tag: Tag::new(1, 1, 0), badge: 0, w: [1, 0, 0, 0] }, FOREVER, u64::MAX, u64::MAX) {
+        Ok(m) => Ok(m.w[0]),
+        Err(e) => Err(e),
+    };
+    let fast0 = sys::stat(MACHINE, rl4_abi::stat::IPC_FAST).unwrap_or(0);
+    // The server waits first (it is queued on the endpoint before the first call).
+    let waiting = wait_ms(2000, || matches!(state(server), Some(ThreadState::BlockedRecv)));
+    let mut got = [Err(Error::InvalidState); 7];
+    let _ = sys::cap_mint(ep, TASK, s, Rights::SEND, 3);
+    got[0] = call();
+    got[1] = call();
+    let _ = sys::cap_delete(s).and_then(|_| sys::cap_mint(ep, TASK, s, Rights::SEND, 4));
+    got[2] = call();
+    let _ = sys::cap_delete(s).and_then(|_| sys::cap_copy(recv_only, TASK, s, Rights::ALL));
+    got[3] = call();
+    let _ = sys::cap_delete(s);
+    got[4] = call();
+    let _ = sys::cap_mint(ep, TASK, s, Rights::SEND, 5);
+    got[5] = call();
+    got[6] = call();
+    let fast = sys::stat(MACHINE, rl4_abi::stat::IPC_FAST).unwrap_or(0) - fast0;
+    let want = [Ok(3), Ok(3), Ok(4), Err(Error::MissingRight), Err(Error::EmptySlot), Ok(5), Ok(5)];
+    // A new thread's memory of no read yet is not taken for a read of slot `u64::MAX` (the
+    // memory's empty value): the call is refused as out of range.
+    FP_MAX_SLOT.store(0, SeqCst);
+    let max_caller = spawn(fp_max_caller, 0, ROOT_PRIO, 0);
+    let max_done = wait_ms(2000, || matches!(state(max_caller), Some(ThreadState::Dead)));
+    release(max_caller);
+    let max_got = FP_MAX_SLOT.load(SeqCst);
+    let max_want = 1000 + Error::SlotOutOfRange as u64;
+    for x in [ep, s, recv_only] {
+        let _ = sys::cap_delete(x);
+    }
+    let server_done = wait_ms(2000, || matches!(state(server), Some(ThreadState::Dead)));
+    release(server);
+    for x in [ep, s, recv_only] {
+        release(x);
+    }
+    report(
+        NAME,
+        made.is_ok() && waiting && got == want && fast >= 10 && server_done && max_done && max_got == max_want,
+        format_args!(
+            "answers {got:?} (want {want:?}); {fast} fast-path hand-overs (want 10 or more); server waiting {waiting}, done {server_done}; \
+             a new thread's call through slot u64::MAX: {max_got} (want {max_want}: 1000 + SlotOutOfRange), done {max_done}"
+        ),
+    );
+}
+
 /// Issue 16: the fast path reads the endpoint capability from a shadow of the slot without the
 /// table's lock or a reference count (kernel/src/qsbr.rs). A client and its server share a CPU
 /// (so `Call` and `ReplyRecv` take the fast path) while another CPU keeps changing what the
@@ -1339,6 +1406,7 @@ fn test_sweep_bounded(bi: &BootInfo) {
 }
 
 pub fn run(bi: &BootInfo) {
+    test_fastpath_memo_follows_the_slot();
     test_fastpath_slot_race();
     test_killed_queued_thread(bi);
     test_killed_caller_memory(bi);
