@@ -25,7 +25,7 @@
 //! there is nothing for a speculative read to leak, unlike lazy switching). Its first such
 //! instruction raises `#NM`; [`FpuState::first_use`] then clears `TS` (the registers already
 //! hold the thread's state, the default) and the thread is switched eagerly from then on. Each
-//! CPU records in its per-CPU header (`gs:80`, `percpu::fpu_off`) whether `TS` is set; a switch
+//! CPU records in its per-CPU header (`gs:72`, `percpu::fpu_off`) whether `TS` is set; a switch
 //! changes `TS` only between a thread that uses the registers and one that does not, and before
 //! a thread that does not runs where one that did ran, the registers are reset to the default.
 extern crate alloc;
