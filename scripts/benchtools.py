@@ -81,7 +81,7 @@ def profile_section(profs, rows, linux=()):
              "set-up cost. The benchmark loop's own instructions outside the timed window (time stamps, storing the "
              "sample, the summary's sort) are split off, so the figures add up to the benchmark's median. Locked: "
              "instructions with a `lock` prefix, and `xchg` with a memory operand. Kernel code is grouped by symbol, "
-             "and the fast path (inlined into `rl4_syscall`) by the step of `kernel/src/fastpath.rs` whose lines the "
+             "and the fast path (inlined into `trap::ipc`, one entry per call) by the step of `kernel/src/fastpath.rs` whose lines the "
              "instruction was inlined at (steps end at its `trace::stamp` points); user code of the two tasks (both "
              "linked at one address) is told apart by its bytes.\n")
     null = next((r for r in rows if r.get("name") == "null-syscall" and r.get("accel") == "icount"), None)
