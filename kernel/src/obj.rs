@@ -599,7 +599,10 @@ impl<T> Registry<T> {
     /// entries (copied as weak references), and no pruning moves an entry meanwhile. The walk
     /// covers the objects registered before it started, and those registered before the last
     /// call of `f` that returned true (it changed something a later registration must see)
-    /// ended: a walk ends however fast objects are registered meanwhile. Allocates nothing; the
+    /// ended: a walk ends however fast objects are registered meanwhile, as long as `f` returns
+    /// true a bounded number of times (the task walk of `syscall::kill_task` ends only what was
+    /// registered before it began: `TaskCreate` refuses a new child of an ended task's
+    /// descendant meanwhile). Allocates nothing; the
     /// reference `f` gets is let go of after it, with no lock held; this CPU answers TLB
     /// shoot-downs after each such call and between batches.
     pub fn each(&self, mut f: impl FnMut(&Arc<T>) -> bool) {

@@ -39,6 +39,8 @@ const REVOKING: u16 = DOOMED - 1;
 
 /// How many children [`DerivTree::remove_polling`] hands up between two calls of its `poll`.
 pub const POLL_EVERY: usize = 64;
+/// The most ancestors [`DerivTree::under_revocation`] looks at.
+pub const MOST_ANCESTRY_STEPS: usize = 4 * POLL_EVERY;
 
 /// A node of a [`DerivTree`]: where it was when the identifier was made, and its serial (its
 /// identity: two identifiers are equal when they name the same node, wherever it is now).
@@ -651,8 +653,14 @@ impl<H> DerivTree<H> {
     /// made below a revocation under way would be one more capability for it to delete, and
     /// copies made as fast as it deletes them would keep it from ever ending (`CapRevoke` works
     /// in batches, letting go of the tree's lock in between). No step while the tree has no
-    /// revocation under way; else one per ancestor, `poll` called after every [`POLL_EVERY`]
-    /// (the kernel answers other CPUs' TLB shoot-downs there). `false` for a node that is gone.
+    /// revocation under way; else one per ancestor, at most [`MOST_ANCESTRY_STEPS`], `poll`
+    /// called after every [`POLL_EVERY`] (the kernel answers other CPUs' TLB shoot-downs
+    /// there). A node deeper than that while a revocation is under way in the tree counts as
+    /// under it (the caller answers `Busy`): a task's budget pays for chains of tens of
+    /// thousands of copies, and a copy from the bottom of one, repeated while another thread
+    /// keeps a revocation going elsewhere in the tree, was a walk of that length each time with
+    /// interrupts off (before the twenty-eighth session: a hostile review found it). `false`
+    /// for a node that is gone.
     pub fn under_revocation(&self, id: NodeId, mut poll: impl FnMut()) -> bool {
         if self.revocations == 0 {
             return false;
@@ -662,7 +670,7 @@ impl<H> DerivTree<H> {
         let mut k = 0;
         while x != NONE {
             let n = &self.nodes[x as usize];
-            if n.revoking > 0 {
+            if n.revoking > 0 || k == MOST_ANCESTRY_STEPS {
                 return true;
             }
             x = n.parent;
@@ -879,15 +887,25 @@ mod tests {
         assert!(!t.is_live(b));
         assert_eq!(t.revocations, 0);
         assert!(!under(&t, a));
-        // A deep chain: one step per ancestor, polled every POLL_EVERY.
-        let mut last = other;
+        // A deep chain: one step per ancestor, polled every POLL_EVERY, at most
+        // MOST_ANCESTRY_STEPS: deeper, a node counts as under the tree's revocation under way
+        // wherever it is (`a`'s, not an ancestor here), shallower it does not.
+        let mut chain = vec![other];
         for i in 0..1000 {
-            last = t.add(Some(last), 10 + i).unwrap();
+            chain.push(t.add(Some(*chain.last().unwrap()), 10 + i).unwrap());
         }
+        t.begin_revoke(a).unwrap();
+        let mut polls = 0;
+        assert!(t.under_revocation(chain[1000], || polls += 1), "deeper than the walk: counted as under it");
+        assert_eq!(polls, MOST_ANCESTRY_STEPS / POLL_EVERY);
+        assert!(!under(&t, chain[MOST_ANCESTRY_STEPS - 2]), "within the walk, and nothing above it revoked");
+        assert!(under(&t, chain[MOST_ANCESTRY_STEPS]));
+        t.end_revoke(a);
         t.begin_revoke(other).unwrap();
         let mut polls = 0;
-        assert!(t.under_revocation(last, || polls += 1));
-        assert_eq!(polls, 1000 / POLL_EVERY);
+        assert!(t.under_revocation(chain[1000], || polls += 1));
+        assert_eq!(polls, MOST_ANCESTRY_STEPS / POLL_EVERY);
+        assert!(under(&t, chain[10]));
         // Gone: not under revocation (the kernel refuses it as gone first).
         t.end_revoke(other);
         assert!(!under(&t, b));
