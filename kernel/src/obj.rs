@@ -600,9 +600,10 @@ impl<T> Registry<T> {
     /// covers the objects registered before it started, and those registered before the last
     /// call of `f` that returned true (it changed something a later registration must see)
     /// ended: a walk ends however fast objects are registered meanwhile, as long as `f` returns
-    /// true a bounded number of times (the task walk of `syscall::kill_task` ends only what was
-    /// registered before it began: `TaskCreate` refuses a new child of an ended task's
-    /// descendant meanwhile). Allocates nothing; the
+    /// true a bounded number of times (the task walk of `syscall::kill_task` ends no descendant
+    /// of its task registered after it began — `TaskCreate` refuses them meanwhile — only
+    /// those and the orphans of other ends, each of which another CPU's kill made). Allocates
+    /// nothing; the
     /// reference `f` gets is let go of after it, with no lock held; this CPU answers TLB
     /// shoot-downs after each such call and between batches.
     pub fn each(&self, mut f: impl FnMut(&Arc<T>) -> bool) {
@@ -1127,8 +1128,15 @@ pub struct Task {
     pub children: AtomicU64,
     /// The walk that ended its descendants after its end is done (`syscall::kill_task`).
     pub walked: AtomicBool,
+    /// Tasks above it (`parent`, its parent, ...): 0 for the root task, at most
+    /// [`MOST_TASK_DEPTH`].
+    pub depth: u32,
     _charge: Charge,
 }
+
+/// The deepest a task may lie below the root task: `TaskCreate` by a task this deep is refused
+/// (`InvalidState`), so that a look at every ancestor (`syscall::ancestry_refusal`) is bounded.
+pub const MOST_TASK_DEPTH: u32 = 256;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -1144,6 +1152,10 @@ impl Task {
         caps.set_owner(Arc::as_ptr(&space) as usize);
         // Counted before it is registered (`syscall::kill_task`); from here its destructor
         // uncounts it, whatever fails.
+        let depth = parent.as_ref().map_or(0, |p| p.depth + 1);
+        if depth > MOST_TASK_DEPTH {
+            return Err(Error::InvalidState);
+        }
         if let Some(p) = &parent {
             p.children.fetch_add(1, Ordering::SeqCst);
         }
@@ -1159,6 +1171,7 @@ impl Task {
             parent,
             children: AtomicU64::new(0),
             walked: AtomicBool::new(false),
+            depth,
             _charge: charge,
         })
         .map_err(|_| Error::OutOfMemory)?;

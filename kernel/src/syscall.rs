@@ -831,40 +831,36 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
     }
 }
 
+/// Walks for the descendants of an ended task under way ([`kill_task`]).
+static CASCADES: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// `TaskCreate` by a thread of `task` while a walk for the descendants of an ended task is under
+/// way: refused (`InvalidState`, as for an ended parent) if one of `task`'s ancestors has
+/// ended — at most `MOST_TASK_DEPTH` of them, the deepest a task lies. Without it, live
+/// descendants not reached yet kept adding children, each of which the walk then had to reach
+/// too, so a subtree spawning on other CPUs faster than the walk ended its members kept the
+/// ending CPU in the kernel, interrupts off, for as long as it went on (before the
+/// twenty-eighth session: a hostile review found it). The walk's counter is raised after the
+/// ended task is marked and before the walk reads how far to go, and the child is registered
+/// before the counter is read here (all sequentially consistent): either the walk reaches the
+/// child, or this check sees the end of every ancestor the walk has ended.
+fn ancestry_refusal(task: &Arc<Task>) -> Result<(), Error> {
+    let mut at = task.parent.as_ref();
+    while let Some(a) = at {
+        if a.dead.load(core::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::InvalidState);
+        }
+        at = a.parent.as_ref();
+    }
+    Ok(())
+}
+
 /// Ends a task and every task it made, and theirs, and so on (`Task::parent`): a task that
 /// deleted its last capability to a task it made, whose threads still run, cannot leave it
 /// running after its own end, out of everybody's reach (a hostile review found the leak: the
 /// CPU time and the memory were lost for good). One walk over every task in the order they
 /// were made (a child comes after its parent, so one walk ends every generation), only for a
 /// task whose children still exist (`Task::children`); allocates nothing and recurses nowhere.
-/// Walks for the descendants of an ended task under way ([`kill_task`]).
-static CASCADES: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
-
-/// The most ancestors `TaskCreate` looks at while such a walk is under way.
-const MOST_TASK_ANCESTORS: usize = 256;
-
-/// `TaskCreate` by a thread of `task` while a walk for the descendants of an ended task is under
-/// way: refused if one of `task`'s ancestors has ended (`InvalidState`, as for an ended parent),
-/// or if it lies deeper than [`MOST_TASK_ANCESTORS`] (`Busy`: its ancestors are not all looked
-/// at). Without it, live descendants not reached yet kept adding children, each of which the
-/// walk then had to reach too, so a subtree spawning on other CPUs faster than the walk ended
-/// its members kept the ending CPU in the kernel, interrupts off, for as long as it went on
-/// (before the twenty-eighth session: a hostile review found it). The walk's counter is raised
-/// after the ended task is marked and before the walk reads how far to go, and the child is
-/// registered before the counter is read here (all sequentially consistent): either the walk
-/// reaches the child, or this check sees the end of every ancestor the walk has ended.
-fn ancestry_refusal(task: &Arc<Task>) -> Result<(), Error> {
-    let mut at = task.parent.as_ref();
-    for _ in 0..MOST_TASK_ANCESTORS {
-        let Some(a) = at else { return Ok(()) };
-        if a.dead.load(core::sync::atomic::Ordering::SeqCst) {
-            return Err(Error::InvalidState);
-        }
-        at = a.parent.as_ref();
-    }
-    if at.is_some() { Err(Error::Busy) } else { Ok(()) }
-}
-
 pub fn kill_task(task: &Arc<Task>) {
     // One wait for the limbo (`qsbr::throttle`, 200 µs at most) for the whole cascade, not one
     // per task: ending thousands of tasks must not add up thousands of waits with interrupts off.
@@ -879,7 +875,7 @@ pub fn kill_task(task: &Arc<Task>) {
         // The walk reaches every task registered before the last end it made (`Registry::each`):
         // a child registered later finds its parent, or an ancestor, ended in `TaskCreate`
         // ([`ancestry_refusal`], while `CASCADES` counts this walk), so the ends it makes, and
-        // the walk, are bounded by the tasks registered when it began.
+        // the walk, are bounded: no descendant of this task registered after it began.
         CASCADES.fetch_add(1, core::sync::atomic::Ordering::SeqCst);
         crate::obj::TASKS.each(|t| {
             let orphan = t.parent.as_ref().is_some_and(|p| p.dead.load(core::sync::atomic::Ordering::SeqCst));

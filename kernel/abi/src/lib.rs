@@ -255,7 +255,8 @@ numbered! {
         /// The interrupt line or port range is in use (by the kernel or another capability),
         /// or the task has no room for another open port range; a device page's frame object
         /// lives; the source of a copy, mint or `TaskAddressSpace` (or a capability it derives
-        /// from) is being revoked.
+        /// from) is being revoked, or has more than 256 ancestors while its tree has a
+        /// revocation under way.
         Busy = 25,
     }
 }

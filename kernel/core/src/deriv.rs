@@ -39,7 +39,7 @@ const REVOKING: u16 = DOOMED - 1;
 
 /// How many children [`DerivTree::remove_polling`] hands up between two calls of its `poll`.
 pub const POLL_EVERY: usize = 64;
-/// The most ancestors [`DerivTree::under_revocation`] looks at.
+/// The most ancestors [`DerivTree::under_revocation`] looks at (besides the node itself).
 pub const MOST_ANCESTRY_STEPS: usize = 4 * POLL_EVERY;
 
 /// A node of a [`DerivTree`]: where it was when the identifier was made, and its serial (its
@@ -670,8 +670,13 @@ impl<H> DerivTree<H> {
         let mut k = 0;
         while x != NONE {
             let n = &self.nodes[x as usize];
-            if n.revoking > 0 || k == MOST_ANCESTRY_STEPS {
+            if n.revoking > 0 {
                 return true;
+            }
+            // It and `MOST_ANCESTRY_STEPS` ancestors looked at: more above it count as one
+            // being revoked.
+            if k == MOST_ANCESTRY_STEPS {
+                return n.parent != NONE;
             }
             x = n.parent;
             k += 1;
@@ -898,8 +903,9 @@ mod tests {
         let mut polls = 0;
         assert!(t.under_revocation(chain[1000], || polls += 1), "deeper than the walk: counted as under it");
         assert_eq!(polls, MOST_ANCESTRY_STEPS / POLL_EVERY);
-        assert!(!under(&t, chain[MOST_ANCESTRY_STEPS - 2]), "within the walk, and nothing above it revoked");
-        assert!(under(&t, chain[MOST_ANCESTRY_STEPS]));
+        // chain[i] has i + 1 ancestors (root, `other`, chain[1..i]).
+        assert!(!under(&t, chain[MOST_ANCESTRY_STEPS - 1]), "every ancestor looked at, none revoked");
+        assert!(under(&t, chain[MOST_ANCESTRY_STEPS]), "one ancestor more than the walk looks at");
         t.end_revoke(a);
         t.begin_revoke(other).unwrap();
         let mut polls = 0;
