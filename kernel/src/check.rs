@@ -15,7 +15,8 @@
 //!   waiting for a reply ⇔ exactly one thread holds the right with its ticket; running ⇒
 //!   current; runnable ⇒ current or queued (else it would never run: a lost wake-up); a wait
 //!   with a deadline ⇒ an entry in a CPU's timeout list; a thread of an ended task is dead;
-//!   a task whose parent ended has ended, and each task counts the tasks naming it as parent.
+//!   a task whose parent ended has ended, each task counts the tasks naming it as parent, and
+//!   lies one below it (at most `obj::MOST_TASK_DEPTH` below the root task).
 //! * **Locks and reclamation.** No CPU has destroyed a kernel object while holding a lock, no
 //!   object waits to be destroyed while every CPU is stopped, and (in a `lockcheck` kernel) no
 //!   lock was ever taken out of order (`lock.rs`, `reclaim.rs`).
@@ -366,6 +367,12 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
             if p.dead.load(SeqCst) && !t.dead.load(SeqCst) {
                 fail!(r, "task {} lives on after task {}, which made it, ended", t.id, p.id);
             }
+        }
+        // Its depth is one more than its maker's (0 for the root task), within the limit that
+        // bounds `TaskCreate`'s look at its ancestors.
+        let depth = t.parent.as_ref().map_or(0, |p| p.depth + 1);
+        if t.depth != depth || t.depth > obj::MOST_TASK_DEPTH {
+            fail!(r, "task {} says it lies {} below the root task, its maker says {depth} (at most {})", t.id, t.depth, obj::MOST_TASK_DEPTH);
         }
         if let Some(sh) = t.shadow.get() {
             refs.add(sh.charge().of().0);

@@ -1146,16 +1146,16 @@ pub fn next_id() -> u64 {
 
 impl Task {
     pub fn new(mem: &Arc<Memory>, space: Arc<Space>, parent: Option<Arc<Task>>) -> Result<Arc<Task>, Error> {
+        let depth = parent.as_ref().map_or(0, |p| p.depth + 1);
+        if depth > MOST_TASK_DEPTH {
+            return Err(Error::InvalidState);
+        }
         let charge = Charge::new(mem, TASK_COST)?;
         let mut caps = CapTable::try_new(rl4_abi::CAP_SLOTS as usize).ok_or(Error::OutOfMemory)?;
         // Its capabilities' leaves name the space (a port object's check: `device::PortsLeft`).
         caps.set_owner(Arc::as_ptr(&space) as usize);
         // Counted before it is registered (`syscall::kill_task`); from here its destructor
         // uncounts it, whatever fails.
-        let depth = parent.as_ref().map_or(0, |p| p.depth + 1);
-        if depth > MOST_TASK_DEPTH {
-            return Err(Error::InvalidState);
-        }
         if let Some(p) = &parent {
             p.children.fetch_add(1, Ordering::SeqCst);
         }

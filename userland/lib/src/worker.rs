@@ -155,8 +155,9 @@ pub const PORT_FLIP: u64 = 64;
 /// this task can end the spinning thread.
 pub const ORPHAN: u64 = 65;
 /// Make a task with the budget in [`ORPHAN_MEM_SLOT`] (`TaskCreate`) and send the capability to
-/// it, with every right, over [`EP_SLOT`] (a `Send` carrying it), then end this thread: the
-/// receiver then holds a task this task made.
+/// it, with every right, over [`EP_SLOT`] (a `Send` carrying it, label 1), then end this thread:
+/// the receiver then holds a task this task made. A refused `TaskCreate` sends label 2 with the
+/// error code in word 0 instead.
 pub const CHILD_GIVE: u64 = 66;
 pub const ORPHAN_MEM_SLOT: u64 = 9;
 /// Check the SDK's all-or-nothing mapping ([`crate::thread::map_fresh`]) when a call arrives on

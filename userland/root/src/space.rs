@@ -59,6 +59,11 @@ pub fn release(s: u64) {
 /// Virtual memory of the root task handed out for stacks and scratch mappings.
 static NEXT_VA: AtomicU64 = AtomicU64::new(0x0000_5000_0000_0000);
 
+/// Unused virtual memory of the root task for a program load's scratch page ([`load_pages`]).
+pub fn scratch_range() -> u64 {
+    NEXT_VA.fetch_add(2 * PAGE_SIZE, Ordering::Relaxed)
+}
+
 /// Maps `pages` fresh zeroed frames into `space` at `va` with `rights`. The frame capabilities
 /// are deleted afterwards: the mappings keep the frames alive.
 pub fn map_fresh(space: u64, va: u64, pages: u64, rights: Rights) -> Result<(), Error> {
@@ -286,11 +291,22 @@ impl Child {
     /// Like [`Child::load_with`], for an image already checked.
     pub fn load_elf(image: &Elf<'_>, console: Rights) -> Result<Child, Error> {
         let task = slot();
+        match sys::task_create(MEMORY, task) {
+            Ok(()) => Self::load_into(image, task, console, scratch_range()),
+            Err(e) => {
+                release(task);
+                Err(e)
+            }
+        }
+    }
+
+    /// Like [`Child::load_elf`], into the task in the root task's slot `task` (made by another
+    /// task, say), copying through the root task's page at `scratch` ([`scratch_range`]): the
+    /// `Child` owns that slot from here, and releases it if the load fails.
+    pub fn load_into(image: &Elf<'_>, task: u64, console: Rights, scratch: u64) -> Result<Child, Error> {
         let space = slot();
         let loaded = (|| {
-            sys::task_create(MEMORY, task)?;
             sys::task_space(task, space)?;
-            let scratch = NEXT_VA.fetch_add(2 * PAGE_SIZE, Ordering::Relaxed);
             let entry = load_pages(image, scratch, |f, va, r| sys::map(space, f, va, r).map(|_| false))?;
             sys::cap_copy(MACHINE, task, MACHINE, console)?;
             Ok(entry)

@@ -892,6 +892,106 @@ fn test_task_cleanup(bi: &BootInfo) {
     );
 }
 
+/// A task lies at most 256 tasks below the root task (`MOST_TASK_DEPTH` in the kernel): a
+/// chain of workers, each making the next task (`CHILD_GIVE`) and the root task loading the
+/// worker into it, grows to 256 deep, and the worker 256 deep is refused (`InvalidState`). The
+/// limit bounds the look at a task's ancestors that `TaskCreate` makes while a task's end walks
+/// for its descendants (before the twenty-eighth session there was none). Ending the first
+/// worker ends them all, and the budget comes back.
+fn test_task_depth_limit(bi: &BootInfo) {
+    let name = "task-depth-limit";
+    /// What each level may cost, at most: the task with its table and shadow, the space and
+    /// its page tables, the worker's pages and stack (well above the real cost).
+    const PER_LEVEL: u64 = 256 * 1024;
+    // One scratch page for every load, its page table made before the budget is read (the root
+    // task's own, kept after the test).
+    let scratch = scratch_range();
+    let _ = map_fresh(SPACE, scratch, 1, Rights::READ.union(Rights::WRITE)).and_then(|_| sys::unmap(SPACE, scratch));
+    let left0 = sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
+    if left0 < 300 * PER_LEVEL {
+        return skip(name, "a budget too small for 256 tasks and their programs");
+    }
+    let Ok(image) = program(bi, "worker") else { return report(name, false, format_args!("no worker program")) };
+    let (ep, got) = (slot(), slot());
+    let mut err = None;
+    // (depth of the worker that was refused, its error; depth reached)
+    let mut refused = None;
+    let mut depth = 1;
+    let first_slot = slot();
+    let first = sys::endpoint_create(MEMORY, ep)
+        .and_then(|_| sys::task_create(MEMORY, first_slot))
+        .and_then(|_| Child::load_into(&image, first_slot, Rights::CONSOLE, scratch));
+    let first_task = first.as_ref().map(|c| c.task).ok();
+    let mut cur = first;
+    while let Ok(c) = &cur {
+        let step = sys::cap_copy(ep, c.task, rl4_user::worker::EP_SLOT, Rights::SEND.union(Rights::GRANT))
+            .and_then(|_| sys::cap_copy(MEMORY, c.task, rl4_user::worker::ORPHAN_MEM_SLOT, Rights::ALL))
+            .and_then(|_| c.thread(CHILD_STACK_TOP, rl4_user::worker::CHILD_GIVE, 0, ROOT_PRIO, far_cpu()))
+            .and_then(|t| {
+                let m = sys::ipc(Sys::Recv, ep, &sys::Msg::default(), tsc_hz().saturating_mul(3), NO_SLOT, got);
+                wait_ms(3000, || state(t) == Some(ThreadState::Dead));
+                release(t);
+                m
+            });
+        // The root task keeps the first task's capability only (its end ends every level);
+        // the others live on as their children's makers.
+        let done = match core::mem::replace(&mut cur, Err(Error::InvalidState)) {
+            Ok(c) if Some(c.task) == first_task => {
+                release(c.space);
+                Ok(())
+            }
+            Ok(c) => {
+                release(c.space);
+                release(c.task);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
+        cur = match (step, done) {
+            // (A kernel without the limit: stopped a little past it, not at the budget's end.)
+            (Ok(m), Ok(())) if m.tag.label() == 1 && depth == 260 => {
+                release(got);
+                Err(Error::InvalidState)
+            }
+            (Ok(m), Ok(())) if m.tag.label() == 1 => {
+                depth += 1;
+                // The given task goes into a slot of its own; `got` is free for the next.
+                let t = slot();
+                match sys::cap_copy(got, TASK, t, Rights::ALL).and_then(|_| sys::cap_delete(got)) {
+                    Ok(()) => Child::load_into(&image, t, Rights::CONSOLE, scratch),
+                    Err(e) => {
+                        release(t);
+                        Err(e)
+                    }
+                }
+            }
+            (Ok(m), Ok(())) => {
+                refused = Some((depth, m.w[0]));
+                Err(Error::InvalidState)
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                err = Some(e);
+                Err(e)
+            }
+        };
+    }
+    let first_killed = first_task.map(sys::task_kill);
+    release(first_slot);
+    release(got);
+    release(ep);
+    let back = wait_ms(10_000, || sys::memory_info(MEMORY).map(|m| m.0) == Ok(left0));
+    let want = (256, Error::InvalidState as u64);
+    report(
+        name,
+        refused == Some(want) && err.is_none() && first_killed.is_some_and(|r| r.is_ok()) && back,
+        format_args!(
+            "a chain of workers each making the next task: refused at depth, error {refused:?} (want {want:?}), \
+             other error {err:?}; the first ended: {first_killed:?}; budget back {back} ({} bytes short)",
+            left0 as i64 - sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0) as i64
+        ),
+    );
+}
+
 /// A task that ended is walked for its descendants once, however often it is killed again: the
 /// worker makes a task and gives the root task its capability (so that the ended grandchild's
 /// record lives on, and with it the worker's count of the tasks it made); ending the worker
@@ -1527,6 +1627,7 @@ pub fn run(bi: &BootInfo, which: &str) -> bool {
         test_task_cleanup(bi);
         test_task_orphans(bi);
         test_task_kill_walks_once(bi);
+        test_task_depth_limit(bi);
         test_task_kill_from_two_cpus(bi);
         test_exhaustion(bi);
     }

@@ -160,8 +160,10 @@ fn rl4_main(cmd: u64, addr: u64) {
                 let m = sys::Msg { tag: rl4_user::abi::ipc::Tag::new(1, 0, 1), badge: 0, w: [0; 4] };
                 sys::ipc(Sys::Send, EP_SLOT, &m, rl4_user::abi::ipc::FOREVER, x, rl4_user::abi::ipc::NO_SLOT).map(|_| ())
             });
+            // A refused `TaskCreate` is told too (label 2, the error in word 0, no capability).
             if let Err(e) = given {
-                println!("worker: child not given: {e:?}");
+                let m = sys::Msg { tag: rl4_user::abi::ipc::Tag::new(2, 1, 0), badge: 0, w: [e as u64, 0, 0, 0] };
+                let _ = sys::ipc(Sys::Send, EP_SLOT, &m, rl4_user::abi::ipc::FOREVER, rl4_user::abi::ipc::NO_SLOT, rl4_user::abi::ipc::NO_SLOT);
             }
         }
         PORT_LOOP => match sys::ioport_open(PORTS_SLOT) {
