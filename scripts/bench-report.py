@@ -254,7 +254,7 @@ if tr:
     for i, n in enumerate(names):
         L.append(f"| {n} | {tr['call'][i]:,} | {tr['replyrecv'][i]:,} |")
     rest = tr["cycles_per_iteration"] - tr["traced_per_round_trip"]
-    L.append(f"| the rest: entry and exit assembly, `rl4_syscall` and `trap::general`, both threads' user code and "
+    L.append(f"| the rest: entry and exit assembly, `rl4_syscall` and `trap::ipc`, both threads' user code and "
              f"the client's loop, the stamps' own cost, the steps' fractions | {rest:,} (both calls) | |")
     L.append(f"| **round trip** (`total/iterations` of the `trace` kernel: a mean, the client's loop included) | "
              f"{tr['cycles_per_iteration']:,} | |\n")

@@ -1245,7 +1245,7 @@ pub fn switch_direct(to: Arc<Thread>, prio: u8) {
     // The thread that left may be runnable after all — its wait ended meanwhile from another
     // CPU (suspended and resumed: still current here, nobody placed it) — and outrank `to`
     // (`may_switch_to` compared only the run queue): the CPU decides again before it returns to
-    // user mode (`trap::general`, `resched_pending`), not at its next tick.
+    // user mode (`trap::handle`, `resched_pending`), not at its next tick.
     if cs.rq_top.load(Ordering::Relaxed) > prio as i32 {
         set_flag(cs, KICKED);
     }
