@@ -21,7 +21,7 @@
 //! Lock order: a limbo's lock is a leaf (level `RECLAIM`, taken under a capability table's
 //! lock by `defer`); nothing is dropped under it.
 use alloc::sync::Arc;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use rl4_core::paged::PagedVec;
 use rl4_core::qsbr::Grace;
 use rl4_smp::MAX_CPUS;
@@ -278,19 +278,18 @@ fn not_here<'k>() -> Option<(&'k Endpoint, u64)> {
 /// (the twenty-eighth session: 24 instructions per call became 10).
 pub struct SlotMemo {
     /// The slot (`u64::MAX`: none yet).
-    slot: core::sync::atomic::AtomicU64,
-    seq_at: core::sync::atomic::AtomicU64,
-    seq: core::sync::atomic::AtomicU64,
-    obj: core::sync::atomic::AtomicU64,
-    rights: core::sync::atomic::AtomicU64,
-    badge: core::sync::atomic::AtomicU64,
+    slot: AtomicU64,
+    seq_at: AtomicU64,
+    seq: AtomicU64,
+    obj: AtomicU64,
+    rights: AtomicU64,
+    badge: AtomicU64,
 }
 
 impl SlotMemo {
     /// No read yet: a stamp that never holds (`Stamp::never`), so that a call naming the slot
     /// `u64::MAX` reads (and is refused) rather than trusting the empty memory.
     pub fn new() -> Self {
-        use core::sync::atomic::AtomicU64;
         let (at, seq) = rl4_core::qsbr::Stamp::never().parts();
         SlotMemo {
             slot: AtomicU64::new(u64::MAX),

@@ -140,6 +140,11 @@ fn run(steps: Steps) -> bool {
     r.join().unwrap()
 }
 
+/// Every execution of [`run`] with `steps`: none uses a freed object (a model's assertion).
+fn no_execution_uses_freed(steps: Steps) {
+    loom::model(move || assert!(!run(steps), "the object was used after it was freed"));
+}
+
 /// Whether some execution of [`run`] uses a freed object (a control's assertion).
 /// (Each control has its own flag: the test harness runs them on threads at once.)
 fn some_execution_uses_freed(steps: Steps) -> bool {
@@ -155,7 +160,7 @@ fn some_execution_uses_freed(steps: Steps) -> bool {
 
 #[test]
 fn grace_outlasts_the_reader() {
-    loom::model(|| assert!(!run(ONE_ENTRY), "the object was used after it was freed"));
+    no_execution_uses_freed(ONE_ENTRY);
 }
 
 #[test]
@@ -165,7 +170,7 @@ fn control_exit_counted_before_use() {
 
 #[test]
 fn barrier_orders_the_last_exit_before_the_read() {
-    loom::model(|| assert!(!run(AFTER_EXIT_BARRIER), "the object was used after it was freed"));
+    no_execution_uses_freed(AFTER_EXIT_BARRIER);
 }
 
 #[test]
@@ -175,7 +180,7 @@ fn control_no_barrier_after_the_last_exit() {
 
 #[test]
 fn remembered_read_after_the_barrier() {
-    loom::model(|| assert!(!run(REMEMBERED), "the object was used after it was freed"));
+    no_execution_uses_freed(REMEMBERED);
 }
 
 #[test]
