@@ -29,7 +29,7 @@ use rl4_core::device::DeviceFrame;
 use rl4_core::frames::OwnedFrame;
 use rl4_core::captable::{self, CapTable};
 use rl4_core::paged::PagedVec;
-use rl4_core::deriv::{DerivTree, NodeId};
+use rl4_core::deriv::{DerivTree, NodeId, Underivable};
 use rl4_core::life::{Ident, Kinds};
 use crate::lock::{GlobalMutex, Level, Mutex};
 
@@ -368,13 +368,18 @@ impl LinkCensus {
         &self.charges
     }
 
-    /// After every slot: each tree's node count against its owners.
+    /// After every slot: each tree's node count against its owners, and its depth
+    /// (`MOST_DEPTH`).
     pub fn finish(self, mut fail: impl FnMut(core::fmt::Arguments<'_>)) -> usize {
         let trees = self.owners.len();
         for (_, (lineage, owners)) in self.owners {
             if let Some(tree) = lineage.tree.peek() {
                 if tree.len() != owners {
                     fail(format_args!("a derivation tree holds {} nodes, but {owners} capabilities in slots own one", tree.len()));
+                }
+                let deep = tree.too_deep();
+                if deep > 0 {
+                    fail(format_args!("a derivation tree holds {deep} nodes with more than {} ancestors", rl4_core::deriv::MOST_DEPTH));
                 }
             }
         }
@@ -1229,12 +1234,16 @@ impl Task {
         // (`None`: gone.)
         let parent = tree.refresh(parent);
         // Nothing is derived from a capability while it or one it derives from is being revoked
-        // (`DerivTree::under_revocation`: copies made as fast as a revocation deletes them
-        // would keep it from ever ending).
-        if parent.is_some_and(|p| tree.under_revocation(p, crate::tlb::service_tlb_if_up)) {
+        // (copies made as fast as a revocation deletes them would keep it from ever ending),
+        // nor from one with `MOST_DEPTH` ancestors (`DerivTree::may_derive`).
+        if let Some(Err(why)) = parent.map(|p| tree.may_derive(p, crate::tlb::service_tlb_if_up)) {
             drop(tree);
             drop(home);
-            return Err((Error::Busy, cap));
+            let e = match why {
+                Underivable::Revoking => Error::Busy,
+                Underivable::TooDeep => Error::InvalidState,
+            };
+            return Err((e, cap));
         }
         let mut caps = self.caps.lock();
         let refused = match self.refusal(&caps, slot) {

@@ -255,8 +255,7 @@ numbered! {
         /// The interrupt line or port range is in use (by the kernel or another capability),
         /// or the task has no room for another open port range; a device page's frame object
         /// lives; the source of a copy, mint or `TaskAddressSpace` (or a capability it derives
-        /// from) is being revoked, or has more than 256 ancestors while its tree has a
-        /// revocation under way.
+        /// from) is being revoked.
         Busy = 25,
     }
 }
@@ -357,6 +356,11 @@ impl Rights {
 pub const MAX_PRIORITY: u64 = 255;
 /// Size of every capability table.
 pub const CAP_SLOTS: u64 = 256;
+/// The longest chain of derivation: a capability derives from at most this many others (copies
+/// of copies, across tables). `CapCopy`, `CapMint` and `TaskAddressSpace` answer `InvalidState`
+/// for a copy of one that has this many already; a message carrying one is delivered without
+/// it (its tag's `caps` 0).
+pub const MOST_CAP_DEPTH: u64 = 256;
 /// What the kernel may use of its heap beyond the heap shares of the live objects' charges and
 /// its own at boot (`stat::HEAP_BOUND` includes it; `KernelCheck` compares the heap in use with
 /// that bound). The fuzzer holds the heap in use at its end to its start plus this.

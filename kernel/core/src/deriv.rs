@@ -39,8 +39,21 @@ const REVOKING: u16 = DOOMED - 1;
 
 /// How many children [`DerivTree::remove_polling`] hands up between two calls of its `poll`.
 pub const POLL_EVERY: usize = 64;
-/// The most ancestors [`DerivTree::under_revocation`] looks at (besides the node itself).
-pub const MOST_ANCESTRY_STEPS: usize = 4 * POLL_EVERY;
+/// The most ancestors a node may have: [`DerivTree::may_derive`] refuses a child below a node
+/// that has this many already. Depths only fall afterwards (a node's parent goes: its children
+/// go to their grandparent), so the walk that looks for a revocation under way above a node
+/// looks at every ancestor it has, in at most this many steps.
+pub const MOST_DEPTH: usize = rl4_abi::MOST_CAP_DEPTH as usize;
+const _: () = assert!(MOST_DEPTH >= POLL_EVERY && MOST_DEPTH <= 4 * POLL_EVERY);
+
+/// Why [`DerivTree::may_derive`] refuses a child below a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Underivable {
+    /// The node or one of its ancestors is being revoked (the kernel answers `Busy`).
+    Revoking,
+    /// The node has [`MOST_DEPTH`] ancestors already (the kernel answers `InvalidState`).
+    TooDeep,
+}
 
 /// A node of a [`DerivTree`]: where it was when the identifier was made, and its serial (its
 /// identity: two identifiers are equal when they name the same node, wherever it is now).
@@ -158,7 +171,7 @@ pub struct DerivTree<H> {
     /// Nodes freed since the vector was last considered for shrinking.
     freed: usize,
     /// Revocations under way in the tree: the sum of the live nodes' `revoking` (while it is 0,
-    /// [`under_revocation`](Self::under_revocation) looks at nothing).
+    /// [`may_derive`](Self::may_derive) looks for none).
     revocations: u32,
     /// The serial the next node gets (from 1).
     serials: u64,
@@ -648,35 +661,38 @@ impl<H> DerivTree<H> {
         Ok(())
     }
 
-    /// Whether `id` or one of its ancestors is being revoked ([`begin_revoke`](Self::begin_revoke)
-    /// to [`end_revoke`](Self::end_revoke)): then nothing may be derived from `id` — a copy
-    /// made below a revocation under way would be one more capability for it to delete, and
-    /// copies made as fast as it deletes them would keep it from ever ending (`CapRevoke` works
-    /// in batches, letting go of the tree's lock in between). No step while the tree has no
-    /// revocation under way; else one per ancestor, at most [`MOST_ANCESTRY_STEPS`], `poll`
-    /// called after every [`POLL_EVERY`] (the kernel answers other CPUs' TLB shoot-downs
-    /// there). A node deeper than that while a revocation is under way in the tree counts as
-    /// under it (the caller answers `Busy`): a task's budget pays for chains of tens of
-    /// thousands of copies, and a copy from the bottom of one, repeated while another thread
-    /// keeps a revocation going elsewhere in the tree, was a walk of that length each time with
-    /// interrupts off (before the twenty-eighth session: a hostile review found it). `false`
-    /// for a node that is gone.
-    pub fn under_revocation(&self, id: NodeId, mut poll: impl FnMut()) -> bool {
-        if self.revocations == 0 {
-            return false;
-        }
-        let Some(id) = self.refresh(id) else { return false };
+    /// Whether a child may be made below `id`: not while `id` or one of its ancestors is being
+    /// revoked ([`begin_revoke`](Self::begin_revoke) to [`end_revoke`](Self::end_revoke)) — a
+    /// copy made below a revocation under way would be one more capability for it to delete,
+    /// and copies made as fast as it deletes them would keep it from ever ending (`CapRevoke`
+    /// works in batches, letting go of the tree's lock in between) — and not below a node with
+    /// [`MOST_DEPTH`] ancestors. One step per ancestor (at most `MOST_DEPTH`), `poll` called
+    /// after every [`POLL_EVERY`] (the kernel answers other CPUs' TLB shoot-downs there).
+    ///
+    /// Before the twenty-ninth session there was no depth limit: a copy from a node deeper
+    /// than the walk answered `Busy` while any revocation was under way in its tree, which
+    /// another holder in that tree could keep up as long as it liked (the walk had been bounded
+    /// in the twenty-eighth, after a review found copies from the bottom of chains of tens of
+    /// thousands walking them with interrupts off). Now every node the walk meets has its
+    /// whole ancestry within it, and the answer depends on the node alone. `Ok` for a node
+    /// that is gone (the kernel refuses it as gone first).
+    pub fn may_derive(&self, id: NodeId, mut poll: impl FnMut()) -> Result<(), Underivable> {
+        let Some(id) = self.refresh(id) else { return Ok(()) };
+        let looking = self.revocations > 0;
         let mut x = id.index;
+        // Ancestors of `id` passed so far: `x` is the `k`-th.
         let mut k = 0;
-        while x != NONE {
+        loop {
             let n = &self.nodes[x as usize];
-            if n.revoking > 0 {
-                return true;
+            if looking && n.revoking > 0 {
+                return Err(Underivable::Revoking);
             }
-            // It and `MOST_ANCESTRY_STEPS` ancestors looked at: more above it count as one
-            // being revoked.
-            if k == MOST_ANCESTRY_STEPS {
-                return n.parent != NONE;
+            if n.parent == NONE {
+                return Ok(());
+            }
+            // `id` has more than `k` ancestors.
+            if k + 1 == MOST_DEPTH {
+                return Err(Underivable::TooDeep);
             }
             x = n.parent;
             k += 1;
@@ -684,7 +700,22 @@ impl<H> DerivTree<H> {
                 poll();
             }
         }
-        false
+    }
+
+    /// How many live nodes have more than [`MOST_DEPTH`] ancestors (for the kernel's consistency
+    /// check: none, as [`may_derive`](Self::may_derive) refuses them and depths only fall). At
+    /// most `MOST_DEPTH + 1` steps per node.
+    pub fn too_deep(&self) -> usize {
+        let deep = |mut x: u32| {
+            for _ in 0..=MOST_DEPTH {
+                x = self.nodes[x as usize].parent;
+                if x == NONE {
+                    return false;
+                }
+            }
+            true
+        };
+        (0..self.nodes.len() as u32).filter(|&i| self.nodes[i as usize].home.is_some() && deep(i)).count()
     }
 
     /// The revocation of `id` that [`begin_revoke`](Self::begin_revoke) announced is over
@@ -870,7 +901,7 @@ mod tests {
         let a = t.add(Some(root), 1).unwrap();
         let b = t.add(Some(a), 2).unwrap();
         let other = t.add(Some(root), 3).unwrap();
-        let under = |t: &DerivTree<u32>, id| t.under_revocation(id, || {});
+        let under = |t: &DerivTree<u32>, id| t.may_derive(id, || {}) == Err(Underivable::Revoking);
         assert!(!under(&t, b));
         t.begin_revoke(a).unwrap();
         assert!(under(&t, a) && under(&t, b));
@@ -892,29 +923,44 @@ mod tests {
         assert!(!t.is_live(b));
         assert_eq!(t.revocations, 0);
         assert!(!under(&t, a));
-        // A deep chain: one step per ancestor, polled every POLL_EVERY, at most
-        // MOST_ANCESTRY_STEPS: deeper, a node counts as under the tree's revocation under way
-        // wherever it is (`a`'s, not an ancestor here), shallower it does not.
+        // Gone: nothing refused (the kernel refuses it as gone first).
+        assert_eq!(t.may_derive(b, || {}), Ok(()));
+    }
+
+    /// Nothing is derived below a node with `MOST_DEPTH` ancestors, revocation or not; the walk
+    /// takes one step per ancestor, polled every `POLL_EVERY`, and finds a revocation under way
+    /// anywhere above a node of the deepest allowed, where the first bounded walk (twenty-
+    /// eighth session) answered `Busy` for anything deeper than itself.
+    #[test]
+    fn derivation_depth_is_bounded() {
+        let mut t: DerivTree<u32> = DerivTree::new();
+        let root = t.add(None, 0).unwrap();
+        let other = t.add(Some(root), 1).unwrap();
+        // chain[i] has i + 1 ancestors (root, `other`, chain[1..i]); `add` itself has no limit.
         let mut chain = vec![other];
         for i in 0..1000 {
             chain.push(t.add(Some(*chain.last().unwrap()), 10 + i).unwrap());
         }
-        t.begin_revoke(a).unwrap();
+        let may = |t: &DerivTree<u32>, id| t.may_derive(id, || {});
+        // The consistency check's count: chain[MOST_DEPTH..=1000] have more than MOST_DEPTH.
+        assert_eq!(t.too_deep(), 1001 - MOST_DEPTH);
+        assert_eq!(may(&t, chain[MOST_DEPTH - 2]), Ok(()), "MOST_DEPTH - 1 ancestors: a child may have MOST_DEPTH");
+        assert_eq!(may(&t, chain[MOST_DEPTH - 1]), Err(Underivable::TooDeep), "MOST_DEPTH ancestors");
+        assert_eq!(may(&t, chain[1000]), Err(Underivable::TooDeep));
         let mut polls = 0;
-        assert!(t.under_revocation(chain[1000], || polls += 1), "deeper than the walk: counted as under it");
-        assert_eq!(polls, MOST_ANCESTRY_STEPS / POLL_EVERY);
-        // chain[i] has i + 1 ancestors (root, `other`, chain[1..i]).
-        assert!(!under(&t, chain[MOST_ANCESTRY_STEPS - 1]), "every ancestor looked at, none revoked");
-        assert!(under(&t, chain[MOST_ANCESTRY_STEPS]), "one ancestor more than the walk looks at");
-        t.end_revoke(a);
-        t.begin_revoke(other).unwrap();
-        let mut polls = 0;
-        assert!(t.under_revocation(chain[1000], || polls += 1));
-        assert_eq!(polls, MOST_ANCESTRY_STEPS / POLL_EVERY);
-        assert!(under(&t, chain[10]));
-        // Gone: not under revocation (the kernel refuses it as gone first).
-        t.end_revoke(other);
-        assert!(!under(&t, b));
+        assert_eq!(t.may_derive(chain[1000], || polls += 1), Err(Underivable::TooDeep));
+        assert_eq!(polls, (MOST_DEPTH - 1) / POLL_EVERY, "one step per ancestor, no more than the limit");
+        // A revocation at the top is found from the deepest node that may have a child.
+        t.begin_revoke(root).unwrap();
+        assert_eq!(may(&t, chain[MOST_DEPTH - 2]), Err(Underivable::Revoking));
+        assert_eq!(may(&t, chain[MOST_DEPTH - 1]), Err(Underivable::TooDeep), "the limit comes before an ancestor beyond it");
+        t.end_revoke(root);
+        // Depths fall when a node goes: its children move up to its parent.
+        t.remove(chain[5]);
+        assert!(!t.is_live(chain[5]));
+        assert_eq!(may(&t, chain[MOST_DEPTH - 1]), Ok(()), "one ancestor fewer");
+        assert_eq!(t.too_deep(), 1001 - MOST_DEPTH - 1);
+        assert_eq!(may(&t, chain[MOST_DEPTH]), Err(Underivable::TooDeep));
     }
 
     /// A capability deleted between two batches of its own revocation (its holder's other
@@ -973,7 +1019,7 @@ mod tests {
                 held.retain(|&h| t.is_live(h));
                 for k in 0..40 {
                     let src = if held.is_empty() || k % 5 == 0 { top } else { held[k % held.len()] };
-                    if !(refuse && t.under_revocation(src, || {})) {
+                    if !(refuse && t.may_derive(src, || {}).is_err()) {
                         held.push(t.add(Some(src), 1000).unwrap());
                     }
                 }

@@ -186,6 +186,11 @@ pub const SDK_JOIN: u64 = 69;
 /// Spin until word 0 of the page at `operand` is not 0, then `TaskExit` (several threads of one
 /// task ending it at once, and with another task's `TaskKill`).
 pub const EXIT_TASK_WHEN: u64 = 70;
+/// Copy the capability in slot `operand` (the task's own capability in slot 0,
+/// [`iso::TASK`]) to the next slot, that copy to the next, and so on until a copy is refused or
+/// the table ends; then `Send` over [`EP_SLOT`] (label 1): word 0 the copies made, word 1 the
+/// refused copy's error code (0: none), word 2 the slot of the last copy.
+pub const CAP_CHAIN: u64 = 71;
 pub const SDK_VA: u64 = 0x0000_3000_0000_0000;
 pub const ORPHAN_FRAME_SLOT: u64 = 10;
 pub const IRQ_SLOT: u64 = 6;

@@ -1,7 +1,7 @@
 //! The root task's scenarios: the demo, the test suite and the micro-benchmarks.
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use rl4_abi::ipc::NO_SLOT;
-use rl4_abi::{BootInfo, Error, PAGE_SIZE, Rights, Sys, ThreadState, stat};
+use rl4_abi::{BootInfo, Error, MOST_CAP_DEPTH, PAGE_SIZE, Rights, Sys, ThreadState, stat};
 use rl4_user::{println, sys};
 
 use crate::space::*;
@@ -992,6 +992,74 @@ fn test_task_depth_limit(bi: &BootInfo) {
     );
 }
 
+/// A capability derives from at most `MOST_CAP_DEPTH` others (the derivation tree's depth
+/// limit, `DerivTree::may_derive`): a chain of copies of one endpoint, 40 in the root task's
+/// table, then one into a worker's and on in the worker's own table (`CAP_CHAIN`), is refused
+/// (`InvalidState`) at the copy that would be `MOST_CAP_DEPTH + 1` deep, and revoking the
+/// original deletes exactly the `MOST_CAP_DEPTH` copies made. Without the limit the worker's
+/// chain ran to the end of its table. (Before the twenty-ninth session a copy from deeper than
+/// 256 answered `Busy` while any revocation was under way in its tree, which another holder
+/// could keep up.)
+fn test_cap_depth_limit(bi: &BootInfo) {
+    let name = "cap-depth-limit";
+    const ROOT_CHAIN: u64 = 40;
+    const FIRST: u64 = 20;
+    let (ep, orig) = (slot(), slot());
+    let chain: [u64; ROOT_CHAIN as usize] = core::array::from_fn(|_| slot());
+    let left0 = sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
+    let child = Child::load(bi, "worker");
+    let mut thread = None;
+    let result = child.as_ref().map_err(|e| *e).and_then(|c| {
+        sys::endpoint_create(MEMORY, ep)?;
+        sys::endpoint_create(MEMORY, orig)?;
+        let mut from = orig;
+        for &s in &chain {
+            sys::cap_copy(from, TASK, s, Rights::ALL)?;
+            from = s;
+        }
+        sys::cap_copy(from, c.task, FIRST, Rights::ALL)?;
+        sys::cap_copy(ep, c.task, rl4_user::worker::EP_SLOT, Rights::SEND)?;
+        // The worker copies in its own table (the capability to itself goes when it is
+        // ended: `Child::release`).
+        sys::cap_copy(c.task, c.task, rl4_user::worker::iso::TASK, Rights::ALL)?;
+        let t = c.thread(CHILD_STACK_TOP, rl4_user::worker::CAP_CHAIN, FIRST, ROOT_PRIO, far_cpu())?;
+        thread = Some(t);
+        let m = sys::ipc(Sys::Recv, ep, &sys::Msg::default(), tsc_hz().saturating_mul(10), NO_SLOT, NO_SLOT)?;
+        Ok(m.w)
+    });
+    // ROOT_CHAIN + 1 copies are above the worker's first slot; it makes the rest.
+    let want_copies = MOST_CAP_DEPTH - ROOT_CHAIN - 1;
+    // The consistency check with a chain of the deepest allowed (its depth check included).
+    let check = sys::kernel_check(MACHINE);
+    let revoked = sys::cap_revoke(orig);
+    if let Some(t) = thread {
+        wait_ms(3000, || state(t) == Some(ThreadState::Dead));
+        release(t);
+    }
+    if let Ok(c) = child {
+        c.release();
+    }
+    release(ep);
+    release(orig);
+    chain.iter().for_each(|&s| release(s));
+    let back = wait_ms(5000, || sys::memory_info(MEMORY).map(|m| m.0) == Ok(left0));
+    let ok = matches!(result, Ok(w) if w[0] == want_copies && w[1] == Error::InvalidState as u64)
+        && revoked == Ok(MOST_CAP_DEPTH)
+        && matches!(check, Ok([0, _, _]))
+        && back;
+    report(
+        name,
+        ok,
+        format_args!(
+            "{ROOT_CHAIN} copies here, one into a worker, then the worker's own chain: (copies, error, last slot) {:?} \
+             (want {want_copies} copies, then InvalidState = {}); consistency check at that depth {check:?}; \
+             revoking the original deleted {revoked:?} (want {MOST_CAP_DEPTH}); budget back {back}",
+            result.map(|w| (w[0], w[1], w[2])),
+            Error::InvalidState as u64
+        ),
+    );
+}
+
 /// A task that ended is walked for its descendants once, however often it is killed again: the
 /// worker makes a task and gives the root task its capability (so that the ended grandchild's
 /// record lives on, and with it the worker's count of the tasks it made); ending the worker
@@ -1628,6 +1696,7 @@ pub fn run(bi: &BootInfo, which: &str) -> bool {
         test_task_orphans(bi);
         test_task_kill_walks_once(bi);
         test_task_depth_limit(bi);
+        test_cap_depth_limit(bi);
         test_task_kill_from_two_cpus(bi);
         test_exhaustion(bi);
     }

@@ -49,6 +49,22 @@ fn rl4_main(cmd: u64, addr: u64) {
             println!("worker: hello from cpu {cpu} of {n}");
         }
         EXIT_TASK => sys::task_exit(),
+        CAP_CHAIN => {
+            use rl4_user::abi::ipc::{FOREVER, NO_SLOT, Tag};
+            let mut s = addr;
+            let mut err = 0;
+            while s + 1 < rl4_user::abi::CAP_SLOTS {
+                match sys::cap_copy(s, iso::TASK, s + 1, Rights::ALL) {
+                    Ok(()) => s += 1,
+                    Err(e) => {
+                        err = e as u64;
+                        break;
+                    }
+                }
+            }
+            let m = sys::Msg { tag: Tag::new(1, 3, 0), badge: 0, w: [s - addr, err, s, 0] };
+            let _ = sys::ipc(Sys::Send, EP_SLOT, &m, FOREVER, NO_SLOT, NO_SLOT);
+        }
         EXIT_TASK_WHEN => {
             let p = addr as *mut u64;
             // SAFETY: `addr` is a page the root task mapped here writable.
