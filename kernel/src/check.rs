@@ -335,6 +335,9 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
     // Port objects: the capabilities found in slots, against the count each object keeps (its
     // ranges close when that count reaches zero: one too many would keep them open for ever).
     let mut ports: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
+    // Every port object found (in a slot, in flight, or through a range open), for its charge:
+    // port objects have no registry.
+    let mut port_objs: BTreeMap<usize, Arc<crate::device::IoPortObj>> = BTreeMap::new();
     // Each task's count of the tasks it made that exist (`Task::children`) against the tasks
     // found naming it as their parent.
     let mut made: BTreeMap<usize, u64> = BTreeMap::new();
@@ -355,6 +358,7 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
         for (_, c) in caps.iter() {
             if let KObj::IoPort(p) = &c.obj {
                 ports.entry(Arc::as_ptr(p) as usize).or_insert((0, p.slots_held())).0 += 1;
+                port_objs.entry(Arc::as_ptr(p) as usize).or_insert_with(|| p.clone());
             }
         }
         for (slot, c) in caps.iter() {
@@ -394,6 +398,9 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
         }
         if let State::Blocked { wait: Wait::Send { cap: Some(c), .. }, .. } = s.state() {
             refs.kobj(&c.obj);
+            if let KObj::IoPort(p) = &c.obj {
+                port_objs.entry(Arc::as_ptr(p) as usize).or_insert_with(|| p.clone());
+            }
         }
     }
     for (sp, maps) in spaces.iter().zip(&space_maps) {
@@ -417,6 +424,7 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
                         }
                     };
                     ports.entry(Arc::as_ptr(p) as usize).or_insert((0, p.slots_held()));
+                    port_objs.entry(Arc::as_ptr(p) as usize).or_insert_with(|| p.clone());
                     if p.lists(Arc::as_ptr(sp)) != Some(true) {
                         fail!(r, "address space {:#x}: a range is open through port object {:#x}, whose list of openers does not name it", sp.pml4, Arc::as_ptr(p) as usize);
                     }
@@ -541,10 +549,11 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
     }
     // Derivation trees (`CapRevoke`): each against the slots that own its nodes.
     let node_charges = census.charges().to_vec();
-    // Each derivation node's charge holds a reference to its budget.
+    // Each derivation node's charge holds a reference to its budget, as each port object's.
     for &(m, _, _) in &node_charges {
         *refs.0.entry(m).or_insert(0) += 1;
     }
+    port_objs.values().for_each(|p| refs.add(p.charge().of().0));
     for m in &memories {
         refs.compare(&mut r, m, format_args!("memory budget of {} bytes", m.total));
     }
@@ -662,6 +671,7 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
     frames.iter().for_each(|f| charge(f.charge()));
     endpoints.iter().for_each(|e| charge(e.charge()));
     notifications.iter().for_each(|n| charge(n.charge()));
+    port_objs.values().for_each(|p| charge(p.charge()));
     for (sp, maps) in spaces.iter().zip(&space_maps) {
         let tables = sp.table_pages.load(SeqCst);
         *charged.entry(key(&sp.memory)).or_insert(0) += tables * PAGE_SIZE + maps.len() as u64 * MAP_COST;

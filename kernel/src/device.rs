@@ -87,11 +87,15 @@ impl Default for IoSpace {
 /// keeps no port, whoever else still holds one (before the
 /// nineteenth session a range stayed open while any slot anywhere held a capability to the
 /// object: revoking a driver's copy left its ports open while the root task kept the
-/// original). Its heap is this record (charged to no budget: only the holder of the `Devices`
-/// capability makes one, through `IoPortGet`) and the list of openers, whose capacity is the
-/// most spaces listed at once since the list was last empty (it is freed when it empties).
+/// original). Its heap is this record, charged to the budget of the task that made it
+/// (`cost::IO_PORT`; before the twenty-ninth session to none, as only the holder of the
+/// `Devices` capability makes one — but that holder could then fill tables with them past the
+/// kernel's heap allowance, which a review found), and the list of openers, whose capacity is
+/// the most spaces listed at once since the list was last empty (it is freed when it empties;
+/// each entry is a space, charged on its own).
 pub struct IoPortObj {
     pub ports: Ports,
+    _charge: crate::obj::Charge,
     /// Capabilities to it in slots.
     slots: AtomicU64,
     /// The address spaces with a range open through it (weak: a space leaves the list when its
@@ -104,8 +108,15 @@ pub struct IoPortObj {
 }
 
 impl IoPortObj {
-    pub fn new(ports: Ports) -> Result<Arc<IoPortObj>, Error> {
-        Arc::try_new(IoPortObj { ports, slots: AtomicU64::new(0), openers: Mutex::new(VecDeque::new()) }).map_err(|_| Error::OutOfMemory)
+    /// A range's object, charged to `mem`.
+    pub fn new(ports: Ports, mem: &Arc<crate::obj::Memory>) -> Result<Arc<IoPortObj>, Error> {
+        let charge = crate::obj::Charge::new(mem, rl4_abi::cost::IO_PORT)?;
+        Arc::try_new(IoPortObj { ports, _charge: charge, slots: AtomicU64::new(0), openers: Mutex::new(VecDeque::new()) })
+            .map_err(|_| Error::OutOfMemory)
+    }
+    /// What its record costs, and whom.
+    pub fn charge(&self) -> &crate::obj::Charge {
+        &self._charge
     }
     /// The number its ranges are opened under in an `OpenSet` (its address: unique while it
     /// lives, and all its ranges are closed before it is freed).
@@ -602,7 +613,7 @@ pub fn syscall(t: &Arc<Thread>, s: Sys, a: [u64; 6]) -> Result<[u64; 3], Error> 
                 return Err(Error::Busy);
             }
             t.task.caps.lock().check_free(a[3])?;
-            put(t, a[3], KObj::IoPort(IoPortObj::new(p)?))?;
+            put(t, a[3], KObj::IoPort(IoPortObj::new(p, &t.task.space.memory)?))?;
         }
         Sys::DeviceMemGet => {
             obj(t, a[0], ObjType::Devices)?;

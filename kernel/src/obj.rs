@@ -708,6 +708,7 @@ const _: () = assert!(covers(core::mem::size_of::<Frame>(), rl4_abi::cost::DEVIC
 const _: () = assert!(covers(core::mem::size_of::<Space>(), SPACE_HEAP));
 const _: () = assert!(covers(core::mem::size_of::<crate::ipc::Endpoint>(), ENDPOINT_COST));
 const _: () = assert!(covers(core::mem::size_of::<crate::ipc::Notification>(), NOTIFICATION_COST));
+const _: () = assert!(covers(core::mem::size_of::<crate::device::IoPortObj>(), rl4_abi::cost::IO_PORT));
 // A task: its record (twice) and its capability table.
 const _: () = assert!(
     covers(core::mem::size_of::<Task>(), TASK_HEAP - rl4_abi::CAP_SLOTS * core::mem::size_of::<Option<Cap>>() as u64)

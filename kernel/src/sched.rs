@@ -43,9 +43,10 @@ pub const TIME_SLICE_TICKS: u32 = 2;
 /// What a CPU counts ([`count`], [`total`]).
 #[derive(Clone, Copy)]
 pub enum Count {
-    /// IPC hand-overs that switched straight to the partner.
+    /// IPC hand-overs that switched straight to the partner, and the cross-CPU fast path's
+    /// (into the partner's CPU's inbox; `IpcCross` counts them too).
     IpcFast = 0,
-    /// IPC hand-overs through a run queue or inbox.
+    /// The general path's IPC hand-overs through a run queue or inbox.
     IpcSlow = 1,
     /// Wake-ups of a thread of another CPU.
     IpcCross = 2,

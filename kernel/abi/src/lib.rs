@@ -400,9 +400,12 @@ pub mod stat {
     pub const FREE_FRAMES: u64 = 2;
     /// Live threads in the kernel.
     pub const THREADS: u64 = 3;
-    /// IPC operations that took the same-CPU fast path (direct switch), all CPUs.
+    /// IPC hand-overs that switched straight to the partner (a direct switch, on either path),
+    /// and the cross-CPU fast path's hand-overs into another CPU's inbox (also in
+    /// [`IPC_CROSS`]), all CPUs.
     pub const IPC_FAST: u64 = 4;
-    /// IPC deliveries that took the general path, all CPUs.
+    /// IPC deliveries that took the general path without a direct switch (the partner made
+    /// ready in a run queue or inbox), all CPUs.
     pub const IPC_SLOW: u64 = 5;
     /// IPC wake-ups of a thread on another CPU, all CPUs.
     pub const IPC_CROSS: u64 = 6;
@@ -486,6 +489,9 @@ pub mod cost {
     pub const FRAME: u64 = 4096 + 192;
     /// A device frame ([`super::Sys::DeviceMemGet`]): its record only (the page is the device's).
     pub const DEVICE_FRAME: u64 = 192;
+    /// A port range's object ([`super::Sys::IoPortGet`]): its record, charged to the calling
+    /// task's own budget.
+    pub const IO_PORT: u64 = 256;
     pub const ENDPOINT: u64 = 384;
     /// A capability's node in its derivation tree (`CapRevoke`), charged to the task whose
     /// slot holds the capability once anything was derived from it or it from another (the

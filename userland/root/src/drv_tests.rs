@@ -92,6 +92,25 @@ fn test_rules(bi: &BootInfo) {
     check("ports from machine cap", sys::ioport_get(MACHINE, 0x2f8, 8, p), Err(Error::WrongType));
     check("close unopened", sys::ioport_get(DEVICES, 0x2f8, 8, p).and_then(|_| sys::ioport_close(p)), Err(Error::InvalidState));
     check("identify ports", ident(p, ObjType::IoPort), Ok(()));
+    // A port object's record is charged to the caller's budget, and given back with it (before
+    // the twenty-ninth session to none: a `Devices` holder could fill tables with them past
+    // the kernel's heap allowance, which a review found).
+    {
+        let left = || sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
+        let q = slot();
+        let before = left();
+        let got = sys::ioport_get(DEVICES, 0x2e8, 8, q);
+        let charged = before.saturating_sub(left());
+        // The consistency check finds its charge (port objects have no registry).
+        let checked = sys::kernel_check(MACHINE);
+        release(q);
+        let back = wait_ms(1000, || left() == before);
+        let fine = got.is_ok() && charged == rl4_abi::cost::IO_PORT && back && matches!(checked, Ok([0, _, _]));
+        if !fine {
+            println!("root: a port object: {got:?}, {charged} bytes charged (want {}), check {checked:?}, budget back {back}", rl4_abi::cost::IO_PORT);
+        }
+        check("a port object charged to its maker", if fine { Ok(()) } else { Err(Error::OutOfMemory) }, Ok(()));
+    }
     // Four ranges open at once, not five.
     let extra: [u64; 5] = core::array::from_fn(|_| slot());
     for (i, &s) in extra.iter().enumerate() {
