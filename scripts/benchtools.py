@@ -107,7 +107,7 @@ def profile_section(profs, rows, linux=()):
     L.append("|---" * (len(cols) + 1) + "|")
     for key, label in (("client", "user code of the client (root task), between the time stamps"),
                        ("server", "user code of the echo server (worker task)"),
-                       ("asm", "`syscall` entry and exit assembly (`rl4_syscall_entry`, `rl4_return_to_user`)"),
+                       ("asm", "`syscall` entry and exit assembly (`rl4_syscall_entry`, `rl4_return_to_user`, `rl4_return_with_message`)"),
                        ("entry", "the Rust entry `rl4_syscall` (outside the fast path)"),
                        ("fast", "the fast path (`kernel/src/fastpath.rs` and what it inlines)"),
                        ("kernel", "other kernel functions (out of line)")):

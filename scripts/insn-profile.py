@@ -52,7 +52,8 @@ LOCK = 0xF0
 PREFIXES = {0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67}
 ASM_SYMBOLS = {
     "rl4_syscall_entry": "entry assembly (`rl4_syscall_entry`)",
-    "rl4_return_to_user": "exit assembly (`rl4_return_to_user`)",
+    "rl4_return_to_user": "exit assembly (`rl4_return_to_user`, `rl4_return_with_message`)",
+    "rl4_return_with_message": "exit assembly (`rl4_return_to_user`, `rl4_return_with_message`)",
 }
 
 

@@ -237,6 +237,15 @@ pub fn kernel_block() -> u64 {
 }
 const _: () = assert!(core::mem::offset_of!(CpuHeader, regs_end) == 32);
 
+/// `gs:32`: the end of the running thread's register block ([`set_regs_end`]).
+#[inline(always)]
+pub fn regs_end() -> u64 {
+    let v: u64;
+    // SAFETY: a plain load of this CPU's header field (gs:32).
+    unsafe { core::arch::asm!("mov {}, gs:[32]", out(reg) v, options(nostack, readonly, preserves_flags)) };
+    v
+}
+
 /// Sets `gs:32`: the end of the running thread's register block (its resume word follows it).
 #[inline(always)]
 pub fn set_regs_end(regs_end: u64) {

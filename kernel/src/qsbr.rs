@@ -238,8 +238,9 @@ pub fn visit(mut f: impl FnMut(&Arc<Endpoint>)) -> bool {
 pub struct InEntry(core::marker::PhantomData<*const ()>);
 
 impl InEntry {
-    /// Made only by the IPC fast paths (`fastpath::entered`), which return before this CPU
-    /// leaves the kernel, right after taking the running thread's home lock (`_barrier`, whose
+    /// Made only by the IPC fast paths (`fastpath::entered`), which drop it before this CPU
+    /// leaves the kernel (from inside the path, `fastpath::Message::end`, or after it returns),
+    /// right after taking the running thread's home lock (`_barrier`, whose
     /// acquisition is a locked instruction: a full barrier on x86 — a property of the
     /// architecture, not of the language's memory model, in which an acquiring
     /// read-modify-write of another word orders no earlier store before a later load; the

@@ -1256,22 +1256,26 @@ pub fn switch_direct(to: Arc<Thread>, prio: u8) {
 }
 
 /// The fast path's switch: the running thread has already left this CPU (its `Life` says so)
-/// and was taken out of the current slot, and `to` is `Running` and current here. One lock of
-/// the slot does the hand-over.
+/// and was taken out of the current slot, and `to` is `Running` and current here: its
+/// registers, FPU state, address space and priority become this CPU's. The caller then puts
+/// `to`'s reference into the current slot (`Here::fill_current`), before this CPU leaves the
+/// kernel or decides: the fast paths switch while they still hold their locks, one of which
+/// borrows `to` (its words are read under them afterwards: docs/decisions.md, twenty-ninth
+/// session). Nothing here takes a lock but the PCID cache's (`tlb::load_space`, level
+/// `OBJECT`, after the home and queue locks in the order), nor waits for another CPU.
 ///
 /// Returns whether the CPU must decide before it returns to user mode (the published priority
 /// fell and the inbox holds a thread: [`lowered`]).
 #[inline(always)]
 #[must_use]
-pub(crate) fn switch_direct_blocked(cs: Here, to: Arc<Thread>, prio: u8) -> bool {
+pub(crate) fn switch_direct_blocked(cs: Here, to: &Thread, prio: u8) -> bool {
     crate::timeline::event(crate::timeline::Kind::Switch, to.id, (prio as u64) << 8 | 1);
     entry::set_current(&to.regs);
-    if crate::thread::fpu_enter(&to) {
+    if crate::thread::fpu_enter(to) {
         cs.bump(Count::FpuKept);
     }
     tlb::load_space(cs, &to.space);
     cs.bump(Count::Switches);
-    cs.fill_current(to);
     // Last: its common outcome (no change) returns straight into the fast path's own return.
     set_current_prio(cs, prio as i32)
 }
