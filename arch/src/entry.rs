@@ -18,7 +18,9 @@
 //! [`return_to_user`], which loads the (possibly different) current thread's registers and uses
 //! `sysretq` when the thread entered by `syscall` (its block's resume word, right after the
 //! registers, is 0) or `iretq` otherwise: after an
-//! interrupt every register, `rcx` and `r11` included, must come back exactly.
+//! interrupt every register, `rcx` and `r11` included, must come back exactly. The IPC fast
+//! path leaves by a second way out instead, [`return_with_message`]: the message in registers,
+//! the rest from the block, by the same resume word.
 //!
 //! NMI, double fault and machine check keep their IST handlers in [`crate::idt`]. The debug
 //! exception (#DB) enters through its own stub on its own IST stack ([`install_stubs`]): a

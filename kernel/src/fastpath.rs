@@ -229,7 +229,9 @@ fn call(cs: sched::Here, cur: Arc<Thread>, slot: u64, tag: Tag) -> Fast {
         // A receiver that holds an older reply right (it took a call with `Recv` and has not
         // answered) is left to the general path, which fails that caller: here the grant below
         // then never hands one back, and the compiler drops the code for it.
-        let woken = if sched::nothing_more_urgent(cs, rl.prio) && rl.reply_right().is_none() {
+        // (Its priority read once: no transition changes it.)
+        let prio = rl.prio;
+        let woken = if sched::nothing_more_urgent(cs, prio) && rl.reply_right().is_none() {
             rl.wake_here(WaitOn::Recv(ep.id()), me).ok()
         } else {
             None
@@ -241,7 +243,6 @@ fn call(cs: sched::Here, cur: Arc<Thread>, slot: u64, tag: Tag) -> Fast {
             // wrote (`grant_reply` tests it).
             let old = rl.grant_reply(cur, ticket);
             let stale = rl.keep_recv(wait);
-            let prio = rl.prio;
             drop(q);
             crate::timeline::event(crate::timeline::Kind::Send, crate::timeline::ep(ep.id()) << 32 | r.id, badge);
             trace::stamp(trace::PARTNER);
@@ -328,7 +329,8 @@ fn call(cs: sched::Here, cur: Arc<Thread>, slot: u64, tag: Tag) -> Fast {
 /// the reply `ticket` and takes it off this CPU. Its message words must be read under that
 /// lock from then on (once it waits, a suspension from another CPU may write its registers,
 /// under that lock too): the caller reads them in the same hold (for a partner of the same
-/// home, before its reference moves into the partner's reply right). The wait back, changing
+/// home, after the switch, through the partner's new reply right: [`caller_words`]; for one of
+/// another home, before the lock is let go). The wait back, changing
 /// nothing, if it may not wait (killed or suspended meanwhile; `Life::block_here` also refuses a
 /// thread not current here, which cannot happen): the general path gives the
 /// call's answer (the wait is disposed of after the lock is released).
@@ -465,10 +467,10 @@ fn reply_recv(cs: sched::Here, cur: Arc<Thread>, slot: u64, tag: Tag) -> Fast {
     // A caller of the server's home is reached under the lock already held (the same-CPU
     // case: one lock for both threads).
     if let Some(mut cl) = l.other(&caller.life) {
-        let woken = if sched::nothing_more_urgent(cs, cl.prio) { cl.wake_here(WaitOn::Reply(ticket), me).ok() } else { None };
+        let prio = cl.prio;
+        let woken = if sched::nothing_more_urgent(cs, prio) { cl.wake_here(WaitOn::Reply(ticket), me).ok() } else { None };
         if let Some(wait) = woken {
             // Point of no return: the caller is Running here (its registers are this CPU's now).
-            let prio = cl.prio;
             drop(cl);
             trace::stamp(trace::PARTNER);
             cs.bump(sched::Count::IpcFast);

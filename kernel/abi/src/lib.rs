@@ -404,8 +404,8 @@ pub mod stat {
     /// and the cross-CPU fast path's hand-overs into another CPU's inbox (also in
     /// [`IPC_CROSS`]), all CPUs.
     pub const IPC_FAST: u64 = 4;
-    /// IPC deliveries that took the general path without a direct switch (the partner made
-    /// ready in a run queue or inbox), all CPUs.
+    /// IPC deliveries on the general path without a direct switch (the partner made ready in a
+    /// run queue or inbox, or a receiver that took a waiting sender's message), all CPUs.
     pub const IPC_SLOW: u64 = 5;
     /// IPC wake-ups of a thread on another CPU, all CPUs.
     pub const IPC_CROSS: u64 = 6;
