@@ -377,7 +377,9 @@ rl4_return_to_user:
     /* The way back with a message for the thread that runs now (`return_with_message`): the
        result word 0, and the badge, tag and words in the IPC result registers (rdi, rsi, rdx,
        r10, r8, r9), which its block does not hold; every other register from its block. A
-       thread to be resumed by `iretq` gets the message written into its block first. */
+       thread to be resumed by `iretq` gets the message written into its block first. (Its
+       last eleven lines are the ordinary way back's, written again rather than jumped to: a
+       shared tail would cost one of the two ways an instruction at every system call.) */
     .global rl4_return_with_message
 rl4_return_with_message:
     inc qword ptr gs:[56]
