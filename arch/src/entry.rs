@@ -378,7 +378,7 @@ rl4_return_to_user:
        result word 0, and the badge, tag and words in the IPC result registers (rdi, rsi, rdx,
        r10, r8, r9), which its block does not hold; every other register from its block. A
        thread to be resumed by `iretq` gets the message written into its block first. (Its
-       last eleven lines are the ordinary way back's, written again rather than jumped to: a
+       last nine lines are the ordinary way back's, written again rather than jumped to: a
        shared tail would cost one of the two ways an instruction at every system call.) */
     .global rl4_return_with_message
 rl4_return_with_message:
@@ -734,8 +734,8 @@ pub fn return_to_user() -> ! {
 /// Switches to the current thread in user mode, as [`return_to_user`] does, with a message
 /// delivered to it: the system call it waits in answers 0, with `badge`, `tag` and `words` in
 /// the IPC result registers ([`UserRegs::set_ipc_out`]'s), which go there from the CPU's
-/// registers, not through its block (the IPC fast path: seven stores and six loads fewer a
-/// message). The block's copies of those registers are left stale, as after any system call
+/// registers, not through its block (the IPC fast path: seven stores and seven loads fewer a
+/// message, one `xor` more). The block's copies of those registers are left stale, as after any system call
 /// that returns results (nothing reads a running thread's block; its next entry overwrites
 /// them); a thread resumed by `iretq` gets the message written into its block first.
 #[inline(always)]
