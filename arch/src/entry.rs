@@ -757,17 +757,6 @@ pub fn return_with_message(badge: u64, tag: u64, words: [u64; 4]) -> ! {
     }
 }
 
-/// Writes a delivered message ([`UserRegs::set_ipc_out`]) straight into the running thread's
-/// saved registers (the block whose end is `gs:32`), for a fast path whose partner, now
-/// current, returns to user mode by the ordinary way back.
-#[inline(always)]
-pub fn set_current_ipc_out(badge: u64, tag: u64, words: [u64; 4]) {
-    let end = crate::percpu::regs_end();
-    // SAFETY: as in `set_current_result`: gs:32 is the end of the running thread's block, and
-    // only this CPU touches it while the thread is in the kernel.
-    unsafe { (*((end - core::mem::size_of::<UserRegs>() as u64) as *mut UserRegs)).set_ipc_out(badge, tag, words) }
-}
-
 /// Copies `dst.len()` bytes from user address `src` of the current address space. Fails if the
 /// range is not wholly user space or touches a page that cannot be read.
 pub fn copy_from_user(dst: &mut [u8], src: u64) -> Result<(), ()> {
@@ -873,17 +862,30 @@ pub fn set_current(regs: &RegsCell) {
     crate::percpu::set_regs_end(regs.end_addr());
 }
 
-/// Writes the result word of the running thread's system call straight into its saved
-/// registers (the block whose end is `gs:32`), for handlers that need nothing else of it.
+/// `f` on the running thread's saved registers, reached through `gs:32` (the end of its block),
+/// for handlers that write its results straight there: one `gs:` load, no look-up of the thread.
 #[inline(always)]
 #[allow(unsafe_code)]
-pub fn set_current_result(v: u64) {
+fn with_current_block<R>(f: impl FnOnce(&mut UserRegs) -> R) -> R {
+    let end = crate::percpu::regs_end();
     // SAFETY: gs:32 is the end of the running thread's `UserRegs` block (set by `set_current`
-    // before the thread entered); the result word (`rax`) is its first word, 160 bytes below.
-    // Only this CPU touches the running thread's registers while it is in the kernel.
-    unsafe {
-        core::arch::asm!("mov {t}, gs:[32]", "mov [{t} - 160], {v}", t = out(reg) _, v = in(reg) v, options(nostack, preserves_flags))
-    };
+    // before the thread entered, or by a switch since); only this CPU touches the running
+    // thread's registers while it is in the kernel, and the reference does not escape `f`.
+    f(unsafe { &mut *((end - core::mem::size_of::<UserRegs>() as u64) as *mut UserRegs) })
 }
-const _: () = assert!(core::mem::offset_of!(UserRegs, rax) == 0 && core::mem::size_of::<UserRegs>() == 160);
+
+/// Writes the result word of the running thread's system call straight into its saved
+/// registers, for handlers that need nothing else of it.
+#[inline(always)]
+pub fn set_current_result(v: u64) {
+    with_current_block(|r| r.set_result(v));
+}
+
+/// Writes a delivered message ([`UserRegs::set_ipc_out`]) straight into the running thread's
+/// saved registers, for a fast path whose partner, now current, returns to user mode by the
+/// ordinary way back.
+#[inline(always)]
+pub fn set_current_ipc_out(badge: u64, tag: u64, words: [u64; 4]) {
+    with_current_block(|r| r.set_ipc_out(badge, tag, words));
+}
 
