@@ -293,6 +293,22 @@ impl FpuState {
         }
     }
 
+    /// A direct switch from the running thread (its state: `self`) to the thread whose state
+    /// is `to`: [`FpuState::leave`] then `to`'s [`FpuState::enter`], with one test when neither
+    /// has used the registers. Then there is nothing to do: while a thread that has not used
+    /// them runs, `CR0.TS` is set over the default state (`fpu_off`: every way a thread becomes
+    /// current goes through `enter`, and `first_use` and `unclaim` change its flag and `TS`
+    /// together), and the next one keeps it so.
+    #[inline(always)]
+    pub fn switch_to(&self, to: &FpuState) -> Entered {
+        if !(self.used() | to.used()) {
+            debug_assert!(crate::percpu::fpu_off());
+            return Entered::Unused;
+        }
+        self.leave();
+        to.enter()
+    }
+
     /// `#NM` in user mode while this thread runs: if it had not used its registers, it does
     /// now (the registers hold the default state, which is its state: they stay) and `true`;
     /// `false` if the trap has another cause (the caller treats it as a fault).

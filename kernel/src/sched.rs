@@ -1256,8 +1256,9 @@ pub fn switch_direct(to: Arc<Thread>, prio: u8) {
 }
 
 /// The fast path's switch: the running thread has already left this CPU (its `Life` says so)
-/// and was taken out of the current slot, and `to` is `Running` and current here: its
-/// registers, FPU state, address space and priority become this CPU's. The caller then puts
+/// and was taken out of the current slot, its FPU state handed over ([`fpu_switch_fast`]), and
+/// `to` is `Running` and current here: its registers, address space and priority become this
+/// CPU's. The caller then puts
 /// `to`'s reference into the current slot (`Here::fill_current`), before this CPU leaves the
 /// kernel or decides: the fast paths switch while they still hold their locks, one of which
 /// borrows `to` (its words are read under them afterwards: docs/decisions.md, twenty-ninth
@@ -1271,19 +1272,29 @@ pub fn switch_direct(to: Arc<Thread>, prio: u8) {
 pub(crate) fn switch_direct_blocked(cs: Here, to: &Thread, prio: u8) -> bool {
     crate::timeline::event(crate::timeline::Kind::Switch, to.id, (prio as u64) << 8 | 1);
     entry::set_current(&to.regs);
-    if crate::thread::fpu_enter(to) {
-        cs.bump(Count::FpuKept);
-    }
     tlb::load_space(cs, &to.space);
     cs.bump(Count::Switches);
     // Last: its common outcome (no change) returns straight into the fast path's own return.
     set_current_prio(cs, prio as i32)
 }
 
-/// The fast path's bookkeeping for the thread leaving: `cur`, blocked and off this CPU in one
-/// transition (`Life::block_here`, under its lock), stops running here.
+/// The fast path's FPU hand-over from the running thread `from`, blocked and off this CPU in
+/// one transition (`Life::block_here`, under its home lock), to `to`, just made `Running` here
+/// in the same hold of that lock: one test when neither has used the registers
+/// (`thread::fpu_switch`). Made before that lock is let go: once it is, `from` may be resumed
+/// on another CPU (a suspension and a resume), which loads its save area.
 #[inline(always)]
-pub(crate) fn left_fast(cur: &Arc<Thread>) {
+pub(crate) fn fpu_switch_fast(cs: Here, from: &Thread, to: &Thread) {
+    if crate::thread::fpu_switch(from, to) {
+        cs.bump(Count::FpuKept);
+    }
+}
+
+/// The fast path's bookkeeping for the thread leaving when no partner runs here next: `cur`,
+/// blocked and off this CPU in one transition (`Life::block_here`, under its home lock), stops
+/// running here; before that lock is let go, as in [`fpu_switch_fast`].
+#[inline(always)]
+pub(crate) fn left_fast(cur: &Thread) {
     crate::thread::fpu_leave(cur);
 }
 

@@ -392,6 +392,14 @@ pub fn fpu_enter(t: &Thread) -> bool {
     t.fpu.enter() == rl4_arch::fpu::Entered::Kept
 }
 
+/// The running thread `from` leaves this CPU and `to` becomes its running thread (a direct
+/// switch): [`fpu_leave`] then [`fpu_enter`], in one test when neither has used the registers.
+#[inline(always)]
+#[must_use]
+pub fn fpu_switch(from: &Thread, to: &Thread) -> bool {
+    from.fpu.switch_to(&to.fpu) == rl4_arch::fpu::Entered::Kept
+}
+
 /// `#NM` in user mode: the running thread's first FPU or SIMD instruction (`true`: it now uses
 /// them and runs that instruction again), or a fault (`false`).
 pub fn fpu_first_use() -> bool {

@@ -24,6 +24,14 @@ pub const SERVER: u64 = 2;
 /// Spins for a gap, then sleeps as long (a receive with a timeout on an endpoint of its own
 /// that nobody sends to), and again: its CPU idles now and then.
 pub const NAP: u64 = 3;
+/// A flag of a server's operand: it runs no FPU or SIMD instruction until it has served
+/// [`LATE_AFTER`] requests, then checks that the registers hold a new thread's state (its first
+/// use: the threads it switched with must have left none of their values) and loads its pattern
+/// as the others do. Until then every round trip switches between a thread that uses the
+/// registers and one that does not.
+pub const LATE: u64 = 1 << 16;
+/// The requests a [`LATE`] server serves without the registers.
+pub const LATE_AFTER: u64 = 300;
 /// Test threads: 1 and 2 in the root task, 3 and 4 in the worker.
 pub const THREADS: u64 = 4;
 
@@ -303,11 +311,17 @@ pub fn thread(op: u64, ep: u64) {
     let r = |f: usize| w(16 * k as usize + f);
     let mode = w(header::MODE).load(Relaxed);
     let gap = w(header::GAP).load(Relaxed);
-    if let Some((at, seen, _)) = check_clean(mode) {
-        r(rec::DIRTY_SEEN).store(seen, Relaxed);
-        r(rec::DIRTY_WHERE).store(at + 1, Relaxed);
+    let first_use = || {
+        if let Some((at, seen, _)) = check_clean(mode) {
+            r(rec::DIRTY_SEEN).store(seen, Relaxed);
+            r(rec::DIRTY_WHERE).store(at + 1, Relaxed);
+        }
+        load(mode, k);
+    };
+    let mut late = role == SERVER && op & LATE != 0;
+    if !late {
+        first_use();
     }
-    load(mode, k);
     r(rec::STARTED).store(1, Relaxed);
     let look = |last: &mut u64| {
         if let Some((at, seen, want)) = check(mode, k) {
@@ -330,7 +344,13 @@ pub fn thread(op: u64, ep: u64) {
         SERVER => {
             let mut m = crate::sys::recv(ep);
             while let Ok(msg) = m {
-                look(&mut last);
+                if late && r(rec::IPCS).load(Relaxed) >= LATE_AFTER {
+                    first_use();
+                    late = false;
+                }
+                if !late {
+                    look(&mut last);
+                }
                 r(rec::IPCS).fetch_add(1, Relaxed);
                 m = crate::sys::reply_recv(ep, &msg);
             }

@@ -6,7 +6,10 @@
 //! phase puts the client and a napping thread of the root task on one CPU and the server and
 //! the worker's spinner on another: the client's CPU idles while it waits for a reply (it then
 //! resumes it without loading its registers, which the CPU still holds: `stat::FPU_KEPT`) or
-//! runs the napper meanwhile (it then must load them).
+//! runs the napper meanwhile (it then must load them). The `fpu-mixed-fast-path` phase's server
+//! uses no FPU or SIMD instruction for its first requests (`fpu::LATE`): the fast path then
+//! switches between a thread that uses the registers and one that does not, both ways, at
+//! every round trip, and the server's first use must find a new thread's state.
 use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use rl4_abi::{BootInfo, Rights, ThreadState, stat};
 use rl4_user::fpu::{self, header, rec};
@@ -54,7 +57,8 @@ struct Goal {
 }
 
 /// `split`: the root task's threads (the client and a napper) on the CPU before the worker's.
-fn phase(bi: &BootInfo, name: &str, mode: u64, what: &str, goal: &Goal, split: bool) {
+/// `late`: the server uses the registers only from its [`fpu::LATE_AFTER`]th request on.
+fn phase(bi: &BootInfo, name: &str, mode: u64, what: &str, goal: &Goal, split: bool, late: bool) {
     let cpu = cpus() - 1;
     let ccpu = if split { cpu - 1 } else { cpu };
     let rw = Rights::READ.union(Rights::WRITE);
@@ -89,7 +93,7 @@ fn phase(bi: &BootInfo, name: &str, mode: u64, what: &str, goal: &Goal, split: b
         }
     };
     // k = 1 client and 2 spinner in the root task; 3 server and 4 spinner in the worker.
-    let server = child.thread(CHILD_STACK_TOP, W_FPU, fpu::SERVER | 3 << 8, ROOT_PRIO, cpu);
+    let server = child.thread(CHILD_STACK_TOP, W_FPU, fpu::SERVER | 3 << 8 | if late { fpu::LATE } else { 0 }, ROOT_PRIO, cpu);
     // Split: the spinner and the napper below the client and the server, which then run as soon
     // as they are woken (a spinner of their priority would hold the CPU for its whole slice).
     let low = if split { ROOT_PRIO - 1 } else { ROOT_PRIO };
@@ -185,7 +189,7 @@ fn phase(bi: &BootInfo, name: &str, mode: u64, what: &str, goal: &Goal, split: b
 /// `long`: the dedicated run (`test=fpu`, with a fast timer): thousands of switches.
 pub fn run(bi: &BootInfo, long: bool) {
     let goal = if long { Goal { ms: 30_000, gaps: 3000, ipcs: 20_000 } } else { Goal { ms: 4000, gaps: 20, ipcs: 1000 } };
-    phase(bi, "fpu-mmx-per-thread", fpu::MMX, "mm0-7", &goal, false);
+    phase(bi, "fpu-mmx-per-thread", fpu::MMX, "mm0-7", &goal, false, false);
     let (has_avx, avx_on) = fpu::avx();
     if has_avx && !avx_on {
         report(
@@ -200,18 +204,22 @@ pub fn run(bi: &BootInfo, long: bool) {
     }
     // The same two names on every CPU (one run, one skipped: scripts/expected/test-all).
     if avx_on {
-        phase(bi, "fpu-sse-avx-per-thread", fpu::SSE | fpu::AVX, "ymm0-15 and MXCSR", &goal, false);
+        phase(bi, "fpu-sse-avx-per-thread", fpu::SSE | fpu::AVX, "ymm0-15 and MXCSR", &goal, false, false);
         crate::tests::skip("fpu-sse-per-thread", "the CPU has AVX: fpu-sse-avx-per-thread checks xmm0-15 as the low halves of ymm0-15");
     } else {
         crate::tests::skip("fpu-sse-avx-per-thread", "the CPU has no AVX; xmm only");
-        phase(bi, "fpu-sse-per-thread", fpu::SSE, "xmm0-15 and MXCSR", &goal, false);
+        phase(bi, "fpu-sse-per-thread", fpu::SSE, "xmm0-15 and MXCSR", &goal, false, false);
     }
     let (sse, cross) = if avx_on { (fpu::SSE | fpu::AVX, "ymm0-15 and MXCSR") } else { (fpu::SSE, "xmm0-15 and MXCSR") };
+    // The fast path's FPU hand-over between a thread that uses the registers and one that does
+    // not yet (`FpuState::switch_to`): the client's registers survive every switch to the plain
+    // server and back, and the server's first use finds a new thread's state.
+    phase(bi, "fpu-mixed-fast-path", sse, cross, &goal, false, true);
     if cpus() >= 2 {
         // The client waits for the napper's slice or nap at many of its wake-ups (same priority):
         // fewer round trips in the time.
         let goal = Goal { ipcs: goal.ipcs / 5, ..goal };
-        phase(bi, "fpu-kept-across-cpus", sse, cross, &goal, true);
+        phase(bi, "fpu-kept-across-cpus", sse, cross, &goal, true, false);
     } else {
         crate::tests::skip("fpu-kept-across-cpus", "one CPU");
     }
