@@ -268,12 +268,12 @@ fn call(cs: sched::Here, cur: Arc<Thread>, slot: u64, tag: Tag) -> Fast {
                 if let Some((c, t)) = old {
                     thread::fail_caller(c, t);
                 }
-                cs.bump(sched::Count::IpcFast);
+                cs.bump(sched::Count::DirectFast);
                 let lowered = sched::switch_direct_blocked(cs, &r, prio);
                 cs.fill_current(r);
                 return if decide_again || lowered { Fast::Decide } else { Fast::Resume };
             }
-            cs.bump(sched::Count::IpcFast);
+            cs.bump(sched::Count::DirectFast);
             trace::stamp(trace::DELIVERED);
             // The switch under the home lock (it takes no lock of its own but the PCID cache's,
             // and waits for nobody), so that the caller's words are read last, under it (the
@@ -483,7 +483,7 @@ fn reply_recv(cs: sched::Here, cur: Arc<Thread>, slot: u64, tag: Tag) -> Fast {
             sched::fpu_switch_fast(cs, &cur, &caller);
             drop(cl);
             trace::stamp(trace::PARTNER);
-            cs.bump(sched::Count::IpcFast);
+            cs.bump(sched::Count::DirectFast);
             trace::stamp(trace::DELIVERED);
             // The switch under the server's home lock and the queue's (no lock of its own but
             // the PCID cache's, no wait: as in `call`), so that the server's words are read
