@@ -222,6 +222,7 @@ pub fn configure(c: Config) -> u64 {
         after_enable(&mut l);
     }
     set_lint_pins();
+    fence_before_icr();
     // Firmware may leave the other CPUs in a park loop of its own (OVMF's keeps waking them);
     // emulated, they take host time from this CPU and the interrupts timed below arrive late.
     // INIT puts them all in wait-for-SIPI, where they stay until `init_sipi_sipi` starts them.
@@ -321,8 +322,24 @@ fn wait_idle(l: &LocalApic) {
     }
 }
 
+/// Before an interrupt command: in x2APIC mode the ICR is an MSR whose `wrmsr` is not
+/// serialising, so the IPI could reach its target before this CPU's earlier stores (a request,
+/// a mailbox entry) are visible there. The SDM (vol. 3A, "x2APIC Register Availability"; Linux's
+/// `weak_wrmsr_fence`) asks for `MFENCE; LFENCE` first: the stores are globally visible and every
+/// earlier instruction has completed before the `wrmsr` starts. (Each sender also follows a
+/// locked instruction, which orders the stores but is not documented to hold the `wrmsr` back.)
+/// A memory-mapped ICR (xAPIC) is uncacheable, ordered after earlier stores already.
+#[inline]
+fn fence_before_icr() {
+    if is_x2apic() {
+        // SAFETY: two fences; no memory or register is changed.
+        unsafe { core::arch::asm!("mfence", "lfence", options(nostack, preserves_flags)) };
+    }
+}
+
 /// Sends a fixed IPI with `vector` to the CPU with `apic_id`.
 pub fn send_ipi(l: &mut LocalApic, vector: u8, apic_id: u32) {
+    fence_before_icr();
     // SAFETY: a fixed-delivery IPI to a vector every CPU's IDT handles.
     unsafe { l.send_ipi(vector, dest(apic_id)) };
     wait_idle(l);
@@ -330,6 +347,7 @@ pub fn send_ipi(l: &mut LocalApic, vector: u8, apic_id: u32) {
 
 /// Sends an NMI to the CPU with APIC ID `apic_id`.
 pub fn send_nmi(l: &mut LocalApic, apic_id: u32) {
+    fence_before_icr();
     // SAFETY: an NMI to a CPU the kernel runs (the caller's choice); its NMI handler runs on
     // its own IST stack.
     unsafe { l.send_nmi(dest(apic_id)) };
@@ -341,6 +359,7 @@ pub fn send_nmi(l: &mut LocalApic, apic_id: u32) {
 /// address (4 KiB aligned, below 1 MiB).
 pub fn init_sipi_sipi(l: &mut LocalApic, apic_id: u32, page: u64, started: impl Fn() -> bool) {
     let vector = (page >> 12) as u8;
+    fence_before_icr();
     // SAFETY: INIT and STARTUP IPIs to a CPU that is not running (it is in wait-for-SIPI after
     // firmware hand-off, or was never started); the trampoline page holds valid real-mode code.
     unsafe { l.send_init_ipi(dest(apic_id)) };
@@ -350,6 +369,7 @@ pub fn init_sipi_sipi(l: &mut LocalApic, apic_id: u32, page: u64, started: impl 
         if started() {
             break;
         }
+        fence_before_icr();
         // SAFETY: as above.
         unsafe { l.send_sipi(vector, dest(apic_id)) };
         wait_idle(l);
