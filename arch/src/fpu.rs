@@ -297,8 +297,9 @@ impl FpuState {
     /// is `to`: [`FpuState::leave`] then `to`'s [`FpuState::enter`], with one test when neither
     /// has used the registers. Then there is nothing to do: while a thread that has not used
     /// them runs, `CR0.TS` is set over the default state (`fpu_off`: every way a thread becomes
-    /// current goes through `enter`, and `first_use` and `unclaim` change its flag and `TS`
-    /// together), and the next one keeps it so.
+    /// current goes through `enter`, here or in the scheduler's switch; `TS` is cleared only by
+    /// `enter` for a thread that has used them and by `first_use`, which marks it so; `unclaim`
+    /// changes the flag and `TS` together), and the next one keeps it so.
     #[inline(always)]
     pub fn switch_to(&self, to: &FpuState) -> Entered {
         if !(self.used() | to.used()) {

@@ -1413,7 +1413,8 @@ pub fn dispose(w: Wait) {
 pub struct Thread {
     pub regs: RegsCell,
     /// Its FPU/SIMD registers while it does not run (saved and restored by `thread::fpu_leave`
-    /// and `thread::fpu_enter` at every switch, once it has used them).
+    /// and `thread::fpu_enter`, or the fast path's `thread::fpu_switch`, at every switch, once
+    /// it has used them).
     pub fpu: rl4_arch::fpu::FpuState,
     /// The address of its IPC buffer page (message words 4 and up), a leaf lock. An address,
     /// not a frame: each long message uses the frame mapped there writable at that moment

@@ -1270,9 +1270,10 @@ pub fn switch_direct(to: Arc<Thread>, prio: u8) {
 }
 
 /// The fast path's switch: the running thread has already left this CPU (its `Life` says so)
-/// and was taken out of the current slot, its FPU state handed over ([`fpu_switch_fast`]), and
-/// `to` is `Running` and current here: its registers, address space and priority become this
-/// CPU's. The caller then puts
+/// and was taken out of the current slot, and `to` is `Running` and current here: its
+/// registers, address space and priority become this CPU's. Its FPU state is the caller's to
+/// hand over, under the same home lock, before or after this ([`fpu_switch_fast`]: `Call`'s
+/// side does it after, through the receiver's new reply right). The caller then puts
 /// `to`'s reference into the current slot (`Here::fill_current`), before this CPU leaves the
 /// kernel or decides: the fast paths switch while they still hold their locks, one of which
 /// borrows `to` (its words are read under them afterwards: docs/decisions.md, twenty-ninth

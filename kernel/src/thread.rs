@@ -384,8 +384,10 @@ pub fn fpu_leave(t: &Thread) {
 /// `t` becomes this CPU's running thread: its FPU/SIMD registers are loaded if it has used
 /// them, unless this CPU still holds them (it saved them last and loaded nothing since); `true`
 /// only in that last case (a thread that has not used them loads none of its own — at most the
-/// default image — and is not counted: `stat::FPU_KEPT` counts registers kept). Every path that makes a thread current
-/// calls this (with `entry::set_current`).
+/// default image — and is not counted: `stat::FPU_KEPT` counts registers kept). Every path that
+/// makes a thread current calls this (with `entry::set_current`) but the fast path's direct
+/// switch, which calls [`fpu_switch`] (the same, with the leaving thread's save, in one test
+/// when neither has used the registers).
 #[inline(always)]
 #[must_use]
 pub fn fpu_enter(t: &Thread) -> bool {
