@@ -299,11 +299,13 @@ impl FpuState {
     /// them runs, `CR0.TS` is set over the default state (`fpu_off`: every way a thread becomes
     /// current goes through `enter`, here or in the scheduler's switch; `TS` is cleared only by
     /// `enter` for a thread that has used them and by `first_use`, which marks it so; `unclaim`
-    /// changes the flag and `TS` together), and the next one keeps it so.
+    /// changes the flag and `TS` together), and the next one keeps it so. `check`: a checking
+    /// kernel's (the kernel's `lockcheck` build, which the test suites run) assertion that `TS`
+    /// is set indeed when it skips (a load and a test more).
     #[inline(always)]
-    pub fn switch_to(&self, to: &FpuState) -> Entered {
+    pub fn switch_to(&self, to: &FpuState, check: bool) -> Entered {
         if !(self.used() | to.used()) {
-            debug_assert!(crate::percpu::fpu_off());
+            assert!(!check || crate::percpu::fpu_off(), "fpu: a thread that never used the registers ran with CR0.TS clear");
             return Entered::Unused;
         }
         self.leave();

@@ -399,7 +399,7 @@ pub fn fpu_enter(t: &Thread) -> bool {
 #[inline(always)]
 #[must_use]
 pub fn fpu_switch(from: &Thread, to: &Thread) -> bool {
-    from.fpu.switch_to(&to.fpu) == rl4_arch::fpu::Entered::Kept
+    from.fpu.switch_to(&to.fpu, cfg!(feature = "lockcheck")) == rl4_arch::fpu::Entered::Kept
 }
 
 /// `#NM` in user mode: the running thread's first FPU or SIMD instruction (`true`: it now uses
