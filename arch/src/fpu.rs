@@ -300,8 +300,8 @@ impl FpuState {
     /// current goes through `enter`, here or in the scheduler's switch; `TS` is cleared only by
     /// `enter` for a thread that has used them and by `first_use`, which marks it so; `unclaim`
     /// changes the flag and `TS` together), and the next one keeps it so. `check`: a checking
-    /// kernel's (the kernel's `lockcheck` build, which the test suites run) assertion that `TS`
-    /// is set indeed when it skips (a load and a test more).
+    /// kernel's (the kernel's `lockcheck` build, which `scripts/test`'s `*-lockcheck` suites run)
+    /// assertion that `TS` is set indeed when it skips (a load and a test more).
     #[inline(always)]
     pub fn switch_to(&self, to: &FpuState, check: bool) -> Entered {
         if !(self.used() | to.used()) {

@@ -163,7 +163,7 @@ fn deliver(to: &Thread, words: [u64; 4], tag: Tag, badge: u64) {
 /// the caller waits, a suspension from another CPU may write its registers, and a resume may
 /// run it elsewhere, but only under or after that lock). (Here rather than before the grant,
 /// which moves the caller's reference: there, the FPU's out-of-line save made the compiler read
-/// the receiver's state again for the grant's own test, 14 instructions more a round trip.)
+/// the receiver's state again for the grant's own test: 445 instructions a round trip, 428 here.)
 #[inline(always)]
 fn caller_leaves(cs: sched::Here, rl: &crate::obj::Life, to: &Thread) -> [u64; 4] {
     match rl.reply_right() {

@@ -326,8 +326,9 @@ fn wait_idle(l: &LocalApic) {
 /// serialising, so the IPI could reach its target before this CPU's earlier stores (a request,
 /// a mailbox entry) are visible there. The SDM (vol. 3A, "x2APIC Register Availability"; Linux's
 /// `weak_wrmsr_fence`) asks for `MFENCE; LFENCE` first: the stores are globally visible and every
-/// earlier instruction has completed before the `wrmsr` starts. (Each sender also follows a
-/// locked instruction, which orders the stores but is not documented to hold the `wrmsr` back.)
+/// earlier instruction has completed before the `wrmsr` starts. (The IPIs between running CPUs
+/// also follow a locked instruction, which orders the stores but is not documented to hold the
+/// `wrmsr` back; the AP start's INIT and STARTUP follow plain stores.)
 /// A memory-mapped ICR (xAPIC) is uncacheable, ordered after earlier stores already.
 #[inline]
 fn fence_before_icr() {
