@@ -348,6 +348,21 @@ rl4_syscall_entry:
     call rl4_syscall
     /* Falls through to the way back. */
 
+    /* The end of both ways back by `sysretq`: the callee-saved registers, the return address
+       and flags, the user stack, from the block at rsp. An assembler macro, so that the two
+       ways share the text and neither pays a jump. */
+    .macro RL4_SYSRET_TAIL
+    mov r12, [rsp - 72]
+    mov r13, [rsp - 64]
+    mov r14, [rsp - 56]
+    mov r15, [rsp - 48]
+    mov rcx, [rsp - 40]
+    mov r11, [rsp - 24]
+    mov rsp, [rsp - 16]
+    swapgs
+    sysretq
+    .endm
+
     .global rl4_return_to_user
 rl4_return_to_user:
     /* The kernel is done with this entry: one more exit (gs:56, see `CpuHeader::exits`). */
@@ -364,22 +379,15 @@ rl4_return_to_user:
     mov r8, [rsp - 104]
     mov r9, [rsp - 96]
     mov r10, [rsp - 88]
-    mov r12, [rsp - 72]
-    mov r13, [rsp - 64]
-    mov r14, [rsp - 56]
-    mov r15, [rsp - 48]
-    mov rcx, [rsp - 40]
-    mov r11, [rsp - 24]
-    mov rsp, [rsp - 16]
-    swapgs
-    sysretq
+    RL4_SYSRET_TAIL
 
     /* The way back with a message for the thread that runs now (`return_with_message`): the
        result word 0, and the badge, tag and words in the IPC result registers (rdi, rsi, rdx,
        r10, r8, r9), which its block does not hold; every other register from its block. A
        thread to be resumed by `iretq` gets the message written into its block first. (Its
-       last nine lines are the ordinary way back's, written again rather than jumped to: a
-       shared tail would cost one of the two ways an instruction at every system call.) */
+       last nine instructions are the ordinary way back's, `RL4_SYSRET_TAIL`, expanded again
+       rather than jumped to: a shared tail would cost one of the two ways an instruction at
+       every system call.) */
     .global rl4_return_with_message
 rl4_return_with_message:
     inc qword ptr gs:[56]
@@ -389,15 +397,7 @@ rl4_return_with_message:
     xor eax, eax
     mov rbx, [rsp - 152]
     mov rbp, [rsp - 112]
-    mov r12, [rsp - 72]
-    mov r13, [rsp - 64]
-    mov r14, [rsp - 56]
-    mov r15, [rsp - 48]
-    mov rcx, [rsp - 40]
-    mov r11, [rsp - 24]
-    mov rsp, [rsp - 16]
-    swapgs
-    sysretq
+    RL4_SYSRET_TAIL
 3:  mov qword ptr [rsp - 160], 0
     mov [rsp - 136], rdx
     mov [rsp - 128], rsi
