@@ -596,6 +596,10 @@ pub fn recv(cur: &Arc<Thread>, ep: &Arc<Endpoint>, timeout: u64, direct_to: Opti
             }
         } else {
             thread::set_result(&snd, Ok([0; 3]));
+            // (As `place_claimed` counts: a sender of another CPU goes into its inbox.)
+            if sl.cpu != rl4_arch::percpu::cpu_index() {
+                sched::count(sched::Count::IpcCross);
+            }
             thread::place(&snd, &mut sl);
             drop(sl);
             drop(q);

@@ -806,7 +806,17 @@ fn serve_requests(cs: Here) {
         // this CPU, maybe held by a thread of higher priority, gets round to popping it.
         let moved = l.cpu != me;
         if !(killed || reprio || moved) {
-            // Dealt with already (it ran, or a request before this one moved it).
+            // Dealt with already (it ran, or a request before this one moved it) — unless it is
+            // queued on a CPU not its own: moved there and back while listed here (an idle
+            // hand-over, or a decision's pop right after its serve, forwarded it; the move back
+            // could not list it on that CPU, being on this list), that CPU hands it on. Before
+            // the thirty-first session it was dropped here, and stayed behind whatever that CPU
+            // ran (a review found it).
+            if let rl4_core::life::Place::Queued(c) = l.place()
+                && c != l.cpu
+            {
+                request(c, &t, || true);
+            }
             drop(l);
             crate::reclaim::later_thread(t);
             continue;

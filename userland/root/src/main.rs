@@ -137,6 +137,8 @@ fn rl4_main(boot_info: u64, _: u64) {
             if nstarts < starts.len() {
                 starts[nstarts] = s;
                 nstarts += 1;
+            } else {
+                println!("root: start={s} refused: more than {} programs", modules::MAX_STARTS);
             }
         } else if let Some(u) = w.strip_prefix("until=") {
             until = Some(u);

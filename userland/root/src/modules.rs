@@ -7,7 +7,11 @@
 //! `OTHER`'s endpoint, badged with this program's start index + 1 ([`env::FIRST_EP`] on).
 //! Every endpoint is made before any program starts, so the order of the items does not
 //! matter. A program that cannot be loaded (not ELF, wrong machine, truncated, overlapping
-//! segments, too big...) is refused with a line that says why, and the others still start.
+//! segments, a segment on the IPC buffer or stack it is given, too big...) is refused with a
+//! line that says why, and the others still start. One that cannot start (its first thread or
+//! a capability refused) is refused the same way, and its endpoint deleted with every copy the
+//! `ep=` options gave: a program that calls it gets an error, not a wait for a server that never
+//! comes.
 //!
 //! The root task then waits for the program named by `until=` (default: the last one started)
 //! to end, and shuts the machine down: success if it ended by returning from `rl4_main` (or
@@ -74,6 +78,8 @@ pub enum Refusal {
     NotFound,
     Elf(ElfError),
     TooBig(u64),
+    /// A segment on the page of the IPC buffer or the stack every program is given.
+    Reserved,
     Sys(&'static str, Error),
 }
 
@@ -98,6 +104,12 @@ impl fmt::Display for Refusal {
                 ElfError::TooManyHeaders => "too many program headers",
             }),
             Refusal::TooBig(n) => write!(f, "too big: its segments take {n} bytes, more than {} MiB", MAX_PROGRAM_MEMORY >> 20),
+            Refusal::Reserved => write!(
+                f,
+                "a segment lies on the IPC buffer ({:#x}) or the stack (below {:#x}) every program is given",
+                env::IPC_BUFFER,
+                env::STACK_TOP
+            ),
             Refusal::Sys(what, e) => write!(f, "{what} failed: {e}"),
         }
     }
@@ -112,8 +124,15 @@ pub fn image(bi: &BootInfo, name: &str) -> Result<Elf<'static>, Refusal> {
     let bytes: &'static [u8] = unsafe { core::slice::from_raw_parts(p.addr as *const u8, p.len as usize) };
     let elf = Elf::parse(bytes, PAGE_SIZE, rl4_abi::PROGRAMS_ADDR).map_err(Refusal::Elf)?;
     let mut total = 0u64;
+    let stack = env::STACK_TOP - env::STACK_PAGES * PAGE_SIZE..env::STACK_TOP;
+    let buffer = env::IPC_BUFFER..env::IPC_BUFFER + PAGE_SIZE;
     for seg in elf.segments() {
         let (p0, p1) = seg.map_err(Refusal::Elf)?.pages();
+        // Refused here, before any endpoint is handed out, rather than by the mapping at the
+        // start (which would fail with `AlreadyMapped` after the other programs got theirs).
+        if p0 < buffer.end && buffer.start < p1 || p0 < stack.end && stack.start < p1 {
+            return Err(Refusal::Reserved);
+        }
         total = total.saturating_add(p1 - p0);
     }
     if total > MAX_PROGRAM_MEMORY {
@@ -163,7 +182,14 @@ pub fn run(bi: &'static BootInfo, items: &[&'static str], until: Option<&str>, s
             }
             Err(e) => {
                 println!("root: program '{}' refused: {e}", s.name);
-                let _ = sys::task_kill(child.task);
+                // Its endpoint goes, and with it the send copies programs started before got
+                // (`CapRevoke`: their calls fail rather than wait for a server that never
+                // comes), and no program started after gets one ("no such program started").
+                if let Some((child, ep)) = tasks[i].take() {
+                    let _ = sys::cap_revoke(ep);
+                    space::release(ep);
+                    child.release();
+                }
             }
         }
     }
