@@ -69,6 +69,7 @@ pub fn try_fast<const CALL: bool>() -> bool {
             sched::decide();
             true
         }
+        Fast::Idle => sched::idle(),
         Fast::General => false,
     }
 }
@@ -79,6 +80,12 @@ enum Fast {
     Resume,
     /// The CPU must make a scheduling decision (after the shadow's borrow ends).
     Decide,
+    /// The running thread blocked, went to another CPU's thread, and this CPU holds none now: the
+    /// idle loop runs next (after the shadow's borrow ends), which runs what this CPU has queued
+    /// or what arrives (its first round is what a decision without a current thread does: the
+    /// reclaim drain, the inbox and requests, the queue; before the thirty-first session
+    /// `sched::decide` came first and did it all once more, some 50 instructions a system call).
+    Idle,
     /// Not taken: the running thread is current here again, and the general path runs its
     /// call.
     General,
@@ -325,7 +332,7 @@ fn call(cs: sched::Here, cur: Arc<Thread>, slot: u64, tag: Tag) -> Fast {
             hand_over(to, r, prio);
             drop(held);
             cross_done(cs, stale, old, Some(who));
-            return Fast::Decide;
+            return Fast::Idle;
         }
     }
     drop(rl);
@@ -542,7 +549,7 @@ fn reply_recv(cs: sched::Here, cur: Arc<Thread>, slot: u64, tag: Tag) -> Fast {
             drop(q);
             crate::obj::dispose(wait);
             cross_done(cs, None, None, None);
-            return Fast::Decide;
+            return Fast::Idle;
         }
     }
     drop(cl);

@@ -651,14 +651,7 @@ pub fn push_owned(cpu: u32, t: Arc<Thread>, prio: u8) {
     let id = t.id;
     let pushed = match target.mail.push(t, prio as u64) {
         Ok(p) => p,
-        Err(t) => {
-            // `Place::Queued` names one CPU at a time: a thread already in a mailbox is a
-            // kernel bug, refused by the mailbox (no list is damaged); the extra reference goes.
-            // Said on the console, and `KernelCheck` reports the thread's place as wrong.
-            rl4_arch::println!("sched: thread {} pushed into a second inbox (a kernel bug)", t.id);
-            crate::reclaim::later_thread(t);
-            return;
-        }
+        Err(t) => return pushed_twice(t),
     };
     crate::timeline::event(crate::timeline::Kind::Push, id, cpu as u64 | (pushed.found as u64) << 8);
     if cpu == me() {
@@ -676,6 +669,17 @@ pub fn push_owned(cpu: u32, t: Arc<Thread>, prio: u8) {
             }
         }
     }
+}
+
+/// `Place::Queued` names one CPU at a time: a thread already in a mailbox is a kernel bug,
+/// refused by the mailbox (no list is damaged); the extra reference `t` goes. Said on the
+/// console, and `KernelCheck` reports the thread's place as wrong. (Out of line: inside
+/// [`push_owned`], its formatting took a frame of 2 KiB on every push.)
+#[cold]
+#[inline(never)]
+fn pushed_twice(t: Arc<Thread>) {
+    rl4_arch::println!("sched: thread {} pushed into a second inbox (a kernel bug)", t.id);
+    crate::reclaim::later_thread(t);
 }
 
 /// The tag of a thread's request link ([`request`]).
