@@ -69,7 +69,13 @@ pub fn try_fast<const CALL: bool>() -> bool {
             sched::decide();
             true
         }
-        Fast::Idle => sched::idle(),
+        Fast::Idle => {
+            if sched::may_idle_now(cs) {
+                sched::idle();
+            }
+            sched::decide();
+            true
+        }
         Fast::General => false,
     }
 }
@@ -80,11 +86,11 @@ enum Fast {
     Resume,
     /// The CPU must make a scheduling decision (after the shadow's borrow ends).
     Decide,
-    /// The running thread blocked, went to another CPU's thread, and this CPU holds none now: the
-    /// idle loop runs next (after the shadow's borrow ends), which runs what this CPU has queued
-    /// or what arrives (its first round is what a decision without a current thread does: the
-    /// reclaim drain, the inbox and requests, the queue; before the thirty-first session
-    /// `sched::decide` came first and did it all once more, some 50 instructions a system call).
+    /// The running thread blocked, went to another CPU's thread, and this CPU holds none now:
+    /// with nothing queued, in the inbox or asked of it (`sched::may_idle_now`), the idle loop
+    /// runs next (after the shadow's borrow ends), else a decision, as for `Decide`. (Before the
+    /// thirty-first session always a decision, which with nothing there entered the idle loop
+    /// after its own reclaim drain, serve and pick: some 50 instructions a system call.)
     Idle,
     /// Not taken: the running thread is current here again, and the general path runs its
     /// call.

@@ -260,6 +260,7 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
         tsc_deadline: f.tsc_deadline,
         xapic_base,
         hz: options().hz,
+        unmask_unused_lvts: options().inject & rl4_core::cmdline::inject::LVT != 0,
     });
     cpus::enable_lapic_this_cpu(bsp);
     device::init(&platform);

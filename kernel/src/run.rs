@@ -239,7 +239,7 @@ fn check_cpus() -> bool {
         let ipi = idle_until(2_000_000, || c.ipis.load(Ordering::Relaxed) > ipis0);
         let lint = c.lint_as_set();
         println!(
-            "cpu {i}: timer {} ({} ticks), IPI {}, LINT0/LINT1 {}",
+            "cpu {i}: timer {} ({} ticks), IPI {}, LINT0/LINT1 {}, unused LVT entries {}",
             if ticking { "ok" } else { "NOT TICKING" },
             c.ticks.load(Ordering::Relaxed),
             if ipi { "ok" } else { "NOT RECEIVED" },
@@ -247,7 +247,8 @@ fn check_cpus() -> bool {
                 (false, _) => "NOT AS SET",
                 (true, 0) => "masked/NMI",
                 (true, _) => "masked/masked",
-            }
+            },
+            rl4_smp::lapic::UnusedLvts(c.unused_lvts.load(Ordering::Relaxed))
         );
         // The pins are reported, not a reason to stop: scripts/test checks the line (a boot
         // that stopped over them would refuse a machine whose APIC reads back otherwise).

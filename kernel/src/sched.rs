@@ -197,6 +197,17 @@ pub(crate) fn nothing_more_urgent(cs: Here, prio: u8) -> bool {
     cs.mail.is_empty() && cs.rq_top.load(Ordering::Relaxed) <= prio as i32
 }
 
+/// After a cross-CPU fast path left this CPU without a current thread: whether the idle loop may
+/// run next rather than a decision, which would do no more — nothing queued, nothing in the
+/// inbox, no request listed. (With something queued, `decide`'s second round serves a request
+/// that came after its serve — `top_fell` sets `KICKED` — before the thread it picked runs; the
+/// idle loop's pick does not: a review of the thirty-first session found the cross-CPU path then
+/// running a thread ahead of one a late request raised, until the next tick.)
+#[inline(always)]
+pub(crate) fn may_idle_now(cs: Here) -> bool {
+    cs.rq_top.load(Ordering::Relaxed) < 0 && cs.mail.is_empty() && !cs.requested.load(Ordering::Relaxed)
+}
+
 /// Changes this CPU's run queue and keeps its top-priority copy up to date.
 #[inline(always)]
 fn with_rq<R>(cs: Here, f: impl FnOnce(&mut RunQueue<Thread>) -> R) -> R {

@@ -44,6 +44,9 @@ pub struct Cpu {
     idt_ready: AtomicBool,
     /// Its LINT0 and LINT1 entries as they read back once set (LINT0 | LINT1 << 32; 0 before).
     lint: AtomicU64,
+    /// What its local APIC's set-up did with the LVT entries the kernel does not use
+    /// (`lapic::mask_unused_lvts`; 0 before).
+    pub unused_lvts: core::sync::atomic::AtomicU32,
     /// What [`create`] made for [`init_this_cpu`], which takes it (only the CPU itself, once).
     prepared: UnsafeCell<Option<Prepared>>,
 }
@@ -97,6 +100,7 @@ pub fn create(index: usize, apic_id: u32, frames: &mut impl FrameSource) -> Resu
         ipis: AtomicU64::new(0),
         idt_ready: AtomicBool::new(false),
         lint: AtomicU64::new(0),
+        unused_lvts: core::sync::atomic::AtomicU32::new(0),
         prepared: UnsafeCell::new(Some(Prepared { tables, idt })),
     })
     .map_err(|_| MapError::OutOfMemory)?;
@@ -170,8 +174,9 @@ pub fn init_this_cpu(cpu: &'static Cpu) {
 /// and marks the CPU online.
 pub fn enable_lapic_this_cpu(cpu: &'static Cpu) {
     assert!(core::ptr::eq(percpu::current(), &cpu.header), "enable_lapic_this_cpu on a foreign CPU");
-    let (l, lint) = lapic::enable_this_cpu();
+    let (l, lint, unused) = lapic::enable_this_cpu();
     cpu.lint.store(lint, Ordering::Relaxed);
+    cpu.unused_lvts.store(unused, Ordering::Relaxed);
     // SAFETY: the block belongs to this CPU (checked above) and interrupts are off.
     unsafe { *cpu.lapic.get() = Some(l) };
     cpu.online.store(true, Ordering::Release);

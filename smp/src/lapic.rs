@@ -28,6 +28,8 @@ static DEADLINE: AtomicBool = AtomicBool::new(false);
 static PERIOD_TSC: AtomicU64 = AtomicU64::new(0);
 /// Initial count for one period (periodic mode, divide by 16).
 static PERIOD_COUNT: AtomicU64 = AtomicU64::new(0);
+/// [`Config::unmask_unused_lvts`].
+static UNMASK_UNUSED: AtomicBool = AtomicBool::new(false);
 
 /// Machine-wide local APIC set-up, decided once on the BSP.
 #[derive(Clone, Copy, Debug)]
@@ -37,6 +39,10 @@ pub struct Config {
     /// Virtual address of the xAPIC registers (0 in x2APIC mode).
     pub xapic_base: u64,
     pub hz: u32,
+    /// For a test (`inject=lvt`): every CPU unmasks the LVT entries the kernel does not use
+    /// (with the vector 0x62, which nothing sends) right before [`mask_unused_lvts`], as
+    /// firmware may leave them.
+    pub unmask_unused_lvts: bool,
 }
 
 /// Acknowledges the interrupt being handled on this CPU straight through the registers, for a
@@ -57,7 +63,11 @@ pub fn eoi_raw() {
 #[derive(Clone, Copy)]
 struct Reg(u64);
 
+const VERSION: Reg = Reg(0x30);
 const EOI: Reg = Reg(0xb0);
+const LVT_CMCI: Reg = Reg(0x2f0);
+const LVT_THERMAL: Reg = Reg(0x330);
+const LVT_PERF: Reg = Reg(0x340);
 const ESR: Reg = Reg(0x280);
 const LVT_LINT0: Reg = Reg(0x350);
 const LVT_LINT1: Reg = Reg(0x360);
@@ -157,6 +167,60 @@ fn set_lint_pins() -> u64 {
     }
 }
 
+/// An LVT entry's mask bit.
+const LVT_MASKED: u32 = 1 << 16;
+
+/// The LVT entries the kernel does not use, masked: the performance counters' (there when the
+/// version register's "max LVT entry" field, the number of entries less one, is at least 4),
+/// the thermal sensor's (at least 5) and the corrected machine-check interrupt's (at least 6),
+/// as Linux's `clear_local_APIC` counts them. Reset masks them, but firmware (or a kernel before
+/// this one) may leave them unmasked with a vector of its own, or as NMIs. An entry the count
+/// says is not there is not written (in x2APIC mode its MSR would fault). Returns that field,
+/// the entries masked (bit 8 performance, 9 thermal, 10 CMCI) and whether each of them read
+/// back masked (bit 16). (Before the thirty-first session they were left as found.)
+fn mask_unused_lvts() -> u32 {
+    // SAFETY: this CPU's APIC is enabled (`enable` ran) in the configured mode; the version
+    // register is read-only, and these three entries are written by no other code.
+    unsafe {
+        let max = (VERSION.read() >> 16) & 0xff;
+        let mut masked = 0;
+        let mut ok = true;
+        for (bit, reg, least) in [(1u32, LVT_PERF, 4u32), (2, LVT_THERMAL, 5), (4, LVT_CMCI, 6)] {
+            if max >= least {
+                if UNMASK_UNUSED.load(Ordering::Relaxed) {
+                    reg.write(0x62);
+                }
+                reg.write(LVT_MASKED);
+                ok &= reg.read() & LVT_MASKED != 0;
+                masked |= bit;
+            }
+        }
+        max | masked << 8 | (ok as u32) << 16
+    }
+}
+
+/// [`mask_unused_lvts`]'s result in words: "performance/thermal masked (max LVT 5)", or with
+/// "NOT MASKED" if one read back unmasked.
+pub struct UnusedLvts(pub u32);
+
+impl core::fmt::Display for UnusedLvts {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let (max, masked, ok) = (self.0 & 0xff, self.0 >> 8 & 7, self.0 >> 16 & 1 != 0);
+        let mut first = true;
+        for (bit, name) in [(1, "performance"), (2, "thermal"), (4, "CMCI")] {
+            if masked & bit != 0 {
+                f.write_str(if first { "" } else { "/" })?;
+                f.write_str(name)?;
+                first = false;
+            }
+        }
+        if first {
+            f.write_str("none")?;
+        }
+        write!(f, " {} (max LVT {max})", if ok { "masked" } else { "NOT MASKED" })
+    }
+}
+
 /// What the `x2apic` crate's `enable` leaves undone, made right after it on every CPU.
 ///
 /// The crate writes the LVT entries (and unmasks the timer) before it sets the APIC
@@ -209,6 +273,7 @@ static FIRED: AtomicU64 = AtomicU64::new(0);
 pub fn configure(c: Config) -> u64 {
     X2APIC.store(c.x2apic, Ordering::Relaxed);
     XAPIC_BASE.store(c.xapic_base, Ordering::Relaxed);
+    UNMASK_UNUSED.store(c.unmask_unused_lvts, Ordering::Relaxed);
     DEADLINE.store(c.tsc_deadline, Ordering::Relaxed);
     let hz = c.hz.max(1) as u64;
     if c.tsc_deadline {
@@ -289,8 +354,9 @@ pub fn timer_tick() {
 }
 
 /// Brings up the calling CPU's local APIC with the machine-wide configuration and starts its
-/// timer; with it, what its LINT0 and LINT1 entries read back as once set ([`set_lint_pins`]).
-pub fn enable_this_cpu() -> (LocalApic, u64) {
+/// timer; with it, what its LINT0 and LINT1 entries read back as once set ([`set_lint_pins`]),
+/// and what [`mask_unused_lvts`] did.
+pub fn enable_this_cpu() -> (LocalApic, u64, u32) {
     let deadline = uses_tsc_deadline();
     let mode = if deadline { TimerMode::TscDeadline } else { TimerMode::Periodic };
     let mut l = builder(mode, PERIOD_COUNT.load(Ordering::Relaxed) as u32);
@@ -301,6 +367,7 @@ pub fn enable_this_cpu() -> (LocalApic, u64) {
         after_enable(&mut l);
     }
     let lint = set_lint_pins();
+    let unused = mask_unused_lvts();
     if deadline {
         // The LVT write that chose TSC-deadline mode (a memory-mapped one in xAPIC mode) comes
         // before the first deadline's `wrmsr`, as the manuals ask (SDM vol. 3A, "TSC-Deadline
@@ -308,7 +375,7 @@ pub fn enable_this_cpu() -> (LocalApic, u64) {
         core::sync::atomic::fence(Ordering::SeqCst);
         cpu::set_tsc_deadline(cpu::rdtsc() + PERIOD_TSC.load(Ordering::Relaxed));
     }
-    (l, lint)
+    (l, lint, unused)
 }
 
 fn dest(apic_id: u32) -> u32 {

@@ -20,7 +20,7 @@
 //! | `overcommit=MiB` | give the root task's budget this many MiB more than the kernel can back (0..=4096), so that a test runs the kernel itself out of frames before the budget runs out (`docs/memory.md`, "Running out of memory") | 0 |
 //! | `failalloc=SEED/N` | once the root task runs, make a pseudo-random 1 in N (2..=1000000) of the kernel heap allocations made inside system calls fail (the allocator answers null; seeded by SEED, a whole number), so that tests can see every such allocation answer `OutOfMemory` rather than panic (`docs/memory.md`, "Allocation failure injection") | off |
 //! | `reserve=A-B,..` | keep the physical ranges `[A, B)` (hex with `0x`, or decimal; at most [`RESERVE_MAX`]) out of the frame allocator and away from the AP trampoline, as if the memory map reserved them (RAM known to be bad; tests take the first megabyte away with `reserve=0-0x100000`) | none |
-//! | `inject=A,B,..` | damage kernel state on purpose when the root task starts, so that tests can see the consistency check find it: `refcount`, `frame`, `budget`, `state`, `locks`, `deriv`, `device`, `queue`, `parent`; and `stray`, an interrupt on a vector nothing sends, on every CPU | none |
+//! | `inject=A,B,..` | damage kernel state on purpose when the root task starts, so that tests can see the consistency check find it: `refcount`, `frame`, `budget`, `state`, `locks`, `deriv`, `device`, `queue`, `parent`; `stray`, an interrupt on a vector nothing sends, on every CPU; and `lvt`, the local APIC entries the kernel does not use left unmasked before its set-up masks them | none |
 
 use core::fmt;
 
@@ -116,7 +116,12 @@ pub mod inject {
     /// Not damage: an interrupt on a vector nothing sends, on every CPU (0x60 on the bootstrap
     /// CPU, taken in user mode; 0x61 on the others, mostly idle: taken in kernel mode).
     pub const STRAY: u16 = 512;
-    pub const NAMES: [(&str, u16); 10] = [
+    /// Not damage: the LVT entries the kernel does not use (performance counters, thermal
+    /// sensor, CMCI) left unmasked on every CPU, as firmware may leave them, just before the
+    /// local APIC's set-up masks them (`rl4_smp::lapic`; the boot line says whether they read
+    /// back masked).
+    pub const LVT: u16 = 1024;
+    pub const NAMES: [(&str, u16); 11] = [
         ("refcount", REFCOUNT),
         ("frame", FRAME),
         ("budget", BUDGET),
@@ -127,6 +132,7 @@ pub mod inject {
         ("queue", QUEUE),
         ("parent", PARENT),
         ("stray", STRAY),
+        ("lvt", LVT),
     ];
 }
 
