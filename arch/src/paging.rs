@@ -503,6 +503,32 @@ pub unsafe fn map_user(src: &mut impl FrameSource, root: &PageTableRoot, va: u64
     }
 }
 
+/// How many page tables [`map_user`] would add to `root` to map user address `va`: 3 if the
+/// PML4 entry is empty, 2 if the PDPT's is, 1 if the page directory's is, else 0 (also when an
+/// entry on the way maps a huge page: the mapping is then refused without a table).
+///
+/// # Safety
+/// As for [`map_user`]: the caller holds the lock of `root`'s tables (and keeps it until the
+/// mapping is made, so that the count still holds then).
+#[allow(unsafe_code)]
+pub unsafe fn tables_missing(root: &PageTableRoot, va: u64) -> usize {
+    let mut table = root.0;
+    for (missing, shift) in [(3usize, 39u32), (2, 30), (1, 21)] {
+        // SAFETY: `table` is a page-table frame of this live user space (its root, or one its
+        // present entries name), read under the caller's lock; reached through the direct map.
+        let t = unsafe { &*(phys_to_virt(table) as *const PageTable) };
+        let e = &t[((va >> shift) & 511) as usize];
+        if !e.flags().contains(F::PRESENT) {
+            return missing;
+        }
+        if e.flags().contains(F::HUGE_PAGE) {
+            return 0;
+        }
+        table = e.addr().as_u64();
+    }
+    0
+}
+
 /// Removes the mapping at user address `va`; returns the frame it mapped. The caller flushes
 /// the TLBs that may hold it.
 ///

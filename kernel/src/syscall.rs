@@ -280,24 +280,55 @@ fn check_cpu(cpu: u64) -> Result<u32, Error> {
 /// so a `syscall` can never return to a non-canonical address.
 const MAP_LIMIT: u64 = USER_END - PAGE_SIZE;
 
-/// Page-table frames for a space, charged to the space's budget.
+/// The page-table frames a mapping needs in a space, charged to the space's budget and taken
+/// before its tables are touched ([`ChargedTables::stock`]), so that a mapping refused for
+/// lack of memory leaves no table behind. (Before the thirty-first session each table was
+/// charged and taken as the walk made it, and a walk that could not have the second or third
+/// left the ones before it linked and charged until the space ended, which the promise that a
+/// failed call changes nothing did not allow: a review of docs/security.md found it.)
 struct ChargedTables<'a> {
     space: &'a Space,
+    stock: [Option<rl4_core::frames::OwnedFrame>; 3],
+}
+
+impl<'a> ChargedTables<'a> {
+    /// `n` (at most 3) frames for new tables, each charged; none if one cannot be had.
+    fn stock(space: &'a Space, n: usize) -> Result<Self, Error> {
+        let mut t = ChargedTables { space, stock: [None, None, None] };
+        for i in 0..n.min(3) {
+            let f = match space.memory.charge(PAGE_SIZE) {
+                Ok(()) => mem::alloc_user_frame(),
+                Err(e) => {
+                    t.give_back();
+                    return Err(e);
+                }
+            };
+            match f {
+                Some(f) => t.stock[i] = Some(f),
+                None => {
+                    space.memory.uncharge(PAGE_SIZE);
+                    t.give_back();
+                    return Err(Error::OutOfMemory);
+                }
+            }
+        }
+        Ok(t)
+    }
+
+    /// Frees what the walk did not use, and takes its charge back.
+    fn give_back(mut self) {
+        for f in self.stock.iter_mut().filter_map(Option::take) {
+            self.space.memory.uncharge(PAGE_SIZE);
+            mem::free_frame(f);
+        }
+    }
 }
 
 impl rl4_arch::paging::FrameSource for ChargedTables<'_> {
     fn alloc_frame(&mut self) -> Option<rl4_core::frames::OwnedFrame> {
-        self.space.memory.charge(PAGE_SIZE).ok()?;
-        match mem::alloc_user_frame() {
-            Some(f) => {
-                self.space.table_pages.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-                Some(f)
-            }
-            None => {
-                self.space.memory.uncharge(PAGE_SIZE);
-                None
-            }
-        }
+        let f = self.stock.iter_mut().find_map(Option::take)?;
+        self.space.table_pages.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        Some(f)
     }
 }
 
@@ -318,9 +349,20 @@ pub fn map_frame(space: &Space, va: u64, frame: Arc<Frame>, write: bool, exec: b
         space.memory.uncharge(crate::obj::MAP_COST);
         return Err(e);
     }
-    // SAFETY: `maps`, this space's lock of its tables, is held (above).
+    // SAFETY: `maps`, this space's lock of its tables, is held (above) until the mapping is made.
     #[allow(unsafe_code)]
-    let r = unsafe { rl4_arch::paging::map_user(&mut ChargedTables { space }, &space.pml4, va, frame.user_frame(), write, exec) };
+    let need = unsafe { rl4_arch::paging::tables_missing(&space.pml4, va) };
+    let mut tables = match ChargedTables::stock(space, need) {
+        Ok(t) => t,
+        Err(e) => {
+            space.memory.uncharge(crate::obj::MAP_COST);
+            return Err(e);
+        }
+    };
+    // SAFETY: as above.
+    #[allow(unsafe_code)]
+    let r = unsafe { rl4_arch::paging::map_user(&mut tables, &space.pml4, va, frame.user_frame(), write, exec) };
+    tables.give_back();
     if let Err(e) = r {
         space.memory.uncharge(crate::obj::MAP_COST);
         return Err(match e {

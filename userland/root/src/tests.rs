@@ -311,8 +311,9 @@ fn test_priority_raise_queued() {
 /// pending), each round's calls made by `round` (it answers how many failed), then a raise
 /// above the spinner, which must run the thread at once. Passes when the reschedule interrupts
 /// sent meanwhile stay within the ticks + 8: at most one per decision there that served a
-/// pending change — a tick's (the ticks of every CPU counted: a bound) or one the first raises
-/// asked for (a few, by how the changes and that CPU's decisions interleave).
+/// pending change — a tick's (`stat::TICKS` counts the calling CPU's, which tick at the rate
+/// of the spinner's CPU) or one the first raises asked for (a few, by how the changes and that
+/// CPU's decisions interleave).
 fn priority_changes_interrupt_little(name: &str, what: &str, rounds: u64, mut round: impl FnMut(u64, u64) -> u64) {
     let Some((cpu, b, t, waited)) = queued_behind_spinner(100) else { return skip(name, "needs two CPUs") };
     // Unreadable counters fail the test (read as 0 they met the bound: a review found it).
@@ -774,6 +775,22 @@ fn test_exhaustion(bi: &BootInfo) {
             Err(e) => break e,
         }
     };
+    // A mapping whose three new page tables the memory left cannot pay for (a new 512 GiB
+    // region), with room for one or two of them: refused, and nothing changed (before the
+    // thirty-first session the tables made before the one that failed stayed, charged).
+    // (Two pages unmapped: their frames and charges come back once no CPU can reach them any
+    // more, waited for, so that nothing comes back between the two looks at the budget.)
+    let last = 0x1000_0000_0000 + mapped.saturating_sub(1) * PAGE_SIZE;
+    let low = sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
+    let _ = sys::unmap(c.space, last);
+    let _ = sys::unmap(c.space, last - PAGE_SIZE);
+    let freed = wait_ms(3000, || sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0) >= low + 2 * PAGE_SIZE);
+    let got = freed && sys::frame_alloc(MEMORY, f).is_ok();
+    let before = sys::memory_info(MEMORY).map(|m| m.0);
+    let far = sys::map(c.space, f, 0x2000_0000_0000, Rights::READ);
+    let after = sys::memory_info(MEMORY).map(|m| m.0);
+    let _ = sys::cap_delete(f);
+    let unchanged = got && far == Err(Error::OutOfMemory) && before.is_ok() && after == before;
     // Then small objects, kept in the task's own table, until they do not fit either.
     let mut small = 0u64;
     let refused = loop {
@@ -794,10 +811,11 @@ fn test_exhaustion(bi: &BootInfo) {
     let back = wait_ms(5000, || sys::memory_info(MEMORY).map(|m| m.0) == Ok(left0));
     report(
         name,
-        err == Error::OutOfMemory && refused == Err(Error::OutOfMemory) && alive && back && mapped > 1000,
+        err == Error::OutOfMemory && refused == Err(Error::OutOfMemory) && alive && back && mapped > 1000 && unchanged,
         format_args!(
-            "{mapped} frames ({} MiB) mapped before {err}, then {small} endpoints before {refused:?}; {} bytes left; budget back to {} KiB after the task ended",
+            "{mapped} frames ({} MiB) mapped before {err}; then a map needing three new page tables: {far:?}, {before:?} bytes left before, {after:?} after{}; then {small} endpoints before {refused:?}; {} bytes left; budget back to {} KiB after the task ended",
             mapped * PAGE_SIZE >> 20,
+            if got { "" } else { " (no frame to map: FAILED)" },
             left_full,
             sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0) / 1024
         ),
