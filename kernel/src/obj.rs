@@ -680,7 +680,8 @@ pub const THREAD_COST: u64 = rl4_abi::cost::THREAD;
 pub const TASK_COST: u64 = rl4_abi::cost::TASK;
 /// The PML4 frame and the space's own record.
 pub const SPACE_COST: u64 = rl4_abi::cost::SPACE;
-/// Bookkeeping of one mapping (page tables are charged as they are made): its entry in the
+/// Bookkeeping of one mapping (its new page tables are charged apart, before they are made:
+/// `syscall::ChargedTables`): its entry in the
 /// space's B-tree, which at worst (nodes half full) takes about 100 bytes.
 pub const MAP_COST: u64 = rl4_abi::cost::MAP;
 /// The frame, and its object (32 bytes and the heap's tag) with its registry entry.

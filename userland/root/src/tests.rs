@@ -776,21 +776,31 @@ fn test_exhaustion(bi: &BootInfo) {
         }
     };
     // A mapping whose three new page tables the memory left cannot pay for (a new 512 GiB
-    // region), with room for one or two of them: refused, and nothing changed (before the
-    // thirty-first session the tables made before the one that failed stayed, charged).
-    // (Two pages unmapped: their frames and charges come back once no CPU can reach them any
-    // more, waited for, so that nothing comes back between the two looks at the budget.)
-    let last = 0x1000_0000_0000 + mapped.saturating_sub(1) * PAGE_SIZE;
-    let low = sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
-    let _ = sys::unmap(c.space, last);
-    let _ = sys::unmap(c.space, last - PAGE_SIZE);
-    let freed = wait_ms(3000, || sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0) >= low + 2 * PAGE_SIZE);
-    let got = freed && sys::frame_alloc(MEMORY, f).is_ok();
-    let before = sys::memory_info(MEMORY).map(|m| m.0);
+    // region), with room for one of them at least: refused, and nothing changed (before the
+    // thirty-first session the tables made before the one that failed stayed, charged). Pages
+    // are unmapped, one at a time, until a frame and the mapping with one table fit; each
+    // page's frame and charge come back once no CPU can reach it, waited for. The budget
+    // compared is what it has not charged (`MemoryInfo`'s third word; the first, what can be
+    // had, also follows the free frames, which the kernel's own reserves move).
+    let (map, frame) = (rl4_abi::cost::MAP, rl4_abi::cost::FRAME);
+    let can = || sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
+    let uncharged = || sys::memory_info_all(MEMORY).map(|m| m[2]);
+    let mut next = mapped;
+    while can() < frame + map + PAGE_SIZE && next > mapped.saturating_sub(4) {
+        next -= 1;
+        let low = can();
+        let _ = sys::unmap(c.space, 0x1000_0000_0000 + next * PAGE_SIZE);
+        wait_ms(3000, || can() > low);
+    }
+    let got = sys::frame_alloc(MEMORY, f).is_ok();
+    let room = can();
+    let before = uncharged();
     let far = sys::map(c.space, f, 0x2000_0000_0000, Rights::READ);
-    let after = sys::memory_info(MEMORY).map(|m| m.0);
+    let after = uncharged();
     let _ = sys::cap_delete(f);
-    let unchanged = got && far == Err(Error::OutOfMemory) && before.is_ok() && after == before;
+    // (With room for all three tables the mapping would succeed: a set-up failure, reported.)
+    let fits = (map + PAGE_SIZE..map + 3 * PAGE_SIZE).contains(&room);
+    let unchanged = got && fits && far == Err(Error::OutOfMemory) && before.is_ok() && after == before;
     // Then small objects, kept in the task's own table, until they do not fit either.
     let mut small = 0u64;
     let refused = loop {
@@ -813,9 +823,9 @@ fn test_exhaustion(bi: &BootInfo) {
         name,
         err == Error::OutOfMemory && refused == Err(Error::OutOfMemory) && alive && back && mapped > 1000 && unchanged,
         format_args!(
-            "{mapped} frames ({} MiB) mapped before {err}; then a map needing three new page tables: {far:?}, {before:?} bytes left before, {after:?} after{}; then {small} endpoints before {refused:?}; {} bytes left; budget back to {} KiB after the task ended",
+            "{mapped} frames ({} MiB) mapped before {err}; then a map needing three new page tables with {room} bytes to be had{}: {far:?}, the budget's uncharged bytes {before:?} before, {after:?} after; then {small} endpoints before {refused:?}; {} bytes left; budget back to {} KiB after the task ended",
             mapped * PAGE_SIZE >> 20,
-            if got { "" } else { " (no frame to map: FAILED)" },
+            if !got { " (no frame to map: FAILED)" } else if !fits { " (not between one table and three: FAILED)" } else { "" },
             left_full,
             sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0) / 1024
         ),
