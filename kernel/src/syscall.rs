@@ -363,6 +363,8 @@ pub fn map_frame(space: &Space, va: u64, frame: Arc<Frame>, write: bool, exec: b
     #[allow(unsafe_code)]
     let r = unsafe { rl4_arch::paging::map_user(&mut tables, &space.pml4, va, frame.user_frame(), write, exec) };
     tables.give_back();
+    // (`OutOfMemory` cannot come from the walk now, which draws only on the tables stocked for
+    // what `tables_missing` counted; were it to, the tables linked before would stay, charged.)
     if let Err(e) = r {
         space.memory.uncharge(crate::obj::MAP_COST);
         return Err(match e {

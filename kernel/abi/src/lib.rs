@@ -395,8 +395,8 @@ pub mod stat {
     /// Context switches on the calling CPU: times it made a thread its running one. A thread
     /// that left in a decision (its slice over, a `Yield`, or a higher priority queued) and was
     /// taken on again in the same decision, nothing else able to run in its place (stale queue
-    /// entries only), is counted too: it was saved and loaded as any other (not telling it apart costs the
-    /// `Yield` path some 12 instructions, measured in the thirty-first session).
+    /// entries only), is counted too: it was saved and loaded as any other (not telling it
+    /// apart costs the `Yield` path some 12 instructions, measured in the thirty-first session).
     pub const SWITCHES: u64 = 0;
     /// Timer ticks on the calling CPU.
     pub const TICKS: u64 = 1;
