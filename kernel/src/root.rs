@@ -255,9 +255,20 @@ fn modules(space: &Space, memory: &Arc<Memory>, bi: &mut BootInfo, at: &mut u64)
         for (p, f) in frames.into_iter().enumerate() {
             map_frame(space, *at + p as u64 * PAGE_SIZE, f, false, false).map_err(mapping)?;
         }
-        bi.programs[bi.nprograms as usize] = program(name, *at, len, Program::MODULE);
+        let p = program(name, *at, len, Program::MODULE);
+        // A name an earlier module has already (names are cut to 15 bytes, and an archive's
+        // members to their last path component): handed over all the same, but `start=` finds
+        // the first, and the line says so (before the thirty-first session nothing did).
+        let twin = bi.programs[..bi.nprograms as usize].iter().any(|q| q.kind == Program::MODULE && q.name == p.name);
+        bi.programs[bi.nprograms as usize] = p;
         bi.nprograms += 1;
         println!("boot module {i} '{shown}': {len} bytes, handed to the root task at {:#x}", *at);
+        if twin {
+            println!(
+                "boot module {i} '{shown}': a module handed over before has the same name (names are cut to {} bytes): start= finds that one",
+                rl4_arch::bootinfo::MODULE_NAME_MAX
+            );
+        }
         *at += (pages + 1) * PAGE_SIZE;
     }
     Ok(())
