@@ -12,7 +12,7 @@
 use alloc::sync::{Arc, Weak};
 use alloc::collections::VecDeque;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use rl4_abi::{Error, IO_RANGES, IRQ_CPU_CALLER, ObjType, Rights, Sys};
+use rl4_abi::{Error, IO_RANGES, IRQ_CPU_CALLER, ObjType, PORT_OPENERS, Rights, Sys};
 use rl4_core::device::{DevMemError, DeviceFrame, KERNEL_PORTS, MAX_DEVICE_PAGES, OpenSet, PhysRange, Ports};
 use rl4_core::memmap::MemKind;
 use rl4_smp::MAX_CPUS;
@@ -91,8 +91,8 @@ impl Default for IoSpace {
 /// (`cost::IO_PORT`; before the twenty-ninth session to none, as only the holder of the
 /// `Devices` capability makes one — but that holder could then fill tables with them past the
 /// kernel's heap allowance, which a review found), and the list of openers, whose capacity is
-/// the most spaces listed at once since the list was last empty (it is freed when it empties;
-/// each entry is a space, charged on its own).
+/// the most spaces listed at once since the list was last empty, [`PORT_OPENERS`] at most (it
+/// is freed when it empties; each entry is a space, charged on its own).
 pub struct IoPortObj {
     pub ports: Ports,
     _charge: crate::obj::Charge,
@@ -142,11 +142,20 @@ impl IoPortObj {
         self.openers.lock().iter().any(|w| w.as_ptr() as usize == space)
     }
     /// Puts `sp` on the list of openers (under `sp`'s port-range lock, before a range is opened
-    /// through this object there; nothing if it is on it already).
+    /// through this object there; nothing if it is on it already). `Busy` if [`PORT_OPENERS`]
+    /// spaces are on it: the list is walked by every leave of a capability to the object
+    /// ([`IoPortObj::left`], under a table's lock) and by the look that follows
+    /// ([`IoPortObj::recheck`]), so its length bounds those walks. (Before the thirty-second
+    /// session it had no bound: a task holding copies in thousands of tasks that had each opened
+    /// through it made one `CapRevoke` walk thousands of entries per copy, interrupts off —
+    /// work quadratic in the budget; a review found it.)
     fn note(&self, sp: &Arc<Space>) -> Result<(), Error> {
         let mut o = self.openers.lock();
         if o.iter().any(|w| w.as_ptr() == Arc::as_ptr(sp)) {
             return Ok(());
+        }
+        if o.len() >= PORT_OPENERS {
+            return Err(Error::Busy);
         }
         o.try_reserve(1).map_err(|_| Error::OutOfMemory)?;
         o.push_back(Arc::downgrade(sp));

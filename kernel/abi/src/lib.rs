@@ -184,7 +184,8 @@ numbered! {
         /// `base .. base + count` (`Busy` if that overlaps a port the kernel uses).
         IoPortGet = 51,
         /// `(ioport_slot)`: open the capability's ports to the calling task (the I/O
-        /// permission bitmap); at most [`IO_RANGES`] ranges per task.
+        /// permission bitmap); at most [`IO_RANGES`] ranges per task, and at most
+        /// [`PORT_OPENERS`] tasks with a range open through one object (`Busy` past either).
         IoPortOpen = 52,
         /// `(ioport_slot)`: close the capability's ports to the calling task again.
         IoPortClose = 53,
@@ -509,6 +510,10 @@ pub mod cost {
 pub const IRQ_CPU_CALLER: u64 = u64::MAX;
 /// Most port ranges one task may have open at once ([`Sys::IoPortOpen`]).
 pub const IO_RANGES: usize = 4;
+/// Most tasks that may have a range open through one `IoPort` object at once
+/// ([`Sys::IoPortOpen`]; `IoPortGet` makes another object for the same ports). Every capability
+/// to the object that leaves a slot looks at this list, so its length bounds that work.
+pub const PORT_OPENERS: usize = 16;
 
 /// Selectors of [`Sys::Measure`].
 pub mod measure {

@@ -191,6 +191,10 @@ pub const EXIT_TASK_WHEN: u64 = 70;
 /// the table ends; then `Send` over [`EP_SLOT`] (label 1): word 0 the copies made, word 1 the
 /// refused copy's error code (0: none), word 2 the slot of the last copy.
 pub const CAP_CHAIN: u64 = 71;
+/// Open the range of [`PORTS_SLOT`] and `Send` the outcome over [`EP_SLOT`] (label 1, word 0
+/// the error code, 0 if it opened), then end this thread: the range stays open while the task
+/// lives and its table holds the capability.
+pub const PORT_HOLD: u64 = 72;
 pub const SDK_VA: u64 = 0x0000_3000_0000_0000;
 pub const ORPHAN_FRAME_SLOT: u64 = 10;
 pub const IRQ_SLOT: u64 = 6;

@@ -950,6 +950,77 @@ fn test_device_memory(bi: &BootInfo) {
     );
 }
 
+/// At most `PORT_OPENERS` tasks have a range open through one `IoPort` object at once (every
+/// capability to it that leaves a slot looks at that list): the next task's `IoPortOpen` is
+/// `Busy`; once one of them ends, another task may open through it; another object of the same
+/// ports is not limited by the first's openers; and every byte of budget comes back.
+fn test_openers_limit(bi: &BootInfo) {
+    const NAME: &str = "ioport-openers-limit";
+    let left0 = sys::memory_info(MEMORY).map(|m| m.0);
+    let (p, p2, ep) = (slot(), slot(), slot());
+    let set_up = sys::ioport_get(DEVICES, COM2 as u64, 8, p)
+        .and_then(|_| sys::ioport_get(DEVICES, COM2 as u64, 8, p2))
+        .and_then(|_| sys::endpoint_create(MEMORY, ep));
+    let cpu = cpus() - 1;
+    // A worker task opens through `obj` and reports the outcome (the error code, 0 if it
+    // opened); the task lives on with the range open.
+    let open_in_child = |obj: u64| -> (Option<Child>, Result<u64, Error>) {
+        let child = match Child::load(bi, "worker") {
+            Ok(c) => c,
+            Err(e) => return (None, Err(e)),
+        };
+        let r = sys::cap_copy(obj, child.task, worker::PORTS_SLOT, Rights::ALL)
+            .and_then(|_| sys::cap_copy(ep, child.task, worker::EP_SLOT, Rights::SEND))
+            .and_then(|_| child.thread(CHILD_STACK_TOP, worker::PORT_HOLD, 0, ROOT_PRIO, cpu))
+            .and_then(|t| {
+                let m = sys::recv_timeout(ep, ms(5000));
+                release(t);
+                m.map(|m| m.w[0])
+            });
+        (Some(child), r)
+    };
+    const N: usize = rl4_abi::PORT_OPENERS + 1;
+    let mut children: [Option<Child>; N + 2] = core::array::from_fn(|_| None);
+    let mut outcomes = [Err(Error::InvalidState); N];
+    if set_up.is_ok() {
+        for i in 0..N {
+            (children[i], outcomes[i]) = open_in_child(p);
+        }
+    }
+    let opened = outcomes.iter().filter(|r| **r == Ok(0)).count();
+    let refused = outcomes[N - 1];
+    // One opener ends: its place on the list is free again.
+    let ended = children[0].take().map(Child::release).is_some();
+    let after_end;
+    (children[N], after_end) = open_in_child(p);
+    // Another object of the same ports has openers of its own.
+    let other_object;
+    (children[N + 1], other_object) = open_in_child(p2);
+    for c in children.into_iter().flatten() {
+        c.release();
+    }
+    release(p);
+    release(p2);
+    release(ep);
+    let back = wait_ms(5000, || sys::memory_info(MEMORY).map(|m| m.0) == left0);
+    report(
+        NAME,
+        set_up.is_ok()
+            && opened == rl4_abi::PORT_OPENERS
+            && refused == Ok(Error::Busy as u64)
+            && ended
+            && after_end == Ok(0)
+            && other_object == Ok(0)
+            && back,
+        format_args!(
+            "set-up {set_up:?}; {opened} of {} tasks opened through one object (limit {}), the last: {refused:?} (Busy is {}); after one ended, another: {after_end:?}; through another object of the same ports: {other_object:?}; budget back {back}",
+            rl4_abi::PORT_OPENERS + 1,
+            rl4_abi::PORT_OPENERS,
+            Error::Busy as u64
+        ),
+    );
+}
+
 /// A task that opens and closes a port range over and over interrupts only the CPUs that may
 /// run its threads (here none but its own, which needs no interrupt): a child on the last CPU
 /// flips COM2's range 500 times (it counts the pairs that succeeded, all must), and fewer than
@@ -1070,6 +1141,7 @@ pub fn run(bi: &BootInfo) {
     test_unauthorised(bi, ports, com2);
     test_deleted_capability(bi, ports, com2);
     test_flips_interrupt_no_other_cpu(bi, ports);
+    test_openers_limit(bi);
     if com2 {
         test_masked_until_ack();
         test_badged_binding();

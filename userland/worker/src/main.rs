@@ -125,6 +125,12 @@ fn rl4_main(cmd: u64, addr: u64) {
             // SAFETY: as above.
             unsafe { word(1).write_volatile(n as u64) };
         }
+        PORT_HOLD => {
+            use rl4_user::abi::ipc::{FOREVER, NO_SLOT, Tag};
+            let e = sys::ioport_open(PORTS_SLOT).err().map_or(0, |e| e as u64);
+            let m = sys::Msg { tag: Tag::new(1, 1, 0), badge: 0, w: [e, 0, 0, 0] };
+            let _ = sys::ipc(Sys::Send, EP_SLOT, &m, FOREVER, NO_SLOT, NO_SLOT);
+        }
         ORPHAN => {
             let page = addr & 0xffff_ffff_ffff;
             let (x, s, t) = (20, 21, 22);
