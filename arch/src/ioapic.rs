@@ -69,7 +69,12 @@ impl IoApic {
 
     /// How many pins (redirection entries) the chip has.
     pub fn pins(&mut self) -> u32 {
-        pins_from_version(self.read(1))
+        pins_from_version(self.version())
+    }
+
+    /// The version register (register 1).
+    pub fn version(&mut self) -> u32 {
+        self.read(1)
     }
 
     /// Programs pin `pin` (masked first, so that no half-written entry is ever live).
@@ -92,6 +97,37 @@ impl IoApic {
     }
 }
 
+/// The bytes of an I/O APIC's registers: the index at offset 0, the data window at 0x10.
+pub const WINDOW: u64 = 0x20;
+
+/// Why the I/O APIC the MADT places at physical address `addr` is not driven, given the
+/// register windows of the chips accepted before it (`earlier`) and the pages of the other
+/// devices the kernel drives (`pages`: the local APICs', the HPET's): a window that overlaps
+/// another chip's would interleave the two chips' index and data writes, so that a write meant
+/// for one programs the other (a pin of the first unmasked with a vector of the kernel's
+/// exceptions, before any check could see it); one on another device's page writes that
+/// device's registers (the HPET's configuration register sits at offset 0x10).
+pub fn window_refusal(addr: u64, earlier: &[u64], pages: &[u64]) -> Option<&'static str> {
+    let Some(end) = addr.checked_add(WINDOW) else { return Some("its registers run past the address space") };
+    let overlaps = |a: u64, n: u64| addr < a.saturating_add(n) && a < end;
+    if earlier.iter().any(|&a| a == addr) {
+        return Some("listed again");
+    }
+    if earlier.iter().any(|&a| overlaps(a, WINDOW)) {
+        return Some("its registers overlap another I/O APIC's");
+    }
+    if pages.iter().any(|&p| overlaps(p & !0xfff, 0x1000)) {
+        return Some("its registers lie on the local APIC's or the HPET's page");
+    }
+    None
+}
+
+/// Whether a version register reads as a chip that is not there (nothing answers at the
+/// address: every bit set). Its pins would be lines that never interrupt.
+pub fn absent(version: u32) -> bool {
+    version == u32::MAX
+}
+
 /// The pin count the version register `v` gives (its maximum redirection entry plus one), at
 /// most 120: the index register has 8 bits, and entry 119's second half is register 0xff. An
 /// absent chip reads all ones (256 entries claimed), and 0x10 + 2 × pin would wrap onto the
@@ -109,6 +145,31 @@ mod tests {
         assert_eq!(pins_from_version(0x0017_0020), 24);
         assert_eq!(pins_from_version(0xffff_ffff), 120);
         assert_eq!(pins_from_version(0x0077_0011), 120);
+    }
+
+    #[test]
+    fn windows_that_overlap_or_sit_on_other_devices_are_refused() {
+        let pages = [0xfee0_0000, 0xfed0_0000];
+        assert_eq!(window_refusal(0xfec0_0000, &[], &pages), None);
+        assert_eq!(window_refusal(0xfec0_1000, &[0xfec0_0000], &pages), None);
+        // Next to each other, not overlapping.
+        assert_eq!(window_refusal(0xfec0_0020, &[0xfec0_0000], &pages), None);
+        assert_eq!(window_refusal(0xfec0_0000, &[0xfec0_0000], &pages), Some("listed again"));
+        // One chip's index register on the other's data window, and the other way round.
+        assert!(window_refusal(0xfec0_0010, &[0xfec0_0000], &pages).is_some());
+        assert!(window_refusal(0xfebf_fff0, &[0xfec0_0000], &pages).is_some());
+        assert!(window_refusal(0xfee0_0000, &[], &pages).is_some());
+        assert!(window_refusal(0xfed0_0400, &[], &pages).is_some());
+        // A window running into the HPET's page from below.
+        assert!(window_refusal(0xfecf_fff0, &[], &pages).is_some());
+        assert!(window_refusal(u64::MAX - 8, &[], &pages).is_some());
+    }
+
+    #[test]
+    fn a_chip_reading_all_ones_is_absent() {
+        assert!(absent(0xffff_ffff));
+        assert!(!absent(0x0017_0020));
+        assert!(!absent(0x00ff_0011));
     }
 
     #[test]

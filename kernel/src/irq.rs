@@ -79,17 +79,24 @@ pub fn init(p: &Platform, frames: &mut impl rl4_arch::paging::FrameSource) {
     let overrides: Vec<Override> = p.overrides.iter().filter(|o| o.bus == 0).map(|o| Override { irq: o.irq, gsi: o.gsi, flags: o.flags }).collect();
     let mut chips = Vec::new();
     let mut spans = Vec::new();
-    let mut addresses: Vec<u32> = Vec::new();
+    let mut addresses: Vec<u64> = Vec::new();
+    // The other devices' register pages the kernel drives, which no I/O APIC entry may reach.
+    let pages: Vec<u64> = core::iter::once(p.lapic_address).chain(p.hpet).collect();
     for a in &p.ioapics {
         // One value per chip (`ioapic::map`'s contract): two would interleave their index and
-        // data writes under two locks. A second entry for an address is passed over.
-        if addresses.contains(&a.address) {
-            rl4_arch::println!("ioapic: id {} at {:#x} listed again; the second entry is passed over", a.id, a.address);
+        // data writes under two locks. An entry whose registers are an earlier chip's, or
+        // overlap them, or lie on the local APIC's or the HPET's page, is passed over before
+        // anything is written there (before the thirty-second session only a second entry
+        // for the very same address was: a chip 16 bytes after another had its version read
+        // and its pins masked through the first one's data window, which left a pin of the
+        // first unmasked with an exception's vector — a review found it).
+        if let Some(why) = rl4_arch::ioapic::window_refusal(a.address as u64, &addresses, &pages) {
+            rl4_arch::println!("ioapic: id {} at {:#x}: {why}; this entry is passed over", a.id, a.address);
             continue;
         }
-        addresses.push(a.address);
-        // SAFETY: the MADT names this block an I/O APIC's registers, and no earlier entry named
-        // the same block (see above); firmware tables are trusted at boot, and no task runs yet.
+        // SAFETY: the MADT names this block an I/O APIC's registers, and no earlier entry's
+        // nor another device's registers the kernel drives overlap it (see above); firmware
+        // tables are trusted at boot, and no task runs yet.
         #[allow(unsafe_code)]
         let mapped = unsafe { rl4_arch::ioapic::map(frames, a.address as u64) };
         let mut chip = match mapped {
@@ -99,6 +106,16 @@ pub fn init(p: &Platform, frames: &mut impl rl4_arch::paging::FrameSource) {
                 continue;
             }
         };
+        addresses.push(a.address as u64);
+        // Nothing answers at the address (a chip the chipset disabled, still listed): every
+        // bit reads set. Not a chip: no line is routed to pins that never interrupt (before
+        // the thirty-second session it counted as 120 pins, and could take the ISA lines from
+        // the real chip at the same GSIs; a review found it).
+        let version = chip.version();
+        if rl4_arch::ioapic::absent(version) {
+            rl4_arch::println!("ioapic: id {} at {:#x}: its version register reads {version:#x}: no chip answers there; passed over", a.id, a.address);
+            continue;
+        }
         let pins = chip.pins();
         for pin in 0..pins {
             chip.set_masked(pin, true);

@@ -167,7 +167,7 @@ pub extern "C" fn rl4_kernel_entry(protocol: u32, magic: u32, info: u64) -> ! {
         m.heap.start,
         match m.trampoline {
             Some(p) => alloc::format!("at {p:#x}"),
-            None => alloc::string::String::from("none (no free page below 1 MiB: the bootstrap CPU runs alone)"),
+            None => alloc::string::String::from("none (no free page below 640 KiB: the bootstrap CPU runs alone)"),
         }
     );
 

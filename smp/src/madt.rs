@@ -34,7 +34,7 @@ pub enum Skip {
     NeedsX2Apic,
     OverMaxCpus,
     OverLimit,
-    /// No page below 1 MiB was free to start application processors from.
+    /// No page below 640 KiB was free to start application processors from.
     NoTrampoline,
     /// The memory had no room for its per-CPU blocks with the root task's start (or for one
     /// before it).
@@ -51,7 +51,7 @@ impl Skip {
             Skip::NeedsX2Apic => "APIC id > 254 needs x2APIC mode",
             Skip::OverMaxCpus => "beyond maxcpus=",
             Skip::OverLimit => "beyond rl4's CPU limit",
-            Skip::NoTrampoline => "no free page below 1 MiB to start it from",
+            Skip::NoTrampoline => "no free page below 640 KiB to start it from",
             Skip::NoMemory => "no memory for it (or for one before it) and the root task",
         }
     }

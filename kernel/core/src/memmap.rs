@@ -233,14 +233,19 @@ pub fn bios_low_reserved(ebda_segment: u16, base_kib: u16) -> Range {
     Range::new(align_down(start, PAGE_SIZE), TOP)
 }
 
-/// The AP trampoline's page: the highest whole free page below 1 MiB other than page 0 (a
+/// The AP trampoline's page: the highest whole free page below 640 KiB other than page 0 (a
 /// STARTUP IPI's vector is the page number, and the real-mode code runs there), or `None` if
-/// the memory map left no such page free — then only the bootstrap CPU can run.
+/// the memory map left no such page free — then only the bootstrap CPU can run. Never in
+/// 640 KiB .. 1 MiB, whatever the map says of it: the video memory and the option and system
+/// ROMs' shadows live there (a copy may not stick, and the APs would run what is there), and
+/// the SDM reserves the STARTUP vectors 0xA0..0xBF (before the thirty-second session a map that
+/// called that range usable, under a firmware whose low area the kernel does not know, put the
+/// page there; a review found it).
 pub fn trampoline_page<const N: usize>(free: &RangeSet<N>) -> Option<u64> {
     free.iter()
         .filter_map(|r| {
             let start = align_up(r.start.max(PAGE_SIZE), PAGE_SIZE);
-            let end = align_down(r.end.min(0x10_0000), PAGE_SIZE);
+            let end = align_down(r.end.min(0xa_0000), PAGE_SIZE);
             (end > start).then(|| end - PAGE_SIZE)
         })
         .last()
@@ -301,14 +306,18 @@ mod tests {
     }
 
     #[test]
-    fn the_trampoline_is_the_highest_free_page_below_one_mib() {
+    fn the_trampoline_is_the_highest_free_page_below_640_kib() {
         // A PC: low memory up to the EBDA, then RAM above 1 MiB.
         assert_eq!(trampoline_page(&set(&[(0, 0x9fc00), (0x10_0000, 0x800_0000)])), Some(0x9e000));
-        // Only page 0 free below 1 MiB (firmware that reserved the rest), or nothing at all.
+        // Only page 0 free below 640 KiB (firmware that reserved the rest), or nothing at all.
         assert_eq!(trampoline_page(&set(&[(0, 0x1000), (0x10_0000, 0x800_0000)])), None);
         assert_eq!(trampoline_page(&set(&[(0x10_0000, 0x800_0000)])), None);
-        // A range straddling 1 MiB gives the page just below it; a partial page is no page.
-        assert_eq!(trampoline_page(&set(&[(0x8_0000, 0x20_0000)])), Some(0xf_f000));
+        // A range straddling 1 MiB gives the page just below 640 KiB: never one in 640 KiB ..
+        // 1 MiB (video memory, ROM shadows), even if the map says it is free.
+        assert_eq!(trampoline_page(&set(&[(0x8_0000, 0x20_0000)])), Some(0x9_f000));
+        assert_eq!(trampoline_page(&set(&[(0xa_0000, 0x20_0000)])), None);
+        assert_eq!(trampoline_page(&set(&[(0x9_f800, 0x20_0000)])), None);
+        // A partial page is no page.
         assert_eq!(trampoline_page(&set(&[(0x1000, 0x1800)])), None);
         assert_eq!(trampoline_page(&set(&[(0x800, 0x2000)])), Some(0x1000));
     }
