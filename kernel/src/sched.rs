@@ -1185,12 +1185,19 @@ pub fn idle() -> ! {
             // may see (`is_idle`, `qsbr.rs`).
             core::sync::atomic::fence(Ordering::Release);
             cs.mail.set_polling();
-            let end = cpu::rdtsc() + poll;
             // One cache line watched; the TSC read only every 64 rounds, and pending interrupts
             // taken every 8: a device's interrupt for a driver of this CPU, or the timer, waits
             // 8 rounds at most, not for the end of the poll (before the seventeenth session up
             // to `poll_us`, 20 times that while a reply was awaited: the 50,584 instructions of
-            // `irq-latency-0-1` under icount were mostly the rest of a 50 µs poll).
+            // `irq-latency-0-1` under icount were mostly the rest of a 50 µs poll). The window
+            // is counted from the first of those reads, not from a read here: a poll that a
+            // thread's arrival ends within 64 rounds (a cross-CPU reply, usually) reads the TSC
+            // not at all, and the window runs 64 rounds longer. (Under TCG a TSC read takes a
+            // lock of the emulator's that every virtual CPU's reads take, and writes the line
+            // it shares with them: this read, on both CPUs of every cross-CPU round trip, was
+            // about 9% of its TCG time — 5,677 cycles against 6,216, medians of four `-smp 2`
+            // boots each, alternated; thirty-second session.)
+            let mut end = None;
             let mut n = 0u32;
             // A limbo another CPU found ready ends it too, looked at with the interrupts
             // (`qsbr::ready_here`: that CPU's `settle` waits for this one to drop what it
@@ -1205,9 +1212,13 @@ pub fn idle() -> ! {
                 }
                 if n % 64 == 0 {
                     let now = cpu::rdtsc();
-                    if now >= end {
-                        cs.replies.nothing_came(now, POLL_TICKS.load(Ordering::Relaxed));
-                        break;
+                    match end {
+                        None => end = Some(now.saturating_add(poll)),
+                        Some(e) if now >= e => {
+                            cs.replies.nothing_came(now, POLL_TICKS.load(Ordering::Relaxed));
+                            break;
+                        }
+                        Some(_) => {}
                     }
                 }
                 cpu::relax();
