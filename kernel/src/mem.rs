@@ -689,7 +689,7 @@ impl FrameSource for UserFrames {
 
 /// What memory set-up found.
 pub struct MemInfo {
-    /// The AP trampoline's page below 1 MiB (`None`: there was none free).
+    /// The AP trampoline's page below 640 KiB (`None`: there was none free).
     pub trampoline: Option<u64>,
     pub usable: u64,
     pub free_frames: u64,
@@ -755,7 +755,7 @@ pub fn init(bi: &BootInfo, reserved: &[Range]) -> MemInfo {
             reserve(&mut free, rl4_core::memmap::bios_low_reserved(seg, kib), "the BIOS's low memory");
         }
     }
-    // The trampoline: the highest usable page below 1 MiB that nothing above claimed (none:
+    // The trampoline: the highest usable page below 640 KiB that nothing above claimed (none:
     // only the bootstrap CPU runs, `main`). Then the whole first megabyte stays out of the
     // allocator (BIOS data, EBDA, option ROMs).
     let trampoline = rl4_core::memmap::trampoline_page(&free);

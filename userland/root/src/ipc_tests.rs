@@ -937,17 +937,27 @@ fn test_notify_burst(n: u64) {
 // Each of these makes one of the same-CPU fast paths take a branch the other tests do not reach
 // (seen with `scripts/coverage --report` over `test=all` boots): the published priority falling
 // at the switch, a guard that fails after the running thread blocked (a more urgent thread is
-// ready here: the call goes back to the general path), and a receiver whose last wait was on
+// ready there: the call goes back to the general path), and a receiver whose last wait was on
 // another endpoint. Each checks what a user sees — the words, and who ran first — so that it
-// holds with `fastpath=off` too, where the general path does the same.
+// holds with `fastpath=off` too, where the general path does the same. The threads run on the
+// last CPU (this one if there is one), the calls without a timeout (a call with one never takes
+// the fast path); this thread waits for the caller with a time limit, then deletes the
+// endpoints, which ends every thread still waiting on them, so that a wrong kernel fails the
+// test rather than hanging the suite.
 
 static FP_EP: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
 static FP_NTF: AtomicU64 = AtomicU64::new(0);
 static FP_FLAG: AtomicU64 = AtomicU64::new(0);
-static FP_OK: AtomicU64 = AtomicU64::new(0);
 static FP_ROUND: AtomicU64 = AtomicU64::new(0);
-const FP_STOP: u64 = u64::MAX;
+/// Answers right, and answers that came after the middle thread ran, of the last caller.
+static FP_OK: AtomicU64 = AtomicU64::new(0);
+static FP_ORD: AtomicU64 = AtomicU64::new(0);
 const FP_ROUNDS: u64 = 40;
+/// `fp_caller`'s kinds.
+const FP_PLAIN: u64 = 0;
+const FP_SIGNAL_FIRST: u64 = 1;
+const FP_ALTERNATE: u64 = 2;
+const FP_FLAG_AFTER: u64 = 3;
 
 /// What the test servers answer a message with: every word changed, the label plus one, and word
 /// 3 the flag `FP_FLAG` held when the message arrived.
@@ -967,18 +977,13 @@ fn fp_message(k: u64) -> Msg {
     Msg { tag: Tag::new(7, 3, 0), badge: 0, w: [k * 0x1_0001 + 5, k ^ 0x5a5a, k << 20 | 3, 0] }
 }
 
-/// Serves `FP_EP[which]` until a message says `FP_STOP`; with `ntf` set, signals
-/// `FP_NTF` before each answer (a thread of middle priority waits on it).
+/// Serves `FP_EP[0]` until it is deleted; with `arg` 1, signals `FP_NTF` before each answer (a
+/// thread of middle priority waits on it).
 fn fp_server(arg: u64) {
-    let (which, ntf) = (arg & 1, arg & 2 != 0);
-    let ep = FP_EP[which as usize].load(SeqCst);
+    let ep = FP_EP[0].load(SeqCst);
     let Ok(mut m) = sys::recv(ep) else { return };
     loop {
-        if m.w[0] == FP_STOP {
-            let _ = sys::reply(&Msg::default());
-            return;
-        }
-        if ntf {
+        if arg == 1 {
             let _ = sys::signal(FP_NTF.load(SeqCst), 1);
         }
         match sys::reply_recv(ep, &fp_answer(&m, 0)) {
@@ -988,16 +993,13 @@ fn fp_server(arg: u64) {
     }
 }
 
-/// Serves the two endpoints by turns: the first message on `FP_EP[0]`, each answer then waits on
-/// the other endpoint; the answer's word 0 says which endpoint the message came through.
+/// Serves the two endpoints by turns until they are deleted: the first message on `FP_EP[0]`,
+/// each answer then waits on the other endpoint; the answer's word 0 says which endpoint the
+/// message came through.
 fn fp_alternating_server(_: u64) {
     let Ok(mut m) = sys::recv(FP_EP[0].load(SeqCst)) else { return };
     let mut at = 0u64;
     loop {
-        if m.w[0] == FP_STOP {
-            let _ = sys::reply(&Msg::default());
-            return;
-        }
         at ^= 1;
         match sys::reply_recv(FP_EP[at as usize].load(SeqCst), &fp_answer(&m, at ^ 1)) {
             Ok(x) => m = x,
@@ -1006,25 +1008,36 @@ fn fp_alternating_server(_: u64) {
     }
 }
 
-/// A client of `FP_EP[0]` at its own priority: `FP_ROUNDS` calls; counts in `FP_OK` those whose
-/// answer is right and (with `arg` 1) says that the middle thread ran before the answer reached
-/// it (`FP_FLAG` is the round the middle thread saw last, read back here).
-fn fp_client(arg: u64) {
-    let ep = FP_EP[0].load(SeqCst);
+/// `FP_ROUNDS` calls (`FP_ALTERNATE`: through `FP_EP[0]` and `FP_EP[1]` by turns, else through
+/// `FP_EP[0]`); counts in `FP_OK` the answers that are right and in `FP_ORD` those that came after
+/// the middle thread had run in that round: as the server saw it when the message reached it
+/// (`FP_SIGNAL_FIRST`, which signals the middle thread just before each call), or as this thread
+/// sees it when the answer reaches it (`FP_FLAG_AFTER`). Ends at the first failed call.
+fn fp_caller(kind: u64) {
     for k in 1..=FP_ROUNDS {
         FP_ROUND.store(k, SeqCst);
+        if kind == FP_SIGNAL_FIRST {
+            let _ = sys::signal(FP_NTF.load(SeqCst), 1);
+        }
+        let at = if kind == FP_ALTERNATE { (k + 1) % 2 } else { 0 };
         let m = fp_message(k);
-        let ok = match sys::call(ep, &m) {
-            Ok(r) => fp_checks(&m, &r, 0) && (arg == 0 || FP_FLAG.load(SeqCst) == k),
-            Err(_) => false,
-        };
-        if ok {
+        let Ok(r) = sys::call(FP_EP[at as usize].load(SeqCst), &m) else { return };
+        if fp_checks(&m, &r, at) {
             FP_OK.fetch_add(1, SeqCst);
+        }
+        let after = match kind {
+            FP_SIGNAL_FIRST => r.w[3] == k,
+            FP_FLAG_AFTER => FP_FLAG.load(SeqCst) == k,
+            _ => true,
+        };
+        if after {
+            FP_ORD.fetch_add(1, SeqCst);
         }
     }
 }
 
-/// The middle thread: at each signal of `FP_NTF`, notes the round (`FP_ROUND`) in `FP_FLAG`.
+/// The middle thread: at each signal of `FP_NTF`, notes the round (`FP_ROUND`) in `FP_FLAG`;
+/// ends when the notification is deleted.
 fn fp_middle_waiter(_: u64) {
     let n = FP_NTF.load(SeqCst);
     while sys::wait(n, FOREVER).is_ok() {
@@ -1032,133 +1045,121 @@ fn fp_middle_waiter(_: u64) {
     }
 }
 
-fn fp_stop(ep: u64, server: u64) -> bool {
-    let _ = sys::call(ep, &Msg { tag: Tag::new(0, 1, 0), badge: 0, w: [FP_STOP, 0, 0, 0] });
-    let ended = wait_ms(3000, || state(server) == Some(ThreadState::Dead));
-    release(server);
+/// Starts an `fp_caller` of `kind` at priority `prio` on `cpu` and waits up to 10 s for it to end;
+/// returns whether it did, and its counts.
+fn fp_run_caller(kind: u64, prio: u64, cpu: u64) -> (bool, u64, u64) {
+    FP_OK.store(0, SeqCst);
+    FP_ORD.store(0, SeqCst);
+    let t = spawn(fp_caller, kind, prio, cpu);
+    let done = wait_ms(10_000, || state(t) == Some(ThreadState::Dead));
+    let counts = (FP_OK.load(SeqCst), FP_ORD.load(SeqCst));
+    if done {
+        release(t);
+    } else {
+        // Still waiting: it ends when the test deletes the endpoints (`fp_end`).
+        FP_PENDING.store(t, SeqCst);
+    }
+    (done, counts.0, counts.1)
+}
+static FP_PENDING: AtomicU64 = AtomicU64::new(0);
+
+/// Deletes the test's endpoints and notification (slots `objs`), which ends every thread waiting
+/// on them, then waits for `threads` and the last caller to end and lets them go; returns
+/// whether they all ended.
+fn fp_end(objs: &[u64], threads: &[u64]) -> bool {
+    for &o in objs {
+        release(o);
+    }
+    let caller = FP_PENDING.swap(0, SeqCst);
+    let all = threads.iter().copied().chain((caller != 0).then_some(caller));
+    let mut ended = true;
+    for t in all {
+        ended &= wait_ms(3000, || state(t) == Some(ThreadState::Dead));
+        release(t);
+    }
     ended
 }
 
-/// The published priority falls at a same-CPU switch, both ways: this thread (priority 100)
-/// calls a server of priority 50 (the call lowers it, the answer raises it), and a client of
-/// priority 30 calls the same server (the answer lowers it).
+/// The published priority falls at a same-CPU switch, both ways: a caller of priority 100 calls
+/// a server of priority 50 (the call lowers it, the answer raises it), then a caller of priority
+/// 30 (the answer lowers it). Checks the words; the published priority itself matters only to
+/// other CPUs' pushes, which this test does not make.
 fn test_fp_priority_falls() {
-    let me = sys::cpu_info().0;
+    let cpu = far_cpu();
     let ep = slot();
     let made = sys::endpoint_create(MEMORY, ep);
     FP_EP[0].store(ep, SeqCst);
-    let server = spawn(fp_server, 0, 50, me);
-    let mut ok = 0;
-    for k in 1..=FP_ROUNDS {
-        let m = fp_message(k);
-        if sys::call(ep, &m).is_ok_and(|r| fp_checks(&m, &r, 0)) {
-            ok += 1;
-        }
-    }
-    FP_OK.store(0, SeqCst);
-    let client = spawn(fp_client, 0, 30, me);
-    let client_done = wait_ms(5000, || state(client) == Some(ThreadState::Dead));
-    release(client);
-    let low_ok = FP_OK.load(SeqCst);
-    let ended = fp_stop(ep, server);
-    release(ep);
+    let server = spawn(fp_server, 0, 50, cpu);
+    let (done_high, ok_high, _) = fp_run_caller(FP_PLAIN, 100, cpu);
+    let (done_low, ok_low, _) = if done_high { fp_run_caller(FP_PLAIN, 30, cpu) } else { (false, 0, 0) };
+    let ended = fp_end(&[ep], &[server]);
     report(
         "ipc-priority-falls-at-the-switch",
-        made.is_ok() && ok == FP_ROUNDS && client_done && low_ok == FP_ROUNDS && ended,
-        format_args!("calls from priority 100 to a server of 50: {ok} of {FP_ROUNDS} answered right; from 30: {low_ok} of {FP_ROUNDS} (done {client_done}); server ended {ended}"),
+        made.is_ok() && done_high && ok_high == FP_ROUNDS && done_low && ok_low == FP_ROUNDS && ended,
+        format_args!("calls from priority 100 to a server of 50: {ok_high} of {FP_ROUNDS} answered right (done {done_high}); from 30: {ok_low} of {FP_ROUNDS} (done {done_low}); threads ended {ended}"),
     );
 }
 
-/// A call to a waiting receiver of lower priority than a thread ready on this CPU: the middle
+/// A call to a waiting receiver of lower priority than a thread ready on its CPU: the middle
 /// thread (priority 70, made ready by a signal just before each call) runs before the server
-/// (50) gets the message, whoever switches; this thread (100) gets each answer.
+/// (50) gets the message, whoever switches; the caller (100) gets each answer.
 fn test_fp_call_past_urgent() {
-    let me = sys::cpu_info().0;
+    let cpu = far_cpu();
     let (ep, n) = (slot(), slot());
     let made = sys::endpoint_create(MEMORY, ep).and_then(|_| sys::notification_create(MEMORY, n));
     FP_EP[0].store(ep, SeqCst);
     FP_NTF.store(n, SeqCst);
     FP_FLAG.store(0, SeqCst);
-    let server = spawn(fp_server, 0, 50, me);
-    let middle = spawn(fp_middle_waiter, 0, 70, me);
+    let server = spawn(fp_server, 0, 50, cpu);
+    let middle = spawn(fp_middle_waiter, 0, 70, cpu);
     // Both wait before the first round.
     let waiting = wait_ms(1000, || state(server) == Some(ThreadState::BlockedRecv) && state(middle) == Some(ThreadState::BlockedNotify));
-    let (mut ok, mut ordered) = (0, 0);
-    for k in 1..=FP_ROUNDS {
-        FP_ROUND.store(k, SeqCst);
-        let _ = sys::signal(n, 1);
-        let m = fp_message(k);
-        if let Ok(r) = sys::call(ep, &m) {
-            ok += fp_checks(&m, &r, 0) as u64;
-            // Word 3: what the server saw of the middle thread when the message reached it.
-            ordered += (r.w[3] == k) as u64;
-        }
-    }
-    let ended = fp_stop(ep, server);
-    release(middle);
-    release(ep);
-    release(n);
+    let (done, ok, ordered) = fp_run_caller(FP_SIGNAL_FIRST, 100, cpu);
+    let ended = fp_end(&[ep, n], &[server, middle]);
     report(
         "ipc-call-waits-for-a-more-urgent-thread",
-        made.is_ok() && waiting && ok == FP_ROUNDS && ordered == FP_ROUNDS && ended,
-        format_args!("{ok} of {FP_ROUNDS} answers right; the thread of priority 70 ran before the server (50) got the message in {ordered} of {FP_ROUNDS}; server ended {ended}"),
+        made.is_ok() && waiting && done && ok == FP_ROUNDS && ordered == FP_ROUNDS && ended,
+        format_args!("{ok} of {FP_ROUNDS} answers right (done {done}); the thread of priority 70 ran before the server (50) got the message in {ordered} of {FP_ROUNDS}; threads ended {ended}"),
     );
 }
 
-/// An answer to a caller of lower priority than a thread ready on this CPU: the server
-/// (priority 90) wakes the middle thread (70) and answers the client (50), which runs only after
-/// the middle thread has.
+/// An answer to a caller of lower priority than a thread ready on its CPU: the server (priority
+/// 90) wakes the middle thread (70) and answers the caller (50), which runs only after the
+/// middle thread has.
 fn test_fp_reply_past_urgent() {
-    let me = sys::cpu_info().0;
+    let cpu = far_cpu();
     let (ep, n) = (slot(), slot());
     let made = sys::endpoint_create(MEMORY, ep).and_then(|_| sys::notification_create(MEMORY, n));
     FP_EP[0].store(ep, SeqCst);
     FP_NTF.store(n, SeqCst);
     FP_FLAG.store(0, SeqCst);
-    FP_OK.store(0, SeqCst);
-    let server = spawn(fp_server, 2, 90, me);
-    let middle = spawn(fp_middle_waiter, 0, 70, me);
-    let _ = wait_ms(1000, || state(server) == Some(ThreadState::BlockedRecv) && state(middle) == Some(ThreadState::BlockedNotify));
-    let client = spawn(fp_client, 1, 50, me);
-    let done = wait_ms(5000, || state(client) == Some(ThreadState::Dead));
-    release(client);
-    let ok = FP_OK.load(SeqCst);
-    let ended = fp_stop(ep, server);
-    release(middle);
-    release(ep);
-    release(n);
+    let server = spawn(fp_server, 1, 90, cpu);
+    let middle = spawn(fp_middle_waiter, 0, 70, cpu);
+    let waiting = wait_ms(1000, || state(server) == Some(ThreadState::BlockedRecv) && state(middle) == Some(ThreadState::BlockedNotify));
+    let (done, ok, ordered) = fp_run_caller(FP_FLAG_AFTER, 50, cpu);
+    let ended = fp_end(&[ep, n], &[server, middle]);
     report(
         "ipc-reply-waits-for-a-more-urgent-thread",
-        made.is_ok() && done && ok == FP_ROUNDS && ended,
-        format_args!("{ok} of {FP_ROUNDS} answers right and reaching the client (50) after the thread of priority 70 the server (90) woke (done {done}); server ended {ended}"),
+        made.is_ok() && waiting && done && ok == FP_ROUNDS && ordered == FP_ROUNDS && ended,
+        format_args!("{ok} of {FP_ROUNDS} answers right (done {done}); {ordered} of {FP_ROUNDS} reached the caller (50) after the thread of priority 70 the server (90) woke; threads ended {ended}"),
     );
 }
 
 /// A server that waits on two endpoints by turns: each call finds it waiting on the other
 /// endpoint than its last.
 fn test_fp_alternating_endpoints() {
-    let me = sys::cpu_info().0;
+    let cpu = far_cpu();
     let (a, b) = (slot(), slot());
     let made = sys::endpoint_create(MEMORY, a).and_then(|_| sys::endpoint_create(MEMORY, b));
     FP_EP[0].store(a, SeqCst);
     FP_EP[1].store(b, SeqCst);
-    let server = spawn(fp_alternating_server, 0, 50, me);
-    let mut ok = 0;
-    for k in 1..=FP_ROUNDS {
-        let at = (k + 1) % 2;
-        let m = fp_message(k);
-        if sys::call(if at == 0 { a } else { b }, &m).is_ok_and(|r| fp_checks(&m, &r, at)) {
-            ok += 1;
-        }
-    }
-    // The server waits on `a` again after an even number of rounds.
-    let ended = fp_stop(if FP_ROUNDS % 2 == 0 { a } else { b }, server);
-    release(a);
-    release(b);
+    let server = spawn(fp_alternating_server, 0, 50, cpu);
+    let (done, ok, _) = fp_run_caller(FP_ALTERNATE, 100, cpu);
+    let ended = fp_end(&[a, b], &[server]);
     report(
         "ipc-server-alternating-endpoints",
-        made.is_ok() && ok == FP_ROUNDS && ended,
-        format_args!("{ok} of {FP_ROUNDS} calls answered right through the endpoint the server waited on by turns; server ended {ended}"),
+        made.is_ok() && done && ok == FP_ROUNDS && ended,
+        format_args!("{ok} of {FP_ROUNDS} calls answered right through the endpoint the server waited on by turns (done {done}); threads ended {ended}"),
     );
 }
 
