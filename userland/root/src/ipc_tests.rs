@@ -1100,48 +1100,35 @@ fn test_fp_priority_falls() {
     );
 }
 
-/// A call to a waiting receiver of lower priority than a thread ready on its CPU: the middle
-/// thread (priority 70, made ready by a signal just before each call) runs before the server
-/// (50) gets the message, whoever switches; the caller (100) gets each answer.
-fn test_fp_call_past_urgent() {
+/// A thread of middle priority (70) made ready on the partners' CPU just before the fast path
+/// would switch to a partner of lower priority: it runs first, whoever switches.
+/// - `call` — a call to a waiting receiver: the caller (100) signals the middle thread just
+///   before each call, and the server (50) sees it ran when the message reaches it;
+/// - else an answer: the server (90) signals it before each answer to the caller (50), which sees
+///   it ran when the answer reaches it.
+fn test_fp_past_urgent(call: bool) {
     let cpu = far_cpu();
     let (ep, n) = (slot(), slot());
     let made = sys::endpoint_create(MEMORY, ep).and_then(|_| sys::notification_create(MEMORY, n));
     FP_EP[0].store(ep, SeqCst);
     FP_NTF.store(n, SeqCst);
     FP_FLAG.store(0, SeqCst);
-    let server = spawn(fp_server, 0, 50, cpu);
+    let (server_prio, kind, caller_prio) = if call { (50, FP_SIGNAL_FIRST, 100) } else { (90, FP_FLAG_AFTER, 50) };
+    let server = spawn(fp_server, !call as u64, server_prio, cpu);
     let middle = spawn(fp_middle_waiter, 0, 70, cpu);
     // Both wait before the first round.
     let waiting = wait_ms(1000, || state(server) == Some(ThreadState::BlockedRecv) && state(middle) == Some(ThreadState::BlockedNotify));
-    let (done, ok, ordered) = fp_run_caller(FP_SIGNAL_FIRST, 100, cpu);
+    let (done, ok, ordered) = fp_run_caller(kind, caller_prio, cpu);
     let ended = fp_end(&[ep, n], &[server, middle]);
+    let (name, what) = if call {
+        ("ipc-call-waits-for-a-more-urgent-thread", "the server (50) got the message")
+    } else {
+        ("ipc-reply-waits-for-a-more-urgent-thread", "the answer reached the caller (50)")
+    };
     report(
-        "ipc-call-waits-for-a-more-urgent-thread",
+        name,
         made.is_ok() && waiting && done && ok == FP_ROUNDS && ordered == FP_ROUNDS && ended,
-        format_args!("{ok} of {FP_ROUNDS} answers right (done {done}); the thread of priority 70 ran before the server (50) got the message in {ordered} of {FP_ROUNDS}; threads ended {ended}"),
-    );
-}
-
-/// An answer to a caller of lower priority than a thread ready on its CPU: the server (priority
-/// 90) wakes the middle thread (70) and answers the caller (50), which runs only after the
-/// middle thread has.
-fn test_fp_reply_past_urgent() {
-    let cpu = far_cpu();
-    let (ep, n) = (slot(), slot());
-    let made = sys::endpoint_create(MEMORY, ep).and_then(|_| sys::notification_create(MEMORY, n));
-    FP_EP[0].store(ep, SeqCst);
-    FP_NTF.store(n, SeqCst);
-    FP_FLAG.store(0, SeqCst);
-    let server = spawn(fp_server, 1, 90, cpu);
-    let middle = spawn(fp_middle_waiter, 0, 70, cpu);
-    let waiting = wait_ms(1000, || state(server) == Some(ThreadState::BlockedRecv) && state(middle) == Some(ThreadState::BlockedNotify));
-    let (done, ok, ordered) = fp_run_caller(FP_FLAG_AFTER, 50, cpu);
-    let ended = fp_end(&[ep, n], &[server, middle]);
-    report(
-        "ipc-reply-waits-for-a-more-urgent-thread",
-        made.is_ok() && waiting && done && ok == FP_ROUNDS && ordered == FP_ROUNDS && ended,
-        format_args!("{ok} of {FP_ROUNDS} answers right (done {done}); {ordered} of {FP_ROUNDS} reached the caller (50) after the thread of priority 70 the server (90) woke; threads ended {ended}"),
+        format_args!("{ok} of {FP_ROUNDS} answers right (done {done}); the thread of priority 70 ran before {what} in {ordered} of {FP_ROUNDS}; threads ended {ended}"),
     );
 }
 
@@ -1187,7 +1174,7 @@ pub fn run(bi: &BootInfo) {
     test_death(bi);
     test_notifications();
     test_fp_priority_falls();
-    test_fp_call_past_urgent();
-    test_fp_reply_past_urgent();
+    test_fp_past_urgent(true);
+    test_fp_past_urgent(false);
     test_fp_alternating_endpoints();
 }
