@@ -1192,12 +1192,13 @@ pub fn idle() -> ! {
             // `irq-latency-0-1` under icount were mostly the rest of a 50 µs poll). The window
             // is counted from the first of those reads, not from a read here: a poll that a
             // thread's arrival ends within 64 rounds (a cross-CPU reply, usually) reads the TSC
-            // not at all, and the window runs 64 rounds longer. (Under TCG a TSC read takes a
-            // lock of the emulator's that every virtual CPU's reads take, and writes the line
-            // it shares with them: this read, on both CPUs of every cross-CPU round trip, cost
-            // it 2.5% of its TCG time on a quiet host — 6,089 cycles against 6,244, medians of
-            // four `-smp 2` boots each, alternated — and 9% with a fuzz run alongside, 5,677
-            // against 6,216; under icount 8 instructions, 1,134 to 1,126; thirty-second session.)
+            // not at all, and a poll nothing ends runs 64 to 128 rounds past its time. (Under
+            // TCG a TSC read takes a lock of the emulator's that every virtual CPU's reads
+            // take, and writes the line it shares with them: this read, on both CPUs of every
+            // cross-CPU round trip, cost it 2.5% of its TCG time on a quiet host — 6,089 cycles
+            // against 6,244, medians of four `-smp 2` boots each, alternated — and 9% with a
+            // fuzz run alongside, 5,677 against 6,216; under icount 8 instructions, 1,134 to
+            // 1,126; thirty-second session.)
             let mut end = None;
             let mut n = 0u32;
             // A limbo another CPU found ready ends it too, looked at with the interrupts

@@ -974,12 +974,14 @@ fn test_openers_limit(bi: &BootInfo) {
     // A worker task opens through `obj` and reports the outcome (the error code, 0 if it
     // opened); the task lives on with the range open.
     let open_in_child = |obj: u64| -> (Option<Child>, Result<u64, Error>) {
-        let task = slot();
-        let loaded = image.as_ref().map_err(|e| *e).and_then(|elf| match sys::task_create(MEMORY, task) {
-            Ok(()) => Child::load_into(elf, task, Rights::CONSOLE, SCRATCH),
-            Err(e) => {
-                release(task);
-                Err(e)
+        let loaded = image.as_ref().map_err(|e| *e).and_then(|elf| {
+            let task = slot();
+            match sys::task_create(MEMORY, task) {
+                Ok(()) => Child::load_into(elf, task, Rights::CONSOLE, SCRATCH),
+                Err(e) => {
+                    release(task);
+                    Err(e)
+                }
             }
         });
         let child = match loaded {

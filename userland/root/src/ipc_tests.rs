@@ -1074,7 +1074,13 @@ fn fp_end(objs: &[u64], threads: &[u64]) -> bool {
     let all = threads.iter().copied().chain((caller != 0).then_some(caller));
     let mut ended = true;
     for t in all {
-        ended &= wait_ms(3000, || state(t) == Some(ThreadState::Dead));
+        let dead = wait_ms(3000, || state(t) == Some(ThreadState::Dead));
+        if !dead {
+            // (A wrong kernel: stopped, so that it cannot meddle with the next test's objects
+            // through the statics.)
+            let _ = sys::thread_suspend(t);
+        }
+        ended &= dead;
         release(t);
     }
     ended
@@ -1096,7 +1102,7 @@ fn test_fp_priority_falls() {
     report(
         "ipc-priority-falls-at-the-switch",
         made.is_ok() && done_high && ok_high == FP_ROUNDS && done_low && ok_low == FP_ROUNDS && ended,
-        format_args!("calls from priority 100 to a server of 50: {ok_high} of {FP_ROUNDS} answered right (done {done_high}); from 30: {ok_low} of {FP_ROUNDS} (done {done_low}); threads ended {ended}"),
+        format_args!("set-up {made:?}; calls from priority 100 to a server of 50: {ok_high} of {FP_ROUNDS} answered right (done {done_high}); from 30: {ok_low} of {FP_ROUNDS} (done {done_low}); threads ended {ended}"),
     );
 }
 
@@ -1128,7 +1134,7 @@ fn test_fp_past_urgent(call: bool) {
     report(
         name,
         made.is_ok() && waiting && done && ok == FP_ROUNDS && ordered == FP_ROUNDS && ended,
-        format_args!("{ok} of {FP_ROUNDS} answers right (done {done}); the thread of priority 70 ran before {what} in {ordered} of {FP_ROUNDS}; threads ended {ended}"),
+        format_args!("set-up {made:?}, both waiting {waiting}; {ok} of {FP_ROUNDS} answers right (done {done}); the thread of priority 70 ran before {what} in {ordered} of {FP_ROUNDS}; threads ended {ended}"),
     );
 }
 
@@ -1146,7 +1152,7 @@ fn test_fp_alternating_endpoints() {
     report(
         "ipc-server-alternating-endpoints",
         made.is_ok() && done && ok == FP_ROUNDS && ended,
-        format_args!("{ok} of {FP_ROUNDS} calls answered right through the endpoint the server waited on by turns (done {done}); threads ended {ended}"),
+        format_args!("set-up {made:?}; {ok} of {FP_ROUNDS} calls answered right through the endpoint the server waited on by turns (done {done}); threads ended {ended}"),
     );
 }
 
