@@ -1046,34 +1046,24 @@ fn fp_middle_waiter(_: u64) {
 }
 
 /// Starts an `fp_caller` of `kind` at priority `prio` on `cpu` and waits up to 10 s for it to end;
-/// returns whether it did, and its counts.
-fn fp_run_caller(kind: u64, prio: u64, cpu: u64) -> (bool, u64, u64) {
+/// returns its slot (for [`fp_end`]: one still waiting ends when the endpoints go), whether it
+/// ended, and its counts.
+fn fp_run_caller(kind: u64, prio: u64, cpu: u64) -> (u64, bool, u64, u64) {
     FP_OK.store(0, SeqCst);
     FP_ORD.store(0, SeqCst);
     let t = spawn(fp_caller, kind, prio, cpu);
     let done = wait_ms(10_000, || state(t) == Some(ThreadState::Dead));
-    let counts = (FP_OK.load(SeqCst), FP_ORD.load(SeqCst));
-    if done {
-        release(t);
-    } else {
-        // Still waiting: it ends when the test deletes the endpoints (`fp_end`).
-        FP_PENDING.store(t, SeqCst);
-    }
-    (done, counts.0, counts.1)
+    (t, done, FP_OK.load(SeqCst), FP_ORD.load(SeqCst))
 }
-static FP_PENDING: AtomicU64 = AtomicU64::new(0);
 
 /// Deletes the test's endpoints and notification (slots `objs`), which ends every thread waiting
-/// on them, then waits for `threads` and the last caller to end and lets them go; returns
-/// whether they all ended.
+/// on them, then waits for `threads` to end and lets them go; returns whether they all ended.
 fn fp_end(objs: &[u64], threads: &[u64]) -> bool {
     for &o in objs {
         release(o);
     }
-    let caller = FP_PENDING.swap(0, SeqCst);
-    let all = threads.iter().copied().chain((caller != 0).then_some(caller));
     let mut ended = true;
-    for t in all {
+    for &t in threads {
         let dead = wait_ms(3000, || state(t) == Some(ThreadState::Dead));
         if !dead {
             // (A wrong kernel: stopped, so that it cannot meddle with the next test's objects
@@ -1096,9 +1086,9 @@ fn test_fp_priority_falls() {
     let made = sys::endpoint_create(MEMORY, ep);
     FP_EP[0].store(ep, SeqCst);
     let server = spawn(fp_server, 0, 50, cpu);
-    let (done_high, ok_high, _) = fp_run_caller(FP_PLAIN, 100, cpu);
-    let (done_low, ok_low, _) = if done_high { fp_run_caller(FP_PLAIN, 30, cpu) } else { (false, 0, 0) };
-    let ended = fp_end(&[ep], &[server]);
+    let (high, done_high, ok_high, _) = fp_run_caller(FP_PLAIN, 100, cpu);
+    let (low, done_low, ok_low, _) = fp_run_caller(FP_PLAIN, 30, cpu);
+    let ended = fp_end(&[ep], &[server, high, low]);
     report(
         "ipc-priority-falls-at-the-switch",
         made.is_ok() && done_high && ok_high == FP_ROUNDS && done_low && ok_low == FP_ROUNDS && ended,
@@ -1124,8 +1114,8 @@ fn test_fp_past_urgent(call: bool) {
     let middle = spawn(fp_middle_waiter, 0, 70, cpu);
     // Both wait before the first round.
     let waiting = wait_ms(1000, || state(server) == Some(ThreadState::BlockedRecv) && state(middle) == Some(ThreadState::BlockedNotify));
-    let (done, ok, ordered) = fp_run_caller(kind, caller_prio, cpu);
-    let ended = fp_end(&[ep, n], &[server, middle]);
+    let (caller, done, ok, ordered) = fp_run_caller(kind, caller_prio, cpu);
+    let ended = fp_end(&[ep, n], &[server, middle, caller]);
     let (name, what) = if call {
         ("ipc-call-waits-for-a-more-urgent-thread", "the server (50) got the message")
     } else {
@@ -1147,8 +1137,8 @@ fn test_fp_alternating_endpoints() {
     FP_EP[0].store(a, SeqCst);
     FP_EP[1].store(b, SeqCst);
     let server = spawn(fp_alternating_server, 0, 50, cpu);
-    let (done, ok, _) = fp_run_caller(FP_ALTERNATE, 100, cpu);
-    let ended = fp_end(&[a, b], &[server]);
+    let (caller, done, ok, _) = fp_run_caller(FP_ALTERNATE, 100, cpu);
+    let ended = fp_end(&[a, b], &[server, caller]);
     report(
         "ipc-server-alternating-endpoints",
         made.is_ok() && done && ok == FP_ROUNDS && ended,
