@@ -753,6 +753,14 @@ fn test_notifications() {
     let b0 = sys::signal(badged, 0);
     let w = sys::wait(n, 0);
     report("notify-signal-then-wait", p0 == Ok(0) && b0 == Ok(()) && w == Ok(0x105), format_args!("poll empty {p0:?}; the bits and the badged capability's badge ORed: {w:?}"));
+    // Nothing to signal: no bits through an unbadged capability.
+    let none = sys::signal(n, 0);
+    let after = sys::poll(n);
+    report(
+        "notify-signal-nothing-refused",
+        none == Err(Error::InvalidArgument) && after == Ok(0),
+        format_args!("Signal with no bits through an unbadged capability: {none:?} (want InvalidArgument); the word after it {after:?}"),
+    );
     // A badged capability signals its badge and nothing else, whatever bits it is given: not
     // another client's bits, nor those an interrupt is bound to.
     let forged = sys::signal(badged, 0b010);
@@ -1146,6 +1154,331 @@ fn test_fp_alternating_endpoints() {
     );
 }
 
+// ---- a server that owes a reply ---------------------------------------------------------------
+
+/// What the owed-reply tests' server does after it received its first call (`OW_SERVER`'s
+/// argument).
+const OW_RECV_AGAIN: u64 = 0;
+const OW_PARK_RECV: u64 = 1;
+const OW_PARK_NB_RECV: u64 = 2;
+const OW_FAULT: u64 = 3;
+const OW_REPLY_RECV_NOW: u64 = 4;
+const OW_PARK_REPLY_RECV: u64 = 5;
+const OW_REPLY_RECV_FIRST: u64 = 6;
+
+/// The endpoint, the notification the server parks on, its fault handler's badge.
+static OW_EP: AtomicU64 = AtomicU64::new(0);
+static OW_NTF: AtomicU64 = AtomicU64::new(0);
+const OW_FAULT_BADGE: u64 = 0x0a7e;
+/// The labels of the first and second messages the server received (0: none yet), and the
+/// outcome of its last operation ([`ow_code`]).
+static OW_GOT: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
+static OW_LAST: AtomicU64 = AtomicU64::new(0);
+/// The two callers' outcomes ([`ow_code`]; 0 while they wait).
+static OW_RES: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
+/// The second message's words 0 and 1, as the server got them (a fault's kind and address).
+static OW_WORDS: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
+
+/// An outcome as one word: `Ok` with a label, or an error.
+fn ow_code(r: Result<u64, Error>) -> u64 {
+    match r {
+        Ok(label) => 1 << 32 | label,
+        Err(e) => 2 << 32 | e as u64,
+    }
+}
+
+fn ow_ok(label: u64) -> u64 {
+    ow_code(Ok(label))
+}
+
+fn ow_err(e: Error) -> u64 {
+    ow_code(Err(e))
+}
+
+/// The answer to a message of label `label`: label + 1.
+fn ow_answer(label: u64) -> Msg {
+    Msg { tag: Tag::new(label + 1, 1, 0), badge: 0, w: [label, 0, 0, 0] }
+}
+
+/// Records the second message the server got, and answers it (or, a fault, stops the thread).
+fn ow_second(m: Result<Msg, Error>) {
+    match m {
+        Ok(m) => {
+            OW_GOT[1].store(m.tag.label(), SeqCst);
+            OW_WORDS[0].store(m.w[0], SeqCst);
+            OW_WORDS[1].store(m.w[1], SeqCst);
+            let answer = if m.tag.label() == rl4_abi::fault::LABEL {
+                Msg { tag: Tag::new(rl4_abi::fault::STOP, 0, 0), badge: 0, w: [0; 4] }
+            } else {
+                ow_answer(m.tag.label())
+            };
+            OW_LAST.store(ow_code(sys::reply(&answer).map(|_| 0)), SeqCst);
+        }
+        Err(e) => OW_LAST.store(ow_err(e), SeqCst),
+    }
+}
+
+/// The server: receives one call, then does what `mode` says while it still owes that caller
+/// its reply.
+fn ow_server(mode: u64) {
+    let ep = OW_EP.load(SeqCst);
+    let park = || {
+        let _ = sys::wait(OW_NTF.load(SeqCst), FOREVER);
+    };
+    if mode == OW_REPLY_RECV_FIRST {
+        // A server loop's first `ReplyRecv`, nobody to answer: it receives.
+        match sys::reply_recv(ep, &ow_answer(0)) {
+            Ok(m) => {
+                OW_GOT[0].store(m.tag.label(), SeqCst);
+                OW_LAST.store(ow_code(sys::reply(&ow_answer(m.tag.label())).map(|_| 0)), SeqCst);
+            }
+            Err(e) => OW_LAST.store(ow_err(e), SeqCst),
+        }
+        return;
+    }
+    let first = match sys::recv(ep) {
+        Ok(m) => m.tag.label(),
+        Err(e) => {
+            OW_LAST.store(ow_err(e), SeqCst);
+            return;
+        }
+    };
+    OW_GOT[0].store(first, SeqCst);
+    match mode {
+        OW_RECV_AGAIN => ow_second(sys::recv(ep)),
+        OW_PARK_RECV => {
+            park();
+            ow_second(sys::recv(ep));
+        }
+        OW_PARK_NB_RECV => {
+            park();
+            ow_second(sys::nb_recv(ep));
+        }
+        OW_FAULT => {
+            // SAFETY: deliberately reads an address that is never mapped: the thread faults.
+            unsafe { (0x10 as *const u64).read_volatile() };
+        }
+        OW_REPLY_RECV_NOW => {
+            // Timeout 0 and nobody queued: the answer goes, the receive times out.
+            let r = sys::ipc(Sys::ReplyRecv, ep, &ow_answer(first), 0, 0, 0);
+            OW_LAST.store(ow_code(r.map(|m| m.tag.label())), SeqCst);
+        }
+        OW_PARK_REPLY_RECV => {
+            park();
+            ow_second(sys::reply_recv(ep, &ow_answer(first)));
+        }
+        _ => {}
+    }
+}
+
+/// A caller: calls with label `0x40 + i` and records its outcome in `OW_RES[i]`.
+fn ow_caller(i: u64) {
+    let m = Msg { tag: Tag::new(0x40 + i, 1, 0), badge: 0, w: [i, 0, 0, 0] };
+    let r = sys::call(OW_EP.load(SeqCst), &m).map(|m| m.tag.label());
+    OW_RES[i as usize].store(ow_code(r), SeqCst);
+}
+
+/// A thread whose fault goes to the endpoint in `ep` (its handler, set before it runs).
+fn ow_faulter(_: u64) {
+    // SAFETY: deliberately reads an address that is never mapped: the thread faults.
+    unsafe { (0x10 as *const u64).read_volatile() };
+}
+
+/// One owed-reply case on the server's CPU `cpu` (the first caller there too), the second
+/// caller on `second_cpu` (if the case has one): the outcome's words (first caller, second
+/// caller, the server's two labels and last outcome) and whether every thread ended.
+struct OwSeen {
+    made: Result<(), Error>,
+    first_taken: bool,
+    res: [u64; 2],
+    got: [u64; 2],
+    last: u64,
+    words: [u64; 2],
+    server_state: Option<ThreadState>,
+    faulter_state: Option<ThreadState>,
+    ended: bool,
+}
+
+fn ow_case(mode: u64, cpu: u64, second_cpu: Option<u64>) -> OwSeen {
+    let (ep, n) = (slot(), slot());
+    let made = sys::endpoint_create(MEMORY, ep).and_then(|_| sys::notification_create(MEMORY, n));
+    OW_EP.store(ep, SeqCst);
+    OW_NTF.store(n, SeqCst);
+    for a in OW_GOT.iter().chain(OW_RES.iter()).chain(OW_WORDS.iter()) {
+        a.store(0, SeqCst);
+    }
+    OW_LAST.store(0, SeqCst);
+    let server = spawn(ow_server, mode, 50, cpu);
+    wait_ms(1000, || state(server) == Some(ThreadState::BlockedRecv));
+    let a = spawn(ow_caller, 0, 40, cpu);
+    // The server took the first call and owes it (A waits for its reply) before the next step.
+    let after = match mode {
+        OW_RECV_AGAIN => ThreadState::BlockedRecv,
+        OW_FAULT => ThreadState::Faulted,
+        OW_PARK_RECV | OW_PARK_NB_RECV | OW_PARK_REPLY_RECV => ThreadState::BlockedNotify,
+        _ => ThreadState::Dead,
+    };
+    let first_taken = wait_ms(2000, || {
+        OW_GOT[0].load(SeqCst) != 0 && (state(server) == Some(after) || mode == OW_REPLY_RECV_NOW || mode == OW_REPLY_RECV_FIRST)
+    });
+    let mut threads = [server, a, 0];
+    let mut faulter_state = None;
+    let mut fault_cap = 0;
+    if let Some(cpu2) = second_cpu {
+        if mode == OW_PARK_REPLY_RECV {
+            // A fault queues on the endpoint while the server is parked.
+            let (f, h) = (slot(), slot());
+            let top = stack(4);
+            let r = sys::thread_create(MEMORY, TASK, rl4_user::thread_entry(), top, 40, cpu2, f)
+                .and_then(|_| sys::thread_set_args(f, ow_faulter as *const () as u64, 0))
+                .and_then(|_| sys::cap_mint(ep, TASK, h, Rights::SEND, OW_FAULT_BADGE))
+                .and_then(|_| sys::thread_set_fault_handler(f, h))
+                .and_then(|_| sys::thread_resume(f));
+            if r.is_ok() {
+                wait_ms(1000, || state(f) == Some(ThreadState::BlockedFault));
+            }
+            threads[2] = f;
+            fault_cap = h;
+        } else {
+            let b = spawn(ow_caller, 1, 40, cpu2);
+            threads[2] = b;
+            if after == ThreadState::BlockedNotify {
+                wait_ms(1000, || state(b) == Some(ThreadState::BlockedSend));
+            }
+        }
+        if after == ThreadState::BlockedNotify {
+            let _ = sys::signal(n, 1);
+        }
+    }
+    // Everything settles: both callers answered, the server ended or stopped.
+    let settled = wait_ms(2000, || {
+        OW_RES[0].load(SeqCst) != 0
+            && (threads[2] == 0 || mode == OW_PARK_REPLY_RECV || OW_RES[1].load(SeqCst) != 0)
+            && matches!(state(server), Some(ThreadState::Dead) | Some(ThreadState::Faulted))
+            && (mode != OW_PARK_REPLY_RECV || state(threads[2]) == Some(ThreadState::Faulted))
+    });
+    let server_state = state(server);
+    if mode == OW_PARK_REPLY_RECV {
+        faulter_state = state(threads[2]);
+    }
+    let seen = OwSeen {
+        made,
+        first_taken: first_taken && settled,
+        res: [OW_RES[0].load(SeqCst), OW_RES[1].load(SeqCst)],
+        got: [OW_GOT[0].load(SeqCst), OW_GOT[1].load(SeqCst)],
+        last: OW_LAST.load(SeqCst),
+        words: [OW_WORDS[0].load(SeqCst), OW_WORDS[1].load(SeqCst)],
+        server_state,
+        faulter_state,
+        ended: false,
+    };
+    // The server (dead or stopped) and the faulting thread go with their capabilities; the
+    // callers end by themselves.
+    if fault_cap != 0 {
+        release(fault_cap);
+    }
+    let n_live = if threads[2] == 0 { 2 } else { 3 };
+    let ended = ow_end(&[ep, n], &threads[..n_live]);
+    OwSeen { ended, ..seen }
+}
+
+/// Deletes the objects, then waits for each thread to be dead or stopped and lets it go.
+fn ow_end(objs: &[u64], threads: &[u64]) -> bool {
+    for &o in objs {
+        release(o);
+    }
+    let mut ended = true;
+    for &t in threads {
+        let done = wait_ms(3000, || matches!(state(t), Some(ThreadState::Dead) | Some(ThreadState::Faulted) | Some(ThreadState::Suspended)));
+        if !done {
+            let _ = sys::thread_suspend(t);
+        }
+        ended &= done;
+        release(t);
+    }
+    ended
+}
+
+/// A server that takes a new call while it owes a reply drops the old reply right: the old
+/// caller gets `PartnerGone`, the new one its answer (`ipc.md`). Three ways to the new call:
+/// the server waits again in `Recv` and the call comes from its CPU (the general path: the same-CPU
+/// fast path leaves a receiver that holds a reply right to it) or from another CPU (the
+/// cross-CPU fast path); the call is queued while the server waits for a notification, and its
+/// `Recv` or `NbRecv` finds it. Also: the server faults with no handler while it owes the reply
+/// (the caller gets `PartnerGone`); answers with `ReplyRecv` of timeout 0 and nothing queued
+/// (the caller gets the answer, the server `Timeout`); answers with `ReplyRecv` and finds a
+/// fault queued (the caller gets the answer, the server the fault message); and a server loop's
+/// first `ReplyRecv`, with nobody to answer, receives.
+fn test_owed_replies() {
+    let cpu = far_cpu();
+    let other = (cpus() > 1).then_some(0);
+    let (a, b) = (0x40, 0x41);
+    let gone = ow_err(Error::PartnerGone);
+    let plain = |s: &OwSeen| s.made.is_ok() && s.first_taken && s.ended;
+    let cases: [(&str, u64, Option<u64>); 4] = [
+        ("ipc-owed-reply-failed-by-recv-same-cpu", OW_RECV_AGAIN, Some(cpu)),
+        ("ipc-owed-reply-failed-by-recv-cross-cpu", OW_RECV_AGAIN, other),
+        ("ipc-owed-reply-failed-by-queued-call", OW_PARK_RECV, Some(cpu)),
+        ("ipc-owed-reply-failed-by-nb-recv", OW_PARK_NB_RECV, other.or(Some(cpu))),
+    ];
+    for (name, mode, second) in cases {
+        let Some(second) = second else {
+            crate::tests::skip(name, "one CPU");
+            continue;
+        };
+        let s = ow_case(mode, cpu, Some(second));
+        report(
+            name,
+            plain(&s) && s.res == [gone, ow_ok(b + 1)] && s.got == [a, b] && s.last == ow_ok(0) && s.server_state == Some(ThreadState::Dead),
+            format_args!(
+                "server on cpu {cpu}, first caller there, second on cpu {second}: first caller {:#x} (want PartnerGone {gone:#x}), second {:#x} (want {:#x}); the server got {:x?}, its reply {:#x}; server {:?}; set-up {:?}, settled {}, ended {}",
+                s.res[0], s.res[1], ow_ok(b + 1), s.got, s.last, s.server_state, s.made, s.first_taken, s.ended
+            ),
+        );
+    }
+    let s = ow_case(OW_FAULT, cpu, None);
+    report(
+        "ipc-owed-reply-failed-by-server-fault",
+        plain(&s) && s.res[0] == gone && s.server_state == Some(ThreadState::Faulted),
+        format_args!(
+            "a server with no fault handler faults while it owes a reply: caller {:#x} (want PartnerGone {gone:#x}), server {:?} (want Faulted); set-up {:?}, settled {}, ended {}",
+            s.res[0], s.server_state, s.made, s.first_taken, s.ended
+        ),
+    );
+    let s = ow_case(OW_REPLY_RECV_NOW, cpu, None);
+    report(
+        "ipc-reply-recv-timeout-zero-answers",
+        plain(&s) && s.res[0] == ow_ok(a + 1) && s.last == ow_err(Error::Timeout),
+        format_args!(
+            "ReplyRecv with timeout 0 and nothing queued, the caller on the server's cpu {cpu}: caller {:#x} (want {:#x}), the server's ReplyRecv {:#x} (want Timeout {:#x}); set-up {:?}, settled {}, ended {}",
+            s.res[0], ow_ok(a + 1), s.last, ow_err(Error::Timeout), s.made, s.first_taken, s.ended
+        ),
+    );
+    let s = ow_case(OW_PARK_REPLY_RECV, cpu, Some(other.unwrap_or(cpu)));
+    report(
+        "ipc-reply-recv-finds-a-queued-fault",
+        plain(&s)
+            && s.res[0] == ow_ok(a + 1)
+            && s.got == [a, rl4_abi::fault::LABEL]
+            && s.words == [rl4_abi::fault::PAGE_FAULT, 0x10]
+            && s.last == ow_ok(0)
+            && s.faulter_state == Some(ThreadState::Faulted),
+        format_args!(
+            "the server answers with ReplyRecv and finds a fault queued: caller {:#x} (want {:#x}); the server got {:x?}, words {:x?} (want the page fault at 0x10), its stop {:#x}; the faulting thread {:?} (want Faulted); set-up {:?}, settled {}, ended {}",
+            s.res[0], ow_ok(a + 1), s.got, s.words, s.last, s.faulter_state, s.made, s.first_taken, s.ended
+        ),
+    );
+    let s = ow_case(OW_REPLY_RECV_FIRST, cpu, None);
+    report(
+        "ipc-reply-recv-with-nobody-to-answer-receives",
+        plain(&s) && s.res[0] == ow_ok(a + 1) && s.got[0] == a && s.last == ow_ok(0),
+        format_args!(
+            "a server's first ReplyRecv, no caller owed: it received {:#x} (want {a:#x}) and answered ({:#x}); the caller got {:#x} (want {:#x}); set-up {:?}, settled {}, ended {}",
+            s.got[0], s.last, s.res[0], ow_ok(a + 1), s.made, s.first_taken, s.ended
+        ),
+    );
+}
+
 pub fn run(bi: &BootInfo) {
     // The root thread's own IPC buffer, for long messages.
     let _ = map_fresh(SPACE, ROOT_BUF, 1, Rights::READ.union(Rights::WRITE));
@@ -1173,4 +1506,5 @@ pub fn run(bi: &BootInfo) {
     test_fp_past_urgent(true);
     test_fp_past_urgent(false);
     test_fp_alternating_endpoints();
+    test_owed_replies();
 }

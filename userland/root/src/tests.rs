@@ -1620,6 +1620,22 @@ fn test_bad_args() {
     expect("bad-console-unmapped-pointer", sys::console_write_raw(MACHINE, 0x1000, 8).map(|_| ()), Error::Fault);
     expect("bad-console-noncanonical", sys::console_write_raw(MACHINE, 0x0000_8000_0000_0000, 8).map(|_| ()), Error::Fault);
     expect("bad-console-too-long", sys::console_write_raw(MACHINE, va, 1 << 20).map(|_| ()), Error::InvalidArgument);
+    // Bytes that are not UTF-8 are dropped, never printed: an invalid sequence at the start is
+    // taken by itself (its length answered, nothing printed); one after valid text is left for
+    // the next call, which takes it; an unfinished sequence at the end goes with its call.
+    let invalid = [
+        sys::console_write(MACHINE, b"\xff\xfe"),
+        sys::console_write(MACHINE, b"console utf-8 check \xff1\n"),
+        sys::console_write(MACHINE, b"\xff1\n"),
+        sys::console_write(MACHINE, b"1\n"),
+        sys::console_write(MACHINE, b"console utf-8 check \xe2\x82"),
+        sys::console_write(MACHINE, b"\xe2\x82"),
+    ];
+    report(
+        "console-write-drops-invalid-utf8",
+        invalid == [Ok(1), Ok(20), Ok(1), Ok(2), Ok(20), Ok(2)],
+        format_args!("bytes taken: {invalid:?} (want 1, 20, 1, 2, 20, 2)"),
+    );
     let entry = rl4_user::thread_entry();
     expect("bad-cpu-create", sys::thread_create(MEMORY, TASK, entry, 0x10_0000, 10, 999, thread), Error::InvalidCpu);
     expect("bad-cpu-affinity", sys::thread_set_affinity(THREAD, cpus()), Error::InvalidCpu);
