@@ -1137,20 +1137,26 @@ fn test_fp_past_urgent(call: bool) {
 }
 
 /// A server that waits on two endpoints by turns: each call finds it waiting on the other
-/// endpoint than its last.
-fn test_fp_alternating_endpoints() {
+/// endpoint than its last. The caller on the server's CPU (the same-CPU fast path) or, `cross`,
+/// on CPU 0 (the cross-CPU fast path, which hands the receiver's old wait back after its locks).
+fn test_fp_alternating_endpoints(cross: bool) {
+    let name = if cross { "ipc-server-alternating-endpoints-cross-cpu" } else { "ipc-server-alternating-endpoints" };
+    if cross && cpus() < 2 {
+        return crate::tests::skip(name, "one CPU");
+    }
     let cpu = far_cpu();
+    let caller_cpu = if cross { 0 } else { cpu };
     let (a, b) = (slot(), slot());
     let made = sys::endpoint_create(MEMORY, a).and_then(|_| sys::endpoint_create(MEMORY, b));
     FP_EP[0].store(a, SeqCst);
     FP_EP[1].store(b, SeqCst);
     let server = spawn(fp_alternating_server, 0, 50, cpu);
-    let (caller, done, ok, _) = fp_run_caller(FP_ALTERNATE, 100, cpu);
+    let (caller, done, ok, _) = fp_run_caller(FP_ALTERNATE, 100, caller_cpu);
     let ended = fp_end(&[a, b], &[server, caller]);
     report(
-        "ipc-server-alternating-endpoints",
+        name,
         made.is_ok() && done && ok == FP_ROUNDS && ended,
-        format_args!("set-up {made:?}; {ok} of {FP_ROUNDS} calls answered right through the endpoint the server waited on by turns (done {done}); threads ended {ended}"),
+        format_args!("server on cpu {cpu}, caller on cpu {caller_cpu}; set-up {made:?}; {ok} of {FP_ROUNDS} calls answered right through the endpoint the server waited on by turns (done {done}); threads ended {ended}"),
     );
 }
 
@@ -1505,6 +1511,7 @@ pub fn run(bi: &BootInfo) {
     test_fp_priority_falls();
     test_fp_past_urgent(true);
     test_fp_past_urgent(false);
-    test_fp_alternating_endpoints();
+    test_fp_alternating_endpoints(false);
+    test_fp_alternating_endpoints(true);
     test_owed_replies();
 }

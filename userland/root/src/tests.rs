@@ -135,6 +135,42 @@ fn test_migrate() {
     );
 }
 
+/// Like [`migrant`], but never blocks or yields: it is running whenever it is looked at.
+fn spinning_migrant(_: u64) {
+    while !MIG_STOP.load(SeqCst) {
+        MIG_CPU.store(sys::cpu_info().0, SeqCst);
+    }
+}
+
+/// `ThreadSetAffinity` of a thread running on another CPU (never blocking): that CPU lets it
+/// go and it runs on its new one (`thread::set_affinity` kicks the CPU it runs on).
+fn test_migrate_running() {
+    const NAME: &str = "migrate-running-thread";
+    if cpus() < 2 {
+        return skip(NAME, "one CPU");
+    }
+    let from = far_cpu();
+    // Away from the root thread's CPU where there is one to spare.
+    let to = if cpus() > 2 { cpus() - 2 } else { 0 };
+    MIG_STOP.store(false, SeqCst);
+    MIG_CPU.store(u64::MAX, SeqCst);
+    let t = spawn(spinning_migrant, 0, ROOT_PRIO - 10, from);
+    let before = wait_ms(2000, || MIG_CPU.load(SeqCst) == from && state(t) == Some(ThreadState::Running));
+    let set = sys::thread_set_affinity(t, to);
+    let info = sys::thread_info(t).map(|r| r[1]).unwrap_or(u64::MAX);
+    let after = wait_ms(2000, || MIG_CPU.load(SeqCst) == to);
+    MIG_STOP.store(true, SeqCst);
+    let ended = join(&[t], 2000);
+    release(t);
+    report(
+        NAME,
+        before && set.is_ok() && info == to && after && ended,
+        format_args!(
+            "a thread spinning on cpu {from} (seen running there: {before}) given cpu {to}: {set:?}; ThreadInfo's cpu at once {info}; it ran on cpu {to}: {after}; ended {ended}"
+        ),
+    );
+}
+
 static COUNT_A: AtomicU64 = AtomicU64::new(0);
 static COUNT_B: AtomicU64 = AtomicU64::new(0);
 static SPIN_STOP: AtomicBool = AtomicBool::new(false);
@@ -1724,6 +1760,7 @@ pub fn run(bi: &BootInfo, which: &str) -> bool {
     if want("sched") {
         test_cpus_all();
         test_migrate();
+        test_migrate_running();
         test_preempt();
         test_preempted_keeps_only_its_slice();
         test_priority();
