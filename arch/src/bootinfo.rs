@@ -43,7 +43,7 @@ pub const MULTIBOOT2_MAGIC: u32 = 0x36d7_6289;
 pub const MAX_MEMMAP: usize = 128;
 pub const MAX_MODULES: usize = 16;
 /// Bytes of a module's name kept (longer names are cut).
-pub const MODULE_NAME_MAX: usize = 15;
+pub const MODULE_NAME_MAX: usize = 31;
 pub const MAX_CMDLINE: usize = 1024;
 pub const MAX_INFO_RANGES: usize = 4 + MAX_MODULES;
 pub const MAX_LOADER_NAME: usize = 64;
@@ -1268,7 +1268,10 @@ mod tests {
         let r = Range::new(0, 0);
         assert_eq!(Module::new(r, b"/boot/echo.elf").name(), "echo");
         assert_eq!(Module::new(r, b"/boot/echo.elf  client\0junk").name(), "client");
-        assert_eq!(Module::new(r, b"a-very-long-module-name.elf").name(), "a-very-long-mod");
+        assert_eq!(Module::new(r, b"a-very-long-module-name.elf").name(), "a-very-long-module-name");
+        assert_eq!(Module::new(r, b"/boot/an-even-longer-module-name-than-that.elf").name(), "an-even-longer-module-name-than");
+        // Cut within a character: the whole characters before it.
+        assert_eq!(Module::new(r, "module-name-of-thirty-bytes-\u{e9}\u{e9}".as_bytes()).name(), "module-name-of-thirty-bytes-\u{e9}");
         assert_eq!(Module::new(r, b"").name(), "");
     }
 

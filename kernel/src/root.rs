@@ -170,13 +170,15 @@ pub fn start(cmdline: &str, tsc_hz: u64) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// A directory entry (names are cut to 15 bytes).
+/// A directory entry (names are cut to `PROGRAM_NAME_MAX` bytes, at a character's boundary; a
+/// module's name comes cut to `MODULE_NAME_MAX`, no longer, already).
 fn program(name: &str, addr: u64, len: u64, kind: u64) -> Program {
-    let mut p = Program { name: [0; 16], addr, len, kind };
-    let nb = name.as_bytes();
-    p.name[..nb.len().min(15)].copy_from_slice(&nb[..nb.len().min(15)]);
+    let mut p = Program { name: [0; rl4_abi::PROGRAM_NAME_MAX + 1], addr, len, kind };
+    let n = (0..=name.len().min(rl4_abi::PROGRAM_NAME_MAX)).rev().find(|&n| name.is_char_boundary(n)).unwrap_or(0);
+    p.name[..n].copy_from_slice(&name.as_bytes()[..n]);
     p
 }
+const _: () = assert!(rl4_arch::bootinfo::MODULE_NAME_MAX <= rl4_abi::PROGRAM_NAME_MAX);
 
 /// What a module may not take of the root task's budget: what its start still takes after the
 /// modules (the BootInfo page with its mapping and page tables, the first thread with its FPU
@@ -256,7 +258,7 @@ fn modules(space: &Space, memory: &Arc<Memory>, bi: &mut BootInfo, at: &mut u64)
             map_frame(space, *at + p as u64 * PAGE_SIZE, f, false, false).map_err(mapping)?;
         }
         let p = program(name, *at, len, Program::MODULE);
-        // A name an earlier module has already (names are cut to 15 bytes, and an archive's
+        // A name an earlier module has already (names are cut to 31 bytes, and an archive's
         // members to their last path component): handed over all the same, but `start=` finds
         // the first, and the line says so (before the thirty-first session nothing did).
         let twin = bi.programs[..bi.nprograms as usize].iter().any(|q| q.kind == Program::MODULE && q.name == p.name);

@@ -653,7 +653,8 @@ pub const ROOT_STACK_PAGES: u64 = 16;
 #[derive(Clone, Copy, Debug, Default)]
 #[repr(C)]
 pub struct Program {
-    pub name: [u8; 16],
+    /// Its name, at most [`PROGRAM_NAME_MAX`] bytes of UTF-8, zeros after it.
+    pub name: [u8; PROGRAM_NAME_MAX + 1],
     /// Where the image is mapped in the root task.
     pub addr: u64,
     pub len: u64,
@@ -667,10 +668,14 @@ impl Program {
     /// A boot module.
     pub const MODULE: u64 = 1;
     pub fn name(&self) -> &str {
-        let end = self.name.iter().position(|&b| b == 0).unwrap_or(16);
+        let end = self.name.iter().position(|&b| b == 0).unwrap_or(self.name.len());
         core::str::from_utf8(&self.name[..end]).unwrap_or("?")
     }
 }
+
+/// Most bytes of a [`Program`]'s name (a longer module name is cut, at a character's
+/// boundary). Before the thirty-third session 15.
+pub const PROGRAM_NAME_MAX: usize = 31;
 
 /// Most programs in [`BootInfo`]: the embedded ones, then the boot modules.
 pub const MAX_PROGRAMS: usize = 32;
