@@ -8,6 +8,9 @@ use x86_64::registers::model_specific::Msr;
 pub struct Features {
     pub max_leaf: u32,
     pub max_ext_leaf: u32,
+    /// A local APIC, present and enabled (CPUID.1:EDX[9]; a CPU whose firmware turned it off
+    /// in IA32_APIC_BASE reads it clear).
+    pub apic: bool,
     pub x2apic: bool,
     pub tsc_deadline: bool,
     pub pcid: bool,
@@ -27,6 +30,7 @@ impl Features {
         let l0 = __cpuid(0);
         let l1 = __cpuid(1);
         let mut f = Features { max_leaf: l0.eax, ..Default::default() };
+        f.apic = l1.edx & (1 << 9) != 0;
         f.x2apic = l1.ecx & (1 << 21) != 0;
         f.tsc_deadline = l1.ecx & (1 << 24) != 0;
         f.pcid = l1.ecx & (1 << 17) != 0;
@@ -141,8 +145,9 @@ pub fn phys_bits() -> u32 {
 /// The physical address of this CPU's local APIC registers (IA32_APIC_BASE, bits 12 and up
 /// to the 52-bit limit): where the MADT would say, for a machine without ACPI tables.
 pub fn apic_base() -> u64 {
-    // SAFETY: reading IA32_APIC_BASE has no side effects; every x86_64 CPU with a local APIC
-    // (all of them: long mode requires one) has it.
+    // SAFETY: reading IA32_APIC_BASE has no side effects; every CPU with a local APIC has it,
+    // and the kernel runs only on such CPUs (the bootstrap CPU's CPUID is checked first; an AP
+    // is started through its APIC).
     unsafe { Msr::new(0x1b).read() & 0x000f_ffff_ffff_f000 }
 }
 
