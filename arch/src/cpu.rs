@@ -11,6 +11,10 @@ pub struct Features {
     /// A local APIC, present and enabled (CPUID.1:EDX[9]; a CPU whose firmware turned it off
     /// in IA32_APIC_BASE reads it clear).
     pub apic: bool,
+    /// `FXSAVE`/`FXRSTOR` (CPUID.1:EDX[24]) and SSE2 (EDX[26]: `lfence`, `mfence`): every
+    /// x86_64 CPU has them, an emulator may be told otherwise.
+    pub fxsr: bool,
+    pub sse2: bool,
     pub x2apic: bool,
     pub tsc_deadline: bool,
     pub pcid: bool,
@@ -26,11 +30,26 @@ pub struct Features {
 }
 
 impl Features {
+    /// The first thing the kernel needs that this CPU's CPUID says it lacks, described.
+    pub fn missing(&self) -> Option<&'static str> {
+        if !self.apic {
+            Some("local APIC (CPUID.1:EDX[9] clear: absent, or turned off by the firmware)")
+        } else if !self.fxsr {
+            Some("FXSAVE/FXRSTOR (CPUID.1:EDX[24] clear)")
+        } else if !self.sse2 {
+            Some("SSE2 (CPUID.1:EDX[26] clear: the kernel's fences are SSE2 instructions)")
+        } else {
+            None
+        }
+    }
+
     pub fn read() -> Features {
         let l0 = __cpuid(0);
         let l1 = __cpuid(1);
         let mut f = Features { max_leaf: l0.eax, ..Default::default() };
         f.apic = l1.edx & (1 << 9) != 0;
+        f.fxsr = l1.edx & (1 << 24) != 0;
+        f.sse2 = l1.edx & (1 << 26) != 0;
         f.x2apic = l1.ecx & (1 << 21) != 0;
         f.tsc_deadline = l1.ecx & (1 << 24) != 0;
         f.pcid = l1.ecx & (1 << 17) != 0;

@@ -173,12 +173,14 @@ pub extern "C" fn rl4_kernel_entry(protocol: u32, magic: u32, info: u64) -> ! {
 
     // The BSP's own per-CPU block and a guarded stack; the boot stack is left behind.
     let f = cpu::Features::read();
-    // rl4 needs a local APIC: its timer, its interrupts between CPUs, the start of the others.
-    // Long mode does not promise one (firmware may turn it off, `-cpu max,-apic` has none):
-    // without it the kernel stops with a line rather than fault at the APIC's first register
-    // (before the thirty-third session a #GP panic where the timer was set up).
-    if !f.apic {
-        println!("cpu: this CPU has no local APIC (CPUID.1:EDX[9] clear: absent, or turned off by the firmware); rl4 needs one; stopping");
+    // rl4 needs a local APIC (its timer, its interrupts between CPUs, the start of the others),
+    // which long mode does not promise (firmware may turn it off; `-cpu max,-apic` has none), and
+    // FXSAVE and SSE2, which every x86_64 CPU has but an emulator may be told to hide. Without
+    // one the kernel stops with a line, rather than fault at the APIC's first register or the
+    // first fence (before the thirty-third session a #GP panic where the timer was set up, or
+    // a double fault).
+    if let Some(what) = f.missing() {
+        println!("cpu: this CPU has no {what}; rl4 needs it; stopping");
         cpu::exit(cpu::QemuExit::Failure);
     }
     let bsp = cpus::create(0, f.apic_id, &mut mem::Frames).expect("BSP per-CPU block");
