@@ -1284,18 +1284,19 @@ fn ow_caller(i: u64) {
     OW_RES[i as usize].store(ow_code(r), SeqCst);
 }
 
-/// A thread whose fault goes to the endpoint in `ep` (its handler, set before it runs).
+/// A thread that faults at once (its handler, the test's endpoint, set before it runs).
 fn ow_faulter(_: u64) {
     // SAFETY: deliberately reads an address that is never mapped: the thread faults.
     unsafe { (0x10 as *const u64).read_volatile() };
 }
 
-/// One owed-reply case on the server's CPU `cpu` (the first caller there too), the second
-/// caller on `second_cpu` (if the case has one): the outcome's words (first caller, second
-/// caller, the server's two labels and last outcome) and whether every thread ended.
+/// What one owed-reply case saw: its set-up, whether each step came in time and everything
+/// settled, the outcome's words (first caller, second caller, the server's two labels and last
+/// outcome, the second message's first words), the server's and the faulting thread's states,
+/// and whether every thread ended.
 struct OwSeen {
     made: Result<(), Error>,
-    first_taken: bool,
+    settled: bool,
     res: [u64; 2],
     got: [u64; 2],
     last: u64,
@@ -1305,6 +1306,9 @@ struct OwSeen {
     ended: bool,
 }
 
+/// One owed-reply case (`mode`, the server's steps) with the server on `cpu` (the first caller
+/// there too) and, if the case has one, the second caller — or, for `OW_PARK_REPLY_RECV`, the
+/// faulting thread — on `second_cpu`.
 fn ow_case(mode: u64, cpu: u64, second_cpu: Option<u64>) -> OwSeen {
     let (ep, n) = (slot(), slot());
     let made = sys::endpoint_create(MEMORY, ep).and_then(|_| sys::notification_create(MEMORY, n));
@@ -1315,7 +1319,8 @@ fn ow_case(mode: u64, cpu: u64, second_cpu: Option<u64>) -> OwSeen {
     }
     OW_LAST.store(0, SeqCst);
     let server = spawn(ow_server, mode, 50, cpu);
-    wait_ms(1000, || state(server) == Some(ThreadState::BlockedRecv));
+    // Each step waits for the one before; one that never came fails the case (`ready`).
+    let mut ready = wait_ms(3000, || state(server) == Some(ThreadState::BlockedRecv));
     let a = spawn(ow_caller, 0, 40, cpu);
     // The server took the first call and owes it (A waits for its reply) before the next step.
     let after = match mode {
@@ -1324,7 +1329,7 @@ fn ow_case(mode: u64, cpu: u64, second_cpu: Option<u64>) -> OwSeen {
         OW_PARK_RECV | OW_PARK_NB_RECV | OW_PARK_REPLY_RECV => ThreadState::BlockedNotify,
         _ => ThreadState::Dead,
     };
-    let first_taken = wait_ms(2000, || {
+    ready &= wait_ms(3000, || {
         OW_GOT[0].load(SeqCst) != 0 && (state(server) == Some(after) || mode == OW_REPLY_RECV_NOW || mode == OW_REPLY_RECV_FIRST)
     });
     let mut threads = [server, a, 0];
@@ -1340,16 +1345,15 @@ fn ow_case(mode: u64, cpu: u64, second_cpu: Option<u64>) -> OwSeen {
                 .and_then(|_| sys::cap_mint(ep, TASK, h, Rights::SEND, OW_FAULT_BADGE))
                 .and_then(|_| sys::thread_set_fault_handler(f, h))
                 .and_then(|_| sys::thread_resume(f));
-            if r.is_ok() {
-                wait_ms(1000, || state(f) == Some(ThreadState::BlockedFault));
-            }
+            let queued = r.is_ok() && wait_ms(3000, || state(f) == Some(ThreadState::BlockedFault));
+            ready &= queued;
             threads[2] = f;
             fault_cap = h;
         } else {
             let b = spawn(ow_caller, 1, 40, cpu2);
             threads[2] = b;
             if after == ThreadState::BlockedNotify {
-                wait_ms(1000, || state(b) == Some(ThreadState::BlockedSend));
+                ready &= wait_ms(3000, || state(b) == Some(ThreadState::BlockedSend));
             }
         }
         if after == ThreadState::BlockedNotify {
@@ -1369,7 +1373,7 @@ fn ow_case(mode: u64, cpu: u64, second_cpu: Option<u64>) -> OwSeen {
     }
     let seen = OwSeen {
         made,
-        first_taken: first_taken && settled,
+        settled: ready && settled,
         res: [OW_RES[0].load(SeqCst), OW_RES[1].load(SeqCst)],
         got: [OW_GOT[0].load(SeqCst), OW_GOT[1].load(SeqCst)],
         last: OW_LAST.load(SeqCst),
@@ -1420,7 +1424,7 @@ fn test_owed_replies() {
     let other = (cpus() > 1).then_some(0);
     let (a, b) = (0x40, 0x41);
     let gone = ow_err(Error::PartnerGone);
-    let plain = |s: &OwSeen| s.made.is_ok() && s.first_taken && s.ended;
+    let plain = |s: &OwSeen| s.made.is_ok() && s.settled && s.ended;
     let cases: [(&str, u64, Option<u64>); 4] = [
         ("ipc-owed-reply-failed-by-recv-same-cpu", OW_RECV_AGAIN, Some(cpu)),
         ("ipc-owed-reply-failed-by-recv-cross-cpu", OW_RECV_AGAIN, other),
@@ -1438,7 +1442,7 @@ fn test_owed_replies() {
             plain(&s) && s.res == [gone, ow_ok(b + 1)] && s.got == [a, b] && s.last == ow_ok(0) && s.server_state == Some(ThreadState::Dead),
             format_args!(
                 "server on cpu {cpu}, first caller there, second on cpu {second}: first caller {:#x} (want PartnerGone {gone:#x}), second {:#x} (want {:#x}); the server got {:x?}, its reply {:#x}; server {:?}; set-up {:?}, settled {}, ended {}",
-                s.res[0], s.res[1], ow_ok(b + 1), s.got, s.last, s.server_state, s.made, s.first_taken, s.ended
+                s.res[0], s.res[1], ow_ok(b + 1), s.got, s.last, s.server_state, s.made, s.settled, s.ended
             ),
         );
     }
@@ -1448,7 +1452,7 @@ fn test_owed_replies() {
         plain(&s) && s.res[0] == gone && s.server_state == Some(ThreadState::Faulted),
         format_args!(
             "a server with no fault handler faults while it owes a reply: caller {:#x} (want PartnerGone {gone:#x}), server {:?} (want Faulted); set-up {:?}, settled {}, ended {}",
-            s.res[0], s.server_state, s.made, s.first_taken, s.ended
+            s.res[0], s.server_state, s.made, s.settled, s.ended
         ),
     );
     let s = ow_case(OW_REPLY_RECV_NOW, cpu, None);
@@ -1457,7 +1461,7 @@ fn test_owed_replies() {
         plain(&s) && s.res[0] == ow_ok(a + 1) && s.last == ow_err(Error::Timeout),
         format_args!(
             "ReplyRecv with timeout 0 and nothing queued, the caller on the server's cpu {cpu}: caller {:#x} (want {:#x}), the server's ReplyRecv {:#x} (want Timeout {:#x}); set-up {:?}, settled {}, ended {}",
-            s.res[0], ow_ok(a + 1), s.last, ow_err(Error::Timeout), s.made, s.first_taken, s.ended
+            s.res[0], ow_ok(a + 1), s.last, ow_err(Error::Timeout), s.made, s.settled, s.ended
         ),
     );
     let s = ow_case(OW_PARK_REPLY_RECV, cpu, Some(other.unwrap_or(cpu)));
@@ -1471,7 +1475,7 @@ fn test_owed_replies() {
             && s.faulter_state == Some(ThreadState::Faulted),
         format_args!(
             "the server answers with ReplyRecv and finds a fault queued: caller {:#x} (want {:#x}); the server got {:x?}, words {:x?} (want the page fault at 0x10), its stop {:#x}; the faulting thread {:?} (want Faulted); set-up {:?}, settled {}, ended {}",
-            s.res[0], ow_ok(a + 1), s.got, s.words, s.last, s.faulter_state, s.made, s.first_taken, s.ended
+            s.res[0], ow_ok(a + 1), s.got, s.words, s.last, s.faulter_state, s.made, s.settled, s.ended
         ),
     );
     let s = ow_case(OW_REPLY_RECV_FIRST, cpu, None);
@@ -1480,7 +1484,7 @@ fn test_owed_replies() {
         plain(&s) && s.res[0] == ow_ok(a + 1) && s.got[0] == a && s.last == ow_ok(0),
         format_args!(
             "a server's first ReplyRecv, no caller owed: it received {:#x} (want {a:#x}) and answered ({:#x}); the caller got {:#x} (want {:#x}); set-up {:?}, settled {}, ended {}",
-            s.got[0], s.last, s.res[0], ow_ok(a + 1), s.made, s.first_taken, s.ended
+            s.got[0], s.last, s.res[0], ow_ok(a + 1), s.made, s.settled, s.ended
         ),
     );
 }
