@@ -1067,18 +1067,27 @@ fn fp_run_caller(kind: u64, prio: u64, cpu: u64) -> (u64, bool, u64, u64) {
 /// Deletes the test's endpoints and notification (slots `objs`), which ends every thread waiting
 /// on them, then waits for `threads` to end and lets them go; returns whether they all ended.
 fn fp_end(objs: &[u64], threads: &[u64]) -> bool {
+    end_threads(objs, threads, false)
+}
+
+/// [`fp_end`], with a thread stopped by a fault (`Faulted`) counted as ended if `faulted_ends`.
+fn end_threads(objs: &[u64], threads: &[u64], faulted_ends: bool) -> bool {
     for &o in objs {
         release(o);
     }
     let mut ended = true;
     for &t in threads {
-        let dead = wait_ms(3000, || state(t) == Some(ThreadState::Dead));
-        if !dead {
+        let done = wait_ms(3000, || match state(t) {
+            Some(ThreadState::Dead) => true,
+            Some(ThreadState::Faulted) => faulted_ends,
+            _ => false,
+        });
+        if !done {
             // (A wrong kernel: stopped, so that it cannot meddle with the next test's objects
             // through the statics.)
             let _ = sys::thread_suspend(t);
         }
-        ended &= dead;
+        ended &= done;
         release(t);
     }
     ended
@@ -1388,25 +1397,8 @@ fn ow_case(mode: u64, cpu: u64, second_cpu: Option<u64>) -> OwSeen {
         release(fault_cap);
     }
     let n_live = if threads[2] == 0 { 2 } else { 3 };
-    let ended = ow_end(&[ep, n], &threads[..n_live]);
+    let ended = end_threads(&[ep, n], &threads[..n_live], true);
     OwSeen { ended, ..seen }
-}
-
-/// Deletes the objects, then waits for each thread to be dead or stopped and lets it go.
-fn ow_end(objs: &[u64], threads: &[u64]) -> bool {
-    for &o in objs {
-        release(o);
-    }
-    let mut ended = true;
-    for &t in threads {
-        let done = wait_ms(3000, || matches!(state(t), Some(ThreadState::Dead) | Some(ThreadState::Faulted) | Some(ThreadState::Suspended)));
-        if !done {
-            let _ = sys::thread_suspend(t);
-        }
-        ended &= done;
-        release(t);
-    }
-    ended
 }
 
 /// A server that takes a new call while it owes a reply drops the old reply right: the old
