@@ -171,7 +171,7 @@ pub fn start(cmdline: &str, tsc_hz: u64) -> Result<(), &'static str> {
 }
 
 /// A directory entry (names are cut to `PROGRAM_NAME_MAX` bytes, at a character's boundary; a
-/// module's name comes cut to `MODULE_NAME_MAX`, no longer, already).
+/// module's name arrives cut already, to `MODULE_NAME_MAX`, which is no longer).
 fn program(name: &str, addr: u64, len: u64, kind: u64) -> Program {
     let mut p = Program { name: [0; rl4_abi::PROGRAM_NAME_MAX + 1], addr, len, kind };
     let n = (0..=name.len().min(rl4_abi::PROGRAM_NAME_MAX)).rev().find(|&n| name.is_char_boundary(n)).unwrap_or(0);

@@ -1342,7 +1342,6 @@ fn ow_case(mode: u64, cpu: u64, second_cpu: Option<u64>) -> OwSeen {
         OW_GOT[0].load(SeqCst) != 0 && (state(server) == Some(after) || mode == OW_REPLY_RECV_NOW || mode == OW_REPLY_RECV_FIRST)
     });
     let mut threads = [server, a, 0];
-    let mut faulter_state = None;
     let mut fault_cap = 0;
     if let Some(cpu2) = second_cpu {
         if mode == OW_PARK_REPLY_RECV {
@@ -1370,16 +1369,14 @@ fn ow_case(mode: u64, cpu: u64, second_cpu: Option<u64>) -> OwSeen {
         }
     }
     // Everything settles: both callers answered, the server ended or stopped.
-    let settled = wait_ms(2000, || {
+    let settled = wait_ms(3000, || {
         OW_RES[0].load(SeqCst) != 0
             && (threads[2] == 0 || mode == OW_PARK_REPLY_RECV || OW_RES[1].load(SeqCst) != 0)
             && matches!(state(server), Some(ThreadState::Dead) | Some(ThreadState::Faulted))
             && (mode != OW_PARK_REPLY_RECV || state(threads[2]) == Some(ThreadState::Faulted))
     });
     let server_state = state(server);
-    if mode == OW_PARK_REPLY_RECV {
-        faulter_state = state(threads[2]);
-    }
+    let faulter_state = if mode == OW_PARK_REPLY_RECV { state(threads[2]) } else { None };
     let seen = OwSeen {
         made,
         settled: ready && settled,

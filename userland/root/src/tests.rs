@@ -143,7 +143,8 @@ fn spinning_migrant(_: u64) {
 }
 
 /// `ThreadSetAffinity` of a thread running on another CPU (never blocking): that CPU lets it
-/// go and it runs on its new one (`thread::set_affinity` kicks the CPU it runs on).
+/// go and it runs on its new one. (`thread::set_affinity` kicks that CPU; without the kick the
+/// thread would move at its slice's end, which this test does not tell apart.)
 fn test_migrate_running() {
     const NAME: &str = "migrate-running-thread";
     if cpus() < 2 {
@@ -1657,8 +1658,9 @@ fn test_bad_args() {
     expect("bad-console-noncanonical", sys::console_write_raw(MACHINE, 0x0000_8000_0000_0000, 8).map(|_| ()), Error::Fault);
     expect("bad-console-too-long", sys::console_write_raw(MACHINE, va, 1 << 20).map(|_| ()), Error::InvalidArgument);
     // Bytes that are not UTF-8 are dropped, never printed: an invalid sequence at the start is
-    // taken by itself (its length answered, nothing printed); one after valid text is left for
-    // the next call, which takes it; an unfinished sequence at the end goes with its call.
+    // taken by itself (its length answered, nothing printed); one after valid text, unfinished
+    // or not, is left for the next call, which takes it; a call of nothing but an unfinished
+    // sequence takes all of it.
     let invalid = [
         sys::console_write(MACHINE, b"\xff\xfe"),
         sys::console_write(MACHINE, b"console utf-8 check \xff1\n"),
