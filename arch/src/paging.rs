@@ -366,17 +366,37 @@ pub fn map_heap(src: &mut impl FrameSource, va: u64, pages: u64) -> Result<(), M
     Ok(())
 }
 
-/// Whether `va` is mapped in the current address space (for the backtrace walker).
+/// Whether the kernel address `va` is mapped in the current address space (for the backtrace
+/// walker and the direct-map reader). A walk of the kernel half that only reads, one entry
+/// at a time: another CPU may be editing the same root's user half meanwhile (`map_user`,
+/// `detach_user_half`) or the kernel half's heap window (`map_heap`, under `PT_LOCK`), so no
+/// reference to a whole table is made (before the thirty-fourth session this made the
+/// `x86_64` crate's mapper, a `&mut` over the root that such an edit aliased: a review found
+/// it).
 pub fn is_mapped(va: u64) -> bool {
-    use x86_64::structures::paging::Translate;
     let pml4 = Cr3::read().0.start_address().as_u64();
     if va < 0xffff_8000_0000_0000 || pml4 == 0 {
         return false;
     }
-    // SAFETY: read-only translation through the live tables; a concurrent edit can only add
-    // mappings, which at worst makes this answer stale.
-    let m = unsafe { mapper(pml4) };
-    m.translate_addr(VirtAddr::new(va)).is_some()
+    let mut table = pml4;
+    for shift in [39u32, 30, 21, 12] {
+        let at = phys_to_virt(table) + ((va >> shift) & 511) * 8;
+        // SAFETY: `table` is a page-table frame of the kernel half (the root CR3 holds, or one
+        // a present entry of the kernel half names: those are never freed), reached through
+        // the direct map; the entry is read once, whole (an aligned 8-byte load), and an edit
+        // meanwhile can only add a mapping (the kernel half's are never removed), which makes
+        // the answer stale at worst.
+        let e = unsafe { core::ptr::read_volatile(at as *const u64) };
+        if e & 1 == 0 {
+            return false;
+        }
+        // A huge page (bit 7 in a PDPT or PD entry) maps `va`.
+        if shift != 12 && shift != 39 && e & (1 << 7) != 0 {
+            return true;
+        }
+        table = e & 0x000f_ffff_ffff_f000;
+    }
+    true
 }
 
 static BOOT_MAP_ONLY: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(true);
@@ -471,9 +491,10 @@ pub fn new_user_space(src: &mut impl FrameSource) -> Result<PageTableRoot, MapEr
 /// [`unmap_user`] and the TLB shoot-down after it.
 ///
 /// # Safety
-/// The caller holds the lock that serialises every change to `root`'s tables (the kernel's
-/// `Space::maps`): two changes at once would make two `&mut` to one table and could both link
-/// a new table into one entry, losing one.
+/// `root` is a user space's root (made by [`new_user_space`], not [`kernel_root`]), not yet
+/// freed, and the caller holds the lock that serialises every change to its tables (the
+/// kernel's `Space::maps`): two changes at once would make two `&mut` to one table and could
+/// both link a new table into one entry, losing one.
 #[allow(unsafe_code)]
 pub unsafe fn map_user(src: &mut impl FrameSource, root: &PageTableRoot, va: u64, frame: UserFrame<'_>, write: bool, exec: bool) -> Result<(), MapError> {
     let (pa, device) = match frame {
@@ -484,7 +505,8 @@ pub unsafe fn map_user(src: &mut impl FrameSource, root: &PageTableRoot, va: u64
     if va >= crate::layout::USER_END {
         return Err(MapError::Overlap(va));
     }
-    // SAFETY: `root` is a live user space (the type says so) whose lock the caller holds.
+    // SAFETY: `root` is a live user space whose lock the caller holds (this function's
+    // contract).
     let mut m = unsafe { mapper(root.0) };
     let flags = crate::pte::user_pte_flags(write, exec, device, NX.load(Ordering::Relaxed) != 0);
     let parent = F::PRESENT | F::WRITABLE | F::USER_ACCESSIBLE;
@@ -560,11 +582,12 @@ pub struct DetachedTables([u64; 256]);
 /// shoot-down) before it frees them with [`free_detached`].
 ///
 /// # Safety
-/// As for [`map_user`]: the caller holds the lock of `root`'s tables.
+/// As for [`map_user`]: `root` is a live user space's root and the caller holds the lock of its
+/// tables.
 #[allow(unsafe_code)]
 pub unsafe fn detach_user_half(root: &PageTableRoot) -> DetachedTables {
-    // SAFETY: `root` is a live user space (the type says so) whose lock the caller holds: no
-    // other CPU changes its tables meanwhile; a CPU's page walk reads the entries, and an
+    // SAFETY: `root` is a live user space whose lock the caller holds (this function's
+    // contract): no other CPU changes its tables meanwhile; a CPU's page walk reads the entries, and an
     // aligned 8-byte store is atomic for it.
     let l4 = unsafe { &mut *(phys_to_virt(root.0) as *mut PageTable) };
     let mut kept = [0u64; 256];

@@ -55,16 +55,15 @@ static TSC_HZ: AtomicU64 = AtomicU64::new(0);
 
 /// Determines the TSC frequency once (on the BSP) and returns it with its source. `refs` are
 /// the reference clocks to measure against, best first, when CPUID does not say; `frames`
-/// supplies page tables for mapping the HPET.
-pub fn init_tsc(features: &cpu::Features, refs: &[RefClock], frames: &mut impl FrameSource) -> (u64, TscSource) {
+/// supplies page tables for mapping the HPET. `None`: CPUID does not give it and no reference
+/// clock answered (the kernel cannot keep time: the caller stops the boot with a line).
+pub fn init_tsc(features: &cpu::Features, refs: &[RefClock], frames: &mut impl FrameSource) -> Option<(u64, TscSource)> {
     // A frequency CPUID gives is believed only if it is plausible (a hypervisor's leaf, or a
     // crystal ratio, that says otherwise is not the TSC's): else the reference clocks measure it.
     let found = from_cpuid(features).filter(|(hz, _)| plausible(*hz)).or_else(|| refs.iter().find_map(|r| calibrate(*r, frames)));
-    let Some((hz, src)) = found else {
-        panic!("tsc: CPUID does not give the TSC frequency and no reference clock answered (tried {refs:?})")
-    };
+    let (hz, src) = found?;
     TSC_HZ.store(hz.max(1), Ordering::Relaxed);
-    (hz, src)
+    Some((hz, src))
 }
 
 fn from_cpuid(f: &cpu::Features) -> Option<(u64, TscSource)> {

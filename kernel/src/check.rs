@@ -396,11 +396,11 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
                 None => fail!(r, "thread {} holds the reply right of thread {}, which is not registered", t.id, c.id),
             }
         }
-        if let State::Blocked { wait: Wait::Send { cap: Some(c), .. }, .. } = s.state() {
-            refs.kobj(&c.obj);
-            if let KObj::IoPort(p) = &c.obj {
-                port_objs.entry(Arc::as_ptr(p) as usize).or_insert_with(|| p.clone());
-            }
+        // A capability in flight holds no reference to its object (`obj::InFlight`).
+        if let State::Blocked { wait: Wait::Send { cap: Some(c), .. }, .. } = s.state()
+            && let Some(KObj::IoPort(p)) = c.object()
+        {
+            port_objs.entry(Arc::as_ptr(&p) as usize).or_insert(p);
         }
     }
     for (sp, maps) in spaces.iter().zip(&space_maps) {

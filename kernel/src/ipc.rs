@@ -530,7 +530,13 @@ pub fn send(
         reclaim::later_cap(cap);
         return Outcome::Return(Err(Error::OutOfMemory));
     }
-    match block_current_at(cur, Wait::Send { ep: EpRef::new(ep), badge, call, cap }, deadline) {
+    // The capability waits with the sender without keeping its object alive (`InFlight`); the
+    // snapshot's reference goes after the locks.
+    let (cap, pin) = match cap.map(crate::obj::InFlight::park) {
+        Some((f, p)) => (Some(f), Some(p)),
+        None => (None, None),
+    };
+    let out = match block_current_at(cur, Wait::Send { ep: EpRef::new(ep), badge, call, cap }, deadline) {
         Ok(prio) => {
             crate::timeline::event(crate::timeline::Kind::Send, crate::timeline::ep(ep.id()) << 32, badge);
             enqueue_sender(&mut q.senders, cur.clone(), prio);
@@ -538,8 +544,13 @@ pub fn send(
             timeout::add(deadline, cur);
             Outcome::Blocked
         }
-        Err(()) => Outcome::Return(Err(Error::Interrupted)),
-    }
+        Err(()) => {
+            drop(q);
+            Outcome::Return(Err(Error::Interrupted))
+        }
+    };
+    reclaim::later_cap(pin);
+    out
 }
 
 /// `Recv`, `NbRecv` and the receive half of `ReplyRecv` by the running thread `cur`.
@@ -584,7 +595,15 @@ pub fn recv(cur: &Arc<Thread>, ep: &Arc<Endpoint>, timeout: u64, direct_to: Opti
         };
         crate::timeline::event(crate::timeline::Kind::Recv, crate::timeline::ep(ep.id()) << 32 | snd.id, taken.badge);
         let sregs = snd.regs.get();
-        let m = Outgoing { regs: &sregs, badge: taken.badge, buffer: long_buffer(&snd, Tag(sregs.ipc_tag())), cap: taken.cap };
+        // A capability in flight whose object is gone (and with it the capability it was read
+        // from) arrives as none (`InFlight::arrive`).
+        let (cap, gone) = match taken.cap.map(crate::obj::InFlight::arrive) {
+            Some(Ok(c)) => (Some(c), None),
+            Some(Err(f)) => (None, Some(f)),
+            None => (None, None),
+        };
+        reclaim::later_in_flight(gone);
+        let m = Outgoing { regs: &sregs, badge: taken.badge, buffer: long_buffer(&snd, Tag(sregs.ipc_tag())), cap };
         let left = cur.regs.with(|rr| deliver(cur, rr, m));
         sched::count(sched::Count::IpcSlow);
         if taken.call {

@@ -311,17 +311,18 @@ pub fn unbind(line: &IrqLine) {
 
 /// The interrupt of line `irq` (vector `VEC_BASE + irq`) arrived on this CPU.
 pub fn interrupt(irq: usize) {
-    let target = {
+    let (target, stale) = {
         let mut l = STATE[irq].lock();
         mask(irq);
         l.enabled = false;
         let live = l.target.as_ref().and_then(|(n, bits)| n.upgrade().map(|n| (n, *bits)));
-        if live.is_none() {
-            // Nowhere to go: the line stays masked until it is bound again.
-            l.target = None;
-        }
-        live
+        // Nowhere to go: the line stays masked until it is bound again. (The dead binding is
+        // let go of after the lock, as `unbind` does: it may be the notification's last weak
+        // reference, which frees its memory.)
+        let stale = if live.is_none() { l.target.take() } else { None };
+        (live, stale)
     };
+    drop(stale);
     rl4_smp::cpus::eoi();
     if let Some((n, bits)) = target {
         DELIVERED.fetch_add(1, Ordering::Relaxed);

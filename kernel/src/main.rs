@@ -97,6 +97,11 @@ pub extern "C" fn rl4_kernel_entry(protocol: u32, magic: u32, info: u64) -> ! {
         rl4_arch::console::OneLine(bi.cmdline().as_bytes()),
         if bi.cmdline_truncated { " (truncated)" } else { "" }
     );
+    // A byte that is not UTF-8 ends the line: what follows it is ignored, and said so (before
+    // the thirty-fourth session silently: a review found it).
+    if let Some(at) = bi.cmdline_cut() {
+        println!("command line: byte {at} is not UTF-8: the line ends there, the rest is ignored");
+    }
     println!(
         "boot loader: {}, firmware: {}",
         rl4_arch::console::OneLine(if bi.loader().is_empty() { b"not named" } else { bi.loader().as_bytes() }),
@@ -244,7 +249,14 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
         cpu::disable_legacy_pic();
     }
     check_register_blocks(bi, &mut platform);
-    let (hz, src) = time::init_tsc(&f, &reference_clocks(bi.firmware, &platform), &mut mem::Frames);
+    let refs = reference_clocks(bi.firmware, &platform);
+    // No clock to measure the TSC against (no PIT, HPET or PM timer answered, and CPUID does
+    // not give its frequency): the kernel cannot keep time, and stops with a line, as for a
+    // CPU without what it needs (before the thirty-fourth session a panic).
+    let Some((hz, src)) = time::init_tsc(&f, &refs, &mut mem::Frames) else {
+        println!("tsc: CPUID does not give the TSC frequency and no reference clock answered (tried {refs:?}); rl4 needs one; stopping");
+        cpu::exit(cpu::QemuExit::Failure);
+    };
     println!("tsc: {}.{:03} MHz ({})", hz / 1_000_000, (hz / 1000) % 1000, src.describe());
     sched::set_poll_us(options().poll_us as u64);
     fastpath::enable(options().fastpath);

@@ -704,12 +704,25 @@ fn reserve(set: &mut RangeSet<MAX_FREE_RANGES>, r: Range, what: &str) {
     }
 }
 
+/// The bytes the memory map calls usable, each counted once: entries that overlap (buggy
+/// firmware) are merged first (before the thirty-fourth session the overlap was counted twice in
+/// the boot line's figure, which a review found; the allocator was right).
+fn usable_bytes(map: &[rl4_arch::bootinfo::MemEntry]) -> u64 {
+    let mut r = [Range::new(0, 0); rl4_arch::bootinfo::MAX_MEMMAP];
+    let mut n = 0;
+    for e in map.iter().filter(|e| e.kind == MemKind::Usable && e.range.len() > 0) {
+        r[n] = e.range;
+        n += 1;
+    }
+    rl4_core::memmap::union_len(&mut r[..n])
+}
+
 /// `reserved`: ranges the command line keeps out (`reserve=`), as if the map reserved them.
 pub fn init(bi: &BootInfo, reserved: &[Range]) -> MemInfo {
     // A range the map calls anything but usable is never handed out, even where (buggy
     // firmware) a usable entry overlaps it: firmware data, ACPI NVS, defective RAM.
     let map = bi.memory_map().iter().map(|e| (e.range, e.kind));
-    let usable = map.clone().filter(|(_, k)| *k == MemKind::Usable).map(|(r, _)| r.len()).sum::<u64>();
+    let usable = usable_bytes(bi.memory_map());
     let dropped = |r: Range| println!("memory: too many usable ranges, ignoring {:#x}..{:#x}", r.start, r.end);
     let mut free: RangeSet<MAX_FREE_RANGES> = match rl4_core::memmap::free_pages(map, dropped) {
         Ok(f) => f,

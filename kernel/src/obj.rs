@@ -129,6 +129,89 @@ impl captable::Object for KObj {
 
 pub type Cap = captable::Cap<KObj>;
 
+/// A capability's object as a capability in flight names it ([`InFlight`]): without keeping it
+/// alive.
+enum WeakObj {
+    Task(Weak<Task>),
+    Space(Weak<Space>),
+    Thread(Weak<Thread>),
+    Frame(Weak<Frame>),
+    Memory(Weak<Memory>),
+    Machine,
+    Endpoint(Weak<crate::ipc::Endpoint>),
+    Notification(Weak<crate::ipc::Notification>),
+    Devices,
+    Irq(Weak<crate::irq::IrqLine>),
+    IoPort(Weak<crate::device::IoPortObj>),
+}
+
+/// A capability in flight: the one a sender blocked in an endpoint's queue carries (`Wait::Send`)
+/// until a receiver takes it. It names its object without a reference that keeps it alive, and
+/// the derivation node it will be a child of without owning it (`tracked`), so that it is
+/// delivered only while the capability it was read from lives: that capability holds the object
+/// (a slot's capability owns its node and holds a reference), and once it is gone (deleted,
+/// revoked) the capability in flight can never arrive, and keeps nothing alive either. (Before
+/// the thirty-fourth session it held a strong reference: a revoked capability in flight kept an
+/// endpoint, and its waiters, for as long as its sender waited, which the sender's own task
+/// decided — a review found it.)
+pub struct InFlight {
+    obj: WeakObj,
+    rights: rl4_abi::Rights,
+    badge: u64,
+    link: Link,
+}
+
+impl InFlight {
+    /// The capability `c` (a snapshot `tracked` made) goes into flight: what to keep in the
+    /// sender's wait, and the object's reference, which the caller lets go of after its locks
+    /// (it may be the last: the capability it was read from may be gone already).
+    pub fn park(c: Cap) -> (InFlight, Cap) {
+        let obj = match &c.obj {
+            KObj::Task(a) => WeakObj::Task(Arc::downgrade(a)),
+            KObj::Space(a) => WeakObj::Space(Arc::downgrade(a)),
+            KObj::Thread(a) => WeakObj::Thread(Arc::downgrade(a)),
+            KObj::Frame(a) => WeakObj::Frame(Arc::downgrade(a)),
+            KObj::Memory(a) => WeakObj::Memory(Arc::downgrade(a)),
+            KObj::Machine => WeakObj::Machine,
+            KObj::Endpoint(a) => WeakObj::Endpoint(Arc::downgrade(a)),
+            KObj::Notification(a) => WeakObj::Notification(Arc::downgrade(a)),
+            KObj::Devices => WeakObj::Devices,
+            KObj::Irq(a) => WeakObj::Irq(Arc::downgrade(a)),
+            KObj::IoPort(a) => WeakObj::IoPort(Arc::downgrade(a)),
+        };
+        let Cap { obj: strong, rights, badge, link } = c;
+        (InFlight { obj, rights, badge, link }, Cap::new(strong, rights, badge))
+    }
+
+    /// Its object, if it still lives.
+    pub fn object(&self) -> Option<KObj> {
+        Some(match &self.obj {
+            WeakObj::Task(w) => KObj::Task(w.upgrade()?),
+            WeakObj::Space(w) => KObj::Space(w.upgrade()?),
+            WeakObj::Thread(w) => KObj::Thread(w.upgrade()?),
+            WeakObj::Frame(w) => KObj::Frame(w.upgrade()?),
+            WeakObj::Memory(w) => KObj::Memory(w.upgrade()?),
+            WeakObj::Machine => KObj::Machine,
+            WeakObj::Endpoint(w) => KObj::Endpoint(w.upgrade()?),
+            WeakObj::Notification(w) => KObj::Notification(w.upgrade()?),
+            WeakObj::Devices => KObj::Devices,
+            WeakObj::Irq(w) => KObj::Irq(w.upgrade()?),
+            WeakObj::IoPort(w) => KObj::IoPort(w.upgrade()?),
+        })
+    }
+
+    /// It arrives: the capability again, to insert (as a child of its node, if that still
+    /// lives), or, if its object is gone (and with it the capability it was read from), itself,
+    /// to let go of after the locks (`reclaim::later_in_flight`: its link's lineage may go with
+    /// it).
+    pub fn arrive(self) -> Result<Cap, InFlight> {
+        match self.object() {
+            Some(obj) => Ok(Cap { obj, rights: self.rights, badge: self.badge, link: self.link }),
+            None => Err(self),
+        }
+    }
+}
+
 /// The derivation tree of the capabilities that descend from one original capability
 /// (`rl4_core::deriv`): made with the original, shared by every copy, mint and capability
 /// received through IPC that comes from it, freed with the last of them. Its lock is taken
@@ -974,6 +1057,12 @@ pub struct Space {
     /// Set once its task died ([`Space::empty`]): it maps nothing any more. Written and read
     /// under the lock of `maps`.
     emptied: AtomicBool,
+    /// `Unmap`s of this space whose shoot-down has not ended: raised under the lock of `maps`
+    /// as the entry goes, lowered after `tlb::flush_space`. A `Map` or `Unmap` that finds it
+    /// raised (under that lock) shoots down the space itself before it returns: another CPU
+    /// may still translate through the entry just removed, to its old frame, and the call
+    /// must not say a page is mapped, or not mapped, before every CPU agrees.
+    pub unmapping: AtomicU64,
     _charge: Charge,
 }
 
@@ -992,6 +1081,7 @@ impl Space {
             table_pages: AtomicU64::new(0),
             io: crate::device::IoSpace::new(),
             emptied: AtomicBool::new(false),
+            unmapping: AtomicU64::new(0),
             _charge: charge,
         })
         .map_err(|_| Error::OutOfMemory)?;
@@ -1204,15 +1294,25 @@ impl Task {
 
     /// [`Task::insert_cap`], handing a refused capability back (to drop after the caller's
     /// locks).
-    pub fn insert_cap_or_return(self: &Arc<Self>, slot: u64, mut cap: Cap) -> Result<(), (Error, Cap)> {
+    pub fn insert_cap_or_return(self: &Arc<Self>, slot: u64, cap: Cap) -> Result<(), (Error, Cap)> {
         use rl4_core::captable::Object;
-        // The table's shadow is made with the first endpoint capability, when no lock is held
-        // (it allocates); under locks (a capability arriving by IPC) the task goes on without
-        // one until its next IPC call makes it (`syscall::handle_ipc`). Without a shadow the
-        // fast path takes the general path: a task that cannot pay for one is only slower.
-        if cap.obj.fast_address() != 0 && self.shadow.get().is_none() && crate::lock::held() == 0 {
+        // The table's shadow is made with the first endpoint capability, once it is in the
+        // table (a refused one charges nothing: before the thirty-fourth session the shadow
+        // was made first, and a copy refused charged its 8 KiB all the same, which a review
+        // found), when no lock is held (it allocates; it copies what the table holds then);
+        // under locks (a capability arriving by IPC) the task goes on without one until its
+        // next IPC call makes it (`syscall::handle_ipc`). Without a shadow the fast path takes
+        // the general path: a task that cannot pay for one is only slower.
+        let shadow = cap.obj.fast_address() != 0 && self.shadow.get().is_none() && crate::lock::held() == 0;
+        self.insert_tracked(slot, cap)?;
+        if shadow {
             let _ = self.make_shadow();
         }
+        Ok(())
+    }
+
+    /// [`Task::insert_cap_or_return`] but the shadow.
+    fn insert_tracked(self: &Arc<Self>, slot: u64, mut cap: Cap) -> Result<(), (Error, Cap)> {
         let Some((lineage, parent)) = cap.link.parts().map(|(l, id)| (l.clone(), id)) else {
             let mut caps = self.caps.lock();
             if let Some(e) = self.refusal(&caps, slot) {
@@ -1310,9 +1410,10 @@ impl Task {
 /// of the capability there: if that is an original in no derivation tree yet, a tree is made
 /// with it as the root (the capability in the slot then owns the root node) and the returned
 /// copy names that node. `EmptySlot` if the slot no longer holds a capability to that object
-/// with that badge (deleted or replaced since it was read; one replaced by another capability
-/// to the same object and badge, whatever its rights, serves as the parent as well). Takes no
-/// lock held.
+/// with that badge and at least `cap`'s rights (deleted or replaced since it was read; one
+/// replaced by another such capability serves as the parent as well: no child has a right its
+/// parent lacks; before the thirty-fourth session any rights did, which a review found). Takes
+/// no lock held.
 pub fn tracked(task: &Arc<Task>, slot: u64, mut cap: Cap) -> Result<Cap, Error> {
     if cap.link.parts().is_some() {
         return Ok(cap);
@@ -1325,8 +1426,8 @@ pub fn tracked(task: &Arc<Task>, slot: u64, mut cap: Cap) -> Result<Cap, Error> 
     tree.reserve().map_err(|_| Error::OutOfMemory)?;
     let mut caps = task.caps.lock();
     let mut home = Some(home);
-    let root = caps.with_link(slot, |obj, _, badge, link| {
-        if !obj.same(&cap.obj) || badge != cap.badge {
+    let root = caps.with_link(slot, |obj, rights, badge, link| {
+        if !obj.same(&cap.obj) || badge != cap.badge || !rights.contains(cap.rights) {
             return Err(Error::EmptySlot);
         }
         if let Some((l, id)) = link.parts() {
@@ -1387,7 +1488,7 @@ impl Ident for NtfRef {
 impl Kinds for KernelKinds {
     type Ep = EpRef;
     type Ntf = NtfRef;
-    type Cap = Cap;
+    type Cap = InFlight;
     type Caller = Arc<Thread>;
 }
 

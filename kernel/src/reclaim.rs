@@ -40,6 +40,8 @@ use crate::obj::{Cap, KObj, Life, Thread, Wait};
 pub enum Garbage {
     Thread(Arc<Thread>),
     Cap(Cap),
+    /// A capability in flight that arrived after its object was gone (`obj::InFlight::arrive`).
+    InFlight(crate::obj::InFlight),
     Wait(Wait),
     Ep(Arc<crate::ipc::Endpoint>),
     Ntf(Arc<crate::ipc::Notification>),
@@ -148,6 +150,12 @@ pub fn later_frame(f: Option<Arc<crate::obj::Frame>>) {
 pub fn later_cap(c: Option<Cap>) {
     if let Some(c) = c {
         later(Garbage::Cap(c));
+    }
+}
+
+pub fn later_in_flight(c: Option<crate::obj::InFlight>) {
+    if let Some(c) = c {
+        later(Garbage::InFlight(c));
     }
 }
 

@@ -376,7 +376,27 @@ pub fn map_frame(space: &Space, va: u64, frame: Arc<Frame>, write: bool, exec: b
     maps.insert(va, (frame, write, exec));
     mem::trim_map_nodes();
     crate::obj::mapped(true);
+    // An `Unmap` of this space that has not finished its shoot-down (of this page, it may be:
+    // another CPU may still reach the old frame through it) is waited for by shooting down
+    // the space here (before the thirty-fourth session the mapping was said to be made while
+    // another CPU of the task could still write to the frame unmapped: a review found it).
+    let unmapping = space.unmapping.load(core::sync::atomic::Ordering::Relaxed) != 0;
+    drop(maps);
+    if unmapping {
+        crate::tlb::flush_space(space);
+    }
     Ok(())
+}
+
+/// `inject=slowunmap`: 200 ms between an `Unmap`'s change of the page tables and its
+/// shoot-down, answering other CPUs' shoot-downs meanwhile (a test's window).
+#[cold]
+fn slow_unmap() {
+    let end = rl4_arch::cpu::rdtsc().saturating_add(rl4_arch::time::us_to_ticks(200_000));
+    while rl4_arch::cpu::rdtsc() < end {
+        crate::tlb::service_tlb_here();
+        core::hint::spin_loop();
+    }
 }
 
 fn check_page(va: u64) -> Result<(), Error> {
@@ -575,19 +595,40 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             check_page(a1)?;
             // The page tables change under the space's lock, as `map_frame`'s do (another CPU
             // may be mapping into the same table, or emptying the space of a task that died).
+            use core::sync::atomic::Ordering::Relaxed;
             let old = {
                 let mut maps = space.maps.lock();
-                let old = maps.remove(&a1).ok_or(Error::NotMapped)?;
-                // SAFETY: under `maps`, the space's lock of its tables.
-                #[allow(unsafe_code)]
-                unsafe {
-                    rl4_arch::paging::unmap_user(&space.pml4, a1)
-                };
-                old
+                match maps.remove(&a1) {
+                    Some(old) => {
+                        // SAFETY: under `maps`, the space's lock of its tables.
+                        #[allow(unsafe_code)]
+                        unsafe {
+                            rl4_arch::paging::unmap_user(&space.pml4, a1)
+                        };
+                        space.unmapping.fetch_add(1, Relaxed);
+                        Ok(old)
+                    }
+                    // Not mapped, perhaps by another `Unmap` whose shoot-down has not ended:
+                    // then it is waited for as `map_frame` does, before the answer.
+                    None => Err(space.unmapping.load(Relaxed) != 0),
+                }
+            };
+            let old = match old {
+                Ok(old) => old,
+                Err(unmapping) => {
+                    if unmapping {
+                        crate::tlb::flush_space(&space);
+                    }
+                    return Err(Error::NotMapped);
+                }
             };
             space.memory.uncharge(crate::obj::MAP_COST);
             crate::obj::mapped(false);
+            if crate::inject() & rl4_core::cmdline::inject::SLOW_UNMAP != 0 {
+                slow_unmap();
+            }
             crate::tlb::flush_space(&space);
+            space.unmapping.fetch_sub(1, Relaxed);
             drop(old);
             Ok([0; 3])
         }

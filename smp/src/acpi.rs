@@ -305,8 +305,22 @@ pub unsafe fn discover<H: Handler + PhysMem>(handler: H, rsdp: u64) -> Result<Pl
         // At least the two bytes the ACPI specification gives a PM1 control register.
         let pm1_len = ({ f.pm1_control_length } as u16).max(2);
         let io = |g: &::acpi::address::GenericAddress| (g.address_space == AddressSpace::SystemIo && g.address != 0).then_some(g.address);
-        let blocks = [f.pm1a_control_block().ok().as_ref().and_then(io), f.pm1b_control_block().ok().flatten().as_ref().and_then(io)];
-        for (addr, len) in [(smi as u64, 1)].into_iter().chain(blocks.into_iter().flatten().map(|a| (a, pm1_len))) {
+        // The blocks as the crate reads them (the 64-bit fields where given, else the 32-bit
+        // ones), and the 32-bit fields themselves too: where a 64-bit field names a reserved
+        // address space the crate answers an error and reads no 32-bit field, and a block
+        // the firmware still has at the 32-bit field's port went to tasks (a review of the
+        // thirty-fourth session found it). Keeping a port more from tasks costs nothing.
+        let (legacy_a, legacy_b) = ({ f.pm1a_control_block } as u64, { f.pm1b_control_block } as u64);
+        let blocks = [
+            f.pm1a_control_block().ok().as_ref().and_then(io),
+            f.pm1b_control_block().ok().flatten().as_ref().and_then(io),
+            (legacy_a != 0).then_some(legacy_a),
+            (legacy_b != 0).then_some(legacy_b),
+        ];
+        let mut blocks: Vec<u64> = blocks.into_iter().flatten().collect();
+        blocks.sort_unstable();
+        blocks.dedup();
+        for (addr, len) in [(smi as u64, 1)].into_iter().chain(blocks.into_iter().map(|a| (a, pm1_len))) {
             // A port range past 0xffff is no port range: nothing to keep.
             if addr != 0 && addr + len as u64 <= 0x1_0000 {
                 p.fixed_ports.push((addr as u16, len));
@@ -622,6 +636,30 @@ pub(crate) mod tests {
         assert_eq!(p.fixed_ports, vec![(0xb2, 1), (0xb004, 2)]);
         assert_eq!(p.smi_port, Some(0xb2));
         assert!(!p.hw_reduced);
+    }
+
+    /// A FADT (revision 3) whose 64-bit PM1a control field names a reserved address space (the
+    /// crate answers an error for it, and reads no 32-bit field then): the 32-bit field's block
+    /// is kept from tasks all the same (before the thirty-fourth session it was handed out).
+    #[test]
+    fn a_bad_64_bit_pm1_field_leaves_the_32_bit_one_kept() {
+        let m = patched(&machine(), 0xe3008, &[3], None);
+        // X_PM1a_CNT_BLK: address space 0x20 (reserved), 16 bits, port 0x1004.
+        let mut gas = [0u8; 12];
+        gas[0] = 0x20;
+        gas[1] = 16;
+        gas[4..12].copy_from_slice(&0x1004u64.to_le_bytes());
+        let m = patched(&m, 0xe3000 + 172, &gas, Some(0xe3000));
+        // SAFETY: the fake handler maps only inside its own buffer (zeros elsewhere).
+        let p = unsafe { discover(m, BASE) }.unwrap();
+        assert_eq!(p.fixed_ports, vec![(0xb2, 1), (0xb004, 2)]);
+        // A sound 64-bit field of another port: both are kept.
+        gas[0] = 1;
+        let m = patched(&machine(), 0xe3008, &[3], None);
+        let m = patched(&m, 0xe3000 + 172, &gas, Some(0xe3000));
+        // SAFETY: as above.
+        let p = unsafe { discover(m, BASE) }.unwrap();
+        assert_eq!(p.fixed_ports, vec![(0xb2, 1), (0x1004, 2), (0xb004, 2)]);
     }
 
     /// Without a readable MADT the error comes with what the other tables said, and the

@@ -90,8 +90,8 @@ impl Ports {
 /// The ports the kernel keeps for itself on a PC: the 8259 PICs, the PIT and port 0x61 (the
 /// TSC calibration), the debug-exit device, QEMU's debug console, COM1 (the kernel's log),
 /// the PCI configuration mechanism, and those that would let a task write memory or alias it
-/// (the ISA DMA controllers, system control port A, QEMU's firmware configuration DMA), and the
-/// IMCR. Firmware-described ports (the ACPI PM timer block, SMI command port and PM1 control
+/// (the ISA DMA controllers, system control port A, QEMU's firmware configuration DMA), the
+/// IMCR, and QEMU's hotplug controllers (which would take a CPU away). Firmware-described ports (the ACPI PM timer block, SMI command port and PM1 control
 /// blocks) are added by the kernel at boot.
 pub const KERNEL_PORTS: &[Ports] = &[
     // The ISA DMA controllers and their page registers: programmed by a task, they would
@@ -119,6 +119,15 @@ pub const KERNEL_PORTS: &[Ports] = &[
     // the chosen item's bytes to the address the request names: a write anywhere. (Other
     // machines have nothing there: keeping the ports costs them nothing.)
     Ports { base: 0x510, count: 12 },
+    // QEMU's ACPI hotplug controllers, which its DSDT describes (not the FADT, which the kernel
+    // reads): a few writes eject a CPU (0xaf00..0xaf1f on `pc`, 0xcd8..0xcf7 on `q35`), memory
+    // (0xa00..0xa17) or a PCI device (0xae00..0xae13, `pc`) at once, without a word to the
+    // kernel; a CPU gone so would never answer a TLB shoot-down, and every CPU would wait for
+    // it for ever. (Kept since the thirty-fourth session: a review found the CPU's.)
+    Ports { base: 0xa00, count: 24 },
+    Ports { base: 0xae00, count: 20 },
+    Ports { base: 0xaf00, count: 32 },
+    Ports { base: 0xcd8, count: 32 },
 ];
 
 /// The ISA interrupts the kernel keeps: 0 (the PIT), 2 (the cascade, never a device),
@@ -356,7 +365,7 @@ mod tests {
         assert!(!KERNEL_PORTS.iter().any(|k| k.overlaps(com2)));
         assert!(KERNEL_PORTS.iter().any(|k| k.overlaps(Ports::new(0x3f0, 9).unwrap())));
         // The ports through which a task could make a legacy device write memory, or alias it.
-        for (base, count) in [(0x00, 1), (0x0f, 1), (0x81, 1), (0x8f, 1), (0xc0, 1), (0xdf, 1), (0x92, 1), (0x514, 4), (0x518, 4), (0x510, 1)] {
+        for (base, count) in [(0x00, 1), (0x0f, 1), (0x81, 1), (0x8f, 1), (0xc0, 1), (0xdf, 1), (0x92, 1), (0x514, 4), (0x518, 4), (0x510, 1), (0xa00, 1), (0xa17, 1), (0xae13, 1), (0xaf00, 1), (0xaf1f, 1), (0xcd8, 1), (0xcf7, 1)] {
             assert!(KERNEL_PORTS.iter().any(|k| k.overlaps(Ports::new(base, count).unwrap())), "port {base:#x}");
         }
         assert!(!KERNEL_PORTS.iter().any(|k| k.overlaps(Ports::new(0x60, 1).unwrap())), "the keyboard data port stays a driver's");

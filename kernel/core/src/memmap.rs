@@ -251,9 +251,31 @@ pub fn trampoline_page<const N: usize>(free: &RangeSet<N>) -> Option<u64> {
         .last()
 }
 
+/// The bytes the ranges `r` cover, each counted once however the ranges overlap (sorts `r`).
+pub fn union_len(r: &mut [Range]) -> u64 {
+    r.sort_unstable_by_key(|x| x.start);
+    let (mut total, mut end) = (0u64, 0u64);
+    for x in r.iter() {
+        let start = x.start.max(end);
+        if x.end > start {
+            total += x.end - start;
+            end = x.end;
+        }
+    }
+    total
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Overlapping, contained, touching and empty ranges, in any order: each byte once.
+    #[test]
+    fn union_len_counts_each_byte_once() {
+        let mut r = [Range::new(0x5000, 0x9000), Range::new(0x1000, 0x3000), Range::new(0x2000, 0x6000), Range::new(0x7000, 0x8000), Range::new(0x9000, 0xa000), Range::new(0x4000, 0x4000)];
+        assert_eq!(union_len(&mut r), 0x9000);
+        assert_eq!(union_len(&mut []), 0);
+    }
 
     #[test]
     fn bios_low_memory_kept_from_the_ebda_or_the_base_size() {

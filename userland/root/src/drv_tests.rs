@@ -79,6 +79,10 @@ fn test_rules(bi: &BootInfo) {
     // were handed out before). The PM1 control blocks, which the firmware places (0x604 with
     // SeaBIOS, elsewhere with OVMF), are the host test's (`acpi::tests`).
     check("ports of the IMCR", sys::ioport_get(DEVICES, 0x23, 1, p), Err(Error::Busy));
+    // QEMU's CPU hotplug controllers (`pc`, `q35`): a driver given them could take a CPU away
+    // (the kernel keeps them since the thirty-fourth session).
+    check("ports of the CPU hotplug controller (pc)", sys::ioport_get(DEVICES, 0xaf00, 32, p), Err(Error::Busy));
+    check("ports of the CPU hotplug controller (q35)", sys::ioport_get(DEVICES, 0xcd8, 32, p), Err(Error::Busy));
     // (That the kernel finds QEMU's port, 0xb2 with SMM on, scripts/test checks in its log:
     // `boot-smp2`.)
     if bi.smi_port != 0 {

@@ -691,7 +691,7 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
         l.flush();
     }
     println!(
-        "fuzz: deep graphs: task chains built {} ({} tasks, deepest {}), endpoint chains {} ({} endpoints held by capabilities in flight, deepest {}), derivation chains {} ({} capabilities, deepest {})",
+        "fuzz: deep graphs: task chains built {} ({} tasks, deepest {}), endpoint chains {} ({} endpoints passed on in flight, deepest {}), derivation chains {} ({} capabilities, deepest {})",
         w[word::DEEP_TASK_CHAINS],
         w[word::DEEP_TASK_LINKS],
         w[word::DEEP_TASK_MAX],

@@ -617,6 +617,230 @@ fn test_revoke_in_flight() {
     }
 }
 
+static PIN_EP: AtomicU64 = AtomicU64::new(0);
+static PIN_RESULT: AtomicU64 = AtomicU64::new(u64::MAX);
+
+fn pin_receiver(_: u64) {
+    let r = sys::ipc(Sys::Recv, PIN_EP.load(SeqCst), &Msg::default(), FOREVER, u64::MAX, u64::MAX);
+    PIN_RESULT.store(match r { Ok(_) => 0, Err(e) => e as u64 }, SeqCst);
+}
+
+/// A capability in flight keeps nothing alive by itself. A thread waits in `Recv` on endpoint
+/// E (forever); another, blocked in `Send` on endpoint F, carries a copy of E. Revoking E's
+/// original deletes that copy (the capability in flight can never arrive) and deleting the
+/// original leaves E no capability: E dies, and its waiter gets `PartnerGone` at once (before
+/// the thirty-fourth session the capability in flight held E, and its waiter, until the sender
+/// stopped waiting: a review found it); F's message then arrives without a capability. The
+/// control: with the copy left in its slot, E lives on (its waiter waits), the message brings
+/// E along, and E dies with the last of the two.
+fn test_in_flight_keeps_nothing_alive() {
+    const NAME: &str = "in-flight-capability-keeps-nothing-alive";
+    let (e, f, copy, into) = (slot(), slot(), slot(), slot());
+    let mut outcome = [(false, u64::MAX, u64::MAX, false, u64::MAX, u64::MAX); 2];
+    for (i, revoke) in [true, false].into_iter().enumerate() {
+        let made = sys::endpoint_create(MEMORY, e)
+            .and_then(|_| sys::endpoint_create(MEMORY, f))
+            .and_then(|_| sys::cap_copy(e, TASK, copy, Rights::ALL));
+        PIN_EP.store(e, SeqCst);
+        PIN_RESULT.store(u64::MAX, SeqCst);
+        FLIGHT_EP.store(f, SeqCst);
+        FLIGHT_CAP.store(copy, SeqCst);
+        FLIGHT_RESULT.store(u64::MAX, SeqCst);
+        let w = spawn(pin_receiver, 0, ROOT_PRIO, far_cpu());
+        let s = spawn(flight_sender, 0, ROOT_PRIO, far_cpu());
+        let blocked = made.is_ok()
+            && wait_ms(2000, || state(w) == Some(ThreadState::BlockedRecv) && state(s) == Some(ThreadState::BlockedSend));
+        if revoke {
+            let _ = sys::cap_revoke(e);
+        }
+        let _ = sys::cap_delete(e);
+        // The waiter's answer: `PartnerGone` within a second if E died, none if it lives.
+        wait_ms(1000, || PIN_RESULT.load(SeqCst) != u64::MAX);
+        let woken = PIN_RESULT.load(SeqCst);
+        let m = sys::ipc(Sys::Recv, f, &Msg::default(), tsc_hz() * 2, u64::MAX, into);
+        let caps = m.map(|m| m.tag.caps()).unwrap_or(99);
+        let arrived = present(into);
+        wait_ms(2000, || FLIGHT_RESULT.load(SeqCst) != u64::MAX);
+        // The control's E dies with its two capabilities (the copy, the one that arrived).
+        let _ = sys::cap_delete(copy);
+        let _ = sys::cap_delete(into);
+        wait_ms(2000, || PIN_RESULT.load(SeqCst) != u64::MAX);
+        outcome[i] = (blocked, woken, caps, arrived, FLIGHT_RESULT.load(SeqCst), PIN_RESULT.load(SeqCst));
+        join_dead(w);
+        join_dead(s);
+        let _ = sys::cap_delete(f);
+    }
+    let gone = Error::PartnerGone as u64;
+    let want = [(true, gone, 0, false, 0, gone), (true, u64::MAX, 1, true, 0, gone)];
+    report(
+        NAME,
+        outcome == want,
+        format_args!(
+            "(both blocked, E's waiter's result once E's capabilities went, tag caps of F's message, capability in the receive slot, \
+             send result, E's waiter's result at the end; u64::MAX: none): copy revoked while in flight {:?} (want {:?}), \
+             copy kept {:?} (want {:?})",
+            outcome[0], want[0], outcome[1], want[1]
+        ),
+    );
+    for x in [e, f, copy, into] {
+        release(x);
+    }
+}
+
+static UW_VA: AtomicU64 = AtomicU64::new(0);
+static UW_FRAME: AtomicU64 = AtomicU64::new(0);
+static UW_READY: AtomicBool = AtomicBool::new(false);
+static UW_GO: AtomicBool = AtomicBool::new(false);
+static UW_MAP: AtomicU64 = AtomicU64::new(u64::MAX);
+const UW_SECRET: u64 = 0x5ec2_e75e_c2e7_5ec2;
+
+/// On the other CPU: writes to the page (this CPU now translates it, for writing: an entry
+/// made by a read, the page not yet dirty, would be looked up again at the first write), waits
+/// for the unmap to begin, then maps another frame there and writes to it.
+fn uw_mapper(_: u64) {
+    let p = UW_VA.load(SeqCst) as *mut u64;
+    // SAFETY: the page is mapped readable and writable until the other thread unmaps it, which
+    // it does only after `UW_READY`.
+    unsafe { core::ptr::write_volatile(p, 1) };
+    UW_READY.store(true, SeqCst);
+    while !UW_GO.load(SeqCst) {
+        core::hint::spin_loop();
+    }
+    // The `Unmap` on the first CPU has taken the page out of the tables by now, and waits
+    // 200 ms before its shoot-down (`inject=slowunmap`).
+    let until = rl4_user::rdtsc() + tsc_hz() / 20;
+    while rl4_user::rdtsc() < until {
+        core::hint::spin_loop();
+    }
+    let r = sys::map(SPACE, UW_FRAME.load(SeqCst), p as u64, Rights::READ.union(Rights::WRITE));
+    if r.is_ok() {
+        // SAFETY: just mapped, readable and writable.
+        unsafe { core::ptr::write_volatile(p, UW_SECRET) };
+    }
+    UW_MAP.store(match r { Ok(()) => 0, Err(e) => e as u64 }, SeqCst);
+}
+
+static UW_AFTER: AtomicU64 = AtomicU64::new(0);
+
+/// On the other CPU: as [`uw_mapper`], but unmaps the page itself (which the first CPU's
+/// `Unmap` has already taken out: `NotMapped`), then writes to it, which must fault.
+fn uw_unmapper(_: u64) {
+    let p = UW_VA.load(SeqCst) as *mut u64;
+    // SAFETY: as in `uw_mapper`.
+    unsafe { core::ptr::write_volatile(p, 1) };
+    UW_READY.store(true, SeqCst);
+    while !UW_GO.load(SeqCst) {
+        core::hint::spin_loop();
+    }
+    let until = rl4_user::rdtsc() + tsc_hz() / 20;
+    while rl4_user::rdtsc() < until {
+        core::hint::spin_loop();
+    }
+    let r = sys::unmap(SPACE, p as u64);
+    UW_MAP.store(match r { Ok(()) => 0, Err(e) => e as u64 }, SeqCst);
+    // SAFETY: not mapped any more: the write must fault (this thread then stops), not reach
+    // the frame through a stale translation.
+    unsafe { core::ptr::write_volatile(p, UW_SECRET) };
+    UW_AFTER.store(1, SeqCst);
+}
+
+/// A `Map` on one CPU while an `Unmap` of the same page on another has not finished its
+/// shoot-down (`inject=slowunmap` holds it 200 ms there): once `Map` says the new frame is
+/// mapped, a write through the page must reach the new frame, not the old one, which the
+/// mapping CPU may still translate to (before the thirty-fourth session it did: the write went
+/// to the unmapped frame, which another task may share — a review found it).
+pub fn test_map_waits_for_unmap() {
+    const NAME: &str = "map-waits-for-an-unmap-on-another-cpu";
+    if cpus() < 2 {
+        return crate::tests::skip(NAME, "one CPU");
+    }
+    let (old, new) = (slot(), slot());
+    let (va, old_alias, new_alias) = (scratch_range(), scratch_range(), scratch_range());
+    let rw = Rights::READ.union(Rights::WRITE);
+    let made = sys::frame_alloc(MEMORY, old)
+        .and_then(|_| sys::frame_alloc(MEMORY, new))
+        .and_then(|_| sys::map(SPACE, old, va, rw))
+        .and_then(|_| sys::map(SPACE, old, old_alias, Rights::READ))
+        .and_then(|_| sys::map(SPACE, new, new_alias, Rights::READ));
+    UW_VA.store(va, SeqCst);
+    UW_FRAME.store(new, SeqCst);
+    UW_READY.store(false, SeqCst);
+    UW_GO.store(false, SeqCst);
+    UW_MAP.store(u64::MAX, SeqCst);
+    let t = spawn(uw_mapper, 0, ROOT_PRIO, far_cpu());
+    let ready = made.is_ok() && wait_ms(2000, || UW_READY.load(SeqCst));
+    UW_GO.store(true, SeqCst);
+    let unmapped = if ready { sys::unmap(SPACE, va) } else { Err(Error::InvalidState) };
+    wait_ms(2000, || UW_MAP.load(SeqCst) != u64::MAX);
+    let mapped = UW_MAP.load(SeqCst);
+    // SAFETY: both aliases are mapped readable (when `made` is Ok).
+    let (in_old, in_new) = if made.is_ok() {
+        unsafe { (core::ptr::read_volatile(old_alias as *const u64), core::ptr::read_volatile(new_alias as *const u64)) }
+    } else {
+        (0, 0)
+    };
+    let ok = ready && unmapped.is_ok() && mapped == 0 && in_old != UW_SECRET && in_new == UW_SECRET;
+    report(
+        NAME,
+        ok,
+        format_args!(
+            "set up {made:?}, the other CPU wrote to the page: {ready}; unmap {unmapped:?}; map of another frame there on the other CPU \
+             (0: done) {mapped}; the write after it found in the new frame: {} (want true), in the old one: {} (want false)",
+            in_new == UW_SECRET,
+            in_old == UW_SECRET
+        ),
+    );
+    join_dead(t);
+    for a in [va, old_alias, new_alias] {
+        let _ = sys::unmap(SPACE, a);
+    }
+    for s in [old, new] {
+        release(s);
+    }
+    test_unmap_waits_for_unmap();
+}
+
+/// As [`test_map_waits_for_unmap`], with an `Unmap` of the same page on the other CPU: it finds
+/// the page gone (`NotMapped`), and once it says so a write there must fault, not reach the
+/// old frame through that CPU's stale entry (before the thirty-fourth session it did).
+fn test_unmap_waits_for_unmap() {
+    const NAME: &str = "unmap-waits-for-an-unmap-on-another-cpu";
+    let old = slot();
+    let (va, old_alias) = (scratch_range(), scratch_range());
+    let made = sys::frame_alloc(MEMORY, old)
+        .and_then(|_| sys::map(SPACE, old, va, Rights::READ.union(Rights::WRITE)))
+        .and_then(|_| sys::map(SPACE, old, old_alias, Rights::READ));
+    UW_VA.store(va, SeqCst);
+    UW_READY.store(false, SeqCst);
+    UW_GO.store(false, SeqCst);
+    UW_MAP.store(u64::MAX, SeqCst);
+    UW_AFTER.store(0, SeqCst);
+    let t = spawn(uw_unmapper, 0, ROOT_PRIO, far_cpu());
+    let ready = made.is_ok() && wait_ms(2000, || UW_READY.load(SeqCst));
+    UW_GO.store(true, SeqCst);
+    let unmapped = if ready { sys::unmap(SPACE, va) } else { Err(Error::InvalidState) };
+    let stopped = wait_ms(2000, || state(t) == Some(ThreadState::Faulted));
+    let other = UW_MAP.load(SeqCst);
+    // SAFETY: the alias is mapped readable (when `made` is Ok).
+    let in_old = made.is_ok() && unsafe { core::ptr::read_volatile(old_alias as *const u64) } == UW_SECRET;
+    let after = UW_AFTER.load(SeqCst);
+    let ok = ready && unmapped.is_ok() && other == Error::NotMapped as u64 && stopped && !in_old && after == 0;
+    report(
+        NAME,
+        ok,
+        format_args!(
+            "set up {made:?}, the other CPU wrote to the page: {ready}; unmap {unmapped:?}; its unmap on the other CPU {other} \
+             (want NotMapped = {}); its write after it faulted: {stopped} (want true), went on: {} (want false), reached the old frame: \
+             {in_old} (want false)",
+            Error::NotMapped as u64,
+            after == 1
+        ),
+    );
+    join_dead(t);
+    let _ = sys::unmap(SPACE, old_alias);
+    release(old);
+}
+
 static RACE_ROOT: AtomicU64 = AtomicU64::new(0);
 static RACE_OTHER: AtomicU64 = AtomicU64::new(0);
 static RACE_COPIES: AtomicU64 = AtomicU64::new(0);
@@ -1413,6 +1637,7 @@ pub fn run(bi: &BootInfo) {
     test_sweep_bounded(bi);
     test_revoke_tree();
     test_revoke_in_flight();
+    test_in_flight_keeps_nothing_alive();
     test_revoke_race();
     test_revoke_refuses_derivation();
     test_revoke_count_against_deletes();

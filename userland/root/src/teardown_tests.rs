@@ -148,7 +148,11 @@ fn test_endpoint_chain() {
     let want = sized(EP_CHAIN, rl4_abi::cost::THREAD + rl4_abi::cost::ENDPOINT + 2 * rl4_abi::cost::DERIV_NODE);
     let t0 = rl4_user::rdtsc();
     // Sender i blocks on endpoint i carrying endpoint i+1; then the root task deletes its own
-    // capability to endpoint i (but the first): endpoint i+1 lives on only in that message.
+    // capability to endpoint i (but the first): the capability in flight that names endpoint i
+    // keeps nothing alive (its source, the root task's, is gone: it can never arrive), so
+    // endpoint i dies and sender i gets `PartnerGone` and exits. (Before the thirty-fourth
+    // session it lived on in that message, and the 10,000 made a chain that the first
+    // deletion took down link by link.)
     let mut err = sys::endpoint_create(MEMORY, head).err().map(|e| ("endpoint", e));
     let (mut cur, mut next) = (head, a);
     let mut made = 0u64;
@@ -180,6 +184,9 @@ fn test_endpoint_chain() {
     let _ = sys::cap_delete(cur);
     // A thread made but not started (an error above) goes too: it is no part of the chain.
     let _ = sys::cap_delete(th);
+    // Every sender but the first has been let go (its endpoint died with the root task's
+    // capability): one thread more than before at most.
+    let standing = wait_ms(3000, || threads() <= threads0 + 1);
     let t1 = rl4_user::rdtsc();
     // Only `head` is left in the root task's table: deleting it starts the cascade.
     let del = sys::cap_delete(head);
@@ -192,10 +199,10 @@ fn test_endpoint_chain() {
     let ms = |d: u64| d * 1000 / tsc_hz();
     report(
         NAME,
-        err.is_none() && made == want && del.is_ok() && back && v == 0,
+        err.is_none() && made == want && standing && del.is_ok() && back && v == 0,
         format_args!(
-            "{made} endpoints (of {want}; {EP_CHAIN} where memory allows), each held only by the capability in flight of a sender blocked on the one before \
-             (made in {} ms; error {err:?}), first deleted in {} ms: {del:?}; budget and threads back: {back} \
+            "{made} endpoints (of {want}; {EP_CHAIN} where memory allows), each named only by the capability in flight of a sender blocked on the one before \
+             (made in {} ms; error {err:?}); no chain stands (each died with the root task's capability, its sender let go): {standing}; first deleted in {} ms: {del:?}; budget and threads back: {back} \
              ({} KiB short, {} threads live), KernelCheck violations: {v}",
             ms(t1 - t0),
             ms(t2 - t1),

@@ -1816,6 +1816,11 @@ pub fn run(bi: &BootInfo, which: &str) -> bool {
     if which == "failalloc" {
         crate::failalloc_tests::run(bi);
     }
+    // Only when asked for: it needs the kernel option `inject=slowunmap` (the
+    // `unmap-window-*` suites).
+    if which == "unmap-window" {
+        crate::sec_tests::test_map_waits_for_unmap();
+    }
     // `check` alone: only the consistency check (with `inject=` on the kernel's command line,
     // it must fail).
     consistency(which);

@@ -10,9 +10,11 @@
 //!   link is made) and the last, in a slot of its own.
 //! * **Endpoint chains**: endpoints E1, E2, ... where a sender thread (a loop-free helper in
 //!   assembly, `fz_deep_sender`) blocks in `Send` on Ei carrying a capability to Ei+1; once it
-//!   waits, the fuzzer deletes its own capabilities to Ei+1 and to the thread, so that Ei+1 is
-//!   held only by that capability in flight. 8 to 1,000 deep. Deleting E1 wakes its sender
-//!   (`PartnerGone`), whose capability in flight was the last reference to E2, and so on.
+//!   waits, the fuzzer deletes its own capabilities to Ei+1 and to the thread. 8 to 1,000
+//!   deep. A capability in flight keeps nothing alive (its source's deletion makes it one that
+//!   can never arrive): each Ei+1 dies as the fuzzer's capability to it goes, and its sender
+//!   gets `PartnerGone`. (Before the thirty-fourth session Ei+1 lived on, held only by that
+//!   capability in flight, and deleting E1 took the whole chain down, link by link.)
 //! * **Derivation chains**: a new endpoint or notification (the root, visible), a badge minted
 //!   from it, then a copy of the copy of the copy... in the fuzzer's own slots, up to 88 deep;
 //!   now and then a copy of a link goes to another task (another fuzzer's with `cross`, or a
