@@ -230,9 +230,10 @@ impl BootInfo {
         utf8_prefix(&self.cmdline[..self.cmdline_len])
     }
     /// Where the command line's first byte that is not UTF-8 is, if it has one: [`cmdline`]
-    /// ends there (the boot line says so).
+    /// ends there (the boot line says so). Not a character the length limit cut in two (then
+    /// `cmdline_truncated` says what happened).
     pub fn cmdline_cut(&self) -> Option<usize> {
-        core::str::from_utf8(&self.cmdline[..self.cmdline_len]).err().map(|e| e.valid_up_to())
+        core::str::from_utf8(&self.cmdline[..self.cmdline_len]).err().filter(|e| e.error_len().is_some()).map(|e| e.valid_up_to())
     }
     /// The boot loader's name (and version), when the protocol passes one ("" otherwise).
     pub fn loader(&self) -> &str {
@@ -1094,6 +1095,11 @@ mod tests {
         bi.cmdline[..line.len()].copy_from_slice(line);
         bi.cmdline_len = line.len();
         assert_eq!((bi.cmdline(), bi.cmdline_cut()), ("hz=1000 -- test=all", None));
+        // A character the length limit cut in two is no byte that is not UTF-8.
+        let line = "name=é".as_bytes();
+        bi.cmdline[..line.len() - 1].copy_from_slice(&line[..line.len() - 1]);
+        bi.cmdline_len = line.len() - 1;
+        assert_eq!((bi.cmdline(), bi.cmdline_cut()), ("name=", None));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! * **Reference counts.** Every live object (found through the registries in `obj`) must
 //!   have exactly as many strong references as there are holders the kernel knows of:
-//!   capabilities (also one in flight with a blocked sender), a thread's task and space, a
+//!   capabilities in slots (one in flight with a blocked sender holds none: a weak reference), a thread's task and space, a
 //!   task's parent (the task that made it), an
 //!   address space's mappings, reply rights, every object's budget charge, run
 //!   queues, inboxes, request lists, current threads, endpoint and notification queues. One more is a leak,

@@ -120,8 +120,9 @@ impl Drop for Endpoint {
             let mut q = self.q.lock();
             (q.senders.take(), q.receivers.take())
         };
-        // The ended waits (a capability in flight can be the last reference to another
-        // endpoint) and the threads go to the destruction loop (`reclaim.rs`).
+        // The ended waits (a capability in flight holds its object's allocation, and its
+        // lineage, by a last reference perhaps) and the threads go to the destruction loop
+        // (`reclaim.rs`).
         while let Some(t) = senders.pop_front() {
             let w = thread::wake_locked(&t, &mut t.life.lock(), WaitOn::Send(id), Err(Error::PartnerGone));
             if w.is_none() {

@@ -146,7 +146,9 @@ enum WeakObj {
 }
 
 /// A capability in flight: the one a sender blocked in an endpoint's queue carries (`Wait::Send`)
-/// until a receiver takes it. It names its object without a reference that keeps it alive, and
+/// until a receiver takes it. It names its object without a reference that keeps it alive (a
+/// weak one: a dead object's destructor has run, only its allocation waits, paid for by the
+/// sender's heap share: [`LARGEST_OBJECT`]), and
 /// the derivation node it will be a child of without owning it (`tracked`), so that it is
 /// delivered only while the capability it was read from lives: that capability holds the object
 /// (a slot's capability owns its node and holds a reference), and once it is gone (deleted,
@@ -784,9 +786,37 @@ pub const MAP_HEAP: u64 = MAP_COST;
 const fn covers(bytes: usize, share: u64) -> bool {
     (2 * (bytes + 16) + 64) as u64 <= share
 }
+/// The largest object record a capability names: a capability in flight whose object died
+/// still holds its allocation (a weak reference, [`InFlight`]) until its sender's wait ends.
+const LARGEST_OBJECT: usize = {
+    use core::mem::size_of;
+    let sizes = [
+        size_of::<Task>(),
+        size_of::<Space>(),
+        size_of::<Thread>(),
+        size_of::<Frame>(),
+        size_of::<Memory>(),
+        size_of::<crate::ipc::Endpoint>(),
+        size_of::<crate::ipc::Notification>(),
+        size_of::<crate::irq::IrqLine>(),
+        size_of::<crate::device::IoPortObj>(),
+    ];
+    let (mut i, mut m) = (0, 0);
+    while i < sizes.len() {
+        if sizes[i] > m {
+            m = sizes[i];
+        }
+        i += 1;
+    }
+    m
+};
 // A thread's share also covers the endpoint allocation its kept receive reference may hold
-// after that endpoint is gone (`Life::keep_recv`).
-const _: () = assert!(covers(core::mem::size_of::<Thread>(), THREAD_HEAP - (core::mem::size_of::<crate::ipc::Endpoint>() as u64 + 16)));
+// after that endpoint is gone (`Life::keep_recv`), and the allocation of the object of a
+// capability in flight it carries, dead meanwhile (`InFlight`).
+const _: () = assert!(covers(
+    core::mem::size_of::<Thread>(),
+    THREAD_HEAP - (core::mem::size_of::<crate::ipc::Endpoint>() as u64 + 16) - (LARGEST_OBJECT as u64 + 16)
+));
 const _: () = assert!(covers(core::mem::size_of::<Frame>(), FRAME_HEAP));
 const _: () = assert!(covers(core::mem::size_of::<Frame>(), rl4_abi::cost::DEVICE_FRAME));
 const _: () = assert!(covers(core::mem::size_of::<Space>(), SPACE_HEAP));
@@ -1057,8 +1087,9 @@ pub struct Space {
     /// Set once its task died ([`Space::empty`]): it maps nothing any more. Written and read
     /// under the lock of `maps`.
     emptied: AtomicBool,
-    /// `Unmap`s of this space whose shoot-down has not ended: raised under the lock of `maps`
-    /// as the entry goes, lowered after `tlb::flush_space`. A `Map` or `Unmap` that finds it
+    /// `Unmap`s of this space whose shoot-down has not ended (and [`Space::empty`], which
+    /// unmaps everything): raised under the lock of `maps` as the entry goes, lowered after
+    /// `tlb::flush_space`. A `Map` or `Unmap` that finds it
     /// raised (under that lock) shoots down the space itself before it returns: another CPU
     /// may still translate through the entry just removed, to its old frame, and the call
     /// must not say a page is mapped, or not mapped, before every CPU agrees.
@@ -1117,12 +1148,17 @@ impl Space {
             // SAFETY: under `maps`, this space's lock of its tables.
             #[allow(unsafe_code)]
             let tables = unsafe { rl4_arch::paging::detach_user_half(&self.pml4) };
+            // An `Unmap` under way, as `Unmap` counts itself: another CPU's `Unmap` of the
+            // space meanwhile (through a capability to it) waits for this shoot-down before it
+            // answers `NotMapped`.
+            self.unmapping.fetch_add(1, Ordering::Relaxed);
             // Every table below the root was counted in when it was made (`ChargedTables`),
             // under this lock (`KernelCheck` compares the count with the tables).
             (core::mem::replace(&mut *maps, Maps::new_in(mem::MapNodes)), tables, self.table_pages.swap(0, Ordering::Relaxed))
         };
         // No CPU keeps a translation or a cached table entry of the old user half past this.
         crate::tlb::flush_space(self);
+        self.unmapping.fetch_sub(1, Ordering::Relaxed);
         // A space can hold hundreds of thousands of pages and this runs with interrupts off:
         // a shoot-down another CPU waits for is answered between pieces (a load when none
         // waits), as `kill_task` does between threads.

@@ -11,11 +11,13 @@
 //!
 //! **Iterative teardown.** What an object refers to can be the last reference to another
 //! object, and so on without bound: a task's capability table holding the only capability to
-//! the next task, an endpoint whose dying wakes a sender whose capability in flight was the
-//! last reference to the next endpoint. Dropped inline, such a chain recurses once per link
+//! the next task, a thread holding the only reference to the next through its reply right (an
+//! endpoint whose dying woke a sender whose capability in flight was the last reference to the
+//! next endpoint, until the thirty-fourth session: a capability in flight holds a weak
+//! reference now, `obj::InFlight`). Dropped inline, such a chain recurses once per link
 //! and a few thousand links overflow the 64 KiB kernel stack (issue 17). So the destructors
 //! of the objects that hold references to other objects — a task's capability table, a
-//! thread's state (its wait, with a capability in flight), an endpoint's or notification's
+//! thread's state (its wait, with a capability in flight, its reply right), an endpoint's or notification's
 //! waiters and their waits — hand those references to [`later`] instead of dropping them,
 //! and [`later`] never drops anything inside another destruction: the first call on a CPU
 //! with no lock held becomes the *destruction loop* (`busy`), which drops its object and
