@@ -234,9 +234,10 @@ fn call(cs: sched::Here, cur: Arc<Thread>, slot: u64, tag: Tag) -> Fast {
         Ok(()) => {}
         Err(w) => {
             drop(l);
-            crate::obj::dispose(w);
             put_back(&mut q, r);
             drop(q);
+            // After every lock (`dispose`'s rule; a reply wait has nothing to drop today).
+            crate::obj::dispose(w);
             return back(cs, cur);
         }
     };
@@ -569,8 +570,10 @@ fn reply_recv(cs: sched::Here, cur: Arc<Thread>, slot: u64, tag: Tag) -> Fast {
 /// lock, which is held, and `Life::take_back` ignores an affinity changed meanwhile); if the
 /// transition is refused all the same, the caller is failed and the server let go — which may
 /// destroy objects inline (the server's task, its table), so the endpoint is named by its id,
-/// not by a reference argument that the language would take to be live until the return (the
-/// endpoint itself outlives this entry: a slot's reference waits in the limbo).
+/// not by a reference argument that the language would take to be live until the return, and
+/// its queue's guard is let go before anything is (the server's let-go may drop the last
+/// reference to its task, whose table's endpoints go without a grace period: nothing here
+/// touches the endpoint after that).
 #[cold]
 #[inline(never)]
 fn undo_server(

@@ -353,10 +353,14 @@ pub fn endpoint<'k, const RIGHTS: u64>(_entry: &'k InEntry, task: &crate::obj::T
     // slot's reference is dropped only after a grace period (`defer`), which does not end
     // before this CPU returns to user mode or idles (its exit counter moves, or its idle word
     // says so); `InEntry` outlives the borrow, and its maker (`InEntry::new`'s contract) lets
-    // this CPU pass no such point while it lives. Two drops skip the grace period, neither
-    // while a reader can hold the address: a table emptied whole with its task (`Task::drop`)
-    // — a reader reads only the table of the task of the thread it runs, which that thread's
-    // reference keeps alive — and a slot of a table without a shadow, which no reader reads.
+    // this CPU pass no such point while it lives. Two drops skip the grace period: a slot of a
+    // table without a shadow, which no reader reads, and a table emptied whole with its task
+    // (`Task::drop`) — a reader reads only the table of the task of the thread it runs, which
+    // that thread's reference keeps alive while the reader uses the address; a fast path whose
+    // thread was let go meanwhile (killed or suspended from another CPU, its capabilities
+    // deleted: `fastpath::take_back`'s and `undo_server`'s refused ends) may let go of that
+    // reference, and the task with it, while its token lives, and then uses the address no
+    // more (each names the endpoint by its id from there).
     // (The compiler is told the address is not null, which it cannot see, so that the `Some`
     // of a reference costs no test of its own.)
     let ep = unsafe {
