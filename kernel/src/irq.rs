@@ -22,7 +22,8 @@
 //!
 //! Locks: each line's state ([`Level::IRQ`]), then the I/O APIC's registers
 //! ([`Level::IRQ_CHIP`]); nothing else is taken under them: the signal goes after they are
-//! released. The kernel runs with interrupts off, so an interrupt never finds its own CPU
+//! released. `IrqAck` takes a line's under the binder's capability table's
+//! ([`Level::OBJECT`]), which comes before them in the order. The kernel runs with interrupts off, so an interrupt never finds its own CPU
 //! holding a line's lock.
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
@@ -245,9 +246,13 @@ pub fn bind(line: &IrqLine, n: &Arc<Notification>, bits: u64, cpu: usize, binder
 /// capability to this line with `WRITE`. If not (either capability was deleted or revoked),
 /// the line is unbound as by `IrqUnbind` and the answer is `InvalidState`: after a revocation
 /// the notification gets at most one more interrupt, the next (the line is masked from each
-/// interrupt to its acknowledgement, and unmasked from then to the next; a revocation between
-/// this check and the unmasking below is found at the acknowledgement after that interrupt).
-/// Before the eighteenth session the binding outlived the capability (a review found it).
+/// interrupt to its acknowledgement, and unmasked from then to the next). The check and the
+/// unmasking are made in one hold of the binder's table lock (the line's taken under it, as
+/// the lock order allows), so that a revocation, which deletes under that lock, comes wholly
+/// before or after an acknowledgement (before the thirty-fourth session the line was unmasked
+/// after the lock, and acknowledgements racing a revocation on k CPUs let k interrupts more
+/// through: a review found it). Before the eighteenth session the binding outlived the
+/// capability (a review found it).
 pub fn ack(line: &IrqLine) -> Result<(), Error> {
     let (n, binder) = {
         let l = STATE[line.irq as usize].lock();
@@ -256,36 +261,48 @@ pub fn ack(line: &IrqLine) -> Result<(), Error> {
             _ => return Err(Error::InvalidState),
         }
     };
-    // Read under the binder's table lock, with no line lock held (a table lock is not taken
-    // under one: `Level::IRQ` is a leaf but for the chip's).
-    let held = binder.task.upgrade().is_some_and(|t| {
-        let held = !t.dead.load(Ordering::Acquire) && {
+    // `Some(unmasked)`: held, and the line unmasked unless it was unbound meanwhile; `None`:
+    // the binding lapsed.
+    let acked = binder.task.upgrade().and_then(|t| {
+        let r = if t.dead.load(Ordering::Acquire) {
+            None
+        } else {
             let caps = t.caps.lock();
-            crate::obj::holds(&caps, binder.slot, rl4_abi::ObjType::Notification, rl4_abi::Rights::SEND, Some(binder.badge), n.as_ptr() as usize)
-                && crate::obj::holds(&caps, binder.line_slot, rl4_abi::ObjType::Irq, rl4_abi::Rights::WRITE, None, line as *const IrqLine as usize)
+            let held = crate::obj::holds(&caps, binder.slot, rl4_abi::ObjType::Notification, rl4_abi::Rights::SEND, Some(binder.badge), n.as_ptr() as usize)
+                && crate::obj::holds(&caps, binder.line_slot, rl4_abi::ObjType::Irq, rl4_abi::Rights::WRITE, None, line as *const IrqLine as usize);
+            if held { Some(unmask_bound(line)) } else { None }
         };
         // No lock is held: a last reference may go here.
         drop(t);
-        held
+        r
     });
-    if !held {
-        // Unless it was bound again meanwhile (a new binding stands on its own capability).
-        let old = {
-            let mut l = STATE[line.irq as usize].lock();
-            let same = l.target.as_ref().is_some_and(|(x, _)| Weak::ptr_eq(x, &n)) && l.binder.as_ref().is_some_and(|b| b.same(&binder));
-            if same {
-                mask(line.irq as usize);
-                l.enabled = false;
-                (l.target.take(), l.binder.take())
-            } else {
-                (None, None)
-            }
-        };
-        drop(old);
-        drop(n);
-        return Err(Error::InvalidState);
+    match acked {
+        Some(r) => {
+            drop(n);
+            r
+        }
+        None => {
+            // Unless it was bound again meanwhile (a new binding stands on its own capability).
+            let old = {
+                let mut l = STATE[line.irq as usize].lock();
+                let same = l.target.as_ref().is_some_and(|(x, _)| Weak::ptr_eq(x, &n)) && l.binder.as_ref().is_some_and(|b| b.same(&binder));
+                if same {
+                    mask(line.irq as usize);
+                    l.enabled = false;
+                    (l.target.take(), l.binder.take())
+                } else {
+                    (None, None)
+                }
+            };
+            drop(old);
+            drop(n);
+            Err(Error::InvalidState)
+        }
     }
-    drop(n);
+}
+
+/// [`ack`]'s unmasking, under the binder's table lock: the line, if still bound, is unmasked.
+fn unmask_bound(line: &IrqLine) -> Result<(), Error> {
     let mut l = STATE[line.irq as usize].lock();
     if l.target.is_none() {
         return Err(Error::InvalidState);

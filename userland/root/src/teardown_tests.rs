@@ -526,6 +526,13 @@ fn test_exhaustion_all() {
         let (ntf, ep) = (slot(), slot());
         let made = sys::notification_create(MEMORY, ntf).and_then(|_| sys::endpoint_create(MEMORY, ep));
         let (n, e) = if made.is_ok() { waiters(ntf, ep) } else { (0, made.err().unwrap_or(rl4_abi::Error::OutOfMemory)) };
+        // The consistency check with the budget spent on waiters (thousands of threads, each
+        // an entry of its maps): it checks, or answers `OutOfMemory`; it never stops the
+        // kernel (before the thirty-fourth session its maps' nodes were allocated without a
+        // way to fail: a review found it).
+        let checked = sys::kernel_check(MACHINE);
+        rl4_user::println!("exhaustion: the consistency check with {n} waiters: {checked:?}");
+        good &= matches!(checked, Ok([0, _, _]) | Err(rl4_abi::Error::OutOfMemory));
         for _ in 0..n {
             let _ = sys::signal(ntf, 1);
             let _ = sys::nb_recv(ep);
