@@ -171,9 +171,17 @@ fn key<T>(a: &Arc<T>) -> usize {
     Arc::as_ptr(a) as usize
 }
 
-/// References found, by object address.
+/// References found: the object's address, once per reference, in a list grown fallibly (a
+/// B-tree's nodes are allocated without a way to fail: with the memory spent on objects, the
+/// check stopped the kernel there before the thirty-fourth session, which a review found and
+/// `exhaust-overcommit-smp2` showed). Sorted when first counted.
 #[derive(Default)]
-struct Refs(BTreeMap<usize, u64>);
+struct Refs {
+    keys: Vec<usize>,
+    sorted: bool,
+    /// A reference could not be listed: the counts are not to be trusted ([`NoMemory`]).
+    full: bool,
+}
 
 impl Refs {
     fn add<T>(&mut self, a: &Arc<T>) {
@@ -181,7 +189,19 @@ impl Refs {
     }
     /// A reference to the object at `k` held as a raw `Arc` (an intrusive list's).
     fn add_key(&mut self, k: usize) {
-        *self.0.entry(k).or_insert(0) += 1;
+        if grow(&mut self.keys, k) {
+            self.sorted = false;
+        } else {
+            self.full = true;
+        }
+    }
+    /// The references to the object at `k` found.
+    fn count(&mut self, k: usize) -> u64 {
+        if !self.sorted {
+            self.keys.sort_unstable();
+            self.sorted = true;
+        }
+        (self.keys.partition_point(|&x| x <= k) - self.keys.partition_point(|&x| x < k)) as u64
     }
     fn kobj(&mut self, o: &KObj) {
         match o {
@@ -196,8 +216,8 @@ impl Refs {
         }
     }
     /// Compares with the strong count, less the snapshot's own reference.
-    fn compare<T>(&self, r: &mut Report, a: &Arc<T>, what: fmt::Arguments<'_>) {
-        let found = self.0.get(&key(a)).copied().unwrap_or(0);
+    fn compare<T>(&mut self, r: &mut Report, a: &Arc<T>, what: fmt::Arguments<'_>) {
+        let found = self.count(key(a));
         let counted = Arc::strong_count(a) as u64 - 1;
         if found != counted {
             fail!(r, "{what}: {counted} references, but {found} holders found");
@@ -225,9 +245,53 @@ struct Seen {
 /// (what it printed before stays printed: the heap's check, and violations of steps before the
 /// deadlines'). Each such list is contiguous and sized by what tasks made, and a task can
 /// fragment free memory: its allocation is fallible (a review found the check could stop the
-/// kernel in the allocator's failure handler); the small ones (map nodes, per-thread lists)
-/// fail only when no frame is left at all.
+/// kernel in the allocator's failure handler). So is every list that grows with what tasks
+/// made: the references found ([`Refs`]), the threads' entries and their lists ([`SeenAll`],
+/// [`grow`]), the tasks' parents (before the thirty-fourth session the first two were B-trees,
+/// whose nodes cannot fail: the check stopped the kernel with the memory spent on waiters and
+/// `overcommit=`). The B-trees left are one entry per port object or budget.
 struct NoMemory;
+
+/// Appends `x` to `v`, growing it fallibly (by half its length, at least 16); false if there
+/// was no room. The short lists of the check (a thread's queues, the CPUs' faults) grow this
+/// way too: a `push` that cannot allocate stops the kernel.
+fn grow<T>(v: &mut Vec<T>, x: T) -> bool {
+    if v.len() == v.capacity() && v.try_reserve((v.len() / 2).max(16)).is_err() {
+        return false;
+    }
+    v.push(x);
+    true
+}
+
+/// Where each thread was found, by its address: sorted, made with room for every thread.
+struct SeenAll {
+    by: Vec<(usize, Seen)>,
+    /// An entry of a thread's lists could not be made ([`NoMemory`]).
+    full: bool,
+}
+
+impl SeenAll {
+    fn new(threads: &[Arc<Thread>]) -> Result<SeenAll, NoMemory> {
+        let mut by = room(threads.len())?;
+        by.extend(threads.iter().map(|t| (key(t), Seen::default())));
+        by.sort_unstable_by_key(|(k, _)| *k);
+        Ok(SeenAll { by, full: false })
+    }
+    fn get(&self, k: usize) -> Option<&Seen> {
+        self.by.binary_search_by_key(&k, |(x, _)| *x).ok().map(|i| &self.by[i].1)
+    }
+    fn get_mut(&mut self, k: usize) -> Option<&mut Seen> {
+        self.by.binary_search_by_key(&k, |(x, _)| *x).ok().map(|i| &mut self.by[i].1)
+    }
+    /// Appends `x` to the list `which` of thread `k`'s entry; false if `k` is no thread found.
+    fn note<T>(&mut self, k: usize, which: fn(&mut Seen) -> &mut Vec<T>, x: T) -> bool {
+        let Some(i) = self.by.binary_search_by_key(&k, |(x, _)| *x).ok() else { return false };
+        if !grow(which(&mut self.by[i].1), x) {
+            self.full = true;
+        }
+        true
+    }
+}
 
 /// A vector with room for `n` elements, or [`NoMemory`].
 fn room<T>(n: usize) -> Result<Vec<T>, NoMemory> {
@@ -327,7 +391,7 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
 
     // 1. Reference counts.
     let mut refs = Refs::default();
-    let mut seen: BTreeMap<usize, Seen> = threads.iter().map(|t| (key(t), Seen::default())).collect();
+    let mut seen = SeenAll::new(&threads)?;
     let mut census = obj::LinkCensus::default();
     if !crate::qsbr::visit(|e| refs.add(e)) {
         fail!(r, "a CPU's limbo of endpoints is locked while every CPU is stopped");
@@ -340,14 +404,12 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
     let mut port_objs: BTreeMap<usize, Arc<crate::device::IoPortObj>> = BTreeMap::new();
     // Each task's count of the tasks it made that exist (`Task::children`) against the tasks
     // found naming it as their parent.
-    let mut made: BTreeMap<usize, u64> = BTreeMap::new();
+    let mut made: Vec<usize> = room(tasks.len())?;
+    made.extend(tasks.iter().filter_map(|t| t.parent.as_ref().map(|p| Arc::as_ptr(p) as usize)));
+    made.sort_unstable();
     for t in &tasks {
-        if let Some(p) = &t.parent {
-            *made.entry(Arc::as_ptr(p) as usize).or_insert(0) += 1;
-        }
-    }
-    for t in &tasks {
-        let found = made.get(&(Arc::as_ptr(t) as usize)).copied().unwrap_or(0);
+        let k = Arc::as_ptr(t) as usize;
+        let found = (made.partition_point(|&x| x <= k) - made.partition_point(|&x| x < k)) as u64;
         let counted = t.children.load(SeqCst);
         if found != counted {
             fail!(r, "task {} counts {counted} tasks it made, but {found} exist", t.id);
@@ -391,9 +453,8 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
         refs.add(t.charge().of().0);
         if let Some((c, ticket)) = s.reply_right() {
             refs.add(c);
-            match seen.get_mut(&key(c)) {
-                Some(x) => x.reply_holders.push(*ticket),
-                None => fail!(r, "thread {} holds the reply right of thread {}, which is not registered", t.id, c.id),
+            if !seen.note(key(c), |x| &mut x.reply_holders, *ticket) {
+                fail!(r, "thread {} holds the reply right of thread {}, which is not registered", t.id, c.id);
             }
         }
         // A capability in flight holds no reference to its object (`obj::InFlight`).
@@ -448,10 +509,13 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
     }
     frames.iter().for_each(|f| refs.add(f.charge().of().0));
     let mut unregistered = 0u64;
-    let mut note = |seen: &mut BTreeMap<usize, Seen>, t: usize, f: &mut dyn FnMut(&mut Seen)| match seen.get_mut(&t) {
-        Some(x) => f(x),
-        None => unregistered += 1,
-    };
+    // A count of `t`'s entry changed, or `unregistered` if `t` is no thread found.
+    fn count_in(seen: &mut SeenAll, t: usize, unregistered: &mut u64, f: impl FnOnce(&mut Seen)) {
+        match seen.get_mut(t) {
+            Some(x) => f(x),
+            None => *unregistered += 1,
+        }
+    }
     for (e, q) in endpoints.iter().zip(&ep_q) {
         refs.add(e.charge().of().0);
         if !q.senders.is_consistent() || !q.receivers.is_consistent() {
@@ -460,12 +524,16 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
         for (_, t) in q.senders.iter() {
             let t = t as *const Thread as usize;
             refs.add_key(t);
-            note(&mut seen, t, &mut |x| x.senders.push(key(e)));
+            if !seen.note(t, |x| &mut x.senders, key(e)) {
+                unregistered += 1;
+            }
         }
         for (_, t) in q.receivers.iter() {
             let t = t as *const Thread as usize;
             refs.add_key(t);
-            note(&mut seen, t, &mut |x| x.receivers.push(key(e)));
+            if !seen.note(t, |x| &mut x.receivers, key(e)) {
+                unregistered += 1;
+            }
         }
     }
     for (n, q) in notifications.iter().zip(&n_q) {
@@ -476,10 +544,13 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
         for (_, t) in q.waiters.iter() {
             let t = t as *const Thread as usize;
             refs.add_key(t);
-            note(&mut seen, t, &mut |x| x.waiters.push(key(n)));
+            if !seen.note(t, |x| &mut x.waiters, key(n)) {
+                unregistered += 1;
+            }
         }
     }
     let mut cpu_faults: Vec<(usize, &'static str)> = Vec::new();
+    let mut faults_full = false;
     // As long as the deadline lists (tasks set that): grown fallibly; without room the check
     // stops ([`NoMemory`]).
     let mut timeouts: Vec<(usize, u64)> = Vec::new();
@@ -489,7 +560,7 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
             // The queues hold raw references (intrusive lists).
             let t = t as *const Thread as usize;
             refs.add_key(t);
-            note(&mut seen, t, &mut |x| match held {
+            count_in(&mut seen, t, &mut unregistered, |x| match held {
                 sched::Held::RunQueue | sched::Held::Inbox => x.queued += 1,
                 // A reference of its own, in no run queue.
                 sched::Held::Request => x.requests += 1,
@@ -502,9 +573,9 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
                 timeouts_full = true;
             }
         },
-        |cpu, what| cpu_faults.push((cpu, what)),
+        |cpu, what| faults_full |= !grow(&mut cpu_faults, (cpu, what)),
     );
-    if timeouts_full {
+    if timeouts_full || faults_full {
         return Err(NoMemory);
     }
     for i in 0..MAX_CPUS {
@@ -517,7 +588,7 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
         let current = unsafe { cs.peek_current() };
         for th in current.iter() {
             refs.add(th);
-            note(&mut seen, key(th), &mut |x| x.current += 1);
+            count_in(&mut seen, key(th), &mut unregistered, |x| x.current += 1);
         }
     }
     for (cpu, what) in cpu_faults {
@@ -527,9 +598,11 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
         fail!(r, "{unregistered} queue entries name threads that are not registered");
     }
     for (t, d) in timeouts {
-        if let Some(x) = seen.get_mut(&t) {
-            x.deadlines.push(d);
-        }
+        seen.note(t, |x| &mut x.deadlines, d);
+    }
+    // A reference or a thread's entry that could not be listed: no count is to be trusted.
+    if refs.full || seen.full || census.full() {
+        return Err(NoMemory);
     }
     // The system call being handled borrows the caller from the current slot, which is
     // counted above: no reference of its own (`syscall::handle`).
@@ -548,12 +621,15 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
         refs.compare(&mut r, f, format_args!("frame {:#x}", f.pa()));
     }
     // Derivation trees (`CapRevoke`): each against the slots that own its nodes.
-    let node_charges = census.charges().to_vec();
+    let node_charges = census.take_charges();
     // Each derivation node's charge holds a reference to its budget, as each port object's.
     for &(m, _, _) in &node_charges {
-        *refs.0.entry(m).or_insert(0) += 1;
+        refs.add_key(m);
     }
     port_objs.values().for_each(|p| refs.add(p.charge().of().0));
+    if refs.full {
+        return Err(NoMemory);
+    }
     for m in &memories {
         refs.compare(&mut r, m, format_args!("memory budget of {} bytes", m.total));
     }
@@ -567,7 +643,8 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
 
     // 2. Thread states: each thread's `Life` against where it was found.
     for (t, s) in threads.iter().zip(&thread_sched) {
-        let x = &seen[&key(t)];
+        // (Every thread has its entry: `SeenAll::new`.)
+        let Some(x) = seen.get(key(t)) else { continue };
         let id = t.id;
         let st = s.view();
         let place = s.place();

@@ -410,11 +410,25 @@ pub fn inject_orphan_node(task: &Arc<Task>, slot: u64) {
 /// owns it, and the node says it lives in that slot; every tree holds exactly the nodes its
 /// slots own (capabilities in flight only name theirs). Trees are read with `peek` (every other
 /// CPU is stopped).
+/// Its lists grow fallibly, one entry per capability with a node (a B-tree's nodes, or a
+/// `push`, cannot fail: with the memory spent, the check stopped the kernel there before the
+/// thirty-fourth session); one that could not grow marks the census `full`.
 #[derive(Default)]
 pub struct LinkCensus {
-    owners: BTreeMap<usize, (Arc<Lineage>, usize)>,
+    /// Each owned node's tree, once per node, by the tree's address (grouped in `finish`).
+    owners: Vec<(usize, Arc<Lineage>)>,
     /// The charges of the nodes found: (budget, bytes, heap part).
     charges: Vec<(usize, u64, u64)>,
+    full: bool,
+}
+
+/// Appends `x` to `v`, growing it fallibly; false if there was no room.
+fn grow_census<T>(v: &mut Vec<T>, x: T) -> bool {
+    if v.len() == v.capacity() && v.try_reserve((v.len() / 2).max(16)).is_err() {
+        return false;
+    }
+    v.push(x);
+    true
 }
 
 impl LinkCensus {
@@ -424,8 +438,9 @@ impl LinkCensus {
         if !link.owned() {
             return fail(format_args!("task {} slot {slot}: the capability names node {id:?} but does not own it", task.id));
         }
-        let e = self.owners.entry(Arc::as_ptr(lineage) as usize).or_insert_with(|| (lineage.clone(), 0));
-        e.1 += 1;
+        if !grow_census(&mut self.owners, (Arc::as_ptr(lineage) as usize, lineage.clone())) {
+            self.full = true;
+        }
         let Some(tree) = lineage.tree.peek() else {
             return fail(format_args!("a derivation tree is locked while every CPU is stopped"));
         };
@@ -441,23 +456,34 @@ impl LinkCensus {
                 task.id, h.slot
             )),
             Some(h) => {
-                if let Some(c) = &h.charge {
-                    self.charges.push((Arc::as_ptr(&c.0) as usize, DERIV_NODE_COST, DERIV_NODE_COST));
+                if let Some(c) = &h.charge
+                    && !grow_census(&mut self.charges, (Arc::as_ptr(&c.0) as usize, DERIV_NODE_COST, DERIV_NODE_COST))
+                {
+                    self.full = true;
                 }
             }
         }
     }
 
-    /// The charges of the nodes of the slots seen so far: (budget, bytes, heap part).
-    pub fn charges(&self) -> &[(usize, u64, u64)] {
-        &self.charges
+    /// Whether an entry could not be listed (the check then stops: its counts would be wrong).
+    pub fn full(&self) -> bool {
+        self.full
+    }
+
+    /// The charges of the nodes of the slots seen so far: (budget, bytes, heap part), taken
+    /// out of the census (no copy is allocated).
+    pub fn take_charges(&mut self) -> Vec<(usize, u64, u64)> {
+        core::mem::take(&mut self.charges)
     }
 
     /// After every slot: each tree's node count against its owners, and its depth
     /// (`MOST_DEPTH`).
-    pub fn finish(self, mut fail: impl FnMut(core::fmt::Arguments<'_>)) -> usize {
-        let trees = self.owners.len();
-        for (_, (lineage, owners)) in self.owners {
+    pub fn finish(mut self, mut fail: impl FnMut(core::fmt::Arguments<'_>)) -> usize {
+        self.owners.sort_unstable_by_key(|(k, _)| *k);
+        let mut trees = 0;
+        for group in self.owners.chunk_by(|a, b| a.0 == b.0) {
+            trees += 1;
+            let (lineage, owners) = (&group[0].1, group.len());
             if let Some(tree) = lineage.tree.peek() {
                 if tree.len() != owners {
                     fail(format_args!("a derivation tree holds {} nodes, but {owners} capabilities in slots own one", tree.len()));
