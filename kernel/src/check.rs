@@ -252,15 +252,23 @@ struct Seen {
 /// `overcommit=`). The B-trees left are one entry per port object or budget.
 struct NoMemory;
 
-/// Appends `x` to `v`, growing it fallibly (by half its length, at least 16); false if there
-/// was no room. The short lists of the check (a thread's queues, the CPUs' faults) grow this
-/// way too: a `push` that cannot allocate stops the kernel.
+/// Appends `x` to `v`, growing it as a `push` would (twice its room, at least 4), but fallibly:
+/// false if there was no room. The short lists of the check (a thread's queues, the CPUs'
+/// faults) grow this way too: a `push` that cannot allocate stops the kernel.
 fn grow<T>(v: &mut Vec<T>, x: T) -> bool {
-    if v.len() == v.capacity() && v.try_reserve((v.len() / 2).max(16)).is_err() {
+    if v.len() == v.capacity() && v.try_reserve(v.len().max(4)).is_err() {
         return false;
     }
     v.push(x);
     true
+}
+
+/// How a port object was met by the check.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PortMet {
+    Slot,
+    Range,
+    Flight,
 }
 
 /// Where each thread was found, by its address: sorted, made with room for every thread.
@@ -396,12 +404,17 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
     if !crate::qsbr::visit(|e| refs.add(e)) {
         fail!(r, "a CPU's limbo of endpoints is locked while every CPU is stopped");
     }
-    // Port objects: the capabilities found in slots, against the count each object keeps (its
-    // ranges close when that count reaches zero: one too many would keep them open for ever).
-    let mut ports: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
-    // Every port object found (in a slot, in flight, or through a range open), for its charge:
-    // port objects have no registry.
-    let mut port_objs: BTreeMap<usize, Arc<crate::device::IoPortObj>> = BTreeMap::new();
+    // Port objects, each time one is met: in a slot, through a range open, in flight. The ones
+    // in slots are counted against the count each object keeps (its ranges close when that
+    // count reaches zero: one too many would keep them open for ever); every one found is
+    // charged (port objects have no registry). A list grown fallibly, as `Refs` (B-trees before
+    // the thirty-fourth session, whose nodes cannot fail: a review found the check could stop
+    // the kernel with the memory spent on port objects).
+    let mut port_met: Vec<(usize, PortMet, Arc<crate::device::IoPortObj>)> = Vec::new();
+    let mut port_full = false;
+    let mut met = |port_met: &mut Vec<_>, p: &Arc<crate::device::IoPortObj>, how| {
+        port_full |= !grow(port_met, (Arc::as_ptr(p) as usize, how, p.clone()));
+    };
     // Each task's count of the tasks it made that exist (`Task::children`) against the tasks
     // found naming it as their parent.
     let mut made: Vec<usize> = room(tasks.len())?;
@@ -419,8 +432,7 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
         caps.iter().for_each(|(_, c)| refs.kobj(&c.obj));
         for (_, c) in caps.iter() {
             if let KObj::IoPort(p) = &c.obj {
-                ports.entry(Arc::as_ptr(p) as usize).or_insert((0, p.slots_held())).0 += 1;
-                port_objs.entry(Arc::as_ptr(p) as usize).or_insert_with(|| p.clone());
+                met(&mut port_met, p, PortMet::Slot);
             }
         }
         for (slot, c) in caps.iter() {
@@ -461,7 +473,7 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
         if let State::Blocked { wait: Wait::Send { cap: Some(c), .. }, .. } = s.state()
             && let Some(KObj::IoPort(p)) = c.object()
         {
-            port_objs.entry(Arc::as_ptr(&p) as usize).or_insert(p);
+            met(&mut port_met, &p, PortMet::Flight);
         }
     }
     for (sp, maps) in spaces.iter().zip(&space_maps) {
@@ -484,8 +496,7 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
                             continue;
                         }
                     };
-                    ports.entry(Arc::as_ptr(p) as usize).or_insert((0, p.slots_held()));
-                    port_objs.entry(Arc::as_ptr(p) as usize).or_insert_with(|| p.clone());
+                    met(&mut port_met, p, PortMet::Range);
                     if p.lists(Arc::as_ptr(sp)) != Some(true) {
                         fail!(r, "address space {:#x}: a range is open through port object {:#x}, whose list of openers does not name it", sp.pml4, Arc::as_ptr(p) as usize);
                     }
@@ -497,10 +508,24 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
             }
         }
     }
-    for (p, (found, counted)) in &ports {
+    if port_full {
+        return Err(NoMemory);
+    }
+    port_met.sort_unstable_by_key(|(k, _, _)| *k);
+    // Each port object once, for its charge.
+    let mut port_objs: Vec<&Arc<crate::device::IoPortObj>> = room(port_met.chunk_by(|a, b| a.0 == b.0).count())?;
+    for group in port_met.chunk_by(|a, b| a.0 == b.0) {
+        let (p, obj) = (group[0].0, &group[0].2);
+        port_objs.push(obj);
+        // Met in no slot and through no range (only in flight): no count to compare.
+        if group.iter().all(|(_, how, _)| *how == PortMet::Flight) {
+            continue;
+        }
+        let found = group.iter().filter(|(_, how, _)| *how == PortMet::Slot).count() as u64;
+        let counted = obj.slots_held();
         if found != counted {
             fail!(r, "port object {p:#x}: {found} capabilities in slots, but it counts {counted}");
-        } else if *found == 0 {
+        } else if found == 0 {
             // Met only through an open range: its last capability left its slot, and nothing
             // waits to be destroyed (checked below), so the close that follows in the same
             // kernel entry did not happen.
@@ -600,7 +625,14 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
     for (t, d) in timeouts {
         seen.note(t, |x| &mut x.deadlines, d);
     }
-    // A reference or a thread's entry that could not be listed: no count is to be trusted.
+    // Each derivation node's charge holds a reference to its budget, as each port object's.
+    let node_charges = census.take_charges();
+    for &(m, _, _) in &node_charges {
+        refs.add_key(m);
+    }
+    port_objs.iter().for_each(|p| refs.add(p.charge().of().0));
+    // A reference or a thread's entry that could not be listed: no count is to be trusted, and
+    // none is compared.
     if refs.full || seen.full || census.full() {
         return Err(NoMemory);
     }
@@ -619,16 +651,6 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
     }
     for f in &frames {
         refs.compare(&mut r, f, format_args!("frame {:#x}", f.pa()));
-    }
-    // Derivation trees (`CapRevoke`): each against the slots that own its nodes.
-    let node_charges = census.take_charges();
-    // Each derivation node's charge holds a reference to its budget, as each port object's.
-    for &(m, _, _) in &node_charges {
-        refs.add_key(m);
-    }
-    port_objs.values().for_each(|p| refs.add(p.charge().of().0));
-    if refs.full {
-        return Err(NoMemory);
     }
     for m in &memories {
         refs.compare(&mut r, m, format_args!("memory budget of {} bytes", m.total));
@@ -748,7 +770,7 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
     frames.iter().for_each(|f| charge(f.charge()));
     endpoints.iter().for_each(|e| charge(e.charge()));
     notifications.iter().for_each(|n| charge(n.charge()));
-    port_objs.values().for_each(|p| charge(p.charge()));
+    port_objs.iter().for_each(|p| charge(p.charge()));
     for (sp, maps) in spaces.iter().zip(&space_maps) {
         let tables = sp.table_pages.load(SeqCst);
         *charged.entry(key(&sp.memory)).or_insert(0) += tables * PAGE_SIZE + maps.len() as u64 * MAP_COST;

@@ -424,7 +424,7 @@ pub struct LinkCensus {
 
 /// Appends `x` to `v`, growing it fallibly; false if there was no room.
 fn grow_census<T>(v: &mut Vec<T>, x: T) -> bool {
-    if v.len() == v.capacity() && v.try_reserve((v.len() / 2).max(16)).is_err() {
+    if v.len() == v.capacity() && v.try_reserve(v.len().max(4)).is_err() {
         return false;
     }
     v.push(x);
