@@ -694,10 +694,11 @@ static UW_GO: AtomicBool = AtomicBool::new(false);
 static UW_MAP: AtomicU64 = AtomicU64::new(u64::MAX);
 const UW_SECRET: u64 = 0x5ec2_e75e_c2e7_5ec2;
 
-/// On the other CPU: writes to the page (this CPU now translates it, for writing: an entry
-/// made by a read, the page not yet dirty, would be looked up again at the first write), waits
-/// for the unmap to begin, then maps another frame there and writes to it.
-fn uw_mapper(_: u64) {
+/// On the other CPU, before its own call: writes to the page (this CPU now translates it, for
+/// writing: an entry made by a read, the page not yet dirty, would be looked up again at the
+/// first write), says so, waits for the first CPU's `Unmap` to begin and 50 ms more; returns
+/// the page.
+fn uw_touch_and_wait() -> *mut u64 {
     let p = UW_VA.load(SeqCst) as *mut u64;
     // SAFETY: the page is mapped readable and writable until the other thread unmaps it, which
     // it does only after `UW_READY`.
@@ -712,6 +713,12 @@ fn uw_mapper(_: u64) {
     while rl4_user::rdtsc() < until {
         core::hint::spin_loop();
     }
+    p
+}
+
+/// On the other CPU: [`uw_touch_and_wait`], then maps another frame there and writes to it.
+fn uw_mapper(_: u64) {
+    let p = uw_touch_and_wait();
     let r = sys::map(SPACE, UW_FRAME.load(SeqCst), p as u64, Rights::READ.union(Rights::WRITE));
     if r.is_ok() {
         // SAFETY: just mapped, readable and writable.
@@ -722,20 +729,10 @@ fn uw_mapper(_: u64) {
 
 static UW_AFTER: AtomicU64 = AtomicU64::new(0);
 
-/// On the other CPU: as [`uw_mapper`], but unmaps the page itself (which the first CPU's
+/// On the other CPU: [`uw_touch_and_wait`], then unmaps the page itself (which the first CPU's
 /// `Unmap` has already taken out: `NotMapped`), then writes to it, which must fault.
 fn uw_unmapper(_: u64) {
-    let p = UW_VA.load(SeqCst) as *mut u64;
-    // SAFETY: as in `uw_mapper`.
-    unsafe { core::ptr::write_volatile(p, 1) };
-    UW_READY.store(true, SeqCst);
-    while !UW_GO.load(SeqCst) {
-        core::hint::spin_loop();
-    }
-    let until = rl4_user::rdtsc() + tsc_hz() / 20;
-    while rl4_user::rdtsc() < until {
-        core::hint::spin_loop();
-    }
+    let p = uw_touch_and_wait();
     let r = sys::unmap(SPACE, p as u64);
     UW_MAP.store(match r { Ok(()) => 0, Err(e) => e as u64 }, SeqCst);
     // SAFETY: not mapped any more: the write must fault (this thread then stops), not reach
