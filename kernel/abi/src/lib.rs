@@ -606,12 +606,16 @@ pub mod ipc {
     pub const REG_WORDS: u64 = 4;
     /// Most words in one message.
     pub const MAX_WORDS: u64 = 128;
+    /// One more than the largest label a tag holds (48 bits: [`Tag::new`] keeps only those).
+    pub const LABEL_LIMIT: u64 = 1 << 48;
 
     /// `label` (bits 16..63) | `caps` (bit 9) | `len` in words (bits 0..8).
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
     pub struct Tag(pub u64);
 
     impl Tag {
+        /// A tag; a `label` of [`LABEL_LIMIT`] or more loses its top 16 bits (the SDK's
+        /// `Msg::new` refuses one).
         pub const fn new(label: u64, len: u64, caps: u64) -> Tag {
             Tag(label << 16 | (caps & 1) << 9 | (len & 0x1ff))
         }

@@ -203,8 +203,12 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
 }
 
 impl Msg {
-    /// A message of `label` and up to four words (more are cut: see [`Msg::long`]).
+    /// A message of `label` and up to four words (more are cut: see [`Msg::long`]). A label
+    /// has 48 bits (a tag's bits 16..63): a larger one panics, rather than arrive cut (before
+    /// the thirty-fourth session its top 16 bits were dropped without a word: a review found
+    /// it).
     pub fn new(label: u64, words: &[u64]) -> Msg {
+        assert!(label < rl4_abi::ipc::LABEL_LIMIT, "a message label has 48 bits");
         let n = words.len().min(rl4_abi::ipc::REG_WORDS as usize);
         let mut w = [0; 4];
         w[..n].copy_from_slice(&words[..n]);
@@ -216,9 +220,13 @@ impl Msg {
     pub fn long(label: u64, words: &[u64]) -> Msg {
         let n = words.len().min(rl4_abi::ipc::MAX_WORDS as usize);
         let mut m = Msg::new(label, &words[..n]);
-        let buf = IpcBuffer::current();
-        for (i, &w) in words[..n].iter().enumerate().skip(rl4_abi::ipc::REG_WORDS as usize) {
-            buf.set(i, w);
+        // The buffer only for words past the registers: a short message needs none (a thread
+        // with a stack of its own has none to find, and `IpcBuffer::current` would panic).
+        if n > rl4_abi::ipc::REG_WORDS as usize {
+            let buf = IpcBuffer::current();
+            for (i, &w) in words[..n].iter().enumerate().skip(rl4_abi::ipc::REG_WORDS as usize) {
+                buf.set(i, w);
+            }
         }
         m.tag = rl4_abi::ipc::Tag::new(label, n as u64, 0);
         m

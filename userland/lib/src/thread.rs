@@ -12,6 +12,10 @@ use rl4_abi::{Error, PAGE_SIZE, Rights};
 use crate::cap::Thread;
 use crate::{env, slots, sys};
 
+/// The longest wait between two looks of [`Spawned::join`]: 2^31 TSC ticks (about a second at
+/// 2 GHz). A `FOREVER` poll would nap for ever on a notification nothing signals.
+pub const MOST_POLL: u64 = 1 << 31;
+
 /// Bytes of address space per spawned thread.
 pub const REGION: u64 = 1 << 20;
 /// Stack pages of a spawned thread.
@@ -20,19 +24,30 @@ pub const STACK_PAGES: u64 = 16;
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
 /// Regions given back ([`Spawned::join`], or a [`spawn`] that failed), for the next spawns to
-/// take before a new one (0: empty). A region that finds no room here is not used again (its
-/// pages went back all the same; only its address range is left unused).
-static FREE: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
+/// take before a new one (0: empty). As many as the capability table has slots: each region
+/// in use belongs to a [`Spawned`], which holds a slot, so every region given back finds room
+/// (before the thirty-fourth session 64: past them a region was never used again, and a
+/// program spawning and joining batches of more than 64 lost address space for good, a
+/// review found).
+static FREE: [AtomicU64; rl4_abi::CAP_SLOTS as usize] = [const { AtomicU64::new(0) }; rl4_abi::CAP_SLOTS as usize];
 
-/// A region for a new thread: one given back, else a new one.
-fn take_region() -> u64 {
+/// Most regions ever made: they must end below the first thread's IPC buffer, where
+/// [`crate::IpcBuffer::current`] looks for a spawned thread's.
+const MOST_REGIONS: u64 = (env::IPC_BUFFER - env::THREADS_BASE) / REGION;
+
+/// A region for a new thread: one given back, else a new one (`OutOfMemory` if none is left).
+fn take_region() -> Result<u64, Error> {
     for r in &FREE {
         let base = r.swap(0, Ordering::AcqRel);
         if base != 0 {
-            return base;
+            return Ok(base);
         }
     }
-    env::THREADS_BASE + NEXT.fetch_add(1, Ordering::Relaxed) * REGION
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    if n >= MOST_REGIONS {
+        return Err(Error::OutOfMemory);
+    }
+    Ok(env::THREADS_BASE + n * REGION)
 }
 
 /// Gives a region back (nothing of it is mapped any more).
@@ -115,7 +130,7 @@ pub unsafe fn unmap(va: u64, pages: u64) {
 /// (17 pages of the budget and 1 MiB of address space) and its capability slot stay taken until
 /// [`Spawned::join`] gives them back. If it cannot start, what it mapped goes back.
 pub fn spawn(f: fn(u64), arg: u64, cpu: u64, prio: u64) -> Result<Spawned, Error> {
-    let base = take_region();
+    let base = take_region()?;
     let stack = base + 2 * PAGE_SIZE;
     if let Err(e) = map_fresh(base, 1) {
         give_region(base);
@@ -175,14 +190,20 @@ impl Spawned {
     /// unmaps its IPC buffer and stack (their frames go back to the budget), gives its region to
     /// the next [`spawn`], and deletes its capability. On `Timeout` (still running after
     /// `timeout`), or an error from `ThreadInfo` or [`nap`], the handle comes back with it, and
-    /// nothing changed. A thread that never ends (waiting for ever, faulted, suspended) is never
-    /// joined; deleting its capability ends it (a thread goes with its last capability) and gives
-    /// the slot back, not its region.
+    /// nothing changed. A thread that stopped on a fault (a panic in its function ends in one)
+    /// is never joined either: the handle comes back at once with `InvalidState` (before the
+    /// thirty-fourth session `join` waited for it, for ever with `FOREVER`; a review found it).
+    /// A thread that never ends (waiting for ever, suspended) is never joined; deleting its
+    /// capability ends it (a thread goes with its last capability) and gives the slot back, not
+    /// its region. A `poll` of [`MOST_POLL`] ticks or more (`FOREVER` included) polls every
+    /// [`MOST_POLL`] ticks.
     pub fn join(self, poll: u64, timeout: u64) -> Result<(), (Spawned, Error)> {
         let start = crate::rdtsc();
+        let poll = poll.min(MOST_POLL);
         loop {
             match self.thread.info() {
                 Ok((rl4_abi::ThreadState::Dead, _, _)) => break,
+                Ok((rl4_abi::ThreadState::Faulted, _, _)) => return Err((self, Error::InvalidState)),
                 Ok(_) => {}
                 Err(e) => return Err((self, e)),
             }
