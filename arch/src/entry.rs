@@ -9,7 +9,8 @@
 //! * `syscall` → `rl4_syscall(number)` (Rust's `rust-preserve-none` convention: the number in
 //!   `r12`, no register preserved);
 //! * an interrupt or exception from user mode → `rl4_user_trap(vector, error_code)`;
-//! * an interrupt in kernel mode (only the idle loop runs with interrupts on) →
+//! * an interrupt in kernel mode (with interrupts on only in the idle loop, the boot's waits
+//!   and `Measure`'s IPI-floor wait: docs/percpu.md) →
 //!   `rl4_kernel_interrupt(vector)`, then back where it was; an exception in kernel mode is a
 //!   kernel bug and panics, except a page fault inside the user-copy routine, which makes it
 //!   return an error instead.
@@ -82,8 +83,6 @@ const _: () = {
 /// User segment selectors (GDT entries 4 and 3, RPL 3).
 pub const USER_CS: u64 = 0x23;
 pub const USER_SS: u64 = 0x1b;
-/// RFLAGS bits a user thread may hold (CF PF AF ZF SF TF DF OF, and IF always set).
-pub const USER_RFLAGS_MASK: u64 = 0b1101_1101_0101;
 pub const RFLAGS_IF: u64 = 1 << 9;
 
 /// The system-call register ABI (`docs/syscalls.md`), named: the kernel's generic code reads
