@@ -62,7 +62,7 @@ use rl4_smp::{MAX_CPUS, cpus, lapic};
 
 use rl4_core::life::{Place, State};
 
-use crate::obj::{self, KObj, MAP_COST, Thread, Wait};
+use crate::obj::{self, KObj, MAP_COST, Thread, Wait, grow};
 use crate::{mem, sched};
 
 /// Held by the CPU that runs a check.
@@ -249,19 +249,10 @@ struct Seen {
 /// made: the references found ([`Refs`]), the threads' entries and their lists ([`SeenAll`],
 /// [`grow`]), the tasks' parents (before the thirty-fourth session the first two were B-trees,
 /// whose nodes cannot fail: the check stopped the kernel with the memory spent on waiters and
-/// `overcommit=`). The B-trees left are one entry per port object or budget.
+/// `overcommit=`). The one B-tree left has an entry per memory budget. Every list that grows
+/// does so through [`grow`], the short ones too (a thread's queues, the CPUs' faults): a
+/// `push` that cannot allocate stops the kernel.
 struct NoMemory;
-
-/// Appends `x` to `v`, growing it as a `push` would (twice its room, at least 4), but fallibly:
-/// false if there was no room. The short lists of the check (a thread's queues, the CPUs'
-/// faults) grow this way too: a `push` that cannot allocate stops the kernel.
-fn grow<T>(v: &mut Vec<T>, x: T) -> bool {
-    if v.len() == v.capacity() && v.try_reserve(v.len().max(4)).is_err() {
-        return false;
-    }
-    v.push(x);
-    true
-}
 
 /// How a port object was met by the check.
 #[derive(Clone, Copy, PartialEq, Eq)]

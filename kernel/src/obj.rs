@@ -422,8 +422,9 @@ pub struct LinkCensus {
     full: bool,
 }
 
-/// Appends `x` to `v`, growing it fallibly; false if there was no room.
-fn grow_census<T>(v: &mut Vec<T>, x: T) -> bool {
+/// Appends `x` to `v`, growing it as a `push` would (twice its room, at least 4), but fallibly:
+/// false if there was no room (`KernelCheck`'s lists: [`LinkCensus`] and `check.rs`'s).
+pub(crate) fn grow<T>(v: &mut Vec<T>, x: T) -> bool {
     if v.len() == v.capacity() && v.try_reserve(v.len().max(4)).is_err() {
         return false;
     }
@@ -438,7 +439,7 @@ impl LinkCensus {
         if !link.owned() {
             return fail(format_args!("task {} slot {slot}: the capability names node {id:?} but does not own it", task.id));
         }
-        if !grow_census(&mut self.owners, (Arc::as_ptr(lineage) as usize, lineage.clone())) {
+        if !grow(&mut self.owners, (Arc::as_ptr(lineage) as usize, lineage.clone())) {
             self.full = true;
         }
         let Some(tree) = lineage.tree.peek() else {
@@ -457,7 +458,7 @@ impl LinkCensus {
             )),
             Some(h) => {
                 if let Some(c) = &h.charge
-                    && !grow_census(&mut self.charges, (Arc::as_ptr(&c.0) as usize, DERIV_NODE_COST, DERIV_NODE_COST))
+                    && !grow(&mut self.charges, (Arc::as_ptr(&c.0) as usize, DERIV_NODE_COST, DERIV_NODE_COST))
                 {
                     self.full = true;
                 }
