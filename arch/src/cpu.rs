@@ -3,46 +3,10 @@ use core::arch::x86_64::{__cpuid, __cpuid_count, _rdtsc};
 use x86_64::instructions::port::Port;
 use x86_64::registers::model_specific::Msr;
 
-/// What CPUID says this CPU can do (only what rl4 uses).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Features {
-    pub max_leaf: u32,
-    pub max_ext_leaf: u32,
-    /// A local APIC, present and enabled (CPUID.1:EDX[9]; a CPU whose firmware turned it off
-    /// in IA32_APIC_BASE reads it clear).
-    pub apic: bool,
-    /// `FXSAVE`/`FXRSTOR` (CPUID.1:EDX[24]) and SSE2 (EDX[26]: `lfence`, `mfence`): every
-    /// x86_64 CPU has them, an emulator may be told otherwise.
-    pub fxsr: bool,
-    pub sse2: bool,
-    pub x2apic: bool,
-    pub tsc_deadline: bool,
-    pub pcid: bool,
-    pub invpcid: bool,
-    pub smep: bool,
-    pub smap: bool,
-    pub nx: bool,
-    pub page1g: bool,
-    pub invariant_tsc: bool,
-    pub hypervisor: bool,
-    /// Initial APIC id (CPUID.1:EBX[31:24]); the x2APIC id (leaf 0xB) where that leaf exists.
-    pub apic_id: u32,
-}
+pub use crate::features::{Features, Lack};
 
 impl Features {
-    /// The first thing the kernel needs that this CPU's CPUID says it lacks, described.
-    pub fn missing(&self) -> Option<&'static str> {
-        if !self.apic {
-            Some("local APIC (CPUID.1:EDX[9] clear: absent, or turned off by the firmware)")
-        } else if !self.fxsr {
-            Some("FXSAVE/FXRSTOR (CPUID.1:EDX[24] clear)")
-        } else if !self.sse2 {
-            Some("SSE2 (CPUID.1:EDX[26] clear: the kernel's fences are SSE2 instructions)")
-        } else {
-            None
-        }
-    }
-
+    /// This CPU's features, from its CPUID.
     pub fn read() -> Features {
         let l0 = __cpuid(0);
         let l1 = __cpuid(1);
@@ -298,3 +262,4 @@ pub fn read_volatile_u64(va: u64) -> u64 {
     // an unmapped page is ever used.
     unsafe { core::ptr::read_volatile(va as *const u64) }
 }
+

@@ -105,8 +105,11 @@ static CLEAR_ERROR_POINTERS: AtomicBool = AtomicBool::new(false);
 
 /// Sets up this CPU's FPU, SSE and (where present) XSAVE and AVX from CPUID, and returns what it
 /// set up. The first call (the bootstrap CPU, before any thread exists) fixes the configuration;
-/// later calls panic if their CPU differs.
-pub fn init_this_cpu() -> Config {
+/// a later call whose CPU would differ (an application processor of a machine whose CPUs'
+/// CPUID disagree) returns what it found instead, as an error, and its CPU must not run
+/// threads: their save areas are sized for the first (before the thirty-fifth session an
+/// assertion that stopped the machine).
+pub fn init_this_cpu() -> Result<Config, Config> {
     let l1 = __cpuid(1);
     let has_fxsr = l1.edx & (1 << 24) != 0;
     // XSAVE needs leaf 0xD to size its area: a CPU whose highest basic leaf is below it (Intel's
@@ -162,23 +165,20 @@ pub fn init_this_cpu() -> Config {
     } else {
         Config { mechanism: Mechanism::Fxsave, components: 0, size: LEGACY as u32, clear_error_pointers }
     };
+    // A later CPU is compared with the first, whose area is in bounds.
+    if MECHANISM.load(Ordering::Acquire) != 0 {
+        return if config_of_bsp() == config { Ok(config) } else { Err(config) };
+    }
     assert!(
         (LEGACY as u32..=MAX_AREA as u32).contains(&config.size),
         "CPUID leaf 0xD gives an FPU save area of {} bytes (rl4 accepts {LEGACY}..={MAX_AREA})",
         config.size
     );
-    match MECHANISM.compare_exchange(0, config.mechanism as u8, Ordering::AcqRel, Ordering::Acquire) {
-        Ok(_) => {
-            SIZE.store(config.size, Ordering::Release);
-            XCR0_BITS.store(config.components as u32, Ordering::Release);
-            CLEAR_ERROR_POINTERS.store(config.clear_error_pointers, Ordering::Release);
-        }
-        Err(_) => {
-            let first = config_of_bsp();
-            assert!(first == config, "this CPU's FPU set-up {config:?} differs from the bootstrap CPU's {first:?}");
-        }
-    }
-    config
+    SIZE.store(config.size, Ordering::Release);
+    XCR0_BITS.store(config.components as u32, Ordering::Release);
+    CLEAR_ERROR_POINTERS.store(config.clear_error_pointers, Ordering::Release);
+    MECHANISM.store(config.mechanism as u8, Ordering::Release);
+    Ok(config)
 }
 
 /// The configuration every CPU shares (after the bootstrap CPU's [`init_this_cpu`]).

@@ -12,6 +12,7 @@
 #![cfg_attr(target_os = "none", feature(abi_x86_interrupt))]
 
 pub mod bootinfo;
+pub mod features;
 pub mod ioapic;
 pub mod ioport;
 pub mod layout;

@@ -64,6 +64,11 @@ pub fn boot_info() -> Option<&'static BootInfo> {
 }
 static OPTIONS: Once<Options> = Once::new();
 static TRAMPOLINE: Once<Option<u64>> = Once::new();
+/// The bootstrap CPU's CPUID, which every application processor is held to
+/// (`cpu::Features::lacks`).
+static BSP_FEATURES: Once<cpu::Features> = Once::new();
+/// The CPU `inject=apcpuid` makes lack the optional features: the plan's last (0: none).
+static UNLIKE_CPU: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
 
 fn options() -> &'static Options {
     OPTIONS.get().expect("options parsed at boot")
@@ -195,9 +200,9 @@ pub extern "C" fn rl4_kernel_entry(protocol: u32, magic: u32, info: u64) -> ! {
 extern "C" fn bsp_main(_bsp: u64) -> ! {
     let bsp = cpus::get(0).expect("BSP block created");
     cpus::init_this_cpu(bsp);
-    let f = cpu::Features::read();
+    let f = *BSP_FEATURES.call_once(cpu::Features::read);
     rl4_arch::paging::enable_protection(f.smep, f.smap, f.pcid);
-    let fpu = rl4_arch::fpu::init_this_cpu();
+    let Ok(fpu) = rl4_arch::fpu::init_this_cpu() else { unreachable!("the first CPU sets the FPU up") };
     sched::prepare_cpu(0, f.pcid).expect("kernel heap for the bootstrap CPU's scheduler");
     sched::init_cpu(f.pcid);
     let mut brand = [0u8; 48];
@@ -399,6 +404,9 @@ fn start_aps(plan: &mut madt::Plan) {
     // (No trampoline: the plan has the bootstrap CPU only.)
     let Some(page) = TRAMPOLINE.get().copied().flatten() else { return };
     apboot::install_trampoline(page);
+    if options().inject & rl4_core::cmdline::inject::AP_CPUID != 0 {
+        UNLIKE_CPU.store(plan.cpus.len() as u32 - 1, Ordering::Relaxed);
+    }
     let timeout_us = options().ap_timeout_ms as u64 * 1000;
     for i in 1..plan.cpus.len() {
         let e = plan.cpus[i];
@@ -423,6 +431,17 @@ fn start_aps(plan: &mut madt::Plan) {
                 e.apic_id,
                 options().ap_timeout_ms
             ),
+            apboot::Started::Refused(why) => {
+                let last = plan.cpus.len() - 1;
+                println!(
+                    "cpu {i} (apic id {}) stays offline: its CPUID lacks {}, which the bootstrap CPU set up for every CPU; {}running on {i} CPU(s)",
+                    e.apic_id,
+                    why.describe(),
+                    if i == last { alloc::string::String::new() } else { alloc::format!("cpus {} to {last} not started either; ", i + 1) }
+                );
+                plan.keep_first(i, madt::Skip::Unlike);
+                return;
+            }
             apboot::Started::Stuck => println!(
                 "cpu {i} (apic id {}) did NOT come up: reached 64-bit mode but not its set-up within {} ms",
                 e.apic_id,
@@ -460,13 +479,26 @@ fn make_cpu(i: usize, apic_id: u32) -> Result<&'static Cpu, &'static str> {
 /// up was made before it started ([`make_cpu`]): nothing here can run out of memory.
 extern "C" fn ap_main(cpu: &'static Cpu) -> ! {
     cpus::init_this_cpu(cpu);
-    let f = cpu::Features::read();
+    let mut f = cpu::Features::read();
+    if cpu.index == UNLIKE_CPU.load(Ordering::Relaxed) {
+        f = f.without_optional();
+    }
+    // A CPU that lacks what the bootstrap CPU set up for every CPU — a feature of its CPUID,
+    // or an FPU set-up of the same size and kind (from its own CPUID: firmware may have left
+    // it otherwise than the BSP) — stays offline, and the BSP starts no CPU after it (before
+    // the thirty-fifth session it ran as it was: SMAP, one switch for all CPUs, was set by the
+    // last CPU up, so one CPU without it or one with it alone took an invalid-opcode fault at
+    // its first `stac` or ran user copies with SMAP open; a different FPU area stopped the
+    // machine with an assertion).
+    let bsp = BSP_FEATURES.get().expect("the bootstrap CPU read its CPUID first");
+    let lack = f.lacks(bsp, lapic::is_x2apic(), lapic::uses_tsc_deadline());
+    if let Some(why) = lack.or_else(|| rl4_arch::fpu::init_this_cpu().err().map(|_| cpu::Lack::Fpu)) {
+        cpus::refuse(cpu, why);
+    }
     // PCIDs if its CPUID offers them and its scheduler was made with their table (by the BSP,
-    // from the BSP's CPUID: nothing here may allocate).
+    // from the BSP's CPUID: nothing here may allocate); SMEP and SMAP as on the bootstrap CPU.
     let pcid = f.pcid && sched::prepared_pcid(cpu.index);
-    rl4_arch::paging::enable_protection(f.smep, f.smap, pcid);
-    // Set up from this CPU's own CPUID (firmware may have left it otherwise than the BSP).
-    rl4_arch::fpu::init_this_cpu();
+    rl4_arch::paging::enable_protection(bsp.smep, bsp.smap, pcid);
     sched::init_cpu(pcid);
     cpus::enable_lapic_this_cpu(cpu);
     println!(

@@ -216,6 +216,9 @@ pub enum Started {
     NoResponse,
     /// It took its start but did not finish its set-up in time.
     Stuck,
+    /// It took its start and stays offline: its CPUID lacks what the bootstrap CPU set up for
+    /// every CPU (`cpus::refuse`).
+    Refused(rl4_arch::cpu::Lack),
     /// It took its start at the moment the BSP gave up, and did not say it had read its
     /// parameters even after a second wait: the trampoline page may still be read, so no
     /// other CPU may be started from it.
@@ -269,5 +272,10 @@ pub fn start_ap(cpu: &'static Cpu, page: u64, entry: ApEntry, timeout_us: u64) -
             return Started::Lost;
         }
     }
-    if time::wait_until(timeout_us, || cpu.online.load(Ordering::Acquire)) { Started::Online } else { Started::Stuck }
+    let up = time::wait_until(timeout_us, || cpu.online.load(Ordering::Acquire) || cpus::refused(cpu).is_some());
+    match cpus::refused(cpu) {
+        Some(why) => Started::Refused(why),
+        None if up => Started::Online,
+        None => Started::Stuck,
+    }
 }

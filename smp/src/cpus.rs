@@ -37,6 +37,9 @@ pub struct Cpu {
     lapic: UnsafeCell<Option<LocalApic>>,
     /// Set by the CPU once its descriptor tables, GS and local APIC are up.
     pub online: AtomicBool,
+    /// Set by an application processor that stays offline ([`refuse`]): what it lacks, as
+    /// `rl4_arch::cpu::Lack`'s code (0: nothing).
+    refused: core::sync::atomic::AtomicU8,
     pub ticks: CachePadded<AtomicU64>,
     pub ipis: AtomicU64,
     /// Set by the CPU once its IDT is loaded (its NMI handler can run): from then on
@@ -96,6 +99,7 @@ pub fn create(index: usize, apic_id: u32, frames: &mut impl FrameSource) -> Resu
         stack_top,
         lapic: UnsafeCell::new(None),
         online: AtomicBool::new(false),
+        refused: core::sync::atomic::AtomicU8::new(0),
         ticks: CachePadded::new(AtomicU64::new(0)),
         ipis: AtomicU64::new(0),
         idt_ready: AtomicBool::new(false),
@@ -168,6 +172,21 @@ pub fn init_this_cpu(cpu: &'static Cpu) {
     }
     rl4_arch::entry::init_syscall();
     rl4_arch::entry::check_debug_trap();
+}
+
+/// What the application processor `cpu` said it lacks as it stayed offline ([`refuse`]).
+pub fn refused(cpu: &Cpu) -> Option<rl4_arch::cpu::Lack> {
+    rl4_arch::cpu::Lack::from_code(cpu.refused.load(Ordering::Acquire))
+}
+
+/// An application processor that lacks what the bootstrap CPU set up for every CPU (`why`)
+/// stays offline: it says so in its block, for the CPU that started it ([`crate::boot::start_ap`]),
+/// and halts with interrupts off for good. It has set up nothing any other CPU sees (only its
+/// own descriptor tables and `GS`); its block and stacks stay its own, unused.
+pub fn refuse(cpu: &'static Cpu, why: rl4_arch::cpu::Lack) -> ! {
+    assert!(core::ptr::eq(percpu::current(), &cpu.header), "refuse on a foreign CPU");
+    cpu.refused.store(why as u8, Ordering::Release);
+    rl4_arch::cpu::halt_forever()
 }
 
 /// Enables the calling CPU's local APIC and timer (after [`lapic::configure`] ran on the BSP)

@@ -39,6 +39,8 @@ pub enum Skip {
     /// The memory had no room for its per-CPU blocks with the root task's start (or for one
     /// before it).
     NoMemory,
+    /// Its CPUID (or that of one before it) lacks what the bootstrap CPU set up for every CPU.
+    Unlike,
 }
 
 impl Skip {
@@ -53,6 +55,7 @@ impl Skip {
             Skip::OverLimit => "beyond rl4's CPU limit",
             Skip::NoTrampoline => "no free page below 640 KiB to start it from",
             Skip::NoMemory => "no memory for it (or for one before it) and the root task",
+            Skip::Unlike => "it (or one before it) lacks what the bootstrap CPU set up for every CPU",
         }
     }
 }
