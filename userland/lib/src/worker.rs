@@ -195,6 +195,17 @@ pub const CAP_CHAIN: u64 = 71;
 /// the error code, 0 if it opened), then end this thread: the range stays open while the task
 /// lives and its table holds the capability.
 pub const PORT_HOLD: u64 = 72;
+/// Check the rest of [`crate::thread::Spawned::join`]'s rules and `Msg::new`'s label bound
+/// when a call arrives on [`EP_SLOT`] (set up as for [`SDK_JOIN`]; threads of priority
+/// `operand` on this CPU). The reply, each word 1 if the step held: word 0, two batches of 70
+/// threads (more than the 64 regions the SDK kept for reuse before the thirty-fourth session),
+/// each spawned whole and then joined, all ran and were joined, and the second ran on the
+/// first's regions (none above the first's highest); word 1, a thread that faults is not joined
+/// but answered `InvalidState` at once (its capability then deleted); word 2, a thread that
+/// makes `Msg::new` with label 2^48 panics (its join: `InvalidState`), and one with label
+/// 2^48 - 1 ends and is joined; word 3, a join with a `FOREVER` poll of a thread that ends
+/// after a short nap returns (before, it napped for ever).
+pub const SDK_JOIN_MORE: u64 = 73;
 pub const SDK_VA: u64 = 0x0000_3000_0000_0000;
 pub const ORPHAN_FRAME_SLOT: u64 = 10;
 pub const IRQ_SLOT: u64 = 6;

@@ -1607,6 +1607,25 @@ fn test_sdk_join(bi: &BootInfo) {
     );
 }
 
+/// The rest of `thread::Spawned::join`'s rules and `Msg::new`'s label bound
+/// (`rl4_user::worker::SDK_JOIN_MORE`, in a worker task; each failed before the thirty-fourth
+/// session's mends, none of which had a test of its own): batches of more than 64 threads
+/// reuse their regions; a faulted thread's join answers `InvalidState` at once; a label of
+/// 2^48 panics, one below does not; a join with a `FOREVER` poll returns.
+fn test_sdk_join_rules(bi: &BootInfo) {
+    use rl4_user::worker::SDK_JOIN_MORE;
+    let name = "sdk-join-rules";
+    let r = sdk_check(bi, SDK_JOIN_MORE, ROOT_PRIO - 10, 30);
+    report(
+        name,
+        matches!(r, Ok(m) if m.w == [1, 1, 1, 1]),
+        format_args!(
+            "{:?} (want [1, 1, 1, 1]: two batches of 70 spawned and joined, the second on the first's regions; a faulted thread's join InvalidState; label 2^48 panics, 2^48 - 1 does not; a FOREVER poll's join returns)",
+            r.map(|m| m.w)
+        ),
+    );
+}
+
 /// `sys::thread_create` packs priority and CPU into one word: a value that does not fit its half
 /// is refused, not carried into the other.
 fn test_sdk_thread_create_ranges() {
@@ -1796,6 +1815,7 @@ pub fn run(bi: &BootInfo, which: &str) -> bool {
         test_sdk_map_fresh(bi);
         test_sdk_heap_lock(bi);
         test_sdk_join(bi);
+        test_sdk_join_rules(bi);
     }
     if want("ipc") {
         crate::ipc_tests::run(bi);

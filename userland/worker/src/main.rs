@@ -170,6 +170,11 @@ fn rl4_main(cmd: u64, addr: u64) {
             let m = sys::Msg { tag: rl4_user::abi::ipc::Tag::new(0, 4, 0), badge: 0, w };
             let _ = sys::reply_recv(EP_SLOT, &m);
         }
+        SDK_JOIN_MORE => {
+            let Ok(_) = sys::recv(EP_SLOT) else { return };
+            let m = sys::Msg { tag: rl4_user::abi::ipc::Tag::new(0, 4, 0), badge: 0, w: join_rules(addr) };
+            let _ = sys::reply_recv(EP_SLOT, &m);
+        }
         SDK_HEAP_PRIO => {
             let Ok(_) = sys::recv(EP_SLOT) else { return };
             let w = heap_across_priorities(addr);
@@ -478,6 +483,77 @@ static RAN: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0
 /// `SDK_JOIN`'s threads: count themselves and end.
 fn count_one(_: u64) {
     RAN.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// The highest stack address a thread of `SDK_JOIN_MORE`'s batches ran on.
+static HIGHEST: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// `SDK_JOIN_MORE`'s batch threads: count themselves, note where their stack is, and end.
+fn note_stack(_: u64) {
+    let here = 0u8;
+    HIGHEST.fetch_max(core::hint::black_box(&here) as *const u8 as u64, core::sync::atomic::Ordering::Relaxed);
+    RAN.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// A thread that reads an unmapped page: it stops on the fault (no handler).
+fn fault_at_once(_: u64) {
+    // SAFETY: not safe: the read faults on purpose (page 0 is never mapped).
+    let _ = unsafe { core::ptr::read_volatile(core::hint::black_box(0x10) as *const u64) };
+}
+
+/// A thread that makes a message of `label` (a label of 2^48 or more panics, and the panic
+/// ends the thread on a fault).
+fn make_label(label: u64) {
+    let _ = core::hint::black_box(sys::Msg::new(label, &[1]));
+}
+
+/// A thread that naps about 40 ms and ends.
+fn nap_a_little(_: u64) {
+    let _ = rl4_user::thread::nap(100_000_000);
+}
+
+/// `SDK_JOIN_MORE` (see its documentation).
+fn join_rules(prio: u64) -> [u64; 4] {
+    use core::sync::atomic::Ordering::Relaxed;
+    use rl4_user::abi::{Error, ipc::FOREVER};
+    use rl4_user::thread::{Spawned, spawn};
+    let cpu = sys::cpu_info().0;
+    const TICK: u64 = 1_000_000;
+    const BATCH: u64 = 70;
+    // Spawns BATCH threads, then joins them all: whether all ran and were joined.
+    let batch = || {
+        let before = RAN.load(Relaxed);
+        let spawned: alloc::vec::Vec<Spawned> = (0..BATCH).filter_map(|_| spawn(note_stack, 0, cpu, prio).ok()).collect();
+        let made = spawned.len() as u64;
+        let joined = spawned.into_iter().map(|s| s.join(TICK, FOREVER).is_ok()).filter(|&j| j).count() as u64;
+        made == BATCH && joined == BATCH && RAN.load(Relaxed) - before == BATCH
+    };
+    let first = batch();
+    let high = HIGHEST.swap(0, Relaxed);
+    let second = batch();
+    let batches = first && second && HIGHEST.load(Relaxed) <= high;
+    // A join answers `Err((handle, error))`; the handle's thread capability is deleted (the
+    // thread goes with it) and its slot freed.
+    let end = |r: Result<(), (Spawned, Error)>| match r {
+        Ok(()) => Ok(()),
+        Err((s, e)) => {
+            let t = s.thread().0;
+            let _ = sys::cap_delete(t);
+            rl4_user::slots::free(t);
+            Err(e)
+        }
+    };
+    let five_s = 5 * 2_000_000_000;
+    let faulted = spawn(fault_at_once, 0, cpu, prio).map(|s| end(s.join(TICK, five_s)));
+    let big = spawn(make_label, rl4_user::abi::ipc::LABEL_LIMIT, cpu, prio).map(|s| end(s.join(TICK, five_s)));
+    let most = spawn(make_label, rl4_user::abi::ipc::LABEL_LIMIT - 1, cpu, prio).map(|s| end(s.join(TICK, five_s)));
+    let napped = spawn(nap_a_little, 0, cpu, prio).map(|s| end(s.join(FOREVER, FOREVER)));
+    [
+        batches as u64,
+        (faulted == Ok(Err(Error::InvalidState))) as u64,
+        (big == Ok(Err(Error::InvalidState)) && most == Ok(Ok(()))) as u64,
+        (napped == Ok(Ok(()))) as u64,
+    ]
 }
 
 /// `SDK_JOIN` (see its documentation): [threads that ran, joins done, budget left after the
