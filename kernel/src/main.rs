@@ -439,6 +439,8 @@ fn start_aps(plan: &mut madt::Plan) {
                     why.describe(),
                     if i == last { alloc::string::String::new() } else { alloc::format!("cpus {} to {last} not started either; ", i + 1) }
                 );
+                // Its scheduler never runs (it stores its refusal, then only halts).
+                sched::unprepare_cpu(i as u32);
                 plan.keep_first(i, madt::Skip::Unlike);
                 return;
             }

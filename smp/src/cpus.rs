@@ -181,8 +181,10 @@ pub fn refused(cpu: &Cpu) -> Option<rl4_arch::cpu::Lack> {
 
 /// An application processor that lacks what the bootstrap CPU set up for every CPU (`why`)
 /// stays offline: it says so in its block, for the CPU that started it ([`crate::boot::start_ap`]),
-/// and halts with interrupts off for good. It has set up nothing any other CPU sees (only its
-/// own descriptor tables and `GS`); its block and stacks stay its own, unused.
+/// and halts with interrupts off for good. It has set up its own descriptor tables, `GS` and
+/// I/O bitmap only ([`init_this_cpu`]); other CPUs leave it alone, as it never comes `online`
+/// and has no scheduler (but a panic's [`stop_others`] sends it the NMI it sends every CPU
+/// whose IDT is loaded, which halts it again). Its block and stacks stay its own, unused.
 pub fn refuse(cpu: &'static Cpu, why: rl4_arch::cpu::Lack) -> ! {
     assert!(core::ptr::eq(percpu::current(), &cpu.header), "refuse on a foreign CPU");
     cpu.refused.store(why as u8, Ordering::Release);
