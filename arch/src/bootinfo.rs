@@ -145,8 +145,11 @@ impl Module {
     }
 }
 
-/// Most bytes of a name string read from the boot loader's structures.
+/// Most bytes of a name string read from the boot loader's structures: its last ones, where
+/// the name ([`Module`]'s last word, its last path component) is.
 const NAME_READ_MAX: usize = 256;
+/// Most bytes of a boot loader's string looked at for its end (NUL).
+const NAME_SCAN_MAX: u64 = 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BootError {
@@ -374,15 +377,22 @@ impl BootInfo {
         }
     }
 
-    /// Reads the NUL-terminated string at `pa` (at most [`NAME_READ_MAX`] bytes) as a name.
-    fn read_name(mem: &impl PhysMem, pa: u64, buf: &mut [u8; NAME_READ_MAX]) -> usize {
-        let mut n = 0;
+    /// Reads the NUL-terminated string at `pa` (its first `max` bytes at most, and at most
+    /// [`NAME_SCAN_MAX`]; up to the first byte that cannot be read) as a name: its last
+    /// [`NAME_READ_MAX`] bytes, where the name is (before the thirty-fifth session its first
+    /// ones: a module string or path longer than that was named after a piece of its start).
+    fn read_name(mem: &impl PhysMem, pa: u64, max: u64, buf: &mut [u8; NAME_READ_MAX]) -> usize {
+        let mut len = 0;
         let mut byte = [0u8];
-        while n < NAME_READ_MAX && mem.read(pa + n as u64, &mut byte).is_some() && byte[0] != 0 {
-            buf[n] = byte[0];
-            n += 1;
+        while len < max.min(NAME_SCAN_MAX) && pa.checked_add(len).and_then(|a| mem.read(a, &mut byte)).is_some() && byte[0] != 0 {
+            len += 1;
         }
-        n
+        // (No overflow: with `n` > 0, `pa + len - 1` is an address the loop read.)
+        let n = len.min(NAME_READ_MAX as u64);
+        match mem.read(pa + (len - n), &mut buf[..n as usize]) {
+            Some(()) => n as usize,
+            None => 0,
+        }
     }
 
     fn read_cmdline(&mut self, mem: &impl PhysMem, pa: u64, max: usize) -> Result<(), BootError> {
@@ -469,7 +479,7 @@ pub fn parse_pvh(mem: &impl PhysMem, pa: u64) -> Result<BootInfo, BootError> {
         let e = modlist + i * 32;
         let (start, size, cmd) = (rd64(e)?, rd64(e + 8)?, rd64(e + 16)?);
         let mut name = [0; NAME_READ_MAX];
-        let n = if cmd != 0 { BootInfo::read_name(mem, cmd, &mut name) } else { 0 };
+        let n = if cmd != 0 { BootInfo::read_name(mem, cmd, NAME_SCAN_MAX, &mut name) } else { 0 };
         // A module must end within the physical address space: one that does not (a wrapping
         // or absurd size, which made the consistency check walk 2^52 pages with every CPU
         // stopped) is dropped and counted, as with Limine.
@@ -540,8 +550,7 @@ pub fn parse_multiboot2(mem: &impl PhysMem, magic: u32, pa: u64) -> Result<BootI
             3 if size >= 16 => {
                 let (s, e) = (rd32(tag + 8)? as u64, rd32(tag + 12)? as u64);
                 let mut name = [0; NAME_READ_MAX];
-                let n = (size - 16).min(NAME_READ_MAX as u64) as usize;
-                mem.read(tag + 16, &mut name[..n]).ok_or(BootError::Unreadable(tag + 16))?;
+                let n = BootInfo::read_name(mem, tag + 16, size - 16, &mut name);
                 bi.push_module(s, e.max(s), &name[..n]);
             }
             6 if size >= 16 => {
@@ -677,7 +686,7 @@ pub fn parse_limine(mem: &impl PhysMem, h: &LimineHandoff) -> Result<BootInfo, B
                 for field in [32, 24] {
                     let p = rd64(file + field)?;
                     if n == 0 && p != 0 {
-                        n = BootInfo::read_name(mem, phys(p)?, &mut name);
+                        n = BootInfo::read_name(mem, phys(p)?, NAME_SCAN_MAX, &mut name);
                     }
                 }
                 bi.push_module(start, end, &name[..n]);
@@ -752,13 +761,16 @@ fn read_newc(mem: &impl PhysMem, r: Range, out: &mut [Module]) -> Option<(usize,
         let mode = hex(&h[14..22])?;
         let filesize = hex(&h[54..62])?;
         let namesize = hex(&h[94..102])?;
-        if namesize == 0 || namesize > NAME_READ_MAX as u64 {
-            return None;
-        }
+        // The name (`namesize` counts its NUL) lies in the archive, and is read there: its
+        // last bytes, where the file name is (one longer than the buffer was refused, and the
+        // whole archive with it, before the thirty-fifth session; and the name was read before
+        // its end was checked against the archive's).
+        let names_end = (at + 110).checked_add(namesize).filter(|&e| namesize > 0 && e <= r.end)?;
+        let kept = (namesize - 1).min(NAME_READ_MAX as u64);
         let mut name = [0u8; NAME_READ_MAX];
-        mem.read(at + 110, &mut name[..namesize as usize])?;
-        let name = &name[..namesize as usize - 1];
-        let data = (at + 110 + namesize).next_multiple_of(4);
+        mem.read(names_end - 1 - kept, &mut name[..kept as usize])?;
+        let name = &name[..kept as usize];
+        let data = names_end.next_multiple_of(4);
         let end = data.checked_add(filesize)?;
         if end > r.end {
             return None;
@@ -1361,6 +1373,83 @@ mod tests {
         let bi = parse_pvh(&m, 0x1000).unwrap();
         assert_eq!(bi.modules().len(), 1);
         assert_eq!(bi.modules()[0].range.len(), cut as u64);
+    }
+
+    /// A module string, path or archive member name longer than the bytes read of it is named
+    /// by its end, where the name is (before the thirty-fifth session by its first 256 bytes,
+    /// and an archive with such a member was left whole).
+    #[test]
+    fn long_names_are_read_from_their_end() {
+        let long = format!("{}/echo.elf", "/a-directory-with-a-long-name".repeat(12));
+        assert!(long.len() > NAME_READ_MAX);
+        // PVH: the module's command line.
+        let mut m = pvh_image(1);
+        m.put64(0x1110, 0x1400);
+        m.put(0x1400, format!("{long} client\0").as_bytes());
+        assert_eq!(parse_pvh(&m, 0x1000).unwrap().modules()[0].name(), "client");
+        m.put(0x1400, format!("{long}\0").as_bytes());
+        assert_eq!(parse_pvh(&m, 0x1000).unwrap().modules()[0].name(), "echo");
+        // A string with no end within the bytes looked at: the last of those.
+        m.put(0x1400, &[b'x'; 2 * NAME_SCAN_MAX as usize]);
+        assert_eq!(parse_pvh(&m, 0x1000).unwrap().modules()[0].name(), "x".repeat(MODULE_NAME_MAX));
+        // A newc member.
+        let mut m = pvh_image(1);
+        let ar = newc(&[(&long, b"ECHO!"), ("client", b"C")]);
+        m.put(0x20_0000, &ar);
+        m.put64(0x1108, ar.len() as u64);
+        let names: Vec<_> = parse_pvh(&m, 0x1000).unwrap().modules().iter().map(|x| x.name().to_string()).collect();
+        assert_eq!(names, ["echo", "client"]);
+        // Multiboot2: the module string.
+        let mut m = Mem { base: 0x1000, bytes: vec![] };
+        let string = format!("{long} server\0");
+        let size = 16 + string.len() as u64;
+        m.put32(0x1008, 3);
+        m.put32(0x100c, size as u32);
+        m.put32(0x1010, 0x30_0000);
+        m.put32(0x1014, 0x30_2000);
+        m.put(0x1018, string.as_bytes());
+        let mut t = (0x1008 + size).next_multiple_of(8);
+        m.put32(t, 6);
+        m.put32(t + 4, 16 + 24);
+        m.put32(t + 8, 24);
+        m.put64(t + 16, 0x10_0000);
+        m.put64(t + 24, 0x100_0000);
+        m.put32(t + 32, 1);
+        t += 40;
+        m.put32(t, 0);
+        m.put32(t + 4, 8);
+        m.put32(0x1000, (t + 8 - 0x1000) as u32);
+        assert_eq!(parse_multiboot2(&m, MULTIBOOT2_MAGIC, 0x1000).unwrap().modules()[0].name(), "server");
+    }
+
+    /// An archive header whose name would run past the archive's end: the archive stays one
+    /// module, and nothing past its end is read (before the thirty-fifth session the name was
+    /// read first, up to 255 bytes past the module, and checked after).
+    #[test]
+    fn newc_names_past_the_end_are_not_read() {
+        struct Within<'a>(&'a Mem, u64, core::cell::Cell<bool>);
+        impl PhysMem for Within<'_> {
+            fn read(&self, pa: u64, buf: &mut [u8]) -> Option<()> {
+                if pa >= 0x20_0000 && pa + buf.len() as u64 > self.1 {
+                    self.2.set(true);
+                }
+                self.0.read(pa, buf)
+            }
+        }
+        let mut m = pvh_image(1);
+        let mut ar = newc(&[("echo", b"ECHO!")]);
+        // The trailer's header: its name size made 255, the module ending with its name.
+        let trailer = ar.len() - 124;
+        assert_eq!(&ar[trailer..trailer + 6], b"070701");
+        ar[trailer + 94..trailer + 102].copy_from_slice(b"000000ff");
+        let len = trailer as u64 + 110 + 11;
+        m.put(0x20_0000, &ar);
+        m.put(0x20_0000 + ar.len() as u64, &[0u8; 512]);
+        m.put64(0x1108, len);
+        let mem = Within(&m, 0x20_0000 + len, core::cell::Cell::new(false));
+        let bi = parse_pvh(&mem, 0x1000).unwrap();
+        assert_eq!((bi.modules().len(), bi.modules()[0].range.len()), (1, len));
+        assert!(!mem.2.get(), "read past the archive's end");
     }
 
     #[test]

@@ -106,7 +106,10 @@ fn new_slice(cs: Here) {
 pub struct CpuSched {
     /// Counters written only by this CPU (on a cache line no other CPU writes).
     counts: [AtomicU64; COUNTS],
-    /// Reply tickets handed out by this CPU (CPU index in the top bits: unique machine-wide).
+    /// The last reply ticket this CPU handed out: the CPU index in the low 8 bits, a count
+    /// above them (unique machine-wide for 2^56 tickets a CPU, centuries at any rate a CPU can
+    /// make calls; before the thirty-fifth session the index was in the top bits and the count
+    /// below them, and a CPU's 2^48th ticket was another CPU's first: a review found it).
     tickets: AtomicU64,
     /// The run queue: only this CPU touches it (no lock; other CPUs reach this CPU through its
     /// inbox, and a queued thread they killed or re-prioritised through [`request`]).
@@ -356,7 +359,7 @@ pub fn prepare_cpu(cpu: u32, pcid: bool) -> Result<(), ()> {
     let tlb = CpuTlb::try_new(pcid).ok_or(())?;
     let s = Box::try_new(CpuSched {
         counts: [const { AtomicU64::new(0) }; COUNTS],
-        tickets: AtomicU64::new((cpu as u64) << 48),
+        tickets: AtomicU64::new(cpu as u64),
         rq: percpu::CpuCell::new(cpu, RunQueue::new(cpu)),
         rq_top: AtomicI32::new(-1),
         current: percpu::CpuOwned::new(cpu, None),
@@ -481,7 +484,7 @@ impl CpuSched {
     /// A new reply ticket (only this CPU calls it).
     #[inline(always)]
     pub(crate) fn next_ticket(&self) -> u64 {
-        let t = self.tickets.load(Ordering::Relaxed) + 1;
+        let t = self.tickets.load(Ordering::Relaxed) + TICKET_STEP;
         self.tickets.store(t, Ordering::Relaxed);
         t
     }
@@ -608,6 +611,10 @@ fn dequeue_here(t: &Arc<Thread>, l: &mut Life) -> Option<u8> {
         Pick::Drop => None,
     }
 }
+
+/// A ticket's step: the CPU index below it.
+const TICKET_STEP: u64 = 1 << 8;
+const _: () = assert!(rl4_smp::MAX_CPUS as u64 <= TICKET_STEP);
 
 /// A new reply ticket, unique machine-wide.
 pub fn next_ticket() -> u64 {

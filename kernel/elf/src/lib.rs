@@ -270,6 +270,54 @@ mod tests {
         assert_eq!(Elf::parse(&d, LO, HI).unwrap_err(), ElfError::OutOfBounds);
     }
 
+    /// The program header table as the header describes it: entries `e_phentsize` apart (a
+    /// larger stride than 56 is walked as such), only `PT_LOAD` entries taken (another type's
+    /// offsets are not looked at), a stride below 56 refused; each identification byte checked
+    /// by itself; a file range whose end overflows refused. (A review of the thirty-fifth
+    /// session found these without a test.)
+    #[test]
+    fn walks_the_header_table_as_described() {
+        let segs = [(0x40_0000u64, 0x1000u64, 0x10u64, PF_R | PF_X), (0x50_0000, 0x2000, 0x20, PF_R | PF_W)];
+        let d = image(0x40_0000, &segs);
+        let want: Vec<_> = Elf::parse(&d, LO, HI).unwrap().segments().map(|s| s.unwrap()).collect();
+        assert_eq!(want.len(), 2);
+        // The same table with 64-byte entries (8 bytes of padding each; the data 16 further on).
+        let mut wide = d[..64].to_vec();
+        wide[54..56].copy_from_slice(&64u16.to_le_bytes());
+        for i in 0..2 {
+            let mut h = d[64 + 56 * i..120 + 56 * i].to_vec();
+            let off = u64::from_le_bytes(h[8..16].try_into().unwrap()) + 16;
+            h[8..16].copy_from_slice(&off.to_le_bytes());
+            wide.extend_from_slice(&h);
+            wide.extend_from_slice(&[0xee; 8]);
+        }
+        wide.extend_from_slice(&d[64 + 56 * 2..]);
+        let e = Elf::parse(&wide, LO, HI).unwrap();
+        let got: Vec<_> = e.segments().map(|s| s.unwrap()).collect();
+        assert_eq!(got.iter().map(|s| (s.vaddr, s.memsz, s.filesz, s.flags)).collect::<Vec<_>>(), want.iter().map(|s| (s.vaddr, s.memsz, s.filesz, s.flags)).collect::<Vec<_>>());
+        assert_eq!(e.file_bytes(&got[1]), Elf::parse(&d, LO, HI).unwrap().file_bytes(&want[1]));
+        // A stride below an entry's size.
+        let mut narrow = d.clone();
+        narrow[54..56].copy_from_slice(&48u16.to_le_bytes());
+        assert_eq!(Elf::parse(&narrow, LO, HI).unwrap_err(), ElfError::BadHeader);
+        // A `PT_NOTE` whose offset and size are wild: skipped, not checked.
+        let mut note = d.clone();
+        note[64 + 56..64 + 56 + 4].copy_from_slice(&4u32.to_le_bytes());
+        note[64 + 56 + 8..64 + 56 + 16].copy_from_slice(&u64::MAX.to_le_bytes());
+        let e = Elf::parse(&note, LO, HI).unwrap();
+        assert_eq!(e.segments().map(|s| s.unwrap().vaddr).collect::<Vec<_>>(), [0x40_0000]);
+        // Each identification byte by itself: class, data encoding, version.
+        for (at, v) in [(4, 1u8), (5, 2), (6, 0)] {
+            let mut bad = d.clone();
+            bad[at] = v;
+            assert_eq!(Elf::parse(&bad, LO, HI).unwrap_err(), ElfError::NotElf64LittleEndian, "byte {at}");
+        }
+        // A file range whose end overflows 64 bits.
+        let mut wrap = d.clone();
+        wrap[64 + 8..64 + 16].copy_from_slice(&(u64::MAX - 4).to_le_bytes());
+        assert_eq!(Elf::parse(&wrap, LO, HI).unwrap_err(), ElfError::OutOfBounds);
+    }
+
     #[test]
     fn rejects_bad_segments() {
         let bad = |segs: &[(u64, u64, u64, u32)], entry| Elf::parse(&image(entry, segs), LO, HI).unwrap_err();
