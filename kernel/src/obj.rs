@@ -1267,6 +1267,9 @@ pub struct Task {
     /// The shadow of `caps` that the IPC fast path reads without the lock (`qsbr.rs`), made
     /// (and charged) when the first endpoint capability enters the table.
     pub shadow: spin::Once<TableShadow>,
+    /// The time stamp before which `Call` and `ReplyRecv` do not try to make the shadow again
+    /// after a try was refused (`syscall::handle_ipc`; 0: no try refused).
+    pub shadow_retry: AtomicU64,
     /// In page-sized pieces (`rl4_core::paged`): no contiguous frames for 10,000 threads.
     pub threads: Mutex<PagedVec<Weak<Thread>>, { Level::TASK_THREADS }>,
     /// Threads of it destroyed since `threads` was last pruned (`Thread`'s destructor).
@@ -1322,6 +1325,7 @@ impl Task {
         let t = Arc::try_new(Task {
             id: next_id(),
             shadow: spin::Once::new(),
+            shadow_retry: AtomicU64::new(0),
             caps: Mutex::new(caps),
             threads: Mutex::new(PagedVec::new()),
             threads_gone: AtomicU64::new(0),
@@ -1432,9 +1436,11 @@ impl Task {
     #[cold]
     pub fn make_shadow(&self) -> Result<(), Error> {
         // The slots (8 KiB) are allocated fallibly, after the kernel's headroom check
-        // (`mem::headroom`), as every allocating call's are; the `Arc`'s header is small.
-        crate::mem::headroom()?;
+        // (`mem::headroom`), as every allocating call's are; the `Arc`'s header is small. The
+        // budget first: one that cannot pay is refused without the allocator's lock, which
+        // every CPU takes (before the thirty-fifth session the headroom check came first).
         let charge = Charge::new(self._charge.of().0, rl4_abi::cost::CAP_SHADOW)?;
+        crate::mem::headroom()?;
         let shadow = Arc::try_new(rl4_core::qsbr::Shadow::try_new(rl4_abi::CAP_SLOTS as usize).ok_or(Error::OutOfMemory)?)
             .map_err(|_| Error::OutOfMemory)?;
         let mut caps = self.caps.lock();

@@ -64,12 +64,17 @@ fn handle_ipc(n: u64) -> Next {
     // A task whose first endpoint capability arrived by IPC (under locks) gets its table's
     // shadow at its first call on an endpoint that could take the fast path, once, before any
     // lock (see `Task::insert_cap_or_return`); a task that holds no endpoint is not charged
-    // for one.
+    // for one. A try refused (the budget, or the kernel's headroom, short) is not made again
+    // for a tick (10 ms): before the thirty-fifth session every call tried again, and took the
+    // allocator's lock, which every CPU takes (a review found it).
     if matches!(s, Sys::Call | Sys::ReplyRecv) && t.task.shadow.get().is_none() {
-        let slot = t.regs.with(|r| r.ipc_in().0);
-        let endpoint = t.task.caps.lock().lookup(slot, ObjType::Endpoint, Rights::NONE).is_ok();
-        if endpoint {
-            let _ = t.task.make_shadow();
+        let now = rl4_arch::cpu::rdtsc();
+        if now >= t.task.shadow_retry.load(core::sync::atomic::Ordering::Relaxed) {
+            let slot = t.regs.with(|r| r.ipc_in().0);
+            let endpoint = t.task.caps.lock().lookup(slot, ObjType::Endpoint, Rights::NONE).is_ok();
+            if endpoint && t.task.make_shadow().is_err() {
+                t.task.shadow_retry.store(now.saturating_add(rl4_arch::time::us_to_ticks(10_000)), core::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
     // The IPC calls need the whole register block (a copy: delivering a message may rewrite the
@@ -962,13 +967,20 @@ pub fn kill_task(task: &Arc<Task>) {
         // ([`ancestry_refusal`], while `CASCADES` counts this walk), so the ends it makes, and
         // the walk, are bounded: no descendant of this task registered after it began.
         CASCADES.fetch_add(1, core::sync::atomic::Ordering::SeqCst);
+        // A descendant another CPU is ending meanwhile (`dead`, not yet `ended`: a direct kill,
+        // a second kill of this task, another walk) is waited for (`kill_one` waits for a kill
+        // that is not its own first), so that this end answers only once every descendant has
+        // ended. Before the thirty-fifth session the walk looked at `dead` and passed over it:
+        // a kill answered while that task's threads still ran (a review found it).
         crate::obj::TASKS.each(|t| {
             let orphan = t.parent.as_ref().is_some_and(|p| p.dead.load(core::sync::atomic::Ordering::SeqCst));
-            let end = orphan && !t.dead.load(core::sync::atomic::Ordering::SeqCst);
-            if end {
-                kill_one(t, &mut waited_out);
+            if !orphan || t.ended.load(core::sync::atomic::Ordering::Acquire) {
+                return false;
             }
-            end
+            // (Whether this walk made the end, which the walk's bound counts.)
+            let first = !t.dead.load(core::sync::atomic::Ordering::SeqCst);
+            kill_one(t, &mut waited_out);
+            first
         });
         CASCADES.fetch_sub(1, core::sync::atomic::Ordering::SeqCst);
         // Every descendant registered before the walk's last end is ended; one registered

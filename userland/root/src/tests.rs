@@ -1406,6 +1406,162 @@ fn test_task_kill_from_two_cpus(bi: &BootInfo) {
     );
 }
 
+static KD_TASK: AtomicU64 = AtomicU64::new(0);
+/// 0: the helper waits; 1: it is about to end the task; 2: go; 3: the test gave up on it.
+static KD_GO: AtomicU64 = AtomicU64::new(0);
+static KD_ANSWER: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// [`test_task_kill_waits_for_descendants`]'s helper on CPU 1: ends the child task when told.
+fn descendant_killer(_: u64) {
+    if KD_GO.compare_exchange(0, 1, SeqCst, SeqCst).is_err() {
+        return;
+    }
+    loop {
+        match KD_GO.load(SeqCst) {
+            2 => break,
+            3 => return,
+            _ => core::hint::spin_loop(),
+        }
+    }
+    let r = sys::task_kill(KD_TASK.load(SeqCst));
+    KD_ANSWER.store(r.map_or_else(|e| e as u64, |_| 0), SeqCst);
+}
+
+/// A task's end answers only once every task it made has ended, also one that another CPU is
+/// ending at that moment: task P (made by the root task) makes task C, which runs many threads
+/// waiting for a message; a second root thread on CPU 1 ends C (`TaskKill`) and, while it kills
+/// C's threads one by one, the root thread on CPU 0 ends P, whose end walks for what P made;
+/// right after P's end answers, the last of C's threads (those C's end kills last) must all be
+/// `Dead`. Before the thirty-fifth session the walk passed over a descendant another CPU had
+/// begun to end (it looked at `dead`, not `ended`) and answered while C's threads still ran or
+/// waited (a hostile review found it; the same held for a second `TaskKill` of P, and a
+/// grandparent's walk).
+fn test_task_kill_waits_for_descendants(bi: &BootInfo) {
+    use rl4_user::worker::{CHILD_GIVE, ECHO, EP_SLOT, ORPHAN_MEM_SLOT};
+    let name = "task-kill-waits-for-a-descendant-ending-elsewhere";
+    if cpus() < 2 {
+        return skip(name, "one CPU");
+    }
+    const KEPT: u64 = 16;
+    let budget = sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
+    let n = 1000u64.min(budget / (64 * 1024)).max(KEPT);
+    let Ok(image) = program(bi, "worker") else { return report(name, false, format_args!("no worker program")) };
+    let scratch = scratch_range();
+    // When, after the helper's start, the root thread ends P: a few tries, from early to late
+    // (µs), so that P's walk meets C at some point of C's end on any machine.
+    const DELAYS: [u64; 5] = [0, 20, 100, 400, 1500];
+    let mut worst = 0u64;
+    let mut problem: Option<(u64, &'static str, Error)> = None;
+    for (round, delay) in DELAYS.into_iter().enumerate() {
+        let round = round as u64;
+        let (ep, got) = (slot(), slot());
+        let mut kept = [0u64; KEPT as usize];
+        let mut made = 0usize;
+        let p = Child::load(bi, "worker");
+        // C: given by P (`CHILD_GIVE`: a task P made), the worker loaded into it.
+        let c = p.as_ref().map_err(|e| *e).and_then(|p| {
+            sys::endpoint_create(MEMORY, ep)?;
+            sys::cap_copy(ep, p.task, EP_SLOT, Rights::SEND.union(Rights::GRANT))?;
+            sys::cap_copy(MEMORY, p.task, ORPHAN_MEM_SLOT, Rights::ALL)?;
+            let t = p.thread(CHILD_STACK_TOP, CHILD_GIVE, 0, ROOT_PRIO, 0)?;
+            let m = sys::ipc(Sys::Recv, ep, &sys::Msg::default(), tsc_hz().saturating_mul(3), NO_SLOT, got);
+            wait_ms(3000, || state(t) == Some(ThreadState::Dead));
+            release(t);
+            if m?.tag.label() != 1 {
+                return Err(Error::InvalidState);
+            }
+            let ct = slot();
+            if let Err(e) = sys::cap_copy(got, TASK, ct, Rights::ALL).and_then(|_| sys::cap_delete(got)) {
+                release(ct);
+                return Err(e);
+            }
+            Child::load_into(&image, ct, Rights::CONSOLE, scratch)
+        });
+        let started = c.as_ref().map_err(|e| *e).and_then(|c| {
+            sys::cap_copy(ep, c.task, EP_SLOT, Rights::RECEIVE)?;
+            for i in 0..n {
+                let top = CHILD_STACK_TOP - i * 2 * PAGE_SIZE;
+                map_fresh(c.space, top - PAGE_SIZE, 1, Rights::READ.union(Rights::WRITE))?;
+                let t = slot();
+                let keep = i + KEPT >= n;
+                let r = sys::thread_create(MEMORY, c.task, c.entry, top, 20, i % cpus(), t)
+                    .and_then(|_| sys::thread_set_args(t, ECHO, 0))
+                    .and_then(|_| sys::thread_resume(t));
+                if keep {
+                    kept[made] = t;
+                    made += 1;
+                } else {
+                    release(t);
+                }
+                r?;
+            }
+            Ok(())
+        });
+        let waiting = || kept[..made].iter().all(|&t| state(t) == Some(ThreadState::BlockedRecv));
+        let started = started.and_then(|_| if wait_ms(5000, waiting) { Ok(()) } else { Err(Error::InvalidState) });
+        let mut answer = Err(Error::InvalidState);
+        let mut helper = None;
+        if let (Ok(p), Ok(c), Ok(())) = (&p, &c, started) {
+            KD_TASK.store(c.task, SeqCst);
+            KD_GO.store(0, SeqCst);
+            KD_ANSWER.store(u64::MAX, SeqCst);
+            helper = Some(spawn(descendant_killer, 0, ROOT_PRIO, 1));
+            if wait_ms(3000, || KD_GO.load(SeqCst) == 1) {
+                KD_GO.store(2, SeqCst);
+                let until = rl4_user::rdtsc() + tsc_hz() / 1_000_000 * delay;
+                while rl4_user::rdtsc() < until {
+                    core::hint::spin_loop();
+                }
+                answer = sys::task_kill(p.task);
+                let alive = kept[..made].iter().filter(|&&t| state(t) != Some(ThreadState::Dead)).count() as u64;
+                worst = worst.max(alive);
+            } else {
+                KD_GO.store(3, SeqCst);
+            }
+        }
+        let helper_done = wait_ms(5000, || KD_ANSWER.load(SeqCst) != u64::MAX);
+        if let Some(h) = helper {
+            wait_ms(3000, || state(h) == Some(ThreadState::Dead));
+            release(h);
+        }
+        for &t in &kept[..made] {
+            release(t);
+        }
+        release(ep);
+        release(got);
+        let failed = match (&p, &c, started, answer) {
+            (Err(e), ..) => Some(("loading P", *e)),
+            (_, Err(e), ..) => Some(("making C", *e)),
+            (_, _, Err(e), _) => Some(("starting C's threads", e)),
+            (.., Err(e)) => Some(("TaskKill of P on CPU 0", e)),
+            _ if !helper_done => Some(("TaskKill of C on CPU 1 (no answer in 5 s)", Error::InvalidState)),
+            _ => Error::try_from(KD_ANSWER.load(SeqCst)).ok().map(|e| ("TaskKill of C on CPU 1", e)),
+        };
+        if let Ok(c) = c {
+            c.release();
+        }
+        if let Ok(p) = p {
+            p.release();
+        }
+        if let Some((what, e)) = failed {
+            problem = Some((round, what, e));
+            break;
+        }
+    }
+    report(
+        name,
+        problem.is_none() && worst == 0,
+        format_args!(
+            "{} rounds: task P ended on CPU 0 while CPU 1 ended the task C it made ({n} threads waiting, on {} CPUs), \
+             P's end {:?} µs after CPU 1 was told to begin: at most {worst} of C's last {KEPT} threads not Dead right \
+             after P's end answered (want 0); failures: {problem:?}",
+            DELAYS.len(),
+            cpus(),
+            DELAYS
+        ),
+    );
+}
+
 /// A task ends everything it made: a child task (the worker) makes a task of its own, starts a
 /// thread spinning in it, and deletes every capability to both; ending the child (the root
 /// task's `TaskKill`) ends that task and its thread too, and the memory budget is whole again.
@@ -1805,6 +1961,7 @@ pub fn run(bi: &BootInfo, which: &str) -> bool {
         test_task_depth_limit(bi);
         test_cap_depth_limit(bi);
         test_task_kill_from_two_cpus(bi);
+        test_task_kill_waits_for_descendants(bi);
         test_exhaustion(bi);
     }
     if want("syscalls") {
