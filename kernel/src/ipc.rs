@@ -19,7 +19,8 @@ use rl4_core::life::WaitOn;
 
 use crate::lock::{Level, Mutex};
 use rl4_core::wlist::{KeyedList, WList};
-use crate::obj::{Cap, EpRef, Frame, NtfRef, Thread, Wait};
+use crate::obj::{Cap, EpRef, NtfRef, Thread, Wait};
+use rl4_core::frames::OwnedFrame;
 use crate::{mem, reclaim, sched, thread, timeout};
 
 /// An endpoint's waiters: intrusive lists through the threads' `wait_link` (`rl4_core::wlist`),
@@ -307,26 +308,33 @@ pub enum Outcome {
 struct Outgoing<'a> {
     regs: &'a UserRegs,
     badge: u64,
-    buffer: Option<Arc<Frame>>,
+    /// The sender, whose IPC buffer holds words 4 and up ([`with_buffer`]).
+    from: &'a Thread,
     cap: Option<Cap>,
 }
 
-/// The frame of `t`'s IPC buffer: the one mapped writable at its buffer address in its space
-/// now, if any (RAM: a device page is never a buffer). Looked up at every long message, not kept
-/// from `SetIpcBuffer` on: a reference kept let a task go on writing and reading a frame
-/// through long messages after the page was unmapped from its space (a review of the sixteenth
-/// session). Two leaf locks, one after the other.
-fn buffer_of(t: &Thread) -> Option<Arc<Frame>> {
-    let va = (*t.ipc_buffer.lock())?;
-    match t.space.maps.lock().get(&va) {
-        Some((f, true, _)) if f.device_page().is_none() => Some(f.clone()),
-        _ => None,
+/// Runs `op` on the frame of `t`'s IPC buffer — the one mapped writable at its buffer address
+/// in its space now, RAM (a device page is never a buffer) — under its space's mapping lock;
+/// whether there was one. Looked up at every long message, not kept from `SetIpcBuffer` on: a
+/// reference kept let a task go on writing and reading a frame through long messages after the
+/// page was unmapped from its space (a review of the sixteenth session). And used under the
+/// lock of the look-up: an `Unmap` takes the page out under it, so once it answers no copy
+/// reads or writes the frame through that page (before the thirty-fifth session the copy came
+/// after the lock was let go, and could, for as long as the copying CPU was held up: a review
+/// found it, `long-message-copy-against-unmap`). Two leaf locks, one after the other.
+fn with_buffer(t: &Thread, op: impl FnOnce(&OwnedFrame)) -> bool {
+    let Some(va) = *t.ipc_buffer.lock() else { return false };
+    let maps = t.space.maps.lock();
+    match maps.get(&va) {
+        Some((f, true, _)) if f.device_page().is_none() => match f.ram() {
+            Some(frame) => {
+                op(frame);
+                true
+            }
+            None => false,
+        },
+        _ => false,
     }
-}
-
-/// The sender's IPC buffer, only if the message needs it.
-fn long_buffer(t: &Thread, tag: Tag) -> Option<Arc<Frame>> {
-    if tag.len() > REG_WORDS { buffer_of(t) } else { None }
 }
 
 /// Whether a tag is one a send may carry at all (its reserved bits clear, its length within
@@ -353,17 +361,22 @@ fn deliver(to: &Thread, to_regs: &mut UserRegs, m: Outgoing<'_>) -> Option<Cap> 
     let tag = Tag(m.regs.ipc_tag());
     let mut len = tag.len();
     if len > REG_WORDS {
-        let dst = buffer_of(to);
-        // Buffers are RAM (`SetIpcBuffer` refuses a device page).
-        match (m.buffer.as_ref().and_then(|f| f.ram()), dst.as_ref().and_then(|f| f.ram())) {
-            (Some(src), Some(dst)) => mem::copy_frame_words(src, dst, REG_WORDS as usize, (len - REG_WORDS) as usize),
-            _ => len = REG_WORDS,
+        // Through the kernel stack (124 words at most): the sender's page read under its
+        // space's mapping lock, the receiver's written under its own, one lock at a time
+        // ([`with_buffer`]). Without a buffer on either side the message arrives cut to 4
+        // words.
+        let mut words = [0u64; (MAX_WORDS - REG_WORDS) as usize];
+        let n = (len - REG_WORDS) as usize;
+        let read = with_buffer(m.from, |f| {
+            if crate::inject() & rl4_core::cmdline::inject::SLOW_COPY != 0 {
+                crate::syscall::slow_unmap();
+            }
+            mem::read_frame_words(f, REG_WORDS as usize, &mut words[..n]);
+        });
+        if !(read && with_buffer(to, |f| mem::write_frame_words(f, REG_WORDS as usize, &words[..n]))) {
+            len = REG_WORDS;
         }
-        // These references can be the last ones (the buffer replaced meanwhile by another
-        // CPU), and the caller holds locks: the frames go after them.
-        reclaim::later_frame(dst);
     }
-    reclaim::later_frame(m.buffer);
     let mut caps = 0;
     let mut left = None;
     if let Some(cap) = m.cap {
@@ -495,7 +508,7 @@ pub fn send(
         };
         crate::trace::stamp(crate::trace::PARTNER);
         crate::timeline::event(crate::timeline::Kind::Send, crate::timeline::ep(ep.id()) << 32 | r.id, badge);
-        let left = r.regs.with(|rr| deliver(&r, rr, Outgoing { regs, badge, buffer: long_buffer(cur, tag), cap }));
+        let left = r.regs.with(|rr| deliver(&r, rr, Outgoing { regs, badge, from: cur, cap }));
         let old = if call { rl.grant_reply(cur.clone(), ticket) } else { None };
         drop(rl);
         drop(q);
@@ -604,7 +617,7 @@ pub fn recv(cur: &Arc<Thread>, ep: &Arc<Endpoint>, timeout: u64, direct_to: Opti
             None => (None, None),
         };
         reclaim::later_in_flight(gone);
-        let m = Outgoing { regs: &sregs, badge: taken.badge, buffer: long_buffer(&snd, Tag(sregs.ipc_tag())), cap };
+        let m = Outgoing { regs: &sregs, badge: taken.badge, from: &snd, cap };
         let left = cur.regs.with(|rr| deliver(cur, rr, m));
         sched::count(sched::Count::IpcSlow);
         if taken.call {
@@ -689,7 +702,7 @@ pub fn reply(cur: &Arc<Thread>, regs: &UserRegs, then_recv: bool) -> Result<Opti
     };
     crate::trace::stamp(crate::trace::PARTNER);
     crate::timeline::event(crate::timeline::Kind::Reply, caller.id, ticket);
-    let m = Outgoing { regs, badge: 0, buffer: long_buffer(cur, tag), cap: None };
+    let m = Outgoing { regs, badge: 0, from: cur, cap: None };
     let left = caller.regs.with(|rr| deliver(&caller, rr, m));
     crate::trace::stamp(crate::trace::DELIVERED);
     let here = cl.cpu == rl4_arch::percpu::cpu_index();

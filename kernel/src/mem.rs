@@ -955,18 +955,21 @@ pub fn write_frame(frame: &OwnedFrame, offset: usize, bytes: &[u8]) {
     unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), (phys_to_virt(frame.addr()) as *mut u8).add(offset), bytes.len()) };
 }
 
-/// Copies `count` 8-byte words starting at word `first` from `src` to `dst` (IPC buffers).
+/// Reads `out.len()` 8-byte words starting at word `first` of `frame` (an IPC buffer).
 #[inline]
-pub fn copy_frame_words(src: &OwnedFrame, dst: &OwnedFrame, first: usize, count: usize) {
-    assert!(first.checked_add(count).is_some_and(|end| end <= (PAGE_SIZE / 8) as usize));
-    // SAFETY: both are whole frames of RAM in the direct map, kept allocated by their owners
-    // while these references live; the range stays inside them (asserted). A frame shared by
-    // sender and receiver makes the copy overlap, which `copy` allows.
-    unsafe {
-        core::ptr::copy(
-            (phys_to_virt(src.addr()) as *const u64).add(first),
-            (phys_to_virt(dst.addr()) as *mut u64).add(first),
-            count,
-        )
-    };
+pub fn read_frame_words(frame: &OwnedFrame, first: usize, out: &mut [u64]) {
+    assert!(first.checked_add(out.len()).is_some_and(|end| end <= (PAGE_SIZE / 8) as usize));
+    // SAFETY: a whole frame of RAM in the direct map, kept allocated by its owner while the
+    // reference lives; the range stays inside it (asserted); `out` is kernel memory, not the
+    // frame. (Its owner's task may write the words meanwhile: what is read is some value of
+    // each, as with any user memory.)
+    unsafe { core::ptr::copy_nonoverlapping((phys_to_virt(frame.addr()) as *const u64).add(first), out.as_mut_ptr(), out.len()) };
+}
+
+/// Writes `words` into `frame` from word `first` on (an IPC buffer).
+#[inline]
+pub fn write_frame_words(frame: &OwnedFrame, first: usize, words: &[u64]) {
+    assert!(first.checked_add(words.len()).is_some_and(|end| end <= (PAGE_SIZE / 8) as usize));
+    // SAFETY: as in `read_frame_words`.
+    unsafe { core::ptr::copy_nonoverlapping(words.as_ptr(), (phys_to_virt(frame.addr()) as *mut u64).add(first), words.len()) };
 }

@@ -1060,7 +1060,7 @@ impl Frame {
         }
     }
     /// The RAM frame it owns (`None` for a device page), for reading and writing its bytes
-    /// (`mem::write_frame`, `mem::copy_frame_words`).
+    /// (`mem::write_frame`, `mem::read_frame_words`, `mem::write_frame_words`).
     #[inline]
     pub fn ram(&self) -> Option<&OwnedFrame> {
         match self.held() {
@@ -1589,7 +1589,7 @@ pub struct Thread {
     pub fpu: rl4_arch::fpu::FpuState,
     /// The address of its IPC buffer page (message words 4 and up), a leaf lock. An address,
     /// not a frame: each long message uses the frame mapped there writable at that moment
-    /// (`ipc::buffer_of`), so an `Unmap` of the page takes the buffer away with it.
+    /// (`ipc::with_buffer`), so an `Unmap` of the page takes the buffer away with it.
     pub ipc_buffer: Mutex<Option<u64>, { Level::OBJECT }>,
     pub id: u64,
     pub task: Arc<Task>,

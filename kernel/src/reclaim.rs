@@ -47,9 +47,8 @@ pub enum Garbage {
     Wait(Wait),
     Ep(Arc<crate::ipc::Endpoint>),
     Ntf(Arc<crate::ipc::Notification>),
-    /// A frame or thread whose last reference this CPU let go of (kept by value: its
-    /// destructor has not run yet).
-    FrameBody(crate::obj::Frame),
+    /// A thread whose last reference this CPU let go of (kept by value: its destructor has not
+    /// run yet).
     ThreadBody(Thread),
     /// The capability table of a task that is being destroyed.
     Table(rl4_core::captable::CapTable<KObj>),
@@ -136,16 +135,6 @@ pub fn later_task(t: Arc<crate::obj::Task>) {
 pub fn later_thread_opt(t: Option<Arc<Thread>>) {
     if let Some(t) = t {
         later_thread(t);
-    }
-}
-
-/// Lets go of a frame reference (as [`later_thread`]).
-pub fn later_frame(f: Option<Arc<crate::obj::Frame>>) {
-    let Some(f) = f else { return };
-    if lock::held() == 0 {
-        drop(f);
-    } else if let Some(body) = Arc::into_inner(f) {
-        later(Garbage::FrameBody(body));
     }
 }
 

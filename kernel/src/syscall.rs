@@ -396,7 +396,7 @@ pub fn map_frame(space: &Space, va: u64, frame: Arc<Frame>, write: bool, exec: b
 /// `inject=slowunmap`: 200 ms between an `Unmap`'s change of the page tables and its
 /// shoot-down, answering other CPUs' shoot-downs meanwhile (a test's window).
 #[cold]
-fn slow_unmap() {
+pub(crate) fn slow_unmap() {
     let end = rl4_arch::cpu::rdtsc().saturating_add(rl4_arch::time::us_to_ticks(200_000));
     while rl4_arch::cpu::rdtsc() < end {
         crate::tlb::service_tlb_here();
@@ -818,7 +818,7 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
                 None => return Err(Error::NotMapped),
             }
             // The address is kept, not the frame: each long message uses what is mapped there
-            // then (`ipc::buffer_of`). A thread of a task that died gave its buffer up
+            // then (`ipc::with_buffer`). A thread of a task that died gave its buffer up
             // (`kill_task`, which marks the task dead before it takes each buffer under this
             // lock): it takes none again.
             let mut b = th.ipc_buffer.lock();

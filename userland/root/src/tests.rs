@@ -2002,6 +2002,10 @@ pub fn run(bi: &BootInfo, which: &str) -> bool {
     if which == "unmap-window" {
         crate::sec_tests::test_map_waits_for_unmap();
     }
+    // Only when asked for: it needs `inject=slowcopy` (the `copy-window-*` suite).
+    if which == "copy-window" {
+        crate::sec_tests::test_long_copy_against_unmap();
+    }
     // `check` alone: only the consistency check (with `inject=` on the kernel's command line,
     // it must fail).
     consistency(which);
