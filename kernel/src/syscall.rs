@@ -1026,8 +1026,9 @@ fn kill_one(task: &Arc<Task>, waited_out: &mut bool) {
     for th in threads.iter().filter_map(|w| w.upgrade()) {
         thread::kill(&th);
         // Its IPC buffer and fault handler go with the task's memory (below), whoever keeps
-        // the thread (each taken under its lock, the handler released after it; a copy in
-        // flight on another CPU holds its own reference to the buffer's frame).
+        // the thread (each taken under its lock, the handler released after it; a copy under
+        // way on another CPU holds the space's mapping lock, which the emptying below waits
+        // for).
         th.ipc_buffer.lock().take();
         let handler = th.fault_handler.lock().take();
         drop(handler);
