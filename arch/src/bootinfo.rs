@@ -1400,25 +1400,7 @@ mod tests {
         let names: Vec<_> = parse_pvh(&m, 0x1000).unwrap().modules().iter().map(|x| x.name().to_string()).collect();
         assert_eq!(names, ["echo", "client"]);
         // Multiboot2: the module string.
-        let mut m = Mem { base: 0x1000, bytes: vec![] };
-        let string = format!("{long} server\0");
-        let size = 16 + string.len() as u64;
-        m.put32(0x1008, 3);
-        m.put32(0x100c, size as u32);
-        m.put32(0x1010, 0x30_0000);
-        m.put32(0x1014, 0x30_2000);
-        m.put(0x1018, string.as_bytes());
-        let mut t = (0x1008 + size).next_multiple_of(8);
-        m.put32(t, 6);
-        m.put32(t + 4, 16 + 24);
-        m.put32(t + 8, 24);
-        m.put64(t + 16, 0x10_0000);
-        m.put64(t + 24, 0x100_0000);
-        m.put32(t + 32, 1);
-        t += 40;
-        m.put32(t, 0);
-        m.put32(t + 4, 8);
-        m.put32(0x1000, (t + 8 - 0x1000) as u32);
+        let m = multiboot2_one_module(format!("{long} server\0").as_bytes());
         assert_eq!(parse_multiboot2(&m, MULTIBOOT2_MAGIC, 0x1000).unwrap().modules()[0].name(), "server");
     }
 
@@ -1452,16 +1434,17 @@ mod tests {
         assert!(!mem.2.get(), "read past the archive's end");
     }
 
-    #[test]
-    fn multiboot2_module_string_names_the_module() {
+    /// Multiboot2 boot information at 0x1000 with one module (at 0x30_0000, 8 KiB, passed with
+    /// `string`), a memory map and the end tag.
+    fn multiboot2_one_module(string: &[u8]) -> Mem {
         let mut m = Mem { base: 0x1000, bytes: vec![] };
-        let mut t = 0x1008;
-        m.put32(t, 3);
-        m.put32(t + 4, 16 + 20);
-        m.put32(t + 8, 0x30_0000);
-        m.put32(t + 12, 0x30_2000);
-        m.put(t + 16, b"/boot/echo.elf echo\0");
-        t += 40;
+        let size = 16 + string.len() as u64;
+        m.put32(0x1008, 3);
+        m.put32(0x100c, size as u32);
+        m.put32(0x1010, 0x30_0000);
+        m.put32(0x1014, 0x30_2000);
+        m.put(0x1018, string);
+        let mut t = (0x1008 + size).next_multiple_of(8);
         m.put32(t, 6);
         m.put32(t + 4, 16 + 24);
         m.put32(t + 8, 24);
@@ -1471,8 +1454,13 @@ mod tests {
         t += 40;
         m.put32(t, 0);
         m.put32(t + 4, 8);
-        t += 8;
-        m.put32(0x1000, (t - 0x1000) as u32);
+        m.put32(0x1000, (t + 8 - 0x1000) as u32);
+        m
+    }
+
+    #[test]
+    fn multiboot2_module_string_names_the_module() {
+        let m = multiboot2_one_module(b"/boot/echo.elf echo\0");
         let bi = parse_multiboot2(&m, MULTIBOOT2_MAGIC, 0x1000).unwrap();
         assert_eq!(bi.modules()[0].name(), "echo");
     }
