@@ -270,7 +270,7 @@ pub fn ack(line: &IrqLine) -> Result<(), Error> {
             let caps = t.caps.lock();
             let held = crate::obj::holds(&caps, binder.slot, rl4_abi::ObjType::Notification, rl4_abi::Rights::SEND, Some(binder.badge), n.as_ptr() as usize)
                 && crate::obj::holds(&caps, binder.line_slot, rl4_abi::ObjType::Irq, rl4_abi::Rights::WRITE, None, line as *const IrqLine as usize);
-            if held { Some(unmask_bound(line)) } else { None }
+            if held { Some(unmask_bound(line, &n, &binder)) } else { None }
         };
         // No lock is held: a last reference may go here.
         drop(t);
@@ -301,10 +301,16 @@ pub fn ack(line: &IrqLine) -> Result<(), Error> {
     }
 }
 
-/// [`ack`]'s unmasking, under the binder's table lock: the line, if still bound, is unmasked.
-fn unmask_bound(line: &IrqLine) -> Result<(), Error> {
+/// [`ack`]'s unmasking, under the binder's table lock: the line is unmasked if the binding
+/// [`ack`] checked (`n`, `binder`) still stands. One made again meanwhile (an `IrqBind` by
+/// another holder of the line, on another CPU, between [`ack`]'s copy of the binding and this)
+/// is not this acknowledgement's: `InvalidState`, and the line stays as it is (before the
+/// thirty-fifth session it was unmasked for a binding nobody had checked or acknowledged, and
+/// the new binder got an interrupt it had not acknowledged: a review found it).
+fn unmask_bound(line: &IrqLine, n: &Weak<Notification>, binder: &Binder) -> Result<(), Error> {
     let mut l = STATE[line.irq as usize].lock();
-    if l.target.is_none() {
+    let same = l.target.as_ref().is_some_and(|(x, _)| Weak::ptr_eq(x, n)) && l.binder.as_ref().is_some_and(|b| b.same(binder));
+    if !same {
         return Err(Error::InvalidState);
     }
     if !l.enabled {
