@@ -369,7 +369,7 @@ fn deliver(to: &Thread, to_regs: &mut UserRegs, m: Outgoing<'_>) -> Option<Cap> 
         let n = (len - REG_WORDS) as usize;
         let read = with_buffer(m.from, |f| {
             if crate::inject() & rl4_core::cmdline::inject::SLOW_COPY != 0 {
-                crate::syscall::slow_unmap();
+                crate::syscall::injected_window();
             }
             mem::read_frame_words(f, REG_WORDS as usize, &mut words[..n]);
         });

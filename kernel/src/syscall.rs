@@ -393,10 +393,11 @@ pub fn map_frame(space: &Space, va: u64, frame: Arc<Frame>, write: bool, exec: b
     Ok(())
 }
 
-/// `inject=slowunmap`: 200 ms between an `Unmap`'s change of the page tables and its
-/// shoot-down, answering other CPUs' shoot-downs meanwhile (a test's window).
+/// The 200 ms a test's window takes (`inject=slowunmap`: between an `Unmap`'s change of the
+/// page tables and its shoot-down; `inject=slowcopy`: between finding a long message's sender
+/// buffer and reading it), answering other CPUs' shoot-downs meanwhile.
 #[cold]
-pub(crate) fn slow_unmap() {
+pub(crate) fn injected_window() {
     let end = rl4_arch::cpu::rdtsc().saturating_add(rl4_arch::time::us_to_ticks(200_000));
     while rl4_arch::cpu::rdtsc() < end {
         crate::tlb::service_tlb_here();
@@ -630,7 +631,7 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             space.memory.uncharge(crate::obj::MAP_COST);
             crate::obj::mapped(false);
             if crate::inject() & rl4_core::cmdline::inject::SLOW_UNMAP != 0 {
-                slow_unmap();
+                injected_window();
             }
             crate::tlb::flush_space(&space);
             space.unmapping.fetch_sub(1, Relaxed);
