@@ -90,10 +90,14 @@ pub enum Lack {
     Smep,
     Smap,
     Fpu,
+    /// Found by the trampoline (`rl4_smp::boot`), before long mode.
+    LongMode,
+    Nx,
+    Page1G,
 }
 
 impl Lack {
-    const ALL: [Lack; 8] = [
+    const ALL: [Lack; 11] = [
         Lack::Apic,
         Lack::Fxsr,
         Lack::Sse2,
@@ -102,6 +106,9 @@ impl Lack {
         Lack::Smep,
         Lack::Smap,
         Lack::Fpu,
+        Lack::LongMode,
+        Lack::Nx,
+        Lack::Page1G,
     ];
 
     /// The lack a non-zero code ([`Lack`] as `u8`) names.
@@ -119,6 +126,9 @@ impl Lack {
             Lack::Smep => "SMEP (CPUID.7.0:EBX[7])",
             Lack::Smap => "SMAP (CPUID.7.0:EBX[20])",
             Lack::Fpu => "the bootstrap CPU's FPU set-up (its save instruction, state components or save-area size differ)",
+            Lack::LongMode => "long mode (CPUID.80000001h:EDX[29])",
+            Lack::Nx => "no-execute pages (CPUID.80000001h:EDX[20]), EFER.NXE",
+            Lack::Page1G => "1 GiB pages (CPUID.80000001h:EDX[26]), the page tables' largest",
         }
     }
 }

@@ -424,7 +424,11 @@ fn start_aps(plan: &mut madt::Plan) {
             }
         };
         let t0 = cpu::rdtsc();
-        match apboot::start_ap(cpu, page, ap_main, timeout_us) {
+        let needs = apboot::Needs {
+            page1g: BSP_FEATURES.get().is_some_and(|f| f.page1g),
+            hide_nx_1g: options().inject & rl4_core::cmdline::inject::AP_EXT != 0 && i == plan.cpus.len() - 1,
+        };
+        match apboot::start_ap(cpu, page, ap_main, timeout_us, needs) {
             apboot::Started::Online => run::record_start(i, cpu::rdtsc() - t0),
             apboot::Started::NoResponse => println!(
                 "cpu {i} (apic id {}) did NOT come up: no response to INIT-SIPI-SIPI within {} ms",

@@ -1,17 +1,20 @@
 //! Starting the application processors: the real-mode trampoline and INIT-SIPI-SIPI.
 //!
 //! The trampoline is a page of code copied below 1 MiB (the STARTUP IPI's vector is the page
-//! number). An AP starts there in real mode at `page:0`, loads the trampoline's own GDT,
-//! enters protected mode, turns on PAE, loads the *boot* page tables (below 4 GiB, identity map
-//! of the first 4 GiB plus the kernel image), sets EFER.LME/NXE, enables paging, far-returns to
-//! 64-bit code, reports that it runs, and jumps to `ap_high` in the kernel image, which loads
-//! the kernel's own page tables and stack and calls the entry point with its per-CPU block.
+//! number). An AP starts there in real mode at `page:0`, loads the trampoline's own GDT and
+//! enters protected mode; there, paging still off, it reads its APIC ID from its local APIC
+//! and takes the offer addressed to it (below), and checks CPUID for what the rest needs (long
+//! mode, NX where the BSP turned it on, 1 GiB pages where the BSP has them: [`Needs`]); then it
+//! turns on PAE, loads the *boot* page tables (below 4 GiB, identity map of the first 4 GiB plus
+//! the kernel image), sets EFER.LME/NXE, enables paging, far-returns to 64-bit code, reports
+//! that it runs, and jumps to `ap_high` in the kernel image, which loads the kernel's own page
+//! tables and stack and calls the entry point with its per-CPU block.
 //!
 //! Parameters sit at offset [`PARAMS`] of the page (see [`Params`]); the BSP starts one AP at a
-//! time, so one page serves them all. Each start is an *offer* addressed to one APIC ID: in
-//! 64-bit mode the AP reads its ID from its local APIC and takes the offer with one
-//! compare-and-swap if it is addressed to itself, reads
-//! its parameters, then says it runs; a CPU that finds no offer for itself parks (`cli; hlt`).
+//! time, so one page serves them all. Each start is an *offer* addressed to one APIC ID: the AP
+//! reads its ID from its local APIC and takes the offer with one compare-and-swap if it is
+//! addressed to itself, reads its parameters, then says it runs (or, lacking a CPUID feature it
+//! needs, says which and parks); a CPU that finds no offer for itself parks (`cli; hlt`).
 //! A BSP that gave up waiting withdraws its offer with a swap: either the CPU never took it
 //! (and parks when it comes, however late), or it took it (and the BSP waits for it a while
 //! more). Before, a CPU that answered after the BSP had given up on it read the parameters
@@ -43,8 +46,10 @@ struct Params {
     arg: u64,         // 0x28
     kernel_cr3: u64,  // 0x30
     alive: AtomicU32, // 0x38: set by the AP once it has read its parameters
-    _pad3: u32,
+    lacks: AtomicU32, // 0x3c: a `Lack` code, set (before `alive`) by an AP that parks for want of it
     offer: AtomicU64, // 0x40: the APIC ID this start is for, plus 1; 0: none (taken or withdrawn)
+    ext_need: u32,    // 0x48: the CPUID.80000001h:EDX bits the AP must have to go on
+    ext_mask: u32,    // 0x4c: applied to the AP's CPUID.80000001h:EDX first (all ones, but in a test)
 }
 
 const _: () = {
@@ -54,8 +59,28 @@ const _: () = {
     assert!(core::mem::offset_of!(Params, arg) == 0x28);
     assert!(core::mem::offset_of!(Params, kernel_cr3) == 0x30);
     assert!(core::mem::offset_of!(Params, alive) == 0x38);
+    assert!(core::mem::offset_of!(Params, lacks) == 0x3c);
     assert!(core::mem::offset_of!(Params, offer) == 0x40);
+    assert!(core::mem::offset_of!(Params, ext_need) == 0x48);
+    assert!(core::mem::offset_of!(Params, ext_mask) == 0x4c);
 };
+
+/// CPUID.80000001h:EDX: long mode, no-execute pages, 1 GiB pages.
+const EXT_LM: u32 = 1 << 29;
+const EXT_NX: u32 = 1 << 20;
+const EXT_1G: u32 = 1 << 26;
+
+/// What an AP must have before the trampoline goes on (checked in its 32-bit part, before it
+/// touches EFER or the page tables: `Params::ext_need`).
+#[derive(Clone, Copy, Debug)]
+pub struct Needs {
+    /// 1 GiB pages: the bootstrap CPU has them, so the kernel's page tables (and a boot
+    /// loader's) may use them.
+    pub page1g: bool,
+    /// For a test (`inject=apext`): this AP reads CPUID.80000001h:EDX without NX and 1 GiB
+    /// pages, as one CPU of a machine whose CPUs differ would.
+    pub hide_nx_1g: bool,
+}
 
 core::arch::global_asm!(
     r#"
@@ -87,31 +112,12 @@ ap_tramp_pm32:
     mov %ax, %fs
     mov %ax, %gs
     lea 0x1000(%ebx), %esp          /* a small stack at the top of the page, for the far return */
-    mov %cr4, %eax
-    or $0x20, %eax                  /* PAE */
-    mov %eax, %cr4
-    mov P + 0x10(%ebx), %eax
-    mov %eax, %cr3
-    mov $0xC0000080, %ecx
-    rdmsr
-    or P + 0x14(%ebx), %eax          /* LME (+ NXE) */
-    wrmsr
-    mov %cr0, %eax
-    or $0x80010000, %eax            /* PG | WP */
-    mov %eax, %cr0
-    lea (ap_tramp_lm64 - ap_tramp_start)(%ebx), %eax
-    push $0x18
-    push %eax
-    lret
-
-    .code64
-ap_tramp_lm64:
-    mov %rbx, %r8                   /* the page (CPUID writes ebx) */
+    mov %ebx, %ebp                  /* the page (CPUID writes ebx) */
     /* This CPU's APIC ID, from its local APIC — the ID the MADT lists and IPIs address: in
        x2APIC mode (IA32_APIC_BASE.EXTD) its ID register (MSR 0x802); in xAPIC mode the ID
-       register of its page (bits 31:24), read through the boot tables' identity map of the
-       first 4 GiB; a page above 4 GiB is not mapped: then CPUID (leaf 0xB's x2APIC ID where
-       that leaf is there, else leaf 1's 8 bits), as `cpu::Features` reads the BSP's. */
+       register of its page (bits 31:24), read at its physical address (paging is off); a page
+       above 4 GiB cannot be reached from here: then CPUID (leaf 0xB's x2APIC ID where that
+       leaf is there, else leaf 1's 8 bits), as `cpu::Features` reads the BSP's. */
     mov $0x1b, %ecx
     rdmsr
     test $0x400, %eax
@@ -124,7 +130,7 @@ ap_tramp_lm64:
     test %edx, %edx
     jnz 5f
     and $0xfffff000, %eax
-    mov 0x20(%rax), %edi
+    mov 0x20(%eax), %edi
     shr $24, %edi
     jmp 1f
 5:
@@ -144,12 +150,72 @@ ap_tramp_lm64:
     jz 1f
     mov %edx, %edi
 1:
-    /* Take the offer if it is this CPU's (ID + 1), in one step; else park. */
+    /* Take the offer if it is this CPU's (ID + 1, 64 bits), in one step; else park. */
     mov %edi, %eax
-    inc %rax
+    xor %edx, %edx
+    add $1, %eax
+    adc $0, %edx
+    xor %ebx, %ebx
     xor %ecx, %ecx
-    lock cmpxchg %rcx, P + 0x40(%r8)
+    lock cmpxchg8b P + 0x40(%ebp)
     jne 3f
+    /* What the way on needs of CPUID.80000001h:EDX (`Params::ext_need`: long mode; NX where
+       the bootstrap CPU turned EFER.NXE on; 1 GiB pages where it has them), before any of it
+       is used: without, the EFER write or the first access through the page tables would be
+       a fault with no handler (a triple fault: most machines reset). A CPU that lacks one
+       says which (`Params::lacks`, then `alive`) and parks. */
+    mov $0x80000000, %eax
+    cpuid
+    mov %eax, %esi
+    xor %edx, %edx
+    cmp $0x80000001, %esi
+    jb 6f
+    mov $0x80000001, %eax
+    cpuid
+6:
+    and P + 0x4c(%ebp), %edx
+    mov P + 0x48(%ebp), %eax
+    and %eax, %edx
+    xor %edx, %eax
+    jz 8f
+    mov ${lack_lm}, %ecx
+    test $(1 << 29), %eax
+    jnz 7f
+    mov ${lack_nx}, %ecx
+    test $(1 << 20), %eax
+    jnz 7f
+    mov ${lack_1g}, %ecx
+7:
+    mov %ecx, P + 0x3c(%ebp)
+    movl $1, P + 0x38(%ebp)
+3:
+    cli
+    hlt
+    jmp 3b
+8:
+    mov %ebp, %ebx
+    mov %cr4, %eax
+    or $0x20, %eax                  /* PAE */
+    mov %eax, %cr4
+    mov P + 0x10(%ebx), %eax
+    mov %eax, %cr3
+    mov $0xC0000080, %ecx
+    rdmsr
+    or P + 0x14(%ebx), %eax          /* LME (+ NXE) */
+    wrmsr
+    mov %cr0, %eax
+    or $0x80010000, %eax            /* PG | WP */
+    mov %eax, %cr0
+    lea (ap_tramp_lm64 - ap_tramp_start)(%ebx), %eax
+    push $0x18
+    push %eax
+    lret
+
+    .code64
+ap_tramp_lm64:
+    /* The page, zero-extended (a register's upper half is undefined on the way into 64-bit
+       mode). The offer is this CPU's (taken above). */
+    mov %ebx, %r8d
     mov P + 0x20(%r8), %rsp
     mov P + 0x28(%r8), %rdi
     mov P + 0x18(%r8), %rax
@@ -158,10 +224,6 @@ ap_tramp_lm64:
     movl $1, P + 0x38(%r8)
     movabs $ap_high, %rdx
     jmp *%rdx
-3:
-    cli
-    hlt
-    jmp 3b
 
     .balign 8
     .global ap_tramp_gdt
@@ -182,6 +244,9 @@ ap_high:
     ud2
     "#,
     params = const PARAMS,
+    lack_lm = const rl4_arch::cpu::Lack::LongMode as u8,
+    lack_nx = const rl4_arch::cpu::Lack::Nx as u8,
+    lack_1g = const rl4_arch::cpu::Lack::Page1G as u8,
     options(att_syntax)
 );
 
@@ -227,10 +292,12 @@ pub enum Started {
 
 /// Starts `cpu` through the trampoline at `page` and waits up to `timeout_us` for it to come
 /// online.
-pub fn start_ap(cpu: &'static Cpu, page: u64, entry: ApEntry, timeout_us: u64) -> Started {
+pub fn start_ap(cpu: &'static Cpu, page: u64, entry: ApEntry, timeout_us: u64, needs: Needs) -> Started {
     let start = (&raw const ap_tramp_start) as u64;
     let p = phys_to_virt(page + PARAMS) as *mut Params;
     let efer_or = 0x100 | (Efer::read_raw() & 0x800) as u32;
+    let ext_need = EXT_LM | if efer_or & 0x800 != 0 { EXT_NX } else { 0 } | if needs.page1g { EXT_1G } else { 0 };
+    let ext_mask = if needs.hide_nx_1g { !(EXT_NX | EXT_1G) } else { u32::MAX };
     // SAFETY: the parameter block lies in the reserved trampoline page, beyond the code; no AP
     // reads it now: the previous one said it had read its parameters (`alive`), or its offer
     // was withdrawn before it took it (it parks when it comes), and no offer is out (the one
@@ -250,13 +317,15 @@ pub fn start_ap(cpu: &'static Cpu, page: u64, entry: ApEntry, timeout_us: u64) -
             arg: cpu as *const Cpu as u64,
             kernel_cr3: paging::kernel_pml4(),
             alive: AtomicU32::new(0),
-            _pad3: 0,
+            lacks: AtomicU32::new(0),
             offer: AtomicU64::new(0),
+            ext_need,
+            ext_mask,
         });
     }
-    // SAFETY: `p` stays valid (reserved page); `alive` and `offer` are only accessed atomically
-    // from here on (the AP: a store, a compare-and-swap).
-    let (alive, offer) = unsafe { (&(*p).alive, &(*p).offer) };
+    // SAFETY: `p` stays valid (reserved page); `alive`, `lacks` and `offer` are only accessed
+    // atomically from here on (the AP: stores, a compare-and-swap).
+    let (alive, lacks, offer) = unsafe { (&(*p).alive, &(*p).lacks, &(*p).offer) };
     offer.store(cpu.apic_id as u64 + 1, Ordering::Release);
     cpus::with_lapic(|l| {
         let l = l.expect("BSP local APIC is up before APs are started");
@@ -271,6 +340,10 @@ pub fn start_ap(cpu: &'static Cpu, page: u64, entry: ApEntry, timeout_us: u64) -
         if !time::wait_until(timeout_us.max(100_000), || alive.load(Ordering::Acquire) != 0) {
             return Started::Lost;
         }
+    }
+    // Parked in the trampoline for want of a CPUID feature (its `lacks`, stored before `alive`).
+    if let Some(why) = rl4_arch::cpu::Lack::from_code(lacks.load(Ordering::Acquire) as u8) {
+        return Started::Refused(why);
     }
     let up = time::wait_until(timeout_us, || cpu.online.load(Ordering::Acquire) || cpus::refused(cpu).is_some());
     match cpus::refused(cpu) {
