@@ -592,26 +592,36 @@ pub fn syscall(t: &Arc<Thread>, s: Sys, a: [u64; 6]) -> Result<[u64; 3], Error> 
             put(t, a[2], KObj::Irq(line))?;
         }
         Sys::IrqBind => {
-            let line = irq_line(t, a[0])?;
-            let (n, badge) = {
+            // Both capabilities read and the binding made in one hold of the table's lock, so
+            // that a revocation (which deletes under it) comes wholly before or after: before
+            // the thirty-sixth session the line's slot and the notification's were read in two
+            // holds and the binding made after both, so a bind whose capability was revoked
+            // in between answered success, and could replace the binding of the line's next
+            // holder (a review found it).
+            let old = {
                 let caps = t.task.caps.lock();
+                let KObj::Irq(line) = &caps.lookup(a[0], ObjType::Irq, Rights::WRITE)?.obj else {
+                    return Err(Error::WrongType);
+                };
                 let c = caps.lookup(a[1], ObjType::Notification, Rights::SEND)?;
-                match &c.obj {
-                    KObj::Notification(n) => (n.clone(), c.badge),
-                    _ => return Err(Error::WrongType),
+                let KObj::Notification(n) = &c.obj else {
+                    return Err(Error::WrongType);
+                };
+                let badge = c.badge;
+                // As `Signal`: a badged capability's interrupts signal its badge, whatever `bits`
+                // says (a task holding an interrupt cannot use it to set other bits than its own).
+                let bits = if badge != 0 { badge } else { a[2] };
+                let cpu = if a[3] == IRQ_CPU_CALLER { rl4_arch::percpu::cpu_index() as u64 } else { a[3] };
+                if !crate::sched::cpu_online(cpu) {
+                    return Err(Error::InvalidCpu);
                 }
+                // The binding names both slots: `IrqAck` unbinds it once either no longer holds
+                // its capability (deleted, revoked).
+                let binder = crate::irq::Binder { task: Arc::downgrade(&t.task), slot: a[1], badge, line_slot: a[0] };
+                crate::irq::bind(line, n, bits, cpu as usize, binder)?
             };
-            // As `Signal`: a badged capability's interrupts signal its badge, whatever `bits`
-            // says (a task holding an interrupt cannot use it to set other bits than its own).
-            let bits = if badge != 0 { badge } else { a[2] };
-            let cpu = if a[3] == IRQ_CPU_CALLER { rl4_arch::percpu::cpu_index() as u64 } else { a[3] };
-            if !crate::sched::cpu_online(cpu) {
-                return Err(Error::InvalidCpu);
-            }
-            // The binding names both slots: `IrqAck` unbinds it once either no longer holds its
-            // capability (deleted, revoked).
-            let binder = crate::irq::Binder { task: Arc::downgrade(&t.task), slot: a[1], badge, line_slot: a[0] };
-            crate::irq::bind(&line, &n, bits, cpu as usize, binder)?;
+            // What the line held before, after the lock (it may be a last weak reference).
+            drop(old);
         }
         Sys::IrqAck => crate::irq::ack(&*irq_line(t, a[0])?)?,
         Sys::IrqUnbind => crate::irq::unbind(&*irq_line(t, a[0])?),

@@ -22,7 +22,7 @@
 //!
 //! Locks: each line's state ([`Level::IRQ`]), then the I/O APIC's registers
 //! ([`Level::IRQ_CHIP`]); nothing else is taken under them: the signal goes after they are
-//! released. `IrqAck` takes a line's under the binder's capability table's
+//! released. `IrqBind` and `IrqAck` take a line's under the binder's capability table's
 //! ([`Level::OBJECT`]), which comes before them in the order. The kernel runs with interrupts off, so an interrupt never finds its own CPU
 //! holding a line's lock.
 use alloc::sync::{Arc, Weak};
@@ -68,10 +68,30 @@ struct Line {
     binder: Option<Binder>,
     /// The pin is unmasked now.
     enabled: bool,
+    /// Counts the bindings made and ended (`IrqBind`, `IrqUnbind`, an acknowledgement that
+    /// found the binding lapsed, an interrupt that found its notification gone, the object's
+    /// end): [`ack`] acts only on the binding it checked, told apart by this count, not by its
+    /// fields (a binding made again with the same task, slots and badge looked the same).
+    generation: u64,
 }
 
+impl Line {
+    /// Ends the binding (the pin masked): what it held, for the caller to let go of after the
+    /// lock.
+    fn clear(&mut self, irq: u8) -> Old {
+        mask(irq as usize);
+        self.enabled = false;
+        self.generation += 1;
+        (self.target.take(), self.binder.take())
+    }
+}
+
+/// What a binding held (its notification, its binder's task, both weakly): let go of after
+/// every lock, as the last weak reference frees the object's memory.
+pub type Old = (Option<(Weak<Notification>, u64)>, Option<Binder>);
+
 static STATE: [Mutex<Line, { Level::IRQ }>; LINES] =
-    [const { Mutex::new(Line { taken: false, target: None, binder: None, enabled: false }) }; LINES];
+    [const { Mutex::new(Line { taken: false, target: None, binder: None, enabled: false, generation: 0 }) }; LINES];
 
 static DELIVERED: AtomicU64 = AtomicU64::new(0);
 
@@ -170,10 +190,8 @@ impl Drop for IrqLine {
         crate::reclaim::dropping("IrqLine");
         let old = {
             let mut l = STATE[self.irq as usize].lock();
-            mask(self.irq as usize);
-            l.enabled = false;
             l.taken = false;
-            (l.target.take(), l.binder.take())
+            l.clear(self.irq)
         };
         drop(old);
     }
@@ -210,15 +228,12 @@ pub struct Binder {
     pub line_slot: u64,
 }
 
-impl Binder {
-    /// Whether `o` is this very binding (not one made again since).
-    fn same(&self, o: &Binder) -> bool {
-        Weak::ptr_eq(&self.task, &o.task) && self.slot == o.slot && self.badge == o.badge && self.line_slot == o.line_slot
-    }
-}
-
 /// `IrqBind`: deliver `line`'s interrupts to `n` as `bits`, on CPU `cpu`; unmasks the line.
-pub fn bind(line: &IrqLine, n: &Arc<Notification>, bits: u64, cpu: usize, binder: Binder) -> Result<(), Error> {
+/// Called under the binder's table lock, in the hold that read both capabilities (the line's
+/// lock and the chip's come after it in the order), so that a revocation, which deletes under
+/// that lock, comes wholly before or after the binding; what the line held before is returned,
+/// to be let go of after that lock.
+pub fn bind(line: &IrqLine, n: &Arc<Notification>, bits: u64, cpu: usize, binder: Binder) -> Result<Old, Error> {
     if bits == 0 {
         return Err(Error::InvalidArgument);
     }
@@ -234,10 +249,10 @@ pub fn bind(line: &IrqLine, n: &Arc<Notification>, bits: u64, cpu: usize, binder
             Redirection { vector: VEC_BASE + line.irq, dest, active_low: r.isa.active_low, level: r.isa.level, masked: false },
         );
         l.enabled = true;
+        l.generation += 1;
         old
     };
-    drop(old);
-    Ok(())
+    Ok(old)
 }
 
 /// `IrqAck`: unmask the line the kernel masked when it delivered an interrupt — if the binding
@@ -254,10 +269,12 @@ pub fn bind(line: &IrqLine, n: &Arc<Notification>, bits: u64, cpu: usize, binder
 /// through: a review found it). Before the eighteenth session the binding outlived the
 /// capability (a review found it).
 pub fn ack(line: &IrqLine) -> Result<(), Error> {
-    let (n, binder) = {
+    let (n, binder, generation) = {
         let l = STATE[line.irq as usize].lock();
         match (&l.target, &l.binder) {
-            (Some((n, _)), Some(b)) => (n.clone(), Binder { task: b.task.clone(), slot: b.slot, badge: b.badge, line_slot: b.line_slot }),
+            (Some((n, _)), Some(b)) => {
+                (n.clone(), Binder { task: b.task.clone(), slot: b.slot, badge: b.badge, line_slot: b.line_slot }, l.generation)
+            }
             _ => return Err(Error::InvalidState),
         }
     };
@@ -270,7 +287,7 @@ pub fn ack(line: &IrqLine) -> Result<(), Error> {
             let caps = t.caps.lock();
             let held = crate::obj::holds(&caps, binder.slot, rl4_abi::ObjType::Notification, rl4_abi::Rights::SEND, Some(binder.badge), n.as_ptr() as usize)
                 && crate::obj::holds(&caps, binder.line_slot, rl4_abi::ObjType::Irq, rl4_abi::Rights::WRITE, None, line as *const IrqLine as usize);
-            if held { Some(unmask_bound(line, &n, &binder)) } else { None }
+            if held { Some(unmask_bound(line, generation)) } else { None }
         };
         // No lock is held: a last reference may go here.
         drop(t);
@@ -282,17 +299,16 @@ pub fn ack(line: &IrqLine) -> Result<(), Error> {
             r
         }
         None => {
-            // Unless it was bound again meanwhile (a new binding stands on its own capability).
+            if crate::inject() & rl4_core::cmdline::inject::SLOW_ACK != 0 {
+                crate::syscall::injected_window();
+            }
+            // Unless it was bound again meanwhile (a new binding stands on its own capability,
+            // checked by its own `IrqBind`: even one with the same task, slots and badge, made
+            // after the capability came back — which the generation tells apart, the fields
+            // did not before the thirty-sixth session: a review found it).
             let old = {
                 let mut l = STATE[line.irq as usize].lock();
-                let same = l.target.as_ref().is_some_and(|(x, _)| Weak::ptr_eq(x, &n)) && l.binder.as_ref().is_some_and(|b| b.same(&binder));
-                if same {
-                    mask(line.irq as usize);
-                    l.enabled = false;
-                    (l.target.take(), l.binder.take())
-                } else {
-                    (None, None)
-                }
+                if l.generation == generation { l.clear(line.irq) } else { (None, None) }
             };
             drop(old);
             drop(n);
@@ -302,15 +318,14 @@ pub fn ack(line: &IrqLine) -> Result<(), Error> {
 }
 
 /// [`ack`]'s unmasking, under the binder's table lock: the line is unmasked if the binding
-/// [`ack`] checked (`n`, `binder`) still stands. One made again meanwhile (an `IrqBind` by
+/// [`ack`] checked (its `generation`) still stands. One made again meanwhile (an `IrqBind` by
 /// another holder of the line, on another CPU, between [`ack`]'s copy of the binding and this)
 /// is not this acknowledgement's: `InvalidState`, and the line stays as it is (before the
 /// thirty-fifth session it was unmasked for a binding nobody had checked or acknowledged, and
 /// the new binder got an interrupt it had not acknowledged: a review found it).
-fn unmask_bound(line: &IrqLine, n: &Weak<Notification>, binder: &Binder) -> Result<(), Error> {
+fn unmask_bound(line: &IrqLine, generation: u64) -> Result<(), Error> {
     let mut l = STATE[line.irq as usize].lock();
-    let same = l.target.as_ref().is_some_and(|(x, _)| Weak::ptr_eq(x, n)) && l.binder.as_ref().is_some_and(|b| b.same(binder));
-    if !same {
+    if l.generation != generation {
         return Err(Error::InvalidState);
     }
     if !l.enabled {
@@ -323,12 +338,7 @@ fn unmask_bound(line: &IrqLine, n: &Weak<Notification>, binder: &Binder) -> Resu
 
 /// `IrqUnbind`: mask the line and forget its notification.
 pub fn unbind(line: &IrqLine) {
-    let old = {
-        let mut l = STATE[line.irq as usize].lock();
-        mask(line.irq as usize);
-        l.enabled = false;
-        (l.target.take(), l.binder.take())
-    };
+    let old = STATE[line.irq as usize].lock().clear(line.irq);
     drop(old);
 }
 
@@ -342,7 +352,12 @@ pub fn interrupt(irq: usize) {
         // Nowhere to go: the line stays masked until it is bound again. (The dead binding is
         // let go of after the lock, as `unbind` does: it may be the notification's last weak
         // reference, which frees its memory.)
-        let stale = if live.is_none() { l.target.take() } else { None };
+        let stale = if live.is_none() && l.target.is_some() {
+            l.generation += 1;
+            l.target.take()
+        } else {
+            None
+        };
         (live, stale)
     };
     drop(stale);

@@ -25,7 +25,7 @@
 //! | `OBJECT` | a capability table, an IPC-buffer slot, a space's mappings, the PCID tables, a registry |
 //! | `PORTS` | a port object's list of the spaces that opened it (`device::IoPortObj`; under a space's port ranges, or a capability table as a capability to the object leaves it) |
 //! | `RECLAIM` | a CPU's list of objects to destroy later |
-//! | `IRQ` | one interrupt line's state (`irq.rs`; taken holding nothing, or by `IrqAck` under the binder's capability table) |
+//! | `IRQ` | one interrupt line's state (`irq.rs`; taken holding nothing, or by `IrqBind` and `IrqAck` under the binder's capability table) |
 //! | `IRQ_CHIP` | one I/O APIC's register window |
 //!
 //! Each CPU counts the locks it holds in its per-CPU header (`gs:40`, one instruction per

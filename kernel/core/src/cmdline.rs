@@ -20,7 +20,7 @@
 //! | `overcommit=MiB` | give the root task's budget this many MiB more than the kernel can back (0..=4096), so that a test runs the kernel itself out of frames before the budget runs out (`docs/memory.md`, "Running out of memory") | 0 |
 //! | `failalloc=SEED/N` | once the root task runs, make a pseudo-random 1 in N (2..=1000000) of the kernel heap allocations made inside system calls fail (the allocator answers null; seeded by SEED, a whole number), so that tests can see every such allocation answer `OutOfMemory` rather than panic (`docs/memory.md`, "Allocation failure injection") | off |
 //! | `reserve=A-B,..` | keep the physical ranges `[A, B)` (hex with `0x`, or decimal; at most [`RESERVE_MAX`]) out of the frame allocator and away from the AP trampoline, as if the memory map reserved them (RAM known to be bad; tests take the first 640 KiB away with `reserve=0-0xa0000`) | none |
-//! | `inject=A,B,..` | damage kernel state on purpose when the root task starts, so that tests can see the consistency check find it: `refcount`, `frame`, `budget`, `state`, `locks`, `deriv`, `device`, `queue`, `parent`; `stray`, an interrupt on a vector nothing sends, on every CPU; `lvt`, the local APIC entries the kernel does not use left unmasked before its set-up masks them; `slowunmap`, every `Unmap` held 200 ms between taking the page out and its TLB shoot-down; `apcpuid`, the last application processor reading its CPUID without x2APIC, the TSC-deadline timer, SMEP and SMAP; `slowcopy`, every long message held 200 ms between finding the sender's IPC buffer and reading it; and `apext`, the last application processor's trampoline reading CPUID.80000001h:EDX without no-execute and 1 GiB pages | none |
+//! | `inject=A,B,..` | damage kernel state on purpose when the root task starts, so that tests can see the consistency check find it: `refcount`, `frame`, `budget`, `state`, `locks`, `deriv`, `device`, `queue`, `parent`; `stray`, an interrupt on a vector nothing sends, on every CPU; `lvt`, the local APIC entries the kernel does not use left unmasked before its set-up masks them; `slowunmap`, every `Unmap` held 200 ms between taking the page out and its TLB shoot-down; `apcpuid`, the last application processor reading its CPUID without x2APIC, the TSC-deadline timer, SMEP and SMAP; `slowcopy`, every long message held 200 ms between finding the sender's IPC buffer and reading it; `apext`, the last application processor's trampoline reading CPUID.80000001h:EDX without no-execute and 1 GiB pages; and `slowack`, an `IrqAck` that found its binding lapsed held 200 ms before it ends it | none |
 
 use core::fmt;
 
@@ -135,7 +135,10 @@ pub mod inject {
     /// without no-execute and 1 GiB pages, as one CPU of a machine whose CPUs differ would: it
     /// must park before long mode, and the kernel run on the others.
     pub const AP_EXT: u16 = 16384;
-    pub const NAMES: [(&str, u16); 15] = [
+    /// Not damage: an `IrqAck` that found its binding lapsed waits 200 ms before it ends that
+    /// binding, so that a test can bind the line again from another CPU in between.
+    pub const SLOW_ACK: u16 = 32768;
+    pub const NAMES: [(&str, u16); 16] = [
         ("refcount", REFCOUNT),
         ("frame", FRAME),
         ("budget", BUDGET),
@@ -151,6 +154,7 @@ pub mod inject {
         ("apcpuid", AP_CPUID),
         ("slowcopy", SLOW_COPY),
         ("apext", AP_EXT),
+        ("slowack", SLOW_ACK),
     ];
 }
 

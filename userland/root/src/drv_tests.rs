@@ -1156,6 +1156,70 @@ fn test_serial_subscription(bi: &BootInfo) {
     );
 }
 
+static AW_IRQ: AtomicU64 = AtomicU64::new(0);
+static AW_STARTED: AtomicU64 = AtomicU64::new(0);
+/// What the acknowledging thread got (`u64::MAX`: nothing yet; 0: `Ok`; else the error's code).
+static AW_ACKED: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// On another CPU: acknowledges the line (whose binding the main thread let lapse).
+fn aw_acker(_: u64) {
+    AW_STARTED.store(1, SeqCst);
+    let r = sys::irq_ack(AW_IRQ.load(SeqCst));
+    AW_ACKED.store(r.map_or_else(|e| e as u64, |()| 0), SeqCst);
+}
+
+/// An `IrqAck` acts only on the binding it checked. The line bound, the notification's
+/// capability deleted (the binding lapses), an acknowledgement from another CPU finds it lapsed
+/// and waits 200 ms before it ends it (`inject=slowack`); meanwhile the capability comes back
+/// to the same slot and the line is bound again, with the same task, slots and bits. That
+/// acknowledgement answers `InvalidState` and must leave the new binding alone: the line stays
+/// enabled, and an acknowledgement of it answers `Ok`. Before the thirty-sixth session a
+/// binding was told apart by those fields, so the late acknowledgement took the new binding
+/// away (the line masked and unbound, the next `IrqAck` `InvalidState`) although its `IrqBind`
+/// had answered success (a review found it).
+pub fn test_bind_against_lapsed_ack() {
+    const NAME: &str = "irq-bind-against-a-lapsed-ack";
+    let (irq, n, spare) = (slot(), slot(), slot());
+    let set_up = sys::irq_get(DEVICES, COM2_IRQ, irq)
+        .and_then(|_| sys::notification_create(MEMORY, n))
+        .and_then(|_| sys::cap_copy(n, TASK, spare, Rights::ALL))
+        .and_then(|_| sys::irq_bind(irq, n, 0x1, IRQ_CPU_CALLER))
+        .and_then(|_| sys::cap_delete(n));
+    if let Err(e) = set_up {
+        for s in [irq, n, spare] {
+            release(s);
+        }
+        return report(NAME, false, format_args!("set-up: {e}"));
+    }
+    AW_IRQ.store(irq, SeqCst);
+    AW_STARTED.store(0, SeqCst);
+    AW_ACKED.store(u64::MAX, SeqCst);
+    let t = spawn(aw_acker, 0, ROOT_PRIO, crate::sec_tests::far_cpu());
+    let started = wait_ms(2000, || AW_STARTED.load(SeqCst) != 0);
+    // Into the acknowledgement's 200 ms (its start: a few ms after the flag, even under TCG).
+    crate::stress::sleep_ms(50);
+    let back = sys::cap_copy(spare, TASK, n, Rights::ALL);
+    let rebound = sys::irq_bind(irq, n, 0x1, IRQ_CPU_CALLER);
+    let acked = wait_ms(3000, || AW_ACKED.load(SeqCst) != u64::MAX);
+    let late = AW_ACKED.load(SeqCst);
+    let enabled = enabled_lines();
+    let ack = sys::irq_ack(irq);
+    let unbound = sys::irq_unbind(irq);
+    crate::sec_tests::join_dead(t);
+    for s in [irq, n, spare] {
+        release(s);
+    }
+    report(
+        NAME,
+        started && back.is_ok() && rebound.is_ok() && acked && late == Error::InvalidState as u64 && enabled == 1 && ack.is_ok() && unbound.is_ok(),
+        format_args!(
+            "bound again {rebound:?} (capability back {back:?}) during the late ack, which answered {late:#x} (want InvalidState {:#x}); \
+             lines enabled after it {enabled} (want 1), an ack then {ack:?} (want Ok), unbind {unbound:?}",
+            Error::InvalidState as u64
+        ),
+    );
+}
+
 pub fn run(bi: &BootInfo) {
     test_rules(bi);
     test_narrowed(bi);

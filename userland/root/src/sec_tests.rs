@@ -10,7 +10,7 @@ use rl4_user::worker::FORGE as W_FORGE;
 use crate::space::*;
 use crate::tests::{report, state};
 
-fn far_cpu() -> u64 {
+pub fn far_cpu() -> u64 {
     cpus() - 1
 }
 
@@ -456,7 +456,7 @@ fn test_transfer_needs_grant_on_cap() {
     }
 }
 
-fn join_dead(t: u64) {
+pub fn join_dead(t: u64) {
     wait_ms(2000, || matches!(state(t), Some(ThreadState::Dead) | Some(ThreadState::Faulted)));
     release(t);
 }

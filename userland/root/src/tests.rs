@@ -2006,6 +2006,10 @@ pub fn run(bi: &BootInfo, which: &str) -> bool {
     if which == "copy-window" {
         crate::sec_tests::test_long_copy_against_unmap();
     }
+    // Only when asked for: it needs `inject=slowack` (the `ack-window-*` suite).
+    if which == "ack-window" {
+        crate::drv_tests::test_bind_against_lapsed_ack();
+    }
     // `check` alone: only the consistency check (with `inject=` on the kernel's command line,
     // it must fail).
     consistency(which);
