@@ -145,8 +145,8 @@ fn entered(l: &crate::lock::HomeMutexGuard<'_, crate::obj::Life>) -> InEntry {
     // SAFETY: nothing before the token's end returns to user mode, idles or settles a grace
     // period (`InEntry::new`'s contract): each path ends in a switch that only fills this CPU's
     // slots, then drops the token before it leaves the kernel ([`Message::end`]), or returns
-    // (a fallback, or `Fast::Decide`/`Fast::Resume`, the token gone with the path's frame) to
-    // `try_fast`, which makes the decision, which may idle, or returns to the way out. The
+    // (a fallback, or `Fast::Decide`/`Fast::Resume`/`Fast::Idle`, the token gone with the path's
+    // frame) to `try_fast`, which makes the decision or idles, or returns to the way out. The
     // barrier the contract asks for is `l`'s acquisition (above).
     #[allow(unsafe_code)]
     unsafe {

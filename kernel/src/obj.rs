@@ -1488,13 +1488,15 @@ pub fn tracked(task: &Arc<Task>, slot: u64, mut cap: Cap) -> Result<Cap, Error> 
         return Ok(cap);
     }
     // The root node is charged to `task`, whose slot holds the original (given back if another
-    // thread tracked it meanwhile: `home` is dropped unused).
-    let home = Home::new(task, slot)?;
+    // thread tracked it meanwhile: `home` is dropped unused). Declared before the guards below,
+    // so that an early return drops it after them (its charge's release is a destructor; before
+    // the thirty-sixth session the `EmptySlot` return dropped it under both locks: a review's
+    // finding).
+    let mut home = Some(Home::new(task, slot)?);
     let lineage = Arc::try_new(Lineage { tree: Mutex::new(DerivTree::new()) }).map_err(|_| Error::OutOfMemory)?;
     let mut tree = lineage.tree.lock_answering();
     tree.reserve().map_err(|_| Error::OutOfMemory)?;
     let mut caps = task.caps.lock();
-    let mut home = Some(home);
     let root = caps.with_link(slot, |obj, rights, badge, link| {
         if !obj.same(&cap.obj) || badge != cap.badge || !rights.contains(cap.rights) {
             return Err(Error::EmptySlot);

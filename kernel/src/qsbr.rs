@@ -3,8 +3,9 @@
 //!
 //! The IPC fast path reads an endpoint's address from its task's slot shadow without a lock
 //! and without a reference (`fastpath.rs`); a removal from a slot (`CapDelete`, `CapRevoke`,
-//! a task's end) hands the slot's reference here ([`defer`], called by the capability table
-//! under its lock) instead of dropping it. Each CPU keeps its own *limbo*: new entries wait in
+//! a task's end) puts a clone of the slot's reference here ([`defer`], called by the capability
+//! table under its lock), so that the object outlives the slot's own reference, which the
+//! remover drops after the lock. Each CPU keeps its own *limbo*: new entries wait in
 //! `next`; at the CPU's next [`poll`] (the end of a kernel entry, with no lock held:
 //! `reclaim::drain`) they become `waiting`, under a snapshot of the other CPUs' exit counters;
 //! once every other CPU has returned to user mode or sits idle, they are dropped by the
@@ -349,8 +350,8 @@ pub fn endpoint<'k, const RIGHTS: u64>(_entry: &'k InEntry, task: &crate::obj::T
     // SAFETY: the address is non-zero (the slot has rights, see above); a non-zero address in
     // a shadow is `Arc::as_ptr` of an endpoint that the slot held when this consistent read was
     // made (`KObj::fast_address`: only endpoints have one), or when the read whose stamp still
-    // holds was (`Stamp::still`: the slot has not changed since, so it holds it now). The
-    // slot's reference is dropped only after a grace period (`defer`), which does not end
+    // holds was (`Stamp::still`: the slot has not changed since, so it holds it now). A clone
+    // of the slot's reference is kept until a grace period has passed (`defer`), which does not end
     // before this CPU returns to user mode or idles (its exit counter moves, or its idle word
     // says so); `InEntry` outlives the borrow, and its maker (`InEntry::new`'s contract) lets
     // this CPU pass no such point while it lives. Two drops skip the grace period: a slot of a

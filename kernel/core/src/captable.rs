@@ -21,9 +21,10 @@ pub trait Object: Clone {
     fn fast_address(&self) -> u64 {
         0
     }
-    /// Called, under the table's lock, for each capability leaving a slot whose
-    /// [`Object::fast_address`] is not 0: the kernel keeps the object alive until every CPU
-    /// that may have read the address has left the kernel.
+    /// Called, under the table's lock, for each capability leaving a slot of a table with a
+    /// shadow (the only tables a lock-free reader looks at) whose [`Object::fast_address`] is
+    /// not 0: the kernel keeps the object alive until every CPU that may have read the address
+    /// has left the kernel.
     fn retire(&self) {}
     /// Called for every capability put into a slot (under the table's lock): with
     /// [`Object::left`], an object can count the capabilities that slots hold — not the

@@ -11,9 +11,9 @@
 //!   that meets a writer gets `None` and takes the general path, which reads under the lock.
 //!
 //! A consistent read yields the address of an object the slot held *at that instant*. The
-//! object stays alive while the reader uses it because the kernel never lets the slot's own
-//! reference go at once: a capability leaving a slot that a fast reader may dereference (an
-//! endpoint) is kept in a per-CPU *limbo* until every other CPU has passed a quiescent state
+//! object stays alive while the reader uses it because the kernel never lets the last reference
+//! go at once: a capability leaving a slot that a fast reader may dereference (an endpoint)
+//! leaves a clone of its reference in a per-CPU *limbo* until every other CPU has passed a quiescent state
 //! — returned to user mode (each CPU counts its kernel exits, [`Grace`]) or sat in its idle
 //! loop — and is dropped only then. The reader's use ends before its CPU leaves the kernel, so
 //! by then it is over. This is read-copy-update's quiescent-state-based reclamation with
