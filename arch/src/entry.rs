@@ -676,6 +676,23 @@ pub fn kernel_flags_clean() -> bool {
     f & bad == 0
 }
 
+/// Closes user access (`clac`) where SMAP is on: for the handlers that do not enter through
+/// `rl4_trap_common` (NMI, #DF, #MC, on their own stacks), which a user thread's `AC` flag, or
+/// the user-copy routine's, would otherwise reach with SMAP off. (`cld` they get from the
+/// compiler: an `x86-interrupt` function clears the direction flag at its start.) Their
+/// `iretq` gives the interrupted code its own flags back.
+#[inline(always)]
+pub fn close_user_access() {
+    if SMAP.load(Ordering::Relaxed) {
+        // SAFETY: `clac` only clears RFLAGS.AC (the CPU has SMAP: the flag is only set then);
+        // no memory or stack is touched.
+        #[allow(unsafe_code)]
+        unsafe {
+            core::arch::asm!("clac", options(nomem, nostack))
+        };
+    }
+}
+
 /// Records whether SMAP is on (the user-copy routine then opens user access with `stac`).
 pub fn set_smap(on: bool) {
     SMAP.store(on, Ordering::Relaxed);

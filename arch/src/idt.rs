@@ -153,14 +153,17 @@ fn ist_fatal(name: &str, vector: u8, f: &InterruptStackFrame, error: Option<u64>
 }
 
 extern "x86-interrupt" fn double_fault(f: InterruptStackFrame, e: u64) -> ! {
+    crate::entry::close_user_access();
     ist_fatal("#DF double fault", 8, &f, Some(e))
 }
 
 extern "x86-interrupt" fn machine_check(f: InterruptStackFrame) -> ! {
+    crate::entry::close_user_access();
     ist_fatal("#MC machine check", 18, &f, None)
 }
 
 extern "x86-interrupt" fn nmi(f: InterruptStackFrame) {
+    crate::entry::close_user_access();
     if HALT_ON_NMI.load(Ordering::Acquire) {
         crate::cpu::halt_forever();
     }
