@@ -676,16 +676,19 @@ pub fn kernel_flags_clean() -> bool {
     f & bad == 0
 }
 
-/// Closes user access (`clac`) where SMAP is on: for the handlers that do not enter through
-/// `rl4_trap_common` (NMI, #DF, #MC, on their own stacks), which a user thread's `AC` flag, or
-/// the user-copy routine's, would otherwise reach with SMAP off. (`cld` they get from the
-/// compiler: an `x86-interrupt` function clears the direction flag at its start.) Their
-/// `iretq` gives the interrupted code its own flags back.
+/// Closes user access (`clac`) where this CPU has SMAP on: for the handlers that do not enter
+/// through `rl4_trap_common` (NMI, #DF, #MC, on their own stacks), which a user thread's `AC`
+/// flag, or the user-copy routine's, would otherwise reach with SMAP off. (`cld` they get from
+/// the compiler: an `x86-interrupt` function clears the direction flag at its start.) Their
+/// `iretq` gives the interrupted code its own flags back. This CPU's CR4 is read, not the
+/// machine-wide switch ([`set_smap`]): an application processor refused for want of SMAP
+/// (`cpus::refuse`) has its IDT loaded and gets a panic's or a shutdown's NMI, and `clac` on a
+/// CPU without SMAP is an invalid opcode.
 #[inline(always)]
 pub fn close_user_access() {
-    if SMAP.load(Ordering::Relaxed) {
-        // SAFETY: `clac` only clears RFLAGS.AC (the CPU has SMAP: the flag is only set then);
-        // no memory or stack is touched.
+    if x86_64::registers::control::Cr4::read().contains(x86_64::registers::control::Cr4Flags::SUPERVISOR_MODE_ACCESS_PREVENTION) {
+        // SAFETY: `clac` only clears RFLAGS.AC, and this CPU has SMAP (CR4.SMAP can be set on
+        // no other); no memory or stack is touched.
         #[allow(unsafe_code)]
         unsafe {
             core::arch::asm!("clac", options(nomem, nostack))

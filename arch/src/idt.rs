@@ -163,10 +163,10 @@ extern "x86-interrupt" fn machine_check(f: InterruptStackFrame) -> ! {
 }
 
 extern "x86-interrupt" fn nmi(f: InterruptStackFrame) {
-    crate::entry::close_user_access();
     if HALT_ON_NMI.load(Ordering::Acquire) {
         crate::cpu::halt_forever();
     }
+    crate::entry::close_user_access();
     let swapped = ensure_kernel_gs();
     crate::println!("NMI at rip={:#x}, ignored", f.instruction_pointer.as_u64());
     restore_gs(swapped);

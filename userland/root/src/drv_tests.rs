@@ -1168,53 +1168,88 @@ fn aw_acker(_: u64) {
     AW_ACKED.store(r.map_or_else(|e| e as u64, |()| 0), SeqCst);
 }
 
-/// An `IrqAck` acts only on the binding it checked. The line bound, the notification's
-/// capability deleted (the binding lapses), an acknowledgement from another CPU finds it lapsed
-/// and waits 200 ms before it ends it (`inject=slowack`); meanwhile the capability comes back
-/// to the same slot and the line is bound again, with the same task, slots and bits. That
-/// acknowledgement answers `InvalidState` and must leave the new binding alone: the line stays
-/// enabled, and an acknowledgement of it answers `Ok`. Before the thirty-sixth session a
-/// binding was told apart by those fields, so the late acknowledgement took the new binding
-/// away (the line masked and unbound, the next `IrqAck` `InvalidState`) although its `IrqBind`
-/// had answered success (a review found it).
-pub fn test_bind_against_lapsed_ack() {
-    const NAME: &str = "irq-bind-against-a-lapsed-ack";
+/// What a round of [`test_bind_against_lapsed_ack`] saw: the acknowledging thread started,
+/// the capability came back and the line was bound again (both answers), what the late
+/// acknowledgement answered (0: `Ok`, else the error's code), the lines enabled after it, an
+/// acknowledgement then, the unbinding.
+#[derive(Debug)]
+struct AckRound {
+    started: bool,
+    back: Result<(), Error>,
+    rebound: Result<(), Error>,
+    late: u64,
+    enabled: u64,
+    ack: Result<(), Error>,
+    unbound: Result<(), Error>,
+}
+
+/// One round: COM2's line bound to a notification, the notification's capability deleted (the
+/// binding lapses), an acknowledgement from another CPU that finds it lapsed and waits 200 ms
+/// before it ends it (`inject=slowack`); meanwhile the capability comes back to the same slot
+/// and the line is bound again, with the same task, slots and bits.
+fn ack_round() -> Result<AckRound, Error> {
     let (irq, n, spare) = (slot(), slot(), slot());
     let set_up = sys::irq_get(DEVICES, COM2_IRQ, irq)
         .and_then(|_| sys::notification_create(MEMORY, n))
         .and_then(|_| sys::cap_copy(n, TASK, spare, Rights::ALL))
         .and_then(|_| sys::irq_bind(irq, n, 0x1, IRQ_CPU_CALLER))
         .and_then(|_| sys::cap_delete(n));
-    if let Err(e) = set_up {
-        for s in [irq, n, spare] {
-            release(s);
-        }
-        return report(NAME, false, format_args!("set-up: {e}"));
-    }
-    AW_IRQ.store(irq, SeqCst);
-    AW_STARTED.store(0, SeqCst);
-    AW_ACKED.store(u64::MAX, SeqCst);
-    let t = spawn(aw_acker, 0, ROOT_PRIO, crate::sec_tests::far_cpu());
-    let started = wait_ms(2000, || AW_STARTED.load(SeqCst) != 0);
-    // Into the acknowledgement's 200 ms (its start: a few ms after the flag, even under TCG).
-    crate::stress::sleep_ms(50);
-    let back = sys::cap_copy(spare, TASK, n, Rights::ALL);
-    let rebound = sys::irq_bind(irq, n, 0x1, IRQ_CPU_CALLER);
-    let acked = wait_ms(3000, || AW_ACKED.load(SeqCst) != u64::MAX);
-    let late = AW_ACKED.load(SeqCst);
-    let enabled = enabled_lines();
-    let ack = sys::irq_ack(irq);
-    let unbound = sys::irq_unbind(irq);
-    crate::sec_tests::join_dead(t);
+    let out = set_up.map(|()| {
+        AW_IRQ.store(irq, SeqCst);
+        AW_STARTED.store(0, SeqCst);
+        AW_ACKED.store(u64::MAX, SeqCst);
+        let t = spawn(aw_acker, 0, ROOT_PRIO, crate::sec_tests::far_cpu());
+        let started = wait_ms(2000, || AW_STARTED.load(SeqCst) != 0);
+        // Into the acknowledgement's 200 ms (its start: a few ms after the flag, even under TCG).
+        crate::stress::sleep_ms(50);
+        let back = sys::cap_copy(spare, TASK, n, Rights::ALL);
+        let rebound = sys::irq_bind(irq, n, 0x1, IRQ_CPU_CALLER);
+        wait_ms(3000, || AW_ACKED.load(SeqCst) != u64::MAX);
+        let late = AW_ACKED.load(SeqCst);
+        let enabled = enabled_lines();
+        let ack = sys::irq_ack(irq);
+        let unbound = sys::irq_unbind(irq);
+        crate::sec_tests::join_dead(t);
+        AckRound { started, back, rebound, late, enabled, ack, unbound }
+    });
     for s in [irq, n, spare] {
         release(s);
     }
+    out
+}
+
+/// An `IrqAck` acts only on the binding it checked ([`ack_round`]): the late acknowledgement
+/// answers `InvalidState` and must leave the new binding alone: the line stays enabled, and an
+/// acknowledgement of it answers `Ok`. Before the thirty-sixth session a binding was told apart
+/// by those fields, so the late acknowledgement took the new binding away (the line masked and
+/// unbound, the next `IrqAck` `InvalidState`) although its `IrqBind` had answered success (a
+/// review found it). A round whose acknowledgement came after the capability was back (it
+/// answered `Ok`: the window was missed, a CPU held back by its host) is made again, up to
+/// three in all.
+pub fn test_bind_against_lapsed_ack() {
+    const NAME: &str = "irq-bind-against-a-lapsed-ack";
+    let mut rounds = 0;
+    let r = loop {
+        rounds += 1;
+        match ack_round() {
+            Ok(r) if r.late == 0 && rounds < 3 => continue,
+            r => break r,
+        }
+    };
+    let held = r.as_ref().is_ok_and(|r| {
+        r.started
+            && r.back.is_ok()
+            && r.rebound.is_ok()
+            && r.late == Error::InvalidState as u64
+            && r.enabled == 1
+            && r.ack.is_ok()
+            && r.unbound.is_ok()
+    });
     report(
         NAME,
-        started && back.is_ok() && rebound.is_ok() && acked && late == Error::InvalidState as u64 && enabled == 1 && ack.is_ok() && unbound.is_ok(),
+        held,
         format_args!(
-            "bound again {rebound:?} (capability back {back:?}) during the late ack, which answered {late:#x} (want InvalidState {:#x}); \
-             lines enabled after it {enabled} (want 1), an ack then {ack:?} (want Ok), unbind {unbound:?}",
+            "round {rounds}: {r:?} (want the late ack InvalidState ({:#x}), 1 line enabled after it, an ack then Ok)",
             Error::InvalidState as u64
         ),
     );
