@@ -475,7 +475,6 @@ fn allocates(s: Sys) -> bool {
             | Sys::ThreadCreate
             | Sys::EndpointCreate
             | Sys::NotificationCreate
-            | Sys::ThreadSetFaultHandler
             | Sys::IrqGet
             | Sys::IoPortGet
             | Sys::IoPortOpen
@@ -812,6 +811,12 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
         Sys::SetIpcBuffer => {
             let th = thread_obj(task, a0, Rights::WRITE)?;
             check_page(a1)?;
+            // A task whose end has run answers as one whose end is under way (below): its space
+            // is empty by then, and the look-up would answer `NotMapped` (before the
+            // thirty-sixth session it did: a review found it).
+            if th.task.dead.load(core::sync::atomic::Ordering::Acquire) {
+                return Err(Error::InvalidState);
+            }
             match th.space.maps.lock().get(&a1) {
                 // The kernel writes message words into the buffer: never into a device.
                 Some((f, _, _)) if f.device_page().is_some() => return Err(Error::InvalidArgument),
@@ -884,15 +889,32 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             }
         }
         Sys::ThreadSetFaultHandler => {
-            let th = thread_obj(task, a0, Rights::WRITE)?;
-            let new = if a1 == rl4_abi::ipc::NO_SLOT {
-                None
-            } else {
-                let (ep, badge, _) = endpoint(task, a1, Rights::SEND)?;
-                // The binding names the two slots it was set with: it acts only while they hold
-                // these capabilities (`fault::handler_of`).
-                Some(crate::obj::FaultHandler { ep: ep.weak(), badge, setter: Arc::downgrade(task), thread_slot: a0, ep_slot: a1 })
+            // Both slots read in one hold of the table's lock, as syscalls.md says of every call
+            // that reads two (before the thirty-sixth session two holds: harmless, as each fault
+            // checks both slots again, but not what the text said; a review found it). The
+            // thread's reference is cloned only once both reads succeeded.
+            let read = {
+                let caps = task.caps.lock();
+                caps.lookup(a0, ObjType::Thread, Rights::WRITE).and_then(|t| {
+                    let ep = if a1 == rl4_abi::ipc::NO_SLOT {
+                        None
+                    } else {
+                        let c = caps.lookup(a1, ObjType::Endpoint, Rights::SEND)?;
+                        match &c.obj {
+                            KObj::Endpoint(e) => Some((e.weak(), c.badge)),
+                            _ => unreachable!("type checked"),
+                        }
+                    };
+                    match &t.obj {
+                        KObj::Thread(th) => Ok((th.clone(), ep)),
+                        _ => unreachable!("type checked"),
+                    }
+                })
             };
+            let (th, ep) = read?;
+            // The binding names the two slots it was set with: it acts only while they hold
+            // these capabilities (`fault::handler_of`).
+            let new = ep.map(|(ep, badge)| crate::obj::FaultHandler { ep, badge, setter: Arc::downgrade(task), thread_slot: a0, ep_slot: a1 });
             // The old handler's weak reference goes after the lock. A thread of a task that died
             // gave its handler up (`kill_task`, as for `SetIpcBuffer`): it takes none again.
             let old = {

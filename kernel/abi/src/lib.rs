@@ -73,7 +73,7 @@ numbered! {
         /// `(space_slot, vaddr)`: remove a mapping.
         Unmap = 10,
         /// `(memory_slot, task_slot, entry, stack, prio_cpu, dst_slot)`: a new thread of the task,
-        /// suspended. `prio_cpu` = priority (bits 0..31) | CPU index << 32.
+        /// inactive (not started: `ThreadResume` starts it). `prio_cpu` = priority (bits 0..31) | CPU index << 32.
         ThreadCreate = 11,
         /// `(thread_slot)`: make a new or suspended thread runnable.
         ThreadResume = 12,
@@ -174,14 +174,16 @@ numbered! {
         /// old binding.
         IrqBind = 48,
         /// `(irq_slot)`: the driver has served the interrupt: unmask the line the kernel masked
-        /// when it delivered it. `InvalidState` if the line is not bound, or if the slot the
-        /// binder named no longer holds the notification capability it bound with (the line
-        /// is then unbound).
+        /// when it delivered it. `InvalidState` if the line is not bound, if the slot the binder
+        /// named no longer holds the notification capability it bound with or the slot it bound
+        /// through no longer holds the line's (the line is then unbound), or if the line was
+        /// bound again meanwhile (left as the new binding has it).
         IrqAck = 49,
         /// `(irq_slot)`: mask the line and forget its notification.
         IrqUnbind = 50,
         /// `(devices_slot, base, count, dst_slot)`: an `IoPort` capability for ports
-        /// `base .. base + count` (`Busy` if that overlaps a port the kernel uses).
+        /// `base .. base + count` (`Busy` if that overlaps a port the kernel uses;
+        /// `InvalidArgument` for a count of 0 or a range past port 0xffff).
         IoPortGet = 51,
         /// `(ioport_slot)`: open the capability's ports to the calling task (the I/O
         /// permission bitmap); at most [`IO_RANGES`] ranges per task, and at most

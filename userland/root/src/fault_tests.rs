@@ -1132,6 +1132,34 @@ fn test_umip() {
     });
 }
 
+/// A thread of a task whose end has run takes neither an IPC buffer nor a fault handler:
+/// `InvalidState` for both, as while the end is under way. Before the thirty-sixth session
+/// `SetIpcBuffer` looked the page up first, in the space the end had emptied, and answered
+/// `NotMapped` (a review found it).
+fn test_calls_on_an_ended_task() {
+    const NAME: &str = "thread-calls-on-an-ended-task";
+    let ep = slot();
+    let r = sys::endpoint_create(MEMORY, ep).and_then(|_| Kid::new(NO_SLOT, 0, 0, 0, 0));
+    let (buffer, handler) = match &r {
+        Ok(kid) => {
+            let killed = sys::task_kill(kid.task);
+            let buffer = sys::set_ipc_buffer(kid.thread, START_VA);
+            let handler = sys::thread_set_fault_handler(kid.thread, ep);
+            (killed.and(buffer), handler)
+        }
+        Err(e) => (Err(*e), Err(*e)),
+    };
+    if let Ok(kid) = r {
+        kid.end();
+    }
+    release(ep);
+    report(
+        NAME,
+        buffer == Err(Error::InvalidState) && handler == Err(Error::InvalidState),
+        format_args!("SetIpcBuffer {buffer:?}, ThreadSetFaultHandler {handler:?} (want InvalidState for both)"),
+    );
+}
+
 fn test_bad_args() {
     let ep = slot();
     let recv_only = slot();
@@ -1346,6 +1374,7 @@ pub fn run() {
     test_reply_chain();
     test_handler_chain();
     test_bad_args();
+    test_calls_on_an_ended_task();
     test_user_flags();
     test_trap_flag_syscall();
     test_umip();
