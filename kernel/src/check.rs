@@ -48,7 +48,6 @@
 //! because every other CPU is stopped.
 #![allow(unsafe_code)]
 
-use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 
 use alloc::vec::Vec;
@@ -123,12 +122,16 @@ pub fn run(caller: &Arc<Thread>) -> Result<[u64; 3], Error> {
         return Err(Error::Timeout);
     }
     let me = percpu::cpu_index() as usize;
-    let others = (0..MAX_CPUS).filter(|&i| i != me && sched::cpu_online(i as u64)).collect::<Vec<_>>();
+    // Walked, not listed: nothing here allocates before the lists' own fallible allocations
+    // (a collected list of the CPUs made an allocation that cannot fail, which at heap
+    // exhaustion panicked in the allocator's failure handler: a review found it).
+    let others = || (0..MAX_CPUS).filter(|&i| i != me && sched::cpu_online(i as u64));
+    let n_others = others().count();
     FROZEN.store(true, SeqCst);
-    for &i in &others {
+    for i in others() {
         cpus::send_ipi(i, lapic::VEC_FREEZE);
     }
-    let stopped = wait_until(STOP_WAIT_US, || HELD.load(SeqCst) == others.len());
+    let stopped = wait_until(STOP_WAIT_US, || HELD.load(SeqCst) == n_others);
     let result = if stopped {
         match check_all(caller) {
             Ok(r) => {
@@ -289,6 +292,36 @@ impl SeenAll {
             self.full = true;
         }
         true
+    }
+}
+
+/// Bytes charged to each memory budget (by its address), a sorted list grown fallibly (a
+/// B-tree before the thirty-sixth session: its first insertion was an allocation that cannot
+/// fail, a panic at heap exhaustion; a review found it).
+struct Tally(Vec<(usize, u64)>);
+
+impl Tally {
+    fn with_room(n: usize) -> Result<Tally, NoMemory> {
+        Ok(Tally(room(n)?))
+    }
+    /// Adds `b` to `k`'s bytes; false if a new entry found no room.
+    fn add(&mut self, k: usize, b: u64) -> bool {
+        match self.0.binary_search_by_key(&k, |&(x, _)| x) {
+            Ok(i) => {
+                self.0[i].1 += b;
+                true
+            }
+            Err(i) => {
+                if self.0.try_reserve(1).is_err() {
+                    return false;
+                }
+                self.0.insert(i, (k, b));
+                true
+            }
+        }
+    }
+    fn get(&self, k: usize) -> u64 {
+        self.0.binary_search_by_key(&k, |&(x, _)| x).map_or(0, |i| self.0[i].1)
     }
 }
 
@@ -747,11 +780,12 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
     }
 
     // 3. Budgets.
-    let mut charged: BTreeMap<usize, u64> = BTreeMap::new();
+    let mut charged = Tally::with_room(memories.len() + 8)?;
     let mut heap_shares = 0u64;
+    let mut short = false;
     let mut charge = |c: &obj::Charge| {
         let (m, b) = c.of();
-        *charged.entry(key(m)).or_insert(0) += b;
+        short |= !charged.add(key(m), b);
         heap_shares += c.heap();
     };
     tasks.iter().for_each(|t| charge(t.charge()));
@@ -764,18 +798,21 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
     port_objs.iter().for_each(|p| charge(p.charge()));
     for (sp, maps) in spaces.iter().zip(&space_maps) {
         let tables = sp.table_pages.load(SeqCst);
-        *charged.entry(key(&sp.memory)).or_insert(0) += tables * PAGE_SIZE + maps.len() as u64 * MAP_COST;
+        short |= !charged.add(key(&sp.memory), tables * PAGE_SIZE + maps.len() as u64 * MAP_COST);
     }
     heap_shares += space_maps.iter().map(|m| m.len() as u64).sum::<u64>() * obj::MAP_HEAP;
     for &(m, bytes, heap) in &node_charges {
-        *charged.entry(m).or_insert(0) += bytes;
+        short |= !charged.add(m, bytes);
         heap_shares += heap;
+    }
+    if short {
+        return Err(NoMemory);
     }
     if heap_shares != obj::heap_charged() {
         fail!(r, "the live objects' heap shares add up to {heap_shares} bytes, but {} are counted", obj::heap_charged());
     }
     for m in &memories {
-        let c = charged.get(&key(m)).copied().unwrap_or(0);
+        let c = charged.get(key(m));
         if m.used() != c || m.used() > m.total {
             fail!(r, "memory budget of {} bytes: {} charged, but its objects account for {c}", m.total, m.used());
         }
@@ -793,10 +830,13 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
     // frame object of that page (step 5 checks that the allocator does not manage it).
     let device_pages = crate::device::device_page_list();
     let mut device_seen = 0u64;
-    let mut device_pa: Vec<u64> = Vec::new();
+    let mut device_pa: Vec<u64> = room(device_pages.len())?;
     for f in frames.iter() {
         let Some(i) = f.device_page() else { continue };
-        device_pa.push(f.pa());
+        // (Fallibly: more device frames than device pages is a violation reported below.)
+        if !grow(&mut device_pa, f.pa()) {
+            return Err(NoMemory);
+        }
         let i = i as usize;
         if device_pages.get(i) != Some(&f.pa()) {
             fail!(r, "device frame {:#x}: not device page {i} of the pages the firmware's tables give", f.pa());
