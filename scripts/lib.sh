@@ -43,6 +43,8 @@ apt_install() {
 # The pinned nightly from rust-toolchain.toml, with rust-src, llvm-tools and the bare-metal target.
 ensure_rust() {
     local channel
+    # The build scripts (`kernel/build.rs`, the host tests) link with the host's C linker.
+    command -v cc >/dev/null 2>&1 || apt_install gcc libc6-dev
     channel=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$ROOT/rust-toolchain.toml")
     if ! command -v rustup >/dev/null 2>&1; then
         say "rustup not found: installing it from rustup's own server"

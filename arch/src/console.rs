@@ -48,6 +48,15 @@ pub fn init() {
         // SAFETY: see `Port::write_str`; this runs once, before any output.
         let mut p = unsafe { SerialPort::new(COM1) };
         p.init();
+        // `uart_16550`'s set-up leaves divisor 3 (38400 baud): 115200 is divisor 1, as GRUB
+        // and firmware set the line (before the thirty-sixth session the kernel's log came at
+        // 38400 on hardware after a loader's at 115200; QEMU ignores the rate; a review found
+        // it). Line control 0x83: the divisor latch open, 8N1; then 0x03, closed.
+        for (offset, value) in [(3, 0x83u8), (0, 1), (1, 0), (3, 0x03)] {
+            // SAFETY: COM1's line-control and divisor-latch registers (as above); nothing
+            // else uses the port yet.
+            unsafe { x86_64::instructions::port::Port::<u8>::new(COM1 + offset).write(value) };
+        }
     });
 }
 

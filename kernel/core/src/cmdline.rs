@@ -138,6 +138,9 @@ pub mod inject {
     /// Not damage: an `IrqAck` that found its binding lapsed waits 200 ms before it ends that
     /// binding, so that a test can bind the line again from another CPU in between.
     pub const SLOW_ACK: u16 = 32768;
+    /// What a bad `inject=` value is told to be instead (every name in [`NAMES`]: a host test
+    /// holds the two together).
+    pub const EXPECTED: &str = "a comma-separated list of refcount, frame, budget, state, locks, deriv, device, queue, parent, stray, lvt, slowunmap, apcpuid, slowcopy, apext, slowack";
     pub const NAMES: [(&str, u16); 16] = [
         ("refcount", REFCOUNT),
         ("frame", FRAME),
@@ -199,7 +202,7 @@ impl fmt::Display for Problem<'_> {
                 write!(f, "option '{k}' needs a value ({k}=...), ignored")
             }
             Problem::BadValue { key, value, expected } => {
-                write!(f, "bad value '{}' for '{}' (expected {expected}), default kept", OneLine(value.as_bytes()), OneLine(key.as_bytes()))
+                write!(f, "bad value '{}' for '{}' (expected {expected}), earlier value kept", OneLine(value.as_bytes()), OneLine(key.as_bytes()))
             }
         }
     }
@@ -302,7 +305,7 @@ pub fn parse<'a>(line: &'a str, mut report: impl FnMut(Problem<'a>)) -> Options 
                 let bits = value.split(',').map(|w| inject::NAMES.iter().find(|(n, _)| *n == w).map(|(_, b)| *b));
                 match bits.clone().all(|b| b.is_some()) {
                     true => o.inject = bits.flatten().fold(0, |a, b| a | b),
-                    false => report(bad("a comma-separated list of refcount, frame, budget, state, locks, deriv, device, queue, parent")),
+                    false => report(bad(inject::EXPECTED)),
                 }
             }
             _ => unreachable!("key list above"),
@@ -379,6 +382,13 @@ mod tests {
     }
 
     #[test]
+    fn inject_expected_names_every_one() {
+        let listed: Vec<&str> = inject::EXPECTED.trim_start_matches("a comma-separated list of ").split(", ").collect();
+        let names: Vec<&str> = inject::NAMES.iter().map(|(n, _)| *n).collect();
+        assert_eq!(listed, names);
+    }
+
+    #[test]
     fn inject_lists() {
         let (o, p) = parse_all("inject=frame,state");
         assert!(p.is_empty(), "{p:?}");
@@ -404,10 +414,10 @@ mod tests {
             p,
             vec![
                 "unknown option 'bogus=1' ignored",
-                "bad value 'fly' for 'run' (expected root, boot, idle, panic or fault), default kept",
-                "bad value '0' for 'maxcpus' (expected a whole number >= 1), default kept",
-                "bad value 'abc' for 'hz' (expected 1..=10000), default kept",
-                "bad value '99999' for 'hz' (expected 1..=10000), default kept",
+                "bad value 'fly' for 'run' (expected root, boot, idle, panic or fault), earlier value kept",
+                "bad value '0' for 'maxcpus' (expected a whole number >= 1), earlier value kept",
+                "bad value 'abc' for 'hz' (expected 1..=10000), earlier value kept",
+                "bad value '99999' for 'hz' (expected 1..=10000), earlier value kept",
                 "unknown option 'lonely' ignored",
                 "option 'maxcpus' needs a value (maxcpus=...), ignored",
             ]
@@ -415,7 +425,7 @@ mod tests {
         // Words with control characters (no line break: those split words) are shown on the
         // problem's one line.
         let (_, p) = parse_all("a\x0b[cpu0]\x1b hz=\u{2028}");
-        assert_eq!(p, vec!["unknown option 'a?[cpu0]?' ignored", "bad value '?' for 'hz' (expected 1..=10000), default kept"]);
+        assert_eq!(p, vec!["unknown option 'a?[cpu0]?' ignored", "bad value '?' for 'hz' (expected 1..=10000), earlier value kept"]);
     }
 
     #[test]
