@@ -125,13 +125,17 @@ pub fn run(caller: &Arc<Thread>) -> Result<[u64; 3], Error> {
     // Walked, not listed: nothing here allocates before the lists' own fallible allocations
     // (a collected list of the CPUs made an allocation that cannot fail, which at heap
     // exhaustion panicked in the allocator's failure handler: a review found it).
-    let others = || (0..MAX_CPUS).filter(|&i| i != me && sched::cpu_online(i as u64));
-    let n_others = others().count();
+    // The IPIs sent are counted; a CPU that came online meanwhile (an AP given up on as stuck
+    // that finished its set-up late) and got none makes the count of online CPUs differ after
+    // the stop, and the check answers as for a CPU that did not stop (before, a CPU that came
+    // online after the list was made ran through the whole check: a review found it).
     FROZEN.store(true, SeqCst);
-    for i in others() {
+    let mut n_others = 0usize;
+    for i in (0..MAX_CPUS).filter(|&i| i != me && sched::cpu_online(i as u64)) {
         cpus::send_ipi(i, lapic::VEC_FREEZE);
+        n_others += 1;
     }
-    let stopped = wait_until(STOP_WAIT_US, || HELD.load(SeqCst) == n_others);
+    let stopped = wait_until(STOP_WAIT_US, || HELD.load(SeqCst) == n_others) && sched::online_count() == n_others as u64 + 1;
     let result = if stopped {
         match check_all(caller) {
             Ok(r) => {
@@ -420,6 +424,11 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
     let charged: usize = spaces.iter().map(|s| 1 + s.table_pages.load(SeqCst) as usize).sum();
     let mut users_pa: Vec<u64> = room(frames.len() + charged + 64)?;
     let mut owned: Vec<u64> = room(mem::with_allocator(|a| a.index_limit()).unwrap_or(0).div_ceil(64))?;
+    // Step 3's bytes per budget (every object's budget is a live one: it holds it) and step 4's
+    // device frames (one per device page at most; more is a violation, and grows fallibly).
+    let mut budgets = Tally::with_room(memories.len() + 8)?;
+    let device_pages = crate::device::device_page_list();
+    let mut device_pa: Vec<u64> = room(device_pages.len())?;
 
     // 1. Reference counts.
     let mut refs = Refs::default();
@@ -780,12 +789,11 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
     }
 
     // 3. Budgets.
-    let mut charged = Tally::with_room(memories.len() + 8)?;
     let mut heap_shares = 0u64;
     let mut short = false;
     let mut charge = |c: &obj::Charge| {
         let (m, b) = c.of();
-        short |= !charged.add(key(m), b);
+        short |= !budgets.add(key(m), b);
         heap_shares += c.heap();
     };
     tasks.iter().for_each(|t| charge(t.charge()));
@@ -798,11 +806,11 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
     port_objs.iter().for_each(|p| charge(p.charge()));
     for (sp, maps) in spaces.iter().zip(&space_maps) {
         let tables = sp.table_pages.load(SeqCst);
-        short |= !charged.add(key(&sp.memory), tables * PAGE_SIZE + maps.len() as u64 * MAP_COST);
+        short |= !budgets.add(key(&sp.memory), tables * PAGE_SIZE + maps.len() as u64 * MAP_COST);
     }
     heap_shares += space_maps.iter().map(|m| m.len() as u64).sum::<u64>() * obj::MAP_HEAP;
     for &(m, bytes, heap) in &node_charges {
-        short |= !charged.add(m, bytes);
+        short |= !budgets.add(m, bytes);
         heap_shares += heap;
     }
     if short {
@@ -812,7 +820,7 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
         fail!(r, "the live objects' heap shares add up to {heap_shares} bytes, but {} are counted", obj::heap_charged());
     }
     for m in &memories {
-        let c = charged.get(key(m));
+        let c = budgets.get(key(m));
         if m.used() != c || m.used() > m.total {
             fail!(r, "memory budget of {} bytes: {} charged, but its objects account for {c}", m.total, m.used());
         }
@@ -828,9 +836,7 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
     users_pa.extend(frames.iter().filter(|f| f.device_page().is_none()).map(|f| f.pa()));
     // Device frames: each is the device page its number names, claimed, and the only live
     // frame object of that page (step 5 checks that the allocator does not manage it).
-    let device_pages = crate::device::device_page_list();
     let mut device_seen = 0u64;
-    let mut device_pa: Vec<u64> = room(device_pages.len())?;
     for f in frames.iter() {
         let Some(i) = f.device_page() else { continue };
         // (Fallibly: more device frames than device pages is a violation reported below.)

@@ -822,6 +822,9 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
                 Some((f, _, _)) if f.device_page().is_some() => return Err(Error::InvalidArgument),
                 Some((_, true, _)) => {}
                 Some(_) => return Err(Error::MissingRight),
+                // (A kill between the check above and the look-up empties the space after it
+                // marks the task dead: the same answer as before the kill.)
+                None if th.task.dead.load(core::sync::atomic::Ordering::Acquire) => return Err(Error::InvalidState),
                 None => return Err(Error::NotMapped),
             }
             // The address is kept, not the frame: each long message uses what is mapped there
