@@ -1237,14 +1237,7 @@ fn ack_round() -> Result<AckRound, Error> {
 /// `InvalidState` without the 200 ms) is made again, up to three in all.
 pub fn test_bind_against_lapsed_ack() {
     const NAME: &str = "irq-bind-against-a-lapsed-ack";
-    let mut rounds = 0;
-    let r = loop {
-        rounds += 1;
-        match ack_round() {
-            Ok(r) if !r.lapsed && rounds < 3 => continue,
-            r => break r,
-        }
-    };
+    let (rounds, r) = up_to_three_rounds(ack_round, |r| r.as_ref().is_ok_and(|r| !r.lapsed));
     let held = r.as_ref().is_ok_and(|r| {
         r.started
             && r.lapsed

@@ -955,14 +955,7 @@ fn cw_round() -> Result<(u64, bool, usize, Result<(), Error>), &'static str> {
 /// it).
 pub fn test_long_copy_against_unmap() {
     const NAME: &str = "long-message-copy-against-unmap";
-    let mut rounds = 0;
-    let r = loop {
-        rounds += 1;
-        match cw_round() {
-            Ok((4, _, 0, Ok(()))) if rounds < 3 => continue,
-            r => break r,
-        }
-    };
+    let (rounds, r) = up_to_three_rounds(cw_round, |r| matches!(r, Ok((4, _, 0, Ok(())))));
     report(
         NAME,
         matches!(r, Ok((16, true, 0, Ok(())))),
