@@ -1223,20 +1223,34 @@ fn kk_alive() -> u64 {
     victims + exiters
 }
 
-fn second_killer(_: u64) {
-    // Not if the test gave up waiting for it (3): a spinner of the root task's priority left
-    // on CPU 1 would fail the tests after this one.
-    if KK_GO.compare_exchange(0, 1, SeqCst, SeqCst).is_err() {
-        return;
-    }
+/// A kill helper's handshake, on its CPU: says it is there (`go` 0 → 1), waits for the word to
+/// go (2) and ends the task in `task`; `None` if the test gave up on it first (3: a spinner of
+/// the root task's priority left on that CPU would fail the tests after this one).
+fn kill_when_told(go: &AtomicU64, task: &AtomicU64) -> Option<Result<(), Error>> {
+    go.compare_exchange(0, 1, SeqCst, SeqCst).ok()?;
     loop {
-        match KK_GO.load(SeqCst) {
+        match go.load(SeqCst) {
             2 => break,
-            3 => return,
+            3 => return None,
             _ => core::hint::spin_loop(),
         }
     }
-    let r = sys::task_kill(KK_TASK.load(SeqCst));
+    Some(sys::task_kill(task.load(SeqCst)))
+}
+
+/// The kill tests' victims a kill ends last, and to which the root task keeps capabilities.
+const KEPT: u64 = 16;
+
+/// How many victim threads a kill test makes: many, so that a kill's walk over them is long
+/// (1,000, or one per 64 KiB of the budget where that is less: the 32 MiB machine has room for
+/// fewer), and at least [`KEPT`].
+fn kill_victims() -> u64 {
+    let budget = sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
+    1000u64.min(budget / (64 * 1024)).max(KEPT)
+}
+
+fn second_killer(_: u64) {
+    let Some(r) = kill_when_told(&KK_GO, &KK_TASK) else { return };
     let alive = kk_alive();
     KK_ALIVE.store(alive, SeqCst);
     KK_ANSWER.store(r.map_or_else(|e| e as u64, |_| 0), SeqCst);
@@ -1257,13 +1271,10 @@ fn test_task_kill_from_two_cpus(bi: &BootInfo) {
     if cpus() < 2 {
         return skip(name, "one CPU");
     }
-    // Many victims, so that the first kill's walk over them is long (a few per 16 KiB of the
-    // budget: the 32 MiB machine has room for fewer); the root task keeps capabilities to the
-    // last `KEPT` only (those a kill ends last), the others it lets go of once started (a
-    // thread lives on without capabilities to it, as long as it runs or waits).
-    const KEPT: u64 = 16;
-    let budget = sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
-    let n = 1000u64.min(budget / (64 * 1024)).max(KEPT);
+    // The root task keeps capabilities to the last `KEPT` only (those a kill ends last), the
+    // others it lets go of once started (a thread lives on without capabilities to it, as long
+    // as it runs or waits).
+    let n = kill_victims();
     // Which of the two kills does the work and how far the other gets before the first is done
     // is up to the machine: a few rounds (the old kernel failed two rounds in three at -smp 2).
     const ROUNDS: u64 = 4;
@@ -1413,17 +1424,7 @@ static KD_ANSWER: AtomicU64 = AtomicU64::new(u64::MAX);
 
 /// [`test_task_kill_waits_for_descendants`]'s helper on CPU 1: ends the child task when told.
 fn descendant_killer(_: u64) {
-    if KD_GO.compare_exchange(0, 1, SeqCst, SeqCst).is_err() {
-        return;
-    }
-    loop {
-        match KD_GO.load(SeqCst) {
-            2 => break,
-            3 => return,
-            _ => core::hint::spin_loop(),
-        }
-    }
-    let r = sys::task_kill(KD_TASK.load(SeqCst));
+    let Some(r) = kill_when_told(&KD_GO, &KD_TASK) else { return };
     KD_ANSWER.store(r.map_or_else(|e| e as u64, |_| 0), SeqCst);
 }
 
@@ -1442,9 +1443,7 @@ fn test_task_kill_waits_for_descendants(bi: &BootInfo) {
     if cpus() < 2 {
         return skip(name, "one CPU");
     }
-    const KEPT: u64 = 16;
-    let budget = sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
-    let n = 1000u64.min(budget / (64 * 1024)).max(KEPT);
+    let n = kill_victims();
     let Ok(image) = program(bi, "worker") else { return report(name, false, format_args!("no worker program")) };
     let scratch = scratch_range();
     // When, after the helper's start, the root thread ends P: a few tries, from early to late
