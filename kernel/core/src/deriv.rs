@@ -1249,6 +1249,55 @@ mod tests {
         assert!(t.capacity() <= 64);
     }
 
+    /// A node that must move down while the forwarding index has no memory for its entry stays
+    /// where it is (`maybe_shrink`'s stuck path), and so does the vector below it: nothing is
+    /// lost or left unfindable, no owner is told of a move that did not happen, and the next
+    /// shrink with memory moves it.
+    #[test]
+    fn a_node_without_memory_for_its_entry_stays_until_the_next_shrink() {
+        let mut t = DerivTree::new();
+        let root = t.add(None, 0u32).unwrap();
+        let ids: Vec<NodeId> = (1..1000).map(|i| t.add(Some(root), i).unwrap()).collect();
+        let z = t.add(Some(ids[10]), 5000).unwrap();
+        assert_eq!(z.index, 1000);
+        assert_eq!(t.fwd.len(), 0);
+        let mut told = 0;
+        let mut gone = 0;
+        let before = t.capacity();
+        // Every allocation fails while the children go (a shrink finds a quarter live, and a
+        // live node above its target has no forwarding entry yet: each push must grow the index).
+        crate::test_alloc::no_memory(|| {
+            for &id in &ids {
+                if t.remove_polling(id, || {}, |_, _| told += 1).is_some() {
+                    gone += 1;
+                }
+            }
+        });
+        assert_eq!((gone, told), (999, 0));
+        assert_eq!(t.len(), 2);
+        // The stuck node keeps its place, its identifier, its home and its parent (its own
+        // parent went: handed up to the root), and the vector still reaches it.
+        assert!(t.capacity() > z.index as usize && t.capacity() <= before);
+        assert_eq!(t.refresh(z), Some(z));
+        assert_eq!((t.home(z), t.parent(z)), (Some(&5000), Some(root)));
+        assert!(ids.iter().all(|&id| !t.is_live(id)));
+        // With memory again, the next shrink (another burst made and deleted) moves it down.
+        let mut owner = z;
+        let more: Vec<NodeId> = (0..3000).map(|i| t.add(Some(root), 10_000 + i).unwrap()).collect();
+        for &id in &more {
+            t.remove_polling(id, || {}, |&h, new| {
+                if h == 5000 {
+                    owner = new;
+                }
+            });
+        }
+        assert!(owner.index < 64, "moved to {}", owner.index);
+        assert_eq!(t.refresh(z), Some(owner));
+        assert!(t.capacity() <= 64, "{} places kept for 2 live nodes", t.capacity());
+        assert_eq!(t.home(owner), Some(&5000));
+        assert_eq!(t.revoke(root, |_, _| {}), Ok(1));
+    }
+
     /// A revocation that leaves a few nodes high in the vector shrinks it all the same (the
     /// first version of moving nodes looked only at the upper half, and stopped at a live node
     /// just below it: a revocation that deleted all but the low root and a node at the middle

@@ -32,6 +32,9 @@ pub mod qsbr;
 pub mod ratelimit;
 pub mod replypoll;
 pub mod runqueue;
+#[cfg(test)]
+#[allow(unsafe_code)]
+mod test_alloc;
 pub mod tlbsync;
 #[allow(unsafe_code)]
 pub mod wlist;
