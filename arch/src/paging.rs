@@ -2,7 +2,7 @@
 //!
 //! [`build_kernel_space`] makes the final kernel address space (see [`crate::layout`]): the
 //! direct map of every range the memory map mentions (1 GiB pages where the CPU has them and the
-//! range allows, 2 MiB otherwise), and the kernel image with 4 KiB pages and per-section rights
+//! range allows, 2 MiB otherwise; memory write-back, the rest uncached), and the kernel image with 4 KiB pages and per-section rights
 //! (text read+execute, rodata read-only, data and bss read+write, no execute). Every PML4 slot of
 //! the kernel half that the kernel will ever use has its PDPT from the start, so later address
 //! spaces can share the kernel half by copying PML4 entries. [`map_mmio`] and [`map_stack`] add
@@ -154,11 +154,13 @@ unsafe fn mapper(pml4: u64) -> OffsetPageTable<'static> {
 
 /// Builds the kernel address space and returns its PML4 (not yet loaded: [`activate`]).
 ///
-/// `direct` lists the physical ranges to map at [`DIRECT_MAP`]; `image` lists the kernel image's
-/// (virtual start, virtual end, rights) sections.
+/// `direct` lists the physical ranges of memory to map at [`DIRECT_MAP`] write-back, `uncached`
+/// the firmware's reserved ranges to map there uncached (in 2 MiB units that hold no memory);
+/// `image` lists the kernel image's (virtual start, virtual end, rights) sections.
 pub fn build_kernel_space(
     src: &mut impl FrameSource,
     direct: &[Range],
+    uncached: &[Range],
     image: &[(u64, u64, Rights)],
     page1g: bool,
     nx_on: bool,
@@ -174,7 +176,7 @@ pub fn build_kernel_space(
 
     // Kernel-half slots that must exist from the start (shared by every address space later).
     let mut slots: RangeSet<8> = RangeSet::new();
-    let top = direct.iter().map(|r| r.end).max().unwrap_or(0);
+    let top = direct.iter().chain(uncached).map(|r| r.end).max().unwrap_or(0);
     let ds = (DIRECT_MAP >> 39) & 511;
     let _ = slots.insert(Range::new(ds, ds + align_up(top.max(1), 1 << 39) / (1 << 39)));
     for base in [HEAP_BASE, MMIO_BASE, STACKS_BASE, KERNEL_BASE] {
@@ -192,28 +194,46 @@ pub fn build_kernel_space(
     }
 
     // Direct map, in whole 2 MiB units (as many ranges as the kernel's set of them holds: none
-    // is left out, or the frames in it would be handed out unmapped).
+    // is left out, or the frames in it would be handed out unmapped): memory write-back, and
+    // the units only `uncached` ranges touch uncached (firmware-reserved ranges, where device
+    // registers may lie that a driver or the kernel maps uncached elsewhere: one physical page
+    // of two memory types is what the manuals forbid). A unit of both is memory.
     let mut merged: RangeSet<256> = RangeSet::new();
     for r in direct {
         merged.insert(Range::new(align_down(r.start, 1 << 21), align_up(r.end, 1 << 21))).expect("the direct map's ranges fit the set they come from");
     }
-    let flags = F::PRESENT | F::WRITABLE | F::GLOBAL | nx();
-    for r in merged.iter() {
-        let mut pa = r.start;
-        while pa < r.end {
-            let va = VirtAddr::new(phys_to_virt(pa));
-            if page1g && pa % Size1GiB::SIZE == 0 && pa + Size1GiB::SIZE <= r.end {
-                let page = Page::<Size1GiB>::containing_address(va);
-                let frame = PhysFrame::<Size1GiB>::containing_address(PhysAddr::new(pa));
-                // SAFETY: maps physical memory at its direct-map address, which nothing else uses.
-                unsafe { m.map_to(page, frame, flags, &mut a) }?.ignore();
-                pa += Size1GiB::SIZE;
-            } else {
-                let page = Page::<Size2MiB>::containing_address(va);
-                let frame = PhysFrame::<Size2MiB>::containing_address(PhysAddr::new(pa));
-                // SAFETY: as above.
-                unsafe { m.map_to(page, frame, flags, &mut a) }?.ignore();
-                pa += Size2MiB::SIZE;
+    let mut reserved: RangeSet<256> = RangeSet::new();
+    for r in uncached {
+        reserved.insert(Range::new(align_down(r.start, 1 << 21), align_up(r.end, 1 << 21))).expect("the direct map's ranges fit the set they come from");
+    }
+    let wb = F::PRESENT | F::WRITABLE | F::GLOBAL | nx();
+    let uc = wb | F::NO_CACHE | F::WRITE_THROUGH;
+    // Whether memory lies in `a..b` (the set is sorted and disjoint).
+    let memory = |a: u64, b: u64| {
+        let m = merged.as_slice();
+        m.get(m.partition_point(|r| r.end <= a)).is_some_and(|r| r.start < b)
+    };
+    for (set, flags, skip) in [(&merged, wb, false), (&reserved, uc, true)] {
+        for r in set.iter() {
+            let mut pa = r.start;
+            while pa < r.end {
+                let va = VirtAddr::new(phys_to_virt(pa));
+                let giant = page1g && pa % Size1GiB::SIZE == 0 && pa + Size1GiB::SIZE <= r.end;
+                if giant && !(skip && memory(pa, pa + Size1GiB::SIZE)) {
+                    let page = Page::<Size1GiB>::containing_address(va);
+                    let frame = PhysFrame::<Size1GiB>::containing_address(PhysAddr::new(pa));
+                    // SAFETY: maps physical memory at its direct-map address, which nothing else uses.
+                    unsafe { m.map_to(page, frame, flags, &mut a) }?.ignore();
+                    pa += Size1GiB::SIZE;
+                } else {
+                    if !(skip && memory(pa, pa + Size2MiB::SIZE)) {
+                        let page = Page::<Size2MiB>::containing_address(va);
+                        let frame = PhysFrame::<Size2MiB>::containing_address(PhysAddr::new(pa));
+                        // SAFETY: as above.
+                        unsafe { m.map_to(page, frame, flags, &mut a) }?.ignore();
+                    }
+                    pa += Size2MiB::SIZE;
+                }
             }
         }
     }
@@ -374,9 +394,22 @@ pub fn map_heap(src: &mut impl FrameSource, va: u64, pages: u64) -> Result<(), M
 /// `x86_64` crate's mapper, a `&mut` over the root that such an edit aliased: a review found
 /// it).
 pub fn is_mapped(va: u64) -> bool {
+    leaf(va).is_some()
+}
+
+/// Whether the kernel address `va` is mapped uncached (`Some(true)`), write-back
+/// (`Some(false)`) or not at all, in the current address space (a walk as [`is_mapped`]'s).
+pub fn mapped_uncached(va: u64) -> Option<bool> {
+    let uc = (F::NO_CACHE | F::WRITE_THROUGH).bits();
+    leaf(va).map(|e| e & uc == uc)
+}
+
+/// The entry that maps the kernel address `va` in the current address space, if one does
+/// ([`is_mapped`]).
+fn leaf(va: u64) -> Option<u64> {
     let pml4 = Cr3::read().0.start_address().as_u64();
     if va < 0xffff_8000_0000_0000 || pml4 == 0 {
-        return false;
+        return None;
     }
     let mut table = pml4;
     for shift in [39u32, 30, 21, 12] {
@@ -388,15 +421,15 @@ pub fn is_mapped(va: u64) -> bool {
         // the answer stale at worst.
         let e = unsafe { core::ptr::read_volatile(at as *const u64) };
         if e & 1 == 0 {
-            return false;
+            return None;
         }
         // A huge page (bit 7 in a PDPT or PD entry) maps `va`.
-        if shift != 12 && shift != 39 && e & (1 << 7) != 0 {
-            return true;
+        if shift == 12 || (shift != 39 && e & (1 << 7) != 0) {
+            return Some(e);
         }
         table = e & 0x000f_ffff_ffff_f000;
     }
-    true
+    None
 }
 
 static BOOT_MAP_ONLY: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(true);

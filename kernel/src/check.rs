@@ -34,6 +34,9 @@
 //!   frame objects like any other, owned by its mappings. A device frame (`DeviceMemGet`) is
 //!   no allocator frame: it must be one of the device pages fixed at boot, the only live frame
 //!   object of its page, and mapped uncached and never executable.
+//! * **The direct map's memory types.** Each of its pages is write-back where memory is and
+//!   uncached elsewhere (`mem::direct_ranges`), and no page of the kernel's device window (local
+//!   APIC, I/O APICs, HPET) and no device page is mapped write-back there.
 //!
 //! Stopping the world: the checking CPU sends every other CPU the freeze IPI and waits until
 //! all of them spin in `hold`. The kernel runs with interrupts off except in the idle loop (its
@@ -54,7 +57,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use rl4_abi::{Error, PAGE_SIZE, ThreadState};
-use rl4_arch::layout::{HEAP_BASE, HEAP_SIZE, STACKS_BASE, STACKS_SIZE};
+use rl4_arch::layout::{DIRECT_MAP, DIRECT_MAP_SIZE, HEAP_BASE, HEAP_SIZE, MMIO_BASE, MMIO_SIZE, STACKS_BASE, STACKS_SIZE, phys_to_virt};
 use rl4_arch::paging::{self, Visit};
 use rl4_arch::{cpu, percpu, println};
 use rl4_smp::{MAX_CPUS, cpus, lapic};
@@ -1012,6 +1015,54 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
     }
     if device_managed > 0 {
         fail!(r, "{device_managed} device frames are pages the frame allocator manages");
+    }
+
+    // 6. The direct map's memory types (`mem::direct_ranges`): write-back where memory is,
+    // uncached elsewhere, and no page that the kernel maps uncached in its device window
+    // (local APIC, I/O APICs, HPET), and no device page, mapped write-back there.
+    let slots = |base: u64, size: u64| {
+        let first = ((base >> 39) & 511) as usize;
+        first..first + size.div_ceil(1 << 39) as usize
+    };
+    let mut aliased = 0u64;
+    let mut first_alias = 0u64;
+    let mut write_back = |pa: u64| {
+        if paging::mapped_uncached(phys_to_virt(pa)) == Some(false) {
+            aliased += 1;
+            if first_alias == 0 {
+                first_alias = pa | 1;
+            }
+        }
+    };
+    // SAFETY: as above (the kernel half changes only under the page-table lock).
+    unsafe {
+        paging::walk(paging::kernel_root(), slots(MMIO_BASE, MMIO_SIZE), |v| {
+            if let Visit::Leaf { pa, .. } = v {
+                write_back(pa);
+            }
+        })
+    };
+    device_pages.iter().for_each(|&pa| write_back(pa));
+    let memory = mem::direct_memory();
+    let (mut wrong_type, mut first_wrong) = (0u64, 0u64);
+    // SAFETY: as above.
+    unsafe {
+        paging::walk(paging::kernel_root(), slots(DIRECT_MAP, DIRECT_MAP_SIZE), |v| {
+            let Visit::Leaf { pa, size, uncached, .. } = v else { return };
+            let end = pa + size;
+            if uncached == memory.iter().any(|m| m.start < end && pa < m.end) {
+                wrong_type += 1;
+                if first_wrong == 0 {
+                    first_wrong = pa | 1;
+                }
+            }
+        })
+    };
+    if wrong_type > 0 {
+        fail!(r, "{wrong_type} direct-map pages of the wrong memory type (first at {:#x})", first_wrong & !1);
+    }
+    if aliased > 0 {
+        fail!(r, "{aliased} direct-map pages map device registers write-back (first at {:#x})", first_alias & !1);
     }
     Ok([r.violations, objects, frames_checked])
 }

@@ -798,25 +798,15 @@ pub fn init(bi: &BootInfo, reserved: &[Range]) -> MemInfo {
 
     // Final kernel page tables: the direct map covers every range the memory map names.
     let f = cpu::Features::read();
-    let mut direct: RangeSet<256> = RangeSet::new();
-    for e in bi.memory_map() {
-        let _ = direct.insert(e.range);
-    }
-    let _ = direct.insert(Range::new(0, 0x10_0000));
-    // The boot information and the modules are read after the switch (the root task's image,
-    // the RSDP copy inside the Multiboot2 information): mapped even where a memory map too long
-    // for `BootInfo` lost the entry that held them. Only then: a range in a hole of a complete
-    // map is no RAM the loader used, and would be mapped write-back over whatever is there.
-    for r in bi.info_ranges().iter().filter(|_| bi.memmap_dropped > 0) {
-        let _ = direct.insert(Range::new(rl4_core::align_down(r.start, PAGE_SIZE), rl4_core::align_up(r.end, PAGE_SIZE).min(rl4_arch::layout::DIRECT_MAP_SIZE)));
-    }
+    let (direct, uncached) = direct_ranges(bi);
+    let direct = DIRECT_MEMORY.call_once(|| direct);
     let [text, rodata, data] = rl4_arch::kernel_sections();
     let image = [
         (text.0, text.1, Rights::ReadExecute),
         (rodata.0, rodata.1, Rights::Read),
         (data.0, data.1, Rights::ReadWrite),
     ];
-    let pml4 = paging::build_kernel_space(&mut Frames, direct.as_slice(), &image, f.page1g, f.nx)
+    let pml4 = paging::build_kernel_space(&mut Frames, direct.as_slice(), uncached.as_slice(), &image, f.page1g, f.nx)
         .unwrap_or_else(|e| panic!("building the kernel page tables failed: {e:?}"));
     paging::activate(pml4, f.nx);
 
@@ -856,6 +846,40 @@ pub fn init(bi: &BootInfo, reserved: &[Range]) -> MemInfo {
         free_frames: FRAMES.lock().as_ref().map_or(0, |a| a.free_frames()),
         heap: Range::new(base, base + heap_pages * PAGE_SIZE),
     }
+}
+
+/// The ranges the direct map maps write-back ([`direct_ranges`]), kept for the consistency
+/// check.
+static DIRECT_MEMORY: spin::Once<RangeSet<256>> = spin::Once::new();
+
+/// The ranges of memory the direct map maps write-back (empty before it is built).
+pub fn direct_memory() -> &'static [Range] {
+    DIRECT_MEMORY.get().map_or(&[][..], |s| s.as_slice())
+}
+
+/// What the direct map covers: memory write-back (the memory map's memory, `MemKind::is_memory`,
+/// the first megabyte, and the boot information and modules where a memory map too long for
+/// `BootInfo` lost the entry that held them), and the rest of the ranges the memory map names
+/// uncached — reserved, framebuffer, defective, unknown — where no memory shares their 2 MiB
+/// unit (`paging::build_kernel_space`): a device's registers there, which its driver or the
+/// kernel maps uncached, are never also mapped write-back, which the manuals forbid (two
+/// memory types for one page), and no speculative read reaches defective RAM. The consistency
+/// check holds the direct map to this (`check.rs`).
+pub fn direct_ranges(bi: &rl4_arch::bootinfo::BootInfo) -> (RangeSet<256>, RangeSet<256>) {
+    let mut direct: RangeSet<256> = RangeSet::new();
+    let mut uncached: RangeSet<256> = RangeSet::new();
+    for e in bi.memory_map() {
+        let _ = if e.kind.is_memory() { direct.insert(e.range) } else { uncached.insert(e.range) };
+    }
+    let _ = direct.insert(Range::new(0, 0x10_0000));
+    // The boot information and the modules are read after the switch (the root task's image,
+    // the RSDP copy inside the Multiboot2 information): mapped even where a memory map too long
+    // for `BootInfo` lost the entry that held them. Only then: a range in a hole of a complete
+    // map is no RAM the loader used, and would be mapped write-back over whatever is there.
+    for r in bi.info_ranges().iter().filter(|_| bi.memmap_dropped > 0) {
+        let _ = direct.insert(Range::new(rl4_core::align_down(r.start, PAGE_SIZE), rl4_core::align_up(r.end, PAGE_SIZE).min(rl4_arch::layout::DIRECT_MAP_SIZE)));
+    }
+    (direct, uncached)
 }
 
 /// One frame from the allocator (any address; the direct map covers all of RAM), the

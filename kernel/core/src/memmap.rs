@@ -61,6 +61,17 @@ impl MemKind {
             n => MemKind::Other(n),
         }
     }
+
+    /// Whether the range is memory the kernel may read write-back: RAM, ACPI tables and
+    /// storage, the boot loader's, the kernel and its modules. Not: what the firmware keeps
+    /// (device registers may lie there), a framebuffer, RAM found defective (a speculative
+    /// read there may raise a machine check), a type rl4 does not know.
+    pub fn is_memory(self) -> bool {
+        matches!(
+            self,
+            MemKind::Usable | MemKind::AcpiReclaimable | MemKind::AcpiNvs | MemKind::BootloaderReclaimable | MemKind::KernelAndModules
+        )
+    }
 }
 
 /// The set is full: the input had more disjoint ranges than the set can hold.
@@ -409,5 +420,15 @@ mod tests {
         assert_eq!(MemKind::from_e820(1), MemKind::Usable);
         assert_eq!(MemKind::from_e820(3), MemKind::AcpiReclaimable);
         assert_eq!(MemKind::from_e820(12), MemKind::Other(12));
+    }
+
+    /// What the direct map maps write-back: memory, not what may hold device registers or
+    /// defective RAM.
+    #[test]
+    fn which_kinds_are_memory() {
+        let memory: Vec<u32> = (0..16).filter(|&t| MemKind::from_e820(t).is_memory()).collect();
+        assert_eq!(memory, vec![1, 3, 4]);
+        assert!(MemKind::BootloaderReclaimable.is_memory() && MemKind::KernelAndModules.is_memory());
+        assert!(!MemKind::Framebuffer.is_memory() && !MemKind::Defective.is_memory() && !MemKind::Reserved.is_memory());
     }
 }
