@@ -16,6 +16,10 @@ use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame};
 /// Set by the panic path before it NMIs the other CPUs.
 pub static HALT_ON_NMI: AtomicBool = AtomicBool::new(false);
 
+/// CPUs that took an NMI with [`HALT_ON_NMI`] set and halt in its handler (for a shutdown to
+/// wait for: `rl4_smp::cpus::wait_stopped`).
+pub static HALTED_ON_NMI: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
 /// Builds a CPU's IDT.
 pub fn build(idt: &mut InterruptDescriptorTable) {
     fill(idt, true);
@@ -164,6 +168,7 @@ extern "x86-interrupt" fn machine_check(f: InterruptStackFrame) -> ! {
 
 extern "x86-interrupt" fn nmi(f: InterruptStackFrame) {
     if HALT_ON_NMI.load(Ordering::Acquire) {
+        HALTED_ON_NMI.fetch_add(1, Ordering::SeqCst);
         crate::cpu::halt_forever();
     }
     crate::entry::close_user_access();

@@ -113,6 +113,18 @@ fn keep_for_ever(g: Garbage) {
 // A piece of the list holds at least one entry within a page.
 const _: () = assert!(core::mem::size_of::<Garbage>() <= 3840);
 
+/// Runs `f` with this CPU's destructions put off: what becomes garbage meanwhile (in an
+/// interrupt `f` lets in, a halt's) goes on the list, for the next [`drain`], even with no lock
+/// counted held — for a system call that halts holding a lock the count does not see
+/// (`measure::ipi_floor`'s).
+pub fn deferred<R>(f: impl FnOnce() -> R) -> R {
+    let grave = mine();
+    let was = grave.busy.swap(true, Ordering::Relaxed);
+    let r = f();
+    grave.busy.store(was, Ordering::Relaxed);
+    r
+}
+
 /// Lets go of a thread reference. Only the last reference needs more (`Arc::into_inner` tells,
 /// atomically, at the cost of a plain drop): the thread is destroyed by the destruction loop,
 /// never inline, even with no lock held — its destructor fails the caller whose reply right it

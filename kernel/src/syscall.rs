@@ -725,7 +725,10 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             lookup(task, a0, ObjType::Machine, Rights::SHUTDOWN)?;
             println!("shutdown requested by task {} with code {a1}", task.id);
             // (A CPU that runs the root task has its local APIC: the others stop.)
-            let _ = cpus::stop_others();
+            // The others stopped (or 100 ms waited) before the timeline's rings are read.
+            if cpus::stop_others() {
+                let _ = cpus::wait_stopped(100_000);
+            }
             crate::timeline::dump();
             cpu::exit(if a1 == 0 { cpu::QemuExit::Success } else { cpu::QemuExit::Failure })
         }
@@ -871,7 +874,7 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
                     trace::set(a2 != 0);
                     Ok([0; 3])
                 }
-                rl4_abi::measure::IPC_TRACE_READ => {
+                rl4_abi::measure::IPC_TRACE_READ if a2 >> 8 <= 1 && a2 & 0xff < trace::STEPS as u64 => {
                     let (sum, count) = trace::read((a2 >> 8) as usize, (a2 & 0xff) as usize);
                     Ok([sum, count, 0])
                 }

@@ -177,7 +177,8 @@ mod imp {
     }
 
     pub fn dump() {
-        // Every other CPU is stopped (`Shutdown`): one may have held the console.
+        // Every other CPU is stopped (`Shutdown` waits up to 100 ms for them): one may have held
+        // the console.
         rl4_arch::console::print_line_stopped(format_args!("timeline: writing the event rings to the debug console (port 0xe9)"));
         cpu::debugcon_write(b"RL4TL001");
         put(rl4_arch::time::tsc_hz());

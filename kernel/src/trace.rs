@@ -3,7 +3,7 @@
 //! With tracing on (`Measure(IPC_TRACE, 1)`), every `Call` and `ReplyRecv` records the TSC at a
 //! few fixed points of its kernel path; the differences between consecutive points are summed per
 //! step, per system call. Under QEMU's icount mode the TSC counts instructions, so the sums say how
-//! many instructions each step takes (a stamp itself costs a few; see [`STAMP_COST`]).
+//! many instructions each step takes (a stamp costs a few: those between its two time-stamp reads count in the step it ends).
 //!
 //! Only a kernel built with the `trace` feature has them (`scripts/bench` builds one for its
 //! breakdown); otherwise every stamp compiles to nothing: even a load and a branch per stamp

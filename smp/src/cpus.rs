@@ -284,8 +284,26 @@ pub fn stop_others() -> bool {
         for i in (0..count()).filter(|&i| i != me) {
             if let Some(c) = get(i).filter(|c| c.idt_ready.load(Ordering::SeqCst)) {
                 lapic::send_nmi(l, c.apic_id);
+                STOPS_SENT.fetch_add(1, Ordering::SeqCst);
             }
         }
         true
     })
+}
+
+/// NMIs [`stop_others`] sent.
+static STOPS_SENT: AtomicUsize = AtomicUsize::new(0);
+
+/// Waits up to `us` microseconds for every CPU [`stop_others`] sent its NMI to halt in the
+/// handler (`rl4_arch::idt::HALTED_ON_NMI`); whether all did. (A CPU that loaded its IDT after
+/// the flag was set, and was sent none, halts before it runs anything.)
+pub fn wait_stopped(us: u64) -> bool {
+    let end = rl4_arch::cpu::rdtsc() + rl4_arch::time::us_to_ticks(us);
+    while rl4_arch::idt::HALTED_ON_NMI.load(Ordering::SeqCst) < STOPS_SENT.load(Ordering::SeqCst) {
+        if rl4_arch::cpu::rdtsc() > end {
+            return false;
+        }
+        core::hint::spin_loop();
+    }
+    true
 }

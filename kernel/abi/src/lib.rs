@@ -524,12 +524,13 @@ pub mod measure {
     /// An IPI to CPU `arg & 0xffff` and its answer, both CPUs otherwise idle (halted);
     /// `arg >> 16` = iterations.
     pub const IPI_FLOOR: u64 = 1;
-    /// Per-step IPC tracing on (`arg` = 1, clearing the sums) or off (0).
+    /// Per-step IPC tracing on (`arg` non-zero, clearing the sums) or off (0).
     pub const IPC_TRACE: u64 = 2;
-    /// `arg` = kind << 8 | step (kind 0 `Call`, 1 `ReplyRecv`) → (cycles summed, calls traced).
+    /// `arg` = kind << 8 | step (kind 0 `Call`, 1 `ReplyRecv`; a step below the kernel's count of
+    /// them, else `InvalidArgument`) → (cycles summed, calls traced).
     pub const IPC_TRACE_READ: u64 = 3;
     /// `countglobal` kernels: record each CPU's first counted events (allocations, frees,
-    /// global locks) with their call chains (`arg` = 1, clearing earlier records), or stop and
+    /// global locks) with their call chains (`arg` non-zero, clearing earlier records), or stop and
     /// print them on the console (`arg` = 0). Others answer `InvalidArgument`.
     pub const COUNT_EVENTS: u64 = 4;
     /// `arg` times (1..=10,000): save the calling thread's FPU/SIMD registers into its save
