@@ -59,6 +59,7 @@ impl Features {
             (!self.fxsr, Lack::Fxsr),
             (!self.sse2, Lack::Sse2),
             (x2apic_mode && !self.x2apic, Lack::X2Apic),
+            (!x2apic_mode && self.x2apic, Lack::XApicMode),
             (tsc_deadline_timer && !self.tsc_deadline, Lack::TscDeadline),
             (bsp.smep && !self.smep, Lack::Smep),
             (bsp.smap && !self.smap, Lack::Smap),
@@ -94,10 +95,14 @@ pub enum Lack {
     LongMode,
     Nx,
     Page1G,
+    /// Has x2APIC where the local APICs run in xAPIC mode: the `x2apic` crate chooses the mode
+    /// from each CPU's own CPUID, and would turn x2APIC on there, where the kernel reaches the
+    /// APIC through the xAPIC page and addresses IPIs with xAPIC IDs.
+    XApicMode,
 }
 
 impl Lack {
-    const ALL: [Lack; 11] = [
+    const ALL: [Lack; 12] = [
         Lack::Apic,
         Lack::Fxsr,
         Lack::Sse2,
@@ -109,6 +114,7 @@ impl Lack {
         Lack::LongMode,
         Lack::Nx,
         Lack::Page1G,
+        Lack::XApicMode,
     ];
 
     /// The lack a non-zero code ([`Lack`] as `u8`) names.
@@ -129,6 +135,9 @@ impl Lack {
             Lack::LongMode => "long mode (CPUID.80000001h:EDX[29])",
             Lack::Nx => "no-execute pages (CPUID.80000001h:EDX[20]), EFER.NXE",
             Lack::Page1G => "1 GiB pages (CPUID.80000001h:EDX[26]), the page tables' largest",
+            Lack::XApicMode => {
+                "the local APICs' xAPIC mode (it says x2APIC, CPUID.1:ECX[21], which its APIC set-up would turn on)"
+            }
         }
     }
 }
@@ -187,6 +196,8 @@ mod tests {
         let ap = Features { x2apic: false, tsc_deadline: false, ..full() };
         assert_eq!(ap.lacks(&full(), false, false), None);
         assert_eq!(ap.lacks(&full(), false, true), Some(Lack::TscDeadline));
+        // x2APIC on a CPU whose local APICs run in xAPIC mode: its set-up would turn it on.
+        assert_eq!(full().lacks(&full(), false, true), Some(Lack::XApicMode));
     }
 
     #[test]

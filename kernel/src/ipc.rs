@@ -407,6 +407,22 @@ fn block_current(cur: &Arc<Thread>, wait: Wait, deadline: u64) -> Result<(), ()>
     block_current_at(cur, wait, deadline).map(|_| ())
 }
 
+/// [`block_current`] in `Recv` on `ep`, with the endpoint reference the thread's last wait
+/// there left with it (`Life::kept_recv`), as the fast path's `ReplyRecv` does: a fresh one
+/// here made that path's next `Call` replace the kept reference to this very endpoint, and take
+/// its slower way (a review of the thirty-seventh session).
+fn block_current_recv(cur: &Arc<Thread>, ep: &Endpoint, deadline: u64) -> Result<(), ()> {
+    let r = {
+        let mut l = cur.life.lock();
+        let epref = match l.kept_recv(ep.id()) {
+            Some(e) => e,
+            None => EpRef::new(ep),
+        };
+        l.block(Wait::Recv { ep: epref }, deadline)
+    };
+    r.map_err(|(_, w)| reclaim::later_wait(Some(w)))
+}
+
 /// [`block_current`], returning the priority the thread has as it blocks, read in the same hold
 /// of its lock: a sender queues at it, and a priority change after it finds the thread waiting
 /// and moves it in the queue (`thread::set_priority`), so that the queue never keeps one that
@@ -661,7 +677,7 @@ pub fn recv(cur: &Arc<Thread>, ep: &Arc<Endpoint>, timeout: u64, direct_to: Opti
         return Outcome::Return(Err(Error::OutOfMemory));
     }
     let deadline = deadline(timeout);
-    match block_current(cur, Wait::Recv { ep: EpRef::new(ep) }, deadline) {
+    match block_current_recv(cur, ep, deadline) {
         Ok(()) => {
             enqueue(&mut q.receivers, cur.clone());
             drop(q);
