@@ -354,12 +354,26 @@ fn check_register_blocks(bi: &BootInfo, p: &mut Platform) {
         p.hpet = None;
     }
     p.ioapics.retain(|a| {
-        let why = misplaced(bi, a.address as u64, 0x20);
+        // An I/O APIC's window starts on 1 KiB (chipsets place it in 1 KiB or 4 KiB steps): an
+        // address inside one would write the kernel's register indexes into a real chip's data
+        // window (a review of the thirty-seventh session).
+        let why = if a.address % 1024 != 0 { Some("not on a 1 KiB boundary") } else { misplaced(bi, a.address as u64, 0x20) };
         if let Some(why) = why {
             println!("acpi: the MADT places I/O APIC {} at {:#x}, {why}: its lines are unusable", a.id, a.address);
         }
         why.is_none()
     });
+    // The interrupt controllers win a page the HPET table names too: the kernel would read the
+    // HPET's 64-bit registers there (an I/O APIC takes 32-bit accesses only), and offer the page
+    // as the HPET's to drivers, which the I/O APIC's set-up then refuses to share (the same
+    // review).
+    let page = |a: u64| rl4_core::align_down(a, 4096);
+    if let Some(h) = p.hpet
+        && (page(h) == page(p.lapic_address) || p.ioapics.iter().any(|a| page(a.address as u64) == page(h)))
+    {
+        println!("acpi: the HPET table places the HPET's registers at {h:#x}, on an interrupt controller's page: no HPET");
+        p.hpet = None;
+    }
 }
 
 /// The clocks to measure the TSC against when CPUID does not give its frequency, best first.
