@@ -822,6 +822,10 @@ fn serve_requests(cs: Here) {
     cs.add_count(Count::SweepVisited, taken.len() as u64);
     let me = me();
     while let Some(t) = taken.pop_front() {
+        // Between entries (no lock held) this CPU answers TLB shoot-downs, as a kill and the
+        // destruction loop do: a task decides how many of its threads are listed here, and
+        // each may be destroyed here (a review of the thirty-seventh session).
+        crate::tlb::service_tlb(cs);
         let mut l = t.life.lock();
         let (killed, reprio) = (t.killed.load(Ordering::Relaxed), t.reprio.load(Ordering::Relaxed));
         // Moved to another CPU (`ThreadSetAffinity`) while queued here: passed on now, not when
@@ -1090,6 +1094,10 @@ fn pick(cs: Here, mut carry: Option<(u8, Arc<Thread>, bool)>) -> bool {
         if run_entry(cs, t) {
             return true;
         }
+        // A thread that the let-go entry's destruction woke here (a caller it owed a reply:
+        // into this CPU's own inbox, which sets no flag) competes with the rest, not after a
+        // tick behind a lower one (a review of the thirty-seventh session).
+        drain_inbox(cs);
     }
 }
 
@@ -1437,6 +1445,7 @@ fn yield_rotate(cs: Here, p: u8) -> bool {
         Err(t) => {
             drop(held);
             queued_twice(t);
+            drain_inbox(cs);
             if !pick(cs, None) {
                 idle();
             }
@@ -1444,7 +1453,9 @@ fn yield_rotate(cs: Here, p: u8) -> bool {
         }
     };
     if !run_entry_held(cs, next, Some(held)) {
-        // An entry that may not run here (dropped, or passed on): the next one.
+        // An entry that may not run here (dropped, or passed on): the next one, among them a
+        // thread its destruction woke here (as in `pick`).
+        drain_inbox(cs);
         if !pick(cs, None) {
             idle();
         }
