@@ -278,6 +278,10 @@ pub unsafe fn discover<H: Handler + PhysMem>(handler: H, rsdp: u64) -> Result<Pl
     // the kernel cannot read made the handler answer zeros for the whole table, and the fixed
     // ports were lost without a word (a review of the twenty-sixth session). A structure that
     // cannot be read is said so (`fadt_unreadable`).
+    // A table shorter than the structure (an ACPI 1.0 length under a later revision, a known
+    // firmware quirk) is read as far as its length, zeros beyond, as ACPICA does: what follows
+    // it in memory is not its 64-bit fields, which the crate reads by the revision alone (a
+    // review of the thirty-seventh session).
     let fadt = fadt_at.and_then(|a| {
         let mut whole = [0u8; core::mem::size_of::<Fadt>()];
         if mem.read(a, &mut whole).is_none() {
@@ -285,22 +289,23 @@ pub unsafe fn discover<H: Handler + PhysMem>(handler: H, rsdp: u64) -> Result<Pl
             return None;
         }
         let len = mem.u32(a + 4)?.min(MAX_TABLE_LEN) as usize;
-        // SAFETY: forwarded from this function's contract (`handler` maps physical memory
-        // faithfully, or answers zeros); `Fadt` is `repr(C, packed)`, so the mapping's address
-        // needs no alignment, and the whole `Fadt` was just read.
-        Some(unsafe { handler.map_physical_region::<Fadt>(a as usize, len.min(core::mem::size_of::<Fadt>())) })
+        let n = whole.len();
+        whole[len.min(n)..].fill(0);
+        // SAFETY: `Fadt` is `repr(C, packed)` (no alignment needed) and made of integers and
+        // wrappers of them, for which any bytes are a value; `whole` holds all of it.
+        Some(unsafe { core::ptr::read_unaligned(whole.as_ptr().cast::<Fadt>()) })
     });
     if let Some(fadt) = fadt {
-        let flags = { fadt.get().flags };
+        let flags = { fadt.flags };
         p.hw_reduced = flags.system_is_hw_reduced_acpi();
-        if let Ok(Some(g)) = fadt.get().pm_timer_block() {
+        if let Ok(Some(g)) = fadt.pm_timer_block() {
             if g.address_space == AddressSpace::SystemIo && g.address != 0 {
                 if let Ok(port) = u16::try_from(g.address) {
                     p.pm_timer = Some(PmTimer { port, bits32: flags.pm_timer_is_32_bit() });
                 }
             }
         }
-        let f = fadt.get();
+        let f = &fadt;
         let smi = { f.smi_cmd_port };
         // At least the two bytes the ACPI specification gives a PM1 control register.
         let pm1_len = ({ f.pm1_control_length } as u16).max(2);
@@ -679,6 +684,29 @@ pub(crate) mod tests {
             assert_eq!(p.pm_timer, Some(PmTimer { port: 0xb008, bits32: false }), "{what}");
             assert!(p.cpus.is_empty() && p.ioapics.is_empty() && p.has_8259, "{what}");
         }
+    }
+
+    /// A FADT shorter than its revision's structure (an ACPI 1.0 length, 116 bytes, under a
+    /// revision that has the 64-bit fields: a known firmware quirk) is read as far as its length,
+    /// zeros beyond, as ACPICA reads one: the bytes that follow it in memory are no 64-bit
+    /// PM timer block (before the thirty-seventh session they were, and replaced the table's
+    /// own 32-bit port: a review found it).
+    #[test]
+    fn a_short_fadt_is_read_as_far_as_its_length() {
+        let m = patched(&machine(), 0xe3004, &116u32.to_le_bytes(), None);
+        let m = patched(&m, 0xe3008, &[3], None);
+        // An X_PM_TMR_BLK past the table's end: I/O space, 32 bits, port 0xdead.
+        let gas = [1u8, 32, 0, 3, 0xad, 0xde, 0, 0, 0, 0, 0, 0];
+        let m = patched(&m, 0xe3000 + 208, &gas, None);
+        // SAFETY: the fake handler maps only inside its own buffer (zeros elsewhere).
+        let p = unsafe { discover(m.clone(), BASE) }.unwrap();
+        assert_eq!(p.pm_timer, Some(PmTimer { port: 0xb008, bits32: false }));
+        assert_eq!(p.fixed_ports, vec![(0xb2, 1), (0xb004, 2)]);
+        // The same bytes within a full-length table are its 64-bit field, which wins.
+        let m = patched(&m, 0xe3004, &244u32.to_le_bytes(), None);
+        // SAFETY: as above.
+        let p = unsafe { discover(m, BASE) }.unwrap();
+        assert_eq!(p.pm_timer, Some(PmTimer { port: 0xdead, bits32: false }));
     }
 
     /// A FADT whose header claims a length running past readable memory is read all the same
