@@ -234,6 +234,16 @@ fn read_madt(mem: &impl PhysMem, madt: u64, p: &mut Platform) -> Result<(), Acpi
     Ok(())
 }
 
+/// The root table's entries [`discover`] keeps in [`Platform::tables`]: the first ones, and
+/// beyond them the first of each table it reads ([`USED_TABLES`]). A root table whose length a
+/// flipped byte made 16 MiB (its checksum is not verified) listed up to four million "tables",
+/// and their list grew towards a 64 MiB run of contiguous frames, which a small or fragmented
+/// memory may not have (a review of the thirty-seventh session).
+pub const KEPT_TABLES: usize = 256;
+
+/// The tables the kernel reads: the FADT, the MADT, the HPET table.
+const USED_TABLES: [[u8; 4]; 3] = [*b"FACP", *b"APIC", *b"HPET"];
+
 /// Reads the MADT. `rsdp` is the physical address of the RSDP (or of a copy of it).
 ///
 /// Nothing the firmware wrote is trusted beyond what is checked: the root table is chosen and
@@ -266,6 +276,7 @@ pub unsafe fn discover<H: Handler + PhysMem>(handler: H, rsdp: u64) -> Result<Pl
         // A null entry is no table (physical address 0 is readable: the interrupt vector table).
         if let Some(addr) = addr.filter(|&a| a != 0)
             && mem.read(addr, &mut sig).is_some()
+            && (p.tables.len() < KEPT_TABLES || (USED_TABLES.contains(&sig) && !p.tables.iter().any(|(s, _)| *s == sig)))
         {
             p.tables.push((sig, addr));
         }
@@ -683,6 +694,31 @@ pub(crate) mod tests {
             assert_eq!((p.fixed_ports.len(), p.smi_port, p.hpet), (2, Some(0xb2), Some(0xfed0_0000)), "{what}");
             assert_eq!(p.pm_timer, Some(PmTimer { port: 0xb008, bits32: false }), "{what}");
             assert!(p.cpus.is_empty() && p.ioapics.is_empty() && p.has_8259, "{what}");
+        }
+    }
+
+    /// A root table of many entries: the first [`KEPT_TABLES`] are kept, and beyond them only
+    /// the first of each table the kernel reads (which it still finds).
+    #[test]
+    fn a_long_root_table_keeps_the_first_entries_and_the_used_tables() {
+        for used_first in [true, false] {
+            let mut entries = Vec::new();
+            let real = [0xe2000u64, 0xe3000, 0xe5000];
+            if used_first {
+                entries.extend(real);
+            }
+            entries.extend([0xe4000u64; 400]);
+            if !used_first {
+                entries.extend(real);
+            }
+            let bytes: Vec<u8> = entries.iter().flat_map(|a| a.to_le_bytes()).collect();
+            assert!(0xe1000 + 36 + bytes.len() as u64 <= 0xe2000);
+            let m = patched(&machine(), 0xe1000 + 36, &bytes, None);
+            let m = patched(&m, 0xe1004, &((36 + bytes.len()) as u32).to_le_bytes(), None);
+            // SAFETY: the fake handler maps only inside its own buffer (zeros elsewhere).
+            let p = unsafe { discover(m, BASE) }.unwrap();
+            assert_eq!(p.tables.len(), if used_first { KEPT_TABLES } else { KEPT_TABLES + 3 });
+            assert_eq!((p.hpet, p.pm_timer.map(|t| t.port), p.cpus.len()), (Some(0xfed0_0000), Some(0xb008), 4), "{used_first}");
         }
     }
 
