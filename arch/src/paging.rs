@@ -218,6 +218,20 @@ pub fn build_kernel_space(
             let mut pa = r.start;
             while pa < r.end {
                 let va = VirtAddr::new(phys_to_virt(pa));
+                // The first 2 MiB in 4 KiB pages: the fixed-range MTRRs give the first megabyte
+                // (video memory, ROMs) types of their own in 4 KiB to 64 KiB pieces, and a large
+                // page over pieces of different types is what the manuals leave undefined (a
+                // review of the thirty-seventh session; Linux maps it so too).
+                if pa == 0 && !skip {
+                    for off in (0..Size2MiB::SIZE).step_by(PAGE_SIZE as usize) {
+                        let page = Page::<Size4KiB>::containing_address(VirtAddr::new(phys_to_virt(off)));
+                        let frame = PhysFrame::<Size4KiB>::containing_address(PhysAddr::new(off));
+                        // SAFETY: as below.
+                        unsafe { m.map_to(page, frame, flags, &mut a) }?.ignore();
+                    }
+                    pa += Size2MiB::SIZE;
+                    continue;
+                }
                 let giant = page1g && pa % Size1GiB::SIZE == 0 && pa + Size1GiB::SIZE <= r.end;
                 if giant && !(skip && memory(pa, pa + Size1GiB::SIZE)) {
                     let page = Page::<Size1GiB>::containing_address(va);
