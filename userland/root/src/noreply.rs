@@ -194,12 +194,21 @@ fn once(same_cpu: bool, server_first: bool, timeout: u64, limit: u64, max_ticks:
 }
 
 /// Measures one timer tick of this CPU in TSC ticks (over about 200 ms).
-fn tick_length() -> u64 {
+pub fn tick_length() -> u64 {
     crate::stress::sleep_ms(0);
     let (k0, t0) = (sys::stat(MACHINE, stat::TICKS).unwrap_or(0), rdtsc());
     wait_ms(200, || false);
     let (k1, t1) = (sys::stat(MACHINE, stat::TICKS).unwrap_or(0), rdtsc());
     (t1 - t0) / (k1 - k0).max(1)
+}
+
+/// Whether a wait that answered `Timeout` after `elapsed` TSC ticks and `cpu_ticks` timer ticks
+/// of its CPU kept its `timeout` (TSC ticks): not sooner, and not late by the rule of this
+/// module's documentation (`tick`: [`tick_length`]).
+pub fn on_time(timeout: u64, elapsed: u64, cpu_ticks: u64, tick: u64) -> bool {
+    let limit = timeout + tick + tsc_hz() / 1000 * 5;
+    let max_ticks = timeout.div_ceil(tick.max(1)) + 2;
+    elapsed >= timeout && !(elapsed > limit && cpu_ticks > max_ticks)
 }
 
 pub fn run(calls: u64) -> bool {
