@@ -1247,7 +1247,9 @@ fn test_revoke_count_against_deletes() {
     COUNT_SLOTS.iter().for_each(|s| release(s.load(SeqCst)));
     report(
         NAME,
-        made.is_ok() && parked && wrong == 0 && failed == 0,
+        // At least one round where both deleted some: else the race was never run (a review of
+        // the thirty-seventh session; the runs seen have 40 to 150 of 150).
+        made.is_ok() && parked && wrong == 0 && failed == 0 && both > 0,
         format_args!(
             "{ROUNDS} rounds of {COUNT_COPIES} copies revoked here while cpu {} deleted them: {wrong} rounds whose counts did not add up \
              (first: round, revoked, deleted = {first:?}), {both} rounds where both deleted some, {failed} failed",
