@@ -41,10 +41,9 @@
 //! Stopping the world: the checking CPU sends every other CPU the freeze IPI and waits until
 //! all of them spin in `hold`. The kernel runs with interrupts off except in the idle loop (its
 //! halt, and the windows its poll and its rounds open), so a CPU takes the IPI only in user mode
-//! or idle, where it holds no lock and no temporary reference — or in the one system call that
-//! halts, `Measure(IPI_FLOOR)` (`measure::ipi_floor`), which holds there only the measurements'
-//! own lock (`measure::BUSY`, which the check never takes) and a shared borrow of its current
-//! slot, which the check only reads too. A CPU waiting for a TLB shootdown is released because frozen CPUs (and
+//! or idle, where it holds no lock and no temporary reference (the one system call that halts,
+//! `Measure(IPI_FLOOR)`, cannot be under way: the check holds its lock, `measure::exclusive`).
+//! A CPU waiting for a TLB shootdown is released because frozen CPUs (and
 //! the checker while it waits) keep answering TLB requests.
 //!
 //! `unsafe` here: only the page-table walks and the reads of CPUs' current-thread slots, sound
@@ -120,6 +119,11 @@ pub fn run(caller: &Arc<Thread>) -> Result<[u64; 3], Error> {
     // ones still kept are counted as held below.
     crate::qsbr::settle();
     let Some(world) = WORLD.try_lock() else { return Err(Error::InvalidState) };
+    // No CPU halts in `Measure(IPI_FLOOR)` meanwhile, whose halts put their CPU's destructions
+    // off (`reclaim::deferred`): frozen there, it would hold objects the check counts as
+    // waiting to be destroyed, and their references as extra (a review of the thirty-seventh
+    // session). Nor does one start: the check holds the measurement's lock.
+    let Some(_measuring) = crate::measure::exclusive() else { return Err(Error::InvalidState) };
     // A CPU still leaving the previous check's `hold` would be counted as stopped.
     if !wait_until(STOP_WAIT_US, || HELD.load(SeqCst) == 0) {
         return Err(Error::Timeout);
@@ -642,8 +646,8 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
     for i in 0..MAX_CPUS {
         let Some(cs) = sched::get(i) else { continue };
         // SAFETY: every other CPU is stopped in `hold` (entered from user mode or the idle loop,
-        // never inside an access to its current slot that writes it: `Measure(IPI_FLOOR)`'s
-        // halt, the one other place, is inside a read-only one), and this CPU is inside the
+        // never inside an access to its current slot: `Measure(IPI_FLOOR)`'s halt, the one
+        // other place, is excluded while the check runs), and this CPU is inside the
         // check's system call, which only reads its slot too; the reference does not outlive
         // the check.
         let current = unsafe { cs.peek_current() };

@@ -54,8 +54,15 @@ pub fn fpu_floor(iters: u64) -> [u64; 3] {
 /// Per CPU: who pinged it last (answered by its ping handler), and the pongs it received.
 static PING_FROM: [AtomicU32; rl4_smp::MAX_CPUS] = [const { AtomicU32::new(0) }; rl4_smp::MAX_CPUS];
 static PONGS: [AtomicU64; rl4_smp::MAX_CPUS] = [const { AtomicU64::new(0) }; rl4_smp::MAX_CPUS];
-/// One measurement at a time (two could ping the same CPU).
+/// One measurement at a time (two could ping the same CPU), and none during a consistency
+/// check ([`exclusive`]).
 static BUSY: crate::count::GlobalSpin<()> = crate::count::GlobalSpin::new(crate::count::Global::Measure, ());
+
+/// Holds off IPI-floor measurements while the guard lives (`check::run`), or `None` if one is
+/// under way.
+pub fn exclusive() -> Option<spin::MutexGuard<'static, ()>> {
+    BUSY.try_lock()
+}
 
 /// The ping IPI: answer the CPU that sent it.
 pub fn ping_interrupt() {
@@ -76,10 +83,9 @@ pub fn pong_interrupt() {
 /// `[0, 0, 0]` as a measurement: a review found it). A ping that a timed-out measurement left
 /// pending at `target` is answered to whoever measures it next, whose round it may end early.
 ///
-/// The wait halts with interrupts on inside the system call: the one place where a CPU can
-/// take the consistency check's freeze outside user mode and the idle loop (`check.rs`). All
-/// it holds there is [`BUSY`] (which the check never takes) and the system call's shared
-/// borrow of its current slot, which the check only reads too.
+/// The wait halts with interrupts on inside the system call, holding [`BUSY`] and the system
+/// call's shared borrow of its current slot: never while a consistency check runs, which holds
+/// [`BUSY`] itself ([`exclusive`]).
 pub fn ipi_floor(target: usize, iters: u64) -> Result<[u64; 3], rl4_abi::Error> {
     let Some(_one) = BUSY.try_lock() else { return Err(rl4_abi::Error::Busy) };
     let me = percpu::cpu_index();
