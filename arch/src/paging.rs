@@ -2,7 +2,8 @@
 //!
 //! [`build_kernel_space`] makes the final kernel address space (see [`crate::layout`]): the
 //! direct map of every range the memory map mentions (1 GiB pages where the CPU has them and the
-//! range allows, 2 MiB otherwise; memory write-back, the rest uncached), and the kernel image with 4 KiB pages and per-section rights
+//! range allows, 2 MiB otherwise, 4 KiB in a unit partly memory; memory write-back, the rest
+//! uncached), and the kernel image with 4 KiB pages and per-section rights
 //! (text read+execute, rodata read-only, data and bss read+write, no execute). Every PML4 slot of
 //! the kernel half that the kernel will ever use has its PDPT from the start, so later address
 //! spaces can share the kernel half by copying PML4 entries. [`map_mmio`] and [`map_stack`] add
@@ -155,7 +156,7 @@ unsafe fn mapper(pml4: u64) -> OffsetPageTable<'static> {
 /// Builds the kernel address space and returns its PML4 (not yet loaded: [`activate`]).
 ///
 /// `direct` lists the physical ranges of memory to map at [`DIRECT_MAP`] write-back, `uncached`
-/// the firmware's reserved ranges to map there uncached (in 2 MiB units that hold no memory);
+/// the other ranges to map there, uncached (as are the holes of the 2 MiB units either touches);
 /// `image` lists the kernel image's (virtual start, virtual end, rights) sections.
 pub fn build_kernel_space(
     src: &mut impl FrameSource,
@@ -193,62 +194,77 @@ pub fn build_kernel_space(
         }
     }
 
-    // Direct map, in whole 2 MiB units (as many ranges as the kernel's set of them holds: none
-    // is left out, or the frames in it would be handed out unmapped): memory write-back, and
-    // the units only `uncached` ranges touch uncached (firmware-reserved ranges, where device
-    // registers may lie that a driver or the kernel maps uncached elsewhere: one physical page
-    // of two memory types is what the manuals forbid). A unit of both is memory.
-    let mut merged: RangeSet<256> = RangeSet::new();
-    for r in direct {
-        merged.insert(Range::new(align_down(r.start, 1 << 21), align_up(r.end, 1 << 21))).expect("the direct map's ranges fit the set they come from");
-    }
-    let mut reserved: RangeSet<256> = RangeSet::new();
-    for r in uncached {
-        reserved.insert(Range::new(align_down(r.start, 1 << 21), align_up(r.end, 1 << 21))).expect("the direct map's ranges fit the set they come from");
+    // The direct map, in 2 MiB units (as many ranges as the kernel's set of them holds: none
+    // is left out, or the frames in it would be handed out unmapped). Memory (`direct`) is
+    // mapped write-back, everything else uncached — the `uncached` ranges (firmware-reserved,
+    // where device registers may lie that a driver or the kernel maps uncached elsewhere: one
+    // physical page of two memory types is what the manuals forbid) and the holes of a unit
+    // they or memory touch: a unit wholly memory as one write-back page, a unit without
+    // memory as one uncached page (1 GiB pages for whole GiBs of either), and a unit of both,
+    // or of memory and a hole, page by page (4 KiB). The first unit always page by page: the
+    // fixed-range MTRRs type the first megabyte (video memory, ROMs) in 4 to 64 KiB pieces,
+    // and a large page over pieces of different types is undefined (a review of the
+    // thirty-seventh session; Linux maps it so too).
+    let mut memory_set: RangeSet<256> = RangeSet::new();
+    let mut units: RangeSet<256> = RangeSet::new();
+    for (r, is_memory) in direct.iter().map(|r| (r, true)).chain(uncached.iter().map(|r| (r, false))) {
+        if r.end <= r.start {
+            continue;
+        }
+        if is_memory {
+            memory_set.insert(*r).expect("the direct map's ranges fit the set they come from");
+        }
+        units.insert(Range::new(align_down(r.start, 1 << 21), align_up(r.end, 1 << 21))).expect("the direct map's ranges fit the set they come from");
     }
     let wb = F::PRESENT | F::WRITABLE | F::GLOBAL | nx();
     let uc = wb | F::NO_CACHE | F::WRITE_THROUGH;
-    // Whether memory lies in `a..b` (the set is sorted and disjoint).
-    let memory = |a: u64, b: u64| {
-        let m = merged.as_slice();
-        m.get(m.partition_point(|r| r.end <= a)).is_some_and(|r| r.start < b)
+    // The memory range that `a` lies in or is below (the set is sorted, disjoint and merges
+    // adjacent ranges): `a..b` holds memory if it starts before `b`, and is all memory if it
+    // holds `a..b` whole.
+    let at = |a: u64| {
+        let m = memory_set.as_slice();
+        m.get(m.partition_point(|r| r.end <= a)).copied()
     };
-    for (set, flags, skip) in [(&merged, wb, false), (&reserved, uc, true)] {
-        for r in set.iter() {
-            let mut pa = r.start;
-            while pa < r.end {
-                let va = VirtAddr::new(phys_to_virt(pa));
-                // The first 2 MiB in 4 KiB pages: the fixed-range MTRRs give the first megabyte
-                // (video memory, ROMs) types of their own in 4 KiB to 64 KiB pieces, and a large
-                // page over pieces of different types is what the manuals leave undefined (a
-                // review of the thirty-seventh session; Linux maps it so too).
-                if pa == 0 && !skip {
-                    for off in (0..Size2MiB::SIZE).step_by(PAGE_SIZE as usize) {
-                        let page = Page::<Size4KiB>::containing_address(VirtAddr::new(phys_to_virt(off)));
-                        let frame = PhysFrame::<Size4KiB>::containing_address(PhysAddr::new(off));
-                        // SAFETY: as below.
-                        unsafe { m.map_to(page, frame, flags, &mut a) }?.ignore();
-                    }
-                    pa += Size2MiB::SIZE;
-                    continue;
-                }
-                let giant = page1g && pa % Size1GiB::SIZE == 0 && pa + Size1GiB::SIZE <= r.end;
-                if giant && !(skip && memory(pa, pa + Size1GiB::SIZE)) {
-                    let page = Page::<Size1GiB>::containing_address(va);
+    let some_memory = |a: u64, b: u64| at(a).is_some_and(|r| r.start < b);
+    let all_memory = |a: u64, b: u64| at(a).is_some_and(|r| r.start <= a && b <= r.end);
+    for r in units.iter() {
+        let mut pa = r.start;
+        while pa < r.end {
+            if page1g && pa != 0 && pa % Size1GiB::SIZE == 0 && pa + Size1GiB::SIZE <= r.end {
+                let end = pa + Size1GiB::SIZE;
+                let flags = if all_memory(pa, end) {
+                    Some(wb)
+                } else if !some_memory(pa, end) {
+                    Some(uc)
+                } else {
+                    None
+                };
+                if let Some(flags) = flags {
+                    let page = Page::<Size1GiB>::containing_address(VirtAddr::new(phys_to_virt(pa)));
                     let frame = PhysFrame::<Size1GiB>::containing_address(PhysAddr::new(pa));
                     // SAFETY: maps physical memory at its direct-map address, which nothing else uses.
                     unsafe { m.map_to(page, frame, flags, &mut a) }?.ignore();
-                    pa += Size1GiB::SIZE;
-                } else {
-                    if !(skip && memory(pa, pa + Size2MiB::SIZE)) {
-                        let page = Page::<Size2MiB>::containing_address(va);
-                        let frame = PhysFrame::<Size2MiB>::containing_address(PhysAddr::new(pa));
-                        // SAFETY: as above.
-                        unsafe { m.map_to(page, frame, flags, &mut a) }?.ignore();
-                    }
-                    pa += Size2MiB::SIZE;
+                    pa = end;
+                    continue;
                 }
             }
+            let end = pa + Size2MiB::SIZE;
+            if pa != 0 && (all_memory(pa, end) || !some_memory(pa, end)) {
+                let flags = if some_memory(pa, end) { wb } else { uc };
+                let page = Page::<Size2MiB>::containing_address(VirtAddr::new(phys_to_virt(pa)));
+                let frame = PhysFrame::<Size2MiB>::containing_address(PhysAddr::new(pa));
+                // SAFETY: as above.
+                unsafe { m.map_to(page, frame, flags, &mut a) }?.ignore();
+            } else {
+                for p in (pa..end).step_by(PAGE_SIZE as usize) {
+                    let flags = if some_memory(p, p + PAGE_SIZE) { wb } else { uc };
+                    let page = Page::<Size4KiB>::containing_address(VirtAddr::new(phys_to_virt(p)));
+                    let frame = PhysFrame::<Size4KiB>::containing_address(PhysAddr::new(p));
+                    // SAFETY: as above.
+                    unsafe { m.map_to(page, frame, flags, &mut a) }?.ignore();
+                }
+            }
+            pa = end;
         }
     }
 

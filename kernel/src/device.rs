@@ -481,8 +481,8 @@ pub fn init(p: &rl4_smp::acpi::Platform) {
 /// The device ranges the firmware's tables describe (the HPET's 1 KiB register block: the
 /// kernel reads it only to calibrate the TSC at boot, before any task runs), less every page
 /// that the memory map calls anything but "reserved" (RAM, ACPI tables and NVS, the kernel
-/// and modules, the boot loader's, defective), that the direct map maps write-back (a 2 MiB
-/// unit it shares with memory), that the frame allocator manages, or that holds the local APIC
+/// and modules, the boot loader's, defective), that the direct map maps write-back (a page
+/// memory touches, the first megabyte's too), that the frame allocator manages, or that holds the local APIC
 /// or an I/O APIC, which the kernel drives.
 fn device_pages(p: &rl4_smp::acpi::Platform) -> ([u64; MAX_DEVICE_PAGES], usize) {
     let described: alloc::vec::Vec<PhysRange> = p.hpet.and_then(|b| PhysRange::pages_of(b, 1024)).into_iter().collect();
@@ -496,10 +496,10 @@ fn device_pages(p: &rl4_smp::acpi::Platform) -> ([u64; MAX_DEVICE_PAGES], usize)
             }
         }
     }
-    // A page in a 2 MiB unit of the direct map that memory shares is mapped write-back there
-    // (`mem::direct_ranges`): offered, it would be mapped uncached in its driver as well.
+    // A page that memory touches is mapped write-back in the direct map (`mem::direct_ranges`:
+    // the first megabyte among them): offered, it would be mapped uncached in its driver too.
     for r in crate::mem::direct_memory() {
-        let (start, end) = (rl4_core::align_down(r.start, 1 << 21), rl4_core::align_up(r.end, 1 << 21));
+        let (start, end) = (rl4_core::align_down(r.start, 4096), rl4_core::align_up(r.end, 4096));
         if end > start {
             excluded.push(PhysRange { start, end });
         }

@@ -860,11 +860,12 @@ pub fn direct_memory() -> &'static [Range] {
 /// What the direct map covers: memory write-back (the memory map's memory, `MemKind::is_memory`,
 /// the first megabyte, and the boot information and modules where a memory map too long for
 /// `BootInfo` lost the entry that held them), and the rest of the ranges the memory map names
-/// uncached — reserved, framebuffer, defective, unknown — where no memory shares their 2 MiB
-/// unit (`paging::build_kernel_space`): a device's registers there, which its driver or the
-/// kernel maps uncached, are never also mapped write-back, which the manuals forbid (two
-/// memory types for one page), and no speculative read reaches defective RAM. The consistency
-/// check holds the direct map to this (`check.rs`).
+/// uncached — reserved, framebuffer, defective, unknown — and so the holes of the 2 MiB units
+/// either touches (`paging::build_kernel_space`: a unit partly memory is mapped page by page).
+/// A device's registers there, which its driver or the kernel maps uncached, are never also
+/// mapped write-back, which the manuals forbid (two memory types for one page), and no
+/// speculative read reaches defective RAM. The consistency check holds the direct map to this
+/// (`check.rs`).
 pub fn direct_ranges(bi: &rl4_arch::bootinfo::BootInfo) -> (RangeSet<256>, RangeSet<256>) {
     let mut direct: RangeSet<256> = RangeSet::new();
     let mut uncached: RangeSet<256> = RangeSet::new();
