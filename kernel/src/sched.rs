@@ -1078,6 +1078,9 @@ fn decide_once() {
 /// the same loan of the queue.
 #[inline(always)]
 fn pick(cs: Here, mut carry: Option<(u8, Arc<Thread>, bool)>) -> bool {
+    // The inbox drains after a let-go entry (below) at most this often in one pick: other CPUs
+    // could keep pushing entries stale by the time they are popped (interrupts are off here).
+    let mut drains = 4;
     loop {
         // An empty queue (its top-priority copy is exact after every change, all on this CPU)
         // needs no loan of it: the idle loop and a CPU whose thread just blocked come here.
@@ -1097,7 +1100,10 @@ fn pick(cs: Here, mut carry: Option<(u8, Arc<Thread>, bool)>) -> bool {
         // A thread that the let-go entry's destruction woke here (a caller it owed a reply:
         // into this CPU's own inbox, which sets no flag) competes with the rest, not after a
         // tick behind a lower one (a review of the thirty-seventh session).
-        drain_inbox(cs);
+        if drains > 0 {
+            drains -= 1;
+            drain_inbox(cs);
+        }
     }
 }
 
