@@ -1077,32 +1077,43 @@ fn decide_once() {
 /// that just left this CPU (priority, reference, keeps its turn) goes into the queue first, in
 /// the same loan of the queue.
 #[inline(always)]
-fn pick(cs: Here, mut carry: Option<(u8, Arc<Thread>, bool)>) -> bool {
-    // The inbox drains after a let-go entry (below) at most this often in one pick: other CPUs
-    // could keep pushing entries stale by the time they are popped (interrupts are off here).
-    let mut drains = 4;
+fn pick(cs: Here, carry: Option<(u8, Arc<Thread>, bool)>) -> bool {
+    // An empty queue (its top-priority copy is exact after every change, all on this CPU)
+    // needs no loan of it: the idle loop and a CPU whose thread just blocked come here.
+    if carry.is_none() && cs.rq_top.load(Ordering::Relaxed) < 0 {
+        return false;
+    }
+    let next = with_rq(cs, |rq| {
+        if let Some((p, t, front)) = carry {
+            rq_push(rq, p, t, front);
+        }
+        rq.pop()
+    });
+    let Some((_, t)) = next else { return false };
+    run_entry(cs, t) || pick_after_let_go(cs)
+}
+
+/// [`pick`] after an entry that may not run here (let go, or passed on): the next one. A thread
+/// that the let-go entry's destruction woke here (a caller it owed a reply: into this CPU's
+/// own inbox, which sets no flag) competes with the rest, not after a tick behind a lower one
+/// (a review of the thirty-seventh session): the inbox is drained first — at most four times
+/// in one pick, since other CPUs could keep pushing entries stale by the time they are popped
+/// (interrupts are off here). Out of line: the common pick runs its first entry.
+#[cold]
+#[inline(never)]
+fn pick_after_let_go(cs: Here) -> bool {
+    let mut drains = 0;
     loop {
-        // An empty queue (its top-priority copy is exact after every change, all on this CPU)
-        // needs no loan of it: the idle loop and a CPU whose thread just blocked come here.
-        if carry.is_none() && cs.rq_top.load(Ordering::Relaxed) < 0 {
+        if drains < 4 {
+            drains += 1;
+            drain_inbox(cs);
+        }
+        if cs.rq_top.load(Ordering::Relaxed) < 0 {
             return false;
         }
-        let next = with_rq(cs, |rq| {
-            if let Some((p, t, front)) = carry.take() {
-                rq_push(rq, p, t, front);
-            }
-            rq.pop()
-        });
-        let Some((_, t)) = next else { return false };
+        let Some((_, t)) = with_rq(cs, |rq| rq.pop()) else { return false };
         if run_entry(cs, t) {
             return true;
-        }
-        // A thread that the let-go entry's destruction woke here (a caller it owed a reply:
-        // into this CPU's own inbox, which sets no flag) competes with the rest, not after a
-        // tick behind a lower one (a review of the thirty-seventh session).
-        if drains > 0 {
-            drains -= 1;
-            drain_inbox(cs);
         }
     }
 }
