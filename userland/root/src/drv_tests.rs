@@ -229,18 +229,16 @@ fn test_unauthorised(bi: &BootInfo, ports: u64, com2: bool) {
     if com2 {
         outb(COM2 + SCRATCH, 0x5a);
     }
-    let child = match Child::load(bi, "worker") {
-        Ok(c) => c,
-        Err(e) => return report(NAME, false, format_args!("loading the worker: {e}")),
-    };
-    let th = child.thread(CHILD_STACK_TOP, worker::PORT_OUT, (COM2 + SCRATCH) as u64 | 0xa5 << 16, ROOT_PRIO, cpus() - 1);
-    let faulted = th.is_ok_and(|t| wait_ms(3000, || state(t) == Some(ThreadState::Faulted)));
+    // The fault is a #GP (before the thirty-seventh session any fault passed, and without COM2
+    // nothing else was checked: a review).
+    let Some(seen) = crate::tests::child_fault_seen(bi, NAME, worker::PORT_OUT, (COM2 + SCRATCH) as u64 | 0xa5 << 16, |_| Ok(())) else { return };
+    let faulted = matches!(seen, Ok((13, _, _, _, true)));
     let scratch = if com2 { inb(COM2 + SCRATCH) } else { 0x5a };
-    if let Ok(t) = th {
-        release(t);
-    }
-    child.release();
-    report(NAME, faulted && scratch == 0x5a, format_args!("worker faulted {faulted}, COM2 scratch {scratch:#x} (0x5a written by the root task; device present {com2})"));
+    report(
+        NAME,
+        faulted && scratch == 0x5a,
+        format_args!("worker's fault (vector, address, ip, error, stopped) {seen:x?}, COM2 scratch {scratch:#x} (0x5a written by the root task; device present {com2})"),
+    );
 
     const CLOSED: &str = "ioport-closed-range-faults";
     let closed = sys::ioport_close(ports);

@@ -565,7 +565,7 @@ fn child_fault(bi: &BootInfo, name: &str, cmd: u64, addr: u64, what: &str, vecto
 /// the fault's (vector, address, instruction pointer, error code, stopped), or why none came;
 /// `None` (reported) if the worker could not be loaded.
 #[allow(clippy::type_complexity)]
-fn child_fault_seen(
+pub(crate) fn child_fault_seen(
     bi: &BootInfo,
     name: &str,
     cmd: u64,
