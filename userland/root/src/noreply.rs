@@ -245,8 +245,10 @@ pub fn run(calls: u64) -> bool {
                 }
                 // The server came too late for this call: the host holds an emulated CPU back
                 // for milliseconds now and then (tens of them on a busy host). Not more often
-                // than there are calls.
-                Err((true, _)) if retried < calls => retried += 1,
+                // than there are calls, and only where the server comes after the call: one
+                // waiting in `Recv` before it must get it (before the thirty-seventh session
+                // such a call lost was retried too: a review).
+                Err((true, _)) if retried < calls && !first => retried += 1,
                 Err((_, t)) => {
                     failed = Some((done, t));
                     break;
