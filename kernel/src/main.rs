@@ -441,9 +441,28 @@ fn start_aps(plan: &mut madt::Plan) {
         let needs = apboot::Needs {
             page1g: BSP_FEATURES.get().is_some_and(|f| f.page1g),
             hide_nx_1g: options().inject & rl4_core::cmdline::inject::AP_EXT != 0 && i == plan.cpus.len() - 1,
+            silent: options().inject & rl4_core::cmdline::inject::AP_SILENT != 0 && i == plan.cpus.len() - 1,
         };
         match apboot::start_ap(cpu, page, ap_main, timeout_us, needs) {
             apboot::Started::Online => run::record_start(i, cpu::rdtsc() - t0),
+            apboot::Started::NoResponse if options().run == rl4_core::cmdline::Run::Root => {
+                // Its offer is withdrawn (if it answers later, it parks in the trampoline): the
+                // kernel runs on the CPUs before it, as Linux runs without a CPU that does not
+                // answer, rather than stop (before the thirty-seventh session the root task did
+                // not start: a review of firmware input). The CPUs after it are not started,
+                // so that the CPU numbers have no gap.
+                let last = plan.cpus.len() - 1;
+                println!(
+                    "cpu {i} (apic id {}) did NOT come up: no response to INIT-SIPI-SIPI within {} ms; {}running on {i} CPU(s)",
+                    e.apic_id,
+                    options().ap_timeout_ms,
+                    if i == last { alloc::string::String::new() } else { alloc::format!("cpus {} to {last} not started; ", i + 1) }
+                );
+                sched::unprepare_cpu(i as u32);
+                plan.keep_first(i, madt::Skip::NoAnswer);
+                return;
+            }
+            // The boot check (`run=boot`) starts every CPU and reports each one that failed.
             apboot::Started::NoResponse => println!(
                 "cpu {i} (apic id {}) did NOT come up: no response to INIT-SIPI-SIPI within {} ms",
                 e.apic_id,
@@ -532,7 +551,7 @@ extern "C" fn ap_main(cpu: &'static Cpu) -> ! {
 }
 
 /// The `inject=` faults (`rl4_core::cmdline::inject`).
-pub fn inject() -> u16 {
+pub fn inject() -> u32 {
     OPTIONS.get().map_or(0, |o| o.inject)
 }
 

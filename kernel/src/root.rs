@@ -278,7 +278,7 @@ fn modules(space: &Space, memory: &Arc<Memory>, bi: &mut BootInfo, at: &mut u64)
 
 /// Damages kernel state on purpose (`inject=` on the kernel command line), so that a test can
 /// see the consistency check (`check.rs`) find each kind of damage. Never used otherwise.
-fn inject(what: u16, memory: &Arc<Memory>, task: &Arc<Task>) {
+fn inject(what: u32, memory: &Arc<Memory>, task: &Arc<Task>) {
     use rl4_core::cmdline::inject::*;
     if what & REFCOUNT != 0 {
         println!("inject: one reference too many on the root task (id {})", task.id);

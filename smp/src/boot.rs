@@ -80,6 +80,9 @@ pub struct Needs {
     /// For a test (`inject=apext`): this AP reads CPUID.80000001h:EDX without NX and 1 GiB
     /// pages, as one CPU of a machine whose CPUs differ would.
     pub hide_nx_1g: bool,
+    /// For a test (`inject=apsilent`): this AP is sent no INIT-SIPI-SIPI, as a CPU that the
+    /// MADT lists but that never answers (absent, fused off, hung).
+    pub silent: bool,
 }
 
 core::arch::global_asm!(
@@ -327,10 +330,12 @@ pub fn start_ap(cpu: &'static Cpu, page: u64, entry: ApEntry, timeout_us: u64, n
     // atomically from here on (the AP: stores, a compare-and-swap).
     let (alive, lacks, offer) = unsafe { (&(*p).alive, &(*p).lacks, &(*p).offer) };
     offer.store(cpu.apic_id as u64 + 1, Ordering::Release);
-    cpus::with_lapic(|l| {
-        let l = l.expect("BSP local APIC is up before APs are started");
-        lapic::init_sipi_sipi(l, cpu.apic_id, page, || alive.load(Ordering::Acquire) != 0);
-    });
+    if !needs.silent {
+        cpus::with_lapic(|l| {
+            let l = l.expect("BSP local APIC is up before APs are started");
+            lapic::init_sipi_sipi(l, cpu.apic_id, page, || alive.load(Ordering::Acquire) != 0);
+        });
+    }
     if !time::wait_until(timeout_us, || alive.load(Ordering::Acquire) != 0) {
         if offer.swap(0, Ordering::AcqRel) != 0 {
             return Started::NoResponse;

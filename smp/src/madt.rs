@@ -41,6 +41,8 @@ pub enum Skip {
     NoMemory,
     /// Its CPUID (or that of one before it) lacks what the bootstrap CPU set up for every CPU.
     Unlike,
+    /// It (or one before it) never answered its start (`run=root`).
+    NoAnswer,
 }
 
 impl Skip {
@@ -56,6 +58,7 @@ impl Skip {
             Skip::NoTrampoline => "no free page below 640 KiB to start it from",
             Skip::NoMemory => "no memory for it (or for one before it) and the root task",
             Skip::Unlike => "it (or one before it) lacks what the bootstrap CPU set up for every CPU",
+            Skip::NoAnswer => "it (or one before it) never answered its start",
         }
     }
 }

@@ -20,7 +20,7 @@
 //! | `overcommit=MiB` | give the root task's budget this many MiB more than the kernel can back (0..=4096), so that a test runs the kernel itself out of frames before the budget runs out (`docs/memory.md`, "Running out of memory") | 0 |
 //! | `failalloc=SEED/N` | once the root task runs, make a pseudo-random 1 in N (2..=1000000) of the kernel heap allocations made inside system calls fail (the allocator answers null; seeded by SEED, a whole number), so that tests can see every such allocation answer `OutOfMemory` rather than panic (`docs/memory.md`, "Allocation failure injection") | off |
 //! | `reserve=A-B,..` | keep the physical ranges `[A, B)` (hex with `0x`, or decimal; at most [`RESERVE_MAX`]) out of the frame allocator and away from the AP trampoline, as if the memory map reserved them (RAM known to be bad; tests take the first 640 KiB away with `reserve=0-0xa0000`) | none |
-//! | `inject=A,B,..` | damage kernel state on purpose when the root task starts, so that tests can see the consistency check find it: `refcount`, `frame`, `budget`, `state`, `locks`, `deriv`, `device`, `queue`, `parent`; `stray`, an interrupt on a vector nothing sends, on every CPU; `lvt`, the local APIC entries the kernel does not use left unmasked before its set-up masks them; `slowunmap`, every `Unmap` held 200 ms between taking the page out and its TLB shoot-down; `apcpuid`, the last application processor reading its CPUID without x2APIC, the TSC-deadline timer, SMEP and SMAP; `slowcopy`, every long message held 200 ms between finding the sender's IPC buffer and reading it; `apext`, the last application processor's trampoline reading CPUID.80000001h:EDX without no-execute and 1 GiB pages; and `slowack`, an `IrqAck` that found its binding lapsed held 200 ms before it ends it | none |
+//! | `inject=A,B,..` | damage kernel state on purpose when the root task starts, so that tests can see the consistency check find it: `refcount`, `frame`, `budget`, `state`, `locks`, `deriv`, `device`, `queue`, `parent`; `stray`, an interrupt on a vector nothing sends, on every CPU; `lvt`, the local APIC entries the kernel does not use left unmasked before its set-up masks them; `slowunmap`, every `Unmap` held 200 ms between taking the page out and its TLB shoot-down; `apcpuid`, the last application processor reading its CPUID without x2APIC, the TSC-deadline timer, SMEP and SMAP; `slowcopy`, every long message held 200 ms between finding the sender's IPC buffer and reading it; `apext`, the last application processor's trampoline reading CPUID.80000001h:EDX without no-execute and 1 GiB pages; `slowack`, an `IrqAck` that found its binding lapsed held 200 ms before it ends it; and `apsilent`, the last application processor sent no INIT-SIPI-SIPI (a CPU that never answers) | none |
 
 use core::fmt;
 
@@ -64,7 +64,7 @@ pub struct Options {
     /// The IPC fast paths are enabled.
     pub fastpath: bool,
     /// Faults to inject ([`inject`] bits).
-    pub inject: u16,
+    pub inject: u32,
     /// MiB added to the root task's budget beyond what memory backs (tests of exhaustion).
     pub overcommit_mib: u32,
     /// `failalloc=SEED/N`: (seed, N), one in N of the system calls' heap allocations fails.
@@ -95,53 +95,56 @@ fn address(v: &str) -> Option<u64> {
 /// What `inject=` can damage (see the kernel's `root::inject`).
 pub mod inject {
     /// One reference too many on the root task.
-    pub const REFCOUNT: u16 = 1;
+    pub const REFCOUNT: u32 = 1;
     /// A frame allocated and owned by nothing.
-    pub const FRAME: u16 = 2;
+    pub const FRAME: u32 = 2;
     /// A budget charged for nothing.
-    pub const BUDGET: u16 = 4;
+    pub const BUDGET: u32 = 4;
     /// A thread marked runnable but put in no queue.
-    pub const STATE: u16 = 8;
+    pub const STATE: u32 = 8;
     /// Two threads' locks held at once, and a frame destroyed while they are held.
-    pub const LOCKS: u16 = 16;
+    pub const LOCKS: u32 = 16;
     /// A capability derivation node that no slot owns.
-    pub const DERIV: u16 = 32;
+    pub const DERIV: u32 = 32;
     /// A device frame forged over a page of RAM that the frame allocator manages.
-    pub const DEVICE: u16 = 64;
+    pub const DEVICE: u32 = 64;
     /// A thread blocked on one notification but queued on another's wait list.
-    pub const QUEUE: u16 = 128;
+    pub const QUEUE: u32 = 128;
     /// A task that lives on after the task that made it ended, and a task counting one task
     /// more than it made.
-    pub const PARENT: u16 = 256;
+    pub const PARENT: u32 = 256;
     /// Not damage: an interrupt on a vector nothing sends, on every CPU (0x60 on the bootstrap
     /// CPU, taken in user mode; 0x61 on the others, mostly idle: taken in kernel mode).
-    pub const STRAY: u16 = 512;
+    pub const STRAY: u32 = 512;
     /// Not damage: the LVT entries the kernel does not use (performance counters, thermal
     /// sensor, CMCI) left unmasked on every CPU, as firmware may leave them, just before the
     /// local APIC's set-up masks them (`rl4_smp::lapic`; the boot line says whether they read
     /// back masked).
-    pub const LVT: u16 = 1024;
+    pub const LVT: u32 = 1024;
     /// Not damage: every `Unmap` waits 200 ms between taking the entry out of the page tables
     /// and its shoot-down, so that a test can reach the space from another CPU in between.
-    pub const SLOW_UNMAP: u16 = 2048;
+    pub const SLOW_UNMAP: u32 = 2048;
     /// Not damage: the last application processor reads its CPUID without the optional
     /// features the kernel uses (x2APIC, the TSC-deadline timer, SMEP, SMAP), as one CPU of a
     /// machine whose CPUs differ would: it must stay offline, and the kernel run on the others.
-    pub const AP_CPUID: u16 = 4096;
+    pub const AP_CPUID: u32 = 4096;
     /// Not damage: every long message waits 200 ms between finding the sender's IPC buffer
     /// and reading it, so that a test can unmap the page from another CPU in between.
-    pub const SLOW_COPY: u16 = 8192;
+    pub const SLOW_COPY: u32 = 8192;
     /// Not damage: the last application processor's trampoline reads CPUID.80000001h:EDX
     /// without no-execute and 1 GiB pages, as one CPU of a machine whose CPUs differ would: it
     /// must park before long mode, and the kernel run on the others.
-    pub const AP_EXT: u16 = 16384;
+    pub const AP_EXT: u32 = 16384;
     /// Not damage: an `IrqAck` that found its binding lapsed waits 200 ms before it ends that
     /// binding, so that a test can bind the line again from another CPU in between.
-    pub const SLOW_ACK: u16 = 32768;
+    pub const SLOW_ACK: u32 = 32768;
+    /// Not damage: the last application processor is sent no INIT-SIPI-SIPI, as a CPU the MADT
+    /// lists that never answers: under `run=root` the kernel runs on the CPUs before it.
+    pub const AP_SILENT: u32 = 65536;
     /// What a bad `inject=` value is told to be instead (every name in [`NAMES`]: a host test
     /// holds the two together).
-    pub const EXPECTED: &str = "a comma-separated list of refcount, frame, budget, state, locks, deriv, device, queue, parent, stray, lvt, slowunmap, apcpuid, slowcopy, apext, slowack";
-    pub const NAMES: [(&str, u16); 16] = [
+    pub const EXPECTED: &str = "a comma-separated list of refcount, frame, budget, state, locks, deriv, device, queue, parent, stray, lvt, slowunmap, apcpuid, slowcopy, apext, slowack, apsilent";
+    pub const NAMES: [(&str, u32); 17] = [
         ("refcount", REFCOUNT),
         ("frame", FRAME),
         ("budget", BUDGET),
@@ -158,6 +161,7 @@ pub mod inject {
         ("slowcopy", SLOW_COPY),
         ("apext", AP_EXT),
         ("slowack", SLOW_ACK),
+        ("apsilent", AP_SILENT),
     ];
 }
 
