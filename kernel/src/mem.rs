@@ -872,6 +872,13 @@ pub fn direct_ranges(bi: &rl4_arch::bootinfo::BootInfo) -> (RangeSet<256>, Range
     for e in bi.memory_map() {
         let _ = if e.kind.is_memory() { direct.insert(e.range) } else { uncached.insert(e.range) };
     }
+    // Where the map names a range twice, the other kind wins, page by page, as in the frame
+    // allocator (`memmap::free_pages`): reserved or defective memory that a usable entry
+    // overlaps is not mapped write-back (a review of the thirty-seventh session). (Were the
+    // set too full to split a range, that part stays write-back.)
+    for r in uncached.iter() {
+        let _ = direct.remove_pages_covering(r);
+    }
     let _ = direct.insert(Range::new(0, 0x10_0000));
     // The boot information and the modules are read after the switch (the root task's image,
     // the RSDP copy inside the Multiboot2 information): mapped even where a memory map too long
