@@ -5,14 +5,18 @@
 //! * `teardown-task-chain`: a chain of 10,000 tasks (fewer where memory is short: each test sizes
 //!   what it makes by the budget it finds, [`sized`]), each task's capability table holding the
 //!   only capability to the next; deleting the head's capability frees the whole chain.
-//! * `teardown-endpoint-chain`: a chain of endpoints, each held only by the capability in
-//!   flight of a sender blocked on the one before; deleting the first endpoint wakes its
-//!   sender, whose message's capability was the last reference to the next endpoint, and so
-//!   on down the chain.
+//! * `teardown-endpoint-chain`: what was a chain of endpoints, each held only by the capability
+//!   in flight of a sender blocked on the one before. Since the thirty-fourth session a
+//!   capability in flight keeps nothing alive, so no chain forms: each endpoint dies as the
+//!   root task deletes its own capability, and its sender is let go (`PartnerGone`); the test
+//!   checks that no chain stands (at most one sender left) and that the first endpoint's
+//!   deletion ends the last.
 //!
 //! Each checks afterwards that the memory budget is back where it was, no thread is left over
 //! and the kernel's consistency check (`KernelCheck`) finds nothing. On the kernel before the
 //! fix both ended in a double fault on a kernel stack overflow (3,000 tasks; 2,000 endpoints).
+//! (A deep chain of objects that destroy each other is made by `teardown-task-chain`, and by
+//! the fuzzer's deep graphs.)
 use rl4_abi::ipc::{FOREVER, NO_SLOT, Tag};
 use rl4_abi::{PAGE_SIZE, Rights, Sys, ThreadState, stat};
 use rl4_user::sys;
