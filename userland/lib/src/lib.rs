@@ -254,9 +254,12 @@ impl Msg {
     }
 }
 
-/// A thread's IPC buffer page: message words 4 and up, at their index.
+/// A thread's IPC buffer page: message words 4 and up, at their index. Neither `Send` nor
+/// `Sync`: it is the calling thread's, whose `join` unmaps it (kept by another thread past
+/// that, it named an unmapped page, or the next spawned thread's: a review of the
+/// thirty-seventh session).
 #[derive(Clone, Copy, Debug)]
-pub struct IpcBuffer(u64);
+pub struct IpcBuffer(u64, core::marker::PhantomData<*const ()>);
 
 impl IpcBuffer {
     /// The calling thread's buffer: [`env::IPC_BUFFER`] for a program's first thread, the
@@ -270,7 +273,7 @@ impl IpcBuffer {
         // SAFETY: reads the stack pointer; no memory access, no side effect.
         unsafe { core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags)) };
         match thread::buffer_for(sp) {
-            Some(b) => IpcBuffer(b),
+            Some(b) => IpcBuffer(b, core::marker::PhantomData),
             None => panic!("IpcBuffer::current: the stack at {sp:#x} is neither the first thread's nor a spawned one's (use IpcBuffer::at)"),
         }
     }
@@ -281,7 +284,7 @@ impl IpcBuffer {
     /// buffer words (the thread's registered buffer, `SetIpcBuffer`) for as long as the value
     /// is used: [`IpcBuffer::set`] writes it, and the kernel writes received words there.
     pub unsafe fn at(addr: u64) -> IpcBuffer {
-        IpcBuffer(addr & !(rl4_abi::PAGE_SIZE - 1))
+        IpcBuffer(addr & !(rl4_abi::PAGE_SIZE - 1), core::marker::PhantomData)
     }
     /// Word `i` (< [`rl4_abi::ipc::MAX_WORDS`]; others read as 0).
     pub fn get(self, i: usize) -> u64 {

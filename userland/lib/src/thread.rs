@@ -170,8 +170,10 @@ pub fn spawn(f: fn(u64), arg: u64, cpu: u64, prio: u64) -> Result<Spawned, Error
     }
 }
 
-/// A thread [`spawn`] started: its capability, and its region until [`Spawned::join`].
+/// A thread [`spawn`] started: its capability, and its region until [`Spawned::join`]. Dropped
+/// unjoined, its region, pages and slot stay taken for as long as the program runs.
 #[derive(Debug)]
+#[must_use = "a thread's stack, buffer and slot come back only through `join`"]
 pub struct Spawned {
     thread: Thread,
     base: u64,
