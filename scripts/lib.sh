@@ -190,15 +190,18 @@ PY
 # build_iso "kernel args" [MODULE...]: a GRUB (BIOS) ISO that boots rl4 through Multiboot2, with
 # the given files (FILE[:NAME]) as boot modules, each named by its module string.
 build_iso() {
-    local args="$1" dir="$BUILD/iso" m f mods=""
+    local args="$1" dir="$BUILD/iso" m f mods="" i=0
     shift
     rm -rf "$dir"
-    mkdir -p "$dir/boot/grub"
+    mkdir -p "$dir/boot/grub" "$dir/boot/modules"
     cp "$KERNEL_ELF" "$dir/boot/rl4.elf"
+    # Each module under its index: two files of one name (a/echo.elf, b/echo.elf), or one named
+    # rl4.elf, went to one path before (a review).
     for m in "$@"; do
         f=$(module_file "$m")
-        cp "$f" "$dir/boot/"
-        mods+="    module2 /boot/$(basename "$f") $(module_name "$m")"$'\n'
+        cp "$f" "$dir/boot/modules/$i"
+        mods+="    module2 /boot/modules/$i $(module_name "$m")"$'\n'
+        i=$((i + 1))
     done
     cat >"$dir/boot/grub/grub.cfg" <<CFG
 set timeout=0
@@ -313,10 +316,14 @@ build_limine_iso() {
         echo "    path: boot():/boot/rl4.elf"
         echo "    kernel_cmdline: $args"
         echo "    cmdline: $args"
+        local i=0
+        mkdir -p "$dir/boot/modules"
         for m in "$@"; do
-            cp "$(module_file "$m")" "$dir/boot/"
-            echo "    module_path: boot():/boot/$(basename "$(module_file "$m")")"
+            # Under its index, as in build_iso.
+            cp "$(module_file "$m")" "$dir/boot/modules/$i"
+            echo "    module_path: boot():/boot/modules/$i"
             echo "    module_cmdline: $(module_name "$m")"
+            i=$((i + 1))
         done
     } >"$dir/boot/limine/limine.conf"
     say "building the Limine ISO build/$name.iso (BIOS and UEFI)"
