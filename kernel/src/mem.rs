@@ -879,6 +879,19 @@ pub fn direct_ranges(bi: &rl4_arch::bootinfo::BootInfo) -> (RangeSet<256>, Range
     for r in uncached.iter() {
         let _ = direct.remove_pages_covering(r);
     }
+    // But what the kernel itself reads stays write-back wherever a memory entry names it: its
+    // image (also mapped write-back at its own address) and the boot information and modules,
+    // should a loader have put them in a page the map gives to a reserved range too (the
+    // third diff review).
+    let kernel = rl4_arch::kernel_phys_range();
+    for r in core::iter::once(&kernel).chain(bi.info_ranges()) {
+        for e in bi.memory_map().iter().filter(|e| e.kind.is_memory()) {
+            let (s, t) = (r.start.max(e.range.start), r.end.min(e.range.end));
+            if s < t {
+                let _ = direct.insert(Range::new(rl4_core::align_down(s, PAGE_SIZE), rl4_core::align_up(t, PAGE_SIZE)));
+            }
+        }
+    }
     let _ = direct.insert(Range::new(0, 0x10_0000));
     // The boot information and the modules are read after the switch (the root task's image,
     // the RSDP copy inside the Multiboot2 information): mapped even where a memory map too long

@@ -24,7 +24,7 @@
 //! * `start=NAME[:cpu=N][:prio=P][:arg=X][:ep=OTHER]... [until=NAME] [seconds=S] [stay]`: start
 //!   programs (boot modules from `scripts/run --program`, or embedded ones) by name, each in a
 //!   task of its own, the `ep=` programs' endpoints passed to it; then wait for the `until=`
-//!   program (default the last) to end and shut down (see `modules.rs`, `docs/writing-programs.md`).
+//!   program (default the last `start=` item) to end and shut down (see `modules.rs`, `docs/writing-programs.md`).
 #![no_std]
 #![no_main]
 

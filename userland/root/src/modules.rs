@@ -13,8 +13,8 @@
 //! `ep=` options gave: a program that calls it gets an error, not a wait for a server that never
 //! comes.
 //!
-//! The root task then waits for the program named by `until=` (default: the last one started)
-//! to end, and shuts the machine down: success if it ended by returning from `rl4_main` (or
+//! The root task then waits for the program named by `until=` (default: the last `start=`
+//! item; if that one was refused, the run ends in failure at once) to end, and shuts the machine down: success if it ended by returning from `rl4_main` (or
 //! `ThreadExit`), failure if it faulted or did not end within `seconds=` (default 120).
 //! `stay` keeps the machine running instead. Before it shuts down it runs the kernel's
 //! consistency check (`KernelCheck`), which must find nothing wrong.
