@@ -298,12 +298,5 @@ static STOPS_SENT: AtomicUsize = AtomicUsize::new(0);
 /// handler (`rl4_arch::idt::HALTED_ON_NMI`); whether all did. (A CPU that loaded its IDT after
 /// the flag was set, and was sent none, halts before it runs anything.)
 pub fn wait_stopped(us: u64) -> bool {
-    let end = rl4_arch::cpu::rdtsc() + rl4_arch::time::us_to_ticks(us);
-    while rl4_arch::idt::HALTED_ON_NMI.load(Ordering::SeqCst) < STOPS_SENT.load(Ordering::SeqCst) {
-        if rl4_arch::cpu::rdtsc() > end {
-            return false;
-        }
-        core::hint::spin_loop();
-    }
-    true
+    rl4_arch::time::wait_until(us, || rl4_arch::idt::HALTED_ON_NMI.load(Ordering::SeqCst) >= STOPS_SENT.load(Ordering::SeqCst))
 }
