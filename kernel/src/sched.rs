@@ -1462,8 +1462,7 @@ fn yield_rotate(cs: Here, p: u8) -> bool {
         Err(t) => {
             drop(held);
             queued_twice(t);
-            drain_inbox(cs);
-            if !pick(cs, None) {
+            if !pick_after_let_go(cs) {
                 idle();
             }
             return true;
@@ -1471,9 +1470,8 @@ fn yield_rotate(cs: Here, p: u8) -> bool {
     };
     if !run_entry_held(cs, next, Some(held)) {
         // An entry that may not run here (dropped, or passed on): the next one, among them a
-        // thread its destruction woke here (as in `pick`).
-        drain_inbox(cs);
-        if !pick(cs, None) {
+        // thread its destruction woke here (`pick`'s own step for that).
+        if !pick_after_let_go(cs) {
             idle();
         }
         crate::reclaim::drain();
