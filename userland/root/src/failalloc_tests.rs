@@ -27,7 +27,9 @@ const VA: u64 = 0x0000_5f00_0000_0000;
 
 // Threads that need no stack. `fa_blocker`: system call `rsi` (`Wait` or `Send`) on the object
 // in slot `rdi`, an empty message, waiting forever, then exit. `fa_receiver`: `Recv` on the
-// endpoint in slot `rdi` taking a capability into slot `rsi`, then exit.
+// endpoint in slot `rdi` taking a capability into slot `rsi`, then exit. Each exits only if its
+// call answered success or `OutOfMemory`; any other answer is an invalid instruction, which
+// leaves the thread `Faulted` (no handler) for the test to see ([`ended`]).
 core::arch::global_asm!(
     ".pushsection .text.fa_blocker, \"ax\"",
     ".global fa_blocker",
@@ -38,9 +40,7 @@ core::arch::global_asm!(
     "    mov r13, {no_slot}",
     "    mov r14, {no_slot}",
     "    syscall",
-    "    mov eax, {exit}",
-    "    syscall",
-    "    ud2",
+    "    jmp 2f",
     ".global fa_receiver",
     "fa_receiver:",
     "    mov r14, rsi",
@@ -49,12 +49,20 @@ core::arch::global_asm!(
     "    mov r12, {forever}",
     "    mov r13, {no_slot}",
     "    syscall",
+    "2:",
+    "    test rax, rax",
+    "    jz 3f",
+    "    cmp rax, {oom}",
+    "    jne 4f",
+    "3:",
     "    mov eax, {exit}",
     "    syscall",
+    "4:",
     "    ud2",
     ".popsection",
     forever = const FOREVER,
     no_slot = const NO_SLOT,
+    oom = const Error::OutOfMemory as u64,
     recv = const Sys::Recv as u64,
     exit = const Sys::ThreadExit as u64,
 );
@@ -105,13 +113,18 @@ impl Tally {
                 false
             }
             Err(e) => {
-                if self.bad < 5 {
-                    rl4_user::println!("failalloc: {} ({what}) answered {e:?}", KINDS[k]);
-                }
-                self.bad += 1;
+                self.wrong(k, format_args!("({what}) answered {e:?}"));
                 false
             }
         }
+    }
+
+    /// Counts a wrong outcome of kind `k`, told as `what` (the first few are printed).
+    fn wrong(&mut self, k: usize, what: core::fmt::Arguments) {
+        if self.bad < 5 {
+            rl4_user::println!("failalloc: {}: {what}", KINDS[k]);
+        }
+        self.bad += 1;
     }
 }
 
@@ -142,8 +155,27 @@ fn start(t: &mut Tally, k: usize, entry: unsafe extern "C" fn(), a0: u64, a1: u6
     }
     wait_ms(2000, || matches!(state(th), Some(s) if s != ThreadState::Runnable && s != ThreadState::Running));
     let s = state(th);
-    // A thread whose own call failed for want of memory ended (its exit is all it did).
+    // A thread whose own call failed for want of memory ended (its exit is all it did); one
+    // whose call answered anything else stopped on its invalid instruction.
+    if s == Some(ThreadState::Faulted) {
+        t.wrong(k, format_args!("a thread stopped at once: its own call answered neither success nor OutOfMemory"));
+    }
     matches!(s, Some(ThreadState::BlockedNotify | ThreadState::BlockedSend | ThreadState::BlockedRecv))
+}
+
+/// Waits until the thread in slot `th`, woken (or sent to), has ended; counts as a bad answer a
+/// thread whose call answered neither success nor `OutOfMemory` (it stopped `Faulted`) or that
+/// never ended (its wake-up lost).
+fn ended(t: &mut Tally, k: usize, th: u64) {
+    let done = || matches!(state(th), Some(ThreadState::Dead | ThreadState::Faulted));
+    wait_ms(2000, done);
+    match state(th) {
+        Some(ThreadState::Dead) => {}
+        Some(ThreadState::Faulted) => {
+            t.wrong(k, format_args!("a woken thread stopped: its call answered neither success nor OutOfMemory"));
+        }
+        s => t.wrong(k, format_args!("a woken thread did not end within 2 s ({s:?})")),
+    }
 }
 
 fn round(t: &mut Tally, r: u64, hpet: u64) {
@@ -189,9 +221,15 @@ let have_ep = t.note(7, "endpoint", sys::endpoint_create(MEMORY, ep));
                 release(w);
             }
         }
-        for &w in &blocked[..n] {
+        // Every waiter woken (as many signals and receives as waiters: each signal wakes one
+        // waiter of the notification, each receive takes one sender's message), then each
+        // must have ended with its call answered success.
+        for _ in &blocked[..n] {
             let _ = sys::signal(ntf, 1);
             let _ = sys::nb_recv(ep);
+        }
+        for &w in &blocked[..n] {
+            ended(t, 10, w);
             release(w);
         }
         // IPC with a capability transferred: a receiver takes the notification capability into
@@ -201,11 +239,11 @@ let have_ep = t.note(7, "endpoint", sys::endpoint_create(MEMORY, ep));
             t.note(11, "send with a capability", sys::ipc(Sys::Send, ep, &m, FOREVER, ntf, NO_SLOT));
             // It has ended once what it received is in `got` (a receiver that only became
             // runnable has not taken the capability into its slot yet).
-            let dead = || matches!(state(th), Some(ThreadState::Dead));
+            let dead = || matches!(state(th), Some(ThreadState::Dead | ThreadState::Faulted));
             if !wait_ms(500, dead) && matches!(state(th), Some(ThreadState::BlockedRecv)) {
                 let _ = sys::nb_send(ep, &Msg { tag: Tag::new(1, 0, 0), badge: 0, w: [0; 4] });
             }
-            wait_ms(2000, dead);
+            ended(t, 11, th);
         }
         release(th);
         // Waits with a timeout (the CPU's deadline list).
