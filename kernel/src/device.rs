@@ -204,7 +204,7 @@ impl IoPortObj {
         if let Ok((closed, entry)) = r {
             drop(entry);
             if closed {
-                resync(&sp);
+                resync(&sp, true);
             }
         }
         // Last references to the space and its task go to the destruction list (a space's
@@ -250,7 +250,7 @@ impl IoPortObj {
             crate::tlb::service_tlb_here();
         }
         if closed_any {
-            resync.send();
+            resync.send(true);
         }
     }
     /// For `KernelCheck` (every other CPU stopped): whether `sp` is on the list of openers
@@ -337,12 +337,18 @@ fn change<R>(io: &IoSpace, f: impl FnOnce(&mut IoSet) -> Result<(R, [Weak<IoPort
 
 /// After tasks' ranges changed ([`change`]): the other CPUs that may run a thread of one of
 /// their spaces — those whose published root is one of them ([`Resync::add`]) — re-read their
-/// running thread's ranges at the reschedule interrupt (`trap.rs`), and this CPU re-reads its
-/// own at once (or, running none at this instant — the fast path holds it out of the slot — at
-/// the reschedule interrupt it sends itself, taken on the way back to user mode): within one
-/// IPI, a close holds everywhere and an open is seen by every thread of the task. Other CPUs
-/// are not interrupted (a task that opens and closes ports in a loop disturbs only the CPUs
-/// running its own threads, or idle with its space still loaded).
+/// running thread's ranges at the reschedule interrupt (`trap.rs`: [`on_resched`]), and this
+/// CPU re-reads its own at once (or, running none at this instant — the fast path holds it out
+/// of the slot — at the reschedule interrupt it sends itself, taken on the way back to user
+/// mode). An open is seen by every thread of the task within one IPI; a close is waited for
+/// ([`Resync::send`] with `wait`): the call that closed a range (or the revocation or
+/// deletion whose capability's leave closed it) answers only once every CPU asked has passed
+/// a point where it re-read its running thread's ranges (`rl4_core::asks`), so that no thread
+/// of the task runs with the range open after that answer. (Before the thirty-eighth session
+/// nothing waited: a thread on another CPU could drive the ports for the IPI's delivery time
+/// after the revocation had answered — a review found it.) Other CPUs are not interrupted (a
+/// task that opens and closes ports in a loop disturbs only the CPUs running its own threads,
+/// or idle with its space still loaded).
 struct Resync {
     others: [u64; MAX_CPUS.div_ceil(64)],
     /// This CPU's published root is one of the spaces'.
@@ -376,26 +382,86 @@ impl Resync {
     }
 
     /// This CPU re-reads its running thread's ranges (or, running none at this instant and
-    /// having one of the spaces loaded, sends itself the IPI); the other CPUs added get it.
-    fn send(self) {
+    /// having one of the spaces loaded, sends itself the IPI); the other CPUs added get it, and,
+    /// with `wait` (a range closed), each is asked for an answer first and waited for.
+    /// The caller holds no lock (a CPU asked may be spinning for it with interrupts off): the
+    /// wait answers TLB shoot-downs and other CPUs' questions of this kind meanwhile, as a
+    /// shoot-down's does, so that two CPUs closing ranges of each other's spaces at once do
+    /// not wait for each other for ever.
+    fn send(self, wait: bool) {
         if !sync_current() && self.here {
             rl4_smp::cpus::send_resched(rl4_arch::percpu::cpu_index() as usize);
         }
+        // The tickets, on the stack (2 KiB, as a shoot-down's): closing allocates nothing.
+        let mut tickets = [0u64; MAX_CPUS];
+        self.each_other(|c| {
+            if wait {
+                tickets[c] = ASKS[c].ask();
+            }
+            rl4_smp::cpus::send_resched(c);
+        });
+        if wait {
+            self.each_other(|c| {
+                while !ASKS[c].answered(tickets[c]) {
+                    crate::tlb::service_tlb_here();
+                    answer_asked();
+                    rl4_arch::cpu::relax();
+                }
+            });
+        }
+    }
+
+    fn each_other(&self, mut f: impl FnMut(usize)) {
         for (w, &bits) in self.others.iter().enumerate() {
             let mut b = bits;
             while b != 0 {
-                rl4_smp::cpus::send_resched(w * 64 + b.trailing_zeros() as usize);
+                f(w * 64 + b.trailing_zeros() as usize);
                 b &= b - 1;
             }
         }
     }
 }
 
-/// [`Resync`] for one space.
-fn resync(sp: &Space) {
+/// Per CPU: the questions other CPUs that closed ranges put to it, and its answers
+/// ([`Resync::send`]).
+static ASKS: [rl4_core::asks::Asks; MAX_CPUS] = [const { rl4_core::asks::Asks::new() }; MAX_CPUS];
+
+/// The reschedule interrupt (`trap.rs`): this CPU's bitmap made to match its running thread's
+/// task, and an answer to the CPUs that asked since its last (their close is seen: the pass
+/// reads the generations after the count of questions). Interrupts are taken only in user
+/// mode, in the idle loop (no thread current: the next one comes through a switch, which
+/// re-reads its task's ranges, `tlb::load_space`) and in a few waits inside system calls whose
+/// thread is current: in each the thread that runs next in user mode either is the one just
+/// synced or comes through a switch.
+pub fn on_resched() {
+    let asks = &ASKS[rl4_arch::percpu::cpu_index() as usize % MAX_CPUS];
+    if !asks.answer(|| {
+        let _ = sync_current();
+    }) {
+        let _ = sync_current();
+    }
+}
+
+/// A CPU that spins with interrupts off waiting for other CPUs — for their answers
+/// ([`Resync::send`]), or frozen by `KernelCheck` and its checker — answers the questions put to
+/// it: its bitmap re-read for its running thread or, running none at this instant (the fast
+/// path may hold it out of the slot while a destruction it let go of closes ranges), the
+/// reschedule interrupt sent to itself, which re-reads it before any user instruction runs
+/// here. (A closer and a frozen CPU, or two closers, would otherwise wait for each other.)
+pub(crate) fn answer_asked() {
+    let me = rl4_arch::percpu::cpu_index() as usize % MAX_CPUS;
+    ASKS[me].answer(|| {
+        if !sync_current() {
+            rl4_smp::cpus::send_resched(me);
+        }
+    });
+}
+
+/// [`Resync`] for one space (`wait`: a range closed).
+fn resync(sp: &Space, wait: bool) {
     let mut r = Resync::new();
     r.add(sp);
-    r.send();
+    r.send(wait);
 }
 
 /// Generations of port-range states, machine-wide (taken only by `IoPortOpen`/`IoPortClose`).
@@ -439,7 +505,7 @@ fn reload(loaded: &AtomicU64, sp: &Space) {
 
 /// This CPU's bitmap made to match its running thread's task (after the task's ranges
 /// changed: through the reschedule IPI); whether it runs a thread at this instant.
-pub fn sync_current() -> bool {
+fn sync_current() -> bool {
     let loaded = &crate::sched::this_cpu().tlb.io_generation;
     crate::sched::with_current(|t| sync(loaded, &t.space)).is_some()
 }
@@ -690,7 +756,7 @@ pub fn syscall(t: &Arc<Thread>, s: Sys, a: [u64; 6]) -> Result<[u64; 3], Error> 
                     None => Err(Error::InvalidState),
                 })?;
             }
-            resync(sp);
+            resync(sp, s == Sys::IoPortClose);
             // The object goes after its use (a capability deleted meanwhile on another CPU
             // leaves this reference the last: its destructor closes what was just opened).
             drop(p);

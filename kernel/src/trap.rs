@@ -17,7 +17,7 @@ fn interrupt(vector: u8) {
         }
         lapic::VEC_RESCHED => {
             cpus::resched_interrupt();
-            let _ = crate::device::sync_current();
+            crate::device::on_resched();
         }
         v if (crate::irq::VEC_BASE..crate::irq::VEC_BASE + crate::irq::LINES as u8).contains(&v) => {
             crate::irq::interrupt((v - crate::irq::VEC_BASE) as usize)

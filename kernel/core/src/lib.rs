@@ -1,6 +1,6 @@
 //! Pure kernel logic that needs no hardware: the kernel command line, the physical memory map,
 //! the physical frame allocator, capability tables, run queues, PCID bookkeeping, the TLB
-//! shoot-down protocol and the fault reports' rate limit.
+//! shoot-down protocol, a CPU's answers to other CPUs' questions and the fault reports' rate limit.
 //!
 //! Everything here compiles for the host as well as for `x86_64-unknown-none` and is unit-tested
 //! with a plain `cargo test` (run by `scripts/test`). Nothing in this crate touches hardware;
@@ -12,6 +12,7 @@
 
 extern crate alloc;
 
+pub mod asks;
 pub mod btreenodes;
 pub mod captable;
 pub mod cmdline;

@@ -141,8 +141,9 @@ pub const PORT_OUT: u64 = 60;
 /// interrupt, write 1 to word 0 of the page at the operand address, then spin forever without
 /// `IrqAck` (a driver killed mid-interrupt).
 pub const IRQ_DRIVER: u64 = 61;
-/// Open the range of [`PORTS_SLOT`], print `worker: ports open`, then `out` the byte
-/// `operand >> 16` to port `operand & 0xffff` for ever (it faults once the range closes).
+/// Open the range of [`PORTS_SLOT`], print `worker: ports open`, then `out` the bytes
+/// `operand >> 16`, one more, one more, … (wrapping) to port `operand & 0xffff` for ever (it
+/// faults once the range closes).
 pub const PORT_LOOP: u64 = 63;
 /// Open and close the range of [`PORTS_SLOT`] as many times as word 0 of the page at the
 /// operand address says, then write the number of pairs that succeeded into word 1.

@@ -402,6 +402,83 @@ fn test_deleted_capability(bi: &BootInfo, ports: u64, com2: bool) {
     );
 }
 
+/// A range closed is closed on every CPU by the time the call that closed it answers.
+/// - A thread of the root task writing a port in a loop on another CPU, counting each write
+///   after it, makes at most the one write it may have begun before the close (interrupted
+///   between its `out` and its count) — closed by `IoPortClose`, and by deleting the task's
+///   last capability to the range's object (the close a capability's leave makes, in the
+///   destruction after the call).
+/// - Strictly, with the device as the witness: a child task on another CPU writes a new value
+///   to COM2's scratch register each time round (`worker::PORT_LOOP`); the root task revokes
+///   the child's capability and reads the register at once, then again once the child faulted:
+///   the same value (no write after the answer; the root task's own range, through another
+///   object, stays open to read it).
+/// Before the thirty-eighth session no close waited for the other CPUs: the writer went on
+/// for the reschedule IPI's delivery time after the answer (a review).
+fn test_close_done_at_answer(bi: &BootInfo, ports: u64, com2: bool) {
+    const NAME: &str = "ioport-close-holds-when-the-call-answers";
+    if cpus() < 2 {
+        return skip(NAME, "one CPU");
+    }
+    let last = cpus() - 1;
+    let closed = sys::ioport_close(ports);
+    let mut rounds = [(Err(Error::InvalidState), 0u64, false); 2];
+    for (i, r) in rounds.iter_mut().enumerate() {
+        let q = slot();
+        let opened = sys::ioport_get(DEVICES, COM2 as u64, 8, q).and_then(|_| sys::ioport_open(q));
+        if opened.is_err() {
+            *r = (opened, 0, false);
+            release(q);
+            continue;
+        }
+        PORT_SPINS.store(0, SeqCst);
+        let spinner = spawn(port_spinner, 0x22, ROOT_PRIO, last);
+        let ran = spinning();
+        let res = if i == 0 { sys::ioport_close(q) } else { sys::cap_delete(q) };
+        let at_answer = PORT_SPINS.load(SeqCst);
+        let faulted = wait_ms(3000, || state(spinner) == Some(ThreadState::Faulted));
+        let after = PORT_SPINS.load(SeqCst) - at_answer;
+        *r = (res, after, ran && faulted);
+        if !faulted {
+            let _ = sys::thread_suspend(spinner);
+        }
+        release(spinner);
+        release(q);
+    }
+    let reopened = sys::ioport_open(ports);
+    // The strict round: the child's writes against the register the root task reads.
+    let r = slot();
+    let (mut child, mut revoked, mut same) = (Err(Error::InvalidState), Err(Error::InvalidState), (0u8, 0u8));
+    let mut faulted = false;
+    if let Ok(c) = Child::load(bi, "worker") {
+        child = sys::ioport_get(DEVICES, COM2 as u64, 8, r)
+            .and_then(|_| sys::cap_copy(r, c.task, worker::PORTS_SLOT, Rights::ALL))
+            .and_then(|_| c.thread(CHILD_STACK_TOP, worker::PORT_LOOP, (COM2 + SCRATCH) as u64, ROOT_PRIO, last));
+        if let Ok(t) = child {
+            // Writing: the register changes under the root task's eyes.
+            let first = inb(COM2 + SCRATCH);
+            let writing = wait_ms(2000, || inb(COM2 + SCRATCH) != first);
+            revoked = sys::cap_revoke(r);
+            let s1 = inb(COM2 + SCRATCH);
+            faulted = writing && wait_ms(3000, || state(t) == Some(ThreadState::Faulted));
+            same = (s1, inb(COM2 + SCRATCH));
+            release(t);
+        }
+        c.release();
+    }
+    release(r);
+    let strict = !com2 || (child.is_ok() && revoked == Ok(1) && faulted && same.0 == same.1);
+    let ok = closed.is_ok() && reopened.is_ok() && strict && rounds.iter().all(|&(res, after, seen)| res.is_ok() && after <= 1 && seen);
+    report(
+        NAME,
+        ok,
+        format_args!(
+            "writer on cpu {last}; IoPortClose {:?}: writes after the answer {} (at most 1), ran and faulted {}; CapDelete of the last capability {:?}: writes after {}, ran and faulted {}; a child's copy revoked {revoked:?} (child {child:?}, wrote and faulted {faulted}): COM2's scratch register at the answer {:#x}, after the fault {:#x} (device present {com2}); the run's own range closed {closed:?}, reopened {reopened:?}",
+            rounds[0].0, rounds[0].1, rounds[0].2, rounds[1].0, rounds[1].1, rounds[1].2, same.0, same.1
+        ),
+    );
+}
+
 /// The line is masked from the delivery to `IrqAck`: a byte arriving meanwhile raises nothing
 /// (the driver finds it by looking at the device after its acknowledgement), one after the
 /// acknowledgement does.
@@ -1264,6 +1341,7 @@ pub fn run(bi: &BootInfo) {
     let com2 = sys::ioport_get(DEVICES, COM2 as u64, 8, ports).is_ok() && com2_present(ports);
     test_unauthorised(bi, ports, com2);
     test_deleted_capability(bi, ports, com2);
+    test_close_done_at_answer(bi, ports, com2);
     test_flips_interrupt_no_other_cpu(bi, ports);
     test_openers_limit(bi);
     if com2 {

@@ -196,8 +196,12 @@ fn rl4_main(cmd: u64, addr: u64) {
         PORT_LOOP => match sys::ioport_open(PORTS_SLOT) {
             Ok(()) => {
                 println!("worker: ports open");
+                // A new value each time (a test reads the register to see whether a write
+                // came after a moment).
+                let mut v = (addr >> 16) as u8;
                 loop {
-                    sys::outb(addr as u16, (addr >> 16) as u8);
+                    sys::outb(addr as u16, v);
+                    v = v.wrapping_add(1);
                     core::hint::spin_loop();
                 }
             }
