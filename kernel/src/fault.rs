@@ -69,8 +69,12 @@ pub fn fault_current(vector: u64, error: u64) -> Handled {
         drop(lapsed);
         drop(h);
     }
-    report(&t, vector, error, addr, rip);
-    thread::fault(&t);
+    // Said on the console only if the transition stopped it: a kill from another CPU since the
+    // look above leaves it `Dead`, not stopped (before the thirty-eighth session the line came
+    // first and said "stopped" of a killed thread: a review).
+    if thread::fault(&t) {
+        report(&t, vector, error, addr, rip);
+    }
     Handled::Decide
 }
 

@@ -243,14 +243,14 @@ pub fn kill(t: &Arc<Thread>) -> bool {
 }
 
 /// The running thread `t` took a fault it cannot go on from: `Faulted` (unless a kill came
-/// first).
-pub fn fault(t: &Arc<Thread>) {
+/// first); whether it stopped.
+pub fn fault(t: &Arc<Thread>) -> bool {
     let r = t.life.lock().fault();
-    if let Ok(s) = r
-        && let Some((c, ticket)) = stopped(s)
-    {
+    let Ok(s) = r else { return false };
+    if let Some((c, ticket)) = stopped(s) {
         fail_caller(c, ticket);
     }
+    true
 }
 
 /// `ThreadSuspend`: a runnable thread stops; a waiting one stops and its call returns
