@@ -349,12 +349,14 @@ pub fn interrupt(irq: usize) {
         mask(irq);
         l.enabled = false;
         let live = l.target.as_ref().and_then(|(n, bits)| n.upgrade().map(|n| (n, *bits)));
-        // Nowhere to go: the line stays masked until it is bound again. (The dead binding is
-        // let go of after the lock, as `unbind` does: it may be the notification's last weak
-        // reference, which frees its memory.)
-        let stale = if live.is_none() && l.target.is_some() {
+        // Nowhere to go: the line stays masked until it is bound again, and the binding goes
+        // whole, its binder's task with it (before the thirty-eighth session the binder stayed
+        // until the next bind: a dead driver's task record kept; a review). (Let go of after
+        // the lock, as `unbind` does: either may be its object's last weak reference, which
+        // frees its memory.)
+        let stale: Option<Old> = if live.is_none() && l.target.is_some() {
             l.generation += 1;
-            l.target.take()
+            Some((l.target.take(), l.binder.take()))
         } else {
             None
         };
