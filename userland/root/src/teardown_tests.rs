@@ -903,6 +903,28 @@ fn test_vector_follows_live_nodes() {
             let _ = sys::cap_delete(t);
         }
     };
+    // A round's tasks, their tables' shadows and 2,049 nodes: a budget that cannot pay for one
+    // round (and a quarter more) cannot run the test (a small machine: `-m 24M`, whose root task
+    // has some 700 KiB left here; it failed there before the thirty-eighth session, against
+    // docs/running.md's word that every test passes at that size).
+    let round_cost = SCRATCH as u64 * (rl4_abi::cost::TASK + rl4_abi::cost::CAP_SHADOW) + (SCRATCH as u64 * 256 + 1) * rl4_abi::cost::DERIV_NODE;
+    if uncharged() < round_cost + round_cost / 4 {
+        let left = uncharged();
+        VF_EP.store(u64::MAX, SeqCst);
+        release(t);
+        for s in [keeper, e] {
+            release(s);
+        }
+        for s in scratch {
+            release(s);
+        }
+        rl4_user::println!(
+            "test {NAME} ... skipped (the budget left, {} KiB, cannot pay for one round of {} KiB and a quarter more)",
+            left / 1024,
+            round_cost / 1024
+        );
+        return;
+    }
     let mut err = sys::task_create(MEMORY, keeper).err();
     let h0 = heap().0;
     let mut rounds = 0;
