@@ -144,8 +144,16 @@ fn advance(owner: usize, me: usize) -> bool {
     let still = lists.grace.is_some() || l.ready.load(Ordering::Relaxed) || !lists.next.is_empty();
     l.pending.store(still, Ordering::Relaxed);
     drop(lists);
-    drop(freed);
-    drop(freed_now);
+    // One endpoint at a time, answering other CPUs' TLB shoot-downs between them (no lock is
+    // held): a task's end can fill a limbo with tens of thousands of endpoints, whose
+    // destructors would otherwise keep them waiting for the whole batch (a review of the
+    // thirty-eighth session; docs/security.md promises an answer between destroyed objects).
+    for mut list in [freed, freed_now] {
+        while let Some(e) = list.pop() {
+            drop(e);
+            crate::tlb::service_tlb_here();
+        }
+    }
     if ask {
         // The owner drops them at its next `reclaim::drain` (its drain flag stays set while its
         // limbo is pending), which a reschedule interrupt brings at once if it runs a thread

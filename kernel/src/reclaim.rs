@@ -192,9 +192,15 @@ pub fn wake_drain() {
 
 #[cold]
 fn drain_slow(grave: &Grave) {
-    if !grave.busy.load(Ordering::Relaxed) {
-        destroy(grave, None);
+    // Destructions put off ([`deferred`], or the destruction loop running further down this
+    // CPU's stack): nothing is destroyed, the endpoints whose grace period ended included —
+    // the flag stays set for the drain after (before the thirty-eighth session the limbo was
+    // polled here all the same, and an interrupt in `Measure(IPI_FLOOR)`'s halt could run
+    // endpoint destructors inside that call: a review).
+    if grave.busy.load(Ordering::Relaxed) {
+        return;
     }
+    destroy(grave, None);
     // Endpoints waiting for a grace period keep the flag set until they are gone.
     if crate::qsbr::pending_here() {
         crate::qsbr::poll();
