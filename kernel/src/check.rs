@@ -93,7 +93,6 @@ fn hold() {
     HELD.fetch_add(1, SeqCst);
     while FROZEN.load(SeqCst) {
         crate::tlb::service_tlb_here();
-        crate::device::answer_asked();
         cpu::relax();
     }
     HELD.fetch_sub(1, SeqCst);
@@ -107,7 +106,6 @@ fn wait_until(us: u64, done: impl Fn() -> bool) -> bool {
             return false;
         }
         crate::tlb::service_tlb_here();
-        crate::device::answer_asked();
         cpu::relax();
     }
     true

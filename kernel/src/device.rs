@@ -403,8 +403,8 @@ impl Resync {
         if wait {
             self.each_other(|c| {
                 while !ASKS[c].answered(tickets[c]) {
+                    // (Answers this CPU's own questions too.)
                     crate::tlb::service_tlb_here();
-                    answer_asked();
                     rl4_arch::cpu::relax();
                 }
             });
@@ -442,12 +442,15 @@ pub fn on_resched() {
     }
 }
 
-/// A CPU that spins with interrupts off waiting for other CPUs — for their answers
-/// ([`Resync::send`]), or frozen by `KernelCheck` and its checker — answers the questions put to
-/// it: its bitmap re-read for its running thread or, running none at this instant (the fast
-/// path may hold it out of the slot while a destruction it let go of closes ranges), the
-/// reschedule interrupt sent to itself, which re-reads it before any user instruction runs
-/// here. (A closer and a frozen CPU, or two closers, would otherwise wait for each other.)
+/// A CPU that spins with interrupts off waiting for other CPUs (every such wait answers TLB
+/// shoot-downs through `tlb::service_tlb_here` or `service_tlb_if_up`, which call this too:
+/// its own closes, a kill waiting for another, a lock, `KernelCheck`'s freeze and its checker)
+/// answers the questions put to it: its bitmap re-read for its running thread or, running none
+/// at this instant (the fast path may hold it out of the slot while a destruction it let go of
+/// closes ranges, or a lock's wait in it finds a question), the reschedule interrupt sent to
+/// itself, which re-reads it before any user instruction runs here. (A closer and a CPU whose
+/// wait does not answer could otherwise wait for each other: two closers, a closer and a frozen
+/// CPU, a closer and a kill waiting for the closer's own kill.) No lock is taken.
 pub(crate) fn answer_asked() {
     let me = rl4_arch::percpu::cpu_index() as usize % MAX_CPUS;
     ASKS[me].answer(|| {

@@ -1040,9 +1040,10 @@ fn kill_one(task: &Arc<Task>, waited_out: &mut bool) {
             thread::kill(&me);
             return;
         }
-        // The first kill waits for nothing this CPU does but TLB shoot-downs (answered here)
-        // and grace periods (at most 200 µs, `qsbr::throttle`), and a waiting kill has begun
-        // no work of its own: no two kills wait for each other.
+        // The first kill waits for nothing this CPU does but TLB shoot-downs and the answers
+        // to closed port ranges (both answered here: `tlb::service_tlb_here`) and grace
+        // periods (at most 200 µs, `qsbr::throttle`), and a waiting kill has begun no work of
+        // its own: no two kills wait for each other.
         while !task.ended.load(core::sync::atomic::Ordering::Acquire) {
             crate::tlb::service_tlb_here();
             rl4_arch::cpu::relax();

@@ -85,8 +85,9 @@ pub fn with_queue_locked<R>(t: &Arc<Thread>, mut f: impl FnMut(&mut Life) -> R) 
             // Looking again: the thread changed queues, or still sits in a dying endpoint's list,
             // which its destructor on another CPU empties one waiter at a time. That CPU may wait
             // for this one's answer to a TLB shoot-down meanwhile (a destructor it runs freed an
-            // address space): answer it while waiting, and spin politely.
-            crate::tlb::service_tlb(crate::sched::this_cpu());
+            // address space), or for its answer about closed port ranges (a destructor it runs
+            // closed them: `device::Resync`): answer both while waiting, and spin politely.
+            crate::tlb::service_tlb_here();
             rl4_arch::cpu::relax();
         }
         again = true;

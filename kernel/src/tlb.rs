@@ -120,10 +120,15 @@ pub(crate) fn load_space(cs: sched::Here, sp: &Space) {
     crate::device::sync(&cs.tlb.io_generation, sp);
 }
 
-/// Runs this CPU's pending TLB request (a CPU that spins with interrupts off must keep doing
-/// this, or a shootdown waiting for it never ends).
+/// Runs this CPU's pending TLB request and answers the questions of CPUs that closed I/O-port
+/// ranges (`device::answer_asked`): a CPU that spins with interrupts off waiting for another
+/// CPU's progress must keep doing both, or a shoot-down, or a close, waiting for it never ends
+/// — and the CPU it waits for may be that closer (since the thirty-eighth session: a review
+/// found a kill's wait for another kill, and `with_queue_locked`'s, each waiting for a CPU
+/// that waited for their answer).
 pub(crate) fn service_tlb_here() {
     service_tlb(sched::this_cpu());
+    crate::device::answer_asked();
 }
 
 /// [`service_tlb_here`] once this CPU's scheduler is set up (a contended lock's wait calls it,
@@ -131,6 +136,7 @@ pub(crate) fn service_tlb_here() {
 pub(crate) fn service_tlb_if_up() {
     if let Some(cs) = sched::this_cpu_if_up() {
         service_tlb(cs);
+        crate::device::answer_asked();
     }
 }
 
