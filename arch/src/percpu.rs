@@ -76,6 +76,11 @@ impl CpuHeader {
     pub fn apic_id(&self) -> u32 {
         self.apic_id.load(Ordering::Relaxed)
     }
+    /// Records the APIC ID the CPU's own local APIC reports, where it differs from the one the
+    /// header was made with (the bootstrap CPU's, read from CPUID before its APIC was up).
+    pub fn set_apic_id(&self, id: u32) {
+        self.apic_id.store(id, Ordering::Relaxed);
+    }
 }
 
 static EARLY: CpuHeader = CpuHeader::new(0, 0);

@@ -237,7 +237,7 @@ pub fn bind(line: &IrqLine, n: &Arc<Notification>, bits: u64, cpu: usize, binder
     if bits == 0 {
         return Err(Error::InvalidArgument);
     }
-    let apic = rl4_smp::cpus::get(cpu).filter(|c| c.online.load(Ordering::Acquire)).ok_or(Error::InvalidCpu)?.apic_id;
+    let apic = rl4_smp::cpus::get(cpu).filter(|c| c.online.load(Ordering::Acquire)).ok_or(Error::InvalidCpu)?.apic_id();
     // An I/O APIC entry's physical destination is 8 bits, and 0xff there means every CPU.
     let dest = u8::try_from(apic).ok().filter(|&d| d != 0xff).ok_or(Error::InvalidCpu)?;
     let (chip, r) = route(line.irq as usize).ok_or(Error::Busy)?;

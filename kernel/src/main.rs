@@ -290,6 +290,24 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
         unmask_unused_lvts: options().inject & rl4_core::cmdline::inject::LVT != 0,
     });
     cpus::enable_lapic_this_cpu(bsp);
+    if options().inject & rl4_core::cmdline::inject::BSP_ID != 0 {
+        let id = platform.cpus.iter().map(|c| c.apic_id).max().unwrap_or(0).saturating_add(1).min(254) as u8;
+        if lapic::set_own_xapic_id(id) {
+            println!("inject: the bootstrap CPU's xAPIC ID set to {id}, as firmware that moved it would have");
+        } else {
+            println!("inject: bspid does nothing in x2APIC mode (the ID is read-only there)");
+        }
+    }
+    // The bootstrap CPU's APIC ID is its APIC's, not the initial one CPUID reports (read before
+    // the APIC was up): firmware may have moved it (xAPIC IDs can be written), and IPIs and
+    // interrupt routes must name the ID the APIC answers to (before the thirty-eighth session
+    // CPUID's was used: on such a machine every interrupt routed to the bootstrap CPU, and
+    // every IPI it sent itself, went nowhere).
+    let own = lapic::own_id();
+    if own != bsp.apic_id() {
+        println!("cpu 0: its local APIC reports apic id {own}, CPUID {}: the APIC's is used", bsp.apic_id());
+        bsp.header.set_apic_id(own);
+    }
     device::init(&platform);
     println!(
         "local APIC: {} mode, timer {} at {} Hz ({} Hz input)",
@@ -298,14 +316,14 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
         options().hz,
         timer_rate
     );
-    println!("cpu 0 online (apic id {}, bootstrap processor)", bsp.apic_id);
+    println!("cpu 0 online (apic id {}, bootstrap processor)", bsp.apic_id());
 
-    let mut plan = madt::plan(&platform.cpus, f.apic_id, f.x2apic, options().maxcpus, rl4_smp::MAX_CPUS);
+    let mut plan = madt::plan(&platform.cpus, bsp.apic_id(), f.x2apic, options().maxcpus, rl4_smp::MAX_CPUS);
     if TRAMPOLINE.get().copied().flatten().is_none() {
         plan.bsp_only(madt::Skip::NoTrampoline);
     }
     if plan.bsp_missing && rsdp.is_some() {
-        println!("madt: the bootstrap CPU (apic id {}) is not listed; added it anyway", f.apic_id);
+        println!("madt: the bootstrap CPU (apic id {}) is not listed; added it anyway", bsp.apic_id());
     }
     for (e, why) in &plan.skipped {
         println!("madt: processor uid {} apic id {} not started: {}", e.uid, e.apic_id, why.describe());
@@ -543,7 +561,7 @@ extern "C" fn ap_main(cpu: &'static Cpu) -> ! {
     println!(
         "cpu {} online (apic id {}, {})",
         cpu.index,
-        cpu.apic_id,
+        cpu.apic_id(),
         if lapic::is_x2apic() { "x2APIC" } else { "xAPIC" }
     );
     let _ = cpu;

@@ -329,11 +329,11 @@ pub fn start_ap(cpu: &'static Cpu, page: u64, entry: ApEntry, timeout_us: u64, n
     // SAFETY: `p` stays valid (reserved page); `alive`, `lacks` and `offer` are only accessed
     // atomically from here on (the AP: stores, a compare-and-swap).
     let (alive, lacks, offer) = unsafe { (&(*p).alive, &(*p).lacks, &(*p).offer) };
-    offer.store(cpu.apic_id as u64 + 1, Ordering::Release);
+    offer.store(cpu.apic_id() as u64 + 1, Ordering::Release);
     if !needs.silent {
         cpus::with_lapic(|l| {
             let l = l.expect("BSP local APIC is up before APs are started");
-            lapic::init_sipi_sipi(l, cpu.apic_id, page, || alive.load(Ordering::Acquire) != 0);
+            lapic::init_sipi_sipi(l, cpu.apic_id(), page, || alive.load(Ordering::Acquire) != 0);
         });
     }
     if !time::wait_until(timeout_us, || alive.load(Ordering::Acquire) != 0) {

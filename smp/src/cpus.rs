@@ -30,7 +30,6 @@ pub struct Cpu {
     /// Must stay first: `GS` points here.
     pub header: CpuHeader,
     pub index: u32,
-    pub apic_id: u32,
     /// Top of this CPU's kernel stack (guard page below).
     pub stack_top: u64,
     /// Only touched by the CPU itself, with interrupts off.
@@ -67,6 +66,13 @@ struct Prepared {
 unsafe impl Sync for Cpu {}
 
 impl Cpu {
+    /// Its local APIC ID (the one IPIs and interrupt routes name): the MADT's for an
+    /// application processor; the bootstrap CPU's as its own APIC reports it once up
+    /// (`own_apic_id`, which may differ from CPUID's on firmware that moved it).
+    pub fn apic_id(&self) -> u32 {
+        self.header.apic_id()
+    }
+
     /// Whether its LINT0 and LINT1 entries read back as the kernel set them
     /// ([`lapic::lint_wanted`]) once its local APIC came up.
     pub fn lint_as_set(&self) -> bool {
@@ -95,7 +101,6 @@ pub fn create(index: usize, apic_id: u32, frames: &mut impl FrameSource) -> Resu
     let cpu = Box::try_new(Cpu {
         header: CpuHeader::new(index as u32, apic_id),
         index: index as u32,
-        apic_id,
         stack_top,
         lapic: UnsafeCell::new(None),
         online: AtomicBool::new(false),
@@ -255,7 +260,7 @@ pub fn send_ipi(index: usize, vector: u8) {
     if let Some(target) = get(index) {
         with_lapic(|l| {
             if let Some(l) = l {
-                lapic::send_ipi(l, vector, target.apic_id)
+                lapic::send_ipi(l, vector, target.apic_id())
             }
         });
     }
@@ -283,7 +288,7 @@ pub fn stop_others() -> bool {
         rl4_arch::idt::HALT_ON_NMI.store(true, Ordering::SeqCst);
         for i in (0..count()).filter(|&i| i != me) {
             if let Some(c) = get(i).filter(|c| c.idt_ready.load(Ordering::SeqCst)) {
-                lapic::send_nmi(l, c.apic_id);
+                lapic::send_nmi(l, c.apic_id());
                 STOPS_SENT.fetch_add(1, Ordering::SeqCst);
             }
         }

@@ -63,6 +63,7 @@ pub fn eoi_raw() {
 #[derive(Clone, Copy)]
 struct Reg(u64);
 
+const ID: Reg = Reg(0x20);
 const VERSION: Reg = Reg(0x30);
 const EOI: Reg = Reg(0xb0);
 const LVT_CMCI: Reg = Reg(0x2f0);
@@ -109,6 +110,28 @@ impl Reg {
             unsafe { ((base + self.0) as *const u32).read_volatile() }
         }
     }
+}
+
+/// This CPU's local APIC ID as its APIC reports it (after [`configure`] on the bootstrap CPU):
+/// in xAPIC mode bits 31:24 of the ID register, which firmware may have rewritten (some
+/// xAPICs take writes), so that it need not be the initial ID CPUID reports; in x2APIC mode
+/// the 32-bit ID, read-only, CPUID.0Bh's.
+pub fn own_id() -> u32 {
+    // SAFETY: a read of this CPU's ID register, in the mode `configure` recorded.
+    let v = unsafe { ID.read() };
+    if is_x2apic() { v } else { v >> 24 }
+}
+
+/// For a test (`inject=bspid`): writes this CPU's xAPIC ID register, as firmware that moved
+/// the ID would have; false in x2APIC mode, where the register is read-only.
+pub fn set_own_xapic_id(id: u8) -> bool {
+    if is_x2apic() {
+        return false;
+    }
+    // SAFETY: this CPU's ID register in xAPIC mode (recorded by `configure`); nothing else
+    // writes it, and the kernel reads it only through `own_id`.
+    unsafe { ID.write((id as u32) << 24) };
+    true
 }
 
 pub fn is_x2apic() -> bool {

@@ -141,10 +141,15 @@ pub mod inject {
     /// Not damage: the last application processor is sent no INIT-SIPI-SIPI, as a CPU the MADT
     /// lists that never answers: under `run=root` the kernel runs on the CPUs before it.
     pub const AP_SILENT: u32 = 65536;
+    /// Not damage: the bootstrap CPU's xAPIC ID register is rewritten (to one more than the
+    /// highest ID the MADT lists) right after its local APIC comes up, as firmware that moved
+    /// the ID would have left it: the kernel must take the APIC's ID, not CPUID's initial one,
+    /// for the interrupts and IPIs it routes to that CPU. Nothing in x2APIC mode (read-only).
+    pub const BSP_ID: u32 = 131072;
     /// What a bad `inject=` value is told to be instead (every name in [`NAMES`]: a host test
     /// holds the two together).
-    pub const EXPECTED: &str = "a comma-separated list of refcount, frame, budget, state, locks, deriv, device, queue, parent, stray, lvt, slowunmap, apcpuid, slowcopy, apext, slowack, apsilent";
-    pub const NAMES: [(&str, u32); 17] = [
+    pub const EXPECTED: &str = "a comma-separated list of refcount, frame, budget, state, locks, deriv, device, queue, parent, stray, lvt, slowunmap, apcpuid, slowcopy, apext, slowack, apsilent, bspid";
+    pub const NAMES: [(&str, u32); 18] = [
         ("refcount", REFCOUNT),
         ("frame", FRAME),
         ("budget", BUDGET),
@@ -162,6 +167,7 @@ pub mod inject {
         ("apext", AP_EXT),
         ("slowack", SLOW_ACK),
         ("apsilent", AP_SILENT),
+        ("bspid", BSP_ID),
     ];
 }
 
