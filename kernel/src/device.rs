@@ -551,13 +551,18 @@ pub fn init(p: &rl4_smp::acpi::Platform) {
 /// kernel reads it only to calibrate the TSC at boot, before any task runs), less every page
 /// that the memory map calls anything but "reserved" (RAM, ACPI tables and NVS, the kernel
 /// and modules, the boot loader's, defective), that the direct map maps write-back (a page
-/// memory touches, the first megabyte's too), that the frame allocator manages, or that holds the local APIC
-/// or an I/O APIC, which the kernel drives.
+/// memory touches, the first megabyte's too), that the frame allocator manages, that holds the local APIC
+/// or an I/O APIC, which the kernel drives, or that holds a firmware table (wherever the memory
+/// map puts it).
 fn device_pages(p: &rl4_smp::acpi::Platform) -> ([u64; MAX_DEVICE_PAGES], usize) {
     let described: alloc::vec::Vec<PhysRange> = p.hpet.and_then(|b| PhysRange::pages_of(b, 1024)).into_iter().collect();
     let mut excluded: alloc::vec::Vec<PhysRange> = alloc::vec::Vec::new();
     excluded.extend(PhysRange::pages_of(p.lapic_address, 4096));
     excluded.extend(p.ioapics.iter().filter_map(|a| PhysRange::pages_of(a.address as u64, 4096)));
+    // The firmware's tables, wherever the memory map puts them: before the thirty-eighth
+    // session they were left out only where the map called them ACPI memory, and an HPET table
+    // whose base pointed into tables kept in `Reserved` memory offered their page (a review).
+    excluded.extend(p.table_ranges.iter().filter_map(|&(a, len)| PhysRange::pages_of(a, len)));
     if let Some(bi) = crate::boot_info() {
         for e in bi.memory_map().iter().filter(|e| e.kind != MemKind::Reserved) {
             if e.range.end > e.range.start {
