@@ -553,17 +553,24 @@ pub fn init(p: &rl4_smp::acpi::Platform) {
 /// and modules, the boot loader's, defective), that the direct map maps write-back (a page
 /// memory touches, the first megabyte's too), that the frame allocator manages, that holds the local APIC
 /// or an I/O APIC, which the kernel drives, or that holds a firmware table (wherever the memory
-/// map puts it).
+/// map puts it; the first `acpi::MAX_TABLE_RANGES` of them).
 fn device_pages(p: &rl4_smp::acpi::Platform) -> ([u64; MAX_DEVICE_PAGES], usize) {
     let described: alloc::vec::Vec<PhysRange> = p.hpet.and_then(|b| PhysRange::pages_of(b, 1024)).into_iter().collect();
     let mut excluded: alloc::vec::Vec<PhysRange> = alloc::vec::Vec::new();
     excluded.extend(PhysRange::pages_of(p.lapic_address, 4096));
     excluded.extend(p.ioapics.iter().filter_map(|a| PhysRange::pages_of(a.address as u64, 4096)));
-    // The firmware's tables, wherever the memory map puts them: before the thirty-eighth
-    // session they were left out only where the map called them ACPI memory, and an HPET table
-    // whose base pointed into tables kept in `Reserved` memory offered their page (a review).
-    excluded.extend(p.table_ranges.iter().filter_map(|&(a, len)| PhysRange::pages_of(a, len)));
     if let Some(bi) = crate::boot_info() {
+        // The firmware's tables, wherever the memory map puts them (`acpi::table_ranges`, as
+        // the frame allocator keeps them out: the RSDP, the root table, every table it lists,
+        // the FACS and the DSDT — the first `MAX_TABLE_RANGES`, the boot says if there are
+        // more): before the thirty-eighth session they were left out only where the map called
+        // them ACPI memory, and an HPET table whose base pointed into tables kept in `Reserved`
+        // memory offered their page (a review).
+        if let Some(rsdp) = bi.rsdp {
+            let mut out = [rl4_core::memmap::Range::default(); rl4_smp::acpi::MAX_TABLE_RANGES];
+            let (n, _) = rl4_smp::acpi::table_ranges(&rl4_arch::paging::DirectMapMem, rsdp, &mut out);
+            excluded.extend(out[..n.min(out.len())].iter().filter(|r| r.end > r.start).map(|r| PhysRange { start: r.start & !0xfff, end: rl4_core::align_up(r.end, 4096) }));
+        }
         for e in bi.memory_map().iter().filter(|e| e.kind != MemKind::Reserved) {
             if e.range.end > e.range.start {
                 excluded.push(PhysRange { start: e.range.start, end: e.range.end });

@@ -367,11 +367,15 @@ pub fn interrupt(irq: usize) {
     if let Some((n, bits)) = target {
         DELIVERED.fetch_add(1, Ordering::Relaxed);
         crate::ipc::signal(&n, bits);
-        // Maybe the last reference (the notification deleted meanwhile): destroyed through
-        // the destruction list, which an interrupt inside a system call whose destructions are
-        // put off (`reclaim::deferred`: `Measure(IPI_FLOOR)`'s halt) leaves for later (a
-        // review of the thirty-eighth session; dropped here before).
-        crate::reclaim::later_queue(Some(crate::thread::QueueRef::Ntf(n)));
+        // Maybe the last reference (the notification deleted meanwhile): in an interrupt inside
+        // a system call whose destructions are put off (`reclaim::deferred`:
+        // `Measure(IPI_FLOOR)`'s halt) it goes on the destruction list, not dropped there (a
+        // review of the thirty-eighth session); else dropped (no lock is held here).
+        if crate::reclaim::put_off() {
+            crate::reclaim::later_queue(Some(crate::thread::QueueRef::Ntf(n)));
+        } else {
+            drop(n);
+        }
     }
     crate::reclaim::drain();
 }

@@ -222,7 +222,7 @@ pub fn settle() {
         if !left || rl4_arch::cpu::rdtsc() >= end {
             return;
         }
-        crate::tlb::service_tlb(crate::sched::this_cpu());
+        crate::tlb::service_tlb_here();
         rl4_arch::cpu::relax();
     }
 }

@@ -125,6 +125,13 @@ pub fn deferred<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// Whether this CPU's destructions are put off now ([`deferred`], or the destruction loop
+/// running further down its stack): a reference that may be the last must then go through
+/// [`later`], not be dropped.
+pub fn put_off() -> bool {
+    mine().busy.load(Ordering::Relaxed)
+}
+
 /// Lets go of a thread reference. Only the last reference needs more (`Arc::into_inner` tells,
 /// atomically, at the cost of a plain drop): the thread is destroyed by the destruction loop,
 /// never inline, even with no lock held — its destructor fails the caller whose reply right it

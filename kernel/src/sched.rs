@@ -824,8 +824,9 @@ fn serve_requests(cs: Here) {
     while let Some(t) = taken.pop_front() {
         // Between entries (no lock held) this CPU answers TLB shoot-downs, as a kill and the
         // destruction loop do: a task decides how many of its threads are listed here, and
-        // each may be destroyed here (a review of the thirty-seventh session).
-        crate::tlb::service_tlb(cs);
+        // each may be destroyed here (a review of the thirty-seventh session). Port-close
+        // questions too.
+        crate::tlb::serve_others(cs);
         let mut l = t.life.lock();
         let (killed, reprio) = (t.killed.load(Ordering::Relaxed), t.reprio.load(Ordering::Relaxed));
         // Moved to another CPU (`ThreadSetAffinity`) while queued here: passed on now, not when

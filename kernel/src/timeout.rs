@@ -127,8 +127,8 @@ pub fn expire_due(cs: sched::Here) {
         // A task decides how many waits end in one tick (as many threads as its budget pays
         // for, each with the same deadline): a CPU doing a shoot-down meanwhile must not wait
         // for all of them (a review of the sixteenth session found it waiting for the whole
-        // burst). A plain load when no request waits.
-        crate::tlb::service_tlb(cs);
+        // burst). A plain load when no request waits. (Port-close questions too.)
+        crate::tlb::serve_others(cs);
     }
     let gone = epoch();
     let mut l: List = {
@@ -170,7 +170,7 @@ pub fn expire_due(cs: sched::Here) {
         // kept ends the wait, as `Life::expire` compares the deadline, not the entry).
         let seen = l.prune(gone, |(d, w)| {
             // Shoot-downs are answered between entries, as in the expiry above.
-            crate::tlb::service_tlb(cs);
+            crate::tlb::serve_others(cs);
             w.upgrade().is_some_and(|t| {
                 let waits = t.life.lock().deadline() == Some(*d);
                 let first = t.pruned_at.load(core::sync::atomic::Ordering::Relaxed) != now;

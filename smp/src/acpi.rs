@@ -78,11 +78,6 @@ pub struct Platform {
     pub overrides: Vec<IrqOverride>,
     /// Every table found: signature and physical address.
     pub tables: Vec<([u8; 4], u64)>,
-    /// Where the firmware's tables lie, as (physical address, length): the RSDP, the root
-    /// table and every table of `tables`, each over the length its header claims (at most
-    /// `MAX_TABLE_LEN`). No task may be given a page of them as a device page (an HPET table
-    /// whose base points into them; the kernel reads them at boot).
-    pub table_ranges: Vec<(u64, u64)>,
     /// Physical address of the HPET's registers (HPET table), when in memory space.
     pub hpet: Option<u64>,
     /// An HPET table [`read_hpet`] refused: the base it gave and why.
@@ -123,7 +118,6 @@ impl Platform {
         Platform {
             rsdp_revision: read.rsdp_revision,
             tables: read.tables,
-            table_ranges: read.table_ranges,
             hpet: read.hpet,
             hpet_refused: read.hpet_refused,
             pm_timer: read.pm_timer,
@@ -286,13 +280,6 @@ pub unsafe fn discover<H: Handler + PhysMem>(handler: H, rsdp: u64) -> Result<Pl
         {
             p.tables.push((sig, addr));
         }
-    }
-    // The RSDP (its 2.0 length: the 1.0 one is shorter), the root table and every table kept.
-    p.table_ranges.push((rsdp, 36));
-    p.table_ranges.push((root, root_len));
-    for &(_, a) in &p.tables {
-        let len = mem.u32(a + 4).unwrap_or(36).clamp(36, MAX_TABLE_LEN);
-        p.table_ranges.push((a, u64::from(len)));
     }
     // The FADT is the first table signed so, read through the crate's type (packed: any
     // address will do) over the length its header gives, as the crate's own search maps it.
@@ -653,13 +640,6 @@ pub(crate) mod tests {
         assert_eq!(p.overrides[0].trigger(), "bus default");
         let sigs: Vec<_> = p.tables.iter().map(|(s, _)| *s).collect();
         assert_eq!(sigs, vec![*b"APIC", *b"FACP", *b"HPET"]);
-        // Where they lie: the RSDP, the root table, then each table over its header's length.
-        assert_eq!(p.table_ranges.len(), 2 + p.tables.len());
-        assert_eq!(p.table_ranges[0], (BASE, 36));
-        for (i, &(_, a)) in p.tables.iter().enumerate() {
-            let len = u64::from(machine().u32(a + 4).unwrap());
-            assert_eq!(p.table_ranges[2 + i], (a, len));
-        }
     }
 
     #[test]

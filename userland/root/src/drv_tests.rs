@@ -412,7 +412,7 @@ fn test_deleted_capability(bi: &BootInfo, ports: u64, com2: bool) {
 ///   to COM2's scratch register each time round (`worker::PORT_LOOP`); the root task revokes
 ///   the child's capability and reads the register at once, then again once the child faulted:
 ///   the same value (no write after the answer; the root task's own range, through another
-///   object, stays open to read it).
+///   object, stays open to read it) — eight times.
 /// Before the thirty-eighth session no close waited for the other CPUs: the writer went on
 /// for the reschedule IPI's delivery time after the answer (a review).
 fn test_close_done_at_answer(bi: &BootInfo, ports: u64, com2: bool) {
@@ -446,34 +446,51 @@ fn test_close_done_at_answer(bi: &BootInfo, ports: u64, com2: bool) {
         release(q);
     }
     let reopened = sys::ioport_open(ports);
-    // The strict round: the child's writes against the register the root task reads.
-    let r = slot();
-    let (mut child, mut revoked, mut same) = (Err(Error::InvalidState), Err(Error::InvalidState), (0u8, 0u8));
-    let mut faulted = false;
-    if let Ok(c) = Child::load(bi, "worker") {
-        child = sys::ioport_get(DEVICES, COM2 as u64, 8, r)
-            .and_then(|_| sys::cap_copy(r, c.task, worker::PORTS_SLOT, Rights::ALL))
-            .and_then(|_| c.thread(CHILD_STACK_TOP, worker::PORT_LOOP, (COM2 + SCRATCH) as u64, ROOT_PRIO, last));
-        if let Ok(t) = child {
-            // Writing: the register changes under the root task's eyes.
-            let first = inb(COM2 + SCRATCH);
-            let writing = wait_ms(2000, || inb(COM2 + SCRATCH) != first);
-            revoked = sys::cap_revoke(r);
-            let s1 = inb(COM2 + SCRATCH);
-            faulted = writing && wait_ms(3000, || state(t) == Some(ThreadState::Faulted));
-            same = (s1, inb(COM2 + SCRATCH));
-            release(t);
+    // The strict rounds: the child's writes against the register the root task reads. Eight,
+    // as one round catches the old kernel about one time in three (the review of the
+    // thirty-eighth session's diff): a bad kernel passes all eight some 4% of the time.
+    const STRICT_ROUNDS: u32 = 8;
+    let (mut child, mut revoked, mut same) = (Ok(0), Ok(1), (0u8, 0u8));
+    let (mut faulted, mut strict_rounds, mut changed) = (true, 0u32, 0u32);
+    for _ in 0..STRICT_ROUNDS {
+        let r = slot();
+        let (mut c_ok, mut rv, mut pair, mut f) = (Err(Error::InvalidState), Err(Error::InvalidState), (0u8, 0u8), false);
+        if let Ok(c) = Child::load(bi, "worker") {
+            c_ok = sys::ioport_get(DEVICES, COM2 as u64, 8, r)
+                .and_then(|_| sys::cap_copy(r, c.task, worker::PORTS_SLOT, Rights::ALL))
+                .and_then(|_| c.thread(CHILD_STACK_TOP, worker::PORT_LOOP, (COM2 + SCRATCH) as u64, ROOT_PRIO, last));
+            if let Ok(t) = c_ok {
+                // Writing: the register changes under the root task's eyes.
+                let first = inb(COM2 + SCRATCH);
+                let writing = wait_ms(2000, || inb(COM2 + SCRATCH) != first);
+                rv = sys::cap_revoke(r);
+                let s1 = inb(COM2 + SCRATCH);
+                f = writing && wait_ms(3000, || state(t) == Some(ThreadState::Faulted));
+                pair = (s1, inb(COM2 + SCRATCH));
+                release(t);
+            }
+            c.release();
         }
-        c.release();
+        release(r);
+        strict_rounds += 1;
+        if pair.0 != pair.1 {
+            changed += 1;
+        }
+        // The first round that went wrong is the one told (else the last).
+        if child.is_ok() && revoked == Ok(1) && faulted && same.0 == same.1 {
+            (child, revoked, faulted, same) = (c_ok, rv, f, pair);
+        }
+        if c_ok.is_err() || rv != Ok(1) || !f {
+            break;
+        }
     }
-    release(r);
-    let strict = !com2 || (child.is_ok() && revoked == Ok(1) && faulted && same.0 == same.1);
+    let strict = !com2 || (child.is_ok() && revoked == Ok(1) && faulted && changed == 0 && strict_rounds == STRICT_ROUNDS);
     let ok = closed.is_ok() && reopened.is_ok() && strict && rounds.iter().all(|&(res, after, seen)| res.is_ok() && after <= 1 && seen);
     report(
         NAME,
         ok,
         format_args!(
-            "writer on cpu {last}; IoPortClose {:?}: writes after the answer {} (at most 1), ran and faulted {}; CapDelete of the last capability {:?}: writes after {}, ran and faulted {}; a child's copy revoked {revoked:?} (child {child:?}, wrote and faulted {faulted}): COM2's scratch register at the answer {:#x}, after the fault {:#x} (device present {com2}); the run's own range closed {closed:?}, reopened {reopened:?}",
+            "writer on cpu {last}; IoPortClose {:?}: writes after the answer {} (at most 1), ran and faulted {}; CapDelete of the last capability {:?}: writes after {}, ran and faulted {}; {strict_rounds} rounds of a child's copy revoked, the register changed after the answer in {changed} (the first that went wrong, else the last: revoked {revoked:?}, child {child:?}, wrote and faulted {faulted}, COM2's scratch register at the answer {:#x}, after the fault {:#x}; device present {com2}); the run's own range closed {closed:?}, reopened {reopened:?}",
             rounds[0].0, rounds[0].1, rounds[0].2, rounds[1].0, rounds[1].1, rounds[1].2, same.0, same.1
         ),
     );
