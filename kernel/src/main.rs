@@ -293,7 +293,11 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
     if options().inject & rl4_core::cmdline::inject::BSP_ID != 0 {
         let id = platform.cpus.iter().map(|c| c.apic_id).max().unwrap_or(0).saturating_add(1).min(254) as u8;
         if lapic::set_own_xapic_id(id) {
-            println!("inject: the bootstrap CPU's xAPIC ID set to {id}, as firmware that moved it would have");
+            // And its MADT entry, as such firmware would list it.
+            if let Some(e) = platform.cpus.iter_mut().find(|e| e.apic_id == bsp.apic_id()) {
+                e.apic_id = id as u32;
+            }
+            println!("inject: the bootstrap CPU's xAPIC ID set to {id} (and its MADT entry), as firmware that moved it would have");
         } else {
             println!("inject: bspid does nothing in x2APIC mode (the ID is read-only there)");
         }

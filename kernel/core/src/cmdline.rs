@@ -142,9 +142,10 @@ pub mod inject {
     /// lists that never answers: under `run=root` the kernel runs on the CPUs before it.
     pub const AP_SILENT: u32 = 65536;
     /// Not damage: the bootstrap CPU's xAPIC ID register is rewritten (to one more than the
-    /// highest ID the MADT lists) right after its local APIC comes up, as firmware that moved
-    /// the ID would have left it: the kernel must take the APIC's ID, not CPUID's initial one,
-    /// for the interrupts and IPIs it routes to that CPU. Nothing in x2APIC mode (read-only).
+    /// highest ID the MADT lists), and its MADT entry with it, right after its local APIC comes
+    /// up, as firmware that moved the ID would have left both: the kernel must take the APIC's
+    /// ID, not CPUID's initial one, for the interrupts and IPIs it routes to that CPU. Nothing
+    /// in x2APIC mode (read-only).
     pub const BSP_ID: u32 = 131072;
     /// What a bad `inject=` value is told to be instead (every name in [`NAMES`]: a host test
     /// holds the two together).
