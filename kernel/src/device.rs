@@ -562,13 +562,16 @@ fn device_pages(p: &rl4_smp::acpi::Platform) -> ([u64; MAX_DEVICE_PAGES], usize)
     if let Some(bi) = crate::boot_info() {
         // The firmware's tables, wherever the memory map puts them (`acpi::table_ranges`, as
         // the frame allocator keeps them out: the RSDP, the root table, every table it lists,
-        // the FACS and the DSDT — the first `MAX_TABLE_RANGES`, the boot says if there are
+        // the FACS and the DSDT — the first `MAX_TABLE_RANGES`, and the boot says if there are
         // more): before the thirty-eighth session they were left out only where the map called
         // them ACPI memory, and an HPET table whose base pointed into tables kept in `Reserved`
         // memory offered their page (a review).
         if let Some(rsdp) = bi.rsdp {
             let mut out = [rl4_core::memmap::Range::default(); rl4_smp::acpi::MAX_TABLE_RANGES];
             let (n, _) = rl4_smp::acpi::table_ranges(&rl4_arch::paging::DirectMapMem, rsdp, &mut out);
+            if n > out.len() {
+                rl4_arch::println!("device: {} ACPI table(s) beyond the first {} not kept out of the device pages", n - out.len(), out.len());
+            }
             excluded.extend(out[..n.min(out.len())].iter().filter(|r| r.end > r.start).map(|r| PhysRange { start: r.start & !0xfff, end: rl4_core::align_up(r.end, 4096) }));
         }
         for e in bi.memory_map().iter().filter(|e| e.kind != MemKind::Reserved) {
