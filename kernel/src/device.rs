@@ -392,23 +392,23 @@ impl Resync {
         if !sync_current() && self.here {
             rl4_smp::cpus::send_resched(rl4_arch::percpu::cpu_index() as usize);
         }
+        if !wait {
+            self.each_other(rl4_smp::cpus::send_resched);
+            return;
+        }
         // The tickets, on the stack (2 KiB, as a shoot-down's): closing allocates nothing.
         let mut tickets = [0u64; MAX_CPUS];
         self.each_other(|c| {
-            if wait {
-                tickets[c] = ASKS[c].ask();
-            }
+            tickets[c] = ASKS[c].ask();
             rl4_smp::cpus::send_resched(c);
         });
-        if wait {
-            self.each_other(|c| {
-                while !ASKS[c].answered(tickets[c]) {
-                    // (Answers this CPU's own questions too.)
-                    crate::tlb::service_tlb_here();
-                    rl4_arch::cpu::relax();
-                }
-            });
-        }
+        self.each_other(|c| {
+            while !ASKS[c].answered(tickets[c]) {
+                // (Answers this CPU's own questions too.)
+                crate::tlb::service_tlb_here();
+                rl4_arch::cpu::relax();
+            }
+        });
     }
 
     fn each_other(&self, mut f: impl FnMut(usize)) {
