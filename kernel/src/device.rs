@@ -423,8 +423,11 @@ impl Resync {
 }
 
 /// Per CPU: the questions other CPUs that closed ranges put to it, and its answers
-/// ([`Resync::send`]).
-static ASKS: [rl4_core::asks::Asks; MAX_CPUS] = [const { rl4_core::asks::Asks::new() }; MAX_CPUS];
+/// ([`Resync::send`]). Each on a line of its own: every reschedule interrupt reads its CPU's
+/// (the cross-CPU path's wake-up of a halted CPU among them), and a close writes one CPU's
+/// question while its neighbours' answers are read.
+static ASKS: [crossbeam_utils::CachePadded<rl4_core::asks::Asks>; MAX_CPUS] =
+    [const { crossbeam_utils::CachePadded::new(rl4_core::asks::Asks::new()) }; MAX_CPUS];
 
 /// The reschedule interrupt (`trap.rs`): this CPU's bitmap made to match its running thread's
 /// task, and an answer to the CPUs that asked since its last (their close is seen: the pass

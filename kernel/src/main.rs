@@ -312,6 +312,15 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
         println!("cpu 0: its local APIC reports apic id {own}, CPUID {}: the APIC's is used", bsp.apic_id());
         bsp.header.set_apic_id(own);
     }
+    if options().inject & rl4_core::cmdline::inject::HPET_TABLE != 0 {
+        match rsdp.and_then(|r| table_in_reserved(bi, r)) {
+            Some(pa) => {
+                platform.hpet = Some(pa);
+                println!("inject: the HPET's base taken to be {pa:#x}, a firmware table's page in memory the map calls reserved");
+            }
+            None => println!("inject: hpettable found no firmware table above 1 MiB in reserved memory: nothing changed"),
+        }
+    }
     device::init(&platform);
     println!(
         "local APIC: {} mode, timer {} at {} Hz ({} Hz input)",
@@ -353,6 +362,16 @@ fn misplaced(bi: &BootInfo, pa: u64, len: u64) -> Option<&'static str> {
     let ram = bi.memory_map().iter().any(|e| e.kind != MemKind::Reserved && hits(&e.range));
     let in_use = hits(&rl4_arch::kernel_phys_range()) || bi.info_ranges().iter().any(hits);
     (ram || in_use).then_some("in RAM")
+}
+
+/// `inject=hpettable`: the page of the first firmware table (`acpi::table_ranges`) above the
+/// first megabyte that lies wholly in memory the map calls reserved — where an HPET table's
+/// base would pass [`misplaced`] — if there is one.
+fn table_in_reserved(bi: &BootInfo, rsdp: u64) -> Option<u64> {
+    let mut out = [Range::default(); rl4_smp::acpi::MAX_TABLE_RANGES];
+    let (n, _) = rl4_smp::acpi::table_ranges(&rl4_arch::paging::DirectMapMem, rsdp, &mut out);
+    let reserved = |pa: u64| bi.memory_map().iter().any(|e| e.kind == MemKind::Reserved && e.range.start <= pa && pa + 4096 <= e.range.end);
+    out[..n.min(out.len())].iter().map(|r| r.start & !0xfff).find(|&pa| pa >= 0x10_0000 && reserved(pa))
 }
 
 /// The register blocks the firmware's tables name, checked before anything maps them: the

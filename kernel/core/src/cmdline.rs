@@ -147,10 +147,16 @@ pub mod inject {
     /// ID, not CPUID's initial one, for the interrupts and IPIs it routes to that CPU. Nothing
     /// in x2APIC mode (read-only).
     pub const BSP_ID: u32 = 131072;
+    /// Not damage: the HPET's register base, as the kernel passes it on (after the TSC's
+    /// calibration, which reads the real one), is taken to be the page of the first firmware
+    /// table above the first megabyte that lies in memory the map calls reserved, as firmware
+    /// whose HPET table pointed into its own tables would give: `DeviceMemGet` must refuse
+    /// that page.
+    pub const HPET_TABLE: u32 = 262144;
     /// What a bad `inject=` value is told to be instead (every name in [`NAMES`]: a host test
     /// holds the two together).
-    pub const EXPECTED: &str = "a comma-separated list of refcount, frame, budget, state, locks, deriv, device, queue, parent, stray, lvt, slowunmap, apcpuid, slowcopy, apext, slowack, apsilent, bspid";
-    pub const NAMES: [(&str, u32); 18] = [
+    pub const EXPECTED: &str = "a comma-separated list of refcount, frame, budget, state, locks, deriv, device, queue, parent, stray, lvt, slowunmap, apcpuid, slowcopy, apext, slowack, apsilent, bspid, hpettable";
+    pub const NAMES: [(&str, u32); 19] = [
         ("refcount", REFCOUNT),
         ("frame", FRAME),
         ("budget", BUDGET),
@@ -169,6 +175,7 @@ pub mod inject {
         ("slowack", SLOW_ACK),
         ("apsilent", AP_SILENT),
         ("bspid", BSP_ID),
+        ("hpettable", HPET_TABLE),
     ];
 }
 

@@ -1046,6 +1046,33 @@ fn test_device_memory(bi: &BootInfo) {
     );
 }
 
+/// Only with `inject=hpettable` (the `device-tables-*` boot), whose kernel passes on, as the
+/// HPET's base, the page of a firmware table in memory the map calls reserved: `DeviceMemGet`
+/// refuses it (`InvalidArgument`), charges nothing, and the kernel's check stays clean. Before
+/// the thirty-eighth session the firmware's tables were kept out of the device pages only where
+/// the map called them ACPI memory, and such a page was handed out (a review); this test came
+/// in the thirty-ninth.
+pub fn test_device_memory_refuses_tables(bi: &BootInfo) {
+    const NAME: &str = "device-memory-refuses-tables";
+    if bi.hpet == 0 {
+        return report(NAME, false, format_args!("no HPET base passed on: the boot needs inject=hpettable on a machine with ACPI tables in reserved memory"));
+    }
+    let page_pa = bi.hpet & !0xfff;
+    let g = slot();
+    let left0 = sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0);
+    let got = sys::device_mem_get(DEVICES, page_pa, g);
+    let kind = sys::cap_identify(g).map(|r| r[0]);
+    release(g);
+    let left1 = sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(1);
+    let check = sys::kernel_check(MACHINE);
+    let ok = got == Err(Error::InvalidArgument) && kind.is_err() && left1 == left0 && check.is_ok_and(|r| r[0] == 0);
+    report(
+        NAME,
+        ok,
+        format_args!("the table page {page_pa:#x}: DeviceMemGet {got:?} (want Err(InvalidArgument)), slot {kind:?}, budget {left0} -> {left1}, check {check:?}"),
+    );
+}
+
 /// At most `PORT_OPENERS` tasks have a range open through one `IoPort` object at once (every
 /// capability to it that leaves a slot looks at that list): the next task's `IoPortOpen` is
 /// `Busy`; once one of them ends, another task may open through it; another object of the same

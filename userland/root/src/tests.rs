@@ -2073,6 +2073,10 @@ pub fn run(bi: &BootInfo, which: &str) -> bool {
     if which == "ack-window" {
         crate::drv_tests::test_bind_against_lapsed_ack();
     }
+    // Only when asked for: it needs `inject=hpettable` (the `device-tables-*` boot).
+    if which == "device-tables" {
+        crate::drv_tests::test_device_memory_refuses_tables(bi);
+    }
     // `check` alone: only the consistency check (with `inject=` on the kernel's command line,
     // it must fail).
     consistency(which);
