@@ -175,7 +175,9 @@ static FLOOR_THREAD: [AtomicU64; rl4_smp::MAX_CPUS] = [const { AtomicU64::new(0)
 static FLOOR_LEFT: [AtomicU64; rl4_smp::MAX_CPUS] = [const { AtomicU64::new(0) }; rl4_smp::MAX_CPUS];
 
 /// `Measure(FAULT_FLOOR, n)`: the calling thread's next `n` `ud2`s on this CPU are stepped
-/// over without a report: the raw cost of an exception's entry and return.
+/// over without a report: the raw cost of an exception's entry and return. Any invalid opcode
+/// of that thread's is stepped over by `ud2`'s two bytes (the instruction is not read: that
+/// would add to the floor); only a `SHUTDOWN` holder arms it, for its own thread.
 pub fn arm_floor(t: &Thread, n: u64) {
     let me = rl4_arch::percpu::cpu_index() as usize;
     FLOOR_THREAD[me].store(t.id, Ordering::Relaxed);

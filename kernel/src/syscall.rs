@@ -741,8 +741,11 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             // a limbo holds something).
             crate::qsbr::settle();
             // What can really be had: the budget, but no more than the frames a user can still
-            // take (the heap may hold some of what the budget would allow).
-            Ok([m.left().min(mem::user_frames_left() * PAGE_SIZE), m.total, m.left()])
+            // take (the heap may hold some of what the budget would allow). The budget read
+            // once: another thread charging it between two reads would make the first result
+            // larger than the third (a review of the thirty-ninth session).
+            let left = m.left();
+            Ok([left.min(mem::user_frames_left() * PAGE_SIZE), m.total, left])
         }
         Sys::Stat => {
             // Machine-wide counters tell what other tasks do (their IPC, their interrupts'
