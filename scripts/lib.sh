@@ -15,6 +15,16 @@ QEMU_MIN_MINOR=1
 # can forge them.
 KLINE='^\[cpu[0-9]+\] '
 RLINE='^\[cpu[0-9]+ task 1\] '
+
+# kernel_bug LOG: the first line in which the kernel itself says it found a kernel bug (a thread
+# put into a second queue, a lost deadline, ...), or that a CPU's local APIC pins or unused LVT
+# entries read back otherwise than it set them; such a line fails the boot whatever else it
+# printed (the kernel refuses the damage, or reports the pins, and goes on, so nothing else
+# would show it). Every boot, suite and late-CPU run of scripts/test checks it, and so do
+# scripts/fuzz, scripts/storm and scripts/stress (since the thirty-ninth session).
+kernel_bug() {
+    tr -d '\r' <"$1" | grep -aE -m1 '^\[cpu[0-9]+\] (.*a kernel bug|cpu [0-9]+: timer .*(LINT0/LINT1 NOT AS SET|unused LVT entries .* NOT MASKED))' || true
+}
 # QEMU's isa-debug-exit turns the kernel's codes 0x10 / 0x11 into these exit statuses.
 EXIT_SUCCESS=33
 EXIT_FAILURE=35

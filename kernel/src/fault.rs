@@ -69,6 +69,9 @@ pub fn fault_current(vector: u64, error: u64) -> Handled {
         drop(lapsed);
         drop(h);
     }
+    if crate::inject() & rl4_core::cmdline::inject::SLOW_FAULT != 0 {
+        crate::syscall::injected_window();
+    }
     // Said on the console only if the transition stopped it: a kill from another CPU since the
     // look above leaves it `Dead`, not stopped (before the thirty-eighth session the line came
     // first and said "stopped" of a killed thread: a review).

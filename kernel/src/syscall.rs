@@ -396,7 +396,8 @@ pub fn map_frame(space: &Space, va: u64, frame: Arc<Frame>, write: bool, exec: b
 /// The 200 ms a test's window takes (`inject=slowunmap`: between an `Unmap`'s change of the
 /// page tables and its shoot-down; `inject=slowcopy`: between finding a long message's sender
 /// buffer and reading it; `inject=slowack`: between an `IrqAck`'s finding its binding lapsed
-/// and its ending it), answering other CPUs' shoot-downs meanwhile.
+/// and its ending it; `inject=slowfault`: between a user fault without a handler and its
+/// thread's stop), answering other CPUs' shoot-downs meanwhile.
 #[cold]
 pub(crate) fn injected_window() {
     let end = rl4_arch::cpu::rdtsc().saturating_add(rl4_arch::time::us_to_ticks(200_000));

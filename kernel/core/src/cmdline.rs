@@ -153,10 +153,13 @@ pub mod inject {
     /// whose HPET table pointed into its own tables would give: `DeviceMemGet` must refuse
     /// that page.
     pub const HPET_TABLE: u32 = 262144;
+    /// Not damage: a user fault of a thread without a fault handler waits 200 ms before the
+    /// thread is stopped, so that a test can suspend it from another CPU in between.
+    pub const SLOW_FAULT: u32 = 524288;
     /// What a bad `inject=` value is told to be instead (every name in [`NAMES`]: a host test
     /// holds the two together).
-    pub const EXPECTED: &str = "a comma-separated list of refcount, frame, budget, state, locks, deriv, device, queue, parent, stray, lvt, slowunmap, apcpuid, slowcopy, apext, slowack, apsilent, bspid, hpettable";
-    pub const NAMES: [(&str, u32); 19] = [
+    pub const EXPECTED: &str = "a comma-separated list of refcount, frame, budget, state, locks, deriv, device, queue, parent, stray, lvt, slowunmap, apcpuid, slowcopy, apext, slowack, apsilent, bspid, hpettable, slowfault";
+    pub const NAMES: [(&str, u32); 20] = [
         ("refcount", REFCOUNT),
         ("frame", FRAME),
         ("budget", BUDGET),
@@ -176,6 +179,7 @@ pub mod inject {
         ("apsilent", AP_SILENT),
         ("bspid", BSP_ID),
         ("hpettable", HPET_TABLE),
+        ("slowfault", SLOW_FAULT),
     ];
 }
 

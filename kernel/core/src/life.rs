@@ -197,7 +197,7 @@ pub const TRANSITIONS: &[Transition] = &[
     Transition { name: "unwait", from: &[BP, BF], to: X, same: &[] },
     Transition { name: "take_back", from: &[BS, BR, BP, BN, BF], to: X, same: &[] },
     Transition { name: "suspend", from: &[R, X, BS, BR, BP, BN, BF], to: S, same: &[I, S] },
-    Transition { name: "fault", from: &[R, X, S], to: F, same: &[] },
+    Transition { name: "fault", from: &[X], to: F, same: &[] },
     Transition { name: "stop_fault", from: &[BF], to: F, same: &[] },
     Transition { name: "stop_fault_later", from: &[BF], to: F, same: &[] },
     Transition { name: "kill", from: &[I, R, X, BS, BR, BP, BN, BF, S, F], to: D, same: &[] },
@@ -373,11 +373,16 @@ impl<K: Kinds> Life<K> {
         }
     }
 
-    /// `Running` (or `Ready`, `Suspended`: it was executing) → `Faulted`. Returns what to clean
-    /// up. Refused for a thread already stopped (a kill wins over the fault).
+    /// `Running` → `Faulted`. Returns what to clean up. Refused for a thread already stopped (a
+    /// kill wins over the fault), and for one suspended — or suspended and resumed: `Ready` —
+    /// by another CPU while it took the fault: the suspension came first, and the instruction
+    /// runs again when the thread does, as when the fault goes to a handler (`block` refuses
+    /// those states too). Before the thirty-ninth session both were made `Faulted`: a thread
+    /// whose suspension had answered success was then stopped for good by an instruction that,
+    /// for its suspender, never ran, and only where it had no handler (a review).
     pub fn fault(&mut self) -> Result<Stopped<K>, Refused> {
         match self.state {
-            State::Running | State::Ready | State::Suspended => {
+            State::Running => {
                 self.set(State::Faulted);
                 Ok(Stopped { wait: None, reply: self.reply.take(), kick: None })
             }

@@ -766,7 +766,7 @@ impl Sim {
 
     fn fault(&mut self, c: usize, t: usize) {
         let r = self.life[t].fault();
-        assert_eq!(r.is_ok(), matches!(self.m[t].st, M::Running | M::Ready | M::Suspended), "fault of {t}");
+        assert_eq!(r.is_ok(), matches!(self.m[t].st, M::Running), "fault of {t}");
         let Ok(stopped) = r else { return };
         assert!(stopped.wait.is_none() && stopped.kick.is_none());
         self.exec[t] = false;

@@ -68,6 +68,10 @@ pub mod word {
     /// `CURRENT + t`: the call fuzzing thread `t` is in or made last (its number, plus 256 if
     /// with the timeout `FOREVER`), for the watchdog's report.
     pub const CURRENT: usize = 96;
+    /// `TIMEOUT + t`: the timeout of that call if it may block with a finite one (`Send`,
+    /// `Call`, `Recv`, `ReplyRecv`, `Wait`), else `u64::MAX`: the watchdog's test for a lost
+    /// wake-up.
+    pub const TIMEOUT: usize = 112;
     /// `PER_CALL + n`: calls of system-call number `n` (63: any number above 62).
     pub const PER_CALL: usize = 128;
     /// `PER_CALL_OK + n`: those that succeeded.

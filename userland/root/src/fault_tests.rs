@@ -1389,3 +1389,70 @@ pub fn run() {
     test_cancel_many_faults();
     test_fault_reports_limited();
 }
+
+/// `fault-window` (only with `inject=slowfault`, which holds a fault without a handler 200 ms
+/// before its thread is stopped): a thread on CPU 1 reads a page nothing maps; while the kernel
+/// holds its fault, the root thread (CPU 0) suspends it — the call answers `Ok` — and the
+/// thread must then be `Suspended`, not `Faulted`: the suspension came first. With the page
+/// mapped, `ThreadResume` restarts the read, which now succeeds, and the thread goes on. Before
+/// the thirty-ninth session the thread was stopped (`Faulted`) and its resumption refused
+/// (`InvalidState`), unlike a thread with a handler, whose fault the suspension cancels (a
+/// review). A round whose suspension missed the window (the host held a CPU back) is made again,
+/// three times in all.
+pub fn test_suspend_during_fault() {
+    const NAME: &str = "suspend-during-a-fault-without-handler";
+    if cpus() < 2 {
+        return crate::tests::skip(NAME, "one CPU");
+    }
+    let (rounds, (ok, window, text)) = up_to_three_rounds(fault_window_round, |r| !r.1);
+    report(NAME, ok && window, format_args!("{} (round {rounds} of at most 3)", text.as_str()));
+}
+
+/// When [`fault_window_reader`] was about to read (TSC; `u64::MAX` before), and whether it read.
+static FW_AT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(u64::MAX);
+static FW_READ: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+fn fault_window_reader(va: u64) {
+    use core::sync::atomic::Ordering::SeqCst;
+    FW_AT.store(rl4_user::rdtsc(), SeqCst);
+    // SAFETY: `va` is a page of this task that nothing maps when the read is first made (the
+    // fault is the point); it is mapped before the thread is resumed to read again.
+    let v = unsafe { (va as *const u64).read_volatile() };
+    FW_READ.store(1 + (v & 1), SeqCst);
+}
+
+/// One round: (passed, the suspension came in the fault's window, what it saw).
+fn fault_window_round() -> (bool, bool, crate::storm::Text) {
+    use core::fmt::Write;
+    use core::sync::atomic::Ordering::SeqCst;
+    let va = scratch_range();
+    FW_AT.store(u64::MAX, SeqCst);
+    FW_READ.store(0, SeqCst);
+    let t = spawn(fault_window_reader, va, ROOT_PRIO, 1);
+    let began = wait_ms(2000, || FW_AT.load(SeqCst) != u64::MAX);
+    crate::stress::sleep_ms(30);
+    let s0 = rl4_user::rdtsc();
+    let suspended = sys::thread_suspend(t);
+    let s1 = rl4_user::rdtsc();
+    let at = FW_AT.load(SeqCst);
+    // The suspension began after the read and answered well within the 200 ms the kernel holds
+    // the fault.
+    let window = began && s0 > at && s1 < at.saturating_add(ms(150));
+    crate::stress::sleep_ms(300);
+    let held = state(t);
+    let mapped = map_fresh(SPACE, va, 1, RW);
+    let resumed = sys::thread_resume(t);
+    let read = wait_ms(2000, || FW_READ.load(SeqCst) != 0);
+    let end = wait_ms(2000, || state(t) == Some(ThreadState::Dead));
+    // A thread left stopped or suspended (a failed round) goes with its last capability.
+    release(t);
+    let _ = sys::unmap(SPACE, va);
+    let ok = suspended == Ok(()) && held == Some(ThreadState::Suspended) && mapped.is_ok() && resumed == Ok(()) && read && end;
+    let mut text = crate::storm::Text::new();
+    let _ = write!(
+        text,
+        "a read of an unmapped page on cpu 1, suspended from cpu 0 {} ms after it began: {suspended:?}; 300 ms later {held:?} (want Suspended); page mapped {mapped:?}, resumed {resumed:?}, read done {read}, thread ended {end}",
+        s0.saturating_sub(at) / ms(1).max(1)
+    );
+    (ok, window, text)
+}

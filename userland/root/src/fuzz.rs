@@ -170,6 +170,24 @@ fn read(i: usize, w: usize) -> u64 {
     unsafe { counters(i).add(w).read_volatile() }
 }
 
+/// The watchdog found fuzzer `i`'s first thread (`thread`) stuck at `progress` calls, in a call
+/// that may block with a finite timeout (word `TIMEOUT`): if the kernel says it waits in that
+/// call (blocked in `Send`, `Recv`, a reply or `Wait`), and a second after that timeout, counted
+/// from now — later than any deadline the call can have, as it was made before this look — it
+/// still waits there, with no call made since, its deadline was lost: its state. (A thread
+/// suspended, killed, starved before its call or after it was woken is not blocked; timeouts of
+/// a second or more are not judged.)
+fn lost_wakeup(i: usize, thread: u64, progress: u64, hz: u64) -> Option<u64> {
+    let timeout = read(i, word::TIMEOUT);
+    let blocked = || sys::thread_info(thread).ok().map(|r| r[0]).filter(|s| (ThreadState::BlockedSend as u64..=ThreadState::BlockedNotify as u64).contains(s));
+    if timeout >= hz || blocked().is_none() {
+        return None;
+    }
+    sleep_ms(1000 + timeout * 1000 / hz.max(1) + 1);
+    let s = blocked()?;
+    (read(i, word::PROGRESS) == progress && read(i, word::TIMEOUT) == timeout).then_some(s)
+}
+
 fn start(img: &Image, cfg: &Config, i: usize, fz: &mut [Option<Fuzzer>]) -> Option<Fuzzer> {
     let seed = NEXT_SEED.fetch_add(1, SeqCst);
     let (task, space, thread) = (slot(), slot(), slot());
@@ -417,16 +435,25 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
     let mut tot = Totals([0; word::WORDS]);
     let (mut ended, mut faulted, mut stuck, mut failed_starts) = (0u64, 0u64, 0u64, 0u64);
     let (mut stuck_in, mut stuck_forever, mut stuck_suspended) = ([0u64; 64], 0u64, 0u64);
+    let mut lost_wakeups = 0u64;
     let (mut most_senders, mut most_receivers) = (0u64, 0u64);
     let (mut checks, mut violations, mut check_cycles) = (0u64, 0u64, 0u64);
-    let check = |checks: &mut u64, violations: &mut u64, cycles: &mut u64| {
+    // A check that could not run fails the run too: no fuzzer may call it (`Busy` cannot
+    // happen), a CPU that does not stop within its 5 s (`Timeout`) is one that hung with
+    // interrupts off, and the root task's own allocations do not fail here (before the
+    // thirty-ninth session such a check was only printed; a review).
+    let mut check_errors = 0u64;
+    let check = |checks: &mut u64, violations: &mut u64, cycles: &mut u64, errors: &mut u64| {
         let t = rdtsc();
         match sys::kernel_check(MACHINE) {
             Ok([v, _, _]) => {
                 *checks += 1;
                 *violations += v;
             }
-            Err(e) => println!("fuzz: the consistency check did not run: {e}"),
+            Err(e) => {
+                *errors += 1;
+                println!("fuzz: the consistency check did not run: {e}");
+            }
         }
         *cycles += rdtsc() - t;
     };
@@ -490,7 +517,7 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
         }
         if now - last_check >= 3 * hz {
             last_check = now;
-            check(&mut checks, &mut violations, &mut check_cycles);
+            check(&mut checks, &mut violations, &mut check_cycles, &mut check_errors);
             heap_peak = heap_peak.max(heap());
             least_left = least_left.min(sys::memory_info(MEMORY).map(|m| m.0).unwrap_or(0));
             for k in fs::SHARED_EPS {
@@ -530,6 +557,16 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
                         stuck_forever += cur >> 8 & 1;
                         if t == 0 && st == Ok(ThreadState::Suspended as u64) {
                             stuck_suspended += 1;
+                        }
+                        if t == 0 && cur >> 8 & 1 == 0 {
+                            if let Some(s) = lost_wakeup(i, f.thread, p, hz) {
+                                lost_wakeups += 1;
+                                println!(
+                                    "fuzz: LOST WAKE-UP: fuzzer {i}'s first thread still in state {s} in {} with timeout {} ticks, a second after the timeout would have ended it",
+                                    sys_name((cur & 0xff).min(63) as usize),
+                                    read(i, word::TIMEOUT)
+                                );
+                            }
                         }
                         end = true;
                         break;
@@ -581,7 +618,7 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
     let bound1 = sys::stat(MACHINE, stat::HEAP_BOUND).unwrap_or(0);
     let heap_ok = heap0 != u64::MAX && heap1 <= heap0 + rl4_abi::HEAP_ALLOWANCE;
     // The last consistency check: no fuzzer, no IPC pair, everything they made gone.
-    check(&mut checks, &mut violations, &mut check_cycles);
+    check(&mut checks, &mut violations, &mut check_cycles, &mut check_errors);
 
     let w = &tot.0;
     let calls = w[word::CALLS];
@@ -725,7 +762,7 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
         }
     }
     println!(
-        "fuzz: kernel consistency checks: {checks} run (during the run and at its end), {violations} violations; {} ms in all",
+        "fuzz: kernel consistency checks: {checks} run (during the run and at its end), {violations} violations, {check_errors} not run; {} ms in all",
         check_cycles / (hz / 1000).max(1)
     );
     // Informative: killed threads that wait in a run queue behind the IPC pairs' (of a
@@ -742,7 +779,8 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
         if back { "back" } else { "NOT BACK" },
         if mem_back { "back" } else { "NOT BACK" }
     );
-    let ok = stress_ok && back && mem_back && heap_ok && calls > 0 && checks > 0 && violations == 0;
+    println!("fuzz: lost wake-ups (a first thread still blocked a second after its finite timeout): {lost_wakeups}");
+    let ok = stress_ok && back && mem_back && heap_ok && calls > 0 && checks > 0 && violations == 0 && check_errors == 0 && lost_wakeups == 0;
     println!("fuzz: {}", if ok { "passed" } else { "FAILED" });
     ok
 }

@@ -2075,6 +2075,10 @@ pub fn run(bi: &BootInfo, which: &str) -> bool {
     if which == "ack-window" {
         crate::drv_tests::test_bind_against_lapsed_ack();
     }
+    // Only when asked for: it needs `inject=slowfault` (the `fault-window-*` suite).
+    if which == "fault-window" {
+        crate::fault_tests::test_suspend_during_fault();
+    }
     // Only when asked for: it needs `inject=hpettable` (the `device-tables-*` boot).
     if which == "device-tables" {
         crate::drv_tests::test_device_memory_refuses_tables(bi);

@@ -543,6 +543,7 @@ impl Fz {
         if forever {
             add(word::FOREVER_CALLS, 1);
         }
+        counter(word::TIMEOUT + self.t).store(if is_blocking(n) && !forever { c.timeout } else { u64::MAX }, Relaxed);
         counter(word::CURRENT + self.t).store(n.min(255) | (forever as u64) << 8, Relaxed);
         let t0 = rl4_user::rdtsc();
         let (rax, rdi, rsi, _) = raw(n, &c.a, c.timeout, c.r13, c.r14);
