@@ -13,8 +13,13 @@
 //!
 //! A fuzzer whose first thread dies or faults is counted and replaced by a new one with the
 //! next seed; so is one with a fuzzing thread that made no call for 2 s (blocked for good,
-//! suspended or starved: the watchdog ends its task). The kernel's consistency check runs every
-//! 3 s. When the time is up the fuzzers are ended while the IPC pairs still run (and what is
+//! suspended or starved: the watchdog ends its task). A first thread the watchdog finds so, in a
+//! call with a finite timeout under a second, that the kernel still shows blocked a second after
+//! that timeout fails the run: a lost wake-up ([`lost_wakeup`]; the root task sees only first
+//! threads' states, which are seldom the stuck ones — `KernelCheck`'s rule that every finite
+//! wait's deadline is in a CPU's list is the wider guard: a kernel that dropped one deadline in
+//! four failed it at once). The kernel's consistency check runs every 3 s; one that could not
+//! run fails the run too. When the time is up the fuzzers are ended while the IPC pairs still run (and what is
 //! back 2 s later is reported); then the pairs stop, and the live threads must be back to the
 //! count before the run and the memory budget back to the byte, less what the pairs keep, and
 //! the kernel heap in use within its value at the start plus the allowance `KernelCheck` gives
