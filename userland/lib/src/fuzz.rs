@@ -60,7 +60,7 @@ pub mod word {
     /// their kind or the end of the task to take down).
     pub const DEEP_LEFT: usize = 63;
     /// The words above that hold a maximum (the root task takes the largest, not the sum).
-    pub const MAXIMA: [usize; 4] = [DEEP_TASK_MAX, DEEP_EP_MAX, DEEP_DERIV_MAX, DEEP_LONGEST];
+    pub const MAXIMA: [usize; 5] = [DEEP_TASK_MAX, DEEP_EP_MAX, DEEP_DERIV_MAX, DEEP_LONGEST, REGS_CHANGED_CALL];
     /// `PROGRESS + t`: calls made by fuzzing thread `t` (written by that thread only).
     pub const PROGRESS: usize = 64;
     /// `ACTIVE + t`: 1 while fuzzing thread `t` runs (it clears it before ending on purpose).
@@ -68,6 +68,11 @@ pub mod word {
     /// `CURRENT + t`: the call fuzzing thread `t` is in or made last (its number, plus 256 if
     /// with the timeout `FOREVER`), for the watchdog's report.
     pub const CURRENT: usize = 96;
+    /// Calls after which a register the ABI preserves had changed (`rbx`, `rbp`, `r12` to
+    /// `r15`, `xmm5`; `r8` to `r10` after a call that is not IPC): a kernel bug.
+    pub const REGS_CHANGED: usize = 103;
+    /// One more than the largest number of such a call (0: none).
+    pub const REGS_CHANGED_CALL: usize = 104;
     /// `TIMEOUT + t`: the timeout of that call if it may block with a finite one (`Send`,
     /// `Call`, `Recv`, `ReplyRecv`, `Wait`), else `u64::MAX`: the watchdog's test for a lost
     /// wake-up.

@@ -146,11 +146,64 @@ fn add(i: usize, v: u64) {
 
 // ---- raw system calls ----------------------------------------------------------------------------
 
-/// A system call with every argument register: `rax` in, (`rax`, `rdi`, `rsi`, `rdx`) out
-/// (`rl4_user::sys::raw_full`).
+/// A system call with every argument register: `rax` in, (`rax`, `rdi`, `rsi`, `rdx`) out (as
+/// `rl4_user::sys::raw_full`), checking that the kernel kept what the ABI says it keeps: `rbx`,
+/// `rbp`, `r12` to `r15` and `xmm5`, loaded with values that change from call to call, and `r10`,
+/// `r8`, `r9` after a call that is not IPC (which may return message words there). A change is
+/// counted (`word::REGS_CHANGED`, which fails the run), with the call (`word::REGS_CHANGED_CALL`;
+/// a fuzzer has no right to print).
 #[inline(always)]
 fn raw(n: u64, a: &[u64; 6], timeout: u64, r13: u64, r14: u64) -> (u64, u64, u64, u64) {
-    let (rax, [rdi, rsi, rdx]) = rl4_user::sys::raw_full(n, *a, timeout, r13, r14);
+    static CANARY: AtomicU64 = AtomicU64::new(0x9e37_79b9_7f4a_7c15);
+    let k = CANARY.fetch_add(0x6a09_e667_f3bc_c909, Relaxed);
+    let (rax, rdi, rsi, rdx, r10, r8, r9): (u64, u64, u64, u64, u64, u64, u64);
+    let (o12, o13, o14, o15, kept): (u64, u64, u64, u64, u64);
+    // SAFETY: `syscall` enters the kernel, which checks every argument; the block saves and
+    // restores `rbx` and `rbp` itself (on the stack: no `nostack`), declares every other register
+    // it or the kernel writes, and leaves in `rcx` the difference between what `rbx`, `rbp` and
+    // `xmm5` held before and after.
+    unsafe {
+        core::arch::asm!(
+            "push rbx",
+            "push rbp",
+            "mov rbx, r15",
+            "mov rbp, r15",
+            "not rbp",
+            "movq xmm5, r15",
+            "syscall",
+            "mov rcx, rbx",
+            "xor rcx, r15",
+            "mov r11, rbp",
+            "not r11",
+            "xor r11, r15",
+            "or rcx, r11",
+            "movq r11, xmm5",
+            "xor r11, r15",
+            "or rcx, r11",
+            "pop rbp",
+            "pop rbx",
+            inlateout("rax") n => rax,
+            inlateout("rdi") a[0] => rdi,
+            inlateout("rsi") a[1] => rsi,
+            inlateout("rdx") a[2] => rdx,
+            inlateout("r10") a[3] => r10,
+            inlateout("r8") a[4] => r8,
+            inlateout("r9") a[5] => r9,
+            inlateout("r12") timeout => o12,
+            inlateout("r13") r13 => o13,
+            inlateout("r14") r14 => o14,
+            inlateout("r15") k => o15,
+            lateout("rcx") kept,
+            lateout("r11") _,
+            out("xmm5") _,
+        );
+    }
+    let ipc = [Sys::Send, Sys::NbSend, Sys::Call, Sys::Recv, Sys::NbRecv, Sys::Reply, Sys::ReplyRecv].iter().any(|&s| s as u64 == n);
+    let changed = kept != 0 || o12 != timeout || o13 != r13 || o14 != r14 || o15 != k || (!ipc && (r10, r8, r9) != (a[3], a[4], a[5]));
+    if changed {
+        add(word::REGS_CHANGED, 1);
+        counter(word::REGS_CHANGED_CALL).fetch_max(n.min(255) + 1, Relaxed);
+    }
     (rax, rdi, rsi, rdx)
 }
 
