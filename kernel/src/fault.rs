@@ -5,8 +5,9 @@
 //! (`rl4_abi::fault`) and the reply right, and its reply resumes the thread (with the
 //! registers it names changed) or stops it. A thread without a handler, whose handler's
 //! endpoint is gone, or whose binding lost the capabilities it was set with ([`handler_of`]),
-//! is stopped at once (`Faulted`, a transition that a kill made before it wins over) and the
-//! kernel reports the fault on the console.
+//! is stopped at once (`Faulted`, a transition that a kill or a suspension made before it wins
+//! over: a suspended thread runs the instruction again when resumed) and the kernel reports the
+//! fault on the console.
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use alloc::sync::Arc;
@@ -69,7 +70,8 @@ pub fn fault_current(vector: u64, error: u64) -> Handled {
         drop(lapsed);
         drop(h);
     }
-    if crate::inject() & rl4_core::cmdline::inject::SLOW_FAULT != 0 {
+    let slow = crate::inject() & rl4_core::cmdline::inject::SLOW_FAULT != 0;
+    if slow {
         crate::syscall::injected_window();
     }
     // Said on the console only if the transition stopped it: a kill from another CPU since the
@@ -77,6 +79,10 @@ pub fn fault_current(vector: u64, error: u64) -> Handled {
     // first and said "stopped" of a killed thread: a review).
     if thread::fault(&t) {
         report(&t, vector, error, addr, rip);
+    } else if slow {
+        // For `fault-window-smp2`: the held fault met a suspension or a kill.
+        let view = t.life.lock().view();
+        println!("inject: slowfault: thread {}'s fault was not stopped: it was {view:?} by then", t.id);
     }
     Handled::Decide
 }

@@ -243,8 +243,8 @@ pub fn kill(t: &Arc<Thread>) -> bool {
     }
 }
 
-/// The running thread `t` took a fault it cannot go on from: `Faulted` (unless a kill came
-/// first); whether it stopped.
+/// The running thread `t` took a fault it cannot go on from: `Faulted` (unless a kill, or a
+/// suspension, from another CPU came first: `Life::fault`); whether it stopped.
 pub fn fault(t: &Arc<Thread>) -> bool {
     let r = t.life.lock().fault();
     let Ok(s) = r else { return false };

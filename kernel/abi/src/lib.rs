@@ -468,8 +468,9 @@ pub mod stat {
     /// CPUs: one per priority below the sender's that has senders waiting there (docs/ipc.md),
     /// however many senders wait at those priorities.
     pub const SENDQ_STEPS: u64 = 23;
-    /// Fault reports the kernel did not print, all CPUs: the machine prints at most 16 at once,
-    /// then 10 a second, split among the CPUs (docs/syscalls.md, "Faults").
+    /// Fault reports the kernel did not print, all CPUs: the machine prints at most 16 at once
+    /// (one per CPU on a machine of more than 16), then 10 a second, split among the CPUs
+    /// (docs/syscalls.md, "Faults").
     pub const FAULT_REPORTS_LEFT_OUT: u64 = 24;
     /// Walks over every task made to end the descendants of a task that ended (`TaskKill`),
     /// all CPUs: one per task that ended with descendants (one more for each CPU that ended it

@@ -1414,10 +1414,27 @@ static FW_READ: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::n
 
 fn fault_window_reader(va: u64) {
     use core::sync::atomic::Ordering::SeqCst;
-    FW_AT.store(rl4_user::rdtsc(), SeqCst);
-    // SAFETY: `va` is a page of this task that nothing maps when the read is first made (the
-    // fault is the point); it is mapped before the thread is resumed to read again.
-    let v = unsafe { (va as *const u64).read_volatile() };
+    let v: u64;
+    // SAFETY: `FW_AT` is a static the time stamp goes into; `va` is a page of this task that
+    // nothing maps when the read is first made (the fault is the point); it is mapped before the
+    // thread is resumed to read again. The stamp and the read in one block of straight-line
+    // code, which the emulator runs as one piece: no interrupt (the suspension's) is taken
+    // between them, so a suspension that began after the stamp meets the fault.
+    unsafe {
+        core::arch::asm!(
+            "rdtsc",
+            "shl rdx, 32",
+            "or rax, rdx",
+            "mov qword ptr [{at}], rax",
+            "mov {v}, qword ptr [{va}]",
+            at = in(reg) FW_AT.as_ptr(),
+            va = in(reg) va,
+            v = out(reg) v,
+            out("rax") _,
+            out("rdx") _,
+            options(nostack)
+        );
+    }
     FW_READ.store(1 + (v & 1), SeqCst);
 }
 

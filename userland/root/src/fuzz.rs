@@ -331,11 +331,13 @@ struct Totals([u64; word::WORDS]);
 
 impl Totals {
     fn harvest(&mut self, i: usize) {
+        // (Per-thread words — progress, the call, its timeout — are summed too, meaninglessly,
+        // and wrap: the timeout's is `u64::MAX` after most calls.)
         for w in (0..word::CFG_FLAGS).chain(word::CYCLES..word::WORDS) {
             if word::MAXIMA.contains(&w) {
                 self.0[w] = self.0[w].max(read(i, w));
             } else {
-                self.0[w] += read(i, w);
+                self.0[w] = self.0[w].wrapping_add(read(i, w));
             }
         }
     }
@@ -443,8 +445,8 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
     let mut lost_wakeups = 0u64;
     let (mut most_senders, mut most_receivers) = (0u64, 0u64);
     let (mut checks, mut violations, mut check_cycles) = (0u64, 0u64, 0u64);
-    // A check that could not run fails the run too: no fuzzer may call it (`Busy` cannot
-    // happen), a CPU that does not stop within its 5 s (`Timeout`) is one that hung with
+    // A check that could not run fails the run too: no fuzzer may call it or measure
+    // (`InvalidState` cannot happen), a CPU that does not stop within its 5 s (`Timeout`) is one that hung with
     // interrupts off, and the root task's own allocations do not fail here (before the
     // thirty-ninth session such a check was only printed; a review).
     let mut check_errors = 0u64;
