@@ -73,6 +73,10 @@ pub mod word {
     pub const REGS_CHANGED: usize = 103;
     /// One more than the largest number of such a call (0: none).
     pub const REGS_CHANGED_CALL: usize = 104;
+    /// Copies and badged copies whose outcome was held to the ABI's rules (`CAPS_CHECKED`), and
+    /// those that broke them (`CAPS_WRONG`: a kernel bug).
+    pub const CAPS_CHECKED: usize = 105;
+    pub const CAPS_WRONG: usize = 106;
     /// `TIMEOUT + t`: the timeout of that call if it may block with a finite one (`Send`,
     /// `Call`, `Recv`, `ReplyRecv`, `Wait`), else `u64::MAX`: the watchdog's test for a lost
     /// wake-up.
@@ -155,7 +159,11 @@ pub mod slot {
     /// The root task puts capabilities to other fuzzers' tasks and first threads (rights
     /// `READ | WRITE`, no `GRANT`) into free slots of `PEERS .. PEERS_END`.
     pub const PEERS: u64 = 64;
-    pub const PEERS_END: u64 = 128;
+    pub const PEERS_END: u64 = 120;
+    /// Fuzzing thread `t`'s private slot is `PRIVATE + t`: only that thread's own forced calls
+    /// write it (no slot argument of any other call may name it: `guard_destinations`), so
+    /// that what it finds there after a copy is what the copy made.
+    pub const PRIVATE: u64 = 120;
     /// Slots `INBOX ..` (to the table's end) take most of the capabilities other fuzzers copy
     /// in (the rest land in `OWN .. PEERS`); the deep builders' own slots end below it.
     pub const INBOX: u64 = 224;

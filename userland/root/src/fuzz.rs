@@ -788,11 +788,16 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
     );
     println!("fuzz: lost wake-ups (a first thread still blocked a second after its finite timeout): {lost_wakeups}");
     println!(
+        "fuzz: copies and badged copies held to the ABI's rules: {}, of which broke them: {}",
+        w[word::CAPS_CHECKED],
+        w[word::CAPS_WRONG]
+    );
+    println!(
         "fuzz: calls after which a register the ABI preserves had changed: {} (the highest call number among them {})",
         w[word::REGS_CHANGED],
         w[word::REGS_CHANGED_CALL].wrapping_sub(1) as i64
     );
-    let ok = stress_ok && back && mem_back && heap_ok && calls > 0 && checks > 0 && violations == 0 && check_errors == 0 && lost_wakeups == 0 && w[word::REGS_CHANGED] == 0;
+    let ok = stress_ok && back && mem_back && heap_ok && calls > 0 && checks > 0 && violations == 0 && check_errors == 0 && lost_wakeups == 0 && w[word::REGS_CHANGED] == 0 && w[word::CAPS_WRONG] == 0;
     println!("fuzz: {}", if ok { "passed" } else { "FAILED" });
     ok
 }

@@ -960,9 +960,71 @@ impl Fz {
 
     // ---- short scenarios: a few calls that reach states one call seldom does ----------------
 
+    /// A copy (`CapCopy`) or a badged copy (`CapMint`) of the capability in one of the task's
+    /// first slots (`TASK .. OWN`: only the root task fills them, and a call may empty one but
+    /// never fill it again) into this thread's private slot (`slot::PRIVATE + t`), held to what
+    /// the ABI promises: the same type, the source's rights and the mask's common part, the
+    /// source's badge or the given one; `CapMint` of an object other than an endpoint or a
+    /// notification is `WrongType`, of a badged capability `InvalidState`. Judged only when
+    /// the source reads the same before and after and the private slot still holds the copy
+    /// (a stray deletion by another thread), and not for refusals that depend on what others
+    /// do (`OutOfMemory`, `Busy`, a derivation too deep, the task's own capability deleted).
+    fn check_copy(&mut self) {
+        use Sys::*;
+        let p = slot::PRIVATE + self.t as u64;
+        let id = |s: u64| {
+            let (rax, ty, rights, badge) = raw(CapIdentify as u64, &[s, 0, 0, 0, 0, 0], 0, NO_SLOT, NO_SLOT);
+            (rax == 0).then_some((ty, rights, badge))
+        };
+        let mut c = Req::new(CapDelete, [p, 0, 0, 0, 0, 0]);
+        c.force = true;
+        self.exec(c);
+        let s = self.rnd() % slot::OWN;
+        let Some((ty, rights, b)) = id(s) else { return };
+        // Without `cross` no capability to a task or thread is deleted (see `exec_out`): the
+        // copy's deletion would end the task or the thread if a sibling deleted the source.
+        if !cross() && (ty == ObjType::Task as u64 || ty == ObjType::Thread as u64) {
+            return;
+        }
+        let mask = self.rnd() & Rights::ALL.0;
+        let mint = self.one_in(2);
+        let badge = if self.one_in(4) { 0 } else { self.rnd() };
+        let mut c = Req::new(if mint { CapMint } else { CapCopy }, [s, slot::TASK, p, mask, badge, 0]);
+        c.force = true;
+        let r = self.exec(c);
+        let copy = id(p);
+        if id(s) != Some((ty, rights, b)) {
+            return;
+        }
+        let ipc_obj = ty == ObjType::Endpoint as u64 || ty == ObjType::Notification as u64;
+        let want = if mint && !ipc_obj {
+            Err(Error::WrongType as u64)
+        } else if mint && b != 0 {
+            Err(Error::InvalidState as u64)
+        } else {
+            Ok((ty, rights & mask, if mint { badge } else { b }))
+        };
+        // (`SlotOccupied`: the private slot's last deletion was refused.)
+        let others = [Error::OutOfMemory, Error::Busy, Error::InvalidState, Error::EmptySlot, Error::SlotOccupied].map(|e| e as u64);
+        let wrong = match (r, want) {
+            (0, Ok(w)) => copy.is_some_and(|got| got != w),
+            (0, Err(_)) => true,
+            (e, Err(w)) if e == w => false,
+            (e, _) => !others.contains(&e),
+        };
+        add(word::CAPS_CHECKED, 1);
+        if wrong {
+            add(word::CAPS_WRONG, 1);
+        }
+        let mut c = Req::new(CapDelete, [p, 0, 0, 0, 0, 0]);
+        c.force = true;
+        self.exec(c);
+    }
+
     fn scenario(&mut self) {
         use Sys::*;
-        match self.rnd() % 7 {
+        match self.rnd() % 8 {
+            7 => self.check_copy(),
             0 | 6 => {
                 // A helper thread, started: a loop of blocking calls on a shared object.
                 let (task, peer) = self.create_target();
