@@ -77,6 +77,11 @@ pub mod word {
     /// those that broke them (`CAPS_WRONG`: a kernel bug).
     pub const CAPS_CHECKED: usize = 105;
     pub const CAPS_WRONG: usize = 106;
+    /// `CapDelete` and `CapRevoke` calls of the task's threads so far (raised before each).
+    pub const CAP_REMOVALS: usize = 107;
+    /// Copies and badged copies the check found made as they should be (each must be seen).
+    pub const COPIES_OK: usize = 108;
+    pub const MINTS_OK: usize = 109;
     /// `TIMEOUT + t`: the timeout of that call if it may block with a finite one (`Send`,
     /// `Call`, `Recv`, `ReplyRecv`, `Wait`), else `u64::MAX`: the watchdog's test for a lost
     /// wake-up.
@@ -131,6 +136,9 @@ pub const FLAG_CROSS: u64 = 1;
 /// against its task's table).
 pub const PORTS: (u64, u64) = (0x2e8, 8);
 
+/// The badge of the capability in [`slot::BADGED`].
+pub const BADGE_AT_START: u64 = 0x5eed;
+
 /// Most fuzzing threads in one fuzzer task.
 pub const MAX_THREADS: usize = 7;
 
@@ -161,9 +169,13 @@ pub mod slot {
     pub const PEERS: u64 = 64;
     pub const PEERS_END: u64 = 120;
     /// Fuzzing thread `t`'s private slot is `PRIVATE + t`: only that thread's own forced calls
-    /// write it (no slot argument of any other call may name it: `guard_destinations`), so
-    /// that what it finds there after a copy is what the copy made.
+    /// write it (no other call's destination may be it: `guard_destinations`; a deletion or a
+    /// revocation may empty it, which the task's count of such calls, `word::CAP_REMOVALS`,
+    /// shows), so that what it finds there after a copy is what the copy made.
     pub const PRIVATE: u64 = 120;
+    /// The root task puts a badged copy of the first shared endpoint here (all rights, badge
+    /// [`super::BADGE_AT_START`]); a call may empty it, none fills it again.
+    pub const BADGED: u64 = 127;
     /// Slots `INBOX ..` (to the table's end) take most of the capabilities other fuzzers copy
     /// in (the rest land in `OWN .. PEERS`); the deep builders' own slots end below it.
     pub const INBOX: u64 = 224;

@@ -235,6 +235,7 @@ fn start(img: &Image, cfg: &Config, i: usize, fz: &mut [Option<Fuzzer>]) -> Opti
         for (k, &s) in cfg.shared.iter().enumerate() {
             sys::cap_copy(s, task, fs::SHARED[k], Rights::ALL)?;
         }
+        sys::cap_mint(cfg.shared[0], task, fs::BADGED, Rights::ALL, rl4_user::fuzz::BADGE_AT_START)?;
         if let Some(p) = cfg.ports {
             sys::cap_copy(p, task, fs::PORTS_AT_START, Rights::ALL)?;
         }
@@ -788,8 +789,10 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
     );
     println!("fuzz: lost wake-ups (a first thread still blocked a second after its finite timeout): {lost_wakeups}");
     println!(
-        "fuzz: copies and badged copies held to the ABI's rules: {}, of which broke them: {}",
+        "fuzz: copies and badged copies held to the ABI's rules: {} (made as they should be: {} copies, {} badged copies), of which broke them: {}",
         w[word::CAPS_CHECKED],
+        w[word::COPIES_OK],
+        w[word::MINTS_OK],
         w[word::CAPS_WRONG]
     );
     println!(
@@ -797,7 +800,7 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
         w[word::REGS_CHANGED],
         w[word::REGS_CHANGED_CALL].wrapping_sub(1) as i64
     );
-    let ok = stress_ok && back && mem_back && heap_ok && calls > 0 && checks > 0 && violations == 0 && check_errors == 0 && lost_wakeups == 0 && w[word::REGS_CHANGED] == 0 && w[word::CAPS_WRONG] == 0;
+    let ok = stress_ok && back && mem_back && heap_ok && calls > 0 && checks > 0 && violations == 0 && check_errors == 0 && lost_wakeups == 0 && w[word::REGS_CHANGED] == 0 && w[word::CAPS_WRONG] == 0 && w[word::COPIES_OK] > 0 && w[word::MINTS_OK] > 0;
     println!("fuzz: {}", if ok { "passed" } else { "FAILED" });
     ok
 }

@@ -588,6 +588,9 @@ impl Fz {
         if !c.force {
             guard_destinations(&mut c);
         }
+        if n == Sys::CapDelete as u64 || n == Sys::CapRevoke as u64 {
+            add(word::CAP_REMOVALS, 1);
+        }
         let ends_self = n == Sys::ThreadExit as u64 || n == Sys::TaskExit as u64;
         if ends_self {
             counter(word::ACTIVE + self.t).store(0, Relaxed);
@@ -961,14 +964,18 @@ impl Fz {
     // ---- short scenarios: a few calls that reach states one call seldom does ----------------
 
     /// A copy (`CapCopy`) or a badged copy (`CapMint`) of the capability in one of the task's
-    /// first slots (`TASK .. OWN`: only the root task fills them, and a call may empty one but
-    /// never fill it again) into this thread's private slot (`slot::PRIVATE + t`), held to what
-    /// the ABI promises: the same type, the source's rights and the mask's common part, the
-    /// source's badge or the given one; `CapMint` of an object other than an endpoint or a
-    /// notification is `WrongType`, of a badged capability `InvalidState`. Judged only when
-    /// the source reads the same before and after and the private slot still holds the copy
-    /// (a stray deletion by another thread), and not for refusals that depend on what others
-    /// do (`OutOfMemory`, `Busy`, a derivation too deep, the task's own capability deleted).
+    /// first slots (`TASK .. OWN`) or the badged endpoint's (`slot::BADGED`) — slots a call may
+    /// empty but none fills again once the fuzzer runs (the first thread fills the fuzzing
+    /// threads' before it starts them, and a slot found empty is passed over) — into this
+    /// thread's private slot (`slot::PRIVATE + t`, which no other call writes), held to what the
+    /// ABI promises: the same type, the source's rights and the mask's common part, the source's
+    /// badge or the given one; `CapMint` of an object other than an endpoint or a notification
+    /// is `WrongType`, of a badged capability `InvalidState`. A success whose copy is not there
+    /// is wrong unless a deletion or revocation of the task's ran meanwhile
+    /// (`word::CAP_REMOVALS`). Judged only when the source reads the same before and after;
+    /// refusals that depend on what others do (`OutOfMemory`, `Busy`, `EmptySlot`, a dead task's
+    /// `InvalidState`) are passed over, and only the successes judged count as made well
+    /// (`COPIES_OK`, `MINTS_OK`: a run must see both).
     fn check_copy(&mut self) {
         use Sys::*;
         let p = slot::PRIVATE + self.t as u64;
@@ -979,7 +986,7 @@ impl Fz {
         let mut c = Req::new(CapDelete, [p, 0, 0, 0, 0, 0]);
         c.force = true;
         self.exec(c);
-        let s = self.rnd() % slot::OWN;
+        let s = if self.one_in(4) { slot::BADGED } else { self.rnd() % slot::OWN };
         let Some((ty, rights, b)) = id(s) else { return };
         // Without `cross` no capability to a task or thread is deleted (see `exec_out`): the
         // copy's deletion would end the task or the thread if a sibling deleted the source.
@@ -989,10 +996,12 @@ impl Fz {
         let mask = self.rnd() & Rights::ALL.0;
         let mint = self.one_in(2);
         let badge = if self.one_in(4) { 0 } else { self.rnd() };
+        let removals = counter(word::CAP_REMOVALS).load(Relaxed);
         let mut c = Req::new(if mint { CapMint } else { CapCopy }, [s, slot::TASK, p, mask, badge, 0]);
         c.force = true;
         let r = self.exec(c);
         let copy = id(p);
+        let undisturbed = counter(word::CAP_REMOVALS).load(Relaxed) == removals;
         if id(s) != Some((ty, rights, b)) {
             return;
         }
@@ -1004,17 +1013,24 @@ impl Fz {
         } else {
             Ok((ty, rights & mask, if mint { badge } else { b }))
         };
-        // (`SlotOccupied`: the private slot's last deletion was refused.)
-        let others = [Error::OutOfMemory, Error::Busy, Error::InvalidState, Error::EmptySlot, Error::SlotOccupied].map(|e| e as u64);
-        let wrong = match (r, want) {
-            (0, Ok(w)) => copy.is_some_and(|got| got != w),
-            (0, Err(_)) => true,
-            (e, Err(w)) if e == w => false,
-            (e, _) => !others.contains(&e),
+        let others = [Error::OutOfMemory, Error::Busy, Error::InvalidState, Error::EmptySlot].map(|e| e as u64);
+        // (Judged, wrong.)
+        let (judged, wrong) = match (r, want) {
+            (0, Ok(w)) => match copy {
+                Some(got) => (true, got != w),
+                None => (undisturbed, undisturbed),
+            },
+            (0, Err(_)) => (true, true),
+            (e, Err(w)) if e == w => (true, false),
+            (e, _) => (!others.contains(&e), !others.contains(&e)),
         };
-        add(word::CAPS_CHECKED, 1);
+        if judged {
+            add(word::CAPS_CHECKED, 1);
+        }
         if wrong {
             add(word::CAPS_WRONG, 1);
+        } else if r == 0 && judged {
+            add(if mint { word::MINTS_OK } else { word::COPIES_OK }, 1);
         }
         let mut c = Req::new(CapDelete, [p, 0, 0, 0, 0, 0]);
         c.force = true;
@@ -1332,8 +1348,9 @@ fn is_end(n: u64) -> bool {
 /// slots (every slot a call writes, in its own table or another fuzzer's, is in `OWN .. PEERS`
 /// or `INBOX ..`, which no copy's destination task is taken from and no builder reads; the
 /// builders of `fuzz/deep.rs`, whose calls are forced, write only their own slots, 128 ..
-/// `INBOX`). So those slots hold only what the root task put there, whatever the shadow
-/// believes, and the builders' slots only what the builders put there.
+/// `INBOX`, and [`Fz::check_copy`] only its thread's private slot, `PRIVATE + t`). So those
+/// slots hold only what the root task put there, whatever the shadow believes, the builders'
+/// slots only what the builders put there, and a private slot only its thread's copy.
 /// A slot argument that breaks this becomes one out of range (the call still goes, and fails).
 fn guard_destinations(c: &mut Req) {
     const OUT: u64 = CAP_SLOTS + 1;
@@ -1448,6 +1465,7 @@ pub fn main_thread(seed: u64) -> ! {
     for s in slot::SHARED_NOTES {
         set_kind(s, NOTE);
     }
+    set_kind(slot::BADGED, EP_BADGED);
     if rl4_user::sys::cap_identify(slot::PORTS_AT_START).is_ok_and(|r| r[0] == ObjType::IoPort as u64) {
         set_kind(slot::PORTS_AT_START, IOPORT);
     }
