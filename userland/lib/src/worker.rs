@@ -207,6 +207,10 @@ pub const PORT_HOLD: u64 = 72;
 /// 2^48 - 1 ends and is joined; word 3, a join with a `FOREVER` poll of a thread that ends
 /// after a short nap returns (before, it napped for ever).
 pub const SDK_JOIN_MORE: u64 = 73;
+/// Fuzz (operand: `t` ≥ 1): fuzzing thread `t` of a fuzzer task, made by the root task (which
+/// keeps a capability to it, for its watchdog) once the first thread's start has begun; it
+/// waits until the first thread has set the task's shadow up.
+pub const FUZZ_THREAD: u64 = 74;
 pub const SDK_VA: u64 = 0x0000_3000_0000_0000;
 pub const ORPHAN_FRAME_SLOT: u64 = 10;
 pub const IRQ_SLOT: u64 = 6;

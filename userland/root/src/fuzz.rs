@@ -4,8 +4,8 @@
 //! Each fuzzer is the `worker` program's `FUZZ` command (`userland/worker/src/fuzz.rs`) in a
 //! task of its own, holding its own task, address space and first thread, the memory budget, a
 //! machine capability without rights, and three endpoints and two notifications shared by all
-//! fuzzers (slots in `rl4_user::fuzz::slot`). Its first thread starts more fuzzing threads
-//! (`threads=N`, default 3). With `cross=1` (the default) the root task also gives every
+//! fuzzers (slots in `rl4_user::fuzz::slot`), and more fuzzing threads (`threads=N`, default 3,
+//! made by the root task too), which wait until the first has set the task's shadow up. With `cross=1` (the default) the root task also gives every
 //! fuzzer capabilities (`READ | WRITE`) to the other fuzzers' tasks and first threads, so that
 //! fuzzers suspend, resume, move, re-prioritise and kill each other across CPUs. With
 //! `cross=0` there is none of that, and no fuzzer task is ended while one of its threads may be
@@ -13,12 +13,11 @@
 //!
 //! A fuzzer whose first thread dies or faults is counted and replaced by a new one with the
 //! next seed; so is one with a fuzzing thread that made no call for 2 s (blocked for good,
-//! suspended or starved: the watchdog ends its task). A first thread the watchdog finds so, in a
-//! call with a finite timeout under a second, that the kernel still shows blocked a second after
-//! that timeout fails the run: a lost wake-up ([`lost_wakeup`]; the root task sees only first
-//! threads' states, which are seldom the stuck ones — `KernelCheck`'s rule that every finite
-//! wait's deadline is in a CPU's list is the wider guard: a kernel that dropped one deadline in
-//! four failed it at once). The kernel's consistency check runs every 3 s; one that could not
+//! suspended or starved: the watchdog ends its task). A fuzzing thread the watchdog finds so, in
+//! a call with a finite timeout under a second, that the kernel still shows blocked a second
+//! after that timeout fails the run: a lost wake-up ([`lost_wakeup`]; the root task makes the
+//! fuzzing threads after the first itself and keeps capabilities to them, so that it sees every
+//! one's state). The kernel's consistency check runs every 3 s; one that could not
 //! run fails the run too. When the time is up the fuzzers are ended while the IPC pairs still run (and what is
 //! back 2 s later is reported); then the pairs stop, and the live threads must be back to the
 //! count before the run and the memory budget back to the byte, less what the pairs keep, and
@@ -156,6 +155,9 @@ struct Fuzzer {
     task: u64,
     space: u64,
     thread: u64,
+    /// Capabilities to fuzzing threads 1.. (0: none), which the root task made (the watchdog
+    /// looks at their states).
+    others: [u64; MAX_THREADS],
     /// Where the root task puts the next capability to another fuzzer.
     next_peer: u64,
     /// Per fuzzing thread: calls made at the last look, and when that number last moved.
@@ -175,22 +177,22 @@ fn read(i: usize, w: usize) -> u64 {
     unsafe { counters(i).add(w).read_volatile() }
 }
 
-/// The watchdog found fuzzer `i`'s first thread (`thread`) stuck at `progress` calls, in a call
-/// that may block with a finite timeout (word `TIMEOUT`): if the kernel says it waits in that
+/// The watchdog found fuzzer `i`'s fuzzing thread `t` (`thread`) stuck at `progress` calls, in a
+/// call that may block with a finite timeout (word `TIMEOUT + t`): if the kernel says it waits in that
 /// call (blocked in `Send`, `Recv`, a reply or `Wait`), and a second after that timeout, counted
 /// from now — later than any deadline the call can have, as it was made before this look — it
 /// still waits there, with no call made since, its deadline was lost: its state. (A thread
 /// suspended, killed, starved before its call or after it was woken is not blocked; timeouts of
 /// a second or more are not judged.)
-fn lost_wakeup(i: usize, thread: u64, progress: u64, hz: u64) -> Option<u64> {
-    let timeout = read(i, word::TIMEOUT);
+fn lost_wakeup(i: usize, t: usize, thread: u64, progress: u64, hz: u64) -> Option<u64> {
+    let timeout = read(i, word::TIMEOUT + t);
     let blocked = || sys::thread_info(thread).ok().map(|r| r[0]).filter(|s| (ThreadState::BlockedSend as u64..=ThreadState::BlockedNotify as u64).contains(s));
     if timeout >= hz || blocked().is_none() {
         return None;
     }
     sleep_ms(1000 + timeout * 1000 / hz.max(1) + 1);
     let s = blocked()?;
-    (read(i, word::PROGRESS) == progress && read(i, word::TIMEOUT) == timeout).then_some(s)
+    (read(i, word::PROGRESS + t) == progress && read(i, word::TIMEOUT + t) == timeout).then_some(s)
 }
 
 fn start(img: &Image, cfg: &Config, i: usize, fz: &mut [Option<Fuzzer>]) -> Option<Fuzzer> {
@@ -252,7 +254,28 @@ fn start(img: &Image, cfg: &Config, i: usize, fz: &mut [Option<Fuzzer>]) -> Opti
         return None;
     }
     let now = rdtsc();
-    let mut f = Fuzzer { index: i, task, space, thread, next_peer: fs::PEERS, last: [0; MAX_THREADS], moved: [now; MAX_THREADS] };
+    let mut f = Fuzzer { index: i, task, space, thread, others: [0; MAX_THREADS], next_peer: fs::PEERS, last: [0; MAX_THREADS], moved: [now; MAX_THREADS] };
+    // The other fuzzing threads: each with a stack and an IPC buffer, in its slot of the task's
+    // table (`THREADS + t - 1`), on the CPU after the one before; they wait for the first
+    // thread's set-up. The root task keeps a capability to each (`others`), so that its
+    // watchdog sees their states.
+    for t in 1..cfg.threads as usize {
+        let top = va::STACKS + (t as u64 + 1) * 0x10000;
+        let ts = slot();
+        let made = map_fresh(space, top - 4 * PAGE_SIZE, 4, Rights::READ.union(Rights::WRITE))
+            .and_then(|_| map_fresh(space, va::IPC_BUFFERS + t as u64 * PAGE_SIZE, 1, Rights::READ.union(Rights::WRITE)))
+            .and_then(|_| sys::thread_create(MEMORY, task, img.entry, top, 50, (i + t) as u64 % cpus(), ts))
+            .and_then(|_| sys::thread_set_args(ts, rl4_user::worker::FUZZ_THREAD, t as u64))
+            .and_then(|_| sys::cap_copy(ts, task, fs::THREADS + t as u64 - 1, Rights::ALL))
+            .and_then(|_| sys::thread_resume(ts));
+        if made.is_err() {
+            release(ts);
+            break;
+        }
+        f.others[t] = ts;
+        // SAFETY: the counters page is mapped at `i` while the fuzzer lives.
+        unsafe { &*(counters(i).add(word::THREADS_STARTED) as *const AtomicU64) }.fetch_add(1, SeqCst);
+    }
     if cfg.cross {
         for o in fz.iter_mut().flatten() {
             give(o, &mut f);
@@ -322,6 +345,9 @@ fn quiesce(fz: &[(usize, u64)], threads: u64) {
 
 fn stop(f: Fuzzer) {
     let _ = sys::task_kill(f.task);
+    for &t in f.others.iter().filter(|&&t| t != 0) {
+        release(t);
+    }
     release(f.thread);
     release(f.space);
     release(f.task);
@@ -566,13 +592,14 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
                         if t == 0 && st == Ok(ThreadState::Suspended as u64) {
                             stuck_suspended += 1;
                         }
-                        if t == 0 && cur >> 8 & 1 == 0 {
-                            if let Some(s) = lost_wakeup(i, f.thread, p, hz) {
+                        let th = if t == 0 { f.thread } else { f.others[t] };
+                        if th != 0 && cur >> 8 & 1 == 0 {
+                            if let Some(s) = lost_wakeup(i, t, th, p, hz) {
                                 lost_wakeups += 1;
                                 println!(
-                                    "fuzz: LOST WAKE-UP: fuzzer {i}'s first thread still in state {s} in {} with timeout {} ticks, a second after the timeout would have ended it",
+                                    "fuzz: LOST WAKE-UP: fuzzer {i}'s fuzzing thread {t} still in state {s} in {} with timeout {} ticks, a second after the timeout would have ended it",
                                     sys_name((cur & 0xff).min(63) as usize),
-                                    read(i, word::TIMEOUT)
+                                    read(i, word::TIMEOUT + t)
                                 );
                             }
                         }
@@ -787,7 +814,7 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
         if back { "back" } else { "NOT BACK" },
         if mem_back { "back" } else { "NOT BACK" }
     );
-    println!("fuzz: lost wake-ups (a first thread still blocked a second after its finite timeout): {lost_wakeups}");
+    println!("fuzz: lost wake-ups (a fuzzing thread still blocked a second after its finite timeout): {lost_wakeups}");
     println!(
         "fuzz: copies and badged copies held to the ABI's rules: {} (made as they should be: {} copies, {} badged copies), of which broke them: {}",
         w[word::CAPS_CHECKED],

@@ -1446,8 +1446,8 @@ fn map_pages(f: &mut Fz, at: u64, pages: u64) -> bool {
     true
 }
 
-/// The first fuzzing thread: sets up the shadow, maps memory for the other fuzzing threads,
-/// starts them, then fuzzes.
+/// The first fuzzing thread: sets up the shadow, lets the other fuzzing threads (which the root
+/// task made) go, then fuzzes.
 pub fn main_thread(seed: u64) -> ! {
     SEED.store(seed, Relaxed);
     FLAGS.store(counter(word::CFG_FLAGS).load(Relaxed), Relaxed);
@@ -1477,33 +1477,29 @@ pub fn main_thread(seed: u64) -> ! {
         let (me, buf) = (f.me, f.buf);
         f.exec(Req::new(Sys::SetIpcBuffer, [me, buf, 0, 0, 0, 0]));
     }
+    // The other fuzzing threads, made by the root task in their slots (stacks and IPC buffers
+    // mapped), wait for this.
     for t in 1..threads {
-        let top = va::STACKS + (t as u64 + 1) * 0x10000;
-        if !map_pages(&mut f, top - 4 * PAGE_SIZE, 4) || !map_pages(&mut f, va::IPC_BUFFERS + t as u64 * PAGE_SIZE, 1) {
-            break;
-        }
-        let s = thread_slot(t);
-        let cpu = (counter(word::CFG_INDEX).load(Relaxed) + t as u64) % f.cpus;
-        let mut c = Req::new(Sys::ThreadCreate, [slot::MEMORY, slot::TASK, rl4_user::thread_entry(), top, PRIO | cpu << 32, s]);
-        c.effect = Effect::Set(s, OWN_THREAD);
-        // Its own slot, below `OWN`: set-up, not fuzzing (see `guard_destinations`).
-        c.force = true;
-        if f.exec(c) != 0 {
-            break;
-        }
-        f.exec(Req::new(Sys::ThreadSetArg, [s, other_thread as *const () as u64, t as u64, 0, 0, 0]));
-        if f.exec(Req::new(Sys::ThreadResume, [s, 0, 0, 0, 0, 0])) == 0 {
-            add(word::THREADS_STARTED, 1);
+        if rl4_user::sys::cap_identify(thread_slot(t)).is_ok_and(|r| r[0] == ObjType::Thread as u64) {
+            set_kind(thread_slot(t), OWN_THREAD);
         }
     }
+    READY.store(1, core::sync::atomic::Ordering::Release);
     // A first deep object graph at once (the kind by the fuzzer's index, so that a short run
     // has every kind), while the other threads start racing.
     f.deep_of(counter(word::CFG_INDEX).load(Relaxed));
     f.run()
 }
 
-/// Fuzzing thread `t` ≥ 1.
-fn other_thread(t: u64) {
+/// Set by the first fuzzing thread once the task's shadow is set up: the others wait for it.
+static READY: AtomicU64 = AtomicU64::new(0);
+
+/// Fuzzing thread `t` ≥ 1 (made by the root task: `rl4_user::worker::FUZZ_THREAD`).
+pub fn other_thread(t: u64) {
+    while READY.load(core::sync::atomic::Ordering::Acquire) == 0 {
+        rl4_user::sys::yield_now();
+    }
+    let t = t.clamp(1, MAX_THREADS as u64 - 1);
     let mut f = new_fz(t as usize);
     let (me, buf) = (f.me, f.buf);
     f.exec(Req::new(Sys::SetIpcBuffer, [me, buf, 0, 0, 0, 0]));

@@ -88,6 +88,7 @@ fn rl4_main(cmd: u64, addr: u64) {
         STAMP => stamp(),
         PONG => pong(),
         FUZZ => fuzz::main_thread(addr),
+        FUZZ_THREAD => fuzz::other_thread(addr),
         ISOLATION => isolation(addr),
         STORM => storm(addr),
         FORGE => {
