@@ -77,8 +77,10 @@ pub mod word {
     /// those that broke them (`CAPS_WRONG`: a kernel bug).
     pub const CAPS_CHECKED: usize = 105;
     pub const CAPS_WRONG: usize = 106;
-    /// `CapDelete` and `CapRevoke` calls of the task's threads so far (raised before each).
+    /// `CapDelete` and `CapRevoke` calls of the task's threads begun so far (raised before
+    /// each) and ended (`REMOVALS_DONE`, raised after each).
     pub const CAP_REMOVALS: usize = 107;
+    pub const REMOVALS_DONE: usize = 110;
     /// Copies and badged copies the check found made as they should be (each must be seen).
     pub const COPIES_OK: usize = 108;
     pub const MINTS_OK: usize = 109;
@@ -170,7 +172,8 @@ pub mod slot {
     pub const PEERS_END: u64 = 120;
     /// Fuzzing thread `t`'s private slot is `PRIVATE + t`: only that thread's own forced calls
     /// write it (no other call's destination may be it: `guard_destinations`; a deletion or a
-    /// revocation may empty it, which the task's count of such calls, `word::CAP_REMOVALS`,
+    /// revocation may empty it, which the task's counts of such calls, `word::CAP_REMOVALS`
+    /// and `word::REMOVALS_DONE`,
     /// shows), so that what it finds there after a copy is what the copy made.
     pub const PRIVATE: u64 = 120;
     /// The root task puts a badged copy of the first shared endpoint here (all rights, badge

@@ -272,7 +272,14 @@ fn start(img: &Image, cfg: &Config, i: usize, fz: &mut [Option<Fuzzer>]) -> Opti
             release(ts);
             break;
         }
-        f.others[t] = ts;
+        // Kept by even fuzzers only: a capability the root task holds keeps the thread alive
+        // when a sibling deletes the one in its slot, and the odd fuzzers keep that path (a
+        // live fuzzing thread destroyed with its last capability) in the run.
+        if i % 2 == 0 {
+            f.others[t] = ts;
+        } else {
+            release(ts);
+        }
         // SAFETY: the counters page is mapped at `i` while the fuzzer lives.
         unsafe { &*(counters(i).add(word::THREADS_STARTED) as *const AtomicU64) }.fetch_add(1, SeqCst);
     }

@@ -588,8 +588,9 @@ impl Fz {
         if !c.force {
             guard_destinations(&mut c);
         }
-        if n == Sys::CapDelete as u64 || n == Sys::CapRevoke as u64 {
-            add(word::CAP_REMOVALS, 1);
+        let removal = n == Sys::CapDelete as u64 || n == Sys::CapRevoke as u64;
+        if removal {
+            counter(word::CAP_REMOVALS).fetch_add(1, core::sync::atomic::Ordering::SeqCst);
         }
         let ends_self = n == Sys::ThreadExit as u64 || n == Sys::TaskExit as u64;
         if ends_self {
@@ -603,6 +604,9 @@ impl Fz {
         counter(word::CURRENT + self.t).store(n.min(255) | (forever as u64) << 8, Relaxed);
         let t0 = rl4_user::rdtsc();
         let (rax, rdi, rsi, _) = raw(n, &c.a, c.timeout, c.r13, c.r14);
+        if removal {
+            counter(word::REMOVALS_DONE).fetch_add(1, core::sync::atomic::Ordering::SeqCst);
+        }
         if n < word::CYCLE_CALLS as u64 {
             add(word::CYCLES + n as usize, rl4_user::rdtsc() - t0);
         }
@@ -965,14 +969,14 @@ impl Fz {
 
     /// A copy (`CapCopy`) or a badged copy (`CapMint`) of the capability in one of the task's
     /// first slots (`TASK .. OWN`) or the badged endpoint's (`slot::BADGED`) — slots a call may
-    /// empty but none fills again once the fuzzer runs (the first thread fills the fuzzing
-    /// threads' before it starts them, and a slot found empty is passed over) — into this
+    /// empty but none fills again once the fuzzer runs (the root task fills them all before the
+    /// fuzzer starts; a slot found empty is passed over) — into this
     /// thread's private slot (`slot::PRIVATE + t`, which no other call writes), held to what the
     /// ABI promises: the same type, the source's rights and the mask's common part, the source's
     /// badge or the given one; `CapMint` of an object other than an endpoint or a notification
     /// is `WrongType`, of a badged capability `InvalidState`. A success whose copy is not there
-    /// is wrong unless a deletion or revocation of the task's ran meanwhile
-    /// (`word::CAP_REMOVALS`). Judged only when the source reads the same before and after;
+    /// is wrong unless a deletion or revocation of the task's ran meanwhile, or began before and
+    /// had not ended (`word::CAP_REMOVALS`, `word::REMOVALS_DONE`). Judged only when the source reads the same before and after;
     /// refusals that depend on what others do (`OutOfMemory`, `Busy`, `EmptySlot`, a dead task's
     /// `InvalidState`) are passed over, and only the successes judged count as made well
     /// (`COPIES_OK`, `MINTS_OK`: a run must see both).
@@ -996,12 +1000,14 @@ impl Fz {
         let mask = self.rnd() & Rights::ALL.0;
         let mint = self.one_in(2);
         let badge = if self.one_in(4) { 0 } else { self.rnd() };
-        let removals = counter(word::CAP_REMOVALS).load(Relaxed);
+        // A removal begun before the copy and not ended, or begun after it, shows as more begun
+        // after the look at the copy than ended before the copy.
+        let done = counter(word::REMOVALS_DONE).load(core::sync::atomic::Ordering::SeqCst);
         let mut c = Req::new(if mint { CapMint } else { CapCopy }, [s, slot::TASK, p, mask, badge, 0]);
         c.force = true;
         let r = self.exec(c);
         let copy = id(p);
-        let undisturbed = counter(word::CAP_REMOVALS).load(Relaxed) == removals;
+        let undisturbed = counter(word::CAP_REMOVALS).load(core::sync::atomic::Ordering::SeqCst) == done;
         if id(s) != Some((ty, rights, b)) {
             return;
         }
@@ -1496,10 +1502,24 @@ static READY: AtomicU64 = AtomicU64::new(0);
 
 /// Fuzzing thread `t` ≥ 1 (made by the root task: `rl4_user::worker::FUZZ_THREAD`).
 pub fn other_thread(t: u64) {
+    let t = t.clamp(1, MAX_THREADS as u64 - 1);
+    // Active, in `Yield`, making no calls the watchdog counts while it waits: a first thread
+    // held back for good (suspended by another fuzzer before its set-up, or starved) gets the
+    // task ended as stuck after 2 s, rather than leave this loop spinning.
+    counter(word::CURRENT + t as usize).store(Sys::Yield as u64, Relaxed);
+    counter(word::TIMEOUT + t as usize).store(u64::MAX, Relaxed);
+    counter(word::ACTIVE + t as usize).store(1, Relaxed);
     while READY.load(core::sync::atomic::Ordering::Acquire) == 0 {
+        if counter(word::STOP).load(Relaxed) != 0 {
+            // Parks as `Fz::park` does (no shadow needed).
+            counter(word::ACTIVE + t as usize).store(2, Relaxed);
+            loop {
+                raw(Sys::ThreadSuspend as u64, &[thread_slot(t as usize), 0, 0, 0, 0, 0], 0, NO_SLOT, NO_SLOT);
+                raw(Sys::Yield as u64, &[0; 6], 0, NO_SLOT, NO_SLOT);
+            }
+        }
         rl4_user::sys::yield_now();
     }
-    let t = t.clamp(1, MAX_THREADS as u64 - 1);
     let mut f = new_fz(t as usize);
     let (me, buf) = (f.me, f.buf);
     f.exec(Req::new(Sys::SetIpcBuffer, [me, buf, 0, 0, 0, 0]));
