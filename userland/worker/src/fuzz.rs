@@ -970,16 +970,16 @@ impl Fz {
     /// A copy (`CapCopy`) or a badged copy (`CapMint`) of the capability in one of the task's
     /// first slots (`TASK .. OWN`) or the badged endpoint's (`slot::BADGED`) — slots a call may
     /// empty but none fills again once the fuzzer runs (the root task fills them all before the
-    /// fuzzer starts; a slot found empty is passed over) — into this
-    /// thread's private slot (`slot::PRIVATE + t`, which no other call writes), held to what the
-    /// ABI promises: the same type, the source's rights and the mask's common part, the source's
-    /// badge or the given one; `CapMint` of an object other than an endpoint or a notification
-    /// is `WrongType`, of a badged capability `InvalidState`. A success whose copy is not there
-    /// is wrong unless a deletion or revocation of the task's ran meanwhile, or began before and
-    /// had not ended (`word::CAP_REMOVALS`, `word::REMOVALS_DONE`). Judged only when the source reads the same before and after;
-    /// refusals that depend on what others do (`OutOfMemory`, `Busy`, `EmptySlot`, a dead task's
-    /// `InvalidState`) are passed over, and only the successes judged count as made well
-    /// (`COPIES_OK`, `MINTS_OK`: a run must see both).
+    /// fuzzer starts; a slot found empty is passed over) — into this thread's private slot
+    /// (`slot::PRIVATE + t`, which no other call writes), held to what the ABI promises: the
+    /// same type, the source's rights and the mask's common part, the source's badge or the
+    /// given one; `CapMint` of an object other than an endpoint or a notification is
+    /// `WrongType`, of a badged capability `InvalidState`. A success whose copy is not there is
+    /// wrong unless a deletion or revocation of the task's ran meanwhile, or began before and had
+    /// not ended (`word::CAP_REMOVALS`, `word::REMOVALS_DONE`). Judged only when the source reads
+    /// the same before and after; refusals that depend on what others do (`OutOfMemory`, `Busy`,
+    /// `EmptySlot`, a dead task's `InvalidState`) are passed over, and only the successes judged
+    /// count as made well (`COPIES_OK`, `MINTS_OK`: a run must see both).
     fn check_copy(&mut self) {
         use Sys::*;
         let p = slot::PRIVATE + self.t as u64;
