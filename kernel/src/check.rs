@@ -779,6 +779,8 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
             fail!(r, "thread {id} runs in another space than its task's");
         }
     }
+    // The interrupt lines against their I/O APIC pins.
+    crate::irq::check(|line, what| fail!(r, "interrupt line {line}: {what}"));
     // Locks and reclamation, as counted by every CPU since boot.
     let (order, drops, last) = crate::lock::violations();
     if order > 0 {

@@ -380,6 +380,34 @@ pub fn interrupt(irq: usize) {
     crate::reclaim::drain();
 }
 
+/// The consistency check's look at every line (`check.rs`: every other CPU stopped, holding no
+/// lock): `bad(line, what)` for each rule a line breaks — a line no `Irq` object holds is
+/// unbound and masked; a binding has both its notification and its binder; an unmasked line is
+/// bound (never enabled with nowhere to go: the module's comment); and its I/O APIC pin is
+/// masked exactly when the line says it is (the pin read back under the chip's lock).
+pub fn check(mut bad: impl FnMut(usize, &'static str)) {
+    for (i, s) in STATE.iter().enumerate() {
+        let l = s.lock();
+        if !l.taken && (l.target.is_some() || l.binder.is_some() || l.enabled) {
+            bad(i, "held by no Irq object, yet bound or unmasked");
+        }
+        if l.target.is_some() != l.binder.is_some() {
+            bad(i, "bound without its binder, or the reverse");
+        }
+        if l.enabled && l.target.is_none() {
+            bad(i, "unmasked with nowhere to go");
+        }
+        if device::KERNEL_IRQS.contains(&(i as u8)) {
+            continue;
+        }
+        if let Some((chip, r)) = route(i) {
+            if chip.lock().is_masked(r.pin) == l.enabled {
+                bad(i, "its I/O APIC pin's mask disagrees with the line's state");
+            }
+        }
+    }
+}
+
 /// Interrupts delivered to notifications so far.
 pub fn delivered() -> u64 {
     DELIVERED.load(Ordering::Relaxed)

@@ -166,6 +166,12 @@ pub mod slot {
     /// rights; one object for every fuzzer, ports [`super::PORTS`]), which then moves about
     /// like any capability: opened, closed, copied, deleted, revoked.
     pub const PORTS_AT_START: u64 = OWN;
+    /// On a machine with an I/O APIC and COM2, the root task puts a capability to COM2's
+    /// interrupt line (`Irq`, all rights; one object for every fuzzer) into slot `OWN + 1`:
+    /// the fuzzers bind it to their notifications, acknowledge and unbind it, copy, delete and
+    /// revoke it, while the root task makes COM2 (in loopback mode) raise the interrupt about
+    /// every millisecond.
+    pub const IRQ_AT_START: u64 = OWN + 1;
     /// The root task puts capabilities to other fuzzers' tasks and first threads (rights
     /// `READ | WRITE`, no `GRANT`) into free slots of `PEERS .. PEERS_END`.
     pub const PEERS: u64 = 64;

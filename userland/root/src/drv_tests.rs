@@ -30,7 +30,7 @@ fn ms(n: u64) -> u64 {
 
 /// Whether COM2 answers (its scratch register keeps what is written). Opens its ports to the
 /// root task for the rest of the run (through the capability in `ports`).
-fn com2_present(ports: u64) -> bool {
+pub fn com2_present(ports: u64) -> bool {
     if sys::ioport_open(ports).is_err() {
         return false;
     }

@@ -59,7 +59,9 @@ const NOTE: u8 = 14;
 const NOTE_BADGED: u8 = 15;
 /// An `IoPort` capability (the root task's, copied about).
 const IOPORT: u8 = 16;
-const KINDS: usize = 17;
+/// An `Irq` capability (COM2's line, the root task's, copied about).
+const IRQ: u8 = 17;
+const KINDS: usize = 18;
 
 static KIND: [AtomicU8; CAP_SLOTS as usize] = [const { AtomicU8::new(UNKNOWN) }; CAP_SLOTS as usize];
 /// For slots 0..128: a bit set per kind.
@@ -119,8 +121,9 @@ fn kind_of(s: u64, ty: u64, rights: u64, badge: u64) -> u8 {
             }
         }
         Ok(ObjType::IoPort) => IOPORT,
+        Ok(ObjType::Irq) => IRQ,
         // The fuzzer's tasks are given no other device capability.
-        Ok(ObjType::Devices | ObjType::Irq) | Err(_) => UNKNOWN,
+        Ok(ObjType::Devices) | Err(_) => UNKNOWN,
     }
 }
 
@@ -853,6 +856,21 @@ impl Fz {
                 let s = self.slot_of(&[IOPORT]);
                 c.a = [self.or_hostile(0, s), 0, 0, 0, 0, 0];
             }
+            // COM2's line, which the root task's kicker makes raise its interrupt: bound to a
+            // notification of this task's (shared ones included) with one bit, on a CPU that
+            // exists or the caller's, acknowledged and unbound, mostly through a slot that
+            // holds it.
+            IrqBind if !self.one_in(4) => {
+                let s = self.slot_of(&[IRQ]);
+                let n = self.slot_of(&[NOTE, NOTE_BADGED]);
+                let bits = if self.one_in(32) { 0 } else { 1 << (self.rnd() % 64) };
+                let cpu = if self.one_in(4) { rl4_user::abi::IRQ_CPU_CALLER } else { self.rnd() % (self.cpus + 1) };
+                c.a = [self.or_hostile(0, s), self.or_hostile(1, n), bits, cpu, 0, 0];
+            }
+            IrqAck | IrqUnbind if !self.one_in(4) => {
+                let s = self.slot_of(&[IRQ]);
+                c.a = [self.or_hostile(0, s), 0, 0, 0, 0, 0];
+            }
             // No other device capability here: only the kernel's checks run (any slot, any
             // numbers).
             IrqGet | IrqBind | IrqAck | IrqUnbind | IoPortGet | IoPortOpen | IoPortClose | DeviceMemGet => {
@@ -1273,7 +1291,7 @@ impl Fz {
 }
 
 /// Every kind of capability.
-const ANY: [u8; 15] = [OWN_TASK, PEER_TASK, SUB_TASK, FOREIGN_TASK, SPACE, OWN_THREAD, PEER_THREAD, FRAME, MEMORY, MACHINE, EP, EP_BADGED, NOTE, NOTE_BADGED, IOPORT];
+const ANY: [u8; 16] = [OWN_TASK, PEER_TASK, SUB_TASK, FOREIGN_TASK, SPACE, OWN_THREAD, PEER_THREAD, FRAME, MEMORY, MACHINE, EP, EP_BADGED, NOTE, NOTE_BADGED, IOPORT, IRQ];
 
 /// How often each call is chosen (out of the sum).
 const WEIGHTS: &[(Sys, u16)] = &[
@@ -1320,8 +1338,9 @@ const WEIGHTS: &[(Sys, u16)] = &[
     (Sys::Measure, 2),
     (Sys::KernelCheck, 2),
     (Sys::IrqGet, 1),
-    (Sys::IrqBind, 1),
-    (Sys::IrqAck, 1),
+    (Sys::IrqBind, 6),
+    (Sys::IrqAck, 12),
+    (Sys::IrqUnbind, 3),
     (Sys::IoPortGet, 1),
     (Sys::IoPortOpen, 8),
     (Sys::IoPortClose, 6),
@@ -1388,7 +1407,7 @@ fn guard_destinations(c: &mut Req) {
 /// mattering: the shadow may be stale).
 fn keep_grant(src: u64, rights: u64) -> u64 {
     match kind(src) {
-        SPACE | FRAME | MEMORY | MACHINE | EP | EP_BADGED | NOTE | NOTE_BADGED => rights,
+        SPACE | FRAME | MEMORY | MACHINE | EP | EP_BADGED | NOTE | NOTE_BADGED | IOPORT | IRQ => rights,
         _ => rights | Rights::GRANT.0,
     }
 }
@@ -1474,6 +1493,9 @@ pub fn main_thread(seed: u64) -> ! {
     set_kind(slot::BADGED, EP_BADGED);
     if rl4_user::sys::cap_identify(slot::PORTS_AT_START).is_ok_and(|r| r[0] == ObjType::IoPort as u64) {
         set_kind(slot::PORTS_AT_START, IOPORT);
+    }
+    if rl4_user::sys::cap_identify(slot::IRQ_AT_START).is_ok_and(|r| r[0] == ObjType::Irq as u64) {
+        set_kind(slot::IRQ_AT_START, IRQ);
     }
     deep::init_kinds();
     let mut f = new_fz(0);
