@@ -3,7 +3,9 @@
 //! Pair `i` has its own endpoint, a server thread and a client thread; servers and clients are
 //! spread so that some pairs share a CPU and others cross CPUs, in both directions. Each call
 //! carries a sequence number, the pair's id and a checksum; the server checks that it sees every
-//! sequence number exactly once and in order, the client checks the reply. A busy thread per
+//! sequence number exactly once and in order, the client checks the reply. One call in eight,
+//! and its reply, is a long message (5 to 128 words, through each thread's own IPC buffer page:
+//! the general path), every word past the registers' checked too ([`long_len`], [`word`]). A busy thread per
 //! CPU at the same priority keeps preemption in play. The run ends when every pair has sent its
 //! messages or the time is up; any lost, duplicated, reordered or corrupted message, or a pair
 //! that made no progress, fails it.
@@ -28,17 +30,68 @@ fn check(seq: u64, pair: u64) -> u64 {
     (seq ^ 0x9e37_79b9_7f4a_7c15).wrapping_mul(pair | 1).rotate_left(17) ^ pair
 }
 
+/// Where pair `i`'s server (`2i`) and client (`2i + 1`) have their IPC buffers (set before each
+/// thread starts: [`spawn_buffered`]).
+const BUFFERS: u64 = 0x0000_5f00_0000_0000;
+
+fn buffer(thread: u64) -> *mut u64 {
+    (BUFFERS + thread * rl4_abi::PAGE_SIZE) as *mut u64
+}
+
+/// The length of message `seq`'s call (and of its reply): one in eight is long, 5 to
+/// `MAX_WORDS` words, the others four.
+fn long_len(seq: u64) -> u64 {
+    if seq % 8 == 7 { 5 + (seq / 8) % (rl4_abi::ipc::MAX_WORDS - 4) } else { 4 }
+}
+
+/// Word `i` (≥ 4) of pair `pair`'s call `seq` (a reply's: its complement).
+fn word(seq: u64, pair: u64, i: u64) -> u64 {
+    check(seq.wrapping_mul(131).wrapping_add(i), pair ^ i << 32)
+}
+
+/// Writes words `4..len` of a message into `thread`'s IPC buffer (`reply`: the reply's).
+fn put_words(thread: u64, seq: u64, pair: u64, len: u64, reply: bool) {
+    for i in 4..len {
+        let w = word(seq, pair, i);
+        // SAFETY: the thread's own buffer page, mapped for the run ([`spawn_buffered`]); no
+        // other thread writes it.
+        unsafe { buffer(thread).add(i as usize).write_volatile(if reply { !w } else { w }) };
+    }
+}
+
+/// The first of words `4..len` in `thread`'s IPC buffer that is not what [`put_words`] wrote
+/// for the same message: its index.
+fn bad_word(thread: u64, seq: u64, pair: u64, len: u64, reply: bool) -> Option<u64> {
+    (4..len).find(|&i| {
+        let w = word(seq, pair, i);
+        // SAFETY: as in `put_words`; the kernel wrote it on the receive that just returned.
+        let got = unsafe { buffer(thread).add(i as usize).read_volatile() };
+        got != if reply { !w } else { w }
+    })
+}
+
 fn server(pair: u64) {
     let ep = EPS[pair as usize].load(SeqCst);
+    let me = 2 * pair;
     let Ok(mut m) = sys::recv(ep) else { return };
     let mut expect = 0;
     loop {
-        if m.w[0] != expect || m.w[1] != pair || m.w[2] != check(m.w[0], pair) || m.tag.label() != pair {
+        let len = long_len(m.w[0]);
+        let bad = if m.tag.len() == len { bad_word(me, m.w[0], pair, len, false) } else { Some(m.tag.len()) };
+        if m.w[0] != expect || m.w[1] != pair || m.w[2] != check(m.w[0], pair) || m.tag.label() != pair || bad.is_some() {
             ERRORS.fetch_add(1, SeqCst);
-            println!("stress: pair {pair}: got seq {} (expected {expect}), pair {}, checksum {}", m.w[0], m.w[1], m.w[2] == check(m.w[0], pair));
+            println!(
+                "stress: pair {pair}: got seq {} (expected {expect}), pair {}, checksum {}, length {} (expected {len}), first wrong word past the registers {bad:?}",
+                m.w[0],
+                m.w[1],
+                m.w[2] == check(m.w[0], pair),
+                m.tag.len()
+            );
         }
         expect = m.w[0] + 1;
-        let r = Msg { tag: Tag::new(pair, 2, 0), badge: 0, w: [m.w[0], !check(m.w[0], pair), 0, 0] };
+        let rlen = if len > 4 { len } else { 2 };
+        put_words(me, m.w[0], pair, rlen, true);
+        let r = Msg { tag: Tag::new(pair, rlen, 0), badge: 0, w: [m.w[0], !check(m.w[0], pair), 0, 0] };
         match sys::reply_recv(ep, &r) {
             Ok(x) => m = x,
             Err(_) => return, // the endpoint is gone: the run is over
@@ -53,9 +106,17 @@ fn client(pair: u64) {
         if STOP.load(SeqCst) {
             return;
         }
-        let m = Msg { tag: Tag::new(pair, 4, 0), badge: 0, w: [seq, pair, check(seq, pair), rdtsc()] };
+        let len = long_len(seq);
+        put_words(2 * pair + 1, seq, pair, len, false);
+        let m = Msg { tag: Tag::new(pair, len, 0), badge: 0, w: [seq, pair, check(seq, pair), rdtsc()] };
+        let rlen = if len > 4 { len } else { 2 };
         match sys::call(ep, &m) {
-            Ok(r) if r.w[0] == seq && r.w[1] == !check(seq, pair) && r.tag.label() == pair => {
+            Ok(r) if r.w[0] == seq
+                && r.w[1] == !check(seq, pair)
+                && r.tag.label() == pair
+                && r.tag.len() == rlen
+                && bad_word(2 * pair + 1, seq, pair, rlen, true).is_none() =>
+            {
                 SENT[pair as usize].store(seq + 1, SeqCst);
             }
             other => {
@@ -66,6 +127,32 @@ fn client(pair: u64) {
         }
     }
 }
+
+/// A pair thread (`f(pair)`, priority `PRIO`, on `cpu`) with its IPC buffer page
+/// (`buffer(index)`, zeroed, mapped at the first run of the boot that needs it and kept for the
+/// next: the console runs the stress test again and again) set before it starts.
+fn spawn_buffered(f: fn(u64), pair: u64, cpu: u64, index: u64) -> Option<u64> {
+    let buf = buffer(index) as u64;
+    let (w, bit) = (&MAPPED[index as usize / 64], 1u64 << (index % 64));
+    if w.load(SeqCst) & bit == 0 {
+        map_fresh(SPACE, buf, 1, rl4_abi::Rights::READ.union(rl4_abi::Rights::WRITE)).ok()?;
+        w.fetch_or(bit, SeqCst);
+    }
+    let t = slot();
+    let top = stack(4);
+    let r = sys::thread_create(MEMORY, TASK, rl4_user::thread_entry(), top, PRIO, cpu, t)
+        .and_then(|_| sys::thread_set_args(t, f as *const () as u64, pair))
+        .and_then(|_| sys::set_ipc_buffer(t, buf))
+        .and_then(|_| sys::thread_resume(t));
+    if r.is_err() {
+        release(t);
+        return None;
+    }
+    Some(t)
+}
+
+/// The pairs' buffer pages mapped so far (a bit per thread index).
+static MAPPED: [AtomicU64; 2 * MAX_PAIRS / 64] = [const { AtomicU64::new(0) }; 2 * MAX_PAIRS / 64];
 
 fn busy(_: u64) {
     while !STOP.load(SeqCst) {
@@ -102,7 +189,10 @@ pub fn run_with(pairs: usize, messages: u64, seconds: u64, busy: bool, tick: &mu
         if ccpu == scpu {
             same += 1;
         }
-        let s = spawn(server, i as u64, PRIO, scpu);
+        let Some(s) = spawn_buffered(server, i as u64, scpu, 2 * i as u64) else {
+            println!("stress: cannot start server {i}");
+            return false;
+        };
         slots[i] = [ep, s, 0];
     }
     let spinning = if busy { n.min(8) } else { 0 };
@@ -112,7 +202,11 @@ pub fn run_with(pairs: usize, messages: u64, seconds: u64, busy: bool, tick: &mu
             let scpu = i as u64 % n;
             if i % 2 == 0 { scpu } else if i % 4 == 1 { (scpu + 1) % n } else { (scpu + n - 1) % n }
         };
-        s[2] = spawn(client, i as u64, PRIO, ccpu);
+        let Some(c) = spawn_buffered(client, i as u64, ccpu, 2 * i as u64 + 1) else {
+            println!("stress: cannot start client {i}");
+            return false;
+        };
+        s[2] = c;
     }
     if messages == u64::MAX {
         println!("stress: {pairs} pairs ({same} same-core, {} cross-core) on {n} CPU(s), messages until the time is up, {seconds} s, {spinning} busy threads", pairs - same);
