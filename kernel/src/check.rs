@@ -780,7 +780,7 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
         }
     }
     // The interrupt lines against their I/O APIC pins.
-    crate::irq::check(|line, what| fail!(r, "interrupt line {line}: {what}"));
+    crate::irq::check(|which, n, what| fail!(r, "{which} {n}: {what}"));
     // Locks and reclamation, as counted by every CPU since boot.
     let (order, drops, last) = crate::lock::violations();
     if order > 0 {

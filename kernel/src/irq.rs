@@ -380,32 +380,64 @@ pub fn interrupt(irq: usize) {
     crate::reclaim::drain();
 }
 
-/// The consistency check's look at every line (`check.rs`: every other CPU stopped, holding no
-/// lock): `bad(line, what)` for each rule a line breaks — a line no `Irq` object holds is
-/// unbound and masked; a binding has both its notification and its binder; an unmasked line is
-/// bound (never enabled with nowhere to go: the module's comment); and its I/O APIC pin is
-/// masked exactly when the line says it is (the pin read back under the chip's lock).
-pub fn check(mut bad: impl FnMut(usize, &'static str)) {
+/// The consistency check's look at every line and every pin (`check.rs`: every other CPU
+/// stopped, holding no lock): `bad(line or pin, what)` for each rule broken —
+/// * a line no `Irq` object holds is unbound and masked; a binding has both its notification and
+///   its binder; an unmasked line is bound (never enabled with nowhere to go: the module's
+///   comment);
+/// * the pin of a line a task may hold, read back in the same hold of the line's lock, is
+///   masked exactly when the line says so, and, unmasked, holds an entry this module writes,
+///   with the line's vector, its route's polarity and trigger, and an online CPU's APIC id;
+/// * every other pin of every chip the kernel drives (no line's, or the kernel's own lines') is
+///   masked. (What a masked pin holds besides is not judged: `init` sets only the mask bit of
+///   what the firmware left.)
+pub fn check(mut bad: impl FnMut(&'static str, usize, &'static str)) {
     for (i, s) in STATE.iter().enumerate() {
         let l = s.lock();
         if !l.taken && (l.target.is_some() || l.binder.is_some() || l.enabled) {
-            bad(i, "held by no Irq object, yet bound or unmasked");
+            bad("interrupt line", i, "held by no Irq object, yet bound or unmasked");
         }
         if l.target.is_some() != l.binder.is_some() {
-            bad(i, "bound without its binder, or the reverse");
+            bad("interrupt line", i, "bound without its binder, or the reverse");
         }
         if l.enabled && l.target.is_none() {
-            bad(i, "unmasked with nowhere to go");
+            bad("interrupt line", i, "unmasked with nowhere to go");
         }
         if device::KERNEL_IRQS.contains(&(i as u8)) {
             continue;
         }
-        if let Some((chip, r)) = route(i) {
-            if chip.lock().is_masked(r.pin) == l.enabled {
-                bad(i, "its I/O APIC pin's mask disagrees with the line's state");
-            }
+        let Some((chip, r)) = route(i) else { continue };
+        let entry = chip.lock().get(r.pin);
+        let masked = entry.map_or_else(|m| m, |p| p.masked);
+        if masked != !l.enabled {
+            bad("interrupt line", i, "its I/O APIC pin's mask disagrees with the line's state");
+        } else if !masked
+            && !entry.is_ok_and(|p| {
+                p.vector == VEC_BASE + i as u8 && p.active_low == r.isa.active_low && p.level == r.isa.level && online_apic(p.dest)
+            })
+        {
+            bad("interrupt line", i, "its I/O APIC pin is unmasked with another entry than a binding's");
         }
     }
+    let Some(c) = CHIPS.get() else { return };
+    let mut pin_base = 0;
+    for (k, chip) in c.chips.iter().enumerate() {
+        let mut chip = chip.lock();
+        let pins = chip.pins();
+        for pin in 0..pins {
+            // The pin of a line a task may hold is judged above.
+            let owned = (0..LINES).any(|i| !device::KERNEL_IRQS.contains(&(i as u8)) && c.routes[i].is_some_and(|r| r.chip == k && r.pin == pin));
+            if !owned && !chip.get(pin).map_or_else(|m| m, |p| p.masked) {
+                bad("I/O APIC pin (counted across chips)", pin_base + pin as usize, "unmasked, though no line a task may hold is routed to it");
+            }
+        }
+        pin_base += pins as usize;
+    }
+}
+
+/// Whether `dest` is the APIC id of an online CPU.
+fn online_apic(dest: u8) -> bool {
+    (0..rl4_smp::MAX_CPUS).filter_map(rl4_smp::cpus::get).any(|c| c.online.load(Ordering::Acquire) && c.apic_id() == dest as u32)
 }
 
 /// Interrupts delivered to notifications so far.
