@@ -150,8 +150,13 @@ pub fn try_spawn(f: fn(u64), arg: u64, prio: u64, cpu: u64) -> Result<u64, Error
 
 /// Starts `f(arg)` as a new thread of the root task on `cpu` at `prio`; returns its slot.
 pub fn spawn(f: fn(u64), arg: u64, prio: u64, cpu: u64) -> u64 {
+    spawn_on(f, arg, prio, cpu, stack(4))
+}
+
+/// [`spawn`] on the stack whose top is `top` (a test that starts a helper per round reuses one
+/// stack once the last helper is `Dead`: the root task never frees a stack).
+pub fn spawn_on(f: fn(u64), arg: u64, prio: u64, cpu: u64, top: u64) -> u64 {
     let t = slot();
-    let top = stack(4);
     sys::thread_create(MEMORY, TASK, rl4_user::thread_entry(), top, prio, cpu, t).expect("root: thread_create");
     sys::thread_set_args(t, f as *const () as u64, arg).expect("root: thread_set_args");
     sys::thread_resume(t).expect("root: thread_resume");

@@ -1323,7 +1323,11 @@ fn test_task_kill_from_two_cpus(bi: &BootInfo) {
     // needs both vCPUs running at once: beside other work on the host (a kernel build) a boot
     // of the thirty-ninth session saw none in sixteen rounds, and one of 64 rounds, none in 64 —
     // whose second killers' stacks (the root task never frees one) then left the 24 MiB suite
-    // too little budget for a later test: 16 it stays.
+    // too little budget for a later test: 16 it stays. Since the fortieth session the helper
+    // reuses one stack (once the last is `Dead`), and in odd rounds the root thread starts its
+    // kill only once the helper has stamped the start of its own (or after 100 ms), so that
+    // both vCPUs run at that moment: a host that runs the helper's vCPU late no longer leaves
+    // every round without an overlap.
     const ROUNDS: u64 = 4;
     const MAX_ROUNDS: u64 = 16;
     let began = rl4_user::rdtsc();
@@ -1345,6 +1349,8 @@ fn test_task_kill_from_two_cpus(bi: &BootInfo) {
     // (a review of the thirty-seventh session).
     let mut overlapped = 0u64;
     let mut rounds = 0u64;
+    // The helper's stack, and whether the last helper ended (so that the stack is free).
+    let mut helper_stack = (stack(4), true);
     for round in 0..MAX_ROUNDS {
         if problem.is_some() || (round >= ROUNDS && (overlapped > 0 || rl4_user::rdtsc().saturating_sub(began) > tsc_hz().saturating_mul(30))) {
             break;
@@ -1412,11 +1418,21 @@ fn test_task_kill_from_two_cpus(bi: &BootInfo) {
             KK_GO.store(0, SeqCst);
             KK_ANSWER.store(u64::MAX, SeqCst);
             KK_ALIVE.store(u64::MAX, SeqCst);
-            helper = Some(spawn(second_killer, 0, ROOT_PRIO, 1));
+            if !helper_stack.1 {
+                helper_stack.0 = stack(4);
+            }
+            helper = Some(spawn_on(second_killer, 0, ROOT_PRIO, 1, helper_stack.0));
             if wait_ms(3000, || KK_GO.load(SeqCst) == 1) {
                 // SAFETY: as above.
                 unsafe { word(0).write_volatile(1) };
+                KILL_SPAN[0].store(0, SeqCst);
                 KK_GO.store(2, SeqCst);
+                if round % 2 == 1 {
+                    let until = rl4_user::rdtsc() + tsc_hz() / 10;
+                    while KILL_SPAN[0].load(SeqCst) == 0 && rl4_user::rdtsc() < until {
+                        core::hint::spin_loop();
+                    }
+                }
                 let t0 = rl4_user::rdtsc();
                 answer = sys::task_kill(c.task);
                 let t1 = rl4_user::rdtsc();
@@ -1433,7 +1449,7 @@ fn test_task_kill_from_two_cpus(bi: &BootInfo) {
         let answer2 = KK_ANSWER.load(SeqCst);
         worst.1 = worst.1.max(KK_ALIVE.load(SeqCst));
         if let Some(h) = helper {
-            wait_ms(3000, || state(h) == Some(ThreadState::Dead));
+            helper_stack.1 = wait_ms(3000, || state(h) == Some(ThreadState::Dead));
             release(h);
         }
         for t in &KK_THREADS[..made as usize] {
