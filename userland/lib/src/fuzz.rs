@@ -170,7 +170,7 @@ pub mod slot {
     /// interrupt line (`Irq`, all rights; one object for every fuzzer) into slot `OWN + 1`:
     /// the fuzzers bind it to their notifications, acknowledge and unbind it, copy, delete and
     /// revoke it, while the root task makes COM2 (in loopback mode) raise the interrupt about
-    /// every millisecond.
+    /// every 10 ms (at each timer tick).
     pub const IRQ_AT_START: u64 = OWN + 1;
     /// The root task puts capabilities to other fuzzers' tasks and first threads (rights
     /// `READ | WRITE`, no `GRANT`) into free slots of `PEERS .. PEERS_END`.

@@ -155,7 +155,8 @@ struct Config {
 /// How many times the root task's kicker thread has made COM2 raise its interrupt.
 static KICKS: AtomicU64 = AtomicU64::new(0);
 
-/// The root task's kicker thread: for the rest of the boot, about every millisecond, empties
+/// The root task's kicker thread: for the rest of the boot, at every 1 ms sleep's end (the next
+/// timer tick's: about every 10 ms at the default 100 Hz), empties
 /// COM2's receive register and writes a byte, which loopback mode receives: the UART raises its
 /// interrupt line (edge-triggered, ISA), and whichever notification a fuzzer bound the line to
 /// gets it, unless the line is masked (unbound, or delivered and not acknowledged yet).
