@@ -169,6 +169,35 @@ fn kick(_: u64) {
     }
 }
 
+/// The bit the root task's own binding of the line after the run delivers ([`line_works`]).
+const LINE_BIT: u64 = 1 << 37;
+
+/// After the run, whether the line still works as `IrqBind` and `IrqAck` promise: bound to a
+/// notification of the root task's own (bit [`LINE_BIT`], on this CPU), an interrupt arrives
+/// with that bit alone within a second, and another after an `IrqAck`; then the line is unbound
+/// again (and the notification deleted: what it cost comes back). `Err(what)` if not.
+fn line_works(irq: u64) -> Result<(), &'static str> {
+    let n = slot();
+    let r = (|| {
+        sys::notification_create(MEMORY, n).map_err(|_| "no notification to bind it to")?;
+        sys::irq_bind(irq, n, LINE_BIT, rl4_abi::IRQ_CPU_CALLER).map_err(|_| "IrqBind refused")?;
+        for k in 0..2 {
+            if k == 1 {
+                sys::irq_ack(irq).map_err(|_| "IrqAck refused")?;
+            }
+            match sys::wait(n, tsc_hz()) {
+                Ok(LINE_BIT) => {}
+                Ok(_) => return Err("an interrupt came with other bits"),
+                Err(_) => return Err(if k == 0 { "no interrupt within 1 s of IrqBind" } else { "no interrupt within 1 s of IrqAck" }),
+            }
+        }
+        Ok(())
+    })();
+    let _ = sys::irq_unbind(irq);
+    release(n);
+    r
+}
+
 /// The fuzzers' interrupt line: COM2's (`-device isa-serial,index=1`, which `scripts/fuzz` and
 /// the fuzz boots of `scripts/test` give QEMU), put in loopback mode with its receive
 /// interrupt on, and the kicker thread ([`kick`]) started; `None` (said why) on a machine
@@ -701,6 +730,9 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
     for &(_, f, _) in &img.shared[..img.nshared] {
         release(f);
     }
+    // The line, however the fuzzers left it, still delivers (checked before the budget's
+    // comparison: the notification it is bound to for that is gone again by then).
+    let works = irq.map(line_works);
     let back = wait_ms(5000, || sys::stat(MACHINE, stat::THREADS) == Ok(threads0));
     // Back to the byte: what the root task had before the shared objects were made, less what
     // the IPC pairs keep (what they took before the first fuzzer, less their objects).
@@ -895,12 +927,21 @@ pub fn run(bi: &BootInfo, seconds: u64, seed: u64, n: usize) -> bool {
     // which it fired and no interrupt reached a fuzzer (hundreds do in 10 s).
     let enabled = sys::stat(MACHINE, stat::IRQ_LINES_ENABLED).unwrap_or(u64::MAX);
     let (kicks, delivered) = (KICKS.load(SeqCst), sys::stat(MACHINE, stat::IRQS_DELIVERED).unwrap_or(0).saturating_sub(delivered0));
-    let line_ok = irq.is_none() || (enabled == 0 && kicks > 0 && delivered > 0);
+    let line_ok = irq.is_none() || (enabled == 0 && kicks > 0 && delivered > 0 && works == Some(Ok(())));
     if irq.is_some() {
         println!(
-            "fuzz: interrupt line {} (COM2 in loopback): raised {kicks} times, {delivered} interrupts delivered to the fuzzers' notifications; lines unmasked after the run {enabled}: {}",
+            "fuzz: interrupt line {} (COM2 in loopback): raised {kicks} times, {delivered} interrupts delivered to notifications; lines unmasked after the run {enabled}: {}",
             rl4_user::com::COM2_IRQ,
             if enabled == 0 { "none, as it should be" } else { "NOT MASKED" }
+        );
+        println!(
+            "fuzz: interrupt line {} after the run, bound to a notification of the root task's: {}",
+            rl4_user::com::COM2_IRQ,
+            match works {
+                Some(Ok(())) => "two interrupts, each with its bit alone, the second after IrqAck: works",
+                Some(Err(e)) => e,
+                None => "not tried",
+            }
         );
     }
     let ok = line_ok && stress_ok && back && mem_back && heap_ok && calls > 0 && checks > 0 && violations == 0 && check_errors == 0 && lost_wakeups == 0 && w[word::REGS_CHANGED] == 0 && w[word::CAPS_WRONG] == 0 && w[word::COPIES_OK] > 0 && w[word::MINTS_OK] > 0;

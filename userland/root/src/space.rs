@@ -78,9 +78,14 @@ pub fn map_fresh(space: u64, va: u64, pages: u64, rights: Rights) -> Result<(), 
 
 /// A new stack of `pages` pages in the root task (below a guard page); returns its top.
 pub fn stack(pages: u64) -> u64 {
+    try_stack(pages).expect("root: stack")
+}
+
+/// [`stack`], or the error that left it unmapped (its addresses are not used again).
+pub fn try_stack(pages: u64) -> Result<u64, Error> {
     let base = NEXT_VA.fetch_add((pages + 1) * PAGE_SIZE, Ordering::Relaxed) + PAGE_SIZE;
-    map_fresh(SPACE, base, pages, Rights::READ.union(Rights::WRITE)).expect("root: stack");
-    base + pages * PAGE_SIZE
+    map_fresh(SPACE, base, pages, Rights::READ.union(Rights::WRITE))?;
+    Ok(base + pages * PAGE_SIZE)
 }
 
 /// How many things costing `per` bytes of budget each (`rl4_abi::cost`) a test makes: its `target`
