@@ -201,8 +201,9 @@ fn line_works(irq: u64) -> Result<(), &'static str> {
 /// The fuzzers' interrupt line: COM2's (`-device isa-serial,index=1`, which `scripts/fuzz` and
 /// the fuzz boots of `scripts/test` give QEMU), put in loopback mode with its receive
 /// interrupt on, and the kicker thread ([`kick`]) started; `None` (said why) on a machine
-/// without an I/O APIC or COM2. Made before the run's baselines (the kicker's thread and stack
-/// are in them; the line and port objects are not charged), and kept to the end of the boot.
+/// without an I/O APIC or COM2. Made before the run's baselines (the kicker's thread and stack,
+/// the line and port objects and whatever they cost are in them), and kept to the end of the
+/// boot.
 fn interrupt_line(bi: &BootInfo) -> Option<u64> {
     if bi.ioapic == 0 {
         println!("fuzz: no I/O APIC: no interrupt line for the fuzzers");

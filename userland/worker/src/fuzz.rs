@@ -857,9 +857,9 @@ impl Fz {
                 c.a = [self.or_hostile(0, s), 0, 0, 0, 0, 0];
             }
             // COM2's line, which the root task's kicker makes raise its interrupt: bound to a
-            // notification of this task's (shared ones included) with one bit, on a CPU that
-            // exists or the caller's, acknowledged and unbound, mostly through a slot that
-            // holds it.
+            // notification of this task's (shared ones included) with one bit, on a CPU index
+            // up to one past the last (which `IrqBind` refuses) or the caller's, acknowledged
+            // and unbound, mostly through a slot that holds it.
             IrqBind if !self.one_in(4) => {
                 let s = self.slot_of(&[IRQ]);
                 let n = self.slot_of(&[NOTE, NOTE_BADGED]);
