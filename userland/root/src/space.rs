@@ -161,11 +161,24 @@ pub fn spawn(f: fn(u64), arg: u64, prio: u64, cpu: u64) -> u64 {
 /// [`spawn`] on the stack whose top is `top` (a test that starts a helper per round reuses one
 /// stack once the last helper is `Dead`: the root task never frees a stack).
 pub fn spawn_on(f: fn(u64), arg: u64, prio: u64, cpu: u64, top: u64) -> u64 {
+    try_spawn_on(f, arg, prio, cpu, top, None).expect("root: starting a thread")
+}
+
+/// [`spawn_on`], with its IPC buffer at `ipc_buffer` (set before it starts) if given, or the
+/// error that kept it from starting (its slot released again).
+pub fn try_spawn_on(f: fn(u64), arg: u64, prio: u64, cpu: u64, top: u64, ipc_buffer: Option<u64>) -> Result<u64, Error> {
     let t = slot();
-    sys::thread_create(MEMORY, TASK, rl4_user::thread_entry(), top, prio, cpu, t).expect("root: thread_create");
-    sys::thread_set_args(t, f as *const () as u64, arg).expect("root: thread_set_args");
-    sys::thread_resume(t).expect("root: thread_resume");
-    t
+    let r = sys::thread_create(MEMORY, TASK, rl4_user::thread_entry(), top, prio, cpu, t)
+        .and_then(|_| sys::thread_set_args(t, f as *const () as u64, arg))
+        .and_then(|_| ipc_buffer.map_or(Ok(()), |b| sys::set_ipc_buffer(t, b)))
+        .and_then(|_| sys::thread_resume(t));
+    match r {
+        Ok(()) => Ok(t),
+        Err(e) => {
+            release(t);
+            Err(e)
+        }
+    }
 }
 
 /// A race test's round made up to three times while `missed` says it missed its window (a CPU

@@ -138,17 +138,7 @@ fn spawn_buffered(f: fn(u64), pair: u64, cpu: u64, index: u64) -> Option<u64> {
         map_fresh(SPACE, buf, 1, rl4_abi::Rights::READ.union(rl4_abi::Rights::WRITE)).ok()?;
         w.fetch_or(bit, SeqCst);
     }
-    let top = try_stack(4).ok()?;
-    let t = slot();
-    let r = sys::thread_create(MEMORY, TASK, rl4_user::thread_entry(), top, PRIO, cpu, t)
-        .and_then(|_| sys::thread_set_args(t, f as *const () as u64, pair))
-        .and_then(|_| sys::set_ipc_buffer(t, buf))
-        .and_then(|_| sys::thread_resume(t));
-    if r.is_err() {
-        release(t);
-        return None;
-    }
-    Some(t)
+    try_spawn_on(f, pair, PRIO, cpu, try_stack(4).ok()?, Some(buf)).ok()
 }
 
 /// The pairs' buffer pages mapped so far (a bit per thread index).
