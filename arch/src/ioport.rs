@@ -45,6 +45,16 @@ impl IoMap {
         self.bits[p as usize / 8].load(Ordering::Relaxed) & (1 << (p % 8)) == 0
     }
 
+    /// The first port whose bit disagrees with `open` (whether that port should be open), or
+    /// 65,536 if the terminating byte is not all ones; `None` if the bitmap is exactly that.
+    /// (The consistency check's comparison: 65,536 calls of `open`.)
+    pub fn first_disagreement(&self, open: impl Fn(u16) -> bool) -> Option<u32> {
+        if self.bits[IOMAP_LEN - 1].load(Ordering::Relaxed) != 0xff {
+            return Some(65_536);
+        }
+        (0..=u16::MAX).find(|&p| self.allows(p) != open(p)).map(u32::from)
+    }
+
     pub fn as_ptr(&self) -> *const u8 {
         self.bits.as_ptr() as *const u8
     }
@@ -77,7 +87,13 @@ pub fn register(cpu: usize, map: &'static IoMap) {
 /// The calling CPU's bitmap (`None` before its TSS is loaded).
 #[cfg(target_os = "none")]
 pub fn this_cpu() -> Option<&'static IoMap> {
-    let p = MAPS[crate::percpu::cpu_index() as usize % MAX_CPUS].load(Ordering::Acquire);
+    of_cpu(crate::percpu::cpu_index() as usize % MAX_CPUS)
+}
+
+/// CPU `cpu`'s bitmap (`None` before its TSS is loaded): for the consistency check, which
+/// reads another CPU's while that CPU is stopped (only the owner writes it: [`IoMap::set`]).
+pub fn of_cpu(cpu: usize) -> Option<&'static IoMap> {
+    let p = MAPS.get(cpu)?.load(Ordering::Acquire);
     // SAFETY: only `register` stores here, from a `&'static IoMap`.
     (!p.is_null()).then(|| unsafe { &*p })
 }
@@ -96,6 +112,22 @@ mod tests {
         m.set(0x2f8, 8, false);
         assert!(!(0x2f0..0x310).any(|p| m.allows(p)));
         assert_eq!(m.bits[IOMAP_LEN - 1].load(Ordering::Relaxed), 0xff);
+    }
+
+    #[test]
+    fn first_disagreement_names_the_first_wrong_port() {
+        let m = IoMap::new();
+        assert_eq!(m.first_disagreement(|_| false), None);
+        m.set(0x2f8, 8, true);
+        m.set(0xfffe, 2, true);
+        let open = |p: u16| (0x2f8..0x300).contains(&p) || p >= 0xfffe;
+        assert_eq!(m.first_disagreement(open), None);
+        assert_eq!(m.first_disagreement(|p| open(p) && p != 0x2fb), Some(0x2fb));
+        assert_eq!(m.first_disagreement(|p| open(p) || p == 0x300), Some(0x300));
+        assert_eq!(m.first_disagreement(|p| open(p) && p != 0xffff), Some(0xffff));
+        assert_eq!(m.first_disagreement(|_| false), Some(0x2f8));
+        m.bits[IOMAP_LEN - 1].store(0x7f, Ordering::Relaxed);
+        assert_eq!(m.first_disagreement(open), Some(65_536));
     }
 
     /// Against a port-at-a-time model, for ranges with every alignment of their ends.

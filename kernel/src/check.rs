@@ -34,6 +34,11 @@
 //!   frame objects like any other, owned by its mappings. A device frame (`DeviceMemGet`) is
 //!   no allocator frame: it must be one of the device pages fixed at boot, the only live frame
 //!   object of its page, and mapped uncached and never executable.
+//! * **Each CPU's MMU and I/O permission bitmap.** Once every CPU has stopped, each reads the
+//!   root its MMU translates with ([`read_roots`]): it must be the root the CPU published
+//!   (which TLB shoot-downs go by) and, if the CPU runs a thread, that thread's space's. Its
+//!   I/O permission bitmap must open exactly the port ranges it records, and those must be
+//!   its running task's (`device::check_cpu`).
 //! * **The direct map's memory types.** Each of its pages is write-back where memory is and
 //!   uncached elsewhere (`mem::direct_ranges`), and no page of the kernel's device window (local
 //!   APIC, I/O APICs, HPET) and no device page is mapped write-back there.
@@ -54,7 +59,7 @@ use alloc::sync::Arc;
 
 use alloc::vec::Vec;
 use core::fmt;
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use rl4_abi::{Error, PAGE_SIZE, ThreadState};
 use rl4_arch::layout::{DIRECT_MAP, DIRECT_MAP_SIZE, HEAP_BASE, HEAP_SIZE, MMIO_BASE, MMIO_SIZE, STACKS_BASE, STACKS_SIZE, phys_to_virt};
 use rl4_arch::paging::{self, Visit};
@@ -93,9 +98,44 @@ fn hold() {
     HELD.fetch_add(1, SeqCst);
     while FROZEN.load(SeqCst) {
         crate::tlb::service_tlb_here();
+        read_root();
         cpu::relax();
     }
     HELD.fetch_sub(1, SeqCst);
+}
+
+/// The root each CPU's MMU translates with, as the CPU itself read it for the check whose
+/// number is `asked` ([`read_roots`]).
+struct SeenRoot {
+    root: AtomicU64,
+    asked: AtomicU64,
+}
+
+static SEEN_ROOTS: [SeenRoot; MAX_CPUS] = [const { SeenRoot { root: AtomicU64::new(0), asked: AtomicU64::new(0) } }; MAX_CPUS];
+/// The number of the last check that asked the stopped CPUs for their roots.
+static ROOTS_ASKED: AtomicU64 = AtomicU64::new(0);
+
+/// In [`hold`], and by the checker for itself: this CPU reads its root for the check that asks.
+fn read_root() {
+    let asked = ROOTS_ASKED.load(SeqCst);
+    let seen = &SEEN_ROOTS[percpu::cpu_index() as usize % MAX_CPUS];
+    if seen.asked.load(SeqCst) != asked {
+        seen.root.store(paging::current_pml4(), SeqCst);
+        seen.asked.store(asked, SeqCst);
+    }
+}
+
+/// Once every CPU has stopped: each reads the root its MMU translates with. Asked only now,
+/// not as it stops: a CPU stopped in `hold` may yet answer a TLB shoot-down that loads the
+/// kernel's root (a space's destruction), until its shooter has its answer and stops too;
+/// once all have stopped, nothing changes a root or an I/O permission bitmap. Whether every
+/// CPU answered within the stop's wait.
+fn read_roots(me: usize) -> bool {
+    let asked = ROOTS_ASKED.fetch_add(1, SeqCst) + 1;
+    read_root();
+    wait_until(STOP_WAIT_US, || {
+        (0..MAX_CPUS).filter(|&i| i != me && sched::cpu_online(i as u64)).all(|i| SEEN_ROOTS[i].asked.load(SeqCst) == asked)
+    })
 }
 
 /// Spins until `done`, answering TLB requests; false after `us` microseconds.
@@ -142,7 +182,7 @@ pub fn run(caller: &Arc<Thread>) -> Result<[u64; 3], Error> {
         cpus::send_ipi(i, lapic::VEC_FREEZE);
         n_others += 1;
     }
-    let stopped = wait_until(STOP_WAIT_US, || HELD.load(SeqCst) == n_others) && sched::online_count() == n_others as u64 + 1;
+    let stopped = wait_until(STOP_WAIT_US, || HELD.load(SeqCst) == n_others) && sched::online_count() == n_others as u64 + 1 && read_roots(me);
     let result = if stopped {
         match check_all(caller) {
             Ok(r) => {
@@ -660,6 +700,20 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
             refs.add(th);
             count_in(&mut seen, key(th), &mut unregistered, |x| x.current += 1);
         }
+        // What the CPU's MMU and I/O permission bitmap hold: the root it read itself
+        // ([`read_roots`]) is the one it published for TLB shoot-downs and, running a thread,
+        // that thread's space's; its bitmap follows `device::check_cpu`'s rules.
+        let root = SEEN_ROOTS[i].root.load(SeqCst);
+        let published = cs.tlb.shared.loaded();
+        if root != published {
+            fail!(r, "cpu {i}: translates with root {root:#x}, not the root it published ({published:#x}), which TLB shoot-downs go by");
+        }
+        if let Some(t) = current {
+            if root != t.space.pml4.addr() {
+                fail!(r, "cpu {i}: runs thread {} but translates with root {root:#x}, not its space's ({:#x})", t.id, t.space.pml4.addr());
+            }
+        }
+        crate::device::check_cpu(i, cs.tlb.io_generation.load(SeqCst), current.as_deref(), |what| fail!(r, "cpu {i}: {what}"));
     }
     for (cpu, what) in cpu_faults {
         fail!(r, "cpu {cpu}: {what}");

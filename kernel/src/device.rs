@@ -509,6 +509,33 @@ fn reload(loaded: &AtomicU64, sp: &Space) {
     loaded.store(g, Ordering::Relaxed);
 }
 
+/// `KernelCheck`'s rules for CPU `cpu`'s I/O permission bitmap, every CPU stopped (none writes
+/// its bitmap or its [`LOADED`] then: the closes that ask a CPU to re-read its ranges wait for
+/// its answer, and every closer has stopped too), `generation` the one its bitmap holds: the
+/// bitmap opens exactly the ranges the CPU records; and running `current`, those are its
+/// task's ranges, slot by slot, if the CPU holds their generation, else (an open's interrupt
+/// still on its way) every port they open is open in its task. A CPU running no thread (idle)
+/// may keep a task's ranges it ran last: no user instruction runs there before a switch,
+/// which re-reads them. `bad` gets each violation.
+pub(crate) fn check_cpu(cpu: usize, generation: u64, current: Option<&Thread>, mut bad: impl FnMut(&'static str)) {
+    let Some(map) = rl4_arch::ioport::of_cpu(cpu) else { return };
+    let Some(loaded) = LOADED.get(cpu) else { return };
+    let recorded: [u64; IO_RANGES] = core::array::from_fn(|i| loaded[i].load(Ordering::Relaxed));
+    if map.first_disagreement(|p| recorded.iter().filter_map(|&w| Ports::unpack(w)).any(|r| r.base <= p && (p as u32) < r.end())).is_some() {
+        bad("its I/O permission bitmap does not open exactly the port ranges it records");
+    }
+    let Some(t) = current else { return };
+    let io = &t.space.io;
+    let open: [u64; IO_RANGES] = core::array::from_fn(|i| io.packed[i].load(Ordering::Relaxed));
+    if generation == io.generation.load(Ordering::Relaxed) {
+        if recorded != open {
+            bad("its I/O permission bitmap holds its running task's generation of port ranges, but other ranges");
+        }
+    } else if !recorded.iter().filter_map(|&w| Ports::unpack(w)).all(|r| rl4_core::device::covered(r, &open)) {
+        bad("its I/O permission bitmap opens ports its running task does not have open");
+    }
+}
+
 /// This CPU's bitmap made to match its running thread's task (after the task's ranges
 /// changed: through the reschedule IPI); whether it runs a thread at this instant.
 fn sync_current() -> bool {

@@ -198,6 +198,22 @@ impl<const N: usize> OpenSet<N> {
     }
 }
 
+/// Whether every port of `r` lies in one of the ranges `open` (packed, `Ports::pack`; 0 = an
+/// empty slot) — together, as two overlapping ranges may cover it. The consistency check's rule
+/// for a CPU whose bitmap holds an older state of its running task's ranges (an open's
+/// interrupt on its way): what it opens must still be open.
+pub fn covered(r: Ports, open: &[u64]) -> bool {
+    let mut at = r.base as u32;
+    while at < r.end() {
+        // The furthest end of a range that holds `at`: the ports before it are covered.
+        match open.iter().filter_map(|&w| Ports::unpack(w)).filter(|o| o.base as u32 <= at && at < o.end()).map(Ports::end).max() {
+            Some(end) => at = end,
+            None => return false,
+        }
+    }
+    true
+}
+
 /// Most device-memory pages the kernel hands out (`DeviceMemGet`): the pages of the firmware's
 /// device ranges past this many are not offered. One live frame object per page.
 pub const MAX_DEVICE_PAGES: usize = 16;
@@ -419,6 +435,37 @@ mod tests {
             s.open(b, o).unwrap();
         }
     }
+    /// Against a port-at-a-time model: ranges of every small base and length, covered by sets
+    /// of up to three ranges (overlapping, adjacent, apart, empty slots), and the ends of the
+    /// port space.
+    #[test]
+    fn covered_means_every_port_is_in_an_open_range() {
+        let p = |b: u64, n: u64| Ports::new(b, n).unwrap();
+        let sets: &[&[u64]] = &[
+            &[],
+            &[0, 0],
+            &[p(4, 4).pack()],
+            &[p(4, 4).pack(), p(8, 3).pack()],
+            &[p(2, 5).pack(), 0, p(5, 6).pack()],
+            &[p(0, 3).pack(), p(6, 2).pack(), p(9, 4).pack()],
+            &[p(3, 1).pack(), p(3, 9).pack(), p(4, 2).pack()],
+        ];
+        for set in sets {
+            let open = |q: u32| set.iter().filter_map(|&w| Ports::unpack(w)).any(|o| o.base as u32 <= q && q < o.end());
+            for b in 0..14 {
+                for n in 1..14 {
+                    let r = p(b, n);
+                    let model = (r.base as u32..r.end()).all(open);
+                    assert_eq!(covered(r, set), model, "{r:?} in {set:?}");
+                }
+            }
+        }
+        let top = [p(0xfff0, 0x10).pack()];
+        assert!(covered(p(0xfff8, 8), &top) && !covered(p(0xffef, 2), &top));
+        assert!(covered(p(0, 0x1_0000), &[p(0, 0x8000).pack(), p(0x8000, 0x8000).pack()]));
+        assert!(!covered(p(0, 0x1_0000), &[p(0, 0x8000).pack(), p(0x8001, 0x7fff).pack()]));
+    }
+
     #[test]
     fn device_pages_leave_out_ram_and_kernel_pages() {
         let hpet = PhysRange::pages_of(0xfed0_0000, 1024).unwrap();

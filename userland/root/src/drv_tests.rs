@@ -496,6 +496,44 @@ fn test_close_done_at_answer(bi: &BootInfo, ports: u64, com2: bool) {
     );
 }
 
+/// `KernelCheck` holds what every CPU's I/O permission bitmap opens: a thread of the root task
+/// writes COM2's scratch register in a loop on another CPU (through the run's own range) while
+/// the root task opens a second range (COM3's ports, through an object of their own), and
+/// closes it again; a check in each state finds no violation — the other CPU's bitmap opens
+/// the two ranges, then COM2's alone (`device::check_cpu`). A kernel whose close did not ask
+/// the other CPUs to re-read their ranges fails the second check ("opens ports its running
+/// task does not have open"), whatever the timing: the spinner's CPU keeps the closed range
+/// until something else makes it re-read them.
+fn test_check_holds_bitmaps() {
+    const NAME: &str = "kernel-check-holds-every-cpus-port-bitmap";
+    if cpus() < 2 {
+        return skip(NAME, "one CPU");
+    }
+    let last = cpus() - 1;
+    const COM3: u64 = 0x3e8;
+    let q = slot();
+    let opened = sys::ioport_get(DEVICES, COM3, 8, q).and_then(|_| sys::ioport_open(q));
+    PORT_SPINS.store(0, SeqCst);
+    let spinner = spawn(port_spinner, 0x33, ROOT_PRIO, last);
+    let ran = spinning();
+    let both = sys::kernel_check(MACHINE);
+    let closed = sys::ioport_close(q);
+    let ran_after = spinning();
+    let one = sys::kernel_check(MACHINE);
+    let still = spinning() && state(spinner) != Some(ThreadState::Faulted);
+    let _ = sys::thread_suspend(spinner);
+    release(spinner);
+    release(q);
+    let ok = opened.is_ok() && ran && matches!(both, Ok([0, _, _])) && closed.is_ok() && ran_after && matches!(one, Ok([0, _, _])) && still;
+    report(
+        NAME,
+        ok,
+        format_args!(
+            "COM3's range opened {opened:?}; spinner on cpu {last} ran {ran}; check with both ranges open {both:?}; close {closed:?}, spinner ran on {ran_after}; check with COM2's alone {one:?}; spinner still writing {still} (through the run's own range)"
+        ),
+    );
+}
+
 /// The line is masked from the delivery to `IrqAck`: a byte arriving meanwhile raises nothing
 /// (the driver finds it by looking at the device after its acknowledgement), one after the
 /// acknowledgement does.
@@ -1409,6 +1447,7 @@ pub fn run(bi: &BootInfo) {
     test_unauthorised(bi, ports, com2);
     test_deleted_capability(bi, ports, com2);
     test_close_done_at_answer(bi, ports, com2);
+    test_check_holds_bitmaps();
     test_flips_interrupt_no_other_cpu(bi, ports);
     test_openers_limit(bi);
     if com2 {
