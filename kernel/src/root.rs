@@ -373,6 +373,12 @@ fn inject(what: u32, memory: &Arc<Memory>, task: &Arc<Task>) {
             let _ = task.insert_cap(rl4_abi::CAP_SLOTS - 7, Cap::new(KObj::Task(c), Rights::NONE, 0));
         }
     }
+    if what & IOMAP != 0 {
+        if let Some(map) = rl4_arch::ioport::this_cpu() {
+            println!("inject: port 0x3e8 opened in cpu {}'s I/O permission bitmap, and recorded nowhere", rl4_arch::percpu::cpu_index());
+            map.set(0x3e8, 1, true);
+        }
+    }
     if what & STATE != 0 {
         if let Ok(t) = Thread::new(memory, task.clone(), 0, 0, 1, 0) {
             println!("inject: thread {} marked Runnable but put in no queue (held in root slot {})", t.id, rl4_abi::CAP_SLOTS - 1);

@@ -156,10 +156,14 @@ pub mod inject {
     /// Not damage: a user fault of a thread without a fault handler waits 200 ms before the
     /// thread is stopped, so that a test can suspend it from another CPU in between.
     pub const SLOW_FAULT: u32 = 524288;
+    /// A port (0x3e8) opened in the bootstrap CPU's I/O permission bitmap without being
+    /// recorded among the ranges that CPU has open (as a switch that forgot to close it would
+    /// leave it).
+    pub const IOMAP: u32 = 1 << 20;
     /// What a bad `inject=` value is told to be instead (every name in [`NAMES`]: a host test
     /// holds the two together).
-    pub const EXPECTED: &str = "a comma-separated list of refcount, frame, budget, state, locks, deriv, device, queue, parent, stray, lvt, slowunmap, apcpuid, slowcopy, apext, slowack, apsilent, bspid, hpettable, slowfault";
-    pub const NAMES: [(&str, u32); 20] = [
+    pub const EXPECTED: &str = "a comma-separated list of refcount, frame, budget, state, locks, deriv, device, queue, parent, stray, lvt, slowunmap, apcpuid, slowcopy, apext, slowack, apsilent, bspid, hpettable, slowfault, iomap";
+    pub const NAMES: [(&str, u32); 21] = [
         ("refcount", REFCOUNT),
         ("frame", FRAME),
         ("budget", BUDGET),
@@ -180,6 +184,7 @@ pub mod inject {
         ("bspid", BSP_ID),
         ("hpettable", HPET_TABLE),
         ("slowfault", SLOW_FAULT),
+        ("iomap", IOMAP),
     ];
 }
 
