@@ -38,7 +38,8 @@
 //!   root its MMU translates with ([`read_roots`]): it must be the root the CPU published
 //!   (which TLB shoot-downs go by) and, if the CPU runs a thread, that thread's space's. Its
 //!   I/O permission bitmap must open exactly the port ranges it records, and those must be
-//!   its running task's (`device::check_cpu`).
+//!   its running task's, or ports its task has open while a re-read of them is on its way
+//!   (`device::check_cpu`).
 //! * **The direct map's memory types.** Each of its pages is write-back where memory is and
 //!   uncached elsewhere (`mem::direct_ranges`), and no page of the kernel's device window (local
 //!   APIC, I/O APICs, HPET) and no device page is mapped write-back there.

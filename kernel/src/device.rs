@@ -390,7 +390,7 @@ impl Resync {
     /// not wait for each other for ever.
     fn send(self, wait: bool) {
         if !sync_current() && self.here {
-            rl4_smp::cpus::send_resched(rl4_arch::percpu::cpu_index() as usize);
+            resync_later(rl4_arch::percpu::cpu_index() as usize % MAX_CPUS);
         }
         if !wait {
             self.each_other(rl4_smp::cpus::send_resched);
@@ -437,12 +437,28 @@ static ASKS: [crossbeam_utils::CachePadded<rl4_core::asks::Asks>; MAX_CPUS] =
 /// thread is current: in each the thread that runs next in user mode either is the one just
 /// synced or comes through a switch.
 pub fn on_resched() {
-    let asks = &ASKS[rl4_arch::percpu::cpu_index() as usize % MAX_CPUS];
-    if !asks.answer(|| {
+    let me = rl4_arch::percpu::cpu_index() as usize % MAX_CPUS;
+    if !ASKS[me].answer(|| {
         let _ = sync_current();
     }) {
         let _ = sync_current();
     }
+    OWED[me].store(false, Ordering::Relaxed);
+}
+
+/// Per CPU: it sent itself the reschedule interrupt to re-read its ranges ([`resync_later`]) and
+/// has not taken it yet. Meanwhile its bitmap may legitimately hold a range closed since: the
+/// thread that was out of its slot may come back without a switch (a decision that keeps it, a
+/// fast path that falls back), and the consistency check's freeze, a higher vector, may be taken
+/// first on the way back to user mode ([`check_cpu`]; a review of the forty-first session's
+/// check found the case).
+static OWED: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+
+/// This CPU (`me`), running no thread at this instant, re-reads its running thread's ranges at
+/// the reschedule interrupt it sends itself, taken before any user instruction runs here.
+fn resync_later(me: usize) {
+    OWED[me].store(true, Ordering::Relaxed);
+    rl4_smp::cpus::send_resched(me);
 }
 
 /// A CPU that spins with interrupts off waiting for other CPUs (every such wait answers TLB
@@ -458,7 +474,7 @@ pub(crate) fn answer_asked() {
     let me = rl4_arch::percpu::cpu_index() as usize % MAX_CPUS;
     ASKS[me].answer(|| {
         if !sync_current() {
-            rl4_smp::cpus::send_resched(me);
+            resync_later(me);
         }
     });
 }
@@ -513,26 +529,29 @@ fn reload(loaded: &AtomicU64, sp: &Space) {
 /// its bitmap or its [`LOADED`] then: the closes that ask a CPU to re-read its ranges wait for
 /// its answer, and every closer has stopped too), `generation` the one its bitmap holds: the
 /// bitmap opens exactly the ranges the CPU records; and running `current`, those are its
-/// task's ranges, slot by slot, if the CPU holds their generation, else (an open's interrupt
-/// still on its way) every port they open is open in its task. A CPU running no thread (idle)
-/// may keep a task's ranges it ran last: no user instruction runs there before a switch,
-/// which re-reads them. `bad` gets each violation.
-pub(crate) fn check_cpu(cpu: usize, generation: u64, current: Option<&Thread>, mut bad: impl FnMut(&'static str)) {
-    let Some(map) = rl4_arch::ioport::of_cpu(cpu) else { return };
-    let Some(loaded) = LOADED.get(cpu) else { return };
+/// task's ranges, slot by slot, if the CPU holds their generation, else every port they open
+/// is open in its task (an open's interrupt may still be on its way: it waits for nobody) —
+/// unless the CPU still owes itself a re-read ([`OWED`]: it answered a close while running no
+/// thread). A CPU running no thread (idle) may keep a task's ranges it ran last: no user
+/// instruction runs there before a switch, which re-reads them. `bad` gets each violation.
+pub(crate) fn check_cpu(cpu: usize, generation: u64, current: Option<&Thread>, mut bad: impl FnMut(core::fmt::Arguments<'_>)) {
+    let (Some(map), Some(loaded)) = (rl4_arch::ioport::of_cpu(cpu), LOADED.get(cpu)) else { return };
     let recorded: [u64; IO_RANGES] = core::array::from_fn(|i| loaded[i].load(Ordering::Relaxed));
-    if map.first_disagreement(|p| recorded.iter().filter_map(|&w| Ports::unpack(w)).any(|r| r.base <= p && (p as u32) < r.end())).is_some() {
-        bad("its I/O permission bitmap does not open exactly the port ranges it records");
+    let ranges: [Option<Ports>; IO_RANGES] = recorded.map(Ports::unpack);
+    if let Some(p) = map.first_disagreement(|p| ranges.iter().flatten().any(|r| r.base <= p && (p as u32) < r.end())) {
+        bad(format_args!("its I/O permission bitmap does not open exactly the port ranges it records (port {p:#x})"));
     }
     let Some(t) = current else { return };
     let io = &t.space.io;
     let open: [u64; IO_RANGES] = core::array::from_fn(|i| io.packed[i].load(Ordering::Relaxed));
     if generation == io.generation.load(Ordering::Relaxed) {
         if recorded != open {
-            bad("its I/O permission bitmap holds its running task's generation of port ranges, but other ranges");
+            bad(format_args!("its I/O permission bitmap holds its running task's generation of port ranges, but other ranges"));
         }
-    } else if !recorded.iter().filter_map(|&w| Ports::unpack(w)).all(|r| rl4_core::device::covered(r, &open)) {
-        bad("its I/O permission bitmap opens ports its running task does not have open");
+    } else if !OWED[cpu].load(Ordering::Relaxed) {
+        if let Some(r) = ranges.iter().flatten().find(|&&r| !rl4_core::device::covered(r, &open)) {
+            bad(format_args!("its I/O permission bitmap opens ports its running task does not have open ({:#x}+{})", r.base, r.count));
+        }
     }
 }
 

@@ -500,7 +500,8 @@ fn test_close_done_at_answer(bi: &BootInfo, ports: u64, com2: bool) {
 /// writes COM2's scratch register in a loop on another CPU (through the run's own range) while
 /// the root task opens a second range (COM3's ports, through an object of their own), and
 /// closes it again; a check in each state finds no violation — the other CPU's bitmap opens
-/// the two ranges, then COM2's alone (`device::check_cpu`). A kernel whose close did not ask
+/// COM2's range and, once the open's interrupt has reached it, COM3's; then COM2's alone
+/// (`device::check_cpu`). A kernel whose close did not ask
 /// the other CPUs to re-read their ranges fails the second check ("opens ports its running
 /// task does not have open"), whatever the timing: the spinner's CPU keeps the closed range
 /// until something else makes it re-read them.
@@ -511,11 +512,13 @@ fn test_check_holds_bitmaps() {
     }
     let last = cpus() - 1;
     const COM3: u64 = 0x3e8;
-    let q = slot();
-    let opened = sys::ioport_get(DEVICES, COM3, 8, q).and_then(|_| sys::ioport_open(q));
     PORT_SPINS.store(0, SeqCst);
     let spinner = spawn(port_spinner, 0x33, ROOT_PRIO, last);
     let ran = spinning();
+    // Opened while the spinner runs: its CPU reads the new ranges at the interrupt the open
+    // sends it, which the check may find still on its way (a subset then).
+    let q = slot();
+    let opened = sys::ioport_get(DEVICES, COM3, 8, q).and_then(|_| sys::ioport_open(q));
     let both = sys::kernel_check(MACHINE);
     let closed = sys::ioport_close(q);
     let ran_after = spinning();
