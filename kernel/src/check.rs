@@ -38,8 +38,10 @@
 //!   root its MMU translates with ([`read_roots`]): it must be the root the CPU published
 //!   (which TLB shoot-downs go by) and, if the CPU runs a thread, that thread's space's. Its
 //!   I/O permission bitmap must open exactly the port ranges it records, and those must be
-//!   its running task's, or ports its task has open while a re-read of them is on its way
-//!   (`device::check_cpu`).
+//!   its running task's, or ports its task has open while an open's interrupt is on its way;
+//!   a CPU that owes itself a re-read of them (it answered or made a close while running no
+//!   thread) may hold anything until then, but must have the reschedule interrupt that does
+//!   it pending (`device::check_cpu`).
 //! * **The direct map's memory types.** Each of its pages is write-back where memory is and
 //!   uncached elsewhere (`mem::direct_ranges`), and no page of the kernel's device window (local
 //!   APIC, I/O APICs, HPET) and no device page is mapped write-back there.
@@ -105,14 +107,16 @@ fn hold() {
     HELD.fetch_sub(1, SeqCst);
 }
 
-/// The root each CPU's MMU translates with, as the CPU itself read it for the check whose
-/// number is `asked` ([`read_roots`]).
+/// The root each CPU's MMU translates with, and whether the reschedule interrupt is pending
+/// there, as the CPU itself read them for the check whose number is `asked` ([`read_roots`]).
 struct SeenRoot {
     root: AtomicU64,
+    resched_pending: AtomicBool,
     asked: AtomicU64,
 }
 
-static SEEN_ROOTS: [SeenRoot; MAX_CPUS] = [const { SeenRoot { root: AtomicU64::new(0), asked: AtomicU64::new(0) } }; MAX_CPUS];
+static SEEN_ROOTS: [SeenRoot; MAX_CPUS] =
+    [const { SeenRoot { root: AtomicU64::new(0), resched_pending: AtomicBool::new(false), asked: AtomicU64::new(0) } }; MAX_CPUS];
 /// The number of the last check that asked the stopped CPUs for their roots.
 static ROOTS_ASKED: AtomicU64 = AtomicU64::new(0);
 
@@ -122,6 +126,7 @@ fn read_root() {
     let seen = &SEEN_ROOTS[percpu::cpu_index() as usize % MAX_CPUS];
     if seen.asked.load(SeqCst) != asked {
         seen.root.store(paging::current_pml4(), SeqCst);
+        seen.resched_pending.store(lapic::pending(lapic::VEC_RESCHED), SeqCst);
         seen.asked.store(asked, SeqCst);
     }
 }
@@ -714,7 +719,8 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
                 fail!(r, "cpu {i}: runs thread {} but translates with root {root:#x}, not its space's ({:#x})", t.id, t.space.pml4.addr());
             }
         }
-        crate::device::check_cpu(i, cs.tlb.io_generation.load(SeqCst), current.as_deref(), |what| fail!(r, "cpu {i}: {what}"));
+        let pending = SEEN_ROOTS[i].resched_pending.load(SeqCst);
+        crate::device::check_cpu(i, &cs.tlb, pending, current.as_deref(), |what| fail!(r, "cpu {i}: {what}"));
     }
     for (cpu, what) in cpu_faults {
         fail!(r, "cpu {cpu}: {what}");

@@ -443,21 +443,23 @@ pub fn on_resched() {
     }) {
         let _ = sync_current();
     }
-    OWED[me].store(false, Ordering::Relaxed);
+    // A store only when set: every cross-CPU wake-up of a halted CPU comes here.
+    let owed = &crate::sched::this_cpu().tlb.io_owed;
+    if owed.load(Ordering::Relaxed) {
+        owed.store(false, Ordering::Relaxed);
+    }
 }
 
-/// Per CPU: it sent itself the reschedule interrupt to re-read its ranges ([`resync_later`]) and
-/// has not taken it yet. Meanwhile its bitmap may legitimately hold a range closed since: the
-/// thread that was out of its slot may come back without a switch (a decision that keeps it, a
-/// fast path that falls back), and the consistency check's freeze, a higher vector, may be taken
-/// first on the way back to user mode ([`check_cpu`]; a review of the forty-first session's
-/// check found the case).
-static OWED: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
-
 /// This CPU (`me`), running no thread at this instant, re-reads its running thread's ranges at
-/// the reschedule interrupt it sends itself, taken before any user instruction runs here.
+/// the reschedule interrupt it sends itself, taken before any user instruction runs here. Until
+/// it takes it, its bitmap may legitimately hold a range closed since: the thread that was out
+/// of its slot may come back without a switch (a decision that keeps it, a fast path that falls
+/// back), and the consistency check's freeze, a higher vector, may be taken first on the way
+/// back to user mode. It notes that it owes itself the re-read (`CpuTlb::io_owed`, on its own
+/// lines; cleared by [`on_resched`]), and the check holds it to an interrupt pending
+/// ([`check_cpu`]; a review of the forty-first session's check found the case).
 fn resync_later(me: usize) {
-    OWED[me].store(true, Ordering::Relaxed);
+    crate::sched::this_cpu().tlb.io_owed.store(true, Ordering::Relaxed);
     rl4_smp::cpus::send_resched(me);
 }
 
@@ -525,16 +527,27 @@ fn reload(loaded: &AtomicU64, sp: &Space) {
     loaded.store(g, Ordering::Relaxed);
 }
 
-/// `KernelCheck`'s rules for CPU `cpu`'s I/O permission bitmap, every CPU stopped (none writes
-/// its bitmap or its [`LOADED`] then: the closes that ask a CPU to re-read its ranges wait for
-/// its answer, and every closer has stopped too), `generation` the one its bitmap holds: the
-/// bitmap opens exactly the ranges the CPU records; and running `current`, those are its
-/// task's ranges, slot by slot, if the CPU holds their generation, else every port they open
-/// is open in its task (an open's interrupt may still be on its way: it waits for nobody) —
-/// unless the CPU still owes itself a re-read ([`OWED`]: it answered a close while running no
-/// thread). A CPU running no thread (idle) may keep a task's ranges it ran last: no user
+/// `KernelCheck`'s rules for CPU `cpu`'s I/O permission bitmap (`tlb` its state), every CPU
+/// stopped (none writes its bitmap or its [`LOADED`] then: the closes that ask a CPU to re-read
+/// its ranges wait for its answer, and every closer has stopped too): the bitmap opens exactly
+/// the ranges the CPU records; and running `current`, those are its task's ranges, slot by
+/// slot, if the CPU holds their generation, else every port they open is open in its task (an
+/// open's interrupt may still be on its way: it waits for nobody) — unless the CPU owes itself
+/// a re-read ([`resync_later`]: it answered or made a close while running no thread), which
+/// needs the reschedule interrupt it sent itself pending (`resched_pending`, read by the CPU
+/// as it stopped). A CPU running no thread (idle) may keep a task's ranges it ran last: no user
 /// instruction runs there before a switch, which re-reads them. `bad` gets each violation.
-pub(crate) fn check_cpu(cpu: usize, generation: u64, current: Option<&Thread>, mut bad: impl FnMut(core::fmt::Arguments<'_>)) {
+pub(crate) fn check_cpu(
+    cpu: usize,
+    tlb: &crate::tlb::CpuTlb,
+    resched_pending: bool,
+    current: Option<&Thread>,
+    mut bad: impl FnMut(core::fmt::Arguments<'_>),
+) {
+    let owed = tlb.io_owed.load(Ordering::Relaxed);
+    if owed && !resched_pending {
+        bad(format_args!("it owes itself a re-read of its port ranges, but no reschedule interrupt is pending"));
+    }
     let (Some(map), Some(loaded)) = (rl4_arch::ioport::of_cpu(cpu), LOADED.get(cpu)) else { return };
     let recorded: [u64; IO_RANGES] = core::array::from_fn(|i| loaded[i].load(Ordering::Relaxed));
     let ranges: [Option<Ports>; IO_RANGES] = recorded.map(Ports::unpack);
@@ -544,11 +557,11 @@ pub(crate) fn check_cpu(cpu: usize, generation: u64, current: Option<&Thread>, m
     let Some(t) = current else { return };
     let io = &t.space.io;
     let open: [u64; IO_RANGES] = core::array::from_fn(|i| io.packed[i].load(Ordering::Relaxed));
-    if generation == io.generation.load(Ordering::Relaxed) {
+    if tlb.io_generation.load(Ordering::Relaxed) == io.generation.load(Ordering::Relaxed) {
         if recorded != open {
             bad(format_args!("its I/O permission bitmap holds its running task's generation of port ranges, but other ranges"));
         }
-    } else if !OWED[cpu].load(Ordering::Relaxed) {
+    } else if !owed {
         if let Some(r) = ranges.iter().flatten().find(|&&r| !rl4_core::device::covered(r, &open)) {
             bad(format_args!("its I/O permission bitmap opens ports its running task does not have open ({:#x}+{})", r.base, r.count));
         }

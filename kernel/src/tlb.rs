@@ -24,6 +24,9 @@ pub struct CpuTlb {
     pub(crate) shared: CpuTlbShared,
     /// The generation of I/O port ranges this CPU's permission bitmap holds (`device.rs`).
     pub(crate) io_generation: AtomicU64,
+    /// This CPU sent itself the reschedule interrupt to re-read its ranges and has not taken it
+    /// yet (`device::resync_later`).
+    pub(crate) io_owed: AtomicBool,
     pcids: Option<Mutex<PcidCache, { Level::OBJECT }>>,
 }
 
@@ -41,7 +44,7 @@ impl CpuTlb {
         } else {
             None
         };
-        Some(CpuTlb { shared: CpuTlbShared::new(paging::kernel_pml4()), io_generation: AtomicU64::new(0), pcids })
+        Some(CpuTlb { shared: CpuTlbShared::new(paging::kernel_pml4()), io_generation: AtomicU64::new(0), io_owed: AtomicBool::new(false), pcids })
     }
 
     /// Whether it was made with PCIDs.

@@ -112,6 +112,16 @@ impl Reg {
     }
 }
 
+/// Whether `vector` is pending on this CPU: requested and not yet taken (its bit in the
+/// interrupt request register). For the consistency check, which asks a CPU stopped with
+/// interrupts off whether an interrupt it sent itself still waits.
+pub fn pending(vector: u8) -> bool {
+    // SAFETY: a read of one of this CPU's interrupt request registers (no side effect), in the
+    // mode `configure` recorded.
+    let irr = unsafe { Reg(0x200 + 0x10 * (vector as u64 / 32)).read() };
+    irr & 1 << (vector % 32) != 0
+}
+
 /// This CPU's local APIC ID as its APIC reports it (after [`configure`] on the bootstrap CPU):
 /// in xAPIC mode bits 31:24 of the ID register, which firmware may have rewritten (some
 /// xAPICs take writes), so that it need not be the initial ID CPUID reports; in x2APIC mode

@@ -158,7 +158,8 @@ pub mod inject {
     pub const SLOW_FAULT: u32 = 524288;
     /// A port (0x3e8) opened in the bootstrap CPU's I/O permission bitmap without being
     /// recorded among the ranges that CPU has open (as a switch that forgot to close it would
-    /// leave it).
+    /// leave it), and the last CPU marked as owing itself a re-read of its ranges with no
+    /// interrupt sent to do it.
     pub const IOMAP: u32 = 1 << 20;
     /// What a bad `inject=` value is told to be instead (every name in [`NAMES`]: a host test
     /// holds the two together).
