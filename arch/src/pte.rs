@@ -36,10 +36,21 @@ pub const PF_WRITE: u64 = 1 << 1;
 /// instruction. Only one case is told wrong: an instruction that ends less than 15 bytes
 /// before a page boundary and reads the next page, which is not mapped, is reported as a fetch
 /// (its length would tell; the kernel does not decode instructions).
+///
+/// At a kernel address (the upper half) the code is a protection fault whether or not the
+/// kernel maps the page (as Linux reports it): the CPU's present bit there would tell a task
+/// with a fault handler which kernel pages are mapped — the physical memory map, the device
+/// window, the kernel stacks — page by page. The fetch bit is decided as for a page that is
+/// not mapped.
 pub fn fault_error(error: u64, addr: u64, rip: u64, hw_reports: bool) -> u64 {
     const PRESENT: u64 = 1 << 0;
     const RSVD: u64 = 1 << 3;
     const PK: u64 = 1 << 5;
+    if addr >= crate::layout::USER_END {
+        let e = error & !(PRESENT | RSVD | PK);
+        let fetch = !hw_reports && e & PF_WRITE == 0 && addr.wrapping_sub(rip) < 15;
+        return e | PRESENT | if fetch { PF_FETCH } else { 0 };
+    }
     if hw_reports || error & (PRESENT | PF_WRITE | RSVD | PK) != 0 {
         return error;
     }
@@ -49,6 +60,27 @@ pub fn fault_error(error: u64, addr: u64, rip: u64, hw_reports: bool) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// At a kernel address the code is the same whether the page is mapped (the CPU's present
+    /// bit set) or not: a protection fault, with the fetch bit as for a page not mapped.
+    #[test]
+    fn fault_error_hides_kernel_mappings() {
+        const K: u64 = 0xffff_8000_0000_0000;
+        for hw in [false, true] {
+            // A read, a write, a fetch (with NX the CPU's bit), present or not.
+            assert_eq!(fault_error(0x4, K, 0x1000, hw), fault_error(0x5, K, 0x1000, hw));
+            assert_eq!(fault_error(0x5, K, 0x1000, hw), 0x5);
+            assert_eq!(fault_error(0x6, K + 8, 0x1000, hw), 0x7);
+            assert_eq!(fault_error(0x7, K + 8, 0x1000, hw), 0x7);
+            assert_eq!(fault_error(0x14, K, K, hw), fault_error(0x15, K, K, hw));
+            assert_eq!(fault_error(0x15, K, K, true), 0x15);
+            // A reserved-bit fault is never told either.
+            assert_eq!(fault_error(0xd, K, 0x1000, hw), 0x5);
+        }
+        // Without NX a fetch is told by the address, as for a user page that is not mapped.
+        assert_eq!(fault_error(0x5, K + 3, K, false), 0x15);
+        assert_eq!(fault_error(0x5, K + 15, K, false), 0x5);
+    }
 
     #[test]
     fn fault_error_fetch_bit_without_nx() {
@@ -69,7 +101,8 @@ mod tests {
         assert_eq!(fault_error(0x24, 0x1000, 0x1000, false), 0x24);
         // No wrap-around at the top of the address space.
         assert_eq!(fault_error(0x4, 3, u64::MAX - 2, false), 0x14);
-        assert_eq!(fault_error(0x4, u64::MAX, 3, false), 0x4);
+        // (The top page is a kernel address: a protection fault, whatever maps it.)
+        assert_eq!(fault_error(0x4, u64::MAX, 3, false), 0x5);
     }
 
     #[test]

@@ -571,7 +571,8 @@ pub mod fault {
     /// Word 3: the exception's error code (0 if it has none). Page faults: bit 0 protection
     /// (else not mapped), bit 1 write, bit 2 user, bit 4 instruction fetch (on a CPU without NX,
     /// which does not report fetches, the kernel sets it for a read of an unmapped page within
-    /// 15 bytes of the instruction pointer: `rl4_arch::pte::fault_error`).
+    /// 15 bytes of the instruction pointer: `rl4_arch::pte::fault_error`). At a kernel address
+    /// bit 0 is always set, whether the kernel maps the page or not.
     pub const W_ERROR: usize = 3;
     /// Vector of a page fault.
     pub const PAGE_FAULT: u64 = 14;

@@ -465,6 +465,59 @@ fn test_echoed_fault_keeps_the_server_serving() {
     );
 }
 
+/// A user access to a kernel address says nothing of the kernel's page tables: a child reads
+/// the direct map's first page (physical 0: mapped for the kernel) and then, moved on by its
+/// handler's reply (`SET_RAX`), its last page (64 TiB up: past any RAM, mapped by nothing); the
+/// two faults' error codes are the same, a protection fault on a read from user mode (0x5).
+/// Before the forty-first session the code was the CPU's own — present (0x5) for the first,
+/// not present (0x4) for the second — so a task with a fault handler could map out the
+/// kernel's half page by page (the physical memory map, the device window, the kernel stacks;
+/// a review found it).
+fn test_kernel_address_faults_alike() {
+    check(
+        "fault-kernel-addresses-look-alike",
+        "a read of a kernel page that is mapped and of one that is not fault with the same error code",
+        |ep| {
+            // The kernel's direct map (`arch::layout::DIRECT_MAP`, 64 TiB: docs/memory.md).
+            const MAPPED: u64 = 0xffff_8000_0000_0000;
+            const UNMAPPED: u64 = MAPPED + (64 << 40) - PAGE_SIZE;
+            let kid = Kid::new(ep, 4, 0, MAPPED, 1).map_err(|_| "child set-up failed")?;
+            kid.start().map_err(|_| "resume")?;
+            let mut codes = [u64::MAX; 2];
+            let r = (|| {
+                let (_, kind, addr, _, _) = next_fault(ep)?;
+                if (kind, addr) != (fault::PAGE_FAULT, START_VA) {
+                    return Err("the first fault is not the start's fetch");
+                }
+                sys::reply(&Msg { tag: Tag::new(fault::RESUME, 2, 0), badge: 0, w: [SET_IP, CODE_VA, 0, 0] }).map_err(|_| "reply")?;
+                let (_, _, addr, _, _) = next_fault(ep)?;
+                if addr != CODE_VA {
+                    return Err("the second fault is not the routine's fetch");
+                }
+                map_code(kid.space).map_err(|_| "mapping the code failed")?;
+                sys::reply(&resume_msg()).map_err(|_| "reply")?;
+                for (i, want) in [MAPPED, UNMAPPED].into_iter().enumerate() {
+                    let (_, kind, addr, _, err) = next_fault(ep)?;
+                    if (kind, addr) != (fault::PAGE_FAULT, want) {
+                        return Err("a fault not at the kernel address read");
+                    }
+                    codes[i] = err;
+                    let next = if i == 0 { Msg { tag: Tag::new(fault::RESUME, 4, 0), badge: 0, w: [SET_RAX, 0, 0, UNMAPPED] } } else { stop_msg() };
+                    sys::reply(&next).map_err(|_| "reply")?;
+                }
+                Ok(())
+            })();
+            kid.end();
+            r?;
+            if codes != [0x5, 0x5] {
+                rl4_user::println!("root: fault-kernel-addresses-look-alike: error codes {:#x} (mapped) and {:#x} (not mapped)", codes[0], codes[1]);
+                return Err("the error codes tell the kernel's mapped pages from its holes");
+            }
+            Ok(())
+        },
+    );
+}
+
 fn test_stop_and_bad_replies() {
     check("fault-ipc-stop", "the handler replies \"stop\": the thread is Faulted", |ep| {
         let kid = faulted_kid(ep, 1, cpus() - 1)?;
@@ -1381,6 +1434,7 @@ pub fn run() {
     test_lazy();
     test_cow();
     test_stop_and_bad_replies();
+    test_kernel_address_faults_alike();
     test_echoed_fault_keeps_the_server_serving();
     test_no_reply();
     test_handler_gone();
