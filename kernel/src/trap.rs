@@ -16,8 +16,10 @@ fn interrupt(vector: u8) {
             sched::tick();
         }
         lapic::VEC_RESCHED => {
-            cpus::resched_interrupt();
+            // The ranges first, then the count a sender may wait for (the boot's IPI check):
+            // once counted, the interrupt has done all its work.
             crate::device::on_resched();
+            cpus::resched_interrupt();
         }
         v if (crate::irq::VEC_BASE..crate::irq::VEC_BASE + crate::irq::LINES as u8).contains(&v) => {
             crate::irq::interrupt((v - crate::irq::VEC_BASE) as usize)
