@@ -466,6 +466,14 @@ fn turn_off() {
     crate::percpu::set_fpu_off(true);
 }
 
+/// Whether this CPU's FPU/SIMD registers are off in hardware (`CR0.TS` set: the next such
+/// instruction raises `#NM`), read from the control register itself, not from the per-CPU record
+/// (`percpu::fpu_off`): for the consistency check, which holds the two, and a running thread's
+/// first use, against each other.
+pub fn off_in_hardware() -> bool {
+    Cr0::read().contains(Cr0Flags::TASK_SWITCHED)
+}
+
 /// `FpuState::save` with `XSAVE` or `FXSAVE` (CPUs without `XSAVEOPT`).
 ///
 /// # Safety

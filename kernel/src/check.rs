@@ -41,7 +41,9 @@
 //!   its running task's, or ports its task has open while an open's interrupt is on its way;
 //!   a CPU that owes itself a re-read of them (it answered or made a close while running no
 //!   thread) may hold anything until then, but must have the reschedule interrupt that does
-//!   it pending (`device::check_cpu`).
+//!   it pending (`device::check_cpu`). Its FPU/SIMD registers are off in hardware (`CR0.TS`)
+//!   exactly when its record says so and, running a thread, exactly when that thread has not
+//!   used them.
 //! * **The direct map's memory types.** Each of its pages is write-back where memory is and
 //!   uncached elsewhere (`mem::direct_ranges`), and no page of the kernel's device window (local
 //!   APIC, I/O APICs, HPET) and no device page is mapped write-back there.
@@ -112,11 +114,21 @@ fn hold() {
 struct SeenRoot {
     root: AtomicU64,
     resched_pending: AtomicBool,
+    /// Its FPU/SIMD registers off in hardware (`CR0.TS`), and as its per-CPU record says.
+    fpu_off: AtomicBool,
+    fpu_off_recorded: AtomicBool,
     asked: AtomicU64,
 }
 
-static SEEN_ROOTS: [SeenRoot; MAX_CPUS] =
-    [const { SeenRoot { root: AtomicU64::new(0), resched_pending: AtomicBool::new(false), asked: AtomicU64::new(0) } }; MAX_CPUS];
+static SEEN_ROOTS: [SeenRoot; MAX_CPUS] = [const {
+    SeenRoot {
+        root: AtomicU64::new(0),
+        resched_pending: AtomicBool::new(false),
+        fpu_off: AtomicBool::new(false),
+        fpu_off_recorded: AtomicBool::new(false),
+        asked: AtomicU64::new(0),
+    }
+}; MAX_CPUS];
 /// The number of the last check that asked the stopped CPUs for their roots.
 static ROOTS_ASKED: AtomicU64 = AtomicU64::new(0);
 
@@ -127,6 +139,8 @@ fn read_root() {
     if seen.asked.load(SeqCst) != asked {
         seen.root.store(paging::current_pml4(), SeqCst);
         seen.resched_pending.store(lapic::pending(lapic::VEC_RESCHED), SeqCst);
+        seen.fpu_off.store(rl4_arch::fpu::off_in_hardware(), SeqCst);
+        seen.fpu_off_recorded.store(percpu::fpu_off(), SeqCst);
         seen.asked.store(asked, SeqCst);
     }
 }
@@ -717,6 +731,18 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
         if let Some(t) = current {
             if root != t.space.pml4.addr() {
                 fail!(r, "cpu {i}: runs thread {} but translates with root {root:#x}, not its space's ({:#x})", t.id, t.space.pml4.addr());
+            }
+        }
+        // Its FPU/SIMD registers: off in hardware exactly when its record says so and, running
+        // a thread, exactly when that thread has not used them (`arch::fpu`'s "First use": such
+        // a thread runs over registers reset to the default, and its first use traps).
+        let (off, recorded) = (SEEN_ROOTS[i].fpu_off.load(SeqCst), SEEN_ROOTS[i].fpu_off_recorded.load(SeqCst));
+        if off != recorded {
+            fail!(r, "cpu {i}: its FPU/SIMD registers are {} in hardware, but its record says {}", if off { "off" } else { "on" }, if recorded { "off" } else { "on" });
+        }
+        if let Some(t) = current {
+            if t.fpu.used() == off {
+                fail!(r, "cpu {i}: runs thread {}, which has {}used the FPU/SIMD registers, with them {}", t.id, if off { "" } else { "not " }, if off { "off" } else { "on" });
             }
         }
         let pending = SEEN_ROOTS[i].resched_pending.load(SeqCst);
