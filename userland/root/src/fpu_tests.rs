@@ -106,6 +106,9 @@ fn phase(bi: &BootInfo, name: &str, mode: u64, what: &str, goal: &Goal, split: b
     let faulted = || ts.iter().any(|&t| t != 0 && state(t) == Some(ThreadState::Faulted));
     let gaps = || (1..=4).map(|k| r(k, rec::GAPS)).sum::<u64>();
     let reached = wait_ms(goal.ms, || faulted() || (gaps() >= goal.gaps && r(1, rec::IPCS) >= goal.ipcs));
+    // The consistency check while the threads that use the registers still run: each CPU's
+    // `CR0.TS` against its record and against its running thread's first use (`check.rs`).
+    let checked = sys::kernel_check(MACHINE);
     w(header::STOP).store(1, SeqCst);
     let stopped = wait_ms(3000, || [client, rspin].iter().all(|&t| matches!(state(t), Some(ThreadState::Dead | ThreadState::Faulted))));
     let fault = faulted();
@@ -134,6 +137,7 @@ fn phase(bi: &BootInfo, name: &str, mode: u64, what: &str, goal: &Goal, split: b
     release(ep);
     release(nap);
     let ok = dirty.is_none()
+        && matches!(checked, Ok([0, _, _]))
         && !fault
         && started
         && stopped
@@ -175,9 +179,11 @@ fn phase(bi: &BootInfo, name: &str, mode: u64, what: &str, goal: &Goal, split: b
             name,
             ok,
             format_args!(
-                "{what}: 4 new threads of 2 tasks {on} started clean, then {checks} looks, {g} times switched out, {ipcs} IPC round trips ({fast} fast-path IPC operations), {kept} switches that loaded nothing, 0 wrong values{}",
+                "{what}: 4 new threads of 2 tasks {on} started clean, then {checks} looks, {g} times switched out, {ipcs} IPC round trips ({fast} fast-path IPC operations), {kept} switches that loaded nothing, 0 wrong values; the consistency check while they ran {checked:?}{}",
                 if ok {
                     ""
+                } else if !matches!(checked, Ok([0, _, _])) {
+                    "; the consistency check failed"
                 } else if split && kept < ipcs / 4 {
                     "; fewer switches loaded nothing than a quarter of the round trips (stat::FPU_KEPT)"
                 } else if late && 2 * fast < 3 * ipcs {
