@@ -34,9 +34,10 @@
 //!   frame objects like any other, owned by its mappings. A device frame (`DeviceMemGet`) is
 //!   no allocator frame: it must be one of the device pages fixed at boot, the only live frame
 //!   object of its page, and mapped uncached and never executable.
-//! * **Each CPU's MMU and I/O permission bitmap.** Once every CPU has stopped, each reads the
-//!   root its MMU translates with ([`read_roots`]): it must be the root the CPU published
-//!   (which TLB shoot-downs go by) and, if the CPU runs a thread, that thread's space's. Its
+//! * **Each CPU's MMU, I/O permission bitmap and FPU.** Once every CPU has stopped, each reads
+//!   its own hardware ([`read_stopped_cpus`]). The root its MMU translates with must be the
+//!   root the CPU published (which TLB shoot-downs go by) and, if the CPU runs a thread, that
+//!   thread's space's. Its
 //!   I/O permission bitmap must open exactly the port ranges it records, and those must be
 //!   its running task's, or ports its task has open while an open's interrupt is on its way;
 //!   a CPU that owes itself a re-read of them (it answered or made a close while running no
@@ -103,15 +104,16 @@ fn hold() {
     HELD.fetch_add(1, SeqCst);
     while FROZEN.load(SeqCst) {
         crate::tlb::service_tlb_here();
-        read_root();
+        read_own();
         cpu::relax();
     }
     HELD.fetch_sub(1, SeqCst);
 }
 
-/// The root each CPU's MMU translates with, and whether the reschedule interrupt is pending
-/// there, as the CPU itself read them for the check whose number is `asked` ([`read_roots`]).
-struct SeenRoot {
+/// What each CPU read of its own hardware for the check whose number is `asked`
+/// ([`read_stopped_cpus`]): the root its MMU translates with, whether the reschedule interrupt is
+/// pending there, and whether its FPU/SIMD registers are off.
+struct SeenCpu {
     root: AtomicU64,
     resched_pending: AtomicBool,
     /// Its FPU/SIMD registers off in hardware (`CR0.TS`), and as its per-CPU record says.
@@ -120,8 +122,8 @@ struct SeenRoot {
     asked: AtomicU64,
 }
 
-static SEEN_ROOTS: [SeenRoot; MAX_CPUS] = [const {
-    SeenRoot {
+static SEEN: [SeenCpu; MAX_CPUS] = [const {
+    SeenCpu {
         root: AtomicU64::new(0),
         resched_pending: AtomicBool::new(false),
         fpu_off: AtomicBool::new(false),
@@ -129,13 +131,14 @@ static SEEN_ROOTS: [SeenRoot; MAX_CPUS] = [const {
         asked: AtomicU64::new(0),
     }
 }; MAX_CPUS];
-/// The number of the last check that asked the stopped CPUs for their roots.
-static ROOTS_ASKED: AtomicU64 = AtomicU64::new(0);
+/// The number of the last check that asked the stopped CPUs to read their own hardware.
+static ASKED: AtomicU64 = AtomicU64::new(0);
 
-/// In [`hold`], and by the checker for itself: this CPU reads its root for the check that asks.
-fn read_root() {
-    let asked = ROOTS_ASKED.load(SeqCst);
-    let seen = &SEEN_ROOTS[percpu::cpu_index() as usize % MAX_CPUS];
+/// In [`hold`], and by the checker for itself: this CPU reads its own hardware for the check
+/// that asks.
+fn read_own() {
+    let asked = ASKED.load(SeqCst);
+    let seen = &SEEN[percpu::cpu_index() as usize % MAX_CPUS];
     if seen.asked.load(SeqCst) != asked {
         seen.root.store(paging::current_pml4(), SeqCst);
         seen.resched_pending.store(lapic::pending(lapic::VEC_RESCHED), SeqCst);
@@ -145,16 +148,16 @@ fn read_root() {
     }
 }
 
-/// Once every CPU has stopped: each reads the root its MMU translates with. Asked only now,
-/// not as it stops: a CPU stopped in `hold` may yet answer a TLB shoot-down that loads the
+/// Once every CPU has stopped: each reads its own hardware ([`read_own`]). Asked only now, not
+/// as it stops: a CPU stopped in `hold` may yet answer a TLB shoot-down that loads the
 /// kernel's root (a space's destruction), until its shooter has its answer and stops too;
 /// once all have stopped, nothing changes a root or an I/O permission bitmap. Whether every
 /// CPU answered within the stop's wait.
-fn read_roots(me: usize) -> bool {
-    let asked = ROOTS_ASKED.fetch_add(1, SeqCst) + 1;
-    read_root();
+fn read_stopped_cpus(me: usize) -> bool {
+    let asked = ASKED.fetch_add(1, SeqCst) + 1;
+    read_own();
     wait_until(STOP_WAIT_US, || {
-        (0..MAX_CPUS).filter(|&i| i != me && sched::cpu_online(i as u64)).all(|i| SEEN_ROOTS[i].asked.load(SeqCst) == asked)
+        (0..MAX_CPUS).filter(|&i| i != me && sched::cpu_online(i as u64)).all(|i| SEEN[i].asked.load(SeqCst) == asked)
     })
 }
 
@@ -202,7 +205,7 @@ pub fn run(caller: &Arc<Thread>) -> Result<[u64; 3], Error> {
         cpus::send_ipi(i, lapic::VEC_FREEZE);
         n_others += 1;
     }
-    let stopped = wait_until(STOP_WAIT_US, || HELD.load(SeqCst) == n_others) && sched::online_count() == n_others as u64 + 1 && read_roots(me);
+    let stopped = wait_until(STOP_WAIT_US, || HELD.load(SeqCst) == n_others) && sched::online_count() == n_others as u64 + 1 && read_stopped_cpus(me);
     let result = if stopped {
         match check_all(caller) {
             Ok(r) => {
@@ -721,9 +724,9 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
             count_in(&mut seen, key(th), &mut unregistered, |x| x.current += 1);
         }
         // What the CPU's MMU and I/O permission bitmap hold: the root it read itself
-        // ([`read_roots`]) is the one it published for TLB shoot-downs and, running a thread,
-        // that thread's space's; its bitmap follows `device::check_cpu`'s rules.
-        let root = SEEN_ROOTS[i].root.load(SeqCst);
+        // ([`read_stopped_cpus`]) is the one it published for TLB shoot-downs and, running a
+        // thread, that thread's space's; its bitmap follows `device::check_cpu`'s rules.
+        let root = SEEN[i].root.load(SeqCst);
         let published = cs.tlb.shared.loaded();
         if root != published {
             fail!(r, "cpu {i}: translates with root {root:#x}, not the root it published ({published:#x}), which TLB shoot-downs go by");
@@ -736,7 +739,7 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
         // Its FPU/SIMD registers: off in hardware exactly when its record says so and, running
         // a thread, exactly when that thread has not used them (`arch::fpu`'s "First use": such
         // a thread runs over registers reset to the default, and its first use traps).
-        let (off, recorded) = (SEEN_ROOTS[i].fpu_off.load(SeqCst), SEEN_ROOTS[i].fpu_off_recorded.load(SeqCst));
+        let (off, recorded) = (SEEN[i].fpu_off.load(SeqCst), SEEN[i].fpu_off_recorded.load(SeqCst));
         if off != recorded {
             fail!(r, "cpu {i}: its FPU/SIMD registers are {} in hardware, but its record says {}", if off { "off" } else { "on" }, if recorded { "off" } else { "on" });
         }
@@ -745,7 +748,7 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
                 fail!(r, "cpu {i}: runs thread {}, which has {}used the FPU/SIMD registers, with them {}", t.id, if off { "" } else { "not " }, if off { "off" } else { "on" });
             }
         }
-        let pending = SEEN_ROOTS[i].resched_pending.load(SeqCst);
+        let pending = SEEN[i].resched_pending.load(SeqCst);
         crate::device::check_cpu(i, &cs.tlb, pending, current.as_deref(), |what| fail!(r, "cpu {i}: {what}"));
     }
     for (cpu, what) in cpu_faults {

@@ -534,8 +534,8 @@ fn reload(loaded: &AtomicU64, sp: &Space) {
 /// slot, if the CPU holds their generation, else every port they open is open in its task (an
 /// open's interrupt may still be on its way: it waits for nobody) — unless the CPU owes itself
 /// a re-read ([`resync_later`]: it answered or made a close while running no thread), which
-/// needs the reschedule interrupt it sent itself pending (`resched_pending`, read by the CPU
-/// as it stopped). A CPU running no thread (idle) may keep a task's ranges it ran last: no user
+/// needs the reschedule interrupt it sent itself pending (`resched_pending`, which the CPU read
+/// itself once every CPU had stopped). A CPU running no thread (idle) may keep a task's ranges it ran last: no user
 /// instruction runs there before a switch, which re-reads them. `bad` gets each violation.
 pub(crate) fn check_cpu(
     cpu: usize,
