@@ -551,7 +551,7 @@ pub(crate) fn check_cpu(
     let (Some(map), Some(loaded)) = (rl4_arch::ioport::of_cpu(cpu), LOADED.get(cpu)) else { return };
     let recorded: [u64; IO_RANGES] = core::array::from_fn(|i| loaded[i].load(Ordering::Relaxed));
     let ranges: [Option<Ports>; IO_RANGES] = recorded.map(Ports::unpack);
-    if let Some(p) = map.first_disagreement(|p| ranges.iter().flatten().any(|r| r.base <= p && (p as u32) < r.end())) {
+    if let Some(p) = map.first_disagreement(|p| ranges.iter().flatten().any(|r| r.contains(p as u32))) {
         bad(format_args!("its I/O permission bitmap does not open exactly the port ranges it records (port {p:#x})"));
     }
     let Some(t) = current else { return };

@@ -75,6 +75,10 @@ impl Ports {
     pub fn end(self) -> u32 {
         self.base as u32 + self.count
     }
+    /// Whether port `p` is one of the range's.
+    pub fn contains(self, p: u32) -> bool {
+        self.base as u32 <= p && p < self.end()
+    }
     pub fn overlaps(self, o: Ports) -> bool {
         (self.base as u32) < o.end() && (o.base as u32) < self.end()
     }
@@ -206,7 +210,7 @@ pub fn covered(r: Ports, open: &[u64]) -> bool {
     let mut at = r.base as u32;
     while at < r.end() {
         // The furthest end of a range that holds `at`: the ports before it are covered.
-        match open.iter().filter_map(|&w| Ports::unpack(w)).filter(|o| o.base as u32 <= at && at < o.end()).map(Ports::end).max() {
+        match open.iter().filter_map(|&w| Ports::unpack(w)).filter(|o| o.contains(at)).map(Ports::end).max() {
             Some(end) => at = end,
             None => return false,
         }
