@@ -820,7 +820,8 @@ pub fn current_pml4() -> u64 {
     Cr3::read_raw().0.start_address().as_u64()
 }
 
-/// Drops every non-global TLB entry of this CPU (all PCIDs).
+/// Drops this CPU's TLB entries for user mappings, of every PCID: with PCIDs on, every entry,
+/// global ones included (the CR4.PGE toggle); without, every non-global one (a CR3 reload).
 pub fn flush_tlb_all_user() {
     // Toggling CR4.PGE flushes everything, all PCIDs included; reloading CR3 is enough without
     // PCIDs.

@@ -8,7 +8,7 @@
 //! in the order they may be taken (a thread's `Life` has no lock of its own: its home CPU's
 //! lock guards it, so that a hand-over between two threads of one CPU takes one lock; two
 //! home locks are held together only to move a thread to another home, in the order of their
-//! addresses: [`HomeMutex::rehome`]; "a thread's lock" elsewhere means its home's lock). Under
+//! addresses: [`HomeMutex::rehome_when`]; "a thread's lock" elsewhere means its home's lock). Under
 //! a home lock no `Life` is locked again (all threads of the home share it: it would never come
 //! free; a `lockcheck` kernel's `HomeMutex::lock` stops with a message instead) and nothing is
 //! destroyed:
@@ -312,11 +312,12 @@ impl<T> HomeMutex<T> {
         self.h.get_mut()
     }
 
-    /// Moves it to CPU `to`'s home and runs `f` on it with both homes' locks held, taken in the
-    /// order of their addresses (counted as one acquisition of level `THREAD`).
-    pub fn rehome<R>(&self, to: u32, f: impl FnOnce(&mut T) -> R) -> R {
+    /// Moves it to CPU `to`'s home if `f`, run on it with both homes' locks held (taken in the
+    /// order of their addresses, counted as one acquisition of level `THREAD`), agrees: on
+    /// `Err` the value stays at its home (`rl4_core::homelock::Homed::rehome_when`).
+    pub fn rehome_when<R, E>(&self, to: u32, f: impl FnOnce(&mut T) -> Result<R, E>) -> Result<R, E> {
         acquire(Level::THREAD);
-        let r = self.h.rehome_waiting(home_lock(to), crate::tlb::service_tlb_if_up, f);
+        let r = self.h.rehome_when(home_lock(to), crate::tlb::service_tlb_if_up, f);
         release(Level::THREAD);
         r
     }

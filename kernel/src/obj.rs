@@ -1598,7 +1598,7 @@ pub struct Thread {
     pub space: Arc<Space>,
     /// Its state, place, scheduling parameters and reply right: every change is a transition
     /// of [`Life`], made under the lock of its home CPU (`Life::cpu`, which only
-    /// `thread::set_affinity` changes, through `HomeMutex::rehome`).
+    /// `thread::set_affinity` changes, through `HomeMutex::rehome_when`).
     pub life: crate::lock::HomeMutex<Life>,
     /// Its link in a CPU's inbox (`rl4_core::mailbox`), used while its `Life` says
     /// `Place::Queued` and it was pushed there.

@@ -297,7 +297,7 @@ fn inject(what: u32, memory: &Arc<Memory>, task: &Arc<Task>) {
         let _ = memory.charge(4096);
     }
     if what & LOCKS != 0 {
-        // Against the lock order (never two home locks at once outside `HomeMutex::rehome`:
+        // Against the lock order (never two home locks at once outside `HomeMutex::rehome_when`:
         // counted by a `lockcheck` kernel) and against reclamation (a kernel object destroyed
         // under a lock: counted always). The two threads have different homes (never placed,
         // the second's need not be a CPU that exists): one home's lock taken twice would never

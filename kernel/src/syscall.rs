@@ -682,13 +682,13 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             if a1 > MAX_PRIORITY || a1 > t.life.lock().mcp as u64 {
                 return Err(Error::InvalidPriority);
             }
-            thread::set_priority(&th, a1 as u8);
+            thread::set_priority(&th, a1 as u8).map_err(|_| Error::InvalidState)?;
             Ok([0; 3])
         }
         Sys::ThreadSetAffinity => {
             let th = thread_obj(task, a0, Rights::WRITE)?;
             let cpu = check_cpu(a1)?;
-            thread::set_affinity(&th, cpu);
+            thread::set_affinity(&th, cpu).map_err(|_| Error::InvalidState)?;
             Ok([0; 3])
         }
         Sys::ThreadSetArg => {

@@ -287,23 +287,25 @@ pub fn resume(t: &Arc<Thread>) -> Result<(), Refused> {
 /// and the CPU whose queue holds it passes it on at its next decision (a request: before the
 /// fifteenth session it waited until that CPU popped it, which a CPU kept busy by a thread of
 /// higher priority never did, so that moving a starved thread to an idle CPU did nothing).
-pub fn set_affinity(t: &Arc<Thread>, cpu: u32) {
+/// Refused (a `Dead` thread: `Life::set_cpu`), its home stays.
+pub fn set_affinity(t: &Arc<Thread>, cpu: u32) -> Result<(), Refused> {
     // Its home moves with it (the only place `Life::cpu` changes): both CPUs' home locks.
-    t.life.rehome(cpu, |l| {
-        l.cpu = cpu;
+    t.life.rehome_when(cpu, |l| {
+        l.set_cpu(cpu)?;
         match l.place() {
             rl4_core::life::Place::Current(c) if c != cpu => sched::kick(c),
             // Not urgent: that CPU's next tick decides at the latest.
             rl4_core::life::Place::Queued(c) if c != cpu => sched::request(c, t, || false),
             _ => {}
         }
-    });
+        Ok(())
+    })
 }
 
-/// `ThreadSetPriority`.
-pub fn set_priority(t: &Arc<Thread>, prio: u8) {
+/// `ThreadSetPriority`; refused for a `Dead` thread (`Life::set_prio`).
+pub fn set_priority(t: &Arc<Thread>, prio: u8) -> Result<(), Refused> {
     let mut l = t.life.lock();
-    let old = core::mem::replace(&mut l.prio, prio);
+    let old = l.set_prio(prio)?;
     let sending = old != prio && matches!(l.state(), State::Blocked { wait: Wait::Send { .. } | Wait::FaultSend { .. } | Wait::Notify { .. }, .. });
     match l.place() {
         // Running on `c`: lowered, it may now be outranked there (and `c` published its old
@@ -323,6 +325,7 @@ pub fn set_priority(t: &Arc<Thread>, prio: u8) {
     if sending {
         resort_sender(t);
     }
+    Ok(())
 }
 
 /// A thread whose priority changed while it waits in an endpoint's send queue (`Send`, `Call`,

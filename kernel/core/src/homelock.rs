@@ -236,7 +236,16 @@ impl<T> Homed<T> {
 
     /// [`rehome`](Homed::rehome), calling `wait` while another CPU holds a lock it needs (as
     /// [`lock_waiting`](Homed::lock_waiting)).
-    pub fn rehome_waiting<R>(&self, to: &'static HomeLock, mut wait: impl FnMut(), f: impl FnOnce(&mut T) -> R) -> R {
+    pub fn rehome_waiting<R>(&self, to: &'static HomeLock, wait: impl FnMut(), f: impl FnOnce(&mut T) -> R) -> R {
+        match self.rehome_when(to, wait, |v| Ok::<R, core::convert::Infallible>(f(v))) {
+            Ok(r) => r,
+        }
+    }
+
+    /// [`rehome_waiting`](Homed::rehome_waiting) if `f`, called with both homes' locks held
+    /// before the home changes, agrees (`Ok`); on `Err` the value stays where it was (what `f`
+    /// did to it stays too: it must change nothing before it refuses).
+    pub fn rehome_when<R, E>(&self, to: &'static HomeLock, mut wait: impl FnMut(), f: impl FnOnce(&mut T) -> Result<R, E>) -> Result<R, E> {
         loop {
             let from = self.home.load(Relaxed);
             let (a, b) = if (from as usize) <= (ptr_of(to) as usize) { (lock_at(from), to) } else { (to, lock_at(from)) };
@@ -247,10 +256,12 @@ impl<T> Homed<T> {
             }
             let moved = self.home.load(Relaxed) != from;
             if !moved {
-                self.home.store(ptr_of(to), Relaxed);
-            }
-            if !moved {
+                // Both locks held: nobody else reaches the value, whatever its home says, until
+                // they are released, so the home may change after `f` as well as before.
                 let r = self.with_locked(f);
+                if r.is_ok() {
+                    self.home.store(ptr_of(to), Relaxed);
+                }
                 if !same {
                     b.release();
                 }

@@ -336,6 +336,28 @@ impl<K: Kinds> Life<K> {
         matches!(self.state, State::Dead)
     }
 
+    // ---- its scheduling parameters (no state changes) -----------------------------------
+
+    /// `ThreadSetPriority`: its priority from now on; returns the old one. Refused for a `Dead`
+    /// thread, which never runs again (before the forty-second session the call answered
+    /// success and `ThreadInfo` showed the new value).
+    pub fn set_prio(&mut self, prio: u8) -> Result<u8, Refused> {
+        if self.is_dead() {
+            return self.refuse();
+        }
+        Ok(core::mem::replace(&mut self.prio, prio))
+    }
+
+    /// `ThreadSetAffinity`: the CPU it runs on from now on (its home moves with it: the caller
+    /// holds both homes' locks). Refused for a `Dead` thread, as [`Life::set_prio`].
+    pub fn set_cpu(&mut self, cpu: u32) -> Result<(), Refused> {
+        if self.is_dead() {
+            return self.refuse();
+        }
+        self.cpu = cpu;
+        Ok(())
+    }
+
     /// Whether state and place agree: never `Blocked` (or `Inactive`) while queued.
     pub fn consistent(&self) -> bool {
         !matches!((&self.state, self.place), (State::Blocked { .. } | State::Inactive, Place::Queued(_)))
@@ -1256,6 +1278,28 @@ mod tests {
         assert!(matches!(s.cancelled, Some(Wait::FaultReply { ticket: 8 })));
         assert!(l.wake(WaitOn::Fault(8)).is_err());
         assert_eq!(l.resume(), Ok(false), "still current on its CPU");
+    }
+
+    /// A priority and a CPU are taken in every state but `Dead`, which keeps its own and
+    /// changes nothing else (`ThreadSetPriority`, `ThreadSetAffinity`).
+    #[test]
+    fn scheduling_parameters_refused_only_when_dead() {
+        const ALL: [ThreadState; 11] = [I, R, X, S, F, D, BS, BR, BP, BN, BF];
+        for s in ALL {
+            for current in [false, true] {
+                let mut l = in_state(s, current);
+                let place = l.place();
+                let (p, c) = (l.set_prio(3), l.set_cpu(2));
+                if s == D {
+                    assert_eq!((p, c), (Err(Refused(D)), Err(Refused(D))));
+                    assert_eq!((l.prio, l.cpu), (10, 0), "a dead thread keeps its priority and CPU");
+                } else {
+                    assert_eq!((p, c), (Ok(10), Ok(())), "from {s:?}");
+                    assert_eq!((l.prio, l.cpu), (3, 2));
+                }
+                assert_eq!((l.view(), l.place()), (s, place), "no state or place changes, from {s:?}");
+            }
+        }
     }
 
     #[test]

@@ -105,6 +105,33 @@ fn other_against_rehome() {
     });
 }
 
+/// A move that its closure refuses (`rehome_when`) leaves the value at its home, against a
+/// CPU that locks it meanwhile: that CPU's change is kept, and later locks find it there.
+#[test]
+fn refused_rehome_stays_home() {
+    model(None, || {
+        let h = homes();
+        let v = Arc::new(Homed::new(&h[0], 0u64));
+        let mover = {
+            let v = v.clone();
+            thread::spawn(move || v.rehome_when(&h[1], || {}, |x| if *x >= 10 { Err(*x) } else { Ok(*x += 1) }))
+        };
+        v.lock().with(|x| *x += 10);
+        let moved = mover.join().unwrap();
+        match moved {
+            Ok(()) => {
+                assert_eq!(read(&v), 11);
+                assert!(v.is_home(&h[1]));
+            }
+            Err(seen) => {
+                assert_eq!(seen, 10);
+                assert_eq!(read(&v), 10);
+                assert!(v.is_home(&h[0]), "a refused move changes no home");
+            }
+        }
+    });
+}
+
 #[test]
 fn opposite_rehomes() {
     model(None, || {

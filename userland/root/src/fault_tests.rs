@@ -1188,28 +1188,43 @@ fn test_umip() {
 /// A thread of a task whose end has run takes neither an IPC buffer nor a fault handler:
 /// `InvalidState` for both, as while the end is under way. Before the thirty-sixth session
 /// `SetIpcBuffer` looked the page up first, in the space the end had emptied, and answered
-/// `NotMapped` (a review found it).
+/// `NotMapped` (a review found it). Nor, now `Dead`, a priority or a CPU: `InvalidState`, and
+/// `ThreadInfo` shows the ones it died with (before the forty-second session both calls
+/// answered success and `ThreadInfo` showed the new values, of a thread that never runs again:
+/// a review found it).
 fn test_calls_on_an_ended_task() {
     const NAME: &str = "thread-calls-on-an-ended-task";
     let ep = slot();
     let r = sys::endpoint_create(MEMORY, ep).and_then(|_| Kid::new(NO_SLOT, 0, 0, 0, 0));
-    let (buffer, handler) = match &r {
+    let other_cpu = if cpus() > 1 { 1 } else { 0 };
+    let (buffer, handler, prio, cpu, info) = match &r {
         Ok(kid) => {
             let killed = sys::task_kill(kid.task);
             let buffer = sys::set_ipc_buffer(kid.thread, START_VA);
             let handler = sys::thread_set_fault_handler(kid.thread, ep);
-            (killed.and(buffer), handler)
+            let prio = sys::thread_set_priority(kid.thread, ROOT_PRIO - 1);
+            let cpu = sys::thread_set_affinity(kid.thread, other_cpu);
+            (killed.and(buffer), handler, prio, cpu, sys::thread_info(kid.thread))
         }
-        Err(e) => (Err(*e), Err(*e)),
+        Err(e) => (Err(*e), Err(*e), Err(*e), Err(*e), Err(*e)),
     };
     if let Ok(kid) = r {
         kid.end();
     }
     release(ep);
+    let want_info = [ThreadState::Dead as u64, 0, ROOT_PRIO];
     report(
         NAME,
-        buffer == Err(Error::InvalidState) && handler == Err(Error::InvalidState),
-        format_args!("SetIpcBuffer {buffer:?}, ThreadSetFaultHandler {handler:?} (want InvalidState for both)"),
+        buffer == Err(Error::InvalidState)
+            && handler == Err(Error::InvalidState)
+            && prio == Err(Error::InvalidState)
+            && cpu == Err(Error::InvalidState)
+            && info == Ok(want_info),
+        format_args!(
+            "SetIpcBuffer {buffer:?}, ThreadSetFaultHandler {handler:?}, ThreadSetPriority {prio:?}, \
+             ThreadSetAffinity(cpu {other_cpu}) {cpu:?} (want InvalidState for each); ThreadInfo \
+             (state, cpu, priority) {info:?} (want Ok({want_info:?}))"
+        ),
     );
 }
 
