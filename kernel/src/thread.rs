@@ -92,41 +92,46 @@ pub fn with_queue_locked<R>(t: &Arc<Thread>, mut f: impl FnMut(&mut Life) -> R) 
         }
         again = true;
         let q = queue_of(&t.life.lock());
+        // `None`: it changed queues meanwhile (the arm's guards are gone at its end).
         let r = match &q {
             None => {
                 let mut l = t.life.lock();
-                if !same_queue(t, &l, &q) {
-                    continue; // it started waiting meanwhile: look again
-                }
-                f(&mut l)
+                // It started waiting meanwhile: look again.
+                same_queue(t, &l, &q).then(|| f(&mut l))
             }
             Some(QueueRef::Ep(e)) => {
                 let mut eq = e.q.lock();
                 let mut l = t.life.lock();
-                if !same_queue(t, &l, &q) {
-                    continue;
-                }
-                let r = f(&mut l);
-                if !same_queue(t, &l, &q) {
-                    eq.remove(t);
-                }
-                r
+                same_queue(t, &l, &q).then(|| {
+                    let r = f(&mut l);
+                    if !same_queue(t, &l, &q) {
+                        eq.remove(t);
+                    }
+                    r
+                })
             }
             Some(QueueRef::Ntf(n)) => {
                 let mut nq = n.q.lock();
                 let mut l = t.life.lock();
-                if !same_queue(t, &l, &q) {
-                    continue;
-                }
-                let r = f(&mut l);
-                if !same_queue(t, &l, &q) {
-                    crate::reclaim::later_thread_opt(nq.waiters.remove(t));
-                }
-                r
+                same_queue(t, &l, &q).then(|| {
+                    let r = f(&mut l);
+                    if !same_queue(t, &l, &q) {
+                        crate::reclaim::later_thread_opt(nq.waiters.remove(t));
+                    }
+                    r
+                })
             }
         };
+        // The queue's reference goes the same way whether the thread was found in it or it is
+        // looked for again: it may be the last (the endpoint lost its last capability
+        // meanwhile), and its destructor must not run here, where the caller may put
+        // destruction off (`reclaim::deferred`: a timer's expiry during `Measure`'s IPI floor,
+        // under its `BUSY`). Before the forty-second session a look again dropped it inline (a
+        // review found it).
         crate::reclaim::later_queue(q);
-        return r;
+        if let Some(r) = r {
+            return r;
+        }
     }
 }
 
