@@ -94,7 +94,8 @@ impl Ports {
 /// The ports the kernel keeps for itself on a PC: the 8259 PICs, the PIT and port 0x61 (the
 /// TSC calibration), the debug-exit device, QEMU's debug console, COM1 (the kernel's log),
 /// the PCI configuration mechanism, and those that would let a task write memory or alias it
-/// (the ISA DMA controllers, system control port A, QEMU's firmware configuration DMA), the
+/// (the ISA DMA controllers, system control port A, QEMU's firmware configuration DMA and its
+/// VAPIC device), the
 /// IMCR, and QEMU's hotplug controllers (which would take a CPU away). Firmware-described ports (the ACPI PM timer block, SMI command port and PM1 control
 /// blocks) are added by the kernel at boot.
 pub const KERNEL_PORTS: &[Ports] = &[
@@ -123,6 +124,12 @@ pub const KERNEL_PORTS: &[Ports] = &[
     // the chosen item's bytes to the address the request names: a write anywhere. (Other
     // machines have nothing there: keeping the ports costs them nothing.)
     Ports { base: 0x510, count: 12 },
+    // QEMU's VAPIC device (its `kvmvapic`, made under TCG as well): a 16-bit write takes the
+    // writer's instruction pointer plus the value for the physical address of an option ROM,
+    // reads its size from there and rewrites every hypercall pattern it finds in up to 127 KiB
+    // of guest memory from there; further writes make the emulated local APIC write its state
+    // to guest memory. (Kept since the forty-second session: a review found it.)
+    Ports { base: 0x7e, count: 2 },
     // QEMU's ACPI hotplug controllers, which its DSDT describes (not the FADT, which the kernel
     // reads): a few writes eject a CPU (0xaf00..0xaf1f on `pc`, 0xcd8..0xcf7 on `q35`), memory
     // (0xa00..0xa17) or a PCI device (0xae00..0xae17 on `pc`, 0xcc0..0xcd7 on `q35`) at once,
@@ -387,10 +394,11 @@ mod tests {
         assert!(!KERNEL_PORTS.iter().any(|k| k.overlaps(com2)));
         assert!(KERNEL_PORTS.iter().any(|k| k.overlaps(Ports::new(0x3f0, 9).unwrap())));
         // The ports through which a task could make a legacy device write memory, or alias it.
-        for (base, count) in [(0x00, 1), (0x0f, 1), (0x81, 1), (0x8f, 1), (0xc0, 1), (0xdf, 1), (0x92, 1), (0x514, 4), (0x518, 4), (0x510, 1), (0xa00, 1), (0xa17, 1), (0xae17, 1), (0xaf00, 1), (0xaf1f, 1), (0xcc0, 1), (0xcd7, 1), (0xcd8, 1), (0xcf7, 1)] {
+        for (base, count) in [(0x00, 1), (0x0f, 1), (0x81, 1), (0x8f, 1), (0xc0, 1), (0xdf, 1), (0x92, 1), (0x514, 4), (0x518, 4), (0x510, 1), (0xa00, 1), (0xa17, 1), (0xae17, 1), (0xaf00, 1), (0xaf1f, 1), (0xcc0, 1), (0xcd7, 1), (0xcd8, 1), (0xcf7, 1), (0x7e, 1), (0x7f, 1)] {
             assert!(KERNEL_PORTS.iter().any(|k| k.overlaps(Ports::new(base, count).unwrap())), "port {base:#x}");
         }
         assert!(!KERNEL_PORTS.iter().any(|k| k.overlaps(Ports::new(0x60, 1).unwrap())), "the keyboard data port stays a driver's");
+        assert!(!KERNEL_PORTS.iter().any(|k| k.overlaps(Ports::new(0x70, 14).unwrap())), "the RTC's ports stay a driver's");
     }
 
     #[test]

@@ -83,6 +83,13 @@ fn test_rules(bi: &BootInfo) {
     // (the kernel keeps them since the thirty-fourth session).
     check("ports of the CPU hotplug controller (pc)", sys::ioport_get(DEVICES, 0xaf00, 32, p), Err(Error::Busy));
     check("ports of the CPU hotplug controller (q35)", sys::ioport_get(DEVICES, 0xcd8, 32, p), Err(Error::Busy));
+    // QEMU's VAPIC device (0x7e-0x7f, present under TCG too): a 16-bit write there makes the
+    // emulator take the writer's instruction pointer plus the value for a physical address and
+    // rewrite bytes of guest memory from there (the kernel keeps them since the forty-second
+    // session: a review found them). The RTC's ports just below are a driver's.
+    check("ports of QEMU's VAPIC", sys::ioport_get(DEVICES, 0x7e, 1, p), Err(Error::Busy));
+    check("ports of the RTC up to the VAPIC's", sys::ioport_get(DEVICES, 0x70, 16, p), Err(Error::Busy));
+    check("ports of the RTC", sys::ioport_get(DEVICES, 0x70, 2, p).and_then(|_| sys::cap_delete(p)), Ok(()));
     // (That the kernel finds QEMU's port, 0xb2 with SMM on, scripts/test checks in its log:
     // `boot-smp2`.)
     if bi.smi_port != 0 {
