@@ -31,8 +31,10 @@ pub struct CpuHeader {
     /// The kernel's per-CPU scheduler block, as an address (gs:48; 0 until it is made).
     kernel_block: AtomicU64,
     /// Returns to user mode so far (gs:56): the entry code adds one on every way back to user
-    /// mode, after the kernel's last access for that entry; other CPUs read it to tell that
-    /// this one has left the kernel since some moment (the kernel's `qsbr.rs`).
+    /// mode, after the kernel's last access for that entry to anything a grace period protects
+    /// (the exit's first instruction: the register loads after it read the running thread's
+    /// block, which its reference in this CPU's current slot keeps); other CPUs read it to tell
+    /// that this one has left the kernel since some moment (the kernel's `qsbr.rs`).
     exits: AtomicU64,
     /// The FPU stamp of this CPU (gs:64; see `fpu.rs`): changed at every save and every load of
     /// a thread's FPU/SIMD registers on this CPU, each time to a value no CPU used before; equal
