@@ -208,12 +208,30 @@ fn modules(space: &Space, memory: &Arc<Memory>, bi: &mut BootInfo, at: &mut u64)
     use rl4_arch::bootinfo::PhysMem;
     let Some(boot) = crate::boot_info() else { return Ok(()) };
     let mut page = alloc::vec![0u8; PAGE_SIZE as usize];
+    let map = || boot.memory_map().iter().map(|e| (e.range, e.kind));
+    let kernel = rl4_arch::kernel_phys_range();
     for (i, m) in boot.modules().iter().enumerate() {
         let default = alloc::format!("module{i}");
         let name = if m.name().is_empty() { default.as_str() } else { m.name() };
         // The loader's bytes, shown on the one line whatever they hold.
         let shown = rl4_arch::console::OneLine(name.as_bytes());
-        let len = m.range.len();
+        let range = misplaced(i, m.range, kernel, map());
+        // Where the boot loader says it is, read only if that is memory and not the kernel's
+        // own image (since the forty-second session: before, a module the loader placed on the
+        // kernel handed the kernel's data to the root task, and one on device registers read
+        // them; a review found it).
+        let refuse = if rl4_core::memmap::overlaps(range, kernel) {
+            Some("it lies on the kernel image")
+        } else if !rl4_core::memmap::within_memory(range, map()) {
+            Some("part of it is not memory (the memory map gives it to no RAM, boot loader or module range)")
+        } else {
+            None
+        };
+        if let Some(why) = refuse {
+            println!("boot module {i} '{shown}' ({:#x}..{:#x}) refused: {why}", range.start, range.end);
+            continue;
+        }
+        let len = range.len();
         if len > rl4_abi::MAX_MODULE_BYTES {
             println!("boot module {i} '{shown}' refused: {len} bytes, more than the {} MiB limit", rl4_abi::MAX_MODULE_BYTES >> 20);
             continue;
@@ -240,7 +258,7 @@ fn modules(space: &Space, memory: &Arc<Memory>, bi: &mut BootInfo, at: &mut u64)
         let mut refused = None;
         for p in 0..pages {
             let n = (len - p * PAGE_SIZE).min(PAGE_SIZE) as usize;
-            if rl4_arch::paging::DirectMapMem.read(m.range.start + p * PAGE_SIZE, &mut page[..n]).is_none() {
+            if rl4_arch::paging::DirectMapMem.read(range.start + p * PAGE_SIZE, &mut page[..n]).is_none() {
                 refused = Some("its memory is not readable");
                 break;
             }
@@ -251,7 +269,7 @@ fn modules(space: &Space, memory: &Arc<Memory>, bi: &mut BootInfo, at: &mut u64)
             frames.push(f);
         }
         if let Some(why) = refused {
-            println!("boot module {i} '{shown}' ({:#x}..{:#x}) refused: {why}", m.range.start, m.range.end);
+            println!("boot module {i} '{shown}' ({:#x}..{:#x}) refused: {why}", range.start, range.end);
             continue; // the frames copied so far go back as `frames` drops (no lock held)
         }
         for (p, f) in frames.into_iter().enumerate() {
@@ -274,6 +292,33 @@ fn modules(space: &Space, memory: &Arc<Memory>, bi: &mut BootInfo, at: &mut u64)
         *at += (pages + 1) * PAGE_SIZE;
     }
     Ok(())
+}
+
+/// Module `i`'s range as the boot loader gave it, or, under `inject=modplace`, misplaced as a
+/// faulty boot loader would have it: module 0 on the kernel image's first two pages, module 1
+/// on the first page of the memory map's first entry that is not memory.
+fn misplaced(
+    i: usize,
+    range: rl4_core::memmap::Range,
+    kernel: rl4_core::memmap::Range,
+    mut map: impl Iterator<Item = (rl4_core::memmap::Range, rl4_core::memmap::MemKind)>,
+) -> rl4_core::memmap::Range {
+    use rl4_core::memmap::Range;
+    if crate::inject() & rl4_core::cmdline::inject::MODPLACE == 0 {
+        return range;
+    }
+    let moved = match i {
+        0 => Some(Range::new(kernel.start, kernel.start + 2 * PAGE_SIZE)),
+        1 => map.find(|(r, k)| !k.is_memory() && !r.is_empty()).map(|(r, _)| Range::new(r.start, r.end.min(r.start + PAGE_SIZE))),
+        _ => None,
+    };
+    match moved {
+        Some(to) => {
+            println!("inject: boot module {i} taken to lie at {:#x}..{:#x}", to.start, to.end);
+            to
+        }
+        None => range,
+    }
 }
 
 /// Damages kernel state on purpose (`inject=` on the kernel command line), so that a test can

@@ -161,10 +161,15 @@ pub mod inject {
     /// leave it), and the last CPU marked as owing itself a re-read of its ranges with no
     /// interrupt sent to do it.
     pub const IOMAP: u32 = 1 << 20;
+    /// Not damage: the boot loader's first module is taken to lie on the kernel image, and its
+    /// second on the first page of the first entry of the memory map that is not memory, as a
+    /// boot loader that misplaced them would give: the kernel must refuse both, not copy the
+    /// kernel's data or read device registers into the root task's frames.
+    pub const MODPLACE: u32 = 1 << 21;
     /// What a bad `inject=` value is told to be instead (every name in [`NAMES`]: a host test
     /// holds the two together).
-    pub const EXPECTED: &str = "a comma-separated list of refcount, frame, budget, state, locks, deriv, device, queue, parent, stray, lvt, slowunmap, apcpuid, slowcopy, apext, slowack, apsilent, bspid, hpettable, slowfault, iomap";
-    pub const NAMES: [(&str, u32); 21] = [
+    pub const EXPECTED: &str = "a comma-separated list of refcount, frame, budget, state, locks, deriv, device, queue, parent, stray, lvt, slowunmap, apcpuid, slowcopy, apext, slowack, apsilent, bspid, hpettable, slowfault, iomap, modplace";
+    pub const NAMES: [(&str, u32); 22] = [
         ("refcount", REFCOUNT),
         ("frame", FRAME),
         ("budget", BUDGET),
@@ -186,6 +191,7 @@ pub mod inject {
         ("hpettable", HPET_TABLE),
         ("slowfault", SLOW_FAULT),
         ("iomap", IOMAP),
+        ("modplace", MODPLACE),
     ];
 }
 

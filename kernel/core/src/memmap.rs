@@ -262,6 +262,25 @@ pub fn trampoline_page<const N: usize>(free: &RangeSet<N>) -> Option<u64> {
         .last()
 }
 
+/// Whether every byte of `r` lies in an entry of `map` that is memory ([`MemKind::is_memory`]),
+/// the entries in any order, overlapping or touching (an empty `r` does). Each step moves to
+/// the furthest end of an entry that holds the byte reached, so at most one step per entry.
+pub fn within_memory(r: Range, map: impl Iterator<Item = (Range, MemKind)> + Clone) -> bool {
+    let mut at = r.start;
+    while at < r.end {
+        match map.clone().filter(|(m, k)| k.is_memory() && m.start <= at && at < m.end).map(|(m, _)| m.end).max() {
+            Some(end) => at = end,
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Whether `a` and `b` share a byte.
+pub const fn overlaps(a: Range, b: Range) -> bool {
+    a.start < b.end && b.start < a.end && !a.is_empty() && !b.is_empty()
+}
+
 /// The bytes the ranges `r` cover, each counted once however the ranges overlap (sorts `r`).
 pub fn union_len(r: &mut [Range]) -> u64 {
     r.sort_unstable_by_key(|x| x.start);
@@ -286,6 +305,35 @@ mod tests {
         let mut r = [Range::new(0x5000, 0x9000), Range::new(0x1000, 0x3000), Range::new(0x2000, 0x6000), Range::new(0x7000, 0x8000), Range::new(0x9000, 0xa000), Range::new(0x4000, 0x4000)];
         assert_eq!(union_len(&mut r), 0x9000);
         assert_eq!(union_len(&mut []), 0);
+    }
+
+    /// A boot module must lie in memory: entries in any order, touching or overlapping, cover
+    /// it together; a gap, a reserved or unknown entry, or a range past the map does not.
+    #[test]
+    fn within_memory_needs_every_byte_in_memory() {
+        let map = [
+            (Range::new(0x10_0000, 0x20_0000), MemKind::Usable),
+            (Range::new(0x30_0000, 0x40_0000), MemKind::KernelAndModules),
+            (Range::new(0x20_0000, 0x30_0000), MemKind::BootloaderReclaimable),
+            (Range::new(0x38_0000, 0x50_0000), MemKind::Usable),
+            (Range::new(0x60_0000, 0x70_0000), MemKind::Usable),
+            (Range::new(0x70_0000, 0x71_0000), MemKind::Reserved),
+            (Range::new(0x71_0000, 0x72_0000), MemKind::Other(12)),
+            (Range::new(0x80_0000, 0x90_0000), MemKind::AcpiNvs),
+        ];
+        let m = || map.iter().copied();
+        assert!(within_memory(Range::new(0x10_0000, 0x50_0000), m()), "touching and overlapping entries");
+        assert!(within_memory(Range::new(0x4f_ffff, 0x50_0000), m()));
+        assert!(within_memory(Range::new(0x80_1000, 0x80_2000), m()), "ACPI storage is memory");
+        assert!(within_memory(Range::new(0x65_0000, 0x65_0000), m()), "an empty range");
+        assert!(!within_memory(Range::new(0x4f_f000, 0x50_0001), m()), "one byte past");
+        assert!(!within_memory(Range::new(0x40_0000, 0x60_1000), m()), "a gap");
+        assert!(!within_memory(Range::new(0x6f_f000, 0x70_1000), m()), "into a reserved entry");
+        assert!(!within_memory(Range::new(0x71_0000, 0x71_1000), m()), "an unknown type");
+        assert!(!within_memory(Range::new(0xfee0_0000, 0xfee0_1000), m()), "past the map");
+        assert!(overlaps(Range::new(0x1000, 0x3000), Range::new(0x2fff, 0x4000)));
+        assert!(!overlaps(Range::new(0x1000, 0x3000), Range::new(0x3000, 0x4000)));
+        assert!(!overlaps(Range::new(0x2000, 0x2000), Range::new(0x1000, 0x3000)), "an empty range shares nothing");
     }
 
     #[test]
