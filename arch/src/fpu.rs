@@ -95,6 +95,9 @@ pub struct Config {
     /// The x87 error pointers (last instruction and operand, opcode) are set to the kernel's
     /// own values before each load (AMD CPUs without `XSaveErPtr`: see [`load_image`]).
     pub clear_error_pointers: bool,
+    /// The CPU reports XSAVE, but QEMU's TCG could not turn it on (see [`init_this_cpu`]):
+    /// FXSAVE instead.
+    pub tcg_quirk: bool,
 }
 
 /// The bootstrap CPU's configuration, which every CPU must match (0: not set up yet).
@@ -102,6 +105,7 @@ static MECHANISM: AtomicU8 = AtomicU8::new(0);
 static SIZE: AtomicU32 = AtomicU32::new(0);
 static XCR0_BITS: AtomicU32 = AtomicU32::new(0);
 static CLEAR_ERROR_POINTERS: AtomicBool = AtomicBool::new(false);
+static TCG_QUIRK: AtomicBool = AtomicBool::new(false);
 
 /// Sets up this CPU's FPU, SSE and (where present) XSAVE and AVX from CPUID, and returns what it
 /// set up. The first call (the bootstrap CPU, before any thread exists) fixes the configuration;
@@ -115,7 +119,14 @@ pub fn init_this_cpu() -> Result<Config, Config> {
     // XSAVE needs leaf 0xD to size its area: a CPU whose highest basic leaf is below it (Intel's
     // "Limit CPUID Maxval", which firmware may leave on) answers leaf 0xD with another leaf's
     // values; it is run with FXSAVE, and AVX stays off.
-    let has_xsave = l1.ecx & (1 << 26) != 0 && __cpuid(0).eax >= 0xd;
+    let cpu_xsave = l1.ecx & (1 << 26) != 0 && __cpuid(0).eax >= 0xd;
+    // QEMU's TCG takes `CR4.OSXSAVE` for a reserved bit when CPUID leaf 0xD sub-leaf 1 lists
+    // none of XSAVEOPT, XSAVEC, XGETBV1 and XSAVES (its models of AMD's family 15h, Opteron_G4
+    // and Opteron_G5, have none), and rather than raise #GP it runs the `mov cr4` again for
+    // ever: the boot hung there until the forty-second session. Under TCG such a CPU model is
+    // run with FXSAVE (and AVX stays off); hardware and other hypervisors are not affected.
+    let tcg_quirk = cpu_xsave && crate::cpu::is_tcg() && __cpuid_count(0xd, 1).eax & 0xf == 0;
+    let has_xsave = cpu_xsave && !tcg_quirk;
     let has_avx = l1.ecx & (1 << 28) != 0;
     assert!(has_fxsr, "this CPU has no FXSAVE (every x86_64 CPU should)");
     // SAFETY: MP|NE and clearing EM|TS only change how x87/SSE instructions and their
@@ -161,9 +172,10 @@ pub fn init_this_cpu() -> Result<Config, Config> {
             components: want.bits(),
             size,
             clear_error_pointers,
+            tcg_quirk,
         }
     } else {
-        Config { mechanism: Mechanism::Fxsave, components: 0, size: LEGACY as u32, clear_error_pointers }
+        Config { mechanism: Mechanism::Fxsave, components: 0, size: LEGACY as u32, clear_error_pointers, tcg_quirk }
     };
     // A later CPU is compared with the first, whose area is in bounds.
     if MECHANISM.load(Ordering::Acquire) != 0 {
@@ -177,6 +189,7 @@ pub fn init_this_cpu() -> Result<Config, Config> {
     SIZE.store(config.size, Ordering::Release);
     XCR0_BITS.store(config.components as u32, Ordering::Release);
     CLEAR_ERROR_POINTERS.store(config.clear_error_pointers, Ordering::Release);
+    TCG_QUIRK.store(config.tcg_quirk, Ordering::Release);
     MECHANISM.store(config.mechanism as u8, Ordering::Release);
     Ok(config)
 }
@@ -194,6 +207,7 @@ pub fn config_of_bsp() -> Config {
         components: XCR0_BITS.load(Ordering::Acquire) as u64,
         size: SIZE.load(Ordering::Acquire),
         clear_error_pointers: CLEAR_ERROR_POINTERS.load(Ordering::Acquire),
+        tcg_quirk: TCG_QUIRK.load(Ordering::Acquire),
     }
 }
 

@@ -220,11 +220,12 @@ extern "C" fn bsp_main(_bsp: u64) -> ! {
         f.hypervisor
     );
     println!(
-        "fpu: {:?}, state components {:#x}, save area {} bytes per thread{}",
+        "fpu: {:?}, state components {:#x}, save area {} bytes per thread{}{}",
         fpu.mechanism,
         fpu.components,
         fpu.size,
-        if fpu.clear_error_pointers { "; x87 error pointers reset before each load (AMD without XSaveErPtr)" } else { "" }
+        if fpu.clear_error_pointers { "; x87 error pointers reset before each load (AMD without XSaveErPtr)" } else { "" },
+        if fpu.tcg_quirk { "; XSAVE left off: QEMU's TCG cannot turn it on for a CPU model without XSAVEOPT, XSAVEC, XGETBV1 or XSAVES" } else { "" }
     );
 
     // What the machine has comes from ACPI, not from assuming a PC/AT: the 8259 PICs only

@@ -108,6 +108,26 @@ pub fn avx() -> (bool, bool) {
     (has, lo & 6 == 6)
 }
 
+/// Whether this is QEMU's TCG on a CPU model whose XSAVE it cannot turn on (CPUID leaf 0xD
+/// sub-leaf 1 lists none of XSAVEOPT, XSAVEC, XGETBV1, XSAVES): the kernel then runs FXSAVE
+/// and leaves AVX off, and says so at boot (`rl4_arch::fpu::init_this_cpu`).
+pub fn tcg_xsave_quirk() -> bool {
+    let cpuid = |leaf: u32, sub: u32| -> [u32; 4] {
+        let (a, b, c, d): (u32, u32, u32, u32);
+        // SAFETY: CPUID is unprivileged; rbx is saved around it (LLVM reserves it).
+        unsafe {
+            core::arch::asm!("mov {t:r}, rbx", "cpuid", "xchg {t:r}, rbx", t = out(reg) b, inout("eax") leaf => a, inout("ecx") sub => c, out("edx") d)
+        };
+        [a, b, c, d]
+    };
+    let l1 = cpuid(1, 0);
+    if l1[2] & (1 << 31) == 0 || l1[2] & (1 << 26) == 0 || cpuid(0, 0)[0] < 0xd {
+        return false;
+    }
+    let h = cpuid(0x4000_0000, 0);
+    (h[1], h[2], h[3]) == (0x5447_4354, 0x4354_4743, 0x4743_5447) && cpuid(0xd, 1)[0] & 0xf == 0
+}
+
 /// Loads thread `k`'s pattern into the registers `mode` names.
 fn load(mode: u64, k: u64) {
     let mut buf = [0u64; 64];
