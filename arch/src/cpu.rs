@@ -65,12 +65,11 @@ pub fn is_amd() -> bool {
     (vendor.ebx, vendor.edx, vendor.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163)
 }
 
-/// Whether this CPU is QEMU's TCG emulator: a hypervisor (CPUID.1:ECX[31]) whose leaf
-/// 0x4000_0000 gives the vendor "TCGTCGTCGTCG". Only to work around what it does wrong.
+/// Whether this CPU is QEMU's TCG emulator: CPUID leaf 0x4000_0000 gives the vendor
+/// "TCGTCGTCGTCG" (also with the hypervisor bit hidden, `-cpu ...,-hypervisor`; a CPU without
+/// hypervisor leaves answers with another leaf's values, never those). Only to work around
+/// what it does wrong.
 pub fn is_tcg() -> bool {
-    if __cpuid(1).ecx & (1 << 31) == 0 {
-        return false;
-    }
     let h = __cpuid(0x4000_0000);
     (h.ebx, h.ecx, h.edx) == (0x5447_4354, 0x4354_4743, 0x4743_5447)
 }

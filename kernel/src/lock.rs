@@ -323,7 +323,7 @@ impl<T> HomeMutex<T> {
     }
 
     /// Whether its home is CPU `cpu`'s (for the consistency check: `Life::cpu` and the home
-    /// agree while no `rehome` runs).
+    /// agree while no `rehome_when` runs).
     pub fn home_is(&self, cpu: u32) -> bool {
         self.h.is_home(home_lock(cpu))
     }

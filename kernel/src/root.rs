@@ -220,9 +220,17 @@ fn modules(space: &Space, memory: &Arc<Memory>, bi: &mut BootInfo, at: &mut u64)
         // own image (since the forty-second session: before, a module the loader placed on the
         // kernel handed the kernel's data to the root task, and one on device registers read
         // them; a review found it).
+        // (A map too long for the boot information lost entries, maybe the one that holds the
+        // module (`mem.rs` maps the modules for that case): then only a range the map gives
+        // to something other than memory is refused.)
+        let in_memory = if boot.memmap_dropped > 0 {
+            rl4_core::memmap::clear_of_non_memory(range, map())
+        } else {
+            rl4_core::memmap::within_memory(range, map())
+        };
         let refuse = if rl4_core::memmap::overlaps(range, kernel) {
             Some("it lies on the kernel image")
-        } else if !rl4_core::memmap::within_memory(range, map()) {
+        } else if !in_memory {
             Some("part of it is not memory (the memory map gives it to no RAM, boot loader or module range)")
         } else {
             None

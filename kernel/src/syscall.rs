@@ -820,8 +820,10 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             check_page(a1)?;
             // A task whose end has run answers as one whose end is under way (below): its space
             // is empty by then, and the look-up would answer `NotMapped` (before the
-            // thirty-sixth session it did: a review found it).
-            if th.task.dead.load(core::sync::atomic::Ordering::Acquire) {
+            // thirty-sixth session it did: a review found it). So does a thread that exited
+            // (`Dead`) in a task that lives on: it never receives again (since the forty-second
+            // session, as `ThreadSetPriority`; a kill after this look is the later event).
+            if th.task.dead.load(core::sync::atomic::Ordering::Acquire) || th.life.lock().is_dead() {
                 return Err(Error::InvalidState);
             }
             match th.space.maps.lock().get(&a1) {
@@ -922,6 +924,11 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
                 })
             };
             let (th, ep) = read?;
+            // A thread that exited (`Dead`) in a task that lives on never faults again: refused,
+            // as for `SetIpcBuffer` (since the forty-second session).
+            if th.life.lock().is_dead() {
+                return Err(Error::InvalidState);
+            }
             // The binding names the two slots it was set with: it acts only while they hold
             // these capabilities (`fault::handler_of`).
             let new = ep.map(|(ep, badge)| crate::obj::FaultHandler { ep, badge, setter: Arc::downgrade(task), thread_slot: a0, ep_slot: a1 });

@@ -276,6 +276,13 @@ pub fn within_memory(r: Range, map: impl Iterator<Item = (Range, MemKind)> + Clo
     true
 }
 
+/// Whether no entry of `map` that is not memory shares a byte with `r`: what can still be said
+/// of a range when the map given was too long and entries of it were dropped (the one that held
+/// `r` may be among them).
+pub fn clear_of_non_memory(r: Range, mut map: impl Iterator<Item = (Range, MemKind)>) -> bool {
+    !map.any(|(m, k)| !k.is_memory() && overlaps(m, r))
+}
+
 /// Whether `a` and `b` share a byte.
 pub const fn overlaps(a: Range, b: Range) -> bool {
     a.start < b.end && b.start < a.end && !a.is_empty() && !b.is_empty()
@@ -331,6 +338,11 @@ mod tests {
         assert!(!within_memory(Range::new(0x6f_f000, 0x70_1000), m()), "into a reserved entry");
         assert!(!within_memory(Range::new(0x71_0000, 0x71_1000), m()), "an unknown type");
         assert!(!within_memory(Range::new(0xfee0_0000, 0xfee0_1000), m()), "past the map");
+        // With entries dropped: only what is known not to be memory refuses.
+        assert!(clear_of_non_memory(Range::new(0x40_0000, 0x60_1000), m()), "a gap may be a dropped entry");
+        assert!(clear_of_non_memory(Range::new(0xfee0_0000, 0xfee0_1000), m()));
+        assert!(!clear_of_non_memory(Range::new(0x6f_f000, 0x70_1000), m()), "into a reserved entry");
+        assert!(!clear_of_non_memory(Range::new(0x71_0fff, 0x71_1000), m()), "an unknown type");
         assert!(overlaps(Range::new(0x1000, 0x3000), Range::new(0x2fff, 0x4000)));
         assert!(!overlaps(Range::new(0x1000, 0x3000), Range::new(0x3000, 0x4000)));
         assert!(!overlaps(Range::new(0x2000, 0x2000), Range::new(0x1000, 0x3000)), "an empty range shares nothing");

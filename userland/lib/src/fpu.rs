@@ -121,7 +121,7 @@ pub fn tcg_xsave_quirk() -> bool {
         [a, b, c, d]
     };
     let l1 = cpuid(1, 0);
-    if l1[2] & (1 << 31) == 0 || l1[2] & (1 << 26) == 0 || cpuid(0, 0)[0] < 0xd {
+    if l1[2] & (1 << 26) == 0 || cpuid(0, 0)[0] < 0xd {
         return false;
     }
     let h = cpuid(0x4000_0000, 0);

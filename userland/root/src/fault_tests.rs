@@ -1211,6 +1211,15 @@ fn test_calls_on_an_ended_task() {
     if let Ok(kid) = r {
         kid.end();
     }
+    // A thread of the root task that exited (its task lives on): neither an IPC buffer nor a
+    // fault handler (both answered `Ok` before the forty-second session).
+    let exited = spawn(|_| {}, 0, ROOT_PRIO, 0);
+    let dead = wait_ms(3000, || state(exited) == Some(ThreadState::Dead));
+    const VA: u64 = 0x0000_6a00_0000_0000;
+    let page = map_fresh(SPACE, VA, 1, Rights::READ.union(Rights::WRITE));
+    let (buffer2, handler2) = (sys::set_ipc_buffer(exited, VA), sys::thread_set_fault_handler(exited, ep));
+    let _ = sys::unmap(SPACE, VA);
+    release(exited);
     release(ep);
     let want_info = [ThreadState::Dead as u64, 0, ROOT_PRIO];
     report(
@@ -1219,11 +1228,16 @@ fn test_calls_on_an_ended_task() {
             && handler == Err(Error::InvalidState)
             && prio == Err(Error::InvalidState)
             && cpu == Err(Error::InvalidState)
-            && info == Ok(want_info),
+            && info == Ok(want_info)
+            && dead
+            && page.is_ok()
+            && buffer2 == Err(Error::InvalidState)
+            && handler2 == Err(Error::InvalidState),
         format_args!(
             "SetIpcBuffer {buffer:?}, ThreadSetFaultHandler {handler:?}, ThreadSetPriority {prio:?}, \
              ThreadSetAffinity(cpu {other_cpu}) {cpu:?} (want InvalidState for each); ThreadInfo \
-             (state, cpu, priority) {info:?} (want Ok({want_info:?}))"
+             (state, cpu, priority) {info:?} (want Ok({want_info:?})); a root thread that exited (Dead: {dead}): \
+             SetIpcBuffer {buffer2:?}, ThreadSetFaultHandler {handler2:?} (want InvalidState for both; page mapped: {page:?})"
         ),
     );
 }

@@ -272,9 +272,11 @@ fn start(
     ck("giving the endpoint", sys::cap_copy(*own_ep, task, env::SERVE, Rights::ALL))?;
     // (The console capability, in `env::MACHINE`, was given by `Child::load_elf`.)
     for (k, other) in s.eps[..s.neps].iter().enumerate() {
-        // The first item of that name that is loaded and not refused (before the forty-second
-        // session the first of that name, refused or not: a client named a twin whose start
-        // had failed was told "no such program" while the other served; a review found it).
+        // The first item of that name that loaded and, if it came before, started (before the
+        // forty-second session the first of that name, refused or not: a client named a twin
+        // whose start had failed was told "no such program" while the other served; a review
+        // found it). A later item is not started yet: refused then, its endpoint is revoked
+        // with this copy (above).
         let j = (0..MAX_STARTS).find(|&j| starts[j].as_ref().is_some_and(|t| t.name == *other) && tasks[j].is_some());
         let Some((_, ep)) = j.and_then(|j| tasks[j].as_ref()) else {
             println!("root: '{}': ep={other}: no such program started; slot {} stays empty", s.name, env::FIRST_EP + k as u64);
