@@ -80,7 +80,10 @@ const _: () = {
     assert!(offset_of!(UserRegs, rsp) == 144 && offset_of!(UserRegs, ss) == 152);
 };
 
-pub use crate::uregs::{RFLAGS_IF, USER_CS, USER_SS};
+/// User segment selectors (GDT entries 4 and 3, RPL 3).
+pub const USER_CS: u64 = 0x23;
+pub const USER_SS: u64 = 0x1b;
+pub const RFLAGS_IF: u64 = 1 << 9;
 
 /// The system-call register ABI (`docs/syscalls.md`), named: the kernel's generic code reads
 /// and writes a thread's registers only through these accessors, never by register name.
@@ -206,12 +209,6 @@ impl UserRegs {
     #[inline(always)]
     pub fn set_sp(&mut self, v: u64) {
         self.rsp = v;
-    }
-
-    /// What in these registers would keep the thread from returning to user mode as it is
-    /// (`crate::uregs::unreturnable`): `None` if nothing.
-    pub fn unreturnable(&self) -> Option<&'static str> {
-        crate::uregs::unreturnable(self.rip, self.cs, self.ss, self.rflags)
     }
 
     /// Registers for a new thread: entry point, stack, first argument.

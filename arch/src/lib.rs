@@ -17,7 +17,6 @@ pub mod ioapic;
 pub mod ioport;
 pub mod layout;
 pub mod pte;
-pub mod uregs;
 
 #[cfg(target_os = "none")]
 mod boot;

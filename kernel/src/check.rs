@@ -821,13 +821,6 @@ fn check_all(caller: &Arc<Thread>) -> Result<[u64; 3], NoMemory> {
         if !s.consistent() {
             fail!(r, "thread {id} is {st:?} but queued to run");
         }
-        // Its saved user registers can go back to user mode as they are (`uregs::unreturnable`):
-        // a kernel path that wrote a non-canonical instruction pointer there would have the way
-        // back fault in kernel mode, on the thread's own register block (since the forty-second
-        // session; every writer checks what it writes).
-        if let Some(why) = t.regs.get().unreturnable() {
-            fail!(r, "thread {id} ({st:?}): its saved registers cannot return to user mode: {why}");
-        }
         let wait_fits = match s.state() {
             State::Blocked { wait: Wait::Send { ep, .. } | Wait::FaultSend { ep, .. }, .. } => {
                 ep.weak.strong_count() > 0 && x.senders == [ep.weak.as_ptr() as usize] && in_queues == 1

@@ -439,14 +439,6 @@ fn inject(what: u32, memory: &Arc<Memory>, task: &Arc<Task>) {
             cs.tlb.io_owed.store(true, core::sync::atomic::Ordering::Relaxed);
         }
     }
-    if what & REGS != 0 {
-        if let Ok(t) = Thread::new(memory, task.clone(), 0, 0, 1, 0) {
-            // Never resumed: it never goes back to user mode, where the way back would fault.
-            t.regs.with(|r| r.set_ip(rl4_abi::USER_END));
-            println!("inject: thread {} (inactive, held in root slot {}) given instruction pointer {:#x}", t.id, rl4_abi::CAP_SLOTS - 2, rl4_abi::USER_END);
-            let _ = task.insert_cap(rl4_abi::CAP_SLOTS - 2, Cap::new(KObj::Thread(t), Rights::NONE, 0));
-        }
-    }
     if what & STATE != 0 {
         if let Ok(t) = Thread::new(memory, task.clone(), 0, 0, 1, 0) {
             println!("inject: thread {} marked Runnable but put in no queue (held in root slot {})", t.id, rl4_abi::CAP_SLOTS - 1);

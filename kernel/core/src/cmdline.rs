@@ -166,13 +166,10 @@ pub mod inject {
     /// boot loader that misplaced them would give: the kernel must refuse both, not copy the
     /// kernel's data or read device registers into the root task's frames.
     pub const MODPLACE: u32 = 1 << 21;
-    /// A thread (inactive, never resumed) whose saved instruction pointer is `USER_END`, not a
-    /// user address, as a kernel path that wrote one unchecked would leave it.
-    pub const REGS: u32 = 1 << 22;
     /// What a bad `inject=` value is told to be instead (every name in [`NAMES`]: a host test
     /// holds the two together).
-    pub const EXPECTED: &str = "a comma-separated list of refcount, frame, budget, state, locks, deriv, device, queue, parent, stray, lvt, slowunmap, apcpuid, slowcopy, apext, slowack, apsilent, bspid, hpettable, slowfault, iomap, modplace, regs";
-    pub const NAMES: [(&str, u32); 23] = [
+    pub const EXPECTED: &str = "a comma-separated list of refcount, frame, budget, state, locks, deriv, device, queue, parent, stray, lvt, slowunmap, apcpuid, slowcopy, apext, slowack, apsilent, bspid, hpettable, slowfault, iomap, modplace";
+    pub const NAMES: [(&str, u32); 22] = [
         ("refcount", REFCOUNT),
         ("frame", FRAME),
         ("budget", BUDGET),
@@ -195,7 +192,6 @@ pub mod inject {
         ("slowfault", SLOW_FAULT),
         ("iomap", IOMAP),
         ("modplace", MODPLACE),
-        ("regs", REGS),
     ];
 }
 
