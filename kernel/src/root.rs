@@ -228,7 +228,7 @@ fn modules(space: &Space, memory: &Arc<Memory>, bi: &mut BootInfo, at: &mut u64)
         } else {
             rl4_core::memmap::within_memory(range, map())
         };
-        let refuse = if rl4_core::memmap::overlaps(range, kernel) {
+        let refuse = if range.overlaps(kernel) {
             Some("it lies on the kernel image")
         } else if !in_memory {
             Some("part of it is not memory (the memory map gives it to no RAM, boot loader or module range)")

@@ -231,20 +231,15 @@ impl<T> Homed<T> {
     /// (taken in the order of their addresses, so that two moves in opposite directions cannot
     /// wait for each other).
     pub fn rehome<R>(&self, to: &'static HomeLock, f: impl FnOnce(&mut T) -> R) -> R {
-        self.rehome_waiting(to, || {}, f)
-    }
-
-    /// [`rehome`](Homed::rehome), calling `wait` while another CPU holds a lock it needs (as
-    /// [`lock_waiting`](Homed::lock_waiting)).
-    pub fn rehome_waiting<R>(&self, to: &'static HomeLock, wait: impl FnMut(), f: impl FnOnce(&mut T) -> R) -> R {
-        match self.rehome_when(to, wait, |v| Ok::<R, core::convert::Infallible>(f(v))) {
+        match self.rehome_when(to, || {}, |v| Ok::<R, core::convert::Infallible>(f(v))) {
             Ok(r) => r,
         }
     }
 
-    /// [`rehome_waiting`](Homed::rehome_waiting) if `f`, called with both homes' locks held
-    /// before the home changes, agrees (`Ok`); on `Err` the value stays where it was (what `f`
-    /// did to it stays too: it must change nothing before it refuses).
+    /// [`rehome`](Homed::rehome) if `f`, called with both homes' locks held before the home
+    /// changes, agrees (`Ok`); on `Err` the value stays where it was (what `f` did to it stays
+    /// too: it must change nothing before it refuses). `wait` runs while another CPU holds a
+    /// lock it needs (as [`lock_waiting`](Homed::lock_waiting)).
     pub fn rehome_when<R, E>(&self, to: &'static HomeLock, mut wait: impl FnMut(), f: impl FnOnce(&mut T) -> Result<R, E>) -> Result<R, E> {
         loop {
             let from = self.home.load(Relaxed);

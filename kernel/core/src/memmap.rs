@@ -28,6 +28,10 @@ impl Range {
     pub const fn is_empty(&self) -> bool {
         self.end <= self.start
     }
+    /// Whether the two share a byte.
+    pub const fn overlaps(&self, o: Range) -> bool {
+        self.start < o.end && o.start < self.end && !self.is_empty() && !o.is_empty()
+    }
 }
 
 /// What the firmware says a range of the memory map is.
@@ -280,12 +284,7 @@ pub fn within_memory(r: Range, map: impl Iterator<Item = (Range, MemKind)> + Clo
 /// of a range when the map given was too long and entries of it were dropped (the one that held
 /// `r` may be among them).
 pub fn clear_of_non_memory(r: Range, mut map: impl Iterator<Item = (Range, MemKind)>) -> bool {
-    !map.any(|(m, k)| !k.is_memory() && overlaps(m, r))
-}
-
-/// Whether `a` and `b` share a byte.
-pub const fn overlaps(a: Range, b: Range) -> bool {
-    a.start < b.end && b.start < a.end && !a.is_empty() && !b.is_empty()
+    !map.any(|(m, k)| !k.is_memory() && m.overlaps(r))
 }
 
 /// The bytes the ranges `r` cover, each counted once however the ranges overlap (sorts `r`).
@@ -343,9 +342,9 @@ mod tests {
         assert!(clear_of_non_memory(Range::new(0xfee0_0000, 0xfee0_1000), m()));
         assert!(!clear_of_non_memory(Range::new(0x6f_f000, 0x70_1000), m()), "into a reserved entry");
         assert!(!clear_of_non_memory(Range::new(0x71_0fff, 0x71_1000), m()), "an unknown type");
-        assert!(overlaps(Range::new(0x1000, 0x3000), Range::new(0x2fff, 0x4000)));
-        assert!(!overlaps(Range::new(0x1000, 0x3000), Range::new(0x3000, 0x4000)));
-        assert!(!overlaps(Range::new(0x2000, 0x2000), Range::new(0x1000, 0x3000)), "an empty range shares nothing");
+        assert!(Range::new(0x1000, 0x3000).overlaps(Range::new(0x2fff, 0x4000)));
+        assert!(!Range::new(0x1000, 0x3000).overlaps(Range::new(0x3000, 0x4000)));
+        assert!(!Range::new(0x2000, 0x2000).overlaps(Range::new(0x1000, 0x3000)), "an empty range shares nothing");
     }
 
     #[test]

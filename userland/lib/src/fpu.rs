@@ -87,17 +87,22 @@ pub fn mxcsr(k: u64) -> u32 {
     0x1f80 | ((k & 3) as u32) << 13 | if k >= 4 { 0x8000 } else { 0 }
 }
 
+/// CPUID leaf `leaf`, sub-leaf `sub`: eax, ebx, ecx, edx.
+fn cpuid(leaf: u32, sub: u32) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    // SAFETY: CPUID is unprivileged; rbx is saved around it (LLVM reserves it).
+    unsafe {
+        core::arch::asm!("mov {t:r}, rbx", "cpuid", "xchg {t:r}, rbx", t = out(reg) b, inout("eax") leaf => a, inout("ecx") sub => c, out("edx") d)
+    };
+    [a, b, c, d]
+}
+
 /// Whether the CPU offers AVX as the kernel can use it (CPUID.1:ECX\[28\] and XSAVE, ECX\[26\],
 /// with CPUID leaf 0xD there to size its area: a CPU whose highest basic leaf is lower runs
 /// without XSAVE, `rl4_arch::fpu`), and whether the kernel enabled it (OSXSAVE and XCR0 bits 1
 /// and 2).
 pub fn avx() -> (bool, bool) {
-    let (c, max): (u32, u32);
-    // SAFETY: CPUID is unprivileged; rbx is saved around it (LLVM reserves it).
-    unsafe {
-        core::arch::asm!("mov {t}, rbx", "cpuid", "mov rbx, {t}", t = out(reg) _, inout("eax") 0u32 => max, inout("ecx") 0u32 => _, out("edx") _);
-        core::arch::asm!("mov {t}, rbx", "cpuid", "mov rbx, {t}", t = out(reg) _, inout("eax") 1u32 => _, inout("ecx") 0u32 => c, out("edx") _)
-    };
+    let (max, c) = (cpuid(0, 0)[0], cpuid(1, 0)[2]);
     let has = c & (1 << 28) != 0 && c & (1 << 26) != 0 && max >= 0xd;
     if c & (1 << 27) == 0 {
         return (has, false);
@@ -112,14 +117,6 @@ pub fn avx() -> (bool, bool) {
 /// sub-leaf 1 lists none of XSAVEOPT, XSAVEC, XGETBV1, XSAVES): the kernel then runs FXSAVE
 /// and leaves AVX off, and says so at boot (`rl4_arch::fpu::init_this_cpu`).
 pub fn tcg_xsave_quirk() -> bool {
-    let cpuid = |leaf: u32, sub: u32| -> [u32; 4] {
-        let (a, b, c, d): (u32, u32, u32, u32);
-        // SAFETY: CPUID is unprivileged; rbx is saved around it (LLVM reserves it).
-        unsafe {
-            core::arch::asm!("mov {t:r}, rbx", "cpuid", "xchg {t:r}, rbx", t = out(reg) b, inout("eax") leaf => a, inout("ecx") sub => c, out("edx") d)
-        };
-        [a, b, c, d]
-    };
     let l1 = cpuid(1, 0);
     if l1[2] & (1 << 26) == 0 || cpuid(0, 0)[0] < 0xd {
         return false;
