@@ -13,6 +13,7 @@ impl Features {
         let mut f = Features { max_leaf: l0.eax, ..Default::default() };
         f.apic = l1.edx & (1 << 9) != 0;
         f.fxsr = l1.edx & (1 << 24) != 0;
+        f.sse = l1.edx & (1 << 25) != 0;
         f.sse2 = l1.edx & (1 << 26) != 0;
         f.x2apic = l1.ecx & (1 << 21) != 0;
         f.tsc_deadline = l1.ecx & (1 << 24) != 0;

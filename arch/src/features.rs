@@ -10,9 +10,12 @@ pub struct Features {
     /// A local APIC, present and enabled (CPUID.1:EDX[9]; a CPU whose firmware turned it off
     /// in IA32_APIC_BASE reads it clear).
     pub apic: bool,
-    /// `FXSAVE`/`FXRSTOR` (CPUID.1:EDX[24]) and SSE2 (EDX[26]: `lfence`, `mfence`): every
-    /// x86_64 CPU has them, an emulator may be told otherwise.
+    /// `FXSAVE`/`FXRSTOR` (CPUID.1:EDX[24]), SSE (EDX[25]) and SSE2 (EDX[26]: `lfence`,
+    /// `mfence`): every x86_64 CPU has them, an emulator may be told otherwise (QEMU's TCG
+    /// refuses `lfence` with an invalid-opcode fault when SSE alone is clear: `-cpu max,-sse`,
+    /// a double fault at the first fence before the forty-third session).
     pub fxsr: bool,
+    pub sse: bool,
     pub sse2: bool,
     pub x2apic: bool,
     pub tsc_deadline: bool,
@@ -35,6 +38,8 @@ impl Features {
             Some("local APIC (CPUID.1:EDX[9] clear: absent, or turned off by the firmware)")
         } else if !self.fxsr {
             Some("FXSAVE/FXRSTOR (CPUID.1:EDX[24] clear)")
+        } else if !self.sse {
+            Some("SSE (CPUID.1:EDX[25] clear: an emulator then refuses the kernel's fences)")
         } else if !self.sse2 {
             Some("SSE2 (CPUID.1:EDX[26] clear: the kernel's fences are SSE2 instructions)")
         } else {
@@ -57,6 +62,7 @@ impl Features {
         let needs = [
             (!self.apic, Lack::Apic),
             (!self.fxsr, Lack::Fxsr),
+            (!self.sse, Lack::Sse),
             (!self.sse2, Lack::Sse2),
             (x2apic_mode && !self.x2apic, Lack::X2Apic),
             (!x2apic_mode && self.x2apic, Lack::XApicMode),
@@ -99,10 +105,12 @@ pub enum Lack {
     /// from each CPU's own CPUID, and would turn x2APIC on there, where the kernel reaches the
     /// APIC through the xAPIC page and addresses IPIs with xAPIC IDs.
     XApicMode,
+    /// SSE (CPUID.1:EDX[25]); last, so that the codes before it keep their numbers.
+    Sse,
 }
 
 impl Lack {
-    const ALL: [Lack; 12] = [
+    const ALL: [Lack; 13] = [
         Lack::Apic,
         Lack::Fxsr,
         Lack::Sse2,
@@ -115,6 +123,7 @@ impl Lack {
         Lack::Nx,
         Lack::Page1G,
         Lack::XApicMode,
+        Lack::Sse,
     ];
 
     /// The lack a non-zero code ([`Lack`] as `u8`) names.
@@ -126,6 +135,7 @@ impl Lack {
         match self {
             Lack::Apic => "a local APIC (CPUID.1:EDX[9])",
             Lack::Fxsr => "FXSAVE/FXRSTOR (CPUID.1:EDX[24])",
+            Lack::Sse => "SSE (CPUID.1:EDX[25])",
             Lack::Sse2 => "SSE2 (CPUID.1:EDX[26])",
             Lack::X2Apic => "x2APIC (CPUID.1:ECX[21]), the local APICs' mode",
             Lack::TscDeadline => "the TSC-deadline timer (CPUID.1:ECX[24]), the local APIC timers' mode",
@@ -150,6 +160,7 @@ mod tests {
         Features {
             apic: true,
             fxsr: true,
+            sse: true,
             sse2: true,
             x2apic: true,
             tsc_deadline: true,
@@ -172,9 +183,10 @@ mod tests {
 
     #[test]
     fn each_feature_the_bootstrap_cpu_set_up_is_needed() {
-        let cases: [(fn(&mut Features), Lack); 7] = [
+        let cases: [(fn(&mut Features), Lack); 8] = [
             (|f| f.apic = false, Lack::Apic),
             (|f| f.fxsr = false, Lack::Fxsr),
+            (|f| f.sse = false, Lack::Sse),
             (|f| f.sse2 = false, Lack::Sse2),
             (|f| f.x2apic = false, Lack::X2Apic),
             (|f| f.tsc_deadline = false, Lack::TscDeadline),
@@ -185,10 +197,10 @@ mod tests {
             let mut ap = full();
             clear(&mut ap);
             assert_eq!(ap.lacks(&full(), true, true), Some(lack));
-            // Not needed where the bootstrap CPU did not set it up (the base three always are).
+            // Not needed where the bootstrap CPU did not set it up (the base four always are).
             let mut bsp = full();
             clear(&mut bsp);
-            let base = matches!(lack, Lack::Apic | Lack::Fxsr | Lack::Sse2);
+            let base = matches!(lack, Lack::Apic | Lack::Fxsr | Lack::Sse | Lack::Sse2);
             let modes = (lack != Lack::X2Apic, lack != Lack::TscDeadline);
             assert_eq!(ap.lacks(&bsp, modes.0, modes.1), if base { Some(lack) } else { None }, "{lack:?}");
         }

@@ -185,10 +185,10 @@ pub extern "C" fn rl4_kernel_entry(protocol: u32, magic: u32, info: u64) -> ! {
     let f = cpu::Features::read();
     // rl4 needs a local APIC (its timer, its interrupts between CPUs, the start of the others),
     // which long mode does not promise (firmware may turn it off; `-cpu max,-apic` has none), and
-    // FXSAVE and SSE2, which every x86_64 CPU has but an emulator may be told to hide. Without
-    // one the kernel stops with a line, rather than fault at the APIC's first register or the
-    // first fence (before the thirty-third session a #GP panic where the timer was set up, or
-    // a double fault).
+    // FXSAVE, SSE and SSE2, which every x86_64 CPU has but an emulator may be told to hide.
+    // Without one the kernel stops with a line, rather than fault at the APIC's first register
+    // or the first fence (before the thirty-third session a #GP panic where the timer was set
+    // up, or a double fault; for SSE alone, before the forty-third).
     if let Some(what) = f.missing() {
         println!("cpu: this CPU has no {what}; rl4 needs it; stopping");
         cpu::exit(cpu::QemuExit::Failure);
