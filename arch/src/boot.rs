@@ -20,6 +20,10 @@ pub const ENTRY_PVH: u32 = 1;
 pub const ENTRY_MULTIBOOT2: u32 = 2;
 pub const ENTRY_LIMINE: u32 = 3;
 
+/// CPUID.1:EDX's CMOV (bit 15) and CMPXCHG8B (bit 8): what both 64-bit entries test before any
+/// compiled code runs (`rl4_baseline_stop`).
+pub(crate) const BASELINE_EDX: u32 = 1 << 15 | 1 << 8;
+
 core::arch::global_asm!(
     r#"
     .set KERNEL_BASE, 0xffffffff80000000
@@ -183,6 +187,13 @@ no_long_mode:
 
     .code64
 boot64:
+    /* The rest of x86-64's baseline the compiled kernel takes for granted before it can look
+       (`baseline_stop`). */
+    mov $1, %eax
+    cpuid
+    and ${baseline}, %edx
+    cmp ${baseline}, %edx
+    jne rl4_baseline_stop
     mov $0x10, %eax
     mov %eax, %ds
     mov %eax, %es
@@ -210,7 +221,38 @@ boot64:
     hlt
     jmp 8b
 
+    /* A CPU whose CPUID.1:EDX denies CMOV (bit 15) or CMPXCHG8B (bit 8), which every x86_64
+       CPU has but an emulator may be told to hide (`-cpu max,-cmov`): the compiler's code uses
+       `cmov` from the first Rust function on, and the AP trampoline takes its offer with
+       `cmpxchg8b`, so the check is here, in the assembly of both entries that reach 64-bit
+       mode (this one, `boot64`, and Limine's), before either. It says so on COM1 and stops
+       (before the forty-third session a triple fault: a reset, or QEMU's exit 0 with
+       `-no-reboot`; for CMPXCHG8B the first AP's). */
+    .global rl4_baseline_stop
+rl4_baseline_stop:
+    lea baseline_msg(%rip), %rsi
+5:  lodsb
+    test %al, %al
+    jz 7f
+    mov %al, %bl
+    mov $0x3fd, %dx
+6:  in %dx, %al
+    test $0x20, %al
+    jz 6b
+    mov $0x3f8, %dx
+    mov %bl, %al
+    out %al, %dx
+    jmp 5b
+7:  mov $0xf4, %dx
+    mov $0x11, %eax
+    out %eax, %dx
+    cli
+8:  hlt
+    jmp 8b
+
     .section .rodata.boot, "a"
+baseline_msg:
+    .asciz "rl4: this CPU has no CMOV or no CMPXCHG8B (CPUID.1:EDX[15], EDX[8]: x86-64's baseline, which the compiled kernel uses); stopping.\r\n"
     .balign 8
 boot_gdt:
     .quad 0
@@ -243,6 +285,7 @@ boot_stack_top:
     "#,
     pvh = const ENTRY_PVH,
     mb2 = const ENTRY_MULTIBOOT2,
+    baseline = const BASELINE_EDX,
     options(att_syntax)
 );
 

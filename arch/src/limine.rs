@@ -95,6 +95,12 @@ extern "C" fn limine_entry() -> ! {
         r#"
         cli
         cld
+        /* The baseline the compiled code takes for granted (`boot.rs`, `rl4_baseline_stop`). */
+        mov $1, %eax
+        cpuid
+        and ${baseline}, %edx
+        cmp ${baseline}, %edx
+        jne rl4_baseline_stop
         /* Zero .bss (the boot stack, the boot tables below) while still on Limine's stack. */
         movabs $__bss_start, %rdi
         movabs $__bss_end, %rcx
@@ -116,6 +122,7 @@ extern "C" fn limine_entry() -> ! {
         "#,
         handoff = sym limine_handoff,
         protocol = const crate::boot::ENTRY_LIMINE,
+        baseline = const crate::boot::BASELINE_EDX,
         options(att_syntax)
     );
 }
