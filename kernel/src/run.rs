@@ -183,7 +183,10 @@ pub fn after_boot(plan: &madt::Plan) -> ! {
                 shutdown(false, online, plan.cpus.len());
             }
             let args = crate::root_args();
-            println!("starting the root task (arguments: \"{args}\")");
+            // Through `OneLine` as the whole command line is (the root task's part keeps any
+            // control byte the loader passed: before the forty-third session a newline here
+            // printed what followed as a kernel line of its own; a review found it).
+            println!("starting the root task (arguments: \"{}\")", rl4_arch::console::OneLine(args.as_bytes()));
             if let Err(e) = crate::root::start(args, time::tsc_hz()) {
                 panic!("cannot start the root task: {e}");
             }
