@@ -222,6 +222,19 @@ impl BootInfo {
     pub fn memory_map(&self) -> &[MemEntry] {
         &self.memmap[..self.memmap_len]
     }
+    /// Whether `r` (a module's range) lies in memory as the memory map tells it
+    /// (`memmap::within_memory`); when the map was too long and entries were dropped (the one
+    /// that held `r` may be among them), whether no entry that is not memory shares a byte with
+    /// it (`memmap::clear_of_non_memory`). What the archive probe here and the root task's loader
+    /// (`kernel/src/root.rs`) ask before they read a module.
+    pub fn in_memory(&self, r: Range) -> bool {
+        let map = self.memory_map().iter().map(|e| (e.range, e.kind));
+        if self.memmap_dropped > 0 {
+            rl4_core::memmap::clear_of_non_memory(r, map)
+        } else {
+            rl4_core::memmap::within_memory(r, map)
+        }
+    }
     pub fn modules(&self) -> &[Module] {
         &self.modules[..self.modules_len]
     }
@@ -351,7 +364,11 @@ impl BootInfo {
         all[..n].copy_from_slice(&self.modules[..n]);
         self.modules_len = 0;
         for m in &all[..n] {
-            if !pick(m) {
+            // Not read where the memory map says it is not memory (device registers, RAM
+            // found defective): kept whole, for the root task's loader to refuse with a line
+            // (before the forty-third session the probe read its first bytes, and an archive's
+            // headers, wherever the loader said it was; a review found it).
+            if !pick(m) || !self.in_memory(m.range) {
                 self.add_module(*m);
                 continue;
             }
@@ -1432,6 +1449,50 @@ mod tests {
         let bi = parse_pvh(&mem, 0x1000).unwrap();
         assert_eq!((bi.modules().len(), bi.modules()[0].range.len()), (1, len));
         assert!(!mem.2.get(), "read past the archive's end");
+    }
+
+    /// A module the memory map gives to something other than memory (a device's registers) is
+    /// not probed for an archive: none of its bytes is read, and it stays one module.
+    #[test]
+    fn a_module_outside_memory_is_not_read() {
+        struct Watch<'a>(&'a Mem, core::cell::Cell<bool>);
+        impl PhysMem for Watch<'_> {
+            fn read(&self, pa: u64, buf: &mut [u8]) -> Option<()> {
+                if pa + buf.len() as u64 > 0x800_0000 {
+                    self.1.set(true);
+                }
+                self.0.read(pa, buf)
+            }
+        }
+        let mut m = pvh_image(1);
+        let ar = newc(&[("echo.elf", b"ECHO!")]);
+        // The module just past the map's last usable byte (0x7ee_0000 + 1 MiB), over a range
+        // the map reserves.
+        m.put(0x800_0000, &ar);
+        m.put64(0x1100, 0x800_0000);
+        m.put64(0x1108, ar.len() as u64);
+        m.put32(0x1030, 4);
+        m.put64(0x1348, 0x800_0000);
+        m.put64(0x1350, 0x10_0000);
+        m.put32(0x1358, 2);
+        let w = Watch(&m, core::cell::Cell::new(false));
+        let mut bi = parse_pvh(&w, 0x1000).unwrap();
+        assert!(!w.1.get(), "a byte of the reserved range was read");
+        assert_eq!(bi.modules().len(), 1);
+        assert!(!bi.in_memory(bi.modules()[0].range));
+        assert!(!bi.modules()[0].unread);
+        assert_eq!(bi.expand_unread_archives(&w), (0, 0));
+        assert!(!w.1.get());
+        // The same archive in usable memory is read and expanded.
+        m.put32(0x1358, 1);
+        let bi = parse_pvh(&m, 0x1000).unwrap();
+        assert!(bi.in_memory(bi.modules()[0].range));
+        assert_eq!(bi.modules()[0].name(), "echo");
+        // A map that lost entries: only a range it gives to something else is refused.
+        let mut bi = parse_pvh(&m, 0x1000).unwrap();
+        bi.memmap_dropped = 1;
+        assert!(bi.in_memory(Range::new(0x1_0000_0000, 0x1_0000_1000)));
+        assert!(!bi.in_memory(Range::new(0x9f000, 0xa0000)));
     }
 
     /// Multiboot2 boot information at 0x1000 with one module (at 0x30_0000, 8 KiB, passed with

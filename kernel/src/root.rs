@@ -223,11 +223,7 @@ fn modules(space: &Space, memory: &Arc<Memory>, bi: &mut BootInfo, at: &mut u64)
         // (A map too long for the boot information lost entries, maybe the one that holds the
         // module (`mem.rs` maps the modules for that case): then only a range the map gives
         // to something other than memory is refused.)
-        let in_memory = if boot.memmap_dropped > 0 {
-            rl4_core::memmap::clear_of_non_memory(range, map())
-        } else {
-            rl4_core::memmap::within_memory(range, map())
-        };
+        let in_memory = boot.in_memory(range);
         let refuse = if range.overlaps(kernel) {
             Some("it lies on the kernel image")
         } else if !in_memory {
