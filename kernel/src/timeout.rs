@@ -88,7 +88,8 @@ static THREADS_GONE: [crossbeam_utils::CachePadded<core::sync::atomic::AtomicU64
     [const { crossbeam_utils::CachePadded::new(core::sync::atomic::AtomicU64::new(0)) }; rl4_smp::MAX_CPUS];
 
 /// Thread `t` is being destroyed: the deadline entries it may have left keep its record
-/// allocated until the next period's prune of each CPU they are on.
+/// allocated until each CPU they are on lets them go, by its sweep (the epoch moved here) or by
+/// a prune, whichever comes first.
 pub fn thread_gone(t: &Thread) {
     for (k, w) in t.deadline_cpus.iter().enumerate() {
         let mut bits = w.load(core::sync::atomic::Ordering::Relaxed);
