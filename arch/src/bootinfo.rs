@@ -320,9 +320,17 @@ impl BootInfo {
         self.info_ranges_len += 1;
     }
 
+    /// A module as the loader gives it; its range is reserved as boot information only if it is
+    /// kept (one past [`MAX_MODULES`] is counted as dropped), so that the modules take at most
+    /// [`MAX_MODULES`] of the [`MAX_INFO_RANGES`] and the structures read after them keep their
+    /// room (before the forty-third session a dropped module took a slot too, and from the
+    /// seventeenth on PVH's memory map, then its command line, lost their reservation; a review
+    /// found it).
     fn push_module(&mut self, start: u64, end: u64, name: &[u8]) {
+        if self.modules_len < MAX_MODULES {
+            self.push_info(start, end.saturating_sub(start));
+        }
         self.add_module(Module::new(Range::new(start, end), name));
-        self.push_info(start, end.saturating_sub(start));
     }
 
     fn add_module(&mut self, m: Module) {
@@ -1449,6 +1457,29 @@ mod tests {
         let bi = parse_pvh(&mem, 0x1000).unwrap();
         assert_eq!((bi.modules().len(), bi.modules()[0].range.len()), (1, len));
         assert!(!mem.2.get(), "read past the archive's end");
+    }
+
+    /// PVH with more modules than are kept: the dropped ones take no boot-information slot, and
+    /// the command line and memory map read after them stay reserved.
+    #[test]
+    fn dropped_modules_leave_the_later_structures_reserved() {
+        let mut m = pvh_image(1);
+        let n = MAX_MODULES as u64 + 4;
+        m.put32(0x100c, n as u32);
+        m.put64(0x1010, 0x2000);
+        for i in 0..n {
+            m.put64(0x2000 + i * 32, 0x20_0000 + i * 0x1000);
+            m.put64(0x2008 + i * 32, 0x100);
+            m.put64(0x2010 + i * 32, 0);
+        }
+        let bi = parse_pvh(&m, 0x1000).unwrap();
+        assert_eq!((bi.modules().len(), bi.modules_dropped), (MAX_MODULES, 4));
+        let has = |start: u64, len: u64| bi.info_ranges().iter().any(|r| r.start == start && r.len() == len);
+        assert!(has(0x1300, 3 * 24), "the memory map");
+        assert!(has(0x1200, 15), "the command line");
+        assert!(has(0x2000, n * 32), "the module list");
+        assert!(has(0x20_0000 + (MAX_MODULES as u64 - 1) * 0x1000, 0x100), "the last module kept");
+        assert!(!has(0x20_0000 + MAX_MODULES as u64 * 0x1000, 0x100), "a dropped module");
     }
 
     /// A module the memory map gives to something other than memory (a device's registers) is
