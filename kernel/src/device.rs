@@ -517,14 +517,18 @@ fn reload(loaded: &AtomicU64, sp: &Space) {
             map.set(p.base, p.count, false);
         }
     }
+    let mut any = false;
     for (l, w) in ranges.iter().zip(&sp.io.packed) {
         let w = w.load(Ordering::Relaxed);
         if let Some(p) = Ports::unpack(w) {
             map.set(p.base, p.count, true);
+            any = true;
         }
         l.store(w, Ordering::Relaxed);
     }
-    loaded.store(g, Ordering::Relaxed);
+    // The ranges may be newer than `g`: under the generation every never-opened space shares, a
+    // label that makes the next switch reload (`bitmap_label`; loom: `first_open_against_reload`).
+    loaded.store(rl4_core::device::bitmap_label(g, any), Ordering::Relaxed);
 }
 
 /// `KernelCheck`'s rules for CPU `cpu`'s I/O permission bitmap (`tlb` its state), every CPU

@@ -209,6 +209,23 @@ impl<const N: usize> OpenSet<N> {
     }
 }
 
+/// What a CPU's I/O permission bitmap is labelled with once it has loaded a space's ranges: the
+/// space's generation `read` before them, or [`UNKNOWN_GENERATION`] when that is 0 and a range
+/// was loaded all the same. Generation 0 is the one every space that never opened a port shares
+/// (it stands for no range: a switch between two such spaces reloads nothing); the ranges are
+/// read after it, and an open that published its ranges in between, its new generation still on
+/// its way, would otherwise leave ranges loaded under the shared 0, which the next switch to any
+/// never-opened space takes for its own (before the forty-third session; a review found it). Any
+/// other generation names one state of one space (the counter is machine-wide), so a newer
+/// state loaded under it is that space's and reloads at the next switch elsewhere.
+pub fn bitmap_label(read: u64, loaded_any: bool) -> u64 {
+    if read == 0 && loaded_any { UNKNOWN_GENERATION } else { read }
+}
+
+/// A label no space's generation ever has (they count up from 1): a bitmap that carries it
+/// is reloaded at the next switch, whatever the space.
+pub const UNKNOWN_GENERATION: u64 = u64::MAX;
+
 /// Whether every port of `r` lies in one of the ranges `open` (packed, `Ports::pack`; 0 = an
 /// empty slot) — together, as two overlapping ranges may cover it. The consistency check's rule
 /// for a CPU whose bitmap holds an older state of its running task's ranges (an open's

@@ -237,3 +237,58 @@ fn an_open_that_reads_the_table_first_misses_the_leave() {
         "reading the table before listing the space should let some execution keep the range open (the model misses the race)"
     );
 }
+
+// ---- a space's first open against a CPU that loads its ranges ----------------------------------
+//
+// `kernel/src/device.rs`, `change` and `reload` (forty-third session, from a review): `change`
+// stores the space's packed ranges, then its new generation; `reload`, on another CPU and without
+// the space's lock, reads the generation first, then the ranges, and labels its bitmap with what
+// it read. The ranges may be newer than that generation; for a space that never opened a port
+// the generation read is 0, which every such space shares: labelled 0, the loaded range would
+// pass for every never-opened space's (none) at the next switch. `rl4_core::device::bitmap_label`
+// labels it so that the next switch reloads.
+
+/// One run: the space's first open (range `R`, generation `G`) against a CPU's reload of its
+/// ranges; `label` makes the bitmap's label from the generation read and whether a range was
+/// loaded. Returns whether the bitmap ended labelled 0 with a range loaded.
+fn first_open_against_reload(label: fn(u64, bool) -> u64) -> bool {
+    const R: u64 = 0x0001_0000_03f8;
+    const G: u64 = 7;
+    let space = Arc::new((AtomicU64::new(0), AtomicU64::new(0))); // (generation, packed range)
+    let opener = {
+        let s = space.clone();
+        thread::spawn(move || {
+            s.1.store(R, Ordering::Relaxed);
+            s.0.store(G, Ordering::Release);
+        })
+    };
+    let g = space.0.load(Ordering::Acquire);
+    let loaded = space.1.load(Ordering::Relaxed);
+    let l = label(g, loaded != 0);
+    opener.join().unwrap();
+    l == 0 && loaded != 0
+}
+
+#[test]
+fn first_open_against_reload_is_never_labelled_empty() {
+    model(|| {
+        assert!(
+            !first_open_against_reload(rl4_core::device::bitmap_label),
+            "a bitmap holding a range was labelled with the never-opened spaces' generation"
+        )
+    });
+}
+
+#[test]
+fn a_reload_labelled_with_what_it_read_passes_for_empty() {
+    static FOUND: StdBool = StdBool::new(false);
+    model(|| {
+        if first_open_against_reload(|g, _| g) {
+            FOUND.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    assert!(
+        FOUND.load(std::sync::atomic::Ordering::Relaxed),
+        "labelling with the generation read should let some execution load a range under 0 (the model misses the race)"
+    );
+}
