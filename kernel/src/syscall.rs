@@ -826,15 +826,30 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             if th.task.dead.load(core::sync::atomic::Ordering::Acquire) || th.life.lock().is_dead() {
                 return Err(Error::InvalidState);
             }
-            match th.space.maps.lock().get(&a1) {
+            // (Whether an `Unmap` of the space is between its change and its shoot-down, read
+            // under the same lock.)
+            let (look, unmapping) = {
+                let maps = th.space.maps.lock();
+                let look = maps.get(&a1).map(|(f, write, _)| (f.device_page().is_some(), *write));
+                (look, th.space.unmapping.load(core::sync::atomic::Ordering::Relaxed) != 0)
+            };
+            match look {
                 // The kernel writes message words into the buffer: never into a device.
-                Some((f, _, _)) if f.device_page().is_some() => return Err(Error::InvalidArgument),
-                Some((_, true, _)) => {}
+                Some((true, _)) => return Err(Error::InvalidArgument),
+                Some((_, true)) => {}
                 Some(_) => return Err(Error::MissingRight),
                 // (A kill between the check above and the look-up empties the space after it
                 // marks the task dead: the same answer as before the kill.)
                 None if th.task.dead.load(core::sync::atomic::Ordering::Acquire) => return Err(Error::InvalidState),
-                None => return Err(Error::NotMapped),
+                None => {
+                    // Not mapped, perhaps by an `Unmap` whose shoot-down has not ended: waited
+                    // for first, as `Map` and `Unmap` do (since the forty-third session; a
+                    // review found the answer came while another CPU could still reach the page).
+                    if unmapping {
+                        crate::tlb::flush_space(&th.space);
+                    }
+                    return Err(Error::NotMapped);
+                }
             }
             // The address is kept, not the frame: each long message uses what is mapped there
             // then (`ipc::with_buffer`). A thread of a task that died gave its buffer up
