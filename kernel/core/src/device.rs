@@ -307,7 +307,9 @@ pub fn device_page(pa: u64, pages: &[u64]) -> Result<usize, DevMemError> {
 /// `unsafe` [`DeviceFrame::new`], which the kernel calls in one place (its `device` module,
 /// for a page of [`device_pages`] whose claim it holds), so a number a task passes never
 /// becomes one without that check. The kernel maps it into user space uncached and never
-/// reads or writes it itself. Neither `Copy` nor `Clone`; `#[repr(transparent)]`.
+/// reads or writes it through this object, nor writes it for a task (an IPC buffer is refused
+/// there); it reads it only as a task's own memory: a `ConsoleWrite` whose text a task placed
+/// in such a page is copied through the task's mapping, as the task could read it itself. Neither `Copy` nor `Clone`; `#[repr(transparent)]`.
 ///
 /// ```compile_fail,E0603
 /// let d = rl4_core::device::DeviceFrame(0xfed0_0000); // only `unsafe` `DeviceFrame::new`
