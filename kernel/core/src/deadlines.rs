@@ -154,7 +154,7 @@ impl<W> Deadlines<W> {
     pub fn prune(&mut self, epoch: u64, keep: impl FnMut(&(u64, W)) -> bool) -> usize {
         let seen = self.heap.len();
         self.heap.retain(keep);
-        self.heap.shrink();
+        self.heap.shrink_keeping(1);
         // `retain` keeps the order of what stays, which is not a heap's: build one again.
         for i in (0..self.heap.len() / 2).rev() {
             self.sift_down(i);
@@ -234,9 +234,14 @@ impl<W> Deadlines<W> {
         self.heap.leaves() > self.heap.len().div_ceil(PagedVec::<(u64, W)>::PER_LEAF) + 1
     }
 
-    /// Frees the leaves its entries do not fill (allocates nothing).
+    /// Frees the leaves its entries do not fill but one (allocates nothing): the heap keeps the
+    /// room of a leaf, its first as grown when it is empty, so that waits that come and go at
+    /// about the same number find room without allocating on their way (before the forty-third
+    /// session every leaf went, and a CPU whose waits with a timeout emptied its heap allocated
+    /// it anew, 4 entries then doubling, on the next ones: a review pointed at the allocations on
+    /// that IPC path).
     pub fn shrink(&mut self) {
-        self.heap.shrink();
+        self.heap.shrink_keeping(1);
     }
 
     /// Moves the entry at `i` up to its place; returns where it went.
@@ -303,6 +308,32 @@ mod tests {
         assert_eq!(out, [10, 10, 20, 30, 40]);
         assert_eq!(d.earliest(), Some(50));
         assert_eq!(d.len(), 2);
+    }
+
+    /// Emptied and shrunk, the heap keeps its first leaf as grown: as many waits again find
+    /// room with no allocation (each would fail here), after a shrink as after a prune.
+    #[test]
+    fn an_emptied_heap_fills_again_without_allocating() {
+        let per_leaf = PagedVec::<(u64, u64)>::PER_LEAF as u64;
+        for prune in [false, true] {
+            let mut d = Deadlines::new();
+            for i in 0..per_leaf + 10 {
+                d.try_push(i, i).unwrap();
+            }
+            if prune {
+                d.prune(0, |_| false);
+            } else {
+                while d.pop_due(u64::MAX).is_some() {}
+                d.shrink();
+            }
+            assert_eq!(d.len(), 0);
+            crate::test_alloc::no_memory(|| {
+                for i in 0..per_leaf {
+                    assert!(d.try_push(i, i).is_ok(), "entry {i} needed an allocation (prune: {prune})");
+                }
+            });
+            assert!(d.try_push(0, 0).is_ok());
+        }
     }
 
     #[test]

@@ -224,7 +224,14 @@ impl<T> PagedVec<T> {
     /// Frees the leaves (and mids) its elements do not use, so what it holds stays within a
     /// leaf of its elements. Allocates nothing.
     pub fn shrink(&mut self) {
-        let want = self.len.div_ceil(Self::PER_LEAF);
+        self.shrink_keeping(0);
+    }
+
+    /// [`Self::shrink`], keeping `spare` leaves beyond what its elements use (the first leaf
+    /// among them, as grown: the room a vector that empties and fills again at about the same
+    /// size reuses without allocating). Allocates nothing.
+    pub fn shrink_keeping(&mut self, spare: usize) {
+        let want = self.len.div_ceil(Self::PER_LEAF).saturating_add(spare);
         while self.leaves > want {
             let m = (self.leaves - 1) / MID_LEAVES;
             drop(self.top[m].pop());
