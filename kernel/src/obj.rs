@@ -838,11 +838,16 @@ const LARGEST_OBJECT: usize = {
     m
 };
 // A thread's share also covers the endpoint allocation its kept receive reference may hold
-// after that endpoint is gone (`Life::keep_recv`), and the allocation of the object of a
-// capability in flight it carries, dead meanwhile (`InFlight`).
+// after that endpoint is gone (`Life::keep_recv`), the allocation of the object of a
+// capability in flight it carries, dead meanwhile (`InFlight`), and the two its fault handler's
+// weak references may hold after their objects are gone (`FaultHandler`: the endpoint, and the
+// task that set it; since the forty-third session, when a review found them left out).
 const _: () = assert!(covers(
     core::mem::size_of::<Thread>(),
-    THREAD_HEAP - (core::mem::size_of::<crate::ipc::Endpoint>() as u64 + 16) - (LARGEST_OBJECT as u64 + 16)
+    THREAD_HEAP
+        - 2 * (core::mem::size_of::<crate::ipc::Endpoint>() as u64 + 16)
+        - (LARGEST_OBJECT as u64 + 16)
+        - (core::mem::size_of::<Task>() as u64 + 16)
 ));
 const _: () = assert!(covers(core::mem::size_of::<Frame>(), FRAME_HEAP));
 const _: () = assert!(covers(core::mem::size_of::<Frame>(), rl4_abi::cost::DEVICE_FRAME));

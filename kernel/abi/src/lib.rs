@@ -153,7 +153,8 @@ numbered! {
         /// `(slot)` → `(count)`: delete every capability derived from the one in `slot` — copied,
         /// minted or received through IPC from it, transitively — in every task, and return how
         /// many were deleted; the capability in `slot` stays. A capability in flight (carried by
-        /// a blocked sender) that was read from a deleted or revoked one is not delivered.
+        /// a blocked sender) that was read from one of those deleted is not delivered; one read
+        /// from the capability in `slot` itself, which stays, still is, as a new child.
         /// Needs no right: what a task derived from its own capability is its to take back.
         CapRevoke = 41,
         /// `(thread_slot, endpoint_slot)`: the thread's fault handler (see [`fault`]). The
