@@ -1392,6 +1392,18 @@ impl Task {
             }
             return caps.insert(slot, cap).map_err(|_| unreachable!("checked free"));
         };
+        // A slot that refuses it (out of range, occupied, an ended table) is told first, before
+        // the charge, the tree's room and the walk of the ancestors (since the forty-third
+        // session: a review found a receiver naming such a slot made every message carrying a
+        // capability do all three, under the queue's and the home's locks, for nothing); and
+        // again below, under both locks, where it counts.
+        {
+            let caps = self.caps.lock();
+            if let Some(e) = self.refusal(&caps, slot) {
+                drop(caps);
+                return Err((e, cap));
+            }
+        }
         // Its node is charged to this task's budget, and its room made, before anything changes.
         let home = match Home::new(self, slot) {
             Ok(h) => h,
