@@ -105,6 +105,10 @@ pub fn has_error_code(v: u64) -> bool {
 /// An exception in kernel mode: report and panic.
 #[cold]
 pub fn kernel_exception(f: &KernelFrame) -> ! {
+    // An exception between the exit's `swapgs` and its `sysretq`/`iretq` arrives in kernel mode
+    // with the user's GS (base 0): the report's per-CPU reads would go through user address 0
+    // (since the forty-third session it swaps first, as the IST handlers do; a review found it).
+    ensure_kernel_gs();
     let cpu = crate::percpu::cpu_index();
     let name = exception_name(f.vector);
     let v = f.vector;
