@@ -108,6 +108,7 @@ static REQUEST_CPU: AtomicUsize = AtomicUsize::new(usize::MAX);
 static REQUEST: AtomicU8 = AtomicU8::new(0);
 const REQ_PANIC: u8 = 1;
 const REQ_FAULT: u8 = 2;
+const REQ_FAULT_USER_GS: u8 = 3;
 
 /// An address in the MMIO window that is never mapped: reading it faults.
 const UNMAPPED: u64 = rl4_arch::layout::MMIO_BASE + rl4_arch::layout::MMIO_SIZE - 0x1000;
@@ -118,6 +119,10 @@ fn act_on(req: u8) {
         REQ_FAULT => {
             println!("touching unmapped address {UNMAPPED:#x} on purpose (run=fault)");
             rl4_arch::cpu::read_volatile_u64(UNMAPPED);
+        }
+        REQ_FAULT_USER_GS => {
+            println!("touching unmapped address {UNMAPPED:#x} with the user's GS on purpose (run=fault-user-gs)");
+            rl4_arch::cpu::fault_with_user_gs(UNMAPPED);
         }
         _ => {}
     }
@@ -202,8 +207,12 @@ pub fn after_boot(plan: &madt::Plan) -> ! {
                 cpu::idle_wait();
             }
         }
-        Run::Panic | Run::Fault => {
-            let req = if opts.run == Run::Panic { REQ_PANIC } else { REQ_FAULT };
+        Run::Panic | Run::Fault | Run::FaultUserGs => {
+            let req = match opts.run {
+                Run::Panic => REQ_PANIC,
+                Run::Fault => REQ_FAULT,
+                _ => REQ_FAULT_USER_GS,
+            };
             let target = (0..cpus::count()).rev().find(|&i| cpus::get(i).is_some_and(|c| c.online.load(Ordering::Acquire)));
             match target {
                 Some(0) | None => act_on(req),

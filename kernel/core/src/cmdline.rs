@@ -37,11 +37,20 @@ pub enum Run {
     Panic,
     /// Take a page fault on purpose on the last AP (tests the exception report).
     Fault,
+    /// The same with the user's GS loaded, as in the exit's window between `swapgs` and
+    /// `sysretq` (tests that the report swaps to the kernel's first).
+    FaultUserGs,
 }
 
 impl Run {
-    const ALL: [(&'static str, Run); 5] =
-        [("root", Run::Root), ("boot", Run::Boot), ("idle", Run::Idle), ("panic", Run::Panic), ("fault", Run::Fault)];
+    const ALL: [(&'static str, Run); 6] = [
+        ("root", Run::Root),
+        ("boot", Run::Boot),
+        ("idle", Run::Idle),
+        ("panic", Run::Panic),
+        ("fault", Run::Fault),
+        ("fault-user-gs", Run::FaultUserGs),
+    ];
 
     fn from_str(s: &str) -> Option<Run> {
         Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, r)| *r)
