@@ -1147,6 +1147,69 @@ fn test_trap_flag_syscall() {
     );
 }
 
+/// Sets the trap flag, loads `SS` with itself (which holds the single-step trap back until the
+/// next instruction has run) and runs `which` of: `int3`, `int 0x80`, `ud2`, a load from an
+/// unmapped page, `icebp`: an exception gate taken with the trap pending, which on hardware
+/// delivers the #DB at the gate's first instruction, in the kernel (the rest of the `mov ss`
+/// hazard, CVE-2018-8897: [`trap_flag_syscall`] covers `syscall`). Never returns: the fault's
+/// handler stops the thread.
+fn trap_flag_after_mov_ss(which: u64) -> ! {
+    // SAFETY: changes only this thread's flags, `rdx`, `rax` and `SS` (to the value it has);
+    // each instruction after the `mov ss` faults or traps to the thread's handler, which stops
+    // it (the `ud2`s after them are not reached).
+    unsafe {
+        match which {
+            0 => core::arch::asm!("mov rdx, ss", "pushfq", "or qword ptr [rsp], 0x100", "popfq", "mov ss, dx", "int3", "ud2", options(noreturn)),
+            1 => core::arch::asm!("mov rdx, ss", "pushfq", "or qword ptr [rsp], 0x100", "popfq", "mov ss, dx", "int 0x80", "ud2", options(noreturn)),
+            2 => core::arch::asm!("mov rdx, ss", "pushfq", "or qword ptr [rsp], 0x100", "popfq", "mov ss, dx", "ud2", options(noreturn)),
+            3 => core::arch::asm!("mov rdx, ss", "pushfq", "or qword ptr [rsp], 0x100", "popfq", "mov ss, dx", "mov rax, [0x10]", "ud2", options(noreturn)),
+            _ => core::arch::asm!("mov rdx, ss", "pushfq", "or qword ptr [rsp], 0x100", "popfq", "mov ss, dx", ".byte 0xf1", "ud2", options(noreturn)),
+        }
+    }
+}
+
+/// [`trap_flag_after_mov_ss`] for each of its five instructions, one thread each: each thread
+/// faults at a user address with its instruction's vector (#GP for `int3` and `int 0x80`: every
+/// gate has privilege 0) — or #DB (1) where the processor (or
+/// QEMU's TCG, which delivers the single-step trap of the `mov ss` itself) reports the trap
+/// first — and is stopped, and the kernel survives.
+fn test_trap_flag_after_mov_ss() {
+    check(
+        "exception-after-mov-ss-with-trap-flag",
+        "a thread sets the trap flag, loads SS and runs int3, int 0x80, ud2, a load from page 0 or icebp (an exception gate taken with the single-step trap held back): each faults at a user address with its vector (#GP for the two int) or #DB, is stopped, and the kernel survives",
+        |ep| {
+            // (the thread's entry, its instruction's vector, the fault message's badge)
+            let cases: [(fn(u64), u64, u64); 5] = [
+                // (`int3` and `int 0x80` reach gates of privilege 0: #GP, not #BP.)
+                (|_| trap_flag_after_mov_ss(0), 13, 0x81),
+                (|_| trap_flag_after_mov_ss(1), 13, 0x82),
+                (|_| trap_flag_after_mov_ss(2), 6, 0x83),
+                (|_| trap_flag_after_mov_ss(3), 14, 0x84),
+                (|_| trap_flag_after_mov_ss(4), 1, 0x85),
+            ];
+            for (entry, vector, badge) in cases {
+                let spawned = spawn_with_handler(entry, ep, badge)?;
+                let t = spawned.0;
+                let m = sys::recv_timeout(ep, ms(5000)).map_err(|_| "no fault message came");
+                let f = m.as_ref().ok().and_then(fault_of);
+                if m.is_ok() {
+                    let _ = sys::reply(&stop_msg());
+                }
+                let stopped = wait_ms(1000, || state(t) == Some(ThreadState::Faulted));
+                release_handled(spawned);
+                m?;
+                match f {
+                    Some((b, v, _, ip, _)) if b == badge && (v == vector || v == 1) && ip < 0x0000_8000_0000_0000 && stopped => {}
+                    Some((b, _, _, _, _)) if b == badge => return Err("a wrong vector, a fault not at a user address, or the thread not stopped"),
+                    Some(_) => return Err("another thread's fault message"),
+                    None => return Err("not a fault message"),
+                }
+            }
+            Ok(())
+        },
+    );
+}
+
 /// Stores the GDT register (`sgdt`), which shows a kernel address, then ends its thread.
 fn sgdt_then_exit(_: u64) {
     let mut area = [0u8; 16];
@@ -1459,6 +1522,7 @@ pub fn run() {
     test_calls_on_an_ended_task();
     test_user_flags();
     test_trap_flag_syscall();
+    test_trap_flag_after_mov_ss();
     test_umip();
     test_lazy();
     test_cow();
