@@ -189,6 +189,12 @@ impl UserRegs {
         self.r9 = words[3];
     }
 
+    /// A delivered message's tag alone (where [`UserRegs::set_ipc_out`] put it).
+    #[inline(always)]
+    pub fn set_ipc_tag(&mut self, tag: u64) {
+        self.rsi = tag;
+    }
+
     /// The user instruction pointer.
     #[inline(always)]
     pub fn ip(&self) -> u64 {

@@ -310,7 +310,10 @@ struct Outgoing<'a> {
     badge: u64,
     /// The sender, whose IPC buffer holds words 4 and up ([`with_buffer`]).
     from: &'a Thread,
-    cap: Option<Cap>,
+    /// Whether the message's capability went into the receiver's table (the tag's `caps`):
+    /// put there before ([`arrive`], by `send`) or marked after ([`mark_arrived`], by `recv`),
+    /// never under a home lock.
+    caps: u64,
 }
 
 /// Runs `op` on the frame of `t`'s IPC buffer — the one mapped writable at its buffer address
@@ -354,10 +357,10 @@ pub(crate) fn check_tag(t: &Thread, tag: Tag) -> Result<(), Error> {
     Ok(())
 }
 
-/// Copies a message into `to` (claimed and locked, or the running thread): tag, badge, words,
-/// the buffer part, and the capability into its receive slot. Returns a capability that found
-/// no place (the caller releases it after its locks).
-fn deliver(to: &Thread, to_regs: &mut UserRegs, m: Outgoing<'_>) -> Option<Cap> {
+/// Copies a message into `to` (claimed and locked, or the running thread): tag, badge, words
+/// and the buffer part. The capability a message carries is not here: it goes into the
+/// receiver's table with no home lock held ([`arrive`]).
+fn deliver(to: &Thread, to_regs: &mut UserRegs, m: Outgoing<'_>) {
     let tag = Tag(m.regs.ipc_tag());
     let mut len = tag.len();
     if len > REG_WORDS {
@@ -377,21 +380,35 @@ fn deliver(to: &Thread, to_regs: &mut UserRegs, m: Outgoing<'_>) -> Option<Cap> 
             len = REG_WORDS;
         }
     }
-    let mut caps = 0;
-    let mut left = None;
-    if let Some(cap) = m.cap {
-        let slot = to_regs.ipc_receive_slot();
-        if slot == NO_SLOT {
-            left = Some(cap);
-        } else {
-            match to.task.insert_cap_or_return(slot, cap) {
-                Ok(()) => caps = 1,
-                Err((_, c)) => left = Some(c),
-            }
-        }
+    to_regs.set_ipc_out(m.badge, Tag::new(tag.label(), len, m.caps).0, m.regs.ipc_words());
+}
+
+/// A message's capability goes into `task`'s table at the receive `slot` its receiver named:
+/// whether it went in, and the capability if it did not (no slot named, the slot refused, the
+/// capability's tree refused it), to be let go after every lock. Called with no home lock
+/// held: the insertion may wait for the capability's derivation tree, which another CPU may
+/// hold for as long as a deletion there takes (`DerivTree`'s hand-up of a deleted capability's
+/// children), and a home lock waited on so would stall that CPU's every scheduling decision
+/// (before the forty-third session `deliver` inserted it under the receiver's or the sender's
+/// home lock: a task could so stall a CPU it never ran on; a review found it). `send` calls it
+/// under the endpoint's queue lock alone, `recv` under none.
+fn arrive(task: &Arc<crate::obj::Task>, slot: u64, cap: Cap) -> (u64, Option<Cap>) {
+    if slot == NO_SLOT {
+        return (0, Some(cap));
     }
-    to_regs.set_ipc_out(m.badge, Tag::new(tag.label(), len, caps).0, m.regs.ipc_words());
-    left
+    match task.insert_cap_or_return(slot, cap) {
+        Ok(()) => (1, None),
+        Err((_, c)) => (0, Some(c)),
+    }
+}
+
+/// The running thread's message (its registers are its own) says its capability arrived: the
+/// tag's `caps` (`recv`, which inserts it after its locks: [`arrive`]).
+fn mark_arrived(cur: &Thread) {
+    cur.regs.with(|rr| {
+        let t = Tag(rr.ipc_tag());
+        rr.set_ipc_tag(Tag::new(t.label(), t.len(), 1).0);
+    });
 }
 
 
@@ -515,16 +532,36 @@ pub fn send(
         return Outcome::Return(Err(Error::Interrupted));
     }
     // Claim a waiting receiver.
+    let mut cap = cap;
+    let mut left = None;
     while let Some(r) = q.receivers.pop_front() {
         let mut rl = r.life.lock();
+        if !rl.waits(WaitOn::Recv(ep.id())) {
+            drop(rl);
+            reclaim::later_thread(r);
+            continue;
+        }
+        // The capability goes into its table first, under the queue's lock alone ([`arrive`]):
+        // its receive slot is read while it waits, and nothing ends that wait meanwhile (every
+        // transition that ends a wait in this queue holds its lock: `thread::with_queue_locked`).
+        let mut caps = 0;
+        if let Some(c) = cap.take() {
+            let slot = r.regs.with(|rr| rr.ipc_receive_slot());
+            drop(rl);
+            let (got, back) = arrive(&r.task, slot, c);
+            (caps, left) = (got, back);
+            rl = r.life.lock();
+        }
         let Ok(w) = rl.wake(WaitOn::Recv(ep.id())) else {
+            // (Not reached, as above; were it, the message goes on to the next receiver, without
+            // the capability if it went into this one's table.)
             drop(rl);
             reclaim::later_thread(r);
             continue;
         };
         crate::trace::stamp(crate::trace::PARTNER);
         crate::timeline::event(crate::timeline::Kind::Send, crate::timeline::ep(ep.id()) << 32 | r.id, badge);
-        let left = r.regs.with(|rr| deliver(&r, rr, Outgoing { regs, badge, from: cur, cap }));
+        r.regs.with(|rr| deliver(&r, rr, Outgoing { regs, badge, from: cur, caps }));
         let old = if call { rl.grant_reply(cur.clone(), ticket) } else { None };
         drop(rl);
         drop(q);
@@ -542,6 +579,7 @@ pub fn send(
         }
         return if call { Outcome::Blocked } else { Outcome::Return(Ok([0; 3])) };
     }
+    reclaim::later_cap(left);
     // No receiver: a call takes back its reply wait (nobody saw it) and waits as a sender.
     // Refused: the wait was ended meanwhile (killed, suspended, or a stale timeout entry
     // expired it), and whoever ended it wrote the call's result.
@@ -633,27 +671,59 @@ pub fn recv(cur: &Arc<Thread>, ep: &Arc<Endpoint>, timeout: u64, direct_to: Opti
             None => (None, None),
         };
         reclaim::later_in_flight(gone);
-        let m = Outgoing { regs: &sregs, badge: taken.badge, from: &snd, cap };
-        let left = cur.regs.with(|rr| deliver(cur, rr, m));
+        // The words under the sender's lock (it may not run before they are read); the
+        // capability after every lock ([`arrive`]), into the running thread's own table and
+        // its own registers' tag.
+        let m = Outgoing { regs: &sregs, badge: taken.badge, from: &snd, caps: 0 };
+        cur.regs.with(|rr| deliver(cur, rr, m));
+        let slot = cur.regs.with(|rr| rr.ipc_receive_slot());
         sched::count(sched::Count::IpcSlow);
-        if taken.call {
+        let left = if taken.call {
             drop(sl);
             drop(q);
+            let left = cap.and_then(|c| {
+                let (got, left) = arrive(&cur.task, slot, c);
+                if got == 1 {
+                    mark_arrived(cur);
+                }
+                left
+            });
             let old = cur.life.lock().grant_reply(snd, ticket);
             if let Some((c, t)) = old {
                 thread::fail_caller(c, t);
             }
+            left
         } else {
+            // Its call's result now, in the hold that ended its wait: a suspension and resumption
+            // from another CPU may place it once its lock is let go.
             thread::set_result(&snd, Ok([0; 3]));
-            // (As `place_claimed` counts: a sender of another CPU goes into its inbox.)
+            let left = match cap {
+                Some(c) => {
+                    drop(sl);
+                    drop(q);
+                    let (got, left) = arrive(&cur.task, slot, c);
+                    if got == 1 {
+                        mark_arrived(cur);
+                    }
+                    sl = snd.life.lock();
+                    left
+                }
+                None => {
+                    drop(q);
+                    None
+                }
+            };
+            // (As `place_claimed` counts: a sender of another CPU goes into its inbox.) Placed
+            // after its capability arrived, so that its `Send` returns with it in the receiver's
+            // table (unless another CPU's resumption placed it meanwhile).
             if sl.cpu != rl4_arch::percpu::cpu_index() {
                 sched::count(sched::Count::IpcCross);
             }
             thread::place(&snd, &mut sl);
             drop(sl);
-            drop(q);
             reclaim::later_thread(snd);
-        }
+            left
+        };
         reclaim::later_cap(left);
         if let Some(t) = direct_to {
             place_claimed(t, false);
@@ -718,13 +788,12 @@ pub fn reply(cur: &Arc<Thread>, regs: &UserRegs, then_recv: bool) -> Result<Opti
     };
     crate::trace::stamp(crate::trace::PARTNER);
     crate::timeline::event(crate::timeline::Kind::Reply, caller.id, ticket);
-    let m = Outgoing { regs, badge: 0, from: cur, cap: None };
-    let left = caller.regs.with(|rr| deliver(&caller, rr, m));
+    let m = Outgoing { regs, badge: 0, from: cur, caps: 0 };
+    caller.regs.with(|rr| deliver(&caller, rr, m));
     crate::trace::stamp(crate::trace::DELIVERED);
     let here = cl.cpu == rl4_arch::percpu::cpu_index();
     drop(cl);
     drop(w);
-    reclaim::later_cap(left);
     if then_recv && here {
         return Ok(Some(caller));
     }

@@ -143,7 +143,8 @@ impl<T, const L: u8> Mutex<T, L> {
     /// Takes the lock; a CPU that finds it held waits answering other CPUs' TLB shoot-downs. A
     /// holder may keep a lock for as long as a task's work takes — a capability's children
     /// handed up under its tree's lock, a piece at a time, or a capability sent under an
-    /// endpoint's queue lock that waits for that tree — and a CPU that waited with interrupts
+    /// endpoint's queue lock (and no home lock: [`Mutex::lock_answering`]) that waits for that
+    /// tree — and a CPU that waited with interrupts
     /// off answering nothing would hold up every shoot-down in the system, since the holder of
     /// the shoot-down lock waits for that CPU (a review of the sixteenth session found the chain
     /// through a tree's lock, answered then by `lock_answering` alone; one of the twenty-second,
@@ -161,9 +162,20 @@ impl<T, const L: u8> Mutex<T, L> {
     }
 
     /// [`lock`](Self::lock), written where the holder is known to keep the lock for long (a
-    /// capability's tree).
+    /// capability's tree). Never waited for under a home lock: that CPU's every scheduling
+    /// decision, and every wake-up of its threads, would wait as long (a `lockcheck` kernel
+    /// counts it as a lock-order violation; before the forty-third session a capability a
+    /// message carried went into its receiver's table under the receiver's or the sender's home
+    /// lock, through its tree's lock: a review found a task could so stall a CPU it never ran
+    /// on; `ipc::arrive`).
     #[inline(always)]
     pub fn lock_answering(&self) -> Guard<'_, T, L> {
+        if cfg!(feature = "lockcheck") {
+            let held = rl4_arch::percpu::locks_held();
+            if held & 1 << Level::THREAD != 0 {
+                order_violation(held, L);
+            }
+        }
         self.lock()
     }
 
