@@ -1200,7 +1200,13 @@ pub fn idle() -> ! {
         // other CPUs' grace periods (`qsbr.rs`), whatever this CPU's idle state says.
         percpu::current().count_exit();
         crate::reclaim::drain();
-        if run_delivered(cs) {
+        // The hand-overs that skip the drain and the requests' service (here and below) wait
+        // while a request is pending: it is served first (the round's `drain_and_serve`), so
+        // that its flag that an interrupt is on its way comes down (`request_kicked`; before the
+        // forty-third session a request whose interrupt woke this CPU from its halt stayed
+        // unserved under the thread handed over, and kept a later urgent raise here from
+        // sending one: a priority inversion of up to a tick, a review found).
+        if !cs.requested.load(Ordering::Relaxed) && run_delivered(cs) {
             entry::return_to_user();
         }
         // An idle CPU serves requests too: a request's interrupt taken here does not decide.
@@ -1292,7 +1298,11 @@ pub fn idle() -> ! {
         // one compare-and-swap takes it and says `Busy` (not `set_busy`, a round of the loop and
         // the drain: two locked instructions and some 40 others on the way from a push on
         // another CPU to its thread running here). Else just `Busy`, and the next round.
-        let one = if cs.rq_top.load(Ordering::Relaxed) < 0 && !cs.mail.is_empty() && !cs.tlb.shared.request_pending() {
+        let one = if cs.rq_top.load(Ordering::Relaxed) < 0
+            && !cs.mail.is_empty()
+            && !cs.tlb.shared.request_pending()
+            && !cs.requested.load(Ordering::Relaxed)
+        {
             delivered(cs, true)
         } else {
             cs.mail.set_busy();
