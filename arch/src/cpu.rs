@@ -263,9 +263,6 @@ pub fn run_on_stack(top: u64, f: extern "C" fn(u64) -> !, arg: u64) -> ! {
     }
 }
 
-/// Reads a `u64` at kernel address `va` with a volatile load. Used by the fault self-test to
-/// touch an address that is deliberately unmapped (the resulting page fault is reported and
-/// stops the machine; nothing is read).
 /// Reads the unmapped kernel address `va` with interrupts off and the user's GS loaded, as an
 /// exception in the exit's window between `swapgs` and `sysretq` would find it (`run=fault-user-gs`:
 /// the report must swap to the kernel's GS before it reads any per-CPU data). Never returns:
@@ -277,6 +274,9 @@ pub fn fault_with_user_gs(va: u64) -> ! {
     unsafe { core::arch::asm!("cli", "swapgs", "mov {va}, [{va}]", "ud2", va = in(reg) va, options(noreturn, nostack)) }
 }
 
+/// Reads a `u64` at kernel address `va` with a volatile load. Used by the fault self-test to
+/// touch an address that is deliberately unmapped (the resulting page fault is reported and
+/// stops the machine; nothing is read).
 pub fn read_volatile_u64(va: u64) -> u64 {
     // SAFETY: a load from a kernel address: if it is mapped, it is RAM or a device register of
     // the kernel's own; if not, the page-fault handler reports it and panics, so no value from

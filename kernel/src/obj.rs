@@ -1372,15 +1372,29 @@ impl Task {
         // table (a refused one charges nothing: before the thirty-fourth session the shadow
         // was made first, and a copy refused charged its 8 KiB all the same, which a review
         // found), when no lock is held (it allocates; it copies what the table holds then);
-        // under locks (a capability arriving by IPC) the task goes on without one until its
-        // next IPC call makes it (`syscall::handle_ipc`). Without a shadow the fast path takes
-        // the general path: a task that cannot pay for one is only slower.
+        // under locks (a capability arriving by `Send` or `Call`, under the endpoint's queue
+        // lock) the task goes on without one until its next IPC call makes it
+        // (`syscall::handle_ipc`); one arriving by `Recv` comes with no lock held. A try refused
+        // is not made again for a tick ([`Task::make_shadow_now_and_then`]). Without a shadow
+        // the fast path takes the general path: a task that cannot pay for one is only slower.
         let shadow = cap.obj.fast_address() != 0 && self.shadow.get().is_none() && crate::lock::held() == 0;
         self.insert_tracked(slot, cap)?;
         if shadow {
-            let _ = self.make_shadow();
+            self.make_shadow_now_and_then(rl4_arch::cpu::rdtsc());
         }
         Ok(())
+    }
+
+    /// [`Task::make_shadow`], unless a try failed less than a tick (10 ms) before `now`: a
+    /// refused one (the budget, or the kernel's headroom, short) is not made again for a tick,
+    /// so that calls that would each try (a task's IPC calls, capabilities arriving with
+    /// `Recv` or `CapCopy`) do not each take the frame allocator's lock, which every CPU takes
+    /// (a review of the thirty-fifth session found it for the calls; one of the forty-third
+    /// for `Recv`, which makes it with no lock held since that session).
+    pub fn make_shadow_now_and_then(&self, now: u64) {
+        if now >= self.shadow_retry.load(Ordering::Relaxed) && self.make_shadow().is_err() {
+            self.shadow_retry.store(now.saturating_add(rl4_arch::time::us_to_ticks(10_000)), Ordering::Relaxed);
+        }
     }
 
     /// [`Task::insert_cap_or_return`] but the shadow.

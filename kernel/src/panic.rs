@@ -12,6 +12,12 @@ use rl4_arch::{console, cpu, paging, percpu};
 
 static PANICKING: AtomicBool = AtomicBool::new(false);
 
+/// Whether a CPU has begun a panic (`Shutdown` then halts rather than end the machine with
+/// success).
+pub fn panicking() -> bool {
+    PANICKING.load(Ordering::Acquire)
+}
+
 const MAX_FRAMES: usize = 32;
 
 #[panic_handler]

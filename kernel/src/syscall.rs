@@ -72,8 +72,8 @@ fn handle_ipc(n: u64) -> Next {
         if now >= t.task.shadow_retry.load(core::sync::atomic::Ordering::Relaxed) {
             let slot = t.regs.with(|r| r.ipc_in().0);
             let endpoint = t.task.caps.lock().lookup(slot, ObjType::Endpoint, Rights::NONE).is_ok();
-            if endpoint && t.task.make_shadow().is_err() {
-                t.task.shadow_retry.store(now.saturating_add(rl4_arch::time::us_to_ticks(10_000)), core::sync::atomic::Ordering::Relaxed);
+            if endpoint {
+                t.task.make_shadow_now_and_then(now);
             }
         }
     }
@@ -724,6 +724,11 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
         Sys::CpuInfo => Ok([percpu::cpu_index() as u64, sched::online_count(), 0]),
         Sys::Shutdown => {
             lookup(task, a0, ObjType::Machine, Rights::SHUTDOWN)?;
+            // A panic under way elsewhere ends the machine with its failure, not this success:
+            // this CPU halts (`rl4_smp::cpus::stop_others` lets one CPU stop the others).
+            if crate::panic::panicking() {
+                cpu::halt_forever();
+            }
             println!("shutdown requested by task {} with code {a1}", task.id);
             // (A CPU that runs the root task has its local APIC: the others stop.)
             // The others stopped (or 100 ms waited) before the timeline's rings are read.

@@ -278,13 +278,19 @@ pub fn send_resched(index: usize) {
 /// IDT, one left out by `maxcpus=` in the firmware's park loop), which an NMI can make
 /// triple-fault — a machine reset that, under `-no-reboot`, ends QEMU with exit status 0.
 /// Returns false if this CPU has no local APIC yet to send them with (a panic early in its
-/// set-up): the others then run on.
+/// set-up): the others then run on. One CPU stops the others: one that calls this after another
+/// did (two `Shutdown`s, or a `Shutdown` and a panic, at once) halts instead of sending its own
+/// (before the forty-third session both sent, and each could halt in the other's NMI, the
+/// machine then never ending; a review found it).
 pub fn stop_others() -> bool {
     let me = rl4_arch::percpu::cpu_index() as usize;
     with_lapic(|l| {
         // No local APIC, no NMIs: the flag stays down too (a CPU still starting, or a platform
         // NMI, must not halt for a stop that does not happen).
         let Some(l) = l else { return false };
+        if STOPPER.compare_exchange(usize::MAX, me, Ordering::SeqCst, Ordering::SeqCst).is_err_and(|s| s != me) {
+            rl4_arch::cpu::halt_forever();
+        }
         rl4_arch::idt::HALT_ON_NMI.store(true, Ordering::SeqCst);
         for i in (0..count()).filter(|&i| i != me) {
             if let Some(c) = get(i).filter(|c| c.idt_ready.load(Ordering::SeqCst)) {
@@ -298,6 +304,9 @@ pub fn stop_others() -> bool {
 
 /// NMIs [`stop_others`] sent.
 static STOPS_SENT: AtomicUsize = AtomicUsize::new(0);
+
+/// The CPU that stops the others ([`stop_others`]; `usize::MAX`: none yet).
+static STOPPER: AtomicUsize = AtomicUsize::new(usize::MAX);
 
 /// Waits up to `us` microseconds for every CPU [`stop_others`] sent its NMI to halt in the
 /// handler (`rl4_arch::idt::HALTED_ON_NMI`); whether all did. (A CPU that loaded its IDT after
