@@ -16,6 +16,10 @@ use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame};
 /// Set by the panic path before it NMIs the other CPUs.
 pub static HALT_ON_NMI: AtomicBool = AtomicBool::new(false);
 
+/// The CPU that stops the others (`rl4_smp::cpus::stop_others`; `usize::MAX`: none yet): it
+/// does not halt in an NMI of its own (a platform's, through LINT1) while it ends the machine.
+pub static STOPPER: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(usize::MAX);
+
 /// CPUs that took an NMI with [`HALT_ON_NMI`] set and halt in its handler (for a shutdown to
 /// wait for: `rl4_smp::cpus::wait_stopped`).
 pub static HALTED_ON_NMI: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
@@ -171,12 +175,12 @@ extern "x86-interrupt" fn machine_check(f: InterruptStackFrame) -> ! {
 }
 
 extern "x86-interrupt" fn nmi(f: InterruptStackFrame) {
-    if HALT_ON_NMI.load(Ordering::Acquire) {
+    crate::entry::close_user_access();
+    let swapped = ensure_kernel_gs();
+    if HALT_ON_NMI.load(Ordering::Acquire) && STOPPER.load(Ordering::SeqCst) != crate::percpu::cpu_index() as usize {
         HALTED_ON_NMI.fetch_add(1, Ordering::SeqCst);
         crate::cpu::halt_forever();
     }
-    crate::entry::close_user_access();
-    let swapped = ensure_kernel_gs();
     crate::println!("NMI at rip={:#x}, ignored", f.instruction_pointer.as_u64());
     restore_gs(swapped);
 }

@@ -60,7 +60,10 @@ static TSC_HZ: AtomicU64 = AtomicU64::new(0);
 pub fn init_tsc(features: &cpu::Features, refs: &[RefClock], frames: &mut impl FrameSource) -> Option<(u64, TscSource)> {
     // A frequency CPUID gives is believed only if it is plausible (a hypervisor's leaf, or a
     // crystal ratio, that says otherwise is not the TSC's): else the reference clocks measure it.
-    let found = from_cpuid(features).filter(|(hz, _)| plausible(*hz)).or_else(|| refs.iter().find_map(|r| calibrate(*r, frames)));
+    // Each CPUID source is held to it on its own: one that says nonsense leaves the next its say
+    // (before the forty-third session the first that said anything was the only one asked,
+    // and an implausible leaf 0x15 hid a good leaf 0x16; a review found it).
+    let found = from_cpuid(features).or_else(|| refs.iter().find_map(|r| calibrate(*r, frames)));
     let (hz, src) = found?;
     TSC_HZ.store(hz.max(1), Ordering::Relaxed);
     Some((hz, src))
@@ -68,20 +71,21 @@ pub fn init_tsc(features: &cpu::Features, refs: &[RefClock], frames: &mut impl F
 
 fn from_cpuid(f: &cpu::Features) -> Option<(u64, TscSource)> {
     if let Some((den, num, crystal, _)) = cpu::cpuid(0x15) {
-        if den != 0 && num != 0 && crystal != 0 {
-            return Some((crystal as u64 * num as u64 / den as u64, TscSource::Cpuid15));
+        let hz = crystal as u64 * num as u64 / (den as u64).max(1);
+        if den != 0 && plausible(hz) {
+            return Some((hz, TscSource::Cpuid15));
         }
     }
     if f.hypervisor {
         if let Some((khz, ..)) = cpu::cpuid(0x4000_0010) {
-            if khz != 0 {
+            if plausible(khz as u64 * 1000) {
                 return Some((khz as u64 * 1000, TscSource::Hypervisor));
             }
         }
     }
     if let Some((mhz, ..)) = cpu::cpuid(0x16) {
         let mhz = mhz & 0xffff;
-        if mhz != 0 {
+        if plausible(mhz as u64 * 1_000_000) {
             return Some((mhz as u64 * 1_000_000, TscSource::Cpuid16));
         }
     }
@@ -300,7 +304,7 @@ impl Hpet {
     }
 }
 
-/// TSC ticks per second (1 until `init_tsc` ran).
+/// TSC ticks per second (0 until `init_tsc` ran, at least 1 after).
 #[inline]
 pub fn tsc_hz() -> u64 {
     TSC_HZ.load(Ordering::Relaxed)

@@ -736,7 +736,10 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
                 let _ = cpus::wait_stopped(100_000);
             }
             crate::timeline::dump();
-            cpu::exit(if a1 == 0 { cpu::QemuExit::Success } else { cpu::QemuExit::Failure })
+            // A panic that began elsewhere after the look above (its CPU halted in this one's
+            // NMI, or at the stop's refusal) ends the machine with its failure all the same.
+            let failed = a1 != 0 || crate::panic::panicking();
+            cpu::exit(if failed { cpu::QemuExit::Failure } else { cpu::QemuExit::Success })
         }
         Sys::MemoryInfo => {
             let m = match lookup(task, a0, ObjType::Memory, Rights::NONE)? {

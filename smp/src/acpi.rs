@@ -293,15 +293,17 @@ pub unsafe fn discover<H: Handler + PhysMem>(handler: H, rsdp: u64) -> Result<Pl
     // firmware quirk) is read as far as its length, zeros beyond, as ACPICA does: what follows
     // it in memory is not its 64-bit fields, which the crate reads by the revision alone (a
     // review of the thirty-seventh session).
+    // (Only as far as its length, too: a short table at the end of readable memory is read,
+    // not taken for unreadable — before the forty-third session the whole structure's bytes
+    // were asked for, and the fixed ports went to tasks; a review found it.)
     let fadt = fadt_at.and_then(|a| {
         let mut whole = [0u8; core::mem::size_of::<Fadt>()];
-        if mem.read(a, &mut whole).is_none() {
+        let n = whole.len();
+        let len = mem.u32(a + 4).map_or(n, |l| (l.min(MAX_TABLE_LEN) as usize).min(n));
+        if mem.read(a, &mut whole[..len]).is_none() {
             p.fadt_unreadable = Some(a);
             return None;
         }
-        let len = mem.u32(a + 4)?.min(MAX_TABLE_LEN) as usize;
-        let n = whole.len();
-        whole[len.min(n)..].fill(0);
         // SAFETY: `Fadt` is `repr(C, packed)` (no alignment needed) and made of integers and
         // wrappers of them, for which any bytes are a value; `whole` holds all of it.
         Some(unsafe { core::ptr::read_unaligned(whole.as_ptr().cast::<Fadt>()) })
@@ -338,7 +340,7 @@ pub unsafe fn discover<H: Handler + PhysMem>(handler: H, rsdp: u64) -> Result<Pl
         blocks.dedup();
         for (addr, len) in [(smi as u64, 1)].into_iter().chain(blocks.into_iter().map(|a| (a, pm1_len))) {
             // A port range past 0xffff is no port range: nothing to keep.
-            if addr != 0 && addr + len as u64 <= 0x1_0000 {
+            if addr != 0 && addr.checked_add(len as u64).is_some_and(|e| e <= 0x1_0000) {
                 p.fixed_ports.push((addr as u16, len));
                 if addr == smi as u64 && len == 1 {
                     p.smi_port = Some(addr as u16);
@@ -755,14 +757,33 @@ pub(crate) mod tests {
         let p = unsafe { discover(m, BASE) }.unwrap();
         assert_eq!(p.fixed_ports, vec![(0xb2, 1), (0xb004, 2)]);
         assert_eq!(p.fadt_unreadable, None);
-        // The XSDT's second entry names a FADT 64 bytes before the end of memory.
+        // The XSDT's second entry names a FADT of 244 bytes 64 bytes before the end of memory.
         let at = BASE + 0x10000 - 64;
         let m = patched(&machine(), at, b"FACP", None);
+        let m = patched(&m, at + 4, &244u32.to_le_bytes(), None);
         let m = patched(&m, 0xe1000 + 36 + 8, &at.to_le_bytes(), Some(0xe1000));
         // SAFETY: as above.
         let p = unsafe { discover(m, BASE) }.unwrap();
         assert_eq!((p.fadt_unreadable, p.fixed_ports.len(), p.pm_timer), (Some(at), 0, None));
         assert_eq!(p.cpus.len(), 4);
+        // An ACPI 1.0 FADT (116 bytes) that ends 4 bytes before the end of memory: read as far as
+        // its length, its ports kept (before the forty-third session the structure's 276 bytes
+        // were asked for, and it was taken for unreadable).
+        let m = machine();
+        let src = m.1 + (0xe3000 - BASE) as usize;
+        let mut fadt = m.0[src..src + 116].to_vec();
+        fadt[4..8].copy_from_slice(&116u32.to_le_bytes());
+        fadt[8] = 1;
+        fadt[9] = 0;
+        let sum = fadt.iter().fold(0u8, |a, b| a.wrapping_add(*b));
+        fadt[9] = 0u8.wrapping_sub(sum);
+        let at = BASE + 0x10000 - 120;
+        let m = patched(&m, at, &fadt, None);
+        let m = patched(&m, 0xe1000 + 36 + 8, &at.to_le_bytes(), Some(0xe1000));
+        // SAFETY: as above.
+        let p = unsafe { discover(m, BASE) }.unwrap();
+        assert_eq!(p.fadt_unreadable, None);
+        assert_eq!(p.fixed_ports, vec![(0xb2, 1), (0xb004, 2)]);
     }
 
     #[test]

@@ -288,7 +288,7 @@ pub fn stop_others() -> bool {
         // No local APIC, no NMIs: the flag stays down too (a CPU still starting, or a platform
         // NMI, must not halt for a stop that does not happen).
         let Some(l) = l else { return false };
-        if STOPPER.compare_exchange(usize::MAX, me, Ordering::SeqCst, Ordering::SeqCst).is_err_and(|s| s != me) {
+        if rl4_arch::idt::STOPPER.compare_exchange(usize::MAX, me, Ordering::SeqCst, Ordering::SeqCst).is_err_and(|s| s != me) {
             rl4_arch::cpu::halt_forever();
         }
         rl4_arch::idt::HALT_ON_NMI.store(true, Ordering::SeqCst);
@@ -304,9 +304,6 @@ pub fn stop_others() -> bool {
 
 /// NMIs [`stop_others`] sent.
 static STOPS_SENT: AtomicUsize = AtomicUsize::new(0);
-
-/// The CPU that stops the others ([`stop_others`]; `usize::MAX`: none yet).
-static STOPPER: AtomicUsize = AtomicUsize::new(usize::MAX);
 
 /// Waits up to `us` microseconds for every CPU [`stop_others`] sent its NMI to halt in the
 /// handler (`rl4_arch::idt::HALTED_ON_NMI`); whether all did. (A CPU that loaded its IDT after

@@ -374,6 +374,12 @@ pub fn configure(c: Config) -> u64 {
             break;
         }
     }
+    // A timer whose every count fired at once (broken, or an emulator's) measured nothing: a
+    // periodic count of 1 from it would interrupt every CPU without end (before the
+    // forty-third session it was set so; a review found it).
+    if rate == 0 {
+        panic!("local APIC timer calibration: even 2^31 counts fired within 10 ms: no usable timer rate");
+    }
     PERIOD_COUNT.store((rate / hz).clamp(1, u32::MAX as u64), Ordering::Relaxed);
     rate
 }

@@ -13,7 +13,7 @@
 //! |---|---|---|
 //! | `run=root\|boot\|idle\|panic\|fault` | what the kernel does once every CPU is up | `root` |
 //! | `maxcpus=N` | start at most N CPUs (the BSP included), N ≥ 1 | all enabled in the MADT |
-//! | `ap_timeout_ms=N` | how long the BSP waits for each AP to come online (0: not at all — for tests, every AP then arrives after the BSP gave up on it, and must park) | 2000 |
+//! | `ap_timeout_ms=N` | how long the BSP waits for each AP to answer its start-up, and as long again for it to come online (0: not at all — for tests, every AP then arrives after the BSP gave up on it, and must park) | 2000 |
 //! | `hz=N` | local APIC timer frequency on every CPU, 1 ≤ N ≤ 10000 | 100 |
 //! | `poll_us=N` | how long an idle CPU watches its inbox before it halts (0 = never) | 50 |
 //! | `fastpath=on\|off` | whether `Call`/`ReplyRecv` may take the IPC fast paths (off: every system call takes the general path, the reference the fast paths must agree with) | `on` |
