@@ -164,6 +164,11 @@ boot32:
 no_long_mode:
     /* Say so on COM1 and stop: this CPU cannot run rl4. */
     mov $(no_lm_msg - KERNEL_BASE), %esi
+    /* say_and_stop: prints the NUL-terminated line at esi (rsi) on COM1, writes the failure exit
+       where QEMU's debug-exit device listens, and halts. Assembled as 32-bit code and run in
+       64-bit mode too (`rl4_baseline_stop`): every instruction here (no operand wider than
+       32 bits, `lodsb` through esi/rsi) encodes the same in both modes. */
+say_and_stop:
 5:  lodsb
     test %al, %al
     jz 7f
@@ -231,24 +236,7 @@ boot64:
     .global rl4_baseline_stop
 rl4_baseline_stop:
     lea baseline_msg(%rip), %rsi
-5:  lodsb
-    test %al, %al
-    jz 7f
-    mov %al, %bl
-    mov $0x3fd, %dx
-6:  in %dx, %al
-    test $0x20, %al
-    jz 6b
-    mov $0x3f8, %dx
-    mov %bl, %al
-    out %al, %dx
-    jmp 5b
-7:  mov $0xf4, %dx
-    mov $0x11, %eax
-    out %eax, %dx
-    cli
-8:  hlt
-    jmp 8b
+    jmp say_and_stop
 
     .section .rodata.boot, "a"
 baseline_msg:

@@ -518,7 +518,8 @@ fn note_arrival(cs: Here, t: &Thread) {
 /// inbox, that thread runs at once, without going through the run queue (a thread delivered
 /// by another CPU's IPC, usually). With more, they all go into the run queue in order.
 fn run_delivered(cs: Here) -> bool {
-    if cs.mail.is_empty() || cs.rq_top.load(Ordering::Relaxed) >= 0 {
+    // (Not while a request is pending: the idle loop's round serves it first; see there.)
+    if cs.mail.is_empty() || cs.rq_top.load(Ordering::Relaxed) >= 0 || cs.requested.load(Ordering::Relaxed) {
         return false;
     }
     let Some(t) = delivered(cs, false) else { return false };
@@ -1206,7 +1207,7 @@ pub fn idle() -> ! {
         // forty-third session a request whose interrupt woke this CPU from its halt stayed
         // unserved under the thread handed over, and kept a later urgent raise here from
         // sending one: a priority inversion of up to a tick, a review found).
-        if !cs.requested.load(Ordering::Relaxed) && run_delivered(cs) {
+        if run_delivered(cs) {
             entry::return_to_user();
         }
         // An idle CPU serves requests too: a request's interrupt taken here does not decide.

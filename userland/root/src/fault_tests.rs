@@ -1117,6 +1117,24 @@ fn trap_flag_syscall_after_mov_ss(_: u64) {
     trap_flag_syscall(true)
 }
 
+/// Runs `entry` in a new thread whose faults go to `ep` with `badge`, takes its fault message
+/// (within 5 s) and stops it: the message as [`fault_of`] reads it, and whether the thread
+/// ended `Faulted`.
+#[allow(clippy::type_complexity)]
+fn fault_once(entry: fn(u64), ep: u64, badge: u64) -> Result<(Option<(u64, u64, u64, u64, u64)>, bool), &'static str> {
+    let spawned = spawn_with_handler(entry, ep, badge)?;
+    let t = spawned.0;
+    let m = sys::recv_timeout(ep, ms(5000)).map_err(|_| "no fault message came");
+    let f = m.as_ref().ok().and_then(fault_of);
+    if m.is_ok() {
+        let _ = sys::reply(&stop_msg());
+    }
+    let stopped = wait_ms(1000, || state(t) == Some(ThreadState::Faulted));
+    release_handled(spawned);
+    m?;
+    Ok((f, stopped))
+}
+
 /// A system call made with the trap flag set, alone and right after `mov ss`
 /// ([`trap_flag_syscall`]): the thread faults with #DB in user mode and the kernel survives.
 fn test_trap_flag_syscall() {
@@ -1125,16 +1143,7 @@ fn test_trap_flag_syscall() {
         "a thread sets the trap flag and makes a system call, then again right after a mov ss (the single-step trap held back onto the kernel's first instruction): each faults with #DB (1) at a user address, and the kernel survives",
         |ep| {
             for (f, badge) in [(trap_flag_syscall_alone as fn(u64), 0x71), (trap_flag_syscall_after_mov_ss, 0x72)] {
-                let spawned = spawn_with_handler(f, ep, badge)?;
-                let t = spawned.0;
-                let m = sys::recv_timeout(ep, ms(5000)).map_err(|_| "no fault message came");
-                let f = m.as_ref().ok().and_then(fault_of);
-                if m.is_ok() {
-                    let _ = sys::reply(&stop_msg());
-                }
-                let stopped = wait_ms(1000, || state(t) == Some(ThreadState::Faulted));
-                release_handled(spawned);
-                m?;
+                let (f, stopped) = fault_once(f, ep, badge)?;
                 match f {
                     Some((b, 1, _, ip, _)) if b == badge && ip < 0x0000_8000_0000_0000 && stopped => {}
                     Some((b, 1, _, _, _)) if b == badge => return Err("the #DB was not at a user address, or the thread was not stopped"),
@@ -1188,16 +1197,7 @@ fn test_trap_flag_after_mov_ss() {
                 (|_| trap_flag_after_mov_ss(4), 1, 0x85),
             ];
             for (entry, vector, badge) in cases {
-                let spawned = spawn_with_handler(entry, ep, badge)?;
-                let t = spawned.0;
-                let m = sys::recv_timeout(ep, ms(5000)).map_err(|_| "no fault message came");
-                let f = m.as_ref().ok().and_then(fault_of);
-                if m.is_ok() {
-                    let _ = sys::reply(&stop_msg());
-                }
-                let stopped = wait_ms(1000, || state(t) == Some(ThreadState::Faulted));
-                release_handled(spawned);
-                m?;
+                let (f, stopped) = fault_once(entry, ep, badge)?;
                 match f {
                     Some((b, v, _, ip, _)) if b == badge && (v == vector || v == 1) && ip < 0x0000_8000_0000_0000 && stopped => {}
                     Some((b, _, _, _, _)) if b == badge => return Err("a wrong vector, a fault not at a user address, or the thread not stopped"),
