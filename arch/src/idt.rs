@@ -6,7 +6,8 @@
 //! page fault and the CPU, then panics. NMI, double fault and machine check run on their own
 //! IST stacks through separate handlers, which first make sure `GS` is the kernel's (they can
 //! arrive in the middle of an entry or exit, before or after `swapgs`). When [`HALT_ON_NMI`] is
-//! set (a panic on another CPU is stopping the machine) an NMI halts the CPU for good.
+//! set (a panic or a `Shutdown` on another CPU, the [`STOPPER`], is stopping the machine) an
+//! NMI halts the CPU for good; on the stopper it is ignored without a line.
 use crate::entry::KernelFrame;
 use crate::gdt::{IST_DOUBLE_FAULT, IST_MACHINE_CHECK, IST_NMI};
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -177,9 +178,15 @@ extern "x86-interrupt" fn machine_check(f: InterruptStackFrame) -> ! {
 extern "x86-interrupt" fn nmi(f: InterruptStackFrame) {
     crate::entry::close_user_access();
     let swapped = ensure_kernel_gs();
-    if HALT_ON_NMI.load(Ordering::Acquire) && STOPPER.load(Ordering::SeqCst) != crate::percpu::cpu_index() as usize {
-        HALTED_ON_NMI.fetch_add(1, Ordering::SeqCst);
-        crate::cpu::halt_forever();
+    if HALT_ON_NMI.load(Ordering::Acquire) {
+        if STOPPER.load(Ordering::SeqCst) != crate::percpu::cpu_index() as usize {
+            HALTED_ON_NMI.fetch_add(1, Ordering::SeqCst);
+            crate::cpu::halt_forever();
+        }
+        // The stopper itself: back to ending the machine, with no line (a CPU it halted may
+        // have halted holding the console, which a line here would wait for without end).
+        restore_gs(swapped);
+        return;
     }
     crate::println!("NMI at rip={:#x}, ignored", f.instruction_pointer.as_u64());
     restore_gs(swapped);

@@ -11,6 +11,8 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use rl4_arch::{console, cpu, paging, percpu};
 
 static PANICKING: AtomicBool = AtomicBool::new(false);
+/// The CPU whose panic came first (`usize::MAX`: none).
+static PANICKER: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(usize::MAX);
 
 /// Whether a CPU has begun a panic (`Shutdown` then halts rather than end the machine with
 /// success).
@@ -24,6 +26,13 @@ const MAX_FRAMES: usize = 32;
 fn panic(info: &PanicInfo<'_>) -> ! {
     let me = percpu::cpu_index();
     let first = !PANICKING.swap(true, Ordering::AcqRel);
+    if first {
+        PANICKER.store(me as usize, Ordering::SeqCst);
+    } else if PANICKER.load(Ordering::SeqCst) == me as usize {
+        // A panic within this CPU's own report or stop: nobody else will end the machine.
+        console::print_line_stopped(format_args!("panic: a second panic on the panicking CPU; exiting with failure"));
+        cpu::exit(cpu::QemuExit::Failure);
+    }
     {
         let mut g = console::lock(true);
         let _ = write!(g, "[cpu{me}] PANIC on cpu {me}: {}", info.message());

@@ -727,7 +727,10 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             // A panic under way elsewhere ends the machine with its failure, not this success:
             // this CPU halts (`rl4_smp::cpus::stop_others` lets one CPU stop the others).
             if crate::panic::panicking() {
-                cpu::halt_forever();
+                // (Up to a second for the panic to end it, then with failure from here.)
+                rl4_arch::time::wait_until(1_000_000, || false);
+                rl4_arch::console::print_line_stopped(format_args!("shutdown: a panic under way did not end the machine; exiting with failure"));
+                cpu::exit(cpu::QemuExit::Failure);
             }
             println!("shutdown requested by task {} with code {a1}", task.id);
             // (A CPU that runs the root task has its local APIC: the others stop.)
@@ -738,8 +741,11 @@ fn dispatch(t: &Arc<Thread>, n: u64, a: [u64; 6]) -> Ret {
             crate::timeline::dump();
             // A panic that began elsewhere after the look above (its CPU halted in this one's
             // NMI, or at the stop's refusal) ends the machine with its failure all the same.
-            let failed = a1 != 0 || crate::panic::panicking();
-            cpu::exit(if failed { cpu::QemuExit::Failure } else { cpu::QemuExit::Success })
+            if crate::panic::panicking() {
+                rl4_arch::console::print_line_stopped(format_args!("shutdown: a panic began on another CPU meanwhile; exiting with failure"));
+                cpu::exit(cpu::QemuExit::Failure);
+            }
+            cpu::exit(if a1 == 0 { cpu::QemuExit::Success } else { cpu::QemuExit::Failure })
         }
         Sys::MemoryInfo => {
             let m = match lookup(task, a0, ObjType::Memory, Rights::NONE)? {
