@@ -311,7 +311,7 @@ struct Outgoing<'a> {
     /// The sender, whose IPC buffer holds words 4 and up ([`with_buffer`]).
     from: &'a Thread,
     /// Whether the message's capability went into the receiver's table (the tag's `caps`):
-    /// put there before ([`arrive`], by `send`) or marked after ([`mark_arrived`], by `recv`),
+    /// put there before ([`arrive`], by `send`) or marked after ([`arrive_here`], by `recv`),
     /// never under a home lock.
     caps: u64,
 }
@@ -402,13 +402,17 @@ fn arrive(task: &Arc<crate::obj::Task>, slot: u64, cap: Cap) -> (u64, Option<Cap
     }
 }
 
-/// The running thread's message (its registers are its own) says its capability arrived: the
-/// tag's `caps` (`recv`, which inserts it after its locks: [`arrive`]).
-fn mark_arrived(cur: &Thread) {
-    cur.regs.with(|rr| {
-        let t = Tag(rr.ipc_tag());
-        rr.set_ipc_tag(Tag::new(t.label(), t.len(), 1).0);
-    });
+/// [`arrive`] into the running thread `cur`'s own table (`recv`, after its locks), its message's
+/// tag then saying so (`caps`: its registers are its own); what did not go in.
+fn arrive_here(cur: &Arc<Thread>, slot: u64, cap: Cap) -> Option<Cap> {
+    let (got, left) = arrive(&cur.task, slot, cap);
+    if got == 1 {
+        cur.regs.with(|rr| {
+            let t = Tag(rr.ipc_tag());
+            rr.set_ipc_tag(Tag::new(t.label(), t.len(), 1).0);
+        });
+    }
+    left
 }
 
 
@@ -681,13 +685,7 @@ pub fn recv(cur: &Arc<Thread>, ep: &Arc<Endpoint>, timeout: u64, direct_to: Opti
         let left = if taken.call {
             drop(sl);
             drop(q);
-            let left = cap.and_then(|c| {
-                let (got, left) = arrive(&cur.task, slot, c);
-                if got == 1 {
-                    mark_arrived(cur);
-                }
-                left
-            });
+            let left = cap.and_then(|c| arrive_here(cur, slot, c));
             let old = cur.life.lock().grant_reply(snd, ticket);
             if let Some((c, t)) = old {
                 thread::fail_caller(c, t);
@@ -701,10 +699,7 @@ pub fn recv(cur: &Arc<Thread>, ep: &Arc<Endpoint>, timeout: u64, direct_to: Opti
                 Some(c) => {
                     drop(sl);
                     drop(q);
-                    let (got, left) = arrive(&cur.task, slot, c);
-                    if got == 1 {
-                        mark_arrived(cur);
-                    }
+                    let left = arrive_here(cur, slot, c);
                     sl = snd.life.lock();
                     left
                 }

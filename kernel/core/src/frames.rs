@@ -379,15 +379,11 @@ impl<'a> FrameAllocator<'a> {
             {
                 return Some(a);
             }
+            // (A run begun here holds 64 frames at most, fewer than `count`: it is looked at once
+            // the next word grows it.)
             if bits != u64::MAX || run == 0 {
                 let top = bits.leading_ones() as u64;
                 (from, run) = (f0 + 64 - top, top);
-                if run > 0
-                    && let Some(a) = from.checked_next_multiple_of(step)
-                    && a.checked_add(count).is_some_and(|e| e <= from + run)
-                {
-                    return Some(a);
-                }
             }
             w = self.next_free_word(w + 1, end)?;
         }
